@@ -1,0 +1,35 @@
+# The two commands a fresh Debian bookworm machine needs: `make serve` and `make test`.
+BUILD_DIR ?= build
+JOBS ?= 2
+CTEST_ARGS ?=
+SERVE_ARGS ?=
+
+.PHONY: all deps configure build test serve bench format clean
+
+all: build
+
+deps:
+	./scripts/install-deps.sh
+
+configure: deps
+	@if [ ! -f $(BUILD_DIR)/build.ninja ]; then \
+	  cmake -S . -B $(BUILD_DIR) -G Ninja -DCMAKE_BUILD_TYPE=Release; \
+	fi
+
+build: configure
+	cmake --build $(BUILD_DIR) -j $(JOBS)
+
+test: build
+	cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS) $(CTEST_ARGS)
+
+serve: build
+	$(BUILD_DIR)/server/attnscore-server $(SERVE_ARGS)
+
+bench: build
+	$(BUILD_DIR)/bench/attnscore_bench_scoring
+
+format:
+	git ls-files '*.h' '*.cc' | xargs clang-format -i
+
+clean:
+	rm -rf $(BUILD_DIR)
