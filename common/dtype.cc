@@ -4,7 +4,7 @@
 
 namespace attnscore {
 
-std::string_view DTypeName(DType dtype) {
+const char* DTypeName(DType dtype) {
   switch (dtype) {
     case DType::kFloat32:
       return "F32";

@@ -20,7 +20,7 @@ enum class DType { kFloat32, kFloat16, kBFloat16 };
 constexpr size_t ElementSize(DType dtype) { return dtype == DType::kFloat32 ? 4 : 2; }
 
 // Safetensors names: "F32", "F16", "BF16".
-std::string_view DTypeName(DType dtype);
+const char* DTypeName(DType dtype);
 std::optional<DType> ParseDType(std::string_view name);
 
 // IEEE binary16 <-> float32, round to nearest even (what LibTorch and numpy do).

@@ -136,7 +136,7 @@ const SafetensorsFile::Tensor* SafetensorsFile::Find(std::string_view name) cons
 absl::StatusOr<const SafetensorsFile::Tensor*> SafetensorsFile::Get(std::string_view name) const {
   const Tensor* tensor = Find(name);
   if (tensor == nullptr) {
-    return absl::NotFoundError(absl::StrCat(origin_, ": no tensor named '", name, "'"));
+    return absl::NotFoundError(absl::StrCat(origin_, ": no tensor named '", std::string(name), "'"));
   }
   return tensor;
 }
@@ -167,7 +167,7 @@ absl::StatusOr<std::vector<float>> SafetensorsFile::ReadFloats(std::string_view 
       out[i] = static_cast<float>(v);
     }
   } else {
-    return absl::InvalidArgumentError(absl::StrCat(origin_, ": tensor '", name, "' has dtype ",
+    return absl::InvalidArgumentError(absl::StrCat(origin_, ": tensor '", std::string(name), "' has dtype ",
                                                    t.dtype, ", expected a float or integer type"));
   }
   return out;

@@ -51,7 +51,7 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 want="$(sha256sum "$req" | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  "$venv/bin/python" -m pip install --disable-pip-version-check -q -r "$req"
+  "$venv/bin/python" -m pip install --disable-pip-version-check -q --no-deps -r "$req"
   echo "$want" >"$stamp"
 else
   echo "install-deps: virtualenv up to date"

@@ -33,7 +33,7 @@ namespace attnscore::scoring {
 enum class Layout { kBHSD, kBSHD, kSBHD };
 enum class BiasKind { kAlibi, kRelative };
 
-std::string_view LayoutName(Layout layout);
+const char* LayoutName(Layout layout);
 
 // A Transformer-XL relative-position parameter set (labml RelativeMultiHeadAttention):
 // key_pos_embeddings [2P,H,D], key_pos_bias [2P,H], query_pos_bias [H,D]. Opaque here.

@@ -1,0 +1,509 @@
+// Properties of the scoring core that hold for any input: slopes, softmax rows, causal
+// structure, layouts, batching, parameter files, validation messages, devices.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <unistd.h>
+
+#include "common/safetensors.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "server/scoring/alibi.h"
+#include "server/scoring/attention.h"
+#include "server/scoring/relative_model.h"
+#include "server/scoring/scorer.h"
+
+namespace attnscore::scoring {
+namespace {
+
+using ::testing::HasSubstr;
+
+// The paper's formula, written independently: 2^(-8k/n) for k = 1..n when n is a power of two;
+// else the first 2^floor(log2 n) of those, then the odd-indexed k of the doubled set.
+double PaperSlope(int n, int h) {
+  int p = 1;
+  while (p * 2 <= n) p *= 2;
+  if (h < p) return std::pow(2.0, -8.0 * (h + 1) / p);
+  return std::pow(2.0, -8.0 * (2 * (h - p) + 1) / (2 * p));
+}
+
+TEST(AlibiSlopesTest, MatchesPaperFormulaForOneToSixtyFourHeads) {
+  for (int n = 1; n <= 64; ++n) {
+    std::vector<float> slopes = AlibiSlopes(n);
+    ASSERT_EQ(slopes.size(), static_cast<size_t>(n));
+    for (int h = 0; h < n; ++h) {
+      EXPECT_NEAR(slopes[h], PaperSlope(n, h), 1e-7 * PaperSlope(n, h)) << "n=" << n << " h=" << h;
+    }
+  }
+  EXPECT_FLOAT_EQ(AlibiSlopes(8)[0], 0.5f);
+  EXPECT_FLOAT_EQ(AlibiSlopes(8)[7], 1.0f / 256);
+}
+
+struct Case {
+  at::Tensor q, k, v;  // canonical float32
+  std::shared_ptr<const RelativeModel> model;
+};
+
+Case RandomCase(int64_t b, int64_t h, int64_t lq, int64_t lk, int64_t d, int64_t p = 0) {
+  Case c;
+  c.q = at::randn({b, h, lq, d});
+  c.k = at::randn({b, h, lk, d});
+  c.v = at::randn({b, h, lk, d});
+  if (p > 0) {
+    c.model = *RelativeModel::Create("m", "test", at::randn({2 * p, h, d}), at::randn({2 * p, h}),
+                                     at::randn({h, d}));
+  }
+  return c;
+}
+
+AttentionConfig Config(const Case& c, bool causal) {
+  AttentionConfig config;
+  config.causal = causal;
+  config.scale = 1.0 / std::sqrt(static_cast<double>(c.q.size(3)));
+  config.want_probs = true;
+  config.want_context = true;
+  if (c.model) {
+    config.bias = BiasKind::kRelative;
+    config.model = c.model.get();
+  } else {
+    config.alibi_slopes = AlibiSlopes(c.q.size(1));
+  }
+  return config;
+}
+
+TEST(AttentionTest, ProbabilityRowsSumToOneAndCausalMasksTheFuture) {
+  at::manual_seed(1);
+  for (bool relative : {false, true}) {
+    Case c = RandomCase(2, 4, 5, 9, 8, relative ? 16 : 0);
+    AttentionResult r = ComputeAttention(c.q, c.k, c.v, {}, Config(c, true), nullptr);
+    EXPECT_TRUE(at::allclose(r.probs.sum(-1), at::ones({2, 4, 5}), 1e-5, 1e-6));
+    auto logits = r.logits.accessor<float, 4>();
+    auto probs = r.probs.accessor<float, 4>();
+    for (int64_t i = 0; i < 5; ++i) {
+      for (int64_t j = 0; j < 9; ++j) {
+        const bool visible = j <= 9 - 5 + i;  // bottom-right aligned
+        EXPECT_EQ(std::isinf(logits[1][2][i][j]), !visible) << i << "," << j;
+        if (!visible) {
+          EXPECT_LT(logits[1][2][i][j], 0);
+          EXPECT_EQ(probs[1][2][i][j], 0.0f);
+        }
+      }
+    }
+  }
+}
+
+TEST(AttentionTest, MatchesDirectFormula) {
+  at::manual_seed(2);
+  // ALiBi, bidirectional, Lq != Lk: logits = scale q.k - m_h |Lk - Lq + i - j|.
+  Case c = RandomCase(1, 3, 4, 6, 8);
+  AttentionConfig config = Config(c, false);
+  AttentionResult r = ComputeAttention(c.q, c.k, c.v, {}, config, nullptr);
+  for (int64_t h = 0; h < 3; ++h) {
+    for (int64_t i = 0; i < 4; ++i) {
+      for (int64_t j = 0; j < 6; ++j) {
+        const double dot = (c.q[0][h][i] * c.k[0][h][j]).sum().item<double>();
+        const double want = config.scale * dot - config.alibi_slopes[h] * std::abs(6 - 4 + i - j);
+        EXPECT_NEAR(r.logits[0][h][i][j].item<double>(), want, 1e-5);
+      }
+    }
+  }
+  // Relative: scale ((q_i + u_h).k_j + q_i.E[r,h] + S[r,h]), r = P - Lk + Lq + j - i.
+  Case rc = RandomCase(2, 2, 3, 7, 4, 8);
+  AttentionConfig rconfig = Config(rc, false);
+  AttentionResult rr = ComputeAttention(rc.q, rc.k, rc.v, {}, rconfig, nullptr);
+  const RelativeModel& m = *rc.model;
+  for (int64_t b = 0; b < 2; ++b) {
+    for (int64_t h = 0; h < 2; ++h) {
+      for (int64_t i = 0; i < 3; ++i) {
+        for (int64_t j = 0; j < 7; ++j) {
+          const int64_t rel = 8 - 7 + 3 + j - i;
+          at::Tensor qi = rc.q[b][h][i];
+          const double want =
+              rconfig.scale * (((qi + m.query_pos_bias()[h]) * rc.k[b][h][j]).sum().item<double>() +
+                               (qi * m.key_pos_embeddings()[rel][h]).sum().item<double>() +
+                               m.key_pos_bias()[rel][h].item<double>());
+          EXPECT_NEAR(rr.logits[b][h][i][j].item<double>(), want, 1e-5);
+        }
+      }
+    }
+  }
+}
+
+TEST(AttentionTest, KeyLengthZeroGivesZeroProbabilitiesAndContext) {
+  at::manual_seed(3);
+  Case c = RandomCase(3, 2, 4, 4, 8);
+  std::vector<int32_t> lengths = {4, 0, 2};
+  AttentionResult r = ComputeAttention(c.q, c.k, c.v, lengths, Config(c, false), nullptr);
+  EXPECT_TRUE(at::isinf(r.logits[1]).all().item<bool>());
+  EXPECT_TRUE(r.probs[1].eq(0).all().item<bool>());
+  EXPECT_TRUE(r.context[1].eq(0).all().item<bool>());
+  EXPECT_FALSE(at::isnan(r.probs).any().item<bool>());
+  EXPECT_TRUE(at::isinf(r.logits[2].narrow(-1, 2, 2)).all().item<bool>());
+  EXPECT_TRUE(r.probs[2].narrow(-1, 2, 2).eq(0).all().item<bool>());
+  EXPECT_TRUE(at::allclose(r.probs[2].sum(-1), at::ones({2, 4})));
+}
+
+TEST(AttentionTest, StaticBiasCacheReturnsIdenticalResults) {
+  at::manual_seed(4);
+  Case c = RandomCase(2, 4, 6, 6, 8, 8);
+  StaticBiasCache cache(1 << 20);
+  AttentionConfig config = Config(c, true);
+  AttentionResult cold = ComputeAttention(c.q, c.k, c.v, {}, config, &cache);
+  AttentionResult warm = ComputeAttention(c.q, c.k, c.v, {}, config, &cache);
+  AttentionResult none = ComputeAttention(c.q, c.k, c.v, {}, config, nullptr);
+  EXPECT_EQ(cache.entries(), 1u);
+  EXPECT_TRUE(at::equal(cold.logits, warm.logits));
+  EXPECT_TRUE(at::equal(cold.logits, none.logits));
+  // A different scale is a different relative bias, not a cache hit.
+  config.scale = 1.0;
+  AttentionResult other = ComputeAttention(c.q, c.k, c.v, {}, config, &cache);
+  EXPECT_EQ(cache.entries(), 2u);
+  EXPECT_FALSE(at::equal(other.logits, cold.logits));
+  // Over budget: least recently used entries go. Each [4,1,6] entry is 96 bytes.
+  StaticBiasCache tiny(4 * 96);
+  AttentionConfig alibi = Config(RandomCase(1, 4, 1, 6, 8), true);
+  for (int i = 0; i < 6; ++i) {
+    tiny.GetOrCompute(std::to_string(i), [&] { return StaticBias(alibi, 4, 1, 6); });
+  }
+  EXPECT_EQ(tiny.entries(), 4u);
+  EXPECT_EQ(tiny.size_bytes(), 4u * 96);
+  // Entries over a quarter of the budget are computed but not kept.
+  tiny.GetOrCompute("big", [&] { return StaticBias(alibi, 4, 6, 6); });
+  EXPECT_EQ(tiny.entries(), 4u);
+}
+
+// Scorer-level helpers: raw bytes in a layout.
+struct Raw {
+  std::string q, k, v;
+  ScoreItem item;
+};
+
+std::string Bytes(const at::Tensor& t) {
+  at::Tensor c = t.contiguous();
+  return std::string(static_cast<const char*>(c.data_ptr()), c.nbytes());
+}
+
+Raw MakeRaw(const Case& c, Layout layout) {
+  auto to_layout = [&](const at::Tensor& t) {
+    switch (layout) {
+      case Layout::kBHSD:
+        return t;
+      case Layout::kBSHD:
+        return t.permute({0, 2, 1, 3});
+      case Layout::kSBHD:
+        return t.permute({2, 0, 1, 3});
+    }
+    return t;
+  };
+  Raw raw;
+  at::Tensor q = to_layout(c.q).contiguous(), k = to_layout(c.k).contiguous(),
+             v = to_layout(c.v).contiguous();
+  raw.q = Bytes(q);
+  raw.k = Bytes(k);
+  raw.v = Bytes(v);
+  raw.item.query = TensorRef{DType::kFloat32, q.sizes().vec(), raw.q.data(), raw.q.size()};
+  raw.item.key = TensorRef{DType::kFloat32, k.sizes().vec(), raw.k.data(), raw.k.size()};
+  raw.item.value = TensorRef{DType::kFloat32, v.sizes().vec(), raw.v.data(), raw.v.size()};
+  return raw;
+}
+
+at::Tensor AsTensor(const OutputTensor& t) {
+  return at::from_blob(const_cast<void*>(t.data), t.shape, at::kFloat).clone();
+}
+
+class ScorerTest : public ::testing::Test {
+ protected:
+  void SetUp() override { scorer_ = *Scorer::Create({}); }
+  ScoreSpec Spec(const Case& c, Layout layout, bool causal) {
+    ScoreSpec spec;
+    spec.layout = layout;
+    spec.causal = causal;
+    spec.want_logits = spec.want_probs = spec.want_context = true;
+    if (c.model) {
+      spec.bias = BiasKind::kRelative;
+      spec.model = c.model;
+    }
+    return spec;
+  }
+  std::unique_ptr<Scorer> scorer_;
+};
+
+TEST_F(ScorerTest, LayoutsGiveIdenticalResults) {
+  at::manual_seed(5);
+  for (bool relative : {false, true}) {
+    Case c = RandomCase(2, 3, 5, 7, 8, relative ? 8 : 0);
+    Raw canonical = MakeRaw(c, Layout::kBHSD);
+    ScoreResult want =
+        (*scorer_->ScoreBatch(Spec(c, Layout::kBHSD, true), absl::MakeConstSpan(&canonical.item, 1)))[0];
+    for (Layout layout : {Layout::kBSHD, Layout::kSBHD}) {
+      SCOPED_TRACE(LayoutName(layout));
+      Raw raw = MakeRaw(c, layout);
+      ScoreResult got =
+          (*scorer_->ScoreBatch(Spec(c, layout, true), absl::MakeConstSpan(&raw.item, 1)))[0];
+      EXPECT_TRUE(at::equal(AsTensor(*got.logits), AsTensor(*want.logits)));
+      EXPECT_TRUE(at::equal(AsTensor(*got.probs), AsTensor(*want.probs)));
+      // Context comes back in the request's layout.
+      at::Tensor ctx = AsTensor(*got.context);
+      at::Tensor canonical_ctx = layout == Layout::kBSHD ? ctx.permute({0, 2, 1, 3}) : ctx.permute({1, 2, 0, 3});
+      EXPECT_TRUE(at::equal(canonical_ctx, AsTensor(*want.context)));
+    }
+  }
+}
+
+TEST_F(ScorerTest, BatchedItemsEqualSeparateRunsAndShareMemory) {
+  at::manual_seed(6);
+  for (Layout layout : {Layout::kBHSD, Layout::kSBHD}) {
+    std::vector<Case> cases = {RandomCase(1, 2, 4, 6, 8), RandomCase(3, 2, 4, 6, 8),
+                               RandomCase(2, 2, 4, 6, 8)};
+    std::vector<Raw> raws;
+    for (const Case& c : cases) raws.push_back(MakeRaw(c, layout));
+    raws[1].item.key_lengths = {6, 0, 3};
+    std::vector<ScoreItem> items;
+    for (const Raw& r : raws) items.push_back(r.item);
+    ScoreSpec spec = Spec(cases[0], layout, false);
+    std::vector<ScoreResult> batched = *scorer_->ScoreBatch(spec, items);
+    ASSERT_EQ(batched.size(), 3u);
+    for (size_t i = 0; i < 3; ++i) {
+      ScoreResult alone = (*scorer_->ScoreBatch(spec, absl::MakeConstSpan(&items[i], 1)))[0];
+      EXPECT_TRUE(at::equal(AsTensor(*batched[i].logits), AsTensor(*alone.logits))) << i;
+      EXPECT_TRUE(at::equal(AsTensor(*batched[i].probs), AsTensor(*alone.probs))) << i;
+      EXPECT_TRUE(at::equal(AsTensor(*batched[i].context), AsTensor(*alone.context))) << i;
+    }
+    // Logits of consecutive items are adjacent slices of one buffer: no copy when splitting.
+    EXPECT_EQ(static_cast<const char*>(batched[1].logits->data),
+              static_cast<const char*>(batched[0].logits->data) + batched[0].logits->size_bytes);
+    EXPECT_EQ(batched[0].logits->keepalive.get(), batched[1].logits->keepalive.get());
+  }
+}
+
+TEST_F(ScorerTest, OutputDtypesRoundOnce) {
+  at::manual_seed(7);
+  Case c = RandomCase(1, 2, 3, 3, 4);
+  Raw raw = MakeRaw(c, Layout::kBHSD);
+  ScoreSpec spec = Spec(c, Layout::kBHSD, false);
+  ScoreResult f32 = (*scorer_->ScoreBatch(spec, absl::MakeConstSpan(&raw.item, 1)))[0];
+  for (DType dtype : {DType::kFloat16, DType::kBFloat16}) {
+    spec.output_dtype = dtype;
+    ScoreResult r = (*scorer_->ScoreBatch(spec, absl::MakeConstSpan(&raw.item, 1)))[0];
+    ASSERT_EQ(r.probs->dtype, dtype);
+    std::vector<float> want(f32.probs->size_bytes / 4);
+    std::memcpy(want.data(), f32.probs->data, f32.probs->size_bytes);
+    std::vector<float> got(want.size());
+    DecodeFloats(r.probs->data, got.size(), dtype, got.data());
+    for (size_t i = 0; i < got.size(); ++i) {
+      std::vector<uint16_t> bits(1);
+      EncodeFloats(&want[i], 1, dtype, bits.data());
+      float rounded;
+      DecodeFloats(bits.data(), 1, dtype, &rounded);
+      EXPECT_EQ(got[i], rounded) << i;  // exactly the float32 result rounded to the output dtype
+    }
+  }
+}
+
+TEST_F(ScorerTest, ValidationNamesFieldExpectedAndActual) {
+  Case c = RandomCase(2, 4, 3, 5, 8, 8);
+  Raw raw = MakeRaw(c, Layout::kBHSD);
+  ScoreSpec spec = Spec(c, Layout::kBHSD, true);
+  EXPECT_TRUE(ValidateItem(spec, raw.item).ok()) << ValidateItem(spec, raw.item);
+
+  auto expect_error = [&](const ScoreSpec& s, const ScoreItem& item, const std::string& text) {
+    absl::Status status = ValidateItem(s, item);
+    EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << text;
+    EXPECT_THAT(std::string(status.message()), HasSubstr(text));
+  };
+  ScoreItem item = raw.item;
+  item.query.size_bytes -= 4;
+  expect_error(spec, item, "query.data: expected 768 bytes for F32 [2,4,3,8], got 764");
+  item = raw.item;
+  item.key.shape = {2, 4, 5};
+  expect_error(spec, item, "key.shape: expected 4 dims");
+  item = raw.item;
+  item.key_lengths = {5};
+  expect_error(spec, item, "key_lengths: expected 2 values");
+  item.key_lengths = {5, 6};
+  expect_error(spec, item, "key_lengths[1]: expected 0..5");
+  ScoreSpec big = spec;
+  big.model = *RelativeModel::Create("small", "t", at::randn({4, 4, 8}), at::randn({4, 4}), at::randn({4, 8}));
+  expect_error(big, raw.item, "model 'small' has P = 2");
+  ScoreSpec wrong_heads = spec;
+  wrong_heads.model = *RelativeModel::Create("h2", "t", at::randn({16, 2, 8}), at::randn({16, 2}), at::randn({2, 8}));
+  expect_error(wrong_heads, raw.item, "query heads: model 'h2' expects 2, got 4");
+  ScoreSpec alibi = spec;
+  alibi.bias = BiasKind::kAlibi;
+  alibi.alibi_slopes = {1, 2};
+  expect_error(alibi, raw.item, "alibi.slopes: expected 4 values");
+  alibi.alibi_slopes = {};
+  alibi.scale = -1.0f;
+  expect_error(alibi, raw.item, "scale: expected a finite value > 0, got -1");
+  // Causal needs Lq <= Lk.
+  Case wide = RandomCase(1, 1, 6, 5, 4);
+  Raw wide_raw = MakeRaw(wide, Layout::kBHSD);
+  ScoreSpec causal = Spec(wide, Layout::kBHSD, true);
+  expect_error(causal, wide_raw.item, "causal: query length 6 exceeds key length 5");
+  // NaN and Inf inputs, in every dtype.
+  ScoreSpec plain = spec;
+  plain.bias = BiasKind::kAlibi;
+  std::string q = raw.q;
+  const float nan = std::nanf("");
+  std::memcpy(q.data() + 12, &nan, 4);
+  item = raw.item;
+  item.query.data = q.data();
+  expect_error(plain, item, "query.data: expected finite values, got NaN or Inf at flat index 3");
+  for (DType dtype : {DType::kFloat16, DType::kBFloat16}) {
+    std::vector<uint16_t> halves(raw.k.size() / 4);
+    EncodeFloats(reinterpret_cast<const float*>(raw.k.data()), halves.size(), dtype, halves.data());
+    std::vector<uint16_t> qh(raw.q.size() / 4);
+    EncodeFloats(reinterpret_cast<const float*>(raw.q.data()), qh.size(), dtype, qh.data());
+    const float inf = INFINITY;
+    EncodeFloats(&inf, 1, dtype, &halves[7]);
+    ScoreItem h = raw.item;
+    h.value.reset();
+    h.query = TensorRef{dtype, raw.item.query.shape, qh.data(), qh.size() * 2};
+    h.key = TensorRef{dtype, raw.item.key.shape, halves.data(), halves.size() * 2};
+    ScoreSpec no_context = plain;
+    no_context.want_context = false;
+    expect_error(no_context, h, "key.data: expected finite values, got NaN or Inf at flat index 7");
+  }
+  // Context without values; mixed dtypes.
+  item = raw.item;
+  item.value.reset();
+  expect_error(plain, item, "value: required for the CONTEXT output");
+  item = raw.item;
+  item.key.dtype = DType::kFloat16;
+  item.key.size_bytes /= 2;
+  expect_error(plain, item, "key.dtype: expected F32");
+}
+
+TEST(ScorerCreateTest, DevicesAndThreads) {
+  absl::StatusOr<std::unique_ptr<Scorer>> cpu = Scorer::Create({"cpu", 2});
+  ASSERT_TRUE(cpu.ok()) << cpu.status();
+  EXPECT_EQ((*cpu)->device(), "cpu");
+  EXPECT_EQ(at::get_num_threads(), 2);  // set explicitly, not LibTorch's default
+  absl::StatusOr<std::unique_ptr<Scorer>> cuda = Scorer::Create({"cuda:0", 0});
+  if (!at::hasCUDA()) {
+    EXPECT_EQ(cuda.status().code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_THAT(std::string(cuda.status().message()), HasSubstr("CUDA is not available"));
+  }
+  EXPECT_EQ(Scorer::Create({"tpu", 0}).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Scorer::Create({"cpu", -1}).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+class ParameterFileTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = std::filesystem::temp_directory_path() /
+           ("attnscore_params_" + std::to_string(::getpid()) + "_" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    std::filesystem::remove_all(dir_);
+    std::filesystem::create_directories(dir_);
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+
+  static void AddTensor(SafetensorsWriter& writer, const std::string& name, const at::Tensor& t) {
+    ASSERT_TRUE(writer.Add(name, "F32", t.sizes().vec(), Bytes(t)).ok());
+  }
+  std::filesystem::path dir_;
+};
+
+TEST_F(ParameterFileTest, SafetensorsRoundTripWithPrefixAndDirectoryLoad) {
+  at::manual_seed(8);
+  at::Tensor e = at::randn({8, 2, 4}), s = at::randn({8, 2}), u = at::randn({2, 4});
+  SafetensorsWriter writer;
+  AddTensor(writer, "layers.3.attn.key_pos_embeddings", e);
+  AddTensor(writer, "layers.3.attn.key_pos_bias", s);
+  AddTensor(writer, "layers.3.attn.query_pos_bias", u);
+  AddTensor(writer, "layers.3.attn.query.linear.weight", at::randn({8, 8}));
+  const std::string path = (dir_ / "xl.safetensors").string();
+  ASSERT_TRUE(writer.Write(path).ok());
+
+  absl::StatusOr<std::shared_ptr<const RelativeModel>> model =
+      LoadRelativeModel(path, "xl", "layers.3.attn.");
+  ASSERT_TRUE(model.ok()) << model.status();
+  EXPECT_TRUE(at::equal((*model)->key_pos_embeddings(), e));
+  EXPECT_TRUE(at::equal((*model)->key_pos_bias(), s));
+  EXPECT_TRUE(at::equal((*model)->query_pos_bias(), u));
+  EXPECT_EQ((*model)->info().max_relative_positions, 4);
+  // Without a prefix, a unique nested match is found.
+  ASSERT_TRUE(LoadRelativeModel(path, "xl").ok());
+
+  absl::StatusOr<std::shared_ptr<const ModelSet>> set = LoadModelDir(dir_.string());
+  ASSERT_TRUE(set.ok()) << set.status();
+  ASSERT_NE((*set)->Find("xl"), nullptr);
+  EXPECT_EQ(GetInfo(*(*set)->Find("xl")).heads, 2);
+  EXPECT_EQ((*set)->Find("missing"), nullptr);
+}
+
+TEST_F(ParameterFileTest, BadShapesNameFileTensorAndExpectedShape) {
+  SafetensorsWriter writer;
+  AddTensor(writer, "key_pos_embeddings", at::randn({8, 2, 4}));
+  AddTensor(writer, "key_pos_bias", at::randn({8, 3}));
+  AddTensor(writer, "query_pos_bias", at::randn({2, 4}));
+  const std::string path = (dir_ / "bad.safetensors").string();
+  ASSERT_TRUE(writer.Write(path).ok());
+  absl::Status status = LoadRelativeModel(path, "bad").status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(status.message()),
+              HasSubstr(path + ": tensor 'key_pos_bias' has shape [8,3], expected [8,2] (2P,H)"));
+  // A broken file fails the whole directory, naming the file.
+  absl::Status dir_status = LoadModelDir(dir_.string()).status();
+  EXPECT_THAT(std::string(dir_status.message()), HasSubstr("bad.safetensors"));
+  SafetensorsWriter missing;
+  AddTensor(missing, "key_pos_embeddings", at::randn({8, 2, 4}));
+  ASSERT_TRUE(missing.Write((dir_ / "missing.safetensors").string()).ok());
+  EXPECT_THAT(std::string(LoadRelativeModel((dir_ / "missing.safetensors").string(), "m")
+                              .status()
+                              .message()),
+              HasSubstr("no tensor 'key_pos_bias'"));
+}
+
+TEST_F(ParameterFileTest, LabmlStateDictRoundTrip) {
+  // A real labml RelativeMultiHeadAttention when labml-nn is installed; otherwise a module with
+  // the same parameter names. Either way torch.save(module.state_dict()).
+  const std::string pt = (dir_ / "labml.pt").string();
+  const std::string ref = (dir_ / "labml_ref.safetensors").string();
+  const std::string script = (dir_ / "make.py").string();
+  FILE* f = std::fopen(script.c_str(), "w");
+  ASSERT_NE(f, nullptr);
+  std::fputs(R"PY(
+import sys, torch
+from safetensors.torch import save_file
+torch.manual_seed(0)
+try:
+    from labml_nn.transformers.xl.relative_mha import RelativeMultiHeadAttention
+    m = RelativeMultiHeadAttention(heads=4, d_model=32, dropout_prob=0.0)
+    # labml initialises the position biases to zero; make them informative.
+    with torch.no_grad():
+        for p in m.parameters(): p.normal_()
+except ImportError:
+    class M(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.key_pos_embeddings = torch.nn.Parameter(torch.randn(2 * 2**10, 4, 8))
+            self.key_pos_bias = torch.nn.Parameter(torch.randn(2 * 2**10, 4))
+            self.query_pos_bias = torch.nn.Parameter(torch.randn(4, 8))
+            self.output = torch.nn.Linear(32, 32)
+    m = M()
+sd = m.state_dict()
+torch.save(sd, sys.argv[1])
+save_file({k: sd[k].contiguous() for k in ('key_pos_embeddings', 'key_pos_bias', 'query_pos_bias')}, sys.argv[2])
+)PY", f);
+  std::fclose(f);
+  const std::string cmd =
+      std::string(ATTNSCORE_VENV_PYTHON) + " " + script + " " + pt + " " + ref;
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  absl::StatusOr<std::shared_ptr<const RelativeModel>> from_pt = LoadRelativeModel(pt, "labml");
+  ASSERT_TRUE(from_pt.ok()) << from_pt.status();
+  absl::StatusOr<std::shared_ptr<const RelativeModel>> from_st = LoadRelativeModel(ref, "labml");
+  ASSERT_TRUE(from_st.ok()) << from_st.status();
+  EXPECT_TRUE(at::equal((*from_pt)->key_pos_embeddings(), (*from_st)->key_pos_embeddings()));
+  EXPECT_TRUE(at::equal((*from_pt)->key_pos_bias(), (*from_st)->key_pos_bias()));
+  EXPECT_TRUE(at::equal((*from_pt)->query_pos_bias(), (*from_st)->query_pos_bias()));
+  EXPECT_EQ((*from_pt)->info().heads, 4);
+}
+
+}  // namespace
+}  // namespace attnscore::scoring
