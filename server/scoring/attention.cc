@@ -1,6 +1,7 @@
 #include "server/scoring/attention.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
 #include <cstring>
 #include <limits>
@@ -81,51 +82,78 @@ AttentionResult ComputeAttention(const at::Tensor& q, const at::Tensor& k, const
     bias = StaticBias(config, heads, query_len, key_len);
   }
 
-  // Logits start as the broadcast static bias; masked keys become -inf before the GEMM adds
-  // finite values to them, so masking costs a fill of the masked columns only.
+  // One task per (batch item, head): its [Lq, Lk] block is built, biased, masked, normalised and
+  // multiplied by the values while it is hot in cache, instead of one pass over the whole
+  // [B,H,Lq,Lk] tensor per step. Inside at::parallel_for each GEMM runs single-threaded.
   AttentionResult result;
-  at::Tensor logits = at::empty({batch, heads, query_len, key_len}, q.options());
-  logits.copy_(bias.unsqueeze(0).expand({batch, heads, query_len, key_len}));
-  for (size_t b = 0; b < key_lengths.size(); ++b) {
-    const int64_t len = key_lengths[b];
-    if (len < key_len) logits.select(0, b).narrow(-1, len, key_len - len).fill_(kNegInf);
-  }
+  const at::TensorOptions f32 = q.options().dtype(at::kFloat);
+  at::Tensor logits = at::empty({batch, heads, query_len, key_len}, f32);
+  at::Tensor probs;
+  at::Tensor context;
+  const bool want_probs = config.want_probs || config.want_context;
+  if (want_probs) probs = at::empty({batch, heads, query_len, key_len}, f32);
+  if (config.want_context) context = at::empty({batch, heads, query_len, v.size(3)}, f32);
 
-  // Content term, accumulated into the logits in place: one batched GEMM, scale as alpha.
+  // Canonical contiguous [B*H, L, D] operands (copies only when the input layout is not BHSD).
   at::Tensor content_query = q;  // [B,H,Lq,D]
   if (relative) content_query = q + config.model->query_pos_bias().view({1, heads, 1, head_dim});
+  const at::Tensor q3 = content_query.reshape({batch * heads, query_len, head_dim});
+  const at::Tensor k3 = k.reshape({batch * heads, key_len, head_dim});
+  const at::Tensor raw_q3 = relative ? q.reshape({batch * heads, query_len, head_dim}) : q3;
+  const at::Tensor v3 =
+      config.want_context ? v.reshape({batch * heads, key_len, v.size(3)}) : at::Tensor();
   at::Tensor logits3 = logits.view({batch * heads, query_len, key_len});
-  logits3.baddbmm_(content_query.reshape({batch * heads, query_len, head_dim}),
-                   k.reshape({batch * heads, key_len, head_dim}).transpose(1, 2),
-                   /*beta=*/1, /*alpha=*/config.scale);
+  at::Tensor probs3 = want_probs ? probs.view({batch * heads, query_len, key_len}) : at::Tensor();
+  at::Tensor context3 =
+      config.want_context ? context.view({batch * heads, query_len, v.size(3)}) : at::Tensor();
 
+  // Relative position term: q_i.E[r,h] for the Lq + Lk - 1 distances that occur, per head.
+  const int64_t span = query_len + key_len - 1;
+  at::Tensor embeddings;  // [R,H,D]
   if (relative) {
-    // Position term q_i.E[r,h] for the Lq + Lk - 1 relative distances that occur, as one GEMM per
-    // head over all batch items: bd[h, b*Lq + i, t] with t = j - i + Lq - 1. The skew
-    // (labml's shift_right) is then a strided view: (b,h,i,j) -> bd[h, b*Lq+i, j-i+Lq-1].
-    const int64_t span = query_len + key_len - 1;
     const int64_t r0 = config.model->info().max_relative_positions - key_len + 1;
-    at::Tensor embeddings = config.model->key_pos_embeddings().narrow(0, r0, span);  // [R,H,D]
-    at::Tensor query_by_head =
-        q.permute({1, 0, 2, 3}).reshape({heads, batch * query_len, head_dim});  // [H,B*Lq,D]
-    at::Tensor bd = at::bmm(query_by_head, embeddings.permute({1, 2, 0}));     // [H,B*Lq,R]
-    at::Tensor skewed = bd.as_strided({batch, heads, query_len, key_len},
-                                      {query_len * span, batch * query_len * span, span - 1, 1},
-                                      bd.storage_offset() + query_len - 1);
-    logits.add_(skewed, config.scale);
+    embeddings = config.model->key_pos_embeddings().narrow(0, r0, span);
   }
 
-  if (config.want_probs || config.want_context) {
-    at::Tensor probs = at::softmax(logits, -1);
-    // Rows with no visible key are all -inf, which softmax turns into NaN: they are exactly the
-    // items with key length 0 (causal always leaves key 0 visible, as Lq <= Lk).
-    for (size_t b = 0; b < key_lengths.size(); ++b) {
-      if (key_lengths[b] == 0) probs.select(0, b).zero_();
+  at::parallel_for(0, batch * heads, 1, [&](int64_t begin, int64_t end) {
+    // [Lq, R] scratch, reused across this thread's blocks.
+    at::Tensor bd = relative ? at::empty({query_len, span}, f32) : at::Tensor();
+    for (int64_t index = begin; index < end; ++index) {
+      const int64_t b = index / heads;
+      const int64_t h = index % heads;
+      at::Tensor block = logits3[index];  // [Lq,Lk]
+      // Static bias (with -inf where causal masks), then masked keys to -inf: the GEMM below
+      // adds finite values, which leaves -inf in place.
+      block.copy_(bias[h]);
+      if (!key_lengths.empty() && key_lengths[b] < key_len) {
+        block.narrow(1, key_lengths[b], key_len - key_lengths[b]).fill_(kNegInf);
+      }
+      block.addmm_(q3[index], k3[index].t(), /*beta=*/1, /*alpha=*/config.scale);
+      if (relative) {
+        // bd[i, t] = q_i.E[r0 + t, h]; logits[i, j] += scale * bd[i, j - i + Lq - 1], which is
+        // labml's shift_right as a strided view: row stride R - 1, offset Lq - 1.
+        at::mm_out(bd, raw_q3[index], embeddings.select(1, h).t());
+        block.add_(bd.as_strided({query_len, key_len}, {span - 1, 1}, query_len - 1),
+                   config.scale);
+      }
+      if (!want_probs) continue;
+      at::Tensor p = probs3[index];
+      if (!key_lengths.empty() && key_lengths[b] == 0) {
+        // No visible key: softmax would give NaN; the contract is zero probabilities and context.
+        p.zero_();
+      } else {
+        at::_softmax_out(p, block, -1, /*half_to_float=*/false);
+      }
+      if (config.want_context) {
+        at::Tensor out = context3[index];
+        at::mm_out(out, p, v3[index]);
+      }
     }
-    if (config.want_context) result.context = at::matmul(probs, v);  // [B,H,Lq,Dv]
-    result.probs = std::move(probs);
-  }
+  });
+
   result.logits = std::move(logits);
+  if (config.want_probs) result.probs = std::move(probs);
+  result.context = std::move(context);
   return result;
 }
 

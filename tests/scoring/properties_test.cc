@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <unistd.h>
 
+#include "bench/literal_port.h"
 #include "common/safetensors.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -128,6 +129,39 @@ TEST(AttentionTest, MatchesDirectFormula) {
                                m.key_pos_bias()[rel][h].item<double>());
           EXPECT_NEAR(rr.logits[b][h][i][j].item<double>(), want, 1e-5);
         }
+      }
+    }
+  }
+}
+
+// The fused per-(batch, head) core against the literal port of the seed algorithm (materialised
+// ALiBi bias; labml einsum + shift_right) on shapes the golden cases do not cover.
+TEST(AttentionTest, MatchesLiteralPortOnRandomShapes) {
+  at::manual_seed(9);
+  struct Dims {
+    int64_t b, h, lq, lk, d;
+  };
+  for (Dims dims : {Dims{3, 5, 17, 17, 16}, Dims{2, 12, 7, 40, 32}, Dims{1, 3, 1, 64, 8},
+                    Dims{4, 2, 33, 65, 8}}) {
+    for (bool relative : {false, true}) {
+      for (bool causal : {false, true}) {
+        SCOPED_TRACE(::testing::Message() << dims.b << "," << dims.h << "," << dims.lq << ","
+                                          << dims.lk << "," << dims.d << " relative=" << relative
+                                          << " causal=" << causal);
+        Case c = RandomCase(dims.b, dims.h, dims.lq, dims.lk, dims.d, relative ? 80 : 0);
+        AttentionConfig config = Config(c, causal);
+        AttentionResult got = ComputeAttention(c.q, c.k, c.v, {}, config, nullptr);
+        bench::LiteralResult want =
+            relative ? bench::LiteralRelative(c.q, c.k, c.model->key_pos_embeddings(),
+                                              c.model->key_pos_bias(), c.model->query_pos_bias(),
+                                              causal, config.scale, true)
+                     : bench::LiteralAlibi(c.q, c.k, config.alibi_slopes, causal, config.scale, true);
+        EXPECT_TRUE(at::equal(at::isinf(got.logits), at::isinf(want.logits)));
+        at::Tensor finite = at::isfinite(want.logits);
+        EXPECT_TRUE(at::allclose(got.logits.masked_select(finite), want.logits.masked_select(finite),
+                                 1e-4, 1e-4));
+        EXPECT_TRUE(at::allclose(got.probs, want.probs, 1e-5, 1e-5));
+        EXPECT_TRUE(at::allclose(got.context, at::matmul(want.probs, c.v), 1e-4, 1e-4));
       }
     }
   }

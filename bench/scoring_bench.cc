@@ -1,0 +1,185 @@
+// Scoring core vs. the literal LibTorch port of the seed's algorithm, in the same run, printing
+// times and the speed-up ratio per case. Every case first checks that both agree (and aborts if
+// not), so a fast wrong answer cannot pass for an improvement.
+//
+//   build/bench/attnscore_bench_scoring [--benchmark_filter=REGEX] [--benchmark_min_time=S]
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <benchmark/benchmark.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "bench/literal_port.h"
+#include "server/scoring/alibi.h"
+#include "server/scoring/relative_model.h"
+#include "server/scoring/scorer.h"
+
+namespace attnscore::bench {
+namespace {
+
+using scoring::BiasKind;
+using scoring::ScoreItem;
+using scoring::ScoreSpec;
+using scoring::Scorer;
+using scoring::TensorRef;
+
+struct Shape {
+  const char* name;
+  int64_t b, h, lq, lk, d;
+};
+
+constexpr Shape kPrefill{"B8_H8_L512_D64", 8, 8, 512, 512, 64};
+constexpr Shape kDecode{"decode_B32_H8_Lq1_Lk2048_D64", 32, 8, 1, 2048, 64};
+constexpr int64_t kRelativePositions = 2048;
+
+struct Fixture {
+  at::Tensor q, k;
+  std::shared_ptr<const scoring::RelativeModel> model;
+  ScoreItem item;
+};
+
+Fixture& GetFixture(const Shape& shape) {
+  static std::map<std::string, Fixture>* fixtures = new std::map<std::string, Fixture>();
+  auto it = fixtures->find(shape.name);
+  if (it != fixtures->end()) return it->second;
+  at::manual_seed(0);
+  Fixture f;
+  f.q = at::randn({shape.b, shape.h, shape.lq, shape.d});
+  f.k = at::randn({shape.b, shape.h, shape.lk, shape.d});
+  f.model = *scoring::RelativeModel::Create(
+      "bench", "bench", at::randn({2 * kRelativePositions, shape.h, shape.d}),
+      at::randn({2 * kRelativePositions, shape.h}), at::randn({shape.h, shape.d}));
+  f.item.query = TensorRef{DType::kFloat32, f.q.sizes().vec(), f.q.data_ptr(), f.q.nbytes()};
+  f.item.key = TensorRef{DType::kFloat32, f.k.sizes().vec(), f.k.data_ptr(), f.k.nbytes()};
+  return fixtures->emplace(shape.name, std::move(f)).first->second;
+}
+
+Scorer& GetScorer() {
+  static Scorer* scorer = Scorer::Create({}).value().release();
+  return *scorer;
+}
+
+ScoreSpec Spec(const Fixture& f, bool relative, bool probs) {
+  ScoreSpec spec;
+  spec.causal = true;
+  spec.want_logits = true;
+  spec.want_probs = probs;
+  if (relative) {
+    spec.bias = BiasKind::kRelative;
+    spec.model = f.model;
+  }
+  return spec;
+}
+
+scoring::ScoreResult RunCore(const Fixture& f, const ScoreSpec& spec) {
+  auto out = GetScorer().ScoreBatch(spec, absl::MakeConstSpan(&f.item, 1));
+  if (!out.ok()) {
+    std::fprintf(stderr, "core failed: %s\n", out.status().ToString().c_str());
+    std::abort();
+  }
+  return std::move((*out)[0]);
+}
+
+LiteralResult RunLiteral(const Fixture& f, bool relative, bool probs) {
+  const double scale = 1.0 / std::sqrt(static_cast<double>(f.q.size(3)));
+  if (relative) {
+    return LiteralRelative(f.q, f.k, f.model->key_pos_embeddings(), f.model->key_pos_bias(),
+                           f.model->query_pos_bias(), true, scale, probs);
+  }
+  return LiteralAlibi(f.q, f.k, scoring::AlibiSlopes(f.q.size(1)), true, scale, probs);
+}
+
+void CheckAgreement(const Fixture& f, bool relative, bool probs, const char* name) {
+  scoring::ScoreResult core = RunCore(f, Spec(f, relative, probs));
+  LiteralResult lit = RunLiteral(f, relative, probs);
+  at::Tensor logits = at::from_blob(const_cast<void*>(core.logits->data), core.logits->shape, at::kFloat);
+  const at::Tensor& want = lit.logits.contiguous();
+  const bool same_inf = at::equal(at::isinf(logits), at::isinf(want));
+  at::Tensor finite = at::isfinite(want);
+  const bool close = at::allclose(logits.masked_select(finite), want.masked_select(finite), 1e-4, 1e-4);
+  if (!same_inf || !close) {
+    std::fprintf(stderr, "%s: core and literal port disagree (inf %d close %d)\n", name, same_inf, close);
+    std::abort();
+  }
+}
+
+void BM_Core(benchmark::State& state, Shape shape, bool relative, bool probs) {
+  Fixture& f = GetFixture(shape);
+  ScoreSpec spec = Spec(f, relative, probs);
+  CheckAgreement(f, relative, probs, shape.name);
+  for (auto _ : state) benchmark::DoNotOptimize(RunCore(f, spec));
+}
+
+void BM_Literal(benchmark::State& state, Shape shape, bool relative, bool probs) {
+  Fixture& f = GetFixture(shape);
+  for (auto _ : state) benchmark::DoNotOptimize(RunLiteral(f, relative, probs));
+}
+
+// Collects real time per benchmark to print literal/core ratios at the end.
+class RatioReporter : public benchmark::ConsoleReporter {
+ public:
+  void ReportRuns(const std::vector<Run>& runs) override {
+    for (const Run& run : runs) {
+      if (run.run_type == Run::RT_Iteration && run.error_occurred == false) {
+        seconds_[run.benchmark_name()] = run.GetAdjustedRealTime() /
+                                         benchmark::GetTimeUnitMultiplier(run.time_unit);
+      }
+    }
+    ConsoleReporter::ReportRuns(runs);
+  }
+  void PrintRatios() const {
+    std::printf("\n%-52s %12s %12s %9s\n", "case", "literal ms", "core ms", "speed-up");
+    for (const auto& [name, seconds] : seconds_) {
+      if (name.rfind("core/", 0) != 0) continue;
+      const std::string literal = "literal/" + name.substr(5);
+      auto it = seconds_.find(literal);
+      if (it == seconds_.end()) continue;
+      std::printf("%-52s %12.2f %12.2f %8.2fx\n", name.substr(5).c_str(), it->second * 1e3,
+                  seconds * 1e3, it->second / seconds);
+    }
+  }
+
+ private:
+  std::map<std::string, double> seconds_;
+};
+
+void Register() {
+  struct Case {
+    Shape shape;
+    bool relative, probs;
+    const char* what;
+  };
+  const Case cases[] = {
+      {kPrefill, false, false, "alibi_logits"},   {kPrefill, false, true, "alibi_logits+probs"},
+      {kPrefill, true, false, "relative_logits"}, {kPrefill, true, true, "relative_logits+probs"},
+      {kDecode, false, true, "alibi_logits+probs"}, {kDecode, true, true, "relative_logits+probs"},
+  };
+  for (const Case& c : cases) {
+    const std::string suffix = std::string(c.shape.name) + "/" + c.what;
+    benchmark::RegisterBenchmark(("core/" + suffix).c_str(), BM_Core, c.shape, c.relative, c.probs)
+        ->Unit(benchmark::kMillisecond)->UseRealTime();
+    benchmark::RegisterBenchmark(("literal/" + suffix).c_str(), BM_Literal, c.shape, c.relative, c.probs)
+        ->Unit(benchmark::kMillisecond)->UseRealTime();
+  }
+}
+
+}  // namespace
+}  // namespace attnscore::bench
+
+int main(int argc, char** argv) {
+  attnscore::bench::Register();
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  attnscore::bench::GetScorer();  // sets the intra-op thread count (default: all cores)
+  std::printf("intra-op threads: %d\n", at::get_num_threads());
+  attnscore::bench::RatioReporter reporter;
+  benchmark::RunSpecifiedBenchmarks(&reporter);
+  reporter.PrintRatios();
+  benchmark::Shutdown();
+  return 0;
+}

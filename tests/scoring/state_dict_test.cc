@@ -1,0 +1,705 @@
+// LoadStateDict against files written by real torch.save (the project venv's
+// Python makes them at test time), against hand-made archives that torch.save
+// would never write, and against damaged files. Values are compared byte for
+// byte with what Python wrote next to each .pt file.
+#include "server/scoring/state_dict.h"
+
+#include <ATen/core/Tensor.h>
+#include <caffe2/serialize/inline_container.h>
+#include <stdlib.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <random>
+#include <set>
+#include <sstream>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+#ifndef ATTNSCORE_VENV_PYTHON
+#error \
+    "ATTNSCORE_VENV_PYTHON (the project venv's python, as a string literal) must be defined"
+#endif
+
+namespace attnscore::scoring {
+namespace {
+
+using ::testing::HasSubstr;
+using ::testing::UnorderedElementsAreArray;
+
+// Writes every fixture into argv[1], plus manifest.tsv: one line per tensor
+// that LoadStateDict must return, "file \t key \t dtype \t shape \t raw-bytes
+// file". Crafted archives (zipfile + pickle with stand-in objects) cover what
+// torch.save itself never writes.
+constexpr char kFixtureScript[] = R"PY(
+import collections, datetime, io, os, pickle, sys, zipfile
+import torch
+import torch.nn as nn
+
+out = sys.argv[1]
+manifest = []
+DTYPE_NAMES = {
+    torch.float32: 'float32', torch.float16: 'float16', torch.bfloat16: 'bfloat16',
+    torch.float64: 'float64', torch.int64: 'int64', torch.int32: 'int32', torch.int16: 'int16',
+    torch.int8: 'int8', torch.uint8: 'uint8', torch.bool: 'bool', torch.complex64: 'complex64',
+}
+
+def path(name):
+    return os.path.join(out, name)
+
+def expect(name, tensors):
+    for key, t in tensors.items():
+        t = t.detach().contiguous()
+        raw = (t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy().tobytes()
+        bin_name = '%s.%d.bin' % (name, len(manifest))
+        with open(path(bin_name), 'wb') as f:
+            f.write(raw)
+        shape = ','.join(str(d) for d in t.shape)
+        manifest.append('\t'.join([name, key, DTYPE_NAMES[t.dtype], shape, bin_name]))
+
+def save(name, obj, **kwargs):
+    torch.save(obj, path(name), **kwargs)
+    expect(name, obj)
+
+torch.manual_seed(0)
+save('dtypes.pt', {
+    'f32': torch.randn(3, 5),
+    'f16': (torch.randn(4, 3) * 100).half(),
+    'bf16': torch.randn(2, 3, 4).bfloat16(),
+    'f64': torch.randn(7, dtype=torch.float64),
+    'i64': torch.tensor([-(2 ** 40), -1, 0, 1, 2 ** 62], dtype=torch.int64),
+    'i32': torch.arange(-5, 5, dtype=torch.int32).reshape(2, 5),
+    'i16': torch.tensor([-32768, 0, 32767], dtype=torch.int16),
+    'i8': torch.tensor([-128, 0, 127], dtype=torch.int8),
+    'u8': torch.arange(256, dtype=torch.uint8),
+    'bool': torch.tensor([[True, False], [False, True]]),
+    'c64': torch.randn(3, dtype=torch.complex64),
+    'scalar': torch.tensor(3.5),
+    'empty': torch.zeros(0, 3),
+    'special': torch.tensor([float('inf'), float('-inf'), float('nan'), -0.0, 1e-45]),
+})
+
+# Views saved as they are: torch.save writes the whole shared storage once, plus each view's
+# offset and strides.
+big = torch.arange(60, dtype=torch.float32).reshape(5, 12)
+save('views.pt', {
+    'slice': big[1:, ::2],
+    'transpose': big.t(),
+    'row': big[2],
+    'whole': big,
+    'expand': torch.arange(3, dtype=torch.float32).expand(4, 3),
+    'half_cols': torch.arange(48, dtype=torch.float16).reshape(6, 8)[:, 1:7:3],
+    'bf16_t': torch.arange(12, dtype=torch.float32).reshape(3, 4).bfloat16().t(),
+})
+
+# Laid out like labml's RelativeMultiHeadAttention (PrepareForMultiHeadAttention holds .linear).
+class PrepareForMultiHeadAttention(nn.Module):
+    def __init__(self, d_model, heads, d_k, bias):
+        super().__init__()
+        self.linear = nn.Linear(d_model, heads * d_k, bias=bias)
+
+class RelativeMultiHeadAttention(nn.Module):
+    def __init__(self, heads=2, d_model=8, P=3):
+        super().__init__()
+        d_k = d_model // heads
+        self.query = PrepareForMultiHeadAttention(d_model, heads, d_k, True)
+        self.key = PrepareForMultiHeadAttention(d_model, heads, d_k, False)
+        self.value = PrepareForMultiHeadAttention(d_model, heads, d_k, True)
+        self.output = nn.Linear(d_model, d_model)
+        self.key_pos_embeddings = nn.Parameter(
+            torch.arange(2 * P * heads * d_k, dtype=torch.float32).reshape(2 * P, heads, d_k) / 8)
+        self.key_pos_bias = nn.Parameter(
+            torch.arange(2 * P * heads, dtype=torch.float32).reshape(2 * P, heads) - 5)
+        self.query_pos_bias = nn.Parameter(torch.randn(heads, d_k))
+
+module = RelativeMultiHeadAttention()
+state = module.state_dict()
+assert isinstance(state, collections.OrderedDict) and state._metadata
+save('module.pt', state)
+save('module_p4.pt', state, pickle_protocol=4)  # FRAME, MEMOIZE, SHORT_BINUNICODE, STACK_GLOBAL
+save('module_vars.pt', module.state_dict(keep_vars=True))  # Parameters: _rebuild_parameter
+tied = torch.randn(4)
+save('tied.pt', {'a': tied, 'b': tied, 'c': tied[1:3]})
+
+# Not loadable.
+torch.save(state, path('legacy.pt'), _use_new_zipfile_serialization=False)
+torch.save({'w': torch.ones(2), 'when': datetime.date(2020, 1, 2)}, path('unknown_global.pt'))
+torch.save(nn.Linear(2, 2), path('whole_module.pt'))
+torch.save({'w': torch.ones(2), 'step': 3}, path('non_tensor.pt'))
+torch.save({'model': state, 'epoch': 1}, path('nested.pt'))
+torch.jit.save(torch.jit.script(nn.Linear(2, 2)), path('torchscript.pt'))
+with open(path('bare_pickle.pt'), 'wb') as f:
+    pickle.dump({'a': 1}, f, protocol=2)
+
+# Hand-made archives: stand-ins pickle exactly as torch.save's tensors and storages do, with
+# whatever offsets, sizes and persistent ids a damaged or hostile file could carry.
+class FakeStorage:
+    def __init__(self, key, storage_type, numel):
+        self.key, self.storage_type, self.numel = key, storage_type, numel
+
+class FakeTensor:
+    def __init__(self, storage, offset, size, stride, extra=()):
+        self.args = (storage, offset, size, stride, False, collections.OrderedDict()) + extra
+    def __reduce__(self):
+        return (torch._utils._rebuild_tensor_v2, self.args)
+
+def storage_pid(obj):
+    if isinstance(obj, FakeStorage):
+        return ('storage', obj.storage_type, obj.key, 'cpu', obj.numel)
+    return None
+
+def craft(name, obj, records, pid=storage_pid, extra_records=()):
+    buf = io.BytesIO()
+    pickler = pickle.Pickler(buf, protocol=2)
+    pickler.persistent_id = pid
+    pickler.dump(obj)
+    with zipfile.ZipFile(path(name), 'w') as z:
+        z.writestr('archive/data.pkl', buf.getvalue())
+        for key, data in records.items():
+            z.writestr('archive/data/' + key, data)
+        z.writestr('archive/version', '3\n')
+        for record, data in extra_records:
+            z.writestr('archive/' + record, data)
+
+six = torch.arange(6, dtype=torch.float32)
+records = {'0': six.numpy().tobytes()}
+s6 = FakeStorage('0', torch.FloatStorage, 6)
+craft('crafted_ok.pt', {'t': FakeTensor(s6, 1, (2, 2), (1, 2))}, records)
+expect('crafted_ok.pt', {'t': six.as_strided((2, 2), (1, 2), 1)})
+craft('meta_empty.pt', {'t': FakeTensor(s6, 0, (6,), (1,), ({},))}, records)
+expect('meta_empty.pt', {'t': six})
+craft('meta_conj.pt', {'t': FakeTensor(s6, 0, (6,), (1,), ({'conj': True},))}, records)
+craft('out_of_bounds.pt', {'t': FakeTensor(s6, 2, (3, 2), (2, 1))}, records)
+craft('numel_mismatch.pt', {'t': FakeTensor(FakeStorage('0', torch.FloatStorage, 8), 0, (6,), (1,))},
+      records)
+craft('missing_record.pt', {'t': FakeTensor(FakeStorage('9', torch.FloatStorage, 6), 0, (6,), (1,))},
+      records)
+craft('rank_mismatch.pt', {'t': FakeTensor(s6, 0, (2, 3), (3,))}, records)
+craft('negative_stride.pt', {'t': FakeTensor(s6, 5, (6,), (-1,))}, records)
+craft('huge_expand.pt', {'t': FakeTensor(s6, 0, (1 << 20, 1 << 20), (0, 0))}, records)
+craft('numel_overflow.pt', {'t': FakeTensor(s6, 0, (1 << 62, 4), (0, 1))}, records)
+craft('long_int.pt', {'t': FakeTensor(s6, 1 << 70, (1,), (1,))}, records)
+craft('bad_pid.pt', {'t': FakeTensor(s6, 0, (6,), (1,))}, records,
+      pid=lambda o: ('module', o.storage_type, o.key, 'cpu', o.numel)
+      if isinstance(o, FakeStorage) else None)
+craft('dtype_conflict.pt', {'a': FakeTensor(s6, 0, (6,), (1,)),
+                            'b': FakeTensor(FakeStorage('0', torch.IntStorage, 6), 0, (6,), (1,))},
+      records)
+craft('big_endian.pt', {'t': FakeTensor(s6, 0, (6,), (1,))}, records,
+      extra_records=[('byteorder', 'big')])
+craft('list_root.pt', [FakeTensor(s6, 0, (6,), (1,))], records)
+craft('int_key.pt', {1: FakeTensor(s6, 0, (6,), (1,))}, records)
+
+with open(path('manifest.tsv'), 'w') as f:
+    f.write('\n'.join(manifest) + '\n')
+)PY";
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream buffer;
+  buffer << in.rdbuf();
+  return std::move(buffer).str();
+}
+
+// Files are removed before being rewritten: ext4 flushes a file truncated and
+// rewritten in place on close (auto_da_alloc), which made the loops below slow.
+void RemoveFile(const std::string& path) {
+  std::error_code ec;
+  std::filesystem::remove(path, ec);
+}
+
+void WriteFile(const std::string& path, const std::string& contents) {
+  RemoveFile(path);
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(contents.data(), static_cast<std::streamsize>(contents.size()));
+  ASSERT_TRUE(out.good()) << path;
+}
+
+std::string MakeTempDir(const std::string& stem) {
+  std::string pattern = ::testing::TempDir() + stem + "XXXXXX";
+  if (mkdtemp(pattern.data()) == nullptr) return "";
+  return pattern;
+}
+
+// Fixtures are generated once and shared by every test process (ctest runs each
+// test alone): keyed by a hash of the script, built in a private directory and
+// renamed into place, so parallel test processes never see a half-written set.
+std::string FixtureDir(std::string* error) {
+  namespace fs = std::filesystem;
+  const std::string dir =
+      ::testing::TempDir() + "attnscore_state_dict_fixtures_" +
+      std::to_string(std::hash<std::string>()(kFixtureScript));
+  if (fs::exists(fs::path(dir) / "manifest.tsv")) return dir;
+  const std::string scratch = MakeTempDir("attnscore_state_dict_gen_");
+  if (scratch.empty()) {
+    *error = "mkdtemp failed";
+    return "";
+  }
+  const std::string script = scratch + "/make_fixtures.py";
+  std::ofstream(script) << kFixtureScript;
+  const std::string log = scratch + "/python.log";
+  const std::string command = std::string("'") + ATTNSCORE_VENV_PYTHON + "' '" +
+                              script + "' '" + scratch + "' > '" + log +
+                              "' 2>&1";
+  if (std::system(command.c_str()) != 0) {
+    *error = "fixture script failed: " + command + "\n" + ReadFile(log);
+    return "";
+  }
+  std::error_code ec;
+  fs::rename(scratch, dir, ec);
+  if (ec)
+    fs::remove_all(scratch, ec);  // another process won the race; use its copy
+  if (!fs::exists(fs::path(dir) / "manifest.tsv")) {
+    *error = "fixtures missing from " + dir;
+    return "";
+  }
+  return dir;
+}
+
+struct ExpectedTensor {
+  std::string key;
+  std::string dtype;
+  std::vector<int64_t> shape;
+  std::string bytes;
+};
+
+const std::map<std::string, c10::ScalarType>& DTypes() {
+  static const auto* dtypes = new std::map<std::string, c10::ScalarType>{
+      {"float32", c10::ScalarType::Float},
+      {"float16", c10::ScalarType::Half},
+      {"bfloat16", c10::ScalarType::BFloat16},
+      {"float64", c10::ScalarType::Double},
+      {"int64", c10::ScalarType::Long},
+      {"int32", c10::ScalarType::Int},
+      {"int16", c10::ScalarType::Short},
+      {"int8", c10::ScalarType::Char},
+      {"uint8", c10::ScalarType::Byte},
+      {"bool", c10::ScalarType::Bool},
+      {"complex64", c10::ScalarType::ComplexFloat},
+  };
+  return *dtypes;
+}
+
+std::vector<std::string> Split(const std::string& line, char sep) {
+  std::vector<std::string> fields;
+  std::string field;
+  std::istringstream in(line);
+  while (std::getline(in, field, sep)) fields.push_back(field);
+  if (!line.empty() && line.back() == sep) fields.emplace_back();
+  return fields;
+}
+
+std::string TensorBytes(const at::Tensor& t) {
+  return std::string(static_cast<const char*>(t.data_ptr()), t.nbytes());
+}
+
+template <size_t N>
+std::string Bytes(const char (&s)[N]) {
+  return std::string(s, N - 1);
+}
+
+// A torch.save-shaped archive around an arbitrary pickle, written by LibTorch's
+// own writer.
+void WriteArchive(
+    const std::string& path, const std::string& pickle,
+    const std::vector<std::pair<std::string, std::string>>& records = {}) {
+  RemoveFile(path);
+  caffe2::serialize::PyTorchStreamWriter writer(path);
+  writer.writeRecord("data.pkl", pickle.data(), pickle.size());
+  for (const auto& [name, data] : records)
+    writer.writeRecord(name, data.data(), data.size());
+  writer.writeEndOfFile();
+}
+
+class StateDictTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    fixture_error_ = new std::string;
+    fixture_dir_ = new std::string(FixtureDir(fixture_error_));
+  }
+  static void TearDownTestSuite() {
+    delete fixture_dir_;
+    delete fixture_error_;
+  }
+
+  void SetUp() override {
+    ASSERT_FALSE(fixture_dir_->empty()) << *fixture_error_;
+    scratch_dir_ = MakeTempDir("attnscore_state_dict_test_");
+    ASSERT_FALSE(scratch_dir_.empty());
+  }
+  void TearDown() override {
+    std::error_code ec;
+    if (!scratch_dir_.empty()) std::filesystem::remove_all(scratch_dir_, ec);
+  }
+
+  static std::string Fixture(const std::string& name) {
+    return *fixture_dir_ + "/" + name;
+  }
+  std::string Scratch(const std::string& name) const {
+    return scratch_dir_ + "/" + name;
+  }
+
+  // What Python wrote for each .pt file, from manifest.tsv.
+  static std::map<std::string, std::vector<ExpectedTensor>> Manifest() {
+    std::map<std::string, std::vector<ExpectedTensor>> files;
+    std::istringstream lines(ReadFile(Fixture("manifest.tsv")));
+    std::string line;
+    while (std::getline(lines, line)) {
+      if (line.empty()) continue;
+      const std::vector<std::string> fields = Split(line, '\t');
+      EXPECT_EQ(fields.size(), 5u) << line;
+      if (fields.size() != 5) continue;
+      ExpectedTensor expected{
+          fields[1], fields[2], {}, ReadFile(Fixture(fields[4]))};
+      if (!fields[3].empty()) {
+        for (const std::string& dim : Split(fields[3], ','))
+          expected.shape.push_back(std::stoll(dim));
+      }
+      files[fields[0]].push_back(std::move(expected));
+    }
+    return files;
+  }
+
+  static std::map<std::string, at::Tensor> LoadOk(const std::string& path) {
+    absl::StatusOr<std::map<std::string, at::Tensor>> loaded =
+        LoadStateDict(path);
+    EXPECT_TRUE(loaded.ok()) << loaded.status();
+    return loaded.ok() ? *std::move(loaded)
+                       : std::map<std::string, at::Tensor>{};
+  }
+
+  static void ExpectError(const std::string& path, absl::StatusCode code,
+                          const std::vector<std::string>& substrings) {
+    absl::StatusOr<std::map<std::string, at::Tensor>> loaded =
+        LoadStateDict(path);
+    ASSERT_FALSE(loaded.ok())
+        << path << " loaded " << loaded->size() << " tensors";
+    EXPECT_EQ(loaded.status().code(), code) << loaded.status();
+    const std::string message(loaded.status().message());
+    EXPECT_THAT(message, HasSubstr(path));
+    for (const std::string& s : substrings) EXPECT_THAT(message, HasSubstr(s));
+  }
+
+  static std::string* fixture_dir_;
+  static std::string* fixture_error_;
+  std::string scratch_dir_;
+};
+
+std::string* StateDictTest::fixture_dir_ = nullptr;
+std::string* StateDictTest::fixture_error_ = nullptr;
+
+TEST_F(StateDictTest, EveryTensorMatchesWhatPythonWrote) {
+  const auto manifest = Manifest();
+  for (const char* file :
+       {"dtypes.pt", "views.pt", "module.pt", "module_p4.pt", "module_vars.pt",
+        "tied.pt", "crafted_ok.pt", "meta_empty.pt"}) {
+    SCOPED_TRACE(file);
+    ASSERT_EQ(manifest.count(file), 1u);
+    const std::map<std::string, at::Tensor> loaded = LoadOk(Fixture(file));
+    std::vector<std::string> expected_keys;
+    for (const ExpectedTensor& e : manifest.at(file))
+      expected_keys.push_back(e.key);
+    std::vector<std::string> loaded_keys;
+    for (const auto& entry : loaded) loaded_keys.push_back(entry.first);
+    EXPECT_THAT(loaded_keys, UnorderedElementsAreArray(expected_keys));
+    for (const ExpectedTensor& e : manifest.at(file)) {
+      SCOPED_TRACE(e.key);
+      auto it = loaded.find(e.key);
+      if (it == loaded.end()) continue;
+      const at::Tensor& t = it->second;
+      ASSERT_TRUE(t.defined());
+      EXPECT_EQ(t.scalar_type(), DTypes().at(e.dtype));
+      EXPECT_EQ(t.sizes().vec(), e.shape);
+      EXPECT_TRUE(t.is_contiguous());
+      EXPECT_TRUE(t.device().is_cpu());
+      EXPECT_EQ(TensorBytes(t), e.bytes);  // exact, NaN and -0.0 included
+    }
+  }
+}
+
+TEST_F(StateDictTest, RelativeAttentionModuleLayout) {
+  const std::map<std::string, at::Tensor> loaded = LoadOk(Fixture("module.pt"));
+  std::vector<std::string> keys;
+  for (const auto& entry : loaded) keys.push_back(entry.first);
+  EXPECT_THAT(
+      keys, UnorderedElementsAreArray(std::vector<std::string>{
+                "query.linear.weight", "query.linear.bias", "key.linear.weight",
+                "value.linear.weight", "value.linear.bias", "output.weight",
+                "output.bias", "key_pos_embeddings", "key_pos_bias",
+                "query_pos_bias"}));
+  ASSERT_EQ(loaded.count("key_pos_embeddings"), 1u);
+  const at::Tensor& embeddings = loaded.at("key_pos_embeddings");
+  EXPECT_EQ(embeddings.sizes().vec(),
+            (std::vector<int64_t>{6, 2, 4}));  // [2P, H, D]
+  ASSERT_EQ(embeddings.scalar_type(), c10::ScalarType::Float);
+  for (int64_t i = 0; i < 48; ++i) {
+    EXPECT_EQ(embeddings.data_ptr<float>()[i], static_cast<float>(i) / 8) << i;
+  }
+  const at::Tensor& bias = loaded.at("key_pos_bias");
+  EXPECT_EQ(bias.sizes().vec(), (std::vector<int64_t>{6, 2}));  // [2P, H]
+  for (int64_t i = 0; i < 12; ++i)
+    EXPECT_EQ(bias.data_ptr<float>()[i], i - 5.0f) << i;
+  EXPECT_EQ(loaded.at("query_pos_bias").sizes().vec(),
+            (std::vector<int64_t>{2, 4}));  // [H, D]
+  EXPECT_EQ(loaded.at("query.linear.weight").sizes().vec(),
+            (std::vector<int64_t>{8, 8}));
+}
+
+TEST_F(StateDictTest, ViewsAreCopiedOutOfTheirSharedStorage) {
+  const std::map<std::string, at::Tensor> loaded = LoadOk(Fixture("views.pt"));
+  ASSERT_EQ(loaded.count("slice"), 1u);
+  const at::Tensor& slice =
+      loaded.at("slice");  // big[1:, ::2], big = arange(60).reshape(5, 12)
+  ASSERT_EQ(slice.sizes().vec(), (std::vector<int64_t>{4, 6}));
+  for (int64_t i = 0; i < 4; ++i) {
+    for (int64_t j = 0; j < 6; ++j) {
+      EXPECT_EQ(slice.data_ptr<float>()[i * 6 + j],
+                static_cast<float>(12 * (i + 1) + 2 * j));
+    }
+  }
+  const at::Tensor& expand =
+      loaded.at("expand");  // arange(3).expand(4, 3): stride 0
+  for (int64_t i = 0; i < 12; ++i)
+    EXPECT_EQ(expand.data_ptr<float>()[i], i % 3) << i;
+  // Each tensor owns exactly its own elements, not the whole 60-float storage
+  // it was saved with.
+  std::set<const void*> pointers;
+  for (const auto& [key, t] : loaded) {
+    EXPECT_EQ(t.storage().nbytes(), t.nbytes()) << key;
+    EXPECT_EQ(t.storage_offset(), 0) << key;
+    pointers.insert(t.data_ptr());
+  }
+  EXPECT_EQ(pointers.size(), loaded.size());
+  // Writing one does not show through another.
+  loaded.at("whole").data_ptr<float>()[2 * 12] = -1;
+  EXPECT_EQ(loaded.at("row").data_ptr<float>()[0], 24.0f);
+}
+
+TEST_F(StateDictTest, SameTensorObjectLoadsOnce) {
+  const std::map<std::string, at::Tensor> loaded = LoadOk(Fixture("tied.pt"));
+  ASSERT_EQ(loaded.size(), 3u);
+  EXPECT_TRUE(loaded.at("a").is_same(loaded.at("b")));
+  EXPECT_FALSE(loaded.at("a").is_same(loaded.at("c")));
+}
+
+TEST_F(StateDictTest, ProtocolFourAndParametersLoadTheSameValues) {
+  const std::map<std::string, at::Tensor> base = LoadOk(Fixture("module.pt"));
+  for (const char* file : {"module_p4.pt", "module_vars.pt"}) {
+    SCOPED_TRACE(file);
+    const std::map<std::string, at::Tensor> other = LoadOk(Fixture(file));
+    ASSERT_EQ(other.size(), base.size());
+    for (const auto& [key, t] : base) {
+      ASSERT_EQ(other.count(key), 1u) << key;
+      EXPECT_EQ(TensorBytes(other.at(key)), TensorBytes(t)) << key;
+    }
+  }
+}
+
+TEST_F(StateDictTest, MissingFileIsNotFound) {
+  ExpectError(Scratch("absent.pt"), absl::StatusCode::kNotFound,
+              {"cannot open"});
+}
+
+TEST_F(StateDictTest, LegacyFormatAsksForZipResave) {
+  ExpectError(Fixture("legacy.pt"), absl::StatusCode::kUnimplemented,
+              {"legacy", "zip", "_use_new_zipfile_serialization"});
+}
+
+TEST_F(StateDictTest, NonArchivesAreRejected) {
+  ExpectError(Fixture("bare_pickle.pt"), absl::StatusCode::kInvalidArgument,
+              {"pickle", "zip"});
+  ExpectError(Fixture("torchscript.pt"), absl::StatusCode::kInvalidArgument,
+              {"TorchScript"});
+  const std::string empty = Scratch("empty.pt");
+  WriteFile(empty, "");
+  ExpectError(empty, absl::StatusCode::kInvalidArgument,
+              {"not a PyTorch zip archive"});
+  std::mt19937 rng(1234);
+  std::string noise(4096, '\0');
+  for (char& c : noise) c = static_cast<char>(rng());
+  const std::string random = Scratch("random.pt");
+  WriteFile(random, noise);
+  ExpectError(random, absl::StatusCode::kInvalidArgument,
+              {"not a PyTorch zip archive"});
+  // A zip signature followed by noise: damaged, and said so.
+  WriteFile(random, "PK\x03\x04" + noise);
+  ExpectError(random, absl::StatusCode::kDataLoss, {"zip archive"});
+}
+
+TEST_F(StateDictTest, UnsupportedContentsAreRejected) {
+  using Code = absl::StatusCode;
+  ExpectError(Fixture("unknown_global.pt"), Code::kInvalidArgument,
+              {"unsupported global", "datetime.date"});
+  ExpectError(Fixture("whole_module.pt"), Code::kInvalidArgument,
+              {"unsupported global"});
+  ExpectError(Fixture("non_tensor.pt"), Code::kInvalidArgument,
+              {"'step'", "has type int"});
+  ExpectError(Fixture("nested.pt"), Code::kInvalidArgument,
+              {"'model'", "has type dict"});
+  ExpectError(Fixture("list_root.pt"), Code::kInvalidArgument,
+              {"holds type list"});
+  ExpectError(Fixture("int_key.pt"), Code::kInvalidArgument,
+              {"key of type int"});
+  ExpectError(Fixture("meta_conj.pt"), Code::kInvalidArgument, {"'conj'"});
+  ExpectError(Fixture("bad_pid.pt"), Code::kInvalidArgument, {"persistent id"});
+  ExpectError(Fixture("rank_mismatch.pt"), Code::kInvalidArgument,
+              {"size has 2 dims"});
+  ExpectError(Fixture("long_int.pt"), Code::kInvalidArgument,
+              {"does not fit in int64"});
+  ExpectError(Fixture("huge_expand.pt"), Code::kInvalidArgument,
+              {"repeats storage elements"});
+  ExpectError(Fixture("big_endian.pt"), Code::kUnimplemented, {"byteorder"});
+}
+
+TEST_F(StateDictTest, InconsistentArchivesAreDataLoss) {
+  using Code = absl::StatusCode;
+  ExpectError(Fixture("out_of_bounds.pt"), Code::kDataLoss,
+              {"outside its storage"});
+  ExpectError(Fixture("numel_overflow.pt"), Code::kDataLoss,
+              {"overflows int64"});
+  ExpectError(Fixture("negative_stride.pt"), Code::kDataLoss,
+              {"negative size or stride"});
+  ExpectError(Fixture("numel_mismatch.pt"), Code::kDataLoss,
+              {"holds 24 bytes", "need 32"});
+  ExpectError(Fixture("missing_record.pt"), Code::kDataLoss,
+              {"'data/9'", "missing"});
+  ExpectError(Fixture("dtype_conflict.pt"), Code::kDataLoss,
+              {"storage '0' referenced as Int"});
+}
+
+TEST_F(StateDictTest, HandWrittenPickles) {
+  using Code = absl::StatusCode;
+  const std::string file = Scratch("hand.pt");
+  const auto check = [&](const std::string& pickle, Code code,
+                         const std::string& substring) {
+    SCOPED_TRACE(substring);
+    WriteArchive(file, pickle);
+    ExpectError(file, code, {substring});
+  };
+  WriteArchive(file, Bytes("\x80\x02}q\x00."));
+  EXPECT_TRUE(LoadOk(file).empty());
+  check(Bytes("\x80\x02}"), Code::kDataLoss, "without STOP");
+  check(Bytes("\x80\x02s."), Code::kDataLoss, "stack underflow");
+  check(Bytes("\x80\x02(K\x01K\x02u."), Code::kDataLoss,
+        "stack underflow");  // no dict below MARK
+  check(Bytes("\x80\x02h\x05."), Code::kDataLoss, "memo entry 5 not set");
+  check(Bytes("\x80\x02I1\n."), Code::kInvalidArgument,
+        "unsupported pickle opcode");
+  check(Bytes("\x80\x09}."), Code::kInvalidArgument, "protocol 9");
+  check(Bytes("\x80\x02X\xff\xff\xff\x7f"), Code::kDataLoss, "truncated");
+  check(Bytes("\x80\x02}X\x02\x00\x00\x00\xc3\x28K\x01s."),
+        Code::kInvalidArgument, "UTF-8");
+  check(Bytes("\x80\x02}}."), Code::kDataLoss, "2 values");
+  check(Bytes("\x80\x02"
+              "cos\nsystem\n."),
+        Code::kInvalidArgument, "'os.system'");
+  check(Bytes("\x80\x02"
+              "ctorch\nFloatStorage\n)R."),
+        Code::kInvalidArgument, "not callable");
+  // BUILD on a plain dict, and a dict state with a non-string attribute name.
+  check(Bytes("\x80\x02}}b."), Code::kInvalidArgument,
+        "cannot set state of type dict");
+  check(Bytes("\x80\x02"
+              "ccollections\nOrderedDict\n)R}K\x01K\x02sb."),
+        Code::kInvalidArgument, "attribute name");
+  // A list that contains itself, and a million nested tuples: no recursion, no
+  // crash.
+  check(Bytes("\x80\x02]q\x00h\x00"
+              "a."),
+        Code::kInvalidArgument, "holds type list");
+  check(Bytes("\x80\x02)") + std::string(1000000, '\x85') + ".",
+        Code::kInvalidArgument, "holds type tuple");
+  // The OrderedDict/_metadata shape torch.save writes, with no tensors.
+  WriteArchive(
+      file,
+      Bytes(
+          "\x80\x02"
+          "ccollections\nOrderedDict\nq\x00)Rq\x01}"
+          "X\t\x00\x00\x00_metadatah\x00)R"  // state['_metadata'] =
+          "X\x00\x00\x00\x00}X\x07\x00\x00\x00versionK\x01s"  // {'':
+                                                              // {'version': 1}}
+          "ssb."));
+  EXPECT_TRUE(LoadOk(file).empty());
+}
+
+// Every strict prefix of a real file's pickle must fail; every single-byte
+// corruption must fail or load cleanly, never crash (run under ASan/UBSan to
+// make that meaningful).
+TEST_F(StateDictTest, MutatedPicklesNeverCrash) {
+  caffe2::serialize::PyTorchStreamReader reader(Fixture("module.pt"));
+  auto [pickle_data, pickle_size] = reader.getRecord("data.pkl");
+  const std::string pickle(static_cast<const char*>(pickle_data.get()),
+                           pickle_size);
+  std::vector<std::pair<std::string, std::string>> records;
+  for (const std::string& name : reader.getAllRecords()) {
+    if (name.rfind("data/", 0) != 0) continue;
+    auto [data, size] = reader.getRecord(name);
+    records.emplace_back(
+        name, std::string(static_cast<const char*>(data.get()), size));
+  }
+  ASSERT_EQ(records.size(), 10u);
+  const std::string file = Scratch("mutated.pt");
+  for (size_t length = 0; length < pickle.size(); ++length) {
+    WriteArchive(file, pickle.substr(0, length), records);
+    absl::StatusOr<std::map<std::string, at::Tensor>> loaded =
+        LoadStateDict(file);
+    EXPECT_FALSE(loaded.ok()) << "prefix of " << length << " bytes loaded";
+  }
+  int loaded_ok = 0;
+  for (size_t i = 0; i < pickle.size(); ++i) {
+    for (const char replacement :
+         {'\x00', '\xff', '\x80', static_cast<char>(pickle[i] ^ 1)}) {
+      if (replacement == pickle[i]) continue;
+      std::string mutated = pickle;
+      mutated[i] = replacement;
+      WriteArchive(file, mutated, records);
+      absl::StatusOr<std::map<std::string, at::Tensor>> loaded =
+          LoadStateDict(file);
+      if (!loaded.ok()) continue;
+      ++loaded_ok;
+      for (const auto& [key, t] : *loaded) {
+        ASSERT_TRUE(t.defined()) << key;
+        ASSERT_TRUE(t.is_contiguous()) << key;
+      }
+    }
+  }
+  // Some mutations are harmless (a changed memo slot or a tensor value); most
+  // are not.
+  EXPECT_GT(loaded_ok, 0);
+}
+
+TEST_F(StateDictTest, TruncatedAndCorruptedFilesNeverCrash) {
+  const std::string original = ReadFile(Fixture("views.pt"));
+  ASSERT_GT(original.size(), 100u);
+  const std::string file = Scratch("damaged.pt");
+  for (size_t length = 0; length < original.size(); ++length) {
+    WriteFile(file, original.substr(0, length));
+    absl::StatusOr<std::map<std::string, at::Tensor>> loaded =
+        LoadStateDict(file);
+    ASSERT_FALSE(loaded.ok()) << "prefix of " << length << " bytes loaded";
+    EXPECT_THAT(std::string(loaded.status().message()), HasSubstr(file));
+  }
+  for (size_t i = 0; i < original.size(); ++i) {
+    std::string corrupted = original;
+    corrupted[i] = static_cast<char>(corrupted[i] ^ 0x5a);
+    WriteFile(file, corrupted);
+    absl::StatusOr<std::map<std::string, at::Tensor>> loaded =
+        LoadStateDict(file);
+    if (loaded.ok()) {
+      for (const auto& [key, t] : *loaded) ASSERT_TRUE(t.defined()) << key;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace attnscore::scoring
