@@ -59,8 +59,13 @@ Fixture& GetFixture(const Shape& shape) {
   return fixtures->emplace(shape.name, std::move(f)).first->second;
 }
 
+// ATTNSCORE_THREADS overrides the intra-op thread count (default: every core).
 Scorer& GetScorer() {
-  static Scorer* scorer = Scorer::Create({}).value().release();
+  static Scorer* scorer = [] {
+    scoring::ScorerOptions options;
+    if (const char* threads = std::getenv("ATTNSCORE_THREADS")) options.intra_op_threads = std::atoi(threads);
+    return Scorer::Create(options).value().release();
+  }();
   return *scorer;
 }
 

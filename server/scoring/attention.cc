@@ -110,14 +110,23 @@ AttentionResult ComputeAttention(const at::Tensor& q, const at::Tensor& k, const
   // Relative position term: q_i.E[r,h] for the Lq + Lk - 1 distances that occur, per head.
   const int64_t span = query_len + key_len - 1;
   at::Tensor embeddings;  // [R,H,D]
+  // With few query rows the per-block GEMM would stream E[:, h] once per batch item; then one
+  // GEMM per head over all items ([H, B*Lq, R], small in this regime) reads it once.
+  at::Tensor bd_all;
   if (relative) {
     const int64_t r0 = config.model->info().max_relative_positions - key_len + 1;
     embeddings = config.model->key_pos_embeddings().narrow(0, r0, span);
+    constexpr int64_t kSharedPositionTermBytes = int64_t{64} << 20;
+    if (query_len <= 32 && batch > 1 &&
+        heads * batch * query_len * span * 4 <= kSharedPositionTermBytes) {
+      bd_all = at::bmm(q.permute({1, 0, 2, 3}).reshape({heads, batch * query_len, head_dim}),
+                       embeddings.permute({1, 2, 0}));  // [H, B*Lq, R]
+    }
   }
 
   at::parallel_for(0, batch * heads, 1, [&](int64_t begin, int64_t end) {
     // [Lq, R] scratch, reused across this thread's blocks.
-    at::Tensor bd = relative ? at::empty({query_len, span}, f32) : at::Tensor();
+    at::Tensor bd = relative && !bd_all.defined() ? at::empty({query_len, span}, f32) : at::Tensor();
     for (int64_t index = begin; index < end; ++index) {
       const int64_t b = index / heads;
       const int64_t h = index % heads;
@@ -128,12 +137,29 @@ AttentionResult ComputeAttention(const at::Tensor& q, const at::Tensor& k, const
       if (!key_lengths.empty() && key_lengths[b] < key_len) {
         block.narrow(1, key_lengths[b], key_len - key_lengths[b]).fill_(kNegInf);
       }
-      block.addmm_(q3[index], k3[index].t(), /*beta=*/1, /*alpha=*/config.scale);
+      if (query_len == 1) {
+        // Decode step: a GEMV streams the key block once in its natural row-major order.
+        block.view({key_len}).addmv_(k3[index], q3[index].view({head_dim}), /*beta=*/1,
+                                     /*alpha=*/config.scale);
+      } else {
+        block.addmm_(q3[index], k3[index].t(), /*beta=*/1, /*alpha=*/config.scale);
+      }
       if (relative) {
         // bd[i, t] = q_i.E[r0 + t, h]; logits[i, j] += scale * bd[i, j - i + Lq - 1], which is
         // labml's shift_right as a strided view: row stride R - 1, offset Lq - 1.
-        at::mm_out(bd, raw_q3[index], embeddings.select(1, h).t());
-        block.add_(bd.as_strided({query_len, key_len}, {span - 1, 1}, query_len - 1),
+        at::Tensor rows;  // [Lq, R], contiguous rows
+        if (bd_all.defined()) {
+          rows = bd_all[h].narrow(0, b * query_len, query_len);
+        } else if (query_len == 1) {
+          at::Tensor bd_row = bd.view({span});
+          at::mv_out(bd_row, embeddings.select(1, h), raw_q3[index].view({head_dim}));
+          rows = bd;
+        } else {
+          at::mm_out(bd, raw_q3[index], embeddings.select(1, h).t());
+          rows = bd;
+        }
+        block.add_(rows.as_strided({query_len, key_len}, {span - 1, 1},
+                                   rows.storage_offset() + query_len - 1),
                    config.scale);
       }
       if (!want_probs) continue;
