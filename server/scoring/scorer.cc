@@ -6,6 +6,8 @@
 
 #include <cmath>
 #include <cstring>
+#include <map>
+#include <mutex>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -251,13 +253,9 @@ class ScorerImpl final : public Scorer {
     if (spec.want_context) {
       value = ToCanonical(Gather(items, PickValue, spec.layout, device_), spec.layout);
     }
-    const RelativeModel* model = config.model;
     std::shared_ptr<const RelativeModel> device_model;
-    if (model != nullptr && !device_.is_cpu()) {
-      // Parameters follow the compute; a per-device copy is cached by the static bias cache key.
-      absl::StatusOr<std::shared_ptr<const RelativeModel>> moved = RelativeModel::Create(
-          model->info().name, model->info().source, model->key_pos_embeddings().to(device_),
-          model->key_pos_bias().to(device_), model->query_pos_bias().to(device_));
+    if (config.model != nullptr && !device_.is_cpu()) {
+      absl::StatusOr<std::shared_ptr<const RelativeModel>> moved = OnDevice(spec.model);
       if (!moved.ok()) return moved.status();
       device_model = *std::move(moved);
       config.model = device_model.get();
@@ -282,8 +280,29 @@ class ScorerImpl final : public Scorer {
     return results;
   }
 
+  // Parameters follow the compute: one device copy per loaded model, made on first use and
+  // dropped when the model is (a reload replaces the set).
+  absl::StatusOr<std::shared_ptr<const RelativeModel>> OnDevice(
+      const std::shared_ptr<const RelativeModel>& model) {
+    std::lock_guard<std::mutex> lock(device_models_mu_);
+    for (auto it = device_models_.begin(); it != device_models_.end();) {
+      it = it->second.first.expired() ? device_models_.erase(it) : std::next(it);
+    }
+    auto it = device_models_.find(model->id());
+    if (it != device_models_.end()) return it->second.second;
+    absl::StatusOr<std::shared_ptr<const RelativeModel>> moved = RelativeModel::Create(
+        model->info().name, model->info().source, model->key_pos_embeddings().to(device_),
+        model->key_pos_bias().to(device_), model->query_pos_bias().to(device_));
+    if (moved.ok()) device_models_[model->id()] = {model, *moved};
+    return moved;
+  }
+
   const at::Device device_;
   StaticBiasCache cache_;
+  std::mutex device_models_mu_;
+  std::map<uint64_t, std::pair<std::weak_ptr<const RelativeModel>,
+                               std::shared_ptr<const RelativeModel>>>
+      device_models_;  // GUARDED_BY(device_models_mu_)
 };
 
 }  // namespace
