@@ -9,8 +9,7 @@
 #include <stdlib.h>
 
 #include <cstdint>
-#include <cstdio>
-#include <cstring>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -27,8 +26,7 @@
 #include "gtest/gtest.h"
 
 #ifndef ATTNSCORE_VENV_PYTHON
-#error \
-    "ATTNSCORE_VENV_PYTHON (the project venv's python, as a string literal) must be defined"
+#error "ATTNSCORE_VENV_PYTHON (the venv's python, a string literal) is required"
 #endif
 
 namespace attnscore::scoring {
@@ -257,8 +255,9 @@ std::string FixtureDir(std::string* error) {
   }
   std::error_code ec;
   fs::rename(scratch, dir, ec);
-  if (ec)
+  if (ec) {
     fs::remove_all(scratch, ec);  // another process won the race; use its copy
+  }
   if (!fs::exists(fs::path(dir) / "manifest.tsv")) {
     *error = "fixtures missing from " + dir;
     return "";
@@ -590,8 +589,8 @@ TEST_F(StateDictTest, HandWrittenPickles) {
   EXPECT_TRUE(LoadOk(file).empty());
   check(Bytes("\x80\x02}"), Code::kDataLoss, "without STOP");
   check(Bytes("\x80\x02s."), Code::kDataLoss, "stack underflow");
-  check(Bytes("\x80\x02(K\x01K\x02u."), Code::kDataLoss,
-        "stack underflow");  // no dict below MARK
+  // SETITEMS with no dict below its MARK.
+  check(Bytes("\x80\x02(K\x01K\x02u."), Code::kDataLoss, "stack underflow");
   check(Bytes("\x80\x02h\x05."), Code::kDataLoss, "memo entry 5 not set");
   check(Bytes("\x80\x02I1\n."), Code::kInvalidArgument,
         "unsupported pickle opcode");
@@ -600,6 +599,9 @@ TEST_F(StateDictTest, HandWrittenPickles) {
   check(Bytes("\x80\x02}X\x02\x00\x00\x00\xc3\x28K\x01s."),
         Code::kInvalidArgument, "UTF-8");
   check(Bytes("\x80\x02}}."), Code::kDataLoss, "2 values");
+  // POP on an empty MARK frame drops the MARK, as in CPython.
+  WriteArchive(file, Bytes("\x80\x02}(0."));
+  EXPECT_TRUE(LoadOk(file).empty());
   check(Bytes("\x80\x02"
               "cos\nsystem\n."),
         Code::kInvalidArgument, "'os.system'");
@@ -612,23 +614,20 @@ TEST_F(StateDictTest, HandWrittenPickles) {
   check(Bytes("\x80\x02"
               "ccollections\nOrderedDict\n)R}K\x01K\x02sb."),
         Code::kInvalidArgument, "attribute name");
-  // A list that contains itself, and a million nested tuples: no recursion, no
-  // crash.
+  // A list that contains itself, and a million nested tuples: no recursion.
   check(Bytes("\x80\x02]q\x00h\x00"
               "a."),
         Code::kInvalidArgument, "holds type list");
   check(Bytes("\x80\x02)") + std::string(1000000, '\x85') + ".",
         Code::kInvalidArgument, "holds type tuple");
-  // The OrderedDict/_metadata shape torch.save writes, with no tensors.
-  WriteArchive(
-      file,
-      Bytes(
-          "\x80\x02"
-          "ccollections\nOrderedDict\nq\x00)Rq\x01}"
-          "X\t\x00\x00\x00_metadatah\x00)R"  // state['_metadata'] =
-          "X\x00\x00\x00\x00}X\x07\x00\x00\x00versionK\x01s"  // {'':
-                                                              // {'version': 1}}
-          "ssb."));
+  // The OrderedDict/_metadata shape torch.save writes, with no tensors:
+  // od = OrderedDict(); od.__dict__.update({'_metadata':
+  //     OrderedDict({'': {'version': 1}})}).
+  WriteArchive(file, Bytes("\x80\x02"
+                           "ccollections\nOrderedDict\nq\x00)Rq\x01}"
+                           "X\t\x00\x00\x00_metadatah\x00)R"
+                           "X\x00\x00\x00\x00}X\x07\x00\x00\x00versionK\x01s"
+                           "ssb."));
   EXPECT_TRUE(LoadOk(file).empty());
 }
 

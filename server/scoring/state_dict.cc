@@ -1,0 +1,1137 @@
+#include "server/scoring/state_dict.h"
+
+#include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
+#include <c10/core/ScalarType.h>
+#include <c10/util/Exception.h>
+#include <caffe2/serialize/inline_container.h>
+
+#include <algorithm>
+#include <array>
+#include <cstdint>
+#include <cstring>
+#include <exception>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <new>
+#include <string>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+
+// Local to this file; #undef'd at the end.
+#define ATTNSCORE_RETURN_IF_ERROR(expr)  \
+  do {                                   \
+    absl::Status status_macro_ = (expr); \
+    if (!status_macro_.ok()) {           \
+      return status_macro_;              \
+    }                                    \
+  } while (false)
+
+namespace attnscore::scoring {
+namespace {
+
+using Ref = size_t;  // index of an Object in Unpickler::objects_
+
+// A pickle larger than this is not a state dict (a tensor entry costs ~100
+// bytes of pickle) and would only make the interpreter's object table huge.
+constexpr size_t kMaxPickleBytes = size_t{64} << 20;
+// Bounds the object table (~120 bytes an object) whatever the pickle repeats.
+constexpr size_t kMaxObjects = size_t{1} << 22;
+// LibTorch's own limit on tensor rank.
+constexpr size_t kMaxRank = 64;
+// A view may repeat storage elements (stride 0, e.g. expand()), so its
+// materialized copy can be larger than its storage; past this a tiny file could
+// demand unbounded memory.
+constexpr int64_t kMaxExpandedViewBytes = int64_t{1} << 30;
+// The 10-byte magic number that the legacy (non-zip) torch.save pickles first,
+// as LONG1.
+constexpr absl::string_view kLegacyMagic(
+    "\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19", 10);
+constexpr absl::string_view kZipMagic("PK\x03\x04", 4);
+constexpr char kResaveHint[] =
+    "re-save it with the zip format: torch.save(obj, path) in PyTorch >= 1.6, "
+    "without _use_new_zipfile_serialization=False";
+
+// Pickle opcodes, named as in CPython's Lib/pickle.py. Only those torch.save
+// can emit for a dict of tensors (protocols 2-5) are implemented; every other
+// byte is rejected.
+enum class Op : uint8_t {
+  kMark = '(',
+  kStop = '.',
+  kPop = '0',
+  kPopMark = '1',
+  kBinFloat = 'G',
+  kBinInt = 'J',
+  kBinInt1 = 'K',
+  kBinInt2 = 'M',
+  kNone = 'N',
+  kBinPersId = 'Q',
+  kReduce = 'R',
+  kBinString = 'T',
+  kShortBinString = 'U',
+  kBinUnicode = 'X',
+  kEmptyList = ']',
+  kAppend = 'a',
+  kBuild = 'b',
+  kGlobal = 'c',
+  kAppends = 'e',
+  kBinGet = 'h',
+  kLongBinGet = 'j',
+  kBinPut = 'q',
+  kLongBinPut = 'r',
+  kSetItem = 's',
+  kTuple = 't',
+  kSetItems = 'u',
+  kEmptyTuple = ')',
+  kEmptyDict = '}',
+  kProto = 0x80,
+  kTuple1 = 0x85,
+  kTuple2 = 0x86,
+  kTuple3 = 0x87,
+  kNewTrue = 0x88,
+  kNewFalse = 0x89,
+  kLong1 = 0x8a,
+  kShortBinUnicode = 0x8c,
+  kBinUnicode8 = 0x8d,
+  kStackGlobal = 0x93,
+  kMemoize = 0x94,
+  kFrame = 0x95,
+};
+
+struct OpName {
+  Op op;
+  const char* name;
+};
+
+constexpr OpName kOpNames[] = {
+    {Op::kMark, "MARK"},
+    {Op::kStop, "STOP"},
+    {Op::kPop, "POP"},
+    {Op::kPopMark, "POP_MARK"},
+    {Op::kBinFloat, "BINFLOAT"},
+    {Op::kBinInt, "BININT"},
+    {Op::kBinInt1, "BININT1"},
+    {Op::kBinInt2, "BININT2"},
+    {Op::kNone, "NONE"},
+    {Op::kBinPersId, "BINPERSID"},
+    {Op::kReduce, "REDUCE"},
+    {Op::kBinString, "BINSTRING"},
+    {Op::kShortBinString, "SHORT_BINSTRING"},
+    {Op::kBinUnicode, "BINUNICODE"},
+    {Op::kEmptyList, "EMPTY_LIST"},
+    {Op::kAppend, "APPEND"},
+    {Op::kBuild, "BUILD"},
+    {Op::kGlobal, "GLOBAL"},
+    {Op::kAppends, "APPENDS"},
+    {Op::kBinGet, "BINGET"},
+    {Op::kLongBinGet, "LONG_BINGET"},
+    {Op::kBinPut, "BINPUT"},
+    {Op::kLongBinPut, "LONG_BINPUT"},
+    {Op::kSetItem, "SETITEM"},
+    {Op::kTuple, "TUPLE"},
+    {Op::kSetItems, "SETITEMS"},
+    {Op::kEmptyTuple, "EMPTY_TUPLE"},
+    {Op::kEmptyDict, "EMPTY_DICT"},
+    {Op::kProto, "PROTO"},
+    {Op::kTuple1, "TUPLE1"},
+    {Op::kTuple2, "TUPLE2"},
+    {Op::kTuple3, "TUPLE3"},
+    {Op::kNewTrue, "NEWTRUE"},
+    {Op::kNewFalse, "NEWFALSE"},
+    {Op::kLong1, "LONG1"},
+    {Op::kShortBinUnicode, "SHORT_BINUNICODE"},
+    {Op::kBinUnicode8, "BINUNICODE8"},
+    {Op::kStackGlobal, "STACK_GLOBAL"},
+    {Op::kMemoize, "MEMOIZE"},
+    {Op::kFrame, "FRAME"},
+};
+
+std::string OpNameOf(uint8_t byte) {
+  for (const OpName& entry : kOpNames) {
+    if (static_cast<uint8_t>(entry.op) == byte) return entry.name;
+  }
+  return absl::StrCat("opcode 0x", absl::Hex(byte, absl::kZeroPad2));
+}
+
+enum class Kind : uint8_t {
+  kNone,
+  kBool,
+  kInt,
+  kFloat,
+  kString,
+  kTuple,
+  kList,
+  kDict,
+  kGlobal,
+  kStorage,
+  kTensor,
+};
+
+const char* KindName(Kind kind) {
+  // Indexed by Kind, in declaration order.
+  constexpr const char* kNames[] = {"None",   "bool",    "int",   "float",
+                                    "str",    "tuple",   "list",  "dict",
+                                    "global", "storage", "tensor"};
+  return kNames[static_cast<size_t>(kind)];
+}
+
+// The only names GLOBAL may import: anything else could mean arbitrary code in
+// Python, and is not part of a state dict anyway.
+enum class Global : uint8_t {
+  kOrderedDict,       // collections.OrderedDict
+  kRebuildTensorV2,   // torch._utils._rebuild_tensor_v2
+  kRebuildParameter,  // torch._utils._rebuild_parameter (keep_vars=True)
+  kStorageType,       // torch.FloatStorage etc.: a tag in persistent ids
+};
+
+struct StorageType {
+  absl::string_view name;
+  c10::ScalarType dtype;
+};
+
+constexpr std::array<StorageType, 12> kStorageTypes = {{
+    {"FloatStorage", c10::ScalarType::Float},
+    {"DoubleStorage", c10::ScalarType::Double},
+    {"HalfStorage", c10::ScalarType::Half},
+    {"BFloat16Storage", c10::ScalarType::BFloat16},
+    {"LongStorage", c10::ScalarType::Long},
+    {"IntStorage", c10::ScalarType::Int},
+    {"ShortStorage", c10::ScalarType::Short},
+    {"CharStorage", c10::ScalarType::Char},
+    {"ByteStorage", c10::ScalarType::Byte},
+    {"BoolStorage", c10::ScalarType::Bool},
+    {"ComplexFloatStorage", c10::ScalarType::ComplexFloat},
+    {"ComplexDoubleStorage", c10::ScalarType::ComplexDouble},
+}};
+
+// One Python value. Containers hold Refs, never Objects, so nothing here
+// recurses: a pickle that nests a million tuples or builds a cycle costs memory
+// (bounded by kMaxObjects), not the stack.
+struct Object {
+  Kind kind = Kind::kNone;
+  bool ordered = false;  // kDict made by collections.OrderedDict()
+  Global global = Global::kOrderedDict;  // kGlobal
+  // kGlobal of kind kStorageType: the element type of that storage class.
+  c10::ScalarType dtype = c10::ScalarType::Undefined;
+  int64_t int_value = 0;   // kInt, kBool; kStorage: index into storages_
+  double float_value = 0;  // kFloat
+  std::string text;        // kString; kGlobal: "module.name"
+  std::vector<Ref> items;  // kTuple, kList; kDict: key, value, key, value...
+  at::Tensor tensor;       // kTensor
+};
+
+// One data/<key> record, read once however many tensors view it.
+struct Storage {
+  std::string key;
+  c10::ScalarType dtype;
+  int64_t numel;
+  // numel elements of dtype, little-endian as torch.save wrote them.
+  at::DataPtr data;
+};
+
+bool IsValidUtf8(absl::string_view s) {
+  size_t i = 0;
+  while (i < s.size()) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    size_t extra = 0;
+    uint32_t code = 0;
+    if (c < 0x80) {
+      ++i;
+      continue;
+    } else if ((c & 0xe0) == 0xc0) {
+      extra = 1;
+      code = c & 0x1f;
+    } else if ((c & 0xf0) == 0xe0) {
+      extra = 2;
+      code = c & 0x0f;
+    } else if ((c & 0xf8) == 0xf0) {
+      extra = 3;
+      code = c & 0x07;
+    } else {
+      return false;
+    }
+    if (extra > s.size() - i - 1) return false;
+    for (size_t k = 1; k <= extra; ++k) {
+      const auto cc = static_cast<unsigned char>(s[i + k]);
+      if ((cc & 0xc0) != 0x80) return false;
+      code = (code << 6) | (cc & 0x3f);
+    }
+    // Overlong encodings, UTF-16 surrogates and values past U+10FFFF are not
+    // UTF-8.
+    constexpr uint32_t kMinCode[] = {0, 0x80, 0x800, 0x10000};
+    if (code < kMinCode[extra] || code > 0x10ffff ||
+        (code >= 0xd800 && code <= 0xdfff)) {
+      return false;
+    }
+    i += extra + 1;
+  }
+  return true;
+}
+
+// Untrusted text in messages: quoted, shortened, control bytes escaped, and
+// every byte >= 0x80 escaped too unless the text is valid UTF-8, so that the
+// message itself always is.
+std::string Quote(absl::string_view s) {
+  constexpr size_t kMaxShown = 200;
+  const absl::string_view shown = s.substr(0, kMaxShown);
+  return absl::StrCat("'",
+                      IsValidUtf8(shown) ? absl::Utf8SafeCHexEscape(shown)
+                                         : absl::CHexEscape(shown),
+                      s.size() > kMaxShown ? "'..." : "'");
+}
+
+// Interprets data.pkl, loading the storage records it names from `reader`.
+class Unpickler {
+ public:
+  Unpickler(const std::string& path, absl::string_view pickle,
+            caffe2::serialize::PyTorchStreamReader* reader)
+      : path_(path), pickle_(pickle), reader_(reader) {}
+
+  absl::StatusOr<std::map<std::string, at::Tensor>> Run();
+
+ private:
+  absl::Status Execute(uint8_t op, bool* stop);
+
+  // An error at the current opcode: "<path>: data.pkl byte N (OPNAME): what".
+  absl::Status Fail(absl::StatusCode code, absl::string_view what) const;
+  absl::Status Truncated(size_t wanted) const;
+
+  // Reading operands; all bounds-checked against the pickle.
+  absl::Status Take(size_t n, absl::string_view* out);
+  absl::Status ReadUint(size_t n, uint64_t* out);  // little-endian
+  // Up to '\n', which is consumed.
+  absl::Status ReadLine(absl::string_view* out);
+  absl::Status PushString(absl::string_view bytes);
+
+  // The stack as seen since the innermost MARK, like CPython's metastack.
+  size_t Floor() const { return marks_.empty() ? 0 : marks_.back(); }
+  absl::Status Pop(Ref* out);
+  absl::Status Peek(Ref* out) const;
+  absl::Status PopMark(std::vector<Ref>* out);
+  absl::Status Push(Object object);
+
+  absl::Status ResolveGlobal(absl::string_view module, absl::string_view name);
+  absl::Status Call(Ref callable, Ref args);
+  absl::Status RebuildTensor(const std::vector<Ref>& args, Object* out);
+  absl::Status LoadStorage(Ref pid, int64_t* index);
+  absl::Status ReadInts(Ref tuple, absl::string_view what,
+                        std::vector<int64_t>* out) const;
+
+  const std::string& path_;
+  absl::string_view pickle_;
+  caffe2::serialize::PyTorchStreamReader* reader_;
+  size_t pos_ = 0;     // next unread byte
+  size_t op_pos_ = 0;  // offset of the opcode being executed, for messages
+  uint8_t op_ = 0;
+
+  std::vector<Object> objects_;
+  std::vector<Ref> stack_;
+  std::vector<size_t> marks_;  // stack_ sizes at each open MARK
+  std::unordered_map<uint64_t, Ref> memo_;
+  std::vector<Storage> storages_;
+  std::unordered_map<std::string, size_t> storage_by_key_;
+};
+
+absl::Status Unpickler::Fail(absl::StatusCode code,
+                             absl::string_view what) const {
+  return absl::Status(code, absl::StrCat(path_, ": data.pkl byte ", op_pos_,
+                                         " (", OpNameOf(op_), "): ", what));
+}
+
+absl::Status Unpickler::Truncated(size_t wanted) const {
+  return Fail(absl::StatusCode::kDataLoss,
+              absl::StrCat("pickle truncated: operand needs ", wanted,
+                           " bytes, ", pickle_.size() - pos_, " left"));
+}
+
+absl::Status Unpickler::Take(size_t n, absl::string_view* out) {
+  if (n > pickle_.size() - pos_) return Truncated(n);
+  *out = pickle_.substr(pos_, n);
+  pos_ += n;
+  return absl::OkStatus();
+}
+
+absl::Status Unpickler::ReadUint(size_t n, uint64_t* out) {
+  absl::string_view bytes;
+  ATTNSCORE_RETURN_IF_ERROR(Take(n, &bytes));
+  uint64_t value = 0;
+  for (size_t i = n; i-- > 0;) {
+    value = (value << 8) | static_cast<unsigned char>(bytes[i]);
+  }
+  *out = value;
+  return absl::OkStatus();
+}
+
+absl::Status Unpickler::ReadLine(absl::string_view* out) {
+  const size_t end = pickle_.find('\n', pos_);
+  if (end == absl::string_view::npos) {
+    return Fail(absl::StatusCode::kDataLoss,
+                "pickle truncated: unterminated line");
+  }
+  *out = pickle_.substr(pos_, end - pos_);
+  pos_ = end + 1;
+  return absl::OkStatus();
+}
+
+absl::Status Unpickler::PushString(absl::string_view bytes) {
+  if (!IsValidUtf8(bytes)) {
+    return Fail(absl::StatusCode::kInvalidArgument,
+                absl::StrCat("string is not valid UTF-8: ", Quote(bytes)));
+  }
+  Object object;
+  object.kind = Kind::kString;
+  object.text = std::string(bytes);
+  return Push(std::move(object));
+}
+
+absl::Status Unpickler::Pop(Ref* out) {
+  if (stack_.size() <= Floor()) {
+    return Fail(absl::StatusCode::kDataLoss, "stack underflow");
+  }
+  *out = stack_.back();
+  stack_.pop_back();
+  return absl::OkStatus();
+}
+
+absl::Status Unpickler::Peek(Ref* out) const {
+  if (stack_.size() <= Floor()) {
+    return Fail(absl::StatusCode::kDataLoss, "stack underflow");
+  }
+  *out = stack_.back();
+  return absl::OkStatus();
+}
+
+absl::Status Unpickler::PopMark(std::vector<Ref>* out) {
+  if (marks_.empty()) {
+    return Fail(absl::StatusCode::kDataLoss, "no MARK to pop to");
+  }
+  const size_t mark = marks_.back();
+  marks_.pop_back();
+  out->assign(stack_.begin() + static_cast<std::ptrdiff_t>(mark), stack_.end());
+  stack_.resize(mark);
+  return absl::OkStatus();
+}
+
+absl::Status Unpickler::Push(Object object) {
+  if (objects_.size() >= kMaxObjects) {
+    return Fail(
+        absl::StatusCode::kInvalidArgument,
+        absl::StrCat("more than ", kMaxObjects, " objects: not a state dict"));
+  }
+  objects_.push_back(std::move(object));
+  stack_.push_back(objects_.size() - 1);
+  return absl::OkStatus();
+}
+
+absl::Status Unpickler::ResolveGlobal(absl::string_view module,
+                                      absl::string_view name) {
+  Object object;
+  object.kind = Kind::kGlobal;
+  object.text = absl::StrCat(module, ".", name);
+  bool known = true;
+  if (module == "collections" && name == "OrderedDict") {
+    object.global = Global::kOrderedDict;
+  } else if (module == "torch._utils" && name == "_rebuild_tensor_v2") {
+    object.global = Global::kRebuildTensorV2;
+  } else if (module == "torch._utils" && name == "_rebuild_parameter") {
+    object.global = Global::kRebuildParameter;
+  } else {
+    known = false;
+    if (module == "torch") {
+      for (const StorageType& type : kStorageTypes) {
+        if (name == type.name) {
+          object.global = Global::kStorageType;
+          object.dtype = type.dtype;
+          known = true;
+        }
+      }
+    }
+  }
+  if (!known) {
+    return Fail(
+        absl::StatusCode::kInvalidArgument,
+        absl::StrCat(
+            "unsupported global ", Quote(object.text),
+            ": a state dict may only use collections.OrderedDict, "
+            "torch._utils._rebuild_tensor_v2, torch._utils._rebuild_parameter "
+            "and torch.<Type>Storage"));
+  }
+  return Push(std::move(object));
+}
+
+absl::Status Unpickler::ReadInts(Ref tuple, absl::string_view what,
+                                 std::vector<int64_t>* out) const {
+  const Object& object = objects_[tuple];
+  if (object.kind != Kind::kTuple) {
+    return Fail(absl::StatusCode::kInvalidArgument,
+                absl::StrCat(what, " has type ", KindName(object.kind),
+                             ", expected tuple of int"));
+  }
+  if (object.items.size() > kMaxRank) {
+    return Fail(absl::StatusCode::kInvalidArgument,
+                absl::StrCat(what, " has ", object.items.size(),
+                             " dims, more than ", kMaxRank));
+  }
+  out->clear();
+  for (Ref item : object.items) {
+    if (objects_[item].kind != Kind::kInt) {
+      return Fail(
+          absl::StatusCode::kInvalidArgument,
+          absl::StrCat(what, " holds type ", KindName(objects_[item].kind),
+                       ", expected int"));
+    }
+    out->push_back(objects_[item].int_value);
+  }
+  return absl::OkStatus();
+}
+
+// pid = ('storage', torch.<Type>Storage, key, location, numel), as torch.save's
+// persistent_id writes it. The location (e.g. 'cuda:0') is ignored: everything
+// loads onto the CPU.
+absl::Status Unpickler::LoadStorage(Ref pid, int64_t* index) {
+  const Object& tuple = objects_[pid];
+  const auto kind_is = [&](size_t i, Kind kind) {
+    return objects_[tuple.items[i]].kind == kind;
+  };
+  if (tuple.kind != Kind::kTuple || tuple.items.size() != 5 ||
+      !kind_is(0, Kind::kString) ||
+      objects_[tuple.items[0]].text != "storage" ||
+      !kind_is(1, Kind::kGlobal) ||
+      objects_[tuple.items[1]].global != Global::kStorageType ||
+      !kind_is(2, Kind::kString) || !kind_is(3, Kind::kString) ||
+      !kind_is(4, Kind::kInt)) {
+    return Fail(absl::StatusCode::kInvalidArgument,
+                "persistent id is not ('storage', torch.<Type>Storage, "
+                "key: str, location: str, numel: int)");
+  }
+  const c10::ScalarType dtype = objects_[tuple.items[1]].dtype;
+  const std::string& key = objects_[tuple.items[2]].text;
+  const int64_t numel = objects_[tuple.items[4]].int_value;
+  // The reader looks records up by C string; a NUL would name another record.
+  if (key.empty() || key.find('\0') != std::string::npos) {
+    return Fail(absl::StatusCode::kInvalidArgument,
+                absl::StrCat("invalid storage key ", Quote(key)));
+  }
+
+  if (auto it = storage_by_key_.find(key); it != storage_by_key_.end()) {
+    const Storage& seen = storages_[it->second];
+    if (seen.dtype != dtype || seen.numel != numel) {
+      return Fail(
+          absl::StatusCode::kDataLoss,
+          absl::StrCat("storage ", Quote(key), " referenced as ",
+                       c10::toString(dtype), "[", numel, "] after ",
+                       c10::toString(seen.dtype), "[", seen.numel, "]"));
+    }
+    *index = static_cast<int64_t>(it->second);
+    return absl::OkStatus();
+  }
+
+  const std::string record = absl::StrCat("data/", key);
+  if (!reader_->hasRecord(record)) {
+    return Fail(absl::StatusCode::kDataLoss,
+                absl::StrCat("storage record ", Quote(record),
+                             " is missing from the archive"));
+  }
+  const auto item_size = static_cast<int64_t>(c10::elementSize(dtype));
+  int64_t expected_bytes = 0;
+  if (numel < 0 || __builtin_mul_overflow(numel, item_size, &expected_bytes)) {
+    return Fail(
+        absl::StatusCode::kDataLoss,
+        absl::StrCat("storage ", Quote(key), " has invalid numel ", numel));
+  }
+  auto [data, bytes] = reader_->getRecord(record);
+  if (static_cast<uint64_t>(bytes) != static_cast<uint64_t>(expected_bytes)) {
+    return Fail(absl::StatusCode::kDataLoss,
+                absl::StrCat("storage record ", Quote(record), " holds ", bytes,
+                             " bytes, but ", numel, " ", c10::toString(dtype),
+                             " elements need ", expected_bytes));
+  }
+  storages_.push_back(Storage{key, dtype, numel, std::move(data)});
+  storage_by_key_.emplace(key, storages_.size() - 1);
+  *index = static_cast<int64_t>(storages_.size() - 1);
+  return absl::OkStatus();
+}
+
+// _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad,
+// backward_hooks[, metadata]): the strided view is checked against the storage,
+// then copied out so that the result is contiguous and owns exactly its own
+// elements.
+absl::Status Unpickler::RebuildTensor(const std::vector<Ref>& args,
+                                      Object* out) {
+  if (args.size() != 6 && args.size() != 7) {
+    return Fail(absl::StatusCode::kInvalidArgument,
+                absl::StrCat("_rebuild_tensor_v2 takes 6 or 7 arguments, got ",
+                             args.size()));
+  }
+  const Object& storage_arg = objects_[args[0]];
+  const Object& offset_arg = objects_[args[1]];
+  if (storage_arg.kind != Kind::kStorage || offset_arg.kind != Kind::kInt ||
+      objects_[args[4]].kind != Kind::kBool ||
+      objects_[args[5]].kind != Kind::kDict) {
+    std::string kinds;
+    for (size_t i = 0; i < 6; ++i) {
+      absl::StrAppend(&kinds, i > 0 ? ", " : "",
+                      KindName(objects_[args[i]].kind));
+    }
+    return Fail(
+        absl::StatusCode::kInvalidArgument,
+        absl::StrCat("_rebuild_tensor_v2 arguments have types (", kinds,
+                     "), expected (storage, int, tuple, tuple, bool, dict)"));
+  }
+  if (args.size() == 7) {
+    // Newer PyTorch adds {'conj': True} / {'neg': True} for lazily conjugated
+    // or negated views; honouring those is not worth it for parameters, so they
+    // are refused rather than ignored.
+    const Object& metadata = objects_[args[6]];
+    if (metadata.kind != Kind::kDict) {
+      return Fail(absl::StatusCode::kInvalidArgument,
+                  absl::StrCat("tensor metadata has type ",
+                               KindName(metadata.kind), ", expected dict"));
+    }
+    for (size_t i = 0; i < metadata.items.size(); i += 2) {
+      const Object& value = objects_[metadata.items[i + 1]];
+      if (value.kind != Kind::kBool || value.int_value != 0) {
+        const Object& key = objects_[metadata.items[i]];
+        return Fail(
+            absl::StatusCode::kInvalidArgument,
+            absl::StrCat("unsupported tensor metadata ",
+                         key.kind == Kind::kString ? Quote(key.text)
+                                                   : KindName(key.kind),
+                         " (conjugate/negative-bit views are not supported)"));
+      }
+    }
+  }
+  const Storage& storage =
+      storages_[static_cast<size_t>(storage_arg.int_value)];
+  const int64_t offset = offset_arg.int_value;
+  std::vector<int64_t> sizes;
+  std::vector<int64_t> strides;
+  ATTNSCORE_RETURN_IF_ERROR(ReadInts(args[2], "size", &sizes));
+  ATTNSCORE_RETURN_IF_ERROR(ReadInts(args[3], "stride", &strides));
+  if (sizes.size() != strides.size()) {
+    return Fail(absl::StatusCode::kInvalidArgument,
+                absl::StrCat("size has ", sizes.size(), " dims but stride has ",
+                             strides.size()));
+  }
+
+  // numel and the last element the view touches, with overflow checks: every
+  // number here came from the file.
+  const auto item_size = static_cast<int64_t>(c10::elementSize(storage.dtype));
+  if (offset < 0) {
+    return Fail(absl::StatusCode::kDataLoss,
+                absl::StrCat("negative storage offset ", offset));
+  }
+  int64_t numel = 1;
+  int64_t last = offset;
+  bool overflow = false;
+  for (size_t d = 0; d < sizes.size() && !overflow; ++d) {
+    if (sizes[d] < 0 || strides[d] < 0) {
+      return Fail(absl::StatusCode::kDataLoss,
+                  absl::StrCat("negative size or stride in dim ", d, " (size ",
+                               sizes[d], ", stride ", strides[d], ")"));
+    }
+    int64_t span = 0;
+    overflow = __builtin_mul_overflow(numel, sizes[d], &numel) ||
+               (sizes[d] > 0 &&
+                (__builtin_mul_overflow(sizes[d] - 1, strides[d], &span) ||
+                 __builtin_add_overflow(last, span, &last)));
+  }
+  int64_t view_bytes = 0;
+  overflow = overflow || __builtin_mul_overflow(numel, item_size, &view_bytes);
+  if (overflow) {
+    return Fail(absl::StatusCode::kDataLoss,
+                absl::StrCat("tensor view (offset ", offset, ", ", sizes.size(),
+                             " dims) overflows int64 element counts"));
+  }
+  if (numel > 0 && last >= storage.numel) {
+    return Fail(
+        absl::StatusCode::kDataLoss,
+        absl::StrCat("tensor view (offset ", offset, ", ", sizes.size(),
+                     " dims) reaches outside its storage ", Quote(storage.key),
+                     " of ", storage.numel, " elements"));
+  }
+  if (view_bytes > storage.numel * item_size &&
+      view_bytes > kMaxExpandedViewBytes) {
+    return Fail(absl::StatusCode::kInvalidArgument,
+                absl::StrCat("tensor view repeats storage elements into ",
+                             view_bytes, " bytes, more than the ",
+                             kMaxExpandedViewBytes, " allowed"));
+  }
+
+  // Bool storage is read as bytes and compared with zero, so a corrupt byte
+  // cannot become a bool that is neither true nor false.
+  const bool is_bool = storage.dtype == c10::ScalarType::Bool;
+  const auto options = at::TensorOptions().dtype(is_bool ? c10::ScalarType::Byte
+                                                         : storage.dtype);
+  at::Tensor tensor;
+  if (numel == 0) {
+    tensor = at::empty(sizes, options);
+  } else {
+    at::Tensor flat =
+        at::from_blob(storage.data.get(), {storage.numel}, options);
+    tensor = flat.as_strided(sizes, strides, offset)
+                 .clone(at::MemoryFormat::Contiguous);
+  }
+  if (is_bool) tensor = tensor.ne(0);
+  out->kind = Kind::kTensor;
+  out->tensor = std::move(tensor);
+  return absl::OkStatus();
+}
+
+absl::Status Unpickler::Call(Ref callable, Ref args_ref) {
+  const Object& function = objects_[callable];
+  const Object& args = objects_[args_ref];
+  if (function.kind != Kind::kGlobal || args.kind != Kind::kTuple) {
+    return Fail(absl::StatusCode::kInvalidArgument,
+                absl::StrCat("cannot call type ", KindName(function.kind),
+                             " with type ", KindName(args.kind)));
+  }
+  Object result;
+  switch (function.global) {
+    case Global::kOrderedDict:
+      if (!args.items.empty()) {
+        return Fail(absl::StatusCode::kInvalidArgument,
+                    "collections.OrderedDict called with arguments");
+      }
+      result.kind = Kind::kDict;
+      result.ordered = true;
+      return Push(std::move(result));
+    case Global::kRebuildTensorV2: {
+      // A copy: Push below may reallocate objects_, and `args` with it.
+      const std::vector<Ref> items = args.items;
+      ATTNSCORE_RETURN_IF_ERROR(RebuildTensor(items, &result));
+      return Push(std::move(result));
+    }
+    case Global::kRebuildParameter:
+      // _rebuild_parameter(data, requires_grad, backward_hooks): the tensor
+      // itself will do.
+      if (args.items.size() != 3 ||
+          objects_[args.items[0]].kind != Kind::kTensor ||
+          objects_[args.items[1]].kind != Kind::kBool ||
+          objects_[args.items[2]].kind != Kind::kDict) {
+        return Fail(
+            absl::StatusCode::kInvalidArgument,
+            "_rebuild_parameter arguments are not (tensor, bool, dict)");
+      }
+      stack_.push_back(args.items[0]);
+      return absl::OkStatus();
+    case Global::kStorageType:
+      break;
+  }
+  return Fail(absl::StatusCode::kInvalidArgument,
+              absl::StrCat(Quote(function.text), " is not callable here"));
+}
+
+absl::Status Unpickler::Execute(uint8_t op, bool* stop) {
+  Ref a = 0;
+  Ref b = 0;
+  uint64_t n = 0;
+  absl::string_view bytes;
+  std::vector<Ref> items;
+  Object object;
+  switch (static_cast<Op>(op)) {
+    case Op::kProto:
+      ATTNSCORE_RETURN_IF_ERROR(ReadUint(1, &n));
+      if (n < 2 || n > 5) {
+        return Fail(absl::StatusCode::kInvalidArgument,
+                    absl::StrCat("unsupported pickle protocol ", n));
+      }
+      return absl::OkStatus();
+    case Op::kFrame:
+      // Frames only help buffered readers; the whole pickle is in memory.
+      ATTNSCORE_RETURN_IF_ERROR(ReadUint(8, &n));
+      if (n > pickle_.size() - pos_) return Truncated(static_cast<size_t>(n));
+      return absl::OkStatus();
+    case Op::kStop:
+      *stop = true;
+      return absl::OkStatus();
+    case Op::kMark:
+      marks_.push_back(stack_.size());
+      return absl::OkStatus();
+    case Op::kPop:
+      // As in CPython: POP on an empty frame drops the MARK that opened it.
+      if (stack_.size() == Floor() && !marks_.empty()) return PopMark(&items);
+      return Pop(&a);
+    case Op::kPopMark:
+      return PopMark(&items);
+
+    case Op::kNone:
+      return Push(Object{});
+    case Op::kNewTrue:
+    case Op::kNewFalse:
+      object.kind = Kind::kBool;
+      object.int_value = static_cast<Op>(op) == Op::kNewTrue ? 1 : 0;
+      return Push(std::move(object));
+    case Op::kBinInt1:
+    case Op::kBinInt2:
+      ATTNSCORE_RETURN_IF_ERROR(
+          ReadUint(static_cast<Op>(op) == Op::kBinInt1 ? 1 : 2, &n));
+      object.kind = Kind::kInt;
+      object.int_value = static_cast<int64_t>(n);
+      return Push(std::move(object));
+    case Op::kBinInt:
+      ATTNSCORE_RETURN_IF_ERROR(ReadUint(4, &n));
+      object.kind = Kind::kInt;
+      object.int_value = static_cast<int32_t>(static_cast<uint32_t>(n));
+      return Push(std::move(object));
+    case Op::kLong1: {
+      ATTNSCORE_RETURN_IF_ERROR(ReadUint(1, &n));
+      if (n > 8) {
+        return Fail(
+            absl::StatusCode::kInvalidArgument,
+            absl::StrCat("integer of ", n, " bytes does not fit in int64"));
+      }
+      const size_t width = static_cast<size_t>(n);
+      ATTNSCORE_RETURN_IF_ERROR(ReadUint(width, &n));
+      // Two's complement over `width` bytes: sign-extend from the top byte.
+      if (width > 0 && width < 8 && (n >> (8 * width - 1)) != 0) {
+        n |= ~uint64_t{0} << (8 * width);
+      }
+      object.kind = Kind::kInt;
+      object.int_value = static_cast<int64_t>(n);
+      return Push(std::move(object));
+    }
+    case Op::kBinFloat: {
+      ATTNSCORE_RETURN_IF_ERROR(Take(8, &bytes));
+      uint64_t bits = 0;  // BINFLOAT is big-endian, unlike everything else
+      for (char c : bytes) bits = (bits << 8) | static_cast<unsigned char>(c);
+      object.kind = Kind::kFloat;
+      std::memcpy(&object.float_value, &bits, sizeof(bits));
+      return Push(std::move(object));
+    }
+
+    case Op::kShortBinUnicode:
+    case Op::kShortBinString:
+      ATTNSCORE_RETURN_IF_ERROR(ReadUint(1, &n));
+      ATTNSCORE_RETURN_IF_ERROR(Take(static_cast<size_t>(n), &bytes));
+      return PushString(bytes);
+    case Op::kBinUnicode:
+    case Op::kBinString:
+      ATTNSCORE_RETURN_IF_ERROR(ReadUint(4, &n));
+      // BINSTRING's length is signed; a negative one reads as > 2^31 and fails
+      // as truncation.
+      ATTNSCORE_RETURN_IF_ERROR(Take(static_cast<size_t>(n), &bytes));
+      return PushString(bytes);
+    case Op::kBinUnicode8:
+      ATTNSCORE_RETURN_IF_ERROR(ReadUint(8, &n));
+      if (n > pickle_.size() - pos_) return Truncated(static_cast<size_t>(n));
+      ATTNSCORE_RETURN_IF_ERROR(Take(static_cast<size_t>(n), &bytes));
+      return PushString(bytes);
+
+    case Op::kEmptyTuple:
+    case Op::kEmptyList:
+    case Op::kEmptyDict:
+      object.kind = static_cast<Op>(op) == Op::kEmptyTuple  ? Kind::kTuple
+                    : static_cast<Op>(op) == Op::kEmptyList ? Kind::kList
+                                                            : Kind::kDict;
+      return Push(std::move(object));
+    case Op::kTuple:
+      ATTNSCORE_RETURN_IF_ERROR(PopMark(&object.items));
+      object.kind = Kind::kTuple;
+      return Push(std::move(object));
+    case Op::kTuple1:
+    case Op::kTuple2:
+    case Op::kTuple3: {
+      const size_t count = op - static_cast<uint8_t>(Op::kTuple1) + 1;
+      object.items.resize(count);
+      for (size_t i = count; i-- > 0;) {
+        ATTNSCORE_RETURN_IF_ERROR(Pop(&object.items[i]));
+      }
+      object.kind = Kind::kTuple;
+      return Push(std::move(object));
+    }
+
+    case Op::kBinPut:
+    case Op::kLongBinPut:
+      ATTNSCORE_RETURN_IF_ERROR(
+          ReadUint(static_cast<Op>(op) == Op::kBinPut ? 1 : 4, &n));
+      ATTNSCORE_RETURN_IF_ERROR(Peek(&a));
+      memo_[n] = a;
+      return absl::OkStatus();
+    case Op::kMemoize:
+      ATTNSCORE_RETURN_IF_ERROR(Peek(&a));
+      memo_[memo_.size()] = a;
+      return absl::OkStatus();
+    case Op::kBinGet:
+    case Op::kLongBinGet: {
+      ATTNSCORE_RETURN_IF_ERROR(
+          ReadUint(static_cast<Op>(op) == Op::kBinGet ? 1 : 4, &n));
+      const auto it = memo_.find(n);
+      if (it == memo_.end()) {
+        return Fail(absl::StatusCode::kDataLoss,
+                    absl::StrCat("memo entry ", n, " not set"));
+      }
+      stack_.push_back(it->second);
+      return absl::OkStatus();
+    }
+
+    case Op::kGlobal: {
+      absl::string_view module;
+      absl::string_view name;
+      ATTNSCORE_RETURN_IF_ERROR(ReadLine(&module));
+      ATTNSCORE_RETURN_IF_ERROR(ReadLine(&name));
+      return ResolveGlobal(module, name);
+    }
+    case Op::kStackGlobal:
+      ATTNSCORE_RETURN_IF_ERROR(Pop(&b));
+      ATTNSCORE_RETURN_IF_ERROR(Pop(&a));
+      if (objects_[a].kind != Kind::kString ||
+          objects_[b].kind != Kind::kString) {
+        return Fail(absl::StatusCode::kInvalidArgument,
+                    "module and name are not strings");
+      }
+      return ResolveGlobal(objects_[a].text, objects_[b].text);
+    case Op::kReduce:
+      ATTNSCORE_RETURN_IF_ERROR(Pop(&b));
+      ATTNSCORE_RETURN_IF_ERROR(Pop(&a));
+      return Call(a, b);
+    case Op::kBinPersId: {
+      ATTNSCORE_RETURN_IF_ERROR(Pop(&a));
+      object.kind = Kind::kStorage;
+      ATTNSCORE_RETURN_IF_ERROR(LoadStorage(a, &object.int_value));
+      return Push(std::move(object));
+    }
+
+    case Op::kBuild: {
+      // The only BUILD a state dict has: OrderedDict.__dict__ gets
+      // {'_metadata': ...} (module versions for load_state_dict hooks), which
+      // tensors do not need.
+      ATTNSCORE_RETURN_IF_ERROR(Pop(&b));
+      ATTNSCORE_RETURN_IF_ERROR(Peek(&a));
+      const Object& target = objects_[a];
+      const Object& state = objects_[b];
+      if (target.kind != Kind::kDict || !target.ordered ||
+          state.kind != Kind::kDict) {
+        return Fail(
+            absl::StatusCode::kInvalidArgument,
+            absl::StrCat("cannot set state of type ", KindName(target.kind),
+                         target.ordered ? " (OrderedDict)" : "", " from type ",
+                         KindName(state.kind)));
+      }
+      for (size_t i = 0; i < state.items.size(); i += 2) {
+        if (objects_[state.items[i]].kind != Kind::kString) {
+          return Fail(absl::StatusCode::kInvalidArgument,
+                      "attribute name is not a string");
+        }
+      }
+      return absl::OkStatus();
+    }
+    case Op::kSetItem:
+    case Op::kSetItems:
+      if (static_cast<Op>(op) == Op::kSetItem) {
+        items.resize(2);
+        ATTNSCORE_RETURN_IF_ERROR(Pop(&items[1]));
+        ATTNSCORE_RETURN_IF_ERROR(Pop(&items[0]));
+      } else {
+        ATTNSCORE_RETURN_IF_ERROR(PopMark(&items));
+        if (items.size() % 2 != 0) {
+          return Fail(absl::StatusCode::kDataLoss,
+                      absl::StrCat("odd number of items (", items.size(), ")"));
+        }
+      }
+      ATTNSCORE_RETURN_IF_ERROR(Peek(&a));
+      if (objects_[a].kind != Kind::kDict) {
+        return Fail(absl::StatusCode::kInvalidArgument,
+                    absl::StrCat("cannot set items on type ",
+                                 KindName(objects_[a].kind)));
+      }
+      objects_[a].items.insert(objects_[a].items.end(), items.begin(),
+                               items.end());
+      return absl::OkStatus();
+    case Op::kAppend:
+    case Op::kAppends:
+      if (static_cast<Op>(op) == Op::kAppend) {
+        items.resize(1);
+        ATTNSCORE_RETURN_IF_ERROR(Pop(&items[0]));
+      } else {
+        ATTNSCORE_RETURN_IF_ERROR(PopMark(&items));
+      }
+      ATTNSCORE_RETURN_IF_ERROR(Peek(&a));
+      if (objects_[a].kind != Kind::kList) {
+        return Fail(
+            absl::StatusCode::kInvalidArgument,
+            absl::StrCat("cannot append to type ", KindName(objects_[a].kind)));
+      }
+      objects_[a].items.insert(objects_[a].items.end(), items.begin(),
+                               items.end());
+      return absl::OkStatus();
+  }
+  return Fail(
+      absl::StatusCode::kInvalidArgument,
+      "unsupported pickle opcode (not one torch.save emits for a state dict)");
+}
+
+absl::StatusOr<std::map<std::string, at::Tensor>> Unpickler::Run() {
+  bool stop = false;
+  while (!stop) {
+    op_pos_ = pos_;
+    if (pos_ >= pickle_.size()) {
+      return absl::DataLossError(absl::StrCat(
+          path_, ": data.pkl truncated: ends at byte ", pos_, " without STOP"));
+    }
+    op_ = static_cast<uint8_t>(pickle_[pos_++]);
+    ATTNSCORE_RETURN_IF_ERROR(Execute(op_, &stop));
+  }
+  if (!marks_.empty() || stack_.size() != 1) {
+    return Fail(
+        absl::StatusCode::kDataLoss,
+        absl::StrCat("STOP with ", stack_.size(), " values and ", marks_.size(),
+                     " open MARKs; expected exactly one value"));
+  }
+  const Object& root = objects_[stack_.back()];
+  if (root.kind != Kind::kDict) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path_, ": holds type ", KindName(root.kind),
+                     ", not a state dict (a dict of name -> tensor)"));
+  }
+  std::map<std::string, at::Tensor> result;
+  for (size_t i = 0; i < root.items.size(); i += 2) {
+    const Object& key = objects_[root.items[i]];
+    const Object& value = objects_[root.items[i + 1]];
+    if (key.kind != Kind::kString) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(path_, ": state dict has a key of type ",
+                       KindName(key.kind), ", expected str"));
+    }
+    if (value.kind != Kind::kTensor) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(path_, ": state dict entry ", Quote(key.text),
+                       " has type ", KindName(value.kind),
+                       ", expected tensor; only a flat name -> tensor dict "
+                       "(module.state_dict()) is supported"));
+    }
+    // Later entries win, as in the Python dict the pickle builds.
+    result.insert_or_assign(key.text, value.tensor);
+  }
+  return result;
+}
+
+// Files that are not zip archives: say what they are when it is recognizable.
+absl::Status NotZipError(const std::string& path, absl::string_view head) {
+  if (!head.empty() &&
+      static_cast<unsigned char>(head[0]) == static_cast<uint8_t>(Op::kProto)) {
+    if (head.find(kLegacyMagic) != absl::string_view::npos) {
+      return absl::UnimplementedError(absl::StrCat(
+          path, ": legacy (non-zip) torch.save format is not supported; ",
+          kResaveHint));
+    }
+    return absl::InvalidArgumentError(absl::StrCat(
+        path, ": a bare pickle, not a torch.save zip archive; ", kResaveHint));
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      path, ": not a PyTorch zip archive (no zip signature at the start)"));
+}
+
+// A zip archive ends with its end-of-central-directory record (22 bytes plus a
+// comment of up to 64 KiB); a truncated file has lost it.
+bool HasEndOfCentralDirectory(const std::string& path) {
+  constexpr absl::string_view kEndMagic("PK\x05\x06", 4);
+  constexpr std::streamoff kMaxTail = 22 + 65535;
+  std::ifstream in(path, std::ios::binary | std::ios::ate);
+  const std::streamoff size = in.tellg();
+  if (!in || size < 22) return false;
+  const std::streamoff tail = std::min(size, kMaxTail);
+  std::string bytes(static_cast<size_t>(tail), '\0');
+  in.seekg(size - tail);
+  in.read(bytes.data(), tail);
+  return in.good() &&
+         absl::string_view(bytes).find(kEndMagic) != absl::string_view::npos;
+}
+
+absl::StatusOr<std::map<std::string, at::Tensor>> LoadStateDictOrThrow(
+    const std::string& path) {
+  // Checking the signature first gives legacy files and strangers a precise
+  // message instead of miniz's "failed finding central directory".
+  std::string head(32, '\0');
+  {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) {
+      return absl::NotFoundError(absl::StrCat(path, ": cannot open file"));
+    }
+    in.read(head.data(), static_cast<std::streamsize>(head.size()));
+    head.resize(static_cast<size_t>(in.gcount()));
+  }
+  if (!absl::StartsWith(head, kZipMagic)) return NotZipError(path, head);
+  if (!HasEndOfCentralDirectory(path)) {
+    // Caught here because the reader would throw a c10::Error, whose backtrace
+    // capture is slow.
+    return absl::DataLossError(
+        absl::StrCat(path,
+                     ": truncated or damaged zip archive: no "
+                     "end-of-central-directory record"));
+  }
+
+  std::unique_ptr<caffe2::serialize::PyTorchStreamReader> reader;
+  try {
+    // The reader finds the "<archive_name>/" prefix from the first entry and
+    // prepends it to every record name, so "data.pkl" is
+    // "<archive_name>/data.pkl". LibTorch 1.13's constructor leaks miniz's
+    // state (~1 KB) when it throws after opening the zip (e.g. a corrupt
+    // `version` record); there is no handle to free it from here.
+    reader = std::make_unique<caffe2::serialize::PyTorchStreamReader>(path);
+  } catch (const c10::Error& e) {
+    return absl::DataLossError(
+        absl::StrCat(path, ": damaged or truncated PyTorch zip archive: ",
+                     e.what_without_backtrace()));
+  }
+  if (reader->hasRecord("byteorder")) {
+    auto [data, size] = reader->getRecord("byteorder");
+    const absl::string_view order(static_cast<const char*>(data.get()), size);
+    if (order != "little") {
+      return absl::UnimplementedError(
+          absl::StrCat(path, ": byteorder is ", Quote(order),
+                       "; only little-endian is supported"));
+    }
+  }
+  if (reader->hasRecord("constants.pkl") || !reader->hasRecord("data.pkl")) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": not a torch.save archive (",
+                     reader->hasRecord("constants.pkl")
+                         ? "a TorchScript module from torch.jit.save"
+                         : "no data.pkl",
+                     "); save module.state_dict() with torch.save"));
+  }
+  auto [pickle_data, pickle_size] = reader->getRecord("data.pkl");
+  if (pickle_size > kMaxPickleBytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        path, ": data.pkl is ", pickle_size, " bytes, more than the ",
+        kMaxPickleBytes, " a state dict needs"));
+  }
+  const absl::string_view pickle(static_cast<const char*>(pickle_data.get()),
+                                 pickle_size);
+  return Unpickler(path, pickle, reader.get()).Run();
+}
+
+}  // namespace
+
+absl::StatusOr<std::map<std::string, at::Tensor>> LoadStateDict(
+    const std::string& path) {
+  try {
+    return LoadStateDictOrThrow(path);
+  } catch (const c10::Error& e) {
+    // Almost always the zip reader meeting a damaged record (bad CRC, short
+    // data).
+    return absl::DataLossError(
+        absl::StrCat(path, ": ", e.what_without_backtrace()));
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat(path, ": out of memory while loading"));
+  } catch (const std::exception& e) {
+    return absl::DataLossError(absl::StrCat(path, ": ", e.what()));
+  } catch (...) {
+    return absl::InternalError(
+        absl::StrCat(path, ": unknown exception while loading"));
+  }
+}
+
+}  // namespace attnscore::scoring
+
+#undef ATTNSCORE_RETURN_IF_ERROR
