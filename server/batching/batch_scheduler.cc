@@ -1,0 +1,204 @@
+#include "server/batching/batch_scheduler.h"
+
+#include <limits>
+
+#include "absl/strings/str_cat.h"
+
+namespace attnscore::batching::internal {
+
+absl::StatusOr<std::unique_ptr<BatchSchedulerCore>> BatchSchedulerCore::Create(
+    const BatchSchedulerOptions& options, Clock* clock, Callback callback) {
+  if (options.max_batch_size < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "max_batch_size must be >= 1, got ", options.max_batch_size));
+  }
+  if (options.batch_timeout_micros < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("batch_timeout_micros must be >= 0, got ",
+                     options.batch_timeout_micros));
+  }
+  if (options.max_enqueued_tasks < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "max_enqueued_tasks must be >= 1, got ", options.max_enqueued_tasks));
+  }
+  if (options.num_batch_threads < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "num_batch_threads must be >= 1, got ", options.num_batch_threads));
+  }
+  if (clock == nullptr) {
+    return absl::InvalidArgumentError("clock must not be null");
+  }
+  if (!callback) {
+    return absl::InvalidArgumentError("callback must not be empty");
+  }
+  return std::unique_ptr<BatchSchedulerCore>(
+      new BatchSchedulerCore(options, clock, std::move(callback)));
+}
+
+BatchSchedulerCore::BatchSchedulerCore(const BatchSchedulerOptions& options,
+                                       Clock* clock, Callback callback)
+    : options_(options), clock_(clock), callback_(std::move(callback)) {
+  std::lock_guard<std::mutex> lock(join_mu_);
+  workers_.reserve(options_.num_batch_threads);
+  for (int i = 0; i < options_.num_batch_threads; ++i) {
+    workers_.emplace_back([this] { WorkerLoop(); });
+  }
+}
+
+BatchSchedulerCore::~BatchSchedulerCore() { Shutdown(); }
+
+absl::Status BatchSchedulerCore::Schedule(std::unique_ptr<BatchTask>* task) {
+  if (task == nullptr || *task == nullptr) {
+    return absl::InvalidArgumentError("Schedule: task is null");
+  }
+  const size_t size = (*task)->size();
+  if (size == 0) {
+    return absl::InvalidArgumentError(
+        "Schedule: task size must be >= 1, got 0");
+  }
+
+  std::lock_guard<std::mutex> lock(mu_);
+  if (shutting_down_) {
+    return absl::UnavailableError("batch scheduler is shut down");
+  }
+  if (num_waiting_tasks_ >= options_.max_enqueued_tasks) {
+    return absl::UnavailableError(absl::StrCat(
+        "queue full: ", num_waiting_tasks_, " tasks waiting, limit ",
+        options_.max_enqueued_tasks, "; retry later"));
+  }
+
+  bool wake_workers = false;
+  auto found = open_by_key_.find((*task)->batch_key());
+  // Close the key's open batch first if this task would push it past the limit,
+  // so a batch never exceeds max_batch_size unless it is a single oversized
+  // task.
+  if (found != open_by_key_.end() &&
+      found->second->num_items + size > options_.max_batch_size) {
+    CloseLocked(found->second);
+    found = open_by_key_.end();
+    wake_workers = true;
+  }
+  if (found == open_by_key_.end()) {
+    // The earliest timeout only changes when the first open batch appears;
+    // later batches time out after the current front, which some worker is
+    // already waiting for.
+    wake_workers |= open_batches_.empty();
+    OpenBatch& open = open_batches_.emplace_back();
+    open.key = (*task)->batch_key();
+    open.opened_micros = clock_->NowMicros();
+    found =
+        open_by_key_.emplace(open.key, std::prev(open_batches_.end())).first;
+  }
+  const OpenList::iterator open = found->second;
+  open->num_items += size;
+  open->tasks.push_back(std::move(*task));
+  ++num_waiting_tasks_;
+  if (open->num_items >= options_.max_batch_size) {
+    CloseLocked(open);
+    wake_workers = true;
+  }
+  // notify_all, not notify_one: a woken worker may take a closed batch and
+  // leave no worker waiting for the next timeout.
+  if (wake_workers) work_cv_.notify_all();
+  return absl::OkStatus();
+}
+
+void BatchSchedulerCore::Shutdown() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!shutting_down_) {
+      shutting_down_ = true;
+      // Oldest first, like timeouts, so shutdown keeps the FIFO order across
+      // keys.
+      while (!open_batches_.empty()) CloseLocked(open_batches_.begin());
+      work_cv_.notify_all();
+    }
+  }
+  // Workers exit once no batch is left; every caller waits for them, not only
+  // the first.
+  std::lock_guard<std::mutex> lock(join_mu_);
+  for (std::thread& worker : workers_) {
+    if (worker.joinable()) worker.join();
+  }
+}
+
+size_t BatchSchedulerCore::QueueDepth() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return num_waiting_tasks_;
+}
+
+void BatchSchedulerCore::CloseLocked(OpenList::iterator open) {
+  closed_batches_.push_back(std::move(open->tasks));
+  open_by_key_.erase(open->key);
+  open_batches_.erase(open);
+}
+
+int64_t BatchSchedulerCore::TimeoutAtMicros(const OpenBatch& open) const {
+  // Saturate: a huge timeout must mean "never", not wrap into the past.
+  if (open.opened_micros >
+      std::numeric_limits<int64_t>::max() - options_.batch_timeout_micros) {
+    return std::numeric_limits<int64_t>::max();
+  }
+  return open.opened_micros + options_.batch_timeout_micros;
+}
+
+void BatchSchedulerCore::WorkerLoop() {
+  std::unique_lock<std::mutex> lock(mu_);
+  for (;;) {
+    if (!closed_batches_.empty()) {
+      Batch batch = std::move(closed_batches_.front());
+      closed_batches_.pop_front();
+      num_waiting_tasks_ -= batch.size();
+      lock.unlock();
+      RunBatch(std::move(batch));
+      lock.lock();
+      continue;
+    }
+    if (open_batches_.empty()) {
+      // Shutdown closed every open batch and Schedule accepts no more, so
+      // nothing is left.
+      if (shutting_down_) return;
+      // No timeout to watch: sleep until Schedule opens or closes a batch.
+      work_cv_.wait(lock);
+      continue;
+    }
+    const int64_t now = clock_->NowMicros();
+    const int64_t timeout_at = TimeoutAtMicros(open_batches_.front());
+    if (now < timeout_at) {
+      clock_->WaitUntil(work_cv_, lock, timeout_at);
+      continue;
+    }
+    // Close every batch that has timed out, oldest first, so that batches of
+    // all keys leave in order of their oldest task's arrival.
+    while (!open_batches_.empty() &&
+           TimeoutAtMicros(open_batches_.front()) <= now) {
+      CloseLocked(open_batches_.begin());
+    }
+    // Other workers may take the batches this one will not get to yet.
+    if (closed_batches_.size() > 1) work_cv_.notify_all();
+  }
+}
+
+void BatchSchedulerCore::RunBatch(Batch batch) {
+  const int64_t now = clock_->NowMicros();
+  Batch runnable;
+  runnable.reserve(batch.size());
+  for (std::unique_ptr<BatchTask>& task : batch) {
+    if (task->cancelled()) {
+      task->Drop(absl::CancelledError(
+          "task was cancelled while waiting for its batch"));
+    } else if (const int64_t deadline = task->deadline_micros();
+               deadline <= now) {
+      task->Drop(absl::DeadlineExceededError(
+          absl::StrCat("deadline passed while waiting for its batch: deadline ",
+                       deadline, " us, now ", now, " us")));
+    } else {
+      runnable.push_back(std::move(task));
+    }
+  }
+  // Dropped tasks are destroyed with `batch`; they have answered their callers
+  // in Drop.
+  if (!runnable.empty()) callback_(std::move(runnable));
+}
+
+}  // namespace attnscore::batching::internal

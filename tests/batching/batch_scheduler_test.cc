@@ -1,0 +1,697 @@
+#include "server/batching/batch_scheduler.h"
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/match.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/time.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "server/batching/fake_clock.h"
+
+namespace attnscore::batching {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using ::testing::IsEmpty;
+
+// Waits in these tests are for other threads to finish work that is already
+// due; the limit only turns a bug (a batch never delivered) into a failure
+// instead of a hang.
+constexpr auto kBugTimeout = std::chrono::seconds(30);
+// A batch timeout the tests never reach unless they mean to.
+constexpr int64_t kNeverMicros = int64_t{3600} * 1000 * 1000;
+
+class Recorder;
+
+class TestTask final : public BatchTask {
+ public:
+  TestTask(int id, size_t size, std::string key, Recorder* recorder)
+      : id_(id), size_(size), key_(std::move(key)), recorder_(recorder) {}
+
+  size_t size() const override { return size_; }
+  const std::string& batch_key() const override { return key_; }
+  int64_t deadline_micros() const override { return deadline_micros_; }
+  bool cancelled() const override { return cancelled_.load(); }
+  void Drop(const absl::Status& reason) override;
+
+  int id() const { return id_; }
+  void set_deadline_micros(int64_t deadline) { deadline_micros_ = deadline; }
+  void Cancel() { cancelled_.store(true); }
+
+ private:
+  const int id_;
+  const size_t size_;
+  const std::string key_;
+  Recorder* const recorder_;
+  int64_t deadline_micros_ = INT64_MAX;
+  std::atomic<bool> cancelled_{false};
+};
+
+// What became of every task: the batches the callback received and the drops,
+// in order.
+class Recorder {
+ public:
+  struct DeliveredBatch {
+    std::string key;
+    std::vector<int> ids;
+    size_t num_items = 0;
+  };
+
+  void RecordBatch(const std::vector<std::unique_ptr<TestTask>>& batch) {
+    DeliveredBatch delivered;
+    // An empty batch must never be delivered; record it (key "") rather than
+    // crash on it.
+    if (!batch.empty()) delivered.key = batch.front()->batch_key();
+    for (const std::unique_ptr<TestTask>& task : batch) {
+      delivered.ids.push_back(task->id());
+      delivered.num_items += task->size();
+      if (task->batch_key() != delivered.key) mixed_keys_.store(true);
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    batches_.push_back(std::move(delivered));
+    num_tasks_ += batch.size();
+    changed_.notify_all();
+  }
+
+  void RecordDrop(int id, absl::StatusCode code) {
+    std::lock_guard<std::mutex> lock(mu_);
+    drops_.emplace_back(id, code);
+    ++num_tasks_;
+    changed_.notify_all();
+  }
+
+  // True once at least `n` batches were delivered.
+  bool WaitForBatches(size_t n) {
+    std::unique_lock<std::mutex> lock(mu_);
+    return changed_.wait_for(lock, kBugTimeout,
+                             [&] { return batches_.size() >= n; });
+  }
+  // True once at least `n` tasks were delivered or dropped.
+  bool WaitForTasks(size_t n) {
+    std::unique_lock<std::mutex> lock(mu_);
+    return changed_.wait_for(lock, kBugTimeout,
+                             [&] { return num_tasks_ >= n; });
+  }
+
+  std::vector<DeliveredBatch> batches() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return batches_;
+  }
+  std::vector<std::vector<int>> batch_ids() const {
+    std::vector<std::vector<int>> ids;
+    for (const DeliveredBatch& batch : batches()) ids.push_back(batch.ids);
+    return ids;
+  }
+  std::vector<std::pair<int, absl::StatusCode>> drops() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return drops_;
+  }
+  // How often each task id was delivered or dropped.
+  std::map<int, int> times_accounted() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::map<int, int> times;
+    for (const DeliveredBatch& batch : batches_) {
+      for (int id : batch.ids) ++times[id];
+    }
+    for (const auto& [id, code] : drops_) ++times[id];
+    return times;
+  }
+  size_t num_batches() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return batches_.size();
+  }
+  bool mixed_keys() const { return mixed_keys_.load(); }
+
+ private:
+  mutable std::mutex mu_;
+  std::condition_variable changed_;
+  std::vector<DeliveredBatch> batches_;                  // GUARDED_BY(mu_)
+  std::vector<std::pair<int, absl::StatusCode>> drops_;  // GUARDED_BY(mu_)
+  size_t num_tasks_ = 0;                                 // GUARDED_BY(mu_)
+  std::atomic<bool> mixed_keys_{false};
+};
+
+void TestTask::Drop(const absl::Status& reason) {
+  recorder_->RecordDrop(id_, reason.code());
+}
+
+using Scheduler = BatchScheduler<TestTask>;
+
+BatchSchedulerOptions Options(size_t max_batch_size,
+                              int64_t batch_timeout_micros,
+                              int num_batch_threads = 1) {
+  BatchSchedulerOptions options;
+  options.max_batch_size = max_batch_size;
+  options.batch_timeout_micros = batch_timeout_micros;
+  options.num_batch_threads = num_batch_threads;
+  return options;
+}
+
+class BatchSchedulerTest : public ::testing::Test {
+ protected:
+  // A scheduler on the fake clock whose callback records every batch, then runs
+  // `also`.
+  std::unique_ptr<Scheduler> MakeScheduler(
+      const BatchSchedulerOptions& options,
+      std::function<void(const std::vector<std::unique_ptr<TestTask>>&)> also =
+          nullptr) {
+    absl::StatusOr<std::unique_ptr<Scheduler>> scheduler = Scheduler::Create(
+        options, &clock_,
+        [this, also](std::vector<std::unique_ptr<TestTask>> batch) {
+          recorder_.RecordBatch(batch);
+          if (also) also(batch);
+        });
+    EXPECT_TRUE(scheduler.ok()) << scheduler.status();
+    return scheduler.ok() ? *std::move(scheduler) : nullptr;
+  }
+
+  std::unique_ptr<TestTask> NewTask(size_t size = 1,
+                                    const std::string& key = "k") {
+    return std::make_unique<TestTask>(next_id_++, size, key, &recorder_);
+  }
+
+  // Schedules a new task and returns its id, or -1 if Schedule failed.
+  int Add(Scheduler& scheduler, size_t size = 1, const std::string& key = "k") {
+    std::unique_ptr<TestTask> task = NewTask(size, key);
+    const int id = task->id();
+    const absl::Status status = scheduler.Schedule(&task);
+    EXPECT_TRUE(status.ok()) << status;
+    EXPECT_EQ(task, nullptr) << "an accepted task must be taken";
+    return status.ok() ? id : -1;
+  }
+
+  FakeClock clock_;
+  Recorder recorder_;
+  int next_id_ = 0;
+};
+
+TEST_F(BatchSchedulerTest, CreateRejectsInvalidOptionsNamingTheOption) {
+  struct Case {
+    std::function<void(BatchSchedulerOptions&)> spoil;
+    std::string option;
+  };
+  const std::vector<Case> cases = {
+      {[](BatchSchedulerOptions& o) { o.max_batch_size = 0; },
+       "max_batch_size"},
+      {[](BatchSchedulerOptions& o) { o.batch_timeout_micros = -1; },
+       "batch_timeout_micros"},
+      {[](BatchSchedulerOptions& o) { o.num_batch_threads = 0; },
+       "num_batch_threads"},
+      {[](BatchSchedulerOptions& o) { o.num_batch_threads = -3; },
+       "num_batch_threads"},
+      {[](BatchSchedulerOptions& o) { o.max_enqueued_tasks = 0; },
+       "max_enqueued_tasks"},
+  };
+  for (const Case& c : cases) {
+    BatchSchedulerOptions options;
+    c.spoil(options);
+    absl::StatusOr<std::unique_ptr<Scheduler>> scheduler = Scheduler::Create(
+        options, &clock_, [](std::vector<std::unique_ptr<TestTask>>) {});
+    EXPECT_EQ(scheduler.status().code(), absl::StatusCode::kInvalidArgument)
+        << c.option;
+    EXPECT_THAT(scheduler.status().message(), HasSubstr(c.option));
+  }
+}
+
+TEST_F(BatchSchedulerTest, CreateRejectsNullClockAndEmptyCallback) {
+  const BatchSchedulerOptions options;
+  EXPECT_EQ(Scheduler::Create(options, nullptr,
+                              [](std::vector<std::unique_ptr<TestTask>>) {})
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Scheduler::Create(options, &clock_, nullptr).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  // The defaults and a zero timeout (batch whatever is there right away) are
+  // valid.
+  EXPECT_TRUE(Scheduler::Create(Options(1, 0), &clock_,
+                                [](std::vector<std::unique_ptr<TestTask>>) {})
+                  .ok());
+}
+
+TEST_F(BatchSchedulerTest, ScheduleRejectsNullAndEmptyTasks) {
+  std::unique_ptr<Scheduler> scheduler =
+      MakeScheduler(Options(4, kNeverMicros));
+  std::unique_ptr<TestTask> null_task;
+  EXPECT_EQ(scheduler->Schedule(&null_task).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(scheduler->Schedule(nullptr).code(),
+            absl::StatusCode::kInvalidArgument);
+  std::unique_ptr<TestTask> empty = NewTask(/*size=*/0);
+  EXPECT_EQ(scheduler->Schedule(&empty).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(empty, nullptr) << "a rejected task stays with the caller";
+  EXPECT_EQ(scheduler->QueueDepth(), 0u);
+}
+
+TEST_F(BatchSchedulerTest, TimeoutClosesBatchExactlyWhenOldestTaskHasWaited) {
+  std::unique_ptr<Scheduler> scheduler =
+      MakeScheduler(Options(8, /*timeout=*/100));
+  const int first = Add(*scheduler);
+  clock_.BlockUntilWaiters(
+      1);  // The worker is waiting for the first task's timeout.
+  clock_.AdvanceMicros(50);
+  const int second =
+      Add(*scheduler);  // Joins the batch; does not restart its timeout.
+
+  clock_.AdvanceMicros(
+      49);  // t = 99: one microsecond short of the oldest task's timeout.
+  EXPECT_EQ(clock_.NumWaiters(), 1u)
+      << "the worker must still be asleep at timeout - 1";
+  EXPECT_THAT(recorder_.batch_ids(), IsEmpty());
+  EXPECT_EQ(scheduler->QueueDepth(), 2u);
+
+  clock_.AdvanceMicros(1);  // t = 100.
+  ASSERT_TRUE(recorder_.WaitForBatches(1));
+  EXPECT_THAT(recorder_.batch_ids(), ElementsAre(ElementsAre(first, second)));
+  EXPECT_EQ(scheduler->QueueDepth(), 0u);
+}
+
+TEST_F(BatchSchedulerTest, ZeroTimeoutBatchesWithoutAdvancingTheClock) {
+  std::unique_ptr<Scheduler> scheduler =
+      MakeScheduler(Options(8, /*timeout=*/0));
+  const int id = Add(*scheduler);
+  ASSERT_TRUE(recorder_.WaitForBatches(1));
+  EXPECT_THAT(recorder_.batch_ids(), ElementsAre(ElementsAre(id)));
+  EXPECT_EQ(clock_.NowMicros(), 0);
+}
+
+TEST_F(BatchSchedulerTest, BatchClosesExactlyAtMaxBatchSize) {
+  std::unique_ptr<Scheduler> scheduler =
+      MakeScheduler(Options(4, kNeverMicros));
+  const int a = Add(*scheduler, 1);
+  const int b = Add(*scheduler, 2);
+  const int c =
+      Add(*scheduler, 1);  // 4 items: full, so closed without any timeout.
+  ASSERT_TRUE(recorder_.WaitForBatches(1));
+  scheduler->Shutdown();
+  // One batch holding all three: it neither closed early at 3 items nor waited
+  // for the clock.
+  ASSERT_EQ(recorder_.batches().size(), 1u);
+  EXPECT_THAT(recorder_.batches()[0].ids, ElementsAre(a, b, c));
+  EXPECT_EQ(recorder_.batches()[0].num_items, 4u);
+  EXPECT_EQ(clock_.NowMicros(), 0);
+}
+
+TEST_F(BatchSchedulerTest, TaskThatWouldOverflowTheBatchStartsTheNextOne) {
+  std::unique_ptr<Scheduler> scheduler =
+      MakeScheduler(Options(4, /*timeout=*/100));
+  const int a = Add(*scheduler, 3);
+  const int b = Add(*scheduler,
+                    2);  // 3 + 2 > 4: closes {a}; b opens a new batch at t = 0.
+  ASSERT_TRUE(recorder_.WaitForBatches(1));
+  EXPECT_THAT(recorder_.batch_ids(), ElementsAre(ElementsAre(a)));
+  EXPECT_EQ(scheduler->QueueDepth(), 1u);
+
+  clock_.AdvanceMicros(100);
+  ASSERT_TRUE(recorder_.WaitForBatches(2));
+  EXPECT_THAT(recorder_.batch_ids(),
+              ElementsAre(ElementsAre(a), ElementsAre(b)));
+  EXPECT_EQ(scheduler->QueueDepth(), 0u);
+}
+
+TEST_F(BatchSchedulerTest, OversizedTaskRunsAlone) {
+  std::unique_ptr<Scheduler> scheduler =
+      MakeScheduler(Options(4, kNeverMicros));
+  const int small = Add(*scheduler, 1);
+  const int big =
+      Add(*scheduler, 9);  // Closes {small}, then runs alone at once.
+  const int after = Add(*scheduler, 1);
+  const int lone_big = Add(*scheduler, 5);  // Closes {after}, then runs alone.
+  ASSERT_TRUE(recorder_.WaitForBatches(4));
+  EXPECT_THAT(recorder_.batch_ids(),
+              ElementsAre(ElementsAre(small), ElementsAre(big),
+                          ElementsAre(after), ElementsAre(lone_big)));
+  EXPECT_EQ(recorder_.batches()[1].num_items, 9u);
+  EXPECT_EQ(clock_.NowMicros(), 0);
+}
+
+TEST_F(BatchSchedulerTest, TasksWithDifferentKeysAreNeverBatchedTogether) {
+  std::unique_ptr<Scheduler> scheduler =
+      MakeScheduler(Options(2, /*timeout=*/100));
+  const int a1 = Add(*scheduler, 1, "a");
+  const int b1 = Add(*scheduler, 1, "b");
+  const int a2 = Add(*scheduler, 1, "a");  // Fills "a".
+  const int c1 = Add(*scheduler, 1, "c");
+  const int b2 = Add(*scheduler, 1, "b");  // Fills "b".
+  ASSERT_TRUE(recorder_.WaitForBatches(2));
+  clock_.AdvanceMicros(100);  // Times out the lone "c".
+  ASSERT_TRUE(recorder_.WaitForBatches(3));
+  EXPECT_THAT(
+      recorder_.batch_ids(),
+      ElementsAre(ElementsAre(a1, a2), ElementsAre(b1, b2), ElementsAre(c1)));
+  EXPECT_FALSE(recorder_.mixed_keys());
+}
+
+TEST_F(BatchSchedulerTest,
+       BatchesTimingOutTogetherLeaveInArrivalOrderAcrossKeys) {
+  // One worker, so delivery order is closing order.
+  std::unique_ptr<Scheduler> scheduler =
+      MakeScheduler(Options(8, /*timeout=*/100));
+  const int x = Add(*scheduler, 1, "x");
+  clock_.AdvanceMicros(10);
+  const int y = Add(*scheduler, 1, "y");
+  clock_.AdvanceMicros(10);
+  const int z = Add(*scheduler, 1, "z");
+  clock_.AdvanceMicros(10);
+  const int x2 =
+      Add(*scheduler, 1, "x");  // Newest task, but its batch is the oldest.
+  clock_.BlockUntilWaiters(1);
+  clock_.SetMicros(500);  // Every batch has timed out.
+  ASSERT_TRUE(recorder_.WaitForBatches(3));
+  EXPECT_THAT(recorder_.batch_ids(),
+              ElementsAre(ElementsAre(x, x2), ElementsAre(y), ElementsAre(z)));
+}
+
+TEST_F(BatchSchedulerTest,
+       QueueFullIsUnavailableAndLeavesTheTaskWithTheCaller) {
+  BatchSchedulerOptions options = Options(8, /*timeout=*/100);
+  options.max_enqueued_tasks = 2;
+  std::unique_ptr<Scheduler> scheduler = MakeScheduler(options);
+  const int a = Add(*scheduler);
+  const int b = Add(*scheduler);
+
+  std::unique_ptr<TestTask> rejected = NewTask();
+  const absl::Status status = scheduler->Schedule(&rejected);
+  EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(status.message(),
+              HasSubstr("queue full: 2 tasks waiting, limit 2; retry later"));
+  ASSERT_NE(rejected, nullptr);
+  EXPECT_EQ(scheduler->QueueDepth(), 2u);
+
+  clock_.AdvanceMicros(100);
+  ASSERT_TRUE(recorder_.WaitForBatches(1));
+  EXPECT_EQ(scheduler->QueueDepth(), 0u);
+  // The same task, retried once there is room, is taken and run.
+  const int retried = rejected->id();
+  EXPECT_TRUE(scheduler->Schedule(&rejected).ok());
+  EXPECT_EQ(rejected, nullptr);
+  scheduler->Shutdown();
+  EXPECT_THAT(recorder_.batch_ids(),
+              ElementsAre(ElementsAre(a, b), ElementsAre(retried)));
+}
+
+TEST_F(BatchSchedulerTest,
+       ClosedBatchesCountAgainstTheQueueLimitUntilAWorkerTakesThem) {
+  BatchSchedulerOptions options = Options(1, kNeverMicros);
+  options.max_enqueued_tasks = 2;
+  absl::Notification first_entered;
+  absl::Notification release_first;
+  std::unique_ptr<Scheduler> scheduler = MakeScheduler(
+      options, [&](const std::vector<std::unique_ptr<TestTask>>&) {
+        if (!first_entered.HasBeenNotified()) {
+          first_entered.Notify();
+          release_first.WaitForNotificationWithTimeout(absl::Seconds(30));
+        }
+      });
+  Add(*scheduler);  // Closed at once; the only worker takes it and blocks.
+  ASSERT_TRUE(first_entered.WaitForNotificationWithTimeout(absl::Seconds(30)));
+  EXPECT_EQ(scheduler->QueueDepth(), 0u);
+  Add(*scheduler);  // Closed, but no worker is free.
+  Add(*scheduler);
+  EXPECT_EQ(scheduler->QueueDepth(), 2u);
+  std::unique_ptr<TestTask> rejected = NewTask();
+  EXPECT_EQ(scheduler->Schedule(&rejected).code(),
+            absl::StatusCode::kUnavailable);
+  EXPECT_NE(rejected, nullptr);
+
+  release_first.Notify();
+  ASSERT_TRUE(recorder_.WaitForBatches(3));
+  EXPECT_EQ(scheduler->QueueDepth(), 0u);
+}
+
+TEST_F(BatchSchedulerTest, ScheduleAfterShutdownIsUnavailable) {
+  std::unique_ptr<Scheduler> scheduler =
+      MakeScheduler(Options(4, kNeverMicros));
+  scheduler->Shutdown();
+  std::unique_ptr<TestTask> task = NewTask();
+  const absl::Status status = scheduler->Schedule(&task);
+  EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(status.message(), HasSubstr("shut down"));
+  EXPECT_NE(task, nullptr);
+  EXPECT_EQ(scheduler->QueueDepth(), 0u);
+}
+
+TEST_F(BatchSchedulerTest,
+       ShutdownRunsEveryQueuedTaskWithoutWaitingForTimeouts) {
+  std::unique_ptr<Scheduler> scheduler =
+      MakeScheduler(Options(4, kNeverMicros, /*num_batch_threads=*/2));
+  std::vector<int> ids;
+  const std::vector<std::string> keys = {"a", "b", "c"};
+  for (int i = 0; i < 30; ++i) {
+    ids.push_back(Add(*scheduler, 1 + i % 3, keys[i % keys.size()]));
+  }
+  clock_.BlockUntilWaiters(
+      1);  // Open batches remain, waiting for a timeout never reached.
+  EXPECT_GT(scheduler->QueueDepth(), 0u);
+
+  scheduler->Shutdown();  // Returns without the clock moving, so it did not
+                          // wait for timeouts.
+  EXPECT_EQ(scheduler->QueueDepth(), 0u);
+  EXPECT_EQ(clock_.NowMicros(), 0);
+  std::map<int, int> times = recorder_.times_accounted();
+  ASSERT_EQ(times.size(), ids.size());
+  for (int id : ids) EXPECT_EQ(times[id], 1) << "task " << id;
+  EXPECT_THAT(recorder_.drops(), IsEmpty());
+  EXPECT_FALSE(recorder_.mixed_keys());
+  for (const Recorder::DeliveredBatch& batch : recorder_.batches()) {
+    EXPECT_LE(batch.num_items, 4u);
+  }
+}
+
+TEST_F(BatchSchedulerTest, ShutdownIsIdempotentAndThreadSafe) {
+  std::unique_ptr<Scheduler> scheduler =
+      MakeScheduler(Options(4, kNeverMicros, /*num_batch_threads=*/2));
+  const int id = Add(*scheduler);
+  std::thread other([&] { scheduler->Shutdown(); });
+  scheduler->Shutdown();
+  // Both calls return only after the workers ran what was queued.
+  EXPECT_THAT(recorder_.batch_ids(), ElementsAre(ElementsAre(id)));
+  other.join();
+  scheduler->Shutdown();
+  EXPECT_EQ(recorder_.batches().size(), 1u);
+}
+
+TEST_F(BatchSchedulerTest, DestructorRunsQueuedTasks) {
+  int id = -1;
+  {
+    std::unique_ptr<Scheduler> scheduler =
+        MakeScheduler(Options(4, kNeverMicros));
+    id = Add(*scheduler);
+  }
+  EXPECT_THAT(recorder_.batch_ids(), ElementsAre(ElementsAre(id)));
+}
+
+TEST_F(BatchSchedulerTest, CancelledAndExpiredTasksAreDroppedWithTheirStatus) {
+  std::unique_ptr<Scheduler> scheduler =
+      MakeScheduler(Options(8, /*timeout=*/100));
+  const int runs = Add(*scheduler);
+  std::unique_ptr<TestTask> expired = NewTask();
+  expired->set_deadline_micros(50);
+  std::unique_ptr<TestTask> cancelled = NewTask();
+  std::unique_ptr<TestTask> expires_at_close = NewTask();
+  expires_at_close->set_deadline_micros(100);  // deadline <= now is expired.
+  std::unique_ptr<TestTask> survives = NewTask();
+  survives->set_deadline_micros(101);
+  const int expired_id = expired->id();
+  const int cancelled_id = cancelled->id();
+  const int expires_at_close_id = expires_at_close->id();
+  const int survives_id = survives->id();
+  TestTask* cancelled_raw = cancelled.get();
+  for (std::unique_ptr<TestTask>* task :
+       {&expired, &cancelled, &expires_at_close, &survives}) {
+    ASSERT_TRUE(scheduler->Schedule(task).ok());
+  }
+  cancelled_raw
+      ->Cancel();  // Cancelled while queued, as a client hanging up would.
+
+  clock_.AdvanceMicros(100);
+  ASSERT_TRUE(recorder_.WaitForTasks(5));
+  scheduler->Shutdown();
+  EXPECT_THAT(recorder_.batch_ids(),
+              ElementsAre(ElementsAre(runs, survives_id)));
+  EXPECT_THAT(
+      recorder_.drops(),
+      ElementsAre(
+          std::make_pair(expired_id, absl::StatusCode::kDeadlineExceeded),
+          std::make_pair(cancelled_id, absl::StatusCode::kCancelled),
+          std::make_pair(expires_at_close_id,
+                         absl::StatusCode::kDeadlineExceeded)));
+}
+
+TEST_F(BatchSchedulerTest, BatchLeftEmptyByDropsIsNotDelivered) {
+  std::unique_ptr<Scheduler> scheduler =
+      MakeScheduler(Options(2, kNeverMicros));
+  std::unique_ptr<TestTask> cancelled = NewTask();
+  cancelled->Cancel();
+  std::unique_ptr<TestTask> expired = NewTask();
+  expired->set_deadline_micros(0);  // Already due at t = 0.
+  const int cancelled_id = cancelled->id();
+  const int expired_id = expired->id();
+  ASSERT_TRUE(scheduler->Schedule(&cancelled).ok());
+  ASSERT_TRUE(scheduler->Schedule(&expired).ok());  // Fills the batch.
+  ASSERT_TRUE(recorder_.WaitForTasks(2));
+  scheduler
+      ->Shutdown();  // Joins the worker: a delivery would have happened by now.
+  EXPECT_THAT(recorder_.batch_ids(), IsEmpty());
+  EXPECT_THAT(
+      recorder_.drops(),
+      ElementsAre(
+          std::make_pair(cancelled_id, absl::StatusCode::kCancelled),
+          std::make_pair(expired_id, absl::StatusCode::kDeadlineExceeded)));
+}
+
+TEST_F(BatchSchedulerTest, ShutdownDropsTasksThatExpiredWhileQueued) {
+  std::unique_ptr<Scheduler> scheduler =
+      MakeScheduler(Options(8, /*timeout=*/100));
+  std::unique_ptr<TestTask> expiring = NewTask();
+  expiring->set_deadline_micros(50);
+  const int expiring_id = expiring->id();
+  ASSERT_TRUE(scheduler->Schedule(&expiring).ok());
+  const int fresh = Add(*scheduler);
+  clock_.BlockUntilWaiters(1);
+  clock_.AdvanceMicros(60);  // Past the deadline, short of the batch timeout.
+  EXPECT_EQ(clock_.NumWaiters(), 1u);
+  scheduler->Shutdown();
+  EXPECT_THAT(recorder_.batch_ids(), ElementsAre(ElementsAre(fresh)));
+  EXPECT_THAT(recorder_.drops(),
+              ElementsAre(std::make_pair(expiring_id,
+                                         absl::StatusCode::kDeadlineExceeded)));
+}
+
+TEST_F(BatchSchedulerTest, SeveralBatchesRunConcurrently) {
+  // Each callback waits for the other to start: this passes only if two workers
+  // run batches at the same time.
+  std::mutex mu;
+  std::condition_variable cv;
+  int running = 0;
+  bool both_ran = true;
+  std::unique_ptr<Scheduler> scheduler = MakeScheduler(
+      Options(1, kNeverMicros, /*num_batch_threads=*/2),
+      [&](const std::vector<std::unique_ptr<TestTask>>&) {
+        std::unique_lock<std::mutex> lock(mu);
+        ++running;
+        cv.notify_all();
+        if (!cv.wait_for(lock, kBugTimeout, [&] { return running >= 2; })) {
+          both_ran = false;
+        }
+      });
+  Add(*scheduler);
+  Add(*scheduler);
+  ASSERT_TRUE(recorder_.WaitForBatches(2));
+  scheduler->Shutdown();
+  std::lock_guard<std::mutex> lock(mu);
+  EXPECT_TRUE(both_ran);
+  EXPECT_EQ(running, 2);
+}
+
+// Several producers race several workers on the real clock, with a queue small
+// enough to fill; every accepted task must come out exactly once, as a delivery
+// or a drop with the right code.
+void RunStress(bool shut_down_while_producing) {
+  constexpr int kProducers = 4;
+  constexpr int kTasksPerProducer = 2000;
+  constexpr size_t kMaxBatchSize = 8;
+  Recorder recorder;
+  BatchSchedulerOptions options =
+      Options(kMaxBatchSize, /*timeout=*/200, /*threads=*/3);
+  options.max_enqueued_tasks = 64;
+  absl::StatusOr<std::unique_ptr<Scheduler>> created = Scheduler::Create(
+      options, RealClock(),
+      [&recorder](std::vector<std::unique_ptr<TestTask>> batch) {
+        recorder.RecordBatch(batch);
+      });
+  ASSERT_TRUE(created.ok()) << created.status();
+  Scheduler& scheduler = **created;
+
+  std::mutex accepted_mu;
+  // Accepted task id to its expected outcome (kOk: delivered).
+  std::map<int, absl::StatusCode> accepted;
+  std::atomic<int> queue_full{0};
+  std::vector<std::thread> producers;
+  for (int p = 0; p < kProducers; ++p) {
+    producers.emplace_back([&, p] {
+      const std::vector<std::string> keys = {"a", "b", "c"};
+      for (int i = 0; i < kTasksPerProducer; ++i) {
+        const int id = p * kTasksPerProducer + i;
+        const size_t size = i % 50 == 0 ? kMaxBatchSize + 3 : 1 + i % 4;
+        auto task = std::make_unique<TestTask>(
+            id, size, keys[(i + p) % keys.size()], &recorder);
+        absl::StatusCode expected = absl::StatusCode::kOk;
+        if (i % 7 == 0) {
+          task->Cancel();
+          expected = absl::StatusCode::kCancelled;
+        } else if (i % 11 == 0) {
+          task->set_deadline_micros(0);  // Long past on the real clock.
+          expected = absl::StatusCode::kDeadlineExceeded;
+        }
+        absl::Status status;
+        while (!(status = scheduler.Schedule(&task)).ok()) {
+          ASSERT_EQ(status.code(), absl::StatusCode::kUnavailable) << status;
+          ASSERT_NE(task, nullptr);
+          if (absl::StrContains(status.message(), "shut down")) return;
+          ++queue_full;
+          std::this_thread::yield();
+        }
+        std::lock_guard<std::mutex> lock(accepted_mu);
+        accepted.emplace(id, expected);
+      }
+    });
+  }
+  if (shut_down_while_producing) {
+    while (recorder.num_batches() < 50) std::this_thread::yield();
+    scheduler.Shutdown();
+  }
+  for (std::thread& producer : producers) producer.join();
+  scheduler.Shutdown();
+  ::testing::Test::RecordProperty("queue_full_retries", queue_full.load());
+
+  EXPECT_EQ(scheduler.QueueDepth(), 0u);
+  EXPECT_FALSE(recorder.mixed_keys());
+  for (const Recorder::DeliveredBatch& batch : recorder.batches()) {
+    EXPECT_TRUE(batch.num_items <= kMaxBatchSize || batch.ids.size() == 1)
+        << batch.num_items << " items in " << batch.ids.size() << " tasks";
+  }
+  std::map<int, absl::StatusCode> outcome;
+  for (const Recorder::DeliveredBatch& batch : recorder.batches()) {
+    for (int id : batch.ids) outcome.emplace(id, absl::StatusCode::kOk);
+  }
+  for (const auto& [id, code] : recorder.drops()) outcome.emplace(id, code);
+  const std::map<int, int> times = recorder.times_accounted();
+  std::lock_guard<std::mutex> lock(accepted_mu);
+  if (!shut_down_while_producing) {
+    EXPECT_EQ(accepted.size(), size_t{kProducers * kTasksPerProducer});
+  }
+  EXPECT_EQ(times.size(), accepted.size());
+  for (const auto& [id, expected] : accepted) {
+    const auto it = times.find(id);
+    ASSERT_NE(it, times.end()) << "task " << id << " was lost";
+    EXPECT_EQ(it->second, 1) << "task " << id;
+    EXPECT_EQ(outcome[id], expected) << "task " << id;
+  }
+}
+
+TEST(BatchSchedulerStressTest, EveryTaskIsAccountedForExactlyOnce) {
+  RunStress(/*shut_down_while_producing=*/false);
+}
+
+TEST(BatchSchedulerStressTest, ShutdownWhileProducingLosesNoAcceptedTask) {
+  RunStress(/*shut_down_while_producing=*/true);
+}
+
+}  // namespace
+}  // namespace attnscore::batching
