@@ -28,7 +28,8 @@ at::Tensor ShiftRight(const at::Tensor& x) {
 LiteralResult Finish(at::Tensor scores, bool causal, bool want_probs) {
   if (causal) {
     at::Tensor mask = CausalMask(scores.size(2), scores.size(3));
-    scores = scores.masked_fill(mask.logical_not(), -std::numeric_limits<float>::infinity());
+    scores = scores.masked_fill(mask.logical_not(),
+                                -std::numeric_limits<float>::infinity());
   }
   LiteralResult r;
   if (want_probs) r.probs = at::softmax(scores, -1);
@@ -38,8 +39,9 @@ LiteralResult Finish(at::Tensor scores, bool causal, bool want_probs) {
 
 }  // namespace
 
-LiteralResult LiteralAlibi(const at::Tensor& q, const at::Tensor& k, const std::vector<float>& slopes,
-                           bool causal, double scale, bool want_probs) {
+LiteralResult LiteralAlibi(const at::Tensor& q, const at::Tensor& k,
+                           const std::vector<float>& slopes, bool causal,
+                           double scale, bool want_probs) {
   const int64_t lq = q.size(2), lk = k.size(2);
   at::Tensor scores = at::matmul(q, k.transpose(-2, -1)) * scale;
   at::Tensor query_pos = at::arange(lk - lq, lk, at::kFloat).view({lq, 1});
@@ -51,8 +53,9 @@ LiteralResult LiteralAlibi(const at::Tensor& q, const at::Tensor& k, const std::
   return Finish(scores + bias, causal, want_probs);
 }
 
-LiteralResult LiteralRelative(const at::Tensor& q, const at::Tensor& k, const at::Tensor& e,
-                              const at::Tensor& s, const at::Tensor& u, bool causal, double scale,
+LiteralResult LiteralRelative(const at::Tensor& q, const at::Tensor& k,
+                              const at::Tensor& e, const at::Tensor& s,
+                              const at::Tensor& u, bool causal, double scale,
                               bool want_probs) {
   // labml works in [seq, batch, heads, d].
   at::Tensor query = q.permute({2, 0, 1, 3});
@@ -67,7 +70,7 @@ LiteralResult LiteralRelative(const at::Tensor& q, const at::Tensor& k, const at
   at::Tensor d = key_pos_bias.unsqueeze(0).unsqueeze(2);
   at::Tensor bd = ShiftRight(b + d);
   bd = bd.slice(1, bd.size(1) - lk);
-  at::Tensor scores = (ac + bd) * scale;        // [Lq,Lk,B,H]
+  at::Tensor scores = (ac + bd) * scale;  // [Lq,Lk,B,H]
   return Finish(scores.permute({2, 3, 0, 1}), causal, want_probs);
 }
 

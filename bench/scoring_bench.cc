@@ -1,8 +1,10 @@
-// Scoring core vs. the literal LibTorch port of the seed's algorithm, in the same run, printing
-// times and the speed-up ratio per case. Every case first checks that both agree (and aborts if
-// not), so a fast wrong answer cannot pass for an improvement.
+// Scoring core vs. the literal LibTorch port of the seed's algorithm, in the
+// same run, printing times and the speed-up ratio per case. Every case first
+// checks that both agree (and aborts if not), so a fast wrong answer cannot
+// pass for an improvement.
 //
-//   build/bench/attnscore_bench_scoring [--benchmark_filter=REGEX] [--benchmark_min_time=S]
+//   build/bench/attnscore_bench_scoring [--benchmark_filter=REGEX]
+//   [--benchmark_min_time=S]
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <benchmark/benchmark.h>
@@ -24,8 +26,8 @@ namespace {
 
 using scoring::BiasKind;
 using scoring::ScoreItem;
-using scoring::ScoreSpec;
 using scoring::Scorer;
+using scoring::ScoreSpec;
 using scoring::TensorRef;
 
 struct Shape {
@@ -44,7 +46,8 @@ struct Fixture {
 };
 
 Fixture& GetFixture(const Shape& shape) {
-  static std::map<std::string, Fixture>* fixtures = new std::map<std::string, Fixture>();
+  static std::map<std::string, Fixture>* fixtures =
+      new std::map<std::string, Fixture>();
   auto it = fixtures->find(shape.name);
   if (it != fixtures->end()) return it->second;
   at::manual_seed(0);
@@ -53,9 +56,12 @@ Fixture& GetFixture(const Shape& shape) {
   f.k = at::randn({shape.b, shape.h, shape.lk, shape.d});
   f.model = *scoring::RelativeModel::Create(
       "bench", "bench", at::randn({2 * kRelativePositions, shape.h, shape.d}),
-      at::randn({2 * kRelativePositions, shape.h}), at::randn({shape.h, shape.d}));
-  f.item.query = TensorRef{DType::kFloat32, f.q.sizes().vec(), f.q.data_ptr(), f.q.nbytes()};
-  f.item.key = TensorRef{DType::kFloat32, f.k.sizes().vec(), f.k.data_ptr(), f.k.nbytes()};
+      at::randn({2 * kRelativePositions, shape.h}),
+      at::randn({shape.h, shape.d}));
+  f.item.query = TensorRef{DType::kFloat32, f.q.sizes().vec(), f.q.data_ptr(),
+                           f.q.nbytes()};
+  f.item.key = TensorRef{DType::kFloat32, f.k.sizes().vec(), f.k.data_ptr(),
+                         f.k.nbytes()};
   return fixtures->emplace(shape.name, std::move(f)).first->second;
 }
 
@@ -63,7 +69,8 @@ Fixture& GetFixture(const Shape& shape) {
 Scorer& GetScorer() {
   static Scorer* scorer = [] {
     scoring::ScorerOptions options;
-    if (const char* threads = std::getenv("ATTNSCORE_THREADS")) options.intra_op_threads = std::atoi(threads);
+    if (const char* threads = std::getenv("ATTNSCORE_THREADS"))
+      options.intra_op_threads = std::atoi(threads);
     return Scorer::Create(options).value().release();
   }();
   return *scorer;
@@ -93,22 +100,29 @@ scoring::ScoreResult RunCore(const Fixture& f, const ScoreSpec& spec) {
 LiteralResult RunLiteral(const Fixture& f, bool relative, bool probs) {
   const double scale = 1.0 / std::sqrt(static_cast<double>(f.q.size(3)));
   if (relative) {
-    return LiteralRelative(f.q, f.k, f.model->key_pos_embeddings(), f.model->key_pos_bias(),
-                           f.model->query_pos_bias(), true, scale, probs);
+    return LiteralRelative(f.q, f.k, f.model->key_pos_embeddings(),
+                           f.model->key_pos_bias(), f.model->query_pos_bias(),
+                           true, scale, probs);
   }
-  return LiteralAlibi(f.q, f.k, scoring::AlibiSlopes(f.q.size(1)), true, scale, probs);
+  return LiteralAlibi(f.q, f.k, scoring::AlibiSlopes(f.q.size(1)), true, scale,
+                      probs);
 }
 
-void CheckAgreement(const Fixture& f, bool relative, bool probs, const char* name) {
+void CheckAgreement(const Fixture& f, bool relative, bool probs,
+                    const char* name) {
   scoring::ScoreResult core = RunCore(f, Spec(f, relative, probs));
   LiteralResult lit = RunLiteral(f, relative, probs);
-  at::Tensor logits = at::from_blob(const_cast<void*>(core.logits->data), core.logits->shape, at::kFloat);
+  at::Tensor logits = at::from_blob(const_cast<void*>(core.logits->data),
+                                    core.logits->shape, at::kFloat);
   const at::Tensor& want = lit.logits.contiguous();
   const bool same_inf = at::equal(at::isinf(logits), at::isinf(want));
   at::Tensor finite = at::isfinite(want);
-  const bool close = at::allclose(logits.masked_select(finite), want.masked_select(finite), 1e-4, 1e-4);
+  const bool close = at::allclose(logits.masked_select(finite),
+                                  want.masked_select(finite), 1e-4, 1e-4);
   if (!same_inf || !close) {
-    std::fprintf(stderr, "%s: core and literal port disagree (inf %d close %d)\n", name, same_inf, close);
+    std::fprintf(stderr,
+                 "%s: core and literal port disagree (inf %d close %d)\n", name,
+                 same_inf, close);
     std::abort();
   }
 }
@@ -120,7 +134,8 @@ void BM_Core(benchmark::State& state, Shape shape, bool relative, bool probs) {
   for (auto _ : state) benchmark::DoNotOptimize(RunCore(f, spec));
 }
 
-void BM_Literal(benchmark::State& state, Shape shape, bool relative, bool probs) {
+void BM_Literal(benchmark::State& state, Shape shape, bool relative,
+                bool probs) {
   Fixture& f = GetFixture(shape);
   for (auto _ : state) benchmark::DoNotOptimize(RunLiteral(f, relative, probs));
 }
@@ -131,21 +146,23 @@ class RatioReporter : public benchmark::ConsoleReporter {
   void ReportRuns(const std::vector<Run>& runs) override {
     for (const Run& run : runs) {
       if (run.run_type == Run::RT_Iteration && run.error_occurred == false) {
-        seconds_[run.benchmark_name()] = run.GetAdjustedRealTime() /
-                                         benchmark::GetTimeUnitMultiplier(run.time_unit);
+        seconds_[run.benchmark_name()] =
+            run.GetAdjustedRealTime() /
+            benchmark::GetTimeUnitMultiplier(run.time_unit);
       }
     }
     ConsoleReporter::ReportRuns(runs);
   }
   void PrintRatios() const {
-    std::printf("\n%-52s %12s %12s %9s\n", "case", "literal ms", "core ms", "speed-up");
+    std::printf("\n%-52s %12s %12s %9s\n", "case", "literal ms", "core ms",
+                "speed-up");
     for (const auto& [name, seconds] : seconds_) {
       if (name.rfind("core/", 0) != 0) continue;
       const std::string literal = "literal/" + name.substr(5);
       auto it = seconds_.find(literal);
       if (it == seconds_.end()) continue;
-      std::printf("%-52s %12.2f %12.2f %8.2fx\n", name.substr(5).c_str(), it->second * 1e3,
-                  seconds * 1e3, it->second / seconds);
+      std::printf("%-52s %12.2f %12.2f %8.2fx\n", name.substr(5).c_str(),
+                  it->second * 1e3, seconds * 1e3, it->second / seconds);
     }
   }
 
@@ -160,16 +177,23 @@ void Register() {
     const char* what;
   };
   const Case cases[] = {
-      {kPrefill, false, false, "alibi_logits"},   {kPrefill, false, true, "alibi_logits+probs"},
-      {kPrefill, true, false, "relative_logits"}, {kPrefill, true, true, "relative_logits+probs"},
-      {kDecode, false, true, "alibi_logits+probs"}, {kDecode, true, true, "relative_logits+probs"},
+      {kPrefill, false, false, "alibi_logits"},
+      {kPrefill, false, true, "alibi_logits+probs"},
+      {kPrefill, true, false, "relative_logits"},
+      {kPrefill, true, true, "relative_logits+probs"},
+      {kDecode, false, true, "alibi_logits+probs"},
+      {kDecode, true, true, "relative_logits+probs"},
   };
   for (const Case& c : cases) {
     const std::string suffix = std::string(c.shape.name) + "/" + c.what;
-    benchmark::RegisterBenchmark(("core/" + suffix).c_str(), BM_Core, c.shape, c.relative, c.probs)
-        ->Unit(benchmark::kMillisecond)->UseRealTime();
-    benchmark::RegisterBenchmark(("literal/" + suffix).c_str(), BM_Literal, c.shape, c.relative, c.probs)
-        ->Unit(benchmark::kMillisecond)->UseRealTime();
+    benchmark::RegisterBenchmark(("core/" + suffix).c_str(), BM_Core, c.shape,
+                                 c.relative, c.probs)
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime();
+    benchmark::RegisterBenchmark(("literal/" + suffix).c_str(), BM_Literal,
+                                 c.shape, c.relative, c.probs)
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime();
   }
 }
 
@@ -180,7 +204,8 @@ int main(int argc, char** argv) {
   attnscore::bench::Register();
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  attnscore::bench::GetScorer();  // sets the intra-op thread count (default: all cores)
+  attnscore::bench::GetScorer();  // sets the intra-op thread count (default:
+                                  // all cores)
   std::printf("intra-op threads: %d\n", at::get_num_threads());
   attnscore::bench::RatioReporter reporter;
   benchmark::RunSpecifiedBenchmarks(&reporter);

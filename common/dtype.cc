@@ -29,18 +29,22 @@ uint16_t FloatToHalf(float value) {
   const uint32_t sign = (x >> 16) & 0x8000u;
   const uint32_t abs = x & 0x7fffffffu;
   if (abs >= 0x7f800000u) {  // Inf or NaN.
-    return static_cast<uint16_t>(sign | 0x7c00u | (abs > 0x7f800000u ? 0x200u : 0u));
+    return static_cast<uint16_t>(sign | 0x7c00u |
+                                 (abs > 0x7f800000u ? 0x200u : 0u));
   }
   if (abs >= 0x477ff000u) {  // Rounds to >= 65520: overflow to infinity.
     return static_cast<uint16_t>(sign | 0x7c00u);
   }
-  if (abs < 0x38800000u) {  // Subnormal half (or zero): value * 2^24, rounded to nearest even.
+  if (abs < 0x38800000u) {  // Subnormal half (or zero): value * 2^24, rounded
+                            // to nearest even.
     float magnitude;
     std::memcpy(&magnitude, &abs, sizeof(magnitude));
-    const float scaled = std::nearbyint(magnitude * 16777216.0f);  // exact: power-of-two scale
+    const float scaled =
+        std::nearbyint(magnitude * 16777216.0f);  // exact: power-of-two scale
     return static_cast<uint16_t>(sign | static_cast<uint32_t>(scaled));
   }
-  // Normal: rebias the exponent and round the 13 dropped mantissa bits to nearest even.
+  // Normal: rebias the exponent and round the 13 dropped mantissa bits to
+  // nearest even.
   uint32_t mantissa_odd = (abs >> 13) & 1u;
   uint32_t rounded = abs + 0xfffu + mantissa_odd;
   return static_cast<uint16_t>(sign | ((rounded - 0x38000000u) >> 13));

@@ -1,10 +1,12 @@
-// Reading and writing safetensors files (https://github.com/huggingface/safetensors format:
-// u64 little-endian header length, JSON header, raw little-endian tensor bytes). No LibTorch.
+// Reading and writing safetensors files
+// (https://github.com/huggingface/safetensors format: u64 little-endian header
+// length, JSON header, raw little-endian tensor bytes). No LibTorch.
 //
-// Ownership: SafetensorsFile owns the file's bytes; Tensor::bytes views into them and lives as
-// long as the SafetensorsFile. SafetensorsWriter copies nothing until Serialize/Write.
-// Thread safety: const methods may be called concurrently; writers are single-threaded.
-// Errors: absl::Status naming the file (origin), the tensor and the expected vs. actual value.
+// Ownership: SafetensorsFile owns the file's bytes; Tensor::bytes views into
+// them and lives as long as the SafetensorsFile. SafetensorsWriter copies
+// nothing until Serialize/Write. Thread safety: const methods may be called
+// concurrently; writers are single-threaded. Errors: absl::Status naming the
+// file (origin), the tensor and the expected vs. actual value.
 #ifndef ATTNSCORE_COMMON_SAFETENSORS_H_
 #define ATTNSCORE_COMMON_SAFETENSORS_H_
 
@@ -29,30 +31,36 @@ class SafetensorsFile {
     int64_t NumElements() const;
   };
 
-  // Reads and validates a whole file: header, offsets in bounds, byte counts matching shapes.
+  // Reads and validates a whole file: header, offsets in bounds, byte counts
+  // matching shapes.
   static absl::StatusOr<SafetensorsFile> Read(const std::string& path);
   // Same, over bytes already in memory; `origin` names them in error messages.
-  static absl::StatusOr<SafetensorsFile> Parse(std::string contents, std::string origin);
+  static absl::StatusOr<SafetensorsFile> Parse(std::string contents,
+                                               std::string origin);
 
   SafetensorsFile(SafetensorsFile&&) noexcept = default;
   SafetensorsFile& operator=(SafetensorsFile&&) noexcept = default;
 
   const std::string& origin() const { return origin_; }
-  const std::map<std::string, std::string>& metadata() const { return metadata_; }
+  const std::map<std::string, std::string>& metadata() const {
+    return metadata_;
+  }
   // Tensor names in the file, sorted.
   std::vector<std::string> Names() const;
   // nullptr when absent.
   const Tensor* Find(std::string_view name) const;
   // NOT_FOUND naming the file and tensor when absent.
   absl::StatusOr<const Tensor*> Get(std::string_view name) const;
-  // The tensor as float32 values (F32, F16 and BF16 are converted; integer types are cast).
+  // The tensor as float32 values (F32, F16 and BF16 are converted; integer
+  // types are cast).
   absl::StatusOr<std::vector<float>> ReadFloats(std::string_view name) const;
 
  private:
   SafetensorsFile() = default;
 
   std::string origin_;
-  // Heap-held so the views in tensors_ survive moves (a moved std::string may be inline).
+  // Heap-held so the views in tensors_ survive moves (a moved std::string may
+  // be inline).
   std::unique_ptr<const std::string> contents_;
   std::map<std::string, std::string> metadata_;
   std::map<std::string, Tensor, std::less<>> tensors_;
@@ -61,11 +69,13 @@ class SafetensorsFile {
 class SafetensorsWriter {
  public:
   // `bytes` must hold exactly product(shape) * element size of `dtype`.
-  absl::Status Add(std::string name, std::string dtype, std::vector<int64_t> shape,
-                   std::string_view bytes);
+  absl::Status Add(std::string name, std::string dtype,
+                   std::vector<int64_t> shape, std::string_view bytes);
   absl::Status AddFloats(std::string name, std::vector<int64_t> shape,
                          const std::vector<float>& values);
-  void SetMetadata(std::string key, std::string value) { metadata_[std::move(key)] = std::move(value); }
+  void SetMetadata(std::string key, std::string value) {
+    metadata_[std::move(key)] = std::move(value);
+  }
 
   std::string Serialize() const;
   absl::Status Write(const std::string& path) const;

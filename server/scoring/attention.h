@@ -1,19 +1,22 @@
-// The attention math on ATen: ALiBi-biased or Transformer-XL relative-position scores with causal
-// and key-length masks, probabilities and context, in float32.
+// The attention math on ATen: ALiBi-biased or Transformer-XL relative-position
+// scores with causal and key-length masks, probabilities and context, in
+// float32.
 //
-// Positions: query i sits at absolute position Lk - Lq + i (bottom-right alignment, as for
-// KV-cache decode steps, chunked prefill and Transformer-XL memory).
-// Masks: causal hides key j unless j <= Lk - Lq + i; key_lengths[b] hides keys j >= len. Masked
-// logits are -inf and their probabilities 0; a row with no visible key (key length 0) has zero
-// probabilities and zero context.
-// ALiBi: logits = scale * q.k + bias, bias[h,i,j] = -m_h * (Lk - Lq + i - j) causal, or
-// -m_h * |Lk - Lq + i - j| bidirectional; the bias is not scaled.
-// Relative: logits = scale * ((q_i + u_h).k_j + q_i.E[r,h] + S[r,h]), r = P - Lk + Lq + j - i
-// (labml's einsum + shift_right, exactly); scale multiplies the positional terms too.
+// Positions: query i sits at absolute position Lk - Lq + i (bottom-right
+// alignment, as for KV-cache decode steps, chunked prefill and Transformer-XL
+// memory). Masks: causal hides key j unless j <= Lk - Lq + i; key_lengths[b]
+// hides keys j >= len. Masked logits are -inf and their probabilities 0; a row
+// with no visible key (key length 0) has zero probabilities and zero context.
+// ALiBi: logits = scale * q.k + bias, bias[h,i,j] = -m_h * (Lk - Lq + i - j)
+// causal, or -m_h * |Lk - Lq + i - j| bidirectional; the bias is not scaled.
+// Relative: logits = scale * ((q_i + u_h).k_j + q_i.E[r,h] + S[r,h]), r = P -
+// Lk + Lq + j - i (labml's einsum + shift_right, exactly); scale multiplies the
+// positional terms too.
 //
-// Thread safety: ComputeAttention is reentrant; StaticBiasCache is internally synchronised.
-// Errors: REQUIRES validated inputs (scorer.h ValidateItem); LibTorch failures throw c10::Error,
-// which the caller catches at the compute boundary (Scorer).
+// Thread safety: ComputeAttention is reentrant; StaticBiasCache is internally
+// synchronised. Errors: REQUIRES validated inputs (scorer.h ValidateItem);
+// LibTorch failures throw c10::Error, which the caller catches at the compute
+// boundary (Scorer).
 #ifndef ATTNSCORE_SERVER_SCORING_ATTENTION_H_
 #define ATTNSCORE_SERVER_SCORING_ATTENTION_H_
 
@@ -34,13 +37,15 @@
 
 namespace attnscore::scoring {
 
-// The batch-independent part of the logits, bias plus causal mask, shape [H, Lq, Lk], is the
-// same for every request with the same bias parameters and lengths: compute it once.
-// LRU by bytes; entries larger than a quarter of the budget are computed but not kept.
+// The batch-independent part of the logits, bias plus causal mask, shape [H,
+// Lq, Lk], is the same for every request with the same bias parameters and
+// lengths: compute it once. LRU by bytes; entries larger than a quarter of the
+// budget are computed but not kept.
 class StaticBiasCache {
  public:
   explicit StaticBiasCache(size_t budget_bytes) : budget_bytes_(budget_bytes) {}
-  at::Tensor GetOrCompute(const std::string& key, const std::function<at::Tensor()>& compute);
+  at::Tensor GetOrCompute(const std::string& key,
+                          const std::function<at::Tensor()>& compute);
   size_t size_bytes() const;
   size_t entries() const;
 
@@ -49,16 +54,17 @@ class StaticBiasCache {
   const size_t budget_bytes_;
   mutable std::mutex mu_;
   std::list<Entry> lru_;  // GUARDED_BY(mu_); front = most recent
-  std::unordered_map<std::string, std::list<Entry>::iterator> index_;  // GUARDED_BY(mu_)
+  std::unordered_map<std::string, std::list<Entry>::iterator>
+      index_;         // GUARDED_BY(mu_)
   size_t bytes_ = 0;  // GUARDED_BY(mu_)
 };
 
 struct AttentionConfig {
   BiasKind bias = BiasKind::kAlibi;
-  std::vector<float> alibi_slopes;       // [H], resolved (never empty for ALiBi)
+  std::vector<float> alibi_slopes;  // [H], resolved (never empty for ALiBi)
   const RelativeModel* model = nullptr;  // for kRelative
   bool causal = false;
-  double scale = 1.0;                    // resolved
+  double scale = 1.0;  // resolved
   bool want_probs = false;
   bool want_context = false;
 };
@@ -69,17 +75,22 @@ struct AttentionResult {
   at::Tensor context;  // [B,H,Lq,Dv] float32, contiguous (when wanted)
 };
 
-// q [B,H,Lq,D], k [B,H,Lk,D], v [B,H,Lk,Dv] (undefined unless context is wanted), float32, any
-// strides. key_lengths: empty or B values in [0, Lk]. `cache` may be null.
-AttentionResult ComputeAttention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+// q [B,H,Lq,D], k [B,H,Lk,D], v [B,H,Lk,Dv] (undefined unless context is
+// wanted), float32, any strides. key_lengths: empty or B values in [0, Lk].
+// `cache` may be null.
+AttentionResult ComputeAttention(const at::Tensor& q, const at::Tensor& k,
+                                 const at::Tensor& v,
                                  absl::Span<const int32_t> key_lengths,
-                                 const AttentionConfig& config, StaticBiasCache* cache);
+                                 const AttentionConfig& config,
+                                 StaticBiasCache* cache);
 
-// The static [H, Lq, Lk] part alone (bias, scaled for relative, with -inf where causal masks).
-at::Tensor StaticBias(const AttentionConfig& config, int64_t heads, int64_t query_len,
-                      int64_t key_len);
+// The static [H, Lq, Lk] part alone (bias, scaled for relative, with -inf where
+// causal masks).
+at::Tensor StaticBias(const AttentionConfig& config, int64_t heads,
+                      int64_t query_len, int64_t key_len);
 
-// Converts a tensor in `layout` to canonical [B,H,S,D] (a view) and back (contiguous).
+// Converts a tensor in `layout` to canonical [B,H,S,D] (a view) and back
+// (contiguous).
 at::Tensor ToCanonical(const at::Tensor& t, Layout layout);
 at::Tensor FromCanonical(const at::Tensor& t, Layout layout);
 

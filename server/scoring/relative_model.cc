@@ -19,12 +19,16 @@ constexpr const char* kEmbeddings = "key_pos_embeddings";
 constexpr const char* kKeyBias = "key_pos_bias";
 constexpr const char* kQueryBias = "query_pos_bias";
 
-std::string Shape(at::IntArrayRef sizes) { return absl::StrCat("[", absl::StrJoin(sizes, ","), "]"); }
+std::string Shape(at::IntArrayRef sizes) {
+  return absl::StrCat("[", absl::StrJoin(sizes, ","), "]");
+}
 
-// Picks `prefix + name`, or, without a prefix, the one key that ends in ".name" (a parameter set
-// nested in a bigger model's state_dict); several candidates are an error naming them.
+// Picks `prefix + name`, or, without a prefix, the one key that ends in ".name"
+// (a parameter set nested in a bigger model's state_dict); several candidates
+// are an error naming them.
 absl::StatusOr<std::string> ResolveKey(const std::vector<std::string>& keys,
-                                       const std::string& source, const std::string& prefix,
+                                       const std::string& source,
+                                       const std::string& prefix,
                                        const std::string& name) {
   const std::string wanted = prefix + name;
   if (std::find(keys.begin(), keys.end(), wanted) != keys.end()) return wanted;
@@ -40,14 +44,14 @@ absl::StatusOr<std::string> ResolveKey(const std::vector<std::string>& keys,
     if (candidates.size() == 1) return candidates[0];
   }
   if (candidates.empty()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(source, ": no tensor '", wanted, "' (expected ", kEmbeddings, " [2P,H,D], ",
-                     kKeyBias, " [2P,H] and ", kQueryBias, " [H,D]", prefix.empty() ? "" : " under prefix '" + prefix + "'", ")"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        source, ": no tensor '", wanted, "' (expected ", kEmbeddings,
+        " [2P,H,D], ", kKeyBias, " [2P,H] and ", kQueryBias, " [H,D]",
+        prefix.empty() ? "" : " under prefix '" + prefix + "'", ")"));
   }
-  return absl::InvalidArgumentError(absl::StrCat(source, ": ", candidates.size(),
-                                                 " tensors end in '", name,
-                                                 "'; choose one with a prefix: ",
-                                                 absl::StrJoin(candidates, ", ")));
+  return absl::InvalidArgumentError(absl::StrCat(
+      source, ": ", candidates.size(), " tensors end in '", name,
+      "'; choose one with a prefix: ", absl::StrJoin(candidates, ", ")));
 }
 
 at::ScalarType ScalarTypeOf(const std::string& dtype) {
@@ -57,48 +61,54 @@ at::ScalarType ScalarTypeOf(const std::string& dtype) {
   return at::kFloat;
 }
 
-absl::StatusOr<std::shared_ptr<const RelativeModel>> LoadSafetensors(const std::string& path,
-                                                                     std::string name,
-                                                                     const std::string& prefix) {
+absl::StatusOr<std::shared_ptr<const RelativeModel>> LoadSafetensors(
+    const std::string& path, std::string name, const std::string& prefix) {
   absl::StatusOr<SafetensorsFile> file = SafetensorsFile::Read(path);
   if (!file.ok()) return file.status();
   std::vector<at::Tensor> tensors;
   for (const char* tensor_name : {kEmbeddings, kKeyBias, kQueryBias}) {
-    absl::StatusOr<std::string> key = ResolveKey(file->Names(), path, prefix, tensor_name);
+    absl::StatusOr<std::string> key =
+        ResolveKey(file->Names(), path, prefix, tensor_name);
     if (!key.ok()) return key.status();
     const SafetensorsFile::Tensor& t = *file->Find(*key);
-    if (t.dtype != "F32" && t.dtype != "F16" && t.dtype != "BF16" && t.dtype != "F64") {
-      return absl::InvalidArgumentError(absl::StrCat(path, ": tensor '", *key, "' has dtype ",
-                                                     t.dtype, ", expected F32, F16, BF16 or F64"));
+    if (t.dtype != "F32" && t.dtype != "F16" && t.dtype != "BF16" &&
+        t.dtype != "F64") {
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ": tensor '", *key, "' has dtype ", t.dtype,
+                       ", expected F32, F16, BF16 or F64"));
     }
-    // from_blob views the file buffer; the float32 conversion below owns its copy.
-    at::Tensor view = at::from_blob(const_cast<char*>(t.bytes.data()), t.shape,
-                                    at::TensorOptions().dtype(ScalarTypeOf(t.dtype)));
+    // from_blob views the file buffer; the float32 conversion below owns its
+    // copy.
+    at::Tensor view =
+        at::from_blob(const_cast<char*>(t.bytes.data()), t.shape,
+                      at::TensorOptions().dtype(ScalarTypeOf(t.dtype)));
     tensors.push_back(view.to(at::kFloat).clone());
   }
-  return RelativeModel::Create(std::move(name), path, tensors[0], tensors[1], tensors[2]);
+  return RelativeModel::Create(std::move(name), path, tensors[0], tensors[1],
+                               tensors[2]);
 }
 
-absl::StatusOr<std::shared_ptr<const RelativeModel>> LoadPt(const std::string& path,
-                                                            std::string name,
-                                                            const std::string& prefix) {
+absl::StatusOr<std::shared_ptr<const RelativeModel>> LoadPt(
+    const std::string& path, std::string name, const std::string& prefix) {
   absl::StatusOr<std::map<std::string, at::Tensor>> state = LoadStateDict(path);
   if (!state.ok()) return state.status();
   std::vector<std::string> keys;
   for (const auto& [key, tensor] : *state) keys.push_back(key);
   std::vector<at::Tensor> tensors;
   for (const char* tensor_name : {kEmbeddings, kKeyBias, kQueryBias}) {
-    absl::StatusOr<std::string> key = ResolveKey(keys, path, prefix, tensor_name);
+    absl::StatusOr<std::string> key =
+        ResolveKey(keys, path, prefix, tensor_name);
     if (!key.ok()) return key.status();
     const at::Tensor& t = state->at(*key);
     if (!at::isFloatingType(t.scalar_type())) {
-      return absl::InvalidArgumentError(absl::StrCat(path, ": tensor '", *key, "' has dtype ",
-                                                     c10::toString(t.scalar_type()),
-                                                     ", expected a floating type"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          path, ": tensor '", *key, "' has dtype ",
+          c10::toString(t.scalar_type()), ", expected a floating type"));
     }
     tensors.push_back(t);
   }
-  return RelativeModel::Create(std::move(name), path, tensors[0], tensors[1], tensors[2]);
+  return RelativeModel::Create(std::move(name), path, tensors[0], tensors[1],
+                               tensors[2]);
 }
 
 }  // namespace
@@ -107,33 +117,38 @@ absl::StatusOr<std::shared_ptr<const RelativeModel>> RelativeModel::Create(
     std::string name, std::string source, const at::Tensor& key_pos_embeddings,
     const at::Tensor& key_pos_bias, const at::Tensor& query_pos_bias) {
   const at::Tensor& e = key_pos_embeddings;
-  if (e.dim() != 3 || e.size(0) < 2 || e.size(0) % 2 != 0 || e.size(1) < 1 || e.size(2) < 1) {
-    return absl::InvalidArgumentError(absl::StrCat(source, ": tensor '", kEmbeddings,
-                                                   "' has shape ", Shape(e.sizes()),
-                                                   ", expected [2P,H,D] with P >= 1"));
+  if (e.dim() != 3 || e.size(0) < 2 || e.size(0) % 2 != 0 || e.size(1) < 1 ||
+      e.size(2) < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(source, ": tensor '", kEmbeddings, "' has shape ",
+                     Shape(e.sizes()), ", expected [2P,H,D] with P >= 1"));
   }
   const int64_t two_p = e.size(0);
   const int64_t heads = e.size(1);
   const int64_t head_dim = e.size(2);
   if (!key_pos_bias.sizes().equals({two_p, heads})) {
-    return absl::InvalidArgumentError(absl::StrCat(source, ": tensor '", kKeyBias, "' has shape ",
-                                                   Shape(key_pos_bias.sizes()), ", expected [",
-                                                   two_p, ",", heads, "] (2P,H)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(source, ": tensor '", kKeyBias, "' has shape ",
+                     Shape(key_pos_bias.sizes()), ", expected [", two_p, ",",
+                     heads, "] (2P,H)"));
   }
   if (!query_pos_bias.sizes().equals({heads, head_dim})) {
-    return absl::InvalidArgumentError(absl::StrCat(source, ": tensor '", kQueryBias,
-                                                   "' has shape ", Shape(query_pos_bias.sizes()),
-                                                   ", expected [", heads, ",", head_dim, "] (H,D)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(source, ": tensor '", kQueryBias, "' has shape ",
+                     Shape(query_pos_bias.sizes()), ", expected [", heads, ",",
+                     head_dim, "] (H,D)"));
   }
-  for (const at::Tensor* t : {&key_pos_embeddings, &key_pos_bias, &query_pos_bias}) {
+  for (const at::Tensor* t :
+       {&key_pos_embeddings, &key_pos_bias, &query_pos_bias}) {
     if (!at::isfinite(*t).all().item<bool>()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(source, ": a relative-position parameter holds NaN or Inf"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          source, ": a relative-position parameter holds NaN or Inf"));
     }
   }
   static std::atomic<uint64_t> next_id{1};
   std::shared_ptr<RelativeModel> model(new RelativeModel());
-  model->info_ = RelativeModelInfo{std::move(name), std::move(source), heads, head_dim, two_p / 2};
+  model->info_ = RelativeModelInfo{std::move(name), std::move(source), heads,
+                                   head_dim, two_p / 2};
   model->id_ = next_id.fetch_add(1);
   model->key_pos_embeddings_ = e.to(at::kFloat).contiguous();
   model->key_pos_bias_ = key_pos_bias.to(at::kFloat).contiguous();
@@ -141,33 +156,39 @@ absl::StatusOr<std::shared_ptr<const RelativeModel>> RelativeModel::Create(
   return std::shared_ptr<const RelativeModel>(std::move(model));
 }
 
-const RelativeModelInfo& GetInfo(const RelativeModel& model) { return model.info(); }
+const RelativeModelInfo& GetInfo(const RelativeModel& model) {
+  return model.info();
+}
 
-absl::StatusOr<std::shared_ptr<const RelativeModel>> LoadRelativeModel(const std::string& path,
-                                                                       std::string name,
-                                                                       const std::string& prefix) {
+absl::StatusOr<std::shared_ptr<const RelativeModel>> LoadRelativeModel(
+    const std::string& path, std::string name, const std::string& prefix) {
   try {
     const std::string ext = std::filesystem::path(path).extension().string();
-    if (ext == ".safetensors") return LoadSafetensors(path, std::move(name), prefix);
-    if (ext == ".pt" || ext == ".pth") return LoadPt(path, std::move(name), prefix);
+    if (ext == ".safetensors")
+      return LoadSafetensors(path, std::move(name), prefix);
+    if (ext == ".pt" || ext == ".pth")
+      return LoadPt(path, std::move(name), prefix);
     return absl::InvalidArgumentError(
-        absl::StrCat(path, ": unknown parameter file type '", ext, "', expected .safetensors or .pt"));
+        absl::StrCat(path, ": unknown parameter file type '", ext,
+                     "', expected .safetensors or .pt"));
   } catch (const std::exception& e) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": ", e.what()));
   }
 }
 
-std::shared_ptr<const RelativeModel> ModelSet::Find(std::string_view name) const {
+std::shared_ptr<const RelativeModel> ModelSet::Find(
+    std::string_view name) const {
   auto it = models.find(name);
   return it == models.end() ? nullptr : it->second;
 }
 
-absl::StatusOr<std::shared_ptr<const ModelSet>> LoadModelDir(const std::string& dir,
-                                                             const std::string& prefix) {
+absl::StatusOr<std::shared_ptr<const ModelSet>> LoadModelDir(
+    const std::string& dir, const std::string& prefix) {
   namespace fs = std::filesystem;
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) {
-    return absl::NotFoundError(absl::StrCat("model directory '", dir, "' does not exist"));
+    return absl::NotFoundError(
+        absl::StrCat("model directory '", dir, "' does not exist"));
   }
   std::vector<fs::path> files;
   for (const fs::directory_entry& entry : fs::directory_iterator(dir, ec)) {
@@ -182,8 +203,8 @@ absl::StatusOr<std::shared_ptr<const ModelSet>> LoadModelDir(const std::string& 
   for (const fs::path& path : files) {
     std::string name = path.stem().string();
     if (set->models.count(name) != 0) {
-      return absl::AlreadyExistsError(absl::StrCat(dir, ": two parameter files define model '",
-                                                   name, "'"));
+      return absl::AlreadyExistsError(
+          absl::StrCat(dir, ": two parameter files define model '", name, "'"));
     }
     absl::StatusOr<std::shared_ptr<const RelativeModel>> model =
         LoadRelativeModel(path.string(), name, prefix);

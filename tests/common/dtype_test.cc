@@ -1,5 +1,6 @@
-// The 16-bit conversions against LibTorch's own (c10::Half, c10::BFloat16), exhaustively for
-// every 16-bit pattern and on float32 values around every rounding boundary.
+// The 16-bit conversions against LibTorch's own (c10::Half, c10::BFloat16),
+// exhaustively for every 16-bit pattern and on float32 values around every
+// rounding boundary.
 #include "common/dtype.h"
 
 #include <c10/util/BFloat16.h>
@@ -32,7 +33,8 @@ TEST(DTypeTest, NamesRoundTrip) {
 TEST(DTypeTest, HalfDecodesEveryPatternLikeLibTorch) {
   for (uint32_t bits = 0; bits <= 0xffff; ++bits) {
     const float ours = HalfToFloat(static_cast<uint16_t>(bits));
-    const float theirs = static_cast<float>(c10::Half(static_cast<uint16_t>(bits), c10::Half::from_bits()));
+    const float theirs = static_cast<float>(
+        c10::Half(static_cast<uint16_t>(bits), c10::Half::from_bits()));
     if (std::isnan(theirs)) {
       EXPECT_TRUE(std::isnan(ours)) << bits;
     } else {
@@ -56,7 +58,8 @@ TEST(DTypeTest, HalfAndBFloat16EncodeLikeLibTorch) {
     EXPECT_EQ(bf16, c10::BFloat16(f).x) << f;
   };
   for (int i = 0; i < 1000000; ++i) check(FromBits(any(rng)));
-  // Values at and next to every half rounding boundary: the midpoints between neighbours.
+  // Values at and next to every half rounding boundary: the midpoints between
+  // neighbours.
   for (uint32_t bits = 0; bits < 0x7c00; ++bits) {
     const float lo = HalfToFloat(static_cast<uint16_t>(bits));
     const float hi = HalfToFloat(static_cast<uint16_t>(bits + 1));
@@ -66,22 +69,26 @@ TEST(DTypeTest, HalfAndBFloat16EncodeLikeLibTorch) {
     check(std::nextafter(mid, INFINITY));
     check(-mid);
   }
-  for (float f : {0.0f, -0.0f, 65504.0f, 65519.0f, 65520.0f, 1e-8f, 5.96e-8f, 1e30f, -1e30f,
-                  INFINITY, -INFINITY, std::nanf("")}) {
+  for (float f : {0.0f, -0.0f, 65504.0f, 65519.0f, 65520.0f, 1e-8f, 5.96e-8f,
+                  1e30f, -1e30f, INFINITY, -INFINITY, std::nanf("")}) {
     check(f);
   }
 }
 
 TEST(DTypeTest, EncodeDecodeArrays) {
-  const std::vector<float> values = {0.0f, 1.0f, -2.5f, 0.1f, 65504.0f, 3.0e-5f};
+  const std::vector<float> values = {0.0f, 1.0f,     -2.5f,
+                                     0.1f, 65504.0f, 3.0e-5f};
   for (DType dtype : {DType::kFloat32, DType::kFloat16, DType::kBFloat16}) {
     std::vector<char> bytes(values.size() * ElementSize(dtype));
     EncodeFloats(values.data(), values.size(), dtype, bytes.data());
     std::vector<float> back(values.size());
     DecodeFloats(bytes.data(), values.size(), dtype, back.data());
     for (size_t i = 0; i < values.size(); ++i) {
-      const double tolerance = dtype == DType::kFloat32 ? 0 : dtype == DType::kFloat16 ? 1.0 / 2048 : 1.0 / 256;
-      EXPECT_LE(std::fabs(back[i] - values[i]), tolerance * std::fabs(values[i]) + 1e-7)
+      const double tolerance = dtype == DType::kFloat32   ? 0
+                               : dtype == DType::kFloat16 ? 1.0 / 2048
+                                                          : 1.0 / 256;
+      EXPECT_LE(std::fabs(back[i] - values[i]),
+                tolerance * std::fabs(values[i]) + 1e-7)
           << DTypeName(dtype) << " " << values[i];
     }
   }

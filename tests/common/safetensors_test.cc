@@ -18,9 +18,17 @@ TEST(SafetensorsTest, RoundTripsTensorsAndMetadata) {
   SafetensorsWriter writer;
   ASSERT_TRUE(writer.AddFloats("q", {2, 3}, {1, 2, 3, 4, 5, 6}).ok());
   const uint16_t halves[2] = {0x3c00, 0xc000};  // 1.0, -2.0
-  ASSERT_TRUE(writer.Add("h", "F16", {2}, std::string_view(reinterpret_cast<const char*>(halves), 4)).ok());
+  ASSERT_TRUE(
+      writer
+          .Add("h", "F16", {2},
+               std::string_view(reinterpret_cast<const char*>(halves), 4))
+          .ok());
   const int32_t ints[3] = {7, -1, 0};
-  ASSERT_TRUE(writer.Add("lengths", "I32", {3}, std::string_view(reinterpret_cast<const char*>(ints), 12)).ok());
+  ASSERT_TRUE(
+      writer
+          .Add("lengths", "I32", {3},
+               std::string_view(reinterpret_cast<const char*>(ints), 12))
+          .ok());
   writer.SetMetadata("mode", "alibi");
   const std::string bytes = writer.Serialize();
   uint64_t header_len;
@@ -42,8 +50,9 @@ TEST(SafetensorsTest, RoundTripsTensorsAndMetadata) {
 }
 
 TEST(SafetensorsTest, RejectsMalformedFilesWithPreciseErrors) {
-  EXPECT_THAT(std::string(SafetensorsFile::Parse("abc", "f").status().message()),
-              HasSubstr("f: not a safetensors file: 3 bytes"));
+  EXPECT_THAT(
+      std::string(SafetensorsFile::Parse("abc", "f").status().message()),
+      HasSubstr("f: not a safetensors file: 3 bytes"));
   std::string huge(8, '\0');
   huge[0] = '\x7f';
   EXPECT_THAT(std::string(SafetensorsFile::Parse(huge, "f").status().message()),
@@ -54,23 +63,40 @@ TEST(SafetensorsTest, RejectsMalformedFilesWithPreciseErrors) {
     std::memcpy(out.data(), &n, 8);
     return out + json + std::string(payload, '\0');
   };
-  EXPECT_THAT(std::string(SafetensorsFile::Parse(with_header("[1]", 0), "f").status().message()),
+  EXPECT_THAT(std::string(SafetensorsFile::Parse(with_header("[1]", 0), "f")
+                              .status()
+                              .message()),
               HasSubstr("not a JSON object"));
-  EXPECT_THAT(std::string(SafetensorsFile::Parse(
-                  with_header(R"({"t":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}})", 4), "f")
-                              .status()
-                              .message()),
-              HasSubstr("f: tensor 't': 4 bytes, expected 8 for F32 [2]"));
-  EXPECT_THAT(std::string(SafetensorsFile::Parse(
-                  with_header(R"({"t":{"dtype":"F32","shape":[1],"data_offsets":[0,8]}})", 4), "f")
-                              .status()
-                              .message()),
-              HasSubstr("outside payload"));
-  EXPECT_THAT(std::string(SafetensorsFile::Parse(
-                  with_header(R"({"t":{"dtype":"Q8","shape":[1],"data_offsets":[0,1]}})", 1), "f")
-                              .status()
-                              .message()),
-              HasSubstr("unknown dtype Q8"));
+  EXPECT_THAT(
+      std::string(
+          SafetensorsFile::Parse(
+              with_header(
+                  R"({"t":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}})",
+                  4),
+              "f")
+              .status()
+              .message()),
+      HasSubstr("f: tensor 't': 4 bytes, expected 8 for F32 [2]"));
+  EXPECT_THAT(
+      std::string(
+          SafetensorsFile::Parse(
+              with_header(
+                  R"({"t":{"dtype":"F32","shape":[1],"data_offsets":[0,8]}})",
+                  4),
+              "f")
+              .status()
+              .message()),
+      HasSubstr("outside payload"));
+  EXPECT_THAT(
+      std::string(
+          SafetensorsFile::Parse(
+              with_header(
+                  R"({"t":{"dtype":"Q8","shape":[1],"data_offsets":[0,1]}})",
+                  1),
+              "f")
+              .status()
+              .message()),
+      HasSubstr("unknown dtype Q8"));
   EXPECT_EQ(SafetensorsFile::Read("/nonexistent/x.safetensors").status().code(),
             absl::StatusCode::kNotFound);
   SafetensorsWriter writer;

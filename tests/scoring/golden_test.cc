@@ -1,6 +1,8 @@
 // Every golden case through the scoring core, every output it holds: float32 to
-// |a-b| <= 1e-4 + 1e-4|b| with identical -inf positions, then float16 and bfloat16 with error
-// bounds derived from the data (see Bounds below).
+// |a-b| <= 1e-4 + 1e-4|b| with identical -inf positions, then float16 and
+// bfloat16 with error bounds derived from the data (see Bounds below).
+#include "tests/testing/golden.h"
+
 #include <ATen/ATen.h>
 
 #include <cmath>
@@ -10,7 +12,6 @@
 #include "server/scoring/attention.h"
 #include "server/scoring/relative_model.h"
 #include "server/scoring/scorer.h"
-#include "tests/testing/golden.h"
 
 namespace attnscore::scoring {
 namespace {
@@ -27,10 +28,12 @@ std::vector<float> Floats(const OutputTensor& t) {
 
 std::vector<float> Floats(const at::Tensor& t) {
   at::Tensor c = t.to(at::kFloat).contiguous();
-  return std::vector<float>(c.data_ptr<float>(), c.data_ptr<float>() + c.numel());
+  return std::vector<float>(c.data_ptr<float>(),
+                            c.data_ptr<float>() + c.numel());
 }
 
-at::Tensor ToTensor(const std::vector<float>& values, const std::vector<int64_t>& shape) {
+at::Tensor ToTensor(const std::vector<float>& values,
+                    const std::vector<int64_t>& shape) {
   return at::tensor(values, at::kFloat).view(shape);
 }
 
@@ -48,10 +51,13 @@ std::string Encode(const std::vector<float>& values, DType dtype) {
 }
 
 std::shared_ptr<const RelativeModel> ModelOf(const GoldenCase& c) {
-  absl::StatusOr<std::shared_ptr<const RelativeModel>> model = RelativeModel::Create(
-      c.name, c.name, ToTensor(c.Floats("key_pos_embeddings"), c.Shape("key_pos_embeddings")),
-      ToTensor(c.Floats("key_pos_bias"), c.Shape("key_pos_bias")),
-      ToTensor(c.Floats("query_pos_bias"), c.Shape("query_pos_bias")));
+  absl::StatusOr<std::shared_ptr<const RelativeModel>> model =
+      RelativeModel::Create(
+          c.name, c.name,
+          ToTensor(c.Floats("key_pos_embeddings"),
+                   c.Shape("key_pos_embeddings")),
+          ToTensor(c.Floats("key_pos_bias"), c.Shape("key_pos_bias")),
+          ToTensor(c.Floats("query_pos_bias"), c.Shape("query_pos_bias")));
   EXPECT_TRUE(model.ok()) << model.status();
   return model.ok() ? *model : nullptr;
 }
@@ -82,7 +88,8 @@ std::unique_ptr<Inputs> MakeInputs(const GoldenCase& c, DType dtype) {
 
 std::vector<GoldenCase>& Cases() {
   static auto* cases = [] {
-    absl::StatusOr<std::vector<GoldenCase>> loaded = attnscore::testing::LoadGoldenCases();
+    absl::StatusOr<std::vector<GoldenCase>> loaded =
+        attnscore::testing::LoadGoldenCases();
     // Fail, never skip: the reference data is part of the test.
     if (!loaded.ok()) {
       ADD_FAILURE() << loaded.status();
@@ -96,7 +103,8 @@ std::vector<GoldenCase>& Cases() {
 class GoldenTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    ASSERT_FALSE(Cases().empty()) << "no golden cases in " << attnscore::testing::GoldenDir();
+    ASSERT_FALSE(Cases().empty())
+        << "no golden cases in " << attnscore::testing::GoldenDir();
     absl::StatusOr<std::unique_ptr<Scorer>> scorer = Scorer::Create({});
     ASSERT_TRUE(scorer.ok()) << scorer.status();
     scorer_ = *std::move(scorer);
@@ -122,7 +130,9 @@ TEST_F(GoldenTest, AlibiSlopesMatchTheCases) {
   for (const GoldenCase& c : Cases()) {
     if (c.relative() || c.has("slopes")) continue;
     SCOPED_TRACE(c.name);
-    EXPECT_EQ(CompareClose(AlibiSlopes(c.Int("heads")), c.Floats("expected_slopes"), 0, 1e-7), "");
+    EXPECT_EQ(CompareClose(AlibiSlopes(c.Int("heads")),
+                           c.Floats("expected_slopes"), 0, 1e-7),
+              "");
   }
 }
 
@@ -130,32 +140,43 @@ TEST_F(GoldenTest, Float32MatchesEveryOutput) {
   for (const GoldenCase& c : Cases()) {
     SCOPED_TRACE(c.name);
     std::unique_ptr<Inputs> in = MakeInputs(c, DType::kFloat32);
-    ASSERT_TRUE(ValidateItem(in->spec, in->item).ok()) << ValidateItem(in->spec, in->item);
+    ASSERT_TRUE(ValidateItem(in->spec, in->item).ok())
+        << ValidateItem(in->spec, in->item);
     absl::StatusOr<std::vector<ScoreResult>> out =
         scorer_->ScoreBatch(in->spec, absl::MakeConstSpan(&in->item, 1));
     ASSERT_TRUE(out.ok()) << out.status();
     const ScoreResult& r = (*out)[0];
     ASSERT_TRUE(r.logits && r.probs);
     EXPECT_EQ(r.logits->shape, c.Shape("expected_logits"));
-    EXPECT_EQ(CompareClose(Floats(*r.logits), c.Floats("expected_logits"), 1e-4, 1e-4), "");
-    EXPECT_EQ(CompareClose(Floats(*r.probs), c.Floats("expected_probs"), 1e-4, 1e-4), "");
+    EXPECT_EQ(CompareClose(Floats(*r.logits), c.Floats("expected_logits"), 1e-4,
+                           1e-4),
+              "");
+    EXPECT_EQ(
+        CompareClose(Floats(*r.probs), c.Floats("expected_probs"), 1e-4, 1e-4),
+        "");
     if (c.has("expected_context")) {
       ASSERT_TRUE(r.context);
       EXPECT_EQ(r.context->shape, c.Shape("expected_context"));
-      EXPECT_EQ(CompareClose(Floats(*r.context), c.Floats("expected_context"), 1e-4, 1e-4), "");
+      EXPECT_EQ(CompareClose(Floats(*r.context), c.Floats("expected_context"),
+                             1e-4, 1e-4),
+                "");
     }
   }
 }
 
-// Error bounds for a 16-bit run, from the data. Inputs are rounded to the 16-bit format (unit
-// roundoff u: 2^-11 for float16, 2^-8 for bfloat16) and everything else runs in float32, so:
-//  logits: each product q_d k_d carries relative error <= 2u + u^2, the positional products
+// Error bounds for a 16-bit run, from the data. Inputs are rounded to the
+// 16-bit format (unit roundoff u: 2^-11 for float16, 2^-8 for bfloat16) and
+// everything else runs in float32, so:
+//  logits: each product q_d k_d carries relative error <= 2u + u^2, the
+//  positional products
 //    q_d E_d and the query bias term u_h.k_d <= 2u (E, S, u stay float32), so
-//    |dlogit| <= 2.1u * scale * (sum_d |q_d+u_d||k_d| + sum_d |q_d||E_rd|) = 2.1u * A, where A is
-//    exactly the relative-attention logits of the absolute values with S = 0 (ALiBi: bias 0);
-//    plus the final rounding of the output, u|logit|, and float32 noise (1e-4 as in float32).
-//  probs: softmax ratios move by at most exp(2 max_j |dlogit_j|) - 1 relative, plus rounding.
-//  context: sum_j |dp_j||v_j| + u sum_j p_j|v_j| (v rounded) + u|context|.
+//    |dlogit| <= 2.1u * scale * (sum_d |q_d+u_d||k_d| + sum_d |q_d||E_rd|)
+//    = 2.1u * A, where A is exactly the relative-attention logits of the
+//    absolute values with S = 0 (ALiBi: bias 0); plus the final rounding of the
+//    output, u|logit|, and float32 noise (1e-4 as in float32).
+//  probs: softmax ratios move by at most exp(2 max_j |dlogit_j|) - 1 relative,
+//  plus rounding. context: sum_j |dp_j||v_j| + u sum_j p_j|v_j| (v rounded) +
+//  u|context|.
 struct Bounds {
   std::vector<float> logits, probs, context;
 };
@@ -165,33 +186,45 @@ Bounds ComputeBounds(const GoldenCase& c, double u) {
   at::Tensor q = ToTensor(c.Floats("q"), c.Shape("q")).abs();
   at::Tensor k = ToTensor(c.Floats("k"), c.Shape("k")).abs();
   AttentionConfig config;
-  config.scale = c.scale().value_or(1.0 / std::sqrt(static_cast<double>(c.Int("head_dim"))));
+  config.scale = c.scale().value_or(
+      1.0 / std::sqrt(static_cast<double>(c.Int("head_dim"))));
   std::shared_ptr<const RelativeModel> abs_model;
   if (c.relative()) {
     config.bias = BiasKind::kRelative;
-    at::Tensor e = ToTensor(c.Floats("key_pos_embeddings"), c.Shape("key_pos_embeddings")).abs();
+    at::Tensor e =
+        ToTensor(c.Floats("key_pos_embeddings"), c.Shape("key_pos_embeddings"))
+            .abs();
     at::Tensor s = at::zeros(c.Shape("key_pos_bias"));
-    at::Tensor qb = ToTensor(c.Floats("query_pos_bias"), c.Shape("query_pos_bias")).abs();
+    at::Tensor qb =
+        ToTensor(c.Floats("query_pos_bias"), c.Shape("query_pos_bias")).abs();
     abs_model = *RelativeModel::Create("abs", "abs", e, s, qb);
     config.model = abs_model.get();
   } else {
     config.alibi_slopes.assign(heads, 0.0f);
   }
-  at::Tensor magnitude = ComputeAttention(q, k, at::Tensor(), {}, config, nullptr).logits;
-  at::Tensor expected_logits = ToTensor(c.Floats("expected_logits"), c.Shape("expected_logits"));
-  at::Tensor finite_logits = at::where(at::isinf(expected_logits), at::zeros_like(expected_logits),
-                                       expected_logits);
+  at::Tensor magnitude =
+      ComputeAttention(q, k, at::Tensor(), {}, config, nullptr).logits;
+  at::Tensor expected_logits =
+      ToTensor(c.Floats("expected_logits"), c.Shape("expected_logits"));
+  at::Tensor finite_logits =
+      at::where(at::isinf(expected_logits), at::zeros_like(expected_logits),
+                expected_logits);
   at::Tensor dlogit = magnitude * (2.1 * u);
   Bounds b;
-  b.logits = Floats(dlogit + u * finite_logits.abs() + 1e-4 + 1e-4 * finite_logits.abs());
-  at::Tensor p = ToTensor(c.Floats("expected_probs"), c.Shape("expected_probs"));
+  b.logits = Floats(dlogit + u * finite_logits.abs() + 1e-4 +
+                    1e-4 * finite_logits.abs());
+  at::Tensor p =
+      ToTensor(c.Floats("expected_probs"), c.Shape("expected_probs"));
   at::Tensor row_max = std::get<0>(dlogit.max(-1, /*keepdim=*/true));
   at::Tensor dp = p * at::expm1(2 * row_max);
   b.probs = Floats(dp + u * p + 1e-4 + 1e-4 * p);
   if (c.has("v")) {
     at::Tensor v = ToTensor(c.Floats("v"), c.Shape("v")).abs();
-    at::Tensor ctx = ToTensor(c.Floats("expected_context"), c.Shape("expected_context")).abs();
-    b.context = Floats(at::matmul(dp, v) + u * at::matmul(p, v) + u * ctx + 1e-4 + 1e-4 * ctx);
+    at::Tensor ctx =
+        ToTensor(c.Floats("expected_context"), c.Shape("expected_context"))
+            .abs();
+    b.context = Floats(at::matmul(dp, v) + u * at::matmul(p, v) + u * ctx +
+                       1e-4 + 1e-4 * ctx);
   }
   return b;
 }
@@ -206,18 +239,27 @@ void CheckSixteenBit(Scorer& scorer, DType dtype, double u) {
     const ScoreResult& r = (*out)[0];
     ASSERT_EQ(r.logits->dtype, dtype);
     const Bounds bounds = ComputeBounds(c, u);
-    EXPECT_EQ(CompareWithin(Floats(*r.logits), c.Floats("expected_logits"), bounds.logits), "");
-    EXPECT_EQ(CompareWithin(Floats(*r.probs), c.Floats("expected_probs"), bounds.probs), "");
+    EXPECT_EQ(CompareWithin(Floats(*r.logits), c.Floats("expected_logits"),
+                            bounds.logits),
+              "");
+    EXPECT_EQ(CompareWithin(Floats(*r.probs), c.Floats("expected_probs"),
+                            bounds.probs),
+              "");
     if (c.has("v")) {
-      EXPECT_EQ(CompareWithin(Floats(*r.context), c.Floats("expected_context"), bounds.context),
+      EXPECT_EQ(CompareWithin(Floats(*r.context), c.Floats("expected_context"),
+                              bounds.context),
                 "");
     }
   }
 }
 
-TEST_F(GoldenTest, Float16WithinDerivedBounds) { CheckSixteenBit(*scorer_, DType::kFloat16, std::ldexp(1.0, -11)); }
+TEST_F(GoldenTest, Float16WithinDerivedBounds) {
+  CheckSixteenBit(*scorer_, DType::kFloat16, std::ldexp(1.0, -11));
+}
 
-TEST_F(GoldenTest, BFloat16WithinDerivedBounds) { CheckSixteenBit(*scorer_, DType::kBFloat16, std::ldexp(1.0, -8)); }
+TEST_F(GoldenTest, BFloat16WithinDerivedBounds) {
+  CheckSixteenBit(*scorer_, DType::kBFloat16, std::ldexp(1.0, -8));
+}
 
 }  // namespace
 }  // namespace attnscore::scoring

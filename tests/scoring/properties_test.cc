@@ -1,13 +1,14 @@
-// Properties of the scoring core that hold for any input: slopes, softmax rows, causal
-// structure, layouts, batching, parameter files, validation messages, devices.
+// Properties of the scoring core that hold for any input: slopes, softmax rows,
+// causal structure, layouts, batching, parameter files, validation messages,
+// devices.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
-#include <unistd.h>
 
 #include "bench/literal_port.h"
 #include "common/safetensors.h"
@@ -23,8 +24,9 @@ namespace {
 
 using ::testing::HasSubstr;
 
-// The paper's formula, written independently: 2^(-8k/n) for k = 1..n when n is a power of two;
-// else the first 2^floor(log2 n) of those, then the odd-indexed k of the doubled set.
+// The paper's formula, written independently: 2^(-8k/n) for k = 1..n when n is
+// a power of two; else the first 2^floor(log2 n) of those, then the odd-indexed
+// k of the doubled set.
 double PaperSlope(int n, int h) {
   int p = 1;
   while (p * 2 <= n) p *= 2;
@@ -37,7 +39,8 @@ TEST(AlibiSlopesTest, MatchesPaperFormulaForOneToSixtyFourHeads) {
     std::vector<float> slopes = AlibiSlopes(n);
     ASSERT_EQ(slopes.size(), static_cast<size_t>(n));
     for (int h = 0; h < n; ++h) {
-      EXPECT_NEAR(slopes[h], PaperSlope(n, h), 1e-7 * PaperSlope(n, h)) << "n=" << n << " h=" << h;
+      EXPECT_NEAR(slopes[h], PaperSlope(n, h), 1e-7 * PaperSlope(n, h))
+          << "n=" << n << " h=" << h;
     }
   }
   EXPECT_FLOAT_EQ(AlibiSlopes(8)[0], 0.5f);
@@ -49,14 +52,15 @@ struct Case {
   std::shared_ptr<const RelativeModel> model;
 };
 
-Case RandomCase(int64_t b, int64_t h, int64_t lq, int64_t lk, int64_t d, int64_t p = 0) {
+Case RandomCase(int64_t b, int64_t h, int64_t lq, int64_t lk, int64_t d,
+                int64_t p = 0) {
   Case c;
   c.q = at::randn({b, h, lq, d});
   c.k = at::randn({b, h, lk, d});
   c.v = at::randn({b, h, lk, d});
   if (p > 0) {
-    c.model = *RelativeModel::Create("m", "test", at::randn({2 * p, h, d}), at::randn({2 * p, h}),
-                                     at::randn({h, d}));
+    c.model = *RelativeModel::Create("m", "test", at::randn({2 * p, h, d}),
+                                     at::randn({2 * p, h}), at::randn({h, d}));
   }
   return c;
 }
@@ -80,7 +84,8 @@ TEST(AttentionTest, ProbabilityRowsSumToOneAndCausalMasksTheFuture) {
   at::manual_seed(1);
   for (bool relative : {false, true}) {
     Case c = RandomCase(2, 4, 5, 9, 8, relative ? 16 : 0);
-    AttentionResult r = ComputeAttention(c.q, c.k, c.v, {}, Config(c, true), nullptr);
+    AttentionResult r =
+        ComputeAttention(c.q, c.k, c.v, {}, Config(c, true), nullptr);
     EXPECT_TRUE(at::allclose(r.probs.sum(-1), at::ones({2, 4, 5}), 1e-5, 1e-6));
     auto logits = r.logits.accessor<float, 4>();
     auto probs = r.probs.accessor<float, 4>();
@@ -107,12 +112,14 @@ TEST(AttentionTest, MatchesDirectFormula) {
     for (int64_t i = 0; i < 4; ++i) {
       for (int64_t j = 0; j < 6; ++j) {
         const double dot = (c.q[0][h][i] * c.k[0][h][j]).sum().item<double>();
-        const double want = config.scale * dot - config.alibi_slopes[h] * std::abs(6 - 4 + i - j);
+        const double want = config.scale * dot -
+                            config.alibi_slopes[h] * std::abs(6 - 4 + i - j);
         EXPECT_NEAR(r.logits[0][h][i][j].item<double>(), want, 1e-5);
       }
     }
   }
-  // Relative: scale ((q_i + u_h).k_j + q_i.E[r,h] + S[r,h]), r = P - Lk + Lq + j - i.
+  // Relative: scale ((q_i + u_h).k_j + q_i.E[r,h] + S[r,h]), r = P - Lk + Lq +
+  // j - i.
   Case rc = RandomCase(2, 2, 3, 7, 4, 8);
   AttentionConfig rconfig = Config(rc, false);
   AttentionResult rr = ComputeAttention(rc.q, rc.k, rc.v, {}, rconfig, nullptr);
@@ -124,9 +131,12 @@ TEST(AttentionTest, MatchesDirectFormula) {
           const int64_t rel = 8 - 7 + 3 + j - i;
           at::Tensor qi = rc.q[b][h][i];
           const double want =
-              rconfig.scale * (((qi + m.query_pos_bias()[h]) * rc.k[b][h][j]).sum().item<double>() +
-                               (qi * m.key_pos_embeddings()[rel][h]).sum().item<double>() +
-                               m.key_pos_bias()[rel][h].item<double>());
+              rconfig.scale *
+              (((qi + m.query_pos_bias()[h]) * rc.k[b][h][j])
+                   .sum()
+                   .item<double>() +
+               (qi * m.key_pos_embeddings()[rel][h]).sum().item<double>() +
+               m.key_pos_bias()[rel][h].item<double>());
           EXPECT_NEAR(rr.logits[b][h][i][j].item<double>(), want, 1e-5);
         }
       }
@@ -134,34 +144,42 @@ TEST(AttentionTest, MatchesDirectFormula) {
   }
 }
 
-// The fused per-(batch, head) core against the literal port of the seed algorithm (materialised
-// ALiBi bias; labml einsum + shift_right) on shapes the golden cases do not cover.
+// The fused per-(batch, head) core against the literal port of the seed
+// algorithm (materialised ALiBi bias; labml einsum + shift_right) on shapes the
+// golden cases do not cover.
 TEST(AttentionTest, MatchesLiteralPortOnRandomShapes) {
   at::manual_seed(9);
   struct Dims {
     int64_t b, h, lq, lk, d;
   };
-  for (Dims dims : {Dims{3, 5, 17, 17, 16}, Dims{2, 12, 7, 40, 32}, Dims{1, 3, 1, 64, 8},
-                    Dims{4, 2, 33, 65, 8}}) {
+  for (Dims dims : {Dims{3, 5, 17, 17, 16}, Dims{2, 12, 7, 40, 32},
+                    Dims{1, 3, 1, 64, 8}, Dims{4, 2, 33, 65, 8}}) {
     for (bool relative : {false, true}) {
       for (bool causal : {false, true}) {
-        SCOPED_TRACE(::testing::Message() << dims.b << "," << dims.h << "," << dims.lq << ","
-                                          << dims.lk << "," << dims.d << " relative=" << relative
-                                          << " causal=" << causal);
-        Case c = RandomCase(dims.b, dims.h, dims.lq, dims.lk, dims.d, relative ? 80 : 0);
+        SCOPED_TRACE(::testing::Message()
+                     << dims.b << "," << dims.h << "," << dims.lq << ","
+                     << dims.lk << "," << dims.d << " relative=" << relative
+                     << " causal=" << causal);
+        Case c = RandomCase(dims.b, dims.h, dims.lq, dims.lk, dims.d,
+                            relative ? 80 : 0);
         AttentionConfig config = Config(c, causal);
-        AttentionResult got = ComputeAttention(c.q, c.k, c.v, {}, config, nullptr);
+        AttentionResult got =
+            ComputeAttention(c.q, c.k, c.v, {}, config, nullptr);
         bench::LiteralResult want =
-            relative ? bench::LiteralRelative(c.q, c.k, c.model->key_pos_embeddings(),
-                                              c.model->key_pos_bias(), c.model->query_pos_bias(),
-                                              causal, config.scale, true)
-                     : bench::LiteralAlibi(c.q, c.k, config.alibi_slopes, causal, config.scale, true);
+            relative ? bench::LiteralRelative(
+                           c.q, c.k, c.model->key_pos_embeddings(),
+                           c.model->key_pos_bias(), c.model->query_pos_bias(),
+                           causal, config.scale, true)
+                     : bench::LiteralAlibi(c.q, c.k, config.alibi_slopes,
+                                           causal, config.scale, true);
         EXPECT_TRUE(at::equal(at::isinf(got.logits), at::isinf(want.logits)));
         at::Tensor finite = at::isfinite(want.logits);
-        EXPECT_TRUE(at::allclose(got.logits.masked_select(finite), want.logits.masked_select(finite),
-                                 1e-4, 1e-4));
+        EXPECT_TRUE(at::allclose(got.logits.masked_select(finite),
+                                 want.logits.masked_select(finite), 1e-4,
+                                 1e-4));
         EXPECT_TRUE(at::allclose(got.probs, want.probs, 1e-5, 1e-5));
-        EXPECT_TRUE(at::allclose(got.context, at::matmul(want.probs, c.v), 1e-4, 1e-4));
+        EXPECT_TRUE(
+            at::allclose(got.context, at::matmul(want.probs, c.v), 1e-4, 1e-4));
       }
     }
   }
@@ -171,7 +189,8 @@ TEST(AttentionTest, KeyLengthZeroGivesZeroProbabilitiesAndContext) {
   at::manual_seed(3);
   Case c = RandomCase(3, 2, 4, 4, 8);
   std::vector<int32_t> lengths = {4, 0, 2};
-  AttentionResult r = ComputeAttention(c.q, c.k, c.v, lengths, Config(c, false), nullptr);
+  AttentionResult r =
+      ComputeAttention(c.q, c.k, c.v, lengths, Config(c, false), nullptr);
   EXPECT_TRUE(at::isinf(r.logits[1]).all().item<bool>());
   EXPECT_TRUE(r.probs[1].eq(0).all().item<bool>());
   EXPECT_TRUE(r.context[1].eq(0).all().item<bool>());
@@ -197,11 +216,13 @@ TEST(AttentionTest, StaticBiasCacheReturnsIdenticalResults) {
   AttentionResult other = ComputeAttention(c.q, c.k, c.v, {}, config, &cache);
   EXPECT_EQ(cache.entries(), 2u);
   EXPECT_FALSE(at::equal(other.logits, cold.logits));
-  // Over budget: least recently used entries go. Each [4,1,6] entry is 96 bytes.
+  // Over budget: least recently used entries go. Each [4,1,6] entry is 96
+  // bytes.
   StaticBiasCache tiny(4 * 96);
   AttentionConfig alibi = Config(RandomCase(1, 4, 1, 6, 8), true);
   for (int i = 0; i < 6; ++i) {
-    tiny.GetOrCompute(std::to_string(i), [&] { return StaticBias(alibi, 4, 1, 6); });
+    tiny.GetOrCompute(std::to_string(i),
+                      [&] { return StaticBias(alibi, 4, 1, 6); });
   }
   EXPECT_EQ(tiny.entries(), 4u);
   EXPECT_EQ(tiny.size_bytes(), 4u * 96);
@@ -239,9 +260,12 @@ Raw MakeRaw(const Case& c, Layout layout) {
   raw.q = Bytes(q);
   raw.k = Bytes(k);
   raw.v = Bytes(v);
-  raw.item.query = TensorRef{DType::kFloat32, q.sizes().vec(), raw.q.data(), raw.q.size()};
-  raw.item.key = TensorRef{DType::kFloat32, k.sizes().vec(), raw.k.data(), raw.k.size()};
-  raw.item.value = TensorRef{DType::kFloat32, v.sizes().vec(), raw.v.data(), raw.v.size()};
+  raw.item.query =
+      TensorRef{DType::kFloat32, q.sizes().vec(), raw.q.data(), raw.q.size()};
+  raw.item.key =
+      TensorRef{DType::kFloat32, k.sizes().vec(), raw.k.data(), raw.k.size()};
+  raw.item.value =
+      TensorRef{DType::kFloat32, v.sizes().vec(), raw.v.data(), raw.v.size()};
   return raw;
 }
 
@@ -272,17 +296,20 @@ TEST_F(ScorerTest, LayoutsGiveIdenticalResults) {
     Case c = RandomCase(2, 3, 5, 7, 8, relative ? 8 : 0);
     Raw canonical = MakeRaw(c, Layout::kBHSD);
     ScoreResult want =
-        (*scorer_->ScoreBatch(Spec(c, Layout::kBHSD, true), absl::MakeConstSpan(&canonical.item, 1)))[0];
+        (*scorer_->ScoreBatch(Spec(c, Layout::kBHSD, true),
+                              absl::MakeConstSpan(&canonical.item, 1)))[0];
     for (Layout layout : {Layout::kBSHD, Layout::kSBHD}) {
       SCOPED_TRACE(LayoutName(layout));
       Raw raw = MakeRaw(c, layout);
-      ScoreResult got =
-          (*scorer_->ScoreBatch(Spec(c, layout, true), absl::MakeConstSpan(&raw.item, 1)))[0];
+      ScoreResult got = (*scorer_->ScoreBatch(
+          Spec(c, layout, true), absl::MakeConstSpan(&raw.item, 1)))[0];
       EXPECT_TRUE(at::equal(AsTensor(*got.logits), AsTensor(*want.logits)));
       EXPECT_TRUE(at::equal(AsTensor(*got.probs), AsTensor(*want.probs)));
       // Context comes back in the request's layout.
       at::Tensor ctx = AsTensor(*got.context);
-      at::Tensor canonical_ctx = layout == Layout::kBSHD ? ctx.permute({0, 2, 1, 3}) : ctx.permute({1, 2, 0, 3});
+      at::Tensor canonical_ctx = layout == Layout::kBSHD
+                                     ? ctx.permute({0, 2, 1, 3})
+                                     : ctx.permute({1, 2, 0, 3});
       EXPECT_TRUE(at::equal(canonical_ctx, AsTensor(*want.context)));
     }
   }
@@ -291,7 +318,8 @@ TEST_F(ScorerTest, LayoutsGiveIdenticalResults) {
 TEST_F(ScorerTest, BatchedItemsEqualSeparateRunsAndShareMemory) {
   at::manual_seed(6);
   for (Layout layout : {Layout::kBHSD, Layout::kSBHD}) {
-    std::vector<Case> cases = {RandomCase(1, 2, 4, 6, 8), RandomCase(3, 2, 4, 6, 8),
+    std::vector<Case> cases = {RandomCase(1, 2, 4, 6, 8),
+                               RandomCase(3, 2, 4, 6, 8),
                                RandomCase(2, 2, 4, 6, 8)};
     std::vector<Raw> raws;
     for (const Case& c : cases) raws.push_back(MakeRaw(c, layout));
@@ -302,15 +330,25 @@ TEST_F(ScorerTest, BatchedItemsEqualSeparateRunsAndShareMemory) {
     std::vector<ScoreResult> batched = *scorer_->ScoreBatch(spec, items);
     ASSERT_EQ(batched.size(), 3u);
     for (size_t i = 0; i < 3; ++i) {
-      ScoreResult alone = (*scorer_->ScoreBatch(spec, absl::MakeConstSpan(&items[i], 1)))[0];
-      EXPECT_TRUE(at::equal(AsTensor(*batched[i].logits), AsTensor(*alone.logits))) << i;
-      EXPECT_TRUE(at::equal(AsTensor(*batched[i].probs), AsTensor(*alone.probs))) << i;
-      EXPECT_TRUE(at::equal(AsTensor(*batched[i].context), AsTensor(*alone.context))) << i;
+      ScoreResult alone =
+          (*scorer_->ScoreBatch(spec, absl::MakeConstSpan(&items[i], 1)))[0];
+      EXPECT_TRUE(
+          at::equal(AsTensor(*batched[i].logits), AsTensor(*alone.logits)))
+          << i;
+      EXPECT_TRUE(
+          at::equal(AsTensor(*batched[i].probs), AsTensor(*alone.probs)))
+          << i;
+      EXPECT_TRUE(
+          at::equal(AsTensor(*batched[i].context), AsTensor(*alone.context)))
+          << i;
     }
-    // Logits of consecutive items are adjacent slices of one buffer: no copy when splitting.
+    // Logits of consecutive items are adjacent slices of one buffer: no copy
+    // when splitting.
     EXPECT_EQ(static_cast<const char*>(batched[1].logits->data),
-              static_cast<const char*>(batched[0].logits->data) + batched[0].logits->size_bytes);
-    EXPECT_EQ(batched[0].logits->keepalive.get(), batched[1].logits->keepalive.get());
+              static_cast<const char*>(batched[0].logits->data) +
+                  batched[0].logits->size_bytes);
+    EXPECT_EQ(batched[0].logits->keepalive.get(),
+              batched[1].logits->keepalive.get());
   }
 }
 
@@ -319,10 +357,12 @@ TEST_F(ScorerTest, OutputDtypesRoundOnce) {
   Case c = RandomCase(1, 2, 3, 3, 4);
   Raw raw = MakeRaw(c, Layout::kBHSD);
   ScoreSpec spec = Spec(c, Layout::kBHSD, false);
-  ScoreResult f32 = (*scorer_->ScoreBatch(spec, absl::MakeConstSpan(&raw.item, 1)))[0];
+  ScoreResult f32 =
+      (*scorer_->ScoreBatch(spec, absl::MakeConstSpan(&raw.item, 1)))[0];
   for (DType dtype : {DType::kFloat16, DType::kBFloat16}) {
     spec.output_dtype = dtype;
-    ScoreResult r = (*scorer_->ScoreBatch(spec, absl::MakeConstSpan(&raw.item, 1)))[0];
+    ScoreResult r =
+        (*scorer_->ScoreBatch(spec, absl::MakeConstSpan(&raw.item, 1)))[0];
     ASSERT_EQ(r.probs->dtype, dtype);
     std::vector<float> want(f32.probs->size_bytes / 4);
     std::memcpy(want.data(), f32.probs->data, f32.probs->size_bytes);
@@ -333,7 +373,8 @@ TEST_F(ScorerTest, OutputDtypesRoundOnce) {
       EncodeFloats(&want[i], 1, dtype, bits.data());
       float rounded;
       DecodeFloats(bits.data(), 1, dtype, &rounded);
-      EXPECT_EQ(got[i], rounded) << i;  // exactly the float32 result rounded to the output dtype
+      EXPECT_EQ(got[i], rounded)
+          << i;  // exactly the float32 result rounded to the output dtype
     }
   }
 }
@@ -342,16 +383,19 @@ TEST_F(ScorerTest, ValidationNamesFieldExpectedAndActual) {
   Case c = RandomCase(2, 4, 3, 5, 8, 8);
   Raw raw = MakeRaw(c, Layout::kBHSD);
   ScoreSpec spec = Spec(c, Layout::kBHSD, true);
-  EXPECT_TRUE(ValidateItem(spec, raw.item).ok()) << ValidateItem(spec, raw.item);
+  EXPECT_TRUE(ValidateItem(spec, raw.item).ok())
+      << ValidateItem(spec, raw.item);
 
-  auto expect_error = [&](const ScoreSpec& s, const ScoreItem& item, const std::string& text) {
+  auto expect_error = [&](const ScoreSpec& s, const ScoreItem& item,
+                          const std::string& text) {
     absl::Status status = ValidateItem(s, item);
     EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << text;
     EXPECT_THAT(std::string(status.message()), HasSubstr(text));
   };
   ScoreItem item = raw.item;
   item.query.size_bytes -= 4;
-  expect_error(spec, item, "query.data: expected 768 bytes for F32 [2,4,3,8], got 764");
+  expect_error(spec, item,
+               "query.data: expected 768 bytes for F32 [2,4,3,8], got 764");
   item = raw.item;
   item.key.shape = {2, 4, 5};
   expect_error(spec, item, "key.shape: expected 4 dims");
@@ -361,11 +405,14 @@ TEST_F(ScorerTest, ValidationNamesFieldExpectedAndActual) {
   item.key_lengths = {5, 6};
   expect_error(spec, item, "key_lengths[1]: expected 0..5");
   ScoreSpec big = spec;
-  big.model = *RelativeModel::Create("small", "t", at::randn({4, 4, 8}), at::randn({4, 4}), at::randn({4, 8}));
+  big.model = *RelativeModel::Create("small", "t", at::randn({4, 4, 8}),
+                                     at::randn({4, 4}), at::randn({4, 8}));
   expect_error(big, raw.item, "model 'small' has P = 2");
   ScoreSpec wrong_heads = spec;
-  wrong_heads.model = *RelativeModel::Create("h2", "t", at::randn({16, 2, 8}), at::randn({16, 2}), at::randn({2, 8}));
-  expect_error(wrong_heads, raw.item, "query heads: model 'h2' expects 2, got 4");
+  wrong_heads.model = *RelativeModel::Create(
+      "h2", "t", at::randn({16, 2, 8}), at::randn({16, 2}), at::randn({2, 8}));
+  expect_error(wrong_heads, raw.item,
+               "query heads: model 'h2' expects 2, got 4");
   ScoreSpec alibi = spec;
   alibi.bias = BiasKind::kAlibi;
   alibi.alibi_slopes = {1, 2};
@@ -377,7 +424,8 @@ TEST_F(ScorerTest, ValidationNamesFieldExpectedAndActual) {
   Case wide = RandomCase(1, 1, 6, 5, 4);
   Raw wide_raw = MakeRaw(wide, Layout::kBHSD);
   ScoreSpec causal = Spec(wide, Layout::kBHSD, true);
-  expect_error(causal, wide_raw.item, "causal: query length 6 exceeds key length 5");
+  expect_error(causal, wide_raw.item,
+               "causal: query length 6 exceeds key length 5");
   // NaN and Inf inputs, in every dtype.
   ScoreSpec plain = spec;
   plain.bias = BiasKind::kAlibi;
@@ -386,21 +434,28 @@ TEST_F(ScorerTest, ValidationNamesFieldExpectedAndActual) {
   std::memcpy(q.data() + 12, &nan, 4);
   item = raw.item;
   item.query.data = q.data();
-  expect_error(plain, item, "query.data: expected finite values, got NaN or Inf at flat index 3");
+  expect_error(
+      plain, item,
+      "query.data: expected finite values, got NaN or Inf at flat index 3");
   for (DType dtype : {DType::kFloat16, DType::kBFloat16}) {
     std::vector<uint16_t> halves(raw.k.size() / 4);
-    EncodeFloats(reinterpret_cast<const float*>(raw.k.data()), halves.size(), dtype, halves.data());
+    EncodeFloats(reinterpret_cast<const float*>(raw.k.data()), halves.size(),
+                 dtype, halves.data());
     std::vector<uint16_t> qh(raw.q.size() / 4);
-    EncodeFloats(reinterpret_cast<const float*>(raw.q.data()), qh.size(), dtype, qh.data());
+    EncodeFloats(reinterpret_cast<const float*>(raw.q.data()), qh.size(), dtype,
+                 qh.data());
     const float inf = INFINITY;
     EncodeFloats(&inf, 1, dtype, &halves[7]);
     ScoreItem h = raw.item;
     h.value.reset();
     h.query = TensorRef{dtype, raw.item.query.shape, qh.data(), qh.size() * 2};
-    h.key = TensorRef{dtype, raw.item.key.shape, halves.data(), halves.size() * 2};
+    h.key =
+        TensorRef{dtype, raw.item.key.shape, halves.data(), halves.size() * 2};
     ScoreSpec no_context = plain;
     no_context.want_context = false;
-    expect_error(no_context, h, "key.data: expected finite values, got NaN or Inf at flat index 7");
+    expect_error(
+        no_context, h,
+        "key.data: expected finite values, got NaN or Inf at flat index 7");
   }
   // Context without values; mixed dtypes.
   item = raw.item;
@@ -416,14 +471,18 @@ TEST(ScorerCreateTest, DevicesAndThreads) {
   absl::StatusOr<std::unique_ptr<Scorer>> cpu = Scorer::Create({"cpu", 2});
   ASSERT_TRUE(cpu.ok()) << cpu.status();
   EXPECT_EQ((*cpu)->device(), "cpu");
-  EXPECT_EQ(at::get_num_threads(), 2);  // set explicitly, not LibTorch's default
+  EXPECT_EQ(at::get_num_threads(),
+            2);  // set explicitly, not LibTorch's default
   absl::StatusOr<std::unique_ptr<Scorer>> cuda = Scorer::Create({"cuda:0", 0});
   if (!at::hasCUDA()) {
     EXPECT_EQ(cuda.status().code(), absl::StatusCode::kFailedPrecondition);
-    EXPECT_THAT(std::string(cuda.status().message()), HasSubstr("CUDA is not available"));
+    EXPECT_THAT(std::string(cuda.status().message()),
+                HasSubstr("CUDA is not available"));
   }
-  EXPECT_EQ(Scorer::Create({"tpu", 0}).status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(Scorer::Create({"cpu", -1}).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Scorer::Create({"tpu", 0}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Scorer::Create({"cpu", -1}).status().code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 class ParameterFileTest : public ::testing::Test {
@@ -437,7 +496,8 @@ class ParameterFileTest : public ::testing::Test {
   }
   void TearDown() override { std::filesystem::remove_all(dir_); }
 
-  static void AddTensor(SafetensorsWriter& writer, const std::string& name, const at::Tensor& t) {
+  static void AddTensor(SafetensorsWriter& writer, const std::string& name,
+                        const at::Tensor& t) {
     ASSERT_TRUE(writer.Add(name, "F32", t.sizes().vec(), Bytes(t)).ok());
   }
   std::filesystem::path dir_;
@@ -445,7 +505,8 @@ class ParameterFileTest : public ::testing::Test {
 
 TEST_F(ParameterFileTest, SafetensorsRoundTripWithPrefixAndDirectoryLoad) {
   at::manual_seed(8);
-  at::Tensor e = at::randn({8, 2, 4}), s = at::randn({8, 2}), u = at::randn({2, 4});
+  at::Tensor e = at::randn({8, 2, 4}), s = at::randn({8, 2}),
+             u = at::randn({2, 4});
   SafetensorsWriter writer;
   AddTensor(writer, "layers.3.attn.key_pos_embeddings", e);
   AddTensor(writer, "layers.3.attn.key_pos_bias", s);
@@ -464,7 +525,8 @@ TEST_F(ParameterFileTest, SafetensorsRoundTripWithPrefixAndDirectoryLoad) {
   // Without a prefix, a unique nested match is found.
   ASSERT_TRUE(LoadRelativeModel(path, "xl").ok());
 
-  absl::StatusOr<std::shared_ptr<const ModelSet>> set = LoadModelDir(dir_.string());
+  absl::StatusOr<std::shared_ptr<const ModelSet>> set =
+      LoadModelDir(dir_.string());
   ASSERT_TRUE(set.ok()) << set.status();
   ASSERT_NE((*set)->Find("xl"), nullptr);
   EXPECT_EQ(GetInfo(*(*set)->Find("xl")).heads, 2);
@@ -480,23 +542,28 @@ TEST_F(ParameterFileTest, BadShapesNameFileTensorAndExpectedShape) {
   ASSERT_TRUE(writer.Write(path).ok());
   absl::Status status = LoadRelativeModel(path, "bad").status();
   EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(std::string(status.message()),
-              HasSubstr(path + ": tensor 'key_pos_bias' has shape [8,3], expected [8,2] (2P,H)"));
+  EXPECT_THAT(
+      std::string(status.message()),
+      HasSubstr(
+          path +
+          ": tensor 'key_pos_bias' has shape [8,3], expected [8,2] (2P,H)"));
   // A broken file fails the whole directory, naming the file.
   absl::Status dir_status = LoadModelDir(dir_.string()).status();
   EXPECT_THAT(std::string(dir_status.message()), HasSubstr("bad.safetensors"));
   SafetensorsWriter missing;
   AddTensor(missing, "key_pos_embeddings", at::randn({8, 2, 4}));
   ASSERT_TRUE(missing.Write((dir_ / "missing.safetensors").string()).ok());
-  EXPECT_THAT(std::string(LoadRelativeModel((dir_ / "missing.safetensors").string(), "m")
+  EXPECT_THAT(std::string(LoadRelativeModel(
+                              (dir_ / "missing.safetensors").string(), "m")
                               .status()
                               .message()),
               HasSubstr("no tensor 'key_pos_bias'"));
 }
 
 TEST_F(ParameterFileTest, LabmlStateDictRoundTrip) {
-  // A real labml RelativeMultiHeadAttention when labml-nn is installed; otherwise a module with
-  // the same parameter names. Either way torch.save(module.state_dict()).
+  // A real labml RelativeMultiHeadAttention when labml-nn is installed;
+  // otherwise a module with the same parameter names. Either way
+  // torch.save(module.state_dict()).
   const std::string pt = (dir_ / "labml.pt").string();
   const std::string ref = (dir_ / "labml_ref.safetensors").string();
   const std::string script = (dir_ / "make.py").string();
@@ -524,18 +591,24 @@ except ImportError:
 sd = m.state_dict()
 torch.save(sd, sys.argv[1])
 save_file({k: sd[k].contiguous() for k in ('key_pos_embeddings', 'key_pos_bias', 'query_pos_bias')}, sys.argv[2])
-)PY", f);
+)PY",
+             f);
   std::fclose(f);
   const std::string cmd =
       std::string(ATTNSCORE_VENV_PYTHON) + " " + script + " " + pt + " " + ref;
   ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
-  absl::StatusOr<std::shared_ptr<const RelativeModel>> from_pt = LoadRelativeModel(pt, "labml");
+  absl::StatusOr<std::shared_ptr<const RelativeModel>> from_pt =
+      LoadRelativeModel(pt, "labml");
   ASSERT_TRUE(from_pt.ok()) << from_pt.status();
-  absl::StatusOr<std::shared_ptr<const RelativeModel>> from_st = LoadRelativeModel(ref, "labml");
+  absl::StatusOr<std::shared_ptr<const RelativeModel>> from_st =
+      LoadRelativeModel(ref, "labml");
   ASSERT_TRUE(from_st.ok()) << from_st.status();
-  EXPECT_TRUE(at::equal((*from_pt)->key_pos_embeddings(), (*from_st)->key_pos_embeddings()));
-  EXPECT_TRUE(at::equal((*from_pt)->key_pos_bias(), (*from_st)->key_pos_bias()));
-  EXPECT_TRUE(at::equal((*from_pt)->query_pos_bias(), (*from_st)->query_pos_bias()));
+  EXPECT_TRUE(at::equal((*from_pt)->key_pos_embeddings(),
+                        (*from_st)->key_pos_embeddings()));
+  EXPECT_TRUE(
+      at::equal((*from_pt)->key_pos_bias(), (*from_st)->key_pos_bias()));
+  EXPECT_TRUE(
+      at::equal((*from_pt)->query_pos_bias(), (*from_st)->query_pos_bias()));
   EXPECT_EQ((*from_pt)->info().heads, 4);
 }
 

@@ -44,10 +44,14 @@ std::string GoldenDir() { return ATTNSCORE_GOLDEN_DIR; }
 absl::StatusOr<std::vector<GoldenCase>> LoadGoldenCases() {
   const std::string index_path = GoldenDir() + "/index.json";
   std::ifstream in(index_path);
-  if (!in) return absl::NotFoundError(absl::StrCat(index_path, ": golden index missing"));
-  nlohmann::json index = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+  if (!in)
+    return absl::NotFoundError(
+        absl::StrCat(index_path, ": golden index missing"));
+  nlohmann::json index =
+      nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
   if (!index.is_array() || index.empty()) {
-    return absl::DataLossError(absl::StrCat(index_path, ": expected a non-empty JSON array"));
+    return absl::DataLossError(
+        absl::StrCat(index_path, ": expected a non-empty JSON array"));
   }
   std::vector<GoldenCase> cases;
   for (const nlohmann::json& entry : index) {
@@ -56,7 +60,8 @@ absl::StatusOr<std::vector<GoldenCase>> LoadGoldenCases() {
       options[it.key()] = it->is_string() ? it->get<std::string>() : it->dump();
     }
     const std::string name = options["case"];
-    absl::StatusOr<SafetensorsFile> file = SafetensorsFile::Read(GoldenDir() + "/" + name);
+    absl::StatusOr<SafetensorsFile> file =
+        SafetensorsFile::Read(GoldenDir() + "/" + name);
     if (!file.ok()) return file.status();
     cases.push_back(GoldenCase{name, std::move(options), *std::move(file)});
   }
@@ -65,7 +70,8 @@ absl::StatusOr<std::vector<GoldenCase>> LoadGoldenCases() {
 
 namespace {
 
-std::string Compare(const std::vector<float>& actual, const std::vector<float>& expected,
+std::string Compare(const std::vector<float>& actual,
+                    const std::vector<float>& expected,
                     const std::function<double(size_t)>& bound) {
   if (actual.size() != expected.size()) {
     return absl::StrCat("size ", actual.size(), ", expected ", expected.size());
@@ -86,24 +92,31 @@ std::string Compare(const std::vector<float>& actual, const std::vector<float>& 
       ok = diff <= bound(i);
       worst = std::max(worst, diff);
     }
-    if (!ok && bad++ < 5) out << " [" << i << "] got " << a << " expected " << e << " (bound " << bound(i) << ");";
+    if (!ok && bad++ < 5)
+      out << " [" << i << "] got " << a << " expected " << e << " (bound "
+          << bound(i) << ");";
   }
   if (bad == 0) return "";
-  return absl::StrCat(bad, " of ", actual.size(), " elements differ, max finite diff ", worst, ":",
+  return absl::StrCat(bad, " of ", actual.size(),
+                      " elements differ, max finite diff ", worst, ":",
                       out.str());
 }
 
 }  // namespace
 
-std::string CompareClose(const std::vector<float>& actual, const std::vector<float>& expected,
-                         double atol, double rtol) {
-  return Compare(actual, expected,
-                 [&](size_t i) { return atol + rtol * std::fabs(static_cast<double>(expected[i])); });
+std::string CompareClose(const std::vector<float>& actual,
+                         const std::vector<float>& expected, double atol,
+                         double rtol) {
+  return Compare(actual, expected, [&](size_t i) {
+    return atol + rtol * std::fabs(static_cast<double>(expected[i]));
+  });
 }
 
-std::string CompareWithin(const std::vector<float>& actual, const std::vector<float>& expected,
+std::string CompareWithin(const std::vector<float>& actual,
+                          const std::vector<float>& expected,
                           const std::vector<float>& bound) {
-  return Compare(actual, expected, [&](size_t i) { return static_cast<double>(bound[i]); });
+  return Compare(actual, expected,
+                 [&](size_t i) { return static_cast<double>(bound[i]); });
 }
 
 }  // namespace attnscore::testing

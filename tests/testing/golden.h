@@ -1,7 +1,9 @@
-// Test support: the shared golden reference cases (../shared/golden) and the comparison every
-// test uses for them. No LibTorch, no gRPC, so scoring, service and client tests can all use it.
+// Test support: the shared golden reference cases (../shared/golden) and the
+// comparison every test uses for them. No LibTorch, no gRPC, so scoring,
+// service and client tests can all use it.
 //
-// Errors: loading fails (never skips) when the golden directory or a case is missing.
+// Errors: loading fails (never skips) when the golden directory or a case is
+// missing.
 #ifndef ATTNSCORE_TESTS_TESTING_GOLDEN_H_
 #define ATTNSCORE_TESTS_TESTING_GOLDEN_H_
 
@@ -17,18 +19,24 @@
 namespace attnscore::testing {
 
 struct GoldenCase {
-  std::string name;                           // file name, e.g. "alibi_causal_h8.safetensors"
-  std::map<std::string, std::string> options;  // index.json entry, values as strings
+  std::string name;  // file name, e.g. "alibi_causal_h8.safetensors"
+  std::map<std::string, std::string>
+      options;  // index.json entry, values as strings
   SafetensorsFile file;
 
   bool relative() const { return options.at("mode") == "relative"; }
   bool causal() const { return options.at("causal") == "true"; }
-  int64_t Int(const std::string& key) const { return std::stoll(options.at(key)); }
+  int64_t Int(const std::string& key) const {
+    return std::stoll(options.at(key));
+  }
   // nullopt for "default" (1/sqrt(D)).
   std::optional<float> scale() const;
   std::vector<int32_t> key_lengths() const;  // empty when the case has none
-  bool has(const std::string& tensor) const { return file.Find(tensor) != nullptr; }
-  std::vector<float> Floats(const std::string& tensor) const;  // aborts the test if absent
+  bool has(const std::string& tensor) const {
+    return file.Find(tensor) != nullptr;
+  }
+  std::vector<float> Floats(
+      const std::string& tensor) const;  // aborts the test if absent
   std::vector<int64_t> Shape(const std::string& tensor) const;
 };
 
@@ -37,12 +45,15 @@ std::string GoldenDir();
 // Every case listed in index.json, loaded.
 absl::StatusOr<std::vector<GoldenCase>> LoadGoldenCases();
 
-// |actual - expected| <= atol + rtol * |expected| element-wise, with -inf (and +inf) required at
-// exactly the same positions. Returns "" when close, else a description of the first mismatches.
-std::string CompareClose(const std::vector<float>& actual, const std::vector<float>& expected,
-                         double atol, double rtol);
+// |actual - expected| <= atol + rtol * |expected| element-wise, with -inf (and
+// +inf) required at exactly the same positions. Returns "" when close, else a
+// description of the first mismatches.
+std::string CompareClose(const std::vector<float>& actual,
+                         const std::vector<float>& expected, double atol,
+                         double rtol);
 // Same with a per-element absolute bound.
-std::string CompareWithin(const std::vector<float>& actual, const std::vector<float>& expected,
+std::string CompareWithin(const std::vector<float>& actual,
+                          const std::vector<float>& expected,
                           const std::vector<float>& bound);
 
 }  // namespace attnscore::testing
