@@ -2,7 +2,8 @@
 BUILD_DIR ?= build
 JOBS ?= 2
 CTEST_ARGS ?=
-SERVE_ARGS ?=
+# The embedded default configuration plus the example relative parameter set the build writes.
+SERVE_ARGS ?= --model-dir $(BUILD_DIR)/examples/models
 
 .PHONY: all deps configure build test serve bench format clean
 

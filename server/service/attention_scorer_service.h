@@ -1,0 +1,156 @@
+// attnscore.v1.AttentionScorer on gRPC's callback API.
+//
+// Score and ScoreStream handlers parse and validate a request on the gRPC
+// thread, enqueue it in the dynamic batcher and return at once; the batch
+// worker threads run Scorer::ScoreBatch and answer (Finish / Write) from there,
+// so no gRPC thread ever waits for compute. Responses are serialized by
+// response_encoder.h with tensor bytes as slices over the scorer's output (raw
+// ByteBuffer methods, so protobuf never copies them). Requests are parsed once
+// from the incoming ByteBuffer into a ScoreRequest whose tensor bytes the
+// scorer reads in place.
+//
+// ScoreStream is pipelined: requests are read and scheduled as they arrive,
+// responses (tagged with request_id) are written as they complete, one write in
+// flight at a time; when too many requests of one stream are unanswered or
+// unsent, reading pauses (flow control). A bad request is answered with `error`
+// set and does not end the stream.
+//
+// Every accepted request is answered exactly once: with its result, or with the
+// status that stopped it (validation, queue full, deadline, cancellation,
+// compute failure).
+//
+// Ownership: the service does not own the Scorer, the ModelRegistry or the
+// ServiceMetrics; they must outlive it. It owns the batcher and its worker
+// threads. Thread safety: gRPC calls the handlers concurrently. WarmUp(),
+// Shutdown() and QueueDepth() may be called from any thread. REQUIRES:
+// grpc::Server::Shutdown() has returned before the service is destroyed (the
+// destructor runs Shutdown(), which answers whatever is still queued). Errors:
+// absl::Status throughout; converted to grpc::Status only by ToGrpcStatus().
+#ifndef ATTNSCORE_SERVER_SERVICE_ATTENTION_SCORER_SERVICE_H_
+#define ATTNSCORE_SERVER_SERVICE_ATTENTION_SCORER_SERVICE_H_
+
+#include <grpcpp/grpcpp.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "attnscore/v1/attnscore.grpc.pb.h"
+#include "server/batching/batch_scheduler.h"
+#include "server/batching/clock.h"
+#include "server/scoring/scorer.h"
+#include "server/service/model_registry.h"
+#include "server/service/request_validation.h"
+#include "server/service/service_metrics.h"
+
+namespace attnscore::service {
+
+// The gRPC service name, also the readiness entry in grpc.health.v1.
+inline constexpr char kServiceName[] = "attnscore.v1.AttentionScorer";
+
+struct ServiceOptions {
+  RequestLimits limits;
+  batching::BatchSchedulerOptions batching;
+  // Reported by GetServerInfo only; the server sets them.
+  int64_t max_message_bytes = 0;
+  int intra_op_threads = 0;
+  // Most unanswered plus unsent responses per ScoreStream before the server
+  // stops reading it.
+  int max_stream_backlog = 64;
+};
+
+// Score and ScoreStream exchange raw ByteBuffers (our serialization); the small
+// methods use the generated messages. (CallbackService cannot be the base: its
+// typed ScoreStream clashes.)
+using AttentionScorerRawService =
+    v1::AttentionScorer::WithRawCallbackMethod_Score<
+        v1::AttentionScorer::WithRawCallbackMethod_ScoreStream<
+            v1::AttentionScorer::WithCallbackMethod_ListModels<
+                v1::AttentionScorer::WithCallbackMethod_GetServerInfo<
+                    v1::AttentionScorer::Service>>>>;
+
+class AttentionScorerService final : public AttentionScorerRawService {
+ public:
+  // INVALID_ARGUMENT for bad options (from the batcher). `clock` drives queue
+  // timeouts and deadlines (a fake clock in tests). Starts the batch worker
+  // threads.
+  static absl::StatusOr<std::unique_ptr<AttentionScorerService>> Create(
+      const ServiceOptions& options, scoring::Scorer* scorer,
+      ModelRegistry* models, ServiceMetrics* metrics,
+      batching::Clock* clock = batching::RealClock());
+
+  AttentionScorerService(const AttentionScorerService&) = delete;
+  AttentionScorerService& operator=(const AttentionScorerService&) = delete;
+  ~AttentionScorerService() override;
+
+  // Runs tiny computes on the calling thread (ALiBi, and each loaded relative
+  // model) so that the first real request does not pay for LibTorch's lazy
+  // initialisation. Returns the first error.
+  absl::Status WarmUp();
+
+  // Stops the batcher: every queued request is computed (or dropped if
+  // cancelled or expired) and answered, then the workers are joined. Call after
+  // grpc::Server::Shutdown(). Idempotent.
+  void Shutdown();
+
+  // Requests waiting in the batcher.
+  size_t QueueDepth() const;
+
+  // gRPC methods.
+  grpc::ServerUnaryReactor* Score(grpc::CallbackServerContext* context,
+                                  const grpc::ByteBuffer* request,
+                                  grpc::ByteBuffer* response) override;
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* ScoreStream(
+      grpc::CallbackServerContext* context) override;
+  grpc::ServerUnaryReactor* ListModels(
+      grpc::CallbackServerContext* context,
+      const v1::ListModelsRequest* request,
+      v1::ListModelsResponse* response) override;
+  grpc::ServerUnaryReactor* GetServerInfo(
+      grpc::CallbackServerContext* context,
+      const v1::GetServerInfoRequest* request,
+      v1::ServerInfo* response) override;
+
+ private:
+  class ScoreTask;
+  class UnaryScoreTask;
+  class StreamReactor;
+  class StreamScoreTask;
+  using Scheduler = batching::BatchScheduler<ScoreTask>;
+
+  AttentionScorerService(const ServiceOptions& options, scoring::Scorer* scorer,
+                         ModelRegistry* models, ServiceMetrics* metrics,
+                         batching::Clock* clock);
+
+  // Parses and validates `request` into `task`, then schedules it; answers it
+  // at once if any of that fails. Runs on a gRPC thread.
+  void Accept(std::unique_ptr<ScoreTask> task, const grpc::ByteBuffer& request);
+  absl::Status Prepare(const grpc::ByteBuffer& request, ScoreTask& task);
+  // Batch worker: computes a batch and answers its tasks.
+  void RunBatch(std::vector<std::unique_ptr<ScoreTask>> batch);
+  // Computes tasks that share a batch key, splitting a failed batch into single
+  // requests so that one request's error cannot fail the others.
+  void ComputeAndAnswer(absl::Span<const std::unique_ptr<ScoreTask>> tasks,
+                        absl::Span<const scoring::ScoreItem> items);
+  // The single exit of every Score/ScoreStream request: metrics, log line, then
+  // delivery.
+  void Answer(ScoreTask& task, absl::StatusOr<grpc::ByteBuffer> response);
+  // The context's deadline on clock_, INT64_MAX for none.
+  int64_t DeadlineMicros(const grpc::CallbackServerContext& context) const;
+
+  const ServiceOptions options_;
+  scoring::Scorer* const scorer_;
+  ModelRegistry* const models_;
+  ServiceMetrics* const metrics_;
+  batching::Clock* const clock_;
+  // Shared so that the queue-depth gauge can hold a weak reference that never
+  // dangles.
+  std::shared_ptr<Scheduler> scheduler_;
+};
+
+}  // namespace attnscore::service
+
+#endif  // ATTNSCORE_SERVER_SERVICE_ATTENTION_SCORER_SERVICE_H_

@@ -1,0 +1,49 @@
+// Serializes attnscore.v1.ScoreResponse messages into grpc::ByteBuffers without
+// copying tensor data: the small fields are encoded with protobuf, and each
+// tensor's `data` bytes go on the wire as a grpc::Slice that references the
+// scorer's output buffer (holding its `keepalive`) until gRPC has sent it. The
+// bytes are exactly what ScoreResponse::SerializeAsString() would produce for
+// the same message (fields in number order), so any gRPC client parses them.
+//
+// Why: score matrices are large (B8 H8 L512 float32 logits are 64 MiB); copying
+// them into a protobuf `bytes` field and serializing that costs several times
+// the network transfer.
+//
+// Ownership: the returned ByteBuffer shares ownership of every OutputTensor's
+// memory through its keepalive; an OutputTensor without a keepalive is copied
+// instead. Thread safety: pure functions; call from any thread.
+#ifndef ATTNSCORE_SERVER_SERVICE_RESPONSE_ENCODER_H_
+#define ATTNSCORE_SERVER_SERVICE_RESPONSE_ENCODER_H_
+
+#include <grpcpp/support/byte_buffer.h>
+
+#include <string_view>
+
+#include "absl/status/status.h"
+#include "attnscore/v1/attnscore.pb.h"
+#include "common/dtype.h"
+#include "server/scoring/scorer.h"
+
+namespace attnscore::service {
+
+// ScoreResponse{request_id, logits, probs, context (those present in `result`),
+// timing}.
+grpc::ByteBuffer EncodeScoreResponse(std::string_view request_id,
+                                     const scoring::ScoreResult& result,
+                                     const v1::Timing& timing);
+
+// ScoreResponse{request_id, error{code, message}}: how ScoreStream reports a
+// failed request. REQUIRES: !status.ok().
+grpc::ByteBuffer EncodeErrorResponse(std::string_view request_id,
+                                     const absl::Status& status);
+
+// Serializes any message into a single-slice ByteBuffer (small messages only:
+// copies).
+grpc::ByteBuffer SerializeToByteBuffer(
+    const google::protobuf::MessageLite& message);
+
+v1::DType ToProtoDType(DType dtype);
+
+}  // namespace attnscore::service
+
+#endif  // ATTNSCORE_SERVER_SERVICE_RESPONSE_ENCODER_H_

@@ -1,0 +1,98 @@
+#include "server/service/service_metrics.h"
+
+#include <string>
+
+namespace attnscore::service {
+namespace {
+
+// 100 us .. ~13 s: a decode step to a long batch of long sequences.
+std::vector<double> DurationBuckets() {
+  return observability::ExponentialBuckets(1e-4, 2, 18);
+}
+
+}  // namespace
+
+const char* MethodName(Method method) {
+  switch (method) {
+    case Method::kScore:
+      return "Score";
+    case Method::kScoreStream:
+      return "ScoreStream";
+    case Method::kListModels:
+      return "ListModels";
+    case Method::kGetServerInfo:
+      return "GetServerInfo";
+  }
+  return "unknown";
+}
+
+ServiceMetrics::ServiceMetrics(observability::Registry& registry)
+    : registry_(registry),
+      requests_(registry.AddCounter(
+          "attnscore_requests_total",
+          "Requests answered, by gRPC method and status code "
+          "(ScoreStream counts each message).",
+          {"method", "code"})),
+      queue_duration_(
+          registry
+              .AddHistogram(
+                  "attnscore_queue_duration_seconds",
+                  "Time from acceptance to the start of the request's "
+                  "batch compute.",
+                  DurationBuckets())
+              .WithLabels({})),
+      compute_duration_(
+          registry
+              .AddHistogram("attnscore_compute_duration_seconds",
+                            "Duration of one batch's scoring compute.",
+                            DurationBuckets())
+              .WithLabels({})),
+      batch_size_(registry
+                      .AddHistogram(
+                          "attnscore_batch_size",
+                          "Items (sum of the requests' B) per computed batch.",
+                          observability::ExponentialBuckets(1, 2, 10))
+                      .WithLabels({})),
+      in_flight_(registry
+                     .AddGauge("attnscore_in_flight_requests",
+                               "Accepted scoring requests not yet answered.")
+                     .WithLabels({})) {
+  auto& durations =
+      registry.AddHistogram("attnscore_request_duration_seconds",
+                            "Time from a request's arrival to its answer.",
+                            DurationBuckets(), {"method"});
+  auto& in_bytes =
+      registry.AddCounter("attnscore_request_bytes_total",
+                          "Request message bytes received.", {"method"});
+  auto& out_bytes =
+      registry.AddCounter("attnscore_response_bytes_total",
+                          "Response message bytes sent.", {"method"});
+  for (int m = 0; m < kNumMethods; ++m) {
+    const std::string name = MethodName(static_cast<Method>(m));
+    request_duration_[m] = &durations.WithLabels({name});
+    request_bytes_[m] = &in_bytes.WithLabels({name});
+    response_bytes_[m] = &out_bytes.WithLabels({name});
+  }
+}
+
+void ServiceMetrics::RecordRequest(Method method, const absl::Status& status,
+                                   double seconds) {
+  const int m = static_cast<int>(method);
+  request_duration_[m]->Observe(seconds);
+  int code = static_cast<int>(status.code());
+  if (code < 0 || code >= kNumCodes)
+    code = static_cast<int>(absl::StatusCode::kUnknown);
+  std::atomic<observability::Counter*>& slot = requests_by_code_[m][code];
+  observability::Counter* counter = slot.load(std::memory_order_acquire);
+  if (counter == nullptr) {
+    // Two threads may both look it up; WithLabels returns the same series to
+    // both.
+    counter = &requests_.WithLabels(
+        {MethodName(method),
+         absl::StatusCodeToString(static_cast<absl::StatusCode>(code))});
+    slot.store(counter, std::memory_order_release);
+  }
+  counter->Increment();
+}
+
+}  // namespace attnscore::service

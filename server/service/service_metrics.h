@@ -1,0 +1,83 @@
+// The service's Prometheus series, registered once in an
+// observability::Registry and cached so that the request path never takes the
+// registry's locks.
+//
+// Series (all `attnscore_`, base units):
+//   requests_total{method,code}            requests answered, by gRPC method
+//   and status code
+//                                          (ScoreStream counts each message)
+//   request_duration_seconds{method}       arrival to answer
+//   queue_duration_seconds                 accepted to the start of its batch's
+//   compute compute_duration_seconds               one batch's ScoreBatch call
+//   batch_size                             items (sum of B) per computed batch
+//   in_flight_requests                     accepted Score/ScoreStream requests
+//   not yet answered request_bytes_total{method}            request message
+//   bytes received response_bytes_total{method}           response message
+//   bytes sent queue_depth, models_loaded, build_info are registered by their
+//   owners (the service, main).
+//
+// Ownership: the Registry owns the metrics and must outlive this object.
+// Thread safety: every method may be called from any thread.
+#ifndef ATTNSCORE_SERVER_SERVICE_SERVICE_METRICS_H_
+#define ATTNSCORE_SERVER_SERVICE_SERVICE_METRICS_H_
+
+#include <array>
+#include <atomic>
+#include <cstddef>
+
+#include "absl/status/status.h"
+#include "server/observability/metrics.h"
+
+namespace attnscore::service {
+
+enum class Method { kScore, kScoreStream, kListModels, kGetServerInfo };
+constexpr int kNumMethods = 4;
+const char* MethodName(Method method);
+
+class ServiceMetrics {
+ public:
+  explicit ServiceMetrics(observability::Registry& registry);
+  ServiceMetrics(const ServiceMetrics&) = delete;
+  ServiceMetrics& operator=(const ServiceMetrics&) = delete;
+
+  void RecordRequest(Method method, const absl::Status& status, double seconds);
+  void ObserveQueue(double seconds) { queue_duration_.Observe(seconds); }
+  void ObserveBatch(size_t items, double compute_seconds) {
+    batch_size_.Observe(static_cast<double>(items));
+    compute_duration_.Observe(compute_seconds);
+  }
+  void AddInFlight(int delta) { in_flight_.Add(delta); }
+  void AddRequestBytes(Method method, size_t bytes) {
+    request_bytes_[static_cast<int>(method)]->Increment(
+        static_cast<double>(bytes));
+  }
+  void AddResponseBytes(Method method, size_t bytes) {
+    response_bytes_[static_cast<int>(method)]->Increment(
+        static_cast<double>(bytes));
+  }
+
+  observability::Registry& registry() { return registry_; }
+
+ private:
+  // absl::StatusCode values 0..16.
+  static constexpr int kNumCodes = 17;
+
+  observability::Registry& registry_;
+  observability::Family<observability::Counter>& requests_;
+  // Series of requests_ looked up on first use: WithLabels locks, a cached
+  // pointer does not.
+  std::array<std::array<std::atomic<observability::Counter*>, kNumCodes>,
+             kNumMethods>
+      requests_by_code_{};
+  std::array<observability::Histogram*, kNumMethods> request_duration_{};
+  std::array<observability::Counter*, kNumMethods> request_bytes_{};
+  std::array<observability::Counter*, kNumMethods> response_bytes_{};
+  observability::Histogram& queue_duration_;
+  observability::Histogram& compute_duration_;
+  observability::Histogram& batch_size_;
+  observability::Gauge& in_flight_;
+};
+
+}  // namespace attnscore::service
+
+#endif  // ATTNSCORE_SERVER_SERVICE_SERVICE_METRICS_H_

@@ -1,0 +1,643 @@
+// The real attnscore-server binary end to end: health before and after warm-up,
+// reflection, ListModels / GetServerInfo, every bad-input class over Score and
+// ScoreStream, overload, deadline, cancel, SIGHUP reload, SIGTERM drain with
+// requests in flight, the metrics endpoint,
+// --help and start-up failures.
+#include <signal.h>
+#include <sys/wait.h>
+
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <limits>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "attnscore/v1/attnscore.grpc.pb.h"
+#include "common/safetensors.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/e2e/e2e_util.h"
+#include "tests/e2e/server_process.h"
+
+namespace attnscore::e2e {
+namespace {
+
+using ::testing::HasSubstr;
+using HealthStatus = grpc::health::v1::HealthCheckResponse;
+
+constexpr auto kRpcTimeout = std::chrono::seconds(60);
+constexpr char kReadiness[] = "attnscore.v1.AttentionScorer";
+
+// Polls `condition` every 20 ms for at most `timeout`.
+bool WaitFor(const std::function<bool()>& condition,
+             std::chrono::milliseconds timeout = std::chrono::seconds(30)) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (condition()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return condition();
+}
+
+std::vector<float> Ramp(size_t n, float scale) {
+  std::vector<float> values(n);
+  for (size_t i = 0; i < n; ++i)
+    values[i] = scale * static_cast<float>((i * 7919) % 1000) / 1000;
+  return values;
+}
+
+v1::ScoreRequest SmallRequest(const std::string& id = "") {
+  v1::ScoreRequest request;
+  request.set_request_id(id);
+  request.mutable_alibi();
+  *request.mutable_query() =
+      Float32Tensor(Ramp(1 * 2 * 3 * 8, 1), {1, 2, 3, 8});
+  *request.mutable_key() = Float32Tensor(Ramp(1 * 2 * 4 * 8, 2), {1, 2, 4, 8});
+  *request.mutable_value() =
+      Float32Tensor(Ramp(1 * 2 * 4 * 8, 3), {1, 2, 4, 8});
+  return request;
+}
+
+// Compute-heavy, response-light: context only for B2 H8 L1024 D64 (tens to
+// hundreds of ms).
+v1::ScoreRequest SlowRequest(const std::string& id = "slow") {
+  const std::vector<int64_t> shape = {2, 8, 1024, 64};
+  const size_t n = 2 * 8 * 1024 * 64;
+  v1::ScoreRequest request;
+  request.set_request_id(id);
+  request.mutable_alibi();
+  *request.mutable_query() = Float32Tensor(Ramp(n, 1), shape);
+  *request.mutable_key() = Float32Tensor(Ramp(n, 0.5f), shape);
+  *request.mutable_value() = Float32Tensor(Ramp(n, 2), shape);
+  request.set_causal(true);
+  request.add_outputs(v1::CONTEXT);
+  return request;
+}
+
+struct Call {
+  grpc::Status status;
+  v1::ScoreResponse response;
+};
+
+class ServerE2eTest : public ::testing::Test {
+ protected:
+  void Start(std::vector<std::string> args) {
+    absl::StatusOr<std::unique_ptr<ServerProcess>> server =
+        ServerProcess::Start(std::move(args));
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = *std::move(server);
+    channel_ = server_->NewChannel();
+    stub_ = v1::AttentionScorer::NewStub(channel_);
+  }
+  void TearDown() override {
+    if (HasFailure() && server_ != nullptr)
+      std::cerr << "server log:\n" << server_->Log();
+  }
+
+  Call Score(const v1::ScoreRequest& request,
+             std::chrono::milliseconds timeout = kRpcTimeout) {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + timeout);
+    Call call;
+    call.status = stub_->Score(&context, request, &call.response);
+    return call;
+  }
+  std::thread ScoreAsync(v1::ScoreRequest request, Call* call) {
+    return std::thread(
+        [this, request = std::move(request), call] { *call = Score(request); });
+  }
+  std::string Metrics() {
+    absl::StatusOr<std::string> body =
+        HttpGet(server_->metrics_port(), "/metrics");
+    return body.ok() ? *body : std::string();
+  }
+  bool MetricsContain(const std::string& text) {
+    return Metrics().find(text) != std::string::npos;
+  }
+  std::vector<std::string> ModelNames() {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + kRpcTimeout);
+    v1::ListModelsResponse list;
+    EXPECT_TRUE(
+        stub_->ListModels(&context, v1::ListModelsRequest(), &list).ok());
+    std::vector<std::string> names;
+    for (const v1::ModelInfo& m : list.models()) names.push_back(m.name());
+    return names;
+  }
+
+  std::unique_ptr<ServerProcess> server_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::AttentionScorer::Stub> stub_;
+};
+
+// H=2, D=8, P=8.
+absl::Status WriteModel(const std::string& path) {
+  SafetensorsWriter writer;
+  if (absl::Status s =
+          writer.AddFloats("key_pos_embeddings", {16, 2, 8}, Ramp(256, 0.1f));
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s =
+          writer.AddFloats("key_pos_bias", {16, 2}, Ramp(32, 0.1f));
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s =
+          writer.AddFloats("query_pos_bias", {2, 8}, Ramp(16, 0.1f));
+      !s.ok()) {
+    return s;
+  }
+  return writer.Write(path);
+}
+
+TEST_F(ServerE2eTest, HealthIsLiveAtOnceAndReadyAfterWarmUp) {
+  ASSERT_NO_FATAL_FAILURE(Start({"--warmup-delay-ms=3000"}));
+  absl::StatusOr<HealthStatus::ServingStatus> live = CheckHealth(channel_, "");
+  ASSERT_TRUE(live.ok()) << live.status();
+  EXPECT_EQ(*live, HealthStatus::SERVING);
+  absl::StatusOr<HealthStatus::ServingStatus> ready =
+      CheckHealth(channel_, kReadiness);
+  ASSERT_TRUE(ready.ok()) << ready.status();
+  EXPECT_EQ(*ready, HealthStatus::NOT_SERVING)
+      << "ready before the warm-up ran";
+  EXPECT_TRUE(WaitFor([&] {
+    absl::StatusOr<HealthStatus::ServingStatus> s =
+        CheckHealth(channel_, kReadiness);
+    return s.ok() && *s == HealthStatus::SERVING;
+  }));
+  EXPECT_TRUE(server_->WaitForLog("warm-up done", std::chrono::seconds(5)));
+  EXPECT_EQ(CheckHealth(channel_, "no.such.Service").status().code(),
+            absl::StatusCode::kNotFound);
+}
+
+TEST_F(ServerE2eTest, ReflectionListsTheServices) {
+  ASSERT_NO_FATAL_FAILURE(Start({}));
+  absl::StatusOr<std::vector<std::string>> services =
+      ListServicesByReflection(channel_);
+  ASSERT_TRUE(services.ok()) << services.status();
+  EXPECT_THAT(*services, ::testing::Contains(std::string(kReadiness)));
+  EXPECT_THAT(*services,
+              ::testing::Contains(std::string("grpc.health.v1.Health")));
+}
+
+TEST_F(ServerE2eTest, ServerInfoReportsFlags) {
+  ASSERT_NO_FATAL_FAILURE(
+      Start({"--max-heads=12", "--max-output-bytes=1000000",
+             "--max-batch-size=5", "--max-queue-delay-us=777", "--max-queue=9",
+             "--batch-workers=2", "--threads=1"}));
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + kRpcTimeout);
+  v1::ServerInfo info;
+  ASSERT_TRUE(
+      stub_->GetServerInfo(&context, v1::GetServerInfoRequest(), &info).ok());
+  EXPECT_FALSE(info.version().empty());
+  EXPECT_EQ(info.device(), "cpu");
+  EXPECT_EQ(info.intra_op_threads(), 1);
+  EXPECT_EQ(info.limits().max_heads(), 12);
+  EXPECT_EQ(info.limits().max_output_bytes(), 1000000);
+  EXPECT_GT(info.limits().max_message_bytes(), 1000000);
+  EXPECT_EQ(info.batching().max_batch_size(), 5);
+  EXPECT_EQ(info.batching().max_queue_delay_us(), 777);
+  EXPECT_EQ(info.batching().max_queue(), 9);
+  EXPECT_EQ(info.batching().batch_workers(), 2);
+}
+
+// Each bad-input class, with the code and the words its message must contain
+// (field, expected, actual).
+struct BadInput {
+  const char* name;
+  std::function<void(v1::ScoreRequest&)> mutate;
+  grpc::StatusCode code;
+  std::vector<std::string> message_parts;
+};
+
+std::vector<BadInput> BadInputs() {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const float inf = std::numeric_limits<float>::infinity();
+  auto set_float = [](v1::Tensor* t, size_t i, float v) {
+    std::memcpy(t->mutable_data()->data() + i * 4, &v, 4);
+  };
+  using C = grpc::StatusCode;
+  return {
+      {"bytes vs shape",
+       [](auto& r) { r.mutable_query()->mutable_data()->resize(100); },
+       C::INVALID_ARGUMENT,
+       {"query.data", "192", "100"}},
+      {"rank",
+       [](auto& r) { r.mutable_key()->mutable_shape()->RemoveLast(); },
+       C::INVALID_ARGUMENT,
+       {"key.shape", "4 dims"}},
+      {"dim 0",
+       [](auto& r) { r.mutable_key()->set_shape(2, 0); },
+       C::INVALID_ARGUMENT,
+       {"key.shape[2]", "> 0", "0"}},
+      {"dtype",
+       [](auto& r) { r.mutable_query()->set_dtype(v1::DTYPE_UNSPECIFIED); },
+       C::INVALID_ARGUMENT,
+       {"query.dtype", "FLOAT32", "DTYPE_UNSPECIFIED"}},
+      {"layout",
+       [](auto& r) { r.set_layout(static_cast<v1::Layout>(7)); },
+       C::INVALID_ARGUMENT,
+       {"layout", "7"}},
+      {"output enum",
+       [](auto& r) { r.add_outputs(static_cast<v1::Output>(9)); },
+       C::INVALID_ARGUMENT,
+       {"outputs[0]", "9"}},
+      {"output dtype",
+       [](auto& r) { r.set_output_dtype(static_cast<v1::DType>(4)); },
+       C::INVALID_ARGUMENT,
+       {"output_dtype", "4"}},
+      {"heads disagree",
+       [](auto& r) {
+         *r.mutable_key() = Float32Tensor(Ramp(64, 1), {1, 1, 8, 8});
+       },
+       C::INVALID_ARGUMENT,
+       {"key", "2", "1"}},
+      {"context without value",
+       [](auto& r) {
+         r.clear_value();
+         r.add_outputs(v1::CONTEXT);
+       },
+       C::INVALID_ARGUMENT,
+       {"value", "CONTEXT"}},
+      {"key_lengths count",
+       [](auto& r) { r.add_key_lengths(1), r.add_key_lengths(1); },
+       C::INVALID_ARGUMENT,
+       {"key_lengths", "1", "2"}},
+      {"key_lengths range",
+       [](auto& r) { r.add_key_lengths(5); },
+       C::INVALID_ARGUMENT,
+       {"key_lengths[0]", "4", "5"}},
+      {"causal Lq > Lk",
+       [](auto& r) {
+         r.set_causal(true);
+         *r.mutable_query() = Float32Tensor(Ramp(80, 1), {1, 2, 5, 8});
+       },
+       C::INVALID_ARGUMENT,
+       {"causal", "5", "4"}},
+      {"scale",
+       [](auto& r) { r.set_scale(-2.0f); },
+       C::INVALID_ARGUMENT,
+       {"scale", "> 0", "-2"}},
+      {"slopes count",
+       [](auto& r) { r.mutable_alibi()->add_slopes(0.5f); },
+       C::INVALID_ARGUMENT,
+       {"alibi.slopes", "2", "1"}},
+      {"NaN",
+       [=](auto& r) { set_float(r.mutable_query(), 3, nan); },
+       C::INVALID_ARGUMENT,
+       {"query.data", "finite"}},
+      {"Inf",
+       [=](auto& r) { set_float(r.mutable_key(), 0, -inf); },
+       C::INVALID_ARGUMENT,
+       {"key.data", "finite"}},
+      {"unknown model",
+       [](auto& r) { r.mutable_relative()->set_model("nope"); },
+       C::NOT_FOUND,
+       {"relative.model", "nope", "tiny"}},
+      {"model heads",
+       [](auto& r) {
+         r.mutable_relative()->set_model("tiny");
+         *r.mutable_query() = Float32Tensor(Ramp(72, 1), {1, 3, 3, 8});
+         *r.mutable_key() = Float32Tensor(Ramp(96, 1), {1, 3, 4, 8});
+         r.clear_value();
+       },
+       C::INVALID_ARGUMENT,
+       {"tiny", "2", "3"}},
+      {"model P",
+       [](auto& r) {
+         r.mutable_relative()->set_model("tiny");
+         *r.mutable_key() = Float32Tensor(Ramp(2 * 9 * 8, 1), {1, 2, 9, 8});
+         r.clear_value();
+       },
+       C::INVALID_ARGUMENT,
+       {"tiny", "8", "9"}},
+      {"H cap",
+       [](auto& r) {
+         *r.mutable_query() = Float32Tensor(Ramp(5 * 3 * 8, 1), {1, 5, 3, 8});
+         *r.mutable_key() = Float32Tensor(Ramp(5 * 4 * 8, 1), {1, 5, 4, 8});
+         r.clear_value();
+       },
+       C::INVALID_ARGUMENT,
+       {"query.shape", "--max-heads", "H=5"}},
+      {"L cap",
+       [](auto& r) {
+         *r.mutable_key() = Float32Tensor(Ramp(2 * 40 * 8, 1), {1, 2, 40, 8});
+         r.clear_value();
+       },
+       C::INVALID_ARGUMENT,
+       {"key.shape", "--max-seq-len", "Lk=40"}},
+      {"D cap",
+       [](auto& r) {
+         *r.mutable_query() =
+             Float32Tensor(Ramp(2 * 3 * 128, 1), {1, 2, 3, 128});
+         *r.mutable_key() = Float32Tensor(Ramp(2 * 4 * 128, 1), {1, 2, 4, 128});
+         r.clear_value();
+       },
+       C::INVALID_ARGUMENT,
+       {"query.shape", "--max-head-dim", "D=128"}},
+      {"output bytes",
+       [](auto& r) {
+         // [64,2,3,4] logits + probs float32 = 2 * 6144 bytes > 10000.
+         *r.mutable_query() =
+             Float32Tensor(Ramp(64 * 2 * 3 * 8, 1), {64, 2, 3, 8});
+         *r.mutable_key() =
+             Float32Tensor(Ramp(64 * 2 * 4 * 8, 1), {64, 2, 4, 8});
+         r.clear_value();
+         r.add_outputs(v1::LOGITS);
+         r.add_outputs(v1::PROBS);
+       },
+       C::RESOURCE_EXHAUSTED,
+       {"--max-output-bytes", "10000", "12288"}},
+  };
+}
+
+TEST_F(ServerE2eTest, EveryBadInputClassOverScoreAndScoreStream) {
+  TempDir models;
+  ASSERT_TRUE(WriteModel(models.path() + "/tiny.safetensors").ok());
+  ASSERT_NO_FATAL_FAILURE(Start(
+      {"--model-dir=" + models.path(), "--max-heads=4", "--max-seq-len=32",
+       "--max-head-dim=64", "--max-output-bytes=10000"}));
+  const std::vector<BadInput> cases = BadInputs();
+  for (const BadInput& bad : cases) {
+    v1::ScoreRequest request = SmallRequest(bad.name);
+    bad.mutate(request);
+    Call call = Score(request);
+    EXPECT_EQ(call.status.error_code(), bad.code)
+        << bad.name << ": " << call.status.error_message();
+    for (const std::string& part : bad.message_parts) {
+      EXPECT_THAT(call.status.error_message(), HasSubstr(part)) << bad.name;
+    }
+  }
+
+  // The same on one stream, interleaved with good requests: errors come back in
+  // the responses and the stream goes on.
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + kRpcTimeout);
+  auto stream = stub_->ScoreStream(&context);
+  for (size_t i = 0; i < cases.size(); ++i) {
+    v1::ScoreRequest request = SmallRequest(cases[i].name);
+    cases[i].mutate(request);
+    ASSERT_TRUE(stream->Write(request));
+    ASSERT_TRUE(stream->Write(SmallRequest(absl::StrCat("good", i))));
+  }
+  ASSERT_TRUE(stream->WritesDone());
+  size_t errors = 0, good = 0;
+  v1::ScoreResponse response;
+  while (stream->Read(&response)) {
+    if (response.request_id().rfind("good", 0) == 0) {
+      EXPECT_FALSE(response.has_error()) << response.error().message();
+      EXPECT_EQ(response.logits().shape_size(), 4);
+      ++good;
+      continue;
+    }
+    ++errors;
+    for (const BadInput& bad : cases) {
+      if (response.request_id() != bad.name) continue;
+      EXPECT_EQ(response.error().code(), bad.code) << bad.name;
+      for (const std::string& part : bad.message_parts) {
+        EXPECT_THAT(response.error().message(), HasSubstr(part)) << bad.name;
+      }
+    }
+  }
+  EXPECT_EQ(errors, cases.size());
+  EXPECT_EQ(good, cases.size());
+  EXPECT_TRUE(stream->Finish().ok());
+}
+
+TEST_F(ServerE2eTest, OverloadIsUnavailableAndAcceptedRequestsStillSucceed) {
+  ASSERT_NO_FATAL_FAILURE(Start({"--max-queue=1", "--max-batch-size=1",
+                                 "--max-queue-delay-us=0", "--threads=1"}));
+  constexpr int kClients = 8;
+  std::vector<Call> calls(kClients);
+  std::vector<std::thread> threads;
+  const v1::ScoreRequest slow = SlowRequest();
+  for (int i = 0; i < kClients; ++i)
+    threads.push_back(ScoreAsync(slow, &calls[i]));
+  for (std::thread& t : threads) t.join();
+  int ok = 0, unavailable = 0;
+  for (const Call& call : calls) {
+    if (call.status.ok()) {
+      ++ok;
+    } else {
+      EXPECT_EQ(call.status.error_code(), grpc::StatusCode::UNAVAILABLE)
+          << call.status.error_message();
+      EXPECT_THAT(call.status.error_message(), HasSubstr("retry"));
+      ++unavailable;
+    }
+  }
+  EXPECT_GE(ok, 1);
+  EXPECT_GE(unavailable, 1);
+  EXPECT_EQ(ok + unavailable, kClients);
+}
+
+TEST_F(ServerE2eTest, ExpiredAndCancelledRequestsAreDroppedBeforeCompute) {
+  ASSERT_NO_FATAL_FAILURE(
+      Start({"--max-batch-size=1", "--max-queue-delay-us=0", "--threads=1"}));
+  // Occupy the only worker with two slow requests (one computing, one queued:
+  // ~0.2 s each), so that what comes next waits long enough to expire or be
+  // cancelled.
+  Call slow1, slow2;
+  std::thread occupy1 = ScoreAsync(SlowRequest("slow1"), &slow1);
+  std::thread occupy2 = ScoreAsync(SlowRequest("slow2"), &slow2);
+  ASSERT_TRUE(WaitFor(
+      [&] { return MetricsContain("attnscore_in_flight_requests 2"); }));
+  // Queued behind them: one that expires, one that the client cancels.
+  Call expired = Score(SmallRequest("expired"), std::chrono::milliseconds(30));
+  EXPECT_EQ(expired.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  grpc::ClientContext cancel_context;
+  Call cancelled;
+  std::thread cancel_thread([&] {
+    cancelled.status = stub_->Score(&cancel_context, SmallRequest("cancelled"),
+                                    &cancelled.response);
+  });
+  ASSERT_TRUE(WaitFor([&] {
+    return MetricsContain("attnscore_in_flight_requests 4");
+  })) << Metrics();
+  cancel_context.TryCancel();
+  cancel_thread.join();
+  EXPECT_EQ(cancelled.status.error_code(), grpc::StatusCode::CANCELLED);
+  occupy1.join();
+  occupy2.join();
+  ASSERT_TRUE(slow1.status.ok()) << slow1.status.error_message();
+  ASSERT_TRUE(slow2.status.ok()) << slow2.status.error_message();
+  EXPECT_TRUE(WaitFor([&] {
+    const std::string m = Metrics();
+    return m.find("code=\"DEADLINE_EXCEEDED\"} 1") != std::string::npos &&
+           m.find("code=\"CANCELLED\"} 1") != std::string::npos;
+  })) << Metrics();
+  // Only the slow requests were computed.
+  EXPECT_TRUE(MetricsContain("attnscore_batch_size_count 2")) << Metrics();
+}
+
+TEST_F(ServerE2eTest, SighupReloadsModelsAndKeepsThemWhenAFileIsBroken) {
+  TempDir models;
+  ASSERT_TRUE(WriteModel(models.path() + "/first.safetensors").ok());
+  ASSERT_NO_FATAL_FAILURE(Start({"--model-dir=" + models.path()}));
+  EXPECT_THAT(ModelNames(), ::testing::ElementsAre("first"));
+
+  ASSERT_TRUE(WriteModel(models.path() + "/second.safetensors").ok());
+  server_->Signal(SIGHUP);
+  EXPECT_TRUE(WaitFor([&] { return ModelNames().size() == 2; }));
+  EXPECT_THAT(ModelNames(), ::testing::ElementsAre("first", "second"));
+  v1::ScoreRequest request = SmallRequest("rel");
+  request.mutable_relative()->set_model("second");
+  Call call = Score(request);
+  EXPECT_TRUE(call.status.ok()) << call.status.error_message();
+
+  // A broken file: the reload fails as a whole, is logged, and the previous set
+  // stays.
+  {
+    std::FILE* f =
+        std::fopen((models.path() + "/broken.safetensors").c_str(), "wb");
+    ASSERT_NE(f, nullptr);
+    std::fputs("not a safetensors file", f);
+    std::fclose(f);
+  }
+  server_->Signal(SIGHUP);
+  EXPECT_TRUE(server_->WaitForLog("reload", std::chrono::seconds(30)));
+  EXPECT_TRUE(
+      server_->WaitForLog("broken.safetensors", std::chrono::seconds(30)));
+  EXPECT_THAT(ModelNames(), ::testing::ElementsAre("first", "second"));
+  EXPECT_TRUE(Score(request).status.ok());
+  EXPECT_TRUE(MetricsContain("attnscore_models_loaded 2"));
+}
+
+TEST_F(ServerE2eTest, SigtermDrainsInFlightRequestsAndExitsZero) {
+  ASSERT_NO_FATAL_FAILURE(Start({"--max-batch-size=1", "--max-queue-delay-us=0",
+                                 "--threads=1", "--shutdown-grace=60"}));
+  constexpr int kInFlight = 3;
+  std::vector<Call> calls(kInFlight);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kInFlight; ++i) {
+    threads.push_back(
+        ScoreAsync(SlowRequest(absl::StrCat("drain", i)), &calls[i]));
+  }
+  // All accepted (one computing, two queued) before the signal.
+  ASSERT_TRUE(WaitFor([&] {
+    return MetricsContain(
+        absl::StrCat("attnscore_in_flight_requests ", kInFlight));
+  })) << Metrics();
+  server_->Signal(SIGTERM);
+  for (std::thread& t : threads) t.join();
+  for (int i = 0; i < kInFlight; ++i) {
+    EXPECT_TRUE(calls[i].status.ok())
+        << i << ": " << calls[i].status.error_message();
+    EXPECT_EQ(calls[i].response.request_id(), absl::StrCat("drain", i));
+  }
+  const std::optional<int> code =
+      server_->WaitForExit(std::chrono::seconds(60));
+  ASSERT_TRUE(code.has_value()) << "the server did not exit after draining";
+  EXPECT_EQ(*code, 0);
+  EXPECT_THAT(server_->Log(), HasSubstr("draining"));
+}
+
+TEST_F(ServerE2eTest, LargeResponsesPassTheMessageLimits) {
+  // B8 H8 L512 float32 logits: 64 MiB, far over gRPC's 4 MiB default.
+  ASSERT_NO_FATAL_FAILURE(Start({}));
+  const std::vector<int64_t> shape = {8, 8, 512, 64};
+  const size_t n = 8 * 8 * 512 * 64;
+  v1::ScoreRequest request;
+  request.set_request_id("large");
+  request.mutable_alibi();
+  request.set_causal(true);
+  *request.mutable_query() = Float32Tensor(Ramp(n, 1), shape);
+  *request.mutable_key() = Float32Tensor(Ramp(n, 0.5f), shape);
+  const auto start = std::chrono::steady_clock::now();
+  Call call = Score(request);
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start)
+          .count();
+  ASSERT_TRUE(call.status.ok()) << call.status.error_message();
+  EXPECT_THAT(call.response.logits().shape(),
+              ::testing::ElementsAre(8, 8, 512, 512));
+  EXPECT_EQ(call.response.logits().data().size(), size_t{64} << 20);
+  // Causal: the last key is masked for every query but the last.
+  const std::vector<float> logits = ToFloats(call.response.logits());
+  EXPECT_EQ(logits[511], -std::numeric_limits<float>::infinity());
+  EXPECT_TRUE(std::isfinite(logits[logits.size() - 1]));
+  std::cerr << "64 MiB logits round trip: " << seconds << " s (compute "
+            << call.response.timing().compute_us() / 1e3 << " ms)\n";
+}
+
+TEST_F(ServerE2eTest, MetricsEndpointServesTheSeries) {
+  ASSERT_NO_FATAL_FAILURE(Start({}));
+  ASSERT_TRUE(Score(SmallRequest("m")).status.ok());
+  const std::string metrics = Metrics();
+  for (const char* series : {
+           "attnscore_requests_total{method=\"Score\",code=\"OK\"} 1",
+           "attnscore_request_duration_seconds_bucket{method=\"Score\",le=",
+           "attnscore_queue_duration_seconds_count 1",
+           "attnscore_compute_duration_seconds_count 1",
+           "attnscore_batch_size_count 1",
+           "attnscore_queue_depth 0",
+           "attnscore_in_flight_requests 0",
+           "attnscore_request_bytes_total{method=\"Score\"}",
+           "attnscore_response_bytes_total{method=\"Score\"}",
+           "attnscore_models_loaded 0",
+           "attnscore_build_info{version=\"",
+       }) {
+    EXPECT_THAT(metrics, HasSubstr(series));
+  }
+}
+
+// Runs the binary to completion (30 s at most) and returns its exit code and
+// output.
+std::pair<int, std::string> RunBinary(const std::string& args) {
+  const std::string command = absl::StrCat(
+      "timeout 30 ", ServerProcess::BinaryPath(), " ", args, " 2>&1");
+  std::FILE* pipe = popen(command.c_str(), "r");
+  std::string output;
+  char buf[4096];
+  while (size_t n = std::fread(buf, 1, sizeof(buf), pipe))
+    output.append(buf, n);
+  const int status = pclose(pipe);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, output};
+}
+
+TEST(ServerCommandLineTest, HelpDocumentsEveryFlagWithItsDefault) {
+  auto [code, help] = RunBinary("--help");
+  EXPECT_EQ(code, 0);
+  for (const char* flag :
+       {"--listen TEXT=127.0.0.1:50051", "--port-file",
+        "--metrics-listen TEXT=127.0.0.1:9090", "--threads", "--batch-workers",
+        "--max-batch-size", "--max-queue-delay-us", "--max-queue",
+        "--max-output-bytes", "--max-heads", "--max-head-dim", "--max-seq-len",
+        "--model-dir", "--shutdown-grace", "--log-format", "--log-level",
+        "--device", "ATTNSCORE_LISTEN"}) {
+    EXPECT_THAT(help, HasSubstr(flag));
+  }
+}
+
+TEST(ServerCommandLineTest, UnavailableDeviceFailsAtStartUp) {
+  auto [code, output] =
+      RunBinary("--device=cuda --listen=127.0.0.1:0 --metrics-listen=off");
+  EXPECT_NE(code, 0);
+  EXPECT_THAT(output, HasSubstr("cuda"));
+}
+
+TEST(ServerCommandLineTest, BrokenModelDirFailsAtStartUp) {
+  TempDir models;
+  {
+    std::FILE* f =
+        std::fopen((models.path() + "/bad.safetensors").c_str(), "wb");
+    ASSERT_NE(f, nullptr);
+    std::fputs("garbage", f);
+    std::fclose(f);
+  }
+  auto [code, output] = RunBinary("--model-dir=" + models.path() +
+                                  " --listen=127.0.0.1:0 --metrics-listen=off");
+  EXPECT_NE(code, 0);
+  EXPECT_THAT(output, HasSubstr("bad.safetensors"));
+}
+
+}  // namespace
+}  // namespace attnscore::e2e

@@ -1,0 +1,167 @@
+// Test support: a scoring::Scorer without LibTorch whose results are a cheap
+// function of the inputs, so tests can check that batched results are split
+// back to the right requests. Only float32 BHSD inputs and float32 outputs.
+//   logits[b,h,i,j]  = 1000 * q[b,h,i,0] + k[b,h,j,0]
+//   probs[b,h,i,j]   = 0.5
+//   context[b,h,i,d] = v[b,h,0,d]
+// Records each call; can be held (ScoreBatch blocks until Release) and fails
+// any batch holding a request whose first query value is kPoison.
+//
+// Thread safety: every method may be called from any thread.
+#ifndef ATTNSCORE_TESTS_SERVICE_FAKE_SCORER_H_
+#define ATTNSCORE_TESTS_SERVICE_FAKE_SCORER_H_
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "server/scoring/scorer.h"
+
+namespace attnscore::service::testing {
+
+class FakeScorer final : public scoring::Scorer {
+ public:
+  static constexpr float kPoison = -999.0f;
+
+  struct Call {
+    size_t num_items = 0;  // requests
+    int64_t batch = 0;     // sum of their B
+    bool relative = false;
+  };
+
+  absl::StatusOr<std::vector<scoring::ScoreResult>> ScoreBatch(
+      const scoring::ScoreSpec& spec,
+      absl::Span<const scoring::ScoreItem> items) override {
+    Call call;
+    call.num_items = items.size();
+    call.relative = spec.bias == scoring::BiasKind::kRelative;
+    for (const scoring::ScoreItem& item : items)
+      call.batch += item.query.shape[0];
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      calls_.push_back(call);
+      cv_.notify_all();
+      cv_.wait(lock, [this] { return !held_; });
+    }
+    for (const scoring::ScoreItem& item : items) {
+      if (First(item.query) == kPoison)
+        return absl::InternalError("poisoned request");
+    }
+    return Compute(spec, items);
+  }
+
+  std::string device() const override { return "fake"; }
+
+  void Hold() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    held_ = true;
+  }
+  void Release() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    held_ = false;
+    cv_.notify_all();
+  }
+  // Waits (at most 10 s) until ScoreBatch has been entered `n` times in total.
+  bool WaitForCalls(size_t n) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    return cv_.wait_for(lock, std::chrono::seconds(10),
+                        [&] { return calls_.size() >= n; });
+  }
+  std::vector<Call> calls() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return calls_;
+  }
+
+ private:
+  static float First(const scoring::TensorRef& t) {
+    float v;
+    std::memcpy(&v, t.data, sizeof(v));
+    return v;
+  }
+  static float At(const scoring::TensorRef& t, int64_t index) {
+    float v;
+    std::memcpy(&v, static_cast<const char*>(t.data) + index * sizeof(float),
+                sizeof(v));
+    return v;
+  }
+
+  // One buffer per output for the whole batch; each item's result views its
+  // part of it, the way the real scorer splits a batch output without copying.
+  static std::vector<scoring::ScoreResult> Compute(
+      const scoring::ScoreSpec& spec,
+      absl::Span<const scoring::ScoreItem> items) {
+    std::vector<scoring::ScoreResult> results(items.size());
+    size_t total = 0;
+    for (const scoring::ScoreItem& item : items) {
+      const auto& q = item.query.shape;
+      const auto& k = item.key.shape;
+      total += q[0] * q[1] * q[2] * k[2] * 2;
+      if (spec.want_context) total += q[0] * q[1] * q[2] * item.value->shape[3];
+    }
+    auto buffer = std::make_shared<std::vector<float>>(total);
+    float* out = buffer->data();
+    for (size_t n = 0; n < items.size(); ++n) {
+      const scoring::ScoreItem& item = items[n];
+      const int64_t b = item.query.shape[0], h = item.query.shape[1],
+                    lq = item.query.shape[2], d = item.query.shape[3],
+                    lk = item.key.shape[2];
+      auto view = [&](std::vector<int64_t> shape, int64_t count) {
+        scoring::OutputTensor t;
+        t.dtype = DType::kFloat32;
+        t.shape = std::move(shape);
+        t.data = out;
+        t.size_bytes = count * sizeof(float);
+        t.keepalive = buffer;
+        out += count;
+        return t;
+      };
+      const int64_t scores = b * h * lq * lk;
+      if (spec.want_logits) {
+        scoring::OutputTensor t = view({b, h, lq, lk}, scores);
+        float* p = static_cast<float*>(const_cast<void*>(t.data));
+        for (int64_t bh = 0; bh < b * h; ++bh) {
+          for (int64_t i = 0; i < lq; ++i) {
+            for (int64_t j = 0; j < lk; ++j) {
+              *p++ = 1000 * At(item.query, (bh * lq + i) * d) +
+                     At(item.key, (bh * lk + j) * d);
+            }
+          }
+        }
+        results[n].logits = t;
+      }
+      if (spec.want_probs) {
+        scoring::OutputTensor t = view({b, h, lq, lk}, scores);
+        std::fill_n(static_cast<float*>(const_cast<void*>(t.data)), scores,
+                    0.5f);
+        results[n].probs = t;
+      }
+      if (spec.want_context) {
+        const int64_t dv = item.value->shape[3];
+        scoring::OutputTensor t = view({b, h, lq, dv}, b * h * lq * dv);
+        float* p = static_cast<float*>(const_cast<void*>(t.data));
+        for (int64_t bh = 0; bh < b * h; ++bh) {
+          for (int64_t i = 0; i < lq; ++i) {
+            for (int64_t e = 0; e < dv; ++e)
+              *p++ = At(*item.value, bh * lk * dv + e);
+          }
+        }
+        results[n].context = t;
+      }
+    }
+    return results;
+  }
+
+  mutable std::mutex mutex_;
+  std::condition_variable cv_;
+  bool held_ = false;
+  std::vector<Call> calls_;
+};
+
+}  // namespace attnscore::service::testing
+
+#endif  // ATTNSCORE_TESTS_SERVICE_FAKE_SCORER_H_

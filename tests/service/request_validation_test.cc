@@ -1,0 +1,371 @@
+// Every bad-input class gets the right status code and a message naming the
+// field, the expected and the actual value; good requests map onto the scorer's
+// spec and item.
+#include "server/service/request_validation.h"
+
+#include <cmath>
+#include <filesystem>
+#include <limits>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/safetensors.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/service/test_requests.h"
+
+namespace attnscore::service {
+namespace {
+
+using testing::AlibiRequest;
+using ::testing::AllOf;
+using testing::Float32Tensor;
+using ::testing::HasSubstr;
+using testing::SetFloat;
+
+class RequestValidationTest : public ::testing::Test {
+ protected:
+  absl::StatusOr<ValidatedRequest> Validate(const v1::ScoreRequest& request) {
+    return ValidateRequest(request, limits_, models_);
+  }
+  // Expects `code` and every one of `parts` in the message.
+  void ExpectError(const v1::ScoreRequest& request, absl::StatusCode code,
+                   const std::vector<std::string>& parts) {
+    absl::StatusOr<ValidatedRequest> result = Validate(request);
+    ASSERT_FALSE(result.ok())
+        << "accepted: " << request.ShortDebugString().substr(0, 200);
+    EXPECT_EQ(result.status().code(), code) << result.status();
+    for (const std::string& part : parts) {
+      EXPECT_THAT(std::string(result.status().message()), HasSubstr(part));
+    }
+  }
+
+  RequestLimits limits_;
+  scoring::ModelSet models_;
+};
+
+TEST_F(RequestValidationTest, GoodRequestMapsOntoSpecAndItem) {
+  v1::ScoreRequest request = AlibiRequest(2, 4, 3, 5, 8);
+  request.set_layout(v1::BHSD);
+  request.add_outputs(v1::PROBS);
+  request.add_outputs(v1::CONTEXT);
+  request.set_causal(true);
+  request.set_scale(0.25f);
+  request.add_key_lengths(5);
+  request.add_key_lengths(2);
+  request.set_output_dtype(v1::BFLOAT16);
+  absl::StatusOr<ValidatedRequest> v = Validate(request);
+  ASSERT_TRUE(v.ok()) << v.status();
+  EXPECT_EQ(v->batch, 2);
+  EXPECT_EQ(v->spec.layout, scoring::Layout::kBHSD);
+  EXPECT_EQ(v->spec.bias, scoring::BiasKind::kAlibi);
+  EXPECT_FALSE(v->spec.want_logits);
+  EXPECT_TRUE(v->spec.want_probs);
+  EXPECT_TRUE(v->spec.want_context);
+  EXPECT_TRUE(v->spec.causal);
+  EXPECT_EQ(v->spec.scale, 0.25f);
+  EXPECT_EQ(v->spec.output_dtype, DType::kBFloat16);
+  EXPECT_THAT(v->item.key_lengths, ::testing::ElementsAre(5, 2));
+  // The tensors are read in place from the request: no copy.
+  EXPECT_EQ(v->item.query.data, request.query().data().data());
+  ASSERT_TRUE(v->item.value.has_value());
+  EXPECT_EQ(v->item.value->data, request.value().data().data());
+  // probs [2,4,3,5] + context [2,4,3,8], bfloat16.
+  EXPECT_EQ(v->output_bytes, (2 * 4 * 3 * 5 + 2 * 4 * 3 * 8) * 2);
+}
+
+TEST_F(RequestValidationTest, DefaultsLogitsQueryDtypeBhsdAlibi) {
+  v1::ScoreRequest request = AlibiRequest();
+  request.clear_bias();
+  absl::StatusOr<ValidatedRequest> v = Validate(request);
+  ASSERT_TRUE(v.ok()) << v.status();
+  EXPECT_TRUE(v->spec.want_logits);
+  EXPECT_FALSE(v->spec.want_probs);
+  EXPECT_EQ(v->spec.output_dtype, DType::kFloat32);
+  EXPECT_EQ(v->spec.layout, scoring::Layout::kBHSD);
+  EXPECT_EQ(v->spec.bias, scoring::BiasKind::kAlibi);
+  EXPECT_TRUE(v->spec.alibi_slopes.empty());
+  EXPECT_FALSE(v->spec.scale.has_value());
+  // The value is not needed for logits: validated, but not passed on (it would
+  // split batches).
+  EXPECT_FALSE(v->item.value.has_value());
+}
+
+TEST_F(RequestValidationTest, OtherLayoutsReadDimsInTheirOrder) {
+  // BSHD [B, Lq, H, D] and SBHD [Lq, B, H, D]: B=2, H=3, Lq=4, Lk=5, D=8.
+  v1::ScoreRequest bshd;
+  bshd.set_layout(v1::BSHD);
+  *bshd.mutable_query() = Float32Tensor({2, 4, 3, 8});
+  *bshd.mutable_key() = Float32Tensor({2, 5, 3, 8});
+  absl::StatusOr<ValidatedRequest> v = Validate(bshd);
+  ASSERT_TRUE(v.ok()) << v.status();
+  EXPECT_EQ(v->batch, 2);
+  EXPECT_EQ(v->output_bytes, 2 * 3 * 4 * 5 * 4);
+
+  v1::ScoreRequest sbhd;
+  sbhd.set_layout(v1::SBHD);
+  *sbhd.mutable_query() = Float32Tensor({4, 2, 3, 8});
+  *sbhd.mutable_key() = Float32Tensor({5, 2, 3, 8});
+  v = Validate(sbhd);
+  ASSERT_TRUE(v.ok()) << v.status();
+  EXPECT_EQ(v->batch, 2);
+  EXPECT_EQ(v->spec.layout, scoring::Layout::kSBHD);
+}
+
+TEST_F(RequestValidationTest, EnumValues) {
+  v1::ScoreRequest request = AlibiRequest();
+  request.set_layout(static_cast<v1::Layout>(9));
+  ExpectError(request, absl::StatusCode::kInvalidArgument,
+              {"layout", "BHSD", "got 9"});
+
+  request = AlibiRequest();
+  request.add_outputs(v1::OUTPUT_UNSPECIFIED);
+  ExpectError(request, absl::StatusCode::kInvalidArgument,
+              {"outputs[0]", "LOGITS, PROBS or CONTEXT", "OUTPUT_UNSPECIFIED"});
+  request = AlibiRequest();
+  request.add_outputs(v1::LOGITS);
+  request.add_outputs(static_cast<v1::Output>(17));
+  ExpectError(request, absl::StatusCode::kInvalidArgument,
+              {"outputs[1]", "got 17"});
+
+  request = AlibiRequest();
+  request.mutable_query()->set_dtype(v1::DTYPE_UNSPECIFIED);
+  ExpectError(
+      request, absl::StatusCode::kInvalidArgument,
+      {"query.dtype", "FLOAT32, FLOAT16 or BFLOAT16", "DTYPE_UNSPECIFIED"});
+  request = AlibiRequest();
+  request.mutable_key()->set_dtype(static_cast<v1::DType>(8));
+  ExpectError(request, absl::StatusCode::kInvalidArgument,
+              {"key.dtype", "got 8"});
+  request = AlibiRequest();
+  request.set_output_dtype(static_cast<v1::DType>(5));
+  ExpectError(request, absl::StatusCode::kInvalidArgument,
+              {"output_dtype", "got 5"});
+}
+
+TEST_F(RequestValidationTest, MissingTensors) {
+  v1::ScoreRequest request = AlibiRequest();
+  request.clear_query();
+  ExpectError(request, absl::StatusCode::kInvalidArgument,
+              {"query", "required"});
+  request = AlibiRequest();
+  request.clear_key();
+  ExpectError(request, absl::StatusCode::kInvalidArgument, {"key", "required"});
+  request = AlibiRequest();
+  request.clear_value();
+  request.add_outputs(v1::CONTEXT);
+  ExpectError(request, absl::StatusCode::kInvalidArgument,
+              {"value", "CONTEXT"});
+}
+
+TEST_F(RequestValidationTest, ShapesAgainstBytes) {
+  v1::ScoreRequest request = AlibiRequest();
+  request.mutable_query()->mutable_shape()->RemoveLast();
+  ExpectError(request, absl::StatusCode::kInvalidArgument,
+              {"query.shape", "4 dims"});
+
+  request = AlibiRequest();
+  request.mutable_key()->set_shape(2, 0);
+  ExpectError(request, absl::StatusCode::kInvalidArgument,
+              {"key.shape[2]", "> 0", "got 0"});
+  request = AlibiRequest();
+  request.mutable_key()->set_shape(1, -2);
+  ExpectError(request, absl::StatusCode::kInvalidArgument,
+              {"key.shape[1]", "got -2"});
+
+  // q [1,2,3,8] float32 is 192 bytes.
+  request = AlibiRequest();
+  request.mutable_query()->mutable_data()->resize(190);
+  ExpectError(request, absl::StatusCode::kInvalidArgument,
+              {"query.data", "192", "190"});
+
+  // Declared far larger than any buffer: no overflow, just a mismatch.
+  request = AlibiRequest();
+  request.mutable_query()->set_shape(0, int64_t{1} << 40);
+  ExpectError(request, absl::StatusCode::kInvalidArgument, {"query"});
+}
+
+TEST_F(RequestValidationTest, TensorsMustAgree) {
+  v1::ScoreRequest request = AlibiRequest();
+  *request.mutable_key() =
+      Float32Tensor({2, 2, 4, 8});  // B=2, the query's is 1
+  ExpectError(request, absl::StatusCode::kInvalidArgument, {"key", "1", "2"});
+  request = AlibiRequest();
+  *request.mutable_key() = Float32Tensor({1, 2, 4, 16});  // D=16 vs 8
+  ExpectError(request, absl::StatusCode::kInvalidArgument, {"key", "8", "16"});
+  request = AlibiRequest();
+  request.mutable_key()->set_dtype(v1::FLOAT16);
+  request.mutable_key()->mutable_data()->resize(1 * 2 * 4 * 8 * 2);
+  ExpectError(request, absl::StatusCode::kInvalidArgument, {"key.dtype"});
+  request = AlibiRequest();
+  request.add_outputs(v1::CONTEXT);
+  *request.mutable_value() =
+      Float32Tensor({1, 2, 6, 8});  // Lk 6 vs the key's 4
+  ExpectError(request, absl::StatusCode::kInvalidArgument, {"value", "4", "6"});
+}
+
+TEST_F(RequestValidationTest, KeyLengthsCountAndRange) {
+  v1::ScoreRequest request = AlibiRequest(2);
+  request.add_key_lengths(4);
+  ExpectError(request, absl::StatusCode::kInvalidArgument,
+              {"key_lengths", "2", "1"});
+  request.add_key_lengths(5);  // Lk is 4
+  ExpectError(request, absl::StatusCode::kInvalidArgument,
+              {"key_lengths[1]", "4", "5"});
+  request.set_key_lengths(1, -1);
+  ExpectError(request, absl::StatusCode::kInvalidArgument,
+              {"key_lengths[1]", "-1"});
+  request.set_key_lengths(1, 0);  // zero is allowed: all keys hidden
+  EXPECT_TRUE(Validate(request).ok());
+}
+
+TEST_F(RequestValidationTest, CausalNeedsLqAtMostLk) {
+  v1::ScoreRequest request = AlibiRequest(1, 2, 5, 4);
+  request.set_causal(true);
+  ExpectError(request, absl::StatusCode::kInvalidArgument,
+              {"causal", "5", "4"});
+  request.set_causal(false);
+  EXPECT_TRUE(Validate(request).ok());
+}
+
+TEST_F(RequestValidationTest, ScaleFinitePositive) {
+  for (float bad : {0.0f, -1.0f, std::numeric_limits<float>::infinity(),
+                    std::numeric_limits<float>::quiet_NaN()}) {
+    v1::ScoreRequest request = AlibiRequest();
+    request.set_scale(bad);
+    ExpectError(request, absl::StatusCode::kInvalidArgument, {"scale", "> 0"});
+  }
+}
+
+TEST_F(RequestValidationTest, AlibiSlopes) {
+  v1::ScoreRequest request = AlibiRequest(1, 2);
+  request.mutable_alibi()->add_slopes(0.5f);
+  ExpectError(request, absl::StatusCode::kInvalidArgument,
+              {"alibi.slopes", "2", "1"});
+  request.mutable_alibi()->add_slopes(std::numeric_limits<float>::quiet_NaN());
+  ExpectError(request, absl::StatusCode::kInvalidArgument,
+              {"alibi.slopes[1]", "finite"});
+  request.mutable_alibi()->set_slopes(1, 0.25f);
+  absl::StatusOr<ValidatedRequest> v = Validate(request);
+  ASSERT_TRUE(v.ok()) << v.status();
+  EXPECT_THAT(v->spec.alibi_slopes, ::testing::ElementsAre(0.5f, 0.25f));
+}
+
+TEST_F(RequestValidationTest, NonFiniteInputsNameTheTensor) {
+  v1::ScoreRequest request = AlibiRequest();
+  SetFloat(*request.mutable_query(), 5,
+           std::numeric_limits<float>::quiet_NaN());
+  ExpectError(request, absl::StatusCode::kInvalidArgument,
+              {"query.data", "finite", "5"});
+  request = AlibiRequest();
+  SetFloat(*request.mutable_key(), 3, -std::numeric_limits<float>::infinity());
+  ExpectError(request, absl::StatusCode::kInvalidArgument,
+              {"key.data", "finite"});
+  request = AlibiRequest();
+  request.add_outputs(v1::CONTEXT);
+  SetFloat(*request.mutable_value(), 0, std::numeric_limits<float>::infinity());
+  ExpectError(request, absl::StatusCode::kInvalidArgument,
+              {"value.data", "finite"});
+}
+
+TEST_F(RequestValidationTest, ServerCaps) {
+  limits_.max_heads = 2;
+  limits_.max_head_dim = 8;
+  limits_.max_seq_len = 4;
+  EXPECT_TRUE(Validate(AlibiRequest(1, 2, 3, 4, 8)).ok());
+  ExpectError(AlibiRequest(1, 3, 3, 4, 8), absl::StatusCode::kInvalidArgument,
+              {"query.shape", "H <= 2", "--max-heads", "H=3"});
+  ExpectError(AlibiRequest(1, 2, 3, 4, 16), absl::StatusCode::kInvalidArgument,
+              {"query.shape", "D <= 8", "--max-head-dim", "D=16"});
+  ExpectError(AlibiRequest(1, 2, 5, 5, 8), absl::StatusCode::kInvalidArgument,
+              {"query.shape", "Lq <= 4", "--max-seq-len", "Lq=5"});
+  ExpectError(AlibiRequest(1, 2, 3, 6, 8), absl::StatusCode::kInvalidArgument,
+              {"key.shape", "Lk <= 4", "Lk=6"});
+  v1::ScoreRequest request = AlibiRequest(1, 2, 3, 4, 8);
+  request.add_outputs(v1::CONTEXT);
+  *request.mutable_value() = Float32Tensor({1, 2, 4, 12});
+  ExpectError(request, absl::StatusCode::kInvalidArgument,
+              {"value.shape", "Dv <= 8", "Dv=12"});
+}
+
+TEST_F(RequestValidationTest,
+       OutputSizeLimitIsResourceExhaustedWithTheNumbers) {
+  // logits + probs [2,2,3,4] float32 = 2 * 192 bytes.
+  v1::ScoreRequest request = AlibiRequest(2, 2, 3, 4, 8);
+  request.add_outputs(v1::LOGITS);
+  request.add_outputs(v1::PROBS);
+  limits_.max_output_bytes = 384;
+  EXPECT_TRUE(Validate(request).ok());
+  limits_.max_output_bytes = 383;
+  ExpectError(request, absl::StatusCode::kResourceExhausted,
+              {"outputs", "383", "--max-output-bytes", "384",
+               "logits [2,2,3,4] 192", "probs [2,2,3,4] 192"});
+  // A 16-bit output dtype halves it.
+  request.set_output_dtype(v1::FLOAT16);
+  EXPECT_TRUE(Validate(request).ok());
+}
+
+class RelativeValidationTest : public RequestValidationTest {
+ protected:
+  void SetUp() override {
+    dir_ = std::filesystem::path(::testing::TempDir()) /
+           "attnscore_validation_models";
+    std::filesystem::create_directories(dir_);
+    // H=2, D=8, P=6.
+    SafetensorsWriter writer;
+    ASSERT_TRUE(writer
+                    .AddFloats("key_pos_embeddings", {12, 2, 8},
+                               std::vector<float>(192, 0.1f))
+                    .ok());
+    ASSERT_TRUE(
+        writer.AddFloats("key_pos_bias", {12, 2}, std::vector<float>(24, 0.2f))
+            .ok());
+    ASSERT_TRUE(
+        writer.AddFloats("query_pos_bias", {2, 8}, std::vector<float>(16, 0.3f))
+            .ok());
+    ASSERT_TRUE(writer.Write((dir_ / "small.safetensors").string()).ok());
+    absl::StatusOr<std::shared_ptr<const scoring::ModelSet>> loaded =
+        scoring::LoadModelDir(dir_.string());
+    ASSERT_TRUE(loaded.ok()) << loaded.status();
+    models_ = **loaded;
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+
+  static v1::ScoreRequest RelativeRequest(const std::string& model,
+                                          int64_t heads = 2, int64_t lq = 3,
+                                          int64_t lk = 4, int64_t dim = 8) {
+    v1::ScoreRequest request = AlibiRequest(1, heads, lq, lk, dim);
+    request.mutable_relative()->set_model(model);
+    return request;
+  }
+
+  std::filesystem::path dir_;
+};
+
+TEST_F(RelativeValidationTest, KnownModelResolves) {
+  absl::StatusOr<ValidatedRequest> v = Validate(RelativeRequest("small"));
+  ASSERT_TRUE(v.ok()) << v.status();
+  EXPECT_EQ(v->spec.bias, scoring::BiasKind::kRelative);
+  ASSERT_NE(v->spec.model, nullptr);
+  EXPECT_EQ(scoring::GetInfo(*v->spec.model).name, "small");
+}
+
+TEST_F(RelativeValidationTest, UnknownModelIsNotFoundAndListsTheLoadedOnes) {
+  ExpectError(RelativeRequest("missing"), absl::StatusCode::kNotFound,
+              {"relative.model", "\"missing\"", "small"});
+  ExpectError(RelativeRequest(""), absl::StatusCode::kNotFound,
+              {"relative.model", "small"});
+}
+
+TEST_F(RelativeValidationTest, ModelMustMatchHeadsDimAndCoverTheLengths) {
+  ExpectError(RelativeRequest("small", 4), absl::StatusCode::kInvalidArgument,
+              {"2", "4"});
+  ExpectError(RelativeRequest("small", 2, 3, 4, 16),
+              absl::StatusCode::kInvalidArgument, {"8", "16"});
+  ExpectError(RelativeRequest("small", 2, 3, 7),
+              absl::StatusCode::kInvalidArgument, {"6", "7"});
+}
+
+}  // namespace
+}  // namespace attnscore::service

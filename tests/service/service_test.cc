@@ -1,0 +1,587 @@
+// AttentionScorerService in-process over real gRPC (loopback), with a fake
+// scorer: validation and status mapping on the wire, batching of concurrent
+// requests and exact splitting of the results, overload, deadlines,
+// cancellation, ScoreStream pipelining and errors, a failing batch, drain,
+// ListModels, GetServerInfo, warm-up and metrics. No LibTorch compute.
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/grpcpp.h>
+
+#include <chrono>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/notification.h"
+#include "common/safetensors.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "server/observability/metrics.h"
+#include "server/service/attention_scorer_service.h"
+#include "server/service/status_conversion.h"
+#include "tests/service/fake_scorer.h"
+#include "tests/service/test_requests.h"
+
+namespace attnscore::service {
+namespace {
+
+using testing::AlibiRequest;
+using testing::FakeScorer;
+using testing::Floats;
+using ::testing::HasSubstr;
+
+constexpr auto kRpcTimeout = std::chrono::seconds(20);
+
+ServiceOptions DefaultOptions() {
+  ServiceOptions options;
+  options.batching.max_batch_size = 8;
+  options.batching.batch_timeout_micros = 0;
+  options.batching.max_enqueued_tasks = 64;
+  options.batching.num_batch_threads = 1;
+  options.max_message_bytes = 64 << 20;
+  options.intra_op_threads = 3;
+  return options;
+}
+
+// Polls `condition` every 5 ms for at most 10 s.
+bool WaitFor(const std::function<bool()>& condition) {
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (condition()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return condition();
+}
+
+class ServiceTest : public ::testing::Test {
+ protected:
+  void Start(const ServiceOptions& options = DefaultOptions(),
+             std::shared_ptr<const scoring::ModelSet> models =
+                 std::make_shared<const scoring::ModelSet>()) {
+    metrics_ = std::make_unique<ServiceMetrics>(registry_);
+    models_ = std::make_unique<ModelRegistry>(std::move(models));
+    absl::StatusOr<std::unique_ptr<AttentionScorerService>> service =
+        AttentionScorerService::Create(options, &scorer_, models_.get(),
+                                       metrics_.get());
+    ASSERT_TRUE(service.ok()) << service.status();
+    service_ = *std::move(service);
+    grpc::ServerBuilder builder;
+    int port = 0;
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(),
+                             &port);
+    builder.RegisterService(service_.get());
+    server_ = builder.BuildAndStart();
+    ASSERT_NE(server_, nullptr);
+    channel_ = grpc::CreateChannel(absl::StrCat("127.0.0.1:", port),
+                                   grpc::InsecureChannelCredentials());
+    stub_ = v1::AttentionScorer::NewStub(channel_);
+  }
+
+  void TearDown() override {
+    scorer_.Release();
+    if (server_ != nullptr) {
+      server_->Shutdown(std::chrono::system_clock::now() +
+                        std::chrono::seconds(5));
+    }
+    if (service_ != nullptr) service_->Shutdown();
+  }
+
+  grpc::Status Score(const v1::ScoreRequest& request,
+                     v1::ScoreResponse* response,
+                     std::chrono::milliseconds timeout = kRpcTimeout) {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + timeout);
+    return stub_->Score(&context, request, response);
+  }
+
+  // Score on another thread; the result lands in *status / *response when the
+  // thread is joined.
+  std::thread ScoreAsync(v1::ScoreRequest request, grpc::Status* status,
+                         v1::ScoreResponse* response) {
+    return std::thread([this, request = std::move(request), status, response] {
+      *status = Score(request, response);
+    });
+  }
+
+  std::string Metrics() const { return registry_.Serialize(); }
+
+  // Declaration order is destruction order reversed: the service goes before
+  // what it uses.
+  FakeScorer scorer_;
+  observability::Registry registry_;
+  std::unique_ptr<ServiceMetrics> metrics_;
+  std::unique_ptr<ModelRegistry> models_;
+  std::unique_ptr<AttentionScorerService> service_;
+  std::unique_ptr<grpc::Server> server_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<v1::AttentionScorer::Stub> stub_;
+};
+
+TEST(StatusConversionTest, KeepsCodeAndMessage) {
+  const grpc::Status s =
+      ToGrpcStatus(absl::ResourceExhaustedError("too big: 5 > 4"));
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_EQ(s.error_message(), "too big: 5 > 4");
+  EXPECT_TRUE(ToGrpcStatus(absl::OkStatus()).ok());
+  EXPECT_EQ(ToGrpcStatus(absl::UnavailableError("x")).error_code(),
+            grpc::StatusCode::UNAVAILABLE);
+  EXPECT_EQ(ToGrpcStatus(absl::DeadlineExceededError("x")).error_code(),
+            grpc::StatusCode::DEADLINE_EXCEEDED);
+}
+
+TEST_F(ServiceTest, ScoreReturnsTheResultWithTiming) {
+  Start();
+  v1::ScoreRequest request = AlibiRequest(2, 2, 3, 4, 8, /*tag=*/1.0f);
+  request.set_request_id("r1");
+  request.add_outputs(v1::LOGITS);
+  request.add_outputs(v1::PROBS);
+  request.add_outputs(v1::CONTEXT);
+  v1::ScoreResponse response;
+  grpc::Status status = Score(request, &response);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(response.request_id(), "r1");
+  EXPECT_THAT(response.logits().shape(), ::testing::ElementsAre(2, 2, 3, 4));
+  EXPECT_EQ(response.logits().dtype(), v1::FLOAT32);
+  // logits[0,0,0,0] = 1000 * q[0] + k[0] = 1000 * 1 + 0.5.
+  EXPECT_FLOAT_EQ(Floats(response.logits())[0], 1000.5f);
+  EXPECT_THAT(response.probs().shape(), ::testing::ElementsAre(2, 2, 3, 4));
+  EXPECT_THAT(response.context().shape(), ::testing::ElementsAre(2, 2, 3, 8));
+  EXPECT_EQ(response.timing().batch_size(), 2);
+  EXPECT_GE(response.timing().queue_us(), 0);
+  EXPECT_GE(response.timing().compute_us(), 0);
+  EXPECT_FALSE(response.has_error());
+}
+
+TEST_F(ServiceTest, InvalidRequestsMapToTheirStatusCodes) {
+  ServiceOptions options = DefaultOptions();
+  options.limits.max_output_bytes = 1000;
+  Start(options);
+  v1::ScoreRequest request = AlibiRequest();
+  request.mutable_query()->mutable_data()->resize(10);
+  v1::ScoreResponse response;
+  grpc::Status status = Score(request, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), HasSubstr("query.data"));
+
+  request = AlibiRequest();
+  request.mutable_relative()->set_model("nope");
+  status = Score(request, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_THAT(status.error_message(), HasSubstr("nope"));
+
+  // [1,2,16,16] float32 logits = 2048 bytes > 1000.
+  status = Score(AlibiRequest(1, 2, 16, 16), &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(status.error_message(), HasSubstr("2048"));
+  EXPECT_THAT(status.error_message(), HasSubstr("1000"));
+  EXPECT_TRUE(scorer_.calls().empty())
+      << "invalid requests must never reach the scorer";
+}
+
+TEST_F(ServiceTest, UnparseableRequestIsInvalidArgument) {
+  Start();
+  grpc::GenericStub generic(channel_);
+  grpc::Slice garbage(std::string("\xff\xff\xff\xff garbage"));
+  grpc::ByteBuffer request(&garbage, 1);
+  grpc::ByteBuffer response;
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + kRpcTimeout);
+  absl::Notification done;
+  grpc::Status status;
+  generic.UnaryCall(&context, "/attnscore.v1.AttentionScorer/Score",
+                    grpc::StubOptions(), &request, &response,
+                    [&](grpc::Status s) {
+                      status = std::move(s);
+                      done.Notify();
+                    });
+  ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(20)));
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), HasSubstr("ScoreRequest"));
+}
+
+TEST_F(ServiceTest, ConcurrentRequestsAreBatchedAndSplitExactly) {
+  ServiceOptions options = DefaultOptions();
+  options.batching.max_batch_size = 4;
+  // Long enough that the batch closes because it is full, not because of the
+  // timeout.
+  options.batching.batch_timeout_micros = 10'000'000;
+  Start(options);
+  constexpr int kRequests = 4;
+  std::vector<grpc::Status> statuses(kRequests);
+  std::vector<v1::ScoreResponse> responses(kRequests);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kRequests; ++i) {
+    v1::ScoreRequest request =
+        AlibiRequest(1, 2, 3, 4, 8, /*tag=*/static_cast<float>(i + 1));
+    request.set_request_id(absl::StrCat("c", i));
+    threads.push_back(ScoreAsync(request, &statuses[i], &responses[i]));
+  }
+  for (std::thread& t : threads) t.join();
+  for (int i = 0; i < kRequests; ++i) {
+    ASSERT_TRUE(statuses[i].ok()) << statuses[i].error_message();
+    EXPECT_EQ(responses[i].request_id(), absl::StrCat("c", i));
+    EXPECT_EQ(responses[i].timing().batch_size(), kRequests);
+    // Each request gets its own rows of the batch output.
+    const std::vector<float> logits = Floats(responses[i].logits());
+    ASSERT_EQ(logits.size(), 1u * 2 * 3 * 4);
+    EXPECT_FLOAT_EQ(logits[0], 1000.0f * (i + 1) + 0.5f);
+  }
+  ASSERT_EQ(scorer_.calls().size(), 1u);
+  EXPECT_EQ(scorer_.calls()[0].num_items, 4u);
+}
+
+TEST_F(ServiceTest, DifferentSignaturesAreNotBatchedTogether) {
+  ServiceOptions options = DefaultOptions();
+  options.batching.max_batch_size = 2;
+  options.batching.batch_timeout_micros = 200'000;
+  Start(options);
+  grpc::Status s1, s2;
+  v1::ScoreResponse r1, r2;
+  std::thread t1 = ScoreAsync(AlibiRequest(1, 2, 3, 4), &s1, &r1);
+  std::thread t2 = ScoreAsync(AlibiRequest(1, 2, 3, 5), &s2, &r2);  // other Lk
+  t1.join();
+  t2.join();
+  ASSERT_TRUE(s1.ok() && s2.ok());
+  EXPECT_EQ(r1.timing().batch_size(), 1);
+  EXPECT_EQ(r2.timing().batch_size(), 1);
+  EXPECT_EQ(scorer_.calls().size(), 2u);
+}
+
+TEST_F(ServiceTest, FullQueueIsUnavailableAtOnce) {
+  ServiceOptions options = DefaultOptions();
+  options.batching.max_batch_size = 1;
+  options.batching.max_enqueued_tasks = 1;
+  Start(options);
+  scorer_.Hold();
+  grpc::Status s1, s2;
+  v1::ScoreResponse r1, r2;
+  std::thread t1 = ScoreAsync(AlibiRequest(), &s1, &r1);
+  ASSERT_TRUE(scorer_.WaitForCalls(1));  // the worker is busy with the first
+  std::thread t2 = ScoreAsync(AlibiRequest(), &s2, &r2);
+  ASSERT_TRUE(WaitFor(
+      [&] { return service_->QueueDepth() == 1; }));  // the second waits
+  v1::ScoreResponse r3;
+  const auto start = std::chrono::steady_clock::now();
+  grpc::Status s3 = Score(AlibiRequest(), &r3);
+  EXPECT_EQ(s3.error_code(), grpc::StatusCode::UNAVAILABLE)
+      << s3.error_message();
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5));
+  scorer_.Release();
+  t1.join();
+  t2.join();
+  EXPECT_TRUE(s1.ok()) << s1.error_message();
+  EXPECT_TRUE(s2.ok()) << s2.error_message();
+  EXPECT_THAT(
+      Metrics(),
+      HasSubstr(
+          "attnscore_requests_total{method=\"Score\",code=\"UNAVAILABLE\"} 1"));
+}
+
+TEST_F(ServiceTest, ExpiredRequestIsDroppedBeforeCompute) {
+  Start();
+  scorer_.Hold();
+  grpc::Status s1;
+  v1::ScoreResponse r1;
+  std::thread t1 = ScoreAsync(AlibiRequest(), &s1, &r1);
+  ASSERT_TRUE(scorer_.WaitForCalls(1));
+  v1::ScoreResponse r2;
+  grpc::Status s2 = Score(AlibiRequest(), &r2, std::chrono::milliseconds(200));
+  EXPECT_EQ(s2.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  // The server's deadline runs from its receipt of the request, a little after
+  // the client's.
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  scorer_.Release();
+  t1.join();
+  EXPECT_TRUE(s1.ok());
+  ASSERT_TRUE(WaitFor([&] {
+    return Metrics().find("code=\"DEADLINE_EXCEEDED\"} 1") != std::string::npos;
+  })) << Metrics();
+  EXPECT_EQ(scorer_.calls().size(), 1u) << "the expired request was computed";
+}
+
+TEST_F(ServiceTest, CancelledRequestIsDroppedBeforeCompute) {
+  Start();
+  scorer_.Hold();
+  grpc::Status s1;
+  v1::ScoreResponse r1;
+  std::thread t1 = ScoreAsync(AlibiRequest(), &s1, &r1);
+  ASSERT_TRUE(scorer_.WaitForCalls(1));
+  grpc::ClientContext context;
+  grpc::Status s2;
+  v1::ScoreResponse r2;
+  std::thread t2([&] { s2 = stub_->Score(&context, AlibiRequest(), &r2); });
+  ASSERT_TRUE(WaitFor([&] { return service_->QueueDepth() == 1; }));
+  context.TryCancel();
+  t2.join();
+  EXPECT_EQ(s2.error_code(), grpc::StatusCode::CANCELLED);
+  // Let the cancellation reach the server before the worker looks at the queued
+  // request.
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  scorer_.Release();
+  t1.join();
+  EXPECT_TRUE(s1.ok());
+  ASSERT_TRUE(WaitFor([&] {
+    return Metrics().find("method=\"Score\",code=\"CANCELLED\"} 1") !=
+           std::string::npos;
+  })) << Metrics();
+  EXPECT_EQ(scorer_.calls().size(), 1u) << "the cancelled request was computed";
+}
+
+TEST_F(ServiceTest, FailedBatchIsRetriedOneByOne) {
+  ServiceOptions options = DefaultOptions();
+  options.batching.max_batch_size = 2;
+  options.batching.batch_timeout_micros = 10'000'000;
+  Start(options);
+  grpc::Status s1, s2;
+  v1::ScoreResponse r1, r2;
+  std::thread t1 =
+      ScoreAsync(AlibiRequest(1, 2, 3, 4, 8, FakeScorer::kPoison), &s1, &r1);
+  std::thread t2 = ScoreAsync(AlibiRequest(1, 2, 3, 4, 8, 2.0f), &s2, &r2);
+  t1.join();
+  t2.join();
+  EXPECT_EQ(s1.error_code(), grpc::StatusCode::INTERNAL);
+  ASSERT_TRUE(s2.ok()) << s2.error_message();
+  EXPECT_EQ(r2.timing().batch_size(), 1);
+  EXPECT_FLOAT_EQ(Floats(r2.logits())[0], 2000.5f);
+  EXPECT_EQ(scorer_.calls().size(), 3u);  // the pair, then each alone
+}
+
+TEST_F(ServiceTest, StreamIsPipelinedAndSurvivesABadRequest) {
+  Start();
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + kRpcTimeout);
+  auto stream = stub_->ScoreStream(&context);
+  for (int i = 0; i < 5; ++i) {
+    v1::ScoreRequest request =
+        AlibiRequest(1, 2, 3, 4, 8, static_cast<float>(i));
+    request.set_request_id(absl::StrCat("s", i));
+    if (i == 2) request.mutable_key()->mutable_data()->resize(3);  // bad
+    ASSERT_TRUE(stream->Write(request));
+  }
+  ASSERT_TRUE(stream->WritesDone());
+  std::set<std::string> seen;
+  v1::ScoreResponse response;
+  while (stream->Read(&response)) {
+    seen.insert(response.request_id());
+    if (response.request_id() == "s2") {
+      EXPECT_EQ(response.error().code(), grpc::StatusCode::INVALID_ARGUMENT);
+      EXPECT_THAT(response.error().message(), HasSubstr("key.data"));
+      EXPECT_FALSE(response.has_logits());
+    } else {
+      EXPECT_FALSE(response.has_error()) << response.error().message();
+      const int i = response.request_id()[1] - '0';
+      EXPECT_FLOAT_EQ(Floats(response.logits())[0], 1000.0f * i + 0.5f);
+    }
+  }
+  EXPECT_EQ(seen, (std::set<std::string>{"s0", "s1", "s2", "s3", "s4"}));
+  grpc::Status status = stream->Finish();
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  EXPECT_THAT(
+      Metrics(),
+      HasSubstr(
+          "attnscore_requests_total{method=\"ScoreStream\",code=\"OK\"} 4"));
+}
+
+TEST_F(ServiceTest, StreamFlowControlAnswersEveryRequest) {
+  ServiceOptions options = DefaultOptions();
+  options.max_stream_backlog =
+      2;  // reading pauses with two requests unanswered or unsent
+  Start(options);
+  constexpr int kRequests = 40;
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + kRpcTimeout);
+  auto stream = stub_->ScoreStream(&context);
+  std::thread writer([&] {
+    for (int i = 0; i < kRequests; ++i) {
+      v1::ScoreRequest request = AlibiRequest();
+      request.set_request_id(absl::StrCat(i));
+      if (!stream->Write(request)) return;
+    }
+    stream->WritesDone();
+  });
+  int received = 0;
+  v1::ScoreResponse response;
+  while (stream->Read(&response)) {
+    EXPECT_FALSE(response.has_error());
+    ++received;
+  }
+  writer.join();
+  EXPECT_EQ(received, kRequests);
+  EXPECT_TRUE(stream->Finish().ok());
+}
+
+TEST_F(ServiceTest, CancelledStreamWithWorkInFlightCleansUp) {
+  Start();
+  scorer_.Hold();
+  {
+    grpc::ClientContext context;
+    auto stream = stub_->ScoreStream(&context);
+    for (int i = 0; i < 3; ++i) ASSERT_TRUE(stream->Write(AlibiRequest()));
+    ASSERT_TRUE(scorer_.WaitForCalls(1));
+    context.TryCancel();
+    v1::ScoreResponse response;
+    while (stream->Read(&response)) {
+    }
+    EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  }
+  scorer_.Release();
+  // Every request of the stream is answered (the computing one, then the two
+  // dropped ones).
+  ASSERT_TRUE(WaitFor([&] {
+    return Metrics().find("attnscore_in_flight_requests 0") !=
+           std::string::npos;
+  })) << Metrics();
+}
+
+TEST_F(ServiceTest, StreamsCancelledWhileAnsweringNeverBreakTheServer) {
+  // Cancellation races the workers' writes: every interleaving must leave the
+  // server healthy (run under ASan to see the lifetimes).
+  Start();
+  for (int round = 0; round < 20; ++round) {
+    grpc::ClientContext context;
+    auto stream = stub_->ScoreStream(&context);
+    for (int i = 0; i < 20; ++i) {
+      if (!stream->Write(AlibiRequest())) break;
+    }
+    v1::ScoreResponse response;
+    for (int i = 0; i < round % 5 && stream->Read(&response); ++i) {
+    }
+    context.TryCancel();
+    while (stream->Read(&response)) {
+    }
+    stream->Finish();
+  }
+  v1::ScoreResponse response;
+  EXPECT_TRUE(Score(AlibiRequest(), &response).ok());
+  ASSERT_TRUE(WaitFor([&] {
+    return Metrics().find("attnscore_in_flight_requests 0") !=
+           std::string::npos;
+  })) << Metrics();
+}
+
+TEST_F(ServiceTest, ShutdownFinishesQueuedAndInFlightRequests) {
+  ServiceOptions options = DefaultOptions();
+  options.batching.max_batch_size = 1;
+  Start(options);
+  scorer_.Hold();
+  grpc::Status s1, s2;
+  v1::ScoreResponse r1, r2;
+  std::thread t1 = ScoreAsync(AlibiRequest(), &s1, &r1);
+  ASSERT_TRUE(scorer_.WaitForCalls(1));
+  std::thread t2 = ScoreAsync(AlibiRequest(), &s2, &r2);
+  ASSERT_TRUE(WaitFor([&] { return service_->QueueDepth() == 1; }));
+  std::thread shutdown([&] {
+    server_->Shutdown(std::chrono::system_clock::now() +
+                      std::chrono::seconds(10));
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  scorer_.Release();
+  shutdown.join();
+  service_->Shutdown();
+  t1.join();
+  t2.join();
+  EXPECT_TRUE(s1.ok()) << s1.error_message();
+  EXPECT_TRUE(s2.ok()) << s2.error_message();
+}
+
+TEST_F(ServiceTest, WarmUpComputesOnce) {
+  Start();
+  EXPECT_TRUE(service_->WarmUp().ok());
+  ASSERT_EQ(scorer_.calls().size(), 1u);
+  EXPECT_FALSE(scorer_.calls()[0].relative);
+}
+
+TEST_F(ServiceTest, GetServerInfoReportsLimitsAndBatching) {
+  ServiceOptions options = DefaultOptions();
+  options.limits.max_heads = 12;
+  options.limits.max_output_bytes = 12345;
+  options.batching.max_batch_size = 7;
+  options.batching.batch_timeout_micros = 321;
+  Start(options);
+  grpc::ClientContext context;
+  v1::ServerInfo info;
+  ASSERT_TRUE(
+      stub_->GetServerInfo(&context, v1::GetServerInfoRequest(), &info).ok());
+  EXPECT_FALSE(info.version().empty());
+  EXPECT_EQ(info.device(), "fake");
+  EXPECT_EQ(info.intra_op_threads(), 3);
+  EXPECT_EQ(info.limits().max_heads(), 12);
+  EXPECT_EQ(info.limits().max_output_bytes(), 12345);
+  EXPECT_EQ(info.limits().max_message_bytes(), 64 << 20);
+  EXPECT_EQ(info.batching().max_batch_size(), 7);
+  EXPECT_EQ(info.batching().max_queue_delay_us(), 321);
+  EXPECT_EQ(info.batching().max_queue(), 64);
+  EXPECT_EQ(info.batching().batch_workers(), 1);
+}
+
+TEST_F(ServiceTest, ListModelsAndRelativeRequests) {
+  const std::filesystem::path dir =
+      std::filesystem::path(::testing::TempDir()) / "attnscore_service_models";
+  std::filesystem::create_directories(dir);
+  SafetensorsWriter writer;
+  ASSERT_TRUE(writer
+                  .AddFloats("key_pos_embeddings", {16, 2, 8},
+                             std::vector<float>(256, 0.1f))
+                  .ok());
+  ASSERT_TRUE(
+      writer.AddFloats("key_pos_bias", {16, 2}, std::vector<float>(32, 0.2f))
+          .ok());
+  ASSERT_TRUE(
+      writer.AddFloats("query_pos_bias", {2, 8}, std::vector<float>(16, 0.3f))
+          .ok());
+  ASSERT_TRUE(writer.Write((dir / "tiny.safetensors").string()).ok());
+  absl::StatusOr<std::shared_ptr<const scoring::ModelSet>> models =
+      scoring::LoadModelDir(dir.string());
+  std::filesystem::remove_all(dir);
+  ASSERT_TRUE(models.ok()) << models.status();
+  Start(DefaultOptions(), *models);
+
+  grpc::ClientContext context;
+  v1::ListModelsResponse list;
+  ASSERT_TRUE(stub_->ListModels(&context, v1::ListModelsRequest(), &list).ok());
+  ASSERT_EQ(list.models_size(), 1);
+  EXPECT_EQ(list.models(0).name(), "tiny");
+  EXPECT_EQ(list.models(0).heads(), 2);
+  EXPECT_EQ(list.models(0).head_dim(), 8);
+  EXPECT_EQ(list.models(0).max_relative_positions(), 8);
+  EXPECT_THAT(list.models(0).source(), HasSubstr("tiny.safetensors"));
+
+  v1::ScoreRequest request = AlibiRequest();
+  request.mutable_relative()->set_model("tiny");
+  v1::ScoreResponse response;
+  grpc::Status status = Score(request, &response);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  ASSERT_EQ(scorer_.calls().size(), 1u);
+  EXPECT_TRUE(scorer_.calls()[0].relative);
+}
+
+TEST_F(ServiceTest, MetricsCountRequestsBytesAndBatches) {
+  Start();
+  v1::ScoreResponse response;
+  ASSERT_TRUE(Score(AlibiRequest(), &response).ok());
+  const std::string metrics = Metrics();
+  EXPECT_THAT(
+      metrics,
+      HasSubstr("attnscore_requests_total{method=\"Score\",code=\"OK\"} 1"));
+  EXPECT_THAT(
+      metrics,
+      HasSubstr(
+          "attnscore_request_duration_seconds_count{method=\"Score\"} 1"));
+  EXPECT_THAT(metrics, HasSubstr("attnscore_queue_duration_seconds_count 1"));
+  EXPECT_THAT(metrics, HasSubstr("attnscore_compute_duration_seconds_count 1"));
+  EXPECT_THAT(metrics, HasSubstr("attnscore_batch_size_count 1"));
+  EXPECT_THAT(metrics, HasSubstr("attnscore_queue_depth 0"));
+  EXPECT_THAT(metrics, HasSubstr("attnscore_in_flight_requests 0"));
+  EXPECT_THAT(metrics,
+              HasSubstr("attnscore_request_bytes_total{method=\"Score\"}"));
+  EXPECT_THAT(metrics,
+              HasSubstr("attnscore_response_bytes_total{method=\"Score\"}"));
+}
+
+}  // namespace
+}  // namespace attnscore::service

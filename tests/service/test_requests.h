@@ -1,0 +1,60 @@
+// Test support for the service tests: ScoreRequest builders and ScoreResponse
+// readers for float32 BHSD tensors. No LibTorch.
+#ifndef ATTNSCORE_TESTS_SERVICE_TEST_REQUESTS_H_
+#define ATTNSCORE_TESTS_SERVICE_TEST_REQUESTS_H_
+
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "attnscore/v1/attnscore.pb.h"
+
+namespace attnscore::service::testing {
+
+inline int64_t NumElements(const std::vector<int64_t>& shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+// A FLOAT32 tensor whose element i is `first + i * step`.
+inline v1::Tensor Float32Tensor(const std::vector<int64_t>& shape,
+                                float first = 0, float step = 0.01f) {
+  v1::Tensor tensor;
+  tensor.set_dtype(v1::FLOAT32);
+  tensor.mutable_shape()->Add(shape.begin(), shape.end());
+  std::vector<float> values(static_cast<size_t>(NumElements(shape)));
+  for (size_t i = 0; i < values.size(); ++i)
+    values[i] = first + static_cast<float>(i) * step;
+  tensor.set_data(values.data(), values.size() * sizeof(float));
+  return tensor;
+}
+
+inline std::vector<float> Floats(const v1::Tensor& tensor) {
+  std::vector<float> out(tensor.data().size() / sizeof(float));
+  std::memcpy(out.data(), tensor.data().data(), out.size() * sizeof(float));
+  return out;
+}
+
+inline void SetFloat(v1::Tensor& tensor, size_t index, float value) {
+  std::memcpy(tensor.mutable_data()->data() + index * sizeof(float), &value,
+              sizeof(float));
+}
+
+// ALiBi, BHSD, float32: q [B,H,Lq,D], k and v [B,H,Lk,D]; q's first element is
+// `tag`, so fake scorers and tests can tell requests apart.
+inline v1::ScoreRequest AlibiRequest(int64_t batch = 1, int64_t heads = 2,
+                                     int64_t lq = 3, int64_t lk = 4,
+                                     int64_t dim = 8, float tag = 0) {
+  v1::ScoreRequest request;
+  request.mutable_alibi();
+  *request.mutable_query() = Float32Tensor({batch, heads, lq, dim}, tag);
+  *request.mutable_key() = Float32Tensor({batch, heads, lk, dim}, 0.5f);
+  *request.mutable_value() = Float32Tensor({batch, heads, lk, dim}, -0.5f);
+  return request;
+}
+
+}  // namespace attnscore::service::testing
+
+#endif  // ATTNSCORE_TESTS_SERVICE_TEST_REQUESTS_H_
