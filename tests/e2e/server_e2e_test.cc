@@ -23,6 +23,7 @@
 #include "common/safetensors.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/observability/prometheus_harness.h"
 #include "tests/e2e/e2e_util.h"
 #include "tests/e2e/server_process.h"
 
@@ -587,6 +588,34 @@ TEST_F(ServerE2eTest, MetricsEndpointServesTheSeries) {
        }) {
     EXPECT_THAT(metrics, HasSubstr(series));
   }
+}
+
+// Debian's real prometheus scrapes the real server over loopback; the series a
+// request produced must arrive through prometheus' query API, and the whole
+// exposition must pass promtool's lint.
+TEST_F(ServerE2eTest, PrometheusScrapesTheServer) {
+  ASSERT_NO_FATAL_FAILURE(Start({}));
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(Score(SmallRequest(absl::StrCat("p", i))).status.ok());
+  }
+  EXPECT_TRUE(attnscore::testing::CheckMetricsWithPromtool(Metrics()).ok());
+  attnscore::testing::PrometheusOptions options;
+  options.targets = {absl::StrCat("127.0.0.1:", server_->metrics_port())};
+  absl::StatusOr<std::unique_ptr<attnscore::testing::PrometheusHarness>>
+      prometheus = attnscore::testing::PrometheusHarness::Start(options);
+  ASSERT_TRUE(prometheus.ok()) << prometheus.status();
+  absl::StatusOr<double> up = (*prometheus)->WaitForValue(
+      "up{job=\"attnscore\"}", absl::Seconds(30),
+      [](double v) { return v == 1; });
+  ASSERT_TRUE(up.ok()) << up.status();
+  absl::StatusOr<double> requests = (*prometheus)->WaitForValue(
+      "attnscore_requests_total{method=\"Score\",code=\"OK\"}",
+      absl::Seconds(30), [](double v) { return v == 3; });
+  EXPECT_TRUE(requests.ok()) << requests.status();
+  absl::StatusOr<double> batches = (*prometheus)->WaitForValue(
+      "attnscore_batch_size_count", absl::Seconds(30),
+      [](double v) { return v >= 1; });
+  EXPECT_TRUE(batches.ok()) << batches.status();
 }
 
 // Runs the binary to completion (30 s at most) and returns its exit code and
