@@ -4,6 +4,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/detail/CUDAHooksInterface.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <map>
@@ -23,22 +24,6 @@ namespace {
 // 2048x2048.
 constexpr size_t kStaticBiasCacheBytes = size_t{512} << 20;
 
-struct Dims {
-  int64_t batch = 0, heads = 0, seq = 0, dim = 0;
-};
-
-// Reads [B,H,S,D] out of a shape given in `layout`.
-Dims DimsOf(const std::vector<int64_t>& shape, Layout layout) {
-  switch (layout) {
-    case Layout::kBHSD:
-      return {shape[0], shape[1], shape[2], shape[3]};
-    case Layout::kBSHD:
-      return {shape[0], shape[2], shape[1], shape[3]};
-    case Layout::kSBHD:
-      return {shape[1], shape[2], shape[0], shape[3]};
-  }
-  return {};
-}
 
 std::string ShapeString(const std::vector<int64_t>& shape) {
   return absl::StrCat("[", absl::StrJoin(shape, ","), "]");
@@ -84,27 +69,47 @@ absl::Status CheckTensor(const char* field, const TensorRef& t, Layout layout) {
 }
 
 // Finds the first NaN or Inf by its exponent bits, without converting.
+// Index of the first element whose exponent bits are all ones (NaN or Inf), or
+// `count`. Scans blocks without an early exit so the compiler vectorises the
+// common all-finite case; only a block that has one is searched element-wise.
+// Loads go through memcpy: request bytes need not be aligned.
+template <typename Word>
+size_t FirstNonFinite(const void* data, size_t count, Word exponent_mask) {
+  constexpr size_t kBlock = 2048;
+  const auto* bytes = static_cast<const unsigned char*>(data);
+  auto load = [bytes](size_t i) {
+    Word w;
+    std::memcpy(&w, bytes + i * sizeof(Word), sizeof(Word));
+    return w;
+  };
+  for (size_t begin = 0; begin < count; begin += kBlock) {
+    const size_t end = std::min(count, begin + kBlock);
+    bool any = false;
+    for (size_t i = begin; i < end; ++i) {
+      any |= (load(i) & exponent_mask) == exponent_mask;
+    }
+    if (!any) continue;
+    for (size_t i = begin; i < end; ++i) {
+      if ((load(i) & exponent_mask) == exponent_mask) return i;
+    }
+  }
+  return count;
+}
+
 absl::Status CheckFinite(const char* field, const TensorRef& t) {
   const size_t count = t.size_bytes / ElementSize(t.dtype);
-  size_t bad = count;
-  if (t.dtype == DType::kFloat32) {
-    const auto* words = static_cast<const uint32_t*>(t.data);
-    for (size_t i = 0; i < count; ++i) {
-      if ((words[i] & 0x7f800000u) == 0x7f800000u) {
-        bad = i;
-        break;
-      }
-    }
-  } else {
-    const uint16_t exponent_mask =
-        t.dtype == DType::kFloat16 ? 0x7c00u : 0x7f80u;
-    const auto* halves = static_cast<const uint16_t*>(t.data);
-    for (size_t i = 0; i < count; ++i) {
-      if ((halves[i] & exponent_mask) == exponent_mask) {
-        bad = i;
-        break;
-      }
-    }
+  size_t bad;
+  switch (t.dtype) {
+    case DType::kFloat32:
+      bad = FirstNonFinite<uint32_t>(t.data, count, 0x7f800000u);
+      break;
+    case DType::kFloat16:
+      bad = FirstNonFinite<uint16_t>(t.data, count, 0x7c00u);
+      break;
+    case DType::kBFloat16:
+    default:
+      bad = FirstNonFinite<uint16_t>(t.data, count, 0x7f80u);
+      break;
   }
   if (bad == count) return absl::OkStatus();
   return absl::InvalidArgumentError(
@@ -336,6 +341,18 @@ class ScorerImpl final : public Scorer {
 };
 
 }  // namespace
+
+Dims DimsOf(const std::vector<int64_t>& shape, Layout layout) {
+  switch (layout) {
+    case Layout::kBHSD:
+      return {shape[0], shape[1], shape[2], shape[3]};
+    case Layout::kBSHD:
+      return {shape[0], shape[2], shape[1], shape[3]};
+    case Layout::kSBHD:
+      return {shape[1], shape[2], shape[0], shape[3]};
+  }
+  return {};
+}
 
 const char* LayoutName(Layout layout) {
   switch (layout) {

@@ -37,6 +37,13 @@ enum class BiasKind { kAlibi, kRelative };
 
 const char* LayoutName(Layout layout);
 
+// Batch, heads, sequence length and head dim of a shape given in `layout`.
+// REQUIRES: shape.size() == 4.
+struct Dims {
+  int64_t batch = 0, heads = 0, seq = 0, dim = 0;
+};
+Dims DimsOf(const std::vector<int64_t>& shape, Layout layout);
+
 // A Transformer-XL relative-position parameter set (labml
 // RelativeMultiHeadAttention): key_pos_embeddings [2P,H,D], key_pos_bias
 // [2P,H], query_pos_bias [H,D]. Opaque here.

@@ -16,23 +16,8 @@
 namespace attnscore::service {
 namespace {
 
-// B, H, sequence and head dim of a 4-dim shape in `layout`.
-// TODO(lead): scorer.cc has the same DimsOf; export it from scorer.h and use it
-// here.
-struct Dims {
-  int64_t batch = 0, heads = 0, seq = 0, dim = 0;
-};
-Dims DimsOf(const std::vector<int64_t>& shape, scoring::Layout layout) {
-  switch (layout) {
-    case scoring::Layout::kBHSD:
-      return {shape[0], shape[1], shape[2], shape[3]};
-    case scoring::Layout::kBSHD:
-      return {shape[0], shape[2], shape[1], shape[3]};
-    case scoring::Layout::kSBHD:
-      return {shape[1], shape[2], shape[0], shape[3]};
-  }
-  return {};
-}
+using scoring::Dims;
+using scoring::DimsOf;
 
 // absl::StrCat does not take uint128.
 std::string Str(absl::uint128 value) {
