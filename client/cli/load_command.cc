@@ -1,0 +1,274 @@
+// `attnscore load`: the load tester (client/load/). Flags follow ghz where ghz
+// has them (-c, -n, -z, -r, --connections, --format, -o); the rest is ours
+// (open-loop arrivals, presets, shapes, --max-error-rate).
+#include <cstdio>
+#include <fstream>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "client/cli/commands.h"
+#include "client/load/report.h"
+#include "client/load/runner.h"
+#include "client/load/workload.h"
+
+namespace attnscore::cli {
+namespace {
+
+namespace load = ::attnscore::client::load;
+
+// Checks a relative-mode run against the server's models before sending
+// anything, so that a typo gives one clear message instead of N identical
+// errors.
+absl::Status CheckModel(client::Client& client,
+                        const load::Workload& workload) {
+  if (workload.options().mode != "relative") return absl::OkStatus();
+  absl::StatusOr<std::vector<client::ModelInfo>> models = client.ListModels();
+  if (!models.ok()) return models.status();
+  for (const client::ModelInfo& m : *models) {
+    if (m.name != workload.options().model) continue;
+    for (const load::Workload::Kind& kind : workload.kinds()) {
+      const load::RequestShape& s = kind.shape;
+      if (s.heads != m.heads || s.head_dim != m.head_dim ||
+          std::max(s.query_len, s.key_len) > m.max_relative_positions) {
+        return absl::InvalidArgumentError(absl::StrFormat(
+            "shape %s does not fit model %s (H %d, D %d, max(Lq, Lk) <= %d)",
+            kind.name, m.name, m.heads, m.head_dim, m.max_relative_positions));
+      }
+    }
+    return absl::OkStatus();
+  }
+  std::vector<std::string> names;
+  for (const client::ModelInfo& m : *models) names.push_back(m.name);
+  return absl::NotFoundError(absl::StrCat(
+      "model '", workload.options().model, "' is not loaded; the server has: ",
+      names.empty() ? "(none)" : absl::StrJoin(names, ", ")));
+}
+
+}  // namespace
+
+CLI::App* AddLoadCommand(CLI::App& app, LoadFlags& flags) {
+  CLI::App* cmd =
+      app.add_subcommand("load",
+                         "Load-test a deployment: closed loop (-c) or open "
+                         "loop at a fixed rate (-r, latency from "
+                         "each request's intended send time), presets or "
+                         "custom shapes, ghz-style report with "
+                         "p99.9/p99.99, per-shape breakdown and server timing. "
+                         "Exit 1 when the error rate exceeds "
+                         "--max-error-rate");
+  cmd->add_option("-c,--concurrency", flags.concurrency,
+                  "Requests in flight (closed loop); with -r, the cap on "
+                  "requests in flight")
+      ->check(CLI::Range(1, 100000))
+      ->capture_default_str();
+  flags.total_option =
+      cmd->add_option(
+             "-n,--total", flags.total,
+             "Requests to send (default 200; with -z only: no count limit)")
+          ->check(CLI::Range(int64_t{1}, int64_t{1} << 40))
+          ->capture_default_str();
+  cmd->add_option("-z,--duration", flags.duration,
+                  "Send for this long (seconds or e.g. 30s, 2m); stops at -n "
+                  "if also given");
+  cmd->add_option("-r,--rate", flags.rate,
+                  "Open loop: requests per second, sent on schedule whatever "
+                  "the latency")
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--arrival", flags.arrival,
+                  "Open-loop arrivals: constant or poisson")
+      ->check(CLI::IsMember({"constant", "poisson"}))
+      ->capture_default_str();
+  cmd->add_option("--connections", flags.connections,
+                  "Independent connections (channels); requests and streams "
+                  "spread over them")
+      ->check(CLI::Range(1, 1024))
+      ->capture_default_str();
+  cmd->add_flag(
+      "--stream", flags.stream,
+      "Pipeline requests over ScoreStream (one stream per connection)");
+  cmd->add_option("--preset", flags.preset,
+                  "decode (B1 H8 Lq1 Lk2048 D64), prefill512, prefill2048, or "
+                  "mixed (90/9/1 %)")
+      ->check(CLI::IsMember({"decode", "prefill512", "prefill2048", "mixed"}));
+  cmd->add_option("--shape", flags.shapes,
+                  "Custom request kind B,H,Lq,Lk,D[:weight]; repeatable; with "
+                  "--preset, added "
+                  "to it");
+  cmd->add_option("--mode", flags.mode, "alibi or relative")
+      ->check(CLI::IsMember({"alibi", "relative"}))
+      ->capture_default_str();
+  cmd->add_option("--model", flags.model,
+                  "Relative mode: the server's parameter set");
+  cmd->add_option("--causal", flags.causal, "true or false")
+      ->check(CLI::IsMember({"true", "false"}))
+      ->capture_default_str();
+  cmd->add_option("--outputs", flags.outputs,
+                  "Comma-separated subset of logits,probs,context")
+      ->capture_default_str();
+  cmd->add_option("--dtype", flags.dtype, "Input dtype F32, F16 or BF16")
+      ->check(CLI::IsMember({"F32", "F16", "BF16"}))
+      ->capture_default_str();
+  cmd->add_option("--output-dtype", flags.output_dtype,
+                  "Output dtype (default: the input's)")
+      ->check(CLI::IsMember({"F32", "F16", "BF16"}));
+  cmd->add_option("--warmup", flags.warmup,
+                  "Requests sent (closed loop) before measuring")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  cmd->add_option("--format", flags.format, "Report format: text, json or csv")
+      ->check(CLI::IsMember({"text", "json", "csv"}))
+      ->capture_default_str();
+  cmd->add_option("-o,--output", flags.output,
+                  "Write the report here instead of stdout");
+  cmd->add_option("--max-error-rate", flags.max_error_rate,
+                  "Exit 1 when errors / requests exceed this (0..1)")
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
+  cmd->add_option("--max-duration", flags.max_duration,
+                  "Hard bound on sending (the run also stops at -n / -z)")
+      ->capture_default_str();
+  cmd->add_option("--seed", flags.seed,
+                  "Seed for inputs, kind choice and Poisson arrivals")
+      ->capture_default_str();
+  return cmd;
+}
+
+int RunLoad(const GlobalFlags& global, const LoadFlags& flags) {
+  load::WorkloadOptions workload_options;
+  workload_options.preset = flags.preset;
+  workload_options.shapes = flags.shapes;
+  workload_options.mode = flags.mode;
+  workload_options.model = flags.model;
+  workload_options.causal = flags.causal == "true";
+  workload_options.outputs = client::Outputs{false, false, false};
+  for (absl::string_view part :
+       absl::StrSplit(flags.outputs, ',', absl::SkipWhitespace())) {
+    const std::string name =
+        absl::AsciiStrToLower(absl::StripAsciiWhitespace(part));
+    if (name == "logits") {
+      workload_options.outputs.logits = true;
+    } else if (name == "probs") {
+      workload_options.outputs.probs = true;
+    } else if (name == "context") {
+      workload_options.outputs.context = true;
+    } else {
+      return Fail("load",
+                  absl::InvalidArgumentError(
+                      absl::StrCat("--outputs: unknown output '", name, "'")),
+                  kExitUsage);
+    }
+  }
+  workload_options.dtype = *ParseDType(flags.dtype);
+  if (!flags.output_dtype.empty())
+    workload_options.output_dtype = ParseDType(flags.output_dtype);
+  workload_options.seed = flags.seed;
+  absl::StatusOr<load::Workload> workload =
+      load::Workload::Create(workload_options);
+  if (!workload.ok()) return Fail("load", workload.status(), kExitUsage);
+
+  load::LoadOptions options;
+  options.concurrency = flags.concurrency;
+  options.rate = flags.rate;
+  options.arrival = flags.arrival == "poisson" ? load::Arrival::kPoisson
+                                               : load::Arrival::kConstant;
+  options.stream = flags.stream;
+  options.streams = flags.connections;
+  options.warmup = flags.warmup;
+  options.seed = flags.seed;
+  if (!flags.duration.empty()) {
+    absl::StatusOr<absl::Duration> d =
+        ParseDurationFlag("--duration", flags.duration);
+    if (!d.ok()) return Fail("load", d.status(), kExitUsage);
+    options.duration = *d;
+  }
+  // ghz: -z alone runs for the duration; -n alone sends n requests; both:
+  // whichever first.
+  const bool total_given =
+      flags.total_option != nullptr && flags.total_option->count() > 0;
+  options.total = (options.duration > absl::ZeroDuration() && !total_given)
+                      ? 0
+                      : flags.total;
+  absl::StatusOr<absl::Duration> max_duration =
+      ParseDurationFlag("--max-duration", flags.max_duration);
+  if (!max_duration.ok())
+    return Fail("load", max_duration.status(), kExitUsage);
+  if (*max_duration == absl::InfiniteDuration() ||
+      *max_duration <= absl::ZeroDuration()) {
+    return Fail(
+        "load",
+        absl::InvalidArgumentError("--max-duration must be finite and > 0"),
+        kExitUsage);
+  }
+  options.max_duration = *max_duration;
+  absl::StatusOr<absl::Duration> timeout =
+      ParseDurationFlag("--timeout", global.timeout);
+  if (!timeout.ok()) return Fail("load", timeout.status(), kExitUsage);
+  if (*timeout == absl::InfiniteDuration()) {
+    return Fail("load",
+                absl::InvalidArgumentError("load needs a finite --timeout"),
+                kExitUsage);
+  }
+  options.timeout = *timeout;
+  // Every request has had its deadline by then (unary); streams get the same
+  // grace.
+  options.drain_timeout = *timeout + absl::Seconds(5);
+
+  absl::StatusOr<std::unique_ptr<client::Client>> client =
+      MakeClient(global, flags.connections);
+  if (!client.ok()) return Fail("load", client.status(), kExitUsage);
+  if (absl::Status s = CheckModel(**client, *workload); !s.ok()) {
+    return Fail("load", s, kExitUsage);
+  }
+
+  absl::StatusOr<load::LoadResult> result =
+      load::RunLoad(**client, *workload, options);
+  if (!result.ok()) return Fail("load", result.status(), kExitFailed);
+
+  load::ReportContext context = {
+      {"target", global.target},
+      {"concurrency", absl::StrCat(flags.concurrency)},
+      {"connections", absl::StrCat(flags.connections)},
+      {"mode", flags.mode},
+      {"transport", flags.stream ? "ScoreStream" : "Score"},
+      {"load", flags.rate > 0 ? absl::StrCat("open loop, ", flags.rate,
+                                             " req/s, ", flags.arrival)
+                              : "closed loop"},
+  };
+  if (!flags.model.empty()) context["model"] = flags.model;
+  if (options.total > 0) context["total"] = absl::StrCat(options.total);
+  if (options.duration > absl::ZeroDuration()) {
+    context["duration"] = absl::FormatDuration(options.duration);
+  }
+  const load::ReportFormat format =
+      flags.format == "json"  ? load::ReportFormat::kJson
+      : flags.format == "csv" ? load::ReportFormat::kCsv
+                              : load::ReportFormat::kText;
+  const std::string report = load::FormatReport(*result, context, format);
+  if (flags.output.empty()) {
+    std::fwrite(report.data(), 1, report.size(), stdout);
+  } else {
+    std::ofstream out(flags.output, std::ios::binary | std::ios::trunc);
+    out << report;
+    out.close();
+    if (!out) {
+      return Fail(
+          "load",
+          absl::InternalError(absl::StrCat("cannot write ", flags.output)),
+          kExitUsage);
+    }
+  }
+  if (result->error_rate() > flags.max_error_rate) {
+    std::fflush(stdout);  // the report first, then the verdict
+    std::fprintf(
+        stderr,
+        "attnscore load: error rate %.4f exceeds --max-error-rate %.4f\n",
+        result->error_rate(), flags.max_error_rate);
+    return kExitFailed;
+  }
+  return kExitOk;
+}
+
+}  // namespace attnscore::cli

@@ -1,0 +1,919 @@
+#include "client/client.h"
+
+#include <arpa/inet.h>
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/grpcpp.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <climits>
+#include <condition_variable>
+#include <deque>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "attnscore/v1/attnscore.grpc.pb.h"
+#include "client/score_codec.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+
+namespace attnscore::client {
+namespace {
+
+constexpr char kScoreMethod[] = "/attnscore.v1.AttentionScorer/Score";
+constexpr char kScoreStreamMethod[] =
+    "/attnscore.v1.AttentionScorer/ScoreStream";
+// After a call's own deadline, how long a synchronous caller waits for gRPC to
+// report it before cancelling: gRPC enforces deadlines itself, so this only
+// guards against the unexpected.
+constexpr absl::Duration kSyncGrace = absl::Seconds(30);
+// How long ~Stream waits for the cancelled call to end, so that callbacks stop
+// before it returns.
+constexpr absl::Duration kStreamCloseWait = absl::Seconds(10);
+
+absl::Status FromGrpc(const grpc::Status& status, absl::string_view method) {
+  if (status.ok()) return absl::OkStatus();
+  std::string message = status.error_message();
+  if (message.empty()) message = absl::StrCat(method, " failed");
+  return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
+                      message);
+}
+
+absl::StatusOr<std::string> ReadFile(const std::string& path,
+                                     absl::string_view what) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in)
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, ": cannot read ", path));
+  std::ostringstream contents;
+  contents << in.rdbuf();
+  return contents.str();
+}
+
+// "%.6fs": the service config's duration syntax (no exponents).
+std::string JsonDuration(absl::Duration d) {
+  return absl::StrFormat("\"%.6fs\"", absl::ToDoubleSeconds(d));
+}
+
+absl::StatusOr<std::string> ServiceConfig(const ClientOptions& options) {
+  const RetryOptions& retry = options.retry;
+  if (options.load_balancing != "round_robin" &&
+      options.load_balancing != "pick_first") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "load_balancing: expected round_robin or pick_first, got '",
+        options.load_balancing, "'"));
+  }
+  std::string config = absl::StrCat("{\"loadBalancingConfig\": [{\"",
+                                    options.load_balancing, "\": {}}]");
+  // gRPC requires maxAttempts >= 2 for a retry policy; fewer means "no
+  // retries".
+  if (retry.enabled && retry.max_attempts >= 2) {
+    if (retry.initial_backoff <= absl::ZeroDuration() ||
+        retry.max_backoff <= absl::ZeroDuration() ||
+        retry.backoff_multiplier <= 0) {
+      return absl::InvalidArgumentError(
+          "retry: backoffs and multiplier must be > 0");
+    }
+    absl::StrAppend(&config,
+                    ", \"methodConfig\": [{\"name\": [{\"service\": "
+                    "\"attnscore.v1.AttentionScorer\"}, "
+                    "{\"service\": \"grpc.health.v1.Health\"}], "
+                    "\"retryPolicy\": {\"maxAttempts\": ",
+                    std::min(retry.max_attempts, 5), ", \"initialBackoff\": ",
+                    JsonDuration(retry.initial_backoff),
+                    ", \"maxBackoff\": ", JsonDuration(retry.max_backoff),
+                    ", \"backoffMultiplier\": ",
+                    absl::StrFormat("%.6f", retry.backoff_multiplier),
+                    ", \"retryableStatusCodes\": [\"UNAVAILABLE\"]}}]");
+    if (retry.throttle_max_tokens > 0) {
+      if (retry.throttle_max_tokens > 1000 || retry.throttle_token_ratio <= 0) {
+        return absl::InvalidArgumentError(
+            "retry: throttle_max_tokens must be in (0, 1000] and "
+            "throttle_token_ratio > 0");
+      }
+      absl::StrAppend(&config, ", \"retryThrottling\": {\"maxTokens\": ",
+                      retry.throttle_max_tokens, ", \"tokenRatio\": ",
+                      absl::StrFormat("%.3f", retry.throttle_token_ratio), "}");
+    }
+  }
+  config += "}";
+  return config;
+}
+
+// Splits "host:port" / "[v6]:port".
+absl::Status SplitHostPort(absl::string_view target, std::string* host,
+                           std::string* port) {
+  if (absl::StartsWith(target, "[")) {
+    const size_t close = target.find(']');
+    if (close == absl::string_view::npos || close + 1 >= target.size() ||
+        target[close + 1] != ':') {
+      return absl::InvalidArgumentError(
+          absl::StrCat("target '", target, "': expected [v6]:port"));
+    }
+    *host = std::string(target.substr(1, close - 1));
+    *port = std::string(target.substr(close + 2));
+    return absl::OkStatus();
+  }
+  const size_t colon = target.rfind(':');
+  if (colon == absl::string_view::npos || colon == 0 ||
+      colon + 1 == target.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("target '", target, "': expected host:port"));
+  }
+  *host = std::string(target.substr(0, colon));
+  *port = std::string(target.substr(colon + 1));
+  return absl::OkStatus();
+}
+
+// A list of host:port becomes one "ipv4:" (or "ipv6:") target whose addresses
+// round_robin spreads calls over. Names are resolved once, here: for a changing
+// set use "dns:///name:port".
+absl::StatusOr<std::string> ResolveList(
+    const std::vector<std::string>& targets) {
+  std::vector<std::string> v4;
+  std::vector<std::string> v6;
+  std::set<std::string> seen;
+  for (const std::string& raw : targets) {
+    const std::string target(absl::StripAsciiWhitespace(raw));
+    if (target.empty()) continue;
+    std::string host, port;
+    if (absl::Status s = SplitHostPort(target, &host, &port); !s.ok()) return s;
+    addrinfo hints{};
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    addrinfo* found = nullptr;
+    if (int rc = getaddrinfo(host.c_str(), port.c_str(), &hints, &found);
+        rc != 0) {
+      return absl::UnavailableError(absl::StrCat(
+          "target '", target, "': cannot resolve: ", gai_strerror(rc)));
+    }
+    for (addrinfo* a = found; a != nullptr; a = a->ai_next) {
+      char text[INET6_ADDRSTRLEN] = {};
+      if (a->ai_family == AF_INET) {
+        const auto* in = reinterpret_cast<const sockaddr_in*>(a->ai_addr);
+        inet_ntop(AF_INET, &in->sin_addr, text, sizeof(text));
+        std::string address = absl::StrCat(text, ":", ntohs(in->sin_port));
+        if (seen.insert(address).second) v4.push_back(address);
+      } else if (a->ai_family == AF_INET6) {
+        const auto* in6 = reinterpret_cast<const sockaddr_in6*>(a->ai_addr);
+        inet_ntop(AF_INET6, &in6->sin6_addr, text, sizeof(text));
+        std::string address =
+            absl::StrCat("[", text, "]:", ntohs(in6->sin6_port));
+        if (seen.insert(address).second) v6.push_back(address);
+      }
+    }
+    freeaddrinfo(found);
+  }
+  // One gRPC target holds one address family; IPv4 wins when a list resolves to
+  // both.
+  if (!v4.empty()) return absl::StrCat("ipv4:", absl::StrJoin(v4, ","));
+  if (!v6.empty()) return absl::StrCat("ipv6:", absl::StrJoin(v6, ","));
+  return absl::InvalidArgumentError("no target given");
+}
+
+absl::StatusOr<std::string> ResolveTarget(const ClientOptions& options) {
+  if (!options.targets.empty()) return ResolveList(options.targets);
+  const std::string target(absl::StripAsciiWhitespace(options.target));
+  if (target.empty()) return absl::InvalidArgumentError("no target given");
+  const bool has_list_scheme = absl::StartsWith(target, "ipv4:") ||
+                               absl::StartsWith(target, "ipv6:") ||
+                               absl::StartsWith(target, "unix:");
+  if (!has_list_scheme && absl::StrContains(target, ',')) {
+    return ResolveList(absl::StrSplit(target, ','));
+  }
+  return target;
+}
+
+int ClampToInt(int64_t bytes) {
+  if (bytes < 0) return -1;
+  return static_cast<int>(std::min<int64_t>(bytes, INT_MAX));
+}
+
+// now + timeout on the steady clock, for condition-variable waits. Clamped: an
+// infinite absl::Duration would overflow the chrono arithmetic into a deadline
+// in the past.
+std::chrono::steady_clock::time_point SteadyDeadline(absl::Duration timeout) {
+  const absl::Duration capped =
+      std::clamp(timeout, absl::ZeroDuration(), absl::Hours(24 * 365));
+  return std::chrono::steady_clock::now() + absl::ToChronoMicroseconds(capped);
+}
+
+absl::Duration EffectiveTimeout(const ClientOptions& options,
+                                const CallOptions& call) {
+  return call.timeout.value_or(options.default_timeout);
+}
+
+}  // namespace
+
+// -----------------------------------------------------------------------------
+
+const char* ServingStatusName(ServingStatus status) {
+  switch (status) {
+    case ServingStatus::kServing:
+      return "SERVING";
+    case ServingStatus::kNotServing:
+      return "NOT_SERVING";
+    case ServingStatus::kServiceUnknown:
+      return "SERVICE_UNKNOWN";
+    case ServingStatus::kUnknown:
+      break;
+  }
+  return "UNKNOWN";
+}
+
+std::optional<Layout> ParseLayout(std::string_view name) {
+  const std::string upper =
+      absl::AsciiStrToUpper(absl::string_view(name.data(), name.size()));
+  if (upper == "BHSD") return Layout::kBHSD;
+  if (upper == "BSHD") return Layout::kBSHD;
+  if (upper == "SBHD") return Layout::kSBHD;
+  return std::nullopt;
+}
+
+const char* LayoutName(Layout layout) {
+  switch (layout) {
+    case Layout::kBSHD:
+      return "BSHD";
+    case Layout::kSBHD:
+      return "SBHD";
+    case Layout::kBHSD:
+      break;
+  }
+  return "BHSD";
+}
+
+void CancellationToken::Cancel() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  cancelled_ = true;
+  // Under the lock: Unregister (also locked) runs before a context is
+  // destroyed, so none of these can be dangling.
+  for (grpc::ClientContext* context : contexts_) context->TryCancel();
+}
+
+bool CancellationToken::cancelled() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return cancelled_;
+}
+
+bool CancellationToken::Register(grpc::ClientContext* context) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (cancelled_) return false;
+  contexts_.push_back(context);
+  return true;
+}
+
+void CancellationToken::Unregister(grpc::ClientContext* context) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  contexts_.erase(std::remove(contexts_.begin(), contexts_.end(), context),
+                  contexts_.end());
+}
+
+// -----------------------------------------------------------------------------
+
+class Client::Impl {
+ public:
+  struct Channel {
+    std::shared_ptr<grpc::Channel> channel;
+    std::unique_ptr<grpc::GenericStub> generic;
+    std::unique_ptr<v1::AttentionScorer::Stub> scorer;
+    std::unique_ptr<grpc::health::v1::Health::Stub> health;
+  };
+
+  ClientOptions options;
+  std::string target;
+  // "authorization" metadata added per call (plaintext channels; TLS uses call
+  // credentials).
+  std::string plaintext_authorization;
+  std::vector<Channel> channels;
+  std::atomic<uint64_t> next_channel{0};
+
+  Channel& Pick() {
+    return channels[next_channel.fetch_add(1) % channels.size()];
+  }
+
+  // Deadline, wait-for-ready, metadata. The cancellation token is registered by
+  // the caller.
+  void Configure(grpc::ClientContext& context, const CallOptions& call,
+                 bool default_deadline = true) const {
+    const absl::Duration timeout =
+        call.timeout ? *call.timeout
+                     : (default_deadline ? options.default_timeout
+                                         : absl::InfiniteDuration());
+    if (timeout != absl::InfiniteDuration()) {
+      context.set_deadline(absl::ToChronoTime(
+          absl::Now() + std::max(timeout, absl::ZeroDuration())));
+    }
+    context.set_wait_for_ready(call.wait_for_ready);
+    for (const auto& [key, value] : call.metadata)
+      context.AddMetadata(key, value);
+    if (!plaintext_authorization.empty()) {
+      context.AddMetadata("authorization", plaintext_authorization);
+    }
+  }
+};
+
+namespace {
+
+// One Score call in flight; deleted by its completion callback.
+struct UnaryCall {
+  grpc::ClientContext context;
+  grpc::ByteBuffer request;
+  grpc::ByteBuffer response;
+  Client::ScoreCallback done;
+  std::vector<std::shared_ptr<CancellationToken>> tokens;
+};
+
+void StartScore(Client::Impl& impl, const ScoreRequest& request,
+                const CallOptions& call,
+                std::shared_ptr<CancellationToken> extra_token,
+                Client::ScoreCallback done) {
+  absl::StatusOr<grpc::ByteBuffer> encoded =
+      internal::EncodeScoreRequest(request, internal::DataMode::kReference);
+  if (!encoded.ok()) {
+    done(encoded.status());
+    return;
+  }
+  auto state = std::make_unique<UnaryCall>();
+  state->request = *std::move(encoded);
+  state->done = std::move(done);
+  impl.Configure(state->context, call);
+  for (const std::shared_ptr<CancellationToken>& token :
+       {call.cancellation, extra_token}) {
+    if (token == nullptr) continue;
+    if (!token->Register(&state->context)) {
+      for (const auto& registered : state->tokens)
+        registered->Unregister(&state->context);
+      Client::ScoreCallback callback = std::move(state->done);
+      state.reset();
+      callback(absl::CancelledError("Score: cancelled before it started"));
+      return;
+    }
+    state->tokens.push_back(token);
+  }
+  UnaryCall* raw = state.release();
+  impl.Pick().generic->UnaryCall(
+      &raw->context, kScoreMethod, grpc::StubOptions(), &raw->request,
+      &raw->response, [raw](grpc::Status status) {
+        std::unique_ptr<UnaryCall> call(raw);
+        for (const auto& token : call->tokens)
+          token->Unregister(&call->context);
+        absl::StatusOr<ScoreResult> result;
+        if (status.ok()) {
+          absl::StatusOr<internal::DecodedResponse> decoded =
+              internal::DecodeScoreResponse(call->response);
+          if (!decoded.ok()) {
+            result = decoded.status();
+          } else {
+            result = std::move(decoded->result);
+          }
+        } else {
+          result = FromGrpc(status, "Score");
+        }
+        // The call (and its slices over the caller's tensors) is gone before
+        // the caller hears of it, so the callback may free the tensors.
+        Client::ScoreCallback callback = std::move(call->done);
+        call.reset();
+        callback(std::move(result));
+      });
+}
+
+}  // namespace
+
+// -----------------------------------------------------------------------------
+// Stream.
+
+class Stream::State final
+    : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
+ public:
+  State(StreamOptions options, std::shared_ptr<CancellationToken> token)
+      : options_(std::move(options)), token_(std::move(token)) {}
+
+  grpc::ClientContext& context() { return context_; }
+
+  // Registers the token, starts the call and keeps itself alive until OnDone.
+  absl::Status Start(const std::shared_ptr<State>& self,
+                     grpc::GenericStub& stub) {
+    if (token_ != nullptr && !token_->Register(&context_)) {
+      token_ = nullptr;
+      return absl::CancelledError("ScoreStream: cancelled before it started");
+    }
+    self_ = self;
+    stub.PrepareBidiStreamingCall(&context_, kScoreStreamMethod,
+                                  grpc::StubOptions(), this);
+    // Writes and WritesDone are started from the caller's threads, outside
+    // reactions: the hold keeps the call from finishing under them until no
+    // more writes will come.
+    AddHold();
+    StartRead(&read_buffer_);
+    StartCall();
+    return absl::OkStatus();
+  }
+
+  absl::Status Write(const ScoreRequest& request, absl::Duration timeout) {
+    absl::StatusOr<grpc::ByteBuffer> encoded =
+        internal::EncodeScoreRequest(request, internal::DataMode::kCopy);
+    if (!encoded.ok()) return encoded.status();
+    std::unique_lock<std::mutex> lock(mutex_);
+    const auto deadline = SteadyDeadline(timeout);
+    if (!cv_.wait_until(lock, deadline, [this] {
+          return writes_closed_ || writes_done_requested_ ||
+                 write_queue_.size() < options_.max_queued_writes;
+        })) {
+      return absl::DeadlineExceededError(absl::StrCat(
+          "ScoreStream: ", write_queue_.size(), " writes still queued after ",
+          absl::FormatDuration(timeout)));
+    }
+    if (writes_done_requested_) {
+      return absl::FailedPreconditionError(
+          "ScoreStream: Write after WritesDone");
+    }
+    if (writes_closed_) {
+      // Ended (or cancelled): its final status when known says why.
+      if (done_ && !final_status_.ok()) return final_status_;
+      return absl::FailedPreconditionError("ScoreStream: the stream has ended");
+    }
+    ++outstanding_;
+    if (write_in_flight_) {
+      write_queue_.push_back(*std::move(encoded));
+      return absl::OkStatus();
+    }
+    write_in_flight_ = true;
+    current_write_ = *std::move(encoded);
+    lock.unlock();
+    // Outside the lock: gRPC may run reactions on this thread.
+    StartWrite(&current_write_);
+    return absl::OkStatus();
+  }
+
+  void WritesDone() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    if (writes_done_requested_) return;
+    writes_done_requested_ = true;
+    if (write_in_flight_ || writes_closed_) {
+      // OnWriteDone sends it after the last queued write; or the stream is over
+      // anyway.
+      return;
+    }
+    SendWritesDoneLocked(lock);
+  }
+
+  void Cancel() {
+    context_.TryCancel();
+    std::unique_lock<std::mutex> lock(mutex_);
+    CloseWritesLocked(lock);
+  }
+
+  absl::StatusOr<StreamResponse> Read(absl::Duration timeout) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    const auto deadline = SteadyDeadline(timeout);
+    if (!cv_.wait_until(lock, deadline, [this] {
+          return !responses_.empty() || reads_closed_;
+        })) {
+      return absl::DeadlineExceededError(absl::StrCat(
+          "ScoreStream: no response within ", absl::FormatDuration(timeout)));
+    }
+    if (responses_.empty())
+      return absl::OutOfRangeError("ScoreStream: no more responses");
+    StreamResponse response = std::move(responses_.front());
+    responses_.pop_front();
+    return response;
+  }
+
+  absl::Status Finish(absl::Duration timeout) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    const auto deadline = SteadyDeadline(timeout);
+    if (!cv_.wait_until(lock, deadline, [this] { return done_; })) {
+      return absl::DeadlineExceededError(absl::StrCat(
+          "ScoreStream: not finished within ", absl::FormatDuration(timeout)));
+    }
+    return final_status_;
+  }
+
+  size_t outstanding() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return outstanding_;
+  }
+
+  // Reactions (gRPC threads).
+  void OnWriteDone(bool ok) override {
+    std::unique_lock<std::mutex> lock(mutex_);
+    write_in_flight_ = false;
+    current_write_.Clear();
+    if (!ok) {
+      // The call is over for writing (cancelled or broken); OnDone brings the
+      // status.
+      write_queue_.clear();
+      CloseWritesLocked(lock);
+      return;
+    }
+    cv_.notify_all();
+    if (!write_queue_.empty() && !writes_closed_) {
+      current_write_ = std::move(write_queue_.front());
+      write_queue_.pop_front();
+      write_in_flight_ = true;
+      lock.unlock();
+      StartWrite(&current_write_);
+      return;
+    }
+    if (writes_done_requested_ && !writes_closed_) {
+      SendWritesDoneLocked(lock);
+      return;
+    }
+    if (writes_closed_) ReleaseHoldIfIdleLocked(lock);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      std::unique_lock<std::mutex> lock(mutex_);
+      reads_closed_ = true;
+      cv_.notify_all();
+      // No more responses will come, so no request can be answered: stop
+      // writing.
+      write_queue_.clear();
+      CloseWritesLocked(lock);
+      return;
+    }
+    StreamResponse response;
+    absl::StatusOr<internal::DecodedResponse> decoded =
+        internal::DecodeScoreResponse(read_buffer_);
+    if (!decoded.ok()) {
+      response.result = decoded.status();
+    } else {
+      response.request_id = decoded->result.request_id;
+      if (!decoded->error.ok()) {
+        response.result = decoded->error;
+      } else {
+        response.result = std::move(decoded->result);
+      }
+    }
+    read_buffer_.Clear();
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (outstanding_ > 0) --outstanding_;
+      cv_.notify_all();
+      if (!options_.on_response) responses_.push_back(std::move(response));
+    }
+    if (options_.on_response) options_.on_response(std::move(response));
+    StartRead(&read_buffer_);
+  }
+
+  void OnDone(const grpc::Status& status) override {
+    if (token_ != nullptr) token_->Unregister(&context_);
+    std::function<void(const absl::Status&)> on_done;
+    absl::Status final_status = FromGrpc(status, "ScoreStream");
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      done_ = true;
+      reads_closed_ = true;
+      writes_closed_ = true;
+      final_status_ = final_status;
+      on_done = std::move(options_.on_done);
+      cv_.notify_all();
+    }
+    if (on_done) on_done(final_status);
+    // Last statement: may destroy this object when the Stream is already gone.
+    std::shared_ptr<State> self = std::move(self_);
+  }
+
+ private:
+  // REQUIRES: lock held, !write_in_flight_. Sends WritesDone and releases the
+  // hold.
+  void SendWritesDoneLocked(std::unique_lock<std::mutex>& lock) {
+    writes_closed_ = true;
+    hold_released_ = true;
+    cv_.notify_all();
+    lock.unlock();
+    StartWritesDone();
+    RemoveHold();
+  }
+
+  // No more writes will be started (cancelled, or the server has ended the
+  // stream).
+  void CloseWritesLocked(std::unique_lock<std::mutex>& lock) {
+    writes_closed_ = true;
+    cv_.notify_all();
+    ReleaseHoldIfIdleLocked(lock);
+  }
+
+  void ReleaseHoldIfIdleLocked(std::unique_lock<std::mutex>& lock) {
+    if (hold_released_ || write_in_flight_) return;
+    hold_released_ = true;
+    lock.unlock();
+    RemoveHold();
+  }
+
+  StreamOptions options_;
+  std::shared_ptr<CancellationToken> token_;
+  grpc::ClientContext context_;
+  std::shared_ptr<State> self_;  // set from Start until OnDone
+
+  grpc::ByteBuffer read_buffer_;  // owned by the read flow (one read at a time)
+  grpc::ByteBuffer
+      current_write_;  // owned by the write flow while write_in_flight_
+
+  mutable std::mutex mutex_;
+  std::condition_variable cv_;
+  std::deque<grpc::ByteBuffer> write_queue_;  // guarded by mutex_
+  std::deque<StreamResponse> responses_;      // guarded by mutex_
+  size_t outstanding_ = 0;                    // guarded by mutex_
+  bool write_in_flight_ = false;              // guarded by mutex_
+  bool writes_done_requested_ = false;        // guarded by mutex_
+  bool writes_closed_ = false;                // guarded by mutex_
+  bool hold_released_ = false;                // guarded by mutex_
+  bool reads_closed_ = false;                 // guarded by mutex_
+  bool done_ = false;                         // guarded by mutex_
+  absl::Status final_status_;                 // guarded by mutex_
+};
+
+Stream::Stream(std::shared_ptr<State> state) : state_(std::move(state)) {}
+
+Stream::~Stream() {
+  state_->Cancel();
+  // Bounded: after TryCancel gRPC ends the call promptly; waiting means no
+  // callback runs after the owner has destroyed the stream (and whatever its
+  // callbacks use).
+  state_->Finish(kStreamCloseWait).IgnoreError();
+}
+
+absl::Status Stream::Write(const ScoreRequest& request,
+                           absl::Duration timeout) {
+  return state_->Write(request, timeout);
+}
+absl::StatusOr<StreamResponse> Stream::Read(absl::Duration timeout) {
+  return state_->Read(timeout);
+}
+void Stream::WritesDone() { state_->WritesDone(); }
+absl::Status Stream::Finish(absl::Duration timeout) {
+  return state_->Finish(timeout);
+}
+void Stream::Cancel() { state_->Cancel(); }
+size_t Stream::outstanding() const { return state_->outstanding(); }
+
+// -----------------------------------------------------------------------------
+// Client.
+
+absl::StatusOr<std::unique_ptr<Client>> Client::Create(ClientOptions options) {
+  auto impl = std::make_unique<Impl>();
+  absl::StatusOr<std::string> target = ResolveTarget(options);
+  if (!target.ok()) return target.status();
+  impl->target = *target;
+  if (options.connections < 1 || options.connections > 1024) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "connections: expected 1..1024, got ", options.connections));
+  }
+  if (options.keepalive.time < absl::Seconds(10)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "keepalive time ", absl::FormatDuration(options.keepalive.time),
+        " is below the server's minimum ping interval (10s): it would answer "
+        "with GOAWAY"));
+  }
+  absl::StatusOr<std::string> service_config = ServiceConfig(options);
+  if (!service_config.ok()) return service_config.status();
+
+  std::shared_ptr<grpc::ChannelCredentials> credentials;
+  if (options.tls.enabled) {
+    grpc::SslCredentialsOptions ssl;
+    if (!options.tls.ca_file.empty()) {
+      absl::StatusOr<std::string> ca =
+          ReadFile(options.tls.ca_file, "tls ca_file");
+      if (!ca.ok()) return ca.status();
+      ssl.pem_root_certs = *ca;
+    }
+    if (options.tls.cert_file.empty() != options.tls.key_file.empty()) {
+      return absl::InvalidArgumentError(
+          "tls: cert_file and key_file go together");
+    }
+    if (!options.tls.cert_file.empty()) {
+      absl::StatusOr<std::string> cert =
+          ReadFile(options.tls.cert_file, "tls cert_file");
+      if (!cert.ok()) return cert.status();
+      absl::StatusOr<std::string> key =
+          ReadFile(options.tls.key_file, "tls key_file");
+      if (!key.ok()) return key.status();
+      ssl.pem_cert_chain = *cert;
+      ssl.pem_private_key = *key;
+    }
+    credentials = grpc::SslCredentials(ssl);
+    if (!options.bearer_token.empty()) {
+      credentials = grpc::CompositeChannelCredentials(
+          credentials, grpc::AccessTokenCredentials(options.bearer_token));
+    }
+  } else {
+    credentials = grpc::InsecureChannelCredentials();
+    if (!options.bearer_token.empty()) {
+      if (!options.allow_insecure_token) {
+        return absl::InvalidArgumentError(
+            "a bearer token over a plaintext connection needs "
+            "allow_insecure_token (or TLS)");
+      }
+      impl->plaintext_authorization =
+          absl::StrCat("Bearer ", options.bearer_token);
+    }
+  }
+
+  for (int i = 0; i < options.connections; ++i) {
+    grpc::ChannelArguments args;
+    args.SetServiceConfigJSON(*service_config);
+    // Our service config is the whole truth: do not let DNS TXT records replace
+    // it.
+    args.SetInt(GRPC_ARG_SERVICE_CONFIG_DISABLE_RESOLUTION, 1);
+    args.SetInt(GRPC_ARG_ENABLE_RETRIES, options.retry.enabled ? 1 : 0);
+    args.SetInt(GRPC_ARG_PER_RPC_RETRY_BUFFER_SIZE,
+                ClampToInt(options.retry.buffer_bytes));
+    args.SetInt(
+        GRPC_ARG_KEEPALIVE_TIME_MS,
+        static_cast<int>(absl::ToInt64Milliseconds(options.keepalive.time)));
+    args.SetInt(
+        GRPC_ARG_KEEPALIVE_TIMEOUT_MS,
+        static_cast<int>(absl::ToInt64Milliseconds(options.keepalive.timeout)));
+    args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS,
+                options.keepalive.permit_without_calls ? 1 : 0);
+    // Keep pinging an idle connection (the default stops after two pings
+    // without data).
+    args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+    args.SetMaxReceiveMessageSize(
+        ClampToInt(options.max_receive_message_bytes));
+    args.SetMaxSendMessageSize(ClampToInt(options.max_send_message_bytes));
+    if (options.tls.enabled && !options.tls.server_name_override.empty()) {
+      args.SetSslTargetNameOverride(options.tls.server_name_override);
+    }
+    if (options.connections > 1) {
+      // Channels with equal arguments share subchannels (one TCP connection per
+      // backend); a local pool and a distinguishing argument give each channel
+      // its own connections.
+      args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+      args.SetInt("attnscore.channel_index", i);
+    }
+    Impl::Channel channel;
+    channel.channel =
+        grpc::CreateCustomChannel(impl->target, credentials, args);
+    if (channel.channel == nullptr) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("cannot create a channel to ", impl->target));
+    }
+    channel.generic = std::make_unique<grpc::GenericStub>(channel.channel);
+    channel.scorer = v1::AttentionScorer::NewStub(channel.channel);
+    channel.health = grpc::health::v1::Health::NewStub(channel.channel);
+    impl->channels.push_back(std::move(channel));
+  }
+  impl->options = std::move(options);
+  return std::unique_ptr<Client>(new Client(std::move(impl)));
+}
+
+Client::Client(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Client::~Client() = default;
+
+const ClientOptions& Client::options() const { return impl_->options; }
+const std::string& Client::resolved_target() const { return impl_->target; }
+
+void Client::ScoreAsync(const ScoreRequest& request, const CallOptions& call,
+                        ScoreCallback done) {
+  StartScore(*impl_, request, call, nullptr, std::move(done));
+}
+
+std::future<absl::StatusOr<ScoreResult>> Client::ScoreAsync(
+    const ScoreRequest& request, const CallOptions& call) {
+  auto promise = std::make_shared<std::promise<absl::StatusOr<ScoreResult>>>();
+  std::future<absl::StatusOr<ScoreResult>> future = promise->get_future();
+  StartScore(*impl_, request, call, nullptr,
+             [promise](absl::StatusOr<ScoreResult> result) {
+               promise->set_value(std::move(result));
+             });
+  return future;
+}
+
+absl::StatusOr<ScoreResult> Client::Score(const ScoreRequest& request,
+                                          const CallOptions& call) {
+  auto cancel = std::make_shared<CancellationToken>();
+  auto promise = std::make_shared<std::promise<absl::StatusOr<ScoreResult>>>();
+  std::future<absl::StatusOr<ScoreResult>> future = promise->get_future();
+  StartScore(*impl_, request, call, cancel,
+             [promise](absl::StatusOr<ScoreResult> result) {
+               promise->set_value(std::move(result));
+             });
+  const absl::Duration timeout = EffectiveTimeout(impl_->options, call);
+  if (timeout != absl::InfiniteDuration()) {
+    const auto bound = absl::ToChronoMicroseconds(
+        std::max(timeout, absl::ZeroDuration()) + kSyncGrace);
+    if (future.wait_for(bound) != std::future_status::ready) {
+      // gRPC did not enforce the deadline (should not happen). Cancel, then
+      // wait for the call to let go of the request's slices: they point at the
+      // caller's tensors.
+      cancel->Cancel();
+    }
+  }
+  return future.get();
+}
+
+absl::StatusOr<std::unique_ptr<Stream>> Client::OpenStream(
+    StreamOptions stream_options, const CallOptions& call) {
+  if (stream_options.max_queued_writes == 0)
+    stream_options.max_queued_writes = 1;
+  auto state = std::make_shared<Stream::State>(std::move(stream_options),
+                                               call.cancellation);
+  impl_->Configure(state->context(), call, /*default_deadline=*/false);
+  if (absl::Status s = state->Start(state, *impl_->Pick().generic); !s.ok())
+    return s;
+  return std::make_unique<Stream>(std::move(state));
+}
+
+absl::StatusOr<std::vector<ModelInfo>> Client::ListModels(
+    const CallOptions& call) {
+  grpc::ClientContext context;
+  impl_->Configure(context, call);
+  if (call.cancellation != nullptr && !call.cancellation->Register(&context)) {
+    return absl::CancelledError("ListModels: cancelled");
+  }
+  v1::ListModelsResponse response;
+  grpc::Status status = impl_->Pick().scorer->ListModels(
+      &context, v1::ListModelsRequest(), &response);
+  if (call.cancellation != nullptr) call.cancellation->Unregister(&context);
+  if (!status.ok()) return FromGrpc(status, "ListModels");
+  std::vector<ModelInfo> models;
+  for (const v1::ModelInfo& m : response.models()) {
+    models.push_back(ModelInfo{m.name(), m.source(), m.heads(), m.head_dim(),
+                               m.max_relative_positions()});
+  }
+  return models;
+}
+
+absl::StatusOr<ServerInfo> Client::GetServerInfo(const CallOptions& call) {
+  grpc::ClientContext context;
+  impl_->Configure(context, call);
+  if (call.cancellation != nullptr && !call.cancellation->Register(&context)) {
+    return absl::CancelledError("GetServerInfo: cancelled");
+  }
+  v1::ServerInfo response;
+  grpc::Status status = impl_->Pick().scorer->GetServerInfo(
+      &context, v1::GetServerInfoRequest(), &response);
+  if (call.cancellation != nullptr) call.cancellation->Unregister(&context);
+  if (!status.ok()) return FromGrpc(status, "GetServerInfo");
+  ServerInfo info;
+  info.version = response.version();
+  info.device = response.device();
+  info.intra_op_threads = response.intra_op_threads();
+  info.max_heads = response.limits().max_heads();
+  info.max_head_dim = response.limits().max_head_dim();
+  info.max_seq_len = response.limits().max_seq_len();
+  info.max_output_bytes = response.limits().max_output_bytes();
+  info.max_message_bytes = response.limits().max_message_bytes();
+  info.max_batch_size = response.batching().max_batch_size();
+  info.max_queue_delay_us = response.batching().max_queue_delay_us();
+  info.max_queue = response.batching().max_queue();
+  info.batch_workers = response.batching().batch_workers();
+  return info;
+}
+
+absl::StatusOr<ServingStatus> Client::Health(const std::string& service,
+                                             const CallOptions& call) {
+  grpc::ClientContext context;
+  impl_->Configure(context, call);
+  if (call.cancellation != nullptr && !call.cancellation->Register(&context)) {
+    return absl::CancelledError("Health: cancelled");
+  }
+  grpc::health::v1::HealthCheckRequest request;
+  request.set_service(service);
+  grpc::health::v1::HealthCheckResponse response;
+  grpc::Status status =
+      impl_->Pick().health->Check(&context, request, &response);
+  if (call.cancellation != nullptr) call.cancellation->Unregister(&context);
+  if (status.error_code() == grpc::StatusCode::NOT_FOUND)
+    return ServingStatus::kServiceUnknown;
+  if (!status.ok()) return FromGrpc(status, "Health");
+  switch (response.status()) {
+    case grpc::health::v1::HealthCheckResponse::SERVING:
+      return ServingStatus::kServing;
+    case grpc::health::v1::HealthCheckResponse::NOT_SERVING:
+      return ServingStatus::kNotServing;
+    case grpc::health::v1::HealthCheckResponse::SERVICE_UNKNOWN:
+      return ServingStatus::kServiceUnknown;
+    default:
+      return ServingStatus::kUnknown;
+  }
+}
+
+absl::Status Client::WaitForConnected(absl::Duration timeout) {
+  const auto deadline = absl::ToChronoTime(absl::Now() + timeout);
+  for (Impl::Channel& channel : impl_->channels) {
+    if (!channel.channel->WaitForConnected(deadline)) {
+      return absl::UnavailableError(
+          absl::StrCat("cannot connect to ", impl_->target, " within ",
+                       absl::FormatDuration(timeout)));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace attnscore::client

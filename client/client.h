@@ -1,0 +1,356 @@
+// The attnscore client library: scores attention on an attnscore server
+// (attnscore.v1 over gRPC) from C++ without LibTorch.
+//
+//   namespace ac = attnscore::client;
+//   ac::ClientOptions options;
+//   options.target = "dns:///attnscore:50051";
+//   auto client = ac::Client::Create(options);  // absl::StatusOr
+//   ac::ScoreRequest request;
+//   request.query = q.view();
+//   request.key = k.view();
+//   request.causal = true;
+//   absl::StatusOr<ac::ScoreResult> result = (*client)->Score(request);
+//
+// Channels: one target ("host:port", "dns:///name:port", "ipv4:a:p,b:q"), or a
+// list of host:port targets, balanced round_robin over every resolved address
+// (what a headless Kubernetes Service needs); retries of UNAVAILABLE,
+// keepalive, message limits and TLS come from ClientOptions through gRPC's own
+// service config and channel arguments.
+//
+// Ownership: requests borrow tensor memory through TensorView. Score() needs it
+// until it returns; ScoreAsync() until its callback has run (or its future is
+// ready); Stream::Write() copies, so the memory is free once Write returns.
+// Results own their tensors. A Client must outlive every call and Stream it
+// started.
+// Thread safety: Client is thread-safe; Stream's methods may be called from any
+// thread.
+// Errors: every call returns absl::Status / absl::StatusOr carrying the gRPC
+// status code and the server's message verbatim (INVALID_ARGUMENT names the
+// field, expected and actual value). Nothing throws.
+#ifndef ATTNSCORE_CLIENT_CLIENT_H_
+#define ATTNSCORE_CLIENT_CLIENT_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <future>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <variant>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "client/tensor.h"
+
+namespace grpc {
+class ClientContext;
+}  // namespace grpc
+
+namespace attnscore::client {
+
+// The gRPC service, also the readiness entry of grpc.health.v1 ("" is
+// liveness).
+inline constexpr char kServiceName[] = "attnscore.v1.AttentionScorer";
+
+// -----------------------------------------------------------------------------
+// Requests and results (the semantics are the proto's:
+// proto/attnscore/v1/attnscore.proto).
+
+enum class Layout { kBHSD, kBSHD, kSBHD };
+
+// ALiBi bias; no slopes: the paper's slopes for H heads.
+struct Alibi {
+  std::vector<float> slopes;
+};
+// Transformer-XL relative bias with a parameter set the server loaded (see
+// ListModels).
+struct Relative {
+  std::string model;
+};
+
+struct Outputs {
+  bool logits = true;
+  bool probs = false;
+  bool context = false;
+};
+
+struct ScoreRequest {
+  std::string
+      request_id;  // echoed back; how Stream responses are matched to requests
+  std::variant<Alibi, Relative> bias;
+  TensorView query;                 // [B, H, Lq, D] in `layout`
+  TensorView key;                   // [B, H, Lk, D]
+  std::optional<TensorView> value;  // [B, H, Lk, Dv]; needed for context
+  Layout layout = Layout::kBHSD;
+  bool causal = false;
+  std::optional<float> scale;        // unset: 1/sqrt(D)
+  std::vector<int32_t> key_lengths;  // empty, or B values in [0, Lk]
+  Outputs outputs;
+  std::optional<DType> output_dtype;  // unset: the query's
+};
+
+// The server's account of one request.
+struct Timing {
+  int64_t queue_us = 0;    // arrival to the start of its batch's compute
+  int64_t compute_us = 0;  // that batch's compute
+  int32_t batch_size = 0;  // batch items computed together
+};
+
+struct ScoreResult {
+  std::string request_id;
+  std::optional<Tensor> logits;   // [B, H, Lq, Lk], masked entries -inf
+  std::optional<Tensor> probs;    // [B, H, Lq, Lk]
+  std::optional<Tensor> context;  // [B, H, Lq, Dv] in the request's layout
+  Timing timing;
+};
+
+struct ModelInfo {
+  std::string name;
+  std::string source;
+  int64_t heads = 0;
+  int64_t head_dim = 0;
+  int64_t max_relative_positions = 0;  // P: requests need max(Lq, Lk) <= P
+};
+
+struct ServerInfo {
+  std::string version;
+  std::string device;
+  int32_t intra_op_threads = 0;
+  int64_t max_heads = 0;
+  int64_t max_head_dim = 0;
+  int64_t max_seq_len = 0;
+  int64_t max_output_bytes = 0;
+  int64_t max_message_bytes = 0;
+  int64_t max_batch_size = 0;
+  int64_t max_queue_delay_us = 0;
+  int64_t max_queue = 0;
+  int32_t batch_workers = 0;
+};
+
+enum class ServingStatus { kUnknown, kServing, kNotServing, kServiceUnknown };
+const char* ServingStatusName(ServingStatus status);
+
+// -----------------------------------------------------------------------------
+// Options.
+
+struct TlsOptions {
+  bool enabled = false;
+  std::string ca_file;  // PEM roots; empty: the system's
+  std::string
+      cert_file;  // client certificate chain (mutual TLS), with key_file
+  std::string key_file;
+  std::string server_name_override;  // when the target's name is not in the
+                                     // certificate (tests)
+};
+
+// gRPC retries (service config retryPolicy) of UNAVAILABLE only: the status the
+// server uses for "queue full / draining, try later" and that a dead connection
+// produces. Never anything else: a retried DEADLINE_EXCEEDED or INTERNAL could
+// double the load of an overloaded server.
+struct RetryOptions {
+  bool enabled = true;
+  int max_attempts = 5;  // including the first; gRPC caps this at 5
+  absl::Duration initial_backoff = absl::Milliseconds(50);
+  absl::Duration max_backoff = absl::Seconds(1);
+  double backoff_multiplier = 2.0;
+  // retryThrottling: retries stop while the tokens (each failure -1, each
+  // success +ratio) are at or below max_tokens / 2. 100 rather than gRPC's
+  // example 10: when one of a few backends dies, every call in flight on it
+  // fails at once, and those retries are exactly the useful ones. 0 disables
+  // throttling.
+  int throttle_max_tokens = 100;
+  double throttle_token_ratio = 0.1;
+  // gRPC keeps a call's sent messages for a retry up to this size (its default,
+  // 256 KiB, would make every prefill request unretriable).
+  int64_t buffer_bytes = int64_t{64} << 20;
+};
+
+// Client pings. The server (server/main.cc) accepts pings at most every 10 s,
+// with or without calls, so the interval must not go below 10 s or the server
+// answers with GOAWAY.
+struct KeepaliveOptions {
+  absl::Duration time = absl::Seconds(30);
+  absl::Duration timeout = absl::Seconds(10);
+  bool permit_without_calls = true;
+};
+
+struct ClientOptions {
+  // "host:port", "dns:///name:port" (every A/AAAA record, re-resolved on
+  // failures), "ipv4:a:p,b:q", "unix:/path", or a comma-separated list
+  // "host:p,host2:q".
+  std::string target = "127.0.0.1:50051";
+  // Alternatively a list of host:port (resolved once at Create): overrides
+  // `target`.
+  std::vector<std::string> targets;
+  std::string load_balancing = "round_robin";  // or "pick_first"
+  // Deadline of calls without their own timeout (Stream: none).
+  // absl::InfiniteDuration(): none.
+  absl::Duration default_timeout = absl::Seconds(30);
+  RetryOptions retry;
+  KeepaliveOptions keepalive;
+  // -1: unlimited. Receive is unlimited by default because score matrices are
+  // large (B8 H8 L512 float32 logits are 64 MiB); the server's
+  // --max-output-bytes is the real bound.
+  int64_t max_receive_message_bytes = -1;
+  int64_t max_send_message_bytes = -1;
+  TlsOptions tls;
+  // Sent as "authorization: Bearer <token>" on every call. Over plaintext only
+  // when allow_insecure_token (a token on an unencrypted connection is readable
+  // by anyone on the path).
+  std::string bearer_token;
+  bool allow_insecure_token = false;
+  // Independent channels (TCP connections per backend); calls are spread over
+  // them.
+  int connections = 1;
+};
+
+// Cancels the calls that carry it (CallOptions::cancellation). Thread-safe;
+// cancelling twice is harmless; calls started after Cancel() fail with
+// CANCELLED at once.
+class CancellationToken {
+ public:
+  void Cancel();
+  bool cancelled() const;
+
+  // For the library: a running call's context. Register returns false if
+  // already cancelled.
+  bool Register(grpc::ClientContext* context);
+  void Unregister(grpc::ClientContext* context);
+
+ private:
+  mutable std::mutex mutex_;
+  bool cancelled_ = false;                      // guarded by mutex_
+  std::vector<grpc::ClientContext*> contexts_;  // guarded by mutex_
+};
+
+struct CallOptions {
+  // Unset: ClientOptions::default_timeout. absl::InfiniteDuration(): no
+  // deadline.
+  std::optional<absl::Duration> timeout;
+  std::shared_ptr<CancellationToken> cancellation;
+  // Wait for a connection instead of failing UNAVAILABLE at once while no
+  // backend is reachable (still bounded by the deadline).
+  bool wait_for_ready = false;
+  std::vector<std::pair<std::string, std::string>> metadata;
+};
+
+// -----------------------------------------------------------------------------
+// Streams.
+
+struct StreamResponse {
+  std::string request_id;
+  // The request's own error (the stream goes on) or its result.
+  absl::StatusOr<ScoreResult> result;
+};
+
+struct StreamOptions {
+  // Called on a gRPC thread for every response in arrival order; must not
+  // block. Unset: responses queue for Stream::Read().
+  std::function<void(StreamResponse)> on_response;
+  // Called once, on a gRPC thread, when the stream has ended, with its final
+  // status.
+  std::function<void(const absl::Status&)> on_done;
+  // Write() waits while this many requests are queued behind the one being
+  // sent.
+  size_t max_queued_writes = 64;
+};
+
+// A ScoreStream call: pipelined requests, responses matched by request_id
+// (possibly out of order). Created by Client::OpenStream. Destroying it cancels
+// the call if it is still running.
+class Stream {
+ public:
+  class State;  // implementation detail, shared with gRPC's reactor
+  explicit Stream(std::shared_ptr<State> state);
+  ~Stream();
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+
+  // Queues one request; its tensors are copied into the message before Write
+  // returns. Waits up to `timeout` while max_queued_writes are queued
+  // (DEADLINE_EXCEEDED). FAILED_PRECONDITION after WritesDone; the stream's
+  // final status once it has ended.
+  absl::Status Write(const ScoreRequest& request,
+                     absl::Duration timeout = absl::Seconds(30));
+  // The next response (when StreamOptions::on_response is unset).
+  // DEADLINE_EXCEEDED when none arrives within `timeout`; OUT_OF_RANGE when the
+  // stream has ended and every response was read (Finish() then says why it
+  // ended).
+  absl::StatusOr<StreamResponse> Read(absl::Duration timeout);
+  // No more requests: the server ends the stream after answering the queued
+  // ones.
+  void WritesDone();
+  // Waits up to `timeout` for the end of the stream; its final status
+  // (DEADLINE_EXCEEDED if it has not ended by then: the stream goes on).
+  absl::Status Finish(absl::Duration timeout);
+  void Cancel();
+  // Requests written but not yet answered.
+  size_t outstanding() const;
+
+ private:
+  std::shared_ptr<State> state_;
+};
+
+// -----------------------------------------------------------------------------
+
+class Client {
+ public:
+  using ScoreCallback = std::function<void(absl::StatusOr<ScoreResult>)>;
+
+  // INVALID_ARGUMENT for unusable options (no target, unreadable TLS files, bad
+  // numbers). Does not connect: the first call (or WaitForConnected) does.
+  static absl::StatusOr<std::unique_ptr<Client>> Create(ClientOptions options);
+  ~Client();
+  Client(const Client&) = delete;
+  Client& operator=(const Client&) = delete;
+
+  absl::StatusOr<ScoreResult> Score(const ScoreRequest& request,
+                                    const CallOptions& call = {});
+  // `done` runs once, on a gRPC thread (or on the calling thread if the call
+  // cannot start), and must not block. The request's tensors must stay valid
+  // until then.
+  void ScoreAsync(const ScoreRequest& request, const CallOptions& call,
+                  ScoreCallback done);
+  std::future<absl::StatusOr<ScoreResult>> ScoreAsync(
+      const ScoreRequest& request, const CallOptions& call = {});
+  // A ScoreStream call; the deadline is CallOptions::timeout if set, else none.
+  absl::StatusOr<std::unique_ptr<Stream>> OpenStream(
+      StreamOptions stream_options = {}, const CallOptions& call = {});
+
+  absl::StatusOr<std::vector<ModelInfo>> ListModels(
+      const CallOptions& call = {});
+  absl::StatusOr<ServerInfo> GetServerInfo(const CallOptions& call = {});
+  // grpc.health.v1 Check: kServiceName is readiness, "" liveness.
+  // kServiceUnknown when the server does not know `service`.
+  absl::StatusOr<ServingStatus> Health(
+      const std::string& service = kServiceName, const CallOptions& call = {});
+
+  // Connects every channel (or fails with DEADLINE_EXCEEDED/UNAVAILABLE after
+  // `timeout`).
+  absl::Status WaitForConnected(absl::Duration timeout);
+
+  const ClientOptions& options() const;
+  // The gRPC target the channels use (a list is turned into "ipv4:..." /
+  // "ipv6:...").
+  const std::string& resolved_target() const;
+
+  class Impl;
+
+ private:
+  explicit Client(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+// Parses "BHSD" / "BSHD" / "SBHD" (case-insensitive).
+std::optional<Layout> ParseLayout(std::string_view name);
+const char* LayoutName(Layout layout);
+
+}  // namespace attnscore::client
+
+#endif  // ATTNSCORE_CLIENT_CLIENT_H_

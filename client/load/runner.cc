@@ -1,0 +1,442 @@
+#include "client/load/runner.h"
+
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <thread>
+#include <unordered_map>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+
+namespace attnscore::client::load {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Distinct error messages kept; beyond, they are only counted (a flood of
+// unique messages, e.g. with request ids in them, must not grow the report
+// without bound).
+constexpr size_t kMaxDistinctErrors = 50;
+constexpr size_t kMaxMessageChars = 200;
+// After the drain timeout, how long cancelled calls get to report back.
+constexpr auto kCancelWait = std::chrono::seconds(10);
+// Streams re-opened after one ended, over the whole run (a server restart
+// should not end a streaming run; a server that refuses every stream should not
+// make us spin).
+constexpr int kMaxStreamReopens = 16;
+
+int64_t Nanos(Clock::duration d) {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(d).count();
+}
+
+// Everything completions touch; shared with the callbacks so that a late one
+// never dangles.
+class Shared {
+ public:
+  Shared(const Workload& workload, bool recording) : recording_(recording) {
+    for (const Workload::Kind& kind : workload.kinds())
+      result_.kind_names.push_back(kind.name);
+    result_.by_kind.resize(workload.kinds().size());
+  }
+
+  std::mutex& mutex() { return mutex_; }
+  std::condition_variable& cv() { return cv_; }
+  int in_flight() const { return in_flight_; }  // REQUIRES: mutex() held
+
+  // REQUIRES: mutex() held.
+  void AddInFlight() { ++in_flight_; }
+
+  // One request's outcome; `timing` for successes.
+  void Complete(size_t kind, Clock::time_point intended,
+                const absl::Status& status, const Timing* timing) {
+    const Clock::time_point now = Clock::now();
+    std::lock_guard<std::mutex> lock(mutex_);
+    RecordLocked(kind, Nanos(now - intended), status, timing);
+    last_completion_ = std::max(last_completion_, now);
+    --in_flight_;
+    cv_.notify_all();
+  }
+
+  // A request that never got on the wire (its stream ended, or Write failed).
+  void FailUnsent(size_t kind, Clock::time_point intended,
+                  const absl::Status& status) {
+    Complete(kind, intended, status, nullptr);
+  }
+
+  void RecordSendLag(Clock::duration lag) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (recording_) result_.send_lag_ns.Record(Nanos(lag));
+  }
+
+  LoadResult& result() {
+    return result_;
+  }  // REQUIRES: no call in flight, or mutex() held
+  Clock::time_point last_completion() const { return last_completion_; }
+
+ private:
+  void RecordLocked(size_t kind, int64_t latency_ns, const absl::Status& status,
+                    const Timing* timing) {
+    if (!recording_) return;
+    for (Stats* stats : {&result_.all, &result_.by_kind[kind]}) {
+      ++stats->count;
+      stats->latency_ns.Record(latency_ns);
+      if (status.ok()) {
+        ++stats->ok;
+        if (timing != nullptr) {
+          const int64_t queue_ns = timing->queue_us * 1000;
+          const int64_t compute_ns = timing->compute_us * 1000;
+          stats->queue_ns.Record(queue_ns);
+          stats->compute_ns.Record(compute_ns);
+          stats->overhead_ns.Record(
+              std::max<int64_t>(0, latency_ns - queue_ns - compute_ns));
+          stats->batch_size.Record(timing->batch_size);
+        }
+      } else {
+        ++stats->errors;
+      }
+    }
+    ++result_.status_codes[absl::StatusCodeToString(status.code())];
+    if (!status.ok()) {
+      std::string key =
+          absl::StrCat(absl::StatusCodeToString(status.code()), ": ",
+                       status.message().substr(0, kMaxMessageChars));
+      auto it = result_.error_messages.find(key);
+      if (it != result_.error_messages.end()) {
+        ++it->second;
+      } else if (result_.error_messages.size() < kMaxDistinctErrors) {
+        result_.error_messages.emplace(std::move(key), 1);
+      } else {
+        ++result_.error_messages_dropped;
+      }
+    }
+  }
+
+  const bool recording_;
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  int in_flight_ = 0;
+  Clock::time_point last_completion_{};
+  LoadResult result_;
+};
+
+// When request i is due, relative to the start (open loop).
+class Arrivals {
+ public:
+  Arrivals(const LoadOptions& options)
+      : options_(options), rng_(options.seed) {}
+  Clock::duration Next() {
+    const double seconds = offset_s_;
+    if (options_.arrival == Arrival::kPoisson) {
+      offset_s_ += std::exponential_distribution<double>(options_.rate)(rng_);
+    } else {
+      offset_s_ = static_cast<double>(++count_) / options_.rate;
+    }
+    return std::chrono::duration_cast<Clock::duration>(
+        std::chrono::duration<double>(seconds));
+  }
+
+ private:
+  const LoadOptions& options_;
+  std::mt19937_64 rng_;
+  double offset_s_ = 0;
+  uint64_t count_ = 0;
+};
+
+// ScoreStream transport: requests spread round-robin over the streams,
+// responses matched to their request by request_id. Each stream has its own
+// Slot (pending requests, ended flag); a re-opened stream gets a new Slot, so a
+// late end of the old call cannot claim new requests.
+class StreamPool {
+ public:
+  StreamPool(Client& client, std::shared_ptr<Shared> shared, int streams)
+      : client_(client),
+        shared_(std::move(shared)),
+        slots_(static_cast<size_t>(streams)) {}
+
+  absl::Status OpenAll() {
+    for (size_t s = 0; s < slots_.size(); ++s) {
+      if (absl::Status st = Open(s); !st.ok()) return st;
+    }
+    return absl::OkStatus();
+  }
+
+  // Sends a request; its outcome is recorded when its response (or its stream's
+  // end) comes.
+  void Send(const ScoreRequest& request, size_t kind,
+            Clock::time_point intended, absl::Duration write_timeout) {
+    const size_t s = next_++ % slots_.size();
+    if (absl::Status status = EnsureOpen(s); !status.ok()) {
+      shared_->FailUnsent(kind, intended, status);
+      return;
+    }
+    std::shared_ptr<Slot> slot = slots_[s];
+    {
+      std::lock_guard<std::mutex> lock(slot->mutex);
+      slot->pending.emplace(request.request_id, Pending{kind, intended});
+    }
+    if (absl::Status status = slot->stream->Write(request, write_timeout);
+        !status.ok()) {
+      bool ours = false;
+      {
+        std::lock_guard<std::mutex> lock(slot->mutex);
+        ours = slot->pending.erase(request.request_id) > 0;
+      }
+      // Not ours any more: the stream's end has already reported it.
+      if (ours) shared_->FailUnsent(kind, intended, status);
+    }
+  }
+
+  void CloseAll(absl::Duration timeout) {
+    for (auto& slot : slots_) {
+      if (slot != nullptr) slot->stream->WritesDone();
+    }
+    const absl::Time deadline = absl::Now() + timeout;
+    for (auto& slot : slots_) {
+      if (slot == nullptr) continue;
+      if (!slot->stream
+               ->Finish(std::max(deadline - absl::Now(), absl::ZeroDuration()))
+               .ok()) {
+        slot->stream->Cancel();
+      }
+    }
+  }
+
+  void CancelAll() {
+    for (auto& slot : slots_) {
+      if (slot != nullptr) slot->stream->Cancel();
+    }
+  }
+
+  // Destroys the streams (each waits, bounded, for its call to end).
+  void Reset() {
+    for (auto& slot : slots_) {
+      if (slot != nullptr) slot->stream.reset();
+    }
+  }
+
+ private:
+  struct Pending {
+    size_t kind;
+    Clock::time_point intended;
+  };
+  struct Slot {
+    std::mutex mutex;
+    std::unordered_map<std::string, Pending> pending;  // guarded by mutex
+    bool ended = false;                                // guarded by mutex
+    std::unique_ptr<Stream> stream;                    // dispatcher thread only
+  };
+
+  absl::Status EnsureOpen(size_t s) {
+    if (slots_[s] != nullptr) {
+      std::lock_guard<std::mutex> lock(slots_[s]->mutex);
+      if (!slots_[s]->ended) return absl::OkStatus();
+    }
+    if (reopens_ >= kMaxStreamReopens) {
+      return absl::UnavailableError(
+          "ScoreStream ended and the re-open budget is spent");
+    }
+    ++reopens_;
+    return Open(s);
+  }
+
+  absl::Status Open(size_t s) {
+    if (slots_[s] != nullptr) {
+      // Waits (bounded) for the old call's callbacks to stop before its Slot is
+      // dropped.
+      slots_[s]->stream.reset();
+      slots_[s] = nullptr;
+    }
+    auto slot = std::make_shared<Slot>();
+    std::shared_ptr<Shared> shared = shared_;
+    StreamOptions options;
+    options.on_response = [slot, shared](StreamResponse response) {
+      std::optional<Pending> pending;
+      {
+        std::lock_guard<std::mutex> lock(slot->mutex);
+        auto it = slot->pending.find(response.request_id);
+        if (it == slot->pending.end()) return;  // not ours (already reported)
+        pending = it->second;
+        slot->pending.erase(it);
+      }
+      if (response.result.ok()) {
+        shared->Complete(pending->kind, pending->intended, absl::OkStatus(),
+                         &response.result->timing);
+      } else {
+        shared->Complete(pending->kind, pending->intended,
+                         response.result.status(), nullptr);
+      }
+    };
+    // Runs on a gRPC thread and never waits for `slot`'s stream: it only
+    // touches the map.
+    options.on_done = [slot, shared](const absl::Status& status) {
+      std::unordered_map<std::string, Pending> orphans;
+      {
+        std::lock_guard<std::mutex> lock(slot->mutex);
+        slot->ended = true;
+        orphans.swap(slot->pending);
+      }
+      const absl::Status reported =
+          status.ok()
+              ? absl::UnavailableError("ScoreStream ended before answering")
+              : status;
+      for (const auto& [id, pending] : orphans) {
+        shared->Complete(pending.kind, pending.intended, reported, nullptr);
+      }
+    };
+    absl::StatusOr<std::unique_ptr<Stream>> stream =
+        client_.OpenStream(std::move(options));
+    if (!stream.ok()) return stream.status();
+    slot->stream = *std::move(stream);
+    slots_[s] = std::move(slot);
+    return absl::OkStatus();
+  }
+
+  Client& client_;
+  std::shared_ptr<Shared> shared_;
+  std::vector<std::shared_ptr<Slot>> slots_;  // null until opened
+  size_t next_ = 0;
+  int reopens_ = 0;
+};
+
+absl::StatusOr<LoadResult> RunPhase(Client& client, const Workload& workload,
+                                    const LoadOptions& options,
+                                    bool recording) {
+  auto shared = std::make_shared<Shared>(workload, recording);
+  auto cancel = std::make_shared<CancellationToken>();
+  const bool open_loop = options.rate > 0;
+  std::unique_ptr<StreamPool> pool;
+  if (options.stream) {
+    pool = std::make_unique<StreamPool>(client, shared,
+                                        std::max(1, options.streams));
+    if (absl::Status s = pool->OpenAll(); !s.ok()) return s;
+  }
+
+  const Clock::time_point start = Clock::now();
+  absl::Duration bound = options.max_duration;
+  if (options.duration > absl::ZeroDuration())
+    bound = std::min(bound, options.duration);
+  const Clock::time_point end = start + absl::ToChronoNanoseconds(bound);
+  Arrivals arrivals(options);
+  int64_t sent = 0;
+  int64_t not_sent = 0;
+
+  while (options.total == 0 || sent < options.total) {
+    Clock::time_point intended;
+    {
+      std::unique_lock<std::mutex> lock(shared->mutex());
+      if (open_loop) {
+        intended = start + arrivals.Next();
+        if (intended >= end) break;
+        // Sleep until due (nothing to wake us early: the run goes on
+        // regardless).
+        lock.unlock();
+        std::this_thread::sleep_until(intended);
+        lock.lock();
+      }
+      if (!shared->cv().wait_until(lock, end, [&] {
+            return shared->in_flight() < options.concurrency;
+          })) {
+        if (open_loop) ++not_sent;  // due, but no slot before the end
+        break;
+      }
+      if (!open_loop) {
+        if (Clock::now() >= end) break;
+        intended = Clock::now();
+      }
+      shared->AddInFlight();
+    }
+    const size_t kind_index = workload.Pick(static_cast<uint64_t>(sent));
+    const Workload::Kind& kind = workload.kinds()[kind_index];
+    ScoreRequest request = kind.request;
+    request.request_id = absl::StrCat(recording ? "load-" : "warmup-", sent);
+    shared->RecordSendLag(Clock::now() - intended);
+    if (pool != nullptr) {
+      pool->Send(request, kind_index, intended, options.timeout);
+    } else {
+      CallOptions call;
+      call.timeout = options.timeout;
+      call.cancellation = cancel;
+      // The callback holds the kind's tensor memory: a call outliving this run
+      // stays valid.
+      client.ScoreAsync(request, call,
+                        [shared, data = kind.data, kind_index,
+                         intended](absl::StatusOr<ScoreResult> result) {
+                          if (result.ok()) {
+                            shared->Complete(kind_index, intended,
+                                             absl::OkStatus(), &result->timing);
+                          } else {
+                            shared->Complete(kind_index, intended,
+                                             result.status(), nullptr);
+                          }
+                        });
+    }
+    ++sent;
+  }
+  if (open_loop && options.total > 0) not_sent = options.total - sent;
+
+  // Drain: answered, or cancelled after the drain timeout.
+  int64_t cancelled_at_drain = 0;
+  if (pool != nullptr) pool->CloseAll(options.drain_timeout);
+  {
+    std::unique_lock<std::mutex> lock(shared->mutex());
+    const auto drained = [&] { return shared->in_flight() == 0; };
+    if (!shared->cv().wait_for(
+            lock, absl::ToChronoNanoseconds(options.drain_timeout), drained)) {
+      cancelled_at_drain = shared->in_flight();
+      lock.unlock();
+      cancel->Cancel();
+      if (pool != nullptr) pool->CancelAll();
+      lock.lock();
+      shared->cv().wait_for(lock, kCancelWait, drained);
+    }
+  }
+  if (pool != nullptr) pool->Reset();
+
+  std::lock_guard<std::mutex> lock(shared->mutex());
+  LoadResult result = shared->result();
+  const Clock::time_point last = std::max(shared->last_completion(), start);
+  result.elapsed = absl::FromChrono(last - start);
+  result.not_sent = not_sent;
+  result.cancelled_at_drain = cancelled_at_drain;
+  result.open_loop = open_loop;
+  return result;
+}
+
+}  // namespace
+
+absl::StatusOr<LoadResult> RunLoad(Client& client, const Workload& workload,
+                                   const LoadOptions& options) {
+  if (options.concurrency < 1) {
+    return absl::InvalidArgumentError("concurrency must be >= 1");
+  }
+  if (options.total < 0 ||
+      (options.total == 0 && options.duration <= absl::ZeroDuration())) {
+    return absl::InvalidArgumentError(
+        "give a request count (> 0) or a duration");
+  }
+  if (options.rate < 0) return absl::InvalidArgumentError("rate must be >= 0");
+  if (options.max_duration <= absl::ZeroDuration() ||
+      options.max_duration == absl::InfiniteDuration()) {
+    return absl::InvalidArgumentError("max duration must be finite and > 0");
+  }
+  if (options.drain_timeout < absl::ZeroDuration() ||
+      options.drain_timeout == absl::InfiniteDuration()) {
+    return absl::InvalidArgumentError("drain timeout must be finite and >= 0");
+  }
+  if (options.warmup > 0) {
+    LoadOptions warmup = options;
+    warmup.total = options.warmup;
+    warmup.duration = absl::ZeroDuration();
+    warmup.rate = 0;
+    absl::StatusOr<LoadResult> ignored =
+        RunPhase(client, workload, warmup, /*recording=*/false);
+    if (!ignored.ok()) return ignored.status();
+  }
+  return RunPhase(client, workload, options, /*recording=*/true);
+}
+
+}  // namespace attnscore::client::load

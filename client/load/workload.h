@@ -1,0 +1,86 @@
+// What the load tester sends: one or more request kinds (shapes), each with a
+// weight, built from presets or custom "B,H,Lq,Lk,D" shapes. Every kind's q/k/v
+// are generated once (deterministic pseudo-random values from the seed) and
+// shared by all requests of that kind, so generating load costs no allocation
+// per request.
+//
+// Presets (H8 D64, causal, the shapes of an LLM serving path):
+//   decode       B1 Lq1 Lk2048     one KV-cache decode step
+//   prefill512   B1 Lq512 Lk512
+//   prefill2048  B1 Lq2048 Lk2048  (float32 logits: 128 MiB per response)
+//   mixed        decode 90%, prefill512 9%, prefill2048 1%
+//
+// Ownership: a Workload owns the tensor memory its requests view; it must
+// outlive every call made with them.
+// Thread safety: const methods may be called concurrently.
+// Errors: INVALID_ARGUMENT naming the bad preset, shape or option.
+#ifndef ATTNSCORE_CLIENT_LOAD_WORKLOAD_H_
+#define ATTNSCORE_CLIENT_LOAD_WORKLOAD_H_
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "client/client.h"
+
+namespace attnscore::client::load {
+
+struct RequestShape {
+  int64_t batch = 1;
+  int64_t heads = 8;
+  int64_t query_len = 1;
+  int64_t key_len = 2048;
+  int64_t head_dim = 64;
+};
+
+// "B,H,Lq,Lk,D" with an optional ":weight" (default 1).
+absl::StatusOr<std::pair<RequestShape, double>> ParseShape(
+    absl::string_view text);
+
+struct WorkloadOptions {
+  std::string
+      preset;  // decode | prefill512 | prefill2048 | mixed | "" (shapes only)
+  std::vector<std::string> shapes;  // custom kinds, "B,H,Lq,Lk,D[:weight]"
+  std::string mode = "alibi";       // alibi | relative
+  std::string model;                // relative: the server's parameter set
+  bool causal = true;
+  Outputs outputs;
+  DType dtype = DType::kFloat32;
+  std::optional<DType> output_dtype;
+  uint64_t seed = 1;
+};
+
+class Workload {
+ public:
+  struct Kind {
+    std::string name;  // "decode", "prefill512", or "B1,H8,Lq16,Lk16,D64"
+    RequestShape shape;
+    double weight = 1;
+    ScoreRequest request;  // views over `data`; request_id left empty
+    std::shared_ptr<std::vector<uint8_t>> data;
+    int64_t request_bytes = 0;   // q + k (+ v) bytes
+    int64_t response_bytes = 0;  // requested outputs, in the output dtype
+  };
+
+  static absl::StatusOr<Workload> Create(const WorkloadOptions& options);
+
+  const std::vector<Kind>& kinds() const { return kinds_; }
+  const WorkloadOptions& options() const { return options_; }
+  // The kind of request number `index`: a deterministic weighted choice (a hash
+  // of the seed and the index), so that runs with equal options send the same
+  // sequence.
+  size_t Pick(uint64_t index) const;
+
+ private:
+  WorkloadOptions options_;
+  std::vector<Kind> kinds_;
+  std::vector<double> cumulative_;  // normalised cumulative weights
+};
+
+}  // namespace attnscore::client::load
+
+#endif  // ATTNSCORE_CLIENT_LOAD_WORKLOAD_H_

@@ -1,0 +1,374 @@
+// The `attnscore` CLI as a subprocess against real servers: every golden case
+// through `score`, `health` exit codes, `models`/`info` JSON, `load` reports
+// (JSON consistency, CSV, open loop, streams, the error-rate exit code) and
+// `load` through round_robin over three servers with one of them SIGKILLed
+// mid-run (no failed request reported).
+#include <signal.h>
+
+#include <cmath>
+#include <fstream>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "common/safetensors.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "tests/client/golden_support.h"
+#include "tests/client/server_process.h"
+#include "tests/testing/golden.h"
+
+namespace attnscore::testing {
+namespace {
+
+using ::testing::HasSubstr;
+
+std::string ReadText(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream out;
+  out << in.rdbuf();
+  return out.str();
+}
+
+CommandResult Cli(const std::vector<std::string>& args,
+                  absl::Duration timeout = absl::Seconds(60)) {
+  std::vector<std::string> argv = {CliBinary()};
+  argv.insert(argv.end(), args.begin(), args.end());
+  CommandResult result = RunCommand(argv, timeout);
+  EXPECT_FALSE(result.timed_out) << absl::StrJoin(argv, " ") << "\n"
+                                 << result.output;
+  return result;
+}
+
+std::unique_ptr<ServerProcess> StartServer(ServerOptions options = {}) {
+  absl::StatusOr<std::unique_ptr<ServerProcess>> server =
+      ServerProcess::Start(options);
+  EXPECT_TRUE(server.ok()) << server.status();
+  return server.ok() ? *std::move(server) : nullptr;
+}
+
+// Checks the invariants every `load --format json` report must satisfy.
+void ExpectConsistentReport(const nlohmann::json& j) {
+  const int64_t count = j["count"].get<int64_t>();
+  EXPECT_EQ(count, j["ok"].get<int64_t>() + j["errors"].get<int64_t>());
+  int64_t by_code = 0;
+  for (const auto& [code, n] : j["status_codes"].items())
+    by_code += n.get<int64_t>();
+  EXPECT_EQ(by_code, count);
+  EXPECT_EQ(j["status_codes"].value("OK", 0), j["ok"].get<int64_t>());
+  int64_t in_histogram = 0;
+  for (const auto& bucket : j["histogram"])
+    in_histogram += bucket["count"].get<int64_t>();
+  EXPECT_EQ(in_histogram, count);
+  int64_t by_kind = 0;
+  for (const auto& kind : j["kinds"]) by_kind += kind["count"].get<int64_t>();
+  EXPECT_EQ(by_kind, count);
+  const auto& latency = j["latency_ms"];
+  double previous = latency["fastest"].get<double>();
+  for (const char* p :
+       {"p10", "p25", "p50", "p75", "p90", "p95", "p99", "p99.9", "p99.99"}) {
+    const double value = latency[p].get<double>();
+    EXPECT_GE(value, previous) << p;
+    previous = value;
+  }
+  EXPECT_LE(previous, latency["slowest"].get<double>());
+  EXPECT_GE(latency["average"].get<double>(), latency["fastest"].get<double>());
+  EXPECT_LE(latency["average"].get<double>(), latency["slowest"].get<double>());
+  // RPS is count over the run's wall time.
+  const double total_s = j["total_ms"].get<double>() / 1000;
+  ASSERT_GT(total_s, 0);
+  EXPECT_NEAR(j["rps"].get<double>(), count / total_s,
+              1e-6 * count / total_s + 1e-9);
+  // A request's latency cannot exceed the whole run.
+  EXPECT_LE(latency["slowest"].get<double>(), j["total_ms"].get<double>() + 1);
+}
+
+nlohmann::json LoadJson(const std::string& path) {
+  const std::string text = ReadText(path);
+  nlohmann::json j =
+      nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  EXPECT_FALSE(j.is_discarded()) << text;
+  return j;
+}
+
+TEST(CliTest, EveryGoldenCaseThroughScore) {
+  absl::StatusOr<std::vector<GoldenCase>> cases = LoadGoldenCases();
+  ASSERT_TRUE(cases.ok()) << cases.status();
+  TempDir dir;
+  const std::string models = dir.File("models");
+  std::filesystem::create_directory(models);
+  ASSERT_TRUE(WriteGoldenModels(*cases, models).ok());
+  ServerOptions options;
+  options.model_dir = models;
+  std::unique_ptr<ServerProcess> server = StartServer(options);
+  ASSERT_NE(server, nullptr);
+  int n = 0;
+  for (const GoldenCase& golden : *cases) {
+    SCOPED_TRACE(golden.name);
+    const std::string out = dir.File(CaseStem(golden) + ".out.safetensors");
+    std::vector<std::string> args = {
+        "score",     GoldenDir() + "/" + golden.name,
+        "--target",  server->target(),
+        "--outputs", golden.has("v") ? "logits,probs,context" : "logits,probs",
+        "-o",        out};
+    // The golden file as it is; only the server-side model name is ours.
+    if (golden.relative())
+      args.insert(args.end(), {"--model", CaseStem(golden)});
+    // Exercise the stream path on every other case.
+    if (n++ % 2 == 1) args.push_back("--stream");
+    CommandResult run = Cli(args);
+    ASSERT_EQ(run.exit_code, 0) << run.output;
+    absl::StatusOr<SafetensorsFile> file = SafetensorsFile::Read(out);
+    ASSERT_TRUE(file.ok()) << file.status();
+    client::ScoreResult result;
+    for (const char* name : {"logits", "probs", "context"}) {
+      const SafetensorsFile::Tensor* t = file->Find(name);
+      if (t == nullptr) continue;
+      std::optional<client::Tensor>& slot =
+          std::string(name) == "logits"  ? result.logits
+          : std::string(name) == "probs" ? result.probs
+                                         : result.context;
+      slot = *client::Tensor::FromBytes(DType::kFloat32, t->shape,
+                                        t->bytes.data(), t->bytes.size());
+    }
+    EXPECT_EQ(CompareWithGolden(golden, result), "");
+    EXPECT_EQ(file->metadata().at("causal"), golden.options.at("causal"));
+    EXPECT_EQ(file->metadata().at("mode"), golden.options.at("mode"));
+  }
+}
+
+TEST(CliTest, ScoreReportsErrors) {
+  std::unique_ptr<ServerProcess> server = StartServer();
+  ASSERT_NE(server, nullptr);
+  const std::string relative = GoldenDir() + "/relative_causal.safetensors";
+  CommandResult run = Cli({"score", relative, "--target", server->target()});
+  EXPECT_EQ(run.exit_code, 2) << run.output;
+  EXPECT_THAT(run.output, HasSubstr("--model"));
+  run = Cli(
+      {"score", relative, "--target", server->target(), "--model", "absent"});
+  EXPECT_EQ(run.exit_code, 1) << run.output;
+  EXPECT_THAT(run.output, HasSubstr("NOT_FOUND"));
+  EXPECT_THAT(run.output, HasSubstr("absent"));
+  run =
+      Cli({"score", "/nonexistent.safetensors", "--target", server->target()});
+  EXPECT_EQ(run.exit_code, 2) << run.output;
+  run = Cli({"score", "--bogus-flag"});
+  EXPECT_EQ(run.exit_code, 2) << run.output;
+}
+
+TEST(CliTest, HealthModelsAndInfo) {
+  ServerOptions slow;
+  // Readiness stays NOT_SERVING for a while after the port opens.
+  slow.extra_args = {"--warmup-delay-ms", "2000"};
+  slow.wait_ready = false;
+  std::unique_ptr<ServerProcess> server = StartServer(slow);
+  ASSERT_NE(server, nullptr);
+  CommandResult run =
+      Cli({"health", "--target", server->target(), "--service", ""});
+  EXPECT_EQ(run.exit_code, 0) << run.output;  // liveness
+  run = Cli({"health", "--target", server->target()});
+  EXPECT_EQ(run.exit_code, 1) << run.output;  // readiness, still warming up
+  EXPECT_THAT(run.output, HasSubstr("NOT_SERVING"));
+  run = Cli({"health", "--target", server->target(), "--wait", "30s"});
+  EXPECT_EQ(run.exit_code, 0) << run.output;
+  EXPECT_THAT(run.output, HasSubstr("SERVING"));
+  run = Cli(
+      {"health", "--target", server->target(), "--service", "no.such.Service"});
+  EXPECT_EQ(run.exit_code, 1) << run.output;
+  EXPECT_THAT(run.output, HasSubstr("SERVICE_UNKNOWN"));
+
+  run = Cli({"info", "--target", server->target(), "--format", "json"});
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  nlohmann::json info = nlohmann::json::parse(run.output);
+  EXPECT_EQ(info["device"], "cpu");
+  EXPECT_GT(info["limits"]["max_output_bytes"].get<int64_t>(), 0);
+  run = Cli({"models", "--target", server->target(), "--format", "json"});
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  EXPECT_TRUE(nlohmann::json::parse(run.output).is_array());
+
+  const int port = server->port();
+  server.reset();
+  run = Cli({"health", "--target", absl::StrCat("127.0.0.1:", port),
+             "--timeout", "2s"});
+  EXPECT_EQ(run.exit_code, 1) << run.output;
+  EXPECT_THAT(run.output, HasSubstr("UNAVAILABLE"));
+}
+
+TEST(CliTest, LoadJsonReportIsConsistent) {
+  std::unique_ptr<ServerProcess> server = StartServer();
+  ASSERT_NE(server, nullptr);
+  TempDir dir;
+  const std::string report = dir.File("report.json");
+  CommandResult run =
+      Cli({"load", "--target", server->target(), "-c", "4", "-n", "120",
+           "--shape", "1,4,16,16,32:3", "--shape", "2,4,1,64,32", "--format",
+           "json", "-o", report, "--warmup", "8"});
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  const nlohmann::json j = LoadJson(report);
+  ExpectConsistentReport(j);
+  EXPECT_EQ(j["count"], 120);
+  EXPECT_EQ(j["errors"], 0);
+  EXPECT_EQ(j["kinds"].size(), 2u);
+  EXPECT_EQ(j["kinds"][0]["name"], "B1,H4,Lq16,Lk16,D32");
+  EXPECT_GE(j["server"]["batch_size"]["mean"].get<double>(), 1.0);
+  EXPECT_GT(j["server"]["compute_ms"]["p50"].get<double>(), 0.0);
+  EXPECT_FALSE(j["open_loop"].get<bool>());
+
+  // CSV: a header, one row per kind, and "all".
+  run = Cli({"load", "--target", server->target(), "-c", "2", "-n", "20",
+             "--preset", "decode", "--format", "csv"});
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  std::vector<std::string> lines =
+      absl::StrSplit(run.output, '\n', absl::SkipEmpty());
+  ASSERT_EQ(lines.size(), 3u) << run.output;
+  EXPECT_THAT(lines[2], HasSubstr("all,20,20,0,"));
+}
+
+TEST(CliTest, LoadOpenLoopAndStreams) {
+  std::unique_ptr<ServerProcess> server = StartServer();
+  ASSERT_NE(server, nullptr);
+  TempDir dir;
+  // Open loop: 60 requests at 100/s take about 0.6 s whatever the latency.
+  const std::string open = dir.File("open.json");
+  CommandResult run =
+      Cli({"load", "--target", server->target(), "-r", "100", "-n", "60",
+           "--shape", "1,2,8,8,16", "--format", "json", "-o", open});
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  nlohmann::json j = LoadJson(open);
+  ExpectConsistentReport(j);
+  EXPECT_TRUE(j["open_loop"].get<bool>());
+  EXPECT_EQ(j["count"], 60);
+  EXPECT_GE(j["total_ms"].get<double>(), 590 - 1);
+  EXPECT_LE(j["rps"].get<double>(), 102);
+
+  // Streams over two connections, with outputs and dtypes.
+  const std::string streamed = dir.File("stream.json");
+  run = Cli({"load",
+             "--target",
+             server->target(),
+             "--stream",
+             "--connections",
+             "2",
+             "-c",
+             "8",
+             "-n",
+             "80",
+             "--shape",
+             "1,2,8,8,16",
+             "--outputs",
+             "probs,context",
+             "--dtype",
+             "F16",
+             "--format",
+             "json",
+             "-o",
+             streamed});
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  j = LoadJson(streamed);
+  ExpectConsistentReport(j);
+  EXPECT_EQ(j["count"], 80);
+  EXPECT_EQ(j["ok"], 80);
+  EXPECT_EQ(j["options"]["transport"], "ScoreStream");
+
+  // Duration-bounded run.
+  run = Cli({"load", "--target", server->target(), "-z", "0.5s", "-c", "2",
+             "--shape", "1,2,8,8,16", "--format", "json"});
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  j = nlohmann::json::parse(run.output);
+  ExpectConsistentReport(j);
+  EXPECT_GT(j["count"].get<int64_t>(), 0);
+}
+
+TEST(CliTest, LoadExitCodeFollowsTheErrorRate) {
+  ServerOptions options;
+  options.extra_args = {"--max-seq-len", "32"};
+  std::unique_ptr<ServerProcess> server = StartServer(options);
+  ASSERT_NE(server, nullptr);
+  // Lk 64 > the server's limit: every request fails with INVALID_ARGUMENT.
+  TempDir dir;
+  const std::string report = dir.File("report.json");
+  CommandResult run =
+      Cli({"load", "--target", server->target(), "-c", "2", "-n", "10",
+           "--shape", "1,2,8,64,16", "--format", "json", "-o", report});
+  EXPECT_EQ(run.exit_code, 1) << run.output;
+  EXPECT_THAT(run.output, HasSubstr("exceeds --max-error-rate"));
+  nlohmann::json j = LoadJson(report);
+  ExpectConsistentReport(j);
+  EXPECT_EQ(j["errors"], 10);
+  EXPECT_EQ(j["status_codes"]["INVALID_ARGUMENT"], 10);
+  EXPECT_EQ(j["errors_by_message"].size(), 1u);
+  // Tolerated at 100%.
+  run = Cli({"load", "--target", server->target(), "-c", "2", "-n", "10",
+             "--shape", "1,2,8,64,16", "--max-error-rate", "1", "--format",
+             "csv"});
+  EXPECT_EQ(run.exit_code, 0) << run.output;
+  // A model the server does not have: refused before sending, as a usage error.
+  run = Cli({"load", "--target", server->target(), "--mode", "relative",
+             "--model", "nope", "-n", "5"});
+  EXPECT_EQ(run.exit_code, 2) << run.output;
+  EXPECT_THAT(run.output, HasSubstr("nope"));
+}
+
+TEST(CliTest, LoadSurvivesAServerKilledMidRun) {
+  std::vector<std::unique_ptr<ServerProcess>> servers;
+  std::vector<std::string> targets;
+  for (int i = 0; i < 3; ++i) {
+    ServerOptions options;
+    options.metrics = true;
+    servers.push_back(StartServer(options));
+    ASSERT_NE(servers.back(), nullptr);
+    targets.push_back(servers.back()->target());
+  }
+  TempDir dir;
+  const std::string report = dir.File("report.json");
+  const std::vector<std::string> argv = {CliBinary(),
+                                         "load",
+                                         "--target",
+                                         absl::StrJoin(targets, ","),
+                                         "--lb",
+                                         "round_robin",
+                                         "-z",
+                                         "4s",
+                                         "-c",
+                                         "4",
+                                         "--shape",
+                                         "1,4,16,256,32",
+                                         "--timeout",
+                                         "10s",
+                                         "--max-error-rate",
+                                         "0",
+                                         "--format",
+                                         "json",
+                                         "-o",
+                                         report};
+  std::thread killer([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+    // Every replica has served traffic before the kill: round_robin spreads it.
+    for (const auto& server : servers) {
+      absl::StatusOr<std::string> metrics = server->ScrapeMetrics();
+      EXPECT_TRUE(metrics.ok()) << metrics.status();
+      if (metrics.ok()) {
+        EXPECT_GT(
+            ServerProcess::SumMetric(*metrics, "attnscore_requests_total"), 0)
+            << server->target();
+      }
+    }
+    servers[1]->Signal(SIGKILL);
+  });
+  CommandResult run = RunCommand(argv, absl::Seconds(60));
+  killer.join();
+  EXPECT_FALSE(run.timed_out);
+  EXPECT_EQ(run.exit_code, 0) << run.output;
+  absl::StatusOr<int> killed = servers[1]->Wait(absl::Seconds(10));
+  ASSERT_TRUE(killed.ok());
+  EXPECT_EQ(*killed, 128 + SIGKILL);
+  const nlohmann::json j = LoadJson(report);
+  ExpectConsistentReport(j);
+  EXPECT_GT(j["count"].get<int64_t>(), 20);
+  EXPECT_EQ(j["errors"], 0) << j["errors_by_message"].dump();
+}
+
+}  // namespace
+}  // namespace attnscore::testing

@@ -1,0 +1,288 @@
+// The client library without a server: tensors, the wire codec (against
+// protobuf's own encoding, split into many slices), and option-independent
+// helpers.
+#include <grpcpp/support/byte_buffer.h>
+#include <grpcpp/support/slice.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "attnscore/v1/attnscore.pb.h"
+#include "client/client.h"
+#include "client/score_codec.h"
+#include "client/tensor.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace attnscore::client {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+
+TEST(TensorTest, FromFloatsRoundTripsEveryDtype) {
+  const std::vector<float> values = {0.0f,      1.0f,     -2.5f,
+                                     3.140625f, 65504.0f, -0.0078125f};
+  for (DType dtype : {DType::kFloat32, DType::kFloat16, DType::kBFloat16}) {
+    absl::StatusOr<Tensor> t = Tensor::FromFloats(dtype, {2, 3}, values);
+    ASSERT_TRUE(t.ok()) << t.status();
+    EXPECT_EQ(t->size_bytes(), 6 * ElementSize(dtype));
+    EXPECT_EQ(t->num_elements(), 6);
+    const std::vector<float> back = t->ToFloats();
+    for (size_t i = 0; i < values.size(); ++i) {
+      // Every value above is exact in float16 and bfloat16 except 65504
+      // and 3.140625 in bf16.
+      EXPECT_NEAR(back[i], values[i],
+                  std::fabs(values[i]) * (dtype == DType::kBFloat16 ? 4e-3 : 0))
+          << DTypeName(dtype) << " " << i;
+    }
+  }
+}
+
+TEST(TensorTest, RejectsMismatchedSizes) {
+  EXPECT_EQ(Tensor::FromFloats(DType::kFloat32, {2, 3}, std::vector<float>(5))
+                .status()
+                .code(),
+            absl::StatusCode::kInvalidArgument);
+  const float data[4] = {};
+  absl::Status s = TensorView{DType::kFloat32, {2, 3}, data, 16}.Validate();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("[2, 3]"));
+  EXPECT_THAT(s.message(), HasSubstr("24"));
+  EXPECT_FALSE((TensorView{DType::kFloat32, {-1, 3}, data, 0}.Validate().ok()));
+  EXPECT_FALSE((TensorView{DType::kFloat32, {2}, nullptr, 8}.Validate().ok()));
+  EXPECT_EQ(NumElements({int64_t{1} << 40, int64_t{1} << 40}), -1);
+}
+
+TEST(TensorTest, CopyConvertAndRelease) {
+  Tensor a =
+      *Tensor::FromFloats(DType::kFloat32, {3}, std::vector<float>{1, 2, 3});
+  Tensor b = a;
+  static_cast<float*>(b.mutable_data())[0] = 9;
+  EXPECT_THAT(a.ToFloats(), ElementsAre(1, 2, 3));
+  EXPECT_THAT(b.ToFloats(), ElementsAre(9, 2, 3));
+  Tensor h = a.ConvertTo(DType::kFloat16);
+  EXPECT_EQ(h.dtype(), DType::kFloat16);
+  EXPECT_THAT(h.ToFloats(), ElementsAre(1, 2, 3));
+  std::unique_ptr<uint8_t[]> bytes = std::move(b).ReleaseData();
+  float first;
+  std::memcpy(&first, bytes.get(), sizeof(first));
+  EXPECT_EQ(first, 9);
+}
+
+TEST(LayoutTest, ParsesNames) {
+  EXPECT_EQ(ParseLayout("bshd"), Layout::kBSHD);
+  EXPECT_EQ(ParseLayout("SBHD"), Layout::kSBHD);
+  EXPECT_EQ(ParseLayout("BHSD"), Layout::kBHSD);
+  EXPECT_FALSE(ParseLayout("HBSD").has_value());
+  EXPECT_STREQ(LayoutName(Layout::kSBHD), "SBHD");
+}
+
+// Splits a serialized message into slices of `chunk` bytes: the parser must not
+// care where the slice boundaries fall (gRPC delivers whatever the transport
+// read).
+grpc::ByteBuffer Chunked(const std::string& bytes, size_t chunk) {
+  std::vector<grpc::Slice> slices;
+  for (size_t i = 0; i < bytes.size(); i += chunk) {
+    slices.emplace_back(bytes.data() + i, std::min(chunk, bytes.size() - i));
+  }
+  return grpc::ByteBuffer(slices.data(), slices.size());
+}
+
+std::string Flatten(grpc::ByteBuffer& buffer) {
+  std::vector<grpc::Slice> slices;
+  EXPECT_TRUE(buffer.Dump(&slices).ok());
+  std::string out;
+  for (const grpc::Slice& s : slices)
+    out.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  return out;
+}
+
+TEST(ScoreCodecTest, RequestBytesAreProtobufs) {
+  std::vector<float> q(2 * 3 * 4 * 5), k(2 * 3 * 6 * 5), v(2 * 3 * 6 * 7);
+  for (size_t i = 0; i < q.size(); ++i) q[i] = static_cast<float>(i) * 0.5f;
+  for (size_t i = 0; i < k.size(); ++i) k[i] = -static_cast<float>(i);
+  for (size_t i = 0; i < v.size(); ++i) v[i] = static_cast<float>(i % 13);
+  ScoreRequest request;
+  request.request_id = "id-7";
+  request.bias = Alibi{{0.5f, 0.25f, 0.125f}};
+  request.query =
+      TensorView{DType::kFloat32, {2, 3, 4, 5}, q.data(), q.size() * 4};
+  request.key =
+      TensorView{DType::kFloat32, {2, 3, 6, 5}, k.data(), k.size() * 4};
+  request.value =
+      TensorView{DType::kFloat32, {2, 3, 6, 7}, v.data(), v.size() * 4};
+  request.layout = Layout::kSBHD;
+  request.causal = true;
+  request.scale = 0.75f;
+  request.key_lengths = {6, 3};
+  request.outputs = Outputs{true, false, true};
+  request.output_dtype = DType::kBFloat16;
+
+  for (internal::DataMode mode :
+       {internal::DataMode::kReference, internal::DataMode::kCopy}) {
+    absl::StatusOr<grpc::ByteBuffer> encoded =
+        internal::EncodeScoreRequest(request, mode);
+    ASSERT_TRUE(encoded.ok()) << encoded.status();
+    const std::string wire = Flatten(*encoded);
+    v1::ScoreRequest parsed;
+    ASSERT_TRUE(parsed.ParseFromString(wire));
+    EXPECT_EQ(parsed.request_id(), "id-7");
+    EXPECT_THAT(parsed.alibi().slopes(), ElementsAre(0.5f, 0.25f, 0.125f));
+    EXPECT_THAT(parsed.query().shape(), ElementsAre(2, 3, 4, 5));
+    EXPECT_EQ(parsed.query().dtype(), v1::FLOAT32);
+    EXPECT_EQ(
+        parsed.query().data(),
+        std::string(reinterpret_cast<const char*>(q.data()), q.size() * 4));
+    EXPECT_EQ(
+        parsed.key().data(),
+        std::string(reinterpret_cast<const char*>(k.data()), k.size() * 4));
+    EXPECT_EQ(
+        parsed.value().data(),
+        std::string(reinterpret_cast<const char*>(v.data()), v.size() * 4));
+    EXPECT_EQ(parsed.layout(), v1::SBHD);
+    EXPECT_TRUE(parsed.causal());
+    EXPECT_FLOAT_EQ(parsed.scale(), 0.75f);
+    EXPECT_THAT(parsed.key_lengths(), ElementsAre(6, 3));
+    EXPECT_THAT(parsed.outputs(), ElementsAre(v1::LOGITS, v1::CONTEXT));
+    EXPECT_EQ(parsed.output_dtype(), v1::BFLOAT16);
+    // Byte for byte what protobuf itself writes.
+    EXPECT_EQ(wire, parsed.SerializeAsString());
+  }
+
+  ScoreRequest relative = request;
+  relative.bias = Relative{"xl"};
+  relative.value.reset();
+  relative.scale.reset();
+  absl::StatusOr<grpc::ByteBuffer> encoded =
+      internal::EncodeScoreRequest(relative, internal::DataMode::kReference);
+  ASSERT_TRUE(encoded.ok());
+  v1::ScoreRequest parsed;
+  ASSERT_TRUE(parsed.ParseFromString(Flatten(*encoded)));
+  EXPECT_EQ(parsed.relative().model(), "xl");
+  EXPECT_FALSE(parsed.has_value());
+  EXPECT_FALSE(parsed.has_scale());
+
+  relative.key.size_bytes = 3;
+  EXPECT_THAT(internal::EncodeScoreRequest(relative, internal::DataMode::kCopy)
+                  .status()
+                  .message(),
+              HasSubstr("ScoreRequest.key"));
+}
+
+v1::ScoreResponse SampleResponse() {
+  v1::ScoreResponse response;
+  response.set_request_id("r-1");
+  std::vector<float> logits(2 * 2 * 3 * 4);
+  for (size_t i = 0; i < logits.size(); ++i)
+    logits[i] = static_cast<float>(i) - 7.5f;
+  logits[5] = -std::numeric_limits<float>::infinity();
+  v1::Tensor* t = response.mutable_logits();
+  t->set_dtype(v1::FLOAT32);
+  for (int64_t d : {2, 2, 3, 4}) t->add_shape(d);
+  t->set_data(std::string(reinterpret_cast<const char*>(logits.data()),
+                          logits.size() * 4));
+  v1::Tensor* c = response.mutable_context();
+  c->set_dtype(v1::BFLOAT16);
+  for (int64_t d : {1, 2, 3}) c->add_shape(d);
+  c->set_data(std::string(12, '\x3f'));
+  response.mutable_timing()->set_queue_us(12);
+  response.mutable_timing()->set_compute_us(345);
+  response.mutable_timing()->set_batch_size(6);
+  return response;
+}
+
+TEST(ScoreCodecTest, ParsesResponsesAcrossAnySliceBoundaries) {
+  const v1::ScoreResponse expected = SampleResponse();
+  const std::string wire = expected.SerializeAsString();
+  for (size_t chunk :
+       {size_t{1}, size_t{3}, size_t{7}, size_t{64}, wire.size()}) {
+    SCOPED_TRACE(chunk);
+    grpc::ByteBuffer buffer = Chunked(wire, chunk);
+    absl::StatusOr<internal::DecodedResponse> decoded =
+        internal::DecodeScoreResponse(buffer);
+    ASSERT_TRUE(decoded.ok()) << decoded.status();
+    const ScoreResult& r = decoded->result;
+    EXPECT_TRUE(decoded->error.ok());
+    EXPECT_EQ(r.request_id, "r-1");
+    ASSERT_TRUE(r.logits.has_value());
+    EXPECT_FALSE(r.probs.has_value());
+    ASSERT_TRUE(r.context.has_value());
+    EXPECT_THAT(r.logits->shape(), ElementsAre(2, 2, 3, 4));
+    EXPECT_EQ(std::string(static_cast<const char*>(r.logits->data()),
+                          r.logits->size_bytes()),
+              expected.logits().data());
+    EXPECT_EQ(r.context->dtype(), DType::kBFloat16);
+    EXPECT_EQ(r.context->size_bytes(), 12u);
+    EXPECT_EQ(r.timing.queue_us, 12);
+    EXPECT_EQ(r.timing.compute_us, 345);
+    EXPECT_EQ(r.timing.batch_size, 6);
+  }
+}
+
+TEST(ScoreCodecTest, ParsesAnyFieldOrderUnpackedShapesAndUnknownFields) {
+  // data before dtype and shape, shape unpacked, an unknown field (99) in
+  // Tensor and response.
+  std::string tensor;
+  tensor += '\x1a';  // data, field 3
+  tensor += '\x08';
+  tensor += std::string(8, '\x00');
+  tensor += '\x10';  // shape, field 2, varint (unpacked)
+  tensor += '\x01';
+  tensor += '\x10';
+  tensor += '\x02';
+  tensor += '\x08';  // dtype, field 1
+  tensor += '\x01';
+  tensor += "\x98\x06\x05";           // field 99, varint 5
+  std::string wire = "\x98\x06\x2a";  // unknown field 99 first
+  wire += '\x1a';                     // probs, field 3
+  wire += static_cast<char>(tensor.size());
+  wire += tensor;
+  wire += "\x0a\x01z";  // request_id "z", after the tensors
+  grpc::ByteBuffer buffer = Chunked(wire, 2);
+  absl::StatusOr<internal::DecodedResponse> decoded =
+      internal::DecodeScoreResponse(buffer);
+  ASSERT_TRUE(decoded.ok()) << decoded.status();
+  ASSERT_TRUE(decoded->result.probs.has_value());
+  EXPECT_THAT(decoded->result.probs->shape(), ElementsAre(1, 2));
+  EXPECT_EQ(decoded->result.request_id, "z");
+}
+
+TEST(ScoreCodecTest, StreamErrorsAndMalformedResponses) {
+  v1::ScoreResponse error;
+  error.set_request_id("bad");
+  error.mutable_error()->set_code(3);
+  error.mutable_error()->set_message("query.shape: expected 4 dims, got 3");
+  grpc::ByteBuffer buffer = Chunked(error.SerializeAsString(), 5);
+  absl::StatusOr<internal::DecodedResponse> decoded =
+      internal::DecodeScoreResponse(buffer);
+  ASSERT_TRUE(decoded.ok());
+  EXPECT_EQ(decoded->error.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(decoded->error.message(), "query.shape: expected 4 dims, got 3");
+  EXPECT_EQ(decoded->result.request_id, "bad");
+
+  // Shape and byte count disagree.
+  v1::ScoreResponse bad = SampleResponse();
+  bad.mutable_logits()->set_data("short");
+  buffer = Chunked(bad.SerializeAsString(), 4);
+  absl::Status s = internal::DecodeScoreResponse(buffer).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(s.message(), HasSubstr("logits"));
+
+  // Truncated in the middle of the tensor data.
+  std::string wire = SampleResponse().SerializeAsString();
+  buffer = Chunked(wire.substr(0, wire.size() / 2), 16);
+  EXPECT_EQ(internal::DecodeScoreResponse(buffer).status().code(),
+            absl::StatusCode::kDataLoss);
+
+  // Unknown dtype.
+  v1::ScoreResponse odd = SampleResponse();
+  odd.mutable_logits()->set_dtype(static_cast<v1::DType>(9));
+  buffer = Chunked(odd.SerializeAsString(), 1000);
+  EXPECT_EQ(internal::DecodeScoreResponse(buffer).status().code(),
+            absl::StatusCode::kDataLoss);
+}
+
+}  // namespace
+}  // namespace attnscore::client

@@ -1,0 +1,367 @@
+#include "tests/client/server_process.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "client/client.h"
+
+extern char** environ;
+
+namespace attnscore::testing {
+namespace {
+
+constexpr auto kPollInterval = std::chrono::milliseconds(10);
+// SIGTERM first (the server drains in milliseconds when idle), then SIGKILL.
+// Short: a server that has sent large responses sometimes spends 10 s in gRPC's
+// shutdown after its drain (see the report), which tests need not wait for.
+constexpr absl::Duration kStopGrace = absl::Seconds(3);
+constexpr size_t kLogTail = 4000;
+
+std::string ReadWholeFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream out;
+  out << in.rdbuf();
+  return out.str();
+}
+
+std::string Tail(const std::string& text) {
+  return text.size() <= kLogTail ? text
+                                 : "..." + text.substr(text.size() - kLogTail);
+}
+
+// The environment without ATTNSCORE_* (server and CLI both read those).
+std::vector<std::string> CleanEnvironment() {
+  std::vector<std::string> env;
+  for (char** e = environ; *e != nullptr; ++e) {
+    if (!absl::StartsWith(*e, "ATTNSCORE_")) env.emplace_back(*e);
+  }
+  return env;
+}
+
+// Spawns `argv` with stdout and stderr appended to `log_path`. The child gets
+// SIGKILL when the thread that spawned it dies (PR_SET_PDEATHSIG), so a test
+// killed by ctest's timeout leaves no server behind; callers spawn from the
+// test's main thread.
+absl::StatusOr<pid_t> Spawn(const std::vector<std::string>& argv,
+                            const std::string& log_path) {
+  // Everything the child needs is prepared before fork: between fork and exec
+  // only async-signal-safe calls are allowed (the parent has gRPC threads).
+  std::vector<char*> args;
+  for (const std::string& a : argv)
+    args.push_back(const_cast<char*>(a.c_str()));
+  args.push_back(nullptr);
+  const std::vector<std::string> env_strings = CleanEnvironment();
+  std::vector<char*> env;
+  for (const std::string& e : env_strings)
+    env.push_back(const_cast<char*>(e.c_str()));
+  env.push_back(nullptr);
+  const int log_fd =
+      open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  if (log_fd < 0) {
+    return absl::InternalError(
+        absl::StrCat("open ", log_path, ": ", std::strerror(errno)));
+  }
+  const int null_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+  const pid_t parent = getpid();
+  const pid_t pid = fork();
+  if (pid < 0) {
+    close(log_fd);
+    close(null_fd);
+    return absl::InternalError(absl::StrCat("fork: ", std::strerror(errno)));
+  }
+  if (pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) _exit(127);  // the parent died before prctl
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, nullptr);
+    if (null_fd >= 0) dup2(null_fd, STDIN_FILENO);
+    dup2(log_fd, STDOUT_FILENO);
+    dup2(log_fd, STDERR_FILENO);
+    execve(args[0], args.data(), env.data());
+    _exit(127);
+  }
+  close(log_fd);
+  if (null_fd >= 0) close(null_fd);
+  return pid;
+}
+
+// waitpid with a time limit; the exit code, 128 + signal, or nullopt on
+// timeout.
+std::optional<int> WaitPid(pid_t pid, absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (true) {
+    int status = 0;
+    const pid_t r = waitpid(pid, &status, WNOHANG);
+    if (r == pid) {
+      if (WIFEXITED(status)) return WEXITSTATUS(status);
+      if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+      return -1;
+    }
+    if (r < 0 && errno != EINTR) return -1;  // not our child any more
+    if (absl::Now() >= deadline) return std::nullopt;
+    std::this_thread::sleep_for(kPollInterval);
+  }
+}
+
+absl::StatusOr<int> ReadPortFile(const std::string& path) {
+  std::string text(absl::StripAsciiWhitespace(ReadWholeFile(path)));
+  int port = 0;
+  if (text.empty() || !absl::SimpleAtoi(text, &port) || port <= 0) {
+    return absl::UnavailableError(absl::StrCat(path, ": no port yet"));
+  }
+  return port;
+}
+
+}  // namespace
+
+TempDir::TempDir() {
+  const char* base = std::getenv("TMPDIR");
+  std::string pattern = absl::StrCat(base != nullptr && *base ? base : "/tmp",
+                                     "/attnscore-client-XXXXXX");
+  if (mkdtemp(pattern.data()) == nullptr) {
+    std::fprintf(stderr, "mkdtemp(%s): %s\n", pattern.c_str(),
+                 std::strerror(errno));
+    std::abort();
+  }
+  path_ = pattern;
+}
+
+TempDir::~TempDir() {
+  std::error_code ignored;
+  std::filesystem::remove_all(path_, ignored);
+}
+
+std::string ServerBinary() { return ATTNSCORE_SERVER_BIN; }
+std::string CliBinary() { return ATTNSCORE_CLI_BIN; }
+
+absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(
+    const ServerOptions& options, absl::Duration timeout) {
+  std::unique_ptr<ServerProcess> server(new ServerProcess());
+  server->dir_ = std::make_unique<TempDir>();
+  const std::string port_file = server->dir_->File("port");
+  const std::string metrics_port_file = server->dir_->File("metrics_port");
+  std::vector<std::string> argv = {
+      ServerBinary(), "--listen", absl::StrCat("127.0.0.1:", options.port),
+      "--port-file", port_file,
+      // One intra-op thread: tests share two cores.
+      "--threads", "1", "--log-level", "warn", "--shutdown-grace", "5"};
+  if (options.metrics) {
+    argv.insert(argv.end(), {"--metrics-listen", "127.0.0.1:0",
+                             "--metrics-port-file", metrics_port_file});
+  } else {
+    argv.insert(argv.end(), {"--metrics-listen", ""});
+  }
+  if (!options.model_dir.empty())
+    argv.insert(argv.end(), {"--model-dir", options.model_dir});
+  argv.insert(argv.end(), options.extra_args.begin(), options.extra_args.end());
+
+  absl::StatusOr<pid_t> pid = Spawn(argv, server->dir_->File("server.log"));
+  if (!pid.ok()) return pid.status();
+  server->pid_ = *pid;
+
+  const absl::Time deadline = absl::Now() + timeout;
+  while (true) {
+    absl::StatusOr<int> port = ReadPortFile(port_file);
+    absl::StatusOr<int> metrics_port = options.metrics
+                                           ? ReadPortFile(metrics_port_file)
+                                           : absl::StatusOr<int>(0);
+    if (port.ok() && metrics_port.ok()) {
+      server->port_ = *port;
+      server->metrics_port_ = *metrics_port;
+      break;
+    }
+    if (!server->running()) {
+      return absl::InternalError(
+          absl::StrCat("attnscore-server exited with ", server->exit_code_,
+                       " before listening: ", Tail(server->Log())));
+    }
+    if (absl::Now() >= deadline) {
+      return absl::DeadlineExceededError(absl::StrCat(
+          "attnscore-server wrote no port file within ",
+          absl::FormatDuration(timeout), ": ", Tail(server->Log())));
+    }
+    std::this_thread::sleep_for(kPollInterval);
+  }
+  if (options.wait_ready) {
+    if (absl::Status s = server->WaitReady(deadline - absl::Now()); !s.ok())
+      return s;
+  }
+  return server;
+}
+
+ServerProcess::~ServerProcess() {
+  if (pid_ <= 0 || exit_code_ >= 0) return;
+  kill(pid_, SIGTERM);
+  if (!WaitPid(pid_, kStopGrace)) {
+    kill(pid_, SIGKILL);
+    WaitPid(pid_, absl::Seconds(10));
+  }
+}
+
+bool ServerProcess::running() {
+  if (exit_code_ >= 0) return false;
+  std::optional<int> code = WaitPid(pid_, absl::ZeroDuration());
+  if (!code) return true;
+  exit_code_ = *code;
+  return false;
+}
+
+absl::Status ServerProcess::WaitReady(absl::Duration timeout) {
+  client::ClientOptions options;
+  options.target = target();
+  options.retry.enabled = false;
+  absl::StatusOr<std::unique_ptr<client::Client>> client =
+      client::Client::Create(options);
+  if (!client.ok()) return client.status();
+  const absl::Time deadline = absl::Now() + timeout;
+  absl::Status last = absl::UnknownError("not probed");
+  while (absl::Now() < deadline) {
+    if (!running()) {
+      return absl::InternalError(absl::StrCat("attnscore-server exited with ",
+                                              exit_code_, ": ", Tail(Log())));
+    }
+    client::CallOptions call;
+    call.timeout = std::min(absl::Seconds(2), std::max(deadline - absl::Now(),
+                                                       absl::Milliseconds(1)));
+    absl::StatusOr<client::ServingStatus> status =
+        (*client)->Health(client::kServiceName, call);
+    if (status.ok() && *status == client::ServingStatus::kServing)
+      return absl::OkStatus();
+    last = status.ok()
+               ? absl::UnavailableError(client::ServingStatusName(*status))
+               : status.status();
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return absl::DeadlineExceededError(absl::StrCat(
+      "attnscore-server not ready within ", absl::FormatDuration(timeout), " (",
+      last.ToString(), "): ", Tail(Log())));
+}
+
+void ServerProcess::Signal(int signal) {
+  if (running()) kill(pid_, signal);
+}
+
+absl::StatusOr<int> ServerProcess::Wait(absl::Duration timeout) {
+  if (exit_code_ >= 0) return exit_code_;
+  std::optional<int> code = WaitPid(pid_, timeout);
+  if (!code) {
+    return absl::DeadlineExceededError(
+        absl::StrCat("attnscore-server still running after ",
+                     absl::FormatDuration(timeout)));
+  }
+  exit_code_ = *code;
+  return exit_code_;
+}
+
+std::string ServerProcess::Log() const {
+  return ReadWholeFile(dir_->File("server.log"));
+}
+
+absl::StatusOr<std::string> ServerProcess::ScrapeMetrics() const {
+  if (metrics_port_ <= 0)
+    return absl::FailedPreconditionError("no metrics port");
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return absl::InternalError("socket");
+  // Bounded reads and writes: a stuck server fails the scrape instead of
+  // hanging the test.
+  timeval tv{5, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(metrics_port_));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    close(fd);
+    return absl::UnavailableError(
+        absl::StrCat("connect to metrics port ", metrics_port_));
+  }
+  const std::string request =
+      "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
+  if (send(fd, request.data(), request.size(), MSG_NOSIGNAL) !=
+      static_cast<ssize_t>(request.size())) {
+    close(fd);
+    return absl::UnavailableError("send to metrics port");
+  }
+  std::string response;
+  char buf[8192];
+  while (true) {
+    const ssize_t n = recv(fd, buf, sizeof(buf), 0);
+    if (n == 0) break;
+    if (n < 0) {
+      close(fd);
+      return absl::DeadlineExceededError("metrics read timed out");
+    }
+    response.append(buf, static_cast<size_t>(n));
+  }
+  close(fd);
+  const size_t body = response.find("\r\n\r\n");
+  if (body == std::string::npos || !absl::StartsWith(response, "HTTP/1.")) {
+    return absl::DataLossError(
+        absl::StrCat("not an HTTP response: ", Tail(response)));
+  }
+  return response.substr(body + 4);
+}
+
+double ServerProcess::SumMetric(const std::string& exposition,
+                                const std::string& name) {
+  double sum = 0;
+  for (absl::string_view line : absl::StrSplit(exposition, '\n')) {
+    if (!absl::StartsWith(line, name)) continue;
+    absl::string_view rest = line.substr(name.size());
+    if (!rest.empty() && rest.front() != '{' && rest.front() != ' ')
+      continue;  // a longer name
+    const size_t space = rest.rfind(' ');
+    double value = 0;
+    if (space != absl::string_view::npos &&
+        absl::SimpleAtod(rest.substr(space + 1), &value)) {
+      sum += value;
+    }
+  }
+  return sum;
+}
+
+CommandResult RunCommand(const std::vector<std::string>& argv,
+                         absl::Duration timeout) {
+  CommandResult result;
+  TempDir dir;
+  const std::string log = dir.File("output");
+  absl::StatusOr<pid_t> pid = Spawn(argv, log);
+  if (!pid.ok()) {
+    result.output = pid.status().ToString();
+    return result;
+  }
+  std::optional<int> code = WaitPid(*pid, timeout);
+  if (!code) {
+    result.timed_out = true;
+    kill(*pid, SIGKILL);
+    code = WaitPid(*pid, absl::Seconds(10));
+  }
+  result.exit_code = code.value_or(-1);
+  result.output = ReadWholeFile(log);
+  return result;
+}
+
+}  // namespace attnscore::testing

@@ -1,0 +1,56 @@
+// client/torch_adapter.h: at::Tensor <-> client tensors, including a round trip
+// through a real server (the adapter is header-only; only this test links
+// LibTorch).
+#include "client/torch_adapter.h"
+
+#include "client/client.h"
+#include "gtest/gtest.h"
+#include "tests/client/server_process.h"
+
+namespace attnscore::client {
+namespace {
+
+TEST(TorchAdapterTest, ViewsAndAdoptsWithoutCopies) {
+  at::Tensor t = at::arange(24, at::kFloat).reshape({2, 3, 4});
+  absl::StatusOr<TensorView> view = ViewOf(t);
+  ASSERT_TRUE(view.ok()) << view.status();
+  EXPECT_EQ(view->data, t.data_ptr());
+  EXPECT_EQ(view->shape, (std::vector<int64_t>{2, 3, 4}));
+  EXPECT_TRUE(view->Validate().ok());
+
+  EXPECT_FALSE(ViewOf(t.transpose(0, 1)).ok());  // not contiguous
+  EXPECT_FALSE(ViewOf(t.to(at::kDouble)).ok());  // no float64 on the wire
+  EXPECT_TRUE(ViewOf(t.to(at::kBFloat16)).ok());
+
+  Tensor owned = *Tensor::FromFloats(DType::kFloat16, {2, 2},
+                                     std::vector<float>{1, 2, 3, 4});
+  const void* bytes = owned.data();
+  at::Tensor adopted = ToAtTensor(std::move(owned));
+  EXPECT_EQ(adopted.data_ptr(), bytes);
+  EXPECT_EQ(adopted.scalar_type(), at::kHalf);
+  EXPECT_TRUE(at::equal(adopted.to(at::kFloat),
+                        at::tensor({1.0f, 2.0f, 3.0f, 4.0f}).reshape({2, 2})));
+}
+
+TEST(TorchAdapterTest, ScoresAtTensorsOnAServer) {
+  absl::StatusOr<std::unique_ptr<testing::ServerProcess>> server =
+      testing::ServerProcess::Start();
+  ASSERT_TRUE(server.ok()) << server.status();
+  ClientOptions options;
+  options.target = (*server)->target();
+  std::unique_ptr<Client> client = *Client::Create(options);
+  at::Tensor q = at::randn({1, 2, 5, 8});
+  at::Tensor k = at::randn({1, 2, 5, 8});
+  ScoreRequest request;
+  request.query = *ViewOf(q);
+  request.key = *ViewOf(k);
+  request.outputs = Outputs{false, true, false};
+  absl::StatusOr<ScoreResult> result = client->Score(request);
+  ASSERT_TRUE(result.ok()) << result.status();
+  at::Tensor probs = ToAtTensor(*std::move(result->probs));
+  EXPECT_EQ(probs.sizes(), (std::vector<int64_t>{1, 2, 5, 5}));
+  EXPECT_TRUE(at::allclose(probs.sum(-1), at::ones({1, 2, 5}), 1e-5, 1e-5));
+}
+
+}  // namespace
+}  // namespace attnscore::client
