@@ -3,6 +3,8 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/detail/CUDAHooksInterface.h>
+#include <c10/core/StreamGuard.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
 
 #include <algorithm>
 #include <cmath>
@@ -234,6 +236,10 @@ class ScorerImpl final : public Scorer {
  private:
   absl::StatusOr<std::vector<ScoreResult>> ScoreBatchOrThrow(
       const ScoreSpec& spec, absl::Span<const ScoreItem> items) {
+    // On a GPU each batch worker thread computes on a stream of its own, so
+    // concurrent batches overlap their copies and kernels; the CPU has none.
+    std::optional<c10::StreamGuard> stream_guard;
+    if (device_.is_cuda()) stream_guard.emplace(WorkerStream());
     const Dims q = DimsOf(items[0].query.shape, spec.layout);
     const Dims k = DimsOf(items[0].key.shape, spec.layout);
 
@@ -330,6 +336,21 @@ class ScorerImpl final : public Scorer {
                               model->query_pos_bias().to(device_));
     if (moved.ok()) device_models_[model->id()] = {model, *moved};
     return moved;
+  }
+
+  // This thread's stream on device_, taken from the device's pool on first
+  // use (device-generic c10 API: builds without CUDA, runs with it).
+  c10::Stream WorkerStream() const {
+    thread_local std::map<c10::DeviceIndex, c10::Stream> streams;
+    auto it = streams.find(device_.index());
+    if (it == streams.end()) {
+      it = streams
+               .emplace(device_.index(),
+                        c10::impl::getDeviceGuardImpl(device_.type())
+                            ->getStreamFromGlobalPool(device_))
+               .first;
+    }
+    return it->second;
   }
 
   const at::Device device_;
@@ -521,6 +542,7 @@ absl::StatusOr<std::unique_ptr<Scorer>> Scorer::Create(
           "has no CUDA support or no GPU is visible; use --device cpu"));
     }
     const int count = hooks.getNumGPUs();
+    if (!device.has_index()) device.set_index(0);  // "cuda" means cuda:0
     if (device.has_index() && device.index() >= count) {
       return absl::FailedPreconditionError(
           absl::StrCat("device '", options.device, "' requested, but only ",
