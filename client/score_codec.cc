@@ -8,88 +8,36 @@
 #include <cstdint>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "proto/attnscore/v1/proto_dtype.h"
+#include "proto/attnscore/v1/slice_assembler.h"
 
 namespace attnscore::client::internal {
 namespace {
 
 using google::protobuf::internal::WireFormatLite;
 using google::protobuf::io::CodedInputStream;
-using google::protobuf::io::CodedOutputStream;
 
-void AppendVarint(std::string& out, uint64_t value) {
-  uint8_t buf[10];
-  uint8_t* end = CodedOutputStream::WriteVarint64ToArray(value, buf);
-  out.append(reinterpret_cast<const char*>(buf), end - buf);
+// `tensor`'s bytes as a slice: over the caller's memory (kReference; gRPC never
+// frees or writes a static slice, the caller keeps the memory alive) or owning
+// a copy (kCopy).
+grpc::Slice DataSlice(const TensorView& tensor, DataMode mode) {
+  if (tensor.size_bytes == 0) return grpc::Slice();
+  if (mode == DataMode::kCopy)
+    return grpc::Slice(tensor.data, tensor.size_bytes);
+  return grpc::Slice(tensor.data, tensor.size_bytes, grpc::Slice::STATIC_SLICE);
 }
 
-void AppendLengthDelimitedHeader(std::string& out, int field, uint64_t length) {
-  AppendVarint(out, WireFormatLite::MakeTag(
-                        field, WireFormatLite::WIRETYPE_LENGTH_DELIMITED));
-  AppendVarint(out, length);
-}
-
-// Gathers small encoded pieces into one pending string so that the message
-// becomes "header slice, data slice, header slice, ..." with data slices over
-// tensor memory.
-class SliceAssembler {
- public:
-  explicit SliceAssembler(DataMode mode) : mode_(mode) {}
-
-  std::string& pending() { return pending_; }
-
-  void AppendData(const void* data, size_t size) {
-    if (size == 0) return;
-    FlushPending();
-    if (mode_ == DataMode::kCopy) {
-      slices_.emplace_back(data, size);
-    } else {
-      // gRPC never frees or writes a static slice; the caller keeps the memory
-      // alive.
-      slices_.emplace_back(data, size, grpc::Slice::STATIC_SLICE);
-    }
-  }
-
-  grpc::ByteBuffer Finish() {
-    FlushPending();
-    return grpc::ByteBuffer(slices_.data(), slices_.size());
-  }
-
- private:
-  void FlushPending() {
-    if (pending_.empty()) return;
-    slices_.emplace_back(pending_);
-    pending_.clear();
-  }
-
-  const DataMode mode_;
-  std::string pending_;
-  std::vector<grpc::Slice> slices_;
-};
-
-// Field `field` of ScoreRequest holding `tensor`: dtype and shape encoded by
-// protobuf, `data` (field 3, the last) as a header plus a slice.
-void AppendTensorField(SliceAssembler& out, int field,
-                       const TensorView& tensor) {
-  v1::Tensor meta;
-  meta.set_dtype(ToProto(tensor.dtype));
-  meta.mutable_shape()->Add(tensor.shape.begin(), tensor.shape.end());
-  const std::string meta_bytes = meta.SerializeAsString();
-  std::string data_header;
-  if (tensor.size_bytes > 0) {  // proto3 omits an empty bytes field
-    AppendLengthDelimitedHeader(data_header, v1::Tensor::kDataFieldNumber,
-                                tensor.size_bytes);
-  }
-  AppendLengthDelimitedHeader(
-      out.pending(), field,
-      meta_bytes.size() + data_header.size() + tensor.size_bytes);
-  out.pending() += meta_bytes;
-  out.pending() += data_header;
-  out.AppendData(tensor.data, tensor.size_bytes);
+// Field `field` of ScoreRequest holding `tensor`, its data as a slice.
+void AppendTensorField(v1::SliceAssembler& out, int field,
+                       const TensorView& tensor, DataMode mode) {
+  out.AppendTensorField(field, tensor.dtype, tensor.shape,
+                        DataSlice(tensor, mode));
 }
 
 v1::Layout ToProto(Layout layout) {
@@ -162,7 +110,7 @@ absl::StatusOr<Tensor> ReadTensor(CodedInputStream& in, const char* name) {
     }
   }
   if (!in.ConsumedEntireMessage()) return DataLoss(absl::StrCat(name, " end"));
-  std::optional<DType> dtype = FromProto(static_cast<v1::DType>(dtype_value));
+  std::optional<DType> dtype = v1::FromProtoDType(dtype_value);
   if (!dtype) {
     return absl::DataLossError(
         absl::StrCat("ScoreResponse.", name, ": unknown dtype ", dtype_value));
@@ -191,31 +139,6 @@ bool ReadSmallMessage(CodedInputStream& in,
 
 }  // namespace
 
-v1::DType ToProto(DType dtype) {
-  switch (dtype) {
-    case DType::kFloat32:
-      return v1::FLOAT32;
-    case DType::kFloat16:
-      return v1::FLOAT16;
-    case DType::kBFloat16:
-      return v1::BFLOAT16;
-  }
-  return v1::DTYPE_UNSPECIFIED;
-}
-
-std::optional<DType> FromProto(v1::DType dtype) {
-  switch (dtype) {
-    case v1::FLOAT32:
-      return DType::kFloat32;
-    case v1::FLOAT16:
-      return DType::kFloat16;
-    case v1::BFLOAT16:
-      return DType::kBFloat16;
-    default:
-      return std::nullopt;
-  }
-}
-
 absl::StatusOr<grpc::ByteBuffer> EncodeScoreRequest(const ScoreRequest& request,
                                                     DataMode mode) {
   // Local checks only where a bad view would make us read memory we were not
@@ -238,7 +161,7 @@ absl::StatusOr<grpc::ByteBuffer> EncodeScoreRequest(const ScoreRequest& request,
     }
   }
 
-  SliceAssembler out(mode);
+  v1::SliceAssembler out;
   // Fields in number order. Concatenated encodings of one message merge, so the
   // parts are encoded separately: request_id and bias (1-3), the tensors (4-6),
   // the options (7-12).
@@ -252,10 +175,12 @@ absl::StatusOr<grpc::ByteBuffer> EncodeScoreRequest(const ScoreRequest& request,
   }
   head.AppendToString(&out.pending());
 
-  AppendTensorField(out, v1::ScoreRequest::kQueryFieldNumber, request.query);
-  AppendTensorField(out, v1::ScoreRequest::kKeyFieldNumber, request.key);
+  AppendTensorField(out, v1::ScoreRequest::kQueryFieldNumber, request.query,
+                    mode);
+  AppendTensorField(out, v1::ScoreRequest::kKeyFieldNumber, request.key, mode);
   if (request.value)
-    AppendTensorField(out, v1::ScoreRequest::kValueFieldNumber, *request.value);
+    AppendTensorField(out, v1::ScoreRequest::kValueFieldNumber, *request.value,
+                      mode);
 
   v1::ScoreRequest tail;
   tail.set_layout(ToProto(request.layout));
@@ -267,7 +192,7 @@ absl::StatusOr<grpc::ByteBuffer> EncodeScoreRequest(const ScoreRequest& request,
   if (request.outputs.probs) tail.add_outputs(v1::PROBS);
   if (request.outputs.context) tail.add_outputs(v1::CONTEXT);
   if (request.output_dtype)
-    tail.set_output_dtype(ToProto(*request.output_dtype));
+    tail.set_output_dtype(v1::ToProtoDType(*request.output_dtype));
   tail.AppendToString(&out.pending());
   return out.Finish();
 }

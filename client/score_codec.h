@@ -21,8 +21,6 @@
 
 #include <grpcpp/support/byte_buffer.h>
 
-#include <optional>
-
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "attnscore/v1/attnscore.pb.h"
@@ -49,9 +47,6 @@ struct DecodedResponse {
 // Reads `buffer` once; the result owns copies of the tensor bytes (one copy
 // each).
 absl::StatusOr<DecodedResponse> DecodeScoreResponse(grpc::ByteBuffer& buffer);
-
-v1::DType ToProto(DType dtype);
-std::optional<DType> FromProto(v1::DType dtype);
 
 }  // namespace attnscore::client::internal
 

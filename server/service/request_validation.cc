@@ -1,6 +1,7 @@
 #include "server/service/request_validation.h"
 
 #include <algorithm>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <utility>
@@ -10,8 +11,8 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "proto/attnscore/v1/proto_dtype.h"
 #include "server/service/model_registry.h"
-#include "server/service/response_encoder.h"
 
 namespace attnscore::service {
 namespace {
@@ -33,18 +34,10 @@ std::string DTypeValueName(int value) {
 }
 
 absl::StatusOr<DType> ParseDTypeField(absl::string_view field, int value) {
-  switch (value) {
-    case v1::FLOAT32:
-      return DType::kFloat32;
-    case v1::FLOAT16:
-      return DType::kFloat16;
-    case v1::BFLOAT16:
-      return DType::kBFloat16;
-    default:
-      return absl::InvalidArgumentError(
-          absl::StrCat(field, ": expected FLOAT32, FLOAT16 or BFLOAT16, got ",
-                       DTypeValueName(value)));
-  }
+  if (std::optional<DType> dtype = v1::FromProtoDType(value)) return *dtype;
+  return absl::InvalidArgumentError(
+      absl::StrCat(field, ": expected FLOAT32, FLOAT16 or BFLOAT16, got ",
+                   DTypeValueName(value)));
 }
 
 // A view of a proto Tensor for the scorer; the shape and byte length are
@@ -239,7 +232,7 @@ absl::StatusOr<ValidatedRequest> ValidateRequest(
     return absl::ResourceExhaustedError(absl::StrCat(
         "outputs: expected a response of at most ", limits.max_output_bytes,
         " bytes (the server's --max-output-bytes), got ", Str(total),
-        " bytes of ", v1::DType_Name(ToProtoDType(spec.output_dtype)), " (",
+        " bytes of ", v1::DType_Name(v1::ToProtoDType(spec.output_dtype)), " (",
         absl::StrJoin(parts, " + "),
         "); ask for fewer outputs, a 16-bit output_dtype, or split the batch"));
   }

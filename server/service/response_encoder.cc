@@ -1,6 +1,5 @@
 #include "server/service/response_encoder.h"
 
-#include <google/protobuf/io/coded_stream.h>
 #include <grpcpp/support/slice.h>
 
 #include <cstdint>
@@ -9,117 +8,46 @@
 #include <utility>
 #include <vector>
 
+#include "proto/attnscore/v1/slice_assembler.h"
 #include "server/service/status_conversion.h"
 
 namespace attnscore::service {
 namespace {
 
-using google::protobuf::io::CodedOutputStream;
-
-constexpr uint32_t kWireTypeLengthDelimited = 2;
 // Field numbers from attnscore.proto.
 constexpr int kResponseLogitsField = v1::ScoreResponse::kLogitsFieldNumber;
 constexpr int kResponseProbsField = v1::ScoreResponse::kProbsFieldNumber;
 constexpr int kResponseContextField = v1::ScoreResponse::kContextFieldNumber;
-constexpr int kTensorDataField = v1::Tensor::kDataFieldNumber;
-
-void AppendVarint(std::string& out, uint64_t value) {
-  uint8_t buf[10];
-  uint8_t* end = CodedOutputStream::WriteVarint64ToArray(value, buf);
-  out.append(reinterpret_cast<const char*>(buf), end - buf);
-}
-
-// Tag and length of a length-delimited field.
-void AppendLengthDelimitedHeader(std::string& out, int field, uint64_t length) {
-  AppendVarint(out,
-               (static_cast<uint32_t>(field) << 3) | kWireTypeLengthDelimited);
-  AppendVarint(out, length);
-}
 
 void ReleaseKeepalive(void* user_data) {
   delete static_cast<std::shared_ptr<const void>*>(user_data);
 }
 
-// Collects the wire bytes: small encoded pieces are gathered into one pending
-// string so that the buffer alternates "header slice, tensor data slice, header
-// slice, ...".
-class SliceAssembler {
- public:
-  std::string& pending() { return pending_; }
+// The tensor's bytes as a slice over its memory, which the slice keeps alive
+// (through the keepalive) while gRPC holds it; a copy when nobody guarantees
+// that the memory outlives the send.
+grpc::Slice DataSlice(const scoring::OutputTensor& tensor) {
+  if (tensor.size_bytes == 0) return grpc::Slice();
+  if (tensor.keepalive == nullptr)
+    return grpc::Slice(tensor.data, tensor.size_bytes);
+  return grpc::Slice(const_cast<void*>(tensor.data), tensor.size_bytes,
+                     &ReleaseKeepalive,
+                     new std::shared_ptr<const void>(tensor.keepalive));
+}
 
-  // A slice over the tensor's memory, which stays alive while gRPC holds the
-  // slice.
-  void AppendTensorData(const scoring::OutputTensor& tensor) {
-    if (tensor.size_bytes == 0) return;
-    FlushPending();
-    if (tensor.keepalive == nullptr) {
-      // Nobody guarantees the memory outlives the send: copy.
-      slices_.emplace_back(tensor.data, tensor.size_bytes);
-      return;
-    }
-    slices_.emplace_back(const_cast<void*>(tensor.data), tensor.size_bytes,
-                         &ReleaseKeepalive,
-                         new std::shared_ptr<const void>(tensor.keepalive));
-  }
-
-  grpc::ByteBuffer Finish() {
-    FlushPending();
-    return grpc::ByteBuffer(slices_.data(), slices_.size());
-  }
-
- private:
-  void FlushPending() {
-    if (pending_.empty()) return;
-    slices_.emplace_back(pending_);
-    pending_.clear();
-  }
-
-  std::string pending_;
-  std::vector<grpc::Slice> slices_;
-};
-
-// Field `field` of ScoreResponse holding `tensor`: the Tensor message's dtype
-// and shape are encoded by protobuf, its `data` (field 3, last) by hand as a
-// header plus the external slice.
-void AppendTensorField(SliceAssembler& out, int field,
+// Field `field` of ScoreResponse holding `tensor`, its data as an external
+// slice.
+void AppendTensorField(v1::SliceAssembler& out, int field,
                        const scoring::OutputTensor& tensor) {
-  v1::Tensor meta;
-  meta.set_dtype(ToProtoDType(tensor.dtype));
-  meta.mutable_shape()->Add(tensor.shape.begin(), tensor.shape.end());
-  const std::string meta_bytes = meta.SerializeAsString();
-
-  std::string data_header;
-  // proto3 omits an empty `bytes` field; so do we.
-  if (tensor.size_bytes > 0) {
-    AppendLengthDelimitedHeader(data_header, kTensorDataField,
-                                tensor.size_bytes);
-  }
-  const uint64_t message_length =
-      meta_bytes.size() + data_header.size() + tensor.size_bytes;
-  AppendLengthDelimitedHeader(out.pending(), field, message_length);
-  out.pending() += meta_bytes;
-  out.pending() += data_header;
-  out.AppendTensorData(tensor);
+  out.AppendTensorField(field, tensor.dtype, tensor.shape, DataSlice(tensor));
 }
 
 }  // namespace
 
-v1::DType ToProtoDType(DType dtype) {
-  switch (dtype) {
-    case DType::kFloat32:
-      return v1::FLOAT32;
-    case DType::kFloat16:
-      return v1::FLOAT16;
-    case DType::kBFloat16:
-      return v1::BFLOAT16;
-  }
-  return v1::DTYPE_UNSPECIFIED;
-}
-
 grpc::ByteBuffer EncodeScoreResponse(std::string_view request_id,
                                      const scoring::ScoreResult& result,
                                      const v1::Timing& timing) {
-  SliceAssembler out;
+  v1::SliceAssembler out;
   // Fields in number order, as protobuf itself writes them: request_id (1), the
   // tensors (2-4), timing (5). Concatenated serialized messages merge, so the
   // pieces are encoded separately.

@@ -21,7 +21,6 @@
 
 #include "absl/status/status.h"
 #include "attnscore/v1/attnscore.pb.h"
-#include "common/dtype.h"
 #include "server/scoring/scorer.h"
 
 namespace attnscore::service {
@@ -41,8 +40,6 @@ grpc::ByteBuffer EncodeErrorResponse(std::string_view request_id,
 // copies).
 grpc::ByteBuffer SerializeToByteBuffer(
     const google::protobuf::MessageLite& message);
-
-v1::DType ToProtoDType(DType dtype);
 
 }  // namespace attnscore::service
 

@@ -17,8 +17,8 @@
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "tests/client/golden_support.h"
-#include "tests/client/server_process.h"
 #include "tests/testing/golden.h"
+#include "tests/testing/server_process.h"
 
 namespace attnscore::testing {
 namespace {

@@ -13,8 +13,8 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/client/golden_support.h"
-#include "tests/client/server_process.h"
 #include "tests/testing/golden.h"
+#include "tests/testing/server_process.h"
 
 namespace attnscore::client {
 namespace {

@@ -5,7 +5,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "tests/client/server_process.h"
+#include "tests/testing/server_process.h"
 
 namespace attnscore::testing {
 namespace {

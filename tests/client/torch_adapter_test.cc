@@ -5,7 +5,7 @@
 
 #include "client/client.h"
 #include "gtest/gtest.h"
-#include "tests/client/server_process.h"
+#include "tests/testing/server_process.h"
 
 namespace attnscore::client {
 namespace {

@@ -1,17 +1,12 @@
 #include "tests/e2e/e2e_util.h"
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
 #include <chrono>
 #include <cstring>
 #include <filesystem>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "common/safetensors.h"
-#include "grpc/health/v1/health.grpc.pb.h"
 #include "grpc/reflection/v1alpha/reflection.grpc.pb.h"
 #include "gtest/gtest.h"
 
@@ -60,6 +55,16 @@ std::string CompareOutput(const std::string& name, const v1::Tensor& actual,
 }
 
 }  // namespace
+
+testing::ServerOptions E2eServerOptions(std::vector<std::string> args) {
+  testing::ServerOptions options;
+  options.metrics = true;
+  options.wait_ready = false;
+  options.threads = 2;
+  options.log_level = "info";
+  options.extra_args = std::move(args);
+  return options;
+}
 
 v1::Tensor Float32Tensor(const std::vector<float>& values,
                          const std::vector<int64_t>& shape) {
@@ -174,23 +179,6 @@ std::string CompareGoldenItems(const testing::GoldenCase& c,
   return out;
 }
 
-absl::StatusOr<grpc::health::v1::HealthCheckResponse::ServingStatus>
-CheckHealth(const std::shared_ptr<grpc::Channel>& channel,
-            const std::string& service) {
-  auto stub = grpc::health::v1::Health::NewStub(channel);
-  grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() + kRpcTimeout);
-  grpc::health::v1::HealthCheckRequest request;
-  request.set_service(service);
-  grpc::health::v1::HealthCheckResponse response;
-  grpc::Status status = stub->Check(&context, request, &response);
-  if (!status.ok()) {
-    return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
-                        status.error_message());
-  }
-  return response.status();
-}
-
 absl::StatusOr<std::vector<std::string>> ListServicesByReflection(
     const std::shared_ptr<grpc::Channel>& channel) {
   auto stub = grpc::reflection::v1alpha::ServerReflection::NewStub(channel);
@@ -212,50 +200,6 @@ absl::StatusOr<std::vector<std::string>> ListServicesByReflection(
   grpc::Status status = stream->Finish();
   if (!status.ok()) return absl::UnavailableError(status.error_message());
   return names;
-}
-
-absl::StatusOr<std::string> HttpGet(int port, const std::string& path) {
-  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return absl::InternalError("socket");
-  timeval timeout{5, 0};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
-  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof(timeout));
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    close(fd);
-    return absl::UnavailableError(
-        absl::StrCat("connect to port ", port, " failed"));
-  }
-  const std::string request =
-      absl::StrCat("GET ", path,
-                   " HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
-  if (send(fd, request.data(), request.size(), MSG_NOSIGNAL) !=
-      static_cast<ssize_t>(request.size())) {
-    close(fd);
-    return absl::UnavailableError("send failed");
-  }
-  std::string reply;
-  char buf[65536];
-  while (true) {
-    const ssize_t n = recv(fd, buf, sizeof(buf), 0);
-    if (n <= 0) break;
-    reply.append(buf, static_cast<size_t>(n));
-  }
-  close(fd);
-  const size_t body = reply.find("\r\n\r\n");
-  if (reply.rfind("HTTP/1.", 0) != 0 || body == std::string::npos) {
-    return absl::UnavailableError(
-        absl::StrCat("bad HTTP reply: ", reply.substr(0, 200)));
-  }
-  if (reply.find(" 200 ") == std::string::npos ||
-      reply.find(" 200 ") > reply.find("\r\n")) {
-    return absl::UnavailableError(
-        absl::StrCat("HTTP status: ", reply.substr(0, reply.find("\r\n"))));
-  }
-  return reply.substr(body + 4);
 }
 
 }  // namespace attnscore::e2e

@@ -1,6 +1,12 @@
-// Test support for the end-to-end tests: golden cases as ScoreRequests and the
-// comparison of responses against them, model files for the relative cases, and
-// small clients for health, reflection and the metrics endpoint. No LibTorch.
+// Test support for the end-to-end tests: how they run the server, golden cases
+// as ScoreRequests and the comparison of responses against them, model files
+// for the relative cases, and a client for reflection. The server process,
+// health checks and metrics scrapes are tests/testing/server_process.h's. No
+// LibTorch.
+//
+// Thread safety: pure functions (GTest's EXPECT is thread-safe).
+// Errors: absl::Status, or "" / a description of what differs for the
+// comparisons.
 #ifndef ATTNSCORE_TESTS_E2E_E2E_UTIL_H_
 #define ATTNSCORE_TESTS_E2E_E2E_UTIL_H_
 
@@ -13,8 +19,8 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "attnscore/v1/attnscore.pb.h"
-#include "grpc/health/v1/health.pb.h"
 #include "tests/testing/golden.h"
+#include "tests/testing/server_process.h"
 
 namespace attnscore::e2e {
 
@@ -22,6 +28,12 @@ namespace attnscore::e2e {
 // positions exact.
 inline constexpr double kAtol = 1e-4;
 inline constexpr double kRtol = 1e-4;
+
+// How the e2e tests run the server: metrics on a free port, info logs (tests
+// wait for log lines), two intra-op threads, and no wait for readiness (tests
+// probe health themselves, before and after warm-up); `args` come last and
+// override those.
+testing::ServerOptions E2eServerOptions(std::vector<std::string> args = {});
 
 v1::Tensor Float32Tensor(const std::vector<float>& values,
                          const std::vector<int64_t>& shape);
@@ -51,15 +63,9 @@ std::string CompareGoldenItems(const testing::GoldenCase& c,
                                const std::vector<int>& items,
                                const v1::ScoreResponse& response);
 
-// grpc.health.v1.Health/Check.
-absl::StatusOr<grpc::health::v1::HealthCheckResponse::ServingStatus>
-CheckHealth(const std::shared_ptr<grpc::Channel>& channel,
-            const std::string& service);
 // grpc.reflection.v1alpha list_services.
 absl::StatusOr<std::vector<std::string>> ListServicesByReflection(
     const std::shared_ptr<grpc::Channel>& channel);
-// GET http://127.0.0.1:port/path, the body (5 s timeout).
-absl::StatusOr<std::string> HttpGet(int port, const std::string& path);
 
 }  // namespace attnscore::e2e
 

@@ -13,11 +13,14 @@
 #include "attnscore/v1/attnscore.grpc.pb.h"
 #include "gtest/gtest.h"
 #include "tests/e2e/e2e_util.h"
-#include "tests/e2e/server_process.h"
 #include "tests/testing/golden.h"
+#include "tests/testing/server_process.h"
 
 namespace attnscore::e2e {
 namespace {
+
+using ::attnscore::testing::ServerProcess;
+using ::attnscore::testing::TempDir;
 
 constexpr auto kRpcTimeout = std::chrono::seconds(30);
 
@@ -33,7 +36,8 @@ class GoldenE2eTest : public ::testing::Test {
     models_ = new TempDir();
     ASSERT_TRUE(WriteRelativeModels(*cases_, models_->path()).ok());
     absl::StatusOr<std::unique_ptr<ServerProcess>> server =
-        ServerProcess::Start({"--model-dir=" + models_->path()});
+        ServerProcess::Start(
+            E2eServerOptions({"--model-dir=" + models_->path()}));
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = server->release();
   }
@@ -114,8 +118,8 @@ TEST(GoldenBatchingE2eTest, ConcurrentClientsAreBatchedAndExact) {
   TempDir models;
   ASSERT_TRUE(WriteRelativeModels(*cases, models.path()).ok());
   absl::StatusOr<std::unique_ptr<ServerProcess>> server = ServerProcess::Start(
-      {"--model-dir=" + models.path(), "--max-batch-size=4",
-       "--max-queue-delay-us=20000000"});
+      E2eServerOptions({"--model-dir=" + models.path(), "--max-batch-size=4",
+                        "--max-queue-delay-us=20000000"}));
   ASSERT_TRUE(server.ok()) << server.status();
 
   for (const char* name :

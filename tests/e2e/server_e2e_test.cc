@@ -23,13 +23,16 @@
 #include "common/safetensors.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "tests/observability/prometheus_harness.h"
 #include "tests/e2e/e2e_util.h"
-#include "tests/e2e/server_process.h"
+#include "tests/observability/prometheus_harness.h"
+#include "tests/testing/server_process.h"
 
 namespace attnscore::e2e {
 namespace {
 
+using ::attnscore::testing::CheckHealth;
+using ::attnscore::testing::ServerProcess;
+using ::attnscore::testing::TempDir;
 using ::testing::HasSubstr;
 using HealthStatus = grpc::health::v1::HealthCheckResponse;
 
@@ -91,7 +94,7 @@ class ServerE2eTest : public ::testing::Test {
  protected:
   void Start(std::vector<std::string> args) {
     absl::StatusOr<std::unique_ptr<ServerProcess>> server =
-        ServerProcess::Start(std::move(args));
+        ServerProcess::Start(E2eServerOptions(std::move(args)));
     ASSERT_TRUE(server.ok()) << server.status();
     server_ = *std::move(server);
     channel_ = server_->NewChannel();
@@ -115,8 +118,7 @@ class ServerE2eTest : public ::testing::Test {
         [this, request = std::move(request), call] { *call = Score(request); });
   }
   std::string Metrics() {
-    absl::StatusOr<std::string> body =
-        HttpGet(server_->metrics_port(), "/metrics");
+    absl::StatusOr<std::string> body = server_->ScrapeMetrics();
     return body.ok() ? *body : std::string();
   }
   bool MetricsContain(const std::string& text) {
@@ -174,7 +176,7 @@ TEST_F(ServerE2eTest, HealthIsLiveAtOnceAndReadyAfterWarmUp) {
         CheckHealth(channel_, kReadiness);
     return s.ok() && *s == HealthStatus::SERVING;
   }));
-  EXPECT_TRUE(server_->WaitForLog("warm-up done", std::chrono::seconds(5)));
+  EXPECT_TRUE(server_->WaitForLog("warm-up done", absl::Seconds(5)));
   EXPECT_EQ(CheckHealth(channel_, "no.such.Service").status().code(),
             absl::StatusCode::kNotFound);
 }
@@ -504,9 +506,8 @@ TEST_F(ServerE2eTest, SighupReloadsModelsAndKeepsThemWhenAFileIsBroken) {
     std::fclose(f);
   }
   server_->Signal(SIGHUP);
-  EXPECT_TRUE(server_->WaitForLog("reload", std::chrono::seconds(30)));
-  EXPECT_TRUE(
-      server_->WaitForLog("broken.safetensors", std::chrono::seconds(30)));
+  EXPECT_TRUE(server_->WaitForLog("reload", absl::Seconds(30)));
+  EXPECT_TRUE(server_->WaitForLog("broken.safetensors", absl::Seconds(30)));
   EXPECT_THAT(ModelNames(), ::testing::ElementsAre("first", "second"));
   EXPECT_TRUE(Score(request).status.ok());
   EXPECT_TRUE(MetricsContain("attnscore_models_loaded 2"));
@@ -534,9 +535,9 @@ TEST_F(ServerE2eTest, SigtermDrainsInFlightRequestsAndExitsZero) {
         << i << ": " << calls[i].status.error_message();
     EXPECT_EQ(calls[i].response.request_id(), absl::StrCat("drain", i));
   }
-  const std::optional<int> code =
-      server_->WaitForExit(std::chrono::seconds(60));
-  ASSERT_TRUE(code.has_value()) << "the server did not exit after draining";
+  const absl::StatusOr<int> code = server_->Wait(absl::Seconds(60));
+  ASSERT_TRUE(code.ok()) << "the server did not exit after draining: "
+                         << code.status();
   EXPECT_EQ(*code, 0);
   EXPECT_THAT(server_->Log(), HasSubstr("draining"));
 }
@@ -604,25 +605,29 @@ TEST_F(ServerE2eTest, PrometheusScrapesTheServer) {
   absl::StatusOr<std::unique_ptr<attnscore::testing::PrometheusHarness>>
       prometheus = attnscore::testing::PrometheusHarness::Start(options);
   ASSERT_TRUE(prometheus.ok()) << prometheus.status();
-  absl::StatusOr<double> up = (*prometheus)->WaitForValue(
-      "up{job=\"attnscore\"}", absl::Seconds(30),
-      [](double v) { return v == 1; });
+  absl::StatusOr<double> up =
+      (*prometheus)
+          ->WaitForValue("up{job=\"attnscore\"}", absl::Seconds(30),
+                         [](double v) { return v == 1; });
   ASSERT_TRUE(up.ok()) << up.status();
-  absl::StatusOr<double> requests = (*prometheus)->WaitForValue(
-      "attnscore_requests_total{method=\"Score\",code=\"OK\"}",
-      absl::Seconds(30), [](double v) { return v == 3; });
+  absl::StatusOr<double> requests =
+      (*prometheus)
+          ->WaitForValue(
+              "attnscore_requests_total{method=\"Score\",code=\"OK\"}",
+              absl::Seconds(30), [](double v) { return v == 3; });
   EXPECT_TRUE(requests.ok()) << requests.status();
-  absl::StatusOr<double> batches = (*prometheus)->WaitForValue(
-      "attnscore_batch_size_count", absl::Seconds(30),
-      [](double v) { return v >= 1; });
+  absl::StatusOr<double> batches =
+      (*prometheus)
+          ->WaitForValue("attnscore_batch_size_count", absl::Seconds(30),
+                         [](double v) { return v >= 1; });
   EXPECT_TRUE(batches.ok()) << batches.status();
 }
 
 // Runs the binary to completion (30 s at most) and returns its exit code and
 // output.
 std::pair<int, std::string> RunBinary(const std::string& args) {
-  const std::string command = absl::StrCat(
-      "timeout 30 ", ServerProcess::BinaryPath(), " ", args, " 2>&1");
+  const std::string command =
+      absl::StrCat("timeout 30 ", testing::ServerBinary(), " ", args, " 2>&1");
   std::FILE* pipe = popen(command.c_str(), "r");
   std::string output;
   char buf[4096];

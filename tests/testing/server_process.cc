@@ -1,4 +1,4 @@
-#include "tests/client/server_process.h"
+#include "tests/testing/server_process.h"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -10,21 +10,24 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <sstream>
 #include <thread>
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
-#include "client/client.h"
+#include "grpc/health/v1/health.grpc.pb.h"
 
 extern char** environ;
 
@@ -34,7 +37,7 @@ namespace {
 constexpr auto kPollInterval = std::chrono::milliseconds(10);
 // SIGTERM first (the server drains in milliseconds when idle), then SIGKILL.
 // Short: a server that has sent large responses sometimes spends 10 s in gRPC's
-// shutdown after its drain (see the report), which tests need not wait for.
+// shutdown after its drain, which tests need not wait for.
 constexpr absl::Duration kStopGrace = absl::Seconds(3);
 constexpr size_t kLogTail = 4000;
 
@@ -87,7 +90,7 @@ absl::StatusOr<pid_t> Spawn(const std::vector<std::string>& argv,
   const pid_t pid = fork();
   if (pid < 0) {
     close(log_fd);
-    close(null_fd);
+    if (null_fd >= 0) close(null_fd);
     return absl::InternalError(absl::StrCat("fork: ", std::strerror(errno)));
   }
   if (pid == 0) {
@@ -125,10 +128,13 @@ std::optional<int> WaitPid(pid_t pid, absl::Duration timeout) {
   }
 }
 
+// The port in a port file. The server writes "<port>\n" and renames the file
+// into place; until the newline is there the file is not complete.
 absl::StatusOr<int> ReadPortFile(const std::string& path) {
-  std::string text(absl::StripAsciiWhitespace(ReadWholeFile(path)));
+  const std::string text = ReadWholeFile(path);
   int port = 0;
-  if (text.empty() || !absl::SimpleAtoi(text, &port) || port <= 0) {
+  if (text.empty() || text.back() != '\n' ||
+      !absl::SimpleAtoi(absl::StripAsciiWhitespace(text), &port) || port <= 0) {
     return absl::UnavailableError(absl::StrCat(path, ": no port yet"));
   }
   return port;
@@ -139,7 +145,7 @@ absl::StatusOr<int> ReadPortFile(const std::string& path) {
 TempDir::TempDir() {
   const char* base = std::getenv("TMPDIR");
   std::string pattern = absl::StrCat(base != nullptr && *base ? base : "/tmp",
-                                     "/attnscore-client-XXXXXX");
+                                     "/attnscore-test-XXXXXX");
   if (mkdtemp(pattern.data()) == nullptr) {
     std::fprintf(stderr, "mkdtemp(%s): %s\n", pattern.c_str(),
                  std::strerror(errno));
@@ -154,7 +160,14 @@ TempDir::~TempDir() {
 }
 
 std::string ServerBinary() { return ATTNSCORE_SERVER_BIN; }
-std::string CliBinary() { return ATTNSCORE_CLI_BIN; }
+
+std::string CliBinary() {
+#ifdef ATTNSCORE_CLI_BIN
+  return ATTNSCORE_CLI_BIN;
+#else
+  return "";
+#endif
+}
 
 absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(
     const ServerOptions& options, absl::Duration timeout) {
@@ -162,11 +175,17 @@ absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(
   server->dir_ = std::make_unique<TempDir>();
   const std::string port_file = server->dir_->File("port");
   const std::string metrics_port_file = server->dir_->File("metrics_port");
-  std::vector<std::string> argv = {
-      ServerBinary(), "--listen", absl::StrCat("127.0.0.1:", options.port),
-      "--port-file", port_file,
-      // One intra-op thread: tests share two cores.
-      "--threads", "1", "--log-level", "warn", "--shutdown-grace", "5"};
+  std::vector<std::string> argv = {ServerBinary(),
+                                   "--listen",
+                                   absl::StrCat("127.0.0.1:", options.port),
+                                   "--port-file",
+                                   port_file,
+                                   "--threads",
+                                   absl::StrCat(options.threads),
+                                   "--log-level",
+                                   options.log_level,
+                                   "--shutdown-grace",
+                                   "5"};
   if (options.metrics) {
     argv.insert(argv.end(), {"--metrics-listen", "127.0.0.1:0",
                              "--metrics-port-file", metrics_port_file});
@@ -228,13 +247,16 @@ bool ServerProcess::running() {
   return false;
 }
 
+std::shared_ptr<grpc::Channel> ServerProcess::NewChannel() const {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(-1);
+  args.SetMaxSendMessageSize(-1);
+  return grpc::CreateCustomChannel(target(), grpc::InsecureChannelCredentials(),
+                                   args);
+}
+
 absl::Status ServerProcess::WaitReady(absl::Duration timeout) {
-  client::ClientOptions options;
-  options.target = target();
-  options.retry.enabled = false;
-  absl::StatusOr<std::unique_ptr<client::Client>> client =
-      client::Client::Create(options);
-  if (!client.ok()) return client.status();
+  const std::shared_ptr<grpc::Channel> channel = NewChannel();
   const absl::Time deadline = absl::Now() + timeout;
   absl::Status last = absl::UnknownError("not probed");
   while (absl::Now() < deadline) {
@@ -242,15 +264,18 @@ absl::Status ServerProcess::WaitReady(absl::Duration timeout) {
       return absl::InternalError(absl::StrCat("attnscore-server exited with ",
                                               exit_code_, ": ", Tail(Log())));
     }
-    client::CallOptions call;
-    call.timeout = std::min(absl::Seconds(2), std::max(deadline - absl::Now(),
-                                                       absl::Milliseconds(1)));
-    absl::StatusOr<client::ServingStatus> status =
-        (*client)->Health(client::kServiceName, call);
-    if (status.ok() && *status == client::ServingStatus::kServing)
+    const absl::Duration call_timeout =
+        std::min(absl::Seconds(2),
+                 std::max(deadline - absl::Now(), absl::Milliseconds(1)));
+    absl::StatusOr<grpc::health::v1::HealthCheckResponse::ServingStatus>
+        status = CheckHealth(channel, kReadinessService, call_timeout);
+    if (status.ok() &&
+        *status == grpc::health::v1::HealthCheckResponse::SERVING)
       return absl::OkStatus();
     last = status.ok()
-               ? absl::UnavailableError(client::ServingStatusName(*status))
+               ? absl::UnavailableError(
+                     grpc::health::v1::HealthCheckResponse::ServingStatus_Name(
+                         *status))
                : status.status();
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
@@ -279,50 +304,20 @@ std::string ServerProcess::Log() const {
   return ReadWholeFile(dir_->File("server.log"));
 }
 
+bool ServerProcess::WaitForLog(const std::string& text,
+                               absl::Duration timeout) const {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (true) {
+    if (absl::StrContains(Log(), text)) return true;
+    if (absl::Now() >= deadline) return false;
+    std::this_thread::sleep_for(kPollInterval);
+  }
+}
+
 absl::StatusOr<std::string> ServerProcess::ScrapeMetrics() const {
   if (metrics_port_ <= 0)
     return absl::FailedPreconditionError("no metrics port");
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return absl::InternalError("socket");
-  // Bounded reads and writes: a stuck server fails the scrape instead of
-  // hanging the test.
-  timeval tv{5, 0};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(metrics_port_));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    close(fd);
-    return absl::UnavailableError(
-        absl::StrCat("connect to metrics port ", metrics_port_));
-  }
-  const std::string request =
-      "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
-  if (send(fd, request.data(), request.size(), MSG_NOSIGNAL) !=
-      static_cast<ssize_t>(request.size())) {
-    close(fd);
-    return absl::UnavailableError("send to metrics port");
-  }
-  std::string response;
-  char buf[8192];
-  while (true) {
-    const ssize_t n = recv(fd, buf, sizeof(buf), 0);
-    if (n == 0) break;
-    if (n < 0) {
-      close(fd);
-      return absl::DeadlineExceededError("metrics read timed out");
-    }
-    response.append(buf, static_cast<size_t>(n));
-  }
-  close(fd);
-  const size_t body = response.find("\r\n\r\n");
-  if (body == std::string::npos || !absl::StartsWith(response, "HTTP/1.")) {
-    return absl::DataLossError(
-        absl::StrCat("not an HTTP response: ", Tail(response)));
-  }
-  return response.substr(body + 4);
+  return HttpGet(metrics_port_, "/metrics");
 }
 
 double ServerProcess::SumMetric(const std::string& exposition,
@@ -341,6 +336,80 @@ double ServerProcess::SumMetric(const std::string& exposition,
     }
   }
   return sum;
+}
+
+absl::StatusOr<grpc::health::v1::HealthCheckResponse::ServingStatus>
+CheckHealth(const std::shared_ptr<grpc::Channel>& channel,
+            const std::string& service, absl::Duration timeout) {
+  std::unique_ptr<grpc::health::v1::Health::Stub> stub =
+      grpc::health::v1::Health::NewStub(channel);
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+  grpc::health::v1::HealthCheckRequest request;
+  request.set_service(service);
+  grpc::health::v1::HealthCheckResponse response;
+  const grpc::Status status = stub->Check(&context, request, &response);
+  if (!status.ok()) {
+    return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
+                        status.error_message());
+  }
+  return response.status();
+}
+
+absl::StatusOr<std::string> HttpGet(int port, const std::string& path,
+                                    absl::Duration timeout) {
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0)
+    return absl::InternalError(absl::StrCat("socket: ", std::strerror(errno)));
+  // Bounded reads and writes (at least 1 ms: a zero timeval means no limit): a
+  // stuck server fails the request instead of hanging the test.
+  const timeval tv = absl::ToTimeval(std::max(timeout, absl::Milliseconds(1)));
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    close(fd);
+    return absl::UnavailableError(absl::StrCat("connect to port ", port));
+  }
+  const std::string request =
+      absl::StrCat("GET ", path,
+                   " HTTP/1.0\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+  if (send(fd, request.data(), request.size(), MSG_NOSIGNAL) !=
+      static_cast<ssize_t>(request.size())) {
+    close(fd);
+    return absl::UnavailableError(absl::StrCat("send to port ", port));
+  }
+  std::string response;
+  char buf[65536];
+  while (true) {
+    const ssize_t n = recv(fd, buf, sizeof(buf), 0);
+    if (n == 0) break;
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      close(fd);
+      return absl::DeadlineExceededError(
+          absl::StrCat("read from port ", port, " timed out"));
+    }
+    response.append(buf, static_cast<size_t>(n));
+  }
+  close(fd);
+  const size_t body = response.find("\r\n\r\n");
+  if (body == std::string::npos || !absl::StartsWith(response, "HTTP/1.")) {
+    return absl::DataLossError(
+        absl::StrCat("not an HTTP response: ", Tail(response)));
+  }
+  const absl::string_view status_line =
+      absl::string_view(response).substr(0, response.find("\r\n"));
+  const std::vector<absl::string_view> status_parts =
+      absl::StrSplit(status_line, absl::MaxSplits(' ', 2));
+  if (status_parts.size() < 2 || status_parts[1] != "200") {
+    return absl::UnavailableError(
+        absl::StrCat("GET ", path, ": ", status_line));
+  }
+  return response.substr(body + 4);
 }
 
 CommandResult RunCommand(const std::vector<std::string>& argv,
