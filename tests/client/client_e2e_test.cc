@@ -3,6 +3,7 @@
 // message; deadlines and cancellation; health, models and server info;
 // round-robin over three servers; message limits; option validation (TLS files,
 // tokens).
+#include <algorithm>
 #include <chrono>
 #include <future>
 #include <map>
@@ -422,24 +423,54 @@ TEST(ClientRoundRobinTest, SpreadsOverThreeServers) {
       by_list->resolved_target(),
       absl::StrCat("ipv4:", targets[0], ",", targets[1], ",", targets[2]));
   std::unique_ptr<Client> by_uri = MakeClient(by_list->resolved_target());
+  auto served = [&](std::vector<double>& out) {
+    out.clear();
+    for (const auto& server : servers) {
+      absl::StatusOr<std::string> metrics = server->ScrapeMetrics();
+      if (!metrics.ok()) return false;
+      out.push_back(
+          ServerProcess::SumMetric(*metrics, "attnscore_requests_total"));
+    }
+    return true;
+  };
+  std::vector<double> start, now, before, after;
   for (Client* client : {by_list.get(), by_uri.get()}) {
     ASSERT_TRUE(client->WaitForConnected(kWait).ok());
+    // round_robin picks among READY subchannels only, and a channel is ready
+    // with its first one: warm up until each backend has answered this client
+    // (bounded), so the measured calls below see all three.
+    ASSERT_TRUE(served(start));
+    const absl::Time deadline = absl::Now() + absl::Seconds(20);
+    while (true) {
+      ASSERT_TRUE(client->Score(r.request).ok());
+      ASSERT_TRUE(served(now));
+      bool all = true;
+      for (size_t i = 0; i < now.size(); ++i) all = all && now[i] > start[i];
+      if (all) break;
+      ASSERT_LT(absl::Now(), deadline) << "a backend never answered";
+    }
+    ASSERT_TRUE(served(before));
     for (int i = 0; i < 30; ++i) {
       absl::StatusOr<ScoreResult> result = client->Score(r.request);
       ASSERT_TRUE(result.ok()) << result.status();
     }
+    // A server counts a request once it has answered it: allow the last
+    // counts a moment to land.
+    const absl::Time settle = absl::Now() + absl::Seconds(5);
+    double total = 0;
+    do {
+      ASSERT_TRUE(served(after));
+      total = 0;
+      for (size_t i = 0; i < servers.size(); ++i) total += after[i] - before[i];
+    } while (total < 30 && absl::Now() < settle);
+    total = 0;
+    for (size_t i = 0; i < servers.size(); ++i) {
+      // round_robin over three READY backends: 10 of the 30 calls each.
+      EXPECT_GE(after[i] - before[i], 8) << servers[i]->target();
+      total += after[i] - before[i];
+    }
+    EXPECT_EQ(total, 30);
   }
-  double total = 0;
-  for (const auto& server : servers) {
-    absl::StatusOr<std::string> metrics = server->ScrapeMetrics();
-    ASSERT_TRUE(metrics.ok()) << metrics.status();
-    const double served =
-        ServerProcess::SumMetric(*metrics, "attnscore_requests_total");
-    // round_robin: each of three backends gets about a third of 60 calls.
-    EXPECT_GE(served, 10) << server->target();
-    total += served;
-  }
-  EXPECT_GE(total, 60);
 }
 
 TEST(ClientOptionsTest, ValidatesOptionsAndReportsUnreachableServers) {
