@@ -568,6 +568,15 @@ TEST_F(ServerE2eTest, LargeResponsesPassTheMessageLimits) {
   EXPECT_TRUE(std::isfinite(logits[logits.size() - 1]));
   std::cerr << "64 MiB logits round trip: " << seconds << " s (compute "
             << call.response.timing().compute_us() / 1e3 << " ms)\n";
+  // And the server still stops promptly: gRPC's global teardown used to hold
+  // the exit ~10 s after large responses.
+  server_->Signal(SIGTERM);
+  const auto stop_start = std::chrono::steady_clock::now();
+  absl::StatusOr<int> code = server_->Wait(absl::Seconds(30));
+  ASSERT_TRUE(code.ok()) << code.status();
+  EXPECT_EQ(*code, 0);
+  EXPECT_LT(std::chrono::steady_clock::now() - stop_start,
+            std::chrono::seconds(5));
 }
 
 TEST_F(ServerE2eTest, MetricsEndpointServesTheSeries) {
