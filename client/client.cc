@@ -14,8 +14,10 @@
 #include <condition_variable>
 #include <deque>
 #include <fstream>
+#include <mutex>
 #include <set>
 #include <sstream>
+#include <thread>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
@@ -31,6 +33,48 @@
 
 namespace attnscore::client {
 namespace {
+
+// Releases objects that may hold a gRPC channel's last reference (through a
+// ClientContext) on a thread of its own instead of a gRPC callback thread.
+// gRPC 1.51 shuts its callback completion queue down when the last channel
+// goes, joins every thread that polls it, the calling one included, and frees
+// the queue under it: a double free in grpc_cq_internal_unref, seen under
+// AddressSanitizer when a stream outlived its Client by one reaction.
+class Reaper {
+ public:
+  // Never destroyed: its detached thread may still run while the process exits.
+  static Reaper& Get() {
+    static Reaper* reaper = new Reaper();
+    return *reaper;
+  }
+
+  void Release(std::shared_ptr<void> object) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    queue_.push_back(std::move(object));
+    cv_.notify_one();
+  }
+
+ private:
+  Reaper() {
+    std::thread([this] { Run(); }).detach();
+  }
+
+  void Run() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    while (true) {
+      cv_.wait(lock, [this] { return !queue_.empty(); });
+      std::deque<std::shared_ptr<void>> batch;
+      batch.swap(queue_);
+      lock.unlock();
+      batch.clear();  // the destructors run here, outside the lock
+      lock.lock();
+    }
+  }
+
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  std::deque<std::shared_ptr<void>> queue_;  // guarded by mutex_
+};
 
 constexpr char kScoreMethod[] = "/attnscore.v1.AttentionScorer/Score";
 constexpr char kScoreStreamMethod[] =
@@ -381,10 +425,12 @@ void StartScore(Client::Impl& impl, const ScoreRequest& request,
         } else {
           result = FromGrpc(status, "Score");
         }
-        // The call (and its slices over the caller's tensors) is gone before
-        // the caller hears of it, so the callback may free the tensors.
+        // The call is complete before the caller hears of it, so the callback
+        // may free the tensors: the request's slices over them are static
+        // (never read again, nor freed, by gRPC). The call object itself goes
+        // to the reaper: it may hold the channel's last reference.
         Client::ScoreCallback callback = std::move(call->done);
-        call.reset();
+        Reaper::Get().Release(std::shared_ptr<UnaryCall>(std::move(call)));
         callback(std::move(result));
       });
 }
@@ -583,8 +629,24 @@ class Stream::State final
       cv_.notify_all();
     }
     if (on_done) on_done(final_status);
-    // Last statement: may destroy this object when the Stream is already gone.
-    std::shared_ptr<State> self = std::move(self_);
+    std::shared_ptr<State> self;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      reactions_over_ = true;
+      self = std::move(self_);
+      cv_.notify_all();
+    }
+    // This may be the last reference (the Stream is gone): never destroy the
+    // state, and so its ClientContext, on this gRPC thread.
+    Reaper::Get().Release(std::move(self));
+  }
+
+  // Waits (bounded) until OnDone has run to its end, so that no callback of
+  // the owner's runs after the owner has destroyed the stream.
+  void WaitForReactionsToEnd(absl::Duration timeout) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    cv_.wait_until(lock, SteadyDeadline(timeout),
+                   [this] { return reactions_over_; });
   }
 
  private:
@@ -634,6 +696,7 @@ class Stream::State final
   bool hold_released_ = false;                // guarded by mutex_
   bool reads_closed_ = false;                 // guarded by mutex_
   bool done_ = false;                         // guarded by mutex_
+  bool reactions_over_ = false;               // guarded by mutex_
   absl::Status final_status_;                 // guarded by mutex_
 };
 
@@ -644,7 +707,7 @@ Stream::~Stream() {
   // Bounded: after TryCancel gRPC ends the call promptly; waiting means no
   // callback runs after the owner has destroyed the stream (and whatever its
   // callbacks use).
-  state_->Finish(kStreamCloseWait).IgnoreError();
+  state_->WaitForReactionsToEnd(kStreamCloseWait);
 }
 
 absl::Status Stream::Write(const ScoreRequest& request,
