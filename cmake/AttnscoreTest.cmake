@@ -1,11 +1,17 @@
 include(GoogleTest)
 
-# attnscore_test(NAME SOURCES a.cc [b.cc ...] LIBS lib... [LABELS l...] [TIMEOUT s])
+# attnscore_test(NAME SOURCES a.cc [b.cc ...] LIBS lib... [LABELS label] [TIMEOUT s])
 # One executable per test file group, linked against only what it tests, discovered by ctest.
 function(attnscore_test name)
   cmake_parse_arguments(T "" "TIMEOUT" "SOURCES;LIBS;LABELS" ${ARGN})
   if(NOT T_TIMEOUT)
     set(T_TIMEOUT 300)
+  endif()
+  list(LENGTH T_LABELS label_count)
+  if(label_count GREATER 1)
+    # gtest_discover_tests flattens its PROPERTIES list, so a second label would
+    # silently become a property name: refuse instead of mislabelling.
+    message(FATAL_ERROR "attnscore_test(${name}): one label per test, got ${T_LABELS}")
   endif()
   add_executable(${name} ${T_SOURCES})
   target_link_libraries(${name} PRIVATE ${T_LIBS} GTest::gmock_main)
