@@ -4,6 +4,14 @@ find_package(absl CONFIG REQUIRED)
 find_package(nlohmann_json CONFIG REQUIRED)
 find_package(GTest CONFIG REQUIRED)
 find_package(benchmark CONFIG REQUIRED)
+find_package(Protobuf REQUIRED)
+find_package(gRPC CONFIG REQUIRED)
+find_package(spdlog CONFIG REQUIRED)
+find_package(CLI11 CONFIG REQUIRED)
+# Debian builds cpp-httplib as a library (libcpp-httplib.so) whose ABI depends on its
+# -DCPPHTTPLIB_*_SUPPORT flags: take them from pkg-config.
+find_package(PkgConfig REQUIRED)
+pkg_check_modules(CPP_HTTPLIB REQUIRED IMPORTED_TARGET cpp-httplib)
 
 # LibTorch: Debian's CPU build. Only torch_cpu and c10 are linked: the `torch` umbrella target
 # drags in CUDA discovery we do not need for the CPU build.

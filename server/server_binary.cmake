@@ -1,6 +1,5 @@
 # attnscore-server: flags, gRPC server set-up, health, reflection, metrics endpoint, signals.
 # Included from server/CMakeLists.txt; the binary lands at ${CMAKE_BINARY_DIR}/server/.
-include(${CMAKE_SOURCE_DIR}/proto/grpc_deps.cmake)
 
 add_executable(attnscore-server main.cc)
 target_compile_definitions(attnscore-server PRIVATE ATTNSCORE_VERSION="${PROJECT_VERSION}")

@@ -1,18 +1,5 @@
-# gRPC, protobuf, spdlog and CLI11 for the service layer, found once with GLOBAL so that every
-# directory (server/service is configured before proto/) sees the same imported targets, and
-# attnscore_grpc_proto_library() to generate C++ messages and gRPC stubs.
-# Included by proto/, server/service/, server/server_binary.cmake and the service/e2e tests.
-# TODO(lead): the find_package calls belong in cmake/AttnscoreDeps.cmake.
+# attnscore_grpc_proto_library(): C++ messages and gRPC stubs from .proto files.
 include_guard(GLOBAL)
-if(NOT TARGET gRPC::grpc++)
-  find_package(gRPC CONFIG REQUIRED GLOBAL)
-endif()
-if(NOT TARGET spdlog::spdlog)
-  find_package(spdlog CONFIG REQUIRED GLOBAL)
-endif()
-if(NOT TARGET CLI11::CLI11)
-  find_package(CLI11 CONFIG REQUIRED GLOBAL)
-endif()
 
 # attnscore_grpc_proto_library(TARGET ROOT dir PROTOS a.proto...)
 # A static library of the messages and gRPC stubs generated (protoc + grpc_cpp_plugin) from
