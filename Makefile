@@ -5,7 +5,7 @@ CTEST_ARGS ?=
 # The embedded default configuration plus the example relative parameter set the build writes.
 SERVE_ARGS ?= --model-dir $(BUILD_DIR)/examples/models
 
-.PHONY: all deps configure build test serve bench format clean
+.PHONY: all deps configure build test lint serve bench format clean
 
 all: build
 
@@ -22,6 +22,11 @@ build: configure
 
 test: build
 	cd $(BUILD_DIR) && ctest --output-on-failure -j $(JOBS) $(CTEST_ARGS)
+
+# lizard and clang-tidy (scripts/lint.sh); after the build, which generates the proto headers and
+# compile_commands.json that clang-tidy reads.
+lint: build
+	BUILD_DIR=$(BUILD_DIR) JOBS=$(JOBS) ./scripts/lint.sh
 
 serve: build
 	$(BUILD_DIR)/server/attnscore-server $(SERVE_ARGS)

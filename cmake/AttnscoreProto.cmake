@@ -23,7 +23,9 @@ function(attnscore_grpc_proto_library target)
     list(APPEND sources ${outputs})
   endforeach()
   add_library(${target} ${sources})
-  # Generated code is not ours to lint or warn about.
+  # Generated code is not ours to lint or warn about: its headers are SYSTEM for consumers, and
+  # attnscore_apply_warnings (AttnscoreWarnings.cmake) skips the library itself.
   target_include_directories(${target} SYSTEM PUBLIC $<BUILD_INTERFACE:${gen_dir}>)
+  set_target_properties(${target} PROPERTIES ATTNSCORE_GENERATED TRUE)
   target_link_libraries(${target} PUBLIC gRPC::grpc++ protobuf::libprotobuf)
 endfunction()

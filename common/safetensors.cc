@@ -1,5 +1,6 @@
 #include "common/safetensors.h"
 
+#include <cstddef>
 #include <cstring>
 #include <fstream>
 #include <sstream>
@@ -25,8 +26,9 @@ std::string ShapeString(const std::vector<int64_t>& shape) {
 size_t SafetensorsElementSize(std::string_view dtype) {
   if (dtype == "F64" || dtype == "I64" || dtype == "U64") return 8;
   if (dtype == "F32" || dtype == "I32" || dtype == "U32") return 4;
-  if (dtype == "F16" || dtype == "BF16" || dtype == "I16" || dtype == "U16")
+  if (dtype == "F16" || dtype == "BF16" || dtype == "I16" || dtype == "U16") {
     return 2;
+  }
   if (dtype == "I8" || dtype == "U8" || dtype == "BOOL") return 1;
   return 0;
 }
@@ -65,9 +67,11 @@ absl::StatusOr<SafetensorsFile> SafetensorsFile::Parse(std::string contents,
         absl::StrCat(name, ": header length ", header_len,
                      " exceeds file size ", data.size()));
   }
-  nlohmann::json header =
-      nlohmann::json::parse(data.begin() + 8, data.begin() + 8 + header_len,
-                            nullptr, /*allow_exceptions=*/false);
+  // header_len <= kMaxHeaderBytes (checked above): the offset fits.
+  const auto header_end =
+      data.begin() + 8 + static_cast<std::ptrdiff_t>(header_len);
+  nlohmann::json header = nlohmann::json::parse(
+      data.begin() + 8, header_end, nullptr, /*allow_exceptions=*/false);
   if (!header.is_object()) {
     return absl::InvalidArgumentError(
         absl::StrCat(name, ": header is not a JSON object"));
@@ -203,9 +207,10 @@ absl::Status SafetensorsWriter::Add(std::string name, std::string dtype,
   }
   uint64_t count = 1;
   for (int64_t d : shape) {
-    if (d < 0)
+    if (d < 0) {
       return absl::InvalidArgumentError(
           absl::StrCat("tensor '", name, "': bad shape"));
+    }
     count *= static_cast<uint64_t>(d);
   }
   if (count * element_size != bytes.size()) {
@@ -251,9 +256,10 @@ std::string SafetensorsWriter::Serialize() const {
 
 absl::Status SafetensorsWriter::Write(const std::string& path) const {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  if (!out)
+  if (!out) {
     return absl::PermissionDeniedError(
         absl::StrCat(path, ": cannot open for writing"));
+  }
   const std::string bytes = Serialize();
   out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
   if (!out) return absl::DataLossError(absl::StrCat(path, ": write failed"));

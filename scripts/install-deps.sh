@@ -11,7 +11,9 @@ root="$(cd "$here/.." && pwd)"
 
 packages=(
   # Toolchain.
-  build-essential cmake ninja-build pkg-config
+  build-essential cmake ninja-build pkg-config ccache
+  # Lint (make lint): clang-tidy; lizard is pinned in requirements.txt.
+  clang-tidy
   # Scoring core. libopenblas0-openmp: without it LibTorch falls back to reference BLAS (~25x slower).
   libtorch-dev libopenblas0-openmp
   # RPC and the rest of the server.
@@ -21,6 +23,8 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   # Python test tools: Debian's interpreter, torch and grpc, plus the venv module.
   python3 python3-venv python3-pip python3-torch python3-grpcio python3-numpy
+  # The API contract test (tests/proto) reads descriptor sets with Debian's protobuf.
+  python3-protobuf
   # Integration tests against real tools.
   prometheus docker-compose
 )

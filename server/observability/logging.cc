@@ -288,12 +288,14 @@ absl::Status SetupLogging(LogFormat format, std::string_view level,
                           spdlog::sink_ptr sink) {
   absl::StatusOr<spdlog::level::level_enum> parsed = ParseLogLevel(level);
   if (!parsed.ok()) return parsed.status();
-  if (sink == nullptr)
+  if (sink == nullptr) {
     return absl::InvalidArgumentError("SetupLogging: null sink");
+  }
   sink->set_formatter(NewLogFormatter(format));
   // The sink filters nothing; the logger's level does.
   sink->set_level(spdlog::level::trace);
-  auto logger = std::make_shared<spdlog::logger>(kDefaultLoggerName, sink);
+  auto logger =
+      std::make_shared<spdlog::logger>(kDefaultLoggerName, std::move(sink));
   logger->set_level(*parsed);
   // Warnings and errors reach the sink at once even if a buffering sink is
   // passed in (stderr itself is unbuffered).

@@ -417,8 +417,9 @@ std::string Registry::Serialize() const {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     families.reserve(families_.size());
-    for (const auto& [name, family] : families_)
+    for (const auto& [name, family] : families_) {
       families.push_back(family.get());
+    }
   }
   std::string out;
   for (const internal::FamilyBase* family : families) family->AppendTo(out);

@@ -264,6 +264,19 @@ def dockerignored(path: str, pattern: str) -> bool:
     return False
 
 
+def dockerignore_excludes(path: str, patterns: list[str]) -> list[str]:
+    """The patterns that leave path out of the build context: Docker applies them in order and
+    the last match wins, so a later "!pattern" takes a path back in."""
+    excluded_by = []
+    for pattern in patterns:
+        if pattern.startswith("!"):
+            if dockerignored(path, pattern[1:]):
+                excluded_by = []
+        elif dockerignored(path, pattern):
+            excluded_by.append(pattern)
+    return excluded_by
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("mode", choices=["hadolint", "rules"])
@@ -293,9 +306,12 @@ def main() -> None:
         needed = ["Makefile", "CMakeLists.txt", "scripts/install-deps.sh",
                   "scripts/requirements.txt", "deploy/docker/runtime-packages.sh",
                   "examples/models/make_example.py", "server/main.cc", "tests/CMakeLists.txt"]
-        needed += [p.relative_to(ROOT).as_posix() for p in ROOT.glob("*/CMakeLists.txt")]
+        # Every folder's CMakeLists.txt: the configure step adds them all (no EXISTS guards).
+        # (Build trees, the virtualenv and dot-folders are not sources.)
+        needed += sorted(p.relative_to(ROOT).as_posix() for p in ROOT.rglob("CMakeLists.txt")
+                         if not p.relative_to(ROOT).parts[0].startswith(("build", ".")))
         for path in needed:
-            excluded = [p for p in patterns if not p.startswith("!") and dockerignored(path, p)]
+            excluded = dockerignore_excludes(path, patterns)
             f.check(not excluded, f".dockerignore {excluded} excludes {path}, which the build needs")
 
     if args.build_dir and args.server_bin:

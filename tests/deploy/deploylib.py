@@ -70,12 +70,14 @@ def clean_env(**extra: str) -> dict:
 def server_env_flags(main_cc: Path = ROOT / "server" / "main.cc") -> dict[str, str]:
     """{ENV_NAME: --flag} for every flag server/main.cc registers with an ATTNSCORE_ variable.
 
-    main.cc registers flags as add("--listen", flags.listen, "LISTEN", ...) with the prefix
-    "ATTNSCORE_" added to the third argument.
+    main.cc registers flags through a helper, add("--listen", flags.listen, "LISTEN", ...) or
+    AddFlag(app, "--listen", flags.listen, "LISTEN", ...), that prefixes "ATTNSCORE_" to the
+    environment name following the flag and its variable.
     """
     text = main_cc.read_text()
-    found = dict((f"ATTNSCORE_{env}", flag) for flag, env in
-                 re.findall(r'add\(\s*"(--[a-z0-9-]+)"\s*,\s*[^,]+,\s*"([A-Z0-9_]+)"', text))
+    found = dict((f"ATTNSCORE_{env}", flag) for flag, env in re.findall(
+        r'\b(?:add|AddFlag)\(\s*(?:\w+\s*,\s*)?"(--[a-z0-9-]+)"\s*,\s*[^,]+,\s*"([A-Z0-9_]+)"',
+        text))
     if not found:
         raise SystemExit(f"no ATTNSCORE_* flags found in {main_cc}: has its registration changed?")
     return found

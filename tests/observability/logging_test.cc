@@ -30,7 +30,7 @@ std::vector<std::string> Lines(const std::string& text) {
 // Routes the default logger into a string for one test.
 class CapturedLog {
  public:
-  CapturedLog(LogFormat format, const char* level = "trace")
+  explicit CapturedLog(LogFormat format, const char* level = "trace")
       : sink_(std::make_shared<spdlog::sinks::ostream_sink_mt>(out_)) {
     absl::Status status = SetupLogging(format, level, sink_);
     EXPECT_TRUE(status.ok()) << status;
@@ -208,6 +208,7 @@ TEST(LoggingTest, ConcurrentLinesNeverInterleave) {
   constexpr int kPerThread = 250;
   CapturedLog log(LogFormat::kJson);
   std::vector<std::thread> threads;
+  threads.reserve(kThreads);
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([t] {
       ScopedLogField field("thread", std::to_string(t));

@@ -146,9 +146,11 @@ TEST(MetricsServerTest, ConcurrentScrapesWhileUpdating) {
   std::thread writer([&] {
     while (!done) counter.Increment();
   });
+  constexpr int kScrapers = 3;
   std::vector<std::thread> scrapers;
+  scrapers.reserve(kScrapers);
   std::atomic<int> ok{0};
-  for (int t = 0; t < 3; ++t) {
+  for (int t = 0; t < kScrapers; ++t) {
     scrapers.emplace_back([&] {
       httplib::Client client = LoopbackClient(server->port());
       for (int i = 0; i < 20; ++i) {

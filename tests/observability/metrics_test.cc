@@ -176,6 +176,7 @@ TEST(MetricsTest, ConcurrentUpdatesSumExactly) {
       registry.AddHistogram("attnscore_h", "H.", {0.5, 1.5}).WithLabels({});
   auto& labelled = registry.AddCounter("attnscore_l_total", "L.", {"thread"});
   std::vector<std::thread> threads;
+  threads.reserve(kThreads);
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&, t] {
       // Every thread also creates series and scrapes while others update.

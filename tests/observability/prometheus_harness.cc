@@ -11,14 +11,12 @@
 #include <unistd.h>
 
 #include <cerrno>
-#include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <filesystem>
 #include <fstream>
-#include <sstream>
-#include <thread>
+#include <optional>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -28,30 +26,20 @@ namespace attnscore::testing {
 namespace {
 
 constexpr int kStartAttempts = 3;  // a port picked as free may be taken
-constexpr auto kPollInterval = std::chrono::milliseconds(200);
+constexpr absl::Duration kPollInterval = absl::Milliseconds(200);
 constexpr int kHttpTimeoutSeconds = 5;
-constexpr int kGraceSeconds = 10;  // SIGTERM to SIGKILL
+constexpr absl::Duration kGrace = absl::Seconds(10);  // SIGTERM to SIGKILL
 constexpr size_t kLogTailBytes = 4000;
 
-std::string TempRoot() {
-  const char* tmp = std::getenv("TMPDIR");
-  return tmp != nullptr && tmp[0] != '\0' ? tmp : "/tmp";
-}
-
-absl::StatusOr<std::string> MakeTempDir(const std::string& prefix) {
-  std::string pattern = TempRoot() + "/" + prefix + "XXXXXX";
-  if (mkdtemp(pattern.data()) == nullptr) {
-    return absl::InternalError(
-        absl::StrCat("mkdtemp ", pattern, ": ", std::strerror(errno)));
+// The value of a query result holding exactly one sample, if it does.
+std::optional<double> SingleSampleValue(const nlohmann::json& result) {
+  if (result.size() != 1) return std::nullopt;
+  const nlohmann::json& value = result[0]["value"];
+  if (!value.is_array() || value.size() != 2 || !value[1].is_string()) {
+    return std::nullopt;
   }
-  return pattern;
-}
-
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream out;
-  out << in.rdbuf();
-  return out.str();
+  // Prometheus spells values as strings: "42", "NaN", "+Inf".
+  return std::strtod(value[1].get<std::string>().c_str(), nullptr);
 }
 
 std::string Tail(const std::string& s) {
@@ -94,10 +82,12 @@ absl::StatusOr<pid_t> Spawn(const std::vector<std::string>& args,
   // Everything the child needs is prepared before fork: after it, only
   // async-signal-safe calls.
   std::vector<char*> argv;
-  for (const std::string& arg : args)
+  argv.reserve(args.size() + 1);
+  for (const std::string& arg : args) {
     argv.push_back(const_cast<char*>(arg.c_str()));
+  }
   argv.push_back(nullptr);
-  const long max_fd = sysconf(_SC_OPEN_MAX);
+  const int64_t max_fd = sysconf(_SC_OPEN_MAX);
   const pid_t parent = getpid();
   const pid_t pid = fork();
   if (pid < 0) {
@@ -113,8 +103,9 @@ absl::StatusOr<pid_t> Spawn(const std::vector<std::string>& args,
     dup2(null_fd, 0);
     dup2(log_fd, 1);
     dup2(log_fd, 2);
-    for (long fd = 3; fd < max_fd && fd < 65536; ++fd)
+    for (int64_t fd = 3; fd < max_fd && fd < 65536; ++fd) {
       close(static_cast<int>(fd));
+    }
     execv(argv[0], argv.data());
     _exit(127);
   }
@@ -128,7 +119,7 @@ bool PrometheusHarness::Available(const std::string& binary) {
 }
 
 absl::StatusOr<std::unique_ptr<PrometheusHarness>> PrometheusHarness::Start(
-    PrometheusOptions options) {
+    const PrometheusOptions& options) {
   if (!Available(options.binary)) {
     return absl::FailedPreconditionError(absl::StrCat(
         options.binary, " is not installed (Debian package prometheus)"));
@@ -139,88 +130,80 @@ absl::StatusOr<std::unique_ptr<PrometheusHarness>> PrometheusHarness::Start(
   absl::Status last_error;
   for (int attempt = 0; attempt < kStartAttempts; ++attempt) {
     std::unique_ptr<PrometheusHarness> harness(new PrometheusHarness);
-    absl::StatusOr<std::string> dir = MakeTempDir("attnscore-prometheus-");
-    if (!dir.ok()) return dir.status();
-    harness->dir_ = *dir;
-    absl::StatusOr<int> port = PickFreeLoopbackPort();
-    if (!port.ok()) return port.status();
-    harness->port_ = *port;
-
-    const std::string config_path = harness->dir_ + "/prometheus.yml";
-    {
-      std::ofstream config(config_path);
-      config << ConfigYaml(options);
-      if (!config) {
-        return absl::InternalError(absl::StrCat("cannot write ", config_path));
-      }
-    }
-    const std::vector<std::string> args = {
-        options.binary,
-        "--config.file=" + config_path,
-        "--storage.tsdb.path=" + harness->dir_ + "/data",
-        absl::StrCat("--web.listen-address=127.0.0.1:", harness->port_),
-        "--log.level=info",
-    };
-    absl::StatusOr<pid_t> pid = Spawn(args, harness->dir_ + "/prometheus.log");
-    if (!pid.ok()) return pid.status();
-    harness->pid_ = *pid;
-
-    httplib::Client client("127.0.0.1", harness->port_);
-    client.set_connection_timeout(1, 0);
-    client.set_read_timeout(1, 0);
-    const auto deadline = std::chrono::steady_clock::now() +
-                          std::chrono::milliseconds(absl::ToInt64Milliseconds(
-                              options.startup_timeout));
-    bool exited = false;
-    while (std::chrono::steady_clock::now() < deadline) {
-      int wstatus = 0;
-      if (waitpid(harness->pid_, &wstatus, WNOHANG) == harness->pid_) {
-        harness->pid_ = -1;
-        exited = true;
-        break;
-      }
-      httplib::Result ready = client.Get("/-/ready");
-      if (ready && ready->status == 200) return harness;
-      std::this_thread::sleep_for(kPollInterval);
-    }
-    const std::string log = harness->Log();
-    last_error = absl::UnavailableError(
-        absl::StrCat("prometheus on 127.0.0.1:", harness->port_,
-                     exited ? " exited during start-up" : " not ready in time",
-                     "; its log:\n", Tail(log)));
+    last_error = harness->StartOnce(options);
+    if (last_error.ok()) return harness;
     // Only a lost race for the port is worth another try.
-    if (log.find("address already in use") == std::string::npos) break;
+    if (harness->Log().find("address already in use") == std::string::npos) {
+      break;
+    }
   }
   return last_error;
 }
 
-PrometheusHarness::~PrometheusHarness() {
-  Kill();
-  if (!dir_.empty()) {
-    std::error_code ignored;
-    std::filesystem::remove_all(dir_, ignored);
+absl::Status PrometheusHarness::StartOnce(const PrometheusOptions& options) {
+  absl::StatusOr<int> port = PickFreeLoopbackPort();
+  if (!port.ok()) return port.status();
+  port_ = *port;
+  const std::string config_path = dir_.File("prometheus.yml");
+  {
+    std::ofstream config(config_path);
+    config << ConfigYaml(options);
+    if (!config) {
+      return absl::InternalError(absl::StrCat("cannot write ", config_path));
+    }
   }
+  const std::vector<std::string> args = {
+      options.binary,
+      "--config.file=" + config_path,
+      "--storage.tsdb.path=" + dir_.File("data"),
+      absl::StrCat("--web.listen-address=127.0.0.1:", port_),
+      "--log.level=info",
+  };
+  absl::StatusOr<pid_t> pid = Spawn(args, dir_.File("prometheus.log"));
+  if (!pid.ok()) return pid.status();
+  pid_ = *pid;
+
+  httplib::Client client("127.0.0.1", port_);
+  client.set_connection_timeout(1, 0);
+  client.set_read_timeout(1, 0);
+  bool exited = false;
+  bool ready = false;
+  WaitFor(
+      [&] {
+        if (waitpid(pid_, nullptr, WNOHANG) == pid_) {
+          pid_ = -1;
+          exited = true;
+          return true;
+        }
+        httplib::Result answer = client.Get("/-/ready");
+        ready = answer && answer->status == 200;
+        return ready;
+      },
+      options.startup_timeout, kPollInterval);
+  if (ready) return absl::OkStatus();
+  return absl::UnavailableError(
+      absl::StrCat("prometheus on 127.0.0.1:", port_,
+                   exited ? " exited during start-up" : " not ready in time",
+                   "; its log:\n", Tail(Log())));
 }
+
+PrometheusHarness::~PrometheusHarness() { Kill(); }
 
 void PrometheusHarness::Kill() {
   if (pid_ <= 0) return;
   kill(pid_, SIGTERM);
-  const auto deadline =
-      std::chrono::steady_clock::now() + std::chrono::seconds(kGraceSeconds);
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (waitpid(pid_, nullptr, WNOHANG) == pid_) {
-      pid_ = -1;
-      return;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  const bool exited =
+      WaitFor([this] { return waitpid(pid_, nullptr, WNOHANG) == pid_; },
+              kGrace, absl::Milliseconds(20));
+  if (!exited) {
+    kill(pid_, SIGKILL);
+    waitpid(pid_, nullptr, 0);
   }
-  kill(pid_, SIGKILL);
-  waitpid(pid_, nullptr, 0);
   pid_ = -1;
 }
 
 std::string PrometheusHarness::Log() const {
-  return ReadFile(dir_ + "/prometheus.log");
+  return ReadFileOrEmpty(dir_.File("prometheus.log"));
 }
 
 absl::StatusOr<nlohmann::json> PrometheusHarness::GetApi(
@@ -264,29 +247,21 @@ absl::StatusOr<nlohmann::json> PrometheusHarness::Targets() {
 absl::StatusOr<double> PrometheusHarness::WaitForValue(
     const std::string& promql, absl::Duration timeout,
     const std::function<bool(double)>& done) {
-  const auto deadline =
-      std::chrono::steady_clock::now() +
-      std::chrono::milliseconds(absl::ToInt64Milliseconds(timeout));
   std::string last = "(no answer)";
-  for (;;) {
-    absl::StatusOr<nlohmann::json> result = Query(promql);
-    if (result.ok()) {
-      last = result->dump();
-      if (result->size() == 1) {
-        const nlohmann::json& value = (*result)[0]["value"];
-        if (value.is_array() && value.size() == 2 && value[1].is_string()) {
-          // Prometheus spells values as strings: "42", "NaN", "+Inf".
-          const double v =
-              std::strtod(value[1].get<std::string>().c_str(), nullptr);
-          if (done == nullptr || done(v)) return v;
+  std::optional<double> value;
+  WaitFor(
+      [&] {
+        absl::StatusOr<nlohmann::json> result = Query(promql);
+        if (!result.ok()) {
+          last = result.status().ToString();
+          return false;
         }
-      }
-    } else {
-      last = result.status().ToString();
-    }
-    if (std::chrono::steady_clock::now() >= deadline) break;
-    std::this_thread::sleep_for(kPollInterval);
-  }
+        last = result->dump();
+        value = SingleSampleValue(*result);
+        return value.has_value() && (done == nullptr || done(*value));
+      },
+      timeout, kPollInterval);
+  if (value.has_value() && (done == nullptr || done(*value))) return *value;
   absl::StatusOr<nlohmann::json> targets = Targets();
   return absl::DeadlineExceededError(absl::StrCat(
       "prometheus query ", promql,
@@ -302,12 +277,8 @@ absl::Status CheckMetricsWithPromtool(const std::string& exposition,
     return absl::FailedPreconditionError(absl::StrCat(
         promtool, " is not installed (Debian package prometheus)"));
   }
-  std::string path = TempRoot() + "/attnscore-exposition-XXXXXX";
-  const int fd = mkstemp(path.data());
-  if (fd < 0) {
-    return absl::InternalError(absl::StrCat("mkstemp: ", std::strerror(errno)));
-  }
-  close(fd);
+  const TempDir dir("attnscore-exposition-");
+  const std::string path = dir.File("exposition.txt");
   {
     std::ofstream out(path, std::ios::binary);
     out << exposition;
@@ -323,7 +294,6 @@ absl::Status CheckMetricsWithPromtool(const std::string& exposition,
     while ((n = fread(buf, 1, sizeof(buf), pipe)) > 0) output.append(buf, n);
     status = pclose(pipe);
   }
-  std::remove(path.c_str());
   if (status == 0 && output.empty()) return absl::OkStatus();
   return absl::FailedPreconditionError(absl::StrCat(
       "promtool check metrics (exit status ", status, "): ", output));
@@ -331,8 +301,9 @@ absl::Status CheckMetricsWithPromtool(const std::string& exposition,
 
 absl::StatusOr<int> PickFreeLoopbackPort() {
   const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0)
+  if (fd < 0) {
     return absl::InternalError(absl::StrCat("socket: ", std::strerror(errno)));
+  }
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);

@@ -26,6 +26,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "nlohmann/json.hpp"
+#include "tests/testing/test_util.h"
 
 namespace attnscore::testing {
 
@@ -52,7 +53,7 @@ class PrometheusHarness {
   // Writes prometheus.yml, starts prometheus on a free 127.0.0.1 port and
   // returns once its /-/ready answers 200.
   static absl::StatusOr<std::unique_ptr<PrometheusHarness>> Start(
-      PrometheusOptions options);
+      const PrometheusOptions& options);
 
   PrometheusHarness(const PrometheusHarness&) = delete;
   PrometheusHarness& operator=(const PrometheusHarness&) = delete;
@@ -82,10 +83,14 @@ class PrometheusHarness {
 
  private:
   PrometheusHarness() = default;
+  // Writes the config and starts one prometheus on a freshly picked port;
+  // returns once it is ready, or why not.
+  absl::Status StartOnce(const PrometheusOptions& options);
   absl::StatusOr<nlohmann::json> GetApi(const std::string& path,
                                         const std::string& query_param);
 
-  std::string dir_;  // temporary; removed by the destructor
+  // config, TSDB and log; removed (after Kill) by the destructor
+  TempDir dir_{"attnscore-prometheus-"};
   int port_ = 0;
   pid_t pid_ = -1;
 };

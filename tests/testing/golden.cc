@@ -22,7 +22,7 @@ std::vector<int32_t> GoldenCase::key_lengths() const {
   auto it = options.find("key_lengths");
   if (it == options.end()) return out;
   for (absl::string_view part : absl::StrSplit(it->second, ',')) {
-    out.push_back(std::stoi(std::string(part)));
+    out.push_back(std::stoi(std::string{part}));
   }
   return out;
 }
@@ -44,9 +44,10 @@ std::string GoldenDir() { return ATTNSCORE_GOLDEN_DIR; }
 absl::StatusOr<std::vector<GoldenCase>> LoadGoldenCases() {
   const std::string index_path = GoldenDir() + "/index.json";
   std::ifstream in(index_path);
-  if (!in)
+  if (!in) {
     return absl::NotFoundError(
         absl::StrCat(index_path, ": golden index missing"));
+  }
   nlohmann::json index =
       nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
   if (!index.is_array() || index.empty()) {
@@ -92,9 +93,10 @@ std::string Compare(const std::vector<float>& actual,
       ok = diff <= bound(i);
       worst = std::max(worst, diff);
     }
-    if (!ok && bad++ < 5)
+    if (!ok && bad++ < 5) {
       out << " [" << i << "] got " << a << " expected " << e << " (bound "
           << bound(i) << ");";
+    }
   }
   if (bad == 0) return "";
   return absl::StrCat(bad, " of ", actual.size(),

@@ -1,0 +1,125 @@
+# Proof that the service and batcher tests do not link LibTorch (issue 8): the service codes
+# against the LibTorch-free scoring API, the batcher knows no scoring at all.
+#
+# Included from a CMakeLists.txt, it defines
+#   attnscore_check_no_libtorch(TEST name LABEL label TARGETS target...)
+# which checks twice:
+#   - at configure time, it walks each target's link closure (LINK_LIBRARIES and
+#     INTERFACE_LINK_LIBRARIES, recursively) and stops the configure step if LibTorch
+#     (attnscore_libtorch, the LibTorch scoring targets, or a libtorch*/libc10* file) is in it;
+#   - at test time, a ctest test `name` reads the executables' NEEDED entries (readelf -d) and
+#     fails if any names libtorch* or libc10*.
+# Run with `cmake -P` (script mode), it is that test: `cmake -DREADELF=... -P cmake/AttnscoreNoLibtorch.cmake
+# -- file...`.
+
+if(CMAKE_SCRIPT_MODE_FILE)
+  set(files "")
+  set(after_separator FALSE)
+  math(EXPR last "${CMAKE_ARGC} - 1")
+  foreach(i RANGE ${last})
+    if(after_separator)
+      list(APPEND files "${CMAKE_ARGV${i}}")
+    elseif(CMAKE_ARGV${i} STREQUAL "--")
+      set(after_separator TRUE)
+    endif()
+  endforeach()
+  if(NOT files)
+    message(FATAL_ERROR "no_libtorch: no executables given (expected: -- file...)")
+  endif()
+  set(failed FALSE)
+  foreach(file IN LISTS files)
+    execute_process(COMMAND "${READELF}" -d "${file}"
+      OUTPUT_VARIABLE dynamic RESULT_VARIABLE rc ERROR_VARIABLE err)
+    if(NOT rc EQUAL 0)
+      message(FATAL_ERROR "no_libtorch: ${READELF} -d ${file} failed (${rc}): ${err}")
+    endif()
+    string(REGEX MATCHALL "\\(NEEDED\\)[^\n]*" needed "${dynamic}")
+    if(NOT needed)
+      message(FATAL_ERROR "no_libtorch: no NEEDED entries in ${file}: is it an executable?")
+    endif()
+    foreach(entry IN LISTS needed)
+      if(entry MATCHES "\\[(lib(torch|c10)[A-Za-z0-9_.+-]*)\\]")
+        message(SEND_ERROR "no_libtorch: ${file} links ${CMAKE_MATCH_1}")
+        set(failed TRUE)
+      endif()
+    endforeach()
+  endforeach()
+  if(failed)
+    message(FATAL_ERROR "no_libtorch: LibTorch is linked (see above)")
+  endif()
+  list(LENGTH files count)
+  message(STATUS "no_libtorch: ${count} executables, none links libtorch* or libc10*")
+  return()
+endif()
+
+set(ATTNSCORE_NO_LIBTORCH_SCRIPT "${CMAKE_CURRENT_LIST_FILE}")
+
+# The names in a target's link closure: targets and plain libraries, generator expressions
+# reduced to the names they wrap ($<LINK_ONLY:x>, $<BUILD_INTERFACE:x>); others are skipped.
+function(_attnscore_link_closure target out_var)
+  set(seen "")
+  set(queue "${target}")
+  while(queue)
+    list(POP_FRONT queue item)
+    if(item IN_LIST seen)
+      continue()
+    endif()
+    list(APPEND seen "${item}")
+    if(NOT TARGET "${item}")
+      continue()
+    endif()
+    get_target_property(aliased "${item}" ALIASED_TARGET)
+    if(aliased)
+      list(APPEND queue "${aliased}")
+      continue()
+    endif()
+    set(deps "")
+    get_target_property(type "${item}" TYPE)
+    get_target_property(imported "${item}" IMPORTED)
+    if(NOT type STREQUAL "INTERFACE_LIBRARY" AND NOT imported)
+      get_target_property(direct "${item}" LINK_LIBRARIES)
+      if(direct)
+        list(APPEND deps ${direct})
+      endif()
+    endif()
+    get_target_property(interface "${item}" INTERFACE_LINK_LIBRARIES)
+    if(interface)
+      list(APPEND deps ${interface})
+    endif()
+    foreach(dep IN LISTS deps)
+      if(dep MATCHES "^\\$<(LINK_ONLY|BUILD_INTERFACE):([^$<>]+)>$")
+        set(dep "${CMAKE_MATCH_2}")
+      elseif(dep MATCHES "\\$<")
+        continue()
+      endif()
+      list(APPEND queue "${dep}")
+    endforeach()
+  endwhile()
+  set(${out_var} "${seen}" PARENT_SCOPE)
+endfunction()
+
+function(attnscore_check_no_libtorch)
+  cmake_parse_arguments(C "" "TEST;LABEL" "TARGETS" ${ARGN})
+  set(files "")
+  foreach(target IN LISTS C_TARGETS)
+    _attnscore_link_closure(${target} closure)
+    foreach(item IN LISTS closure)
+      if(item MATCHES "^(attnscore_libtorch|attnscore_scoring|attnscore_scoring_aten|torch|torch_cpu|torch_library|c10)$"
+         OR item MATCHES "(^|/)lib(torch|c10)[^/]*$")
+        message(FATAL_ERROR
+          "${target} links LibTorch through ${item}: the service and batcher tests must not "
+          "(link attnscore_scoring_api, not attnscore_scoring)")
+      endif()
+    endforeach()
+    list(APPEND files "$<TARGET_FILE:${target}>")
+  endforeach()
+  set(readelf "${CMAKE_READELF}")
+  if(NOT readelf)
+    find_program(ATTNSCORE_READELF readelf REQUIRED)
+    set(readelf "${ATTNSCORE_READELF}")
+  endif()
+  add_test(NAME ${C_TEST}
+    COMMAND "${CMAKE_COMMAND}" "-DREADELF=${readelf}" -P "${ATTNSCORE_NO_LIBTORCH_SCRIPT}"
+            -- ${files})
+  set_tests_properties(${C_TEST} PROPERTIES LABELS "${C_LABEL}" TIMEOUT 60)
+endfunction()
