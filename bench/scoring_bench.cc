@@ -18,13 +18,14 @@
 
 #include "bench/literal_port.h"
 #include "server/scoring/alibi.h"
+#include "server/scoring/aten_scorer.h"
 #include "server/scoring/relative_model.h"
-#include "server/scoring/scorer.h"
 
 namespace attnscore::bench {
 namespace {
 
-using scoring::BiasKind;
+using scoring::AlibiBias;
+using scoring::RelativeBias;
 using scoring::ScoreItem;
 using scoring::Scorer;
 using scoring::ScoreSpec;
@@ -41,7 +42,7 @@ constexpr int64_t kRelativePositions = 2048;
 
 struct Fixture {
   at::Tensor q, k;
-  std::shared_ptr<const scoring::RelativeModel> model;
+  std::shared_ptr<const scoring::AtenRelativeModel> model;
   ScoreItem item;
 };
 
@@ -54,7 +55,7 @@ Fixture& GetFixture(const Shape& shape) {
   Fixture f;
   f.q = at::randn({shape.b, shape.h, shape.lq, shape.d});
   f.k = at::randn({shape.b, shape.h, shape.lk, shape.d});
-  f.model = *scoring::RelativeModel::Create(
+  f.model = *scoring::AtenRelativeModel::Create(
       "bench", "bench", at::randn({2 * kRelativePositions, shape.h, shape.d}),
       at::randn({2 * kRelativePositions, shape.h}),
       at::randn({shape.h, shape.d}));
@@ -69,9 +70,10 @@ Fixture& GetFixture(const Shape& shape) {
 Scorer& GetScorer() {
   static Scorer* scorer = [] {
     scoring::ScorerOptions options;
-    if (const char* threads = std::getenv("ATTNSCORE_THREADS"))
+    if (const char* threads = std::getenv("ATTNSCORE_THREADS")) {
       options.intra_op_threads = std::atoi(threads);
-    return Scorer::Create(options).value().release();
+    }
+    return scoring::CreateAtenScorer(options).value().release();
   }();
   return *scorer;
 }
@@ -82,8 +84,9 @@ ScoreSpec Spec(const Fixture& f, bool relative, bool probs) {
   spec.want_logits = true;
   spec.want_probs = probs;
   if (relative) {
-    spec.bias = BiasKind::kRelative;
-    spec.model = f.model;
+    spec.bias = RelativeBias{f.model};
+  } else {
+    spec.bias = AlibiBias{};  // the paper's slopes, as RunLiteral uses
   }
   return spec;
 }

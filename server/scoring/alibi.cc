@@ -11,8 +11,9 @@ std::vector<double> SlopesDouble(int64_t n) {
   if (std::floor(log2n) == log2n) {
     const double start = std::pow(2.0, -std::pow(2.0, -(log2n - 3.0)));
     std::vector<double> slopes(static_cast<size_t>(n));
-    for (int64_t i = 0; i < n; ++i)
+    for (int64_t i = 0; i < n; ++i) {
       slopes[i] = start * std::pow(start, static_cast<double>(i));
+    }
     return slopes;
   }
   const int64_t closest = int64_t{1} << static_cast<int>(std::floor(log2n));

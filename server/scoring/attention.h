@@ -14,7 +14,7 @@
 // positional terms too.
 //
 // Thread safety: ComputeAttention is reentrant; StaticBiasCache is internally
-// synchronised. Errors: REQUIRES validated inputs (scorer.h ValidateItem);
+// synchronised. Errors: REQUIRES validated inputs (validation.h ValidateItem);
 // LibTorch failures throw c10::Error, which the caller catches at the compute
 // boundary (Scorer).
 #ifndef ATTNSCORE_SERVER_SCORING_ATTENTION_H_
@@ -29,11 +29,12 @@
 #include <mutex>
 #include <string>
 #include <unordered_map>
+#include <variant>
 #include <vector>
 
 #include "absl/types/span.h"
+#include "common/layout.h"
 #include "server/scoring/relative_model.h"
-#include "server/scoring/scorer.h"
 
 namespace attnscore::scoring {
 
@@ -59,10 +60,19 @@ class StaticBiasCache {
   size_t bytes_ = 0;  // GUARDED_BY(mu_)
 };
 
+// The bias of one computation, resolved from the request's Bias (score_spec.h):
+// the same closed set of kinds, with everything the math needs filled in.
+struct ResolvedAlibi {
+  std::vector<float> slopes;  // [H], never empty
+};
+struct ResolvedRelative {
+  // Not owned; on the device of the computation. REQUIRES: not null.
+  const AtenRelativeModel* model = nullptr;
+};
+using ResolvedBias = std::variant<ResolvedAlibi, ResolvedRelative>;
+
 struct AttentionConfig {
-  BiasKind bias = BiasKind::kAlibi;
-  std::vector<float> alibi_slopes;  // [H], resolved (never empty for ALiBi)
-  const RelativeModel* model = nullptr;  // for kRelative
+  ResolvedBias bias = ResolvedAlibi{};
   bool causal = false;
   double scale = 1.0;  // resolved
   bool want_probs = false;

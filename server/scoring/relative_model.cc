@@ -2,216 +2,87 @@
 
 #include <ATen/ATen.h>
 
-#include <algorithm>
-#include <atomic>
-#include <filesystem>
-#include <vector>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
-#include "common/safetensors.h"
-#include "server/scoring/state_dict.h"
 
 namespace attnscore::scoring {
 namespace {
-
-constexpr const char* kEmbeddings = "key_pos_embeddings";
-constexpr const char* kKeyBias = "key_pos_bias";
-constexpr const char* kQueryBias = "query_pos_bias";
 
 std::string Shape(at::IntArrayRef sizes) {
   return absl::StrCat("[", absl::StrJoin(sizes, ","), "]");
 }
 
-// Picks `prefix + name`, or, without a prefix, the one key that ends in ".name"
-// (a parameter set nested in a bigger model's state_dict); several candidates
-// are an error naming them.
-absl::StatusOr<std::string> ResolveKey(const std::vector<std::string>& keys,
-                                       const std::string& source,
-                                       const std::string& prefix,
-                                       const std::string& name) {
-  const std::string wanted = prefix + name;
-  if (std::find(keys.begin(), keys.end(), wanted) != keys.end()) return wanted;
-  std::vector<std::string> candidates;
-  if (prefix.empty()) {
-    const std::string suffix = "." + name;
-    for (const std::string& key : keys) {
-      if (key.size() > suffix.size() &&
-          key.compare(key.size() - suffix.size(), suffix.size(), suffix) == 0) {
-        candidates.push_back(key);
-      }
-    }
-    if (candidates.size() == 1) return candidates[0];
-  }
-  if (candidates.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        source, ": no tensor '", wanted, "' (expected ", kEmbeddings,
-        " [2P,H,D], ", kKeyBias, " [2P,H] and ", kQueryBias, " [H,D]",
-        prefix.empty() ? "" : " under prefix '" + prefix + "'", ")"));
-  }
-  return absl::InvalidArgumentError(absl::StrCat(
-      source, ": ", candidates.size(), " tensors end in '", name,
-      "'; choose one with a prefix: ", absl::StrJoin(candidates, ", ")));
-}
-
-at::ScalarType ScalarTypeOf(const std::string& dtype) {
-  if (dtype == "F16") return at::kHalf;
-  if (dtype == "BF16") return at::kBFloat16;
-  if (dtype == "F64") return at::kDouble;
-  return at::kFloat;
-}
-
-absl::StatusOr<std::shared_ptr<const RelativeModel>> LoadSafetensors(
-    const std::string& path, std::string name, const std::string& prefix) {
-  absl::StatusOr<SafetensorsFile> file = SafetensorsFile::Read(path);
-  if (!file.ok()) return file.status();
-  std::vector<at::Tensor> tensors;
-  for (const char* tensor_name : {kEmbeddings, kKeyBias, kQueryBias}) {
-    absl::StatusOr<std::string> key =
-        ResolveKey(file->Names(), path, prefix, tensor_name);
-    if (!key.ok()) return key.status();
-    const SafetensorsFile::Tensor& t = *file->Find(*key);
-    if (t.dtype != "F32" && t.dtype != "F16" && t.dtype != "BF16" &&
-        t.dtype != "F64") {
-      return absl::InvalidArgumentError(
-          absl::StrCat(path, ": tensor '", *key, "' has dtype ", t.dtype,
-                       ", expected F32, F16, BF16 or F64"));
-    }
-    // from_blob views the file buffer; the float32 conversion below owns its
-    // copy.
-    at::Tensor view =
-        at::from_blob(const_cast<char*>(t.bytes.data()), t.shape,
-                      at::TensorOptions().dtype(ScalarTypeOf(t.dtype)));
-    tensors.push_back(view.to(at::kFloat).clone());
-  }
-  return RelativeModel::Create(std::move(name), path, tensors[0], tensors[1],
-                               tensors[2]);
-}
-
-absl::StatusOr<std::shared_ptr<const RelativeModel>> LoadPt(
-    const std::string& path, std::string name, const std::string& prefix) {
-  absl::StatusOr<std::map<std::string, at::Tensor>> state = LoadStateDict(path);
-  if (!state.ok()) return state.status();
-  std::vector<std::string> keys;
-  for (const auto& [key, tensor] : *state) keys.push_back(key);
-  std::vector<at::Tensor> tensors;
-  for (const char* tensor_name : {kEmbeddings, kKeyBias, kQueryBias}) {
-    absl::StatusOr<std::string> key =
-        ResolveKey(keys, path, prefix, tensor_name);
-    if (!key.ok()) return key.status();
-    const at::Tensor& t = state->at(*key);
-    if (!at::isFloatingType(t.scalar_type())) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          path, ": tensor '", *key, "' has dtype ",
-          c10::toString(t.scalar_type()), ", expected a floating type"));
-    }
-    tensors.push_back(t);
-  }
-  return RelativeModel::Create(std::move(name), path, tensors[0], tensors[1],
-                               tensors[2]);
-}
-
-}  // namespace
-
-absl::StatusOr<std::shared_ptr<const RelativeModel>> RelativeModel::Create(
-    std::string name, std::string source, const at::Tensor& key_pos_embeddings,
-    const at::Tensor& key_pos_bias, const at::Tensor& query_pos_bias) {
-  const at::Tensor& e = key_pos_embeddings;
+// The three shapes agree: e [2P,H,D] with P >= 1, s [2P,H], u [H,D].
+absl::Status CheckShapes(const std::string& source, const at::Tensor& e,
+                         const at::Tensor& s, const at::Tensor& u) {
   if (e.dim() != 3 || e.size(0) < 2 || e.size(0) % 2 != 0 || e.size(1) < 1 ||
       e.size(2) < 1) {
     return absl::InvalidArgumentError(
-        absl::StrCat(source, ": tensor '", kEmbeddings, "' has shape ",
+        absl::StrCat(source, ": tensor '", kKeyPosEmbeddings, "' has shape ",
                      Shape(e.sizes()), ", expected [2P,H,D] with P >= 1"));
   }
   const int64_t two_p = e.size(0);
   const int64_t heads = e.size(1);
   const int64_t head_dim = e.size(2);
-  if (!key_pos_bias.sizes().equals({two_p, heads})) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(source, ": tensor '", kKeyBias, "' has shape ",
-                     Shape(key_pos_bias.sizes()), ", expected [", two_p, ",",
-                     heads, "] (2P,H)"));
+  if (!s.sizes().equals({two_p, heads})) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        source, ": tensor '", kKeyPosBias, "' has shape ", Shape(s.sizes()),
+        ", expected [", two_p, ",", heads, "] (2P,H)"));
   }
-  if (!query_pos_bias.sizes().equals({heads, head_dim})) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(source, ": tensor '", kQueryBias, "' has shape ",
-                     Shape(query_pos_bias.sizes()), ", expected [", heads, ",",
-                     head_dim, "] (H,D)"));
+  if (!u.sizes().equals({heads, head_dim})) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        source, ": tensor '", kQueryPosBias, "' has shape ", Shape(u.sizes()),
+        ", expected [", heads, ",", head_dim, "] (H,D)"));
   }
-  for (const at::Tensor* t :
-       {&key_pos_embeddings, &key_pos_bias, &query_pos_bias}) {
+  for (const at::Tensor* t : {&e, &s, &u}) {
     if (!at::isfinite(*t).all().item<bool>()) {
       return absl::InvalidArgumentError(absl::StrCat(
           source, ": a relative-position parameter holds NaN or Inf"));
     }
   }
-  static std::atomic<uint64_t> next_id{1};
-  std::shared_ptr<RelativeModel> model(new RelativeModel());
-  model->info_ = RelativeModelInfo{std::move(name), std::move(source), heads,
-                                   head_dim, two_p / 2};
-  model->id_ = next_id.fetch_add(1);
-  model->key_pos_embeddings_ = e.to(at::kFloat).contiguous();
-  model->key_pos_bias_ = key_pos_bias.to(at::kFloat).contiguous();
-  model->query_pos_bias_ = query_pos_bias.to(at::kFloat).contiguous();
-  return std::shared_ptr<const RelativeModel>(std::move(model));
+  return absl::OkStatus();
 }
 
-const RelativeModelInfo& GetInfo(const RelativeModel& model) {
-  return model.info();
+}  // namespace
+
+AtenRelativeModel::AtenRelativeModel(RelativeModelInfo info,
+                                     at::Tensor key_pos_embeddings,
+                                     at::Tensor key_pos_bias,
+                                     at::Tensor query_pos_bias)
+    : RelativeModel(std::move(info)),
+      key_pos_embeddings_(std::move(key_pos_embeddings)),
+      key_pos_bias_(std::move(key_pos_bias)),
+      query_pos_bias_(std::move(query_pos_bias)) {}
+
+absl::StatusOr<std::shared_ptr<const AtenRelativeModel>>
+AtenRelativeModel::Create(std::string name, std::string source,
+                          const at::Tensor& key_pos_embeddings,
+                          const at::Tensor& key_pos_bias,
+                          const at::Tensor& query_pos_bias) {
+  if (absl::Status s =
+          CheckShapes(source, key_pos_embeddings, key_pos_bias, query_pos_bias);
+      !s.ok()) {
+    return s;
+  }
+  RelativeModelInfo info{std::move(name), std::move(source),
+                         key_pos_embeddings.size(1), key_pos_embeddings.size(2),
+                         key_pos_embeddings.size(0) / 2};
+  // Not make_shared: the constructor is private.
+  return std::shared_ptr<const AtenRelativeModel>(new AtenRelativeModel(
+      std::move(info), key_pos_embeddings.to(at::kFloat).contiguous(),
+      key_pos_bias.to(at::kFloat).contiguous(),
+      query_pos_bias.to(at::kFloat).contiguous()));
 }
 
-absl::StatusOr<std::shared_ptr<const RelativeModel>> LoadRelativeModel(
-    const std::string& path, std::string name, const std::string& prefix) {
-  try {
-    const std::string ext = std::filesystem::path(path).extension().string();
-    if (ext == ".safetensors")
-      return LoadSafetensors(path, std::move(name), prefix);
-    if (ext == ".pt" || ext == ".pth")
-      return LoadPt(path, std::move(name), prefix);
-    return absl::InvalidArgumentError(
-        absl::StrCat(path, ": unknown parameter file type '", ext,
-                     "', expected .safetensors or .pt"));
-  } catch (const std::exception& e) {
-    return absl::InvalidArgumentError(absl::StrCat(path, ": ", e.what()));
-  }
+const AtenRelativeModel* AsAten(const RelativeModel& model) {
+  return dynamic_cast<const AtenRelativeModel*>(&model);
 }
 
-std::shared_ptr<const RelativeModel> ModelSet::Find(
-    std::string_view name) const {
-  auto it = models.find(name);
-  return it == models.end() ? nullptr : it->second;
-}
-
-absl::StatusOr<std::shared_ptr<const ModelSet>> LoadModelDir(
-    const std::string& dir, const std::string& prefix) {
-  namespace fs = std::filesystem;
-  std::error_code ec;
-  if (!fs::is_directory(dir, ec)) {
-    return absl::NotFoundError(
-        absl::StrCat("model directory '", dir, "' does not exist"));
-  }
-  std::vector<fs::path> files;
-  for (const fs::directory_entry& entry : fs::directory_iterator(dir, ec)) {
-    const std::string ext = entry.path().extension().string();
-    if (entry.is_regular_file() && (ext == ".safetensors" || ext == ".pt")) {
-      files.push_back(entry.path());
-    }
-  }
-  if (ec) return absl::UnavailableError(absl::StrCat(dir, ": ", ec.message()));
-  std::sort(files.begin(), files.end());
-  auto set = std::make_shared<ModelSet>();
-  for (const fs::path& path : files) {
-    std::string name = path.stem().string();
-    if (set->models.count(name) != 0) {
-      return absl::AlreadyExistsError(
-          absl::StrCat(dir, ": two parameter files define model '", name, "'"));
-    }
-    absl::StatusOr<std::shared_ptr<const RelativeModel>> model =
-        LoadRelativeModel(path.string(), name, prefix);
-    if (!model.ok()) return model.status();
-    set->models.emplace(std::move(name), *std::move(model));
-  }
-  return std::shared_ptr<const ModelSet>(std::move(set));
+std::shared_ptr<const AtenRelativeModel> AsAten(
+    const std::shared_ptr<const RelativeModel>& model) {
+  return std::dynamic_pointer_cast<const AtenRelativeModel>(model);
 }
 
 }  // namespace attnscore::scoring

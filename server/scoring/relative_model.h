@@ -1,53 +1,60 @@
 // A loaded Transformer-XL relative-position parameter set (labml
 // RelativeMultiHeadAttention's key_pos_embeddings [2P,H,D], key_pos_bias
-// [2P,H], query_pos_bias [H,D]) as ATen tensors.
+// [2P,H], query_pos_bias [H,D]) as ATen tensors: the scoring implementation's
+// RelativeModel (score_spec.h). The loaders (model_loader.h) create these.
 //
 // Ownership: immutable once created; shared through std::shared_ptr<const
 // RelativeModel>. Thread safety: all methods are const and safe to call
-// concurrently. Errors: Create/Load return INVALID_ARGUMENT naming the file,
+// concurrently. Errors: Create returns INVALID_ARGUMENT naming the source,
 // tensor and expected shape.
 #ifndef ATTNSCORE_SERVER_SCORING_RELATIVE_MODEL_H_
 #define ATTNSCORE_SERVER_SCORING_RELATIVE_MODEL_H_
 
 #include <ATen/core/Tensor.h>
 
-#include <cstdint>
 #include <memory>
 #include <string>
 
 #include "absl/status/statusor.h"
-#include "server/scoring/scorer.h"
+#include "server/scoring/score_spec.h"
 
 namespace attnscore::scoring {
 
-class RelativeModel {
+// The parameters' names in labml's state_dict and in .safetensors files.
+inline constexpr char kKeyPosEmbeddings[] = "key_pos_embeddings";
+inline constexpr char kKeyPosBias[] = "key_pos_bias";
+inline constexpr char kQueryPosBias[] = "query_pos_bias";
+
+class AtenRelativeModel final : public RelativeModel {
  public:
-  // Validates shapes and converts to contiguous float32. `source` names the
-  // origin in errors.
-  static absl::StatusOr<std::shared_ptr<const RelativeModel>> Create(
+  // Validates shapes and finiteness and converts to contiguous float32.
+  // `source` names the origin in errors.
+  static absl::StatusOr<std::shared_ptr<const AtenRelativeModel>> Create(
       std::string name, std::string source,
       const at::Tensor& key_pos_embeddings, const at::Tensor& key_pos_bias,
       const at::Tensor& query_pos_bias);
 
-  const RelativeModelInfo& info() const { return info_; }
-  // Unique per created model, for cache keys (addresses may be reused after a
-  // reload).
-  uint64_t id() const { return id_; }
-  const at::Tensor& key_pos_embeddings() const {
-    return key_pos_embeddings_;
-  }                                                                 // [2P,H,D]
-  const at::Tensor& key_pos_bias() const { return key_pos_bias_; }  // [2P,H]
-  const at::Tensor& query_pos_bias() const { return query_pos_bias_; }  // [H,D]
+  // [2P,H,D]
+  const at::Tensor& key_pos_embeddings() const { return key_pos_embeddings_; }
+  // [2P,H]
+  const at::Tensor& key_pos_bias() const { return key_pos_bias_; }
+  // [H,D]
+  const at::Tensor& query_pos_bias() const { return query_pos_bias_; }
 
  private:
-  RelativeModel() = default;
+  AtenRelativeModel(RelativeModelInfo info, at::Tensor key_pos_embeddings,
+                    at::Tensor key_pos_bias, at::Tensor query_pos_bias);
 
-  RelativeModelInfo info_;
-  uint64_t id_ = 0;
-  at::Tensor key_pos_embeddings_;
-  at::Tensor key_pos_bias_;
-  at::Tensor query_pos_bias_;
+  const at::Tensor key_pos_embeddings_;
+  const at::Tensor key_pos_bias_;
+  const at::Tensor query_pos_bias_;
 };
+
+// The ATen model behind an API model, or nullptr when `model` is another
+// implementation (e.g. a test's stand-in): callers turn that into a status.
+const AtenRelativeModel* AsAten(const RelativeModel& model);
+std::shared_ptr<const AtenRelativeModel> AsAten(
+    const std::shared_ptr<const RelativeModel>& model);
 
 }  // namespace attnscore::scoring
 

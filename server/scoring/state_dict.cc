@@ -106,58 +106,76 @@ enum class Op : uint8_t {
   kFrame = 0x95,
 };
 
-struct OpName {
+// Opcodes by what they do; Unpickler::Execute dispatches on the family, and
+// each family's handler on the opcode.
+enum class OpFamily : uint8_t {
+  kStack,      // protocol, framing, STOP, MARK and POPs
+  kNumber,     // None, bools, ints, floats
+  kString,     // str and bytes, which a state dict only has as UTF-8
+  kContainer,  // tuples, lists, dicts and what fills them
+  kMemo,       // the memo table
+  kCall,       // globals, REDUCE and persistent ids (storages)
+};
+
+struct OpInfo {
   Op op;
   const char* name;
+  OpFamily family;
 };
 
-constexpr OpName kOpNames[] = {
-    {Op::kMark, "MARK"},
-    {Op::kStop, "STOP"},
-    {Op::kPop, "POP"},
-    {Op::kPopMark, "POP_MARK"},
-    {Op::kBinFloat, "BINFLOAT"},
-    {Op::kBinInt, "BININT"},
-    {Op::kBinInt1, "BININT1"},
-    {Op::kBinInt2, "BININT2"},
-    {Op::kNone, "NONE"},
-    {Op::kBinPersId, "BINPERSID"},
-    {Op::kReduce, "REDUCE"},
-    {Op::kBinString, "BINSTRING"},
-    {Op::kShortBinString, "SHORT_BINSTRING"},
-    {Op::kBinUnicode, "BINUNICODE"},
-    {Op::kEmptyList, "EMPTY_LIST"},
-    {Op::kAppend, "APPEND"},
-    {Op::kBuild, "BUILD"},
-    {Op::kGlobal, "GLOBAL"},
-    {Op::kAppends, "APPENDS"},
-    {Op::kBinGet, "BINGET"},
-    {Op::kLongBinGet, "LONG_BINGET"},
-    {Op::kBinPut, "BINPUT"},
-    {Op::kLongBinPut, "LONG_BINPUT"},
-    {Op::kSetItem, "SETITEM"},
-    {Op::kTuple, "TUPLE"},
-    {Op::kSetItems, "SETITEMS"},
-    {Op::kEmptyTuple, "EMPTY_TUPLE"},
-    {Op::kEmptyDict, "EMPTY_DICT"},
-    {Op::kProto, "PROTO"},
-    {Op::kTuple1, "TUPLE1"},
-    {Op::kTuple2, "TUPLE2"},
-    {Op::kTuple3, "TUPLE3"},
-    {Op::kNewTrue, "NEWTRUE"},
-    {Op::kNewFalse, "NEWFALSE"},
-    {Op::kLong1, "LONG1"},
-    {Op::kShortBinUnicode, "SHORT_BINUNICODE"},
-    {Op::kBinUnicode8, "BINUNICODE8"},
-    {Op::kStackGlobal, "STACK_GLOBAL"},
-    {Op::kMemoize, "MEMOIZE"},
-    {Op::kFrame, "FRAME"},
+constexpr OpInfo kOps[] = {
+    {Op::kMark, "MARK", OpFamily::kStack},
+    {Op::kStop, "STOP", OpFamily::kStack},
+    {Op::kPop, "POP", OpFamily::kStack},
+    {Op::kPopMark, "POP_MARK", OpFamily::kStack},
+    {Op::kBinFloat, "BINFLOAT", OpFamily::kNumber},
+    {Op::kBinInt, "BININT", OpFamily::kNumber},
+    {Op::kBinInt1, "BININT1", OpFamily::kNumber},
+    {Op::kBinInt2, "BININT2", OpFamily::kNumber},
+    {Op::kNone, "NONE", OpFamily::kNumber},
+    {Op::kBinPersId, "BINPERSID", OpFamily::kCall},
+    {Op::kReduce, "REDUCE", OpFamily::kCall},
+    {Op::kBinString, "BINSTRING", OpFamily::kString},
+    {Op::kShortBinString, "SHORT_BINSTRING", OpFamily::kString},
+    {Op::kBinUnicode, "BINUNICODE", OpFamily::kString},
+    {Op::kEmptyList, "EMPTY_LIST", OpFamily::kContainer},
+    {Op::kAppend, "APPEND", OpFamily::kContainer},
+    {Op::kBuild, "BUILD", OpFamily::kContainer},
+    {Op::kGlobal, "GLOBAL", OpFamily::kCall},
+    {Op::kAppends, "APPENDS", OpFamily::kContainer},
+    {Op::kBinGet, "BINGET", OpFamily::kMemo},
+    {Op::kLongBinGet, "LONG_BINGET", OpFamily::kMemo},
+    {Op::kBinPut, "BINPUT", OpFamily::kMemo},
+    {Op::kLongBinPut, "LONG_BINPUT", OpFamily::kMemo},
+    {Op::kSetItem, "SETITEM", OpFamily::kContainer},
+    {Op::kTuple, "TUPLE", OpFamily::kContainer},
+    {Op::kSetItems, "SETITEMS", OpFamily::kContainer},
+    {Op::kEmptyTuple, "EMPTY_TUPLE", OpFamily::kContainer},
+    {Op::kEmptyDict, "EMPTY_DICT", OpFamily::kContainer},
+    {Op::kProto, "PROTO", OpFamily::kStack},
+    {Op::kTuple1, "TUPLE1", OpFamily::kContainer},
+    {Op::kTuple2, "TUPLE2", OpFamily::kContainer},
+    {Op::kTuple3, "TUPLE3", OpFamily::kContainer},
+    {Op::kNewTrue, "NEWTRUE", OpFamily::kNumber},
+    {Op::kNewFalse, "NEWFALSE", OpFamily::kNumber},
+    {Op::kLong1, "LONG1", OpFamily::kNumber},
+    {Op::kShortBinUnicode, "SHORT_BINUNICODE", OpFamily::kString},
+    {Op::kBinUnicode8, "BINUNICODE8", OpFamily::kString},
+    {Op::kStackGlobal, "STACK_GLOBAL", OpFamily::kCall},
+    {Op::kMemoize, "MEMOIZE", OpFamily::kMemo},
+    {Op::kFrame, "FRAME", OpFamily::kStack},
 };
+
+// nullptr for a byte that is no implemented opcode.
+const OpInfo* FindOp(uint8_t byte) {
+  for (const OpInfo& entry : kOps) {
+    if (static_cast<uint8_t>(entry.op) == byte) return &entry;
+  }
+  return nullptr;
+}
 
 std::string OpNameOf(uint8_t byte) {
-  for (const OpName& entry : kOpNames) {
-    if (static_cast<uint8_t>(entry.op) == byte) return entry.name;
-  }
+  if (const OpInfo* info = FindOp(byte)) return info->name;
   return absl::StrCat("opcode 0x", absl::Hex(byte, absl::kZeroPad2));
 }
 
@@ -237,6 +255,13 @@ struct Storage {
   at::DataPtr data;
 };
 
+// A strided view into a storage, as _rebuild_tensor_v2 describes it.
+struct TensorView {
+  int64_t offset = 0;  // in elements
+  std::vector<int64_t> sizes;
+  std::vector<int64_t> strides;
+};
+
 bool IsValidUtf8(absl::string_view s) {
   size_t i = 0;
   while (i < s.size()) {
@@ -298,7 +323,28 @@ class Unpickler {
   absl::StatusOr<std::map<std::string, at::Tensor>> Run();
 
  private:
-  absl::Status Execute(uint8_t op, bool* stop);
+  // One opcode, dispatched by family (OpFamily) to the handlers below.
+  absl::Status Execute(uint8_t byte, bool* stop);
+  absl::Status ExecuteStack(Op op, bool* stop);
+  absl::Status ExecuteNumber(Op op);
+  absl::Status ExecuteString(Op op);
+  absl::Status ExecuteContainer(Op op);
+  absl::Status ExecuteMemo(Op op);
+  absl::Status ExecuteCall(Op op);
+  absl::Status Unsupported() const;
+
+  absl::Status PushLong1();
+  absl::Status PushBinFloat();
+  absl::Status PushSmallTuple(size_t count);
+  // SETITEM's key and value, or SETITEMS' pairs back to the MARK.
+  absl::Status PopDictItems(bool to_mark, std::vector<Ref>* items);
+  // APPEND's value, or APPENDS' values back to the MARK.
+  absl::Status PopListItems(bool to_mark, std::vector<Ref>* items);
+  // Appends `items` to the container on top of the stack, which must be of
+  // `kind`; else fails with `wrong_type` and the kind found.
+  absl::Status ExtendTop(Kind kind, absl::string_view wrong_type,
+                         const std::vector<Ref>& items);
+  absl::Status BuildState();
 
   // An error at the current opcode: "<path>: data.pkl byte N (OPNAME): what".
   absl::Status Fail(absl::StatusCode code, absl::string_view what) const;
@@ -321,6 +367,12 @@ class Unpickler {
   absl::Status ResolveGlobal(absl::string_view module, absl::string_view name);
   absl::Status Call(Ref callable, Ref args);
   absl::Status RebuildTensor(const std::vector<Ref>& args, Object* out);
+  // _rebuild_tensor_v2's argument count and types, and its metadata.
+  absl::Status CheckRebuildArgs(const std::vector<Ref>& args) const;
+  absl::Status CheckTensorMetadata(Ref metadata) const;
+  // Sets *numel to the view's element count.
+  absl::Status CheckView(const Storage& storage, const TensorView& view,
+                         int64_t* numel) const;
   absl::Status LoadStorage(Ref pid, int64_t* index);
   absl::Status ReadInts(Ref tuple, absl::string_view what,
                         std::vector<int64_t>* out) const;
@@ -388,7 +440,7 @@ absl::Status Unpickler::PushString(absl::string_view bytes) {
   }
   Object object;
   object.kind = Kind::kString;
-  object.text = std::string(bytes);
+  object.text.assign(bytes.data(), bytes.size());
   return Push(std::move(object));
 }
 
@@ -560,20 +612,14 @@ absl::Status Unpickler::LoadStorage(Ref pid, int64_t* index) {
   return absl::OkStatus();
 }
 
-// _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad,
-// backward_hooks[, metadata]): the strided view is checked against the storage,
-// then copied out so that the result is contiguous and owns exactly its own
-// elements.
-absl::Status Unpickler::RebuildTensor(const std::vector<Ref>& args,
-                                      Object* out) {
+absl::Status Unpickler::CheckRebuildArgs(const std::vector<Ref>& args) const {
   if (args.size() != 6 && args.size() != 7) {
     return Fail(absl::StatusCode::kInvalidArgument,
                 absl::StrCat("_rebuild_tensor_v2 takes 6 or 7 arguments, got ",
                              args.size()));
   }
-  const Object& storage_arg = objects_[args[0]];
-  const Object& offset_arg = objects_[args[1]];
-  if (storage_arg.kind != Kind::kStorage || offset_arg.kind != Kind::kInt ||
+  if (objects_[args[0]].kind != Kind::kStorage ||
+      objects_[args[1]].kind != Kind::kInt ||
       objects_[args[4]].kind != Kind::kBool ||
       objects_[args[5]].kind != Kind::kDict) {
     std::string kinds;
@@ -586,45 +632,43 @@ absl::Status Unpickler::RebuildTensor(const std::vector<Ref>& args,
         absl::StrCat("_rebuild_tensor_v2 arguments have types (", kinds,
                      "), expected (storage, int, tuple, tuple, bool, dict)"));
   }
-  if (args.size() == 7) {
-    // Newer PyTorch adds {'conj': True} / {'neg': True} for lazily conjugated
-    // or negated views; honouring those is not worth it for parameters, so they
-    // are refused rather than ignored.
-    const Object& metadata = objects_[args[6]];
-    if (metadata.kind != Kind::kDict) {
-      return Fail(absl::StatusCode::kInvalidArgument,
-                  absl::StrCat("tensor metadata has type ",
-                               KindName(metadata.kind), ", expected dict"));
-    }
-    for (size_t i = 0; i < metadata.items.size(); i += 2) {
-      const Object& value = objects_[metadata.items[i + 1]];
-      if (value.kind != Kind::kBool || value.int_value != 0) {
-        const Object& key = objects_[metadata.items[i]];
-        return Fail(
-            absl::StatusCode::kInvalidArgument,
-            absl::StrCat("unsupported tensor metadata ",
-                         key.kind == Kind::kString ? Quote(key.text)
-                                                   : KindName(key.kind),
-                         " (conjugate/negative-bit views are not supported)"));
-      }
-    }
-  }
-  const Storage& storage =
-      storages_[static_cast<size_t>(storage_arg.int_value)];
-  const int64_t offset = offset_arg.int_value;
-  std::vector<int64_t> sizes;
-  std::vector<int64_t> strides;
-  ATTNSCORE_RETURN_IF_ERROR(ReadInts(args[2], "size", &sizes));
-  ATTNSCORE_RETURN_IF_ERROR(ReadInts(args[3], "stride", &strides));
-  if (sizes.size() != strides.size()) {
-    return Fail(absl::StatusCode::kInvalidArgument,
-                absl::StrCat("size has ", sizes.size(), " dims but stride has ",
-                             strides.size()));
-  }
+  if (args.size() == 7) return CheckTensorMetadata(args[6]);
+  return absl::OkStatus();
+}
 
-  // numel and the last element the view touches, with overflow checks: every
-  // number here came from the file.
+// Newer PyTorch adds {'conj': True} / {'neg': True} for lazily conjugated or
+// negated views; honouring those is not worth it for parameters, so they are
+// refused rather than ignored.
+absl::Status Unpickler::CheckTensorMetadata(Ref metadata_ref) const {
+  const Object& metadata = objects_[metadata_ref];
+  if (metadata.kind != Kind::kDict) {
+    return Fail(absl::StatusCode::kInvalidArgument,
+                absl::StrCat("tensor metadata has type ",
+                             KindName(metadata.kind), ", expected dict"));
+  }
+  for (size_t i = 0; i < metadata.items.size(); i += 2) {
+    const Object& value = objects_[metadata.items[i + 1]];
+    if (value.kind != Kind::kBool || value.int_value != 0) {
+      const Object& key = objects_[metadata.items[i]];
+      return Fail(
+          absl::StatusCode::kInvalidArgument,
+          absl::StrCat(
+              "unsupported tensor metadata ",
+              key.kind == Kind::kString ? Quote(key.text) : KindName(key.kind),
+              " (conjugate/negative-bit views are not supported)"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// numel and the last element the view touches, with overflow checks: every
+// number here came from the file. The view must lie inside its storage and
+// not repeat elements into more than kMaxExpandedViewBytes.
+absl::Status Unpickler::CheckView(const Storage& storage,
+                                  const TensorView& view,
+                                  int64_t* numel_out) const {
   const auto item_size = static_cast<int64_t>(c10::elementSize(storage.dtype));
+  const int64_t offset = view.offset;
   if (offset < 0) {
     return Fail(absl::StatusCode::kDataLoss,
                 absl::StrCat("negative storage offset ", offset));
@@ -632,29 +676,31 @@ absl::Status Unpickler::RebuildTensor(const std::vector<Ref>& args,
   int64_t numel = 1;
   int64_t last = offset;
   bool overflow = false;
-  for (size_t d = 0; d < sizes.size() && !overflow; ++d) {
-    if (sizes[d] < 0 || strides[d] < 0) {
+  for (size_t d = 0; d < view.sizes.size() && !overflow; ++d) {
+    const int64_t size = view.sizes[d];
+    const int64_t stride = view.strides[d];
+    if (size < 0 || stride < 0) {
       return Fail(absl::StatusCode::kDataLoss,
                   absl::StrCat("negative size or stride in dim ", d, " (size ",
-                               sizes[d], ", stride ", strides[d], ")"));
+                               size, ", stride ", stride, ")"));
     }
     int64_t span = 0;
-    overflow = __builtin_mul_overflow(numel, sizes[d], &numel) ||
-               (sizes[d] > 0 &&
-                (__builtin_mul_overflow(sizes[d] - 1, strides[d], &span) ||
-                 __builtin_add_overflow(last, span, &last)));
+    overflow = __builtin_mul_overflow(numel, size, &numel) ||
+               (size > 0 && (__builtin_mul_overflow(size - 1, stride, &span) ||
+                             __builtin_add_overflow(last, span, &last)));
   }
   int64_t view_bytes = 0;
   overflow = overflow || __builtin_mul_overflow(numel, item_size, &view_bytes);
   if (overflow) {
-    return Fail(absl::StatusCode::kDataLoss,
-                absl::StrCat("tensor view (offset ", offset, ", ", sizes.size(),
-                             " dims) overflows int64 element counts"));
+    return Fail(
+        absl::StatusCode::kDataLoss,
+        absl::StrCat("tensor view (offset ", offset, ", ", view.sizes.size(),
+                     " dims) overflows int64 element counts"));
   }
   if (numel > 0 && last >= storage.numel) {
     return Fail(
         absl::StatusCode::kDataLoss,
-        absl::StrCat("tensor view (offset ", offset, ", ", sizes.size(),
+        absl::StrCat("tensor view (offset ", offset, ", ", view.sizes.size(),
                      " dims) reaches outside its storage ", Quote(storage.key),
                      " of ", storage.numel, " elements"));
   }
@@ -665,24 +711,53 @@ absl::Status Unpickler::RebuildTensor(const std::vector<Ref>& args,
                              view_bytes, " bytes, more than the ",
                              kMaxExpandedViewBytes, " allowed"));
   }
+  *numel_out = numel;
+  return absl::OkStatus();
+}
 
-  // Bool storage is read as bytes and compared with zero, so a corrupt byte
-  // cannot become a bool that is neither true nor false.
+// The view copied out of its storage: contiguous, owning exactly its own
+// elements. Bool storage is read as bytes and compared with zero, so a corrupt
+// byte cannot become a bool that is neither true nor false.
+at::Tensor MaterializeView(const Storage& storage, const TensorView& view,
+                           int64_t numel) {
   const bool is_bool = storage.dtype == c10::ScalarType::Bool;
   const auto options = at::TensorOptions().dtype(is_bool ? c10::ScalarType::Byte
                                                          : storage.dtype);
   at::Tensor tensor;
   if (numel == 0) {
-    tensor = at::empty(sizes, options);
+    tensor = at::empty(view.sizes, options);
   } else {
     at::Tensor flat =
         at::from_blob(storage.data.get(), {storage.numel}, options);
-    tensor = flat.as_strided(sizes, strides, offset)
+    tensor = flat.as_strided(view.sizes, view.strides, view.offset)
                  .clone(at::MemoryFormat::Contiguous);
   }
   if (is_bool) tensor = tensor.ne(0);
+  return tensor;
+}
+
+// _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad,
+// backward_hooks[, metadata]): the strided view is checked against the storage,
+// then copied out so that the result is contiguous and owns exactly its own
+// elements.
+absl::Status Unpickler::RebuildTensor(const std::vector<Ref>& args,
+                                      Object* out) {
+  ATTNSCORE_RETURN_IF_ERROR(CheckRebuildArgs(args));
+  const Storage& storage =
+      storages_[static_cast<size_t>(objects_[args[0]].int_value)];
+  TensorView view;
+  view.offset = objects_[args[1]].int_value;
+  ATTNSCORE_RETURN_IF_ERROR(ReadInts(args[2], "size", &view.sizes));
+  ATTNSCORE_RETURN_IF_ERROR(ReadInts(args[3], "stride", &view.strides));
+  if (view.sizes.size() != view.strides.size()) {
+    return Fail(absl::StatusCode::kInvalidArgument,
+                absl::StrCat("size has ", view.sizes.size(),
+                             " dims but stride has ", view.strides.size()));
+  }
+  int64_t numel = 0;
+  ATTNSCORE_RETURN_IF_ERROR(CheckView(storage, view, &numel));
   out->kind = Kind::kTensor;
-  out->tensor = std::move(tensor);
+  out->tensor = MaterializeView(storage, view, numel);
   return absl::OkStatus();
 }
 
@@ -730,14 +805,37 @@ absl::Status Unpickler::Call(Ref callable, Ref args_ref) {
               absl::StrCat(Quote(function.text), " is not callable here"));
 }
 
-absl::Status Unpickler::Execute(uint8_t op, bool* stop) {
-  Ref a = 0;
-  Ref b = 0;
+absl::Status Unpickler::Unsupported() const {
+  return Fail(
+      absl::StatusCode::kInvalidArgument,
+      "unsupported pickle opcode (not one torch.save emits for a state dict)");
+}
+
+absl::Status Unpickler::Execute(uint8_t byte, bool* stop) {
+  const OpInfo* info = FindOp(byte);
+  if (info == nullptr) return Unsupported();
+  switch (info->family) {
+    case OpFamily::kStack:
+      return ExecuteStack(info->op, stop);
+    case OpFamily::kNumber:
+      return ExecuteNumber(info->op);
+    case OpFamily::kString:
+      return ExecuteString(info->op);
+    case OpFamily::kContainer:
+      return ExecuteContainer(info->op);
+    case OpFamily::kMemo:
+      return ExecuteMemo(info->op);
+    case OpFamily::kCall:
+      return ExecuteCall(info->op);
+  }
+  return Unsupported();
+}
+
+absl::Status Unpickler::ExecuteStack(Op op, bool* stop) {
   uint64_t n = 0;
-  absl::string_view bytes;
-  std::vector<Ref> items;
-  Object object;
-  switch (static_cast<Op>(op)) {
+  Ref ignored = 0;
+  std::vector<Ref> dropped;
+  switch (op) {
     case Op::kProto:
       ATTNSCORE_RETURN_IF_ERROR(ReadUint(1, &n));
       if (n < 2 || n > 5) {
@@ -758,22 +856,29 @@ absl::Status Unpickler::Execute(uint8_t op, bool* stop) {
       return absl::OkStatus();
     case Op::kPop:
       // As in CPython: POP on an empty frame drops the MARK that opened it.
-      if (stack_.size() == Floor() && !marks_.empty()) return PopMark(&items);
-      return Pop(&a);
+      if (stack_.size() == Floor() && !marks_.empty()) return PopMark(&dropped);
+      return Pop(&ignored);
     case Op::kPopMark:
-      return PopMark(&items);
+      return PopMark(&dropped);
+    default:
+      return Unsupported();
+  }
+}
 
+absl::Status Unpickler::ExecuteNumber(Op op) {
+  uint64_t n = 0;
+  Object object;
+  switch (op) {
     case Op::kNone:
       return Push(Object{});
     case Op::kNewTrue:
     case Op::kNewFalse:
       object.kind = Kind::kBool;
-      object.int_value = static_cast<Op>(op) == Op::kNewTrue ? 1 : 0;
+      object.int_value = op == Op::kNewTrue ? 1 : 0;
       return Push(std::move(object));
     case Op::kBinInt1:
     case Op::kBinInt2:
-      ATTNSCORE_RETURN_IF_ERROR(
-          ReadUint(static_cast<Op>(op) == Op::kBinInt1 ? 1 : 2, &n));
+      ATTNSCORE_RETURN_IF_ERROR(ReadUint(op == Op::kBinInt1 ? 1 : 2, &n));
       object.kind = Kind::kInt;
       object.int_value = static_cast<int64_t>(n);
       return Push(std::move(object));
@@ -782,56 +887,80 @@ absl::Status Unpickler::Execute(uint8_t op, bool* stop) {
       object.kind = Kind::kInt;
       object.int_value = static_cast<int32_t>(static_cast<uint32_t>(n));
       return Push(std::move(object));
-    case Op::kLong1: {
-      ATTNSCORE_RETURN_IF_ERROR(ReadUint(1, &n));
-      if (n > 8) {
-        return Fail(
-            absl::StatusCode::kInvalidArgument,
-            absl::StrCat("integer of ", n, " bytes does not fit in int64"));
-      }
-      const size_t width = static_cast<size_t>(n);
-      ATTNSCORE_RETURN_IF_ERROR(ReadUint(width, &n));
-      // Two's complement over `width` bytes: sign-extend from the top byte.
-      if (width > 0 && width < 8 && (n >> (8 * width - 1)) != 0) {
-        n |= ~uint64_t{0} << (8 * width);
-      }
-      object.kind = Kind::kInt;
-      object.int_value = static_cast<int64_t>(n);
-      return Push(std::move(object));
-    }
-    case Op::kBinFloat: {
-      ATTNSCORE_RETURN_IF_ERROR(Take(8, &bytes));
-      uint64_t bits = 0;  // BINFLOAT is big-endian, unlike everything else
-      for (char c : bytes) bits = (bits << 8) | static_cast<unsigned char>(c);
-      object.kind = Kind::kFloat;
-      std::memcpy(&object.float_value, &bits, sizeof(bits));
-      return Push(std::move(object));
-    }
+    case Op::kLong1:
+      return PushLong1();
+    case Op::kBinFloat:
+      return PushBinFloat();
+    default:
+      return Unsupported();
+  }
+}
 
+absl::Status Unpickler::PushLong1() {
+  uint64_t n = 0;
+  ATTNSCORE_RETURN_IF_ERROR(ReadUint(1, &n));
+  if (n > 8) {
+    return Fail(absl::StatusCode::kInvalidArgument,
+                absl::StrCat("integer of ", n, " bytes does not fit in int64"));
+  }
+  const auto width = static_cast<size_t>(n);
+  ATTNSCORE_RETURN_IF_ERROR(ReadUint(width, &n));
+  // Two's complement over `width` bytes: sign-extend from the top byte.
+  if (width > 0 && width < 8 && (n >> (8 * width - 1)) != 0) {
+    n |= ~uint64_t{0} << (8 * width);
+  }
+  Object object;
+  object.kind = Kind::kInt;
+  object.int_value = static_cast<int64_t>(n);
+  return Push(std::move(object));
+}
+
+absl::Status Unpickler::PushBinFloat() {
+  absl::string_view bytes;
+  ATTNSCORE_RETURN_IF_ERROR(Take(8, &bytes));
+  uint64_t bits = 0;  // BINFLOAT is big-endian, unlike everything else
+  for (char c : bytes) bits = (bits << 8) | static_cast<unsigned char>(c);
+  Object object;
+  object.kind = Kind::kFloat;
+  std::memcpy(&object.float_value, &bits, sizeof(bits));
+  return Push(std::move(object));
+}
+
+absl::Status Unpickler::ExecuteString(Op op) {
+  uint64_t n = 0;
+  absl::string_view bytes;
+  switch (op) {
     case Op::kShortBinUnicode:
     case Op::kShortBinString:
       ATTNSCORE_RETURN_IF_ERROR(ReadUint(1, &n));
-      ATTNSCORE_RETURN_IF_ERROR(Take(static_cast<size_t>(n), &bytes));
-      return PushString(bytes);
+      break;
     case Op::kBinUnicode:
     case Op::kBinString:
-      ATTNSCORE_RETURN_IF_ERROR(ReadUint(4, &n));
       // BINSTRING's length is signed; a negative one reads as > 2^31 and fails
       // as truncation.
-      ATTNSCORE_RETURN_IF_ERROR(Take(static_cast<size_t>(n), &bytes));
-      return PushString(bytes);
+      ATTNSCORE_RETURN_IF_ERROR(ReadUint(4, &n));
+      break;
     case Op::kBinUnicode8:
       ATTNSCORE_RETURN_IF_ERROR(ReadUint(8, &n));
       if (n > pickle_.size() - pos_) return Truncated(static_cast<size_t>(n));
-      ATTNSCORE_RETURN_IF_ERROR(Take(static_cast<size_t>(n), &bytes));
-      return PushString(bytes);
+      break;
+    default:
+      return Unsupported();
+  }
+  ATTNSCORE_RETURN_IF_ERROR(Take(static_cast<size_t>(n), &bytes));
+  return PushString(bytes);
+}
 
+absl::Status Unpickler::ExecuteContainer(Op op) {
+  Object object;
+  std::vector<Ref> items;
+  switch (op) {
     case Op::kEmptyTuple:
     case Op::kEmptyList:
     case Op::kEmptyDict:
-      object.kind = static_cast<Op>(op) == Op::kEmptyTuple  ? Kind::kTuple
-                    : static_cast<Op>(op) == Op::kEmptyList ? Kind::kList
-                                                            : Kind::kDict;
+      object.kind = op == Op::kEmptyTuple  ? Kind::kTuple
+                    : op == Op::kEmptyList ? Kind::kList
+                                           : Kind::kDict;
       return Push(std::move(object));
     case Op::kTuple:
       ATTNSCORE_RETURN_IF_ERROR(PopMark(&object.items));
@@ -839,31 +968,109 @@ absl::Status Unpickler::Execute(uint8_t op, bool* stop) {
       return Push(std::move(object));
     case Op::kTuple1:
     case Op::kTuple2:
-    case Op::kTuple3: {
-      const size_t count = op - static_cast<uint8_t>(Op::kTuple1) + 1;
-      object.items.resize(count);
-      for (size_t i = count; i-- > 0;) {
-        ATTNSCORE_RETURN_IF_ERROR(Pop(&object.items[i]));
-      }
-      object.kind = Kind::kTuple;
-      return Push(std::move(object));
-    }
+    case Op::kTuple3:
+      return PushSmallTuple(static_cast<size_t>(op) -
+                            static_cast<size_t>(Op::kTuple1) + 1);
+    case Op::kSetItem:
+    case Op::kSetItems:
+      ATTNSCORE_RETURN_IF_ERROR(PopDictItems(op == Op::kSetItems, &items));
+      return ExtendTop(Kind::kDict, "cannot set items on type ", items);
+    case Op::kAppend:
+    case Op::kAppends:
+      ATTNSCORE_RETURN_IF_ERROR(PopListItems(op == Op::kAppends, &items));
+      return ExtendTop(Kind::kList, "cannot append to type ", items);
+    case Op::kBuild:
+      return BuildState();
+    default:
+      return Unsupported();
+  }
+}
 
+absl::Status Unpickler::PushSmallTuple(size_t count) {
+  Object object;
+  object.items.resize(count);
+  for (size_t i = count; i-- > 0;) {
+    ATTNSCORE_RETURN_IF_ERROR(Pop(&object.items[i]));
+  }
+  object.kind = Kind::kTuple;
+  return Push(std::move(object));
+}
+
+absl::Status Unpickler::PopDictItems(bool to_mark, std::vector<Ref>* items) {
+  if (!to_mark) {
+    items->resize(2);
+    ATTNSCORE_RETURN_IF_ERROR(Pop(&(*items)[1]));
+    return Pop(&(*items)[0]);
+  }
+  ATTNSCORE_RETURN_IF_ERROR(PopMark(items));
+  if (items->size() % 2 != 0) {
+    return Fail(absl::StatusCode::kDataLoss,
+                absl::StrCat("odd number of items (", items->size(), ")"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Unpickler::PopListItems(bool to_mark, std::vector<Ref>* items) {
+  if (to_mark) return PopMark(items);
+  items->resize(1);
+  return Pop(&(*items)[0]);
+}
+
+absl::Status Unpickler::ExtendTop(Kind kind, absl::string_view wrong_type,
+                                  const std::vector<Ref>& items) {
+  Ref top = 0;
+  ATTNSCORE_RETURN_IF_ERROR(Peek(&top));
+  if (objects_[top].kind != kind) {
+    return Fail(absl::StatusCode::kInvalidArgument,
+                absl::StrCat(wrong_type, KindName(objects_[top].kind)));
+  }
+  objects_[top].items.insert(objects_[top].items.end(), items.begin(),
+                             items.end());
+  return absl::OkStatus();
+}
+
+// The only BUILD a state dict has: OrderedDict.__dict__ gets {'_metadata':
+// ...} (module versions for load_state_dict hooks), which tensors do not need.
+absl::Status Unpickler::BuildState() {
+  Ref state_ref = 0;
+  Ref target_ref = 0;
+  ATTNSCORE_RETURN_IF_ERROR(Pop(&state_ref));
+  ATTNSCORE_RETURN_IF_ERROR(Peek(&target_ref));
+  const Object& target = objects_[target_ref];
+  const Object& state = objects_[state_ref];
+  if (target.kind != Kind::kDict || !target.ordered ||
+      state.kind != Kind::kDict) {
+    return Fail(absl::StatusCode::kInvalidArgument,
+                absl::StrCat("cannot set state of type ", KindName(target.kind),
+                             target.ordered ? " (OrderedDict)" : "",
+                             " from type ", KindName(state.kind)));
+  }
+  for (size_t i = 0; i < state.items.size(); i += 2) {
+    if (objects_[state.items[i]].kind != Kind::kString) {
+      return Fail(absl::StatusCode::kInvalidArgument,
+                  "attribute name is not a string");
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Unpickler::ExecuteMemo(Op op) {
+  uint64_t n = 0;
+  Ref top = 0;
+  switch (op) {
     case Op::kBinPut:
     case Op::kLongBinPut:
-      ATTNSCORE_RETURN_IF_ERROR(
-          ReadUint(static_cast<Op>(op) == Op::kBinPut ? 1 : 4, &n));
-      ATTNSCORE_RETURN_IF_ERROR(Peek(&a));
-      memo_[n] = a;
+      ATTNSCORE_RETURN_IF_ERROR(ReadUint(op == Op::kBinPut ? 1 : 4, &n));
+      ATTNSCORE_RETURN_IF_ERROR(Peek(&top));
+      memo_[n] = top;
       return absl::OkStatus();
     case Op::kMemoize:
-      ATTNSCORE_RETURN_IF_ERROR(Peek(&a));
-      memo_[memo_.size()] = a;
+      ATTNSCORE_RETURN_IF_ERROR(Peek(&top));
+      memo_[memo_.size()] = top;
       return absl::OkStatus();
     case Op::kBinGet:
     case Op::kLongBinGet: {
-      ATTNSCORE_RETURN_IF_ERROR(
-          ReadUint(static_cast<Op>(op) == Op::kBinGet ? 1 : 4, &n));
+      ATTNSCORE_RETURN_IF_ERROR(ReadUint(op == Op::kBinGet ? 1 : 4, &n));
       const auto it = memo_.find(n);
       if (it == memo_.end()) {
         return Fail(absl::StatusCode::kDataLoss,
@@ -872,7 +1079,15 @@ absl::Status Unpickler::Execute(uint8_t op, bool* stop) {
       stack_.push_back(it->second);
       return absl::OkStatus();
     }
+    default:
+      return Unsupported();
+  }
+}
 
+absl::Status Unpickler::ExecuteCall(Op op) {
+  Ref a = 0;
+  Ref b = 0;
+  switch (op) {
     case Op::kGlobal: {
       absl::string_view module;
       absl::string_view name;
@@ -895,78 +1110,14 @@ absl::Status Unpickler::Execute(uint8_t op, bool* stop) {
       return Call(a, b);
     case Op::kBinPersId: {
       ATTNSCORE_RETURN_IF_ERROR(Pop(&a));
+      Object object;
       object.kind = Kind::kStorage;
       ATTNSCORE_RETURN_IF_ERROR(LoadStorage(a, &object.int_value));
       return Push(std::move(object));
     }
-
-    case Op::kBuild: {
-      // The only BUILD a state dict has: OrderedDict.__dict__ gets
-      // {'_metadata': ...} (module versions for load_state_dict hooks), which
-      // tensors do not need.
-      ATTNSCORE_RETURN_IF_ERROR(Pop(&b));
-      ATTNSCORE_RETURN_IF_ERROR(Peek(&a));
-      const Object& target = objects_[a];
-      const Object& state = objects_[b];
-      if (target.kind != Kind::kDict || !target.ordered ||
-          state.kind != Kind::kDict) {
-        return Fail(
-            absl::StatusCode::kInvalidArgument,
-            absl::StrCat("cannot set state of type ", KindName(target.kind),
-                         target.ordered ? " (OrderedDict)" : "", " from type ",
-                         KindName(state.kind)));
-      }
-      for (size_t i = 0; i < state.items.size(); i += 2) {
-        if (objects_[state.items[i]].kind != Kind::kString) {
-          return Fail(absl::StatusCode::kInvalidArgument,
-                      "attribute name is not a string");
-        }
-      }
-      return absl::OkStatus();
-    }
-    case Op::kSetItem:
-    case Op::kSetItems:
-      if (static_cast<Op>(op) == Op::kSetItem) {
-        items.resize(2);
-        ATTNSCORE_RETURN_IF_ERROR(Pop(&items[1]));
-        ATTNSCORE_RETURN_IF_ERROR(Pop(&items[0]));
-      } else {
-        ATTNSCORE_RETURN_IF_ERROR(PopMark(&items));
-        if (items.size() % 2 != 0) {
-          return Fail(absl::StatusCode::kDataLoss,
-                      absl::StrCat("odd number of items (", items.size(), ")"));
-        }
-      }
-      ATTNSCORE_RETURN_IF_ERROR(Peek(&a));
-      if (objects_[a].kind != Kind::kDict) {
-        return Fail(absl::StatusCode::kInvalidArgument,
-                    absl::StrCat("cannot set items on type ",
-                                 KindName(objects_[a].kind)));
-      }
-      objects_[a].items.insert(objects_[a].items.end(), items.begin(),
-                               items.end());
-      return absl::OkStatus();
-    case Op::kAppend:
-    case Op::kAppends:
-      if (static_cast<Op>(op) == Op::kAppend) {
-        items.resize(1);
-        ATTNSCORE_RETURN_IF_ERROR(Pop(&items[0]));
-      } else {
-        ATTNSCORE_RETURN_IF_ERROR(PopMark(&items));
-      }
-      ATTNSCORE_RETURN_IF_ERROR(Peek(&a));
-      if (objects_[a].kind != Kind::kList) {
-        return Fail(
-            absl::StatusCode::kInvalidArgument,
-            absl::StrCat("cannot append to type ", KindName(objects_[a].kind)));
-      }
-      objects_[a].items.insert(objects_[a].items.end(), items.begin(),
-                               items.end());
-      return absl::OkStatus();
+    default:
+      return Unsupported();
   }
-  return Fail(
-      absl::StatusCode::kInvalidArgument,
-      "unsupported pickle opcode (not one torch.save emits for a state dict)");
 }
 
 absl::StatusOr<std::map<std::string, at::Tensor>> Unpickler::Run() {

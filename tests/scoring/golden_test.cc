@@ -9,9 +9,10 @@
 
 #include "gtest/gtest.h"
 #include "server/scoring/alibi.h"
+#include "server/scoring/aten_scorer.h"
 #include "server/scoring/attention.h"
 #include "server/scoring/relative_model.h"
-#include "server/scoring/scorer.h"
+#include "server/scoring/validation.h"
 
 namespace attnscore::scoring {
 namespace {
@@ -51,8 +52,8 @@ std::string Encode(const std::vector<float>& values, DType dtype) {
 }
 
 std::shared_ptr<const RelativeModel> ModelOf(const GoldenCase& c) {
-  absl::StatusOr<std::shared_ptr<const RelativeModel>> model =
-      RelativeModel::Create(
+  absl::StatusOr<std::shared_ptr<const AtenRelativeModel>> model =
+      AtenRelativeModel::Create(
           c.name, c.name,
           ToTensor(c.Floats("key_pos_embeddings"),
                    c.Shape("key_pos_embeddings")),
@@ -74,9 +75,12 @@ std::unique_ptr<Inputs> MakeInputs(const GoldenCase& c, DType dtype) {
   }
   in->item.key_lengths = c.key_lengths();
   ScoreSpec& spec = in->spec;
-  spec.bias = c.relative() ? BiasKind::kRelative : BiasKind::kAlibi;
-  if (c.has("slopes")) spec.alibi_slopes = c.Floats("slopes");
-  if (c.relative()) spec.model = ModelOf(c);
+  if (c.relative()) {
+    spec.bias = RelativeBias{ModelOf(c)};
+  } else {
+    spec.bias =
+        AlibiBias{c.has("slopes") ? c.Floats("slopes") : std::vector<float>()};
+  }
   spec.causal = c.causal();
   spec.scale = c.scale();
   spec.want_logits = true;
@@ -105,7 +109,7 @@ class GoldenTest : public ::testing::Test {
   void SetUp() override {
     ASSERT_FALSE(Cases().empty())
         << "no golden cases in " << attnscore::testing::GoldenDir();
-    absl::StatusOr<std::unique_ptr<Scorer>> scorer = Scorer::Create({});
+    absl::StatusOr<std::unique_ptr<Scorer>> scorer = CreateAtenScorer({});
     ASSERT_TRUE(scorer.ok()) << scorer.status();
     scorer_ = *std::move(scorer);
   }
@@ -188,19 +192,18 @@ Bounds ComputeBounds(const GoldenCase& c, double u) {
   AttentionConfig config;
   config.scale = c.scale().value_or(
       1.0 / std::sqrt(static_cast<double>(c.Int("head_dim"))));
-  std::shared_ptr<const RelativeModel> abs_model;
+  std::shared_ptr<const AtenRelativeModel> abs_model;
   if (c.relative()) {
-    config.bias = BiasKind::kRelative;
     at::Tensor e =
         ToTensor(c.Floats("key_pos_embeddings"), c.Shape("key_pos_embeddings"))
             .abs();
     at::Tensor s = at::zeros(c.Shape("key_pos_bias"));
     at::Tensor qb =
         ToTensor(c.Floats("query_pos_bias"), c.Shape("query_pos_bias")).abs();
-    abs_model = *RelativeModel::Create("abs", "abs", e, s, qb);
-    config.model = abs_model.get();
+    abs_model = *AtenRelativeModel::Create("abs", "abs", e, s, qb);
+    config.bias = ResolvedRelative{abs_model.get()};
   } else {
-    config.alibi_slopes.assign(heads, 0.0f);
+    config.bias = ResolvedAlibi{std::vector<float>(heads, 0.0f)};
   }
   at::Tensor magnitude =
       ComputeAttention(q, k, at::Tensor(), {}, config, nullptr).logits;

@@ -3,21 +3,28 @@
 // devices.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <unistd.h>
 
 #include <cmath>
-#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <variant>
 
+#include "absl/strings/str_cat.h"
 #include "bench/literal_port.h"
 #include "common/safetensors.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "server/scoring/alibi.h"
+#include "server/scoring/aten_scorer.h"
 #include "server/scoring/attention.h"
+#include "server/scoring/model_loader.h"
 #include "server/scoring/relative_model.h"
-#include "server/scoring/scorer.h"
+#include "server/scoring/validation.h"
+#include "tests/testing/test_util.h"
+
+#ifndef ATTNSCORE_LABML_FIXTURE_SCRIPT
+#error "ATTNSCORE_LABML_FIXTURE_SCRIPT (make_labml_state_dict.py) is required"
+#endif
 
 namespace attnscore::scoring {
 namespace {
@@ -49,7 +56,7 @@ TEST(AlibiSlopesTest, MatchesPaperFormulaForOneToSixtyFourHeads) {
 
 struct Case {
   at::Tensor q, k, v;  // canonical float32
-  std::shared_ptr<const RelativeModel> model;
+  std::shared_ptr<const AtenRelativeModel> model;
 };
 
 Case RandomCase(int64_t b, int64_t h, int64_t lq, int64_t lk, int64_t d,
@@ -59,8 +66,9 @@ Case RandomCase(int64_t b, int64_t h, int64_t lq, int64_t lk, int64_t d,
   c.k = at::randn({b, h, lk, d});
   c.v = at::randn({b, h, lk, d});
   if (p > 0) {
-    c.model = *RelativeModel::Create("m", "test", at::randn({2 * p, h, d}),
-                                     at::randn({2 * p, h}), at::randn({h, d}));
+    c.model =
+        *AtenRelativeModel::Create("m", "test", at::randn({2 * p, h, d}),
+                                   at::randn({2 * p, h}), at::randn({h, d}));
   }
   return c;
 }
@@ -72,10 +80,9 @@ AttentionConfig Config(const Case& c, bool causal) {
   config.want_probs = true;
   config.want_context = true;
   if (c.model) {
-    config.bias = BiasKind::kRelative;
-    config.model = c.model.get();
+    config.bias = ResolvedRelative{c.model.get()};
   } else {
-    config.alibi_slopes = AlibiSlopes(c.q.size(1));
+    config.bias = ResolvedAlibi{AlibiSlopes(c.q.size(1))};
   }
   return config;
 }
@@ -108,12 +115,15 @@ TEST(AttentionTest, MatchesDirectFormula) {
   Case c = RandomCase(1, 3, 4, 6, 8);
   AttentionConfig config = Config(c, false);
   AttentionResult r = ComputeAttention(c.q, c.k, c.v, {}, config, nullptr);
+  const std::vector<float>& slopes =
+      std::get<ResolvedAlibi>(config.bias).slopes;
   for (int64_t h = 0; h < 3; ++h) {
     for (int64_t i = 0; i < 4; ++i) {
       for (int64_t j = 0; j < 6; ++j) {
         const double dot = (c.q[0][h][i] * c.k[0][h][j]).sum().item<double>();
         const double want = config.scale * dot -
-                            config.alibi_slopes[h] * std::abs(6 - 4 + i - j);
+                            static_cast<double>(slopes[h]) *
+                                static_cast<double>(std::abs(6 - 4 + i - j));
         EXPECT_NEAR(r.logits[0][h][i][j].item<double>(), want, 1e-5);
       }
     }
@@ -123,7 +133,7 @@ TEST(AttentionTest, MatchesDirectFormula) {
   Case rc = RandomCase(2, 2, 3, 7, 4, 8);
   AttentionConfig rconfig = Config(rc, false);
   AttentionResult rr = ComputeAttention(rc.q, rc.k, rc.v, {}, rconfig, nullptr);
-  const RelativeModel& m = *rc.model;
+  const AtenRelativeModel& m = *rc.model;
   for (int64_t b = 0; b < 2; ++b) {
     for (int64_t h = 0; h < 2; ++h) {
       for (int64_t i = 0; i < 3; ++i) {
@@ -166,12 +176,14 @@ TEST(AttentionTest, MatchesLiteralPortOnRandomShapes) {
         AttentionResult got =
             ComputeAttention(c.q, c.k, c.v, {}, config, nullptr);
         bench::LiteralResult want =
-            relative ? bench::LiteralRelative(
-                           c.q, c.k, c.model->key_pos_embeddings(),
-                           c.model->key_pos_bias(), c.model->query_pos_bias(),
-                           causal, config.scale, true)
-                     : bench::LiteralAlibi(c.q, c.k, config.alibi_slopes,
-                                           causal, config.scale, true);
+            relative
+                ? bench::LiteralRelative(
+                      c.q, c.k, c.model->key_pos_embeddings(),
+                      c.model->key_pos_bias(), c.model->query_pos_bias(),
+                      causal, config.scale, true)
+                : bench::LiteralAlibi(
+                      c.q, c.k, std::get<ResolvedAlibi>(config.bias).slopes,
+                      causal, config.scale, true);
         EXPECT_TRUE(at::equal(at::isinf(got.logits), at::isinf(want.logits)));
         at::Tensor finite = at::isfinite(want.logits);
         EXPECT_TRUE(at::allclose(got.logits.masked_select(finite),
@@ -218,7 +230,7 @@ TEST(AttentionTest, StaticBiasCacheReturnsIdenticalResults) {
   EXPECT_FALSE(at::equal(other.logits, cold.logits));
   // Over budget: least recently used entries go. Each [4,1,6] entry is 96
   // bytes.
-  StaticBiasCache tiny(4 * 96);
+  StaticBiasCache tiny(size_t{4} * 96);
   AttentionConfig alibi = Config(RandomCase(1, 4, 1, 6, 8), true);
   for (int i = 0; i < 6; ++i) {
     tiny.GetOrCompute(std::to_string(i),
@@ -275,16 +287,13 @@ at::Tensor AsTensor(const OutputTensor& t) {
 
 class ScorerTest : public ::testing::Test {
  protected:
-  void SetUp() override { scorer_ = *Scorer::Create({}); }
+  void SetUp() override { scorer_ = *CreateAtenScorer({}); }
   ScoreSpec Spec(const Case& c, Layout layout, bool causal) {
     ScoreSpec spec;
     spec.layout = layout;
     spec.causal = causal;
     spec.want_logits = spec.want_probs = spec.want_context = true;
-    if (c.model) {
-      spec.bias = BiasKind::kRelative;
-      spec.model = c.model;
-    }
+    if (c.model) spec.bias = RelativeBias{c.model};
     return spec;
   }
   std::unique_ptr<Scorer> scorer_;
@@ -322,9 +331,11 @@ TEST_F(ScorerTest, BatchedItemsEqualSeparateRunsAndShareMemory) {
                                RandomCase(3, 2, 4, 6, 8),
                                RandomCase(2, 2, 4, 6, 8)};
     std::vector<Raw> raws;
+    raws.reserve(cases.size());
     for (const Case& c : cases) raws.push_back(MakeRaw(c, layout));
     raws[1].item.key_lengths = {6, 0, 3};
     std::vector<ScoreItem> items;
+    items.reserve(raws.size());
     for (const Raw& r : raws) items.push_back(r.item);
     ScoreSpec spec = Spec(cases[0], layout, false);
     std::vector<ScoreResult> batched = *scorer_->ScoreBatch(spec, items);
@@ -405,19 +416,19 @@ TEST_F(ScorerTest, ValidationNamesFieldExpectedAndActual) {
   item.key_lengths = {5, 6};
   expect_error(spec, item, "key_lengths[1]: expected 0..5");
   ScoreSpec big = spec;
-  big.model = *RelativeModel::Create("small", "t", at::randn({4, 4, 8}),
-                                     at::randn({4, 4}), at::randn({4, 8}));
+  big.bias = RelativeBias{
+      *AtenRelativeModel::Create("small", "t", at::randn({4, 4, 8}),
+                                 at::randn({4, 4}), at::randn({4, 8}))};
   expect_error(big, raw.item, "model 'small' has P = 2");
   ScoreSpec wrong_heads = spec;
-  wrong_heads.model = *RelativeModel::Create(
-      "h2", "t", at::randn({16, 2, 8}), at::randn({16, 2}), at::randn({2, 8}));
+  wrong_heads.bias = RelativeBias{*AtenRelativeModel::Create(
+      "h2", "t", at::randn({16, 2, 8}), at::randn({16, 2}), at::randn({2, 8}))};
   expect_error(wrong_heads, raw.item,
                "query heads: model 'h2' expects 2, got 4");
   ScoreSpec alibi = spec;
-  alibi.bias = BiasKind::kAlibi;
-  alibi.alibi_slopes = {1, 2};
+  alibi.bias = AlibiBias{{1, 2}};
   expect_error(alibi, raw.item, "alibi.slopes: expected 4 values");
-  alibi.alibi_slopes = {};
+  alibi.bias = AlibiBias{};
   alibi.scale = -1.0f;
   expect_error(alibi, raw.item, "scale: expected a finite value > 0, got -1");
   // Causal needs Lq <= Lk.
@@ -428,7 +439,7 @@ TEST_F(ScorerTest, ValidationNamesFieldExpectedAndActual) {
                "causal: query length 6 exceeds key length 5");
   // NaN and Inf inputs, in every dtype.
   ScoreSpec plain = spec;
-  plain.bias = BiasKind::kAlibi;
+  plain.bias = AlibiBias{};
   std::string q = raw.q;
   const float nan = std::nanf("");
   std::memcpy(q.data() + 12, &nan, 4);
@@ -467,40 +478,93 @@ TEST_F(ScorerTest, ValidationNamesFieldExpectedAndActual) {
   expect_error(plain, item, "key.dtype: expected F32");
 }
 
+// A RelativeModel that is not the ATen one (as a service test might use): the
+// API accepts it, the ATen scorer refuses it with a status.
+class StandInModel final : public RelativeModel {
+ public:
+  explicit StandInModel(RelativeModelInfo info)
+      : RelativeModel(std::move(info)) {}
+};
+
+// ValidateItem and BatchKey visit both Bias alternatives; the key's layout is
+// pinned (the batcher groups by it).
+TEST_F(ScorerTest, ValidateItemAndBatchKeyCoverBothBiasKinds) {
+  Case c = RandomCase(2, 4, 3, 5, 8, 8);
+  Raw raw = MakeRaw(c, Layout::kBHSD);
+  const ScoreSpec relative = Spec(c, Layout::kBHSD, true);
+  ASSERT_TRUE(std::holds_alternative<RelativeBias>(relative.bias));
+  ScoreSpec alibi = relative;
+  alibi.bias = AlibiBias{};
+  EXPECT_TRUE(ValidateItem(relative, raw.item).ok());
+  EXPECT_TRUE(ValidateItem(alibi, raw.item).ok());
+  EXPECT_EQ(BatchKey(alibi, raw.item),
+            "alibi|0|4|8|8|3|5|F32|BHSD|1|111|F32||");
+  EXPECT_EQ(
+      BatchKey(relative, raw.item),
+      absl::StrCat("rel|", c.model->id(), "|4|8|8|3|5|F32|BHSD|1|111|F32||"));
+
+  // Explicit slopes are part of the key, bit for bit.
+  ScoreSpec sloped = alibi;
+  sloped.bias = AlibiBias{{0.5f, 0.25f, 0.125f, 0.0625f}};
+  EXPECT_TRUE(ValidateItem(sloped, raw.item).ok());
+  std::string want = "alibi|0|4|8|8|3|5|F32|BHSD|1|111|F32||";
+  const std::vector<float>& slopes = std::get<AlibiBias>(sloped.bias).slopes;
+  want.append(reinterpret_cast<const char*>(slopes.data()),
+              slopes.size() * sizeof(float));
+  EXPECT_EQ(BatchKey(sloped, raw.item), want);
+
+  // Another model with the same tensors is another key.
+  ScoreSpec twin = relative;
+  twin.bias = RelativeBias{*AtenRelativeModel::Create(
+      "m", "test", c.model->key_pos_embeddings(), c.model->key_pos_bias(),
+      c.model->query_pos_bias())};
+  EXPECT_NE(BatchKey(twin, raw.item), BatchKey(relative, raw.item));
+
+  ScoreSpec none = relative;
+  none.bias = RelativeBias{};
+  EXPECT_EQ(ValidateItem(none, raw.item).message(),
+            "relative.model: expected a loaded parameter set, got none");
+  EXPECT_EQ(BatchKey(none, raw.item), "rel|0|4|8|8|3|5|F32|BHSD|1|111|F32||");
+
+  ScoreSpec stand_in = relative;
+  stand_in.bias =
+      RelativeBias{std::make_shared<const StandInModel>(c.model->info())};
+  EXPECT_TRUE(ValidateItem(stand_in, raw.item).ok());
+  EXPECT_NE(BatchKey(stand_in, raw.item), BatchKey(relative, raw.item));
+  absl::StatusOr<std::vector<ScoreResult>> out =
+      scorer_->ScoreBatch(stand_in, absl::MakeConstSpan(&raw.item, 1));
+  EXPECT_EQ(out.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(out.status().message()),
+              HasSubstr("relative.model: 'm' was not loaded by this scorer"));
+}
+
 TEST(ScorerCreateTest, DevicesAndThreads) {
-  absl::StatusOr<std::unique_ptr<Scorer>> cpu = Scorer::Create({"cpu", 2});
+  absl::StatusOr<std::unique_ptr<Scorer>> cpu = CreateAtenScorer({"cpu", 2});
   ASSERT_TRUE(cpu.ok()) << cpu.status();
   EXPECT_EQ((*cpu)->device(), "cpu");
   EXPECT_EQ(at::get_num_threads(),
             2);  // set explicitly, not LibTorch's default
-  absl::StatusOr<std::unique_ptr<Scorer>> cuda = Scorer::Create({"cuda:0", 0});
+  absl::StatusOr<std::unique_ptr<Scorer>> cuda =
+      CreateAtenScorer({"cuda:0", 0});
   if (!at::hasCUDA()) {
     EXPECT_EQ(cuda.status().code(), absl::StatusCode::kFailedPrecondition);
     EXPECT_THAT(std::string(cuda.status().message()),
                 HasSubstr("CUDA is not available"));
   }
-  EXPECT_EQ(Scorer::Create({"tpu", 0}).status().code(),
+  EXPECT_EQ(CreateAtenScorer({"tpu", 0}).status().code(),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(Scorer::Create({"cpu", -1}).status().code(),
+  EXPECT_EQ(CreateAtenScorer({"cpu", -1}).status().code(),
             absl::StatusCode::kInvalidArgument);
 }
 
 class ParameterFileTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    dir_ = std::filesystem::temp_directory_path() /
-           ("attnscore_params_" + std::to_string(::getpid()) + "_" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    std::filesystem::remove_all(dir_);
-    std::filesystem::create_directories(dir_);
-  }
-  void TearDown() override { std::filesystem::remove_all(dir_); }
-
   static void AddTensor(SafetensorsWriter& writer, const std::string& name,
                         const at::Tensor& t) {
     ASSERT_TRUE(writer.Add(name, "F32", t.sizes().vec(), Bytes(t)).ok());
   }
-  std::filesystem::path dir_;
+  attnscore::testing::TempDir temp_{"attnscore_params_"};
+  std::filesystem::path dir_ = temp_.path();
 };
 
 TEST_F(ParameterFileTest, SafetensorsRoundTripWithPrefixAndDirectoryLoad) {
@@ -518,9 +582,11 @@ TEST_F(ParameterFileTest, SafetensorsRoundTripWithPrefixAndDirectoryLoad) {
   absl::StatusOr<std::shared_ptr<const RelativeModel>> model =
       LoadRelativeModel(path, "xl", "layers.3.attn.");
   ASSERT_TRUE(model.ok()) << model.status();
-  EXPECT_TRUE(at::equal((*model)->key_pos_embeddings(), e));
-  EXPECT_TRUE(at::equal((*model)->key_pos_bias(), s));
-  EXPECT_TRUE(at::equal((*model)->query_pos_bias(), u));
+  const AtenRelativeModel* aten = AsAten(**model);
+  ASSERT_NE(aten, nullptr);
+  EXPECT_TRUE(at::equal(aten->key_pos_embeddings(), e));
+  EXPECT_TRUE(at::equal(aten->key_pos_bias(), s));
+  EXPECT_TRUE(at::equal(aten->query_pos_bias(), u));
   EXPECT_EQ((*model)->info().max_relative_positions, 4);
   // Without a prefix, a unique nested match is found.
   ASSERT_TRUE(LoadRelativeModel(path, "xl").ok());
@@ -529,8 +595,36 @@ TEST_F(ParameterFileTest, SafetensorsRoundTripWithPrefixAndDirectoryLoad) {
       LoadModelDir(dir_.string());
   ASSERT_TRUE(set.ok()) << set.status();
   ASSERT_NE((*set)->Find("xl"), nullptr);
-  EXPECT_EQ(GetInfo(*(*set)->Find("xl")).heads, 2);
+  EXPECT_EQ((*set)->Find("xl")->info().heads, 2);
   EXPECT_EQ((*set)->Find("missing"), nullptr);
+}
+
+// Moved from tests/service (RelativeValidationTest::SetUp and
+// ListModelsAndRelativeRequests), which now use stand-in models so that they do
+// not link LibTorch: what LoadModelDir reports for those two files.
+TEST_F(ParameterFileTest, LoadModelDirDescribesSmallFloatFiles) {
+  for (const auto& [name, p] :
+       {std::pair<std::string, int64_t>{"small", 6}, {"tiny", 8}}) {
+    SafetensorsWriter writer;  // H=2, D=8
+    AddTensor(writer, "key_pos_embeddings", at::full({2 * p, 2, 8}, 0.1f));
+    AddTensor(writer, "key_pos_bias", at::full({2 * p, 2}, 0.2f));
+    AddTensor(writer, "query_pos_bias", at::full({2, 8}, 0.3f));
+    ASSERT_TRUE(writer.Write((dir_ / (name + ".safetensors")).string()).ok());
+  }
+  absl::StatusOr<std::shared_ptr<const ModelSet>> set =
+      LoadModelDir(dir_.string());
+  ASSERT_TRUE(set.ok()) << set.status();
+  ASSERT_EQ((*set)->models.size(), 2u);
+  for (const auto& [name, p] :
+       {std::pair<std::string, int64_t>{"small", 6}, {"tiny", 8}}) {
+    std::shared_ptr<const RelativeModel> model = (*set)->Find(name);
+    ASSERT_NE(model, nullptr) << name;
+    EXPECT_EQ(model->info().name, name);
+    EXPECT_EQ(model->info().heads, 2);
+    EXPECT_EQ(model->info().head_dim, 8);
+    EXPECT_EQ(model->info().max_relative_positions, p);
+    EXPECT_THAT(model->info().source, HasSubstr(name + ".safetensors"));
+  }
 }
 
 TEST_F(ParameterFileTest, BadShapesNameFileTensorAndExpectedShape) {
@@ -566,36 +660,8 @@ TEST_F(ParameterFileTest, LabmlStateDictRoundTrip) {
   // torch.save(module.state_dict()).
   const std::string pt = (dir_ / "labml.pt").string();
   const std::string ref = (dir_ / "labml_ref.safetensors").string();
-  const std::string script = (dir_ / "make.py").string();
-  FILE* f = std::fopen(script.c_str(), "w");
-  ASSERT_NE(f, nullptr);
-  std::fputs(R"PY(
-import sys, torch
-from safetensors.torch import save_file
-torch.manual_seed(0)
-try:
-    from labml_nn.transformers.xl.relative_mha import RelativeMultiHeadAttention
-    m = RelativeMultiHeadAttention(heads=4, d_model=32, dropout_prob=0.0)
-    # labml initialises the position biases to zero; make them informative.
-    with torch.no_grad():
-        for p in m.parameters(): p.normal_()
-except ImportError:
-    class M(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.key_pos_embeddings = torch.nn.Parameter(torch.randn(2 * 2**10, 4, 8))
-            self.key_pos_bias = torch.nn.Parameter(torch.randn(2 * 2**10, 4))
-            self.query_pos_bias = torch.nn.Parameter(torch.randn(4, 8))
-            self.output = torch.nn.Linear(32, 32)
-    m = M()
-sd = m.state_dict()
-torch.save(sd, sys.argv[1])
-save_file({k: sd[k].contiguous() for k in ('key_pos_embeddings', 'key_pos_bias', 'query_pos_bias')}, sys.argv[2])
-)PY",
-             f);
-  std::fclose(f);
-  const std::string cmd =
-      std::string(ATTNSCORE_VENV_PYTHON) + " " + script + " " + pt + " " + ref;
+  const std::string cmd = std::string(ATTNSCORE_VENV_PYTHON) + " " +
+                          ATTNSCORE_LABML_FIXTURE_SCRIPT + " " + pt + " " + ref;
   ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
   absl::StatusOr<std::shared_ptr<const RelativeModel>> from_pt =
       LoadRelativeModel(pt, "labml");
@@ -603,12 +669,15 @@ save_file({k: sd[k].contiguous() for k in ('key_pos_embeddings', 'key_pos_bias',
   absl::StatusOr<std::shared_ptr<const RelativeModel>> from_st =
       LoadRelativeModel(ref, "labml");
   ASSERT_TRUE(from_st.ok()) << from_st.status();
-  EXPECT_TRUE(at::equal((*from_pt)->key_pos_embeddings(),
-                        (*from_st)->key_pos_embeddings()));
+  const AtenRelativeModel* pt_model = AsAten(**from_pt);
+  const AtenRelativeModel* st_model = AsAten(**from_st);
+  ASSERT_NE(pt_model, nullptr);
+  ASSERT_NE(st_model, nullptr);
+  EXPECT_TRUE(at::equal(pt_model->key_pos_embeddings(),
+                        st_model->key_pos_embeddings()));
+  EXPECT_TRUE(at::equal(pt_model->key_pos_bias(), st_model->key_pos_bias()));
   EXPECT_TRUE(
-      at::equal((*from_pt)->key_pos_bias(), (*from_st)->key_pos_bias()));
-  EXPECT_TRUE(
-      at::equal((*from_pt)->query_pos_bias(), (*from_st)->query_pos_bias()));
+      at::equal(pt_model->query_pos_bias(), st_model->query_pos_bias()));
   EXPECT_EQ((*from_pt)->info().heads, 4);
 }
 

@@ -1,0 +1,368 @@
+#include "server/scoring/aten_scorer.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/detail/CUDAHooksInterface.h>
+#include <c10/core/StreamGuard.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <thread>
+#include <utility>
+#include <variant>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "common/aten_dtype.h"
+#include "common/layout.h"
+#include "common/overloaded.h"
+#include "server/scoring/alibi.h"
+#include "server/scoring/attention.h"
+#include "server/scoring/relative_model.h"
+
+namespace attnscore::scoring {
+namespace {
+
+// Bias and mask tensors reused across requests; 512 MiB holds e.g. 8 heads of
+// 2048x2048.
+constexpr size_t kStaticBiasCacheBytes = size_t{512} << 20;
+
+at::Tensor Wrap(const TensorRef& t) {
+  // The request owns the bytes; compute reads them in place (no copy for a
+  // float32 batch of one).
+  return at::from_blob(const_cast<void*>(t.data), t.shape,
+                       at::TensorOptions().dtype(ToScalarType(t.dtype)));
+}
+
+// Stacks the items' tensors along the batch axis as float32, on `device`. A
+// single float32 CPU item is used in place.
+at::Tensor Gather(absl::Span<const ScoreItem> items,
+                  const TensorRef& (*pick)(const ScoreItem&), Layout layout,
+                  const at::Device& device) {
+  if (items.size() == 1 && pick(items[0]).dtype == DType::kFloat32 &&
+      device.is_cpu()) {
+    return Wrap(pick(items[0]));
+  }
+  const int64_t axis = BatchAxis(layout);
+  std::vector<int64_t> shape = pick(items[0]).shape;
+  int64_t total = 0;
+  for (const ScoreItem& item : items) total += pick(item).shape[axis];
+  shape[axis] = total;
+  // Pinned host staging lets a CUDA copy run asynchronously.
+  at::Tensor out = at::empty(
+      shape,
+      at::TensorOptions().dtype(at::kFloat).pinned_memory(device.is_cuda()));
+  int64_t offset = 0;
+  for (const ScoreItem& item : items) {
+    const TensorRef& t = pick(item);
+    out.narrow(axis, offset, t.shape[axis]).copy_(Wrap(t));
+    offset += t.shape[axis];
+  }
+  return device.is_cpu() ? out : out.to(device, /*non_blocking=*/true);
+}
+
+const TensorRef& PickQuery(const ScoreItem& item) { return item.query; }
+const TensorRef& PickKey(const ScoreItem& item) { return item.key; }
+const TensorRef& PickValue(const ScoreItem& item) { return *item.value; }
+
+// The items stacked along the batch axis, canonical [B,H,S,D] views.
+struct Batch {
+  at::Tensor query;                  // [B,H,Lq,D]
+  at::Tensor key;                    // [B,H,Lk,D]
+  at::Tensor value;                  // [B,H,Lk,Dv] (when context is wanted)
+  std::vector<int32_t> key_lengths;  // [B], or empty when no item has any
+  std::vector<int64_t> item_batch;   // each item's B, in order
+};
+
+Batch GatherBatch(const ScoreSpec& spec, absl::Span<const ScoreItem> items,
+                  const at::Device& device) {
+  Batch batch;
+  const int64_t key_len = DimsOf(items[0].key.shape, spec.layout).seq;
+  const bool any_lengths = std::any_of(
+      items.begin(), items.end(),
+      [](const ScoreItem& item) { return !item.key_lengths.empty(); });
+  for (const ScoreItem& item : items) {
+    const int64_t b = DimsOf(item.query.shape, spec.layout).batch;
+    batch.item_batch.push_back(b);
+    if (!any_lengths) continue;
+    // An item without lengths sees every key.
+    if (item.key_lengths.empty()) {
+      batch.key_lengths.insert(batch.key_lengths.end(), b,
+                               static_cast<int32_t>(key_len));
+    } else {
+      batch.key_lengths.insert(batch.key_lengths.end(),
+                               item.key_lengths.begin(),
+                               item.key_lengths.end());
+    }
+  }
+  batch.query =
+      ToCanonical(Gather(items, PickQuery, spec.layout, device), spec.layout);
+  batch.key =
+      ToCanonical(Gather(items, PickKey, spec.layout, device), spec.layout);
+  if (spec.want_context) {
+    batch.value =
+        ToCanonical(Gather(items, PickValue, spec.layout, device), spec.layout);
+  }
+  return batch;
+}
+
+// Hands out per-item views of a batch output without copying when each item's
+// rows are contiguous in it (batch-major), else a contiguous copy of the item's
+// slice.
+class Splitter {
+ public:
+  Splitter(at::Tensor batch_output, DType dtype, int64_t axis)
+      : owner_(std::make_shared<at::Tensor>(std::move(batch_output))),
+        dtype_(dtype),
+        axis_(axis) {}
+
+  OutputTensor Slice(int64_t offset, int64_t count) const {
+    at::Tensor slice = owner_->narrow(axis_, offset, count);
+    OutputTensor out;
+    out.dtype = dtype_;
+    out.shape.assign(slice.sizes().begin(), slice.sizes().end());
+    if (slice.is_contiguous()) {
+      out.data = slice.data_ptr();
+      out.size_bytes = slice.nbytes();
+      out.keepalive = owner_;
+    } else {
+      auto copy = std::make_shared<at::Tensor>(slice.contiguous());
+      out.data = copy->data_ptr();
+      out.size_bytes = copy->nbytes();
+      out.keepalive = std::move(copy);
+    }
+    return out;
+  }
+
+ private:
+  std::shared_ptr<at::Tensor> owner_;
+  DType dtype_;
+  int64_t axis_;
+};
+
+at::Tensor ToOutput(const at::Tensor& t, DType dtype) {
+  at::Tensor out = t.to(at::kCPU).to(ToScalarType(dtype));
+  return out.contiguous();
+}
+
+// One result per item, each viewing its rows of the batch outputs, converted
+// to the output dtype on the host.
+std::vector<ScoreResult> SplitResults(const ScoreSpec& spec,
+                                      const AttentionResult& result,
+                                      const std::vector<int64_t>& item_batch) {
+  std::vector<ScoreResult> results(item_batch.size());
+  auto split = [&](const at::Tensor& t, int64_t axis,
+                   std::optional<OutputTensor> ScoreResult::*field) {
+    Splitter splitter(ToOutput(t, spec.output_dtype), spec.output_dtype, axis);
+    int64_t offset = 0;
+    for (size_t i = 0; i < item_batch.size(); ++i) {
+      results[i].*field = splitter.Slice(offset, item_batch[i]);
+      offset += item_batch[i];
+    }
+  };
+  if (spec.want_logits) split(result.logits, 0, &ScoreResult::logits);
+  if (spec.want_probs) split(result.probs, 0, &ScoreResult::probs);
+  if (spec.want_context) {
+    split(FromCanonical(result.context, spec.layout), BatchAxis(spec.layout),
+          &ScoreResult::context);
+  }
+  return results;
+}
+
+// A request's bias resolved for the computation, with the device copy of a
+// relative model kept alive for as long as the computation uses it.
+struct DeviceBias {
+  ResolvedBias bias;
+  std::shared_ptr<const AtenRelativeModel> model;  // null for ALiBi
+};
+
+class ScorerImpl final : public Scorer {
+ public:
+  explicit ScorerImpl(at::Device device)
+      : device_(device), cache_(kStaticBiasCacheBytes) {}
+
+  absl::StatusOr<std::vector<ScoreResult>> ScoreBatch(
+      const ScoreSpec& spec, absl::Span<const ScoreItem> items) override {
+    if (items.empty()) return std::vector<ScoreResult>();
+    // The compute boundary: LibTorch reports failures (including out of memory)
+    // as exceptions.
+    try {
+      return ScoreBatchOrThrow(spec, items);
+    } catch (const c10::Error& e) {
+      return absl::InternalError(
+          absl::StrCat("scoring failed: ", e.what_without_backtrace()));
+    } catch (const std::exception& e) {
+      return absl::InternalError(absl::StrCat("scoring failed: ", e.what()));
+    }
+  }
+
+  std::string device() const override { return device_.str(); }
+
+ private:
+  absl::StatusOr<std::vector<ScoreResult>> ScoreBatchOrThrow(
+      const ScoreSpec& spec, absl::Span<const ScoreItem> items) {
+    // On a GPU each batch worker thread computes on a stream of its own, so
+    // concurrent batches overlap their copies and kernels; the CPU has none.
+    std::optional<c10::StreamGuard> stream_guard;
+    if (device_.is_cuda()) stream_guard.emplace(WorkerStream());
+    const Dims q = DimsOf(items[0].query.shape, spec.layout);
+    absl::StatusOr<DeviceBias> bias = ResolveBias(spec.bias, q.heads);
+    if (!bias.ok()) return bias.status();
+    const AttentionConfig config = MakeConfig(spec, q, bias->bias);
+    const Batch batch = GatherBatch(spec, items, device_);
+    const AttentionResult result =
+        ComputeAttention(batch.query, batch.key, batch.value, batch.key_lengths,
+                         config, &cache_);
+    return SplitResults(spec, result, batch.item_batch);
+  }
+
+  static AttentionConfig MakeConfig(const ScoreSpec& spec, const Dims& q,
+                                    ResolvedBias bias) {
+    AttentionConfig config;
+    config.bias = std::move(bias);
+    config.causal = spec.causal;
+    config.want_probs = spec.want_probs;
+    config.want_context = spec.want_context;
+    config.scale = spec.scale.has_value()
+                       ? *spec.scale
+                       : 1.0 / std::sqrt(static_cast<double>(q.dim));
+    return config;
+  }
+
+  // ALiBi: the given slopes or the paper's for H heads. Relative: the ATen
+  // model on this scorer's device.
+  absl::StatusOr<DeviceBias> ResolveBias(const Bias& bias, int64_t heads) {
+    return std::visit(
+        Overloaded{
+            [&](const AlibiBias& alibi) -> absl::StatusOr<DeviceBias> {
+              return DeviceBias{
+                  ResolvedAlibi{alibi.slopes.empty() ? AlibiSlopes(heads)
+                                                     : alibi.slopes},
+                  nullptr};
+            },
+            [&](const RelativeBias& relative) {
+              return ResolveRelative(relative);
+            },
+        },
+        bias);
+  }
+
+  absl::StatusOr<DeviceBias> ResolveRelative(const RelativeBias& relative) {
+    if (relative.model == nullptr) {
+      return absl::InvalidArgumentError("relative.model: not loaded");
+    }
+    std::shared_ptr<const AtenRelativeModel> model = AsAten(relative.model);
+    if (model == nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "relative.model: '", relative.model->info().name,
+          "' was not loaded by this scorer's loader (model_loader.h)"));
+    }
+    if (!device_.is_cpu()) {
+      absl::StatusOr<std::shared_ptr<const AtenRelativeModel>> moved =
+          OnDevice(model);
+      if (!moved.ok()) return moved.status();
+      model = *std::move(moved);
+    }
+    const AtenRelativeModel* raw = model.get();
+    return DeviceBias{ResolvedRelative{raw}, std::move(model)};
+  }
+
+  // Parameters follow the compute: one device copy per loaded model, made on
+  // first use and dropped when the model is (a reload replaces the set).
+  absl::StatusOr<std::shared_ptr<const AtenRelativeModel>> OnDevice(
+      const std::shared_ptr<const AtenRelativeModel>& model) {
+    std::lock_guard<std::mutex> lock(device_models_mu_);
+    for (auto it = device_models_.begin(); it != device_models_.end();) {
+      it =
+          it->second.first.expired() ? device_models_.erase(it) : std::next(it);
+    }
+    auto it = device_models_.find(model->id());
+    if (it != device_models_.end()) return it->second.second;
+    absl::StatusOr<std::shared_ptr<const AtenRelativeModel>> moved =
+        AtenRelativeModel::Create(model->info().name, model->info().source,
+                                  model->key_pos_embeddings().to(device_),
+                                  model->key_pos_bias().to(device_),
+                                  model->query_pos_bias().to(device_));
+    if (moved.ok()) device_models_[model->id()] = {model, *moved};
+    return moved;
+  }
+
+  // This thread's stream on device_, taken from the device's pool on first
+  // use (device-generic c10 API: builds without CUDA, runs with it).
+  c10::Stream WorkerStream() const {
+    thread_local std::map<c10::DeviceIndex, c10::Stream> streams;
+    auto it = streams.find(device_.index());
+    if (it == streams.end()) {
+      it = streams
+               .emplace(device_.index(),
+                        c10::impl::getDeviceGuardImpl(device_.type())
+                            ->getStreamFromGlobalPool(device_))
+               .first;
+    }
+    return it->second;
+  }
+
+  const at::Device device_;
+  StaticBiasCache cache_;
+  std::mutex device_models_mu_;
+  std::map<uint64_t, std::pair<std::weak_ptr<const AtenRelativeModel>,
+                               std::shared_ptr<const AtenRelativeModel>>>
+      device_models_;  // GUARDED_BY(device_models_mu_)
+};
+
+absl::Status BadDevice(const std::string& device) {
+  return absl::InvalidArgumentError(
+      absl::StrCat("device: expected cpu, cuda or cuda:N, got '", device, "'"));
+}
+
+// "cpu", "cuda" (cuda:0) or "cuda:N", checked against what this process sees.
+absl::StatusOr<at::Device> ParseDevice(const std::string& name) {
+  at::Device device(at::kCPU);
+  try {
+    device = at::Device(name);
+  } catch (const c10::Error&) {
+    return BadDevice(name);
+  }
+  if (device.is_cpu()) return device;
+  if (!device.is_cuda()) return BadDevice(name);
+  const auto& hooks = at::detail::getCUDAHooks();
+  if (!hooks.hasCUDA()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "device '", name,
+        "' requested, but CUDA is not available: this LibTorch build ",
+        "has no CUDA support or no GPU is visible; use --device cpu"));
+  }
+  const int count = hooks.getNumGPUs();
+  if (!device.has_index()) device.set_index(0);  // "cuda" means cuda:0
+  if (device.index() >= count) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("device '", name, "' requested, but only ", count,
+                     " CUDA device(s) are visible"));
+  }
+  return device;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Scorer>> CreateAtenScorer(
+    const ScorerOptions& options) {
+  absl::StatusOr<at::Device> device = ParseDevice(options.device);
+  if (!device.ok()) return device.status();
+  if (options.intra_op_threads < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "intra_op_threads: expected >= 0, got ", options.intra_op_threads));
+  }
+  // Debian's LibTorch starts with one intra-op thread; set it explicitly.
+  const int threads =
+      options.intra_op_threads > 0
+          ? options.intra_op_threads
+          : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  at::set_num_threads(threads);
+  return std::unique_ptr<Scorer>(new ScorerImpl(*device));
+}
+
+}  // namespace attnscore::scoring

@@ -1,0 +1,338 @@
+#include "server/scoring/validation.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/types/span.h"
+#include "common/dtype.h"
+#include "common/layout.h"
+#include "common/overloaded.h"
+
+namespace attnscore::scoring {
+namespace {
+
+// More elements than any request could carry: refused before the byte count
+// is multiplied out.
+constexpr uint64_t kMaxElements = uint64_t{1} << 40;
+
+std::string ShapeString(const std::vector<int64_t>& shape) {
+  return absl::StrCat("[", absl::StrJoin(shape, ","), "]");
+}
+
+// Rank 4, positive dims, and exactly as many bytes as shape and dtype say.
+absl::Status CheckTensor(const char* field, const TensorRef& t, Layout layout) {
+  if (t.shape.size() != 4) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        field, ".shape: expected 4 dims ", LayoutAxes(layout), " for layout ",
+        LayoutName(layout), ", got ", ShapeString(t.shape)));
+  }
+  uint64_t count = 1;
+  for (size_t i = 0; i < t.shape.size(); ++i) {
+    if (t.shape[i] <= 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          field, ".shape[", i, "]: expected > 0, got ", t.shape[i]));
+    }
+    count *= static_cast<uint64_t>(t.shape[i]);
+    if (count > kMaxElements) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          field, ".shape: ", ShapeString(t.shape), " is implausibly large"));
+    }
+  }
+  const uint64_t expected = count * ElementSize(t.dtype);
+  if (t.size_bytes != expected) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        field, ".data: expected ", expected, " bytes for ", DTypeName(t.dtype),
+        " ", ShapeString(t.shape), ", got ", t.size_bytes));
+  }
+  return absl::OkStatus();
+}
+
+// Index of the first element whose exponent bits are all ones (NaN or Inf), or
+// `count`. Scans blocks without an early exit so the compiler vectorises the
+// common all-finite case; only a block that has one is searched element-wise.
+// Loads go through memcpy: request bytes need not be aligned.
+template <typename Word>
+size_t FirstNonFinite(const void* data, size_t count, Word exponent_mask) {
+  constexpr size_t kBlock = 2048;
+  const auto* bytes = static_cast<const unsigned char*>(data);
+  auto load = [bytes](size_t i) {
+    Word w;
+    std::memcpy(&w, bytes + i * sizeof(Word), sizeof(Word));
+    return w;
+  };
+  for (size_t begin = 0; begin < count; begin += kBlock) {
+    const size_t end = std::min(count, begin + kBlock);
+    bool any = false;
+    for (size_t i = begin; i < end; ++i) {
+      any |= (load(i) & exponent_mask) == exponent_mask;
+    }
+    if (!any) continue;
+    for (size_t i = begin; i < end; ++i) {
+      if ((load(i) & exponent_mask) == exponent_mask) return i;
+    }
+  }
+  return count;
+}
+
+// Finds the first NaN or Inf by its exponent bits, without converting.
+absl::Status CheckFinite(const char* field, const TensorRef& t) {
+  const size_t count = t.size_bytes / ElementSize(t.dtype);
+  size_t bad = count;
+  switch (t.dtype) {
+    case DType::kFloat32:
+      bad = FirstNonFinite<uint32_t>(t.data, count, 0x7f800000u);
+      break;
+    case DType::kFloat16:
+      bad = FirstNonFinite<uint16_t>(t.data, count, 0x7c00u);
+      break;
+    case DType::kBFloat16:
+      bad = FirstNonFinite<uint16_t>(t.data, count, 0x7f80u);
+      break;
+  }
+  if (bad == count) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrCat(field, ".data: expected finite values, got ",
+                   "NaN or Inf at flat index ", bad));
+}
+
+absl::Status Mismatch(const char* what, int64_t expected, int64_t actual) {
+  return absl::InvalidArgumentError(absl::StrCat(
+      what, ": expected ", expected, " (from query), got ", actual));
+}
+
+absl::Status CheckSameDType(const char* field, DType expected, DType actual) {
+  if (actual == expected) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrCat(field, ".dtype: expected ", DTypeName(expected),
+                   " (the query's), got ", DTypeName(actual)));
+}
+
+// Query and key: well-formed, same dtype, same B, H and D.
+absl::Status CheckQueryAndKey(const ScoreSpec& spec, const ScoreItem& item) {
+  if (absl::Status s = CheckTensor("query", item.query, spec.layout); !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = CheckTensor("key", item.key, spec.layout); !s.ok()) {
+    return s;
+  }
+  const Dims q = DimsOf(item.query.shape, spec.layout);
+  const Dims k = DimsOf(item.key.shape, spec.layout);
+  if (absl::Status s = CheckSameDType("key", item.query.dtype, item.key.dtype);
+      !s.ok()) {
+    return s;
+  }
+  if (k.batch != q.batch) return Mismatch("key batch size", q.batch, k.batch);
+  if (k.heads != q.heads) return Mismatch("key heads", q.heads, k.heads);
+  if (k.dim != q.dim) return Mismatch("key head_dim", q.dim, k.dim);
+  return absl::OkStatus();
+}
+
+// The value, when present: well-formed, the query's dtype, B and H, the key's
+// length. Required for the context output.
+absl::Status CheckValue(const ScoreSpec& spec, const ScoreItem& item) {
+  if (!item.value.has_value()) {
+    if (!spec.want_context) return absl::OkStatus();
+    return absl::InvalidArgumentError(
+        "value: required for the CONTEXT output, got none");
+  }
+  if (absl::Status s = CheckTensor("value", *item.value, spec.layout);
+      !s.ok()) {
+    return s;
+  }
+  const Dims q = DimsOf(item.query.shape, spec.layout);
+  const Dims k = DimsOf(item.key.shape, spec.layout);
+  const Dims v = DimsOf(item.value->shape, spec.layout);
+  if (absl::Status s =
+          CheckSameDType("value", item.query.dtype, item.value->dtype);
+      !s.ok()) {
+    return s;
+  }
+  if (v.batch != q.batch) return Mismatch("value batch size", q.batch, v.batch);
+  if (v.heads != q.heads) return Mismatch("value heads", q.heads, v.heads);
+  if (v.seq != k.seq) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("value sequence length: expected ", k.seq,
+                     " (the key's), got ", v.seq));
+  }
+  return absl::OkStatus();
+}
+
+// key_lengths: none, or one per batch item within [0, Lk].
+absl::Status CheckKeyLengths(const ScoreItem& item, const Dims& q,
+                             const Dims& k) {
+  if (item.key_lengths.empty()) return absl::OkStatus();
+  if (static_cast<int64_t>(item.key_lengths.size()) != q.batch) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "key_lengths: expected ", q.batch, " values (one per batch item), got ",
+        item.key_lengths.size()));
+  }
+  for (size_t b = 0; b < item.key_lengths.size(); ++b) {
+    const int32_t len = item.key_lengths[b];
+    if (len < 0 || len > k.seq) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("key_lengths[", b, "]: expected 0..", k.seq,
+                       " (the key length), got ", len));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Causal needs Lq <= Lk; an explicit scale must be finite and positive.
+absl::Status CheckCausalAndScale(const ScoreSpec& spec, const Dims& q,
+                                 const Dims& k) {
+  if (spec.causal && q.seq > k.seq) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "causal: query length ", q.seq, " exceeds key length ", k.seq,
+        "; causal attention needs query_len <= key_len (queries are the last "
+        "positions)"));
+  }
+  if (spec.scale.has_value() &&
+      !(std::isfinite(*spec.scale) && *spec.scale > 0)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("scale: expected a finite value > 0, got ", *spec.scale));
+  }
+  return absl::OkStatus();
+}
+
+// ALiBi: no slopes (the paper's), or one finite slope per head.
+absl::Status CheckAlibi(const AlibiBias& alibi, const Dims& q) {
+  if (alibi.slopes.empty()) return absl::OkStatus();
+  if (static_cast<int64_t>(alibi.slopes.size()) != q.heads) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "alibi.slopes: expected ", q.heads,
+        " values (one per head) or none, got ", alibi.slopes.size()));
+  }
+  for (size_t h = 0; h < alibi.slopes.size(); ++h) {
+    if (!std::isfinite(alibi.slopes[h])) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("alibi.slopes[", h, "]: expected a finite value, got ",
+                       alibi.slopes[h]));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// Relative: a loaded model whose H and D are the query's and whose P covers
+// both lengths.
+absl::Status CheckRelative(const RelativeBias& relative, const Dims& q,
+                           const Dims& k) {
+  if (relative.model == nullptr) {
+    return absl::InvalidArgumentError(
+        "relative.model: expected a loaded parameter set, got none");
+  }
+  const RelativeModelInfo& info = relative.model->info();
+  if (info.heads != q.heads) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("query heads: model '", info.name, "' expects ",
+                     info.heads, ", got ", q.heads));
+  }
+  if (info.head_dim != q.dim) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("query head_dim: model '", info.name, "' expects ",
+                     info.head_dim, ", got ", q.dim));
+  }
+  const int64_t longest = std::max(q.seq, k.seq);
+  if (longest > info.max_relative_positions) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "sequence length: model '", info.name,
+        "' has P = ", info.max_relative_positions,
+        " relative positions, expected query and key lengths <= P, got ",
+        longest));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckBias(const Bias& bias, const Dims& q, const Dims& k) {
+  return std::visit(
+      Overloaded{
+          [&](const AlibiBias& alibi) { return CheckAlibi(alibi, q); },
+          [&](const RelativeBias& relative) {
+            return CheckRelative(relative, q, k);
+          },
+      },
+      bias);
+}
+
+// Last, because it reads every byte: the inputs the computation will use hold
+// no NaN or Inf.
+absl::Status CheckInputsFinite(const ScoreSpec& spec, const ScoreItem& item) {
+  if (absl::Status s = CheckFinite("query", item.query); !s.ok()) return s;
+  if (absl::Status s = CheckFinite("key", item.key); !s.ok()) return s;
+  if (item.value.has_value() && spec.want_context) {
+    if (absl::Status s = CheckFinite("value", *item.value); !s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+// Appends the raw bytes of trivially copyable values: equal keys mean
+// bit-identical parameters.
+template <typename T>
+void AppendBytes(std::string* key, const T* data, size_t count) {
+  key->append(reinterpret_cast<const char*>(data), count * sizeof(T));
+}
+
+// What distinguishes one bias from another in a batch key.
+struct BiasIdentity {
+  const char* tag;
+  uint64_t model_id;               // relative: the model's id (0: none)
+  absl::Span<const float> slopes;  // ALiBi: as given (empty: the paper's)
+};
+
+BiasIdentity IdentityOf(const Bias& bias) {
+  return std::visit(Overloaded{
+                        [](const AlibiBias& alibi) {
+                          return BiasIdentity{"alibi", 0, alibi.slopes};
+                        },
+                        [](const RelativeBias& relative) {
+                          return BiasIdentity{"rel",
+                                              relative.model != nullptr
+                                                  ? relative.model->id()
+                                                  : 0,
+                                              {}};
+                        },
+                    },
+                    bias);
+}
+
+}  // namespace
+
+absl::Status ValidateItem(const ScoreSpec& spec, const ScoreItem& item) {
+  if (absl::Status s = CheckQueryAndKey(spec, item); !s.ok()) return s;
+  if (absl::Status s = CheckValue(spec, item); !s.ok()) return s;
+  const Dims q = DimsOf(item.query.shape, spec.layout);
+  const Dims k = DimsOf(item.key.shape, spec.layout);
+  if (absl::Status s = CheckKeyLengths(item, q, k); !s.ok()) return s;
+  if (absl::Status s = CheckCausalAndScale(spec, q, k); !s.ok()) return s;
+  if (absl::Status s = CheckBias(spec.bias, q, k); !s.ok()) return s;
+  return CheckInputsFinite(spec, item);
+}
+
+std::string BatchKey(const ScoreSpec& spec, const ScoreItem& item) {
+  const Dims q = DimsOf(item.query.shape, spec.layout);
+  const Dims k = DimsOf(item.key.shape, spec.layout);
+  const int64_t dv =
+      item.value.has_value() ? DimsOf(item.value->shape, spec.layout).dim : 0;
+  const BiasIdentity bias = IdentityOf(spec.bias);
+  std::string key =
+      absl::StrCat(bias.tag, "|", bias.model_id, "|", q.heads, "|", q.dim, "|",
+                   dv, "|", q.seq, "|", k.seq, "|", DTypeName(item.query.dtype),
+                   "|", LayoutName(spec.layout), "|", spec.causal, "|",
+                   spec.want_logits, spec.want_probs, spec.want_context, "|",
+                   DTypeName(spec.output_dtype), "|");
+  if (spec.scale.has_value()) {
+    const float scale = *spec.scale;
+    AppendBytes(&key, &scale, 1);
+  }
+  key += "|";
+  AppendBytes(&key, bias.slopes.data(), bias.slopes.size());
+  return key;
+}
+
+}  // namespace attnscore::scoring
