@@ -12,10 +12,9 @@ absl::StatusOr<std::unique_ptr<BatchSchedulerCore>> BatchSchedulerCore::Create(
     return absl::InvalidArgumentError(absl::StrCat(
         "max_batch_size must be >= 1, got ", options.max_batch_size));
   }
-  if (options.batch_timeout_micros < 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("batch_timeout_micros must be >= 0, got ",
-                     options.batch_timeout_micros));
+  if (options.max_queue_delay_us < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "max_queue_delay_us must be >= 0, got ", options.max_queue_delay_us));
   }
   if (options.max_enqueued_tasks < 1) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -136,10 +135,10 @@ void BatchSchedulerCore::CloseLocked(OpenList::iterator open) {
 int64_t BatchSchedulerCore::TimeoutAtMicros(const OpenBatch& open) const {
   // Saturate: a huge timeout must mean "never", not wrap into the past.
   if (open.opened_micros >
-      std::numeric_limits<int64_t>::max() - options_.batch_timeout_micros) {
+      std::numeric_limits<int64_t>::max() - options_.max_queue_delay_us) {
     return std::numeric_limits<int64_t>::max();
   }
-  return open.opened_micros + options_.batch_timeout_micros;
+  return open.opened_micros + options_.max_queue_delay_us;
 }
 
 void BatchSchedulerCore::WorkerLoop() {

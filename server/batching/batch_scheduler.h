@@ -1,6 +1,6 @@
 // The dynamic batcher: groups tasks with equal batch keys into batches of up to
 // `max_batch_size` items, closing a batch when it is full or when its oldest
-// task has waited `batch_timeout_micros`, and hands each closed batch to a
+// task has waited `max_queue_delay_us`, and hands each closed batch to a
 // callback on a worker thread. Modelled on TensorFlow Serving's BatchScheduler.
 // Knows nothing of LibTorch or gRPC.
 //
@@ -57,16 +57,19 @@ class BatchTask {
   virtual void Drop(const absl::Status& reason) = 0;
 };
 
+// The member initialisers are the server's defaults: attnscore-server's flags
+// (--max-batch-size, --max-queue-delay-us, --max-queue, --batch-workers) take
+// theirs from a default-constructed BatchSchedulerOptions.
 struct BatchSchedulerOptions {
   // Most items (sum of task sizes) per batch. A single task larger than this
   // runs alone.
   size_t max_batch_size = 32;
   // How long the oldest task of an open batch waits for company before the
-  // batch is closed.
-  int64_t batch_timeout_micros = 1000;
+  // batch is closed, in Clock microseconds.
+  int64_t max_queue_delay_us = 2000;
   // Most tasks waiting (queued, not yet handed to a worker); beyond it Schedule
   // is UNAVAILABLE.
-  size_t max_enqueued_tasks = 1024;
+  size_t max_enqueued_tasks = 256;
   // Worker threads that run the callback.
   int num_batch_threads = 1;
 };
@@ -79,7 +82,7 @@ class BatchSchedulerCore;
 //
 // A batch for a key is closed when adding the next task of that key would push
 // it past `max_batch_size` items (so it closes exactly at `max_batch_size`), or
-// when its oldest task has waited `batch_timeout_micros` by the Clock. A single
+// when its oldest task has waited `max_queue_delay_us` by the Clock. A single
 // task larger than `max_batch_size` runs alone. Closed batches are handed to
 // the callback in closing order; batches closed together (timeouts, Shutdown)
 // go in order of their oldest task's arrival, so no key starves. Before a batch
@@ -98,7 +101,7 @@ class BatchScheduler {
       std::function<void(std::vector<std::unique_ptr<TaskType>> batch)>;
 
   // INVALID_ARGUMENT naming the option for bad options (max_batch_size 0,
-  // negative batch_timeout_micros, num_batch_threads < 1, max_enqueued_tasks
+  // negative max_queue_delay_us, num_batch_threads < 1, max_enqueued_tasks
   // 0), a null clock or an empty callback. `clock` is not owned and must
   // outlive the scheduler. Starts the worker threads.
   static absl::StatusOr<std::unique_ptr<BatchScheduler>> Create(

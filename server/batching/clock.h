@@ -1,4 +1,5 @@
-// Time for the batcher, injected so that timeouts are tested with a fake clock, not sleeps.
+// Time for the batcher, injected so that timeouts are tested with a fake clock,
+// not sleeps.
 //
 // Thread safety: every method may be called from any thread.
 #ifndef ATTNSCORE_SERVER_BATCHING_CLOCK_H_
@@ -15,9 +16,11 @@ class Clock {
   virtual ~Clock() = default;
   // Monotonic time in microseconds.
   virtual int64_t NowMicros() const = 0;
-  // Waits on `cv` (with `lock` held on entry and exit) until it is notified or this clock reaches
-  // `deadline_micros`, whichever is first. Spurious wake-ups are allowed.
-  virtual void WaitUntil(std::condition_variable& cv, std::unique_lock<std::mutex>& lock,
+  // Waits on `cv` (with `lock` held on entry and exit) until it is notified or
+  // this clock reaches `deadline_micros`, whichever is first. Spurious wake-ups
+  // are allowed.
+  virtual void WaitUntil(std::condition_variable& cv,
+                         std::unique_lock<std::mutex>& lock,
                          int64_t deadline_micros) = 0;
 };
 

@@ -16,13 +16,11 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "attnscore/version.h"
 #include "server/observability/logging.h"
+#include "server/scoring/validation.h"
 #include "server/service/response_encoder.h"
 #include "server/service/status_conversion.h"
-
-#ifndef ATTNSCORE_VERSION
-#define ATTNSCORE_VERSION "unknown"
-#endif
 
 namespace attnscore::service {
 namespace {
@@ -33,7 +31,8 @@ double Seconds(int64_t micros) { return static_cast<double>(micros) * 1e-6; }
 
 // One Score request or one ScoreStream message, from parsing to its answer.
 // Owns the parsed request, whose tensor bytes the validated ScoreItem points
-// into.
+// into. Thread safety: a task belongs to one thread at a time (the gRPC thread
+// that accepts it, then the batcher, then the worker that answers it).
 class AttentionScorerService::ScoreTask : public batching::BatchTask {
  public:
   ScoreTask(AttentionScorerService* service, Method method,
@@ -51,28 +50,73 @@ class AttentionScorerService::ScoreTask : public batching::BatchTask {
   }
 
   // Hands the answer to the caller: `response` when there is one (a result, or
-  // a stream's error message), else `status`. Called exactly once, by Answer().
+  // a stream's error message), else `status`. Takes `response`'s slices (leaves
+  // it empty): ByteBuffer has no move, and a copy would take a reference per
+  // slice. Called exactly once, by Answer().
   virtual void Deliver(const absl::Status& status,
-                       grpc::ByteBuffer response) = 0;
+                       grpc::ByteBuffer& response) = 0;
+
+  // Parses `request` (the one copy of its bytes: from gRPC's slices into the
+  // message's tensor strings, which the scorer then reads in place) and
+  // validates it against `limits` and `models`. INVALID_ARGUMENT for bytes
+  // that are not a ScoreRequest, else ValidateRequest's error.
+  absl::Status Prepare(const grpc::ByteBuffer& request,
+                       const RequestLimits& limits,
+                       const scoring::ModelSet& models);
+
+  // The validated spec. REQUIRES: Prepare() returned OK.
+  const scoring::ScoreSpec& spec() const { return validated_.spec; }
+  // Moves the validated item out (ScoreBatch wants the items contiguous); its
+  // tensor bytes stay in this task's request. REQUIRES: Prepare() returned OK.
+  scoring::ScoreItem TakeItem() { return std::move(validated_.item); }
+
+  // Accepted: scheduled, and counted in flight until answered.
+  void MarkAccepted(int64_t now_micros) {
+    accepted_ = true;
+    accepted_micros_ = now_micros;
+  }
+  void MarkNotAccepted() { accepted_ = false; }
+  bool accepted() const { return accepted_; }
+  int64_t accepted_micros() const { return accepted_micros_; }
 
   Method method() const { return method_; }
+  int64_t arrival_micros() const { return arrival_micros_; }
   const std::string& request_id() const { return request_.request_id(); }
 
  protected:
   AttentionScorerService* const service_;
 
  private:
-  friend class AttentionScorerService;
-
   const Method method_;
   const int64_t arrival_micros_;
   int64_t accepted_micros_ = 0;
-  bool accepted_ = false;  // scheduled: counted in flight
+  bool accepted_ = false;
   const int64_t deadline_micros_;
   v1::ScoreRequest request_;
   ValidatedRequest validated_;
   std::string batch_key_;
 };
+
+absl::Status AttentionScorerService::ScoreTask::Prepare(
+    const grpc::ByteBuffer& request, const RequestLimits& limits,
+    const scoring::ModelSet& models) {
+  // A ByteBuffer copy only takes references to the slices.
+  grpc::ByteBuffer slices(request);
+  grpc::ProtoBufferReader reader(&slices);
+  if (!reader.status().ok() || !request_.ParseFromZeroCopyStream(&reader)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "request: expected a serialized attnscore.v1.ScoreRequest, got ",
+        request.Length(), " bytes that do not parse as one"));
+  }
+  absl::StatusOr<ValidatedRequest> validated =
+      ValidateRequest(request_, limits, models);
+  if (!validated.ok()) return validated.status();
+  validated_ = *std::move(validated);
+  // BatchKey names the model object (its id), not just its name: requests on
+  // two loads of one model never share a batch.
+  batch_key_ = scoring::BatchKey(validated_.spec, validated_.item);
+  return absl::OkStatus();
+}
 
 class AttentionScorerService::UnaryScoreTask final : public ScoreTask {
  public:
@@ -94,8 +138,9 @@ class AttentionScorerService::UnaryScoreTask final : public ScoreTask {
            service_->clock_->NowMicros() < deadline_micros();
   }
 
-  void Deliver(const absl::Status& status, grpc::ByteBuffer response) override {
-    if (status.ok()) *response_ = std::move(response);
+  void Deliver(const absl::Status& status,
+               grpc::ByteBuffer& response) override {
+    if (status.ok()) response_->Swap(&response);
     reactor_->Finish(ToGrpcStatus(status));
   }
 
@@ -136,13 +181,13 @@ class AttentionScorerService::StreamReactor final
     ++pending_;
   }
 
-  // The answer to one pending request.
-  void Send(grpc::ByteBuffer response) {
+  // The answer to one pending request; takes `response`'s slices.
+  void Send(grpc::ByteBuffer& response) {
     Actions actions;
     {
       absl::MutexLock lock(&mutex_);
       --pending_;
-      if (!finished_) writes_.push_back(std::move(response));
+      if (!finished_) writes_.emplace_back().Swap(&response);
       actions = NextActionsLocked();
     }
     Run(actions);
@@ -281,9 +326,9 @@ class AttentionScorerService::StreamScoreTask final : public ScoreTask {
   bool cancelled() const override { return stream_->cancelled(); }
 
   void Deliver(const absl::Status& /*status*/,
-               grpc::ByteBuffer response) override {
+               grpc::ByteBuffer& response) override {
     // Errors arrive here already encoded as a response with `error` set.
-    stream_->Send(std::move(response));
+    stream_->Send(response);
   }
 
  private:
@@ -328,11 +373,11 @@ AttentionScorerService::Create(const ServiceOptions& options,
   std::unique_ptr<AttentionScorerService> service(
       new AttentionScorerService(options, scorer, models, metrics, clock));
   AttentionScorerService* raw = service.get();
-  absl::StatusOr<std::unique_ptr<Scheduler>> scheduler =
-      Scheduler::Create(options.batching, clock,
-                        [raw](std::vector<std::unique_ptr<ScoreTask>> batch) {
-                          raw->RunBatch(std::move(batch));
-                        });
+  absl::StatusOr<std::unique_ptr<Scheduler>> scheduler = Scheduler::Create(
+      options.batching, clock,
+      [raw](const std::vector<std::unique_ptr<ScoreTask>>& batch) {
+        raw->RunBatch(batch);
+      });
   if (!scheduler.ok()) return scheduler.status();
   service->scheduler_ = *std::move(scheduler);
   metrics->registry().AddCallbackGauge(
@@ -380,10 +425,8 @@ absl::Status AttentionScorerService::WarmUp() {
   const std::shared_ptr<const scoring::ModelSet> models = models_->Current();
   for (const auto& [name, model] : models->models) {
     Probe probe{absl::StrCat("model \"", name, "\""), alibi,
-                scoring::GetInfo(*model).heads,
-                scoring::GetInfo(*model).head_dim};
-    probe.spec.bias = scoring::BiasKind::kRelative;
-    probe.spec.model = model;
+                model->info().heads, model->info().head_dim};
+    probe.spec.bias = scoring::RelativeBias{model};
     probes.push_back(std::move(probe));
   }
   for (const Probe& probe : probes) {
@@ -412,8 +455,9 @@ int64_t AttentionScorerService::DeadlineMicros(
     const grpc::CallbackServerContext& context) const {
   using std::chrono::system_clock;
   const system_clock::time_point deadline = context.deadline();
-  if (deadline == system_clock::time_point::max())
+  if (deadline == system_clock::time_point::max()) {
     return std::numeric_limits<int64_t>::max();
+  }
   const int64_t remaining =
       std::chrono::duration_cast<std::chrono::microseconds>(deadline -
                                                             system_clock::now())
@@ -443,57 +487,33 @@ AttentionScorerService::ScoreStream(grpc::CallbackServerContext* context) {
 void AttentionScorerService::Accept(std::unique_ptr<ScoreTask> task,
                                     const grpc::ByteBuffer& request) {
   metrics_->AddRequestBytes(task->method(), request.Length());
-  absl::Status status = Prepare(request, *task);
+  // The model set is pinned by the spec (shared_ptr), so a reload cannot change
+  // it under us.
+  absl::Status status =
+      task->Prepare(request, options_.limits, *models_->Current());
   if (status.ok()) {
     // Counted before Schedule: a worker may answer (and uncount) it before
     // Schedule returns.
-    task->accepted_ = true;
-    task->accepted_micros_ = clock_->NowMicros();
+    task->MarkAccepted(clock_->NowMicros());
     metrics_->AddInFlight(1);
     ScoreTask* raw = task.get();
     status = scheduler_->Schedule(&task);
     if (status.ok()) return;
-    raw->accepted_ = false;
+    raw->MarkNotAccepted();
     metrics_->AddInFlight(-1);
   }
   Answer(*task, status);
 }
 
-absl::Status AttentionScorerService::Prepare(const grpc::ByteBuffer& request,
-                                             ScoreTask& task) {
-  // The one copy of the input: from gRPC's slices into the message's tensor
-  // strings. The scorer reads those in place. (A ByteBuffer copy only takes
-  // references to the slices.)
-  grpc::ByteBuffer slices(request);
-  grpc::ProtoBufferReader reader(&slices);
-  if (!reader.status().ok() ||
-      !task.request_.ParseFromZeroCopyStream(&reader)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "request: expected a serialized attnscore.v1.ScoreRequest, got ",
-        request.Length(), " bytes that do not parse as one"));
-  }
-  // The model set is pinned by the spec (shared_ptr), so a reload cannot change
-  // it under us.
-  absl::StatusOr<ValidatedRequest> validated =
-      ValidateRequest(task.request_, options_.limits, *models_->Current());
-  if (!validated.ok()) return validated.status();
-  task.validated_ = *std::move(validated);
-  // BatchKey names the model object (its id), not just its name: requests on
-  // two loads of one model never share a batch.
-  task.batch_key_ =
-      scoring::BatchKey(task.validated_.spec, task.validated_.item);
-  return absl::OkStatus();
-}
-
 void AttentionScorerService::RunBatch(
-    std::vector<std::unique_ptr<ScoreTask>> batch) {
+    const std::vector<std::unique_ptr<ScoreTask>>& batch) {
   std::vector<scoring::ScoreItem> items;
   items.reserve(batch.size());
   // The items move out of their tasks: ScoreBatch wants them contiguous, and
   // nothing else needs them any more. The tensor bytes stay in the tasks'
   // requests.
   for (const std::unique_ptr<ScoreTask>& task : batch) {
-    items.push_back(std::move(task->validated_.item));
+    items.push_back(task->TakeItem());
   }
   ComputeAndAnswer(batch, items);
 }
@@ -505,10 +525,10 @@ void AttentionScorerService::ComputeAndAnswer(
   size_t batch_items = 0;
   for (const std::unique_ptr<ScoreTask>& task : tasks) {
     batch_items += task->size();
-    metrics_->ObserveQueue(Seconds(start - task->accepted_micros_));
+    metrics_->ObserveQueue(Seconds(start - task->accepted_micros()));
   }
   absl::StatusOr<std::vector<scoring::ScoreResult>> results =
-      scorer_->ScoreBatch(tasks.front()->validated_.spec, items);
+      scorer_->ScoreBatch(tasks.front()->spec(), items);
   const int64_t end = clock_->NowMicros();
   metrics_->ObserveBatch(batch_items, Seconds(end - start));
   if (results.ok() && results->size() != tasks.size()) {
@@ -531,7 +551,7 @@ void AttentionScorerService::ComputeAndAnswer(
       continue;
     }
     v1::Timing timing;
-    timing.set_queue_us(start - task.accepted_micros_);
+    timing.set_queue_us(start - task.accepted_micros());
     timing.set_compute_us(end - start);
     timing.set_batch_size(static_cast<int32_t>(batch_items));
     Answer(task, EncodeScoreResponse(task.request_id(), (*results)[i], timing));
@@ -543,15 +563,16 @@ void AttentionScorerService::Answer(ScoreTask& task,
   const absl::Status status = response.status();
   grpc::ByteBuffer buffer;
   if (response.ok()) {
-    buffer = *std::move(response);
+    buffer.Swap(&*response);
   } else if (task.method() == Method::kScoreStream) {
     buffer = EncodeErrorResponse(task.request_id(), status);
   }
-  const int64_t micros = clock_->NowMicros() - task.arrival_micros_;
+  const int64_t micros = clock_->NowMicros() - task.arrival_micros();
   metrics_->RecordRequest(task.method(), status, Seconds(micros));
-  if (buffer.Valid())
+  if (buffer.Valid()) {
     metrics_->AddResponseBytes(task.method(), buffer.Length());
-  if (task.accepted_) metrics_->AddInFlight(-1);
+  }
+  if (task.accepted()) metrics_->AddInFlight(-1);
 
   {
     // JSON logs carry it as a "request_id" member, text logs as
@@ -562,14 +583,14 @@ void AttentionScorerService::Answer(ScoreTask& task,
     switch (status.code()) {
       case absl::StatusCode::kOk:
         spdlog::debug("{} OK: B={} duration_us={} response_bytes={}", method,
-                      task.validated_.batch, micros, buffer.Length());
+                      task.size(), micros, buffer.Length());
         break;
       case absl::StatusCode::kInternal:
       case absl::StatusCode::kUnknown:
       case absl::StatusCode::kDataLoss:
         spdlog::error("{} {}: {}", method,
                       absl::StatusCodeToString(status.code()),
-                      std::string(status.message()));
+                      std::string{status.message()});
         break;
       case absl::StatusCode::kUnavailable:
       case absl::StatusCode::kCancelled:
@@ -578,16 +599,16 @@ void AttentionScorerService::Answer(ScoreTask& task,
         // flood the log exactly when the server is busiest.
         spdlog::debug("{} {}: {}", method,
                       absl::StatusCodeToString(status.code()),
-                      std::string(status.message()));
+                      std::string{status.message()});
         break;
       default:
         spdlog::info("{} {}: {}", method,
                      absl::StatusCodeToString(status.code()),
-                     std::string(status.message()));
+                     std::string{status.message()});
         break;
     }
   }
-  task.Deliver(status, std::move(buffer));
+  task.Deliver(status, buffer);
 }
 
 grpc::ServerUnaryReactor* AttentionScorerService::ListModels(
@@ -597,7 +618,7 @@ grpc::ServerUnaryReactor* AttentionScorerService::ListModels(
   const int64_t start = clock_->NowMicros();
   const std::shared_ptr<const scoring::ModelSet> models = models_->Current();
   for (const auto& [name, model] : models->models) {
-    const scoring::RelativeModelInfo& info = scoring::GetInfo(*model);
+    const scoring::RelativeModelInfo& info = model->info();
     v1::ModelInfo* out = response->add_models();
     out->set_name(name);
     out->set_source(info.source);
@@ -616,7 +637,7 @@ grpc::ServerUnaryReactor* AttentionScorerService::GetServerInfo(
     grpc::CallbackServerContext* context,
     const v1::GetServerInfoRequest* /*request*/, v1::ServerInfo* response) {
   const int64_t start = clock_->NowMicros();
-  response->set_version(ATTNSCORE_VERSION);
+  response->set_version(kVersion);
   response->set_device(scorer_->device());
   response->set_intra_op_threads(options_.intra_op_threads);
   v1::Limits* limits = response->mutable_limits();
@@ -628,7 +649,7 @@ grpc::ServerUnaryReactor* AttentionScorerService::GetServerInfo(
   v1::BatchingOptions* batching = response->mutable_batching();
   batching->set_max_batch_size(
       static_cast<int64_t>(options_.batching.max_batch_size));
-  batching->set_max_queue_delay_us(options_.batching.batch_timeout_micros);
+  batching->set_max_queue_delay_us(options_.batching.max_queue_delay_us);
   batching->set_max_queue(
       static_cast<int64_t>(options_.batching.max_enqueued_tasks));
   batching->set_batch_workers(options_.batching.num_batch_threads);

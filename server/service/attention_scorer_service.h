@@ -35,9 +35,11 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
 #include "attnscore/v1/attnscore.grpc.pb.h"
 #include "server/batching/batch_scheduler.h"
 #include "server/batching/clock.h"
@@ -48,13 +50,16 @@
 
 namespace attnscore::service {
 
-// The gRPC service name, also the readiness entry in grpc.health.v1.
-inline constexpr char kServiceName[] = "attnscore.v1.AttentionScorer";
-
+// Everything the service is configured with. The member initialisers (and
+// those of RequestLimits and BatchSchedulerOptions) are the server's defaults:
+// attnscore-server's flags take theirs from a default-constructed
+// ServiceOptions. The gRPC service name (also the readiness entry in
+// grpc.health.v1) is v1::AttentionScorer::service_full_name().
 struct ServiceOptions {
   RequestLimits limits;
   batching::BatchSchedulerOptions batching;
-  // Reported by GetServerInfo only; the server sets them.
+  // Reported by GetServerInfo only; the server sets them (the gRPC message
+  // limit, and the scorer's intra-op threads, 0 for "the number of cores").
   int64_t max_message_bytes = 0;
   int intra_op_threads = 0;
   // Most unanswered plus unsent responses per ScoreStream before the server
@@ -128,9 +133,9 @@ class AttentionScorerService final : public AttentionScorerRawService {
   // Parses and validates `request` into `task`, then schedules it; answers it
   // at once if any of that fails. Runs on a gRPC thread.
   void Accept(std::unique_ptr<ScoreTask> task, const grpc::ByteBuffer& request);
-  absl::Status Prepare(const grpc::ByteBuffer& request, ScoreTask& task);
-  // Batch worker: computes a batch and answers its tasks.
-  void RunBatch(std::vector<std::unique_ptr<ScoreTask>> batch);
+  // Batch worker: computes a batch and answers its tasks. The tasks die with
+  // the batcher's callback argument, after this returns.
+  void RunBatch(const std::vector<std::unique_ptr<ScoreTask>>& batch);
   // Computes tasks that share a batch key, splitting a failed batch into single
   // requests so that one request's error cannot fail the others.
   void ComputeAndAnswer(absl::Span<const std::unique_ptr<ScoreTask>> tasks,

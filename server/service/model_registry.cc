@@ -8,26 +8,31 @@
 namespace attnscore::service {
 
 absl::StatusOr<std::unique_ptr<ModelRegistry>> ModelRegistry::Create(
-    std::string dir) {
+    std::string dir, Loader loader) {
+  if (!loader) {
+    return absl::InvalidArgumentError("ModelRegistry: a loader is required");
+  }
   std::shared_ptr<const scoring::ModelSet> models;
   if (dir.empty()) {
     models = std::make_shared<const scoring::ModelSet>();
   } else {
     absl::StatusOr<std::shared_ptr<const scoring::ModelSet>> loaded =
-        scoring::LoadModelDir(dir);
+        loader(dir);
     if (!loaded.ok()) return loaded.status();
     models = *std::move(loaded);
   }
   return std::unique_ptr<ModelRegistry>(
-      new ModelRegistry(std::move(dir), std::move(models)));
+      new ModelRegistry(std::move(dir), std::move(loader), std::move(models)));
 }
 
 ModelRegistry::ModelRegistry(std::shared_ptr<const scoring::ModelSet> models)
-    : ModelRegistry("", std::move(models)) {}
+    : ModelRegistry("", nullptr, std::move(models)) {}
 
-ModelRegistry::ModelRegistry(std::string dir,
+ModelRegistry::ModelRegistry(std::string dir, Loader loader,
                              std::shared_ptr<const scoring::ModelSet> models)
-    : dir_(std::move(dir)), models_(std::move(models)) {}
+    : dir_(std::move(dir)),
+      loader_(std::move(loader)),
+      models_(std::move(models)) {}
 
 std::shared_ptr<const scoring::ModelSet> ModelRegistry::Current() const {
   absl::MutexLock lock(&mutex_);
@@ -38,7 +43,7 @@ absl::Status ModelRegistry::Reload() {
   if (dir_.empty()) return absl::OkStatus();
   absl::MutexLock reload_lock(&reload_mutex_);
   absl::StatusOr<std::shared_ptr<const scoring::ModelSet>> loaded =
-      scoring::LoadModelDir(dir_);
+      loader_(dir_);
   if (!loaded.ok()) return loaded.status();
   std::shared_ptr<const scoring::ModelSet> previous;
   {
@@ -53,6 +58,7 @@ absl::Status ModelRegistry::Reload() {
 std::string ModelNames(const scoring::ModelSet& models) {
   if (models.models.empty()) return "(none)";
   std::vector<absl::string_view> names;
+  names.reserve(models.models.size());
   for (const auto& [name, model] : models.models) names.push_back(name);
   return absl::StrJoin(names, ", ");
 }

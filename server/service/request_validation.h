@@ -1,11 +1,13 @@
-// Turns a parsed attnscore.v1.ScoreRequest into the scoring core's ScoreSpec
+// Turns a parsed attnscore.v1.ScoreRequest into the scoring API's ScoreSpec
 // and ScoreItem and checks it completely before anything is allocated for
-// compute: here, what only the wire format can get wrong (enum values, missing
-// tensors, unknown model names), the server's caps (H, D/Dv, Lq/Lk) and the
-// response size against --max-output-bytes; through scoring::ValidateItem, the
-// semantics (shapes against byte lengths, dims > 0, q/k/v agreement,
-// key_lengths, causal Lq <= Lk, scale, ALiBi slopes, the model's H/D/P, finite
-// values).
+// compute:
+//   - here, what only the wire format can get wrong: enum values, missing
+//     tensors, unknown model names;
+//   - here, the server's caps (H, D/Dv, Lq/Lk) and the response size against
+//     --max-output-bytes;
+//   - through scoring::ValidateItem, the semantics: shapes against byte
+//     lengths, dims > 0, q/k/v agreement, key_lengths, causal Lq <= Lk, scale,
+//     ALiBi slopes, the model's H/D/P, finite values.
 //
 // Errors name the request field, the expected and the actual value:
 // INVALID_ARGUMENT for a malformed request, NOT_FOUND for an unknown model,
@@ -22,13 +24,17 @@
 
 #include "absl/status/statusor.h"
 #include "attnscore/v1/attnscore.pb.h"
-#include "server/scoring/scorer.h"
+#include "server/scoring/score_spec.h"
 
 namespace attnscore::service {
 
-// Server-wide caps on a single request (flags --max-heads, --max-head-dim,
-// --max-seq-len,
-// --max-output-bytes).
+// Server-wide caps on a single request, one per flag:
+//   max_heads         --max-heads
+//   max_head_dim      --max-head-dim (D and Dv)
+//   max_seq_len       --max-seq-len (Lq and Lk)
+//   max_output_bytes  --max-output-bytes (all requested outputs together)
+// The member initialisers are the server's defaults: the flags take theirs from
+// a default-constructed RequestLimits.
 struct RequestLimits {
   int64_t max_heads = 256;
   int64_t max_head_dim = 1024;

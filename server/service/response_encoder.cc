@@ -28,8 +28,9 @@ void ReleaseKeepalive(void* user_data) {
 // that the memory outlives the send.
 grpc::Slice DataSlice(const scoring::OutputTensor& tensor) {
   if (tensor.size_bytes == 0) return grpc::Slice();
-  if (tensor.keepalive == nullptr)
+  if (tensor.keepalive == nullptr) {
     return grpc::Slice(tensor.data, tensor.size_bytes);
+  }
   return grpc::Slice(const_cast<void*>(tensor.data), tensor.size_bytes,
                      &ReleaseKeepalive,
                      new std::shared_ptr<const void>(tensor.keepalive));
@@ -56,11 +57,13 @@ grpc::ByteBuffer EncodeScoreResponse(std::string_view request_id,
     head.set_request_id(std::string(request_id));
     head.AppendToString(&out.pending());
   }
-  if (result.logits)
+  if (result.logits) {
     AppendTensorField(out, kResponseLogitsField, *result.logits);
+  }
   if (result.probs) AppendTensorField(out, kResponseProbsField, *result.probs);
-  if (result.context)
+  if (result.context) {
     AppendTensorField(out, kResponseContextField, *result.context);
+  }
   v1::ScoreResponse tail;
   *tail.mutable_timing() = timing;
   tail.AppendToString(&out.pending());

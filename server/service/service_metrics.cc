@@ -1,6 +1,7 @@
 #include "server/service/service_metrics.h"
 
 #include <string>
+#include <vector>
 
 namespace attnscore::service {
 namespace {
@@ -22,6 +23,8 @@ const char* MethodName(Method method) {
       return "ListModels";
     case Method::kGetServerInfo:
       return "GetServerInfo";
+    case Method::kCount:
+      break;
   }
   return "unknown";
 }
@@ -80,8 +83,9 @@ void ServiceMetrics::RecordRequest(Method method, const absl::Status& status,
   const int m = static_cast<int>(method);
   request_duration_[m]->Observe(seconds);
   int code = static_cast<int>(status.code());
-  if (code < 0 || code >= kNumCodes)
+  if (code < 0 || code >= kNumCodes) {
     code = static_cast<int>(absl::StatusCode::kUnknown);
+  }
   std::atomic<observability::Counter*>& slot = requests_by_code_[m][code];
   observability::Counter* counter = slot.load(std::memory_order_acquire);
   if (counter == nullptr) {

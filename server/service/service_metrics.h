@@ -2,19 +2,26 @@
 // observability::Registry and cached so that the request path never takes the
 // registry's locks.
 //
-// Series (all `attnscore_`, base units):
-//   requests_total{method,code}            requests answered, by gRPC method
-//   and status code
-//                                          (ScoreStream counts each message)
-//   request_duration_seconds{method}       arrival to answer
-//   queue_duration_seconds                 accepted to the start of its batch's
-//   compute compute_duration_seconds               one batch's ScoreBatch call
-//   batch_size                             items (sum of B) per computed batch
-//   in_flight_requests                     accepted Score/ScoreStream requests
-//   not yet answered request_bytes_total{method}            request message
-//   bytes received response_bytes_total{method}           response message
-//   bytes sent queue_depth, models_loaded, build_info are registered by their
-//   owners (the service, main).
+// Series (all named attnscore_<name>, in base units):
+//   requests_total{method,code}
+//       requests answered, by gRPC method and status code (ScoreStream counts
+//       each message)
+//   request_duration_seconds{method}
+//       arrival to answer
+//   queue_duration_seconds
+//       accepted to the start of its batch's compute
+//   compute_duration_seconds
+//       one batch's ScoreBatch call
+//   batch_size
+//       items (sum of B) per computed batch
+//   in_flight_requests
+//       accepted Score/ScoreStream requests not yet answered
+//   request_bytes_total{method}
+//       request message bytes received
+//   response_bytes_total{method}
+//       response message bytes sent
+// queue_depth, models_loaded and build_info are registered by their owners
+// (the service, main).
 //
 // Ownership: the Registry owns the metrics and must outlive this object.
 // Thread safety: every method may be called from any thread.
@@ -30,8 +37,10 @@
 
 namespace attnscore::service {
 
-enum class Method { kScore, kScoreStream, kListModels, kGetServerInfo };
-constexpr int kNumMethods = 4;
+// The RPC methods, for labels. kCount is not a method: it counts them.
+enum class Method { kScore, kScoreStream, kListModels, kGetServerInfo, kCount };
+inline constexpr int kNumMethods = static_cast<int>(Method::kCount);
+// The method's name in the proto ("Score", ...).
 const char* MethodName(Method method);
 
 class ServiceMetrics {

@@ -151,12 +151,11 @@ void TestTask::Drop(const absl::Status& reason) {
 
 using Scheduler = BatchScheduler<TestTask>;
 
-BatchSchedulerOptions Options(size_t max_batch_size,
-                              int64_t batch_timeout_micros,
+BatchSchedulerOptions Options(size_t max_batch_size, int64_t max_queue_delay_us,
                               int num_batch_threads = 1) {
   BatchSchedulerOptions options;
   options.max_batch_size = max_batch_size;
-  options.batch_timeout_micros = batch_timeout_micros;
+  options.max_queue_delay_us = max_queue_delay_us;
   options.num_batch_threads = num_batch_threads;
   return options;
 }
@@ -167,11 +166,11 @@ class BatchSchedulerTest : public ::testing::Test {
   // `also`.
   std::unique_ptr<Scheduler> MakeScheduler(
       const BatchSchedulerOptions& options,
-      std::function<void(const std::vector<std::unique_ptr<TestTask>>&)> also =
-          nullptr) {
+      const std::function<void(const std::vector<std::unique_ptr<TestTask>>&)>&
+          also = nullptr) {
     absl::StatusOr<std::unique_ptr<Scheduler>> scheduler = Scheduler::Create(
         options, &clock_,
-        [this, also](std::vector<std::unique_ptr<TestTask>> batch) {
+        [this, also](const std::vector<std::unique_ptr<TestTask>>& batch) {
           recorder_.RecordBatch(batch);
           if (also) also(batch);
         });
@@ -207,8 +206,8 @@ TEST_F(BatchSchedulerTest, CreateRejectsInvalidOptionsNamingTheOption) {
   const std::vector<Case> cases = {
       {[](BatchSchedulerOptions& o) { o.max_batch_size = 0; },
        "max_batch_size"},
-      {[](BatchSchedulerOptions& o) { o.batch_timeout_micros = -1; },
-       "batch_timeout_micros"},
+      {[](BatchSchedulerOptions& o) { o.max_queue_delay_us = -1; },
+       "max_queue_delay_us"},
       {[](BatchSchedulerOptions& o) { o.num_batch_threads = 0; },
        "num_batch_threads"},
       {[](BatchSchedulerOptions& o) { o.num_batch_threads = -3; },
@@ -220,7 +219,7 @@ TEST_F(BatchSchedulerTest, CreateRejectsInvalidOptionsNamingTheOption) {
     BatchSchedulerOptions options;
     c.spoil(options);
     absl::StatusOr<std::unique_ptr<Scheduler>> scheduler = Scheduler::Create(
-        options, &clock_, [](std::vector<std::unique_ptr<TestTask>>) {});
+        options, &clock_, [](const std::vector<std::unique_ptr<TestTask>>&) {});
     EXPECT_EQ(scheduler.status().code(), absl::StatusCode::kInvalidArgument)
         << c.option;
     EXPECT_THAT(scheduler.status().message(), HasSubstr(c.option));
@@ -229,18 +228,20 @@ TEST_F(BatchSchedulerTest, CreateRejectsInvalidOptionsNamingTheOption) {
 
 TEST_F(BatchSchedulerTest, CreateRejectsNullClockAndEmptyCallback) {
   const BatchSchedulerOptions options;
-  EXPECT_EQ(Scheduler::Create(options, nullptr,
-                              [](std::vector<std::unique_ptr<TestTask>>) {})
-                .status()
-                .code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(
+      Scheduler::Create(options, nullptr,
+                        [](const std::vector<std::unique_ptr<TestTask>>&) {})
+          .status()
+          .code(),
+      absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(Scheduler::Create(options, &clock_, nullptr).status().code(),
             absl::StatusCode::kInvalidArgument);
   // The defaults and a zero timeout (batch whatever is there right away) are
   // valid.
-  EXPECT_TRUE(Scheduler::Create(Options(1, 0), &clock_,
-                                [](std::vector<std::unique_ptr<TestTask>>) {})
-                  .ok());
+  EXPECT_TRUE(
+      Scheduler::Create(Options(1, 0), &clock_,
+                        [](const std::vector<std::unique_ptr<TestTask>>&) {})
+          .ok());
 }
 
 TEST_F(BatchSchedulerTest, ScheduleRejectsNullAndEmptyTasks) {
@@ -260,7 +261,7 @@ TEST_F(BatchSchedulerTest, ScheduleRejectsNullAndEmptyTasks) {
 
 TEST_F(BatchSchedulerTest, TimeoutClosesBatchExactlyWhenOldestTaskHasWaited) {
   std::unique_ptr<Scheduler> scheduler =
-      MakeScheduler(Options(8, /*timeout=*/100));
+      MakeScheduler(Options(8, /*max_queue_delay_us=*/100));
   const int first = Add(*scheduler);
   clock_.BlockUntilWaiters(
       1);  // The worker is waiting for the first task's timeout.
@@ -283,7 +284,7 @@ TEST_F(BatchSchedulerTest, TimeoutClosesBatchExactlyWhenOldestTaskHasWaited) {
 
 TEST_F(BatchSchedulerTest, ZeroTimeoutBatchesWithoutAdvancingTheClock) {
   std::unique_ptr<Scheduler> scheduler =
-      MakeScheduler(Options(8, /*timeout=*/0));
+      MakeScheduler(Options(8, /*max_queue_delay_us=*/0));
   const int id = Add(*scheduler);
   ASSERT_TRUE(recorder_.WaitForBatches(1));
   EXPECT_THAT(recorder_.batch_ids(), ElementsAre(ElementsAre(id)));
@@ -309,7 +310,7 @@ TEST_F(BatchSchedulerTest, BatchClosesExactlyAtMaxBatchSize) {
 
 TEST_F(BatchSchedulerTest, TaskThatWouldOverflowTheBatchStartsTheNextOne) {
   std::unique_ptr<Scheduler> scheduler =
-      MakeScheduler(Options(4, /*timeout=*/100));
+      MakeScheduler(Options(4, /*max_queue_delay_us=*/100));
   const int a = Add(*scheduler, 3);
   const int b = Add(*scheduler,
                     2);  // 3 + 2 > 4: closes {a}; b opens a new batch at t = 0.
@@ -342,7 +343,7 @@ TEST_F(BatchSchedulerTest, OversizedTaskRunsAlone) {
 
 TEST_F(BatchSchedulerTest, TasksWithDifferentKeysAreNeverBatchedTogether) {
   std::unique_ptr<Scheduler> scheduler =
-      MakeScheduler(Options(2, /*timeout=*/100));
+      MakeScheduler(Options(2, /*max_queue_delay_us=*/100));
   const int a1 = Add(*scheduler, 1, "a");
   const int b1 = Add(*scheduler, 1, "b");
   const int a2 = Add(*scheduler, 1, "a");  // Fills "a".
@@ -361,7 +362,7 @@ TEST_F(BatchSchedulerTest,
        BatchesTimingOutTogetherLeaveInArrivalOrderAcrossKeys) {
   // One worker, so delivery order is closing order.
   std::unique_ptr<Scheduler> scheduler =
-      MakeScheduler(Options(8, /*timeout=*/100));
+      MakeScheduler(Options(8, /*max_queue_delay_us=*/100));
   const int x = Add(*scheduler, 1, "x");
   clock_.AdvanceMicros(10);
   const int y = Add(*scheduler, 1, "y");
@@ -379,7 +380,7 @@ TEST_F(BatchSchedulerTest,
 
 TEST_F(BatchSchedulerTest,
        QueueFullIsUnavailableAndLeavesTheTaskWithTheCaller) {
-  BatchSchedulerOptions options = Options(8, /*timeout=*/100);
+  BatchSchedulerOptions options = Options(8, /*max_queue_delay_us=*/100);
   options.max_enqueued_tasks = 2;
   std::unique_ptr<Scheduler> scheduler = MakeScheduler(options);
   const int a = Add(*scheduler);
@@ -451,6 +452,7 @@ TEST_F(BatchSchedulerTest,
   std::unique_ptr<Scheduler> scheduler =
       MakeScheduler(Options(4, kNeverMicros, /*num_batch_threads=*/2));
   std::vector<int> ids;
+  ids.reserve(30);
   const std::vector<std::string> keys = {"a", "b", "c"};
   for (int i = 0; i < 30; ++i) {
     ids.push_back(Add(*scheduler, 1 + i % 3, keys[i % keys.size()]));
@@ -498,7 +500,7 @@ TEST_F(BatchSchedulerTest, DestructorRunsQueuedTasks) {
 
 TEST_F(BatchSchedulerTest, CancelledAndExpiredTasksAreDroppedWithTheirStatus) {
   std::unique_ptr<Scheduler> scheduler =
-      MakeScheduler(Options(8, /*timeout=*/100));
+      MakeScheduler(Options(8, /*max_queue_delay_us=*/100));
   const int runs = Add(*scheduler);
   std::unique_ptr<TestTask> expired = NewTask();
   expired->set_deadline_micros(50);
@@ -557,7 +559,7 @@ TEST_F(BatchSchedulerTest, BatchLeftEmptyByDropsIsNotDelivered) {
 
 TEST_F(BatchSchedulerTest, ShutdownDropsTasksThatExpiredWhileQueued) {
   std::unique_ptr<Scheduler> scheduler =
-      MakeScheduler(Options(8, /*timeout=*/100));
+      MakeScheduler(Options(8, /*max_queue_delay_us=*/100));
   std::unique_ptr<TestTask> expiring = NewTask();
   expiring->set_deadline_micros(50);
   const int expiring_id = expiring->id();
@@ -607,12 +609,12 @@ void RunStress(bool shut_down_while_producing) {
   constexpr int kTasksPerProducer = 2000;
   constexpr size_t kMaxBatchSize = 8;
   Recorder recorder;
-  BatchSchedulerOptions options =
-      Options(kMaxBatchSize, /*timeout=*/200, /*threads=*/3);
+  BatchSchedulerOptions options = Options(
+      kMaxBatchSize, /*max_queue_delay_us=*/200, /*num_batch_threads=*/3);
   options.max_enqueued_tasks = 64;
   absl::StatusOr<std::unique_ptr<Scheduler>> created = Scheduler::Create(
       options, RealClock(),
-      [&recorder](std::vector<std::unique_ptr<TestTask>> batch) {
+      [&recorder](const std::vector<std::unique_ptr<TestTask>>& batch) {
         recorder.RecordBatch(batch);
       });
   ASSERT_TRUE(created.ok()) << created.status();
@@ -623,6 +625,7 @@ void RunStress(bool shut_down_while_producing) {
   std::map<int, absl::StatusCode> accepted;
   std::atomic<int> queue_full{0};
   std::vector<std::thread> producers;
+  producers.reserve(kProducers);
   for (int p = 0; p < kProducers; ++p) {
     producers.emplace_back([&, p] {
       const std::vector<std::string> keys = {"a", "b", "c"};
@@ -674,7 +677,7 @@ void RunStress(bool shut_down_while_producing) {
   const std::map<int, int> times = recorder.times_accounted();
   std::lock_guard<std::mutex> lock(accepted_mu);
   if (!shut_down_while_producing) {
-    EXPECT_EQ(accepted.size(), size_t{kProducers * kTasksPerProducer});
+    EXPECT_EQ(accepted.size(), size_t{kProducers} * kTasksPerProducer);
   }
   EXPECT_EQ(times.size(), accepted.size());
   for (const auto& [id, expected] : accepted) {

@@ -17,6 +17,7 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <variant>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -39,9 +40,10 @@ class FakeScorer final : public scoring::Scorer {
       absl::Span<const scoring::ScoreItem> items) override {
     Call call;
     call.num_items = items.size();
-    call.relative = spec.bias == scoring::BiasKind::kRelative;
-    for (const scoring::ScoreItem& item : items)
+    call.relative = std::holds_alternative<scoring::RelativeBias>(spec.bias);
+    for (const scoring::ScoreItem& item : items) {
       call.batch += item.query.shape[0];
+    }
     {
       std::unique_lock<std::mutex> lock(mutex_);
       calls_.push_back(call);
@@ -49,8 +51,9 @@ class FakeScorer final : public scoring::Scorer {
       cv_.wait(lock, [this] { return !held_; });
     }
     for (const scoring::ScoreItem& item : items) {
-      if (First(item.query) == kPoison)
+      if (First(item.query) == kPoison) {
         return absl::InternalError("poisoned request");
+      }
     }
     return Compute(spec, items);
   }
@@ -146,8 +149,9 @@ class FakeScorer final : public scoring::Scorer {
         float* p = static_cast<float*>(const_cast<void*>(t.data));
         for (int64_t bh = 0; bh < b * h; ++bh) {
           for (int64_t i = 0; i < lq; ++i) {
-            for (int64_t e = 0; e < dv; ++e)
+            for (int64_t e = 0; e < dv; ++e) {
               *p++ = At(*item.value, bh * lk * dv + e);
+            }
           }
         }
         results[n].context = t;

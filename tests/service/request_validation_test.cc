@@ -4,22 +4,26 @@
 #include "server/service/request_validation.h"
 
 #include <cmath>
-#include <filesystem>
 #include <limits>
 #include <memory>
 #include <string>
+#include <variant>
 #include <vector>
 
-#include "common/safetensors.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/service/fake_models.h"
 #include "tests/service/test_requests.h"
 
 namespace attnscore::service {
 namespace {
 
+using scoring::AlibiBias;
+using scoring::RelativeBias;
 using testing::AlibiRequest;
 using ::testing::AllOf;
+using testing::FakeModelInfo;
+using testing::FakeModelSet;
 using testing::Float32Tensor;
 using ::testing::HasSubstr;
 using testing::SetFloat;
@@ -58,8 +62,8 @@ TEST_F(RequestValidationTest, GoodRequestMapsOntoSpecAndItem) {
   absl::StatusOr<ValidatedRequest> v = Validate(request);
   ASSERT_TRUE(v.ok()) << v.status();
   EXPECT_EQ(v->batch, 2);
-  EXPECT_EQ(v->spec.layout, scoring::Layout::kBHSD);
-  EXPECT_EQ(v->spec.bias, scoring::BiasKind::kAlibi);
+  EXPECT_EQ(v->spec.layout, Layout::kBHSD);
+  EXPECT_TRUE(std::holds_alternative<AlibiBias>(v->spec.bias));
   EXPECT_FALSE(v->spec.want_logits);
   EXPECT_TRUE(v->spec.want_probs);
   EXPECT_TRUE(v->spec.want_context);
@@ -83,9 +87,9 @@ TEST_F(RequestValidationTest, DefaultsLogitsQueryDtypeBhsdAlibi) {
   EXPECT_TRUE(v->spec.want_logits);
   EXPECT_FALSE(v->spec.want_probs);
   EXPECT_EQ(v->spec.output_dtype, DType::kFloat32);
-  EXPECT_EQ(v->spec.layout, scoring::Layout::kBHSD);
-  EXPECT_EQ(v->spec.bias, scoring::BiasKind::kAlibi);
-  EXPECT_TRUE(v->spec.alibi_slopes.empty());
+  EXPECT_EQ(v->spec.layout, Layout::kBHSD);
+  ASSERT_TRUE(std::holds_alternative<AlibiBias>(v->spec.bias));
+  EXPECT_TRUE(std::get<AlibiBias>(v->spec.bias).slopes.empty());
   EXPECT_FALSE(v->spec.scale.has_value());
   // The value is not needed for logits: validated, but not passed on (it would
   // split batches).
@@ -110,7 +114,7 @@ TEST_F(RequestValidationTest, OtherLayoutsReadDimsInTheirOrder) {
   v = Validate(sbhd);
   ASSERT_TRUE(v.ok()) << v.status();
   EXPECT_EQ(v->batch, 2);
-  EXPECT_EQ(v->spec.layout, scoring::Layout::kSBHD);
+  EXPECT_EQ(v->spec.layout, Layout::kSBHD);
 }
 
 TEST_F(RequestValidationTest, EnumValues) {
@@ -196,7 +200,7 @@ TEST_F(RequestValidationTest, TensorsMustAgree) {
   ExpectError(request, absl::StatusCode::kInvalidArgument, {"key", "8", "16"});
   request = AlibiRequest();
   request.mutable_key()->set_dtype(v1::FLOAT16);
-  request.mutable_key()->mutable_data()->resize(1 * 2 * 4 * 8 * 2);
+  request.mutable_key()->mutable_data()->resize(size_t{1} * 2 * 4 * 8 * 2);
   ExpectError(request, absl::StatusCode::kInvalidArgument, {"key.dtype"});
   request = AlibiRequest();
   request.add_outputs(v1::CONTEXT);
@@ -249,7 +253,9 @@ TEST_F(RequestValidationTest, AlibiSlopes) {
   request.mutable_alibi()->set_slopes(1, 0.25f);
   absl::StatusOr<ValidatedRequest> v = Validate(request);
   ASSERT_TRUE(v.ok()) << v.status();
-  EXPECT_THAT(v->spec.alibi_slopes, ::testing::ElementsAre(0.5f, 0.25f));
+  ASSERT_TRUE(std::holds_alternative<AlibiBias>(v->spec.bias));
+  EXPECT_THAT(std::get<AlibiBias>(v->spec.bias).slopes,
+              ::testing::ElementsAre(0.5f, 0.25f));
 }
 
 TEST_F(RequestValidationTest, NonFiniteInputsNameTheTensor) {
@@ -309,28 +315,12 @@ TEST_F(RequestValidationTest,
 class RelativeValidationTest : public RequestValidationTest {
  protected:
   void SetUp() override {
-    dir_ = std::filesystem::path(::testing::TempDir()) /
-           "attnscore_validation_models";
-    std::filesystem::create_directories(dir_);
-    // H=2, D=8, P=6.
-    SafetensorsWriter writer;
-    ASSERT_TRUE(writer
-                    .AddFloats("key_pos_embeddings", {12, 2, 8},
-                               std::vector<float>(192, 0.1f))
-                    .ok());
-    ASSERT_TRUE(
-        writer.AddFloats("key_pos_bias", {12, 2}, std::vector<float>(24, 0.2f))
-            .ok());
-    ASSERT_TRUE(
-        writer.AddFloats("query_pos_bias", {2, 8}, std::vector<float>(16, 0.3f))
-            .ok());
-    ASSERT_TRUE(writer.Write((dir_ / "small.safetensors").string()).ok());
-    absl::StatusOr<std::shared_ptr<const scoring::ModelSet>> loaded =
-        scoring::LoadModelDir(dir_.string());
-    ASSERT_TRUE(loaded.ok()) << loaded.status();
-    models_ = **loaded;
+    // H=2, D=8, P=6: what LoadModelDir reports for a small.safetensors with
+    // key_pos_embeddings [12, 2, 8], key_pos_bias [12, 2], query_pos_bias
+    // [2, 8]. Validation reads only the description.
+    models_ = *FakeModelSet(
+        {FakeModelInfo("small", "/models/small.safetensors", 2, 8, 6)});
   }
-  void TearDown() override { std::filesystem::remove_all(dir_); }
 
   static v1::ScoreRequest RelativeRequest(const std::string& model,
                                           int64_t heads = 2, int64_t lq = 3,
@@ -339,16 +329,15 @@ class RelativeValidationTest : public RequestValidationTest {
     request.mutable_relative()->set_model(model);
     return request;
   }
-
-  std::filesystem::path dir_;
 };
 
 TEST_F(RelativeValidationTest, KnownModelResolves) {
   absl::StatusOr<ValidatedRequest> v = Validate(RelativeRequest("small"));
   ASSERT_TRUE(v.ok()) << v.status();
-  EXPECT_EQ(v->spec.bias, scoring::BiasKind::kRelative);
-  ASSERT_NE(v->spec.model, nullptr);
-  EXPECT_EQ(scoring::GetInfo(*v->spec.model).name, "small");
+  const auto* relative = std::get_if<RelativeBias>(&v->spec.bias);
+  ASSERT_NE(relative, nullptr) << "expected a relative bias";
+  ASSERT_NE(relative->model, nullptr);
+  EXPECT_EQ(relative->model->info().name, "small");
 }
 
 TEST_F(RelativeValidationTest, UnknownModelIsNotFoundAndListsTheLoadedOnes) {

@@ -27,8 +27,9 @@ std::string Flatten(const grpc::ByteBuffer& buffer) {
   std::vector<grpc::Slice> slices;
   EXPECT_TRUE(buffer.Dump(&slices).ok());
   std::string out;
-  for (const grpc::Slice& s : slices)
+  for (const grpc::Slice& s : slices) {
     out.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  }
   return out;
 }
 
@@ -54,8 +55,9 @@ scoring::OutputTensor MakeTensor(
 
 std::shared_ptr<std::vector<char>> PatternBytes(size_t n) {
   auto bytes = std::make_shared<std::vector<char>>(n);
-  for (size_t i = 0; i < n; ++i)
+  for (size_t i = 0; i < n; ++i) {
     (*bytes)[i] = static_cast<char>((i * 131 + 7) % 251);
+  }
   return bytes;
 }
 
@@ -82,9 +84,10 @@ TEST(ResponseEncoderTest, AllThreeLargeTensorsRoundTripFieldByField) {
   // share (not copy) it.
   const std::vector<int64_t> scores_shape = {2, 4, 256,
                                              384};  // 786432 elements
-  const size_t logits_size = 786432 * 4, probs_size = 786432 * 2;
+  const size_t logits_size = size_t{786432} * 4,
+               probs_size = size_t{786432} * 2;
   const std::vector<int64_t> context_shape = {2, 4, 256, 64};
-  const size_t context_size = 2 * 4 * 256 * 64 * 2;
+  const size_t context_size = size_t{2} * 4 * 256 * 64 * 2;
   auto bytes = PatternBytes(logits_size + probs_size + context_size);
   scoring::ScoreResult result;
   result.logits =

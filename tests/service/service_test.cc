@@ -2,13 +2,15 @@
 // scorer: validation and status mapping on the wire, batching of concurrent
 // requests and exact splitting of the results, overload, deadlines,
 // cancellation, ScoreStream pipelining and errors, a failing batch, drain,
-// ListModels, GetServerInfo, warm-up and metrics. No LibTorch compute.
+// ListModels, GetServerInfo, warm-up and metrics. No LibTorch at all: the
+// models are stand-ins (fake_models.h). The service's time (queue timeouts,
+// deadlines) runs on a FakeClock that the tests advance; the only sleeps left
+// wait for gRPC's own threads (a cancellation or a shutdown reaching the
+// server), which no clock of ours drives.
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 
 #include <chrono>
-#include <filesystem>
-#include <functional>
 #include <memory>
 #include <set>
 #include <string>
@@ -17,19 +19,24 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
-#include "common/safetensors.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "server/batching/fake_clock.h"
 #include "server/observability/metrics.h"
 #include "server/service/attention_scorer_service.h"
 #include "server/service/status_conversion.h"
+#include "tests/service/fake_models.h"
 #include "tests/service/fake_scorer.h"
 #include "tests/service/test_requests.h"
+#include "tests/testing/test_util.h"
 
 namespace attnscore::service {
 namespace {
 
+using attnscore::testing::WaitFor;
 using testing::AlibiRequest;
+using testing::FakeModelInfo;
+using testing::FakeModelSet;
 using testing::FakeScorer;
 using testing::Floats;
 using ::testing::HasSubstr;
@@ -39,23 +46,12 @@ constexpr auto kRpcTimeout = std::chrono::seconds(20);
 ServiceOptions DefaultOptions() {
   ServiceOptions options;
   options.batching.max_batch_size = 8;
-  options.batching.batch_timeout_micros = 0;
+  options.batching.max_queue_delay_us = 0;
   options.batching.max_enqueued_tasks = 64;
   options.batching.num_batch_threads = 1;
   options.max_message_bytes = 64 << 20;
   options.intra_op_threads = 3;
   return options;
-}
-
-// Polls `condition` every 5 ms for at most 10 s.
-bool WaitFor(const std::function<bool()>& condition) {
-  const auto deadline =
-      std::chrono::steady_clock::now() + std::chrono::seconds(10);
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (condition()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  return condition();
 }
 
 class ServiceTest : public ::testing::Test {
@@ -67,7 +63,7 @@ class ServiceTest : public ::testing::Test {
     models_ = std::make_unique<ModelRegistry>(std::move(models));
     absl::StatusOr<std::unique_ptr<AttentionScorerService>> service =
         AttentionScorerService::Create(options, &scorer_, models_.get(),
-                                       metrics_.get());
+                                       metrics_.get(), &clock_);
     ASSERT_TRUE(service.ok()) << service.status();
     service_ = *std::move(service);
     grpc::ServerBuilder builder;
@@ -113,6 +109,9 @@ class ServiceTest : public ::testing::Test {
   // Declaration order is destruction order reversed: the service goes before
   // what it uses.
   FakeScorer scorer_;
+  // The service's time: queue timeouts and deadlines. Stands still unless a
+  // test advances it.
+  batching::FakeClock clock_;
   observability::Registry registry_;
   std::unique_ptr<ServiceMetrics> metrics_;
   std::unique_ptr<ModelRegistry> models_;
@@ -193,12 +192,13 @@ TEST_F(ServiceTest, UnparseableRequestIsInvalidArgument) {
   context.set_deadline(std::chrono::system_clock::now() + kRpcTimeout);
   absl::Notification done;
   grpc::Status status;
-  generic.UnaryCall(&context, "/attnscore.v1.AttentionScorer/Score",
-                    grpc::StubOptions(), &request, &response,
-                    [&](grpc::Status s) {
-                      status = std::move(s);
-                      done.Notify();
-                    });
+  generic.UnaryCall(
+      &context,
+      absl::StrCat("/", v1::AttentionScorer::service_full_name(), "/Score"),
+      grpc::StubOptions(), &request, &response, [&](grpc::Status s) {
+        status = std::move(s);
+        done.Notify();
+      });
   ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(20)));
   EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_THAT(status.error_message(), HasSubstr("ScoreRequest"));
@@ -209,7 +209,7 @@ TEST_F(ServiceTest, ConcurrentRequestsAreBatchedAndSplitExactly) {
   options.batching.max_batch_size = 4;
   // Long enough that the batch closes because it is full, not because of the
   // timeout.
-  options.batching.batch_timeout_micros = 10'000'000;
+  options.batching.max_queue_delay_us = 10'000'000;
   Start(options);
   constexpr int kRequests = 4;
   std::vector<grpc::Status> statuses(kRequests);
@@ -238,12 +238,15 @@ TEST_F(ServiceTest, ConcurrentRequestsAreBatchedAndSplitExactly) {
 TEST_F(ServiceTest, DifferentSignaturesAreNotBatchedTogether) {
   ServiceOptions options = DefaultOptions();
   options.batching.max_batch_size = 2;
-  options.batching.batch_timeout_micros = 200'000;
+  options.batching.max_queue_delay_us = 200'000;
   Start(options);
   grpc::Status s1, s2;
   v1::ScoreResponse r1, r2;
   std::thread t1 = ScoreAsync(AlibiRequest(1, 2, 3, 4), &s1, &r1);
   std::thread t2 = ScoreAsync(AlibiRequest(1, 2, 3, 5), &s2, &r2);  // other Lk
+  // Both wait, each in its own open batch, until the queue delay passes.
+  ASSERT_TRUE(WaitFor([&] { return service_->QueueDepth() == 2; }));
+  clock_.AdvanceMicros(200'000);
   t1.join();
   t2.join();
   ASSERT_TRUE(s1.ok() && s2.ok());
@@ -292,9 +295,10 @@ TEST_F(ServiceTest, ExpiredRequestIsDroppedBeforeCompute) {
   v1::ScoreResponse r2;
   grpc::Status s2 = Score(AlibiRequest(), &r2, std::chrono::milliseconds(200));
   EXPECT_EQ(s2.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
-  // The server's deadline runs from its receipt of the request, a little after
-  // the client's.
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  // The server's deadline is the client's 200 ms from the request's receipt, on
+  // the service's clock, a little later than the client's (gRPC rounds the
+  // timeout up): 300 ms on that clock is well past it.
+  clock_.AdvanceMicros(300'000);
   scorer_.Release();
   t1.join();
   EXPECT_TRUE(s1.ok());
@@ -335,7 +339,7 @@ TEST_F(ServiceTest, CancelledRequestIsDroppedBeforeCompute) {
 TEST_F(ServiceTest, FailedBatchIsRetriedOneByOne) {
   ServiceOptions options = DefaultOptions();
   options.batching.max_batch_size = 2;
-  options.batching.batch_timeout_micros = 10'000'000;
+  options.batching.max_queue_delay_us = 10'000'000;
   Start(options);
   grpc::Status s1, s2;
   v1::ScoreResponse r1, r2;
@@ -501,7 +505,7 @@ TEST_F(ServiceTest, GetServerInfoReportsLimitsAndBatching) {
   options.limits.max_heads = 12;
   options.limits.max_output_bytes = 12345;
   options.batching.max_batch_size = 7;
-  options.batching.batch_timeout_micros = 321;
+  options.batching.max_queue_delay_us = 321;
   Start(options);
   grpc::ClientContext context;
   v1::ServerInfo info;
@@ -520,26 +524,10 @@ TEST_F(ServiceTest, GetServerInfoReportsLimitsAndBatching) {
 }
 
 TEST_F(ServiceTest, ListModelsAndRelativeRequests) {
-  const std::filesystem::path dir =
-      std::filesystem::path(::testing::TempDir()) / "attnscore_service_models";
-  std::filesystem::create_directories(dir);
-  SafetensorsWriter writer;
-  ASSERT_TRUE(writer
-                  .AddFloats("key_pos_embeddings", {16, 2, 8},
-                             std::vector<float>(256, 0.1f))
-                  .ok());
-  ASSERT_TRUE(
-      writer.AddFloats("key_pos_bias", {16, 2}, std::vector<float>(32, 0.2f))
-          .ok());
-  ASSERT_TRUE(
-      writer.AddFloats("query_pos_bias", {2, 8}, std::vector<float>(16, 0.3f))
-          .ok());
-  ASSERT_TRUE(writer.Write((dir / "tiny.safetensors").string()).ok());
-  absl::StatusOr<std::shared_ptr<const scoring::ModelSet>> models =
-      scoring::LoadModelDir(dir.string());
-  std::filesystem::remove_all(dir);
-  ASSERT_TRUE(models.ok()) << models.status();
-  Start(DefaultOptions(), *models);
+  // What LoadModelDir reports for a tiny.safetensors with key_pos_embeddings
+  // [16, 2, 8]: H=2, D=8, P=8.
+  Start(DefaultOptions(), FakeModelSet({FakeModelInfo(
+                              "tiny", "/models/tiny.safetensors", 2, 8, 8)}));
 
   grpc::ClientContext context;
   v1::ListModelsResponse list;

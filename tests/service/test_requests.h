@@ -25,8 +25,9 @@ inline v1::Tensor Float32Tensor(const std::vector<int64_t>& shape,
   tensor.set_dtype(v1::FLOAT32);
   tensor.mutable_shape()->Add(shape.begin(), shape.end());
   std::vector<float> values(static_cast<size_t>(NumElements(shape)));
-  for (size_t i = 0; i < values.size(); ++i)
+  for (size_t i = 0; i < values.size(); ++i) {
     values[i] = first + static_cast<float>(i) * step;
+  }
   tensor.set_data(values.data(), values.size() * sizeof(float));
   return tensor;
 }
