@@ -7,7 +7,9 @@
 //
 // Every flag can also be set through an environment variable (ATTNSCORE_<FLAG>,
 // e.g. ATTNSCORE_LISTEN); a flag on the command line wins. `--help` lists them
-// with their defaults.
+// with their defaults. Exit codes: 0 after a drain, 1 when start-up fails (the
+// device, the models, a port or a port file), 2 for a flag value the parser
+// cannot check (the log level, the metrics address, the batcher's options).
 //
 // Threads: SIGHUP, SIGTERM and SIGINT are blocked in every thread (the mask is
 // set before any thread starts and inherited) and taken by one signal thread
@@ -26,33 +28,40 @@
 #include <chrono>
 #include <climits>
 #include <condition_variable>
+#include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <exception>
 #include <fstream>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
-#include <vector>
+#include <type_traits>
+#include <utility>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
+#include "attnscore/v1/attnscore.grpc.pb.h"
+#include "attnscore/version.h"
 #include "server/observability/logging.h"
 #include "server/observability/metrics.h"
 #include "server/observability/metrics_server.h"
+#include "server/scoring/aten_scorer.h"
+#include "server/scoring/model_loader.h"
 #include "server/scoring/scorer.h"
 #include "server/service/attention_scorer_service.h"
 #include "server/service/model_registry.h"
 #include "server/service/service_metrics.h"
 
-#ifndef ATTNSCORE_VERSION
-#define ATTNSCORE_VERSION "unknown"
-#endif
-
 namespace attnscore {
 namespace {
+
+// Exit codes, as the comment at the top of this file says.
+constexpr int kExitStartupFailed = 1;
+constexpr int kExitBadFlag = 2;
 
 // Room for a response's small fields (ids, shapes, timing) on top of
 // --max-output-bytes.
@@ -65,100 +74,155 @@ constexpr int kKeepaliveTimeMs = 60'000;
 constexpr int kKeepaliveTimeoutMs = 20'000;
 constexpr int kMinClientPingIntervalMs = 10'000;
 
+// The readiness entry in grpc.health.v1: the service's own name.
+const char* ReadinessService() {
+  return v1::AttentionScorer::service_full_name();
+}
+
+int NumberOfCores() {
+  return static_cast<int>(std::max(1U, std::thread::hardware_concurrency()));
+}
+
+// What the command line sets. The flags that configure the scorer and the
+// service are bound to the members of their options structs, so their defaults
+// are those structs' own (written once, in the struct); the rest belong to this
+// binary.
 struct Flags {
   std::string listen = "127.0.0.1:50051";
   std::string port_file;
   std::string metrics_listen = "127.0.0.1:9090";
   std::string metrics_port_file;
-  int threads =
-      static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  int batch_workers = 1;
-  int64_t max_batch_size = 32;
-  int64_t max_queue_delay_us = 2000;
-  int64_t max_queue = 256;
-  int64_t max_output_bytes = int64_t{256} << 20;
-  int64_t max_heads = 256;
-  int64_t max_head_dim = 1024;
-  int64_t max_seq_len = 16384;
+  // Intra-op threads for both the scorer and GetServerInfo. Shown in --help as
+  // the number it resolves to, rather than ScorerOptions' 0.
+  int threads = NumberOfCores();
   std::string model_dir;
   double shutdown_grace = 30;
   std::string log_format = "text";
   std::string log_level = "info";
-  std::string device = "cpu";
   int64_t warmup_delay_ms = 0;
+  scoring::ScorerOptions scorer;    // --device
+  service::ServiceOptions service;  // --batch-workers, --max-*
+
+  bool metrics_enabled() const {
+    return !metrics_listen.empty() && metrics_listen != "off";
+  }
 };
 
+// Binds `value` to the flag `name`, also read from $ATTNSCORE_<env>. Counts
+// that are size_t in the options structs are parsed as int64_t like every other
+// number: --help says INT for all of them, and a negative value fails the
+// flag's range check (with its message) instead of the conversion.
+template <typename T>
+CLI::Option* AddFlag(CLI::App& app, const std::string& name, T& value,
+                     const std::string& env, const std::string& help) {
+  CLI::Option* option = nullptr;
+  if constexpr (std::is_integral_v<T> && std::is_unsigned_v<T>) {
+    // A converting option captures no default: give it the struct's.
+    option = app.add_option<T, int64_t>(name, value, help)
+                 ->default_str(std::to_string(value));
+  } else {
+    option = app.add_option(name, value, help);
+  }
+  return option->envname("ATTNSCORE_" + env);
+}
+
+// --listen, --port-file, --metrics-listen, --metrics-port-file.
+void AddEndpointFlags(CLI::App& app, Flags& flags) {
+  AddFlag(app, "--listen", flags.listen, "LISTEN",
+          "gRPC address HOST:PORT; port 0 picks a free port "
+          "(logged, and written to --port-file)");
+  AddFlag(app, "--port-file", flags.port_file, "PORT_FILE",
+          "Write the bound gRPC port to this file once the server accepts "
+          "calls (default: none)");
+  AddFlag(app, "--metrics-listen", flags.metrics_listen, "METRICS_LISTEN",
+          "Prometheus /metrics address HOST:PORT (port 0: a free port); "
+          "\"off\" or an empty value disables metrics");
+  AddFlag(app, "--metrics-port-file", flags.metrics_port_file,
+          "METRICS_PORT_FILE",
+          "Write the bound metrics port to this file (default: none)");
+}
+
+// --threads, --batch-workers, --max-batch-size, --max-queue-delay-us,
+// --max-queue: the batcher's options.
+void AddBatchingFlags(CLI::App& app, Flags& flags) {
+  batching::BatchSchedulerOptions& batching = flags.service.batching;
+  AddFlag(app, "--threads", flags.threads, "THREADS",
+          "LibTorch intra-op threads per batch "
+          "(default: the number of cores)")
+      ->check(CLI::PositiveNumber);
+  AddFlag(app, "--batch-workers", batching.num_batch_threads, "BATCH_WORKERS",
+          "Threads computing batches; "
+          "each batch uses --threads intra-op threads")
+      ->check(CLI::PositiveNumber);
+  AddFlag(app, "--max-batch-size", batching.max_batch_size, "MAX_BATCH_SIZE",
+          "Most batch items (sum of the requests' B) computed together")
+      ->check(CLI::PositiveNumber);
+  AddFlag(app, "--max-queue-delay-us", batching.max_queue_delay_us,
+          "MAX_QUEUE_DELAY_US",
+          "How long a request waits for others with the same signature "
+          "before its batch runs")
+      ->check(CLI::NonNegativeNumber);
+  AddFlag(app, "--max-queue", batching.max_enqueued_tasks, "MAX_QUEUE",
+          "Most requests waiting for compute; "
+          "beyond it requests get UNAVAILABLE at once")
+      ->check(CLI::PositiveNumber);
+}
+
+// --max-output-bytes, --max-heads, --max-head-dim, --max-seq-len, --model-dir:
+// what a request may ask for.
+void AddRequestFlags(CLI::App& app, Flags& flags) {
+  service::RequestLimits& limits = flags.service.limits;
+  AddFlag(app, "--max-output-bytes", limits.max_output_bytes,
+          "MAX_OUTPUT_BYTES",
+          "Largest response (all requested outputs); larger requests get "
+          "RESOURCE_EXHAUSTED. "
+          "gRPC's send and receive message limits are this plus 1 MiB")
+      ->check(CLI::Range(int64_t{1}, int64_t{INT_MAX} - kMessageOverheadBytes));
+  AddFlag(app, "--max-heads", limits.max_heads, "MAX_HEADS",
+          "Largest H per request")
+      ->check(CLI::PositiveNumber);
+  AddFlag(app, "--max-head-dim", limits.max_head_dim, "MAX_HEAD_DIM",
+          "Largest D (and Dv) per request")
+      ->check(CLI::PositiveNumber);
+  AddFlag(app, "--max-seq-len", limits.max_seq_len, "MAX_SEQ_LEN",
+          "Largest Lq and Lk per request")
+      ->check(CLI::PositiveNumber);
+  AddFlag(app, "--model-dir", flags.model_dir, "MODEL_DIR",
+          "Directory of relative-position parameter sets "
+          "NAME.safetensors / NAME.pt (model = file stem); reloaded on SIGHUP. "
+          "Default: none (ALiBi only)");
+}
+
+// --shutdown-grace, --log-format, --log-level, --device, --warmup-delay-ms.
+void AddLifecycleFlags(CLI::App& app, Flags& flags) {
+  AddFlag(app, "--shutdown-grace", flags.shutdown_grace, "SHUTDOWN_GRACE",
+          "Seconds to finish queued and in-flight requests after "
+          "SIGTERM/SIGINT before cancelling them")
+      ->check(CLI::NonNegativeNumber);
+  AddFlag(app, "--log-format", flags.log_format, "LOG_FORMAT",
+          "text, or json (one object per line)")
+      ->check(CLI::IsMember({"text", "json"}));
+  AddFlag(app, "--log-level", flags.log_level, "LOG_LEVEL",
+          "trace, debug (one line per request), info, warn, error, critical "
+          "or off");
+  AddFlag(app, "--device", flags.scorer.device, "DEVICE",
+          "cpu, cuda or cuda:N; start-up fails if unavailable");
+  AddFlag(app, "--warmup-delay-ms", flags.warmup_delay_ms, "WARMUP_DELAY_MS",
+          "Keep readiness NOT_SERVING this long before the warm-up compute "
+          "(staged roll-outs, tests)")
+      ->check(CLI::NonNegativeNumber);
+}
+
+// --help lists the flags in the order they are added here.
 void AddFlags(CLI::App& app, Flags& flags) {
   // --help shows defaults; a flag given twice takes the last value (a wrapper's
   // defaults can be overridden by appending).
   app.option_defaults()->always_capture_default()->multi_option_policy(
       CLI::MultiOptionPolicy::TakeLast);
-  auto add = [&app](const std::string& name, auto& value,
-                    const std::string& env, const std::string& help) {
-    return app.add_option(name, value, help)->envname("ATTNSCORE_" + env);
-  };
-  add("--listen", flags.listen, "LISTEN",
-      "gRPC address HOST:PORT; port 0 picks a free port (logged, and written "
-      "to --port-file)");
-  add("--port-file", flags.port_file, "PORT_FILE",
-      "Write the bound gRPC port to this file once the server accepts calls "
-      "(default: none)");
-  add("--metrics-listen", flags.metrics_listen, "METRICS_LISTEN",
-      "Prometheus /metrics address HOST:PORT (port 0: a free port); \"off\" "
-      "or an empty value disables metrics");
-  add("--metrics-port-file", flags.metrics_port_file, "METRICS_PORT_FILE",
-      "Write the bound metrics port to this file (default: none)");
-  add("--threads", flags.threads, "THREADS",
-      "LibTorch intra-op threads per batch (default: the number of cores)")
-      ->check(CLI::PositiveNumber);
-  add("--batch-workers", flags.batch_workers, "BATCH_WORKERS",
-      "Threads computing batches; each batch uses --threads intra-op threads")
-      ->check(CLI::PositiveNumber);
-  add("--max-batch-size", flags.max_batch_size, "MAX_BATCH_SIZE",
-      "Most batch items (sum of the requests' B) computed together")
-      ->check(CLI::PositiveNumber);
-  add("--max-queue-delay-us", flags.max_queue_delay_us, "MAX_QUEUE_DELAY_US",
-      "How long a request waits for others with the same signature before its "
-      "batch runs")
-      ->check(CLI::NonNegativeNumber);
-  add("--max-queue", flags.max_queue, "MAX_QUEUE",
-      "Most requests waiting for compute; beyond it requests get UNAVAILABLE "
-      "at once")
-      ->check(CLI::PositiveNumber);
-  add("--max-output-bytes", flags.max_output_bytes, "MAX_OUTPUT_BYTES",
-      "Largest response (all requested outputs); larger requests get "
-      "RESOURCE_EXHAUSTED. gRPC's "
-      "send and receive message limits are this plus 1 MiB")
-      ->check(CLI::Range(int64_t{1}, int64_t{INT_MAX} - kMessageOverheadBytes));
-  add("--max-heads", flags.max_heads, "MAX_HEADS", "Largest H per request")
-      ->check(CLI::PositiveNumber);
-  add("--max-head-dim", flags.max_head_dim, "MAX_HEAD_DIM",
-      "Largest D (and Dv) per request")
-      ->check(CLI::PositiveNumber);
-  add("--max-seq-len", flags.max_seq_len, "MAX_SEQ_LEN",
-      "Largest Lq and Lk per request")
-      ->check(CLI::PositiveNumber);
-  add("--model-dir", flags.model_dir, "MODEL_DIR",
-      "Directory of relative-position parameter sets NAME.safetensors / "
-      "NAME.pt (model = file "
-      "stem); reloaded on SIGHUP. Default: none (ALiBi only)");
-  add("--shutdown-grace", flags.shutdown_grace, "SHUTDOWN_GRACE",
-      "Seconds to finish queued and in-flight requests after SIGTERM/SIGINT "
-      "before cancelling "
-      "them")
-      ->check(CLI::NonNegativeNumber);
-  add("--log-format", flags.log_format, "LOG_FORMAT",
-      "text, or json (one object per line)")
-      ->check(CLI::IsMember({"text", "json"}));
-  add("--log-level", flags.log_level, "LOG_LEVEL",
-      "trace, debug (one line per request), info, warn, error, critical or "
-      "off");
-  add("--device", flags.device, "DEVICE",
-      "cpu, cuda or cuda:N; start-up fails if unavailable");
-  add("--warmup-delay-ms", flags.warmup_delay_ms, "WARMUP_DELAY_MS",
-      "Keep readiness NOT_SERVING this long before the warm-up compute (staged "
-      "roll-outs, tests)")
-      ->check(CLI::NonNegativeNumber);
+  AddEndpointFlags(app, flags);
+  AddBatchingFlags(app, flags);
+  AddRequestFlags(app, flags);
+  AddLifecycleFlags(app, flags);
 }
 
 // Writes `content` so that a reader never sees a partial file: a temporary,
@@ -204,6 +268,8 @@ class SignalThread {
     }
     thread_.join();
   }
+  SignalThread(const SignalThread&) = delete;
+  SignalThread& operator=(const SignalThread&) = delete;
 
   // Blocks until SIGTERM or SIGINT arrives.
   void WaitForShutdownRequest() {
@@ -268,113 +334,9 @@ class SignalThread {
   std::thread thread_;  // last: starts after the members it uses
 };
 
-int Run(const Flags& flags) {
-  if (absl::Status s = observability::SetupLogging(
-          *observability::ParseLogFormat(flags.log_format), flags.log_level);
-      !s.ok()) {
-    std::fprintf(stderr, "attnscore-server: --log-level: %s\n",
-                 s.ToString().c_str());
-    return 2;
-  }
-  const bool metrics_enabled =
-      !flags.metrics_listen.empty() && flags.metrics_listen != "off";
-  if (metrics_enabled) {
-    std::string host;
-    int port = 0;
-    if (absl::Status s =
-            observability::ParseHostPort(flags.metrics_listen, &host, &port);
-        !s.ok()) {
-      spdlog::critical("--metrics-listen: {}", s.ToString());
-      return 2;
-    }
-  }
-
-  scoring::ScorerOptions scorer_options;
-  scorer_options.device = flags.device;
-  scorer_options.intra_op_threads = flags.threads;
-  absl::StatusOr<std::unique_ptr<scoring::Scorer>> scorer =
-      scoring::Scorer::Create(scorer_options);
-  if (!scorer.ok()) {
-    spdlog::critical("--device {}: {}", flags.device,
-                     scorer.status().ToString());
-    return 1;
-  }
-  absl::StatusOr<std::unique_ptr<service::ModelRegistry>> models =
-      service::ModelRegistry::Create(flags.model_dir);
-  if (!models.ok()) {
-    spdlog::critical("--model-dir {}: {}", flags.model_dir,
-                     models.status().ToString());
-    return 1;
-  }
-  spdlog::info("models from {}: {}",
-               flags.model_dir.empty() ? "(no --model-dir)" : flags.model_dir,
-               service::ModelNames(*(*models)->Current()));
-
-  observability::Registry registry;
-  service::ServiceMetrics metrics(registry);
-  registry
-      .AddGauge("attnscore_build_info", "Always 1; labels say what is running.",
-                {"version", "device"})
-      .WithLabels({ATTNSCORE_VERSION, (*scorer)->device()})
-      .Set(1);
-  service::ModelRegistry* model_registry = models->get();
-  registry.AddCallbackGauge(
-      "attnscore_models_loaded", "Relative-position models loaded.",
-      [model_registry] {
-        return static_cast<double>(model_registry->Current()->models.size());
-      });
-
-  const int64_t max_message_bytes =
-      flags.max_output_bytes + kMessageOverheadBytes;
-  service::ServiceOptions options;
-  options.limits.max_heads = flags.max_heads;
-  options.limits.max_head_dim = flags.max_head_dim;
-  options.limits.max_seq_len = flags.max_seq_len;
-  options.limits.max_output_bytes = flags.max_output_bytes;
-  options.batching.max_batch_size = static_cast<size_t>(flags.max_batch_size);
-  options.batching.batch_timeout_micros = flags.max_queue_delay_us;
-  options.batching.max_enqueued_tasks = static_cast<size_t>(flags.max_queue);
-  options.batching.num_batch_threads = flags.batch_workers;
-  options.max_message_bytes = max_message_bytes;
-  options.intra_op_threads = flags.threads;
-  absl::StatusOr<std::unique_ptr<service::AttentionScorerService>> service =
-      service::AttentionScorerService::Create(options, scorer->get(),
-                                              model_registry, &metrics);
-  if (!service.ok()) {
-    spdlog::critical("{}", service.status().ToString());
-    return 2;
-  }
-
-  std::unique_ptr<observability::MetricsServer> metrics_server;
-  if (metrics_enabled) {
-    absl::StatusOr<std::unique_ptr<observability::MetricsServer>> started =
-        observability::MetricsServer::Start(flags.metrics_listen, &registry);
-    if (!started.ok()) {
-      spdlog::critical("--metrics-listen {}: {}", flags.metrics_listen,
-                       started.status().ToString());
-      return 1;
-    }
-    metrics_server = *std::move(started);
-    spdlog::info("metrics on {} (port {})", flags.metrics_listen,
-                 metrics_server->port());
-    if (!flags.metrics_port_file.empty()) {
-      if (absl::Status s =
-              WriteFileAtomically(flags.metrics_port_file,
-                                  absl::StrCat(metrics_server->port(), "\n"));
-          !s.ok()) {
-        spdlog::critical("--metrics-port-file: {}", s.ToString());
-        return 1;
-      }
-    }
-  }
-
-  grpc::EnableDefaultHealthCheckService(true);
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  grpc::ServerBuilder builder;
-  int port = 0;
-  builder.AddListeningPort(flags.listen, grpc::InsecureServerCredentials(),
-                           &port);
-  builder.RegisterService(service->get());
+// Message size limits and keepalive (see the constants above).
+void ConfigureChannels(grpc::ServerBuilder& builder,
+                       int64_t max_message_bytes) {
   builder.SetMaxReceiveMessageSize(static_cast<int>(max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(max_message_bytes));
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, kKeepaliveTimeMs);
@@ -385,79 +347,278 @@ int Run(const Flags& flags) {
       GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS,
       kMinClientPingIntervalMs);
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (server == nullptr || port == 0) {
+}
+
+// The server's life: start-up, serving and drain, one step per method, in the
+// order Run() takes them. A step that fails logs why and returns false; Run()
+// turns that into the exit code.
+//
+// Ownership: members are declared in the order the steps make them, so that
+// after a failed start-up they are destroyed in reverse: the gRPC server before
+// the service it calls, the service before the scorer, models and metrics it
+// uses. Thread safety: Run() on the main thread only.
+class Server {
+ public:
+  explicit Server(Flags flags) : flags_(std::move(flags)) {}
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  // The exit code of a failed start-up. After a drain it does not return: it
+  // exits the process with 0.
+  int Run();
+
+ private:
+  bool SetUpLogging() const;
+  bool CheckMetricsListen() const;
+  bool CreateScorer();
+  bool LoadModels();
+  void RegisterProcessMetrics();
+  bool CreateService();
+  bool StartMetricsServer();
+  bool StartGrpcServer();
+  bool WritePortFile();
+  bool WarmUp(SignalThread& signals);
+  [[noreturn]] void DrainAndExit();
+
+  // gRPC's send and receive limits: the largest response plus its small fields.
+  int64_t max_message_bytes() const {
+    return flags_.service.limits.max_output_bytes + kMessageOverheadBytes;
+  }
+
+  const Flags flags_;
+  std::unique_ptr<scoring::Scorer> scorer_;
+  std::unique_ptr<service::ModelRegistry> models_;
+  observability::Registry registry_;
+  service::ServiceMetrics metrics_{registry_};
+  std::unique_ptr<service::AttentionScorerService> service_;
+  std::unique_ptr<observability::MetricsServer> metrics_server_;
+  int port_ = 0;  // the bound gRPC port, set by BuildAndStart
+  std::unique_ptr<grpc::Server> server_;
+  grpc::HealthCheckServiceInterface* health_ = nullptr;  // owned by server_
+};
+
+int Server::Run() {
+  if (!SetUpLogging() || !CheckMetricsListen()) return kExitBadFlag;
+  if (!CreateScorer() || !LoadModels()) return kExitStartupFailed;
+  RegisterProcessMetrics();
+  if (!CreateService()) return kExitBadFlag;
+  if (!StartMetricsServer() || !StartGrpcServer() || !WritePortFile()) {
+    return kExitStartupFailed;
+  }
+  SignalThread signals(models_.get());
+  if (!WarmUp(signals)) return kExitStartupFailed;
+  signals.WaitForShutdownRequest();
+  DrainAndExit();
+}
+
+// Before it, errors go to stderr: there is no logger yet.
+bool Server::SetUpLogging() const {
+  // --log-format was checked by the parser; --log-level is checked here.
+  const absl::Status status = observability::SetupLogging(
+      *observability::ParseLogFormat(flags_.log_format), flags_.log_level);
+  if (status.ok()) return true;
+  std::fprintf(stderr, "attnscore-server: --log-level: %s\n",
+               status.ToString().c_str());
+  return false;
+}
+
+// Checked before the slow steps, so that a typo fails at once.
+bool Server::CheckMetricsListen() const {
+  if (!flags_.metrics_enabled()) return true;
+  std::string host;
+  int port = 0;
+  const absl::Status status =
+      observability::ParseHostPort(flags_.metrics_listen, &host, &port);
+  if (status.ok()) return true;
+  spdlog::critical("--metrics-listen: {}", status.ToString());
+  return false;
+}
+
+bool Server::CreateScorer() {
+  scoring::ScorerOptions options = flags_.scorer;
+  options.intra_op_threads = flags_.threads;
+  absl::StatusOr<std::unique_ptr<scoring::Scorer>> scorer =
+      scoring::CreateAtenScorer(options);
+  if (!scorer.ok()) {
+    spdlog::critical("--device {}: {}", options.device,
+                     scorer.status().ToString());
+    return false;
+  }
+  scorer_ = *std::move(scorer);
+  return true;
+}
+
+// The registry reloads through the same loader on SIGHUP.
+bool Server::LoadModels() {
+  absl::StatusOr<std::unique_ptr<service::ModelRegistry>> models =
+      service::ModelRegistry::Create(
+          flags_.model_dir,
+          [](const std::string& dir) { return scoring::LoadModelDir(dir); });
+  if (!models.ok()) {
+    spdlog::critical("--model-dir {}: {}", flags_.model_dir,
+                     models.status().ToString());
+    return false;
+  }
+  models_ = *std::move(models);
+  spdlog::info("models from {}: {}",
+               flags_.model_dir.empty() ? "(no --model-dir)" : flags_.model_dir,
+               service::ModelNames(*models_->Current()));
+  return true;
+}
+
+// The series about the process itself; the service registers its own.
+void Server::RegisterProcessMetrics() {
+  registry_
+      .AddGauge("attnscore_build_info", "Always 1; labels say what is running.",
+                {"version", "device"})
+      .WithLabels({kVersion, scorer_->device()})
+      .Set(1);
+  const service::ModelRegistry* models = models_.get();
+  registry_.AddCallbackGauge(
+      "attnscore_models_loaded", "Relative-position models loaded.", [models] {
+        return static_cast<double>(models->Current()->models.size());
+      });
+}
+
+// Starts the batch workers; fails on batcher options the parser cannot check.
+bool Server::CreateService() {
+  service::ServiceOptions options = flags_.service;
+  options.max_message_bytes = max_message_bytes();
+  options.intra_op_threads = flags_.threads;
+  absl::StatusOr<std::unique_ptr<service::AttentionScorerService>> service =
+      service::AttentionScorerService::Create(options, scorer_.get(),
+                                              models_.get(), &metrics_);
+  if (!service.ok()) {
+    spdlog::critical("{}", service.status().ToString());
+    return false;
+  }
+  service_ = *std::move(service);
+  return true;
+}
+
+// Serves /metrics (unless disabled) and writes --metrics-port-file.
+bool Server::StartMetricsServer() {
+  if (!flags_.metrics_enabled()) return true;
+  absl::StatusOr<std::unique_ptr<observability::MetricsServer>> started =
+      observability::MetricsServer::Start(flags_.metrics_listen, &registry_);
+  if (!started.ok()) {
+    spdlog::critical("--metrics-listen {}: {}", flags_.metrics_listen,
+                     started.status().ToString());
+    return false;
+  }
+  metrics_server_ = *std::move(started);
+  spdlog::info("metrics on {} (port {})", flags_.metrics_listen,
+               metrics_server_->port());
+  if (flags_.metrics_port_file.empty()) return true;
+  const absl::Status status = WriteFileAtomically(
+      flags_.metrics_port_file, absl::StrCat(metrics_server_->port(), "\n"));
+  if (status.ok()) return true;
+  spdlog::critical("--metrics-port-file: {}", status.ToString());
+  return false;
+}
+
+// Listens, with health (live, not yet ready) and reflection.
+bool Server::StartGrpcServer() {
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(flags_.listen, grpc::InsecureServerCredentials(),
+                           &port_);
+  builder.RegisterService(service_.get());
+  ConfigureChannels(builder, max_message_bytes());
+  server_ = builder.BuildAndStart();
+  if (server_ == nullptr || port_ == 0) {
     spdlog::critical(
         "--listen {}: cannot listen there (address in use or not local?)",
-        flags.listen);
-    return 1;
+        flags_.listen);
+    return false;
   }
-  grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
-  health->SetServingStatus("", true);
-  health->SetServingStatus(service::kServiceName, false);
+  health_ = server_->GetHealthCheckService();
+  health_->SetServingStatus("", true);
+  health_->SetServingStatus(ReadinessService(), false);
   spdlog::info(
-      "attnscore-server {} listening on {} (port {}), device {}, {} intra-op "
-      "threads",
-      ATTNSCORE_VERSION, flags.listen, port, (*scorer)->device(),
-      flags.threads);
-  if (!flags.port_file.empty()) {
-    if (absl::Status s =
-            WriteFileAtomically(flags.port_file, absl::StrCat(port, "\n"));
-        !s.ok()) {
-      spdlog::critical("--port-file: {}", s.ToString());
-      server->Shutdown();
-      return 1;
-    }
-  }
+      "attnscore-server {} listening on {} (port {}), device {}, "
+      "{} intra-op threads",
+      kVersion, flags_.listen, port_, scorer_->device(), flags_.threads);
+  return true;
+}
 
-  SignalThread signals(model_registry);
-  if (flags.warmup_delay_ms > 0) {
+// Written once the server accepts calls: tests and scripts wait for it.
+bool Server::WritePortFile() {
+  if (flags_.port_file.empty()) return true;
+  const absl::Status status =
+      WriteFileAtomically(flags_.port_file, absl::StrCat(port_, "\n"));
+  if (status.ok()) return true;
+  spdlog::critical("--port-file: {}", status.ToString());
+  server_->Shutdown();
+  return false;
+}
+
+// Readiness goes SERVING only after the warm-up compute, and not at all when a
+// shutdown was asked for meanwhile.
+bool Server::WarmUp(SignalThread& signals) {
+  if (flags_.warmup_delay_ms > 0) {
     std::this_thread::sleep_for(
-        std::chrono::milliseconds(flags.warmup_delay_ms));
+        std::chrono::milliseconds(flags_.warmup_delay_ms));
   }
-  if (absl::Status s = (*service)->WarmUp(); !s.ok()) {
-    spdlog::critical("{}", s.ToString());
-    server->Shutdown(std::chrono::system_clock::now());
-    (*service)->Shutdown();
-    return 1;
+  if (const absl::Status status = service_->WarmUp(); !status.ok()) {
+    spdlog::critical("{}", status.ToString());
+    server_->Shutdown(std::chrono::system_clock::now());
+    service_->Shutdown();
+    return false;
   }
   if (!signals.shutdown_requested()) {
-    health->SetServingStatus(service::kServiceName, true);
-    spdlog::info("ready: warm-up done, {} SERVING", service::kServiceName);
+    health_->SetServingStatus(ReadinessService(), true);
+    spdlog::info("ready: warm-up done, {} SERVING", ReadinessService());
   }
+  return true;
+}
 
-  signals.WaitForShutdownRequest();
+void Server::DrainAndExit() {
   const auto drain_start = std::chrono::steady_clock::now();
-  health->SetServingStatus(service::kServiceName, false);
+  health_->SetServingStatus(ReadinessService(), false);
   // Refuses new calls at once, waits for the running ones (whose requests the
   // batch workers keep computing) until the grace deadline, then cancels what
   // is left. Returns when every call is done.
-  server->Shutdown(std::chrono::system_clock::now() +
-                   std::chrono::microseconds(
-                       static_cast<int64_t>(flags.shutdown_grace * 1e6)));
+  server_->Shutdown(std::chrono::system_clock::now() +
+                    std::chrono::microseconds(
+                        static_cast<int64_t>(flags_.shutdown_grace * 1e6)));
   // Anything still queued (requests of cancelled calls) is answered or dropped;
   // workers joined.
-  (*service)->Shutdown();
-  server->Wait();
+  service_->Shutdown();
+  server_->Wait();
   const double drain_seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() -
                                     drain_start)
           .count();
-  if (drain_seconds > flags.shutdown_grace) {
+  if (drain_seconds > flags_.shutdown_grace) {
     spdlog::warn(
-        "drain took {:.3f} s, over --shutdown-grace {} s: late calls were "
-        "cancelled",
-        drain_seconds, flags.shutdown_grace);
+        "drain took {:.3f} s, over --shutdown-grace {} s: "
+        "late calls were cancelled",
+        drain_seconds, flags_.shutdown_grace);
   }
-  if (metrics_server != nullptr) metrics_server->Stop();
+  if (metrics_server_ != nullptr) metrics_server_->Stop();
   spdlog::info("stopped after a {:.3f} s drain", drain_seconds);
   // Every call is answered and every batch worker joined: exit now. gRPC
-  // 1.51's global teardown (run by the destructors below) joins an executor
-  // thread parked in epoll_wait until its next timer, which delayed the exit by
-  // up to 10 s after large responses, time an orchestrator spends waiting.
+  // 1.51's global teardown (run by the destructors) joins an executor thread
+  // parked in epoll_wait until its next timer, which delayed the exit by up to
+  // 10 s after large responses, time an orchestrator spends waiting.
   spdlog::shutdown();
   std::fflush(nullptr);
   std::_Exit(0);
+}
+
+// Parses the command line and runs the server; the exit code.
+int ParseFlagsAndRun(int argc, char** argv) {
+  CLI::App app{
+      "attnscore-server: attention scores over gRPC "
+      "(ALiBi and Transformer-XL relative position bias), "
+      "with dynamic batching."};
+  Flags flags;
+  AddFlags(app, flags);
+  CLI11_PARSE(app, argc, argv);
+  Server server(flags);
+  return server.Run();
 }
 
 }  // namespace
@@ -470,13 +631,13 @@ int main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &handled, nullptr);
   // A client that hangs up mid-response must not kill the server.
   signal(SIGPIPE, SIG_IGN);
-
-  CLI::App app{
-      "attnscore-server: attention scores over gRPC (ALiBi and Transformer-XL "
-      "relative "
-      "position bias), with dynamic batching."};
-  attnscore::Flags flags;
-  attnscore::AddFlags(app, flags);
-  CLI11_PARSE(app, argc, argv);
-  return attnscore::Run(flags);
+  try {
+    return attnscore::ParseFlagsAndRun(argc, argv);
+  } catch (const std::exception& e) {
+    // Errors are absl::Status throughout; an exception that still gets here
+    // (say, std::bad_alloc at start-up) fails start-up with a message rather
+    // than an abort.
+    std::fprintf(stderr, "attnscore-server: %s\n", e.what());
+    return attnscore::kExitStartupFailed;
+  }
 }

@@ -1,12 +1,13 @@
 # attnscore-server: flags, gRPC server set-up, health, reflection, metrics endpoint, signals.
 # Included from server/CMakeLists.txt; the binary lands at ${CMAKE_BINARY_DIR}/server/.
 
+# main.cc reaches LibTorch only through attnscore_scoring's LibTorch-free headers (aten_scorer.h,
+# model_loader.h); it includes no ATen header.
 add_executable(attnscore-server main.cc)
-target_compile_definitions(attnscore-server PRIVATE ATTNSCORE_VERSION="${PROJECT_VERSION}")
 target_link_libraries(attnscore-server PRIVATE
-  attnscore_service attnscore_scoring attnscore_observability
+  attnscore_service attnscore_scoring attnscore_observability attnscore_proto attnscore_version
   gRPC::grpc++ gRPC::grpc++_reflection CLI11::CLI11 spdlog::spdlog
-  absl::status absl::strings)
+  absl::status absl::statusor absl::strings)
 
 # The example relative-position parameter set that `make serve` serves (random, labelled as an
 # example in its metadata). 8 MiB of float32 (P=2048 H=8 D=64), so it is generated

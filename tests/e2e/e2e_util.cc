@@ -25,9 +25,9 @@ int64_t Product(const std::vector<int64_t>& shape) {
 std::vector<float> SelectItems(const std::vector<float>& values,
                                const std::vector<int64_t>& shape,
                                const std::vector<int>& items) {
-  const size_t row = static_cast<size_t>(Product(shape) / shape[0]);
+  const int64_t row = Product(shape) / shape[0];
   std::vector<float> out;
-  out.reserve(row * items.size());
+  out.reserve(static_cast<size_t>(row) * items.size());
   for (int b : items) {
     out.insert(out.end(), values.begin() + b * row,
                values.begin() + (b + 1) * row);
@@ -43,8 +43,9 @@ std::vector<int64_t> WithBatch(std::vector<int64_t> shape, size_t batch) {
 std::string CompareOutput(const std::string& name, const v1::Tensor& actual,
                           const std::vector<float>& expected,
                           const std::vector<int64_t>& expected_shape) {
-  if (actual.dtype() != v1::FLOAT32)
+  if (actual.dtype() != v1::FLOAT32) {
     return absl::StrCat(name, ": dtype ", actual.dtype());
+  }
   if (std::vector<int64_t>(actual.shape().begin(), actual.shape().end()) !=
       expected_shape) {
     return absl::StrCat(name, ": wrong shape");
@@ -94,11 +95,13 @@ absl::Status WriteRelativeModels(const std::vector<testing::GoldenCase>& cases,
     for (const char* name :
          {"key_pos_embeddings", "key_pos_bias", "query_pos_bias"}) {
       const SafetensorsFile::Tensor* t = c.file.Find(name);
-      if (t == nullptr)
+      if (t == nullptr) {
         return absl::NotFoundError(absl::StrCat(c.name, ": no ", name));
+      }
       if (absl::Status s = writer.Add(name, t->dtype, t->shape, t->bytes);
-          !s.ok())
+          !s.ok()) {
         return s;
+      }
     }
     if (absl::Status s =
             writer.Write(absl::StrCat(dir, "/", ModelName(c), ".safetensors"));
@@ -187,8 +190,9 @@ absl::StatusOr<std::vector<std::string>> ListServicesByReflection(
   auto stream = stub->ServerReflectionInfo(&context);
   grpc::reflection::v1alpha::ServerReflectionRequest request;
   request.set_list_services("");
-  if (!stream->Write(request))
+  if (!stream->Write(request)) {
     return absl::UnavailableError("reflection: write failed");
+  }
   stream->WritesDone();
   grpc::reflection::v1alpha::ServerReflectionResponse response;
   std::vector<std::string> names;

@@ -15,6 +15,7 @@
 #include "tests/e2e/e2e_util.h"
 #include "tests/testing/golden.h"
 #include "tests/testing/server_process.h"
+#include "tests/testing/test_util.h"
 
 namespace attnscore::e2e {
 namespace {
@@ -53,8 +54,9 @@ class GoldenE2eTest : public ::testing::Test {
     stub_ = v1::AttentionScorer::NewStub(server_->NewChannel());
   }
   void TearDown() override {
-    if (HasFailure() && server_ != nullptr)
+    if (HasFailure() && server_ != nullptr) {
       std::cerr << "server log:\n" << server_->Log();
+    }
   }
 
   static std::vector<testing::GoldenCase>* cases_;

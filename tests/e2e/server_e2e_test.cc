@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
 #include "attnscore/v1/attnscore.grpc.pb.h"
 #include "common/safetensors.h"
 #include "gmock/gmock.h"
@@ -26,6 +27,7 @@
 #include "tests/e2e/e2e_util.h"
 #include "tests/observability/prometheus_harness.h"
 #include "tests/testing/server_process.h"
+#include "tests/testing/test_util.h"
 
 namespace attnscore::e2e {
 namespace {
@@ -33,39 +35,41 @@ namespace {
 using ::attnscore::testing::CheckHealth;
 using ::attnscore::testing::ServerProcess;
 using ::attnscore::testing::TempDir;
+using ::attnscore::testing::WaitFor;
 using ::testing::HasSubstr;
 using HealthStatus = grpc::health::v1::HealthCheckResponse;
 
 constexpr auto kRpcTimeout = std::chrono::seconds(60);
-constexpr char kReadiness[] = "attnscore.v1.AttentionScorer";
-
-// Polls `condition` every 20 ms for at most `timeout`.
-bool WaitFor(const std::function<bool()>& condition,
-             std::chrono::milliseconds timeout = std::chrono::seconds(30)) {
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (condition()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  return condition();
-}
+constexpr const char* kReadiness = v1::AttentionScorer::service_full_name();
+// Waits for the server's state (health, metrics, models): at most 30 s, looking
+// every 20 ms (each look may be a /metrics scrape, so not more often).
+constexpr absl::Duration kWaitTimeout = absl::Seconds(30);
+constexpr absl::Duration kWaitPoll = absl::Milliseconds(20);
 
 std::vector<float> Ramp(size_t n, float scale) {
   std::vector<float> values(n);
-  for (size_t i = 0; i < n; ++i)
+  for (size_t i = 0; i < n; ++i) {
     values[i] = scale * static_cast<float>((i * 7919) % 1000) / 1000;
+  }
   return values;
+}
+
+// A FLOAT32 tensor of `shape` holding Ramp values.
+v1::Tensor RampTensor(const std::vector<int64_t>& shape, float scale) {
+  int64_t n = 1;
+  for (int64_t d : shape) {
+    n *= d;
+  }
+  return Float32Tensor(Ramp(static_cast<size_t>(n), scale), shape);
 }
 
 v1::ScoreRequest SmallRequest(const std::string& id = "") {
   v1::ScoreRequest request;
   request.set_request_id(id);
   request.mutable_alibi();
-  *request.mutable_query() =
-      Float32Tensor(Ramp(1 * 2 * 3 * 8, 1), {1, 2, 3, 8});
-  *request.mutable_key() = Float32Tensor(Ramp(1 * 2 * 4 * 8, 2), {1, 2, 4, 8});
-  *request.mutable_value() =
-      Float32Tensor(Ramp(1 * 2 * 4 * 8, 3), {1, 2, 4, 8});
+  *request.mutable_query() = RampTensor({1, 2, 3, 8}, 1);
+  *request.mutable_key() = RampTensor({1, 2, 4, 8}, 2);
+  *request.mutable_value() = RampTensor({1, 2, 4, 8}, 3);
   return request;
 }
 
@@ -73,13 +77,12 @@ v1::ScoreRequest SmallRequest(const std::string& id = "") {
 // hundreds of ms).
 v1::ScoreRequest SlowRequest(const std::string& id = "slow") {
   const std::vector<int64_t> shape = {2, 8, 1024, 64};
-  const size_t n = 2 * 8 * 1024 * 64;
   v1::ScoreRequest request;
   request.set_request_id(id);
   request.mutable_alibi();
-  *request.mutable_query() = Float32Tensor(Ramp(n, 1), shape);
-  *request.mutable_key() = Float32Tensor(Ramp(n, 0.5f), shape);
-  *request.mutable_value() = Float32Tensor(Ramp(n, 2), shape);
+  *request.mutable_query() = RampTensor(shape, 1);
+  *request.mutable_key() = RampTensor(shape, 0.5f);
+  *request.mutable_value() = RampTensor(shape, 2);
   request.set_causal(true);
   request.add_outputs(v1::CONTEXT);
   return request;
@@ -101,8 +104,9 @@ class ServerE2eTest : public ::testing::Test {
     stub_ = v1::AttentionScorer::NewStub(channel_);
   }
   void TearDown() override {
-    if (HasFailure() && server_ != nullptr)
+    if (HasFailure() && server_ != nullptr) {
       std::cerr << "server log:\n" << server_->Log();
+    }
   }
 
   Call Score(const v1::ScoreRequest& request,
@@ -171,11 +175,13 @@ TEST_F(ServerE2eTest, HealthIsLiveAtOnceAndReadyAfterWarmUp) {
   ASSERT_TRUE(ready.ok()) << ready.status();
   EXPECT_EQ(*ready, HealthStatus::NOT_SERVING)
       << "ready before the warm-up ran";
-  EXPECT_TRUE(WaitFor([&] {
-    absl::StatusOr<HealthStatus::ServingStatus> s =
-        CheckHealth(channel_, kReadiness);
-    return s.ok() && *s == HealthStatus::SERVING;
-  }));
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        absl::StatusOr<HealthStatus::ServingStatus> s =
+            CheckHealth(channel_, kReadiness);
+        return s.ok() && *s == HealthStatus::SERVING;
+      },
+      kWaitTimeout, kWaitPoll));
   EXPECT_TRUE(server_->WaitForLog("warm-up done", absl::Seconds(5)));
   EXPECT_EQ(CheckHealth(channel_, "no.such.Service").status().code(),
             absl::StatusCode::kNotFound);
@@ -260,7 +266,7 @@ std::vector<BadInput> BadInputs() {
        {"output_dtype", "4"}},
       {"heads disagree",
        [](auto& r) {
-         *r.mutable_key() = Float32Tensor(Ramp(64, 1), {1, 1, 8, 8});
+         *r.mutable_key() = RampTensor({1, 1, 8, 8}, 1);
        },
        C::INVALID_ARGUMENT,
        {"key", "2", "1"}},
@@ -282,7 +288,7 @@ std::vector<BadInput> BadInputs() {
       {"causal Lq > Lk",
        [](auto& r) {
          r.set_causal(true);
-         *r.mutable_query() = Float32Tensor(Ramp(80, 1), {1, 2, 5, 8});
+         *r.mutable_query() = RampTensor({1, 2, 5, 8}, 1);
        },
        C::INVALID_ARGUMENT,
        {"causal", "5", "4"}},
@@ -309,8 +315,8 @@ std::vector<BadInput> BadInputs() {
       {"model heads",
        [](auto& r) {
          r.mutable_relative()->set_model("tiny");
-         *r.mutable_query() = Float32Tensor(Ramp(72, 1), {1, 3, 3, 8});
-         *r.mutable_key() = Float32Tensor(Ramp(96, 1), {1, 3, 4, 8});
+         *r.mutable_query() = RampTensor({1, 3, 3, 8}, 1);
+         *r.mutable_key() = RampTensor({1, 3, 4, 8}, 1);
          r.clear_value();
        },
        C::INVALID_ARGUMENT,
@@ -318,31 +324,30 @@ std::vector<BadInput> BadInputs() {
       {"model P",
        [](auto& r) {
          r.mutable_relative()->set_model("tiny");
-         *r.mutable_key() = Float32Tensor(Ramp(2 * 9 * 8, 1), {1, 2, 9, 8});
+         *r.mutable_key() = RampTensor({1, 2, 9, 8}, 1);
          r.clear_value();
        },
        C::INVALID_ARGUMENT,
        {"tiny", "8", "9"}},
       {"H cap",
        [](auto& r) {
-         *r.mutable_query() = Float32Tensor(Ramp(5 * 3 * 8, 1), {1, 5, 3, 8});
-         *r.mutable_key() = Float32Tensor(Ramp(5 * 4 * 8, 1), {1, 5, 4, 8});
+         *r.mutable_query() = RampTensor({1, 5, 3, 8}, 1);
+         *r.mutable_key() = RampTensor({1, 5, 4, 8}, 1);
          r.clear_value();
        },
        C::INVALID_ARGUMENT,
        {"query.shape", "--max-heads", "H=5"}},
       {"L cap",
        [](auto& r) {
-         *r.mutable_key() = Float32Tensor(Ramp(2 * 40 * 8, 1), {1, 2, 40, 8});
+         *r.mutable_key() = RampTensor({1, 2, 40, 8}, 1);
          r.clear_value();
        },
        C::INVALID_ARGUMENT,
        {"key.shape", "--max-seq-len", "Lk=40"}},
       {"D cap",
        [](auto& r) {
-         *r.mutable_query() =
-             Float32Tensor(Ramp(2 * 3 * 128, 1), {1, 2, 3, 128});
-         *r.mutable_key() = Float32Tensor(Ramp(2 * 4 * 128, 1), {1, 2, 4, 128});
+         *r.mutable_query() = RampTensor({1, 2, 3, 128}, 1);
+         *r.mutable_key() = RampTensor({1, 2, 4, 128}, 1);
          r.clear_value();
        },
        C::INVALID_ARGUMENT,
@@ -350,10 +355,8 @@ std::vector<BadInput> BadInputs() {
       {"output bytes",
        [](auto& r) {
          // [64,2,3,4] logits + probs float32 = 2 * 6144 bytes > 10000.
-         *r.mutable_query() =
-             Float32Tensor(Ramp(64 * 2 * 3 * 8, 1), {64, 2, 3, 8});
-         *r.mutable_key() =
-             Float32Tensor(Ramp(64 * 2 * 4 * 8, 1), {64, 2, 4, 8});
+         *r.mutable_query() = RampTensor({64, 2, 3, 8}, 1);
+         *r.mutable_key() = RampTensor({64, 2, 4, 8}, 1);
          r.clear_value();
          r.add_outputs(v1::LOGITS);
          r.add_outputs(v1::PROBS);
@@ -422,9 +425,11 @@ TEST_F(ServerE2eTest, OverloadIsUnavailableAndAcceptedRequestsStillSucceed) {
   constexpr int kClients = 8;
   std::vector<Call> calls(kClients);
   std::vector<std::thread> threads;
+  threads.reserve(kClients);
   const v1::ScoreRequest slow = SlowRequest();
-  for (int i = 0; i < kClients; ++i)
+  for (int i = 0; i < kClients; ++i) {
     threads.push_back(ScoreAsync(slow, &calls[i]));
+  }
   for (std::thread& t : threads) t.join();
   int ok = 0, unavailable = 0;
   for (const Call& call : calls) {
@@ -451,8 +456,9 @@ TEST_F(ServerE2eTest, ExpiredAndCancelledRequestsAreDroppedBeforeCompute) {
   Call slow1, slow2;
   std::thread occupy1 = ScoreAsync(SlowRequest("slow1"), &slow1);
   std::thread occupy2 = ScoreAsync(SlowRequest("slow2"), &slow2);
-  ASSERT_TRUE(WaitFor(
-      [&] { return MetricsContain("attnscore_in_flight_requests 2"); }));
+  ASSERT_TRUE(
+      WaitFor([&] { return MetricsContain("attnscore_in_flight_requests 2"); },
+              kWaitTimeout, kWaitPoll));
   // Queued behind them: one that expires, one that the client cancels.
   Call expired = Score(SmallRequest("expired"), std::chrono::milliseconds(30));
   EXPECT_EQ(expired.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
@@ -462,9 +468,10 @@ TEST_F(ServerE2eTest, ExpiredAndCancelledRequestsAreDroppedBeforeCompute) {
     cancelled.status = stub_->Score(&cancel_context, SmallRequest("cancelled"),
                                     &cancelled.response);
   });
-  ASSERT_TRUE(WaitFor([&] {
-    return MetricsContain("attnscore_in_flight_requests 4");
-  })) << Metrics();
+  ASSERT_TRUE(
+      WaitFor([&] { return MetricsContain("attnscore_in_flight_requests 4"); },
+              kWaitTimeout, kWaitPoll))
+      << Metrics();
   cancel_context.TryCancel();
   cancel_thread.join();
   EXPECT_EQ(cancelled.status.error_code(), grpc::StatusCode::CANCELLED);
@@ -472,11 +479,14 @@ TEST_F(ServerE2eTest, ExpiredAndCancelledRequestsAreDroppedBeforeCompute) {
   occupy2.join();
   ASSERT_TRUE(slow1.status.ok()) << slow1.status.error_message();
   ASSERT_TRUE(slow2.status.ok()) << slow2.status.error_message();
-  EXPECT_TRUE(WaitFor([&] {
-    const std::string m = Metrics();
-    return m.find("code=\"DEADLINE_EXCEEDED\"} 1") != std::string::npos &&
-           m.find("code=\"CANCELLED\"} 1") != std::string::npos;
-  })) << Metrics();
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        const std::string m = Metrics();
+        return m.find("code=\"DEADLINE_EXCEEDED\"} 1") != std::string::npos &&
+               m.find("code=\"CANCELLED\"} 1") != std::string::npos;
+      },
+      kWaitTimeout, kWaitPoll))
+      << Metrics();
   // Only the slow requests were computed.
   EXPECT_TRUE(MetricsContain("attnscore_batch_size_count 2")) << Metrics();
 }
@@ -489,7 +499,8 @@ TEST_F(ServerE2eTest, SighupReloadsModelsAndKeepsThemWhenAFileIsBroken) {
 
   ASSERT_TRUE(WriteModel(models.path() + "/second.safetensors").ok());
   server_->Signal(SIGHUP);
-  EXPECT_TRUE(WaitFor([&] { return ModelNames().size() == 2; }));
+  EXPECT_TRUE(WaitFor([&] { return ModelNames().size() == 2; }, kWaitTimeout,
+                      kWaitPoll));
   EXPECT_THAT(ModelNames(), ::testing::ElementsAre("first", "second"));
   v1::ScoreRequest request = SmallRequest("rel");
   request.mutable_relative()->set_model("second");
@@ -519,15 +530,19 @@ TEST_F(ServerE2eTest, SigtermDrainsInFlightRequestsAndExitsZero) {
   constexpr int kInFlight = 3;
   std::vector<Call> calls(kInFlight);
   std::vector<std::thread> threads;
+  threads.reserve(kInFlight);
   for (int i = 0; i < kInFlight; ++i) {
     threads.push_back(
         ScoreAsync(SlowRequest(absl::StrCat("drain", i)), &calls[i]));
   }
   // All accepted (one computing, two queued) before the signal.
-  ASSERT_TRUE(WaitFor([&] {
-    return MetricsContain(
-        absl::StrCat("attnscore_in_flight_requests ", kInFlight));
-  })) << Metrics();
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        return MetricsContain(
+            absl::StrCat("attnscore_in_flight_requests ", kInFlight));
+      },
+      kWaitTimeout, kWaitPoll))
+      << Metrics();
   server_->Signal(SIGTERM);
   for (std::thread& t : threads) t.join();
   for (int i = 0; i < kInFlight; ++i) {
@@ -546,13 +561,12 @@ TEST_F(ServerE2eTest, LargeResponsesPassTheMessageLimits) {
   // B8 H8 L512 float32 logits: 64 MiB, far over gRPC's 4 MiB default.
   ASSERT_NO_FATAL_FAILURE(Start({}));
   const std::vector<int64_t> shape = {8, 8, 512, 64};
-  const size_t n = 8 * 8 * 512 * 64;
   v1::ScoreRequest request;
   request.set_request_id("large");
   request.mutable_alibi();
   request.set_causal(true);
-  *request.mutable_query() = Float32Tensor(Ramp(n, 1), shape);
-  *request.mutable_key() = Float32Tensor(Ramp(n, 0.5f), shape);
+  *request.mutable_query() = RampTensor(shape, 1);
+  *request.mutable_key() = RampTensor(shape, 0.5f);
   const auto start = std::chrono::steady_clock::now();
   Call call = Score(request);
   const double seconds =
@@ -567,7 +581,8 @@ TEST_F(ServerE2eTest, LargeResponsesPassTheMessageLimits) {
   EXPECT_EQ(logits[511], -std::numeric_limits<float>::infinity());
   EXPECT_TRUE(std::isfinite(logits[logits.size() - 1]));
   std::cerr << "64 MiB logits round trip: " << seconds << " s (compute "
-            << call.response.timing().compute_us() / 1e3 << " ms)\n";
+            << static_cast<double>(call.response.timing().compute_us()) / 1e3
+            << " ms)\n";
   // And the server still stops promptly: gRPC's global teardown used to hold
   // the exit ~10 s after large responses.
   server_->Signal(SIGTERM);
@@ -640,8 +655,9 @@ std::pair<int, std::string> RunBinary(const std::string& args) {
   std::FILE* pipe = popen(command.c_str(), "r");
   std::string output;
   char buf[4096];
-  while (size_t n = std::fread(buf, 1, sizeof(buf), pipe))
+  while (size_t n = std::fread(buf, 1, sizeof(buf), pipe)) {
     output.append(buf, n);
+  }
   const int status = pclose(pipe);
   return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, output};
 }

@@ -13,13 +13,8 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
-#include <cstdio>
-#include <cstdlib>
 #include <cstring>
-#include <filesystem>
-#include <fstream>
 #include <optional>
-#include <sstream>
 #include <thread>
 
 #include "absl/strings/match.h"
@@ -40,13 +35,6 @@ constexpr auto kPollInterval = std::chrono::milliseconds(10);
 // shutdown after its drain, which tests need not wait for.
 constexpr absl::Duration kStopGrace = absl::Seconds(3);
 constexpr size_t kLogTail = 4000;
-
-std::string ReadWholeFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream out;
-  out << in.rdbuf();
-  return out.str();
-}
 
 std::string Tail(const std::string& text) {
   return text.size() <= kLogTail ? text
@@ -71,13 +59,17 @@ absl::StatusOr<pid_t> Spawn(const std::vector<std::string>& argv,
   // Everything the child needs is prepared before fork: between fork and exec
   // only async-signal-safe calls are allowed (the parent has gRPC threads).
   std::vector<char*> args;
-  for (const std::string& a : argv)
+  args.reserve(argv.size() + 1);
+  for (const std::string& a : argv) {
     args.push_back(const_cast<char*>(a.c_str()));
+  }
   args.push_back(nullptr);
   const std::vector<std::string> env_strings = CleanEnvironment();
   std::vector<char*> env;
-  for (const std::string& e : env_strings)
+  env.reserve(env_strings.size() + 1);
+  for (const std::string& e : env_strings) {
     env.push_back(const_cast<char*>(e.c_str()));
+  }
   env.push_back(nullptr);
   const int log_fd =
       open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
@@ -131,7 +123,7 @@ std::optional<int> WaitPid(pid_t pid, absl::Duration timeout) {
 // The port in a port file. The server writes "<port>\n" and renames the file
 // into place; until the newline is there the file is not complete.
 absl::StatusOr<int> ReadPortFile(const std::string& path) {
-  const std::string text = ReadWholeFile(path);
+  const std::string text = ReadFileOrEmpty(path);
   int port = 0;
   if (text.empty() || text.back() != '\n' ||
       !absl::SimpleAtoi(absl::StripAsciiWhitespace(text), &port) || port <= 0) {
@@ -141,23 +133,6 @@ absl::StatusOr<int> ReadPortFile(const std::string& path) {
 }
 
 }  // namespace
-
-TempDir::TempDir() {
-  const char* base = std::getenv("TMPDIR");
-  std::string pattern = absl::StrCat(base != nullptr && *base ? base : "/tmp",
-                                     "/attnscore-test-XXXXXX");
-  if (mkdtemp(pattern.data()) == nullptr) {
-    std::fprintf(stderr, "mkdtemp(%s): %s\n", pattern.c_str(),
-                 std::strerror(errno));
-    std::abort();
-  }
-  path_ = pattern;
-}
-
-TempDir::~TempDir() {
-  std::error_code ignored;
-  std::filesystem::remove_all(path_, ignored);
-}
 
 std::string ServerBinary() { return ATTNSCORE_SERVER_BIN; }
 
@@ -192,8 +167,9 @@ absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(
   } else {
     argv.insert(argv.end(), {"--metrics-listen", ""});
   }
-  if (!options.model_dir.empty())
+  if (!options.model_dir.empty()) {
     argv.insert(argv.end(), {"--model-dir", options.model_dir});
+  }
   argv.insert(argv.end(), options.extra_args.begin(), options.extra_args.end());
 
   absl::StatusOr<pid_t> pid = Spawn(argv, server->dir_->File("server.log"));
@@ -224,8 +200,9 @@ absl::StatusOr<std::unique_ptr<ServerProcess>> ServerProcess::Start(
     std::this_thread::sleep_for(kPollInterval);
   }
   if (options.wait_ready) {
-    if (absl::Status s = server->WaitReady(deadline - absl::Now()); !s.ok())
+    if (absl::Status s = server->WaitReady(deadline - absl::Now()); !s.ok()) {
       return s;
+    }
   }
   return server;
 }
@@ -270,8 +247,9 @@ absl::Status ServerProcess::WaitReady(absl::Duration timeout) {
     absl::StatusOr<grpc::health::v1::HealthCheckResponse::ServingStatus>
         status = CheckHealth(channel, kReadinessService, call_timeout);
     if (status.ok() &&
-        *status == grpc::health::v1::HealthCheckResponse::SERVING)
+        *status == grpc::health::v1::HealthCheckResponse::SERVING) {
       return absl::OkStatus();
+    }
     last = status.ok()
                ? absl::UnavailableError(
                      grpc::health::v1::HealthCheckResponse::ServingStatus_Name(
@@ -301,7 +279,7 @@ absl::StatusOr<int> ServerProcess::Wait(absl::Duration timeout) {
 }
 
 std::string ServerProcess::Log() const {
-  return ReadWholeFile(dir_->File("server.log"));
+  return ReadFileOrEmpty(dir_->File("server.log"));
 }
 
 bool ServerProcess::WaitForLog(const std::string& text,
@@ -315,8 +293,9 @@ bool ServerProcess::WaitForLog(const std::string& text,
 }
 
 absl::StatusOr<std::string> ServerProcess::ScrapeMetrics() const {
-  if (metrics_port_ <= 0)
+  if (metrics_port_ <= 0) {
     return absl::FailedPreconditionError("no metrics port");
+  }
   return HttpGet(metrics_port_, "/metrics");
 }
 
@@ -326,8 +305,9 @@ double ServerProcess::SumMetric(const std::string& exposition,
   for (absl::string_view line : absl::StrSplit(exposition, '\n')) {
     if (!absl::StartsWith(line, name)) continue;
     absl::string_view rest = line.substr(name.size());
-    if (!rest.empty() && rest.front() != '{' && rest.front() != ' ')
+    if (!rest.empty() && rest.front() != '{' && rest.front() != ' ') {
       continue;  // a longer name
+    }
     const size_t space = rest.rfind(' ');
     double value = 0;
     if (space != absl::string_view::npos &&
@@ -359,8 +339,9 @@ CheckHealth(const std::shared_ptr<grpc::Channel>& channel,
 absl::StatusOr<std::string> HttpGet(int port, const std::string& path,
                                     absl::Duration timeout) {
   const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0)
+  if (fd < 0) {
     return absl::InternalError(absl::StrCat("socket: ", std::strerror(errno)));
+  }
   // Bounded reads and writes (at least 1 ms: a zero timeval means no limit): a
   // stuck server fails the request instead of hanging the test.
   const timeval tv = absl::ToTimeval(std::max(timeout, absl::Milliseconds(1)));
@@ -429,7 +410,7 @@ CommandResult RunCommand(const std::vector<std::string>& argv,
     code = WaitPid(*pid, absl::Seconds(10));
   }
   result.exit_code = code.value_or(-1);
-  result.output = ReadWholeFile(log);
+  result.output = ReadFileOrEmpty(log);
   return result;
 }
 

@@ -1,10 +1,11 @@
 // Test support: the real attnscore-server binary as a child process on a free
-// loopback port, subprocesses with time limits, temporary directories, and the
-// small clients tests probe a server with (grpc.health.v1 Check, HTTP GET of
-// the metrics endpoint). Used by the end-to-end, client, CLI and install tests
-// (target attnscore_server_process). Neither the client library nor LibTorch:
+// loopback port, subprocesses with time limits, and the small clients tests
+// probe a server with (grpc.health.v1 Check, HTTP GET of the metrics endpoint).
+// Used by the end-to-end, client, CLI and install tests (target
+// attnscore_server_process). Neither the client library nor LibTorch:
 // readiness is probed through the generated grpc.health.v1 stub
-// (attnscore_health_proto).
+// (attnscore_health_proto). TempDir, WaitFor and ReadFile are
+// tests/testing/test_util.h's (included here for the tests that use them).
 //
 // Start() runs the server with `--listen 127.0.0.1:<port> --port-file <tmp>
 // --shutdown-grace 5` and the ServerOptions below (the metrics endpoint on a
@@ -15,10 +16,9 @@
 // Ownership: a ServerProcess owns its child; the destructor stops it (SIGTERM,
 // then SIGKILL after a short grace period) and reaps it. Children also get
 // SIGKILL when the thread that spawned them dies (PR_SET_PDEATHSIG), so a test
-// killed by ctest's timeout leaves nothing behind. TempDir removes its
-// directory, with everything in it, when destroyed.
-// Thread safety: none; use ServerProcess, TempDir and RunCommand from the
-// test's main thread (PR_SET_PDEATHSIG follows the thread that forked).
+// killed by ctest's timeout leaves nothing behind.
+// Thread safety: none; use ServerProcess and RunCommand from the test's main
+// thread (PR_SET_PDEATHSIG follows the thread that forked).
 // CheckHealth, HttpGet and SumMetric are safe from any thread.
 // Errors: absl::Status naming what failed and, for the server, carrying the
 // tail of its log. Every wait has a timeout; nothing here blocks forever.
@@ -35,28 +35,16 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "attnscore/v1/attnscore.grpc.pb.h"
 #include "grpc/health/v1/health.pb.h"
+#include "tests/testing/test_util.h"
 
 namespace attnscore::testing {
 
 // The grpc.health.v1 service name whose SERVING status means "ready" (warm-up
 // done, accepting Score calls); "" is liveness.
-inline constexpr char kReadinessService[] = "attnscore.v1.AttentionScorer";
-
-// A fresh directory under $TMPDIR (or /tmp), removed with everything in it on
-// destruction. Aborts the test binary if the directory cannot be created.
-class TempDir {
- public:
-  TempDir();
-  ~TempDir();
-  TempDir(const TempDir&) = delete;
-  TempDir& operator=(const TempDir&) = delete;
-  const std::string& path() const { return path_; }
-  std::string File(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
-};
+inline constexpr const char* kReadinessService =
+    v1::AttentionScorer::service_full_name();
 
 struct ServerOptions {
   int port = 0;            // 0: any free port
