@@ -76,9 +76,18 @@ class Reaper {
   std::deque<std::shared_ptr<void>> queue_;  // guarded by mutex_
 };
 
-constexpr char kScoreMethod[] = "/attnscore.v1.AttentionScorer/Score";
-constexpr char kScoreStreamMethod[] =
-    "/attnscore.v1.AttentionScorer/ScoreStream";
+// The generic stub's method paths, "/attnscore.v1.AttentionScorer/<method>".
+// Built once; never destroyed (calls may still run while the process exits).
+const std::string& ScoreMethod() {
+  static const std::string* const path = new std::string(
+      absl::StrCat("/", v1::AttentionScorer::service_full_name(), "/Score"));
+  return *path;
+}
+const std::string& ScoreStreamMethod() {
+  static const std::string* const path = new std::string(absl::StrCat(
+      "/", v1::AttentionScorer::service_full_name(), "/ScoreStream"));
+  return *path;
+}
 // After a call's own deadline, how long a synchronous caller waits for gRPC to
 // report it before cancelling: gRPC enforces deadlines itself, so this only
 // guards against the unexpected.
@@ -98,9 +107,10 @@ absl::Status FromGrpc(const grpc::Status& status, absl::string_view method) {
 absl::StatusOr<std::string> ReadFile(const std::string& path,
                                      absl::string_view what) {
   std::ifstream in(path, std::ios::binary);
-  if (!in)
+  if (!in) {
     return absl::InvalidArgumentError(
         absl::StrCat(what, ": cannot read ", path));
+  }
   std::ostringstream contents;
   contents << in.rdbuf();
   return contents.str();
@@ -130,17 +140,18 @@ absl::StatusOr<std::string> ServiceConfig(const ClientOptions& options) {
       return absl::InvalidArgumentError(
           "retry: backoffs and multiplier must be > 0");
     }
-    absl::StrAppend(&config,
-                    ", \"methodConfig\": [{\"name\": [{\"service\": "
-                    "\"attnscore.v1.AttentionScorer\"}, "
-                    "{\"service\": \"grpc.health.v1.Health\"}], "
-                    "\"retryPolicy\": {\"maxAttempts\": ",
-                    std::min(retry.max_attempts, 5), ", \"initialBackoff\": ",
-                    JsonDuration(retry.initial_backoff),
-                    ", \"maxBackoff\": ", JsonDuration(retry.max_backoff),
-                    ", \"backoffMultiplier\": ",
-                    absl::StrFormat("%.6f", retry.backoff_multiplier),
-                    ", \"retryableStatusCodes\": [\"UNAVAILABLE\"]}}]");
+    absl::StrAppend(
+        &config, ", \"methodConfig\": [{\"name\": [{\"service\": \"",
+        v1::AttentionScorer::service_full_name(), "\"}, {\"service\": \"",
+        grpc::health::v1::Health::service_full_name(),
+        "\"}], "
+        "\"retryPolicy\": {\"maxAttempts\": ",
+        std::min(retry.max_attempts, 5),
+        ", \"initialBackoff\": ", JsonDuration(retry.initial_backoff),
+        ", \"maxBackoff\": ", JsonDuration(retry.max_backoff),
+        ", \"backoffMultiplier\": ",
+        absl::StrFormat("%.6f", retry.backoff_multiplier),
+        ", \"retryableStatusCodes\": [\"UNAVAILABLE\"]}}]");
     if (retry.throttle_max_tokens > 0) {
       if (retry.throttle_max_tokens > 1000 || retry.throttle_token_ratio <= 0) {
         return absl::InvalidArgumentError(
@@ -156,6 +167,11 @@ absl::StatusOr<std::string> ServiceConfig(const ClientOptions& options) {
   return config;
 }
 
+// *out = part (absl::string_view has no std::string conversion assign takes).
+void AssignPart(absl::string_view part, std::string* out) {
+  out->assign(part.data(), part.size());
+}
+
 // Splits "host:port" / "[v6]:port".
 absl::Status SplitHostPort(absl::string_view target, std::string* host,
                            std::string* port) {
@@ -166,8 +182,8 @@ absl::Status SplitHostPort(absl::string_view target, std::string* host,
       return absl::InvalidArgumentError(
           absl::StrCat("target '", target, "': expected [v6]:port"));
     }
-    *host = std::string(target.substr(1, close - 1));
-    *port = std::string(target.substr(close + 2));
+    AssignPart(target.substr(1, close - 1), host);
+    AssignPart(target.substr(close + 2), port);
     return absl::OkStatus();
   }
   const size_t colon = target.rfind(':');
@@ -176,8 +192,8 @@ absl::Status SplitHostPort(absl::string_view target, std::string* host,
     return absl::InvalidArgumentError(
         absl::StrCat("target '", target, "': expected host:port"));
   }
-  *host = std::string(target.substr(0, colon));
-  *port = std::string(target.substr(colon + 1));
+  AssignPart(target.substr(0, colon), host);
+  AssignPart(target.substr(colon + 1), port);
   return absl::OkStatus();
 }
 
@@ -277,26 +293,7 @@ const char* ServingStatusName(ServingStatus status) {
   return "UNKNOWN";
 }
 
-std::optional<Layout> ParseLayout(std::string_view name) {
-  const std::string upper =
-      absl::AsciiStrToUpper(absl::string_view(name.data(), name.size()));
-  if (upper == "BHSD") return Layout::kBHSD;
-  if (upper == "BSHD") return Layout::kBSHD;
-  if (upper == "SBHD") return Layout::kSBHD;
-  return std::nullopt;
-}
-
-const char* LayoutName(Layout layout) {
-  switch (layout) {
-    case Layout::kBSHD:
-      return "BSHD";
-    case Layout::kSBHD:
-      return "SBHD";
-    case Layout::kBHSD:
-      break;
-  }
-  return "BHSD";
-}
+const char* ServiceName() { return v1::AttentionScorer::service_full_name(); }
 
 void CancellationToken::Cancel() {
   std::lock_guard<std::mutex> lock(mutex_);
@@ -360,8 +357,9 @@ class Client::Impl {
           absl::Now() + std::max(timeout, absl::ZeroDuration())));
     }
     context.set_wait_for_ready(call.wait_for_ready);
-    for (const auto& [key, value] : call.metadata)
+    for (const auto& [key, value] : call.metadata) {
       context.AddMetadata(key, value);
+    }
     if (!plaintext_authorization.empty()) {
       context.AddMetadata("authorization", plaintext_authorization);
     }
@@ -381,7 +379,7 @@ struct UnaryCall {
 
 void StartScore(Client::Impl& impl, const ScoreRequest& request,
                 const CallOptions& call,
-                std::shared_ptr<CancellationToken> extra_token,
+                const std::shared_ptr<CancellationToken>& extra_token,
                 Client::ScoreCallback done) {
   absl::StatusOr<grpc::ByteBuffer> encoded =
       internal::EncodeScoreRequest(request, internal::DataMode::kReference);
@@ -397,8 +395,9 @@ void StartScore(Client::Impl& impl, const ScoreRequest& request,
        {call.cancellation, extra_token}) {
     if (token == nullptr) continue;
     if (!token->Register(&state->context)) {
-      for (const auto& registered : state->tokens)
+      for (const auto& registered : state->tokens) {
         registered->Unregister(&state->context);
+      }
       Client::ScoreCallback callback = std::move(state->done);
       state.reset();
       callback(absl::CancelledError("Score: cancelled before it started"));
@@ -408,11 +407,12 @@ void StartScore(Client::Impl& impl, const ScoreRequest& request,
   }
   UnaryCall* raw = state.release();
   impl.Pick().generic->UnaryCall(
-      &raw->context, kScoreMethod, grpc::StubOptions(), &raw->request,
-      &raw->response, [raw](grpc::Status status) {
+      &raw->context, ScoreMethod(), grpc::StubOptions(), &raw->request,
+      &raw->response, [raw](const grpc::Status& status) {
         std::unique_ptr<UnaryCall> call(raw);
-        for (const auto& token : call->tokens)
+        for (const auto& token : call->tokens) {
           token->Unregister(&call->context);
+        }
         absl::StatusOr<ScoreResult> result;
         if (status.ok()) {
           absl::StatusOr<internal::DecodedResponse> decoded =
@@ -456,7 +456,7 @@ class Stream::State final
       return absl::CancelledError("ScoreStream: cancelled before it started");
     }
     self_ = self;
-    stub.PrepareBidiStreamingCall(&context_, kScoreStreamMethod,
+    stub.PrepareBidiStreamingCall(&context_, ScoreStreamMethod(),
                                   grpc::StubOptions(), this);
     // Writes and WritesDone are started from the caller's threads, outside
     // reactions: the hold keeps the call from finishing under them until no
@@ -530,8 +530,9 @@ class Stream::State final
       return absl::DeadlineExceededError(absl::StrCat(
           "ScoreStream: no response within ", absl::FormatDuration(timeout)));
     }
-    if (responses_.empty())
+    if (responses_.empty()) {
       return absl::OutOfRangeError("ScoreStream: no more responses");
+    }
     StreamResponse response = std::move(responses_.front());
     responses_.pop_front();
     return response;
@@ -566,7 +567,9 @@ class Stream::State final
     }
     cv_.notify_all();
     if (!write_queue_.empty() && !writes_closed_) {
-      current_write_ = std::move(write_queue_.front());
+      // ByteBuffer has no move assignment: Swap takes the slices without
+      // copying.
+      current_write_.Swap(&write_queue_.front());
       write_queue_.pop_front();
       write_in_flight_ = true;
       lock.unlock();
@@ -605,13 +608,19 @@ class Stream::State final
       }
     }
     read_buffer_.Clear();
+    // Queued for Read(), or handed to on_response outside the lock.
+    std::optional<StreamResponse> for_callback;
     {
       std::lock_guard<std::mutex> lock(mutex_);
       if (outstanding_ > 0) --outstanding_;
       cv_.notify_all();
-      if (!options_.on_response) responses_.push_back(std::move(response));
+      if (options_.on_response) {
+        for_callback = std::move(response);
+      } else {
+        responses_.push_back(std::move(response));
+      }
     }
-    if (options_.on_response) options_.on_response(std::move(response));
+    if (for_callback) options_.on_response(*std::move(for_callback));
     StartRead(&read_buffer_);
   }
 
@@ -727,11 +736,11 @@ size_t Stream::outstanding() const { return state_->outstanding(); }
 // -----------------------------------------------------------------------------
 // Client.
 
-absl::StatusOr<std::unique_ptr<Client>> Client::Create(ClientOptions options) {
-  auto impl = std::make_unique<Impl>();
-  absl::StatusOr<std::string> target = ResolveTarget(options);
-  if (!target.ok()) return target.status();
-  impl->target = *target;
+namespace {
+
+// Option checks that need no I/O (the target and the service config are
+// checked where they are built).
+absl::Status CheckConnectionOptions(const ClientOptions& options) {
   if (options.connections < 1 || options.connections > 1024) {
     return absl::InvalidArgumentError(absl::StrCat(
         "connections: expected 1..1024, got ", options.connections));
@@ -742,94 +751,134 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Create(ClientOptions options) {
         " is below the server's minimum ping interval (10s): it would answer "
         "with GOAWAY"));
   }
-  absl::StatusOr<std::string> service_config = ServiceConfig(options);
-  if (!service_config.ok()) return service_config.status();
+  return absl::OkStatus();
+}
 
-  std::shared_ptr<grpc::ChannelCredentials> credentials;
+// The TLS roots and (mutual TLS) client certificate, read from their files.
+absl::StatusOr<grpc::SslCredentialsOptions> SslOptions(const TlsOptions& tls) {
+  grpc::SslCredentialsOptions ssl;
+  if (!tls.ca_file.empty()) {
+    absl::StatusOr<std::string> ca = ReadFile(tls.ca_file, "tls ca_file");
+    if (!ca.ok()) return ca.status();
+    ssl.pem_root_certs = *ca;
+  }
+  if (tls.cert_file.empty() != tls.key_file.empty()) {
+    return absl::InvalidArgumentError(
+        "tls: cert_file and key_file go together");
+  }
+  if (!tls.cert_file.empty()) {
+    absl::StatusOr<std::string> cert = ReadFile(tls.cert_file, "tls cert_file");
+    if (!cert.ok()) return cert.status();
+    absl::StatusOr<std::string> key = ReadFile(tls.key_file, "tls key_file");
+    if (!key.ok()) return key.status();
+    ssl.pem_cert_chain = *cert;
+    ssl.pem_private_key = *key;
+  }
+  return ssl;
+}
+
+// The channels' credentials. Over TLS the bearer token travels as call
+// credentials; over plaintext (only with allow_insecure_token) it becomes the
+// "authorization" value Configure() adds to every call, stored in
+// `*plaintext_authorization`.
+absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ChannelCredentials(
+    const ClientOptions& options, std::string* plaintext_authorization) {
   if (options.tls.enabled) {
-    grpc::SslCredentialsOptions ssl;
-    if (!options.tls.ca_file.empty()) {
-      absl::StatusOr<std::string> ca =
-          ReadFile(options.tls.ca_file, "tls ca_file");
-      if (!ca.ok()) return ca.status();
-      ssl.pem_root_certs = *ca;
-    }
-    if (options.tls.cert_file.empty() != options.tls.key_file.empty()) {
-      return absl::InvalidArgumentError(
-          "tls: cert_file and key_file go together");
-    }
-    if (!options.tls.cert_file.empty()) {
-      absl::StatusOr<std::string> cert =
-          ReadFile(options.tls.cert_file, "tls cert_file");
-      if (!cert.ok()) return cert.status();
-      absl::StatusOr<std::string> key =
-          ReadFile(options.tls.key_file, "tls key_file");
-      if (!key.ok()) return key.status();
-      ssl.pem_cert_chain = *cert;
-      ssl.pem_private_key = *key;
-    }
-    credentials = grpc::SslCredentials(ssl);
+    absl::StatusOr<grpc::SslCredentialsOptions> ssl = SslOptions(options.tls);
+    if (!ssl.ok()) return ssl.status();
+    std::shared_ptr<grpc::ChannelCredentials> credentials =
+        grpc::SslCredentials(*ssl);
     if (!options.bearer_token.empty()) {
       credentials = grpc::CompositeChannelCredentials(
           credentials, grpc::AccessTokenCredentials(options.bearer_token));
     }
-  } else {
-    credentials = grpc::InsecureChannelCredentials();
-    if (!options.bearer_token.empty()) {
-      if (!options.allow_insecure_token) {
-        return absl::InvalidArgumentError(
-            "a bearer token over a plaintext connection needs "
-            "allow_insecure_token (or TLS)");
-      }
-      impl->plaintext_authorization =
-          absl::StrCat("Bearer ", options.bearer_token);
-    }
+    return credentials;
   }
-
-  for (int i = 0; i < options.connections; ++i) {
-    grpc::ChannelArguments args;
-    args.SetServiceConfigJSON(*service_config);
-    // Our service config is the whole truth: do not let DNS TXT records replace
-    // it.
-    args.SetInt(GRPC_ARG_SERVICE_CONFIG_DISABLE_RESOLUTION, 1);
-    args.SetInt(GRPC_ARG_ENABLE_RETRIES, options.retry.enabled ? 1 : 0);
-    args.SetInt(GRPC_ARG_PER_RPC_RETRY_BUFFER_SIZE,
-                ClampToInt(options.retry.buffer_bytes));
-    args.SetInt(
-        GRPC_ARG_KEEPALIVE_TIME_MS,
-        static_cast<int>(absl::ToInt64Milliseconds(options.keepalive.time)));
-    args.SetInt(
-        GRPC_ARG_KEEPALIVE_TIMEOUT_MS,
-        static_cast<int>(absl::ToInt64Milliseconds(options.keepalive.timeout)));
-    args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS,
-                options.keepalive.permit_without_calls ? 1 : 0);
-    // Keep pinging an idle connection (the default stops after two pings
-    // without data).
-    args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
-    args.SetMaxReceiveMessageSize(
-        ClampToInt(options.max_receive_message_bytes));
-    args.SetMaxSendMessageSize(ClampToInt(options.max_send_message_bytes));
-    if (options.tls.enabled && !options.tls.server_name_override.empty()) {
-      args.SetSslTargetNameOverride(options.tls.server_name_override);
-    }
-    if (options.connections > 1) {
-      // Channels with equal arguments share subchannels (one TCP connection per
-      // backend); a local pool and a distinguishing argument give each channel
-      // its own connections.
-      args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-      args.SetInt("attnscore.channel_index", i);
-    }
-    Impl::Channel channel;
-    channel.channel =
-        grpc::CreateCustomChannel(impl->target, credentials, args);
-    if (channel.channel == nullptr) {
+  if (!options.bearer_token.empty()) {
+    if (!options.allow_insecure_token) {
       return absl::InvalidArgumentError(
-          absl::StrCat("cannot create a channel to ", impl->target));
+          "a bearer token over a plaintext connection needs "
+          "allow_insecure_token (or TLS)");
     }
-    channel.generic = std::make_unique<grpc::GenericStub>(channel.channel);
-    channel.scorer = v1::AttentionScorer::NewStub(channel.channel);
-    channel.health = grpc::health::v1::Health::NewStub(channel.channel);
-    impl->channels.push_back(std::move(channel));
+    *plaintext_authorization = absl::StrCat("Bearer ", options.bearer_token);
+  }
+  return grpc::InsecureChannelCredentials();
+}
+
+// Channel `index`'s arguments: the service config, retries, keepalive and
+// message limits from `options`.
+grpc::ChannelArguments ChannelArgs(const ClientOptions& options,
+                                   const std::string& service_config,
+                                   int index) {
+  grpc::ChannelArguments args;
+  args.SetServiceConfigJSON(service_config);
+  // Our service config is the whole truth: do not let DNS TXT records replace
+  // it.
+  args.SetInt(GRPC_ARG_SERVICE_CONFIG_DISABLE_RESOLUTION, 1);
+  args.SetInt(GRPC_ARG_ENABLE_RETRIES, options.retry.enabled ? 1 : 0);
+  args.SetInt(GRPC_ARG_PER_RPC_RETRY_BUFFER_SIZE,
+              ClampToInt(options.retry.buffer_bytes));
+  args.SetInt(
+      GRPC_ARG_KEEPALIVE_TIME_MS,
+      static_cast<int>(absl::ToInt64Milliseconds(options.keepalive.time)));
+  args.SetInt(
+      GRPC_ARG_KEEPALIVE_TIMEOUT_MS,
+      static_cast<int>(absl::ToInt64Milliseconds(options.keepalive.timeout)));
+  args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS,
+              options.keepalive.permit_without_calls ? 1 : 0);
+  // Keep pinging an idle connection (the default stops after two pings
+  // without data).
+  args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+  args.SetMaxReceiveMessageSize(ClampToInt(options.max_receive_message_bytes));
+  args.SetMaxSendMessageSize(ClampToInt(options.max_send_message_bytes));
+  if (options.tls.enabled && !options.tls.server_name_override.empty()) {
+    args.SetSslTargetNameOverride(options.tls.server_name_override);
+  }
+  if (options.connections > 1) {
+    // Channels with equal arguments share subchannels (one TCP connection per
+    // backend); a local pool and a distinguishing argument give each channel
+    // its own connections.
+    args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+    args.SetInt("attnscore.channel_index", index);
+  }
+  return args;
+}
+
+// A channel to `target` with its stubs. Does not connect.
+absl::StatusOr<Client::Impl::Channel> OpenChannel(
+    const std::string& target,
+    const std::shared_ptr<grpc::ChannelCredentials>& credentials,
+    const grpc::ChannelArguments& args) {
+  Client::Impl::Channel channel;
+  channel.channel = grpc::CreateCustomChannel(target, credentials, args);
+  if (channel.channel == nullptr) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot create a channel to ", target));
+  }
+  channel.generic = std::make_unique<grpc::GenericStub>(channel.channel);
+  channel.scorer = v1::AttentionScorer::NewStub(channel.channel);
+  channel.health = grpc::health::v1::Health::NewStub(channel.channel);
+  return channel;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Client>> Client::Create(ClientOptions options) {
+  auto impl = std::make_unique<Impl>();
+  absl::StatusOr<std::string> target = ResolveTarget(options);
+  if (!target.ok()) return target.status();
+  impl->target = *target;
+  if (absl::Status s = CheckConnectionOptions(options); !s.ok()) return s;
+  absl::StatusOr<std::string> service_config = ServiceConfig(options);
+  if (!service_config.ok()) return service_config.status();
+  absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials =
+      ChannelCredentials(options, &impl->plaintext_authorization);
+  if (!credentials.ok()) return credentials.status();
+  for (int i = 0; i < options.connections; ++i) {
+    absl::StatusOr<Impl::Channel> channel = OpenChannel(
+        impl->target, *credentials, ChannelArgs(options, *service_config, i));
+    if (!channel.ok()) return channel.status();
+    impl->channels.push_back(*std::move(channel));
   }
   impl->options = std::move(options);
   return std::unique_ptr<Client>(new Client(std::move(impl)));
@@ -882,13 +931,15 @@ absl::StatusOr<ScoreResult> Client::Score(const ScoreRequest& request,
 
 absl::StatusOr<std::unique_ptr<Stream>> Client::OpenStream(
     StreamOptions stream_options, const CallOptions& call) {
-  if (stream_options.max_queued_writes == 0)
+  if (stream_options.max_queued_writes == 0) {
     stream_options.max_queued_writes = 1;
+  }
   auto state = std::make_shared<Stream::State>(std::move(stream_options),
                                                call.cancellation);
   impl_->Configure(state->context(), call, /*default_deadline=*/false);
-  if (absl::Status s = state->Start(state, *impl_->Pick().generic); !s.ok())
+  if (absl::Status s = state->Start(state, *impl_->Pick().generic); !s.ok()) {
     return s;
+  }
   return std::make_unique<Stream>(std::move(state));
 }
 
@@ -952,8 +1003,9 @@ absl::StatusOr<ServingStatus> Client::Health(const std::string& service,
   grpc::Status status =
       impl_->Pick().health->Check(&context, request, &response);
   if (call.cancellation != nullptr) call.cancellation->Unregister(&context);
-  if (status.error_code() == grpc::StatusCode::NOT_FOUND)
+  if (status.error_code() == grpc::StatusCode::NOT_FOUND) {
     return ServingStatus::kServiceUnknown;
+  }
   if (!status.ok()) return FromGrpc(status, "Health");
   switch (response.status()) {
     case grpc::health::v1::HealthCheckResponse::SERVING:

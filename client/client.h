@@ -38,7 +38,6 @@
 #include <mutex>
 #include <optional>
 #include <string>
-#include <string_view>
 #include <utility>
 #include <variant>
 #include <vector>
@@ -47,6 +46,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "client/tensor.h"
+#include "common/layout.h"
 
 namespace grpc {
 class ClientContext;
@@ -54,15 +54,21 @@ class ClientContext;
 
 namespace attnscore::client {
 
-// The gRPC service, also the readiness entry of grpc.health.v1 ("" is
-// liveness).
-inline constexpr char kServiceName[] = "attnscore.v1.AttentionScorer";
+// The gRPC service's full name, "attnscore.v1.AttentionScorer" (from the
+// generated stub, which this header does not include); also the readiness
+// entry of grpc.health.v1 ("" is liveness).
+const char* ServiceName();
 
 // -----------------------------------------------------------------------------
 // Requests and results (the semantics are the proto's:
 // proto/attnscore/v1/attnscore.proto).
 
-enum class Layout { kBHSD, kBSHD, kSBHD };
+// The project's one Layout (common/layout.h), re-exported so that
+// client::Layout, client::ParseLayout ("BHSD" / "BSHD" / "SBHD",
+// case-insensitive) and client::LayoutName keep working.
+using Layout = ::attnscore::Layout;
+using ::attnscore::LayoutName;
+using ::attnscore::ParseLayout;
 
 // ALiBi bias; no slopes: the paper's slopes for H heads.
 struct Alibi {
@@ -326,10 +332,10 @@ class Client {
   absl::StatusOr<std::vector<ModelInfo>> ListModels(
       const CallOptions& call = {});
   absl::StatusOr<ServerInfo> GetServerInfo(const CallOptions& call = {});
-  // grpc.health.v1 Check: kServiceName is readiness, "" liveness.
+  // grpc.health.v1 Check: ServiceName() is readiness, "" liveness.
   // kServiceUnknown when the server does not know `service`.
   absl::StatusOr<ServingStatus> Health(
-      const std::string& service = kServiceName, const CallOptions& call = {});
+      const std::string& service = ServiceName(), const CallOptions& call = {});
 
   // Connects every channel (or fails with DEADLINE_EXCEEDED/UNAVAILABLE after
   // `timeout`).
@@ -346,10 +352,6 @@ class Client {
   explicit Client(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };
-
-// Parses "BHSD" / "BSHD" / "SBHD" (case-insensitive).
-std::optional<Layout> ParseLayout(std::string_view name);
-const char* LayoutName(Layout layout);
 
 }  // namespace attnscore::client
 

@@ -15,6 +15,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "proto/attnscore/v1/proto_dtype.h"
+#include "proto/attnscore/v1/proto_layout.h"
 #include "proto/attnscore/v1/slice_assembler.h"
 
 namespace attnscore::client::internal {
@@ -28,8 +29,9 @@ using google::protobuf::io::CodedInputStream;
 // a copy (kCopy).
 grpc::Slice DataSlice(const TensorView& tensor, DataMode mode) {
   if (tensor.size_bytes == 0) return grpc::Slice();
-  if (mode == DataMode::kCopy)
+  if (mode == DataMode::kCopy) {
     return grpc::Slice(tensor.data, tensor.size_bytes);
+  }
   return grpc::Slice(tensor.data, tensor.size_bytes, grpc::Slice::STATIC_SLICE);
 }
 
@@ -38,18 +40,6 @@ void AppendTensorField(v1::SliceAssembler& out, int field,
                        const TensorView& tensor, DataMode mode) {
   out.AppendTensorField(field, tensor.dtype, tensor.shape,
                         DataSlice(tensor, mode));
-}
-
-v1::Layout ToProto(Layout layout) {
-  switch (layout) {
-    case Layout::kBHSD:
-      return v1::BHSD;
-    case Layout::kBSHD:
-      return v1::BSHD;
-    case Layout::kSBHD:
-      return v1::SBHD;
-  }
-  return v1::LAYOUT_UNSPECIFIED;
 }
 
 absl::Status DataLoss(absl::string_view what) {
@@ -81,8 +71,9 @@ absl::StatusOr<Tensor> ReadTensor(CodedInputStream& in, const char* name) {
     } else if (field == v1::Tensor::kShapeFieldNumber &&
                wire_type == WireFormatLite::WIRETYPE_LENGTH_DELIMITED) {
       uint32_t length;
-      if (!in.ReadVarint32(&length))
+      if (!in.ReadVarint32(&length)) {
         return DataLoss(absl::StrCat(name, ".shape"));
+      }
       const CodedInputStream::Limit limit =
           in.PushLimit(static_cast<int>(length));
       while (in.BytesUntilLimit() > 0) {
@@ -178,12 +169,13 @@ absl::StatusOr<grpc::ByteBuffer> EncodeScoreRequest(const ScoreRequest& request,
   AppendTensorField(out, v1::ScoreRequest::kQueryFieldNumber, request.query,
                     mode);
   AppendTensorField(out, v1::ScoreRequest::kKeyFieldNumber, request.key, mode);
-  if (request.value)
+  if (request.value) {
     AppendTensorField(out, v1::ScoreRequest::kValueFieldNumber, *request.value,
                       mode);
+  }
 
   v1::ScoreRequest tail;
-  tail.set_layout(ToProto(request.layout));
+  tail.set_layout(v1::ToProtoLayout(request.layout));
   tail.set_causal(request.causal);
   if (request.scale) tail.set_scale(*request.scale);
   tail.mutable_key_lengths()->Add(request.key_lengths.begin(),
@@ -191,8 +183,9 @@ absl::StatusOr<grpc::ByteBuffer> EncodeScoreRequest(const ScoreRequest& request,
   if (request.outputs.logits) tail.add_outputs(v1::LOGITS);
   if (request.outputs.probs) tail.add_outputs(v1::PROBS);
   if (request.outputs.context) tail.add_outputs(v1::CONTEXT);
-  if (request.output_dtype)
+  if (request.output_dtype) {
     tail.set_output_dtype(v1::ToProtoDType(*request.output_dtype));
+  }
   tail.AppendToString(&out.pending());
   return out.Finish();
 }

@@ -83,8 +83,9 @@ absl::StatusOr<Tensor> Tensor::FromFloats(DType dtype,
         absl::StrCat("tensor ", ShapeString(t->shape()), " needs ",
                      t->num_elements(), " values, got ", values.size()));
   }
-  if (!values.empty())
+  if (!values.empty()) {
     EncodeFloats(values.data(), values.size(), dtype, t->mutable_data());
+  }
   return t;
 }
 
@@ -119,8 +120,9 @@ Tensor::Tensor(const Tensor& other)
       size_bytes_(other.size_bytes_) {
   if (other.data_ != nullptr) {
     data_.reset(new uint8_t[size_bytes_ > 0 ? size_bytes_ : 1]);
-    if (size_bytes_ > 0)
+    if (size_bytes_ > 0) {
       std::memcpy(data_.get(), other.data_.get(), size_bytes_);
+    }
   }
 }
 

@@ -16,6 +16,7 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -23,42 +24,27 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "client/tensor.h"
+#include "common/aten_dtype.h"
 
 namespace attnscore::client {
 
 inline absl::StatusOr<DType> DTypeOf(at::ScalarType type) {
-  switch (type) {
-    case at::kFloat:
-      return DType::kFloat32;
-    case at::kHalf:
-      return DType::kFloat16;
-    case at::kBFloat16:
-      return DType::kBFloat16;
-    default:
-      return absl::InvalidArgumentError(
-          std::string("unsupported dtype ") + at::toString(type) +
-          ": expected float32, float16 or bfloat16");
+  std::optional<DType> dtype = FromScalarType(type);
+  if (!dtype.has_value()) {
+    return absl::InvalidArgumentError(
+        std::string("unsupported dtype ") + at::toString(type) +
+        ": expected float32, float16 or bfloat16");
   }
-}
-
-inline at::ScalarType ScalarTypeOf(DType dtype) {
-  switch (dtype) {
-    case DType::kFloat16:
-      return at::kHalf;
-    case DType::kBFloat16:
-      return at::kBFloat16;
-    case DType::kFloat32:
-      break;
-  }
-  return at::kFloat;
+  return *dtype;
 }
 
 // A view of `tensor`'s memory. REQUIRES: `tensor` outlives every use of the
 // view. Callers with a GPU or strided tensor pass
 // `tensor.to(at::kCPU).contiguous()` and keep that alive instead.
 inline absl::StatusOr<TensorView> ViewOf(const at::Tensor& tensor) {
-  if (!tensor.defined())
+  if (!tensor.defined()) {
     return absl::InvalidArgumentError("undefined at::Tensor");
+  }
   if (!tensor.device().is_cpu()) {
     return absl::InvalidArgumentError("at::Tensor on " + tensor.device().str() +
                                       ": move it to the CPU first");
@@ -81,10 +67,11 @@ inline absl::StatusOr<TensorView> ViewOf(const at::Tensor& tensor) {
 // for a default-constructed Tensor.
 inline at::Tensor ToAtTensor(Tensor tensor) {
   const std::vector<int64_t> shape = tensor.shape();
-  const at::ScalarType type = ScalarTypeOf(tensor.dtype());
+  const at::ScalarType type = ToScalarType(tensor.dtype());
   uint8_t* data = std::move(tensor).ReleaseData().release();
-  if (data == nullptr)
+  if (data == nullptr) {
     return at::Tensor();  // a default-constructed Tensor holds nothing
+  }
   return at::from_blob(
       data, shape, [](void* p) { delete[] static_cast<uint8_t*>(p); },
       at::TensorOptions().dtype(type));

@@ -37,7 +37,7 @@ CLI::App* AddScoreCommand(CLI::App& app, ScoreFlags& flags);
 int RunScore(const GlobalFlags& global, const ScoreFlags& flags);
 
 struct HealthFlags {
-  std::string service = "attnscore.v1.AttentionScorer";
+  std::string service = client::ServiceName();
   std::string wait = "0";
 };
 CLI::App* AddHealthCommand(CLI::App& app, HealthFlags& flags);

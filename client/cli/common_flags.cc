@@ -59,12 +59,13 @@ absl::StatusOr<absl::Duration> ParseDurationFlag(absl::string_view flag,
                                                  absl::string_view text) {
   double seconds;
   if (absl::SimpleAtod(text, &seconds)) {
-    if (seconds < 0)
+    if (seconds < 0) {
       return absl::InvalidArgumentError(absl::StrCat(flag, ": negative"));
+    }
     return absl::Seconds(seconds);
   }
   absl::Duration d;
-  if (!absl::ParseDuration(std::string(text), &d) || d < absl::ZeroDuration()) {
+  if (!absl::ParseDuration(text, &d) || d < absl::ZeroDuration()) {
     return absl::InvalidArgumentError(absl::StrCat(
         flag, ": '", text,
         "' is not a duration (seconds, or e.g. 500ms, 20s, 2m, inf)"));

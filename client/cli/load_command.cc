@@ -47,6 +47,127 @@ absl::Status CheckModel(client::Client& client,
       names.empty() ? "(none)" : absl::StrJoin(names, ", ")));
 }
 
+// The workload's options from the flags. CLI11 has already checked the
+// flags with a fixed set of values (mode, causal, dtype, output dtype).
+absl::StatusOr<load::WorkloadOptions> WorkloadOptionsFrom(
+    const LoadFlags& flags) {
+  load::WorkloadOptions options;
+  options.preset = flags.preset;
+  options.shapes = flags.shapes;
+  options.mode = flags.mode;
+  options.model = flags.model;
+  options.causal = flags.causal == "true";
+  options.outputs = client::Outputs{false, false, false};
+  for (absl::string_view part :
+       absl::StrSplit(flags.outputs, ',', absl::SkipWhitespace())) {
+    const std::string name =
+        absl::AsciiStrToLower(absl::StripAsciiWhitespace(part));
+    if (name == "logits") {
+      options.outputs.logits = true;
+    } else if (name == "probs") {
+      options.outputs.probs = true;
+    } else if (name == "context") {
+      options.outputs.context = true;
+    } else {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--outputs: unknown output '", name, "'"));
+    }
+  }
+  options.dtype = *ParseDType(flags.dtype);
+  if (!flags.output_dtype.empty()) {
+    options.output_dtype = ParseDType(flags.output_dtype);
+  }
+  options.seed = flags.seed;
+  return options;
+}
+
+// How long the run sends: -z, -n and the --max-duration bound.
+absl::Status SetRunLength(const LoadFlags& flags, load::LoadOptions& options) {
+  if (!flags.duration.empty()) {
+    absl::StatusOr<absl::Duration> d =
+        ParseDurationFlag("--duration", flags.duration);
+    if (!d.ok()) return d.status();
+    options.duration = *d;
+  }
+  // ghz: -z alone runs for the duration; -n alone sends n requests; both:
+  // whichever first.
+  const bool total_given =
+      flags.total_option != nullptr && flags.total_option->count() > 0;
+  options.total = (options.duration > absl::ZeroDuration() && !total_given)
+                      ? 0
+                      : flags.total;
+  absl::StatusOr<absl::Duration> max_duration =
+      ParseDurationFlag("--max-duration", flags.max_duration);
+  if (!max_duration.ok()) return max_duration.status();
+  if (*max_duration == absl::InfiniteDuration() ||
+      *max_duration <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("--max-duration must be finite and > 0");
+  }
+  options.max_duration = *max_duration;
+  return absl::OkStatus();
+}
+
+// The runner's options from the flags; every error is a usage error.
+absl::StatusOr<load::LoadOptions> LoadOptionsFrom(const GlobalFlags& global,
+                                                  const LoadFlags& flags) {
+  load::LoadOptions options;
+  options.concurrency = flags.concurrency;
+  options.rate = flags.rate;
+  options.arrival = flags.arrival == "poisson" ? load::Arrival::kPoisson
+                                               : load::Arrival::kConstant;
+  options.stream = flags.stream;
+  options.streams = flags.connections;
+  options.warmup = flags.warmup;
+  options.seed = flags.seed;
+  if (absl::Status s = SetRunLength(flags, options); !s.ok()) return s;
+  absl::StatusOr<absl::Duration> timeout =
+      ParseDurationFlag("--timeout", global.timeout);
+  if (!timeout.ok()) return timeout.status();
+  if (*timeout == absl::InfiniteDuration()) {
+    return absl::InvalidArgumentError("load needs a finite --timeout");
+  }
+  options.timeout = *timeout;
+  // Every request has had its deadline by then (unary); streams get the same
+  // grace.
+  options.drain_timeout = *timeout + absl::Seconds(5);
+  return options;
+}
+
+// The report's header: what was run against what.
+load::ReportContext ReportContextFor(const GlobalFlags& global,
+                                     const LoadFlags& flags,
+                                     const load::LoadOptions& options) {
+  load::ReportContext context = {
+      {"target", global.target},
+      {"concurrency", absl::StrCat(flags.concurrency)},
+      {"connections", absl::StrCat(flags.connections)},
+      {"mode", flags.mode},
+      {"transport", flags.stream ? "ScoreStream" : "Score"},
+      {"load", flags.rate > 0 ? absl::StrCat("open loop, ", flags.rate,
+                                             " req/s, ", flags.arrival)
+                              : "closed loop"},
+  };
+  if (!flags.model.empty()) context["model"] = flags.model;
+  if (options.total > 0) context["total"] = absl::StrCat(options.total);
+  if (options.duration > absl::ZeroDuration()) {
+    context["duration"] = absl::FormatDuration(options.duration);
+  }
+  return context;
+}
+
+// The report to stdout, or to `path` when given.
+absl::Status WriteReport(const std::string& report, const std::string& path) {
+  if (path.empty()) {
+    std::fwrite(report.data(), 1, report.size(), stdout);
+    return absl::OkStatus();
+  }
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out << report;
+  out.close();
+  if (!out) return absl::InternalError(absl::StrCat("cannot write ", path));
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 CLI::App* AddLoadCommand(CLI::App& app, LoadFlags& flags) {
@@ -137,84 +258,16 @@ CLI::App* AddLoadCommand(CLI::App& app, LoadFlags& flags) {
 }
 
 int RunLoad(const GlobalFlags& global, const LoadFlags& flags) {
-  load::WorkloadOptions workload_options;
-  workload_options.preset = flags.preset;
-  workload_options.shapes = flags.shapes;
-  workload_options.mode = flags.mode;
-  workload_options.model = flags.model;
-  workload_options.causal = flags.causal == "true";
-  workload_options.outputs = client::Outputs{false, false, false};
-  for (absl::string_view part :
-       absl::StrSplit(flags.outputs, ',', absl::SkipWhitespace())) {
-    const std::string name =
-        absl::AsciiStrToLower(absl::StripAsciiWhitespace(part));
-    if (name == "logits") {
-      workload_options.outputs.logits = true;
-    } else if (name == "probs") {
-      workload_options.outputs.probs = true;
-    } else if (name == "context") {
-      workload_options.outputs.context = true;
-    } else {
-      return Fail("load",
-                  absl::InvalidArgumentError(
-                      absl::StrCat("--outputs: unknown output '", name, "'")),
-                  kExitUsage);
-    }
+  absl::StatusOr<load::WorkloadOptions> workload_options =
+      WorkloadOptionsFrom(flags);
+  if (!workload_options.ok()) {
+    return Fail("load", workload_options.status(), kExitUsage);
   }
-  workload_options.dtype = *ParseDType(flags.dtype);
-  if (!flags.output_dtype.empty())
-    workload_options.output_dtype = ParseDType(flags.output_dtype);
-  workload_options.seed = flags.seed;
   absl::StatusOr<load::Workload> workload =
-      load::Workload::Create(workload_options);
+      load::Workload::Create(*workload_options);
   if (!workload.ok()) return Fail("load", workload.status(), kExitUsage);
-
-  load::LoadOptions options;
-  options.concurrency = flags.concurrency;
-  options.rate = flags.rate;
-  options.arrival = flags.arrival == "poisson" ? load::Arrival::kPoisson
-                                               : load::Arrival::kConstant;
-  options.stream = flags.stream;
-  options.streams = flags.connections;
-  options.warmup = flags.warmup;
-  options.seed = flags.seed;
-  if (!flags.duration.empty()) {
-    absl::StatusOr<absl::Duration> d =
-        ParseDurationFlag("--duration", flags.duration);
-    if (!d.ok()) return Fail("load", d.status(), kExitUsage);
-    options.duration = *d;
-  }
-  // ghz: -z alone runs for the duration; -n alone sends n requests; both:
-  // whichever first.
-  const bool total_given =
-      flags.total_option != nullptr && flags.total_option->count() > 0;
-  options.total = (options.duration > absl::ZeroDuration() && !total_given)
-                      ? 0
-                      : flags.total;
-  absl::StatusOr<absl::Duration> max_duration =
-      ParseDurationFlag("--max-duration", flags.max_duration);
-  if (!max_duration.ok())
-    return Fail("load", max_duration.status(), kExitUsage);
-  if (*max_duration == absl::InfiniteDuration() ||
-      *max_duration <= absl::ZeroDuration()) {
-    return Fail(
-        "load",
-        absl::InvalidArgumentError("--max-duration must be finite and > 0"),
-        kExitUsage);
-  }
-  options.max_duration = *max_duration;
-  absl::StatusOr<absl::Duration> timeout =
-      ParseDurationFlag("--timeout", global.timeout);
-  if (!timeout.ok()) return Fail("load", timeout.status(), kExitUsage);
-  if (*timeout == absl::InfiniteDuration()) {
-    return Fail("load",
-                absl::InvalidArgumentError("load needs a finite --timeout"),
-                kExitUsage);
-  }
-  options.timeout = *timeout;
-  // Every request has had its deadline by then (unary); streams get the same
-  // grace.
-  options.drain_timeout = *timeout + absl::Seconds(5);
+  absl::StatusOr<load::LoadOptions> options = LoadOptionsFrom(global, flags);
+  if (!options.ok()) return Fail("load", options.status(), kExitUsage);
 
   absl::StatusOr<std::unique_ptr<client::Client>> client =
       MakeClient(global, flags.connections);
@@ -222,43 +275,18 @@ int RunLoad(const GlobalFlags& global, const LoadFlags& flags) {
   if (absl::Status s = CheckModel(**client, *workload); !s.ok()) {
     return Fail("load", s, kExitUsage);
   }
-
   absl::StatusOr<load::LoadResult> result =
-      load::RunLoad(**client, *workload, options);
+      load::RunLoad(**client, *workload, *options);
   if (!result.ok()) return Fail("load", result.status(), kExitFailed);
 
-  load::ReportContext context = {
-      {"target", global.target},
-      {"concurrency", absl::StrCat(flags.concurrency)},
-      {"connections", absl::StrCat(flags.connections)},
-      {"mode", flags.mode},
-      {"transport", flags.stream ? "ScoreStream" : "Score"},
-      {"load", flags.rate > 0 ? absl::StrCat("open loop, ", flags.rate,
-                                             " req/s, ", flags.arrival)
-                              : "closed loop"},
-  };
-  if (!flags.model.empty()) context["model"] = flags.model;
-  if (options.total > 0) context["total"] = absl::StrCat(options.total);
-  if (options.duration > absl::ZeroDuration()) {
-    context["duration"] = absl::FormatDuration(options.duration);
-  }
   const load::ReportFormat format =
       flags.format == "json"  ? load::ReportFormat::kJson
       : flags.format == "csv" ? load::ReportFormat::kCsv
                               : load::ReportFormat::kText;
-  const std::string report = load::FormatReport(*result, context, format);
-  if (flags.output.empty()) {
-    std::fwrite(report.data(), 1, report.size(), stdout);
-  } else {
-    std::ofstream out(flags.output, std::ios::binary | std::ios::trunc);
-    out << report;
-    out.close();
-    if (!out) {
-      return Fail(
-          "load",
-          absl::InternalError(absl::StrCat("cannot write ", flags.output)),
-          kExitUsage);
-    }
+  const std::string report = load::FormatReport(
+      *result, ReportContextFor(global, flags, *options), format);
+  if (absl::Status s = WriteReport(report, flags.output); !s.ok()) {
+    return Fail("load", s, kExitUsage);
   }
   if (result->error_rate() > flags.max_error_rate) {
     std::fflush(stdout);  // the report first, then the verdict

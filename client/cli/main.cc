@@ -3,12 +3,16 @@
 // deployment. `attnscore --help` and `attnscore <command> --help` document
 // every flag and its ATTNSCORE_* environment variable.
 #include <CLI/CLI.hpp>
+#include <cstdio>
+#include <exception>
 
 #include "client/cli/commands.h"
 #include "client/cli/common_flags.h"
 
-int main(int argc, char** argv) {
-  using namespace attnscore::cli;
+namespace attnscore::cli {
+namespace {
+
+int Main(int argc, char** argv) {
   CLI::App app{
       "attnscore: client for the attnscore attention-scoring service.\n"
       "Exit codes: 0 success, 1 the operation failed, 2 usage or set-up "
@@ -43,4 +47,21 @@ int main(int argc, char** argv) {
   if (info_cmd->parsed()) return RunInfo(global, info);
   if (load_cmd->parsed()) return RunLoad(global, load);
   return kExitUsage;
+}
+
+}  // namespace
+}  // namespace attnscore::cli
+
+int main(int argc, char** argv) {
+  // Nothing below throws on purpose (errors are statuses and exit codes);
+  // this only turns an unexpected exception (e.g. std::bad_alloc) into a
+  // message and a failure exit instead of std::terminate.
+  try {
+    return attnscore::cli::Main(argc, argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "attnscore: %s\n", e.what());
+  } catch (...) {
+    std::fprintf(stderr, "attnscore: unknown exception\n");
+  }
+  return attnscore::cli::kExitFailed;
 }

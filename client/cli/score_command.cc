@@ -8,6 +8,7 @@
 // is a valid input as it is. Outputs are written as tensors
 // logits/probs/context in the dtype the server returned, with the options used
 // and the server's timing in __metadata__.
+#include <array>
 #include <cstdio>
 #include <map>
 #include <optional>
@@ -22,6 +23,7 @@
 #include "absl/strings/str_split.h"
 #include "client/cli/commands.h"
 #include "client/client.h"
+#include "common/layout.h"
 #include "common/safetensors.h"
 
 namespace attnscore::cli {
@@ -101,8 +103,9 @@ absl::StatusOr<client::Outputs> ParseOutputs(const std::string& text) {
           "--outputs: '", name, "': expected logits, probs or context"));
     }
   }
-  if (!outputs.logits && !outputs.probs && !outputs.context)
+  if (!outputs.logits && !outputs.probs && !outputs.context) {
     outputs.logits = true;
+  }
   return outputs;
 }
 
@@ -129,6 +132,257 @@ absl::StatusOr<std::optional<client::TensorView>> InputTensor(
     view = storage.back().view();
   }
   return std::optional<client::TensorView>(view);
+}
+
+// The options used, echoed into the output file's metadata.
+using UsedOptions = std::map<std::string, std::string>;
+
+// The bias: ALiBi (slopes from --slopes, else tensor slopes, else the
+// server's) or relative (a model the server has loaded).
+absl::Status SetBias(const ScoreFlags& flags, const SafetensorsFile& file,
+                     ScoreRequest& request, UsedOptions& used) {
+  const std::string mode = Option(flags.mode, file, "mode", "alibi");
+  used["mode"] = mode;
+  if (mode == "relative") {
+    const std::string model = Option(flags.model, file, "model");
+    if (model.empty()) {
+      return absl::InvalidArgumentError(
+          "relative mode needs --model NAME (a parameter set "
+          "the server has loaded: see `attnscore models`)");
+    }
+    request.bias = client::Relative{model};
+    used["model"] = model;
+    return absl::OkStatus();
+  }
+  if (mode != "alibi") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("mode '", mode, "': expected alibi or relative"));
+  }
+  client::Alibi alibi;
+  if (!flags.slopes.empty()) {
+    absl::StatusOr<std::vector<float>> slopes =
+        ParseList<float>("--slopes", flags.slopes);
+    if (!slopes.ok()) return slopes.status();
+    alibi.slopes = *slopes;
+  } else if (file.Find("slopes") != nullptr) {
+    absl::StatusOr<std::vector<float>> slopes = file.ReadFloats("slopes");
+    if (!slopes.ok()) return slopes.status();
+    alibi.slopes = *slopes;
+  }
+  request.bias = std::move(alibi);
+  return absl::OkStatus();
+}
+
+// Causal masking, the scale and the layout.
+absl::Status SetMasking(const ScoreFlags& flags, const SafetensorsFile& file,
+                        ScoreRequest& request, UsedOptions& used) {
+  const std::string causal = Option(flags.causal, file, "causal", "false");
+  absl::StatusOr<bool> causal_value = ParseBool("causal", causal);
+  if (!causal_value.ok()) return causal_value.status();
+  request.causal = *causal_value;
+  used["causal"] = request.causal ? "true" : "false";
+
+  const std::string scale = Option(flags.scale, file, "scale", "default");
+  if (scale != "default") {
+    float value;
+    if (!absl::SimpleAtof(scale, &value)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("scale: '", scale, "' is not a number"));
+    }
+    request.scale = value;
+  }
+  used["scale"] = scale;
+
+  const std::string layout = Option(flags.layout, file, "layout", "BHSD");
+  std::optional<Layout> layout_value = ParseLayout(layout);
+  if (!layout_value) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("layout '", layout, "': expected BHSD, BSHD or SBHD"));
+  }
+  request.layout = *layout_value;
+  used["layout"] = LayoutName(request.layout);
+  return absl::OkStatus();
+}
+
+// Key lengths [B] from the flag or metadata (comma-separated), else tensor
+// key_lengths.
+absl::Status SetKeyLengths(const ScoreFlags& flags, const SafetensorsFile& file,
+                           ScoreRequest& request, UsedOptions& used) {
+  const std::string key_lengths =
+      Option(flags.key_lengths, file, "key_lengths");
+  if (!key_lengths.empty()) {
+    absl::StatusOr<std::vector<int32_t>> lengths =
+        ParseList<int32_t>("key_lengths", key_lengths);
+    if (!lengths.ok()) return lengths.status();
+    request.key_lengths = *lengths;
+  } else if (file.Find("key_lengths") != nullptr) {
+    // Stored as floats in the golden files; any numeric dtype works.
+    absl::StatusOr<std::vector<float>> lengths = file.ReadFloats("key_lengths");
+    if (!lengths.ok()) return lengths.status();
+    for (float v : *lengths) {
+      request.key_lengths.push_back(static_cast<int32_t>(v));
+    }
+  }
+  if (!request.key_lengths.empty()) {
+    used["key_lengths"] = absl::StrJoin(request.key_lengths, ",");
+  }
+  return absl::OkStatus();
+}
+
+// The outputs wanted (logits, probs, context).
+absl::Status SetOutputs(const ScoreFlags& flags, const SafetensorsFile& file,
+                        ScoreRequest& request) {
+  absl::StatusOr<client::Outputs> outputs =
+      ParseOutputs(Option(flags.outputs, file, "outputs", "logits"));
+  if (!outputs.ok()) return outputs.status();
+  request.outputs = *outputs;
+  return absl::OkStatus();
+}
+
+absl::Status SetOutputDType(const ScoreFlags& flags,
+                            const SafetensorsFile& file,
+                            ScoreRequest& request) {
+  const std::string output_dtype =
+      Option(flags.output_dtype, file, "output_dtype");
+  if (output_dtype.empty()) return absl::OkStatus();
+  absl::StatusOr<DType> dtype = ParseDTypeFlag("output_dtype", output_dtype);
+  if (!dtype.ok()) return dtype.status();
+  request.output_dtype = *dtype;
+  return absl::OkStatus();
+}
+
+// --input-dtype: q, k and v are converted to it before sending; unset: as
+// stored.
+absl::StatusOr<std::optional<DType>> InputDType(const ScoreFlags& flags) {
+  if (flags.input_dtype.empty()) return std::optional<DType>();
+  absl::StatusOr<DType> dtype =
+      ParseDTypeFlag("--input-dtype", flags.input_dtype);
+  if (!dtype.ok()) return dtype.status();
+  return std::optional<DType>(*dtype);
+}
+
+// q, k and optional v as views into `file` (or into `storage` when converted
+// to `input_dtype`). REQUIRES: `storage` has capacity for 3 tensors, so that
+// views into it do not move.
+absl::Status SetInputTensors(const ScoreFlags& flags,
+                             const SafetensorsFile& file,
+                             std::optional<DType> input_dtype,
+                             std::vector<client::Tensor>& storage,
+                             ScoreRequest& request) {
+  absl::StatusOr<std::optional<client::TensorView>> q =
+      InputTensor(file, {"q", "query"}, input_dtype, storage);
+  absl::StatusOr<std::optional<client::TensorView>> k =
+      InputTensor(file, {"k", "key"}, input_dtype, storage);
+  absl::StatusOr<std::optional<client::TensorView>> v =
+      InputTensor(file, {"v", "value"}, input_dtype, storage);
+  for (const auto* t : {&q, &k, &v}) {
+    if (!t->ok()) return t->status();
+  }
+  if (!q->has_value() || !k->has_value()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        flags.input, ": needs tensors q and k (and v for context)"));
+  }
+  request.query = **q;
+  request.key = **k;
+  if (v->has_value()) request.value = **v;
+  if (request.outputs.context && !request.value) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(flags.input, ": context needs tensor v"));
+  }
+  return absl::OkStatus();
+}
+
+// The whole request from flags and `file`, checked in the order the options
+// are documented; every error is a usage error. `storage` as for
+// SetInputTensors.
+absl::Status BuildRequest(const ScoreFlags& flags, const SafetensorsFile& file,
+                          std::vector<client::Tensor>& storage,
+                          ScoreRequest& request, UsedOptions& used) {
+  request.request_id = flags.request_id;
+  if (absl::Status s = SetBias(flags, file, request, used); !s.ok()) return s;
+  if (absl::Status s = SetMasking(flags, file, request, used); !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = SetKeyLengths(flags, file, request, used); !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = SetOutputs(flags, file, request); !s.ok()) return s;
+  absl::StatusOr<std::optional<DType>> input_dtype = InputDType(flags);
+  if (!input_dtype.ok()) return input_dtype.status();
+  if (absl::Status s = SetOutputDType(flags, file, request); !s.ok()) return s;
+  return SetInputTensors(flags, file, *input_dtype, storage, request);
+}
+
+// One request over a ScoreStream: open, write, half-close, read the one
+// response. Every error is the call's (exit 1).
+absl::StatusOr<ScoreResult> ScoreOverStream(client::Client& client,
+                                            const ScoreRequest& request,
+                                            absl::Duration timeout) {
+  client::CallOptions call;
+  call.timeout = timeout;
+  absl::StatusOr<std::unique_ptr<client::Stream>> stream =
+      client.OpenStream({}, call);
+  if (!stream.ok()) return stream.status();
+  if (absl::Status s = (*stream)->Write(request, timeout); !s.ok()) return s;
+  (*stream)->WritesDone();
+  absl::StatusOr<client::StreamResponse> response = (*stream)->Read(timeout);
+  if (!response.ok()) {
+    absl::Status finished = (*stream)->Finish(absl::Seconds(1));
+    return finished.ok() ? response.status() : finished;
+  }
+  (*stream)->Finish(timeout).IgnoreError();
+  return std::move(response->result);
+}
+
+// The result's tensors by output name, in file order (unset ones included).
+using NamedOutputs =
+    std::array<std::pair<const char*, const std::optional<client::Tensor>*>, 3>;
+NamedOutputs OutputsOf(const ScoreResult& result) {
+  return {{{"logits", &result.logits},
+           {"probs", &result.probs},
+           {"context", &result.context}}};
+}
+
+// The outputs as a safetensors file, with the options used and the server's
+// timing in __metadata__. Returns the exit code.
+int WriteOutputs(const std::string& path, const ScoreResult& result,
+                 const UsedOptions& used) {
+  SafetensorsWriter writer;
+  for (const auto& [name, tensor] : OutputsOf(result)) {
+    if (!tensor->has_value()) continue;
+    const client::Tensor& t = **tensor;
+    absl::Status s = writer.Add(
+        name, DTypeName(t.dtype()), t.shape(),
+        std::string_view(static_cast<const char*>(t.data()), t.size_bytes()));
+    if (!s.ok()) return Fail("score", s, kExitFailed);
+  }
+  for (const auto& [key, value] : used) writer.SetMetadata(key, value);
+  writer.SetMetadata("request_id", result.request_id);
+  writer.SetMetadata("queue_us", absl::StrCat(result.timing.queue_us));
+  writer.SetMetadata("compute_us", absl::StrCat(result.timing.compute_us));
+  writer.SetMetadata("batch_size", absl::StrCat(result.timing.batch_size));
+  if (absl::Status s = writer.Write(path); !s.ok()) {
+    return Fail("score", s, kExitUsage);
+  }
+  return kExitOk;
+}
+
+// One line: each output's shape and dtype, the server's timing and where the
+// outputs went.
+void PrintReport(const ScoreResult& result, const std::string& output) {
+  std::vector<std::string> summary;
+  for (const auto& [name, tensor] : OutputsOf(result)) {
+    if (!tensor->has_value()) continue;
+    summary.push_back(absl::StrCat(name, " ",
+                                   client::ShapeString((*tensor)->shape()), " ",
+                                   DTypeName((*tensor)->dtype())));
+  }
+  std::printf("%s; server queue %lld us, compute %lld us, batch %d%s%s\n",
+              absl::StrJoin(summary, ", ").c_str(),
+              static_cast<long long>(result.timing.queue_us),
+              static_cast<long long>(result.timing.compute_us),
+              result.timing.batch_size, output.empty() ? "" : " -> ",
+              output.c_str());
 }
 
 }  // namespace
@@ -184,207 +438,33 @@ int RunScore(const GlobalFlags& global, const ScoreFlags& flags) {
   if (!file.ok()) return Fail("score", file.status(), kExitUsage);
 
   ScoreRequest request;
-  request.request_id = flags.request_id;
-  std::map<std::string, std::string> used;  // echoed into the output's metadata
-
-  const std::string mode = Option(flags.mode, *file, "mode", "alibi");
-  used["mode"] = mode;
-  if (mode == "relative") {
-    const std::string model = Option(flags.model, *file, "model");
-    if (model.empty()) {
-      return Fail("score",
-                  absl::InvalidArgumentError(
-                      "relative mode needs --model NAME (a parameter set "
-                      "the server has loaded: see `attnscore models`)"),
-                  kExitUsage);
-    }
-    request.bias = client::Relative{model};
-    used["model"] = model;
-  } else if (mode == "alibi") {
-    client::Alibi alibi;
-    if (!flags.slopes.empty()) {
-      absl::StatusOr<std::vector<float>> slopes =
-          ParseList<float>("--slopes", flags.slopes);
-      if (!slopes.ok()) return Fail("score", slopes.status(), kExitUsage);
-      alibi.slopes = *slopes;
-    } else if (file->Find("slopes") != nullptr) {
-      absl::StatusOr<std::vector<float>> slopes = file->ReadFloats("slopes");
-      if (!slopes.ok()) return Fail("score", slopes.status(), kExitUsage);
-      alibi.slopes = *slopes;
-    }
-    request.bias = std::move(alibi);
-  } else {
-    return Fail("score",
-                absl::InvalidArgumentError(absl::StrCat(
-                    "mode '", mode, "': expected alibi or relative")),
-                kExitUsage);
-  }
-
-  const std::string causal = Option(flags.causal, *file, "causal", "false");
-  absl::StatusOr<bool> causal_value = ParseBool("causal", causal);
-  if (!causal_value.ok())
-    return Fail("score", causal_value.status(), kExitUsage);
-  request.causal = *causal_value;
-  used["causal"] = request.causal ? "true" : "false";
-
-  const std::string scale = Option(flags.scale, *file, "scale", "default");
-  if (scale != "default") {
-    float value;
-    if (!absl::SimpleAtof(scale, &value)) {
-      return Fail("score",
-                  absl::InvalidArgumentError(
-                      absl::StrCat("scale: '", scale, "' is not a number")),
-                  kExitUsage);
-    }
-    request.scale = value;
-  }
-  used["scale"] = scale;
-
-  const std::string layout = Option(flags.layout, *file, "layout", "BHSD");
-  std::optional<client::Layout> layout_value = client::ParseLayout(layout);
-  if (!layout_value) {
-    return Fail("score",
-                absl::InvalidArgumentError(absl::StrCat(
-                    "layout '", layout, "': expected BHSD, BSHD or SBHD")),
-                kExitUsage);
-  }
-  request.layout = *layout_value;
-  used["layout"] = client::LayoutName(request.layout);
-
-  const std::string key_lengths =
-      Option(flags.key_lengths, *file, "key_lengths");
-  if (!key_lengths.empty()) {
-    absl::StatusOr<std::vector<int32_t>> lengths =
-        ParseList<int32_t>("key_lengths", key_lengths);
-    if (!lengths.ok()) return Fail("score", lengths.status(), kExitUsage);
-    request.key_lengths = *lengths;
-  } else if (file->Find("key_lengths") != nullptr) {
-    // Stored as floats in the golden files; any numeric dtype works.
-    absl::StatusOr<std::vector<float>> lengths =
-        file->ReadFloats("key_lengths");
-    if (!lengths.ok()) return Fail("score", lengths.status(), kExitUsage);
-    for (float v : *lengths)
-      request.key_lengths.push_back(static_cast<int32_t>(v));
-  }
-  if (!request.key_lengths.empty())
-    used["key_lengths"] = absl::StrJoin(request.key_lengths, ",");
-
-  absl::StatusOr<client::Outputs> outputs =
-      ParseOutputs(Option(flags.outputs, *file, "outputs", "logits"));
-  if (!outputs.ok()) return Fail("score", outputs.status(), kExitUsage);
-  request.outputs = *outputs;
-
-  std::optional<DType> input_dtype;
-  if (!flags.input_dtype.empty()) {
-    absl::StatusOr<DType> d =
-        ParseDTypeFlag("--input-dtype", flags.input_dtype);
-    if (!d.ok()) return Fail("score", d.status(), kExitUsage);
-    input_dtype = *d;
-  }
-  const std::string output_dtype =
-      Option(flags.output_dtype, *file, "output_dtype");
-  if (!output_dtype.empty()) {
-    absl::StatusOr<DType> d = ParseDTypeFlag("output_dtype", output_dtype);
-    if (!d.ok()) return Fail("score", d.status(), kExitUsage);
-    request.output_dtype = *d;
-  }
-
+  UsedOptions used;
   std::vector<client::Tensor> storage;
   storage.reserve(3);  // views into it must not move
-  absl::StatusOr<std::optional<client::TensorView>> q =
-      InputTensor(*file, {"q", "query"}, input_dtype, storage);
-  absl::StatusOr<std::optional<client::TensorView>> k =
-      InputTensor(*file, {"k", "key"}, input_dtype, storage);
-  absl::StatusOr<std::optional<client::TensorView>> v =
-      InputTensor(*file, {"v", "value"}, input_dtype, storage);
-  for (const auto* t : {&q, &k, &v}) {
-    if (!t->ok()) return Fail("score", t->status(), kExitUsage);
-  }
-  if (!q->has_value() || !k->has_value()) {
-    return Fail(
-        "score",
-        absl::InvalidArgumentError(absl::StrCat(
-            flags.input, ": needs tensors q and k (and v for context)")),
-        kExitUsage);
-  }
-  request.query = **q;
-  request.key = **k;
-  if (v->has_value()) request.value = **v;
-  if (request.outputs.context && !request.value) {
-    return Fail("score",
-                absl::InvalidArgumentError(
-                    absl::StrCat(flags.input, ": context needs tensor v")),
-                kExitUsage);
+  if (absl::Status s = BuildRequest(flags, *file, storage, request, used);
+      !s.ok()) {
+    return Fail("score", s, kExitUsage);
   }
 
   absl::StatusOr<std::unique_ptr<client::Client>> client = MakeClient(global);
   if (!client.ok()) return Fail("score", client.status(), kExitUsage);
-
   absl::StatusOr<ScoreResult> result;
   if (flags.stream) {
     absl::StatusOr<absl::Duration> timeout =
         ParseDurationFlag("--timeout", global.timeout);
     if (!timeout.ok()) return Fail("score", timeout.status(), kExitUsage);
-    client::CallOptions call;
-    call.timeout = *timeout;
-    absl::StatusOr<std::unique_ptr<client::Stream>> stream =
-        (*client)->OpenStream({}, call);
-    if (!stream.ok()) return Fail("score", stream.status(), kExitFailed);
-    if (absl::Status s = (*stream)->Write(request, *timeout); !s.ok()) {
-      return Fail("score", s, kExitFailed);
-    }
-    (*stream)->WritesDone();
-    absl::StatusOr<client::StreamResponse> response = (*stream)->Read(*timeout);
-    if (!response.ok()) {
-      absl::Status finished = (*stream)->Finish(absl::Seconds(1));
-      return Fail("score", finished.ok() ? response.status() : finished,
-                  kExitFailed);
-    }
-    result = std::move(response->result);
-    (*stream)->Finish(*timeout).IgnoreError();
+    result = ScoreOverStream(**client, request, *timeout);
   } else {
     result = (*client)->Score(request);
   }
   if (!result.ok()) return Fail("score", result.status(), kExitFailed);
 
-  const std::pair<const char*, const std::optional<client::Tensor>*> tensors[] =
-      {{"logits", &result->logits},
-       {"probs", &result->probs},
-       {"context", &result->context}};
-  std::vector<std::string> summary;
-  for (const auto& [name, tensor] : tensors) {
-    if (!tensor->has_value()) continue;
-    summary.push_back(absl::StrCat(name, " ",
-                                   client::ShapeString((*tensor)->shape()), " ",
-                                   DTypeName((*tensor)->dtype())));
-  }
   if (!flags.output.empty()) {
-    SafetensorsWriter writer;
-    for (const auto& [name, tensor] : tensors) {
-      if (!tensor->has_value()) continue;
-      const client::Tensor& t = **tensor;
-      absl::Status s = writer.Add(
-          name, DTypeName(t.dtype()), t.shape(),
-          std::string_view(static_cast<const char*>(t.data()), t.size_bytes()));
-      if (!s.ok()) return Fail("score", s, kExitFailed);
-    }
-    for (const auto& [key, value] : used) writer.SetMetadata(key, value);
-    writer.SetMetadata("request_id", result->request_id);
-    writer.SetMetadata("queue_us", absl::StrCat(result->timing.queue_us));
-    writer.SetMetadata("compute_us", absl::StrCat(result->timing.compute_us));
-    writer.SetMetadata("batch_size", absl::StrCat(result->timing.batch_size));
-    if (absl::Status s = writer.Write(flags.output); !s.ok()) {
-      return Fail("score", s, kExitUsage);
+    if (int code = WriteOutputs(flags.output, *result, used); code != kExitOk) {
+      return code;
     }
   }
-  if (!flags.quiet) {
-    std::printf("%s; server queue %lld us, compute %lld us, batch %d%s%s\n",
-                absl::StrJoin(summary, ", ").c_str(),
-                static_cast<long long>(result->timing.queue_us),
-                static_cast<long long>(result->timing.compute_us),
-                result->timing.batch_size, flags.output.empty() ? "" : " -> ",
-                flags.output.c_str());
-  }
+  if (!flags.quiet) PrintReport(*result, flags.output);
   return kExitOk;
 }
 

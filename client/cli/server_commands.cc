@@ -23,9 +23,9 @@ CLI::App* AddHealthCommand(CLI::App& app, HealthFlags& flags) {
                          "otherwise (not serving, unknown service, "
                          "unreachable). For container healthchecks");
   cmd->add_option("--service", flags.service,
-                  "Service to check: attnscore.v1.AttentionScorer is readiness "
-                  "(warm and not "
-                  "draining), '' liveness")
+                  absl::StrCat("Service to check: ", client::ServiceName(),
+                               " is readiness (warm and not draining), '' "
+                               "liveness"))
       ->envname("ATTNSCORE_HEALTH_SERVICE")
       ->capture_default_str();
   cmd->add_option(

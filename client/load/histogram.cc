@@ -19,8 +19,9 @@ int FloorLog2(uint64_t v) { return 63 - __builtin_clzll(v); }
 // kSubBuckets + (v >> b). Consecutive magnitudes therefore occupy consecutive
 // index ranges of kSubBuckets each.
 size_t LogHistogram::IndexOf(int64_t value) {
-  if (value < 2 * kSubBuckets)
+  if (value < 2 * kSubBuckets) {
     return static_cast<size_t>(std::max<int64_t>(value, 0));
+  }
   const int b = FloorLog2(static_cast<uint64_t>(value)) - kSubBucketBits;
   return static_cast<size_t>((int64_t{b} << kSubBucketBits) + (value >> b));
 }
@@ -53,10 +54,12 @@ void LogHistogram::Record(int64_t value, int64_t count) {
 
 void LogHistogram::Merge(const LogHistogram& other) {
   if (other.count_ == 0) return;
-  if (other.counts_.size() > counts_.size())
+  if (other.counts_.size() > counts_.size()) {
     counts_.resize(other.counts_.size(), 0);
-  for (size_t i = 0; i < other.counts_.size(); ++i)
+  }
+  for (size_t i = 0; i < other.counts_.size(); ++i) {
     counts_[i] += other.counts_[i];
+  }
   if (count_ == 0 || other.min_ < min_) min_ = other.min_;
   if (count_ == 0 || other.max_ > max_) max_ = other.max_;
   count_ += other.count_;
@@ -83,8 +86,9 @@ int64_t LogHistogram::Percentile(double percent) const {
 std::vector<LogHistogram::Bucket> LogHistogram::Buckets() const {
   std::vector<Bucket> out;
   for (size_t i = 0; i < counts_.size(); ++i) {
-    if (counts_[i] > 0)
+    if (counts_[i] > 0) {
       out.push_back(Bucket{LowestOf(i), HighestOf(i), counts_[i]});
+    }
   }
   return out;
 }

@@ -34,8 +34,9 @@ std::vector<Mark> LinearHistogram(const LogHistogram& h) {
   const double lo = static_cast<double>(h.min());
   const double hi = static_cast<double>(h.max());
   const double width = (hi - lo) / kHistogramBuckets;
-  for (int i = 0; i < kHistogramBuckets; ++i)
+  for (int i = 0; i < kHistogramBuckets; ++i) {
     marks.push_back({Ms(lo + width * (i + 1)), 0});
+  }
   for (const LogHistogram::Bucket& b : h.Buckets()) {
     const double mid = std::clamp(
         (static_cast<double>(b.low) + static_cast<double>(b.high)) / 2, lo, hi);
@@ -52,8 +53,9 @@ nlohmann::json PercentilesJson(const LogHistogram& h) {
   out["fastest"] = Ms(h.min());
   out["slowest"] = Ms(h.max());
   out["average"] = Ms(h.mean());
-  for (double p : kReportPercentiles)
+  for (double p : kReportPercentiles) {
     out[PercentileKey(p)] = Ms(h.Percentile(p));
+  }
   return out;
 }
 
@@ -89,8 +91,9 @@ std::string Json(const LoadResult& r, const ReportContext& context) {
     histogram.push_back(
         {{"mark_ms", m.mark_ms},
          {"count", m.count},
-         {"frequency",
-          r.all.count > 0 ? static_cast<double>(m.count) / r.all.count : 0.0}});
+         {"frequency", r.all.count > 0 ? static_cast<double>(m.count) /
+                                             static_cast<double>(r.all.count)
+                                       : 0.0}});
   }
   out["histogram"] = histogram;
   out["status_codes"] = r.status_codes;
@@ -144,8 +147,9 @@ std::string CsvRow(const std::string& name, const Stats& s,
 std::string Csv(const LoadResult& r) {
   std::vector<std::string> header = {
       "kind", "count", "ok", "errors", "rps", "average_ms", "fastest_ms"};
-  for (double p : kReportPercentiles)
+  for (double p : kReportPercentiles) {
     header.push_back(absl::StrCat(PercentileKey(p), "_ms"));
+  }
   header.insert(header.end(),
                 {"slowest_ms", "queue_p50_ms", "queue_p99_ms", "compute_p50_ms",
                  "compute_p99_ms", "overhead_p50_ms", "overhead_p99_ms",
@@ -165,8 +169,9 @@ std::string FormatMs(int64_t ns) { return absl::StrFormat("%.3f ms", Ms(ns)); }
 std::string Text(const LoadResult& r, const ReportContext& context) {
   std::string out;
   absl::StrAppend(&out, "Summary:\n");
-  for (const auto& [key, value] : context)
+  for (const auto& [key, value] : context) {
     absl::StrAppend(&out, "  ", key, ":\t", value, "\n");
+  }
   absl::StrAppend(&out, "  Count:\t", r.all.count, "\n");
   absl::StrAppend(
       &out, "  Total:\t",
@@ -188,8 +193,9 @@ std::string Text(const LoadResult& r, const ReportContext& context) {
                     FormatMs(r.send_lag_ns.Percentile(99)), ", max ",
                     FormatMs(r.send_lag_ns.max()), "\n");
   }
-  if (r.not_sent > 0)
+  if (r.not_sent > 0) {
     absl::StrAppend(&out, "  Not sent (time bound):\t", r.not_sent, "\n");
+  }
   if (r.cancelled_at_drain > 0) {
     absl::StrAppend(&out, "  Cancelled at drain:\t", r.cancelled_at_drain,
                     "\n");

@@ -5,6 +5,7 @@
 #include <condition_variable>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <thread>
 #include <unordered_map>
@@ -38,8 +39,9 @@ int64_t Nanos(Clock::duration d) {
 class Shared {
  public:
   Shared(const Workload& workload, bool recording) : recording_(recording) {
-    for (const Workload::Kind& kind : workload.kinds())
+    for (const Workload::Kind& kind : workload.kinds()) {
       result_.kind_names.push_back(kind.name);
+    }
     result_.by_kind.resize(workload.kinds().size());
   }
 
@@ -126,7 +128,7 @@ class Shared {
 // When request i is due, relative to the start (open loop).
 class Arrivals {
  public:
-  Arrivals(const LoadOptions& options)
+  explicit Arrivals(const LoadOptions& options)
       : options_(options), rng_(options.seed) {}
   Clock::duration Next() {
     const double seconds = offset_s_;
@@ -302,104 +304,152 @@ class StreamPool {
   int reopens_ = 0;
 };
 
+// One phase's fixed parts: where requests go and how long it may send.
+struct Phase {
+  Client& client;
+  const Workload& workload;
+  const LoadOptions& options;
+  bool recording;
+  std::shared_ptr<Shared> shared;
+  std::shared_ptr<CancellationToken> cancel;  // unary calls, at the drain
+  std::unique_ptr<StreamPool> pool;           // null: unary Score calls
+  Clock::time_point start;
+  Clock::time_point end;  // no sends from then on
+};
+
+// Waits until the next request may go (open loop: until it is due, then) and
+// until fewer than `concurrency` are in flight, and counts it in flight.
+// Returns its intended send time, or nullopt when the phase's end comes first
+// (then ++*not_sent for an open-loop request that was due but found no slot).
+std::optional<Clock::time_point> AcquireSendSlot(const Phase& phase,
+                                                 Arrivals& arrivals,
+                                                 int64_t* not_sent) {
+  const bool open_loop = phase.options.rate > 0;
+  Shared& shared = *phase.shared;
+  Clock::time_point intended;
+  std::unique_lock<std::mutex> lock(shared.mutex());
+  if (open_loop) {
+    intended = phase.start + arrivals.Next();
+    if (intended >= phase.end) return std::nullopt;
+    // Sleep until due (nothing to wake us early: the run goes on regardless).
+    lock.unlock();
+    std::this_thread::sleep_until(intended);
+    lock.lock();
+  }
+  if (!shared.cv().wait_until(lock, phase.end, [&] {
+        return shared.in_flight() < phase.options.concurrency;
+      })) {
+    if (open_loop) ++*not_sent;  // due, but no slot before the end
+    return std::nullopt;
+  }
+  if (!open_loop) {
+    if (Clock::now() >= phase.end) return std::nullopt;
+    intended = Clock::now();
+  }
+  shared.AddInFlight();
+  return intended;
+}
+
+// Sends request number `sent` (a kind picked by the workload) over the stream
+// pool or as a unary call; its outcome is recorded when it completes.
+void SendRequest(const Phase& phase, int64_t sent, Clock::time_point intended) {
+  const size_t kind_index = phase.workload.Pick(static_cast<uint64_t>(sent));
+  const Workload::Kind& kind = phase.workload.kinds()[kind_index];
+  ScoreRequest request = kind.request;
+  request.request_id =
+      absl::StrCat(phase.recording ? "load-" : "warmup-", sent);
+  phase.shared->RecordSendLag(Clock::now() - intended);
+  if (phase.pool != nullptr) {
+    phase.pool->Send(request, kind_index, intended, phase.options.timeout);
+    return;
+  }
+  CallOptions call;
+  call.timeout = phase.options.timeout;
+  call.cancellation = phase.cancel;
+  // The callback holds the kind's tensor memory: a call outliving this run
+  // stays valid.
+  phase.client.ScoreAsync(
+      request, call,
+      [shared = phase.shared, data = kind.data, kind_index,
+       intended](absl::StatusOr<ScoreResult> result) {
+        if (result.ok()) {
+          shared->Complete(kind_index, intended, absl::OkStatus(),
+                           &result->timing);
+        } else {
+          shared->Complete(kind_index, intended, result.status(), nullptr);
+        }
+      });
+}
+
+// Drain: every request answered, or cancelled after the drain timeout.
+// Returns how many were still in flight then.
+int64_t Drain(const Phase& phase) {
+  int64_t cancelled_at_drain = 0;
+  Shared& shared = *phase.shared;
+  if (phase.pool != nullptr) phase.pool->CloseAll(phase.options.drain_timeout);
+  {
+    std::unique_lock<std::mutex> lock(shared.mutex());
+    const auto drained = [&] { return shared.in_flight() == 0; };
+    if (!shared.cv().wait_for(
+            lock, absl::ToChronoNanoseconds(phase.options.drain_timeout),
+            drained)) {
+      cancelled_at_drain = shared.in_flight();
+      lock.unlock();
+      phase.cancel->Cancel();
+      if (phase.pool != nullptr) phase.pool->CancelAll();
+      lock.lock();
+      shared.cv().wait_for(lock, kCancelWait, drained);
+    }
+  }
+  if (phase.pool != nullptr) phase.pool->Reset();
+  return cancelled_at_drain;
+}
+
+// One run of the workload (the warm-up or the measured one): send until
+// `total` or the time bound, then drain.
 absl::StatusOr<LoadResult> RunPhase(Client& client, const Workload& workload,
                                     const LoadOptions& options,
                                     bool recording) {
-  auto shared = std::make_shared<Shared>(workload, recording);
-  auto cancel = std::make_shared<CancellationToken>();
-  const bool open_loop = options.rate > 0;
-  std::unique_ptr<StreamPool> pool;
+  Phase phase{client,
+              workload,
+              options,
+              recording,
+              std::make_shared<Shared>(workload, recording),
+              std::make_shared<CancellationToken>(),
+              nullptr,
+              {},
+              {}};
   if (options.stream) {
-    pool = std::make_unique<StreamPool>(client, shared,
-                                        std::max(1, options.streams));
-    if (absl::Status s = pool->OpenAll(); !s.ok()) return s;
+    phase.pool = std::make_unique<StreamPool>(client, phase.shared,
+                                              std::max(1, options.streams));
+    if (absl::Status s = phase.pool->OpenAll(); !s.ok()) return s;
   }
-
-  const Clock::time_point start = Clock::now();
+  const bool open_loop = options.rate > 0;
+  phase.start = Clock::now();
   absl::Duration bound = options.max_duration;
-  if (options.duration > absl::ZeroDuration())
+  if (options.duration > absl::ZeroDuration()) {
     bound = std::min(bound, options.duration);
-  const Clock::time_point end = start + absl::ToChronoNanoseconds(bound);
+  }
+  phase.end = phase.start + absl::ToChronoNanoseconds(bound);
+
   Arrivals arrivals(options);
   int64_t sent = 0;
   int64_t not_sent = 0;
-
   while (options.total == 0 || sent < options.total) {
-    Clock::time_point intended;
-    {
-      std::unique_lock<std::mutex> lock(shared->mutex());
-      if (open_loop) {
-        intended = start + arrivals.Next();
-        if (intended >= end) break;
-        // Sleep until due (nothing to wake us early: the run goes on
-        // regardless).
-        lock.unlock();
-        std::this_thread::sleep_until(intended);
-        lock.lock();
-      }
-      if (!shared->cv().wait_until(lock, end, [&] {
-            return shared->in_flight() < options.concurrency;
-          })) {
-        if (open_loop) ++not_sent;  // due, but no slot before the end
-        break;
-      }
-      if (!open_loop) {
-        if (Clock::now() >= end) break;
-        intended = Clock::now();
-      }
-      shared->AddInFlight();
-    }
-    const size_t kind_index = workload.Pick(static_cast<uint64_t>(sent));
-    const Workload::Kind& kind = workload.kinds()[kind_index];
-    ScoreRequest request = kind.request;
-    request.request_id = absl::StrCat(recording ? "load-" : "warmup-", sent);
-    shared->RecordSendLag(Clock::now() - intended);
-    if (pool != nullptr) {
-      pool->Send(request, kind_index, intended, options.timeout);
-    } else {
-      CallOptions call;
-      call.timeout = options.timeout;
-      call.cancellation = cancel;
-      // The callback holds the kind's tensor memory: a call outliving this run
-      // stays valid.
-      client.ScoreAsync(request, call,
-                        [shared, data = kind.data, kind_index,
-                         intended](absl::StatusOr<ScoreResult> result) {
-                          if (result.ok()) {
-                            shared->Complete(kind_index, intended,
-                                             absl::OkStatus(), &result->timing);
-                          } else {
-                            shared->Complete(kind_index, intended,
-                                             result.status(), nullptr);
-                          }
-                        });
-    }
+    std::optional<Clock::time_point> intended =
+        AcquireSendSlot(phase, arrivals, &not_sent);
+    if (!intended) break;
+    SendRequest(phase, sent, *intended);
     ++sent;
   }
   if (open_loop && options.total > 0) not_sent = options.total - sent;
+  const int64_t cancelled_at_drain = Drain(phase);
 
-  // Drain: answered, or cancelled after the drain timeout.
-  int64_t cancelled_at_drain = 0;
-  if (pool != nullptr) pool->CloseAll(options.drain_timeout);
-  {
-    std::unique_lock<std::mutex> lock(shared->mutex());
-    const auto drained = [&] { return shared->in_flight() == 0; };
-    if (!shared->cv().wait_for(
-            lock, absl::ToChronoNanoseconds(options.drain_timeout), drained)) {
-      cancelled_at_drain = shared->in_flight();
-      lock.unlock();
-      cancel->Cancel();
-      if (pool != nullptr) pool->CancelAll();
-      lock.lock();
-      shared->cv().wait_for(lock, kCancelWait, drained);
-    }
-  }
-  if (pool != nullptr) pool->Reset();
-
-  std::lock_guard<std::mutex> lock(shared->mutex());
-  LoadResult result = shared->result();
-  const Clock::time_point last = std::max(shared->last_completion(), start);
-  result.elapsed = absl::FromChrono(last - start);
+  std::lock_guard<std::mutex> lock(phase.shared->mutex());
+  LoadResult result = phase.shared->result();
+  const Clock::time_point last =
+      std::max(phase.shared->last_completion(), phase.start);
+  result.elapsed = absl::FromChrono(last - phase.start);
   result.not_sent = not_sent;
   result.cancelled_at_drain = cancelled_at_drain;
   result.open_loop = open_loop;

@@ -80,7 +80,9 @@ struct LoadResult {
   int64_t cancelled_at_drain = 0;  // still unanswered after drain_timeout
   bool open_loop = false;
   double error_rate() const {
-    return all.count == 0 ? 0.0 : static_cast<double>(all.errors) / all.count;
+    return all.count == 0 ? 0.0
+                          : static_cast<double>(all.errors) /
+                                static_cast<double>(all.count);
   }
   double rps() const {
     const double s = absl::ToDoubleSeconds(elapsed);

@@ -155,8 +155,9 @@ absl::StatusOr<std::pair<RequestShape, double>> ParseShape(
   for (int i = 0; i < 5; ++i) {
     // Accept "B2" / "Lq16" as well as "2": strip a leading label.
     absl::string_view p = absl::StripAsciiWhitespace(parts[i]);
-    while (!p.empty() && !absl::ascii_isdigit(p.front()) && p.front() != '-')
+    while (!p.empty() && !absl::ascii_isdigit(p.front()) && p.front() != '-') {
       p.remove_prefix(1);
+    }
     if (!absl::SimpleAtoi(p, &dims[i]) || dims[i] < 1) {
       return absl::InvalidArgumentError(absl::StrCat(
           "shape '", text, "': '", parts[i], "' is not a positive integer"));

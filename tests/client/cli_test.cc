@@ -6,7 +6,6 @@
 #include <signal.h>
 
 #include <cmath>
-#include <fstream>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -19,18 +18,12 @@
 #include "tests/client/golden_support.h"
 #include "tests/testing/golden.h"
 #include "tests/testing/server_process.h"
+#include "tests/testing/test_util.h"
 
 namespace attnscore::testing {
 namespace {
 
 using ::testing::HasSubstr;
-
-std::string ReadText(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream out;
-  out << in.rdbuf();
-  return out.str();
-}
 
 CommandResult Cli(const std::vector<std::string>& args,
                   absl::Duration timeout = absl::Seconds(60)) {
@@ -42,7 +35,7 @@ CommandResult Cli(const std::vector<std::string>& args,
   return result;
 }
 
-std::unique_ptr<ServerProcess> StartServer(ServerOptions options = {}) {
+std::unique_ptr<ServerProcess> StartServer(const ServerOptions& options = {}) {
   absl::StatusOr<std::unique_ptr<ServerProcess>> server =
       ServerProcess::Start(options);
   EXPECT_TRUE(server.ok()) << server.status();
@@ -54,13 +47,15 @@ void ExpectConsistentReport(const nlohmann::json& j) {
   const int64_t count = j["count"].get<int64_t>();
   EXPECT_EQ(count, j["ok"].get<int64_t>() + j["errors"].get<int64_t>());
   int64_t by_code = 0;
-  for (const auto& [code, n] : j["status_codes"].items())
+  for (const auto& [code, n] : j["status_codes"].items()) {
     by_code += n.get<int64_t>();
+  }
   EXPECT_EQ(by_code, count);
   EXPECT_EQ(j["status_codes"].value("OK", 0), j["ok"].get<int64_t>());
   int64_t in_histogram = 0;
-  for (const auto& bucket : j["histogram"])
+  for (const auto& bucket : j["histogram"]) {
     in_histogram += bucket["count"].get<int64_t>();
+  }
   EXPECT_EQ(in_histogram, count);
   int64_t by_kind = 0;
   for (const auto& kind : j["kinds"]) by_kind += kind["count"].get<int64_t>();
@@ -86,7 +81,7 @@ void ExpectConsistentReport(const nlohmann::json& j) {
 }
 
 nlohmann::json LoadJson(const std::string& path) {
-  const std::string text = ReadText(path);
+  const std::string text = ReadFileOrEmpty(path);
   nlohmann::json j =
       nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
   EXPECT_FALSE(j.is_discarded()) << text;
@@ -114,8 +109,9 @@ TEST(CliTest, EveryGoldenCaseThroughScore) {
         "--outputs", golden.has("v") ? "logits,probs,context" : "logits,probs",
         "-o",        out};
     // The golden file as it is; only the server-side model name is ours.
-    if (golden.relative())
+    if (golden.relative()) {
       args.insert(args.end(), {"--model", CaseStem(golden)});
+    }
     // Exercise the stream path on every other case.
     if (n++ % 2 == 1) args.push_back("--stream");
     CommandResult run = Cli(args);

@@ -16,6 +16,7 @@
 #include "tests/client/golden_support.h"
 #include "tests/testing/golden.h"
 #include "tests/testing/server_process.h"
+#include "tests/testing/test_util.h"
 
 namespace attnscore::client {
 namespace {
@@ -49,10 +50,12 @@ OwnedRequest MakeRequest(int64_t b, int64_t h, int64_t lq, int64_t lk,
   OwnedRequest out;
   std::vector<float> qv(static_cast<size_t>(b * h * lq * d));
   std::vector<float> kv(static_cast<size_t>(b * h * lk * d));
-  for (size_t i = 0; i < qv.size(); ++i)
+  for (size_t i = 0; i < qv.size(); ++i) {
     qv[i] = static_cast<float>((i * 7919) % 97) / 97.0f - 0.5f;
-  for (size_t i = 0; i < kv.size(); ++i)
+  }
+  for (size_t i = 0; i < kv.size(); ++i) {
     kv[i] = static_cast<float>((i * 104729) % 89) / 89.0f - 0.5f;
+  }
   out.q = *Tensor::FromFloats(DType::kFloat32, {b, h, lq, d}, qv);
   out.k = *Tensor::FromFloats(DType::kFloat32, {b, h, lk, d}, kv);
   out.request.query = out.q.view();
@@ -108,8 +111,9 @@ TEST_F(ClientE2eTest, EveryGoldenCaseThroughScoreAsyncConcurrently) {
   // Futures: all in flight at once (the server may batch them; results must
   // still be exact).
   std::vector<std::future<absl::StatusOr<ScoreResult>>> futures;
-  for (const GoldenCase& golden : *cases_)
+  for (const GoldenCase& golden : *cases_) {
     futures.push_back(client_->ScoreAsync(GoldenRequest(golden)));
+  }
   for (size_t i = 0; i < futures.size(); ++i) {
     SCOPED_TRACE((*cases_)[i].name);
     ASSERT_EQ(futures[i].wait_for(std::chrono::seconds(60)),
@@ -185,7 +189,7 @@ TEST_F(ClientE2eTest, StreamCallbacksAndCancel) {
   int responses = 0;
   std::optional<absl::Status> done;
   StreamOptions options;
-  options.on_response = [&](StreamResponse r) {
+  options.on_response = [&](const StreamResponse& r) {
     std::lock_guard<std::mutex> lock(mutex);
     EXPECT_TRUE(r.result.ok()) << r.result.status();
     ++responses;
@@ -291,11 +295,12 @@ TEST_F(ClientE2eTest, LargeResponsesAndReceiveLimit) {
   absl::StatusOr<ScoreResult> result = client_->Score(r.request);
   ASSERT_TRUE(result.ok()) << result.status();
   ASSERT_TRUE(result->logits.has_value());
-  EXPECT_EQ(result->logits->size_bytes(), size_t{2 * 8 * 512 * 512 * 4});
+  EXPECT_EQ(result->logits->size_bytes(), size_t{2} * 8 * 512 * 512 * 4);
   const std::vector<float> probs = result->probs->ToFloats();
   double row = 0;
-  for (int j = 0; j < 512; ++j)
-    row += probs[static_cast<size_t>(511 * 512 + j)];
+  for (int j = 0; j < 512; ++j) {
+    row += probs[size_t{511} * 512 + static_cast<size_t>(j)];
+  }
   EXPECT_NEAR(row, 1.0, 1e-4);
 
   // A client that accepts less than the response gets RESOURCE_EXHAUSTED.
@@ -333,8 +338,9 @@ TEST_F(ClientE2eTest, OutputDtypesAndHalfInputs) {
   const std::vector<float> got = result->probs->ToFloats();
   const std::vector<float> expected = golden.Floats("expected_probs");
   ASSERT_EQ(got.size(), expected.size());
-  for (size_t i = 0; i < got.size(); ++i)
+  for (size_t i = 0; i < got.size(); ++i) {
     ASSERT_NEAR(got[i], expected[i], 2e-2) << i;
+  }
 }
 
 TEST(ClientDeadlineTest, DeadlineAndCancellation) {

@@ -94,13 +94,15 @@ std::string Flatten(grpc::ByteBuffer& buffer) {
   std::vector<grpc::Slice> slices;
   EXPECT_TRUE(buffer.Dump(&slices).ok());
   std::string out;
-  for (const grpc::Slice& s : slices)
+  for (const grpc::Slice& s : slices) {
     out.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  }
   return out;
 }
 
 TEST(ScoreCodecTest, RequestBytesAreProtobufs) {
-  std::vector<float> q(2 * 3 * 4 * 5), k(2 * 3 * 6 * 5), v(2 * 3 * 6 * 7);
+  std::vector<float> q(size_t{2} * 3 * 4 * 5), k(size_t{2} * 3 * 6 * 5),
+      v(size_t{2} * 3 * 6 * 7);
   for (size_t i = 0; i < q.size(); ++i) q[i] = static_cast<float>(i) * 0.5f;
   for (size_t i = 0; i < k.size(); ++i) k[i] = -static_cast<float>(i);
   for (size_t i = 0; i < v.size(); ++i) v[i] = static_cast<float>(i % 13);
@@ -174,9 +176,10 @@ TEST(ScoreCodecTest, RequestBytesAreProtobufs) {
 v1::ScoreResponse SampleResponse() {
   v1::ScoreResponse response;
   response.set_request_id("r-1");
-  std::vector<float> logits(2 * 2 * 3 * 4);
-  for (size_t i = 0; i < logits.size(); ++i)
+  std::vector<float> logits(size_t{2} * 2 * 3 * 4);
+  for (size_t i = 0; i < logits.size(); ++i) {
     logits[i] = static_cast<float>(i) - 7.5f;
+  }
   logits[5] = -std::numeric_limits<float>::infinity();
   v1::Tensor* t = response.mutable_logits();
   t->set_dtype(v1::FLOAT32);

@@ -95,8 +95,9 @@ std::string CompareWithGolden(const GoldenCase& golden,
     }
     const std::string diff = CompareClose(
         (*tensor)->ToFloats(), golden.Floats(expected_name), kAtol, kRtol);
-    if (!diff.empty())
+    if (!diff.empty()) {
       absl::StrAppend(&out, golden.name, ": ", name, ": ", diff, "; ");
+    }
   }
   return out;
 }

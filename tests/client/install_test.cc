@@ -6,6 +6,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/testing/server_process.h"
+#include "tests/testing/test_util.h"
 
 namespace attnscore::testing {
 namespace {
@@ -25,7 +26,8 @@ TEST(InstallTest, ExampleBuildsAgainstTheInstalledPackageAndScores) {
        {"include/attnscore/client/client.h",
         "include/attnscore/client/tensor.h",
         "include/attnscore/client/torch_adapter.h",
-        "include/attnscore/common/dtype.h",
+        "include/attnscore/common/dtype.h", "include/attnscore/common/layout.h",
+        "include/attnscore/common/aten_dtype.h",
         "lib/cmake/attnscore/attnscore-config.cmake",
         "lib/cmake/attnscore/attnscore-config-version.cmake"}) {
     EXPECT_TRUE(std::filesystem::exists(prefix + "/" + file)) << file;
@@ -34,7 +36,8 @@ TEST(InstallTest, ExampleBuildsAgainstTheInstalledPackageAndScores) {
   run = RunCommand(
       {ATTNSCORE_CMAKE, "-S",
        std::string(ATTNSCORE_SOURCE_DIR) + "/client/examples", "-B", build,
-       "-G", "Ninja", "-DCMAKE_MAKE_PROGRAM=" ATTNSCORE_MAKE_PROGRAM,
+       "-G", "Ninja",
+       std::string("-DCMAKE_MAKE_PROGRAM=") + ATTNSCORE_MAKE_PROGRAM,
        "-DCMAKE_BUILD_TYPE=Release", "-DCMAKE_PREFIX_PATH=" + prefix},
       absl::Seconds(120));
   ASSERT_EQ(run.exit_code, 0) << run.output;

@@ -56,8 +56,9 @@ TEST(LogHistogramTest, PercentilesWithinATenthOfAPercent) {
   EXPECT_EQ(h.max(), samples.back());
   int64_t previous = 0;
   for (double p : {1.0, 10.0, 50.0, 90.0, 99.0, 99.9, 99.99}) {
-    const auto rank =
-        static_cast<size_t>(std::ceil(p / 100 * samples.size())) - 1;
+    const auto rank = static_cast<size_t>(std::ceil(
+                          p / 100 * static_cast<double>(samples.size()))) -
+                      1;
     const double exact = static_cast<double>(samples[rank]);
     const double got = static_cast<double>(h.Percentile(p));
     EXPECT_NEAR(got, exact, exact * 1e-3) << "p" << p;
@@ -79,8 +80,9 @@ TEST(LogHistogramTest, MergeEqualsRecordingEverything) {
   EXPECT_EQ(a.min(), all.min());
   EXPECT_EQ(a.max(), all.max());
   EXPECT_DOUBLE_EQ(a.mean(), all.mean());
-  for (double p : {5.0, 50.0, 99.0})
+  for (double p : {5.0, 50.0, 99.0}) {
     EXPECT_EQ(a.Percentile(p), all.Percentile(p));
+  }
   LogHistogram empty;
   EXPECT_EQ(empty.Percentile(50), 0);
   EXPECT_EQ(empty.mean(), 0);
@@ -112,7 +114,7 @@ TEST(WorkloadTest, ShapesPresetsAndWeights) {
   EXPECT_TRUE(mixed->kinds()[0].request.value.has_value());
   EXPECT_TRUE(mixed->kinds()[0].request.query.Validate().ok());
   EXPECT_EQ(mixed->kinds()[2].response_bytes,
-            int64_t{8} * 2048 * 2048 * 4 + 8 * 2048 * 64 * 4);
+            int64_t{8} * 2048 * 2048 * 4 + int64_t{8} * 2048 * 64 * 4);
   std::vector<int> picks(3);
   for (uint64_t i = 0; i < 100000; ++i) ++picks[mixed->Pick(i)];
   EXPECT_NEAR(picks[0] / 1e5, 0.90, 0.01);
@@ -145,7 +147,7 @@ LoadResult SampleResult() {
   for (int i = 1; i <= 100; ++i) {
     for (Stats* s : {&r.all, &r.by_kind[static_cast<size_t>(i % 2)]}) {
       ++s->count;
-      s->latency_ns.Record(i * 1'000'000);
+      s->latency_ns.Record(static_cast<int64_t>(i) * 1'000'000);
       if (i % 10 == 0) {
         ++s->errors;
       } else {
@@ -178,8 +180,9 @@ TEST(ReportTest, JsonIsConsistent) {
   EXPECT_DOUBLE_EQ(j["latency_ms"]["fastest"].get<double>(), 1.0);
   EXPECT_DOUBLE_EQ(j["latency_ms"]["slowest"].get<double>(), 100.0);
   int64_t histogram_total = 0;
-  for (const auto& bucket : j["histogram"])
+  for (const auto& bucket : j["histogram"]) {
     histogram_total += bucket["count"].get<int64_t>();
+  }
   EXPECT_EQ(histogram_total, 100);
   EXPECT_EQ(j["histogram"].size(), 10u);
   EXPECT_EQ(j["status_codes"]["UNAVAILABLE"], 10);
