@@ -9,7 +9,7 @@
 # CPU: the builder is Debian bookworm running exactly what the README runs on a fresh machine,
 # scripts/install-deps.sh and `make build` (Release, CMake + Ninja, build/); the runtime is
 # bookworm-slim with only the shared libraries the binaries link (Debian's LibTorch, gRPC,
-# protobuf, abseil, spdlog, fmt, cpp-httplib) plus OpenBLAS, which Debian's LibTorch needs to be
+# protobuf, abseil, spdlog, fmt, prometheus-cpp) plus OpenBLAS, which Debian's LibTorch needs to be
 # fast (without it LibTorch falls back to the reference BLAS).
 #
 # GPU: NVIDIA publishes no Debian CUDA images, so both GPU stages use NVIDIA's Ubuntu 24.04 image,
@@ -36,7 +36,7 @@ FROM ${DEBIAN_IMAGE} AS builder
 ARG JOBS=2
 WORKDIR /src
 # The dependency layer first, so that source edits do not reinstall the toolchain.
-COPY scripts/install-deps.sh scripts/requirements.txt scripts/
+COPY scripts/install-deps.sh scripts/requirements.txt scripts/requirements-pypi.txt scripts/
 RUN ./scripts/install-deps.sh
 COPY . .
 RUN make build JOBS="${JOBS}"
@@ -56,7 +56,7 @@ ARG JOBS=2
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ENV DEBIAN_FRONTEND=noninteractive
 WORKDIR /src
-COPY scripts/install-deps.sh scripts/requirements.txt scripts/
+COPY scripts/install-deps.sh scripts/requirements.txt scripts/requirements-pypi.txt scripts/
 RUN ./scripts/install-deps.sh
 # hadolint ignore=DL3008
 RUN apt-get update \
@@ -123,7 +123,7 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       libtorch1.13 libopenblas0-openmp \
       libgrpc++1.51 libgrpc29 libprotobuf32 libabsl20220623 \
-      libspdlog1.10 libfmt9 libcpp-httplib0.11 \
+      libspdlog1.10 libfmt9 libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0 libcivetweb1 \
       tini \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 attnscore \

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import yaml
 
-from deploylib import (LIVENESS_SERVICE, READINESS_SERVICE, ROOT, Failures, host_port,
+from deploylib import (LIVENESS_SERVICE, READINESS_SERVICE, ROOT, Failures, host_port, kubectl,
                        listens_on_all, run, server_env_flags)
 
 K8S_DIR = ROOT / "deploy" / "k8s"
@@ -54,13 +54,6 @@ OVERLAYS = tuple(sorted(p.name for p in (K8S_DIR / "overlays").iterdir()
 # 1.27) and the kubectl/kustomize generation on the developer machines.
 SCHEMA_VERSIONS = ("1.28.0", "1.32.0")
 CLIENT_LABEL = ("attnscore.io/client", "true")
-
-
-def kubectl() -> str:
-    exe = shutil.which("kubectl")
-    if exe is None:
-        raise SystemExit("kubectl not found")
-    return exe
 
 
 def render(overlay: str) -> tuple[int, str]:

@@ -5,9 +5,12 @@ single run reports everything that is wrong, and a negative test can assert on t
 """
 from __future__ import annotations
 
+import functools
+import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -15,6 +18,13 @@ from pathlib import Path
 from typing import Iterable
 
 ROOT = Path(__file__).resolve().parents[2]
+# The project's own tool directory, where scripts/install-deps.sh unpacks kubectl when PATH has
+# none recent enough.
+TOOL_BIN = ROOT / ".tools" / "bin"
+# kubectl's built-in kustomize renders deploy/k8s from this version on (1.20, Debian bookworm's
+# kubernetes-client, cannot).
+KUBECTL_MIN = (1, 27)
+FORCE_TOOL_KUBECTL = "ATTNSCORE_FORCE_TOOL_KUBECTL"
 
 READINESS_SERVICE = "attnscore.v1.AttentionScorer"
 LIVENESS_SERVICE = ""
@@ -63,6 +73,58 @@ def clean_env(**extra: str) -> dict:
            if not k.startswith(("ATTNSCORE_", "COMPOSE_", "DOCKER_", "PROMETHEUS_"))}
     env.update(extra)
     return env
+
+
+# --- kubectl ---------------------------------------------------------------------------------
+
+def kubectl_version(exe: str) -> str | None:
+    """A kubectl client's gitVersion (v1.32.3), from `kubectl version --client -o json`."""
+    try:
+        proc = run([exe, "version", "--client", "-o", "json"], timeout=30)
+        return str(json.loads(proc.stdout)["clientVersion"]["gitVersion"])
+    except (OSError, subprocess.SubprocessError, ValueError, KeyError, TypeError):
+        return None
+
+
+def recent_enough(git_version: str | None) -> bool:
+    """Whether a gitVersion is at least KUBECTL_MIN."""
+    m = re.match(r"v(\d+)\.(\d+)\.", git_version or "")
+    return m is not None and (int(m.group(1)), int(m.group(2))) >= KUBECTL_MIN
+
+
+def _path_kubectl() -> str | None:
+    """The first kubectl on PATH outside the project's tool directory."""
+    dirs = [d for d in os.environ.get("PATH", "").split(os.pathsep)
+            if d and Path(d).resolve() != TOOL_BIN.resolve()]
+    return shutil.which("kubectl", path=os.pathsep.join(dirs))
+
+
+@functools.lru_cache(maxsize=None)
+def kubectl() -> str:
+    """The kubectl the deploy checks run: the first on PATH when it is >= KUBECTL_MIN, otherwise
+    the project's copy in .tools/bin (scripts/install-deps.sh); ATTNSCORE_FORCE_TOOL_KUBECTL=1
+    selects the project's copy. Prints which one (once per process); exits when neither will do.
+    """
+    forced = os.environ.get(FORCE_TOOL_KUBECTL) == "1"
+    rejected = [f"{FORCE_TOOL_KUBECTL}=1 (PATH not searched)"] if forced else []
+    on_path = None if forced else _path_kubectl()
+    if on_path is not None:
+        version = kubectl_version(on_path)
+        if recent_enough(version):
+            print(f"kubectl: {on_path} ({version}, from PATH)")
+            return on_path
+        rejected.append(f"{on_path} on PATH is {version or 'of unknown version'}")
+    elif not forced:
+        rejected.append("no kubectl on PATH")
+    tool = TOOL_BIN / "kubectl"
+    version = kubectl_version(str(tool)) if tool.is_file() else None
+    if recent_enough(version):
+        print(f"kubectl: {tool} ({version}, the project's tool directory)")
+        return str(tool)
+    rejected.append(f"{tool} is {version or 'unusable' if tool.is_file() else 'missing'}")
+    need = ".".join(map(str, KUBECTL_MIN))
+    raise SystemExit(f"kubectl >= {need} not found: {'; '.join(rejected)}. Run "
+                     f"scripts/install-deps.sh (with {FORCE_TOOL_KUBECTL}=1 if it was set here).")
 
 
 # --- the server's flags ---------------------------------------------------------------------

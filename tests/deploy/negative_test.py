@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from deploylib import ROOT, run
+from deploylib import ROOT, kubectl, run
 
 HERE = Path(__file__).resolve().parent
 PY = sys.executable
@@ -57,7 +57,7 @@ def container(objects: list[dict]) -> dict:
 def k8s_cases(tmp: Path) -> None:
     rendered = {}
     for overlay in ("cpu", "gpu"):
-        proc = run(["kubectl", "kustomize", str(ROOT / "deploy" / "k8s" / "overlays" / overlay)],
+        proc = run([kubectl(), "kustomize", str(ROOT / "deploy" / "k8s" / "overlays" / overlay)],
                    check=True)
         rendered[overlay] = [d for d in yaml.safe_load_all(proc.stdout) if d]
 
@@ -152,7 +152,7 @@ def k8s_cases(tmp: Path) -> None:
     broken.mkdir(parents=True)
     (broken / "kustomization.yaml").write_text(
         "resources:\n  - ../../base\n  - does-not-exist.yaml\n")
-    expect("kubectl kustomize rejects a broken overlay", ["kubectl", "kustomize", str(broken)],
+    expect("kubectl kustomize rejects a broken overlay", [kubectl(), "kustomize", str(broken)],
            fails=True, message=r"does-not-exist")
 
 
