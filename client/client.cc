@@ -11,6 +11,7 @@
 #include <atomic>
 #include <chrono>
 #include <climits>
+#include <cmath>
 #include <condition_variable>
 #include <deque>
 #include <fstream>
@@ -30,6 +31,7 @@
 #include "attnscore/v1/attnscore.grpc.pb.h"
 #include "client/score_codec.h"
 #include "grpc/health/v1/health.grpc.pb.h"
+#include "nlohmann/json.hpp"
 
 namespace attnscore::client {
 namespace {
@@ -118,7 +120,27 @@ absl::StatusOr<std::string> ReadFile(const std::string& path,
 
 // "%.6fs": the service config's duration syntax (no exponents).
 std::string JsonDuration(absl::Duration d) {
-  return absl::StrFormat("\"%.6fs\"", absl::ToDoubleSeconds(d));
+  return absl::StrFormat("%.6fs", absl::ToDoubleSeconds(d));
+}
+
+// methodConfig: retries of UNAVAILABLE for the scoring and health services.
+absl::StatusOr<nlohmann::json> RetryMethodConfig(const RetryOptions& retry) {
+  if (retry.initial_backoff <= absl::ZeroDuration() ||
+      retry.max_backoff <= absl::ZeroDuration() ||
+      retry.backoff_multiplier <= 0) {
+    return absl::InvalidArgumentError(
+        "retry: backoffs and multiplier must be > 0");
+  }
+  return nlohmann::json::array(
+      {{{"name",
+         {{{"service", v1::AttentionScorer::service_full_name()}},
+          {{"service", grpc::health::v1::Health::service_full_name()}}}},
+        {"retryPolicy",
+         {{"maxAttempts", std::min(retry.max_attempts, 5)},
+          {"initialBackoff", JsonDuration(retry.initial_backoff)},
+          {"maxBackoff", JsonDuration(retry.max_backoff)},
+          {"backoffMultiplier", retry.backoff_multiplier},
+          {"retryableStatusCodes", {"UNAVAILABLE"}}}}}});
 }
 
 absl::StatusOr<std::string> ServiceConfig(const ClientOptions& options) {
@@ -129,42 +151,28 @@ absl::StatusOr<std::string> ServiceConfig(const ClientOptions& options) {
         "load_balancing: expected round_robin or pick_first, got '",
         options.load_balancing, "'"));
   }
-  std::string config = absl::StrCat("{\"loadBalancingConfig\": [{\"",
-                                    options.load_balancing, "\": {}}]");
+  nlohmann::json config = {
+      {"loadBalancingConfig",
+       {{{options.load_balancing, nlohmann::json::object()}}}}};
   // gRPC requires maxAttempts >= 2 for a retry policy; fewer means "no
   // retries".
   if (retry.enabled && retry.max_attempts >= 2) {
-    if (retry.initial_backoff <= absl::ZeroDuration() ||
-        retry.max_backoff <= absl::ZeroDuration() ||
-        retry.backoff_multiplier <= 0) {
-      return absl::InvalidArgumentError(
-          "retry: backoffs and multiplier must be > 0");
-    }
-    absl::StrAppend(
-        &config, ", \"methodConfig\": [{\"name\": [{\"service\": \"",
-        v1::AttentionScorer::service_full_name(), "\"}, {\"service\": \"",
-        grpc::health::v1::Health::service_full_name(),
-        "\"}], "
-        "\"retryPolicy\": {\"maxAttempts\": ",
-        std::min(retry.max_attempts, 5),
-        ", \"initialBackoff\": ", JsonDuration(retry.initial_backoff),
-        ", \"maxBackoff\": ", JsonDuration(retry.max_backoff),
-        ", \"backoffMultiplier\": ",
-        absl::StrFormat("%.6f", retry.backoff_multiplier),
-        ", \"retryableStatusCodes\": [\"UNAVAILABLE\"]}}]");
+    absl::StatusOr<nlohmann::json> method_config = RetryMethodConfig(retry);
+    if (!method_config.ok()) return method_config.status();
+    config["methodConfig"] = *std::move(method_config);
     if (retry.throttle_max_tokens > 0) {
       if (retry.throttle_max_tokens > 1000 || retry.throttle_token_ratio <= 0) {
         return absl::InvalidArgumentError(
             "retry: throttle_max_tokens must be in (0, 1000] and "
             "throttle_token_ratio > 0");
       }
-      absl::StrAppend(&config, ", \"retryThrottling\": {\"maxTokens\": ",
-                      retry.throttle_max_tokens, ", \"tokenRatio\": ",
-                      absl::StrFormat("%.3f", retry.throttle_token_ratio), "}");
+      config["retryThrottling"] = {
+          {"maxTokens", retry.throttle_max_tokens},
+          // gRPC reads at most three decimals.
+          {"tokenRatio", std::round(retry.throttle_token_ratio * 1000) / 1000}};
     }
   }
-  config += "}";
-  return config;
+  return config.dump();
 }
 
 // *out = part (absl::string_view has no std::string conversion assign takes).

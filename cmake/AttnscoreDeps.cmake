@@ -8,6 +8,9 @@ find_package(Protobuf REQUIRED)
 find_package(gRPC CONFIG REQUIRED)
 find_package(spdlog CONFIG REQUIRED)
 find_package(CLI11 CONFIG REQUIRED)
+# prometheus-cpp::core (registry, text format) and ::pull (the civetweb /metrics server); its
+# config finds civetweb::civetweb, whose header declares the callbacks the metrics server sets.
+find_package(prometheus-cpp CONFIG REQUIRED)
 # Debian builds cpp-httplib as a library (libcpp-httplib.so) whose ABI depends on its
 # -DCPPHTTPLIB_*_SUPPORT flags: take them from pkg-config.
 find_package(PkgConfig REQUIRED)

@@ -17,6 +17,7 @@
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "nlohmann/json.hpp"
 
 namespace attnscore::observability {
 namespace {
@@ -24,107 +25,8 @@ namespace {
 // Fields of ScopedLogField objects alive on this thread, oldest first.
 thread_local std::vector<std::pair<std::string, std::string>> tls_fields;
 
-// Writes into spdlog's buffer or a std::string alike.
 void Put(spdlog::memory_buf_t& out, std::string_view s) {
   out.append(s.data(), s.data() + s.size());
-}
-void Put(std::string& out, std::string_view s) { out.append(s); }
-
-// Length of the valid UTF-8 sequence at s[i], or 0 with `*bad` set to the
-// length of its longest valid prefix (at least 1), which is replaced by one
-// U+FFFD ("substitution of maximal subparts", Unicode ch. 3).
-size_t Utf8SequenceLength(std::string_view s, size_t i, size_t* bad) {
-  const auto byte = [&](size_t k) { return static_cast<uint8_t>(s[k]); };
-  const uint8_t b0 = byte(i);
-  size_t length = 0;
-  uint8_t lo = 0x80, hi = 0xBF;  // allowed range of the second byte
-  if (b0 >= 0xC2 && b0 <= 0xDF) {
-    length = 2;
-  } else if (b0 >= 0xE0 && b0 <= 0xEF) {
-    length = 3;
-    if (b0 == 0xE0) lo = 0xA0;  // no overlong forms
-    if (b0 == 0xED) hi = 0x9F;  // no UTF-16 surrogates
-  } else if (b0 >= 0xF0 && b0 <= 0xF4) {
-    length = 4;
-    if (b0 == 0xF0) lo = 0x90;  // no overlong forms
-    if (b0 == 0xF4) hi = 0x8F;  // nothing above U+10FFFF
-  } else {
-    *bad = 1;
-    return 0;
-  }
-  for (size_t k = 1; k < length; ++k) {
-    const bool ok = i + k < s.size() && byte(i + k) >= (k == 1 ? lo : 0x80) &&
-                    byte(i + k) <= (k == 1 ? hi : 0xBF);
-    if (!ok) {
-      *bad = k;
-      return 0;
-    }
-  }
-  return length;
-}
-
-template <typename Out>
-void AppendJsonStringTo(std::string_view s, Out& out) {
-  static constexpr char kHex[] = "0123456789abcdef";
-  Put(out, "\"");
-  size_t run_start = 0;  // bytes copied verbatim are flushed in runs
-  size_t i = 0;
-  const auto flush = [&](size_t end) {
-    if (end > run_start) Put(out, s.substr(run_start, end - run_start));
-  };
-  while (i < s.size()) {
-    const uint8_t c = static_cast<uint8_t>(s[i]);
-    if (c >= 0x20 && c < 0x7F && c != '"' && c != '\\') {
-      ++i;
-      continue;
-    }
-    if (c >= 0x80) {
-      size_t bad = 0;
-      const size_t length = Utf8SequenceLength(s, i, &bad);
-      if (length > 0) {
-        i += length;
-        continue;
-      }
-      flush(i);
-      Put(out, "\\ufffd");
-      i += bad;
-      run_start = i;
-      continue;
-    }
-    flush(i);
-    switch (c) {
-      case '"':
-        Put(out, "\\\"");
-        break;
-      case '\\':
-        Put(out, "\\\\");
-        break;
-      case '\n':
-        Put(out, "\\n");
-        break;
-      case '\r':
-        Put(out, "\\r");
-        break;
-      case '\t':
-        Put(out, "\\t");
-        break;
-      case '\b':
-        Put(out, "\\b");
-        break;
-      case '\f':
-        Put(out, "\\f");
-        break;
-      default: {  // other control characters and DEL
-        const char escaped[] = {'\\', 'u',          '0',
-                                '0',  kHex[c >> 4], kHex[c & 15]};
-        Put(out, std::string_view(escaped, sizeof(escaped)));
-      }
-    }
-    ++i;
-    run_start = i;
-  }
-  flush(i);
-  Put(out, "\"");
 }
 
 // The fields to print: the innermost of equal keys, in order of creation.
@@ -141,8 +43,7 @@ std::vector<const std::pair<std::string, std::string>*> VisibleFields() {
 }
 
 // "2024-05-01T12:34:56.123456Z": RFC 3339 in UTC with microseconds.
-void AppendTimestamp(spdlog::log_clock::time_point time,
-                     spdlog::memory_buf_t& out) {
+std::string Timestamp(spdlog::log_clock::time_point time) {
   const auto since_epoch = time.time_since_epoch();
   auto seconds = std::chrono::duration_cast<std::chrono::seconds>(since_epoch);
   auto micros = std::chrono::duration_cast<std::chrono::microseconds>(
@@ -160,40 +61,36 @@ void AppendTimestamp(spdlog::log_clock::time_point time,
       std::snprintf(buf, sizeof(buf), "%04d-%02d-%02dT%02d:%02d:%02d.%06lldZ",
                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour,
                     tm.tm_min, tm.tm_sec, static_cast<long long>(micros));
-  Put(out, std::string_view(buf, n > 0 ? n : 0));
+  return std::string(buf, n > 0 ? n : 0);
 }
 
 bool IsReservedKey(const std::string& key) {
   return key == "ts" || key == "level" || key == "logger" || key == "msg";
 }
 
-// One JSON object per line. A formatter rather than a pattern, because a
+// One JSON object per line, members in this order: ts, level, logger, msg,
+// then the scoped fields. A formatter rather than a pattern, because a
 // pattern pastes the message in unescaped and a quote would break the line.
+// Invalid UTF-8 becomes U+FFFD (one per maximal invalid subpart).
 class JsonFormatter final : public spdlog::formatter {
  public:
   void format(const spdlog::details::log_msg& msg,
               spdlog::memory_buf_t& dest) override {
-    Put(dest, "{\"ts\":\"");
-    AppendTimestamp(msg.time, dest);
-    Put(dest, "\",\"level\":");
+    nlohmann::ordered_json line;
+    line["ts"] = Timestamp(msg.time);
     const spdlog::string_view_t level =
         spdlog::level::to_string_view(msg.level);
-    AppendJsonStringTo(std::string_view(level.data(), level.size()), dest);
-    Put(dest, ",\"logger\":");
-    AppendJsonStringTo(
-        std::string_view(msg.logger_name.data(), msg.logger_name.size()), dest);
-    Put(dest, ",\"msg\":");
-    AppendJsonStringTo(std::string_view(msg.payload.data(), msg.payload.size()),
-                       dest);
+    line["level"] = std::string(level.data(), level.size());
+    line["logger"] =
+        std::string(msg.logger_name.data(), msg.logger_name.size());
+    line["msg"] = std::string(msg.payload.data(), msg.payload.size());
     for (const auto* field : VisibleFields()) {
-      Put(dest, ",");
-      AppendJsonStringTo(
-          IsReservedKey(field->first) ? "_" + field->first : field->first,
-          dest);
-      Put(dest, ":");
-      AppendJsonStringTo(field->second, dest);
+      line[IsReservedKey(field->first) ? "_" + field->first : field->first] =
+          field->second;
     }
-    Put(dest, "}\n");
+    Put(dest, line.dump(-1, ' ', /*ensure_ascii=*/false,
+                        nlohmann::json::error_handler_t::replace));
+    Put(dest, "\n");
   }
 
   std::unique_ptr<spdlog::formatter> clone() const override {
@@ -327,9 +224,5 @@ ScopedLogField::ScopedLogField(std::string key, std::string value) {
 }
 
 ScopedLogField::~ScopedLogField() { tls_fields.pop_back(); }
-
-void AppendJsonString(std::string_view s, std::string& out) {
-  AppendJsonStringTo(s, out);
-}
 
 }  // namespace attnscore::observability

@@ -74,11 +74,6 @@ class ScopedLogField {
   ScopedLogField& operator=(const ScopedLogField&) = delete;
 };
 
-// Appends `s` as a JSON string literal (with the quotes): quotes, backslashes
-// and control characters escaped, invalid UTF-8 replaced by U+FFFD, valid
-// non-ASCII kept as is. Exposed for tests and other JSON writers.
-void AppendJsonString(std::string_view s, std::string& out);
-
 }  // namespace attnscore::observability
 
 #endif  // ATTNSCORE_SERVER_OBSERVABILITY_LOGGING_H_

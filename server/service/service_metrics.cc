@@ -23,6 +23,18 @@ const char* MethodName(Method method) {
       return "ListModels";
     case Method::kGetServerInfo:
       return "GetServerInfo";
+    case Method::kServerLive:
+      return "ServerLive";
+    case Method::kServerReady:
+      return "ServerReady";
+    case Method::kModelReady:
+      return "ModelReady";
+    case Method::kServerMetadata:
+      return "ServerMetadata";
+    case Method::kModelMetadata:
+      return "ModelMetadata";
+    case Method::kModelInfer:
+      return "ModelInfer";
     case Method::kCount:
       break;
   }

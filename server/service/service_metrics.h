@@ -1,6 +1,6 @@
 // The service's Prometheus series, registered once in an
-// observability::Registry and cached so that the request path never takes the
-// registry's locks.
+// observability::Registry (over prometheus-cpp) and cached so that the request
+// path never takes the registry's locks.
 //
 // Series (all named attnscore_<name>, in base units):
 //   requests_total{method,code}
@@ -38,7 +38,20 @@
 namespace attnscore::service {
 
 // The RPC methods, for labels. kCount is not a method: it counts them.
-enum class Method { kScore, kScoreStream, kListModels, kGetServerInfo, kCount };
+enum class Method {
+  kScore,
+  kScoreStream,
+  kListModels,
+  kGetServerInfo,
+  // inference.GRPCInferenceService (the Open Inference Protocol).
+  kServerLive,
+  kServerReady,
+  kModelReady,
+  kServerMetadata,
+  kModelMetadata,
+  kModelInfer,
+  kCount
+};
 inline constexpr int kNumMethods = static_cast<int>(Method::kCount);
 // The method's name in the proto ("Score", ...).
 const char* MethodName(Method method);
@@ -55,7 +68,7 @@ class ServiceMetrics {
     batch_size_.Observe(static_cast<double>(items));
     compute_duration_.Observe(compute_seconds);
   }
-  void AddInFlight(int delta) { in_flight_.Add(delta); }
+  void AddInFlight(int delta) { in_flight_.Increment(delta); }
   void AddRequestBytes(Method method, size_t bytes) {
     request_bytes_[static_cast<int>(method)]->Increment(
         static_cast<double>(bytes));

@@ -138,10 +138,27 @@ TEST(LoggingTest, JsonLinesSurviveNastyMessages) {
   }
 }
 
-TEST(LoggingTest, JsonEscapingIsExact) {
-  std::string out;
-  AppendJsonString("a\"b\\c\n\x01\x7f é \xff", out);
-  EXPECT_EQ(out, "\"a\\\"b\\\\c\\n\\u0001\\u007f é \\ufffd\"");
+// The exact bytes of a line: compact, members in a fixed order, JSON escapes,
+// non-ASCII kept as UTF-8, invalid UTF-8 replaced by U+FFFD.
+TEST(LoggingTest, JsonLineLayoutIsExact) {
+  CapturedLog log(LogFormat::kJson);
+  {
+    ScopedLogField field("request_id", "r\"1");
+    spdlog::info("a\"b\\c\n\x01 é \xff");
+  }
+  const std::vector<std::string> lines = log.lines();
+  ASSERT_EQ(lines.size(), 1u);
+  const std::string prefix = "{\"ts\":\"";
+  const size_t ts_length = std::string("2024-05-01T12:34:56.123456Z").size();
+  ASSERT_GT(lines[0].size(), prefix.size() + ts_length);
+  EXPECT_EQ(lines[0].substr(0, prefix.size()), prefix);
+  EXPECT_TRUE(std::regex_match(lines[0].substr(prefix.size(), ts_length),
+                               TimestampPattern()))
+      << lines[0];
+  EXPECT_EQ(lines[0].substr(prefix.size() + ts_length),
+            "\",\"level\":\"info\",\"logger\":\"attnscore\","
+            "\"msg\":\"a\\\"b\\\\c\\n\\u0001 é \xEF\xBF\xBD\","
+            "\"request_id\":\"r\\\"1\"}");
 }
 
 TEST(LoggingTest, LevelsFilterAndAreNamed) {

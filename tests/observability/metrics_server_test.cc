@@ -1,8 +1,17 @@
 #include "server/observability/metrics_server.h"
 
+#include <arpa/inet.h>
+#include <dirent.h>
 #include <httplib.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <memory>
 #include <string>
@@ -49,9 +58,13 @@ TEST(MetricsServerTest, ServesMetricsOnAPickedPort) {
   httplib::Result response = client.Get("/metrics");
   ASSERT_TRUE(response) << httplib::to_string(response.error());
   EXPECT_EQ(response->status, 200);
+  // Text format 0.0.4, which Prometheus assumes for text/plain.
   EXPECT_THAT(response->get_header_value("Content-Type"),
-              StartsWith("text/plain; version=0.0.4"));
-  EXPECT_EQ(response->body, registry.Serialize());
+              StartsWith("text/plain"));
+  // Our families as the registry renders them, after prometheus-cpp's own
+  // exposer_* series about the scrapes.
+  EXPECT_THAT(response->body, HasSubstr(registry.Serialize()));
+  EXPECT_THAT(response->body, HasSubstr("exposer_scrapes_total"));
   EXPECT_THAT(response->body, HasSubstr("attnscore_requests_total 5\n"));
 
   // Scrapes see updates made since the last one.
@@ -107,9 +120,8 @@ TEST(MetricsServerTest, StopIsPromptAfterAKeepAliveClientScraped) {
     client.set_keep_alive(true);  // like Prometheus
     httplib::Result response = client.Get("/metrics");
     ASSERT_TRUE(response);
-    // The server ends each connection after one response, so no idle
-    // connection is left for Stop to wait out.
-    EXPECT_EQ(response->get_header_value("Connection"), "close");
+    // The server ends each connection after one response (no keep-alive),
+    // so no idle connection is left for Stop to wait out.
     const auto start = std::chrono::steady_clock::now();
     server->Stop();
     EXPECT_LT(std::chrono::steady_clock::now() - start,
@@ -168,16 +180,211 @@ TEST(MetricsServerTest, ConcurrentScrapesWhileUpdating) {
   EXPECT_EQ(ok, 60);
 }
 
+// A blocking TCP connection to 127.0.0.1:port with 5 s send and receive
+// timeouts; -1 if it cannot connect.
+int ConnectLoopback(int port) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return -1;
+  timeval timeout{5, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
+  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof(timeout));
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(static_cast<uint16_t>(port));
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) !=
+      0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+// Sends `request` (as much as the server takes) and returns everything the
+// server answers until it closes the connection (or 5 s pass).
+std::string Exchange(int port, const std::string& request) {
+  const int fd = ConnectLoopback(port);
+  if (fd < 0) return "";
+  (void)send(fd, request.data(), request.size(), MSG_NOSIGNAL);
+  std::string answer;
+  char buf[4096];
+  for (ssize_t n; (n = recv(fd, buf, sizeof(buf), 0)) > 0;) {
+    answer.append(buf, static_cast<size_t>(n));
+  }
+  close(fd);
+  return answer;
+}
+
+// Threads of this process, from /proc/self/task.
+int ThreadCount() {
+  int count = 0;
+  DIR* dir = opendir("/proc/self/task");
+  while (const dirent* entry = readdir(dir)) count += entry->d_name[0] != '.';
+  closedir(dir);
+  return count;
+}
+
+void ExpectHealthy(int port) {
+  httplib::Result health = LoopbackClient(port).Get("/healthz");
+  ASSERT_TRUE(health) << httplib::to_string(health.error());
+  EXPECT_EQ(health->status, 200);
+}
+
+TEST(MetricsServerTest, RefusesRequestBodiesBeforeReadingThem) {
+  Registry registry;
+  std::unique_ptr<MetricsServer> server = StartOrDie("127.0.0.1:0", &registry);
+  ASSERT_NE(server, nullptr);
+  // A 1 GiB body is announced but never sent: the answer comes at once.
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_THAT(Exchange(server->port(),
+                       "GET /metrics HTTP/1.1\r\nHost: x\r\n"
+                       "Content-Length: 1073741824\r\n\r\nabc"),
+              StartsWith("HTTP/1.1 413"));
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(2));
+  EXPECT_THAT(Exchange(server->port(),
+                       "POST /healthz HTTP/1.1\r\nHost: x\r\n"
+                       "Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"),
+              StartsWith("HTTP/1.1 413"));
+  httplib::Result posted =
+      LoopbackClient(server->port()).Post("/metrics", "", "text/plain");
+  ASSERT_TRUE(posted);
+  EXPECT_EQ(posted->status, 405);
+  ExpectHealthy(server->port());
+}
+
+TEST(MetricsServerTest, RefusesOversizedHeaders) {
+  Registry registry;
+  MetricsServerLimits limits;
+  std::unique_ptr<MetricsServer> server;
+  {
+    absl::StatusOr<std::unique_ptr<MetricsServer>> started =
+        MetricsServer::Start("127.0.0.1:0", &registry, limits);
+    ASSERT_TRUE(started.ok()) << started.status();
+    server = std::move(*started);
+  }
+  const std::string huge(size_t{4} * limits.max_request_header_bytes, 'x');
+  const std::string answer = Exchange(
+      server->port(),
+      "GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: " + huge + "\r\n\r\n");
+  EXPECT_THAT(answer, ::testing::Not(HasSubstr("exposer_scrapes_total")));
+  // civetweb answers 400 ("Malformed message"), or just closes.
+  if (!answer.empty()) {
+    EXPECT_THAT(answer, ::testing::ContainsRegex("^HTTP/1\\.[01] 4(00|13) "));
+  }
+  // A header within the limit is served.
+  const std::string fits(limits.max_request_header_bytes / 2, 'x');
+  EXPECT_THAT(Exchange(server->port(),
+                       "GET /healthz HTTP/1.1\r\nHost: x\r\n"
+                       "X-Fits: " +
+                           fits + "\r\n\r\n"),
+              StartsWith("HTTP/1.1 200"));
+  ExpectHealthy(server->port());
+}
+
+// One client connection of a burst, driven by RunBurst's poll loop.
+struct BurstClient {
+  int fd = -1;
+  bool sent = false;
+  bool done = false;
+  std::string answer;
+};
+
+// Opens `n` non-blocking connections to the port at once, sends `request` on
+// each as soon as it connects and reads each answer to EOF, all from this
+// thread (so the process' thread count shows only the server's threads).
+// Gives up after `timeout`. `*max_threads`: the most threads this process
+// had meanwhile.
+std::vector<BurstClient> RunBurst(int port, int n, const std::string& request,
+                                  std::chrono::seconds timeout,
+                                  int* max_threads) {
+  std::vector<BurstClient> clients(n);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(static_cast<uint16_t>(port));
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  for (BurstClient& c : clients) {
+    c.fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    (void)connect(c.fd, reinterpret_cast<sockaddr*>(&address), sizeof(address));
+  }
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    std::vector<pollfd> fds;
+    std::vector<BurstClient*> owners;
+    for (BurstClient& c : clients) {
+      if (c.done) continue;
+      fds.push_back(
+          {c.fd,
+           static_cast<decltype(pollfd::events)>(c.sent ? POLLIN : POLLOUT),
+           0});
+      owners.push_back(&c);
+    }
+    if (fds.empty()) break;
+    *max_threads = std::max(*max_threads, ThreadCount());
+    if (poll(fds.data(), fds.size(), 100) <= 0) continue;
+    for (size_t i = 0; i < fds.size(); ++i) {
+      BurstClient& c = *owners[i];
+      if (fds[i].revents == 0) continue;
+      if (!c.sent) {
+        c.sent = send(c.fd, request.data(), request.size(), MSG_NOSIGNAL) ==
+                 static_cast<ssize_t>(request.size());
+        c.done = !c.sent;
+        continue;
+      }
+      char buf[4096];
+      const ssize_t got = recv(c.fd, buf, sizeof(buf), 0);
+      if (got > 0) c.answer.append(buf, static_cast<size_t>(got));
+      c.done = got == 0 || (got < 0 && errno != EAGAIN);
+    }
+  }
+  for (BurstClient& c : clients) close(c.fd);
+  return clients;
+}
+
+// Many clients at once (more than the connection queue and the listen
+// backlog together): all are answered, by the fixed pool of serving threads
+// (the process gains no thread per connection).
+TEST(MetricsServerTest, ABurstOfConnectionsIsServedByAFixedPool) {
+  Registry registry;
+  registry.AddCounter("attnscore_c_total", "C.");
+  std::unique_ptr<MetricsServer> server = StartOrDie("127.0.0.1:0", &registry);
+  ASSERT_NE(server, nullptr);
+  const int threads_before = ThreadCount();
+  constexpr int kConnections = 200;
+  int max_threads = 0;
+  const std::vector<BurstClient> clients = RunBurst(
+      server->port(), kConnections, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n",
+      std::chrono::seconds(30), &max_threads);
+  int served = 0;
+  for (const BurstClient& c : clients) {
+    served += c.answer.rfind("HTTP/1.1 200", 0) == 0 &&
+              c.answer.find("attnscore_c_total 0\n") != std::string::npos;
+  }
+  EXPECT_EQ(served, kConnections);
+  EXPECT_EQ(max_threads, threads_before);
+  ExpectHealthy(server->port());
+}
+
 TEST(MetricsServerTest, ServesOnIpv6LoopbackWhenAvailable) {
   Registry registry;
   absl::StatusOr<std::unique_ptr<MetricsServer>> server =
       MetricsServer::Start("[::1]:0", &registry);
-  if (!server.ok()) GTEST_SKIP() << "no IPv6 loopback: " << server.status();
+  if (!server.ok()) {
+    // Debian's civetweb is built without IPv6: the error must say so.
+    EXPECT_THAT(server.status().message(), HasSubstr("without IPv6"));
+    GTEST_SKIP() << "no IPv6 listener: " << server.status();
+  }
   httplib::Client client("::1", (*server)->port());
   client.set_connection_timeout(2, 0);
   httplib::Result r = client.Get("/healthz");
   ASSERT_TRUE(r) << httplib::to_string(r.error());
   EXPECT_EQ(r->status, 200);
+}
+
+TEST(MetricsServerTest, ResolvesAHostName) {
+  Registry registry;
+  std::unique_ptr<MetricsServer> server = StartOrDie("localhost:0", &registry);
+  ASSERT_NE(server, nullptr);
+  ExpectHealthy(server->port());
 }
 
 TEST(MetricsServerTest, RejectsMalformedAddresses) {

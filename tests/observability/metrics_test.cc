@@ -1,6 +1,8 @@
 #include "server/observability/metrics.h"
 
 #include <cmath>
+#include <cstdlib>
+#include <ctime>
 #include <limits>
 #include <string>
 #include <thread>
@@ -8,6 +10,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "server/observability/process_metrics.h"
 #include "tests/observability/prometheus_harness.h"
 
 namespace attnscore::observability {
@@ -29,7 +32,7 @@ TEST(MetricsTest, GoldenExposition) {
           .AddGauge("attnscore_in_flight_requests", "Requests being served.")
           .WithLabels({});
   in_flight.Set(3);
-  in_flight.Add(-1);
+  in_flight.Decrement();
   // Powers of two keep the sum exact.
   Histogram& latency =
       registry
@@ -54,14 +57,14 @@ TEST(MetricsTest, GoldenExposition) {
       "# HELP attnscore_request_duration_seconds Time from arrival to "
       "response.\n"
       "# TYPE attnscore_request_duration_seconds histogram\n"
+      "attnscore_request_duration_seconds_count{method=\"Score\"} 4\n"
+      "attnscore_request_duration_seconds_sum{method=\"Score\"} 8.875\n"
       "attnscore_request_duration_seconds_bucket{method=\"Score\",le=\"0."
       "25\"} 2\n"
       "attnscore_request_duration_seconds_bucket{method=\"Score\",le=\"1\"}"
       " 3\n"
       "attnscore_request_duration_seconds_bucket{method=\"Score\",le=\"+"
       "Inf\"} 4\n"
-      "attnscore_request_duration_seconds_sum{method=\"Score\"} 8.875\n"
-      "attnscore_request_duration_seconds_count{method=\"Score\"} 4\n"
       "# HELP attnscore_requests_total Requests by method and status "
       "code.\n"
       "# TYPE attnscore_requests_total counter\n"
@@ -97,10 +100,19 @@ TEST(MetricsTest, UnlabelledFamiliesAreExposedAtZeroLabelledOnesOnlyOnceUsed) {
             "attnscore_a_total 0\n"
             "# HELP attnscore_c_seconds C.\n"
             "# TYPE attnscore_c_seconds histogram\n"
-            "attnscore_c_seconds_bucket{le=\"1\"} 0\n"
-            "attnscore_c_seconds_bucket{le=\"+Inf\"} 0\n"
+            "attnscore_c_seconds_count 0\n"
             "attnscore_c_seconds_sum 0\n"
-            "attnscore_c_seconds_count 0\n");
+            "attnscore_c_seconds_bucket{le=\"1\"} 0\n"
+            "attnscore_c_seconds_bucket{le=\"+Inf\"} 0\n");
+}
+
+// The cumulative bucket counts of `h`, +Inf last.
+std::vector<uint64_t> CumulativeCounts(const Histogram& h) {
+  std::vector<uint64_t> out;
+  for (const auto& bucket : h.Collect().histogram.bucket) {
+    out.push_back(bucket.cumulative_count);
+  }
+  return out;
 }
 
 TEST(MetricsTest, HistogramBucketsAreCumulativeWithInf) {
@@ -110,40 +122,46 @@ TEST(MetricsTest, HistogramBucketsAreCumulativeWithInf) {
           .AddHistogram("attnscore_batch_size", "Items per batch.",
                         {1, 2, 4, 8, std::numeric_limits<double>::infinity()})
           .WithLabels({});
-  EXPECT_THAT(h.upper_bounds(), ElementsAre(1, 2, 4, 8));  // +Inf implied
   for (double v : {1.0, 1.0, 3.0, 4.0, 5.0, 100.0, -1.0}) h.Observe(v);
-  h.Observe(std::nan(""));  // only in +Inf
-  EXPECT_THAT(h.CumulativeCounts(), ElementsAre(3, 3, 5, 6, 8));
-  EXPECT_EQ(h.Count(), 8u);
-  EXPECT_TRUE(std::isnan(h.Sum()));
+  // +Inf was implied, not a fifth bound.
+  EXPECT_THAT(CumulativeCounts(h), ElementsAre(3, 3, 5, 6, 7));
+  EXPECT_EQ(h.Collect().histogram.sample_count, 7u);
+  EXPECT_EQ(h.Collect().histogram.sample_sum, 113);
   EXPECT_THAT(registry.Serialize(),
-              HasSubstr("attnscore_batch_size_bucket{le=\"8\"} 6\n"
-                        "attnscore_batch_size_bucket{le=\"+Inf\"} 8\n"
-                        "attnscore_batch_size_sum NaN\n"
-                        "attnscore_batch_size_count 8\n"));
+              HasSubstr("attnscore_batch_size_count 7\n"
+                        "attnscore_batch_size_sum 113\n"
+                        "attnscore_batch_size_bucket{le=\"1\"} 3\n"
+                        "attnscore_batch_size_bucket{le=\"2\"} 3\n"
+                        "attnscore_batch_size_bucket{le=\"4\"} 5\n"
+                        "attnscore_batch_size_bucket{le=\"8\"} 6\n"
+                        "attnscore_batch_size_bucket{le=\"+Inf\"} 7\n"));
 }
 
-TEST(MetricsTest, FormatsValues) {
-  using internal::FormatValue;
-  EXPECT_EQ(FormatValue(0), "0");
-  EXPECT_EQ(FormatValue(42), "42");
-  EXPECT_EQ(FormatValue(-3), "-3");
-  EXPECT_EQ(FormatValue(1e6), "1000000");
-  EXPECT_EQ(FormatValue(0.5), "0.5");
-  EXPECT_EQ(FormatValue(0.1), "0.1");
-  EXPECT_EQ(FormatValue(0.001), "0.001");
-  EXPECT_EQ(FormatValue(1e20), "1e+20");
-  EXPECT_EQ(FormatValue(2.5e-7), "2.5e-07");
-  EXPECT_EQ(FormatValue(std::numeric_limits<double>::infinity()), "+Inf");
-  EXPECT_EQ(FormatValue(-std::numeric_limits<double>::infinity()), "-Inf");
-  EXPECT_EQ(FormatValue(std::nan("")), "NaN");
+// The service's duration buckets must be exposed with the bounds as written.
+TEST(MetricsTest, FormatsValuesAndBounds) {
+  Registry registry;
+  registry.AddHistogram("attnscore_d_seconds", "D.",
+                        ExponentialBuckets(1e-4, 2, 18));
+  registry.AddGauge("attnscore_g", "G.").WithLabels({}).Set(0.1);
+  registry.AddGauge("attnscore_big", "B.").WithLabels({}).Set(1e6);
+  registry.AddGauge("attnscore_inf", "I.")
+      .WithLabels({})
+      .Set(std::numeric_limits<double>::infinity());
+  const std::string text = registry.Serialize();
+  for (const char* le : {"0.0001", "0.0002", "0.0004", "0.0512", "0.1024",
+                         "1.6384", "13.1072", "+Inf"}) {
+    EXPECT_THAT(text, HasSubstr("attnscore_d_seconds_bucket{le=\"" +
+                                std::string(le) + "\"} 0\n"));
+  }
+  EXPECT_THAT(text, HasSubstr("attnscore_g 0.1\n"));
+  EXPECT_THAT(text, HasSubstr("attnscore_big 1000000\n"));
+  EXPECT_THAT(text, HasSubstr("attnscore_inf +Inf\n"));
 }
 
-TEST(MetricsTest, CountersIgnoreNegativeAndNaNIncrements) {
+TEST(MetricsTest, CountersIgnoreNegativeIncrements) {
   Counter c;
   c.Increment(2);
   c.Increment(-1);
-  c.Increment(std::nan(""));
   c.Increment();
   EXPECT_EQ(c.Value(), 3);
 }
@@ -151,7 +169,6 @@ TEST(MetricsTest, CountersIgnoreNegativeAndNaNIncrements) {
 TEST(MetricsTest, BucketHelpers) {
   EXPECT_THAT(ExponentialBuckets(0.001, 2, 4),
               ElementsAre(0.001, 0.002, 0.004, 0.008));
-  EXPECT_THAT(LinearBuckets(1, 2, 3), ElementsAre(1, 3, 5));
 }
 
 TEST(MetricsTest, ReRegisteringTheSameDefinitionReturnsTheSameFamily) {
@@ -183,7 +200,7 @@ TEST(MetricsTest, ConcurrentUpdatesSumExactly) {
       Counter& own = labelled.WithLabels({std::to_string(t % 3)});
       for (int i = 0; i < kPerThread; ++i) {
         counter.Increment();
-        gauge.Add(i % 2 == 0 ? 2 : -1);
+        gauge.Increment(i % 2 == 0 ? 2 : -1);
         histogram.Observe(i % 2);
         own.Increment(0.5);
         if (i % 20000 == 0) {
@@ -195,9 +212,11 @@ TEST(MetricsTest, ConcurrentUpdatesSumExactly) {
   for (std::thread& thread : threads) thread.join();
   EXPECT_EQ(counter.Value(), kThreads * kPerThread);
   EXPECT_EQ(gauge.Value(), kThreads * kPerThread / 2);
-  EXPECT_EQ(histogram.Count(), static_cast<uint64_t>(kThreads * kPerThread));
-  EXPECT_EQ(histogram.Sum(), kThreads * kPerThread / 2);
-  EXPECT_THAT(histogram.CumulativeCounts(),
+  EXPECT_EQ(histogram.Collect().histogram.sample_count,
+            static_cast<uint64_t>(kThreads * kPerThread));
+  EXPECT_EQ(histogram.Collect().histogram.sample_sum,
+            kThreads * kPerThread / 2);
+  EXPECT_THAT(CumulativeCounts(histogram),
               ElementsAre(kThreads * kPerThread / 2, kThreads * kPerThread,
                           kThreads * kPerThread));
   double labelled_total = 0;
@@ -260,6 +279,37 @@ TEST(MetricsTest, PromtoolAcceptsServerStyleMetrics) {
   EXPECT_TRUE(status.ok()) << status;
 }
 
+// The value of the unlabelled series `name` in `exposition`, or NaN.
+double SampleValue(const std::string& exposition, const std::string& name) {
+  const std::string prefix = "\n" + name + " ";
+  const size_t at = exposition.find(prefix);
+  if (at == std::string::npos) return std::nan("");
+  return std::strtod(exposition.c_str() + at + prefix.size(), nullptr);
+}
+
+TEST(MetricsTest, ProcessMetricsDescribeThisProcess) {
+  Registry registry;
+  AddProcessMetrics(registry);
+  // Burn a little CPU so the counter has something to show.
+  volatile double sink = 0;
+  for (int i = 0; i < 20000000; ++i) sink = sink + i;
+  const std::string text = registry.Serialize();
+  EXPECT_THAT(text, HasSubstr("# TYPE process_cpu_seconds_total counter\n"));
+  EXPECT_GT(SampleValue(text, "process_cpu_seconds_total"), 0);
+  EXPECT_GT(SampleValue(text, "process_resident_memory_bytes"), 1 << 20);
+  EXPECT_GE(SampleValue(text, "process_virtual_memory_bytes"),
+            SampleValue(text, "process_resident_memory_bytes"));
+  EXPECT_GE(SampleValue(text, "process_open_fds"), 3);
+  EXPECT_GE(SampleValue(text, "process_max_fds"),
+            SampleValue(text, "process_open_fds"));
+  const double now = static_cast<double>(std::time(nullptr));
+  const double start = SampleValue(text, "process_start_time_seconds");
+  EXPECT_LE(start, now + 1);
+  EXPECT_GT(start, now - 3600);  // this test started within the hour
+  absl::Status status = attnscore::testing::CheckMetricsWithPromtool(text);
+  EXPECT_TRUE(status.ok()) << status;
+}
+
 TEST(MetricsTest, PromtoolCheckReportsProblems) {
   Registry registry;
   registry.AddCounter("attnscore_requests", "No _total suffix.");
@@ -295,6 +345,8 @@ TEST_F(MetricsDeathTest, DefinitionErrorsAbortWithTheReason) {
   EXPECT_DEATH(
       registry.AddCallbackGauge("attnscore_cb", "CB.", [] { return 0; }),
       "registered twice");
+  EXPECT_DEATH(registry.AddGauge("attnscore_cb", "Other kind."),
+               "registered twice");
 }
 
 }  // namespace
