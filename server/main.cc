@@ -49,10 +49,12 @@
 #include "server/observability/logging.h"
 #include "server/observability/metrics.h"
 #include "server/observability/metrics_server.h"
+#include "server/observability/process_metrics.h"
 #include "server/scoring/aten_scorer.h"
 #include "server/scoring/model_loader.h"
 #include "server/scoring/scorer.h"
 #include "server/service/attention_scorer_service.h"
+#include "server/service/kserve_service.h"
 #include "server/service/model_registry.h"
 #include "server/service/service_metrics.h"
 
@@ -391,6 +393,8 @@ class Server {
   observability::Registry registry_;
   service::ServiceMetrics metrics_{registry_};
   std::unique_ptr<service::AttentionScorerService> service_;
+  // The Open Inference Protocol on the same port and pipeline.
+  std::unique_ptr<service::KServeService> kserve_;
   std::unique_ptr<observability::MetricsServer> metrics_server_;
   int port_ = 0;  // the bound gRPC port, set by BuildAndStart
   std::unique_ptr<grpc::Server> server_;
@@ -473,6 +477,7 @@ void Server::RegisterProcessMetrics() {
                 {"version", "device"})
       .WithLabels({kVersion, scorer_->device()})
       .Set(1);
+  observability::AddProcessMetrics(registry_);
   const service::ModelRegistry* models = models_.get();
   registry_.AddCallbackGauge(
       "attnscore_models_loaded", "Relative-position models loaded.", [models] {
@@ -493,6 +498,8 @@ bool Server::CreateService() {
     return false;
   }
   service_ = *std::move(service);
+  kserve_ = std::make_unique<service::KServeService>(service_.get(),
+                                                     models_.get(), &metrics_);
   return true;
 }
 
@@ -525,6 +532,7 @@ bool Server::StartGrpcServer() {
   builder.AddListeningPort(flags_.listen, grpc::InsecureServerCredentials(),
                            &port_);
   builder.RegisterService(service_.get());
+  builder.RegisterService(kserve_.get());
   ConfigureChannels(builder, max_message_bytes());
   server_ = builder.BuildAndStart();
   if (server_ == nullptr || port_ == 0) {

@@ -1,6 +1,5 @@
 #include "server/service/attention_scorer_service.h"
 
-#include <grpcpp/support/proto_buffer_reader.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -19,8 +18,8 @@
 #include "attnscore/version.h"
 #include "server/observability/logging.h"
 #include "server/scoring/validation.h"
-#include "server/service/response_encoder.h"
 #include "server/service/status_conversion.h"
+#include "server/service/v1_score_codec.h"
 
 namespace attnscore::service {
 namespace {
@@ -29,16 +28,19 @@ double Seconds(int64_t micros) { return static_cast<double>(micros) * 1e-6; }
 
 }  // namespace
 
-// One Score request or one ScoreStream message, from parsing to its answer.
-// Owns the parsed request, whose tensor bytes the validated ScoreItem points
-// into. Thread safety: a task belongs to one thread at a time (the gRPC thread
-// that accepts it, then the batcher, then the worker that answers it).
+// One request (a Score call, a ScoreStream message, a ModelInfer call), from
+// parsing to its answer. Owns the request's codec, which owns the parsed
+// request whose tensor bytes the validated ScoreItem points into. Thread
+// safety: a task belongs to one thread at a time (the gRPC thread that accepts
+// it, then the batcher, then the worker that answers it).
 class AttentionScorerService::ScoreTask : public batching::BatchTask {
  public:
   ScoreTask(AttentionScorerService* service, Method method,
-            int64_t arrival_micros, int64_t deadline_micros)
+            std::unique_ptr<ScoreCodec> codec, int64_t arrival_micros,
+            int64_t deadline_micros)
       : service_(service),
         method_(method),
+        codec_(std::move(codec)),
         arrival_micros_(arrival_micros),
         deadline_micros_(deadline_micros) {}
 
@@ -55,11 +57,12 @@ class AttentionScorerService::ScoreTask : public batching::BatchTask {
   // slice. Called exactly once, by Answer().
   virtual void Deliver(const absl::Status& status,
                        grpc::ByteBuffer& response) = 0;
+  // True when a failure is answered with a message (codec().EncodeError), as
+  // streams do, rather than with the call's status.
+  virtual bool errors_in_band() const { return false; }
 
-  // Parses `request` (the one copy of its bytes: from gRPC's slices into the
-  // message's tensor strings, which the scorer then reads in place) and
-  // validates it against `limits` and `models`. INVALID_ARGUMENT for bytes
-  // that are not a ScoreRequest, else ValidateRequest's error.
+  // Parses and validates `request` through the codec; ready to schedule when
+  // OK.
   absl::Status Prepare(const grpc::ByteBuffer& request,
                        const RequestLimits& limits,
                        const scoring::ModelSet& models);
@@ -81,18 +84,19 @@ class AttentionScorerService::ScoreTask : public batching::BatchTask {
 
   Method method() const { return method_; }
   int64_t arrival_micros() const { return arrival_micros_; }
-  const std::string& request_id() const { return request_.request_id(); }
+  const ScoreCodec& codec() const { return *codec_; }
+  const std::string& request_id() const { return codec_->request_id(); }
 
  protected:
   AttentionScorerService* const service_;
 
  private:
   const Method method_;
+  const std::unique_ptr<ScoreCodec> codec_;
   const int64_t arrival_micros_;
   int64_t accepted_micros_ = 0;
   bool accepted_ = false;
   const int64_t deadline_micros_;
-  v1::ScoreRequest request_;
   ValidatedRequest validated_;
   std::string batch_key_;
 };
@@ -100,16 +104,8 @@ class AttentionScorerService::ScoreTask : public batching::BatchTask {
 absl::Status AttentionScorerService::ScoreTask::Prepare(
     const grpc::ByteBuffer& request, const RequestLimits& limits,
     const scoring::ModelSet& models) {
-  // A ByteBuffer copy only takes references to the slices.
-  grpc::ByteBuffer slices(request);
-  grpc::ProtoBufferReader reader(&slices);
-  if (!reader.status().ok() || !request_.ParseFromZeroCopyStream(&reader)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "request: expected a serialized attnscore.v1.ScoreRequest, got ",
-        request.Length(), " bytes that do not parse as one"));
-  }
   absl::StatusOr<ValidatedRequest> validated =
-      ValidateRequest(request_, limits, models);
+      codec_->Parse(request, limits, models);
   if (!validated.ok()) return validated.status();
   validated_ = *std::move(validated);
   // BatchKey names the model object (its id), not just its name: requests on
@@ -120,10 +116,11 @@ absl::Status AttentionScorerService::ScoreTask::Prepare(
 
 class AttentionScorerService::UnaryScoreTask final : public ScoreTask {
  public:
-  UnaryScoreTask(AttentionScorerService* service, int64_t arrival_micros,
+  UnaryScoreTask(AttentionScorerService* service, Method method,
+                 std::unique_ptr<ScoreCodec> codec, int64_t arrival_micros,
                  grpc::CallbackServerContext* context,
                  grpc::ServerUnaryReactor* reactor, grpc::ByteBuffer* response)
-      : ScoreTask(service, Method::kScore, arrival_micros,
+      : ScoreTask(service, method, std::move(codec), arrival_micros,
                   service->DeadlineMicros(*context)),
         context_(context),
         reactor_(reactor),
@@ -317,13 +314,15 @@ class AttentionScorerService::StreamScoreTask final : public ScoreTask {
  public:
   StreamScoreTask(AttentionScorerService* service, int64_t arrival_micros,
                   StreamReactor* stream)
-      : ScoreTask(service, Method::kScoreStream, arrival_micros,
+      : ScoreTask(service, Method::kScoreStream,
+                  std::make_unique<V1ScoreCodec>(), arrival_micros,
                   stream->deadline_micros()),
         stream_(stream) {
     stream_->AddPending();
   }
 
   bool cancelled() const override { return stream_->cancelled(); }
+  bool errors_in_band() const override { return true; }
 
   void Deliver(const absl::Status& /*status*/,
                grpc::ByteBuffer& response) override {
@@ -403,6 +402,7 @@ AttentionScorerService::AttentionScorerService(const ServiceOptions& options,
 AttentionScorerService::~AttentionScorerService() { Shutdown(); }
 
 void AttentionScorerService::Shutdown() {
+  ready_.store(false, std::memory_order_release);
   if (scheduler_ != nullptr) scheduler_->Shutdown();
 }
 
@@ -448,6 +448,7 @@ absl::Status AttentionScorerService::WarmUp() {
                                        result.status().message()));
     }
   }
+  ready_.store(true, std::memory_order_release);
   return absl::OkStatus();
 }
 
@@ -472,9 +473,18 @@ int64_t AttentionScorerService::DeadlineMicros(
 grpc::ServerUnaryReactor* AttentionScorerService::Score(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
     grpc::ByteBuffer* response) {
+  return ScoreUnary(Method::kScore, std::make_unique<V1ScoreCodec>(), context,
+                    request, response);
+}
+
+grpc::ServerUnaryReactor* AttentionScorerService::ScoreUnary(
+    Method method, std::unique_ptr<ScoreCodec> codec,
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  auto task = std::make_unique<UnaryScoreTask>(this, clock_->NowMicros(),
-                                               context, reactor, response);
+  auto task = std::make_unique<UnaryScoreTask>(this, method, std::move(codec),
+                                               clock_->NowMicros(), context,
+                                               reactor, response);
   Accept(std::move(task), *request);
   return reactor;
 }
@@ -550,11 +560,11 @@ void AttentionScorerService::ComputeAndAnswer(
       Answer(task, results.status());
       continue;
     }
-    v1::Timing timing;
-    timing.set_queue_us(start - task.accepted_micros());
-    timing.set_compute_us(end - start);
-    timing.set_batch_size(static_cast<int32_t>(batch_items));
-    Answer(task, EncodeScoreResponse(task.request_id(), (*results)[i], timing));
+    BatchTiming timing;
+    timing.queue_us = start - task.accepted_micros();
+    timing.compute_us = end - start;
+    timing.batch_size = static_cast<int64_t>(batch_items);
+    Answer(task, task.codec().EncodeResult((*results)[i], timing));
   }
 }
 
@@ -564,8 +574,8 @@ void AttentionScorerService::Answer(ScoreTask& task,
   grpc::ByteBuffer buffer;
   if (response.ok()) {
     buffer.Swap(&*response);
-  } else if (task.method() == Method::kScoreStream) {
-    buffer = EncodeErrorResponse(task.request_id(), status);
+  } else if (task.errors_in_band()) {
+    buffer = task.codec().EncodeError(status);
   }
   const int64_t micros = clock_->NowMicros() - task.arrival_micros();
   metrics_->RecordRequest(task.method(), status, Seconds(micros));

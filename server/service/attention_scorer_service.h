@@ -1,7 +1,8 @@
 // attnscore.v1.AttentionScorer on gRPC's callback API.
 //
-// Score and ScoreStream handlers parse and validate a request on the gRPC
-// thread, enqueue it in the dynamic batcher and return at once; the batch
+// Score and ScoreStream handlers (and the Open Inference Protocol's ModelInfer,
+// kserve_service.h, through ScoreUnary) parse and validate a request on the
+// gRPC thread, enqueue it in the dynamic batcher and return at once; the batch
 // worker threads run Scorer::ScoreBatch and answer (Finish / Write) from there,
 // so no gRPC thread ever waits for compute. Responses are serialized by
 // response_encoder.h with tensor bytes as slices over the scorer's output (raw
@@ -31,6 +32,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -46,6 +48,7 @@
 #include "server/scoring/scorer.h"
 #include "server/service/model_registry.h"
 #include "server/service/request_validation.h"
+#include "server/service/score_codec.h"
 #include "server/service/service_metrics.h"
 
 namespace attnscore::service {
@@ -104,6 +107,21 @@ class AttentionScorerService final : public AttentionScorerRawService {
   // Requests waiting in the batcher.
   size_t QueueDepth() const;
 
+  // True from a successful WarmUp() until Shutdown() (the Open Inference
+  // Protocol's ServerReady; grpc.health.v1's readiness is main's).
+  bool ready() const { return ready_.load(std::memory_order_acquire); }
+
+  // The shared pipeline of every unary scoring method of every protocol (v1
+  // Score, KServe ModelInfer): parses `request` with `codec`, validates,
+  // schedules, and answers `response` through the single Answer exit with
+  // `method`'s metrics. Returns the call's reactor (never blocks). REQUIRES:
+  // called from the method's gRPC handler with its arguments.
+  grpc::ServerUnaryReactor* ScoreUnary(Method method,
+                                       std::unique_ptr<ScoreCodec> codec,
+                                       grpc::CallbackServerContext* context,
+                                       const grpc::ByteBuffer* request,
+                                       grpc::ByteBuffer* response);
+
   // gRPC methods.
   grpc::ServerUnaryReactor* Score(grpc::CallbackServerContext* context,
                                   const grpc::ByteBuffer* request,
@@ -154,6 +172,7 @@ class AttentionScorerService final : public AttentionScorerRawService {
   // Shared so that the queue-depth gauge can hold a weak reference that never
   // dangles.
   std::shared_ptr<Scheduler> scheduler_;
+  std::atomic<bool> ready_{false};
 };
 
 }  // namespace attnscore::service

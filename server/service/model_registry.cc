@@ -3,9 +3,27 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 
 namespace attnscore::service {
+namespace {
+
+// A set the service can publish: no parameter set may take the name of the
+// built-in ALiBi model of the Open Inference Protocol endpoint.
+absl::Status CheckPublishable(const std::string& dir,
+                              const scoring::ModelSet& models) {
+  const std::shared_ptr<const scoring::RelativeModel> clash =
+      models.Find(kReservedModelName);
+  if (clash == nullptr) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(
+      "--model-dir ", dir, ": a relative-position parameter set named \"",
+      kReservedModelName, "\" (", clash->info().source,
+      ") clashes with the built-in ALiBi model \"", kReservedModelName,
+      "\" of the Open Inference Protocol endpoint; rename the file"));
+}
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<ModelRegistry>> ModelRegistry::Create(
     std::string dir, Loader loader) {
@@ -19,6 +37,7 @@ absl::StatusOr<std::unique_ptr<ModelRegistry>> ModelRegistry::Create(
     absl::StatusOr<std::shared_ptr<const scoring::ModelSet>> loaded =
         loader(dir);
     if (!loaded.ok()) return loaded.status();
+    if (absl::Status s = CheckPublishable(dir, **loaded); !s.ok()) return s;
     models = *std::move(loaded);
   }
   return std::unique_ptr<ModelRegistry>(
@@ -45,6 +64,7 @@ absl::Status ModelRegistry::Reload() {
   absl::StatusOr<std::shared_ptr<const scoring::ModelSet>> loaded =
       loader_(dir_);
   if (!loaded.ok()) return loaded.status();
+  if (absl::Status s = CheckPublishable(dir_, **loaded); !s.ok()) return s;
   std::shared_ptr<const scoring::ModelSet> previous;
   {
     absl::MutexLock lock(&mutex_);

@@ -8,7 +8,9 @@
 // thread. Reload() runs the (slow) loading without holding the lock; only the
 // swap is locked. Concurrent Reload() calls are serialised. Errors: Reload()
 // returns the loader's error (naming the broken file) and keeps the current
-// set.
+// set; a set holding a model named kReservedModelName ("alibi", the Open
+// Inference Protocol's built-in ALiBi model) is refused the same way
+// (INVALID_ARGUMENT naming its file), by Create() and Reload().
 #ifndef ATTNSCORE_SERVER_SERVICE_MODEL_REGISTRY_H_
 #define ATTNSCORE_SERVER_SERVICE_MODEL_REGISTRY_H_
 
@@ -23,6 +25,9 @@
 #include "server/scoring/score_spec.h"
 
 namespace attnscore::service {
+
+// The one model name a relative-position parameter set may not have.
+inline constexpr char kReservedModelName[] = "alibi";
 
 class ModelRegistry {
  public:

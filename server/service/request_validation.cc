@@ -297,6 +297,11 @@ absl::StatusOr<ValidatedRequest> ValidateRequest(
   if (absl::Status s = ParseWireFields(request, models, out); !s.ok()) {
     return s;
   }
+  return ValidateMapped(std::move(out), limits);
+}
+
+absl::StatusOr<ValidatedRequest> ValidateMapped(ValidatedRequest out,
+                                                const RequestLimits& limits) {
   // Step 6: shapes against byte lengths, dims > 0, q/k/v agreement,
   // key_lengths, causal Lq <= Lk, scale, slopes, the model's H/D/P, finite
   // values: the scoring API's own checks.

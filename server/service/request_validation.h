@@ -53,6 +53,14 @@ absl::StatusOr<ValidatedRequest> ValidateRequest(
     const v1::ScoreRequest& request, const RequestLimits& limits,
     const scoring::ModelSet& models);
 
+// The protocol-independent steps that follow the mapping of any wire format
+// onto `mapped.spec` and `mapped.item`: scoring::ValidateItem, the caps, the
+// response size; then fills `batch` and `output_bytes`. ValidateRequest ends
+// with it, and so does the Open Inference Protocol's mapping
+// (kserve_request.h), so both protocols share every check and limit.
+absl::StatusOr<ValidatedRequest> ValidateMapped(ValidatedRequest mapped,
+                                                const RequestLimits& limits);
+
 }  // namespace attnscore::service
 
 #endif  // ATTNSCORE_SERVER_SERVICE_REQUEST_VALIDATION_H_

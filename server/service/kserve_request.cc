@@ -1,0 +1,464 @@
+#include "server/service/kserve_request.h"
+
+#include <array>
+#include <cstring>
+#include <string>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/layout.h"
+#include "server/service/model_registry.h"
+
+namespace attnscore::service::kserve {
+namespace {
+
+using inference::InferParameter;
+using inference::ModelInferRequest;
+
+enum class Input { kQuery, kKey, kValue, kKeyLengths, kSlopes };
+constexpr std::array<absl::string_view, 5> kInputNames = {
+    "query", "key", "value", "key_lengths", "slopes"};
+
+std::optional<Input> ParseInputName(absl::string_view name) {
+  for (size_t i = 0; i < kInputNames.size(); ++i) {
+    if (name == kInputNames[i]) return static_cast<Input>(i);
+  }
+  return std::nullopt;
+}
+
+std::string ShapeString(const google::protobuf::RepeatedField<int64_t>& s) {
+  return absl::StrCat("[", absl::StrJoin(s, ","), "]");
+}
+
+// An input's bytes, wherever the request carries them.
+struct InputBytes {
+  const void* data = nullptr;
+  size_t size = 0;
+  std::string where;  // for messages: "raw_input_contents[1]", ...
+};
+
+// The bytes of input `i` of datatype `dtype` ("INT32" for key_lengths):
+// raw_input_contents[i] when the request uses raw contents, else the typed
+// field for the datatype (fp32_contents, int_contents).
+absl::StatusOr<InputBytes> FindBytes(const ModelInferRequest& request, int i,
+                                     absl::string_view datatype) {
+  const ModelInferRequest::InferInputTensor& input = request.inputs(i);
+  if (request.raw_input_contents_size() > 0) {
+    if (input.has_contents()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          input.name(), ": expected its data in raw_input_contents[", i,
+          "] only (the request uses raw contents), got typed contents too"));
+    }
+    const std::string& raw = request.raw_input_contents(i);
+    return InputBytes{raw.data(), raw.size(),
+                      absl::StrCat("raw_input_contents[", i, "]")};
+  }
+  if (datatype == "FP32") {
+    const auto& values = input.contents().fp32_contents();
+    return InputBytes{values.data(), values.size() * sizeof(float),
+                      "contents.fp32_contents"};
+  }
+  if (datatype == "INT32") {
+    const auto& values = input.contents().int_contents();
+    return InputBytes{values.data(), values.size() * sizeof(int32_t),
+                      "contents.int_contents"};
+  }
+  return absl::InvalidArgumentError(absl::StrCat(
+      input.name(), ": ", datatype,
+      " data must be sent in raw_input_contents (the protocol has no typed "
+      "contents field for it), got typed contents"));
+}
+
+// `bytes` holds exactly the elements of `shape` (dims >= 0) of `element_size`.
+absl::Status CheckByteCount(const ModelInferRequest::InferInputTensor& input,
+                            size_t element_size, const InputBytes& bytes) {
+  uint64_t elements = 1;
+  for (int64_t dim : input.shape()) {
+    // 2^40 elements is far beyond gRPC's 2 GiB message cap: no overflow.
+    if (dim < 0 || (dim > 0 && elements > (uint64_t{1} << 40) /
+                                              static_cast<uint64_t>(dim))) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(input.name(),
+                       ": expected a shape of dims >= 0 that "
+                       "fits in a message, got ",
+                       ShapeString(input.shape())));
+    }
+    elements *= static_cast<uint64_t>(dim);
+  }
+  if (elements * element_size != bytes.size) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        input.name(), ": shape ", ShapeString(input.shape()), " of ",
+        input.datatype(), " needs ", elements * element_size, " bytes, got ",
+        bytes.size, " in ", bytes.where));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ExpectRank(const ModelInferRequest::InferInputTensor& input,
+                        int rank, absl::string_view axes) {
+  if (input.shape_size() == rank) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrCat(input.name(), ": expected a shape of rank ", rank, " ", axes,
+                   ", got ", ShapeString(input.shape())));
+}
+
+// query, key or value: FP32/FP16/BF16, rank 4 in `layout`.
+absl::StatusOr<scoring::TensorRef> MapTensor(const ModelInferRequest& request,
+                                             int i, Layout layout) {
+  const ModelInferRequest::InferInputTensor& input = request.inputs(i);
+  const std::optional<DType> dtype = ParseDatatype(input.datatype());
+  if (!dtype.has_value()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(input.name(),
+                     ": expected datatype FP32, FP16 or BF16, "
+                     "got \"",
+                     input.datatype(), "\""));
+  }
+  if (absl::Status s = ExpectRank(input, 4, LayoutAxes(layout)); !s.ok()) {
+    return s;
+  }
+  absl::StatusOr<InputBytes> bytes = FindBytes(request, i, input.datatype());
+  if (!bytes.ok()) return bytes.status();
+  if (absl::Status s = CheckByteCount(input, ElementSize(*dtype), *bytes);
+      !s.ok()) {
+    return s;
+  }
+  scoring::TensorRef ref;
+  ref.dtype = *dtype;
+  ref.shape.assign(input.shape().begin(), input.shape().end());
+  ref.data = bytes->data;
+  ref.size_bytes = bytes->size;
+  return ref;
+}
+
+// key_lengths (INT32 [B]) or slopes (FP32 [H]), copied out (raw bytes may be
+// unaligned).
+template <typename T>
+absl::StatusOr<std::vector<T>> MapVector(const ModelInferRequest& request,
+                                         int i, absl::string_view datatype,
+                                         absl::string_view axes) {
+  const ModelInferRequest::InferInputTensor& input = request.inputs(i);
+  if (input.datatype() != datatype) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(input.name(), ": expected datatype ", datatype, ", got \"",
+                     input.datatype(), "\""));
+  }
+  if (absl::Status s = ExpectRank(input, 1, axes); !s.ok()) return s;
+  absl::StatusOr<InputBytes> bytes = FindBytes(request, i, datatype);
+  if (!bytes.ok()) return bytes.status();
+  if (absl::Status s = CheckByteCount(input, sizeof(T), *bytes); !s.ok()) {
+    return s;
+  }
+  std::vector<T> values(bytes->size / sizeof(T));
+  if (!values.empty()) std::memcpy(values.data(), bytes->data, bytes->size);
+  return values;
+}
+
+// Which input each index holds; INVALID_ARGUMENT for an unknown or repeated
+// name, per-input parameters, or a raw_input_contents count that does not
+// match.
+absl::StatusOr<std::array<int, 5>> IndexInputs(
+    const ModelInferRequest& request) {
+  std::array<int, 5> index;
+  index.fill(-1);
+  if (request.raw_input_contents_size() > 0 &&
+      request.raw_input_contents_size() != request.inputs_size()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "raw_input_contents: expected one entry per input (",
+        request.inputs_size(), "), got ", request.raw_input_contents_size()));
+  }
+  for (int i = 0; i < request.inputs_size(); ++i) {
+    const ModelInferRequest::InferInputTensor& input = request.inputs(i);
+    const std::optional<Input> kind = ParseInputName(input.name());
+    if (!kind.has_value()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("inputs[", i,
+                       "].name: expected query, key, value, key_lengths or "
+                       "slopes, got \"",
+                       input.name(), "\""));
+    }
+    int& slot = index[static_cast<size_t>(*kind)];
+    if (slot >= 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("inputs[", i, "].name: \"", input.name(),
+                       "\" is already inputs[", slot, "]"));
+    }
+    if (!input.parameters().empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(input.name(),
+                       ": expected no input parameters (shared memory is "
+                       "not served), got \"",
+                       input.parameters().begin()->first, "\""));
+    }
+    slot = i;
+  }
+  return index;
+}
+
+// Inputs onto the item (and slopes onto the ALiBi bias).
+absl::Status MapInputs(const ModelInferRequest& request,
+                       const std::array<int, 5>& index, ValidatedRequest& out) {
+  for (Input required : {Input::kQuery, Input::kKey}) {
+    if (index[static_cast<size_t>(required)] < 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "inputs: expected an input named \"",
+          kInputNames[static_cast<size_t>(required)], "\", got none"));
+    }
+  }
+  const Layout layout = out.spec.layout;
+  scoring::ScoreItem& item = out.item;
+  for (Input kind : {Input::kQuery, Input::kKey, Input::kValue}) {
+    const int i = index[static_cast<size_t>(kind)];
+    if (i < 0) continue;
+    absl::StatusOr<scoring::TensorRef> ref = MapTensor(request, i, layout);
+    if (!ref.ok()) return ref.status();
+    if (kind == Input::kValue) {
+      item.value = *std::move(ref);
+    } else {
+      (kind == Input::kQuery ? item.query : item.key) = *std::move(ref);
+    }
+  }
+  if (const int i = index[static_cast<size_t>(Input::kKeyLengths)]; i >= 0) {
+    absl::StatusOr<std::vector<int32_t>> lengths =
+        MapVector<int32_t>(request, i, "INT32", "[B]");
+    if (!lengths.ok()) return lengths.status();
+    item.key_lengths = *std::move(lengths);
+  }
+  if (const int i = index[static_cast<size_t>(Input::kSlopes)]; i >= 0) {
+    auto* alibi = std::get_if<scoring::AlibiBias>(&out.spec.bias);
+    if (alibi == nullptr) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("slopes: only model \"", kAlibiModel,
+                       "\" takes slopes, got them for "
+                       "relative-position model \"",
+                       request.model_name(), "\""));
+    }
+    absl::StatusOr<std::vector<float>> slopes =
+        MapVector<float>(request, i, "FP32", "[H]");
+    if (!slopes.ok()) return slopes.status();
+    alibi->slopes = *std::move(slopes);
+  }
+  return absl::OkStatus();
+}
+
+const char* ParameterKind(const InferParameter& p) {
+  switch (p.parameter_choice_case()) {
+    case InferParameter::kBoolParam:
+      return "a bool";
+    case InferParameter::kInt64Param:
+      return "an int64";
+    case InferParameter::kStringParam:
+      return "a string";
+    case InferParameter::kDoubleParam:
+      return "a double";
+    case InferParameter::kUint64Param:
+      return "a uint64";
+    case InferParameter::PARAMETER_CHOICE_NOT_SET:
+      break;
+  }
+  return "no value";
+}
+
+absl::Status WrongParameter(absl::string_view name, absl::string_view expected,
+                            const InferParameter& value) {
+  return absl::InvalidArgumentError(
+      absl::StrCat("parameters.", name, ": expected ", expected, ", got ",
+                   ParameterKind(value)));
+}
+
+// Sets spec.scale from a double or int64 parameter.
+absl::Status MapScale(const InferParameter& value, scoring::ScoreSpec& spec) {
+  if (value.parameter_choice_case() == InferParameter::kDoubleParam) {
+    spec.scale = static_cast<float>(value.double_param());
+  } else if (value.parameter_choice_case() == InferParameter::kInt64Param) {
+    spec.scale = static_cast<float>(value.int64_param());
+  } else {
+    return WrongParameter("scale", "a double", value);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status MapStringParameter(absl::string_view name,
+                                const InferParameter& value,
+                                scoring::ScoreSpec& spec,
+                                std::optional<DType>& output_dtype) {
+  if (value.parameter_choice_case() != InferParameter::kStringParam) {
+    return WrongParameter(name, "a string", value);
+  }
+  const std::string& text = value.string_param();
+  if (name == "layout") {
+    const std::optional<Layout> layout = ParseLayout(text);
+    if (!layout.has_value()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("parameters.layout: expected BHSD, BSHD or SBHD, got \"",
+                       text, "\""));
+    }
+    spec.layout = *layout;
+    return absl::OkStatus();
+  }
+  output_dtype = ParseDatatype(text);
+  if (!output_dtype.has_value()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "parameters.output_dtype: expected FP32, FP16 or BF16, got \"", text,
+        "\""));
+  }
+  return absl::OkStatus();
+}
+
+// The request parameters onto the spec; `output_dtype` stays empty unless
+// given.
+absl::Status MapParameters(const ModelInferRequest& request,
+                           scoring::ScoreSpec& spec,
+                           std::optional<DType>& output_dtype) {
+  for (const auto& [name, value] : request.parameters()) {
+    absl::Status status;
+    if (name == "causal") {
+      if (value.parameter_choice_case() != InferParameter::kBoolParam) {
+        return WrongParameter(name, "a bool", value);
+      }
+      spec.causal = value.bool_param();
+    } else if (name == "scale") {
+      status = MapScale(value, spec);
+    } else if (name == "layout" || name == "output_dtype") {
+      status = MapStringParameter(name, value, spec, output_dtype);
+    } else if (name != "priority" && name != "timeout") {
+      // Triton's clients send `priority` and `timeout` when asked to: both are
+      // accepted and ignored (the gRPC deadline bounds a request).
+      return absl::InvalidArgumentError(absl::StrCat(
+          "parameters: expected causal, scale, layout or output_dtype, got \"",
+          name, "\""));
+    }
+    if (!status.ok()) return status;
+  }
+  return absl::OkStatus();
+}
+
+// The requested outputs, in order; none means logits.
+absl::StatusOr<std::vector<Output>> MapOutputs(const ModelInferRequest& request,
+                                               scoring::ScoreSpec& spec) {
+  std::vector<Output> outputs;
+  for (int i = 0; i < request.outputs_size(); ++i) {
+    const ModelInferRequest::InferRequestedOutputTensor& wanted =
+        request.outputs(i);
+    std::optional<Output> output;
+    for (Output o : {Output::kLogits, Output::kProbs, Output::kContext}) {
+      if (wanted.name() == OutputName(o)) output = o;
+    }
+    if (!output.has_value()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("outputs[", i,
+                       "].name: expected logits, probs or "
+                       "context, got \"",
+                       wanted.name(), "\""));
+    }
+    if (!wanted.parameters().empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(wanted.name(), ": expected no output parameters, got \"",
+                       wanted.parameters().begin()->first, "\""));
+    }
+    for (Output seen : outputs) {
+      if (seen == *output) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "outputs[", i, "].name: \"", wanted.name(), "\" asked for twice"));
+      }
+    }
+    outputs.push_back(*output);
+  }
+  if (outputs.empty()) outputs.push_back(Output::kLogits);
+  spec.want_logits = spec.want_probs = spec.want_context = false;
+  for (Output o : outputs) {
+    (o == Output::kLogits  ? spec.want_logits
+     : o == Output::kProbs ? spec.want_probs
+                           : spec.want_context) = true;
+  }
+  return outputs;
+}
+
+}  // namespace
+
+const char* DatatypeName(DType dtype) {
+  switch (dtype) {
+    case DType::kFloat32:
+      return "FP32";
+    case DType::kFloat16:
+      return "FP16";
+    case DType::kBFloat16:
+      return "BF16";
+  }
+  return "FP32";
+}
+
+std::optional<DType> ParseDatatype(absl::string_view name) {
+  for (DType dtype : {DType::kFloat32, DType::kFloat16, DType::kBFloat16}) {
+    if (name == DatatypeName(dtype)) return dtype;
+  }
+  return std::nullopt;
+}
+
+const char* OutputName(Output output) {
+  switch (output) {
+    case Output::kLogits:
+      return "logits";
+    case Output::kProbs:
+      return "probs";
+    case Output::kContext:
+      return "context";
+  }
+  return "logits";
+}
+
+absl::StatusOr<scoring::Bias> FindModel(absl::string_view field,
+                                        absl::string_view name,
+                                        absl::string_view version,
+                                        const scoring::ModelSet& models) {
+  std::optional<scoring::Bias> bias;
+  if (name == kAlibiModel) {
+    bias = scoring::AlibiBias{};
+  } else if (auto model = models.Find({name.data(), name.size()});
+             model != nullptr) {
+    bias = scoring::RelativeBias{std::move(model)};
+  } else {
+    return absl::NotFoundError(absl::StrCat(
+        field, ": expected \"", kAlibiModel,
+        "\" or a loaded relative-position model (loaded: ", ModelNames(models),
+        "), got \"", name, "\""));
+  }
+  if (!version.empty() && version != kModelVersion) {
+    return absl::NotFoundError(
+        absl::StrCat("model \"", name, "\" version: ", "expected \"",
+                     kModelVersion, "\" or none, got \"", version, "\""));
+  }
+  return *std::move(bias);
+}
+
+absl::StatusOr<MappedInfer> MapInferRequest(
+    const inference::ModelInferRequest& request, const RequestLimits& limits,
+    const scoring::ModelSet& models) {
+  MappedInfer out;
+  scoring::ScoreSpec& spec = out.validated.spec;
+  absl::StatusOr<scoring::Bias> bias = FindModel(
+      "model_name", request.model_name(), request.model_version(), models);
+  if (!bias.ok()) return bias.status();
+  spec.bias = *std::move(bias);
+  std::optional<DType> output_dtype;
+  if (absl::Status s = MapParameters(request, spec, output_dtype); !s.ok()) {
+    return s;
+  }
+  absl::StatusOr<std::vector<Output>> outputs = MapOutputs(request, spec);
+  if (!outputs.ok()) return outputs.status();
+  out.outputs = *std::move(outputs);
+  absl::StatusOr<std::array<int, 5>> index = IndexInputs(request);
+  if (!index.ok()) return index.status();
+  if (absl::Status s = MapInputs(request, *index, out.validated); !s.ok()) {
+    return s;
+  }
+  spec.output_dtype = output_dtype.value_or(out.validated.item.query.dtype);
+  absl::StatusOr<ValidatedRequest> validated =
+      ValidateMapped(std::move(out.validated), limits);
+  if (!validated.ok()) return validated.status();
+  out.validated = *std::move(validated);
+  return out;
+}
+
+}  // namespace attnscore::service::kserve

@@ -1,0 +1,134 @@
+#include "server/service/kserve_service.h"
+
+#include <memory>
+#include <string>
+#include <utility>
+
+#include "attnscore/version.h"
+#include "server/service/kserve_codec.h"
+#include "server/service/kserve_request.h"
+#include "server/service/status_conversion.h"
+
+namespace attnscore::service {
+namespace {
+
+using inference::ModelMetadataResponse;
+using TensorMetadata = ModelMetadataResponse::TensorMetadata;
+
+void AddTensor(google::protobuf::RepeatedPtrField<TensorMetadata>* list,
+               const char* name, const char* datatype,
+               std::initializer_list<int64_t> shape) {
+  TensorMetadata* tensor = list->Add();
+  tensor->set_name(name);
+  tensor->set_datatype(datatype);
+  tensor->mutable_shape()->Add(shape.begin(), shape.end());
+}
+
+// Inputs and outputs in layout BHSD: H and D are the model's (-1 for ALiBi,
+// which takes any).
+void DescribeModel(const scoring::Bias& bias, ModelMetadataResponse& out) {
+  int64_t heads = -1;
+  int64_t dim = -1;
+  if (const auto* relative = std::get_if<scoring::RelativeBias>(&bias)) {
+    heads = relative->model->info().heads;
+    dim = relative->model->info().head_dim;
+  }
+  auto* inputs = out.mutable_inputs();
+  AddTensor(inputs, "query", "FP32", {-1, heads, -1, dim});
+  AddTensor(inputs, "key", "FP32", {-1, heads, -1, dim});
+  AddTensor(inputs, "value", "FP32", {-1, heads, -1, -1});
+  AddTensor(inputs, "key_lengths", "INT32", {-1});
+  if (std::holds_alternative<scoring::AlibiBias>(bias)) {
+    AddTensor(inputs, "slopes", "FP32", {-1});
+  }
+  auto* outputs = out.mutable_outputs();
+  AddTensor(outputs, "logits", "FP32", {-1, heads, -1, -1});
+  AddTensor(outputs, "probs", "FP32", {-1, heads, -1, -1});
+  AddTensor(outputs, "context", "FP32", {-1, heads, -1, -1});
+}
+
+double Seconds(int64_t micros) { return static_cast<double>(micros) * 1e-6; }
+
+}  // namespace
+
+KServeService::KServeService(AttentionScorerService* scoring,
+                             ModelRegistry* models, ServiceMetrics* metrics,
+                             batching::Clock* clock)
+    : scoring_(scoring), models_(models), metrics_(metrics), clock_(clock) {}
+
+grpc::ServerUnaryReactor* KServeService::Finish(
+    grpc::CallbackServerContext* context, Method method, int64_t start_micros,
+    const absl::Status& status) {
+  metrics_->RecordRequest(method, status,
+                          Seconds(clock_->NowMicros() - start_micros));
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  reactor->Finish(ToGrpcStatus(status));
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* KServeService::ServerLive(
+    grpc::CallbackServerContext* context,
+    const inference::ServerLiveRequest* /*request*/,
+    inference::ServerLiveResponse* response) {
+  const int64_t start = clock_->NowMicros();
+  response->set_live(true);
+  return Finish(context, Method::kServerLive, start, absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* KServeService::ServerReady(
+    grpc::CallbackServerContext* context,
+    const inference::ServerReadyRequest* /*request*/,
+    inference::ServerReadyResponse* response) {
+  const int64_t start = clock_->NowMicros();
+  response->set_ready(scoring_->ready());
+  return Finish(context, Method::kServerReady, start, absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* KServeService::ModelReady(
+    grpc::CallbackServerContext* context,
+    const inference::ModelReadyRequest* request,
+    inference::ModelReadyResponse* response) {
+  const int64_t start = clock_->NowMicros();
+  const bool served = kserve::FindModel("name", request->name(),
+                                        request->version(), *models_->Current())
+                          .ok();
+  response->set_ready(served && scoring_->ready());
+  return Finish(context, Method::kModelReady, start, absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* KServeService::ServerMetadata(
+    grpc::CallbackServerContext* context,
+    const inference::ServerMetadataRequest* /*request*/,
+    inference::ServerMetadataResponse* response) {
+  const int64_t start = clock_->NowMicros();
+  response->set_name("attnscore");
+  response->set_version(kVersion);
+  return Finish(context, Method::kServerMetadata, start, absl::OkStatus());
+}
+
+grpc::ServerUnaryReactor* KServeService::ModelMetadata(
+    grpc::CallbackServerContext* context,
+    const inference::ModelMetadataRequest* request,
+    inference::ModelMetadataResponse* response) {
+  const int64_t start = clock_->NowMicros();
+  absl::StatusOr<scoring::Bias> bias = kserve::FindModel(
+      "name", request->name(), request->version(), *models_->Current());
+  if (bias.ok()) {
+    response->set_name(request->name());
+    response->add_versions(kserve::kModelVersion.data(),
+                           kserve::kModelVersion.size());
+    response->set_platform("attnscore");
+    DescribeModel(*bias, *response);
+  }
+  return Finish(context, Method::kModelMetadata, start, bias.status());
+}
+
+grpc::ServerUnaryReactor* KServeService::ModelInfer(
+    grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
+    grpc::ByteBuffer* response) {
+  return scoring_->ScoreUnary(Method::kModelInfer,
+                              std::make_unique<kserve::KServeInferCodec>(),
+                              context, request, response);
+}
+
+}  // namespace attnscore::service

@@ -1,0 +1,231 @@
+// The Open Inference Protocol mapping (kserve_request.h), its zero-copy reply
+// (kserve_codec.h) and the reserved model name (model_registry.h), on
+// stand-in models: no LibTorch, no server.
+#include "server/service/kserve_request.h"
+
+#include <grpcpp/support/proto_buffer_reader.h>
+
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "server/service/kserve_codec.h"
+#include "server/service/model_registry.h"
+#include "tests/service/fake_models.h"
+
+namespace attnscore::service::kserve {
+namespace {
+
+using inference::ModelInferRequest;
+using service::testing::FakeModelInfo;
+using service::testing::FakeModelSet;
+
+// query/key [1,2,3,4] FP32 (values 0.1 * i), raw or typed.
+ModelInferRequest MakeRequest(bool raw) {
+  ModelInferRequest request;
+  request.set_model_name("alibi");
+  std::vector<float> values(24);
+  for (size_t i = 0; i < values.size(); ++i) {
+    values[i] = 0.1f * static_cast<float>(i);
+  }
+  for (const char* name : {"query", "key"}) {
+    ModelInferRequest::InferInputTensor* input = request.add_inputs();
+    input->set_name(name);
+    input->set_datatype("FP32");
+    for (int64_t dim : {1, 2, 3, 4}) input->add_shape(dim);
+    if (raw) {
+      request.add_raw_input_contents(std::string(
+          reinterpret_cast<const char*>(values.data()), values.size() * 4));
+    } else {
+      input->mutable_contents()->mutable_fp32_contents()->Add(values.begin(),
+                                                              values.end());
+    }
+  }
+  return request;
+}
+
+const scoring::ModelSet& NoModels() {
+  static const auto* models = new scoring::ModelSet();
+  return *models;
+}
+
+TEST(KServeRequestTest, RawAndTypedContentsMapToTheSameItemInPlace) {
+  for (bool raw : {true, false}) {
+    ModelInferRequest request = MakeRequest(raw);
+    absl::StatusOr<MappedInfer> mapped =
+        MapInferRequest(request, RequestLimits{}, NoModels());
+    ASSERT_TRUE(mapped.ok()) << mapped.status();
+    const scoring::ScoreItem& item = mapped->validated.item;
+    EXPECT_EQ(item.query.shape, (std::vector<int64_t>{1, 2, 3, 4}));
+    EXPECT_EQ(item.query.size_bytes, 96u);
+    const void* expected =
+        raw ? static_cast<const void*>(request.raw_input_contents(0).data())
+            : request.inputs(0).contents().fp32_contents().data();
+    EXPECT_EQ(item.query.data, expected) << "tensor bytes are read in place";
+    EXPECT_TRUE(mapped->validated.spec.want_logits);
+    EXPECT_EQ(mapped->outputs, std::vector<Output>{Output::kLogits});
+    EXPECT_FALSE(mapped->validated.spec.causal);
+  }
+}
+
+TEST(KServeRequestTest, ParametersOutputsAndKeyLengths) {
+  ModelInferRequest request = MakeRequest(/*raw=*/false);
+  (*request.mutable_parameters())["causal"].set_bool_param(true);
+  (*request.mutable_parameters())["scale"].set_double_param(0.5);
+  (*request.mutable_parameters())["output_dtype"].set_string_param("BF16");
+  request.add_outputs()->set_name("probs");
+  request.add_outputs()->set_name("logits");
+  ModelInferRequest::InferInputTensor* lengths = request.add_inputs();
+  lengths->set_name("key_lengths");
+  lengths->set_datatype("INT32");
+  lengths->add_shape(1);
+  lengths->mutable_contents()->add_int_contents(2);
+  absl::StatusOr<MappedInfer> mapped =
+      MapInferRequest(request, RequestLimits{}, NoModels());
+  ASSERT_TRUE(mapped.ok()) << mapped.status();
+  const scoring::ScoreSpec& spec = mapped->validated.spec;
+  EXPECT_TRUE(spec.causal);
+  EXPECT_EQ(spec.scale, 0.5f);
+  EXPECT_EQ(spec.output_dtype, DType::kBFloat16);
+  EXPECT_EQ(mapped->outputs,
+            (std::vector<Output>{Output::kProbs, Output::kLogits}));
+  EXPECT_EQ(mapped->validated.item.key_lengths, std::vector<int32_t>{2});
+}
+
+TEST(KServeRequestTest, ErrorsNameTheInputParameterOrOutput) {
+  struct Case {
+    const char* what;
+    void (*edit)(ModelInferRequest&);
+    absl::StatusCode code;
+    const char* message;
+  };
+  const Case cases[] = {
+      {"unknown input",
+       [](ModelInferRequest& r) { r.mutable_inputs(1)->set_name("keys"); },
+       absl::StatusCode::kInvalidArgument, "inputs[1].name: expected query"},
+      {"duplicate input",
+       [](ModelInferRequest& r) { r.mutable_inputs(1)->set_name("query"); },
+       absl::StatusCode::kInvalidArgument, "\"query\" is already inputs[0]"},
+      {"typed FP16",
+       [](ModelInferRequest& r) { r.mutable_inputs(0)->set_datatype("FP16"); },
+       absl::StatusCode::kInvalidArgument,
+       "query: FP16 data must be sent in raw"},
+      {"short data",
+       [](ModelInferRequest& r) { r.mutable_inputs(1)->set_shape(3, 5); },
+       absl::StatusCode::kInvalidArgument,
+       "key: shape [1,2,3,5] of FP32 needs 120 bytes"},
+      {"missing key",
+       [](ModelInferRequest& r) { r.mutable_inputs()->RemoveLast(); },
+       absl::StatusCode::kInvalidArgument, "expected an input named \"key\""},
+      {"unknown model", [](ModelInferRequest& r) { r.set_model_name("gpt"); },
+       absl::StatusCode::kNotFound, "got \"gpt\""},
+      {"unknown version",
+       [](ModelInferRequest& r) { r.set_model_version("7"); },
+       absl::StatusCode::kNotFound, "version: expected \"1\""},
+      {"unknown output",
+       [](ModelInferRequest& r) { r.add_outputs()->set_name("attn"); },
+       absl::StatusCode::kInvalidArgument, "outputs[0].name: expected logits"},
+      {"bad layout",
+       [](ModelInferRequest& r) {
+         (*r.mutable_parameters())["layout"].set_string_param("HBSD");
+       },
+       absl::StatusCode::kInvalidArgument, "parameters.layout: expected BHSD"},
+      {"bool as string",
+       [](ModelInferRequest& r) {
+         (*r.mutable_parameters())["causal"].set_string_param("true");
+       },
+       absl::StatusCode::kInvalidArgument,
+       "parameters.causal: expected a bool"},
+  };
+  for (const Case& c : cases) {
+    ModelInferRequest request = MakeRequest(/*raw=*/false);
+    c.edit(request);
+    absl::StatusOr<MappedInfer> mapped =
+        MapInferRequest(request, RequestLimits{}, NoModels());
+    ASSERT_FALSE(mapped.ok()) << c.what;
+    EXPECT_EQ(mapped.status().code(), c.code) << c.what;
+    EXPECT_NE(mapped.status().message().find(c.message), std::string::npos)
+        << c.what << ": " << mapped.status();
+  }
+  ModelInferRequest request = MakeRequest(/*raw=*/true);
+  request.add_raw_input_contents("");
+  absl::StatusOr<MappedInfer> mapped =
+      MapInferRequest(request, RequestLimits{}, NoModels());
+  EXPECT_NE(mapped.status().message().find(
+                "raw_input_contents: expected one entry per input (2), got 3"),
+            std::string::npos)
+      << mapped.status();
+}
+
+TEST(KServeRequestTest, RelativeModelsByNameAndTheirLimits) {
+  auto models = FakeModelSet({FakeModelInfo("xl", "xl.safetensors", 2, 4, 8)});
+  ModelInferRequest request = MakeRequest(/*raw=*/true);
+  request.set_model_name("xl");
+  absl::StatusOr<MappedInfer> mapped =
+      MapInferRequest(request, RequestLimits{}, *models);
+  ASSERT_TRUE(mapped.ok()) << mapped.status();
+  EXPECT_TRUE(std::holds_alternative<scoring::RelativeBias>(
+      mapped->validated.spec.bias));
+  RequestLimits limits;
+  limits.max_heads = 1;
+  mapped = MapInferRequest(request, limits, *models);
+  EXPECT_NE(mapped.status().message().find("--max-heads"), std::string::npos)
+      << mapped.status();
+}
+
+TEST(KServeCodecTest, ReplyParsesAsAModelInferResponseWithTheBytesInPlace) {
+  auto keep = std::make_shared<std::vector<float>>(std::vector<float>{1, 2, 3});
+  scoring::ScoreResult result;
+  result.probs = scoring::OutputTensor{
+      DType::kFloat32, {1, 1, 1, 3}, keep->data(), 12, keep};
+  result.logits =
+      scoring::OutputTensor{DType::kFloat32, {1, 1, 1, 0}, nullptr, 0, nullptr};
+  grpc::ByteBuffer buffer =
+      EncodeInferResponse("alibi", "id-1", {Output::kProbs, Output::kLogits},
+                          result, BatchTiming{5, 6, 7});
+  grpc::ProtoBufferReader reader(&buffer);
+  inference::ModelInferResponse response;
+  ASSERT_TRUE(response.ParseFromZeroCopyStream(&reader));
+  EXPECT_EQ(response.model_name(), "alibi");
+  EXPECT_EQ(response.model_version(), "1");
+  EXPECT_EQ(response.id(), "id-1");
+  EXPECT_EQ(response.parameters().at("batch_size").int64_param(), 7);
+  ASSERT_EQ(response.outputs_size(), 2);
+  EXPECT_EQ(response.outputs(0).name(), "probs");
+  EXPECT_EQ(response.outputs(0).datatype(), "FP32");
+  ASSERT_EQ(response.raw_output_contents_size(), 2);
+  EXPECT_EQ(response.raw_output_contents(0),
+            std::string(reinterpret_cast<const char*>(keep->data()), 12));
+  EXPECT_EQ(response.raw_output_contents(1), "");
+}
+
+TEST(ModelRegistryTest, AParameterSetNamedAlibiIsRefusedAndReloadKeepsTheSet) {
+  bool clash = false;
+  auto loader = [&clash](const std::string&)
+      -> absl::StatusOr<std::shared_ptr<const scoring::ModelSet>> {
+    return FakeModelSet({FakeModelInfo(
+        clash ? "alibi" : "xl", clash ? "/m/alibi.pt" : "/m/xl.pt", 2, 4, 8)});
+  };
+  clash = true;
+  absl::StatusOr<std::unique_ptr<ModelRegistry>> refused =
+      ModelRegistry::Create("/m", loader);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(refused.status().message().find(
+                "named \"alibi\" (/m/alibi.pt) clashes with the built-in"),
+            std::string::npos)
+      << refused.status();
+
+  clash = false;
+  absl::StatusOr<std::unique_ptr<ModelRegistry>> registry =
+      ModelRegistry::Create("/m", loader);
+  ASSERT_TRUE(registry.ok()) << registry.status();
+  clash = true;
+  EXPECT_EQ((*registry)->Reload().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(ModelNames(*(*registry)->Current()), "xl");
+}
+
+}  // namespace
+}  // namespace attnscore::service::kserve
