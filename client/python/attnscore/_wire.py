@@ -1,0 +1,234 @@
+"""Requests and results: Python arguments to attnscore.v1 messages and back (no I/O here)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+
+import grpc
+import numpy as np
+
+from attnscore import _tensors
+from attnscore._errors import AttnscoreError, from_code_number
+from attnscore._proto import attnscore_pb2 as pb
+
+SERVICE_NAME = "attnscore.v1.AttentionScorer"
+LAYOUTS = {"BHSD": pb.BHSD, "BSHD": pb.BSHD, "SBHD": pb.SBHD}
+OUTPUTS = {"logits": pb.LOGITS, "probs": pb.PROBS, "context": pb.CONTEXT}
+
+
+@dataclass(frozen=True)
+class Request:
+    """One scoring request: the arguments of Client.score, for Client.score_many."""
+
+    query: Any
+    key: Any
+    value: Any = None
+    alibi: Optional[Sequence[float]] = None
+    model: Optional[str] = None
+    causal: bool = False
+    scale: Optional[float] = None
+    key_lengths: Optional[Sequence[int]] = None
+    outputs: Union[str, Sequence[str]] = ("logits",)
+    layout: str = "BHSD"
+    output_dtype: Any = None
+    as_torch: bool = False
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Where the time of one request went, in microseconds (the server's measurement)."""
+
+    queue_us: int
+    compute_us: int
+    batch_size: int  # batch items (sum of the requests' B) in the batch this request ran in
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """The outputs asked for (read-only numpy arrays, or torch tensors with as_torch=True);
+    None for outputs not asked for. logits and probs are [B, H, Lq, Lk]; context is [B, H, Lq,
+    Dv] in the request's layout."""
+
+    logits: Any
+    probs: Any
+    context: Any
+    timing: Timing
+    request_id: str = ""
+
+
+def _outputs(outputs: Union[str, Iterable[str]]) -> list:
+    names = [outputs] if isinstance(outputs, str) else list(outputs)
+    if not names:
+        raise ValueError("outputs: ask for at least one of 'logits', 'probs', 'context'")
+    unknown = [name for name in names if name not in OUTPUTS]
+    if unknown:
+        raise ValueError(f"outputs: unknown {unknown}; expected 'logits', 'probs', 'context'")
+    return [OUTPUTS[name] for name in dict.fromkeys(names)]
+
+
+def _layout(layout: str) -> int:
+    if not isinstance(layout, str) or layout.upper() not in LAYOUTS:
+        raise ValueError(f"layout: expected one of {sorted(LAYOUTS)}, got {layout!r}")
+    return LAYOUTS[layout.upper()]
+
+
+def _set_bias(message: pb.ScoreRequest, request: Request) -> None:
+    """alibi=None and no model: the paper's slopes; alibi=slopes: those; model=name: relative."""
+    if request.model is not None and request.alibi is not None:
+        raise ValueError("give either alibi= (ALiBi slopes) or model= (a relative-position "
+                         "parameter set), not both")
+    if request.model is not None:
+        if not isinstance(request.model, str) or not request.model:
+            raise ValueError(f"model: expected a parameter set's name, got {request.model!r}")
+        message.relative.model = request.model
+        return
+    message.alibi.SetInParent()
+    if request.alibi is not None:
+        slopes = np.asarray(_plain(request.alibi), dtype=np.float32).reshape(-1)
+        message.alibi.slopes.extend(slopes.tolist())
+
+
+def _plain(value: Any) -> Any:
+    """torch tensors as numpy (for slopes and key lengths)."""
+    if _tensors._is_torch_tensor(value):
+        return value.detach().to("cpu").numpy()
+    return value
+
+
+def _key_lengths(value: Any) -> list:
+    lengths = np.asarray(_plain(value)).reshape(-1)
+    if lengths.size and not np.issubdtype(lengths.dtype, np.integer):
+        raise TypeError(f"key_lengths: expected integers, got dtype {lengths.dtype}")
+    return [int(length) for length in lengths]
+
+
+def build_request(request: Request, request_id: str = "") -> pb.ScoreRequest:
+    """The ScoreRequest message; ValueError/TypeError for arguments the client can judge, and
+    ImportError when the outputs could not be decoded (bfloat16 without ml_dtypes or torch)."""
+    message = pb.ScoreRequest(request_id=request_id, layout=_layout(request.layout),
+                              causal=bool(request.causal), outputs=_outputs(request.outputs))
+    _set_bias(message, request)
+    message.query.CopyFrom(_tensors.to_wire(request.query, "query"))
+    message.key.CopyFrom(_tensors.to_wire(request.key, "key"))
+    if request.value is not None:
+        message.value.CopyFrom(_tensors.to_wire(request.value, "value"))
+    if request.scale is not None:
+        message.scale = float(request.scale)
+    if request.key_lengths is not None:
+        message.key_lengths.extend(_key_lengths(request.key_lengths))
+    if request.output_dtype is not None:
+        message.output_dtype = _tensors.dtype_number(request.output_dtype)
+    _tensors.check_decodable(message.output_dtype or message.query.dtype, request.as_torch)
+    return message
+
+
+def as_request(item: Union[Request, Mapping[str, Any]]) -> Request:
+    """score_many's items: Request objects or mappings of Client.score's keyword arguments."""
+    if isinstance(item, Request):
+        return item
+    if isinstance(item, Mapping):
+        return Request(**item)
+    raise TypeError(f"score_many: expected attnscore.Request or a mapping, got {type(item)!r}")
+
+
+def decode_response(response: pb.ScoreResponse, as_torch: bool) -> ScoreResult:
+    """The ScoreResult of a response; AttnscoreError for a stream response carrying an error."""
+    if response.HasField("error"):
+        raise from_code_number(response.error.code, response.error.message)
+
+    def output(name: str) -> Any:
+        if not response.HasField(name):
+            return None
+        return _tensors.from_wire(getattr(response, name), as_torch)
+
+    timing = Timing(queue_us=response.timing.queue_us, compute_us=response.timing.compute_us,
+                    batch_size=response.timing.batch_size)
+    return ScoreResult(logits=output("logits"), probs=output("probs"),
+                       context=output("context"), timing=timing,
+                       request_id=response.request_id)
+
+
+class StreamCollector:
+    """Matches ScoreStream responses to the requests by request_id (the index as text)."""
+
+    def __init__(self, requests: Sequence[Request]) -> None:
+        self.messages = [build_request(r, request_id=str(i)) for i, r in enumerate(requests)]
+        self._as_torch = [r.as_torch for r in requests]
+        self._results: dict = {}
+
+    def add(self, response: pb.ScoreResponse) -> None:
+        try:
+            index = int(response.request_id)
+            as_torch = self._as_torch[index]
+        except (ValueError, IndexError):
+            raise AttnscoreError(grpc.StatusCode.INTERNAL,
+                                 f"response for unknown request_id {response.request_id!r}")
+        try:
+            self._results[index] = decode_response(response, as_torch)
+        except AttnscoreError as error:
+            self._results[index] = error
+
+    def results(self, return_exceptions: bool) -> list:
+        missing = len(self.messages) - len(self._results)
+        if missing:
+            raise AttnscoreError(grpc.StatusCode.INTERNAL,
+                                 f"ScoreStream ended without responses for {missing} of "
+                                 f"{len(self.messages)} requests")
+        ordered = [self._results[i] for i in range(len(self.messages))]
+        if not return_exceptions:
+            for item in ordered:
+                if isinstance(item, AttnscoreError):
+                    raise item
+        return ordered
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A relative-position parameter set the server has loaded (use its name as model=)."""
+
+    name: str
+    source: str
+    heads: int
+    head_dim: int
+    max_relative_positions: int
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_heads: int
+    max_head_dim: int
+    max_seq_len: int
+    max_output_bytes: int
+    max_message_bytes: int
+
+
+@dataclass(frozen=True)
+class BatchingOptions:
+    max_batch_size: int
+    max_queue_delay_us: int
+    max_queue: int
+    batch_workers: int
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    version: str
+    device: str
+    intra_op_threads: int
+    limits: Limits
+    batching: BatchingOptions
+
+
+def _fields(message: Any, cls: type) -> Any:
+    return cls(**{name: getattr(message, name) for name in cls.__dataclass_fields__})
+
+
+def decode_models(response: pb.ListModelsResponse) -> list:
+    return [_fields(model, ModelInfo) for model in response.models]
+
+
+def decode_info(info: pb.ServerInfo) -> ServerInfo:
+    return ServerInfo(version=info.version, device=info.device,
+                      intra_op_threads=info.intra_op_threads,
+                      limits=_fields(info.limits, Limits),
+                      batching=_fields(info.batching, BatchingOptions))

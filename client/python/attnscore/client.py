@@ -1,0 +1,120 @@
+"""attnscore.Client: the blocking client (one gRPC channel; thread-safe, as the channel is)."""
+from __future__ import annotations
+
+from typing import Any, Iterable, List, Mapping, Optional, Sequence, Union
+
+import grpc
+
+from attnscore import _channel
+from attnscore._channel import Pem
+from attnscore._errors import from_rpc_error
+from attnscore._proto import attnscore_pb2 as pb
+from attnscore._proto import attnscore_pb2_grpc as pb_grpc
+from attnscore._wire import (SERVICE_NAME, ModelInfo, Request, ScoreResult, ServerInfo,
+                             StreamCollector, as_request, build_request, decode_info,
+                             decode_models, decode_response)
+
+
+class Client:
+    """A connection to one attnscore server, or several (round robin).
+
+    target: "host:port", "dns:///name:port" (every address, re-resolved), "ipv4:a:p,b:q",
+    "unix:/path", or "host:p,host2:q". tls: TLS with the system roots or `ca`; `cert` and `key`
+    for mutual TLS (PEM bytes, PEM text or file paths); `server_name` when the target's name is
+    not the certificate's. token: sent as "authorization: Bearer <token>" (over plaintext only
+    with allow_insecure_token=True). timeout: seconds per call (for score_many: the whole
+    stream); None: no deadline. Calls failing with UNAVAILABLE are retried (5 attempts).
+    Errors: AttnscoreError (code, message); ValueError/TypeError for bad arguments.
+    """
+
+    def __init__(self, target: str, *, tls: bool = False, ca: Optional[Pem] = None,
+                 cert: Optional[Pem] = None, key: Optional[Pem] = None,
+                 server_name: Optional[str] = None, token: Optional[str] = None,
+                 timeout: Optional[float] = None, allow_insecure_token: bool = False) -> None:
+        self._config = _channel.channel_config(
+            target, tls=tls, ca=ca, cert=cert, key=key, server_name=server_name, token=token,
+            timeout=timeout, allow_insecure_token=allow_insecure_token)
+        if self._config.credentials is None:
+            self._channel = grpc.insecure_channel(self._config.target,
+                                                  options=self._config.options)
+        else:
+            self._channel = grpc.secure_channel(self._config.target, self._config.credentials,
+                                                options=self._config.options)
+        self._stub = pb_grpc.AttentionScorerStub(self._channel)
+        self._health_check = self._channel.unary_unary(
+            _channel.HEALTH_CHECK_METHOD,
+            request_serializer=_channel.encode_health_request,
+            response_deserializer=_channel.decode_health_response)
+
+    def score(self, query: Any, key: Any, value: Any = None, *,
+              alibi: Optional[Sequence[float]] = None, model: Optional[str] = None,
+              causal: bool = False, scale: Optional[float] = None,
+              key_lengths: Optional[Sequence[int]] = None,
+              outputs: Union[str, Sequence[str]] = ("logits",), layout: str = "BHSD",
+              output_dtype: Any = None, as_torch: bool = False) -> ScoreResult:
+        """Scores one request. alibi=None without model: ALiBi with the paper's slopes;
+        alibi=[m_1..m_H]: those slopes; model="name": the server's relative-position parameter
+        set (see models()). outputs: any of "logits", "probs", "context" (context needs value)."""
+        request = Request(query, key, value, alibi=alibi, model=model, causal=causal,
+                          scale=scale, key_lengths=key_lengths, outputs=outputs, layout=layout,
+                          output_dtype=output_dtype, as_torch=as_torch)
+        message = build_request(request)
+        try:
+            response = self._stub.Score(message, **_channel.call_kwargs(self._config))
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+        return decode_response(response, as_torch)
+
+    def score_many(self, requests: Iterable[Union[Request, Mapping[str, Any]]], *,
+                   return_exceptions: bool = False) -> List[Any]:
+        """Scores many requests over one ScoreStream (all written without waiting for answers).
+        Returns the results in the order of `requests`. A request the server refuses raises its
+        AttnscoreError after the stream ends, or with return_exceptions=True takes that place in
+        the list."""
+        collector = StreamCollector([as_request(item) for item in requests])
+        if not collector.messages:
+            return []
+        try:
+            for response in self._stub.ScoreStream(iter(collector.messages),
+                                                   **_channel.call_kwargs(self._config)):
+                collector.add(response)
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+        return collector.results(return_exceptions)
+
+    def health(self, service: str = SERVICE_NAME) -> str:
+        """grpc.health.v1 Check: "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN" or "UNKNOWN".
+        The default service is readiness; "" is liveness."""
+        try:
+            return self._health_check(service, **_channel.call_kwargs(self._config))
+        except grpc.RpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                return "SERVICE_UNKNOWN"
+            raise from_rpc_error(error) from None
+
+    def models(self) -> List[ModelInfo]:
+        """The relative-position parameter sets the server has loaded, sorted by name."""
+        try:
+            response = self._stub.ListModels(pb.ListModelsRequest(),
+                                             **_channel.call_kwargs(self._config))
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+        return decode_models(response)
+
+    def info(self) -> ServerInfo:
+        """The server's version, device, limits and batching options."""
+        try:
+            response = self._stub.GetServerInfo(pb.GetServerInfoRequest(),
+                                                **_channel.call_kwargs(self._config))
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+        return decode_info(response)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

@@ -1,0 +1,350 @@
+"""The attnscore Python package against a real attnscore-server: every golden case through
+score and score_many (blocking and asyncio), layouts, dtypes, torch, errors, info, the README's
+example. Run by ctest in both environments (ATTNSCORE_PY_ENV=debian: Debian's grpcio 1.51,
+protobuf 4.21 (protoc 3.21), numpy 1.24, torch 1.13; pypi: current grpcio, protobuf, numpy and
+ml_dtypes)."""
+from __future__ import annotations
+
+import asyncio
+import importlib
+import os
+import re
+import tempfile
+import unittest
+from pathlib import Path
+from typing import Any, Dict
+
+import grpc
+import numpy as np
+
+import attnscore
+import attnscore.aio
+from attnscore_testing import (GoldenCase, Server, compare, golden_cases, wait_ready,
+                               write_golden_models)
+
+ENV = os.environ.get("ATTNSCORE_PY_ENV", "")
+README = Path(__file__).resolve().parents[2] / "client" / "python" / "README.md"
+CASES: list = []
+SERVER: Any = None
+MODELS: Any = None
+
+
+def setUpModule() -> None:
+    global SERVER, MODELS
+    CASES.extend(golden_cases())
+    MODELS = tempfile.TemporaryDirectory(prefix="attnscore-py-models-")
+    write_golden_models(CASES, Path(MODELS.name))
+    SERVER = Server(model_dir=Path(MODELS.name))
+    with attnscore.Client(SERVER.target, timeout=30) as client:
+        wait_ready(client)
+
+
+def tearDownModule() -> None:
+    if SERVER is not None:
+        SERVER.stop()
+    if MODELS is not None:
+        MODELS.cleanup()
+
+
+def golden_diff(case: GoldenCase, result: attnscore.ScoreResult) -> str:
+    out = []
+    for name in case.score_kwargs()["outputs"]:
+        actual = getattr(result, name)
+        if actual is None:
+            out.append(f"{case.name}: no {name}")
+            continue
+        diff = compare(actual, case.tensors[f"expected_{name}"])
+        if diff:
+            out.append(f"{case.name}: {name}: {diff}")
+    for name in ("logits", "probs", "context"):
+        if name not in case.score_kwargs()["outputs"] and getattr(result, name) is not None:
+            out.append(f"{case.name}: {name} not asked for but returned")
+    return "; ".join(out)
+
+
+class EnvironmentTest(unittest.TestCase):
+    def test_expected_environment(self) -> None:
+        """The ctest registration runs each suite in the environment it names."""
+        import google.protobuf
+        major = int(google.protobuf.__version__.split(".")[0])
+        if ENV == "debian":
+            self.assertEqual(grpc.__version__.split(".")[:2], ["1", "51"])
+            self.assertEqual(major, 4)
+            importlib.import_module("torch")  # the torch tests run here
+        elif ENV == "pypi":
+            self.assertGreaterEqual(major, 5)
+            importlib.import_module("ml_dtypes")  # the ml_dtypes tests run here
+        else:
+            self.fail(f"ATTNSCORE_PY_ENV must be debian or pypi, got {ENV!r}")
+        self.assertTrue(attnscore.__file__.startswith(str(README.parent)),
+                        f"testing {attnscore.__file__}, not the checkout's package")
+
+
+class GoldenTest(unittest.TestCase):
+    def setUp(self) -> None:
+        self.client = attnscore.Client(SERVER.target, timeout=60)
+
+    def tearDown(self) -> None:
+        self.client.close()
+
+    def test_every_golden_case_through_score(self) -> None:
+        self.assertGreaterEqual(len(CASES), 18)
+        for case in CASES:
+            with self.subTest(case=case.name):
+                result = self.client.score(**case.score_kwargs())
+                self.assertEqual(golden_diff(case, result), "")
+                self.assertGreaterEqual(result.timing.batch_size, case.options["batch"])
+
+    def test_every_golden_case_through_score_many(self) -> None:
+        requests = [case.score_kwargs() for case in CASES] * 2
+        results = self.client.score_many(requests)
+        self.assertEqual(len(results), len(requests))
+        for i, result in enumerate(results):
+            self.assertEqual(result.request_id, str(i))
+            self.assertEqual(golden_diff(CASES[i % len(CASES)], result), "")
+
+    def test_outputs_are_read_only_views_of_the_response(self) -> None:
+        case = CASES[0]
+        result = self.client.score(**case.score_kwargs())
+        for name in ("logits", "probs", "context"):
+            array = getattr(result, name)
+            self.assertIsInstance(array, np.ndarray)
+            self.assertFalse(array.flags.writeable)
+            base = array
+            while isinstance(base, np.ndarray):
+                base = base.base
+            self.assertIsInstance(base, bytes, f"{name} is not a view of the response bytes")
+            with self.assertRaises(ValueError):
+                array[0, 0, 0, 0] = 1.0
+
+    def test_only_the_outputs_asked_for(self) -> None:
+        kwargs = CASES[0].score_kwargs()
+        kwargs["outputs"] = "probs"
+        result = self.client.score(**kwargs)
+        self.assertIsNone(result.logits)
+        self.assertIsNone(result.context)
+        self.assertEqual(compare(result.probs, CASES[0].tensors["expected_probs"]), "")
+
+    def test_layouts(self) -> None:
+        case = next(c for c in CASES if c.name == "alibi_cross_bidirectional")
+        kwargs = case.score_kwargs()
+        permutations = {"BSHD": (0, 2, 1, 3), "SBHD": (2, 0, 1, 3)}
+        for layout, axes in permutations.items():
+            with self.subTest(layout=layout):
+                moved = dict(kwargs, layout=layout,
+                             **{n: np.ascontiguousarray(kwargs[n].transpose(axes))
+                                for n in ("query", "key", "value")})
+                result = self.client.score(**moved)
+                self.assertEqual(compare(result.logits, case.tensors["expected_logits"]), "")
+                expected = case.tensors["expected_context"].transpose(axes)
+                self.assertEqual(compare(result.context, expected), "")
+
+    def test_alibi_slopes_given_explicitly(self) -> None:
+        case = next(c for c in CASES if c.name == "alibi_causal_h8")
+        kwargs = case.score_kwargs()
+        result = self.client.score(**kwargs, alibi=case.tensors["expected_slopes"].tolist())
+        self.assertEqual(golden_diff(case, result), "")
+        doubled = self.client.score(**kwargs, alibi=(2 * case.tensors["expected_slopes"]))
+        self.assertNotEqual(compare(doubled.logits, case.tensors["expected_logits"]), "")
+
+    def test_float16_inputs_and_output_dtype(self) -> None:
+        case = next(c for c in CASES if c.name == "alibi_key_lengths")
+        kwargs = case.score_kwargs()
+        half = dict(kwargs, **{n: kwargs[n].astype(np.float16) for n in ("query", "key", "value")})
+        result = self.client.score(**half)
+        self.assertEqual(result.logits.dtype, np.float16)
+        self.assertEqual(golden_diff_loose(case, result), "")
+        as_float = self.client.score(**half, output_dtype="float32")
+        self.assertEqual(as_float.probs.dtype, np.float32)
+        self.assertEqual(golden_diff_loose(case, as_float), "")
+
+    def test_info_models_health(self) -> None:
+        info = self.client.info()
+        self.assertRegex(info.version, r"^\d+\.\d+\.\d+")
+        self.assertEqual(info.device, "cpu")
+        self.assertGreater(info.limits.max_seq_len, 0)
+        self.assertGreater(info.batching.max_batch_size, 0)
+        models = self.client.models()
+        self.assertEqual([m.name for m in models], sorted(c.name for c in CASES if c.relative))
+        by_name = {m.name: m for m in models}
+        for case in (c for c in CASES if c.relative):
+            model = by_name[case.name]
+            self.assertEqual((model.heads, model.head_dim, model.max_relative_positions),
+                             (case.options["heads"], case.options["head_dim"],
+                              case.options["max_relative_positions"]))
+        self.assertEqual(self.client.health(), "SERVING")
+        self.assertEqual(self.client.health(""), "SERVING")
+        self.assertEqual(self.client.health("no.such.Service"), "SERVICE_UNKNOWN")
+
+
+def golden_diff_loose(case: GoldenCase, result: attnscore.ScoreResult) -> str:
+    """Half-precision inputs/outputs against the float32 golden: -inf positions exact, values
+    within 2e-2 + 2e-2|expected| (bfloat16 keeps 8 bits of mantissa)."""
+    out = []
+    for name in case.score_kwargs()["outputs"]:
+        diff = compare(np.asarray(getattr(result, name), dtype=np.float32),
+                       case.tensors[f"expected_{name}"], atol=2e-2, rtol=2e-2)
+        if diff:
+            out.append(f"{name}: {diff}")
+    return "; ".join(out)
+
+
+class ErrorTest(unittest.TestCase):
+    def setUp(self) -> None:
+        self.client = attnscore.Client(SERVER.target, timeout=30)
+        self.q = np.zeros((1, 2, 3, 4), dtype=np.float32)
+
+    def tearDown(self) -> None:
+        self.client.close()
+
+    def test_bad_shape_is_invalid_argument_with_the_servers_message(self) -> None:
+        with self.assertRaises(attnscore.AttnscoreError) as raised:
+            self.client.score(self.q[0], self.q)
+        self.assertEqual(raised.exception.code, grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertIn("query.shape", raised.exception.message)
+        self.assertIn("[2,3,4]", raised.exception.message)
+        self.assertIsInstance(raised.exception, Exception)
+
+    def test_unknown_model_is_not_found(self) -> None:
+        with self.assertRaises(attnscore.AttnscoreError) as raised:
+            self.client.score(self.q, self.q, model="no_such_model")
+        self.assertEqual(raised.exception.code, grpc.StatusCode.NOT_FOUND)
+        self.assertIn("no_such_model", raised.exception.message)
+
+    def test_alibi_and_model_together_is_a_value_error(self) -> None:
+        with self.assertRaisesRegex(ValueError, "not both"):
+            self.client.score(self.q, self.q, alibi=[1.0, 0.5], model="relative_causal")
+
+    def test_client_side_argument_errors(self) -> None:
+        with self.assertRaisesRegex(TypeError, "float64"):
+            self.client.score(self.q.astype(np.float64), self.q)
+        with self.assertRaisesRegex(ValueError, "layout"):
+            self.client.score(self.q, self.q, layout="BHDS")
+        with self.assertRaisesRegex(ValueError, "outputs"):
+            self.client.score(self.q, self.q, outputs=("logit",))
+        with self.assertRaisesRegex(ValueError, "token over plaintext"):
+            attnscore.Client(SERVER.target, token="secret")
+        with self.assertRaisesRegex(ValueError, "tls=True"):
+            attnscore.Client(SERVER.target, ca=b"-----BEGIN CERTIFICATE-----")
+
+    def test_score_many_reports_the_failed_request(self) -> None:
+        requests = [{"query": self.q, "key": self.q}, {"query": self.q[0], "key": self.q},
+                    attnscore.Request(self.q, self.q, outputs=("probs",))]
+        with self.assertRaises(attnscore.AttnscoreError) as raised:
+            self.client.score_many(requests)
+        self.assertEqual(raised.exception.code, grpc.StatusCode.INVALID_ARGUMENT)
+        results = self.client.score_many(requests, return_exceptions=True)
+        self.assertEqual(results[0].logits.shape, (1, 2, 3, 3))
+        self.assertIsInstance(results[1], attnscore.AttnscoreError)
+        self.assertIn("query.shape", results[1].message)
+        self.assertEqual(results[2].probs.shape, (1, 2, 3, 3))
+        self.assertEqual(self.client.score_many([]), [])
+
+    def test_unreachable_server_is_unavailable(self) -> None:
+        with attnscore.Client("127.0.0.1:1", timeout=10) as dead:
+            with self.assertRaises(attnscore.AttnscoreError) as raised:
+                dead.score(self.q, self.q)
+        self.assertEqual(raised.exception.code, grpc.StatusCode.UNAVAILABLE)
+
+
+class AsyncioTest(unittest.TestCase):
+    def test_asyncio_client(self) -> None:
+        asyncio.run(self._run())
+
+    async def _run(self) -> None:
+        async with attnscore.aio.Client(SERVER.target, timeout=60) as client:
+            self.assertEqual(await client.health(), "SERVING")
+            self.assertEqual(len(await client.models()), sum(c.relative for c in CASES))
+            self.assertEqual((await client.info()).device, "cpu")
+            results = await asyncio.gather(*(client.score(**c.score_kwargs()) for c in CASES))
+            for case, result in zip(CASES, results):
+                self.assertEqual(golden_diff(case, result), "")
+            many = await client.score_many([c.score_kwargs() for c in CASES])
+            for case, result in zip(CASES, many):
+                self.assertEqual(golden_diff(case, result), "")
+            q = np.zeros((1, 2, 3, 4), dtype=np.float32)
+            with self.assertRaises(attnscore.AttnscoreError) as raised:
+                await client.score(q[0], q)
+            self.assertEqual(raised.exception.code, grpc.StatusCode.INVALID_ARGUMENT)
+            with self.assertRaises(ValueError):
+                await client.score(q, q, alibi=[1.0, 1.0], model="relative_causal")
+            failed = await client.score_many([{"query": q[0], "key": q}], return_exceptions=True)
+            self.assertIsInstance(failed[0], attnscore.AttnscoreError)
+
+
+@unittest.skipUnless(ENV == "debian", "torch is in the Debian environment (.venv)")
+class TorchTest(unittest.TestCase):
+    def setUp(self) -> None:
+        self.client = attnscore.Client(SERVER.target, timeout=60)
+
+    def tearDown(self) -> None:
+        self.client.close()
+
+    def test_torch_in_torch_out(self) -> None:
+        import torch
+        case = next(c for c in CASES if c.name == "relative_key_lengths")
+        kwargs = case.score_kwargs()
+        tensors = {n: torch.from_numpy(kwargs[n].copy()).requires_grad_()
+                   for n in ("query", "key", "value")}
+        tensors["key_lengths"] = torch.tensor(kwargs["key_lengths"])
+        result = self.client.score(**dict(kwargs, **tensors), as_torch=True)
+        for name in ("logits", "probs", "context"):
+            tensor = getattr(result, name)
+            self.assertIsInstance(tensor, torch.Tensor)
+            self.assertEqual(tensor.dtype, torch.float32)
+            self.assertEqual(compare(tensor.numpy(), case.tensors[f"expected_{name}"]), "")
+
+    def test_bfloat16_torch_tensors(self) -> None:
+        import torch
+        case = next(c for c in CASES if c.name == "alibi_bidirectional")
+        kwargs = case.score_kwargs()
+        bf16 = {n: torch.from_numpy(kwargs[n].copy()).to(torch.bfloat16)
+                for n in ("query", "key", "value")}
+        result = self.client.score(**dict(kwargs, **bf16), as_torch=True)
+        self.assertEqual(result.logits.dtype, torch.bfloat16)
+        as_numpy = attnscore.ScoreResult(*(getattr(result, n).float().numpy()
+                                           for n in ("logits", "probs", "context")),
+                                         timing=result.timing)
+        self.assertEqual(golden_diff_loose(case, as_numpy), "")
+        # Without ml_dtypes (not in this environment) bfloat16 numpy outputs cannot exist: a
+        # clear ImportError before the call; float32 outputs work.
+        with self.assertRaisesRegex(ImportError, "ml_dtypes"):
+            self.client.score(**dict(kwargs, **bf16))
+        as_float = self.client.score(**dict(kwargs, **bf16), output_dtype=torch.float32)
+        self.assertEqual(as_float.logits.dtype, np.float32)
+        self.assertEqual(golden_diff_loose(case, as_float), "")
+
+
+@unittest.skipUnless(ENV == "pypi", "ml_dtypes is in the PyPI environment (.venv-pypi)")
+class MlDtypesTest(unittest.TestCase):
+    def test_bfloat16_numpy_arrays(self) -> None:
+        import ml_dtypes
+        case = next(c for c in CASES if c.name == "relative_causal")
+        kwargs = case.score_kwargs()
+        bf16 = {n: kwargs[n].astype(ml_dtypes.bfloat16) for n in ("query", "key", "value")}
+        with attnscore.Client(SERVER.target, timeout=60) as client:
+            result = client.score(**dict(kwargs, **bf16))
+            self.assertEqual(result.logits.dtype, np.dtype(ml_dtypes.bfloat16))
+            self.assertFalse(result.probs.flags.writeable)
+            self.assertEqual(golden_diff_loose(case, result), "")
+            f32 = dict(kwargs, output_dtype="bfloat16")
+            self.assertEqual(client.score(**f32).context.dtype, np.dtype(ml_dtypes.bfloat16))
+            with self.assertRaisesRegex(ImportError, "torch"):
+                client.score(**kwargs, as_torch=True)
+
+
+class ReadmeTest(unittest.TestCase):
+    def test_readme_examples_run(self) -> None:
+        """Every ```python block of client/python/README.md, in order, against the server."""
+        blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+        self.assertGreaterEqual(len(blocks), 2)
+        namespace: Dict[str, Any] = {"__name__": "readme_example"}
+        for block in blocks:
+            self.assertIn("127.0.0.1:50051", block)
+            code = block.replace("127.0.0.1:50051", SERVER.target)
+            exec(compile(code, str(README), "exec"), namespace)  # noqa: S102
+        self.assertEqual(len(namespace["results"]), 16)
+
+
+if __name__ == "__main__":
+    unittest.main()
