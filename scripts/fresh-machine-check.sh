@@ -194,6 +194,15 @@ phase_base() {
     [ -z "$security_mirror" ] || echo "deb $security_mirror bookworm-security main"
   } >"$chroot_dir/etc/apt/sources.list"
   cp -L /etc/resolv.conf "$chroot_dir/etc/resolv.conf"
+  # The host's local certificate authorities (e.g. an egress proxy's, which PyPI traffic may pass
+  # through): in place before ca-certificates is installed, whose postinst then trusts them, as it
+  # would on the host. A machine with none copies nothing.
+  local ca
+  for ca in /usr/local/share/ca-certificates/*.crt; do
+    [ -f "$ca" ] || continue
+    mkdir -p "$chroot_dir/usr/local/share/ca-certificates"
+    cp "$ca" "$chroot_dir/usr/local/share/ca-certificates/"
+  done
   printf '#!/bin/sh\nexit 101\n' >"$chroot_dir/usr/sbin/policy-rc.d"
   chmod 0755 "$chroot_dir/usr/sbin/policy-rc.d"
   mount -t proc proc "$chroot_dir/proc"
