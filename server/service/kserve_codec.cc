@@ -1,42 +1,15 @@
 #include "server/service/kserve_codec.h"
 
-#include <google/protobuf/io/coded_stream.h>
-#include <google/protobuf/wire_format_lite.h>
-#include <grpcpp/support/proto_buffer_reader.h>
 #include <grpcpp/support/slice.h>
 
 #include <memory>
 #include <utility>
 
-#include "absl/strings/str_cat.h"
+#include "proto/attnscore/v1/slice_assembler.h"
+#include "server/service/response_encoder.h"
 
 namespace attnscore::service::kserve {
 namespace {
-
-using google::protobuf::internal::WireFormatLite;
-using google::protobuf::io::CodedOutputStream;
-
-void AppendVarint(std::string& out, uint64_t value) {
-  uint8_t buf[10];
-  uint8_t* end = CodedOutputStream::WriteVarint64ToArray(value, buf);
-  out.append(reinterpret_cast<const char*>(buf),
-             static_cast<size_t>(end - buf));
-}
-
-void ReleaseKeepalive(void* user_data) {
-  delete static_cast<std::shared_ptr<const void>*>(user_data);
-}
-
-// The tensor's bytes as a slice over its memory, kept alive by the slice; a
-// copy when nothing guarantees that the memory outlives the send.
-grpc::Slice DataSlice(const scoring::OutputTensor& tensor) {
-  if (tensor.keepalive == nullptr) {
-    return grpc::Slice(tensor.data, tensor.size_bytes);
-  }
-  return grpc::Slice(const_cast<void*>(tensor.data), tensor.size_bytes,
-                     &ReleaseKeepalive,
-                     new std::shared_ptr<const void>(tensor.keepalive));
-}
 
 const scoring::OutputTensor& Tensor(const scoring::ScoreResult& result,
                                     Output output) {
@@ -79,35 +52,23 @@ grpc::ByteBuffer EncodeInferResponse(absl::string_view model_name,
     meta->set_datatype(DatatypeName(tensor.dtype));
     meta->mutable_shape()->Add(tensor.shape.begin(), tensor.shape.end());
   }
-  std::vector<grpc::Slice> slices;
-  std::string pending = head.SerializeAsString();
-  constexpr int kRawField =
-      inference::ModelInferResponse::kRawOutputContentsFieldNumber;
+  v1::SliceAssembler out;
+  head.AppendToString(&out.pending());
   for (Output output : outputs) {
-    const scoring::OutputTensor& tensor = Tensor(result, output);
-    AppendVarint(pending,
-                 WireFormatLite::MakeTag(
-                     kRawField, WireFormatLite::WIRETYPE_LENGTH_DELIMITED));
-    AppendVarint(pending, tensor.size_bytes);
-    if (tensor.size_bytes == 0) continue;
-    slices.emplace_back(pending);
-    pending.clear();
-    slices.push_back(DataSlice(tensor));
+    out.AppendBytesField(
+        inference::ModelInferResponse::kRawOutputContentsFieldNumber,
+        SliceOver(Tensor(result, output)));
   }
-  if (!pending.empty()) slices.emplace_back(pending);
-  return grpc::ByteBuffer(slices.data(), slices.size());
+  return out.Finish();
 }
 
 absl::StatusOr<ValidatedRequest> KServeInferCodec::Parse(
     const grpc::ByteBuffer& request, const RequestLimits& limits,
     const scoring::ModelSet& models) {
-  // A ByteBuffer copy only takes references to the slices.
-  grpc::ByteBuffer slices(request);
-  grpc::ProtoBufferReader reader(&slices);
-  if (!reader.status().ok() || !request_.ParseFromZeroCopyStream(&reader)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "request: expected a serialized inference.ModelInferRequest, got ",
-        request.Length(), " bytes that do not parse as one"));
+  if (absl::Status parsed =
+          ParseByteBuffer(request, "inference.ModelInferRequest", request_);
+      !parsed.ok()) {
+    return parsed;
   }
   absl::StatusOr<MappedInfer> mapped =
       MapInferRequest(request_, limits, models);

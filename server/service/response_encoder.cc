@@ -1,5 +1,6 @@
 #include "server/service/response_encoder.h"
 
+#include <grpcpp/support/proto_buffer_reader.h>
 #include <grpcpp/support/slice.h>
 
 #include <cstdint>
@@ -8,6 +9,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "proto/attnscore/v1/slice_assembler.h"
 #include "server/service/status_conversion.h"
 
@@ -23,24 +25,11 @@ void ReleaseKeepalive(void* user_data) {
   delete static_cast<std::shared_ptr<const void>*>(user_data);
 }
 
-// The tensor's bytes as a slice over its memory, which the slice keeps alive
-// (through the keepalive) while gRPC holds it; a copy when nobody guarantees
-// that the memory outlives the send.
-grpc::Slice DataSlice(const scoring::OutputTensor& tensor) {
-  if (tensor.size_bytes == 0) return grpc::Slice();
-  if (tensor.keepalive == nullptr) {
-    return grpc::Slice(tensor.data, tensor.size_bytes);
-  }
-  return grpc::Slice(const_cast<void*>(tensor.data), tensor.size_bytes,
-                     &ReleaseKeepalive,
-                     new std::shared_ptr<const void>(tensor.keepalive));
-}
-
 // Field `field` of ScoreResponse holding `tensor`, its data as an external
 // slice.
 void AppendTensorField(v1::SliceAssembler& out, int field,
                        const scoring::OutputTensor& tensor) {
-  out.AppendTensorField(field, tensor.dtype, tensor.shape, DataSlice(tensor));
+  out.AppendTensorField(field, tensor.dtype, tensor.shape, SliceOver(tensor));
 }
 
 }  // namespace
@@ -78,6 +67,30 @@ grpc::ByteBuffer EncodeErrorResponse(std::string_view request_id,
   response.mutable_error()->set_code(grpc_status.error_code());
   response.mutable_error()->set_message(grpc_status.error_message());
   return SerializeToByteBuffer(response);
+}
+
+grpc::Slice SliceOver(const scoring::OutputTensor& tensor) {
+  if (tensor.size_bytes == 0) return grpc::Slice();
+  if (tensor.keepalive == nullptr) {
+    return grpc::Slice(tensor.data, tensor.size_bytes);
+  }
+  return grpc::Slice(const_cast<void*>(tensor.data), tensor.size_bytes,
+                     &ReleaseKeepalive,
+                     new std::shared_ptr<const void>(tensor.keepalive));
+}
+
+absl::Status ParseByteBuffer(const grpc::ByteBuffer& buffer,
+                             absl::string_view type_name,
+                             google::protobuf::MessageLite& message) {
+  // A ByteBuffer copy only takes references to the slices.
+  grpc::ByteBuffer slices(buffer);
+  grpc::ProtoBufferReader reader(&slices);
+  if (!reader.status().ok() || !message.ParseFromZeroCopyStream(&reader)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("request: expected a serialized ", type_name, ", got ",
+                     buffer.Length(), " bytes that do not parse as one"));
+  }
+  return absl::OkStatus();
 }
 
 grpc::ByteBuffer SerializeToByteBuffer(

@@ -20,6 +20,7 @@
 #include <string_view>
 
 #include "absl/status/status.h"
+#include "absl/strings/string_view.h"
 #include "attnscore/v1/attnscore.pb.h"
 #include "server/scoring/scorer.h"
 
@@ -35,6 +36,17 @@ grpc::ByteBuffer EncodeScoreResponse(std::string_view request_id,
 // failed request. REQUIRES: !status.ok().
 grpc::ByteBuffer EncodeErrorResponse(std::string_view request_id,
                                      const absl::Status& status);
+
+// A tensor's bytes as a slice over the scorer's output, holding its
+// `keepalive` until gRPC has sent them; a copy when it has none (nothing else
+// guarantees the memory outlives the send). Empty for an empty tensor.
+grpc::Slice SliceOver(const scoring::OutputTensor& tensor);
+
+// Parses a request message from the slices of `buffer` (no flattening copy).
+// INVALID_ARGUMENT naming `type_name` when the bytes are not such a message.
+absl::Status ParseByteBuffer(const grpc::ByteBuffer& buffer,
+                             absl::string_view type_name,
+                             google::protobuf::MessageLite& message);
 
 // Serializes any message into a single-slice ByteBuffer (small messages only:
 // copies).

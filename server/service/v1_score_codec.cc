@@ -1,8 +1,5 @@
 #include "server/service/v1_score_codec.h"
 
-#include <grpcpp/support/proto_buffer_reader.h>
-
-#include "absl/strings/str_cat.h"
 #include "server/service/response_encoder.h"
 
 namespace attnscore::service {
@@ -10,13 +7,10 @@ namespace attnscore::service {
 absl::StatusOr<ValidatedRequest> V1ScoreCodec::Parse(
     const grpc::ByteBuffer& request, const RequestLimits& limits,
     const scoring::ModelSet& models) {
-  // A ByteBuffer copy only takes references to the slices.
-  grpc::ByteBuffer slices(request);
-  grpc::ProtoBufferReader reader(&slices);
-  if (!reader.status().ok() || !request_.ParseFromZeroCopyStream(&reader)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "request: expected a serialized attnscore.v1.ScoreRequest, got ",
-        request.Length(), " bytes that do not parse as one"));
+  if (absl::Status parsed =
+          ParseByteBuffer(request, "attnscore.v1.ScoreRequest", request_);
+      !parsed.ok()) {
+    return parsed;
   }
   return ValidateRequest(request_, limits, models);
 }

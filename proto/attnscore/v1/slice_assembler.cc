@@ -51,6 +51,13 @@ void SliceAssembler::AppendTensorField(int field, attnscore::DType dtype,
   slices_.push_back(std::move(data));
 }
 
+void SliceAssembler::AppendBytesField(int field, grpc::Slice data) {
+  AppendLengthDelimitedHeader(pending_, field, data.size());
+  if (data.size() == 0) return;
+  FlushPending();
+  slices_.push_back(std::move(data));
+}
+
 grpc::ByteBuffer SliceAssembler::Finish() {
   FlushPending();
   grpc::ByteBuffer buffer(slices_.data(), slices_.size());

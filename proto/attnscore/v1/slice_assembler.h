@@ -52,6 +52,12 @@ class SliceAssembler {
   void AppendTensorField(int field, attnscore::DType dtype,
                          absl::Span<const int64_t> shape, grpc::Slice data);
 
+  // One element of a repeated `bytes` field number `field` (e.g. KServe's
+  // raw_output_contents): its tag and length go to pending(), `data` becomes
+  // the next slice. Written even when empty, since a repeated field's elements
+  // are positional.
+  void AppendBytesField(int field, grpc::Slice data);
+
   // The whole message. The assembler is empty afterwards.
   grpc::ByteBuffer Finish();
 
