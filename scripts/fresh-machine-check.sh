@@ -194,6 +194,9 @@ phase_base() {
     [ -z "$security_mirror" ] || echo "deb $security_mirror bookworm-security main"
   } >"$chroot_dir/etc/apt/sources.list"
   cp -L /etc/resolv.conf "$chroot_dir/etc/resolv.conf"
+  # debootstrap writes no /etc/hosts; every installed Debian has one that names localhost.
+  printf '127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n' \
+    >"$chroot_dir/etc/hosts"
   # The host's local certificate authorities (e.g. an egress proxy's, which PyPI traffic may pass
   # through): in place before ca-certificates is installed, whose postinst then trusts them, as it
   # would on the host. A machine with none copies nothing.
