@@ -3,6 +3,9 @@
 #include <cctype>
 #include <string>
 
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+
 namespace attnscore {
 
 const char* LayoutName(Layout layout) {
@@ -59,6 +62,10 @@ int64_t BatchAxis(Layout layout) {
       return 1;
   }
   return 0;
+}
+
+std::string ShapeString(absl::Span<const int64_t> shape) {
+  return absl::StrCat("[", absl::StrJoin(shape, ","), "]");
 }
 
 }  // namespace attnscore

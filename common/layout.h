@@ -10,8 +10,11 @@
 
 #include <cstdint>
 #include <optional>
+#include <string>
 #include <string_view>
 #include <vector>
+
+#include "absl/types/span.h"
 
 namespace attnscore {
 
@@ -38,6 +41,9 @@ Dims DimsOf(const std::vector<int64_t>& shape, Layout layout);
 
 // The axis that holds the batch: 1 for SBHD, else 0.
 int64_t BatchAxis(Layout layout);
+
+// "[2,8,16,64]", for error messages.
+std::string ShapeString(absl::Span<const int64_t> shape);
 
 }  // namespace attnscore
 

@@ -6,8 +6,8 @@
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
 #include "common/dtype.h"
+#include "common/layout.h"
 #include "nlohmann/json.hpp"
 
 namespace attnscore {
@@ -16,10 +16,6 @@ namespace {
 // A header larger than this is not a real safetensors file (the format's own
 // limit is 100 MB).
 constexpr uint64_t kMaxHeaderBytes = 100u << 20;
-
-std::string ShapeString(const std::vector<int64_t>& shape) {
-  return absl::StrCat("[", absl::StrJoin(shape, ","), "]");
-}
 
 }  // namespace
 

@@ -9,7 +9,6 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
 #include "absl/types/span.h"
 #include "common/dtype.h"
 #include "common/layout.h"
@@ -21,10 +20,6 @@ namespace {
 // More elements than any request could carry: refused before the byte count
 // is multiplied out.
 constexpr uint64_t kMaxElements = uint64_t{1} << 40;
-
-std::string ShapeString(const std::vector<int64_t>& shape) {
-  return absl::StrCat("[", absl::StrJoin(shape, ","), "]");
-}
 
 // Rank 4, positive dims, and exactly as many bytes as shape and dtype say.
 absl::Status CheckTensor(const char* field, const TensorRef& t, Layout layout) {

@@ -6,7 +6,6 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
 #include "common/layout.h"
 #include "server/service/model_registry.h"
 
@@ -25,10 +24,6 @@ std::optional<Input> ParseInputName(absl::string_view name) {
     if (name == kInputNames[i]) return static_cast<Input>(i);
   }
   return std::nullopt;
-}
-
-std::string ShapeString(const google::protobuf::RepeatedField<int64_t>& s) {
-  return absl::StrCat("[", absl::StrJoin(s, ","), "]");
 }
 
 // An input's bytes, wherever the request carries them.

@@ -7,7 +7,7 @@ import json
 import os
 import socket
 from dataclasses import dataclass, field
-from typing import Optional, Sequence, Tuple, Union
+from typing import Any, Optional, Sequence, Tuple, Union
 
 import grpc
 
@@ -155,6 +155,14 @@ def channel_config(target: str, *, tls: bool, ca: Optional[Pem], cert: Optional[
     return ChannelConfig(target=resolve_target(target), options=channel_options(server_name),
                          credentials=credentials, metadata=bearer_metadata(token),
                          timeout=timeout)
+
+
+def open_channel(config: ChannelConfig, grpc_module: Any = grpc) -> Any:
+    """The channel `config` describes, from `grpc` (blocking) or `grpc.aio` (asyncio), whose
+    channel constructors take the same arguments."""
+    if config.credentials is None:
+        return grpc_module.insecure_channel(config.target, options=config.options)
+    return grpc_module.secure_channel(config.target, config.credentials, options=config.options)
 
 
 def bearer_metadata(token: Optional[str]) -> Metadata:

@@ -34,12 +34,7 @@ class Client:
         self._config = _channel.channel_config(
             target, tls=tls, ca=ca, cert=cert, key=key, server_name=server_name, token=token,
             timeout=timeout, allow_insecure_token=allow_insecure_token)
-        if self._config.credentials is None:
-            self._channel = grpc.insecure_channel(self._config.target,
-                                                  options=self._config.options)
-        else:
-            self._channel = grpc.secure_channel(self._config.target, self._config.credentials,
-                                                options=self._config.options)
+        self._channel = _channel.open_channel(self._config, grpc)
         self._stub = pb_grpc.AttentionScorerStub(self._channel)
         self._health_check = self._channel.unary_unary(
             _channel.HEALTH_CHECK_METHOD,
