@@ -23,6 +23,15 @@ absl::Status CheckPublishable(const std::string& dir,
       "\" of the Open Inference Protocol endpoint; rename the file"));
 }
 
+// The loader's set for `dir`, if the service can publish it.
+absl::StatusOr<std::shared_ptr<const scoring::ModelSet>> LoadPublishable(
+    const ModelRegistry::Loader& loader, const std::string& dir) {
+  absl::StatusOr<std::shared_ptr<const scoring::ModelSet>> loaded = loader(dir);
+  if (!loaded.ok()) return loaded.status();
+  if (absl::Status s = CheckPublishable(dir, **loaded); !s.ok()) return s;
+  return loaded;
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<ModelRegistry>> ModelRegistry::Create(
@@ -35,9 +44,8 @@ absl::StatusOr<std::unique_ptr<ModelRegistry>> ModelRegistry::Create(
     models = std::make_shared<const scoring::ModelSet>();
   } else {
     absl::StatusOr<std::shared_ptr<const scoring::ModelSet>> loaded =
-        loader(dir);
+        LoadPublishable(loader, dir);
     if (!loaded.ok()) return loaded.status();
-    if (absl::Status s = CheckPublishable(dir, **loaded); !s.ok()) return s;
     models = *std::move(loaded);
   }
   return std::unique_ptr<ModelRegistry>(
@@ -62,9 +70,8 @@ absl::Status ModelRegistry::Reload() {
   if (dir_.empty()) return absl::OkStatus();
   absl::MutexLock reload_lock(&reload_mutex_);
   absl::StatusOr<std::shared_ptr<const scoring::ModelSet>> loaded =
-      loader_(dir_);
+      LoadPublishable(loader_, dir_);
   if (!loaded.ok()) return loaded.status();
-  if (absl::Status s = CheckPublishable(dir_, **loaded); !s.ok()) return s;
   std::shared_ptr<const scoring::ModelSet> previous;
   {
     absl::MutexLock lock(&mutex_);
