@@ -185,13 +185,15 @@ class ScorerImpl final : public Scorer {
   explicit ScorerImpl(at::Device device)
       : device_(device), cache_(kStaticBiasCacheBytes) {}
 
+  using Scorer::ScoreBatch;
   absl::StatusOr<std::vector<ScoreResult>> ScoreBatch(
-      const ScoreSpec& spec, absl::Span<const ScoreItem> items) override {
+      const ScoreSpec& spec, absl::Span<const ScoreItem> items,
+      const StopFn& stop) override {
     if (items.empty()) return std::vector<ScoreResult>();
     // The compute boundary: LibTorch reports failures (including out of memory)
     // as exceptions.
     try {
-      return ScoreBatchOrThrow(spec, items);
+      return ScoreBatchOrThrow(spec, items, stop);
     } catch (const c10::Error& e) {
       return absl::InternalError(
           absl::StrCat("scoring failed: ", e.what_without_backtrace()));
@@ -204,7 +206,10 @@ class ScorerImpl final : public Scorer {
 
  private:
   absl::StatusOr<std::vector<ScoreResult>> ScoreBatchOrThrow(
-      const ScoreSpec& spec, absl::Span<const ScoreItem> items) {
+      const ScoreSpec& spec, absl::Span<const ScoreItem> items,
+      const StopFn& stop) {
+    // TODO(blocked path): check `stop` between tiles.
+    (void)stop;
     // On a GPU each batch worker thread computes on a stream of its own, so
     // concurrent batches overlap their copies and kernels; the CPU has none.
     std::optional<c10::StreamGuard> stream_guard;

@@ -14,6 +14,7 @@
 #ifndef ATTNSCORE_SERVER_SCORING_SCORER_H_
 #define ATTNSCORE_SERVER_SCORING_SCORER_H_
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -23,6 +24,11 @@
 
 namespace attnscore::scoring {
 
+// Cooperative cancellation: the scorer asks it between tiles, from its compute
+// threads (so it must be thread-safe and cheap); once it returns true the call
+// stops early and returns CANCELLED. An empty StopFn never stops.
+using StopFn = std::function<bool()>;
+
 class Scorer {
  public:
   virtual ~Scorer() = default;
@@ -31,9 +37,16 @@ class Scorer {
   // along the batch axis. REQUIRES: every item passed ValidateItem(spec, item).
   // Returns one result per item, in order; each result's tensors view the
   // shared batch output where they are contiguous in it, so splitting costs no
-  // copy.
+  // copy. `stop` is checked between tiles (see StopFn).
   virtual absl::StatusOr<std::vector<ScoreResult>> ScoreBatch(
-      const ScoreSpec& spec, absl::Span<const ScoreItem> items) = 0;
+      const ScoreSpec& spec, absl::Span<const ScoreItem> items,
+      const StopFn& stop) = 0;
+
+  // The same, never stopped early.
+  absl::StatusOr<std::vector<ScoreResult>> ScoreBatch(
+      const ScoreSpec& spec, absl::Span<const ScoreItem> items) {
+    return ScoreBatch(spec, items, StopFn());
+  }
 
   // "cpu", "cuda:0", ...
   virtual std::string device() const = 0;

@@ -35,9 +35,11 @@ class FakeScorer final : public scoring::Scorer {
     bool relative = false;
   };
 
+  using scoring::Scorer::ScoreBatch;
   absl::StatusOr<std::vector<scoring::ScoreResult>> ScoreBatch(
       const scoring::ScoreSpec& spec,
-      absl::Span<const scoring::ScoreItem> items) override {
+      absl::Span<const scoring::ScoreItem> items,
+      const scoring::StopFn& /*stop*/) override {
     Call call;
     call.num_items = items.size();
     call.relative = std::holds_alternative<scoring::RelativeBias>(spec.bias);

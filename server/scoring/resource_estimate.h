@@ -1,0 +1,53 @@
+// What one scoring request will cost before anything is allocated for it: its
+// peak working memory (inputs staged for compute, outputs, every intermediate,
+// the bias) and its compute work (arithmetic plus a per-item overhead), so the
+// service can refuse it with the numbers instead of discovering the cost by
+// running out of memory or time. Part of attnscore_scoring_api: no LibTorch.
+//
+// The figures are those of the ATen scorer's CPU `blocked` path (per (batch
+// item, head), tiles of query rows) and must stay an upper bound of what that
+// path allocates: scoring tests compare them with measured allocations.
+//
+// Thread safety: pure functions. Errors: none; sizes are those of a validated
+// item (ValidateItem), and every product saturates at INT64_MAX instead of
+// overflowing.
+#ifndef ATTNSCORE_SERVER_SCORING_RESOURCE_ESTIMATE_H_
+#define ATTNSCORE_SERVER_SCORING_RESOURCE_ESTIMATE_H_
+
+#include <cstdint>
+#include <string>
+
+#include "server/scoring/score_spec.h"
+
+namespace attnscore::scoring {
+
+// The sizes of one request (or one batch: B summed).
+struct ProblemSize {
+  int64_t batch = 0;      // B
+  int64_t heads = 0;      // H
+  int64_t query_len = 0;  // Lq
+  int64_t key_len = 0;    // Lk
+  int64_t head_dim = 0;   // D
+  int64_t value_dim = 0;  // Dv; 0 unless context is wanted
+};
+
+// REQUIRES: ValidateItem(spec, item) is OK.
+ProblemSize ProblemSizeOf(const ScoreSpec& spec, const ScoreItem& item);
+
+struct ResourceEstimate {
+  // Bytes held at the peak of the computation, beyond the request's own wire
+  // bytes: staged inputs, outputs (compute and wire dtype), scratch, bias.
+  int64_t peak_bytes = 0;
+  // Work units: multiply-adds plus a fixed charge per (batch item, head) and
+  // per item, so that many tiny items cost what they take.
+  int64_t work = 0;
+  // "outputs 64.0 MiB + scratch 1.0 MiB + ...": for error messages.
+  std::string breakdown;
+};
+
+ResourceEstimate EstimateResources(const ScoreSpec& spec,
+                                   const ProblemSize& size);
+
+}  // namespace attnscore::scoring
+
+#endif  // ATTNSCORE_SERVER_SCORING_RESOURCE_ESTIMATE_H_
