@@ -75,12 +75,15 @@ struct AttentionConfig {
   ResolvedBias bias = ResolvedAlibi{};
   bool causal = false;
   double scale = 1.0;  // resolved
+  // ComputeAttention always returns the logits; ComputeAttentionBlocked
+  // (blocked_attention.h) computes them only when asked for.
+  bool want_logits = true;
   bool want_probs = false;
   bool want_context = false;
 };
 
 struct AttentionResult {
-  at::Tensor logits;   // [B,H,Lq,Lk] float32, contiguous
+  at::Tensor logits;   // [B,H,Lq,Lk] float32, contiguous (when computed)
   at::Tensor probs;    // [B,H,Lq,Lk] float32, contiguous (when wanted)
   at::Tensor context;  // [B,H,Lq,Dv] float32, contiguous (when wanted)
 };

@@ -38,8 +38,11 @@ struct ResourceEstimate {
   // Bytes held at the peak of the computation, beyond the request's own wire
   // bytes: staged inputs, outputs (compute and wire dtype), scratch, bias.
   int64_t peak_bytes = 0;
-  // Work units: multiply-adds plus a fixed charge per (batch item, head) and
-  // per item, so that many tiny items cost what they take.
+  // Work units: floating-point operations (2 B H Lq Lk (D + Dv), and
+  // 2 B H Lq Lk D more for the relative position term) plus a fixed charge
+  // per (batch item, head) block and per batch row, measured on the blocked
+  // path and expressed in the operations that take as long, so that many
+  // tiny items cost what they take.
   int64_t work = 0;
   // "outputs 64.0 MiB + scratch 1.0 MiB + ...": for error messages.
   std::string breakdown;

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <string>
 #include <variant>
 #include <vector>
@@ -49,52 +50,133 @@ absl::Status CheckTensor(const char* field, const TensorRef& t, Layout layout) {
   return absl::OkStatus();
 }
 
-// Index of the first element whose exponent bits are all ones (NaN or Inf), or
-// `count`. Scans blocks without an early exit so the compiler vectorises the
-// common all-finite case; only a block that has one is searched element-wise.
-// Loads go through memcpy: request bytes need not be aligned.
+// What one pass over a tensor's bytes finds: the first element whose exponent
+// bits are all ones (NaN or Inf), or `count`, and the largest magnitude (for
+// the overflow bound below).
+struct Scan {
+  size_t first_non_finite = 0;
+  float max_abs = 0;
+};
+
+// Scans blocks without an early exit so the compiler vectorises the common
+// all-finite case (the magnitude is a max over the sign-cleared bits, which
+// order like the values they encode); only a block that has a NaN or Inf is
+// searched element-wise. Loads go through memcpy: request bytes need not be
+// aligned.
 template <typename Word>
-size_t FirstNonFinite(const void* data, size_t count, Word exponent_mask) {
+Scan ScanWords(const TensorRef& t, Word exponent_mask, Word abs_mask) {
   constexpr size_t kBlock = 2048;
-  const auto* bytes = static_cast<const unsigned char*>(data);
+  const size_t count = t.size_bytes / sizeof(Word);
+  const auto* bytes = static_cast<const unsigned char*>(t.data);
   auto load = [bytes](size_t i) {
     Word w;
     std::memcpy(&w, bytes + i * sizeof(Word), sizeof(Word));
     return w;
   };
+  Scan scan{count, 0};
+  Word max_bits = 0;
   for (size_t begin = 0; begin < count; begin += kBlock) {
     const size_t end = std::min(count, begin + kBlock);
     bool any = false;
     for (size_t i = begin; i < end; ++i) {
-      any |= (load(i) & exponent_mask) == exponent_mask;
+      const Word w = load(i);
+      any |= (w & exponent_mask) == exponent_mask;
+      max_bits = std::max<Word>(max_bits, w & abs_mask);
     }
     if (!any) continue;
     for (size_t i = begin; i < end; ++i) {
-      if ((load(i) & exponent_mask) == exponent_mask) return i;
+      if ((load(i) & exponent_mask) == exponent_mask) {
+        scan.first_non_finite = i;
+        return scan;
+      }
     }
   }
-  return count;
+  DecodeFloats(&max_bits, 1, t.dtype, &scan.max_abs);
+  return scan;
 }
 
-// Finds the first NaN or Inf by its exponent bits, without converting.
-absl::Status CheckFinite(const char* field, const TensorRef& t) {
+// Finds the first NaN or Inf by its exponent bits, without converting, and
+// the largest magnitude in the same pass.
+absl::Status CheckFinite(const char* field, const TensorRef& t,
+                         float* max_abs) {
   const size_t count = t.size_bytes / ElementSize(t.dtype);
-  size_t bad = count;
+  Scan scan;
   switch (t.dtype) {
     case DType::kFloat32:
-      bad = FirstNonFinite<uint32_t>(t.data, count, 0x7f800000u);
+      scan = ScanWords<uint32_t>(t, 0x7f800000u, 0x7fffffffu);
       break;
     case DType::kFloat16:
-      bad = FirstNonFinite<uint16_t>(t.data, count, 0x7c00u);
+      scan = ScanWords<uint16_t>(t, 0x7c00u, 0x7fffu);
       break;
     case DType::kBFloat16:
-      bad = FirstNonFinite<uint16_t>(t.data, count, 0x7f80u);
+      scan = ScanWords<uint16_t>(t, 0x7f80u, 0x7fffu);
       break;
   }
-  if (bad == count) return absl::OkStatus();
+  if (max_abs != nullptr) *max_abs = scan.max_abs;
+  if (scan.first_non_finite == count) return absl::OkStatus();
   return absl::InvalidArgumentError(
       absl::StrCat(field, ".data: expected finite values, got ",
-                   "NaN or Inf at flat index ", bad));
+                   "NaN or Inf at flat index ", scan.first_non_finite));
+}
+
+// The largest finite value of the logits' dtype: the output's when logits are
+// returned, else float32 (the compute dtype: an infinite intermediate logit
+// would turn the softmax into NaN).
+double LogitLimit(const ScoreSpec& spec) {
+  if (!spec.want_logits) return std::numeric_limits<float>::max();
+  switch (spec.output_dtype) {
+    case DType::kFloat16:
+      return 65504.0;
+    case DType::kBFloat16:
+      return 3.3895313892515355e38;
+    case DType::kFloat32:
+      break;
+  }
+  return std::numeric_limits<float>::max();
+}
+
+// |logit| <= scale * D * max|q| * max|k| + max|slope| * (Lq + Lk) (ALiBi); a
+// finite scale or slope that lets the bound pass the logits' dtype would give
+// Inf or NaN outputs, so it is refused naming the field. The relative model's
+// own terms are not bounded here (its parameters are checked when loaded).
+absl::Status CheckOverflow(const ScoreSpec& spec, const Dims& q, const Dims& k,
+                           float max_q, float max_k) {
+  const double limit = LogitLimit(spec);
+  const char* dtype_name = "float32";
+  if (spec.want_logits && spec.output_dtype == DType::kFloat16) {
+    dtype_name = "float16";
+  } else if (spec.want_logits && spec.output_dtype == DType::kBFloat16) {
+    dtype_name = "bfloat16";
+  }
+  const double scale = spec.scale.has_value()
+                           ? *spec.scale
+                           : 1.0 / std::sqrt(static_cast<double>(q.dim));
+  const double content = scale * static_cast<double>(q.dim) * max_q * max_k;
+  if (content > limit) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        spec.scale.has_value() ? "scale" : "query.data",
+        ": logits could reach scale * D * max|q| * max|k| = ", scale, " * ",
+        q.dim, " * ", max_q, " * ", max_k, " = ", content, ", over the ",
+        dtype_name, " bound ", limit));
+  }
+  const auto* alibi = std::get_if<AlibiBias>(&spec.bias);
+  if (alibi == nullptr || alibi->slopes.empty()) return absl::OkStatus();
+  size_t worst = 0;
+  for (size_t h = 1; h < alibi->slopes.size(); ++h) {
+    if (std::fabs(alibi->slopes[h]) > std::fabs(alibi->slopes[worst])) {
+      worst = h;
+    }
+  }
+  const double slope = std::fabs(alibi->slopes[worst]);
+  const double bias = slope * static_cast<double>(q.seq + k.seq);
+  if (content + bias > limit) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("alibi.slopes[", worst, "]: logits could reach ", content,
+                     " + |slope| * (Lq + Lk) = ", content, " + ", slope, " * ",
+                     q.seq + k.seq, " = ", content + bias, ", over the ",
+                     dtype_name, " bound ", limit));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status Mismatch(const char* what, int64_t expected, int64_t actual) {
@@ -256,14 +338,20 @@ absl::Status CheckBias(const Bias& bias, const Dims& q, const Dims& k) {
 }
 
 // Last, because it reads every byte: the inputs the computation will use hold
-// no NaN or Inf.
+// no NaN or Inf, and their magnitudes cannot overflow the logits.
 absl::Status CheckInputsFinite(const ScoreSpec& spec, const ScoreItem& item) {
-  if (absl::Status s = CheckFinite("query", item.query); !s.ok()) return s;
-  if (absl::Status s = CheckFinite("key", item.key); !s.ok()) return s;
-  if (item.value.has_value() && spec.want_context) {
-    if (absl::Status s = CheckFinite("value", *item.value); !s.ok()) return s;
+  float max_q = 0, max_k = 0;
+  if (absl::Status s = CheckFinite("query", item.query, &max_q); !s.ok()) {
+    return s;
   }
-  return absl::OkStatus();
+  if (absl::Status s = CheckFinite("key", item.key, &max_k); !s.ok()) return s;
+  if (item.value.has_value() && spec.want_context) {
+    if (absl::Status s = CheckFinite("value", *item.value, nullptr); !s.ok()) {
+      return s;
+    }
+  }
+  return CheckOverflow(spec, DimsOf(item.query.shape, spec.layout),
+                       DimsOf(item.key.shape, spec.layout), max_q, max_k);
 }
 
 // Appends the raw bytes of trivially copyable values: equal keys mean

@@ -1,0 +1,476 @@
+#include "server/scoring/blocked_attention.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <limits>
+#include <memory>
+#include <variant>
+
+#include "common/overloaded.h"
+#include "server/scoring/blocked_tiling.h"
+
+namespace attnscore::scoring {
+namespace {
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+// Below this many multiply-adds (or elements, for exp) a plain loop is cheaper
+// than creating tensor views and dispatching an ATen op; tiny items (H = Lq =
+// Lk = D = 1) then cost nanoseconds instead of microseconds.
+constexpr int64_t kSmallMacs = 8192;
+constexpr int64_t kSmallExp = 1024;
+// `stop` is asked before the first tile of a thread and then once per this
+// many multiply-adds: a few milliseconds at most between checks.
+constexpr int64_t kStopCheckMacs = int64_t{1} << 22;
+
+// A row-major matrix in someone else's memory: unit column stride, row stride
+// `ld`.
+template <typename T>
+struct Mat {
+  T* data = nullptr;
+  int64_t rows = 0;
+  int64_t cols = 0;
+  int64_t ld = 0;
+  T* row(int64_t i) const { return data + i * ld; }
+};
+using CMat = Mat<const float>;
+using MMat = Mat<float>;
+
+at::Tensor View(const float* data, int64_t rows, int64_t cols, int64_t ld) {
+  return at::from_blob(const_cast<float*>(data), {rows, cols}, {ld, 1},
+                       at::TensorOptions().dtype(at::kFloat));
+}
+template <typename T>
+at::Tensor View(const Mat<T>& m) {
+  return View(m.data, m.rows, m.cols, m.ld);
+}
+
+// c = alpha * a b^T (+ c when accumulating). a [m, k], b [n, k], c [m, n].
+void MatMulNT(const CMat& a, const CMat& b, float alpha, bool accumulate,
+              const MMat& c) {
+  const int64_t m = a.rows, n = b.rows, k = a.cols;
+  if (m == 0 || n == 0) return;
+  if (m * n * k <= kSmallMacs) {
+    for (int64_t i = 0; i < m; ++i) {
+      for (int64_t j = 0; j < n; ++j) {
+        float dot = 0;
+        for (int64_t d = 0; d < k; ++d) dot += a.row(i)[d] * b.row(j)[d];
+        c.row(i)[j] = accumulate ? c.row(i)[j] + alpha * dot : alpha * dot;
+      }
+    }
+    return;
+  }
+  at::Tensor out = View(c);
+  const int beta = accumulate ? 1 : 0;
+  if (m == 1) {
+    // One query row (decode): a GEMV streams b once in its row-major order.
+    at::Tensor row = out.select(0, 0);
+    row.addmv_(View(b), View(a).select(0, 0), beta, alpha);
+  } else {
+    out.addmm_(View(a), View(b).t(), beta, alpha);
+  }
+}
+
+// c = a b (+ c when accumulating). a [m, k], b [k, n], c [m, n].
+void MatMulNN(const CMat& a, const CMat& b, bool accumulate, const MMat& c) {
+  const int64_t m = a.rows, k = a.cols, n = b.cols;
+  if (m == 0 || n == 0) return;
+  if (m * n * k <= kSmallMacs) {
+    for (int64_t i = 0; i < m; ++i) {
+      float* out = c.row(i);
+      if (!accumulate) std::fill(out, out + n, 0.0f);
+      for (int64_t t = 0; t < k; ++t) {
+        const float weight = a.row(i)[t];
+        const float* in = b.row(t);
+        for (int64_t j = 0; j < n; ++j) out[j] += weight * in[j];
+      }
+    }
+    return;
+  }
+  at::Tensor out = View(c);
+  const int beta = accumulate ? 1 : 0;
+  if (m == 1) {
+    at::Tensor row = out.select(0, 0);
+    row.addmv_(View(b).t(), View(a).select(0, 0), beta, 1);
+  } else {
+    out.addmm_(View(a), View(b), beta, 1);
+  }
+}
+
+// x = exp(x) in place; exp(-inf) = 0 exactly.
+void ExpInPlace(const MMat& x) {
+  if (x.rows * x.cols >= kSmallExp) {
+    View(x).exp_();  // vectorised
+    return;
+  }
+  for (int64_t i = 0; i < x.rows; ++i) {
+    float* row = x.row(i);
+    for (int64_t j = 0; j < x.cols; ++j) row[j] = std::exp(row[j]);
+  }
+}
+
+// A [B, H, L, D] float32 tensor's data with its strides (unit last stride).
+struct Operand {
+  const float* data = nullptr;
+  int64_t batch_stride = 0, head_stride = 0, row_stride = 0;
+  int64_t cols = 0;
+  CMat Rows(int64_t b, int64_t h, int64_t begin, int64_t count) const {
+    return CMat{data + b * batch_stride + h * head_stride + begin * row_stride,
+                count, cols, row_stride};
+  }
+};
+
+Operand OperandOf(const at::Tensor& t) {
+  if (!t.defined()) return Operand{};
+  return Operand{t.data_ptr<float>(), t.stride(0), t.stride(1), t.stride(2),
+                 t.size(3)};
+}
+
+// Everything the tiles read and write.
+struct Problem {
+  int64_t heads = 0, query_len = 0, key_len = 0, head_dim = 0, value_dim = 0;
+  Operand q, k, v;
+  float* logits = nullptr;   // [B,H,Lq,Lk] or null
+  float* probs = nullptr;    // [B,H,Lq,Lk] or null
+  float* context = nullptr;  // [B,H,Lq,Dv] or null
+  absl::Span<const int32_t> key_lengths;
+  bool causal = false;
+  float scale = 1;
+  const float* slopes = nullptr;  // ALiBi: [H]
+  // Relative (contiguous): E [2P,H,D], S [2P,H], u [H,D]; r0 = P - Lk + 1.
+  const float* pos_embeddings = nullptr;
+  const float* pos_bias = nullptr;
+  const float* query_bias = nullptr;
+  int64_t r0 = 0;
+  int64_t query_tile = 1;
+  bool relative() const { return pos_embeddings != nullptr; }
+};
+
+// The tiles of one thread, with its scratch (sized by BlockedScratchOf).
+class TileKernel {
+ public:
+  TileKernel(const Problem& p, float* scratch) : p_(p), scratch_(scratch) {}
+
+  // Query rows [i0, i1) of block (b, h).
+  void Run(int64_t b, int64_t h, int64_t i0, int64_t i1) {
+    if (p_.logits == nullptr && p_.probs == nullptr) {
+      Online(b, h, i0, i1);
+    } else {
+      Materialise(b, h, i0, i1);
+    }
+  }
+
+ private:
+  // One past the last key that query row i sees.
+  int64_t VisibleEnd(int64_t b, int64_t i) const {
+    const int64_t len = p_.key_lengths.empty() ? p_.key_len : p_.key_lengths[b];
+    return p_.causal ? std::min(len, p_.key_len - p_.query_len + i + 1) : len;
+  }
+  int64_t VisibleIn(int64_t b, int64_t i, int64_t j0, int64_t n) const {
+    return std::clamp<int64_t>(VisibleEnd(b, i) - j0, 0, n);
+  }
+
+  // dst [i1 - i0, j1 - j0] = the logits of rows [i0, i1) and keys [j0, j1):
+  // scale * q.k plus bias where visible, -inf elsewhere (masked keys are
+  // never computed).
+  void Scores(int64_t b, int64_t h, int64_t i0, int64_t i1, int64_t j0,
+              int64_t j1, const MMat& dst) {
+    const int64_t m = i1 - i0, n = j1 - j0;
+    // The last row sees the most keys (causal visibility grows with i).
+    const int64_t width = VisibleIn(b, i1 - 1, j0, n);
+    if (width > 0) {
+      const MMat head = {dst.data, m, width, dst.ld};
+      MatMulNT(ContentQuery(b, h, i0, m), p_.k.Rows(b, h, j0, width), p_.scale,
+               /*accumulate=*/false, head);
+      if (p_.relative()) {
+        AddRelative(b, h, i0, j0, head);
+      } else {
+        AddAlibi(b, h, i0, j0, head);
+      }
+    }
+    for (int64_t r = 0; r < m; ++r) {
+      float* row = dst.row(r);
+      std::fill(row + VisibleIn(b, i0 + r, j0, n), row + n, kNegInf);
+    }
+  }
+
+  // The query rows of the content term: q, or q + u_h for relative (in
+  // scratch).
+  CMat ContentQuery(int64_t b, int64_t h, int64_t i0, int64_t m) {
+    const CMat q = p_.q.Rows(b, h, i0, m);
+    if (!p_.relative()) return q;
+    float* out = scratch_;
+    const float* u = p_.query_bias + h * p_.head_dim;
+    for (int64_t r = 0; r < m; ++r) {
+      for (int64_t d = 0; d < p_.head_dim; ++d) {
+        out[r * p_.head_dim + d] = q.row(r)[d] + u[d];
+      }
+    }
+    return CMat{out, m, p_.head_dim, p_.head_dim};
+  }
+
+  // -m_h * d (causal) or -m_h * |d|, d = (Lk - Lq + i) - j, where visible.
+  void AddAlibi(int64_t b, int64_t h, int64_t i0, int64_t j0,
+                const MMat& dst) const {
+    const float slope = -p_.slopes[h];
+    for (int64_t r = 0; r < dst.rows; ++r) {
+      const int64_t i = i0 + r;
+      const int64_t visible = VisibleIn(b, i, j0, dst.cols);
+      const int64_t base = p_.key_len - p_.query_len + i - j0;
+      float* row = dst.row(r);
+      for (int64_t c = 0; c < visible; ++c) {
+        const auto d = static_cast<float>(base - c);
+        row[c] += slope * (p_.causal ? d : std::fabs(d));
+      }
+    }
+  }
+
+  // scale * (q_i.E[r0 + t, h] + S[r0 + t, h]), t = j - i + Lq - 1 (labml's
+  // shift): one GEMM against the Tq + width - 1 embeddings the tile touches.
+  void AddRelative(int64_t b, int64_t h, int64_t i0, int64_t j0,
+                   const MMat& dst) {
+    const int64_t m = dst.rows, width = dst.cols;
+    const int64_t t_lo = j0 - (i0 + m) + p_.query_len;
+    const int64_t count = width + m - 1;
+    const int64_t stride = p_.heads * p_.head_dim;
+    const MMat bd = {scratch_ + m * p_.head_dim, m, count, count};
+    const CMat embeddings = {
+        p_.pos_embeddings + (p_.r0 + t_lo) * stride + h * p_.head_dim, count,
+        p_.head_dim, stride};
+    MatMulNT(p_.q.Rows(b, h, i0, m), embeddings, 1.0f, false, bd);
+    const float* bias = p_.pos_bias + (p_.r0 + t_lo) * p_.heads + h;
+    for (int64_t r = 0; r < m; ++r) {
+      const int64_t visible = VisibleIn(b, i0 + r, j0, width);
+      const float* shifted = bd.row(r) + (m - 1 - r);  // tt = c - r + m - 1
+      const float* bias_row = bias + (m - 1 - r) * p_.heads;
+      float* row = dst.row(r);
+      for (int64_t c = 0; c < visible; ++c) {
+        row[c] += p_.scale * (shifted[c] + bias_row[c * p_.heads]);
+      }
+    }
+  }
+
+  // Row softmax of `scores` into `probs` (may alias): zero where masked, and
+  // a zero row where no key is visible.
+  void Softmax(int64_t b, int64_t i0, const MMat& scores,
+               const MMat& probs) const {
+    for (int64_t r = 0; r < scores.rows; ++r) {
+      const int64_t visible = VisibleIn(b, i0 + r, 0, scores.cols);
+      const float* in = scores.row(r);
+      float* out = probs.row(r);
+      const float max =
+          visible > 0 ? *std::max_element(in, in + visible) : 0.0f;
+      for (int64_t c = 0; c < visible; ++c) out[c] = in[c] - max;
+      std::fill(out + visible, out + scores.cols, kNegInf);
+    }
+    ExpInPlace(probs);
+    for (int64_t r = 0; r < probs.rows; ++r) {
+      const int64_t visible = VisibleIn(b, i0 + r, 0, probs.cols);
+      float* out = probs.row(r);
+      float sum = 0;
+      for (int64_t c = 0; c < visible; ++c) sum += out[c];
+      for (int64_t c = 0; c < visible; ++c) out[c] /= sum;
+    }
+  }
+
+  // Logits and/or probabilities asked for: full [Tq, Lk] rows, written into
+  // the outputs (scratch only for probabilities needed by the context alone).
+  void Materialise(int64_t b, int64_t h, int64_t i0, int64_t i1) {
+    const int64_t m = i1 - i0, lk = p_.key_len;
+    const int64_t offset = ((b * p_.heads + h) * p_.query_len + i0) * lk;
+    const bool context = p_.context != nullptr;
+    float* logits = p_.logits != nullptr ? p_.logits + offset : nullptr;
+    float* probs = p_.probs != nullptr ? p_.probs + offset : nullptr;
+    if (probs == nullptr && context) probs = ProbsScratch(m);
+    const MMat scores = {logits != nullptr ? logits : probs, m, lk, lk};
+    Scores(b, h, i0, i1, 0, lk, scores);
+    if (probs == nullptr) return;
+    const MMat p = {probs, m, lk, lk};
+    Softmax(b, i0, scores, p);
+    if (!context) return;
+    const MMat out = {
+        p_.context + ((b * p_.heads + h) * p_.query_len + i0) * p_.value_dim, m,
+        p_.value_dim, p_.value_dim};
+    const int64_t width = VisibleIn(b, i1 - 1, 0, lk);
+    if (width == 0) {
+      View(out).zero_();
+      return;
+    }
+    MatMulNN(CMat{probs, m, width, lk}, p_.v.Rows(b, h, 0, width), false, out);
+  }
+
+  // After the relative term's scratch.
+  float* ProbsScratch(int64_t m) const {
+    if (!p_.relative()) return scratch_;
+    return scratch_ + m * p_.head_dim + m * (m + p_.key_len - 1);
+  }
+
+  // Context alone: FlashAttention's recurrence over key tiles. Per row, the
+  // running max M and sum l; for each tile, M' = max(M, tile max),
+  // acc = acc * e^(M - M') + e^(s - M') v, l = l * e^(M - M') + sum e^(s - M').
+  void Online(int64_t b, int64_t h, int64_t i0, int64_t i1) {
+    const int64_t m = i1 - i0, tile = std::min(kBlockedKeyTile, p_.key_len);
+    const MMat acc = {
+        p_.context + ((b * p_.heads + h) * p_.query_len + i0) * p_.value_dim, m,
+        p_.value_dim, p_.value_dim};
+    View(acc).zero_();
+    const int64_t end = VisibleIn(b, i1 - 1, 0, p_.key_len);
+    if (end == 0) return;  // no visible key: zero context
+    float* base = scratch_;
+    if (p_.relative()) base += m * p_.head_dim + m * (m + tile - 1);
+    float* running_max = base + m * tile;
+    float* running_sum = running_max + m;
+    std::fill(running_max, running_max + m, kNegInf);
+    std::fill(running_sum, running_sum + m, 0.0f);
+    for (int64_t j0 = 0; j0 < end; j0 += tile) {
+      const int64_t n = std::min(tile, end - j0);
+      const MMat s = {base, m, n, tile};
+      Scores(b, h, i0, i1, j0, j0 + n, s);
+      for (int64_t r = 0; r < m; ++r) {
+        const int64_t visible = VisibleIn(b, i0 + r, j0, n);
+        if (visible == 0) continue;  // all -inf: adds exp(-inf) = 0
+        float* row = s.row(r);
+        const float next =
+            std::max(running_max[r], *std::max_element(row, row + visible));
+        const float decay = std::exp(running_max[r] - next);
+        running_max[r] = next;
+        running_sum[r] *= decay;
+        float* out = acc.row(r);
+        for (int64_t d = 0; d < p_.value_dim; ++d) out[d] *= decay;
+        for (int64_t c = 0; c < visible; ++c) row[c] -= next;
+      }
+      ExpInPlace(s);
+      for (int64_t r = 0; r < m; ++r) {
+        const int64_t visible = VisibleIn(b, i0 + r, j0, n);
+        const float* row = s.row(r);
+        for (int64_t c = 0; c < visible; ++c) running_sum[r] += row[c];
+      }
+      MatMulNN(CMat{s.data, m, n, tile}, p_.v.Rows(b, h, j0, n), true, acc);
+    }
+    for (int64_t r = 0; r < m; ++r) {
+      float* out = acc.row(r);
+      const float sum = running_sum[r];
+      for (int64_t d = 0; d < p_.value_dim; ++d) {
+        out[d] = sum > 0 ? out[d] / sum : 0.0f;
+      }
+    }
+  }
+
+  const Problem& p_;
+  float* const scratch_;
+};
+
+// The outputs `config` asks for, allocated once, contiguous float32.
+void AllocateOutputs(const at::Tensor& q, const at::Tensor& k,
+                     const at::Tensor& v, const AttentionConfig& config,
+                     AttentionResult* result) {
+  const auto f32 = at::TensorOptions().dtype(at::kFloat);
+  const std::vector<int64_t> scores = {q.size(0), q.size(1), q.size(2),
+                                       k.size(2)};
+  if (config.want_logits) result->logits = at::empty(scores, f32);
+  if (config.want_probs) result->probs = at::empty(scores, f32);
+  if (config.want_context) {
+    result->context =
+        at::empty({q.size(0), q.size(1), q.size(2), v.size(3)}, f32);
+  }
+}
+
+// Unit last stride, as the tiles' row pointers need (a copy otherwise, which
+// validated requests never need: they arrive contiguous in some layout).
+at::Tensor Rowwise(const at::Tensor& t) {
+  if (!t.defined() || t.stride(3) == 1) return t;
+  return t.contiguous();
+}
+
+// The bias parameters, kept alive (contiguous) while the tiles read them.
+struct BiasData {
+  at::Tensor embeddings, bias, query_bias;
+};
+
+void SetBias(const AttentionConfig& config, Problem* p, BiasData* keep) {
+  std::visit(
+      Overloaded{
+          [&](const ResolvedAlibi& alibi) { p->slopes = alibi.slopes.data(); },
+          [&](const ResolvedRelative& relative) {
+            const AtenRelativeModel& model = *relative.model;
+            keep->embeddings = model.key_pos_embeddings().contiguous();
+            keep->bias = model.key_pos_bias().contiguous();
+            keep->query_bias = model.query_pos_bias().contiguous();
+            p->pos_embeddings = keep->embeddings.data_ptr<float>();
+            p->pos_bias = keep->bias.data_ptr<float>();
+            p->query_bias = keep->query_bias.data_ptr<float>();
+            p->r0 = model.info().max_relative_positions - p->key_len + 1;
+          },
+      },
+      config.bias);
+}
+
+}  // namespace
+
+bool ComputeAttentionBlocked(const at::Tensor& q_in, const at::Tensor& k_in,
+                             const at::Tensor& v_in,
+                             absl::Span<const int32_t> key_lengths,
+                             const AttentionConfig& config,
+                             const std::function<bool()>& stop,
+                             AttentionResult* result) {
+  const at::Tensor q = Rowwise(q_in), k = Rowwise(k_in);
+  const at::Tensor v = config.want_context ? Rowwise(v_in) : at::Tensor();
+  *result = AttentionResult();
+  AllocateOutputs(q, k, v, config, result);
+  Problem p;
+  p.heads = q.size(1);
+  p.query_len = q.size(2);
+  p.key_len = k.size(2);
+  p.head_dim = q.size(3);
+  p.value_dim = config.want_context ? v.size(3) : 0;
+  p.q = OperandOf(q);
+  p.k = OperandOf(k);
+  p.v = OperandOf(v);
+  const auto data = [](const at::Tensor& t) {
+    return t.defined() ? t.data_ptr<float>() : nullptr;
+  };
+  p.logits = data(result->logits);
+  p.probs = data(result->probs);
+  p.context = data(result->context);
+  p.key_lengths = key_lengths;
+  p.causal = config.causal;
+  p.scale = static_cast<float>(config.scale);
+  BiasData keep;
+  SetBias(config, &p, &keep);
+  p.query_tile = BlockedQueryTile(p.query_len, p.key_len);
+  const BlockedScratch scratch = BlockedScratchOf(
+      p.query_len, p.key_len, p.head_dim, p.relative(), config.want_logits,
+      config.want_probs, config.want_context);
+  const int64_t tiles = (p.query_len + p.query_tile - 1) / p.query_tile;
+  const int64_t units = q.size(0) * p.heads * tiles;
+  const int64_t unit_macs =
+      p.query_tile * p.key_len * (p.head_dim + p.value_dim);
+  std::atomic<bool> stopped{false};
+  at::parallel_for(0, units, 1, [&](int64_t begin, int64_t end) {
+    // One scratch per thread's range: at most BlockedThreads() live at once.
+    std::unique_ptr<float[]> buffer(
+        scratch.floats > 0 ? new float[scratch.floats] : nullptr);
+    TileKernel kernel(p, buffer.get());
+    int64_t since_check = kStopCheckMacs;
+    for (int64_t unit = begin; unit < end; ++unit) {
+      if (stop && since_check >= kStopCheckMacs) {
+        if (stopped.load(std::memory_order_relaxed) || stop()) {
+          stopped.store(true, std::memory_order_relaxed);
+          return;
+        }
+        since_check = 0;
+      }
+      since_check += unit_macs;
+      const int64_t block = unit / tiles, i0 = (unit % tiles) * p.query_tile;
+      kernel.Run(block / p.heads, block % p.heads, i0,
+                 std::min(i0 + p.query_tile, p.query_len));
+    }
+  });
+  return !stopped.load();
+}
+
+}  // namespace attnscore::scoring

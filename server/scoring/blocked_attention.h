@@ -1,0 +1,45 @@
+// The CPU `blocked` attention path: the semantics of attention.h (positions,
+// masks, ALiBi and relative bias, the no-visible-key contract) computed per
+// (batch item, head) in tiles of query rows, so that nothing of size [Lq, Lk]
+// exists beyond what was asked for:
+//  - logits and probabilities are written straight into their outputs, tile
+//    by tile; the bias of a tile comes from the slopes or the relative
+//    parameters, never from a materialised [H, Lq, Lk] table;
+//  - causal and key-length masked columns are -inf without being computed;
+//  - a request for the context alone runs FlashAttention's online softmax
+//    (running max and sum over key tiles) and holds one [Tq, Tk] tile per
+//    thread.
+// Scratch per thread and tile sizes are those of blocked_tiling.h, which the
+// resource estimate (resource_estimate.h) counts.
+//
+// Thread safety: reentrant; runs on ATen's intra-op threads. `stop` is called
+// from those threads between tiles. Errors: REQUIRES validated inputs (see
+// ComputeAttention); LibTorch failures throw c10::Error.
+#ifndef ATTNSCORE_SERVER_SCORING_BLOCKED_ATTENTION_H_
+#define ATTNSCORE_SERVER_SCORING_BLOCKED_ATTENTION_H_
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <functional>
+
+#include "absl/types/span.h"
+#include "server/scoring/attention.h"
+
+namespace attnscore::scoring {
+
+// q [B,H,Lq,D], k [B,H,Lk,D], v [B,H,Lk,Dv] (undefined unless context is
+// wanted): float32 on the CPU, any strides. key_lengths: empty or B values in
+// [0, Lk]. Fills `result` with the outputs `config` asks for (logits only when
+// config.want_logits), each contiguous float32. Returns false, with `result`
+// partial (to be dropped), when `stop` (may be empty) returned true.
+bool ComputeAttentionBlocked(const at::Tensor& q, const at::Tensor& k,
+                             const at::Tensor& v,
+                             absl::Span<const int32_t> key_lengths,
+                             const AttentionConfig& config,
+                             const std::function<bool()>& stop,
+                             AttentionResult* result);
+
+}  // namespace attnscore::scoring
+
+#endif  // ATTNSCORE_SERVER_SCORING_BLOCKED_ATTENTION_H_

@@ -1,0 +1,77 @@
+// The tile sizes and per-thread scratch of the CPU `blocked` attention path
+// (blocked_attention.h), shared with the resource estimate
+// (resource_estimate.h) so that the estimate counts exactly the scratch the
+// path allocates. Header-only and LibTorch-free (part of the scoring API).
+//
+// Thread safety: pure functions, except the compute thread count, which
+// CreateAtenScorer sets once at start-up (an atomic).
+// Errors: none.
+#ifndef ATTNSCORE_SERVER_SCORING_BLOCKED_TILING_H_
+#define ATTNSCORE_SERVER_SCORING_BLOCKED_TILING_H_
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <thread>
+
+namespace attnscore::scoring {
+
+// Query rows per tile. A [Tq, Lk] float32 tile (the materialising kernel's
+// working set) stays near 256 KiB, within a core's L2, but never under 32
+// rows (each tile pays a fixed dispatch cost) nor over 128.
+inline int64_t BlockedQueryTile(int64_t query_len, int64_t key_len) {
+  constexpr int64_t kTileFloats = int64_t{64} << 10;  // 256 KiB
+  const int64_t rows =
+      std::clamp<int64_t>(kTileFloats / std::max<int64_t>(key_len, 1), 32, 128);
+  return std::min(rows, std::max<int64_t>(query_len, 1));
+}
+
+// Key columns per tile of the online-softmax (context-only) kernel.
+constexpr int64_t kBlockedKeyTile = 256;
+
+// What the kernel needs besides its inputs and outputs.
+struct BlockedScratch {
+  bool online = false;  // context only: the online-softmax kernel
+  int64_t floats = 0;   // per thread
+};
+
+// REQUIRES: sizes of a validated request. `want_*` as in AttentionConfig.
+inline BlockedScratch BlockedScratchOf(int64_t query_len, int64_t key_len,
+                                       int64_t head_dim, bool relative,
+                                       bool want_logits, bool want_probs,
+                                       bool want_context) {
+  BlockedScratch scratch;
+  scratch.online = want_context && !want_logits && !want_probs;
+  const int64_t rows = BlockedQueryTile(query_len, key_len);
+  const int64_t cols =
+      scratch.online ? std::min(kBlockedKeyTile, key_len) : key_len;
+  int64_t floats = 0;
+  if (scratch.online) {
+    floats += rows * cols + 2 * rows;  // scores tile, running max and sum
+  } else if (want_logits && !want_probs && want_context) {
+    floats += rows * cols;  // probabilities for the context alone
+  }
+  if (relative) {
+    // q + u for the content term, and q.E for the Tq + cols - 1 distances of
+    // the tile.
+    floats += rows * head_dim + rows * (rows + cols - 1);
+  }
+  scratch.floats = floats;
+  return scratch;
+}
+
+// The compute threads of this process: at most this many scratch buffers are
+// live at once. Set by CreateAtenScorer; until then, the core count.
+inline std::atomic<int>& BlockedThreadsSlot() {
+  static std::atomic<int> threads{
+      static_cast<int>(std::max(1u, std::thread::hardware_concurrency()))};
+  return threads;
+}
+inline int BlockedThreads() { return BlockedThreadsSlot().load(); }
+inline void SetBlockedThreads(int threads) {
+  BlockedThreadsSlot().store(std::max(1, threads));
+}
+
+}  // namespace attnscore::scoring
+
+#endif  // ATTNSCORE_SERVER_SCORING_BLOCKED_TILING_H_

@@ -1,0 +1,123 @@
+// Runs one scoring request through the ATen scorer in a fresh process and
+// prints how much its peak resident memory grew, with the resource estimate
+// for comparison:  "growth <bytes> estimate <bytes>".
+//
+//   scoring_blocked_memory_probe alibi|relative causal|full B H Lq Lk D Dv
+//       OUTPUTS(any of l, p, c) float32|float16
+//
+// The peak is reset (/proc/self/clear_refs "5") after the inputs exist and the
+// compute threads are started, so the growth is what the request allocated.
+#include <ATen/ATen.h>
+
+#include <cinttypes>
+#include <cstdio>
+#include <cstdlib>
+#include <exception>
+#include <fstream>
+#include <string>
+
+#include "server/scoring/alibi.h"
+#include "server/scoring/aten_scorer.h"
+#include "server/scoring/relative_model.h"
+#include "server/scoring/resource_estimate.h"
+
+namespace {
+
+// A "VmRSS:" or "VmHWM:" line of /proc/self/status, in bytes.
+int64_t StatusBytes(const std::string& key) {
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind(key, 0) == 0) {
+      return std::atoll(line.c_str() + key.size()) * 1024;
+    }
+  }
+  return -1;
+}
+
+using attnscore::DType;
+using attnscore::scoring::ScoreItem;
+using attnscore::scoring::ScoreSpec;
+using attnscore::scoring::TensorRef;
+
+TensorRef Ref(const at::Tensor& t, DType dtype) {
+  return TensorRef{dtype, t.sizes().vec(), t.data_ptr(), t.nbytes()};
+}
+
+int Run(char** argv) {
+  const bool relative = std::string(argv[1]) == "relative";
+  const bool causal = std::string(argv[2]) == "causal";
+  const int64_t b = std::atoll(argv[3]), h = std::atoll(argv[4]),
+                lq = std::atoll(argv[5]), lk = std::atoll(argv[6]),
+                d = std::atoll(argv[7]), dv = std::atoll(argv[8]);
+  const std::string outputs = argv[9];
+  const bool half = std::string(argv[10]) == "float16";
+  auto scorer = attnscore::scoring::CreateAtenScorer({}).value();
+  ScoreSpec spec;
+  spec.causal = causal;
+  spec.want_logits = outputs.find('l') != std::string::npos;
+  spec.want_probs = outputs.find('p') != std::string::npos;
+  spec.want_context = outputs.find('c') != std::string::npos;
+  spec.output_dtype = half ? DType::kFloat16 : DType::kFloat32;
+  if (relative) {
+    const int64_t p = std::max(lq, lk);
+    spec.bias = attnscore::scoring::RelativeBias{
+        *attnscore::scoring::AtenRelativeModel::Create(
+            "probe", "probe", at::randn({2 * p, h, d}), at::randn({2 * p, h}),
+            at::randn({h, d}))};
+  }
+  const auto dtype = half ? at::kHalf : at::kFloat;
+  const DType wire = half ? DType::kFloat16 : DType::kFloat32;
+  at::Tensor q = at::randn({b, h, lq, d}).to(dtype);
+  at::Tensor k = at::randn({b, h, lk, d}).to(dtype);
+  at::Tensor v = at::randn({b, h, lk, dv}).to(dtype);
+  ScoreItem item;
+  item.query = Ref(q, wire);
+  item.key = Ref(k, wire);
+  if (spec.want_context) item.value = Ref(v, wire);
+  // Warm-up: starts the compute threads and LibTorch's lazy state.
+  {
+    ScoreItem small = item;
+    at::Tensor sq = at::randn({1, h, 4, d}).to(dtype);
+    at::Tensor sk = at::randn({1, h, 4, d}).to(dtype);
+    at::Tensor sv = at::randn({1, h, 4, dv}).to(dtype);
+    small.query = Ref(sq, wire);
+    small.key = Ref(sk, wire);
+    if (spec.want_context) small.value = Ref(sv, wire);
+    if (!scorer->ScoreBatch(spec, absl::MakeConstSpan(&small, 1)).ok()) {
+      return 2;
+    }
+  }
+  std::ofstream("/proc/self/clear_refs") << "5";
+  const int64_t before = StatusBytes("VmRSS:");
+  auto result = scorer->ScoreBatch(spec, absl::MakeConstSpan(&item, 1));
+  const int64_t peak = StatusBytes("VmHWM:");
+  if (!result.ok()) {
+    std::fprintf(stderr, "%s\n", result.status().ToString().c_str());
+    return 2;
+  }
+  const auto estimate = attnscore::scoring::EstimateResources(
+      spec, attnscore::scoring::ProblemSizeOf(spec, item));
+  std::printf("growth %" PRId64 " estimate %" PRId64 "\n", peak - before,
+              estimate.peak_bytes);
+  std::fprintf(stderr, "breakdown: %s\n", estimate.breakdown.c_str());
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc != 11) {
+    std::fprintf(stderr,
+                 "usage: %s alibi|relative causal|full B H Lq Lk D Dv "
+                 "OUTPUTS float32|float16\n",
+                 argv[0]);
+    return 1;
+  }
+  try {
+    return Run(argv);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "probe failed: %s\n", e.what());
+    return 2;
+  }
+}

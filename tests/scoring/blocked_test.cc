@@ -1,0 +1,340 @@
+// The blocked CPU path (blocked_attention.h) against the materialised path
+// (ComputeAttention) and the literal port, at tile edges, with every
+// combination of outputs; cancellation; the overflow checks of validation;
+// and peak memory, measured in a child process, against the estimate.
+#include <ATen/ATen.h>
+
+#include <atomic>
+#include <cinttypes>
+#include <cmath>
+#include <cstdio>
+#include <memory>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "bench/literal_port.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "server/scoring/alibi.h"
+#include "server/scoring/aten_scorer.h"
+#include "server/scoring/blocked_attention.h"
+#include "server/scoring/blocked_tiling.h"
+#include "server/scoring/relative_model.h"
+#include "server/scoring/resource_estimate.h"
+#include "server/scoring/validation.h"
+
+#ifndef ATTNSCORE_MEMORY_PROBE
+#error "ATTNSCORE_MEMORY_PROBE (scoring_blocked_memory_probe) is required"
+#endif
+
+namespace attnscore::scoring {
+namespace {
+
+using ::testing::HasSubstr;
+
+struct Case {
+  at::Tensor q, k, v;
+  std::shared_ptr<const AtenRelativeModel> model;
+  std::vector<int32_t> lengths;
+};
+
+Case RandomCase(int64_t b, int64_t h, int64_t lq, int64_t lk, int64_t d,
+                int64_t dv, bool relative, bool lengths) {
+  Case c;
+  c.q = at::randn({b, h, lq, d});
+  c.k = at::randn({b, h, lk, d});
+  c.v = at::randn({b, h, lk, dv});
+  if (relative) {
+    const int64_t p = std::max(lq, lk) + 3;
+    c.model =
+        *AtenRelativeModel::Create("m", "test", at::randn({2 * p, h, d}),
+                                   at::randn({2 * p, h}), at::randn({h, d}));
+  }
+  if (lengths) {
+    for (int64_t i = 0; i < b; ++i) {
+      // 0 (no visible key), a partial length and the full length in turn.
+      const int64_t kind = i % 3;
+      c.lengths.push_back(
+          static_cast<int32_t>(kind == 0   ? 0
+                               : kind == 1 ? std::max<int64_t>(1, lk / 3)
+                                           : lk));
+    }
+  }
+  return c;
+}
+
+AttentionConfig Config(const Case& c, bool causal) {
+  AttentionConfig config;
+  config.causal = causal;
+  config.scale = 1.0 / std::sqrt(static_cast<double>(c.q.size(3)));
+  if (c.model) {
+    config.bias = ResolvedRelative{c.model.get()};
+  } else {
+    config.bias = ResolvedAlibi{AlibiSlopes(c.q.size(1))};
+  }
+  return config;
+}
+
+// Equal within tol, with identical -inf positions (bit-exact).
+void ExpectSame(const at::Tensor& got, const at::Tensor& want, double tol,
+                const std::string& what) {
+  ASSERT_TRUE(got.defined()) << what;
+  ASSERT_EQ(got.sizes(), want.sizes()) << what;
+  EXPECT_TRUE(at::equal(at::isinf(got), at::isinf(want))) << what;
+  at::Tensor finite = at::isfinite(want);
+  EXPECT_TRUE(at::allclose(got.masked_select(finite),
+                           want.masked_select(finite), tol, tol))
+      << what << " max diff "
+      << (got.masked_select(finite) - want.masked_select(finite))
+             .abs()
+             .max()
+             .item<float>();
+}
+
+// Every output combination of the blocked path equals the materialised one.
+void CheckAllOutputs(const Case& c, bool causal, const std::string& name) {
+  AttentionConfig full = Config(c, causal);
+  full.want_probs = true;
+  full.want_context = true;
+  const AttentionResult want =
+      ComputeAttention(c.q, c.k, c.v, c.lengths, full, nullptr);
+  struct Outputs {
+    bool logits, probs, context;
+  };
+  for (const Outputs& o : {Outputs{true, false, false},
+                           {false, true, false},
+                           {false, false, true},
+                           {true, false, true},
+                           {false, true, true},
+                           {true, true, true}}) {
+    AttentionConfig config = full;
+    config.want_logits = o.logits;
+    config.want_probs = o.probs;
+    config.want_context = o.context;
+    AttentionResult got;
+    ASSERT_TRUE(
+        ComputeAttentionBlocked(c.q, c.k, c.v, c.lengths, config, {}, &got));
+    const std::string what =
+        absl::StrCat(name, " outputs ", o.logits, o.probs, o.context);
+    EXPECT_EQ(got.logits.defined(), o.logits) << what;
+    EXPECT_EQ(got.probs.defined(), o.probs) << what;
+    if (o.logits) ExpectSame(got.logits, want.logits, 1e-5, what + " logits");
+    if (o.probs) ExpectSame(got.probs, want.probs, 1e-5, what + " probs");
+    if (o.context) {
+      ExpectSame(got.context, want.context, 1e-5, what + " context");
+    }
+  }
+}
+
+TEST(BlockedAttentionTest, MatchesMaterialisedPathAtTileEdges) {
+  at::manual_seed(7);
+  // Lk = 300: not a multiple of the key tile (256); Tq = 128 here, so Lq
+  // covers 1 (decode), Tq - 1, Tq + 1. D = 16 runs the ATen GEMMs, D = 1 the
+  // plain loops.
+  const int64_t tq = BlockedQueryTile(129, 300);
+  ASSERT_EQ(tq, 128);
+  for (bool relative : {false, true}) {
+    for (bool causal : {false, true}) {
+      for (bool lengths : {false, true}) {
+        for (int64_t lq : {int64_t{1}, tq - 1, tq + 1}) {
+          for (int64_t d : {1, 16}) {
+            Case c = RandomCase(3, 2, lq, 300, d, d + 1, relative, lengths);
+            CheckAllOutputs(
+                c, causal,
+                absl::StrCat("rel ", relative, " causal ", causal, " lengths ",
+                             lengths, " Lq ", lq, " D ", d));
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(BlockedAttentionTest, OnlineSoftmaxMatchesMaterialisedOnRandomShapes) {
+  at::manual_seed(11);
+  for (int trial = 0; trial < 24; ++trial) {
+    const int64_t lk = 1 + at::randint(700, {1}).item<int64_t>();
+    const int64_t lq = 1 + at::randint(lk, {1}).item<int64_t>();
+    const int64_t d = 1 + at::randint(40, {1}).item<int64_t>();
+    const bool relative = trial % 2 == 1, causal = trial % 3 != 0;
+    Case c =
+        RandomCase(2, 3, lq, lk, d, 1 + trial % 5, relative, trial % 4 < 2);
+    AttentionConfig config = Config(c, causal);
+    config.want_context = true;
+    const AttentionResult want =
+        ComputeAttention(c.q, c.k, c.v, c.lengths, config, nullptr);
+    config.want_logits = false;
+    AttentionResult got;
+    ASSERT_TRUE(
+        ComputeAttentionBlocked(c.q, c.k, c.v, c.lengths, config, {}, &got));
+    EXPECT_FALSE(got.logits.defined());
+    ExpectSame(got.context, want.context, 1e-5,
+               absl::StrCat("trial ", trial, " Lq ", lq, " Lk ", lk, " D ", d));
+  }
+}
+
+TEST(BlockedAttentionTest, MatchesLiteralPortOnRandomShapes) {
+  at::manual_seed(5);
+  for (int trial = 0; trial < 12; ++trial) {
+    const int64_t lk = 1 + at::randint(400, {1}).item<int64_t>();
+    const int64_t lq = 1 + at::randint(lk, {1}).item<int64_t>();
+    const int64_t d = 1 + at::randint(32, {1}).item<int64_t>();
+    const bool relative = trial % 2 == 1, causal = trial % 3 != 0;
+    Case c = RandomCase(2, 4, lq, lk, d, d, relative, false);
+    AttentionConfig config = Config(c, causal);
+    config.want_probs = true;
+    AttentionResult got;
+    ASSERT_TRUE(ComputeAttentionBlocked(c.q, c.k, c.v, {}, config, {}, &got));
+    bench::LiteralResult want =
+        relative ? bench::LiteralRelative(
+                       c.q, c.k, c.model->key_pos_embeddings(),
+                       c.model->key_pos_bias(), c.model->query_pos_bias(),
+                       causal, config.scale, true)
+                 : bench::LiteralAlibi(c.q, c.k, AlibiSlopes(4), causal,
+                                       config.scale, true);
+    const std::string what = absl::StrCat("trial ", trial);
+    ExpectSame(got.logits, want.logits.contiguous(), 1e-4, what + " logits");
+    ExpectSame(got.probs, want.probs.contiguous(), 1e-4, what + " probs");
+  }
+}
+
+TEST(BlockedAttentionTest, StopBetweenTiles) {
+  at::manual_seed(3);
+  Case c = RandomCase(1, 2, 1024, 1024, 64, 64, false, false);
+  AttentionConfig config = Config(c, true);
+  config.want_context = true;
+  config.want_logits = false;
+  std::atomic<int> calls{0};
+  AttentionResult result;
+  EXPECT_FALSE(ComputeAttentionBlocked(
+      c.q, c.k, c.v, {}, config, [&] { return ++calls > 1; }, &result));
+  EXPECT_GE(calls.load(), 2);
+  int never = 0;
+  EXPECT_TRUE(ComputeAttentionBlocked(
+      c.q, c.k, c.v, {}, config,
+      [&] {
+        ++never;
+        return false;
+      },
+      &result));
+  EXPECT_GT(never, 1);  // asked between tiles, not once
+}
+
+TensorRef Ref(const at::Tensor& t) {
+  return TensorRef{DType::kFloat32, t.sizes().vec(), t.data_ptr(), t.nbytes()};
+}
+
+TEST(BlockedAttentionTest, ScorerReturnsCancelledWhenStopFires) {
+  auto scorer = CreateAtenScorer({}).value();
+  at::manual_seed(4);
+  at::Tensor q = at::randn({1, 2, 1024, 64}), k = at::randn({1, 2, 1024, 64});
+  ScoreItem item;
+  item.query = Ref(q);
+  item.key = Ref(k);
+  ScoreSpec spec;
+  spec.causal = true;
+  std::atomic<int> calls{0};
+  // The scorer asks once before staging the inputs, then between tiles.
+  auto stopped = scorer->ScoreBatch(spec, absl::MakeConstSpan(&item, 1),
+                                    [&] { return ++calls > 2; });
+  EXPECT_EQ(stopped.status().code(), absl::StatusCode::kCancelled)
+      << stopped.status();
+  auto done = scorer->ScoreBatch(spec, absl::MakeConstSpan(&item, 1),
+                                 [] { return false; });
+  ASSERT_TRUE(done.ok()) << done.status();
+  EXPECT_TRUE((*done)[0].logits.has_value());
+}
+
+TEST(BlockedValidationTest, OverflowingScaleOrSlopesNameTheField) {
+  at::Tensor q = at::full({1, 2, 4, 8}, 100.0f),
+             k = at::full({1, 2, 4, 8}, 100.0f);
+  ScoreItem item;
+  item.query = Ref(q);
+  item.key = Ref(k);
+  ScoreSpec spec;
+  spec.scale = 1e33f;  // 1e33 * 8 * 1e4 = 8e37: fits float32
+  EXPECT_TRUE(ValidateItem(spec, item).ok()) << ValidateItem(spec, item);
+  spec.scale = 1e35f;  // 8e39 > float32 max
+  absl::Status s = ValidateItem(spec, item);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("scale: logits could reach"));
+  EXPECT_THAT(s.message(), HasSubstr("float32 bound"));
+  // Float16 logits: 1 * 8 * 1e4 = 80000 > 65504.
+  spec.scale = 1.0f;
+  spec.output_dtype = DType::kFloat16;
+  s = ValidateItem(spec, item);
+  EXPECT_THAT(s.message(), HasSubstr("scale:"));
+  EXPECT_THAT(s.message(), HasSubstr("float16 bound 65504"));
+  // The same without logits: only the float32 compute bound applies.
+  spec.want_logits = false;
+  spec.want_probs = true;
+  EXPECT_TRUE(ValidateItem(spec, item).ok()) << ValidateItem(spec, item);
+  // A slope that pushes the bound over: named by index.
+  spec.want_logits = true;
+  spec.scale = 0.5f;                       // content 40000
+  spec.bias = AlibiBias{{0.5f, 4000.0f}};  // 4000 * 8 = 32000 more
+  s = ValidateItem(spec, item);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("alibi.slopes[1]: logits could reach"));
+  spec.bias = AlibiBias{{0.5f, -1.0f}};
+  EXPECT_TRUE(ValidateItem(spec, item).ok()) << ValidateItem(spec, item);
+  // bfloat16 has float32's range.
+  spec.output_dtype = DType::kBFloat16;
+  spec.scale = 1e35f;
+  EXPECT_THAT(ValidateItem(spec, item).message(), HasSubstr("bfloat16 bound"));
+}
+
+// Runs the probe: {growth, estimate} in bytes.
+std::pair<int64_t, int64_t> Probe(const std::string& args) {
+  const std::string command =
+      absl::StrCat("timeout 300 ", ATTNSCORE_MEMORY_PROBE, " ", args);
+  FILE* pipe = popen(command.c_str(), "r");
+  if (pipe == nullptr) return {-1, -1};
+  int64_t growth = -1, estimate = -1;
+  if (std::fscanf(pipe, "growth %" SCNd64 " estimate %" SCNd64, &growth,
+                  &estimate) != 2) {
+    growth = estimate = -1;
+  }
+  const int rc = pclose(pipe);
+  EXPECT_EQ(rc, 0) << command;
+  return {growth, estimate};
+}
+
+constexpr int64_t kMiB = int64_t{1} << 20;
+// The estimate includes allocator rounding and bookkeeping: no allowance.
+constexpr int64_t kAllowance = 0;
+
+TEST(BlockedMemoryTest, QueryOfDeathStaysSmallAndUnderTheEstimate) {
+  // Issue 9: ALiBi causal, B1 H2 Lq=Lk=8192 D=Dv=1, float32, context only
+  // (1.75 GB peak on the materialising path).
+  auto [growth, estimate] = Probe("alibi causal 1 2 8192 8192 1 1 c float32");
+  ASSERT_GE(growth, 0);
+  std::printf("query of death: growth %.1f MiB, estimate %.1f MiB\n",
+              static_cast<double>(growth) / kMiB,
+              static_cast<double>(estimate) / kMiB);
+  EXPECT_LT(growth, 64 * kMiB);
+  EXPECT_LE(growth, estimate + kAllowance);
+  EXPECT_LT(estimate, 64 * kMiB);
+}
+
+TEST(BlockedMemoryTest, EstimateBoundsMeasuredGrowth) {
+  for (const char* args : {
+           "alibi causal 2 4 1024 1024 32 32 l float32",
+           "alibi full 2 4 1024 1024 32 32 p float32",
+           "alibi causal 2 4 1024 1024 32 32 lpc float32",
+           "alibi causal 2 4 1024 1024 32 32 lc float16",
+           "alibi full 1 4 2048 2048 64 64 c float32",
+           "relative causal 2 4 1024 1024 32 32 lp float32",
+           "relative causal 1 4 2048 2048 32 32 c float32",
+       }) {
+    auto [growth, estimate] = Probe(args);
+    ASSERT_GE(growth, 0) << args;
+    std::printf("%s: growth %.1f MiB, estimate %.1f MiB\n", args,
+                static_cast<double>(growth) / kMiB,
+                static_cast<double>(estimate) / kMiB);
+    EXPECT_LE(growth, estimate + kAllowance) << args;
+  }
+}
+
+}  // namespace
+}  // namespace attnscore::scoring
