@@ -16,16 +16,5 @@ find_package(prometheus-cpp CONFIG REQUIRED)
 find_package(PkgConfig REQUIRED)
 pkg_check_modules(CPP_HTTPLIB REQUIRED IMPORTED_TARGET cpp-httplib)
 
-# LibTorch: Debian's CPU build. Only torch_cpu and c10 are linked: the `torch` umbrella target
-# drags in CUDA discovery we do not need for the CPU build.
-find_library(TORCH_CPU_LIBRARY torch_cpu REQUIRED)
-find_library(C10_LIBRARY c10 REQUIRED)
-add_library(attnscore_libtorch INTERFACE)
-target_link_libraries(attnscore_libtorch INTERFACE ${TORCH_CPU_LIBRARY} ${C10_LIBRARY})
-target_compile_definitions(attnscore_libtorch INTERFACE _GLIBCXX_USE_CXX11_ABI=1)
-# find_library gives paths, not an imported target, so nothing marks the headers SYSTEM by itself:
-# say so explicitly, or -Werror would fail on LibTorch's own warnings wherever its headers are not
-# under a compiler default directory. (Debian's are in /usr/include, which CMake drops as an
-# implicit directory; -isystem there would also break #include_next.)
-find_path(TORCH_INCLUDE_DIR ATen/ATen.h REQUIRED)
-target_include_directories(attnscore_libtorch SYSTEM INTERFACE "${TORCH_INCLUDE_DIR}")
+# LibTorch: Debian's CPU build by default, or a LibTorch 2.x (CUDA) with -DATTNSCORE_TORCH=python.
+include(AttnscoreTorch)

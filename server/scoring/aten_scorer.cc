@@ -18,18 +18,21 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/aten_dtype.h"
+#include "common/dtype.h"
 #include "common/layout.h"
 #include "common/overloaded.h"
 #include "server/scoring/alibi.h"
 #include "server/scoring/attention.h"
+#include "server/scoring/batched_attention.h"
+#include "server/scoring/batched_estimate.h"
+#include "server/scoring/fused_attention.h"
+#include "server/scoring/blocked_attention.h"
+#include "server/scoring/blocked_tiling.h"
 #include "server/scoring/relative_model.h"
 
 namespace attnscore::scoring {
 namespace {
 
-// Bias and mask tensors reused across requests; 512 MiB holds e.g. 8 heads of
-// 2048x2048.
-constexpr size_t kStaticBiasCacheBytes = size_t{512} << 20;
 
 at::Tensor Wrap(const TensorRef& t) {
   // The request owns the bytes; compute reads them in place (no copy for a
@@ -57,9 +60,18 @@ at::Tensor Gather(absl::Span<const ScoreItem> items,
       shape,
       at::TensorOptions().dtype(at::kFloat).pinned_memory(device.is_cuda()));
   int64_t offset = 0;
+  float* rows = out.data_ptr<float>();
   for (const ScoreItem& item : items) {
     const TensorRef& t = pick(item);
-    out.narrow(axis, offset, t.shape[axis]).copy_(Wrap(t));
+    if (axis == 0) {
+      // Batch-major: an item's rows are contiguous in `out`; decoding them in
+      // place costs no tensor per item, which keeps many tiny items cheap.
+      const size_t count = t.size_bytes / ElementSize(t.dtype);
+      DecodeFloats(t.data, count, t.dtype, rows);
+      rows += count;
+    } else {
+      out.narrow(axis, offset, t.shape[axis]).copy_(Wrap(t));
+    }
     offset += t.shape[axis];
   }
   return device.is_cpu() ? out : out.to(device, /*non_blocking=*/true);
@@ -121,6 +133,22 @@ class Splitter {
         axis_(axis) {}
 
   OutputTensor Slice(int64_t offset, int64_t count) const {
+    if (axis_ == 0 && owner_->is_contiguous()) {
+      // Batch-major: the item's rows by address, without a tensor per item.
+      const int64_t row_bytes =
+          owner_->size(0) > 0
+              ? static_cast<int64_t>(owner_->nbytes()) / owner_->size(0)
+              : 0;
+      OutputTensor out;
+      out.dtype = dtype_;
+      out.shape.assign(owner_->sizes().begin(), owner_->sizes().end());
+      out.shape[0] = count;
+      out.data =
+          static_cast<const char*>(owner_->data_ptr()) + offset * row_bytes;
+      out.size_bytes = static_cast<size_t>(count * row_bytes);
+      out.keepalive = owner_;
+      return out;
+    }
     at::Tensor slice = owner_->narrow(axis_, offset, count);
     OutputTensor out;
     out.dtype = dtype_;
@@ -182,8 +210,10 @@ struct DeviceBias {
 
 class ScorerImpl final : public Scorer {
  public:
-  explicit ScorerImpl(at::Device device)
-      : device_(device), cache_(kStaticBiasCacheBytes) {}
+  ScorerImpl(at::Device device, bool batched)
+      : device_(device),
+        batched_(batched),
+        fused_available_(FusedAttentionAvailable()) {}
 
   using Scorer::ScoreBatch;
   absl::StatusOr<std::vector<ScoreResult>> ScoreBatch(
@@ -204,12 +234,16 @@ class ScorerImpl final : public Scorer {
 
   std::string device() const override { return device_.str(); }
 
+  ResourceEstimate Estimate(const ScoreSpec& spec,
+                            const ProblemSize& size) const override {
+    return batched_ ? EstimateBatchedResources(spec, size, fused_available_)
+                    : EstimateResources(spec, size);
+  }
+
  private:
   absl::StatusOr<std::vector<ScoreResult>> ScoreBatchOrThrow(
       const ScoreSpec& spec, absl::Span<const ScoreItem> items,
       const StopFn& stop) {
-    // TODO(blocked path): check `stop` between tiles.
-    (void)stop;
     // On a GPU each batch worker thread computes on a stream of its own, so
     // concurrent batches overlap their copies and kernels; the CPU has none.
     std::optional<c10::StreamGuard> stream_guard;
@@ -218,11 +252,26 @@ class ScorerImpl final : public Scorer {
     absl::StatusOr<DeviceBias> bias = ResolveBias(spec.bias, q.heads);
     if (!bias.ok()) return bias.status();
     const AttentionConfig config = MakeConfig(spec, q, bias->bias);
+    if (stop && stop()) return Cancelled();
     const Batch batch = GatherBatch(spec, items, device_);
-    const AttentionResult result =
-        ComputeAttention(batch.query, batch.key, batch.value, batch.key_lengths,
-                         config, &cache_);
+    AttentionResult result;
+    if (batched_) {
+      // Whole batched products on the device; stopped only between batches.
+      result = BatchedAttention(batch.query, batch.key, batch.value,
+                                batch.key_lengths, config);
+      if (stop && stop()) return Cancelled();
+    } else if (!ComputeAttentionBlocked(batch.query, batch.key, batch.value,
+                                        batch.key_lengths, config, stop,
+                                        &result)) {
+      // The blocked path: nothing that was not asked for is materialised.
+      return Cancelled();
+    }
     return SplitResults(spec, result, batch.item_batch);
+  }
+
+  static absl::Status Cancelled() {
+    return absl::CancelledError(
+        "scoring stopped: the request was cancelled or its deadline passed");
   }
 
   static AttentionConfig MakeConfig(const ScoreSpec& spec, const Dims& q,
@@ -230,6 +279,7 @@ class ScorerImpl final : public Scorer {
     AttentionConfig config;
     config.bias = std::move(bias);
     config.causal = spec.causal;
+    config.want_logits = spec.want_logits;
     config.want_probs = spec.want_probs;
     config.want_context = spec.want_context;
     config.scale = spec.scale.has_value()
@@ -312,7 +362,8 @@ class ScorerImpl final : public Scorer {
   }
 
   const at::Device device_;
-  StaticBiasCache cache_;
+  const bool batched_;
+  const bool fused_available_;
   std::mutex device_models_mu_;
   std::map<uint64_t, std::pair<std::weak_ptr<const AtenRelativeModel>,
                                std::shared_ptr<const AtenRelativeModel>>>
@@ -353,10 +404,26 @@ absl::StatusOr<at::Device> ParseDevice(const std::string& name) {
 
 }  // namespace
 
+absl::StatusOr<ComputePath> ParseComputePath(absl::string_view name) {
+  if (name == "auto") return ComputePath::kAuto;
+  if (name == "blocked") return ComputePath::kBlocked;
+  if (name == "batched") return ComputePath::kBatched;
+  return absl::InvalidArgumentError(absl::StrCat(
+      "compute_path: expected auto, blocked or batched, got '", name, "'"));
+}
+
 absl::StatusOr<std::unique_ptr<Scorer>> CreateAtenScorer(
     const ScorerOptions& options) {
   absl::StatusOr<at::Device> device = ParseDevice(options.device);
   if (!device.ok()) return device.status();
+  const bool batched =
+      options.compute_path == ComputePath::kBatched ||
+      (options.compute_path == ComputePath::kAuto && !device->is_cpu());
+  if (!batched && !device->is_cpu()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("compute_path: blocked runs on the CPU only, device is '",
+                     options.device, "'"));
+  }
   if (options.intra_op_threads < 0) {
     return absl::InvalidArgumentError(absl::StrCat(
         "intra_op_threads: expected >= 0, got ", options.intra_op_threads));
@@ -367,7 +434,8 @@ absl::StatusOr<std::unique_ptr<Scorer>> CreateAtenScorer(
           ? options.intra_op_threads
           : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   at::set_num_threads(threads);
-  return std::unique_ptr<Scorer>(new ScorerImpl(*device));
+  SetBlockedThreads(threads);  // the resource estimate's scratch count
+  return std::unique_ptr<Scorer>(new ScorerImpl(*device, batched));
 }
 
 }  // namespace attnscore::scoring

@@ -4,7 +4,8 @@
 //
 // Thread safety: call CreateAtenScorer once, at start-up (it sets the process's
 // intra-op thread count). Errors: INVALID_ARGUMENT for a malformed device or a
-// negative thread count; FAILED_PRECONDITION with a clear message when the
+// negative thread count, or the blocked path asked for on a GPU;
+// FAILED_PRECONDITION with a clear message when the
 // device is not available.
 #ifndef ATTNSCORE_SERVER_SCORING_ATEN_SCORER_H_
 #define ATTNSCORE_SERVER_SCORING_ATEN_SCORER_H_
@@ -13,13 +14,23 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "server/scoring/scorer.h"
 
 namespace attnscore::scoring {
 
+// How a batch is computed: `blocked` (blocked_attention.h: per (item, head),
+// tiles of query rows; the CPU only) or `batched` (batched_attention.h: whole
+// batched products; any device). `auto`: batched on CUDA, blocked on the CPU.
+enum class ComputePath { kAuto, kBlocked, kBatched };
+
+// "auto", "blocked", "batched"; INVALID_ARGUMENT otherwise.
+absl::StatusOr<ComputePath> ParseComputePath(absl::string_view name);
+
 struct ScorerOptions {
   std::string device = "cpu";  // "cpu", "cuda" or "cuda:N"
   int intra_op_threads = 0;    // 0: the number of cores
+  ComputePath compute_path = ComputePath::kAuto;
 };
 
 absl::StatusOr<std::unique_ptr<Scorer>> CreateAtenScorer(

@@ -20,6 +20,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "server/scoring/resource_estimate.h"
 #include "server/scoring/score_spec.h"
 
 namespace attnscore::scoring {
@@ -50,6 +51,14 @@ class Scorer {
 
   // "cpu", "cuda:0", ...
   virtual std::string device() const = 0;
+
+  // What scoring `size` with `spec` will cost on this scorer's path and device,
+  // before anything is allocated (resource_estimate.h). The default is the CPU
+  // `blocked` path's estimate.
+  virtual ResourceEstimate Estimate(const ScoreSpec& spec,
+                                    const ProblemSize& size) const {
+    return EstimateResources(spec, size);
+  }
 };
 
 }  // namespace attnscore::scoring

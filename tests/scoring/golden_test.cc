@@ -13,6 +13,7 @@
 #include "server/scoring/attention.h"
 #include "server/scoring/relative_model.h"
 #include "server/scoring/validation.h"
+#include "tests/testing/test_util.h"
 
 namespace attnscore::scoring {
 namespace {
@@ -104,19 +105,25 @@ std::vector<GoldenCase>& Cases() {
   return *cases;
 }
 
-class GoldenTest : public ::testing::Test {
+// Every test runs on each compute path of the test device (test_util.h).
+class GoldenTest : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
     ASSERT_FALSE(Cases().empty())
         << "no golden cases in " << attnscore::testing::GoldenDir();
-    absl::StatusOr<std::unique_ptr<Scorer>> scorer = CreateAtenScorer({});
+    ScorerOptions options;
+    options.device = attnscore::testing::TestDevice();
+    absl::StatusOr<ComputePath> path = ParseComputePath(GetParam());
+    ASSERT_TRUE(path.ok()) << path.status();
+    options.compute_path = *path;
+    absl::StatusOr<std::unique_ptr<Scorer>> scorer = CreateAtenScorer(options);
     ASSERT_TRUE(scorer.ok()) << scorer.status();
     scorer_ = *std::move(scorer);
   }
   std::unique_ptr<Scorer> scorer_;
 };
 
-TEST_F(GoldenTest, CoversEveryCaseKind) {
+TEST_P(GoldenTest, CoversEveryCaseKind) {
   int relative = 0, alibi = 0, with_lengths = 0, with_values = 0;
   for (const GoldenCase& c : Cases()) {
     (c.relative() ? relative : alibi)++;
@@ -130,7 +137,7 @@ TEST_F(GoldenTest, CoversEveryCaseKind) {
   EXPECT_EQ(Cases().size(), 18u);
 }
 
-TEST_F(GoldenTest, AlibiSlopesMatchTheCases) {
+TEST_P(GoldenTest, AlibiSlopesMatchTheCases) {
   for (const GoldenCase& c : Cases()) {
     if (c.relative() || c.has("slopes")) continue;
     SCOPED_TRACE(c.name);
@@ -140,7 +147,7 @@ TEST_F(GoldenTest, AlibiSlopesMatchTheCases) {
   }
 }
 
-TEST_F(GoldenTest, Float32MatchesEveryOutput) {
+TEST_P(GoldenTest, Float32MatchesEveryOutput) {
   for (const GoldenCase& c : Cases()) {
     SCOPED_TRACE(c.name);
     std::unique_ptr<Inputs> in = MakeInputs(c, DType::kFloat32);
@@ -256,13 +263,20 @@ void CheckSixteenBit(Scorer& scorer, DType dtype, double u) {
   }
 }
 
-TEST_F(GoldenTest, Float16WithinDerivedBounds) {
+TEST_P(GoldenTest, Float16WithinDerivedBounds) {
   CheckSixteenBit(*scorer_, DType::kFloat16, std::ldexp(1.0, -11));
 }
 
-TEST_F(GoldenTest, BFloat16WithinDerivedBounds) {
+TEST_P(GoldenTest, BFloat16WithinDerivedBounds) {
   CheckSixteenBit(*scorer_, DType::kBFloat16, std::ldexp(1.0, -8));
 }
+
+INSTANTIATE_TEST_SUITE_P(
+    Paths, GoldenTest,
+    ::testing::ValuesIn(attnscore::testing::TestComputePaths()),
+    [](const ::testing::TestParamInfo<std::string>& info) {
+      return info.param;
+    });
 
 }  // namespace
 }  // namespace attnscore::scoring

@@ -285,9 +285,15 @@ at::Tensor AsTensor(const OutputTensor& t) {
   return at::from_blob(const_cast<void*>(t.data), t.shape, at::kFloat).clone();
 }
 
-class ScorerTest : public ::testing::Test {
+// Runs on each compute path of the test device (test_util.h).
+class ScorerTest : public ::testing::TestWithParam<std::string> {
  protected:
-  void SetUp() override { scorer_ = *CreateAtenScorer({}); }
+  void SetUp() override {
+    ScorerOptions options;
+    options.device = attnscore::testing::TestDevice();
+    options.compute_path = *ParseComputePath(GetParam());
+    scorer_ = *CreateAtenScorer(options);
+  }
   ScoreSpec Spec(const Case& c, Layout layout, bool causal) {
     ScoreSpec spec;
     spec.layout = layout;
@@ -299,7 +305,7 @@ class ScorerTest : public ::testing::Test {
   std::unique_ptr<Scorer> scorer_;
 };
 
-TEST_F(ScorerTest, LayoutsGiveIdenticalResults) {
+TEST_P(ScorerTest, LayoutsGiveIdenticalResults) {
   at::manual_seed(5);
   for (bool relative : {false, true}) {
     Case c = RandomCase(2, 3, 5, 7, 8, relative ? 8 : 0);
@@ -324,7 +330,7 @@ TEST_F(ScorerTest, LayoutsGiveIdenticalResults) {
   }
 }
 
-TEST_F(ScorerTest, BatchedItemsEqualSeparateRunsAndShareMemory) {
+TEST_P(ScorerTest, BatchedItemsEqualSeparateRunsAndShareMemory) {
   at::manual_seed(6);
   for (Layout layout : {Layout::kBHSD, Layout::kSBHD}) {
     std::vector<Case> cases = {RandomCase(1, 2, 4, 6, 8),
@@ -363,7 +369,7 @@ TEST_F(ScorerTest, BatchedItemsEqualSeparateRunsAndShareMemory) {
   }
 }
 
-TEST_F(ScorerTest, OutputDtypesRoundOnce) {
+TEST_P(ScorerTest, OutputDtypesRoundOnce) {
   at::manual_seed(7);
   Case c = RandomCase(1, 2, 3, 3, 4);
   Raw raw = MakeRaw(c, Layout::kBHSD);
@@ -390,7 +396,7 @@ TEST_F(ScorerTest, OutputDtypesRoundOnce) {
   }
 }
 
-TEST_F(ScorerTest, ValidationNamesFieldExpectedAndActual) {
+TEST_P(ScorerTest, ValidationNamesFieldExpectedAndActual) {
   Case c = RandomCase(2, 4, 3, 5, 8, 8);
   Raw raw = MakeRaw(c, Layout::kBHSD);
   ScoreSpec spec = Spec(c, Layout::kBHSD, true);
@@ -488,7 +494,7 @@ class StandInModel final : public RelativeModel {
 
 // ValidateItem and BatchKey visit both Bias alternatives; the key's layout is
 // pinned (the batcher groups by it).
-TEST_F(ScorerTest, ValidateItemAndBatchKeyCoverBothBiasKinds) {
+TEST_P(ScorerTest, ValidateItemAndBatchKeyCoverBothBiasKinds) {
   Case c = RandomCase(2, 4, 3, 5, 8, 8);
   Raw raw = MakeRaw(c, Layout::kBHSD);
   const ScoreSpec relative = Spec(c, Layout::kBHSD, true);
@@ -538,6 +544,31 @@ TEST_F(ScorerTest, ValidateItemAndBatchKeyCoverBothBiasKinds) {
               HasSubstr("relative.model: 'm' was not loaded by this scorer"));
 }
 
+TEST(ScorerCreateTest, ComputePaths) {
+  EXPECT_EQ(*ParseComputePath("auto"), ComputePath::kAuto);
+  EXPECT_EQ(*ParseComputePath("blocked"), ComputePath::kBlocked);
+  EXPECT_EQ(*ParseComputePath("batched"), ComputePath::kBatched);
+  absl::StatusOr<ComputePath> bad = ParseComputePath("fused");
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(bad.status().message()),
+              HasSubstr("expected auto, blocked or batched, got 'fused'"));
+  for (ComputePath path :
+       {ComputePath::kAuto, ComputePath::kBlocked, ComputePath::kBatched}) {
+    ScorerOptions options;
+    options.compute_path = path;
+    EXPECT_TRUE(CreateAtenScorer(options).ok());
+  }
+  if (at::hasCUDA()) {
+    ScorerOptions options;
+    options.device = "cuda";
+    options.compute_path = ComputePath::kBlocked;
+    absl::StatusOr<std::unique_ptr<Scorer>> blocked = CreateAtenScorer(options);
+    EXPECT_EQ(blocked.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(std::string(blocked.status().message()),
+                HasSubstr("blocked runs on the CPU only"));
+  }
+}
+
 TEST(ScorerCreateTest, DevicesAndThreads) {
   absl::StatusOr<std::unique_ptr<Scorer>> cpu = CreateAtenScorer({"cpu", 2});
   ASSERT_TRUE(cpu.ok()) << cpu.status();
@@ -556,6 +587,13 @@ TEST(ScorerCreateTest, DevicesAndThreads) {
   EXPECT_EQ(CreateAtenScorer({"cpu", -1}).status().code(),
             absl::StatusCode::kInvalidArgument);
 }
+
+INSTANTIATE_TEST_SUITE_P(
+    Paths, ScorerTest,
+    ::testing::ValuesIn(attnscore::testing::TestComputePaths()),
+    [](const ::testing::TestParamInfo<std::string>& info) {
+      return info.param;
+    });
 
 class ParameterFileTest : public ::testing::Test {
  protected:

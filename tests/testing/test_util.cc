@@ -54,4 +54,14 @@ TempDir::~TempDir() {
   std::filesystem::remove_all(path_, ignored);
 }
 
+std::string TestDevice() {
+  const char* device = std::getenv("ATTNSCORE_TEST_DEVICE");
+  return device != nullptr && *device != '\0' ? device : "cpu";
+}
+
+std::vector<std::string> TestComputePaths() {
+  if (TestDevice() == "cpu") return {"blocked", "batched"};
+  return {"batched"};
+}
+
 }  // namespace attnscore::testing

@@ -12,6 +12,7 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/time/time.h"
 
@@ -29,6 +30,15 @@ std::optional<std::string> ReadFile(const std::string& path);
 
 // The whole file, or "" when it cannot be read (for assertions on contents).
 std::string ReadFileOrEmpty(const std::string& path);
+
+// The device the scoring and end-to-end tests compute on: $ATTNSCORE_TEST_DEVICE
+// ("cuda" on the GPU machine, scripts/device-check.sh), "cpu" when unset.
+std::string TestDevice();
+
+// The compute paths to test on TestDevice(): both on the CPU (so the
+// accelerator path's math is checked in every CI run), the batched one on a
+// GPU (blocked runs on the CPU only).
+std::vector<std::string> TestComputePaths();
 
 // A fresh directory under $TMPDIR (or /tmp), removed with everything in it on
 // destruction.

@@ -1,0 +1,44 @@
+// The CUDA build (cmake/AttnscoreTorch.cmake compiles this file only when the
+// LibTorch has CUDA): the device's properties and free memory from the CUDA
+// runtime, under a guard that leaves the caller's current device alone.
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAFunctions.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <cuda_runtime_api.h>
+
+#include "absl/strings/str_cat.h"
+#include "server/scoring/accelerator.h"
+
+namespace attnscore::scoring {
+
+bool BuiltWithCuda() { return true; }
+
+absl::StatusOr<AcceleratorInfo> DescribeCudaDevice(int index) {
+  const int count = c10::cuda::device_count();
+  if (index < 0 || index >= count) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cuda:", index, ": expected a device index in [0, ", count,
+                     "), the CUDA runtime sees ", count, " device(s)"));
+  }
+  cudaDeviceProp props{};
+  size_t free_bytes = 0;
+  size_t total_bytes = 0;
+  try {
+    c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(index));
+    C10_CUDA_CHECK(cudaGetDeviceProperties(&props, index));
+    C10_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+  } catch (const c10::Error& e) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cuda:", index, ": ", e.what_without_backtrace()));
+  }
+  AcceleratorInfo info;
+  info.name = props.name;
+  info.compute_major = props.major;
+  info.compute_minor = props.minor;
+  info.multiprocessors = props.multiProcessorCount;
+  info.total_bytes = static_cast<int64_t>(total_bytes);
+  info.free_bytes = static_cast<int64_t>(free_bytes);
+  return info;
+}
+
+}  // namespace attnscore::scoring

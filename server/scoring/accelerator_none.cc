@@ -1,0 +1,17 @@
+// Builds without CUDA (Debian's LibTorch): there is no CUDA device to describe.
+#include "absl/strings/str_cat.h"
+#include "server/scoring/accelerator.h"
+
+namespace attnscore::scoring {
+
+bool BuiltWithCuda() { return false; }
+
+absl::StatusOr<AcceleratorInfo> DescribeCudaDevice(int index) {
+  return absl::FailedPreconditionError(absl::StrCat(
+      "cuda:", index, ": this build has no CUDA (LibTorch ",
+      ATTNSCORE_TORCH_VERSION,
+      " without CUDA); configure with -DATTNSCORE_TORCH=python against a "
+      "CUDA LibTorch"));
+}
+
+}  // namespace attnscore::scoring

@@ -1,0 +1,309 @@
+#include "server/scoring/batched_attention.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <limits>
+#include <variant>
+#include <vector>
+
+#include "common/overloaded.h"
+#include "server/scoring/batched_estimate.h"
+#include "server/scoring/fused_attention.h"
+
+namespace attnscore::scoring {
+namespace {
+
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+// The sizes of one computation.
+struct Sizes {
+  int64_t batch = 0;
+  int64_t heads = 0;
+  int64_t query_len = 0;
+  int64_t key_len = 0;
+  int64_t head_dim = 0;
+  int64_t value_dim = 0;  // 0 unless context is wanted
+  int64_t stack() const { return batch * heads; }
+  // R: the relative distances that occur.
+  int64_t span() const { return query_len + key_len - 1; }
+  ProblemSize problem() const {
+    return ProblemSize{batch, heads, query_len, key_len, head_dim, value_dim};
+  }
+};
+
+// Everything one tile needs, made once per call, on the inputs' device.
+struct Operands {
+  Sizes sizes;
+  at::TensorOptions f32;           // float32 on the device
+  at::Tensor query;                // [B,H,Lq,D], plus u_h for relative
+  at::Tensor raw_query;            // [B,H,Lq,D], the query alone
+  at::Tensor key_t;                // [B*H, D, Lk]
+  at::Tensor value;                // [B*H, Lk, Dv] (when context is wanted)
+  at::Tensor slopes;               // [H,1,1] (ALiBi)
+  const AtenRelativeModel* model;  // null for ALiBi
+  at::Tensor embeddings_t;         // [H, D, R]: E for the distances (relative)
+  at::Tensor key_bias;             // [H, R]: S for the distances (relative)
+  at::Tensor key_hidden;           // [B,1,1,Lk] bool: beyond the key length
+  at::Tensor dead_rows;            // [B,1,1,1] bool: key length 0
+};
+
+const AtenRelativeModel* RelativeModelOf(const AttentionConfig& config) {
+  return std::visit(
+      Overloaded{
+          [](const ResolvedAlibi&) -> const AtenRelativeModel* {
+            return nullptr;
+          },
+          [](const ResolvedRelative& relative) { return relative.model; },
+      },
+      config.bias);
+}
+
+// The key-length masks on the device; undefined when no key is hidden. Only
+// the B lengths travel from the host.
+void MakeLengthMasks(absl::Span<const int32_t> key_lengths, Operands& ops) {
+  const Sizes& s = ops.sizes;
+  const bool any_hidden =
+      std::any_of(key_lengths.begin(), key_lengths.end(),
+                  [&](int32_t len) { return len < s.key_len; });
+  if (!any_hidden) return;
+  at::Tensor lengths =
+      at::tensor(std::vector<int64_t>(key_lengths.begin(), key_lengths.end()),
+                 at::kLong)
+          .to(ops.f32.device());
+  at::Tensor keys = at::arange(s.key_len, ops.f32.dtype(at::kLong));
+  ops.key_hidden =
+      keys.view({1, 1, 1, s.key_len}) >= lengths.view({s.batch, 1, 1, 1});
+  if (std::find(key_lengths.begin(), key_lengths.end(), 0) !=
+      key_lengths.end()) {
+    ops.dead_rows = (lengths == 0).view({s.batch, 1, 1, 1});
+  }
+}
+
+Operands MakeOperands(const at::Tensor& q, const at::Tensor& k,
+                      const at::Tensor& v,
+                      absl::Span<const int32_t> key_lengths,
+                      const AttentionConfig& config) {
+  Operands ops;
+  Sizes& s = ops.sizes;
+  s = Sizes{q.size(0), q.size(1), q.size(2),
+            k.size(2), q.size(3), config.want_context ? v.size(3) : 0};
+  ops.f32 = q.options().dtype(at::kFloat);
+  ops.model = RelativeModelOf(config);
+  ops.raw_query = q;
+  ops.query = q;
+  ops.key_t = k.reshape({s.stack(), s.key_len, s.head_dim}).transpose(1, 2);
+  if (config.want_context) {
+    ops.value = v.reshape({s.stack(), s.key_len, s.value_dim});
+  }
+  if (ops.model == nullptr) {
+    const auto& slopes = std::get<ResolvedAlibi>(config.bias).slopes;
+    ops.slopes = at::tensor(slopes, at::kFloat)
+                     .to(ops.f32.device())
+                     .view({s.heads, 1, 1});
+  } else {
+    ops.query =
+        q + ops.model->query_pos_bias().view({1, s.heads, 1, s.head_dim});
+    const int64_t r0 = ops.model->info().max_relative_positions - s.key_len + 1;
+    ops.embeddings_t = ops.model->key_pos_embeddings()
+                           .narrow(0, r0, s.span())
+                           .permute({1, 2, 0});  // [H, D, R]
+    ops.key_bias = ops.model->key_pos_bias().narrow(0, r0, s.span()).t();
+  }
+  MakeLengthMasks(key_lengths, ops);
+  return ops;
+}
+
+// The static bias of query rows [row0, row0 + rows), [H, T, Lk], made on the
+// device: d[i, j] = (Lk - Lq + row0 + i) - j; ALiBi -m_h * d (|d| when
+// bidirectional); relative scale * S[r0 + Lk - 1 - d, h]; -inf where causal
+// hides a key.
+at::Tensor TileBias(const Operands& ops, const AttentionConfig& config,
+                    int64_t row0, int64_t rows) {
+  const Sizes& s = ops.sizes;
+  const int64_t first = s.key_len - s.query_len + row0;
+  at::Tensor distance =
+      at::arange(first, first + rows, ops.f32).unsqueeze(1) -
+      at::arange(0, s.key_len, ops.f32).unsqueeze(0);  // [T, Lk]
+  at::Tensor bias;
+  if (ops.model == nullptr) {
+    bias = ops.slopes * (config.causal ? distance : distance.abs());
+    bias.neg_();
+  } else {
+    at::Tensor index = (s.key_len - 1 - distance).to(at::kLong).flatten();
+    bias = ops.key_bias.index_select(1, index)
+               .view({s.heads, rows, s.key_len})
+               .mul_(config.scale);
+  }
+  if (config.causal) bias.masked_fill_((distance < 0).unsqueeze(0), kNegInf);
+  return bias;
+}
+
+// logits[b, h, i, j] += scale * q_i.E[r(i, j), h] for the tile's rows: one
+// batched product over heads, [H, B*T, R], and labml's shift_right as a
+// strided view of it (row stride R - 1).
+void AddPositionTerm(const Operands& ops, const AttentionConfig& config,
+                     int64_t row0, int64_t rows, at::Tensor& logits) {
+  const Sizes& s = ops.sizes;
+  const int64_t span = s.span();
+  at::Tensor query_rows = ops.raw_query.narrow(2, row0, rows)
+                              .permute({1, 0, 2, 3})
+                              .reshape({s.heads, s.batch * rows, s.head_dim});
+  at::Tensor bd = at::bmm(query_rows, ops.embeddings_t);  // [H, B*T, R]
+  at::Tensor shifted =
+      bd.as_strided({s.batch, s.heads, rows, s.key_len},
+                    {rows * span, s.batch * rows * span, span - 1, 1},
+                    bd.storage_offset() + s.query_len - 1 - row0);
+  logits.add_(shifted, config.scale);
+}
+
+// The logits of query rows [row0, row0 + rows) into `logits` [B,H,T,Lk]
+// (contiguous): bias, scale * q.k by baddbmm, position
+// term, masks.
+void FillLogits(const Operands& ops, const AttentionConfig& config,
+                int64_t row0, int64_t rows, at::Tensor& logits) {
+  const Sizes& s = ops.sizes;
+  logits.copy_(TileBias(ops, config, row0, rows).unsqueeze(0));
+  at::Tensor stack = logits.view({s.stack(), rows, s.key_len});
+  at::Tensor query_rows =
+      ops.query.narrow(2, row0, rows).reshape({s.stack(), rows, s.head_dim});
+  // Finite products added to -inf leave -inf in place.
+  stack.baddbmm_(query_rows, ops.key_t, /*beta=*/1, /*alpha=*/config.scale);
+  if (ops.model != nullptr) AddPositionTerm(ops, config, row0, rows, logits);
+  if (ops.key_hidden.defined()) logits.masked_fill_(ops.key_hidden, kNegInf);
+}
+
+// Softmax over the keys into `probs` (contiguous), then the context rows
+// ([B,H,T,Dv], contiguous) when wanted.
+void Normalize(const Operands& ops, const at::Tensor& logits, at::Tensor& probs,
+               at::Tensor* context_rows) {
+  const Sizes& s = ops.sizes;
+  at::_softmax_out(probs, logits, -1, /*half_to_float=*/false);
+  // No visible key: softmax gives NaN; the contract is zero probabilities
+  // and context.
+  if (ops.dead_rows.defined()) probs.masked_fill_(ops.dead_rows, 0.0);
+  if (context_rows != nullptr) {
+    const int64_t rows = probs.size(2);
+    at::Tensor out = context_rows->view({s.stack(), rows, s.value_dim});
+    at::bmm_out(out, probs.view({s.stack(), rows, s.key_len}), ops.value);
+  }
+}
+
+// The context of query rows [row0, row0 + rows) by the fused attention, one
+// call per run of items with the same key length (its keys narrowed to that
+// length), so that no [B, H, T, Lk] mask exists.
+void FusedContextTile(const Operands& ops, const AttentionConfig& config,
+                      absl::Span<const int32_t> key_lengths, int64_t row0,
+                      int64_t rows, at::Tensor& context_rows) {
+  const Sizes& s = ops.sizes;
+  // The mask in the operands' dtype, as the kernel requires.
+  const at::Tensor bias = TileBias(ops, config, row0, rows)
+                              .unsqueeze(0)
+                              .to(ops.query.scalar_type());
+  const at::Tensor value =
+      ops.value.view({s.batch, s.heads, s.key_len, s.value_dim});
+  const at::Tensor key =
+      ops.key_t.transpose(1, 2).view({s.batch, s.heads, s.key_len, s.head_dim});
+  const auto length_of = [&](int64_t b) {
+    return key_lengths.empty() ? s.key_len : int64_t{key_lengths[b]};
+  };
+  for (int64_t begin = 0; begin < s.batch;) {
+    const int64_t len = length_of(begin);
+    int64_t end = begin + 1;
+    while (end < s.batch && length_of(end) == len) ++end;
+    at::Tensor out = context_rows.narrow(0, begin, end - begin);
+    if (len == 0) {
+      out.zero_();
+    } else {
+      out.copy_(FusedAttention(
+          ops.query.narrow(0, begin, end - begin).narrow(2, row0, rows),
+          key.narrow(0, begin, end - begin).narrow(2, 0, len),
+          value.narrow(0, begin, end - begin).narrow(2, 0, len),
+          bias.narrow(3, 0, len), config.scale));
+    }
+    begin = end;
+  }
+}
+
+// The outputs that were asked for, allocated once.
+AttentionResult AllocateOutputs(const Sizes& s, const AttentionConfig& config,
+                                const at::TensorOptions& f32) {
+  AttentionResult out;
+  if (config.want_logits) {
+    out.logits = at::empty({s.batch, s.heads, s.query_len, s.key_len}, f32);
+  }
+  if (config.want_probs) {
+    out.probs = at::empty({s.batch, s.heads, s.query_len, s.key_len}, f32);
+  }
+  if (config.want_context) {
+    out.context = at::empty({s.batch, s.heads, s.query_len, s.value_dim}, f32);
+  }
+  return out;
+}
+
+// Where a tile computes: the output itself when the tile is all of it (so
+// one-tile problems copy nothing), else contiguous scratch, which
+// CopyTileRows then writes into the output's rows (ATen's batched products
+// and softmax want contiguous operands).
+at::Tensor TileTarget(const at::Tensor& output, int64_t row0, int64_t rows,
+                      int64_t last_dim, const Sizes& s,
+                      const at::TensorOptions& f32) {
+  if (output.defined() && row0 == 0 && rows == s.query_len) return output;
+  return at::empty({s.batch, s.heads, rows, last_dim}, f32);
+}
+
+void CopyTileRows(const at::Tensor& tile, int64_t row0, at::Tensor& output) {
+  if (!output.defined() || tile.is_same(output)) return;
+  output.narrow(2, row0, tile.size(2)).copy_(tile);
+}
+
+}  // namespace
+
+AttentionResult BatchedAttention(const at::Tensor& q, const at::Tensor& k,
+                                 const at::Tensor& v,
+                                 absl::Span<const int32_t> key_lengths,
+                                 const AttentionConfig& config,
+                                 int64_t query_tile) {
+  const bool fused = config.want_context && !config.want_logits &&
+                     !config.want_probs && RelativeModelOf(config) == nullptr &&
+                     FusedAttentionAvailable();
+  // The fused kernel takes 16-bit operands as they are; the rest of the path
+  // computes in float32.
+  const auto operand = [&](const at::Tensor& t) {
+    return fused || !t.defined() ? t : t.to(at::kFloat);
+  };
+  const Operands ops =
+      MakeOperands(operand(q), operand(k), operand(v), key_lengths, config);
+  const Sizes& s = ops.sizes;
+  AttentionResult result = AllocateOutputs(s, config, ops.f32);
+  const int64_t tile =
+      query_tile > 0 ? query_tile : BatchedQueryTile(s.problem(), fused);
+  const bool need_probs = config.want_probs || config.want_context;
+  for (int64_t row0 = 0; row0 < s.query_len; row0 += tile) {
+    const int64_t rows = std::min(tile, s.query_len - row0);
+    at::Tensor context_rows;
+    if (config.want_context) {
+      context_rows =
+          TileTarget(result.context, row0, rows, s.value_dim, s, ops.f32);
+    }
+    if (fused) {
+      FusedContextTile(ops, config, key_lengths, row0, rows, context_rows);
+    } else {
+      at::Tensor logits =
+          TileTarget(result.logits, row0, rows, s.key_len, s, ops.f32);
+      FillLogits(ops, config, row0, rows, logits);
+      CopyTileRows(logits, row0, result.logits);
+      if (need_probs) {
+        at::Tensor probs =
+            TileTarget(result.probs, row0, rows, s.key_len, s, ops.f32);
+        Normalize(ops, logits, probs,
+                  config.want_context ? &context_rows : nullptr);
+        CopyTileRows(probs, row0, result.probs);
+      }
+    }
+    CopyTileRows(context_rows, row0, result.context);
+  }
+  return result;
+}
+
+}  // namespace attnscore::scoring

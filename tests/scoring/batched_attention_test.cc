@@ -1,0 +1,326 @@
+// The batched accelerator path (batched_attention.h) on the CPU, so that its
+// math is checked in every CI run: every golden case to the float32 tolerance
+// with identical -inf positions (all outputs, then the context alone), 16-bit
+// inputs against the per-block core on the same rounded inputs, and random
+// shapes against ComputeAttention (ALiBi and relative, causal and not, key
+// lengths including 0, decode steps, several query tiles).
+#include "server/scoring/batched_attention.h"
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <limits>
+#include <memory>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "server/scoring/alibi.h"
+#include "server/scoring/attention.h"
+#include "server/scoring/batched_estimate.h"
+#include "server/scoring/fused_attention.h"
+#include "server/scoring/relative_model.h"
+#include "tests/testing/golden.h"
+
+namespace attnscore::scoring {
+namespace {
+
+using ::attnscore::testing::CompareClose;
+using ::attnscore::testing::GoldenCase;
+
+// The device under test: ATTNSCORE_TEST_DEVICE (scripts/device-check.sh sets
+// "cuda"), else the CPU.
+at::Device TestDevice() {
+  const char* device = std::getenv("ATTNSCORE_TEST_DEVICE");
+  return at::Device(device != nullptr && *device != '\0' ? device : "cpu");
+}
+
+std::vector<float> Floats(const at::Tensor& t) {
+  at::Tensor c = t.to(at::kFloat).cpu().contiguous();
+  return std::vector<float>(c.data_ptr<float>(),
+                            c.data_ptr<float>() + c.numel());
+}
+
+at::Tensor ToTensor(const std::vector<float>& values,
+                    const std::vector<int64_t>& shape) {
+  return at::tensor(values, at::kFloat).view(shape).to(TestDevice());
+}
+
+const std::vector<GoldenCase>& Cases() {
+  static const auto* cases = [] {
+    absl::StatusOr<std::vector<GoldenCase>> loaded =
+        attnscore::testing::LoadGoldenCases();
+    // Fail, never skip: the reference data is part of the test.
+    if (!loaded.ok()) {
+      ADD_FAILURE() << loaded.status();
+      return new std::vector<GoldenCase>();
+    }
+    return new std::vector<GoldenCase>(*std::move(loaded));
+  }();
+  return *cases;
+}
+
+// One golden case's tensors and config (the relative model kept alive here).
+struct GoldenInputs {
+  at::Tensor q, k, v;
+  std::shared_ptr<const AtenRelativeModel> model;
+  AttentionConfig config;
+};
+
+GoldenInputs MakeGoldenInputs(const GoldenCase& c) {
+  GoldenInputs in;
+  in.q = ToTensor(c.Floats("q"), c.Shape("q"));
+  in.k = ToTensor(c.Floats("k"), c.Shape("k"));
+  if (c.has("v")) in.v = ToTensor(c.Floats("v"), c.Shape("v"));
+  const int64_t heads = in.q.size(1);
+  if (c.relative()) {
+    in.model = *AtenRelativeModel::Create(
+        c.name, c.name,
+        ToTensor(c.Floats("key_pos_embeddings"), c.Shape("key_pos_embeddings")),
+        ToTensor(c.Floats("key_pos_bias"), c.Shape("key_pos_bias")),
+        ToTensor(c.Floats("query_pos_bias"), c.Shape("query_pos_bias")));
+    in.config.bias = ResolvedRelative{in.model.get()};
+  } else {
+    in.config.bias = ResolvedAlibi{c.has("slopes") ? c.Floats("slopes")
+                                                   : AlibiSlopes(heads)};
+  }
+  in.config.causal = c.causal();
+  in.config.scale =
+      c.scale().value_or(1.0 / std::sqrt(static_cast<double>(in.q.size(3))));
+  in.config.want_logits = true;
+  in.config.want_probs = true;
+  in.config.want_context = c.has("v");
+  return in;
+}
+
+// The per-block core (attention.h) on CPU copies of the inputs: the reference
+// for whatever device the batched path runs on.
+AttentionResult CoreOnCpu(const at::Tensor& q, const at::Tensor& k,
+                          const at::Tensor& v,
+                          const std::vector<int32_t>& lengths,
+                          AttentionConfig config) {
+  std::shared_ptr<const AtenRelativeModel> cpu_model;
+  if (const auto* relative = std::get_if<ResolvedRelative>(&config.bias)) {
+    const AtenRelativeModel& m = *relative->model;
+    cpu_model = *AtenRelativeModel::Create(
+        "cpu", "test", m.key_pos_embeddings().cpu(), m.key_pos_bias().cpu(),
+        m.query_pos_bias().cpu());
+    config.bias = ResolvedRelative{cpu_model.get()};
+  }
+  return ComputeAttention(q.cpu(), k.cpu(), v.defined() ? v.cpu() : v, lengths,
+                          config, nullptr);
+}
+
+TEST(BatchedAttentionGoldenTest, Float32MatchesEveryOutput) {
+  ASSERT_EQ(Cases().size(), 18u) << attnscore::testing::GoldenDir();
+  for (const GoldenCase& c : Cases()) {
+    SCOPED_TRACE(c.name);
+    const GoldenInputs in = MakeGoldenInputs(c);
+    const std::vector<int32_t> lengths = c.key_lengths();
+    // One tile, then one query row per tile.
+    for (int64_t tile : {int64_t{0}, int64_t{1}}) {
+      SCOPED_TRACE(tile);
+      AttentionResult r =
+          BatchedAttention(in.q, in.k, in.v, lengths, in.config, tile);
+      EXPECT_EQ(r.logits.sizes().vec(), c.Shape("expected_logits"));
+      EXPECT_EQ(CompareClose(Floats(r.logits), c.Floats("expected_logits"),
+                             1e-4, 1e-4),
+                "");
+      EXPECT_EQ(
+          CompareClose(Floats(r.probs), c.Floats("expected_probs"), 1e-4, 1e-4),
+          "");
+      if (c.has("expected_context")) {
+        EXPECT_EQ(CompareClose(Floats(r.context), c.Floats("expected_context"),
+                               1e-4, 1e-4),
+                  "");
+      }
+    }
+  }
+}
+
+// The context alone takes the fused attention (ALiBi, LibTorch >= 2.1) or
+// query tiles, and must give the same numbers.
+TEST(BatchedAttentionGoldenTest, ContextAloneMatches) {
+  int checked = 0;
+  for (const GoldenCase& c : Cases()) {
+    if (!c.has("expected_context")) continue;
+    SCOPED_TRACE(c.name);
+    GoldenInputs in = MakeGoldenInputs(c);
+    in.config.want_logits = false;
+    in.config.want_probs = false;
+    AttentionResult r =
+        BatchedAttention(in.q, in.k, in.v, c.key_lengths(), in.config);
+    EXPECT_FALSE(r.logits.defined());
+    EXPECT_FALSE(r.probs.defined());
+    EXPECT_EQ(r.context.sizes().vec(), c.Shape("expected_context"));
+    EXPECT_EQ(CompareClose(Floats(r.context), c.Floats("expected_context"),
+                           1e-4, 1e-4),
+              "");
+    ++checked;
+  }
+  EXPECT_GE(checked, 1);
+}
+
+// 16-bit inputs reach the path as float32 values rounded to the 16-bit grid
+// (the scorer decodes them): the batched path and the per-block core must
+// agree on them to float32 accuracy.
+TEST(BatchedAttentionGoldenTest, SixteenBitInputsMatchTheCore) {
+  for (at::ScalarType dtype : {at::kHalf, at::kBFloat16}) {
+    for (const GoldenCase& c : Cases()) {
+      SCOPED_TRACE(c.name + " " + std::string(c10::toString(dtype)));
+      GoldenInputs in = MakeGoldenInputs(c);
+      in.q = in.q.to(dtype).to(at::kFloat);
+      in.k = in.k.to(dtype).to(at::kFloat);
+      if (in.v.defined()) in.v = in.v.to(dtype).to(at::kFloat);
+      const std::vector<int32_t> lengths = c.key_lengths();
+      AttentionResult got =
+          BatchedAttention(in.q, in.k, in.v, lengths, in.config);
+      AttentionResult want = CoreOnCpu(in.q, in.k, in.v, lengths, in.config);
+      EXPECT_EQ(
+          CompareClose(Floats(got.logits), Floats(want.logits), 1e-4, 1e-4),
+          "");
+      EXPECT_EQ(CompareClose(Floats(got.probs), Floats(want.probs), 1e-4, 1e-4),
+                "");
+      if (in.v.defined()) {
+        EXPECT_EQ(
+            CompareClose(Floats(got.context), Floats(want.context), 1e-4, 1e-4),
+            "");
+      }
+    }
+  }
+}
+
+// A random problem in canonical BHSD.
+struct Shape {
+  int64_t batch, heads, query_len, key_len, head_dim, value_dim;
+  bool relative, causal;
+  std::vector<int32_t> key_lengths;
+};
+
+class BatchedVersusCoreTest : public ::testing::TestWithParam<Shape> {};
+
+std::shared_ptr<const AtenRelativeModel> RandomModel(int64_t heads, int64_t dim,
+                                                     int64_t positions) {
+  const at::TensorOptions on = at::TensorOptions().device(TestDevice());
+  return *AtenRelativeModel::Create(
+      "random", "test", at::randn({2 * positions, heads, dim}, on),
+      at::randn({2 * positions, heads}, on), at::randn({heads, dim}, on));
+}
+
+void ExpectSame(const AttentionResult& got, const AttentionResult& want,
+                const AttentionConfig& config) {
+  if (config.want_logits) {
+    EXPECT_EQ(CompareClose(Floats(got.logits), Floats(want.logits), 1e-4, 1e-4),
+              "");
+  }
+  if (config.want_probs) {
+    EXPECT_EQ(CompareClose(Floats(got.probs), Floats(want.probs), 1e-4, 1e-4),
+              "");
+  }
+  if (config.want_context) {
+    EXPECT_EQ(
+        CompareClose(Floats(got.context), Floats(want.context), 1e-4, 1e-4),
+        "");
+  }
+}
+
+TEST_P(BatchedVersusCoreTest, MatchesComputeAttention) {
+  const Shape& s = GetParam();
+  at::manual_seed(7);
+  const at::TensorOptions on = at::TensorOptions().device(TestDevice());
+  const at::Tensor q =
+      at::randn({s.batch, s.heads, s.query_len, s.head_dim}, on);
+  const at::Tensor k = at::randn({s.batch, s.heads, s.key_len, s.head_dim}, on);
+  const at::Tensor v =
+      at::randn({s.batch, s.heads, s.key_len, s.value_dim}, on);
+  std::shared_ptr<const AtenRelativeModel> model;
+  AttentionConfig config;
+  if (s.relative) {
+    model = RandomModel(s.heads, s.head_dim, s.key_len + 3);
+    config.bias = ResolvedRelative{model.get()};
+  } else {
+    config.bias = ResolvedAlibi{AlibiSlopes(s.heads)};
+  }
+  config.causal = s.causal;
+  config.scale = 0.3;
+  config.want_probs = true;
+  config.want_context = true;
+  const AttentionResult want = CoreOnCpu(q, k, v, s.key_lengths, config);
+  for (int64_t tile : {int64_t{0}, int64_t{1}, int64_t{3}}) {
+    SCOPED_TRACE(tile);
+    ExpectSame(BatchedAttention(q, k, v, s.key_lengths, config, tile), want,
+               config);
+  }
+  // Each output alone, and the context alone (the fused or the tiled path).
+  for (int which = 0; which < 3; ++which) {
+    SCOPED_TRACE(which);
+    AttentionConfig one = config;
+    one.want_logits = which == 0;
+    one.want_probs = which == 1;
+    one.want_context = which == 2;
+    const AttentionResult got =
+        BatchedAttention(q, k, one.want_context ? v : at::Tensor(),
+                         s.key_lengths, one, which == 2 ? 2 : 0);
+    EXPECT_EQ(got.logits.defined(), one.want_logits);
+    EXPECT_EQ(got.probs.defined(), one.want_probs);
+    EXPECT_EQ(got.context.defined(), one.want_context);
+    ExpectSame(got, want, one);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, BatchedVersusCoreTest,
+    ::testing::Values(
+        Shape{2, 4, 9, 9, 8, 8, false, true, {}},
+        Shape{3, 2, 5, 12, 4, 6, false, true, {12, 0, 7}},
+        Shape{2, 3, 1, 17, 8, 8, false, true, {17, 3}},  // decode step
+        Shape{2, 2, 6, 4, 8, 5, false, false, {4, 0}},   // Lq > Lk
+        Shape{1, 5, 7, 7, 16, 16, false, false, {}},
+        Shape{2, 4, 9, 9, 8, 8, true, true, {}},
+        Shape{3, 2, 5, 12, 4, 6, true, true, {12, 0, 7}},
+        Shape{2, 3, 1, 17, 8, 8, true, true, {17, 3}},
+        Shape{2, 2, 6, 4, 8, 5, true, false, {4, 0}},
+        Shape{4, 1, 3, 8, 4, 4, true, false, {8, 8, 1, 0}}));
+
+TEST(BatchedEstimateTest, CoversOutputsAndBoundsTheTile) {
+  ScoreSpec spec;
+  spec.want_logits = true;
+  spec.want_probs = true;
+  spec.want_context = true;
+  const ProblemSize size{8, 8, 512, 512, 64, 64};
+  const ResourceEstimate estimate = EstimateBatchedResources(spec, size, false);
+  const int64_t scores = int64_t{8} * 8 * 512 * 512;
+  EXPECT_GE(estimate.peak_bytes, 2 * scores * 4 + 2 * scores * 4);
+  EXPECT_NE(estimate.breakdown.find("batched path"), std::string::npos);
+  // A long key axis takes several tiles, each within the tile budget.
+  const ProblemSize big{8, 32, 4096, 4096, 128, 128};
+  const int64_t tile = BatchedQueryTile(big, false);
+  EXPECT_LT(tile, big.query_len);
+  EXPECT_LE(tile * 8 * 32 * 4096 * 4, kBatchedTileBytes);
+  EXPECT_GT(BatchedQueryTile(big, true), tile);
+  // Saturates instead of overflowing.
+  const ProblemSize huge{1 << 20, 1 << 10, 1 << 20, 1 << 20, 1 << 10, 1 << 10};
+  EXPECT_EQ(EstimateBatchedResources(spec, huge, true).peak_bytes,
+            std::numeric_limits<int64_t>::max());
+  // The fused path applies to the context alone, with ALiBi.
+  ScoreSpec context_only;
+  context_only.want_logits = false;
+  context_only.want_context = true;
+  EXPECT_TRUE(UsesFusedAttention(context_only, true));
+  EXPECT_FALSE(UsesFusedAttention(context_only, false));
+  EXPECT_FALSE(UsesFusedAttention(spec, true));
+}
+
+TEST(FusedAttentionTest, DescribesItself) {
+  const std::string description = FusedAttentionDescription();
+  EXPECT_NE(description.find(FusedAttentionAvailable() ? "scaled_dot_product"
+                                                       : "not available"),
+            std::string::npos)
+      << description;
+}
+
+}  // namespace
+}  // namespace attnscore::scoring
