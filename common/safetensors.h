@@ -31,8 +31,15 @@ class SafetensorsFile {
     int64_t NumElements() const;
   };
 
-  // Reads and validates a whole file: header, offsets in bounds, byte counts
-  // matching shapes.
+  // Reads and validates a whole file before anything is used. INVALID_ARGUMENT
+  // (naming the file, the tensor and the numbers) for: a header length over
+  // 100 MB or past the end of the file; JSON nested deeper than 8 levels
+  // (refused before parsing: nlohmann's parser recurses); a dim outside
+  // [0, 2^63); a shape whose element count or byte size overflows int64; a
+  // byte range that does not match the shape, ends before it begins or lies
+  // past the payload; tensors that overlap, leave gaps or do not end at the
+  // end of the file (the reference implementation's rule). NOT_FOUND when the
+  // file cannot be opened.
   static absl::StatusOr<SafetensorsFile> Read(const std::string& path);
   // Same, over bytes already in memory; `origin` names them in error messages.
   static absl::StatusOr<SafetensorsFile> Parse(std::string contents,

@@ -43,14 +43,22 @@ using Ref = size_t;  // index of an Object in Unpickler::objects_
 // A pickle larger than this is not a state dict (a tensor entry costs ~100
 // bytes of pickle) and would only make the interpreter's object table huge.
 constexpr size_t kMaxPickleBytes = size_t{64} << 20;
-// Bounds the object table (~120 bytes an object) whatever the pickle repeats.
-constexpr size_t kMaxObjects = size_t{1} << 22;
+// Bound the interpreter's tables whatever the pickle repeats: the objects
+// (~100 bytes each), the stack and the open MARKs, the memo, and the items of
+// all containers together (8 bytes each). A state dict needs ~20 objects a
+// tensor, so a million is ~50,000 tensors; together at most ~200 MB.
+constexpr size_t kMaxObjects = size_t{1} << 20;
+constexpr size_t kMaxStack = size_t{1} << 20;
+constexpr size_t kMaxMemo = size_t{1} << 20;
+constexpr size_t kMaxContainerItems = size_t{1} << 22;
 // LibTorch's own limit on tensor rank.
 constexpr size_t kMaxRank = 64;
-// A view may repeat storage elements (stride 0, e.g. expand()), so its
-// materialized copy can be larger than its storage; past this a tiny file could
-// demand unbounded memory.
-constexpr int64_t kMaxExpandedViewBytes = int64_t{1} << 30;
+// A central directory larger than this describes millions of records: not a
+// state dict.
+constexpr uint64_t kMaxCentralDirectoryBytes = uint64_t{64} << 20;
+// The records torch.save writes besides data.pkl and the storages, which the
+// zip reader reads in full: a few bytes each.
+constexpr uint64_t kMaxSmallRecordBytes = 4096;
 // The 10-byte magic number that the legacy (non-zip) torch.save pickles first,
 // as LONG1.
 constexpr absl::string_view kLegacyMagic(
@@ -313,12 +321,260 @@ std::string Quote(absl::string_view s) {
                       s.size() > kMaxShown ? "'..." : "'");
 }
 
+// The memory one file's load may take (StateDictLimits): zip records by their
+// declared uncompressed size, tensors by their contiguous copy.
+class LoadBudget {
+ public:
+  LoadBudget(uint64_t file_size, int64_t slack_bytes)
+      : file_size_(file_size),
+        slack_(static_cast<uint64_t>(std::max<int64_t>(slack_bytes, 0))),
+        limit_(
+            Saturate(2 * static_cast<unsigned __int128>(file_size) + slack_)) {}
+
+  uint64_t limit() const { return limit_; }
+
+  // Adds `bytes` for `what` (a record or a tensor copy); RESOURCE_EXHAUSTED
+  // with the totals (and no path: callers add where) when over the limit.
+  absl::Status Charge(uint64_t bytes, absl::string_view what, bool is_record) {
+    const uint64_t total =
+        Saturate(static_cast<unsigned __int128>(records_) + copies_ + bytes);
+    if (total > limit_) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          what, " needs ", bytes, " bytes, which brings this file's load to ",
+          total, " bytes (zip records ", records_ + (is_record ? bytes : 0),
+          ", tensor copies ", copies_ + (is_record ? 0 : bytes),
+          "), over the limit of ", limit_, " (2 x the file's ", file_size_,
+          " bytes + ", slack_, ")"));
+    }
+    (is_record ? records_ : copies_) += bytes;
+    return absl::OkStatus();
+  }
+
+ private:
+  static uint64_t Saturate(unsigned __int128 v) {
+    return v > ~uint64_t{0} ? ~uint64_t{0} : static_cast<uint64_t>(v);
+  }
+
+  uint64_t file_size_;
+  uint64_t slack_;
+  uint64_t limit_;
+  uint64_t records_ = 0;
+  uint64_t copies_ = 0;
+};
+
+// One zip record as the central directory declares it (which is what miniz,
+// inside PyTorchStreamReader, allocates and inflates by).
+struct ZipRecord {
+  uint16_t method = 0;  // 0 stored, 8 deflated
+  uint32_t crc = 0;
+  uint64_t uncompressed = 0;
+};
+
+// The zip CRC-32 (reflected 0xedb88320).
+uint32_t Crc32(const void* data, size_t size) {
+  static const std::array<uint32_t, 256> table = [] {
+    std::array<uint32_t, 256> t{};
+    for (uint32_t i = 0; i < 256; ++i) {
+      uint32_t c = i;
+      for (int k = 0; k < 8; ++k) c = (c >> 1) ^ (0xedb88320u & (0u - (c & 1)));
+      t[i] = c;
+    }
+    return t;
+  }();
+  uint32_t crc = 0xffffffff;
+  const auto* bytes = static_cast<const unsigned char*>(data);
+  for (size_t i = 0; i < size; ++i) {
+    crc = table[(crc ^ bytes[i]) & 0xff] ^ (crc >> 8);
+  }
+  return ~crc;
+}
+
+// LibTorch's miniz inflates a record into a buffer of its declared size and,
+// built without its CRC checks, returns data that inflates past that size cut
+// short without an error. A deflated record's CRC is therefore checked here
+// (stored records cannot grow).
+absl::Status CheckInflated(const ZipRecord& record, const void* data,
+                           size_t size, absl::string_view name) {
+  if (record.method == 0 || Crc32(data, size) == record.crc) {
+    return absl::OkStatus();
+  }
+  return absl::DataLossError(absl::StrCat(
+      "zip record ", Quote(name), ": CRC-32 of its ", size,
+      " inflated bytes does not match the central directory (it inflates "
+      "past its declared size, or is damaged)"));
+}
+
+// Record name (after the archive's "<name>/" prefix, as PyTorchStreamReader
+// names them) -> what the central directory declares.
+using ZipDirectory = std::unordered_map<std::string, ZipRecord>;
+
+uint64_t LoadLe(absl::string_view bytes, size_t at, size_t width) {
+  uint64_t value = 0;
+  for (size_t i = width; i-- > 0;) {
+    value = (value << 8) | static_cast<unsigned char>(bytes[at + i]);
+  }
+  return value;
+}
+
+// Reads `n` bytes at `offset`; false if the file is shorter.
+bool ReadAt(std::ifstream& in, uint64_t offset, uint64_t n, std::string* out) {
+  out->assign(static_cast<size_t>(n), '\0');
+  in.clear();
+  in.seekg(static_cast<std::streamoff>(offset));
+  in.read(out->data(), static_cast<std::streamsize>(n));
+  return in.good() || (in.eof() && static_cast<uint64_t>(in.gcount()) == n);
+}
+
+// Where the central directory lies: from the end-of-central-directory record
+// (or its zip64 form, which miniz writes past 4 GiB or 65535 records).
+struct DirectoryExtent {
+  uint64_t offset = 0;
+  uint64_t size = 0;
+};
+
+absl::StatusOr<DirectoryExtent> FindCentralDirectory(const std::string& path,
+                                                     std::ifstream& in,
+                                                     uint64_t file_size) {
+  constexpr absl::string_view kEndMagic("PK\x05\x06", 4);
+  constexpr absl::string_view kLocatorMagic("PK\x06\x07", 4);
+  constexpr absl::string_view kEnd64Magic("PK\x06\x06", 4);
+  const uint64_t tail_size = std::min<uint64_t>(file_size, 22 + 65535);
+  std::string tail;
+  const size_t end =
+      file_size < 22 || !ReadAt(in, file_size - tail_size, tail_size, &tail)
+          ? absl::string_view::npos
+          : absl::string_view(tail).rfind(kEndMagic);
+  if (end == absl::string_view::npos || end + 22 > tail.size()) {
+    return absl::DataLossError(
+        absl::StrCat(path,
+                     ": truncated or damaged zip archive: no "
+                     "end-of-central-directory record"));
+  }
+  DirectoryExtent extent{LoadLe(tail, end + 16, 4), LoadLe(tail, end + 12, 4)};
+  if (extent.offset == 0xffffffff || extent.size == 0xffffffff ||
+      LoadLe(tail, end + 10, 2) == 0xffff) {
+    std::string end64;
+    if (end < 20 || tail.substr(end - 20, 4) != kLocatorMagic ||
+        !ReadAt(in, LoadLe(tail, end - 20 + 8, 8), 56, &end64) ||
+        absl::string_view(end64).substr(0, 4) != kEnd64Magic) {
+      return absl::DataLossError(
+          absl::StrCat(path,
+                       ": damaged zip archive: zip64 end of central directory "
+                       "missing"));
+    }
+    extent = DirectoryExtent{LoadLe(end64, 48, 8), LoadLe(end64, 40, 8)};
+  }
+  if (extent.size > kMaxCentralDirectoryBytes || extent.offset > file_size ||
+      extent.size > file_size - extent.offset) {
+    return absl::DataLossError(absl::StrCat(
+        path, ": damaged zip archive: central directory of ", extent.size,
+        " bytes at offset ", extent.offset, " in a ", file_size,
+        "-byte file (at most ", kMaxCentralDirectoryBytes, " bytes)"));
+  }
+  return extent;
+}
+
+// The 64-bit sizes of a zip64 extra field (id 1) replace the 32-bit ones that
+// read 0xffffffff, in the order uncompressed, compressed.
+void ApplyZip64Extra(absl::string_view extra, uint64_t* uncompressed) {
+  size_t at = 0;
+  while (at + 4 <= extra.size()) {
+    const uint64_t id = LoadLe(extra, at, 2);
+    const uint64_t len = LoadLe(extra, at + 2, 2);
+    if (len > extra.size() - at - 4) return;
+    if (id == 1 && *uncompressed == 0xffffffff && len >= 8) {
+      *uncompressed = LoadLe(extra, at + 4, 8);
+      return;
+    }
+    at += 4 + len;
+  }
+}
+
+// Every record's declared method and uncompressed size, read from the
+// central directory before PyTorchStreamReader (miniz) allocates by them.
+absl::StatusOr<ZipDirectory> ReadZipDirectory(const std::string& path,
+                                              uint64_t* file_size) {
+  std::ifstream in(path, std::ios::binary | std::ios::ate);
+  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open file"));
+  *file_size = static_cast<uint64_t>(in.tellg());
+  absl::StatusOr<DirectoryExtent> extent =
+      FindCentralDirectory(path, in, *file_size);
+  if (!extent.ok()) return extent.status();
+  std::string cd;
+  if (!ReadAt(in, extent->offset, extent->size, &cd)) {
+    return absl::DataLossError(
+        absl::StrCat(path, ": cannot read the zip central directory"));
+  }
+  ZipDirectory records;
+  size_t at = 0;
+  while (at + 46 <= cd.size() && cd.compare(at, 4, "PK\x01\x02") == 0) {
+    const size_t name_len = LoadLe(cd, at + 28, 2);
+    const size_t extra_len = LoadLe(cd, at + 30, 2);
+    const size_t comment_len = LoadLe(cd, at + 32, 2);
+    if (46 + name_len + extra_len + comment_len > cd.size() - at) break;
+    ZipRecord record;
+    record.method = static_cast<uint16_t>(LoadLe(cd, at + 10, 2));
+    record.crc = static_cast<uint32_t>(LoadLe(cd, at + 16, 4));
+    record.uncompressed = LoadLe(cd, at + 24, 4);
+    ApplyZip64Extra(absl::string_view(cd).substr(at + 46 + name_len, extra_len),
+                    &record.uncompressed);
+    const std::string name = cd.substr(at + 46, name_len);
+    const size_t slash = name.find('/');
+    const std::string key =
+        slash == std::string::npos ? name : name.substr(slash + 1);
+    // A duplicate name: count the larger, whichever miniz picks.
+    ZipRecord& slot = records[key];
+    slot.method = std::max(slot.method, record.method);
+    slot.crc = record.crc;
+    slot.uncompressed = std::max(slot.uncompressed, record.uncompressed);
+    at += 46 + name_len + extra_len + comment_len;
+  }
+  return records;
+}
+
+// Checks the declared sizes of every record before any is read: the small
+// records the reader reads on its own (version, byteorder) and, together,
+// all of them against the budget.
+absl::Status CheckZipDirectory(const std::string& path,
+                               const ZipDirectory& records,
+                               const LoadBudget& budget) {
+  unsigned __int128 total = 0;
+  for (const auto& [name, record] : records) {
+    const bool small =
+        name == "version" || name == ".data/version" || name == "byteorder";
+    if (small && record.uncompressed > kMaxSmallRecordBytes) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          path, ": zip record ", Quote(name), " declares ", record.uncompressed,
+          " uncompressed bytes, more than the ", kMaxSmallRecordBytes,
+          " it can need"));
+    }
+    total += record.uncompressed;
+  }
+  if (total > budget.limit()) {
+    const uint64_t shown =
+        total > ~uint64_t{0} ? ~uint64_t{0} : static_cast<uint64_t>(total);
+    return absl::ResourceExhaustedError(absl::StrCat(
+        path, ": zip records declare ", shown,
+        " uncompressed bytes in total, over the limit of ", budget.limit(),
+        " (a zip bomb, or a file that needs a larger "
+        "StateDictLimits::slack_bytes)"));
+  }
+  return absl::OkStatus();
+}
+
 // Interprets data.pkl, loading the storage records it names from `reader`.
 class Unpickler {
  public:
+  // `records` and `budget` are the file's (ReadZipDirectory, LoadBudget);
+  // every storage record and tensor copy is charged to `budget`.
   Unpickler(const std::string& path, absl::string_view pickle,
-            caffe2::serialize::PyTorchStreamReader* reader)
-      : path_(path), pickle_(pickle), reader_(reader) {}
+            caffe2::serialize::PyTorchStreamReader* reader,
+            const ZipDirectory* records, LoadBudget* budget)
+      : path_(path),
+        pickle_(pickle),
+        reader_(reader),
+        records_(records),
+        budget_(budget) {}
 
   absl::StatusOr<std::map<std::string, at::Tensor>> Run();
 
@@ -363,6 +619,12 @@ class Unpickler {
   absl::Status Peek(Ref* out) const;
   absl::Status PopMark(std::vector<Ref>* out);
   absl::Status Push(Object object);
+  // Pushes a reference to an existing object (BINGET, _rebuild_parameter).
+  absl::Status PushRef(Ref ref);
+  // memo[index] = ref, within kMaxMemo entries.
+  absl::Status Memoize(uint64_t index, Ref ref);
+  // Counts `n` more items held by containers against kMaxContainerItems.
+  absl::Status CountItems(size_t n);
 
   absl::Status ResolveGlobal(absl::string_view module, absl::string_view name);
   absl::Status Call(Ref callable, Ref args);
@@ -380,6 +642,9 @@ class Unpickler {
   const std::string& path_;
   absl::string_view pickle_;
   caffe2::serialize::PyTorchStreamReader* reader_;
+  const ZipDirectory* records_;
+  LoadBudget* budget_;
+  size_t container_items_ = 0;
   size_t pos_ = 0;     // next unread byte
   size_t op_pos_ = 0;  // offset of the opcode being executed, for messages
   uint8_t op_ = 0;
@@ -475,11 +740,41 @@ absl::Status Unpickler::PopMark(std::vector<Ref>* out) {
 absl::Status Unpickler::Push(Object object) {
   if (objects_.size() >= kMaxObjects) {
     return Fail(
-        absl::StatusCode::kInvalidArgument,
+        absl::StatusCode::kResourceExhausted,
         absl::StrCat("more than ", kMaxObjects, " objects: not a state dict"));
   }
+  ATTNSCORE_RETURN_IF_ERROR(CountItems(object.items.size()));
   objects_.push_back(std::move(object));
-  stack_.push_back(objects_.size() - 1);
+  return PushRef(objects_.size() - 1);
+}
+
+absl::Status Unpickler::PushRef(Ref ref) {
+  if (stack_.size() >= kMaxStack) {
+    return Fail(absl::StatusCode::kResourceExhausted,
+                absl::StrCat("stack deeper than ", kMaxStack,
+                             " values: not a state dict"));
+  }
+  stack_.push_back(ref);
+  return absl::OkStatus();
+}
+
+absl::Status Unpickler::Memoize(uint64_t index, Ref ref) {
+  if (memo_.size() >= kMaxMemo && memo_.count(index) == 0) {
+    return Fail(absl::StatusCode::kResourceExhausted,
+                absl::StrCat("more than ", kMaxMemo,
+                             " memo entries: not a state dict"));
+  }
+  memo_[index] = ref;
+  return absl::OkStatus();
+}
+
+absl::Status Unpickler::CountItems(size_t n) {
+  if (n > kMaxContainerItems - container_items_) {
+    return Fail(absl::StatusCode::kResourceExhausted,
+                absl::StrCat("containers hold more than ", kMaxContainerItems,
+                             " items together: not a state dict"));
+  }
+  container_items_ += n;
   return absl::OkStatus();
 }
 
@@ -599,7 +894,33 @@ absl::Status Unpickler::LoadStorage(Ref pid, int64_t* index) {
         absl::StatusCode::kDataLoss,
         absl::StrCat("storage ", Quote(key), " has invalid numel ", numel));
   }
+  // The size the central directory declares is what the reader would
+  // allocate and inflate: checked first, so a record that claims gigabytes is
+  // refused before anything is allocated for it.
+  const auto declared = records_->find(record);
+  if (declared == records_->end() ||
+      declared->second.uncompressed != static_cast<uint64_t>(expected_bytes)) {
+    return Fail(absl::StatusCode::kDataLoss,
+                absl::StrCat(
+                    "storage record ", Quote(record), " declares ",
+                    declared == records_->end()
+                        ? std::string("no size")
+                        : absl::StrCat(declared->second.uncompressed, " bytes"),
+                    ", but ", numel, " ", c10::toString(dtype),
+                    " elements need ", expected_bytes));
+  }
+  if (absl::Status charged = budget_->Charge(
+          static_cast<uint64_t>(expected_bytes),
+          absl::StrCat("storage record ", Quote(record)), /*is_record=*/true);
+      !charged.ok()) {
+    return Fail(charged.code(), charged.message());
+  }
   auto [data, bytes] = reader_->getRecord(record);
+  if (absl::Status inflated =
+          CheckInflated(declared->second, data.get(), bytes, record);
+      !inflated.ok()) {
+    return Fail(inflated.code(), inflated.message());
+  }
   if (static_cast<uint64_t>(bytes) != static_cast<uint64_t>(expected_bytes)) {
     return Fail(absl::StatusCode::kDataLoss,
                 absl::StrCat("storage record ", Quote(record), " holds ", bytes,
@@ -662,8 +983,8 @@ absl::Status Unpickler::CheckTensorMetadata(Ref metadata_ref) const {
 }
 
 // numel and the last element the view touches, with overflow checks: every
-// number here came from the file. The view must lie inside its storage and
-// not repeat elements into more than kMaxExpandedViewBytes.
+// number here came from the file. The view must lie inside its storage; its
+// copy's size is charged to the budget by RebuildTensor.
 absl::Status Unpickler::CheckView(const Storage& storage,
                                   const TensorView& view,
                                   int64_t* numel_out) const {
@@ -703,13 +1024,6 @@ absl::Status Unpickler::CheckView(const Storage& storage,
         absl::StrCat("tensor view (offset ", offset, ", ", view.sizes.size(),
                      " dims) reaches outside its storage ", Quote(storage.key),
                      " of ", storage.numel, " elements"));
-  }
-  if (view_bytes > storage.numel * item_size &&
-      view_bytes > kMaxExpandedViewBytes) {
-    return Fail(absl::StatusCode::kInvalidArgument,
-                absl::StrCat("tensor view repeats storage elements into ",
-                             view_bytes, " bytes, more than the ",
-                             kMaxExpandedViewBytes, " allowed"));
   }
   *numel_out = numel;
   return absl::OkStatus();
@@ -756,6 +1070,23 @@ absl::Status Unpickler::RebuildTensor(const std::vector<Ref>& args,
   }
   int64_t numel = 0;
   ATTNSCORE_RETURN_IF_ERROR(CheckView(storage, view, &numel));
+  // CheckView checked that numel * item size fits in int64. A view may repeat
+  // storage elements (stride 0, e.g. expand()), and many views may share one
+  // storage: each copy counts, so neither multiplies a small file.
+  const auto item_size = static_cast<int64_t>(c10::elementSize(storage.dtype));
+  const int64_t copy_bytes = numel * item_size;
+  if (absl::Status charged = budget_->Charge(
+          static_cast<uint64_t>(copy_bytes),
+          absl::StrCat("tensor copy of ", numel, " ",
+                       c10::toString(storage.dtype), " elements from storage ",
+                       Quote(storage.key),
+                       copy_bytes > storage.numel * item_size
+                           ? " (its view repeats storage elements)"
+                           : ""),
+          /*is_record=*/false);
+      !charged.ok()) {
+    return Fail(charged.code(), charged.message());
+  }
   out->kind = Kind::kTensor;
   out->tensor = MaterializeView(storage, view, numel);
   return absl::OkStatus();
@@ -796,8 +1127,7 @@ absl::Status Unpickler::Call(Ref callable, Ref args_ref) {
             absl::StatusCode::kInvalidArgument,
             "_rebuild_parameter arguments are not (tensor, bool, dict)");
       }
-      stack_.push_back(args.items[0]);
-      return absl::OkStatus();
+      return PushRef(args.items[0]);
     case Global::kStorageType:
       break;
   }
@@ -852,6 +1182,11 @@ absl::Status Unpickler::ExecuteStack(Op op, bool* stop) {
       *stop = true;
       return absl::OkStatus();
     case Op::kMark:
+      if (marks_.size() >= kMaxStack) {
+        return Fail(absl::StatusCode::kResourceExhausted,
+                    absl::StrCat("more than ", kMaxStack,
+                                 " open MARKs: not a state dict"));
+      }
       marks_.push_back(stack_.size());
       return absl::OkStatus();
     case Op::kPop:
@@ -1024,6 +1359,7 @@ absl::Status Unpickler::ExtendTop(Kind kind, absl::string_view wrong_type,
     return Fail(absl::StatusCode::kInvalidArgument,
                 absl::StrCat(wrong_type, KindName(objects_[top].kind)));
   }
+  ATTNSCORE_RETURN_IF_ERROR(CountItems(items.size()));
   objects_[top].items.insert(objects_[top].items.end(), items.begin(),
                              items.end());
   return absl::OkStatus();
@@ -1062,12 +1398,10 @@ absl::Status Unpickler::ExecuteMemo(Op op) {
     case Op::kLongBinPut:
       ATTNSCORE_RETURN_IF_ERROR(ReadUint(op == Op::kBinPut ? 1 : 4, &n));
       ATTNSCORE_RETURN_IF_ERROR(Peek(&top));
-      memo_[n] = top;
-      return absl::OkStatus();
+      return Memoize(n, top);
     case Op::kMemoize:
       ATTNSCORE_RETURN_IF_ERROR(Peek(&top));
-      memo_[memo_.size()] = top;
-      return absl::OkStatus();
+      return Memoize(memo_.size(), top);
     case Op::kBinGet:
     case Op::kLongBinGet: {
       ATTNSCORE_RETURN_IF_ERROR(ReadUint(op == Op::kBinGet ? 1 : 4, &n));
@@ -1076,8 +1410,7 @@ absl::Status Unpickler::ExecuteMemo(Op op) {
         return Fail(absl::StatusCode::kDataLoss,
                     absl::StrCat("memo entry ", n, " not set"));
       }
-      stack_.push_back(it->second);
-      return absl::OkStatus();
+      return PushRef(it->second);
     }
     default:
       return Unsupported();
@@ -1181,24 +1514,8 @@ absl::Status NotZipError(const std::string& path, absl::string_view head) {
       path, ": not a PyTorch zip archive (no zip signature at the start)"));
 }
 
-// A zip archive ends with its end-of-central-directory record (22 bytes plus a
-// comment of up to 64 KiB); a truncated file has lost it.
-bool HasEndOfCentralDirectory(const std::string& path) {
-  constexpr absl::string_view kEndMagic("PK\x05\x06", 4);
-  constexpr std::streamoff kMaxTail = 22 + 65535;
-  std::ifstream in(path, std::ios::binary | std::ios::ate);
-  const std::streamoff size = in.tellg();
-  if (!in || size < 22) return false;
-  const std::streamoff tail = std::min(size, kMaxTail);
-  std::string bytes(static_cast<size_t>(tail), '\0');
-  in.seekg(size - tail);
-  in.read(bytes.data(), tail);
-  return in.good() &&
-         absl::string_view(bytes).find(kEndMagic) != absl::string_view::npos;
-}
-
 absl::StatusOr<std::map<std::string, at::Tensor>> LoadStateDictOrThrow(
-    const std::string& path) {
+    const std::string& path, const StateDictLimits& limits) {
   // Checking the signature first gives legacy files and strangers a precise
   // message instead of miniz's "failed finding central directory".
   std::string head(32, '\0');
@@ -1211,14 +1528,14 @@ absl::StatusOr<std::map<std::string, at::Tensor>> LoadStateDictOrThrow(
     head.resize(static_cast<size_t>(in.gcount()));
   }
   if (!absl::StartsWith(head, kZipMagic)) return NotZipError(path, head);
-  if (!HasEndOfCentralDirectory(path)) {
-    // Caught here because the reader would throw a c10::Error, whose backtrace
-    // capture is slow.
-    return absl::DataLossError(
-        absl::StrCat(path,
-                     ": truncated or damaged zip archive: no "
-                     "end-of-central-directory record"));
-  }
+  // Read here, not only by the reader: a truncated file fails with a precise
+  // message instead of a c10::Error (whose backtrace capture is slow), and
+  // every record's declared size is known before the reader allocates by it.
+  uint64_t file_size = 0;
+  absl::StatusOr<ZipDirectory> records = ReadZipDirectory(path, &file_size);
+  if (!records.ok()) return records.status();
+  LoadBudget budget(file_size, limits.slack_bytes);
+  ATTNSCORE_RETURN_IF_ERROR(CheckZipDirectory(path, *records, budget));
 
   std::unique_ptr<caffe2::serialize::PyTorchStreamReader> reader;
   try {
@@ -1250,23 +1567,45 @@ absl::StatusOr<std::map<std::string, at::Tensor>> LoadStateDictOrThrow(
                          : "no data.pkl",
                      "); save module.state_dict() with torch.save"));
   }
-  auto [pickle_data, pickle_size] = reader->getRecord("data.pkl");
-  if (pickle_size > kMaxPickleBytes) {
+  const auto pickle_record = records->find("data.pkl");
+  const uint64_t declared_pickle =
+      pickle_record == records->end() ? 0 : pickle_record->second.uncompressed;
+  if (declared_pickle > kMaxPickleBytes) {
     return absl::InvalidArgumentError(absl::StrCat(
-        path, ": data.pkl is ", pickle_size, " bytes, more than the ",
+        path, ": data.pkl is ", declared_pickle, " bytes, more than the ",
         kMaxPickleBytes, " a state dict needs"));
+  }
+  if (absl::Status charged =
+          budget.Charge(declared_pickle, "data.pkl", /*is_record=*/true);
+      !charged.ok()) {
+    return absl::Status(charged.code(),
+                        absl::StrCat(path, ": ", charged.message()));
+  }
+  auto [pickle_data, pickle_size] = reader->getRecord("data.pkl");
+  if (pickle_record != records->end()) {
+    if (absl::Status inflated = CheckInflated(
+            pickle_record->second, pickle_data.get(), pickle_size, "data.pkl");
+        !inflated.ok()) {
+      return absl::Status(inflated.code(),
+                          absl::StrCat(path, ": ", inflated.message()));
+    }
+  }
+  if (pickle_size != declared_pickle) {
+    return absl::DataLossError(
+        absl::StrCat(path, ": data.pkl holds ", pickle_size,
+                     " bytes, its zip entry declares ", declared_pickle));
   }
   const absl::string_view pickle(static_cast<const char*>(pickle_data.get()),
                                  pickle_size);
-  return Unpickler(path, pickle, reader.get()).Run();
+  return Unpickler(path, pickle, reader.get(), &*records, &budget).Run();
 }
 
 }  // namespace
 
 absl::StatusOr<std::map<std::string, at::Tensor>> LoadStateDict(
-    const std::string& path) {
+    const std::string& path, const StateDictLimits& limits) {
   try {
-    return LoadStateDictOrThrow(path);
+    return LoadStateDictOrThrow(path, limits);
   } catch (const c10::Error& e) {
     // Almost always the zip reader meeting a damaged record (bad CRC, short
     // data).

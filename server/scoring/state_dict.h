@@ -21,12 +21,15 @@
 //   DATA_LOSS: the archive is damaged or inconsistent (truncated zip or pickle,
 //     a storage record missing or of the wrong size, a view outside its
 //     storage).
-//   RESOURCE_EXHAUSTED: an allocation failed.
+//   RESOURCE_EXHAUSTED: the file asks for more memory than StateDictLimits
+//     allows (a zip bomb, many views of one storage, a pickle that fills the
+//     interpreter's tables), or an allocation failed.
 #ifndef ATTNSCORE_SERVER_SCORING_STATE_DICT_H_
 #define ATTNSCORE_SERVER_SCORING_STATE_DICT_H_
 
 #include <ATen/core/Tensor.h>
 
+#include <cstdint>
 #include <map>
 #include <string>
 
@@ -34,10 +37,25 @@
 
 namespace attnscore::scoring {
 
+// What loading one file may allocate, checked before each allocation.
+//
+// Every zip record the load reads (data.pkl, each storage) counts with the
+// uncompressed size its central directory declares, checked before it is
+// inflated; miniz inflates into a buffer of exactly that size and fails if the
+// data inflates to more. Every tensor counts with the bytes of its contiguous
+// copy. Together they may not pass 2 x the file's size + slack_bytes: a
+// torch.save file stores its records uncompressed and its tensors view
+// disjoint parts of them, so an honest file needs at most 2 x its size; the
+// slack covers compressed re-zips and expand()ed views. Many views of one
+// storage add up, so they cannot multiply a small file into gigabytes.
+struct StateDictLimits {
+  int64_t slack_bytes = int64_t{1} << 30;
+};
+
 // Reads a torch.save()'d state_dict (zip format). Errors name the file and what
 // was wrong.
 absl::StatusOr<std::map<std::string, at::Tensor>> LoadStateDict(
-    const std::string& path);
+    const std::string& path, const StateDictLimits& limits = {});
 
 }  // namespace attnscore::scoring
 

@@ -385,8 +385,9 @@ TEST_F(StateDictTest, UnsupportedContentsAreRejected) {
               {"size has 2 dims"});
   ExpectError(Fixture("long_int.pt"), Code::kInvalidArgument,
               {"does not fit in int64"});
-  ExpectError(Fixture("huge_expand.pt"), Code::kInvalidArgument,
-              {"repeats storage elements"});
+  // 4 TiB from one element: over the file's load limit (StateDictLimits).
+  ExpectError(Fixture("huge_expand.pt"), Code::kResourceExhausted,
+              {"repeats storage elements", "over the limit of"});
   ExpectError(Fixture("big_endian.pt"), Code::kUnimplemented, {"byteorder"});
 }
 
@@ -399,7 +400,7 @@ TEST_F(StateDictTest, InconsistentArchivesAreDataLoss) {
   ExpectError(Fixture("negative_stride.pt"), Code::kDataLoss,
               {"negative size or stride"});
   ExpectError(Fixture("numel_mismatch.pt"), Code::kDataLoss,
-              {"holds 24 bytes", "need 32"});
+              {"declares 24 bytes", "need 32"});
   ExpectError(Fixture("missing_record.pt"), Code::kDataLoss,
               {"'data/9'", "missing"});
   ExpectError(Fixture("dtype_conflict.pt"), Code::kDataLoss,
