@@ -7,8 +7,11 @@
 #include <chrono>
 #include <cstdint>
 #include <deque>
+#include <exception>
 #include <limits>
+#include <new>
 #include <optional>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -18,6 +21,7 @@
 #include "attnscore/version.h"
 #include "server/observability/logging.h"
 #include "server/scoring/validation.h"
+#include "server/service/memory_limit.h"
 #include "server/service/status_conversion.h"
 #include "server/service/v1_score_codec.h"
 
@@ -25,6 +29,41 @@ namespace attnscore::service {
 namespace {
 
 double Seconds(int64_t micros) { return static_cast<double>(micros) * 1e-6; }
+
+// The status for an exception caught where it must not escape: `what` names
+// the step ("computing", "encoding the response").
+absl::Status StatusOfException(const std::exception_ptr& exception,
+                               absl::string_view what) {
+  try {
+    std::rethrow_exception(exception);
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("out of memory while ", what));
+  } catch (const std::exception& e) {
+    return absl::InternalError(
+        absl::StrCat("exception while ", what, ": ", e.what()));
+  } catch (...) {
+    return absl::InternalError(absl::StrCat("unknown exception while ", what));
+  }
+}
+
+// The last path component: clients see a model's file name, not the server's
+// directory layout.
+std::string Basename(const std::string& path) {
+  const size_t slash = path.find_last_of('/');
+  return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+// ServiceOptions with the derived defaults resolved.
+ServiceOptions Resolve(ServiceOptions options) {
+  if (options.max_inflight_bytes == 0) {
+    options.max_inflight_bytes = DefaultInflightBytes();
+  }
+  if (options.max_inflight_per_client == ServiceOptions::kHalfOfInflight) {
+    options.max_inflight_per_client = options.max_inflight_bytes / 2;
+  }
+  return options;
+}
 
 }  // namespace
 
@@ -37,12 +76,14 @@ class AttentionScorerService::ScoreTask : public batching::BatchTask {
  public:
   ScoreTask(AttentionScorerService* service, Method method,
             std::unique_ptr<ScoreCodec> codec, int64_t arrival_micros,
-            int64_t deadline_micros)
+            int64_t deadline_micros, std::string client, int client_slot)
       : service_(service),
         method_(method),
         codec_(std::move(codec)),
         arrival_micros_(arrival_micros),
-        deadline_micros_(deadline_micros) {}
+        deadline_micros_(deadline_micros),
+        client_(std::move(client)),
+        client_slot_(client_slot) {}
 
   size_t size() const override { return static_cast<size_t>(validated_.batch); }
   const std::string& batch_key() const override { return batch_key_; }
@@ -54,9 +95,13 @@ class AttentionScorerService::ScoreTask : public batching::BatchTask {
   // Hands the answer to the caller: `response` when there is one (a result, or
   // a stream's error message), else `status`. Takes `response`'s slices (leaves
   // it empty): ByteBuffer has no move, and a copy would take a reference per
-  // slice. Called exactly once, by Answer().
-  virtual void Deliver(const absl::Status& status,
-                       grpc::ByteBuffer& response) = 0;
+  // slice. `lease` (the reply's share of the in-flight budget) is kept until
+  // gRPC reports the reply sent. Called exactly once, by Answer().
+  virtual void Deliver(const absl::Status& status, grpc::ByteBuffer& response,
+                       InflightBudget::Lease lease) = 0;
+  // The call is cancelled (by the client, or by gRPC at its deadline); for
+  // the StopFn.
+  virtual bool call_cancelled() const = 0;
   // True when a failure is answered with a message (codec().EncodeError), as
   // streams do, rather than with the call's status.
   virtual bool errors_in_band() const { return false; }
@@ -82,9 +127,27 @@ class AttentionScorerService::ScoreTask : public batching::BatchTask {
   bool accepted() const { return accepted_; }
   int64_t accepted_micros() const { return accepted_micros_; }
 
+  // Answered (Answer() entered): never answered twice.
+  bool MarkAnswered() { return !std::exchange(answered_, true); }
+  bool answered() const { return answered_; }
+
+  InflightBudget::Lease& lease() { return lease_; }
+  // The request's own bytes, as received.
+  void set_wire_bytes(int64_t bytes) { wire_bytes_ = bytes; }
+  int64_t wire_bytes() const { return wire_bytes_; }
+  int64_t peak_bytes() const { return validated_.peak_bytes; }
+  // The reply's predicted size (all requested outputs).
+  int64_t output_bytes() const { return validated_.output_bytes; }
+  // Admitted: about to be scheduled. Streams count its reply from here on.
+  virtual void OnAdmitted() {}
+
+  const std::string& client() const { return client_; }
+  int client_slot() const { return client_slot_; }
   Method method() const { return method_; }
   int64_t arrival_micros() const { return arrival_micros_; }
   const ScoreCodec& codec() const { return *codec_; }
+  // The codec's look at the raw request before admission (its id).
+  void Peek(const grpc::ByteBuffer& request) { codec_->Peek(request); }
   const std::string& request_id() const { return codec_->request_id(); }
 
  protected:
@@ -97,6 +160,11 @@ class AttentionScorerService::ScoreTask : public batching::BatchTask {
   int64_t accepted_micros_ = 0;
   bool accepted_ = false;
   const int64_t deadline_micros_;
+  const std::string client_;
+  const int client_slot_;
+  bool answered_ = false;
+  int64_t wire_bytes_ = 0;
+  InflightBudget::Lease lease_;
   ValidatedRequest validated_;
   std::string batch_key_;
 };
@@ -114,14 +182,31 @@ absl::Status AttentionScorerService::ScoreTask::Prepare(
   return absl::OkStatus();
 }
 
+// A unary scoring call's reactor: holds the reply's share of the in-flight
+// budget until gRPC reports the call done (reply sent, or the call dead).
+class AttentionScorerService::UnaryReactor final
+    : public grpc::ServerUnaryReactor {
+ public:
+  void FinishWith(const grpc::Status& status, InflightBudget::Lease lease) {
+    lease_ = std::move(lease);
+    Finish(status);
+  }
+  void OnDone() override { delete this; }
+
+ private:
+  InflightBudget::Lease lease_;
+};
+
 class AttentionScorerService::UnaryScoreTask final : public ScoreTask {
  public:
   UnaryScoreTask(AttentionScorerService* service, Method method,
                  std::unique_ptr<ScoreCodec> codec, int64_t arrival_micros,
-                 grpc::CallbackServerContext* context,
-                 grpc::ServerUnaryReactor* reactor, grpc::ByteBuffer* response)
+                 grpc::CallbackServerContext* context, UnaryReactor* reactor,
+                 grpc::ByteBuffer* response, std::string client,
+                 int client_slot)
       : ScoreTask(service, method, std::move(codec), arrival_micros,
-                  service->DeadlineMicros(*context)),
+                  service->DeadlineMicros(*context), std::move(client),
+                  client_slot),
         context_(context),
         reactor_(reactor),
         response_(response) {}
@@ -135,15 +220,17 @@ class AttentionScorerService::UnaryScoreTask final : public ScoreTask {
            service_->clock_->NowMicros() < deadline_micros();
   }
 
-  void Deliver(const absl::Status& status,
-               grpc::ByteBuffer& response) override {
+  bool call_cancelled() const override { return context_->IsCancelled(); }
+
+  void Deliver(const absl::Status& status, grpc::ByteBuffer& response,
+               InflightBudget::Lease lease) override {
     if (status.ok()) response_->Swap(&response);
-    reactor_->Finish(ToGrpcStatus(status));
+    reactor_->FinishWith(ToGrpcStatus(status), std::move(lease));
   }
 
  private:
   grpc::CallbackServerContext* const context_;
-  grpc::ServerUnaryReactor* const reactor_;
+  UnaryReactor* const reactor_;
   grpc::ByteBuffer* const response_;
 };
 
@@ -156,8 +243,12 @@ class AttentionScorerService::StreamReactor final
     : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
   StreamReactor(AttentionScorerService* service,
-                grpc::CallbackServerContext* context)
-      : service_(service), deadline_micros_(service->DeadlineMicros(*context)) {
+                grpc::CallbackServerContext* context, std::string client,
+                int client_slot)
+      : service_(service),
+        deadline_micros_(service->DeadlineMicros(*context)),
+        client_(std::move(client)),
+        client_slot_(client_slot) {
     // Not bound to the call yet: gRPC holds this read until the handler has
     // returned the reactor, so no reaction can run before the constructor ends.
     {
@@ -169,6 +260,8 @@ class AttentionScorerService::StreamReactor final
 
   int64_t deadline_micros() const { return deadline_micros_; }
   bool cancelled() const { return cancelled_.load(std::memory_order_acquire); }
+  const std::string& client() const { return client_; }
+  int client_slot() const { return client_slot_; }
 
   // A request of this stream is about to be accepted: it will Send() exactly
   // once.
@@ -178,13 +271,30 @@ class AttentionScorerService::StreamReactor final
     ++pending_;
   }
 
-  // The answer to one pending request; takes `response`'s slices.
-  void Send(grpc::ByteBuffer& response) {
+  // A pending request was admitted: its reply will be about `bytes`; counted
+  // as unsent from now on, so that a client cannot pipeline more work than
+  // the bound while the replies are still computing.
+  void Reserve(int64_t bytes) {
+    absl::MutexLock lock(&mutex_);
+    unsent_bytes_ += bytes;
+  }
+
+  // The answer to one pending request; takes `response`'s slices. `lease` is
+  // given back when the write is done; `reserved` is what Reserve() counted
+  // for it.
+  void Send(grpc::ByteBuffer& response, InflightBudget::Lease lease,
+            int64_t reserved) {
     Actions actions;
     {
       absl::MutexLock lock(&mutex_);
       --pending_;
-      if (!finished_) writes_.emplace_back().Swap(&response);
+      unsent_bytes_ -= reserved;
+      if (!finished_) {
+        Unsent& unsent = writes_.emplace_back();
+        unsent.buffer.Swap(&response);
+        unsent.lease = std::move(lease);
+        unsent_bytes_ += static_cast<int64_t>(unsent.buffer.Length());
+      }
       actions = NextActionsLocked();
     }
     Run(actions);
@@ -197,6 +307,7 @@ class AttentionScorerService::StreamReactor final
     Actions actions;
     {
       absl::MutexLock lock(&mutex_);
+      unsent_bytes_ -= static_cast<int64_t>(writes_.front().buffer.Length());
       writes_.pop_front();
       writing_ = false;
       if (ok) {
@@ -243,11 +354,14 @@ class AttentionScorerService::StreamReactor final
       ++starting_;
       // deque::push_back never moves existing elements, so this stays valid
       // until OnWriteDone.
-      actions.write = &writes_.front();
+      actions.write = &writes_.front().buffer;
     }
+    // Flow control: a client that does not read stops being read, so that
+    // its unsent replies (counted and bytes) stay bounded.
     const size_t backlog = static_cast<size_t>(pending_) + writes_.size();
     if (!reading_ && !reads_done_ &&
-        backlog < static_cast<size_t>(service_->options_.max_stream_backlog)) {
+        backlog < static_cast<size_t>(service_->options_.max_stream_backlog) &&
+        unsent_bytes_ < service_->options_.max_stream_unsent_bytes) {
       reading_ = true;
       ++starting_;
       actions.start_read = true;
@@ -290,8 +404,16 @@ class AttentionScorerService::StreamReactor final
     if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
   }
 
+  // A reply waiting to be written, with its share of the in-flight budget.
+  struct Unsent {
+    grpc::ByteBuffer buffer;
+    InflightBudget::Lease lease;
+  };
+
   AttentionScorerService* const service_;
   const int64_t deadline_micros_;
+  const std::string client_;
+  const int client_slot_;
   std::atomic<bool> cancelled_{false};
   // gRPC's reference, dropped in OnDone, plus one per pending request.
   std::atomic<int> refs_{1};
@@ -299,7 +421,9 @@ class AttentionScorerService::StreamReactor final
 
   absl::Mutex mutex_;
   // Responses not yet written; the front is being written while writing_.
-  std::deque<grpc::ByteBuffer> writes_ ABSL_GUARDED_BY(mutex_);
+  std::deque<Unsent> writes_ ABSL_GUARDED_BY(mutex_);
+  // Their bytes, plus the predicted bytes of the replies still computing.
+  int64_t unsent_bytes_ ABSL_GUARDED_BY(mutex_) = 0;
   int pending_ ABSL_GUARDED_BY(mutex_) = 0;
   bool reading_ ABSL_GUARDED_BY(mutex_) = false;
   bool reads_done_ ABSL_GUARDED_BY(mutex_) = false;
@@ -316,22 +440,30 @@ class AttentionScorerService::StreamScoreTask final : public ScoreTask {
                   StreamReactor* stream)
       : ScoreTask(service, Method::kScoreStream,
                   std::make_unique<V1ScoreCodec>(), arrival_micros,
-                  stream->deadline_micros()),
+                  stream->deadline_micros(), stream->client(),
+                  stream->client_slot()),
         stream_(stream) {
     stream_->AddPending();
   }
 
   bool cancelled() const override { return stream_->cancelled(); }
+  bool call_cancelled() const override { return stream_->cancelled(); }
   bool errors_in_band() const override { return true; }
 
-  void Deliver(const absl::Status& /*status*/,
-               grpc::ByteBuffer& response) override {
+  void OnAdmitted() override {
+    reserved_ = output_bytes();
+    stream_->Reserve(reserved_);
+  }
+
+  void Deliver(const absl::Status& /*status*/, grpc::ByteBuffer& response,
+               InflightBudget::Lease lease) override {
     // Errors arrive here already encoded as a response with `error` set.
-    stream_->Send(response);
+    stream_->Send(response, std::move(lease), reserved_);
   }
 
  private:
   StreamReactor* const stream_;
+  int64_t reserved_ = 0;
 };
 
 void AttentionScorerService::StreamReactor::OnReadDone(bool ok) {
@@ -354,6 +486,15 @@ void AttentionScorerService::StreamReactor::OnReadDone(bool ok) {
   Run(actions);
 }
 
+// The reactor of a ScoreStream call refused before any message is read (its
+// caller failed authentication): finishes with that status at once.
+class AttentionScorerService::RefusedStream final
+    : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
+ public:
+  explicit RefusedStream(const grpc::Status& status) { Finish(status); }
+  void OnDone() override { delete this; }
+};
+
 absl::StatusOr<std::unique_ptr<AttentionScorerService>>
 AttentionScorerService::Create(const ServiceOptions& options,
                                scoring::Scorer* scorer, ModelRegistry* models,
@@ -369,8 +510,34 @@ AttentionScorerService::Create(const ServiceOptions& options,
     return absl::InvalidArgumentError(absl::StrCat(
         "max_stream_backlog: expected >= 1, got ", options.max_stream_backlog));
   }
-  std::unique_ptr<AttentionScorerService> service(
-      new AttentionScorerService(options, scorer, models, metrics, clock));
+  if (options.max_stream_unsent_bytes < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_stream_unsent_bytes: expected >= 1, got ",
+                     options.max_stream_unsent_bytes));
+  }
+  ServiceOptions resolved = Resolve(options);
+  // Requests are costed by the scorer that will run them (its path and
+  // device), unless the caller chose an estimate.
+  if (!resolved.limits.estimate) {
+    resolved.limits.estimate = [scorer](const scoring::ScoreSpec& spec,
+                                        const scoring::ProblemSize& size) {
+      return scorer->Estimate(spec, size);
+    };
+  }
+  absl::StatusOr<std::shared_ptr<InflightBudget>> budget =
+      InflightBudget::Create(resolved.max_inflight_bytes,
+                             resolved.max_inflight_per_client);
+  if (!budget.ok()) return budget.status();
+  spdlog::info(
+      "in-flight budget {} bytes, {} per client; per request at most {} bytes "
+      "of peak memory and {} work units",
+      resolved.max_inflight_bytes,
+      resolved.max_inflight_per_client == 0
+          ? std::string("no cap")
+          : std::to_string(resolved.max_inflight_per_client),
+      resolved.limits.max_request_memory, resolved.limits.max_request_work);
+  std::unique_ptr<AttentionScorerService> service(new AttentionScorerService(
+      resolved, *budget, scorer, models, metrics, clock));
   AttentionScorerService* raw = service.get();
   absl::StatusOr<std::unique_ptr<Scheduler>> scheduler = Scheduler::Create(
       options.batching, clock,
@@ -385,15 +552,23 @@ AttentionScorerService::Create(const ServiceOptions& options,
         std::shared_ptr<Scheduler> scheduler = weak.lock();
         return scheduler ? static_cast<double>(scheduler->QueueDepth()) : 0.0;
       });
+  metrics->registry().AddCallbackGauge(
+      "attnscore_inflight_bytes",
+      "Bytes of the in-flight budget held by requests (their bytes, "
+      "predicted peak memory, replies not yet sent).",
+      [weak = std::weak_ptr<InflightBudget>(*budget)] {
+        std::shared_ptr<InflightBudget> budget = weak.lock();
+        return budget ? static_cast<double>(budget->InUse()) : 0.0;
+      });
   return service;
 }
 
-AttentionScorerService::AttentionScorerService(const ServiceOptions& options,
-                                               scoring::Scorer* scorer,
-                                               ModelRegistry* models,
-                                               ServiceMetrics* metrics,
-                                               batching::Clock* clock)
+AttentionScorerService::AttentionScorerService(
+    const ServiceOptions& options, std::shared_ptr<InflightBudget> budget,
+    scoring::Scorer* scorer, ModelRegistry* models, ServiceMetrics* metrics,
+    batching::Clock* clock)
     : options_(options),
+      budget_(std::move(budget)),
       scorer_(scorer),
       models_(models),
       metrics_(metrics),
@@ -401,9 +576,22 @@ AttentionScorerService::AttentionScorerService(const ServiceOptions& options,
 
 AttentionScorerService::~AttentionScorerService() { Shutdown(); }
 
+void AttentionScorerService::StartDrain() {
+  if (!draining_.exchange(true, std::memory_order_acq_rel)) {
+    spdlog::info("draining: new scoring requests get UNAVAILABLE");
+  }
+}
+
 void AttentionScorerService::Shutdown() {
   ready_.store(false, std::memory_order_release);
+  draining_.store(true, std::memory_order_release);
   if (scheduler_ != nullptr) scheduler_->Shutdown();
+}
+
+absl::StatusOr<std::string> AttentionScorerService::Authenticate(
+    const grpc::CallbackServerContext& context) const {
+  if (!options_.authenticate) return std::string(kAnonymousClient);
+  return options_.authenticate(context);
 }
 
 size_t AttentionScorerService::QueueDepth() const {
@@ -481,27 +669,75 @@ grpc::ServerUnaryReactor* AttentionScorerService::ScoreUnary(
     Method method, std::unique_ptr<ScoreCodec> codec,
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
     grpc::ByteBuffer* response) {
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  auto task = std::make_unique<UnaryScoreTask>(this, method, std::move(codec),
-                                               clock_->NowMicros(), context,
-                                               reactor, response);
+  const int64_t arrival = clock_->NowMicros();
+  auto* reactor = new UnaryReactor();
+  absl::StatusOr<std::string> client = Authenticate(*context);
+  if (!client.ok()) {
+    metrics_->RecordRequest(method, client.status(),
+                            Seconds(clock_->NowMicros() - arrival),
+                            metrics_->ClientSlot("-"));
+    reactor->FinishWith(ToGrpcStatus(client.status()), {});
+    return reactor;
+  }
+  const int slot = metrics_->ClientSlot(*client);
+  auto task = std::make_unique<UnaryScoreTask>(
+      this, method, std::move(codec), arrival, context, reactor, response,
+      *std::move(client), slot);
   Accept(std::move(task), *request);
   return reactor;
 }
 
 grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>*
 AttentionScorerService::ScoreStream(grpc::CallbackServerContext* context) {
-  return new StreamReactor(this, context);
+  absl::StatusOr<std::string> client = Authenticate(*context);
+  if (!client.ok()) {
+    metrics_->RecordRequest(Method::kScoreStream, client.status(), 0,
+                            metrics_->ClientSlot("-"));
+    return new RefusedStream(ToGrpcStatus(client.status()));
+  }
+  const int slot = metrics_->ClientSlot(*client);
+  return new StreamReactor(this, context, *std::move(client), slot);
+}
+
+absl::Status AttentionScorerService::Admit(ScoreTask& task,
+                                           const grpc::ByteBuffer& request) {
+  task.Peek(request);
+  if (draining_.load(std::memory_order_acquire)) {
+    return absl::UnavailableError(
+        "server is draining: retry on another replica");
+  }
+  // Before the body is parsed: parsing copies it, and a full budget must
+  // cost the server nothing more.
+  const auto wire = static_cast<int64_t>(request.Length());
+  absl::StatusOr<InflightBudget::Lease> lease =
+      budget_->TryAcquire(task.client(), wire);
+  if (!lease.ok()) return lease.status();
+  task.lease() = *std::move(lease);
+  task.set_wire_bytes(wire);
+  // The batcher refuses a full queue too, but only after the parse and the
+  // scan for non-finite values.
+  const size_t depth = scheduler_->QueueDepth();
+  if (depth >= options_.batching.max_enqueued_tasks) {
+    return absl::UnavailableError(
+        absl::StrCat("queue full: ", depth, " requests waiting, limit ",
+                     options_.batching.max_enqueued_tasks, "; retry later"));
+  }
+  // The model set is pinned by the spec (shared_ptr), so a reload cannot change
+  // it under us.
+  if (absl::Status s =
+          task.Prepare(request, options_.limits, *models_->Current());
+      !s.ok()) {
+    return s;
+  }
+  return task.lease().TryResize(wire + task.peak_bytes());
 }
 
 void AttentionScorerService::Accept(std::unique_ptr<ScoreTask> task,
                                     const grpc::ByteBuffer& request) {
   metrics_->AddRequestBytes(task->method(), request.Length());
-  // The model set is pinned by the spec (shared_ptr), so a reload cannot change
-  // it under us.
-  absl::Status status =
-      task->Prepare(request, options_.limits, *models_->Current());
+  absl::Status status = Admit(*task, request);
   if (status.ok()) {
+    task->OnAdmitted();
     // Counted before Schedule: a worker may answer (and uncount) it before
     // Schedule returns.
     task->MarkAccepted(clock_->NowMicros());
@@ -517,15 +753,67 @@ void AttentionScorerService::Accept(std::unique_ptr<ScoreTask> task,
 
 void AttentionScorerService::RunBatch(
     const std::vector<std::unique_ptr<ScoreTask>>& batch) {
-  std::vector<scoring::ScoreItem> items;
-  items.reserve(batch.size());
-  // The items move out of their tasks: ScoreBatch wants them contiguous, and
-  // nothing else needs them any more. The tensor bytes stay in the tasks'
-  // requests.
-  for (const std::unique_ptr<ScoreTask>& task : batch) {
-    items.push_back(task->TakeItem());
+  // An exception must not end the worker thread (std::terminate): whatever
+  // was not answered yet is answered with it.
+  try {
+    std::vector<scoring::ScoreItem> items;
+    items.reserve(batch.size());
+    // The items move out of their tasks: ScoreBatch wants them contiguous, and
+    // nothing else needs them any more. The tensor bytes stay in the tasks'
+    // requests.
+    for (const std::unique_ptr<ScoreTask>& task : batch) {
+      items.push_back(task->TakeItem());
+    }
+    ComputeAndAnswer(batch, items);
+  } catch (...) {
+    AnswerRemaining(batch, StatusOfException(std::current_exception(),
+                                             "computing a batch"));
   }
-  ComputeAndAnswer(batch, items);
+}
+
+void AttentionScorerService::AnswerRemaining(
+    const std::vector<std::unique_ptr<ScoreTask>>& batch,
+    const absl::Status& status) {
+  spdlog::error("batch of {} requests failed: {}", batch.size(),
+                status.ToString());
+  for (const std::unique_ptr<ScoreTask>& task : batch) {
+    if (task->answered()) continue;
+    try {
+      Answer(*task, status);
+    } catch (...) {
+      spdlog::error("answering a request of a failed batch failed too");
+    }
+  }
+}
+
+bool AttentionScorerService::AllAbandoned(
+    absl::Span<const std::unique_ptr<ScoreTask>> tasks) const {
+  // Called between tiles from the compute threads: the clock is read once,
+  // and only when a task is not cancelled and has a deadline.
+  std::optional<int64_t> now;
+  for (const std::unique_ptr<ScoreTask>& task : tasks) {
+    if (task->call_cancelled()) continue;
+    const int64_t deadline = task->deadline_micros();
+    if (deadline == std::numeric_limits<int64_t>::max()) return false;
+    if (!now.has_value()) now = clock_->NowMicros();
+    if (*now < deadline) return false;
+  }
+  return true;
+}
+
+absl::StatusOr<std::vector<scoring::ScoreResult>>
+AttentionScorerService::ScoreGuarded(
+    absl::Span<const std::unique_ptr<ScoreTask>> tasks,
+    absl::Span<const scoring::ScoreItem> items) {
+  // Once every request of the batch is abandoned, nobody waits for the rest.
+  const scoring::StopFn stop = [this, tasks] { return AllAbandoned(tasks); };
+  try {
+    return scorer_->ScoreBatch(tasks.front()->spec(), items, stop);
+  } catch (...) {
+    // The scorer promises no exceptions; a bad_alloc from a library it calls
+    // is still answered as what it is.
+    return StatusOfException(std::current_exception(), "computing");
+  }
 }
 
 void AttentionScorerService::ComputeAndAnswer(
@@ -538,13 +826,26 @@ void AttentionScorerService::ComputeAndAnswer(
     metrics_->ObserveQueue(Seconds(start - task->accepted_micros()));
   }
   absl::StatusOr<std::vector<scoring::ScoreResult>> results =
-      scorer_->ScoreBatch(tasks.front()->spec(), items);
+      ScoreGuarded(tasks, items);
   const int64_t end = clock_->NowMicros();
   metrics_->ObserveBatch(batch_items, Seconds(end - start));
   if (results.ok() && results->size() != tasks.size()) {
     results = absl::InternalError(absl::StrCat("scorer returned ",
                                                results->size(), " results for ",
                                                tasks.size(), " requests"));
+  }
+  if (!results.ok() && absl::IsCancelled(results.status()) &&
+      AllAbandoned(tasks)) {
+    // Stopped between tiles: each request gets its own reason.
+    for (const std::unique_ptr<ScoreTask>& task : tasks) {
+      // cancelled() leaves out gRPC's own cancellation at the deadline.
+      Answer(*task, task->cancelled()
+                        ? absl::CancelledError(
+                              "request cancelled by the client during compute")
+                        : absl::DeadlineExceededError(
+                              "deadline passed during compute"));
+    }
+    return;
   }
   if (!results.ok() && tasks.size() > 1) {
     spdlog::warn("batch of {} requests failed ({}); retrying them one by one",
@@ -564,31 +865,60 @@ void AttentionScorerService::ComputeAndAnswer(
     timing.queue_us = start - task.accepted_micros();
     timing.compute_us = end - start;
     timing.batch_size = static_cast<int64_t>(batch_items);
-    Answer(task, task.codec().EncodeResult((*results)[i], timing));
+    absl::StatusOr<grpc::ByteBuffer> encoded;
+    try {
+      encoded = task.codec().EncodeResult((*results)[i], timing);
+    } catch (...) {
+      encoded =
+          StatusOfException(std::current_exception(), "encoding the response");
+    }
+    Answer(task, std::move(encoded));
   }
 }
 
 void AttentionScorerService::Answer(ScoreTask& task,
                                     absl::StatusOr<grpc::ByteBuffer> response) {
+  if (!task.MarkAnswered()) return;
   const absl::Status status = response.status();
   grpc::ByteBuffer buffer;
   if (response.ok()) {
     buffer.Swap(&*response);
   } else if (task.errors_in_band()) {
-    buffer = task.codec().EncodeError(status);
+    try {
+      buffer = task.codec().EncodeError(status);
+    } catch (...) {
+      // Out of memory for a small message: the stream still gets a reply
+      // (an empty ScoreResponse), so its accounting stays right.
+      buffer.Clear();
+    }
   }
   const int64_t micros = clock_->NowMicros() - task.arrival_micros();
-  metrics_->RecordRequest(task.method(), status, Seconds(micros));
+  metrics_->RecordRequest(task.method(), status, Seconds(micros),
+                          task.client_slot());
   if (buffer.Valid()) {
     metrics_->AddResponseBytes(task.method(), buffer.Length());
   }
   if (task.accepted()) metrics_->AddInFlight(-1);
+  // From here on the request holds its bytes and its reply's, until sent.
+  // Shrinking never fails; the reply is at most the predicted peak.
+  InflightBudget::Lease lease = std::move(task.lease());
+  if (lease.bytes() > 0) {
+    lease
+        .TryResize(
+            std::min(lease.bytes(),
+                     task.wire_bytes() + static_cast<int64_t>(buffer.Length())))
+        .IgnoreError();
+  }
 
   {
-    // JSON logs carry it as a "request_id" member, text logs as
-    // {request_id=...}.
+    // JSON logs carry them as members, text logs as {request_id=...
+    // client=...}. Client strings are cut to a bounded, escaped prefix.
     observability::ScopedLogField request_id_field(
-        "request_id", task.request_id().empty() ? "-" : task.request_id());
+        "request_id", task.request_id().empty()
+                          ? "-"
+                          : ClientStringForLog(task.request_id()));
+    observability::ScopedLogField client_field(
+        "client", ClientStringForLog(task.client()));
     const char* method = MethodName(task.method());
     switch (status.code()) {
       case absl::StatusCode::kOk:
@@ -618,7 +948,7 @@ void AttentionScorerService::Answer(ScoreTask& task,
         break;
     }
   }
-  task.Deliver(status, buffer);
+  task.Deliver(status, buffer, std::move(lease));
 }
 
 grpc::ServerUnaryReactor* AttentionScorerService::ListModels(
@@ -626,19 +956,28 @@ grpc::ServerUnaryReactor* AttentionScorerService::ListModels(
     const v1::ListModelsRequest* /*request*/,
     v1::ListModelsResponse* response) {
   const int64_t start = clock_->NowMicros();
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::StatusOr<std::string> client = Authenticate(*context);
+  if (!client.ok()) {
+    metrics_->RecordRequest(Method::kListModels, client.status(), 0,
+                            metrics_->ClientSlot("-"));
+    reactor->Finish(ToGrpcStatus(client.status()));
+    return reactor;
+  }
   const std::shared_ptr<const scoring::ModelSet> models = models_->Current();
   for (const auto& [name, model] : models->models) {
     const scoring::RelativeModelInfo& info = model->info();
     v1::ModelInfo* out = response->add_models();
     out->set_name(name);
-    out->set_source(info.source);
+    // The file name only: the server's paths are not the client's business.
+    out->set_source(Basename(info.source));
     out->set_heads(info.heads);
     out->set_head_dim(info.head_dim);
     out->set_max_relative_positions(info.max_relative_positions);
   }
   metrics_->RecordRequest(Method::kListModels, absl::OkStatus(),
-                          Seconds(clock_->NowMicros() - start));
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+                          Seconds(clock_->NowMicros() - start),
+                          metrics_->ClientSlot(*client));
   reactor->Finish(grpc::Status::OK);
   return reactor;
 }
@@ -647,6 +986,14 @@ grpc::ServerUnaryReactor* AttentionScorerService::GetServerInfo(
     grpc::CallbackServerContext* context,
     const v1::GetServerInfoRequest* /*request*/, v1::ServerInfo* response) {
   const int64_t start = clock_->NowMicros();
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::StatusOr<std::string> client = Authenticate(*context);
+  if (!client.ok()) {
+    metrics_->RecordRequest(Method::kGetServerInfo, client.status(), 0,
+                            metrics_->ClientSlot("-"));
+    reactor->Finish(ToGrpcStatus(client.status()));
+    return reactor;
+  }
   response->set_version(kVersion);
   response->set_device(scorer_->device());
   response->set_intra_op_threads(options_.intra_op_threads);
@@ -656,6 +1003,11 @@ grpc::ServerUnaryReactor* AttentionScorerService::GetServerInfo(
   limits->set_max_seq_len(options_.limits.max_seq_len);
   limits->set_max_output_bytes(options_.limits.max_output_bytes);
   limits->set_max_message_bytes(options_.max_message_bytes);
+  limits->set_max_request_memory_bytes(options_.limits.max_request_memory);
+  limits->set_max_request_work(options_.limits.max_request_work);
+  limits->set_max_inflight_bytes(options_.max_inflight_bytes);
+  limits->set_max_inflight_per_client_bytes(options_.max_inflight_per_client);
+  limits->set_max_stream_unsent_bytes(options_.max_stream_unsent_bytes);
   v1::BatchingOptions* batching = response->mutable_batching();
   batching->set_max_batch_size(
       static_cast<int64_t>(options_.batching.max_batch_size));
@@ -663,9 +1015,16 @@ grpc::ServerUnaryReactor* AttentionScorerService::GetServerInfo(
   batching->set_max_queue(
       static_cast<int64_t>(options_.batching.max_enqueued_tasks));
   batching->set_batch_workers(options_.batching.num_batch_threads);
+  v1::KernelInfo* kernels = response->mutable_kernels();
+  kernels->set_isa(options_.kernels.isa);
+  kernels->set_blas_core(options_.kernels.blas_core);
+  kernels->set_blas_core_source(options_.kernels.blas_core_source);
+  kernels->set_aten_capability(options_.kernels.aten_capability);
+  kernels->set_aten_capability_source(options_.kernels.aten_capability_source);
+  kernels->set_cpu_model(options_.kernels.cpu_model);
   metrics_->RecordRequest(Method::kGetServerInfo, absl::OkStatus(),
-                          Seconds(clock_->NowMicros() - start));
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+                          Seconds(clock_->NowMicros() - start),
+                          metrics_->ClientSlot(*client));
   reactor->Finish(grpc::Status::OK);
   return reactor;
 }

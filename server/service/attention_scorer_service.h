@@ -13,12 +13,26 @@
 // ScoreStream is pipelined: requests are read and scheduled as they arrive,
 // responses (tagged with request_id) are written as they complete, one write in
 // flight at a time; when too many requests of one stream are unanswered or
-// unsent, reading pauses (flow control). A bad request is answered with `error`
-// set and does not end the stream.
+// unsent (max_stream_backlog), or its unsent replies hold more than
+// max_stream_unsent_bytes (replies still computing count at their predicted
+// size), reading pauses until the client reads (flow control). A bad request is
+// answered with `error` set and does not end the stream.
+//
+// Admission, cheapest check first: the caller's identity (options.authenticate,
+// at the start of every method; its error is the answer); drain (UNAVAILABLE
+// "server is draining", also for new requests of open streams); the in-flight
+// budget (inflight_budget.h) for the request's wire bytes, before the body is
+// parsed; the queue (UNAVAILABLE when full); parsing and validation, including
+// the predicted peak memory and work (request_validation.h); the budget again
+// for the predicted peak. A request holds its share of the budget until its
+// reply is sent (gRPC's OnDone / OnWriteDone).
 //
 // Every accepted request is answered exactly once: with its result, or with the
 // status that stopped it (validation, queue full, deadline, cancellation,
-// compute failure).
+// compute failure). Compute is stopped between tiles (scoring::StopFn) once
+// every request of the batch is cancelled or past its deadline. An exception
+// from the scorer or the encoder (std::bad_alloc: RESOURCE_EXHAUSTED; any
+// other: INTERNAL) is answered, never left to terminate the process.
 //
 // Ownership: the service does not own the Scorer, the ModelRegistry or the
 // ServiceMetrics; they must outlive it. It owns the batcher and its worker
@@ -35,6 +49,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -45,7 +60,9 @@
 #include "attnscore/v1/attnscore.grpc.pb.h"
 #include "server/batching/batch_scheduler.h"
 #include "server/batching/clock.h"
+#include "server/cpu/kernel_info.h"
 #include "server/scoring/scorer.h"
+#include "server/service/inflight_budget.h"
 #include "server/service/model_registry.h"
 #include "server/service/request_validation.h"
 #include "server/service/score_codec.h"
@@ -65,10 +82,32 @@ struct ServiceOptions {
   // limit, and the scorer's intra-op threads, 0 for "the number of cores").
   int64_t max_message_bytes = 0;
   int intra_op_threads = 0;
+  cpu::KernelInfo kernels;  // GetServerInfo's `kernels`; the server sets it
   // Most unanswered plus unsent responses per ScoreStream before the server
   // stops reading it.
   int max_stream_backlog = 64;
+  // Most unsent reply bytes per ScoreStream, counting the replies still
+  // computing at their predicted size, before the server stops reading it
+  // (--max-stream-unsent-bytes): a client that does not read holds at most
+  // this much plus one reply per stream.
+  int64_t max_stream_unsent_bytes = int64_t{64} << 20;
+  // Bytes all requests together may hold (--max-inflight-bytes); 0: half of
+  // the container's memory limit (memory_limit.h DefaultInflightBytes).
+  int64_t max_inflight_bytes = 0;
+  // One identity's share of it (--max-inflight-per-client); 0: no per-client
+  // cap; kHalfOfInflight: half of max_inflight_bytes.
+  static constexpr int64_t kHalfOfInflight = -1;
+  int64_t max_inflight_per_client = kHalfOfInflight;
+  // The caller's identity (a token's name, a certificate's subject), asked at
+  // the start of every attnscore.v1 and KServe method; an error status is the
+  // call's answer (UNAUTHENTICATED). Empty: everyone is "anonymous". Called
+  // concurrently from gRPC threads.
+  std::function<absl::StatusOr<std::string>(const grpc::CallbackServerContext&)>
+      authenticate;
 };
+
+// The identity of callers when ServiceOptions::authenticate is empty.
+inline constexpr char kAnonymousClient[] = "anonymous";
 
 // Score and ScoreStream exchange raw ByteBuffers (our serialization); the small
 // methods use the generated messages. (CallbackService cannot be the base: its
@@ -99,10 +138,28 @@ class AttentionScorerService final : public AttentionScorerRawService {
   // initialisation. Returns the first error.
   absl::Status WarmUp();
 
+  // Starts the drain: from now on new requests (unary calls, and new messages
+  // of open streams) get UNAVAILABLE "server is draining"; everything accepted
+  // before is still computed and answered. Call before grpc::Server::Shutdown()
+  // so that open streams stop taking work. Idempotent; Shutdown() implies it.
+  void StartDrain();
+
   // Stops the batcher: every queued request is computed (or dropped if
   // cancelled or expired) and answered, then the workers are joined. Call after
   // grpc::Server::Shutdown(). Idempotent.
   void Shutdown();
+
+  // Bytes of the in-flight budget held now (also the attnscore_inflight_bytes
+  // gauge).
+  int64_t InflightBytes() const { return budget_->InUse(); }
+
+  // The caller's identity by options.authenticate ("anonymous" without one).
+  absl::StatusOr<std::string> Authenticate(
+      const grpc::CallbackServerContext& context) const;
+
+  // The options in force: ServiceOptions with the derived defaults resolved
+  // (max_inflight_bytes, max_inflight_per_client).
+  const ServiceOptions& options() const { return options_; }
 
   // Requests waiting in the batcher.
   size_t QueueDepth() const;
@@ -139,18 +196,34 @@ class AttentionScorerService final : public AttentionScorerRawService {
 
  private:
   class ScoreTask;
+  class UnaryReactor;
   class UnaryScoreTask;
   class StreamReactor;
   class StreamScoreTask;
+  class RefusedStream;
   using Scheduler = batching::BatchScheduler<ScoreTask>;
 
-  AttentionScorerService(const ServiceOptions& options, scoring::Scorer* scorer,
-                         ModelRegistry* models, ServiceMetrics* metrics,
-                         batching::Clock* clock);
+  AttentionScorerService(const ServiceOptions& options,
+                         std::shared_ptr<InflightBudget> budget,
+                         scoring::Scorer* scorer, ModelRegistry* models,
+                         ServiceMetrics* metrics, batching::Clock* clock);
 
   // Parses and validates `request` into `task`, then schedules it; answers it
   // at once if any of that fails. Runs on a gRPC thread.
   void Accept(std::unique_ptr<ScoreTask> task, const grpc::ByteBuffer& request);
+  // The admission steps of Accept up to scheduling, cheapest first.
+  absl::Status Admit(ScoreTask& task, const grpc::ByteBuffer& request);
+  // True when every task is cancelled or past its deadline: the batch's
+  // StopFn. Reads the clock at most once.
+  bool AllAbandoned(absl::Span<const std::unique_ptr<ScoreTask>> tasks) const;
+  // Scorer::ScoreBatch, with an exception turned into a status.
+  absl::StatusOr<std::vector<scoring::ScoreResult>> ScoreGuarded(
+      absl::Span<const std::unique_ptr<ScoreTask>> tasks,
+      absl::Span<const scoring::ScoreItem> items);
+  // Answers every task of `batch` not answered yet with `status` (after an
+  // exception escaped the compute).
+  void AnswerRemaining(const std::vector<std::unique_ptr<ScoreTask>>& batch,
+                       const absl::Status& status);
   // Batch worker: computes a batch and answers its tasks. The tasks die with
   // the batcher's callback argument, after this returns.
   void RunBatch(const std::vector<std::unique_ptr<ScoreTask>>& batch);
@@ -165,6 +238,7 @@ class AttentionScorerService final : public AttentionScorerRawService {
   int64_t DeadlineMicros(const grpc::CallbackServerContext& context) const;
 
   const ServiceOptions options_;
+  const std::shared_ptr<InflightBudget> budget_;
   scoring::Scorer* const scorer_;
   ModelRegistry* const models_;
   ServiceMetrics* const metrics_;
@@ -173,6 +247,7 @@ class AttentionScorerService final : public AttentionScorerRawService {
   // dangles.
   std::shared_ptr<Scheduler> scheduler_;
   std::atomic<bool> ready_{false};
+  std::atomic<bool> draining_{false};
 };
 
 }  // namespace attnscore::service

@@ -108,7 +108,7 @@ absl::StatusOr<scoring::TensorRef> MapTensor(const ModelInferRequest& request,
         absl::StrCat(input.name(),
                      ": expected datatype FP32, FP16 or BF16, "
                      "got \"",
-                     input.datatype(), "\""));
+                     ClientStringForLog(input.datatype()), "\""));
   }
   if (absl::Status s = ExpectRank(input, 4, LayoutAxes(layout)); !s.ok()) {
     return s;
@@ -137,7 +137,7 @@ absl::StatusOr<std::vector<T>> MapVector(const ModelInferRequest& request,
   if (input.datatype() != datatype) {
     return absl::InvalidArgumentError(
         absl::StrCat(input.name(), ": expected datatype ", datatype, ", got \"",
-                     input.datatype(), "\""));
+                     ClientStringForLog(input.datatype()), "\""));
   }
   if (absl::Status s = ExpectRank(input, 1, axes); !s.ok()) return s;
   absl::StatusOr<InputBytes> bytes = FindBytes(request, i, datatype);
@@ -171,20 +171,20 @@ absl::StatusOr<std::array<int, 5>> IndexInputs(
           absl::StrCat("inputs[", i,
                        "].name: expected query, key, value, key_lengths or "
                        "slopes, got \"",
-                       input.name(), "\""));
+                       ClientStringForLog(input.name()), "\""));
     }
     int& slot = index[static_cast<size_t>(*kind)];
     if (slot >= 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("inputs[", i, "].name: \"", input.name(),
-                       "\" is already inputs[", slot, "]"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "inputs[", i, "].name: \"", ClientStringForLog(input.name()),
+          "\" is already inputs[", slot, "]"));
     }
     if (!input.parameters().empty()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(input.name(),
-                       ": expected no input parameters (shared memory is "
-                       "not served), got \"",
-                       input.parameters().begin()->first, "\""));
+      return absl::InvalidArgumentError(absl::StrCat(
+          input.name(),
+          ": expected no input parameters (shared memory is "
+          "not served), got \"",
+          ClientStringForLog(input.parameters().begin()->first), "\""));
     }
     slot = i;
   }
@@ -227,7 +227,7 @@ absl::Status MapInputs(const ModelInferRequest& request,
           absl::StrCat("slopes: only model \"", kAlibiModel,
                        "\" takes slopes, got them for "
                        "relative-position model \"",
-                       request.model_name(), "\""));
+                       ClientStringForLog(request.model_name()), "\""));
     }
     absl::StatusOr<std::vector<float>> slopes =
         MapVector<float>(request, i, "FP32", "[H]");
@@ -287,7 +287,7 @@ absl::Status MapStringParameter(absl::string_view name,
     if (!layout.has_value()) {
       return absl::InvalidArgumentError(
           absl::StrCat("parameters.layout: expected BHSD, BSHD or SBHD, got \"",
-                       text, "\""));
+                       ClientStringForLog(text), "\""));
     }
     spec.layout = *layout;
     return absl::OkStatus();
@@ -295,8 +295,8 @@ absl::Status MapStringParameter(absl::string_view name,
   output_dtype = ParseDatatype(text);
   if (!output_dtype.has_value()) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "parameters.output_dtype: expected FP32, FP16 or BF16, got \"", text,
-        "\""));
+        "parameters.output_dtype: expected FP32, FP16 or BF16, got \"",
+        ClientStringForLog(text), "\""));
   }
   return absl::OkStatus();
 }
@@ -322,7 +322,7 @@ absl::Status MapParameters(const ModelInferRequest& request,
       // accepted and ignored (the gRPC deadline bounds a request).
       return absl::InvalidArgumentError(absl::StrCat(
           "parameters: expected causal, scale, layout or output_dtype, got \"",
-          name, "\""));
+          ClientStringForLog(name), "\""));
     }
     if (!status.ok()) return status;
   }
@@ -345,17 +345,18 @@ absl::StatusOr<std::vector<Output>> MapOutputs(const ModelInferRequest& request,
           absl::StrCat("outputs[", i,
                        "].name: expected logits, probs or "
                        "context, got \"",
-                       wanted.name(), "\""));
+                       ClientStringForLog(wanted.name()), "\""));
     }
     if (!wanted.parameters().empty()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(wanted.name(), ": expected no output parameters, got \"",
-                       wanted.parameters().begin()->first, "\""));
+      return absl::InvalidArgumentError(absl::StrCat(
+          wanted.name(), ": expected no output parameters, got \"",
+          ClientStringForLog(wanted.parameters().begin()->first), "\""));
     }
     for (Output seen : outputs) {
       if (seen == *output) {
         return absl::InvalidArgumentError(absl::StrCat(
-            "outputs[", i, "].name: \"", wanted.name(), "\" asked for twice"));
+            "outputs[", i, "].name: \"", ClientStringForLog(wanted.name()),
+            "\" asked for twice"));
       }
     }
     outputs.push_back(*output);
@@ -417,12 +418,13 @@ absl::StatusOr<scoring::Bias> FindModel(absl::string_view field,
     return absl::NotFoundError(absl::StrCat(
         field, ": expected \"", kAlibiModel,
         "\" or a loaded relative-position model (loaded: ", ModelNames(models),
-        "), got \"", name, "\""));
+        "), got \"", ClientStringForLog(name), "\""));
   }
   if (!version.empty() && version != kModelVersion) {
     return absl::NotFoundError(
-        absl::StrCat("model \"", name, "\" version: ", "expected \"",
-                     kModelVersion, "\" or none, got \"", version, "\""));
+        absl::StrCat("model \"", ClientStringForLog(name),
+                     "\" version: ", "expected \"", kModelVersion,
+                     "\" or none, got \"", ClientStringForLog(version), "\""));
   }
   return *std::move(bias);
 }
@@ -430,6 +432,12 @@ absl::StatusOr<scoring::Bias> FindModel(absl::string_view field,
 absl::StatusOr<MappedInfer> MapInferRequest(
     const inference::ModelInferRequest& request, const RequestLimits& limits,
     const scoring::ModelSet& models) {
+  for (const auto& [field, value] :
+       {std::pair<const char*, const std::string&>{"id", request.id()},
+        {"model_name", request.model_name()},
+        {"model_version", request.model_version()}}) {
+    if (absl::Status s = CheckClientString(field, value); !s.ok()) return s;
+  }
   MappedInfer out;
   scoring::ScoreSpec& spec = out.validated.spec;
   absl::StatusOr<scoring::Bias> bias = FindModel(

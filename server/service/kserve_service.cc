@@ -58,9 +58,10 @@ KServeService::KServeService(AttentionScorerService* scoring,
 
 grpc::ServerUnaryReactor* KServeService::Finish(
     grpc::CallbackServerContext* context, Method method, int64_t start_micros,
-    const absl::Status& status) {
+    const absl::Status& status, const std::string& client) {
   metrics_->RecordRequest(method, status,
-                          Seconds(clock_->NowMicros() - start_micros));
+                          Seconds(clock_->NowMicros() - start_micros),
+                          metrics_->ClientSlot(client));
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
   reactor->Finish(ToGrpcStatus(status));
   return reactor;
@@ -71,8 +72,12 @@ grpc::ServerUnaryReactor* KServeService::ServerLive(
     const inference::ServerLiveRequest* /*request*/,
     inference::ServerLiveResponse* response) {
   const int64_t start = clock_->NowMicros();
+  absl::StatusOr<std::string> client = scoring_->Authenticate(*context);
+  if (!client.ok()) {
+    return Finish(context, Method::kServerLive, start, client.status(), "-");
+  }
   response->set_live(true);
-  return Finish(context, Method::kServerLive, start, absl::OkStatus());
+  return Finish(context, Method::kServerLive, start, absl::OkStatus(), *client);
 }
 
 grpc::ServerUnaryReactor* KServeService::ServerReady(
@@ -80,8 +85,13 @@ grpc::ServerUnaryReactor* KServeService::ServerReady(
     const inference::ServerReadyRequest* /*request*/,
     inference::ServerReadyResponse* response) {
   const int64_t start = clock_->NowMicros();
+  absl::StatusOr<std::string> client = scoring_->Authenticate(*context);
+  if (!client.ok()) {
+    return Finish(context, Method::kServerReady, start, client.status(), "-");
+  }
   response->set_ready(scoring_->ready());
-  return Finish(context, Method::kServerReady, start, absl::OkStatus());
+  return Finish(context, Method::kServerReady, start, absl::OkStatus(),
+                *client);
 }
 
 grpc::ServerUnaryReactor* KServeService::ModelReady(
@@ -89,11 +99,15 @@ grpc::ServerUnaryReactor* KServeService::ModelReady(
     const inference::ModelReadyRequest* request,
     inference::ModelReadyResponse* response) {
   const int64_t start = clock_->NowMicros();
+  absl::StatusOr<std::string> client = scoring_->Authenticate(*context);
+  if (!client.ok()) {
+    return Finish(context, Method::kModelReady, start, client.status(), "-");
+  }
   const bool served = kserve::FindModel("name", request->name(),
                                         request->version(), *models_->Current())
                           .ok();
   response->set_ready(served && scoring_->ready());
-  return Finish(context, Method::kModelReady, start, absl::OkStatus());
+  return Finish(context, Method::kModelReady, start, absl::OkStatus(), *client);
 }
 
 grpc::ServerUnaryReactor* KServeService::ServerMetadata(
@@ -101,9 +115,15 @@ grpc::ServerUnaryReactor* KServeService::ServerMetadata(
     const inference::ServerMetadataRequest* /*request*/,
     inference::ServerMetadataResponse* response) {
   const int64_t start = clock_->NowMicros();
+  absl::StatusOr<std::string> client = scoring_->Authenticate(*context);
+  if (!client.ok()) {
+    return Finish(context, Method::kServerMetadata, start, client.status(),
+                  "-");
+  }
   response->set_name("attnscore");
   response->set_version(kVersion);
-  return Finish(context, Method::kServerMetadata, start, absl::OkStatus());
+  return Finish(context, Method::kServerMetadata, start, absl::OkStatus(),
+                *client);
 }
 
 grpc::ServerUnaryReactor* KServeService::ModelMetadata(
@@ -111,6 +131,10 @@ grpc::ServerUnaryReactor* KServeService::ModelMetadata(
     const inference::ModelMetadataRequest* request,
     inference::ModelMetadataResponse* response) {
   const int64_t start = clock_->NowMicros();
+  absl::StatusOr<std::string> client = scoring_->Authenticate(*context);
+  if (!client.ok()) {
+    return Finish(context, Method::kModelMetadata, start, client.status(), "-");
+  }
   absl::StatusOr<scoring::Bias> bias = kserve::FindModel(
       "name", request->name(), request->version(), *models_->Current());
   if (bias.ok()) {
@@ -120,7 +144,7 @@ grpc::ServerUnaryReactor* KServeService::ModelMetadata(
     response->set_platform("attnscore");
     DescribeModel(*bias, *response);
   }
-  return Finish(context, Method::kModelMetadata, start, bias.status());
+  return Finish(context, Method::kModelMetadata, start, bias.status(), *client);
 }
 
 grpc::ServerUnaryReactor* KServeService::ModelInfer(

@@ -3,7 +3,9 @@
 // same port as attnscore.v1 (main.cc registers both on one ServerBuilder).
 //
 // ServerLive, ServerReady, ModelReady, ServerMetadata and ModelMetadata answer
-// on the gRPC thread. ModelInfer is a raw ByteBuffer method that goes through
+// on the gRPC thread. Every method first asks the scoring service's
+// Authenticate() for the caller's identity; its error is the answer. ModelInfer
+// is a raw ByteBuffer method that goes through
 // AttentionScorerService::ScoreUnary with a KServeInferCodec: the same
 // validation, limits, batcher, compute, metrics (method="ModelInfer") and
 // single Answer exit as attnscore.v1's Score; replies carry the outputs in
@@ -24,6 +26,8 @@
 #define ATTNSCORE_SERVER_SERVICE_KSERVE_SERVICE_H_
 
 #include <grpcpp/grpcpp.h>
+
+#include <string>
 
 #include "inference/grpc_predict_v2.grpc.pb.h"
 #include "server/batching/clock.h"
@@ -79,10 +83,12 @@ class KServeService final : public KServeRawService {
                                        grpc::ByteBuffer* response) override;
 
  private:
-  // Records the method's metrics and finishes the call with `status`.
+  // Records the method's metrics (for `client`) and finishes the call with
+  // `status`.
   grpc::ServerUnaryReactor* Finish(grpc::CallbackServerContext* context,
                                    Method method, int64_t start_micros,
-                                   const absl::Status& status);
+                                   const absl::Status& status,
+                                   const std::string& client);
 
   AttentionScorerService* const scoring_;
   ModelRegistry* const models_;

@@ -8,11 +8,13 @@
 
 #include "absl/numeric/int128.h"
 #include "absl/status/status.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/layout.h"
 #include "proto/attnscore/v1/proto_dtype.h"
 #include "proto/attnscore/v1/proto_layout.h"
+#include "server/scoring/resource_estimate.h"
 #include "server/scoring/validation.h"
 #include "server/service/model_registry.h"
 
@@ -141,11 +143,14 @@ absl::StatusOr<scoring::Bias> ParseBias(const v1::ScoreRequest& request,
           {request.alibi().slopes().begin(), request.alibi().slopes().end()}};
     case v1::ScoreRequest::kRelative: {
       const std::string& name = request.relative().model();
+      if (absl::Status s = CheckClientString("relative.model", name); !s.ok()) {
+        return s;
+      }
       std::shared_ptr<const scoring::RelativeModel> model = models.Find(name);
       if (model == nullptr) {
-        return absl::NotFoundError(
-            absl::StrCat("relative.model: expected a loaded model (loaded: ",
-                         ModelNames(models), "), got \"", name, "\""));
+        return absl::NotFoundError(absl::StrCat(
+            "relative.model: expected a loaded model (loaded: ",
+            ModelNames(models), "), got \"", ClientStringForLog(name), "\""));
       }
       return scoring::RelativeBias{std::move(model)};
     }
@@ -265,6 +270,30 @@ absl::StatusOr<int64_t> CheckOutputSize(const scoring::ScoreSpec& spec,
   return static_cast<int64_t>(total);
 }
 
+// Step 9: the predicted peak memory and work, before anything is allocated.
+absl::Status CheckResources(const scoring::ResourceEstimate& estimate,
+                            const scoring::ProblemSize& size,
+                            const RequestLimits& limits) {
+  const std::string problem = absl::StrCat(
+      "B=", size.batch, " H=", size.heads, " Lq=", size.query_len,
+      " Lk=", size.key_len, " D=", size.head_dim, " Dv=", size.value_dim);
+  if (estimate.peak_bytes > limits.max_request_memory) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "request: expected a peak working memory of at most ",
+        limits.max_request_memory,
+        " bytes (the server's --max-request-memory), got ", estimate.peak_bytes,
+        " bytes for ", problem, " (", estimate.breakdown,
+        "); ask for fewer outputs or split the request"));
+  }
+  if (estimate.work > limits.max_request_work) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "request: expected a compute work of at most ", limits.max_request_work,
+        " units (the server's --max-request-work), got ", estimate.work,
+        " units for ", problem, "; split the request"));
+  }
+  return absl::OkStatus();
+}
+
 // Steps 1 to 5: what only the wire format can get wrong (enum values, missing
 // messages, model names), mapped onto the spec and item.
 absl::Status ParseWireFields(const v1::ScoreRequest& request,
@@ -290,9 +319,27 @@ absl::Status ParseWireFields(const v1::ScoreRequest& request,
 
 }  // namespace
 
+std::string ClientStringForLog(absl::string_view text) {
+  if (text.size() <= kClientStringLogPrefix) return absl::CHexEscape(text);
+  return absl::StrCat(absl::CHexEscape(text.substr(0, kClientStringLogPrefix)),
+                      "...(", text.size(), " bytes)");
+}
+
+absl::Status CheckClientString(absl::string_view field,
+                               absl::string_view value) {
+  if (value.size() <= kMaxClientStringBytes) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(
+      field, ": expected at most ", kMaxClientStringBytes, " bytes, got ",
+      value.size(), " bytes (\"", ClientStringForLog(value), "\")"));
+}
+
 absl::StatusOr<ValidatedRequest> ValidateRequest(
     const v1::ScoreRequest& request, const RequestLimits& limits,
     const scoring::ModelSet& models) {
+  if (absl::Status s = CheckClientString("request_id", request.request_id());
+      !s.ok()) {
+    return s;
+  }
   ValidatedRequest out;
   if (absl::Status s = ParseWireFields(request, models, out); !s.ok()) {
     return s;
@@ -317,8 +364,17 @@ absl::StatusOr<ValidatedRequest> ValidateMapped(ValidatedRequest out,
   absl::StatusOr<int64_t> output_bytes =
       CheckOutputSize(out.spec, *dims, limits);
   if (!output_bytes.ok()) return output_bytes.status();
+  const scoring::ProblemSize size = scoring::ProblemSizeOf(out.spec, out.item);
+  const scoring::ResourceEstimate estimate =
+      limits.estimate ? limits.estimate(out.spec, size)
+                      : scoring::EstimateResources(out.spec, size);
+  if (absl::Status s = CheckResources(estimate, size, limits); !s.ok()) {
+    return s;
+  }
   out.batch = dims->q.batch;
   out.output_bytes = *output_bytes;
+  out.peak_bytes = estimate.peak_bytes;
+  out.work = estimate.work;
   return out;
 }
 

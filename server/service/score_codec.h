@@ -56,6 +56,11 @@ class ScoreCodec {
     return grpc::ByteBuffer();
   }
 
+  // Before anything else is looked at: takes what it cheaply can from the
+  // raw request (its id) so that a refusal before parsing can still be
+  // matched by the client. The default takes nothing.
+  virtual void Peek(const grpc::ByteBuffer& /*request*/) {}
+
   // The caller's request id, for replies and log lines ("" if none).
   virtual const std::string& request_id() const = 0;
 };

@@ -45,9 +45,10 @@ ServiceMetrics::ServiceMetrics(observability::Registry& registry)
     : registry_(registry),
       requests_(registry.AddCounter(
           "attnscore_requests_total",
-          "Requests answered, by gRPC method and status code "
-          "(ScoreStream counts each message).",
-          {"method", "code"})),
+          "Requests answered, by gRPC method, status code and caller "
+          "identity (ScoreStream counts each message; identities beyond "
+          "the first 32 count as \"other\").",
+          {"method", "code", "client"})),
       queue_duration_(
           registry
               .AddHistogram(
@@ -90,22 +91,46 @@ ServiceMetrics::ServiceMetrics(observability::Registry& registry)
   }
 }
 
+int ServiceMetrics::ClientSlot(const std::string& client) {
+  absl::MutexLock lock(&clients_mutex_);
+  auto it = client_slots_.find(client);
+  if (it != client_slots_.end()) return it->second;
+  if (client_slots_.size() >= static_cast<size_t>(kMaxClientLabels)) {
+    return kMaxClientLabels;
+  }
+  const int slot = static_cast<int>(client_slots_.size());
+  client_names_[slot] = client;
+  client_slots_.emplace(client, slot);
+  return slot;
+}
+
 void ServiceMetrics::RecordRequest(Method method, const absl::Status& status,
-                                   double seconds) {
+                                   double seconds, int client_slot) {
+  if (client_slot < 0 || client_slot >= kNumClientSlots) {
+    client_slot = kMaxClientLabels;
+  }
   const int m = static_cast<int>(method);
   request_duration_[m]->Observe(seconds);
   int code = static_cast<int>(status.code());
   if (code < 0 || code >= kNumCodes) {
     code = static_cast<int>(absl::StatusCode::kUnknown);
   }
-  std::atomic<observability::Counter*>& slot = requests_by_code_[m][code];
+  std::atomic<observability::Counter*>& slot =
+      requests_by_code_[m][code][client_slot];
   observability::Counter* counter = slot.load(std::memory_order_acquire);
   if (counter == nullptr) {
+    std::string client;
+    {
+      absl::MutexLock lock(&clients_mutex_);
+      client = client_slot == kMaxClientLabels ? "other"
+                                               : client_names_[client_slot];
+    }
     // Two threads may both look it up; WithLabels returns the same series to
     // both.
     counter = &requests_.WithLabels(
         {MethodName(method),
-         absl::StatusCodeToString(static_cast<absl::StatusCode>(code))});
+         absl::StatusCodeToString(static_cast<absl::StatusCode>(code)),
+         client});
     slot.store(counter, std::memory_order_release);
   }
   counter->Increment();

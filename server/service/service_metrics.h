@@ -3,9 +3,10 @@
 // path never takes the registry's locks.
 //
 // Series (all named attnscore_<name>, in base units):
-//   requests_total{method,code}
-//       requests answered, by gRPC method and status code (ScoreStream counts
-//       each message)
+//   requests_total{method,code,client}
+//       requests answered, by gRPC method, status code and caller identity
+//       (ScoreStream counts each message); the first kMaxClientLabels
+//       identities get their own label value, later ones count as "other".
 //   request_duration_seconds{method}
 //       arrival to answer
 //   queue_duration_seconds
@@ -20,8 +21,8 @@
 //       request message bytes received
 //   response_bytes_total{method}
 //       response message bytes sent
-// queue_depth, models_loaded and build_info are registered by their owners
-// (the service, main).
+// queue_depth, inflight_bytes, models_loaded and build_info are registered by
+// their owners (the service, main).
 //
 // Ownership: the Registry owns the metrics and must outlive this object.
 // Thread safety: every method may be called from any thread.
@@ -31,8 +32,12 @@
 #include <array>
 #include <atomic>
 #include <cstddef>
+#include <string>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
 #include "server/observability/metrics.h"
 
 namespace attnscore::service {
@@ -62,7 +67,22 @@ class ServiceMetrics {
   ServiceMetrics(const ServiceMetrics&) = delete;
   ServiceMetrics& operator=(const ServiceMetrics&) = delete;
 
-  void RecordRequest(Method method, const absl::Status& status, double seconds);
+  // Distinct values of the `client` label before the rest count as "other":
+  // the label's cardinality stays bounded whatever identities callers have.
+  static constexpr int kMaxClientLabels = 32;
+
+  // The label slot of `client` (call once per call, not per message: it
+  // locks). The first kMaxClientLabels distinct identities get their own.
+  int ClientSlot(const std::string& client);
+
+  // `client_slot` from ClientSlot(); the short form counts the request for
+  // "anonymous".
+  void RecordRequest(Method method, const absl::Status& status, double seconds,
+                     int client_slot);
+  void RecordRequest(Method method, const absl::Status& status,
+                     double seconds) {
+    RecordRequest(method, status, seconds, ClientSlot("anonymous"));
+  }
   void ObserveQueue(double seconds) { queue_duration_.Observe(seconds); }
   void ObserveBatch(size_t items, double compute_seconds) {
     batch_size_.Observe(static_cast<double>(items));
@@ -87,10 +107,19 @@ class ServiceMetrics {
   observability::Registry& registry_;
   observability::Family<observability::Counter>& requests_;
   // Series of requests_ looked up on first use: WithLabels locks, a cached
-  // pointer does not.
-  std::array<std::array<std::atomic<observability::Counter*>, kNumCodes>,
+  // pointer does not. Slot kMaxClientLabels is "other".
+  static constexpr int kNumClientSlots = kMaxClientLabels + 1;
+  std::array<std::array<std::array<std::atomic<observability::Counter*>,
+                                   kNumClientSlots>,
+                        kNumCodes>,
              kNumMethods>
       requests_by_code_{};
+  absl::Mutex clients_mutex_;
+  absl::flat_hash_map<std::string, int> client_slots_
+      ABSL_GUARDED_BY(clients_mutex_);
+  // Label values by slot.
+  std::array<std::string, kNumClientSlots> client_names_
+      ABSL_GUARDED_BY(clients_mutex_);
   std::array<observability::Histogram*, kNumMethods> request_duration_{};
   std::array<observability::Counter*, kNumMethods> request_bytes_{};
   std::array<observability::Counter*, kNumMethods> response_bytes_{};

@@ -1,8 +1,49 @@
 #include "server/service/v1_score_codec.h"
 
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
 #include "server/service/response_encoder.h"
 
 namespace attnscore::service {
+namespace {
+
+// The first `n` bytes of `buffer` (fewer if it is shorter), without copying
+// the rest.
+std::string Prefix(const grpc::ByteBuffer& buffer, size_t n) {
+  std::string out;
+  std::vector<grpc::Slice> slices;
+  if (!buffer.Dump(&slices).ok()) return out;
+  for (const grpc::Slice& slice : slices) {
+    if (out.size() >= n) break;
+    const size_t take = std::min(n - out.size(), slice.size());
+    out.append(reinterpret_cast<const char*>(slice.begin()), take);
+  }
+  return out;
+}
+
+}  // namespace
+
+void V1ScoreCodec::Peek(const grpc::ByteBuffer& request) {
+  // Tag of field 1, wire type 2; a varint length of at most 2 bytes covers
+  // kMaxClientStringBytes.
+  constexpr unsigned char kRequestIdTag = 0x0a;
+  const std::string head = Prefix(request, 3 + kMaxClientStringBytes);
+  if (head.size() < 2 || static_cast<unsigned char>(head[0]) != kRequestIdTag) {
+    return;
+  }
+  uint64_t length = 0;
+  size_t at = 1;
+  for (int shift = 0; at < head.size() && shift <= 14; shift += 7) {
+    const auto byte = static_cast<unsigned char>(head[at++]);
+    length |= static_cast<uint64_t>(byte & 0x7f) << shift;
+    if ((byte & 0x80) == 0) {
+      id_ = head.substr(at, std::min<uint64_t>(length, kMaxClientStringBytes));
+      return;
+    }
+  }
+}
 
 absl::StatusOr<ValidatedRequest> V1ScoreCodec::Parse(
     const grpc::ByteBuffer& request, const RequestLimits& limits,
@@ -12,6 +53,7 @@ absl::StatusOr<ValidatedRequest> V1ScoreCodec::Parse(
       !parsed.ok()) {
     return parsed;
   }
+  id_ = request_.request_id().substr(0, kMaxClientStringBytes);
   return ValidateRequest(request_, limits, models);
 }
 
@@ -25,7 +67,7 @@ grpc::ByteBuffer V1ScoreCodec::EncodeResult(const scoring::ScoreResult& result,
 }
 
 grpc::ByteBuffer V1ScoreCodec::EncodeError(const absl::Status& status) const {
-  return EncodeErrorResponse(request_.request_id(), status);
+  return EncodeErrorResponse(id_, status);
 }
 
 }  // namespace attnscore::service

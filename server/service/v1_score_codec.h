@@ -25,12 +25,17 @@ class V1ScoreCodec final : public ScoreCodec {
                                 const BatchTiming& timing) const override;
   // ScoreResponse{request_id, error}: how ScoreStream reports a failure.
   grpc::ByteBuffer EncodeError(const absl::Status& status) const override;
-  const std::string& request_id() const override {
-    return request_.request_id();
-  }
+  // The request_id when the message starts with it (protobuf writes fields
+  // in number order, and request_id is field 1), from at most its first
+  // few hundred bytes.
+  void Peek(const grpc::ByteBuffer& request) override;
+  // At most kMaxClientStringBytes of it: an over-long id is refused, and
+  // echoed only that far.
+  const std::string& request_id() const override { return id_; }
 
  private:
   v1::ScoreRequest request_;
+  std::string id_;
 };
 
 }  // namespace attnscore::service

@@ -4,8 +4,12 @@
 //   logits[b,h,i,j]  = 1000 * q[b,h,i,0] + k[b,h,j,0]
 //   probs[b,h,i,j]   = 0.5
 //   context[b,h,i,d] = v[b,h,0,d]
-// Records each call; can be held (ScoreBatch blocks until Release) and fails
-// any batch holding a request whose first query value is kPoison.
+// Records each call; can be held (ScoreBatch blocks until Release, or until
+// the call's StopFn returns true: then it returns CANCELLED, as the real
+// scorer does between tiles, and the call records `stopped`). Fails any batch
+// holding a request whose first query value is kPoison; throws std::bad_alloc
+// for kThrowBadAlloc and std::runtime_error for kThrow (a scorer must not, but
+// the service must survive one that does).
 //
 // Thread safety: every method may be called from any thread.
 #ifndef ATTNSCORE_TESTS_SERVICE_FAKE_SCORER_H_
@@ -17,6 +21,8 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <new>
+#include <stdexcept>
 #include <variant>
 #include <vector>
 
@@ -28,18 +34,21 @@ namespace attnscore::service::testing {
 class FakeScorer final : public scoring::Scorer {
  public:
   static constexpr float kPoison = -999.0f;
+  static constexpr float kThrowBadAlloc = -998.0f;
+  static constexpr float kThrow = -997.0f;
 
   struct Call {
     size_t num_items = 0;  // requests
     int64_t batch = 0;     // sum of their B
     bool relative = false;
+    bool stopped = false;  // left early because its StopFn returned true
   };
 
   using scoring::Scorer::ScoreBatch;
   absl::StatusOr<std::vector<scoring::ScoreResult>> ScoreBatch(
       const scoring::ScoreSpec& spec,
       absl::Span<const scoring::ScoreItem> items,
-      const scoring::StopFn& /*stop*/) override {
+      const scoring::StopFn& stop) override {
     Call call;
     call.num_items = items.size();
     call.relative = std::holds_alternative<scoring::RelativeBias>(spec.bias);
@@ -49,13 +58,24 @@ class FakeScorer final : public scoring::Scorer {
     {
       std::unique_lock<std::mutex> lock(mutex_);
       calls_.push_back(call);
+      const size_t index = calls_.size() - 1;
       cv_.notify_all();
-      cv_.wait(lock, [this] { return !held_; });
+      // Held: ask the StopFn now and then, as the real scorer does between
+      // tiles.
+      while (held_) {
+        if (stop && stop()) {
+          calls_[index].stopped = true;
+          cv_.notify_all();
+          return absl::CancelledError("stopped between tiles");
+        }
+        cv_.wait_for(lock, std::chrono::milliseconds(5));
+      }
     }
     for (const scoring::ScoreItem& item : items) {
-      if (First(item.query) == kPoison) {
-        return absl::InternalError("poisoned request");
-      }
+      const float first = First(item.query);
+      if (first == kPoison) return absl::InternalError("poisoned request");
+      if (first == kThrowBadAlloc) throw std::bad_alloc();
+      if (first == kThrow) throw std::runtime_error("fake scorer exception");
     }
     return Compute(spec, items);
   }
@@ -76,6 +96,16 @@ class FakeScorer final : public scoring::Scorer {
     std::unique_lock<std::mutex> lock(mutex_);
     return cv_.wait_for(lock, std::chrono::seconds(10),
                         [&] { return calls_.size() >= n; });
+  }
+  // Waits (at most 10 s) until some call has been stopped by its StopFn.
+  bool WaitForStopped() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    return cv_.wait_for(lock, std::chrono::seconds(10), [&] {
+      for (const Call& call : calls_) {
+        if (call.stopped) return true;
+      }
+      return false;
+    });
   }
   std::vector<Call> calls() const {
     std::lock_guard<std::mutex> lock(mutex_);

@@ -10,8 +10,10 @@
 #include <variant>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "server/scoring/resource_estimate.h"
 #include "tests/service/fake_models.h"
 #include "tests/service/test_requests.h"
 
@@ -354,6 +356,149 @@ TEST_F(RelativeValidationTest, ModelMustMatchHeadsDimAndCoverTheLengths) {
               absl::StatusCode::kInvalidArgument, {"8", "16"});
   ExpectError(RelativeRequest("small", 2, 3, 7),
               absl::StatusCode::kInvalidArgument, {"6", "7"});
+}
+
+}  // namespace
+}  // namespace attnscore::service
+
+namespace attnscore::service {
+namespace {
+
+// The estimate ValidateMapped checks, for a request of these sizes.
+scoring::ResourceEstimate EstimateFor(const v1::ScoreRequest& request) {
+  absl::StatusOr<ValidatedRequest> validated =
+      ValidateRequest(request, RequestLimits(), scoring::ModelSet());
+  EXPECT_TRUE(validated.ok()) << validated.status();
+  return scoring::EstimateResources(
+      validated->spec,
+      scoring::ProblemSizeOf(validated->spec, validated->item));
+}
+
+TEST(ResourceCapsTest, PeakMemoryOverTheCapIsResourceExhaustedWithNumbers) {
+  v1::ScoreRequest request = testing::AlibiRequest(2, 2, 8, 8, 4);
+  request.add_outputs(v1::PROBS);
+  const scoring::ResourceEstimate estimate = EstimateFor(request);
+  RequestLimits limits;
+  limits.max_request_memory = estimate.peak_bytes;
+  absl::StatusOr<ValidatedRequest> ok =
+      ValidateRequest(request, limits, scoring::ModelSet());
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  EXPECT_EQ(ok->peak_bytes, estimate.peak_bytes);
+  EXPECT_EQ(ok->work, estimate.work);
+
+  limits.max_request_memory = estimate.peak_bytes - 1;
+  absl::StatusOr<ValidatedRequest> refused =
+      ValidateRequest(request, limits, scoring::ModelSet());
+  ASSERT_TRUE(absl::IsResourceExhausted(refused.status())) << refused.status();
+  const std::string message(refused.status().message());
+  EXPECT_THAT(message, HasSubstr("--max-request-memory"));
+  EXPECT_THAT(message, HasSubstr(absl::StrCat(estimate.peak_bytes - 1)));
+  EXPECT_THAT(message, HasSubstr(absl::StrCat(estimate.peak_bytes, " bytes")));
+  EXPECT_THAT(message, HasSubstr(estimate.breakdown));
+  EXPECT_THAT(message, HasSubstr("B=2 H=2 Lq=8 Lk=8 D=4"));
+}
+
+TEST(ResourceCapsTest, WorkOverTheCapIsResourceExhaustedWithNumbers) {
+  v1::ScoreRequest request = testing::AlibiRequest(3, 2, 4, 4, 4);
+  const scoring::ResourceEstimate estimate = EstimateFor(request);
+  RequestLimits limits;
+  limits.max_request_work = estimate.work - 1;
+  absl::StatusOr<ValidatedRequest> refused =
+      ValidateRequest(request, limits, scoring::ModelSet());
+  ASSERT_TRUE(absl::IsResourceExhausted(refused.status())) << refused.status();
+  const std::string message(refused.status().message());
+  EXPECT_THAT(message, HasSubstr("--max-request-work"));
+  EXPECT_THAT(message, HasSubstr(absl::StrCat(estimate.work, " units")));
+  EXPECT_THAT(message, HasSubstr(absl::StrCat(estimate.work - 1)));
+}
+
+// The defaults against the cases issue 9 names: typical requests pass both
+// caps; the flood of tiny rows (B=2,000,000, H=Lq=Lk=D=1, float16) is refused
+// by the work cap, its per-row charge (calibrated on the blocked path) being
+// what makes it expensive.
+TEST(ResourceCapsTest, DefaultsAdmitTypicalRequestsAndRefuseTheTinyFlood) {
+  const RequestLimits defaults;
+  auto estimate = [](scoring::ProblemSize size, bool probs, bool context,
+                     DType dtype) {
+    scoring::ScoreSpec spec;
+    spec.want_logits = true;
+    spec.want_probs = probs;
+    spec.want_context = context;
+    spec.output_dtype = dtype;
+    return scoring::EstimateResources(spec, size);
+  };
+  auto admitted = [&](const scoring::ResourceEstimate& e) {
+    return e.work <= defaults.max_request_work &&
+           e.peak_bytes <= defaults.max_request_memory;
+  };
+  const scoring::ResourceEstimate typical =
+      estimate({8, 8, 512, 512, 64, 0}, true, false, DType::kFloat32);
+  EXPECT_TRUE(admitted(typical))
+      << "B8 H8 L512 D64 logits+probs: work " << typical.work << ", peak "
+      << typical.peak_bytes;
+  const scoring::ResourceEstimate every =
+      estimate({8, 8, 512, 512, 64, 64}, true, true, DType::kFloat32);
+  EXPECT_TRUE(admitted(every)) << "B8 H8 L512 D64 every output: work "
+                               << every.work << ", peak " << every.peak_bytes;
+  const scoring::ResourceEstimate decode =
+      estimate({32, 8, 1, 2048, 128, 128}, true, true, DType::kFloat32);
+  EXPECT_TRUE(admitted(decode))
+      << "decode B32 H8 Lq1 Lk2048: work " << decode.work << ", peak "
+      << decode.peak_bytes;
+  const scoring::ResourceEstimate flood =
+      estimate({2'000'000, 1, 1, 1, 1, 0}, false, false, DType::kFloat16);
+  EXPECT_FALSE(admitted(flood))
+      << "B=2,000,000 tiny items: work " << flood.work << " admitted under "
+      << defaults.max_request_work;
+  const scoring::ResourceEstimate long_context =
+      estimate({1, 8, 4096, 4096, 128, 0}, false, false, DType::kFloat32);
+  EXPECT_TRUE(admitted(long_context))
+      << "B1 H8 L4096 D128 logits: work " << long_context.work << ", peak "
+      << long_context.peak_bytes;
+  // A long single sequence is over the work cap: minutes on a small CPU.
+  const scoring::ResourceEstimate long_heads =
+      estimate({1, 16, 16384, 16384, 64, 64}, false, true, DType::kFloat32);
+  EXPECT_FALSE(admitted(long_heads)) << long_heads.work;
+}
+
+TEST(ClientStringTest, OverLongIdsAndModelNamesAreRefusedWithTheirLength) {
+  v1::ScoreRequest request = testing::AlibiRequest();
+  request.set_request_id(std::string(kMaxClientStringBytes, 'r'));
+  EXPECT_TRUE(
+      ValidateRequest(request, RequestLimits(), scoring::ModelSet()).ok());
+  request.set_request_id(std::string(1000, 'r'));
+  absl::Status status =
+      ValidateRequest(request, RequestLimits(), scoring::ModelSet()).status();
+  EXPECT_TRUE(absl::IsInvalidArgument(status)) << status;
+  EXPECT_THAT(status.message(), HasSubstr("request_id"));
+  EXPECT_THAT(status.message(), HasSubstr("1000 bytes"));
+  // Only a bounded prefix of it is echoed.
+  EXPECT_LT(status.message().size(), 300u) << status.message();
+
+  request = testing::AlibiRequest();
+  request.mutable_relative()->set_model(std::string(300, 'm'));
+  status =
+      ValidateRequest(request, RequestLimits(), scoring::ModelSet()).status();
+  EXPECT_TRUE(absl::IsInvalidArgument(status)) << status;
+  EXPECT_THAT(status.message(), HasSubstr("relative.model"));
+  EXPECT_THAT(status.message(), HasSubstr("300 bytes"));
+  EXPECT_LT(status.message().size(), 300u) << status.message();
+
+  // Within the limit but unknown: NOT_FOUND echoing a bounded prefix.
+  request.mutable_relative()->set_model(std::string(200, 'm'));
+  status =
+      ValidateRequest(request, RequestLimits(), scoring::ModelSet()).status();
+  EXPECT_TRUE(absl::IsNotFound(status)) << status;
+  EXPECT_THAT(status.message(), HasSubstr("...(200 bytes)"));
+  EXPECT_LT(status.message().size(), 250u) << status.message();
+}
+
+TEST(ClientStringTest, LogFormIsABoundedEscapedPrefix) {
+  EXPECT_EQ(ClientStringForLog("short"), "short");
+  EXPECT_EQ(ClientStringForLog("a\nb\"c"), "a\\nb\\\"c");
+  const std::string long_text(100, 'x');
+  EXPECT_EQ(ClientStringForLog(long_text),
+            std::string(kClientStringLogPrefix, 'x') + "...(100 bytes)");
 }
 
 }  // namespace

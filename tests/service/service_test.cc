@@ -11,6 +11,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include <chrono>
+#include <cstdio>
 #include <memory>
 #include <set>
 #include <string>
@@ -67,13 +68,14 @@ class ServiceTest : public ::testing::Test {
     ASSERT_TRUE(service.ok()) << service.status();
     service_ = *std::move(service);
     grpc::ServerBuilder builder;
-    int port = 0;
     builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(),
-                             &port);
+                             &port_);
     builder.RegisterService(service_.get());
+    builder.SetMaxReceiveMessageSize(
+        static_cast<int>(options.max_message_bytes));
     server_ = builder.BuildAndStart();
     ASSERT_NE(server_, nullptr);
-    channel_ = grpc::CreateChannel(absl::StrCat("127.0.0.1:", port),
+    channel_ = grpc::CreateChannel(absl::StrCat("127.0.0.1:", port_),
                                    grpc::InsecureChannelCredentials());
     stub_ = v1::AttentionScorer::NewStub(channel_);
   }
@@ -117,6 +119,7 @@ class ServiceTest : public ::testing::Test {
   std::unique_ptr<ModelRegistry> models_;
   std::unique_ptr<AttentionScorerService> service_;
   std::unique_ptr<grpc::Server> server_;
+  int port_ = 0;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::AttentionScorer::Stub> stub_;
 };
@@ -282,7 +285,8 @@ TEST_F(ServiceTest, FullQueueIsUnavailableAtOnce) {
   EXPECT_THAT(
       Metrics(),
       HasSubstr(
-          "attnscore_requests_total{method=\"Score\",code=\"UNAVAILABLE\"} 1"));
+          "attnscore_requests_total{method=\"Score\",code=\"UNAVAILABLE\","
+          "client=\"anonymous\"} 1"));
 }
 
 TEST_F(ServiceTest, ExpiredRequestIsDroppedBeforeCompute) {
@@ -303,7 +307,9 @@ TEST_F(ServiceTest, ExpiredRequestIsDroppedBeforeCompute) {
   t1.join();
   EXPECT_TRUE(s1.ok());
   ASSERT_TRUE(WaitFor([&] {
-    return Metrics().find("code=\"DEADLINE_EXCEEDED\"} 1") != std::string::npos;
+    return Metrics().find(
+               "code=\"DEADLINE_EXCEEDED\",client=\"anonymous\"} 1") !=
+           std::string::npos;
   })) << Metrics();
   EXPECT_EQ(scorer_.calls().size(), 1u) << "the expired request was computed";
 }
@@ -330,7 +336,8 @@ TEST_F(ServiceTest, CancelledRequestIsDroppedBeforeCompute) {
   t1.join();
   EXPECT_TRUE(s1.ok());
   ASSERT_TRUE(WaitFor([&] {
-    return Metrics().find("method=\"Score\",code=\"CANCELLED\"} 1") !=
+    return Metrics().find(
+               "method=\"Score\",code=\"CANCELLED\",client=\"anonymous\"} 1") !=
            std::string::npos;
   })) << Metrics();
   EXPECT_EQ(scorer_.calls().size(), 1u) << "the cancelled request was computed";
@@ -387,8 +394,8 @@ TEST_F(ServiceTest, StreamIsPipelinedAndSurvivesABadRequest) {
   EXPECT_TRUE(status.ok()) << status.error_message();
   EXPECT_THAT(
       Metrics(),
-      HasSubstr(
-          "attnscore_requests_total{method=\"ScoreStream\",code=\"OK\"} 4"));
+      HasSubstr("attnscore_requests_total{method=\"ScoreStream\",code=\"OK\","
+                "client=\"anonymous\"} 4"));
 }
 
 TEST_F(ServiceTest, StreamFlowControlAnswersEveryRequest) {
@@ -537,7 +544,8 @@ TEST_F(ServiceTest, ListModelsAndRelativeRequests) {
   EXPECT_EQ(list.models(0).heads(), 2);
   EXPECT_EQ(list.models(0).head_dim(), 8);
   EXPECT_EQ(list.models(0).max_relative_positions(), 8);
-  EXPECT_THAT(list.models(0).source(), HasSubstr("tiny.safetensors"));
+  // The file name only, never the server's path.
+  EXPECT_EQ(list.models(0).source(), "tiny.safetensors");
 
   v1::ScoreRequest request = AlibiRequest();
   request.mutable_relative()->set_model("tiny");
@@ -553,9 +561,9 @@ TEST_F(ServiceTest, MetricsCountRequestsBytesAndBatches) {
   v1::ScoreResponse response;
   ASSERT_TRUE(Score(AlibiRequest(), &response).ok());
   const std::string metrics = Metrics();
-  EXPECT_THAT(
-      metrics,
-      HasSubstr("attnscore_requests_total{method=\"Score\",code=\"OK\"} 1"));
+  EXPECT_THAT(metrics,
+              HasSubstr("attnscore_requests_total{method=\"Score\",code=\"OK\","
+                        "client=\"anonymous\"} 1"));
   EXPECT_THAT(
       metrics,
       HasSubstr(
@@ -569,6 +577,452 @@ TEST_F(ServiceTest, MetricsCountRequestsBytesAndBatches) {
               HasSubstr("attnscore_request_bytes_total{method=\"Score\"}"));
   EXPECT_THAT(metrics,
               HasSubstr("attnscore_response_bytes_total{method=\"Score\"}"));
+}
+
+// --- Limits, budgets and robustness (issue 9) ---
+
+// Identity from the "x-client" metadata; none is UNAUTHENTICATED.
+absl::StatusOr<std::string> HeaderIdentity(
+    const grpc::CallbackServerContext& context) {
+  const auto& metadata = context.client_metadata();
+  auto it = metadata.find("x-client");
+  if (it == metadata.end()) {
+    return absl::UnauthenticatedError("x-client: required");
+  }
+  return std::string(it->second.data(), it->second.size());
+}
+
+// A Score call with raw request bytes, as a client that sends anything would.
+grpc::Status RawScore(const std::shared_ptr<grpc::Channel>& channel,
+                      const std::string& bytes) {
+  grpc::GenericStub generic(channel);
+  grpc::Slice slice(bytes);
+  grpc::ByteBuffer request(&slice, 1);
+  grpc::ByteBuffer response;
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + kRpcTimeout);
+  absl::Notification done;
+  grpc::Status status;
+  generic.UnaryCall(
+      &context,
+      absl::StrCat("/", v1::AttentionScorer::service_full_name(), "/Score"),
+      grpc::StubOptions(), &request, &response, [&](grpc::Status s) {
+        status = std::move(s);
+        done.Notify();
+      });
+  if (!done.WaitForNotificationWithTimeout(absl::Seconds(20))) {
+    context.TryCancel();
+    done.WaitForNotification();
+  }
+  return status;
+}
+
+// The lease a request takes once validated: its bytes plus the predicted peak.
+int64_t LeaseOf(const v1::ScoreRequest& request) {
+  absl::StatusOr<ValidatedRequest> validated =
+      ValidateRequest(request, RequestLimits(), scoring::ModelSet());
+  EXPECT_TRUE(validated.ok()) << validated.status();
+  return static_cast<int64_t>(request.ByteSizeLong()) + validated->peak_bytes;
+}
+
+TEST_F(ServiceTest, FullBudgetRefusesBeforeParsingAndEmptiesAfterReplies) {
+  const v1::ScoreRequest first = AlibiRequest(1, 2, 16, 16, 8);
+  ServiceOptions options = DefaultOptions();
+  const int64_t kBudget = 4 * LeaseOf(first);
+  options.max_inflight_bytes = kBudget;
+  options.max_inflight_per_client = 0;
+  Start(options);
+  scorer_.Hold();
+  grpc::Status s1;
+  v1::ScoreResponse r1;
+  std::thread t1 = ScoreAsync(first, &s1, &r1);
+  if (!scorer_.WaitForCalls(1)) {
+    scorer_.Release();
+    t1.join();
+    FAIL() << s1.error_message();
+  }
+  const int64_t held = service_->InflightBytes();
+  EXPECT_EQ(held, LeaseOf(first));
+  EXPECT_THAT(Metrics(),
+              HasSubstr(absl::StrCat("attnscore_inflight_bytes ", held)));
+  // Garbage that would be INVALID_ARGUMENT once parsed: refused for its size
+  // alone, so it was never parsed.
+  const grpc::Status busy =
+      RawScore(channel_, std::string(kBudget - held + 1, '\xff'));
+  EXPECT_EQ(busy.error_code(), grpc::StatusCode::UNAVAILABLE)
+      << busy.error_message();
+  EXPECT_THAT(busy.error_message(), HasSubstr("--max-inflight-bytes"));
+  // More than the whole budget can never fit.
+  const grpc::Status never = RawScore(channel_, std::string(kBudget + 1, 'x'));
+  EXPECT_EQ(never.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
+      << never.error_message();
+  scorer_.Release();
+  t1.join();
+  EXPECT_TRUE(s1.ok()) << s1.error_message();
+  // Unary and stream replies give their bytes back once sent.
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + kRpcTimeout);
+  auto stream = stub_->ScoreStream(&context);
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(stream->Write(AlibiRequest()));
+  stream->WritesDone();
+  v1::ScoreResponse response;
+  int replies = 0;
+  while (stream->Read(&response)) ++replies;
+  EXPECT_EQ(replies, 3);
+  EXPECT_TRUE(stream->Finish().ok());
+  ASSERT_TRUE(WaitFor([&] { return service_->InflightBytes() == 0; }))
+      << service_->InflightBytes();
+  EXPECT_THAT(Metrics(), HasSubstr("attnscore_inflight_bytes 0"));
+}
+
+TEST_F(ServiceTest, PredictedPeakOverTheBudgetIsRefusedAfterValidation) {
+  ServiceOptions options = DefaultOptions();
+  const v1::ScoreRequest request = AlibiRequest(1, 2, 64, 64, 8);
+  // The wire bytes fit, the predicted peak does not.
+  options.max_inflight_bytes =
+      static_cast<int64_t>(request.ByteSizeLong()) + 100;
+  options.max_inflight_per_client = 0;
+  Start(options);
+  v1::ScoreResponse response;
+  const grpc::Status status = Score(request, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
+      << status.error_message();
+  EXPECT_THAT(status.error_message(), HasSubstr("--max-inflight-bytes"));
+  EXPECT_TRUE(scorer_.calls().empty());
+  // The refused request's own bytes are held until gRPC is done with the call.
+  EXPECT_TRUE(WaitFor([&] { return service_->InflightBytes() == 0; }));
+}
+
+TEST_F(ServiceTest, PerClientCapLimitsOneIdentityOnly) {
+  const v1::ScoreRequest request = AlibiRequest(1, 2, 16, 16, 8);
+  const int64_t lease = LeaseOf(request);
+  ServiceOptions options = DefaultOptions();
+  options.authenticate = HeaderIdentity;
+  options.max_inflight_bytes = 64 << 20;
+  // One such request fits, a second one's bytes do not.
+  options.max_inflight_per_client =
+      lease + static_cast<int64_t>(request.ByteSizeLong()) / 2;
+  options.batching.max_batch_size = 1;
+  Start(options);
+  scorer_.Hold();
+  auto score_as = [&](const std::string& client, grpc::Status* status) {
+    return std::thread([this, client, status, request] {
+      grpc::ClientContext context;
+      context.AddMetadata("x-client", client);
+      context.set_deadline(std::chrono::system_clock::now() + kRpcTimeout);
+      v1::ScoreResponse response;
+      *status = stub_->Score(&context, request, &response);
+    });
+  };
+  grpc::Status alice1, alice2, bob;
+  std::thread t1 = score_as("alice", &alice1);
+  ASSERT_TRUE(scorer_.WaitForCalls(1));
+  std::thread t2 = score_as("alice", &alice2);
+  t2.join();
+  EXPECT_EQ(alice2.error_code(), grpc::StatusCode::UNAVAILABLE)
+      << alice2.error_message();
+  EXPECT_THAT(alice2.error_message(), HasSubstr("--max-inflight-per-client"));
+  std::thread t3 = score_as("bob", &bob);
+  ASSERT_TRUE(WaitFor([&] { return service_->QueueDepth() == 1; }));
+  scorer_.Release();
+  t1.join();
+  t3.join();
+  EXPECT_TRUE(alice1.ok()) << alice1.error_message();
+  EXPECT_TRUE(bob.ok()) << bob.error_message();
+  const std::string metrics = Metrics();
+  EXPECT_THAT(metrics,
+              HasSubstr("{method=\"Score\",code=\"OK\",client=\"alice\"} 1"));
+  EXPECT_THAT(metrics,
+              HasSubstr("{method=\"Score\",code=\"OK\",client=\"bob\"} 1"));
+  EXPECT_THAT(
+      metrics,
+      HasSubstr("{method=\"Score\",code=\"UNAVAILABLE\",client=\"alice\"} 1"));
+}
+
+TEST_F(ServiceTest, AuthenticationErrorIsTheAnswerOfEveryMethod) {
+  ServiceOptions options = DefaultOptions();
+  options.authenticate = HeaderIdentity;
+  Start(options);
+  v1::ScoreResponse response;
+  EXPECT_EQ(Score(AlibiRequest(), &response).error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+  {
+    grpc::ClientContext context;
+    v1::ListModelsResponse list;
+    EXPECT_EQ(stub_->ListModels(&context, {}, &list).error_code(),
+              grpc::StatusCode::UNAUTHENTICATED);
+  }
+  {
+    grpc::ClientContext context;
+    v1::ServerInfo info;
+    EXPECT_EQ(stub_->GetServerInfo(&context, {}, &info).error_code(),
+              grpc::StatusCode::UNAUTHENTICATED);
+  }
+  {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + kRpcTimeout);
+    auto stream = stub_->ScoreStream(&context);
+    stream->Write(AlibiRequest());
+    stream->WritesDone();
+    while (stream->Read(&response)) {
+    }
+    EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  }
+  EXPECT_TRUE(scorer_.calls().empty());
+  grpc::ClientContext context;
+  context.AddMetadata("x-client", "carol");
+  EXPECT_TRUE(stub_->Score(&context, AlibiRequest(), &response).ok());
+  EXPECT_THAT(Metrics(), HasSubstr("client=\"carol\"} 1"));
+}
+
+TEST_F(ServiceTest, ClientLabelHasBoundedCardinality) {
+  ServiceOptions options = DefaultOptions();
+  options.authenticate = HeaderIdentity;
+  Start(options);
+  constexpr int kClients = ServiceMetrics::kMaxClientLabels + 8;
+  for (int i = 0; i < kClients; ++i) {
+    grpc::ClientContext context;
+    context.AddMetadata("x-client", absl::StrCat("client-", i));
+    v1::ServerInfo info;
+    ASSERT_TRUE(stub_->GetServerInfo(&context, {}, &info).ok());
+  }
+  const std::string metrics = Metrics();
+  std::set<std::string> labels;
+  for (size_t at = metrics.find("client=\""); at != std::string::npos;
+       at = metrics.find("client=\"", at + 1)) {
+    labels.insert(metrics.substr(at, metrics.find('"', at + 8) - at));
+  }
+  EXPECT_EQ(labels.size(),
+            static_cast<size_t>(ServiceMetrics::kMaxClientLabels) + 1);
+  EXPECT_THAT(
+      metrics,
+      HasSubstr("{method=\"GetServerInfo\",code=\"OK\",client=\"other\"} 8"));
+}
+
+TEST_F(ServiceTest, MemoryCapIsResourceExhaustedWithNumbers) {
+  ServiceOptions options = DefaultOptions();
+  options.limits.max_request_memory = 10'000;
+  Start(options);
+  v1::ScoreResponse response;
+  grpc::Status status = Score(AlibiRequest(1, 2, 64, 64, 8), &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(status.error_message(), HasSubstr("--max-request-memory"));
+  EXPECT_THAT(status.error_message(), HasSubstr("10000"));
+  EXPECT_TRUE(scorer_.calls().empty());
+}
+
+TEST_F(ServiceTest, WorkCapIsResourceExhaustedWithNumbers) {
+  ServiceOptions options = DefaultOptions();
+  options.limits.max_request_work = 100;
+  Start(options);
+  v1::ScoreResponse response;
+  const grpc::Status status = Score(AlibiRequest(), &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(status.error_message(), HasSubstr("--max-request-work"));
+  EXPECT_THAT(status.error_message(), HasSubstr("at most 100 units"));
+  EXPECT_TRUE(scorer_.calls().empty());
+}
+
+TEST_F(ServiceTest, OverLongRequestIdIsInvalidArgumentNamingTheLength) {
+  Start();
+  v1::ScoreRequest request = AlibiRequest();
+  request.set_request_id(std::string(5000, 'i'));
+  v1::ScoreResponse response;
+  const grpc::Status status = Score(request, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(status.error_message(), HasSubstr("request_id"));
+  EXPECT_THAT(status.error_message(), HasSubstr("5000 bytes"));
+  EXPECT_LT(status.error_message().size(), 300u);
+}
+
+TEST_F(ServiceTest, StreamStopsReadingWhileItsRepliesAreUnsent) {
+  ServiceOptions options = DefaultOptions();
+  // One unsent reply is enough to stop reading; the count bound is far off.
+  options.max_stream_unsent_bytes = 1;
+  options.max_stream_backlog = 64;
+  options.batching.max_batch_size = 1;  // one call per request
+  options.max_inflight_bytes = int64_t{1} << 30;
+  Start(options);
+  // 2 MiB of logits per reply (under the client's 4 MiB message limit): far
+  // more than HTTP/2's windows let through while the client does not read.
+  constexpr int kRequests = 64;
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + kRpcTimeout);
+  // A client whose HTTP/2 window stays small (no BDP growth): what it does
+  // not read stays unsent on the server.
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+  args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 64 << 10);
+  auto stub = v1::AttentionScorer::NewStub(
+      grpc::CreateCustomChannel(absl::StrCat("127.0.0.1:", port_),
+                                grpc::InsecureChannelCredentials(), args));
+  auto stream = stub->ScoreStream(&context);
+  for (int i = 0; i < kRequests; ++i) {
+    v1::ScoreRequest request = AlibiRequest(1, 2, 512, 512, 1);
+    request.set_request_id(absl::StrCat(i));
+    ASSERT_TRUE(stream->Write(request));
+  }
+  ASSERT_TRUE(scorer_.WaitForCalls(1));
+  // Give the server time to read on, as it would without the bound.
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  const size_t computed_while_not_reading = scorer_.calls().size();
+  // Each admitted request counts its 2 MiB reply against the 1-byte bound:
+  // one is read, then nothing until its reply is sent (a few at most, if
+  // the transport takes whole replies).
+  EXPECT_LE(computed_while_not_reading, 4u);
+  std::printf("computed while the client did not read: %zu of %d\n",
+              computed_while_not_reading, kRequests);
+  stream->WritesDone();
+  int received = 0;
+  v1::ScoreResponse response;
+  while (stream->Read(&response)) {
+    EXPECT_FALSE(response.has_error()) << response.error().message();
+    ++received;
+  }
+  EXPECT_EQ(received, kRequests);
+  EXPECT_TRUE(stream->Finish().ok());
+  EXPECT_EQ(scorer_.calls().size(), static_cast<size_t>(kRequests));
+}
+
+TEST_F(ServiceTest, DrainAnswersAcceptedRequestsAndRefusesNewOnes) {
+  ServiceOptions options = DefaultOptions();
+  options.batching.max_batch_size = 1;
+  Start(options);
+  scorer_.Hold();
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + kRpcTimeout);
+  auto stream = stub_->ScoreStream(&context);
+  v1::ScoreRequest accepted = AlibiRequest();
+  accepted.set_request_id("accepted");
+  ASSERT_TRUE(stream->Write(accepted));
+  ASSERT_TRUE(scorer_.WaitForCalls(1));
+  service_->StartDrain();
+  v1::ScoreRequest late = AlibiRequest();
+  late.set_request_id("late");
+  ASSERT_TRUE(stream->Write(late));
+  v1::ScoreResponse response;
+  ASSERT_TRUE(stream->Read(&response));
+  EXPECT_EQ(response.request_id(), "late");
+  EXPECT_EQ(response.error().code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_THAT(response.error().message(), HasSubstr("draining"));
+  // Unary calls that still reach the service are refused the same way.
+  v1::ScoreResponse unary;
+  const grpc::Status refused = Score(AlibiRequest(), &unary);
+  EXPECT_EQ(refused.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_THAT(refused.error_message(), HasSubstr("draining"));
+  scorer_.Release();
+  ASSERT_TRUE(stream->Read(&response));
+  EXPECT_EQ(response.request_id(), "accepted");
+  EXPECT_FALSE(response.has_error()) << response.error().message();
+  stream->WritesDone();
+  EXPECT_FALSE(stream->Read(&response));
+  EXPECT_TRUE(stream->Finish().ok());
+  EXPECT_EQ(scorer_.calls().size(), 1u);
+}
+
+TEST_F(ServiceTest, CancelledComputeIsStoppedBetweenTiles) {
+  Start();
+  scorer_.Hold();
+  grpc::ClientContext context;
+  grpc::Status status;
+  v1::ScoreResponse response;
+  std::thread t(
+      [&] { status = stub_->Score(&context, AlibiRequest(), &response); });
+  ASSERT_TRUE(scorer_.WaitForCalls(1));
+  context.TryCancel();
+  t.join();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::CANCELLED);
+  // The held scorer sees its StopFn turn true and leaves: no Release needed.
+  ASSERT_TRUE(scorer_.WaitForStopped());
+  ASSERT_TRUE(WaitFor([&] {
+    return Metrics().find(
+               "method=\"Score\",code=\"CANCELLED\",client=\"anonymous\"} 1") !=
+           std::string::npos;
+  })) << Metrics();
+}
+
+TEST_F(ServiceTest, ExpiredComputeIsStoppedBetweenTiles) {
+  Start();
+  scorer_.Hold();
+  grpc::Status status;
+  v1::ScoreResponse response;
+  std::thread t([&] {
+    status = Score(AlibiRequest(), &response, std::chrono::seconds(10));
+  });
+  ASSERT_TRUE(scorer_.WaitForCalls(1));
+  // Past the deadline on the service's clock, long before gRPC's own.
+  clock_.AdvanceMicros(20'000'000);
+  ASSERT_TRUE(scorer_.WaitForStopped());
+  t.join();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  EXPECT_THAT(status.error_message(), HasSubstr("during compute"));
+  ASSERT_TRUE(WaitFor([&] {
+    return Metrics().find(
+               "method=\"Score\",code=\"DEADLINE_EXCEEDED\",client="
+               "\"anonymous\"} 1") != std::string::npos;
+  })) << Metrics();
+}
+
+TEST_F(ServiceTest, ExceptionsInTheWorkerAreAnsweredNotFatal) {
+  ServiceOptions options = DefaultOptions();
+  options.batching.max_batch_size = 2;
+  options.batching.max_queue_delay_us = 10'000'000;
+  Start(options);
+  grpc::Status s1, s2;
+  v1::ScoreResponse r1, r2;
+  std::thread t1 = ScoreAsync(
+      AlibiRequest(1, 2, 3, 4, 8, FakeScorer::kThrowBadAlloc), &s1, &r1);
+  std::thread t2 = ScoreAsync(AlibiRequest(1, 2, 3, 4, 8, 2.0f), &s2, &r2);
+  t1.join();
+  t2.join();
+  EXPECT_EQ(s1.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
+      << s1.error_message();
+  EXPECT_THAT(s1.error_message(), HasSubstr("out of memory"));
+  // The other request of the batch is computed on its own.
+  EXPECT_TRUE(s2.ok()) << s2.error_message();
+
+  // The worker lives on.
+  v1::ScoreResponse response;
+  std::thread t3 = ScoreAsync(AlibiRequest(), &s1, &r1);
+  std::thread t4 = ScoreAsync(AlibiRequest(), &s2, &r2);
+  t3.join();
+  t4.join();
+  EXPECT_TRUE(s1.ok() && s2.ok()) << s1.error_message() << s2.error_message();
+}
+
+TEST_F(ServiceTest, AnyExceptionOfTheScorerIsInternal) {
+  Start();
+  v1::ScoreResponse response;
+  const grpc::Status thrown =
+      Score(AlibiRequest(1, 2, 3, 4, 8, FakeScorer::kThrow), &response);
+  EXPECT_EQ(thrown.error_code(), grpc::StatusCode::INTERNAL);
+  EXPECT_THAT(thrown.error_message(), HasSubstr("fake scorer exception"));
+  EXPECT_TRUE(Score(AlibiRequest(), &response).ok());
+}
+
+TEST_F(ServiceTest, GetServerInfoReportsTheNewLimits) {
+  ServiceOptions options = DefaultOptions();
+  options.max_inflight_bytes = 1 << 30;
+  options.limits.max_request_memory = 123456;
+  options.limits.max_request_work = 654321;
+  options.max_stream_unsent_bytes = 777;
+  Start(options);
+  grpc::ClientContext context;
+  v1::ServerInfo info;
+  ASSERT_TRUE(stub_->GetServerInfo(&context, {}, &info).ok());
+  EXPECT_EQ(info.limits().max_request_memory_bytes(), 123456);
+  EXPECT_EQ(info.limits().max_request_work(), 654321);
+  EXPECT_EQ(info.limits().max_inflight_bytes(), 1 << 30);
+  // The default per-client share: half of the budget.
+  EXPECT_EQ(info.limits().max_inflight_per_client_bytes(), 1 << 29);
+  EXPECT_EQ(info.limits().max_stream_unsent_bytes(), 777);
+}
+
+TEST_F(ServiceTest, DerivedBudgetDefaultIsPositive) {
+  Start();
+  EXPECT_GT(service_->options().max_inflight_bytes, 0);
+  EXPECT_EQ(service_->options().max_inflight_per_client,
+            service_->options().max_inflight_bytes / 2);
 }
 
 }  // namespace
