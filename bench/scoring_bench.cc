@@ -17,6 +17,8 @@
 #include <vector>
 
 #include "bench/literal_port.h"
+#include "server/cpu/aten_capability.h"
+#include "server/cpu/matched_kernels.h"
 #include "server/scoring/alibi.h"
 #include "server/scoring/aten_scorer.h"
 #include "server/scoring/relative_model.h"
@@ -143,6 +145,26 @@ void BM_Literal(benchmark::State& state, Shape shape, bool relative,
   for (auto _ : state) benchmark::DoNotOptimize(RunLiteral(f, relative, probs));
 }
 
+// Issue 9's many-tiny-items case: 2,000,000 float16 items of H = Lq = Lk =
+// D = 1 in one batch (logits), the per-item overhead the cost cap charges.
+void BM_TinyItems(benchmark::State& state) {
+  constexpr int64_t kItems = 2'000'000;
+  static const std::vector<uint16_t> bytes(2 * kItems, 0x3c00);  // 1.0
+  std::vector<ScoreItem> items(kItems);
+  for (int64_t i = 0; i < kItems; ++i) {
+    items[i].query = TensorRef{DType::kFloat16, {1, 1, 1, 1}, &bytes[2 * i], 2};
+    items[i].key =
+        TensorRef{DType::kFloat16, {1, 1, 1, 1}, &bytes[2 * i + 1], 2};
+  }
+  ScoreSpec spec;
+  spec.output_dtype = DType::kFloat16;
+  for (auto _ : state) {
+    auto out = GetScorer().ScoreBatch(spec, items);
+    if (!out.ok()) std::abort();
+    benchmark::DoNotOptimize(out);
+  }
+}
+
 // Collects real time per benchmark to print literal/core ratios at the end.
 class RatioReporter : public benchmark::ConsoleReporter {
  public:
@@ -187,6 +209,10 @@ void Register() {
       {kDecode, false, true, "alibi_logits+probs"},
       {kDecode, true, true, "relative_logits+probs"},
   };
+  benchmark::RegisterBenchmark("core/tiny_items_B2000000_H1_L1_D1_f16",
+                               BM_TinyItems)
+      ->Unit(benchmark::kMillisecond)
+      ->UseRealTime();
   for (const Case& c : cases) {
     const std::string suffix = std::string(c.shape.name) + "/" + c.what;
     benchmark::RegisterBenchmark(("core/" + suffix).c_str(), BM_Core, c.shape,
@@ -204,12 +230,17 @@ void Register() {
 }  // namespace attnscore::bench
 
 int main(int argc, char** argv) {
+  // First: may re-execute onto the kernels the server would choose.
+  attnscore::cpu::EnsureMatchedKernels(argc, argv);
   attnscore::bench::Register();
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
   attnscore::bench::GetScorer();  // sets the intra-op thread count (default:
                                   // all cores)
   std::printf("intra-op threads: %d\n", at::get_num_threads());
+  std::printf("kernels: %s\n", attnscore::cpu::KernelInfoLine(
+                                   attnscore::cpu::CurrentKernelInfo())
+                                   .c_str());
   attnscore::bench::RatioReporter reporter;
   benchmark::RunSpecifiedBenchmarks(&reporter);
   reporter.PrintRatios();

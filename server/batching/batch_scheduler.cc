@@ -80,8 +80,8 @@ absl::Status BatchSchedulerCore::Schedule(std::unique_ptr<BatchTask>* task) {
   if (found == open_by_key_.end()) {
     // The earliest timeout only changes when the first open batch appears;
     // later batches time out after the current front, which some worker is
-    // already waiting for.
-    wake_workers |= open_batches_.empty();
+    // already waiting for. Without a delay a free worker takes any new batch.
+    wake_workers |= open_batches_.empty() || options_.max_queue_delay_us == 0;
     OpenBatch& open = open_batches_.emplace_back();
     open.key = (*task)->batch_key();
     open.opened_micros = clock_->NowMicros();
@@ -144,6 +144,13 @@ int64_t BatchSchedulerCore::TimeoutAtMicros(const OpenBatch& open) const {
 void BatchSchedulerCore::WorkerLoop() {
   std::unique_lock<std::mutex> lock(mu_);
   for (;;) {
+    // No delay: this free worker closes the oldest open batch and runs it, with
+    // every task that queued while the workers were busy. Only that one: the
+    // other keys' batches keep filling until a worker is free for them.
+    if (options_.max_queue_delay_us == 0 && closed_batches_.empty() &&
+        !open_batches_.empty()) {
+      CloseLocked(open_batches_.begin());
+    }
     if (!closed_batches_.empty()) {
       Batch batch = std::move(closed_batches_.front());
       closed_batches_.pop_front();

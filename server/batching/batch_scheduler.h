@@ -65,8 +65,12 @@ struct BatchSchedulerOptions {
   // runs alone.
   size_t max_batch_size = 32;
   // How long the oldest task of an open batch waits for company before the
-  // batch is closed, in Clock microseconds.
-  int64_t max_queue_delay_us = 2000;
+  // batch is closed, in Clock microseconds. 0 (the default, as Triton's): a
+  // batch never waits for company; it closes when a worker is free to run it,
+  // taking every task of its key that queued while the workers were busy, so a
+  // lone request runs at once and batching costs no latency. A positive value
+  // holds a batch open up to that long, for fuller batches.
+  int64_t max_queue_delay_us = 0;
   // Most tasks waiting (queued, not yet handed to a worker); beyond it Schedule
   // is UNAVAILABLE.
   size_t max_enqueued_tasks = 256;
@@ -82,7 +86,9 @@ class BatchSchedulerCore;
 //
 // A batch for a key is closed when adding the next task of that key would push
 // it past `max_batch_size` items (so it closes exactly at `max_batch_size`), or
-// when its oldest task has waited `max_queue_delay_us` by the Clock. A single
+// when its oldest task has waited `max_queue_delay_us` by the Clock; with a
+// `max_queue_delay_us` of 0, when a worker is free to take it (one batch per
+// free worker, oldest first: the others stay open and keep filling). A single
 // task larger than `max_batch_size` runs alone. Closed batches are handed to
 // the callback in closing order; batches closed together (timeouts, Shutdown)
 // go in order of their oldest task's arrival, so no key starves. Before a batch
@@ -191,7 +197,8 @@ class BatchSchedulerCore {
   // std::condition_variable, so a fake clock can wake the workers.
   mutable std::mutex mu_;
   // Signalled when a batch is closed, when the first open batch appears (a
-  // worker must start its timeout) and at shutdown.
+  // worker must start its timeout; with max_queue_delay_us 0, when any batch
+  // opens: a free worker takes it) and at shutdown.
   std::condition_variable work_cv_;
   bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
   OpenList open_batches_ ABSL_GUARDED_BY(mu_);

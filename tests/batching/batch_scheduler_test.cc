@@ -291,6 +291,128 @@ TEST_F(BatchSchedulerTest, ZeroTimeoutBatchesWithoutAdvancingTheClock) {
   EXPECT_EQ(clock_.NowMicros(), 0);
 }
 
+// The default delay is 0 (Triton's): a lone request is dispatched at once,
+// without the clock moving.
+TEST_F(BatchSchedulerTest, DefaultOptionsDispatchALoneRequestWithoutWaiting) {
+  EXPECT_EQ(BatchSchedulerOptions().max_queue_delay_us, 0);
+  std::unique_ptr<Scheduler> scheduler = MakeScheduler(BatchSchedulerOptions());
+  const int id = Add(*scheduler);
+  ASSERT_TRUE(recorder_.WaitForBatches(1));
+  EXPECT_THAT(recorder_.batch_ids(), ElementsAre(ElementsAre(id)));
+  EXPECT_EQ(clock_.NowMicros(), 0);
+  EXPECT_EQ(clock_.NumWaiters(), 0u) << "no worker waits for a timeout";
+}
+
+// Holds every batch's callback until the test lets it go, one at a time, so
+// that a test can keep the worker busy while tasks queue.
+class Gate {
+ public:
+  // Called by the callback: announces the batch, then waits to be released.
+  void Enter() {
+    std::unique_lock<std::mutex> lock(mu_);
+    ++entered_;
+    cv_.notify_all();
+    cv_.wait_for(lock, kBugTimeout, [&] { return released_ >= entered_; });
+  }
+  // True once `n` batches have entered.
+  bool WaitForEntered(int n) {
+    std::unique_lock<std::mutex> lock(mu_);
+    return cv_.wait_for(lock, kBugTimeout, [&] { return entered_ >= n; });
+  }
+  void ReleaseOne() {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++released_;
+    cv_.notify_all();
+  }
+  void ReleaseAll() {
+    std::lock_guard<std::mutex> lock(mu_);
+    released_ = 1 << 20;
+    cv_.notify_all();
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  int entered_ = 0;   // GUARDED_BY(mu_)
+  int released_ = 0;  // GUARDED_BY(mu_)
+};
+
+TEST_F(BatchSchedulerTest,
+       ZeroDelayBatchesWhatQueuedWhileTheWorkerWasBusyUpToMaxBatchSize) {
+  Gate gate;
+  std::unique_ptr<Scheduler> scheduler = MakeScheduler(
+      Options(4, /*max_queue_delay_us=*/0),
+      [&](const std::vector<std::unique_ptr<TestTask>>&) { gate.Enter(); });
+  const int first = Add(*scheduler);
+  ASSERT_TRUE(gate.WaitForEntered(1));  // The only worker is busy with it.
+  std::vector<int> queued;
+  queued.reserve(6);
+  for (int i = 0; i < 6; ++i) queued.push_back(Add(*scheduler));
+  EXPECT_EQ(scheduler->QueueDepth(), 6u) << "nothing runs while it is busy";
+  gate.ReleaseAll();
+  ASSERT_TRUE(recorder_.WaitForBatches(3));
+  // The first four closed full; the other two formed one batch as soon as the
+  // worker was free, without the clock moving.
+  EXPECT_THAT(
+      recorder_.batch_ids(),
+      ElementsAre(ElementsAre(first),
+                  ElementsAre(queued[0], queued[1], queued[2], queued[3]),
+                  ElementsAre(queued[4], queued[5])));
+  EXPECT_EQ(clock_.NowMicros(), 0);
+}
+
+TEST_F(BatchSchedulerTest,
+       ZeroDelayFreeWorkerTakesTheOldestBatchAndLetsTheOthersKeepFilling) {
+  Gate gate;
+  std::unique_ptr<Scheduler> scheduler = MakeScheduler(
+      Options(8, /*max_queue_delay_us=*/0),
+      [&](const std::vector<std::unique_ptr<TestTask>>&) { gate.Enter(); });
+  const int first = Add(*scheduler, 1, "x");
+  ASSERT_TRUE(gate.WaitForEntered(1));
+  const int x1 = Add(*scheduler, 1, "x");
+  const int y1 = Add(*scheduler, 1, "y");
+  const int x2 = Add(*scheduler, 1, "x");
+  gate.ReleaseOne();
+  // The freed worker takes x's batch (the oldest) and is busy with it again;
+  // y's batch stays open and takes y2.
+  ASSERT_TRUE(gate.WaitForEntered(2));
+  const int y2 = Add(*scheduler, 1, "y");
+  gate.ReleaseAll();
+  ASSERT_TRUE(recorder_.WaitForBatches(3));
+  EXPECT_THAT(recorder_.batch_ids(),
+              ElementsAre(ElementsAre(first), ElementsAre(x1, x2),
+                          ElementsAre(y1, y2)));
+}
+
+TEST_F(BatchSchedulerTest, ZeroDelayIdleWorkersEachTakeABatchAtOnce) {
+  Gate gate;
+  std::unique_ptr<Scheduler> scheduler = MakeScheduler(
+      Options(8, /*max_queue_delay_us=*/0, /*num_batch_threads=*/2),
+      [&](const std::vector<std::unique_ptr<TestTask>>&) { gate.Enter(); });
+  Add(*scheduler, 1, "x");
+  ASSERT_TRUE(gate.WaitForEntered(1));
+  // The second worker is idle: a new key's request runs at once beside the
+  // first, without waiting for the busy worker or the clock.
+  Add(*scheduler, 1, "y");
+  ASSERT_TRUE(gate.WaitForEntered(2));
+  EXPECT_EQ(scheduler->QueueDepth(), 0u);
+  gate.ReleaseAll();
+  ASSERT_TRUE(recorder_.WaitForBatches(2));
+}
+
+TEST_F(BatchSchedulerTest, PositiveDelayHoldsALoneRequestWhileAWorkerIsFree) {
+  std::unique_ptr<Scheduler> scheduler =
+      MakeScheduler(Options(8, /*max_queue_delay_us=*/2000));
+  const int id = Add(*scheduler);
+  clock_.BlockUntilWaiters(1);
+  clock_.AdvanceMicros(1999);
+  EXPECT_THAT(recorder_.batch_ids(), IsEmpty());
+  EXPECT_EQ(scheduler->QueueDepth(), 1u);
+  clock_.AdvanceMicros(1);
+  ASSERT_TRUE(recorder_.WaitForBatches(1));
+  EXPECT_THAT(recorder_.batch_ids(), ElementsAre(ElementsAre(id)));
+}
+
 TEST_F(BatchSchedulerTest, BatchClosesExactlyAtMaxBatchSize) {
   std::unique_ptr<Scheduler> scheduler =
       MakeScheduler(Options(4, kNeverMicros));

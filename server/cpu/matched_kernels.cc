@@ -1,0 +1,98 @@
+#include "server/cpu/matched_kernels.h"
+
+#include <dlfcn.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <optional>
+
+namespace attnscore::cpu {
+namespace {
+
+std::optional<std::string> GetEnv(const char* name) {
+  const char* value = std::getenv(name);
+  if (value == nullptr) return std::nullopt;
+  return std::string(value);
+}
+
+// The decision taken at start, for DescribeKernels.
+std::mutex& DecisionMutex() {
+  static std::mutex mu;
+  return mu;
+}
+std::optional<KernelDecision>& StartDecision() {
+  static std::optional<KernelDecision> decision;
+  return decision;
+}
+
+}  // namespace
+
+KernelEnv ReadKernelEnv() {
+  KernelEnv env;
+  env.openblas_coretype = GetEnv(kOpenblasCoretypeEnv);
+  env.aten_cpu_capability = GetEnv(kAtenCapabilityEnv);
+  env.reexec_marker = GetEnv(kReexecMarkerEnv);
+  env.simulate_library_core = GetEnv(kSimulateLibraryCoreEnv);
+  return env;
+}
+
+std::string LoadedBlasCore() {
+  using CoreNameFn = char* (*)();
+  // RTLD_DEFAULT: whatever OpenBLAS the process loaded (through LibTorch);
+  // none in binaries that do not link it.
+  void* symbol = dlsym(RTLD_DEFAULT, "openblas_get_corename");
+  if (symbol == nullptr) return "";
+  const char* name = reinterpret_cast<CoreNameFn>(symbol)();
+  return name == nullptr ? "" : std::string(name);
+}
+
+void EnsureMatchedKernels(int argc, char** argv) {
+  (void)argc;
+  const KernelDecision decision =
+      ChooseKernels(DetectCpuFeatures(), LoadedBlasCore(), ReadKernelEnv());
+  {
+    std::lock_guard<std::mutex> lock(DecisionMutex());
+    StartDecision() = decision;
+  }
+  if (!decision.reexec || argv == nullptr || argv[0] == nullptr) return;
+  for (const auto& [name, value] : decision.set_env) {
+    setenv(name.c_str(), value.c_str(), /*overwrite=*/1);
+  }
+  execv("/proc/self/exe", argv);
+  // Only reached when the exec failed: run on as loaded, and say so. The
+  // variables stay set, so a child process gets the matched kernels.
+  std::fprintf(stderr,
+               "attnscore: could not re-execute to match kernels to the CPU "
+               "(%s): %s; running on the kernels as loaded\n",
+               decision.reason.c_str(), std::strerror(errno));
+}
+
+KernelInfo DescribeKernels(const std::string& aten_capability) {
+  const CpuFeatures features = DetectCpuFeatures();
+  KernelInfo info;
+  info.isa = IsaName(features);
+  info.cpu_model = features.model_name;
+  info.blas_core = LoadedBlasCore();
+  info.aten_capability = aten_capability;
+  std::optional<KernelDecision> decision;
+  {
+    std::lock_guard<std::mutex> lock(DecisionMutex());
+    decision = StartDecision();
+  }
+  if (!decision.has_value()) {
+    decision = ChooseKernels(features, info.blas_core, ReadKernelEnv());
+  }
+  // A decision to re-execute that is still current means the exec failed (or
+  // was never tried): the library's own kernels run.
+  info.blas_core_source = std::string(ChoiceSourceName(
+      decision->reexec ? ChoiceSource::kLibrary : decision->blas_source));
+  info.aten_capability_source = std::string(ChoiceSourceName(
+      decision->reexec ? ChoiceSource::kLibrary : decision->aten_source));
+  return info;
+}
+
+}  // namespace attnscore::cpu

@@ -1,0 +1,226 @@
+#include "server/cpu/kernel_choice.h"
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "server/cpu/cpu_features.h"
+
+namespace attnscore::cpu {
+namespace {
+
+using ::testing::IsEmpty;
+using ::testing::Pair;
+using ::testing::UnorderedElementsAre;
+
+CpuFeatures Sse() {
+  CpuFeatures f;
+  f.x86_64 = true;
+  return f;
+}
+CpuFeatures Avx2() {
+  CpuFeatures f = Sse();
+  f.avx = f.avx2 = f.fma = true;
+  return f;
+}
+CpuFeatures Avx512() {
+  CpuFeatures f = Avx2();
+  f.avx512f = f.avx512bw = f.avx512vl = f.avx512dq = true;
+  return f;
+}
+CpuFeatures Avx512Bf16() {
+  CpuFeatures f = Avx512();
+  f.avx512_bf16 = true;
+  return f;
+}
+
+TEST(CpuFeaturesTest, IsaNameIsTheWidestUsableSet) {
+  EXPECT_EQ(IsaName(CpuFeatures()), "none");
+  EXPECT_EQ(IsaName(Sse()), "sse");
+  CpuFeatures avx = Sse();
+  avx.avx = true;
+  EXPECT_EQ(IsaName(avx), "avx");
+  EXPECT_EQ(IsaName(Avx2()), "avx2");
+  EXPECT_EQ(IsaName(Avx512()), "avx512");
+  EXPECT_EQ(IsaName(Avx512Bf16()), "avx512_bf16");
+  // AVX-512F alone (Knights Landing has no BW/VL/DQ) is not SkylakeX-class.
+  CpuFeatures knl = Avx2();
+  knl.avx512f = true;
+  EXPECT_EQ(IsaName(knl), "avx2");
+  // AVX2 without FMA does not run Haswell kernels.
+  CpuFeatures no_fma = Avx2();
+  no_fma.fma = false;
+  EXPECT_EQ(IsaName(no_fma), "avx");
+}
+
+TEST(KernelChoiceTest, BlasCoreForEachFeatureSet) {
+  EXPECT_EQ(BlasCoreFor(Sse()), "");
+  EXPECT_EQ(BlasCoreFor(Avx2()), "Haswell");
+  EXPECT_EQ(BlasCoreFor(Avx512()), "SkylakeX");
+  EXPECT_EQ(BlasCoreFor(Avx512Bf16()), "Cooperlake");
+}
+
+TEST(KernelChoiceTest, BlasCoreLevelsAreCaseInsensitiveAndUnknownNamesNull) {
+  EXPECT_EQ(BlasCoreLevel("Prescott"), 0);
+  EXPECT_EQ(BlasCoreLevel("PRESCOTT"), 0);
+  EXPECT_EQ(BlasCoreLevel("Unknown"), 0);
+  EXPECT_EQ(BlasCoreLevel("Sandybridge"), 1);
+  EXPECT_EQ(BlasCoreLevel("Haswell"), 2);
+  EXPECT_EQ(BlasCoreLevel("Zen"), 2);
+  EXPECT_EQ(BlasCoreLevel("SkylakeX"), 3);
+  EXPECT_EQ(BlasCoreLevel("Cooperlake"), 3);
+  EXPECT_EQ(BlasCoreLevel("SapphireRapids"), 3);
+  EXPECT_EQ(BlasCoreLevel("FutureLake"), std::nullopt);
+  EXPECT_EQ(BlasCoreLevel(""), std::nullopt);
+}
+
+TEST(KernelChoiceTest, NoAvx2KeepsTheGenericKernelsAndDoesNotReexecute) {
+  const KernelDecision d = ChooseKernels(Sse(), "Prescott", KernelEnv());
+  EXPECT_FALSE(d.reexec);
+  EXPECT_THAT(d.set_env, IsEmpty());
+  EXPECT_EQ(d.blas_source, ChoiceSource::kLibrary);
+  EXPECT_EQ(d.aten_source, ChoiceSource::kLibrary);
+}
+
+TEST(KernelChoiceTest, Avx2CpuOnGenericCoreGetsHaswellAndAtenIsLeftAtItsAvx2) {
+  const KernelDecision d = ChooseKernels(Avx2(), "Prescott", KernelEnv());
+  EXPECT_TRUE(d.reexec);
+  EXPECT_THAT(d.set_env,
+              UnorderedElementsAre(Pair(kOpenblasCoretypeEnv, "Haswell"),
+                                   Pair(kReexecMarkerEnv, "matched:blas")));
+  EXPECT_EQ(d.blas_source, ChoiceSource::kCpuid);
+  EXPECT_EQ(d.aten_source, ChoiceSource::kLibrary);
+}
+
+TEST(KernelChoiceTest, Avx2CpuOnAKnownCoreIsLeftAlone) {
+  for (const char* core : {"Haswell", "Zen", "SkylakeX", "FutureLake", ""}) {
+    const KernelDecision d = ChooseKernels(Avx2(), core, KernelEnv());
+    EXPECT_FALSE(d.reexec) << core;
+    EXPECT_EQ(d.blas_source, ChoiceSource::kLibrary) << core;
+  }
+}
+
+TEST(KernelChoiceTest, Avx512CpuOnGenericCoreGetsSkylakeXAndAtenAvx512) {
+  for (const char* core : {"Prescott", "Sandybridge", "Haswell", "Unknown"}) {
+    const KernelDecision d = ChooseKernels(Avx512(), core, KernelEnv());
+    EXPECT_TRUE(d.reexec) << core;
+    EXPECT_THAT(d.set_env, UnorderedElementsAre(
+                               Pair(kOpenblasCoretypeEnv, "SkylakeX"),
+                               Pair(kAtenCapabilityEnv, "avx512"),
+                               Pair(kReexecMarkerEnv, "matched:blas,aten")))
+        << core;
+    EXPECT_EQ(d.blas_source, ChoiceSource::kCpuid);
+    EXPECT_EQ(d.aten_source, ChoiceSource::kCpuid);
+  }
+}
+
+TEST(KernelChoiceTest, Avx512Bf16CpuOnGenericCoreGetsCooperlake) {
+  const KernelDecision d = ChooseKernels(Avx512Bf16(), "Prescott", KernelEnv());
+  EXPECT_TRUE(d.reexec);
+  EXPECT_THAT(d.set_env, UnorderedElementsAre(
+                             Pair(kOpenblasCoretypeEnv, "Cooperlake"),
+                             Pair(kAtenCapabilityEnv, "avx512"),
+                             Pair(kReexecMarkerEnv, "matched:blas,aten")));
+}
+
+TEST(KernelChoiceTest, Avx512CpuOnAnAvx512CoreOnlyRaisesAten) {
+  // SkylakeX and Cooperlake are the same level: no re-execution for the BLAS.
+  const KernelDecision d = ChooseKernels(Avx512Bf16(), "SkylakeX", KernelEnv());
+  EXPECT_TRUE(d.reexec);
+  EXPECT_THAT(d.set_env,
+              UnorderedElementsAre(Pair(kAtenCapabilityEnv, "avx512"),
+                                   Pair(kReexecMarkerEnv, "matched:aten")));
+  EXPECT_EQ(d.blas_source, ChoiceSource::kLibrary);
+  EXPECT_EQ(d.aten_source, ChoiceSource::kCpuid);
+}
+
+TEST(KernelChoiceTest, OperatorSettingsAlwaysWin) {
+  KernelEnv env;
+  env.openblas_coretype = "Prescott";
+  env.aten_cpu_capability = "avx2";
+  const KernelDecision d = ChooseKernels(Avx512Bf16(), "Prescott", env);
+  EXPECT_FALSE(d.reexec);
+  EXPECT_THAT(d.set_env, IsEmpty());
+  EXPECT_EQ(d.blas_source, ChoiceSource::kOperator);
+  EXPECT_EQ(d.aten_source, ChoiceSource::kOperator);
+}
+
+TEST(KernelChoiceTest, OperatorBlasCoreIsKeptWhileAtenIsStillMatched) {
+  KernelEnv env;
+  env.openblas_coretype = "Haswell";
+  const KernelDecision d = ChooseKernels(Avx512(), "Haswell", env);
+  EXPECT_TRUE(d.reexec);
+  EXPECT_THAT(d.set_env,
+              UnorderedElementsAre(Pair(kAtenCapabilityEnv, "avx512"),
+                                   Pair(kReexecMarkerEnv, "matched:aten")));
+  EXPECT_EQ(d.blas_source, ChoiceSource::kOperator);
+}
+
+TEST(KernelChoiceTest, AlreadyReexecutedNeverReexecutesAgain) {
+  KernelEnv env;
+  env.openblas_coretype = "SkylakeX";
+  env.aten_cpu_capability = "avx512";
+  env.reexec_marker = "matched:blas,aten";
+  // Even if the library still reports a generic core (it did not know the
+  // forced one), the process goes on rather than looping.
+  const KernelDecision d = ChooseKernels(Avx512(), "Prescott", env);
+  EXPECT_FALSE(d.reexec);
+  EXPECT_EQ(d.blas_source, ChoiceSource::kCpuid);
+  EXPECT_EQ(d.aten_source, ChoiceSource::kCpuid);
+
+  env.reexec_marker = "matched:aten";
+  env.openblas_coretype = "Haswell";
+  const KernelDecision aten_only = ChooseKernels(Avx512(), "Haswell", env);
+  EXPECT_FALSE(aten_only.reexec);
+  EXPECT_EQ(aten_only.blas_source, ChoiceSource::kOperator);
+  EXPECT_EQ(aten_only.aten_source, ChoiceSource::kCpuid);
+}
+
+TEST(KernelChoiceTest, AForeignMarkerValueStopsReexecution) {
+  KernelEnv env;
+  env.reexec_marker = "1";
+  const KernelDecision d = ChooseKernels(Avx512(), "Prescott", env);
+  EXPECT_FALSE(d.reexec);
+  EXPECT_EQ(d.blas_source, ChoiceSource::kLibrary);
+}
+
+TEST(KernelChoiceTest, SimulatedUnknownCpuTakesTwoStepsAndThenStops) {
+  KernelEnv env;
+  env.simulate_library_core = "Prescott";
+  // Step 1: make the library load with the generic core.
+  const KernelDecision simulate = ChooseKernels(Avx512(), "SkylakeX", env);
+  EXPECT_TRUE(simulate.reexec);
+  EXPECT_THAT(simulate.set_env,
+              UnorderedElementsAre(Pair(kOpenblasCoretypeEnv, "Prescott"),
+                                   Pair(kReexecMarkerEnv, "simulated")));
+  // Step 2: the library reports Prescott; the variable is ours, not the
+  // operator's, so the choice is made from cpuid.
+  env.openblas_coretype = "Prescott";
+  env.reexec_marker = "simulated";
+  const KernelDecision match = ChooseKernels(Avx512(), "Prescott", env);
+  EXPECT_TRUE(match.reexec);
+  EXPECT_THAT(match.set_env, UnorderedElementsAre(
+                                 Pair(kOpenblasCoretypeEnv, "SkylakeX"),
+                                 Pair(kAtenCapabilityEnv, "avx512"),
+                                 Pair(kReexecMarkerEnv, "matched:blas,aten")));
+  // Step 3: done.
+  env.openblas_coretype = "SkylakeX";
+  env.aten_cpu_capability = "avx512";
+  env.reexec_marker = "matched:blas,aten";
+  EXPECT_FALSE(ChooseKernels(Avx512(), "SkylakeX", env).reexec);
+}
+
+TEST(KernelChoiceTest, SimulationIsIgnoredWhenTheOperatorSetTheCore) {
+  KernelEnv env;
+  env.simulate_library_core = "Prescott";
+  env.openblas_coretype = "Haswell";
+  env.aten_cpu_capability = "avx2";
+  const KernelDecision d = ChooseKernels(Avx512(), "Haswell", env);
+  EXPECT_FALSE(d.reexec);
+  EXPECT_EQ(d.blas_source, ChoiceSource::kOperator);
+}
+
+}  // namespace
+}  // namespace attnscore::cpu

@@ -1,0 +1,193 @@
+// End to end: binaries that call EnsureMatchedKernels (a probe, and the real
+// attnscore-server) run on kernels for this CPU's instruction set with nothing
+// set, keep an operator's own OPENBLAS_CORETYPE, and get the matched kernels
+// on a BLAS that detects the generic core (simulated, as on a CPU the library
+// does not know).
+#include <grpcpp/grpcpp.h>
+
+#include <cstdlib>
+#include <map>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "attnscore/v1/attnscore.grpc.pb.h"
+#include "gtest/gtest.h"
+#include "server/cpu/cpu_features.h"
+#include "server/cpu/kernel_choice.h"
+#include "tests/testing/server_process.h"
+
+namespace attnscore::cpu {
+namespace {
+
+using testing::CommandResult;
+using testing::RunCommand;
+using testing::ServerOptions;
+using testing::ServerProcess;
+
+// Runs the probe under /usr/bin/env with the kernel variables removed and
+// `assignments` (NAME=VALUE) added; its "key=value" report.
+std::map<std::string, std::string> RunProbe(
+    const std::vector<std::string>& assignments) {
+  std::vector<std::string> argv = {"/usr/bin/env", "-u", kOpenblasCoretypeEnv,
+                                   "-u", kAtenCapabilityEnv};
+  argv.insert(argv.end(), assignments.begin(), assignments.end());
+  argv.push_back(ATTNSCORE_KERNEL_PROBE_BIN);
+  const CommandResult result = RunCommand(argv);
+  EXPECT_EQ(result.exit_code, 0) << result.output;
+  std::map<std::string, std::string> report;
+  std::istringstream lines(result.output);
+  for (std::string line; std::getline(lines, line);) {
+    const size_t eq = line.find('=');
+    if (eq != std::string::npos) {
+      report[line.substr(0, eq)] = line.substr(eq + 1);
+    }
+  }
+  EXPECT_EQ(report["product"], "262144") << result.output;
+  return report;
+}
+
+// What the choice must be on this machine with nothing set.
+struct Expected {
+  std::string isa;
+  std::string aten;  // "AVX512" on AVX-512 CPUs, else ATen's own choice
+  int min_blas_level = 0;
+};
+Expected ForThisCpu() {
+  const CpuFeatures features = DetectCpuFeatures();
+  Expected e;
+  e.isa = IsaName(features);
+  e.aten = HasAvx512Core(features) ? "AVX512"
+           : HasAvx2Fma(features)  ? "AVX2"
+                                   : "NO AVX";
+  const std::string core = BlasCoreFor(features);
+  e.min_blas_level = core.empty() ? 0 : *BlasCoreLevel(core);
+  return e;
+}
+
+int LevelOf(const std::string& core) {
+  const std::optional<int> level = BlasCoreLevel(core);
+  EXPECT_TRUE(level.has_value()) << "unknown core " << core;
+  return level.value_or(-1);
+}
+
+TEST(MatchedKernelsProbeTest, WithNothingSetRunsOnKernelsForTheIsa) {
+  const Expected expected = ForThisCpu();
+  std::map<std::string, std::string> report = RunProbe({});
+  EXPECT_EQ(report["isa"], expected.isa);
+  EXPECT_GE(LevelOf(report["blas_core"]), expected.min_blas_level)
+      << report["blas_core"];
+  EXPECT_EQ(report["aten_capability"], expected.aten);
+  EXPECT_NE(report["blas_core_source"], "operator");
+}
+
+TEST(MatchedKernelsProbeTest, OperatorSettingsAreKept) {
+  std::map<std::string, std::string> report =
+      RunProbe({"OPENBLAS_CORETYPE=Prescott", "ATEN_CPU_CAPABILITY=default"});
+  EXPECT_EQ(report["blas_core"], "Prescott");
+  EXPECT_EQ(report["blas_core_source"], "operator");
+  EXPECT_EQ(report["aten_capability"], "NO AVX");  // ATen's name for DEFAULT
+  EXPECT_EQ(report["aten_capability_source"], "operator");
+}
+
+TEST(MatchedKernelsProbeTest, ALibraryThatDetectsTheGenericCoreIsCorrected) {
+  const CpuFeatures features = DetectCpuFeatures();
+  std::map<std::string, std::string> report =
+      RunProbe({std::string(kSimulateLibraryCoreEnv) + "=Prescott"});
+  if (BlasCoreFor(features).empty()) {
+    EXPECT_EQ(report["blas_core"], "Prescott") << "nothing better to pick";
+    return;
+  }
+  EXPECT_EQ(report["blas_core"], BlasCoreFor(features));
+  EXPECT_EQ(report["blas_core_source"], "cpuid");
+}
+
+TEST(MatchedKernelsProbeTest, AnEarlierReexecutionIsNeverRepeated) {
+  std::map<std::string, std::string> report =
+      RunProbe({"OPENBLAS_CORETYPE=Prescott",
+                std::string(kReexecMarkerEnv) + "=matched:blas"});
+  EXPECT_EQ(report["blas_core"], "Prescott");
+  EXPECT_EQ(report["blas_core_source"], "cpuid");
+}
+
+// Sets (or, with nullptr, removes) an environment variable for the servers
+// this test starts, and restores it afterwards.
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const char* value) : name_(name) {
+    if (const char* old = std::getenv(name)) old_ = old;
+    if (value == nullptr) {
+      unsetenv(name);
+    } else {
+      setenv(name, value, 1);
+    }
+  }
+  ~ScopedEnv() {
+    if (old_.has_value()) {
+      setenv(name_, old_->c_str(), 1);
+    } else {
+      unsetenv(name_);
+    }
+  }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  const char* name_;
+  std::optional<std::string> old_;
+};
+
+v1::KernelInfo ServerKernels(ServerProcess& server) {
+  auto stub = v1::AttentionScorer::NewStub(server.NewChannel());
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() +
+                       std::chrono::seconds(20));
+  v1::ServerInfo info;
+  const grpc::Status status =
+      stub->GetServerInfo(&context, v1::GetServerInfoRequest(), &info);
+  EXPECT_TRUE(status.ok()) << status.error_message();
+  return info.kernels();
+}
+
+TEST(MatchedKernelsServerTest, ServerWithNothingSetReportsMatchedKernels) {
+  ScopedEnv no_core(kOpenblasCoretypeEnv, nullptr);
+  ScopedEnv no_aten(kAtenCapabilityEnv, nullptr);
+  ServerOptions options;
+  options.metrics = true;
+  absl::StatusOr<std::unique_ptr<ServerProcess>> server =
+      ServerProcess::Start(options);
+  ASSERT_TRUE(server.ok()) << server.status();
+  const Expected expected = ForThisCpu();
+  const v1::KernelInfo kernels = ServerKernels(**server);
+  EXPECT_EQ(kernels.isa(), expected.isa);
+  EXPECT_GE(LevelOf(kernels.blas_core()), expected.min_blas_level)
+      << kernels.blas_core();
+  if (expected.min_blas_level >= 2) {
+    EXPECT_NE(kernels.blas_core(), "Prescott");
+  }
+  EXPECT_NE(kernels.blas_core_source(), "operator");
+  EXPECT_EQ(kernels.aten_capability(), expected.aten);
+  EXPECT_FALSE(kernels.cpu_model().empty());
+  // The build-info metric carries the same choice.
+  absl::StatusOr<std::string> metrics = (*server)->ScrapeMetrics();
+  ASSERT_TRUE(metrics.ok()) << metrics.status();
+  EXPECT_NE(metrics->find("blas_core=\"" + kernels.blas_core() + "\""),
+            std::string::npos)
+      << *metrics;
+  EXPECT_NE(metrics->find("isa=\"" + kernels.isa() + "\""), std::string::npos);
+}
+
+TEST(MatchedKernelsServerTest, ServerKeepsTheOperatorsCoreType) {
+  ScopedEnv core(kOpenblasCoretypeEnv, "Prescott");
+  ScopedEnv no_aten(kAtenCapabilityEnv, nullptr);
+  absl::StatusOr<std::unique_ptr<ServerProcess>> server =
+      ServerProcess::Start();
+  ASSERT_TRUE(server.ok()) << server.status();
+  const v1::KernelInfo kernels = ServerKernels(**server);
+  EXPECT_EQ(kernels.blas_core(), "Prescott");
+  EXPECT_EQ(kernels.blas_core_source(), "operator");
+}
+
+}  // namespace
+}  // namespace attnscore::cpu
