@@ -22,7 +22,8 @@
 #
 # Both images: non-root user 10001, `attnscore-server` (entrypoint, under tini) and the
 # `attnscore` CLI, the example relative-position parameter set in /opt/attnscore/models, gRPC on
-# 50051 and Prometheus metrics on 9090, and a HEALTHCHECK that asks `attnscore health` for the
+# 50051 and Prometheus metrics on 9090, and a HEALTHCHECK that asks `attnscore health` (on
+# --health-listen when ATTNSCORE_HEALTH_LISTEN is set, as the TLS variants do) for the
 # readiness service. Every server flag can be set with its ATTNSCORE_* environment variable
 # (`attnscore-server --help` lists them); the image sets only what a container needs.
 
@@ -110,7 +111,7 @@ USER 10001:10001
 WORKDIR /tmp
 EXPOSE 50051 9090
 HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 \
-  CMD ["/bin/sh", "-c", "exec attnscore health --target \"127.0.0.1:${ATTNSCORE_LISTEN##*:}\" --service attnscore.v1.AttentionScorer --timeout 3s"]
+  CMD ["/bin/sh", "-c", "addr=${ATTNSCORE_HEALTH_LISTEN:-$ATTNSCORE_LISTEN}; exec attnscore health --target \"127.0.0.1:${addr##*:}\" --service attnscore.v1.AttentionScorer --timeout 3s"]
 ENTRYPOINT ["/usr/bin/tini", "--", "attnscore-server"]
 
 # ---------------------------------------------------------------------------------------------
@@ -124,7 +125,7 @@ RUN apt-get update \
       libtorch1.13 libopenblas0-openmp \
       libgrpc++1.51 libgrpc29 libprotobuf32 libabsl20220623 \
       libspdlog1.10 libfmt9 libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0 libcivetweb1 \
-      tini \
+      libssl3 tini \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 attnscore \
  && useradd --system --uid 10001 --gid 10001 --home-dir /nonexistent --no-create-home \
@@ -140,5 +141,5 @@ USER 10001:10001
 WORKDIR /tmp
 EXPOSE 50051 9090
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
-  CMD ["/bin/sh", "-c", "exec attnscore health --target \"127.0.0.1:${ATTNSCORE_LISTEN##*:}\" --service attnscore.v1.AttentionScorer --timeout 3s"]
+  CMD ["/bin/sh", "-c", "addr=${ATTNSCORE_HEALTH_LISTEN:-$ATTNSCORE_LISTEN}; exec attnscore health --target \"127.0.0.1:${addr##*:}\" --service attnscore.v1.AttentionScorer --timeout 3s"]
 ENTRYPOINT ["/usr/bin/tini", "--", "attnscore-server"]

@@ -14,6 +14,9 @@ with the `load` profile active):
     server's metrics port; the one-shot load job runs `attnscore load --preset P` against the
     server once it is healthy; the GPU variant reserves NVIDIA GPUs and runs --device cuda,
     the CPU one reserves none;
+  - the TLS variants (+ compose.tls.yaml): certificate, key and tokens are file secrets under
+    /run/secrets, never tokens over plaintext nor ATTNSCORE_ALLOW_PLAINTEXT_TOKENS, the health
+    check asks the loopback health-only listener, the load job passes --tls-ca and --token;
   - `promtool check config` on the Prometheus configuration.
 """
 from __future__ import annotations
@@ -41,16 +44,20 @@ def variants(directory: Path) -> list[tuple[str, list[Path], bool]]:
     base = directory / "compose.yaml"
     gpu = directory / "compose.gpu.yaml"
     models = directory / "compose.models.yaml"
+    tls = directory / "compose.tls.yaml"
     return [
         ("cpu", [base], False),
         ("gpu", [base, gpu], True),
         ("cpu+models", [base, models], False),
         ("gpu+models", [base, gpu, models], True),
+        ("cpu+tls", [base, tls], False),
+        ("gpu+models+tls", [base, gpu, models, tls], True),
     ]
 
 
 def compose_env(models_dir: Path) -> dict:
-    return clean_env(ATTNSCORE_MODELS=str(models_dir))
+    # The TLS variant's secrets directory: compose only names the files, so any directory does.
+    return clean_env(ATTNSCORE_MODELS=str(models_dir), ATTNSCORE_TLS_DIR=str(models_dir))
 
 
 def compose_args(files: list[Path]) -> list[str]:
@@ -126,13 +133,21 @@ def check_variant(name: str, config: dict, gpu: bool, directory: Path, f: Failur
     health = server.get("healthcheck") or {}
     test = as_list(health.get("test"))
     calls = cli_calls_in(test, f"compose {name} server healthcheck")
+    # With TLS the health check asks the plaintext health-only listener on loopback.
+    health_targets = {f"127.0.0.1:{grpc_port}"}
+    if env.get("ATTNSCORE_HEALTH_LISTEN"):
+        health_host, health_port = host_port(env["ATTNSCORE_HEALTH_LISTEN"])
+        f.check(health_host == "127.0.0.1",
+                f"[{name}] ATTNSCORE_HEALTH_LISTEN must stay on the container's loopback")
+        health_targets = {f"127.0.0.1:{health_port}"}
     if f.check(len(calls) == 1 and calls[0].subcommand == "health",
                f"[{name}] server healthcheck must run `attnscore health`, runs {test}"):
         f.check(calls[0].value("--service") == READINESS_SERVICE,
                 f"[{name}] healthcheck must ask for {READINESS_SERVICE}")
-        f.check(calls[0].value("--target") == f"127.0.0.1:{grpc_port}",
-                f"[{name}] healthcheck target {calls[0].value('--target')} is not the gRPC port "
-                f"{grpc_port}")
+        f.check(calls[0].value("--target") in health_targets,
+                f"[{name}] healthcheck target {calls[0].value('--target')} is not "
+                f"{' or '.join(sorted(health_targets))}")
+    check_security(name, server, services.get("load"), config, env, f)
     grace = float(env.get("ATTNSCORE_SHUTDOWN_GRACE", "30"))
     stop = duration_seconds(server.get("stop_grace_period", "10s"))
     f.check(stop > grace, f"[{name}] stop_grace_period {stop:g}s must exceed "
@@ -183,6 +198,41 @@ def check_variant(name: str, config: dict, gpu: bool, directory: Path, f: Failur
                 f"[{name}] load must wait for a healthy server")
         f.check("load" in (load.get("profiles") or []),
                 f"[{name}] load must be in the `load` profile (not started by `up`)")
+
+
+def check_security(name: str, server: dict, load: dict | None, config: dict, env: dict,
+                   f: Failures) -> None:
+    """The TLS variants: certificate, key and tokens are compose secrets (files, not variables),
+    no tokens over plaintext, and the load job verifies the server and sends a token."""
+    tls = "tls" in name
+    secret_paths = set()
+    for secret in server.get("secrets") or []:
+        if isinstance(secret, dict):
+            secret_paths.add(f"/run/secrets/{secret.get('target') or secret.get('source')}")
+        else:
+            secret_paths.add(f"/run/secrets/{secret}")
+    for key in ("ATTNSCORE_TLS_CERT", "ATTNSCORE_TLS_KEY", "ATTNSCORE_AUTH_TOKEN_FILE"):
+        path = env.get(key)
+        f.check(bool(path) == tls, f"[{name}] {key} is {path!r}: the *tls variants set it, "
+                f"others do not")
+        if path:
+            f.check(path in secret_paths,
+                    f"[{name}] {key}={path} is not one of the server's secrets {sorted(secret_paths)}")
+    f.check(not env.get("ATTNSCORE_AUTH_TOKEN_FILE") or bool(env.get("ATTNSCORE_TLS_CERT")),
+            f"[{name}] bearer tokens without TLS travel in cleartext")
+    f.check("ATTNSCORE_ALLOW_PLAINTEXT_TOKENS" not in env,
+            f"[{name}] ATTNSCORE_ALLOW_PLAINTEXT_TOKENS has no place in a deployment")
+    declared = config.get("secrets") or {}
+    for secret in server.get("secrets") or []:
+        source = secret.get("source") if isinstance(secret, dict) else secret
+        f.check(source in declared and "file" in declared[source],
+                f"[{name}] server secret {source!r} is not declared as a file secret")
+    if tls and load is not None:
+        argv = as_list(load.get("entrypoint")) + as_list(load.get("command"))
+        calls = cli_calls_in(argv, f"compose {name} load")
+        if calls:
+            f.check(calls[0].value("--tls-ca") is not None and calls[0].value("--token") is not None,
+                    f"[{name}] the load job must verify the server (--tls-ca) and send a --token")
 
 
 def check(directory: Path, f: Failures) -> None:

@@ -215,8 +215,13 @@ def check_runtime(df: Dockerfile, name: str, f: Failures, *, base_prefix: str,
                     f"asks {call.value('--service')!r}")
             target = call.value("--target") or ""
             grpc_port = host_port(env.get("ATTNSCORE_LISTEN", "x:0"))[1]
+            # The port may come through `addr`, set to the plaintext health listener when the
+            # TLS variants configure one, else the gRPC listener.
+            via_addr = (target.endswith("${addr##*:}") and
+                        "addr=${ATTNSCORE_HEALTH_LISTEN:-$ATTNSCORE_LISTEN}" in cmd)
             f.check(target.startswith("127.0.0.1:") and (
-                        target.endswith(f":{grpc_port}") or "ATTNSCORE_LISTEN" in target),
+                        target.endswith(f":{grpc_port}") or "ATTNSCORE_LISTEN" in target
+                        or via_addr),
                     f"{name}: HEALTHCHECK target {target!r} is not the local gRPC port")
 
 

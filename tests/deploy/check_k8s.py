@@ -26,6 +26,9 @@ Rules, per rendered overlay:
     Deployment; HPA minReplicas >= 2 and the PDB leaves at least one pod.
   - NetworkPolicy selecting the pods, Ingress only, gRPC admitted only from pods with the client
     label (attnscore.io/client=true), no rule that admits everyone.
+  - TLS and tokens (overlays named *tls* must have both): the files come from read-only Secret
+    volumes without subPath, cert and key together, no tokens over plaintext, probes on the
+    plaintext health-only listener (ATTNSCORE_HEALTH_LISTEN, container port "health").
   - GPU overlay: nvidia.com/gpu limit, a toleration for nvidia.com/gpu, a node selector for GPU
     nodes, the CUDA image (tag ending in -gpu), ATTNSCORE_DEVICE=cuda. CPU overlay: none of
     these, ATTNSCORE_DEVICE=cpu.
@@ -82,6 +85,42 @@ def one(objects: list[dict], kind: str, f: Failures, where: str) -> dict | None:
     return found[0] if found else None
 
 
+SECRET_FILE_FLAGS = ("ATTNSCORE_TLS_CERT", "ATTNSCORE_TLS_KEY", "ATTNSCORE_TLS_CLIENT_CA",
+                     "ATTNSCORE_AUTH_TOKEN_FILE")
+
+
+def check_security(env: dict[str, str], mounts: dict, volumes: dict, variant: str,
+                   f: Failures) -> None:
+    """TLS and tokens: files from read-only Secret volumes (no subPath: those never update),
+    cert and key together, never tokens over plaintext; overlays named *tls* must use both."""
+    w = variant
+    for key in SECRET_FILE_FLAGS:
+        path = env.get(key)
+        if not path:
+            continue
+        mount = next((m for p, m in mounts.items() if path.startswith(p.rstrip("/") + "/")), None)
+        if not f.check(mount is not None, f"[{w}] {key}={path} is not under a volume mount"):
+            continue
+        volume = volumes.get(mount["name"], {})
+        f.check("secret" in volume or "projected" in volume,
+                f"[{w}] {key}={path} must come from a Secret volume, comes from {volume}")
+        f.check(mount.get("readOnly") is True, f"[{w}] the mount of {key} must be read-only")
+        f.check(not mount.get("subPath"),
+                f"[{w}] the mount of {key} uses subPath, which the kubelet never updates "
+                f"(certificate rotation and token changes would not arrive)")
+    tls = bool(env.get("ATTNSCORE_TLS_CERT"))
+    f.check(tls == bool(env.get("ATTNSCORE_TLS_KEY")),
+            f"[{w}] ATTNSCORE_TLS_CERT and ATTNSCORE_TLS_KEY go together")
+    f.check(not env.get("ATTNSCORE_AUTH_TOKEN_FILE") or tls,
+            f"[{w}] bearer tokens without TLS travel in cleartext")
+    f.check(env.get("ATTNSCORE_ALLOW_PLAINTEXT_TOKENS", "false").lower() in ("", "false", "0"),
+            f"[{w}] ATTNSCORE_ALLOW_PLAINTEXT_TOKENS has no place in a deployment")
+    if "tls" in variant:
+        f.check(tls and bool(env.get("ATTNSCORE_AUTH_TOKEN_FILE")),
+                f"[{w}] the TLS overlay must set ATTNSCORE_TLS_CERT/KEY and "
+                f"ATTNSCORE_AUTH_TOKEN_FILE")
+
+
 def check_rules(objects: list[dict], variant: str, f: Failures) -> None:
     w = variant
     known_env = server_env_flags()
@@ -129,6 +168,21 @@ def check_rules(objects: list[dict], variant: str, f: Failures) -> None:
             metrics_port = port
 
     # --- probes --------------------------------------------------------------------------------
+    # Kubelet gRPC probes speak plaintext only: with TLS they must use the plaintext health-only
+    # listener (ATTNSCORE_HEALTH_LISTEN, a container port named "health").
+    probe_port = grpc_port
+    health_listen = env.get("ATTNSCORE_HEALTH_LISTEN")
+    if health_listen:
+        host, health_port = host_port(health_listen)
+        f.check(listens_on_all(host),
+                f"[{w}] ATTNSCORE_HEALTH_LISTEN={health_listen} is unreachable for the kubelet")
+        f.check(ports.get("health") == health_port,
+                f"[{w}] container port 'health' is {ports.get('health')}, "
+                f"ATTNSCORE_HEALTH_LISTEN uses {health_port}")
+        probe_port = health_port
+    elif env.get("ATTNSCORE_TLS_CERT"):
+        f.fail(f"[{w}] TLS without ATTNSCORE_HEALTH_LISTEN: kubelet gRPC probes cannot speak TLS")
+
     def grpc_probe(kind: str) -> dict | None:
         probe = c.get(kind)
         if not f.check(probe is not None, f"[{w}] no {kind}"):
@@ -136,8 +190,9 @@ def check_rules(objects: list[dict], variant: str, f: Failures) -> None:
         g = probe.get("grpc")
         if not f.check(g is not None, f"[{w}] {kind} must be a gRPC probe (grpc.health.v1)"):
             return None
-        f.check(g.get("port") == grpc_port,
-                f"[{w}] {kind} port {g.get('port')} is not the gRPC port {grpc_port}")
+        f.check(g.get("port") == probe_port,
+                f"[{w}] {kind} port {g.get('port')} is not the "
+                f"{'health listener' if health_listen else 'gRPC'} port {probe_port}")
         return g
 
     live = grpc_probe("livenessProbe")
@@ -191,6 +246,8 @@ def check_rules(objects: list[dict], variant: str, f: Failures) -> None:
     tmp = mounts.get("/tmp")
     f.check(tmp is not None and "emptyDir" in volumes.get(tmp["name"], {}),
             f"[{w}] /tmp must be an emptyDir (the root filesystem is read-only)")
+
+    check_security(env, mounts, volumes, variant, f)
 
     # --- relative-position parameter sets --------------------------------------------------------
     model_dir = env.get("ATTNSCORE_MODEL_DIR")

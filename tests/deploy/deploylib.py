@@ -140,6 +140,9 @@ def server_env_flags(main_cc: Path = ROOT / "server" / "main.cc") -> dict[str, s
     found = dict((f"ATTNSCORE_{env}", flag) for flag, env in re.findall(
         r'\b(?:add|AddFlag)\(\s*(?:\w+\s*,\s*)?"(--[a-z0-9-]+)"\s*,\s*[^,]+,\s*"([A-Z0-9_]+)"',
         text))
+    # Boolean flags: app.add_flag("--reflection", ...)->envname("ATTNSCORE_REFLECTION").
+    found.update((env, flag) for flag, env in re.findall(
+        r'\badd_flag\(\s*"(--[a-z0-9-]+)"[^;]*?envname\(\s*"(ATTNSCORE_[A-Z0-9_]+)"\)', text))
     if not found:
         raise SystemExit(f"no ATTNSCORE_* flags found in {main_cc}: has its registration changed?")
     return found

@@ -56,7 +56,7 @@ def container(objects: list[dict]) -> dict:
 
 def k8s_cases(tmp: Path) -> None:
     rendered = {}
-    for overlay in ("cpu", "gpu"):
+    for overlay in ("cpu", "gpu", "tls"):
         proc = run([kubectl(), "kustomize", str(ROOT / "deploy" / "k8s" / "overlays" / overlay)],
                    check=True)
         rendered[overlay] = [d for d in yaml.safe_load_all(proc.stdout) if d]
@@ -70,7 +70,7 @@ def k8s_cases(tmp: Path) -> None:
                 "--variant", overlay], fails=True, message=message)
 
     # Positive controls: the same checker on unmodified copies passes.
-    for overlay in ("cpu", "gpu"):
+    for overlay in ("cpu", "gpu", "tls"):
         path = write(tmp / f"control-{overlay}.yaml", rendered[overlay])
         expect(f"k8s rules accept the unmodified {overlay} overlay",
                [PY, str(HERE / "check_k8s.py"), "rules", "--manifest", str(path),
@@ -136,6 +136,36 @@ def k8s_cases(tmp: Path) -> None:
     def cpu_image_on_gpu(o):
         container(o)["image"] = "attnscore:0.1.0-cpu"
     rules("gpu-with-cpu-image", "gpu", cpu_image_on_gpu, r"not the CUDA \(-gpu\) image")
+
+    def tls_probe_on_grpc_port(o):
+        container(o)["readinessProbe"]["grpc"]["port"] = 50051
+    rules("tls-probe-on-tls-port", "tls", tls_probe_on_grpc_port,
+          r"readinessProbe port 50051 is not the health listener port 50052")
+
+    def tls_without_health_listener(o):
+        del find(o, "ConfigMap")["data"]["ATTNSCORE_HEALTH_LISTEN"]
+    rules("tls-without-health-listener", "tls", tls_without_health_listener,
+          r"kubelet gRPC probes cannot speak TLS")
+
+    def tokens_over_plaintext(o):
+        data = find(o, "ConfigMap")["data"]
+        del data["ATTNSCORE_TLS_CERT"], data["ATTNSCORE_TLS_KEY"]
+    rules("tokens-over-plaintext", "tls", tokens_over_plaintext,
+          r"bearer tokens without TLS travel in cleartext")
+
+    def secret_by_subpath(o):
+        mount = next(m for m in container(o)["volumeMounts"] if m["name"] == "tls")
+        mount["subPath"] = "tls.crt"
+    rules("tls-secret-subpath", "tls", secret_by_subpath, r"uses subPath")
+
+    def key_from_configmap(o):
+        volumes = find(o, "Deployment")["spec"]["template"]["spec"]["volumes"]
+        tls = next(v for v in volumes if v["name"] == "tls")
+        tls.pop("secret")
+        tls["configMap"] = {"name": "attnscore-tls"}
+        find(o, "ConfigMap")["data"]["ATTNSCORE_ALLOW_PLAINTEXT_TOKENS"] = "true"
+    rules("tls-key-from-configmap", "tls", key_from_configmap,
+          r"(?s)must come from a Secret volume.*ALLOW_PLAINTEXT_TOKENS has no place")
 
     # kubernetes-validate --strict: an unknown field.
     objects = copy.deepcopy(rendered["cpu"])
@@ -229,6 +259,16 @@ def compose_cases(tmp: Path) -> None:
     expect("compose rules reject a server without a health check",
            [PY, str(HERE / "check_compose.py"), "--dir", str(no_health)], fails=True,
            message=r"\[cpu\] server healthcheck must run `attnscore health`")
+
+    plaintext_tokens = tmp / "compose-plaintext-tokens"
+    shutil.copytree(src, plaintext_tokens)
+    text = (plaintext_tokens / "compose.tls.yaml").read_text()
+    text = text.replace("      ATTNSCORE_TLS_CERT: /run/secrets/attnscore-server-cert\n", "")
+    (plaintext_tokens / "compose.tls.yaml").write_text(
+        text.replace("      ATTNSCORE_TLS_KEY: /run/secrets/attnscore-server-key\n", ""))
+    expect("compose rules reject bearer tokens without TLS",
+           [PY, str(HERE / "check_compose.py"), "--dir", str(plaintext_tokens)], fails=True,
+           message=r"\[cpu\+tls\] bearer tokens without TLS travel in cleartext")
 
 
 def main() -> None:

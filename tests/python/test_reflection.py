@@ -3,7 +3,7 @@ services through grpc.reflection and describes every message, so a client with n
 can build a request and call a method. This is how the README's reflection example works.
 
 Runs under .venv-pypi (grpcio-reflection, pinned in scripts/requirements-pypi.txt) against a real
-attnscore-server.
+attnscore-server started with --reflection (off by default).
 """
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ from attnscore_testing import Server
 class ReflectionTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls) -> None:
-        cls.server = Server()
+        # Reflection is off by default; `make serve` turns it on, as here.
+        cls.server = Server(extra_args=["--reflection"])
         cls.channel = grpc.insecure_channel(cls.server.target)
         grpc.channel_ready_future(cls.channel).result(timeout=60)
 
