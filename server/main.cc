@@ -1,6 +1,8 @@
 // attnscore-server: the AttentionScorer gRPC service with dynamic batching,
 // relative-position models from --model-dir (reloaded on SIGHUP),
-// grpc.health.v1, server reflection and Prometheus metrics. SIGTERM/SIGINT
+// grpc.health.v1, server reflection (--reflection) and Prometheus metrics;
+// TLS, client certificates and bearer tokens (AddSecurityFlags, README
+// "Security and limits"). SIGTERM/SIGINT
 // drain: readiness goes NOT_SERVING, new calls are refused, queued and
 // in-flight requests are finished within --shutdown-grace, and the process
 // exits 0.
@@ -8,8 +10,9 @@
 // Every flag can also be set through an environment variable (ATTNSCORE_<FLAG>,
 // e.g. ATTNSCORE_LISTEN); a flag on the command line wins. `--help` lists them
 // with their defaults. Exit codes: 0 after a drain, 1 when start-up fails (the
-// device, the models, a port or a port file), 2 for a flag value the parser
-// cannot check (the log level, the metrics address, the batcher's options).
+// device, the models, a port or a port file, the TLS or token files), 2 for a
+// flag value the parser cannot check (the log level, the metrics address, the
+// batcher's options, security flags that do not go together).
 //
 // Threads: SIGHUP, SIGTERM and SIGINT are blocked in every thread (the mask is
 // set before any thread starts and inherited) and taken by one signal thread
@@ -34,6 +37,8 @@
 #include <cstdlib>
 #include <exception>
 #include <fstream>
+#include <functional>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -46,6 +51,8 @@
 #include "absl/strings/str_cat.h"
 #include "attnscore/v1/attnscore.grpc.pb.h"
 #include "attnscore/version.h"
+#include "server/cpu/aten_capability.h"
+#include "server/cpu/matched_kernels.h"
 #include "server/observability/logging.h"
 #include "server/observability/metrics.h"
 #include "server/observability/metrics_server.h"
@@ -53,8 +60,11 @@
 #include "server/scoring/aten_scorer.h"
 #include "server/scoring/model_loader.h"
 #include "server/scoring/scorer.h"
+#include "server/security/health_listener.h"
+#include "server/security/server_security.h"
 #include "server/service/attention_scorer_service.h"
 #include "server/service/kserve_service.h"
+#include "server/service/memory_limit.h"
 #include "server/service/model_registry.h"
 #include "server/service/service_metrics.h"
 
@@ -102,7 +112,12 @@ struct Flags {
   std::string log_format = "text";
   std::string log_level = "info";
   int64_t warmup_delay_ms = 0;
+  security::SecurityOptions security;  // --tls-*, --auth-token-file
+  std::string health_listen;           // plaintext health-only listener
+  std::string health_port_file;
+  bool reflection = false;
   scoring::ScorerOptions scorer;    // --device
+  std::string compute_path = "auto";  // scorer.compute_path, by name
   service::ServiceOptions service;  // --batch-workers, --max-*
 
   bool metrics_enabled() const {
@@ -161,12 +176,52 @@ void AddBatchingFlags(CLI::App& app, Flags& flags) {
       ->check(CLI::PositiveNumber);
   AddFlag(app, "--max-queue-delay-us", batching.max_queue_delay_us,
           "MAX_QUEUE_DELAY_US",
-          "How long a request waits for others with the same signature "
-          "before its batch runs")
+          "How long a batch is held open for more requests with the same "
+          "signature; 0: a batch runs as soon as a worker is free, with "
+          "whatever queued meanwhile")
       ->check(CLI::NonNegativeNumber);
   AddFlag(app, "--max-queue", batching.max_enqueued_tasks, "MAX_QUEUE",
           "Most requests waiting for compute; "
           "beyond it requests get UNAVAILABLE at once")
+      ->check(CLI::PositiveNumber);
+}
+
+// --max-request-memory, --max-request-work, --max-inflight-bytes,
+// --max-inflight-per-client, --max-stream-unsent-bytes: what requests may cost,
+// alone and together.
+void AddRequestBudgetFlags(CLI::App& app, Flags& flags) {
+  service::ServiceOptions& service = flags.service;
+  AddFlag(app, "--max-request-memory", service.limits.max_request_memory,
+          "MAX_REQUEST_MEMORY",
+          "Largest predicted peak working memory of one request in bytes "
+          "(inputs, outputs, scratch); larger requests get RESOURCE_EXHAUSTED "
+          "before anything is allocated")
+      ->check(CLI::PositiveNumber);
+  AddFlag(app, "--max-request-work", service.limits.max_request_work,
+          "MAX_REQUEST_WORK",
+          "Largest predicted compute work of one request (floating-point "
+          "operations plus a per-item charge); larger requests get "
+          "RESOURCE_EXHAUSTED")
+      ->check(CLI::PositiveNumber);
+  // Shown in --help as the number it resolves to on this machine.
+  service.max_inflight_bytes = service::DefaultInflightBytes();
+  AddFlag(app, "--max-inflight-bytes", service.max_inflight_bytes,
+          "MAX_INFLIGHT_BYTES",
+          "Bytes all requests together may hold (their bytes, predicted peak, "
+          "unsent replies); a request that does not fit gets UNAVAILABLE at "
+          "once. Default: half the container's memory limit (cgroup v2, v1) "
+          "or of the RAM")
+      ->check(CLI::PositiveNumber);
+  AddFlag(app, "--max-inflight-per-client", service.max_inflight_per_client,
+          "MAX_INFLIGHT_PER_CLIENT",
+          "One caller identity's share of --max-inflight-bytes in bytes; "
+          "0: no per-client cap, -1: half of --max-inflight-bytes")
+      ->check(CLI::Range(int64_t{-1}, std::numeric_limits<int64_t>::max()));
+  AddFlag(app, "--max-stream-unsent-bytes", service.max_stream_unsent_bytes,
+          "MAX_STREAM_UNSENT_BYTES",
+          "Unsent reply bytes of one ScoreStream (replies still computing at "
+          "their predicted size) above which the server stops reading it "
+          "until the client reads")
       ->check(CLI::PositiveNumber);
 }
 
@@ -193,9 +248,11 @@ void AddRequestFlags(CLI::App& app, Flags& flags) {
           "Directory of relative-position parameter sets "
           "NAME.safetensors / NAME.pt (model = file stem); reloaded on SIGHUP. "
           "Default: none (ALiBi only)");
+  AddRequestBudgetFlags(app, flags);
 }
 
-// --shutdown-grace, --log-format, --log-level, --device, --warmup-delay-ms.
+// --shutdown-grace, --log-format, --log-level, --device, --compute-path,
+// --warmup-delay-ms.
 void AddLifecycleFlags(CLI::App& app, Flags& flags) {
   AddFlag(app, "--shutdown-grace", flags.shutdown_grace, "SHUTDOWN_GRACE",
           "Seconds to finish queued and in-flight requests after "
@@ -209,10 +266,54 @@ void AddLifecycleFlags(CLI::App& app, Flags& flags) {
           "or off");
   AddFlag(app, "--device", flags.scorer.device, "DEVICE",
           "cpu, cuda or cuda:N; start-up fails if unavailable");
+  AddFlag(app, "--compute-path", flags.compute_path, "COMPUTE_PATH",
+          "auto (batched on CUDA, blocked on the CPU), blocked (tiles of "
+          "query rows per head; the CPU only) or batched (whole batched "
+          "products)")
+      ->check(CLI::IsMember({"auto", "blocked", "batched"}));
   AddFlag(app, "--warmup-delay-ms", flags.warmup_delay_ms, "WARMUP_DELAY_MS",
           "Keep readiness NOT_SERVING this long before the warm-up compute "
           "(staged roll-outs, tests)")
       ->check(CLI::NonNegativeNumber);
+}
+
+// --tls-cert, --tls-key, --tls-client-ca, --tls-refresh-seconds,
+// --auth-token-file, --allow-plaintext-tokens, --health-listen,
+// --health-port-file, --reflection: who may call, over what.
+void AddSecurityFlags(CLI::App& app, Flags& flags) {
+  security::SecurityOptions& sec = flags.security;
+  AddFlag(app, "--tls-cert", sec.tls_cert, "TLS_CERT",
+          "PEM certificate chain: serve TLS (with --tls-key). Re-read when "
+          "the file changes (every --tls-refresh-seconds) and checked on "
+          "SIGHUP. Default: plaintext");
+  AddFlag(app, "--tls-key", sec.tls_key, "TLS_KEY",
+          "PEM private key of --tls-cert");
+  AddFlag(app, "--tls-client-ca", sec.tls_client_ca, "TLS_CLIENT_CA",
+          "PEM CA bundle: require client certificates signed by it (mutual "
+          "TLS); without --auth-token-file the caller's identity is the "
+          "certificate's subject");
+  AddFlag(app, "--tls-refresh-seconds", sec.tls_refresh_seconds,
+          "TLS_REFRESH_SECONDS",
+          "How often the TLS files are re-read; new connections get a "
+          "changed certificate within this time")
+      ->check(CLI::Range(1, 86400));
+  AddFlag(app, "--auth-token-file", sec.auth_token_file, "AUTH_TOKEN_FILE",
+          "Bearer tokens, one per line as TOKEN or NAME:TOKEN (# comments); "
+          "every attnscore.v1 and KServe call needs 'authorization: Bearer "
+          "<token>' (grpc.health.v1 does not). Re-read on SIGHUP");
+  app.add_flag("--allow-plaintext-tokens", sec.allow_plaintext_tokens,
+               "Accept --auth-token-file without TLS (tokens readable on "
+               "the wire: a TLS-terminating proxy in front, or tests)")
+      ->envname("ATTNSCORE_ALLOW_PLAINTEXT_TOKENS");
+  AddFlag(app, "--health-listen", flags.health_listen, "HEALTH_LISTEN",
+          "Also serve grpc.health.v1 alone, in plaintext, on HOST:PORT (for "
+          "Kubernetes gRPC probes in front of a TLS port). Default: none");
+  AddFlag(app, "--health-port-file", flags.health_port_file, "HEALTH_PORT_FILE",
+          "Write the bound --health-listen port to this file");
+  app.add_flag("--reflection", flags.reflection,
+               "Serve gRPC server reflection (grpcurl and similar tools "
+               "list and call methods without the .proto files)")
+      ->envname("ATTNSCORE_REFLECTION");
 }
 
 // --help lists the flags in the order they are added here.
@@ -225,6 +326,7 @@ void AddFlags(CLI::App& app, Flags& flags) {
   AddBatchingFlags(app, flags);
   AddRequestFlags(app, flags);
   AddLifecycleFlags(app, flags);
+  AddSecurityFlags(app, flags);
 }
 
 // Writes `content` so that a reader never sees a partial file: a temporary,
@@ -256,13 +358,17 @@ sigset_t HandledSignals() {
   return set;
 }
 
-// Waits for signals on its own thread: SIGHUP reloads the models, the first
+// Waits for signals on its own thread: SIGHUP reloads the models (and runs
+// `reload_security`: tokens and TLS files), the first
 // SIGTERM/SIGINT asks main to drain, a second one exits at once (an operator
 // who insists).
 class SignalThread {
  public:
-  explicit SignalThread(service::ModelRegistry* models)
-      : models_(models), thread_([this] { Loop(); }) {}
+  SignalThread(service::ModelRegistry* models,
+               std::function<void()> reload_security)
+      : models_(models),
+        reload_security_(std::move(reload_security)),
+        thread_([this] { Loop(); }) {}
   ~SignalThread() {
     {
       std::lock_guard<std::mutex> lock(mutex_);
@@ -313,6 +419,7 @@ class SignalThread {
   }
 
   void Reload() {
+    if (reload_security_) reload_security_();
     if (models_->dir().empty()) {
       spdlog::info("SIGHUP: no --model-dir, nothing to reload");
       return;
@@ -329,6 +436,7 @@ class SignalThread {
   }
 
   service::ModelRegistry* const models_;
+  const std::function<void()> reload_security_;
   std::mutex mutex_;
   std::condition_variable cv_;
   bool stop_ = false;
@@ -337,8 +445,40 @@ class SignalThread {
 };
 
 // Message size limits and keepalive (see the constants above).
-void ConfigureChannels(grpc::ServerBuilder& builder,
-                       int64_t max_message_bytes) {
+//
+// gRPC's own guards, below the service's budgets (the in-flight budget and
+// the per-request caps only see a request once gRPC has read it):
+//   guard                                        value     why
+//   GRPC_ARG_MAX_CONCURRENT_STREAMS              100       calls at once on
+//                                                          one connection
+//   ResourceQuota memory                         max(half the in-flight
+//                                                budget, 2 messages): gRPC's
+//                                                read and write buffers; under
+//                                                pressure it shrinks windows
+//   ResourceQuota threads                        256       threads gRPC may
+//                                                          create
+//   GRPC_ARG_MAX_CONNECTION_IDLE_MS              5 min     idle connections
+//                                                          are closed (GOAWAY)
+//   GRPC_ARG_MAX_CONNECTION_AGE_MS (+ jitter)    30 min    connections are
+//                                                          recycled, so load
+//                                                          rebalances
+//   GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS         5 min     calls running at
+//                                                          the age finish
+//   GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_..._MS 10 s      a client pinging
+//                                                          more often
+//   GRPC_ARG_HTTP2_MAX_PING_STRIKES              2         than that twice is
+//                                                          disconnected
+// None has a flag: they bound abuse, not legitimate use (streams older than
+// 35 min are ended with UNAVAILABLE and clients reconnect).
+constexpr int kMaxConcurrentStreams = 100;
+constexpr int kMaxQuotaThreads = 256;
+constexpr int kMaxConnectionIdleMs = 5 * 60'000;
+constexpr int kMaxConnectionAgeMs = 30 * 60'000;
+constexpr int kMaxConnectionAgeGraceMs = 5 * 60'000;
+constexpr int kMaxPingStrikes = 2;
+
+void ConfigureChannels(grpc::ServerBuilder& builder, int64_t max_message_bytes,
+                       int64_t max_inflight_bytes) {
   builder.SetMaxReceiveMessageSize(static_cast<int>(max_message_bytes));
   builder.SetMaxSendMessageSize(static_cast<int>(max_message_bytes));
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, kKeepaliveTimeMs);
@@ -349,6 +489,23 @@ void ConfigureChannels(grpc::ServerBuilder& builder,
       GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS,
       kMinClientPingIntervalMs);
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MAX_PING_STRIKES, kMaxPingStrikes);
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONCURRENT_STREAMS,
+                             kMaxConcurrentStreams);
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_IDLE_MS,
+                             kMaxConnectionIdleMs);
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_MS,
+                             kMaxConnectionAgeMs);
+  builder.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_AGE_GRACE_MS,
+                             kMaxConnectionAgeGraceMs);
+  // Room for two whole messages at least: a smaller quota would stall a
+  // legitimate largest request.
+  const int64_t quota_bytes =
+      std::max(max_inflight_bytes / 2, 2 * max_message_bytes);
+  grpc::ResourceQuota quota("attnscore");
+  quota.Resize(static_cast<size_t>(quota_bytes));
+  quota.SetMaxThreads(kMaxQuotaThreads);
+  builder.SetResourceQuota(quota);
 }
 
 // The server's life: start-up, serving and drain, one step per method, in the
@@ -375,9 +532,11 @@ class Server {
   bool CreateScorer();
   bool LoadModels();
   void RegisterProcessMetrics();
+  int CreateSecurity();
   bool CreateService();
   bool StartMetricsServer();
   bool StartGrpcServer();
+  bool StartHealthListener();
   bool WritePortFile();
   bool WarmUp(SignalThread& signals);
   [[noreturn]] void DrainAndExit();
@@ -392,24 +551,34 @@ class Server {
   std::unique_ptr<service::ModelRegistry> models_;
   observability::Registry registry_;
   service::ServiceMetrics metrics_{registry_};
+  // TLS credentials and the Authenticator the service asks on every call.
+  std::unique_ptr<security::ServerSecurity> security_;
   std::unique_ptr<service::AttentionScorerService> service_;
   // The Open Inference Protocol on the same port and pipeline.
   std::unique_ptr<service::KServeService> kserve_;
   std::unique_ptr<observability::MetricsServer> metrics_server_;
   int port_ = 0;  // the bound gRPC port, set by BuildAndStart
   std::unique_ptr<grpc::Server> server_;
-  grpc::HealthCheckServiceInterface* health_ = nullptr;  // owned by server_
+  // --health-listen, and the fan-out that gives it server_'s statuses.
+  std::unique_ptr<security::HealthListener> health_listener_;
+  std::unique_ptr<security::HealthFanout> health_fanout_;
+  // server_'s health service, or health_fanout_ with --health-listen.
+  grpc::HealthCheckServiceInterface* health_ = nullptr;
 };
 
 int Server::Run() {
   if (!SetUpLogging() || !CheckMetricsListen()) return kExitBadFlag;
+  // Before the slow steps: a wrong flag combination or file fails at once.
+  if (const int code = CreateSecurity(); code != 0) return code;
   if (!CreateScorer() || !LoadModels()) return kExitStartupFailed;
   RegisterProcessMetrics();
   if (!CreateService()) return kExitBadFlag;
-  if (!StartMetricsServer() || !StartGrpcServer() || !WritePortFile()) {
+  if (!StartMetricsServer() || !StartGrpcServer() || !StartHealthListener() ||
+      !WritePortFile()) {
     return kExitStartupFailed;
   }
-  SignalThread signals(models_.get());
+  security::ServerSecurity* security = security_.get();
+  SignalThread signals(models_.get(), [security] { security->Reload(); });
   if (!WarmUp(signals)) return kExitStartupFailed;
   signals.WaitForShutdownRequest();
   DrainAndExit();
@@ -441,11 +610,13 @@ bool Server::CheckMetricsListen() const {
 bool Server::CreateScorer() {
   scoring::ScorerOptions options = flags_.scorer;
   options.intra_op_threads = flags_.threads;
+  // The flag's check admits only names ParseComputePath knows.
+  options.compute_path = *scoring::ParseComputePath(flags_.compute_path);
   absl::StatusOr<std::unique_ptr<scoring::Scorer>> scorer =
       scoring::CreateAtenScorer(options);
   if (!scorer.ok()) {
-    spdlog::critical("--device {}: {}", options.device,
-                     scorer.status().ToString());
+    spdlog::critical("--device {} --compute-path {}: {}", options.device,
+                     flags_.compute_path, scorer.status().ToString());
     return false;
   }
   scorer_ = *std::move(scorer);
@@ -472,10 +643,13 @@ bool Server::LoadModels() {
 
 // The series about the process itself; the service registers its own.
 void Server::RegisterProcessMetrics() {
+  const cpu::KernelInfo kernels = cpu::CurrentKernelInfo();
+  spdlog::info("kernels: {}", cpu::KernelInfoLine(kernels));
   registry_
       .AddGauge("attnscore_build_info", "Always 1; labels say what is running.",
-                {"version", "device"})
-      .WithLabels({kVersion, scorer_->device()})
+                {"version", "device", "isa", "blas_core", "aten_capability"})
+      .WithLabels({kVersion, scorer_->device(), kernels.isa, kernels.blas_core,
+                   kernels.aten_capability})
       .Set(1);
   observability::AddProcessMetrics(registry_);
   const service::ModelRegistry* models = models_.get();
@@ -485,9 +659,32 @@ void Server::RegisterProcessMetrics() {
       });
 }
 
+// TLS files, token file and their flags' combinations, checked before the
+// ports open: 0, or the exit code (a flag combination that cannot work: 2; a
+// file that is missing or unusable: 1).
+int Server::CreateSecurity() {
+  absl::StatusOr<std::unique_ptr<security::ServerSecurity>> security =
+      security::ServerSecurity::Create(flags_.security);
+  if (!security.ok()) {
+    spdlog::critical("{}", std::string{security.status().message()});
+    return security.status().code() == absl::StatusCode::kInvalidArgument
+               ? kExitBadFlag
+               : kExitStartupFailed;
+  }
+  security_ = *std::move(security);
+  spdlog::info("security: {}", security_->Describe());
+  return 0;
+}
+
 // Starts the batch workers; fails on batcher options the parser cannot check.
 bool Server::CreateService() {
   service::ServiceOptions options = flags_.service;
+  options.kernels = cpu::CurrentKernelInfo();
+  const security::Authenticator* authenticator = &security_->authenticator();
+  options.authenticate =
+      [authenticator](const grpc::CallbackServerContext& context) {
+        return authenticator->Authenticate(context);
+      };
   options.max_message_bytes = max_message_bytes();
   options.intra_op_threads = flags_.threads;
   absl::StatusOr<std::unique_ptr<service::AttentionScorerService>> service =
@@ -524,16 +721,37 @@ bool Server::StartMetricsServer() {
   return false;
 }
 
-// Listens, with health (live, not yet ready) and reflection.
+// Reflection on one builder only, or on none: libgrpc++_reflection registers
+// its plugin for every server as soon as it is loaded, so the plugin is
+// removed here and added back only with --reflection.
+class ReflectionOption : public grpc::ServerBuilderOption {
+ public:
+  explicit ReflectionOption(bool enabled) : enabled_(enabled) {}
+  void UpdateArguments(grpc::ChannelArguments* /*args*/) override {}
+  void UpdatePlugins(std::vector<std::unique_ptr<grpc::ServerBuilderPlugin>>*
+                         plugins) override {
+    security::RemoveReflectionPlugins(plugins);
+    if (enabled_) {
+      plugins->push_back(
+          std::make_unique<grpc::reflection::ProtoServerReflectionPlugin>());
+    }
+  }
+
+ private:
+  const bool enabled_;
+};
+
+// Listens, with health (live, not yet ready) and, with --reflection,
+// reflection.
 bool Server::StartGrpcServer() {
   grpc::EnableDefaultHealthCheckService(true);
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(flags_.listen, grpc::InsecureServerCredentials(),
-                           &port_);
+  builder.SetOption(std::make_unique<ReflectionOption>(flags_.reflection));
+  builder.AddListeningPort(flags_.listen, security_->credentials(), &port_);
   builder.RegisterService(service_.get());
   builder.RegisterService(kserve_.get());
-  ConfigureChannels(builder, max_message_bytes());
+  ConfigureChannels(builder, max_message_bytes(),
+                    service_->options().max_inflight_bytes);
   server_ = builder.BuildAndStart();
   if (server_ == nullptr || port_ == 0) {
     spdlog::critical(
@@ -545,10 +763,40 @@ bool Server::StartGrpcServer() {
   health_->SetServingStatus("", true);
   health_->SetServingStatus(ReadinessService(), false);
   spdlog::info(
-      "attnscore-server {} listening on {} (port {}), device {}, "
-      "{} intra-op threads",
-      kVersion, flags_.listen, port_, scorer_->device(), flags_.threads);
+      "attnscore-server {} listening on {} (port {}, {}), device {}, "
+      "{} intra-op threads, reflection {}",
+      kVersion, flags_.listen, port_, security_->tls() ? "TLS" : "plaintext",
+      scorer_->device(), flags_.threads, flags_.reflection ? "on" : "off");
   return true;
+}
+
+// --health-listen: grpc.health.v1 alone, in plaintext, mirroring server_'s
+// statuses from now on (health_ becomes the fan-out).
+bool Server::StartHealthListener() {
+  if (flags_.health_listen.empty()) return true;
+  absl::StatusOr<std::unique_ptr<security::HealthListener>> listener =
+      security::HealthListener::Start(flags_.health_listen);
+  if (!listener.ok()) {
+    spdlog::critical("{}", std::string{listener.status().message()});
+    server_->Shutdown(std::chrono::system_clock::now());
+    return false;
+  }
+  health_listener_ = *std::move(listener);
+  health_fanout_ = std::make_unique<security::HealthFanout>(
+      std::vector<grpc::HealthCheckServiceInterface*>{
+          server_->GetHealthCheckService(), health_listener_->health()});
+  health_ = health_fanout_.get();
+  health_->SetServingStatus("", true);
+  health_->SetServingStatus(ReadinessService(), false);
+  spdlog::info("grpc.health.v1 only, plaintext, on {} (port {})",
+               flags_.health_listen, health_listener_->port());
+  if (flags_.health_port_file.empty()) return true;
+  const absl::Status status = WriteFileAtomically(
+      flags_.health_port_file, absl::StrCat(health_listener_->port(), "\n"));
+  if (status.ok()) return true;
+  spdlog::critical("--health-port-file: {}", status.ToString());
+  server_->Shutdown(std::chrono::system_clock::now());
+  return false;
 }
 
 // Written once the server accepts calls: tests and scripts wait for it.
@@ -585,6 +833,9 @@ bool Server::WarmUp(SignalThread& signals) {
 void Server::DrainAndExit() {
   const auto drain_start = std::chrono::steady_clock::now();
   health_->SetServingStatus(ReadinessService(), false);
+  // Open streams answer their new requests with UNAVAILABLE from now on (and
+  // unary calls that still get in); everything accepted is answered.
+  service_->StartDrain();
   // Refuses new calls at once, waits for the running ones (whose requests the
   // batch workers keep computing) until the grace deadline, then cancels what
   // is left. Returns when every call is done.
@@ -633,6 +884,9 @@ int ParseFlagsAndRun(int argc, char** argv) {
 }  // namespace attnscore
 
 int main(int argc, char** argv) {
+  // First: may re-execute this binary once, onto matrix kernels for this CPU's
+  // instruction set (server/cpu/matched_kernels.h).
+  attnscore::cpu::EnsureMatchedKernels(argc, argv);
   // Before any thread exists, so that every thread (gRPC, LibTorch, OpenMP,
   // httplib) inherits the mask and only the signal thread takes these signals.
   const sigset_t handled = attnscore::HandledSignals();

@@ -5,7 +5,9 @@
 # model_loader.h); it includes no ATen header.
 add_executable(attnscore-server main.cc)
 target_link_libraries(attnscore-server PRIVATE
-  attnscore_service attnscore_scoring attnscore_observability attnscore_proto attnscore_version
+  attnscore_service attnscore_scoring attnscore_observability attnscore_security attnscore_proto
+  attnscore_cpu_aten
+  attnscore_version
   gRPC::grpc++ gRPC::grpc++_reflection CLI11::CLI11 spdlog::spdlog
   absl::status absl::statusor absl::strings)
 
