@@ -64,6 +64,10 @@ testing::ServerOptions E2eServerOptions(std::vector<std::string> args) {
   options.threads = 2;
   options.log_level = "info";
   options.extra_args = std::move(args);
+  // ServerProcess strips ATTNSCORE_* from the child's environment: the test
+  // device (scripts/device-check.sh sets it to cuda) travels as a flag.
+  const std::string device = testing::TestDevice();
+  if (device != "cpu") options.extra_args.push_back("--device=" + device);
   return options;
 }
 

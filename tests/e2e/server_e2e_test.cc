@@ -73,10 +73,10 @@ v1::ScoreRequest SmallRequest(const std::string& id = "") {
   return request;
 }
 
-// Compute-heavy, response-light: context only for B2 H8 L1024 D64 (tens to
-// hundreds of ms).
+// Compute-heavy, response-light: context only for B2 H8 L2048 D128 (hundreds
+// of ms on the blocked path).
 v1::ScoreRequest SlowRequest(const std::string& id = "slow") {
-  const std::vector<int64_t> shape = {2, 8, 1024, 64};
+  const std::vector<int64_t> shape = {2, 8, 2048, 128};
   v1::ScoreRequest request;
   request.set_request_id(id);
   request.mutable_alibi();
@@ -188,7 +188,8 @@ TEST_F(ServerE2eTest, HealthIsLiveAtOnceAndReadyAfterWarmUp) {
 }
 
 TEST_F(ServerE2eTest, ReflectionListsTheServices) {
-  ASSERT_NO_FATAL_FAILURE(Start({}));
+  // Reflection is off by default (tests/security checks that).
+  ASSERT_NO_FATAL_FAILURE(Start({"--reflection"}));
   absl::StatusOr<std::vector<std::string>> services =
       ListServicesByReflection(channel_);
   ASSERT_TRUE(services.ok()) << services.status();
@@ -482,8 +483,10 @@ TEST_F(ServerE2eTest, ExpiredAndCancelledRequestsAreDroppedBeforeCompute) {
   EXPECT_TRUE(WaitFor(
       [&] {
         const std::string m = Metrics();
-        return m.find("code=\"DEADLINE_EXCEEDED\"} 1") != std::string::npos &&
-               m.find("code=\"CANCELLED\"} 1") != std::string::npos;
+        return m.find("code=\"DEADLINE_EXCEEDED\",client=\"anonymous\"} 1") !=
+                   std::string::npos &&
+               m.find("code=\"CANCELLED\",client=\"anonymous\"} 1") !=
+                   std::string::npos;
       },
       kWaitTimeout, kWaitPoll))
       << Metrics();
@@ -598,8 +601,12 @@ TEST_F(ServerE2eTest, MetricsEndpointServesTheSeries) {
   ASSERT_NO_FATAL_FAILURE(Start({}));
   ASSERT_TRUE(Score(SmallRequest("m")).status.ok());
   const std::string metrics = Metrics();
+  // Callers without a token or client certificate are "anonymous".
+  const std::string requests_ok =
+      absl::StrCat("attnscore_requests_total{method=\"Score\",code=\"OK\",",
+                   "client=\"anonymous\"} 1");
   for (const char* series : {
-           "attnscore_requests_total{method=\"Score\",code=\"OK\"} 1",
+           requests_ok.c_str(),
            "attnscore_request_duration_seconds_bucket{method=\"Score\",le=",
            "attnscore_queue_duration_seconds_count 1",
            "attnscore_compute_duration_seconds_count 1",
