@@ -15,6 +15,9 @@ packages=(
   build-essential cmake ninja-build pkg-config ccache
   # Lint (make lint): clang-tidy; lizard is pinned in requirements.txt.
   clang-tidy
+  # Fuzzers (make fuzz): clang and its libFuzzer, ASan and UBSan runtimes (libclang-rt-14-dev).
+  # GCC's sanitizer runtimes (make test-asan, test-tsan) come with build-essential's gcc.
+  clang libclang-rt-14-dev
   # Scoring core. libopenblas0-openmp: without it LibTorch falls back to reference BLAS (~25x slower).
   libtorch-dev libopenblas0-openmp
   # RPC and the rest of the server.
