@@ -759,6 +759,16 @@ absl::Status CheckConnectionOptions(const ClientOptions& options) {
         " is below the server's minimum ping interval (10s): it would answer "
         "with GOAWAY"));
   }
+  // gRPC ignores names it does not know; the prefix at least catches a name
+  // that cannot be one of its arguments.
+  for (const auto& arg : options.channel_args) {
+    const std::string& name = arg.first;
+    if (!absl::StartsWith(name, "grpc.") || name.size() == 5) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "channel_args: expected a gRPC argument name \"grpc.*\", got '", name,
+          "'"));
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -819,6 +829,11 @@ grpc::ChannelArguments ChannelArgs(const ClientOptions& options,
                                    const std::string& service_config,
                                    int index) {
   grpc::ChannelArguments args;
+  // First: where a name appears twice, gRPC takes its first value, so these
+  // override the library's own below.
+  for (const auto& [name, value] : options.channel_args) {
+    args.SetInt(name, value);
+  }
   args.SetServiceConfigJSON(service_config);
   // Our service config is the whole truth: do not let DNS TXT records replace
   // it.

@@ -214,6 +214,11 @@ struct ClientOptions {
   // Independent channels (TCP connections per backend); calls are spread over
   // them.
   int connections = 1;
+  // More integer gRPC channel arguments ("grpc.*" names, e.g.
+  // "grpc.http2.lookahead_bytes"); they override the library's own (including
+  // the message limits above): for transport tuning (bench/transport_bench.cc
+  // --client_arg). INVALID_ARGUMENT for a name outside "grpc.".
+  std::vector<std::pair<std::string, int>> channel_args;
 };
 
 // Cancels the calls that carry it (CallOptions::cancellation). Thread-safe;

@@ -1,0 +1,348 @@
+#!/usr/bin/python3
+"""End-to-end benchmark: attnscore against the Python peer a user would otherwise write.
+
+Starts attnscore-server with its defaults, ../shared/peer/peer_server.py (read in place, given the
+same matrix kernels the server chose, as a user's own PyTorch would have) and an echo server that
+answers each request with a prebuilt reply of the same bytes and no compute (the ceiling the Python
+client itself sets), all on loopback. Drives the three with the same Python client (Debian's grpcio,
+stubs compiled from proto/ at start) and the decode preset with `attnscore load`, and prints the
+ratios against the targets of the performance issue. Ratios come from one run on one machine;
+absolute times are only for reading alongside them.
+
+usage: bench_e2e.py --server BIN --cli BIN --proto-root DIR --peer PEER_SERVER_PY
+                    [--repeats 7] [--load-requests 2000] [--json OUT] [--quick]
+Exit status: 0 when every step ran (whether or not targets were met), 1 when a step failed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent import futures
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Case:
+    """One unary request shape: ALiBi causal logits, float32, BHSD."""
+
+    name: str
+    batch: int
+    heads: int
+    query_len: int
+    key_len: int
+    head_dim: int
+    target: float  # attnscore / peer speed-up the issue asks for
+
+    @property
+    def reply_bytes(self) -> int:
+        return self.batch * self.heads * self.query_len * self.key_len * 4
+
+
+CASES = [
+    Case("B8 H8 L512 D64 logits", 8, 8, 512, 512, 64, 3.5),
+    Case("B1 H8 L128 D64 logits", 1, 8, 128, 128, 64, 2.0),
+    Case("B1 H8 Lq=Lk=1 D64 logits", 1, 8, 1, 1, 64, 3.0),
+]
+SMOKE_CASES = [Case("smoke B1 H2 L16 D8 logits", 1, 2, 16, 16, 8, 0.0)]
+DECODE_TARGET = 2.0
+
+
+def compile_stubs(proto_root: str, out: str) -> None:
+    """attnscore.v1 and grpc.health.v1 Python stubs from the project's protos (Debian's protoc and
+    grpc_python_plugin, as the peer does)."""
+    plugin = "--plugin=protoc-gen-grpc_python=" + shutil.which("grpc_python_plugin")
+    os.makedirs(out, exist_ok=True)
+    # health.proto compiles to top-level modules: `grpc.health` would clash with grpcio's package.
+    for include, proto in ((proto_root, "attnscore/v1/attnscore.proto"),
+                           (os.path.join(proto_root, "grpc/health/v1"), "health.proto")):
+        subprocess.check_call(["protoc", f"-I{include}", f"--python_out={out}",
+                               f"--grpc_python_out={out}", plugin, os.path.join(include, proto)])
+    sys.path.insert(0, out)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_serving(address: str, timeout_s: float = 60.0) -> None:
+    import grpc
+    import health_pb2
+    import health_pb2_grpc
+    deadline = time.monotonic() + timeout_s
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(service="attnscore.v1.AttentionScorer"),
+                                   timeout=2)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.2)
+    raise RuntimeError(f"{address} not serving after {timeout_s} s")
+
+
+@dataclass
+class Process:
+    name: str
+    popen: subprocess.Popen
+    address: str
+    log: str
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(timeout=10)
+
+
+def start(name: str, argv: list[str], address: str, workdir: str,
+          env: dict[str, str] | None = None) -> Process:
+    log = os.path.join(workdir, f"{name}.log")
+    with open(log, "wb") as out:
+        popen = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                                 env=env if env is not None else os.environ.copy())
+    process = Process(name, popen, address, log)
+    try:
+        wait_serving(address)
+    except RuntimeError:
+        process.stop()
+        with open(log, errors="replace") as f:
+            sys.stderr.write(f.read()[-4000:])
+        raise
+    return process
+
+
+def server_info(address: str) -> dict:
+    import grpc
+    from google.protobuf import json_format
+    from attnscore.v1 import attnscore_pb2, attnscore_pb2_grpc
+    with grpc.insecure_channel(address) as channel:
+        info = attnscore_pb2_grpc.AttentionScorerStub(channel).GetServerInfo(
+            attnscore_pb2.GetServerInfoRequest(), timeout=10)
+    return json_format.MessageToDict(info)
+
+
+def peer_environment(info: dict) -> dict[str, str]:
+    """The peer gets the matrix kernels the server chose (reported by GetServerInfo when the server
+    reports them, else whatever this environment already sets)."""
+    env = os.environ.copy()
+    kernels = info.get("kernels", {})
+    core = kernels.get("blasCore") or kernels.get("blas_core")
+    if core:
+        env["OPENBLAS_CORETYPE"] = core
+    capability = kernels.get("atenCapability") or kernels.get("aten_capability")
+    if capability:
+        env["ATEN_CPU_CAPABILITY"] = capability
+    return env
+
+
+def make_request(case: Case, seed: int = 1):
+    from attnscore.v1 import attnscore_pb2 as pb
+    rng = np.random.default_rng(seed)
+
+    def tensor(seq: int):
+        data = rng.standard_normal((case.batch, case.heads, seq, case.head_dim), dtype=np.float32)
+        return pb.Tensor(dtype=pb.FLOAT32, shape=list(data.shape), data=data.tobytes())
+
+    return pb.ScoreRequest(request_id="bench", query=tensor(case.query_len),
+                           key=tensor(case.key_len), causal=True, outputs=[pb.LOGITS])
+
+
+def best_of(address: str, request, repeats: int, timeout_s: float = 120.0) -> float:
+    """Best wall time in ms of `repeats` unary calls (after two warm-up calls), on one channel."""
+    import grpc
+    from attnscore.v1 import attnscore_pb2_grpc
+    options = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
+    with grpc.insecure_channel(address, options=options) as channel:
+        stub = attnscore_pb2_grpc.AttentionScorerStub(channel)
+        for _ in range(2):
+            stub.Score(request, timeout=timeout_s)
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            reply = stub.Score(request, timeout=timeout_s)
+            best = min(best, (time.perf_counter() - start) * 1e3)
+            if not reply.HasField("logits"):
+                raise RuntimeError(f"{address}: reply without logits")
+    return best
+
+
+class EchoServer:
+    """Answers Score with a prebuilt serialized reply: the bytes of the real reply, no compute and
+    no per-call serialization, so the client's own cost is all that is measured."""
+
+    def __init__(self, address: str):
+        import grpc
+        self.replies: dict[int, bytes] = {}
+        self.server = grpc.server(futures.ThreadPoolExecutor(4), options=[
+            ("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)])
+        handler = grpc.method_handlers_generic_handler("attnscore.v1.AttentionScorer", {
+            "Score": grpc.unary_unary_rpc_method_handler(self._score)})
+        self.server.add_generic_rpc_handlers((handler,))
+        self.server.add_insecure_port(address)
+        self.address = address
+
+    def set_reply(self, request_bytes: int, reply) -> None:
+        self.replies[request_bytes] = reply.SerializeToString()
+
+    def _score(self, request: bytes, context) -> bytes:
+        return self.replies[len(request)]
+
+    def __enter__(self):
+        self.server.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.stop(1)
+
+
+def echo_reply(case: Case):
+    from attnscore.v1 import attnscore_pb2 as pb
+    data = np.zeros(case.reply_bytes // 4, dtype=np.float32).tobytes()
+    shape = [case.batch, case.heads, case.query_len, case.key_len]
+    return pb.ScoreResponse(request_id="bench", logits=pb.Tensor(dtype=pb.FLOAT32, shape=shape,
+                                                                data=data))
+
+
+def load_rps(cli: str, address: str, requests: int, workdir: str, name: str) -> dict:
+    out = os.path.join(workdir, f"load-{name}.json")
+    subprocess.run([cli, "load", "--target", address, "--preset", "decode", "-c", "64",
+                    "-n", str(requests), "--warmup", "64", "--format", "json", "-o", out],
+                   check=True, timeout=600, stdout=subprocess.DEVNULL)
+    with open(out) as f:
+        report = json.load(f)
+    if report["errors"]:
+        raise RuntimeError(f"load against {name}: {report['errors']} errors: "
+                           f"{report.get('errors_by_message')}")
+    return {"rps": report["rps"], "p50_ms": report["latency_ms"].get("p50"),
+            "p99_ms": report["latency_ms"].get("p99")}
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+@dataclass
+class Report:
+    cpu: str
+    server_info: dict
+    unary: list[dict] = field(default_factory=list)
+    decode: dict = field(default_factory=dict)
+
+    def table(self) -> str:
+        lines = ["| case | attnscore ms | peer ms | echo ms | speed-up | target | met |",
+                 "|---|---:|---:|---:|---:|---:|:-:|"]
+        for row in self.unary:
+            lines.append(f"| {row['case']} | {row['attnscore_ms']:.2f} | {row['peer_ms']:.2f} | "
+                         f"{row['echo_ms']:.2f} | {row['speedup']:.2f}x | >= {row['target']}x | "
+                         f"{'yes' if row['met'] else 'NO'} |")
+        d = self.decode
+        if d:
+            lines.append(f"| decode preset c=64 (req/s) | {d['attnscore']['rps']:.0f} | "
+                         f"{d['peer']['rps']:.0f} | - | {d['speedup']:.2f}x | >= {d['target']}x | "
+                         f"{'yes' if d['met'] else 'NO'} |")
+        return "\n".join(lines)
+
+
+def run(args: argparse.Namespace, workdir: str) -> Report:
+    compile_stubs(args.proto_root, os.path.join(workdir, "stubs"))
+    processes: list[Process] = []
+    try:
+        server_address = f"127.0.0.1:{free_port()}"
+        processes.append(start("attnscore", [args.server, "--listen", server_address,
+                                             "--metrics-listen", "off"], server_address, workdir))
+        info = server_info(server_address)
+        peer_address = f"127.0.0.1:{free_port()}"
+        processes.append(start("peer", [sys.executable, args.peer, "--proto-root", args.proto_root,
+                                        "--listen", peer_address, "--threads", "2"],
+                               peer_address, workdir, peer_environment(info)))
+        report = Report(cpu=cpu_model(), server_info=info)
+        echo_address = f"127.0.0.1:{free_port()}"
+        with EchoServer(echo_address) as echo:
+            for case in (SMOKE_CASES if args.smoke else CASES):
+                request = make_request(case)
+                echo.set_reply(request.ByteSize(), echo_reply(case))
+                ours = best_of(server_address, request, args.repeats)
+                peer = best_of(peer_address, request, args.repeats)
+                ceiling = best_of(echo_address, request, args.repeats)
+                speedup = peer / ours
+                report.unary.append({"case": case.name, "attnscore_ms": ours, "peer_ms": peer,
+                                     "echo_ms": ceiling, "speedup": speedup,
+                                     "target": case.target, "met": speedup >= case.target})
+                print(f"{case.name}: attnscore {ours:.2f} ms, peer {peer:.2f} ms, "
+                      f"echo {ceiling:.2f} ms ({speedup:.2f}x)", flush=True)
+        ours = load_rps(args.cli, server_address, args.load_requests, workdir, "attnscore")
+        peer = load_rps(args.cli, peer_address, args.load_requests, workdir, "peer")
+        speedup = ours["rps"] / peer["rps"]
+        report.decode = {"attnscore": ours, "peer": peer, "speedup": speedup,
+                         "target": DECODE_TARGET, "met": speedup >= DECODE_TARGET}
+        return report
+    finally:
+        for process in reversed(processes):
+            process.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--server", required=True)
+    parser.add_argument("--cli", required=True)
+    parser.add_argument("--proto-root", required=True)
+    parser.add_argument("--peer", required=True)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--load-requests", type=int, default=2000)
+    parser.add_argument("--json", help="write the report here")
+    parser.add_argument("--quick", action="store_true",
+                        help="1 repeat, 200 load requests (figures too noisy to mean much)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="tiny shapes, 1 repeat, 100 load requests: checks that it runs")
+    args = parser.parse_args()
+    if args.quick or args.smoke:
+        args.repeats, args.load_requests = 1, 200
+    if args.smoke:
+        args.load_requests = 100
+    if not os.path.exists(args.peer):
+        print(f"peer not found: {args.peer}", file=sys.stderr)
+        return 1
+    with tempfile.TemporaryDirectory(prefix="attnscore-bench-e2e-") as workdir:
+        try:
+            report = run(args, workdir)
+        except (RuntimeError, subprocess.SubprocessError, OSError) as error:
+            print(f"bench-e2e failed: {error}", file=sys.stderr)
+            return 1
+    print(f"\nCPU: {report.cpu}; server kernels: {report.server_info.get('kernels', 'not reported')}")
+    print(report.table())
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump({"cpu": report.cpu, "server_info": report.server_info,
+                       "unary": report.unary, "decode": report.decode}, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,223 @@
+#!/usr/bin/python3
+"""`make bench`: runs the scoring benchmark and the end-to-end benchmark in one go and writes
+bench/results/latest.json and latest.md (figures, ratios against the performance issue's targets,
+CPU model and flags, kernel choice, commit). With --update-readme the Markdown table also replaces
+the block between the README's `<!-- bench:begin -->` and `<!-- bench:end -->` markers.
+
+Ratios are what to read: each compares two things measured in the same run on the same machine.
+
+usage: report.py --scoring-bench BIN [--e2e-args ...] [--out-dir DIR] [--min-time S]
+                 [--skip-e2e] [--update-readme README]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+# core/<case> vs literal/<case>: the speed-up the issue asks for.
+SCORING_TARGETS = {
+    "B8_H8_L512_D64/alibi_logits": 6.0,
+    "B8_H8_L512_D64/alibi_logits+probs": 4.0,
+    "B8_H8_L512_D64/relative_logits": None,
+    "B8_H8_L512_D64/relative_logits+probs": 6.0,
+    "decode_B32_H8_Lq1_Lk2048_D64/alibi_logits+probs": 4.0,
+    "decode_B32_H8_Lq1_Lk2048_D64/relative_logits+probs": 4.0,
+}
+# 2*B*H*Lq*Lk*D for ALiBi logits B8 H8 L512 D64, against the sgemm rate of the same run.
+PREFILL_FLOPS = 2 * 8 * 8 * 512 * 512 * 64
+SGEMM_SHARE_TARGET = 0.5
+
+
+def cpu_description() -> dict:
+    info = {"model": "unknown", "flags": []}
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+    except OSError:
+        return info
+    model = re.search(r"^model name\s*:\s*(.*)$", text, re.M)
+    flags = re.search(r"^flags\s*:\s*(.*)$", text, re.M)
+    family = re.search(r"^cpu family\s*:\s*(\d+)$", text, re.M)
+    number = re.search(r"^model\s*:\s*(\d+)$", text, re.M)
+    if model:
+        info["model"] = model.group(1).strip()
+    if family and number:
+        info["family_model"] = f"{family.group(1)}/{number.group(1)}"
+    wanted = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_bf16", "amx_tile",
+              "amx_bf16")
+    present = set(flags.group(1).split()) if flags else set()
+    info["flags"] = [flag for flag in wanted if flag in present]
+    info["cores"] = os.cpu_count()
+    return info
+
+
+def commit() -> str:
+    try:
+        return subprocess.run(["git", "-C", ROOT, "describe", "--always", "--dirty"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def run_scoring(binary: str, min_time: float, workdir: str) -> tuple[dict, str]:
+    """Seconds per benchmark name, and the console text (kernel choice lines included)."""
+    out = os.path.join(workdir, "scoring.json")
+    proc = subprocess.run([binary, f"--benchmark_min_time={min_time}", f"--benchmark_out={out}",
+                           "--benchmark_out_format=json"], capture_output=True, text=True,
+                          timeout=1800)
+    sys.stdout.write(proc.stdout)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr)
+        raise RuntimeError(f"{binary} exited {proc.returncode}")
+    with open(out) as f:
+        data = json.load(f)
+    seconds = {}
+    for run in data["benchmarks"]:
+        if run.get("run_type", "iteration") != "iteration" or run.get("error_occurred"):
+            continue
+        unit = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0}[run.get("time_unit", "ns")]
+        name = run["name"].removesuffix("/real_time")
+        seconds[name] = run["real_time"] * unit
+        if "GFLOPS" in run:
+            seconds[name + "#GFLOPS"] = run["GFLOPS"]
+    return seconds, proc.stdout
+
+
+def scoring_rows(seconds: dict) -> list[dict]:
+    rows = []
+    for case, target in SCORING_TARGETS.items():
+        core = seconds.get(f"core/{case}")
+        literal = seconds.get(f"literal/{case}")
+        if core is None or literal is None:
+            continue
+        ratio = literal / core
+        rows.append({"case": case, "literal_ms": literal * 1e3, "core_ms": core * 1e3,
+                     "speedup": ratio, "target": target,
+                     "met": None if target is None else ratio >= target})
+    return rows
+
+
+def sgemm_row(seconds: dict) -> dict | None:
+    """The prefill ALiBi logits case as a share of the sgemm rate measured in the same run."""
+    rate = next((v for k, v in seconds.items() if k.startswith("sgemm") and k.endswith("#GFLOPS")),
+                None)
+    core = seconds.get("core/B8_H8_L512_D64/alibi_logits")
+    if rate is None or core is None:
+        return None
+    achieved = PREFILL_FLOPS / core / 1e9
+    share = achieved / rate
+    return {"sgemm_gflops": rate, "alibi_logits_gflops": achieved, "share": share,
+            "target": SGEMM_SHARE_TARGET, "met": share >= SGEMM_SHARE_TARGET}
+
+
+def kernel_lines(console: str) -> list[str]:
+    return [line.strip() for line in console.splitlines()
+            if re.match(r"^(kernels|isa|blas|aten|intra-op)", line.strip(), re.I)]
+
+
+def run_e2e(args: argparse.Namespace, workdir: str) -> dict | None:
+    if args.skip_e2e:
+        return None
+    out = os.path.join(workdir, "e2e.json")
+    cmd = [sys.executable, os.path.join(HERE, "e2e", "bench_e2e.py"), "--json", out] + args.e2e_args
+    subprocess.run(cmd, check=True, timeout=3600)
+    with open(out) as f:
+        return json.load(f)
+
+
+def yes_no(met) -> str:
+    return "-" if met is None else ("yes" if met else "NO")
+
+
+def markdown(report: dict) -> str:
+    cpu = report["cpu"]
+    lines = [f"Commit `{report['commit']}`, {report['date']}. CPU: {cpu['model']} "
+             f"(family/model {cpu.get('family_model', '?')}, {cpu.get('cores')} cores; "
+             f"{' '.join(cpu['flags'])}).", ""]
+    if report["kernels"]:
+        lines += ["Kernels: " + "; ".join(report["kernels"]), ""]
+    lines += ["| scoring core vs literal port (same kernels) | literal ms | core ms | speed-up | "
+              "target | met |", "|---|---:|---:|---:|---:|:-:|"]
+    for row in report["scoring"]:
+        target = "-" if row["target"] is None else f">= {row['target']}x"
+        lines.append(f"| {row['case']} | {row['literal_ms']:.2f} | {row['core_ms']:.2f} | "
+                     f"{row['speedup']:.2f}x | {target} | {yes_no(row['met'])} |")
+    sgemm = report.get("sgemm")
+    if sgemm:
+        lines.append(f"| ALiBi logits B8 H8 L512 D64 vs sgemm | {sgemm['sgemm_gflops']:.0f} "
+                     f"GFLOP/s | {sgemm['alibi_logits_gflops']:.0f} GFLOP/s | "
+                     f"{sgemm['share'] * 100:.0f}% | >= 50% | {yes_no(sgemm['met'])} |")
+    e2e = report.get("e2e")
+    if e2e:
+        lines += ["", "| end to end, same Python client | attnscore | peer | echo ceiling | "
+                  "speed-up | target | met |", "|---|---:|---:|---:|---:|---:|:-:|"]
+        for row in e2e["unary"]:
+            lines.append(f"| {row['case']} (ms, best of 7) | {row['attnscore_ms']:.2f} | "
+                         f"{row['peer_ms']:.2f} | {row['echo_ms']:.2f} | {row['speedup']:.2f}x | "
+                         f">= {row['target']}x | {yes_no(row['met'])} |")
+        d = e2e.get("decode")
+        if d:
+            lines.append(f"| decode preset c=64 (req/s, `attnscore load`) | "
+                         f"{d['attnscore']['rps']:.0f} | {d['peer']['rps']:.0f} | - | "
+                         f"{d['speedup']:.2f}x | >= {d['target']}x | {yes_no(d['met'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def update_readme(path: str, table: str) -> None:
+    with open(path) as f:
+        text = f.read()
+    begin, end = "<!-- bench:begin -->", "<!-- bench:end -->"
+    if begin not in text or end not in text:
+        raise RuntimeError(f"{path}: no {begin} ... {end} block")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    with open(path, "w") as f:
+        f.write(f"{head}{begin}\n{table}{end}{tail}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scoring-bench", required=True)
+    parser.add_argument("--out-dir", default=os.path.join(HERE, "results"))
+    parser.add_argument("--min-time", type=float, default=1.0)
+    parser.add_argument("--skip-e2e", action="store_true")
+    parser.add_argument("--update-readme")
+    parser.add_argument("e2e_args", nargs=argparse.REMAINDER,
+                        help="after --: arguments for bench/e2e/bench_e2e.py")
+    args = parser.parse_args()
+    if args.e2e_args and args.e2e_args[0] == "--":
+        args.e2e_args = args.e2e_args[1:]
+    with tempfile.TemporaryDirectory(prefix="attnscore-bench-") as workdir:
+        try:
+            seconds, console = run_scoring(args.scoring_bench, args.min_time, workdir)
+            e2e = run_e2e(args, workdir)
+        except (RuntimeError, subprocess.SubprocessError, OSError) as error:
+            print(f"bench failed: {error}", file=sys.stderr)
+            return 1
+    report = {"commit": commit(), "date": datetime.datetime.now(datetime.timezone.utc)
+              .strftime("%Y-%m-%d %H:%M UTC"), "cpu": cpu_description(),
+              "kernels": kernel_lines(console), "scoring": scoring_rows(seconds),
+              "sgemm": sgemm_row(seconds), "e2e": e2e}
+    os.makedirs(args.out_dir, exist_ok=True)
+    with open(os.path.join(args.out_dir, "latest.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    table = markdown(report)
+    with open(os.path.join(args.out_dir, "latest.md"), "w") as f:
+        f.write(table)
+    if args.update_readme:
+        update_readme(args.update_readme, table)
+    print("\n" + table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,614 @@
+// Transport: how fast the project's C++ client receives large Score responses
+// from the real attnscore-server (compute included), against a naive protobuf
+// echo server answering the same request with a ScoreResponse of the same
+// bytes, in the same run. Issue 10 D: for responses of 16 MiB and more the
+// server is to deliver >= 3x the echo's bytes/s, and float16/bfloat16 outputs
+// are to halve the bytes and the time.
+//
+// The echo is what a team writes in an afternoon: a synchronous generated
+// service that builds the ScoreResponse as a protobuf message per call (the
+// logits bytes copied into the `bytes` field) and lets gRPC serialize it, with
+// gRPC's default channel arguments. It computes nothing. Cases:
+//   server/<size>/<dtype>  attnscore-server, the attnscore::client::Client
+//   echo/<size>/<dtype>    the echo, the same Client (so the difference is the
+//                          server side alone)
+//   naive/<size>/<dtype>   the echo, the generated stub (the naive pair)
+// over loopback TCP, with ALiBi logits [1, H, 1024, 1024] from D = 1 inputs
+// (compute small next to the bytes). Every case first checks that the echo
+// returns exactly the server's bytes. Counters: MiB per response, the
+// server's reported compute_ms, and per call the CPU time and minor page
+// faults of this process (client_*: the client, and the in-process echo) and
+// of the server (server_*), which say what a call costs whatever else a shared
+// machine runs.
+//
+//   build/bench/attnscore_bench_transport [--sizes_mib 16,64]
+//       [--server_threads N] [--client_arg grpc.NAME=INT]...
+//       [--echo_arg grpc.NAME=INT]... [--smoke] [--benchmark_filter=REGEX]
+//
+// The server is the attnscore-server built in this tree (started through
+// tests/testing/server_process.h on a free loopback port). --client_arg adds
+// a gRPC channel argument to both Clients (ClientOptions::channel_args) and
+// --echo_arg one to the echo server: for tuning experiments only.
+//
+// --smoke uses tiny shapes (KiB) so that a ctest run checks the wiring only.
+// Each case runs 3 repetitions (unless --benchmark_repetitions says
+// otherwise); the table at the end takes the best of each and prints the
+// ratios (echo or naive time / server time: the server's speed-up; float32
+// time / this dtype's), with the load average, since the figures need a quiet
+// machine.
+#include <benchmark/benchmark.h>
+#include <grpcpp/grpcpp.h>
+#include <stdlib.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <iterator>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "attnscore/v1/attnscore.grpc.pb.h"
+#include "client/client.h"
+#include "tests/testing/server_process.h"
+
+namespace attnscore::bench {
+namespace {
+
+namespace ac = ::attnscore::client;
+
+// ---------------------------------------------------------------------------
+// The naive echo server.
+
+// Answers Score with logits of the request's output shape [B, H, Lq, Lk] and
+// dtype whose bytes are the payload registered for that byte count (the real
+// server's answer to the same request), copied into the message on every call.
+class NaiveEchoService final : public v1::AttentionScorer::Service {
+ public:
+  // REQUIRES: before any call of that size (the map is read under the lock).
+  void SetPayload(std::string payload) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const size_t size = payload.size();
+    payloads_[size] = std::make_shared<const std::string>(std::move(payload));
+  }
+
+  grpc::Status Score(grpc::ServerContext* /*context*/,
+                     const v1::ScoreRequest* request,
+                     v1::ScoreResponse* response) override {
+    const auto& q = request->query().shape();
+    const auto& k = request->key().shape();
+    if (q.size() != 4 || k.size() != 4) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          "echo: expected 4-d query and key (BHSD)");
+    }
+    const v1::DType dtype = request->output_dtype() != v1::DTYPE_UNSPECIFIED
+                                ? request->output_dtype()
+                                : request->query().dtype();
+    const int64_t element = dtype == v1::FLOAT32 ? 4 : 2;
+    const int64_t bytes = q[0] * q[1] * q[2] * k[2] * element;
+    std::shared_ptr<const std::string> payload;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      auto it = payloads_.find(static_cast<size_t>(bytes));
+      if (it != payloads_.end()) payload = it->second;
+    }
+    if (payload == nullptr) {
+      return grpc::Status(
+          grpc::StatusCode::FAILED_PRECONDITION,
+          absl::StrCat("echo: no payload of ", bytes, " bytes"));
+    }
+    v1::Tensor* logits = response->mutable_logits();
+    logits->set_dtype(dtype);
+    for (int64_t d : {q[0], q[1], q[2], k[2]}) logits->add_shape(d);
+    logits->set_data(*payload);  // the naive copy into the message
+    return grpc::Status::OK;
+  }
+
+ private:
+  std::mutex mutex_;
+  std::map<size_t, std::shared_ptr<const std::string>> payloads_;
+};
+
+struct EchoServer {
+  NaiveEchoService service;
+  std::unique_ptr<grpc::Server> server;
+  int port = 0;
+};
+
+// gRPC's defaults but for the message limits, which a naive server raises too
+// (the default 4 MiB receive limit does not matter here: requests are small).
+// `args`: --echo_arg, for experiments only (what a server-side argument does
+// on a server without compute); none by default.
+std::unique_ptr<EchoServer> StartEchoServer(
+    const std::vector<std::pair<std::string, int>>& args) {
+  auto echo = std::make_unique<EchoServer>();
+  grpc::ServerBuilder builder;
+  for (const auto& [name, value] : args) {
+    builder.AddChannelArgument(name, value);
+  }
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(),
+                           &echo->port);
+  builder.SetMaxReceiveMessageSize(-1);
+  builder.SetMaxSendMessageSize(-1);
+  builder.RegisterService(&echo->service);
+  echo->server = builder.BuildAndStart();
+  if (echo->server == nullptr || echo->port == 0) {
+    std::fprintf(stderr, "echo server: cannot listen on 127.0.0.1\n");
+    std::abort();
+  }
+  return echo;
+}
+
+// ---------------------------------------------------------------------------
+// Cases.
+
+struct Case {
+  std::string name;  // "16MiB" (of float32 output)
+  int64_t h = 1;
+  int64_t l = 1;  // Lq = Lk
+};
+
+struct Output {
+  const char* name;
+  ac::DType dtype;
+};
+constexpr Output kOutputs[] = {{"f32", ac::DType::kFloat32},
+                               {"f16", ac::DType::kFloat16},
+                               {"bf16", ac::DType::kBFloat16}};
+
+// Inputs of one case: float32 [1, H, L, 1] query and key (D = 1: the compute
+// is small next to the [1, H, L, L] output).
+struct Inputs {
+  ac::Tensor query;
+  ac::Tensor key;
+};
+
+struct Globals {
+  std::unique_ptr<testing::ServerProcess> server;
+  std::unique_ptr<EchoServer> echo;
+  std::unique_ptr<ac::Client> server_client;
+  std::unique_ptr<ac::Client> echo_client;
+  // The naive pair's client: the generated stub, gRPC's default arguments.
+  std::unique_ptr<v1::AttentionScorer::Stub> naive_stub;
+  std::map<std::string, Inputs> inputs;  // by case name
+};
+
+Globals& G() {
+  static Globals* globals = new Globals();
+  return *globals;
+}
+
+const Inputs& InputsFor(const Case& c) {
+  auto it = G().inputs.find(c.name);
+  if (it != G().inputs.end()) return it->second;
+  std::vector<float> values(static_cast<size_t>(c.h * c.l));
+  for (size_t i = 0; i < values.size(); ++i) {
+    values[i] = static_cast<float>(i % 17) * 0.125f - 1.0f;
+  }
+  Inputs in{
+      *ac::Tensor::FromFloats(ac::DType::kFloat32, {1, c.h, c.l, 1}, values),
+      *ac::Tensor::FromFloats(ac::DType::kFloat32, {1, c.h, c.l, 1}, values)};
+  return G().inputs.emplace(c.name, std::move(in)).first->second;
+}
+
+ac::ScoreRequest RequestFor(const Case& c, const Output& out) {
+  const Inputs& in = InputsFor(c);
+  ac::ScoreRequest request;
+  request.bias = ac::Alibi{};
+  request.query = in.query.view();
+  request.key = in.key.view();
+  request.output_dtype = out.dtype;
+  return request;
+}
+
+// One call; aborts on failure (a benchmark of failing calls measures nothing).
+// Adds the server's reported compute time to *compute_us when given.
+ac::Tensor Call(ac::Client& client, const ac::ScoreRequest& request,
+                const char* who, int64_t* compute_us = nullptr) {
+  absl::StatusOr<ac::ScoreResult> result = client.Score(request);
+  if (!result.ok() || !result->logits) {
+    std::fprintf(stderr, "%s: Score failed: %s\n", who,
+                 result.status().ToString().c_str());
+    std::abort();
+  }
+  if (compute_us != nullptr) *compute_us += result->timing.compute_us;
+  return *std::move(result->logits);
+}
+
+// Registers the server's answer as the echo's payload and checks that the echo
+// returns the same bytes.
+void PrepareEcho(const Case& c, const Output& out) {
+  const ac::ScoreRequest request = RequestFor(c, out);
+  const ac::Tensor logits = Call(*G().server_client, request, "server");
+  G().echo->service.SetPayload(std::string(
+      static_cast<const char*>(logits.data()), logits.size_bytes()));
+  const ac::Tensor echoed = Call(*G().echo_client, request, "echo");
+  if (echoed.size_bytes() != logits.size_bytes() ||
+      echoed.shape() != logits.shape() ||
+      std::memcmp(echoed.data(), logits.data(), logits.size_bytes()) != 0) {
+    std::fprintf(stderr, "%s/%s: the echo's bytes differ from the server's\n",
+                 c.name.c_str(), out.name);
+    std::abort();
+  }
+}
+
+// CPU seconds (user + system) and minor page faults `pid` has had so far,
+// from /proc (CPU in clock ticks, 10 ms: fine over a benchmark's many
+// iterations); zeros if unreadable.
+struct Usage {
+  double cpu_seconds = 0;
+  double minor_faults = 0;
+};
+Usage ProcessUsage(pid_t pid) {
+  std::ifstream in(absl::StrCat("/proc/", pid, "/stat"));
+  const std::string stat((std::istreambuf_iterator<char>(in)),
+                         std::istreambuf_iterator<char>());
+  // The command name (field 2) may hold spaces; the fields after it do not.
+  const size_t close = stat.rfind(')');
+  if (close == std::string::npos || close + 2 >= stat.size()) return {};
+  const std::vector<std::string> fields =
+      absl::StrSplit(stat.substr(close + 2), ' ', absl::SkipEmpty());
+  // proc(5) fields 10 (minflt), 14 (utime), 15 (stime); fields[0] is field 3.
+  Usage usage;
+  double utime = 0, stime = 0;
+  if (fields.size() < 13 || !absl::SimpleAtod(fields[7], &usage.minor_faults) ||
+      !absl::SimpleAtod(fields[11], &utime) ||
+      !absl::SimpleAtod(fields[12], &stime)) {
+    return {};
+  }
+  usage.cpu_seconds =
+      (utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
+  return usage;
+}
+
+// What the calls of one benchmark cost in CPU time and page faults, in this
+// process (the client, and the in-process echo server) and in the
+// attnscore-server. On loopback the transfer is CPU-bound, so these say what a
+// call costs whatever else the machine runs; wall time on a loaded machine
+// does not.
+class UsageMeter {
+ public:
+  UsageMeter()
+      : client_(ProcessUsage(getpid())),
+        server_(ProcessUsage(G().server->pid())) {}
+
+  void Report(benchmark::State& state) const {
+    const Usage client = ProcessUsage(getpid());
+    const Usage server = ProcessUsage(G().server->pid());
+    const double n =
+        static_cast<double>(std::max<int64_t>(state.iterations(), 1));
+    state.counters["client_cpu_ms"] =
+        (client.cpu_seconds - client_.cpu_seconds) * 1e3 / n;
+    state.counters["server_cpu_ms"] =
+        (server.cpu_seconds - server_.cpu_seconds) * 1e3 / n;
+    state.counters["client_faults"] =
+        (client.minor_faults - client_.minor_faults) / n;
+    state.counters["server_faults"] =
+        (server.minor_faults - server_.minor_faults) / n;
+  }
+
+ private:
+  const Usage client_;
+  const Usage server_;
+};
+
+// The request as the naive client builds it: a protobuf message holding
+// copies of the tensors.
+v1::ScoreRequest NaiveRequestFor(const Case& c, const Output& out) {
+  const Inputs& in = InputsFor(c);
+  v1::ScoreRequest request;
+  request.mutable_alibi();
+  for (const ac::Tensor* t : {&in.query, &in.key}) {
+    v1::Tensor* field =
+        t == &in.query ? request.mutable_query() : request.mutable_key();
+    field->set_dtype(v1::FLOAT32);
+    for (int64_t d : t->shape()) field->add_shape(d);
+    field->set_data(t->data(), t->size_bytes());
+  }
+  request.add_outputs(v1::LOGITS);
+  request.set_output_dtype(out.dtype == ac::DType::kFloat32   ? v1::FLOAT32
+                           : out.dtype == ac::DType::kFloat16 ? v1::FLOAT16
+                                                              : v1::BFLOAT16);
+  return request;
+}
+
+// The naive pair: the generated stub against the echo server (the response
+// parsed by protobuf into a std::string).
+void BM_NaivePair(benchmark::State& state, const Case& c, Output out) {
+  PrepareEcho(c, out);
+  const v1::ScoreRequest request = NaiveRequestFor(c, out);
+  size_t bytes = 0;
+  const UsageMeter meter;
+  for (auto _ : state) {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() +
+                         std::chrono::seconds(30));
+    v1::ScoreResponse response;
+    const grpc::Status status =
+        G().naive_stub->Score(&context, request, &response);
+    if (!status.ok()) {
+      std::fprintf(stderr, "naive: Score failed: %s\n",
+                   status.error_message().c_str());
+      std::abort();
+    }
+    bytes = response.logits().data().size();
+    benchmark::DoNotOptimize(response.logits().data().data());
+  }
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) *
+                          static_cast<int64_t>(bytes));
+  state.counters["MiB"] = static_cast<double>(bytes) / (1 << 20);
+  meter.Report(state);
+}
+
+void BM_Receive(benchmark::State& state, const Case& c, Output out, bool echo) {
+  if (echo) PrepareEcho(c, out);
+  ac::Client& client = echo ? *G().echo_client : *G().server_client;
+  const ac::ScoreRequest request = RequestFor(c, out);
+  size_t bytes = 0;
+  int64_t compute_us = 0;
+  const UsageMeter meter;
+  for (auto _ : state) {
+    ac::Tensor logits =
+        Call(client, request, echo ? "echo" : "server", &compute_us);
+    bytes = logits.size_bytes();
+    benchmark::DoNotOptimize(logits.data());
+  }
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) *
+                          static_cast<int64_t>(bytes));
+  state.counters["MiB"] = static_cast<double>(bytes) / (1 << 20);
+  // The server's own compute time per call (the echo reports none): the rest
+  // of the time is transport, encoding and decoding.
+  const double iterations =
+      static_cast<double>(std::max<int64_t>(state.iterations(), 1));
+  state.counters["compute_ms"] =
+      static_cast<double>(compute_us) / 1e3 / iterations;
+  meter.Report(state);
+}
+
+// ---------------------------------------------------------------------------
+// Report.
+
+// Collects the best real time per benchmark (over --benchmark_repetitions) to
+// print the ratios at the end.
+class RatioReporter : public benchmark::ConsoleReporter {
+ public:
+  void ReportRuns(const std::vector<Run>& runs) override {
+    for (const Run& run : runs) {
+      if (run.run_type == Run::RT_Iteration && !run.error_occurred) {
+        // The registered name, without "/repeats:N/real_time".
+        const std::string& name = run.run_name.function_name;
+        // The best of the repetitions: on a shared machine the others
+        // measure the neighbours.
+        const double seconds = run.GetAdjustedRealTime() /
+                               benchmark::GetTimeUnitMultiplier(run.time_unit);
+        auto [it, inserted] = seconds_.emplace(name, seconds);
+        if (!inserted) it->second = std::min(it->second, seconds);
+      }
+    }
+    ConsoleReporter::ReportRuns(runs);
+  }
+
+  // "server/<case>/<dtype>" against "echo/..." (same client) and "naive/..."
+  // (the naive pair), and the server's float32 time against this dtype's.
+  void PrintRatios() const {
+    std::printf("\n%-12s %10s %10s %10s %12s %13s %14s\n", "case", "server ms",
+                "echo ms", "naive ms", "echo/server", "naive/server",
+                "f32 ms / this");
+    for (const auto& [name, seconds] : seconds_) {
+      if (name.rfind("server/", 0) != 0) continue;
+      const std::string rest = name.substr(7);
+      const std::string f32 = rest.substr(0, rest.rfind('/')) + "/f32";
+      const double echo = Find("echo/" + rest);
+      const double naive = Find("naive/" + rest);
+      std::printf("%-12s %10.2f %10s %10s %12s %13s %14s\n", rest.c_str(),
+                  seconds * 1e3, Ms(echo).c_str(), Ms(naive).c_str(),
+                  Ratio(echo, seconds).c_str(), Ratio(naive, seconds).c_str(),
+                  Ratio(Find("server/" + f32), seconds).c_str());
+    }
+  }
+
+ private:
+  double Find(const std::string& name) const {
+    auto it = seconds_.find(name);
+    return it == seconds_.end() ? 0 : it->second;
+  }
+  static std::string Ms(double seconds) {
+    return seconds > 0 ? absl::StrFormat("%.2f", seconds * 1e3) : "-";
+  }
+  static std::string Ratio(double num, double den) {
+    return num > 0 && den > 0 ? absl::StrFormat("%.2fx", num / den) : "-";
+  }
+  std::map<std::string, double> seconds_;
+};
+
+std::string LoadAverage() {
+  double load[3] = {0, 0, 0};
+  if (getloadavg(load, 3) != 3) return "unknown";
+  return absl::StrFormat("%.2f %.2f %.2f", load[0], load[1], load[2]);
+}
+
+// ---------------------------------------------------------------------------
+// Set-up.
+
+struct Flags {
+  std::vector<int> sizes_mib = {16, 64};
+  int server_threads = static_cast<int>(std::thread::hardware_concurrency());
+  bool smoke = false;
+  std::vector<std::pair<std::string, int>> client_args;  // --client_arg
+  std::vector<std::pair<std::string, int>> echo_args;    // --echo_arg
+};
+
+// "NAME=INT" into `args`; exits with a message when malformed.
+void AddArg(const char* flag, const char* text,
+            std::vector<std::pair<std::string, int>>& args) {
+  const std::pair<std::string, std::string> parts =
+      absl::StrSplit(text, absl::MaxSplits('=', 1));
+  int value = 0;
+  if (parts.first.empty() || !absl::SimpleAtoi(parts.second, &value)) {
+    std::fprintf(stderr, "%s: expected NAME=INT, got %s\n", flag, text);
+    std::exit(2);
+  }
+  args.emplace_back(parts.first, value);
+}
+
+// Takes this benchmark's own flags out of argv (the rest is Google
+// Benchmark's). Exits with a message on a malformed value.
+Flags ParseFlags(int& argc, char** argv) {
+  Flags flags;
+  int kept = 1;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    auto value = [&](const char* name) -> const char* {
+      const std::string prefix = absl::StrCat(name, "=");
+      if (arg.rfind(prefix, 0) == 0) return argv[i] + prefix.size();
+      if (arg == name && i + 1 < argc) return argv[++i];
+      return nullptr;
+    };
+    if (const char* v = value("--sizes_mib")) {
+      flags.sizes_mib.clear();
+      for (absl::string_view part : absl::StrSplit(v, ',')) {
+        int mib = 0;
+        if (!absl::SimpleAtoi(part, &mib) || mib < 4 || mib % 4 != 0) {
+          std::fprintf(stderr, "--sizes_mib: expected multiples of 4, got %s\n",
+                       v);
+          std::exit(2);
+        }
+        flags.sizes_mib.push_back(mib);
+      }
+    } else if (const char* v = value("--server_threads")) {
+      if (!absl::SimpleAtoi(v, &flags.server_threads) ||
+          flags.server_threads < 1) {
+        std::fprintf(stderr, "--server_threads: expected >= 1, got %s\n", v);
+        std::exit(2);
+      }
+    } else if (const char* v = value("--client_arg")) {
+      AddArg("--client_arg", v, flags.client_args);
+    } else if (const char* v = value("--echo_arg")) {
+      AddArg("--echo_arg", v, flags.echo_args);
+    } else if (arg == "--smoke") {
+      flags.smoke = true;
+    } else {
+      argv[kept++] = argv[i];
+    }
+  }
+  argc = kept;
+  return flags;
+}
+
+// float32 output of [1, H, 1024, 1024] is H * 4 MiB; the smoke cases are
+// [1, 2, 32, 32] (8 KiB) and [1, 4, 64, 64] (64 KiB).
+std::vector<Case> Cases(const Flags& flags) {
+  if (flags.smoke) return {{"8KiB", 2, 32}, {"64KiB", 4, 64}};
+  std::vector<Case> cases;
+  for (int mib : flags.sizes_mib) {
+    cases.push_back({absl::StrCat(mib, "MiB"), mib / 4, 1024});
+  }
+  return cases;
+}
+
+// Three repetitions each unless --benchmark_repetitions says otherwise (the
+// ratio table takes the best); one for --smoke.
+void Register(const std::vector<Case>& cases, int repetitions) {
+  auto configure = [repetitions](benchmark::internal::Benchmark* b) {
+    b->Unit(benchmark::kMillisecond)->UseRealTime();
+    if (repetitions > 0) b->Repetitions(repetitions);
+  };
+  for (const Case& c : cases) {
+    for (const Output& out : kOutputs) {
+      for (bool echo : {false, true}) {
+        const std::string name =
+            absl::StrCat(echo ? "echo/" : "server/", c.name, "/", out.name);
+        configure(benchmark::RegisterBenchmark(name.c_str(), BM_Receive, c, out,
+                                               echo));
+      }
+      configure(benchmark::RegisterBenchmark(
+          absl::StrCat("naive/", c.name, "/", out.name).c_str(), BM_NaivePair,
+          c, out));
+    }
+  }
+}
+
+std::unique_ptr<ac::Client> ConnectClient(
+    int port, const std::vector<std::pair<std::string, int>>& args) {
+  ac::ClientOptions options;
+  options.target = absl::StrCat("127.0.0.1:", port);
+  options.channel_args = args;
+  absl::StatusOr<std::unique_ptr<ac::Client>> client =
+      ac::Client::Create(options);
+  if (!client.ok() || !(*client)->WaitForConnected(absl::Seconds(30)).ok()) {
+    std::fprintf(stderr, "cannot connect to 127.0.0.1:%d\n", port);
+    std::abort();
+  }
+  return *std::move(client);
+}
+
+// Starts both servers and their clients. The real server runs with its
+// defaults but for the thread count, a queue delay of 0 (a lone request never
+// waits for company) and an output limit above the largest case.
+void StartServers(const Flags& flags) {
+  testing::ServerOptions options;
+  options.threads = flags.server_threads;
+  const int largest =
+      flags.sizes_mib.empty()
+          ? 4
+          : *std::max_element(flags.sizes_mib.begin(), flags.sizes_mib.end());
+  options.extra_args = {
+      "--max-queue-delay-us", "0", "--max-output-bytes",
+      std::to_string((static_cast<int64_t>(largest) + 1) << 20)};
+  absl::StatusOr<std::unique_ptr<testing::ServerProcess>> server =
+      testing::ServerProcess::Start(options, absl::Seconds(120));
+  if (!server.ok()) {
+    std::fprintf(stderr, "attnscore-server: %s\n",
+                 server.status().ToString().c_str());
+    std::exit(1);
+  }
+  G().server = *std::move(server);
+  G().echo = StartEchoServer(flags.echo_args);
+  G().server_client = ConnectClient(G().server->port(), flags.client_args);
+  G().echo_client = ConnectClient(G().echo->port, flags.client_args);
+  grpc::ChannelArguments naive_args;
+  naive_args.SetMaxReceiveMessageSize(-1);
+  G().naive_stub = v1::AttentionScorer::NewStub(grpc::CreateCustomChannel(
+      absl::StrCat("127.0.0.1:", G().echo->port),
+      grpc::InsecureChannelCredentials(), naive_args));
+}
+
+}  // namespace
+}  // namespace attnscore::bench
+
+int main(int argc, char** argv) {
+  namespace b = attnscore::bench;
+  const b::Flags flags = b::ParseFlags(argc, argv);
+  int repetitions = flags.smoke ? 1 : 3;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strncmp(argv[i], "--benchmark_repetitions", 23) == 0) {
+      repetitions = 0;  // Google Benchmark's flag applies
+    }
+  }
+  b::Register(b::Cases(flags), repetitions);
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  b::StartServers(flags);
+  std::printf("server %s, %d intra-op threads; load average %s\n",
+              attnscore::testing::ServerBinary().c_str(), flags.server_threads,
+              b::LoadAverage().c_str());
+  b::RatioReporter reporter;
+  benchmark::RunSpecifiedBenchmarks(&reporter);
+  reporter.PrintRatios();
+  std::printf("load average at the end: %s\n", b::LoadAverage().c_str());
+  benchmark::Shutdown();
+  b::G().echo->server->Shutdown();
+  return 0;
+}

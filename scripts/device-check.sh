@@ -1,0 +1,241 @@
+#!/usr/bin/env bash
+# One command for the GPU machine (issue 11): builds attnscore against the machine's PyTorch
+# (LibTorch 2.x with CUDA, sm_90), runs the golden tests on cuda, starts the server with
+# --device cuda for the golden end-to-end test and `attnscore load` (decode preset, c=64,
+# batching on vs off), runs the device benchmark, writes a Markdown report and prints a short
+# table last. Exits non-zero when any step fails.
+#
+#   scripts/device-check.sh --fetch              here, before a device session: apt-get download
+#                                                scripts/device-packages.txt into .device/debs
+#   scripts/device-check.sh [REPORT_DIR]         on the GPU machine, from the repository root
+#                                                (default REPORT_DIR: build-device/report)
+#   scripts/device-check.sh --dry-run [REPORT_DIR]
+#                                                the same steps on this CPU machine: Debian's
+#                                                LibTorch, no CUDA, --device cpu, small benchmark
+#                                                shapes, build-device-dry (CI runs this)
+#
+# The Debian packages travel as .deb files (.device/debs, carried by the run tool) and are
+# unpacked with dpkg -x into .device/prefix, never into /. The golden cases are copied from
+# ../shared/golden into .device/golden when ../shared exists (it does not travel). Both folders
+# are git-ignored. Environment: JOBS (default: the number of cores), LOAD_SECONDS (default 10, 5 in a dry run).
+set -uo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT" || exit 2
+MODE=device
+REPORT_DIR=""
+for arg in "$@"; do
+  case "$arg" in
+    --dry-run) MODE=dry ;;
+    --fetch) MODE=fetch ;;
+    -h | --help) sed -n '2,20p' "$0"; exit 0 ;;
+    -*) echo "device-check: unknown option $arg" >&2; exit 2 ;;
+    *) REPORT_DIR="$arg" ;;
+  esac
+done
+
+DEVICE_DIR="$ROOT/.device"
+DEBS="$DEVICE_DIR/debs"
+PREFIX="$DEVICE_DIR/prefix"
+GOLDEN="$DEVICE_DIR/golden"
+PACKAGES="$ROOT/scripts/device-packages.txt"
+
+if [[ $MODE == fetch ]]; then
+  mkdir -p "$DEBS" && cd "$DEBS" || exit 1
+  rm -f ./*.deb
+  # shellcheck disable=SC2046
+  apt-get download $(grep -v '^#' "$PACKAGES" | grep -v '^$') || exit 1
+  echo "device-check: $(find . -name '*.deb' | wc -l) packages, $(du -sh . | cut -f1) in $DEBS"
+  exit 0
+fi
+
+if [[ $MODE == dry ]]; then
+  BUILD="$ROOT/build-device-dry"
+  DEVICE=cpu
+  TORCH_ARGS=()
+  BENCH_ARGS=(--device cpu --small)
+else
+  BUILD="$ROOT/build-device"
+  DEVICE=cuda
+  # LibTorch 2.x headers may warn where 1.13's did not: warnings stay warnings there.
+  TORCH_ARGS=(-DATTNSCORE_TORCH=python -DATTNSCORE_TORCH_PYTHON=python3 -DATTNSCORE_WERROR=OFF
+              -DTORCH_CUDA_ARCH_LIST=9.0 -DCMAKE_CUDA_ARCHITECTURES=90)
+  if command -v nvcc >/dev/null; then TORCH_ARGS+=("-DCMAKE_CUDA_COMPILER=$(command -v nvcc)"); fi
+  BENCH_ARGS=(--device cuda)
+fi
+REPORT_DIR="${REPORT_DIR:-$BUILD/report}"
+mkdir -p "$REPORT_DIR" || exit 2
+REPORT_DIR="$(cd "$REPORT_DIR" && pwd)"
+LOGS="$REPORT_DIR/logs"
+mkdir -p "$LOGS"
+JOBS="${JOBS:-$(nproc)}"
+LOAD_SECONDS="${LOAD_SECONDS:-$([[ $MODE == dry ]] && echo 5 || echo 10)}"
+LIBDIR="$PREFIX/usr/lib/x86_64-linux-gnu"
+
+STEPS=()    # "name|status|seconds|note"
+FAILED=0
+START_ALL=$(date +%s)
+
+# step NAME NOTE COMMAND...: runs COMMAND with its output in $LOGS/NAME.log, records the result.
+step() {
+  local name="$1" note="$2"
+  shift 2
+  local start rc
+  start=$(date +%s)
+  echo "== $name" >&2
+  "$@" >"$LOGS/$name.log" 2>&1
+  rc=$?
+  local seconds=$(($(date +%s) - start))
+  if [[ $rc -eq 0 ]]; then
+    STEPS+=("$name|ok|$seconds|$note")
+  else
+    STEPS+=("$name|FAILED (rc $rc, logs/$name.log)|$seconds|$note")
+    FAILED=1
+    tail -n 30 "$LOGS/$name.log" >&2
+  fi
+  return $rc
+}
+
+unpack() {
+  local debs=("$DEBS"/*.deb)
+  [[ -e ${debs[0]} ]] || { echo "no .deb files in $DEBS: run scripts/device-check.sh --fetch here first"; return 1; }
+  local stamp
+  stamp="$(ls "$DEBS" | sha256sum | cut -c1-16)"
+  if [[ -f $PREFIX/.stamp && $(cat "$PREFIX/.stamp") == "$stamp" ]]; then
+    echo "prefix up to date ($stamp)"
+    return 0
+  fi
+  rm -rf "$PREFIX" && mkdir -p "$PREFIX"
+  for deb in "${debs[@]}"; do dpkg -x "$deb" "$PREFIX" || return 1; done
+  # pkg-config files name prefix=/usr: point them at the prefix.
+  find "$PREFIX" -name '*.pc' -exec sed -i "s|^prefix=/usr\$|prefix=$PREFIX/usr|" {} +
+  echo "$stamp" >"$PREFIX/.stamp"
+  echo "${#debs[@]} packages, $(du -sh "$DEBS" | cut -f1) of .deb files, into $PREFIX"
+}
+
+copy_golden() {
+  if [[ -d $ROOT/../shared/golden ]]; then
+    rm -rf "$GOLDEN" && mkdir -p "$GOLDEN" && cp -r "$ROOT/../shared/golden/." "$GOLDEN/" || return 1
+  fi
+  [[ -f $GOLDEN/index.json ]] || { echo "no golden cases: neither ../shared/golden nor $GOLDEN"; return 1; }
+  echo "$(ls "$GOLDEN"/*.safetensors | wc -l) cases in $GOLDEN"
+}
+
+# The prefix's tools (protoc, grpc_cpp_plugin, pkgconf) and libraries come first.
+export PATH="$PREFIX/usr/bin:$PATH"
+export LD_LIBRARY_PATH="$LIBDIR${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export PKG_CONFIG_PATH="$LIBDIR/pkgconfig:$PREFIX/usr/share/pkgconfig"
+
+configure() {
+  cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+    -DCMAKE_PREFIX_PATH="$PREFIX/usr" -DATTNSCORE_GOLDEN_DIR="$GOLDEN" \
+    -DPKG_CONFIG_EXECUTABLE="$PREFIX/usr/bin/pkgconf" "${TORCH_ARGS[@]}" || return 1
+  # Every gRPC/protobuf/absl library the build links must come from the prefix.
+  local outside
+  outside=$(grep -oE '[^ ]*/lib(grpc|gpr|protobuf|absl|spdlog|fmt|benchmark|gtest|gmock|prometheus|cpp-httplib)[^ /]*\.(so|a)[^ /]*' \
+    "$BUILD/build.ninja" | grep -v "^$PREFIX/" | sort -u)
+  if [[ -n $outside ]]; then
+    echo "libraries linked from outside the prefix:"; echo "$outside"; return 1
+  fi
+}
+
+TARGETS=(attnscore-server attnscore scoring_golden_test scoring_batched_attention_test
+         attnscore_golden_e2e_test attnscore_bench_device)
+build() { ninja -C "$BUILD" -j "$JOBS" "${TARGETS[@]}"; }
+
+# The scoring and end-to-end tests compute on $ATTNSCORE_TEST_DEVICE (tests/testing/test_util.h):
+# the golden test on every compute path that device has, the e2e test through --device.
+scoring_tests() {
+  ATTNSCORE_TEST_DEVICE=$DEVICE "$BUILD/tests/scoring/scoring_batched_attention_test" || return 1
+  ATTNSCORE_TEST_DEVICE=$DEVICE "$BUILD/tests/scoring/scoring_golden_test"
+}
+e2e_test() {
+  ATTNSCORE_TEST_DEVICE=$DEVICE "$BUILD/tests/e2e/attnscore_golden_e2e_test"
+}
+
+SERVER_PID=""
+stop_server() {
+  [[ -n $SERVER_PID ]] || return 0
+  kill -TERM "$SERVER_PID" 2>/dev/null
+  for _ in $(seq 100); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$SERVER_PID" 2>/dev/null
+  wait "$SERVER_PID" 2>/dev/null
+  SERVER_PID=""
+}
+trap stop_server EXIT
+
+# load NAME SERVER_ARGS...: a server on a free port, then attnscore load (decode, c=64).
+load() {
+  local name="$1"
+  shift
+  local port_file="$REPORT_DIR/$name.port"
+  rm -f "$port_file"
+  "$BUILD/server/attnscore-server" --listen 127.0.0.1:0 --port-file "$port_file" \
+    --metrics-listen 127.0.0.1:0 --device "$DEVICE" "$@" >"$LOGS/$name-server.log" 2>&1 &
+  SERVER_PID=$!
+  for _ in $(seq 300); do [[ -s $port_file ]] && break; sleep 0.1; done
+  [[ -s $port_file ]] || { echo "server did not start"; cat "$LOGS/$name-server.log"; stop_server; return 1; }
+  "$BUILD/client/attnscore" load --target "127.0.0.1:$(cat "$port_file")" --preset decode \
+    -c 64 -z "${LOAD_SECONDS}s" --warmup 64 --format json -o "$REPORT_DIR/$name.json"
+  local rc=$?
+  stop_server
+  [[ $rc -eq 0 ]] && cat "$REPORT_DIR/$name.json"
+  return $rc
+}
+
+rps() { python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["rps"], 1))' "$1" 2>/dev/null || echo "n/a"; }
+
+bench() { "$BUILD/bench/attnscore_bench_device" "${BENCH_ARGS[@]}" | tee "$REPORT_DIR/bench.md"; }
+
+# --- the steps (each after its prerequisites) ---
+ok=1
+step unpack "Debian packages into .device/prefix (dpkg -x)" unpack || ok=0
+step golden "golden cases into .device/golden" copy_golden || ok=0
+[[ $ok == 1 ]] && { step configure "cmake, LibTorch: ${TORCH_ARGS[*]:-system (Debian)}" configure || ok=0; }
+[[ $ok == 1 ]] && { step build "ninja -j$JOBS: ${TARGETS[*]}" build || ok=0; }
+if [[ $ok == 1 ]]; then
+  step scoring_tests "batched path + golden tests on $DEVICE" scoring_tests
+  step golden_e2e "golden end-to-end test, server --device $DEVICE" e2e_test
+  step load_batching "attnscore load decode c=64, batching on" load load_batching
+  step load_no_batching "attnscore load decode c=64, --max-batch-size=1" load load_no_batching --max-batch-size=1
+  step bench "attnscore_bench_device ${BENCH_ARGS[*]}" bench
+fi
+TOTAL=$(($(date +%s) - START_ALL))
+
+# --- the report ---
+ON=$(rps "$REPORT_DIR/load_batching.json")
+OFF=$(rps "$REPORT_DIR/load_no_batching.json")
+{
+  echo "# attnscore device check ($MODE, device $DEVICE)"
+  echo
+  echo "$(date -u +%FT%TZ), $(uname -n), commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')"
+  echo "$(python3 -c 'import torch; print("python torch", torch.__version__, "cuda", torch.version.cuda)' 2>/dev/null || echo 'python torch: none')"
+  command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+  echo
+  echo "| step | result | seconds | what |"
+  echo "|---|---|---|---|"
+  for s in "${STEPS[@]}"; do IFS='|' read -r n r t w <<<"$s"; echo "| $n | $r | $t | $w |"; done
+  echo
+  echo "Total: ${TOTAL} s."
+  echo
+  echo "## Load: decode preset, c=64, ${LOAD_SECONDS} s"
+  echo
+  echo "| batching | requests/s |"
+  echo "|---|---|"
+  echo "| on | $ON |"
+  echo "| off (--max-batch-size=1) | $OFF |"
+  echo
+  echo "## Benchmark"
+  echo
+  [[ -f $REPORT_DIR/bench.md ]] && cat "$REPORT_DIR/bench.md"
+} >"$REPORT_DIR/report.md"
+
+# The short table, last.
+echo
+echo "device-check ($MODE, $DEVICE): report in $REPORT_DIR/report.md"
+printf '%-18s %-40s %s\n' step result seconds
+for s in "${STEPS[@]}"; do IFS='|' read -r n r t _ <<<"$s"; printf '%-18s %-40s %s\n' "$n" "$r" "$t"; done
+echo "load decode c=64: batching on $ON rps, off $OFF rps"
+[[ -f $REPORT_DIR/bench.md ]] && grep '^| alibi\|^| copy' "$REPORT_DIR/bench.md"
+echo "total ${TOTAL} s"
+exit $FAILED
