@@ -1,13 +1,17 @@
 // The client library without a server: tensors, the wire codec (against
 // protobuf's own encoding, split into many slices), and option-independent
 // helpers.
+#include <grpcpp/grpcpp.h>
 #include <grpcpp/support/byte_buffer.h>
 #include <grpcpp/support/slice.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <limits>
 
+#include "absl/strings/str_cat.h"
+#include "attnscore/v1/attnscore.grpc.pb.h"
 #include "attnscore/v1/attnscore.pb.h"
 #include "client/client.h"
 #include "client/score_codec.h"
@@ -285,6 +289,82 @@ TEST(ScoreCodecTest, StreamErrorsAndMalformedResponses) {
   buffer = Chunked(odd.SerializeAsString(), 1000);
   EXPECT_EQ(internal::DecodeScoreResponse(buffer).status().code(),
             absl::StatusCode::kDataLoss);
+}
+
+// Large tensors take the huge-page allocation path (>= 8 MiB); their bytes
+// must arrive intact across gRPC-sized slices.
+TEST(ScoreCodecTest, ParsesLargeTensorsIntact) {
+  v1::ScoreResponse response;
+  v1::Tensor* t = response.mutable_logits();
+  t->set_dtype(v1::FLOAT32);
+  for (int64_t d : {1, 9, 512, 512}) t->add_shape(d);  // 9 MiB
+  std::string data(size_t{9} * 512 * 512 * 4, '\0');
+  for (size_t i = 0; i < data.size(); ++i) {
+    data[i] = static_cast<char>((i * 131) >> 3);
+  }
+  t->set_data(data);
+  grpc::ByteBuffer buffer = Chunked(response.SerializeAsString(), 1 << 20);
+  absl::StatusOr<internal::DecodedResponse> decoded =
+      internal::DecodeScoreResponse(buffer);
+  ASSERT_TRUE(decoded.ok()) << decoded.status();
+  ASSERT_TRUE(decoded->result.logits.has_value());
+  ASSERT_EQ(decoded->result.logits->size_bytes(), data.size());
+  EXPECT_EQ(
+      std::memcmp(decoded->result.logits->data(), data.data(), data.size()), 0);
+}
+
+TEST(ClientOptionsTest, ChannelArgsNeedGrpcNames) {
+  for (const char* name : {"http2.lookahead_bytes", "grpc.", ""}) {
+    ClientOptions options;
+    options.channel_args = {{name, 1}};
+    absl::Status s = Client::Create(options).status();
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << name;
+    EXPECT_THAT(s.message(), HasSubstr("channel_args")) << name;
+  }
+  ClientOptions options;
+  options.channel_args = {{"grpc.http2.lookahead_bytes", 1 << 20},
+                          {"grpc.http2.max_frame_size", 1 << 20}};
+  EXPECT_TRUE(Client::Create(options).ok());
+}
+
+// channel_args reach the channel and win over the library's own arguments: a
+// receive limit of 1 byte overrides max_receive_message_bytes (unlimited), so
+// a health check against an in-process gRPC server fails RESOURCE_EXHAUSTED.
+TEST(ClientOptionsTest, ChannelArgsOverrideTheLibrarysOwn) {
+  grpc::EnableDefaultHealthCheckService(true);
+  // A server needs one service of its own; this one answers UNIMPLEMENTED.
+  v1::AttentionScorer::CallbackService unimplemented;
+  grpc::ServerBuilder builder;
+  builder.RegisterService(&unimplemented);
+  int port = 0;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(),
+                           &port);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  ASSERT_NE(server, nullptr);
+  ASSERT_NE(port, 0);
+  server->GetHealthCheckService()->SetServingStatus("", true);
+
+  ClientOptions options;
+  options.target = absl::StrCat("127.0.0.1:", port);
+  options.retry.enabled = false;
+  CallOptions call;
+  call.timeout = absl::Seconds(20);
+  call.wait_for_ready = true;
+  {
+    absl::StatusOr<std::unique_ptr<Client>> client = Client::Create(options);
+    ASSERT_TRUE(client.ok()) << client.status();
+    absl::StatusOr<ServingStatus> status = (*client)->Health("", call);
+    ASSERT_TRUE(status.ok()) << status.status();
+    EXPECT_EQ(*status, ServingStatus::kServing);
+  }
+  options.channel_args = {{GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH, 1}};
+  {
+    absl::StatusOr<std::unique_ptr<Client>> client = Client::Create(options);
+    ASSERT_TRUE(client.ok()) << client.status();
+    EXPECT_EQ((*client)->Health("", call).status().code(),
+              absl::StatusCode::kResourceExhausted);
+  }
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
 }
 
 }  // namespace
