@@ -145,6 +145,24 @@ void BM_Literal(benchmark::State& state, Shape shape, bool relative,
   for (auto _ : state) benchmark::DoNotOptimize(RunLiteral(f, relative, probs));
 }
 
+// The machine's sgemm rate on the scorer's threads and kernels (1024^3 float32,
+// at::mm): the roofline the prefill case is measured against (bench/report.py
+// prints the share).
+void BM_Sgemm(benchmark::State& state) {
+  constexpr int64_t kN = 1024;
+  at::manual_seed(0);
+  const at::Tensor a = at::randn({kN, kN});
+  const at::Tensor b = at::randn({kN, kN});
+  at::Tensor c = at::empty({kN, kN});
+  for (auto _ : state) {
+    at::mm_out(c, a, b);
+    benchmark::DoNotOptimize(c.data_ptr());
+  }
+  state.counters["GFLOPS"] = benchmark::Counter(
+      2.0 * kN * kN * kN * static_cast<double>(state.iterations()) / 1e9,
+      benchmark::Counter::kIsRate);
+}
+
 // Issue 9's many-tiny-items case: 2,000,000 float16 items of H = Lq = Lk =
 // D = 1 in one batch (logits), the per-item overhead the cost cap charges.
 void BM_TinyItems(benchmark::State& state) {
@@ -209,6 +227,9 @@ void Register() {
       {kDecode, false, true, "alibi_logits+probs"},
       {kDecode, true, true, "relative_logits+probs"},
   };
+  benchmark::RegisterBenchmark("sgemm/1024", BM_Sgemm)
+      ->Unit(benchmark::kMillisecond)
+      ->UseRealTime();
   benchmark::RegisterBenchmark("core/tiny_items_B2000000_H1_L1_D1_f16",
                                BM_TinyItems)
       ->Unit(benchmark::kMillisecond)
