@@ -23,6 +23,8 @@ packages=(
   # RPC and the rest of the server.
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
   libspdlog-dev libfmt-dev libcli11-dev nlohmann-json3-dev libcpp-httplib-dev
+  # TLS checks and constant-time token comparison (server/security): OpenSSL's libcrypto.
+  libssl-dev
   # Prometheus metrics: registry, text exposition and the /metrics HTTP server (civetweb).
   prometheus-cpp-dev
   # Tests and benchmarks.
