@@ -26,18 +26,6 @@ at::Tensor Distances(int64_t query_len, int64_t key_len) {
   return query_pos - key_pos;
 }
 
-// The relative model of a config, or nullptr for ALiBi.
-const AtenRelativeModel* RelativeModelOf(const AttentionConfig& config) {
-  return std::visit(
-      Overloaded{
-          [](const ResolvedAlibi&) -> const AtenRelativeModel* {
-            return nullptr;
-          },
-          [](const ResolvedRelative& relative) { return relative.model; },
-      },
-      config.bias);
-}
-
 std::string CacheKey(const AttentionConfig& config, int64_t heads,
                      int64_t query_len, int64_t key_len) {
   const auto shape = [&](const char* tag) {
@@ -318,6 +306,17 @@ class BlockPass {
 };
 
 }  // namespace
+
+const AtenRelativeModel* RelativeModelOf(const AttentionConfig& config) {
+  return std::visit(
+      Overloaded{
+          [](const ResolvedAlibi&) -> const AtenRelativeModel* {
+            return nullptr;
+          },
+          [](const ResolvedRelative& relative) { return relative.model; },
+      },
+      config.bias);
+}
 
 at::Tensor StaticBias(const AttentionConfig& config, int64_t heads,
                       int64_t query_len, int64_t key_len) {

@@ -82,6 +82,9 @@ struct AttentionConfig {
   bool want_context = false;
 };
 
+// The relative model of a config, or nullptr for ALiBi.
+const AtenRelativeModel* RelativeModelOf(const AttentionConfig& config);
+
 struct AttentionResult {
   at::Tensor logits;   // [B,H,Lq,Lk] float32, contiguous (when computed)
   at::Tensor probs;    // [B,H,Lq,Lk] float32, contiguous (when wanted)

@@ -7,7 +7,6 @@
 #include <variant>
 #include <vector>
 
-#include "common/overloaded.h"
 #include "server/scoring/batched_estimate.h"
 #include "server/scoring/fused_attention.h"
 
@@ -47,17 +46,6 @@ struct Operands {
   at::Tensor key_hidden;           // [B,1,1,Lk] bool: beyond the key length
   at::Tensor dead_rows;            // [B,1,1,1] bool: key length 0
 };
-
-const AtenRelativeModel* RelativeModelOf(const AttentionConfig& config) {
-  return std::visit(
-      Overloaded{
-          [](const ResolvedAlibi&) -> const AtenRelativeModel* {
-            return nullptr;
-          },
-          [](const ResolvedRelative& relative) { return relative.model; },
-      },
-      config.bias);
-}
 
 // The key-length masks on the device; undefined when no key is hidden. Only
 // the B lengths travel from the host.

@@ -10,7 +10,6 @@
 
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
 #include <limits>
 #include <memory>
 #include <string>
@@ -24,6 +23,7 @@
 #include "server/scoring/fused_attention.h"
 #include "server/scoring/relative_model.h"
 #include "tests/testing/golden.h"
+#include "tests/testing/test_util.h"
 
 namespace attnscore::scoring {
 namespace {
@@ -31,12 +31,8 @@ namespace {
 using ::attnscore::testing::CompareClose;
 using ::attnscore::testing::GoldenCase;
 
-// The device under test: ATTNSCORE_TEST_DEVICE (scripts/device-check.sh sets
-// "cuda"), else the CPU.
-at::Device TestDevice() {
-  const char* device = std::getenv("ATTNSCORE_TEST_DEVICE");
-  return at::Device(device != nullptr && *device != '\0' ? device : "cpu");
-}
+// The device under test (tests/testing/test_util.h).
+at::Device TestDevice() { return at::Device(attnscore::testing::TestDevice()); }
 
 std::vector<float> Floats(const at::Tensor& t) {
   at::Tensor c = t.to(at::kFloat).cpu().contiguous();
@@ -50,17 +46,7 @@ at::Tensor ToTensor(const std::vector<float>& values,
 }
 
 const std::vector<GoldenCase>& Cases() {
-  static const auto* cases = [] {
-    absl::StatusOr<std::vector<GoldenCase>> loaded =
-        attnscore::testing::LoadGoldenCases();
-    // Fail, never skip: the reference data is part of the test.
-    if (!loaded.ok()) {
-      ADD_FAILURE() << loaded.status();
-      return new std::vector<GoldenCase>();
-    }
-    return new std::vector<GoldenCase>(*std::move(loaded));
-  }();
-  return *cases;
+  return attnscore::testing::GoldenCases();
 }
 
 // One golden case's tensors and config (the relative model kept alive here).

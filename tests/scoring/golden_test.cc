@@ -91,18 +91,8 @@ std::unique_ptr<Inputs> MakeInputs(const GoldenCase& c, DType dtype) {
   return in;
 }
 
-std::vector<GoldenCase>& Cases() {
-  static auto* cases = [] {
-    absl::StatusOr<std::vector<GoldenCase>> loaded =
-        attnscore::testing::LoadGoldenCases();
-    // Fail, never skip: the reference data is part of the test.
-    if (!loaded.ok()) {
-      ADD_FAILURE() << loaded.status();
-      return new std::vector<GoldenCase>();
-    }
-    return new std::vector<GoldenCase>(*std::move(loaded));
-  }();
-  return *cases;
+const std::vector<GoldenCase>& Cases() {
+  return attnscore::testing::GoldenCases();
 }
 
 // Every test runs on each compute path of the test device (test_util.h).

@@ -41,6 +41,18 @@ std::vector<int64_t> GoldenCase::Shape(const std::string& tensor) const {
 
 std::string GoldenDir() { return ATTNSCORE_GOLDEN_DIR; }
 
+const std::vector<GoldenCase>& GoldenCases() {
+  static const auto* cases = [] {
+    absl::StatusOr<std::vector<GoldenCase>> loaded = LoadGoldenCases();
+    if (!loaded.ok()) {
+      ADD_FAILURE() << loaded.status();
+      return new std::vector<GoldenCase>();
+    }
+    return new std::vector<GoldenCase>(*std::move(loaded));
+  }();
+  return *cases;
+}
+
 absl::StatusOr<std::vector<GoldenCase>> LoadGoldenCases() {
   const std::string index_path = GoldenDir() + "/index.json";
   std::ifstream in(index_path);

@@ -44,6 +44,10 @@ struct GoldenCase {
 std::string GoldenDir();
 // Every case listed in index.json, loaded.
 absl::StatusOr<std::vector<GoldenCase>> LoadGoldenCases();
+// The same, loaded once per process. A load error is a test failure
+// (ADD_FAILURE; never a skip: the reference data is part of the test) and
+// leaves the list empty.
+const std::vector<GoldenCase>& GoldenCases();
 
 // |actual - expected| <= atol + rtol * |expected| element-wise, with -inf (and
 // +inf) required at exactly the same positions. Returns "" when close, else a
