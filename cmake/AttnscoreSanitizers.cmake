@@ -32,14 +32,6 @@ if(ATTNSCORE_FUZZ)
     -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined)
 elseif(ATTNSCORE_SANITIZE STREQUAL "address")
   set(_attnscore_sanitize_flags -fsanitize=address,undefined -fno-sanitize-recover=undefined)
-  if(CMAKE_CXX_COMPILER_ID STREQUAL "GNU")
-    # GCC 12 cannot constant-evaluate `&array != nullptr` under these three checks, so
-    # `constexpr absl::string_view v = kCharArray;` stops compiling (absl's constructor tests the
-    # pointer). A null dereference is still caught, as ASan's SEGV report; only the checks of null
-    # passed to nonnull parameters and of null returned from returns_nonnull functions are lost.
-    list(APPEND _attnscore_sanitize_flags
-      -fno-sanitize=null,nonnull-attribute,returns-nonnull-attribute)
-  endif()
 elseif(ATTNSCORE_SANITIZE STREQUAL "thread")
   set(_attnscore_sanitize_flags -fsanitize=thread)
 elseif(ATTNSCORE_SANITIZE)

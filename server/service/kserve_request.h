@@ -40,7 +40,10 @@
 namespace attnscore::service::kserve {
 
 // The built-in ALiBi model's name; a relative parameter set may not take it.
-inline constexpr absl::string_view kAlibiModel = kReservedModelName;
+// (Pointer and length: string_view's array constructor tests the pointer for
+// null, which GCC 12 cannot constant-evaluate under UBSan's null checks.)
+inline constexpr absl::string_view kAlibiModel{kReservedModelName,
+                                               sizeof(kReservedModelName) - 1};
 // The one version every model has.
 inline constexpr absl::string_view kModelVersion = "1";
 
