@@ -25,9 +25,10 @@ set(ATTNSCORE_TORCH_DIR "" CACHE PATH
 # The Hopper target of the GPU machine (H100, H200), read by LibTorch's CUDA CMake code.
 set(TORCH_CUDA_ARCH_LIST "9.0" CACHE STRING "CUDA architectures for LibTorch's CMake code")
 
-# The version from torch/version.h under `include_dir` (both LibTorch layouts have it).
+# The version from torch/version.h under `include_dir` (both LibTorch layouts have it; from 2.9
+# on it only includes torch/headeronly/version.h, which holds the numbers).
 function(attnscore_torch_version_from_header include_dir out_var)
-  find_file(ATTNSCORE_TORCH_VERSION_H torch/version.h
+  find_file(ATTNSCORE_TORCH_VERSION_H NAMES torch/headeronly/version.h torch/version.h
     PATHS "${include_dir}/torch/csrc/api/include" "${include_dir}"
     NO_DEFAULT_PATH REQUIRED)
   file(STRINGS "${ATTNSCORE_TORCH_VERSION_H}" lines REGEX "#define TORCH_VERSION_(MAJOR|MINOR|PATCH) ")
@@ -36,6 +37,9 @@ function(attnscore_torch_version_from_header include_dir out_var)
       set(v_${CMAKE_MATCH_1} ${CMAKE_MATCH_2})
     endif()
   endforeach()
+  if(NOT DEFINED v_MAJOR OR NOT DEFINED v_MINOR OR NOT DEFINED v_PATCH)
+    message(FATAL_ERROR "No TORCH_VERSION_MAJOR/MINOR/PATCH in ${ATTNSCORE_TORCH_VERSION_H}")
+  endif()
   set(${out_var} "${v_MAJOR}.${v_MINOR}.${v_PATCH}" PARENT_SCOPE)
 endfunction()
 
@@ -69,13 +73,26 @@ elseif(ATTNSCORE_TORCH STREQUAL "python")
   if(NOT DEFINED ENV{TORCH_CUDA_ARCH_LIST})
     set(ENV{TORCH_CUDA_ARCH_LIST} "${TORCH_CUDA_ARCH_LIST}")
   endif()
+  # TorchConfig.cmake searches the default paths before its own directory (Caffe2's config,
+  # torch, c10, ...): on a machine that also has Debian's libtorch-dev it would mix the two.
+  # Its own directory only, for the duration of the search.
+  set(Caffe2_DIR "${ATTNSCORE_TORCH_DIR}/../Caffe2" CACHE PATH "" FORCE)
+  set(CMAKE_FIND_USE_CMAKE_SYSTEM_PATH OFF)
   find_package(Torch CONFIG REQUIRED PATHS "${ATTNSCORE_TORCH_DIR}" NO_DEFAULT_PATH)
-  # The ABI LibTorch was built with, from the flags its config hands to dependents.
-  if(NOT TORCH_CXX_FLAGS MATCHES "_GLIBCXX_USE_CXX11_ABI=([01])")
-    message(FATAL_ERROR "LibTorch at ${ATTNSCORE_TORCH_DIR}: TORCH_CXX_FLAGS "
-      "('${TORCH_CXX_FLAGS}') does not say which C++ ABI it was built with")
+  unset(CMAKE_FIND_USE_CMAKE_SYSTEM_PATH)
+  list(GET TORCH_INCLUDE_DIRS 0 torch_include)
+  attnscore_torch_version_from_header("${torch_include}" ATTNSCORE_TORCH_VERSION)
+  # The ABI LibTorch was built with, from the flags its config hands to dependents. From
+  # PyTorch 2.9 on there is only the C++11 ABI and the config no longer names it.
+  if(TORCH_CXX_FLAGS MATCHES "_GLIBCXX_USE_CXX11_ABI=([01])")
+    set(torch_abi ${CMAKE_MATCH_1})
+  elseif(ATTNSCORE_TORCH_VERSION VERSION_GREATER_EQUAL 2.9)
+    set(torch_abi 1)
+  else()
+    message(FATAL_ERROR "LibTorch ${ATTNSCORE_TORCH_VERSION} at ${ATTNSCORE_TORCH_DIR}: "
+      "TORCH_CXX_FLAGS ('${TORCH_CXX_FLAGS}') does not say which C++ ABI it was built with")
   endif()
-  if(NOT CMAKE_MATCH_1 EQUAL 1)
+  if(NOT torch_abi EQUAL 1)
     message(FATAL_ERROR "LibTorch at ${ATTNSCORE_TORCH_DIR} was built with the pre-C++11 "
       "libstdc++ ABI (_GLIBCXX_USE_CXX11_ABI=0), but Debian's gRPC, protobuf and absl use the "
       "C++11 ABI (=1): std::string crosses both, so the build could not link or would crash. "
@@ -86,8 +103,6 @@ elseif(ATTNSCORE_TORCH STREQUAL "python")
   target_compile_options(attnscore_libtorch INTERFACE ${TORCH_CXX_FLAGS})
   # Imported targets' headers are SYSTEM already; TORCH_INCLUDE_DIRS are not always on them.
   target_include_directories(attnscore_libtorch SYSTEM INTERFACE ${TORCH_INCLUDE_DIRS})
-  list(GET TORCH_INCLUDE_DIRS 0 torch_include)
-  attnscore_torch_version_from_header("${torch_include}" ATTNSCORE_TORCH_VERSION)
   if(TARGET torch_cuda)
     set(ATTNSCORE_TORCH_HAS_CUDA ON)
   else()

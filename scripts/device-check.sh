@@ -17,7 +17,8 @@
 # The Debian packages travel as .deb files (.device/debs, carried by the run tool) and are
 # unpacked with dpkg -x into .device/prefix, never into /. The golden cases are copied from
 # ../shared/golden into .device/golden when ../shared exists (it does not travel). Both folders
-# are git-ignored. Environment: JOBS (default: the number of cores), LOAD_SECONDS (default 10, 5 in a dry run).
+# are git-ignored. Environment: JOBS (default: the number of cores), LOAD_SECONDS (default 10, 5 in a dry run),
+# LOAD_CONNECTIONS (default 8, 2 in a dry run).
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -59,7 +60,7 @@ else
   DEVICE=cuda
   # LibTorch 2.x headers may warn where 1.13's did not: warnings stay warnings there.
   TORCH_ARGS=(-DATTNSCORE_TORCH=python -DATTNSCORE_TORCH_PYTHON=python3 -DATTNSCORE_WERROR=OFF
-              -DTORCH_CUDA_ARCH_LIST=9.0 -DCMAKE_CUDA_ARCHITECTURES=90)
+              -DTORCH_CUDA_ARCH_LIST=9.0)
   if command -v nvcc >/dev/null; then TORCH_ARGS+=("-DCMAKE_CUDA_COMPILER=$(command -v nvcc)"); fi
   BENCH_ARGS=(--device cuda)
 fi
@@ -70,6 +71,9 @@ LOGS="$REPORT_DIR/logs"
 mkdir -p "$LOGS"
 JOBS="${JOBS:-$(nproc)}"
 LOAD_SECONDS="${LOAD_SECONDS:-$([[ $MODE == dry ]] && echo 5 || echo 10)}"
+# Each decode request carries 4 MiB of keys: one HTTP/2 connection's transport thread, not the
+# device, would bound the load test, so it spreads over several.
+LOAD_CONNECTIONS="${LOAD_CONNECTIONS:-$([[ $MODE == dry ]] && echo 2 || echo 8)}"
 LIBDIR="$PREFIX/usr/lib/x86_64-linux-gnu"
 
 STEPS=()    # "name|status|seconds|note"
@@ -100,15 +104,17 @@ unpack() {
   local debs=("$DEBS"/*.deb)
   [[ -e ${debs[0]} ]] || { echo "no .deb files in $DEBS: run scripts/device-check.sh --fetch here first"; return 1; }
   local stamp
-  stamp="$(ls "$DEBS" | sha256sum | cut -c1-16)"
+  # The package list and this function: a change to either unpacks again.
+  stamp="$({ ls "$DEBS"; declare -f unpack; } | sha256sum | cut -c1-16)"
   if [[ -f $PREFIX/.stamp && $(cat "$PREFIX/.stamp") == "$stamp" ]]; then
     echo "prefix up to date ($stamp)"
     return 0
   fi
   rm -rf "$PREFIX" && mkdir -p "$PREFIX"
   for deb in "${debs[@]}"; do dpkg -x "$deb" "$PREFIX" || return 1; done
-  # pkg-config files name prefix=/usr: point them at the prefix.
-  find "$PREFIX" -name '*.pc' -exec sed -i "s|^prefix=/usr\$|prefix=$PREFIX/usr|" {} +
+  # pkg-config files name /usr in their variables (prefix=/usr, or libdir=/usr/lib/... as re2's
+  # does): point every such variable at the prefix.
+  find "$PREFIX" -name '*.pc' -exec sed -i -E "s|^([A-Za-z_]+)=/usr(/\|\$)|\1=$PREFIX/usr\2|" {} +
   echo "$stamp" >"$PREFIX/.stamp"
   echo "${#debs[@]} packages, $(du -sh "$DEBS" | cut -f1) of .deb files, into $PREFIX"
 }
@@ -176,7 +182,8 @@ load() {
   for _ in $(seq 300); do [[ -s $port_file ]] && break; sleep 0.1; done
   [[ -s $port_file ]] || { echo "server did not start"; cat "$LOGS/$name-server.log"; stop_server; return 1; }
   "$BUILD/client/attnscore" load --target "127.0.0.1:$(cat "$port_file")" --preset decode \
-    -c 64 -z "${LOAD_SECONDS}s" --warmup 64 --format json -o "$REPORT_DIR/$name.json"
+    -c 64 --connections "$LOAD_CONNECTIONS" -z "${LOAD_SECONDS}s" --warmup 64 --format json \
+    -o "$REPORT_DIR/$name.json"
   local rc=$?
   stop_server
   [[ $rc -eq 0 ]] && cat "$REPORT_DIR/$name.json"
@@ -184,6 +191,22 @@ load() {
 }
 
 rps() { python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["rps"], 1))' "$1" 2>/dev/null || echo "n/a"; }
+# One Markdown row of a load report: throughput, client latency, and the server's own view (batch
+# size, queue and compute time per request), which says whether compute or transport bounds it.
+load_row() {
+  python3 - "$1" "$2" <<'PY' 2>/dev/null || echo "| $1 | n/a | | | | | | |"
+import json, sys
+d = json.load(open(sys.argv[2]))
+k = d["kinds"][0]
+lat, srv = k["latency_ms"], k.get("server", {})
+def p(section, key):
+    v = srv.get(section, {}).get(key)
+    return "n/a" if v is None else f"{v:.3g}"
+print(f"| {sys.argv[1]} | {d['rps']:.1f} | {lat['p50']:.3g} | {lat['p99']:.3g} | "
+      f"{p('batch_size', 'mean')} | {p('queue_ms', 'p50')} | {p('compute_ms', 'p50')} | "
+      f"{p('overhead_ms', 'p50')} |")
+PY
+}
 
 bench() { "$BUILD/bench/attnscore_bench_device" "${BENCH_ARGS[@]}" | tee "$REPORT_DIR/bench.md"; }
 
@@ -198,6 +221,12 @@ if [[ $ok == 1 ]]; then
   step golden_e2e "golden end-to-end test, server --device $DEVICE" e2e_test
   step load_batching "attnscore load decode c=64, batching on" load load_batching
   step load_no_batching "attnscore load decode c=64, --max-batch-size=1" load load_no_batching --max-batch-size=1
+  # The host side of a batch (staging megabytes of keys per item) is CPU work: several batch
+  # workers, each on its own stream, overlap it.
+  step load_batching_w4 "attnscore load decode c=64, batching on, --batch-workers=4" \
+    load load_batching_w4 --batch-workers=4
+  step load_no_batching_w4 "attnscore load decode c=64, --max-batch-size=1 --batch-workers=4" \
+    load load_no_batching_w4 --max-batch-size=1 --batch-workers=4
   step bench "attnscore_bench_device ${BENCH_ARGS[*]}" bench
 fi
 TOTAL=$(($(date +%s) - START_ALL))
@@ -206,9 +235,9 @@ TOTAL=$(($(date +%s) - START_ALL))
 ON=$(rps "$REPORT_DIR/load_batching.json")
 OFF=$(rps "$REPORT_DIR/load_no_batching.json")
 {
-  echo "# attnscore device check ($MODE, device $DEVICE)"
+  echo "# attnscore device check ($MODE run, device $DEVICE)"
   echo
-  echo "$(date -u +%FT%TZ), $(uname -n), commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')"
+  echo "$(date -u +%FT%TZ), $(uname -n), commit $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo "?")"
   echo "$(python3 -c 'import torch; print("python torch", torch.__version__, "cuda", torch.version.cuda)' 2>/dev/null || echo 'python torch: none')"
   command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
   echo
@@ -220,10 +249,12 @@ OFF=$(rps "$REPORT_DIR/load_no_batching.json")
   echo
   echo "## Load: decode preset, c=64, ${LOAD_SECONDS} s"
   echo
-  echo "| batching | requests/s |"
-  echo "|---|---|"
-  echo "| on | $ON |"
-  echo "| off (--max-batch-size=1) | $OFF |"
+  echo "| batching | requests/s | p50 ms | p99 ms | batch mean | server queue p50 ms | server compute p50 ms | transport and client p50 ms |"
+  echo "|---|---|---|---|---|---|---|---|"
+  load_row on "$REPORT_DIR/load_batching.json"
+  load_row "off (--max-batch-size=1)" "$REPORT_DIR/load_no_batching.json"
+  load_row "on, 4 batch workers" "$REPORT_DIR/load_batching_w4.json"
+  load_row "off, 4 batch workers" "$REPORT_DIR/load_no_batching_w4.json"
   echo
   echo "## Benchmark"
   echo
@@ -235,7 +266,7 @@ echo
 echo "device-check ($MODE, $DEVICE): report in $REPORT_DIR/report.md"
 printf '%-18s %-40s %s\n' step result seconds
 for s in "${STEPS[@]}"; do IFS='|' read -r n r t _ <<<"$s"; printf '%-18s %-40s %s\n' "$n" "$r" "$t"; done
-echo "load decode c=64: batching on $ON rps, off $OFF rps"
-[[ -f $REPORT_DIR/bench.md ]] && grep '^| alibi\|^| copy' "$REPORT_DIR/bench.md"
+echo "load decode c=64: batching on $ON rps, off $OFF rps; 4 workers: on $(rps "$REPORT_DIR/load_batching_w4.json"), off $(rps "$REPORT_DIR/load_no_batching_w4.json")"
+[[ -f $REPORT_DIR/bench.md ]] && grep -E '^\| (alibi|copy|mm|decode|staging|scorer)' "$REPORT_DIR/bench.md"
 echo "total ${TOTAL} s"
 exit $FAILED
