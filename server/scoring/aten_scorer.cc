@@ -25,20 +25,51 @@
 #include "server/scoring/attention.h"
 #include "server/scoring/batched_attention.h"
 #include "server/scoring/batched_estimate.h"
-#include "server/scoring/fused_attention.h"
 #include "server/scoring/blocked_attention.h"
 #include "server/scoring/blocked_tiling.h"
+#include "server/scoring/fused_attention.h"
 #include "server/scoring/relative_model.h"
 
 namespace attnscore::scoring {
 namespace {
-
 
 at::Tensor Wrap(const TensorRef& t) {
   // The request owns the bytes; compute reads them in place (no copy for a
   // float32 batch of one).
   return at::from_blob(const_cast<void*>(t.data), t.shape,
                        at::TensorOptions().dtype(ToScalarType(t.dtype)));
+}
+
+// Batch-major: each item's rows are contiguous in the stacked tensor, so each
+// is decoded straight into its place (no tensor per item, which keeps many
+// tiny items cheap). A batch of decode steps carries megabytes of keys per
+// item: past a few megabytes the items are decoded in parallel on the
+// intra-op threads, each into its own rows.
+void DecodeRows(absl::Span<const ScoreItem> items,
+                const TensorRef& (*pick)(const ScoreItem&), float* out) {
+  constexpr size_t kParallelBytes = size_t{4} << 20;
+  std::vector<float*> starts(items.size());
+  size_t total_bytes = 0;
+  float* rows = out;
+  for (size_t i = 0; i < items.size(); ++i) {
+    const TensorRef& t = pick(items[i]);
+    starts[i] = rows;
+    rows += t.size_bytes / ElementSize(t.dtype);
+    total_bytes += t.size_bytes;
+  }
+  const auto decode = [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const TensorRef& t = pick(items[static_cast<size_t>(i)]);
+      DecodeFloats(t.data, t.size_bytes / ElementSize(t.dtype), t.dtype,
+                   starts[static_cast<size_t>(i)]);
+    }
+  };
+  const auto count = static_cast<int64_t>(items.size());
+  if (count > 1 && total_bytes >= kParallelBytes) {
+    at::parallel_for(0, count, 1, decode);
+  } else {
+    decode(0, count);
+  }
 }
 
 // Stacks the items' tensors along the batch axis as float32, on `device`. A
@@ -59,20 +90,15 @@ at::Tensor Gather(absl::Span<const ScoreItem> items,
   at::Tensor out = at::empty(
       shape,
       at::TensorOptions().dtype(at::kFloat).pinned_memory(device.is_cuda()));
-  int64_t offset = 0;
-  float* rows = out.data_ptr<float>();
-  for (const ScoreItem& item : items) {
-    const TensorRef& t = pick(item);
-    if (axis == 0) {
-      // Batch-major: an item's rows are contiguous in `out`; decoding them in
-      // place costs no tensor per item, which keeps many tiny items cheap.
-      const size_t count = t.size_bytes / ElementSize(t.dtype);
-      DecodeFloats(t.data, count, t.dtype, rows);
-      rows += count;
-    } else {
+  if (axis == 0) {
+    DecodeRows(items, pick, out.data_ptr<float>());
+  } else {
+    int64_t offset = 0;
+    for (const ScoreItem& item : items) {
+      const TensorRef& t = pick(item);
       out.narrow(axis, offset, t.shape[axis]).copy_(Wrap(t));
+      offset += t.shape[axis];
     }
-    offset += t.shape[axis];
   }
   return device.is_cpu() ? out : out.to(device, /*non_blocking=*/true);
 }
@@ -172,9 +198,20 @@ class Splitter {
   int64_t axis_;
 };
 
+// The output in the wire dtype in host memory. On an accelerator the
+// conversion runs there (16-bit outputs then cross the bus at half the bytes)
+// and the copy lands in pinned memory from LibTorch's caching host allocator:
+// a DMA at full bus speed into a pooled buffer, which is the reply's bytes and
+// returns to the pool when the reply releases it.
 at::Tensor ToOutput(const at::Tensor& t, DType dtype) {
-  at::Tensor out = t.to(at::kCPU).to(ToScalarType(dtype));
-  return out.contiguous();
+  const at::ScalarType type = ToScalarType(dtype);
+  if (t.is_cpu()) return t.to(type).contiguous();
+  const at::Tensor converted = t.to(type).contiguous();
+  at::Tensor host =
+      at::empty(converted.sizes(),
+                converted.options().device(at::kCPU).pinned_memory(true));
+  host.copy_(converted);  // synchronous: the bytes are there on return
+  return host;
 }
 
 // One result per item, each viewing its rows of the batch outputs, converted

@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <limits>
+#include <list>
+#include <utility>
 #include <variant>
 #include <vector>
 
@@ -39,13 +41,22 @@ struct Operands {
   at::Tensor raw_query;            // [B,H,Lq,D], the query alone
   at::Tensor key_t;                // [B*H, D, Lk]
   at::Tensor value;                // [B*H, Lk, Dv] (when context is wanted)
-  at::Tensor slopes;               // [H,1,1] (ALiBi)
+  at::Tensor neg_slopes;           // [1,H,1,1]: -m_h (ALiBi)
   const AtenRelativeModel* model;  // null for ALiBi
   at::Tensor embeddings_t;         // [H, D, R]: E for the distances (relative)
   at::Tensor key_bias;             // [H, R]: S for the distances (relative)
   at::Tensor key_hidden;           // [B,1,1,Lk] bool: beyond the key length
   at::Tensor dead_rows;            // [B,1,1,1] bool: key length 0
 };
+
+// A few host values onto `device`. Off the CPU they go through pinned memory
+// and are copied asynchronously: a copy from pageable memory would make the
+// host wait for the stream's earlier work, and every call would stall the
+// launch queue.
+at::Tensor ToDevice(const at::Tensor& host, const at::Device& device) {
+  if (device.is_cpu()) return host;
+  return host.pin_memory().to(device, /*non_blocking=*/true);
+}
 
 // The key-length masks on the device; undefined when no key is hidden. Only
 // the B lengths travel from the host.
@@ -55,10 +66,10 @@ void MakeLengthMasks(absl::Span<const int32_t> key_lengths, Operands& ops) {
       std::any_of(key_lengths.begin(), key_lengths.end(),
                   [&](int32_t len) { return len < s.key_len; });
   if (!any_hidden) return;
-  at::Tensor lengths =
+  at::Tensor lengths = ToDevice(
       at::tensor(std::vector<int64_t>(key_lengths.begin(), key_lengths.end()),
-                 at::kLong)
-          .to(ops.f32.device());
+                 at::kLong),
+      ops.f32.device());
   at::Tensor keys = at::arange(s.key_len, ops.f32.dtype(at::kLong));
   ops.key_hidden =
       keys.view({1, 1, 1, s.key_len}) >= lengths.view({s.batch, 1, 1, 1});
@@ -86,9 +97,9 @@ Operands MakeOperands(const at::Tensor& q, const at::Tensor& k,
   }
   if (ops.model == nullptr) {
     const auto& slopes = std::get<ResolvedAlibi>(config.bias).slopes;
-    ops.slopes = at::tensor(slopes, at::kFloat)
-                     .to(ops.f32.device())
-                     .view({s.heads, 1, 1});
+    ops.neg_slopes = ToDevice(at::tensor(slopes, at::kFloat), ops.f32.device())
+                         .neg_()
+                         .view({1, s.heads, 1, 1});
   } else {
     ops.query =
         q + ops.model->query_pos_bias().view({1, s.heads, 1, s.head_dim});
@@ -102,29 +113,116 @@ Operands MakeOperands(const at::Tensor& q, const at::Tensor& k,
   return ops;
 }
 
-// The static bias of query rows [row0, row0 + rows), [H, T, Lk], made on the
-// device: d[i, j] = (Lk - Lq + row0 + i) - j; ALiBi -m_h * d (|d| when
-// bidirectional); relative scale * S[r0 + Lk - 1 - d, h]; -inf where causal
-// hides a key.
-at::Tensor TileBias(const Operands& ops, const AttentionConfig& config,
-                    int64_t row0, int64_t rows) {
+// d[i, j] = (Lk - Lq + row0 + i) - j for the tile's rows and the first
+// `columns` keys, [T, columns] float32.
+at::Tensor TileDistance(const Operands& ops, int64_t row0, int64_t rows,
+                        int64_t columns) {
   const Sizes& s = ops.sizes;
   const int64_t first = s.key_len - s.query_len + row0;
-  at::Tensor distance =
-      at::arange(first, first + rows, ops.f32).unsqueeze(1) -
-      at::arange(0, s.key_len, ops.f32).unsqueeze(0);  // [T, Lk]
-  at::Tensor bias;
-  if (ops.model == nullptr) {
-    bias = ops.slopes * (config.causal ? distance : distance.abs());
-    bias.neg_();
-  } else {
-    at::Tensor index = (s.key_len - 1 - distance).to(at::kLong).flatten();
-    bias = ops.key_bias.index_select(1, index)
-               .view({s.heads, rows, s.key_len})
-               .mul_(config.scale);
-  }
+  return at::arange(first, first + rows, ops.f32).unsqueeze(1) -
+         at::arange(0, columns, ops.f32).unsqueeze(0);
+}
+
+// The relative bias of the tile, scale * S[r0 + Lk - 1 - d, h], with -inf
+// where causal hides a key, [H, T, Lk].
+at::Tensor RelativeTileBias(const Operands& ops, const AttentionConfig& config,
+                            const at::Tensor& distance) {
+  const Sizes& s = ops.sizes;
+  at::Tensor index = (s.key_len - 1 - distance).to(at::kLong).flatten();
+  at::Tensor bias = ops.key_bias.index_select(1, index)
+                        .view({s.heads, distance.size(0), distance.size(1)})
+                        .mul_(config.scale);
   if (config.causal) bias.masked_fill_((distance < 0).unsqueeze(0), kNegInf);
   return bias;
+}
+
+// The position terms of an ALiBi tile: `distance` [T, C], |d| when
+// bidirectional, d with 0 where causal hides a key; `hidden` [T, C], -inf
+// where causal hides a key, else 0 (undefined when bidirectional).
+struct AlibiTerms {
+  at::Tensor distance;
+  at::Tensor hidden;
+};
+
+AlibiTerms MakeAlibiTerms(const Operands& ops, bool causal, int64_t row0,
+                          int64_t rows, int64_t columns) {
+  AlibiTerms terms;
+  terms.distance = TileDistance(ops, row0, rows, columns);
+  if (!causal) {
+    terms.distance.abs_();
+    return terms;
+  }
+  const at::Tensor hidden = terms.distance < 0;
+  terms.hidden = at::zeros_like(terms.distance).masked_fill_(hidden, kNegInf);
+  terms.distance.masked_fill_(hidden, 0.0);
+  return terms;
+}
+
+// The terms depend only on the tile's geometry, which recurs from call to
+// call in serving, and on a GPU making them takes more launches than the
+// tile's own bias and product: each thread keeps the last few (at most
+// kTermsCacheEntries of at most kTermsCacheBytes each, on its own stream's
+// device, so at most 32 MiB per batch worker) and reuses them.
+constexpr size_t kTermsCacheEntries = 8;
+constexpr int64_t kTermsCacheBytes = int64_t{4} << 20;
+
+struct TermsKey {
+  at::Device device;
+  bool causal;
+  int64_t first;  // Lk - Lq + row0: d of the tile's first row and key
+  int64_t rows;
+  int64_t columns;
+  bool operator==(const TermsKey& o) const {
+    return device == o.device && causal == o.causal && first == o.first &&
+           rows == o.rows && columns == o.columns;
+  }
+};
+
+AlibiTerms CachedAlibiTerms(const Operands& ops, const AttentionConfig& config,
+                            int64_t row0, int64_t rows, int64_t columns) {
+  const Sizes& s = ops.sizes;
+  if (rows * columns * 2 * int64_t{sizeof(float)} > kTermsCacheBytes) {
+    return MakeAlibiTerms(ops, config.causal, row0, rows, columns);
+  }
+  thread_local std::list<std::pair<TermsKey, AlibiTerms>> cache;
+  const TermsKey key{ops.f32.device(), config.causal,
+                     s.key_len - s.query_len + row0, rows, columns};
+  for (auto it = cache.begin(); it != cache.end(); ++it) {
+    if (it->first == key) {
+      cache.splice(cache.begin(), cache, it);  // most recent first
+      return cache.front().second;
+    }
+  }
+  cache.emplace_front(key,
+                      MakeAlibiTerms(ops, config.causal, row0, rows, columns));
+  if (cache.size() > kTermsCacheEntries) cache.pop_back();
+  return cache.front().second;
+}
+
+// Writes the static bias of query rows [row0, row0 + rows) and the first C
+// keys into `out` ([N, H, T, C], N = B or 1, any floating dtype and strides):
+// ALiBi -m_h * d (|d| when bidirectional), relative as above, -inf where causal
+// hides a key. ALiBi is one pass over `out`: only the [T, Lk] distances and
+// their causal -inf term are separate tensors (small, and read from cache by
+// every head and item), and addcmul adds the -inf term to -m_h * d, which
+// stays -inf even for a zero slope (where -m * inf would be NaN).
+void WriteTileBias(const Operands& ops, const AttentionConfig& config,
+                   int64_t row0, int64_t rows, at::Tensor out) {
+  const int64_t columns = out.size(3);
+  if (ops.model != nullptr) {
+    out.copy_(
+        RelativeTileBias(ops, config, TileDistance(ops, row0, rows, columns))
+            .unsqueeze(0));
+    return;
+  }
+  const AlibiTerms terms = CachedAlibiTerms(ops, config, row0, rows, columns);
+  const std::vector<int64_t> shape = {out.size(0), 1, rows, columns};
+  if (!config.causal) {
+    at::mul_out(out, terms.distance.expand(shape), ops.neg_slopes);
+    return;
+  }
+  at::addcmul_out(out, terms.hidden.expand(shape), terms.distance.expand(shape),
+                  ops.neg_slopes);
 }
 
 // logits[b, h, i, j] += scale * q_i.E[r(i, j), h] for the tile's rows: one
@@ -146,12 +244,12 @@ void AddPositionTerm(const Operands& ops, const AttentionConfig& config,
 }
 
 // The logits of query rows [row0, row0 + rows) into `logits` [B,H,T,Lk]
-// (contiguous): bias, scale * q.k by baddbmm, position
-// term, masks.
+// (contiguous, or the output's row slice: B and H merge into one batch
+// dimension either way): bias, scale * q.k by baddbmm, position term, masks.
 void FillLogits(const Operands& ops, const AttentionConfig& config,
                 int64_t row0, int64_t rows, at::Tensor& logits) {
   const Sizes& s = ops.sizes;
-  logits.copy_(TileBias(ops, config, row0, rows).unsqueeze(0));
+  WriteTileBias(ops, config, row0, rows, logits);
   at::Tensor stack = logits.view({s.stack(), rows, s.key_len});
   at::Tensor query_rows =
       ops.query.narrow(2, row0, rows).reshape({s.stack(), rows, s.head_dim});
@@ -179,15 +277,22 @@ void Normalize(const Operands& ops, const at::Tensor& logits, at::Tensor& probs,
 
 // The context of query rows [row0, row0 + rows) by the fused attention, one
 // call per run of items with the same key length (its keys narrowed to that
-// length), so that no [B, H, T, Lk] mask exists.
+// length), so that no [B, H, T, Lk] mask exists. A causal tile also drops the
+// keys that all of its rows hide (the kernel would spend as much on their -inf
+// as on visible keys), which halves the work over a whole query; the width
+// kept is a multiple of 8 so that the bias rows stay 16-byte aligned.
 void FusedContextTile(const Operands& ops, const AttentionConfig& config,
                       absl::Span<const int32_t> key_lengths, int64_t row0,
                       int64_t rows, at::Tensor& context_rows) {
   const Sizes& s = ops.sizes;
-  // The mask in the operands' dtype, as the kernel requires.
-  const at::Tensor bias = TileBias(ops, config, row0, rows)
-                              .unsqueeze(0)
-                              .to(ops.query.scalar_type());
+  const int64_t visible =
+      config.causal ? std::min(s.key_len, s.key_len - s.query_len + row0 + rows)
+                    : s.key_len;
+  const int64_t width = std::min(s.key_len, (visible + 7) / 8 * 8);
+  // The mask in the operands' dtype, as the kernel requires, written in that
+  // dtype in one pass.
+  at::Tensor bias = at::empty({1, s.heads, rows, width}, ops.query.options());
+  WriteTileBias(ops, config, row0, rows, bias);
   const at::Tensor value =
       ops.value.view({s.batch, s.heads, s.key_len, s.value_dim});
   const at::Tensor key =
@@ -203,11 +308,12 @@ void FusedContextTile(const Operands& ops, const AttentionConfig& config,
     if (len == 0) {
       out.zero_();
     } else {
+      const int64_t used = std::min(len, width);
       out.copy_(FusedAttention(
           ops.query.narrow(0, begin, end - begin).narrow(2, row0, rows),
-          key.narrow(0, begin, end - begin).narrow(2, 0, len),
-          value.narrow(0, begin, end - begin).narrow(2, 0, len),
-          bias.narrow(3, 0, len), config.scale));
+          key.narrow(0, begin, end - begin).narrow(2, 0, used),
+          value.narrow(0, begin, end - begin).narrow(2, 0, used),
+          bias.narrow(3, 0, used), config.scale));
     }
     begin = end;
   }
@@ -231,8 +337,8 @@ AttentionResult AllocateOutputs(const Sizes& s, const AttentionConfig& config,
 
 // Where a tile computes: the output itself when the tile is all of it (so
 // one-tile problems copy nothing), else contiguous scratch, which
-// CopyTileRows then writes into the output's rows (ATen's batched products
-// and softmax want contiguous operands).
+// CopyTileRows then writes into the output's rows (ATen's softmax and the
+// fused attention want contiguous operands).
 at::Tensor TileTarget(const at::Tensor& output, int64_t row0, int64_t rows,
                       int64_t last_dim, const Sizes& s,
                       const at::TensorOptions& f32) {
@@ -240,9 +346,21 @@ at::Tensor TileTarget(const at::Tensor& output, int64_t row0, int64_t rows,
   return at::empty({s.batch, s.heads, rows, last_dim}, f32);
 }
 
+// The logits of a tile go straight into the output's rows when there is an
+// output: a [B, H, T, Lk] row slice is a batch of [T, Lk] matrices with
+// leading dimension Lk that the bias writes and baddbmm accumulates in place,
+// so no tile is copied.
+at::Tensor LogitsTarget(const at::Tensor& output, int64_t row0, int64_t rows,
+                        const Sizes& s, const at::TensorOptions& f32) {
+  if (output.defined()) return output.narrow(2, row0, rows);
+  return at::empty({s.batch, s.heads, rows, s.key_len}, f32);
+}
+
 void CopyTileRows(const at::Tensor& tile, int64_t row0, at::Tensor& output) {
   if (!output.defined() || tile.is_same(output)) return;
-  output.narrow(2, row0, tile.size(2)).copy_(tile);
+  at::Tensor rows = output.narrow(2, row0, tile.size(2));
+  if (rows.data_ptr() == tile.data_ptr()) return;  // computed in place
+  rows.copy_(tile);
 }
 
 }  // namespace
@@ -277,8 +395,7 @@ AttentionResult BatchedAttention(const at::Tensor& q, const at::Tensor& k,
     if (fused) {
       FusedContextTile(ops, config, key_lengths, row0, rows, context_rows);
     } else {
-      at::Tensor logits =
-          TileTarget(result.logits, row0, rows, s.key_len, s, ops.f32);
+      at::Tensor logits = LogitsTarget(result.logits, row0, rows, s, ops.f32);
       FillLogits(ops, config, row0, rows, logits);
       CopyTileRows(logits, row0, result.logits);
       if (need_probs) {

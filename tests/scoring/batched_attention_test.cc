@@ -271,6 +271,34 @@ INSTANTIATE_TEST_SUITE_P(
         Shape{2, 2, 6, 4, 8, 5, true, false, {4, 0}},
         Shape{4, 1, 3, 8, 4, 4, true, false, {8, 8, 1, 0}}));
 
+// A zero ALiBi slope (a head without a distance penalty) must still hide
+// causal keys with -inf: the bias is -m * d plus a -inf term, never -m * inf
+// (NaN for m = 0). Every output, one tile and several, and the context alone.
+TEST(BatchedAttentionTest, ZeroSlopeKeepsTheCausalMask) {
+  at::manual_seed(11);
+  const at::TensorOptions on = at::TensorOptions().device(TestDevice());
+  const at::Tensor q = at::randn({2, 3, 5, 8}, on);
+  const at::Tensor k = at::randn({2, 3, 7, 8}, on);
+  const at::Tensor v = at::randn({2, 3, 7, 4}, on);
+  AttentionConfig config;
+  config.bias = ResolvedAlibi{{0.0F, 0.5F, 0.0F}};
+  config.causal = true;
+  config.scale = 0.4;
+  config.want_probs = true;
+  config.want_context = true;
+  const AttentionResult want = CoreOnCpu(q, k, v, {}, config);
+  ASSERT_EQ(at::isnan(want.logits).sum().item<int64_t>(), 0);
+  for (int64_t tile : {int64_t{0}, int64_t{2}}) {
+    SCOPED_TRACE(tile);
+    ExpectSame(BatchedAttention(q, k, v, {}, config, tile), want, config);
+    AttentionConfig context_only = config;
+    context_only.want_logits = false;
+    context_only.want_probs = false;
+    ExpectSame(BatchedAttention(q, k, v, {}, context_only, tile), want,
+               context_only);
+  }
+}
+
 TEST(BatchedEstimateTest, CoversOutputsAndBoundsTheTile) {
   ScoreSpec spec;
   spec.want_logits = true;
