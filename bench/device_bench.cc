@@ -1,35 +1,54 @@
 // The accelerator benchmark of scripts/device-check.sh: the batched path
 // (batched_attention.h) against PyTorch's own implementations on one device,
-// with the device-memory floor from a copy bandwidth measured in the same run.
+// with two floors from ceilings measured in the same run: the device-memory
+// floor (bytes that must move over the copy bandwidth) and the compute floor
+// (flops over the rate of a large matrix product in the case's dtype).
 //
 //   attnscore_bench_device [--device cpu|cuda] [--small]
 //
 //  copy     dst.copy_(src) over 1 GiB (64 MiB with --small): bytes read plus
-//           written over time, the bandwidth every floor below uses;
+//           written over time, the bandwidth every memory floor uses;
+//  mm f32, mm bf16   a square matrix product (8192, 1024 with --small): the
+//           rates the compute floors use;
 //  logits   ALiBi causal logits, B8 H8 L512 D64 float32: the batched path
 //           against a plain batched eager implementation (matmul, add of a
-//           materialised bias, masked_fill); floor = (q, k read + logits
-//           written) / copy bandwidth;
+//           materialised bias, masked_fill); memory floor = (q, k read +
+//           logits written) / copy bandwidth;
 //  context  ALiBi causal context, B8 H32 L4096 D128 bfloat16: the batched
 //           path against scaled_dot_product_attention given the same
-//           materialised bias ("not available" where the LibTorch lacks it).
+//           materialised bias ("not available" where the LibTorch lacks it);
+//  decode   ALiBi logits+probs B32 H8 Lq1 Lk2048 D64 float32, the decode
+//           preset's batch: one batched call against the same 32 items
+//           computed one call each (what batching saves on the device);
+//  staging  the host side of a batch (CUDA only): 128 MiB memcpy into a
+//           pinned buffer on one thread and on all intra-op threads, and
+//           copies host to device from pinned and from pageable memory and
+//           back into pinned memory: the ceilings of the scorer's staging;
+//  scorer   the same 32 decode steps through the server's scorer (the batched
+//           path) from host bytes to host bytes: staging, copies both ways,
+//           compute and splitting, as one batch of 32 against 32 batches of 1.
 // --small shrinks every shape for a CPU dry run. Prints a Markdown table
-// (name, shape, ms, baseline ms, floor ms, ratios). Exits 1 when a check of
+// (name, shape, ms, baseline ms, floors, ratios). Exits 1 when a check of
 // the outputs against the baseline fails.
 //
 // Timing: warm-up runs, then the mean over repetitions, synchronised by
 // reading one element back (device-generic; waits for the stream).
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
 #include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <functional>
 #include <limits>
+#include <memory>
+#include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "server/scoring/accelerator.h"
 #include "server/scoring/alibi.h"
+#include "server/scoring/aten_scorer.h"
 #include "server/scoring/attention.h"
 #include "server/scoring/batched_attention.h"
 #include "server/scoring/fused_attention.h"
@@ -82,18 +101,32 @@ double RelativeError(const at::Tensor& got, const at::Tensor& want) {
 
 struct Row {
   std::string name, shape;
-  double ms = 0, baseline_ms = -1, floor_ms = -1, error = 0;
+  double ms = 0, baseline_ms = -1, floor_ms = -1, compute_floor_ms = -1;
+  double error = 0;
   std::string baseline;
 };
 
+std::string Ms(double ms) {
+  if (ms < 0) return "n/a";
+  char buffer[32];
+  std::snprintf(buffer, sizeof buffer, "%.4f", ms);
+  return buffer;
+}
+
+std::string Ratio(double num, double den) {
+  if (num < 0 || den <= 0) return "n/a";
+  char buffer[32];
+  std::snprintf(buffer, sizeof buffer, "%.2f", num / den);
+  return buffer;
+}
+
 void Print(const Row& r) {
-  std::printf(
-      "| %s | %s | %.4f | %s | %s | %s | %s | %.2e |\n", r.name.c_str(),
-      r.shape.c_str(), r.ms, r.baseline.c_str(),
-      r.baseline_ms < 0 ? "n/a" : std::to_string(r.baseline_ms).c_str(),
-      r.floor_ms < 0 ? "n/a" : std::to_string(r.floor_ms).c_str(),
-      r.floor_ms < 0 ? "n/a" : std::to_string(r.ms / r.floor_ms).c_str(),
-      r.error);
+  std::printf("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %.2e |\n",
+              r.name.c_str(), r.shape.c_str(), Ms(r.ms).c_str(),
+              r.baseline.c_str(), Ms(r.baseline_ms).c_str(),
+              Ratio(r.baseline_ms, r.ms).c_str(), Ms(r.floor_ms).c_str(),
+              Ratio(r.ms, r.floor_ms).c_str(), Ms(r.compute_floor_ms).c_str(),
+              r.error);
 }
 
 // Bytes per millisecond, read plus written.
@@ -114,7 +147,27 @@ double CopyBandwidth(const Options& o, const at::TensorOptions& f32) {
   return moved / ms;
 }
 
-Row Logits(const Options& o, const at::TensorOptions& f32, double bw) {
+// Flops per millisecond of a square matrix product in `opts`' dtype.
+double MatmulRate(const Options& o, const at::TensorOptions& opts) {
+  const int64_t n = o.small ? 1024 : 8192;
+  at::Tensor a = at::randn({n, n}, opts);
+  at::Tensor b = at::randn({n, n}, opts);
+  const double ms = TimeMs([&] { return at::mm(a, b); }, 2, 10);
+  Row r;
+  r.name = std::string("mm ") + (opts.dtype() == at::kFloat ? "f32" : "bf16");
+  r.shape = std::to_string(n) + "^3";
+  r.ms = ms;
+  r.baseline = "-";
+  Print(r);
+  const auto size = static_cast<double>(n);
+  const double flops = 2.0 * size * size * size;
+  std::printf("<!-- %s rate %.1f TFLOP/s -->\n", r.name.c_str(),
+              flops / ms / 1e9);
+  return flops / ms;
+}
+
+Row Logits(const Options& o, const at::TensorOptions& f32, double bw,
+           double rate) {
   const int64_t b = o.small ? 2 : 8, h = o.small ? 4 : 8;
   const int64_t l = o.small ? 128 : 512, d = o.small ? 32 : 64;
   at::Tensor q = at::randn({b, h, l, d}, f32);
@@ -142,10 +195,12 @@ Row Logits(const Options& o, const at::TensorOptions& f32, double bw) {
   const auto bytes =
       static_cast<double>(4 * (2 * b * h * l * d + b * h * l * l));
   r.floor_ms = bytes / bw;
+  r.compute_floor_ms = 2.0 * static_cast<double>(b * h * l * l * d) / rate;
   return r;
 }
 
-Row Context(const Options& o, const at::TensorOptions& opts, double bw) {
+Row Context(const Options& o, const at::TensorOptions& opts, double bw,
+            double rate) {
   const int64_t b = o.small ? 1 : 8, h = o.small ? 4 : 32;
   const int64_t l = o.small ? 256 : 4096, d = o.small ? 32 : 128;
   const at::TensorOptions io =
@@ -172,6 +227,8 @@ Row Context(const Options& o, const at::TensorOptions& opts, double bw) {
   const auto bytes = static_cast<double>(
       static_cast<int64_t>(io.dtype().itemsize()) * 4 * b * h * l * d);
   r.floor_ms = bytes / bw;
+  // Two products over the visible (causal: about half) scores.
+  r.compute_floor_ms = 2.0 * static_cast<double>(b * h * l * l * d) / rate;
   if (!FusedAttentionAvailable()) {
     r.baseline = "SDPA not available";
     return r;
@@ -181,6 +238,153 @@ Row Context(const Options& o, const at::TensorOptions& opts, double bw) {
   r.baseline = "SDPA, materialised bias";
   r.error = RelativeError(ours(), sdpa());
   r.baseline_ms = TimeMs(sdpa, 2, 5);
+  return r;
+}
+
+// The decode preset's batch: B items of one query row each, logits and
+// probabilities, in one batched call against one call per item.
+Row Decode(const Options& o, const at::TensorOptions& f32, double bw) {
+  const int64_t b = o.small ? 8 : 32, h = 8, lk = o.small ? 256 : 2048, d = 64;
+  at::Tensor q = at::randn({b, h, 1, d}, f32);
+  at::Tensor k = at::randn({b, h, lk, d}, f32);
+  AttentionConfig config;
+  config.bias = ResolvedAlibi{AlibiSlopes(h)};
+  config.causal = true;
+  config.scale = 1.0 / std::sqrt(static_cast<double>(d));
+  config.want_logits = true;
+  config.want_probs = true;
+  const auto batched = [&] {
+    return BatchedAttention(q, k, at::Tensor(), {}, config).probs;
+  };
+  std::vector<at::Tensor> items_q, items_k;
+  for (int64_t i = 0; i < b; ++i) {
+    items_q.push_back(q.narrow(0, i, 1));
+    items_k.push_back(k.narrow(0, i, 1));
+  }
+  const auto one_by_one = [&] {
+    std::vector<at::Tensor> probs;
+    for (int64_t i = 0; i < b; ++i) {
+      probs.push_back(
+          BatchedAttention(items_q[i], items_k[i], at::Tensor(), {}, config)
+              .probs);
+    }
+    return at::cat(probs);
+  };
+  Row r;
+  r.name = "decode batch";
+  r.shape =
+      "B" + std::to_string(b) + " H8 Lq1 Lk" + std::to_string(lk) + " D64 f32";
+  r.error = RelativeError(batched(), one_by_one());
+  r.ms = TimeMs(batched, 3, 20);
+  r.baseline = std::to_string(b) + " calls of B1";
+  r.baseline_ms = TimeMs(one_by_one, 3, 20);
+  // q, k read; logits and probabilities written.
+  r.floor_ms =
+      static_cast<double>(4 * (b * h * (d + lk * d) + 2 * b * h * lk)) / bw;
+  return r;
+}
+
+// One staging row: `bytes` moved by `run` (which returns a tensor to wait on).
+void StagingRow(const std::string& name, int64_t bytes,
+                const std::function<at::Tensor()>& run) {
+  Row r;
+  r.name = "staging";
+  r.shape = name;
+  r.ms = TimeMs(run, 2, 10);
+  r.baseline = "-";
+  Print(r);
+  std::printf("<!-- staging %s %.1f GB/s -->\n", name.c_str(),
+              static_cast<double>(bytes) / r.ms / 1e6);
+}
+
+// The host-side ceilings of a batch's staging, 128 MiB each way.
+void Staging(const at::TensorOptions& device) {
+  if (!device.device().is_cuda()) return;
+  const int64_t bytes = int64_t{128} << 20;
+  const at::Tensor pageable = at::rand({bytes / 4});
+  const at::Tensor pageable_out = at::empty_like(pageable);
+  const at::Tensor pinned = at::empty_like(pageable).pin_memory();
+  const at::Tensor on_device = at::rand({bytes / 4}, device);
+  const auto* src = static_cast<const char*>(pageable.data_ptr());
+  auto* dst = static_cast<char*>(pinned.data_ptr());
+  StagingRow("memcpy to pinned, 1 thread", bytes, [&] {
+    std::memcpy(dst, src, static_cast<size_t>(bytes));
+    return pinned.narrow(0, 0, 1);
+  });
+  StagingRow(
+      "memcpy to pinned, " + std::to_string(at::get_num_threads()) + " threads",
+      bytes, [&] {
+        const int64_t chunk = int64_t{1} << 20;
+        at::parallel_for(0, bytes / chunk, 1, [&](int64_t b, int64_t e) {
+          std::memcpy(dst + b * chunk, src + b * chunk,
+                      static_cast<size_t>((e - b) * chunk));
+        });
+        return pinned.narrow(0, 0, 1);
+      });
+  StagingRow("memcpy pageable to pageable, 1 thread", bytes, [&] {
+    std::memcpy(pageable_out.data_ptr(), src, static_cast<size_t>(bytes));
+    return pageable_out.narrow(0, 0, 1);
+  });
+  StagingRow("host to device from pinned", bytes,
+             [&] { return on_device.copy_(pinned, /*non_blocking=*/true); });
+  StagingRow("host to device from pageable", bytes,
+             [&] { return on_device.copy_(pageable); });
+  StagingRow("device to host into pinned", bytes,
+             [&] { return pinned.copy_(on_device); });
+}
+
+// 32 decode steps through the scorer, host bytes in and out: one batch of 32
+// against 32 batches of one.
+Row ScorerDecode(const Options& o) {
+  const int64_t items = o.small ? 8 : 32, h = 8, lk = o.small ? 256 : 2048;
+  const int64_t d = 64;
+  ScorerOptions options;
+  options.device = o.device;
+  options.compute_path = ComputePath::kBatched;
+  absl::StatusOr<std::unique_ptr<Scorer>> scorer = CreateAtenScorer(options);
+  if (!scorer.ok()) throw std::runtime_error(scorer.status().ToString());
+  const at::Tensor q = at::randn({items, h, 1, d});
+  const at::Tensor k = at::randn({items, h, lk, d});
+  std::vector<ScoreItem> batch(static_cast<size_t>(items));
+  for (int64_t i = 0; i < items; ++i) {
+    ScoreItem& item = batch[static_cast<size_t>(i)];
+    item.query = TensorRef{DType::kFloat32,
+                           {1, h, 1, d},
+                           q[i].data_ptr(),
+                           static_cast<size_t>(h * d * 4)};
+    item.key = TensorRef{DType::kFloat32,
+                         {1, h, lk, d},
+                         k[i].data_ptr(),
+                         static_cast<size_t>(h * lk * d * 4)};
+  }
+  ScoreSpec spec;
+  spec.causal = true;
+  spec.want_probs = true;
+  const auto score = [&](absl::Span<const ScoreItem> some) {
+    absl::StatusOr<std::vector<ScoreResult>> r =
+        (*scorer)->ScoreBatch(spec, some);
+    if (!r.ok()) throw std::runtime_error(r.status().ToString());
+    return *std::move(r);
+  };
+  // The last item's probabilities, copied out of the reply's bytes.
+  const auto last_probs = [](const std::vector<ScoreResult>& r) {
+    const OutputTensor& p = *r.back().probs;
+    return at::from_blob(const_cast<void*>(p.data), p.shape).clone();
+  };
+  const auto together = [&] { return last_probs(score(batch)); };
+  const auto one_by_one = [&] {
+    std::vector<ScoreResult> last;
+    for (const ScoreItem& item : batch) last = score({&item, 1});
+    return last_probs(last);
+  };
+  Row r;
+  r.name = "scorer decode";
+  r.shape = std::to_string(items) + " x B1 H8 Lq1 Lk" + std::to_string(lk) +
+            " D64 f32, host to host";
+  r.error = RelativeError(together(), one_by_one());
+  r.ms = TimeMs(together, 3, 20);
+  r.baseline = std::to_string(items) + " batches of 1";
+  r.baseline_ms = TimeMs(one_by_one, 3, 20);
   return r;
 }
 
@@ -205,15 +409,25 @@ int Run(const Options& o) {
   }
   std::printf("fused attention: %s\n\n", FusedAttentionDescription());
   std::printf(
-      "| case | shape | ms | baseline | baseline ms | floor ms | x floor | "
-      "rel. error |\n|---|---|---|---|---|---|---|---|\n");
+      "| case | shape | ms | baseline | baseline ms | speed-up | memory floor "
+      "ms | x memory floor | compute floor ms | rel. error |\n"
+      "|---|---|---|---|---|---|---|---|---|---|\n");
   const double bw = CopyBandwidth(o, f32.dtype(at::kFloat));
-  const Row logits = Logits(o, f32.dtype(at::kFloat), bw);
+  const double f32_rate = MatmulRate(o, f32.dtype(at::kFloat));
+  const double context_rate =
+      o.small ? f32_rate : MatmulRate(o, f32.dtype(at::kBFloat16));
+  const Row logits = Logits(o, f32.dtype(at::kFloat), bw, f32_rate);
   Print(logits);
-  const Row context = Context(o, f32, bw);
+  const Row context = Context(o, f32, bw, context_rate);
   Print(context);
+  const Row decode = Decode(o, f32.dtype(at::kFloat), bw);
+  Print(decode);
+  Staging(f32);
+  const Row scorer = ScorerDecode(o);
+  Print(scorer);
   // float32 lands far under 1e-3; bf16 operands under 1e-2.
-  const bool ok = logits.error < 1e-3 && context.error < 2e-2;
+  const bool ok = logits.error < 1e-3 && context.error < 2e-2 &&
+                  decode.error < 1e-5 && scorer.error < 1e-5;
   if (!ok) {
     std::fprintf(stderr, "device_bench: outputs differ from the baseline\n");
   }
