@@ -12,13 +12,16 @@
 # protobuf, abseil, spdlog, fmt, prometheus-cpp) plus OpenBLAS, which Debian's LibTorch needs to be
 # fast (without it LibTorch falls back to the reference BLAS).
 #
-# GPU: NVIDIA publishes no Debian CUDA images, so both GPU stages use NVIDIA's Ubuntu 24.04 image,
-# whose gRPC 1.51, protobuf 3.21 and abseil 20220623 are the versions bookworm has; the same
-# scripts/install-deps.sh installs the toolchain there. The CPU LibTorch is replaced by the CUDA
-# LibTorch from download.pytorch.org, pinned by version and sha256 (LIBTORCH_* below). That
-# download happens only here, at image build time; `make`, `make test` and the CPU image never
-# fetch anything but Debian and PyPI packages. The archive bundles its CUDA runtime, cuBLAS and
-# cuDNN; the host needs an NVIDIA driver for CUDA >= 11.8 and the NVIDIA container toolkit.
+# GPU: NVIDIA publishes no Debian CUDA images, so both GPU stages use NVIDIA's Ubuntu 24.04 images
+# (the builder the -devel one, for the CUDA toolkit LibTorch's CMake config needs; the runtime the
+# -base one), whose gRPC 1.51, protobuf 3.21 and abseil 20220623 are the versions bookworm has; the
+# same scripts/install-deps.sh installs the toolchain there. The CPU LibTorch is replaced by PyTorch
+# 2.11.0 for CUDA 13.0, the version the H200 device check (scripts/device-check.sh) runs: its PyPI
+# wheel and exactly the CUDA 13.0 library wheels it pins, each pinned by version and sha256 in
+# deploy/docker/requirements-gpu.txt (pip in hash-checking mode). That download happens only here,
+# at image build time; `make`, `make test` and the CPU image never fetch them. The wheels bundle
+# the CUDA 13.0 runtime, cuBLAS, cuDNN and NCCL; the host needs an NVIDIA driver for CUDA 13.0
+# (R580 or newer) and the NVIDIA container toolkit.
 #
 # Both images: non-root user 10001, `attnscore-server` (entrypoint, under tini) and the
 # `attnscore` CLI, the example relative-position parameter set in /opt/attnscore/models, gRPC on
@@ -29,7 +32,8 @@
 
 ARG DEBIAN_IMAGE=debian:bookworm
 ARG DEBIAN_SLIM_IMAGE=debian:bookworm-slim
-ARG CUDA_IMAGE=nvidia/cuda:12.6.3-base-ubuntu24.04
+ARG CUDA_IMAGE=nvidia/cuda:13.0.2-base-ubuntu24.04
+ARG CUDA_DEVEL_IMAGE=nvidia/cuda:13.0.2-devel-ubuntu24.04
 
 # ---------------------------------------------------------------------------------------------
 # CPU builder: the README's two steps, nothing else.
@@ -43,47 +47,42 @@ COPY . .
 RUN make build JOBS="${JOBS}"
 
 # ---------------------------------------------------------------------------------------------
-# GPU builder: install-deps.sh, then the CUDA LibTorch, then the Makefile's configure command with
-# LibTorch pointed at /opt/libtorch (its headers ahead of the distribution's, its libraries found
-# first, libtorch_cuda linked so that CUDA registers itself), then the Makefile's build.
-FROM ${CUDA_IMAGE} AS gpu-builder
-# LibTorch 2.0.1 for CUDA 11.8, C++11 ABI. The checksum is the sha256 of the zip file itself
-# (`sha256sum`); to change the version, download the new archive once, take its sha256sum and
-# update all three arguments together.
-ARG LIBTORCH_VERSION=2.0.1
-ARG LIBTORCH_CUDA=cu118
-ARG LIBTORCH_SHA256=843ad19e769a189758fd6a21bfced9024494b52344f4bc4fb75f75d36e6ea0c7
+# GPU builder: install-deps.sh, then PyTorch's wheels (LibTorch and the CUDA libraries) into
+# /opt/torch, then the Makefile's configure command with cmake/AttnscoreTorch.cmake pointed at that
+# LibTorch (-DATTNSCORE_TORCH=python), then the Makefile's build. LibTorch's CMake config links
+# libtorch_cuda with --no-as-needed itself (torch_cuda_library), so that CUDA registers its
+# kernels although the server calls none of its symbols directly: no linker flags here.
+FROM ${CUDA_DEVEL_IMAGE} AS gpu-builder
 ARG JOBS=2
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 ENV DEBIAN_FRONTEND=noninteractive
 WORKDIR /src
 COPY scripts/install-deps.sh scripts/requirements.txt scripts/requirements-pypi.txt scripts/
 RUN ./scripts/install-deps.sh
-# hadolint ignore=DL3008
-RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates curl unzip \
- && rm -rf /var/lib/apt/lists/* \
- && curl -fsSL --retry 3 -o /tmp/libtorch.zip \
-      "https://download.pytorch.org/libtorch/${LIBTORCH_CUDA}/libtorch-cxx11-abi-shared-with-deps-${LIBTORCH_VERSION}%2B${LIBTORCH_CUDA}.zip" \
- && echo "${LIBTORCH_SHA256}  /tmp/libtorch.zip" | sha256sum --check --strict \
- && unzip -q /tmp/libtorch.zip -d /opt \
- && rm /tmp/libtorch.zip \
- && rm -f /opt/libtorch/lib/*.a
+# torch 2.11.0 and its CUDA 13.0 libraries, each wheel checked against its sha256 (every line of
+# the file has one, so pip refuses anything else). --no-deps: the Python-only dependencies are not
+# in the file; --target also keeps pip away from Ubuntu's own Python (PEP 668). Then drop what
+# only Python uses (the bindings, triton's ptxas, protoc): torch/lib, torch/include,
+# torch/share/cmake and nvidia/ stay.
+COPY deploy/docker/requirements-gpu.txt deploy/docker/
+RUN python3 -m pip install --no-cache-dir --disable-pip-version-check --no-compile \
+      --no-deps --require-hashes --only-binary :all: --target /opt/torch \
+      -r deploy/docker/requirements-gpu.txt \
+ && rm -rf /opt/torch/torch/lib/libtorch_python.so /opt/torch/torch/bin
 COPY . .
 RUN cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release \
-      -DCMAKE_PREFIX_PATH=/opt/libtorch -DATTNSCORE_WERROR=OFF \
-      "-DCMAKE_CXX_FLAGS=-isystem /opt/libtorch/include -isystem /opt/libtorch/include/torch/csrc/api/include" \
-      "-DCMAKE_EXE_LINKER_FLAGS=-L/opt/libtorch/lib -Wl,--no-as-needed -ltorch_cuda -Wl,--as-needed -Wl,-rpath,/opt/libtorch/lib -Wl,-rpath-link,/opt/libtorch/lib" \
+      -DATTNSCORE_TORCH=python -DATTNSCORE_TORCH_DIR=/opt/torch/torch/share/cmake/Torch \
+      -DCMAKE_CUDA_COMPILER=/usr/local/cuda/bin/nvcc "-DTORCH_CUDA_ARCH_LIST=8.0;9.0" \
+      -DATTNSCORE_WERROR=OFF \
  && cmake --build build -j "${JOBS}" --target attnscore-server attnscore attnscore_example_models \
- && deploy/docker/runtime-packages.sh --exclude /opt/libtorch \
+ && deploy/docker/runtime-packages.sh --exclude /opt/torch \
       build/server/attnscore-server build/client/attnscore >/tmp/runtime-packages.txt
 
 # ---------------------------------------------------------------------------------------------
-# GPU runtime: the CUDA LibTorch's libraries, the distribution packages the binaries link
-# (derived from the binaries above with ldd), the binaries.
+# GPU runtime: LibTorch's and the CUDA wheels' libraries at the paths they were built against
+# (libtorch_cuda finds cuDNN, cuBLAS, NCCL, ... through its RPATH $ORIGIN/../../nvidia/*/lib), the
+# distribution packages the binaries link (derived from the binaries above with ldd), the binaries.
 FROM ${CUDA_IMAGE} AS gpu
-ARG LIBTORCH_VERSION=2.0.1
-ARG LIBTORCH_CUDA=cu118
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 COPY --from=gpu-builder /tmp/runtime-packages.txt /tmp/runtime-packages.txt
 # hadolint ignore=DL3008
@@ -93,15 +92,19 @@ RUN apt-get update \
  && groupadd --system --gid 10001 attnscore \
  && useradd --system --uid 10001 --gid 10001 --home-dir /nonexistent --no-create-home \
       --shell /usr/sbin/nologin attnscore
-COPY --from=gpu-builder /opt/libtorch/lib/ /opt/libtorch/lib/
-RUN echo /opt/libtorch/lib >/etc/ld.so.conf.d/libtorch.conf && ldconfig
+COPY --from=gpu-builder /opt/torch/torch/lib/ /opt/torch/torch/lib/
+COPY --from=gpu-builder /opt/torch/nvidia/ /opt/torch/nvidia/
+# The binaries' RUNPATH names /opt/torch/torch/lib already; the loader cache is for other tools
+# (ldd, debugging). Named to sort after x86_64-linux-gnu.conf: the wheel's own libgomp.so.1 must not
+# shadow the distribution's for other programs.
+RUN echo /opt/torch/torch/lib >/etc/ld.so.conf.d/zz-torch.conf && ldconfig
 COPY --from=gpu-builder /src/build/server/attnscore-server /src/build/client/attnscore /usr/local/bin/
 COPY --from=gpu-builder /src/build/examples/models/ /opt/attnscore/models/
 LABEL org.opencontainers.image.title="attnscore" \
-      org.opencontainers.image.description="Attention scoring gRPC service (NVIDIA GPU, LibTorch ${LIBTORCH_VERSION}+${LIBTORCH_CUDA})"
-# The CUDA runtime comes with LibTorch (11.8), not with the base image: ask the container toolkit
-# for a driver that runs CUDA 11.8, not the base image's CUDA 12.6.
-ENV NVIDIA_REQUIRE_CUDA="cuda>=11.8" \
+      org.opencontainers.image.description="Attention scoring gRPC service (NVIDIA GPU, PyTorch 2.11.0 for CUDA 13.0)"
+# The CUDA 13.0 runtime comes with the wheels (and the base image): ask the container toolkit for
+# a driver that runs CUDA 13.0 (R580 or newer).
+ENV NVIDIA_REQUIRE_CUDA="cuda>=13.0" \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility \
     ATTNSCORE_LISTEN=0.0.0.0:50051 \
     ATTNSCORE_METRICS_LISTEN=0.0.0.0:9090 \

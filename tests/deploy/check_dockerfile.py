@@ -10,8 +10,11 @@
     dependency script (./scripts/install-deps.sh) and `make build`, which the README documents
     and whose recipe is the CMake + Ninja Release configure and build;
   - the GPU builder runs the same install script, the Makefile's configure command (plus its
-    LibTorch arguments) and `cmake --build` of the same tree, and downloads LibTorch from
-    download.pytorch.org pinned by version and verified by a sha256 checksum;
+    LibTorch arguments, -DATTNSCORE_TORCH=python) and `cmake --build` of the same tree, and
+    installs LibTorch as PyPI wheels with `pip install --no-deps --require-hashes` from
+    deploy/docker/requirements-gpu.txt, in which every line is `name==exact.version` with
+    `--hash=sha256:...` and torch has an exact version; both GPU stages are nvidia/cuda images
+    (the builder a -devel one) of the same CUDA X.Y as the pinned nvidia-cuda-runtime wheel;
   - the runtime stages (cpu, the default = last stage, on bookworm-slim; gpu on an NVIDIA CUDA
     image) run as a non-root numeric user created in the stage, run attnscore-server, copy the
     server, the CLI and the example models from where the build puts them, EXPOSE the gRPC and
@@ -108,7 +111,8 @@ def check_cpu_builder(df: Dockerfile, f: Failures) -> None:
             "binaries from build/")
 
 
-def check_gpu_builder(df: Dockerfile, f: Failures) -> None:
+def check_gpu_builder(df: Dockerfile, f: Failures, context: Path) -> None:
+    """context: the build context (the Dockerfile's directory), which holds the requirements."""
     makefile = (ROOT / "Makefile").read_text()
     variables = makefile_vars(makefile)
     _, configure_recipe = makefile_recipe(makefile, "configure")
@@ -131,31 +135,104 @@ def check_gpu_builder(df: Dockerfile, f: Failures) -> None:
     f.check(any(c.startswith(f"cmake --build {build_dir} ") for c in commands),
             f"gpu-builder must build the tree with `cmake --build {build_dir}`")
 
-    args = {}
-    for a in stage.args_of("ARG"):
-        key, _, value = a.partition("=")
-        args[key.strip()] = value.strip()
-    version = args.get("LIBTORCH_VERSION", "")
-    sha = args.get("LIBTORCH_SHA256", "")
-    f.check(bool(re.fullmatch(r"\d+\.\d+\.\d+", version)),
-            f"LIBTORCH_VERSION must pin an exact version, is {version!r}")
-    f.check(bool(re.fullmatch(r"[0-9a-f]{64}", sha)),
-            f"LIBTORCH_SHA256 must be a sha256 hex digest, is {sha!r}")
-    f.check(bool(re.fullmatch(r"cu\d+", args.get("LIBTORCH_CUDA", ""))),
-            "LIBTORCH_CUDA must name a CUDA build (cuNNN)")
-    joined = " && ".join(commands)
-    url = re.search(r'"?(https://download\.pytorch\.org/libtorch/\S+?\.zip)"?', joined)
-    f.check(url is not None and "${LIBTORCH_VERSION}" in url.group(1)
-            and "${LIBTORCH_CUDA}" in url.group(1),
-            "the LibTorch download must come from download.pytorch.org/libtorch and use "
-            "LIBTORCH_VERSION and LIBTORCH_CUDA")
-    f.check(bool(re.search(r'echo "\$\{LIBTORCH_SHA256\} +\S+" \| sha256sum --check', joined)),
-            "the LibTorch archive must be verified with sha256sum --check against LIBTORCH_SHA256")
-    order = [next((k for k, c in enumerate(commands) if test(c)), -1) for test in (
-        lambda c: "download.pytorch.org" in c,
-        lambda c: "sha256sum --check" in c,
-        lambda c: c.startswith("unzip ") and "libtorch" in c)]
-    f.check(0 <= order[0] < order[1] < order[2], "download, then verify, then unpack LibTorch")
+    check_gpu_torch(df, stage, commands, f, context)
+
+
+# A requirement of deploy/docker/requirements-gpu.txt: `name==exact.version`, then one or more
+# `--hash=sha256:<hex>` (on continuation lines).
+REQUIREMENT = re.compile(r"([A-Za-z0-9][A-Za-z0-9._-]*)==(\d+(?:\.\d+)*)((?:\s+--hash=\S+)+)")
+
+
+def parse_requirements(path: Path) -> tuple[dict[str, str], list[str]]:
+    """{name: version} of a pip requirements file written for --require-hashes, and the problems
+    found: a line that is not `name==version --hash=sha256:<64 hex>...`, or a name twice."""
+    text = re.sub(r"\\\n", " ", path.read_text())
+    pins: dict[str, str] = {}
+    problems = []
+    for raw in text.splitlines():
+        line = re.sub(r"(^|\s)#.*$", "", raw).strip()
+        if not line:
+            continue
+        m = REQUIREMENT.fullmatch(line)
+        if m is None:
+            problems.append(f"not `name==version --hash=sha256:...`: {line[:120]!r}")
+            continue
+        name = re.sub(r"[-_.]+", "-", m.group(1)).lower()
+        hashes = m.group(3).split()
+        bad = [h for h in hashes if not re.fullmatch(r"--hash=sha256:[0-9a-f]{64}", h)]
+        if bad:
+            problems.append(f"{name}: {bad} are not --hash=sha256:<64 hex digits>")
+        if name in pins:
+            problems.append(f"{name} is pinned twice")
+        pins[name] = m.group(2)
+    return pins, problems
+
+
+def cuda_tag(image: str) -> str | None:
+    """The CUDA major.minor of an nvidia/cuda:X.Y.Z-... tag (digest allowed), else None."""
+    m = re.fullmatch(r"nvidia/cuda:(\d+)\.(\d+)\.\d+-[a-z]+-\S+?(@sha256:[0-9a-f]{64})?", image)
+    return f"{m.group(1)}.{m.group(2)}" if m else None
+
+
+def check_gpu_torch(df: Dockerfile, stage: Stage, commands: list[str], f: Failures,
+                    context: Path) -> None:
+    """The GPU builder's LibTorch: PyTorch's PyPI wheels from deploy/docker/requirements-gpu.txt,
+    every one pinned by exact version and sha256, installed by pip in hash-checking mode without
+    dependencies, for the CUDA release of the nvidia/cuda images, and configured through
+    cmake/AttnscoreTorch.cmake (-DATTNSCORE_TORCH=python)."""
+    requirements = "deploy/docker/requirements-gpu.txt"
+    copies = stage.args_of("COPY")
+    f.check(any(re.search(rf"(^|\s){re.escape(requirements)}(\s|$)", c) for c in copies),
+            f"gpu-builder must COPY {requirements} (the pinned wheels) into the stage")
+    pips = [c for c in commands if re.match(r"python3 -m pip install\b|pip3? install\b", c)]
+    if f.check(len(pips) == 1,
+               f"gpu-builder must install LibTorch with one pip install, runs {pips}"):
+        pip = pips[0].split()
+        for flag in ("--require-hashes", "--no-deps"):
+            f.check(flag in pip, f"gpu-builder's pip install must use {flag}: {pips[0]!r}")
+        f.check(f"-r {requirements}" in pips[0] or f"--requirement {requirements}" in pips[0]
+                or f"--requirement={requirements}" in pips[0],
+                f"gpu-builder's pip install must read -r {requirements}: {pips[0]!r}")
+        # Every word after `install` is an option or an option's value: no package by name.
+        with_value = {"-r", "--requirement", "-t", "--target", "--only-binary"}
+        words = pip[pip.index("install") + 1:]
+        loose = [w for k, w in enumerate(words)
+                 if not w.startswith("-") and (k == 0 or words[k - 1] not in with_value)]
+        f.check(not loose, f"gpu-builder's pip install must install nothing but {requirements}, "
+                f"also names {loose}")
+    configure = next((c for c in commands if c.startswith("cmake -S")), "")
+    f.check("-DATTNSCORE_TORCH=python" in configure.split(),
+            "gpu-builder must configure LibTorch with -DATTNSCORE_TORCH=python "
+            "(cmake/AttnscoreTorch.cmake)")
+
+    path = context / requirements
+    if not f.check(path.is_file(), f"{path} does not exist"):
+        return
+    pins, problems = parse_requirements(path)
+    for problem in problems:
+        f.check(False, f"{requirements}: {problem}")
+    torch = pins.get("torch", "")
+    f.check(bool(re.fullmatch(r"\d+\.\d+\.\d+", torch)),
+            f"{requirements} must pin torch to an exact version, pins {torch or 'nothing'!r}")
+
+    # The CUDA release: the same X.Y in both images' tags and in the CUDA runtime wheel (the
+    # PyPI torch version carries no +cuNNN: the runtime it pins says which CUDA it is for).
+    gpu = df.stage("gpu")
+    bases = {"gpu-builder": df.resolved_base(stage), "gpu": df.resolved_base(gpu) if gpu else ""}
+    tags = {name: cuda_tag(image) for name, image in bases.items()}
+    for name, image in bases.items():
+        f.check(tags[name] is not None,
+                f"{name} is FROM {image!r}, expected nvidia/cuda:X.Y.Z-<flavour>-<os>")
+    f.check("devel" in bases["gpu-builder"],
+            f"gpu-builder is FROM {bases['gpu-builder']!r}: LibTorch's CMake config needs the "
+            "CUDA toolkit (nvcc, headers) of an nvidia/cuda *-devel image")
+    runtime = pins.get("nvidia-cuda-runtime", "")
+    runtime_cuda = ".".join(runtime.split(".")[:2]) if runtime else None
+    f.check(runtime_cuda is not None,
+            f"{requirements} must pin nvidia-cuda-runtime (the CUDA runtime torch is built for)")
+    cudas = {tags["gpu-builder"], tags["gpu"], runtime_cuda}
+    f.check(len(cudas) == 1, f"CUDA releases differ: gpu-builder {bases['gpu-builder']!r}, gpu "
+            f"{bases['gpu']!r}, {requirements} nvidia-cuda-runtime=={runtime or '?'}")
 
 
 def check_runtime(df: Dockerfile, name: str, f: Failures, *, base_prefix: str,
@@ -298,7 +375,7 @@ def main() -> None:
     df = parse_dockerfile(args.dockerfile)
     check_default_target(df, f)
     check_cpu_builder(df, f)
-    check_gpu_builder(df, f)
+    check_gpu_builder(df, f, args.dockerfile.parent)
     check_runtime(df, "cpu", f, base_prefix="debian:bookworm-slim", builder="builder")
     check_runtime(df, "gpu", f, base_prefix="nvidia/cuda:", builder="gpu-builder")
     dockerignore = args.dockerfile.parent / ".dockerignore"
@@ -310,6 +387,7 @@ def main() -> None:
         # What the builders need must stay in the build context.
         needed = ["Makefile", "CMakeLists.txt", "scripts/install-deps.sh",
                   "scripts/requirements.txt", "deploy/docker/runtime-packages.sh",
+                  "deploy/docker/requirements-gpu.txt",
                   "examples/models/make_example.py", "server/main.cc", "tests/CMakeLists.txt"]
         # Every folder's CMakeLists.txt: the configure step adds them all (no EXISTS guards).
         # (Build trees, the virtualenv and dot-folders are not sources.)

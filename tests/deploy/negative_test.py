@@ -4,7 +4,8 @@ directory, must be rejected by the check that guards them, with the rule's messa
 
 Cases: the project's Kubernetes rules (one broken manifest per rule family), kubernetes-validate
 --strict (an unknown field), kubectl kustomize (a missing resource), hadolint (a bad
-Dockerfile), the Dockerfile rules (root user; a build step the README does not use), and the
+Dockerfile), the Dockerfile rules (root user; a build step the README does not use; a GPU wheel
+without its hash; GPU images of another CUDA release than the wheels'), and the
 compose checks (an invalid file; a server without its health check), the .dockerignore
 (dropping a file the build needs) and the CLI usage check (a health check flag the CLI lacks). Positive controls: the
 unbroken manifests pass the rules checker from the same temporary copies.
@@ -191,6 +192,11 @@ def dockerfile_cases(tmp: Path) -> None:
     d = tmp / "docker"
     d.mkdir()
     shutil.copy(ROOT / ".dockerignore", d / ".dockerignore")
+    # The GPU builder's pinned wheels, which the rules read from the build context.
+    requirements = d / "deploy" / "docker" / "requirements-gpu.txt"
+    requirements.parent.mkdir(parents=True)
+    good_requirements = (ROOT / "deploy" / "docker" / "requirements-gpu.txt").read_text()
+    requirements.write_text(good_requirements)
 
     bad = d / "Dockerfile.lint"
     bad.write_text("FROM debian:latest\nRUN apt-get update && apt-get install -y curl\n"
@@ -237,6 +243,25 @@ def dockerfile_cases(tmp: Path) -> None:
     expect("Dockerfile rules reject a healthcheck on the wrong service",
            [PY, str(HERE / "check_dockerfile.py"), "rules", "--dockerfile", str(wrong_service)],
            fails=True, message=r"HEALTHCHECK must ask for attnscore.v1.AttentionScorer")
+
+    (d / "Dockerfile").write_text(good)
+    unhashed = re.sub(r"(?m)^(torch==\S+) \\\n(?:\s+--hash=\S+(?: \\\n)?)+", r"\1",
+                      good_requirements, count=1)
+    requirements.write_text(unhashed)
+    assert unhashed != good_requirements, "requirements-gpu.txt mutation did not apply (hash)"
+    expect("Dockerfile rules reject a GPU wheel pinned without its sha256",
+           [PY, str(HERE / "check_dockerfile.py"), "rules", "--dockerfile", str(d / "Dockerfile")],
+           fails=True,
+           message=r"requirements-gpu\.txt: not `name==version --hash=sha256:\.\.\.`: 'torch==")
+    requirements.write_text(good_requirements)
+
+    other_cuda = re.sub(r"(ARG CUDA_IMAGE=nvidia/cuda:)\d+\.\d+\.\d+", r"\g<1>12.6.3", good, count=1)
+    assert other_cuda != good, "Dockerfile mutation did not apply (CUDA_IMAGE)"
+    (d / "Dockerfile").write_text(other_cuda)
+    expect("Dockerfile rules reject a GPU runtime image of another CUDA release than the wheels'",
+           [PY, str(HERE / "check_dockerfile.py"), "rules", "--dockerfile", str(d / "Dockerfile")],
+           fails=True, message=r"CUDA releases differ")
+    (d / "Dockerfile").write_text(good)
 
 
 def compose_cases(tmp: Path) -> None:
