@@ -58,6 +58,7 @@
 #include "server/observability/metrics_server.h"
 #include "server/observability/process_metrics.h"
 #include "server/scoring/aten_scorer.h"
+#include "server/scoring/buffer_pool.h"
 #include "server/scoring/model_loader.h"
 #include "server/scoring/scorer.h"
 #include "server/security/health_listener.h"
@@ -119,6 +120,7 @@ struct Flags {
   scoring::ScorerOptions scorer;    // --device
   std::string compute_path = "auto";  // scorer.compute_path, by name
   service::ServiceOptions service;  // --batch-workers, --max-*
+  int64_t host_pool_bytes = -1;     // scoring::HostBufferPool's idle cap
 
   bool metrics_enabled() const {
     return !metrics_listen.empty() && metrics_listen != "off";
@@ -187,8 +189,8 @@ void AddBatchingFlags(CLI::App& app, Flags& flags) {
 }
 
 // --max-request-memory, --max-request-work, --max-inflight-bytes,
-// --max-inflight-per-client, --max-stream-unsent-bytes: what requests may cost,
-// alone and together.
+// --max-inflight-per-client, --host-pool-bytes, --max-stream-unsent-bytes:
+// what requests may cost, alone and together.
 void AddRequestBudgetFlags(CLI::App& app, Flags& flags) {
   service::ServiceOptions& service = flags.service;
   AddFlag(app, "--max-request-memory", service.limits.max_request_memory,
@@ -216,6 +218,12 @@ void AddRequestBudgetFlags(CLI::App& app, Flags& flags) {
           "MAX_INFLIGHT_PER_CLIENT",
           "One caller identity's share of --max-inflight-bytes in bytes; "
           "0: no per-client cap, -1: half of --max-inflight-bytes")
+      ->check(CLI::Range(int64_t{-1}, std::numeric_limits<int64_t>::max()));
+  AddFlag(app, "--host-pool-bytes", flags.host_pool_bytes, "HOST_POOL_BYTES",
+          "Idle host memory the scorer keeps for reuse (outputs, staged "
+          "inputs, scratch), so that steady-state requests take no page "
+          "faults; on top of --max-inflight-bytes. -1: a quarter of "
+          "--max-inflight-bytes, at most 1 GiB; 0: none kept")
       ->check(CLI::Range(int64_t{-1}, std::numeric_limits<int64_t>::max()));
   AddFlag(app, "--max-stream-unsent-bytes", service.max_stream_unsent_bytes,
           "MAX_STREAM_UNSENT_BYTES",
@@ -620,6 +628,12 @@ bool Server::CreateScorer() {
     return false;
   }
   scorer_ = *std::move(scorer);
+  const int64_t pool =
+      flags_.host_pool_bytes >= 0
+          ? flags_.host_pool_bytes
+          : std::min(int64_t{1} << 30, flags_.service.max_inflight_bytes / 4);
+  scoring::HostBufferPool().SetMaxCachedBytes(static_cast<size_t>(pool));
+  spdlog::info("host buffer pool: up to {} idle bytes kept for reuse", pool);
   return true;
 }
 

@@ -28,6 +28,7 @@
 #include "server/scoring/blocked_attention.h"
 #include "server/scoring/blocked_tiling.h"
 #include "server/scoring/fused_attention.h"
+#include "server/scoring/host_tensor.h"
 #include "server/scoring/relative_model.h"
 
 namespace attnscore::scoring {
@@ -86,10 +87,15 @@ at::Tensor Gather(absl::Span<const ScoreItem> items,
   int64_t total = 0;
   for (const ScoreItem& item : items) total += pick(item).shape[axis];
   shape[axis] = total;
-  // Pinned host staging lets a CUDA copy run asynchronously.
-  at::Tensor out = at::empty(
-      shape,
-      at::TensorOptions().dtype(at::kFloat).pinned_memory(device.is_cuda()));
+  // Pinned host staging lets a CUDA copy run asynchronously (LibTorch's
+  // caching host allocator pools it); on the CPU the staged batch is the
+  // computation's input and comes from the host pool.
+  at::Tensor out =
+      device.is_cpu()
+          ? PooledEmpty(shape, at::kFloat)
+          : at::empty(
+                shape,
+                at::TensorOptions().dtype(at::kFloat).pinned_memory(true));
   if (axis == 0) {
     DecodeRows(items, pick, out.data_ptr<float>());
   } else {
@@ -205,7 +211,7 @@ class Splitter {
 // returns to the pool when the reply releases it.
 at::Tensor ToOutput(const at::Tensor& t, DType dtype) {
   const at::ScalarType type = ToScalarType(dtype);
-  if (t.is_cpu()) return t.to(type).contiguous();
+  if (t.is_cpu()) return PooledContiguousAs(t, type);
   const at::Tensor converted = t.to(type).contiguous();
   at::Tensor host =
       at::empty(converted.sizes(),

@@ -12,6 +12,7 @@
 
 #include "common/overloaded.h"
 #include "server/scoring/blocked_tiling.h"
+#include "server/scoring/host_tensor.h"
 
 namespace attnscore::scoring {
 namespace {
@@ -364,18 +365,19 @@ class TileKernel {
   float* const scratch_;
 };
 
-// The outputs `config` asks for, allocated once, contiguous float32.
+// The outputs `config` asks for, allocated once, contiguous float32, from the
+// host pool (host_tensor.h): the reply keeps them until sent, then they are
+// reused without page faults.
 void AllocateOutputs(const at::Tensor& q, const at::Tensor& k,
                      const at::Tensor& v, const AttentionConfig& config,
                      AttentionResult* result) {
-  const auto f32 = at::TensorOptions().dtype(at::kFloat);
   const std::vector<int64_t> scores = {q.size(0), q.size(1), q.size(2),
                                        k.size(2)};
-  if (config.want_logits) result->logits = at::empty(scores, f32);
-  if (config.want_probs) result->probs = at::empty(scores, f32);
+  if (config.want_logits) result->logits = PooledEmpty(scores, at::kFloat);
+  if (config.want_probs) result->probs = PooledEmpty(scores, at::kFloat);
   if (config.want_context) {
     result->context =
-        at::empty({q.size(0), q.size(1), q.size(2), v.size(3)}, f32);
+        PooledEmpty({q.size(0), q.size(1), q.size(2), v.size(3)}, at::kFloat);
   }
 }
 
@@ -452,8 +454,8 @@ bool ComputeAttentionBlocked(const at::Tensor& q_in, const at::Tensor& k_in,
   std::atomic<bool> stopped{false};
   at::parallel_for(0, units, 1, [&](int64_t begin, int64_t end) {
     // One scratch per thread's range: at most BlockedThreads() live at once.
-    std::unique_ptr<float[]> buffer(
-        scratch.floats > 0 ? new float[scratch.floats] : nullptr);
+    const PooledFloats buffer =
+        AcquireFloats(static_cast<size_t>(scratch.floats));
     TileKernel kernel(p, buffer.get());
     int64_t since_check = kStopCheckMacs;
     for (int64_t unit = begin; unit < end; ++unit) {

@@ -1,0 +1,153 @@
+// BufferPool (server/scoring/buffer_pool.h): size classes, reuse without new
+// allocations, the idle cap, trimming, and concurrent use; and the pooled
+// tensors of host_tensor.h returning their blocks when the last reference
+// drops.
+#include "server/scoring/buffer_pool.h"
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "server/scoring/host_tensor.h"
+
+namespace attnscore::scoring {
+namespace {
+
+constexpr size_t kMiB = size_t{1} << 20;
+
+TEST(BufferPoolTest, CapacityClassesWasteAtMostAnEighth) {
+  EXPECT_EQ(BufferPool::CapacityFor(1), BufferPool::kAlignment);
+  EXPECT_EQ(BufferPool::CapacityFor(100), 128u);
+  EXPECT_EQ(BufferPool::CapacityFor(BufferPool::kMinPooledBytes),
+            BufferPool::kMinPooledBytes);
+  EXPECT_EQ(BufferPool::CapacityFor(64 * kMiB), 64 * kMiB);
+  EXPECT_EQ(BufferPool::CapacityFor(64 * kMiB + 1), 72 * kMiB);
+  for (size_t bytes = BufferPool::kMinPooledBytes; bytes < 512 * kMiB;
+       bytes = bytes * 3 / 2 + 12345) {
+    const size_t capacity = BufferPool::CapacityFor(bytes);
+    EXPECT_GE(capacity, bytes);
+    EXPECT_LE(capacity, bytes + bytes / 8) << bytes;
+    EXPECT_EQ(capacity % BufferPool::kAlignment, 0u);
+  }
+}
+
+TEST(BufferPoolTest, ReleasedBlocksAreReusedWithinTheirClass) {
+  BufferPool pool(256 * kMiB);
+  size_t capacity = 0;
+  void* first = pool.Acquire(10 * kMiB, &capacity);
+  ASSERT_NE(first, nullptr);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(first) % BufferPool::kAlignment, 0u);
+  std::memset(first, 1, capacity);  // the whole capacity is usable
+  pool.Release(first, capacity);
+  EXPECT_EQ(pool.stats().cached_bytes, capacity);
+
+  size_t again = 0;
+  void* second = pool.Acquire(10 * kMiB - 1000, &again);  // same class
+  EXPECT_EQ(second, first);
+  EXPECT_EQ(again, capacity);
+  BufferPool::Stats stats = pool.stats();
+  EXPECT_EQ(stats.hits, 1u);
+  EXPECT_EQ(stats.misses, 1u);
+  EXPECT_EQ(stats.cached_bytes, 0u);
+
+  size_t other = 0;
+  void* bigger = pool.Acquire(40 * kMiB, &other);  // another class: fresh
+  EXPECT_NE(bigger, second);
+  pool.Release(second, again);
+  pool.Release(bigger, other);
+  stats = pool.stats();
+  EXPECT_EQ(stats.cached_blocks, 2u);
+  EXPECT_EQ(stats.cached_bytes, again + other);
+}
+
+TEST(BufferPoolTest, IdleBytesStayUnderTheCap) {
+  BufferPool pool(16 * kMiB);
+  std::vector<std::pair<void*, size_t>> blocks;
+  for (int i = 0; i < 5; ++i) {
+    size_t capacity = 0;
+    void* block = pool.Acquire(6 * kMiB, &capacity);
+    blocks.emplace_back(block, capacity);
+  }
+  for (const auto& [block, capacity] : blocks) pool.Release(block, capacity);
+  EXPECT_EQ(pool.stats().cached_blocks, 2u);  // 2 x 6 MiB <= 16 MiB < 3 x
+  EXPECT_LE(pool.stats().cached_bytes, 16 * kMiB);
+
+  pool.SetMaxCachedBytes(7 * kMiB);  // trims now
+  EXPECT_EQ(pool.stats().cached_blocks, 1u);
+  pool.SetMaxCachedBytes(0);
+  EXPECT_EQ(pool.stats().cached_bytes, 0u);
+  size_t capacity = 0;
+  void* block = pool.Acquire(6 * kMiB, &capacity);
+  pool.Release(block, capacity);  // nothing kept with a zero cap
+  EXPECT_EQ(pool.stats().cached_blocks, 0u);
+}
+
+TEST(BufferPoolTest, SmallBlocksAreNotKept) {
+  BufferPool pool(64 * kMiB);
+  size_t capacity = 0;
+  void* block = pool.Acquire(1000, &capacity);
+  EXPECT_EQ(capacity, 1024u);
+  pool.Release(block, capacity);
+  EXPECT_EQ(pool.stats().cached_blocks, 0u);
+  EXPECT_EQ(pool.stats().misses, 0u);
+}
+
+TEST(BufferPoolTest, ConcurrentAcquireAndRelease) {
+  BufferPool pool(64 * kMiB);
+  std::vector<std::thread> threads;
+  threads.reserve(4);
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&pool, t] {
+      for (int i = 0; i < 200; ++i) {
+        size_t capacity = 0;
+        const size_t bytes = (1 + (i + t) % 3) * kMiB;
+        auto* block =
+            static_cast<unsigned char*>(pool.Acquire(bytes, &capacity));
+        block[0] = static_cast<unsigned char>(t);
+        block[bytes - 1] = static_cast<unsigned char>(i);
+        pool.Release(block, capacity);
+      }
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  const BufferPool::Stats stats = pool.stats();
+  EXPECT_EQ(stats.hits + stats.misses, 800u);
+  EXPECT_LE(stats.cached_bytes, 64 * kMiB);
+  EXPECT_GT(stats.hits, 0u);
+}
+
+// The process pool behind PooledEmpty: a released output is the next one's
+// memory.
+TEST(HostTensorTest, PooledTensorsReturnTheirBlocks) {
+  at::Tensor t = PooledEmpty({8, 8, 512, 512}, at::kFloat);
+  EXPECT_TRUE(t.is_contiguous());
+  EXPECT_EQ(t.numel(), 8 * 8 * 512 * 512);
+  t.fill_(2.0);
+  EXPECT_EQ(t.sum().item<double>(), 2.0 * t.numel());
+  const void* data = t.data_ptr();
+  const uint64_t hits = HostBufferPool().stats().hits;
+  std::vector<at::Tensor> handles = {t};  // a second handle to the block
+  handles.clear();                        // dropping it releases nothing
+  EXPECT_EQ(HostBufferPool().stats().hits, hits);
+  EXPECT_EQ(HostBufferPool().stats().cached_blocks, 0u);
+  t.reset();
+  const at::Tensor reused = PooledEmpty({8, 8, 512, 512}, at::kFloat);
+  EXPECT_EQ(reused.data_ptr(), data);
+  EXPECT_EQ(HostBufferPool().stats().hits, hits + 1);
+
+  // Contiguous float32 stays itself; another dtype is a pooled copy.
+  EXPECT_TRUE(PooledContiguousAs(reused, at::kFloat).is_same(reused));
+  reused.fill_(1.5);
+  const at::Tensor half = PooledContiguousAs(reused, at::kHalf);
+  EXPECT_EQ(half.scalar_type(), at::kHalf);
+  EXPECT_EQ(half.to(at::kFloat).max().item<float>(), 1.5F);
+  EXPECT_EQ(PooledEmpty({0, 4}, at::kFloat).numel(), 0);
+  EXPECT_EQ(AcquireFloats(0).get(), nullptr);
+}
+
+}  // namespace
+}  // namespace attnscore::scoring
