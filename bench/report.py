@@ -89,6 +89,8 @@ def run_scoring(binary: str, min_time: float, workdir: str) -> tuple[dict, str]:
         seconds[name] = run["real_time"] * unit
         if "GFLOPS" in run:
             seconds[name + "#GFLOPS"] = run["GFLOPS"]
+        if "GBps" in run:
+            seconds[name + "#GBps"] = run["GBps"]
     return seconds, proc.stdout
 
 
@@ -117,6 +119,29 @@ def sgemm_row(seconds: dict) -> dict | None:
     share = achieved / rate
     return {"sgemm_gflops": rate, "alibi_logits_gflops": achieved, "share": share,
             "target": SGEMM_SHARE_TARGET, "met": share >= SGEMM_SHARE_TARGET}
+
+
+# The decode batch B32 H8 Lq1 Lk2048 D64 reads its keys once (128 MiB) and writes 4 MiB of
+# logits and probabilities: bytes, not flops, bound it.
+DECODE_BYTES = 32 * 8 * 2048 * 64 * 4 + 2 * 32 * 8 * 2048 * 4
+
+
+def decode_floor_row(seconds: dict) -> dict | None:
+    """The decode batch against the memory floor: its bytes over the read bandwidth measured in
+    the same run. A speed-up over the literal port cannot exceed literal / floor."""
+    bandwidth = next((v for k, v in seconds.items() if k.startswith("stream") and
+                      k.endswith("#GBps")), None)
+    if bandwidth is None:
+        return None
+    floor = DECODE_BYTES / (bandwidth * 1e9)
+    row = {"read_gbps": bandwidth, "floor_ms": floor * 1e3}
+    for kind in ("alibi", "relative"):
+        case = f"decode_B32_H8_Lq1_Lk2048_D64/{kind}_logits+probs"
+        core, literal = seconds.get(f"core/{case}"), seconds.get(f"literal/{case}")
+        if core is not None and literal is not None:
+            row[kind] = {"core_x_floor": core / floor, "literal_x_floor": literal / floor,
+                         "max_speedup": literal / floor}
+    return row
 
 
 def kernel_lines(console: str) -> list[str]:
@@ -156,6 +181,15 @@ def markdown(report: dict) -> str:
         lines.append(f"| ALiBi logits B8 H8 L512 D64 vs sgemm | {sgemm['sgemm_gflops']:.0f} "
                      f"GFLOP/s | {sgemm['alibi_logits_gflops']:.0f} GFLOP/s | "
                      f"{sgemm['share'] * 100:.0f}% | >= 50% | {yes_no(sgemm['met'])} |")
+    decode = report.get("decode_floor")
+    if decode:
+        lines += ["", f"Decode batch memory floor: {DECODE_BYTES / 2**20:.0f} MiB read and written "
+                  f"at {decode['read_gbps']:.1f} GB/s (read bandwidth, same run) = "
+                  f"{decode['floor_ms']:.2f} ms. " + "; ".join(
+                      f"{kind}: core {decode[kind]['core_x_floor']:.2f}x the floor, literal "
+                      f"{decode[kind]['literal_x_floor']:.2f}x (so at most "
+                      f"{decode[kind]['max_speedup']:.2f}x is possible)"
+                      for kind in ("alibi", "relative") if kind in decode) + "."]
     e2e = report.get("e2e")
     if e2e:
         lines += ["", "| end to end, same Python client | attnscore | peer | echo ceiling | "
@@ -206,7 +240,8 @@ def main() -> int:
     report = {"commit": commit(), "date": datetime.datetime.now(datetime.timezone.utc)
               .strftime("%Y-%m-%d %H:%M UTC"), "cpu": cpu_description(),
               "kernels": kernel_lines(console), "scoring": scoring_rows(seconds),
-              "sgemm": sgemm_row(seconds), "e2e": e2e}
+              "sgemm": sgemm_row(seconds), "decode_floor": decode_floor_row(seconds),
+              "e2e": e2e}
     os.makedirs(args.out_dir, exist_ok=True)
     with open(os.path.join(args.out_dir, "latest.json"), "w") as f:
         json.dump(report, f, indent=2)

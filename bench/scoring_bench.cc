@@ -163,6 +163,19 @@ void BM_Sgemm(benchmark::State& state) {
       benchmark::Counter::kIsRate);
 }
 
+// The machine's memory read bandwidth on the scorer's threads (a sum over
+// 256 MiB of float32, far beyond the caches): the floor of the decode batch,
+// which reads 128 MiB of keys for 4 MiB of outputs (bench/report.py).
+void BM_Stream(benchmark::State& state) {
+  constexpr int64_t kBytes = int64_t{256} << 20;
+  const at::Tensor data = at::rand({kBytes / 4});
+  for (auto _ : state) benchmark::DoNotOptimize(data.sum().item<float>());
+  state.counters["GBps"] =
+      benchmark::Counter(static_cast<double>(kBytes) *
+                             static_cast<double>(state.iterations()) / 1e9,
+                         benchmark::Counter::kIsRate);
+}
+
 // Issue 9's many-tiny-items case: 2,000,000 float16 items of H = Lq = Lk =
 // D = 1 in one batch (logits), the per-item overhead the cost cap charges.
 void BM_TinyItems(benchmark::State& state) {
@@ -227,6 +240,9 @@ void Register() {
       {kDecode, false, true, "alibi_logits+probs"},
       {kDecode, true, true, "relative_logits+probs"},
   };
+  benchmark::RegisterBenchmark("stream/256MiB", BM_Stream)
+      ->Unit(benchmark::kMillisecond)
+      ->UseRealTime();
   benchmark::RegisterBenchmark("sgemm/1024", BM_Sgemm)
       ->Unit(benchmark::kMillisecond)
       ->UseRealTime();
