@@ -266,6 +266,7 @@ class ScorerImpl final : public Scorer {
     // The compute boundary: LibTorch reports failures (including out of memory)
     // as exceptions.
     try {
+      if (ScoresItemByItem(items)) return ScoreEachOrThrow(spec, items, stop);
       return ScoreBatchOrThrow(spec, items, stop);
     } catch (const c10::Error& e) {
       return absl::InternalError(
@@ -310,6 +311,38 @@ class ScorerImpl final : public Scorer {
       return Cancelled();
     }
     return SplitResults(spec, result, batch.item_batch);
+  }
+
+  // The blocked path works per (item, head) anyway, so on the CPU a batch
+  // gains nothing from being stacked into one tensor, and stacking copies
+  // every input: past kStackBytes of inputs each item is computed where its
+  // bytes lie (a float32 item is read in place), one after the other, with
+  // the same results (every tile depends on its own item alone). Smaller
+  // batches are stacked: one pass over many tiny items is cheaper than a
+  // pass per item.
+  bool ScoresItemByItem(absl::Span<const ScoreItem> items) const {
+    constexpr size_t kStackBytes = size_t{1} << 20;
+    if (batched_ || !device_.is_cpu() || items.size() < 2) return false;
+    size_t bytes = 0;
+    for (const ScoreItem& item : items) {
+      bytes += item.query.size_bytes + item.key.size_bytes +
+               (item.value.has_value() ? item.value->size_bytes : 0);
+    }
+    return bytes >= kStackBytes;
+  }
+
+  absl::StatusOr<std::vector<ScoreResult>> ScoreEachOrThrow(
+      const ScoreSpec& spec, absl::Span<const ScoreItem> items,
+      const StopFn& stop) {
+    std::vector<ScoreResult> results;
+    results.reserve(items.size());
+    for (const ScoreItem& item : items) {
+      absl::StatusOr<std::vector<ScoreResult>> one =
+          ScoreBatchOrThrow(spec, {&item, 1}, stop);
+      if (!one.ok()) return one.status();
+      results.push_back(std::move(one->front()));
+    }
+    return results;
   }
 
   static absl::Status Cancelled() {
