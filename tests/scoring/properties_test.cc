@@ -369,6 +369,43 @@ TEST_P(ScorerTest, BatchedItemsEqualSeparateRunsAndShareMemory) {
   }
 }
 
+// Past a megabyte of inputs the CPU scorer computes a batch item by item
+// where each item's bytes lie instead of stacking them (aten_scorer.cc): the
+// results must be those of separate runs all the same.
+TEST_P(ScorerTest, LargeBatchesEqualSeparateRuns) {
+  at::manual_seed(16);
+  std::vector<Case> cases = {RandomCase(2, 4, 32, 512, 64),
+                             RandomCase(1, 4, 32, 512, 64),
+                             RandomCase(2, 4, 32, 512, 64)};
+  std::vector<Raw> raws;
+  raws.reserve(cases.size());
+  for (const Case& c : cases) raws.push_back(MakeRaw(c, Layout::kBHSD));
+  raws[2].item.key_lengths = {512, 100};
+  std::vector<ScoreItem> items;
+  items.reserve(raws.size());
+  for (const Raw& r : raws) items.push_back(r.item);
+  size_t bytes = 0;
+  for (const ScoreItem& item : items) {
+    bytes += item.query.size_bytes + item.key.size_bytes;
+  }
+  ASSERT_GT(bytes, size_t{1} << 20);
+  const ScoreSpec spec = Spec(cases[0], Layout::kBHSD, true);
+  const std::vector<ScoreResult> batched = *scorer_->ScoreBatch(spec, items);
+  ASSERT_EQ(batched.size(), items.size());
+  for (size_t i = 0; i < items.size(); ++i) {
+    const ScoreResult alone =
+        (*scorer_->ScoreBatch(spec, absl::MakeConstSpan(&items[i], 1)))[0];
+    EXPECT_TRUE(
+        at::equal(AsTensor(*batched[i].logits), AsTensor(*alone.logits)))
+        << i;
+    EXPECT_TRUE(at::equal(AsTensor(*batched[i].probs), AsTensor(*alone.probs)))
+        << i;
+    EXPECT_TRUE(
+        at::equal(AsTensor(*batched[i].context), AsTensor(*alone.context)))
+        << i;
+  }
+}
+
 TEST_P(ScorerTest, OutputDtypesRoundOnce) {
   at::manual_seed(7);
   Case c = RandomCase(1, 2, 3, 3, 4);
