@@ -88,6 +88,20 @@ at::Tensor MaterialisedBias(int64_t heads, int64_t len,
   return bias.unsqueeze(0).to(opts.dtype());
 }
 
+// Causal ALiBi with the paper's slopes and 1/sqrt(D), asking for `logits`,
+// `probs` and `context`.
+AttentionConfig CausalAlibi(int64_t heads, int64_t head_dim, bool logits,
+                            bool probs, bool context) {
+  AttentionConfig config;
+  config.bias = ResolvedAlibi{AlibiSlopes(heads)};
+  config.causal = true;
+  config.scale = 1.0 / std::sqrt(static_cast<double>(head_dim));
+  config.want_logits = logits;
+  config.want_probs = probs;
+  config.want_context = context;
+  return config;
+}
+
 double RelativeError(const at::Tensor& got, const at::Tensor& want) {
   at::Tensor g = got.to(at::kDouble).cpu();
   at::Tensor w = want.to(at::kDouble).cpu();
@@ -172,11 +186,7 @@ Row Logits(const Options& o, const at::TensorOptions& f32, double bw,
   const int64_t l = o.small ? 128 : 512, d = o.small ? 32 : 64;
   at::Tensor q = at::randn({b, h, l, d}, f32);
   at::Tensor k = at::randn({b, h, l, d}, f32);
-  AttentionConfig config;
-  config.bias = ResolvedAlibi{AlibiSlopes(h)};
-  config.causal = true;
-  config.scale = 1.0 / std::sqrt(static_cast<double>(d));
-  config.want_logits = true;
+  const AttentionConfig config = CausalAlibi(h, d, true, false, false);
   const at::Tensor bias = MaterialisedBias(h, l, f32);
   const auto ours = [&] {
     return BatchedAttention(q, k, at::Tensor(), {}, config).logits;
@@ -208,12 +218,7 @@ Row Context(const Options& o, const at::TensorOptions& opts, double bw,
   at::Tensor q = at::randn({b, h, l, d}, io);
   at::Tensor k = at::randn({b, h, l, d}, io);
   at::Tensor v = at::randn({b, h, l, d}, io);
-  AttentionConfig config;
-  config.bias = ResolvedAlibi{AlibiSlopes(h)};
-  config.causal = true;
-  config.scale = 1.0 / std::sqrt(static_cast<double>(d));
-  config.want_logits = false;
-  config.want_context = true;
+  const AttentionConfig config = CausalAlibi(h, d, false, false, true);
   const auto ours = [&] {
     return BatchedAttention(q, k, v, {}, config).context;
   };
@@ -247,12 +252,7 @@ Row Decode(const Options& o, const at::TensorOptions& f32, double bw) {
   const int64_t b = o.small ? 8 : 32, h = 8, lk = o.small ? 256 : 2048, d = 64;
   at::Tensor q = at::randn({b, h, 1, d}, f32);
   at::Tensor k = at::randn({b, h, lk, d}, f32);
-  AttentionConfig config;
-  config.bias = ResolvedAlibi{AlibiSlopes(h)};
-  config.causal = true;
-  config.scale = 1.0 / std::sqrt(static_cast<double>(d));
-  config.want_logits = true;
-  config.want_probs = true;
+  const AttentionConfig config = CausalAlibi(h, d, true, true, false);
   const auto batched = [&] {
     return BatchedAttention(q, k, at::Tensor(), {}, config).probs;
   };

@@ -44,10 +44,13 @@ at::Tensor Wrap(const TensorRef& t) {
 // Batch-major: each item's rows are contiguous in the stacked tensor, so each
 // is decoded straight into its place (no tensor per item, which keeps many
 // tiny items cheap). A batch of decode steps carries megabytes of keys per
-// item: past a few megabytes the items are decoded in parallel on the
-// intra-op threads, each into its own rows.
+// item: staged for an accelerator (`parallel`), past a few megabytes the items
+// are decoded in parallel on the intra-op threads, each into its own rows. On
+// the CPU the cores are the compute's: a parallel region there only waits for
+// threads that are busy elsewhere.
 void DecodeRows(absl::Span<const ScoreItem> items,
-                const TensorRef& (*pick)(const ScoreItem&), float* out) {
+                const TensorRef& (*pick)(const ScoreItem&), bool parallel,
+                float* out) {
   constexpr size_t kParallelBytes = size_t{4} << 20;
   std::vector<float*> starts(items.size());
   size_t total_bytes = 0;
@@ -66,7 +69,7 @@ void DecodeRows(absl::Span<const ScoreItem> items,
     }
   };
   const auto count = static_cast<int64_t>(items.size());
-  if (count > 1 && total_bytes >= kParallelBytes) {
+  if (parallel && count > 1 && total_bytes >= kParallelBytes) {
     at::parallel_for(0, count, 1, decode);
   } else {
     decode(0, count);
@@ -97,7 +100,7 @@ at::Tensor Gather(absl::Span<const ScoreItem> items,
                 shape,
                 at::TensorOptions().dtype(at::kFloat).pinned_memory(true));
   if (axis == 0) {
-    DecodeRows(items, pick, out.data_ptr<float>());
+    DecodeRows(items, pick, !device.is_cpu(), out.data_ptr<float>());
   } else {
     int64_t offset = 0;
     for (const ScoreItem& item : items) {
