@@ -203,6 +203,10 @@ def markdown(report: dict) -> str:
             lines.append(f"| decode preset c=64 (req/s, `attnscore load`) | "
                          f"{d['attnscore']['rps']:.0f} | {d['peer']['rps']:.0f} | - | "
                          f"{d['speedup']:.2f}x | >= {d['target']}x | {yes_no(d['met'])} |")
+        if e2e.get("memory"):
+            sys.path.insert(0, os.path.join(HERE, "e2e"))
+            from bench_e2e import memory_line  # one wording for both reports
+            lines += ["", memory_line(e2e["memory"])]
     return "\n".join(lines) + "\n"
 
 

@@ -9,6 +9,11 @@ stubs compiled from proto/ at start) and the decode preset with `attnscore load`
 ratios against the targets of the performance issue. Ratios come from one run on one machine;
 absolute times are only for reading alongside them.
 
+Memory under load (issue 10 F): a fresh attnscore-server with its defaults under the prefill512
+preset (`attnscore load`, c=8) for several rounds; its VmRSS and its attnscore_inflight_bytes gauge
+are sampled every 20 ms. Targets: peak RSS within idle RSS + 3x the peak bytes in flight, and the
+RSS after the last round within max(10%, 32 MiB) of the RSS after the first (warm-up) round.
+
 usage: bench_e2e.py --server BIN --cli BIN --proto-root DIR --peer PEER_SERVER_PY
                     [--repeats 7] [--load-requests 2000] [--json OUT] [--quick]
 Exit status: 0 when every step ran (whether or not targets were met), 1 when a step failed.
@@ -56,6 +61,10 @@ CASES = [
 ]
 SMOKE_CASES = [Case("smoke B1 H2 L16 D8 logits", 1, 2, 16, 16, 8, 0.0)]
 DECODE_TARGET = 2.0
+MEMORY_ROUNDS = 4           # the first is the warm-up
+MEMORY_ROUND_SECONDS = 8
+MEMORY_PEAK_FACTOR = 3.0    # peak RSS <= idle RSS + 3 x peak bytes in flight
+MEMORY_GROWTH = (0.10, 32 << 20)  # after warm-up: max(10%, 32 MiB)
 
 
 def compile_stubs(proto_root: str, out: str) -> None:
@@ -236,6 +245,87 @@ def load_rps(cli: str, address: str, requests: int, workdir: str, name: str) -> 
             "p99_ms": report["latency_ms"].get("p99")}
 
 
+def read_rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def read_inflight(metrics_address: str) -> int:
+    import urllib.request
+    with urllib.request.urlopen(f"http://{metrics_address}/metrics", timeout=2) as reply:
+        for line in reply.read().decode().splitlines():
+            if line.startswith("attnscore_inflight_bytes"):
+                return int(float(line.split()[-1]))
+    return 0
+
+
+class Sampler:
+    """Samples a server's VmRSS and in-flight gauge every 20 ms on a thread; keeps the peaks."""
+
+    def __init__(self, pid: int, metrics_address: str):
+        import threading
+        self.pid, self.metrics_address = pid, metrics_address
+        self.peak_rss = self.peak_inflight = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak_rss = max(self.peak_rss, read_rss(self.pid))
+            try:
+                self.peak_inflight = max(self.peak_inflight, read_inflight(self.metrics_address))
+            except OSError:
+                pass
+            self._stop.wait(0.02)
+
+    def __enter__(self) -> "Sampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def memory_under_load(args: argparse.Namespace, workdir: str) -> dict:
+    """Issue 10 F: peak RSS against idle RSS + bytes in flight, and growth across rounds."""
+    address = f"127.0.0.1:{free_port()}"
+    metrics = f"127.0.0.1:{free_port()}"
+    process = start("attnscore-memory", [args.server, "--listen", address,
+                                         "--metrics-listen", metrics], address, workdir)
+    try:
+        time.sleep(1.0)  # let start-up allocations settle
+        idle = read_rss(process.popen.pid)
+        rounds = 2 if args.smoke else MEMORY_ROUNDS
+        seconds = 2 if args.smoke else MEMORY_ROUND_SECONDS
+        after = []
+        with Sampler(process.popen.pid, metrics) as sampler:
+            for k in range(rounds):
+                out = os.path.join(workdir, f"memory-{k}.json")
+                subprocess.run([args.cli, "load", "--target", address, "--preset",
+                                "prefill512", "-c", "8", "-z", f"{seconds}s",
+                                "--format", "json", "-o", out],
+                               check=True, timeout=300, stdout=subprocess.DEVNULL)
+                with open(out) as f:
+                    if json.load(f)["errors"]:
+                        raise RuntimeError(f"memory load round {k}: errors")
+                time.sleep(0.5)  # replies released
+                after.append(read_rss(process.popen.pid))
+        allowed_peak = idle + MEMORY_PEAK_FACTOR * sampler.peak_inflight
+        growth = after[-1] - after[0]
+        allowed_growth = max(MEMORY_GROWTH[0] * after[0], MEMORY_GROWTH[1])
+        return {"idle_rss": idle, "peak_rss": sampler.peak_rss,
+                "peak_inflight": sampler.peak_inflight, "allowed_peak": allowed_peak,
+                "peak_met": sampler.peak_rss <= allowed_peak, "rss_after_rounds": after,
+                "growth": growth, "allowed_growth": allowed_growth,
+                "growth_met": growth <= allowed_growth}
+    finally:
+        process.stop()
+
+
 def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -247,12 +337,24 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def memory_line(m: dict) -> str:
+    mib = 1 << 20
+    after = ", ".join(f"{v / mib:.0f}" for v in m["rss_after_rounds"])
+    return (f"Memory under load (prefill512, c=8, {len(m['rss_after_rounds'])} rounds): idle RSS "
+            f"{m['idle_rss'] / mib:.0f} MiB, peak {m['peak_rss'] / mib:.0f} MiB with at most "
+            f"{m['peak_inflight'] / mib:.0f} MiB in flight (target <= idle + 3x in flight = "
+            f"{m['allowed_peak'] / mib:.0f} MiB: {'yes' if m['peak_met'] else 'NO'}); RSS after "
+            f"each round {after} MiB, growth after warm-up {m['growth'] / mib:+.1f} MiB (target "
+            f"<= {m['allowed_growth'] / mib:.0f} MiB: {'yes' if m['growth_met'] else 'NO'}).")
+
+
 @dataclass
 class Report:
     cpu: str
     server_info: dict
     unary: list[dict] = field(default_factory=list)
     decode: dict = field(default_factory=dict)
+    memory: dict = field(default_factory=dict)
 
     def table(self) -> str:
         lines = ["| case | attnscore ms | peer ms | echo ms | speed-up | target | met |",
@@ -266,6 +368,9 @@ class Report:
             lines.append(f"| decode preset c=64 (req/s) | {d['attnscore']['rps']:.0f} | "
                          f"{d['peer']['rps']:.0f} | - | {d['speedup']:.2f}x | >= {d['target']}x | "
                          f"{'yes' if d['met'] else 'NO'} |")
+        m = self.memory
+        if m:
+            lines += ["", memory_line(m)]
         return "\n".join(lines)
 
 
@@ -301,6 +406,10 @@ def run(args: argparse.Namespace, workdir: str) -> Report:
         speedup = ours["rps"] / peer["rps"]
         report.decode = {"attnscore": ours, "peer": peer, "speedup": speedup,
                          "target": DECODE_TARGET, "met": speedup >= DECODE_TARGET}
+        for process in reversed(processes):
+            process.stop()  # the memory stage's server runs alone
+        processes.clear()
+        report.memory = memory_under_load(args, workdir)
         return report
     finally:
         for process in reversed(processes):
@@ -340,7 +449,8 @@ def main() -> int:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
             json.dump({"cpu": report.cpu, "server_info": report.server_info,
-                       "unary": report.unary, "decode": report.decode}, f, indent=2)
+                       "unary": report.unary, "decode": report.decode,
+                       "memory": report.memory}, f, indent=2)
     return 0
 
 
