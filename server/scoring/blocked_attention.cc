@@ -114,6 +114,39 @@ void ExpInPlace(const MMat& x) {
   }
 }
 
+// The max and the sum of a row, in 16 independent lanes: a plain loop is one
+// dependent comparison or addition per element (the compiler may not reorder
+// float additions), these vectorise. The lanes fix the order of the additions,
+// so a row's sum depends on the row alone, never on the batch around it.
+constexpr int64_t kLanes = 16;
+
+float RowMax(const float* x, int64_t n) {
+  float lanes[kLanes];
+  std::fill(lanes, lanes + kLanes, kNegInf);
+  int64_t c = 0;
+  for (; c + kLanes <= n; c += kLanes) {
+    for (int64_t k = 0; k < kLanes; ++k) {
+      lanes[k] = x[c + k] > lanes[k] ? x[c + k] : lanes[k];
+    }
+  }
+  float max = kNegInf;
+  for (; c < n; ++c) max = std::max(max, x[c]);
+  for (float lane : lanes) max = std::max(max, lane);
+  return max;
+}
+
+float RowSum(const float* x, int64_t n) {
+  float lanes[kLanes] = {};
+  int64_t c = 0;
+  for (; c + kLanes <= n; c += kLanes) {
+    for (int64_t k = 0; k < kLanes; ++k) lanes[k] += x[c + k];
+  }
+  float sum = 0;
+  for (float lane : lanes) sum += lane;
+  for (; c < n; ++c) sum += x[c];
+  return sum;
+}
+
 // A [B, H, L, D] float32 tensor's data with its strides (unit last stride).
 struct Operand {
   const float* data = nullptr;
@@ -263,8 +296,7 @@ class TileKernel {
       const int64_t visible = VisibleIn(b, i0 + r, 0, scores.cols);
       const float* in = scores.row(r);
       float* out = probs.row(r);
-      const float max =
-          visible > 0 ? *std::max_element(in, in + visible) : 0.0f;
+      const float max = visible > 0 ? RowMax(in, visible) : 0.0f;
       for (int64_t c = 0; c < visible; ++c) out[c] = in[c] - max;
       std::fill(out + visible, out + scores.cols, kNegInf);
     }
@@ -272,8 +304,7 @@ class TileKernel {
     for (int64_t r = 0; r < probs.rows; ++r) {
       const int64_t visible = VisibleIn(b, i0 + r, 0, probs.cols);
       float* out = probs.row(r);
-      float sum = 0;
-      for (int64_t c = 0; c < visible; ++c) sum += out[c];
+      const float sum = RowSum(out, visible);
       for (int64_t c = 0; c < visible; ++c) out[c] /= sum;
     }
   }
