@@ -41,41 +41,6 @@ at::Tensor Wrap(const TensorRef& t) {
                        at::TensorOptions().dtype(ToScalarType(t.dtype)));
 }
 
-// Batch-major: each item's rows are contiguous in the stacked tensor, so each
-// is decoded straight into its place (no tensor per item, which keeps many
-// tiny items cheap). A batch of decode steps carries megabytes of keys per
-// item: staged for an accelerator (`parallel`), past a few megabytes the items
-// are decoded in parallel on the intra-op threads, each into its own rows. On
-// the CPU the cores are the compute's: a parallel region there only waits for
-// threads that are busy elsewhere.
-void DecodeRows(absl::Span<const ScoreItem> items,
-                const TensorRef& (*pick)(const ScoreItem&), bool parallel,
-                float* out) {
-  constexpr size_t kParallelBytes = size_t{4} << 20;
-  std::vector<float*> starts(items.size());
-  size_t total_bytes = 0;
-  float* rows = out;
-  for (size_t i = 0; i < items.size(); ++i) {
-    const TensorRef& t = pick(items[i]);
-    starts[i] = rows;
-    rows += t.size_bytes / ElementSize(t.dtype);
-    total_bytes += t.size_bytes;
-  }
-  const auto decode = [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const TensorRef& t = pick(items[static_cast<size_t>(i)]);
-      DecodeFloats(t.data, t.size_bytes / ElementSize(t.dtype), t.dtype,
-                   starts[static_cast<size_t>(i)]);
-    }
-  };
-  const auto count = static_cast<int64_t>(items.size());
-  if (parallel && count > 1 && total_bytes >= kParallelBytes) {
-    at::parallel_for(0, count, 1, decode);
-  } else {
-    decode(0, count);
-  }
-}
-
 // Stacks the items' tensors along the batch axis as float32, on `device`. A
 // single float32 CPU item is used in place.
 at::Tensor Gather(absl::Span<const ScoreItem> items,
@@ -99,15 +64,20 @@ at::Tensor Gather(absl::Span<const ScoreItem> items,
           : at::empty(
                 shape,
                 at::TensorOptions().dtype(at::kFloat).pinned_memory(true));
-  if (axis == 0) {
-    DecodeRows(items, pick, !device.is_cpu(), out.data_ptr<float>());
-  } else {
-    int64_t offset = 0;
-    for (const ScoreItem& item : items) {
-      const TensorRef& t = pick(item);
+  int64_t offset = 0;
+  float* rows = out.data_ptr<float>();
+  for (const ScoreItem& item : items) {
+    const TensorRef& t = pick(item);
+    if (axis == 0) {
+      // Batch-major: an item's rows are contiguous in `out`; decoding them in
+      // place costs no tensor per item, which keeps many tiny items cheap.
+      const size_t count = t.size_bytes / ElementSize(t.dtype);
+      DecodeFloats(t.data, count, t.dtype, rows);
+      rows += count;
+    } else {
       out.narrow(axis, offset, t.shape[axis]).copy_(Wrap(t));
-      offset += t.shape[axis];
     }
+    offset += t.shape[axis];
   }
   return device.is_cpu() ? out : out.to(device, /*non_blocking=*/true);
 }

@@ -358,9 +358,7 @@ at::Tensor LogitsTarget(const at::Tensor& output, int64_t row0, int64_t rows,
 
 void CopyTileRows(const at::Tensor& tile, int64_t row0, at::Tensor& output) {
   if (!output.defined() || tile.is_same(output)) return;
-  at::Tensor rows = output.narrow(2, row0, tile.size(2));
-  if (rows.data_ptr() == tile.data_ptr()) return;  // computed in place
-  rows.copy_(tile);
+  output.narrow(2, row0, tile.size(2)).copy_(tile);
 }
 
 }  // namespace
@@ -396,8 +394,8 @@ AttentionResult BatchedAttention(const at::Tensor& q, const at::Tensor& k,
       FusedContextTile(ops, config, key_lengths, row0, rows, context_rows);
     } else {
       at::Tensor logits = LogitsTarget(result.logits, row0, rows, s, ops.f32);
+      // Into the output's rows (or scratch when only probabilities are wanted).
       FillLogits(ops, config, row0, rows, logits);
-      CopyTileRows(logits, row0, result.logits);
       if (need_probs) {
         at::Tensor probs =
             TileTarget(result.probs, row0, rows, s.key_len, s, ops.f32);

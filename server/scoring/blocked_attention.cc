@@ -366,8 +366,7 @@ class TileKernel {
         const int64_t visible = VisibleIn(b, i0 + r, j0, n);
         if (visible == 0) continue;  // all -inf: adds exp(-inf) = 0
         float* row = s.row(r);
-        const float next =
-            std::max(running_max[r], *std::max_element(row, row + visible));
+        const float next = std::max(running_max[r], RowMax(row, visible));
         const float decay = std::exp(running_max[r] - next);
         running_max[r] = next;
         running_sum[r] *= decay;

@@ -1,6 +1,7 @@
 #include "server/scoring/host_tensor.h"
 
 #include <ATen/ATen.h>
+#include <c10/util/accumulate.h>
 
 #include "server/scoring/buffer_pool.h"
 
@@ -8,9 +9,8 @@ namespace attnscore::scoring {
 
 at::Tensor PooledEmpty(at::IntArrayRef sizes, at::ScalarType dtype) {
   const auto options = at::TensorOptions().dtype(dtype);
-  int64_t numel = 1;
-  for (int64_t size : sizes) numel *= size;
-  const auto bytes = static_cast<size_t>(numel) * at::elementSize(dtype);
+  const auto bytes = static_cast<size_t>(c10::multiply_integers(sizes)) *
+                     at::elementSize(dtype);
   if (bytes == 0) return at::empty(sizes, options);
   size_t capacity = 0;
   void* block = HostBufferPool().Acquire(bytes, &capacity);
