@@ -268,7 +268,9 @@ class ScorerImpl final : public Scorer {
     const Dims q = DimsOf(items[0].query.shape, spec.layout);
     absl::StatusOr<DeviceBias> bias = ResolveBias(spec.bias, q.heads);
     if (!bias.ok()) return bias.status();
-    const AttentionConfig config = MakeConfig(spec, q, bias->bias);
+    AttentionConfig config = MakeConfig(spec, q, bias->bias);
+    // The CPU path writes 16-bit outputs per tile: no float32 copy to convert.
+    if (!batched_) config.matrix_type = ToScalarType(spec.output_dtype);
     if (stop && stop()) return Cancelled();
     const Batch batch = GatherBatch(spec, items, device_);
     AttentionResult result;

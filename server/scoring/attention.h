@@ -80,14 +80,20 @@ struct AttentionConfig {
   bool want_logits = true;
   bool want_probs = false;
   bool want_context = false;
+  // ComputeAttentionBlocked writes the logits and probabilities in this type
+  // (float32, float16 or bfloat16), converting each tile while it is in
+  // cache; ComputeAttention and BatchedAttention return float32.
+  at::ScalarType matrix_type = at::kFloat;
 };
 
 // The relative model of a config, or nullptr for ALiBi.
 const AtenRelativeModel* RelativeModelOf(const AttentionConfig& config);
 
 struct AttentionResult {
-  at::Tensor logits;   // [B,H,Lq,Lk] float32, contiguous (when computed)
-  at::Tensor probs;    // [B,H,Lq,Lk] float32, contiguous (when wanted)
+  // [B,H,Lq,Lk] contiguous, float32 (config.matrix_type from the blocked
+  // path): the logits when computed, the probabilities when wanted.
+  at::Tensor logits;
+  at::Tensor probs;
   at::Tensor context;  // [B,H,Lq,Dv] float32, contiguous (when wanted)
 };
 

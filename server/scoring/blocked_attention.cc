@@ -13,6 +13,7 @@
 #include "common/overloaded.h"
 #include "server/scoring/blocked_tiling.h"
 #include "server/scoring/host_tensor.h"
+#include "server/scoring/row_loops.h"
 
 namespace attnscore::scoring {
 namespace {
@@ -114,39 +115,6 @@ void ExpInPlace(const MMat& x) {
   }
 }
 
-// The max and the sum of a row, in 16 independent lanes: a plain loop is one
-// dependent comparison or addition per element (the compiler may not reorder
-// float additions), these vectorise. The lanes fix the order of the additions,
-// so a row's sum depends on the row alone, never on the batch around it.
-constexpr int64_t kLanes = 16;
-
-float RowMax(const float* x, int64_t n) {
-  float lanes[kLanes];
-  std::fill(lanes, lanes + kLanes, kNegInf);
-  int64_t c = 0;
-  for (; c + kLanes <= n; c += kLanes) {
-    for (int64_t k = 0; k < kLanes; ++k) {
-      lanes[k] = x[c + k] > lanes[k] ? x[c + k] : lanes[k];
-    }
-  }
-  float max = kNegInf;
-  for (; c < n; ++c) max = std::max(max, x[c]);
-  for (float lane : lanes) max = std::max(max, lane);
-  return max;
-}
-
-float RowSum(const float* x, int64_t n) {
-  float lanes[kLanes] = {};
-  int64_t c = 0;
-  for (; c + kLanes <= n; c += kLanes) {
-    for (int64_t k = 0; k < kLanes; ++k) lanes[k] += x[c + k];
-  }
-  float sum = 0;
-  for (float lane : lanes) sum += lane;
-  for (; c < n; ++c) sum += x[c];
-  return sum;
-}
-
 // A [B, H, L, D] float32 tensor's data with its strides (unit last stride).
 struct Operand {
   const float* data = nullptr;
@@ -168,8 +136,11 @@ Operand OperandOf(const at::Tensor& t) {
 struct Problem {
   int64_t heads = 0, query_len = 0, key_len = 0, head_dim = 0, value_dim = 0;
   Operand q, k, v;
-  float* logits = nullptr;   // [B,H,Lq,Lk] or null
-  float* probs = nullptr;    // [B,H,Lq,Lk] or null
+  // [B,H,Lq,Lk] or null, in `matrix_type`: float32 rows are computed in
+  // place, 16-bit ones in float32 scratch and converted per tile.
+  void* logits = nullptr;
+  void* probs = nullptr;
+  at::ScalarType matrix_type = at::kFloat;
   float* context = nullptr;  // [B,H,Lq,Dv] or null
   absl::Span<const int32_t> key_lengths;
   bool causal = false;
@@ -253,13 +224,8 @@ class TileKernel {
     const float slope = -p_.slopes[h];
     for (int64_t r = 0; r < dst.rows; ++r) {
       const int64_t i = i0 + r;
-      const int64_t visible = VisibleIn(b, i, j0, dst.cols);
-      const int64_t base = p_.key_len - p_.query_len + i - j0;
-      float* row = dst.row(r);
-      for (int64_t c = 0; c < visible; ++c) {
-        const auto d = static_cast<float>(base - c);
-        row[c] += slope * (p_.causal ? d : std::fabs(d));
-      }
+      AddAlibiRow(dst.row(r), VisibleIn(b, i, j0, dst.cols),
+                  p_.key_len - p_.query_len + i - j0, slope, p_.causal);
     }
   }
 
@@ -280,11 +246,8 @@ class TileKernel {
     for (int64_t r = 0; r < m; ++r) {
       const int64_t visible = VisibleIn(b, i0 + r, j0, width);
       const float* shifted = bd.row(r) + (m - 1 - r);  // tt = c - r + m - 1
-      const float* bias_row = bias + (m - 1 - r) * p_.heads;
-      float* row = dst.row(r);
-      for (int64_t c = 0; c < visible; ++c) {
-        row[c] += p_.scale * (shifted[c] + bias_row[c * p_.heads]);
-      }
+      AddRelativeRow(dst.row(r), visible, shifted,
+                     bias + (m - 1 - r) * p_.heads, p_.heads, p_.scale);
     }
   }
 
@@ -297,32 +260,40 @@ class TileKernel {
       const float* in = scores.row(r);
       float* out = probs.row(r);
       const float max = visible > 0 ? RowMax(in, visible) : 0.0f;
-      for (int64_t c = 0; c < visible; ++c) out[c] = in[c] - max;
+      SubtractRow(in, out, visible, max);
       std::fill(out + visible, out + scores.cols, kNegInf);
     }
     ExpInPlace(probs);
     for (int64_t r = 0; r < probs.rows; ++r) {
       const int64_t visible = VisibleIn(b, i0 + r, 0, probs.cols);
       float* out = probs.row(r);
-      const float sum = RowSum(out, visible);
-      for (int64_t c = 0; c < visible; ++c) out[c] /= sum;
+      DivideRow(out, visible, RowSum(out, visible));
     }
   }
 
-  // Logits and/or probabilities asked for: full [Tq, Lk] rows, written into
-  // the outputs (scratch only for probabilities needed by the context alone).
+  // Logits and/or probabilities asked for: full [Tq, Lk] rows. Float32 ones
+  // are computed in their outputs' rows; the tile scratch holds the rows that
+  // have none there (16-bit outputs, the probabilities of the context alone).
   void Materialise(int64_t b, int64_t h, int64_t i0, int64_t i1) {
     const int64_t m = i1 - i0, lk = p_.key_len;
     const int64_t offset = ((b * p_.heads + h) * p_.query_len + i0) * lk;
-    const bool context = p_.context != nullptr;
-    float* logits = p_.logits != nullptr ? p_.logits + offset : nullptr;
-    float* probs = p_.probs != nullptr ? p_.probs + offset : nullptr;
-    if (probs == nullptr && context) probs = ProbsScratch(m);
-    const MMat scores = {logits != nullptr ? logits : probs, m, lk, lk};
+    float* logits = InPlace(p_.logits, offset);
+    float* probs = InPlace(p_.probs, offset);
+    const MMat scores = {logits != nullptr   ? logits
+                         : probs != nullptr  ? probs
+                                             : TileScratch(m),
+                         m, lk, lk};
     Scores(b, h, i0, i1, 0, lk, scores);
-    if (probs == nullptr) return;
-    const MMat p = {probs, m, lk, lk};
+    if (p_.logits != nullptr && logits == nullptr) Store(scores, p_.logits, offset);
+    const bool context = p_.context != nullptr;
+    if (p_.probs == nullptr && !context) return;
+    // Softmax in place unless the scores are the float32 logits' rows.
+    const MMat p = {probs != nullptr   ? probs
+                    : logits != nullptr ? TileScratch(m)
+                                        : scores.data,
+                    m, lk, lk};
     Softmax(b, i0, scores, p);
+    if (p_.probs != nullptr && probs == nullptr) Store(p, p_.probs, offset);
     if (!context) return;
     const MMat out = {
         p_.context + ((b * p_.heads + h) * p_.query_len + i0) * p_.value_dim, m,
@@ -332,11 +303,42 @@ class TileKernel {
       View(out).zero_();
       return;
     }
-    MatMulNN(CMat{probs, m, width, lk}, p_.v.Rows(b, h, 0, width), false, out);
+    MatMulNN(CMat{p.data, m, width, lk}, p_.v.Rows(b, h, 0, width), false, out);
   }
 
-  // After the relative term's scratch.
-  float* ProbsScratch(int64_t m) const {
+  // The float32 rows of `output` from element `offset`, or null when it is
+  // absent or 16-bit.
+  float* InPlace(void* output, int64_t offset) const {
+    if (output == nullptr || p_.matrix_type != at::kFloat) return nullptr;
+    return static_cast<float*>(output) + offset;
+  }
+
+  // Converts the tile `rows` (contiguous) into `output`'s 16-bit rows from
+  // element `offset`, while they are in cache; rounding to nearest even, as
+  // at::Tensor::to does.
+  void Store(const MMat& rows, void* output, int64_t offset) const {
+    const int64_t count = rows.rows * rows.cols;
+    if (p_.matrix_type == at::kHalf) {
+      StoreAs<c10::Half>(rows.data, count, static_cast<c10::Half*>(output) + offset);
+    } else {
+      StoreAs<c10::BFloat16>(rows.data, count,
+                             static_cast<c10::BFloat16*>(output) + offset);
+    }
+  }
+  template <typename T>
+  static void StoreAs(const float* in, int64_t count, T* out) {
+    if (count < kSmallExp) {
+      for (int64_t c = 0; c < count; ++c) out[c] = static_cast<T>(in[c]);
+      return;
+    }
+    const auto type = c10::CppTypeToScalarType<T>::value;
+    at::from_blob(out, {count}, at::TensorOptions().dtype(type))
+        .copy_(at::from_blob(const_cast<float*>(in), {count},
+                             at::TensorOptions().dtype(at::kFloat)));
+  }
+
+  // After the relative term's scratch: a [Tq, Lk] float32 tile.
+  float* TileScratch(int64_t m) const {
     if (!p_.relative()) return scratch_;
     return scratch_ + m * p_.head_dim + m * (m + p_.key_len - 1);
   }
@@ -372,13 +374,12 @@ class TileKernel {
         running_sum[r] *= decay;
         float* out = acc.row(r);
         for (int64_t d = 0; d < p_.value_dim; ++d) out[d] *= decay;
-        for (int64_t c = 0; c < visible; ++c) row[c] -= next;
+        SubtractRow(row, row, visible, next);
       }
       ExpInPlace(s);
       for (int64_t r = 0; r < m; ++r) {
         const int64_t visible = VisibleIn(b, i0 + r, j0, n);
-        const float* row = s.row(r);
-        for (int64_t c = 0; c < visible; ++c) running_sum[r] += row[c];
+        running_sum[r] += RowSum(s.row(r), visible);
       }
       MatMulNN(CMat{s.data, m, n, tile}, p_.v.Rows(b, h, j0, n), true, acc);
     }
@@ -403,8 +404,9 @@ void AllocateOutputs(const at::Tensor& q, const at::Tensor& k,
                      AttentionResult* result) {
   const std::vector<int64_t> scores = {q.size(0), q.size(1), q.size(2),
                                        k.size(2)};
-  if (config.want_logits) result->logits = PooledEmpty(scores, at::kFloat);
-  if (config.want_probs) result->probs = PooledEmpty(scores, at::kFloat);
+  const at::ScalarType type = config.matrix_type;
+  if (config.want_logits) result->logits = PooledEmpty(scores, type);
+  if (config.want_probs) result->probs = PooledEmpty(scores, type);
   if (config.want_context) {
     result->context =
         PooledEmpty({q.size(0), q.size(1), q.size(2), v.size(3)}, at::kFloat);
@@ -449,6 +451,12 @@ bool ComputeAttentionBlocked(const at::Tensor& q_in, const at::Tensor& k_in,
                              const AttentionConfig& config,
                              const std::function<bool()>& stop,
                              AttentionResult* result) {
+  TORCH_CHECK(config.matrix_type == at::kFloat ||
+                  config.matrix_type == at::kHalf ||
+                  config.matrix_type == at::kBFloat16,
+              "blocked attention: matrix_type must be float32, float16 or "
+              "bfloat16, got ",
+              config.matrix_type);
   const at::Tensor q = Rowwise(q_in), k = Rowwise(k_in);
   const at::Tensor v = config.want_context ? Rowwise(v_in) : at::Tensor();
   *result = AttentionResult();
@@ -463,11 +471,12 @@ bool ComputeAttentionBlocked(const at::Tensor& q_in, const at::Tensor& k_in,
   p.k = OperandOf(k);
   p.v = OperandOf(v);
   const auto data = [](const at::Tensor& t) {
-    return t.defined() ? t.data_ptr<float>() : nullptr;
+    return t.defined() ? t.data_ptr() : nullptr;
   };
   p.logits = data(result->logits);
   p.probs = data(result->probs);
-  p.context = data(result->context);
+  p.matrix_type = config.matrix_type;
+  p.context = static_cast<float*>(data(result->context));
   p.key_lengths = key_lengths;
   p.causal = config.causal;
   p.scale = static_cast<float>(config.scale);
@@ -476,7 +485,8 @@ bool ComputeAttentionBlocked(const at::Tensor& q_in, const at::Tensor& k_in,
   p.query_tile = BlockedQueryTile(p.query_len, p.key_len);
   const BlockedScratch scratch = BlockedScratchOf(
       p.query_len, p.key_len, p.head_dim, p.relative(), config.want_logits,
-      config.want_probs, config.want_context);
+      config.want_probs, config.want_context,
+      /*float32_matrices=*/config.matrix_type == at::kFloat);
   const int64_t tiles = (p.query_len + p.query_tile - 1) / p.query_tile;
   const int64_t units = q.size(0) * p.heads * tiles;
   const int64_t unit_macs =

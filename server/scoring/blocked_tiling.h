@@ -35,11 +35,15 @@ struct BlockedScratch {
   int64_t floats = 0;   // per thread
 };
 
-// REQUIRES: sizes of a validated request. `want_*` as in AttentionConfig.
+// REQUIRES: sizes of a validated request. `want_*` as in AttentionConfig;
+// `float32_matrices`: the logits and probabilities are float32 (computed in
+// their outputs' rows), not 16-bit (computed in a float32 tile, then
+// converted).
 inline BlockedScratch BlockedScratchOf(int64_t query_len, int64_t key_len,
                                        int64_t head_dim, bool relative,
                                        bool want_logits, bool want_probs,
-                                       bool want_context) {
+                                       bool want_context,
+                                       bool float32_matrices) {
   BlockedScratch scratch;
   scratch.online = want_context && !want_logits && !want_probs;
   const int64_t rows = BlockedQueryTile(query_len, key_len);
@@ -48,6 +52,8 @@ inline BlockedScratch BlockedScratchOf(int64_t query_len, int64_t key_len,
   int64_t floats = 0;
   if (scratch.online) {
     floats += rows * cols + 2 * rows;  // scores tile, running max and sum
+  } else if ((want_logits || want_probs) && !float32_matrices) {
+    floats += rows * cols;  // the float32 tile of 16-bit outputs
   } else if (want_logits && !want_probs && want_context) {
     floats += rows * cols;  // probabilities for the context alone
   }

@@ -62,9 +62,10 @@ ProblemSize ProblemSizeOf(const ScoreSpec& spec, const ScoreItem& item) {
 
 // The blocked path's allocations (blocked_attention.h, aten_scorer.cc):
 // float32 staging of the inputs (always counted: a batch of several items or a
-// 16-bit request is copied; a lone float32 item is read in place), the float32
-// outputs asked for, their wire-dtype copies when that is not float32, the
-// context's layout copy, and per-thread scratch (blocked_tiling.h).
+// 16-bit request is copied; a lone float32 item is read in place), the logits
+// and probabilities asked for in the wire dtype (written per tile), the
+// float32 context with its wire-dtype and layout copies, and per-thread
+// scratch (blocked_tiling.h).
 ResourceEstimate EstimateResources(const ScoreSpec& spec,
                                    const ProblemSize& size) {
   const int64_t blocks = Mul(size.batch, size.heads);
@@ -78,17 +79,18 @@ ResourceEstimate EstimateResources(const ScoreSpec& spec,
       Mul(Add(inputs, Mul(blocks, Mul(size.key_len, size.value_dim))), f32);
   int64_t outputs = 0;
   int64_t wire_copies = 0;
-  const auto output = [&](int64_t elements, bool layout_copy) {
-    outputs = Add(outputs, Mul(elements, layout_copy ? 2 * f32 : f32));
-    if (wire != f32) wire_copies = Add(wire_copies, Mul(elements, wire));
-  };
-  if (spec.want_logits) output(scores, false);
-  if (spec.want_probs) output(scores, false);
-  if (spec.want_context) output(contexts, spec.layout != Layout::kBHSD);
+  if (spec.want_logits) outputs = Add(outputs, Mul(scores, wire));
+  if (spec.want_probs) outputs = Add(outputs, Mul(scores, wire));
+  if (spec.want_context) {
+    const bool layout_copy = spec.layout != Layout::kBHSD;
+    outputs = Add(outputs, Mul(contexts, layout_copy ? 2 * f32 : f32));
+    if (wire != f32) wire_copies = Add(wire_copies, Mul(contexts, wire));
+  }
   const bool relative = std::holds_alternative<RelativeBias>(spec.bias);
   const BlockedScratch scratch =
       BlockedScratchOf(size.query_len, size.key_len, size.head_dim, relative,
-                       spec.want_logits, spec.want_probs, spec.want_context);
+                       spec.want_logits, spec.want_probs, spec.want_context,
+                       /*float32_matrices=*/wire == f32);
   const int64_t threads = BlockedThreads();
   const int64_t per_thread = Add(Mul(scratch.floats, f32), kBytesPerThread);
   const int64_t scratch_bytes = Mul(per_thread, threads);
@@ -102,8 +104,8 @@ ResourceEstimate EstimateResources(const ScoreSpec& spec,
       Add(Mul(scores, flops_per_score),
           Add(Mul(blocks, kWorkPerBlock), Mul(size.batch, kWorkPerItem)));
   estimate.breakdown = absl::StrCat(
-      "float32 inputs ", MiB(inputs), " + float32 outputs ", MiB(outputs),
-      " + wire-dtype outputs ", MiB(wire_copies), " + scratch ",
+      "float32 inputs ", MiB(inputs), " + outputs ", MiB(outputs),
+      " + wire-dtype context ", MiB(wire_copies), " + scratch ",
       MiB(per_thread), " x ", threads, " threads + results and bookkeeping ",
       MiB(rows), "; no bias table");
   return estimate;

@@ -150,6 +150,72 @@ TEST(BlockedAttentionTest, MatchesMaterialisedPathAtTileEdges) {
   }
 }
 
+// 16-bit logits and probabilities are converted per tile, in cache: the same
+// bits as computing float32 and converting the whole output afterwards
+// (at::Tensor::to rounds to nearest even too), for every output combination,
+// at tile edges, with -inf where masked; the context stays float32.
+TEST(BlockedAttentionTest, SixteenBitOutputsEqualConvertedFloat32) {
+  at::manual_seed(13);
+  const int64_t tq = BlockedQueryTile(129, 300);
+  struct Outputs {
+    bool logits, probs, context;
+  };
+  for (at::ScalarType type : {at::kHalf, at::kBFloat16}) {
+    for (bool relative : {false, true}) {
+      for (int64_t lq : {int64_t{1}, tq + 1}) {
+        for (int64_t d : {1, 16}) {
+          // Small values keep float16 logits finite.
+          Case c = RandomCase(3, 2, lq, 300, d, 3, relative, true);
+          for (bool causal : {false, true}) {
+            for (const Outputs& o : {Outputs{true, false, false},
+                                     {false, true, false},
+                                     {true, false, true},
+                                     {false, true, true},
+                                     {true, true, true}}) {
+              AttentionConfig config = Config(c, causal);
+              config.want_logits = o.logits;
+              config.want_probs = o.probs;
+              config.want_context = o.context;
+              AttentionResult want, got;
+              ASSERT_TRUE(ComputeAttentionBlocked(c.q, c.k, c.v, c.lengths,
+                                                  config, {}, &want));
+              config.matrix_type = type;
+              ASSERT_TRUE(ComputeAttentionBlocked(c.q, c.k, c.v, c.lengths,
+                                                  config, {}, &got));
+              const std::string what =
+                  absl::StrCat(c10::toString(type), " rel ", relative,
+                               " causal ", causal, " Lq ", lq, " D ", d,
+                               " outputs ", o.logits, o.probs, o.context);
+              for (auto [g, w] : {std::pair{&got.logits, &want.logits},
+                                  std::pair{&got.probs, &want.probs}}) {
+                ASSERT_EQ(g->defined(), w->defined()) << what;
+                if (!g->defined()) continue;
+                EXPECT_EQ(g->scalar_type(), type) << what;
+                EXPECT_TRUE(g->is_contiguous()) << what;
+                EXPECT_TRUE(at::equal(*g, w->to(type))) << what;
+              }
+              if (o.context) {
+                EXPECT_EQ(got.context.scalar_type(), at::kFloat) << what;
+                EXPECT_TRUE(at::equal(got.context, want.context)) << what;
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(BlockedAttentionTest, RejectsAnUnsupportedMatrixType) {
+  Case c = RandomCase(1, 1, 2, 2, 2, 2, false, false);
+  AttentionConfig config = Config(c, false);
+  config.matrix_type = at::kDouble;
+  AttentionResult got;
+  EXPECT_THROW(
+      ComputeAttentionBlocked(c.q, c.k, c.v, {}, config, {}, &got),
+      c10::Error);
+}
+
 TEST(BlockedAttentionTest, OnlineSoftmaxMatchesMaterialisedOnRandomShapes) {
   at::manual_seed(11);
   for (int trial = 0; trial < 24; ++trial) {
@@ -323,6 +389,8 @@ TEST(BlockedMemoryTest, EstimateBoundsMeasuredGrowth) {
            "alibi full 2 4 1024 1024 32 32 p float32",
            "alibi causal 2 4 1024 1024 32 32 lpc float32",
            "alibi causal 2 4 1024 1024 32 32 lc float16",
+           "alibi full 2 4 1024 1024 32 32 lp float16",
+           "relative causal 2 4 1024 1024 32 32 p float16",
            "alibi full 1 4 2048 2048 64 64 c float32",
            "relative causal 2 4 1024 1024 32 32 lp float32",
            "relative causal 1 4 2048 2048 32 32 c float32",

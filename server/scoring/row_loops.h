@@ -1,0 +1,49 @@
+// The element loops of the blocked path's tiles (blocked_attention.h), built
+// for three instruction sets and chosen at load time by the CPU (GCC's
+// target_clones: AVX-512, AVX2, or the x86-64 baseline's SSE2). The build
+// targets the baseline so that one binary runs everywhere; without this these
+// loops, which do the bias, the softmax's passes and the row reductions, run
+// four lanes wide on any CPU.
+//
+// Every function gives the same bits on every instruction set: no fused
+// multiply-add (the file is compiled with -ffp-contract=off), and the
+// reductions add in a fixed order of kRowLanes lanes.
+//
+// Thread safety: pure functions on the caller's memory. Errors: none;
+// REQUIRES as stated per function.
+#ifndef ATTNSCORE_SERVER_SCORING_ROW_LOOPS_H_
+#define ATTNSCORE_SERVER_SCORING_ROW_LOOPS_H_
+
+#include <cstdint>
+
+namespace attnscore::scoring {
+
+// The lanes of RowMax and RowSum: the order of a row's additions, so that its
+// sum depends on the row alone, never on the batch around it or the CPU.
+inline constexpr int64_t kRowLanes = 16;
+
+// max(x[0, n)), -inf when n == 0.
+float RowMax(const float* x, int64_t n);
+
+// x[0] + ... + x[n - 1], in kRowLanes lanes.
+float RowSum(const float* x, int64_t n);
+
+// row[c] += slope * d (causal) or slope * |d|, d = base - c, for c in [0, n):
+// the ALiBi bias of one query row, d its distance to key c.
+void AddAlibiRow(float* row, int64_t n, int64_t base, float slope,
+                 bool causal);
+
+// row[c] += scale * (shifted[c] + bias[c * bias_stride]), c in [0, n): the
+// relative position term of one query row.
+void AddRelativeRow(float* row, int64_t n, const float* shifted,
+                    const float* bias, int64_t bias_stride, float scale);
+
+// out[c] = in[c] - value, c in [0, n) (in == out allowed).
+void SubtractRow(const float* in, float* out, int64_t n, float value);
+
+// x[c] /= value, c in [0, n).
+void DivideRow(float* x, int64_t n, float value);
+
+}  // namespace attnscore::scoring
+
+#endif  // ATTNSCORE_SERVER_SCORING_ROW_LOOPS_H_

@@ -1,0 +1,135 @@
+// The blocked path's element loops (server/scoring/row_loops.h) against plain
+// scalar loops of the same arithmetic, bit for bit, at lengths around the
+// vector widths and with -inf, on whichever clone this CPU resolves to; and
+// the int64 fallback of AddAlibiRow for distances past int32.
+#include "server/scoring/row_loops.h"
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "gtest/gtest.h"
+
+namespace attnscore::scoring {
+namespace {
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+
+std::vector<float> Random(int64_t n, uint32_t seed) {
+  std::mt19937 gen(seed);
+  std::normal_distribution<float> normal(0.0f, 3.0f);
+  std::vector<float> x(static_cast<size_t>(n));
+  for (float& v : x) v = normal(gen);
+  return x;
+}
+
+// Same bits (so -inf == -inf and a NaN would fail).
+void ExpectBits(const std::vector<float>& got, const std::vector<float>& want,
+                int64_t n) {
+  ASSERT_EQ(got.size(), want.size());
+  EXPECT_EQ(std::memcmp(got.data(), want.data(), got.size() * sizeof(float)),
+            0)
+      << "n " << n;
+}
+
+const int64_t kLengths[] = {0, 1, 3, 7, 8, 15, 16, 17, 31, 32, 33, 63, 64,
+                            65, 100, 257, 1000};
+
+TEST(RowLoopsTest, RowMaxIsTheMaximum) {
+  for (int64_t n : kLengths) {
+    std::vector<float> x = Random(n, 1);
+    float want = -kInf;
+    for (float v : x) want = std::max(want, v);
+    EXPECT_EQ(RowMax(x.data(), n), want) << n;
+    if (n > 2) {
+      x[n / 2] = 1e30f;
+      EXPECT_EQ(RowMax(x.data(), n), 1e30f) << n;
+    }
+  }
+  const float all_masked[3] = {-kInf, -kInf, -kInf};
+  EXPECT_EQ(RowMax(all_masked, 3), -kInf);
+}
+
+TEST(RowLoopsTest, RowSumAddsInFixedLanes) {
+  for (int64_t n : kLengths) {
+    const std::vector<float> x = Random(n, 2);
+    float lanes[kRowLanes] = {};
+    int64_t c = 0;
+    for (; c + kRowLanes <= n; c += kRowLanes) {
+      for (int64_t k = 0; k < kRowLanes; ++k) lanes[k] += x[c + k];
+    }
+    float want = 0;
+    for (float lane : lanes) want += lane;
+    for (; c < n; ++c) want += x[c];
+    const float got = RowSum(x.data(), n);
+    EXPECT_EQ(std::memcmp(&got, &want, sizeof(float)), 0) << n;
+  }
+}
+
+TEST(RowLoopsTest, AddAlibiRowMatchesTheScalarFormula) {
+  for (bool causal : {false, true}) {
+    for (int64_t n : kLengths) {
+      for (int64_t base : {int64_t{0}, n - 1, n / 2, int64_t{4095},
+                           int64_t{-5}}) {
+        std::vector<float> got = Random(n, 3);
+        std::vector<float> want = got;
+        if (n > 1) got[0] = want[0] = -kInf;
+        const float slope = -0.0625f;
+        AddAlibiRow(got.data(), n, base, slope, causal);
+        for (int64_t c = 0; c < n; ++c) {
+          const auto d = static_cast<float>(base - c);
+          want[c] += slope * (causal ? d : std::fabs(d));
+        }
+        ExpectBits(got, want, n);
+      }
+    }
+  }
+}
+
+TEST(RowLoopsTest, AddAlibiRowFallsBackPastInt32Distances) {
+  const int64_t base = int64_t{1} << 33;
+  std::vector<float> got(40, 1.0f), want = got;
+  AddAlibiRow(got.data(), 40, base, -1.0f, /*causal=*/false);
+  for (int64_t c = 0; c < 40; ++c) {
+    want[c] += -1.0f * std::fabs(static_cast<float>(base - c));
+  }
+  ExpectBits(got, want, 40);
+  EXPECT_EQ(got[0], 1.0f - 8589934592.0f);
+}
+
+TEST(RowLoopsTest, AddRelativeRowReadsTheStridedBias) {
+  for (int64_t n : kLengths) {
+    const int64_t stride = 3;
+    const std::vector<float> shifted = Random(n, 4);
+    const std::vector<float> bias = Random(n * stride + 1, 5);
+    std::vector<float> got = Random(n, 6);
+    std::vector<float> want = got;
+    AddRelativeRow(got.data(), n, shifted.data(), bias.data(), stride, 0.125f);
+    for (int64_t c = 0; c < n; ++c) {
+      want[c] += 0.125f * (shifted[c] + bias[c * stride]);
+    }
+    ExpectBits(got, want, n);
+  }
+}
+
+TEST(RowLoopsTest, SubtractAndDivideRows) {
+  for (int64_t n : kLengths) {
+    const std::vector<float> in = Random(n, 7);
+    std::vector<float> got(in.size()), want(in.size());
+    SubtractRow(in.data(), got.data(), n, 1.5f);
+    for (int64_t c = 0; c < n; ++c) want[c] = in[c] - 1.5f;
+    ExpectBits(got, want, n);
+    SubtractRow(got.data(), got.data(), n, -1.5f);  // in place
+    for (int64_t c = 0; c < n; ++c) want[c] = want[c] + 1.5f;
+    ExpectBits(got, want, n);
+    DivideRow(got.data(), n, 3.0f);
+    for (int64_t c = 0; c < n; ++c) want[c] /= 3.0f;
+    ExpectBits(got, want, n);
+  }
+}
+
+}  // namespace
+}  // namespace attnscore::scoring
