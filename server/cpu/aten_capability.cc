@@ -27,7 +27,8 @@ std::string KernelInfoLine(const KernelInfo& info) {
       info.blas_core.empty() ? "(not OpenBLAS)" : info.blas_core, " (",
       info.blas_core_source, "), ATen ",
       info.aten_capability.empty() ? "(unknown)" : info.aten_capability, " (",
-      info.aten_capability_source, ")");
+      info.aten_capability_source, "), OpenMP wait ", info.omp_wait, " (",
+      info.omp_wait_source, ")");
 }
 
 }  // namespace attnscore::cpu

@@ -37,6 +37,10 @@ bool WantsAtenAvx512(const CpuFeatures& features) {
   return HasAvx512Core(features);
 }
 
+bool OperatorOmp(const KernelEnv& env) {
+  return env.omp_wait_policy.has_value() || env.gomp_spincount.has_value();
+}
+
 // After our own re-execution: who chose what, from the marker's list.
 KernelDecision AfterMatched(const std::string& marker, const KernelEnv& env) {
   KernelDecision d;
@@ -47,6 +51,9 @@ KernelDecision AfterMatched(const std::string& marker, const KernelEnv& env) {
   d.aten_source = absl::StrContains(what, "aten") ? ChoiceSource::kCpuid
                   : env.aten_cpu_capability       ? ChoiceSource::kOperator
                                                   : ChoiceSource::kLibrary;
+  d.omp_source = absl::StrContains(what, "omp") ? ChoiceSource::kServer
+                 : OperatorOmp(env)             ? ChoiceSource::kOperator
+                                                : ChoiceSource::kLibrary;
   d.reason =
       absl::StrCat("re-executed with kernels matched to the CPU (", what, ")");
   return d;
@@ -62,6 +69,8 @@ std::string_view ChoiceSourceName(ChoiceSource source) {
       return "operator";
     case ChoiceSource::kCpuid:
       return "cpuid";
+    case ChoiceSource::kServer:
+      return "server";
   }
   return "library";
 }
@@ -100,6 +109,8 @@ KernelDecision ChooseKernels(const CpuFeatures& features,
         operator_blas ? ChoiceSource::kOperator : ChoiceSource::kLibrary;
     d.aten_source = env.aten_cpu_capability ? ChoiceSource::kOperator
                                             : ChoiceSource::kLibrary;
+    d.omp_source =
+        OperatorOmp(env) ? ChoiceSource::kOperator : ChoiceSource::kLibrary;
     d.reason = absl::StrCat("unrecognised ", kReexecMarkerEnv, "=", marker,
                             ": kernels left as loaded");
     return d;
@@ -139,6 +150,15 @@ KernelDecision ChooseKernels(const CpuFeatures& features,
     d.set_env.emplace_back(kAtenCapabilityEnv, "avx512");
     chosen.push_back("aten");
     why.push_back("ATen -> avx512");
+  }
+  if (OperatorOmp(env)) {
+    d.omp_source = ChoiceSource::kOperator;
+    why.push_back("OpenMP wait from the operator's environment");
+  } else {
+    d.omp_source = ChoiceSource::kServer;
+    d.set_env.emplace_back(kGompSpinCountEnv, kServerSpinCount);
+    chosen.push_back("omp");
+    why.push_back(absl::StrCat("OpenMP spin count -> ", kServerSpinCount));
   }
   if (!chosen.empty()) {
     d.reexec = true;

@@ -28,6 +28,17 @@ namespace attnscore::cpu {
 // Read by OpenBLAS and ATen at load time.
 inline constexpr const char* kOpenblasCoretypeEnv = "OPENBLAS_CORETYPE";
 inline constexpr const char* kAtenCapabilityEnv = "ATEN_CPU_CAPABILITY";
+// Read by libgomp (the OpenMP runtime of ATen's intra-op threads) at load
+// time. After a parallel region its threads spin GOMP_SPINCOUNT times before
+// sleeping: 300,000 by default, which on a machine of few cores takes the CPU
+// from the gRPC threads receiving and sending the next requests' bytes
+// (measured, 2 cores: decode preset at c=64 437-467 req/s as loaded, 604-623
+// with 1,000 spins; 0 spins, OMP_WAIT_POLICY=passive, made small requests
+// 0.1 ms slower). The server asks for kServerSpinCount unless the operator set
+// either variable.
+inline constexpr const char* kOmpWaitPolicyEnv = "OMP_WAIT_POLICY";
+inline constexpr const char* kGompSpinCountEnv = "GOMP_SPINCOUNT";
+inline constexpr const char* kServerSpinCount = "1000";
 // Set by the re-execution itself: "matched:<what was set>" or "simulated". Its
 // presence means "do not re-execute again" (except after "simulated"), so the
 // process can never loop.
@@ -45,6 +56,8 @@ struct KernelEnv {
   std::optional<std::string> aten_cpu_capability;
   std::optional<std::string> reexec_marker;
   std::optional<std::string> simulate_library_core;
+  std::optional<std::string> omp_wait_policy;
+  std::optional<std::string> gomp_spincount;
 };
 
 // Who chose a kernel set.
@@ -52,6 +65,7 @@ enum class ChoiceSource {
   kLibrary,   // the library's own detection, left as is
   kOperator,  // the operator's environment variable
   kCpuid,     // this code, from the CPU's feature flags
+  kServer,    // this code's default, whatever the CPU (the OpenMP wait)
 };
 std::string_view ChoiceSourceName(ChoiceSource source);
 
@@ -61,6 +75,7 @@ struct KernelDecision {
   std::vector<std::pair<std::string, std::string>> set_env;
   ChoiceSource blas_source = ChoiceSource::kLibrary;
   ChoiceSource aten_source = ChoiceSource::kLibrary;
+  ChoiceSource omp_source = ChoiceSource::kLibrary;
   // One line for the log: what was chosen and why.
   std::string reason;
 };
@@ -83,7 +98,8 @@ std::optional<int> BlasCoreLevel(std::string_view core);
 // operator did not choose: OpenBLAS when the library's core is below the
 // level of BlasCoreFor(features); ATen to "avx512" on CPUs with AVX-512 F, BW,
 // VL and DQ (ATen 1.13 defaults to AVX2 there; measured 2-3.5x faster softmax
-// on AVX-512). Never after a "matched" marker.
+// on AVX-512); the OpenMP wait to kServerSpinCount spins (see
+// kGompSpinCountEnv). Never after a "matched" marker.
 KernelDecision ChooseKernels(const CpuFeatures& features,
                              std::string_view library_core,
                              const KernelEnv& env);

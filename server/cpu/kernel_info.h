@@ -16,6 +16,11 @@ struct KernelInfo {
   std::string aten_capability;   // "AVX512", "AVX2", "NO AVX"; "" if unknown
   std::string aten_capability_source;  // as blas_core_source
   std::string cpu_model;               // the CPU's brand string
+  // How ATen's OpenMP threads wait between parallel regions:
+  // "GOMP_SPINCOUNT=1000", "OMP_WAIT_POLICY=passive", ... or "libgomp
+  // default"; and who chose it ("library", "operator" or "server").
+  std::string omp_wait;
+  std::string omp_wait_source;
 };
 
 }  // namespace attnscore::cpu

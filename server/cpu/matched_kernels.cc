@@ -9,6 +9,8 @@
 #include <cstring>
 #include <mutex>
 #include <optional>
+#include <string>
+#include <utility>
 
 namespace attnscore::cpu {
 namespace {
@@ -37,6 +39,8 @@ KernelEnv ReadKernelEnv() {
   env.aten_cpu_capability = GetEnv(kAtenCapabilityEnv);
   env.reexec_marker = GetEnv(kReexecMarkerEnv);
   env.simulate_library_core = GetEnv(kSimulateLibraryCoreEnv);
+  env.omp_wait_policy = GetEnv(kOmpWaitPolicyEnv);
+  env.gomp_spincount = GetEnv(kGompSpinCountEnv);
   return env;
 }
 
@@ -71,6 +75,23 @@ void EnsureMatchedKernels(int argc, char** argv) {
                decision.reason.c_str(), std::strerror(errno));
 }
 
+namespace {
+
+// The OpenMP wait variables as the process runs with them.
+std::string OmpWait(const KernelEnv& env) {
+  std::string wait;
+  for (const auto& [name, value] :
+       {std::pair{kOmpWaitPolicyEnv, env.omp_wait_policy},
+        std::pair{kGompSpinCountEnv, env.gomp_spincount}}) {
+    if (!value.has_value()) continue;
+    if (!wait.empty()) wait += " ";
+    wait += std::string(name) + "=" + *value;
+  }
+  return wait.empty() ? "libgomp default" : wait;
+}
+
+}  // namespace
+
 KernelInfo DescribeKernels(const std::string& aten_capability) {
   const CpuFeatures features = DetectCpuFeatures();
   KernelInfo info;
@@ -92,6 +113,10 @@ KernelInfo DescribeKernels(const std::string& aten_capability) {
       decision->reexec ? ChoiceSource::kLibrary : decision->blas_source));
   info.aten_capability_source = std::string(ChoiceSourceName(
       decision->reexec ? ChoiceSource::kLibrary : decision->aten_source));
+  const KernelEnv env = ReadKernelEnv();
+  info.omp_wait = OmpWait(env);
+  info.omp_wait_source = std::string(ChoiceSourceName(
+      decision->reexec ? ChoiceSource::kLibrary : decision->omp_source));
   return info;
 }
 

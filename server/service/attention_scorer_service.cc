@@ -1021,6 +1021,8 @@ grpc::ServerUnaryReactor* AttentionScorerService::GetServerInfo(
   kernels->set_blas_core_source(options_.kernels.blas_core_source);
   kernels->set_aten_capability(options_.kernels.aten_capability);
   kernels->set_aten_capability_source(options_.kernels.aten_capability_source);
+  kernels->set_omp_wait(options_.kernels.omp_wait);
+  kernels->set_omp_wait_source(options_.kernels.omp_wait_source);
   kernels->set_cpu_model(options_.kernels.cpu_model);
   metrics_->RecordRequest(Method::kGetServerInfo, absl::OkStatus(),
                           Seconds(clock_->NowMicros() - start),

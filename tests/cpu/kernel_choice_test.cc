@@ -76,16 +76,57 @@ TEST(KernelChoiceTest, BlasCoreLevelsAreCaseInsensitiveAndUnknownNamesNull) {
   EXPECT_EQ(BlasCoreLevel(""), std::nullopt);
 }
 
+// The operator's OpenMP wait: the kernel choices alone decide.
+KernelEnv OmpSet() {
+  KernelEnv env;
+  env.gomp_spincount = "300000";
+  return env;
+}
+
 TEST(KernelChoiceTest, NoAvx2KeepsTheGenericKernelsAndDoesNotReexecute) {
-  const KernelDecision d = ChooseKernels(Sse(), "Prescott", KernelEnv());
+  const KernelDecision d = ChooseKernels(Sse(), "Prescott", OmpSet());
   EXPECT_FALSE(d.reexec);
   EXPECT_THAT(d.set_env, IsEmpty());
   EXPECT_EQ(d.blas_source, ChoiceSource::kLibrary);
   EXPECT_EQ(d.aten_source, ChoiceSource::kLibrary);
+  EXPECT_EQ(d.omp_source, ChoiceSource::kOperator);
+}
+
+TEST(KernelChoiceTest, OpenMpSpinCountIsTheServersUnlessTheOperatorSetOne) {
+  // Unset: re-execute for the spin count alone, on any CPU.
+  const KernelDecision d = ChooseKernels(Sse(), "Prescott", KernelEnv());
+  EXPECT_TRUE(d.reexec);
+  EXPECT_THAT(d.set_env,
+              UnorderedElementsAre(Pair(kGompSpinCountEnv, kServerSpinCount),
+                                   Pair(kReexecMarkerEnv, "matched:omp")));
+  EXPECT_EQ(d.omp_source, ChoiceSource::kServer);
+  EXPECT_EQ(d.blas_source, ChoiceSource::kLibrary);
+  // Either variable from the operator wins.
+  for (bool policy : {false, true}) {
+    KernelEnv env;
+    if (policy) {
+      env.omp_wait_policy = "active";
+    } else {
+      env.gomp_spincount = "0";
+    }
+    const KernelDecision kept = ChooseKernels(Avx2(), "Haswell", env);
+    EXPECT_FALSE(kept.reexec) << policy;
+    EXPECT_EQ(kept.omp_source, ChoiceSource::kOperator) << policy;
+  }
+  // After the re-execution: the server's, and never again.
+  KernelEnv after;
+  after.gomp_spincount = kServerSpinCount;
+  after.reexec_marker = "matched:omp";
+  const KernelDecision done = ChooseKernels(Sse(), "Prescott", after);
+  EXPECT_FALSE(done.reexec);
+  EXPECT_EQ(done.omp_source, ChoiceSource::kServer);
+  after.reexec_marker = "matched:aten";
+  EXPECT_EQ(ChooseKernels(Sse(), "Prescott", after).omp_source,
+            ChoiceSource::kOperator);
 }
 
 TEST(KernelChoiceTest, Avx2CpuOnGenericCoreGetsHaswellAndAtenIsLeftAtItsAvx2) {
-  const KernelDecision d = ChooseKernels(Avx2(), "Prescott", KernelEnv());
+  const KernelDecision d = ChooseKernels(Avx2(), "Prescott", OmpSet());
   EXPECT_TRUE(d.reexec);
   EXPECT_THAT(d.set_env,
               UnorderedElementsAre(Pair(kOpenblasCoretypeEnv, "Haswell"),
@@ -96,7 +137,7 @@ TEST(KernelChoiceTest, Avx2CpuOnGenericCoreGetsHaswellAndAtenIsLeftAtItsAvx2) {
 
 TEST(KernelChoiceTest, Avx2CpuOnAKnownCoreIsLeftAlone) {
   for (const char* core : {"Haswell", "Zen", "SkylakeX", "FutureLake", ""}) {
-    const KernelDecision d = ChooseKernels(Avx2(), core, KernelEnv());
+    const KernelDecision d = ChooseKernels(Avx2(), core, OmpSet());
     EXPECT_FALSE(d.reexec) << core;
     EXPECT_EQ(d.blas_source, ChoiceSource::kLibrary) << core;
   }
@@ -104,7 +145,7 @@ TEST(KernelChoiceTest, Avx2CpuOnAKnownCoreIsLeftAlone) {
 
 TEST(KernelChoiceTest, Avx512CpuOnGenericCoreGetsSkylakeXAndAtenAvx512) {
   for (const char* core : {"Prescott", "Sandybridge", "Haswell", "Unknown"}) {
-    const KernelDecision d = ChooseKernels(Avx512(), core, KernelEnv());
+    const KernelDecision d = ChooseKernels(Avx512(), core, OmpSet());
     EXPECT_TRUE(d.reexec) << core;
     EXPECT_THAT(d.set_env, UnorderedElementsAre(
                                Pair(kOpenblasCoretypeEnv, "SkylakeX"),
@@ -117,7 +158,7 @@ TEST(KernelChoiceTest, Avx512CpuOnGenericCoreGetsSkylakeXAndAtenAvx512) {
 }
 
 TEST(KernelChoiceTest, Avx512Bf16CpuOnGenericCoreGetsCooperlake) {
-  const KernelDecision d = ChooseKernels(Avx512Bf16(), "Prescott", KernelEnv());
+  const KernelDecision d = ChooseKernels(Avx512Bf16(), "Prescott", OmpSet());
   EXPECT_TRUE(d.reexec);
   EXPECT_THAT(d.set_env, UnorderedElementsAre(
                              Pair(kOpenblasCoretypeEnv, "Cooperlake"),
@@ -127,7 +168,7 @@ TEST(KernelChoiceTest, Avx512Bf16CpuOnGenericCoreGetsCooperlake) {
 
 TEST(KernelChoiceTest, Avx512CpuOnAnAvx512CoreOnlyRaisesAten) {
   // SkylakeX and Cooperlake are the same level: no re-execution for the BLAS.
-  const KernelDecision d = ChooseKernels(Avx512Bf16(), "SkylakeX", KernelEnv());
+  const KernelDecision d = ChooseKernels(Avx512Bf16(), "SkylakeX", OmpSet());
   EXPECT_TRUE(d.reexec);
   EXPECT_THAT(d.set_env,
               UnorderedElementsAre(Pair(kAtenCapabilityEnv, "avx512"),
@@ -137,7 +178,7 @@ TEST(KernelChoiceTest, Avx512CpuOnAnAvx512CoreOnlyRaisesAten) {
 }
 
 TEST(KernelChoiceTest, OperatorSettingsAlwaysWin) {
-  KernelEnv env;
+  KernelEnv env = OmpSet();
   env.openblas_coretype = "Prescott";
   env.aten_cpu_capability = "avx2";
   const KernelDecision d = ChooseKernels(Avx512Bf16(), "Prescott", env);
@@ -148,7 +189,7 @@ TEST(KernelChoiceTest, OperatorSettingsAlwaysWin) {
 }
 
 TEST(KernelChoiceTest, OperatorBlasCoreIsKeptWhileAtenIsStillMatched) {
-  KernelEnv env;
+  KernelEnv env = OmpSet();
   env.openblas_coretype = "Haswell";
   const KernelDecision d = ChooseKernels(Avx512(), "Haswell", env);
   EXPECT_TRUE(d.reexec);
@@ -187,7 +228,7 @@ TEST(KernelChoiceTest, AForeignMarkerValueStopsReexecution) {
 }
 
 TEST(KernelChoiceTest, SimulatedUnknownCpuTakesTwoStepsAndThenStops) {
-  KernelEnv env;
+  KernelEnv env;  // the OpenMP wait unset: matched in step 2 as well
   env.simulate_library_core = "Prescott";
   // Step 1: make the library load with the generic core.
   const KernelDecision simulate = ChooseKernels(Avx512(), "SkylakeX", env);
@@ -201,19 +242,22 @@ TEST(KernelChoiceTest, SimulatedUnknownCpuTakesTwoStepsAndThenStops) {
   env.reexec_marker = "simulated";
   const KernelDecision match = ChooseKernels(Avx512(), "Prescott", env);
   EXPECT_TRUE(match.reexec);
-  EXPECT_THAT(match.set_env, UnorderedElementsAre(
-                                 Pair(kOpenblasCoretypeEnv, "SkylakeX"),
-                                 Pair(kAtenCapabilityEnv, "avx512"),
-                                 Pair(kReexecMarkerEnv, "matched:blas,aten")));
+  EXPECT_THAT(match.set_env,
+              UnorderedElementsAre(
+                  Pair(kOpenblasCoretypeEnv, "SkylakeX"),
+                  Pair(kAtenCapabilityEnv, "avx512"),
+                  Pair(kGompSpinCountEnv, kServerSpinCount),
+                  Pair(kReexecMarkerEnv, "matched:blas,aten,omp")));
   // Step 3: done.
   env.openblas_coretype = "SkylakeX";
   env.aten_cpu_capability = "avx512";
-  env.reexec_marker = "matched:blas,aten";
+  env.gomp_spincount = kServerSpinCount;
+  env.reexec_marker = "matched:blas,aten,omp";
   EXPECT_FALSE(ChooseKernels(Avx512(), "SkylakeX", env).reexec);
 }
 
 TEST(KernelChoiceTest, SimulationIsIgnoredWhenTheOperatorSetTheCore) {
-  KernelEnv env;
+  KernelEnv env = OmpSet();
   env.simulate_library_core = "Prescott";
   env.openblas_coretype = "Haswell";
   env.aten_cpu_capability = "avx2";

@@ -19,6 +19,8 @@ int main(int argc, char** argv) {
   std::printf("aten_capability=%s\naten_capability_source=%s\n",
               info.aten_capability.c_str(),
               info.aten_capability_source.c_str());
+  std::printf("omp_wait=%s\nomp_wait_source=%s\n", info.omp_wait.c_str(),
+              info.omp_wait_source.c_str());
   std::printf("product=%.0f\n", static_cast<double>(sum));
   return 0;
 }

@@ -30,8 +30,11 @@ using testing::ServerProcess;
 // `assignments` (NAME=VALUE) added; its "key=value" report.
 std::map<std::string, std::string> RunProbe(
     const std::vector<std::string>& assignments) {
-  std::vector<std::string> argv = {"/usr/bin/env", "-u", kOpenblasCoretypeEnv,
-                                   "-u", kAtenCapabilityEnv};
+  std::vector<std::string> argv = {"/usr/bin/env",      "-u",
+                                   kOpenblasCoretypeEnv, "-u",
+                                   kAtenCapabilityEnv,   "-u",
+                                   kOmpWaitPolicyEnv,    "-u",
+                                   kGompSpinCountEnv};
   argv.insert(argv.end(), assignments.begin(), assignments.end());
   argv.push_back(ATTNSCORE_KERNEL_PROBE_BIN);
   const CommandResult result = RunCommand(argv);
@@ -80,15 +83,21 @@ TEST(MatchedKernelsProbeTest, WithNothingSetRunsOnKernelsForTheIsa) {
       << report["blas_core"];
   EXPECT_EQ(report["aten_capability"], expected.aten);
   EXPECT_NE(report["blas_core_source"], "operator");
+  EXPECT_EQ(report["omp_wait"],
+            std::string(kGompSpinCountEnv) + "=" + kServerSpinCount);
+  EXPECT_EQ(report["omp_wait_source"], "server");
 }
 
 TEST(MatchedKernelsProbeTest, OperatorSettingsAreKept) {
   std::map<std::string, std::string> report =
-      RunProbe({"OPENBLAS_CORETYPE=Prescott", "ATEN_CPU_CAPABILITY=default"});
+      RunProbe({"OPENBLAS_CORETYPE=Prescott", "ATEN_CPU_CAPABILITY=default",
+                "OMP_WAIT_POLICY=passive"});
   EXPECT_EQ(report["blas_core"], "Prescott");
   EXPECT_EQ(report["blas_core_source"], "operator");
   EXPECT_EQ(report["aten_capability"], "NO AVX");  // ATen's name for DEFAULT
   EXPECT_EQ(report["aten_capability_source"], "operator");
+  EXPECT_EQ(report["omp_wait"], "OMP_WAIT_POLICY=passive");
+  EXPECT_EQ(report["omp_wait_source"], "operator");
 }
 
 TEST(MatchedKernelsProbeTest, ALibraryThatDetectsTheGenericCoreIsCorrected) {
@@ -153,6 +162,8 @@ v1::KernelInfo ServerKernels(ServerProcess& server) {
 TEST(MatchedKernelsServerTest, ServerWithNothingSetReportsMatchedKernels) {
   ScopedEnv no_core(kOpenblasCoretypeEnv, nullptr);
   ScopedEnv no_aten(kAtenCapabilityEnv, nullptr);
+  ScopedEnv no_policy(kOmpWaitPolicyEnv, nullptr);
+  ScopedEnv no_spin(kGompSpinCountEnv, nullptr);
   ServerOptions options;
   options.metrics = true;
   absl::StatusOr<std::unique_ptr<ServerProcess>> server =
@@ -169,6 +180,9 @@ TEST(MatchedKernelsServerTest, ServerWithNothingSetReportsMatchedKernels) {
   EXPECT_NE(kernels.blas_core_source(), "operator");
   EXPECT_EQ(kernels.aten_capability(), expected.aten);
   EXPECT_FALSE(kernels.cpu_model().empty());
+  EXPECT_EQ(kernels.omp_wait(),
+            std::string(kGompSpinCountEnv) + "=" + kServerSpinCount);
+  EXPECT_EQ(kernels.omp_wait_source(), "server");
   // The build-info metric carries the same choice.
   absl::StatusOr<std::string> metrics = (*server)->ScrapeMetrics();
   ASSERT_TRUE(metrics.ok()) << metrics.status();
