@@ -52,10 +52,11 @@ inline BlockedScratch BlockedScratchOf(int64_t query_len, int64_t key_len,
   int64_t floats = 0;
   if (scratch.online) {
     floats += rows * cols + 2 * rows;  // scores tile, running max and sum
-  } else if ((want_logits || want_probs) && !float32_matrices) {
-    floats += rows * cols;  // the float32 tile of 16-bit outputs
-  } else if (want_logits && !want_probs && want_context) {
-    floats += rows * cols;  // probabilities for the context alone
+  } else if (((want_logits || want_probs) && !float32_matrices) ||
+             (want_logits && !want_probs && want_context)) {
+    // A float32 tile: the rows of 16-bit outputs, or the probabilities of
+    // the context alone.
+    floats += rows * cols;
   }
   if (relative) {
     // q + u for the content term, and q.E for the Tq + cols - 1 distances of
