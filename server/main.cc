@@ -671,6 +671,14 @@ void Server::RegisterProcessMetrics() {
       "attnscore_models_loaded", "Relative-position models loaded.", [models] {
         return static_cast<double>(models->Current()->models.size());
       });
+  // The pool's idle blocks are memory the process keeps on purpose (up to
+  // --host-pool-bytes): RSS minus this is what the rest holds.
+  registry_.AddCallbackGauge(
+      "attnscore_host_pool_idle_bytes",
+      "Idle host buffers kept for reuse (at most --host-pool-bytes).", [] {
+        return static_cast<double>(
+            scoring::HostBufferPool().stats().cached_bytes);
+      });
 }
 
 // TLS files, token file and their flags' combinations, checked before the

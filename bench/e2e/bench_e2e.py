@@ -253,13 +253,17 @@ def read_rss(pid: int) -> int:
     return 0
 
 
-def read_inflight(metrics_address: str) -> int:
+def read_gauge(metrics_address: str, name: str) -> int:
     import urllib.request
     with urllib.request.urlopen(f"http://{metrics_address}/metrics", timeout=2) as reply:
         for line in reply.read().decode().splitlines():
-            if line.startswith("attnscore_inflight_bytes"):
+            if line.startswith(name):
                 return int(float(line.split()[-1]))
     return 0
+
+
+def read_inflight(metrics_address: str) -> int:
+    return read_gauge(metrics_address, "attnscore_inflight_bytes")
 
 
 class Sampler:
@@ -301,7 +305,7 @@ def memory_under_load(args: argparse.Namespace, workdir: str) -> dict:
         idle = read_rss(process.popen.pid)
         rounds = 2 if args.smoke else MEMORY_ROUNDS
         seconds = 2 if args.smoke else MEMORY_ROUND_SECONDS
-        after = []
+        after, pool = [], []
         with Sampler(process.popen.pid, metrics) as sampler:
             for k in range(rounds):
                 out = os.path.join(workdir, f"memory-{k}.json")
@@ -314,12 +318,14 @@ def memory_under_load(args: argparse.Namespace, workdir: str) -> dict:
                         raise RuntimeError(f"memory load round {k}: errors")
                 time.sleep(0.5)  # replies released
                 after.append(read_rss(process.popen.pid))
+                pool.append(read_gauge(metrics, "attnscore_host_pool_idle_bytes"))
         allowed_peak = idle + MEMORY_PEAK_FACTOR * sampler.peak_inflight
         growth = after[-1] - after[0]
         allowed_growth = max(MEMORY_GROWTH[0] * after[0], MEMORY_GROWTH[1])
         return {"idle_rss": idle, "peak_rss": sampler.peak_rss,
                 "peak_inflight": sampler.peak_inflight, "allowed_peak": allowed_peak,
                 "peak_met": sampler.peak_rss <= allowed_peak, "rss_after_rounds": after,
+                "pool_idle_after_rounds": pool, "growth_outside_pool": growth - (pool[-1] - pool[0]),
                 "growth": growth, "allowed_growth": allowed_growth,
                 "growth_met": growth <= allowed_growth}
     finally:
@@ -345,7 +351,18 @@ def memory_line(m: dict) -> str:
             f"{m['peak_inflight'] / mib:.0f} MiB in flight (target <= idle + 3x in flight = "
             f"{m['allowed_peak'] / mib:.0f} MiB: {'yes' if m['peak_met'] else 'NO'}); RSS after "
             f"each round {after} MiB, growth after warm-up {m['growth'] / mib:+.1f} MiB (target "
-            f"<= {m['allowed_growth'] / mib:.0f} MiB: {'yes' if m['growth_met'] else 'NO'}).")
+            f"<= {m['allowed_growth'] / mib:.0f} MiB: {'yes' if m['growth_met'] else 'NO'})"
+            + pool_note(m) + ".")
+
+
+def pool_note(m: dict) -> str:
+    """The host pool's share of the RSS: idle blocks kept on purpose, bounded by its cap."""
+    if not m.get("pool_idle_after_rounds"):
+        return ""
+    mib = 1 << 20
+    pool = ", ".join(f"{v / mib:.0f}" for v in m["pool_idle_after_rounds"])
+    return (f"; of it, the host pool's idle blocks (kept for reuse, at most --host-pool-bytes) "
+            f"{pool} MiB, so growth outside the pool {m['growth_outside_pool'] / mib:+.1f} MiB")
 
 
 @dataclass
