@@ -36,9 +36,9 @@ uint32_t Bits(float x) {
 void ExpectBits(const std::vector<float>& got, const std::vector<float>& want,
                 int64_t n) {
   ASSERT_EQ(got.size(), want.size());
-  EXPECT_EQ(std::memcmp(got.data(), want.data(), got.size() * sizeof(float)),
-            0)
-      << "n " << n;
+  for (size_t c = 0; c < got.size(); ++c) {
+    ASSERT_EQ(Bits(got[c]), Bits(want[c])) << "n " << n << " c " << c;
+  }
 }
 
 const int64_t kLengths[] = {0, 1, 3, 7, 8, 15, 16, 17, 31, 32, 33, 63, 64,
