@@ -4,10 +4,10 @@
 #include <cmath>
 #include <limits>
 
+#include "server/scoring/target_clones.h"
+
 // One clone per instruction set, resolved once when the library loads.
-// Sanitizer builds keep the clones too: the resolver is plain glibc IFUNC.
-#define ATTNSCORE_ROW_LOOP \
-  __attribute__((target_clones("avx512f", "avx2", "default")))
+#define ATTNSCORE_ROW_LOOP ATTNSCORE_TARGET_CLONES
 
 namespace attnscore::scoring {
 

@@ -1,6 +1,6 @@
 // The element loops of the blocked path's tiles (blocked_attention.h), built
-// for three instruction sets and chosen at load time by the CPU (GCC's
-// target_clones: AVX-512, AVX2, or the x86-64 baseline's SSE2). The build
+// for three instruction sets and chosen at load time by the CPU
+// (target_clones.h: AVX-512, AVX2, or the x86-64 baseline's SSE2). The build
 // targets the baseline so that one binary runs everywhere; without this these
 // loops, which do the bias, the softmax's passes and the row reductions, run
 // four lanes wide on any CPU.

@@ -521,6 +521,66 @@ TEST_P(ScorerTest, ValidationNamesFieldExpectedAndActual) {
   expect_error(plain, item, "key.dtype: expected F32");
 }
 
+// The input scan works in blocks of 2048 elements at the CPU's vector width
+// (validation.cc): a NaN or Inf is found at its exact index in any block, a
+// block's first or last element included, and the largest magnitude anywhere
+// feeds the overflow bound.
+TEST(InputScanTest, FindsNonFiniteAndLargestValuesPastTheFirstBlock) {
+  const size_t count = 10000;
+  const std::vector<int64_t> query_shape = {1, 2, 2, 2};
+  const std::vector<int64_t> key_shape = {1, 2, 2500, 2};
+  const std::vector<float> query(8, 0.5f);
+  for (DType dtype : {DType::kFloat32, DType::kFloat16, DType::kBFloat16}) {
+    std::vector<uint16_t> query16(query.size()), key16(count);
+    // `v` in `dtype` (16-bit ones encoded into `halves`).
+    auto ref = [dtype](const std::vector<float>& v,
+                       std::vector<uint16_t>* halves,
+                       const std::vector<int64_t>& shape) {
+      if (dtype == DType::kFloat32) {
+        return TensorRef{dtype, shape, v.data(), v.size() * 4};
+      }
+      EncodeFloats(v.data(), v.size(), dtype, halves->data());
+      return TensorRef{dtype, shape, halves->data(), v.size() * 2};
+    };
+    auto validate = [&](const ScoreSpec& spec, const std::vector<float>& key) {
+      ScoreItem item;
+      item.query = ref(query, &query16, query_shape);
+      item.key = ref(key, &key16, key_shape);
+      return ValidateItem(spec, item);
+    };
+    const std::string name = DTypeName(dtype);
+    ScoreSpec spec;
+    const std::vector<float> plain(count, 0.5f);
+    ASSERT_TRUE(validate(spec, plain).ok()) << name << validate(spec, plain);
+    for (size_t index : {size_t{2047}, size_t{2048}, size_t{5000},
+                         count - 1}) {
+      for (float bad : {std::nanf(""), INFINITY, -INFINITY}) {
+        std::vector<float> key = plain;
+        key[index] = bad;
+        EXPECT_EQ(validate(spec, key).message(),
+                  absl::StrCat("key.data: expected finite values, got NaN or "
+                               "Inf at flat index ",
+                               index))
+            << name << " " << index << " " << bad;
+      }
+    }
+    // One large key far from the start: the logits' bound 1 * D 2 * 0.5 *
+    // 30000 = 30000 fits float16 logits, 70000 would not.
+    spec.output_dtype = DType::kFloat16;
+    spec.scale = 1.0f;
+    spec.bias = AlibiBias{{0.0f, 0.0f}};
+    std::vector<float> key = plain;
+    key[7777] = -30000.0f;
+    EXPECT_TRUE(validate(spec, key).ok()) << name << validate(spec, key);
+    if (dtype != DType::kFloat16) {  // 70000 is past float16's own range
+      key[7777] = -70000.0f;
+      EXPECT_THAT(std::string(validate(spec, key).message()),
+                  HasSubstr("scale: logits could reach"))
+          << name;
+    }
+  }
+}
+
 // A RelativeModel that is not the ATen one (as a service test might use): the
 // API accepts it, the ATen scorer refuses it with a status.
 class StandInModel final : public RelativeModel {
