@@ -4,14 +4,25 @@
 // one binary runs everywhere; loops that must run at the CPU's width (the
 // blocked path's element loops, the input scans) carry this. A function with
 // floating-point arithmetic that must give the same bits on every copy is
-// compiled with -ffp-contract=off (no fused multiply-add). Off x86-64 it is
-// empty.
+// compiled with -ffp-contract=off (no fused multiply-add). Off x86-64, and
+// under ThreadSanitizer, it is empty.
 //
 // Thread safety, errors: none (a macro).
 #ifndef ATTNSCORE_SERVER_SCORING_TARGET_CLONES_H_
 #define ATTNSCORE_SERVER_SCORING_TARGET_CLONES_H_
 
-#if defined(__x86_64__) && defined(__ELF__)
+// ThreadSanitizer runs IFUNC resolvers before its runtime is initialised and
+// crashes at load; sanitizer builds check correctness, not speed, so they
+// take the baseline copy alone.
+#if defined(__SANITIZE_THREAD__)
+#define ATTNSCORE_NO_TARGET_CLONES 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define ATTNSCORE_NO_TARGET_CLONES 1
+#endif
+#endif
+
+#if defined(__x86_64__) && defined(__ELF__) && !defined(ATTNSCORE_NO_TARGET_CLONES)
 #define ATTNSCORE_TARGET_CLONES \
   __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
