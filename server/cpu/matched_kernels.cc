@@ -31,6 +31,19 @@ std::optional<KernelDecision>& StartDecision() {
   return decision;
 }
 
+// The OpenMP wait variables as the process runs with them.
+std::string OmpWait(const KernelEnv& env) {
+  std::string wait;
+  for (const auto& [name, value] :
+       {std::pair{kOmpWaitPolicyEnv, env.omp_wait_policy},
+        std::pair{kGompSpinCountEnv, env.gomp_spincount}}) {
+    if (!value.has_value()) continue;
+    if (!wait.empty()) wait += " ";
+    wait += std::string(name) + "=" + *value;
+  }
+  return wait.empty() ? "libgomp default" : wait;
+}
+
 }  // namespace
 
 KernelEnv ReadKernelEnv() {
@@ -75,22 +88,6 @@ void EnsureMatchedKernels(int argc, char** argv) {
                decision.reason.c_str(), std::strerror(errno));
 }
 
-namespace {
-
-// The OpenMP wait variables as the process runs with them.
-std::string OmpWait(const KernelEnv& env) {
-  std::string wait;
-  for (const auto& [name, value] :
-       {std::pair{kOmpWaitPolicyEnv, env.omp_wait_policy},
-        std::pair{kGompSpinCountEnv, env.gomp_spincount}}) {
-    if (!value.has_value()) continue;
-    if (!wait.empty()) wait += " ";
-    wait += std::string(name) + "=" + *value;
-  }
-  return wait.empty() ? "libgomp default" : wait;
-}
-
-}  // namespace
 
 KernelInfo DescribeKernels(const std::string& aten_capability) {
   const CpuFeatures features = DetectCpuFeatures();

@@ -20,9 +20,10 @@ namespace {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
-// Below this many multiply-adds (or elements, for exp) a plain loop is cheaper
-// than creating tensor views and dispatching an ATen op; tiny items (H = Lq =
-// Lk = D = 1) then cost nanoseconds instead of microseconds.
+// Below this many multiply-adds (or elements, for exp and the 16-bit
+// conversion) a plain loop is cheaper than creating tensor views and
+// dispatching an ATen op; tiny items (H = Lq = Lk = D = 1) then cost
+// nanoseconds instead of microseconds.
 constexpr int64_t kSmallMacs = 8192;
 constexpr int64_t kSmallExp = 1024;
 // `stop` is asked before the first tile of a thread and then once per this
@@ -279,16 +280,18 @@ class TileKernel {
     const int64_t offset = ((b * p_.heads + h) * p_.query_len + i0) * lk;
     float* logits = InPlace(p_.logits, offset);
     float* probs = InPlace(p_.probs, offset);
-    const MMat scores = {logits != nullptr   ? logits
-                         : probs != nullptr  ? probs
-                                             : TileScratch(m),
+    const MMat scores = {logits != nullptr  ? logits
+                         : probs != nullptr ? probs
+                                            : TileScratch(m),
                          m, lk, lk};
     Scores(b, h, i0, i1, 0, lk, scores);
-    if (p_.logits != nullptr && logits == nullptr) Store(scores, p_.logits, offset);
+    if (p_.logits != nullptr && logits == nullptr) {
+      Store(scores, p_.logits, offset);  // 16-bit logits
+    }
     const bool context = p_.context != nullptr;
     if (p_.probs == nullptr && !context) return;
     // Softmax in place unless the scores are the float32 logits' rows.
-    const MMat p = {probs != nullptr   ? probs
+    const MMat p = {probs != nullptr    ? probs
                     : logits != nullptr ? TileScratch(m)
                                         : scores.data,
                     m, lk, lk};
@@ -319,7 +322,8 @@ class TileKernel {
   void Store(const MMat& rows, void* output, int64_t offset) const {
     const int64_t count = rows.rows * rows.cols;
     if (p_.matrix_type == at::kHalf) {
-      StoreAs<c10::Half>(rows.data, count, static_cast<c10::Half*>(output) + offset);
+      StoreAs<c10::Half>(rows.data, count,
+                         static_cast<c10::Half*>(output) + offset);
     } else {
       StoreAs<c10::BFloat16>(rows.data, count,
                              static_cast<c10::BFloat16*>(output) + offset);

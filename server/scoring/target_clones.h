@@ -22,7 +22,8 @@
 #endif
 #endif
 
-#if defined(__x86_64__) && defined(__ELF__) && !defined(ATTNSCORE_NO_TARGET_CLONES)
+#if defined(__x86_64__) && defined(__ELF__) && \
+    !defined(ATTNSCORE_NO_TARGET_CLONES)
 #define ATTNSCORE_TARGET_CLONES \
   __attribute__((target_clones("avx512f", "avx2", "default")))
 #else

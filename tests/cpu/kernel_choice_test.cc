@@ -242,12 +242,12 @@ TEST(KernelChoiceTest, SimulatedUnknownCpuTakesTwoStepsAndThenStops) {
   env.reexec_marker = "simulated";
   const KernelDecision match = ChooseKernels(Avx512(), "Prescott", env);
   EXPECT_TRUE(match.reexec);
-  EXPECT_THAT(match.set_env,
-              UnorderedElementsAre(
-                  Pair(kOpenblasCoretypeEnv, "SkylakeX"),
-                  Pair(kAtenCapabilityEnv, "avx512"),
-                  Pair(kGompSpinCountEnv, kServerSpinCount),
-                  Pair(kReexecMarkerEnv, "matched:blas,aten,omp")));
+  EXPECT_THAT(
+      match.set_env,
+      UnorderedElementsAre(Pair(kOpenblasCoretypeEnv, "SkylakeX"),
+                           Pair(kAtenCapabilityEnv, "avx512"),
+                           Pair(kGompSpinCountEnv, kServerSpinCount),
+                           Pair(kReexecMarkerEnv, "matched:blas,aten,omp")));
   // Step 3: done.
   env.openblas_coretype = "SkylakeX";
   env.aten_cpu_capability = "avx512";

@@ -30,11 +30,10 @@ using testing::ServerProcess;
 // `assignments` (NAME=VALUE) added; its "key=value" report.
 std::map<std::string, std::string> RunProbe(
     const std::vector<std::string>& assignments) {
-  std::vector<std::string> argv = {"/usr/bin/env",      "-u",
-                                   kOpenblasCoretypeEnv, "-u",
-                                   kAtenCapabilityEnv,   "-u",
-                                   kOmpWaitPolicyEnv,    "-u",
-                                   kGompSpinCountEnv};
+  std::vector<std::string> argv = {
+      "/usr/bin/env",     "-u", kOpenblasCoretypeEnv, "-u",
+      kAtenCapabilityEnv, "-u", kOmpWaitPolicyEnv,    "-u",
+      kGompSpinCountEnv};
   argv.insert(argv.end(), assignments.begin(), assignments.end());
   argv.push_back(ATTNSCORE_KERNEL_PROBE_BIN);
   const CommandResult result = RunCommand(argv);

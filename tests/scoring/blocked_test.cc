@@ -211,9 +211,8 @@ TEST(BlockedAttentionTest, RejectsAnUnsupportedMatrixType) {
   AttentionConfig config = Config(c, false);
   config.matrix_type = at::kDouble;
   AttentionResult got;
-  EXPECT_THROW(
-      ComputeAttentionBlocked(c.q, c.k, c.v, {}, config, {}, &got),
-      c10::Error);
+  EXPECT_THROW(ComputeAttentionBlocked(c.q, c.k, c.v, {}, config, {}, &got),
+               c10::Error);
 }
 
 TEST(BlockedAttentionTest, OnlineSoftmaxMatchesMaterialisedOnRandomShapes) {

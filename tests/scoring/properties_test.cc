@@ -552,8 +552,7 @@ TEST(InputScanTest, FindsNonFiniteAndLargestValuesPastTheFirstBlock) {
     ScoreSpec spec;
     const std::vector<float> plain(count, 0.5f);
     ASSERT_TRUE(validate(spec, plain).ok()) << name << validate(spec, plain);
-    for (size_t index : {size_t{2047}, size_t{2048}, size_t{5000},
-                         count - 1}) {
+    for (size_t index : {size_t{2047}, size_t{2048}, size_t{5000}, count - 1}) {
       for (float bad : {std::nanf(""), INFINITY, -INFINITY}) {
         std::vector<float> key = plain;
         key[index] = bad;

@@ -41,8 +41,8 @@ void ExpectBits(const std::vector<float>& got, const std::vector<float>& want,
   }
 }
 
-const int64_t kLengths[] = {0, 1, 3, 7, 8, 15, 16, 17, 31, 32, 33, 63, 64,
-                            65, 100, 257, 1000};
+const int64_t kLengths[] = {0,  1,  3,  7,  8,  15,  16,  17,  31,
+                            32, 33, 63, 64, 65, 100, 257, 1000};
 
 TEST(RowLoopsTest, RowMaxIsTheMaximum) {
   for (int64_t n : kLengths) {
@@ -77,8 +77,8 @@ TEST(RowLoopsTest, RowSumAddsInFixedLanes) {
 TEST(RowLoopsTest, AddAlibiRowMatchesTheScalarFormula) {
   for (bool causal : {false, true}) {
     for (int64_t n : kLengths) {
-      for (int64_t base : {int64_t{0}, n - 1, n / 2, int64_t{4095},
-                           int64_t{-5}}) {
+      for (int64_t base :
+           {int64_t{0}, n - 1, n / 2, int64_t{4095}, int64_t{-5}}) {
         std::vector<float> got = Random(n, 3);
         std::vector<float> want = got;
         if (n > 1) got[0] = want[0] = -kInf;
