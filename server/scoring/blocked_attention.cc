@@ -15,6 +15,13 @@
 #include "server/scoring/host_tensor.h"
 #include "server/scoring/row_loops.h"
 
+// at::parallel_for (ATen/Parallel-inl.h) is inline: compiled without OpenMP it
+// runs every tile on the calling thread, which would silently halve the tile
+// loop's throughput on two cores (server/scoring/CMakeLists.txt).
+#if defined(ATTNSCORE_PARALLEL_TILES) && !defined(_OPENMP)
+#error "ATTNSCORE_PARALLEL_TILES is set but this file is not compiled with OpenMP"
+#endif
+
 namespace attnscore::scoring {
 namespace {
 

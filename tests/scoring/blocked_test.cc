@@ -3,13 +3,17 @@
 // combination of outputs; cancellation; the overflow checks of validation;
 // and peak memory, measured in a child process, against the estimate.
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
 #include <atomic>
 #include <cinttypes>
 #include <cmath>
 #include <cstdio>
 #include <memory>
+#include <mutex>
+#include <set>
 #include <string>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "bench/literal_port.h"
@@ -283,6 +287,38 @@ TEST(BlockedAttentionTest, StopBetweenTiles) {
       },
       &result));
   EXPECT_GT(never, 1);  // asked between tiles, not once
+}
+
+// The tiles of one call spread over ATen's intra-op threads. at::parallel_for
+// is inline and runs in parallel only where it is compiled with OpenMP
+// (ATTNSCORE_PARALLEL_TILES): before that was so, every tile ran on the
+// caller's thread and only the BLAS inside a tile used the second core.
+TEST(BlockedAttentionTest, TilesRunOnTheIntraOpThreads) {
+  const int threads_before = at::get_num_threads();
+  at::set_num_threads(2);
+  at::manual_seed(5);
+  const Case c = RandomCase(2, 4, 256, 256, 32, 32, false, false);
+  std::mutex mu;
+  std::set<std::thread::id> seen;
+  AttentionResult result;
+  // `stop` is asked on the thread that runs each range of tiles.
+  const bool finished = ComputeAttentionBlocked(
+      c.q, c.k, c.v, {}, Config(c, true),
+      [&] {
+        const std::lock_guard<std::mutex> lock(mu);
+        seen.insert(std::this_thread::get_id());
+        return false;
+      },
+      &result);
+  at::set_num_threads(threads_before);
+  ASSERT_TRUE(finished);
+#ifdef ATTNSCORE_PARALLEL_TILES
+  EXPECT_EQ(seen.size(), 2u) << "the tiles ran on one thread";
+#else
+  // Builds without OpenMP (clang, ThreadSanitizer, a pip LibTorch) run the
+  // tiles inline; this documents that fallback.
+  EXPECT_EQ(seen.size(), 1u);
+#endif
 }
 
 TensorRef Ref(const at::Tensor& t) {
