@@ -19,7 +19,8 @@
 // runs every tile on the calling thread, which would silently halve the tile
 // loop's throughput on two cores (server/scoring/CMakeLists.txt).
 #if defined(ATTNSCORE_PARALLEL_TILES) && !defined(_OPENMP)
-#error "ATTNSCORE_PARALLEL_TILES is set but this file is not compiled with OpenMP"
+#error \
+    "ATTNSCORE_PARALLEL_TILES is set but this file is not compiled with OpenMP"
 #endif
 
 namespace attnscore::scoring {
