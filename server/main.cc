@@ -49,6 +49,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "attnscore/v1/attnscore.grpc.pb.h"
 #include "attnscore/version.h"
 #include "server/cpu/aten_capability.h"
@@ -915,6 +916,11 @@ int main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &handled, nullptr);
   // A client that hangs up mid-response must not kill the server.
   signal(SIGPIPE, SIG_IGN);
+  // Debian builds Abseil without NDEBUG, which leaves absl::Mutex's deadlock
+  // detector on: every Lock (gRPC takes several per call) updates a
+  // process-wide lock graph under a global lock. A debugging aid; off, as in
+  // release builds of Abseil.
+  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
   try {
     return attnscore::ParseFlagsAndRun(argc, argv);
   } catch (const std::exception& e) {

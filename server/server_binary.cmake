@@ -9,7 +9,7 @@ target_link_libraries(attnscore-server PRIVATE
   attnscore_cpu_aten
   attnscore_version
   gRPC::grpc++ gRPC::grpc++_reflection CLI11::CLI11 spdlog::spdlog
-  absl::status absl::statusor absl::strings)
+  absl::status absl::statusor absl::strings absl::synchronization)
 
 # The example relative-position parameter set that `make serve` serves (random, labelled as an
 # example in its metadata). 8 MiB of float32 (P=2048 H=8 D=64), so it is generated

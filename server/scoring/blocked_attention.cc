@@ -37,6 +37,10 @@ constexpr int64_t kSmallExp = 1024;
 // `stop` is asked before the first tile of a thread and then once per this
 // many multiply-adds: a few milliseconds at most between checks.
 constexpr int64_t kStopCheckMacs = int64_t{1} << 22;
+// Opening a parallel region wakes the other intra-op threads, a few
+// microseconds: each thread gets at least this many multiply-adds of tiles, so
+// a tiny call (H8 Lq=Lk=1) runs on the calling thread alone.
+constexpr int64_t kParallelMacs = int64_t{1} << 16;
 
 // A row-major matrix in someone else's memory: unit column stride, row stride
 // `ld`.
@@ -503,8 +507,10 @@ bool ComputeAttentionBlocked(const at::Tensor& q_in, const at::Tensor& k_in,
   const int64_t units = q.size(0) * p.heads * tiles;
   const int64_t unit_macs =
       p.query_tile * p.key_len * (p.head_dim + p.value_dim);
+  const int64_t grain =
+      std::max<int64_t>(1, kParallelMacs / std::max<int64_t>(unit_macs, 1));
   std::atomic<bool> stopped{false};
-  at::parallel_for(0, units, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, units, grain, [&](int64_t begin, int64_t end) {
     // One scratch per thread's range: at most BlockedThreads() live at once.
     const PooledFloats buffer =
         AcquireFloats(static_cast<size_t>(scratch.floats));
