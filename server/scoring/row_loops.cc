@@ -72,6 +72,28 @@ ATTNSCORE_ROW_LOOP void AddRelativeRow(float* row, int64_t n,
   }
 }
 
+ATTNSCORE_ROW_LOOP void ScaledDotRows(const float* rows, int64_t ld,
+                                      int64_t n, const float* x, int64_t d,
+                                      float alpha, bool accumulate,
+                                      float* out) {
+  const int64_t body = d - d % kRowLanes;
+  for (int64_t j = 0; j < n; ++j) {
+    const float* row = rows + j * ld;
+    float lanes[kRowLanes] = {};
+    for (int64_t t = 0; t < body; t += kRowLanes) {
+      for (int64_t k = 0; k < kRowLanes; ++k) lanes[k] += row[t + k] * x[t + k];
+    }
+    // Pairwise, so that rows overlap in the pipeline instead of waiting on
+    // one long chain of additions each.
+    for (int64_t half = kRowLanes / 2; half > 0; half /= 2) {
+      for (int64_t k = 0; k < half; ++k) lanes[k] += lanes[k + half];
+    }
+    float dot = lanes[0];
+    for (int64_t t = body; t < d; ++t) dot += row[t] * x[t];
+    out[j] = accumulate ? out[j] + alpha * dot : alpha * dot;
+  }
+}
+
 ATTNSCORE_ROW_LOOP void SubtractRow(const float* in, float* out, int64_t n,
                                     float value) {
   for (int64_t c = 0; c < n; ++c) out[c] = in[c] - value;

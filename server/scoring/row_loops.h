@@ -37,6 +37,15 @@ void AddAlibiRow(float* row, int64_t n, int64_t base, float slope, bool causal);
 void AddRelativeRow(float* row, int64_t n, const float* shifted,
                     const float* bias, int64_t bias_stride, float scale);
 
+// out[j] = alpha * (rows[j * ld + t] . x[t], t in [0, d)) (+ out[j] when
+// accumulating), j in [0, n): one query row against n key rows, a GEMV that
+// streams the rows once in memory order. Each dot product adds its d terms in
+// kRowLanes lanes, then the lanes pairwise (8, 4, 2, 1 apart), then the
+// d % kRowLanes tail: the same bits for a row wherever it lies.
+// REQUIRES: ld >= d.
+void ScaledDotRows(const float* rows, int64_t ld, int64_t n, const float* x,
+                   int64_t d, float alpha, bool accumulate, float* out);
+
 // out[c] = in[c] - value, c in [0, n) (in == out allowed).
 void SubtractRow(const float* in, float* out, int64_t n, float value);
 

@@ -74,6 +74,50 @@ TEST(RowLoopsTest, RowSumAddsInFixedLanes) {
   }
 }
 
+// ScaledDotRows' order: kRowLanes lanes, the lanes pairwise, then the tail.
+float LaneDot(const float* row, const float* x, int64_t d) {
+  float lanes[kRowLanes] = {};
+  int64_t t = 0;
+  for (; t + kRowLanes <= d; t += kRowLanes) {
+    for (int64_t k = 0; k < kRowLanes; ++k) lanes[k] += row[t + k] * x[t + k];
+  }
+  for (int64_t half = kRowLanes / 2; half > 0; half /= 2) {
+    for (int64_t k = 0; k < half; ++k) lanes[k] += lanes[k + half];
+  }
+  float dot = lanes[0];
+  for (; t < d; ++t) dot += row[t] * x[t];
+  return dot;
+}
+
+TEST(RowLoopsTest, ScaledDotRowsIsTheProductInFixedLanes) {
+  constexpr int64_t kRows = 37;
+  constexpr float kAlpha = 0.125f;
+  for (int64_t d : kLengths) {
+    const int64_t ld = d + 5;  // strided rows, like E[., h] of the relative bias
+    const std::vector<float> rows = Random(kRows * ld, 3);
+    const std::vector<float> x = Random(d, 4);
+    const std::vector<float> before = Random(kRows, 5);
+    for (bool accumulate : {false, true}) {
+      std::vector<float> got = before, want = before;
+      ScaledDotRows(rows.data(), ld, kRows, x.data(), d, kAlpha, accumulate,
+                    got.data());
+      for (int64_t j = 0; j < kRows; ++j) {
+        const float dot = kAlpha * LaneDot(rows.data() + j * ld, x.data(), d);
+        want[j] = accumulate ? want[j] + dot : dot;
+        // And the product itself, in double, within float rounding.
+        double exact = 0;
+        for (int64_t t = 0; t < d; ++t) {
+          exact += double{rows[j * ld + t]} * double{x[t]};
+        }
+        const double expected =
+            kAlpha * exact + (accumulate ? double{before[j]} : 0.0);
+        EXPECT_NEAR(got[j], expected, 1e-4 * (1.0 + 9.0 * d)) << d << " " << j;
+      }
+      ExpectBits(got, want, d);
+    }
+  }
+}
+
 TEST(RowLoopsTest, AddAlibiRowMatchesTheScalarFormula) {
   for (bool causal : {false, true}) {
     for (int64_t n : kLengths) {
