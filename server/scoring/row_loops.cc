@@ -72,10 +72,9 @@ ATTNSCORE_ROW_LOOP void AddRelativeRow(float* row, int64_t n,
   }
 }
 
-ATTNSCORE_ROW_LOOP void ScaledDotRows(const float* rows, int64_t ld,
-                                      int64_t n, const float* x, int64_t d,
-                                      float alpha, bool accumulate,
-                                      float* out) {
+ATTNSCORE_ROW_LOOP void ScaledDotRows(const float* rows, int64_t ld, int64_t n,
+                                      const float* x, int64_t d, float alpha,
+                                      bool accumulate, float* out) {
   const int64_t body = d - d % kRowLanes;
   for (int64_t j = 0; j < n; ++j) {
     const float* row = rows + j * ld;

@@ -93,7 +93,8 @@ TEST(RowLoopsTest, ScaledDotRowsIsTheProductInFixedLanes) {
   constexpr int64_t kRows = 37;
   constexpr float kAlpha = 0.125f;
   for (int64_t d : kLengths) {
-    const int64_t ld = d + 5;  // strided rows, like E[., h] of the relative bias
+    const int64_t ld =
+        d + 5;  // strided rows, like E[., h] of the relative bias
     const std::vector<float> rows = Random(kRows * ld, 3);
     const std::vector<float> x = Random(d, 4);
     const std::vector<float> before = Random(kRows, 5);
