@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 
 #include "server/scoring/target_clones.h"
@@ -72,24 +73,48 @@ ATTNSCORE_ROW_LOOP void AddRelativeRow(float* row, int64_t n,
   }
 }
 
+namespace {
+
+// kRowLanes floats as one value of GCC's generic vectors: each clone lowers it
+// to its own registers (one zmm, two ymm, four xmm).
+using Lanes = float __attribute__((vector_size(kRowLanes * sizeof(float))));
+using LaneIndex =
+    int32_t __attribute__((vector_size(kRowLanes * sizeof(int32_t))));
+
+// row . x in ScaledDotRows' order: kRowLanes lanes, the lanes pairwise (k and
+// k + 8, then k + 4, k + 2, k + 1), then the d % kRowLanes tail. Spelled with
+// explicit shuffles: the plain loop's pairwise steps went through the stack.
+inline float LaneDot(const float* row, const float* x, int64_t d) {
+  static_assert(kRowLanes == 16, "the shuffles below are for 16 lanes");
+  const int64_t body = d - d % kRowLanes;
+  Lanes acc = {};
+  for (int64_t t = 0; t < body; t += kRowLanes) {
+    Lanes a, b;  // unaligned loads
+    std::memcpy(&a, row + t, sizeof(a));
+    std::memcpy(&b, x + t, sizeof(b));
+    acc += a * b;
+  }
+  acc += __builtin_shuffle(acc, LaneIndex{8, 9, 10, 11, 12, 13, 14, 15, 8, 9,
+                                          10, 11, 12, 13, 14, 15});
+  acc += __builtin_shuffle(
+      acc, LaneIndex{4, 5, 6, 7, 4, 5, 6, 7, 4, 5, 6, 7, 4, 5, 6, 7});
+  acc += __builtin_shuffle(
+      acc, LaneIndex{2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3});
+  acc += __builtin_shuffle(
+      acc, LaneIndex{1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1});
+  float dot = acc[0];
+  for (int64_t t = body; t < d; ++t) dot += row[t] * x[t];
+  return dot;
+}
+
+}  // namespace
+
 ATTNSCORE_ROW_LOOP void ScaledDotRows(const float* rows, int64_t ld, int64_t n,
                                       const float* x, int64_t d, float alpha,
                                       bool accumulate, float* out) {
-  const int64_t body = d - d % kRowLanes;
   for (int64_t j = 0; j < n; ++j) {
-    const float* row = rows + j * ld;
-    float lanes[kRowLanes] = {};
-    for (int64_t t = 0; t < body; t += kRowLanes) {
-      for (int64_t k = 0; k < kRowLanes; ++k) lanes[k] += row[t + k] * x[t + k];
-    }
-    // Pairwise, so that rows overlap in the pipeline instead of waiting on
-    // one long chain of additions each.
-    for (int64_t half = kRowLanes / 2; half > 0; half /= 2) {
-      for (int64_t k = 0; k < half; ++k) lanes[k] += lanes[k + half];
-    }
-    float dot = lanes[0];
-    for (int64_t t = body; t < d; ++t) dot += row[t] * x[t];
-    out[j] = accumulate ? out[j] + alpha * dot : alpha * dot;
+    const float dot = alpha * LaneDot(rows + j * ld, x, d);
+    out[j] = accumulate ? out[j] + dot : dot;
   }
 }
 
