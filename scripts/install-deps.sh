@@ -13,8 +13,9 @@ root="$(cd "$here/.." && pwd)"
 packages=(
   # Toolchain.
   build-essential cmake ninja-build pkg-config ccache
-  # Lint (make lint): clang-tidy; lizard is pinned in requirements.txt.
-  clang-tidy
+  # Lint (make lint): clang-tidy; lizard is pinned in requirements.txt. libomp-dev: clang's omp.h,
+  # which clang-tidy needs to parse the scoring library (compiled with -fopenmp against libgomp).
+  clang-tidy libomp-dev
   # Fuzzers (make fuzz): clang and its libFuzzer, ASan and UBSan runtimes (libclang-rt-14-dev).
   # GCC's sanitizer runtimes (make test-asan, test-tsan) come with build-essential's gcc.
   clang libclang-rt-14-dev

@@ -78,8 +78,6 @@ namespace {
 // kRowLanes floats as one value of GCC's generic vectors: each clone lowers it
 // to its own registers (one zmm, two ymm, four xmm).
 using Lanes = float __attribute__((vector_size(kRowLanes * sizeof(float))));
-using LaneIndex =
-    int32_t __attribute__((vector_size(kRowLanes * sizeof(int32_t))));
 
 // row . x in ScaledDotRows' order: kRowLanes lanes, the lanes pairwise (k and
 // k + 8, then k + 4, k + 2, k + 1), then the d % kRowLanes tail. Spelled with
@@ -94,14 +92,15 @@ inline float LaneDot(const float* row, const float* x, int64_t d) {
     std::memcpy(&b, x + t, sizeof(b));
     acc += a * b;
   }
-  acc += __builtin_shuffle(acc, LaneIndex{8, 9, 10, 11, 12, 13, 14, 15, 8, 9,
-                                          10, 11, 12, 13, 14, 15});
-  acc += __builtin_shuffle(
-      acc, LaneIndex{4, 5, 6, 7, 4, 5, 6, 7, 4, 5, 6, 7, 4, 5, 6, 7});
-  acc += __builtin_shuffle(
-      acc, LaneIndex{2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3});
-  acc += __builtin_shuffle(
-      acc, LaneIndex{1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1});
+  // __builtin_shufflevector: GCC >= 12 and clang alike.
+  acc += __builtin_shufflevector(acc, acc, 8, 9, 10, 11, 12, 13, 14, 15, 8, 9,
+                                 10, 11, 12, 13, 14, 15);
+  acc += __builtin_shufflevector(acc, acc, 4, 5, 6, 7, 4, 5, 6, 7, 4, 5, 6, 7,
+                                 4, 5, 6, 7);
+  acc += __builtin_shufflevector(acc, acc, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3,
+                                 2, 3, 2, 3);
+  acc += __builtin_shufflevector(acc, acc, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+                                 1, 1, 1, 1);
   float dot = acc[0];
   for (int64_t t = body; t < d; ++t) dot += row[t] * x[t];
   return dot;
