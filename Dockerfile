@@ -125,7 +125,7 @@ FROM ${DEBIAN_SLIM_IMAGE} AS cpu
 # hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
-      libtorch1.13 libopenblas0-openmp \
+      libtorch1.13 libopenblas0-openmp libgomp1 \
       libgrpc++1.51 libgrpc29 libprotobuf32 libabsl20220623 \
       libspdlog1.10 libfmt9 libprometheus-cpp-core1.0 libprometheus-cpp-pull1.0 libcivetweb1 \
       libssl3 tini \
