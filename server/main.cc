@@ -73,6 +73,15 @@
 namespace attnscore {
 namespace {
 
+// Whether the CPU path's tiles spread over the intra-op threads: only where the
+// scoring library is compiled with OpenMP (server/scoring/CMakeLists.txt).
+#ifdef ATTNSCORE_PARALLEL_TILES
+constexpr char kCpuTiles[] = "CPU tiles spread over them";
+#else
+constexpr char kCpuTiles[] =
+    "CPU tiles on the batch thread: this build's scoring library has no OpenMP";
+#endif
+
 // Exit codes, as the comment at the top of this file says.
 constexpr int kExitStartupFailed = 1;
 constexpr int kExitBadFlag = 2;
@@ -787,9 +796,10 @@ bool Server::StartGrpcServer() {
   health_->SetServingStatus(ReadinessService(), false);
   spdlog::info(
       "attnscore-server {} listening on {} (port {}, {}), device {}, "
-      "{} intra-op threads, reflection {}",
+      "{} intra-op threads ({}), reflection {}",
       kVersion, flags_.listen, port_, security_->tls() ? "TLS" : "plaintext",
-      scorer_->device(), flags_.threads, flags_.reflection ? "on" : "off");
+      scorer_->device(), flags_.threads, kCpuTiles,
+      flags_.reflection ? "on" : "off");
   return true;
 }
 
