@@ -249,6 +249,10 @@ class ScorerImpl final : public Scorer {
     }
   }
 
+  size_t ItemsPerPass(absl::Span<const ScoreItem> items) const override {
+    return ScoresItemByItem(items) ? 1 : items.size();
+  }
+
   std::string device() const override { return device_.str(); }
 
   ResourceEstimate Estimate(const ScoreSpec& spec,

@@ -14,6 +14,7 @@
 #ifndef ATTNSCORE_SERVER_SCORING_SCORER_H_
 #define ATTNSCORE_SERVER_SCORING_SCORER_H_
 
+#include <cstddef>
 #include <functional>
 #include <string>
 #include <vector>
@@ -47,6 +48,15 @@ class Scorer {
   absl::StatusOr<std::vector<ScoreResult>> ScoreBatch(
       const ScoreSpec& spec, absl::Span<const ScoreItem> items) {
     return ScoreBatch(spec, items, StopFn());
+  }
+
+  // How many of `items` (a prefix, at least one when `items` is not empty)
+  // this scorer would compute together: a caller may score that prefix on its
+  // own, answer it, and go on with the rest, with the same results. The CPU
+  // blocked path computes large items one after another anyway, so their
+  // replies need not wait for the rest of the batch. Default: all of them.
+  virtual size_t ItemsPerPass(absl::Span<const ScoreItem> items) const {
+    return items.size();
   }
 
   // "cpu", "cuda:0", ...

@@ -825,10 +825,25 @@ void AttentionScorerService::ComputeAndAnswer(
     batch_items += task->size();
     metrics_->ObserveQueue(Seconds(start - task->accepted_micros()));
   }
+  // Pass by pass (Scorer::ItemsPerPass): each pass is answered as soon as it
+  // is computed, so its replies go out while the next pass computes instead
+  // of waiting for the whole batch.
+  for (size_t done = 0; done < tasks.size();) {
+    const size_t n = std::clamp<size_t>(
+        scorer_->ItemsPerPass(items.subspan(done)), 1, tasks.size() - done);
+    ScoreAndAnswer(tasks.subspan(done, n), items.subspan(done, n), batch_items);
+    done += n;
+  }
+  metrics_->ObserveBatch(batch_items, Seconds(clock_->NowMicros() - start));
+}
+
+void AttentionScorerService::ScoreAndAnswer(
+    absl::Span<const std::unique_ptr<ScoreTask>> tasks,
+    absl::Span<const scoring::ScoreItem> items, size_t batch_items) {
+  const int64_t start = clock_->NowMicros();
   absl::StatusOr<std::vector<scoring::ScoreResult>> results =
       ScoreGuarded(tasks, items);
   const int64_t end = clock_->NowMicros();
-  metrics_->ObserveBatch(batch_items, Seconds(end - start));
   if (results.ok() && results->size() != tasks.size()) {
     results = absl::InternalError(absl::StrCat("scorer returned ",
                                                results->size(), " results for ",
@@ -851,7 +866,9 @@ void AttentionScorerService::ComputeAndAnswer(
     spdlog::warn("batch of {} requests failed ({}); retrying them one by one",
                  tasks.size(), results.status().ToString());
     for (size_t i = 0; i < tasks.size(); ++i) {
-      ComputeAndAnswer(tasks.subspan(i, 1), items.subspan(i, 1));
+      // Computed alone: a batch of its own B.
+      ScoreAndAnswer(tasks.subspan(i, 1), items.subspan(i, 1),
+                     tasks[i]->size());
     }
     return;
   }

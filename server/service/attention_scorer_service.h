@@ -227,10 +227,16 @@ class AttentionScorerService final : public AttentionScorerRawService {
   // Batch worker: computes a batch and answers its tasks. The tasks die with
   // the batcher's callback argument, after this returns.
   void RunBatch(const std::vector<std::unique_ptr<ScoreTask>>& batch);
-  // Computes tasks that share a batch key, splitting a failed batch into single
-  // requests so that one request's error cannot fail the others.
+  // Computes tasks that share a batch key and answers them, pass by pass
+  // (Scorer::ItemsPerPass); records the batch's metrics.
   void ComputeAndAnswer(absl::Span<const std::unique_ptr<ScoreTask>> tasks,
                         absl::Span<const scoring::ScoreItem> items);
+  // One pass of a batch of `batch_items` items: scores and answers its tasks,
+  // splitting a failed pass into single requests so that one request's error
+  // cannot fail the others.
+  void ScoreAndAnswer(absl::Span<const std::unique_ptr<ScoreTask>> tasks,
+                      absl::Span<const scoring::ScoreItem> items,
+                      size_t batch_items);
   // The single exit of every Score/ScoreStream request: metrics, log line, then
   // delivery.
   void Answer(ScoreTask& task, absl::StatusOr<grpc::ByteBuffer> response);

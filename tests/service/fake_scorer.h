@@ -15,6 +15,7 @@
 #ifndef ATTNSCORE_TESTS_SERVICE_FAKE_SCORER_H_
 #define ATTNSCORE_TESTS_SERVICE_FAKE_SCORER_H_
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -62,7 +63,7 @@ class FakeScorer final : public scoring::Scorer {
       cv_.notify_all();
       // Held: ask the StopFn now and then, as the real scorer does between
       // tiles.
-      while (held_) {
+      while (held_ && index >= hold_from_) {
         if (stop && stop()) {
           calls_[index].stopped = true;
           cv_.notify_all();
@@ -80,11 +81,26 @@ class FakeScorer final : public scoring::Scorer {
     return Compute(spec, items);
   }
 
+  size_t ItemsPerPass(
+      absl::Span<const scoring::ScoreItem> items) const override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return items_per_pass_ == 0 ? items.size()
+                                : std::min(items_per_pass_, items.size());
+  }
+  // Passes of `n` items (0: the whole batch, the default).
+  void SetItemsPerPass(size_t n) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    items_per_pass_ = n;
+  }
+
   std::string device() const override { return "fake"; }
 
-  void Hold() {
+  void Hold() { HoldFrom(0); }
+  // Holds calls from the `index`th (0-based) on; earlier ones run.
+  void HoldFrom(size_t index) {
     std::lock_guard<std::mutex> lock(mutex_);
     held_ = true;
+    hold_from_ = index;
   }
   void Release() {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -195,6 +211,8 @@ class FakeScorer final : public scoring::Scorer {
   mutable std::mutex mutex_;
   std::condition_variable cv_;
   bool held_ = false;
+  size_t hold_from_ = 0;
+  size_t items_per_pass_ = 0;
   std::vector<Call> calls_;
 };
 

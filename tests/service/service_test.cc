@@ -238,6 +238,45 @@ TEST_F(ServiceTest, ConcurrentRequestsAreBatchedAndSplitExactly) {
   EXPECT_EQ(scorer_.calls()[0].num_items, 4u);
 }
 
+// A scorer that computes a batch in passes (Scorer::ItemsPerPass, as the CPU
+// path does for large items) gets one call per pass, and each pass's requests
+// are answered before the next pass computes.
+TEST_F(ServiceTest, BatchComputedInPassesIsAnsweredPassByPass) {
+  ServiceOptions options = DefaultOptions();
+  options.batching.max_batch_size = 2;
+  options.batching.max_queue_delay_us = 10'000'000;  // closes when full
+  Start(options);
+  scorer_.SetItemsPerPass(1);
+  scorer_.HoldFrom(1);  // the first pass runs, the second waits
+  grpc::Status s1, s2;
+  v1::ScoreResponse r1, r2;
+  absl::Notification first_answered;
+  std::thread t1([&] {
+    s1 = Score(AlibiRequest(1, 2, 3, 4, 8, 1.0f), &r1);
+    first_answered.Notify();
+  });
+  ASSERT_TRUE(WaitFor([&] { return service_->QueueDepth() == 1; }));
+  std::thread t2 = ScoreAsync(AlibiRequest(1, 2, 3, 4, 8, 2.0f), &s2, &r2);
+  ASSERT_TRUE(scorer_.WaitForCalls(2));
+  // The second pass is held: the first request has its answer already.
+  EXPECT_TRUE(first_answered.WaitForNotificationWithTimeout(absl::Seconds(10)))
+      << "the first pass waited for the second";
+  scorer_.Release();
+  t1.join();
+  t2.join();
+  ASSERT_TRUE(s1.ok()) << s1.error_message();
+  ASSERT_TRUE(s2.ok()) << s2.error_message();
+  EXPECT_FLOAT_EQ(Floats(r1.logits())[0], 1000.5f);
+  EXPECT_FLOAT_EQ(Floats(r2.logits())[0], 2000.5f);
+  // Both ran in one batch of two, computed one item at a time.
+  EXPECT_EQ(r1.timing().batch_size(), 2);
+  EXPECT_EQ(r2.timing().batch_size(), 2);
+  const std::vector<FakeScorer::Call> calls = scorer_.calls();
+  ASSERT_EQ(calls.size(), 2u);
+  EXPECT_EQ(calls[0].num_items, 1u);
+  EXPECT_EQ(calls[1].num_items, 1u);
+}
+
 TEST_F(ServiceTest, DifferentSignaturesAreNotBatchedTogether) {
   ServiceOptions options = DefaultOptions();
   options.batching.max_batch_size = 2;
