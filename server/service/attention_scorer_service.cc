@@ -831,19 +831,26 @@ void AttentionScorerService::ComputeAndAnswer(
   for (size_t done = 0; done < tasks.size();) {
     const size_t n = std::clamp<size_t>(
         scorer_->ItemsPerPass(items.subspan(done)), 1, tasks.size() - done);
-    ScoreAndAnswer(tasks.subspan(done, n), items.subspan(done, n), batch_items);
+    const bool last = done + n == tasks.size();
+    ScoreAndAnswer(tasks.subspan(done, n), items.subspan(done, n), batch_items,
+                   last ? std::optional<int64_t>(start) : std::nullopt);
     done += n;
   }
-  metrics_->ObserveBatch(batch_items, Seconds(clock_->NowMicros() - start));
 }
 
 void AttentionScorerService::ScoreAndAnswer(
     absl::Span<const std::unique_ptr<ScoreTask>> tasks,
-    absl::Span<const scoring::ScoreItem> items, size_t batch_items) {
+    absl::Span<const scoring::ScoreItem> items, size_t batch_items,
+    std::optional<int64_t> batch_start) {
   const int64_t start = clock_->NowMicros();
   absl::StatusOr<std::vector<scoring::ScoreResult>> results =
       ScoreGuarded(tasks, items);
   const int64_t end = clock_->NowMicros();
+  // Before any answer of the last pass: a client that has its reply sees the
+  // batch in the metrics.
+  if (batch_start.has_value()) {
+    metrics_->ObserveBatch(batch_items, Seconds(end - *batch_start));
+  }
   if (results.ok() && results->size() != tasks.size()) {
     results = absl::InternalError(absl::StrCat("scorer returned ",
                                                results->size(), " results for ",
@@ -867,8 +874,8 @@ void AttentionScorerService::ScoreAndAnswer(
                  tasks.size(), results.status().ToString());
     for (size_t i = 0; i < tasks.size(); ++i) {
       // Computed alone: a batch of its own B.
-      ScoreAndAnswer(tasks.subspan(i, 1), items.subspan(i, 1),
-                     tasks[i]->size());
+      ScoreAndAnswer(tasks.subspan(i, 1), items.subspan(i, 1), tasks[i]->size(),
+                     std::nullopt);
     }
     return;
   }
