@@ -828,28 +828,32 @@ void AttentionScorerService::ComputeAndAnswer(
   // Pass by pass (Scorer::ItemsPerPass): each pass is answered as soon as it
   // is computed, so its replies go out while the next pass computes instead
   // of waiting for the whole batch.
+  int64_t compute_us = 0;  // of the passes so far
   for (size_t done = 0; done < tasks.size();) {
     const size_t n = std::clamp<size_t>(
         scorer_->ItemsPerPass(items.subspan(done)), 1, tasks.size() - done);
     const bool last = done + n == tasks.size();
-    ScoreAndAnswer(tasks.subspan(done, n), items.subspan(done, n), batch_items,
-                   last ? std::optional<int64_t>(start) : std::nullopt);
+    compute_us += ScoreAndAnswer(
+        tasks.subspan(done, n), items.subspan(done, n), batch_items,
+        last ? std::optional<int64_t>(compute_us) : std::nullopt);
     done += n;
   }
 }
 
-void AttentionScorerService::ScoreAndAnswer(
+int64_t AttentionScorerService::ScoreAndAnswer(
     absl::Span<const std::unique_ptr<ScoreTask>> tasks,
     absl::Span<const scoring::ScoreItem> items, size_t batch_items,
-    std::optional<int64_t> batch_start) {
+    std::optional<int64_t> earlier_compute_us) {
   const int64_t start = clock_->NowMicros();
   absl::StatusOr<std::vector<scoring::ScoreResult>> results =
       ScoreGuarded(tasks, items);
   const int64_t end = clock_->NowMicros();
   // Before any answer of the last pass: a client that has its reply sees the
-  // batch in the metrics.
-  if (batch_start.has_value()) {
-    metrics_->ObserveBatch(batch_items, Seconds(end - *batch_start));
+  // batch in the metrics. Its compute is the passes' own, without the time
+  // spent answering between them.
+  if (earlier_compute_us.has_value()) {
+    metrics_->ObserveBatch(batch_items,
+                           Seconds(*earlier_compute_us + end - start));
   }
   if (results.ok() && results->size() != tasks.size()) {
     results = absl::InternalError(absl::StrCat("scorer returned ",
@@ -867,7 +871,7 @@ void AttentionScorerService::ScoreAndAnswer(
                         : absl::DeadlineExceededError(
                               "deadline passed during compute"));
     }
-    return;
+    return end - start;
   }
   if (!results.ok() && tasks.size() > 1) {
     spdlog::warn("batch of {} requests failed ({}); retrying them one by one",
@@ -877,7 +881,7 @@ void AttentionScorerService::ScoreAndAnswer(
       ScoreAndAnswer(tasks.subspan(i, 1), items.subspan(i, 1), tasks[i]->size(),
                      std::nullopt);
     }
-    return;
+    return end - start;
   }
   for (size_t i = 0; i < tasks.size(); ++i) {
     ScoreTask& task = *tasks[i];
@@ -898,6 +902,7 @@ void AttentionScorerService::ScoreAndAnswer(
     }
     Answer(task, std::move(encoded));
   }
+  return end - start;
 }
 
 void AttentionScorerService::Answer(ScoreTask& task,

@@ -234,11 +234,13 @@ class AttentionScorerService final : public AttentionScorerRawService {
                         absl::Span<const scoring::ScoreItem> items);
   // One pass of a batch of `batch_items` items: scores and answers its tasks,
   // splitting a failed pass into single requests so that one request's error
-  // cannot fail the others. `batch_start`, on the last pass only: when the
-  // batch's compute began, to record the batch's metrics before answering.
-  void ScoreAndAnswer(absl::Span<const std::unique_ptr<ScoreTask>> tasks,
-                      absl::Span<const scoring::ScoreItem> items,
-                      size_t batch_items, std::optional<int64_t> batch_start);
+  // cannot fail the others. Returns the pass's compute time (us).
+  // `earlier_compute_us`, on the last pass only: the earlier passes' compute,
+  // to record the batch's metrics before answering.
+  int64_t ScoreAndAnswer(absl::Span<const std::unique_ptr<ScoreTask>> tasks,
+                         absl::Span<const scoring::ScoreItem> items,
+                         size_t batch_items,
+                         std::optional<int64_t> earlier_compute_us);
   // The single exit of every Score/ScoreStream request: metrics, log line, then
   // delivery.
   void Answer(ScoreTask& task, absl::StatusOr<grpc::ByteBuffer> response);
