@@ -96,6 +96,16 @@ def request_seeds():
                              extra=field_float(9, float('nan'))),
         'empty': b'',
     }
+    # Where the service's own parser (score_request_parser.h) once disagreed with protobuf's.
+    # The query with a non-length-delimited wire type is an unknown field, not a present query.
+    seeds['parser_query_fixed32'] = (field_bytes(1, b'seel') + varint(82 << 3 | 1) + bytes(8) +
+                                     (varint(4 << 3 | 5) + b'%%%%') * 4)
+    # A 6-byte tag (protobuf refuses it; a varint reader alone would not).
+    seeds['parser_overlong_tag'] = field_varint(8, 39) + b'\xc0\x80\x80\x80\x80\x00' + varint(1)
+    # A tensor whose length runs one byte past the end of the message.
+    inner = tensor(1, shape)
+    seeds['parser_tensor_past_end'] = (field_bytes(1, b'seed') + varint(4 << 3 | 2) +
+                                       varint(len(inner) + 1) + inner)
     for i, (name, body) in enumerate(sorted(seeds.items())):
         write('request', name, bytes([i % 4]) + body)
 

@@ -1,7 +1,9 @@
 // libFuzzer target: what the server does with a ScoreRequest's bytes before
-// anything is queued: V1ScoreCodec::Parse (protobuf from gRPC's slices) and
-// ValidateRequest with the server's default limits, against a model set of
-// two stand-in relative models (so the relative path is reached). No LibTorch.
+// anything is queued: V1ScoreCodec::Parse (score_request_parser.h from gRPC's
+// slices) and ValidateRequest with the server's default limits, against a
+// model set of two stand-in relative models (so the relative path is reached),
+// and the parser checked against protobuf's own parse of the same bytes. No
+// LibTorch.
 //
 // Input: the first byte chooses how many slices (1-4) the rest is cut into,
 // as gRPC may hand a message over in several.
@@ -12,11 +14,18 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
+#include <string>
 #include <vector>
 
+#include "attnscore/v1/attnscore.pb.h"
+#include "proto/attnscore/v1/proto_dtype.h"
+#include "server/scoring/validation.h"
 #include "server/service/request_validation.h"
+#include "server/service/score_request_parser.h"
 #include "server/service/v1_score_codec.h"
 #include "tests/service/fake_models.h"
+#include "tests/service/test_requests.h"
 
 namespace {
 
@@ -28,6 +37,39 @@ const attnscore::scoring::ModelSet& Models() {
            attnscore::service::testing::FakeModelInfo(
                "wide", "wide.safetensors", 8, 64, 512)});
   return *models;
+}
+
+// The service's own parser (score_request_parser.h) against protobuf's on the
+// same bytes: the same verdict, the same message, and each scan the parser
+// made equal to a separate pass over the block. A difference traps.
+void CheckParserAgreesWithProtobuf(const grpc::ByteBuffer& buffer,
+                                   const std::string& bytes) {
+  namespace as = attnscore::service;
+  attnscore::v1::ScoreRequest expected;
+  const bool protobuf_ok = expected.ParseFromString(bytes);
+  as::ParsedScoreRequest parsed;
+  const bool ok = as::ParseScoreRequest(buffer, &parsed).ok();
+  if (ok != protobuf_ok) __builtin_trap();
+  if (!ok) return;
+  if (as::testing::Reassembled(parsed).SerializeAsString() !=
+      expected.SerializeAsString()) {
+    __builtin_trap();
+  }
+  for (const as::ParsedTensorBytes* t :
+       {&parsed.query, &parsed.key, &parsed.value}) {
+    if (!t->scan.has_value()) continue;
+    const std::optional<attnscore::DType> dtype =
+        attnscore::v1::FromProtoDType(t->scan_dtype);
+    if (!dtype.has_value()) __builtin_trap();
+    attnscore::scoring::FiniteScanner scanner(*dtype);
+    scanner.Consume(t->block.get(), t->size);
+    const attnscore::scoring::FiniteScan whole = scanner.Finish();
+    if (whole.first_non_finite != t->scan->first_non_finite) __builtin_trap();
+    if (whole.first_non_finite == attnscore::scoring::FiniteScan::kAllFinite &&
+        whole.max_abs != t->scan->max_abs) {
+      __builtin_trap();
+    }
+  }
 }
 
 }  // namespace
@@ -49,6 +91,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     slices.emplace_back(rest + begin, end - begin);
   }
   grpc::ByteBuffer buffer(slices.data(), slices.size());
+  CheckParserAgreesWithProtobuf(buffer, std::string(rest, rest_size));
   attnscore::service::V1ScoreCodec codec;
   absl::StatusOr<attnscore::service::ValidatedRequest> request =
       codec.Parse(buffer, attnscore::service::RequestLimits{}, Models());

@@ -95,4 +95,15 @@ BufferPool& HostBufferPool() {
   return *pool;
 }
 
+void PooledBytesDeleter::operator()(unsigned char* block) const {
+  HostBufferPool().Release(block, capacity);
+}
+
+PooledBytes AcquireBytes(size_t bytes) {
+  size_t capacity = 0;
+  void* block = HostBufferPool().Acquire(bytes, &capacity);
+  return PooledBytes(static_cast<unsigned char*>(block),
+                     PooledBytesDeleter{capacity});
+}
+
 }  // namespace attnscore::scoring

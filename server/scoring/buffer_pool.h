@@ -22,6 +22,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <vector>
 
@@ -69,6 +70,16 @@ class BufferPool {
 // The process's pool for the scorer's host buffers (1 GiB of idle blocks
 // unless SetMaxCachedBytes says otherwise).
 BufferPool& HostBufferPool();
+
+// A block of HostBufferPool() that goes back to it on destruction (a
+// request's input bytes, which the service parses straight into one).
+struct PooledBytesDeleter {
+  size_t capacity = 0;
+  void operator()(unsigned char* block) const;
+};
+using PooledBytes = std::unique_ptr<unsigned char[], PooledBytesDeleter>;
+// At least `bytes` (> 0) uninitialised bytes.
+PooledBytes AcquireBytes(size_t bytes);
 
 }  // namespace attnscore::scoring
 

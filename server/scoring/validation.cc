@@ -51,32 +51,29 @@ absl::Status CheckTensor(const char* field, const TensorRef& t, Layout layout) {
   return absl::OkStatus();
 }
 
-// What one pass over a tensor's bytes finds: the first element whose exponent
-// bits are all ones (NaN or Inf), or `count`, and the largest magnitude (for
-// the overflow bound below).
-struct Scan {
+// What ScanWords finds in `count` words: the index of the first whose
+// exponent bits are all ones (NaN or Inf), or `count`, and the largest
+// sign-cleared bit pattern before it (which orders like the magnitudes).
+struct WordScan {
   size_t first_non_finite = 0;
-  float max_abs = 0;
+  uint32_t max_bits = 0;
 };
 
 // Scans blocks without an early exit so the compiler vectorises the common
-// all-finite case (the magnitude is a max over the sign-cleared bits, which
-// order like the values they encode); only a block that has a NaN or Inf is
-// searched element-wise. Loads go through memcpy: request bytes need not be
-// aligned.
+// all-finite case; only a block that has a NaN or Inf is searched
+// element-wise. Loads go through memcpy: request bytes need not be aligned.
 template <typename Word>
-inline __attribute__((always_inline)) Scan ScanWords(const TensorRef& t,
-                                                     Word exponent_mask,
-                                                     Word abs_mask) {
+inline __attribute__((always_inline)) WordScan ScanWords(const void* data,
+                                                         size_t count,
+                                                         Word exponent_mask,
+                                                         Word abs_mask) {
   constexpr size_t kBlock = 2048;
-  const size_t count = t.size_bytes / sizeof(Word);
-  const auto* bytes = static_cast<const unsigned char*>(t.data);
+  const auto* bytes = static_cast<const unsigned char*>(data);
   auto load = [bytes](size_t i) {
     Word w;
     std::memcpy(&w, bytes + i * sizeof(Word), sizeof(Word));
     return w;
   };
-  Scan scan{count, 0};
   Word max_bits = 0;
   for (size_t begin = 0; begin < count; begin += kBlock) {
     const size_t end = std::min(count, begin + kBlock);
@@ -88,53 +85,49 @@ inline __attribute__((always_inline)) Scan ScanWords(const TensorRef& t,
       non_finite |= static_cast<Word>((w & exponent_mask) == exponent_mask);
       block_max = std::max<Word>(block_max, w & abs_mask);
     }
-    max_bits = std::max(max_bits, block_max);
-    if (non_finite == 0) continue;
+    if (non_finite == 0) {
+      max_bits = std::max(max_bits, block_max);
+      continue;
+    }
     for (size_t i = begin; i < end; ++i) {
-      if ((load(i) & exponent_mask) == exponent_mask) {
-        scan.first_non_finite = i;
-        return scan;
-      }
+      if ((load(i) & exponent_mask) == exponent_mask) return {i, max_bits};
     }
   }
-  const Word largest = max_bits;
-  DecodeFloats(&largest, 1, t.dtype, &scan.max_abs);
-  return scan;
+  return {count, max_bits};
 }
 
 // The scans at the CPU's vector width (target_clones.h): the baseline's SSE2
 // has no unsigned 32-bit max, so its copy runs element by element. Every
 // request's inputs pass through here on a gRPC thread.
-ATTNSCORE_TARGET_CLONES Scan ScanWords32(const TensorRef& t,
-                                         uint32_t exponent_mask,
-                                         uint32_t abs_mask) {
-  return ScanWords<uint32_t>(t, exponent_mask, abs_mask);
+ATTNSCORE_TARGET_CLONES WordScan ScanWords32(const void* data, size_t count,
+                                             uint32_t exponent_mask,
+                                             uint32_t abs_mask) {
+  return ScanWords<uint32_t>(data, count, exponent_mask, abs_mask);
 }
-ATTNSCORE_TARGET_CLONES Scan ScanWords16(const TensorRef& t,
-                                         uint16_t exponent_mask,
-                                         uint16_t abs_mask) {
-  return ScanWords<uint16_t>(t, exponent_mask, abs_mask);
+ATTNSCORE_TARGET_CLONES WordScan ScanWords16(const void* data, size_t count,
+                                             uint16_t exponent_mask,
+                                             uint16_t abs_mask) {
+  return ScanWords<uint16_t>(data, count, exponent_mask, abs_mask);
 }
 
 // Finds the first NaN or Inf by its exponent bits, without converting, and
-// the largest magnitude in the same pass.
+// the largest magnitude in the same pass; or takes the parser's `known` scan
+// of these bytes.
 absl::Status CheckFinite(const char* field, const TensorRef& t,
+                         const std::optional<FiniteScan>& known,
                          float* max_abs) {
-  const size_t count = t.size_bytes / ElementSize(t.dtype);
-  Scan scan;
-  switch (t.dtype) {
-    case DType::kFloat32:
-      scan = ScanWords32(t, 0x7f800000u, 0x7fffffffu);
-      break;
-    case DType::kFloat16:
-      scan = ScanWords16(t, 0x7c00u, 0x7fffu);
-      break;
-    case DType::kBFloat16:
-      scan = ScanWords16(t, 0x7f80u, 0x7fffu);
-      break;
+  FiniteScan scan;
+  if (known.has_value()) {
+    scan = *known;
+  } else {
+    FiniteScanner scanner(t.dtype);
+    scanner.Consume(t.data, t.size_bytes);
+    scan = scanner.Finish();
   }
   if (max_abs != nullptr) *max_abs = scan.max_abs;
-  if (scan.first_non_finite == count) return absl::OkStatus();
+  if (scan.first_non_finite == FiniteScan::kAllFinite) {
+    return absl::OkStatus();
+  }
   return absl::InvalidArgumentError(
       absl::StrCat(field, ".data: expected finite values, got ",
                    "NaN or Inf at flat index ", scan.first_non_finite));
@@ -358,16 +351,24 @@ absl::Status CheckBias(const Bias& bias, const Dims& q, const Dims& k) {
       bias);
 }
 
-// Last, because it reads every byte: the inputs the computation will use hold
-// no NaN or Inf, and their magnitudes cannot overflow the logits.
-absl::Status CheckInputsFinite(const ScoreSpec& spec, const ScoreItem& item) {
+// Last, because it reads every byte (unless the parser did): the inputs the
+// computation will use hold no NaN or Inf, and their magnitudes cannot
+// overflow the logits.
+absl::Status CheckInputsFinite(const ScoreSpec& spec, const ScoreItem& item,
+                               const InputScans& scans) {
   float max_q = 0, max_k = 0;
-  if (absl::Status s = CheckFinite("query", item.query, &max_q); !s.ok()) {
+  if (absl::Status s = CheckFinite("query", item.query, scans.query, &max_q);
+      !s.ok()) {
     return s;
   }
-  if (absl::Status s = CheckFinite("key", item.key, &max_k); !s.ok()) return s;
+  if (absl::Status s = CheckFinite("key", item.key, scans.key, &max_k);
+      !s.ok()) {
+    return s;
+  }
   if (item.value.has_value() && spec.want_context) {
-    if (absl::Status s = CheckFinite("value", *item.value, nullptr); !s.ok()) {
+    if (absl::Status s =
+            CheckFinite("value", *item.value, scans.value, nullptr);
+        !s.ok()) {
       return s;
     }
   }
@@ -407,7 +408,42 @@ BiasIdentity IdentityOf(const Bias& bias) {
 
 }  // namespace
 
-absl::Status ValidateItem(const ScoreSpec& spec, const ScoreItem& item) {
+void FiniteScanner::Consume(const void* data, size_t bytes) {
+  if (first_non_finite_ != FiniteScan::kAllFinite) return;
+  const size_t count = bytes / ElementSize(dtype_);
+  WordScan scan;
+  switch (dtype_) {
+    case DType::kFloat32:
+      scan = ScanWords32(data, count, 0x7f800000u, 0x7fffffffu);
+      break;
+    case DType::kFloat16:
+      scan = ScanWords16(data, count, 0x7c00u, 0x7fffu);
+      break;
+    case DType::kBFloat16:
+      scan = ScanWords16(data, count, 0x7f80u, 0x7fffu);
+      break;
+  }
+  if (scan.first_non_finite < count) {
+    first_non_finite_ = elements_ + scan.first_non_finite;
+  }
+  max_bits_ = std::max(max_bits_, scan.max_bits);
+  elements_ += count;
+}
+
+FiniteScan FiniteScanner::Finish() const {
+  FiniteScan scan;
+  scan.first_non_finite = first_non_finite_;
+  if (dtype_ == DType::kFloat32) {
+    DecodeFloats(&max_bits_, 1, dtype_, &scan.max_abs);
+  } else {
+    const auto largest = static_cast<uint16_t>(max_bits_);
+    DecodeFloats(&largest, 1, dtype_, &scan.max_abs);
+  }
+  return scan;
+}
+
+absl::Status ValidateItem(const ScoreSpec& spec, const ScoreItem& item,
+                          const InputScans& scans) {
   if (absl::Status s = CheckQueryAndKey(spec, item); !s.ok()) return s;
   if (absl::Status s = CheckValue(spec, item); !s.ok()) return s;
   const Dims q = DimsOf(item.query.shape, spec.layout);
@@ -415,7 +451,7 @@ absl::Status ValidateItem(const ScoreSpec& spec, const ScoreItem& item) {
   if (absl::Status s = CheckKeyLengths(item, q, k); !s.ok()) return s;
   if (absl::Status s = CheckCausalAndScale(spec, q, k); !s.ok()) return s;
   if (absl::Status s = CheckBias(spec.bias, q, k); !s.ok()) return s;
-  return CheckInputsFinite(spec, item);
+  return CheckInputsFinite(spec, item, scans);
 }
 
 std::string BatchKey(const ScoreSpec& spec, const ScoreItem& item) {

@@ -83,23 +83,34 @@ absl::Status ParseOutputs(const v1::ScoreRequest& request,
 
 // A view of a proto Tensor for the scorer; the shape and byte length are
 // checked later by scoring::ValidateItem, only the dtype enum here.
-absl::StatusOr<scoring::TensorRef> ToTensorRef(absl::string_view field,
-                                               const v1::Tensor& tensor) {
+absl::StatusOr<scoring::TensorRef> ToTensorRef(
+    absl::string_view field, const v1::Tensor& tensor,
+    const std::optional<TensorBytesView>& bytes,
+    std::optional<scoring::FiniteScan>* scan) {
   scoring::TensorRef ref;
   absl::StatusOr<DType> dtype =
       ParseDTypeField(absl::StrCat(field, ".dtype"), tensor.dtype());
   if (!dtype.ok()) return dtype.status();
   ref.dtype = *dtype;
   ref.shape.assign(tensor.shape().begin(), tensor.shape().end());
-  ref.data = tensor.data().data();
-  ref.size_bytes = tensor.data().size();
+  if (!bytes.has_value()) {
+    ref.data = tensor.data().data();
+    ref.size_bytes = tensor.data().size();
+    return ref;
+  }
+  ref.data = bytes->data;
+  ref.size_bytes = bytes->size;
+  // A scan read the bytes as some dtype; it holds only for that one.
+  if (bytes->scan_dtype == tensor.dtype()) *scan = bytes->scan;
   return ref;
 }
 
 // Step 3: query and key (required), value (optional) and key_lengths, read in
-// place from the request.
+// place from the request or from where `bytes` says the parser put them.
 absl::Status ParseTensors(const v1::ScoreRequest& request,
-                          scoring::ScoreItem& item) {
+                          const RequestTensorBytes& bytes,
+                          scoring::ScoreItem& item,
+                          scoring::InputScans& scans) {
   if (!request.has_query()) {
     return absl::InvalidArgumentError("query: required, got none");
   }
@@ -107,15 +118,16 @@ absl::Status ParseTensors(const v1::ScoreRequest& request,
     return absl::InvalidArgumentError("key: required, got none");
   }
   absl::StatusOr<scoring::TensorRef> query =
-      ToTensorRef("query", request.query());
+      ToTensorRef("query", request.query(), bytes.query, &scans.query);
   if (!query.ok()) return query.status();
   item.query = *std::move(query);
-  absl::StatusOr<scoring::TensorRef> key = ToTensorRef("key", request.key());
+  absl::StatusOr<scoring::TensorRef> key =
+      ToTensorRef("key", request.key(), bytes.key, &scans.key);
   if (!key.ok()) return key.status();
   item.key = *std::move(key);
   if (request.has_value()) {
     absl::StatusOr<scoring::TensorRef> value =
-        ToTensorRef("value", request.value());
+        ToTensorRef("value", request.value(), bytes.value, &scans.value);
     if (!value.ok()) return value.status();
     item.value = *std::move(value);
   }
@@ -297,6 +309,7 @@ absl::Status CheckResources(const scoring::ResourceEstimate& estimate,
 // Steps 1 to 5: what only the wire format can get wrong (enum values, missing
 // messages, model names), mapped onto the spec and item.
 absl::Status ParseWireFields(const v1::ScoreRequest& request,
+                             const RequestTensorBytes& bytes,
                              const scoring::ModelSet& models,
                              ValidatedRequest& out) {
   scoring::ScoreSpec& spec = out.spec;
@@ -304,7 +317,10 @@ absl::Status ParseWireFields(const v1::ScoreRequest& request,
   if (!layout.ok()) return layout.status();
   spec.layout = *layout;
   if (absl::Status s = ParseOutputs(request, spec); !s.ok()) return s;
-  if (absl::Status s = ParseTensors(request, out.item); !s.ok()) return s;
+  if (absl::Status s = ParseTensors(request, bytes, out.item, out.scans);
+      !s.ok()) {
+    return s;
+  }
   absl::StatusOr<DType> output_dtype =
       ParseOutputDType(request, out.item.query.dtype);
   if (!output_dtype.ok()) return output_dtype.status();
@@ -335,13 +351,13 @@ absl::Status CheckClientString(absl::string_view field,
 
 absl::StatusOr<ValidatedRequest> ValidateRequest(
     const v1::ScoreRequest& request, const RequestLimits& limits,
-    const scoring::ModelSet& models) {
+    const scoring::ModelSet& models, const RequestTensorBytes& bytes) {
   if (absl::Status s = CheckClientString("request_id", request.request_id());
       !s.ok()) {
     return s;
   }
   ValidatedRequest out;
-  if (absl::Status s = ParseWireFields(request, models, out); !s.ok()) {
+  if (absl::Status s = ParseWireFields(request, bytes, models, out); !s.ok()) {
     return s;
   }
   return ValidateMapped(std::move(out), limits);
@@ -352,7 +368,8 @@ absl::StatusOr<ValidatedRequest> ValidateMapped(ValidatedRequest out,
   // Step 6: shapes against byte lengths, dims > 0, q/k/v agreement,
   // key_lengths, causal Lq <= Lk, scale, slopes, the model's H/D/P, finite
   // values: the scoring API's own checks.
-  if (absl::Status s = scoring::ValidateItem(out.spec, out.item); !s.ok()) {
+  if (absl::Status s = scoring::ValidateItem(out.spec, out.item, out.scans);
+      !s.ok()) {
     return s;
   }
   // An unused value is validated (a malformed request is an error) but not

@@ -20,14 +20,15 @@
 // ClientStringForLog's bounded prefix.
 //
 // Ownership: the TensorRefs in the returned item point into `request`'s tensor
-// bytes, which must outlive them; the spec shares ownership of the relative
-// model. Thread safety: pure function.
+// bytes (or where RequestTensorBytes says), which must outlive them; the spec
+// shares ownership of the relative model. Thread safety: pure function.
 #ifndef ATTNSCORE_SERVER_SERVICE_REQUEST_VALIDATION_H_
 #define ATTNSCORE_SERVER_SERVICE_REQUEST_VALIDATION_H_
 
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -35,6 +36,7 @@
 #include "attnscore/v1/attnscore.pb.h"
 #include "server/scoring/resource_estimate.h"
 #include "server/scoring/score_spec.h"
+#include "server/scoring/validation.h"
 
 namespace attnscore::service {
 
@@ -93,11 +95,31 @@ struct ValidatedRequest {
   int64_t output_bytes = 0;  // all requested outputs together
   int64_t peak_bytes = 0;    // scoring::EstimateResources' peak_bytes
   int64_t work = 0;          // and its work
+  // The parser's scans of the item's bytes, when it made them.
+  scoring::InputScans scans;
 };
 
+// A tensor's bytes held outside the message (score_request_parser.h keeps
+// them in a pooled block) and, when the parser scanned them, the scan and the
+// v1.DType it read them as.
+struct TensorBytesView {
+  const void* data = nullptr;
+  size_t size = 0;
+  std::optional<scoring::FiniteScan> scan;
+  int scan_dtype = 0;
+};
+// Where each tensor's bytes are: unset, in the message's own `data`.
+struct RequestTensorBytes {
+  std::optional<TensorBytesView> query;
+  std::optional<TensorBytesView> key;
+  std::optional<TensorBytesView> value;
+};
+
+// `bytes` says where the tensors' bytes are when they are not in `request`;
+// the item's TensorRefs point there.
 absl::StatusOr<ValidatedRequest> ValidateRequest(
     const v1::ScoreRequest& request, const RequestLimits& limits,
-    const scoring::ModelSet& models);
+    const scoring::ModelSet& models, const RequestTensorBytes& bytes = {});
 
 // The protocol-independent steps that follow the mapping of any wire format
 // onto `mapped.spec` and `mapped.item`: scoring::ValidateItem, the caps, the

@@ -48,13 +48,13 @@ void V1ScoreCodec::Peek(const grpc::ByteBuffer& request) {
 absl::StatusOr<ValidatedRequest> V1ScoreCodec::Parse(
     const grpc::ByteBuffer& request, const RequestLimits& limits,
     const scoring::ModelSet& models) {
-  if (absl::Status parsed =
-          ParseByteBuffer(request, "attnscore.v1.ScoreRequest", request_);
+  if (absl::Status parsed = ParseScoreRequest(request, &request_);
       !parsed.ok()) {
     return parsed;
   }
-  id_ = request_.request_id().substr(0, kMaxClientStringBytes);
-  return ValidateRequest(request_, limits, models);
+  id_ = request_.message.request_id().substr(0, kMaxClientStringBytes);
+  return ValidateRequest(request_.message, limits, models,
+                         request_.tensor_bytes());
 }
 
 grpc::ByteBuffer V1ScoreCodec::EncodeResult(const scoring::ScoreResult& result,
@@ -63,7 +63,7 @@ grpc::ByteBuffer V1ScoreCodec::EncodeResult(const scoring::ScoreResult& result,
   wire.set_queue_us(timing.queue_us);
   wire.set_compute_us(timing.compute_us);
   wire.set_batch_size(static_cast<int32_t>(timing.batch_size));
-  return EncodeScoreResponse(request_.request_id(), result, wire);
+  return EncodeScoreResponse(request_.message.request_id(), result, wire);
 }
 
 grpc::ByteBuffer V1ScoreCodec::EncodeError(const absl::Status& status) const {

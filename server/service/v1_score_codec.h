@@ -1,7 +1,8 @@
 // The attnscore.v1 ScoreRequest/ScoreResponse codec (score_codec.h): parses
-// the request once from gRPC's slices (the tensor bytes are copied once, into
-// the message's strings, which the scorer then reads in place), validates it
-// with ValidateRequest, and encodes replies with response_encoder.h.
+// the request once from gRPC's slices (score_request_parser.h: the tensor
+// bytes are copied once, into pooled blocks that the scorer then reads in
+// place, and scanned as they are copied), validates it with ValidateRequest,
+// and encodes replies with response_encoder.h.
 //
 // Ownership, thread safety, errors: as ScoreCodec.
 #ifndef ATTNSCORE_SERVER_SERVICE_V1_SCORE_CODEC_H_
@@ -9,8 +10,8 @@
 
 #include <string>
 
-#include "attnscore/v1/attnscore.pb.h"
 #include "server/service/score_codec.h"
+#include "server/service/score_request_parser.h"
 
 namespace attnscore::service {
 
@@ -34,7 +35,7 @@ class V1ScoreCodec final : public ScoreCodec {
   const std::string& request_id() const override { return id_; }
 
  private:
-  v1::ScoreRequest request_;
+  ParsedScoreRequest request_;
   std::string id_;
 };
 

@@ -29,11 +29,11 @@ class FakeRelativeModel final : public scoring::RelativeModel {
 // The description of a parameter set named `name`, as if loaded from
 // `source`, with H heads, head dim D and P relative positions.
 inline scoring::RelativeModelInfo FakeModelInfo(
-    std::string name, std::string source, int64_t heads, int64_t head_dim,
-    int64_t max_relative_positions) {
+    const std::string& name, const std::string& source, int64_t heads,
+    int64_t head_dim, int64_t max_relative_positions) {
   scoring::RelativeModelInfo info;
-  info.name = std::move(name);
-  info.source = std::move(source);
+  info.name = name;
+  info.source = source;
   info.heads = heads;
   info.head_dim = head_dim;
   info.max_relative_positions = max_relative_positions;

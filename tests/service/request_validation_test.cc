@@ -277,6 +277,46 @@ TEST_F(RequestValidationTest, NonFiniteInputsNameTheTensor) {
               {"value.data", "finite"});
 }
 
+TEST_F(RequestValidationTest, ParsersScanIsTakenInsteadOfASecondPass) {
+  // Bytes held outside the message with scans that disagree with them: the
+  // verdict follows the scans, which shows the bytes are not read again.
+  const v1::ScoreRequest request = AlibiRequest();
+  RequestTensorBytes bytes;
+  const auto view = [](const v1::Tensor& t, scoring::FiniteScan scan) {
+    return TensorBytesView{t.data().data(), t.data().size(), scan, v1::FLOAT32};
+  };
+  scoring::FiniteScan nan_at_4;
+  nan_at_4.first_non_finite = 4;
+  scoring::FiniteScan finite;
+  finite.max_abs = 1.0f;
+  bytes.query = view(request.query(), finite);
+  bytes.key = view(request.key(), nan_at_4);
+  bytes.value = view(request.value(), nan_at_4);
+  absl::StatusOr<ValidatedRequest> v =
+      ValidateRequest(request, limits_, models_, bytes);
+  ASSERT_FALSE(v.ok());
+  EXPECT_THAT(v.status().message(),
+              HasSubstr("key.data: expected finite values, got NaN or Inf at "
+                        "flat index 4"));
+  // The value's scan counts only when the context is wanted.
+  bytes.key = view(request.key(), finite);
+  v = ValidateRequest(request, limits_, models_, bytes);
+  ASSERT_TRUE(v.ok()) << v.status();
+  EXPECT_EQ(v->item.key.data, request.key().data().data());
+  EXPECT_TRUE(v->scans.key.has_value());
+  v1::ScoreRequest with_context = request;
+  with_context.add_outputs(v1::CONTEXT);
+  bytes.query = view(with_context.query(), finite);
+  bytes.key = view(with_context.key(), finite);
+  bytes.value = view(with_context.value(), nan_at_4);
+  EXPECT_FALSE(ValidateRequest(with_context, limits_, models_, bytes).ok());
+  // A scan made as another dtype is not taken: the bytes are read.
+  bytes.value->scan_dtype = v1::FLOAT16;
+  v = ValidateRequest(with_context, limits_, models_, bytes);
+  ASSERT_TRUE(v.ok()) << v.status();
+  EXPECT_FALSE(v->scans.value.has_value());
+}
+
 TEST_F(RequestValidationTest, ServerCaps) {
   limits_.max_heads = 2;
   limits_.max_head_dim = 8;

@@ -1,5 +1,6 @@
 // Test support for the service tests: ScoreRequest builders and ScoreResponse
-// readers for float32 BHSD tensors. No LibTorch.
+// readers for float32 BHSD tensors, and the parser's result as a message. No
+// LibTorch.
 #ifndef ATTNSCORE_TESTS_SERVICE_TEST_REQUESTS_H_
 #define ATTNSCORE_TESTS_SERVICE_TEST_REQUESTS_H_
 
@@ -9,6 +10,7 @@
 #include <vector>
 
 #include "attnscore/v1/attnscore.pb.h"
+#include "server/service/score_request_parser.h"
 
 namespace attnscore::service::testing {
 
@@ -54,6 +56,19 @@ inline v1::ScoreRequest AlibiRequest(int64_t batch = 1, int64_t heads = 2,
   *request.mutable_key() = Float32Tensor({batch, heads, lk, dim}, 0.5f);
   *request.mutable_value() = Float32Tensor({batch, heads, lk, dim}, -0.5f);
   return request;
+}
+
+// A parsed request (score_request_parser.h) with each tensor's bytes put back
+// into its `data`: what protobuf's own parse makes of the same bytes.
+inline v1::ScoreRequest Reassembled(const ParsedScoreRequest& parsed) {
+  v1::ScoreRequest message = parsed.message;
+  const auto put = [](const ParsedTensorBytes& bytes, v1::Tensor* tensor) {
+    if (bytes.block != nullptr) tensor->set_data(bytes.block.get(), bytes.size);
+  };
+  if (message.has_query()) put(parsed.query, message.mutable_query());
+  if (message.has_key()) put(parsed.key, message.mutable_key());
+  if (message.has_value()) put(parsed.value, message.mutable_value());
+  return message;
 }
 
 }  // namespace attnscore::service::testing
