@@ -14,12 +14,10 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
-#include <optional>
 #include <string>
 #include <vector>
 
 #include "attnscore/v1/attnscore.pb.h"
-#include "proto/attnscore/v1/proto_dtype.h"
 #include "server/scoring/validation.h"
 #include "server/service/request_validation.h"
 #include "server/service/score_request_parser.h"
@@ -58,10 +56,7 @@ void CheckParserAgreesWithProtobuf(const grpc::ByteBuffer& buffer,
   for (const as::ParsedTensorBytes* t :
        {&parsed.query, &parsed.key, &parsed.value}) {
     if (!t->scan.has_value()) continue;
-    const std::optional<attnscore::DType> dtype =
-        attnscore::v1::FromProtoDType(t->scan_dtype);
-    if (!dtype.has_value()) __builtin_trap();
-    attnscore::scoring::FiniteScanner scanner(*dtype);
+    attnscore::scoring::FiniteScanner scanner(t->scan_dtype);
     scanner.Consume(t->block.get(), t->size);
     const attnscore::scoring::FiniteScan whole = scanner.Finish();
     if (whole.first_non_finite != t->scan->first_non_finite) __builtin_trap();

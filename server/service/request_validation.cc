@@ -101,7 +101,7 @@ absl::StatusOr<scoring::TensorRef> ToTensorRef(
   ref.data = bytes->data;
   ref.size_bytes = bytes->size;
   // A scan read the bytes as some dtype; it holds only for that one.
-  if (bytes->scan_dtype == tensor.dtype()) *scan = bytes->scan;
+  if (bytes->scan_dtype == ref.dtype) *scan = bytes->scan;
   return ref;
 }
 

@@ -101,12 +101,12 @@ struct ValidatedRequest {
 
 // A tensor's bytes held outside the message (score_request_parser.h keeps
 // them in a pooled block) and, when the parser scanned them, the scan and the
-// v1.DType it read them as.
+// dtype it read them as.
 struct TensorBytesView {
   const void* data = nullptr;
   size_t size = 0;
   std::optional<scoring::FiniteScan> scan;
-  int scan_dtype = 0;
+  DType scan_dtype = DType::kFloat32;  // meaningful with `scan`
 };
 // Where each tensor's bytes are: unset, in the message's own `data`.
 struct RequestTensorBytes {

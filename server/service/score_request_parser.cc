@@ -5,16 +5,13 @@
 #include <google/protobuf/wire_format_lite.h>
 #include <grpcpp/support/proto_buffer_reader.h>
 
-#include <algorithm>
 #include <cstdint>
-#include <cstring>
 #include <limits>
+#include <optional>
 #include <string>
 
-#include "absl/strings/str_cat.h"
-#include "common/dtype.h"
 #include "proto/attnscore/v1/proto_dtype.h"
-#include "server/scoring/validation.h"
+#include "server/service/pooled_wire.h"
 #include "server/service/response_encoder.h"
 
 namespace attnscore::service {
@@ -24,138 +21,6 @@ using google::protobuf::internal::WireFormatLite;
 using google::protobuf::io::CodedInputStream;
 using google::protobuf::io::CodedOutputStream;
 using google::protobuf::io::StringOutputStream;
-
-// Bytes copied before the copy is scanned: small enough that the copy is
-// still in the first-level cache when the scan reads it.
-constexpr size_t kScanPiece = size_t{32} << 10;
-
-// The next tag, 0 at the end of the message or limit. A tag of more than 5
-// bytes, or a group, sends the request to protobuf's own parse: *canonical
-// turns false.
-uint32_t ReadCanonicalTag(CodedInputStream& in, bool* canonical) {
-  const int start = in.CurrentPosition();
-  const uint32_t tag = in.ReadTag();
-  const auto wire_type = WireFormatLite::GetTagWireType(tag);
-  if (in.CurrentPosition() - start > 5 ||
-      wire_type == WireFormatLite::WIRETYPE_START_GROUP ||
-      wire_type == WireFormatLite::WIRETYPE_END_GROUP) {
-    *canonical = false;
-    return 0;
-  }
-  return tag;
-}
-
-// A length prefix as protobuf's parser takes it: at most 5 bytes and under
-// 2 GiB; false (to protobuf's parse) otherwise.
-bool ReadLength(CodedInputStream& in, uint32_t* length) {
-  const int start = in.CurrentPosition();
-  uint64_t value = 0;
-  if (!in.ReadVarint64(&value) || in.CurrentPosition() - start > 5 ||
-      value > static_cast<uint64_t>(std::numeric_limits<int>::max())) {
-    return false;
-  }
-  *length = static_cast<uint32_t>(value);
-  return true;
-}
-
-// Copies the field whose tag was just read, tag and value, to `out`. Every
-// value is written back as it was read but for varint encodings, which come
-// out canonical and parse to the same value.
-bool CopyField(CodedInputStream& in, uint32_t tag, CodedOutputStream& out) {
-  out.WriteTag(tag);
-  switch (WireFormatLite::GetTagWireType(tag)) {
-    case WireFormatLite::WIRETYPE_VARINT: {
-      uint64_t value = 0;
-      if (!in.ReadVarint64(&value)) return false;
-      out.WriteVarint64(value);
-      return true;
-    }
-    case WireFormatLite::WIRETYPE_FIXED64: {
-      uint64_t value = 0;
-      if (!in.ReadLittleEndian64(&value)) return false;
-      out.WriteLittleEndian64(value);
-      return true;
-    }
-    case WireFormatLite::WIRETYPE_FIXED32: {
-      uint32_t value = 0;
-      if (!in.ReadLittleEndian32(&value)) return false;
-      out.WriteLittleEndian32(value);
-      return true;
-    }
-    case WireFormatLite::WIRETYPE_LENGTH_DELIMITED: {
-      uint32_t length = 0;
-      std::string value;
-      if (!ReadLength(in, &length) ||
-          !in.ReadString(&value, static_cast<int>(length))) {
-        return false;
-      }
-      out.WriteVarint32(length);
-      out.WriteString(value);
-      return true;
-    }
-    default:  // groups (left to protobuf) and invalid wire types
-      return false;
-  }
-}
-
-// Copies `size` bytes from `in` into `dst`, feeding `scanner` (when set) the
-// whole elements copied so far after each piece. False when `in` ends first.
-bool CopyAndScan(CodedInputStream& in, unsigned char* dst, size_t size,
-                 scoring::FiniteScanner* scanner) {
-  const size_t element = scanner != nullptr ? ElementSize(scanner->dtype()) : 1;
-  size_t copied = 0;
-  size_t scanned = 0;
-  while (copied < size) {
-    const void* chunk = nullptr;
-    int available = 0;
-    if (!in.GetDirectBufferPointer(&chunk, &available)) return false;
-    const size_t take = std::min(size - copied, static_cast<size_t>(available));
-    const auto* from = static_cast<const unsigned char*>(chunk);
-    for (size_t done = 0; done < take;) {
-      const size_t piece = std::min(kScanPiece, take - done);
-      std::memcpy(dst + copied, from + done, piece);
-      copied += piece;
-      done += piece;
-      if (scanner != nullptr) {
-        // An element cut by a slice boundary is scanned with the next piece.
-        const size_t whole = copied / element * element;
-        scanner->Consume(dst + scanned, whole - scanned);
-        scanned = whole;
-      }
-    }
-    if (!in.Skip(static_cast<int>(take))) return false;
-  }
-  return true;
-}
-
-// The `data` field of a Tensor, its tag read: into a new pooled block, which
-// replaces any earlier one (the last `data` wins, as in protobuf), scanned as
-// `dtype_value` when that is a float type.
-bool ReadData(CodedInputStream& in, int dtype_value, ParsedTensorBytes* out) {
-  uint32_t length = 0;
-  if (!ReadLength(in, &length) ||
-      static_cast<int64_t>(length) > in.BytesUntilLimit()) {
-    return false;  // nothing allocated for a length past the end
-  }
-  out->block.reset();
-  out->size = length;
-  out->scan.reset();
-  out->scan_dtype = dtype_value;
-  std::optional<scoring::FiniteScanner> scanner;
-  if (const std::optional<DType> dtype = v1::FromProtoDType(dtype_value);
-      dtype.has_value() && length % ElementSize(*dtype) == 0) {
-    scanner.emplace(*dtype);
-  }
-  if (length > 0) {
-    out->block = scoring::AcquireBytes(length);
-    if (!CopyAndScan(in, out->block.get(), length,
-                     scanner.has_value() ? &*scanner : nullptr)) {
-      return false;
-    }
-  }
-  if (scanner.has_value()) out->scan = scanner->Finish();
-  return true;
-}
 
 // One Tensor message up to the current limit: `data` into `bytes`, the other
 // fields (their wire bytes, in order) merged into `meta` by the generated
@@ -177,7 +42,10 @@ bool ReadTensor(CodedInputStream& in, v1::Tensor* meta,
       const auto wire_type = WireFormatLite::GetTagWireType(tag);
       if (field == v1::Tensor::kDataFieldNumber &&
           wire_type == WireFormatLite::WIRETYPE_LENGTH_DELIMITED) {
-        if (!ReadData(in, dtype_value, bytes)) return false;
+        // The last `data` wins, as in protobuf: it replaces any earlier one.
+        if (!ReadPooledBytes(in, v1::FromProtoDType(dtype_value), bytes)) {
+          return false;
+        }
         continue;
       }
       if (field == v1::Tensor::kDtypeFieldNumber &&
@@ -284,10 +152,6 @@ bool ParseWithPooledTensors(const grpc::ByteBuffer& buffer,
 }
 
 }  // namespace
-
-TensorBytesView ParsedTensorBytes::view() const {
-  return TensorBytesView{block.get(), size, scan, scan_dtype};
-}
 
 RequestTensorBytes ParsedScoreRequest::tensor_bytes() const {
   RequestTensorBytes bytes;

@@ -23,29 +23,12 @@
 
 #include <grpcpp/support/byte_buffer.h>
 
-#include <cstddef>
-#include <optional>
-
 #include "absl/status/status.h"
 #include "attnscore/v1/attnscore.pb.h"
-#include "server/scoring/buffer_pool.h"
-#include "server/scoring/score_spec.h"
+#include "server/service/pooled_wire.h"
 #include "server/service/request_validation.h"
 
 namespace attnscore::service {
-
-// One tensor's bytes, held outside the message.
-struct ParsedTensorBytes {
-  scoring::PooledBytes block;  // null when there are no bytes
-  size_t size = 0;
-  // The scan of the bytes as the dtype the tensor had when they arrived
-  // (scan_dtype, a v1.DType value); unset when that dtype was not a float
-  // type. Validation takes it only if the final dtype is the same.
-  std::optional<scoring::FiniteScan> scan;
-  int scan_dtype = 0;
-
-  TensorBytesView view() const;
-};
 
 struct ParsedScoreRequest {
   // Every field; the query, key and value messages have empty `data` unless

@@ -201,7 +201,7 @@ TEST(ScoreRequestParserTest, ScanWhileCopyingEqualsASeparatePass) {
         ASSERT_TRUE(
             ParseScoreRequest(RandomlySliced(bytes, 9, rng), &parsed).ok());
         ASSERT_TRUE(parsed.key.scan.has_value());
-        EXPECT_EQ(parsed.key.scan_dtype, kind.proto);
+        EXPECT_EQ(parsed.key.scan_dtype, kind.dtype);
         const scoring::FiniteScan expected =
             WholeScan(kind.dtype, request.key().data());
         EXPECT_EQ(parsed.key.scan->first_non_finite,
@@ -275,7 +275,7 @@ TEST(ScoreRequestParserTest, DataBeforeItsDtypeIsScannedByValidation) {
 
   ParsedScoreRequest parsed;
   ASSERT_TRUE(ParseScoreRequest(Sliced(bytes, {}), &parsed).ok());
-  EXPECT_NE(parsed.key.scan_dtype, v1::FLOAT32);  // scanned as nothing
+  EXPECT_FALSE(parsed.key.scan.has_value());  // scanned as nothing
   const auto models = testing::FakeModelSet({});
   const absl::StatusOr<ValidatedRequest> validated = ValidateRequest(
       parsed.message, RequestLimits{}, *models, parsed.tensor_bytes());
@@ -308,7 +308,7 @@ TEST(ScoreRequestParserTest, ScanOfAnotherDtypeIsNotTrusted) {
 
   ParsedScoreRequest parsed;
   ASSERT_TRUE(ParseScoreRequest(Sliced(bytes, {}), &parsed).ok());
-  EXPECT_EQ(parsed.key.scan_dtype, v1::FLOAT16);
+  EXPECT_EQ(parsed.key.scan_dtype, DType::kFloat16);
   ASSERT_TRUE(parsed.key.scan.has_value());
   EXPECT_EQ(parsed.key.scan->first_non_finite, 6u);  // the float16 verdict
   EXPECT_EQ(parsed.message.key().dtype(), v1::FLOAT32);

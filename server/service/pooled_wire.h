@@ -1,0 +1,65 @@
+// Reading the protobuf wire format with large `bytes` fields copied straight
+// from gRPC's slices into pooled host blocks (scoring::HostBufferPool) and
+// scanned for NaN/Inf while each piece is in cache: the pieces that the
+// attnscore.v1 parser (score_request_parser.h) and the Open Inference
+// Protocol parser (kserve_request_parser.h) share. Every other field is copied
+// back out as wire bytes for the generated code to parse, so a message means
+// what protobuf makes of it; anything these readers do not take (a group, a
+// tag or length over 5 bytes, malformed bytes) makes them return false, and
+// the parsers then leave the whole message to protobuf.
+//
+// Ownership: a ParsedTensorBytes owns its block, which goes back to the pool
+// when it is destroyed. Thread safety: one stream per thread. Errors: false
+// for bytes not taken (nothing of a length past the limit is allocated).
+#ifndef ATTNSCORE_SERVER_SERVICE_POOLED_WIRE_H_
+#define ATTNSCORE_SERVER_SERVICE_POOLED_WIRE_H_
+
+#include <google/protobuf/io/coded_stream.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+
+#include "common/dtype.h"
+#include "server/scoring/buffer_pool.h"
+#include "server/scoring/validation.h"
+#include "server/service/request_validation.h"
+
+namespace attnscore::service {
+
+// One tensor's bytes, held outside the message.
+struct ParsedTensorBytes {
+  scoring::PooledBytes block;  // null when there are no bytes
+  size_t size = 0;
+  // The scan of the bytes as scan_dtype, the dtype the tensor had when they
+  // arrived; unset when that was not known. Validation takes it only if the
+  // tensor's final dtype is the same.
+  std::optional<scoring::FiniteScan> scan;
+  DType scan_dtype = DType::kFloat32;
+
+  TensorBytesView view() const;
+};
+
+// The next tag, 0 at the end of the message or limit; 0 with *canonical false
+// for a tag over 5 bytes or a group's.
+uint32_t ReadCanonicalTag(google::protobuf::io::CodedInputStream& in,
+                          bool* canonical);
+
+// A length prefix as protobuf's parser takes it: at most 5 bytes, under 2 GiB.
+bool ReadLength(google::protobuf::io::CodedInputStream& in, uint32_t* length);
+
+// Copies the field whose tag was just read, tag and value, to `out` (varints
+// come out canonical, which parse to the same value). False for groups and
+// invalid wire types.
+bool CopyField(google::protobuf::io::CodedInputStream& in, uint32_t tag,
+               google::protobuf::io::CodedOutputStream& out);
+
+// A length-delimited value (its tag read) into a new block in `*out`, which
+// replaces the one it held; scanned as `scan_as` when given and the length is
+// a whole number of its elements.
+bool ReadPooledBytes(google::protobuf::io::CodedInputStream& in,
+                     std::optional<DType> scan_as, ParsedTensorBytes* out);
+
+}  // namespace attnscore::service
+
+#endif  // ATTNSCORE_SERVER_SERVICE_POOLED_WIRE_H_
