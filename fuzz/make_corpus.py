@@ -110,6 +110,46 @@ def request_seeds():
         write('request', name, bytes([i % 4]) + body)
 
 
+def kserve_input(name, datatype, shape):
+    return (field_bytes(1, name.encode()) + field_bytes(2, datatype.encode()) +
+            field_bytes(3, b''.join(varint(d) for d in shape)))
+
+
+def kserve_seeds():
+    """ModelInferRequest seeds (fields: model_name 1, id 3, parameters 4, inputs 5, outputs 6,
+    raw_input_contents 7)."""
+    shape = [1, 2, 3, 4]
+    n = 24
+    floats = struct.pack(f'<{n}f', *[0.1 * i for i in range(n)])
+    halves = struct.pack(f'<{n}e', *[0.1 * i for i in range(n)])
+    causal = field_bytes(4, field_bytes(1, b'causal') + field_bytes(2, field_varint(1, 1)))
+    logits = field_bytes(6, field_bytes(1, b'logits'))
+
+    def infer(inputs, raws, extra=b''):
+        msg = field_bytes(1, b'alibi') + field_bytes(3, b'seed') + extra
+        msg += b''.join(field_bytes(5, kserve_input(*i)) for i in inputs)
+        return msg + logits + b''.join(field_bytes(7, r) for r in raws)
+
+    qk = [('query', 'FP32', shape), ('key', 'FP32', shape)]
+    seeds = {
+        'fp32_raw': infer(qk, [floats, floats], causal),
+        # Two map entries: the check compares messages with maps in key order.
+        'two_parameters': infer(qk, [floats, floats], causal + field_bytes(
+            4, field_bytes(1, b'scale') +
+            field_bytes(2, varint(4 << 3 | 1) + struct.pack('<d', 0.5)))),
+        'fp16_raw_key_lengths': infer(
+            [('query', 'FP16', shape), ('key', 'FP16', shape), ('key_lengths', 'INT32', [1])],
+            [halves, halves, struct.pack('<i', 2)]),
+        'nan_key': infer(qk, [floats, floats[:-4] + struct.pack('<f', float('nan'))]),
+        'raw_before_inputs': (field_bytes(7, floats) + field_bytes(7, floats) +
+                              infer(qk, [])),
+        'raw_count_mismatch': infer(qk, [floats]),
+        'empty': b'',
+    }
+    for i, (name, body) in enumerate(sorted(seeds.items())):
+        write('kserve', name, bytes([i % 4]) + body)
+
+
 # --- safetensors ---------------------------------------------------------------------------------
 def safetensors(header, payload, pad=True):
     h = json.dumps(header, separators=(',', ':')).encode()
@@ -179,6 +219,7 @@ def state_dict_seeds():
 
 if __name__ == '__main__':
     request_seeds()
+    kserve_seeds()
     safetensors_seeds()
     if '--no-torch' not in sys.argv:
         state_dict_seeds()

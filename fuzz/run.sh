@@ -11,7 +11,7 @@ cd "$root"
 build_dir="${BUILD_DIR:-build-fuzz}"
 jobs="${JOBS:-2}"
 seconds="${FUZZ_SECONDS:-30}"
-targets=(request safetensors state_dict)
+targets=(request kserve safetensors state_dict)
 
 if [ ! -f "$build_dir/build.ninja" ]; then
   # -Werror stays with the GCC build (the gate); clang may warn differently on the same code.

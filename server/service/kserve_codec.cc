@@ -65,13 +65,13 @@ grpc::ByteBuffer EncodeInferResponse(absl::string_view model_name,
 absl::StatusOr<ValidatedRequest> KServeInferCodec::Parse(
     const grpc::ByteBuffer& request, const RequestLimits& limits,
     const scoring::ModelSet& models) {
-  if (absl::Status parsed =
-          ParseByteBuffer(request, "inference.ModelInferRequest", request_);
+  if (absl::Status parsed = ParseInferRequest(request, &request_);
       !parsed.ok()) {
     return parsed;
   }
+  const std::vector<TensorBytesView> raw = request_.raw_views();
   absl::StatusOr<MappedInfer> mapped =
-      MapInferRequest(request_, limits, models);
+      MapInferRequest(request_.message, limits, models, raw);
   if (!mapped.ok()) return mapped.status();
   outputs_ = std::move(mapped->outputs);
   return std::move(mapped->validated);
@@ -79,8 +79,8 @@ absl::StatusOr<ValidatedRequest> KServeInferCodec::Parse(
 
 grpc::ByteBuffer KServeInferCodec::EncodeResult(
     const scoring::ScoreResult& result, const BatchTiming& timing) const {
-  return EncodeInferResponse(request_.model_name(), request_.id(), outputs_,
-                             result, timing);
+  return EncodeInferResponse(request_.message.model_name(),
+                             request_.message.id(), outputs_, result, timing);
 }
 
 }  // namespace attnscore::service::kserve

@@ -15,6 +15,7 @@
 #include "absl/strings/string_view.h"
 #include "inference/grpc_predict_v2.pb.h"
 #include "server/service/kserve_request.h"
+#include "server/service/kserve_request_parser.h"
 #include "server/service/score_codec.h"
 
 namespace attnscore::service::kserve {
@@ -39,10 +40,12 @@ class KServeInferCodec final : public ScoreCodec {
       const scoring::ModelSet& models) override;
   grpc::ByteBuffer EncodeResult(const scoring::ScoreResult& result,
                                 const BatchTiming& timing) const override;
-  const std::string& request_id() const override { return request_.id(); }
+  const std::string& request_id() const override {
+    return request_.message.id();
+  }
 
  private:
-  inference::ModelInferRequest request_;
+  ParsedInferRequest request_;
   std::vector<Output> outputs_;
 };
 

@@ -31,12 +31,17 @@ struct InputBytes {
   const void* data = nullptr;
   size_t size = 0;
   std::string where;  // for messages: "raw_input_contents[1]", ...
+  // The parser's scan of raw bytes, and the dtype it read them as.
+  std::optional<scoring::FiniteScan> scan;
+  DType scan_dtype = DType::kFloat32;
 };
 
 // The bytes of input `i` of datatype `dtype` ("INT32" for key_lengths):
-// raw_input_contents[i] when the request uses raw contents, else the typed
-// field for the datatype (fp32_contents, int_contents).
-absl::StatusOr<InputBytes> FindBytes(const ModelInferRequest& request, int i,
+// raw_input_contents[i] when the request uses raw contents (in `raw[i]` when
+// the parser kept them outside the message), else the typed field for the
+// datatype (fp32_contents, int_contents).
+absl::StatusOr<InputBytes> FindBytes(const ModelInferRequest& request,
+                                     RawContents raw, int i,
                                      absl::string_view datatype) {
   const ModelInferRequest::InferInputTensor& input = request.inputs(i);
   if (request.raw_input_contents_size() > 0) {
@@ -45,19 +50,34 @@ absl::StatusOr<InputBytes> FindBytes(const ModelInferRequest& request, int i,
           input.name(), ": expected its data in raw_input_contents[", i,
           "] only (the request uses raw contents), got typed contents too"));
     }
-    const std::string& raw = request.raw_input_contents(i);
-    return InputBytes{raw.data(), raw.size(),
-                      absl::StrCat("raw_input_contents[", i, "]")};
+    std::string where = absl::StrCat("raw_input_contents[", i, "]");
+    if (!raw.empty()) {
+      const TensorBytesView& bytes = raw[static_cast<size_t>(i)];
+      return InputBytes{bytes.data, bytes.size, std::move(where), bytes.scan,
+                        bytes.scan_dtype};
+    }
+    const std::string& contents = request.raw_input_contents(i);
+    return InputBytes{contents.data(),
+                      contents.size(),
+                      std::move(where),
+                      {},
+                      DType::kFloat32};
   }
   if (datatype == "FP32") {
     const auto& values = input.contents().fp32_contents();
-    return InputBytes{values.data(), values.size() * sizeof(float),
-                      "contents.fp32_contents"};
+    return InputBytes{values.data(),
+                      values.size() * sizeof(float),
+                      "contents.fp32_contents",
+                      {},
+                      DType::kFloat32};
   }
   if (datatype == "INT32") {
     const auto& values = input.contents().int_contents();
-    return InputBytes{values.data(), values.size() * sizeof(int32_t),
-                      "contents.int_contents"};
+    return InputBytes{values.data(),
+                      values.size() * sizeof(int32_t),
+                      "contents.int_contents",
+                      {},
+                      DType::kFloat32};
   }
   return absl::InvalidArgumentError(absl::StrCat(
       input.name(), ": ", datatype,
@@ -98,9 +118,11 @@ absl::Status ExpectRank(const ModelInferRequest::InferInputTensor& input,
                    ", got ", ShapeString(input.shape())));
 }
 
-// query, key or value: FP32/FP16/BF16, rank 4 in `layout`.
-absl::StatusOr<scoring::TensorRef> MapTensor(const ModelInferRequest& request,
-                                             int i, Layout layout) {
+// query, key or value: FP32/FP16/BF16, rank 4 in `layout`; `*scan` the
+// parser's scan of its bytes, when it made one as this dtype.
+absl::StatusOr<scoring::TensorRef> MapTensor(
+    const ModelInferRequest& request, RawContents raw, int i, Layout layout,
+    std::optional<scoring::FiniteScan>* scan) {
   const ModelInferRequest::InferInputTensor& input = request.inputs(i);
   const std::optional<DType> dtype = ParseDatatype(input.datatype());
   if (!dtype.has_value()) {
@@ -113,7 +135,8 @@ absl::StatusOr<scoring::TensorRef> MapTensor(const ModelInferRequest& request,
   if (absl::Status s = ExpectRank(input, 4, LayoutAxes(layout)); !s.ok()) {
     return s;
   }
-  absl::StatusOr<InputBytes> bytes = FindBytes(request, i, input.datatype());
+  absl::StatusOr<InputBytes> bytes =
+      FindBytes(request, raw, i, input.datatype());
   if (!bytes.ok()) return bytes.status();
   if (absl::Status s = CheckByteCount(input, ElementSize(*dtype), *bytes);
       !s.ok()) {
@@ -124,6 +147,9 @@ absl::StatusOr<scoring::TensorRef> MapTensor(const ModelInferRequest& request,
   ref.shape.assign(input.shape().begin(), input.shape().end());
   ref.data = bytes->data;
   ref.size_bytes = bytes->size;
+  if (bytes->scan.has_value() && bytes->scan_dtype == *dtype) {
+    *scan = bytes->scan;
+  }
   return ref;
 }
 
@@ -131,7 +157,8 @@ absl::StatusOr<scoring::TensorRef> MapTensor(const ModelInferRequest& request,
 // unaligned).
 template <typename T>
 absl::StatusOr<std::vector<T>> MapVector(const ModelInferRequest& request,
-                                         int i, absl::string_view datatype,
+                                         RawContents raw, int i,
+                                         absl::string_view datatype,
                                          absl::string_view axes) {
   const ModelInferRequest::InferInputTensor& input = request.inputs(i);
   if (input.datatype() != datatype) {
@@ -140,7 +167,7 @@ absl::StatusOr<std::vector<T>> MapVector(const ModelInferRequest& request,
                      ClientStringForLog(input.datatype()), "\""));
   }
   if (absl::Status s = ExpectRank(input, 1, axes); !s.ok()) return s;
-  absl::StatusOr<InputBytes> bytes = FindBytes(request, i, datatype);
+  absl::StatusOr<InputBytes> bytes = FindBytes(request, raw, i, datatype);
   if (!bytes.ok()) return bytes.status();
   if (absl::Status s = CheckByteCount(input, sizeof(T), *bytes); !s.ok()) {
     return s;
@@ -192,7 +219,7 @@ absl::StatusOr<std::array<int, 5>> IndexInputs(
 }
 
 // Inputs onto the item (and slopes onto the ALiBi bias).
-absl::Status MapInputs(const ModelInferRequest& request,
+absl::Status MapInputs(const ModelInferRequest& request, RawContents raw,
                        const std::array<int, 5>& index, ValidatedRequest& out) {
   for (Input required : {Input::kQuery, Input::kKey}) {
     if (index[static_cast<size_t>(required)] < 0) {
@@ -206,7 +233,12 @@ absl::Status MapInputs(const ModelInferRequest& request,
   for (Input kind : {Input::kQuery, Input::kKey, Input::kValue}) {
     const int i = index[static_cast<size_t>(kind)];
     if (i < 0) continue;
-    absl::StatusOr<scoring::TensorRef> ref = MapTensor(request, i, layout);
+    std::optional<scoring::FiniteScan>& scan =
+        kind == Input::kQuery ? out.scans.query
+        : kind == Input::kKey ? out.scans.key
+                              : out.scans.value;
+    absl::StatusOr<scoring::TensorRef> ref =
+        MapTensor(request, raw, i, layout, &scan);
     if (!ref.ok()) return ref.status();
     if (kind == Input::kValue) {
       item.value = *std::move(ref);
@@ -216,7 +248,7 @@ absl::Status MapInputs(const ModelInferRequest& request,
   }
   if (const int i = index[static_cast<size_t>(Input::kKeyLengths)]; i >= 0) {
     absl::StatusOr<std::vector<int32_t>> lengths =
-        MapVector<int32_t>(request, i, "INT32", "[B]");
+        MapVector<int32_t>(request, raw, i, "INT32", "[B]");
     if (!lengths.ok()) return lengths.status();
     item.key_lengths = *std::move(lengths);
   }
@@ -230,7 +262,7 @@ absl::Status MapInputs(const ModelInferRequest& request,
                        ClientStringForLog(request.model_name()), "\""));
     }
     absl::StatusOr<std::vector<float>> slopes =
-        MapVector<float>(request, i, "FP32", "[H]");
+        MapVector<float>(request, raw, i, "FP32", "[H]");
     if (!slopes.ok()) return slopes.status();
     alibi->slopes = *std::move(slopes);
   }
@@ -431,7 +463,7 @@ absl::StatusOr<scoring::Bias> FindModel(absl::string_view field,
 
 absl::StatusOr<MappedInfer> MapInferRequest(
     const inference::ModelInferRequest& request, const RequestLimits& limits,
-    const scoring::ModelSet& models) {
+    const scoring::ModelSet& models, RawContents raw) {
   for (const auto& [field, value] :
        {std::pair<const char*, const std::string&>{"id", request.id()},
         {"model_name", request.model_name()},
@@ -453,7 +485,8 @@ absl::StatusOr<MappedInfer> MapInferRequest(
   out.outputs = *std::move(outputs);
   absl::StatusOr<std::array<int, 5>> index = IndexInputs(request);
   if (!index.ok()) return index.status();
-  if (absl::Status s = MapInputs(request, *index, out.validated); !s.ok()) {
+  if (absl::Status s = MapInputs(request, raw, *index, out.validated);
+      !s.ok()) {
     return s;
   }
   spec.output_dtype = output_dtype.value_or(out.validated.item.query.dtype);

@@ -22,7 +22,8 @@
 // expected vs. actual value; NOT_FOUND for an unknown model or version;
 // RESOURCE_EXHAUSTED for a response over --max-output-bytes.
 // Ownership: the item's TensorRefs point into `request` (raw contents or
-// fp32_contents), which must outlive them. Thread safety: pure functions.
+// fp32_contents) or where `raw` says, which must outlive them. Thread safety:
+// pure functions.
 #ifndef ATTNSCORE_SERVER_SERVICE_KSERVE_REQUEST_H_
 #define ATTNSCORE_SERVER_SERVICE_KSERVE_REQUEST_H_
 
@@ -31,6 +32,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/types/span.h"
 #include "common/dtype.h"
 #include "inference/grpc_predict_v2.pb.h"
 #include "server/scoring/score_spec.h"
@@ -61,10 +63,15 @@ struct MappedInfer {
   std::vector<Output> outputs;  // reply order
 };
 
-// Maps and validates `request` (see the header comment).
+// Where raw_input_contents[i]'s bytes are when the parser kept them outside
+// the message (kserve_request_parser.h); empty: in the message.
+using RawContents = absl::Span<const TensorBytesView>;
+
+// Maps and validates `request` (see the header comment). `raw`: one view per
+// raw_input_contents entry, or empty.
 absl::StatusOr<MappedInfer> MapInferRequest(
     const inference::ModelInferRequest& request, const RequestLimits& limits,
-    const scoring::ModelSet& models);
+    const scoring::ModelSet& models, RawContents raw = {});
 
 // Resolves a model name: AlibiBias for "alibi", RelativeBias for a loaded set;
 // NOT_FOUND naming `field`, the name and the models served.

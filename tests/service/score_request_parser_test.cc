@@ -35,29 +35,8 @@ using ::google::protobuf::io::StringOutputStream;
 using testing::AlibiRequest;
 using testing::Float32Tensor;
 using ::testing::HasSubstr;
-
-// `bytes` as gRPC could hand it over: cut at `cuts` (ascending offsets).
-grpc::ByteBuffer Sliced(const std::string& bytes,
-                        const std::vector<size_t>& cuts) {
-  std::vector<grpc::Slice> slices;
-  size_t begin = 0;
-  for (size_t cut : cuts) {
-    slices.emplace_back(bytes.data() + begin, cut - begin);
-    begin = cut;
-  }
-  slices.emplace_back(bytes.data() + begin, bytes.size() - begin);
-  return grpc::ByteBuffer(slices.data(), slices.size());
-}
-
-// `pieces` slices at random offsets (some mid-element).
-grpc::ByteBuffer RandomlySliced(const std::string& bytes, int pieces,
-                                std::mt19937& rng) {
-  std::vector<size_t> cuts;
-  std::uniform_int_distribution<size_t> at(0, bytes.size());
-  for (int i = 1; i < pieces; ++i) cuts.push_back(at(rng));
-  std::sort(cuts.begin(), cuts.end());
-  return Sliced(bytes, cuts);
-}
+using testing::RandomlySliced;
+using testing::Sliced;
 
 // Parses `buffer` both ways; expects the same verdict and the same message.
 void ExpectSameAsProtobuf(const grpc::ByteBuffer& buffer,

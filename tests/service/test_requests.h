@@ -4,8 +4,13 @@
 #ifndef ATTNSCORE_TESTS_SERVICE_TEST_REQUESTS_H_
 #define ATTNSCORE_TESTS_SERVICE_TEST_REQUESTS_H_
 
+#include <grpcpp/support/byte_buffer.h>
+#include <grpcpp/support/slice.h>
+
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -56,6 +61,29 @@ inline v1::ScoreRequest AlibiRequest(int64_t batch = 1, int64_t heads = 2,
   *request.mutable_key() = Float32Tensor({batch, heads, lk, dim}, 0.5f);
   *request.mutable_value() = Float32Tensor({batch, heads, lk, dim}, -0.5f);
   return request;
+}
+
+// `bytes` as gRPC could hand it over: cut at `cuts` (ascending offsets).
+inline grpc::ByteBuffer Sliced(const std::string& bytes,
+                               const std::vector<size_t>& cuts) {
+  std::vector<grpc::Slice> slices;
+  size_t begin = 0;
+  for (size_t cut : cuts) {
+    slices.emplace_back(bytes.data() + begin, cut - begin);
+    begin = cut;
+  }
+  slices.emplace_back(bytes.data() + begin, bytes.size() - begin);
+  return grpc::ByteBuffer(slices.data(), slices.size());
+}
+
+// `pieces` slices at random offsets (some mid-element).
+inline grpc::ByteBuffer RandomlySliced(const std::string& bytes, int pieces,
+                                       std::mt19937& rng) {
+  std::vector<size_t> cuts;
+  std::uniform_int_distribution<size_t> at(0, bytes.size());
+  for (int i = 1; i < pieces; ++i) cuts.push_back(at(rng));
+  std::sort(cuts.begin(), cuts.end());
+  return Sliced(bytes, cuts);
 }
 
 // A parsed request (score_request_parser.h) with each tensor's bytes put back
