@@ -27,6 +27,11 @@ constexpr int kRawField = ModelInferRequest::kRawInputContentsFieldNumber;
 constexpr int kDatatypeField =
     ModelInferRequest::InferInputTensor::kDatatypeFieldNumber;
 
+// More inputs or raw entries than any valid request has (5 inputs at most):
+// past this the fast path stops and protobuf parses, so that a flood of tiny
+// entries costs no more here than there.
+constexpr size_t kMaxEntries = 16;
+
 bool IsLengthDelimited(uint32_t tag) {
   return WireFormatLite::GetTagWireType(tag) ==
          WireFormatLite::WIRETYPE_LENGTH_DELIMITED;
@@ -61,6 +66,7 @@ std::string DatatypeOf(const std::string& input) {
 // noted for the raw entry of the same index.
 bool ReadInput(CodedInputStream& in, uint32_t tag, CodedOutputStream& copy,
                std::vector<std::string>* datatypes) {
+  if (datatypes->size() >= kMaxEntries) return false;
   uint32_t length = 0;
   std::string input;
   if (!ReadLength(in, &length) ||
@@ -81,6 +87,7 @@ bool ReadRaw(CodedInputStream& in, uint32_t tag, CodedOutputStream& copy,
              const std::vector<std::string>& datatypes,
              std::vector<ParsedTensorBytes>* raw) {
   const size_t index = raw->size();
+  if (index >= kMaxEntries) return false;
   const std::optional<DType> scan_as =
       index < datatypes.size() ? ParseDatatype(datatypes[index]) : std::nullopt;
   raw->emplace_back();

@@ -8,8 +8,9 @@
 //
 // Every other field is parsed by the generated code; each raw entry stays in
 // the message as an empty string, so counts and indices are protobuf's.
-// Bytes the fast path does not take go to protobuf's own parse, whose verdict
-// and message stand (contents_in_message).
+// Bytes the fast path does not take (as for attnscore.v1, and more than 16
+// inputs or raw entries, which no valid request has) go to protobuf's own
+// parse, whose verdict and message stand (contents_in_message).
 //
 // Ownership: a ParsedInferRequest owns its message and blocks. Thread safety:
 // one object per request. Errors: INVALID_ARGUMENT when the bytes are not a

@@ -190,6 +190,26 @@ TEST(KServeRequestParserTest, RawBeforeItsInputIsScannedByValidation) {
   EXPECT_THAT(validated.status().message(), HasSubstr("flat index 3"));
 }
 
+TEST(KServeRequestParserTest, AFloodOfEntriesIsLeftToProtobuf) {
+  // 1,000 empty raw entries: no valid request has more than 5; the fast path
+  // stops keeping a block per entry and protobuf parses (and the mapping
+  // refuses the count).
+  ModelInferRequest request = MakeRequest();
+  for (int i = 0; i < 1000; ++i) request.add_raw_input_contents("");
+  const std::string bytes = request.SerializeAsString();
+  ExpectSameAsProtobuf(Sliced(bytes, {}), bytes);
+  ParsedInferRequest parsed;
+  ASSERT_TRUE(ParseInferRequest(Sliced(bytes, {}), &parsed).ok());
+  EXPECT_TRUE(parsed.contents_in_message);
+  EXPECT_TRUE(parsed.raw.empty());
+  KServeInferCodec codec;
+  const absl::StatusOr<ValidatedRequest> validated =
+      codec.Parse(Sliced(bytes, {}), RequestLimits{}, NoModels());
+  ASSERT_FALSE(validated.ok());
+  EXPECT_THAT(validated.status().message(),
+              HasSubstr("raw_input_contents: expected one entry per input"));
+}
+
 TEST(KServeRequestParserTest, TruncationsAndGarbageGetProtobufsVerdict) {
   const std::string valid = MakeRequest().SerializeAsString();
   for (size_t length = 0; length < valid.size(); length += 3) {
