@@ -508,6 +508,9 @@ bool ComputeAttentionBlocked(const at::Tensor& q_in, const at::Tensor& k_in,
       p.query_tile * p.key_len * (p.head_dim + p.value_dim);
   const int64_t grain =
       std::max<int64_t>(1, kParallelMacs / std::max<int64_t>(unit_macs, 1));
+  // Relative decode steps: one head's batch items one after another, so that
+  // the head's position embeddings stay in cache across them.
+  const bool head_major = p.relative() && tiles == 1;
   std::atomic<bool> stopped{false};
   at::parallel_for(0, units, grain, [&](int64_t begin, int64_t end) {
     // One scratch per thread's range: at most BlockedThreads() live at once.
@@ -525,8 +528,10 @@ bool ComputeAttentionBlocked(const at::Tensor& q_in, const at::Tensor& k_in,
       }
       since_check += unit_macs;
       const int64_t block = unit / tiles, i0 = (unit % tiles) * p.query_tile;
-      kernel.Run(block / p.heads, block % p.heads, i0,
-                 std::min(i0 + p.query_tile, p.query_len));
+      const int64_t batch = q.size(0);
+      const int64_t b = head_major ? block % batch : block / p.heads;
+      const int64_t h = head_major ? block / batch : block % p.heads;
+      kernel.Run(b, h, i0, std::min(i0 + p.query_tile, p.query_len));
     }
   });
   return !stopped.load();
