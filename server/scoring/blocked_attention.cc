@@ -508,8 +508,9 @@ bool ComputeAttentionBlocked(const at::Tensor& q_in, const at::Tensor& k_in,
       p.query_tile * p.key_len * (p.head_dim + p.value_dim);
   const int64_t grain =
       std::max<int64_t>(1, kParallelMacs / std::max<int64_t>(unit_macs, 1));
-  // Relative decode steps: one head's batch items one after another, so that
-  // the head's position embeddings stay in cache across them.
+  // Relative bias with one unit per (b, h) (decode steps, short queries): one
+  // head's batch items one after another, so that the head's position
+  // embeddings stay in cache across them.
   const bool head_major = p.relative() && tiles == 1;
   std::atomic<bool> stopped{false};
   at::parallel_for(0, units, grain, [&](int64_t begin, int64_t end) {
