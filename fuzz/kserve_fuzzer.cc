@@ -4,40 +4,25 @@
 // ValidateMapped with the server's default limits), and the parser checked
 // against protobuf's own parse of the same bytes. No LibTorch.
 //
-// Input: the first byte chooses how many slices (1-4) the rest is cut into,
-// as gRPC may hand a message over in several.
-#include <google/protobuf/io/coded_stream.h>
-#include <google/protobuf/io/zero_copy_stream_impl_lite.h>
+// Input: fuzz/parser_checks.h (a slice count, then the message's bytes).
 #include <grpc/grpc.h>
 #include <grpcpp/support/byte_buffer.h>
-#include <grpcpp/support/slice.h>
 
 #include <cstddef>
 #include <cstdint>
 #include <string>
-#include <vector>
 
+#include "fuzz/parser_checks.h"
 #include "inference/grpc_predict_v2.pb.h"
 #include "server/scoring/validation.h"
 #include "server/service/kserve_codec.h"
 #include "server/service/kserve_request_parser.h"
 #include "server/service/request_validation.h"
+#include "tests/service/test_requests.h"
 
 namespace {
 
 namespace as = attnscore::service;
-
-// The message's bytes with map entries in key order: two equal messages
-// give the same bytes (a map's iteration order differs between instances).
-std::string Canonical(const google::protobuf::MessageLite& message) {
-  std::string out;
-  google::protobuf::io::StringOutputStream stream(&out);
-  google::protobuf::io::CodedOutputStream coded(&stream);
-  coded.SetSerializationDeterministic(true);
-  message.SerializeToCodedStream(&coded);
-  coded.Trim();
-  return out;
-}
 
 // The parser against protobuf on the same bytes: the same verdict, the same
 // message with the raw contents put back, and each scan equal to a separate
@@ -62,19 +47,11 @@ void CheckParserAgreesWithProtobuf(const grpc::ByteBuffer& buffer,
       message.set_raw_input_contents(
           static_cast<int>(i),
           data == nullptr ? std::string() : std::string(data, raw.size));
-      if (!raw.scan.has_value()) continue;
-      attnscore::scoring::FiniteScanner scanner(raw.scan_dtype);
-      scanner.Consume(raw.block.get(), raw.size);
-      const attnscore::scoring::FiniteScan whole = scanner.Finish();
-      if (whole.first_non_finite != raw.scan->first_non_finite ||
-          (whole.first_non_finite ==
-               attnscore::scoring::FiniteScan::kAllFinite &&
-           whole.max_abs != raw.scan->max_abs)) {
-        __builtin_trap();
-      }
+      attnscore::fuzz::CheckScan(raw);
     }
   }
-  if (Canonical(message) != Canonical(expected)) {
+  if (as::testing::CanonicalBytes(message) !=
+      as::testing::CanonicalBytes(expected)) {
     __builtin_trap();
   }
 }
@@ -88,17 +65,10 @@ extern "C" int LLVMFuzzerInitialize(int* /*argc*/, char*** /*argv*/) {
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size == 0) return 0;
-  const size_t pieces = data[0] % 4 + 1;
-  const char* rest = reinterpret_cast<const char*>(data + 1);
-  const size_t rest_size = size - 1;
-  std::vector<grpc::Slice> slices;
-  for (size_t i = 0; i < pieces; ++i) {
-    const size_t begin = rest_size * i / pieces;
-    const size_t end = rest_size * (i + 1) / pieces;
-    slices.emplace_back(rest + begin, end - begin);
-  }
-  grpc::ByteBuffer buffer(slices.data(), slices.size());
-  CheckParserAgreesWithProtobuf(buffer, std::string(rest, rest_size));
+  const attnscore::fuzz::SlicedInput input =
+      attnscore::fuzz::SliceInput(data, size);
+  const grpc::ByteBuffer& buffer = input.buffer;
+  CheckParserAgreesWithProtobuf(buffer, input.bytes);
   static const auto* models = new attnscore::scoring::ModelSet();
   as::kserve::KServeInferCodec codec;
   (void)codec.Parse(buffer, as::RequestLimits{}, *models);

@@ -5,19 +5,17 @@
 // and the parser checked against protobuf's own parse of the same bytes. No
 // LibTorch.
 //
-// Input: the first byte chooses how many slices (1-4) the rest is cut into,
-// as gRPC may hand a message over in several.
+// Input: fuzz/parser_checks.h (a slice count, then the message's bytes).
 #include <grpc/grpc.h>
 #include <grpcpp/support/byte_buffer.h>
-#include <grpcpp/support/slice.h>
 
 #include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <string>
-#include <vector>
 
 #include "attnscore/v1/attnscore.pb.h"
+#include "fuzz/parser_checks.h"
 #include "server/scoring/validation.h"
 #include "server/service/request_validation.h"
 #include "server/service/score_request_parser.h"
@@ -55,15 +53,7 @@ void CheckParserAgreesWithProtobuf(const grpc::ByteBuffer& buffer,
   }
   for (const as::ParsedTensorBytes* t :
        {&parsed.query, &parsed.key, &parsed.value}) {
-    if (!t->scan.has_value()) continue;
-    attnscore::scoring::FiniteScanner scanner(t->scan_dtype);
-    scanner.Consume(t->block.get(), t->size);
-    const attnscore::scoring::FiniteScan whole = scanner.Finish();
-    if (whole.first_non_finite != t->scan->first_non_finite) __builtin_trap();
-    if (whole.first_non_finite == attnscore::scoring::FiniteScan::kAllFinite &&
-        whole.max_abs != t->scan->max_abs) {
-      __builtin_trap();
-    }
+    attnscore::fuzz::CheckScan(*t);
   }
 }
 
@@ -76,17 +66,10 @@ extern "C" int LLVMFuzzerInitialize(int* /*argc*/, char*** /*argv*/) {
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size == 0) return 0;
-  const size_t pieces = data[0] % 4 + 1;
-  const char* rest = reinterpret_cast<const char*>(data + 1);
-  const size_t rest_size = size - 1;
-  std::vector<grpc::Slice> slices;
-  for (size_t i = 0; i < pieces; ++i) {
-    const size_t begin = rest_size * i / pieces;
-    const size_t end = rest_size * (i + 1) / pieces;
-    slices.emplace_back(rest + begin, end - begin);
-  }
-  grpc::ByteBuffer buffer(slices.data(), slices.size());
-  CheckParserAgreesWithProtobuf(buffer, std::string(rest, rest_size));
+  const attnscore::fuzz::SlicedInput input =
+      attnscore::fuzz::SliceInput(data, size);
+  const grpc::ByteBuffer& buffer = input.buffer;
+  CheckParserAgreesWithProtobuf(buffer, input.bytes);
   attnscore::service::V1ScoreCodec codec;
   absl::StatusOr<attnscore::service::ValidatedRequest> request =
       codec.Parse(buffer, attnscore::service::RequestLimits{}, Models());

@@ -3,10 +3,8 @@
 #include <google/protobuf/io/coded_stream.h>
 #include <google/protobuf/io/zero_copy_stream_impl_lite.h>
 #include <google/protobuf/wire_format_lite.h>
-#include <grpcpp/support/proto_buffer_reader.h>
 
 #include <cstdint>
-#include <limits>
 #include <optional>
 #include <string>
 
@@ -123,28 +121,6 @@ bool ReadFields(CodedInputStream& in, ParsedInferRequest* out,
   return in.ConsumedEntireMessage();
 }
 
-// The fast path: false when the bytes are malformed or in a form it leaves to
-// protobuf (then `out` holds a partial parse).
-bool ParseWithPooledContents(const grpc::ByteBuffer& buffer,
-                             ParsedInferRequest* out) {
-  // A ByteBuffer copy only takes references to the slices.
-  grpc::ByteBuffer slices(buffer);
-  grpc::ProtoBufferReader reader(&slices);
-  const auto total = static_cast<int64_t>(buffer.Length());
-  if (!reader.status().ok() || total > std::numeric_limits<int>::max()) {
-    return false;
-  }
-  std::string fields;
-  {
-    CodedInputStream in(&reader);
-    in.SetTotalBytesLimit(std::numeric_limits<int>::max());
-    // The message's real end: a claimed length past it allocates nothing.
-    in.PushLimit(static_cast<int>(total));
-    if (!ReadFields(in, out, &fields)) return false;
-  }
-  return out->message.MergeFromString(fields);
-}
-
 }  // namespace
 
 std::vector<TensorBytesView> ParsedInferRequest::raw_views() const {
@@ -157,7 +133,12 @@ std::vector<TensorBytesView> ParsedInferRequest::raw_views() const {
 
 absl::Status ParseInferRequest(const grpc::ByteBuffer& buffer,
                                ParsedInferRequest* out) {
-  if (ParseWithPooledContents(buffer, out)) return absl::OkStatus();
+  const auto read_fields = [out](CodedInputStream& in, std::string* fields) {
+    return ReadFields(in, out, fields);
+  };
+  if (ParsePooled(buffer, read_fields, &out->message)) {
+    return absl::OkStatus();
+  }
   *out = ParsedInferRequest();
   out->contents_in_message = true;
   return ParseByteBuffer(buffer, "inference.ModelInferRequest", out->message);

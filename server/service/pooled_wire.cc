@@ -1,6 +1,7 @@
 #include "server/service/pooled_wire.h"
 
 #include <google/protobuf/wire_format_lite.h>
+#include <grpcpp/support/proto_buffer_reader.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -142,6 +143,27 @@ bool ReadPooledBytes(CodedInputStream& in, std::optional<DType> scan_as,
   }
   if (scanner.has_value()) out->scan = scanner->Finish();
   return true;
+}
+
+bool ParsePooled(
+    const grpc::ByteBuffer& buffer,
+    absl::FunctionRef<bool(CodedInputStream&, std::string*)> read_fields,
+    google::protobuf::MessageLite* message) {
+  // A ByteBuffer copy only takes references to the slices.
+  grpc::ByteBuffer slices(buffer);
+  grpc::ProtoBufferReader reader(&slices);
+  const auto total = static_cast<int64_t>(buffer.Length());
+  if (!reader.status().ok() || total > std::numeric_limits<int>::max()) {
+    return false;
+  }
+  std::string fields;
+  {
+    CodedInputStream in(&reader);
+    in.SetTotalBytesLimit(std::numeric_limits<int>::max());
+    in.PushLimit(static_cast<int>(total));
+    if (!read_fields(in, &fields)) return false;
+  }
+  return message->MergeFromString(fields);
 }
 
 }  // namespace attnscore::service

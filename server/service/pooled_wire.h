@@ -15,11 +15,15 @@
 #define ATTNSCORE_SERVER_SERVICE_POOLED_WIRE_H_
 
 #include <google/protobuf/io/coded_stream.h>
+#include <google/protobuf/message_lite.h>
+#include <grpcpp/support/byte_buffer.h>
 
 #include <cstddef>
 #include <cstdint>
 #include <optional>
+#include <string>
 
+#include "absl/functional/function_ref.h"
 #include "common/dtype.h"
 #include "server/scoring/buffer_pool.h"
 #include "server/scoring/validation.h"
@@ -59,6 +63,19 @@ bool CopyField(google::protobuf::io::CodedInputStream& in, uint32_t tag,
 // a whole number of its elements.
 bool ReadPooledBytes(google::protobuf::io::CodedInputStream& in,
                      std::optional<DType> scan_as, ParsedTensorBytes* out);
+
+// The fast path of both parsers: `read_fields` walks `buffer`'s top-level
+// fields (a stream limited to the message's real end, so that a claimed
+// length past it allocates nothing), keeps what it pools and writes every
+// other field, as wire bytes, to the string; those bytes are then merged into
+// `message` by the generated code. False when the buffer cannot be read, is
+// over 2 GiB, or either step fails (the caller then leaves the message to
+// protobuf).
+bool ParsePooled(const grpc::ByteBuffer& buffer,
+                 absl::FunctionRef<bool(google::protobuf::io::CodedInputStream&,
+                                        std::string*)>
+                     read_fields,
+                 google::protobuf::MessageLite* message);
 
 }  // namespace attnscore::service
 

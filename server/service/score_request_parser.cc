@@ -3,10 +3,8 @@
 #include <google/protobuf/io/coded_stream.h>
 #include <google/protobuf/io/zero_copy_stream_impl_lite.h>
 #include <google/protobuf/wire_format_lite.h>
-#include <grpcpp/support/proto_buffer_reader.h>
 
 #include <cstdint>
-#include <limits>
 #include <optional>
 #include <string>
 
@@ -129,28 +127,6 @@ bool ReadFields(CodedInputStream& in, ParsedScoreRequest* out,
   return in.ConsumedEntireMessage();
 }
 
-// The fast path: false when the bytes are malformed or not in the canonical
-// form it handles (then `out` holds a partial parse).
-bool ParseWithPooledTensors(const grpc::ByteBuffer& buffer,
-                            ParsedScoreRequest* out) {
-  // A ByteBuffer copy only takes references to the slices.
-  grpc::ByteBuffer slices(buffer);
-  grpc::ProtoBufferReader reader(&slices);
-  const auto total = static_cast<int64_t>(buffer.Length());
-  if (!reader.status().ok() || total > std::numeric_limits<int>::max()) {
-    return false;
-  }
-  std::string fields;
-  {
-    CodedInputStream in(&reader);
-    in.SetTotalBytesLimit(std::numeric_limits<int>::max());
-    // The message's real end: a claimed length past it allocates nothing.
-    in.PushLimit(static_cast<int>(total));
-    if (!ReadFields(in, out, &fields)) return false;
-  }
-  return out->message.MergeFromString(fields);
-}
-
 }  // namespace
 
 RequestTensorBytes ParsedScoreRequest::tensor_bytes() const {
@@ -164,7 +140,12 @@ RequestTensorBytes ParsedScoreRequest::tensor_bytes() const {
 
 absl::Status ParseScoreRequest(const grpc::ByteBuffer& buffer,
                                ParsedScoreRequest* out) {
-  if (ParseWithPooledTensors(buffer, out)) return absl::OkStatus();
+  const auto read_fields = [out](CodedInputStream& in, std::string* fields) {
+    return ReadFields(in, out, fields);
+  };
+  if (ParsePooled(buffer, read_fields, &out->message)) {
+    return absl::OkStatus();
+  }
   // Malformed, or a form the fast path leaves to protobuf (groups, over-long
   // tags): protobuf's verdict and message, the bytes in the message.
   *out = ParsedScoreRequest();

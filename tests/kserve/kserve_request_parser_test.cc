@@ -4,8 +4,6 @@
 // codec computing on those blocks. No LibTorch, no server.
 #include "server/service/kserve_request_parser.h"
 
-#include <google/protobuf/io/coded_stream.h>
-#include <google/protobuf/io/zero_copy_stream_impl_lite.h>
 #include <google/protobuf/stubs/logging.h>
 #include <grpcpp/support/byte_buffer.h>
 
@@ -30,18 +28,6 @@ using inference::ModelInferRequest;
 using service::testing::RandomlySliced;
 using service::testing::Sliced;
 using ::testing::HasSubstr;
-
-// The message's bytes with map entries in key order: two equal messages
-// give the same bytes (a map's iteration order differs between instances).
-std::string Canonical(const google::protobuf::MessageLite& message) {
-  std::string out;
-  google::protobuf::io::StringOutputStream stream(&out);
-  google::protobuf::io::CodedOutputStream coded(&stream);
-  coded.SetSerializationDeterministic(true);
-  message.SerializeToCodedStream(&coded);
-  coded.Trim();
-  return out;
-}
 
 std::string FloatBytes(const std::vector<float>& values) {
   return std::string(reinterpret_cast<const char*>(values.data()),
@@ -108,7 +94,8 @@ void ExpectSameAsProtobuf(const grpc::ByteBuffer& buffer,
     EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
     return;
   }
-  EXPECT_EQ(Canonical(Reassembled(parsed)), Canonical(expected));
+  EXPECT_EQ(service::testing::CanonicalBytes(Reassembled(parsed)),
+            service::testing::CanonicalBytes(expected));
 }
 
 const scoring::ModelSet& NoModels() {

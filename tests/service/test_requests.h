@@ -4,6 +4,9 @@
 #ifndef ATTNSCORE_TESTS_SERVICE_TEST_REQUESTS_H_
 #define ATTNSCORE_TESTS_SERVICE_TEST_REQUESTS_H_
 
+#include <google/protobuf/io/coded_stream.h>
+#include <google/protobuf/io/zero_copy_stream_impl_lite.h>
+#include <google/protobuf/message_lite.h>
 #include <grpcpp/support/byte_buffer.h>
 #include <grpcpp/support/slice.h>
 
@@ -84,6 +87,19 @@ inline grpc::ByteBuffer RandomlySliced(const std::string& bytes, int pieces,
   for (int i = 1; i < pieces; ++i) cuts.push_back(at(rng));
   std::sort(cuts.begin(), cuts.end());
   return Sliced(bytes, cuts);
+}
+
+// The message's bytes with map entries in key order: two equal messages give
+// the same bytes (a map's iteration order differs between instances).
+inline std::string CanonicalBytes(
+    const google::protobuf::MessageLite& message) {
+  std::string out;
+  google::protobuf::io::StringOutputStream stream(&out);
+  google::protobuf::io::CodedOutputStream coded(&stream);
+  coded.SetSerializationDeterministic(true);
+  message.SerializeToCodedStream(&coded);
+  coded.Trim();
+  return out;
 }
 
 // A parsed request (score_request_parser.h) with each tensor's bytes put back
