@@ -44,7 +44,7 @@ inline SlicedInput SliceInput(const uint8_t* data, size_t size) {
 // pass over its block.
 inline void CheckScan(const service::ParsedTensorBytes& t) {
   if (!t.scan.has_value()) return;
-  scoring::FiniteScanner scanner(t.scan_dtype);
+  scoring::FiniteScanner scanner(t.scan->dtype);
   scanner.Consume(t.block.get(), t.size);
   const scoring::FiniteScan whole = scanner.Finish();
   if (whole.first_non_finite != t.scan->first_non_finite) __builtin_trap();

@@ -433,6 +433,7 @@ void FiniteScanner::Consume(const void* data, size_t bytes) {
 FiniteScan FiniteScanner::Finish() const {
   FiniteScan scan;
   scan.first_non_finite = first_non_finite_;
+  scan.dtype = dtype_;
   if (dtype_ == DType::kFloat32) {
     DecodeFloats(&max_bits_, 1, dtype_, &scan.max_abs);
   } else {

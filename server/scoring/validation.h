@@ -18,15 +18,24 @@
 
 namespace attnscore::scoring {
 
-// What one pass over a tensor's bytes found (FiniteScanner): the flat index of
-// the first element whose exponent bits are all ones (NaN or Inf), kAllFinite
-// when there is none, and the largest magnitude (meaningful only when all are
-// finite).
+// What one pass over a tensor's bytes, read as `dtype`, found (FiniteScanner):
+// the flat index of the first element whose exponent bits are all ones (NaN
+// or Inf), kAllFinite when there is none, and the largest magnitude
+// (meaningful only when all are finite).
 struct FiniteScan {
   static constexpr size_t kAllFinite = SIZE_MAX;
   size_t first_non_finite = kAllFinite;
   float max_abs = 0;
+  DType dtype = DType::kFloat32;
 };
+
+// `scan` when it read the bytes as `dtype`: a scan holds only for the dtype
+// it read them as, and a later field may change a tensor's dtype.
+inline std::optional<FiniteScan> ScanAs(const std::optional<FiniteScan>& scan,
+                                        DType dtype) {
+  if (scan.has_value() && scan->dtype == dtype) return scan;
+  return std::nullopt;
+}
 
 // Scans a tensor's bytes for NaN/Inf and their largest magnitude as they
 // arrive in order, in pieces of whole elements: a parser that copies a

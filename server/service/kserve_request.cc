@@ -31,9 +31,7 @@ struct InputBytes {
   const void* data = nullptr;
   size_t size = 0;
   std::string where;  // for messages: "raw_input_contents[1]", ...
-  // The parser's scan of raw bytes, and the dtype it read them as.
-  std::optional<scoring::FiniteScan> scan;
-  DType scan_dtype = DType::kFloat32;
+  std::optional<scoring::FiniteScan> scan;  // the parser's, of raw bytes
 };
 
 // The bytes of input `i` of datatype `dtype` ("INT32" for key_lengths):
@@ -53,31 +51,24 @@ absl::StatusOr<InputBytes> FindBytes(const ModelInferRequest& request,
     std::string where = absl::StrCat("raw_input_contents[", i, "]");
     if (!raw.empty()) {
       const TensorBytesView& bytes = raw[static_cast<size_t>(i)];
-      return InputBytes{bytes.data, bytes.size, std::move(where), bytes.scan,
-                        bytes.scan_dtype};
+      return InputBytes{bytes.data, bytes.size, std::move(where), bytes.scan};
     }
     const std::string& contents = request.raw_input_contents(i);
-    return InputBytes{contents.data(),
-                      contents.size(),
-                      std::move(where),
-                      {},
-                      DType::kFloat32};
+    return InputBytes{contents.data(), contents.size(), std::move(where), {}};
   }
   if (datatype == "FP32") {
     const auto& values = input.contents().fp32_contents();
     return InputBytes{values.data(),
                       values.size() * sizeof(float),
                       "contents.fp32_contents",
-                      {},
-                      DType::kFloat32};
+                      {}};
   }
   if (datatype == "INT32") {
     const auto& values = input.contents().int_contents();
     return InputBytes{values.data(),
                       values.size() * sizeof(int32_t),
                       "contents.int_contents",
-                      {},
-                      DType::kFloat32};
+                      {}};
   }
   return absl::InvalidArgumentError(absl::StrCat(
       input.name(), ": ", datatype,
@@ -147,9 +138,7 @@ absl::StatusOr<scoring::TensorRef> MapTensor(
   ref.shape.assign(input.shape().begin(), input.shape().end());
   ref.data = bytes->data;
   ref.size_bytes = bytes->size;
-  if (bytes->scan.has_value() && bytes->scan_dtype == *dtype) {
-    *scan = bytes->scan;
-  }
+  *scan = scoring::ScanAs(bytes->scan, *dtype);
   return ref;
 }
 

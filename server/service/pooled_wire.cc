@@ -55,7 +55,7 @@ bool CopyAndScan(CodedInputStream& in, unsigned char* dst, size_t size,
 }  // namespace
 
 TensorBytesView ParsedTensorBytes::view() const {
-  return TensorBytesView{block.get(), size, scan, scan_dtype};
+  return TensorBytesView{block.get(), size, scan};
 }
 
 uint32_t ReadCanonicalTag(CodedInputStream& in, bool* canonical) {
@@ -82,13 +82,15 @@ bool ReadLength(CodedInputStream& in, uint32_t* length) {
   return true;
 }
 
-bool CopyField(CodedInputStream& in, uint32_t tag, CodedOutputStream& out) {
+bool CopyField(CodedInputStream& in, uint32_t tag, CodedOutputStream& out,
+               uint64_t* varint) {
   out.WriteTag(tag);
   switch (WireFormatLite::GetTagWireType(tag)) {
     case WireFormatLite::WIRETYPE_VARINT: {
       uint64_t value = 0;
       if (!in.ReadVarint64(&value)) return false;
       out.WriteVarint64(value);
+      if (varint != nullptr) *varint = value;
       return true;
     }
     case WireFormatLite::WIRETYPE_FIXED64: {
@@ -132,7 +134,6 @@ bool ReadPooledBytes(CodedInputStream& in, std::optional<DType> scan_as,
   std::optional<scoring::FiniteScanner> scanner;
   if (scan_as.has_value() && length % ElementSize(*scan_as) == 0) {
     scanner.emplace(*scan_as);
-    out->scan_dtype = *scan_as;
   }
   if (length > 0) {
     out->block = scoring::AcquireBytes(length);

@@ -35,11 +35,10 @@ namespace attnscore::service {
 struct ParsedTensorBytes {
   scoring::PooledBytes block;  // null when there are no bytes
   size_t size = 0;
-  // The scan of the bytes as scan_dtype, the dtype the tensor had when they
-  // arrived; unset when that was not known. Validation takes it only if the
-  // tensor's final dtype is the same.
+  // The scan of the bytes as the dtype the tensor had when they arrived;
+  // unset when that was not known. Validation takes it only if the tensor's
+  // final dtype is the same (scoring::ScanAs).
   std::optional<scoring::FiniteScan> scan;
-  DType scan_dtype = DType::kFloat32;
 
   TensorBytesView view() const;
 };
@@ -53,10 +52,11 @@ uint32_t ReadCanonicalTag(google::protobuf::io::CodedInputStream& in,
 bool ReadLength(google::protobuf::io::CodedInputStream& in, uint32_t* length);
 
 // Copies the field whose tag was just read, tag and value, to `out` (varints
-// come out canonical, which parse to the same value). False for groups and
-// invalid wire types.
+// come out canonical, which parse to the same value); `*varint` receives a
+// varint field's value when given. False for groups and invalid wire types.
 bool CopyField(google::protobuf::io::CodedInputStream& in, uint32_t tag,
-               google::protobuf::io::CodedOutputStream& out);
+               google::protobuf::io::CodedOutputStream& out,
+               uint64_t* varint = nullptr);
 
 // A length-delimited value (its tag read) into a new block in `*out`, which
 // replaces the one it held; scanned as `scan_as` when given and the length is

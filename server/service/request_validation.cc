@@ -100,8 +100,7 @@ absl::StatusOr<scoring::TensorRef> ToTensorRef(
   }
   ref.data = bytes->data;
   ref.size_bytes = bytes->size;
-  // A scan read the bytes as some dtype; it holds only for that one.
-  if (bytes->scan_dtype == ref.dtype) *scan = bytes->scan;
+  *scan = scoring::ScanAs(bytes->scan, ref.dtype);
   return ref;
 }
 

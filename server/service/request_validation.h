@@ -100,13 +100,11 @@ struct ValidatedRequest {
 };
 
 // A tensor's bytes held outside the message (score_request_parser.h keeps
-// them in a pooled block) and, when the parser scanned them, the scan and the
-// dtype it read them as.
+// them in a pooled block) and, when the parser scanned them, the scan.
 struct TensorBytesView {
   const void* data = nullptr;
   size_t size = 0;
   std::optional<scoring::FiniteScan> scan;
-  DType scan_dtype = DType::kFloat32;  // meaningful with `scan`
 };
 // Where each tensor's bytes are: unset, in the message's own `data`.
 struct RequestTensorBytes {

@@ -46,17 +46,12 @@ bool ReadTensor(CodedInputStream& in, v1::Tensor* meta,
         }
         continue;
       }
+      uint64_t value = 0;
+      if (!CopyField(in, tag, copy, &value)) return false;
       if (field == v1::Tensor::kDtypeFieldNumber &&
           wire_type == WireFormatLite::WIRETYPE_VARINT) {
-        uint64_t value = 0;
-        if (!in.ReadVarint64(&value)) return false;
-        // Protobuf keeps an enum's low 32 bits.
-        dtype_value = static_cast<int32_t>(value);
-        copy.WriteTag(tag);
-        copy.WriteVarint64(value);
-        continue;
+        dtype_value = static_cast<int32_t>(value);  // an enum's low 32 bits
       }
-      if (!CopyField(in, tag, copy)) return false;
     }
     if (!in.ConsumedEntireMessage()) return false;
   }

@@ -125,7 +125,7 @@ TEST(KServeRequestParserTest, RawContentsAreScannedAsTheirInputsDatatype) {
   for (int i : {0, 1}) {
     const ParsedTensorBytes& raw = parsed.raw[static_cast<size_t>(i)];
     ASSERT_TRUE(raw.scan.has_value());
-    EXPECT_EQ(raw.scan_dtype, DType::kFloat32);
+    EXPECT_EQ(raw.scan->dtype, DType::kFloat32);
     EXPECT_EQ(raw.scan->first_non_finite, scoring::FiniteScan::kAllFinite);
     ASSERT_EQ(raw.size, request.raw_input_contents(i).size());
     EXPECT_EQ(std::memcmp(raw.block.get(), request.raw_input_contents(i).data(),

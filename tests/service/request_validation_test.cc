@@ -283,8 +283,7 @@ TEST_F(RequestValidationTest, ParsersScanIsTakenInsteadOfASecondPass) {
   const v1::ScoreRequest request = AlibiRequest();
   RequestTensorBytes bytes;
   const auto view = [](const v1::Tensor& t, scoring::FiniteScan scan) {
-    return TensorBytesView{t.data().data(), t.data().size(), scan,
-                           DType::kFloat32};
+    return TensorBytesView{t.data().data(), t.data().size(), scan};
   };
   scoring::FiniteScan nan_at_4;
   nan_at_4.first_non_finite = 4;
@@ -312,7 +311,7 @@ TEST_F(RequestValidationTest, ParsersScanIsTakenInsteadOfASecondPass) {
   bytes.value = view(with_context.value(), nan_at_4);
   EXPECT_FALSE(ValidateRequest(with_context, limits_, models_, bytes).ok());
   // A scan made as another dtype is not taken: the bytes are read.
-  bytes.value->scan_dtype = DType::kFloat16;
+  bytes.value->scan->dtype = DType::kFloat16;
   v = ValidateRequest(with_context, limits_, models_, bytes);
   ASSERT_TRUE(v.ok()) << v.status();
   EXPECT_FALSE(v->scans.value.has_value());

@@ -180,7 +180,7 @@ TEST(ScoreRequestParserTest, ScanWhileCopyingEqualsASeparatePass) {
         ASSERT_TRUE(
             ParseScoreRequest(RandomlySliced(bytes, 9, rng), &parsed).ok());
         ASSERT_TRUE(parsed.key.scan.has_value());
-        EXPECT_EQ(parsed.key.scan_dtype, kind.dtype);
+        EXPECT_EQ(parsed.key.scan->dtype, kind.dtype);
         const scoring::FiniteScan expected =
             WholeScan(kind.dtype, request.key().data());
         EXPECT_EQ(parsed.key.scan->first_non_finite,
@@ -287,8 +287,8 @@ TEST(ScoreRequestParserTest, ScanOfAnotherDtypeIsNotTrusted) {
 
   ParsedScoreRequest parsed;
   ASSERT_TRUE(ParseScoreRequest(Sliced(bytes, {}), &parsed).ok());
-  EXPECT_EQ(parsed.key.scan_dtype, DType::kFloat16);
   ASSERT_TRUE(parsed.key.scan.has_value());
+  EXPECT_EQ(parsed.key.scan->dtype, DType::kFloat16);
   EXPECT_EQ(parsed.key.scan->first_non_finite, 6u);  // the float16 verdict
   EXPECT_EQ(parsed.message.key().dtype(), v1::FLOAT32);
   const auto models = testing::FakeModelSet({});
