@@ -162,7 +162,16 @@ struct Problem {
   const float* pos_embeddings = nullptr;
   const float* pos_bias = nullptr;
   const float* query_bias = nullptr;
+  // The same by head, for decode steps: E^T in panels (PanelDots), [H,
+  // 2P/W, D, W], and S^T [H,2P].
+  const float* pos_panels = nullptr;
+  const float* pos_bias_t = nullptr;
+  int64_t span = 0;  // 2P
   int64_t r0 = 0;
+  // Relative decode steps: batch items per pass over a head's embeddings
+  // (BlockedRelativeGroup); 0: each tile computes its own q.E.
+  int64_t relative_group = 0;
+  int64_t batch = 0;
   int64_t query_tile = 1;
   bool relative() const { return pos_embeddings != nullptr; }
 };
@@ -246,6 +255,12 @@ class TileKernel {
   void AddRelative(int64_t b, int64_t h, int64_t i0, int64_t j0,
                    const MMat& dst) {
     const int64_t m = dst.rows, width = dst.cols;
+    if (p_.relative_group > 0) {  // a decode step: i = 0, t = j
+      AddRelativeRow(dst.row(0), VisibleIn(b, 0, j0, width),
+                     GroupDistances(b, h) + j0,
+                     p_.pos_bias_t + h * p_.span + p_.r0 + j0, 1, p_.scale);
+      return;
+    }
     const int64_t t_lo = j0 - (i0 + m) + p_.query_len;
     const int64_t count = width + m - 1;
     const int64_t stride = p_.heads * p_.head_dim;
@@ -261,6 +276,30 @@ class TileKernel {
       AddRelativeRow(dst.row(r), visible, shifted,
                      bias + (m - 1 - r) * p_.heads, p_.heads, p_.scale);
     }
+  }
+
+  // q_b.E[r0 + t, h] for t in [0, Lk) (a decode step's distances), from
+  // scratch: computed for up to relative_group consecutive items of head h at
+  // once (PanelDots), so that the head's embeddings are read from
+  // memory once for all of them, not once per item (as many bytes as the
+  // item's keys). An element's bits do not depend on the group.
+  const float* GroupDistances(int64_t b, int64_t h) {
+    float* distances = scratch_ + p_.head_dim;  // after q + u (one row)
+    if (h != group_head_ || b < group_begin_ || b >= group_end_) {
+      group_head_ = h;
+      group_begin_ = b;
+      group_end_ = std::min(b + p_.relative_group, p_.batch);
+      // Keys past an item's visible end (its key length) are not needed.
+      int64_t n = 0;
+      for (int64_t g = group_begin_; g < group_end_; ++g) {
+        n = std::max(n, VisibleEnd(g, 0));
+      }
+      const int64_t panels = (p_.span + kPanelCols - 1) / kPanelCols;
+      PanelDots(p_.pos_panels + h * panels * p_.head_dim * kPanelCols, p_.r0, n,
+                p_.q.Rows(group_begin_, h, 0, 1).data, p_.q.batch_stride,
+                group_end_ - group_begin_, p_.head_dim, distances, p_.key_len);
+    }
+    return distances + (b - group_begin_) * p_.key_len;
   }
 
   // Row softmax of `scores` into `probs` (may alias): zero where masked, and
@@ -354,8 +393,18 @@ class TileKernel {
 
   // After the relative term's scratch: a [Tq, Lk] float32 tile.
   float* TileScratch(int64_t m) const {
-    if (!p_.relative()) return scratch_;
-    return scratch_ + m * p_.head_dim + m * (m + p_.key_len - 1);
+    return scratch_ + RelativeFloats(m, p_.key_len);
+  }
+
+  // The relative term's scratch for tiles of m rows and `cols` keys
+  // (BlockedScratchOf): q + u, then q.E for the tile's distances or for a
+  // group of decode steps.
+  int64_t RelativeFloats(int64_t m, int64_t cols) const {
+    if (!p_.relative()) return 0;
+    const int64_t distances = p_.relative_group > 0
+                                  ? p_.relative_group * p_.key_len
+                                  : m * (m + cols - 1);
+    return m * p_.head_dim + distances;
   }
 
   // Context alone: FlashAttention's recurrence over key tiles. Per row, the
@@ -369,8 +418,7 @@ class TileKernel {
     View(acc).zero_();
     const int64_t end = VisibleIn(b, i1 - 1, 0, p_.key_len);
     if (end == 0) return;  // no visible key: zero context
-    float* base = scratch_;
-    if (p_.relative()) base += m * p_.head_dim + m * (m + tile - 1);
+    float* base = scratch_ + RelativeFloats(m, tile);
     float* running_max = base + m * tile;
     float* running_sum = running_max + m;
     std::fill(running_max, running_max + m, kNegInf);
@@ -409,6 +457,10 @@ class TileKernel {
 
   const Problem& p_;
   float* const scratch_;
+  // The decode steps whose distances GroupDistances holds: head, items.
+  int64_t group_head_ = -1;
+  int64_t group_begin_ = 0;
+  int64_t group_end_ = 0;
 };
 
 // The outputs `config` asks for, allocated once, contiguous float32, from the
@@ -452,6 +504,9 @@ void SetBias(const AttentionConfig& config, Problem* p, BiasData* keep) {
             p->pos_embeddings = keep->embeddings.data_ptr<float>();
             p->pos_bias = keep->bias.data_ptr<float>();
             p->query_bias = keep->query_bias.data_ptr<float>();
+            p->pos_panels = model.key_pos_embeddings_panels().data_ptr<float>();
+            p->pos_bias_t = model.key_pos_bias_by_head().data_ptr<float>();
+            p->span = 2 * model.info().max_relative_positions;
             p->r0 = model.info().max_relative_positions - p->key_len + 1;
           },
       },
@@ -498,6 +553,10 @@ bool ComputeAttentionBlocked(const at::Tensor& q_in, const at::Tensor& k_in,
   BiasData keep;
   SetBias(config, &p, &keep);
   p.query_tile = BlockedQueryTile(p.query_len, p.key_len);
+  p.batch = q.size(0);
+  if (p.relative()) {
+    p.relative_group = BlockedRelativeGroup(p.query_len, p.key_len);
+  }
   const BlockedScratch scratch = BlockedScratchOf(
       p.query_len, p.key_len, p.head_dim, p.relative(), config.want_logits,
       config.want_probs, config.want_context,
@@ -510,7 +569,8 @@ bool ComputeAttentionBlocked(const at::Tensor& q_in, const at::Tensor& k_in,
       std::max<int64_t>(1, kParallelMacs / std::max<int64_t>(unit_macs, 1));
   // Relative bias with one unit per (b, h) (decode steps, short queries): one
   // head's batch items one after another, so that the head's position
-  // embeddings stay in cache across them.
+  // embeddings stay in cache across them (and GroupDistances' groups are
+  // consecutive units).
   const bool head_major = p.relative() && tiles == 1;
   std::atomic<bool> stopped{false};
   at::parallel_for(0, units, grain, [&](int64_t begin, int64_t end) {

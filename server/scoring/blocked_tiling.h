@@ -29,6 +29,18 @@ inline int64_t BlockedQueryTile(int64_t query_len, int64_t key_len) {
 // Key columns per tile of the online-softmax (context-only) kernel.
 constexpr int64_t kBlockedKeyTile = 256;
 
+// Relative bias, decode steps (one query row): how many batch items of one
+// head share a pass over the head's position embeddings, their q.E rows (Lk
+// floats each) kept in scratch, at most 256 KiB. 0 when the query has more
+// rows (each tile then computes the q.E of its own rows).
+inline int64_t BlockedRelativeGroup(int64_t query_len, int64_t key_len) {
+  constexpr int64_t kGroupFloats = int64_t{64} << 10;  // 256 KiB
+  constexpr int64_t kMaxGroup = 16;
+  if (query_len != 1) return 0;
+  return std::clamp<int64_t>(kGroupFloats / std::max<int64_t>(key_len, 1), 1,
+                             kMaxGroup);
+}
+
 // What the kernel needs besides its inputs and outputs.
 struct BlockedScratch {
   bool online = false;  // context only: the online-softmax kernel
@@ -60,8 +72,10 @@ inline BlockedScratch BlockedScratchOf(int64_t query_len, int64_t key_len,
   }
   if (relative) {
     // q + u for the content term, and q.E for the Tq + cols - 1 distances of
-    // the tile.
-    floats += rows * head_dim + rows * (rows + cols - 1);
+    // the tile, or for all Lk distances of a group of decode steps.
+    const int64_t group = BlockedRelativeGroup(query_len, key_len);
+    floats += rows * head_dim +
+              (group > 0 ? group * key_len : rows * (rows + cols - 1));
   }
   scratch.floats = floats;
   return scratch;

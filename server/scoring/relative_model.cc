@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "server/scoring/row_loops.h"
 
 namespace attnscore::scoring {
 namespace {
@@ -45,6 +46,18 @@ absl::Status CheckShapes(const std::string& source, const at::Tensor& e,
   return absl::OkStatus();
 }
 
+// e [2P,H,D] as [H, ceil(2P/W), D, W], W = kPanelCols, zeros past 2P.
+at::Tensor Panels(const at::Tensor& e) {
+  const int64_t two_p = e.size(0), heads = e.size(1), dim = e.size(2);
+  const int64_t panels = (two_p + kPanelCols - 1) / kPanelCols;
+  at::Tensor padded = at::zeros({panels * kPanelCols, heads, dim}, e.options());
+  padded.narrow(0, 0, two_p).copy_(e);
+  // [P', W, H, D] -> [H, P', D, W]
+  return padded.view({panels, kPanelCols, heads, dim})
+      .permute({2, 0, 3, 1})
+      .contiguous();
+}
+
 }  // namespace
 
 AtenRelativeModel::AtenRelativeModel(RelativeModelInfo info,
@@ -54,7 +67,14 @@ AtenRelativeModel::AtenRelativeModel(RelativeModelInfo info,
     : RelativeModel(std::move(info)),
       key_pos_embeddings_(std::move(key_pos_embeddings)),
       key_pos_bias_(std::move(key_pos_bias)),
-      query_pos_bias_(std::move(query_pos_bias)) {}
+      query_pos_bias_(std::move(query_pos_bias)),
+      // Only the CPU's blocked path reads them.
+      key_pos_embeddings_panels_(key_pos_embeddings_.is_cpu()
+                                     ? Panels(key_pos_embeddings_)
+                                     : at::Tensor()),
+      key_pos_bias_by_head_(key_pos_bias_.is_cpu()
+                                ? key_pos_bias_.t().contiguous()
+                                : at::Tensor()) {}
 
 absl::StatusOr<std::shared_ptr<const AtenRelativeModel>>
 AtenRelativeModel::Create(std::string name, std::string source,

@@ -38,6 +38,17 @@ class AtenRelativeModel final : public RelativeModel {
   const at::Tensor& key_pos_embeddings() const { return key_pos_embeddings_; }
   // [2P,H]
   const at::Tensor& key_pos_bias() const { return key_pos_bias_; }
+  // The embeddings by head and transposed, in panels, for the CPU decode
+  // kernel's pass over one head's (PanelDots in row_loops.h): [H, 2P/W, D,
+  // W] with W = kPanelCols (2P rounded up, zeros past it). And the bias by
+  // head: [H,2P]. A second copy of the parameters, made once per model;
+  // undefined for a model on an accelerator.
+  const at::Tensor& key_pos_embeddings_panels() const {
+    return key_pos_embeddings_panels_;
+  }
+  const at::Tensor& key_pos_bias_by_head() const {
+    return key_pos_bias_by_head_;
+  }
   // [H,D]
   const at::Tensor& query_pos_bias() const { return query_pos_bias_; }
 
@@ -48,6 +59,8 @@ class AtenRelativeModel final : public RelativeModel {
   const at::Tensor key_pos_embeddings_;
   const at::Tensor key_pos_bias_;
   const at::Tensor query_pos_bias_;
+  const at::Tensor key_pos_embeddings_panels_;
+  const at::Tensor key_pos_bias_by_head_;
 };
 
 // The ATen model behind an API model, or nullptr when `model` is another

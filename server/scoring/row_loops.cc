@@ -106,6 +106,104 @@ inline float LaneDot(const float* row, const float* x, int64_t d) {
   return dot;
 }
 
+// A Lanes value is kRowLanes of a panel's kPanelCols columns.
+constexpr int kPanelVectors = static_cast<int>(kPanelCols / kRowLanes);
+
+// PanelDots' register block: kItems steps x kVectors column vectors, from
+// `run` (a vector's columns in a panel) on: vector v is vector v %
+// kPanelVectors of panel v / kPanelVectors. Accumulated over d, in order,
+// then stored at out (row stride out_ld). Always inlined, so that each clone
+// has its own copy.
+template <int kItems, int kVectors>
+[[gnu::always_inline]] inline void PanelBlock(const float* run, int64_t d,
+                                              const float* q, int64_t q_stride,
+                                              float* out, int64_t out_ld) {
+  const int64_t panel_floats = d * kPanelCols;
+  Lanes acc[kItems][kVectors] = {};
+  for (int64_t c = 0; c < d; ++c) {
+    Lanes e[kVectors];
+    for (int v = 0; v < kVectors; ++v) {
+      std::memcpy(&e[v],
+                  run + v / kPanelVectors * panel_floats + c * kPanelCols +
+                      v % kPanelVectors * kRowLanes,
+                  sizeof(e[v]));
+    }
+    for (int i = 0; i < kItems; ++i) {
+      const float s = q[i * q_stride + c];
+      for (int v = 0; v < kVectors; ++v) acc[i][v] += s * e[v];
+    }
+  }
+  for (int i = 0; i < kItems; ++i) {
+    for (int v = 0; v < kVectors; ++v) {
+      std::memcpy(out + i * out_ld + v * kRowLanes, &acc[i][v],
+                  sizeof(acc[i][v]));
+    }
+  }
+}
+
+// PanelDots with one register shape: kItems steps at a time over one panel
+// (kVectors vectors at a time), whose d rows then come from L1 for the next
+// steps; steps left over one at a time, over kRunPanels panels at once (a
+// lone decode step reads each embedding once: enough independent sums to
+// keep the adders busy).
+template <int kItems, int kVectors, int kRunPanels>
+[[gnu::always_inline]] inline void PanelDotsWith(
+    const float* panels, int64_t a0, int64_t n, const float* q,
+    int64_t q_stride, int64_t count, int64_t d, float* out, int64_t out_ld) {
+  static_assert(kPanelVectors % kVectors == 0);
+  const int64_t panel_floats = d * kPanelCols;
+  const auto column = [a0](int64_t p) { return p * kPanelCols - a0; };
+  // The panels wholly inside [a0, a0 + n), computed in place.
+  const int64_t whole_begin = (a0 + kPanelCols - 1) / kPanelCols;
+  const int64_t whole_end = std::max(whole_begin, (a0 + n) / kPanelCols);
+  int64_t g = 0;
+  for (; g + kItems <= count; g += kItems) {
+    for (int64_t p = whole_begin; p < whole_end; ++p) {
+      for (int v = 0; v < kPanelVectors; v += kVectors) {
+        PanelBlock<kItems, kVectors>(
+            panels + p * panel_floats + v * kRowLanes, d, q + g * q_stride,
+            q_stride, out + g * out_ld + column(p) + v * kRowLanes, out_ld);
+      }
+    }
+  }
+  for (; g < count; ++g) {
+    int64_t p = whole_begin;
+    for (; p + kRunPanels <= whole_end; p += kRunPanels) {
+      PanelBlock<1, kRunPanels * kPanelVectors>(
+          panels + p * panel_floats, d, q + g * q_stride, q_stride,
+          out + g * out_ld + column(p), out_ld);
+    }
+    for (; p < whole_end; ++p) {
+      PanelBlock<1, kPanelVectors>(panels + p * panel_floats, d,
+                                   q + g * q_stride, q_stride,
+                                   out + g * out_ld + column(p), out_ld);
+    }
+  }
+  // The (at most two) panels cut by the range: whole into `part`, then the
+  // columns in range copied.
+  float part[kPanelCols];
+  const int64_t end = (a0 + n + kPanelCols - 1) / kPanelCols;
+  for (int64_t p = a0 / kPanelCols; p < end; ++p) {
+    if (p >= whole_begin && p < whole_end) continue;
+    const int64_t lo = std::max<int64_t>(column(p), 0);
+    const int64_t hi = std::min(column(p) + kPanelCols, n);
+    for (int64_t i = 0; i < count; ++i) {
+      PanelBlock<1, kPanelVectors>(panels + p * panel_floats, d,
+                                   q + i * q_stride, q_stride, part,
+                                   kPanelCols);
+      std::copy(part + (lo - column(p)), part + (hi - column(p)),
+                out + i * out_ld + lo);
+    }
+  }
+}
+
+// 32 vector registers (AVX-512) hold 8 x 2 or 1 x 8 accumulators; 16 (AVX2,
+// SSE2) hold 4 x 1 or 1 x 4 (a Lanes value is two ymm or four xmm there).
+bool HasWideRegisters() {
+  static const bool wide = __builtin_cpu_supports("avx512f");
+  return wide;
+}
+
 }  // namespace
 
 ATTNSCORE_ROW_LOOP void ScaledDotRows(const float* rows, int64_t ld, int64_t n,
@@ -114,6 +212,18 @@ ATTNSCORE_ROW_LOOP void ScaledDotRows(const float* rows, int64_t ld, int64_t n,
   for (int64_t j = 0; j < n; ++j) {
     const float dot = alpha * LaneDot(rows + j * ld, x, d);
     out[j] = accumulate ? out[j] + dot : dot;
+  }
+}
+
+ATTNSCORE_ROW_LOOP void PanelDots(const float* panels, int64_t a0, int64_t n,
+                                  const float* q, int64_t q_stride,
+                                  int64_t count, int64_t d, float* out,
+                                  int64_t out_ld) {
+  if (n <= 0) return;
+  if (HasWideRegisters()) {
+    PanelDotsWith<8, 2, 4>(panels, a0, n, q, q_stride, count, d, out, out_ld);
+  } else {
+    PanelDotsWith<4, 1, 2>(panels, a0, n, q, q_stride, count, d, out, out_ld);
   }
 }
 

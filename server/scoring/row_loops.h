@@ -37,6 +37,21 @@ void AddAlibiRow(float* row, int64_t n, int64_t base, float slope, bool causal);
 void AddRelativeRow(float* row, int64_t n, const float* shifted,
                     const float* bias, int64_t bias_stride, float scale);
 
+// Columns per panel of PanelDots' embeddings.
+inline constexpr int64_t kPanelCols = 32;
+
+// out[g * out_ld + j] = the sum over c in [0, d), added in order from zero,
+// of q[g * q_stride + c] * E^T[c, a0 + j], for g in [0, count) and j in
+// [0, n): the relative position term of `count` decode steps of one head.
+// `panels` holds the head's E^T [d, A] in panels of kPanelCols columns, each
+// [d, kPanelCols] contiguous (zero past A): t runs along the vectors, so no
+// lanes are added together, each panel is read once for all the steps, and
+// in one sequence. An element's bits depend on its own operands alone: an
+// item gets the same whichever items share its call.
+void PanelDots(const float* panels, int64_t a0, int64_t n, const float* q,
+               int64_t q_stride, int64_t count, int64_t d, float* out,
+               int64_t out_ld);
+
 // out[j] = alpha * (rows[j * ld + t] . x[t], t in [0, d)) (+ out[j] when
 // accumulating), j in [0, n): one query row against n key rows, a GEMV that
 // streams the rows once in memory order. Each dot product adds its d terms in

@@ -25,6 +25,7 @@
 #include "server/scoring/blocked_tiling.h"
 #include "server/scoring/relative_model.h"
 #include "server/scoring/resource_estimate.h"
+#include "server/scoring/row_loops.h"
 #include "server/scoring/validation.h"
 
 #ifndef ATTNSCORE_MEMORY_PROBE
@@ -267,6 +268,101 @@ TEST(BlockedAttentionTest, MatchesLiteralPortOnRandomShapes) {
   }
 }
 
+// The model's copy of the embeddings for the decode kernel: by head,
+// transposed, in panels of kPanelCols columns with zeros past 2P.
+TEST(BlockedAttentionTest, ModelPanelsHoldTheEmbeddingsByHead) {
+  const int64_t two_p = 42, h = 3, d = 5;  // 2P: one panel and part of one
+  const at::Tensor e = at::randn({two_p, h, d});
+  const auto model = *AtenRelativeModel::Create(
+      "m", "test", e, at::randn({two_p, h}), at::randn({h, d}));
+  const int64_t panels = (two_p + kPanelCols - 1) / kPanelCols;
+  const at::Tensor& got = model->key_pos_embeddings_panels();
+  ASSERT_EQ(got.sizes(), (std::vector<int64_t>{h, panels, d, kPanelCols}));
+  ASSERT_TRUE(got.is_contiguous());
+  for (int64_t head = 0; head < h; ++head) {
+    for (int64_t t = 0; t < panels * kPanelCols; ++t) {
+      for (int64_t c = 0; c < d; ++c) {
+        const float want = t < two_p ? e[t][head][c].item<float>() : 0.0f;
+        ASSERT_EQ(got[head][t / kPanelCols][c][t % kPanelCols].item<float>(),
+                  want)
+            << head << " " << t << " " << c;
+      }
+    }
+  }
+  EXPECT_TRUE(
+      at::equal(model->key_pos_bias_by_head(), model->key_pos_bias().t()));
+}
+
+// Decode steps with the relative bias take the grouped path (a group of
+// steps' distances computed together, PanelDots): against the materialised
+// path, and bit for bit against each step scored alone, across group sizes
+// (BlockedRelativeGroup: 16, 13, 1), groups cut by the batch's end, key
+// lengths (0, partial, full), and distances that do not start on a panel.
+TEST(BlockedAttentionTest, RelativeDecodeStepsMatchAndDoNotDependOnTheBatch) {
+  at::manual_seed(17);
+  struct Shape {
+    int64_t b, lk, d, extra_p;
+  };
+  for (const Shape& s :
+       {Shape{1, 1, 1, 0}, Shape{5, 33, 5, 7}, Shape{20, 100, 16, 40},
+        Shape{37, 300, 64, 1}, Shape{20, 5000, 8, 3}, Shape{3, 70000, 2, 0}}) {
+    const int64_t h = 3, p = s.lk + s.extra_p;
+    ASSERT_GT(BlockedRelativeGroup(1, s.lk), 0);
+    Case c;
+    c.q = at::randn({s.b, h, 1, s.d});
+    c.k = at::randn({s.b, h, s.lk, s.d});
+    c.v = at::randn({s.b, h, s.lk, s.d});
+    c.model =
+        *AtenRelativeModel::Create("m", "test", at::randn({2 * p, h, s.d}),
+                                   at::randn({2 * p, h}), at::randn({h, s.d}));
+    for (int64_t i = 0; i < s.b; ++i) {
+      const int64_t kind = i % 4;
+      c.lengths.push_back(static_cast<int32_t>(kind == 0 ? s.lk
+                                               : kind == 1
+                                                   ? 0
+                                                   : 1 + (i * 7) % s.lk));
+    }
+    for (bool causal : {true, false}) {
+      AttentionConfig full = Config(c, causal);
+      full.want_probs = true;
+      full.want_context = true;
+      const AttentionResult want =
+          ComputeAttention(c.q, c.k, c.v, c.lengths, full, nullptr);
+      for (bool materialise : {true, false}) {
+        AttentionConfig config = full;
+        config.want_logits = config.want_probs = materialise;
+        AttentionResult got;
+        ASSERT_TRUE(ComputeAttentionBlocked(c.q, c.k, c.v, c.lengths, config,
+                                            {}, &got));
+        const std::string what =
+            absl::StrCat("B", s.b, " Lk ", s.lk, " D ", s.d, " causal ", causal,
+                         " materialise ", materialise);
+        if (materialise) {
+          ExpectSame(got.logits, want.logits, 1e-4, what + " logits");
+          ExpectSame(got.probs, want.probs, 1e-4, what + " probs");
+        }
+        ExpectSame(got.context, want.context, 1e-4, what + " context");
+        for (int64_t i = 0; i < s.b; ++i) {
+          const std::vector<int32_t> length = {c.lengths[i]};
+          AttentionResult alone;
+          ASSERT_TRUE(ComputeAttentionBlocked(
+              c.q.narrow(0, i, 1), c.k.narrow(0, i, 1), c.v.narrow(0, i, 1),
+              length, config, {}, &alone));
+          const std::string item = absl::StrCat(what, " item ", i);
+          if (materialise) {
+            EXPECT_TRUE(at::equal(got.logits.narrow(0, i, 1), alone.logits))
+                << item;
+            EXPECT_TRUE(at::equal(got.probs.narrow(0, i, 1), alone.probs))
+                << item;
+          }
+          EXPECT_TRUE(at::equal(got.context.narrow(0, i, 1), alone.context))
+              << item;
+        }
+      }
+    }
+  }
+}
+
 TEST(BlockedAttentionTest, StopBetweenTiles) {
   at::manual_seed(3);
   Case c = RandomCase(1, 2, 1024, 1024, 64, 64, false, false);
@@ -429,6 +525,8 @@ TEST(BlockedMemoryTest, EstimateBoundsMeasuredGrowth) {
            "alibi full 1 4 2048 2048 64 64 c float32",
            "relative causal 2 4 1024 1024 32 32 lp float32",
            "relative causal 1 4 2048 2048 32 32 c float32",
+           "relative causal 16 4 1 4096 32 32 lp float32",
+           "relative causal 16 4 1 4096 32 32 c float32",
        }) {
     auto [growth, estimate] = Probe(args);
     ASSERT_GE(growth, 0) << args;

@@ -181,5 +181,61 @@ TEST(RowLoopsTest, SubtractAndDivideRows) {
   }
 }
 
+// E^T [d, a] in PanelDots' layout: panels of kPanelCols columns, each [d,
+// kPanelCols], zeros past column a.
+std::vector<float> Panels(const std::vector<float>& et, int64_t d, int64_t a) {
+  const int64_t panels = (a + kPanelCols - 1) / kPanelCols;
+  std::vector<float> out(static_cast<size_t>(panels * d * kPanelCols), 0.0f);
+  for (int64_t c = 0; c < d; ++c) {
+    for (int64_t t = 0; t < a; ++t) {
+      out[((t / kPanelCols) * d + c) * kPanelCols + t % kPanelCols] =
+          et[c * a + t];
+    }
+  }
+  return out;
+}
+
+TEST(RowLoopsTest, PanelDotsAddEachColumnInOrderWhateverTheCall) {
+  struct Shape {
+    int64_t d, a, a0, n, count;
+  };
+  for (const Shape& s : {Shape{1, 1, 0, 1, 1}, Shape{3, 40, 5, 33, 1},
+                         Shape{64, 200, 0, 200, 16}, Shape{64, 200, 31, 150, 9},
+                         Shape{17, 97, 33, 64, 13}, Shape{5, 70, 64, 6, 20},
+                         Shape{8, 64, 7, 0, 3}, Shape{65, 33, 1, 32, 8}}) {
+    const std::vector<float> et = Random(s.d * s.a, 6);
+    const std::vector<float> panels = Panels(et, s.d, s.a);
+    const int64_t q_stride = s.d + 3, out_ld = s.n + 5;
+    const std::vector<float> q = Random(s.count * q_stride, 7);
+    std::vector<float> got(static_cast<size_t>(s.count * out_ld), 1234.5f);
+    PanelDots(panels.data(), s.a0, s.n, q.data(), q_stride, s.count, s.d,
+              got.data(), out_ld);
+    std::vector<float> want = got;
+    for (int64_t g = 0; g < s.count; ++g) {
+      for (int64_t j = 0; j < out_ld; ++j) {
+        if (j >= s.n) {
+          want[g * out_ld + j] = 1234.5f;  // untouched
+          continue;
+        }
+        float sum = 0;
+        for (int64_t c = 0; c < s.d; ++c) {
+          sum += q[g * q_stride + c] * et[c * s.a + s.a0 + j];
+        }
+        want[g * out_ld + j] = sum;
+      }
+    }
+    ExpectBits(got, want, s.count);
+    // One step alone: the same bits as among the others.
+    for (int64_t g = 0; g < s.count; g += 4) {
+      std::vector<float> alone(static_cast<size_t>(s.n));
+      PanelDots(panels.data(), s.a0, s.n, q.data() + g * q_stride, q_stride, 1,
+                s.d, alone.data(), s.n);
+      for (int64_t j = 0; j < s.n; ++j) {
+        ASSERT_EQ(Bits(alone[j]), Bits(got[g * out_ld + j])) << g << " " << j;
+      }
+    }
+  }
+}
+
 }  // namespace
 }  // namespace attnscore::scoring
