@@ -396,15 +396,11 @@ class TileKernel {
     return scratch_ + RelativeFloats(m, p_.key_len);
   }
 
-  // The relative term's scratch for tiles of m rows and `cols` keys
-  // (BlockedScratchOf): q + u, then q.E for the tile's distances or for a
-  // group of decode steps.
+  // The relative term's scratch for tiles of m rows and `cols` keys.
   int64_t RelativeFloats(int64_t m, int64_t cols) const {
     if (!p_.relative()) return 0;
-    const int64_t distances = p_.relative_group > 0
-                                  ? p_.relative_group * p_.key_len
-                                  : m * (m + cols - 1);
-    return m * p_.head_dim + distances;
+    return BlockedRelativeFloats(m, cols, p_.head_dim, p_.relative_group,
+                                 p_.key_len);
   }
 
   // Context alone: FlashAttention's recurrence over key tiles. Per row, the

@@ -41,6 +41,18 @@ inline int64_t BlockedRelativeGroup(int64_t query_len, int64_t key_len) {
                              kMaxGroup);
 }
 
+// The relative term's scratch for tiles of `rows` query rows and `cols` keys:
+// q + u for the content term, then q.E for the tile's rows + cols - 1
+// distances or, for decode steps (group = BlockedRelativeGroup > 0), for all
+// Lk distances of each step of a group. The kernel lays its scratch out by
+// this, and BlockedScratchOf counts it.
+inline int64_t BlockedRelativeFloats(int64_t rows, int64_t cols,
+                                     int64_t head_dim, int64_t group,
+                                     int64_t key_len) {
+  return rows * head_dim +
+         (group > 0 ? group * key_len : rows * (rows + cols - 1));
+}
+
 // What the kernel needs besides its inputs and outputs.
 struct BlockedScratch {
   bool online = false;  // context only: the online-softmax kernel
@@ -71,11 +83,9 @@ inline BlockedScratch BlockedScratchOf(int64_t query_len, int64_t key_len,
     floats += rows * cols;
   }
   if (relative) {
-    // q + u for the content term, and q.E for the Tq + cols - 1 distances of
-    // the tile, or for all Lk distances of a group of decode steps.
-    const int64_t group = BlockedRelativeGroup(query_len, key_len);
-    floats += rows * head_dim +
-              (group > 0 ? group * key_len : rows * (rows + cols - 1));
+    floats += BlockedRelativeFloats(rows, cols, head_dim,
+                                    BlockedRelativeGroup(query_len, key_len),
+                                    key_len);
   }
   scratch.floats = floats;
   return scratch;

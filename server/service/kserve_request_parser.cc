@@ -41,23 +41,16 @@ std::string DatatypeOf(const std::string& input) {
   CodedInputStream in(reinterpret_cast<const uint8_t*>(input.data()),
                       static_cast<int>(input.size()));
   std::string datatype;
-  bool canonical = true;
-  while (true) {
-    const uint32_t tag = ReadCanonicalTag(in, &canonical);
-    if (!canonical) return "";
-    if (tag == 0) break;
+  const bool read = ForEachField(in, [&](uint32_t tag) {
     if (WireFormatLite::GetTagFieldNumber(tag) == kDatatypeField &&
         IsLengthDelimited(tag)) {
       uint32_t length = 0;
-      if (!ReadLength(in, &length) ||
-          !in.ReadString(&datatype, static_cast<int>(length))) {
-        return "";
-      }
-    } else if (!WireFormatLite::SkipField(&in, tag)) {
-      return "";
+      return ReadLength(in, &length) &&
+             in.ReadString(&datatype, static_cast<int>(length));
     }
-  }
-  return datatype;
+    return WireFormatLite::SkipField(&in, tag);
+  });
+  return read ? datatype : "";
 }
 
 // One `inputs` entry, its tag read: copied to `copy` whole, its datatype
@@ -102,23 +95,16 @@ bool ReadFields(CodedInputStream& in, ParsedInferRequest* out,
   StringOutputStream stream(fields);
   CodedOutputStream copy(&stream);
   std::vector<std::string> datatypes;  // of inputs[i], as they came
-  bool canonical = true;
-  while (true) {
-    const uint32_t tag = ReadCanonicalTag(in, &canonical);
-    if (!canonical) return false;
-    if (tag == 0) break;
+  return ForEachField(in, [&](uint32_t tag) {
     const int field = WireFormatLite::GetTagFieldNumber(tag);
-    bool ok = false;
     if (field == kInputsField && IsLengthDelimited(tag)) {
-      ok = ReadInput(in, tag, copy, &datatypes);
-    } else if (field == kRawField && IsLengthDelimited(tag)) {
-      ok = ReadRaw(in, tag, copy, datatypes, &out->raw);
-    } else {
-      ok = CopyField(in, tag, copy);
+      return ReadInput(in, tag, copy, &datatypes);
     }
-    if (!ok) return false;
-  }
-  return in.ConsumedEntireMessage();
+    if (field == kRawField && IsLengthDelimited(tag)) {
+      return ReadRaw(in, tag, copy, datatypes, &out->raw);
+    }
+    return CopyField(in, tag, copy);
+  });
 }
 
 }  // namespace

@@ -58,17 +58,19 @@ TensorBytesView ParsedTensorBytes::view() const {
   return TensorBytesView{block.get(), size, scan};
 }
 
-uint32_t ReadCanonicalTag(CodedInputStream& in, bool* canonical) {
-  const int start = in.CurrentPosition();
-  const uint32_t tag = in.ReadTag();
-  const auto wire_type = WireFormatLite::GetTagWireType(tag);
-  if (in.CurrentPosition() - start > 5 ||
-      wire_type == WireFormatLite::WIRETYPE_START_GROUP ||
-      wire_type == WireFormatLite::WIRETYPE_END_GROUP) {
-    *canonical = false;
-    return 0;
+bool ForEachField(CodedInputStream& in,
+                  absl::FunctionRef<bool(uint32_t tag)> field) {
+  while (true) {
+    const int start = in.CurrentPosition();
+    const uint32_t tag = in.ReadTag();
+    if (in.CurrentPosition() - start > 5) return false;
+    if (tag == 0) return in.ConsumedEntireMessage();
+    const auto wire_type = WireFormatLite::GetTagWireType(tag);
+    if (wire_type == WireFormatLite::WIRETYPE_START_GROUP ||
+        wire_type == WireFormatLite::WIRETYPE_END_GROUP || !field(tag)) {
+      return false;
+    }
   }
-  return tag;
 }
 
 bool ReadLength(CodedInputStream& in, uint32_t* length) {

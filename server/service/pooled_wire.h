@@ -43,10 +43,12 @@ struct ParsedTensorBytes {
   TensorBytesView view() const;
 };
 
-// The next tag, 0 at the end of the message or limit; 0 with *canonical false
-// for a tag over 5 bytes or a group's.
-uint32_t ReadCanonicalTag(google::protobuf::io::CodedInputStream& in,
-                          bool* canonical);
+// Walks the fields up to the end of the message or the current limit: for
+// each, `field(tag)` reads or copies the value after its tag and says whether
+// it could. False for a tag over 5 bytes or a group's, a field that failed, or
+// an end that is not the message's (a 0 tag).
+bool ForEachField(google::protobuf::io::CodedInputStream& in,
+                  absl::FunctionRef<bool(uint32_t tag)> field);
 
 // A length prefix as protobuf's parser takes it: at most 5 bytes, under 2 GiB.
 bool ReadLength(google::protobuf::io::CodedInputStream& in, uint32_t* length);

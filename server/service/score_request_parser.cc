@@ -31,20 +31,13 @@ bool ReadTensor(CodedInputStream& in, v1::Tensor* meta,
     StringOutputStream stream(&fields);
     CodedOutputStream copy(&stream);
     int dtype_value = meta->dtype();
-    bool canonical = true;
-    while (true) {
-      const uint32_t tag = ReadCanonicalTag(in, &canonical);
-      if (!canonical) return false;
-      if (tag == 0) break;
+    const bool read = ForEachField(in, [&](uint32_t tag) {
       const int field = WireFormatLite::GetTagFieldNumber(tag);
       const auto wire_type = WireFormatLite::GetTagWireType(tag);
       if (field == v1::Tensor::kDataFieldNumber &&
           wire_type == WireFormatLite::WIRETYPE_LENGTH_DELIMITED) {
         // The last `data` wins, as in protobuf: it replaces any earlier one.
-        if (!ReadPooledBytes(in, v1::FromProtoDType(dtype_value), bytes)) {
-          return false;
-        }
-        continue;
+        return ReadPooledBytes(in, v1::FromProtoDType(dtype_value), bytes);
       }
       uint64_t value = 0;
       if (!CopyField(in, tag, copy, &value)) return false;
@@ -52,8 +45,9 @@ bool ReadTensor(CodedInputStream& in, v1::Tensor* meta,
           wire_type == WireFormatLite::WIRETYPE_VARINT) {
         dtype_value = static_cast<int32_t>(value);  // an enum's low 32 bits
       }
-    }
-    if (!in.ConsumedEntireMessage()) return false;
+      return true;
+    });
+    if (!read) return false;
   }
   return meta->MergeFromString(fields);
 }
@@ -98,11 +92,7 @@ bool ReadFields(CodedInputStream& in, ParsedScoreRequest* out,
                 std::string* fields) {
   StringOutputStream stream(fields);
   CodedOutputStream copy(&stream);
-  bool canonical = true;
-  while (true) {
-    const uint32_t tag = ReadCanonicalTag(in, &canonical);
-    if (!canonical) return false;
-    if (tag == 0) break;
+  return ForEachField(in, [&](uint32_t tag) {
     // Only a length-delimited field is a Tensor (protobuf keeps any other
     // wire type as an unknown field); asking for it earlier would mark the
     // tensor present.
@@ -111,15 +101,9 @@ bool ReadFields(CodedInputStream& in, ParsedScoreRequest* out,
                 WireFormatLite::WIRETYPE_LENGTH_DELIMITED
             ? TensorFieldOf(WireFormatLite::GetTagFieldNumber(tag), out)
             : std::nullopt;
-    if (tensor.has_value()) {
-      if (!ReadTensorField(in, *tensor)) {
-        return false;
-      }
-      continue;
-    }
-    if (!CopyField(in, tag, copy)) return false;
-  }
-  return in.ConsumedEntireMessage();
+    return tensor.has_value() ? ReadTensorField(in, *tensor)
+                              : CopyField(in, tag, copy);
+  });
 }
 
 }  // namespace
