@@ -7,6 +7,7 @@
 #include <chrono>
 #include <future>
 #include <map>
+#include <memory>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -122,23 +123,36 @@ TEST_F(ClientE2eTest, EveryGoldenCaseThroughScoreAsyncConcurrently) {
     ASSERT_TRUE(result.ok()) << result.status();
     EXPECT_EQ(CompareWithGolden((*cases_)[i], *result), "");
   }
-  // Callbacks.
-  std::mutex mutex;
-  std::map<std::string, std::string> diffs;
-  std::promise<void> all_done;
-  size_t remaining = cases_->size();
+  // Callbacks. Their state is shared with them, not on this stack: the last
+  // callback still unlocks the mutex after it wakes this thread, which may by
+  // then have returned.
+  struct Results {
+    std::mutex mutex;
+    std::map<std::string, std::string> diffs;
+    std::promise<void> all_done;
+    size_t remaining = 0;
+  };
+  auto results = std::make_shared<Results>();
+  results->remaining = cases_->size();
+  std::future<void> all_done = results->all_done.get_future();
   for (const GoldenCase& golden : *cases_) {
     client_->ScoreAsync(GoldenRequest(golden), {},
-                        [&, g = &golden](absl::StatusOr<ScoreResult> r) {
-                          std::lock_guard<std::mutex> lock(mutex);
-                          diffs[g->name] = r.ok() ? CompareWithGolden(*g, *r)
-                                                  : r.status().ToString();
-                          if (--remaining == 0) all_done.set_value();
+                        [results, g = &golden](absl::StatusOr<ScoreResult> r) {
+                          std::lock_guard<std::mutex> lock(results->mutex);
+                          results->diffs[g->name] =
+                              r.ok() ? CompareWithGolden(*g, *r)
+                                     : r.status().ToString();
+                          if (--results->remaining == 0) {
+                            results->all_done.set_value();
+                          }
                         });
   }
-  ASSERT_EQ(all_done.get_future().wait_for(std::chrono::seconds(60)),
+  ASSERT_EQ(all_done.wait_for(std::chrono::seconds(60)),
             std::future_status::ready);
-  for (const auto& [name, diff] : diffs) EXPECT_EQ(diff, "") << name;
+  std::lock_guard<std::mutex> lock(results->mutex);
+  for (const auto& [name, diff] : results->diffs) {
+    EXPECT_EQ(diff, "") << name;
+  }
 }
 
 TEST_F(ClientE2eTest, EveryGoldenCaseThroughOneStream) {
