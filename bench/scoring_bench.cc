@@ -24,12 +24,15 @@
 #include "server/scoring/alibi.h"
 #include "server/scoring/aten_scorer.h"
 #include "server/scoring/relative_model.h"
+#include "server/scoring/row_loops.h"
 #include "server/scoring/target_clones.h"
 
 namespace attnscore::bench {
 namespace {
 
 using scoring::AlibiBias;
+using scoring::kStreamPrefetchBytes;
+using scoring::PrefetchLines;
 using scoring::RelativeBias;
 using scoring::ScoreItem;
 using scoring::Scorer;
@@ -167,11 +170,13 @@ void BM_Sgemm(benchmark::State& state) {
 }
 
 // The sum of x[0, n) (n a multiple of 64) in four independent vectors, so
-// that the loads, not the adder's latency, bound it; at the CPU's width.
+// that the loads, not the adder's latency, bound it; at the CPU's width,
+// asking for the lines as far ahead as the scoring core does (row_loops.h).
 ATTNSCORE_TARGET_CLONES float StreamSum(const float* x, int64_t n) {
   using Vector = float __attribute__((vector_size(64)));
   Vector acc[4] = {};
   for (int64_t i = 0; i + 64 <= n; i += 64) {
+    PrefetchLines(x + i, kStreamPrefetchBytes, 64 * sizeof(float));
     for (int64_t v = 0; v < 4; ++v) {
       Vector t;
       std::memcpy(&t, x + i + 16 * v, sizeof(t));

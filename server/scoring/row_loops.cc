@@ -209,7 +209,13 @@ bool HasWideRegisters() {
 ATTNSCORE_ROW_LOOP void ScaledDotRows(const float* rows, int64_t ld, int64_t n,
                                       const float* x, int64_t d, float alpha,
                                       bool accumulate, float* out) {
+  // Whole rows ahead, so that each row's lines are asked for once.
+  const uintptr_t row_bytes = static_cast<uintptr_t>(ld) * sizeof(float);
+  const uintptr_t ahead =
+      (kStreamPrefetchBytes + row_bytes - 1) / row_bytes * row_bytes;
   for (int64_t j = 0; j < n; ++j) {
+    PrefetchLines(rows + j * ld, ahead,
+                  static_cast<uintptr_t>(d) * sizeof(float));
     const float dot = alpha * LaneDot(rows + j * ld, x, d);
     out[j] = accumulate ? out[j] + dot : dot;
   }
