@@ -46,6 +46,8 @@ struct Shape {
 
 constexpr Shape kPrefill{"B8_H8_L512_D64", 8, 8, 512, 512, 64};
 constexpr Shape kDecode{"decode_B32_H8_Lq1_Lk2048_D64", 32, 8, 1, 2048, 64};
+// The end-to-end benchmark's mid-size request (bench/e2e): per-call costs.
+constexpr Shape kSmall{"B1_H8_L128_D64", 1, 8, 128, 128, 64};
 constexpr int64_t kRelativePositions = 2048;
 
 struct Fixture {
@@ -279,6 +281,7 @@ void Register() {
       {kPrefill, true, true, "relative_logits+probs"},
       {kDecode, false, true, "alibi_logits+probs"},
       {kDecode, true, true, "relative_logits+probs"},
+      {kSmall, false, false, "alibi_logits"},
   };
   benchmark::RegisterBenchmark("stream/256MiB", BM_Stream)
       ->Unit(benchmark::kMillisecond)
