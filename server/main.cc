@@ -52,6 +52,7 @@
 #include "absl/synchronization/mutex.h"
 #include "attnscore/v1/attnscore.grpc.pb.h"
 #include "attnscore/version.h"
+#include "server/cpu/allocator.h"
 #include "server/cpu/aten_capability.h"
 #include "server/cpu/matched_kernels.h"
 #include "server/observability/logging.h"
@@ -127,10 +128,10 @@ struct Flags {
   std::string health_listen;           // plaintext health-only listener
   std::string health_port_file;
   bool reflection = false;
-  scoring::ScorerOptions scorer;    // --device
+  scoring::ScorerOptions scorer;      // --device
   std::string compute_path = "auto";  // scorer.compute_path, by name
-  service::ServiceOptions service;  // --batch-workers, --max-*
-  int64_t host_pool_bytes = -1;     // scoring::HostBufferPool's idle cap
+  service::ServiceOptions service;    // --batch-workers, --max-*
+  int64_t host_pool_bytes = -1;       // scoring::HostBufferPool's idle cap
 
   bool metrics_enabled() const {
     return !metrics_listen.empty() && metrics_listen != "off";
@@ -669,6 +670,7 @@ bool Server::LoadModels() {
 void Server::RegisterProcessMetrics() {
   const cpu::KernelInfo kernels = cpu::CurrentKernelInfo();
   spdlog::info("kernels: {}", cpu::KernelInfoLine(kernels));
+  spdlog::info("allocator: {}", cpu::AllocatorSetting());
   registry_
       .AddGauge("attnscore_build_info", "Always 1; labels say what is running.",
                 {"version", "device", "isa", "blas_core", "aten_capability"})
@@ -920,6 +922,8 @@ int main(int argc, char** argv) {
   // First: may re-execute this binary once, onto matrix kernels for this CPU's
   // instruction set (server/cpu/matched_kernels.h).
   attnscore::cpu::EnsureMatchedKernels(argc, argv);
+  // Before any thread allocates (server/cpu/allocator.h).
+  attnscore::cpu::KeepFreedMemory();
   // Before any thread exists, so that every thread (gRPC, LibTorch, OpenMP,
   // httplib) inherits the mask and only the signal thread takes these signals.
   const sigset_t handled = attnscore::HandledSignals();
