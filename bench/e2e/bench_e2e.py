@@ -61,10 +61,25 @@ CASES = [
 ]
 SMOKE_CASES = [Case("smoke B1 H2 L16 D8 logits", 1, 2, 16, 16, 8, 0.0)]
 DECODE_TARGET = 2.0
+# The Python client's malloc (and the peer's, through its environment): keep what is freed, and
+# serve large blocks from the heap. With glibc's defaults every 64 MiB reply lands in freshly
+# mmapped memory, all of whose pages fault in again: about 50 ms per call on 2 cores, more than
+# attnscore takes to compute and send it. attnscore-server sets the same for itself at start
+# (server/cpu/allocator.h). The first case is also timed before the client makes the change.
+CLIENT_MALLOC = "glibc.malloc.trim_threshold=268435456:glibc.malloc.mmap_max=0"
 MEMORY_ROUNDS = 4           # the first is the warm-up
 MEMORY_ROUND_SECONDS = 8
 MEMORY_PEAK_FACTOR = 3.0    # peak RSS <= idle RSS + 3 x peak bytes in flight
 MEMORY_GROWTH = (0.10, 32 << 20)  # after warm-up: max(10%, 32 MiB)
+
+
+def keep_freed_memory() -> None:
+    """CLIENT_MALLOC for this process, now (mallopt; GLIBC_TUNABLES is read only at start)."""
+    import ctypes
+    libc = ctypes.CDLL(None)
+    m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
+    if libc.mallopt(m_mmap_max, 0) != 1 or libc.mallopt(m_trim_threshold, 256 << 20) != 1:
+        raise RuntimeError("mallopt refused the client's malloc setting")
 
 
 def compile_stubs(proto_root: str, out: str) -> None:
@@ -151,8 +166,9 @@ def server_info(address: str) -> dict:
 
 def peer_environment(info: dict) -> dict[str, str]:
     """The peer gets the matrix kernels the server chose (reported by GetServerInfo when the server
-    reports them, else whatever this environment already sets)."""
+    reports them, else whatever this environment already sets) and the client's malloc setting."""
     env = os.environ.copy()
+    env.setdefault("GLIBC_TUNABLES", CLIENT_MALLOC)
     kernels = info.get("kernels", {})
     core = kernels.get("blasCore") or kernels.get("blas_core")
     if core:
@@ -192,6 +208,23 @@ def best_of(address: str, request, repeats: int, timeout_s: float = 120.0) -> fl
             if not reply.HasField("logits"):
                 raise RuntimeError(f"{address}: reply without logits")
     return best
+
+
+def unary_row(case: Case, addresses: tuple, echo: "EchoServer", repeats: int,
+              client_malloc: str = "") -> dict:
+    """One case against attnscore, the peer and the echo. With `client_malloc` (the client's
+    malloc as glibc leaves it) the row is for reading alongside, without a target."""
+    request = make_request(case)
+    echo.set_reply(request.ByteSize(), echo_reply(case))
+    ours, peer, ceiling = (best_of(address, request, repeats) for address in addresses)
+    speedup = peer / ours
+    name = case.name + (f", client malloc {client_malloc}" if client_malloc else "")
+    target = None if client_malloc else case.target
+    print(f"{name}: attnscore {ours:.2f} ms, peer {peer:.2f} ms, echo {ceiling:.2f} ms "
+          f"({speedup:.2f}x)", flush=True)
+    return {"case": name, "attnscore_ms": ours, "peer_ms": peer, "echo_ms": ceiling,
+            "speedup": speedup, "target": target,
+            "met": None if target is None else speedup >= target}
 
 
 class EchoServer:
@@ -365,6 +398,13 @@ def pool_note(m: dict) -> str:
             f"{pool} MiB, so growth outside the pool {m['growth_outside_pool'] / mib:+.1f} MiB")
 
 
+def target_cells(row: dict) -> str:
+    """The target and met cells of a row: '-' for a row without a target."""
+    if row.get("target") is None:
+        return "- | -"
+    return f">= {row['target']}x | {'yes' if row['met'] else 'NO'}"
+
+
 @dataclass
 class Report:
     cpu: str
@@ -378,8 +418,7 @@ class Report:
                  "|---|---:|---:|---:|---:|---:|:-:|"]
         for row in self.unary:
             lines.append(f"| {row['case']} | {row['attnscore_ms']:.2f} | {row['peer_ms']:.2f} | "
-                         f"{row['echo_ms']:.2f} | {row['speedup']:.2f}x | >= {row['target']}x | "
-                         f"{'yes' if row['met'] else 'NO'} |")
+                         f"{row['echo_ms']:.2f} | {row['speedup']:.2f}x | {target_cells(row)} |")
         d = self.decode
         if d:
             lines.append(f"| decode preset c=64 (req/s) | {d['attnscore']['rps']:.0f} | "
@@ -406,18 +445,13 @@ def run(args: argparse.Namespace, workdir: str) -> Report:
         report = Report(cpu=cpu_model(), server_info=info)
         echo_address = f"127.0.0.1:{free_port()}"
         with EchoServer(echo_address) as echo:
-            for case in (SMOKE_CASES if args.smoke else CASES):
-                request = make_request(case)
-                echo.set_reply(request.ByteSize(), echo_reply(case))
-                ours = best_of(server_address, request, args.repeats)
-                peer = best_of(peer_address, request, args.repeats)
-                ceiling = best_of(echo_address, request, args.repeats)
-                speedup = peer / ours
-                report.unary.append({"case": case.name, "attnscore_ms": ours, "peer_ms": peer,
-                                     "echo_ms": ceiling, "speedup": speedup,
-                                     "target": case.target, "met": speedup >= case.target})
-                print(f"{case.name}: attnscore {ours:.2f} ms, peer {peer:.2f} ms, "
-                      f"echo {ceiling:.2f} ms ({speedup:.2f}x)", flush=True)
+            cases = SMOKE_CASES if args.smoke else CASES
+            addresses = (server_address, peer_address, echo_address)
+            report.unary.append(unary_row(cases[0], addresses, echo, args.repeats,
+                                          client_malloc="glibc's defaults"))
+            keep_freed_memory()
+            for case in cases:
+                report.unary.append(unary_row(case, addresses, echo, args.repeats))
         ours = load_rps(args.cli, server_address, args.load_requests, workdir, "attnscore")
         peer = load_rps(args.cli, peer_address, args.load_requests, workdir, "peer")
         speedup = ours["rps"] / peer["rps"]

@@ -11,10 +11,26 @@ from typing import Any, Optional, Sequence, Tuple, Union
 
 import grpc
 
+from attnscore._proto import attnscore_pb2 as pb
+from attnscore._response import parse_score_response
 from attnscore._wire import SERVICE_NAME
 
 HEALTH_SERVICE = "grpc.health.v1.Health"
 HEALTH_CHECK_METHOD = f"/{HEALTH_SERVICE}/Check"
+SCORE_METHOD = f"/{SERVICE_NAME}/Score"
+SCORE_STREAM_METHOD = f"/{SERVICE_NAME}/ScoreStream"
+
+
+def score_callables(channel: Any) -> Tuple[Any, Any]:
+    """Score and ScoreStream on `channel` (grpc or grpc.aio), each response's tensors read in
+    place from the bytes grpcio received (_response.py) rather than copied twice by protobuf."""
+    score = channel.unary_unary(SCORE_METHOD,
+                                request_serializer=pb.ScoreRequest.SerializeToString,
+                                response_deserializer=parse_score_response)
+    stream = channel.stream_stream(SCORE_STREAM_METHOD,
+                                   request_serializer=pb.ScoreRequest.SerializeToString,
+                                   response_deserializer=parse_score_response)
+    return score, stream
 SERVING_STATUS = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}
 _LIST_SCHEMES = ("ipv4:", "ipv6:", "unix:", "unix-abstract:")
 

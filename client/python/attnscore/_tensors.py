@@ -107,8 +107,9 @@ def check_decodable(number: int, as_torch: bool) -> None:
         _numpy_dtype(number)
 
 
-def from_wire(tensor: pb.Tensor, as_torch: bool) -> Any:
-    """A read-only numpy view of the tensor's bytes, or a torch tensor (a copy)."""
+def from_wire(tensor: Any, as_torch: bool) -> Any:
+    """A read-only numpy view of the tensor's bytes, or a torch tensor (a copy). `tensor`: a
+    WireTensor (_response.py) or anything with its dtype, shape and data."""
     if tensor.dtype not in DTYPE_NAMES:
         raise AttnscoreError(grpc.StatusCode.INTERNAL,
                              f"response tensor with unknown dtype {tensor.dtype}")
@@ -121,7 +122,7 @@ def from_wire(tensor: pb.Tensor, as_torch: bool) -> Any:
     if as_torch:
         torch = import_optional("torch", "as_torch=True")
         dtype = _torch_dtype(tensor.dtype)
-        if not data:
+        if not len(data):
             return torch.empty(shape, dtype=dtype)
         return torch.frombuffer(bytearray(data), dtype=dtype).reshape(shape)
     return np.frombuffer(data, dtype=_numpy_dtype(tensor.dtype)).reshape(shape)

@@ -10,6 +10,7 @@ import numpy as np
 from attnscore import _tensors
 from attnscore._errors import AttnscoreError, from_code_number
 from attnscore._proto import attnscore_pb2 as pb
+from attnscore._response import ScoreReply
 
 SERVICE_NAME = "attnscore.v1.AttentionScorer"
 LAYOUTS = {"BHSD": pb.BHSD, "BSHD": pb.BSHD, "SBHD": pb.SBHD}
@@ -131,15 +132,14 @@ def as_request(item: Union[Request, Mapping[str, Any]]) -> Request:
     raise TypeError(f"score_many: expected attnscore.Request or a mapping, got {type(item)!r}")
 
 
-def decode_response(response: pb.ScoreResponse, as_torch: bool) -> ScoreResult:
+def decode_response(response: ScoreReply, as_torch: bool) -> ScoreResult:
     """The ScoreResult of a response; AttnscoreError for a stream response carrying an error."""
-    if response.HasField("error"):
+    if response.error is not None:
         raise from_code_number(response.error.code, response.error.message)
 
     def output(name: str) -> Any:
-        if not response.HasField(name):
-            return None
-        return _tensors.from_wire(getattr(response, name), as_torch)
+        tensor = response.tensors.get(name)
+        return None if tensor is None else _tensors.from_wire(tensor, as_torch)
 
     timing = Timing(queue_us=response.timing.queue_us, compute_us=response.timing.compute_us,
                     batch_size=response.timing.batch_size)
@@ -156,7 +156,7 @@ class StreamCollector:
         self._as_torch = [r.as_torch for r in requests]
         self._results: dict = {}
 
-    def add(self, response: pb.ScoreResponse) -> None:
+    def add(self, response: ScoreReply) -> None:
         try:
             index = int(response.request_id)
             as_torch = self._as_torch[index]

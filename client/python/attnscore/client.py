@@ -36,6 +36,7 @@ class Client:
             timeout=timeout, allow_insecure_token=allow_insecure_token)
         self._channel = _channel.open_channel(self._config, grpc)
         self._stub = pb_grpc.AttentionScorerStub(self._channel)
+        self._score, self._score_stream = _channel.score_callables(self._channel)
         self._health_check = self._channel.unary_unary(
             _channel.HEALTH_CHECK_METHOD,
             request_serializer=_channel.encode_health_request,
@@ -55,7 +56,7 @@ class Client:
                           output_dtype=output_dtype, as_torch=as_torch)
         message = build_request(request)
         try:
-            response = self._stub.Score(message, **_channel.call_kwargs(self._config))
+            response = self._score(message, **_channel.call_kwargs(self._config))
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
         return decode_response(response, as_torch)
@@ -70,7 +71,7 @@ class Client:
         if not collector.messages:
             return []
         try:
-            for response in self._stub.ScoreStream(iter(collector.messages),
+            for response in self._score_stream(iter(collector.messages),
                                                    **_channel.call_kwargs(self._config)):
                 collector.add(response)
         except grpc.RpcError as error:
