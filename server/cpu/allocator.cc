@@ -1,7 +1,10 @@
 #include "server/cpu/allocator.h"
 
 #include <malloc.h>
+#include <unistd.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <cstdlib>
 #include <utility>
 
@@ -41,11 +44,14 @@ void KeepFreedMemory() {
     Setting() = std::move(choice.reason);
     return;
   }
+  const int64_t cores = sysconf(_SC_NPROCESSORS_ONLN);
+  const int heaps = static_cast<int>(std::max<int64_t>(2, cores));
   // mallopt returns 1 on success; sanitizers' allocators ignore it.
   const bool set =
       mallopt(M_MMAP_THRESHOLD, static_cast<int>(kHeapBlockBytes)) == 1 &&
-      mallopt(M_TRIM_THRESHOLD, static_cast<int>(kKeptFreeBytes)) == 1;
-  Setting() = set ? std::move(choice.reason)
+      mallopt(M_TRIM_THRESHOLD, static_cast<int>(kKeptFreeBytes)) == 1 &&
+      mallopt(M_ARENA_MAX, heaps) == 1;
+  Setting() = set ? absl::StrCat(choice.reason, ", ", heaps, " heaps")
                   : "malloc defaults (mallopt not supported by this allocator)";
 }
 

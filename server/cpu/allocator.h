@@ -9,7 +9,11 @@
 // again, inside recvmsg: measured on 2 cores, 330-410 faults and 1.55-1.69 ms
 // of server CPU per decode request (4 MiB of keys) at concurrency 1, about
 // 2,100 faults per B8 H8 L512 request. With freed memory kept (trim threshold
-// 64 MiB, blocks under 32 MiB from the heap): 0-3 faults and 0.92-1.01 ms.
+// 16 MiB, blocks under 32 MiB from the heap): 0-3 faults and 0.83-1.01 ms.
+// Each heap (arena) keeps its own free top, so the heaps are as many as the
+// cores rather than glibc's 8 per core: with 64 MiB kept and glibc's count,
+// the RSS under the prefill preset kept rising, by 95 MiB over 10 rounds;
+// with these settings it stayed within 8 MiB of its first round.
 //
 // An operator's own GLIBC_TUNABLES setting of either threshold always wins:
 // nothing is changed then. Under a sanitizer (its own allocator) mallopt does
@@ -27,7 +31,7 @@
 namespace attnscore::cpu {
 
 // Freed memory at the top of a heap that is kept rather than trimmed.
-inline constexpr size_t kKeptFreeBytes = size_t{64} << 20;
+inline constexpr size_t kKeptFreeBytes = size_t{16} << 20;
 // Blocks below this come from the heap, so their memory is kept when freed;
 // glibc's largest mmap threshold on 64-bit.
 inline constexpr size_t kHeapBlockBytes = size_t{32} << 20;
@@ -40,7 +44,8 @@ struct AllocatorChoice {
 // From GLIBC_TUNABLES (nullopt: unset).
 AllocatorChoice ChooseAllocator(const std::optional<std::string>& tunables);
 
-// Applies ChooseAllocator(getenv("GLIBC_TUNABLES")).
+// Applies ChooseAllocator(getenv("GLIBC_TUNABLES")), with one heap per
+// online core (at least 2).
 void KeepFreedMemory();
 
 // One line for the log: what KeepFreedMemory set, or why it set nothing.

@@ -44,12 +44,12 @@ int64_t MinorFaults() {
   return usage.ru_minflt;
 }
 
-// Allocates 24 blocks of 1 MiB (what gRPC's reads of a large request add up
-// to), writes every page, frees them all.
+// Allocates 12 blocks of 1 MiB (what gRPC's reads of a large request add up
+// to; under kKeptFreeBytes), writes every page, frees them all.
 void AllocateTouchFree() {
   constexpr size_t kBlock = size_t{1} << 20;
   std::vector<volatile char*> blocks;
-  for (int i = 0; i < 24; ++i) {
+  for (int i = 0; i < 12; ++i) {
     auto* block = static_cast<volatile char*>(std::malloc(kBlock));
     ASSERT_NE(block, nullptr);
     for (size_t at = 0; at < kBlock; at += 4096) block[at] = 1;
@@ -61,7 +61,7 @@ void AllocateTouchFree() {
 }
 
 // With glibc's defaults each 1 MiB block is mmapped and unmapped again (or
-// trimmed off the heap's top), so every round faults its 6,144 pages in anew.
+// trimmed off the heap's top), so every round faults its 3,072 pages in anew.
 TEST(AllocatorTest, FreedMemoryIsReusedWithoutPageFaults) {
   KeepFreedMemory();
   if (kSanitized) {
@@ -70,7 +70,9 @@ TEST(AllocatorTest, FreedMemoryIsReusedWithoutPageFaults) {
   if (std::getenv("GLIBC_TUNABLES") != nullptr) {
     GTEST_SKIP() << "GLIBC_TUNABLES is set: the operator's thresholds apply";
   }
-  ASSERT_EQ(AllocatorSetting(), ChooseAllocator(std::nullopt).reason);
+  ASSERT_EQ(AllocatorSetting().rfind(ChooseAllocator(std::nullopt).reason, 0),
+            0u)
+      << AllocatorSetting();
   AllocateTouchFree();  // the heap grows once
   const int64_t before = MinorFaults();
   AllocateTouchFree();
