@@ -66,7 +66,8 @@ DECODE_TARGET = 2.0
 # mmapped memory, all of whose pages fault in again: about 50 ms per call on 2 cores, more than
 # attnscore takes to compute and send it. attnscore-server sets the same for itself at start
 # (server/cpu/allocator.h). The first case is also timed before the client makes the change.
-CLIENT_MALLOC = "glibc.malloc.trim_threshold=268435456:glibc.malloc.mmap_max=0"
+CLIENT_TRIM_BYTES = 256 << 20
+CLIENT_MALLOC = f"glibc.malloc.trim_threshold={CLIENT_TRIM_BYTES}:glibc.malloc.mmap_max=0"
 MEMORY_ROUNDS = 4           # the first is the warm-up
 MEMORY_ROUND_SECONDS = 8
 MEMORY_PEAK_FACTOR = 3.0    # peak RSS <= idle RSS + 3 x peak bytes in flight
@@ -78,7 +79,8 @@ def keep_freed_memory() -> None:
     import ctypes
     libc = ctypes.CDLL(None)
     m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
-    if libc.mallopt(m_mmap_max, 0) != 1 or libc.mallopt(m_trim_threshold, 256 << 20) != 1:
+    if (libc.mallopt(m_mmap_max, 0) != 1 or
+            libc.mallopt(m_trim_threshold, CLIENT_TRIM_BYTES) != 1):
         raise RuntimeError("mallopt refused the client's malloc setting")
 
 

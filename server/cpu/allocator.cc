@@ -14,10 +14,8 @@
 namespace attnscore::cpu {
 
 AllocatorChoice ChooseAllocator(const std::optional<std::string>& tunables) {
-  if (tunables.has_value() &&
-      (absl::StrContains(*tunables, "glibc.malloc.trim_threshold") ||
-       absl::StrContains(*tunables, "glibc.malloc.mmap_threshold"))) {
-    return {false, "malloc thresholds from GLIBC_TUNABLES (operator)"};
+  if (tunables.has_value() && absl::StrContains(*tunables, "glibc.malloc.")) {
+    return {false, "malloc settings from GLIBC_TUNABLES (operator)"};
   }
   return {true, absl::StrCat("malloc keeps up to ", kKeptFreeBytes >> 20,
                              " MiB freed per heap, blocks under ",

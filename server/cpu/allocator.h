@@ -9,15 +9,16 @@
 // again, inside recvmsg: measured on 2 cores, 330-410 faults and 1.55-1.69 ms
 // of server CPU per decode request (4 MiB of keys) at concurrency 1, about
 // 2,100 faults per B8 H8 L512 request. With freed memory kept (trim threshold
-// 16 MiB, blocks under 32 MiB from the heap): 0-3 faults and 0.83-1.01 ms.
+// 16 MiB, blocks under 32 MiB from the heap): 0-2 faults and 0.83-1.05 ms.
 // Each heap (arena) keeps its own free top, so the heaps are as many as the
 // cores rather than glibc's 8 per core: with 64 MiB kept and glibc's count,
-// the RSS under the prefill preset kept rising, by 95 MiB over 10 rounds;
-// with these settings it stayed within 8 MiB of its first round.
+// the RSS under the prefill preset rose 451 -> 546 MiB over 10 rounds; with
+// these settings, over 12 rounds, 323 -> 360-399 MiB, against 303-324 ->
+// 345-353 MiB with glibc's defaults.
 //
-// An operator's own GLIBC_TUNABLES setting of either threshold always wins:
-// nothing is changed then. Under a sanitizer (its own allocator) mallopt does
-// nothing and the choice says so.
+// An operator's own glibc.malloc tunables (GLIBC_TUNABLES) always win:
+// nothing is changed then. Sanitizers serve malloc from their own allocators:
+// ASan refuses mallopt (the setting then says so); TSan accepts and ignores it.
 //
 // Thread safety: KeepFreedMemory() from main() before any thread starts
 // (mallopt settings are process-wide); the rest from any thread.

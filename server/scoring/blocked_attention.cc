@@ -585,9 +585,8 @@ bool ComputeAttentionBlocked(const at::Tensor& q_in, const at::Tensor& k_in,
       }
       since_check += unit_macs;
       const int64_t block = unit / tiles, i0 = (unit % tiles) * p.query_tile;
-      const int64_t batch = q.size(0);
-      const int64_t b = head_major ? block % batch : block / p.heads;
-      const int64_t h = head_major ? block / batch : block % p.heads;
+      const int64_t b = head_major ? block % p.batch : block / p.heads;
+      const int64_t h = head_major ? block / p.batch : block % p.heads;
       kernel.Run(b, h, i0, std::min(i0 + p.query_tile, p.query_len));
     }
   });

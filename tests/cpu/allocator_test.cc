@@ -25,12 +25,13 @@ constexpr bool kSanitized = false;
 constexpr bool kSanitized = false;
 #endif
 
-TEST(AllocatorTest, ChangesTheThresholdsUnlessTheOperatorSetThem) {
+TEST(AllocatorTest, ChangesMallocUnlessTheOperatorSetIt) {
   EXPECT_TRUE(ChooseAllocator(std::nullopt).apply);
   EXPECT_TRUE(ChooseAllocator("glibc.cpu.hwcaps=-AVX512F").apply);
   for (const std::string tunables :
        {"glibc.malloc.trim_threshold=131072",
-        "glibc.cpu.hwcaps=-AVX512F:glibc.malloc.mmap_threshold=65536"}) {
+        "glibc.cpu.hwcaps=-AVX512F:glibc.malloc.mmap_threshold=65536",
+        "glibc.malloc.arena_max=4"}) {
     const AllocatorChoice choice = ChooseAllocator(tunables);
     EXPECT_FALSE(choice.apply) << tunables;
     EXPECT_NE(choice.reason.find("GLIBC_TUNABLES"), std::string::npos)
@@ -68,7 +69,7 @@ TEST(AllocatorTest, FreedMemoryIsReusedWithoutPageFaults) {
     GTEST_SKIP() << "a sanitizer's allocator serves malloc here";
   }
   if (std::getenv("GLIBC_TUNABLES") != nullptr) {
-    GTEST_SKIP() << "GLIBC_TUNABLES is set: the operator's thresholds apply";
+    GTEST_SKIP() << "GLIBC_TUNABLES is set: the operator's settings may apply";
   }
   ASSERT_EQ(AllocatorSetting().rfind(ChooseAllocator(std::nullopt).reason, 0),
             0u)
