@@ -410,6 +410,7 @@ class SignalThread {
 
  private:
   void Loop() {
+    pthread_setname_np(pthread_self(), "attnscore-sig");
     const sigset_t set = HandledSignals();
     // Short waits, so that the destructor's stop_ is seen promptly.
     const timespec timeout{0, 100'000'000};

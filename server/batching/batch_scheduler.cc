@@ -1,10 +1,24 @@
 #include "server/batching/batch_scheduler.h"
 
+#include <pthread.h>
+
 #include <limits>
+#include <string>
 
 #include "absl/strings/str_cat.h"
 
 namespace attnscore::batching::internal {
+namespace {
+
+// Best effort: a name that cannot be set leaves the inherited one.
+void NameThisThread(const std::string& name) {
+  if (name.empty()) return;
+  // Linux refuses names over 15 bytes (ERANGE): keep their first 15.
+  const std::string kept = name.substr(0, 15);
+  pthread_setname_np(pthread_self(), kept.c_str());
+}
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<BatchSchedulerCore>> BatchSchedulerCore::Create(
     const BatchSchedulerOptions& options, Clock* clock, Callback callback) {
@@ -142,6 +156,7 @@ int64_t BatchSchedulerCore::TimeoutAtMicros(const OpenBatch& open) const {
 }
 
 void BatchSchedulerCore::WorkerLoop() {
+  NameThisThread(options_.thread_name);
   std::unique_lock<std::mutex> lock(mu_);
   for (;;) {
     // No delay: this free worker closes the oldest open batch and runs it, with

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <climits>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -67,6 +68,19 @@ std::string LoadedBlasCore() {
   return name == nullptr ? "" : std::string(name);
 }
 
+namespace {
+
+// The running binary's path, or "" when /proc cannot say.
+std::string OwnPath() {
+  std::string path(PATH_MAX, '\0');
+  const ssize_t length = readlink("/proc/self/exe", path.data(), path.size());
+  if (length <= 0 || static_cast<size_t>(length) >= path.size()) return "";
+  path.resize(static_cast<size_t>(length));
+  return path;
+}
+
+}  // namespace
+
 void EnsureMatchedKernels(int argc, char** argv) {
   (void)argc;
   const KernelDecision decision =
@@ -79,6 +93,12 @@ void EnsureMatchedKernels(int argc, char** argv) {
   for (const auto& [name, value] : decision.set_env) {
     setenv(name.c_str(), value.c_str(), /*overwrite=*/1);
   }
+  // The binary's own path, not /proc/self/exe: the kernel names a process
+  // after the file it executes, and "exe" would hide the server from `ps`,
+  // `top` and `pkill attnscore-server`. /proc/self/exe still serves when the
+  // path is gone (a binary replaced or deleted since it started).
+  const std::string self = OwnPath();
+  if (!self.empty()) execv(self.c_str(), argv);
   execv("/proc/self/exe", argv);
   // Only reached when the exec failed: run on as loaded, and say so. The
   // variables stay set, so a child process gets the matched kernels.
@@ -87,7 +107,6 @@ void EnsureMatchedKernels(int argc, char** argv) {
                "(%s): %s; running on the kernels as loaded\n",
                decision.reason.c_str(), std::strerror(errno));
 }
-
 
 KernelInfo DescribeKernels(const std::string& aten_capability) {
   const CpuFeatures features = DetectCpuFeatures();

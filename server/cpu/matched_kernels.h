@@ -5,11 +5,12 @@
 // Call it first in main(), before any thread starts and before anything is
 // printed: when the loaded OpenBLAS (or ATen) runs below what the CPU supports
 // and the operator did not choose, it sets OPENBLAS_CORETYPE and/or
-// ATEN_CPU_CAPABILITY and re-executes /proc/self/exe with the same argv (once;
-// ATTNSCORE_KERNELS_REEXEC guards against a loop). If the exec fails it writes
-// one line to stderr and returns: the process runs on as loaded. The server,
-// the benchmarks and the test binaries that compute call it, so all of them
-// compute on the same kernels.
+// ATEN_CPU_CAPABILITY and re-executes its own binary with the same argv (once;
+// ATTNSCORE_KERNELS_REEXEC guards against a loop), by its path so that the
+// process keeps its name (/proc/self/exe when the path is gone). If the exec
+// fails it writes one line to stderr and returns: the process runs on as
+// loaded. The server, the benchmarks and the test binaries that compute call
+// it, so all of them compute on the same kernels.
 //
 // LibTorch-free: the BLAS core comes from openblas_get_corename() found with
 // dlsym in the running process (empty when OpenBLAS is not loaded); ATen's

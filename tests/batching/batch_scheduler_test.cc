@@ -1,5 +1,7 @@
 #include "server/batching/batch_scheduler.h"
 
+#include <pthread.h>
+
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -301,6 +303,36 @@ TEST_F(BatchSchedulerTest, DefaultOptionsDispatchALoneRequestWithoutWaiting) {
   EXPECT_THAT(recorder_.batch_ids(), ElementsAre(ElementsAre(id)));
   EXPECT_EQ(clock_.NowMicros(), 0);
   EXPECT_EQ(clock_.NumWaiters(), 0u) << "no worker waits for a timeout";
+}
+
+TEST_F(BatchSchedulerTest, WorkersCarryTheConfiguredThreadName) {
+  const auto name_of_this_thread = [] {
+    char name[16] = {};
+    pthread_getname_np(pthread_self(), name, sizeof(name));
+    return std::string(name);
+  };
+  std::mutex mu;
+  std::vector<std::string> names;
+  const auto record = [&](const std::vector<std::unique_ptr<TestTask>>&) {
+    std::lock_guard<std::mutex> lock(mu);
+    names.push_back(name_of_this_thread());
+  };
+  {
+    std::unique_ptr<Scheduler> scheduler =
+        MakeScheduler(BatchSchedulerOptions(), record);
+    Add(*scheduler);
+    ASSERT_TRUE(recorder_.WaitForBatches(1));
+  }
+  BatchSchedulerOptions named;
+  // Longer than the kernel's 15 bytes: the first 15 are kept.
+  named.thread_name = "scorer-worker-of-the-test";
+  {
+    std::unique_ptr<Scheduler> scheduler = MakeScheduler(named, record);
+    Add(*scheduler);
+    ASSERT_TRUE(recorder_.WaitForBatches(2));
+  }
+  std::lock_guard<std::mutex> lock(mu);
+  EXPECT_THAT(names, ElementsAre("attnscore-batch", "scorer-worker-o"));
 }
 
 // Holds every batch's callback until the test lets it go, one at a time, so

@@ -6,17 +6,21 @@
 #include <grpcpp/grpcpp.h>
 
 #include <cstdlib>
+#include <filesystem>
 #include <map>
 #include <memory>
 #include <sstream>
 #include <string>
 #include <vector>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
 #include "attnscore/v1/attnscore.grpc.pb.h"
 #include "gtest/gtest.h"
 #include "server/cpu/cpu_features.h"
 #include "server/cpu/kernel_choice.h"
 #include "tests/testing/server_process.h"
+#include "tests/testing/test_util.h"
 
 namespace attnscore::cpu {
 namespace {
@@ -158,6 +162,21 @@ v1::KernelInfo ServerKernels(ServerProcess& server) {
   return info.kernels();
 }
 
+// A /proc comm file's name, without its newline.
+std::string Comm(const std::string& path) {
+  return std::string(
+      absl::StripTrailingAsciiWhitespace(testing::ReadFileOrEmpty(path)));
+}
+
+int ThreadsNamed(pid_t pid, const std::string& name) {
+  int count = 0;
+  const std::string tasks = absl::StrCat("/proc/", pid, "/task");
+  for (const auto& task : std::filesystem::directory_iterator(tasks)) {
+    if (Comm(task.path().string() + "/comm") == name) ++count;
+  }
+  return count;
+}
+
 TEST(MatchedKernelsServerTest, ServerWithNothingSetReportsMatchedKernels) {
   ScopedEnv no_core(kOpenblasCoretypeEnv, nullptr);
   ScopedEnv no_aten(kAtenCapabilityEnv, nullptr);
@@ -189,6 +208,12 @@ TEST(MatchedKernelsServerTest, ServerWithNothingSetReportsMatchedKernels) {
             std::string::npos)
       << *metrics;
   EXPECT_NE(metrics->find("isa=\"" + kernels.isa() + "\""), std::string::npos);
+  // Re-executed under its own name ("exe" after an exec of /proc/self/exe
+  // would hide it from ps, top and pkill), its batch workers named.
+  const pid_t pid = (*server)->pid();
+  EXPECT_EQ(Comm(absl::StrCat("/proc/", pid, "/comm")), "attnscore-serve");
+  EXPECT_GE(ThreadsNamed(pid, "attnscore-batch"), 1);
+  EXPECT_EQ(ThreadsNamed(pid, "attnscore-sig"), 1);
 }
 
 TEST(MatchedKernelsServerTest, ServerKeepsTheOperatorsCoreType) {
