@@ -347,6 +347,9 @@ class Client::Impl {
   std::string plaintext_authorization;
   std::vector<Channel> channels;
   std::atomic<uint64_t> next_channel{0};
+  // Response tensors' blocks (options.keep_response_bytes); null: none kept.
+  // Shared: results may outlive the Client.
+  std::shared_ptr<BufferPool> response_pool;
 
   Channel& Pick() {
     return channels[next_channel.fetch_add(1) % channels.size()];
@@ -381,6 +384,7 @@ struct UnaryCall {
   grpc::ClientContext context;
   grpc::ByteBuffer request;
   grpc::ByteBuffer response;
+  std::shared_ptr<BufferPool> response_pool;
   Client::ScoreCallback done;
   std::vector<std::shared_ptr<CancellationToken>> tokens;
 };
@@ -397,6 +401,7 @@ void StartScore(Client::Impl& impl, const ScoreRequest& request,
   }
   auto state = std::make_unique<UnaryCall>();
   state->request = *std::move(encoded);
+  state->response_pool = impl.response_pool;
   state->done = std::move(done);
   impl.Configure(state->context, call);
   for (const std::shared_ptr<CancellationToken>& token :
@@ -424,7 +429,8 @@ void StartScore(Client::Impl& impl, const ScoreRequest& request,
         absl::StatusOr<ScoreResult> result;
         if (status.ok()) {
           absl::StatusOr<internal::DecodedResponse> decoded =
-              internal::DecodeScoreResponse(call->response);
+              internal::DecodeScoreResponse(call->response,
+                                            call->response_pool);
           if (!decoded.ok()) {
             result = decoded.status();
           } else {
@@ -451,8 +457,11 @@ void StartScore(Client::Impl& impl, const ScoreRequest& request,
 class Stream::State final
     : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
-  State(StreamOptions options, std::shared_ptr<CancellationToken> token)
-      : options_(std::move(options)), token_(std::move(token)) {}
+  State(StreamOptions options, std::shared_ptr<CancellationToken> token,
+        std::shared_ptr<BufferPool> response_pool)
+      : options_(std::move(options)),
+        token_(std::move(token)),
+        response_pool_(std::move(response_pool)) {}
 
   grpc::ClientContext& context() { return context_; }
 
@@ -604,7 +613,7 @@ class Stream::State final
     }
     StreamResponse response;
     absl::StatusOr<internal::DecodedResponse> decoded =
-        internal::DecodeScoreResponse(read_buffer_);
+        internal::DecodeScoreResponse(read_buffer_, response_pool_);
     if (!decoded.ok()) {
       response.result = decoded.status();
     } else {
@@ -695,6 +704,7 @@ class Stream::State final
 
   StreamOptions options_;
   std::shared_ptr<CancellationToken> token_;
+  const std::shared_ptr<BufferPool> response_pool_;  // may be null
   grpc::ClientContext context_;
   std::shared_ptr<State> self_;  // set from Start until OnDone
 
@@ -752,6 +762,11 @@ absl::Status CheckConnectionOptions(const ClientOptions& options) {
   if (options.connections < 1 || options.connections > 1024) {
     return absl::InvalidArgumentError(absl::StrCat(
         "connections: expected 1..1024, got ", options.connections));
+  }
+  if (options.keep_response_bytes < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("keep_response_bytes: expected >= 0, got ",
+                     options.keep_response_bytes));
   }
   if (options.keepalive.time < absl::Seconds(10)) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -903,6 +918,10 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Create(ClientOptions options) {
     if (!channel.ok()) return channel.status();
     impl->channels.push_back(*std::move(channel));
   }
+  if (options.keep_response_bytes > 0) {
+    impl->response_pool = std::make_shared<BufferPool>(
+        static_cast<size_t>(options.keep_response_bytes));
+  }
   impl->options = std::move(options);
   return std::unique_ptr<Client>(new Client(std::move(impl)));
 }
@@ -957,8 +976,8 @@ absl::StatusOr<std::unique_ptr<Stream>> Client::OpenStream(
   if (stream_options.max_queued_writes == 0) {
     stream_options.max_queued_writes = 1;
   }
-  auto state = std::make_shared<Stream::State>(std::move(stream_options),
-                                               call.cancellation);
+  auto state = std::make_shared<Stream::State>(
+      std::move(stream_options), call.cancellation, impl_->response_pool);
   impl_->Configure(state->context(), call, /*default_deadline=*/false);
   if (absl::Status s = state->Start(state, *impl_->Pick().generic); !s.ok()) {
     return s;

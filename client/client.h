@@ -214,6 +214,11 @@ struct ClientOptions {
   // Independent channels (TCP connections per backend); calls are spread over
   // them.
   int connections = 1;
+  // Most bytes of large response tensors (32 MiB and more) kept for reuse
+  // once the results holding them are gone: malloc maps each such buffer
+  // afresh, and a 64 MiB one faults in 16k pages, each zeroed by the kernel,
+  // on every call; a reused one none. 0: no reuse.
+  int64_t keep_response_bytes = int64_t{256} << 20;
   // More integer gRPC channel arguments ("grpc.*" names, e.g.
   // "grpc.http2.lookahead_bytes"); they override the library's own (including
   // the message limits above): for transport tuning (bench/transport_bench.cc

@@ -21,10 +21,13 @@
 
 #include <grpcpp/support/byte_buffer.h>
 
+#include <memory>
+
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "attnscore/v1/attnscore.pb.h"
 #include "client/client.h"
+#include "common/buffer_pool.h"
 
 namespace attnscore::client::internal {
 
@@ -45,8 +48,11 @@ struct DecodedResponse {
 };
 
 // Reads `buffer` once; the result owns copies of the tensor bytes (one copy
-// each).
-absl::StatusOr<DecodedResponse> DecodeScoreResponse(grpc::ByteBuffer& buffer);
+// each), in blocks of `pool` when it is not null (they return to it when the
+// tensors let go).
+absl::StatusOr<DecodedResponse> DecodeScoreResponse(
+    grpc::ByteBuffer& buffer,
+    const std::shared_ptr<BufferPool>& pool = nullptr);
 
 }  // namespace attnscore::client::internal
 

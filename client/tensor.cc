@@ -89,17 +89,30 @@ absl::StatusOr<Tensor> Tensor::FromFloats(DType dtype,
   return t;
 }
 
+void TensorBytesDeleter::operator()(uint8_t* bytes) const {
+  if (pool_ != nullptr) {
+    pool_->Release(bytes, capacity_);
+  } else {
+    delete[] bytes;
+  }
+}
+
 absl::StatusOr<Tensor> Tensor::Adopt(DType dtype, std::vector<int64_t> shape,
                                      std::unique_ptr<uint8_t[]> data,
                                      size_t size_bytes) {
+  return Adopt(dtype, std::move(shape), TensorBytes(data.release()),
+               size_bytes);
+}
+
+absl::StatusOr<Tensor> Tensor::Adopt(DType dtype, std::vector<int64_t> shape,
+                                     TensorBytes data, size_t size_bytes) {
   TensorView view{dtype, shape, data.get(), size_bytes};
   if (absl::Status s = view.Validate(); !s.ok()) return s;
   Tensor t;
   t.dtype_ = dtype;
   t.shape_ = std::move(shape);
   t.size_bytes_ = size_bytes;
-  t.data_ = data != nullptr ? std::move(data)
-                            : std::unique_ptr<uint8_t[]>(new uint8_t[1]);
+  t.data_ = data != nullptr ? std::move(data) : TensorBytes(new uint8_t[1]);
   return t;
 }
 
@@ -138,7 +151,7 @@ Tensor Tensor::ConvertTo(DType dtype) const {
   return *FromFloats(dtype, shape_, values);
 }
 
-std::unique_ptr<uint8_t[]> Tensor::ReleaseData() && {
+TensorBytes Tensor::ReleaseData() && {
   shape_.clear();
   size_bytes_ = 0;
   return std::move(data_);

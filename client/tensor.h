@@ -6,7 +6,9 @@
 // request from views keeps that memory alive for as long as the call's contract
 // says (client.h). Tensor owns its bytes (uninitialised on allocation, so that
 // a 64 MiB response is written once, not zeroed first); copying a Tensor copies
-// them, moving does not.
+// them, moving does not. A response's bytes may come from the Client's pool
+// (ClientOptions::keep_response_bytes): they go back to it when the Tensor, or
+// whatever took them with ReleaseData, lets go, even after the Client is gone.
 // Thread safety: const methods may be called concurrently; nothing else is
 // synchronised.
 // Errors: factories return absl::Status (INVALID_ARGUMENT naming the shape and
@@ -18,11 +20,13 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "common/buffer_pool.h"
 #include "common/dtype.h"
 
 namespace attnscore::client {
@@ -50,6 +54,21 @@ struct TensorView {
   std::vector<float> ToFloats() const;
 };
 
+// Frees a Tensor's bytes: delete[] (the default), or back to the BufferPool
+// they came from, which it keeps alive.
+class TensorBytesDeleter {
+ public:
+  TensorBytesDeleter() = default;
+  TensorBytesDeleter(std::shared_ptr<BufferPool> pool, size_t capacity)
+      : pool_(std::move(pool)), capacity_(capacity) {}
+  void operator()(uint8_t* bytes) const;
+
+ private:
+  std::shared_ptr<BufferPool> pool_;  // null: new[]'d bytes
+  size_t capacity_ = 0;               // the pool's capacity for the block
+};
+using TensorBytes = std::unique_ptr<uint8_t[], TensorBytesDeleter>;
+
 class Tensor {
  public:
   Tensor() = default;
@@ -67,6 +86,8 @@ class Tensor {
   static absl::StatusOr<Tensor> Adopt(DType dtype, std::vector<int64_t> shape,
                                       std::unique_ptr<uint8_t[]> data,
                                       size_t size_bytes);
+  static absl::StatusOr<Tensor> Adopt(DType dtype, std::vector<int64_t> shape,
+                                      TensorBytes data, size_t size_bytes);
   // Copies `bytes` (already in `dtype`, little-endian).
   static absl::StatusOr<Tensor> FromBytes(DType dtype,
                                           std::vector<int64_t> shape,
@@ -91,14 +112,14 @@ class Tensor {
   // The same values in another dtype.
   Tensor ConvertTo(DType dtype) const;
 
-  // Hands the bytes over (torch_adapter.h wraps them in an at::Tensor without a
-  // copy).
-  std::unique_ptr<uint8_t[]> ReleaseData() &&;
+  // Hands the bytes over, with how to free them (torch_adapter.h wraps them
+  // in an at::Tensor without a copy).
+  TensorBytes ReleaseData() &&;
 
  private:
   DType dtype_ = DType::kFloat32;
   std::vector<int64_t> shape_;
-  std::unique_ptr<uint8_t[]> data_;
+  TensorBytes data_;
   size_t size_bytes_ = 0;
 };
 

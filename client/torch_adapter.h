@@ -68,12 +68,16 @@ inline absl::StatusOr<TensorView> ViewOf(const at::Tensor& tensor) {
 inline at::Tensor ToAtTensor(Tensor tensor) {
   const std::vector<int64_t> shape = tensor.shape();
   const at::ScalarType type = ToScalarType(tensor.dtype());
-  uint8_t* data = std::move(tensor).ReleaseData().release();
-  if (data == nullptr) {
+  TensorBytes bytes = std::move(tensor).ReleaseData();
+  if (bytes == nullptr) {
     return at::Tensor();  // a default-constructed Tensor holds nothing
   }
+  // The at::Tensor frees them as the Tensor would have (back to the Client's
+  // pool, or delete[]).
+  const TensorBytesDeleter free_bytes = bytes.get_deleter();
   return at::from_blob(
-      data, shape, [](void* p) { delete[] static_cast<uint8_t*>(p); },
+      bytes.release(), shape,
+      [free_bytes](void* p) { free_bytes(static_cast<uint8_t*>(p)); },
       at::TensorOptions().dtype(type));
 }
 

@@ -5,10 +5,14 @@
 #include <grpcpp/support/byte_buffer.h>
 #include <grpcpp/support/slice.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <memory>
+#include <string>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "attnscore/v1/attnscore.grpc.pb.h"
@@ -69,7 +73,7 @@ TEST(TensorTest, CopyConvertAndRelease) {
   Tensor h = a.ConvertTo(DType::kFloat16);
   EXPECT_EQ(h.dtype(), DType::kFloat16);
   EXPECT_THAT(h.ToFloats(), ElementsAre(1, 2, 3));
-  std::unique_ptr<uint8_t[]> bytes = std::move(b).ReleaseData();
+  TensorBytes bytes = std::move(b).ReleaseData();
   float first;
   std::memcpy(&first, bytes.get(), sizeof(first));
   EXPECT_EQ(first, 9);
@@ -228,6 +232,85 @@ TEST(ScoreCodecTest, ParsesResponsesAcrossAnySliceBoundaries) {
   }
 }
 
+// A response with float32 logits [1, 1, rows, 1024] whose values are `fill`.
+std::string LargeResponseWire(int64_t rows, float fill) {
+  v1::ScoreResponse response;
+  v1::Tensor* t = response.mutable_logits();
+  t->set_dtype(v1::FLOAT32);
+  for (int64_t d : {int64_t{1}, int64_t{1}, rows, int64_t{1024}}) {
+    t->add_shape(d);
+  }
+  const std::vector<float> values(static_cast<size_t>(rows) * 1024, fill);
+  t->set_data(std::string(reinterpret_cast<const char*>(values.data()),
+                          values.size() * sizeof(float)));
+  return response.SerializeAsString();
+}
+
+// Tensors of 32 MiB and more come from the pool.
+constexpr int64_t kPooledRows = 8192;  // [1, 1, 8192, 1024] float32: 32 MiB
+
+TEST(ScoreCodecTest, LargeTensorsReuseThePoolsBlocks) {
+  auto pool = std::make_shared<BufferPool>(size_t{64} << 20);
+  const std::string first_wire = LargeResponseWire(kPooledRows, 1.5f);
+  grpc::ByteBuffer first_buffer = Chunked(first_wire, 16 << 10);
+  absl::StatusOr<internal::DecodedResponse> first =
+      internal::DecodeScoreResponse(first_buffer, pool);
+  ASSERT_TRUE(first.ok()) << first.status();
+  const void* first_block = first->result.logits->data();
+  EXPECT_EQ(pool->stats().misses, 1u);
+  first = absl::UnknownError("results dropped");  // the block goes back
+  EXPECT_EQ(pool->stats().cached_blocks, 1u);
+
+  const std::string second_wire = LargeResponseWire(kPooledRows, -2.0f);
+  grpc::ByteBuffer second_buffer = Chunked(second_wire, 16 << 10);
+  absl::StatusOr<internal::DecodedResponse> second =
+      internal::DecodeScoreResponse(second_buffer, pool);
+  ASSERT_TRUE(second.ok()) << second.status();
+  const Tensor& logits = *second->result.logits;
+  EXPECT_EQ(logits.data(), first_block);
+  EXPECT_EQ(pool->stats().hits, 1u);
+  EXPECT_EQ(pool->stats().cached_blocks, 0u);
+  const std::vector<float> values = logits.ToFloats();
+  EXPECT_EQ(values.size(), size_t{kPooledRows} * 1024);
+  EXPECT_TRUE(std::all_of(values.begin(), values.end(),
+                          [](float v) { return v == -2.0f; }));
+
+  // Released bytes keep the pool alive after its owner is gone; they go back
+  // to it, and it frees them when the last holder lets go (checked under
+  // ASan).
+  const std::weak_ptr<BufferPool> watch = pool;
+  {
+    const TensorBytes bytes = std::move(*second->result.logits).ReleaseData();
+    second = absl::UnknownError("results dropped");
+    pool.reset();
+    EXPECT_FALSE(watch.expired());
+  }
+  EXPECT_TRUE(watch.expired());
+}
+
+TEST(ScoreCodecTest, SmallerTensorsAndNoPoolAllocateFreshBytes) {
+  auto pool = std::make_shared<BufferPool>(size_t{64} << 20);
+  grpc::ByteBuffer small = Chunked(SampleResponse().SerializeAsString(), 64);
+  absl::StatusOr<internal::DecodedResponse> decoded =
+      internal::DecodeScoreResponse(small, pool);
+  ASSERT_TRUE(decoded.ok()) << decoded.status();
+  decoded = absl::UnknownError("results dropped");
+  // 16 MiB, under 32 MiB: malloc's heap reuses them once it has seen them.
+  grpc::ByteBuffer mid =
+      Chunked(LargeResponseWire(kPooledRows / 2, 2.5f), 1 << 20);
+  decoded = internal::DecodeScoreResponse(mid, pool);
+  ASSERT_TRUE(decoded.ok()) << decoded.status();
+  EXPECT_EQ(decoded->result.logits->ToFloats()[0], 2.5f);
+  decoded = absl::UnknownError("results dropped");
+  EXPECT_EQ(pool->stats().misses + pool->stats().hits, 0u);
+  EXPECT_EQ(pool->stats().cached_blocks, 0u);
+  grpc::ByteBuffer large =
+      Chunked(LargeResponseWire(kPooledRows, 3.0f), 1 << 20);
+  decoded = internal::DecodeScoreResponse(large, nullptr);
+  ASSERT_TRUE(decoded.ok()) << decoded.status();
+  EXPECT_EQ(decoded->result.logits->ToFloats()[0], 3.0f);
+}
+
 TEST(ScoreCodecTest, ParsesAnyFieldOrderUnpackedShapesAndUnknownFields) {
   // data before dtype and shape, shape unpacked, an unknown field (99) in
   // Tensor and response.
@@ -311,6 +394,16 @@ TEST(ScoreCodecTest, ParsesLargeTensorsIntact) {
   ASSERT_EQ(decoded->result.logits->size_bytes(), data.size());
   EXPECT_EQ(
       std::memcmp(decoded->result.logits->data(), data.data(), data.size()), 0);
+}
+
+TEST(ClientOptionsTest, KeptResponseBytesMustNotBeNegative) {
+  ClientOptions options;
+  options.keep_response_bytes = -1;
+  absl::Status s = Client::Create(options).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("keep_response_bytes: expected >= 0"));
+  options.keep_response_bytes = 0;  // no reuse
+  EXPECT_TRUE(Client::Create(options).ok());
 }
 
 TEST(ClientOptionsTest, ChannelArgsNeedGrpcNames) {

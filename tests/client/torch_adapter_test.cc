@@ -3,6 +3,9 @@
 // LibTorch).
 #include "client/torch_adapter.h"
 
+#include <algorithm>
+#include <memory>
+
 #include "client/client.h"
 #include "gtest/gtest.h"
 #include "tests/testing/server_process.h"
@@ -30,6 +33,24 @@ TEST(TorchAdapterTest, ViewsAndAdoptsWithoutCopies) {
   EXPECT_EQ(adopted.scalar_type(), at::kHalf);
   EXPECT_TRUE(at::equal(adopted.to(at::kFloat),
                         at::tensor({1.0f, 2.0f, 3.0f, 4.0f}).reshape({2, 2})));
+}
+
+TEST(TorchAdapterTest, PooledBytesGoBackToTheirPoolWithTheAtTensor) {
+  auto pool = std::make_shared<BufferPool>(size_t{4} << 20);
+  const size_t size = size_t{1} << 20;
+  size_t capacity = 0;
+  auto* block = static_cast<uint8_t*>(pool->Acquire(size, &capacity));
+  std::fill(block, block + size, uint8_t{0});
+  Tensor owned = *Tensor::Adopt(DType::kFloat32, {256, 1024},
+                                TensorBytes(block, {pool, capacity}), size);
+  {
+    const at::Tensor adopted = ToAtTensor(std::move(owned));
+    EXPECT_EQ(adopted.data_ptr(), block);
+    EXPECT_EQ(adopted.sum().item<float>(), 0.0f);
+    EXPECT_EQ(pool->stats().cached_blocks, 0u);
+  }
+  EXPECT_EQ(pool->stats().cached_blocks, 1u);
+  EXPECT_EQ(pool->stats().cached_bytes, capacity);
 }
 
 TEST(TorchAdapterTest, ScoresAtTensorsOnAServer) {
