@@ -47,11 +47,13 @@ fuzz: deps
 serve: build
 	$(BUILD_DIR)/server/attnscore-server $(SERVE_ARGS)
 
-# The scoring benchmark (core vs literal port, sgemm rate) and the end-to-end benchmark against
+# The scoring benchmark (core vs literal port, sgemm rate), the transport benchmark (C++ client
+# against a naive protobuf echo) and the end-to-end benchmark against
 # ../shared/peer, in one run: writes bench/results/latest.json and latest.md and updates the
 # README's table. `bench/compare.py OLD NEW` flags ratios that fell by more than 20%.
 bench: build
 	/usr/bin/python3 bench/report.py --scoring-bench $(BUILD_DIR)/bench/attnscore_bench_scoring \
+	  --transport-bench $(BUILD_DIR)/bench/attnscore_bench_transport \
 	  --update-readme README.md -- --server $(BUILD_DIR)/server/attnscore-server \
 	  --cli $(BUILD_DIR)/client/attnscore --proto-root proto --peer ../shared/peer/peer_server.py
 

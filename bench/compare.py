@@ -1,6 +1,7 @@
 #!/usr/bin/python3
 """Compares two `make bench` reports (bench/results/*.json) and flags every ratio that fell by
-more than 20%: scoring speed-ups over the literal port, the share of the sgemm rate, and the
+more than 20%: scoring speed-ups over the literal port, the share of the sgemm rate, the
+transport's speed-ups over the naive echo (and 16-bit outputs' over float32), and the
 end-to-end speed-ups over the Python peer. Ratios, not times, so reports from different runs of
 the same machine kind compare; a different CPU model is reported as a warning.
 
@@ -21,6 +22,11 @@ def ratios(report: dict) -> dict[str, float]:
     sgemm = report.get("sgemm")
     if sgemm:
         out["ALiBi logits share of sgemm"] = sgemm["share"]
+    transport = report.get("transport") or {}
+    for row in transport.get("rows", []):
+        out[f"transport {row['case']} vs naive echo"] = row["speedup"]
+    for row in transport.get("halving", []):
+        out[f"transport {row['case']}: float32 time / this"] = row["ratio"]
     e2e = report.get("e2e") or {}
     for row in e2e.get("unary", []):
         out[f"e2e {row['case']}"] = row["speedup"]

@@ -32,6 +32,15 @@ class CompareTest(unittest.TestCase):
         self.assertEqual(fell, [])
         self.assertTrue(any("new case" in line and "only in one" in line for line in lines))
 
+    def test_transport_ratios_are_compared(self):
+        old, new = report(6.0, 0.5, 2.0), report(6.0, 0.5, 2.0)
+        old["transport"] = {"rows": [{"case": "64MiB/f32", "speedup": 4.0}],
+                            "halving": [{"case": "64MiB/bf16", "ratio": 1.9}]}
+        new["transport"] = {"rows": [{"case": "64MiB/f32", "speedup": 3.0}],
+                            "halving": [{"case": "64MiB/bf16", "ratio": 1.8}]}
+        _, fell = compare.compare(old, new, 0.2)
+        self.assertEqual(fell, ["transport 64MiB/f32 vs naive echo"])
+
     def test_exit_status_and_cpu_warning_from_the_command_line(self):
         with tempfile.TemporaryDirectory() as tmp:
             old, new = os.path.join(tmp, "old.json"), os.path.join(tmp, "new.json")

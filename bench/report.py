@@ -1,13 +1,13 @@
 #!/usr/bin/python3
-"""`make bench`: runs the scoring benchmark and the end-to-end benchmark in one go and writes
+"""`make bench`: runs the scoring, transport and end-to-end benchmarks in one go and writes
 bench/results/latest.json and latest.md (figures, ratios against the performance issue's targets,
 CPU model and flags, kernel choice, commit). With --update-readme the Markdown table also replaces
 the block between the README's `<!-- bench:begin -->` and `<!-- bench:end -->` markers.
 
 Ratios are what to read: each compares two things measured in the same run on the same machine.
 
-usage: report.py --scoring-bench BIN [--e2e-args ...] [--out-dir DIR] [--min-time S]
-                 [--skip-e2e] [--update-readme README]
+usage: report.py --scoring-bench BIN [--transport-bench BIN] [--out-dir DIR] [--min-time S]
+                 [--skip-e2e] [--update-readme README] [-- BENCH_E2E_ARGS...]
 """
 from __future__ import annotations
 
@@ -167,6 +167,76 @@ def decode_floor_row(seconds: dict) -> dict | None:
     return row
 
 
+# Issue 10 D: responses of 16 MiB and more reach the C++ client (compute included) at >= 3x the
+# naive protobuf echo's rate, and float16/bfloat16 outputs halve the time of float32 ones.
+TRANSPORT_TARGET = 3.0
+TRANSPORT_MIN_MIB = 16
+HALVING_TARGET = 2.0
+
+
+def run_transport(binary: str | None, workdir: str) -> dict | None:
+    """bench/transport_bench.cc with its defaults (16 and 64 MiB of float32 logits, 3
+    repetitions): the best time of each case, and the response's size."""
+    if not binary:
+        return None
+    out = os.path.join(workdir, "transport.json")
+    proc = subprocess.run([binary, f"--benchmark_out={out}", "--benchmark_out_format=json"],
+                          capture_output=True, text=True, timeout=1800)
+    sys.stdout.write(proc.stdout)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stderr)
+        raise RuntimeError(f"{binary} exited {proc.returncode}")
+    with open(out) as f:
+        return transport_from_runs(json.load(f)["benchmarks"])
+
+
+def transport_from_runs(runs: list[dict]) -> dict:
+    best: dict[str, float] = {}
+    mib: dict[str, float] = {}
+    for run in runs:
+        if run.get("run_type", "iteration") != "iteration" or run.get("error_occurred"):
+            continue
+        unit = {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3}[run.get("time_unit", "ns")]
+        name = re.sub(r"/repeats:\d+", "", run["name"]).removesuffix("/real_time")
+        best[name] = min(best.get(name, float("inf")), run["real_time"] * unit)
+        mib[name] = run.get("MiB", 0.0)
+    return {"rows": transport_rows(best, mib), "halving": halving_rows(best)}
+
+
+def transport_rows(best: dict, mib: dict) -> list[dict]:
+    """attnscore-server and the naive pair (echo server, generated stub) per size/dtype case."""
+    rows = []
+    for name in sorted(best):
+        kind, _, case = name.partition("/")
+        naive = best.get(f"naive/{case}")
+        if kind != "server" or naive is None:
+            continue
+        size = mib[name]
+        target = TRANSPORT_TARGET if size >= TRANSPORT_MIN_MIB else None
+        speedup = naive / best[name]
+        rows.append({"case": case, "mib": size, "server_ms": best[name],
+                     "echo_ms": best.get(f"echo/{case}"), "naive_ms": naive,
+                     "speedup": speedup, "target": target,
+                     "met": None if target is None else speedup >= target})
+    return rows
+
+
+def halving_rows(best: dict) -> list[dict]:
+    """float32 time over float16's and bfloat16's, for attnscore-server, per size."""
+    rows = []
+    for name in sorted(best):
+        parts = name.split("/")
+        if parts[0] != "server" or parts[-1] == "f32":
+            continue
+        f32 = best.get("/".join(parts[:-1] + ["f32"]))
+        if f32 is None:
+            continue
+        ratio = f32 / best[name]
+        rows.append({"case": "/".join(parts[1:]), "f32_ms": f32, "ms": best[name],
+                     "ratio": ratio, "target": HALVING_TARGET, "met": ratio >= HALVING_TARGET})
+    return rows
+
+
 def kernel_lines(console: str) -> list[str]:
     return [line.strip() for line in console.splitlines()
             if re.match(r"^(kernels|isa|blas|aten|intra-op)", line.strip(), re.I)]
@@ -213,6 +283,21 @@ def markdown(report: dict) -> str:
                       f"{decode[kind]['literal_x_floor']:.2f}x (a core at the floor would "
                       f"show {decode[kind]['max_speedup']:.2f}x)"
                       for kind in ("alibi", "relative") if kind in decode) + "."]
+    transport = report.get("transport")
+    if transport:
+        lines += ["", "| transport: logits to the C++ client, compute included (float32 size/dtype, "
+                  "best of 3) | reply MiB | attnscore ms | naive echo ms | speed-up | target | met |",
+                  "|---|---:|---:|---:|---:|---:|:-:|"]
+        for row in transport["rows"]:
+            target = "-" if row["target"] is None else f">= {row['target']}x"
+            lines.append(f"| {row['case']} | {row['mib']:.0f} | {row['server_ms']:.2f} | "
+                         f"{row['naive_ms']:.2f} | {row['speedup']:.2f}x | {target} | "
+                         f"{yes_no(row['met'])} |")
+        lines += ["", "| transport: 16-bit logits (float32 size/dtype) | float32 ms | 16-bit ms | "
+                  "float32 / 16-bit | target | met |", "|---|---:|---:|---:|---:|:-:|"]
+        for row in transport["halving"]:
+            lines.append(f"| {row['case']} | {row['f32_ms']:.2f} | {row['ms']:.2f} | "
+                         f"{row['ratio']:.2f}x | >= {row['target']}x | {yes_no(row['met'])} |")
     e2e = report.get("e2e")
     if e2e:
         lines += ["", "| end to end, same Python client | attnscore | peer | echo ceiling | "
@@ -251,6 +336,8 @@ def main() -> int:
     parser.add_argument("--scoring-bench", required=True)
     parser.add_argument("--out-dir", default=os.path.join(HERE, "results"))
     parser.add_argument("--min-time", type=float, default=1.0)
+    parser.add_argument("--transport-bench",
+                        help="bench/transport_bench.cc's binary (issue 10 D); none: not run")
     parser.add_argument("--skip-e2e", action="store_true")
     parser.add_argument("--update-readme")
     parser.add_argument("e2e_args", nargs=argparse.REMAINDER,
@@ -261,6 +348,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="attnscore-bench-") as workdir:
         try:
             seconds, console = run_scoring(args.scoring_bench, args.min_time, workdir)
+            transport = run_transport(args.transport_bench, workdir)
             e2e = run_e2e(args, workdir)
         except (RuntimeError, subprocess.SubprocessError, OSError) as error:
             print(f"bench failed: {error}", file=sys.stderr)
@@ -269,7 +357,7 @@ def main() -> int:
               .strftime("%Y-%m-%d %H:%M UTC"), "cpu": cpu_description(),
               "kernels": kernel_lines(console), "scoring": scoring_rows(seconds),
               "sgemm": sgemm_row(seconds), "decode_floor": decode_floor_row(seconds),
-              "e2e": e2e}
+              "transport": transport, "e2e": e2e}
     os.makedirs(args.out_dir, exist_ok=True)
     with open(os.path.join(args.out_dir, "latest.json"), "w") as f:
         json.dump(report, f, indent=2)

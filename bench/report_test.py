@@ -1,0 +1,52 @@
+"""report.py's transport rows from a transport benchmark's JSON: the best repetition of each case,
+the naive echo's time over attnscore's against the 3x target for replies of 16 MiB and more, and
+float32's time over each 16-bit dtype's against 2x."""
+import os
+import sys
+import unittest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import report  # noqa: E402
+
+
+def run(name: str, ms: float, mib: float, run_type: str = "iteration") -> dict:
+    return {"name": f"{name}/repeats:3/real_time", "run_type": run_type, "real_time": ms,
+            "time_unit": "ms", "MiB": mib}
+
+
+class TransportRowsTest(unittest.TestCase):
+    def rows(self) -> dict:
+        runs = [run("server/16MiB/f32", 6.0, 16), run("server/16MiB/f32", 5.0, 16),
+                run("server/16MiB/f32", 1.0, 16, run_type="aggregate"),  # a mean: ignored
+                run("naive/16MiB/f32", 12.0, 16), run("echo/16MiB/f32", 9.0, 16),
+                run("server/16MiB/bf16", 2.0, 8), run("naive/16MiB/bf16", 5.0, 8),
+                run("server/64MiB/f32", 20.0, 64), run("naive/64MiB/f32", 80.0, 64)]
+        return report.transport_from_runs(runs)
+
+    def test_best_repetition_and_targets_by_reply_size(self):
+        rows = {row["case"]: row for row in self.rows()["rows"]}
+        self.assertEqual(set(rows), {"16MiB/f32", "16MiB/bf16", "64MiB/f32"})
+        self.assertEqual(rows["16MiB/f32"]["server_ms"], 5.0)
+        self.assertAlmostEqual(rows["16MiB/f32"]["speedup"], 2.4)
+        self.assertEqual(rows["16MiB/f32"]["echo_ms"], 9.0)
+        self.assertFalse(rows["16MiB/f32"]["met"])
+        self.assertIsNone(rows["16MiB/bf16"]["target"])  # an 8 MiB reply
+        self.assertTrue(rows["64MiB/f32"]["met"])
+
+    def test_sixteen_bit_replies_against_float32(self):
+        halving = self.rows()["halving"]
+        self.assertEqual(len(halving), 1)
+        self.assertEqual(halving[0]["case"], "16MiB/bf16")
+        self.assertAlmostEqual(halving[0]["ratio"], 2.5)
+        self.assertTrue(halving[0]["met"])
+
+    def test_markdown_shows_both_tables(self):
+        text = report.markdown({"commit": "c", "date": "d", "cpu": {"model": "m", "flags": []},
+                                "kernels": [], "scoring": [], "transport": self.rows()})
+        self.assertIn("| 64MiB/f32 | 64 | 20.00 | 80.00 | 4.00x | >= 3.0x | yes |", text)
+        self.assertIn("| 16MiB/bf16 | 5.00 | 2.00 | 2.50x | >= 2.0x | yes |", text)
+
+
+if __name__ == "__main__":
+    unittest.main()
