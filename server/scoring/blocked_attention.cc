@@ -375,8 +375,11 @@ class TileKernel {
       StoreAs<c10::Half>(rows.data, count,
                          static_cast<c10::Half*>(output) + offset);
     } else {
-      StoreAs<c10::BFloat16>(rows.data, count,
-                             static_cast<c10::BFloat16*>(output) + offset);
+      // c10::BFloat16 holds its bits in one uint16_t (`x`).
+      static_assert(sizeof(c10::BFloat16) == sizeof(uint16_t));
+      StoreBFloat16Row(rows.data, count,
+                       reinterpret_cast<uint16_t*>(
+                           static_cast<c10::BFloat16*>(output) + offset));
     }
   }
   template <typename T>

@@ -65,6 +65,20 @@ ATTNSCORE_ROW_LOOP void AddAlibiRow(float* row, int64_t n, int64_t base,
   }
 }
 
+ATTNSCORE_ROW_LOOP void StoreBFloat16Row(const float* in, int64_t n,
+                                         uint16_t* out) {
+  for (int64_t c = 0; c < n; ++c) {
+    uint32_t bits;
+    std::memcpy(&bits, &in[c], sizeof(bits));
+    // Adding 0x7FFF, plus the lowest kept bit, carries into the kept bits
+    // exactly when the dropped half is above a tie, or a tie with an odd kept
+    // part: round to nearest even (c10::round_to_nearest_even).
+    const auto rounded =
+        static_cast<uint16_t>((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
+    out[c] = std::isnan(in[c]) ? uint16_t{0x7FC0} : rounded;
+  }
+}
+
 ATTNSCORE_ROW_LOOP void AddRelativeRow(float* row, int64_t n,
                                        const float* shifted, const float* bias,
                                        int64_t bias_stride, float scale) {

@@ -57,6 +57,10 @@ void AddAlibiRow(float* row, int64_t n, int64_t base, float slope, bool causal);
 void AddRelativeRow(float* row, int64_t n, const float* shifted,
                     const float* bias, int64_t bias_stride, float scale);
 
+// out[c] = in[c] as bfloat16 bits, c in [0, n): rounded to nearest even, any
+// NaN as 0x7FC0, exactly as c10::BFloat16(float) (at::Tensor::to) rounds.
+void StoreBFloat16Row(const float* in, int64_t n, uint16_t* out);
+
 // Columns per panel of PanelDots' embeddings.
 inline constexpr int64_t kPanelCols = 32;
 

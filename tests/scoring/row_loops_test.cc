@@ -11,6 +11,7 @@
 #include <random>
 #include <vector>
 
+#include "c10/util/BFloat16.h"
 #include "gtest/gtest.h"
 
 namespace attnscore::scoring {
@@ -193,6 +194,46 @@ std::vector<float> Panels(const std::vector<float>& et, int64_t d, int64_t a) {
     }
   }
   return out;
+}
+
+TEST(RowLoopsTest, StoreBFloat16RowRoundsAsC10) {
+  // Every kind of value: ties (even and odd kept parts), just above and below
+  // them, the largest finite floats (rounding to inf), subnormals, zeros,
+  // infinities and NaNs of either sign and any payload.
+  std::vector<float> x = Random(4096, 11);
+  std::mt19937 gen(12);
+  for (int i = 0; i < 4096; ++i) {
+    const uint32_t bits = static_cast<uint32_t>(gen());
+    float v;
+    std::memcpy(&v, &bits, sizeof(v));
+    x.push_back(v);  // any bit pattern, NaNs included
+  }
+  for (uint32_t high : {0x3F80u, 0x3F81u, 0x7F7Fu, 0xFF7Fu, 0x0000u, 0x8000u,
+                        0x0001u, 0x7F80u, 0xFF80u, 0x7FC0u, 0xFFC1u}) {
+    for (uint32_t low :
+         {0x0000u, 0x0001u, 0x7FFFu, 0x8000u, 0x8001u, 0xFFFFu}) {
+      const uint32_t bits = high << 16 | low;
+      float v;
+      std::memcpy(&v, &bits, sizeof(v));
+      x.push_back(v);
+    }
+  }
+  for (int64_t n : kLengths) {
+    for (int64_t start : {int64_t{0}, int64_t{4096}}) {
+      if (start + n > static_cast<int64_t>(x.size())) continue;
+      std::vector<uint16_t> got(static_cast<size_t>(n), 0xDEAD);
+      StoreBFloat16Row(x.data() + start, n, got.data());
+      for (int64_t c = 0; c < n; ++c) {
+        ASSERT_EQ(got[c], c10::BFloat16(x[start + c]).x)
+            << "n " << n << " value bits " << std::hex << Bits(x[start + c]);
+      }
+    }
+  }
+  std::vector<uint16_t> got(x.size());
+  StoreBFloat16Row(x.data(), static_cast<int64_t>(x.size()), got.data());
+  for (size_t c = 0; c < x.size(); ++c) {
+    ASSERT_EQ(got[c], c10::BFloat16(x[c]).x) << std::hex << Bits(x[c]);
+  }
 }
 
 TEST(RowLoopsTest, PanelDotsAddEachColumnInOrderWhateverTheCall) {
