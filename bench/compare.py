@@ -32,6 +32,8 @@ def ratios(report: dict) -> dict[str, float]:
         out[f"e2e {row['case']}"] = row["speedup"]
     if e2e.get("decode"):
         out["e2e decode preset c=64"] = e2e["decode"]["speedup"]
+    if e2e.get("batching"):
+        out["e2e batching on / off, decode c=64"] = e2e["batching"]["throughput_ratio"]
     return out
 
 

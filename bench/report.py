@@ -313,6 +313,9 @@ def markdown(report: dict) -> str:
             lines.append(f"| decode preset c=64 (req/s, `attnscore load`) | "
                          f"{d['attnscore']['rps']:.0f} | {d['peer']['rps']:.0f} | - | "
                          f"{d['speedup']:.2f}x | >= {d['target']}x | {yes_no(d['met'])} |")
+        if e2e.get("batching"):
+            from bench_e2e import batching_lines  # one wording for both reports
+            lines += [""] + batching_lines(e2e["batching"])
         if e2e.get("memory"):
             from bench_e2e import memory_line  # one wording for both reports
             lines += ["", memory_line(e2e["memory"])]

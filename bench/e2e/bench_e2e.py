@@ -9,6 +9,11 @@ stubs compiled from proto/ at start) and the decode preset with `attnscore load`
 ratios against the targets of the performance issue. Ratios come from one run on one machine;
 absolute times are only for reading alongside them.
 
+Batching (issue 10 C): the server with its defaults against a second one with
+`--max-batch-size 1`, the decode preset through `attnscore load`, alternating rounds (best of
+each): at c=64 the throughput ratio (>= 1.0x) and the p99 ratio of those runs (<= 1.2x); at c=1
+the p50 the defaults add (<= 0.1 ms).
+
 Memory under load (issue 10 F): a fresh attnscore-server with its defaults under the prefill512
 preset (`attnscore load`, c=8) for several rounds; its VmRSS and its attnscore_inflight_bytes gauge
 are sampled every 20 ms. Targets: peak RSS within idle RSS + 3x the peak bytes in flight, and the
@@ -61,6 +66,12 @@ CASES = [
 ]
 SMOKE_CASES = [Case("smoke B1 H2 L16 D8 logits", 1, 2, 16, 16, 8, 0.0)]
 DECODE_TARGET = 2.0
+# Batching never costs (issue 10 C): decode at c=64 with the defaults at least as fast as with
+# --max-batch-size 1 and its p99 at most 1.2x; at c=1 the defaults add at most 0.1 ms (p50).
+BATCHING_ROUNDS = 2
+BATCHING_THROUGHPUT_TARGET = 1.0
+BATCHING_P99_LIMIT = 1.2
+BATCHING_C1_ADDED_MS = 0.1
 # The Python client's malloc (and the peer's, through its environment): keep what is freed, and
 # serve large blocks from the heap. With glibc's defaults every 64 MiB reply lands in freshly
 # mmapped memory, all of whose pages fault in again: about 50 ms per call on 2 cores, more than
@@ -266,10 +277,13 @@ def echo_reply(case: Case):
                                                                 data=data))
 
 
-def load_rps(cli: str, address: str, requests: int, workdir: str, name: str) -> dict:
+def load_rps(cli: str, address: str, requests: int, workdir: str, name: str,
+             concurrency: int = 64) -> dict:
+    """The decode preset through `attnscore load`, closed loop at `concurrency`."""
     out = os.path.join(workdir, f"load-{name}.json")
-    subprocess.run([cli, "load", "--target", address, "--preset", "decode", "-c", "64",
-                    "-n", str(requests), "--warmup", "64", "--format", "json", "-o", out],
+    subprocess.run([cli, "load", "--target", address, "--preset", "decode",
+                    "-c", str(concurrency), "-n", str(requests),
+                    "--warmup", str(min(64, requests)), "--format", "json", "-o", out],
                    check=True, timeout=600, stdout=subprocess.DEVNULL)
     with open(out) as f:
         report = json.load(f)
@@ -278,6 +292,65 @@ def load_rps(cli: str, address: str, requests: int, workdir: str, name: str) -> 
                            f"{report.get('errors_by_message')}")
     return {"rps": report["rps"], "p50_ms": report["latency_ms"].get("p50"),
             "p99_ms": report["latency_ms"].get("p99")}
+
+
+def batching_cost(args: argparse.Namespace, workdir: str, batched: str) -> dict:
+    """Issue 10 C: the server with its defaults (`batched`, already running) against one with
+    `--max-batch-size 1`, the decode preset through `attnscore load`, alternating BATCHING_ROUNDS
+    rounds (best of each side): at c=64 the throughput ratio and the p99 ratio of those runs, at
+    c=1 the p50 the defaults add."""
+    address = f"127.0.0.1:{free_port()}"
+    unbatched = start("attnscore-unbatched", [args.server, "--listen", address,
+                                              "--metrics-listen", "off", "--max-batch-size", "1"],
+                      address, workdir)
+    best: dict[str, dict] = {}
+    try:
+        rounds = 1 if args.smoke else BATCHING_ROUNDS
+        lone = max(50, args.load_requests // 4)
+        for k in range(rounds):
+            for side, target in (("on", batched), ("off", address)):
+                many = load_rps(args.cli, target, args.load_requests, workdir, f"c64-{side}{k}")
+                one = load_rps(args.cli, target, lone, workdir, f"c1-{side}{k}", concurrency=1)
+                mine = best.setdefault(side, {"c64": many, "c1": one})
+                if many["rps"] > mine["c64"]["rps"]:
+                    mine["c64"] = many
+                if one["p50_ms"] < mine["c1"]["p50_ms"]:
+                    mine["c1"] = one
+    finally:
+        unbatched.stop()
+    on, off = best["on"], best["off"]
+    throughput = on["c64"]["rps"] / off["c64"]["rps"]
+    p99 = on["c64"]["p99_ms"] / off["c64"]["p99_ms"]
+    added = on["c1"]["p50_ms"] - off["c1"]["p50_ms"]
+    result = {"rounds": rounds, "on": on, "off": off, "throughput_ratio": throughput,
+              "p99_ratio": p99,
+              "c1_added_ms": added,
+              "met_throughput": throughput >= BATCHING_THROUGHPUT_TARGET,
+              "met_p99": p99 <= BATCHING_P99_LIMIT,
+              "met_c1": added <= BATCHING_C1_ADDED_MS}
+    print(f"batching: c=64 {on['c64']['rps']:.0f} vs {off['c64']['rps']:.0f} req/s "
+          f"({throughput:.2f}x), p99 {on['c64']['p99_ms']:.1f} vs {off['c64']['p99_ms']:.1f} ms; "
+          f"c=1 p50 {on['c1']['p50_ms']:.3f} vs {off['c1']['p50_ms']:.3f} ms", flush=True)
+    return result
+
+
+def batching_lines(b: dict) -> list[str]:
+    """The batching table, for this script's report and for bench/report.py's."""
+    on, off = b["on"], b["off"]
+
+    def yes(met: bool) -> str:
+        return "yes" if met else "NO"
+    return [
+        "| batching, decode preset (`attnscore load`, best of "
+        f"{b['rounds']}) | defaults | --max-batch-size 1 | defaults vs 1 | target | met |",
+        "|---|---:|---:|---:|---:|:-:|",
+        f"| c=64 throughput (req/s) | {on['c64']['rps']:.0f} | {off['c64']['rps']:.0f} | "
+        f"{b['throughput_ratio']:.2f}x | >= {BATCHING_THROUGHPUT_TARGET}x | "
+        f"{yes(b['met_throughput'])} |",
+        f"| c=64 p99 of those runs (ms) | {on['c64']['p99_ms']:.1f} | {off['c64']['p99_ms']:.1f} | "
+        f"{b['p99_ratio']:.2f}x | <= {BATCHING_P99_LIMIT}x | {yes(b['met_p99'])} |",
+        f"| c=1 p50 (ms) | {on['c1']['p50_ms']:.3f} | {off['c1']['p50_ms']:.3f} | "
+        f"{b['c1_added_ms']:+.3f} ms | <= +{BATCHING_C1_ADDED_MS} ms | {yes(b['met_c1'])} |"]
 
 
 def read_rss(pid: int) -> int:
@@ -413,6 +486,7 @@ class Report:
     server_info: dict
     unary: list[dict] = field(default_factory=list)
     decode: dict = field(default_factory=dict)
+    batching: dict = field(default_factory=dict)
     memory: dict = field(default_factory=dict)
 
     def table(self) -> str:
@@ -426,6 +500,8 @@ class Report:
             lines.append(f"| decode preset c=64 (req/s) | {d['attnscore']['rps']:.0f} | "
                          f"{d['peer']['rps']:.0f} | - | {d['speedup']:.2f}x | >= {d['target']}x | "
                          f"{'yes' if d['met'] else 'NO'} |")
+        if self.batching:
+            lines += [""] + batching_lines(self.batching)
         m = self.memory
         if m:
             lines += ["", memory_line(m)]
@@ -459,6 +535,8 @@ def run(args: argparse.Namespace, workdir: str) -> Report:
         speedup = ours["rps"] / peer["rps"]
         report.decode = {"attnscore": ours, "peer": peer, "speedup": speedup,
                          "target": DECODE_TARGET, "met": speedup >= DECODE_TARGET}
+        processes[1].stop()  # the peer: the batching stage runs attnscore alone
+        report.batching = batching_cost(args, workdir, server_address)
         for process in reversed(processes):
             process.stop()  # the memory stage's server runs alone
         processes.clear()
@@ -503,7 +581,7 @@ def main() -> int:
         with open(args.json, "w") as f:
             json.dump({"cpu": report.cpu, "server_info": report.server_info,
                        "unary": report.unary, "decode": report.decode,
-                       "memory": report.memory}, f, indent=2)
+                       "batching": report.batching, "memory": report.memory}, f, indent=2)
     return 0
 
 
