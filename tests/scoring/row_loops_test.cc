@@ -196,44 +196,56 @@ std::vector<float> Panels(const std::vector<float>& et, int64_t d, int64_t a) {
   return out;
 }
 
-TEST(RowLoopsTest, StoreBFloat16RowRoundsAsC10) {
-  // Every kind of value: ties (even and odd kept parts), just above and below
-  // them, the largest finite floats (rounding to inf), subnormals, zeros,
-  // infinities and NaNs of either sign and any payload.
+// Every kind of value for the 16-bit stores: normal ones, any bit pattern
+// (NaNs of either sign and any payload among them), and chosen high halves
+// (ones, the largest finite floats, zeros, the smallest subnormals,
+// infinities, NaNs, and float16's overflow threshold and smallest subnormal)
+// with low halves at and around the ties.
+std::vector<float> SixteenBitCases() {
   std::vector<float> x = Random(4096, 11);
   std::mt19937 gen(12);
-  for (int i = 0; i < 4096; ++i) {
-    const uint32_t bits = static_cast<uint32_t>(gen());
+  const auto from_bits = [](uint32_t bits) {
     float v;
     std::memcpy(&v, &bits, sizeof(v));
-    x.push_back(v);  // any bit pattern, NaNs included
-  }
+    return v;
+  };
+  for (int i = 0; i < 4096; ++i) x.push_back(from_bits(gen()));
   for (uint32_t high : {0x3F80u, 0x3F81u, 0x7F7Fu, 0xFF7Fu, 0x0000u, 0x8000u,
-                        0x0001u, 0x7F80u, 0xFF80u, 0x7FC0u, 0xFFC1u}) {
-    for (uint32_t low :
-         {0x0000u, 0x0001u, 0x7FFFu, 0x8000u, 0x8001u, 0xFFFFu}) {
-      const uint32_t bits = high << 16 | low;
-      float v;
-      std::memcpy(&v, &bits, sizeof(v));
-      x.push_back(v);
+                        0x0001u, 0x7F80u, 0xFF80u, 0x7FC0u, 0xFFC1u, 0x477Fu,
+                        0x4780u, 0x3380u, 0x3300u, 0xB380u, 0x387Fu}) {
+    for (uint32_t low : {0x0000u, 0x0001u, 0x0FFFu, 0x1000u, 0x1001u, 0x2000u,
+                         0x7FFFu, 0x8000u, 0x8001u, 0xFFFFu}) {
+      x.push_back(from_bits(high << 16 | low));
     }
   }
+  return x;
+}
+
+// Converts every prefix length of kLengths from two starts, and the whole set
+// at once, against `want`.
+template <typename Store, typename Want>
+void ExpectSixteenBits(Store store, Want want) {
+  const std::vector<float> x = SixteenBitCases();
   for (int64_t n : kLengths) {
     for (int64_t start : {int64_t{0}, int64_t{4096}}) {
-      if (start + n > static_cast<int64_t>(x.size())) continue;
       std::vector<uint16_t> got(static_cast<size_t>(n), 0xDEAD);
-      StoreBFloat16Row(x.data() + start, n, got.data());
+      store(x.data() + start, n, got.data());
       for (int64_t c = 0; c < n; ++c) {
-        ASSERT_EQ(got[c], c10::BFloat16(x[start + c]).x)
+        ASSERT_EQ(got[c], want(x[start + c]))
             << "n " << n << " value bits " << std::hex << Bits(x[start + c]);
       }
     }
   }
   std::vector<uint16_t> got(x.size());
-  StoreBFloat16Row(x.data(), static_cast<int64_t>(x.size()), got.data());
+  store(x.data(), static_cast<int64_t>(x.size()), got.data());
   for (size_t c = 0; c < x.size(); ++c) {
-    ASSERT_EQ(got[c], c10::BFloat16(x[c]).x) << std::hex << Bits(x[c]);
+    ASSERT_EQ(got[c], want(x[c])) << std::hex << Bits(x[c]);
   }
+}
+
+TEST(RowLoopsTest, StoreBFloat16RowRoundsAsC10) {
+  ExpectSixteenBits(StoreBFloat16Row,
+                    [](float v) { return c10::BFloat16(v).x; });
 }
 
 TEST(RowLoopsTest, PanelDotsAddEachColumnInOrderWhateverTheCall) {
