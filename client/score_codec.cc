@@ -43,12 +43,6 @@ void AppendTensorField(v1::SliceAssembler& out, int field,
                         DataSlice(tensor, mode));
 }
 
-// The buffer a response tensor's bytes are copied into. Large ones get
-// madvise(MADV_HUGEPAGE) before they are written: a fresh 64 MiB buffer
-// otherwise takes 16384 page faults during the copy, which measured as the
-// largest part of the client's receive CPU (bench/transport_bench.cc); with
-// transparent huge pages (Debian's default mode "madvise") it takes 32. Only
-// advice: where the kernel declines, the buffer is as before.
 // Tensors this big come from the Client's pool. glibc's malloc always maps
 // blocks above 32 MiB (its largest mmap threshold) afresh, so every such
 // response faulted in all its pages. Smaller ones come from its heap, which
@@ -57,8 +51,14 @@ void AppendTensorField(v1::SliceAssembler& out, int field,
 // fault instead (measured: 2.6k faults per 16 MiB response).
 constexpr size_t kPooledTensorBytes = size_t{32} << 20;
 
-// `size` uninitialised bytes, from `pool` when there is one and they are
-// large (reused blocks are already faulted in), else new[]'d.
+// The buffer a response tensor's bytes are copied into: `size` uninitialised
+// bytes, from `pool` when there is one and they are large (reused blocks are
+// already faulted in), else new[]'d. Large ones get madvise(MADV_HUGEPAGE)
+// before they are written: a fresh 64 MiB buffer otherwise takes 16384 page
+// faults during the copy, which measured as the largest part of the client's
+// receive CPU (bench/transport_bench.cc); with transparent huge pages
+// (Debian's default mode "madvise") it takes 32. Only advice: where the
+// kernel declines, the buffer is as before.
 TensorBytes AllocateTensorBytes(size_t size,
                                 const std::shared_ptr<BufferPool>& pool) {
   TensorBytes data;
