@@ -45,6 +45,15 @@ std::string OmpWait(const KernelEnv& env) {
   return wait.empty() ? "libgomp default" : wait;
 }
 
+// The running binary's path, or "" when /proc cannot say.
+std::string OwnPath() {
+  std::string path(PATH_MAX, '\0');
+  const ssize_t length = readlink("/proc/self/exe", path.data(), path.size());
+  if (length <= 0 || static_cast<size_t>(length) >= path.size()) return "";
+  path.resize(static_cast<size_t>(length));
+  return path;
+}
+
 }  // namespace
 
 KernelEnv ReadKernelEnv() {
@@ -67,19 +76,6 @@ std::string LoadedBlasCore() {
   const char* name = reinterpret_cast<CoreNameFn>(symbol)();
   return name == nullptr ? "" : std::string(name);
 }
-
-namespace {
-
-// The running binary's path, or "" when /proc cannot say.
-std::string OwnPath() {
-  std::string path(PATH_MAX, '\0');
-  const ssize_t length = readlink("/proc/self/exe", path.data(), path.size());
-  if (length <= 0 || static_cast<size_t>(length) >= path.size()) return "";
-  path.resize(static_cast<size_t>(length));
-  return path;
-}
-
-}  // namespace
 
 void EnsureMatchedKernels(int argc, char** argv) {
   (void)argc;

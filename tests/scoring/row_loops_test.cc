@@ -196,11 +196,11 @@ std::vector<float> Panels(const std::vector<float>& et, int64_t d, int64_t a) {
   return out;
 }
 
-// Every kind of value for the 16-bit stores: normal ones, any bit pattern
-// (NaNs of either sign and any payload among them), and chosen high halves
-// (ones, the largest finite floats, zeros, the smallest subnormals,
-// infinities, NaNs, and float16's overflow threshold and smallest subnormal)
-// with low halves at and around the ties.
+// Every kind of value: normal ones, any bit pattern (NaNs of either sign and
+// any payload among them), and chosen high halves (ones, the largest finite
+// floats, zeros, the smallest subnormals, infinities, NaNs, and float16's
+// overflow threshold and smallest subnormal) with low halves at and around
+// the ties.
 std::vector<float> SixteenBitCases() {
   std::vector<float> x = Random(4096, 11);
   std::mt19937 gen(12);
@@ -221,15 +221,14 @@ std::vector<float> SixteenBitCases() {
   return x;
 }
 
-// Converts every prefix length of kLengths from two starts, and the whole set
-// at once, against `want`.
-template <typename Store, typename Want>
-void ExpectSixteenBits(Store store, Want want) {
+// Every length of kLengths from two starts, and the whole set at once.
+TEST(RowLoopsTest, StoreBFloat16RowRoundsAsC10) {
+  const auto want = [](float v) { return c10::BFloat16(v).x; };
   const std::vector<float> x = SixteenBitCases();
   for (int64_t n : kLengths) {
     for (int64_t start : {int64_t{0}, int64_t{4096}}) {
       std::vector<uint16_t> got(static_cast<size_t>(n), 0xDEAD);
-      store(x.data() + start, n, got.data());
+      StoreBFloat16Row(x.data() + start, n, got.data());
       for (int64_t c = 0; c < n; ++c) {
         ASSERT_EQ(got[c], want(x[start + c]))
             << "n " << n << " value bits " << std::hex << Bits(x[start + c]);
@@ -237,15 +236,10 @@ void ExpectSixteenBits(Store store, Want want) {
     }
   }
   std::vector<uint16_t> got(x.size());
-  store(x.data(), static_cast<int64_t>(x.size()), got.data());
+  StoreBFloat16Row(x.data(), static_cast<int64_t>(x.size()), got.data());
   for (size_t c = 0; c < x.size(); ++c) {
     ASSERT_EQ(got[c], want(x[c])) << std::hex << Bits(x[c]);
   }
-}
-
-TEST(RowLoopsTest, StoreBFloat16RowRoundsAsC10) {
-  ExpectSixteenBits(StoreBFloat16Row,
-                    [](float v) { return c10::BFloat16(v).x; });
 }
 
 TEST(RowLoopsTest, PanelDotsAddEachColumnInOrderWhateverTheCall) {
