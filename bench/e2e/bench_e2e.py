@@ -337,20 +337,17 @@ def batching_cost(args: argparse.Namespace, workdir: str, batched: str) -> dict:
 def batching_lines(b: dict) -> list[str]:
     """The batching table, for this script's report and for bench/report.py's."""
     on, off = b["on"], b["off"]
-
-    def yes(met: bool) -> str:
-        return "yes" if met else "NO"
     return [
         "| batching, decode preset (`attnscore load`, best of "
         f"{b['rounds']}) | defaults | --max-batch-size 1 | defaults vs 1 | target | met |",
         "|---|---:|---:|---:|---:|:-:|",
         f"| c=64 throughput (req/s) | {on['c64']['rps']:.0f} | {off['c64']['rps']:.0f} | "
         f"{b['throughput_ratio']:.2f}x | >= {BATCHING_THROUGHPUT_TARGET}x | "
-        f"{yes(b['met_throughput'])} |",
+        f"{yes_no(b['met_throughput'])} |",
         f"| c=64 p99 of those runs (ms) | {on['c64']['p99_ms']:.1f} | {off['c64']['p99_ms']:.1f} | "
-        f"{b['p99_ratio']:.2f}x | <= {BATCHING_P99_LIMIT}x | {yes(b['met_p99'])} |",
+        f"{b['p99_ratio']:.2f}x | <= {BATCHING_P99_LIMIT}x | {yes_no(b['met_p99'])} |",
         f"| c=1 p50 (ms) | {on['c1']['p50_ms']:.3f} | {off['c1']['p50_ms']:.3f} | "
-        f"{b['c1_added_ms']:+.3f} ms | <= +{BATCHING_C1_ADDED_MS} ms | {yes(b['met_c1'])} |"]
+        f"{b['c1_added_ms']:+.3f} ms | <= +{BATCHING_C1_ADDED_MS} ms | {yes_no(b['met_c1'])} |"]
 
 
 def read_rss(pid: int) -> int:
@@ -457,9 +454,9 @@ def memory_line(m: dict) -> str:
     return (f"Memory under load (prefill512, c=8, {len(m['rss_after_rounds'])} rounds): idle RSS "
             f"{m['idle_rss'] / mib:.0f} MiB, peak {m['peak_rss'] / mib:.0f} MiB with at most "
             f"{m['peak_inflight'] / mib:.0f} MiB in flight (target <= idle + 3x in flight = "
-            f"{m['allowed_peak'] / mib:.0f} MiB: {'yes' if m['peak_met'] else 'NO'}); RSS after "
+            f"{m['allowed_peak'] / mib:.0f} MiB: {yes_no(m['peak_met'])}); RSS after "
             f"each round {after} MiB, growth after warm-up {m['growth'] / mib:+.1f} MiB (target "
-            f"<= {m['allowed_growth'] / mib:.0f} MiB: {'yes' if m['growth_met'] else 'NO'})"
+            f"<= {m['allowed_growth'] / mib:.0f} MiB: {yes_no(m['growth_met'])})"
             + pool_note(m) + ".")
 
 
@@ -473,11 +470,16 @@ def pool_note(m: dict) -> str:
             f"{pool} MiB, so growth outside the pool {m['growth_outside_pool'] / mib:+.1f} MiB")
 
 
+def yes_no(met) -> str:
+    """A met cell: yes, NO, or '-' without a target."""
+    return "-" if met is None else ("yes" if met else "NO")
+
+
 def target_cells(row: dict) -> str:
     """The target and met cells of a row: '-' for a row without a target."""
     if row.get("target") is None:
         return "- | -"
-    return f">= {row['target']}x | {'yes' if row['met'] else 'NO'}"
+    return f">= {row['target']}x | {yes_no(row['met'])}"
 
 
 @dataclass
@@ -499,7 +501,7 @@ class Report:
         if d:
             lines.append(f"| decode preset c=64 (req/s) | {d['attnscore']['rps']:.0f} | "
                          f"{d['peer']['rps']:.0f} | - | {d['speedup']:.2f}x | >= {d['target']}x | "
-                         f"{'yes' if d['met'] else 'NO'} |")
+                         f"{yes_no(d['met'])} |")
         if self.batching:
             lines += [""] + batching_lines(self.batching)
         m = self.memory

@@ -19,6 +19,12 @@ HEALTH_SERVICE = "grpc.health.v1.Health"
 HEALTH_CHECK_METHOD = f"/{HEALTH_SERVICE}/Check"
 SCORE_METHOD = f"/{SERVICE_NAME}/Score"
 SCORE_STREAM_METHOD = f"/{SERVICE_NAME}/ScoreStream"
+SERVING_STATUS = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}
+_LIST_SCHEMES = ("ipv4:", "ipv6:", "unix:", "unix-abstract:")
+
+# A PEM given as bytes / "-----BEGIN ..." text, or a path to a PEM file.
+Pem = Union[bytes, str, os.PathLike]
+Metadata = Tuple[Tuple[str, str], ...]
 
 
 def score_callables(channel: Any) -> Tuple[Any, Any]:
@@ -31,12 +37,6 @@ def score_callables(channel: Any) -> Tuple[Any, Any]:
                                    request_serializer=pb.ScoreRequest.SerializeToString,
                                    response_deserializer=parse_score_response)
     return score, stream
-SERVING_STATUS = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}
-_LIST_SCHEMES = ("ipv4:", "ipv6:", "unix:", "unix-abstract:")
-
-# A PEM given as bytes / "-----BEGIN ..." text, or a path to a PEM file.
-Pem = Union[bytes, str, os.PathLike]
-Metadata = Tuple[Tuple[str, str], ...]
 
 
 def service_config() -> str:

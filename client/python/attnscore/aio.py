@@ -62,7 +62,7 @@ class Client:
             return []
         try:
             call = self._score_stream(iter(collector.messages),
-                                          **_channel.call_kwargs(self._config))
+                                      **_channel.call_kwargs(self._config))
             async for response in call:
                 collector.add(response)
         except grpc.RpcError as error:

@@ -72,7 +72,7 @@ class Client:
             return []
         try:
             for response in self._score_stream(iter(collector.messages),
-                                                   **_channel.call_kwargs(self._config)):
+                                               **_channel.call_kwargs(self._config)):
                 collector.add(response)
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
