@@ -89,82 +89,116 @@ ATTNSCORE_ROW_LOOP void AddRelativeRow(float* row, int64_t n,
 
 namespace {
 
+// Half a Lanes value and its halves: ScaledDotRows keeps each row's kRowLanes
+// lanes as two Half accumulators (lanes k and k + 8), which every clone holds
+// in registers. A whole Lanes value there went through the stack on AVX2
+// (two ymm each), and the loop ran at a third of the memory rate.
+using Half = float __attribute__((vector_size(kRowLanes / 2 * sizeof(float))));
+using Quarter =
+    float __attribute__((vector_size(kRowLanes / 4 * sizeof(float))));
+using Eighth =
+    float __attribute__((vector_size(kRowLanes / 8 * sizeof(float))));
+
+// Rows' dot products with x, in ScaledDotRows' order: kRowLanes lanes, the
+// lanes pairwise (k and k + 8, then k + 4, k + 2, k + 1), then the
+// d % kRowLanes tail. kRows rows at a time: independent sums over separate
+// lines keep more loads in flight. dots[r] = rows[r * ld, +d) . x.
+template <int kRows>
+[[gnu::always_inline]] inline void LaneDots(const float* rows, int64_t ld,
+                                            const float* x, int64_t d,
+                                            float* dots) {
+  static_assert(kRowLanes == 16, "the halving below is for 16 lanes");
+  const int64_t body = d - d % kRowLanes;
+  Half lo[kRows] = {};
+  Half hi[kRows] = {};
+  for (int64_t t = 0; t < body; t += kRowLanes) {
+    Half x_lo, x_hi;  // unaligned loads
+    std::memcpy(&x_lo, x + t, sizeof(x_lo));
+    std::memcpy(&x_hi, x + t + kRowLanes / 2, sizeof(x_hi));
+#pragma GCC unroll 8
+    for (int r = 0; r < kRows; ++r) {
+      Half a_lo, a_hi;
+      std::memcpy(&a_lo, rows + r * ld + t, sizeof(a_lo));
+      std::memcpy(&a_hi, rows + r * ld + t + kRowLanes / 2, sizeof(a_hi));
+      lo[r] += a_lo * x_lo;
+      hi[r] += a_hi * x_hi;
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < kRows; ++r) {
+    // __builtin_shufflevector: GCC >= 12 and clang alike.
+    const Half h8 = lo[r] + hi[r];
+    const Quarter h4 = __builtin_shufflevector(h8, h8, 0, 1, 2, 3) +
+                       __builtin_shufflevector(h8, h8, 4, 5, 6, 7);
+    const Eighth h2 = __builtin_shufflevector(h4, h4, 0, 1) +
+                      __builtin_shufflevector(h4, h4, 2, 3);
+    float dot = h2[0] + h2[1];
+    for (int64_t t = body; t < d; ++t) dot += rows[r * ld + t] * x[t];
+    dots[r] = dot;
+  }
+}
+
 // kRowLanes floats as one value of GCC's generic vectors: each clone lowers it
 // to its own registers (one zmm, two ymm, four xmm).
 using Lanes = float __attribute__((vector_size(kRowLanes * sizeof(float))));
 
-// row . x in ScaledDotRows' order: kRowLanes lanes, the lanes pairwise (k and
-// k + 8, then k + 4, k + 2, k + 1), then the d % kRowLanes tail. Spelled with
-// explicit shuffles: the plain loop's pairwise steps went through the stack.
-inline float LaneDot(const float* row, const float* x, int64_t d) {
-  static_assert(kRowLanes == 16, "the shuffles below are for 16 lanes");
-  const int64_t body = d - d % kRowLanes;
-  Lanes acc = {};
-  for (int64_t t = 0; t < body; t += kRowLanes) {
-    Lanes a, b;  // unaligned loads
-    std::memcpy(&a, row + t, sizeof(a));
-    std::memcpy(&b, x + t, sizeof(b));
-    acc += a * b;
-  }
-  // __builtin_shufflevector: GCC >= 12 and clang alike.
-  acc += __builtin_shufflevector(acc, acc, 8, 9, 10, 11, 12, 13, 14, 15, 8, 9,
-                                 10, 11, 12, 13, 14, 15);
-  acc += __builtin_shufflevector(acc, acc, 4, 5, 6, 7, 4, 5, 6, 7, 4, 5, 6, 7,
-                                 4, 5, 6, 7);
-  acc += __builtin_shufflevector(acc, acc, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3,
-                                 2, 3, 2, 3);
-  acc += __builtin_shufflevector(acc, acc, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
-                                 1, 1, 1, 1);
-  float dot = acc[0];
-  for (int64_t t = body; t < d; ++t) dot += row[t] * x[t];
-  return dot;
-}
+// Floats in a vector of type V, and V vectors per panel row.
+template <typename V>
+constexpr int64_t kVectorFloats = sizeof(V) / sizeof(float);
+template <typename V>
+constexpr int kPanelVectors = static_cast<int>(kPanelCols / kVectorFloats<V>);
 
-// A Lanes value is kRowLanes of a panel's kPanelCols columns.
-constexpr int kPanelVectors = static_cast<int>(kPanelCols / kRowLanes);
-
-// PanelDots' register block: kItems steps x kVectors column vectors, from
-// `run` (a vector's columns in a panel) on: vector v is vector v %
+// PanelDots' register block: kItems steps x kVectors column vectors of type V,
+// from `run` (a vector's columns in a panel) on: vector v is vector v %
 // kPanelVectors of panel v / kPanelVectors. Accumulated over d, in order,
-// then stored at out (row stride out_ld). Always inlined, so that each clone
-// has its own copy.
-template <int kItems, int kVectors>
+// then stored at out (row stride out_ld). Each column is a sum of its own, so
+// V's width changes no bits. Always inlined, so that each clone has its own
+// copy.
+template <typename V, int kItems, int kVectors>
 [[gnu::always_inline]] inline void PanelBlock(const float* run, int64_t d,
                                               const float* q, int64_t q_stride,
                                               float* out, int64_t out_ld) {
+  constexpr int kPerPanel = kPanelVectors<V>;
+  constexpr int64_t kFloats = kVectorFloats<V>;
   const int64_t panel_floats = d * kPanelCols;
-  Lanes acc[kItems][kVectors] = {};
+  V acc[kItems][kVectors] = {};
   for (int64_t c = 0; c < d; ++c) {
-    Lanes e[kVectors];
+    V e[kVectors];
+#pragma GCC unroll 16
     for (int v = 0; v < kVectors; ++v) {
       std::memcpy(&e[v],
-                  run + v / kPanelVectors * panel_floats + c * kPanelCols +
-                      v % kPanelVectors * kRowLanes,
+                  run + v / kPerPanel * panel_floats + c * kPanelCols +
+                      v % kPerPanel * kFloats,
                   sizeof(e[v]));
     }
+#pragma GCC unroll 16
     for (int i = 0; i < kItems; ++i) {
       const float s = q[i * q_stride + c];
+#pragma GCC unroll 16
       for (int v = 0; v < kVectors; ++v) acc[i][v] += s * e[v];
     }
   }
+#pragma GCC unroll 16
   for (int i = 0; i < kItems; ++i) {
+#pragma GCC unroll 16
     for (int v = 0; v < kVectors; ++v) {
-      std::memcpy(out + i * out_ld + v * kRowLanes, &acc[i][v],
+      std::memcpy(out + i * out_ld + v * kFloats, &acc[i][v],
                   sizeof(acc[i][v]));
     }
   }
 }
 
 // PanelDots with one register shape: kItems steps at a time over one panel
-// (kVectors vectors at a time), whose d rows then come from L1 for the next
-// steps; steps left over one at a time, over kRunPanels panels at once (a
-// lone decode step reads each embedding once: enough independent sums to
-// keep the adders busy).
-template <int kItems, int kVectors, int kRunPanels>
+// (kVectors vectors of type V at a time), whose d rows then come from L1 for
+// the next steps; steps left over one at a time, over kRunPanels panels at
+// once (a lone decode step reads each embedding once: enough independent sums
+// to keep the adders busy).
+template <typename V, int kItems, int kVectors, int kRunPanels>
 [[gnu::always_inline]] inline void PanelDotsWith(
     const float* panels, int64_t a0, int64_t n, const float* q,
     int64_t q_stride, int64_t count, int64_t d, float* out, int64_t out_ld) {
-  static_assert(kPanelVectors % kVectors == 0);
+  constexpr int kPerPanel = kPanelVectors<V>;
+  static_assert(kPerPanel % kVectors == 0);
   const int64_t panel_floats = d * kPanelCols;
   const auto column = [a0](int64_t p) { return p * kPanelCols - a0; };
   // The panels wholly inside [a0, a0 + n), computed in place.
@@ -173,24 +207,25 @@ template <int kItems, int kVectors, int kRunPanels>
   int64_t g = 0;
   for (; g + kItems <= count; g += kItems) {
     for (int64_t p = whole_begin; p < whole_end; ++p) {
-      for (int v = 0; v < kPanelVectors; v += kVectors) {
-        PanelBlock<kItems, kVectors>(
-            panels + p * panel_floats + v * kRowLanes, d, q + g * q_stride,
-            q_stride, out + g * out_ld + column(p) + v * kRowLanes, out_ld);
+      for (int v = 0; v < kPerPanel; v += kVectors) {
+        PanelBlock<V, kItems, kVectors>(
+            panels + p * panel_floats + v * kVectorFloats<V>, d,
+            q + g * q_stride, q_stride,
+            out + g * out_ld + column(p) + v * kVectorFloats<V>, out_ld);
       }
     }
   }
   for (; g < count; ++g) {
     int64_t p = whole_begin;
     for (; p + kRunPanels <= whole_end; p += kRunPanels) {
-      PanelBlock<1, kRunPanels * kPanelVectors>(
+      PanelBlock<V, 1, kRunPanels * kPerPanel>(
           panels + p * panel_floats, d, q + g * q_stride, q_stride,
           out + g * out_ld + column(p), out_ld);
     }
     for (; p < whole_end; ++p) {
-      PanelBlock<1, kPanelVectors>(panels + p * panel_floats, d,
-                                   q + g * q_stride, q_stride,
-                                   out + g * out_ld + column(p), out_ld);
+      PanelBlock<V, 1, kPerPanel>(panels + p * panel_floats, d,
+                                  q + g * q_stride, q_stride,
+                                  out + g * out_ld + column(p), out_ld);
     }
   }
   // The (at most two) panels cut by the range: whole into `part`, then the
@@ -202,17 +237,18 @@ template <int kItems, int kVectors, int kRunPanels>
     const int64_t lo = std::max<int64_t>(column(p), 0);
     const int64_t hi = std::min(column(p) + kPanelCols, n);
     for (int64_t i = 0; i < count; ++i) {
-      PanelBlock<1, kPanelVectors>(panels + p * panel_floats, d,
-                                   q + i * q_stride, q_stride, part,
-                                   kPanelCols);
+      PanelBlock<V, 1, kPerPanel>(panels + p * panel_floats, d,
+                                  q + i * q_stride, q_stride, part, kPanelCols);
       std::copy(part + (lo - column(p)), part + (hi - column(p)),
                 out + i * out_ld + lo);
     }
   }
 }
 
-// 32 vector registers (AVX-512) hold 8 x 2 or 1 x 8 accumulators; 16 (AVX2,
-// SSE2) hold 4 x 1 or 1 x 4 (a Lanes value is two ymm or four xmm there).
+// 32 vector registers (AVX-512) hold 8 x 2 or 1 x 8 accumulators of Lanes
+// (one zmm); 16 (AVX2, SSE2) hold 4 x 2 or 1 x 8 of Half (one ymm on AVX2):
+// whole Lanes values there (two ymm) went through the stack, and the relative
+// decode ran at half the speed.
 bool HasWideRegisters() {
   static const bool wide = __builtin_cpu_supports("avx512f");
   return wide;
@@ -227,11 +263,27 @@ ATTNSCORE_ROW_LOOP void ScaledDotRows(const float* rows, int64_t ld, int64_t n,
   const uintptr_t row_bytes = static_cast<uintptr_t>(ld) * sizeof(float);
   const uintptr_t ahead =
       (kStreamPrefetchBytes + row_bytes - 1) / row_bytes * row_bytes;
-  for (int64_t j = 0; j < n; ++j) {
-    PrefetchLines(rows + j * ld, ahead,
-                  static_cast<uintptr_t>(d) * sizeof(float));
-    const float dot = alpha * LaneDot(rows + j * ld, x, d);
-    out[j] = accumulate ? out[j] + dot : dot;
+  const uintptr_t used_bytes = static_cast<uintptr_t>(d) * sizeof(float);
+  constexpr int kBlock = 4;  // 8 measured alike
+  float dots[kBlock];
+  const auto store = [&](int64_t j, int count) {
+    for (int r = 0; r < count; ++r) {
+      const float dot = alpha * dots[r];
+      out[j + r] = accumulate ? out[j + r] + dot : dot;
+    }
+  };
+  int64_t j = 0;
+  for (; j + kBlock <= n; j += kBlock) {
+    for (int r = 0; r < kBlock; ++r) {
+      PrefetchLines(rows + (j + r) * ld, ahead, used_bytes);
+    }
+    LaneDots<kBlock>(rows + j * ld, ld, x, d, dots);
+    store(j, kBlock);
+  }
+  for (; j < n; ++j) {
+    PrefetchLines(rows + j * ld, ahead, used_bytes);
+    LaneDots<1>(rows + j * ld, ld, x, d, dots);
+    store(j, 1);
   }
 }
 
@@ -241,9 +293,11 @@ ATTNSCORE_ROW_LOOP void PanelDots(const float* panels, int64_t a0, int64_t n,
                                   int64_t out_ld) {
   if (n <= 0) return;
   if (HasWideRegisters()) {
-    PanelDotsWith<8, 2, 4>(panels, a0, n, q, q_stride, count, d, out, out_ld);
+    PanelDotsWith<Lanes, 8, 2, 4>(panels, a0, n, q, q_stride, count, d, out,
+                                  out_ld);
   } else {
-    PanelDotsWith<4, 1, 2>(panels, a0, n, q, q_stride, count, d, out, out_ld);
+    PanelDotsWith<Half, 4, 2, 2>(panels, a0, n, q, q_stride, count, d, out,
+                                 out_ld);
   }
 }
 
