@@ -210,12 +210,18 @@ class TileKernel {
     const int64_t width = VisibleIn(b, i1 - 1, j0, n);
     if (width > 0) {
       const MMat head = {dst.data, m, width, dst.ld};
-      MatMulNT(ContentQuery(b, h, i0, m), p_.k.Rows(b, h, j0, width), p_.scale,
-               /*accumulate=*/false, head);
       if (p_.relative()) {
+        MatMulNT(ContentQuery(b, h, i0, m), p_.k.Rows(b, h, j0, width),
+                 p_.scale, /*accumulate=*/false, head);
         AddRelative(b, h, i0, j0, head);
       } else {
-        AddAlibi(b, h, i0, j0, head);
+        // The bias first, the products added to it: the BLAS's C = alpha AB
+        // + C pass replaces a pass that zeroes C and one that adds the bias.
+        // (Its kernels fuse that add, rounding once: within the tolerances
+        // against the literal port, and the same whatever the batch.)
+        StoreAlibi(h, i0, j0, head);
+        MatMulNT(p_.q.Rows(b, h, i0, m), p_.k.Rows(b, h, j0, width), p_.scale,
+                 /*accumulate=*/true, head);
       }
     }
     for (int64_t r = 0; r < m; ++r) {
@@ -239,14 +245,15 @@ class TileKernel {
     return CMat{out, m, p_.head_dim, p_.head_dim};
   }
 
-  // -m_h * d (causal) or -m_h * |d|, d = (Lk - Lq + i) - j, where visible.
-  void AddAlibi(int64_t b, int64_t h, int64_t i0, int64_t j0,
-                const MMat& dst) const {
+  // dst = -m_h * d (causal) or -m_h * |d|, d = (Lk - Lq + i) - j: every
+  // column, so that no stale value reaches the products added to it (Scores
+  // masks the keys a row does not see afterwards).
+  void StoreAlibi(int64_t h, int64_t i0, int64_t j0, const MMat& dst) const {
     const float slope = -p_.slopes[h];
     for (int64_t r = 0; r < dst.rows; ++r) {
       const int64_t i = i0 + r;
-      AddAlibiRow(dst.row(r), VisibleIn(b, i, j0, dst.cols),
-                  p_.key_len - p_.query_len + i - j0, slope, p_.causal);
+      StoreAlibiRow(dst.row(r), dst.cols, p_.key_len - p_.query_len + i - j0,
+                    slope, p_.causal);
     }
   }
 

@@ -40,15 +40,15 @@ ATTNSCORE_ROW_LOOP float RowSum(const float* x, int64_t n) {
   return sum;
 }
 
-ATTNSCORE_ROW_LOOP void AddAlibiRow(float* row, int64_t n, int64_t base,
-                                    float slope, bool causal) {
+ATTNSCORE_ROW_LOOP void StoreAlibiRow(float* row, int64_t n, int64_t base,
+                                      float slope, bool causal) {
   // Distances as int32 (exact in float32 up to 2^24, like the int64 ones)
   // vectorise on every instruction set; int64 conversions need AVX-512DQ.
   constexpr int64_t kInt32 = std::numeric_limits<int32_t>::max();
   if (std::max(std::abs(base), std::abs(base - n)) >= kInt32) {
     for (int64_t c = 0; c < n; ++c) {
       const auto d = static_cast<float>(base - c);
-      row[c] += slope * (causal ? d : std::fabs(d));
+      row[c] = slope * (causal ? d : std::fabs(d));
     }
     return;
   }
@@ -56,11 +56,11 @@ ATTNSCORE_ROW_LOOP void AddAlibiRow(float* row, int64_t n, int64_t base,
   const auto n32 = static_cast<int32_t>(n);
   if (causal) {
     for (int32_t c = 0; c < n32; ++c) {
-      row[c] += slope * static_cast<float>(base32 - c);
+      row[c] = slope * static_cast<float>(base32 - c);
     }
   } else {
     for (int32_t c = 0; c < n32; ++c) {
-      row[c] += slope * std::fabs(static_cast<float>(base32 - c));
+      row[c] = slope * std::fabs(static_cast<float>(base32 - c));
     }
   }
 }

@@ -48,9 +48,10 @@ float RowMax(const float* x, int64_t n);
 // x[0] + ... + x[n - 1], in kRowLanes lanes.
 float RowSum(const float* x, int64_t n);
 
-// row[c] += slope * d (causal) or slope * |d|, d = base - c, for c in [0, n):
+// row[c] = slope * d (causal) or slope * |d|, d = base - c, for c in [0, n):
 // the ALiBi bias of one query row, d its distance to key c.
-void AddAlibiRow(float* row, int64_t n, int64_t base, float slope, bool causal);
+void StoreAlibiRow(float* row, int64_t n, int64_t base, float slope,
+                   bool causal);
 
 // row[c] += scale * (shifted[c] + bias[c * bias_stride]), c in [0, n): the
 // relative position term of one query row.

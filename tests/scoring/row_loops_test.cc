@@ -1,7 +1,7 @@
 // The blocked path's element loops (server/scoring/row_loops.h) against plain
 // scalar loops of the same arithmetic, bit for bit, at lengths around the
 // vector widths and with -inf, on whichever clone this CPU resolves to; and
-// the int64 fallback of AddAlibiRow for distances past int32.
+// the int64 fallback of StoreAlibiRow for distances past int32.
 #include "server/scoring/row_loops.h"
 
 #include <cmath>
@@ -120,19 +120,21 @@ TEST(RowLoopsTest, ScaledDotRowsIsTheProductInFixedLanes) {
   }
 }
 
-TEST(RowLoopsTest, AddAlibiRowMatchesTheScalarFormula) {
+TEST(RowLoopsTest, StoreAlibiRowMatchesTheScalarFormula) {
   for (bool causal : {false, true}) {
     for (int64_t n : kLengths) {
       for (int64_t base :
            {int64_t{0}, n - 1, n / 2, int64_t{4095}, int64_t{-5}}) {
+        // Whatever the row held before (-inf, NaN, numbers) is overwritten.
         std::vector<float> got = Random(n, 3);
-        std::vector<float> want = got;
-        if (n > 1) got[0] = want[0] = -kInf;
+        if (n > 1) got[0] = -kInf;
+        if (n > 2) got[1] = std::numeric_limits<float>::quiet_NaN();
+        std::vector<float> want(n);
         const float slope = -0.0625f;
-        AddAlibiRow(got.data(), n, base, slope, causal);
+        StoreAlibiRow(got.data(), n, base, slope, causal);
         for (int64_t c = 0; c < n; ++c) {
           const auto d = static_cast<float>(base - c);
-          want[c] += slope * (causal ? d : std::fabs(d));
+          want[c] = slope * (causal ? d : std::fabs(d));
         }
         ExpectBits(got, want, n);
       }
@@ -140,15 +142,15 @@ TEST(RowLoopsTest, AddAlibiRowMatchesTheScalarFormula) {
   }
 }
 
-TEST(RowLoopsTest, AddAlibiRowFallsBackPastInt32Distances) {
+TEST(RowLoopsTest, StoreAlibiRowFallsBackPastInt32Distances) {
   const int64_t base = int64_t{1} << 33;
-  std::vector<float> got(40, 1.0f), want = got;
-  AddAlibiRow(got.data(), 40, base, -1.0f, /*causal=*/false);
+  std::vector<float> got(40, 1.0f), want(40);
+  StoreAlibiRow(got.data(), 40, base, -1.0f, /*causal=*/false);
   for (int64_t c = 0; c < 40; ++c) {
-    want[c] += -1.0f * std::fabs(static_cast<float>(base - c));
+    want[c] = -1.0f * std::fabs(static_cast<float>(base - c));
   }
   ExpectBits(got, want, 40);
-  EXPECT_EQ(got[0], 1.0f - 8589934592.0f);
+  EXPECT_EQ(got[0], -8589934592.0f);
 }
 
 TEST(RowLoopsTest, AddRelativeRowReadsTheStridedBias) {
