@@ -210,19 +210,18 @@ class TileKernel {
     const int64_t width = VisibleIn(b, i1 - 1, j0, n);
     if (width > 0) {
       const MMat head = {dst.data, m, width, dst.ld};
+      // The bias first, the content products added to it: the BLAS's C =
+      // alpha AB + C pass replaces a pass that zeroes C and one that adds the
+      // bias. (Its kernels fuse that add, rounding once: within the
+      // tolerances against the literal port, and the same whatever the
+      // batch.)
       if (p_.relative()) {
-        MatMulNT(ContentQuery(b, h, i0, m), p_.k.Rows(b, h, j0, width),
-                 p_.scale, /*accumulate=*/false, head);
-        AddRelative(b, h, i0, j0, head);
+        StoreRelative(b, h, i0, j0, head);
       } else {
-        // The bias first, the products added to it: the BLAS's C = alpha AB
-        // + C pass replaces a pass that zeroes C and one that adds the bias.
-        // (Its kernels fuse that add, rounding once: within the tolerances
-        // against the literal port, and the same whatever the batch.)
         StoreAlibi(h, i0, j0, head);
-        MatMulNT(p_.q.Rows(b, h, i0, m), p_.k.Rows(b, h, j0, width), p_.scale,
-                 /*accumulate=*/true, head);
       }
+      MatMulNT(ContentQuery(b, h, i0, m), p_.k.Rows(b, h, j0, width), p_.scale,
+               /*accumulate=*/true, head);
     }
     for (int64_t r = 0; r < m; ++r) {
       float* row = dst.row(r);
@@ -257,15 +256,18 @@ class TileKernel {
     }
   }
 
-  // scale * (q_i.E[r0 + t, h] + S[r0 + t, h]), t = j - i + Lq - 1 (labml's
-  // shift): one GEMM against the Tq + width - 1 embeddings the tile touches.
-  void AddRelative(int64_t b, int64_t h, int64_t i0, int64_t j0,
-                   const MMat& dst) {
+  // dst = scale * (q_i.E[r0 + t, h] + S[r0 + t, h]), t = j - i + Lq - 1
+  // (labml's shift), where visible, and 0 in the columns a row does not see
+  // (Scores masks them afterwards): one GEMM against the Tq + width - 1
+  // embeddings the tile touches.
+  void StoreRelative(int64_t b, int64_t h, int64_t i0, int64_t j0,
+                     const MMat& dst) {
     const int64_t m = dst.rows, width = dst.cols;
     if (p_.relative_group > 0) {  // a decode step: i = 0, t = j
-      AddRelativeRow(dst.row(0), VisibleIn(b, 0, j0, width),
-                     GroupDistances(b, h) + j0,
-                     p_.pos_bias_t + h * p_.span + p_.r0 + j0, 1, p_.scale);
+      const int64_t visible = VisibleIn(b, 0, j0, width);
+      StoreRelativeRow(dst.row(0), visible, GroupDistances(b, h) + j0,
+                       p_.pos_bias_t + h * p_.span + p_.r0 + j0, 1, p_.scale);
+      std::fill(dst.row(0) + visible, dst.row(0) + width, 0.0f);
       return;
     }
     const int64_t t_lo = j0 - (i0 + m) + p_.query_len;
@@ -280,8 +282,9 @@ class TileKernel {
     for (int64_t r = 0; r < m; ++r) {
       const int64_t visible = VisibleIn(b, i0 + r, j0, width);
       const float* shifted = bd.row(r) + (m - 1 - r);  // tt = c - r + m - 1
-      AddRelativeRow(dst.row(r), visible, shifted,
-                     bias + (m - 1 - r) * p_.heads, p_.heads, p_.scale);
+      StoreRelativeRow(dst.row(r), visible, shifted,
+                       bias + (m - 1 - r) * p_.heads, p_.heads, p_.scale);
+      std::fill(dst.row(r) + visible, dst.row(r) + width, 0.0f);
     }
   }
 

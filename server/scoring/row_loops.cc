@@ -79,11 +79,12 @@ ATTNSCORE_ROW_LOOP void StoreBFloat16Row(const float* in, int64_t n,
   }
 }
 
-ATTNSCORE_ROW_LOOP void AddRelativeRow(float* row, int64_t n,
-                                       const float* shifted, const float* bias,
-                                       int64_t bias_stride, float scale) {
+ATTNSCORE_ROW_LOOP void StoreRelativeRow(float* row, int64_t n,
+                                         const float* shifted,
+                                         const float* bias, int64_t bias_stride,
+                                         float scale) {
   for (int64_t c = 0; c < n; ++c) {
-    row[c] += scale * (shifted[c] + bias[c * bias_stride]);
+    row[c] = scale * (shifted[c] + bias[c * bias_stride]);
   }
 }
 

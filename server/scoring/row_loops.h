@@ -53,10 +53,10 @@ float RowSum(const float* x, int64_t n);
 void StoreAlibiRow(float* row, int64_t n, int64_t base, float slope,
                    bool causal);
 
-// row[c] += scale * (shifted[c] + bias[c * bias_stride]), c in [0, n): the
+// row[c] = scale * (shifted[c] + bias[c * bias_stride]), c in [0, n): the
 // relative position term of one query row.
-void AddRelativeRow(float* row, int64_t n, const float* shifted,
-                    const float* bias, int64_t bias_stride, float scale);
+void StoreRelativeRow(float* row, int64_t n, const float* shifted,
+                      const float* bias, int64_t bias_stride, float scale);
 
 // out[c] = in[c] as bfloat16 bits, c in [0, n): rounded to nearest even, any
 // NaN as 0x7FC0, exactly as c10::BFloat16(float) (at::Tensor::to) rounds.

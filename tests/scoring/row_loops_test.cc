@@ -153,16 +153,17 @@ TEST(RowLoopsTest, StoreAlibiRowFallsBackPastInt32Distances) {
   EXPECT_EQ(got[0], -8589934592.0f);
 }
 
-TEST(RowLoopsTest, AddRelativeRowReadsTheStridedBias) {
+TEST(RowLoopsTest, StoreRelativeRowReadsTheStridedBias) {
   for (int64_t n : kLengths) {
     const int64_t stride = 3;
     const std::vector<float> shifted = Random(n, 4);
     const std::vector<float> bias = Random(n * stride + 1, 5);
-    std::vector<float> got = Random(n, 6);
-    std::vector<float> want = got;
-    AddRelativeRow(got.data(), n, shifted.data(), bias.data(), stride, 0.125f);
+    std::vector<float> got = Random(n, 6);  // overwritten
+    std::vector<float> want(got.size());
+    StoreRelativeRow(got.data(), n, shifted.data(), bias.data(), stride,
+                     0.125f);
     for (int64_t c = 0; c < n; ++c) {
-      want[c] += 0.125f * (shifted[c] + bias[c * stride]);
+      want[c] = 0.125f * (shifted[c] + bias[c * stride]);
     }
     ExpectBits(got, want, n);
   }
