@@ -264,10 +264,9 @@ class TileKernel {
                      const MMat& dst) {
     const int64_t m = dst.rows, width = dst.cols;
     if (p_.relative_group > 0) {  // a decode step: i = 0, t = j
-      const int64_t visible = VisibleIn(b, 0, j0, width);
-      StoreRelativeRow(dst.row(0), visible, GroupDistances(b, h) + j0,
+      // One row, so the tile's width is what it sees: nothing to zero.
+      StoreRelativeRow(dst.row(0), width, GroupDistances(b, h) + j0,
                        p_.pos_bias_t + h * p_.span + p_.r0 + j0, 1, p_.scale);
-      std::fill(dst.row(0) + visible, dst.row(0) + width, 0.0f);
       return;
     }
     const int64_t t_lo = j0 - (i0 + m) + p_.query_len;
