@@ -60,10 +60,11 @@ case "$mode" in
 esac
 
 # -O1: the sanitizers' usual trade between build time, run time and readable stacks. Debug keeps
-# assert() on.
+# assert() on. -g1 (line tables) is all a report's stack needs (function, file, line); full -g
+# made the LibTorch translation units 1.6x slower to build (aten_scorer.cc with ASan: 35 s -> 21 s).
 if [ ! -f "$build_dir/build.ninja" ]; then
   cmake -S . -B "$build_dir" -G Ninja -DCMAKE_BUILD_TYPE=Debug \
-    "-DCMAKE_CXX_FLAGS_DEBUG=-O1 -g" "-DATTNSCORE_SANITIZE=$sanitize"
+    "-DCMAKE_CXX_FLAGS_DEBUG=-O1 -g1" "-DATTNSCORE_SANITIZE=$sanitize"
 fi
 mapfile -t targets < <(
   ninja -C "$build_dir" -t targets all |
