@@ -5,8 +5,17 @@
 //
 //   build/bench/attnscore_bench_scoring [--benchmark_filter=REGEX]
 //   [--benchmark_min_time=S]
-#include <ATen/ATen.h>
+#include <ATen/Context.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/allclose.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/equal.h>
+#include <ATen/ops/from_blob.h>
+#include <ATen/ops/isfinite.h>
+#include <ATen/ops/isinf.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/randn.h>
 #include <benchmark/benchmark.h>
 
 #include <cmath>

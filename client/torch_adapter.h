@@ -1,7 +1,7 @@
 // Optional LibTorch adapter for the attnscore client: at::Tensor <-> client
 // tensors, for callers that already have LibTorch. Header-only, so the client
 // library itself never links LibTorch; include it only where ATen is on the
-// include path (it includes <ATen/ATen.h>).
+// include path (it includes <ATen/core/Tensor.h> and ATen/ops/from_blob.h).
 //
 // Ownership: ViewOf borrows the at::Tensor's memory (keep the tensor alive for
 // the call, see client.h); ToAtTensor takes a result Tensor's bytes over
@@ -13,7 +13,8 @@
 #ifndef ATTNSCORE_CLIENT_TORCH_ADAPTER_H_
 #define ATTNSCORE_CLIENT_TORCH_ADAPTER_H_
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/from_blob.h>
 
 #include <cstdint>
 #include <optional>

@@ -1,7 +1,9 @@
 // LibTorch >= 2.1: scaled_dot_product_attention with an explicit scale.
 // cmake/AttnscoreTorch.cmake compiles this file instead of
 // fused_attention_none.cc when the LibTorch has it.
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/from_blob.h>
+#include <ATen/ops/scaled_dot_product_attention.h>
 
 #include "server/scoring/fused_attention.h"
 

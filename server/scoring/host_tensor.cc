@@ -1,6 +1,8 @@
 #include "server/scoring/host_tensor.h"
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
 #include <c10/util/accumulate.h>
 
 #include "server/scoring/buffer_pool.h"

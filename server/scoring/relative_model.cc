@@ -1,6 +1,8 @@
 #include "server/scoring/relative_model.h"
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/isfinite.h>
+#include <ATen/ops/zeros.h>
 
 #include <utility>
 

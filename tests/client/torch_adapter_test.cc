@@ -3,6 +3,13 @@
 // LibTorch).
 #include "client/torch_adapter.h"
 
+#include <ATen/ops/allclose.h>
+#include <ATen/ops/arange.h>
+#include <ATen/ops/equal.h>
+#include <ATen/ops/ones.h>
+#include <ATen/ops/randn.h>
+#include <ATen/ops/tensor.h>
+
 #include <algorithm>
 #include <memory>
 

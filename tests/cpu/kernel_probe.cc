@@ -1,7 +1,9 @@
 // A stand-in for a binary that computes: matches its kernels like the server
 // (EnsureMatchedKernels first), runs one product through ATen, and prints its
 // kernel report, one "key=value" per line, for matched_kernels_test.
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/ones.h>
 
 #include <cstdio>
 

@@ -6,7 +6,11 @@
 // lengths including 0, decode steps, several query tiles).
 #include "server/scoring/batched_attention.h"
 
-#include <ATen/ATen.h>
+#include <ATen/Context.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/isnan.h>
+#include <ATen/ops/randn.h>
+#include <ATen/ops/tensor.h>
 
 #include <cmath>
 #include <cstdint>

@@ -7,7 +7,8 @@
 //
 // The peak is reset (/proc/self/clear_refs "5") after the inputs exist and the
 // compute threads are started, so the growth is what the request allocated.
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/randn.h>
 
 #include <cinttypes>
 #include <cstdio>

@@ -2,8 +2,17 @@
 // (ComputeAttention) and the literal port, at tile edges, with every
 // combination of outputs; cancellation; the overflow checks of validation;
 // and peak memory, measured in a child process, against the estimate.
-#include <ATen/ATen.h>
+#include <ATen/Context.h>
 #include <ATen/Parallel.h>
+#include <ATen/TensorOperators.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/allclose.h>
+#include <ATen/ops/equal.h>
+#include <ATen/ops/full.h>
+#include <ATen/ops/isfinite.h>
+#include <ATen/ops/isinf.h>
+#include <ATen/ops/randint.h>
+#include <ATen/ops/randn.h>
 
 #include <atomic>
 #include <cinttypes>

@@ -4,7 +4,7 @@
 // drops.
 #include "server/scoring/buffer_pool.h"
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
 
 #include <cstdint>
 #include <cstring>

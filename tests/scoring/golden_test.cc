@@ -3,7 +3,15 @@
 // bfloat16 with error bounds derived from the data (see Bounds below).
 #include "tests/testing/golden.h"
 
-#include <ATen/ATen.h>
+#include <ATen/TensorOperators.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/expm1.h>
+#include <ATen/ops/isinf.h>
+#include <ATen/ops/matmul.h>
+#include <ATen/ops/tensor.h>
+#include <ATen/ops/where.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
 
 #include <cmath>
 
