@@ -1,6 +1,6 @@
 """report.py's transport rows from a transport benchmark's JSON: the best repetition of each case,
-the naive echo's time over attnscore's against the 3x target for replies of 16 MiB and more, and
-float32's time over each 16-bit dtype's against 2x."""
+the naive echo's time over attnscore's against the 3x target for replies of 16 MiB and more,
+float32's time over each 16-bit dtype's against 2x, and the socket floor beside both."""
 import os
 import sys
 import unittest
@@ -21,7 +21,8 @@ class TransportRowsTest(unittest.TestCase):
                 run("server/16MiB/f32", 1.0, 16, run_type="aggregate"),  # a mean: ignored
                 run("naive/16MiB/f32", 12.0, 16), run("echo/16MiB/f32", 9.0, 16),
                 run("server/16MiB/bf16", 2.0, 8), run("naive/16MiB/bf16", 5.0, 8),
-                run("server/64MiB/f32", 20.0, 64), run("naive/64MiB/f32", 80.0, 64)]
+                run("server/64MiB/f32", 20.0, 64), run("naive/64MiB/f32", 80.0, 64),
+                run("socket/16MiB/f32", 4.0, 16), run("socket/16MiB/bf16", 2.5, 8)]
         return report.transport_from_runs(runs)
 
     def test_best_repetition_and_targets_by_reply_size(self):
@@ -34,6 +35,14 @@ class TransportRowsTest(unittest.TestCase):
         self.assertIsNone(rows["16MiB/bf16"]["target"])  # an 8 MiB reply
         self.assertTrue(rows["64MiB/f32"]["met"])
 
+    def test_socket_floor_bounds_what_any_server_could_show(self):
+        rows = {row["case"]: row for row in self.rows()["rows"]}
+        self.assertEqual(rows["16MiB/f32"]["socket_ms"], 4.0)
+        self.assertAlmostEqual(rows["16MiB/f32"]["floor_speedup"], 3.0)  # naive 12 / floor 4
+        self.assertIsNone(rows["64MiB/f32"]["socket_ms"])  # not measured
+        self.assertIsNone(rows["64MiB/f32"]["floor_speedup"])
+        self.assertAlmostEqual(self.rows()["halving"][0]["socket_ratio"], 1.6)  # 4.0 / 2.5
+
     def test_sixteen_bit_replies_against_float32(self):
         halving = self.rows()["halving"]
         self.assertEqual(len(halving), 1)
@@ -44,8 +53,10 @@ class TransportRowsTest(unittest.TestCase):
     def test_markdown_shows_both_tables(self):
         text = report.markdown({"commit": "c", "date": "d", "cpu": {"model": "m", "flags": []},
                                 "kernels": [], "scoring": [], "transport": self.rows()})
-        self.assertIn("| 64MiB/f32 | 64 | 20.00 | 80.00 | 4.00x | >= 3.0x | yes |", text)
-        self.assertIn("| 16MiB/bf16 | 5.00 | 2.00 | 2.50x | >= 2.0x | yes |", text)
+        self.assertIn("| 64MiB/f32 | 64 | 20.00 | 80.00 | 4.00x | - | - | >= 3.0x | yes |", text)
+        self.assertIn("| 16MiB/f32 | 16 | 5.00 | 12.00 | 2.40x | 4.00 | 3.00x | >= 3.0x | NO |",
+                      text)
+        self.assertIn("| 16MiB/bf16 | 5.00 | 2.00 | 2.50x | 1.60x | >= 2.0x | yes |", text)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,11 @@
 //   echo/<size>/<dtype>    the echo, the same Client (so the difference is the
 //                          server side alone)
 //   naive/<size>/<dtype>   the echo, the generated stub (the naive pair)
+//   socket/<size>/<dtype>  the floor: a plain TCP socket pair moving the same
+//                          bytes per round trip (a 1-byte request, the reply's
+//                          bytes from and into reused buffers), with no
+//                          framing, encoding, compute or allocation; no server
+//                          delivers them over loopback TCP faster
 // over loopback TCP, with ALiBi logits [1, H, 1024, 1024] from D = 1 inputs
 // (compute small next to the bytes). Every case first checks that the echo
 // returns exactly the server's bytes. Counters: MiB per response, the
@@ -36,13 +41,18 @@
 // ratios (echo or naive time / server time: the server's speed-up; float32
 // time / this dtype's), with the load average, since the figures need a quiet
 // machine.
+#include <arpa/inet.h>
 #include <benchmark/benchmark.h>
 #include <grpcpp/grpcpp.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdlib.h>
+#include <sys/socket.h>
 #include <sys/types.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -150,6 +160,91 @@ std::unique_ptr<EchoServer> StartEchoServer(
   }
   return echo;
 }
+
+// ---------------------------------------------------------------------------
+// The socket floor.
+
+// A connected loopback TCP pair (TCP_NODELAY and the kernel's buffer sizing,
+// as gRPC's) and a thread that answers each 1-byte request with `bytes` bytes
+// from one reused buffer. Aborts on any socket error: a floor measured on a
+// broken pair measures nothing. Not thread-safe: one caller of RoundTrip.
+class SocketFloor {
+ public:
+  explicit SocketFloor(size_t bytes) : send_(bytes, '\x5a'), receive_(bytes) {
+    const int listener = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t length = sizeof(address);
+    auto* generic = reinterpret_cast<sockaddr*>(&address);
+    Check(listener >= 0 && bind(listener, generic, length) == 0 &&
+              getsockname(listener, generic, &length) == 0 &&
+              listen(listener, 1) == 0,
+          "listen");
+    client_fd_ = socket(AF_INET, SOCK_STREAM, 0);
+    Check(client_fd_ >= 0 && connect(client_fd_, generic, length) == 0,
+          "connect");
+    server_fd_ = accept(listener, nullptr, nullptr);
+    Check(server_fd_ >= 0, "accept");
+    close(listener);
+    const int one = 1;
+    for (int fd : {client_fd_, server_fd_}) {
+      setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    }
+    thread_ = std::thread([this] { Serve(); });
+  }
+  ~SocketFloor() {
+    shutdown(client_fd_, SHUT_RDWR);  // Serve's recv sees the end
+    thread_.join();
+    close(client_fd_);
+    close(server_fd_);
+  }
+  SocketFloor(const SocketFloor&) = delete;
+  SocketFloor& operator=(const SocketFloor&) = delete;
+
+  // A request byte out, the reply's bytes in.
+  void RoundTrip() {
+    const char request = 'r';
+    Check(send(client_fd_, &request, 1, MSG_NOSIGNAL) == 1, "send request");
+    Transfer(client_fd_, receive_.data(), receive_.size(), /*sending=*/false);
+  }
+
+ private:
+  static void Check(bool ok, const char* what) {
+    if (ok) return;
+    std::fprintf(stderr, "socket floor: %s: %s\n", what, std::strerror(errno));
+    std::abort();
+  }
+
+  // Moves all `size` bytes; false when the peer closed the connection.
+  static bool Transfer(int fd, char* data, size_t size, bool sending) {
+    size_t done = 0;
+    while (done < size) {
+      const ssize_t n = sending
+                            ? send(fd, data + done, size - done, MSG_NOSIGNAL)
+                            : recv(fd, data + done, size - done, 0);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) return false;
+      done += static_cast<size_t>(n);
+    }
+    return true;
+  }
+
+  void Serve() {
+    char request = 0;
+    while (Transfer(server_fd_, &request, 1, /*sending=*/false)) {
+      if (!Transfer(server_fd_, send_.data(), send_.size(), /*sending=*/true)) {
+        return;
+      }
+    }
+  }
+
+  std::vector<char> send_;
+  std::vector<char> receive_;
+  int client_fd_ = -1;
+  int server_fd_ = -1;
+  std::thread thread_;
+};
 
 // ---------------------------------------------------------------------------
 // Cases.
@@ -352,6 +447,17 @@ void BM_NaivePair(benchmark::State& state, const Case& c, Output out) {
   meter.Report(state);
 }
 
+// The socket floor for the reply of `c` in `out`'s dtype.
+void BM_Socket(benchmark::State& state, const Case& c, Output out) {
+  const size_t element = out.dtype == ac::DType::kFloat32 ? 4 : 2;
+  const size_t bytes = static_cast<size_t>(c.h * c.l * c.l) * element;
+  SocketFloor floor(bytes);
+  for (auto _ : state) floor.RoundTrip();
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) *
+                          static_cast<int64_t>(bytes));
+  state.counters["MiB"] = static_cast<double>(bytes) / (1 << 20);
+}
+
 void BM_Receive(benchmark::State& state, const Case& c, Output out, bool echo) {
   if (echo) PrepareEcho(c, out);
   ac::Client& client = echo ? *G().echo_client : *G().server_client;
@@ -401,21 +507,26 @@ class RatioReporter : public benchmark::ConsoleReporter {
   }
 
   // "server/<case>/<dtype>" against "echo/..." (same client) and "naive/..."
-  // (the naive pair), and the server's float32 time against this dtype's.
+  // (the naive pair), and the server's float32 time against this dtype's;
+  // then the socket floor, and the naive pair's time over it (the most any
+  // server could show against the naive pair on this machine).
   void PrintRatios() const {
-    std::printf("\n%-12s %10s %10s %10s %12s %13s %14s\n", "case", "server ms",
-                "echo ms", "naive ms", "echo/server", "naive/server",
-                "f32 ms / this");
+    std::printf("\n%-12s %10s %10s %10s %12s %13s %14s %10s %13s\n", "case",
+                "server ms", "echo ms", "naive ms", "echo/server",
+                "naive/server", "f32 ms / this", "socket ms", "naive/socket");
     for (const auto& [name, seconds] : seconds_) {
       if (name.rfind("server/", 0) != 0) continue;
       const std::string rest = name.substr(7);
       const std::string f32 = rest.substr(0, rest.rfind('/')) + "/f32";
       const double echo = Find("echo/" + rest);
       const double naive = Find("naive/" + rest);
-      std::printf("%-12s %10.2f %10s %10s %12s %13s %14s\n", rest.c_str(),
-                  seconds * 1e3, Ms(echo).c_str(), Ms(naive).c_str(),
-                  Ratio(echo, seconds).c_str(), Ratio(naive, seconds).c_str(),
-                  Ratio(Find("server/" + f32), seconds).c_str());
+      const double socket = Find("socket/" + rest);
+      std::printf("%-12s %10.2f %10s %10s %12s %13s %14s %10s %13s\n",
+                  rest.c_str(), seconds * 1e3, Ms(echo).c_str(),
+                  Ms(naive).c_str(), Ratio(echo, seconds).c_str(),
+                  Ratio(naive, seconds).c_str(),
+                  Ratio(Find("server/" + f32), seconds).c_str(),
+                  Ms(socket).c_str(), Ratio(naive, socket).c_str());
     }
   }
 
@@ -536,6 +647,9 @@ void Register(const std::vector<Case>& cases, int repetitions) {
       configure(benchmark::RegisterBenchmark(
           absl::StrCat("naive/", c.name, "/", out.name).c_str(), BM_NaivePair,
           c, out));
+      configure(benchmark::RegisterBenchmark(
+          absl::StrCat("socket/", c.name, "/", out.name).c_str(), BM_Socket, c,
+          out));
     }
   }
 }
