@@ -72,6 +72,7 @@
 #include "absl/strings/str_split.h"
 #include "attnscore/v1/attnscore.grpc.pb.h"
 #include "client/client.h"
+#include "common/dtype.h"
 #include "tests/testing/server_process.h"
 
 namespace attnscore::bench {
@@ -206,7 +207,9 @@ class SocketFloor {
   void RoundTrip() {
     const char request = 'r';
     Check(send(client_fd_, &request, 1, MSG_NOSIGNAL) == 1, "send request");
-    Transfer(client_fd_, receive_.data(), receive_.size(), /*sending=*/false);
+    Check(Transfer(client_fd_, receive_.data(), receive_.size(),
+                   /*sending=*/false),
+          "receive reply");
   }
 
  private:
@@ -449,8 +452,8 @@ void BM_NaivePair(benchmark::State& state, const Case& c, Output out) {
 
 // The socket floor for the reply of `c` in `out`'s dtype.
 void BM_Socket(benchmark::State& state, const Case& c, Output out) {
-  const size_t element = out.dtype == ac::DType::kFloat32 ? 4 : 2;
-  const size_t bytes = static_cast<size_t>(c.h * c.l * c.l) * element;
+  const size_t bytes =
+      static_cast<size_t>(c.h * c.l * c.l) * ElementSize(out.dtype);
   SocketFloor floor(bytes);
   for (auto _ : state) floor.RoundTrip();
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) *

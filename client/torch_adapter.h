@@ -1,7 +1,7 @@
 // Optional LibTorch adapter for the attnscore client: at::Tensor <-> client
 // tensors, for callers that already have LibTorch. Header-only, so the client
 // library itself never links LibTorch; include it only where ATen is on the
-// include path (it includes <ATen/core/Tensor.h> and ATen/ops/from_blob.h).
+// include path (it includes <ATen/core/Tensor.h> and <ATen/ops/from_blob.h>).
 //
 // Ownership: ViewOf borrows the at::Tensor's memory (keep the tensor alive for
 // the call, see client.h); ToAtTensor takes a result Tensor's bytes over
