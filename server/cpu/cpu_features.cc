@@ -67,6 +67,7 @@ CpuFeatures DetectCpuFeatures() {
   const bool os_zmm = os_ymm && (xcr0 & 0xE0U) == 0xE0U;
   f.avx = os_ymm && Bit(leaf1.ecx, 28);
   f.fma = f.avx && Bit(leaf1.ecx, 12);
+  f.f16c = f.avx && Bit(leaf1.ecx, 29);
   const Registers leaf7 = CpuId(7, 0);
   f.avx2 = f.avx && Bit(leaf7.ebx, 5);
   f.avx512f = os_zmm && Bit(leaf7.ebx, 16);

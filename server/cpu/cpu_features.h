@@ -14,10 +14,11 @@ namespace attnscore::cpu {
 
 struct CpuFeatures {
   bool x86_64 = false;
-  // AVX and FMA3 with YMM state enabled by the OS.
+  // AVX, FMA3 and F16C (float16 conversions) with YMM state enabled by the OS.
   bool avx = false;
   bool avx2 = false;
   bool fma = false;
+  bool f16c = false;
   // AVX-512 foundation and the subsets OpenBLAS's SkylakeX kernels and ATen's
   // AVX512 kernels need, with ZMM state enabled by the OS.
   bool avx512f = false;

@@ -381,30 +381,16 @@ class TileKernel {
   // at::Tensor::to does.
   void Store(const MMat& rows, void* output, int64_t offset) const {
     const int64_t count = rows.rows * rows.cols;
+    // c10::Half and c10::BFloat16 hold their bits in one uint16_t (`x`).
+    static_assert(sizeof(c10::Half) == sizeof(uint16_t));
+    static_assert(sizeof(c10::BFloat16) == sizeof(uint16_t));
+    auto* bits = static_cast<uint16_t*>(output) + offset;
     if (p_.matrix_type == at::kHalf) {
-      StoreHalf(rows.data, count, static_cast<c10::Half*>(output) + offset);
+      StoreFloat16Row(rows.data, count, bits);
     } else {
-      // c10::BFloat16 holds its bits in one uint16_t (`x`).
-      static_assert(sizeof(c10::BFloat16) == sizeof(uint16_t));
-      StoreBFloat16Row(rows.data, count,
-                       reinterpret_cast<uint16_t*>(
-                           static_cast<c10::BFloat16*>(output) + offset));
+      StoreBFloat16Row(rows.data, count, bits);
     }
   }
-  // ATen's conversion (F16C where the CPU has it) for large tiles: a
-  // float16 loop of c10's formula measured slower.
-  static void StoreHalf(const float* in, int64_t count, c10::Half* out) {
-    if (count < kSmallExp) {
-      for (int64_t c = 0; c < count; ++c) {
-        out[c] = static_cast<c10::Half>(in[c]);
-      }
-      return;
-    }
-    at::from_blob(out, {count}, at::TensorOptions().dtype(at::kHalf))
-        .copy_(at::from_blob(const_cast<float*>(in), {count},
-                             at::TensorOptions().dtype(at::kFloat)));
-  }
-
   // After the relative term's scratch: a [Tq, Lk] float32 tile.
   float* TileScratch(int64_t m) const {
     return scratch_ + RelativeFloats(m, p_.key_len);

@@ -62,6 +62,12 @@ void StoreRelativeRow(float* row, int64_t n, const float* shifted,
 // NaN as 0x7FC0, exactly as c10::BFloat16(float) (at::Tensor::to) rounds.
 void StoreBFloat16Row(const float* in, int64_t n, uint16_t* out);
 
+// out[c] = in[c] as float16 bits, c in [0, n): rounded to nearest even, any
+// NaN as 0x7E00 with its sign, exactly as c10::Half(float) (at::Tensor::to)
+// rounds. F16C where the CPU has it (checked once), else common/dtype.h's
+// FloatToHalf.
+void StoreFloat16Row(const float* in, int64_t n, uint16_t* out);
+
 // Columns per panel of PanelDots' embeddings.
 inline constexpr int64_t kPanelCols = 32;
 

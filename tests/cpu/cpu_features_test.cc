@@ -37,6 +37,7 @@ TEST(CpuFeaturesTest, AgreesWithProcCpuinfo) {
   EXPECT_EQ(f.avx, flags.count("avx") == 1);
   EXPECT_EQ(f.avx2, flags.count("avx2") == 1);
   EXPECT_EQ(f.fma, flags.count("fma") == 1);
+  EXPECT_EQ(f.f16c, flags.count("f16c") == 1);
   EXPECT_EQ(f.avx512f, flags.count("avx512f") == 1);
   EXPECT_EQ(f.avx512bw, flags.count("avx512bw") == 1);
   EXPECT_EQ(f.avx512vl, flags.count("avx512vl") == 1);

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "c10/util/BFloat16.h"
+#include "c10/util/Half.h"
 #include "gtest/gtest.h"
 
 namespace attnscore::scoring {
@@ -240,6 +241,35 @@ TEST(RowLoopsTest, StoreBFloat16RowRoundsAsC10) {
   }
   std::vector<uint16_t> got(x.size());
   StoreBFloat16Row(x.data(), static_cast<int64_t>(x.size()), got.data());
+  for (size_t c = 0; c < x.size(); ++c) {
+    ASSERT_EQ(got[c], want(x[c])) << std::hex << Bits(x[c]);
+  }
+}
+
+// The same cases through the F16C path (where the CPU has it: eight at a
+// time, a group with a NaN and the tail by formula), and a NaN with payload
+// bits (which F16C would keep) at every offset of a group of eight.
+TEST(RowLoopsTest, StoreFloat16RowRoundsAsC10) {
+  const auto want = [](float v) { return c10::Half(v).x; };
+  std::vector<float> x = SixteenBitCases();
+  for (int at = 0; at < 8; ++at) {
+    std::vector<float> group = Random(8, 20 + at);
+    const uint32_t nan = at % 2 == 0 ? 0x7FBFFFFFu : 0xFFC12345u;
+    std::memcpy(&group[at], &nan, sizeof(nan));
+    x.insert(x.end(), group.begin(), group.end());
+  }
+  for (int64_t n : kLengths) {
+    for (int64_t start : {int64_t{0}, int64_t{4096}}) {
+      std::vector<uint16_t> got(static_cast<size_t>(n), 0xDEAD);
+      StoreFloat16Row(x.data() + start, n, got.data());
+      for (int64_t c = 0; c < n; ++c) {
+        ASSERT_EQ(got[c], want(x[start + c]))
+            << "n " << n << " value bits " << std::hex << Bits(x[start + c]);
+      }
+    }
+  }
+  std::vector<uint16_t> got(x.size());
+  StoreFloat16Row(x.data(), static_cast<int64_t>(x.size()), got.data());
   for (size_t c = 0; c < x.size(); ++c) {
     ASSERT_EQ(got[c], want(x[c])) << std::hex << Bits(x[c]);
   }
