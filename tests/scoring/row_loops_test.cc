@@ -225,14 +225,14 @@ std::vector<float> SixteenBitCases() {
   return x;
 }
 
-// Every length of kLengths from two starts, and the whole set at once.
-TEST(RowLoopsTest, StoreBFloat16RowRoundsAsC10) {
-  const auto want = [](float v) { return c10::BFloat16(v).x; };
-  const std::vector<float> x = SixteenBitCases();
+// `store` over every length of kLengths of `x` from two starts, and over the
+// whole of it at once, against `want` per value.
+template <typename Store, typename Want>
+void ExpectStoresAs(Store store, Want want, const std::vector<float>& x) {
   for (int64_t n : kLengths) {
     for (int64_t start : {int64_t{0}, int64_t{4096}}) {
       std::vector<uint16_t> got(static_cast<size_t>(n), 0xDEAD);
-      StoreBFloat16Row(x.data() + start, n, got.data());
+      store(x.data() + start, n, got.data());
       for (int64_t c = 0; c < n; ++c) {
         ASSERT_EQ(got[c], want(x[start + c]))
             << "n " << n << " value bits " << std::hex << Bits(x[start + c]);
@@ -240,17 +240,22 @@ TEST(RowLoopsTest, StoreBFloat16RowRoundsAsC10) {
     }
   }
   std::vector<uint16_t> got(x.size());
-  StoreBFloat16Row(x.data(), static_cast<int64_t>(x.size()), got.data());
+  store(x.data(), static_cast<int64_t>(x.size()), got.data());
   for (size_t c = 0; c < x.size(); ++c) {
     ASSERT_EQ(got[c], want(x[c])) << std::hex << Bits(x[c]);
   }
+}
+
+TEST(RowLoopsTest, StoreBFloat16RowRoundsAsC10) {
+  ExpectStoresAs(
+      StoreBFloat16Row, [](float v) { return c10::BFloat16(v).x; },
+      SixteenBitCases());
 }
 
 // The same cases through the F16C path (where the CPU has it: eight at a
 // time, a group with a NaN and the tail by formula), and a NaN with payload
 // bits (which F16C would keep) at every offset of a group of eight.
 TEST(RowLoopsTest, StoreFloat16RowRoundsAsC10) {
-  const auto want = [](float v) { return c10::Half(v).x; };
   std::vector<float> x = SixteenBitCases();
   for (int at = 0; at < 8; ++at) {
     std::vector<float> group = Random(8, 20 + at);
@@ -258,21 +263,8 @@ TEST(RowLoopsTest, StoreFloat16RowRoundsAsC10) {
     std::memcpy(&group[at], &nan, sizeof(nan));
     x.insert(x.end(), group.begin(), group.end());
   }
-  for (int64_t n : kLengths) {
-    for (int64_t start : {int64_t{0}, int64_t{4096}}) {
-      std::vector<uint16_t> got(static_cast<size_t>(n), 0xDEAD);
-      StoreFloat16Row(x.data() + start, n, got.data());
-      for (int64_t c = 0; c < n; ++c) {
-        ASSERT_EQ(got[c], want(x[start + c]))
-            << "n " << n << " value bits " << std::hex << Bits(x[start + c]);
-      }
-    }
-  }
-  std::vector<uint16_t> got(x.size());
-  StoreFloat16Row(x.data(), static_cast<int64_t>(x.size()), got.data());
-  for (size_t c = 0; c < x.size(); ++c) {
-    ASSERT_EQ(got[c], want(x[c])) << std::hex << Bits(x[c]);
-  }
+  ExpectStoresAs(
+      StoreFloat16Row, [](float v) { return c10::Half(v).x; }, x);
 }
 
 TEST(RowLoopsTest, PanelDotsAddEachColumnInOrderWhateverTheCall) {
