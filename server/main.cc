@@ -3,9 +3,9 @@
 // grpc.health.v1, server reflection (--reflection) and Prometheus metrics;
 // TLS, client certificates and bearer tokens (AddSecurityFlags, README
 // "Security and limits"). SIGTERM/SIGINT
-// drain: readiness goes NOT_SERVING, new calls are refused, queued and
-// in-flight requests are finished within --shutdown-grace, and the process
-// exits 0.
+// drain: readiness goes NOT_SERVING, queued and in-flight requests are
+// finished while new calls get UNAVAILABLE from the service, then the port
+// closes; all within --shutdown-grace, and the process exits 0.
 //
 // Every flag can also be set through an environment variable (ATTNSCORE_<FLAG>,
 // e.g. ATTNSCORE_LISTEN); a flag on the command line wins. `--help` lists them
@@ -50,6 +50,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "attnscore/v1/attnscore.grpc.pb.h"
 #include "attnscore/version.h"
 #include "server/cpu/allocator.h"
@@ -872,12 +873,18 @@ void Server::DrainAndExit() {
   // Open streams answer their new requests with UNAVAILABLE from now on (and
   // unary calls that still get in); everything accepted is answered.
   service_->StartDrain();
-  // Refuses new calls at once, waits for the running ones (whose requests the
-  // batch workers keep computing) until the grace deadline, then cancels what
-  // is left. Returns when every call is done.
-  server_->Shutdown(std::chrono::system_clock::now() +
-                    std::chrono::microseconds(
-                        static_cast<int64_t>(flags_.shutdown_grace * 1e6)));
+  const auto deadline =
+      std::chrono::system_clock::now() +
+      std::chrono::microseconds(
+          static_cast<int64_t>(flags_.shutdown_grace * 1e6));
+  // The accepted requests are answered first, while gRPC still starts calls:
+  // one already on the wire gets UNAVAILABLE from the service instead of being
+  // cancelled by the shutdown below.
+  service_->AwaitAnswered(absl::FromChrono(deadline));
+  // Refuses new calls at once, waits for the running ones (open streams) until
+  // the grace deadline, then cancels what is left. Returns when every call is
+  // done.
+  server_->Shutdown(deadline);
   // Anything still queued (requests of cancelled calls) is answered or dropped;
   // workers joined.
   service_->Shutdown();

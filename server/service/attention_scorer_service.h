@@ -57,6 +57,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "attnscore/v1/attnscore.grpc.pb.h"
 #include "server/batching/batch_scheduler.h"
@@ -144,6 +145,16 @@ class AttentionScorerService final : public AttentionScorerRawService {
   // before is still computed and answered. Call before grpc::Server::Shutdown()
   // so that open streams stop taking work. Idempotent; Shutdown() implies it.
   void StartDrain();
+
+  // Blocks until every accepted request has been answered and its reply sent
+  // (the in-flight budget is empty) or `deadline` passes; true if it emptied.
+  // Call after StartDrain() and before grpc::Server::Shutdown(): while it
+  // waits, calls that reach the server get UNAVAILABLE from the service,
+  // where gRPC's shutdown would cancel the ones it has not started yet
+  // (CANCELLED, which clients do not retry).
+  bool AwaitAnswered(absl::Time deadline) const {
+    return budget_->AwaitEmpty(deadline);
+  }
 
   // Stops the batcher: every queued request is computed (or dropped if
   // cancelled or expired) and answered, then the workers are joined. Call after

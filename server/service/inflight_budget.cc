@@ -31,6 +31,14 @@ int64_t InflightBudget::InUse() const {
   return in_use_;
 }
 
+bool InflightBudget::AwaitEmpty(absl::Time deadline) const {
+  absl::MutexLock lock(&mutex_);
+  const auto empty = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+    return in_use_ == 0;
+  };
+  return mutex_.AwaitWithDeadline(absl::Condition(&empty), deadline);
+}
+
 int64_t InflightBudget::InUseBy(const std::string& client) const {
   absl::MutexLock lock(&mutex_);
   auto it = by_client_.find(client);

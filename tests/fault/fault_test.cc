@@ -18,6 +18,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "attnscore/v1/attnscore.grpc.pb.h"
@@ -314,6 +315,65 @@ TEST(FaultTest, SigtermWithFullQueueAndOpenStreams) {
   report.Print();
   EXPECT_GE(tally.Count("unary accepted: OK"), 1);
   EXPECT_GE(tally.Count("unary refused: UNAVAILABLE"), 1) << "never full";
+  EXPECT_EQ(report.lost, 0);
+  PrintLogOnFailure(server.get());
+}
+
+// Calls that reach the server during the drain, while accepted work remains,
+// get the service's own refusal (UNAVAILABLE "server is draining", which a
+// client retries on another replica): the drain answers the accepted work
+// before gRPC's shutdown, which would cancel a call it has not started
+// (CANCELLED, not retried; 3 of 8 calls still on the wire when SIGTERM landed
+// came back so in one CI run of the test above) and refuse new ones at the
+// connection. The accepted work is still answered OK.
+TEST(FaultTest, CallsDuringTheDrainGetTheServicesRefusal) {
+  constexpr int kLate = 6;
+  std::unique_ptr<ServerProcess> server =
+      StartServer({"--max-batch-size=1", "--max-queue-delay-us=0",
+                   "--batch-workers=1", "--shutdown-grace=60"},
+                  /*metrics=*/true);
+  ASSERT_NE(server, nullptr);
+  FaultReport report("calls during the drain");
+  Tally tally;
+  std::unique_ptr<v1::AttentionScorer::Stub> stub =
+      v1::AttentionScorer::NewStub(server->NewChannel());
+  ASSERT_TRUE(Score(*stub, SmallAlibiRequest("connect")).status.ok());
+  // Three slow requests: one computing, two queued (seconds of work).
+  std::vector<std::thread> slow;
+  slow.reserve(3);
+  for (int i = 0; i < 3; ++i) {
+    slow.emplace_back([&, i] {
+      const UnaryCall call = Score(*stub, SlowRequest(absl::StrCat("slow", i)));
+      tally.Add("accepted before SIGTERM: " + Describe(call.status));
+    });
+  }
+  // EXPECT, not ASSERT, until the threads are joined.
+  const bool queued = WaitFor([&] { return QueueIsFull(*server, 2); },
+                              absl::Seconds(30), absl::Milliseconds(5));
+  EXPECT_TRUE(queued) << "the slow requests never queued";
+  server->Signal(SIGTERM);
+  const bool draining = server->WaitForLog("draining", absl::Seconds(10));
+  EXPECT_TRUE(draining);
+  report.faults.push_back("SIGTERM with 1 request computing and 2 queued");
+  for (int i = 0; queued && draining && i < kLate; ++i) {
+    const UnaryCall call =
+        Score(*stub, SmallAlibiRequest(absl::StrCat("late", i)));
+    const bool refused =
+        call.status.error_code() == grpc::UNAVAILABLE &&
+        absl::StrContains(call.status.error_message(), "server is draining");
+    tally.Add(std::string(refused ? "during the drain: "
+                                  : "during the drain WRONG: ") +
+              Describe(call.status));
+    if (!refused) ++report.lost;
+  }
+  for (std::thread& t : slow) t.join();
+  report.lost += 3 - tally.Count("accepted before SIGTERM: OK");
+  const absl::StatusOr<int> code = server->Wait(absl::Seconds(60));
+  ASSERT_TRUE(code.ok()) << code.status();
+  EXPECT_EQ(*code, 0);
+  report.requests = 1 + 3 + kLate;
+  report.classes = tally.Lines("");
+  report.Print();
   EXPECT_EQ(report.lost, 0);
   PrintLogOnFailure(server.get());
 }

@@ -10,6 +10,8 @@
 #include <thread>
 #include <vector>
 
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "server/service/memory_limit.h"
@@ -87,6 +89,27 @@ TEST(InflightBudgetTest, RejectsBadOptions) {
   EXPECT_FALSE(InflightBudget::Create(0, 0).ok());
   EXPECT_FALSE(InflightBudget::Create(100, 101).ok());
   EXPECT_FALSE(InflightBudget::Create(100, -1).ok());
+}
+
+// The drain's wait: at once when empty, the deadline while a lease holds
+// bytes, and the moment another thread gives the last bytes back.
+TEST(InflightBudgetTest, AwaitEmptyWaitsForTheLastLease) {
+  auto budget = InflightBudget::Create(1000, 0);
+  ASSERT_TRUE(budget.ok()) << budget.status();
+  EXPECT_TRUE((*budget)->AwaitEmpty(absl::InfinitePast()));
+  auto a = (*budget)->TryAcquire("a", 100);
+  ASSERT_TRUE(a.ok()) << a.status();
+  auto b = (*budget)->TryAcquire("b", 200);
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_FALSE((*budget)->AwaitEmpty(absl::Now() + absl::Milliseconds(20)));
+  std::thread release([&] {
+    a->Release();
+    absl::SleepFor(absl::Milliseconds(20));
+    b->Release();
+  });
+  EXPECT_TRUE((*budget)->AwaitEmpty(absl::Now() + absl::Seconds(60)));
+  EXPECT_EQ((*budget)->InUse(), 0);
+  release.join();
 }
 
 TEST(InflightBudgetTest, ConcurrentLeasesBalanceToZero) {
