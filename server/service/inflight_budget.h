@@ -46,11 +46,11 @@ class InflightBudget : public std::enable_shared_from_this<InflightBudget> {
 
   // Bytes held now by all leases, and by `client`'s.
   int64_t InUse() const;
+  int64_t InUseBy(const std::string& client) const;
 
   // Blocks until no lease holds bytes or `deadline` passes; true if the
   // budget emptied.
   bool AwaitEmpty(absl::Time deadline) const;
-  int64_t InUseBy(const std::string& client) const;
   int64_t total() const { return total_; }
   int64_t per_client() const { return per_client_; }
 
