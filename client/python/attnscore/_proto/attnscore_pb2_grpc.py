@@ -36,6 +36,21 @@ class AttentionScorerStub(object):
                 request_serializer=attnscore_dot_v1_dot_attnscore__pb2.GetServerInfoRequest.SerializeToString,
                 response_deserializer=attnscore_dot_v1_dot_attnscore__pb2.ServerInfo.FromString,
                 )
+        self.RegisterSharedMemory = channel.unary_unary(
+                '/attnscore.v1.AttentionScorer/RegisterSharedMemory',
+                request_serializer=attnscore_dot_v1_dot_attnscore__pb2.RegisterSharedMemoryRequest.SerializeToString,
+                response_deserializer=attnscore_dot_v1_dot_attnscore__pb2.RegisterSharedMemoryResponse.FromString,
+                )
+        self.UnregisterSharedMemory = channel.unary_unary(
+                '/attnscore.v1.AttentionScorer/UnregisterSharedMemory',
+                request_serializer=attnscore_dot_v1_dot_attnscore__pb2.UnregisterSharedMemoryRequest.SerializeToString,
+                response_deserializer=attnscore_dot_v1_dot_attnscore__pb2.UnregisterSharedMemoryResponse.FromString,
+                )
+        self.SharedMemoryStatus = channel.unary_unary(
+                '/attnscore.v1.AttentionScorer/SharedMemoryStatus',
+                request_serializer=attnscore_dot_v1_dot_attnscore__pb2.SharedMemoryStatusRequest.SerializeToString,
+                response_deserializer=attnscore_dot_v1_dot_attnscore__pb2.SharedMemoryStatusResponse.FromString,
+                )
 
 
 class AttentionScorerServicer(object):
@@ -74,6 +89,39 @@ class AttentionScorerServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RegisterSharedMemory(self, request, context):
+        """Shared-memory outputs, for clients on the server's host (or in its Kubernetes pod): the
+        client creates a POSIX shared-memory object (shm_open), registers it here, and places
+        outputs in it (ScoreRequest.placements) instead of receiving their bytes in the reply, as
+        Triton's system shared memory does. Off unless the server runs with --shm-prefix; then
+        only objects whose name starts with that prefix can be registered. A region belongs to the
+        identity that registered it (its token's name, certificate subject, or "anonymous"): other
+        identities can neither see, use nor unregister it.
+
+        Errors: FAILED_PRECONDITION (shared memory is off), INVALID_ARGUMENT (a bad name, key,
+        offset or size, naming the field), NOT_FOUND (no such object, or a region another identity
+        owns), ALREADY_EXISTS (the name is registered), PERMISSION_DENIED (the server may not open
+        the object read-write), RESOURCE_EXHAUSTED (--max-shm-regions).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnregisterSharedMemory(self, request, context):
+        """Forgets a region (NOT_FOUND if the caller has none of that name). Requests already accepted
+        still write into it; the server unmaps it when the last one is answered.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SharedMemoryStatus(self, request, context):
+        """The caller's registered regions.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AttentionScorerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -96,6 +144,21 @@ def add_AttentionScorerServicer_to_server(servicer, server):
                     servicer.GetServerInfo,
                     request_deserializer=attnscore_dot_v1_dot_attnscore__pb2.GetServerInfoRequest.FromString,
                     response_serializer=attnscore_dot_v1_dot_attnscore__pb2.ServerInfo.SerializeToString,
+            ),
+            'RegisterSharedMemory': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterSharedMemory,
+                    request_deserializer=attnscore_dot_v1_dot_attnscore__pb2.RegisterSharedMemoryRequest.FromString,
+                    response_serializer=attnscore_dot_v1_dot_attnscore__pb2.RegisterSharedMemoryResponse.SerializeToString,
+            ),
+            'UnregisterSharedMemory': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnregisterSharedMemory,
+                    request_deserializer=attnscore_dot_v1_dot_attnscore__pb2.UnregisterSharedMemoryRequest.FromString,
+                    response_serializer=attnscore_dot_v1_dot_attnscore__pb2.UnregisterSharedMemoryResponse.SerializeToString,
+            ),
+            'SharedMemoryStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.SharedMemoryStatus,
+                    request_deserializer=attnscore_dot_v1_dot_attnscore__pb2.SharedMemoryStatusRequest.FromString,
+                    response_serializer=attnscore_dot_v1_dot_attnscore__pb2.SharedMemoryStatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -172,5 +235,56 @@ class AttentionScorer(object):
         return grpc.experimental.unary_unary(request, target, '/attnscore.v1.AttentionScorer/GetServerInfo',
             attnscore_dot_v1_dot_attnscore__pb2.GetServerInfoRequest.SerializeToString,
             attnscore_dot_v1_dot_attnscore__pb2.ServerInfo.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def RegisterSharedMemory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/attnscore.v1.AttentionScorer/RegisterSharedMemory',
+            attnscore_dot_v1_dot_attnscore__pb2.RegisterSharedMemoryRequest.SerializeToString,
+            attnscore_dot_v1_dot_attnscore__pb2.RegisterSharedMemoryResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def UnregisterSharedMemory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/attnscore.v1.AttentionScorer/UnregisterSharedMemory',
+            attnscore_dot_v1_dot_attnscore__pb2.UnregisterSharedMemoryRequest.SerializeToString,
+            attnscore_dot_v1_dot_attnscore__pb2.UnregisterSharedMemoryResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def SharedMemoryStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(request, target, '/attnscore.v1.AttentionScorer/SharedMemoryStatus',
+            attnscore_dot_v1_dot_attnscore__pb2.SharedMemoryStatusRequest.SerializeToString,
+            attnscore_dot_v1_dot_attnscore__pb2.SharedMemoryStatusResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
