@@ -28,6 +28,7 @@
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <climits>
 #include <condition_variable>
@@ -245,6 +246,31 @@ void AddRequestBudgetFlags(CLI::App& app, Flags& flags) {
       ->check(CLI::PositiveNumber);
 }
 
+// --shm-prefix, --max-shm-regions: shared-memory outputs for clients on the
+// same host (RegisterSharedMemory).
+void AddSharedMemoryFlags(CLI::App& app, Flags& flags) {
+  service::SharedMemoryOptions& shm = flags.service.shared_memory;
+  AddFlag(app, "--shm-prefix", shm.prefix, "SHM_PREFIX",
+          "Turns on shared-memory outputs: clients may register POSIX "
+          "shared-memory objects whose name starts with this prefix and have "
+          "outputs written there instead of the reply. Default: empty (off)")
+      ->check([](const std::string& prefix) -> std::string {
+        for (const char c : prefix) {
+          if (std::isalnum(static_cast<unsigned char>(c)) == 0 && c != '.' &&
+              c != '_' && c != '-') {
+            return "expected letters, digits, '.', '_' or '-'";
+          }
+        }
+        return prefix.size() < service::kMaxObjectNameBytes
+                   ? ""
+                   : "expected a shorter prefix";
+      });
+  AddFlag(app, "--max-shm-regions", shm.max_regions, "MAX_SHM_REGIONS",
+          "Most shared-memory regions registered at once, all clients "
+          "together")
+      ->check(CLI::PositiveNumber);
+}
+
 // --max-output-bytes, --max-heads, --max-head-dim, --max-seq-len, --model-dir:
 // what a request may ask for.
 void AddRequestFlags(CLI::App& app, Flags& flags) {
@@ -269,6 +295,7 @@ void AddRequestFlags(CLI::App& app, Flags& flags) {
           "NAME.safetensors / NAME.pt (model = file stem); reloaded on SIGHUP. "
           "Default: none (ALiBi only)");
   AddRequestBudgetFlags(app, flags);
+  AddSharedMemoryFlags(app, flags);
 }
 
 // --shutdown-grace, --log-format, --log-level, --device, --compute-path,
@@ -873,10 +900,9 @@ void Server::DrainAndExit() {
   // Open streams answer their new requests with UNAVAILABLE from now on (and
   // unary calls that still get in); everything accepted is answered.
   service_->StartDrain();
-  const auto deadline =
-      std::chrono::system_clock::now() +
-      std::chrono::microseconds(
-          static_cast<int64_t>(flags_.shutdown_grace * 1e6));
+  const auto deadline = std::chrono::system_clock::now() +
+                        std::chrono::microseconds(
+                            static_cast<int64_t>(flags_.shutdown_grace * 1e6));
   // The accepted requests are answered first, while gRPC still starts calls:
   // one already on the wire gets UNAVAILABLE from the service instead of being
   // cancelled by the shutdown below.

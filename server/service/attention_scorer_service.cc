@@ -439,8 +439,9 @@ class AttentionScorerService::StreamScoreTask final : public ScoreTask {
   StreamScoreTask(AttentionScorerService* service, int64_t arrival_micros,
                   StreamReactor* stream)
       : ScoreTask(service, Method::kScoreStream,
-                  std::make_unique<V1ScoreCodec>(), arrival_micros,
-                  stream->deadline_micros(), stream->client(),
+                  std::make_unique<V1ScoreCodec>(&service->shared_memory_,
+                                                 stream->client()),
+                  arrival_micros, stream->deadline_micros(), stream->client(),
                   stream->client_slot()),
         stream_(stream) {
     stream_->AddPending();
@@ -572,6 +573,7 @@ AttentionScorerService::AttentionScorerService(
       scorer_(scorer),
       models_(models),
       metrics_(metrics),
+      shared_memory_(options.shared_memory),
       clock_(clock) {}
 
 AttentionScorerService::~AttentionScorerService() { Shutdown(); }
@@ -661,12 +663,16 @@ int64_t AttentionScorerService::DeadlineMicros(
 grpc::ServerUnaryReactor* AttentionScorerService::Score(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
     grpc::ByteBuffer* response) {
-  return ScoreUnary(Method::kScore, std::make_unique<V1ScoreCodec>(), context,
-                    request, response);
+  return ScoreUnary(
+      Method::kScore,
+      [this](const std::string& client) -> std::unique_ptr<ScoreCodec> {
+        return std::make_unique<V1ScoreCodec>(&shared_memory_, client);
+      },
+      context, request, response);
 }
 
 grpc::ServerUnaryReactor* AttentionScorerService::ScoreUnary(
-    Method method, std::unique_ptr<ScoreCodec> codec,
+    Method method, CodecFactory make_codec,
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
     grpc::ByteBuffer* response) {
   const int64_t arrival = clock_->NowMicros();
@@ -680,6 +686,7 @@ grpc::ServerUnaryReactor* AttentionScorerService::ScoreUnary(
     return reactor;
   }
   const int slot = metrics_->ClientSlot(*client);
+  std::unique_ptr<ScoreCodec> codec = make_codec(*client);
   auto task = std::make_unique<UnaryScoreTask>(
       this, method, std::move(codec), arrival, context, reactor, response,
       *std::move(client), slot);
@@ -1037,6 +1044,8 @@ grpc::ServerUnaryReactor* AttentionScorerService::GetServerInfo(
   limits->set_max_inflight_bytes(options_.max_inflight_bytes);
   limits->set_max_inflight_per_client_bytes(options_.max_inflight_per_client);
   limits->set_max_stream_unsent_bytes(options_.max_stream_unsent_bytes);
+  limits->set_shm_prefix(options_.shared_memory.prefix);
+  limits->set_max_shm_regions(options_.shared_memory.max_regions);
   v1::BatchingOptions* batching = response->mutable_batching();
   batching->set_max_batch_size(
       static_cast<int64_t>(options_.batching.max_batch_size));
@@ -1058,6 +1067,70 @@ grpc::ServerUnaryReactor* AttentionScorerService::GetServerInfo(
                           metrics_->ClientSlot(*client));
   reactor->Finish(grpc::Status::OK);
   return reactor;
+}
+
+grpc::ServerUnaryReactor* AttentionScorerService::AnswerSmall(
+    grpc::CallbackServerContext* context, Method method,
+    absl::FunctionRef<absl::Status(const std::string& client)> body) {
+  const int64_t start = clock_->NowMicros();
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::StatusOr<std::string> client = Authenticate(*context);
+  absl::Status status = client.status();
+  if (client.ok()) status = body(*client);
+  metrics_->RecordRequest(method, status, Seconds(clock_->NowMicros() - start),
+                          metrics_->ClientSlot(client.ok() ? *client : "-"));
+  reactor->Finish(ToGrpcStatus(status));
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* AttentionScorerService::RegisterSharedMemory(
+    grpc::CallbackServerContext* context,
+    const v1::RegisterSharedMemoryRequest* request,
+    v1::RegisterSharedMemoryResponse* /*response*/) {
+  return AnswerSmall(
+      context, Method::kRegisterSharedMemory, [&](const std::string& client) {
+        SharedMemorySpec spec;
+        spec.name = request->name();
+        spec.key = request->key();
+        spec.offset = request->offset();
+        spec.byte_size = request->byte_size();
+        absl::Status status = shared_memory_.Register(client, std::move(spec));
+        if (status.ok()) {
+          spdlog::info(
+              "shared memory: {} registered region {} (/{}, {} bytes)",
+              ClientStringForLog(client), ClientStringForLog(request->name()),
+              ClientStringForLog(request->key()), request->byte_size());
+        }
+        return status;
+      });
+}
+
+grpc::ServerUnaryReactor* AttentionScorerService::UnregisterSharedMemory(
+    grpc::CallbackServerContext* context,
+    const v1::UnregisterSharedMemoryRequest* request,
+    v1::UnregisterSharedMemoryResponse* /*response*/) {
+  return AnswerSmall(
+      context, Method::kUnregisterSharedMemory, [&](const std::string& client) {
+        return shared_memory_.Unregister(client, request->name());
+      });
+}
+
+grpc::ServerUnaryReactor* AttentionScorerService::SharedMemoryStatus(
+    grpc::CallbackServerContext* context,
+    const v1::SharedMemoryStatusRequest* /*request*/,
+    v1::SharedMemoryStatusResponse* response) {
+  return AnswerSmall(
+      context, Method::kSharedMemoryStatus, [&](const std::string& client) {
+        if (absl::Status s = shared_memory_.CheckEnabled(); !s.ok()) return s;
+        for (const SharedMemorySpec& spec : shared_memory_.List(client)) {
+          v1::SharedMemoryRegionStatus* out = response->add_regions();
+          out->set_name(spec.name);
+          out->set_key(spec.key);
+          out->set_offset(spec.offset);
+          out->set_byte_size(spec.byte_size);
+        }
+        return absl::OkStatus();
+      });
 }
 
 }  // namespace attnscore::service

@@ -55,6 +55,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
@@ -69,6 +70,7 @@
 #include "server/service/request_validation.h"
 #include "server/service/score_codec.h"
 #include "server/service/service_metrics.h"
+#include "server/service/shared_memory.h"
 
 namespace attnscore::service {
 
@@ -106,6 +108,8 @@ struct ServiceOptions {
   // concurrently from gRPC threads.
   std::function<absl::StatusOr<std::string>(const grpc::CallbackServerContext&)>
       authenticate;
+  // Shared-memory outputs (--shm-prefix, --max-shm-regions): off by default.
+  SharedMemoryOptions shared_memory;
 };
 
 // The identity of callers when ServiceOptions::authenticate is empty.
@@ -119,7 +123,13 @@ using AttentionScorerRawService =
         v1::AttentionScorer::WithRawCallbackMethod_ScoreStream<
             v1::AttentionScorer::WithCallbackMethod_ListModels<
                 v1::AttentionScorer::WithCallbackMethod_GetServerInfo<
-                    v1::AttentionScorer::Service>>>>;
+                    v1::AttentionScorer::
+                        WithCallbackMethod_RegisterSharedMemory<
+                            v1::AttentionScorer::
+                                WithCallbackMethod_UnregisterSharedMemory<
+                                    v1::AttentionScorer::
+                                        WithCallbackMethod_SharedMemoryStatus<
+                                            v1::AttentionScorer::Service>>>>>>>;
 
 class AttentionScorerService final : public AttentionScorerRawService {
  public:
@@ -181,12 +191,14 @@ class AttentionScorerService final : public AttentionScorerRawService {
   bool ready() const { return ready_.load(std::memory_order_acquire); }
 
   // The shared pipeline of every unary scoring method of every protocol (v1
-  // Score, KServe ModelInfer): parses `request` with `codec`, validates,
-  // schedules, and answers `response` through the single Answer exit with
-  // `method`'s metrics. Returns the call's reactor (never blocks). REQUIRES:
-  // called from the method's gRPC handler with its arguments.
-  grpc::ServerUnaryReactor* ScoreUnary(Method method,
-                                       std::unique_ptr<ScoreCodec> codec,
+  // Score, KServe ModelInfer): parses `request` with the codec that
+  // `make_codec` makes for the authenticated caller, validates, schedules,
+  // and answers `response` through the single Answer exit with `method`'s
+  // metrics. Returns the call's reactor (never blocks). REQUIRES: called from
+  // the method's gRPC handler with its arguments.
+  using CodecFactory =
+      absl::FunctionRef<std::unique_ptr<ScoreCodec>(const std::string& client)>;
+  grpc::ServerUnaryReactor* ScoreUnary(Method method, CodecFactory make_codec,
                                        grpc::CallbackServerContext* context,
                                        const grpc::ByteBuffer* request,
                                        grpc::ByteBuffer* response);
@@ -205,6 +217,18 @@ class AttentionScorerService final : public AttentionScorerRawService {
       grpc::CallbackServerContext* context,
       const v1::GetServerInfoRequest* request,
       v1::ServerInfo* response) override;
+  grpc::ServerUnaryReactor* RegisterSharedMemory(
+      grpc::CallbackServerContext* context,
+      const v1::RegisterSharedMemoryRequest* request,
+      v1::RegisterSharedMemoryResponse* response) override;
+  grpc::ServerUnaryReactor* UnregisterSharedMemory(
+      grpc::CallbackServerContext* context,
+      const v1::UnregisterSharedMemoryRequest* request,
+      v1::UnregisterSharedMemoryResponse* response) override;
+  grpc::ServerUnaryReactor* SharedMemoryStatus(
+      grpc::CallbackServerContext* context,
+      const v1::SharedMemoryStatusRequest* request,
+      v1::SharedMemoryStatusResponse* response) override;
 
  private:
   class ScoreTask;
@@ -257,12 +281,19 @@ class AttentionScorerService final : public AttentionScorerRawService {
   void Answer(ScoreTask& task, absl::StatusOr<grpc::ByteBuffer> response);
   // The context's deadline on clock_, INT64_MAX for none.
   int64_t DeadlineMicros(const grpc::CallbackServerContext& context) const;
+  // A small method on the calling gRPC thread: authenticates, runs `body`
+  // with the caller's identity, records `method`'s metrics and finishes the
+  // call with `body`'s status.
+  grpc::ServerUnaryReactor* AnswerSmall(
+      grpc::CallbackServerContext* context, Method method,
+      absl::FunctionRef<absl::Status(const std::string& client)> body);
 
   const ServiceOptions options_;
   const std::shared_ptr<InflightBudget> budget_;
   scoring::Scorer* const scorer_;
   ModelRegistry* const models_;
   ServiceMetrics* const metrics_;
+  SharedMemoryRegistry shared_memory_;
   batching::Clock* const clock_;
   // Shared so that the queue-depth gauge can hold a weak reference that never
   // dangles.

@@ -77,7 +77,7 @@ absl::StatusOr<ValidatedRequest> KServeInferCodec::Parse(
   return std::move(mapped->validated);
 }
 
-grpc::ByteBuffer KServeInferCodec::EncodeResult(
+absl::StatusOr<grpc::ByteBuffer> KServeInferCodec::EncodeResult(
     const scoring::ScoreResult& result, const BatchTiming& timing) const {
   return EncodeInferResponse(request_.message.model_name(),
                              request_.message.id(), outputs_, result, timing);

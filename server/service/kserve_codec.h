@@ -38,8 +38,9 @@ class KServeInferCodec final : public ScoreCodec {
   absl::StatusOr<ValidatedRequest> Parse(
       const grpc::ByteBuffer& request, const RequestLimits& limits,
       const scoring::ModelSet& models) override;
-  grpc::ByteBuffer EncodeResult(const scoring::ScoreResult& result,
-                                const BatchTiming& timing) const override;
+  absl::StatusOr<grpc::ByteBuffer> EncodeResult(
+      const scoring::ScoreResult& result,
+      const BatchTiming& timing) const override;
   const std::string& request_id() const override {
     return request_.message.id();
   }

@@ -150,9 +150,12 @@ grpc::ServerUnaryReactor* KServeService::ModelMetadata(
 grpc::ServerUnaryReactor* KServeService::ModelInfer(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request,
     grpc::ByteBuffer* response) {
-  return scoring_->ScoreUnary(Method::kModelInfer,
-                              std::make_unique<kserve::KServeInferCodec>(),
-                              context, request, response);
+  return scoring_->ScoreUnary(
+      Method::kModelInfer,
+      [](const std::string& /*client*/) -> std::unique_ptr<ScoreCodec> {
+        return std::make_unique<kserve::KServeInferCodec>();
+      },
+      context, request, response);
 }
 
 }  // namespace attnscore::service

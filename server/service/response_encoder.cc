@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "proto/attnscore/v1/proto_dtype.h"
 #include "proto/attnscore/v1/slice_assembler.h"
 #include "server/service/status_conversion.h"
 
@@ -25,18 +26,31 @@ void ReleaseKeepalive(void* user_data) {
   delete static_cast<std::shared_ptr<const void>*>(user_data);
 }
 
-// Field `field` of ScoreResponse holding `tensor`, its data as an external
-// slice.
+// Field `field` of ScoreResponse holding `tensor`: its data as an external
+// slice or, when placed in shared memory, the range it went to.
 void AppendTensorField(v1::SliceAssembler& out, int field,
-                       const scoring::OutputTensor& tensor) {
-  out.AppendTensorField(field, tensor.dtype, tensor.shape, SliceOver(tensor));
+                       const scoring::OutputTensor& tensor,
+                       const v1::SharedMemoryRange* placed) {
+  if (placed == nullptr) {
+    out.AppendTensorField(field, tensor.dtype, tensor.shape, SliceOver(tensor));
+    return;
+  }
+  v1::ScoreResponse part;
+  v1::Tensor* wire = field == kResponseLogitsField  ? part.mutable_logits()
+                     : field == kResponseProbsField ? part.mutable_probs()
+                                                    : part.mutable_context();
+  wire->set_dtype(v1::ToProtoDType(tensor.dtype));
+  wire->mutable_shape()->Add(tensor.shape.begin(), tensor.shape.end());
+  *wire->mutable_shared_memory() = *placed;
+  part.AppendToString(&out.pending());
 }
 
 }  // namespace
 
 grpc::ByteBuffer EncodeScoreResponse(std::string_view request_id,
                                      const scoring::ScoreResult& result,
-                                     const v1::Timing& timing) {
+                                     const v1::Timing& timing,
+                                     const PlacedRanges& placed) {
   v1::SliceAssembler out;
   // Fields in number order, as protobuf itself writes them: request_id (1), the
   // tensors (2-4), timing (5). Concatenated serialized messages merge, so the
@@ -47,11 +61,14 @@ grpc::ByteBuffer EncodeScoreResponse(std::string_view request_id,
     head.AppendToString(&out.pending());
   }
   if (result.logits) {
-    AppendTensorField(out, kResponseLogitsField, *result.logits);
+    AppendTensorField(out, kResponseLogitsField, *result.logits, placed.logits);
   }
-  if (result.probs) AppendTensorField(out, kResponseProbsField, *result.probs);
+  if (result.probs) {
+    AppendTensorField(out, kResponseProbsField, *result.probs, placed.probs);
+  }
   if (result.context) {
-    AppendTensorField(out, kResponseContextField, *result.context);
+    AppendTensorField(out, kResponseContextField, *result.context,
+                      placed.context);
   }
   v1::ScoreResponse tail;
   *tail.mutable_timing() = timing;

@@ -26,11 +26,21 @@
 
 namespace attnscore::service {
 
+// The outputs a request placed in shared memory (output_placement.h): their
+// Tensor carries dtype, shape and this range instead of the bytes. Null: the
+// bytes go in the reply.
+struct PlacedRanges {
+  const v1::SharedMemoryRange* logits = nullptr;
+  const v1::SharedMemoryRange* probs = nullptr;
+  const v1::SharedMemoryRange* context = nullptr;
+};
+
 // ScoreResponse{request_id, logits, probs, context (those present in `result`),
 // timing}.
 grpc::ByteBuffer EncodeScoreResponse(std::string_view request_id,
                                      const scoring::ScoreResult& result,
-                                     const v1::Timing& timing);
+                                     const v1::Timing& timing,
+                                     const PlacedRanges& placed = {});
 
 // ScoreResponse{request_id, error{code, message}}: how ScoreStream reports a
 // failed request. REQUIRES: !status.ok().

@@ -43,10 +43,11 @@ class ScoreCodec {
       const grpc::ByteBuffer& request, const RequestLimits& limits,
       const scoring::ModelSet& models) = 0;
 
-  // The reply to a successful request, tensors zero-copy over `result`.
+  // The reply to a successful request, tensors zero-copy over `result` (or
+  // written where the request placed them: an error then fails the request).
   // REQUIRES: Parse() returned OK.
-  virtual grpc::ByteBuffer EncodeResult(const scoring::ScoreResult& result,
-                                        const BatchTiming& timing) const = 0;
+  virtual absl::StatusOr<grpc::ByteBuffer> EncodeResult(
+      const scoring::ScoreResult& result, const BatchTiming& timing) const = 0;
 
   // A failed request's answer as a message, for streams that report errors
   // in band; called only for them. Codecs of unary-only methods, whose

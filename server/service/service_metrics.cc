@@ -23,6 +23,12 @@ const char* MethodName(Method method) {
       return "ListModels";
     case Method::kGetServerInfo:
       return "GetServerInfo";
+    case Method::kRegisterSharedMemory:
+      return "RegisterSharedMemory";
+    case Method::kUnregisterSharedMemory:
+      return "UnregisterSharedMemory";
+    case Method::kSharedMemoryStatus:
+      return "SharedMemoryStatus";
     case Method::kServerLive:
       return "ServerLive";
     case Method::kServerReady:

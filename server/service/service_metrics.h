@@ -48,6 +48,9 @@ enum class Method {
   kScoreStream,
   kListModels,
   kGetServerInfo,
+  kRegisterSharedMemory,
+  kUnregisterSharedMemory,
+  kSharedMemoryStatus,
   // inference.GRPCInferenceService (the Open Inference Protocol).
   kServerLive,
   kServerReady,

@@ -53,17 +53,26 @@ absl::StatusOr<ValidatedRequest> V1ScoreCodec::Parse(
     return parsed;
   }
   id_ = request_.message.request_id().substr(0, kMaxClientStringBytes);
-  return ValidateRequest(request_.message, limits, models,
-                         request_.tensor_bytes());
+  absl::StatusOr<ValidatedRequest> validated = ValidateRequest(
+      request_.message, limits, models, request_.tensor_bytes());
+  if (!validated.ok()) return validated;
+  absl::StatusOr<std::vector<ResolvedPlacement>> placements =
+      ResolvePlacements(request_.message, *validated, shared_memory_, owner_);
+  if (!placements.ok()) return placements.status();
+  placements_ = *std::move(placements);
+  return validated;
 }
 
-grpc::ByteBuffer V1ScoreCodec::EncodeResult(const scoring::ScoreResult& result,
-                                            const BatchTiming& timing) const {
+absl::StatusOr<grpc::ByteBuffer> V1ScoreCodec::EncodeResult(
+    const scoring::ScoreResult& result, const BatchTiming& timing) const {
+  absl::StatusOr<PlacedRanges> placed = WritePlacements(placements_, result);
+  if (!placed.ok()) return placed.status();
   v1::Timing wire;
   wire.set_queue_us(timing.queue_us);
   wire.set_compute_us(timing.compute_us);
   wire.set_batch_size(static_cast<int32_t>(timing.batch_size));
-  return EncodeScoreResponse(request_.message.request_id(), result, wire);
+  return EncodeScoreResponse(request_.message.request_id(), result, wire,
+                             *placed);
 }
 
 grpc::ByteBuffer V1ScoreCodec::EncodeError(const absl::Status& status) const {

@@ -9,7 +9,10 @@
 #define ATTNSCORE_SERVER_SERVICE_V1_SCORE_CODEC_H_
 
 #include <string>
+#include <utility>
+#include <vector>
 
+#include "server/service/output_placement.h"
 #include "server/service/score_codec.h"
 #include "server/service/score_request_parser.h"
 
@@ -17,13 +20,24 @@ namespace attnscore::service {
 
 class V1ScoreCodec final : public ScoreCodec {
  public:
+  // Without shared memory: a request with placements gets
+  // FAILED_PRECONDITION.
+  V1ScoreCodec() = default;
+  // Placements resolve against `owner`'s regions of `shared_memory` (not
+  // owned; outlives the codec; may be null).
+  V1ScoreCodec(const SharedMemoryRegistry* shared_memory, std::string owner)
+      : shared_memory_(shared_memory), owner_(std::move(owner)) {}
+
   // INVALID_ARGUMENT for bytes that are not a ScoreRequest, else
   // ValidateRequest's error.
+  // Then the placements (output_placement.h ResolvePlacements).
   absl::StatusOr<ValidatedRequest> Parse(
       const grpc::ByteBuffer& request, const RequestLimits& limits,
       const scoring::ModelSet& models) override;
-  grpc::ByteBuffer EncodeResult(const scoring::ScoreResult& result,
-                                const BatchTiming& timing) const override;
+  // Writes the placed outputs first: ABORTED when a region shrank.
+  absl::StatusOr<grpc::ByteBuffer> EncodeResult(
+      const scoring::ScoreResult& result,
+      const BatchTiming& timing) const override;
   // ScoreResponse{request_id, error}: how ScoreStream reports a failure.
   grpc::ByteBuffer EncodeError(const absl::Status& status) const override;
   // The request_id when the message starts with it (protobuf writes fields
@@ -35,8 +49,11 @@ class V1ScoreCodec final : public ScoreCodec {
   const std::string& request_id() const override { return id_; }
 
  private:
+  const SharedMemoryRegistry* const shared_memory_ = nullptr;
+  const std::string owner_;
   ParsedScoreRequest request_;
   std::string id_;
+  std::vector<ResolvedPlacement> placements_;
 };
 
 }  // namespace attnscore::service

@@ -28,6 +28,7 @@
 #include "server/service/status_conversion.h"
 #include "tests/service/fake_models.h"
 #include "tests/service/fake_scorer.h"
+#include "tests/service/shm_object.h"
 #include "tests/service/test_requests.h"
 #include "tests/testing/test_util.h"
 
@@ -567,6 +568,8 @@ TEST_F(ServiceTest, GetServerInfoReportsLimitsAndBatching) {
   EXPECT_EQ(info.batching().max_queue_delay_us(), 321);
   EXPECT_EQ(info.batching().max_queue(), 64);
   EXPECT_EQ(info.batching().batch_workers(), 1);
+  EXPECT_EQ(info.limits().shm_prefix(), "");
+  EXPECT_EQ(info.limits().max_shm_regions(), 64);
 }
 
 TEST_F(ServiceTest, ListModelsAndRelativeRequests) {
@@ -806,6 +809,26 @@ TEST_F(ServiceTest, AuthenticationErrorIsTheAnswerOfEveryMethod) {
     while (stream->Read(&response)) {
     }
     EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  }
+  {
+    grpc::ClientContext context;
+    v1::RegisterSharedMemoryResponse registered;
+    EXPECT_EQ(
+        stub_->RegisterSharedMemory(&context, {}, &registered).error_code(),
+        grpc::StatusCode::UNAUTHENTICATED);
+  }
+  {
+    grpc::ClientContext context;
+    v1::UnregisterSharedMemoryResponse unregistered;
+    EXPECT_EQ(
+        stub_->UnregisterSharedMemory(&context, {}, &unregistered).error_code(),
+        grpc::StatusCode::UNAUTHENTICATED);
+  }
+  {
+    grpc::ClientContext context;
+    v1::SharedMemoryStatusResponse regions;
+    EXPECT_EQ(stub_->SharedMemoryStatus(&context, {}, &regions).error_code(),
+              grpc::StatusCode::UNAUTHENTICATED);
   }
   EXPECT_TRUE(scorer_.calls().empty());
   grpc::ClientContext context;
@@ -1062,6 +1085,152 @@ TEST_F(ServiceTest, DerivedBudgetDefaultIsPositive) {
   EXPECT_GT(service_->options().max_inflight_bytes, 0);
   EXPECT_EQ(service_->options().max_inflight_per_client,
             service_->options().max_inflight_bytes / 2);
+}
+
+// RegisterSharedMemory's request for `object`, whole.
+v1::RegisterSharedMemoryRequest Registration(const std::string& name,
+                                             const testing::ShmObject& object,
+                                             uint64_t byte_size) {
+  v1::RegisterSharedMemoryRequest request;
+  request.set_name(name);
+  request.set_key(object.key());
+  request.set_byte_size(byte_size);
+  return request;
+}
+
+void PlaceLogits(v1::ScoreRequest& request, const std::string& region,
+                 uint64_t offset, uint64_t byte_size) {
+  v1::OutputPlacement* placement = request.add_placements();
+  placement->set_output(v1::LOGITS);
+  placement->mutable_range()->set_region(region);
+  placement->mutable_range()->set_offset(offset);
+  placement->mutable_range()->set_byte_size(byte_size);
+}
+
+TEST_F(ServiceTest, PlacedOutputsAreWrittenToSharedMemoryNotTheReply) {
+  ServiceOptions options = DefaultOptions();
+  options.shared_memory.prefix = testing::kShmTestPrefix;
+  Start(options);
+  testing::ShmObject object(4096);
+  {
+    grpc::ClientContext context;
+    v1::RegisterSharedMemoryResponse registered;
+    const grpc::Status status = stub_->RegisterSharedMemory(
+        &context, Registration("out", object, 4096), &registered);
+    ASSERT_TRUE(status.ok()) << status.error_message();
+  }
+  {
+    grpc::ClientContext context;
+    v1::SharedMemoryStatusResponse regions;
+    ASSERT_TRUE(stub_->SharedMemoryStatus(&context, {}, &regions).ok());
+    ASSERT_EQ(regions.regions_size(), 1);
+    EXPECT_EQ(regions.regions(0).name(), "out");
+    EXPECT_EQ(regions.regions(0).key(), object.key());
+    EXPECT_EQ(regions.regions(0).byte_size(), 4096u);
+  }
+  // [2,2,3,4] float32 logits: 192 bytes, at offset 256; probs in the reply.
+  v1::ScoreRequest request = AlibiRequest(2, 2, 3, 4, 8, /*tag=*/1.0f);
+  request.add_outputs(v1::LOGITS);
+  request.add_outputs(v1::PROBS);
+  v1::ScoreResponse in_band;
+  ASSERT_TRUE(Score(request, &in_band).ok());
+  PlaceLogits(request, "out", 256, 1024);
+  v1::ScoreResponse placed;
+  const grpc::Status status = Score(request, &placed);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_TRUE(placed.logits().data().empty());
+  EXPECT_THAT(placed.logits().shape(), ::testing::ElementsAre(2, 2, 3, 4));
+  EXPECT_EQ(placed.logits().dtype(), v1::FLOAT32);
+  EXPECT_EQ(placed.logits().shared_memory().region(), "out");
+  EXPECT_EQ(placed.logits().shared_memory().offset(), 256u);
+  EXPECT_EQ(placed.logits().shared_memory().byte_size(), 192u);
+  ASSERT_EQ(in_band.logits().data().size(), 192u);
+  EXPECT_EQ(std::string(object.data() + 256, 192), in_band.logits().data());
+  EXPECT_EQ(placed.probs().data(), in_band.probs().data());
+  EXPECT_FALSE(placed.probs().has_shared_memory());
+  // Once unregistered, the name is unknown.
+  {
+    grpc::ClientContext context;
+    v1::UnregisterSharedMemoryRequest unregister;
+    unregister.set_name("out");
+    v1::UnregisterSharedMemoryResponse unregistered;
+    ASSERT_TRUE(
+        stub_->UnregisterSharedMemory(&context, unregister, &unregistered)
+            .ok());
+  }
+  const grpc::Status gone = Score(request, &placed);
+  EXPECT_EQ(gone.error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_THAT(gone.error_message(),
+              HasSubstr("placements[0].range.region: shared-memory region "
+                        "\"out\": none of that name is registered"));
+  EXPECT_THAT(Metrics(),
+              HasSubstr("{method=\"RegisterSharedMemory\",code=\"OK\","
+                        "client=\"anonymous\"} 1"));
+}
+
+TEST_F(ServiceTest, SharedMemoryIsOffWithoutAPrefix) {
+  Start();
+  testing::ShmObject object(4096);
+  grpc::ClientContext context;
+  v1::RegisterSharedMemoryResponse registered;
+  const grpc::Status status = stub_->RegisterSharedMemory(
+      &context, Registration("out", object, 4096), &registered);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_THAT(status.error_message(), HasSubstr("--shm-prefix"));
+  v1::ScoreRequest request = AlibiRequest();
+  PlaceLogits(request, "out", 0, 4096);
+  v1::ScoreResponse response;
+  EXPECT_EQ(Score(request, &response).error_code(),
+            grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_TRUE(scorer_.calls().empty());
+}
+
+TEST_F(ServiceTest, SharedMemoryRegionsAreTheRegisteringIdentitysOwn) {
+  ServiceOptions options = DefaultOptions();
+  options.authenticate = HeaderIdentity;
+  options.shared_memory.prefix = testing::kShmTestPrefix;
+  Start(options);
+  testing::ShmObject object(4096);
+  {
+    grpc::ClientContext context;
+    context.AddMetadata("x-client", "alice");
+    v1::RegisterSharedMemoryResponse registered;
+    ASSERT_TRUE(stub_
+                    ->RegisterSharedMemory(&context,
+                                           Registration("out", object, 4096),
+                                           &registered)
+                    .ok());
+  }
+  v1::ScoreRequest request = AlibiRequest();
+  PlaceLogits(request, "out", 0, 4096);
+  {
+    grpc::ClientContext context;
+    context.AddMetadata("x-client", "bob");
+    v1::ScoreResponse response;
+    EXPECT_EQ(stub_->Score(&context, request, &response).error_code(),
+              grpc::StatusCode::NOT_FOUND);
+  }
+  {
+    grpc::ClientContext context;
+    context.AddMetadata("x-client", "bob");
+    v1::SharedMemoryStatusResponse regions;
+    ASSERT_TRUE(stub_->SharedMemoryStatus(&context, {}, &regions).ok());
+    EXPECT_EQ(regions.regions_size(), 0);
+  }
+  {
+    // Over ScoreStream too, resolved against the stream's identity.
+    grpc::ClientContext context;
+    context.AddMetadata("x-client", "alice");
+    context.set_deadline(std::chrono::system_clock::now() + kRpcTimeout);
+    auto stream = stub_->ScoreStream(&context);
+    ASSERT_TRUE(stream->Write(request));
+    stream->WritesDone();
+    v1::ScoreResponse response;
+    ASSERT_TRUE(stream->Read(&response));
+    EXPECT_FALSE(response.has_error()) << response.error().message();
+    EXPECT_EQ(response.logits().shared_memory().region(), "out");
+    EXPECT_TRUE(stream->Finish().ok());
+  }
 }
 
 }  // namespace

@@ -1,0 +1,173 @@
+#include "server/service/output_placement.h"
+
+#include <algorithm>
+#include <string>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/dtype.h"
+#include "server/scoring/resource_estimate.h"
+
+namespace attnscore::service {
+namespace {
+
+bool Wanted(const scoring::ScoreSpec& spec, v1::Output output) {
+  switch (output) {
+    case v1::LOGITS:
+      return spec.want_logits;
+    case v1::PROBS:
+      return spec.want_probs;
+    case v1::CONTEXT:
+      return spec.want_context;
+    default:
+      return false;
+  }
+}
+
+// The output's bytes: [B, H, Lq, Lk] or [B, H, Lq, Dv] elements of the output
+// dtype (validation capped their sum at --max-output-bytes).
+uint64_t OutputBytes(const ValidatedRequest& validated, v1::Output output) {
+  const scoring::ProblemSize size =
+      scoring::ProblemSizeOf(validated.spec, validated.item);
+  const int64_t last = output == v1::CONTEXT ? size.value_dim : size.key_len;
+  return static_cast<uint64_t>(size.batch * size.heads * size.query_len *
+                               last) *
+         ElementSize(validated.spec.output_dtype);
+}
+
+absl::StatusOr<ResolvedPlacement> ResolveOne(
+    const v1::OutputPlacement& placement, const std::string& field,
+    const ValidatedRequest& validated, const SharedMemoryRegistry& registry,
+    absl::string_view owner) {
+  if (!Wanted(validated.spec, placement.output())) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        field, ".output: expected one of the request's outputs, got ",
+        v1::Output_Name(placement.output()).empty()
+            ? std::to_string(placement.output())
+            : v1::Output_Name(placement.output())));
+  }
+  const v1::SharedMemoryRange& range = placement.range();
+  absl::StatusOr<std::shared_ptr<const MappedRegion>> region =
+      registry.Find(owner, range.region());
+  if (!region.ok()) {
+    return absl::Status(
+        region.status().code(),
+        absl::StrCat(field, ".range.region: ", region.status().message()));
+  }
+  const uint64_t region_bytes = (*region)->spec().byte_size;
+  if (range.offset() > region_bytes ||
+      range.byte_size() > region_bytes - range.offset()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        field, ".range: expected offset + byte_size within the region's ",
+        region_bytes, " bytes, got ", range.offset(), " + ",
+        range.byte_size()));
+  }
+  const uint64_t needed = OutputBytes(validated, placement.output());
+  if (range.byte_size() < needed) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, ".range.byte_size: expected at least the ",
+                     v1::Output_Name(placement.output()), " output's ", needed,
+                     " bytes, got ", range.byte_size()));
+  }
+  ResolvedPlacement out;
+  out.output = placement.output();
+  out.region = *std::move(region);
+  out.range = range;
+  out.range.set_byte_size(needed);  // what is written; checked for overlap
+  return out;
+}
+
+// INVALID_ARGUMENT when two placements name the same output or overlapping
+// bytes of one region.
+absl::Status CheckDisjoint(const std::vector<ResolvedPlacement>& placed) {
+  for (size_t i = 0; i < placed.size(); ++i) {
+    for (size_t j = 0; j < i; ++j) {
+      const v1::SharedMemoryRange& a = placed[i].range;
+      const v1::SharedMemoryRange& b = placed[j].range;
+      if (placed[i].output == placed[j].output) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("placements[", i,
+                         "].output: expected each output placed at most "
+                         "once, got ",
+                         v1::Output_Name(placed[i].output),
+                         " again (as in "
+                         "placements[",
+                         j, "])"));
+      }
+      if (placed[i].region == placed[j].region &&
+          a.offset() < b.offset() + b.byte_size() &&
+          b.offset() < a.offset() + a.byte_size()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "placements[", i,
+            "].range: expected bytes apart from the other "
+            "placements', got [",
+            a.offset(), ", ", a.offset() + a.byte_size(),
+            ") overlapping placements[", j, "]'s [", b.offset(), ", ",
+            b.offset() + b.byte_size(), ") of region \"", a.region(), "\""));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+const scoring::OutputTensor* TensorOf(const scoring::ScoreResult& result,
+                                      v1::Output output) {
+  const std::optional<scoring::OutputTensor>* tensor =
+      output == v1::LOGITS  ? &result.logits
+      : output == v1::PROBS ? &result.probs
+                            : &result.context;
+  return tensor->has_value() ? &**tensor : nullptr;
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<ResolvedPlacement>> ResolvePlacements(
+    const v1::ScoreRequest& request, const ValidatedRequest& validated,
+    const SharedMemoryRegistry* registry, absl::string_view owner) {
+  std::vector<ResolvedPlacement> placed;
+  if (request.placements_size() == 0) return placed;
+  if (registry == nullptr || !registry->enabled()) {
+    return absl::FailedPreconditionError(
+        "placements: shared-memory outputs are off: the server was started "
+        "without --shm-prefix");
+  }
+  placed.reserve(request.placements_size());
+  for (int i = 0; i < request.placements_size(); ++i) {
+    absl::StatusOr<ResolvedPlacement> one =
+        ResolveOne(request.placements(i), absl::StrCat("placements[", i, "]"),
+                   validated, *registry, owner);
+    if (!one.ok()) return one.status();
+    placed.push_back(*std::move(one));
+  }
+  if (absl::Status s = CheckDisjoint(placed); !s.ok()) return s;
+  return placed;
+}
+
+absl::StatusOr<PlacedRanges> WritePlacements(
+    const std::vector<ResolvedPlacement>& placements,
+    const scoring::ScoreResult& result) {
+  PlacedRanges ranges;
+  for (const ResolvedPlacement& placement : placements) {
+    const scoring::OutputTensor* tensor = TensorOf(result, placement.output);
+    if (tensor == nullptr ||
+        tensor->size_bytes != placement.range.byte_size()) {
+      return absl::InternalError(absl::StrCat(
+          "placing ", v1::Output_Name(placement.output), ": expected ",
+          placement.range.byte_size(), " bytes, the scorer returned ",
+          tensor == nullptr ? 0 : tensor->size_bytes));
+    }
+    if (absl::Status s = placement.region->Write(
+            placement.range.offset(), tensor->data, tensor->size_bytes);
+        !s.ok()) {
+      return s;
+    }
+    const v1::SharedMemoryRange** slot =
+        placement.output == v1::LOGITS  ? &ranges.logits
+        : placement.output == v1::PROBS ? &ranges.probs
+                                        : &ranges.context;
+    *slot = &placement.range;
+  }
+  return ranges;
+}
+
+}  // namespace attnscore::service

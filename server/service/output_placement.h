@@ -1,0 +1,52 @@
+// The placements of an attnscore.v1 ScoreRequest (outputs written into
+// registered shared-memory regions instead of the reply): checked against the
+// validated request and the caller's regions before the request is queued,
+// and carried out when its result is encoded.
+//
+// Ownership: a ResolvedPlacement holds its region's mapping, so the bytes can
+// be written even if the client unregisters the region meanwhile. Thread
+// safety: pure functions. Errors: INVALID_ARGUMENT naming
+// `placements[i].<field>` with the expected and actual value; NOT_FOUND for a
+// region the caller has not registered; FAILED_PRECONDITION when shared memory
+// is off; ABORTED when a region shrank while being written.
+#ifndef ATTNSCORE_SERVER_SERVICE_OUTPUT_PLACEMENT_H_
+#define ATTNSCORE_SERVER_SERVICE_OUTPUT_PLACEMENT_H_
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "attnscore/v1/attnscore.pb.h"
+#include "server/scoring/score_spec.h"
+#include "server/service/request_validation.h"
+#include "server/service/response_encoder.h"
+#include "server/service/shared_memory.h"
+
+namespace attnscore::service {
+
+struct ResolvedPlacement {
+  v1::Output output = v1::OUTPUT_UNSPECIFIED;
+  std::shared_ptr<const MappedRegion> region;
+  v1::SharedMemoryRange range;  // as the request gave it
+};
+
+// Each of `request.placements()`: a wanted output at most once, a region of
+// `owner`'s, a range within the region that holds the whole output, and no
+// two ranges of the request overlapping. Empty when there are none (and then
+// `registry` may be null).
+absl::StatusOr<std::vector<ResolvedPlacement>> ResolvePlacements(
+    const v1::ScoreRequest& request, const ValidatedRequest& validated,
+    const SharedMemoryRegistry* registry, absl::string_view owner);
+
+// Writes the placed outputs of `result` into their regions and says which
+// outputs the reply carries as ranges instead of bytes.
+absl::StatusOr<PlacedRanges> WritePlacements(
+    const std::vector<ResolvedPlacement>& placements,
+    const scoring::ScoreResult& result);
+
+}  // namespace attnscore::service
+
+#endif  // ATTNSCORE_SERVER_SERVICE_OUTPUT_PLACEMENT_H_

@@ -1,0 +1,295 @@
+#include "server/service/shared_memory.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <csetjmp>
+#include <csignal>
+#include <cstring>
+#include <utility>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "server/service/request_validation.h"
+
+namespace attnscore::service {
+namespace {
+
+// The guarded copy in progress on this thread, if any. Volatile: the compiler
+// knows memcpy does not read it, and would otherwise drop the store before
+// the copy as dead.
+thread_local sigjmp_buf* volatile t_bus_jump = nullptr;
+// The SIGBUS disposition before ours, for faults that are not our copies'.
+struct sigaction g_previous_bus_action;
+
+void PassOnBusError(int signal, siginfo_t* info, void* context) {
+  const struct sigaction& previous = g_previous_bus_action;
+  if ((previous.sa_flags & SA_SIGINFO) != 0 && previous.sa_sigaction) {
+    previous.sa_sigaction(signal, info, context);
+    return;
+  }
+  if (previous.sa_handler != SIG_DFL && previous.sa_handler != SIG_IGN &&
+      (previous.sa_flags & SA_SIGINFO) == 0) {
+    previous.sa_handler(signal);
+    return;
+  }
+  // Default (or an ignored fault, which would repeat forever): on return the
+  // faulting instruction runs again and the default action ends the process.
+  std::signal(SIGBUS, SIG_DFL);
+}
+
+void OnBusError(int signal, siginfo_t* info, void* context) {
+  if (sigjmp_buf* jump = t_bus_jump; jump != nullptr) {
+    t_bus_jump = nullptr;
+    siglongjmp(*jump, 1);
+  }
+  PassOnBusError(signal, info, context);
+}
+
+bool InstallBusHandler() {
+  struct sigaction action {};
+  action.sa_sigaction = &OnBusError;
+  action.sa_flags = SA_SIGINFO;
+  sigemptyset(&action.sa_mask);
+  return sigaction(SIGBUS, &action, &g_previous_bus_action) == 0;
+}
+
+bool IsNameCharacter(char c) {
+  return absl::ascii_isalnum(static_cast<unsigned char>(c)) || c == '.' ||
+         c == '_' || c == '-';
+}
+
+// INVALID_ARGUMENT unless `value` is 1..`max` bytes of [A-Za-z0-9._-].
+absl::Status CheckName(absl::string_view field, absl::string_view value,
+                       size_t max) {
+  if (value.empty() || value.size() > max) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        field, ": expected 1 to ", max, " bytes, got ", value.size()));
+  }
+  for (const char c : value) {
+    if (!IsNameCharacter(c)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          field, ": expected letters, digits, '.', '_' or '-', got \"",
+          ClientStringForLog(value), "\""));
+    }
+  }
+  if (value == "." || value == "..") {
+    return absl::InvalidArgumentError(
+        absl::StrCat(field, ": expected a name, got \"", value, "\""));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckSpec(const SharedMemorySpec& spec, absl::string_view prefix) {
+  if (absl::Status s = CheckName("name", spec.name, kMaxRegionNameBytes);
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = CheckName("key", spec.key, kMaxObjectNameBytes);
+      !s.ok()) {
+    return s;
+  }
+  if (!absl::StartsWith(spec.key, prefix)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "key: expected a shared-memory object name starting with \"", prefix,
+        "\" (the server's --shm-prefix), got \"", ClientStringForLog(spec.key),
+        "\""));
+  }
+  const auto page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+  if (spec.offset % page != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("offset: expected a multiple of the page size ", page,
+                     ", got ", spec.offset));
+  }
+  if (spec.byte_size == 0) {
+    return absl::InvalidArgumentError("byte_size: expected > 0, got 0");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status OpenError(const std::string& key, int error) {
+  const std::string what =
+      absl::StrCat("key: shared-memory object \"/", ClientStringForLog(key),
+                   "\": ", std::strerror(error));
+  switch (error) {
+    case ENOENT:
+      return absl::NotFoundError(what);
+    case EACCES:
+    case EPERM:
+      return absl::PermissionDeniedError(
+          absl::StrCat(what, " (the server opens it read-write)"));
+    default:
+      return absl::InternalError(what);
+  }
+}
+
+// INVALID_ARGUMENT unless [offset, offset + byte_size) lies within an object
+// of `object_size` bytes.
+absl::Status CheckRange(const SharedMemorySpec& spec, off_t object_size) {
+  const auto size = static_cast<uint64_t>(object_size);
+  if (spec.offset > size || spec.byte_size > size - spec.offset) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "byte_size: expected offset + byte_size within the object's ", size,
+        " bytes, got ", spec.offset, " + ", spec.byte_size));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+bool CopyCatchingBusError(void* dst, const void* src, size_t size) {
+  static const bool installed = InstallBusHandler();
+  if (!installed) {
+    std::memcpy(dst, src, size);
+    return true;
+  }
+  sigjmp_buf jump;
+  // savemask: the handler runs with SIGBUS blocked; the jump unblocks it.
+  if (sigsetjmp(jump, /*savemask=*/1) != 0) return false;
+  t_bus_jump = &jump;
+  std::memcpy(dst, src, size);
+  t_bus_jump = nullptr;
+  return true;
+}
+
+absl::StatusOr<std::shared_ptr<const MappedRegion>> MappedRegion::Map(
+    SharedMemorySpec spec) {
+  const std::string path = "/" + spec.key;
+  const int fd = shm_open(path.c_str(), O_RDWR | O_CLOEXEC, 0);
+  if (fd < 0) return OpenError(spec.key, errno);
+  struct stat info {};
+  absl::Status status;
+  if (fstat(fd, &info) != 0) {
+    status = OpenError(spec.key, errno);
+  } else if (!S_ISREG(info.st_mode)) {
+    status = absl::InvalidArgumentError(
+        absl::StrCat("key: \"/", ClientStringForLog(spec.key),
+                     "\" is not a shared-memory object"));
+  } else {
+    status = CheckRange(spec, info.st_size);
+  }
+  void* base = MAP_FAILED;
+  if (status.ok()) {
+    base = mmap(nullptr, spec.byte_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd,
+                static_cast<off_t>(spec.offset));
+    if (base == MAP_FAILED) status = OpenError(spec.key, errno);
+  }
+  close(fd);  // the mapping keeps the object
+  if (!status.ok()) return status;
+  return std::shared_ptr<const MappedRegion>(
+      new MappedRegion(std::move(spec), base));
+}
+
+MappedRegion::MappedRegion(SharedMemorySpec spec, void* base)
+    : spec_(std::move(spec)), base_(base) {}
+
+MappedRegion::~MappedRegion() { munmap(base_, spec_.byte_size); }
+
+absl::Status MappedRegion::Write(uint64_t offset, const void* src,
+                                 size_t size) const {
+  if (offset > spec_.byte_size || size > spec_.byte_size - offset) {
+    return absl::InternalError(absl::StrCat(
+        "shared-memory region \"", spec_.name, "\": write of ", size,
+        " bytes at ", offset, " is outside its ", spec_.byte_size, " bytes"));
+  }
+  if (size == 0) return absl::OkStatus();
+  if (!CopyCatchingBusError(static_cast<char*>(base_) + offset, src, size)) {
+    return absl::AbortedError(absl::StrCat(
+        "shared-memory region \"", spec_.name, "\": its object \"/",
+        ClientStringForLog(spec_.key),
+        "\" shrank below the registered range while the server wrote to it; "
+        "the output's bytes are incomplete"));
+  }
+  return absl::OkStatus();
+}
+
+SharedMemoryRegistry::Key SharedMemoryRegistry::KeyOf(absl::string_view owner,
+                                                      absl::string_view name) {
+  return {std::string{owner}, std::string{name}};
+}
+
+SharedMemoryRegistry::SharedMemoryRegistry(SharedMemoryOptions options)
+    : options_(std::move(options)) {}
+
+absl::Status SharedMemoryRegistry::CheckEnabled() const {
+  if (enabled()) return absl::OkStatus();
+  return absl::FailedPreconditionError(
+      "shared-memory outputs are off: the server was started without "
+      "--shm-prefix");
+}
+
+absl::Status SharedMemoryRegistry::Register(absl::string_view owner,
+                                            SharedMemorySpec spec) {
+  if (absl::Status s = CheckEnabled(); !s.ok()) return s;
+  if (absl::Status s = CheckSpec(spec, options_.prefix); !s.ok()) return s;
+  Key key = KeyOf(owner, spec.name);
+  {
+    // Checked before mapping, so that a refused call costs no syscalls; and
+    // again after, since the lock is not held while mapping.
+    absl::MutexLock lock(&mu_);
+    if (regions_.count(key) != 0) {
+      return absl::AlreadyExistsError(absl::StrCat(
+          "name: a region \"", spec.name, "\" is registered already"));
+    }
+  }
+  absl::StatusOr<std::shared_ptr<const MappedRegion>> region =
+      MappedRegion::Map(std::move(spec));
+  if (!region.ok()) return region.status();
+  absl::MutexLock lock(&mu_);
+  if (static_cast<int64_t>(regions_.size()) >= options_.max_regions) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "regions: expected at most ", options_.max_regions,
+        " registered at once (the server's --max-shm-regions), got one more; "
+        "unregister regions no longer used"));
+  }
+  if (!regions_.emplace(std::move(key), *std::move(region)).second) {
+    return absl::AlreadyExistsError(
+        "name: a region of that name was "
+        "registered meanwhile");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status SharedMemoryRegistry::Unregister(absl::string_view owner,
+                                              absl::string_view name) {
+  if (absl::Status s = CheckEnabled(); !s.ok()) return s;
+  absl::MutexLock lock(&mu_);
+  const auto it = regions_.find(KeyOf(owner, name));
+  if (it == regions_.end()) {
+    return absl::NotFoundError(absl::StrCat("name: no shared-memory region \"",
+                                            ClientStringForLog(name),
+                                            "\" is registered"));
+  }
+  regions_.erase(it);
+  return absl::OkStatus();
+}
+
+std::vector<SharedMemorySpec> SharedMemoryRegistry::List(
+    absl::string_view owner) const {
+  std::vector<SharedMemorySpec> out;
+  absl::MutexLock lock(&mu_);
+  for (auto it = regions_.lower_bound(KeyOf(owner, ""));
+       it != regions_.end() && it->first.first == owner; ++it) {
+    out.push_back(it->second->spec());
+  }
+  return out;
+}
+
+absl::StatusOr<std::shared_ptr<const MappedRegion>> SharedMemoryRegistry::Find(
+    absl::string_view owner, absl::string_view name) const {
+  if (absl::Status s = CheckEnabled(); !s.ok()) return s;
+  absl::MutexLock lock(&mu_);
+  const auto it = regions_.find(KeyOf(owner, name));
+  if (it == regions_.end()) {
+    return absl::NotFoundError(absl::StrCat(
+        "shared-memory region \"", ClientStringForLog(name),
+        "\": none of that name is registered (RegisterSharedMemory)"));
+  }
+  return it->second;
+}
+
+}  // namespace attnscore::service

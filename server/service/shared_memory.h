@@ -1,0 +1,133 @@
+// Shared-memory output regions (attnscore.v1 RegisterSharedMemory, Triton's
+// "system shared memory"): a client on the server's host creates a POSIX
+// shared-memory object, registers a range of it under a name, and places
+// outputs there instead of receiving their bytes in the reply. For a 16 MiB
+// reply this replaces the loopback socket's copies and gRPC's framing with one
+// memcpy.
+//
+// Safety:
+//   - Off unless the operator sets a name prefix (--shm-prefix): only objects
+//     whose name starts with it can be registered, so a client cannot make the
+//     server write into another application's shared memory.
+//   - A region belongs to the identity that registered it; other identities
+//     get NOT_FOUND for it, as if it did not exist.
+//   - A client that shrinks the object (ftruncate) while the server writes
+//     would make the write fault with SIGBUS. MappedRegion::Write catches that
+//     fault on the writing thread and fails the request with ABORTED instead
+//     of killing the process; a SIGBUS anywhere else keeps its previous
+//     handling.
+//
+// Ownership: the registry owns the mappings through shared_ptr; a request that
+// resolved a region holds it, so Unregister never unmaps memory that an
+// accepted request is about to write (it is unmapped when the last holder
+// drops it). Thread safety: all methods may be called concurrently.
+// Errors: absl::Status naming the field and the expected vs actual value.
+#ifndef ATTNSCORE_SERVER_SERVICE_SHARED_MEMORY_H_
+#define ATTNSCORE_SERVER_SERVICE_SHARED_MEMORY_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+
+namespace attnscore::service {
+
+struct SharedMemoryOptions {
+  // Object-name prefix that may be registered; empty: shared memory is off
+  // (every method answers FAILED_PRECONDITION).
+  std::string prefix;
+  // Most regions registered at once, all identities together.
+  int max_regions = 64;
+};
+
+// What a client registers: its name for the region, the object's name
+// (without the leading '/'), and the range of the object.
+struct SharedMemorySpec {
+  std::string name;
+  std::string key;
+  uint64_t offset = 0;
+  uint64_t byte_size = 0;
+};
+
+// Longest region name and object name accepted.
+inline constexpr size_t kMaxRegionNameBytes = 64;
+inline constexpr size_t kMaxObjectNameBytes = 255;
+
+// One mapped range of a shared-memory object. Immutable; the mapping lives as
+// long as the object.
+class MappedRegion {
+ public:
+  // Maps [spec.offset, spec.offset + spec.byte_size) of the object read-write.
+  // NOT_FOUND when there is no such object, PERMISSION_DENIED when it may not
+  // be opened read-write, INVALID_ARGUMENT when the range is not within it.
+  static absl::StatusOr<std::shared_ptr<const MappedRegion>> Map(
+      SharedMemorySpec spec);
+
+  MappedRegion(const MappedRegion&) = delete;
+  MappedRegion& operator=(const MappedRegion&) = delete;
+  ~MappedRegion();
+
+  const SharedMemorySpec& spec() const { return spec_; }
+
+  // Copies `size` bytes from `src` to `offset` of the region (REQUIRES: within
+  // it). ABORTED when the object shrank below the range meanwhile: the bytes
+  // written are then unspecified, the process unharmed.
+  absl::Status Write(uint64_t offset, const void* src, size_t size) const;
+
+ private:
+  MappedRegion(SharedMemorySpec spec, void* base);
+
+  const SharedMemorySpec spec_;
+  void* const base_;
+};
+
+// memcpy that returns false instead of crashing when a page of `dst` is gone
+// (SIGBUS: the mapped object was truncated). The first call installs the
+// process's SIGBUS handler; a SIGBUS outside this function is passed on to
+// the handler that was there before (or the default: the process dies).
+bool CopyCatchingBusError(void* dst, const void* src, size_t size);
+
+class SharedMemoryRegistry {
+ public:
+  explicit SharedMemoryRegistry(SharedMemoryOptions options);
+
+  bool enabled() const { return !options_.prefix.empty(); }
+  const SharedMemoryOptions& options() const { return options_; }
+
+  // Checks `spec` (name, key, page-aligned offset, size), maps it and records
+  // it for `owner`. ALREADY_EXISTS when `owner` has a region of that name,
+  // RESOURCE_EXHAUSTED at max_regions, else as MappedRegion::Map.
+  absl::Status Register(absl::string_view owner, SharedMemorySpec spec);
+  // NOT_FOUND when `owner` has no region `name`.
+  absl::Status Unregister(absl::string_view owner, absl::string_view name);
+  // `owner`'s regions, by name.
+  std::vector<SharedMemorySpec> List(absl::string_view owner) const;
+  // `owner`'s region `name`, or NOT_FOUND (also for another owner's region).
+  absl::StatusOr<std::shared_ptr<const MappedRegion>> Find(
+      absl::string_view owner, absl::string_view name) const;
+
+  // FAILED_PRECONDITION when shared memory is off.
+  absl::Status CheckEnabled() const;
+
+ private:
+  using Key = std::pair<std::string, std::string>;  // owner, name
+  static Key KeyOf(absl::string_view owner, absl::string_view name);
+
+  const SharedMemoryOptions options_;
+  mutable absl::Mutex mu_;
+  std::map<Key, std::shared_ptr<const MappedRegion>, std::less<>> regions_
+      ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace attnscore::service
+
+#endif  // ATTNSCORE_SERVER_SERVICE_SHARED_MEMORY_H_

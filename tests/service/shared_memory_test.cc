@@ -1,0 +1,322 @@
+// Shared-memory outputs without gRPC: the registry's checks (prefix, names,
+// page-aligned offsets, ranges within the object, owners, the region cap),
+// mappings that outlive Unregister, the SIGBUS guard against an object
+// truncated under the writer, and the placements of a request (resolved
+// against the validated request, written from a result).
+#include "server/service/shared_memory.h"
+
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "server/service/output_placement.h"
+#include "server/service/request_validation.h"
+#include "tests/service/shm_object.h"
+#include "tests/service/test_requests.h"
+
+namespace attnscore::service {
+namespace {
+
+using ::testing::HasSubstr;
+
+using testing::kShmTestPrefix;
+using testing::ShmObject;
+
+constexpr const char* kPrefix = kShmTestPrefix;
+
+SharedMemorySpec Spec(const std::string& name, const std::string& key,
+                      uint64_t offset, uint64_t byte_size) {
+  SharedMemorySpec spec;
+  spec.name = name;
+  spec.key = key;
+  spec.offset = offset;
+  spec.byte_size = byte_size;
+  return spec;
+}
+
+SharedMemoryRegistry Registry(int max_regions = 64) {
+  SharedMemoryOptions options;
+  options.prefix = kPrefix;
+  options.max_regions = max_regions;
+  return SharedMemoryRegistry(options);
+}
+
+TEST(SharedMemoryRegistryTest, OffWithoutAPrefix) {
+  SharedMemoryRegistry registry{SharedMemoryOptions()};
+  ShmObject object(4096);
+  const absl::Status status =
+      registry.Register("anonymous", Spec("r", object.key(), 0, 4096));
+  EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(status.message(), HasSubstr("--shm-prefix"));
+  EXPECT_EQ(registry.Find("anonymous", "r").status().code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
+TEST(SharedMemoryRegistryTest, RefusesBadSpecsNamingTheField) {
+  SharedMemoryRegistry registry = Registry();
+  ShmObject object(8192);
+  struct Case {
+    SharedMemorySpec spec;
+    absl::StatusCode code;
+    const char* message;
+  };
+  const std::vector<Case> cases = {
+      {Spec("", object.key(), 0, 1), absl::StatusCode::kInvalidArgument,
+       "name: expected 1 to 64 bytes, got 0"},
+      {Spec("a/b", object.key(), 0, 1), absl::StatusCode::kInvalidArgument,
+       "name: expected letters"},
+      {Spec("r", "other-app", 0, 1), absl::StatusCode::kInvalidArgument,
+       "key: expected a shared-memory object name starting with "
+       "\"attnscore-test-\""},
+      {Spec("r", std::string(kPrefix) + "../x", 0, 1),
+       absl::StatusCode::kInvalidArgument, "key: expected letters"},
+      {Spec("r", object.key(), 100, 1), absl::StatusCode::kInvalidArgument,
+       "offset: expected a multiple of the page size"},
+      {Spec("r", object.key(), 0, 0), absl::StatusCode::kInvalidArgument,
+       "byte_size: expected > 0, got 0"},
+      {Spec("r", object.key(), 4096, 8192), absl::StatusCode::kInvalidArgument,
+       "within the object's 8192 bytes, got 4096 + 8192"},
+      {Spec("r", std::string(kPrefix) + "missing", 0, 1),
+       absl::StatusCode::kNotFound, "No such file"},
+  };
+  for (const Case& c : cases) {
+    const absl::Status status = registry.Register("anonymous", c.spec);
+    EXPECT_EQ(status.code(), c.code) << status;
+    EXPECT_THAT(status.message(), HasSubstr(c.message));
+  }
+  EXPECT_TRUE(registry.List("anonymous").empty());
+}
+
+TEST(SharedMemoryRegistryTest, RegionsBelongToTheirOwner) {
+  SharedMemoryRegistry registry = Registry();
+  ShmObject object(8192);
+  ASSERT_TRUE(
+      registry.Register("alice", Spec("r", object.key(), 4096, 4096)).ok());
+  EXPECT_EQ(registry.Register("alice", Spec("r", object.key(), 0, 4096)).code(),
+            absl::StatusCode::kAlreadyExists);
+  // Bob may use the same name for his own region, and cannot see Alice's.
+  EXPECT_EQ(registry.Find("bob", "r").status().code(),
+            absl::StatusCode::kNotFound);
+  EXPECT_EQ(registry.Unregister("bob", "r").code(),
+            absl::StatusCode::kNotFound);
+  ASSERT_TRUE(registry.Register("bob", Spec("r", object.key(), 0, 4096)).ok());
+  const std::vector<SharedMemorySpec> alice = registry.List("alice");
+  ASSERT_EQ(alice.size(), 1u);
+  EXPECT_EQ(alice[0].offset, 4096u);
+  EXPECT_EQ(registry.List("bob").size(), 1u);
+  EXPECT_TRUE(registry.List("carol").empty());
+  ASSERT_TRUE(registry.Unregister("alice", "r").ok());
+  EXPECT_TRUE(registry.List("alice").empty());
+  EXPECT_TRUE(registry.Find("bob", "r").ok());
+}
+
+TEST(SharedMemoryRegistryTest, CapsTheRegionsOfAllOwners) {
+  SharedMemoryRegistry registry = Registry(/*max_regions=*/2);
+  ShmObject object(4096);
+  ASSERT_TRUE(registry.Register("a", Spec("r", object.key(), 0, 4096)).ok());
+  ASSERT_TRUE(registry.Register("b", Spec("r", object.key(), 0, 4096)).ok());
+  const absl::Status third =
+      registry.Register("c", Spec("r", object.key(), 0, 4096));
+  EXPECT_EQ(third.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(third.message(), HasSubstr("--max-shm-regions"));
+  ASSERT_TRUE(registry.Unregister("a", "r").ok());
+  EXPECT_TRUE(registry.Register("c", Spec("r", object.key(), 0, 4096)).ok());
+}
+
+TEST(SharedMemoryRegistryTest, WritesLandInTheClientsMappingAtTheOffset) {
+  SharedMemoryRegistry registry = Registry();
+  ShmObject object(size_t{3} * 4096);
+  ASSERT_TRUE(
+      registry.Register("anonymous", Spec("r", object.key(), 4096, 8192)).ok());
+  absl::StatusOr<std::shared_ptr<const MappedRegion>> region =
+      registry.Find("anonymous", "r");
+  ASSERT_TRUE(region.ok()) << region.status();
+  const std::string bytes = "placed bytes";
+  ASSERT_TRUE((*region)->Write(100, bytes.data(), bytes.size()).ok());
+  // Region offset 100 is object offset 4096 + 100.
+  EXPECT_EQ(std::string(object.data() + 4096 + 100, bytes.size()), bytes);
+  // A write past the region is refused, not done.
+  EXPECT_EQ((*region)->Write(8192 - 4, bytes.data(), bytes.size()).code(),
+            absl::StatusCode::kInternal);
+}
+
+TEST(SharedMemoryRegistryTest, MappingOutlivesUnregisterWhileHeld) {
+  SharedMemoryRegistry registry = Registry();
+  ShmObject object(4096);
+  ASSERT_TRUE(
+      registry.Register("anonymous", Spec("r", object.key(), 0, 4096)).ok());
+  std::shared_ptr<const MappedRegion> held = *registry.Find("anonymous", "r");
+  ASSERT_TRUE(registry.Unregister("anonymous", "r").ok());
+  const char byte = 'x';
+  EXPECT_TRUE(held->Write(4095, &byte, 1).ok());
+  EXPECT_EQ(object.data()[4095], 'x');
+}
+
+TEST(SharedMemoryRegistryTest, TruncatedObjectFailsTheWriteNotTheProcess) {
+  SharedMemoryRegistry registry = Registry();
+  ShmObject object(size_t{4} * 4096);
+  ASSERT_TRUE(
+      registry
+          .Register("anonymous", Spec("r", object.key(), 0, size_t{4} * 4096))
+          .ok());
+  std::shared_ptr<const MappedRegion> region = *registry.Find("anonymous", "r");
+  object.Truncate(4096);
+  const std::vector<char> bytes(size_t{4} * 4096, 'y');
+  const absl::Status status = region->Write(0, bytes.data(), bytes.size());
+  EXPECT_EQ(status.code(), absl::StatusCode::kAborted) << status;
+  EXPECT_THAT(status.message(), HasSubstr("shrank below the registered range"));
+  // The guard is per call: the next write within the object still works.
+  EXPECT_TRUE(region->Write(0, bytes.data(), 4096).ok());
+  EXPECT_EQ(object.data()[4095], 'y');
+}
+
+// The guard is for the copy alone: a SIGBUS anywhere else still ends the
+// process (the previous disposition, here the default).
+TEST(SharedMemoryGuardDeathTest, BusErrorsElsewhereStillEndTheProcess) {
+  const char byte = 0;
+  char target = 1;
+  ASSERT_TRUE(CopyCatchingBusError(&target, &byte, 1));  // installs the handler
+  ASSERT_EQ(target, 0);
+  // Created here, so that this process unlinks it after the child died.
+  ShmObject object(size_t{2} * 4096);
+  EXPECT_DEATH(
+      {
+        object.Truncate(0);
+        // Reading the vanished page faults outside any guarded copy.
+        std::printf("%d\n", static_cast<int>(object.data()[4096]));
+      },
+      "");
+}
+
+// A validated 2x2x3x4 float32 request with every output (48 floats = 192
+// bytes each for logits and probs, [2,2,3,8] = 384 bytes of context).
+ValidatedRequest Validated(v1::ScoreRequest& request) {
+  request = testing::AlibiRequest(2, 2, 3, 4, 8);
+  request.add_outputs(v1::LOGITS);
+  request.add_outputs(v1::PROBS);
+  request.add_outputs(v1::CONTEXT);
+  scoring::ModelSet models;
+  absl::StatusOr<ValidatedRequest> validated =
+      ValidateRequest(request, RequestLimits(), models);
+  EXPECT_TRUE(validated.ok()) << validated.status();
+  return *std::move(validated);
+}
+
+void Place(v1::ScoreRequest& request, v1::Output output,
+           const std::string& region, uint64_t offset, uint64_t byte_size) {
+  v1::OutputPlacement* placement = request.add_placements();
+  placement->set_output(output);
+  placement->mutable_range()->set_region(region);
+  placement->mutable_range()->set_offset(offset);
+  placement->mutable_range()->set_byte_size(byte_size);
+}
+
+TEST(OutputPlacementTest, ResolvesAndChecksEveryPlacement) {
+  SharedMemoryRegistry registry = Registry();
+  ShmObject object(4096);
+  ASSERT_TRUE(
+      registry.Register("anonymous", Spec("r", object.key(), 0, 4096)).ok());
+  v1::ScoreRequest request;
+  const ValidatedRequest validated = Validated(request);
+  struct Case {
+    std::vector<std::tuple<v1::Output, std::string, uint64_t, uint64_t>> place;
+    absl::StatusCode code;
+    const char* message;
+  };
+  const std::vector<Case> cases = {
+      {{{v1::LOGITS, "r", 0, 192}, {v1::CONTEXT, "r", 192, 384}},
+       absl::StatusCode::kOk,
+       ""},
+      {{{v1::LOGITS, "r", 0, 191}},
+       absl::StatusCode::kInvalidArgument,
+       "placements[0].range.byte_size: expected at least the LOGITS output's "
+       "192 bytes, got 191"},
+      {{{v1::CONTEXT, "r", 4000, 384}},
+       absl::StatusCode::kInvalidArgument,
+       "placements[0].range: expected offset + byte_size within the region's "
+       "4096 bytes, got 4000 + 384"},
+      {{{v1::LOGITS, "nope", 0, 192}},
+       absl::StatusCode::kNotFound,
+       "placements[0].range.region: shared-memory region \"nope\""},
+      {{{v1::LOGITS, "r", 0, 192}, {v1::PROBS, "r", 100, 192}},
+       absl::StatusCode::kInvalidArgument,
+       "placements[1].range: expected bytes apart from the other placements', "
+       "got [100, 292) overlapping placements[0]'s [0, 192)"},
+      {{{v1::PROBS, "r", 0, 192}, {v1::PROBS, "r", 1024, 192}},
+       absl::StatusCode::kInvalidArgument,
+       "placements[1].output: expected each output placed at most once"},
+      {{{v1::OUTPUT_UNSPECIFIED, "r", 0, 192}},
+       absl::StatusCode::kInvalidArgument,
+       "placements[0].output: expected one of the request's outputs, got "
+       "OUTPUT_UNSPECIFIED"},
+  };
+  for (const Case& c : cases) {
+    request.clear_placements();
+    for (const auto& [output, region, offset, size] : c.place) {
+      Place(request, output, region, offset, size);
+    }
+    absl::StatusOr<std::vector<ResolvedPlacement>> placed =
+        ResolvePlacements(request, validated, &registry, "anonymous");
+    EXPECT_EQ(placed.status().code(), c.code) << placed.status();
+    if (!placed.ok()) {
+      EXPECT_THAT(placed.status().message(), HasSubstr(c.message));
+    }
+  }
+  // Another identity does not see the region.
+  request.clear_placements();
+  Place(request, v1::LOGITS, "r", 0, 192);
+  EXPECT_EQ(
+      ResolvePlacements(request, validated, &registry, "bob").status().code(),
+      absl::StatusCode::kNotFound);
+  // Off: FAILED_PRECONDITION, naming the flag.
+  const absl::Status off =
+      ResolvePlacements(request, validated, nullptr, "anonymous").status();
+  EXPECT_EQ(off.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(off.message(), HasSubstr("--shm-prefix"));
+}
+
+TEST(OutputPlacementTest, WritesPlacedOutputsAndReportsTheirRanges) {
+  SharedMemoryRegistry registry = Registry();
+  ShmObject object(4096);
+  ASSERT_TRUE(
+      registry.Register("anonymous", Spec("r", object.key(), 0, 4096)).ok());
+  v1::ScoreRequest request;
+  const ValidatedRequest validated = Validated(request);
+  Place(request, v1::PROBS, "r", 512, 1024);
+  absl::StatusOr<std::vector<ResolvedPlacement>> placed =
+      ResolvePlacements(request, validated, &registry, "anonymous");
+  ASSERT_TRUE(placed.ok()) << placed.status();
+
+  std::vector<float> probs(48);
+  for (size_t i = 0; i < probs.size(); ++i) {
+    probs[i] = 0.25f * static_cast<float>(i);
+  }
+  scoring::ScoreResult result;
+  result.probs.emplace();
+  result.probs->shape = {2, 2, 3, 4};
+  result.probs->data = probs.data();
+  result.probs->size_bytes = probs.size() * sizeof(float);
+  result.logits.emplace(*result.probs);
+  absl::StatusOr<PlacedRanges> ranges = WritePlacements(*placed, result);
+  ASSERT_TRUE(ranges.ok()) << ranges.status();
+  EXPECT_EQ(ranges->logits, nullptr);
+  EXPECT_EQ(ranges->context, nullptr);
+  ASSERT_NE(ranges->probs, nullptr);
+  EXPECT_EQ(ranges->probs->offset(), 512u);
+  EXPECT_EQ(ranges->probs->byte_size(), 192u);  // what was written
+  std::vector<float> written(48);
+  std::memcpy(written.data(), object.data() + 512, 192);
+  EXPECT_EQ(written, probs);
+
+  // The result's size must be what the request was validated for.
+  result.probs->size_bytes = 96;
+  EXPECT_EQ(WritePlacements(*placed, result).status().code(),
+            absl::StatusCode::kInternal);
+}
+
+}  // namespace
+}  // namespace attnscore::service
