@@ -303,6 +303,18 @@ const char* ServingStatusName(ServingStatus status) {
 
 const char* ServiceName() { return v1::AttentionScorer::service_full_name(); }
 
+const char* OutputName(Output output) {
+  switch (output) {
+    case Output::kLogits:
+      return "logits";
+    case Output::kProbs:
+      return "probs";
+    case Output::kContext:
+      return "context";
+  }
+  return "unknown";
+}
+
 void CancellationToken::Cancel() {
   std::lock_guard<std::mutex> lock(mutex_);
   cancelled_ = true;
@@ -985,37 +997,25 @@ absl::StatusOr<std::unique_ptr<Stream>> Client::OpenStream(
   return std::make_unique<Stream>(std::move(state));
 }
 
-absl::StatusOr<std::vector<ModelInfo>> Client::ListModels(
-    const CallOptions& call) {
+namespace {
+
+// One unary call of the generated stub, `invoke(context, stub)`, on the next
+// channel with `call`'s deadline, metadata and cancellation; `method` names it
+// in errors.
+template <typename Invoke>
+absl::Status StubCall(Client::Impl& impl, const CallOptions& call,
+                      absl::string_view method, Invoke invoke) {
   grpc::ClientContext context;
-  impl_->Configure(context, call);
+  impl.Configure(context, call);
   if (call.cancellation != nullptr && !call.cancellation->Register(&context)) {
-    return absl::CancelledError("ListModels: cancelled");
+    return absl::CancelledError(absl::StrCat(method, ": cancelled"));
   }
-  v1::ListModelsResponse response;
-  grpc::Status status = impl_->Pick().scorer->ListModels(
-      &context, v1::ListModelsRequest(), &response);
+  const grpc::Status status = invoke(&context, *impl.Pick().scorer);
   if (call.cancellation != nullptr) call.cancellation->Unregister(&context);
-  if (!status.ok()) return FromGrpc(status, "ListModels");
-  std::vector<ModelInfo> models;
-  for (const v1::ModelInfo& m : response.models()) {
-    models.push_back(ModelInfo{m.name(), m.source(), m.heads(), m.head_dim(),
-                               m.max_relative_positions()});
-  }
-  return models;
+  return FromGrpc(status, method);
 }
 
-absl::StatusOr<ServerInfo> Client::GetServerInfo(const CallOptions& call) {
-  grpc::ClientContext context;
-  impl_->Configure(context, call);
-  if (call.cancellation != nullptr && !call.cancellation->Register(&context)) {
-    return absl::CancelledError("GetServerInfo: cancelled");
-  }
-  v1::ServerInfo response;
-  grpc::Status status = impl_->Pick().scorer->GetServerInfo(
-      &context, v1::GetServerInfoRequest(), &response);
-  if (call.cancellation != nullptr) call.cancellation->Unregister(&context);
-  if (!status.ok()) return FromGrpc(status, "GetServerInfo");
+ServerInfo FromProto(const v1::ServerInfo& response) {
   ServerInfo info;
   info.version = response.version();
   info.device = response.device();
@@ -1029,7 +1029,85 @@ absl::StatusOr<ServerInfo> Client::GetServerInfo(const CallOptions& call) {
   info.max_queue_delay_us = response.batching().max_queue_delay_us();
   info.max_queue = response.batching().max_queue();
   info.batch_workers = response.batching().batch_workers();
+  info.shm_prefix = response.limits().shm_prefix();
+  info.max_shm_regions = response.limits().max_shm_regions();
   return info;
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<ModelInfo>> Client::ListModels(
+    const CallOptions& call) {
+  v1::ListModelsResponse response;
+  absl::Status status = StubCall(
+      *impl_, call, "ListModels",
+      [&response](grpc::ClientContext* context, v1::AttentionScorer::Stub& s) {
+        return s.ListModels(context, v1::ListModelsRequest(), &response);
+      });
+  if (!status.ok()) return status;
+  std::vector<ModelInfo> models;
+  for (const v1::ModelInfo& m : response.models()) {
+    models.push_back(ModelInfo{m.name(), m.source(), m.heads(), m.head_dim(),
+                               m.max_relative_positions()});
+  }
+  return models;
+}
+
+absl::StatusOr<ServerInfo> Client::GetServerInfo(const CallOptions& call) {
+  v1::ServerInfo response;
+  absl::Status status = StubCall(
+      *impl_, call, "GetServerInfo",
+      [&response](grpc::ClientContext* context, v1::AttentionScorer::Stub& s) {
+        return s.GetServerInfo(context, v1::GetServerInfoRequest(), &response);
+      });
+  if (!status.ok()) return status;
+  return FromProto(response);
+}
+
+absl::Status Client::RegisterSharedMemory(
+    const SharedMemoryRegistration& region, const CallOptions& call) {
+  v1::RegisterSharedMemoryRequest request;
+  request.set_name(region.name);
+  request.set_key(region.key);
+  request.set_offset(region.offset);
+  request.set_byte_size(region.byte_size);
+  v1::RegisterSharedMemoryResponse response;
+  return StubCall(
+      *impl_, call, "RegisterSharedMemory",
+      [&](grpc::ClientContext* context, v1::AttentionScorer::Stub& s) {
+        return s.RegisterSharedMemory(context, request, &response);
+      });
+}
+
+absl::Status Client::UnregisterSharedMemory(std::string_view name,
+                                            const CallOptions& call) {
+  v1::UnregisterSharedMemoryRequest request;
+  request.set_name(std::string(name));
+  v1::UnregisterSharedMemoryResponse response;
+  return StubCall(
+      *impl_, call, "UnregisterSharedMemory",
+      [&](grpc::ClientContext* context, v1::AttentionScorer::Stub& s) {
+        return s.UnregisterSharedMemory(context, request, &response);
+      });
+}
+
+absl::StatusOr<std::vector<SharedMemoryRegistration>>
+Client::SharedMemoryStatus(const CallOptions& call) {
+  v1::SharedMemoryStatusResponse response;
+  absl::Status status = StubCall(
+      *impl_, call, "SharedMemoryStatus",
+      [&response](grpc::ClientContext* context, v1::AttentionScorer::Stub& s) {
+        return s.SharedMemoryStatus(context, v1::SharedMemoryStatusRequest(),
+                                    &response);
+      });
+  if (!status.ok()) return status;
+  std::vector<SharedMemoryRegistration> regions;
+  regions.reserve(response.regions_size());
+  for (const v1::SharedMemoryRegionStatus& r : response.regions()) {
+    regions.push_back(
+        SharedMemoryRegistration{r.name(), r.key(), r.offset(), r.byte_size()});
+  }
+  return regions;
 }
 
 absl::StatusOr<ServingStatus> Client::Health(const std::string& service,

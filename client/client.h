@@ -20,8 +20,9 @@
 // Ownership: requests borrow tensor memory through TensorView. Score() needs it
 // until it returns; ScoreAsync() until its callback has run (or its future is
 // ready); Stream::Write() copies, so the memory is free once Write returns.
-// Results own their tensors. A Client must outlive every call and Stream it
-// started.
+// Results own their tensors; a placed output's bytes are in the caller's
+// shared memory (ScoreResult::placed says where). A Client must outlive every
+// call and Stream it started.
 // Thread safety: Client is thread-safe; Stream's methods may be called from any
 // thread.
 // Errors: every call returns absl::Status / absl::StatusOr carrying the gRPC
@@ -38,6 +39,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <variant>
 #include <vector>
@@ -86,6 +88,54 @@ struct Outputs {
   bool context = false;
 };
 
+// One of the outputs, where a request or result names which (placements).
+enum class Output { kLogits, kProbs, kContext };
+// "logits", "probs", "context".
+const char* OutputName(Output output);
+
+// -----------------------------------------------------------------------------
+// Shared-memory outputs (same host only; the server runs with --shm-prefix):
+// the client creates a POSIX shared-memory object (SharedMemoryRegion,
+// client/shared_memory.h), registers it (Client::RegisterSharedMemory) and
+// places outputs in it (ScoreRequest::placements) instead of receiving their
+// bytes in the reply.
+
+// A shared-memory object registered with the server under `name`, the name
+// placements use. `key` is the object's shm_open name without the leading '/'
+// (it must start with the server's ServerInfo::shm_prefix); the region is its
+// bytes [offset, offset + byte_size), offset a multiple of 4096.
+struct SharedMemoryRegistration {
+  std::string name;
+  std::string key;
+  uint64_t offset = 0;
+  uint64_t byte_size = 0;
+};
+
+// Bytes [offset, offset + byte_size) of the registered region `region` (its
+// registered name, not its key); offset counts from the region's start.
+struct SharedMemoryRange {
+  std::string region;
+  uint64_t offset = 0;
+  uint64_t byte_size = 0;
+};
+
+// Where one requested output goes instead of the reply: `range` must hold all
+// of it (B*H*Lq*Lk or B*H*Lq*Dv elements of the output dtype).
+struct OutputPlacement {
+  Output output = Output::kLogits;
+  SharedMemoryRange range;
+};
+
+// An output the server wrote into shared memory: its dtype and shape, and the
+// range that holds its NumElements(shape) * ElementSize(dtype) bytes
+// (range.byte_size: the bytes written). SharedMemoryRegion::View reads it.
+struct PlacedOutput {
+  Output output = Output::kLogits;
+  DType dtype = DType::kFloat32;
+  std::vector<int64_t> shape;
+  SharedMemoryRange range;
+};
+
 struct ScoreRequest {
   std::string
       request_id;  // echoed back; how Stream responses are matched to requests
@@ -99,6 +149,12 @@ struct ScoreRequest {
   std::vector<int32_t> key_lengths;  // empty, or B values in [0, Lk]
   Outputs outputs;
   std::optional<DType> output_dtype;  // unset: the query's
+  // Outputs written into registered shared memory instead of the reply; each
+  // must also be requested in `outputs`, at most one placement each, and the
+  // ranges must not overlap. The bytes are in place when the call returns (its
+  // callback runs, or on a Stream its response arrives); do not read them
+  // before, nor reuse a range for another request until then.
+  std::vector<OutputPlacement> placements;
 };
 
 // The server's account of one request.
@@ -113,6 +169,9 @@ struct ScoreResult {
   std::optional<Tensor> logits;   // [B, H, Lq, Lk], masked entries -inf
   std::optional<Tensor> probs;    // [B, H, Lq, Lk]
   std::optional<Tensor> context;  // [B, H, Lq, Dv] in the request's layout
+  // The outputs the request placed in shared memory, in the response's order
+  // (their Tensor fields above stay empty).
+  std::vector<PlacedOutput> placed;
   Timing timing;
 };
 
@@ -137,6 +196,10 @@ struct ServerInfo {
   int64_t max_queue_delay_us = 0;
   int64_t max_queue = 0;
   int32_t batch_workers = 0;
+  // The key prefix RegisterSharedMemory accepts; empty: shared-memory outputs
+  // are off.
+  std::string shm_prefix;
+  int64_t max_shm_regions = 0;  // all identities together
 };
 
 enum class ServingStatus { kUnknown, kServing, kNotServing, kServiceUnknown };
@@ -342,6 +405,27 @@ class Client {
   absl::StatusOr<std::vector<ModelInfo>> ListModels(
       const CallOptions& call = {});
   absl::StatusOr<ServerInfo> GetServerInfo(const CallOptions& call = {});
+
+  // Shared-memory regions, which belong to the caller's identity (bearer
+  // token, client certificate or none): other identities neither see nor use
+  // them. A region is registered with one server process: use them with a
+  // client whose target is that one server on this host (with several
+  // targets or addresses, each call may reach another server, which does
+  // not know the region: NOT_FOUND). Register: FAILED_PRECONDITION when the
+  // server has them off, INVALID_ARGUMENT naming a bad field, NOT_FOUND for no
+  // such object, ALREADY_EXISTS for a registered name, PERMISSION_DENIED when
+  // the server may not open the object, RESOURCE_EXHAUSTED at the server's
+  // limit.
+  absl::Status RegisterSharedMemory(const SharedMemoryRegistration& region,
+                                    const CallOptions& call = {});
+  // NOT_FOUND when the caller has no region `name`. Requests already accepted
+  // still write into it.
+  absl::Status UnregisterSharedMemory(std::string_view name,
+                                      const CallOptions& call = {});
+  // The caller's regions, sorted by name.
+  absl::StatusOr<std::vector<SharedMemoryRegistration>> SharedMemoryStatus(
+      const CallOptions& call = {});
+
   // grpc.health.v1 Check: ServiceName() is readiness, "" liveness.
   // kServiceUnknown when the server does not know `service`.
   absl::StatusOr<ServingStatus> Health(

@@ -6,6 +6,7 @@
 #include <grpcpp/support/slice.h>
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <limits>
 #include <memory>
@@ -85,78 +86,8 @@ absl::Status DataLoss(absl::string_view what) {
   return absl::DataLossError(absl::StrCat("malformed ScoreResponse: ", what));
 }
 
-// Reads one v1.Tensor message up to the current limit; the data bytes go
-// straight from the received slices into the tensor's buffer.
-absl::StatusOr<Tensor> ReadTensor(CodedInputStream& in, const char* name,
-                                  const std::shared_ptr<BufferPool>& pool) {
-  int dtype_value = 0;
-  std::vector<int64_t> shape;
-  TensorBytes data;
-  size_t size = 0;
-  while (true) {
-    const uint32_t tag = in.ReadTag();
-    if (tag == 0) break;
-    const int field = WireFormatLite::GetTagFieldNumber(tag);
-    const auto wire_type = WireFormatLite::GetTagWireType(tag);
-    if (field == v1::Tensor::kDtypeFieldNumber &&
-        wire_type == WireFormatLite::WIRETYPE_VARINT) {
-      uint32_t v;
-      if (!in.ReadVarint32(&v)) return DataLoss(absl::StrCat(name, ".dtype"));
-      dtype_value = static_cast<int>(v);
-    } else if (field == v1::Tensor::kShapeFieldNumber &&
-               wire_type == WireFormatLite::WIRETYPE_VARINT) {
-      uint64_t v;
-      if (!in.ReadVarint64(&v)) return DataLoss(absl::StrCat(name, ".shape"));
-      shape.push_back(static_cast<int64_t>(v));
-    } else if (field == v1::Tensor::kShapeFieldNumber &&
-               wire_type == WireFormatLite::WIRETYPE_LENGTH_DELIMITED) {
-      uint32_t length;
-      if (!in.ReadVarint32(&length)) {
-        return DataLoss(absl::StrCat(name, ".shape"));
-      }
-      const CodedInputStream::Limit limit =
-          in.PushLimit(static_cast<int>(length));
-      while (in.BytesUntilLimit() > 0) {
-        uint64_t v;
-        if (!in.ReadVarint64(&v)) return DataLoss(absl::StrCat(name, ".shape"));
-        shape.push_back(static_cast<int64_t>(v));
-      }
-      in.PopLimit(limit);
-    } else if (field == v1::Tensor::kDataFieldNumber &&
-               wire_type == WireFormatLite::WIRETYPE_LENGTH_DELIMITED) {
-      uint32_t length;
-      if (!in.ReadVarint32(&length) ||
-          static_cast<int>(length) > in.BytesUntilLimit()) {
-        return DataLoss(absl::StrCat(name, ".data length"));
-      }
-      // A repeated field replaces the earlier one (proto3 merge semantics for
-      // bytes).
-      size = length;
-      data = AllocateTensorBytes(size, pool);
-      if (size > 0 && !in.ReadRaw(data.get(), static_cast<int>(size))) {
-        return DataLoss(absl::StrCat(name, ".data truncated"));
-      }
-    } else if (!WireFormatLite::SkipField(&in, tag)) {
-      return DataLoss(absl::StrCat(name, " field ", field));
-    }
-  }
-  if (!in.ConsumedEntireMessage()) return DataLoss(absl::StrCat(name, " end"));
-  std::optional<DType> dtype = v1::FromProtoDType(dtype_value);
-  if (!dtype) {
-    return absl::DataLossError(
-        absl::StrCat("ScoreResponse.", name, ": unknown dtype ", dtype_value));
-  }
-  absl::StatusOr<Tensor> tensor =
-      Tensor::Adopt(*dtype, std::move(shape), std::move(data), size);
-  if (!tensor.ok()) {
-    return absl::DataLossError(
-        absl::StrCat("ScoreResponse.", name, ": ", tensor.status().message()));
-  }
-  return tensor;
-}
-
 // Reads a length-delimited submessage into `message` (small ones: Timing,
-// Error).
+// Error, SharedMemoryRange).
 bool ReadSmallMessage(CodedInputStream& in,
                       google::protobuf::MessageLite& message) {
   uint32_t length;
@@ -166,6 +97,191 @@ bool ReadSmallMessage(CodedInputStream& in,
       message.MergePartialFromCodedStream(&in) && in.ConsumedEntireMessage();
   in.PopLimit(limit);
   return ok;
+}
+
+// Appends a packed run of shape dims (length-delimited varints).
+bool ReadPackedShape(CodedInputStream& in, std::vector<int64_t>& shape) {
+  uint32_t length;
+  if (!in.ReadVarint32(&length)) return false;
+  const CodedInputStream::Limit limit = in.PushLimit(static_cast<int>(length));
+  while (in.BytesUntilLimit() > 0) {
+    uint64_t v;
+    if (!in.ReadVarint64(&v)) return false;
+    shape.push_back(static_cast<int64_t>(v));
+  }
+  in.PopLimit(limit);
+  return true;
+}
+
+// A response v1.Tensor's fields as read, before they become a Tensor or (with
+// shared_memory set) a PlacedOutput.
+struct TensorFields {
+  int dtype_value = 0;
+  std::vector<int64_t> shape;
+  TensorBytes data;
+  size_t size = 0;
+  std::optional<v1::SharedMemoryRange> shared_memory;
+};
+
+// Reads one v1.Tensor message up to the current limit; the data bytes go
+// straight from the received slices into the tensor's buffer.
+absl::StatusOr<TensorFields> ReadTensorFields(
+    CodedInputStream& in, const char* name,
+    const std::shared_ptr<BufferPool>& pool) {
+  TensorFields fields;
+  while (true) {
+    const uint32_t tag = in.ReadTag();
+    if (tag == 0) break;
+    const int field = WireFormatLite::GetTagFieldNumber(tag);
+    const auto wire_type = WireFormatLite::GetTagWireType(tag);
+    const bool length_delimited =
+        wire_type == WireFormatLite::WIRETYPE_LENGTH_DELIMITED;
+    if (field == v1::Tensor::kDtypeFieldNumber &&
+        wire_type == WireFormatLite::WIRETYPE_VARINT) {
+      uint32_t v;
+      if (!in.ReadVarint32(&v)) return DataLoss(absl::StrCat(name, ".dtype"));
+      fields.dtype_value = static_cast<int>(v);
+    } else if (field == v1::Tensor::kShapeFieldNumber &&
+               wire_type == WireFormatLite::WIRETYPE_VARINT) {
+      uint64_t v;
+      if (!in.ReadVarint64(&v)) return DataLoss(absl::StrCat(name, ".shape"));
+      fields.shape.push_back(static_cast<int64_t>(v));
+    } else if (field == v1::Tensor::kShapeFieldNumber && length_delimited) {
+      if (!ReadPackedShape(in, fields.shape)) {
+        return DataLoss(absl::StrCat(name, ".shape"));
+      }
+    } else if (field == v1::Tensor::kDataFieldNumber && length_delimited) {
+      uint32_t length;
+      if (!in.ReadVarint32(&length) ||
+          static_cast<int>(length) > in.BytesUntilLimit()) {
+        return DataLoss(absl::StrCat(name, ".data length"));
+      }
+      // A repeated field replaces the earlier one (proto3 merge semantics for
+      // bytes).
+      fields.size = length;
+      fields.data = AllocateTensorBytes(fields.size, pool);
+      if (fields.size > 0 &&
+          !in.ReadRaw(fields.data.get(), static_cast<int>(fields.size))) {
+        return DataLoss(absl::StrCat(name, ".data truncated"));
+      }
+    } else if (field == v1::Tensor::kSharedMemoryFieldNumber &&
+               length_delimited) {
+      // A repeated submessage merges into the earlier one, as protobuf's.
+      if (!fields.shared_memory) fields.shared_memory.emplace();
+      if (!ReadSmallMessage(in, *fields.shared_memory)) {
+        return DataLoss(absl::StrCat(name, ".shared_memory"));
+      }
+    } else if (!WireFormatLite::SkipField(&in, tag)) {
+      return DataLoss(absl::StrCat(name, " field ", field));
+    }
+  }
+  if (!in.ConsumedEntireMessage()) return DataLoss(absl::StrCat(name, " end"));
+  return fields;
+}
+
+absl::StatusOr<DType> ResponseDType(int value, const char* name) {
+  std::optional<DType> dtype = v1::FromProtoDType(value);
+  if (!dtype) {
+    return absl::DataLossError(
+        absl::StrCat("ScoreResponse.", name, ": unknown dtype ", value));
+  }
+  return *dtype;
+}
+
+// An in-band output: its bytes must match its shape.
+absl::StatusOr<Tensor> ToTensor(TensorFields fields, const char* name) {
+  absl::StatusOr<DType> dtype = ResponseDType(fields.dtype_value, name);
+  if (!dtype.ok()) return dtype.status();
+  absl::StatusOr<Tensor> tensor = Tensor::Adopt(
+      *dtype, std::move(fields.shape), std::move(fields.data), fields.size);
+  if (!tensor.ok()) {
+    return absl::DataLossError(
+        absl::StrCat("ScoreResponse.", name, ": ", tensor.status().message()));
+  }
+  return tensor;
+}
+
+// An output placed in shared memory: no bytes in the reply, and a shape whose
+// bytes fit the range the server says it wrote them to.
+absl::StatusOr<PlacedOutput> ToPlacedOutput(TensorFields fields, Output output,
+                                            const char* name) {
+  absl::StatusOr<DType> dtype = ResponseDType(fields.dtype_value, name);
+  if (!dtype.ok()) return dtype.status();
+  const std::string what = absl::StrCat("ScoreResponse.", name, ": ");
+  if (fields.size > 0) {
+    return absl::DataLossError(absl::StrCat(
+        what, "shared_memory is set but data holds ", fields.size, " bytes"));
+  }
+  const v1::SharedMemoryRange& range = *fields.shared_memory;
+  if (range.region().empty()) {
+    return absl::DataLossError(
+        absl::StrCat(what, "shared_memory.region is empty"));
+  }
+  const int64_t elements = NumElements(fields.shape);
+  const uint64_t element_size = ElementSize(*dtype);
+  // elements <= byte_size / element_size: no overflow of elements * size.
+  if (elements < 0 ||
+      static_cast<uint64_t>(elements) > range.byte_size() / element_size) {
+    return absl::DataLossError(absl::StrCat(
+        what, "shape ", ShapeString(fields.shape), " of ", DTypeName(*dtype),
+        " does not fit shared_memory.byte_size ", range.byte_size()));
+  }
+  return PlacedOutput{
+      output, *dtype, std::move(fields.shape),
+      SharedMemoryRange{range.region(), range.offset(), range.byte_size()}};
+}
+
+// Stores one response output into `result`, in band or placed; a repeated
+// field replaces the earlier one either way.
+absl::Status StoreOutput(TensorFields fields, Output output, const char* name,
+                         ScoreResult& result) {
+  std::optional<Tensor>& in_band = output == Output::kLogits  ? result.logits
+                                   : output == Output::kProbs ? result.probs
+                                                              : result.context;
+  in_band.reset();
+  std::vector<PlacedOutput>& placed = result.placed;
+  placed.erase(std::remove_if(placed.begin(), placed.end(),
+                              [output](const PlacedOutput& p) {
+                                return p.output == output;
+                              }),
+               placed.end());
+  if (fields.shared_memory) {
+    absl::StatusOr<PlacedOutput> out =
+        ToPlacedOutput(std::move(fields), output, name);
+    if (!out.ok()) return out.status();
+    placed.push_back(*std::move(out));
+    return absl::OkStatus();
+  }
+  absl::StatusOr<Tensor> tensor = ToTensor(std::move(fields), name);
+  if (!tensor.ok()) return tensor.status();
+  in_band = *std::move(tensor);
+  return absl::OkStatus();
+}
+
+// The output a ScoreResponse field number holds, if any.
+std::optional<Output> ResponseOutput(int field) {
+  switch (field) {
+    case v1::ScoreResponse::kLogitsFieldNumber:
+      return Output::kLogits;
+    case v1::ScoreResponse::kProbsFieldNumber:
+      return Output::kProbs;
+    case v1::ScoreResponse::kContextFieldNumber:
+      return Output::kContext;
+    default:
+      return std::nullopt;
+  }
+}
+
+v1::Output ToProtoOutput(Output output) {
+  switch (output) {
+    case Output::kLogits:
+      return v1::LOGITS;
+    case Output::kProbs:
+      return v1::PROBS;
+    case Output::kContext:
+      return v1::CONTEXT;
+  }
+  return v1::OUTPUT_UNSPECIFIED;
 }
 
 }  // namespace
@@ -226,6 +342,14 @@ absl::StatusOr<grpc::ByteBuffer> EncodeScoreRequest(const ScoreRequest& request,
   if (request.output_dtype) {
     tail.set_output_dtype(v1::ToProtoDType(*request.output_dtype));
   }
+  for (const OutputPlacement& placement : request.placements) {
+    v1::OutputPlacement* wire = tail.add_placements();
+    wire->set_output(ToProtoOutput(placement.output));
+    v1::SharedMemoryRange* range = wire->mutable_range();
+    range->set_region(placement.range.region);
+    range->set_offset(placement.range.offset);
+    range->set_byte_size(placement.range.byte_size);
+  }
   tail.AppendToString(&out.pending());
   return out.Finish();
 }
@@ -242,35 +366,22 @@ absl::StatusOr<DecodedResponse> DecodeScoreResponse(
     const int field = WireFormatLite::GetTagFieldNumber(tag);
     const bool length_delimited = WireFormatLite::GetTagWireType(tag) ==
                                   WireFormatLite::WIRETYPE_LENGTH_DELIMITED;
-    std::optional<Tensor>* tensor_field = nullptr;
-    const char* tensor_name = "";
-    if (length_delimited) {
-      switch (field) {
-        case v1::ScoreResponse::kLogitsFieldNumber:
-          tensor_field = &out.result.logits;
-          tensor_name = "logits";
-          break;
-        case v1::ScoreResponse::kProbsFieldNumber:
-          tensor_field = &out.result.probs;
-          tensor_name = "probs";
-          break;
-        case v1::ScoreResponse::kContextFieldNumber:
-          tensor_field = &out.result.context;
-          tensor_name = "context";
-          break;
-        default:
-          break;
-      }
-    }
-    if (tensor_field != nullptr) {
+    const std::optional<Output> output =
+        length_delimited ? ResponseOutput(field) : std::nullopt;
+    if (output) {
+      const char* name = OutputName(*output);
       uint32_t length;
-      if (!in.ReadVarint32(&length)) return DataLoss(tensor_name);
+      if (!in.ReadVarint32(&length)) return DataLoss(name);
       const CodedInputStream::Limit limit =
           in.PushLimit(static_cast<int>(length));
-      absl::StatusOr<Tensor> tensor = ReadTensor(in, tensor_name, pool);
-      if (!tensor.ok()) return tensor.status();
+      absl::StatusOr<TensorFields> fields = ReadTensorFields(in, name, pool);
+      if (!fields.ok()) return fields.status();
       in.PopLimit(limit);
-      *tensor_field = *std::move(tensor);
+      if (absl::Status s =
+              StoreOutput(*std::move(fields), *output, name, out.result);
+          !s.ok()) {
+        return s;
+      }
     } else if (length_delimited &&
                field == v1::ScoreResponse::kRequestIdFieldNumber) {
       uint32_t length;

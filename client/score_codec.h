@@ -12,10 +12,15 @@
 // and any conforming encoding of ScoreResponse (any field order, packed or
 // unpacked shape, unknown fields) parses.
 //
+// Outputs placed in shared memory (ScoreRequest::placements) come back as
+// Tensors with shared_memory set and no data; they are decoded into
+// ScoreResult::placed, never as empty tensors.
+//
 // Thread safety: pure functions.
 // Errors: INVALID_ARGUMENT for a malformed request (naming the tensor);
-// DATA_LOSS for a response that does not parse or whose tensor bytes disagree
-// with its shape.
+// DATA_LOSS for a response that does not parse, whose tensor bytes disagree
+// with its shape, or whose placed output carries bytes or does not fit its
+// range.
 #ifndef ATTNSCORE_CLIENT_SCORE_CODEC_H_
 #define ATTNSCORE_CLIENT_SCORE_CODEC_H_
 

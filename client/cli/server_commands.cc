@@ -147,7 +147,9 @@ int RunInfo(const GlobalFlags& global, const InfoFlags& flags) {
        {{"max_batch_size", info->max_batch_size},
         {"max_queue_delay_us", info->max_queue_delay_us},
         {"max_queue", info->max_queue},
-        {"batch_workers", info->batch_workers}}}};
+        {"batch_workers", info->batch_workers}}},
+      {"shared_memory",
+       {{"prefix", info->shm_prefix}, {"max_regions", info->max_shm_regions}}}};
   if (flags.format == "json") {
     std::printf("%s\n", out.dump(2, ' ', false,
                                  nlohmann::json::error_handler_t::replace)
@@ -171,6 +173,13 @@ int RunInfo(const GlobalFlags& global, const InfoFlags& flags) {
       static_cast<long long>(info->max_batch_size),
       static_cast<long long>(info->max_queue_delay_us),
       static_cast<long long>(info->max_queue), info->batch_workers);
+  if (info->shm_prefix.empty()) {
+    std::printf("shared memory     off\n");
+  } else {
+    std::printf("shared memory     objects \"%s*\", at most %lld regions\n",
+                info->shm_prefix.c_str(),
+                static_cast<long long>(info->max_shm_regions));
+  }
   return kExitOk;
 }
 

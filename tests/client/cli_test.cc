@@ -180,6 +180,11 @@ TEST(CliTest, HealthModelsAndInfo) {
   nlohmann::json info = nlohmann::json::parse(run.output);
   EXPECT_EQ(info["device"], "cpu");
   EXPECT_GT(info["limits"]["max_output_bytes"].get<int64_t>(), 0);
+  EXPECT_EQ(info["shared_memory"]["prefix"], "");  // off by default
+  EXPECT_EQ(info["shared_memory"]["max_regions"].get<int64_t>(), 64);
+  run = Cli({"info", "--target", server->target()});
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  EXPECT_THAT(run.output, HasSubstr("shared memory     off"));
   run = Cli({"models", "--target", server->target(), "--format", "json"});
   ASSERT_EQ(run.exit_code, 0) << run.output;
   EXPECT_TRUE(nlohmann::json::parse(run.output).is_array());

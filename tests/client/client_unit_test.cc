@@ -12,9 +12,12 @@
 #include <limits>
 #include <memory>
 #include <string>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "attnscore/v1/attnscore.grpc.pb.h"
 #include "attnscore/v1/attnscore.pb.h"
 #include "client/client.h"
@@ -394,6 +397,375 @@ TEST(ScoreCodecTest, ParsesLargeTensorsIntact) {
   ASSERT_EQ(decoded->result.logits->size_bytes(), data.size());
   EXPECT_EQ(
       std::memcmp(decoded->result.logits->data(), data.data(), data.size()), 0);
+}
+
+ScoreRequest PlacedRequest(const std::vector<float>& q,
+                           const std::vector<float>& k,
+                           const std::vector<float>& v) {
+  ScoreRequest request;
+  request.request_id = "placed-1";
+  request.query = TensorView{DType::kFloat32, {1, 2, 3, 4}, q.data(), 96};
+  request.key = TensorView{DType::kFloat32, {1, 2, 5, 4}, k.data(), 160};
+  request.value = TensorView{DType::kFloat32, {1, 2, 5, 6}, v.data(), 240};
+  request.outputs = Outputs{true, true, true};
+  request.output_dtype = DType::kFloat16;
+  request.placements = {
+      {Output::kLogits, {"out", 4096, 60}},
+      {Output::kContext, {"other", 0, uint64_t{1} << 40}},
+  };
+  return request;
+}
+
+TEST(ScoreCodecTest, EncodesPlacements) {
+  const std::vector<float> q(24, 1.0f), k(40, 2.0f), v(60, 3.0f);
+  const ScoreRequest request = PlacedRequest(q, k, v);
+  absl::StatusOr<grpc::ByteBuffer> encoded =
+      internal::EncodeScoreRequest(request, internal::DataMode::kReference);
+  ASSERT_TRUE(encoded.ok()) << encoded.status();
+  const std::string wire = Flatten(*encoded);
+  v1::ScoreRequest parsed;
+  ASSERT_TRUE(parsed.ParseFromString(wire));
+  ASSERT_EQ(parsed.placements_size(), 2);
+  EXPECT_EQ(parsed.placements(0).output(), v1::LOGITS);
+  EXPECT_EQ(parsed.placements(0).range().region(), "out");
+  EXPECT_EQ(parsed.placements(0).range().offset(), 4096u);
+  EXPECT_EQ(parsed.placements(0).range().byte_size(), 60u);
+  EXPECT_EQ(parsed.placements(1).output(), v1::CONTEXT);
+  EXPECT_EQ(parsed.placements(1).range().region(), "other");
+  EXPECT_EQ(parsed.placements(1).range().offset(), 0u);
+  EXPECT_EQ(parsed.placements(1).range().byte_size(), uint64_t{1} << 40);
+  // Placing an output does not stop asking for it: the server wants both.
+  EXPECT_THAT(parsed.outputs(),
+              ElementsAre(v1::LOGITS, v1::PROBS, v1::CONTEXT));
+  EXPECT_EQ(parsed.output_dtype(), v1::FLOAT16);
+  EXPECT_EQ(wire, parsed.SerializeAsString());
+
+  ScoreRequest probs = request;
+  probs.placements = {{Output::kProbs, {"p", 8, 16}}};
+  encoded = internal::EncodeScoreRequest(probs, internal::DataMode::kCopy);
+  ASSERT_TRUE(encoded.ok()) << encoded.status();
+  ASSERT_TRUE(parsed.ParseFromString(Flatten(*encoded)));
+  ASSERT_EQ(parsed.placements_size(), 1);
+  EXPECT_EQ(parsed.placements(0).output(), v1::PROBS);
+
+  probs.placements.clear();
+  encoded = internal::EncodeScoreRequest(probs, internal::DataMode::kCopy);
+  ASSERT_TRUE(encoded.ok()) << encoded.status();
+  ASSERT_TRUE(parsed.ParseFromString(Flatten(*encoded)));
+  EXPECT_EQ(parsed.placements_size(), 0);
+}
+
+// Sets `tensor` to a placed output: dtype and shape, no data, the range.
+void Place(v1::Tensor& tensor, v1::DType dtype,
+           const std::vector<int64_t>& shape, const std::string& region,
+           uint64_t offset, uint64_t byte_size) {
+  tensor.Clear();
+  tensor.set_dtype(dtype);
+  for (int64_t d : shape) tensor.add_shape(d);
+  tensor.mutable_shared_memory()->set_region(region);
+  tensor.mutable_shared_memory()->set_offset(offset);
+  tensor.mutable_shared_memory()->set_byte_size(byte_size);
+}
+
+// SampleResponse with its logits [2, 2, 3, 4] float32 (192 bytes) placed in
+// region "out" at 4096, and probs placed too; the context stays in band.
+v1::ScoreResponse PlacedResponse() {
+  v1::ScoreResponse response = SampleResponse();
+  Place(*response.mutable_logits(), v1::FLOAT32, {2, 2, 3, 4}, "out", 4096,
+        192);
+  Place(*response.mutable_probs(), v1::BFLOAT16, {1, 2, 3, 4}, "probs-region",
+        0, 1000);
+  return response;
+}
+
+TEST(ScoreCodecTest, DecodesPlacedOutputs) {
+  const std::string wire = PlacedResponse().SerializeAsString();
+  for (size_t chunk : {size_t{1}, size_t{5}, wire.size()}) {
+    SCOPED_TRACE(chunk);
+    grpc::ByteBuffer buffer = Chunked(wire, chunk);
+    absl::StatusOr<internal::DecodedResponse> decoded =
+        internal::DecodeScoreResponse(buffer);
+    ASSERT_TRUE(decoded.ok()) << decoded.status();
+    const ScoreResult& r = decoded->result;
+    EXPECT_FALSE(r.logits.has_value());
+    EXPECT_FALSE(r.probs.has_value());
+    ASSERT_TRUE(r.context.has_value());
+    EXPECT_EQ(r.context->size_bytes(), 12u);
+    EXPECT_EQ(r.request_id, "r-1");
+    EXPECT_EQ(r.timing.compute_us, 345);
+    ASSERT_EQ(r.placed.size(), 2u);
+    const PlacedOutput& logits = r.placed[0];
+    EXPECT_EQ(logits.output, Output::kLogits);
+    EXPECT_EQ(logits.dtype, DType::kFloat32);
+    EXPECT_THAT(logits.shape, ElementsAre(2, 2, 3, 4));
+    EXPECT_EQ(logits.range.region, "out");
+    EXPECT_EQ(logits.range.offset, 4096u);
+    EXPECT_EQ(logits.range.byte_size, 192u);  // exactly the output's bytes
+    const PlacedOutput& probs = r.placed[1];
+    EXPECT_EQ(probs.output, Output::kProbs);
+    EXPECT_EQ(probs.dtype, DType::kBFloat16);
+    EXPECT_THAT(probs.shape, ElementsAre(1, 2, 3, 4));
+    EXPECT_EQ(probs.range.region, "probs-region");
+    EXPECT_EQ(probs.range.offset, 0u);
+    EXPECT_EQ(probs.range.byte_size, 1000u);
+  }
+}
+
+// The status of decoding `response`: OK, or what was wrong.
+absl::Status DecodeStatus(const v1::ScoreResponse& response) {
+  grpc::ByteBuffer buffer = Chunked(response.SerializeAsString(), 7);
+  return internal::DecodeScoreResponse(buffer).status();
+}
+
+TEST(ScoreCodecTest, RejectsMalformedPlacedOutputs) {
+  // Bytes in the reply as well as a range: which are the output?
+  v1::ScoreResponse with_data = PlacedResponse();
+  with_data.mutable_logits()->set_data(std::string(192, '\0'));
+  absl::Status s = DecodeStatus(with_data);
+  EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(s.message(), HasSubstr("logits"));
+  EXPECT_THAT(s.message(), HasSubstr("data holds 192 bytes"));
+
+  // One byte short of the shape's 192.
+  v1::ScoreResponse too_small = PlacedResponse();
+  too_small.mutable_logits()->mutable_shared_memory()->set_byte_size(191);
+  s = DecodeStatus(too_small);
+  EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(s.message(), HasSubstr("[2, 2, 3, 4]"));
+  EXPECT_THAT(s.message(), HasSubstr("191"));
+
+  // A shape whose byte count overflows cannot fit any range.
+  v1::ScoreResponse huge = PlacedResponse();
+  Place(*huge.mutable_probs(), v1::FLOAT32,
+        {int64_t{1} << 31, int64_t{1} << 31, 4}, "p", 0, ~uint64_t{0});
+  s = DecodeStatus(huge);
+  EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(s.message(), HasSubstr("probs"));
+
+  v1::ScoreResponse no_region = PlacedResponse();
+  no_region.mutable_logits()->mutable_shared_memory()->clear_region();
+  s = DecodeStatus(no_region);
+  EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(s.message(), HasSubstr("region"));
+
+  v1::ScoreResponse odd_dtype = PlacedResponse();
+  odd_dtype.mutable_logits()->set_dtype(static_cast<v1::DType>(9));
+  s = DecodeStatus(odd_dtype);
+  EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(s.message(), HasSubstr("dtype 9"));
+
+  // A range that is present but empty places nothing: an empty output fits.
+  v1::ScoreResponse empty = PlacedResponse();
+  Place(*empty.mutable_logits(), v1::FLOAT32, {1, 1, 0, 4}, "out", 0, 0);
+  EXPECT_TRUE(DecodeStatus(empty).ok());
+  empty.mutable_logits()->add_shape(1);  // [1, 1, 0, 4, 1]: still empty
+  EXPECT_TRUE(DecodeStatus(empty).ok());
+  Place(*empty.mutable_logits(), v1::FLOAT32, {1}, "out", 0, 0);
+  EXPECT_EQ(DecodeStatus(empty).code(), absl::StatusCode::kDataLoss);
+
+  // A truncated range message.
+  std::string tensor = "\x08\x01\x10\x01";  // dtype FLOAT32, shape [1]
+  tensor += "\x22\x05\x0a\x03ou";           // shared_memory: region "ou(t)"
+  std::string wire = "\x12";                // logits, field 2
+  wire += static_cast<char>(tensor.size());
+  wire += tensor;
+  grpc::ByteBuffer buffer = Chunked(wire, 3);
+  s = internal::DecodeScoreResponse(buffer).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(s.message(), HasSubstr("logits.shared_memory"));
+}
+
+// A gRPC server in this process that records the shared-memory calls it gets
+// and answers with what the test set.
+class FakeShmService final : public v1::AttentionScorer::Service {
+ public:
+  grpc::Status RegisterSharedMemory(
+      grpc::ServerContext* context,
+      const v1::RegisterSharedMemoryRequest* request,
+      v1::RegisterSharedMemoryResponse* /*response*/) override {
+    registered.push_back(*request);
+    Record(*context);
+    absl::SleepFor(delay);
+    return answer;
+  }
+  grpc::Status UnregisterSharedMemory(
+      grpc::ServerContext* context,
+      const v1::UnregisterSharedMemoryRequest* request,
+      v1::UnregisterSharedMemoryResponse* /*response*/) override {
+    unregistered.push_back(request->name());
+    Record(*context);
+    return answer;
+  }
+  grpc::Status SharedMemoryStatus(
+      grpc::ServerContext* context,
+      const v1::SharedMemoryStatusRequest* /*request*/,
+      v1::SharedMemoryStatusResponse* response) override {
+    Record(*context);
+    *response = status;
+    return answer;
+  }
+  grpc::Status GetServerInfo(grpc::ServerContext* context,
+                             const v1::GetServerInfoRequest* /*request*/,
+                             v1::ServerInfo* response) override {
+    Record(*context);
+    *response = info;
+    return answer;
+  }
+
+  // Set before the calls, read after them (gRPC's sync server runs a handler
+  // before the call returns to the client).
+  grpc::Status answer;
+  absl::Duration delay;  // before RegisterSharedMemory answers
+  v1::SharedMemoryStatusResponse status;
+  v1::ServerInfo info;
+  std::vector<v1::RegisterSharedMemoryRequest> registered;
+  std::vector<std::string> unregistered;
+  std::vector<std::string> authorization;  // per call; "" when absent
+  std::vector<std::string> test_header;    // per call: "x-test"
+
+ private:
+  void Record(const grpc::ServerContext& context) {
+    for (auto [key, list] : {std::pair{"authorization", &authorization},
+                             std::pair{"x-test", &test_header}}) {
+      auto it = context.client_metadata().find(key);
+      list->push_back(it == context.client_metadata().end()
+                          ? std::string()
+                          : std::string(it->second.data(), it->second.size()));
+    }
+  }
+};
+
+class SharedMemoryCallsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    grpc::ServerBuilder builder;
+    builder.RegisterService(&service_);
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(),
+                             &port_);
+    server_ = builder.BuildAndStart();
+    ASSERT_NE(server_, nullptr);
+    ASSERT_NE(port_, 0);
+    ClientOptions options;
+    options.target = absl::StrCat("127.0.0.1:", port_);
+    options.retry.enabled = false;
+    options.bearer_token = "secret";
+    options.allow_insecure_token = true;
+    absl::StatusOr<std::unique_ptr<Client>> client = Client::Create(options);
+    ASSERT_TRUE(client.ok()) << client.status();
+    client_ = *std::move(client);
+    call_.timeout = absl::Seconds(20);
+    call_.wait_for_ready = true;
+    call_.metadata = {{"x-test", "shm"}};
+  }
+  void TearDown() override {
+    server_->Shutdown(std::chrono::system_clock::now() +
+                      std::chrono::seconds(5));
+  }
+
+  FakeShmService service_;
+  std::unique_ptr<grpc::Server> server_;
+  int port_ = 0;
+  std::unique_ptr<Client> client_;
+  CallOptions call_;
+};
+
+TEST_F(SharedMemoryCallsTest,
+       RegisterSendsTheRegistrationWithTheCallsMetadata) {
+  ASSERT_TRUE(client_
+                  ->RegisterSharedMemory(
+                      {"out", "attnscore-x-1", 8192, uint64_t{3} << 32}, call_)
+                  .ok());
+  ASSERT_EQ(service_.registered.size(), 1u);
+  const v1::RegisterSharedMemoryRequest& r = service_.registered[0];
+  EXPECT_EQ(r.name(), "out");
+  EXPECT_EQ(r.key(), "attnscore-x-1");
+  EXPECT_EQ(r.offset(), 8192u);
+  EXPECT_EQ(r.byte_size(), uint64_t{3} << 32);
+  EXPECT_THAT(service_.authorization, ElementsAre("Bearer secret"));
+  EXPECT_THAT(service_.test_header, ElementsAre("shm"));
+}
+
+TEST_F(SharedMemoryCallsTest, ServerErrorsComeBackVerbatim) {
+  service_.answer = grpc::Status(grpc::StatusCode::ALREADY_EXISTS,
+                                 "region 'out' is already registered");
+  absl::Status s = client_->RegisterSharedMemory({"out", "k", 0, 1}, call_);
+  EXPECT_EQ(s.code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ(s.message(), "region 'out' is already registered");
+  service_.answer = grpc::Status(grpc::StatusCode::NOT_FOUND, "no region 'x'");
+  s = client_->UnregisterSharedMemory("x", call_);
+  EXPECT_EQ(s.code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(s.message(), "no region 'x'");
+  service_.answer =
+      grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "shm is off");
+  EXPECT_EQ(client_->SharedMemoryStatus(call_).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(SharedMemoryCallsTest, UnregisterSendsTheName) {
+  ASSERT_TRUE(client_->UnregisterSharedMemory("region-7", call_).ok());
+  EXPECT_THAT(service_.unregistered, ElementsAre("region-7"));
+  EXPECT_THAT(service_.authorization, ElementsAre("Bearer secret"));
+}
+
+TEST_F(SharedMemoryCallsTest, StatusListsTheRegions) {
+  for (const auto& [name, key, offset, size] :
+       {std::tuple{"a", "attnscore-a", 0, 4096},
+        std::tuple{"b", "attnscore-b", 4096, 100}}) {
+    v1::SharedMemoryRegionStatus* r = service_.status.add_regions();
+    r->set_name(name);
+    r->set_key(key);
+    r->set_offset(offset);
+    r->set_byte_size(size);
+  }
+  absl::StatusOr<std::vector<SharedMemoryRegistration>> regions =
+      client_->SharedMemoryStatus(call_);
+  ASSERT_TRUE(regions.ok()) << regions.status();
+  ASSERT_EQ(regions->size(), 2u);
+  EXPECT_EQ((*regions)[0].name, "a");
+  EXPECT_EQ((*regions)[0].key, "attnscore-a");
+  EXPECT_EQ((*regions)[0].offset, 0u);
+  EXPECT_EQ((*regions)[0].byte_size, 4096u);
+  EXPECT_EQ((*regions)[1].name, "b");
+  EXPECT_EQ((*regions)[1].key, "attnscore-b");
+  EXPECT_EQ((*regions)[1].offset, 4096u);
+  EXPECT_EQ((*regions)[1].byte_size, 100u);
+  EXPECT_THAT(service_.test_header, ElementsAre("shm"));
+}
+
+TEST_F(SharedMemoryCallsTest, ServerInfoCarriesTheSharedMemoryLimits) {
+  service_.info.set_version("9.9");
+  service_.info.mutable_limits()->set_shm_prefix("attnscore-");
+  service_.info.mutable_limits()->set_max_shm_regions(17);
+  service_.info.mutable_limits()->set_max_seq_len(4096);
+  absl::StatusOr<ServerInfo> info = client_->GetServerInfo(call_);
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->version, "9.9");
+  EXPECT_EQ(info->shm_prefix, "attnscore-");
+  EXPECT_EQ(info->max_shm_regions, 17);
+  EXPECT_EQ(info->max_seq_len, 4096);
+}
+
+TEST_F(SharedMemoryCallsTest, CancellationAndDeadlineApply) {
+  CallOptions cancelled = call_;
+  cancelled.cancellation = std::make_shared<CancellationToken>();
+  cancelled.cancellation->Cancel();
+  EXPECT_EQ(client_->RegisterSharedMemory({"out", "k", 0, 1}, cancelled).code(),
+            absl::StatusCode::kCancelled);
+  EXPECT_EQ(client_->UnregisterSharedMemory("out", cancelled).code(),
+            absl::StatusCode::kCancelled);
+  EXPECT_EQ(client_->SharedMemoryStatus(cancelled).status().code(),
+            absl::StatusCode::kCancelled);
+  // None of them reached the server.
+  EXPECT_TRUE(service_.registered.empty());
+  EXPECT_TRUE(service_.unregistered.empty());
+  EXPECT_TRUE(service_.authorization.empty());
+  // A server slower than the call's timeout: the call ends at the deadline.
+  service_.delay = absl::Milliseconds(500);
+  CallOptions short_timeout = call_;
+  short_timeout.timeout = absl::Milliseconds(50);
+  EXPECT_EQ(
+      client_->RegisterSharedMemory({"out", "k", 0, 1}, short_timeout).code(),
+      absl::StatusCode::kDeadlineExceeded);
 }
 
 TEST(ClientOptionsTest, KeptResponseBytesMustNotBeNegative) {

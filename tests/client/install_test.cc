@@ -24,6 +24,7 @@ TEST(InstallTest, ExampleBuildsAgainstTheInstalledPackageAndScores) {
   ASSERT_EQ(run.exit_code, 0) << run.output;
   for (const char* file :
        {"include/attnscore/client/client.h",
+        "include/attnscore/client/shared_memory.h",
         "include/attnscore/client/tensor.h",
         "include/attnscore/client/torch_adapter.h",
         "include/attnscore/common/dtype.h", "include/attnscore/common/layout.h",
