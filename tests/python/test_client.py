@@ -1,8 +1,8 @@
 """The attnscore Python package against a real attnscore-server: every golden case through
-score and score_many (blocking and asyncio), layouts, dtypes, torch, errors, info, the README's
-example. Run by ctest in both environments (ATTNSCORE_PY_ENV=debian: Debian's grpcio 1.51,
-protobuf 4.21 (protoc 3.21), numpy 1.24, torch 1.13; pypi: current grpcio, protobuf, numpy and
-ml_dtypes)."""
+score and score_many (blocking and asyncio), layouts, dtypes, torch, errors, info, shared-memory
+outputs, the README's example. Run by ctest in both environments (ATTNSCORE_PY_ENV=debian:
+Debian's grpcio 1.51, protobuf 4.21 (protoc 3.21), numpy 1.24, torch 1.13; pypi: current grpcio,
+protobuf, numpy and ml_dtypes)."""
 from __future__ import annotations
 
 import asyncio
@@ -27,6 +27,7 @@ README = Path(__file__).resolve().parents[2] / "client" / "python" / "README.md"
 CASES: list = []
 SERVER: Any = None
 MODELS: Any = None
+SHM_PREFIX = "attnscore-pytest-"  # the server's --shm-prefix
 
 
 def setUpModule() -> None:
@@ -34,7 +35,7 @@ def setUpModule() -> None:
     CASES.extend(golden_cases())
     MODELS = tempfile.TemporaryDirectory(prefix="attnscore-py-models-")
     write_golden_models(CASES, Path(MODELS.name))
-    SERVER = Server(model_dir=Path(MODELS.name))
+    SERVER = Server(model_dir=Path(MODELS.name), extra_args=["--shm-prefix", SHM_PREFIX])
     with attnscore.Client(SERVER.target, timeout=30) as client:
         wait_ready(client)
 
@@ -337,6 +338,159 @@ class MlDtypesTest(unittest.TestCase):
             self.assertEqual(client.score(**f32).context.dtype, np.dtype(ml_dtypes.bfloat16))
             with self.assertRaisesRegex(ImportError, "torch"):
                 client.score(**kwargs, as_torch=True)
+
+
+def shm_key(what: str) -> str:
+    """A POSIX shared-memory object name of this process (both environments run at once)."""
+    return f"{SHM_PREFIX}{ENV}-{os.getpid()}-{what}"
+
+
+class SharedMemoryTest(unittest.TestCase):
+    def setUp(self) -> None:
+        self.client = attnscore.Client(SERVER.target, timeout=60)
+        self.region = attnscore.SharedMemoryRegion(shm_key(self.id().rsplit(".", 1)[-1]),
+                                                   4 << 20)
+
+    def tearDown(self) -> None:
+        for registered in self.client.shared_memory_status():
+            self.client.unregister_shared_memory(registered.name)
+        self.client.close()
+        self.region.close()
+
+    def test_placed_outputs_equal_the_in_band_ones(self) -> None:
+        case = next(c for c in CASES if c.name == "alibi_causal_h8")
+        kwargs = case.score_kwargs()
+        self.assertEqual(set(kwargs["outputs"]), {"logits", "probs", "context"})
+        self.assertEqual(self.client.info().limits.shm_prefix, SHM_PREFIX)
+        # Registered from 4096 on: placements count from there.
+        self.client.register_shared_memory("out", self.region.key, 2 << 20, offset=4096)
+        self.assertEqual(self.client.shared_memory_status(), [attnscore.SharedMemoryRegistration(
+            name="out", key=self.region.key, offset=4096, byte_size=2 << 20)])
+        in_band = self.client.score(**kwargs)
+        self.assertTrue(np.isneginf(in_band.logits).any())
+        placed = self.client.score(**kwargs, placements={
+            "logits": ("out", 0, 1 << 20), "probs": attnscore.Placement("out", 1 << 20, 1 << 20)})
+        self.assertIsNone(placed.logits)
+        self.assertIsNone(placed.probs)
+        self.assertEqual(compare(placed.context, case.tensors["expected_context"]), "")
+        self.assertEqual(sorted(placed.placed), ["logits", "probs"])
+        logits = placed.placed["logits"]
+        self.assertEqual((logits.dtype, logits.shape, logits.region, logits.offset),
+                         ("float32", in_band.logits.shape, "out", 0))
+        self.assertEqual(logits.byte_size, in_band.logits.nbytes)
+        self.assertEqual(placed.placed["probs"].offset, 1 << 20)
+        for name in ("logits", "probs"):
+            view = self.region.view(placed.placed[name], region_offset=4096)
+            self.assertEqual(view.dtype, np.float32)
+            self.assertTrue(np.array_equal(view, getattr(in_band, name)), name)
+            del view  # close() needs the region's views gone
+        # The bytes are at 4096 + offset of the object.
+        raw = np.frombuffer(self.region.buf, np.float32, in_band.logits.size, 4096)
+        self.assertTrue(np.array_equal(raw.reshape(in_band.logits.shape), in_band.logits))
+        del raw
+
+        self.client.unregister_shared_memory("out")
+        self.assertEqual(self.client.shared_memory_status(), [])
+        with self.assertRaises(attnscore.AttnscoreError) as raised:
+            self.client.score(**kwargs, placements={"logits": ("out", 0, 1 << 20)})
+        self.assertEqual(raised.exception.code, grpc.StatusCode.NOT_FOUND)
+        self.assertIn("out", raised.exception.message)
+        with self.assertRaises(attnscore.AttnscoreError) as raised:
+            self.client.unregister_shared_memory("out")
+        self.assertEqual(raised.exception.code, grpc.StatusCode.NOT_FOUND)
+
+    def test_float16_and_score_many(self) -> None:
+        self.client.register_shared_memory("many", self.region, self.region.byte_size)
+        case = next(c for c in CASES if c.name == "alibi_key_lengths")
+        kwargs = dict(case.score_kwargs(), output_dtype="float16", outputs=("logits", "probs"))
+        requests = [attnscore.Request(**kwargs, placements={"logits": ("many", i << 20, 1 << 20)})
+                    for i in range(3)]
+        results = self.client.score_many(requests)
+        in_band = self.client.score(**kwargs)
+        for i, result in enumerate(results):
+            self.assertIsNone(result.logits)
+            self.assertEqual(result.placed["logits"].dtype, "float16")
+            self.assertEqual(result.placed["logits"].offset, i << 20)
+            view = self.region.view(result.placed["logits"])
+            self.assertEqual(view.dtype, np.float16)
+            self.assertTrue(np.array_equal(view, in_band.logits))
+            self.assertTrue(np.array_equal(result.probs, in_band.probs))
+            del view
+
+    def test_registration_errors(self) -> None:
+        self.client.register_shared_memory("dup", self.region.key, 4096)
+        with self.assertRaises(attnscore.AttnscoreError) as raised:
+            self.client.register_shared_memory("dup", self.region.key, 4096)
+        self.assertEqual(raised.exception.code, grpc.StatusCode.ALREADY_EXISTS)
+        with self.assertRaises(attnscore.AttnscoreError) as raised:
+            self.client.register_shared_memory("missing", shm_key("no-such-object"), 4096)
+        self.assertEqual(raised.exception.code, grpc.StatusCode.NOT_FOUND)
+        with self.assertRaises(attnscore.AttnscoreError) as raised:
+            self.client.register_shared_memory("big", self.region.key, 8 << 20)
+        self.assertEqual(raised.exception.code, grpc.StatusCode.INVALID_ARGUMENT)
+        q = np.zeros((1, 2, 3, 4), dtype=np.float32)
+        with self.assertRaisesRegex(ValueError, "placements"):
+            self.client.score(q, q, placements={"logit": ("dup", 0, 4096)})
+        with self.assertRaisesRegex(TypeError, "placements"):
+            self.client.score(q, q, placements={"logits": ("dup", 0)})
+
+    def test_open_an_existing_object(self) -> None:
+        """create=False maps the object and leaves it in place; the creator removes it."""
+        with attnscore.SharedMemoryRegion(self.region.key, create=False) as opened:
+            self.assertEqual(opened.byte_size, self.region.byte_size)
+            opened.buf[5] = 42
+        self.assertEqual(self.region.buf[5], 42)
+        self.assertTrue(Path("/dev/shm", self.region.key).exists())
+        with self.assertRaises(FileNotFoundError):
+            attnscore.SharedMemoryRegion(shm_key("no-such-object"), create=False)
+
+    def test_asyncio_client(self) -> None:
+        asyncio.run(self._run_async())
+
+    async def _run_async(self) -> None:
+        q = np.random.default_rng(1).standard_normal((1, 2, 3, 4), dtype=np.float32)
+        async with attnscore.aio.Client(SERVER.target, timeout=60) as client:
+            await client.register_shared_memory("aio", self.region.key, 4096)
+            self.assertEqual([r.name for r in await client.shared_memory_status()], ["aio"])
+            placed = await client.score(q, q, causal=True, placements={"logits": ("aio", 0, 4096)})
+            in_band = await client.score(q, q, causal=True)
+            self.assertIsNone(placed.logits)
+            view = self.region.view(placed.placed["logits"])
+            self.assertTrue(np.array_equal(view, in_band.logits))
+            del view
+            await client.unregister_shared_memory("aio")
+            self.assertEqual(await client.shared_memory_status(), [])
+
+    @unittest.skipUnless(ENV == "pypi", "ml_dtypes is in the PyPI environment (.venv-pypi)")
+    def test_bfloat16_view(self) -> None:
+        import ml_dtypes
+        self.client.register_shared_memory("bf16", self.region.key, 4096)
+        q = np.random.default_rng(2).standard_normal((1, 2, 3, 4), dtype=np.float32)
+        placed = self.client.score(q, q, output_dtype="bfloat16",
+                                   placements={"logits": ("bf16", 0, 4096)})
+        in_band = self.client.score(q, q, output_dtype="bfloat16")
+        view = self.region.view(placed.placed["logits"])
+        self.assertEqual(view.dtype, np.dtype(ml_dtypes.bfloat16))
+        self.assertEqual(view.tobytes(), in_band.logits.tobytes())
+        del view
+
+
+class SharedMemoryOffTest(unittest.TestCase):
+    def test_off_without_shm_prefix_is_failed_precondition(self) -> None:
+        server = Server()
+        try:
+            with attnscore.Client(server.target, timeout=30) as client, \
+                    attnscore.SharedMemoryRegion(shm_key("off"), 4096) as region:
+                wait_ready(client)
+                self.assertEqual(client.info().limits.shm_prefix, "")
+                with self.assertRaises(attnscore.AttnscoreError) as raised:
+                    client.register_shared_memory("off", region.key, 4096)
+                self.assertEqual(raised.exception.code, grpc.StatusCode.FAILED_PRECONDITION)
+                with self.assertRaises(attnscore.AttnscoreError) as raised:
+                    client.shared_memory_status()
+                self.assertEqual(raised.exception.code, grpc.StatusCode.FAILED_PRECONDITION)
+        finally:
+            server.stop()
 
 
 class ReadmeTest(unittest.TestCase):

@@ -5,11 +5,14 @@ from __future__ import annotations
 import struct
 import unittest
 
+import grpc
 import numpy as np
 from google.protobuf.message import DecodeError
 
+from attnscore import AttnscoreError, PlacedOutput
 from attnscore._proto import attnscore_pb2 as pb
 from attnscore._response import ScoreReply, from_message, parse_score_response
+from attnscore._wire import decode_response
 
 
 def varint(value: int) -> bytes:
@@ -51,7 +54,10 @@ def summary(reply: ScoreReply) -> dict:
     """Everything decode_response reads, as plain values."""
     return {
         "request_id": reply.request_id,
-        "tensors": {name: (t.dtype, tuple(t.shape), bytes(t.data))
+        "tensors": {name: (t.dtype, tuple(t.shape), bytes(t.data),
+                           None if t.shared_memory is None else
+                           (t.shared_memory.region, t.shared_memory.offset,
+                            t.shared_memory.byte_size))
                     for name, t in sorted(reply.tensors.items())},
         "timing": (reply.timing.queue_us, reply.timing.compute_us, reply.timing.batch_size),
         "error": None if reply.error is None else (reply.error.code, reply.error.message),
@@ -120,6 +126,50 @@ class ParseScoreResponseTest(unittest.TestCase):
             with self.subTest(bad=bad[:12]):
                 with self.assertRaises(DecodeError):
                     parse_score_response(bad)
+
+
+def placed_response(**tensor: object) -> pb.ScoreResponse:
+    """logits placed in shared memory (data empty), probs in band."""
+    logits = dict(dtype=pb.FLOAT16, shape=[1, 2, 3, 5],
+                  shared_memory=pb.SharedMemoryRange(region="r", offset=4096, byte_size=60))
+    logits.update(tensor)
+    return pb.ScoreResponse(request_id="1", logits=pb.Tensor(**logits),
+                            probs=pb.Tensor(dtype=pb.FLOAT32, shape=[1], data=b"\0" * 4))
+
+
+class PlacedOutputTest(unittest.TestCase):
+    def test_placed_tensor_parses_like_protobuf(self) -> None:
+        buf = placed_response().SerializeToString()
+        reply = parse_score_response(buf)
+        self.assertEqual(summary(reply), protobuf_summary(buf))
+        self.assertEqual(reply.tensors["logits"].shared_memory.region, "r")
+        self.assertIsNone(reply.tensors["probs"].shared_memory)
+        # shared_memory given twice: protobuf merges the two, so it parses the message.
+        tensor = placed_response().logits.SerializeToString()
+        twice = tensor + length_delimited(4, pb.SharedMemoryRange(offset=8).SerializeToString())
+        reply = parse_score_response(length_delimited(2, twice))
+        self.assertEqual((reply.tensors["logits"].shared_memory.region,
+                          reply.tensors["logits"].shared_memory.offset), ("r", 8))
+
+    def test_decoded_as_placed_not_as_an_empty_array(self) -> None:
+        result = decode_response(parse_score_response(placed_response().SerializeToString()),
+                                 as_torch=False)
+        self.assertIsNone(result.logits)
+        self.assertEqual(result.probs.shape, (1,))
+        self.assertEqual(result.placed, {"logits": PlacedOutput(
+            dtype="float16", shape=(1, 2, 3, 5), region="r", offset=4096, byte_size=60)})
+
+    def test_malformed_placed_outputs_are_internal_errors(self) -> None:
+        for bad in (placed_response(data=b"\0" * 60),  # data and shared_memory both set
+                    placed_response(dtype=7),
+                    placed_response(shape=[1, 2, 3, 6]),
+                    placed_response(shared_memory=pb.SharedMemoryRange(byte_size=60))):
+            with self.subTest(bad=str(bad.logits)):
+                reply = parse_score_response(bad.SerializeToString())
+                with self.assertRaises(AttnscoreError) as raised:
+                    decode_response(reply, as_torch=False)
+                self.assertEqual(raised.exception.code, grpc.StatusCode.INTERNAL)
+                self.assertIn("logits", raised.exception.message)
 
 
 if __name__ == "__main__":

@@ -8,11 +8,13 @@ Transformer-XL relative position bias).
 attnscore.aio.Client is the asyncio variant. Failed calls raise attnscore.AttnscoreError.
 """
 from attnscore._errors import AttnscoreError
-from attnscore._wire import (BatchingOptions, Limits, ModelInfo, Request, ScoreResult,
-                             ServerInfo, Timing)
+from attnscore._shared_memory import SharedMemoryRegion
+from attnscore._wire import (BatchingOptions, Limits, ModelInfo, PlacedOutput, Placement,
+                             Request, ScoreResult, ServerInfo, SharedMemoryRegistration, Timing)
 from attnscore.client import Client
 
 __version__ = "0.1.0"
 
-__all__ = ["AttnscoreError", "BatchingOptions", "Client", "Limits", "ModelInfo", "Request",
-           "ScoreResult", "ServerInfo", "Timing", "__version__"]
+__all__ = ["AttnscoreError", "BatchingOptions", "Client", "Limits", "ModelInfo", "PlacedOutput",
+           "Placement", "Request", "ScoreResult", "ServerInfo", "SharedMemoryRegion",
+           "SharedMemoryRegistration", "Timing", "__version__"]

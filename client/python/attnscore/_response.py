@@ -21,7 +21,7 @@ from attnscore._proto import attnscore_pb2 as pb
 _REQUEST_ID, _TIMING, _ERROR = 1, 5, 6
 _TENSORS = {2: "logits", 3: "probs", 4: "context"}
 # Tensor field numbers.
-_DTYPE, _SHAPE, _DATA = 1, 2, 3
+_DTYPE, _SHAPE, _DATA, _SHARED_MEMORY = 1, 2, 3, 4
 _VARINT, _FIXED64, _LEN, _FIXED32 = 0, 1, 2, 5
 
 
@@ -33,6 +33,8 @@ class WireTensor:
     dtype: int
     shape: Tuple[int, ...]
     data: memoryview
+    # Set when the request placed this output in shared memory (data is then empty).
+    shared_memory: Optional[pb.SharedMemoryRange] = None
 
 
 @dataclass
@@ -94,7 +96,7 @@ def _fields(buf: bytes, pos: int, end: int):
 
 
 def _tensor(buf: bytes, view: memoryview, start: int, end: int) -> WireTensor:
-    dtype, shape, data = 0, [], view[0:0]
+    dtype, shape, data, shared_memory = 0, [], view[0:0], None
     for number, wire, a, b in _fields(buf, start, end):
         if number == _DTYPE and wire == _VARINT:
             dtype = _signed(a, 32)
@@ -107,9 +109,12 @@ def _tensor(buf: bytes, view: memoryview, start: int, end: int) -> WireTensor:
             shape.append(_signed(a, 64))
         elif number == _DATA and wire == _LEN:
             data = view[a:b]
-        elif number in (_DTYPE, _SHAPE, _DATA):
-            raise _Unexpected()  # a known field with the wrong wire type
-    return WireTensor(dtype, tuple(shape), data)
+        elif number == _SHARED_MEMORY and wire == _LEN and shared_memory is None:
+            shared_memory = pb.SharedMemoryRange.FromString(buf[a:b])
+        elif number in (_DTYPE, _SHAPE, _DATA, _SHARED_MEMORY):
+            # a known field with the wrong wire type, or a message given twice (protobuf merges)
+            raise _Unexpected()
+    return WireTensor(dtype, tuple(shape), data, shared_memory)
 
 
 def _walk(buf: bytes) -> ScoreReply:
@@ -145,8 +150,9 @@ def from_message(message: pb.ScoreResponse) -> ScoreReply:
     for name in _TENSORS.values():
         if message.HasField(name):
             tensor = getattr(message, name)
-            reply.tensors[name] = WireTensor(tensor.dtype, tuple(tensor.shape),
-                                             memoryview(tensor.data))
+            reply.tensors[name] = WireTensor(
+                tensor.dtype, tuple(tensor.shape), memoryview(tensor.data),
+                tensor.shared_memory if tensor.HasField("shared_memory") else None)
     return reply
 
 

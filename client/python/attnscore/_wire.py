@@ -1,8 +1,8 @@
 """Requests and results: Python arguments to attnscore.v1 messages and back (no I/O here)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
 import grpc
 import numpy as np
@@ -15,6 +15,41 @@ from attnscore._response import ScoreReply
 SERVICE_NAME = "attnscore.v1.AttentionScorer"
 LAYOUTS = {"BHSD": pb.BHSD, "BSHD": pb.BSHD, "SBHD": pb.SBHD}
 OUTPUTS = {"logits": pb.LOGITS, "probs": pb.PROBS, "context": pb.CONTEXT}
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where an output goes instead of the reply: bytes [offset, offset + byte_size) of the
+    registered shared-memory region `region` (its registered name; offset from the start of the
+    registered range). byte_size must hold the whole output."""
+
+    region: str
+    offset: int
+    byte_size: int
+
+
+@dataclass(frozen=True)
+class PlacedOutput:
+    """An output the server wrote into shared memory: dtype ("float32", "float16",
+    "bfloat16"), shape, and the range of the region that holds its bytes (byte_size: the bytes
+    written). SharedMemoryRegion.view reads it."""
+
+    dtype: str
+    shape: Tuple[int, ...]
+    region: str
+    offset: int
+    byte_size: int
+
+
+@dataclass(frozen=True)
+class SharedMemoryRegistration:
+    """A registered shared-memory region (shared_memory_status()): the name placements use,
+    the POSIX shared-memory object's key, and the registered range of it."""
+
+    name: str
+    key: str
+    offset: int
+    byte_size: int
 
 
 @dataclass(frozen=True)
@@ -33,6 +68,8 @@ class Request:
     layout: str = "BHSD"
     output_dtype: Any = None
     as_torch: bool = False
+    # output name -> Placement or (region, offset, byte_size): outputs written into shared memory
+    placements: Optional[Mapping[str, Any]] = None
 
 
 @dataclass(frozen=True)
@@ -47,14 +84,16 @@ class Timing:
 @dataclass(frozen=True)
 class ScoreResult:
     """The outputs asked for (read-only numpy arrays, or torch tensors with as_torch=True);
-    None for outputs not asked for. logits and probs are [B, H, Lq, Lk]; context is [B, H, Lq,
-    Dv] in the request's layout."""
+    None for outputs not asked for or placed in shared memory. logits and probs are [B, H, Lq,
+    Lk]; context is [B, H, Lq, Dv] in the request's layout. placed: output name -> PlacedOutput
+    for the outputs the request placed in shared memory."""
 
     logits: Any
     probs: Any
     context: Any
     timing: Timing
     request_id: str = ""
+    placed: Mapping[str, PlacedOutput] = field(default_factory=dict)
 
 
 def _outputs(outputs: Union[str, Iterable[str]]) -> list:
@@ -103,6 +142,34 @@ def _key_lengths(value: Any) -> list:
     return [int(length) for length in lengths]
 
 
+def _placements(placements: Mapping[str, Any]) -> list:
+    if not isinstance(placements, Mapping):
+        raise TypeError(f"placements: expected a mapping of output name to Placement or "
+                        f"(region, offset, byte_size), got {type(placements)!r}")
+    out = []
+    for name, where in placements.items():
+        if name not in OUTPUTS:
+            raise ValueError(f"placements: unknown output {name!r}; expected 'logits', "
+                             f"'probs', 'context'")
+        if not isinstance(where, Placement):
+            try:
+                region, offset, byte_size = where
+            except (TypeError, ValueError):
+                raise TypeError(f"placements[{name!r}]: expected a Placement or (region, "
+                                f"offset, byte_size), got {where!r}") from None
+            where = Placement(region, offset, byte_size)
+        if not isinstance(where.region, str) or not where.region:
+            raise ValueError(f"placements[{name!r}]: region must be a registered region's "
+                             f"name, got {where.region!r}")
+        offset, byte_size = int(where.offset), int(where.byte_size)
+        if offset < 0 or byte_size <= 0:
+            raise ValueError(f"placements[{name!r}]: expected offset >= 0 and byte_size > 0, "
+                             f"got {offset} and {byte_size}")
+        out.append(pb.OutputPlacement(output=OUTPUTS[name], range=pb.SharedMemoryRange(
+            region=where.region, offset=offset, byte_size=byte_size)))
+    return out
+
+
 def build_request(request: Request, request_id: str = "") -> pb.ScoreRequest:
     """The ScoreRequest message; ValueError/TypeError for arguments the client can judge, and
     ImportError when the outputs could not be decoded (bfloat16 without ml_dtypes or torch)."""
@@ -119,6 +186,8 @@ def build_request(request: Request, request_id: str = "") -> pb.ScoreRequest:
         message.key_lengths.extend(_key_lengths(request.key_lengths))
     if request.output_dtype is not None:
         message.output_dtype = _tensors.dtype_number(request.output_dtype)
+    if request.placements:
+        message.placements.extend(_placements(request.placements))
     _tensors.check_decodable(message.output_dtype or message.query.dtype, request.as_torch)
     return message
 
@@ -137,15 +206,41 @@ def decode_response(response: ScoreReply, as_torch: bool) -> ScoreResult:
     if response.error is not None:
         raise from_code_number(response.error.code, response.error.message)
 
+    placed = {name: _placed(name, tensor) for name, tensor in response.tensors.items()
+              if tensor.shared_memory is not None}
+
     def output(name: str) -> Any:
         tensor = response.tensors.get(name)
-        return None if tensor is None else _tensors.from_wire(tensor, as_torch)
+        if tensor is None or name in placed:
+            return None
+        return _tensors.from_wire(tensor, as_torch)
 
     timing = Timing(queue_us=response.timing.queue_us, compute_us=response.timing.compute_us,
                     batch_size=response.timing.batch_size)
     return ScoreResult(logits=output("logits"), probs=output("probs"),
                        context=output("context"), timing=timing,
-                       request_id=response.request_id)
+                       request_id=response.request_id, placed=placed)
+
+
+def _placed(name: str, tensor: Any) -> PlacedOutput:
+    """The PlacedOutput of a response tensor with shared_memory set; AttnscoreError (INTERNAL)
+    when the response is malformed (data as well, an unknown dtype, a size that does not fit)."""
+    where = tensor.shared_memory
+    if len(tensor.data):
+        raise AttnscoreError(grpc.StatusCode.INTERNAL,
+                             f"response {name} has both data ({len(tensor.data)} bytes) and "
+                             f"shared_memory")
+    if tensor.dtype not in _tensors.DTYPE_NAMES:
+        raise AttnscoreError(grpc.StatusCode.INTERNAL,
+                             f"response {name} with unknown dtype {tensor.dtype}")
+    itemsize = 4 if tensor.dtype == pb.FLOAT32 else 2
+    expected = int(np.prod(tensor.shape, dtype=np.int64)) * itemsize
+    if min(tensor.shape, default=0) < 0 or where.byte_size != expected or not where.region:
+        raise AttnscoreError(grpc.StatusCode.INTERNAL,
+                             f"response {name} of shape {list(tensor.shape)} placed in "
+                             f"{where.byte_size} bytes of region {where.region!r}")
+    return PlacedOutput(dtype=_tensors.DTYPE_NAMES[tensor.dtype], shape=tuple(tensor.shape),
+                        region=where.region, offset=where.offset, byte_size=where.byte_size)
 
 
 class StreamCollector:
@@ -200,6 +295,8 @@ class Limits:
     max_seq_len: int
     max_output_bytes: int
     max_message_bytes: int
+    shm_prefix: str = ""  # RegisterSharedMemory's object-name prefix; "": shared memory is off
+    max_shm_regions: int = 0
 
 
 @dataclass(frozen=True)
@@ -225,6 +322,24 @@ def _fields(message: Any, cls: type) -> Any:
 
 def decode_models(response: pb.ListModelsResponse) -> list:
     return [_fields(model, ModelInfo) for model in response.models]
+
+
+def decode_shared_memory_status(response: pb.SharedMemoryStatusResponse) -> list:
+    return [_fields(region, SharedMemoryRegistration) for region in response.regions]
+
+
+def register_request(name: str, key: Any, byte_size: int,
+                     offset: int = 0) -> pb.RegisterSharedMemoryRequest:
+    """key: the object's name (shm_open's, without the leading '/'), or a SharedMemoryRegion."""
+    key = getattr(key, "key", key)
+    if not isinstance(name, str) or not isinstance(key, str):
+        raise TypeError(f"register_shared_memory: name and key must be strings, got {name!r} "
+                        f"and {key!r}")
+    if int(byte_size) <= 0 or int(offset) < 0:
+        raise ValueError(f"register_shared_memory: expected byte_size > 0 and offset >= 0, got "
+                         f"{byte_size} and {offset}")
+    return pb.RegisterSharedMemoryRequest(name=name, key=key, offset=int(offset),
+                                          byte_size=int(byte_size))
 
 
 def decode_info(info: pb.ServerInfo) -> ServerInfo:

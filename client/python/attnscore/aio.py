@@ -13,8 +13,9 @@ from attnscore._errors import AttnscoreError, from_rpc_error
 from attnscore._proto import attnscore_pb2 as pb
 from attnscore._proto import attnscore_pb2_grpc as pb_grpc
 from attnscore._wire import (SERVICE_NAME, ModelInfo, Request, ScoreResult, ServerInfo,
-                             StreamCollector, as_request, build_request, decode_info,
-                             decode_models, decode_response)
+                             SharedMemoryRegistration, StreamCollector, as_request,
+                             build_request, decode_info, decode_models, decode_response,
+                             decode_shared_memory_status, register_request)
 
 __all__ = ["Client", "AttnscoreError"]
 
@@ -42,11 +43,13 @@ class Client:
                     causal: bool = False, scale: Optional[float] = None,
                     key_lengths: Optional[Sequence[int]] = None,
                     outputs: Union[str, Sequence[str]] = ("logits",), layout: str = "BHSD",
-                    output_dtype: Any = None, as_torch: bool = False) -> ScoreResult:
+                    output_dtype: Any = None, as_torch: bool = False,
+                    placements: Optional[Mapping[str, Any]] = None) -> ScoreResult:
         """See attnscore.Client.score."""
         request = Request(query, key, value, alibi=alibi, model=model, causal=causal,
                           scale=scale, key_lengths=key_lengths, outputs=outputs, layout=layout,
-                          output_dtype=output_dtype, as_torch=as_torch)
+                          output_dtype=output_dtype, as_torch=as_torch,
+                          placements=placements)
         message = build_request(request)
         try:
             response = await self._score(message, **_channel.call_kwargs(self._config))
@@ -95,6 +98,32 @@ class Client:
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
         return decode_info(response)
+
+    async def register_shared_memory(self, name: str, key: Any, byte_size: int,
+                                     offset: int = 0) -> None:
+        """See attnscore.Client.register_shared_memory."""
+        request = register_request(name, key, byte_size, offset)
+        try:
+            await self._stub.RegisterSharedMemory(request, **_channel.call_kwargs(self._config))
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+
+    async def unregister_shared_memory(self, name: str) -> None:
+        """See attnscore.Client.unregister_shared_memory."""
+        request = pb.UnregisterSharedMemoryRequest(name=name)
+        try:
+            await self._stub.UnregisterSharedMemory(request, **_channel.call_kwargs(self._config))
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+
+    async def shared_memory_status(self) -> List[SharedMemoryRegistration]:
+        """See attnscore.Client.shared_memory_status."""
+        try:
+            response = await self._stub.SharedMemoryStatus(
+                pb.SharedMemoryStatusRequest(), **_channel.call_kwargs(self._config))
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+        return decode_shared_memory_status(response)
 
     async def close(self) -> None:
         await self._channel.close()

@@ -11,8 +11,9 @@ from attnscore._errors import from_rpc_error
 from attnscore._proto import attnscore_pb2 as pb
 from attnscore._proto import attnscore_pb2_grpc as pb_grpc
 from attnscore._wire import (SERVICE_NAME, ModelInfo, Request, ScoreResult, ServerInfo,
-                             StreamCollector, as_request, build_request, decode_info,
-                             decode_models, decode_response)
+                             SharedMemoryRegistration, StreamCollector, as_request,
+                             build_request, decode_info, decode_models, decode_response,
+                             decode_shared_memory_status, register_request)
 
 
 class Client:
@@ -47,13 +48,18 @@ class Client:
               causal: bool = False, scale: Optional[float] = None,
               key_lengths: Optional[Sequence[int]] = None,
               outputs: Union[str, Sequence[str]] = ("logits",), layout: str = "BHSD",
-              output_dtype: Any = None, as_torch: bool = False) -> ScoreResult:
+              output_dtype: Any = None, as_torch: bool = False,
+              placements: Optional[Mapping[str, Any]] = None) -> ScoreResult:
         """Scores one request. alibi=None without model: ALiBi with the paper's slopes;
         alibi=[m_1..m_H]: those slopes; model="name": the server's relative-position parameter
-        set (see models()). outputs: any of "logits", "probs", "context" (context needs value)."""
+        set (see models()). outputs: any of "logits", "probs", "context" (context needs value).
+        placements: output name -> Placement or (region, offset, byte_size): those outputs are
+        written into a registered shared-memory region and come back in result.placed (their
+        attribute is None)."""
         request = Request(query, key, value, alibi=alibi, model=model, causal=causal,
                           scale=scale, key_lengths=key_lengths, outputs=outputs, layout=layout,
-                          output_dtype=output_dtype, as_torch=as_torch)
+                          output_dtype=output_dtype, as_torch=as_torch,
+                          placements=placements)
         message = build_request(request)
         try:
             response = self._score(message, **_channel.call_kwargs(self._config))
@@ -105,6 +111,36 @@ class Client:
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
         return decode_info(response)
+
+    def register_shared_memory(self, name: str, key: Any, byte_size: int,
+                               offset: int = 0) -> None:
+        """Registers bytes [offset, offset + byte_size) of the POSIX shared-memory object
+        `key` (shm_open's name without the leading '/', starting with the server's --shm-prefix;
+        or a SharedMemoryRegion) as region `name`, for placements. Errors: FAILED_PRECONDITION
+        (shared memory is off), ALREADY_EXISTS, NOT_FOUND (no such object), INVALID_ARGUMENT,
+        PERMISSION_DENIED, RESOURCE_EXHAUSTED."""
+        request = register_request(name, key, byte_size, offset)
+        try:
+            self._stub.RegisterSharedMemory(request, **_channel.call_kwargs(self._config))
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+
+    def unregister_shared_memory(self, name: str) -> None:
+        """Forgets region `name` (NOT_FOUND if this caller has none of that name)."""
+        request = pb.UnregisterSharedMemoryRequest(name=name)
+        try:
+            self._stub.UnregisterSharedMemory(request, **_channel.call_kwargs(self._config))
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+
+    def shared_memory_status(self) -> List[SharedMemoryRegistration]:
+        """This caller's registered regions, sorted by name."""
+        try:
+            response = self._stub.SharedMemoryStatus(
+                pb.SharedMemoryStatusRequest(), **_channel.call_kwargs(self._config))
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from None
+        return decode_shared_memory_status(response)
 
     def close(self) -> None:
         self._channel.close()
