@@ -168,7 +168,8 @@ def decode_floor_row(seconds: dict) -> dict | None:
 
 
 # Issue 10 D: responses of 16 MiB and more reach the C++ client (compute included) at >= 3x the
-# naive protobuf echo's rate, and float16/bfloat16 outputs halve the time of float32 ones.
+# naive protobuf echo's rate, and float16/bfloat16 outputs halve the time of float32 ones. Outputs
+# placed in shared memory are held to the same 3x.
 TRANSPORT_TARGET = 3.0
 TRANSPORT_MIN_MIB = 16
 HALVING_TARGET = 2.0
@@ -176,7 +177,8 @@ HALVING_TARGET = 2.0
 
 def run_transport(binary: str | None, workdir: str) -> dict | None:
     """bench/transport_bench.cc with its defaults (16 and 64 MiB of float32 logits, 3
-    repetitions): the best time of each case, and the response's size."""
+    repetitions, in band and via shared memory): the best time of each case, and the response's
+    size."""
     if not binary:
         return None
     out = os.path.join(workdir, "transport.json")
@@ -203,25 +205,35 @@ def transport_from_runs(runs: list[dict]) -> dict:
     return {"rows": transport_rows(best, mib), "halving": halving_rows(best)}
 
 
+# The transport benchmark's attnscore cases: in band ("server/<case>", the reply's bytes on the
+# socket) and placed in shared memory ("shm/<case>", read there by the client), the latter's rows
+# named "<case> via shared memory".
+TRANSPORT_KINDS = {"server": "", "shm": " via shared memory"}
+
+
 def transport_rows(best: dict, mib: dict) -> list[dict]:
-    """attnscore-server and the naive pair (echo server, generated stub) per size/dtype case."""
+    """attnscore-server (in band, then via shared memory) against the naive pair (echo server,
+    generated stub) per size/dtype case; the same target for both."""
     rows = []
-    for name in sorted(best):
-        kind, _, case = name.partition("/")
-        naive = best.get(f"naive/{case}")
-        if kind != "server" or naive is None:
-            continue
-        size = mib[name]
-        target = TRANSPORT_TARGET if size >= TRANSPORT_MIN_MIB else None
-        speedup = naive / best[name]
-        # The socket floor: a plain TCP pair moving the same bytes. naive / socket is the most any
-        # server could show on this machine, where the kernel's copies alone may rule out 3x.
-        socket = best.get(f"socket/{case}")
-        rows.append({"case": case, "mib": size, "server_ms": best[name],
-                     "echo_ms": best.get(f"echo/{case}"), "naive_ms": naive,
-                     "socket_ms": socket, "floor_speedup": naive / socket if socket else None,
-                     "speedup": speedup, "target": target,
-                     "met": None if target is None else speedup >= target})
+    for kind, suffix in TRANSPORT_KINDS.items():
+        for name in sorted(best):
+            name_kind, _, case = name.partition("/")
+            naive = best.get(f"naive/{case}")
+            if name_kind != kind or naive is None:
+                continue
+            size = mib[name]
+            target = TRANSPORT_TARGET if size >= TRANSPORT_MIN_MIB else None
+            speedup = naive / best[name]
+            # The socket floor: a plain TCP pair moving the same bytes. naive / socket is the most
+            # an in-band server could show on this machine, where the kernel's copies alone may
+            # rule out 3x. Shared memory moves no reply bytes over the socket: no floor there.
+            socket = best.get(f"socket/{case}") if kind == "server" else None
+            rows.append({"case": case + suffix, "mib": size, "server_ms": best[name],
+                         "echo_ms": best.get(f"echo/{case}") if kind == "server" else None,
+                         "naive_ms": naive, "socket_ms": socket,
+                         "floor_speedup": naive / socket if socket else None,
+                         "speedup": speedup, "target": target,
+                         "met": None if target is None else speedup >= target})
     return rows
 
 
@@ -308,7 +320,10 @@ def markdown(report: dict) -> str:
                          f"{optional(row.get('floor_speedup'), '{:.2f}x')} | {target_cells(row)} |")
         lines += ["", "The socket floor is a plain loopback TCP pair moving the reply's bytes (a "
                   "1-byte request, reused buffers, no framing, compute or allocation): no server "
-                  "delivers them faster, so naive / floor is the most any server could show here.",
+                  "delivers them faster, so naive / floor is the most any server could show here. "
+                  "Rows via shared memory (same host) have the server write the logits into a "
+                  "registered region that the client then reads (one word per cache line): no "
+                  "reply bytes cross the socket, so the floor does not bound them.",
                   "", "| transport: 16-bit logits (float32 size/dtype) | float32 ms | 16-bit ms | "
                   "float32 / 16-bit | socket floor float32 / 16-bit | target | met |",
                   "|---|---:|---:|---:|---:|---:|:-:|"]

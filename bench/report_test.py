@@ -1,6 +1,7 @@
 """report.py's transport rows from a transport benchmark's JSON: the best repetition of each case,
-the naive echo's time over attnscore's against the 3x target for replies of 16 MiB and more,
-float32's time over each 16-bit dtype's against 2x, and the socket floor beside both."""
+the naive echo's time over attnscore's (in band, and via shared memory) against the 3x target for
+replies of 16 MiB and more, float32's time over each 16-bit dtype's against 2x, and the socket
+floor beside both."""
 import os
 import sys
 import unittest
@@ -22,11 +23,15 @@ class TransportRowsTest(unittest.TestCase):
                 run("naive/16MiB/f32", 12.0, 16), run("echo/16MiB/f32", 9.0, 16),
                 run("server/16MiB/bf16", 2.0, 8), run("naive/16MiB/bf16", 5.0, 8),
                 run("server/64MiB/f32", 20.0, 64), run("naive/64MiB/f32", 80.0, 64),
-                run("socket/16MiB/f32", 4.0, 16), run("socket/16MiB/bf16", 2.5, 8)]
+                run("socket/16MiB/f32", 4.0, 16), run("socket/16MiB/bf16", 2.5, 8),
+                run("shm/16MiB/f32", 3.5, 16), run("shm/16MiB/f32", 3.0, 16),
+                run("shm/16MiB/bf16", 1.5, 8), run("shm/64MiB/f32", 30.0, 64),
+                run("shm/32MiB/f32", 1.0, 32)]  # no naive run: no row
         return report.transport_from_runs(runs)
 
     def test_best_repetition_and_targets_by_reply_size(self):
-        rows = {row["case"]: row for row in self.rows()["rows"]}
+        rows = {row["case"]: row for row in self.rows()["rows"]
+                if not row["case"].endswith(" via shared memory")}
         self.assertEqual(set(rows), {"16MiB/f32", "16MiB/bf16", "64MiB/f32"})
         self.assertEqual(rows["16MiB/f32"]["server_ms"], 5.0)
         self.assertAlmostEqual(rows["16MiB/f32"]["speedup"], 2.4)
@@ -43,6 +48,30 @@ class TransportRowsTest(unittest.TestCase):
         self.assertIsNone(rows["64MiB/f32"]["floor_speedup"])
         self.assertAlmostEqual(self.rows()["halving"][0]["socket_ratio"], 1.6)  # 4.0 / 2.5
 
+    def test_shared_memory_rows_follow_the_in_band_ones_with_the_same_target(self):
+        cases = [row["case"] for row in self.rows()["rows"]]
+        self.assertEqual(cases, ["16MiB/bf16", "16MiB/f32", "64MiB/f32",
+                                 "16MiB/bf16 via shared memory", "16MiB/f32 via shared memory",
+                                 "64MiB/f32 via shared memory"])
+        rows = {row["case"]: row for row in self.rows()["rows"]}
+        f32 = rows["16MiB/f32 via shared memory"]
+        self.assertEqual(f32["server_ms"], 3.0)  # the best repetition
+        self.assertEqual(f32["naive_ms"], 12.0)
+        self.assertAlmostEqual(f32["speedup"], 4.0)
+        self.assertEqual(f32["target"], 3.0)
+        self.assertTrue(f32["met"])
+        self.assertIsNone(f32["socket_ms"])  # no reply bytes on the socket: no floor
+        self.assertIsNone(f32["floor_speedup"])
+        self.assertIsNone(f32["echo_ms"])
+        self.assertIsNone(rows["16MiB/bf16 via shared memory"]["target"])  # an 8 MiB reply
+        self.assertAlmostEqual(rows["64MiB/f32 via shared memory"]["speedup"], 80.0 / 30.0)
+        self.assertFalse(rows["64MiB/f32 via shared memory"]["met"])
+        # The in-band rows are as they were.
+        self.assertEqual(rows["16MiB/f32"]["server_ms"], 5.0)
+        self.assertEqual(rows["16MiB/f32"]["socket_ms"], 4.0)
+        # Only attnscore-server's in-band replies enter the 16-bit comparison.
+        self.assertEqual([row["case"] for row in self.rows()["halving"]], ["16MiB/bf16"])
+
     def test_sixteen_bit_replies_against_float32(self):
         halving = self.rows()["halving"]
         self.assertEqual(len(halving), 1)
@@ -57,6 +86,12 @@ class TransportRowsTest(unittest.TestCase):
         self.assertIn("| 16MiB/f32 | 16 | 5.00 | 12.00 | 2.40x | 4.00 | 3.00x | >= 3.0x | NO |",
                       text)
         self.assertIn("| 16MiB/bf16 | 5.00 | 2.00 | 2.50x | 1.60x | >= 2.0x | yes |", text)
+        self.assertIn("| 16MiB/f32 via shared memory | 16 | 3.00 | 12.00 | 4.00x | - | - | "
+                      ">= 3.0x | yes |", text)
+        self.assertIn("| 64MiB/f32 via shared memory | 64 | 30.00 | 80.00 | 2.67x | - | - | "
+                      ">= 3.0x | NO |", text)
+        self.assertLess(text.index("| 64MiB/f32 | 64 |"),
+                        text.index("| 16MiB/bf16 via shared memory |"))
 
 
 if __name__ == "__main__":

@@ -18,20 +18,26 @@
 //                          bytes from and into reused buffers), with no
 //                          framing, encoding, compute or allocation; no server
 //                          delivers them over loopback TCP faster
+//   shm/<size>/<dtype>     attnscore-server, the same Client, the logits placed
+//                          in a registered shared-memory region (the server
+//                          runs with --shm-prefix attnscore-bench-) and read
+//                          there by the client: no reply bytes on the socket
 // over loopback TCP, with ALiBi logits [1, H, 1024, 1024] from D = 1 inputs
 // (compute small next to the bytes). Every case first checks that the echo
-// returns exactly the server's bytes. Counters: MiB per response, the
-// server's reported compute_ms, and per call the CPU time and minor page
-// faults of this process (client_*: the client, and the in-process echo) and
-// of the server (server_*), which say what a call costs whatever else a shared
-// machine runs.
+// (or the shared-memory region) holds exactly the server's bytes. Counters: MiB
+// per response, the server's reported compute_ms, and per call the CPU time and
+// minor page faults of this process (client_*: the client, and the in-process
+// echo) and of the server (server_*), which say what a call costs whatever else
+// a shared machine runs.
 //
 //   build/bench/attnscore_bench_transport [--sizes_mib 16,64]
 //       [--server_threads N] [--client_arg grpc.NAME=INT]...
 //       [--echo_arg grpc.NAME=INT]... [--smoke] [--benchmark_filter=REGEX]
 //
 // The server is the attnscore-server built in this tree (started through
-// tests/testing/server_process.h on a free loopback port). --client_arg adds
+// tests/testing/server_process.h on a free loopback port, with
+// --shm-prefix attnscore-bench-; the first shm/ case creates and registers
+// the region). --client_arg adds
 // a gRPC channel argument to both Clients (ClientOptions::channel_args) and
 // --echo_arg one to the echo server: for tuning experiments only.
 //
@@ -54,6 +60,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -72,6 +79,7 @@
 #include "absl/strings/str_split.h"
 #include "attnscore/v1/attnscore.grpc.pb.h"
 #include "client/client.h"
+#include "client/shared_memory.h"
 #include "common/dtype.h"
 #include "tests/testing/server_process.h"
 
@@ -281,7 +289,15 @@ struct Globals {
   // The naive pair's client: the generated stub, gRPC's default arguments.
   std::unique_ptr<v1::AttentionScorer::Stub> naive_stub;
   std::map<std::string, Inputs> inputs;  // by case name
+  // The shm/ cases' region, registered with the server as kShmRegionName by
+  // the first of them; null until then.
+  std::unique_ptr<ac::SharedMemoryRegion> region;
+  size_t region_bytes = 0;  // the largest float32 output of the cases
 };
+
+// The server's --shm-prefix and the region's key and registered name.
+constexpr const char* kShmPrefix = "attnscore-bench-";
+constexpr const char* kShmRegionName = "bench";
 
 Globals& G() {
   static Globals* globals = new Globals();
@@ -486,6 +502,140 @@ void BM_Receive(benchmark::State& state, const Case& c, Output out, bool echo) {
   meter.Report(state);
 }
 
+// "/dev/shm/<key>" of the region, for the abort handler (set once the region
+// exists; a fixed buffer: the handler may not allocate).
+char g_shm_path[300] = "";
+
+// A run that aborts (every failure here does) would leave the region's object
+// in /dev/shm, holding its memory until reboot: unlink it (unlink is
+// async-signal-safe; the object is /dev/shm/<key> on Linux), then abort.
+void UnlinkRegionOnAbort(int signal_number) {
+  if (g_shm_path[0] != '\0') unlink(g_shm_path);
+  std::signal(signal_number, SIG_DFL);
+  std::raise(signal_number);
+}
+
+// Creates the region for the largest float32 output of the cases and registers
+// it with the server as kShmRegionName. Exits when shared memory fails: the
+// shm/ cases were asked for.
+void SetUpSharedMemory() {
+  const size_t bytes = G().region_bytes;
+  const std::string key = absl::StrCat(kShmPrefix, getpid());
+  absl::StatusOr<ac::SharedMemoryRegion> region =
+      ac::SharedMemoryRegion::Create(key, bytes);
+  if (!region.ok()) {
+    std::fprintf(stderr, "shared memory: %s\n",
+                 region.status().ToString().c_str());
+    std::exit(1);
+  }
+  absl::SNPrintF(g_shm_path, sizeof(g_shm_path), "/dev/shm/%s", key);
+  std::signal(SIGABRT, UnlinkRegionOnAbort);
+  G().region = std::make_unique<ac::SharedMemoryRegion>(*std::move(region));
+  const absl::Status registered = G().server_client->RegisterSharedMemory(
+      G().region->Registration(kShmRegionName));
+  if (!registered.ok()) {
+    std::fprintf(stderr, "RegisterSharedMemory: %s\n",
+                 registered.ToString().c_str());
+    G().region.reset();
+    std::exit(1);
+  }
+}
+
+// Unregisters and removes the region, if there is one.
+void TearDownSharedMemory() {
+  if (G().region == nullptr) return;
+  const absl::Status s =
+      G().server_client->UnregisterSharedMemory(kShmRegionName);
+  if (!s.ok()) {
+    std::fprintf(stderr, "UnregisterSharedMemory: %s\n", s.ToString().c_str());
+  }
+  G().region.reset();
+}
+
+// The request of `c` with its logits placed at the start of the region.
+ac::ScoreRequest ShmRequestFor(const Case& c, const Output& out) {
+  ac::ScoreRequest request = RequestFor(c, out);
+  request.placements = {
+      {ac::Output::kLogits,
+       {kShmRegionName, 0, static_cast<uint64_t>(G().region->size())}}};
+  return request;
+}
+
+// One call with placed logits, and the view of their bytes in the region;
+// aborts on failure, as Call. Adds the server's compute time to *compute_us.
+ac::TensorView CallPlaced(const ac::ScoreRequest& request,
+                          int64_t* compute_us = nullptr) {
+  absl::StatusOr<ac::ScoreResult> result = G().server_client->Score(request);
+  if (!result.ok() || result->logits || result->placed.size() != 1) {
+    std::fprintf(stderr,
+                 "shm: Score failed or the logits were not placed: %s\n",
+                 result.status().ToString().c_str());
+    std::abort();
+  }
+  absl::StatusOr<ac::TensorView> view = G().region->View(result->placed[0]);
+  if (!view.ok()) {
+    std::fprintf(stderr, "shm: %s\n", view.status().ToString().c_str());
+    std::abort();
+  }
+  if (compute_us != nullptr) *compute_us += result->timing.compute_us;
+  return *std::move(view);
+}
+
+// Checks that the region receives exactly the bytes the server sends in band.
+void CheckPlacedBytes(const Case& c, const Output& out) {
+  const ac::Tensor in_band =
+      Call(*G().server_client, RequestFor(c, out), "server");
+  const ac::TensorView placed = CallPlaced(ShmRequestFor(c, out));
+  if (placed.size_bytes != in_band.size_bytes() ||
+      placed.shape != in_band.shape() ||
+      std::memcmp(placed.data, in_band.data(), placed.size_bytes) != 0) {
+    std::fprintf(stderr, "%s/%s: the placed bytes differ from the reply's\n",
+                 c.name.c_str(), out.name);
+    std::abort();
+  }
+}
+
+// Reads one 4-byte word (a float32's worth) of every 64-byte cache line of
+// `view` and sums them. The in-band cases copy every byte of the reply into
+// the client's buffer; placed bytes count as received once the client has
+// brought them into its cache, which this does without decoding them (and
+// the sum keeps the compiler from dropping the reads).
+uint32_t TouchCacheLines(const ac::TensorView& view) {
+  constexpr size_t kCacheLine = 64;
+  const auto* bytes = static_cast<const unsigned char*>(view.data);
+  uint32_t sum = 0;
+  for (size_t i = 0; i + sizeof(uint32_t) <= view.size_bytes; i += kCacheLine) {
+    uint32_t word;
+    std::memcpy(&word, bytes + i, sizeof(word));
+    sum += word;
+  }
+  return sum;
+}
+
+// attnscore-server writing the logits into shared memory and the client
+// reading them there; the counters are BM_Receive's.
+void BM_Shm(benchmark::State& state, const Case& c, Output out) {
+  if (G().region == nullptr) SetUpSharedMemory();
+  CheckPlacedBytes(c, out);
+  const ac::ScoreRequest request = ShmRequestFor(c, out);
+  size_t bytes = 0;
+  int64_t compute_us = 0;
+  const UsageMeter meter;
+  for (auto _ : state) {
+    const ac::TensorView logits = CallPlaced(request, &compute_us);
+    benchmark::DoNotOptimize(TouchCacheLines(logits));
+    bytes = logits.size_bytes;
+  }
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) *
+                          static_cast<int64_t>(bytes));
+  state.counters["MiB"] = static_cast<double>(bytes) / (1 << 20);
+  const double iterations =
+      static_cast<double>(std::max<int64_t>(state.iterations(), 1));
+  state.counters["compute_ms"] =
+      static_cast<double>(compute_us) / 1e3 / iterations;
+  meter.Report(state);
+}
+
 // ---------------------------------------------------------------------------
 // Report.
 
@@ -531,9 +681,30 @@ class RatioReporter : public benchmark::ConsoleReporter {
                   Ratio(Find("server/" + f32), seconds).c_str(),
                   Ms(socket).c_str(), Ratio(naive, socket).c_str());
     }
+    PrintSharedMemoryRatios();
   }
 
  private:
+  // "shm/<case>/<dtype>" against the naive pair and the same case in band.
+  void PrintSharedMemoryRatios() const {
+    bool header = false;
+    for (const auto& [name, seconds] : seconds_) {
+      if (name.rfind("shm/", 0) != 0) continue;
+      if (!header) {
+        std::printf("\n%-12s %10s %10s %10s %13s %15s\n", "case", "shm ms",
+                    "server ms", "naive ms", "naive/shm", "server/shm");
+        header = true;
+      }
+      const std::string rest = name.substr(4);
+      const double server = Find("server/" + rest);
+      const double naive = Find("naive/" + rest);
+      std::printf("%-12s %10.2f %10s %10s %13s %15s\n", rest.c_str(),
+                  seconds * 1e3, Ms(server).c_str(), Ms(naive).c_str(),
+                  Ratio(naive, seconds).c_str(),
+                  Ratio(server, seconds).c_str());
+    }
+  }
+
   double Find(const std::string& name) const {
     auto it = seconds_.find(name);
     return it == seconds_.end() ? 0 : it->second;
@@ -653,6 +824,8 @@ void Register(const std::vector<Case>& cases, int repetitions) {
       configure(benchmark::RegisterBenchmark(
           absl::StrCat("socket/", c.name, "/", out.name).c_str(), BM_Socket, c,
           out));
+      configure(benchmark::RegisterBenchmark(
+          absl::StrCat("shm/", c.name, "/", out.name).c_str(), BM_Shm, c, out));
     }
   }
 }
@@ -673,7 +846,8 @@ std::unique_ptr<ac::Client> ConnectClient(
 
 // Starts both servers and their clients. The real server runs with its
 // defaults but for the thread count, a queue delay of 0 (a lone request never
-// waits for company) and an output limit above the largest case.
+// waits for company), an output limit above the largest case, and
+// shared-memory outputs on (which cost nothing until a region is registered).
 void StartServers(const Flags& flags) {
   testing::ServerOptions options;
   options.threads = flags.server_threads;
@@ -684,6 +858,8 @@ void StartServers(const Flags& flags) {
   options.extra_args = {
       "--max-queue-delay-us", "0", "--max-output-bytes",
       std::to_string((static_cast<int64_t>(largest) + 1) << 20)};
+  options.extra_args.insert(options.extra_args.end(),
+                            {"--shm-prefix", kShmPrefix});
   absl::StatusOr<std::unique_ptr<testing::ServerProcess>> server =
       testing::ServerProcess::Start(options, absl::Seconds(120));
   if (!server.ok()) {
@@ -714,9 +890,14 @@ int main(int argc, char** argv) {
       repetitions = 0;  // Google Benchmark's flag applies
     }
   }
-  b::Register(b::Cases(flags), repetitions);
+  const std::vector<b::Case> cases = b::Cases(flags);
+  b::Register(cases, repetitions);
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  for (const b::Case& c : cases) {
+    b::G().region_bytes =
+        std::max(b::G().region_bytes, static_cast<size_t>(c.h * c.l * c.l) * 4);
+  }
   b::StartServers(flags);
   std::printf("server %s, %d intra-op threads; load average %s\n",
               attnscore::testing::ServerBinary().c_str(), flags.server_threads,
@@ -726,6 +907,7 @@ int main(int argc, char** argv) {
   reporter.PrintRatios();
   std::printf("load average at the end: %s\n", b::LoadAverage().c_str());
   benchmark::Shutdown();
+  b::TearDownSharedMemory();
   b::G().echo->server->Shutdown();
   return 0;
 }
