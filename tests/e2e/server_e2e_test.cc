@@ -26,6 +26,7 @@
 #include "gtest/gtest.h"
 #include "tests/e2e/e2e_util.h"
 #include "tests/observability/prometheus_harness.h"
+#include "tests/service/shm_object.h"
 #include "tests/testing/server_process.h"
 #include "tests/testing/test_util.h"
 
@@ -599,6 +600,69 @@ TEST_F(ServerE2eTest, LargeResponsesPassTheMessageLimits) {
   EXPECT_EQ(*code, 0);
   EXPECT_LT(std::chrono::steady_clock::now() - stop_start,
             std::chrono::seconds(5));
+}
+
+// Outputs placed in a registered shared-memory object are the bytes the reply
+// would carry (real compute: causal -inf positions included), and a client
+// that truncates its object under the server fails only its own request.
+TEST_F(ServerE2eTest, SharedMemoryOutputsAreTheReplysBytes) {
+  ASSERT_NO_FATAL_FAILURE(
+      Start({absl::StrCat("--shm-prefix=", service::testing::kShmTestPrefix)}));
+  const std::vector<int64_t> shape = {2, 4, 256, 64};
+  v1::ScoreRequest request;
+  request.mutable_alibi();
+  request.set_causal(true);
+  *request.mutable_query() = RampTensor(shape, 1);
+  *request.mutable_key() = RampTensor(shape, 0.5f);
+  request.add_outputs(v1::LOGITS);
+  request.add_outputs(v1::PROBS);
+  request.set_output_dtype(v1::BFLOAT16);
+  const Call in_band = Score(request);
+  ASSERT_TRUE(in_band.status.ok()) << in_band.status.error_message();
+  const size_t bytes = size_t{2} * 4 * 256 * 256 * 2;  // bfloat16 [B,H,L,L]
+  ASSERT_EQ(in_band.response.logits().data().size(), bytes);
+
+  service::testing::ShmObject object(2 * bytes);
+  {
+    grpc::ClientContext context;
+    v1::RegisterSharedMemoryRequest region;
+    region.set_name("scores");
+    region.set_key(object.key());
+    region.set_byte_size(2 * bytes);
+    v1::RegisterSharedMemoryResponse registered;
+    const grpc::Status status =
+        stub_->RegisterSharedMemory(&context, region, &registered);
+    ASSERT_TRUE(status.ok()) << status.error_message();
+  }
+  for (const auto& [output, offset] :
+       {std::pair{v1::LOGITS, size_t{0}}, std::pair{v1::PROBS, bytes}}) {
+    v1::OutputPlacement* placement = request.add_placements();
+    placement->set_output(output);
+    placement->mutable_range()->set_region("scores");
+    placement->mutable_range()->set_offset(offset);
+    placement->mutable_range()->set_byte_size(bytes);
+  }
+  const Call placed = Score(request);
+  ASSERT_TRUE(placed.status.ok()) << placed.status.error_message();
+  EXPECT_TRUE(placed.response.logits().data().empty());
+  EXPECT_EQ(placed.response.logits().shared_memory().byte_size(), bytes);
+  EXPECT_EQ(placed.response.probs().shared_memory().offset(), bytes);
+  EXPECT_TRUE(std::string(object.data(), bytes) ==
+              in_band.response.logits().data());
+  EXPECT_TRUE(std::string(object.data() + bytes, bytes) ==
+              in_band.response.probs().data());
+  EXPECT_LT(placed.response.ByteSizeLong(), 1024u);
+
+  // The client shrinks its object: the server's write faults (SIGBUS), the
+  // request is ABORTED, and the server goes on serving.
+  object.Truncate(0);
+  const Call truncated = Score(request);
+  EXPECT_EQ(truncated.status.error_code(), grpc::StatusCode::ABORTED)
+      << truncated.status.error_message();
+  EXPECT_THAT(truncated.status.error_message(),
+              HasSubstr("shrank below the registered range"));
+  EXPECT_TRUE(Score(SmallRequest("after")).status.ok());
+  EXPECT_TRUE(server_->running());
 }
 
 TEST_F(ServerE2eTest, MetricsEndpointServesTheSeries) {
