@@ -477,6 +477,21 @@ void BM_Socket(benchmark::State& state, const Case& c, Output out) {
   state.counters["MiB"] = static_cast<double>(bytes) / (1 << 20);
 }
 
+// The counters of a case whose calls each received `bytes`: MiB per call,
+// and the server's own compute time per call (the echo reports none: the rest
+// of the time is transport, encoding and decoding), then `meter`'s.
+void ReportCalls(benchmark::State& state, size_t bytes, int64_t compute_us,
+                 const UsageMeter& meter) {
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) *
+                          static_cast<int64_t>(bytes));
+  state.counters["MiB"] = static_cast<double>(bytes) / (1 << 20);
+  const double iterations =
+      static_cast<double>(std::max<int64_t>(state.iterations(), 1));
+  state.counters["compute_ms"] =
+      static_cast<double>(compute_us) / 1e3 / iterations;
+  meter.Report(state);
+}
+
 void BM_Receive(benchmark::State& state, const Case& c, Output out, bool echo) {
   if (echo) PrepareEcho(c, out);
   ac::Client& client = echo ? *G().echo_client : *G().server_client;
@@ -490,16 +505,7 @@ void BM_Receive(benchmark::State& state, const Case& c, Output out, bool echo) {
     bytes = logits.size_bytes();
     benchmark::DoNotOptimize(logits.data());
   }
-  state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) *
-                          static_cast<int64_t>(bytes));
-  state.counters["MiB"] = static_cast<double>(bytes) / (1 << 20);
-  // The server's own compute time per call (the echo reports none): the rest
-  // of the time is transport, encoding and decoding.
-  const double iterations =
-      static_cast<double>(std::max<int64_t>(state.iterations(), 1));
-  state.counters["compute_ms"] =
-      static_cast<double>(compute_us) / 1e3 / iterations;
-  meter.Report(state);
+  ReportCalls(state, bytes, compute_us, meter);
 }
 
 // "/dev/shm/<key>" of the region, for the abort handler (set once the region
@@ -626,14 +632,7 @@ void BM_Shm(benchmark::State& state, const Case& c, Output out) {
     benchmark::DoNotOptimize(TouchCacheLines(logits));
     bytes = logits.size_bytes;
   }
-  state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) *
-                          static_cast<int64_t>(bytes));
-  state.counters["MiB"] = static_cast<double>(bytes) / (1 << 20);
-  const double iterations =
-      static_cast<double>(std::max<int64_t>(state.iterations(), 1));
-  state.counters["compute_ms"] =
-      static_cast<double>(compute_us) / 1e3 / iterations;
-  meter.Report(state);
+  ReportCalls(state, bytes, compute_us, meter);
 }
 
 // ---------------------------------------------------------------------------

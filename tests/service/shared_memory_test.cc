@@ -215,13 +215,22 @@ void Place(v1::ScoreRequest& request, v1::Output output,
   placement->mutable_range()->set_byte_size(byte_size);
 }
 
-TEST(OutputPlacementTest, ResolvesAndChecksEveryPlacement) {
+// A 4096-byte region "r" of "anonymous", and a request for it to place.
+class OutputPlacementTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_TRUE(
+        registry.Register("anonymous", Spec("r", object.key(), 0, 4096)).ok());
+    validated = Validated(request);
+  }
+
   SharedMemoryRegistry registry = Registry();
-  ShmObject object(4096);
-  ASSERT_TRUE(
-      registry.Register("anonymous", Spec("r", object.key(), 0, 4096)).ok());
+  ShmObject object{4096};
   v1::ScoreRequest request;
-  const ValidatedRequest validated = Validated(request);
+  ValidatedRequest validated;
+};
+
+TEST_F(OutputPlacementTest, ResolvesAndChecksEveryPlacement) {
   struct Case {
     std::vector<std::tuple<v1::Output, std::string, uint64_t, uint64_t>> place;
     absl::StatusCode code;
@@ -279,13 +288,7 @@ TEST(OutputPlacementTest, ResolvesAndChecksEveryPlacement) {
   EXPECT_THAT(off.message(), HasSubstr("--shm-prefix"));
 }
 
-TEST(OutputPlacementTest, WritesPlacedOutputsAndReportsTheirRanges) {
-  SharedMemoryRegistry registry = Registry();
-  ShmObject object(4096);
-  ASSERT_TRUE(
-      registry.Register("anonymous", Spec("r", object.key(), 0, 4096)).ok());
-  v1::ScoreRequest request;
-  const ValidatedRequest validated = Validated(request);
+TEST_F(OutputPlacementTest, WritesPlacedOutputsAndReportsTheirRanges) {
   Place(request, v1::PROBS, "r", 512, 1024);
   absl::StatusOr<std::vector<ResolvedPlacement>> placed =
       ResolvePlacements(request, validated, &registry, "anonymous");
