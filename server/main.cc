@@ -246,7 +246,8 @@ void AddRequestBudgetFlags(CLI::App& app, Flags& flags) {
       ->check(CLI::PositiveNumber);
 }
 
-// --shm-prefix, --max-shm-regions: shared-memory outputs for clients on the
+// --shm-prefix, --max-shm-regions, --max-shm-regions-per-client:
+// shared-memory outputs for clients on the
 // same host (RegisterSharedMemory).
 void AddSharedMemoryFlags(CLI::App& app, Flags& flags) {
   service::SharedMemoryOptions& shm = flags.service.shared_memory;
@@ -269,6 +270,11 @@ void AddSharedMemoryFlags(CLI::App& app, Flags& flags) {
           "Most shared-memory regions registered at once, all clients "
           "together")
       ->check(CLI::PositiveNumber);
+  AddFlag(app, "--max-shm-regions-per-client", shm.max_regions_per_client,
+          "MAX_SHM_REGIONS_PER_CLIENT",
+          "Most of them one caller identity may hold; -1: half of "
+          "--max-shm-regions, 0: no per-client cap")
+      ->check(CLI::Range(-1, std::numeric_limits<int>::max()));
 }
 
 // --max-output-bytes, --max-heads, --max-head-dim, --max-seq-len, --model-dir:

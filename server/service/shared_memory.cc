@@ -240,16 +240,35 @@ absl::Status SharedMemoryRegistry::Register(absl::string_view owner,
       MappedRegion::Map(std::move(spec));
   if (!region.ok()) return region.status();
   absl::MutexLock lock(&mu_);
+  if (absl::Status s = CheckRoomFor(owner); !s.ok()) return s;
+  if (!regions_.emplace(std::move(key), *std::move(region)).second) {
+    return absl::AlreadyExistsError(
+        "name: a region of that name was "
+        "registered meanwhile");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status SharedMemoryRegistry::CheckRoomFor(absl::string_view owner) const {
   if (static_cast<int64_t>(regions_.size()) >= options_.max_regions) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "regions: expected at most ", options_.max_regions,
         " registered at once (the server's --max-shm-regions), got one more; "
         "unregister regions no longer used"));
   }
-  if (!regions_.emplace(std::move(key), *std::move(region)).second) {
-    return absl::AlreadyExistsError(
-        "name: a region of that name was "
-        "registered meanwhile");
+  const int cap = options_.PerClientCap();
+  if (cap == 0) return absl::OkStatus();
+  int held = 0;
+  for (auto it = regions_.lower_bound(KeyOf(owner, ""));
+       it != regions_.end() && it->first.first == owner; ++it) {
+    ++held;
+  }
+  if (held >= cap) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "regions: expected at most ", cap,
+        " registered by one identity (the server's "
+        "--max-shm-regions-per-client), got one more; unregister regions no "
+        "longer used"));
   }
   return absl::OkStatus();
 }

@@ -25,6 +25,7 @@
 #ifndef ATTNSCORE_SERVER_SERVICE_SHARED_MEMORY_H_
 #define ATTNSCORE_SERVER_SERVICE_SHARED_MEMORY_H_
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <map>
@@ -47,6 +48,17 @@ struct SharedMemoryOptions {
   std::string prefix;
   // Most regions registered at once, all identities together.
   int max_regions = 64;
+  // Most of them one identity may hold (--max-shm-regions-per-client), so
+  // that no caller can take every slot; kHalfOfRegions: half of max_regions
+  // (at least 1); 0: no per-identity cap.
+  static constexpr int kHalfOfRegions = -1;
+  int max_regions_per_client = kHalfOfRegions;
+  // max_regions_per_client with kHalfOfRegions resolved.
+  int PerClientCap() const {
+    return max_regions_per_client == kHalfOfRegions
+               ? std::max(1, max_regions / 2)
+               : max_regions_per_client;
+  }
 };
 
 // What a client registers: its name for the region, the object's name
@@ -105,7 +117,8 @@ class SharedMemoryRegistry {
 
   // Checks `spec` (name, key, page-aligned offset, size), maps it and records
   // it for `owner`. ALREADY_EXISTS when `owner` has a region of that name,
-  // RESOURCE_EXHAUSTED at max_regions, else as MappedRegion::Map.
+  // RESOURCE_EXHAUSTED at max_regions or at `owner`'s share of them, else as
+  // MappedRegion::Map.
   absl::Status Register(absl::string_view owner, SharedMemorySpec spec);
   // NOT_FOUND when `owner` has no region `name`.
   absl::Status Unregister(absl::string_view owner, absl::string_view name);
@@ -121,6 +134,9 @@ class SharedMemoryRegistry {
  private:
   using Key = std::pair<std::string, std::string>;  // owner, name
   static Key KeyOf(absl::string_view owner, absl::string_view name);
+  // RESOURCE_EXHAUSTED when one more region would pass a cap.
+  absl::Status CheckRoomFor(absl::string_view owner) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const SharedMemoryOptions options_;
   mutable absl::Mutex mu_;

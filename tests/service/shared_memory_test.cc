@@ -127,6 +127,36 @@ TEST(SharedMemoryRegistryTest, CapsTheRegionsOfAllOwners) {
   EXPECT_TRUE(registry.Register("c", Spec("r", object.key(), 0, 4096)).ok());
 }
 
+TEST(SharedMemoryRegistryTest, OneIdentityHoldsAtMostItsShare) {
+  ShmObject object(4096);
+  SharedMemoryRegistry registry = Registry(/*max_regions=*/4);  // 2 each
+  for (const char* name : {"a", "b"}) {
+    ASSERT_TRUE(
+        registry.Register("greedy", Spec(name, object.key(), 0, 4096)).ok());
+  }
+  const absl::Status third =
+      registry.Register("greedy", Spec("c", object.key(), 0, 4096));
+  EXPECT_EQ(third.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(third.message(),
+              HasSubstr("at most 2 registered by one identity (the server's "
+                        "--max-shm-regions-per-client)"));
+  EXPECT_TRUE(
+      registry.Register("other", Spec("c", object.key(), 0, 4096)).ok());
+  // 0: no per-identity cap, only the total.
+  SharedMemoryOptions options;
+  options.prefix = kPrefix;
+  options.max_regions = 3;
+  options.max_regions_per_client = 0;
+  SharedMemoryRegistry uncapped(options);
+  for (const char* name : {"a", "b", "c"}) {
+    ASSERT_TRUE(
+        uncapped.Register("greedy", Spec(name, object.key(), 0, 4096)).ok());
+  }
+  EXPECT_THAT(
+      uncapped.Register("greedy", Spec("d", object.key(), 0, 4096)).message(),
+      HasSubstr("--max-shm-regions)"));
+}
+
 TEST(SharedMemoryRegistryTest, WritesLandInTheClientsMappingAtTheOffset) {
   SharedMemoryRegistry registry = Registry();
   ShmObject object(size_t{3} * 4096);

@@ -101,7 +101,8 @@ class AttentionScorerServicer(object):
         Errors: FAILED_PRECONDITION (shared memory is off), INVALID_ARGUMENT (a bad name, key,
         offset or size, naming the field), NOT_FOUND (no such object, or a region another identity
         owns), ALREADY_EXISTS (the name is registered), PERMISSION_DENIED (the server may not open
-        the object read-write), RESOURCE_EXHAUSTED (--max-shm-regions).
+        the object read-write), RESOURCE_EXHAUSTED (--max-shm-regions, or the caller's share of
+        them, --max-shm-regions-per-client).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
