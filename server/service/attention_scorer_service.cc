@@ -991,49 +991,36 @@ grpc::ServerUnaryReactor* AttentionScorerService::ListModels(
     grpc::CallbackServerContext* context,
     const v1::ListModelsRequest* /*request*/,
     v1::ListModelsResponse* response) {
-  const int64_t start = clock_->NowMicros();
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  absl::StatusOr<std::string> client = Authenticate(*context);
-  if (!client.ok()) {
-    metrics_->RecordRequest(Method::kListModels, client.status(), 0,
-                            metrics_->ClientSlot("-"));
-    reactor->Finish(ToGrpcStatus(client.status()));
-    return reactor;
-  }
-  const std::shared_ptr<const scoring::ModelSet> models = models_->Current();
-  for (const auto& [name, model] : models->models) {
-    const scoring::RelativeModelInfo& info = model->info();
-    v1::ModelInfo* out = response->add_models();
-    out->set_name(name);
-    // The file name only: the server's paths are not the client's business.
-    out->set_source(Basename(info.source));
-    out->set_heads(info.heads);
-    out->set_head_dim(info.head_dim);
-    out->set_max_relative_positions(info.max_relative_positions);
-  }
-  metrics_->RecordRequest(Method::kListModels, absl::OkStatus(),
-                          Seconds(clock_->NowMicros() - start),
-                          metrics_->ClientSlot(*client));
-  reactor->Finish(grpc::Status::OK);
-  return reactor;
+  return AnswerSmall(context, Method::kListModels, [&](const std::string&) {
+    const std::shared_ptr<const scoring::ModelSet> models = models_->Current();
+    for (const auto& [name, model] : models->models) {
+      const scoring::RelativeModelInfo& info = model->info();
+      v1::ModelInfo* out = response->add_models();
+      out->set_name(name);
+      // The file name only: the server's paths are not the client's business.
+      out->set_source(Basename(info.source));
+      out->set_heads(info.heads);
+      out->set_head_dim(info.head_dim);
+      out->set_max_relative_positions(info.max_relative_positions);
+    }
+    return absl::OkStatus();
+  });
 }
 
 grpc::ServerUnaryReactor* AttentionScorerService::GetServerInfo(
     grpc::CallbackServerContext* context,
     const v1::GetServerInfoRequest* /*request*/, v1::ServerInfo* response) {
-  const int64_t start = clock_->NowMicros();
-  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
-  absl::StatusOr<std::string> client = Authenticate(*context);
-  if (!client.ok()) {
-    metrics_->RecordRequest(Method::kGetServerInfo, client.status(), 0,
-                            metrics_->ClientSlot("-"));
-    reactor->Finish(ToGrpcStatus(client.status()));
-    return reactor;
-  }
-  response->set_version(kVersion);
-  response->set_device(scorer_->device());
-  response->set_intra_op_threads(options_.intra_op_threads);
-  v1::Limits* limits = response->mutable_limits();
+  return AnswerSmall(context, Method::kGetServerInfo, [&](const std::string&) {
+    FillServerInfo(*response);
+    return absl::OkStatus();
+  });
+}
+
+void AttentionScorerService::FillServerInfo(v1::ServerInfo& response) const {
+  response.set_version(kVersion);
+  response.set_device(scorer_->device());
+  response.set_intra_op_threads(options_.intra_op_threads);
+  v1::Limits* limits = response.mutable_limits();
   limits->set_max_heads(options_.limits.max_heads);
   limits->set_max_head_dim(options_.limits.max_head_dim);
   limits->set_max_seq_len(options_.limits.max_seq_len);
@@ -1046,14 +1033,14 @@ grpc::ServerUnaryReactor* AttentionScorerService::GetServerInfo(
   limits->set_max_stream_unsent_bytes(options_.max_stream_unsent_bytes);
   limits->set_shm_prefix(options_.shared_memory.prefix);
   limits->set_max_shm_regions(options_.shared_memory.max_regions);
-  v1::BatchingOptions* batching = response->mutable_batching();
+  v1::BatchingOptions* batching = response.mutable_batching();
   batching->set_max_batch_size(
       static_cast<int64_t>(options_.batching.max_batch_size));
   batching->set_max_queue_delay_us(options_.batching.max_queue_delay_us);
   batching->set_max_queue(
       static_cast<int64_t>(options_.batching.max_enqueued_tasks));
   batching->set_batch_workers(options_.batching.num_batch_threads);
-  v1::KernelInfo* kernels = response->mutable_kernels();
+  v1::KernelInfo* kernels = response.mutable_kernels();
   kernels->set_isa(options_.kernels.isa);
   kernels->set_blas_core(options_.kernels.blas_core);
   kernels->set_blas_core_source(options_.kernels.blas_core_source);
@@ -1062,11 +1049,6 @@ grpc::ServerUnaryReactor* AttentionScorerService::GetServerInfo(
   kernels->set_omp_wait(options_.kernels.omp_wait);
   kernels->set_omp_wait_source(options_.kernels.omp_wait_source);
   kernels->set_cpu_model(options_.kernels.cpu_model);
-  metrics_->RecordRequest(Method::kGetServerInfo, absl::OkStatus(),
-                          Seconds(clock_->NowMicros() - start),
-                          metrics_->ClientSlot(*client));
-  reactor->Finish(grpc::Status::OK);
-  return reactor;
 }
 
 grpc::ServerUnaryReactor* AttentionScorerService::AnswerSmall(

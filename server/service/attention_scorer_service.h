@@ -281,6 +281,8 @@ class AttentionScorerService final : public AttentionScorerRawService {
   void Answer(ScoreTask& task, absl::StatusOr<grpc::ByteBuffer> response);
   // The context's deadline on clock_, INT64_MAX for none.
   int64_t DeadlineMicros(const grpc::CallbackServerContext& context) const;
+  // GetServerInfo's answer: version, device, limits, batching, kernels.
+  void FillServerInfo(v1::ServerInfo& response) const;
   // A small method on the calling gRPC thread: authenticates, runs `body`
   // with the caller's identity, records `method`'s metrics and finishes the
   // call with `body`'s status.
