@@ -43,6 +43,10 @@ using HealthStatus = grpc::health::v1::HealthCheckResponse;
 using Clock = std::chrono::steady_clock;
 
 constexpr int64_t kGiB = int64_t{1} << 30;
+// The service's log line once it refuses new requests. Not the signal
+// thread's "<signal>: draining", which comes first: a call made right after
+// that one could still be accepted, and then wait behind the queued work.
+constexpr char kServiceDraining[] = "draining: new scoring requests get";
 constexpr const char* kReadiness = v1::AttentionScorer::service_full_name();
 
 std::unique_ptr<ServerProcess> StartServer(std::vector<std::string> args,
@@ -107,9 +111,10 @@ class Tally {
 // ---------------------------------------------------------------------------
 // (a) SIGTERM with a full queue and open streams.
 
-// Compute-heavy, reply-light; a few hundred ms each on one thread.
-v1::ScoreRequest SlowRequest(const std::string& id) {
-  return testing::ContextOnlyRequest(id, 8, 1024, 64);
+// Compute-heavy, reply-light; a few hundred ms each on one thread (for
+// seq_len 1024; the time grows as its square).
+v1::ScoreRequest SlowRequest(const std::string& id, int seq_len = 1024) {
+  return testing::ContextOnlyRequest(id, 8, seq_len, 64);
 }
 
 // One ScoreStream whose responses a reader thread collects.
@@ -287,7 +292,7 @@ TEST(FaultTest, SigtermWithFullQueueAndOpenStreams) {
   report.faults.push_back(absl::StrCat("SIGTERM with the queue ",
                                        still_full ? "full" : "nearly full",
                                        " (", kQueue, " waiting, 1 computing)"));
-  ASSERT_TRUE(server->WaitForLog("draining", absl::Seconds(10)));
+  ASSERT_TRUE(server->WaitForLog(kServiceDraining, absl::Seconds(10)));
   std::vector<bool> wrote_after(kStreams);
   for (int s = 0; s < kStreams; ++s) {
     wrote_after[s] =
@@ -338,21 +343,42 @@ TEST(FaultTest, CallsDuringTheDrainGetTheServicesRefusal) {
   std::unique_ptr<v1::AttentionScorer::Stub> stub =
       v1::AttentionScorer::NewStub(server->NewChannel());
   ASSERT_TRUE(Score(*stub, SmallAlibiRequest("connect")).status.ok());
-  // Three slow requests: one computing, two queued (seconds of work).
+  // Three slow requests: one computing, two queued (seconds of work). The
+  // first is sent alone and seen computing (held in the budget, no longer
+  // queued) before the others: a queue depth of 2 then means that all three
+  // were accepted, not that two queued before the worker took one.
   std::vector<std::thread> slow;
   slow.reserve(3);
-  for (int i = 0; i < 3; ++i) {
+  const auto send_slow = [&](int i) {
     slow.emplace_back([&, i] {
-      const UnaryCall call = Score(*stub, SlowRequest(absl::StrCat("slow", i)));
+      // The computing one is the longest (four times the others' work), so
+      // that the other two surely queue behind it on a loaded machine.
+      const UnaryCall call = Score(
+          *stub, SlowRequest(absl::StrCat("slow", i), i == 0 ? 2048 : 1024));
       tally.Add("accepted before SIGTERM: " + Describe(call.status));
     });
-  }
+  };
+  send_slow(0);
   // EXPECT, not ASSERT, until the threads are joined.
-  const bool queued = WaitFor([&] { return QueueIsFull(*server, 2); },
-                              absl::Seconds(30), absl::Milliseconds(5));
+  const bool computing = WaitFor(
+      [&] {
+        const absl::StatusOr<std::string> metrics = server->ScrapeMetrics();
+        return metrics.ok() &&
+               ServerProcess::SumMetric(*metrics, "attnscore_queue_depth") ==
+                   0 &&
+               ServerProcess::SumMetric(*metrics, "attnscore_inflight_bytes") >
+                   0;
+      },
+      absl::Seconds(30), absl::Milliseconds(2));
+  EXPECT_TRUE(computing) << "the first slow request never ran";
+  send_slow(1);
+  send_slow(2);
+  const bool queued =
+      computing && WaitFor([&] { return QueueIsFull(*server, 2); },
+                           absl::Seconds(30), absl::Milliseconds(5));
   EXPECT_TRUE(queued) << "the slow requests never queued";
   server->Signal(SIGTERM);
-  const bool draining = server->WaitForLog("draining", absl::Seconds(10));
+  const bool draining = server->WaitForLog(kServiceDraining, absl::Seconds(10));
   EXPECT_TRUE(draining);
   report.faults.push_back("SIGTERM with 1 request computing and 2 queued");
   for (int i = 0; queued && draining && i < kLate; ++i) {
