@@ -268,8 +268,8 @@ void AddSharedMemoryFlags(CLI::App& app, Flags& flags) {
       });
   AddFlag(app, "--max-shm-regions", shm.max_regions, "MAX_SHM_REGIONS",
           "Most shared-memory regions registered at once, all clients "
-          "together")
-      ->check(CLI::PositiveNumber);
+          "together (at most 4096)")
+      ->check(CLI::Range(1, service::kMaxMappedRegions));
   AddFlag(app, "--max-shm-regions-per-client", shm.max_regions_per_client,
           "MAX_SHM_REGIONS_PER_CLIENT",
           "Most of them one caller identity may hold; -1: half of "

@@ -219,6 +219,43 @@ std::vector<ScoreResult> SplitResults(const ScoreSpec& spec,
   return results;
 }
 
+// `destination` as the [B,H,Lq,Lk] output of `type` over `scores`, when it is
+// 64-byte aligned and holds it; else undefined (the scorer allocates its own).
+// The tensor keeps the destination's keepalive.
+at::Tensor DestinationTensor(const OutputDestination& destination,
+                             at::IntArrayRef scores, at::ScalarType type) {
+  constexpr uintptr_t kAlignment = 64;
+  int64_t count = 1;
+  for (const int64_t size : scores) count *= size;
+  const size_t bytes = static_cast<size_t>(count) * c10::elementSize(type);
+  if (destination.data == nullptr || destination.capacity < bytes ||
+      reinterpret_cast<uintptr_t>(destination.data) % kAlignment != 0) {
+    return at::Tensor();
+  }
+  return at::from_blob(
+      destination.data, scores,
+      [keep = destination.keepalive](void* /*data*/) {},
+      at::TensorOptions().dtype(type));
+}
+
+// The logits and probs of `item` (scored alone) preset to its destinations,
+// for the blocked path to write in place.
+AttentionResult PlacedOutputs(const ScoreItem& item, const Batch& batch,
+                              const AttentionConfig& config) {
+  const std::vector<int64_t> scores = {batch.query.size(0), batch.query.size(1),
+                                       batch.query.size(2), batch.key.size(2)};
+  AttentionResult placed;
+  if (config.want_logits) {
+    placed.logits =
+        DestinationTensor(item.logits_destination, scores, config.matrix_type);
+  }
+  if (config.want_probs) {
+    placed.probs =
+        DestinationTensor(item.probs_destination, scores, config.matrix_type);
+  }
+  return placed;
+}
+
 // A request's bias resolved for the computation, with the device copy of a
 // relative model kept alive for as long as the computation uses it.
 struct DeviceBias {
@@ -279,7 +316,11 @@ class ScorerImpl final : public Scorer {
     if (!batched_) config.matrix_type = ToScalarType(spec.output_dtype);
     if (stop && stop()) return Cancelled();
     const Batch batch = GatherBatch(spec, items, device_);
-    AttentionResult result;
+    // One item on the blocked path writes its logits and probs where the
+    // caller asked (a client's shared memory), saving a pass over them.
+    AttentionResult result = !batched_ && items.size() == 1
+                                 ? PlacedOutputs(items[0], batch, config)
+                                 : AttentionResult();
     if (batched_) {
       // Whole batched products on the device; stopped only between batches.
       result = BatchedAttention(batch.query, batch.key, batch.value,

@@ -459,21 +459,36 @@ class TileKernel {
   int64_t group_end_ = 0;
 };
 
-// The outputs `config` asks for, allocated once, contiguous float32, from the
-// host pool (host_tensor.h): the reply keeps them until sent, then they are
-// reused without page faults.
+// `given` when the caller supplied it for this output (contiguous, of the
+// output's shape and type), else a pooled buffer.
+at::Tensor OutputOrGiven(const at::Tensor& given, at::IntArrayRef sizes,
+                         at::ScalarType type) {
+  if (given.defined() && given.is_contiguous() && given.sizes() == sizes &&
+      given.scalar_type() == type) {
+    return given;
+  }
+  return PooledEmpty(sizes, type);
+}
+
+// The outputs `config` asks for, allocated once, contiguous, from the host
+// pool (host_tensor.h): the reply keeps them until sent, then they are reused
+// without page faults. Logits and probs the caller placed in `result` are kept.
 void AllocateOutputs(const at::Tensor& q, const at::Tensor& k,
                      const at::Tensor& v, const AttentionConfig& config,
                      AttentionResult* result) {
   const std::vector<int64_t> scores = {q.size(0), q.size(1), q.size(2),
                                        k.size(2)};
   const at::ScalarType type = config.matrix_type;
-  if (config.want_logits) result->logits = PooledEmpty(scores, type);
-  if (config.want_probs) result->probs = PooledEmpty(scores, type);
+  AttentionResult out;
+  if (config.want_logits) {
+    out.logits = OutputOrGiven(result->logits, scores, type);
+  }
+  if (config.want_probs) out.probs = OutputOrGiven(result->probs, scores, type);
   if (config.want_context) {
-    result->context =
+    out.context =
         PooledEmpty({q.size(0), q.size(1), q.size(2), v.size(3)}, at::kFloat);
   }
+  *result = std::move(out);
 }
 
 // Unit last stride, as the tiles' row pointers need (a copy otherwise, which
@@ -525,7 +540,6 @@ bool ComputeAttentionBlocked(const at::Tensor& q_in, const at::Tensor& k_in,
               config.matrix_type);
   const at::Tensor q = Rowwise(q_in), k = Rowwise(k_in);
   const at::Tensor v = config.want_context ? Rowwise(v_in) : at::Tensor();
-  *result = AttentionResult();
   AllocateOutputs(q, k, v, config, result);
   Problem p;
   p.heads = q.size(1);

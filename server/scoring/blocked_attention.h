@@ -31,8 +31,12 @@ namespace attnscore::scoring {
 // q [B,H,Lq,D], k [B,H,Lk,D], v [B,H,Lk,Dv] (undefined unless context is
 // wanted): float32 on the CPU, any strides. key_lengths: empty or B values in
 // [0, Lk]. Fills `result` with the outputs `config` asks for (logits only when
-// config.want_logits), each contiguous float32. Returns false, with `result`
-// partial (to be dropped), when `stop` (may be empty) returned true.
+// config.want_logits): logits and probs in config.matrix_type, context
+// float32, each contiguous. A logits or probs tensor that `result` holds on
+// entry, contiguous with the output's shape and type, is written in place (a
+// caller's memory); the others are allocated from the host pool. Returns
+// false, with `result` partial (to be dropped), when `stop` (may be empty)
+// returned true.
 bool ComputeAttentionBlocked(const at::Tensor& q, const at::Tensor& k,
                              const at::Tensor& v,
                              absl::Span<const int32_t> key_lengths,

@@ -106,11 +106,26 @@ struct ScoreSpec {
   DType output_dtype = DType::kFloat32;
 };
 
+// Memory the caller wants an output's bytes in (a client's shared memory):
+// the scorer may write them there instead of into a buffer of its own, the
+// result's tensor then viewing `data`; or it may ignore it, and the caller
+// copies. Honoured by the CPU blocked path for an item scored on its own
+// (Scorer::ItemsPerPass) when `data` is 64-byte aligned and `capacity` holds
+// the output. The caller answers for faults while writing there.
+struct OutputDestination {
+  void* data = nullptr;  // null: none
+  size_t capacity = 0;
+  std::shared_ptr<const void> keepalive;  // keeps `data` valid
+};
+
 struct ScoreItem {
   TensorRef query;                   // [B,H,Lq,D] in spec.layout
   TensorRef key;                     // [B,H,Lk,D]
   std::optional<TensorRef> value;    // [B,H,Lk,Dv]; required for context
   std::vector<int32_t> key_lengths;  // empty, or one per batch item
+  // [B,H,Lq,Lk] in spec.output_dtype.
+  OutputDestination logits_destination;
+  OutputDestination probs_destination;
 };
 
 // A result tensor in row-major bytes of `dtype`. `data` stays valid while

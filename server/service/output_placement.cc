@@ -143,6 +143,19 @@ absl::StatusOr<std::vector<ResolvedPlacement>> ResolvePlacements(
   return placed;
 }
 
+void OfferDestinations(const std::vector<ResolvedPlacement>& placements,
+                       scoring::ScoreItem* item) {
+  for (const ResolvedPlacement& placement : placements) {
+    if (placement.output == v1::CONTEXT) continue;  // converted, then copied
+    scoring::OutputDestination& destination = placement.output == v1::LOGITS
+                                                  ? item->logits_destination
+                                                  : item->probs_destination;
+    destination.data = placement.region->At(placement.range.offset());
+    destination.capacity = placement.range.byte_size();
+    destination.keepalive = placement.region;
+  }
+}
+
 absl::StatusOr<PlacedRanges> WritePlacements(
     const std::vector<ResolvedPlacement>& placements,
     const scoring::ScoreResult& result) {
@@ -156,8 +169,12 @@ absl::StatusOr<PlacedRanges> WritePlacements(
           placement.range.byte_size(), " bytes, the scorer returned ",
           tensor == nullptr ? 0 : tensor->size_bytes));
     }
-    if (absl::Status s = placement.region->Write(
-            placement.range.offset(), tensor->data, tensor->size_bytes);
+    const char* at = placement.region->At(placement.range.offset());
+    if (absl::Status s =
+            tensor->data == at
+                ? placement.region->CheckIntact()  // written in place
+                : placement.region->Write(placement.range.offset(),
+                                          tensor->data, tensor->size_bytes);
         !s.ok()) {
       return s;
     }

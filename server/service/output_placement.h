@@ -8,7 +8,8 @@
 // safety: pure functions. Errors: INVALID_ARGUMENT naming
 // `placements[i].<field>` with the expected and actual value; NOT_FOUND for a
 // region the caller has not registered; FAILED_PRECONDITION when shared memory
-// is off; ABORTED when a region shrank while being written.
+// is off; ABORTED when a region shrank while being written (the scorer's
+// writes included).
 #ifndef ATTNSCORE_SERVER_SERVICE_OUTPUT_PLACEMENT_H_
 #define ATTNSCORE_SERVER_SERVICE_OUTPUT_PLACEMENT_H_
 
@@ -41,8 +42,14 @@ absl::StatusOr<std::vector<ResolvedPlacement>> ResolvePlacements(
     const v1::ScoreRequest& request, const ValidatedRequest& validated,
     const SharedMemoryRegistry* registry, absl::string_view owner);
 
-// Writes the placed outputs of `result` into their regions and says which
-// outputs the reply carries as ranges instead of bytes.
+// Offers `item`'s scorer the placed logits and probs ranges as destinations
+// (scoring::OutputDestination), so that it may write them in place.
+void OfferDestinations(const std::vector<ResolvedPlacement>& placements,
+                       scoring::ScoreItem* item);
+
+// Writes the placed outputs of `result` into their regions (nothing to copy
+// for one the scorer wrote in place) and says which outputs the reply carries
+// as ranges instead of bytes. ABORTED when a region broke (shared_memory.h).
 absl::StatusOr<PlacedRanges> WritePlacements(
     const std::vector<ResolvedPlacement>& placements,
     const scoring::ScoreResult& result);

@@ -5,9 +5,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
-#include <csetjmp>
 #include <csignal>
+#include <cstdint>
 #include <cstring>
 #include <utility>
 
@@ -19,11 +20,18 @@
 namespace attnscore::service {
 namespace {
 
-// The guarded copy in progress on this thread, if any. Volatile: the compiler
-// knows memcpy does not read it, and would otherwise drop the store before
-// the copy as dead.
-thread_local sigjmp_buf* volatile t_bus_jump = nullptr;
-// The SIGBUS disposition before ours, for faults that are not our copies'.
+// The live mappings, for the SIGBUS handler, which may touch nothing but
+// lock-free atomics. A slot is claimed, then `end` set, then `begin` (release):
+// a non-null `begin` is a complete entry. A mapping is dropped only when no
+// request holds it, so no write can fault on a slot being cleared.
+struct FaultSlot {
+  std::atomic<bool> claimed{false};
+  std::atomic<char*> begin{nullptr};  // null: free
+  std::atomic<char*> end{nullptr};
+  std::atomic<bool> broken{false};
+};
+FaultSlot g_slots[kMaxMappedRegions];
+// The SIGBUS disposition before ours, for faults that are not our regions'.
 struct sigaction g_previous_bus_action;
 
 void PassOnBusError(int signal, siginfo_t* info, void* context) {
@@ -42,10 +50,26 @@ void PassOnBusError(int signal, siginfo_t* info, void* context) {
   std::signal(SIGBUS, SIG_DFL);
 }
 
+// A fault within a region: its object shrank. Private zero pages replace the
+// whole mapping, so that the faulting write (on any thread: a scorer thread
+// writing a tile, or a memcpy) resumes and completes there, and the region is
+// marked broken for the request to find. mmap is a plain system call here, as
+// in libwayland's handler for the same case.
 void OnBusError(int signal, siginfo_t* info, void* context) {
-  if (sigjmp_buf* jump = t_bus_jump; jump != nullptr) {
-    t_bus_jump = nullptr;
-    siglongjmp(*jump, 1);
+  const auto address = reinterpret_cast<uintptr_t>(info->si_addr);
+  for (FaultSlot& slot : g_slots) {
+    char* const begin = slot.begin.load(std::memory_order_acquire);
+    char* const end = slot.end.load(std::memory_order_relaxed);
+    if (begin == nullptr || address < reinterpret_cast<uintptr_t>(begin) ||
+        address >= reinterpret_cast<uintptr_t>(end)) {
+      continue;
+    }
+    void* replaced =
+        mmap(begin, static_cast<size_t>(end - begin), PROT_READ | PROT_WRITE,
+             MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+    if (replaced == MAP_FAILED) break;
+    slot.broken.store(true, std::memory_order_release);
+    return;
   }
   PassOnBusError(signal, info, context);
 }
@@ -56,6 +80,28 @@ bool InstallBusHandler() {
   action.sa_flags = SA_SIGINFO;
   sigemptyset(&action.sa_mask);
   return sigaction(SIGBUS, &action, &g_previous_bus_action) == 0;
+}
+
+// A free slot of the table, claimed; -1 when every one is taken.
+int ClaimSlot() {
+  for (int i = 0; i < kMaxMappedRegions; ++i) {
+    if (!g_slots[i].claimed.exchange(true, std::memory_order_acq_rel)) return i;
+  }
+  return -1;
+}
+
+void PublishSlot(int slot, void* base, size_t bytes) {
+  char* const begin = static_cast<char*>(base);
+  const auto page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  g_slots[slot].broken.store(false, std::memory_order_relaxed);
+  g_slots[slot].end.store(begin + (bytes + page - 1) / page * page,
+                          std::memory_order_relaxed);
+  g_slots[slot].begin.store(begin, std::memory_order_release);
+}
+
+void ReleaseSlot(int slot) {
+  g_slots[slot].begin.store(nullptr, std::memory_order_release);
+  g_slots[slot].claimed.store(false, std::memory_order_release);
 }
 
 bool IsNameCharacter(char c) {
@@ -141,23 +187,13 @@ absl::Status CheckRange(const SharedMemorySpec& spec, off_t object_size) {
 
 }  // namespace
 
-bool CopyCatchingBusError(void* dst, const void* src, size_t size) {
-  static const bool installed = InstallBusHandler();
-  if (!installed) {
-    std::memcpy(dst, src, size);
-    return true;
-  }
-  sigjmp_buf jump;
-  // savemask: the handler runs with SIGBUS blocked; the jump unblocks it.
-  if (sigsetjmp(jump, /*savemask=*/1) != 0) return false;
-  t_bus_jump = &jump;
-  std::memcpy(dst, src, size);
-  t_bus_jump = nullptr;
-  return true;
-}
-
 absl::StatusOr<std::shared_ptr<const MappedRegion>> MappedRegion::Map(
     SharedMemorySpec spec) {
+  static const bool installed = InstallBusHandler();
+  if (!installed) {
+    return absl::InternalError(
+        "shared memory: installing the SIGBUS handler failed");
+  }
   const std::string path = "/" + spec.key;
   const int fd = shm_open(path.c_str(), O_RDWR | O_CLOEXEC, 0);
   if (fd < 0) return OpenError(spec.key, errno);
@@ -172,6 +208,13 @@ absl::StatusOr<std::shared_ptr<const MappedRegion>> MappedRegion::Map(
   } else {
     status = CheckRange(spec, info.st_size);
   }
+  const int slot = status.ok() ? ClaimSlot() : -1;
+  if (status.ok() && slot < 0) {
+    status = absl::ResourceExhaustedError(
+        absl::StrCat("regions: the server maps at most ", kMaxMappedRegions,
+                     " shared-memory regions at once (registered, or "
+                     "unregistered but still in use); retry later"));
+  }
   void* base = MAP_FAILED;
   if (status.ok()) {
     base = mmap(nullptr, spec.byte_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd,
@@ -179,15 +222,25 @@ absl::StatusOr<std::shared_ptr<const MappedRegion>> MappedRegion::Map(
     if (base == MAP_FAILED) status = OpenError(spec.key, errno);
   }
   close(fd);  // the mapping keeps the object
-  if (!status.ok()) return status;
+  if (!status.ok()) {
+    if (slot >= 0) ReleaseSlot(slot);
+    return status;
+  }
+  PublishSlot(slot, base, spec.byte_size);
   return std::shared_ptr<const MappedRegion>(
-      new MappedRegion(std::move(spec), base));
+      new MappedRegion(std::move(spec), base, slot));
 }
 
-MappedRegion::MappedRegion(SharedMemorySpec spec, void* base)
-    : spec_(std::move(spec)), base_(base) {}
+MappedRegion::MappedRegion(SharedMemorySpec spec, void* base, int slot)
+    : spec_(std::move(spec)), base_(base), slot_(slot) {}
 
-MappedRegion::~MappedRegion() { munmap(base_, spec_.byte_size); }
+MappedRegion::~MappedRegion() {
+  // Out of the handler's table first: the range may be mapped again by
+  // anyone once it is unmapped.
+  g_slots[slot_].begin.store(nullptr, std::memory_order_release);
+  munmap(base_, spec_.byte_size);
+  ReleaseSlot(slot_);
+}
 
 absl::Status MappedRegion::Write(uint64_t offset, const void* src,
                                  size_t size) const {
@@ -196,15 +249,20 @@ absl::Status MappedRegion::Write(uint64_t offset, const void* src,
         "shared-memory region \"", spec_.name, "\": write of ", size,
         " bytes at ", offset, " is outside its ", spec_.byte_size, " bytes"));
   }
-  if (size == 0) return absl::OkStatus();
-  if (!CopyCatchingBusError(static_cast<char*>(base_) + offset, src, size)) {
-    return absl::AbortedError(absl::StrCat(
-        "shared-memory region \"", spec_.name, "\": its object \"/",
-        ClientStringForLog(spec_.key),
-        "\" shrank below the registered range while the server wrote to it; "
-        "the output's bytes are incomplete"));
+  if (size != 0) std::memcpy(At(offset), src, size);
+  return CheckIntact();
+}
+
+absl::Status MappedRegion::CheckIntact() const {
+  if (!g_slots[slot_].broken.load(std::memory_order_acquire)) {
+    return absl::OkStatus();
   }
-  return absl::OkStatus();
+  return absl::AbortedError(absl::StrCat(
+      "shared-memory region \"", spec_.name, "\": its object \"/",
+      ClientStringForLog(spec_.key),
+      "\" shrank below the registered range while the server wrote to it; "
+      "the output's bytes are incomplete, and the region stays unusable "
+      "until it is unregistered and registered again"));
 }
 
 SharedMemoryRegistry::Key SharedMemoryRegistry::KeyOf(absl::string_view owner,

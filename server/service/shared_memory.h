@@ -2,8 +2,10 @@
 // "system shared memory"): a client on the server's host creates a POSIX
 // shared-memory object, registers a range of it under a name, and places
 // outputs there instead of receiving their bytes in the reply. For a 16 MiB
-// reply this replaces the loopback socket's copies and gRPC's framing with one
-// memcpy.
+// reply this replaces the loopback socket's copies and gRPC's framing with the
+// server's writes into the mapping: the CPU scorer writes logits and
+// probabilities there tile by tile (ScoreItem's destinations), other outputs
+// take one memcpy.
 //
 // Safety:
 //   - Off unless the operator sets a name prefix (--shm-prefix): only objects
@@ -12,9 +14,13 @@
 //   - A region belongs to the identity that registered it; other identities
 //     get NOT_FOUND for it, as if it did not exist.
 //   - A client that shrinks the object (ftruncate) while the server writes
-//     would make the write fault with SIGBUS. MappedRegion::Write catches that
-//     fault on the writing thread and fails the request with ABORTED instead
-//     of killing the process; a SIGBUS anywhere else keeps its previous
+//     would make the write fault with SIGBUS, on whichever thread writes (the
+//     scorer's included). The process's SIGBUS handler, installed with the
+//     first mapping, replaces a faulting region's pages with private zero
+//     pages and marks the region broken (libwayland's remedy for a client
+//     that truncates its wl_shm pool): the write resumes there, the request
+//     fails with ABORTED, and so does every later write to that region until
+//     the client registers it again. A SIGBUS anywhere else keeps its previous
 //     handling.
 //
 // Ownership: the registry owns the mappings through shared_ptr; a request that
@@ -73,14 +79,18 @@ struct SharedMemorySpec {
 // Longest region name and object name accepted.
 inline constexpr size_t kMaxRegionNameBytes = 64;
 inline constexpr size_t kMaxObjectNameBytes = 255;
+// Most mappings alive at once in the process (the SIGBUS handler's fixed
+// table): the ceiling of --max-shm-regions.
+inline constexpr int kMaxMappedRegions = 4096;
 
-// One mapped range of a shared-memory object. Immutable; the mapping lives as
-// long as the object.
+// One mapped range of a shared-memory object. Immutable, except that a fault
+// marks it broken; the mapping lives as long as the object.
 class MappedRegion {
  public:
   // Maps [spec.offset, spec.offset + spec.byte_size) of the object read-write.
   // NOT_FOUND when there is no such object, PERMISSION_DENIED when it may not
-  // be opened read-write, INVALID_ARGUMENT when the range is not within it.
+  // be opened read-write, INVALID_ARGUMENT when the range is not within it,
+  // RESOURCE_EXHAUSTED when kMaxMappedRegions mappings are alive.
   static absl::StatusOr<std::shared_ptr<const MappedRegion>> Map(
       SharedMemorySpec spec);
 
@@ -90,23 +100,26 @@ class MappedRegion {
 
   const SharedMemorySpec& spec() const { return spec_; }
 
+  // Where byte `offset` of the range is mapped (REQUIRES: offset <=
+  // byte_size). Whoever writes there checks CheckIntact() afterwards.
+  char* At(uint64_t offset) const { return static_cast<char*>(base_) + offset; }
+
   // Copies `size` bytes from `src` to `offset` of the region (REQUIRES: within
-  // it). ABORTED when the object shrank below the range meanwhile: the bytes
-  // written are then unspecified, the process unharmed.
+  // it), then CheckIntact().
   absl::Status Write(uint64_t offset, const void* src, size_t size) const;
 
+  // ABORTED once a write faulted because the object shrank below the range:
+  // the mapping then holds private pages instead of the object's, so what was
+  // written, then and since, never reaches the client. OK before that.
+  absl::Status CheckIntact() const;
+
  private:
-  MappedRegion(SharedMemorySpec spec, void* base);
+  MappedRegion(SharedMemorySpec spec, void* base, int slot);
 
   const SharedMemorySpec spec_;
   void* const base_;
+  const int slot_;  // in the SIGBUS handler's table
 };
-
-// memcpy that returns false instead of crashing when a page of `dst` is gone
-// (SIGBUS: the mapped object was truncated). The first call installs the
-// process's SIGBUS handler; a SIGBUS outside this function is passed on to
-// the handler that was there before (or the default: the process dies).
-bool CopyCatchingBusError(void* dst, const void* src, size_t size);
 
 class SharedMemoryRegistry {
  public:

@@ -60,6 +60,7 @@ absl::StatusOr<ValidatedRequest> V1ScoreCodec::Parse(
       ResolvePlacements(request_.message, *validated, shared_memory_, owner_);
   if (!placements.ok()) return placements.status();
   placements_ = *std::move(placements);
+  OfferDestinations(placements_, &validated->item);
   return validated;
 }
 

@@ -418,6 +418,80 @@ TEST_P(ScorerTest, LargeBatchesEqualSeparateRuns) {
   }
 }
 
+// Where a caller offers destinations (a client's shared memory), the blocked
+// path writes logits and probs there, item by item, with the bytes it would
+// have returned; the batched path and unusable destinations (misaligned, too
+// small) leave them alone and return buffers of the scorer's own.
+TEST_P(ScorerTest, DestinationsGetTheSameBytesInPlace) {
+  at::manual_seed(17);
+  const bool blocked =
+      GetParam() == "blocked" ||
+      (GetParam() == "auto" && attnscore::testing::TestDevice() == "cpu");
+  // Two items past a megabyte of inputs: scored one after the other, each
+  // alone, so each may use its destinations.
+  for (bool relative : {false, true}) {
+    for (DType dtype : {DType::kFloat32, DType::kBFloat16}) {
+      SCOPED_TRACE(
+          absl::StrCat(relative ? "relative " : "alibi ", DTypeName(dtype)));
+      const int64_t positions = relative ? 512 : 0;
+      std::vector<Case> cases = {RandomCase(2, 4, 32, 512, 64, positions),
+                                 RandomCase(1, 4, 32, 512, 64, positions)};
+      std::vector<Raw> raws;
+      for (const Case& c : cases) raws.push_back(MakeRaw(c, Layout::kBHSD));
+      ScoreSpec spec = Spec(cases[0], Layout::kBHSD, true);
+      spec.output_dtype = dtype;
+      std::vector<ScoreItem> items = {raws[0].item, raws[1].item};
+      const std::vector<ScoreResult> want = *scorer_->ScoreBatch(spec, items);
+      ASSERT_TRUE(ValidateItem(spec, items[0]).ok());
+      ASSERT_TRUE(ValidateItem(spec, items[1]).ok());
+      // 64-byte aligned blocks, the second item's probs one float off
+      // alignment and its logits one byte short.
+      const size_t bytes0 = want[0].logits->size_bytes;
+      const size_t bytes1 = want[1].logits->size_bytes;
+      std::vector<std::vector<float>> memory;
+      auto block = [&](size_t bytes) {
+        memory.emplace_back(bytes / sizeof(float) + 32, -7.0f);
+        const auto address = reinterpret_cast<uintptr_t>(memory.back().data());
+        return reinterpret_cast<char*>((address + 63) / 64 * 64);
+      };
+      char* logits0 = block(bytes0);
+      char* probs0 = block(bytes0);
+      char* logits1 = block(bytes1);
+      char* probs1 = block(bytes1) + sizeof(float);
+      items[0].logits_destination = {logits0, bytes0, nullptr};
+      items[0].probs_destination = {probs0, bytes0, nullptr};
+      items[1].logits_destination = {logits1, bytes1 - 1, nullptr};
+      items[1].probs_destination = {probs1, bytes1, nullptr};
+      const std::vector<ScoreResult> got = *scorer_->ScoreBatch(spec, items);
+      ASSERT_EQ(got.size(), 2u);
+      EXPECT_EQ(got[0].logits->data == logits0, blocked);
+      EXPECT_EQ(got[0].probs->data == probs0, blocked);
+      EXPECT_NE(got[1].logits->data, logits1);  // too small
+      EXPECT_NE(got[1].probs->data, probs1);    // misaligned
+      for (size_t i = 0; i < 2; ++i) {
+        for (auto field : {&ScoreResult::logits, &ScoreResult::probs,
+                           &ScoreResult::context}) {
+          const OutputTensor& a = *(got[i].*field);
+          const OutputTensor& b = *(want[i].*field);
+          ASSERT_EQ(a.size_bytes, b.size_bytes) << i;
+          EXPECT_EQ(std::memcmp(a.data, b.data, a.size_bytes), 0) << i;
+        }
+      }
+      // The unused destinations were not written.
+      EXPECT_EQ(reinterpret_cast<const float*>(probs1)[0], -7.0f);
+    }
+  }
+  // Small items are stacked into one pass: their destinations are ignored.
+  const Raw a = MakeRaw(RandomCase(1, 2, 3, 4, 8), Layout::kBHSD);
+  const Raw b = MakeRaw(RandomCase(1, 2, 3, 4, 8), Layout::kBHSD);
+  std::vector<ScoreItem> small = {a.item, b.item};
+  alignas(64) float destination[64];
+  small[0].logits_destination = {destination, sizeof(destination), nullptr};
+  const ScoreSpec spec = Spec(RandomCase(1, 2, 3, 4, 8), Layout::kBHSD, true);
+  const std::vector<ScoreResult> stacked = *scorer_->ScoreBatch(spec, small);
+  EXPECT_NE(stacked[0].logits->data, destination);
+}
+
 TEST_P(ScorerTest, OutputDtypesRoundOnce) {
   at::manual_seed(7);
   Case c = RandomCase(1, 2, 3, 3, 4);

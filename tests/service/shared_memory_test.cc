@@ -1,13 +1,14 @@
 // Shared-memory outputs without gRPC: the registry's checks (prefix, names,
 // page-aligned offsets, ranges within the object, owners, the region cap),
-// mappings that outlive Unregister, the SIGBUS guard against an object
-// truncated under the writer, and the placements of a request (resolved
-// against the validated request, written from a result).
+// mappings that outlive Unregister, the SIGBUS handler that breaks a region
+// whose object is truncated under a writer, and the placements of a request
+// (resolved against the validated request, written from a result).
 #include "server/service/shared_memory.h"
 
 #include <cstdio>
 #include <cstring>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -199,24 +200,66 @@ TEST(SharedMemoryRegistryTest, TruncatedObjectFailsTheWriteNotTheProcess) {
   const absl::Status status = region->Write(0, bytes.data(), bytes.size());
   EXPECT_EQ(status.code(), absl::StatusCode::kAborted) << status;
   EXPECT_THAT(status.message(), HasSubstr("shrank below the registered range"));
-  // The guard is per call: the next write within the object still works.
-  EXPECT_TRUE(region->Write(0, bytes.data(), 4096).ok());
-  EXPECT_EQ(object.data()[4095], 'y');
+  EXPECT_THAT(status.message(), HasSubstr("registered again"));
+  // The region is broken for good: its mapping no longer shows the object,
+  // so even a write within what is left of it fails and does not land.
+  const std::vector<char> other(4096, 'z');
+  EXPECT_EQ(region->Write(0, other.data(), other.size()).code(),
+            absl::StatusCode::kAborted);
+  EXPECT_NE(object.data()[4095], 'z');
+  // Registered again (the object grown back), the region works.
+  region.reset();
+  ASSERT_TRUE(registry.Unregister("anonymous", "r").ok());
+  object.Truncate(size_t{4} * 4096);
+  ASSERT_TRUE(
+      registry
+          .Register("anonymous", Spec("r", object.key(), 0, size_t{4} * 4096))
+          .ok());
+  region = *registry.Find("anonymous", "r");
+  EXPECT_TRUE(region->Write(0, other.data(), other.size()).ok());
+  EXPECT_EQ(object.data()[4095], 'z');
 }
 
-// The guard is for the copy alone: a SIGBUS anywhere else still ends the
+// The scorer writes placed outputs in place from its own threads: a fault on
+// any thread marks the region, which the request checks afterwards.
+TEST(SharedMemoryRegistryTest, AFaultOnAnyThreadBreaksTheRegion) {
+  SharedMemoryRegistry registry = Registry();
+  ShmObject object(size_t{4} * 4096);
+  ASSERT_TRUE(
+      registry
+          .Register("anonymous", Spec("r", object.key(), 0, size_t{4} * 4096))
+          .ok());
+  std::shared_ptr<const MappedRegion> region = *registry.Find("anonymous", "r");
+  EXPECT_TRUE(region->CheckIntact().ok());
+  object.Truncate(4096);
+  std::thread writer(
+      [&] { std::memset(region->At(0), 'w', size_t{4} * 4096); });
+  writer.join();
+  const absl::Status status = region->CheckIntact();
+  EXPECT_EQ(status.code(), absl::StatusCode::kAborted) << status;
+  EXPECT_THAT(status.message(), HasSubstr("\"r\""));
+  // Another region of the process is untouched.
+  ShmObject second(4096);
+  ASSERT_TRUE(
+      registry.Register("anonymous", Spec("s", second.key(), 0, 4096)).ok());
+  EXPECT_TRUE((*registry.Find("anonymous", "s"))->CheckIntact().ok());
+}
+
+// The handler is for the regions alone: a SIGBUS anywhere else still ends the
 // process (the previous disposition, here the default).
 TEST(SharedMemoryGuardDeathTest, BusErrorsElsewhereStillEndTheProcess) {
-  const char byte = 0;
-  char target = 1;
-  ASSERT_TRUE(CopyCatchingBusError(&target, &byte, 1));  // installs the handler
-  ASSERT_EQ(target, 0);
+  SharedMemoryRegistry registry = Registry();
+  ShmObject registered(4096);
+  // The first mapping installs the handler.
+  ASSERT_TRUE(
+      registry.Register("anonymous", Spec("r", registered.key(), 0, 4096))
+          .ok());
   // Created here, so that this process unlinks it after the child died.
   ShmObject object(size_t{2} * 4096);
   EXPECT_DEATH(
       {
         object.Truncate(0);
-        // Reading the vanished page faults outside any guarded copy.
+        // Reading the vanished page faults outside any region.
         std::printf("%d\n", static_cast<int>(object.data()[4096]));
       },
       "");
@@ -349,6 +392,51 @@ TEST_F(OutputPlacementTest, WritesPlacedOutputsAndReportsTheirRanges) {
   result.probs->size_bytes = 96;
   EXPECT_EQ(WritePlacements(*placed, result).status().code(),
             absl::StatusCode::kInternal);
+}
+
+// Logits and probs placements become the item's destinations, and an output
+// the scorer wrote there is not copied again; a broken region fails it.
+TEST_F(OutputPlacementTest, OffersDestinationsAndTrustsInPlaceWrites) {
+  Place(request, v1::LOGITS, "r", 0, 256);
+  Place(request, v1::CONTEXT, "r", 2048, 384);
+  absl::StatusOr<std::vector<ResolvedPlacement>> placed =
+      ResolvePlacements(request, validated, &registry, "anonymous");
+  ASSERT_TRUE(placed.ok()) << placed.status();
+  scoring::ScoreItem item = validated.item;
+  OfferDestinations(*placed, &item);
+  std::shared_ptr<const MappedRegion> region = *registry.Find("anonymous", "r");
+  EXPECT_EQ(item.logits_destination.data, region->At(0));
+  EXPECT_EQ(item.logits_destination.capacity, 192u);  // the logits' bytes
+  EXPECT_EQ(item.logits_destination.keepalive, region);
+  EXPECT_EQ(item.probs_destination.data, nullptr);  // not placed
+  // Context is converted to its layout and dtype after the scorer: copied.
+
+  // The scorer wrote the logits in place: the tensor views the region.
+  std::memset(region->At(0), 0x3f, 192);
+  const std::vector<float> context(96, 1.5f);
+  scoring::ScoreResult result;
+  result.logits.emplace();
+  result.logits->shape = {2, 2, 3, 4};
+  result.logits->data = region->At(0);
+  result.logits->size_bytes = 192;
+  result.context.emplace();
+  result.context->shape = {2, 2, 3, 8};
+  result.context->data = context.data();
+  result.context->size_bytes = 384;
+  absl::StatusOr<PlacedRanges> ranges = WritePlacements(*placed, result);
+  ASSERT_TRUE(ranges.ok()) << ranges.status();
+  ASSERT_NE(ranges->logits, nullptr);
+  ASSERT_NE(ranges->context, nullptr);
+  EXPECT_EQ(std::string(object.data(), 192), std::string(192, '\x3f'));
+  float copied = 0;
+  std::memcpy(&copied, object.data() + 2048 + 380, sizeof(copied));
+  EXPECT_EQ(copied, 1.5f);
+
+  // The object shrank under the scorer's writes: the request fails.
+  object.Truncate(0);
+  std::memset(region->At(0), 0, 192);
+  const absl::Status broken = WritePlacements(*placed, result).status();
+  EXPECT_EQ(broken.code(), absl::StatusCode::kAborted) << broken;
 }
 
 }  // namespace
