@@ -69,6 +69,10 @@ DECODE_TARGET = 2.0
 # Batching never costs (issue 10 C): decode at c=64 with the defaults at least as fast as with
 # --max-batch-size 1 and its p99 at most 1.2x; at c=1 the defaults add at most 0.1 ms (p50).
 BATCHING_ROUNDS = 2
+# The c=1 runs are short (a few hundred calls) and their p50s differ by less than this VM's
+# run-to-run noise, so they alternate more often: the best p50 of each side then approaches its
+# floor, and their difference what batching adds.
+BATCHING_C1_ROUNDS = 6
 BATCHING_THROUGHPUT_TARGET = 1.0
 BATCHING_P99_LIMIT = 1.2
 BATCHING_C1_ADDED_MS = 0.1
@@ -298,7 +302,7 @@ def batching_cost(args: argparse.Namespace, workdir: str, batched: str) -> dict:
     """Issue 10 C: the server with its defaults (`batched`, already running) against one with
     `--max-batch-size 1`, the decode preset through `attnscore load`, alternating BATCHING_ROUNDS
     rounds (best of each side): at c=64 the throughput ratio and the p99 ratio of those runs, at
-    c=1 the p50 the defaults add."""
+    c=1 (BATCHING_C1_ROUNDS rounds) the p50 the defaults add."""
     address = f"127.0.0.1:{free_port()}"
     unbatched = start("attnscore-unbatched", [args.server, "--listen", address,
                                               "--metrics-listen", "off", "--max-batch-size", "1"],
@@ -306,23 +310,29 @@ def batching_cost(args: argparse.Namespace, workdir: str, batched: str) -> dict:
     best: dict[str, dict] = {}
     try:
         rounds = 1 if args.smoke else BATCHING_ROUNDS
+        c1_rounds = 1 if args.smoke else BATCHING_C1_ROUNDS
         lone = max(50, args.load_requests // 4)
-        for k in range(rounds):
+        for k in range(max(rounds, c1_rounds)):
             for side, target in (("on", batched), ("off", address)):
-                many = load_rps(args.cli, target, args.load_requests, workdir, f"c64-{side}{k}")
-                one = load_rps(args.cli, target, lone, workdir, f"c1-{side}{k}", concurrency=1)
-                mine = best.setdefault(side, {"c64": many, "c1": one})
-                if many["rps"] > mine["c64"]["rps"]:
-                    mine["c64"] = many
-                if one["p50_ms"] < mine["c1"]["p50_ms"]:
-                    mine["c1"] = one
+                mine = best.setdefault(side, {})
+                if k < rounds:
+                    many = load_rps(args.cli, target, args.load_requests, workdir,
+                                    f"c64-{side}{k}")
+                    if "c64" not in mine or many["rps"] > mine["c64"]["rps"]:
+                        mine["c64"] = many
+                if k < c1_rounds:
+                    one = load_rps(args.cli, target, lone, workdir, f"c1-{side}{k}",
+                                   concurrency=1)
+                    if "c1" not in mine or one["p50_ms"] < mine["c1"]["p50_ms"]:
+                        mine["c1"] = one
     finally:
         unbatched.stop()
     on, off = best["on"], best["off"]
     throughput = on["c64"]["rps"] / off["c64"]["rps"]
     p99 = on["c64"]["p99_ms"] / off["c64"]["p99_ms"]
     added = on["c1"]["p50_ms"] - off["c1"]["p50_ms"]
-    result = {"rounds": rounds, "on": on, "off": off, "throughput_ratio": throughput,
+    result = {"rounds": rounds, "c1_rounds": c1_rounds, "on": on, "off": off,
+              "throughput_ratio": throughput,
               "p99_ratio": p99,
               "c1_added_ms": added,
               "met_throughput": throughput >= BATCHING_THROUGHPUT_TARGET,
@@ -346,7 +356,8 @@ def batching_lines(b: dict) -> list[str]:
         f"{yes_no(b['met_throughput'])} |",
         f"| c=64 p99 of those runs (ms) | {on['c64']['p99_ms']:.1f} | {off['c64']['p99_ms']:.1f} | "
         f"{b['p99_ratio']:.2f}x | <= {BATCHING_P99_LIMIT}x | {yes_no(b['met_p99'])} |",
-        f"| c=1 p50 (ms) | {on['c1']['p50_ms']:.3f} | {off['c1']['p50_ms']:.3f} | "
+        f"| c=1 p50 (ms, best of {b.get('c1_rounds', b['rounds'])}) | {on['c1']['p50_ms']:.3f} | "
+        f"{off['c1']['p50_ms']:.3f} | "
         f"{b['c1_added_ms']:+.3f} ms | <= +{BATCHING_C1_ADDED_MS} ms | {yes_no(b['met_c1'])} |"]
 
 
