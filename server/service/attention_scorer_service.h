@@ -186,6 +186,11 @@ class AttentionScorerService final : public AttentionScorerRawService {
   // Requests waiting in the batcher.
   size_t QueueDepth() const;
 
+  // The shared-memory regions of every protocol (a region registered through
+  // attnscore.v1 can be placed into through the Open Inference Protocol, and
+  // the other way round). Thread-safe.
+  SharedMemoryRegistry& shared_memory() { return shared_memory_; }
+
   // True from a successful WarmUp() until Shutdown() (the Open Inference
   // Protocol's ServerReady; grpc.health.v1's readiness is main's).
   bool ready() const { return ready_.load(std::memory_order_acquire); }

@@ -29,13 +29,38 @@ void SetInt(inference::ModelInferResponse& head, const char* name,
   (*head.mutable_parameters())[name].set_int64_param(value);
 }
 
+const v1::SharedMemoryRange* PlacedRange(const PlacedRanges& placed,
+                                         Output output) {
+  switch (output) {
+    case Output::kProbs:
+      return placed.probs;
+    case Output::kContext:
+      return placed.context;
+    case Output::kLogits:
+      break;
+  }
+  return placed.logits;
+}
+
+// Triton's parameters of an output placed in shared memory.
+void DescribePlacement(const v1::SharedMemoryRange& range,
+                       inference::ModelInferResponse::InferOutputTensor& meta) {
+  auto& parameters = *meta.mutable_parameters();
+  parameters["shared_memory_region"].set_string_param(range.region());
+  parameters["shared_memory_offset"].set_int64_param(
+      static_cast<int64_t>(range.offset()));
+  parameters["shared_memory_byte_size"].set_int64_param(
+      static_cast<int64_t>(range.byte_size()));
+}
+
 }  // namespace
 
 grpc::ByteBuffer EncodeInferResponse(absl::string_view model_name,
                                      absl::string_view id,
                                      const std::vector<Output>& outputs,
                                      const scoring::ScoreResult& result,
-                                     const BatchTiming& timing) {
+                                     const BatchTiming& timing,
+                                     const PlacedRanges& placed) {
   // Fields 1-5 by protobuf, then raw_output_contents (6) by hand: a tag and
   // length per output, its bytes a slice of their own.
   inference::ModelInferResponse head;
@@ -51,13 +76,18 @@ grpc::ByteBuffer EncodeInferResponse(absl::string_view model_name,
     meta->set_name(OutputName(output));
     meta->set_datatype(DatatypeName(tensor.dtype));
     meta->mutable_shape()->Add(tensor.shape.begin(), tensor.shape.end());
+    if (const v1::SharedMemoryRange* range = PlacedRange(placed, output)) {
+      DescribePlacement(*range, *meta);
+    }
   }
   v1::SliceAssembler out;
   head.AppendToString(&out.pending());
   for (Output output : outputs) {
     out.AppendBytesField(
         inference::ModelInferResponse::kRawOutputContentsFieldNumber,
-        SliceOver(Tensor(result, output)));
+        PlacedRange(placed, output) != nullptr
+            ? grpc::Slice()
+            : SliceOver(Tensor(result, output)));
   }
   return out.Finish();
 }
@@ -74,13 +104,22 @@ absl::StatusOr<ValidatedRequest> KServeInferCodec::Parse(
       MapInferRequest(request_.message, limits, models, raw);
   if (!mapped.ok()) return mapped.status();
   outputs_ = std::move(mapped->outputs);
+  absl::StatusOr<std::vector<ResolvedPlacement>> placements =
+      ResolvePlacementList(mapped->placements, mapped->validated,
+                           shared_memory_, owner_);
+  if (!placements.ok()) return placements.status();
+  placements_ = *std::move(placements);
+  OfferDestinations(placements_, &mapped->validated.item);
   return std::move(mapped->validated);
 }
 
 absl::StatusOr<grpc::ByteBuffer> KServeInferCodec::EncodeResult(
     const scoring::ScoreResult& result, const BatchTiming& timing) const {
+  absl::StatusOr<PlacedRanges> placed = WritePlacements(placements_, result);
+  if (!placed.ok()) return placed.status();
   return EncodeInferResponse(request_.message.model_name(),
-                             request_.message.id(), outputs_, result, timing);
+                             request_.message.id(), outputs_, result, timing,
+                             *placed);
 }
 
 }  // namespace attnscore::service::kserve

@@ -198,8 +198,8 @@ absl::StatusOr<std::array<int, 5>> IndexInputs(
     if (!input.parameters().empty()) {
       return absl::InvalidArgumentError(absl::StrCat(
           input.name(),
-          ": expected no input parameters (shared memory is "
-          "not served), got \"",
+          ": expected no input parameters (inputs are not read from "
+          "shared memory, only outputs written there), got \"",
           ClientStringForLog(input.parameters().begin()->first), "\""));
     }
     slot = i;
@@ -350,9 +350,80 @@ absl::Status MapParameters(const ModelInferRequest& request,
   return absl::OkStatus();
 }
 
+// An output parameter's int64 value (>= 0).
+absl::StatusOr<uint64_t> ByteCount(const std::string& field,
+                                   const InferParameter& value) {
+  if (value.parameter_choice_case() != InferParameter::kInt64Param ||
+      value.int64_param() < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        field, ": expected an int64 >= 0, got ",
+        value.parameter_choice_case() == InferParameter::kInt64Param
+            ? std::to_string(value.int64_param())
+            : ParameterKind(value)));
+  }
+  return static_cast<uint64_t>(value.int64_param());
+}
+
+// `wanted`'s parameters (outputs[i]): none, or Triton's shared-memory
+// placement, appended to `placements`.
+absl::Status MapOutputParameters(
+    int i, const ModelInferRequest::InferRequestedOutputTensor& wanted,
+    Output output, std::vector<PlacementRequest>& placements) {
+  if (wanted.parameters().empty()) return absl::OkStatus();
+  const std::string field = absl::StrCat("outputs[", i, "].parameters.");
+  PlacementRequest placement;
+  placement.output = V1Output(output);
+  placement.output_field = absl::StrCat("outputs[", i, "].name");
+  placement.region_field = field + "shared_memory_region";
+  placement.range_field = field + "shared_memory_offset";
+  placement.size_field = field + "shared_memory_byte_size";
+  bool has_region = false, has_size = false;
+  for (const auto& [name, value] : wanted.parameters()) {
+    if (name == "shared_memory_region" &&
+        value.parameter_choice_case() == InferParameter::kStringParam) {
+      placement.range.set_region(value.string_param());
+      has_region = true;
+      continue;
+    }
+    absl::StatusOr<uint64_t> bytes = uint64_t{0};
+    if (name == "shared_memory_region") {
+      bytes = absl::InvalidArgumentError(
+          absl::StrCat(placement.region_field, ": expected a string, got ",
+                       ParameterKind(value)));
+    } else if (name == "shared_memory_byte_size") {
+      bytes = ByteCount(placement.size_field, value);
+      if (bytes.ok()) placement.range.set_byte_size(*bytes);
+      has_size = true;
+    } else if (name == "shared_memory_offset") {
+      bytes = ByteCount(placement.range_field, value);
+      if (bytes.ok()) placement.range.set_offset(*bytes);
+    } else {
+      bytes = absl::InvalidArgumentError(absl::StrCat(
+          field, ClientStringForLog(name),
+          ": expected shared_memory_region, shared_memory_byte_size or "
+          "shared_memory_offset"));
+    }
+    if (!bytes.ok()) return bytes.status();
+  }
+  if (!has_region) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(placement.region_field,
+                     ": expected the region's name (a string), got none"));
+  }
+  if (!has_size) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        placement.size_field,
+        ": expected the range's bytes (an int64) with shared_memory_region, "
+        "got none"));
+  }
+  placements.push_back(std::move(placement));
+  return absl::OkStatus();
+}
+
 // The requested outputs, in order; none means logits.
-absl::StatusOr<std::vector<Output>> MapOutputs(const ModelInferRequest& request,
-                                               scoring::ScoreSpec& spec) {
+absl::StatusOr<std::vector<Output>> MapOutputs(
+    const ModelInferRequest& request, scoring::ScoreSpec& spec,
+    std::vector<PlacementRequest>& placements) {
   std::vector<Output> outputs;
   for (int i = 0; i < request.outputs_size(); ++i) {
     const ModelInferRequest::InferRequestedOutputTensor& wanted =
@@ -368,10 +439,9 @@ absl::StatusOr<std::vector<Output>> MapOutputs(const ModelInferRequest& request,
                        "context, got \"",
                        ClientStringForLog(wanted.name()), "\""));
     }
-    if (!wanted.parameters().empty()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          wanted.name(), ": expected no output parameters, got \"",
-          ClientStringForLog(wanted.parameters().begin()->first), "\""));
+    if (absl::Status s = MapOutputParameters(i, wanted, *output, placements);
+        !s.ok()) {
+      return s;
     }
     for (Output seen : outputs) {
       if (seen == *output) {
@@ -411,6 +481,18 @@ std::optional<DType> ParseDatatype(absl::string_view name) {
     if (name == DatatypeName(dtype)) return dtype;
   }
   return std::nullopt;
+}
+
+v1::Output V1Output(Output output) {
+  switch (output) {
+    case Output::kProbs:
+      return v1::PROBS;
+    case Output::kContext:
+      return v1::CONTEXT;
+    case Output::kLogits:
+      break;
+  }
+  return v1::LOGITS;
 }
 
 const char* OutputName(Output output) {
@@ -469,7 +551,8 @@ absl::StatusOr<MappedInfer> MapInferRequest(
   if (absl::Status s = MapParameters(request, spec, output_dtype); !s.ok()) {
     return s;
   }
-  absl::StatusOr<std::vector<Output>> outputs = MapOutputs(request, spec);
+  absl::StatusOr<std::vector<Output>> outputs =
+      MapOutputs(request, spec, out.placements);
   if (!outputs.ok()) return outputs.status();
   out.outputs = *std::move(outputs);
   absl::StatusOr<std::array<int, 5>> index = IndexInputs(request);

@@ -16,7 +16,10 @@
 // layout (string: BHSD, BSHD, SBHD), output_dtype (string: FP32, FP16, BF16;
 // default the query's datatype); Triton's `priority` and `timeout` are
 // accepted and ignored, any other parameter is an error. Outputs by name:
-// logits, probs, context (default logits), in the order asked for.
+// logits, probs, context (default logits), in the order asked for; an output's
+// parameters may place it in a registered shared-memory region (Triton's
+// system shared memory): shared_memory_region (string), shared_memory_byte_size
+// (int64) and shared_memory_offset (int64, default 0), the first two together.
 //
 // Errors: INVALID_ARGUMENT naming the input, parameter or output and the
 // expected vs. actual value; NOT_FOUND for an unknown model or version;
@@ -37,6 +40,7 @@
 #include "inference/grpc_predict_v2.pb.h"
 #include "server/scoring/score_spec.h"
 #include "server/service/model_registry.h"
+#include "server/service/output_placement.h"
 #include "server/service/request_validation.h"
 
 namespace attnscore::service::kserve {
@@ -61,7 +65,13 @@ const char* OutputName(Output output);
 struct MappedInfer {
   ValidatedRequest validated;
   std::vector<Output> outputs;  // reply order
+  // The outputs placed in shared memory, to resolve against the caller's
+  // regions (output_placement.h).
+  std::vector<PlacementRequest> placements;
 };
+
+// The v1 output of `output` (for output_placement.h).
+v1::Output V1Output(Output output);
 
 // Where raw_input_contents[i]'s bytes are when the parser kept them outside
 // the message (kserve_request_parser.h); empty: in the message.

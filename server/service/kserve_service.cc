@@ -1,12 +1,18 @@
 #include "server/service/kserve_service.h"
 
+#include <spdlog/spdlog.h>
+
 #include <memory>
 #include <string>
 #include <utility>
 
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
 #include "attnscore/version.h"
 #include "server/service/kserve_codec.h"
 #include "server/service/kserve_request.h"
+#include "server/service/request_validation.h"
+#include "server/service/shared_memory.h"
 #include "server/service/status_conversion.h"
 
 namespace attnscore::service {
@@ -122,6 +128,9 @@ grpc::ServerUnaryReactor* KServeService::ServerMetadata(
   }
   response->set_name("attnscore");
   response->set_version(kVersion);
+  if (scoring_->shared_memory().enabled()) {
+    response->add_extensions("system_shared_memory");
+  }
   return Finish(context, Method::kServerMetadata, start, absl::OkStatus(),
                 *client);
 }
@@ -152,10 +161,95 @@ grpc::ServerUnaryReactor* KServeService::ModelInfer(
     grpc::ByteBuffer* response) {
   return scoring_->ScoreUnary(
       Method::kModelInfer,
-      [](const std::string& /*client*/) -> std::unique_ptr<ScoreCodec> {
-        return std::make_unique<kserve::KServeInferCodec>();
+      [this](const std::string& client) -> std::unique_ptr<ScoreCodec> {
+        return std::make_unique<kserve::KServeInferCodec>(
+            &scoring_->shared_memory(), client);
       },
       context, request, response);
+}
+
+grpc::ServerUnaryReactor* KServeService::SystemSharedMemoryStatus(
+    grpc::CallbackServerContext* context,
+    const inference::SystemSharedMemoryStatusRequest* request,
+    inference::SystemSharedMemoryStatusResponse* response) {
+  const int64_t start = clock_->NowMicros();
+  absl::StatusOr<std::string> client = scoring_->Authenticate(*context);
+  if (!client.ok()) {
+    return Finish(context, Method::kSystemSharedMemoryStatus, start,
+                  client.status(), "-");
+  }
+  const SharedMemoryRegistry& registry = scoring_->shared_memory();
+  absl::Status status = registry.CheckEnabled();
+  if (status.ok()) {
+    for (const SharedMemorySpec& spec : registry.List(*client)) {
+      if (!request->name().empty() && spec.name != request->name()) continue;
+      auto& out = (*response->mutable_regions())[spec.name];
+      out.set_name(spec.name);
+      out.set_key("/" + spec.key);
+      out.set_offset(spec.offset);
+      out.set_byte_size(spec.byte_size);
+    }
+    if (!request->name().empty() && response->regions().empty()) {
+      status = absl::NotFoundError(absl::StrCat(
+          "name: no shared-memory region \"",
+          ClientStringForLog(request->name()), "\" is registered"));
+    }
+  }
+  return Finish(context, Method::kSystemSharedMemoryStatus, start, status,
+                *client);
+}
+
+grpc::ServerUnaryReactor* KServeService::SystemSharedMemoryRegister(
+    grpc::CallbackServerContext* context,
+    const inference::SystemSharedMemoryRegisterRequest* request,
+    inference::SystemSharedMemoryRegisterResponse* /*response*/) {
+  const int64_t start = clock_->NowMicros();
+  absl::StatusOr<std::string> client = scoring_->Authenticate(*context);
+  if (!client.ok()) {
+    return Finish(context, Method::kSystemSharedMemoryRegister, start,
+                  client.status(), "-");
+  }
+  SharedMemorySpec spec;
+  spec.name = request->name();
+  // Triton's clients name the object as shm_open does, with a leading '/'.
+  spec.key = absl::StartsWith(request->key(), "/") ? request->key().substr(1)
+                                                   : request->key();
+  spec.offset = request->offset();
+  spec.byte_size = request->byte_size();
+  const absl::Status status =
+      scoring_->shared_memory().Register(*client, std::move(spec));
+  if (status.ok()) {
+    spdlog::info("shared memory: {} registered region {} ({}, {} bytes)",
+                 ClientStringForLog(*client),
+                 ClientStringForLog(request->name()),
+                 ClientStringForLog(request->key()), request->byte_size());
+  }
+  return Finish(context, Method::kSystemSharedMemoryRegister, start, status,
+                *client);
+}
+
+grpc::ServerUnaryReactor* KServeService::SystemSharedMemoryUnregister(
+    grpc::CallbackServerContext* context,
+    const inference::SystemSharedMemoryUnregisterRequest* request,
+    inference::SystemSharedMemoryUnregisterResponse* /*response*/) {
+  const int64_t start = clock_->NowMicros();
+  absl::StatusOr<std::string> client = scoring_->Authenticate(*context);
+  if (!client.ok()) {
+    return Finish(context, Method::kSystemSharedMemoryUnregister, start,
+                  client.status(), "-");
+  }
+  SharedMemoryRegistry& registry = scoring_->shared_memory();
+  absl::Status status = registry.CheckEnabled();
+  if (status.ok() && request->name().empty()) {
+    for (const SharedMemorySpec& spec : registry.List(*client)) {
+      // Another call may have unregistered it meanwhile: nothing to do.
+      registry.Unregister(*client, spec.name).IgnoreError();
+    }
+  } else if (status.ok()) {
+    status = registry.Unregister(*client, request->name());
+  }
+  return Finish(context, Method::kSystemSharedMemoryUnregister, start, status,
+                *client);
 }
 
 }  // namespace attnscore::service

@@ -18,6 +18,13 @@
 // output in the default layout BHSD, -1 for a variable dim; NOT_FOUND for an
 // unknown model.
 //
+// Shared memory: Triton's system shared-memory extension over the scoring
+// service's registry (shared_memory.h: --shm-prefix, regions per identity);
+// a key may carry the leading '/' that Triton's clients give it. An empty
+// name means every region of the caller (Status, Unregister); a name the
+// caller has not registered is NOT_FOUND. ServerMetadata lists the
+// extension "system_shared_memory" when --shm-prefix is set.
+//
 // Ownership: borrows the scoring service, the model registry and the metrics,
 // which must outlive it. Thread safety: gRPC calls the handlers concurrently;
 // the class has no mutable state. Errors: absl::Status, converted once by
@@ -39,17 +46,17 @@ namespace attnscore::service {
 
 // ModelInfer exchanges raw ByteBuffers (our serialization); the small methods
 // use the generated messages.
-using KServeRawService =
-    inference::GRPCInferenceService::WithRawCallbackMethod_ModelInfer<
-        inference::GRPCInferenceService::WithCallbackMethod_ServerLive<
-            inference::GRPCInferenceService::WithCallbackMethod_ServerReady<
-                inference::GRPCInferenceService::WithCallbackMethod_ModelReady<
-                    inference::GRPCInferenceService::
-                        WithCallbackMethod_ServerMetadata<
-                            inference::GRPCInferenceService::
-                                WithCallbackMethod_ModelMetadata<
-                                    inference::GRPCInferenceService::
-                                        Service>>>>>>;
+using Grpc = inference::GRPCInferenceService;
+using KServeRawService = Grpc::WithRawCallbackMethod_ModelInfer<
+    Grpc::WithCallbackMethod_ServerLive<Grpc::WithCallbackMethod_ServerReady<
+        Grpc::WithCallbackMethod_ModelReady<
+            Grpc::WithCallbackMethod_ServerMetadata<
+                Grpc::WithCallbackMethod_ModelMetadata<
+                    Grpc::WithCallbackMethod_SystemSharedMemoryStatus<
+                        Grpc::WithCallbackMethod_SystemSharedMemoryRegister<
+                            Grpc::
+                                WithCallbackMethod_SystemSharedMemoryUnregister<
+                                    Grpc::Service>>>>>>>>>;
 
 class KServeService final : public KServeRawService {
  public:
@@ -81,6 +88,18 @@ class KServeService final : public KServeRawService {
   grpc::ServerUnaryReactor* ModelInfer(grpc::CallbackServerContext* context,
                                        const grpc::ByteBuffer* request,
                                        grpc::ByteBuffer* response) override;
+  grpc::ServerUnaryReactor* SystemSharedMemoryStatus(
+      grpc::CallbackServerContext* context,
+      const inference::SystemSharedMemoryStatusRequest* request,
+      inference::SystemSharedMemoryStatusResponse* response) override;
+  grpc::ServerUnaryReactor* SystemSharedMemoryRegister(
+      grpc::CallbackServerContext* context,
+      const inference::SystemSharedMemoryRegisterRequest* request,
+      inference::SystemSharedMemoryRegisterResponse* response) override;
+  grpc::ServerUnaryReactor* SystemSharedMemoryUnregister(
+      grpc::CallbackServerContext* context,
+      const inference::SystemSharedMemoryUnregisterRequest* request,
+      inference::SystemSharedMemoryUnregisterResponse* response) override;
 
  private:
   // Records the method's metrics (for `client`) and finishes the call with

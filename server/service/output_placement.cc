@@ -36,44 +36,47 @@ uint64_t OutputBytes(const ValidatedRequest& validated, v1::Output output) {
 }
 
 absl::StatusOr<ResolvedPlacement> ResolveOne(
-    const v1::OutputPlacement& placement, const std::string& field,
-    const ValidatedRequest& validated, const SharedMemoryRegistry& registry,
-    absl::string_view owner) {
-  if (!Wanted(validated.spec, placement.output())) {
+    const PlacementRequest& placement, const ValidatedRequest& validated,
+    const SharedMemoryRegistry& registry, absl::string_view owner) {
+  if (!Wanted(validated.spec, placement.output)) {
     return absl::InvalidArgumentError(absl::StrCat(
-        field, ".output: expected one of the request's outputs, got ",
-        v1::Output_Name(placement.output()).empty()
-            ? std::to_string(placement.output())
-            : v1::Output_Name(placement.output())));
+        placement.output_field, ": expected one of the request's outputs, got ",
+        v1::Output_Name(placement.output).empty()
+            ? std::to_string(placement.output)
+            : v1::Output_Name(placement.output)));
   }
-  const v1::SharedMemoryRange& range = placement.range();
+  const v1::SharedMemoryRange& range = placement.range;
   absl::StatusOr<std::shared_ptr<const MappedRegion>> region =
       registry.Find(owner, range.region());
   if (!region.ok()) {
     return absl::Status(
         region.status().code(),
-        absl::StrCat(field, ".range.region: ", region.status().message()));
+        absl::StrCat(placement.region_field, ": ", region.status().message()));
   }
   const uint64_t region_bytes = (*region)->spec().byte_size;
   if (range.offset() > region_bytes ||
       range.byte_size() > region_bytes - range.offset()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        field, ".range: expected offset + byte_size within the region's ",
-        region_bytes, " bytes, got ", range.offset(), " + ",
-        range.byte_size()));
+    return absl::InvalidArgumentError(
+        absl::StrCat(placement.range_field,
+                     ": expected offset + byte_size within the "
+                     "region's ",
+                     region_bytes, " bytes, got ", range.offset(), " + ",
+                     range.byte_size()));
   }
-  const uint64_t needed = OutputBytes(validated, placement.output());
+  const uint64_t needed = OutputBytes(validated, placement.output);
   if (range.byte_size() < needed) {
     return absl::InvalidArgumentError(
-        absl::StrCat(field, ".range.byte_size: expected at least the ",
-                     v1::Output_Name(placement.output()), " output's ", needed,
+        absl::StrCat(placement.size_field, ": expected at least the ",
+                     v1::Output_Name(placement.output), " output's ", needed,
                      " bytes, got ", range.byte_size()));
   }
   ResolvedPlacement out;
-  out.output = placement.output();
+  out.output = placement.output;
   out.region = *std::move(region);
   out.range = range;
   out.range.set_byte_size(needed);  // what is written; checked for overlap
+  out.output_field = placement.output_field;
+  out.range_field = placement.range_field;
   return out;
 }
 
@@ -86,23 +89,19 @@ absl::Status CheckDisjoint(const std::vector<ResolvedPlacement>& placed) {
       const v1::SharedMemoryRange& b = placed[j].range;
       if (placed[i].output == placed[j].output) {
         return absl::InvalidArgumentError(
-            absl::StrCat("placements[", i,
-                         "].output: expected each output placed at most "
-                         "once, got ",
-                         v1::Output_Name(placed[i].output),
-                         " again (as in "
-                         "placements[",
-                         j, "])"));
+            absl::StrCat(placed[i].output_field,
+                         ": expected each output placed at most once, got ",
+                         v1::Output_Name(placed[i].output), " again (as in ",
+                         placed[j].output_field, ")"));
       }
       if (placed[i].region == placed[j].region &&
           a.offset() < b.offset() + b.byte_size() &&
           b.offset() < a.offset() + a.byte_size()) {
         return absl::InvalidArgumentError(absl::StrCat(
-            "placements[", i,
-            "].range: expected bytes apart from the other "
-            "placements', got [",
-            a.offset(), ", ", a.offset() + a.byte_size(),
-            ") overlapping placements[", j, "]'s [", b.offset(), ", ",
+            placed[i].range_field,
+            ": expected bytes apart from the other placements', got [",
+            a.offset(), ", ", a.offset() + a.byte_size(), ") overlapping ",
+            placed[j].range_field, "'s [", b.offset(), ", ",
             b.offset() + b.byte_size(), ") of region \"", a.region(), "\""));
       }
     }
@@ -121,26 +120,44 @@ const scoring::OutputTensor* TensorOf(const scoring::ScoreResult& result,
 
 }  // namespace
 
-absl::StatusOr<std::vector<ResolvedPlacement>> ResolvePlacements(
-    const v1::ScoreRequest& request, const ValidatedRequest& validated,
-    const SharedMemoryRegistry* registry, absl::string_view owner) {
+absl::StatusOr<std::vector<ResolvedPlacement>> ResolvePlacementList(
+    const std::vector<PlacementRequest>& requests,
+    const ValidatedRequest& validated, const SharedMemoryRegistry* registry,
+    absl::string_view owner) {
   std::vector<ResolvedPlacement> placed;
-  if (request.placements_size() == 0) return placed;
+  if (requests.empty()) return placed;
   if (registry == nullptr || !registry->enabled()) {
-    return absl::FailedPreconditionError(
-        "placements: shared-memory outputs are off: the server was started "
-        "without --shm-prefix");
+    return absl::FailedPreconditionError(absl::StrCat(
+        requests.front().region_field,
+        ": shared-memory outputs are off: the server was started without "
+        "--shm-prefix"));
   }
-  placed.reserve(request.placements_size());
-  for (int i = 0; i < request.placements_size(); ++i) {
+  placed.reserve(requests.size());
+  for (const PlacementRequest& request : requests) {
     absl::StatusOr<ResolvedPlacement> one =
-        ResolveOne(request.placements(i), absl::StrCat("placements[", i, "]"),
-                   validated, *registry, owner);
+        ResolveOne(request, validated, *registry, owner);
     if (!one.ok()) return one.status();
     placed.push_back(*std::move(one));
   }
   if (absl::Status s = CheckDisjoint(placed); !s.ok()) return s;
   return placed;
+}
+
+absl::StatusOr<std::vector<ResolvedPlacement>> ResolvePlacements(
+    const v1::ScoreRequest& request, const ValidatedRequest& validated,
+    const SharedMemoryRegistry* registry, absl::string_view owner) {
+  std::vector<PlacementRequest> requests(request.placements_size());
+  for (int i = 0; i < request.placements_size(); ++i) {
+    const std::string field = absl::StrCat("placements[", i, "]");
+    PlacementRequest& out = requests[i];
+    out.output = request.placements(i).output();
+    out.range = request.placements(i).range();
+    out.output_field = field + ".output";
+    out.region_field = field + ".range.region";
+    out.range_field = field + ".range";
+    out.size_field = field + ".range.byte_size";
+  }
+  return ResolvePlacementList(requests, validated, registry, owner);
 }
 
 void OfferDestinations(const std::vector<ResolvedPlacement>& placements,

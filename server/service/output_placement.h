@@ -15,6 +15,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -31,13 +32,28 @@ namespace attnscore::service {
 struct ResolvedPlacement {
   v1::Output output = v1::OUTPUT_UNSPECIFIED;
   std::shared_ptr<const MappedRegion> region;
-  v1::SharedMemoryRange range;  // as the request gave it
+  v1::SharedMemoryRange range;            // byte_size: the output's bytes
+  std::string output_field, range_field;  // for CheckDisjoint's errors
 };
 
-// Each of `request.placements()`: a wanted output at most once, a region of
-// `owner`'s, a range within the region that holds the whole output, and no
-// two ranges of the request overlapping. Empty when there are none (and then
-// `registry` may be null).
+// One placement as a protocol asked for it, and how its errors name its
+// parts (attnscore.v1: "placements[i].output", ...; the Open Inference
+// Protocol: "outputs[i].parameters.shared_memory_region", ...).
+struct PlacementRequest {
+  v1::Output output = v1::OUTPUT_UNSPECIFIED;
+  v1::SharedMemoryRange range;
+  std::string output_field, region_field, range_field, size_field;
+};
+
+// Each of `requests`: a wanted output at most once, a region of `owner`'s, a
+// range within the region that holds the whole output, and no two ranges
+// overlapping. Empty when there are none (and then `registry` may be null).
+absl::StatusOr<std::vector<ResolvedPlacement>> ResolvePlacementList(
+    const std::vector<PlacementRequest>& requests,
+    const ValidatedRequest& validated, const SharedMemoryRegistry* registry,
+    absl::string_view owner);
+
+// ResolvePlacementList of an attnscore.v1 request's `placements`.
 absl::StatusOr<std::vector<ResolvedPlacement>> ResolvePlacements(
     const v1::ScoreRequest& request, const ValidatedRequest& validated,
     const SharedMemoryRegistry* registry, absl::string_view owner);

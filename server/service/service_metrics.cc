@@ -41,6 +41,12 @@ const char* MethodName(Method method) {
       return "ModelMetadata";
     case Method::kModelInfer:
       return "ModelInfer";
+    case Method::kSystemSharedMemoryStatus:
+      return "SystemSharedMemoryStatus";
+    case Method::kSystemSharedMemoryRegister:
+      return "SystemSharedMemoryRegister";
+    case Method::kSystemSharedMemoryUnregister:
+      return "SystemSharedMemoryUnregister";
     case Method::kCount:
       break;
   }

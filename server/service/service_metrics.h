@@ -58,6 +58,9 @@ enum class Method {
   kServerMetadata,
   kModelMetadata,
   kModelInfer,
+  kSystemSharedMemoryStatus,
+  kSystemSharedMemoryRegister,
+  kSystemSharedMemoryUnregister,
   kCount
 };
 inline constexpr int kNumMethods = static_cast<int>(Method::kCount);

@@ -159,6 +159,76 @@ TEST(KServeRequestTest, ErrorsNameTheInputParameterOrOutput) {
       << mapped.status();
 }
 
+// Triton's output parameters for system shared memory become placements
+// (resolved later against the caller's regions, output_placement.h); other
+// output parameters, or half of the pair, are refused naming the parameter.
+TEST(KServeRequestTest, SharedMemoryOutputParametersBecomePlacements) {
+  ModelInferRequest request = MakeRequest(/*raw=*/true);
+  request.add_outputs()->set_name("logits");
+  auto* probs = request.add_outputs();
+  probs->set_name("probs");
+  (*probs->mutable_parameters())["shared_memory_region"].set_string_param(
+      "out");
+  (*probs->mutable_parameters())["shared_memory_byte_size"].set_int64_param(96);
+  (*probs->mutable_parameters())["shared_memory_offset"].set_int64_param(4096);
+  absl::StatusOr<MappedInfer> mapped =
+      MapInferRequest(request, RequestLimits{}, NoModels());
+  ASSERT_TRUE(mapped.ok()) << mapped.status();
+  ASSERT_EQ(mapped->placements.size(), 1u);
+  const PlacementRequest& placed = mapped->placements[0];
+  EXPECT_EQ(placed.output, v1::PROBS);
+  EXPECT_EQ(placed.range.region(), "out");
+  EXPECT_EQ(placed.range.offset(), 4096u);
+  EXPECT_EQ(placed.range.byte_size(), 96u);
+  EXPECT_EQ(placed.size_field, "outputs[1].parameters.shared_memory_byte_size");
+
+  struct Case {
+    const char* what;
+    void (*edit)(ModelInferRequest::InferRequestedOutputTensor&);
+    const char* message;
+  };
+  const Case cases[] = {
+      {"no size",
+       [](ModelInferRequest::InferRequestedOutputTensor& o) {
+         o.mutable_parameters()->erase("shared_memory_byte_size");
+       },
+       "outputs[1].parameters.shared_memory_byte_size: expected the range's "
+       "bytes"},
+      {"no region",
+       [](ModelInferRequest::InferRequestedOutputTensor& o) {
+         o.mutable_parameters()->erase("shared_memory_region");
+       },
+       "outputs[1].parameters.shared_memory_region: expected the region's "
+       "name"},
+      {"negative offset",
+       [](ModelInferRequest::InferRequestedOutputTensor& o) {
+         (*o.mutable_parameters())["shared_memory_offset"].set_int64_param(-1);
+       },
+       "shared_memory_offset: expected an int64 >= 0, got -1"},
+      {"size as a string",
+       [](ModelInferRequest::InferRequestedOutputTensor& o) {
+         (*o.mutable_parameters())["shared_memory_byte_size"].set_string_param(
+             "96");
+       },
+       "shared_memory_byte_size: expected an int64 >= 0, got a string"},
+      {"other parameter",
+       [](ModelInferRequest::InferRequestedOutputTensor& o) {
+         (*o.mutable_parameters())["classification"].set_int64_param(3);
+       },
+       "outputs[1].parameters.classification: expected shared_memory_region"},
+  };
+  for (const Case& c : cases) {
+    ModelInferRequest edited = request;
+    c.edit(*edited.mutable_outputs(1));
+    mapped = MapInferRequest(edited, RequestLimits{}, NoModels());
+    ASSERT_FALSE(mapped.ok()) << c.what;
+    EXPECT_EQ(mapped.status().code(), absl::StatusCode::kInvalidArgument)
+        << c.what;
+    EXPECT_NE(mapped.status().message().find(c.message), std::string::npos)
+        << c.what << ": " << mapped.status();
+  }
+}
+
 TEST(KServeRequestTest, RelativeModelsByNameAndTheirLimits) {
   auto models = FakeModelSet({FakeModelInfo("xl", "xl.safetensors", 2, 4, 8)});
   ModelInferRequest request = MakeRequest(/*raw=*/true);
@@ -199,6 +269,38 @@ TEST(KServeCodecTest, ReplyParsesAsAModelInferResponseWithTheBytesInPlace) {
   EXPECT_EQ(response.raw_output_contents(0),
             std::string(reinterpret_cast<const char*>(keep->data()), 12));
   EXPECT_EQ(response.raw_output_contents(1), "");
+}
+
+// A placed output, as Triton's server answers it: an empty raw entry (the
+// entries stay aligned with the outputs) and its range in its parameters.
+TEST(KServeCodecTest, PlacedOutputsHaveAnEmptyEntryAndTheirRange) {
+  auto keep = std::make_shared<std::vector<float>>(std::vector<float>{1, 2, 3});
+  scoring::ScoreResult result;
+  result.probs = scoring::OutputTensor{
+      DType::kFloat32, {1, 1, 1, 3}, keep->data(), 12, keep};
+  result.logits = result.probs;
+  v1::SharedMemoryRange range;
+  range.set_region("out");
+  range.set_offset(64);
+  range.set_byte_size(12);
+  PlacedRanges placed;
+  placed.logits = &range;
+  grpc::ByteBuffer buffer =
+      EncodeInferResponse("alibi", "id-2", {Output::kLogits, Output::kProbs},
+                          result, BatchTiming{5, 6, 7}, placed);
+  grpc::ProtoBufferReader reader(&buffer);
+  inference::ModelInferResponse response;
+  ASSERT_TRUE(response.ParseFromZeroCopyStream(&reader));
+  ASSERT_EQ(response.outputs_size(), 2);
+  ASSERT_EQ(response.raw_output_contents_size(), 2);
+  EXPECT_EQ(response.raw_output_contents(0), "");
+  EXPECT_EQ(response.raw_output_contents(1).size(), 12u);
+  const auto& parameters = response.outputs(0).parameters();
+  EXPECT_EQ(parameters.at("shared_memory_region").string_param(), "out");
+  EXPECT_EQ(parameters.at("shared_memory_offset").int64_param(), 64);
+  EXPECT_EQ(parameters.at("shared_memory_byte_size").int64_param(), 12);
+  EXPECT_TRUE(response.outputs(1).parameters().empty());
+  EXPECT_EQ(response.outputs(0).shape_size(), 4);
 }
 
 TEST(ModelRegistryTest, AParameterSetNamedAlibiIsRefusedAndReloadKeepsTheSet) {

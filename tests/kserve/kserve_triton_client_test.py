@@ -30,6 +30,7 @@ from typing import Any, ClassVar, Optional
 import ml_dtypes
 import numpy as np
 import tritonclient.grpc as triton
+import tritonclient.utils.shared_memory as shm
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
@@ -38,6 +39,8 @@ GOLDEN_DIR = Path()
 ATOL = 1e-4
 RTOL = 1e-4
 RPC_TIMEOUT_S = 60.0
+# The server's --shm-prefix; the objects this test creates are named with it.
+SHM_PREFIX = "attnscore-test-"
 
 ST_DTYPES = {"F32": np.float32, "F16": np.float16, "I32": np.int32, "I64": np.int64}
 
@@ -154,7 +157,7 @@ class ServerProcess:
             self.proc = subprocess.Popen(
                 [SERVER_BIN, "--listen", "127.0.0.1:0", "--port-file", str(port_file),
                  "--metrics-listen", "", "--model-dir", str(model_dir), "--threads", "2",
-                 "--log-level", "warn"],
+                 "--log-level", "warn", "--shm-prefix", SHM_PREFIX],
                 stdout=log, stderr=subprocess.STDOUT, env=clean_env())
         deadline = time.monotonic() + 60
         while not port_file.exists() or not port_file.read_text().strip():
@@ -247,6 +250,65 @@ class KServeEndpointTest(unittest.TestCase):
         metadata = self.client.get_server_metadata(as_json=True, client_timeout=RPC_TIMEOUT_S)
         self.assertEqual(metadata["name"], "attnscore")
         self.assertRegex(metadata["version"], r"^\d+\.\d+")
+        self.assertIn("system_shared_memory", metadata["extensions"])
+
+    def test_system_shared_memory_outputs(self) -> None:
+        """Triton's system shared memory through Triton's own client: register a region, place
+        logits and probs in it (probs right after the logits), and read there exactly the bytes the reply
+        carries in band; status, unregister, and the errors."""
+        case = self.case("alibi_causal_h8.safetensors")
+        in_band = self.infer("alibi", case_inputs(case), ["logits", "probs"], case.parameters())
+        logits, probs = in_band.as_numpy("logits"), in_band.as_numpy("probs")
+        size = logits.nbytes
+        key = f"/{SHM_PREFIX}{os.getpid()}-kserve"
+        handle = shm.create_shared_memory_region("scores", key, 2 * size)
+        try:
+            self.client.register_system_shared_memory("scores", key, 2 * size,
+                                                      client_timeout=RPC_TIMEOUT_S)
+            status = self.client.get_system_shared_memory_status(as_json=True,
+                                                                 client_timeout=RPC_TIMEOUT_S)
+            self.assertEqual(status["regions"]["scores"]["key"], key)
+            self.assertEqual(int(status["regions"]["scores"]["byte_size"]), 2 * size)
+
+            outputs = [triton.InferRequestedOutput("logits"), triton.InferRequestedOutput("probs")]
+            outputs[0].set_shared_memory("scores", size)
+            outputs[1].set_shared_memory("scores", size, offset=size)
+            placed = self.client.infer("alibi", case_inputs(case), outputs=outputs,
+                                       parameters=case.parameters(), client_timeout=RPC_TIMEOUT_S)
+            for name, want, offset in (("logits", logits, 0), ("probs", probs, size)):
+                output = placed.get_output(name)
+                self.assertEqual(list(output.shape), list(want.shape))
+                self.assertEqual(output.parameters["shared_memory_region"].string_param, "scores")
+                self.assertEqual(output.parameters["shared_memory_offset"].int64_param, offset)
+                got = shm.get_contents_as_numpy(handle, np.float32, list(output.shape),
+                                                offset=offset)
+                self.assertEqual(got.tobytes(), want.tobytes(), name)
+            self.assertEqual(len(placed.get_response().raw_output_contents[0]), 0)
+
+            short = [triton.InferRequestedOutput("logits")]
+            short[0].set_shared_memory("scores", size - 4)
+            self.assert_error("INVALID_ARGUMENT",
+                              "outputs[0].parameters.shared_memory_byte_size: expected at least",
+                              lambda: self.client.infer("alibi", case_inputs(case), outputs=short,
+                                                        client_timeout=RPC_TIMEOUT_S))
+            self.client.unregister_system_shared_memory("scores", client_timeout=RPC_TIMEOUT_S)
+            self.assert_error("NOT_FOUND", "outputs[0].parameters.shared_memory_region",
+                              lambda: self.client.infer("alibi", case_inputs(case),
+                                                        outputs=outputs[:1],
+                                                        client_timeout=RPC_TIMEOUT_S))
+            self.assert_error("NOT_FOUND", '"scores"',
+                              lambda: self.client.get_system_shared_memory_status(
+                                  "scores", client_timeout=RPC_TIMEOUT_S))
+            outside = f"/other-app-{os.getpid()}"
+            self.assert_error("INVALID_ARGUMENT", "--shm-prefix",
+                              lambda: self.client.register_system_shared_memory(
+                                  "x", outside, 4096, client_timeout=RPC_TIMEOUT_S))
+        finally:
+            self.client.unregister_system_shared_memory(client_timeout=RPC_TIMEOUT_S)
+            shm.destroy_shared_memory_region(handle)
+        status = self.client.get_system_shared_memory_status(as_json=True,
+                                                             client_timeout=RPC_TIMEOUT_S)
+        self.assertEqual(status.get("regions", {}), {})
 
     def test_model_metadata(self) -> None:
         alibi = self.client.get_model_metadata("alibi", as_json=True,

@@ -327,7 +327,7 @@ TEST_F(OutputPlacementTest, ResolvesAndChecksEveryPlacement) {
       {{{v1::LOGITS, "r", 0, 192}, {v1::PROBS, "r", 100, 192}},
        absl::StatusCode::kInvalidArgument,
        "placements[1].range: expected bytes apart from the other placements', "
-       "got [100, 292) overlapping placements[0]'s [0, 192)"},
+       "got [100, 292) overlapping placements[0].range's [0, 192)"},
       {{{v1::PROBS, "r", 0, 192}, {v1::PROBS, "r", 1024, 192}},
        absl::StatusCode::kInvalidArgument,
        "placements[1].output: expected each output placed at most once"},
