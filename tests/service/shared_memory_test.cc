@@ -187,14 +187,25 @@ TEST(SharedMemoryRegistryTest, MappingOutlivesUnregisterWhileHeld) {
   EXPECT_EQ(object.data()[4095], 'x');
 }
 
+// `object` (4 pages) registered whole as "anonymous"'s region "r"; null when
+// that failed.
+std::shared_ptr<const MappedRegion> RegisterWhole(
+    SharedMemoryRegistry& registry, const ShmObject& object) {
+  constexpr uint64_t kBytes = uint64_t{4} * 4096;
+  if (!registry.Register("anonymous", Spec("r", object.key(), 0, kBytes))
+           .ok()) {
+    return nullptr;
+  }
+  absl::StatusOr<std::shared_ptr<const MappedRegion>> region =
+      registry.Find("anonymous", "r");
+  return region.ok() ? *region : nullptr;
+}
+
 TEST(SharedMemoryRegistryTest, TruncatedObjectFailsTheWriteNotTheProcess) {
   SharedMemoryRegistry registry = Registry();
   ShmObject object(size_t{4} * 4096);
-  ASSERT_TRUE(
-      registry
-          .Register("anonymous", Spec("r", object.key(), 0, size_t{4} * 4096))
-          .ok());
-  std::shared_ptr<const MappedRegion> region = *registry.Find("anonymous", "r");
+  std::shared_ptr<const MappedRegion> region = RegisterWhole(registry, object);
+  ASSERT_NE(region, nullptr);
   object.Truncate(4096);
   const std::vector<char> bytes(size_t{4} * 4096, 'y');
   const absl::Status status = region->Write(0, bytes.data(), bytes.size());
@@ -211,11 +222,8 @@ TEST(SharedMemoryRegistryTest, TruncatedObjectFailsTheWriteNotTheProcess) {
   region.reset();
   ASSERT_TRUE(registry.Unregister("anonymous", "r").ok());
   object.Truncate(size_t{4} * 4096);
-  ASSERT_TRUE(
-      registry
-          .Register("anonymous", Spec("r", object.key(), 0, size_t{4} * 4096))
-          .ok());
-  region = *registry.Find("anonymous", "r");
+  region = RegisterWhole(registry, object);
+  ASSERT_NE(region, nullptr);
   EXPECT_TRUE(region->Write(0, other.data(), other.size()).ok());
   EXPECT_EQ(object.data()[4095], 'z');
 }
@@ -225,11 +233,8 @@ TEST(SharedMemoryRegistryTest, TruncatedObjectFailsTheWriteNotTheProcess) {
 TEST(SharedMemoryRegistryTest, AFaultOnAnyThreadBreaksTheRegion) {
   SharedMemoryRegistry registry = Registry();
   ShmObject object(size_t{4} * 4096);
-  ASSERT_TRUE(
-      registry
-          .Register("anonymous", Spec("r", object.key(), 0, size_t{4} * 4096))
-          .ok());
-  std::shared_ptr<const MappedRegion> region = *registry.Find("anonymous", "r");
+  std::shared_ptr<const MappedRegion> region = RegisterWhole(registry, object);
+  ASSERT_NE(region, nullptr);
   EXPECT_TRUE(region->CheckIntact().ok());
   object.Truncate(4096);
   std::thread writer(
