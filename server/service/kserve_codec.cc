@@ -3,6 +3,7 @@
 #include <grpcpp/support/slice.h>
 
 #include <memory>
+#include <optional>
 #include <utility>
 
 #include "proto/attnscore/v1/slice_assembler.h"
@@ -100,8 +101,11 @@ absl::StatusOr<ValidatedRequest> KServeInferCodec::Parse(
     return parsed;
   }
   const std::vector<TensorBytesView> raw = request_.raw_views();
+  absl::StatusOr<std::vector<std::optional<TensorBytesView>>> shared =
+      ResolveSharedInputs();
+  if (!shared.ok()) return shared.status();
   absl::StatusOr<MappedInfer> mapped =
-      MapInferRequest(request_.message, limits, models, raw);
+      MapInferRequest(request_.message, limits, models, raw, *shared);
   if (!mapped.ok()) return mapped.status();
   outputs_ = std::move(mapped->outputs);
   absl::StatusOr<std::vector<ResolvedPlacement>> placements =
@@ -113,8 +117,33 @@ absl::StatusOr<ValidatedRequest> KServeInferCodec::Parse(
   return std::move(mapped->validated);
 }
 
+absl::StatusOr<std::vector<std::optional<TensorBytesView>>>
+KServeInferCodec::ResolveSharedInputs() {
+  absl::StatusOr<std::vector<SharedInputRequest>> requests =
+      SharedInputRequests(request_.message);
+  if (!requests.ok()) return requests.status();
+  std::vector<std::optional<TensorBytesView>> shared;
+  if (requests->empty()) return shared;
+  shared.resize(static_cast<size_t>(request_.message.inputs_size()));
+  for (const SharedInputRequest& input : *requests) {
+    absl::StatusOr<std::shared_ptr<const MappedRegion>> region =
+        ResolveInputRange(input.range, input.region_field, input.range_field,
+                          shared_memory_, owner_);
+    if (!region.ok()) return region.status();
+    shared[static_cast<size_t>(input.input)] = TensorBytesView{
+        (*region)->At(input.range.offset()), input.range.byte_size(), {}};
+    input_regions_.push_back(*std::move(region));
+  }
+  return shared;
+}
+
 absl::StatusOr<grpc::ByteBuffer> KServeInferCodec::EncodeResult(
     const scoring::ScoreResult& result, const BatchTiming& timing) const {
+  // The scorer read these inputs in place: a region that broke meanwhile
+  // (its object truncated) gave it zero pages instead of the client's bytes.
+  for (const std::shared_ptr<const MappedRegion>& region : input_regions_) {
+    if (absl::Status s = region->CheckIntact(); !s.ok()) return s;
+  }
   absl::StatusOr<PlacedRanges> placed = WritePlacements(placements_, result);
   if (!placed.ok()) return placed.status();
   return EncodeInferResponse(request_.message.model_name(),

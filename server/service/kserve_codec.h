@@ -10,6 +10,8 @@
 #ifndef ATTNSCORE_SERVER_SERVICE_KSERVE_CODEC_H_
 #define ATTNSCORE_SERVER_SERVICE_KSERVE_CODEC_H_
 
+#include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -50,12 +52,14 @@ class KServeInferCodec final : public ScoreCodec {
   KServeInferCodec(const SharedMemoryRegistry* shared_memory, std::string owner)
       : shared_memory_(shared_memory), owner_(std::move(owner)) {}
 
-  // INVALID_ARGUMENT for bytes that are not a ModelInferRequest, else
-  // MapInferRequest's error, then the placements' (output_placement.h).
+  // INVALID_ARGUMENT for bytes that are not a ModelInferRequest, else the
+  // shared-memory inputs' (their regions and ranges), MapInferRequest's, then
+  // the placements' (output_placement.h).
   absl::StatusOr<ValidatedRequest> Parse(
       const grpc::ByteBuffer& request, const RequestLimits& limits,
       const scoring::ModelSet& models) override;
-  // Writes the placed outputs first: ABORTED when a region broke.
+  // ABORTED when a region the inputs were read from broke; then writes the
+  // placed outputs first: ABORTED when a region broke.
   absl::StatusOr<grpc::ByteBuffer> EncodeResult(
       const scoring::ScoreResult& result,
       const BatchTiming& timing) const override;
@@ -64,11 +68,18 @@ class KServeInferCodec final : public ScoreCodec {
   }
 
  private:
+  // Per input, its bytes in a region of the caller's when its parameters put
+  // it there (empty when none does); holds those regions in input_regions_.
+  absl::StatusOr<std::vector<std::optional<TensorBytesView>>>
+  ResolveSharedInputs();
+
   const SharedMemoryRegistry* const shared_memory_ = nullptr;
   const std::string owner_;
   ParsedInferRequest request_;
   std::vector<Output> outputs_;
   std::vector<ResolvedPlacement> placements_;
+  // The regions the inputs are read from, held until the reply is encoded.
+  std::vector<std::shared_ptr<const MappedRegion>> input_regions_;
 };
 
 }  // namespace attnscore::service::kserve

@@ -34,26 +34,53 @@ struct InputBytes {
   std::optional<scoring::FiniteScan> scan;  // the parser's, of raw bytes
 };
 
-// The bytes of input `i` of datatype `dtype` ("INT32" for key_lengths):
-// raw_input_contents[i] when the request uses raw contents (in `raw[i]` when
+// Where the inputs' bytes are besides the message's own fields.
+struct Sources {
+  RawContents raw;
+  SharedInputs shared;
+
+  bool Shared(int i) const {
+    return static_cast<size_t>(i) < shared.size() &&
+           shared[static_cast<size_t>(i)].has_value();
+  }
+  // The raw_input_contents entry of input `i`: inputs in shared memory have
+  // none (Triton's rule), so it is `i` less those before it.
+  int RawIndex(int i) const {
+    int index = i;
+    for (int j = 0; j < i; ++j) index -= Shared(j) ? 1 : 0;
+    return index;
+  }
+};
+
+// The bytes of input `i` of datatype `dtype` ("INT32" for key_lengths): in
+// shared memory when its parameters put it there; else its
+// raw_input_contents entry when the request uses raw contents (in `raw` when
 // the parser kept them outside the message), else the typed field for the
 // datatype (fp32_contents, int_contents).
 absl::StatusOr<InputBytes> FindBytes(const ModelInferRequest& request,
-                                     RawContents raw, int i,
+                                     const Sources& sources, int i,
                                      absl::string_view datatype) {
   const ModelInferRequest::InferInputTensor& input = request.inputs(i);
+  if (sources.Shared(i)) {
+    const TensorBytesView& bytes = *sources.shared[static_cast<size_t>(i)];
+    return InputBytes{bytes.data,
+                      bytes.size,
+                      absl::StrCat("inputs[", i, "]'s shared-memory range"),
+                      {}};
+  }
   if (request.raw_input_contents_size() > 0) {
+    const int r = sources.RawIndex(i);
     if (input.has_contents()) {
       return absl::InvalidArgumentError(absl::StrCat(
-          input.name(), ": expected its data in raw_input_contents[", i,
+          input.name(), ": expected its data in raw_input_contents[", r,
           "] only (the request uses raw contents), got typed contents too"));
     }
-    std::string where = absl::StrCat("raw_input_contents[", i, "]");
-    if (!raw.empty()) {
-      const TensorBytesView& bytes = raw[static_cast<size_t>(i)];
+    std::string where = absl::StrCat("raw_input_contents[", r, "]");
+    if (!sources.raw.empty()) {
+      const TensorBytesView& bytes = sources.raw[static_cast<size_t>(r)];
       return InputBytes{bytes.data, bytes.size, std::move(where), bytes.scan};
     }
-    const std::string& contents = request.raw_input_contents(i);
+    const std::string& contents = request.raw_input_contents(r);
     return InputBytes{contents.data(), contents.size(), std::move(where), {}};
   }
   if (datatype == "FP32") {
@@ -112,8 +139,8 @@ absl::Status ExpectRank(const ModelInferRequest::InferInputTensor& input,
 // query, key or value: FP32/FP16/BF16, rank 4 in `layout`; `*scan` the
 // parser's scan of its bytes, when it made one as this dtype.
 absl::StatusOr<scoring::TensorRef> MapTensor(
-    const ModelInferRequest& request, RawContents raw, int i, Layout layout,
-    std::optional<scoring::FiniteScan>* scan) {
+    const ModelInferRequest& request, const Sources& sources, int i,
+    Layout layout, std::optional<scoring::FiniteScan>* scan) {
   const ModelInferRequest::InferInputTensor& input = request.inputs(i);
   const std::optional<DType> dtype = ParseDatatype(input.datatype());
   if (!dtype.has_value()) {
@@ -127,7 +154,7 @@ absl::StatusOr<scoring::TensorRef> MapTensor(
     return s;
   }
   absl::StatusOr<InputBytes> bytes =
-      FindBytes(request, raw, i, input.datatype());
+      FindBytes(request, sources, i, input.datatype());
   if (!bytes.ok()) return bytes.status();
   if (absl::Status s = CheckByteCount(input, ElementSize(*dtype), *bytes);
       !s.ok()) {
@@ -146,7 +173,7 @@ absl::StatusOr<scoring::TensorRef> MapTensor(
 // unaligned).
 template <typename T>
 absl::StatusOr<std::vector<T>> MapVector(const ModelInferRequest& request,
-                                         RawContents raw, int i,
+                                         const Sources& sources, int i,
                                          absl::string_view datatype,
                                          absl::string_view axes) {
   const ModelInferRequest::InferInputTensor& input = request.inputs(i);
@@ -156,7 +183,7 @@ absl::StatusOr<std::vector<T>> MapVector(const ModelInferRequest& request,
                      ClientStringForLog(input.datatype()), "\""));
   }
   if (absl::Status s = ExpectRank(input, 1, axes); !s.ok()) return s;
-  absl::StatusOr<InputBytes> bytes = FindBytes(request, raw, i, datatype);
+  absl::StatusOr<InputBytes> bytes = FindBytes(request, sources, i, datatype);
   if (!bytes.ok()) return bytes.status();
   if (absl::Status s = CheckByteCount(input, sizeof(T), *bytes); !s.ok()) {
     return s;
@@ -169,16 +196,10 @@ absl::StatusOr<std::vector<T>> MapVector(const ModelInferRequest& request,
 // Which input each index holds; INVALID_ARGUMENT for an unknown or repeated
 // name, per-input parameters, or a raw_input_contents count that does not
 // match.
-absl::StatusOr<std::array<int, 5>> IndexInputs(
-    const ModelInferRequest& request) {
+absl::StatusOr<std::array<int, 5>> IndexInputs(const ModelInferRequest& request,
+                                               const Sources& sources) {
   std::array<int, 5> index;
   index.fill(-1);
-  if (request.raw_input_contents_size() > 0 &&
-      request.raw_input_contents_size() != request.inputs_size()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "raw_input_contents: expected one entry per input (",
-        request.inputs_size(), "), got ", request.raw_input_contents_size()));
-  }
   for (int i = 0; i < request.inputs_size(); ++i) {
     const ModelInferRequest::InferInputTensor& input = request.inputs(i);
     const std::optional<Input> kind = ParseInputName(input.name());
@@ -195,20 +216,28 @@ absl::StatusOr<std::array<int, 5>> IndexInputs(
           "inputs[", i, "].name: \"", ClientStringForLog(input.name()),
           "\" is already inputs[", slot, "]"));
     }
-    if (!input.parameters().empty()) {
+    if (!input.parameters().empty() && !sources.Shared(i)) {
       return absl::InvalidArgumentError(absl::StrCat(
           input.name(),
-          ": expected no input parameters (inputs are not read from "
-          "shared memory, only outputs written there), got \"",
+          ": expected no input parameters but the shared-memory ones "
+          "(shared_memory_region, _byte_size, _offset), got \"",
           ClientStringForLog(input.parameters().begin()->first), "\""));
     }
     slot = i;
+  }
+  const int in_message = sources.RawIndex(request.inputs_size());
+  if (request.raw_input_contents_size() > 0 &&
+      request.raw_input_contents_size() != in_message) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "raw_input_contents: expected one entry per input not in shared "
+        "memory (",
+        in_message, "), got ", request.raw_input_contents_size()));
   }
   return index;
 }
 
 // Inputs onto the item (and slopes onto the ALiBi bias).
-absl::Status MapInputs(const ModelInferRequest& request, RawContents raw,
+absl::Status MapInputs(const ModelInferRequest& request, const Sources& sources,
                        const std::array<int, 5>& index, ValidatedRequest& out) {
   for (Input required : {Input::kQuery, Input::kKey}) {
     if (index[static_cast<size_t>(required)] < 0) {
@@ -227,7 +256,7 @@ absl::Status MapInputs(const ModelInferRequest& request, RawContents raw,
         : kind == Input::kKey ? out.scans.key
                               : out.scans.value;
     absl::StatusOr<scoring::TensorRef> ref =
-        MapTensor(request, raw, i, layout, &scan);
+        MapTensor(request, sources, i, layout, &scan);
     if (!ref.ok()) return ref.status();
     if (kind == Input::kValue) {
       item.value = *std::move(ref);
@@ -237,7 +266,7 @@ absl::Status MapInputs(const ModelInferRequest& request, RawContents raw,
   }
   if (const int i = index[static_cast<size_t>(Input::kKeyLengths)]; i >= 0) {
     absl::StatusOr<std::vector<int32_t>> lengths =
-        MapVector<int32_t>(request, raw, i, "INT32", "[B]");
+        MapVector<int32_t>(request, sources, i, "INT32", "[B]");
     if (!lengths.ok()) return lengths.status();
     item.key_lengths = *std::move(lengths);
   }
@@ -251,7 +280,7 @@ absl::Status MapInputs(const ModelInferRequest& request, RawContents raw,
                        ClientStringForLog(request.model_name()), "\""));
     }
     absl::StatusOr<std::vector<float>> slopes =
-        MapVector<float>(request, raw, i, "FP32", "[H]");
+        MapVector<float>(request, sources, i, "FP32", "[H]");
     if (!slopes.ok()) return slopes.status();
     alibi->slopes = *std::move(slopes);
   }
@@ -364,39 +393,33 @@ absl::StatusOr<uint64_t> ByteCount(const std::string& field,
   return static_cast<uint64_t>(value.int64_param());
 }
 
-// `wanted`'s parameters (outputs[i]): none, or Triton's shared-memory
-// placement, appended to `placements`.
-absl::Status MapOutputParameters(
-    int i, const ModelInferRequest::InferRequestedOutputTensor& wanted,
-    Output output, std::vector<PlacementRequest>& placements) {
-  if (wanted.parameters().empty()) return absl::OkStatus();
-  const std::string field = absl::StrCat("outputs[", i, "].parameters.");
-  PlacementRequest placement;
-  placement.output = V1Output(output);
-  placement.output_field = absl::StrCat("outputs[", i, "].name");
-  placement.region_field = field + "shared_memory_region";
-  placement.range_field = field + "shared_memory_offset";
-  placement.size_field = field + "shared_memory_byte_size";
+// Triton's shared-memory parameters (the prefix `field` names them: e.g.
+// "outputs[1].parameters."): the range, or nullopt when there are none.
+template <typename ParameterMap>
+absl::StatusOr<std::optional<v1::SharedMemoryRange>> SharedMemoryParameters(
+    const std::string& field, const ParameterMap& parameters) {
+  if (parameters.empty()) return std::optional<v1::SharedMemoryRange>();
+  v1::SharedMemoryRange range;
   bool has_region = false, has_size = false;
-  for (const auto& [name, value] : wanted.parameters()) {
+  for (const auto& [name, value] : parameters) {
     if (name == "shared_memory_region" &&
         value.parameter_choice_case() == InferParameter::kStringParam) {
-      placement.range.set_region(value.string_param());
+      range.set_region(value.string_param());
       has_region = true;
       continue;
     }
     absl::StatusOr<uint64_t> bytes = uint64_t{0};
     if (name == "shared_memory_region") {
       bytes = absl::InvalidArgumentError(
-          absl::StrCat(placement.region_field, ": expected a string, got ",
+          absl::StrCat(field, "shared_memory_region: expected a string, got ",
                        ParameterKind(value)));
     } else if (name == "shared_memory_byte_size") {
-      bytes = ByteCount(placement.size_field, value);
-      if (bytes.ok()) placement.range.set_byte_size(*bytes);
+      bytes = ByteCount(field + "shared_memory_byte_size", value);
+      if (bytes.ok()) range.set_byte_size(*bytes);
       has_size = true;
     } else if (name == "shared_memory_offset") {
-      bytes = ByteCount(placement.range_field, value);
-      if (bytes.ok()) placement.range.set_offset(*bytes);
+      bytes = ByteCount(field + "shared_memory_offset", value);
+      if (bytes.ok()) range.set_offset(*bytes);
     } else {
       bytes = absl::InvalidArgumentError(absl::StrCat(
           field, ClientStringForLog(name),
@@ -406,16 +429,37 @@ absl::Status MapOutputParameters(
     if (!bytes.ok()) return bytes.status();
   }
   if (!has_region) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(placement.region_field,
-                     ": expected the region's name (a string), got none"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        field,
+        "shared_memory_region: expected the region's name (a string), got "
+        "none"));
   }
   if (!has_size) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        placement.size_field,
-        ": expected the range's bytes (an int64) with shared_memory_region, "
-        "got none"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(field,
+                     "shared_memory_byte_size: expected the range's bytes (an "
+                     "int64) with shared_memory_region, got none"));
   }
+  return std::optional<v1::SharedMemoryRange>(std::move(range));
+}
+
+// `wanted`'s parameters (outputs[i]): none, or Triton's shared-memory
+// placement, appended to `placements`.
+absl::Status MapOutputParameters(
+    int i, const ModelInferRequest::InferRequestedOutputTensor& wanted,
+    Output output, std::vector<PlacementRequest>& placements) {
+  const std::string field = absl::StrCat("outputs[", i, "].parameters.");
+  absl::StatusOr<std::optional<v1::SharedMemoryRange>> range =
+      SharedMemoryParameters(field, wanted.parameters());
+  if (!range.ok()) return range.status();
+  if (!range->has_value()) return absl::OkStatus();
+  PlacementRequest placement;
+  placement.output = V1Output(output);
+  placement.range = **std::move(range);
+  placement.output_field = absl::StrCat("outputs[", i, "].name");
+  placement.region_field = field + "shared_memory_region";
+  placement.range_field = field + "shared_memory_offset";
+  placement.size_field = field + "shared_memory_byte_size";
   placements.push_back(std::move(placement));
   return absl::OkStatus();
 }
@@ -532,9 +576,29 @@ absl::StatusOr<scoring::Bias> FindModel(absl::string_view field,
   return *std::move(bias);
 }
 
+absl::StatusOr<std::vector<SharedInputRequest>> SharedInputRequests(
+    const inference::ModelInferRequest& request) {
+  std::vector<SharedInputRequest> shared;
+  for (int i = 0; i < request.inputs_size(); ++i) {
+    const std::string field = absl::StrCat("inputs[", i, "].parameters.");
+    absl::StatusOr<std::optional<v1::SharedMemoryRange>> range =
+        SharedMemoryParameters(field, request.inputs(i).parameters());
+    if (!range.ok()) return range.status();
+    if (!range->has_value()) continue;
+    SharedInputRequest input;
+    input.input = i;
+    input.range = **std::move(range);
+    input.region_field = field + "shared_memory_region";
+    input.range_field = field + "shared_memory_offset";
+    shared.push_back(std::move(input));
+  }
+  return shared;
+}
+
 absl::StatusOr<MappedInfer> MapInferRequest(
     const inference::ModelInferRequest& request, const RequestLimits& limits,
-    const scoring::ModelSet& models, RawContents raw) {
+    const scoring::ModelSet& models, RawContents raw, SharedInputs shared) {
+  const Sources sources{raw, shared};
   for (const auto& [field, value] :
        {std::pair<const char*, const std::string&>{"id", request.id()},
         {"model_name", request.model_name()},
@@ -555,9 +619,9 @@ absl::StatusOr<MappedInfer> MapInferRequest(
       MapOutputs(request, spec, out.placements);
   if (!outputs.ok()) return outputs.status();
   out.outputs = *std::move(outputs);
-  absl::StatusOr<std::array<int, 5>> index = IndexInputs(request);
+  absl::StatusOr<std::array<int, 5>> index = IndexInputs(request, sources);
   if (!index.ok()) return index.status();
-  if (absl::Status s = MapInputs(request, raw, *index, out.validated);
+  if (absl::Status s = MapInputs(request, sources, *index, out.validated);
       !s.ok()) {
     return s;
   }

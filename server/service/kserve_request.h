@@ -16,10 +16,11 @@
 // layout (string: BHSD, BSHD, SBHD), output_dtype (string: FP32, FP16, BF16;
 // default the query's datatype); Triton's `priority` and `timeout` are
 // accepted and ignored, any other parameter is an error. Outputs by name:
-// logits, probs, context (default logits), in the order asked for; an output's
-// parameters may place it in a registered shared-memory region (Triton's
-// system shared memory): shared_memory_region (string), shared_memory_byte_size
-// (int64) and shared_memory_offset (int64, default 0), the first two together.
+// logits, probs, context (default logits), in the order asked for. An input's
+// or an output's parameters may put its bytes in a registered shared-memory
+// region (Triton's system shared memory): shared_memory_region (string),
+// shared_memory_byte_size (int64) and shared_memory_offset (int64, default 0),
+// the first two together.
 //
 // Errors: INVALID_ARGUMENT naming the input, parameter or output and the
 // expected vs. actual value; NOT_FOUND for an unknown model or version;
@@ -31,6 +32,7 @@
 #define ATTNSCORE_SERVER_SERVICE_KSERVE_REQUEST_H_
 
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -76,12 +78,31 @@ v1::Output V1Output(Output output);
 // Where raw_input_contents[i]'s bytes are when the parser kept them outside
 // the message (kserve_request_parser.h); empty: in the message.
 using RawContents = absl::Span<const TensorBytesView>;
+// Per input: its bytes when its parameters put it in shared memory and the
+// caller resolved the range (SharedInputRequests, then the registry); empty
+// when no input is.
+using SharedInputs = absl::Span<const std::optional<TensorBytesView>>;
+
+// An input whose parameters put its bytes in a shared-memory region (Triton's
+// shared_memory_region, shared_memory_byte_size, shared_memory_offset). Such
+// an input has no raw_input_contents entry.
+struct SharedInputRequest {
+  int input = 0;  // its index in request.inputs()
+  v1::SharedMemoryRange range;
+  std::string region_field, range_field;
+};
+
+// The inputs of `request` in shared memory; INVALID_ARGUMENT for any other
+// input parameter, or a region without a size.
+absl::StatusOr<std::vector<SharedInputRequest>> SharedInputRequests(
+    const inference::ModelInferRequest& request);
 
 // Maps and validates `request` (see the header comment). `raw`: one view per
-// raw_input_contents entry, or empty.
+// raw_input_contents entry, or empty; `shared`: as SharedInputs says.
 absl::StatusOr<MappedInfer> MapInferRequest(
     const inference::ModelInferRequest& request, const RequestLimits& limits,
-    const scoring::ModelSet& models, RawContents raw = {});
+    const scoring::ModelSet& models, RawContents raw = {},
+    SharedInputs shared = {});
 
 // Resolves a model name: AlibiBias for "alibi", RelativeBias for a loaded set;
 // NOT_FOUND naming `field`, the name and the models served.

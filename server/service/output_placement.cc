@@ -35,6 +35,29 @@ uint64_t OutputBytes(const ValidatedRequest& validated, v1::Output output) {
          ElementSize(validated.spec.output_dtype);
 }
 
+// `owner`'s region of `range`, with the range within it.
+absl::StatusOr<std::shared_ptr<const MappedRegion>> FindRange(
+    const v1::SharedMemoryRange& range, const std::string& region_field,
+    const std::string& range_field, const SharedMemoryRegistry& registry,
+    absl::string_view owner) {
+  absl::StatusOr<std::shared_ptr<const MappedRegion>> region =
+      registry.Find(owner, range.region());
+  if (!region.ok()) {
+    return absl::Status(
+        region.status().code(),
+        absl::StrCat(region_field, ": ", region.status().message()));
+  }
+  const uint64_t region_bytes = (*region)->spec().byte_size;
+  if (range.offset() > region_bytes ||
+      range.byte_size() > region_bytes - range.offset()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        range_field, ": expected offset + byte_size within the region's ",
+        region_bytes, " bytes, got ", range.offset(), " + ",
+        range.byte_size()));
+  }
+  return region;
+}
+
 absl::StatusOr<ResolvedPlacement> ResolveOne(
     const PlacementRequest& placement, const ValidatedRequest& validated,
     const SharedMemoryRegistry& registry, absl::string_view owner) {
@@ -46,23 +69,9 @@ absl::StatusOr<ResolvedPlacement> ResolveOne(
             : v1::Output_Name(placement.output)));
   }
   const v1::SharedMemoryRange& range = placement.range;
-  absl::StatusOr<std::shared_ptr<const MappedRegion>> region =
-      registry.Find(owner, range.region());
-  if (!region.ok()) {
-    return absl::Status(
-        region.status().code(),
-        absl::StrCat(placement.region_field, ": ", region.status().message()));
-  }
-  const uint64_t region_bytes = (*region)->spec().byte_size;
-  if (range.offset() > region_bytes ||
-      range.byte_size() > region_bytes - range.offset()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(placement.range_field,
-                     ": expected offset + byte_size within the "
-                     "region's ",
-                     region_bytes, " bytes, got ", range.offset(), " + ",
-                     range.byte_size()));
-  }
+  absl::StatusOr<std::shared_ptr<const MappedRegion>> region = FindRange(
+      range, placement.region_field, placement.range_field, registry, owner);
+  if (!region.ok()) return region.status();
   const uint64_t needed = OutputBytes(validated, placement.output);
   if (range.byte_size() < needed) {
     return absl::InvalidArgumentError(
@@ -141,6 +150,19 @@ absl::StatusOr<std::vector<ResolvedPlacement>> ResolvePlacementList(
   }
   if (absl::Status s = CheckDisjoint(placed); !s.ok()) return s;
   return placed;
+}
+
+absl::StatusOr<std::shared_ptr<const MappedRegion>> ResolveInputRange(
+    const v1::SharedMemoryRange& range, const std::string& region_field,
+    const std::string& range_field, const SharedMemoryRegistry* registry,
+    absl::string_view owner) {
+  if (registry == nullptr || !registry->enabled()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(region_field,
+                     ": shared memory is off: the server was started without "
+                     "--shm-prefix"));
+  }
+  return FindRange(range, region_field, range_field, *registry, owner);
 }
 
 absl::StatusOr<std::vector<ResolvedPlacement>> ResolvePlacements(

@@ -53,6 +53,16 @@ absl::StatusOr<std::vector<ResolvedPlacement>> ResolvePlacementList(
     const ValidatedRequest& validated, const SharedMemoryRegistry* registry,
     absl::string_view owner);
 
+// An input read from shared memory (the Open Inference Protocol's input
+// parameters): `owner`'s region `range.region()`, with the range within it.
+// Its bytes are at region->At(range.offset()); whoever reads them checks
+// region->CheckIntact() afterwards. Errors as for a placement, naming
+// `region_field` and `range_field`.
+absl::StatusOr<std::shared_ptr<const MappedRegion>> ResolveInputRange(
+    const v1::SharedMemoryRange& range, const std::string& region_field,
+    const std::string& range_field, const SharedMemoryRegistry* registry,
+    absl::string_view owner);
+
 // ResolvePlacementList of an attnscore.v1 request's `placements`.
 absl::StatusOr<std::vector<ResolvedPlacement>> ResolvePlacements(
     const v1::ScoreRequest& request, const ValidatedRequest& validated,

@@ -13,7 +13,9 @@
 #include "gtest/gtest.h"
 #include "server/service/kserve_codec.h"
 #include "server/service/model_registry.h"
+#include "server/service/shared_memory.h"
 #include "tests/service/fake_models.h"
+#include "tests/service/shm_object.h"
 
 namespace attnscore::service::kserve {
 namespace {
@@ -153,9 +155,11 @@ TEST(KServeRequestTest, ErrorsNameTheInputParameterOrOutput) {
   request.add_raw_input_contents("");
   absl::StatusOr<MappedInfer> mapped =
       MapInferRequest(request, RequestLimits{}, NoModels());
-  EXPECT_NE(mapped.status().message().find(
-                "raw_input_contents: expected one entry per input (2), got 3"),
-            std::string::npos)
+  EXPECT_NE(
+      mapped.status().message().find(
+          "raw_input_contents: expected one entry per input not in shared "
+          "memory (2), got 3"),
+      std::string::npos)
       << mapped.status();
 }
 
@@ -227,6 +231,60 @@ TEST(KServeRequestTest, SharedMemoryOutputParametersBecomePlacements) {
     EXPECT_NE(mapped.status().message().find(c.message), std::string::npos)
         << c.what << ": " << mapped.status();
   }
+}
+
+// An input in shared memory has no raw_input_contents entry (the others keep
+// theirs, in order) and is read where the caller resolved its range.
+TEST(KServeRequestTest, SharedMemoryInputsAreReadWhereResolved) {
+  ModelInferRequest request = MakeRequest(/*raw=*/true);
+  auto* query = request.mutable_inputs(0);
+  (*query->mutable_parameters())["shared_memory_region"].set_string_param("in");
+  (*query->mutable_parameters())["shared_memory_byte_size"].set_int64_param(96);
+  (*query->mutable_parameters())["shared_memory_offset"].set_int64_param(128);
+  absl::StatusOr<std::vector<SharedInputRequest>> shared =
+      SharedInputRequests(request);
+  ASSERT_TRUE(shared.ok()) << shared.status();
+  ASSERT_EQ(shared->size(), 1u);
+  EXPECT_EQ((*shared)[0].input, 0);
+  EXPECT_EQ((*shared)[0].range.region(), "in");
+  EXPECT_EQ((*shared)[0].range.offset(), 128u);
+  EXPECT_EQ((*shared)[0].region_field,
+            "inputs[0].parameters.shared_memory_region");
+
+  // Without the query's entry: one raw entry, the key's.
+  request.mutable_raw_input_contents()->DeleteSubrange(0, 1);
+  std::vector<float> region(24, 0.5f);
+  std::vector<std::optional<TensorBytesView>> views(2);
+  views[0] = TensorBytesView{region.data(), 96, {}};
+  absl::StatusOr<MappedInfer> mapped =
+      MapInferRequest(request, RequestLimits{}, NoModels(), {}, views);
+  ASSERT_TRUE(mapped.ok()) << mapped.status();
+  EXPECT_EQ(mapped->validated.item.query.data, region.data());
+  EXPECT_EQ(mapped->validated.item.key.data,
+            request.raw_input_contents(0).data());
+
+  // A range of the wrong size names where the bytes were.
+  views[0]->size = 92;
+  mapped = MapInferRequest(request, RequestLimits{}, NoModels(), {}, views);
+  EXPECT_NE(mapped.status().message().find(
+                "needs 96 bytes, got 92 in inputs[0]'s shared-memory range"),
+            std::string::npos)
+      << mapped.status();
+  // Unresolved (no view), the input's parameters are refused.
+  mapped = MapInferRequest(request, RequestLimits{}, NoModels());
+  EXPECT_NE(mapped.status().message().find(
+                "query: expected no input parameters but the shared-memory"),
+            std::string::npos)
+      << mapped.status();
+  // And the raw entries must match the inputs not in shared memory.
+  request.add_raw_input_contents("");
+  views[0]->size = 96;
+  mapped = MapInferRequest(request, RequestLimits{}, NoModels(), {}, views);
+  EXPECT_NE(mapped.status().message().find(
+                "raw_input_contents: expected one entry per input not in "
+                "shared memory (1), got 2"),
+            std::string::npos)
+      << mapped.status();
 }
 
 TEST(KServeRequestTest, RelativeModelsByNameAndTheirLimits) {
@@ -301,6 +359,59 @@ TEST(KServeCodecTest, PlacedOutputsHaveAnEmptyEntryAndTheirRange) {
   EXPECT_EQ(parameters.at("shared_memory_byte_size").int64_param(), 12);
   EXPECT_TRUE(response.outputs(1).parameters().empty());
   EXPECT_EQ(response.outputs(0).shape_size(), 4);
+}
+
+// The codec resolves inputs in shared memory against the caller's regions;
+// the scorer then reads them in place, and a region whose object shrank
+// meanwhile (the read faulted and was given zero pages) fails the request.
+TEST(KServeCodecTest, InputsReadFromSharedMemoryAndATruncatedRegionAborts) {
+  SharedMemoryOptions options;
+  options.prefix = service::testing::kShmTestPrefix;
+  SharedMemoryRegistry registry(options);
+  service::testing::ShmObject object(4096);
+  SharedMemorySpec spec;
+  spec.name = "in";
+  spec.key = object.key();
+  spec.byte_size = 4096;
+  ASSERT_TRUE(registry.Register("anonymous", spec).ok());
+
+  ModelInferRequest request = MakeRequest(/*raw=*/true);
+  auto* key = request.mutable_inputs(1);
+  (*key->mutable_parameters())["shared_memory_region"].set_string_param("in");
+  (*key->mutable_parameters())["shared_memory_byte_size"].set_int64_param(96);
+  (*key->mutable_parameters())["shared_memory_offset"].set_int64_param(64);
+  request.mutable_raw_input_contents()->RemoveLast();
+  const std::string bytes = request.SerializeAsString();
+  grpc::Slice slice(bytes.data(), bytes.size());
+  const grpc::ByteBuffer buffer(&slice, 1);
+
+  KServeInferCodec codec(&registry, "anonymous");
+  absl::StatusOr<ValidatedRequest> validated =
+      codec.Parse(buffer, RequestLimits{}, NoModels());
+  ASSERT_TRUE(validated.ok()) << validated.status();
+  std::shared_ptr<const MappedRegion> region =
+      *registry.Find("anonymous", "in");
+  EXPECT_EQ(validated->item.key.data, region->At(64));  // in place
+  EXPECT_EQ(validated->item.key.size_bytes, 96u);
+  // Another identity has no region "in".
+  KServeInferCodec stranger(&registry, "someone-else");
+  EXPECT_EQ(stranger.Parse(buffer, RequestLimits{}, NoModels()).status().code(),
+            absl::StatusCode::kNotFound);
+
+  auto keep = std::make_shared<std::vector<float>>(24, 1.0f);
+  scoring::ScoreResult result;
+  result.logits = scoring::OutputTensor{
+      DType::kFloat32, {1, 2, 3, 3}, keep->data(), 72, keep};
+  EXPECT_TRUE(codec.EncodeResult(result, BatchTiming{}).ok());
+  object.Truncate(0);
+  // The scorer's read of the key, after the client shrank the object.
+  float first = 0;
+  std::memcpy(&first, validated->item.key.data, sizeof(first));
+  EXPECT_EQ(first, 0.0f);  // the zero page put in the vanished one's place
+  region.reset();
+  const absl::Status aborted =
+      codec.EncodeResult(result, BatchTiming{}).status();
+  EXPECT_EQ(aborted.code(), absl::StatusCode::kAborted) << aborted;
 }
 
 TEST(ModelRegistryTest, AParameterSetNamedAlibiIsRefusedAndReloadKeepsTheSet) {

@@ -310,6 +310,37 @@ class KServeEndpointTest(unittest.TestCase):
                                                              client_timeout=RPC_TIMEOUT_S)
         self.assertEqual(status.get("regions", {}), {})
 
+    def test_system_shared_memory_inputs(self) -> None:
+        """Query and key read from a registered region (Triton's InferInput.set_shared_memory),
+        alone or beside in-band inputs: the same logits as all in band, bit for bit; a range of
+        the wrong size is refused naming where the bytes were."""
+        case = self.case("alibi_causal_h8.safetensors")
+        in_band = self.infer("alibi", case_inputs(case), ["logits"], case.parameters())
+        want = in_band.as_numpy("logits").tobytes()
+        q = np.ascontiguousarray(case.tensors["q"], np.float32)
+        k = np.ascontiguousarray(case.tensors["k"], np.float32)
+        rest = case_inputs(case)[2:]
+        key = f"/{SHM_PREFIX}{os.getpid()}-inputs"
+        handle = shm.create_shared_memory_region("inputs", key, q.nbytes + k.nbytes)
+        try:
+            shm.set_shared_memory_region(handle, [q, k])
+            self.client.register_system_shared_memory("inputs", key, q.nbytes + k.nbytes,
+                                                      client_timeout=RPC_TIMEOUT_S)
+            query = triton.InferInput("query", list(q.shape), "FP32")
+            query.set_shared_memory("inputs", q.nbytes)
+            keys = triton.InferInput("key", list(k.shape), "FP32")
+            keys.set_shared_memory("inputs", k.nbytes, offset=q.nbytes)
+            for inputs in ([query, keys] + rest, [make_input("query", q, "FP32"), keys] + rest):
+                result = self.infer("alibi", inputs, ["logits"], case.parameters())
+                self.assertEqual(result.as_numpy("logits").tobytes(), want)
+            short = triton.InferInput("key", list(k.shape), "FP32")
+            short.set_shared_memory("inputs", k.nbytes - 4, offset=q.nbytes)
+            self.assert_error("INVALID_ARGUMENT", "in inputs[1]'s shared-memory range",
+                              lambda: self.infer("alibi", [query, short] + rest, ["logits"]))
+        finally:
+            self.client.unregister_system_shared_memory("inputs", client_timeout=RPC_TIMEOUT_S)
+            shm.destroy_shared_memory_region(handle)
+
     def test_model_metadata(self) -> None:
         alibi = self.client.get_model_metadata("alibi", as_json=True,
                                                client_timeout=RPC_TIMEOUT_S)
