@@ -379,7 +379,7 @@ absl::Status MapParameters(const ModelInferRequest& request,
   return absl::OkStatus();
 }
 
-// An output parameter's int64 value (>= 0).
+// A shared-memory parameter's int64 value (>= 0).
 absl::StatusOr<uint64_t> ByteCount(const std::string& field,
                                    const InferParameter& value) {
   if (value.parameter_choice_case() != InferParameter::kInt64Param ||
