@@ -764,8 +764,8 @@ bool Server::CreateService() {
     return false;
   }
   service_ = *std::move(service);
-  kserve_ = std::make_unique<service::KServeService>(service_.get(),
-                                                     models_.get(), &metrics_);
+  kserve_ =
+      std::make_unique<service::KServeService>(service_.get(), models_.get());
   return true;
 }
 

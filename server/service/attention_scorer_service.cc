@@ -1069,22 +1069,15 @@ grpc::ServerUnaryReactor* AttentionScorerService::RegisterSharedMemory(
     grpc::CallbackServerContext* context,
     const v1::RegisterSharedMemoryRequest* request,
     v1::RegisterSharedMemoryResponse* /*response*/) {
-  return AnswerSmall(
-      context, Method::kRegisterSharedMemory, [&](const std::string& client) {
-        SharedMemorySpec spec;
-        spec.name = request->name();
-        spec.key = request->key();
-        spec.offset = request->offset();
-        spec.byte_size = request->byte_size();
-        absl::Status status = shared_memory_.Register(client, std::move(spec));
-        if (status.ok()) {
-          spdlog::info(
-              "shared memory: {} registered region {} (/{}, {} bytes)",
-              ClientStringForLog(client), ClientStringForLog(request->name()),
-              ClientStringForLog(request->key()), request->byte_size());
-        }
-        return status;
-      });
+  return AnswerSmall(context, Method::kRegisterSharedMemory,
+                     [&](const std::string& client) {
+                       SharedMemorySpec spec;
+                       spec.name = request->name();
+                       spec.key = request->key();
+                       spec.offset = request->offset();
+                       spec.byte_size = request->byte_size();
+                       return shared_memory_.Register(client, std::move(spec));
+                     });
 }
 
 grpc::ServerUnaryReactor* AttentionScorerService::UnregisterSharedMemory(

@@ -186,6 +186,14 @@ class AttentionScorerService final : public AttentionScorerRawService {
   // Requests waiting in the batcher.
   size_t QueueDepth() const;
 
+  // A small method of either protocol (ListModels, KServe's ServerLive, ...),
+  // on the calling gRPC thread: authenticates, runs `body` with the caller's
+  // identity, records `method`'s metrics and finishes the call with `body`'s
+  // status (or the authentication's).
+  grpc::ServerUnaryReactor* AnswerSmall(
+      grpc::CallbackServerContext* context, Method method,
+      absl::FunctionRef<absl::Status(const std::string& client)> body);
+
   // The shared-memory regions of every protocol (a region registered through
   // attnscore.v1 can be placed into through the Open Inference Protocol, and
   // the other way round). Thread-safe.
@@ -288,12 +296,6 @@ class AttentionScorerService final : public AttentionScorerRawService {
   int64_t DeadlineMicros(const grpc::CallbackServerContext& context) const;
   // GetServerInfo's answer: version, device, limits, batching, kernels.
   void FillServerInfo(v1::ServerInfo& response) const;
-  // A small method on the calling gRPC thread: authenticates, runs `body`
-  // with the caller's identity, records `method`'s metrics and finishes the
-  // call with `body`'s status.
-  grpc::ServerUnaryReactor* AnswerSmall(
-      grpc::CallbackServerContext* context, Method method,
-      absl::FunctionRef<absl::Status(const std::string& client)> body);
 
   const ServiceOptions options_;
   const std::shared_ptr<InflightBudget> budget_;

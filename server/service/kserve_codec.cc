@@ -30,19 +30,6 @@ void SetInt(inference::ModelInferResponse& head, const char* name,
   (*head.mutable_parameters())[name].set_int64_param(value);
 }
 
-const v1::SharedMemoryRange* PlacedRange(const PlacedRanges& placed,
-                                         Output output) {
-  switch (output) {
-    case Output::kProbs:
-      return placed.probs;
-    case Output::kContext:
-      return placed.context;
-    case Output::kLogits:
-      break;
-  }
-  return placed.logits;
-}
-
 // Triton's parameters of an output placed in shared memory.
 void DescribePlacement(const v1::SharedMemoryRange& range,
                        inference::ModelInferResponse::InferOutputTensor& meta) {
@@ -77,7 +64,7 @@ grpc::ByteBuffer EncodeInferResponse(absl::string_view model_name,
     meta->set_name(OutputName(output));
     meta->set_datatype(DatatypeName(tensor.dtype));
     meta->mutable_shape()->Add(tensor.shape.begin(), tensor.shape.end());
-    if (const v1::SharedMemoryRange* range = PlacedRange(placed, output)) {
+    if (const v1::SharedMemoryRange* range = placed.For(V1Output(output))) {
       DescribePlacement(*range, *meta);
     }
   }
@@ -86,7 +73,7 @@ grpc::ByteBuffer EncodeInferResponse(absl::string_view model_name,
   for (Output output : outputs) {
     out.AppendBytesField(
         inference::ModelInferResponse::kRawOutputContentsFieldNumber,
-        PlacedRange(placed, output) != nullptr
+        placed.For(V1Output(output)) != nullptr
             ? grpc::Slice()
             : SliceOver(Tensor(result, output)));
   }

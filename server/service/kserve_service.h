@@ -2,9 +2,9 @@
 // that Triton's clients and KServe speak, on gRPC's callback API, served on the
 // same port as attnscore.v1 (main.cc registers both on one ServerBuilder).
 //
-// ServerLive, ServerReady, ModelReady, ServerMetadata and ModelMetadata answer
-// on the gRPC thread. Every method first asks the scoring service's
-// Authenticate() for the caller's identity; its error is the answer. ModelInfer
+// ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata and the
+// shared-memory methods answer on the gRPC thread through the scoring
+// service's AnswerSmall (its authentication, metrics and finish). ModelInfer
 // is a raw ByteBuffer method that goes through
 // AttentionScorerService::ScoreUnary with a KServeInferCodec: the same
 // validation, limits, batcher, compute, metrics (method="ModelInfer") and
@@ -25,10 +25,10 @@
 // caller has not registered is NOT_FOUND. ServerMetadata lists the
 // extension "system_shared_memory" when --shm-prefix is set.
 //
-// Ownership: borrows the scoring service, the model registry and the metrics,
-// which must outlive it. Thread safety: gRPC calls the handlers concurrently;
-// the class has no mutable state. Errors: absl::Status, converted once by
-// ToGrpcStatus().
+// Ownership: borrows the scoring service and the model registry, which must
+// outlive it. Thread safety: gRPC calls the handlers concurrently; the class
+// has no mutable state. Errors: absl::Status, converted to grpc::Status by
+// the scoring service's single exits.
 #ifndef ATTNSCORE_SERVER_SERVICE_KSERVE_SERVICE_H_
 #define ATTNSCORE_SERVER_SERVICE_KSERVE_SERVICE_H_
 
@@ -37,10 +37,8 @@
 #include <string>
 
 #include "inference/grpc_predict_v2.grpc.pb.h"
-#include "server/batching/clock.h"
 #include "server/service/attention_scorer_service.h"
 #include "server/service/model_registry.h"
-#include "server/service/service_metrics.h"
 
 namespace attnscore::service {
 
@@ -60,10 +58,8 @@ using KServeRawService = Grpc::WithRawCallbackMethod_ModelInfer<
 
 class KServeService final : public KServeRawService {
  public:
-  // REQUIRES: every pointer non-null and outliving the service.
-  KServeService(AttentionScorerService* scoring, ModelRegistry* models,
-                ServiceMetrics* metrics,
-                batching::Clock* clock = batching::RealClock());
+  // REQUIRES: both pointers non-null and outliving the service.
+  KServeService(AttentionScorerService* scoring, ModelRegistry* models);
 
   grpc::ServerUnaryReactor* ServerLive(
       grpc::CallbackServerContext* context,
@@ -102,17 +98,8 @@ class KServeService final : public KServeRawService {
       inference::SystemSharedMemoryUnregisterResponse* response) override;
 
  private:
-  // Records the method's metrics (for `client`) and finishes the call with
-  // `status`.
-  grpc::ServerUnaryReactor* Finish(grpc::CallbackServerContext* context,
-                                   Method method, int64_t start_micros,
-                                   const absl::Status& status,
-                                   const std::string& client);
-
   AttentionScorerService* const scoring_;
   ModelRegistry* const models_;
-  ServiceMetrics* const metrics_;
-  batching::Clock* const clock_;
 };
 
 }  // namespace attnscore::service

@@ -35,13 +35,15 @@ uint64_t OutputBytes(const ValidatedRequest& validated, v1::Output output) {
          ElementSize(validated.spec.output_dtype);
 }
 
-// `owner`'s region of `range`, with the range within it.
+// `owner`'s region of `range`, with the range within it; FAILED_PRECONDITION
+// without a registry or with shared memory off.
 absl::StatusOr<std::shared_ptr<const MappedRegion>> FindRange(
     const v1::SharedMemoryRange& range, const std::string& region_field,
-    const std::string& range_field, const SharedMemoryRegistry& registry,
+    const std::string& range_field, const SharedMemoryRegistry* registry,
     absl::string_view owner) {
   absl::StatusOr<std::shared_ptr<const MappedRegion>> region =
-      registry.Find(owner, range.region());
+      registry != nullptr ? registry->Find(owner, range.region())
+                          : SharedMemoryRegistry::Off();
   if (!region.ok()) {
     return absl::Status(
         region.status().code(),
@@ -60,7 +62,7 @@ absl::StatusOr<std::shared_ptr<const MappedRegion>> FindRange(
 
 absl::StatusOr<ResolvedPlacement> ResolveOne(
     const PlacementRequest& placement, const ValidatedRequest& validated,
-    const SharedMemoryRegistry& registry, absl::string_view owner) {
+    const SharedMemoryRegistry* registry, absl::string_view owner) {
   if (!Wanted(validated.spec, placement.output)) {
     return absl::InvalidArgumentError(absl::StrCat(
         placement.output_field, ": expected one of the request's outputs, got ",
@@ -134,17 +136,10 @@ absl::StatusOr<std::vector<ResolvedPlacement>> ResolvePlacementList(
     const ValidatedRequest& validated, const SharedMemoryRegistry* registry,
     absl::string_view owner) {
   std::vector<ResolvedPlacement> placed;
-  if (requests.empty()) return placed;
-  if (registry == nullptr || !registry->enabled()) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        requests.front().region_field,
-        ": shared-memory outputs are off: the server was started without "
-        "--shm-prefix"));
-  }
   placed.reserve(requests.size());
   for (const PlacementRequest& request : requests) {
     absl::StatusOr<ResolvedPlacement> one =
-        ResolveOne(request, validated, *registry, owner);
+        ResolveOne(request, validated, registry, owner);
     if (!one.ok()) return one.status();
     placed.push_back(*std::move(one));
   }
@@ -156,13 +151,7 @@ absl::StatusOr<std::shared_ptr<const MappedRegion>> ResolveInputRange(
     const v1::SharedMemoryRange& range, const std::string& region_field,
     const std::string& range_field, const SharedMemoryRegistry* registry,
     absl::string_view owner) {
-  if (registry == nullptr || !registry->enabled()) {
-    return absl::FailedPreconditionError(
-        absl::StrCat(region_field,
-                     ": shared memory is off: the server was started without "
-                     "--shm-prefix"));
-  }
-  return FindRange(range, region_field, range_field, *registry, owner);
+  return FindRange(range, region_field, range_field, registry, owner);
 }
 
 absl::StatusOr<std::vector<ResolvedPlacement>> ResolvePlacements(
@@ -217,11 +206,7 @@ absl::StatusOr<PlacedRanges> WritePlacements(
         !s.ok()) {
       return s;
     }
-    const v1::SharedMemoryRange** slot =
-        placement.output == v1::LOGITS  ? &ranges.logits
-        : placement.output == v1::PROBS ? &ranges.probs
-                                        : &ranges.context;
-    *slot = &placement.range;
+    ranges.For(placement.output) = &placement.range;
   }
   return ranges;
 }

@@ -33,6 +33,18 @@ struct PlacedRanges {
   const v1::SharedMemoryRange* logits = nullptr;
   const v1::SharedMemoryRange* probs = nullptr;
   const v1::SharedMemoryRange* context = nullptr;
+
+  // The slot of `output` (LOGITS, PROBS or CONTEXT).
+  const v1::SharedMemoryRange*& For(v1::Output output) {
+    return output == v1::PROBS     ? probs
+           : output == v1::CONTEXT ? context
+                                   : logits;
+  }
+  const v1::SharedMemoryRange* For(v1::Output output) const {
+    return output == v1::PROBS     ? probs
+           : output == v1::CONTEXT ? context
+                                   : logits;
+  }
 };
 
 // ScoreResponse{request_id, logits, probs, context (those present in `result`),

@@ -1,6 +1,7 @@
 #include "server/service/shared_memory.h"
 
 #include <fcntl.h>
+#include <spdlog/spdlog.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -273,11 +274,13 @@ SharedMemoryRegistry::Key SharedMemoryRegistry::KeyOf(absl::string_view owner,
 SharedMemoryRegistry::SharedMemoryRegistry(SharedMemoryOptions options)
     : options_(std::move(options)) {}
 
-absl::Status SharedMemoryRegistry::CheckEnabled() const {
-  if (enabled()) return absl::OkStatus();
+absl::Status SharedMemoryRegistry::Off() {
   return absl::FailedPreconditionError(
-      "shared-memory outputs are off: the server was started without "
-      "--shm-prefix");
+      "shared memory is off: the server was started without --shm-prefix");
+}
+
+absl::Status SharedMemoryRegistry::CheckEnabled() const {
+  return enabled() ? absl::OkStatus() : Off();
 }
 
 absl::Status SharedMemoryRegistry::Register(absl::string_view owner,
@@ -299,11 +302,16 @@ absl::Status SharedMemoryRegistry::Register(absl::string_view owner,
   if (!region.ok()) return region.status();
   absl::MutexLock lock(&mu_);
   if (absl::Status s = CheckRoomFor(owner); !s.ok()) return s;
-  if (!regions_.emplace(std::move(key), *std::move(region)).second) {
+  const auto [it, added] = regions_.emplace(std::move(key), *std::move(region));
+  if (!added) {
     return absl::AlreadyExistsError(
         "name: a region of that name was "
         "registered meanwhile");
   }
+  const SharedMemorySpec& mapped = it->second->spec();
+  spdlog::info("shared memory: {} registered region {} (/{}, {} bytes)",
+               ClientStringForLog(owner), ClientStringForLog(mapped.name),
+               ClientStringForLog(mapped.key), mapped.byte_size);
   return absl::OkStatus();
 }
 
@@ -342,6 +350,16 @@ absl::Status SharedMemoryRegistry::Unregister(absl::string_view owner,
                                             "\" is registered"));
   }
   regions_.erase(it);
+  return absl::OkStatus();
+}
+
+absl::Status SharedMemoryRegistry::UnregisterAll(absl::string_view owner) {
+  if (absl::Status s = CheckEnabled(); !s.ok()) return s;
+  absl::MutexLock lock(&mu_);
+  auto it = regions_.lower_bound(KeyOf(owner, ""));
+  while (it != regions_.end() && it->first.first == owner) {
+    it = regions_.erase(it);
+  }
   return absl::OkStatus();
 }
 

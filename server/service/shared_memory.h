@@ -128,13 +128,15 @@ class SharedMemoryRegistry {
   bool enabled() const { return !options_.prefix.empty(); }
   const SharedMemoryOptions& options() const { return options_; }
 
-  // Checks `spec` (name, key, page-aligned offset, size), maps it and records
-  // it for `owner`. ALREADY_EXISTS when `owner` has a region of that name,
-  // RESOURCE_EXHAUSTED at max_regions or at `owner`'s share of them, else as
-  // MappedRegion::Map.
+  // Checks `spec` (name, key, page-aligned offset, size), maps it, records
+  // it for `owner` and logs it. ALREADY_EXISTS when `owner` has a region of
+  // that name, RESOURCE_EXHAUSTED at max_regions or at `owner`'s share of
+  // them, else as MappedRegion::Map.
   absl::Status Register(absl::string_view owner, SharedMemorySpec spec);
   // NOT_FOUND when `owner` has no region `name`.
   absl::Status Unregister(absl::string_view owner, absl::string_view name);
+  // Every region of `owner` (none is not an error).
+  absl::Status UnregisterAll(absl::string_view owner);
   // `owner`'s regions, by name.
   std::vector<SharedMemorySpec> List(absl::string_view owner) const;
   // `owner`'s region `name`, or NOT_FOUND (also for another owner's region).
@@ -143,6 +145,8 @@ class SharedMemoryRegistry {
 
   // FAILED_PRECONDITION when shared memory is off.
   absl::Status CheckEnabled() const;
+  // That FAILED_PRECONDITION (also for a caller without a registry).
+  static absl::Status Off();
 
  private:
   using Key = std::pair<std::string, std::string>;  // owner, name

@@ -55,6 +55,8 @@ TEST(SharedMemoryRegistryTest, OffWithoutAPrefix) {
   EXPECT_THAT(status.message(), HasSubstr("--shm-prefix"));
   EXPECT_EQ(registry.Find("anonymous", "r").status().code(),
             absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(registry.UnregisterAll("anonymous").code(),
+            absl::StatusCode::kFailedPrecondition);
 }
 
 TEST(SharedMemoryRegistryTest, RefusesBadSpecsNamingTheField) {
@@ -113,6 +115,15 @@ TEST(SharedMemoryRegistryTest, RegionsBelongToTheirOwner) {
   ASSERT_TRUE(registry.Unregister("alice", "r").ok());
   EXPECT_TRUE(registry.List("alice").empty());
   EXPECT_TRUE(registry.Find("bob", "r").ok());
+  // Unregistering all of one owner's regions leaves the others'.
+  ASSERT_TRUE(
+      registry.Register("alice", Spec("s", object.key(), 0, 4096)).ok());
+  ASSERT_TRUE(
+      registry.Register("alice", Spec("t", object.key(), 0, 4096)).ok());
+  ASSERT_TRUE(registry.UnregisterAll("alice").ok());
+  EXPECT_TRUE(registry.List("alice").empty());
+  EXPECT_TRUE(registry.Find("bob", "r").ok());
+  EXPECT_TRUE(registry.UnregisterAll("carol").ok());  // none: not an error
 }
 
 TEST(SharedMemoryRegistryTest, CapsTheRegionsOfAllOwners) {
