@@ -786,6 +786,15 @@ absl::Status CheckConnectionOptions(const ClientOptions& options) {
         " is below the server's minimum ping interval (10s): it would answer "
         "with GOAWAY"));
   }
+  const ReconnectOptions& reconnect = options.reconnect;
+  if (reconnect.initial_backoff < absl::Milliseconds(1) ||
+      reconnect.max_backoff < reconnect.initial_backoff) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "reconnect: expected 1ms <= initial_backoff <= max_backoff, got "
+        "initial_backoff ",
+        absl::FormatDuration(reconnect.initial_backoff), ", max_backoff ",
+        absl::FormatDuration(reconnect.max_backoff)));
+  }
   // gRPC ignores names it does not know; the prefix at least catches a name
   // that cannot be one of its arguments.
   for (const auto& arg : options.channel_args) {
@@ -850,8 +859,8 @@ absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ChannelCredentials(
   return grpc::InsecureChannelCredentials();
 }
 
-// Channel `index`'s arguments: the service config, retries, keepalive and
-// message limits from `options`.
+// Channel `index`'s arguments: the service config, retries, keepalive,
+// reconnect backoff and message limits from `options`.
 grpc::ChannelArguments ChannelArgs(const ClientOptions& options,
                                    const std::string& service_config,
                                    int index) {
@@ -876,6 +885,12 @@ grpc::ChannelArguments ChannelArgs(const ClientOptions& options,
       static_cast<int>(absl::ToInt64Milliseconds(options.keepalive.timeout)));
   args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS,
               options.keepalive.permit_without_calls ? 1 : 0);
+  args.SetInt(
+      GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS,
+      ClampToInt(absl::ToInt64Milliseconds(options.reconnect.initial_backoff)));
+  args.SetInt(
+      GRPC_ARG_MAX_RECONNECT_BACKOFF_MS,
+      ClampToInt(absl::ToInt64Milliseconds(options.reconnect.max_backoff)));
   // Keep pinging an idle connection (the default stops after two pings
   // without data).
   args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);

@@ -249,6 +249,17 @@ struct KeepaliveOptions {
   bool permit_without_calls = true;
 };
 
+// How soon a channel tries a backend again after its connection failed or
+// dropped: gRPC's backoff starts at initial_backoff and grows 1.6x per failed
+// attempt up to max_backoff. gRPC's own maximum, 120 s, would leave a replica
+// that restarted after a long absence without traffic for up to two minutes
+// while round_robin sends everything to the others; 10 s bounds that, at the
+// cost of one connection attempt per 10 s to a backend that stays down.
+struct ReconnectOptions {
+  absl::Duration initial_backoff = absl::Seconds(1);
+  absl::Duration max_backoff = absl::Seconds(10);
+};
+
 struct ClientOptions {
   // "host:port", "dns:///name:port" (every A/AAAA record, re-resolved on
   // failures), "ipv4:a:p,b:q", "unix:/path", or a comma-separated list
@@ -263,6 +274,7 @@ struct ClientOptions {
   absl::Duration default_timeout = absl::Seconds(30);
   RetryOptions retry;
   KeepaliveOptions keepalive;
+  ReconnectOptions reconnect;
   // -1: unlimited. Receive is unlimited by default because score matrices are
   // large (B8 H8 L512 float32 logits are 64 MiB); the server's
   // --max-output-bytes is the real bound.

@@ -1,5 +1,6 @@
 #include "client/cli/common_flags.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <utility>
 
@@ -38,6 +39,11 @@ void AddGlobalFlags(CLI::App& app, GlobalFlags& flags) {
       "gRPC retry throttling bucket (retries stop at half; 0 disables "
       "throttling)")
       ->check(CLI::Range(0, 1000));
+  add("--max-reconnect-backoff", flags.max_reconnect_backoff,
+      "MAX_RECONNECT_BACKOFF",
+      "Longest wait between connection attempts to a backend that is down "
+      "(the first waits 1s or this, whichever is shorter): how soon a "
+      "restarted replica gets traffic again");
   app.add_flag("--tls", flags.tls, "Use TLS")->envname("ATTNSCORE_CLIENT_TLS");
   add("--tls-ca", flags.tls_ca, "CLIENT_TLS_CA",
       "PEM file of root certificates (default: the system's)");
@@ -82,6 +88,17 @@ absl::StatusOr<std::unique_ptr<client::Client>> MakeClient(
   if (!timeout.ok()) return timeout.status();
   options.default_timeout = *timeout;
   options.load_balancing = flags.load_balancing;
+  absl::StatusOr<absl::Duration> max_backoff =
+      ParseDurationFlag("--max-reconnect-backoff", flags.max_reconnect_backoff);
+  if (!max_backoff.ok()) return max_backoff.status();
+  if (*max_backoff < absl::Milliseconds(1)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--max-reconnect-backoff: expected at least 1ms, got ",
+                     flags.max_reconnect_backoff));
+  }
+  options.reconnect.max_backoff = *max_backoff;
+  options.reconnect.initial_backoff =
+      std::min(options.reconnect.initial_backoff, *max_backoff);
   options.retry.max_attempts = flags.retry_attempts;
   options.retry.enabled = flags.retry_attempts > 1;
   options.retry.throttle_max_tokens = flags.retry_max_tokens;

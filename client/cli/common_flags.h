@@ -33,6 +33,7 @@ struct GlobalFlags {
   std::string load_balancing = "round_robin";
   int retry_attempts = 5;
   int retry_max_tokens = 100;
+  std::string max_reconnect_backoff = "10s";
   bool tls = false;
   std::string tls_ca;
   std::string tls_cert;

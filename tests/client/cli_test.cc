@@ -152,6 +152,15 @@ TEST(CliTest, ScoreReportsErrors) {
   EXPECT_EQ(run.exit_code, 2) << run.output;
   run = Cli({"score", "--bogus-flag"});
   EXPECT_EQ(run.exit_code, 2) << run.output;
+  for (const char* backoff : {"0", "soon"}) {
+    run = Cli({"models", "--target", server->target(),
+               "--max-reconnect-backoff", backoff});
+    EXPECT_EQ(run.exit_code, 2) << backoff << ": " << run.output;
+    EXPECT_THAT(run.output, HasSubstr("--max-reconnect-backoff")) << backoff;
+  }
+  run = Cli({"models", "--target", server->target(), "--max-reconnect-backoff",
+             "200ms"});
+  EXPECT_EQ(run.exit_code, 0) << run.output;
 }
 
 TEST(CliTest, HealthModelsAndInfo) {

@@ -6,6 +6,7 @@
 #include <grpcpp/support/slice.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstring>
@@ -795,19 +796,29 @@ TEST(ClientOptionsTest, ChannelArgsNeedGrpcNames) {
 // channel_args reach the channel and win over the library's own arguments: a
 // receive limit of 1 byte overrides max_receive_message_bytes (unlimited), so
 // a health check against an in-process gRPC server fails RESOURCE_EXHAUSTED.
-TEST(ClientOptionsTest, ChannelArgsOverrideTheLibrarysOwn) {
+// An in-process gRPC server on 127.0.0.1:`*port` (0: any; the port is written
+// back) whose health service says SERVING, serving `service` (a server needs
+// one of its own).
+std::unique_ptr<grpc::Server> StartHealthServer(
+    v1::AttentionScorer::CallbackService& service, int* port) {
   grpc::EnableDefaultHealthCheckService(true);
-  // A server needs one service of its own; this one answers UNIMPLEMENTED.
-  v1::AttentionScorer::CallbackService unimplemented;
   grpc::ServerBuilder builder;
-  builder.RegisterService(&unimplemented);
-  int port = 0;
-  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(),
-                           &port);
+  builder.RegisterService(&service);
+  const int wanted = *port;
+  builder.AddListeningPort(absl::StrCat("127.0.0.1:", wanted),
+                           grpc::InsecureServerCredentials(), port);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  ASSERT_NE(server, nullptr);
-  ASSERT_NE(port, 0);
+  if (server == nullptr || *port == 0) return nullptr;
   server->GetHealthCheckService()->SetServingStatus("", true);
+  return server;
+}
+
+TEST(ClientOptionsTest, ChannelArgsOverrideTheLibrarysOwn) {
+  v1::AttentionScorer::CallbackService unimplemented;  // UNIMPLEMENTED
+  int port = 0;
+  std::unique_ptr<grpc::Server> server =
+      StartHealthServer(unimplemented, &port);
+  ASSERT_NE(server, nullptr);
 
   ClientOptions options;
   options.target = absl::StrCat("127.0.0.1:", port);
@@ -830,6 +841,87 @@ TEST(ClientOptionsTest, ChannelArgsOverrideTheLibrarysOwn) {
               absl::StatusCode::kResourceExhausted);
   }
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+}
+
+TEST(ClientOptionsTest, ReconnectBackoffMustBeOrdered) {
+  ClientOptions options;
+  options.reconnect.initial_backoff = absl::Seconds(2);
+  options.reconnect.max_backoff = absl::Seconds(1);
+  absl::Status s = Client::Create(options).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(),
+              HasSubstr("reconnect: expected 1ms <= initial_backoff <= "
+                        "max_backoff, got initial_backoff 2s, max_backoff 1s"));
+  options.reconnect.initial_backoff = absl::ZeroDuration();
+  EXPECT_EQ(Client::Create(options).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  options.reconnect.initial_backoff = absl::Milliseconds(100);
+  EXPECT_TRUE(Client::Create(options).ok());
+}
+
+// Counts the ListModels calls it answers (with an empty list).
+class CountingScorer final : public v1::AttentionScorer::CallbackService {
+ public:
+  grpc::ServerUnaryReactor* ListModels(
+      grpc::CallbackServerContext* context,
+      const v1::ListModelsRequest* /*request*/,
+      v1::ListModelsResponse* /*response*/) override {
+    calls.fetch_add(1);
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    reactor->Finish(grpc::Status::OK);
+    return reactor;
+  }
+  std::atomic<int> calls{0};
+};
+
+// Calls ListModels fail-fast (failures expected: a backend may be down) for
+// `duration`.
+void CallFor(Client& client, absl::Duration duration) {
+  CallOptions call;
+  call.timeout = absl::Seconds(2);
+  for (absl::Time end = absl::Now() + duration; absl::Now() < end;) {
+    (void)client.ListModels(call);
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+}
+
+// The reconnect backoff reaches the channel. Two backends under round_robin
+// traffic; one goes away for 3 s and comes back on its port. gRPC's default
+// backoff tries it at about 0, 1, 2.6 and 5.2 s after it left (each step
+// +-20%, so the fourth attempt is never before 4.1 s); with 100 ms the client
+// finds it within a fraction of the 1 s the test waits.
+TEST(ClientOptionsTest, ReconnectsWithinItsMaximumBackoff) {
+  CountingScorer stays;
+  CountingScorer returns;
+  int stays_port = 0;
+  int returns_port = 0;
+  std::unique_ptr<grpc::Server> a = StartHealthServer(stays, &stays_port);
+  std::unique_ptr<grpc::Server> b = StartHealthServer(returns, &returns_port);
+  ASSERT_NE(a, nullptr);
+  ASSERT_NE(b, nullptr);
+
+  ClientOptions options;
+  options.targets = {absl::StrCat("127.0.0.1:", stays_port),
+                     absl::StrCat("127.0.0.1:", returns_port)};
+  options.retry.enabled = false;
+  options.reconnect.initial_backoff = absl::Milliseconds(100);
+  options.reconnect.max_backoff = absl::Milliseconds(100);
+  absl::StatusOr<std::unique_ptr<Client>> client = Client::Create(options);
+  ASSERT_TRUE(client.ok()) << client.status();
+  CallFor(**client, absl::Milliseconds(300));
+  ASSERT_GT(returns.calls.load(), 0) << "round_robin never used the second";
+
+  b->Shutdown(std::chrono::system_clock::now());
+  b.reset();
+  returns.calls = 0;
+  CallFor(**client, absl::Seconds(3));
+  b = StartHealthServer(returns, &returns_port);
+  ASSERT_NE(b, nullptr) << "port " << returns_port << " was taken meanwhile";
+  CallFor(**client, absl::Seconds(1));
+  EXPECT_GT(returns.calls.load(), 0)
+      << "the backend that came back got no call within 1 s";
+  b->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  a->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
 }
 
 }  // namespace

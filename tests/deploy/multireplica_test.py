@@ -4,7 +4,7 @@
 Starts three attnscore-server processes on 127.0.0.1 (port 0, ports read from --port-file),
 drives them with `attnscore load` through the client's round_robin over the three addresses,
 SIGKILLs one replica in the middle of the run and restarts it on the same port, and checks:
-  - `attnscore load` reports no failed request (the client's retry policy moves calls that hit
+  - `attnscore load` (with --max-reconnect-backoff 500ms) reports no failed request (the client's retry policy moves calls that hit
     the dead replica to the live ones) and exits 0 with --max-error-rate 0;
   - all three replicas served traffic before the kill (their attnscore_requests_total, scraped
     from each server's /metrics), and the restarted replica served traffic again after it came
@@ -30,9 +30,16 @@ from pathlib import Path
 
 from deploylib import READINESS_SERVICE, clean_env
 
-LOAD_SECONDS = 12
+LOAD_SECONDS = 15
 KILL_AT = 3.0        # seconds into the load run
 RESTART_AFTER = 1.0  # seconds after the kill
+# The client tries a backend that is down again at most this often; gRPC's default backoff
+# (1 s growing 1.6x, attempts near 4, 5.6, 8.2, 12.3 s of the run) could miss a replica that
+# took a few seconds to start on a busy machine for the rest of the run.
+MAX_RECONNECT_BACKOFF = "500ms"
+# The restarted replica must be ready this long before the load ends, or the check that it
+# served traffic again says nothing about the client.
+MIN_SECONDS_AFTER_RESTART = 2.0
 
 
 class Replica:
@@ -115,10 +122,12 @@ def main() -> None:
             load_cmd = [args.cli_bin, "load", "--target", targets, "--lb", "round_robin",
                         "--preset", "decode", "--duration", f"{LOAD_SECONDS}s",
                         "--concurrency", "4", "--connections", "1", "--max-error-rate", "0",
-                        "--timeout", "10s", "--format", "json", "--output", str(report)]
+                        "--timeout", "10s", "--max-reconnect-backoff", MAX_RECONNECT_BACKOFF,
+                        "--format", "json", "--output", str(report)]
             print("$ " + " ".join(load_cmd))
             load = subprocess.Popen(load_cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                     env=clean_env())
+            load_ends = time.monotonic() + LOAD_SECONDS
             time.sleep(KILL_AT)
             before = [r.requests() for r in replicas]
             print(f"requests per replica before the kill: {before}")
@@ -135,6 +144,13 @@ def main() -> None:
             print(f"restarted replica 1 on port {victim.port}")
             if victim.port != port:
                 failures.append(f"restarted replica listens on {victim.port}, not {port}")
+            wait_ready(args.cli_bin, victim.port)
+            left = load_ends - time.monotonic()
+            print(f"restarted replica ready {left:.1f} s before the load ends")
+            if left < MIN_SECONDS_AFTER_RESTART:
+                failures.append(f"the restarted replica became ready only {left:.1f} s before "
+                                f"the load ended (needs {MIN_SECONDS_AFTER_RESTART} s): the "
+                                "machine is too slow for this test's timing")
             output, _ = load.communicate(timeout=LOAD_SECONDS + 60)
             print(output.decode(errors="replace")[-3000:])
             if load.returncode != 0:

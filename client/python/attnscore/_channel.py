@@ -117,6 +117,11 @@ def channel_options(server_name: Optional[str]) -> list:
         ("grpc.keepalive_time_ms", 30000),
         ("grpc.keepalive_timeout_ms", 10000),
         ("grpc.keepalive_permit_without_calls", 1),
+        # A backend that is down is tried again after 1 s, then at most every 10 s (gRPC's
+        # 120 s maximum would leave a restarted replica without traffic for minutes), as the
+        # C++ client does (ReconnectOptions).
+        ("grpc.initial_reconnect_backoff_ms", 1000),
+        ("grpc.max_reconnect_backoff_ms", 10000),
         # Score matrices are large; the server's --max-output-bytes is the real bound.
         ("grpc.max_receive_message_length", -1),
         ("grpc.max_send_message_length", -1),
