@@ -136,6 +136,19 @@ struct PlacedOutput {
   SharedMemoryRange range;
 };
 
+// Inputs the server reads from registered shared memory instead of receiving
+// their bytes (a server on this host with --shm-prefix). For each range set,
+// the matching ScoreRequest tensor gives only the dtype and shape (its data is
+// not read and may be null), and the range must hold exactly its
+// NumElements(shape) * ElementSize(dtype) bytes. The server reads them while
+// it computes: leave them unchanged until the call returns, and place no
+// output over them.
+struct SharedInputs {
+  std::optional<SharedMemoryRange> query;
+  std::optional<SharedMemoryRange> key;
+  std::optional<SharedMemoryRange> value;
+};
+
 struct ScoreRequest {
   std::string
       request_id;  // echoed back; how Stream responses are matched to requests
@@ -155,6 +168,7 @@ struct ScoreRequest {
   // callback runs, or on a Stream its response arrives); do not read them
   // before, nor reuse a range for another request until then.
   std::vector<OutputPlacement> placements;
+  SharedInputs shared_inputs;
 };
 
 // The server's account of one request.

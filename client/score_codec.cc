@@ -44,6 +44,30 @@ void AppendTensorField(v1::SliceAssembler& out, int field,
                         DataSlice(tensor, mode));
 }
 
+// Field `field` of ScoreRequest holding `tensor`: its bytes as a slice, or
+// with `shared` its dtype, shape and that range instead.
+void AppendInput(v1::SliceAssembler& out, int field, const TensorView& tensor,
+                 const std::optional<SharedMemoryRange>& shared,
+                 DataMode mode) {
+  if (!shared.has_value()) {
+    AppendTensorField(out, field, tensor, mode);
+    return;
+  }
+  // A one-field ScoreRequest: concatenated encodings merge.
+  v1::ScoreRequest part;
+  v1::Tensor* wire =
+      field == v1::ScoreRequest::kQueryFieldNumber ? part.mutable_query()
+      : field == v1::ScoreRequest::kKeyFieldNumber ? part.mutable_key()
+                                                   : part.mutable_value();
+  wire->set_dtype(v1::ToProtoDType(tensor.dtype));
+  wire->mutable_shape()->Add(tensor.shape.begin(), tensor.shape.end());
+  v1::SharedMemoryRange* range = wire->mutable_shared_memory();
+  range->set_region(shared->region);
+  range->set_offset(shared->offset);
+  range->set_byte_size(shared->byte_size);
+  part.AppendToString(&out.pending());
+}
+
 // Tensors this big come from the Client's pool. glibc's malloc always maps
 // blocks above 32 MiB (its largest mmap threshold) afresh, so every such
 // response faulted in all its pages. Smaller ones come from its heap, which
@@ -289,11 +313,19 @@ v1::Output ToProtoOutput(Output output) {
 absl::StatusOr<grpc::ByteBuffer> EncodeScoreRequest(const ScoreRequest& request,
                                                     DataMode mode) {
   // Local checks only where a bad view would make us read memory we were not
-  // given; the server validates everything else and names the field.
+  // given; the server validates everything else and names the field. A
+  // tensor in shared memory sends no bytes of its own.
+  const SharedInputs& shared = request.shared_inputs;
+  const TensorView* value = request.value ? &*request.value : nullptr;
+  if (shared.value.has_value() && value == nullptr) {
+    return absl::InvalidArgumentError(
+        "ScoreRequest.shared_inputs.value: set without a value tensor (its "
+        "dtype and shape)");
+  }
   const std::pair<const char*, const TensorView*> tensors[] = {
-      {"query", &request.query},
-      {"key", &request.key},
-      {"value", request.value ? &*request.value : nullptr}};
+      {"query", shared.query ? nullptr : &request.query},
+      {"key", shared.key ? nullptr : &request.key},
+      {"value", shared.value ? nullptr : value}};
   for (const auto& [name, view] : tensors) {
     if (view == nullptr) continue;
     if (absl::Status s = view->Validate(); !s.ok()) {
@@ -322,12 +354,13 @@ absl::StatusOr<grpc::ByteBuffer> EncodeScoreRequest(const ScoreRequest& request,
   }
   head.AppendToString(&out.pending());
 
-  AppendTensorField(out, v1::ScoreRequest::kQueryFieldNumber, request.query,
-                    mode);
-  AppendTensorField(out, v1::ScoreRequest::kKeyFieldNumber, request.key, mode);
-  if (request.value) {
-    AppendTensorField(out, v1::ScoreRequest::kValueFieldNumber, *request.value,
-                      mode);
+  AppendInput(out, v1::ScoreRequest::kQueryFieldNumber, request.query,
+              shared.query, mode);
+  AppendInput(out, v1::ScoreRequest::kKeyFieldNumber, request.key, shared.key,
+              mode);
+  if (value != nullptr) {
+    AppendInput(out, v1::ScoreRequest::kValueFieldNumber, *value, shared.value,
+                mode);
   }
 
   v1::ScoreRequest tail;

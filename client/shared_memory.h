@@ -1,7 +1,8 @@
 // A POSIX shared-memory object that this process creates and maps, for
-// shared-memory outputs (Linux only): register it with the server
+// shared-memory outputs and inputs (Linux only): register it with the server
 // (Client::RegisterSharedMemory, Registration()), place outputs in it
-// (ScoreRequest::placements), then read them with View().
+// (ScoreRequest::placements), then read them with View(); or write inputs
+// into data() and name their ranges in ScoreRequest::shared_inputs.
 //
 //   ac::SharedMemoryRegion region =
 //       *ac::SharedMemoryRegion::Create("attnscore-myservice-1", 64 << 20);

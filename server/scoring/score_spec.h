@@ -91,6 +91,9 @@ struct TensorRef {
   std::vector<int64_t> shape;
   const void* data = nullptr;
   size_t size_bytes = 0;
+  // What validation errors call the bytes, after the tensor's name ("data";
+  // "shared_memory.byte_size" when they are a shared-memory range).
+  const char* bytes_field = "data";
 };
 
 // Everything about a request except its tensors. Requests batch together iff

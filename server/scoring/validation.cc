@@ -45,8 +45,8 @@ absl::Status CheckTensor(const char* field, const TensorRef& t, Layout layout) {
   const uint64_t expected = count * ElementSize(t.dtype);
   if (t.size_bytes != expected) {
     return absl::InvalidArgumentError(absl::StrCat(
-        field, ".data: expected ", expected, " bytes for ", DTypeName(t.dtype),
-        " ", ShapeString(t.shape), ", got ", t.size_bytes));
+        field, ".", t.bytes_field, ": expected ", expected, " bytes for ",
+        DTypeName(t.dtype), " ", ShapeString(t.shape), ", got ", t.size_bytes));
   }
   return absl::OkStatus();
 }

@@ -100,6 +100,9 @@ absl::StatusOr<ValidatedRequest> KServeInferCodec::Parse(
                            shared_memory_, owner_);
   if (!placements.ok()) return placements.status();
   placements_ = *std::move(placements);
+  if (absl::Status s = CheckInputsApart(placements_, inputs_); !s.ok()) {
+    return s;
+  }
   OfferDestinations(placements_, &mapped->validated.item);
   return std::move(mapped->validated);
 }
@@ -119,18 +122,15 @@ KServeInferCodec::ResolveSharedInputs() {
     if (!region.ok()) return region.status();
     shared[static_cast<size_t>(input.input)] = TensorBytesView{
         (*region)->At(input.range.offset()), input.range.byte_size(), {}};
-    input_regions_.push_back(*std::move(region));
+    inputs_.push_back(
+        ResolvedInput{*std::move(region), input.range, input.range_field});
   }
   return shared;
 }
 
 absl::StatusOr<grpc::ByteBuffer> KServeInferCodec::EncodeResult(
     const scoring::ScoreResult& result, const BatchTiming& timing) const {
-  // The scorer read these inputs in place: a region that broke meanwhile
-  // (its object truncated) gave it zero pages instead of the client's bytes.
-  for (const std::shared_ptr<const MappedRegion>& region : input_regions_) {
-    if (absl::Status s = region->CheckIntact(); !s.ok()) return s;
-  }
+  if (absl::Status s = CheckInputsIntact(inputs_); !s.ok()) return s;
   absl::StatusOr<PlacedRanges> placed = WritePlacements(placements_, result);
   if (!placed.ok()) return placed.status();
   return EncodeInferResponse(request_.message.model_name(),

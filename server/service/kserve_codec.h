@@ -69,7 +69,7 @@ class KServeInferCodec final : public ScoreCodec {
 
  private:
   // Per input, its bytes in a region of the caller's when its parameters put
-  // it there (empty when none does); holds those regions in input_regions_.
+  // it there (empty when none does); holds those regions in inputs_.
   absl::StatusOr<std::vector<std::optional<TensorBytesView>>>
   ResolveSharedInputs();
 
@@ -78,8 +78,9 @@ class KServeInferCodec final : public ScoreCodec {
   ParsedInferRequest request_;
   std::vector<Output> outputs_;
   std::vector<ResolvedPlacement> placements_;
-  // The regions the inputs are read from, held until the reply is encoded.
-  std::vector<std::shared_ptr<const MappedRegion>> input_regions_;
+  // The ranges the inputs are read from, their regions held until the reply
+  // is encoded.
+  std::vector<ResolvedInput> inputs_;
 };
 
 }  // namespace attnscore::service::kserve

@@ -154,6 +154,34 @@ absl::StatusOr<std::shared_ptr<const MappedRegion>> ResolveInputRange(
   return FindRange(range, region_field, range_field, registry, owner);
 }
 
+absl::Status CheckInputsApart(const std::vector<ResolvedPlacement>& placements,
+                              const std::vector<ResolvedInput>& inputs) {
+  for (const ResolvedPlacement& placed : placements) {
+    for (const ResolvedInput& input : inputs) {
+      const v1::SharedMemoryRange& a = placed.range;
+      const v1::SharedMemoryRange& b = input.range;
+      if (placed.region == input.region &&
+          a.offset() < b.offset() + b.byte_size() &&
+          b.offset() < a.offset() + a.byte_size()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            placed.range_field,
+            ": expected bytes apart from the inputs', got [", a.offset(), ", ",
+            a.offset() + a.byte_size(), ") overlapping ", input.range_field,
+            "'s [", b.offset(), ", ", b.offset() + b.byte_size(),
+            ") of region \"", a.region(), "\""));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckInputsIntact(const std::vector<ResolvedInput>& inputs) {
+  for (const ResolvedInput& input : inputs) {
+    if (absl::Status s = input.region->CheckIntact(); !s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::vector<ResolvedPlacement>> ResolvePlacements(
     const v1::ScoreRequest& request, const ValidatedRequest& validated,
     const SharedMemoryRegistry* registry, absl::string_view owner) {

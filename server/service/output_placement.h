@@ -63,6 +63,25 @@ absl::StatusOr<std::shared_ptr<const MappedRegion>> ResolveInputRange(
     const std::string& range_field, const SharedMemoryRegistry* registry,
     absl::string_view owner);
 
+// An input the scorer reads in place from a region, and how errors name its
+// range.
+struct ResolvedInput {
+  std::shared_ptr<const MappedRegion> region;
+  v1::SharedMemoryRange range;
+  std::string range_field;
+};
+
+// INVALID_ARGUMENT when a placed output would be written over an input's
+// bytes in the same registered region: the scorer writes outputs in place
+// while it still reads the inputs.
+absl::Status CheckInputsApart(const std::vector<ResolvedPlacement>& placements,
+                              const std::vector<ResolvedInput>& inputs);
+
+// CheckIntact of each input's region, after the scorer read them: a region
+// that broke meanwhile (its object truncated) gave it zero pages instead of
+// the client's bytes. ABORTED then.
+absl::Status CheckInputsIntact(const std::vector<ResolvedInput>& inputs);
+
 // ResolvePlacementList of an attnscore.v1 request's `placements`.
 absl::StatusOr<std::vector<ResolvedPlacement>> ResolvePlacements(
     const v1::ScoreRequest& request, const ValidatedRequest& validated,

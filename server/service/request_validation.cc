@@ -100,6 +100,7 @@ absl::StatusOr<scoring::TensorRef> ToTensorRef(
   }
   ref.data = bytes->data;
   ref.size_bytes = bytes->size;
+  ref.bytes_field = bytes->bytes_field;
   *scan = scoring::ScanAs(bytes->scan, ref.dtype);
   return ref;
 }

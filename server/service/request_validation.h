@@ -105,6 +105,7 @@ struct TensorBytesView {
   const void* data = nullptr;
   size_t size = 0;
   std::optional<scoring::FiniteScan> scan;
+  const char* bytes_field = "data";  // scoring::TensorRef::bytes_field
 };
 // Where each tensor's bytes are: unset, in the message's own `data`.
 struct RequestTensorBytes {

@@ -261,9 +261,10 @@ absl::Status MappedRegion::CheckIntact() const {
   return absl::AbortedError(absl::StrCat(
       "shared-memory region \"", spec_.name, "\": its object \"/",
       ClientStringForLog(spec_.key),
-      "\" shrank below the registered range while the server wrote to it; "
-      "the output's bytes are incomplete, and the region stays unusable "
-      "until it is unregistered and registered again"));
+      "\" shrank below the registered range while the server used it; "
+      "the inputs it read there and the outputs it wrote there are "
+      "incomplete, and the region stays unusable until it is unregistered "
+      "and registered again"));
 }
 
 SharedMemoryRegistry::Key SharedMemoryRegistry::KeyOf(absl::string_view owner,

@@ -2,8 +2,12 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "server/service/response_encoder.h"
 
 namespace attnscore::service {
@@ -53,19 +57,58 @@ absl::StatusOr<ValidatedRequest> V1ScoreCodec::Parse(
     return parsed;
   }
   id_ = request_.message.request_id().substr(0, kMaxClientStringBytes);
-  absl::StatusOr<ValidatedRequest> validated = ValidateRequest(
-      request_.message, limits, models, request_.tensor_bytes());
+  RequestTensorBytes bytes = request_.tensor_bytes();
+  if (absl::Status s = ResolveSharedInputs(&bytes); !s.ok()) return s;
+  absl::StatusOr<ValidatedRequest> validated =
+      ValidateRequest(request_.message, limits, models, bytes);
   if (!validated.ok()) return validated;
   absl::StatusOr<std::vector<ResolvedPlacement>> placements =
       ResolvePlacements(request_.message, *validated, shared_memory_, owner_);
   if (!placements.ok()) return placements.status();
   placements_ = *std::move(placements);
+  if (absl::Status s = CheckInputsApart(placements_, inputs_); !s.ok()) {
+    return s;
+  }
   OfferDestinations(placements_, &validated->item);
   return validated;
 }
 
+absl::Status V1ScoreCodec::ResolveSharedInputs(RequestTensorBytes* bytes) {
+  const v1::ScoreRequest& message = request_.message;
+  const struct {
+    const char* name;
+    bool present;
+    const v1::Tensor& tensor;
+    std::optional<TensorBytesView>& view;
+  } inputs[] = {{"query", message.has_query(), message.query(), bytes->query},
+                {"key", message.has_key(), message.key(), bytes->key},
+                {"value", message.has_value(), message.value(), bytes->value}};
+  for (const auto& input : inputs) {
+    if (!input.present || !input.tensor.has_shared_memory()) continue;
+    const bool has_data = input.view.has_value() ? input.view->size > 0
+                                                 : !input.tensor.data().empty();
+    if (has_data) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          input.name,
+          ": expected its bytes in data or in shared_memory, got both"));
+    }
+    const std::string field = absl::StrCat(input.name, ".shared_memory");
+    const v1::SharedMemoryRange& range = input.tensor.shared_memory();
+    absl::StatusOr<std::shared_ptr<const MappedRegion>> region =
+        ResolveInputRange(range, field + ".region", field, shared_memory_,
+                          owner_);
+    if (!region.ok()) return region.status();
+    input.view =
+        TensorBytesView{(*region)->At(range.offset()), range.byte_size(),
+                        std::nullopt, "shared_memory.byte_size"};
+    inputs_.push_back(ResolvedInput{*std::move(region), range, field});
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<grpc::ByteBuffer> V1ScoreCodec::EncodeResult(
     const scoring::ScoreResult& result, const BatchTiming& timing) const {
+  if (absl::Status s = CheckInputsIntact(inputs_); !s.ok()) return s;
   absl::StatusOr<PlacedRanges> placed = WritePlacements(placements_, result);
   if (!placed.ok()) return placed.status();
   v1::Timing wire;

@@ -28,13 +28,16 @@ class V1ScoreCodec final : public ScoreCodec {
   V1ScoreCodec(const SharedMemoryRegistry* shared_memory, std::string owner)
       : shared_memory_(shared_memory), owner_(std::move(owner)) {}
 
-  // INVALID_ARGUMENT for bytes that are not a ScoreRequest, else
-  // ValidateRequest's error.
-  // Then the placements (output_placement.h ResolvePlacements).
+  // INVALID_ARGUMENT for bytes that are not a ScoreRequest; the inputs in
+  // shared memory (Tensor.shared_memory: NOT_FOUND, FAILED_PRECONDITION or
+  // INVALID_ARGUMENT as for a placement); ValidateRequest's error; then the
+  // placements (output_placement.h ResolvePlacements), which must not overlap
+  // the inputs.
   absl::StatusOr<ValidatedRequest> Parse(
       const grpc::ByteBuffer& request, const RequestLimits& limits,
       const scoring::ModelSet& models) override;
-  // Writes the placed outputs first: ABORTED when a region shrank.
+  // ABORTED when a region the inputs were read from broke; then writes the
+  // placed outputs: ABORTED when a region broke.
   absl::StatusOr<grpc::ByteBuffer> EncodeResult(
       const scoring::ScoreResult& result,
       const BatchTiming& timing) const override;
@@ -54,6 +57,14 @@ class V1ScoreCodec final : public ScoreCodec {
   ParsedScoreRequest request_;
   std::string id_;
   std::vector<ResolvedPlacement> placements_;
+  // The ranges the inputs are read from, their regions held until the reply
+  // is encoded.
+  std::vector<ResolvedInput> inputs_;
+
+  // Points `bytes`' query, key and value at their shared-memory ranges where
+  // the request puts them there; INVALID_ARGUMENT for a tensor with both
+  // `data` and `shared_memory`.
+  absl::Status ResolveSharedInputs(RequestTensorBytes* bytes);
 };
 
 }  // namespace attnscore::service

@@ -1,10 +1,13 @@
 // The client library against real attnscore-server processes on loopback: every
 // golden case through Score, ScoreAsync and Stream; errors with the server's
 // message; deadlines and cancellation; health, models and server info;
-// round-robin over three servers; message limits; option validation (TLS files,
-// tokens).
+// round-robin over three servers; message limits; shared-memory inputs and
+// outputs; option validation (TLS files, tokens).
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
+#include <cstring>
 #include <future>
 #include <map>
 #include <memory>
@@ -12,6 +15,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "client/client.h"
+#include "client/shared_memory.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/client/golden_support.h"
@@ -355,6 +359,55 @@ TEST_F(ClientE2eTest, OutputDtypesAndHalfInputs) {
   for (size_t i = 0; i < got.size(); ++i) {
     ASSERT_NEAR(got[i], expected[i], 2e-2) << i;
   }
+}
+
+// Query and key read from a region and the logits written into the same one
+// (apart): the bytes of the same request sent and answered in-band.
+TEST(ClientSharedMemoryTest, InputsAndOutputsInOneRegion) {
+  ServerOptions options;
+  options.extra_args = {"--shm-prefix", "attnscore-test-"};
+  absl::StatusOr<std::unique_ptr<ServerProcess>> server =
+      ServerProcess::Start(options);
+  ASSERT_TRUE(server.ok()) << server.status();
+  std::unique_ptr<Client> client = MakeClient((*server)->target());
+  ASSERT_NE(client, nullptr);
+  OwnedRequest owned = MakeRequest(1, 2, 16, 32, 8);
+  owned.request.outputs = Outputs{true, true, false};
+  absl::StatusOr<ScoreResult> in_band = client->Score(owned.request);
+  ASSERT_TRUE(in_band.ok()) << in_band.status();
+
+  absl::StatusOr<SharedMemoryRegion> region = SharedMemoryRegion::Create(
+      absl::StrCat("attnscore-test-", getpid(), "-io"), size_t{1} << 20);
+  ASSERT_TRUE(region.ok()) << region.status();
+  ASSERT_TRUE(client->RegisterSharedMemory(region->Registration("io")).ok());
+  const size_t q_bytes = owned.q.size_bytes();
+  const size_t k_bytes = owned.k.size_bytes();
+  std::memcpy(region->data(), owned.q.data(), q_bytes);
+  std::memcpy(region->data() + q_bytes, owned.k.data(), k_bytes);
+  ScoreRequest shared = owned.request;
+  shared.query.data = nullptr;  // dtype and shape only
+  shared.query.size_bytes = 0;
+  shared.key.data = nullptr;
+  shared.key.size_bytes = 0;
+  shared.shared_inputs.query = SharedMemoryRange{"io", 0, q_bytes};
+  shared.shared_inputs.key = SharedMemoryRange{"io", q_bytes, k_bytes};
+  shared.placements = {{Output::kLogits, {"io", 65536, 65536}}};
+  absl::StatusOr<ScoreResult> result = client->Score(shared);
+  ASSERT_TRUE(result.ok()) << result.status();
+
+  ASSERT_EQ(result->placed.size(), 1u);
+  absl::StatusOr<TensorView> logits = region->View(result->placed[0]);
+  ASSERT_TRUE(logits.ok()) << logits.status();
+  ASSERT_EQ(logits->size_bytes, in_band->logits->size_bytes());
+  EXPECT_EQ(
+      std::memcmp(logits->data, in_band->logits->data(), logits->size_bytes),
+      0);
+  ASSERT_TRUE(result->probs.has_value());
+  ASSERT_EQ(result->probs->size_bytes(), in_band->probs->size_bytes());
+  EXPECT_EQ(std::memcmp(result->probs->data(), in_band->probs->data(),
+                        result->probs->size_bytes()),
+            0);
+  EXPECT_TRUE(client->UnregisterSharedMemory("io").ok());
 }
 
 TEST(ClientDeadlineTest, DeadlineAndCancellation) {

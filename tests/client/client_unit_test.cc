@@ -456,6 +456,53 @@ TEST(ScoreCodecTest, EncodesPlacements) {
   EXPECT_EQ(parsed.placements_size(), 0);
 }
 
+TEST(ScoreCodecTest, EncodesSharedInputsAsRangesWithoutBytes) {
+  const std::vector<float> q(24, 1.0f);
+  ScoreRequest request = PlacedRequest(q, {}, {});
+  request.placements.clear();
+  // Key and value in shared memory: their views give dtype and shape only.
+  request.key = TensorView{DType::kFloat32, {1, 2, 5, 4}, nullptr, 0};
+  request.value = TensorView{DType::kBFloat16, {1, 2, 5, 6}, nullptr, 0};
+  request.shared_inputs.key = SharedMemoryRange{"in", 0, 160};
+  request.shared_inputs.value = SharedMemoryRange{"in", 4096, 120};
+  for (internal::DataMode mode :
+       {internal::DataMode::kReference, internal::DataMode::kCopy}) {
+    absl::StatusOr<grpc::ByteBuffer> encoded =
+        internal::EncodeScoreRequest(request, mode);
+    ASSERT_TRUE(encoded.ok()) << encoded.status();
+    const std::string wire = Flatten(*encoded);
+    v1::ScoreRequest parsed;
+    ASSERT_TRUE(parsed.ParseFromString(wire));
+    EXPECT_EQ(parsed.query().data().size(), 96u);
+    EXPECT_FALSE(parsed.query().has_shared_memory());
+    EXPECT_TRUE(parsed.key().data().empty());
+    EXPECT_EQ(parsed.key().dtype(), v1::FLOAT32);
+    EXPECT_THAT(parsed.key().shape(), ElementsAre(1, 2, 5, 4));
+    EXPECT_EQ(parsed.key().shared_memory().region(), "in");
+    EXPECT_EQ(parsed.key().shared_memory().offset(), 0u);
+    EXPECT_EQ(parsed.key().shared_memory().byte_size(), 160u);
+    EXPECT_TRUE(parsed.value().data().empty());
+    EXPECT_EQ(parsed.value().dtype(), v1::BFLOAT16);
+    EXPECT_EQ(parsed.value().shared_memory().offset(), 4096u);
+    EXPECT_EQ(parsed.value().shared_memory().byte_size(), 120u);
+    // Byte for byte what protobuf writes: fields in order, nothing twice.
+    EXPECT_EQ(wire, parsed.SerializeAsString());
+  }
+
+  // A value range needs the value's dtype and shape.
+  request.value.reset();
+  absl::Status s =
+      internal::EncodeScoreRequest(request, internal::DataMode::kCopy).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("shared_inputs.value"));
+  // A tensor sent in-band is still checked.
+  request.shared_inputs.value.reset();
+  request.shared_inputs.key.reset();
+  s = internal::EncodeScoreRequest(request, internal::DataMode::kCopy).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("ScoreRequest.key"));
+}
+
 // Sets `tensor` to a placed output: dtype and shape, no data, the range.
 void Place(v1::Tensor& tensor, v1::DType dtype,
            const std::vector<int64_t>& shape, const std::string& region,

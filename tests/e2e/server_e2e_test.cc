@@ -665,6 +665,127 @@ TEST_F(ServerE2eTest, SharedMemoryOutputsAreTheReplysBytes) {
   EXPECT_TRUE(server_->running());
 }
 
+// Inputs read from shared memory give the reply of the same request with its
+// bytes in-band; each way of naming a range wrongly gets its own status.
+TEST_F(ServerE2eTest, SharedMemoryInputsAreReadInPlace) {
+  ASSERT_NO_FATAL_FAILURE(
+      Start({absl::StrCat("--shm-prefix=", service::testing::kShmTestPrefix)}));
+  const std::vector<int64_t> shape = {1, 4, 128, 64};
+  v1::ScoreRequest request;
+  request.mutable_alibi();
+  request.set_causal(true);
+  *request.mutable_query() = RampTensor(shape, 1);
+  *request.mutable_key() = RampTensor(shape, 0.5f);
+  *request.mutable_value() = RampTensor(shape, 2);
+  request.add_outputs(v1::LOGITS);
+  request.add_outputs(v1::CONTEXT);
+  const Call in_band = Score(request);
+  ASSERT_TRUE(in_band.status.ok()) << in_band.status.error_message();
+
+  const size_t bytes = request.query().data().size();  // each input's
+  constexpr size_t kOutputOffset = size_t{1} << 20;
+  service::testing::ShmObject object(kOutputOffset + (size_t{1} << 20));
+  {
+    grpc::ClientContext context;
+    v1::RegisterSharedMemoryRequest region;
+    region.set_name("inputs");
+    region.set_key(object.key());
+    region.set_byte_size(kOutputOffset + (size_t{1} << 20));
+    v1::RegisterSharedMemoryResponse registered;
+    const grpc::Status status =
+        stub_->RegisterSharedMemory(&context, region, &registered);
+    ASSERT_TRUE(status.ok()) << status.error_message();
+  }
+  v1::ScoreRequest shared = request;
+  v1::Tensor* inputs[] = {shared.mutable_query(), shared.mutable_key(),
+                          shared.mutable_value()};
+  for (size_t i = 0; i < 3; ++i) {
+    std::memcpy(object.data() + i * bytes, inputs[i]->data().data(), bytes);
+    inputs[i]->clear_data();
+    v1::SharedMemoryRange* range = inputs[i]->mutable_shared_memory();
+    range->set_region("inputs");
+    range->set_offset(i * bytes);
+    range->set_byte_size(bytes);
+  }
+  const Call from_shm = Score(shared);
+  ASSERT_TRUE(from_shm.status.ok()) << from_shm.status.error_message();
+  EXPECT_TRUE(from_shm.response.logits().data() ==
+              in_band.response.logits().data());
+  EXPECT_TRUE(from_shm.response.context().data() ==
+              in_band.response.context().data());
+
+  // With the logits placed in the same region, apart from the inputs.
+  v1::ScoreRequest placed = shared;
+  v1::OutputPlacement* placement = placed.add_placements();
+  placement->set_output(v1::LOGITS);
+  placement->mutable_range()->set_region("inputs");
+  placement->mutable_range()->set_offset(kOutputOffset);
+  placement->mutable_range()->set_byte_size(size_t{1} << 20);
+  const Call both = Score(placed);
+  ASSERT_TRUE(both.status.ok()) << both.status.error_message();
+  const std::string& logits = in_band.response.logits().data();
+  EXPECT_TRUE(std::string(object.data() + kOutputOffset, logits.size()) ==
+              logits);
+
+  struct Case {
+    const char* what;
+    std::function<void(v1::ScoreRequest&)> change;
+    grpc::StatusCode code;
+    const char* message;
+  };
+  const Case cases[] = {
+      {"data and a range",
+       [&](v1::ScoreRequest& r) { r.mutable_key()->set_data("x"); },
+       grpc::StatusCode::INVALID_ARGUMENT,
+       "key: expected its bytes in data or in shared_memory, got both"},
+      {"a range of the wrong size",
+       [&](v1::ScoreRequest& r) {
+         r.mutable_value()->mutable_shared_memory()->set_byte_size(bytes - 4);
+       },
+       grpc::StatusCode::INVALID_ARGUMENT,
+       "value.shared_memory.byte_size: expected 131072 bytes for F32 "
+       "[1,4,128,64], got 131068"},
+      {"a region not registered",
+       [&](v1::ScoreRequest& r) {
+         r.mutable_query()->mutable_shared_memory()->set_region("absent");
+       },
+       grpc::StatusCode::NOT_FOUND, "query.shared_memory.region"},
+      {"a range past the region's end",
+       [&](v1::ScoreRequest& r) {
+         r.mutable_key()->mutable_shared_memory()->set_offset(kOutputOffset *
+                                                              2);
+       },
+       grpc::StatusCode::INVALID_ARGUMENT,
+       "key.shared_memory: expected offset + byte_size within the region"},
+      {"an output placed over an input",
+       [&](v1::ScoreRequest& r) {
+         r.mutable_placements(0)->mutable_range()->set_offset(bytes);
+       },
+       grpc::StatusCode::INVALID_ARGUMENT,
+       "placements[0].range: expected bytes apart from the inputs', got "
+       "[131072, 393216) overlapping key.shared_memory's [131072, 262144)"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.what);
+    v1::ScoreRequest bad = placed;
+    c.change(bad);
+    const Call call = Score(bad);
+    EXPECT_EQ(call.status.error_code(), c.code);
+    EXPECT_THAT(call.status.error_message(), HasSubstr(c.message));
+  }
+
+  // The client shrinks its object: the server's reads fault (SIGBUS), the
+  // request is ABORTED, and the server goes on serving.
+  object.Truncate(0);
+  const Call truncated = Score(shared);
+  EXPECT_EQ(truncated.status.error_code(), grpc::StatusCode::ABORTED)
+      << truncated.status.error_message();
+  EXPECT_THAT(truncated.status.error_message(),
+              HasSubstr("shrank below the registered range"));
+  EXPECT_TRUE(Score(SmallRequest("after")).status.ok());
+  EXPECT_TRUE(server_->running());
+}
+
 TEST_F(ServerE2eTest, MetricsEndpointServesTheSeries) {
   ASSERT_NO_FATAL_FAILURE(Start({}));
   ASSERT_TRUE(Score(SmallRequest("m")).status.ok());

@@ -397,6 +397,28 @@ TEST(KServeCodecTest, InputsReadFromSharedMemoryAndATruncatedRegionAborts) {
   KServeInferCodec stranger(&registry, "someone-else");
   EXPECT_EQ(stranger.Parse(buffer, RequestLimits{}, NoModels()).status().code(),
             absl::StatusCode::kNotFound);
+  // The logits placed over the key's bytes: the scorer would write them while
+  // it still reads the key.
+  ModelInferRequest overlapping = request;
+  auto* logits = overlapping.add_outputs();
+  logits->set_name("logits");
+  (*logits->mutable_parameters())["shared_memory_region"].set_string_param(
+      "in");
+  (*logits->mutable_parameters())["shared_memory_byte_size"].set_int64_param(
+      72);
+  (*logits->mutable_parameters())["shared_memory_offset"].set_int64_param(100);
+  const std::string overlapping_bytes = overlapping.SerializeAsString();
+  grpc::Slice overlapping_slice(overlapping_bytes.data(),
+                                overlapping_bytes.size());
+  const grpc::ByteBuffer overlapping_buffer(&overlapping_slice, 1);
+  KServeInferCodec refused(&registry, "anonymous");
+  const absl::Status overlap =
+      refused.Parse(overlapping_buffer, RequestLimits{}, NoModels()).status();
+  EXPECT_EQ(overlap.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(overlap.message().find("got [100, 172) overlapping"),
+            std::string::npos)
+      << overlap;
+  EXPECT_NE(overlap.message().find("[64, 160)"), std::string::npos) << overlap;
 
   auto keep = std::make_shared<std::vector<float>>(24, 1.0f);
   scoring::ScoreResult result;

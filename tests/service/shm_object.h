@@ -43,6 +43,7 @@ class ShmObject {
   const std::string& key() const { return key_; }
   std::string path() const { return "/" + key_; }
   const char* data() const { return data_; }
+  char* data() { return data_; }
   // Shrinks the object, as a misbehaving client could.
   void Truncate(size_t size) const {
     const int fd = shm_open(path().c_str(), O_RDWR, 0);
