@@ -90,13 +90,14 @@ class AttentionScorerServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def RegisterSharedMemory(self, request, context):
-        """Shared-memory outputs, for clients on the server's host (or in its Kubernetes pod): the
-        client creates a POSIX shared-memory object (shm_open), registers it here, and places
-        outputs in it (ScoreRequest.placements) instead of receiving their bytes in the reply, as
-        Triton's system shared memory does. Off unless the server runs with --shm-prefix; then
-        only objects whose name starts with that prefix can be registered. A region belongs to the
-        identity that registered it (its token's name, certificate subject, or "anonymous"): other
-        identities can neither see, use nor unregister it.
+        """Shared memory, for clients on the server's host (or in its Kubernetes pod): the client
+        creates a POSIX shared-memory object (shm_open), registers it here, and places outputs in it
+        (ScoreRequest.placements) instead of receiving their bytes in the reply, or has inputs read
+        from it (Tensor.shared_memory) instead of sending them, as Triton's system shared memory
+        does. Off unless the server runs with --shm-prefix; then only objects whose name starts with
+        that prefix can be registered. A region belongs to the identity that registered it (its
+        token's name, certificate subject, or "anonymous"): other identities can neither see, use nor
+        unregister it.
 
         Errors: FAILED_PRECONDITION (shared memory is off), INVALID_ARGUMENT (a bad name, key,
         offset or size, naming the field), NOT_FOUND (no such object, or a region another identity
