@@ -118,6 +118,19 @@ class ServerE2eTest : public ::testing::Test {
     call.status = stub_->Score(&context, request, &call.response);
     return call;
   }
+  // Registers `object`'s whole `byte_size` bytes as region `name`.
+  grpc::Status RegisterRegion(const std::string& name,
+                              const service::testing::ShmObject& object,
+                              uint64_t byte_size) {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + kRpcTimeout);
+    v1::RegisterSharedMemoryRequest region;
+    region.set_name(name);
+    region.set_key(object.key());
+    region.set_byte_size(byte_size);
+    v1::RegisterSharedMemoryResponse registered;
+    return stub_->RegisterSharedMemory(&context, region, &registered);
+  }
   std::thread ScoreAsync(v1::ScoreRequest request, Call* call) {
     return std::thread(
         [this, request = std::move(request), call] { *call = Score(request); });
@@ -623,17 +636,8 @@ TEST_F(ServerE2eTest, SharedMemoryOutputsAreTheReplysBytes) {
   ASSERT_EQ(in_band.response.logits().data().size(), bytes);
 
   service::testing::ShmObject object(2 * bytes);
-  {
-    grpc::ClientContext context;
-    v1::RegisterSharedMemoryRequest region;
-    region.set_name("scores");
-    region.set_key(object.key());
-    region.set_byte_size(2 * bytes);
-    v1::RegisterSharedMemoryResponse registered;
-    const grpc::Status status =
-        stub_->RegisterSharedMemory(&context, region, &registered);
-    ASSERT_TRUE(status.ok()) << status.error_message();
-  }
+  const grpc::Status registered = RegisterRegion("scores", object, 2 * bytes);
+  ASSERT_TRUE(registered.ok()) << registered.error_message();
   for (const auto& [output, offset] :
        {std::pair{v1::LOGITS, size_t{0}}, std::pair{v1::PROBS, bytes}}) {
     v1::OutputPlacement* placement = request.add_placements();
@@ -684,18 +688,11 @@ TEST_F(ServerE2eTest, SharedMemoryInputsAreReadInPlace) {
 
   const size_t bytes = request.query().data().size();  // each input's
   constexpr size_t kOutputOffset = size_t{1} << 20;
-  service::testing::ShmObject object(kOutputOffset + (size_t{1} << 20));
-  {
-    grpc::ClientContext context;
-    v1::RegisterSharedMemoryRequest region;
-    region.set_name("inputs");
-    region.set_key(object.key());
-    region.set_byte_size(kOutputOffset + (size_t{1} << 20));
-    v1::RegisterSharedMemoryResponse registered;
-    const grpc::Status status =
-        stub_->RegisterSharedMemory(&context, region, &registered);
-    ASSERT_TRUE(status.ok()) << status.error_message();
-  }
+  constexpr size_t kRegionBytes = kOutputOffset + (size_t{1} << 20);
+  service::testing::ShmObject object(kRegionBytes);
+  const grpc::Status registered =
+      RegisterRegion("inputs", object, kRegionBytes);
+  ASSERT_TRUE(registered.ok()) << registered.error_message();
   v1::ScoreRequest shared = request;
   v1::Tensor* inputs[] = {shared.mutable_query(), shared.mutable_key(),
                           shared.mutable_value()};
