@@ -116,14 +116,12 @@ KServeInferCodec::ResolveSharedInputs() {
   if (requests->empty()) return shared;
   shared.resize(static_cast<size_t>(request_.message.inputs_size()));
   for (const SharedInputRequest& input : *requests) {
-    absl::StatusOr<std::shared_ptr<const MappedRegion>> region =
-        ResolveInputRange(input.range, input.region_field, input.range_field,
-                          shared_memory_, owner_);
-    if (!region.ok()) return region.status();
-    shared[static_cast<size_t>(input.input)] = TensorBytesView{
-        (*region)->At(input.range.offset()), input.range.byte_size(), {}};
-    inputs_.push_back(
-        ResolvedInput{*std::move(region), input.range, input.range_field});
+    absl::StatusOr<ResolvedInput> resolved =
+        ResolveInput(input.range, input.region_field, input.range_field,
+                     shared_memory_, owner_);
+    if (!resolved.ok()) return resolved.status();
+    shared[static_cast<size_t>(input.input)] = resolved->Bytes();
+    inputs_.push_back(*std::move(resolved));
   }
   return shared;
 }

@@ -147,11 +147,15 @@ absl::StatusOr<std::vector<ResolvedPlacement>> ResolvePlacementList(
   return placed;
 }
 
-absl::StatusOr<std::shared_ptr<const MappedRegion>> ResolveInputRange(
-    const v1::SharedMemoryRange& range, const std::string& region_field,
-    const std::string& range_field, const SharedMemoryRegistry* registry,
-    absl::string_view owner) {
-  return FindRange(range, region_field, range_field, registry, owner);
+absl::StatusOr<ResolvedInput> ResolveInput(const v1::SharedMemoryRange& range,
+                                           const std::string& region_field,
+                                           const std::string& range_field,
+                                           const SharedMemoryRegistry* registry,
+                                           absl::string_view owner) {
+  absl::StatusOr<std::shared_ptr<const MappedRegion>> region =
+      FindRange(range, region_field, range_field, registry, owner);
+  if (!region.ok()) return region.status();
+  return ResolvedInput{*std::move(region), range, range_field};
 }
 
 absl::Status CheckInputsApart(const std::vector<ResolvedPlacement>& placements,

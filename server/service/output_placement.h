@@ -15,6 +15,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -53,23 +54,31 @@ absl::StatusOr<std::vector<ResolvedPlacement>> ResolvePlacementList(
     const ValidatedRequest& validated, const SharedMemoryRegistry* registry,
     absl::string_view owner);
 
-// An input read from shared memory (the Open Inference Protocol's input
-// parameters): `owner`'s region `range.region()`, with the range within it.
-// Its bytes are at region->At(range.offset()); whoever reads them checks
-// region->CheckIntact() afterwards. Errors as for a placement, naming
-// `region_field` and `range_field`.
-absl::StatusOr<std::shared_ptr<const MappedRegion>> ResolveInputRange(
-    const v1::SharedMemoryRange& range, const std::string& region_field,
-    const std::string& range_field, const SharedMemoryRegistry* registry,
-    absl::string_view owner);
-
 // An input the scorer reads in place from a region, and how errors name its
 // range.
 struct ResolvedInput {
   std::shared_ptr<const MappedRegion> region;
   v1::SharedMemoryRange range;
   std::string range_field;
+
+  // Its bytes, at region->At(range.offset()); `bytes_field` names them in
+  // validation errors (scoring::TensorRef::bytes_field).
+  TensorBytesView Bytes(const char* bytes_field = "data") const {
+    return TensorBytesView{region->At(range.offset()), range.byte_size(),
+                           std::nullopt, bytes_field};
+  }
 };
+
+// An input read from shared memory (attnscore.v1's Tensor.shared_memory, the
+// Open Inference Protocol's input parameters): `owner`'s region
+// `range.region()`, with the range within it. Whoever reads its bytes checks
+// CheckInputsIntact afterwards. Errors as for a placement, naming
+// `region_field` and `range_field`.
+absl::StatusOr<ResolvedInput> ResolveInput(const v1::SharedMemoryRange& range,
+                                           const std::string& region_field,
+                                           const std::string& range_field,
+                                           const SharedMemoryRegistry* registry,
+                                           absl::string_view owner);
 
 // INVALID_ARGUMENT when a placed output would be written over an input's
 // bytes in the same registered region: the scorer writes outputs in place

@@ -93,15 +93,12 @@ absl::Status V1ScoreCodec::ResolveSharedInputs(RequestTensorBytes* bytes) {
           ": expected its bytes in data or in shared_memory, got both"));
     }
     const std::string field = absl::StrCat(input.name, ".shared_memory");
-    const v1::SharedMemoryRange& range = input.tensor.shared_memory();
-    absl::StatusOr<std::shared_ptr<const MappedRegion>> region =
-        ResolveInputRange(range, field + ".region", field, shared_memory_,
-                          owner_);
-    if (!region.ok()) return region.status();
-    input.view =
-        TensorBytesView{(*region)->At(range.offset()), range.byte_size(),
-                        std::nullopt, "shared_memory.byte_size"};
-    inputs_.push_back(ResolvedInput{*std::move(region), range, field});
+    absl::StatusOr<ResolvedInput> resolved =
+        ResolveInput(input.tensor.shared_memory(), field + ".region", field,
+                     shared_memory_, owner_);
+    if (!resolved.ok()) return resolved.status();
+    input.view = resolved->Bytes("shared_memory.byte_size");
+    inputs_.push_back(*std::move(resolved));
   }
   return absl::OkStatus();
 }
