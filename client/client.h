@@ -25,6 +25,9 @@
 // call and Stream it started.
 // Thread safety: Client is thread-safe; Stream's methods may be called from any
 // thread.
+// Process-wide: the first Create keeps gRPC initialised until the process
+// exits and, unless the process set it, sets
+// GRPC_CLIENT_CHANNEL_BACKUP_POLL_INTERVAL_MS to 100 (why: client.cc).
 // Errors: every call returns absl::Status / absl::StatusOr carrying the gRPC
 // status code and the server's message verbatim (INVALID_ARGUMENT names the
 // field, expected and actual value). Nothing throws.

@@ -13,6 +13,8 @@ namespace {
 
 // Between health probes while --wait runs.
 constexpr absl::Duration kHealthPollInterval = absl::Milliseconds(200);
+// The longest wait between connection attempts while --wait runs.
+constexpr absl::Duration kHealthMaxReconnectBackoff = absl::Seconds(1);
 
 }  // namespace
 
@@ -45,6 +47,15 @@ int RunHealth(const GlobalFlags& global, const HealthFlags& flags) {
   // only hide the answer the caller wants.
   GlobalFlags probe_flags = global;
   probe_flags.retry_attempts = 1;
+  // While --wait runs, try to connect at least once a second: gRPC's backoff
+  // would otherwise leave a server that came up between attempts waiting
+  // seconds for the next one.
+  if (absl::StatusOr<absl::Duration> backoff = ParseDurationFlag(
+          "--max-reconnect-backoff", global.max_reconnect_backoff);
+      backoff.ok() && *backoff > kHealthMaxReconnectBackoff) {
+    probe_flags.max_reconnect_backoff =
+        absl::FormatDuration(kHealthMaxReconnectBackoff);
+  }
   absl::StatusOr<std::unique_ptr<client::Client>> client =
       MakeClient(probe_flags);
   if (!client.ok()) return Fail("health", client.status(), kExitUsage);
