@@ -5,7 +5,9 @@ and the golden comparison itself."""
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
+import sys
 import tempfile
 import threading
 import unittest
@@ -176,6 +178,24 @@ class ServiceConfigTest(unittest.TestCase):
         self.assertEqual(policy["maxAttempts"], 5)
         self.assertEqual([n["service"] for n in config["methodConfig"][0]["name"]],
                          ["attnscore.v1.AttentionScorer", "grpc.health.v1.Health"])
+
+
+class BackupPollTest(unittest.TestCase):
+    """Importing the client sets gRPC's backup poll to 100 ms unless the process chose one."""
+
+    def poll_interval(self, env: dict) -> str:
+        code = ("import os, attnscore; "
+                "print(os.environ['GRPC_CLIENT_CHANNEL_BACKUP_POLL_INTERVAL_MS'])")
+        out = subprocess.run([sys.executable, "-c", code], env=env, check=True,
+                             capture_output=True, text=True, timeout=60)
+        return out.stdout.strip()
+
+    def test_default_and_the_process_choice(self) -> None:
+        env = {k: v for k, v in os.environ.items()
+               if k != "GRPC_CLIENT_CHANNEL_BACKUP_POLL_INTERVAL_MS"}
+        self.assertEqual(self.poll_interval(env), "100")
+        env["GRPC_CLIENT_CHANNEL_BACKUP_POLL_INTERVAL_MS"] = "2500"
+        self.assertEqual(self.poll_interval(env), "2500")
 
 
 class WireTest(unittest.TestCase):

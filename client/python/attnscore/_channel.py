@@ -9,7 +9,13 @@ import socket
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence, Tuple, Union
 
-import grpc
+# Before gRPC initialises (at its first channel; it reads the variable once): poll connection
+# attempts every 100 ms rather than gRPC's 5 s, unless the process chose a value. Otherwise a
+# server that came (back) up stays unused up to 5 s after it accepts, as in the C++ client library
+# (client/client.cc PrepareGrpcForTheProcess).
+os.environ.setdefault("GRPC_CLIENT_CHANNEL_BACKUP_POLL_INTERVAL_MS", "100")
+
+import grpc  # noqa: E402
 
 from attnscore._proto import attnscore_pb2 as pb
 from attnscore._response import parse_score_response
