@@ -19,6 +19,7 @@ import numpy as np
 
 import attnscore
 import attnscore.aio
+from attnscore._wire import Request, build_request
 from attnscore_testing import (GoldenCase, Server, compare, golden_cases, wait_ready,
                                write_golden_models)
 
@@ -399,6 +400,78 @@ class SharedMemoryTest(unittest.TestCase):
             self.client.unregister_shared_memory("out")
         self.assertEqual(raised.exception.code, grpc.StatusCode.NOT_FOUND)
 
+    def test_inputs_read_in_place(self) -> None:
+        """query, key and value as SharedTensors: the same outputs as in band, bit for bit, with
+        no input bytes in the request; inputs filled through view() in place; mixed with in-band
+        inputs and placed outputs."""
+        case = next(c for c in CASES if c.name == "alibi_causal_h8")
+        kwargs = case.score_kwargs()
+        q, k, v = kwargs["query"], kwargs["key"], kwargs["value"]
+        # Registered from 4096 on: shared inputs count from there, like placements.
+        self.client.register_shared_memory("in", self.region.key, 2 << 20, offset=4096)
+        shared = {}
+        offset = 0
+        for name, array in (("query", q), ("key", k), ("value", v)):
+            shared[name] = self.region.put("in", offset, array, region_offset=4096)
+            self.assertEqual(shared[name], attnscore.SharedTensor("in", offset, "float32",
+                                                                  array.shape))
+            offset += array.nbytes
+        message = build_request(Request(**dict(kwargs, **shared)))
+        for name in ("query", "key", "value"):
+            tensor = getattr(message, name)
+            self.assertEqual(tensor.data, b"", name)
+            self.assertEqual((tensor.shared_memory.region, tensor.shared_memory.offset,
+                              tensor.shared_memory.byte_size),
+                             ("in", shared[name].offset, shared[name].byte_size), name)
+
+        in_band = self.client.score(**kwargs)
+        from_shm = self.client.score(**dict(kwargs, **shared))
+        for name in kwargs["outputs"]:
+            self.assertEqual(getattr(from_shm, name).tobytes(),
+                             getattr(in_band, name).tobytes(), name)
+        self.assertEqual(compare(from_shm.context, case.tensors["expected_context"]), "")
+        mixed = self.client.score(**dict(kwargs, key=shared["key"]))
+        self.assertEqual(mixed.logits.tobytes(), in_band.logits.tobytes())
+
+        # Filled in place: the server reads what the region holds at the call.
+        view = self.region.view(shared["query"], region_offset=4096)
+        self.assertTrue(np.array_equal(view, q))
+        view[...] = 2 * q
+        del view
+        doubled = self.client.score(**dict(kwargs, **shared))
+        expected = self.client.score(**dict(kwargs, query=2 * q))
+        self.assertEqual(doubled.probs.tobytes(), expected.probs.tobytes())
+
+        # An output placed over an input of the region is refused.
+        with self.assertRaises(attnscore.AttnscoreError) as raised:
+            self.client.score(**dict(kwargs, **shared),
+                              placements={"logits": ("in", 0, 1 << 20)})
+        self.assertEqual(raised.exception.code, grpc.StatusCode.INVALID_ARGUMENT)
+        # A range past the registered one names the field.
+        past = attnscore.SharedTensor("in", (2 << 20) - 64, "float32", q.shape)
+        with self.assertRaises(attnscore.AttnscoreError) as raised:
+            self.client.score(**dict(kwargs, query=past))
+        self.assertEqual(raised.exception.code, grpc.StatusCode.INVALID_ARGUMENT)
+        self.assertIn("query", raised.exception.message)
+
+    def test_shared_input_checks(self) -> None:
+        """What the client judges itself, before any call."""
+        q = np.zeros((1, 2, 3, 4), dtype=np.float32)
+        with self.assertRaisesRegex(ValueError, "query: expected offset >= 0"):
+            self.client.score(attnscore.SharedTensor("in", -1, "float32", q.shape), q)
+        with self.assertRaisesRegex(ValueError, "key: region"):
+            self.client.score(q, attnscore.SharedTensor("", 0, "float32", q.shape))
+        with self.assertRaisesRegex(TypeError, "int8"):
+            self.client.score(q, attnscore.SharedTensor("in", 0, "int8", q.shape))
+        with self.assertRaisesRegex(ValueError, "do not fit"):
+            self.region.put("in", self.region.byte_size - 8, q)
+        with self.assertRaisesRegex(TypeError, "put: dtype int32"):
+            self.region.put("in", 0, q.astype(np.int32))
+        half = self.region.put("in", 64, q.astype(np.float16))
+        self.assertEqual((half.dtype, half.byte_size), ("float16", q.size * 2))
+        self.assertEqual(np.frombuffer(self.region.buf, np.float16, q.size, 64).tolist(),
+                         q.astype(np.float16).reshape(-1).tolist())
+
     def test_float16_and_score_many(self) -> None:
         self.client.register_shared_memory("many", self.region, self.region.byte_size)
         case = next(c for c in CASES if c.name == "alibi_key_lengths")
@@ -458,6 +531,11 @@ class SharedMemoryTest(unittest.TestCase):
             view = self.region.view(placed.placed["logits"])
             self.assertTrue(np.array_equal(view, in_band.logits))
             del view
+            await client.register_shared_memory("aio-in", self.region.key, 4096, offset=4096)
+            shared_q = self.region.put("aio-in", 0, q, region_offset=4096)
+            from_shm = await client.score(shared_q, q, causal=True)
+            self.assertEqual(from_shm.logits.tobytes(), in_band.logits.tobytes())
+            await client.unregister_shared_memory("aio-in")
             await client.unregister_shared_memory("aio")
             self.assertEqual(await client.shared_memory_status(), [])
 

@@ -10,11 +10,12 @@ attnscore.aio.Client is the asyncio variant. Failed calls raise attnscore.Attnsc
 from attnscore._errors import AttnscoreError
 from attnscore._shared_memory import SharedMemoryRegion
 from attnscore._wire import (BatchingOptions, Limits, ModelInfo, PlacedOutput, Placement,
-                             Request, ScoreResult, ServerInfo, SharedMemoryRegistration, Timing)
+                             Request, ScoreResult, ServerInfo, SharedMemoryRegistration, SharedTensor,
+                             Timing)
 from attnscore.client import Client
 
 __version__ = "0.1.0"
 
 __all__ = ["AttnscoreError", "BatchingOptions", "Client", "Limits", "ModelInfo", "PlacedOutput",
            "Placement", "Request", "ScoreResult", "ServerInfo", "SharedMemoryRegion",
-           "SharedMemoryRegistration", "Timing", "__version__"]
+           "SharedMemoryRegistration", "SharedTensor", "Timing", "__version__"]

@@ -1,15 +1,16 @@
 """attnscore.SharedMemoryRegion: a POSIX shared-memory object (shm_open) to register with the
-server and read placed outputs from, over Python's multiprocessing.shared_memory."""
+server, to read placed outputs from and to hold inputs the server reads in place, over Python's
+multiprocessing.shared_memory."""
 from __future__ import annotations
 
 from multiprocessing import resource_tracker, shared_memory
-from typing import Any
+from typing import Any, Union
 
 import numpy as np
 
 from attnscore import _tensors
 from attnscore._proto import attnscore_pb2 as pb
-from attnscore._wire import PlacedOutput
+from attnscore._wire import PlacedOutput, SharedTensor
 
 _NUMBERS = {name: number for number, name in _tensors.DTYPE_NAMES.items()}
 # Keys this process created and has not removed: the resource tracker tracks each name once.
@@ -24,8 +25,10 @@ class SharedMemoryRegion:
     close(); create=False opens an existing object (byte_size ignored) and leaves it in place.
     Register it with client.register_shared_memory(name, region.key, region.byte_size), place
     outputs in it with score(..., placements={"logits": (name, offset, byte_size)}), and read
-    them with view(result.placed["logits"]). Arrays from view() are views of the region: drop
-    them (or copy them) before close(), which fails with BufferError while they exist.
+    them with view(result.placed["logits"]). Inputs: put(name, offset, array) writes an array
+    into the region and returns a SharedTensor to pass as query, key or value, which the server
+    then reads in place. Arrays from view() are views of the region: drop them (or copy them)
+    before close(), which fails with BufferError while they exist.
     """
 
     def __init__(self, key: str, byte_size: int = 0, *, create: bool = True) -> None:
@@ -61,21 +64,42 @@ class SharedMemoryRegion:
         """The whole object, writable."""
         return self._shm.buf
 
-    def view(self, placed: PlacedOutput, region_offset: int = 0) -> np.ndarray:
-        """A numpy array over the placed output's bytes (no copy; ml_dtypes.bfloat16 for
-        bfloat16, like score's outputs). region_offset: the `offset` the region was registered
-        with (placements count from the registered range's start)."""
-        if not isinstance(placed, PlacedOutput):
-            raise TypeError(f"view: expected a PlacedOutput (result.placed[name]), got "
-                            f"{type(placed)!r}")
-        dtype = _tensors._numpy_dtype(_NUMBERS[placed.dtype])
+    def view(self, placed: Union[PlacedOutput, SharedTensor],
+             region_offset: int = 0) -> np.ndarray:
+        """A writable numpy array over a placed output's bytes or a SharedTensor's (no copy;
+        ml_dtypes.bfloat16 for bfloat16, like score's outputs). region_offset: the `offset` the
+        region was registered with (placements and shared inputs count from the registered
+        range's start)."""
+        if not isinstance(placed, (PlacedOutput, SharedTensor)):
+            raise TypeError(f"view: expected a PlacedOutput (result.placed[name]) or a "
+                            f"SharedTensor, got {type(placed)!r}")
+        dtype = _tensors._numpy_dtype(_tensors.dtype_number(placed.dtype))
         count = int(np.prod(placed.shape, dtype=np.int64))
         start = int(region_offset) + int(placed.offset)
-        if count * dtype.itemsize != placed.byte_size or start + placed.byte_size > self.byte_size:
+        if (count * dtype.itemsize != placed.byte_size or start < 0
+                or start + placed.byte_size > self.byte_size):
             raise ValueError(f"view: {placed} does not fit this region of {self.byte_size} "
                              f"bytes at region_offset {region_offset}")
         return np.frombuffer(self.buf, dtype=dtype, count=count,
                              offset=start).reshape(placed.shape)
+
+    def put(self, region: str, offset: int, array: Any, region_offset: int = 0) -> SharedTensor:
+        """Writes `array` (numpy: float32, float16, ml_dtypes.bfloat16; or a torch tensor) at
+        `offset` of the region registered as `region` (region_offset: the `offset` it was
+        registered with) and returns the SharedTensor to pass as query, key or value. One copy,
+        into the region; ValueError when it does not fit."""
+        number, values = _tensors.wire_array(array, "put")
+        shared = SharedTensor(region, int(offset), _tensors.DTYPE_NAMES[number],
+                              tuple(values.shape))
+        start = int(region_offset) + shared.offset
+        if start < 0 or start + shared.byte_size > self.byte_size:
+            raise ValueError(f"put: {shared.byte_size} bytes at {start} do not fit this region "
+                             f"of {self.byte_size} bytes")
+        # Little-endian, like the wire; bfloat16 as its bits.
+        target = np.frombuffer(self.buf, dtype=values.dtype.newbyteorder("<"),
+                               count=values.size, offset=start)
+        target[...] = values.reshape(-1)
+        return shared
 
     def close(self) -> None:
         """Unmaps the object, and removes it if this region created it."""

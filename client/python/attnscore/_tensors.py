@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 import grpc
 import numpy as np
@@ -76,6 +76,25 @@ def _numpy_to_wire(value: Any, what: str) -> pb.Tensor:
         array = array.astype(array.dtype.newbyteorder("<"))
     return pb.Tensor(dtype=number, shape=list(array.shape),
                      data=np.ascontiguousarray(array).tobytes())
+
+
+def wire_array(value: Any, what: str) -> Tuple[int, np.ndarray]:
+    """The wire DType of a numpy array or torch tensor (float32, float16, bfloat16) and a numpy
+    array of its values, with bfloat16 as its uint16 bits (no ml_dtypes needed); no copy where
+    the value already is such an array. TypeError for other dtypes."""
+    if _is_torch_tensor(value):
+        cpu = value.detach().to("cpu").contiguous()
+        number = dtype_number(cpu.dtype)
+        if number == pb.BFLOAT16:
+            return number, cpu.view(_torch().int16).numpy().view(np.uint16)
+        return number, cpu.numpy()
+    array = np.asarray(value)
+    try:
+        number = dtype_number(array.dtype)
+    except TypeError:
+        raise TypeError(f"{what}: dtype {array.dtype} is not supported; use float32, float16 or "
+                        f"bfloat16") from None
+    return number, array.view(np.uint16) if number == pb.BFLOAT16 else array
 
 
 def to_wire(value: Any, what: str) -> pb.Tensor:

@@ -42,6 +42,26 @@ class PlacedOutput:
 
 
 @dataclass(frozen=True)
+class SharedTensor:
+    """A query, key or value that the server reads in place from a registered shared-memory
+    region instead of receiving its bytes: `region` (its registered name), `offset` (from the
+    start of the registered range), dtype ("float32", "float16", "bfloat16") and shape. Its bytes
+    are product(shape) * element size, row-major, little-endian; leave them unchanged until the
+    reply arrives. SharedMemoryRegion.put writes an array and returns one, and
+    SharedMemoryRegion.view gives a writable array over one (to fill it in place)."""
+
+    region: str
+    offset: int
+    dtype: str
+    shape: Tuple[int, ...]
+
+    @property
+    def byte_size(self) -> int:
+        itemsize = 4 if _tensors.dtype_number(self.dtype) == pb.FLOAT32 else 2
+        return int(np.prod(self.shape, dtype=np.int64)) * itemsize
+
+
+@dataclass(frozen=True)
 class SharedMemoryRegistration:
     """A registered shared-memory region (shared_memory_status()): the name placements use,
     the POSIX shared-memory object's key, and the registered range of it."""
@@ -170,16 +190,38 @@ def _placements(placements: Mapping[str, Any]) -> list:
     return out
 
 
+def _shared_input(shared: SharedTensor, what: str) -> pb.Tensor:
+    if not isinstance(shared.region, str) or not shared.region:
+        raise ValueError(f"{what}: region must be a registered region's name, got "
+                         f"{shared.region!r}")
+    offset = int(shared.offset)
+    if offset < 0:
+        raise ValueError(f"{what}: expected offset >= 0, got {offset}")
+    shape = [int(extent) for extent in shared.shape]
+    if any(extent < 0 for extent in shape):
+        raise ValueError(f"{what}: expected a shape of extents >= 0, got {shape}")
+    number = _tensors.dtype_number(shared.dtype)
+    return pb.Tensor(dtype=number, shape=shape, shared_memory=pb.SharedMemoryRange(
+        region=shared.region, offset=offset, byte_size=shared.byte_size))
+
+
+def _input(value: Any, what: str) -> pb.Tensor:
+    """A query, key or value: its bytes in the message, or a range of shared memory."""
+    if isinstance(value, SharedTensor):
+        return _shared_input(value, what)
+    return _tensors.to_wire(value, what)
+
+
 def build_request(request: Request, request_id: str = "") -> pb.ScoreRequest:
     """The ScoreRequest message; ValueError/TypeError for arguments the client can judge, and
     ImportError when the outputs could not be decoded (bfloat16 without ml_dtypes or torch)."""
     message = pb.ScoreRequest(request_id=request_id, layout=_layout(request.layout),
                               causal=bool(request.causal), outputs=_outputs(request.outputs))
     _set_bias(message, request)
-    message.query.CopyFrom(_tensors.to_wire(request.query, "query"))
-    message.key.CopyFrom(_tensors.to_wire(request.key, "key"))
+    message.query.CopyFrom(_input(request.query, "query"))
+    message.key.CopyFrom(_input(request.key, "key"))
     if request.value is not None:
-        message.value.CopyFrom(_tensors.to_wire(request.value, "value"))
+        message.value.CopyFrom(_input(request.value, "value"))
     if request.scale is not None:
         message.scale = float(request.scale)
     if request.key_lengths is not None:

@@ -55,7 +55,9 @@ class Client:
         set (see models()). outputs: any of "logits", "probs", "context" (context needs value).
         placements: output name -> Placement or (region, offset, byte_size): those outputs are
         written into a registered shared-memory region and come back in result.placed (their
-        attribute is None)."""
+        attribute is None). query, key and value may each be a SharedTensor (see
+        SharedMemoryRegion.put): the server reads that input in place from a registered region
+        instead of receiving its bytes."""
         request = Request(query, key, value, alibi=alibi, model=model, causal=causal,
                           scale=scale, key_lengths=key_lengths, outputs=outputs, layout=layout,
                           output_dtype=output_dtype, as_torch=as_torch,
