@@ -465,7 +465,7 @@ class SharedMemoryTest(unittest.TestCase):
             self.client.score(q, attnscore.SharedTensor("in", 0, "int8", q.shape))
         with self.assertRaisesRegex(ValueError, "do not fit"):
             self.region.put("in", self.region.byte_size - 8, q)
-        with self.assertRaisesRegex(TypeError, "put: dtype int32"):
+        with self.assertRaisesRegex(TypeError, "array: dtype int32"):
             self.region.put("in", 0, q.astype(np.int32))
         half = self.region.put("in", 64, q.astype(np.float16))
         self.assertEqual((half.dtype, half.byte_size), ("float16", q.size * 2))

@@ -88,7 +88,7 @@ class SharedMemoryRegion:
         `offset` of the region registered as `region` (region_offset: the `offset` it was
         registered with) and returns the SharedTensor to pass as query, key or value. One copy,
         into the region; ValueError when it does not fit."""
-        number, values = _tensors.wire_array(array, "put")
+        number, values = _tensors.wire_array(array, "array")
         shared = SharedTensor(region, int(offset), _tensors.DTYPE_NAMES[number],
                               tuple(values.shape))
         start = int(region_offset) + shared.offset

@@ -57,25 +57,15 @@ def dtype_number(dtype: Any) -> int:
     return _DTYPES_BY_NAME[name]
 
 
-def _torch_to_wire(tensor: Any, what: str) -> pb.Tensor:
-    torch = _torch()
-    number = dtype_number(tensor.dtype)
-    cpu = tensor.detach().to("cpu").contiguous()
-    as_numpy = cpu.view(torch.int16).numpy() if number == pb.BFLOAT16 else cpu.numpy()
-    return pb.Tensor(dtype=number, shape=list(cpu.shape), data=as_numpy.tobytes())
-
-
-def _numpy_to_wire(value: Any, what: str) -> pb.Tensor:
+def _numpy_checked(value: Any, what: str) -> Tuple[int, np.ndarray]:
+    """The wire DType of an array-like and it as a numpy array; TypeError for other dtypes."""
     array = np.asarray(value)
     try:
         number = dtype_number(array.dtype)
     except TypeError:
         raise TypeError(f"{what}: dtype {array.dtype} is not supported; use float32, float16 or "
                         f"bfloat16 (e.g. {what}.astype(np.float32))") from None
-    if array.dtype.byteorder == ">":
-        array = array.astype(array.dtype.newbyteorder("<"))
-    return pb.Tensor(dtype=number, shape=list(array.shape),
-                     data=np.ascontiguousarray(array).tobytes())
+    return number, array
 
 
 def wire_array(value: Any, what: str) -> Tuple[int, np.ndarray]:
@@ -88,13 +78,21 @@ def wire_array(value: Any, what: str) -> Tuple[int, np.ndarray]:
         if number == pb.BFLOAT16:
             return number, cpu.view(_torch().int16).numpy().view(np.uint16)
         return number, cpu.numpy()
-    array = np.asarray(value)
-    try:
-        number = dtype_number(array.dtype)
-    except TypeError:
-        raise TypeError(f"{what}: dtype {array.dtype} is not supported; use float32, float16 or "
-                        f"bfloat16") from None
+    number, array = _numpy_checked(value, what)
     return number, array.view(np.uint16) if number == pb.BFLOAT16 else array
+
+
+def _torch_to_wire(tensor: Any, what: str) -> pb.Tensor:
+    number, values = wire_array(tensor, what)
+    return pb.Tensor(dtype=number, shape=list(values.shape), data=values.tobytes())
+
+
+def _numpy_to_wire(value: Any, what: str) -> pb.Tensor:
+    number, array = _numpy_checked(value, what)
+    if array.dtype.byteorder == ">":
+        array = array.astype(array.dtype.newbyteorder("<"))
+    return pb.Tensor(dtype=number, shape=list(array.shape),
+                     data=np.ascontiguousarray(array).tobytes())
 
 
 def to_wire(value: Any, what: str) -> pb.Tensor:
