@@ -91,8 +91,34 @@ absl::StatusOr<ResolvedPlacement> ResolveOne(
   return out;
 }
 
+// Whether range `a` of region `region_a` and range `b` of `region_b` share
+// bytes of one object: one region, or two registrations of the same object
+// (each maps its own range of it, from its spec's offset).
+bool Overlap(const MappedRegion& region_a, const v1::SharedMemoryRange& a,
+             const MappedRegion& region_b, const v1::SharedMemoryRange& b) {
+  if (!region_a.SameObject(region_b)) return false;
+  const uint64_t start_a = region_a.spec().offset + a.offset();
+  const uint64_t start_b = region_b.spec().offset + b.offset();
+  return start_a < start_b + b.byte_size() && start_b < start_a + a.byte_size();
+}
+
+// The end of an overlap error: [offset, end) of `a` (the one refused), the
+// other's range and where both are.
+std::string OverlapDetail(const v1::SharedMemoryRange& a,
+                          const std::string& other_field,
+                          const v1::SharedMemoryRange& b) {
+  const std::string ranges = absl::StrCat(
+      "[", a.offset(), ", ", a.offset() + a.byte_size(), ") overlapping ",
+      other_field, "'s [", b.offset(), ", ", b.offset() + b.byte_size(), ")");
+  if (a.region() == b.region()) {
+    return absl::StrCat(ranges, " of region \"", a.region(), "\"");
+  }
+  return absl::StrCat(ranges, " (regions \"", a.region(), "\" and \"",
+                      b.region(), "\" map the same object, those bytes too)");
+}
+
 // INVALID_ARGUMENT when two placements name the same output or overlapping
-// bytes of one region.
+// bytes of one object.
 absl::Status CheckDisjoint(const std::vector<ResolvedPlacement>& placed) {
   for (size_t i = 0; i < placed.size(); ++i) {
     for (size_t j = 0; j < i; ++j) {
@@ -105,15 +131,11 @@ absl::Status CheckDisjoint(const std::vector<ResolvedPlacement>& placed) {
                          v1::Output_Name(placed[i].output), " again (as in ",
                          placed[j].output_field, ")"));
       }
-      if (placed[i].region == placed[j].region &&
-          a.offset() < b.offset() + b.byte_size() &&
-          b.offset() < a.offset() + a.byte_size()) {
+      if (Overlap(*placed[i].region, a, *placed[j].region, b)) {
         return absl::InvalidArgumentError(absl::StrCat(
             placed[i].range_field,
-            ": expected bytes apart from the other placements', got [",
-            a.offset(), ", ", a.offset() + a.byte_size(), ") overlapping ",
-            placed[j].range_field, "'s [", b.offset(), ", ",
-            b.offset() + b.byte_size(), ") of region \"", a.region(), "\""));
+            ": expected bytes apart from the other placements', got ",
+            OverlapDetail(a, placed[j].range_field, b)));
       }
     }
   }
@@ -164,15 +186,10 @@ absl::Status CheckInputsApart(const std::vector<ResolvedPlacement>& placements,
     for (const ResolvedInput& input : inputs) {
       const v1::SharedMemoryRange& a = placed.range;
       const v1::SharedMemoryRange& b = input.range;
-      if (placed.region == input.region &&
-          a.offset() < b.offset() + b.byte_size() &&
-          b.offset() < a.offset() + a.byte_size()) {
+      if (Overlap(*placed.region, a, *input.region, b)) {
         return absl::InvalidArgumentError(absl::StrCat(
-            placed.range_field,
-            ": expected bytes apart from the inputs', got [", a.offset(), ", ",
-            a.offset() + a.byte_size(), ") overlapping ", input.range_field,
-            "'s [", b.offset(), ", ", b.offset() + b.byte_size(),
-            ") of region \"", a.region(), "\""));
+            placed.range_field, ": expected bytes apart from the inputs', got ",
+            OverlapDetail(a, input.range_field, b)));
       }
     }
   }

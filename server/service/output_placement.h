@@ -81,8 +81,8 @@ absl::StatusOr<ResolvedInput> ResolveInput(const v1::SharedMemoryRange& range,
                                            absl::string_view owner);
 
 // INVALID_ARGUMENT when a placed output would be written over an input's
-// bytes in the same registered region: the scorer writes outputs in place
-// while it still reads the inputs.
+// bytes of the same object, through one region or two registrations of it:
+// the scorer writes outputs in place while it still reads the inputs.
 absl::Status CheckInputsApart(const std::vector<ResolvedPlacement>& placements,
                               const std::vector<ResolvedInput>& inputs);
 

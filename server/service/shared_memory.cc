@@ -229,11 +229,16 @@ absl::StatusOr<std::shared_ptr<const MappedRegion>> MappedRegion::Map(
   }
   PublishSlot(slot, base, spec.byte_size);
   return std::shared_ptr<const MappedRegion>(
-      new MappedRegion(std::move(spec), base, slot));
+      new MappedRegion(std::move(spec), base, slot, info.st_dev, info.st_ino));
 }
 
-MappedRegion::MappedRegion(SharedMemorySpec spec, void* base, int slot)
-    : spec_(std::move(spec)), base_(base), slot_(slot) {}
+MappedRegion::MappedRegion(SharedMemorySpec spec, void* base, int slot,
+                           dev_t device, ino_t inode)
+    : spec_(std::move(spec)),
+      base_(base),
+      slot_(slot),
+      device_(device),
+      inode_(inode) {}
 
 MappedRegion::~MappedRegion() {
   // Out of the handler's table first: the range may be mapped again by

@@ -31,6 +31,8 @@
 #ifndef ATTNSCORE_SERVER_SERVICE_SHARED_MEMORY_H_
 #define ATTNSCORE_SERVER_SERVICE_SHARED_MEMORY_H_
 
+#include <sys/types.h>
+
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
@@ -100,6 +102,12 @@ class MappedRegion {
 
   const SharedMemorySpec& spec() const { return spec_; }
 
+  // Whether `other` maps the same object (another registration of it, or this
+  // one): its device and inode, whatever the names.
+  bool SameObject(const MappedRegion& other) const {
+    return device_ == other.device_ && inode_ == other.inode_;
+  }
+
   // Where byte `offset` of the range is mapped (REQUIRES: offset <=
   // byte_size). Whoever writes there checks CheckIntact() afterwards.
   char* At(uint64_t offset) const { return static_cast<char*>(base_) + offset; }
@@ -114,11 +122,14 @@ class MappedRegion {
   absl::Status CheckIntact() const;
 
  private:
-  MappedRegion(SharedMemorySpec spec, void* base, int slot);
+  MappedRegion(SharedMemorySpec spec, void* base, int slot, dev_t device,
+               ino_t inode);
 
   const SharedMemorySpec spec_;
   void* const base_;
   const int slot_;  // in the SIGBUS handler's table
+  const dev_t device_;
+  const ino_t inode_;
 };
 
 class SharedMemoryRegistry {

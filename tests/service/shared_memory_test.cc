@@ -2,7 +2,9 @@
 // page-aligned offsets, ranges within the object, owners, the region cap),
 // mappings that outlive Unregister, the SIGBUS handler that breaks a region
 // whose object is truncated under a writer, and the placements of a request
-// (resolved against the validated request, written from a result).
+// (resolved against the validated request, kept apart from each other and
+// from the inputs through every registration of an object, written from a
+// result).
 #include "server/service/shared_memory.h"
 
 #include <cstdio>
@@ -375,6 +377,75 @@ TEST_F(OutputPlacementTest, ResolvesAndChecksEveryPlacement) {
       ResolvePlacements(request, validated, nullptr, "anonymous").status();
   EXPECT_EQ(off.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(off.message(), HasSubstr("--shm-prefix"));
+}
+
+// Overlap is a matter of the object's bytes, not of region names: "r2", a
+// second registration of "r"'s object, overlaps "r"; "s" and "s0" map two
+// ranges of another object, counted from their own offsets.
+TEST_F(OutputPlacementTest, FindsOverlapsThroughEveryRegistrationOfAnObject) {
+  ShmObject other{8192};
+  ASSERT_TRUE(
+      registry.Register("anonymous", Spec("r2", object.key(), 0, 4096)).ok());
+  ASSERT_TRUE(
+      registry.Register("anonymous", Spec("s", other.key(), 4096, 4096)).ok());
+  ASSERT_TRUE(
+      registry.Register("anonymous", Spec("s0", other.key(), 0, 8192)).ok());
+  Place(request, v1::LOGITS, "r", 0, 192);
+  Place(request, v1::PROBS, "r2", 100, 192);
+  const absl::Status overlap =
+      ResolvePlacements(request, validated, &registry, "anonymous").status();
+  EXPECT_EQ(overlap.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(overlap.message(),
+              HasSubstr("placements[1].range: expected bytes apart from the "
+                        "other placements', got [100, 292) overlapping "
+                        "placements[0].range's [0, 192) (regions \"r2\" and "
+                        "\"r\" map the same object, those bytes too)"));
+
+  request.clear_placements();
+  Place(request, v1::LOGITS, "r", 0, 192);
+  Place(request, v1::PROBS, "r2", 192, 192);
+  Place(request, v1::CONTEXT, "s", 0, 384);  // the object's [4096, 4480)
+  absl::StatusOr<std::vector<ResolvedPlacement>> placed =
+      ResolvePlacements(request, validated, &registry, "anonymous");
+  ASSERT_TRUE(placed.ok()) << placed.status();
+
+  struct Case {
+    const char* region;
+    uint64_t offset;
+    const char* message;  // "" when apart from every placement
+  };
+  const std::vector<Case> cases = {
+      {"r2", 64,
+       "placements[0].range: expected bytes apart from the inputs', got [0, "
+       "192) overlapping query.shared_memory's [64, 128) (regions \"r\" and "
+       "\"r2\" map the same object, those bytes too)"},
+      {"r2", 512, ""},
+      {"s0", 4096 + 100,
+       "placements[2].range: expected bytes apart from the inputs', got [0, "
+       "384) overlapping query.shared_memory's [4196, 4260) (regions \"s\" "
+       "and \"s0\" map the same object, those bytes too)"},
+      {"s0", 100, ""},
+      {"s", 320,
+       "placements[2].range: expected bytes apart from the inputs', got [0, "
+       "384) overlapping query.shared_memory's [320, 384) of region \"s\""},
+  };
+  for (const Case& c : cases) {
+    v1::SharedMemoryRange range;
+    range.set_region(c.region);
+    range.set_offset(c.offset);
+    range.set_byte_size(64);
+    absl::StatusOr<ResolvedInput> input =
+        ResolveInput(range, "query.shared_memory.region", "query.shared_memory",
+                     &registry, "anonymous");
+    ASSERT_TRUE(input.ok()) << input.status();
+    const absl::Status apart = CheckInputsApart(*placed, {*input});
+    if (*c.message == '\0') {
+      EXPECT_TRUE(apart.ok()) << c.region << " " << c.offset << ": " << apart;
+    } else {
+      EXPECT_EQ(apart.code(), absl::StatusCode::kInvalidArgument);
+      EXPECT_THAT(apart.message(), HasSubstr(c.message));
+    }
+  }
 }
 
 TEST_F(OutputPlacementTest, WritesPlacedOutputsAndReportsTheirRanges) {
