@@ -1,7 +1,8 @@
 #!/usr/bin/python3
 """End-to-end benchmark: attnscore against the Python peer a user would otherwise write.
 
-Starts attnscore-server with its defaults, ../shared/peer/peer_server.py (read in place, given the
+Starts attnscore-server with its defaults (and --shm-prefix, which only lets clients register
+shared memory), ../shared/peer/peer_server.py (read in place, given the
 same matrix kernels the server chose, as a user's own PyTorch would have) and an echo server that
 answers each request with a prebuilt reply of the same bytes and no compute (the ceiling the Python
 client itself sets), all on loopback. Drives the three with the same Python client (Debian's grpcio,
@@ -12,7 +13,9 @@ absolute times are only for reading alongside them.
 Batching (issue 10 C): the server with its defaults against a second one with
 `--max-batch-size 1`, the decode preset through `attnscore load`, alternating rounds (best of
 each): at c=64 the throughput ratio (>= 1.0x) and the p99 ratio of those runs (<= 1.2x); at c=1
-the p50 the defaults add (<= 0.1 ms).
+the p50 the defaults add (<= 0.1 ms). The c=64 runs are repeated with `--shared-memory` (the
+inputs read from a registered region, not sent): on loopback the 4 MiB of keys per request bound
+both servers alike, and without them what batching itself does shows (no target of its own).
 
 Memory under load (issue 10 F): a fresh attnscore-server with its defaults under the prefill512
 preset (`attnscore load`, c=8) for several rounds; its VmRSS and its attnscore_inflight_bytes gauge
@@ -80,6 +83,10 @@ BATCHING_C1_ROUNDS = 6
 BATCHING_THROUGHPUT_TARGET = 1.0
 BATCHING_P99_LIMIT = 1.2
 BATCHING_C1_ADDED_MS = 0.1
+# Both servers of the batching stage take shared-memory registrations (nothing else changes), so
+# that the decode runs also go with --shared-memory: the inputs (4 MiB of keys a request) then stay
+# off the socket, which otherwise bounds both sides alike on loopback.
+SHM_PREFIX = "attnscore-bench-"
 # The Python client's malloc (and the peer's, through its environment): keep what is freed, and
 # serve large blocks from the heap. With glibc's defaults every 64 MiB reply lands in freshly
 # mmapped memory, all of whose pages fault in again: about 50 ms per call on 2 cores, more than
@@ -289,12 +296,14 @@ def echo_reply(case: Case):
 
 
 def load_rps(cli: str, address: str, requests: int, workdir: str, name: str,
-             concurrency: int = 64) -> dict:
-    """The decode preset through `attnscore load`, closed loop at `concurrency`."""
+             concurrency: int = 64, shared_memory: bool = False) -> dict:
+    """The decode preset through `attnscore load`, closed loop at `concurrency`; with
+    `shared_memory`, its inputs from a region registered for the run (--shared-memory)."""
     out = os.path.join(workdir, f"load-{name}.json")
     subprocess.run([cli, "load", "--target", address, "--preset", "decode",
                     "-c", str(concurrency), "-n", str(requests),
-                    "--warmup", str(min(64, requests)), "--format", "json", "-o", out],
+                    "--warmup", str(min(64, requests)), "--format", "json", "-o", out]
+                   + (["--shared-memory"] if shared_memory else []),
                    check=True, timeout=600, stdout=subprocess.DEVNULL)
     with open(out) as f:
         report = json.load(f)
@@ -309,10 +318,12 @@ def batching_cost(args: argparse.Namespace, workdir: str, batched: str) -> dict:
     """Issue 10 C: the server with its defaults (`batched`, already running) against one with
     `--max-batch-size 1`, the decode preset through `attnscore load`, alternating BATCHING_ROUNDS
     rounds (best of each side): at c=64 the throughput ratio and the p99 ratio of those runs, at
-    c=1 (BATCHING_C1_ROUNDS rounds) the p50 the defaults add."""
+    c=1 (BATCHING_C1_ROUNDS rounds) the p50 the defaults add; and the c=64 runs again with the
+    inputs in shared memory."""
     address = f"127.0.0.1:{free_port()}"
     unbatched = start("attnscore-unbatched", [args.server, "--listen", address,
-                                              "--metrics-listen", "off", "--max-batch-size", "1"],
+                                              "--metrics-listen", "off", "--max-batch-size", "1",
+                                              "--shm-prefix", SHM_PREFIX],
                       address, workdir)
     best: dict[str, dict] = {}
     try:
@@ -323,10 +334,11 @@ def batching_cost(args: argparse.Namespace, workdir: str, batched: str) -> dict:
             for side, target in (("on", batched), ("off", address)):
                 mine = best.setdefault(side, {})
                 if k < rounds:
-                    many = load_rps(args.cli, target, args.load_requests, workdir,
-                                    f"c64-{side}{k}")
-                    if "c64" not in mine or many["rps"] > mine["c64"]["rps"]:
-                        mine["c64"] = many
+                    for key, shared in (("c64", False), ("c64_shm", True)):
+                        many = load_rps(args.cli, target, args.load_requests, workdir,
+                                        f"{key}-{side}{k}", shared_memory=shared)
+                        if key not in mine or many["rps"] > mine[key]["rps"]:
+                            mine[key] = many
                 if k < c1_rounds:
                     one = load_rps(args.cli, target, lone, workdir, f"c1-{side}{k}",
                                    concurrency=1)
@@ -341,12 +353,16 @@ def batching_cost(args: argparse.Namespace, workdir: str, batched: str) -> dict:
     result = {"rounds": rounds, "c1_rounds": c1_rounds, "on": on, "off": off,
               "throughput_ratio": throughput,
               "p99_ratio": p99,
+              "shm_throughput_ratio": on["c64_shm"]["rps"] / off["c64_shm"]["rps"],
+              "shm_p99_ratio": on["c64_shm"]["p99_ms"] / off["c64_shm"]["p99_ms"],
               "c1_added_ms": added,
               "met_throughput": throughput >= BATCHING_THROUGHPUT_TARGET,
               "met_p99": p99 <= BATCHING_P99_LIMIT,
               "met_c1": added <= BATCHING_C1_ADDED_MS}
     print(f"batching: c=64 {on['c64']['rps']:.0f} vs {off['c64']['rps']:.0f} req/s "
           f"({throughput:.2f}x), p99 {on['c64']['p99_ms']:.1f} vs {off['c64']['p99_ms']:.1f} ms; "
+          f"inputs in shared memory {on['c64_shm']['rps']:.0f} vs {off['c64_shm']['rps']:.0f} "
+          f"req/s ({result['shm_throughput_ratio']:.2f}x); "
           f"c=1 p50 {on['c1']['p50_ms']:.3f} vs {off['c1']['p50_ms']:.3f} ms", flush=True)
     return result
 
@@ -354,7 +370,7 @@ def batching_cost(args: argparse.Namespace, workdir: str, batched: str) -> dict:
 def batching_lines(b: dict) -> list[str]:
     """The batching table, for this script's report and for bench/report.py's."""
     on, off = b["on"], b["off"]
-    return [
+    lines = [
         "| batching, decode preset (`attnscore load`, best of "
         f"{b['rounds']}) | defaults | --max-batch-size 1 | defaults vs 1 | target | met |",
         "|---|---:|---:|---:|---:|:-:|",
@@ -366,6 +382,13 @@ def batching_lines(b: dict) -> list[str]:
         f"| c=1 p50 (ms, best of {b.get('c1_rounds', b['rounds'])}) | {on['c1']['p50_ms']:.3f} | "
         f"{off['c1']['p50_ms']:.3f} | "
         f"{b['c1_added_ms']:+.3f} ms | <= +{BATCHING_C1_ADDED_MS} ms | {yes_no(b['met_c1'])} |"]
+    if "c64_shm" in on:
+        lines += [
+            f"| c=64 throughput, inputs in shared memory (req/s) | {on['c64_shm']['rps']:.0f} | "
+            f"{off['c64_shm']['rps']:.0f} | {b['shm_throughput_ratio']:.2f}x | - | - |",
+            f"| c=64 p99 of those runs (ms) | {on['c64_shm']['p99_ms']:.1f} | "
+            f"{off['c64_shm']['p99_ms']:.1f} | {b['shm_p99_ratio']:.2f}x | - | - |"]
+    return lines
 
 
 def read_rss(pid: int) -> int:
@@ -534,7 +557,8 @@ def run(args: argparse.Namespace, workdir: str) -> Report:
     try:
         server_address = f"127.0.0.1:{free_port()}"
         processes.append(start("attnscore", [args.server, "--listen", server_address,
-                                             "--metrics-listen", "off"], server_address, workdir))
+                                             "--metrics-listen", "off", "--shm-prefix", SHM_PREFIX],
+                               server_address, workdir))
         info = server_info(server_address)
         peer_address = f"127.0.0.1:{free_port()}"
         processes.append(start("peer", [sys.executable, args.peer, "--proto-root", args.proto_root,

@@ -73,6 +73,7 @@ struct LoadFlags {
   double max_error_rate = 0;
   std::string max_duration = "10m";
   uint64_t seed = 1;
+  bool shared_memory = false;           // inputs from a registered region
   CLI::Option* total_option = nullptr;  // was -n given?
 };
 CLI::App* AddLoadCommand(CLI::App& app, LoadFlags& flags);

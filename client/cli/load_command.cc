@@ -1,8 +1,12 @@
 // `attnscore load`: the load tester (client/load/). Flags follow ghz where ghz
 // has them (-c, -n, -z, -r, --connections, --format, -o); the rest is ours
 // (open-loop arrivals, presets, shapes, --max-error-rate).
+#include <unistd.h>
+
 #include <cstdio>
 #include <fstream>
+#include <optional>
+#include <string>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
@@ -13,6 +17,7 @@
 #include "client/load/report.h"
 #include "client/load/runner.h"
 #include "client/load/workload.h"
+#include "client/shared_memory.h"
 
 namespace attnscore::cli {
 namespace {
@@ -45,6 +50,31 @@ absl::Status CheckModel(client::Client& client,
   return absl::NotFoundError(absl::StrCat(
       "model '", workload.options().model, "' is not loaded; the server has: ",
       names.empty() ? "(none)" : absl::StrJoin(names, ", ")));
+}
+
+// --shared-memory: every kind's inputs in one region of the server's
+// --shm-prefix, registered as `name` for the run, so that requests carry
+// ranges instead of bytes. FAILED_PRECONDITION when the server has shared
+// memory off; the region's and the registration's errors otherwise.
+absl::StatusOr<client::SharedMemoryRegion> ShareInputs(
+    client::Client& client, load::Workload& workload, const std::string& name) {
+  absl::StatusOr<client::ServerInfo> info = client.GetServerInfo();
+  if (!info.ok()) return info.status();
+  if (info->shm_prefix.empty()) {
+    return absl::FailedPreconditionError(
+        "--shared-memory: the server has shared memory off (it runs without "
+        "--shm-prefix)");
+  }
+  absl::StatusOr<client::SharedMemoryRegion> region =
+      client::SharedMemoryRegion::Create(info->shm_prefix + name,
+                                         workload.SharedInputBytes());
+  if (!region.ok()) return region.status();
+  if (absl::Status s = client.RegisterSharedMemory(region->Registration(name));
+      !s.ok()) {
+    return s;
+  }
+  workload.UseSharedInputs(name, region->data());
+  return region;
 }
 
 // The workload's options from the flags. CLI11 has already checked the
@@ -143,6 +173,7 @@ load::ReportContext ReportContextFor(const GlobalFlags& global,
       {"connections", absl::StrCat(flags.connections)},
       {"mode", flags.mode},
       {"transport", flags.stream ? "ScoreStream" : "Score"},
+      {"inputs", flags.shared_memory ? "shared memory" : "in the request"},
       {"load", flags.rate > 0 ? absl::StrCat("open loop, ", flags.rate,
                                              " req/s, ", flags.arrival)
                               : "closed loop"},
@@ -254,6 +285,10 @@ CLI::App* AddLoadCommand(CLI::App& app, LoadFlags& flags) {
   cmd->add_option("--seed", flags.seed,
                   "Seed for inputs, kind choice and Poisson arrivals")
       ->capture_default_str();
+  cmd->add_flag("--shared-memory", flags.shared_memory,
+                "Inputs from a shared-memory region registered for the run "
+                "(a server on this host, with --shm-prefix): requests carry "
+                "ranges, not bytes");
   return cmd;
 }
 
@@ -275,8 +310,25 @@ int RunLoad(const GlobalFlags& global, const LoadFlags& flags) {
   if (absl::Status s = CheckModel(**client, *workload); !s.ok()) {
     return Fail("load", s, kExitUsage);
   }
+  const std::string region_name = absl::StrCat("attnscore-load-", getpid());
+  std::optional<client::SharedMemoryRegion> region;
+  if (flags.shared_memory) {
+    absl::StatusOr<client::SharedMemoryRegion> shared =
+        ShareInputs(**client, *workload, region_name);
+    if (!shared.ok()) return Fail("load", shared.status(), kExitFailed);
+    region = *std::move(shared);
+  }
   absl::StatusOr<load::LoadResult> result =
       load::RunLoad(**client, *workload, *options);
+  if (region.has_value()) {
+    // After a failed run too. A registration left behind would count against
+    // this identity's share of the server's regions: say so.
+    if (absl::Status s = (*client)->UnregisterSharedMemory(region_name);
+        !s.ok()) {
+      std::fprintf(stderr, "attnscore load: unregistering region %s: %s\n",
+                   region_name.c_str(), s.ToString().c_str());
+    }
+  }
   if (!result.ok()) return Fail("load", result.status(), kExitFailed);
 
   const load::ReportFormat format =

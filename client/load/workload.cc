@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cstring>
+#include <optional>
+#include <string>
 #include <utility>
 
 #include "absl/strings/numbers.h"
@@ -133,6 +135,20 @@ absl::StatusOr<Workload::Kind> MakeKind(std::string name, const RequestShape& s,
   return kind;
 }
 
+constexpr size_t kKindAlignment = 4096;
+constexpr size_t kInputAlignment = 64;
+
+size_t AlignUp(size_t bytes, size_t alignment) {
+  return (bytes + alignment - 1) / alignment * alignment;
+}
+
+// The inputs of `request` that exist: query, key and value if given.
+std::vector<const TensorView*> Inputs(const ScoreRequest& request) {
+  std::vector<const TensorView*> inputs = {&request.query, &request.key};
+  if (request.value.has_value()) inputs.push_back(&*request.value);
+  return inputs;
+}
+
 }  // namespace
 
 absl::StatusOr<std::pair<RequestShape, double>> ParseShape(
@@ -215,6 +231,34 @@ absl::StatusOr<Workload> Workload::Create(const WorkloadOptions& options) {
   }
   workload.cumulative_.back() = 1.0;
   return workload;
+}
+
+size_t Workload::SharedInputBytes() const {
+  size_t bytes = 0;
+  for (const Kind& kind : kinds_) {
+    bytes = AlignUp(bytes, kKindAlignment);
+    for (const TensorView* input : Inputs(kind.request)) {
+      bytes = AlignUp(bytes, kInputAlignment) + input->size_bytes;
+    }
+  }
+  return bytes;
+}
+
+void Workload::UseSharedInputs(const std::string& region, uint8_t* base) {
+  size_t offset = 0;
+  for (Kind& kind : kinds_) {
+    offset = AlignUp(offset, kKindAlignment);
+    std::optional<SharedMemoryRange>* ranges[] = {
+        &kind.request.shared_inputs.query, &kind.request.shared_inputs.key,
+        &kind.request.shared_inputs.value};
+    const std::vector<const TensorView*> inputs = Inputs(kind.request);
+    for (size_t i = 0; i < inputs.size(); ++i) {
+      offset = AlignUp(offset, kInputAlignment);
+      std::memcpy(base + offset, inputs[i]->data, inputs[i]->size_bytes);
+      *ranges[i] = SharedMemoryRange{region, offset, inputs[i]->size_bytes};
+      offset += inputs[i]->size_bytes;
+    }
+  }
 }
 
 size_t Workload::Pick(uint64_t index) const {

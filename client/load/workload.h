@@ -2,7 +2,8 @@
 // weight, built from presets or custom "B,H,Lq,Lk,D" shapes. Every kind's q/k/v
 // are generated once (deterministic pseudo-random values from the seed) and
 // shared by all requests of that kind, so generating load costs no allocation
-// per request.
+// per request. UseSharedInputs moves them into a shared-memory region that the
+// server reads in place.
 //
 // Presets (H8 D64, causal, the shapes of an LLM serving path):
 //   decode       B1 Lq1 Lk2048     one KV-cache decode step
@@ -69,6 +70,15 @@ class Workload {
   static absl::StatusOr<Workload> Create(const WorkloadOptions& options);
 
   const std::vector<Kind>& kinds() const { return kinds_; }
+
+  // The bytes one shared-memory region needs to hold every kind's inputs (each
+  // kind's from a 4096-byte boundary, each input from a 64-byte one).
+  size_t SharedInputBytes() const;
+  // Copies every kind's inputs to `base`, the first of SharedInputBytes()
+  // bytes of a region registered as `region`, and has its requests name them
+  // there (ScoreRequest::shared_inputs) instead of carrying their bytes.
+  void UseSharedInputs(const std::string& region, uint8_t* base);
+
   const WorkloadOptions& options() const { return options_; }
   // The kind of request number `index`: a deterministic weighted choice (a hash
   // of the seed and the index), so that runs with equal options send the same

@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "client/client.h"
 #include "common/safetensors.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -286,6 +287,57 @@ TEST(CliTest, ExitsOnceItsWorkIsDone) {
         << absl::FormatDuration(wall) << " for " << absl::FormatDuration(work)
         << " of load";
   }
+}
+
+// --shared-memory: every request names its inputs in a region registered for
+// the run, and the run leaves no registration behind. A server without
+// shared memory refuses it before anything is sent.
+TEST(CliTest, LoadWithSharedMemoryInputs) {
+  ServerOptions options;
+  options.metrics = true;
+  options.extra_args = {"--shm-prefix", "attnscore-test-"};
+  std::unique_ptr<ServerProcess> server = StartServer(options);
+  ASSERT_NE(server, nullptr);
+  TempDir dir;
+  const std::string report = dir.File("report.json");
+  CommandResult run =
+      Cli({"load", "--target", server->target(), "--preset", "mixed",
+           "--outputs", "logits,context", "-c", "4", "-n", "40",
+           "--shared-memory", "--format", "json", "-o", report});
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  const nlohmann::json j = LoadJson(report);
+  ExpectConsistentReport(j);
+  EXPECT_EQ(j["ok"], 40) << j["errors_by_message"].dump();
+  EXPECT_EQ(j["options"]["inputs"], "shared memory");
+  // The requests carried ranges: far fewer bytes reached the server than the
+  // inputs' (a decode request alone has 8 MiB of keys and values).
+  absl::StatusOr<std::string> metrics = server->ScrapeMetrics();
+  ASSERT_TRUE(metrics.ok()) << metrics.status();
+  EXPECT_LT(ServerProcess::SumMetric(*metrics, "attnscore_request_bytes_total"),
+            1 << 20);
+  // And unregistered the region when it was done (the CLI runs as the same
+  // anonymous identity as this client).
+  client::ClientOptions client_options;
+  client_options.target = server->target();
+  absl::StatusOr<std::unique_ptr<client::Client>> client =
+      client::Client::Create(client_options);
+  ASSERT_TRUE(client.ok()) << client.status();
+  absl::StatusOr<std::vector<client::SharedMemoryRegistration>> regions =
+      (*client)->SharedMemoryStatus();
+  ASSERT_TRUE(regions.ok()) << regions.status();
+  EXPECT_TRUE(regions->empty()) << (*regions)[0].name;
+  run = Cli({"load", "--target", server->target(), "-n", "4", "--format",
+             "json", "-o", report});
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  EXPECT_EQ(LoadJson(report)["options"]["inputs"], "in the request");
+
+  std::unique_ptr<ServerProcess> plain = StartServer();
+  ASSERT_NE(plain, nullptr);
+  run =
+      Cli({"load", "--target", plain->target(), "-n", "4", "--shared-memory"});
+  EXPECT_EQ(run.exit_code, 1) << run.output;
+  EXPECT_THAT(run.output, HasSubstr("--shared-memory: the server has shared "
+                                    "memory off"));
 }
 
 TEST(CliTest, LoadJsonReportIsConsistent) {

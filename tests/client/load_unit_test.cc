@@ -1,8 +1,13 @@
 // The load tester's parts without a server: the log histogram against exact
-// percentiles, workload presets and shape parsing, and report formats.
+// percentiles, workload presets and shape parsing, shared-memory inputs, and
+// report formats.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <optional>
 #include <random>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/str_split.h"
 #include "client/load/histogram.h"
@@ -138,6 +143,55 @@ TEST(WorkloadTest, ShapesPresetsAndWeights) {
   EXPECT_EQ(std::get<Relative>(custom->kinds()[0].request.bias).model, "m");
   options.shapes = {"1048576,1048576,1048576,1048576,1048576"};
   EXPECT_FALSE(Workload::Create(options).ok());
+}
+
+// Every kind's inputs land in the region at aligned, disjoint ranges that its
+// requests name instead of their bytes.
+TEST(WorkloadTest, SharedInputsAreCopiedAndNamed) {
+  WorkloadOptions options;
+  options.preset = "decode";
+  options.shapes = {"B2,H2,Lq3,Lk5,D7"};
+  options.outputs = Outputs{true, false, true};  // context: values too
+  absl::StatusOr<Workload> workload = Workload::Create(options);
+  ASSERT_TRUE(workload.ok()) << workload.status();
+  const size_t bytes = workload->SharedInputBytes();
+  std::vector<uint8_t> region(bytes + 64, 0xee);
+  workload->UseSharedInputs("in", region.data());
+  EXPECT_TRUE(std::all_of(region.end() - 64, region.end(), [](uint8_t b) {
+    return b == 0xee;
+  })) << "wrote past SharedInputBytes()";
+
+  std::vector<std::pair<uint64_t, uint64_t>> taken;
+  for (const Workload::Kind& kind : workload->kinds()) {
+    const ScoreRequest& r = kind.request;
+    const std::pair<const TensorView*, std::optional<SharedMemoryRange>>
+        inputs[] = {{&r.query, r.shared_inputs.query},
+                    {&r.key, r.shared_inputs.key},
+                    {&*r.value, r.shared_inputs.value}};
+    for (const auto& [view, range] : inputs) {
+      ASSERT_TRUE(range.has_value()) << kind.name;
+      EXPECT_EQ(range->region, "in");
+      EXPECT_EQ(range->offset % 64, 0u);
+      EXPECT_EQ(range->byte_size, view->size_bytes);
+      ASSERT_LE(range->offset + range->byte_size, bytes);
+      EXPECT_EQ(std::memcmp(region.data() + range->offset, view->data,
+                            view->size_bytes),
+                0)
+          << kind.name;
+      for (const auto& [start, end] : taken) {
+        EXPECT_TRUE(range->offset >= end ||
+                    range->offset + range->byte_size <= start)
+            << kind.name << " overlaps an earlier input";
+      }
+      taken.emplace_back(range->offset, range->offset + range->byte_size);
+    }
+    EXPECT_EQ(r.shared_inputs.query->offset % 4096, 0u) << kind.name;
+  }
+  // The decode kind's 4 MiB of keys and values, its query, the custom kind's
+  // three inputs at its 4096-byte boundary.
+  EXPECT_EQ(taken.size(), 6u);
+  EXPECT_EQ(taken[3].first % 4096, 0u);
+  EXPECT_EQ(bytes, taken.back().second);  // no padding after the last
 }
 
 LoadResult SampleResult() {
