@@ -2,8 +2,8 @@
 # One command for the GPU machine (issue 11): builds attnscore against the machine's PyTorch
 # (LibTorch 2.x with CUDA, sm_90), runs the golden tests on cuda, starts the server with
 # --device cuda for the golden end-to-end test and `attnscore load` (decode preset, c=64,
-# batching on vs off), runs the device benchmark, writes a Markdown report and prints a short
-# table last. Exits non-zero when any step fails.
+# batching on vs off, also with the inputs in shared memory), runs the device benchmark, writes
+# a Markdown report and prints a short table last. Exits non-zero when any step fails.
 #
 #   scripts/device-check.sh --fetch              here, before a device session: apt-get download
 #                                                scripts/device-packages.txt into .device/debs
@@ -170,20 +170,22 @@ stop_server() {
 }
 trap stop_server EXIT
 
-# load NAME SERVER_ARGS...: a server on a free port, then attnscore load (decode, c=64).
+# load NAME SERVER_ARGS...: a server on a free port, then attnscore load (decode, c=64); with
+# SHARED=1 the inputs come from shared memory (the server's --shm-prefix, load --shared-memory).
 load() {
   local name="$1"
   shift
   local port_file="$REPORT_DIR/$name.port"
   rm -f "$port_file"
   "$BUILD/server/attnscore-server" --listen 127.0.0.1:0 --port-file "$port_file" \
-    --metrics-listen 127.0.0.1:0 --device "$DEVICE" "$@" >"$LOGS/$name-server.log" 2>&1 &
+    --metrics-listen 127.0.0.1:0 --device "$DEVICE" ${SHARED:+--shm-prefix attnscore-devcheck-} \
+    "$@" >"$LOGS/$name-server.log" 2>&1 &
   SERVER_PID=$!
   for _ in $(seq 300); do [[ -s $port_file ]] && break; sleep 0.1; done
   [[ -s $port_file ]] || { echo "server did not start"; cat "$LOGS/$name-server.log"; stop_server; return 1; }
   "$BUILD/client/attnscore" load --target "127.0.0.1:$(cat "$port_file")" --preset decode \
     -c 64 --connections "$LOAD_CONNECTIONS" -z "${LOAD_SECONDS}s" --warmup 64 --format json \
-    -o "$REPORT_DIR/$name.json"
+    ${SHARED:+--shared-memory} -o "$REPORT_DIR/$name.json"
   local rc=$?
   stop_server
   [[ $rc -eq 0 ]] && cat "$REPORT_DIR/$name.json"
@@ -227,6 +229,12 @@ if [[ $ok == 1 ]]; then
     load load_batching_w4 --batch-workers=4
   step load_no_batching_w4 "attnscore load decode c=64, --max-batch-size=1 --batch-workers=4" \
     load load_no_batching_w4 --max-batch-size=1 --batch-workers=4
+  # Without the 4 MiB of keys per request on the socket, which bounded both sides on the H200.
+  SHARED=1 step load_batching_shm "attnscore load decode c=64, batching on, inputs in shared memory" \
+    load load_batching_shm
+  SHARED=1 step load_no_batching_shm \
+    "attnscore load decode c=64, --max-batch-size=1, inputs in shared memory" \
+    load load_no_batching_shm --max-batch-size=1
   step bench "attnscore_bench_device ${BENCH_ARGS[*]}" bench
 fi
 TOTAL=$(($(date +%s) - START_ALL))
@@ -255,6 +263,8 @@ OFF=$(rps "$REPORT_DIR/load_no_batching.json")
   load_row "off (--max-batch-size=1)" "$REPORT_DIR/load_no_batching.json"
   load_row "on, 4 batch workers" "$REPORT_DIR/load_batching_w4.json"
   load_row "off, 4 batch workers" "$REPORT_DIR/load_no_batching_w4.json"
+  load_row "on, inputs in shared memory" "$REPORT_DIR/load_batching_shm.json"
+  load_row "off, inputs in shared memory" "$REPORT_DIR/load_no_batching_shm.json"
   echo
   echo "## Benchmark"
   echo
@@ -266,7 +276,7 @@ echo
 echo "device-check ($MODE, $DEVICE): report in $REPORT_DIR/report.md"
 printf '%-18s %-40s %s\n' step result seconds
 for s in "${STEPS[@]}"; do IFS='|' read -r n r t _ <<<"$s"; printf '%-18s %-40s %s\n' "$n" "$r" "$t"; done
-echo "load decode c=64: batching on $ON rps, off $OFF rps; 4 workers: on $(rps "$REPORT_DIR/load_batching_w4.json"), off $(rps "$REPORT_DIR/load_no_batching_w4.json")"
+echo "load decode c=64: batching on $ON rps, off $OFF rps; 4 workers: on $(rps "$REPORT_DIR/load_batching_w4.json"), off $(rps "$REPORT_DIR/load_no_batching_w4.json"); inputs in shared memory: on $(rps "$REPORT_DIR/load_batching_shm.json"), off $(rps "$REPORT_DIR/load_no_batching_shm.json")"
 [[ -f $REPORT_DIR/bench.md ]] && grep -E '^\| (alibi|copy|mm|decode|staging|scorer)' "$REPORT_DIR/bench.md"
 echo "total ${TOTAL} s"
 exit $FAILED
