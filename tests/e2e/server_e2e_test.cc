@@ -74,17 +74,25 @@ v1::ScoreRequest SmallRequest(const std::string& id = "") {
   return request;
 }
 
+// ALiBi, causal, with ramps of `shape` as query and key (and value when
+// `with_value`); no outputs asked for yet.
+v1::ScoreRequest CausalRampRequest(const std::vector<int64_t>& shape,
+                                   bool with_value) {
+  v1::ScoreRequest request;
+  request.mutable_alibi();
+  request.set_causal(true);
+  *request.mutable_query() = RampTensor(shape, 1);
+  *request.mutable_key() = RampTensor(shape, 0.5f);
+  if (with_value) *request.mutable_value() = RampTensor(shape, 2);
+  return request;
+}
+
 // Compute-heavy, response-light: context only for B2 H8 L2048 D128 (hundreds
 // of ms on the blocked path).
 v1::ScoreRequest SlowRequest(const std::string& id = "slow") {
-  const std::vector<int64_t> shape = {2, 8, 2048, 128};
-  v1::ScoreRequest request;
+  v1::ScoreRequest request =
+      CausalRampRequest({2, 8, 2048, 128}, /*with_value=*/true);
   request.set_request_id(id);
-  request.mutable_alibi();
-  *request.mutable_query() = RampTensor(shape, 1);
-  *request.mutable_key() = RampTensor(shape, 0.5f);
-  *request.mutable_value() = RampTensor(shape, 2);
-  request.set_causal(true);
   request.add_outputs(v1::CONTEXT);
   return request;
 }
@@ -130,6 +138,21 @@ class ServerE2eTest : public ::testing::Test {
     region.set_byte_size(byte_size);
     v1::RegisterSharedMemoryResponse registered;
     return stub_->RegisterSharedMemory(&context, region, &registered);
+  }
+  // Truncates `object` under `request`, which uses it: the server faults
+  // (SIGBUS) on it, that request alone is ABORTED, and the server goes on
+  // serving.
+  void ExpectTruncationAbortsOnlyItsRequest(
+      const service::testing::ShmObject& object,
+      const v1::ScoreRequest& request) {
+    object.Truncate(0);
+    const Call truncated = Score(request);
+    EXPECT_EQ(truncated.status.error_code(), grpc::StatusCode::ABORTED)
+        << truncated.status.error_message();
+    EXPECT_THAT(truncated.status.error_message(),
+                HasSubstr("shrank below the registered range"));
+    EXPECT_TRUE(Score(SmallRequest("after")).status.ok());
+    EXPECT_TRUE(server_->running());
   }
   std::thread ScoreAsync(v1::ScoreRequest request, Call* call) {
     return std::thread(
@@ -581,13 +604,9 @@ TEST_F(ServerE2eTest, SigtermDrainsInFlightRequestsAndExitsZero) {
 TEST_F(ServerE2eTest, LargeResponsesPassTheMessageLimits) {
   // B8 H8 L512 float32 logits: 64 MiB, far over gRPC's 4 MiB default.
   ASSERT_NO_FATAL_FAILURE(Start({}));
-  const std::vector<int64_t> shape = {8, 8, 512, 64};
-  v1::ScoreRequest request;
+  v1::ScoreRequest request =
+      CausalRampRequest({8, 8, 512, 64}, /*with_value=*/false);
   request.set_request_id("large");
-  request.mutable_alibi();
-  request.set_causal(true);
-  *request.mutable_query() = RampTensor(shape, 1);
-  *request.mutable_key() = RampTensor(shape, 0.5f);
   const auto start = std::chrono::steady_clock::now();
   Call call = Score(request);
   const double seconds =
@@ -621,12 +640,8 @@ TEST_F(ServerE2eTest, LargeResponsesPassTheMessageLimits) {
 TEST_F(ServerE2eTest, SharedMemoryOutputsAreTheReplysBytes) {
   ASSERT_NO_FATAL_FAILURE(
       Start({absl::StrCat("--shm-prefix=", service::testing::kShmTestPrefix)}));
-  const std::vector<int64_t> shape = {2, 4, 256, 64};
-  v1::ScoreRequest request;
-  request.mutable_alibi();
-  request.set_causal(true);
-  *request.mutable_query() = RampTensor(shape, 1);
-  *request.mutable_key() = RampTensor(shape, 0.5f);
+  v1::ScoreRequest request =
+      CausalRampRequest({2, 4, 256, 64}, /*with_value=*/false);
   request.add_outputs(v1::LOGITS);
   request.add_outputs(v1::PROBS);
   request.set_output_dtype(v1::BFLOAT16);
@@ -657,16 +672,8 @@ TEST_F(ServerE2eTest, SharedMemoryOutputsAreTheReplysBytes) {
               in_band.response.probs().data());
   EXPECT_LT(placed.response.ByteSizeLong(), 1024u);
 
-  // The client shrinks its object: the server's write faults (SIGBUS), the
-  // request is ABORTED, and the server goes on serving.
-  object.Truncate(0);
-  const Call truncated = Score(request);
-  EXPECT_EQ(truncated.status.error_code(), grpc::StatusCode::ABORTED)
-      << truncated.status.error_message();
-  EXPECT_THAT(truncated.status.error_message(),
-              HasSubstr("shrank below the registered range"));
-  EXPECT_TRUE(Score(SmallRequest("after")).status.ok());
-  EXPECT_TRUE(server_->running());
+  // The client shrinks its object under the server's writes.
+  ExpectTruncationAbortsOnlyItsRequest(object, request);
 }
 
 // Inputs read from shared memory give the reply of the same request with its
@@ -674,13 +681,8 @@ TEST_F(ServerE2eTest, SharedMemoryOutputsAreTheReplysBytes) {
 TEST_F(ServerE2eTest, SharedMemoryInputsAreReadInPlace) {
   ASSERT_NO_FATAL_FAILURE(
       Start({absl::StrCat("--shm-prefix=", service::testing::kShmTestPrefix)}));
-  const std::vector<int64_t> shape = {1, 4, 128, 64};
-  v1::ScoreRequest request;
-  request.mutable_alibi();
-  request.set_causal(true);
-  *request.mutable_query() = RampTensor(shape, 1);
-  *request.mutable_key() = RampTensor(shape, 0.5f);
-  *request.mutable_value() = RampTensor(shape, 2);
+  v1::ScoreRequest request =
+      CausalRampRequest({1, 4, 128, 64}, /*with_value=*/true);
   request.add_outputs(v1::LOGITS);
   request.add_outputs(v1::CONTEXT);
   const Call in_band = Score(request);
@@ -771,16 +773,8 @@ TEST_F(ServerE2eTest, SharedMemoryInputsAreReadInPlace) {
     EXPECT_THAT(call.status.error_message(), HasSubstr(c.message));
   }
 
-  // The client shrinks its object: the server's reads fault (SIGBUS), the
-  // request is ABORTED, and the server goes on serving.
-  object.Truncate(0);
-  const Call truncated = Score(shared);
-  EXPECT_EQ(truncated.status.error_code(), grpc::StatusCode::ABORTED)
-      << truncated.status.error_message();
-  EXPECT_THAT(truncated.status.error_message(),
-              HasSubstr("shrank below the registered range"));
-  EXPECT_TRUE(Score(SmallRequest("after")).status.ok());
-  EXPECT_TRUE(server_->running());
+  // The client shrinks its object under the server's reads.
+  ExpectTruncationAbortsOnlyItsRequest(object, shared);
 }
 
 TEST_F(ServerE2eTest, MetricsEndpointServesTheSeries) {

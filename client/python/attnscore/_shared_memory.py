@@ -12,7 +12,6 @@ from attnscore import _tensors
 from attnscore._proto import attnscore_pb2 as pb
 from attnscore._wire import PlacedOutput, SharedTensor
 
-_NUMBERS = {name: number for number, name in _tensors.DTYPE_NAMES.items()}
 # Keys this process created and has not removed: the resource tracker tracks each name once.
 _CREATED: set = set()
 
