@@ -38,8 +38,9 @@
 namespace attnscore::client {
 namespace {
 
-// Releases objects that may hold a gRPC channel's last reference (through a
-// ClientContext) on a thread of its own instead of a gRPC callback thread.
+// Releases, on a thread of its own instead of a gRPC callback thread, the
+// library's channels once their last reference is gone (OpenChannel's
+// deleter) and streams' states, which may hold such a reference.
 // gRPC 1.51 shuts its callback completion queue down when the last channel
 // goes, joins every thread that polls it, the calling one included, and frees
 // the queue under it: a double free in grpc_cq_internal_unref, seen under
@@ -478,10 +479,11 @@ void StartScore(Client::Impl& impl, const ScoreRequest& request,
         }
         // The call is complete before the caller hears of it, so the callback
         // may free the tensors: the request's slices over them are static
-        // (never read again, nor freed, by gRPC). The call object itself goes
-        // to the reaper: it may hold the channel's last reference.
+        // (never read again, nor freed, by gRPC). The call object is freed
+        // here even when it holds the channel's last reference: the channel's
+        // deleter hands it to the reaper (OpenChannel).
         Client::ScoreCallback callback = std::move(call->done);
-        Reaper::Get().Release(std::shared_ptr<UnaryCall>(std::move(call)));
+        call.reset();
         callback(std::move(result));
       });
 }
@@ -940,11 +942,21 @@ absl::StatusOr<Client::Impl::Channel> OpenChannel(
     const std::shared_ptr<grpc::ChannelCredentials>& credentials,
     const grpc::ChannelArguments& args) {
   Client::Impl::Channel channel;
-  channel.channel = grpc::CreateCustomChannel(target, credentials, args);
-  if (channel.channel == nullptr) {
+  std::shared_ptr<grpc::Channel> created =
+      grpc::CreateCustomChannel(target, credentials, args);
+  if (created == nullptr) {
     return absl::InvalidArgumentError(
         absl::StrCat("cannot create a channel to ", target));
   }
+  // Whoever drops the last reference (a call's context in a completion
+  // callback, on a gRPC thread, included), the channel itself is destroyed on
+  // the reaper's thread: calls then free their own state where they complete,
+  // without a thread wake-up each.
+  grpc::Channel* const raw = created.get();
+  channel.channel = std::shared_ptr<grpc::Channel>(
+      raw, [created = std::move(created)](grpc::Channel*) mutable {
+        Reaper::Get().Release(std::move(created));
+      });
   channel.generic = std::make_unique<grpc::GenericStub>(channel.channel);
   channel.scorer = v1::AttentionScorer::NewStub(channel.channel);
   channel.health = grpc::health::v1::Health::NewStub(channel.channel);
