@@ -174,8 +174,8 @@ void AddEndpointFlags(CLI::App& app, Flags& flags) {
           "Write the bound metrics port to this file (default: none)");
 }
 
-// --threads, --batch-workers, --max-batch-size, --max-queue-delay-us,
-// --max-queue: the batcher's options.
+// --threads, --batch-workers, --batch-worker-spin-us, --max-batch-size,
+// --max-queue-delay-us, --max-queue: the batcher's options.
 void AddBatchingFlags(CLI::App& app, Flags& flags) {
   batching::BatchSchedulerOptions& batching = flags.service.batching;
   AddFlag(app, "--threads", flags.threads, "THREADS",
@@ -186,6 +186,14 @@ void AddBatchingFlags(CLI::App& app, Flags& flags) {
           "Threads computing batches; "
           "each batch uses --threads intra-op threads")
       ->check(CLI::PositiveNumber);
+  AddFlag(app, "--batch-worker-spin-us", batching.idle_spin_us,
+          "BATCH_WORKER_SPIN_US",
+          "How long a batch worker with no work spins before it sleeps, so "
+          "that the next request starts without a thread wake-up (only while "
+          "requests come that soon). For dedicated cores: the CPU it burns "
+          "(attnscore_batch_worker_spin_seconds_total) counts against any CPU "
+          "quota. 0: never spin")
+      ->check(CLI::Range(int64_t{0}, attnscore::batching::kMaxIdleSpinUs));
   AddFlag(app, "--max-batch-size", batching.max_batch_size, "MAX_BATCH_SIZE",
           "Most batch items (sum of the requests' B) computed together")
       ->check(CLI::PositiveNumber);

@@ -2,13 +2,23 @@
 
 #include <pthread.h>
 
+#include <chrono>
 #include <limits>
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "server/batching/idle_spin.h"
 
 namespace attnscore::batching::internal {
 namespace {
+
+// Real time for the idle spin (a CPU bound, not batching time: see
+// idle_spin.h).
+int64_t RealMicros() {
+  return std::chrono::duration_cast<std::chrono::microseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
 
 // Best effort: a name that cannot be set leaves the inherited one.
 void NameThisThread(const std::string& name) {
@@ -37,6 +47,11 @@ absl::StatusOr<std::unique_ptr<BatchSchedulerCore>> BatchSchedulerCore::Create(
   if (options.num_batch_threads < 1) {
     return absl::InvalidArgumentError(absl::StrCat(
         "num_batch_threads must be >= 1, got ", options.num_batch_threads));
+  }
+  if (options.idle_spin_us < 0 || options.idle_spin_us > kMaxIdleSpinUs) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("idle_spin_us must be in [0, ", kMaxIdleSpinUs, "], got ",
+                     options.idle_spin_us));
   }
   if (clock == nullptr) {
     return absl::InvalidArgumentError("clock must not be null");
@@ -110,6 +125,7 @@ absl::Status BatchSchedulerCore::Schedule(std::unique_ptr<BatchTask>* task) {
     CloseLocked(open);
     wake_workers = true;
   }
+  generation_.fetch_add(1, std::memory_order_release);
   // notify_all, not notify_one: a woken worker may take a closed batch and
   // leave no worker waiting for the next timeout.
   if (wake_workers) work_cv_.notify_all();
@@ -124,6 +140,7 @@ void BatchSchedulerCore::Shutdown() {
       // Oldest first, like timeouts, so shutdown keeps the FIFO order across
       // keys.
       while (!open_batches_.empty()) CloseLocked(open_batches_.begin());
+      generation_.fetch_add(1, std::memory_order_release);
       work_cv_.notify_all();
     }
   }
@@ -138,6 +155,14 @@ void BatchSchedulerCore::Shutdown() {
 size_t BatchSchedulerCore::QueueDepth() const {
   std::lock_guard<std::mutex> lock(mu_);
   return num_waiting_tasks_;
+}
+
+IdleSpinStats BatchSchedulerCore::IdleSpins() const {
+  IdleSpinStats stats;
+  stats.spins = spins_.load(std::memory_order_relaxed);
+  stats.hits = spin_hits_.load(std::memory_order_relaxed);
+  stats.micros = spin_micros_.load(std::memory_order_relaxed);
+  return stats;
 }
 
 void BatchSchedulerCore::CloseLocked(OpenList::iterator open) {
@@ -157,6 +182,9 @@ int64_t BatchSchedulerCore::TimeoutAtMicros(const OpenBatch& open) const {
 
 void BatchSchedulerCore::WorkerLoop() {
   NameThisThread(options_.thread_name);
+  IdleSpinPolicy spin(options_.idle_spin_us);
+  int64_t idle_since = -1;  // RealMicros() at the end of the last batch.
+  bool just_ran_batch = false;
   std::unique_lock<std::mutex> lock(mu_);
   for (;;) {
     // No delay: this free worker closes the oldest open batch and runs it, with
@@ -171,7 +199,10 @@ void BatchSchedulerCore::WorkerLoop() {
       closed_batches_.pop_front();
       num_waiting_tasks_ -= batch.size();
       lock.unlock();
+      if (idle_since >= 0) spin.RecordGap(RealMicros() - idle_since);
       RunBatch(std::move(batch));
+      idle_since = RealMicros();
+      just_ran_batch = true;
       lock.lock();
       continue;
     }
@@ -180,7 +211,11 @@ void BatchSchedulerCore::WorkerLoop() {
       // nothing is left.
       if (shutting_down_) return;
       // No timeout to watch: sleep until Schedule opens or closes a batch.
-      work_cv_.wait(lock);
+      // Spins only right after a batch: once it has slept, the worker waits
+      // for a notification.
+      const int64_t spin_us = just_ran_batch ? spin.SpinMicros() : 0;
+      just_ran_batch = false;
+      if (!SpinForWork(lock, spin_us)) work_cv_.wait(lock);
       continue;
     }
     const int64_t now = clock_->NowMicros();
@@ -198,6 +233,25 @@ void BatchSchedulerCore::WorkerLoop() {
     // Other workers may take the batches this one will not get to yet.
     if (closed_batches_.size() > 1) work_cv_.notify_all();
   }
+}
+
+bool BatchSchedulerCore::SpinForWork(std::unique_lock<std::mutex>& lock,
+                                     int64_t spin_us) {
+  if (spin_us <= 0 || spinning_.exchange(true, std::memory_order_acquire)) {
+    return false;
+  }
+  const uint64_t seen = generation_.load(std::memory_order_relaxed);
+  lock.unlock();
+  const int64_t start = RealMicros();
+  const bool hit = clock_->SpinUntilChanged(generation_, seen, spin_us);
+  spin_micros_.fetch_add(RealMicros() - start, std::memory_order_relaxed);
+  spins_.fetch_add(1, std::memory_order_relaxed);
+  if (hit) spin_hits_.fetch_add(1, std::memory_order_relaxed);
+  spinning_.store(false, std::memory_order_release);
+  lock.lock();
+  // A Schedule between the spin's last look and the lock notified no one
+  // (this worker was not waiting): look again rather than sleep through it.
+  return generation_.load(std::memory_order_relaxed) != seen;
 }
 
 void BatchSchedulerCore::RunBatch(Batch batch) {

@@ -8,7 +8,8 @@
 // then owns it until it is handed to the callback (in a batch) or dropped
 // through BatchTask::Drop.
 //
-// Thread safety: Schedule(), QueueDepth() and Shutdown() may be called from any
+// Thread safety: Schedule(), QueueDepth(), IdleSpins() and Shutdown() may be
+// called from any
 // thread. Time comes from the injected Clock, so timeouts are tested with a
 // fake clock, not sleeps.
 //
@@ -17,6 +18,7 @@
 #ifndef ATTNSCORE_SERVER_BATCHING_BATCH_SCHEDULER_H_
 #define ATTNSCORE_SERVER_BATCHING_BATCH_SCHEDULER_H_
 
+#include <atomic>
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
@@ -76,9 +78,29 @@ struct BatchSchedulerOptions {
   size_t max_enqueued_tasks = 256;
   // Worker threads that run the callback.
   int num_batch_threads = 1;
+  // A worker that finishes a batch and finds no work spins up to this long
+  // (real microseconds, yielding the core to any runnable thread) before it
+  // sleeps, so that a request arriving meanwhile starts without a thread
+  // wake-up; only while recent requests came that soon (IdleSpinPolicy), and
+  // one worker at a time. At most kMaxIdleSpinUs. 0 (the default) never
+  // spins: the CPU a spin burns counts against a CPU quota (a container's
+  // limit, a VM's share), and where one applies it slows everything else
+  // (see idle_spin.h).
+  int64_t idle_spin_us = 0;
   // The workers' thread name, as `top -H`, `ps -L` and perf show it (and the
   // name threads they start inherit); the kernel keeps 15 bytes of it.
   std::string thread_name = "attnscore-batch";
+};
+
+inline constexpr int64_t kMaxIdleSpinUs = 100'000;
+
+// What the workers' spins (BatchSchedulerOptions::idle_spin_us) did since the
+// scheduler started: how many there were, how many ended because work arrived,
+// and the real time they took together.
+struct IdleSpinStats {
+  uint64_t spins = 0;
+  uint64_t hits = 0;
+  int64_t micros = 0;
 };
 
 namespace internal {
@@ -111,7 +133,8 @@ class BatchScheduler {
 
   // INVALID_ARGUMENT naming the option for bad options (max_batch_size 0,
   // negative max_queue_delay_us, num_batch_threads < 1, max_enqueued_tasks
-  // 0), a null clock or an empty callback. `clock` is not owned and must
+  // 0, idle_spin_us outside [0, kMaxIdleSpinUs]), a null clock or an empty
+  // callback. `clock` is not owned and must
   // outlive the scheduler. Starts the worker threads.
   static absl::StatusOr<std::unique_ptr<BatchScheduler>> Create(
       const BatchSchedulerOptions& options, Clock* clock,
@@ -139,6 +162,8 @@ class BatchScheduler {
 
   // Tasks waiting: accepted, not yet taken by a worker to be run or dropped.
   size_t QueueDepth() const;
+
+  IdleSpinStats IdleSpins() const;
 
  private:
   explicit BatchScheduler(std::unique_ptr<internal::BatchSchedulerCore> core);
@@ -168,6 +193,7 @@ class BatchSchedulerCore {
   absl::Status Schedule(std::unique_ptr<BatchTask>* task);
   void Shutdown();
   size_t QueueDepth() const;
+  IdleSpinStats IdleSpins() const;
 
  private:
   // A batch still accepting tasks of its key.
@@ -185,6 +211,11 @@ class BatchSchedulerCore {
                      Callback callback);
 
   void WorkerLoop();
+  // With nothing to do: spins up to `spin_us` for Schedule or Shutdown to
+  // change the state, unless another worker is spinning. True when the state
+  // changed (look again); false: sleep on work_cv_. Returns with `lock` held.
+  bool SpinForWork(std::unique_lock<std::mutex>& lock, int64_t spin_us)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Drops the cancelled and expired tasks of `batch`, then runs the callback on
   // the rest.
   void RunBatch(Batch batch);
@@ -203,6 +234,13 @@ class BatchSchedulerCore {
   // worker must start its timeout; with max_queue_delay_us 0, when any batch
   // opens: a free worker takes it) and at shutdown.
   std::condition_variable work_cv_;
+  // Bumped, under mu_, by every Schedule and by Shutdown: what a spinning
+  // worker watches instead of the condition variable.
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<bool> spinning_{false};  // One spinner at a time.
+  std::atomic<uint64_t> spins_{0};
+  std::atomic<uint64_t> spin_hits_{0};
+  std::atomic<int64_t> spin_micros_{0};
   bool shutting_down_ ABSL_GUARDED_BY(mu_) = false;
   OpenList open_batches_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<std::string, OpenList::iterator> open_by_key_
@@ -279,6 +317,11 @@ void BatchScheduler<TaskType>::Shutdown() {
 template <typename TaskType>
 size_t BatchScheduler<TaskType>::QueueDepth() const {
   return core_->QueueDepth();
+}
+
+template <typename TaskType>
+IdleSpinStats BatchScheduler<TaskType>::IdleSpins() const {
+  return core_->IdleSpins();
 }
 
 }  // namespace attnscore::batching

@@ -2,7 +2,15 @@
 
 #include <chrono>
 
+#include "server/batching/idle_spin.h"
+
 namespace attnscore::batching {
+
+bool Clock::SpinUntilChanged(const std::atomic<uint64_t>& generation,
+                             uint64_t seen, int64_t spin_us) {
+  return batching::SpinUntilChanged(generation, seen, spin_us);
+}
+
 namespace {
 
 class SteadyClock final : public Clock {

@@ -5,6 +5,7 @@
 #ifndef ATTNSCORE_SERVER_BATCHING_CLOCK_H_
 #define ATTNSCORE_SERVER_BATCHING_CLOCK_H_
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <mutex>
@@ -22,6 +23,11 @@ class Clock {
   virtual void WaitUntil(std::condition_variable& cv,
                          std::unique_lock<std::mutex>& lock,
                          int64_t deadline_micros) = 0;
+  // Spins until `*generation` differs from `seen` or `spin_us` have passed;
+  // true when it changed. Real time whatever the clock (see idle_spin.h: the
+  // bound is on CPU spent); virtual so that a test can act as a spin ends.
+  virtual bool SpinUntilChanged(const std::atomic<uint64_t>& generation,
+                                uint64_t seen, int64_t spin_us);
 };
 
 // std::chrono::steady_clock. A process-wide instance; never destroyed.

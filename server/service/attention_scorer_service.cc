@@ -65,6 +65,38 @@ ServiceOptions Resolve(ServiceOptions options) {
   return options;
 }
 
+// The batch workers' idle spins (--batch-worker-spin-us), for operators
+// weighing the CPU they take against the wake-ups they save. Read at scrape
+// time; a scrape after the scheduler is gone reads 0.
+template <typename Scheduler>
+void AddIdleSpinMetrics(observability::Registry& registry,
+                        const std::shared_ptr<Scheduler>& scheduler) {
+  const std::weak_ptr<Scheduler> weak(scheduler);
+  const auto read = [weak](auto field) {
+    return [weak, field] {
+      std::shared_ptr<Scheduler> locked = weak.lock();
+      return locked ? field(locked->IdleSpins()) : 0.0;
+    };
+  };
+  registry.AddCallbackCounter(
+      "attnscore_batch_worker_spins_total",
+      "Times a batch worker with no work spun before sleeping.",
+      read([](const batching::IdleSpinStats& s) {
+        return static_cast<double>(s.spins);
+      }));
+  registry.AddCallbackCounter(
+      "attnscore_batch_worker_spin_hits_total",
+      "Spins that ended because a request arrived (it started without a "
+      "thread wake-up).",
+      read([](const batching::IdleSpinStats& s) {
+        return static_cast<double>(s.hits);
+      }));
+  registry.AddCallbackCounter(
+      "attnscore_batch_worker_spin_seconds_total",
+      "Time batch workers spent spinning (CPU time, less what they yielded).",
+      read([](const batching::IdleSpinStats& s) { return Seconds(s.micros); }));
+}
+
 }  // namespace
 
 // One request (a Score call, a ScoreStream message, a ModelInfer call), from
@@ -553,6 +585,7 @@ AttentionScorerService::Create(const ServiceOptions& options,
         std::shared_ptr<Scheduler> scheduler = weak.lock();
         return scheduler ? static_cast<double>(scheduler->QueueDepth()) : 0.0;
       });
+  AddIdleSpinMetrics(metrics->registry(), service->scheduler_);
   metrics->registry().AddCallbackGauge(
       "attnscore_inflight_bytes",
       "Bytes of the in-flight budget held by requests (their bytes, "

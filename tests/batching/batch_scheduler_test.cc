@@ -216,6 +216,9 @@ TEST_F(BatchSchedulerTest, CreateRejectsInvalidOptionsNamingTheOption) {
        "num_batch_threads"},
       {[](BatchSchedulerOptions& o) { o.max_enqueued_tasks = 0; },
        "max_enqueued_tasks"},
+      {[](BatchSchedulerOptions& o) { o.idle_spin_us = -1; }, "idle_spin_us"},
+      {[](BatchSchedulerOptions& o) { o.idle_spin_us = kMaxIdleSpinUs + 1; },
+       "idle_spin_us"},
   };
   for (const Case& c : cases) {
     BatchSchedulerOptions options;
@@ -430,6 +433,100 @@ TEST_F(BatchSchedulerTest, ZeroDelayIdleWorkersEachTakeABatchAtOnce) {
   EXPECT_EQ(scheduler->QueueDepth(), 0u);
   gate.ReleaseAll();
   ASSERT_TRUE(recorder_.WaitForBatches(2));
+}
+
+BatchSchedulerOptions SpinOptions(int64_t idle_spin_us) {
+  BatchSchedulerOptions options = Options(8, /*max_queue_delay_us=*/0);
+  options.idle_spin_us = idle_spin_us;
+  return options;
+}
+
+// A worker that finished its batch spins for the next task instead of
+// sleeping. Whether a given task arrives during the spin depends on the
+// scheduling of two threads, so the test gives it many chances: each task
+// comes 2 ms into a spin of up to 100 ms.
+TEST_F(BatchSchedulerTest, AnIdleWorkerSpinsForTheNextTask) {
+  std::unique_ptr<Scheduler> scheduler =
+      MakeScheduler(SpinOptions(kMaxIdleSpinUs));
+  constexpr int kChances = 50;
+  for (int i = 0; i < kChances && scheduler->IdleSpins().hits == 0; ++i) {
+    Add(*scheduler);
+    ASSERT_TRUE(recorder_.WaitForBatches(i + 1));
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  const IdleSpinStats stats = scheduler->IdleSpins();
+  EXPECT_GE(stats.hits, 1u)
+      << "no task of " << kChances << " was taken by a spinning worker";
+  EXPECT_GE(stats.spins, stats.hits);
+  EXPECT_GT(stats.micros, 0);
+  EXPECT_EQ(clock_.NowMicros(), 0) << "spins run on real time";
+}
+
+TEST_F(BatchSchedulerTest, ZeroSpinNeverSpins) {
+  std::unique_ptr<Scheduler> scheduler = MakeScheduler(SpinOptions(0));
+  for (int i = 0; i < 5; ++i) {
+    Add(*scheduler);
+    ASSERT_TRUE(recorder_.WaitForBatches(i + 1));
+  }
+  const IdleSpinStats stats = scheduler->IdleSpins();
+  EXPECT_EQ(stats.spins, 0u);
+  EXPECT_EQ(stats.hits, 0u);
+  EXPECT_EQ(stats.micros, 0);
+}
+
+// The fake clock, except that its spins run `at_spin_end` and then end as if
+// their time had passed with no change.
+class SpinEndClock final : public Clock {
+ public:
+  int64_t NowMicros() const override { return clock_.NowMicros(); }
+  void WaitUntil(std::condition_variable& cv,
+                 std::unique_lock<std::mutex>& lock,
+                 int64_t deadline_micros) override {
+    clock_.WaitUntil(cv, lock, deadline_micros);
+  }
+  bool SpinUntilChanged(const std::atomic<uint64_t>&, uint64_t,
+                        int64_t) override {
+    std::function<void()> act;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      act.swap(at_spin_end_);
+    }
+    if (act) act();
+    return false;
+  }
+  // Runs `act` (once) at the end of the next spin.
+  void AtSpinEnd(std::function<void()> act) {
+    std::lock_guard<std::mutex> lock(mu_);
+    at_spin_end_ = std::move(act);
+  }
+
+ private:
+  FakeClock clock_;
+  std::mutex mu_;
+  std::function<void()> at_spin_end_;  // GUARDED_BY(mu_)
+};
+
+// A task scheduled as a spin ends (after its last look, before the worker
+// sleeps) notifies no one, as no worker is waiting: the worker must see it
+// anyway instead of sleeping until some later task wakes it.
+TEST_F(BatchSchedulerTest, NoTaskIsMissedWhenItArrivesAsASpinEnds) {
+  SpinEndClock clock;
+  absl::StatusOr<std::unique_ptr<Scheduler>> scheduler = Scheduler::Create(
+      SpinOptions(kMaxIdleSpinUs), &clock,
+      [this](const std::vector<std::unique_ptr<TestTask>>& batch) {
+        recorder_.RecordBatch(batch);
+      });
+  ASSERT_TRUE(scheduler.ok()) << scheduler.status();
+  std::unique_ptr<TestTask> second = NewTask();
+  const int second_id = second->id();
+  clock.AtSpinEnd([&] { ASSERT_TRUE((*scheduler)->Schedule(&second).ok()); });
+  const int first = Add(**scheduler);
+  ASSERT_TRUE(recorder_.WaitForBatches(2)) << "the second task was missed";
+  EXPECT_THAT(recorder_.batch_ids(),
+              ElementsAre(ElementsAre(first), ElementsAre(second_id)));
+  // After the first batch (the second's spin may not have ended yet).
+  EXPECT_GE((*scheduler)->IdleSpins().spins, 1u);
+  EXPECT_EQ((*scheduler)->IdleSpins().hits, 0u);
 }
 
 TEST_F(BatchSchedulerTest, PositiveDelayHoldsALoneRequestWhileAWorkerIsFree) {

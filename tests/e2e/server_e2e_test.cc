@@ -18,6 +18,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
 #include "attnscore/v1/attnscore.grpc.pb.h"
@@ -793,6 +794,9 @@ TEST_F(ServerE2eTest, MetricsEndpointServesTheSeries) {
            "attnscore_batch_size_count 1",
            "attnscore_queue_depth 0",
            "attnscore_in_flight_requests 0",
+           "attnscore_batch_worker_spins_total ",
+           "attnscore_batch_worker_spin_hits_total ",
+           "attnscore_batch_worker_spin_seconds_total ",
            "attnscore_request_bytes_total{method=\"Score\"}",
            "attnscore_response_bytes_total{method=\"Score\"}",
            "attnscore_models_loaded 0",
@@ -800,6 +804,28 @@ TEST_F(ServerE2eTest, MetricsEndpointServesTheSeries) {
        }) {
     EXPECT_THAT(metrics, HasSubstr(series));
   }
+}
+
+// --batch-worker-spin-us reaches the batcher: after a request's batch the
+// worker spins (up to 0.1 s here, so the spin's end is soon seen) and the
+// metrics count it. Off by default: nothing spins.
+TEST_F(ServerE2eTest, BatchWorkersSpinOnlyWhenAsked) {
+  ASSERT_NO_FATAL_FAILURE(Start({}));
+  ASSERT_TRUE(Score(SmallRequest("quiet")).status.ok());
+  EXPECT_TRUE(MetricsContain("attnscore_batch_worker_spins_total 0\n"));
+  ASSERT_NO_FATAL_FAILURE(Start({"--batch-worker-spin-us", "100000"}));
+  ASSERT_TRUE(Score(SmallRequest("spun")).status.ok());
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        const std::string metrics = Metrics();
+        return absl::StrContains(metrics,
+                                 "attnscore_batch_worker_spins_total ") &&
+               !absl::StrContains(metrics,
+                                  "attnscore_batch_worker_spins_total 0\n");
+      },
+      kWaitTimeout))
+      << Metrics();
+  EXPECT_FALSE(MetricsContain("attnscore_batch_worker_spin_seconds_total 0\n"));
 }
 
 // Debian's real prometheus scrapes the real server over loopback; the series a

@@ -615,6 +615,11 @@ TEST_F(ServiceTest, MetricsCountRequestsBytesAndBatches) {
   EXPECT_THAT(metrics, HasSubstr("attnscore_batch_size_count 1"));
   EXPECT_THAT(metrics, HasSubstr("attnscore_queue_depth 0"));
   EXPECT_THAT(metrics, HasSubstr("attnscore_in_flight_requests 0"));
+  for (const char* spin : {"attnscore_batch_worker_spins_total ",
+                           "attnscore_batch_worker_spin_hits_total ",
+                           "attnscore_batch_worker_spin_seconds_total "}) {
+    EXPECT_THAT(metrics, HasSubstr(spin));
+  }
   EXPECT_THAT(metrics,
               HasSubstr("attnscore_request_bytes_total{method=\"Score\"}"));
   EXPECT_THAT(metrics,
