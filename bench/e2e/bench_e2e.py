@@ -10,6 +10,10 @@ stubs compiled from proto/ at start) and the decode preset with `attnscore load`
 ratios against the targets of the performance issue. Ratios come from one run on one machine;
 absolute times are only for reading alongside them.
 
+The smallest case is timed once more against a server started with `--batch-worker-spin-us 1000`
+(its batch worker spins for the next request instead of sleeping; off by default because the CPU
+it burns counts against any quota), in a row without a target.
+
 Batching (issue 10 C): the server with its defaults against a second one with
 `--max-batch-size 1`, the decode preset through `attnscore load`, alternating rounds (best of
 each): at c=64 the throughput ratio (>= 1.0x) and the p99 ratio of those runs (<= 1.2x); at c=1
@@ -72,6 +76,8 @@ CASES = [
     Case("B1 H8 Lq=Lk=1 D64 logits", 1, 8, 1, 1, 64, 3.0),
 ]
 SMOKE_CASES = [Case("smoke B1 H2 L16 D8 logits", 1, 2, 16, 16, 8, 0.0)]
+# The smallest case is also timed against a server started with this --batch-worker-spin-us.
+SPIN_US = 1000
 DECODE_TARGET = 2.0
 # Batching never costs (issue 10 C): decode at c=64 with the defaults at least as fast as with
 # --max-batch-size 1 and its p99 at most 1.2x; at c=1 the defaults add at most 0.1 ms (p50).
@@ -242,20 +248,35 @@ def best_of(address: str, request, repeats: int, timeout_s: float = 120.0) -> fl
 
 
 def unary_row(case: Case, addresses: tuple, echo: "EchoServer", repeats: int,
-              client_malloc: str = "") -> dict:
-    """One case against attnscore, the peer and the echo. With `client_malloc` (the client's
-    malloc as glibc leaves it) the row is for reading alongside, without a target."""
+              note: str = "") -> dict:
+    """One case against attnscore, the peer and the echo. With a `note` (what differs from the
+    defaults) the row is for reading alongside, without a target."""
     request = make_request(case)
     echo.set_reply(request.ByteSize(), echo_reply(case))
     ours, peer, ceiling = (best_of(address, request, repeats) for address in addresses)
     speedup = peer / ours
-    name = case.name + (f", client malloc {client_malloc}" if client_malloc else "")
-    target = None if client_malloc else case.target
+    name = case.name + (f", {note}" if note else "")
+    target = None if note else case.target
     print(f"{name}: attnscore {ours:.2f} ms, peer {peer:.2f} ms, echo {ceiling:.2f} ms "
           f"({speedup:.2f}x)", flush=True)
     return {"case": name, "attnscore_ms": ours, "peer_ms": peer, "echo_ms": ceiling,
             "speedup": speedup, "target": target,
             "met": None if target is None else speedup >= target}
+
+
+def spinning_row(args: argparse.Namespace, workdir: str, case: Case, addresses: tuple,
+                 echo: "EchoServer") -> dict:
+    """The smallest case again against a server whose batch worker spins for the next request
+    (`--batch-worker-spin-us`, off by default because it burns CPU quota), beside the same peer
+    and echo: what the thread wake-up the defaults pay costs such a call (no target)."""
+    address = f"127.0.0.1:{free_port()}"
+    spinning = start("attnscore-spin", [args.server, "--listen", address, "--metrics-listen", "off",
+                                        "--batch-worker-spin-us", str(SPIN_US)], address, workdir)
+    try:
+        return unary_row(case, (address,) + tuple(addresses[1:]), echo, args.repeats,
+                         note=f"--batch-worker-spin-us {SPIN_US}")
+    finally:
+        spinning.stop()
 
 
 class EchoServer:
@@ -570,10 +591,11 @@ def run(args: argparse.Namespace, workdir: str) -> Report:
             cases = SMOKE_CASES if args.smoke else CASES
             addresses = (server_address, peer_address, echo_address)
             report.unary.append(unary_row(cases[0], addresses, echo, args.repeats,
-                                          client_malloc="glibc's defaults"))
+                                          note="client malloc glibc's defaults"))
             keep_freed_memory()
             for case in cases:
                 report.unary.append(unary_row(case, addresses, echo, args.repeats))
+            report.unary.append(spinning_row(args, workdir, cases[-1], addresses, echo))
         ours = load_rps(args.cli, server_address, args.load_requests, workdir, "attnscore")
         peer = load_rps(args.cli, peer_address, args.load_requests, workdir, "peer")
         speedup = ours["rps"] / peer["rps"]
