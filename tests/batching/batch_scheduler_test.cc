@@ -854,8 +854,9 @@ TEST_F(BatchSchedulerTest, SeveralBatchesRunConcurrently) {
 
 // Several producers race several workers on the real clock, with a queue small
 // enough to fill; every accepted task must come out exactly once, as a delivery
-// or a drop with the right code.
-void RunStress(bool shut_down_while_producing) {
+// or a drop with the right code. With `spinning`, batches close as soon as a
+// worker is free and idle workers spin for the next task.
+void RunStress(bool shut_down_while_producing, bool spinning = false) {
   constexpr int kProducers = 4;
   constexpr int kTasksPerProducer = 2000;
   constexpr size_t kMaxBatchSize = 8;
@@ -863,6 +864,10 @@ void RunStress(bool shut_down_while_producing) {
   BatchSchedulerOptions options = Options(
       kMaxBatchSize, /*max_queue_delay_us=*/200, /*num_batch_threads=*/3);
   options.max_enqueued_tasks = 64;
+  if (spinning) {
+    options.max_queue_delay_us = 0;
+    options.idle_spin_us = 200;
+  }
   absl::StatusOr<std::unique_ptr<Scheduler>> created = Scheduler::Create(
       options, RealClock(),
       [&recorder](const std::vector<std::unique_ptr<TestTask>>& batch) {
@@ -945,6 +950,14 @@ TEST(BatchSchedulerStressTest, EveryTaskIsAccountedForExactlyOnce) {
 
 TEST(BatchSchedulerStressTest, ShutdownWhileProducingLosesNoAcceptedTask) {
   RunStress(/*shut_down_while_producing=*/true);
+}
+
+TEST(BatchSchedulerStressTest, SpinningWorkersAccountForEveryTaskExactlyOnce) {
+  RunStress(/*shut_down_while_producing=*/false, /*spinning=*/true);
+}
+
+TEST(BatchSchedulerStressTest, ShutdownWhileWorkersSpinLosesNoAcceptedTask) {
+  RunStress(/*shut_down_while_producing=*/true, /*spinning=*/true);
 }
 
 }  // namespace
