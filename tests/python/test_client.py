@@ -19,7 +19,8 @@ import numpy as np
 
 import attnscore
 import attnscore.aio
-from attnscore._wire import Request, build_request
+from attnscore._proto import attnscore_pb2 as pb
+from attnscore._wire import Request, build_request, encode_request
 from attnscore_testing import (GoldenCase, Server, compare, golden_cases, wait_ready,
                                write_golden_models)
 
@@ -80,6 +81,64 @@ class EnvironmentTest(unittest.TestCase):
             self.fail(f"ATTNSCORE_PY_ENV must be debian or pypi, got {ENV!r}")
         self.assertTrue(attnscore.__file__.startswith(str(README.parent)),
                         f"testing {attnscore.__file__}, not the checkout's package")
+
+
+class EncodeRequestTest(unittest.TestCase):
+    """encode_request writes the inputs' Tensor fields by hand around their arrays' bytes: it must
+    parse as the message build_request makes through protobuf, whatever the arrays' layout."""
+
+    def assert_same(self, request: Request, request_id: str = "") -> pb.ScoreRequest:
+        encoded = encode_request(request, request_id=request_id)
+        parsed = pb.ScoreRequest.FromString(encoded)
+        self.assertEqual(parsed, build_request(request, request_id=request_id))
+        return parsed
+
+    def test_inputs_of_every_layout_parse_as_protobufs(self) -> None:
+        rng = np.random.default_rng(7)
+        # 300 keys and 70 dims: extents and lengths of several varint bytes.
+        q = rng.standard_normal((2, 3, 5, 70), dtype=np.float32)
+        k = rng.standard_normal((2, 3, 300, 70), dtype=np.float32)
+        v = rng.standard_normal((2, 3, 300, 70), dtype=np.float32)
+        cases = {
+            "contiguous": dict(query=q, key=k, value=v),
+            "no value": dict(query=q, key=k),
+            "transposed views": dict(query=np.swapaxes(q.copy().swapaxes(2, 3), 2, 3),
+                                     key=k[:, :, ::-1, :], value=np.asfortranarray(v)),
+            "big-endian": dict(query=q.astype(">f4"), key=k.astype(">f4")),
+            "float16": dict(query=q.astype(np.float16), key=k.astype(np.float16)),
+            "empty": dict(query=np.zeros((1, 1, 0, 4), np.float32),
+                          key=np.zeros((1, 1, 0, 4), np.float32)),
+        }
+        for name, inputs in cases.items():
+            with self.subTest(name):
+                parsed = self.assert_same(
+                    Request(**inputs, causal=True, scale=0.5, outputs=["logits", "probs"],
+                            key_lengths=[300, 7]), request_id="r-1")
+                for field in ("query", "key", "value"):
+                    if field not in inputs:
+                        self.assertFalse(parsed.HasField(field))
+                        continue
+                    expected = np.asarray(inputs[field])
+                    expected = expected.astype(expected.dtype.newbyteorder("<"))
+                    self.assertEqual(list(getattr(parsed, field).shape), list(expected.shape))
+                    self.assertEqual(getattr(parsed, field).data, expected.tobytes(), field)
+
+    def test_shared_inputs_stay_in_the_message(self) -> None:
+        q = np.ones((1, 2, 3, 4), np.float32)
+        key = attnscore.SharedTensor("in", 64, "float32", (1, 2, 3, 4))
+        parsed = self.assert_same(Request(q, key, alibi=[0.5, 0.25], output_dtype="float16"))
+        self.assertEqual(parsed.key.shared_memory.region, "in")
+        self.assertEqual(parsed.key.data, b"")
+        self.assertEqual(parsed.query.data, q.tobytes())
+
+    @unittest.skipUnless(ENV == "debian", "torch is in the Debian environment (.venv)")
+    def test_torch_tensors_parse_as_protobufs(self) -> None:
+        import torch
+        q = torch.arange(24, dtype=torch.float32).reshape(1, 2, 3, 4)
+        for dtype in (torch.float32, torch.float16, torch.bfloat16):
+            with self.subTest(str(dtype)):
+                self.assert_same(Request(q.to(dtype), q.to(dtype).transpose(2, 3),
+                                         as_torch=True))
 
 
 class GoldenTest(unittest.TestCase):

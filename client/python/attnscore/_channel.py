@@ -17,7 +17,6 @@ os.environ.setdefault("GRPC_CLIENT_CHANNEL_BACKUP_POLL_INTERVAL_MS", "100")
 
 import grpc  # noqa: E402
 
-from attnscore._proto import attnscore_pb2 as pb
 from attnscore._response import parse_score_response
 from attnscore._wire import SERVICE_NAME
 
@@ -33,14 +32,18 @@ Pem = Union[bytes, str, os.PathLike]
 Metadata = Tuple[Tuple[str, str], ...]
 
 
+def _already_encoded(request: bytes) -> bytes:
+    return request
+
+
 def score_callables(channel: Any) -> Tuple[Any, Any]:
-    """Score and ScoreStream on `channel` (grpc or grpc.aio), each response's tensors read in
-    place from the bytes grpcio received (_response.py) rather than copied twice by protobuf."""
-    score = channel.unary_unary(SCORE_METHOD,
-                                request_serializer=pb.ScoreRequest.SerializeToString,
+    """Score and ScoreStream on `channel` (grpc or grpc.aio): they take requests already encoded
+    (_wire.encode_request, which copies the input bytes once), and each response's tensors are
+    read in place from the bytes grpcio received (_response.py) rather than copied twice by
+    protobuf."""
+    score = channel.unary_unary(SCORE_METHOD, request_serializer=_already_encoded,
                                 response_deserializer=parse_score_response)
-    stream = channel.stream_stream(SCORE_STREAM_METHOD,
-                                   request_serializer=pb.ScoreRequest.SerializeToString,
+    stream = channel.stream_stream(SCORE_STREAM_METHOD, request_serializer=_already_encoded,
                                    response_deserializer=parse_score_response)
     return score, stream
 

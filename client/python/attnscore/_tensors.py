@@ -82,24 +82,23 @@ def wire_array(value: Any, what: str) -> Tuple[int, np.ndarray]:
     return number, array.view(np.uint16) if number == pb.BFLOAT16 else array
 
 
-def _torch_to_wire(tensor: Any, what: str) -> pb.Tensor:
-    number, values = wire_array(tensor, what)
-    return pb.Tensor(dtype=number, shape=list(values.shape), data=values.tobytes())
-
-
-def _numpy_to_wire(value: Any, what: str) -> pb.Tensor:
+def wire_input(value: Any, what: str) -> Tuple[int, np.ndarray]:
+    """The wire DType of a numpy array (or array-like) or torch tensor and a C-contiguous,
+    little-endian numpy array whose bytes are the wire's (bfloat16 as uint16 bits); no copy where
+    the value already is one. TypeError for other dtypes."""
+    if _is_torch_tensor(value):
+        return wire_array(value, what)
     number, array = _numpy_checked(value, what)
     if array.dtype.byteorder == ">":
         array = array.astype(array.dtype.newbyteorder("<"))
-    return pb.Tensor(dtype=number, shape=list(array.shape),
-                     data=np.ascontiguousarray(array).tobytes())
+    array = np.ascontiguousarray(array)
+    return number, array.view(np.uint16) if number == pb.BFLOAT16 else array
 
 
 def to_wire(value: Any, what: str) -> pb.Tensor:
     """A numpy array (or array-like) or torch tensor as an attnscore.v1.Tensor."""
-    if _is_torch_tensor(value):
-        return _torch_to_wire(value, what)
-    return _numpy_to_wire(value, what)
+    number, array = wire_input(value, what)
+    return pb.Tensor(dtype=number, shape=list(array.shape), data=array.tobytes())
 
 
 def _numpy_dtype(number: int) -> np.dtype:

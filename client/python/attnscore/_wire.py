@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import grpc
 import numpy as np
@@ -205,23 +205,89 @@ def _shared_input(shared: SharedTensor, what: str) -> pb.Tensor:
         region=shared.region, offset=offset, byte_size=shared.byte_size))
 
 
-def _input(value: Any, what: str) -> pb.Tensor:
-    """A query, key or value: its bytes in the message, or a range of shared memory."""
-    if isinstance(value, SharedTensor):
-        return _shared_input(value, what)
-    return _tensors.to_wire(value, what)
+# An input sent in the message: its ScoreRequest field number, wire DType and the array whose
+# bytes are the tensor's data (C-contiguous, little-endian).
+_ArrayInput = Tuple[int, int, np.ndarray]
+_INPUTS = ("query", "key", "value")
+_FIELD_NUMBERS = {name: pb.ScoreRequest.DESCRIPTOR.fields_by_name[name].number
+                  for name in _INPUTS}
+_INPUT_NAMES = {number: name for name, number in _FIELD_NUMBERS.items()}
 
 
-def build_request(request: Request, request_id: str = "") -> pb.ScoreRequest:
-    """The ScoreRequest message; ValueError/TypeError for arguments the client can judge, and
-    ImportError when the outputs could not be decoded (bfloat16 without ml_dtypes or torch)."""
+def _request_fields(request: Request, request_id: str) -> Tuple[pb.ScoreRequest,
+                                                                  List[_ArrayInput]]:
+    """The ScoreRequest without the inputs sent as bytes, and those inputs; ValueError/TypeError
+    for arguments the client can judge, ImportError when the outputs could not be decoded
+    (bfloat16 without ml_dtypes or torch)."""
     message = pb.ScoreRequest(request_id=request_id, layout=_layout(request.layout),
                               causal=bool(request.causal), outputs=_outputs(request.outputs))
     _set_bias(message, request)
-    message.query.CopyFrom(_input(request.query, "query"))
-    message.key.CopyFrom(_input(request.key, "key"))
-    if request.value is not None:
-        message.value.CopyFrom(_input(request.value, "value"))
+    arrays: List[_ArrayInput] = []
+    for name in _INPUTS:
+        value = getattr(request, name)
+        if value is None and name == "value":
+            continue
+        if isinstance(value, SharedTensor):
+            getattr(message, name).CopyFrom(_shared_input(value, name))
+        else:
+            arrays.append((_FIELD_NUMBERS[name],) + _tensors.wire_input(value, name))
+    _set_options(message, request)
+    query_dtype = (arrays[0][1] if arrays and arrays[0][0] == _FIELD_NUMBERS["query"]
+                   else message.query.dtype)
+    _tensors.check_decodable(message.output_dtype or query_dtype, request.as_torch)
+    return message, arrays
+
+
+def build_request(request: Request, request_id: str = "") -> pb.ScoreRequest:
+    """The ScoreRequest message (what encode_request sends); errors as encode_request's."""
+    message, arrays = _request_fields(request, request_id)
+    for number, dtype, array in arrays:
+        tensor = getattr(message, _INPUT_NAMES[number])
+        tensor.dtype = dtype
+        tensor.shape.extend(array.shape)
+        tensor.data = array.tobytes()
+    return message
+
+
+def _varint(value: int) -> bytes:
+    """A non-negative integer as a protobuf varint."""
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _tensor_field(number: int, dtype: int, array: np.ndarray) -> List[Any]:
+    """Field `number` of a ScoreRequest holding Tensor {dtype, shape, data}, as the bytes before
+    the data and the data itself (a view of the array). Tensor's fields: 1 dtype (varint, tag
+    0x08), 2 shape (packed varints, 0x12), 3 data (bytes, 0x1a); EncodeRequestTest checks them
+    against protobuf's own encoding."""
+    shape = b"".join(_varint(extent) for extent in array.shape)
+    data = array.reshape(-1).view(np.uint8)  # a view: the array is C-contiguous
+    head = (b"\x08" + _varint(dtype) + b"\x12" + _varint(len(shape)) + shape + b"\x1a" +
+            _varint(data.nbytes))
+    return [_varint(number << 3 | 2) + _varint(len(head) + data.nbytes) + head, data]
+
+
+def encode_request(request: Request, request_id: str = "") -> bytes:
+    """The ScoreRequest's wire bytes, what Score and ScoreStream send: the message without its
+    byte inputs through protobuf, then each of those inputs' Tensor field written here around its
+    array's bytes, all joined in one copy (through a protobuf message the bytes were copied three
+    times: into a bytes object, into the message, out of it; 0.87 -> 0.16 ms for a decode step's
+    4 MiB of keys). Protobuf parsers merge fields in any order, so this parses as build_request's
+    message. ValueError/TypeError for arguments the client can judge, and ImportError when the
+    outputs could not be decoded (bfloat16 without ml_dtypes or torch)."""
+    message, arrays = _request_fields(request, request_id)
+    parts: List[Any] = [message.SerializeToString()]
+    for number, dtype, array in arrays:
+        parts += _tensor_field(number, dtype, array)
+    return b"".join(parts)
+
+
+def _set_options(message: pb.ScoreRequest, request: Request) -> None:
+    """The request's fields after its inputs: scale, key lengths, output dtype, placements."""
     if request.scale is not None:
         message.scale = float(request.scale)
     if request.key_lengths is not None:
@@ -230,8 +296,6 @@ def build_request(request: Request, request_id: str = "") -> pb.ScoreRequest:
         message.output_dtype = _tensors.dtype_number(request.output_dtype)
     if request.placements:
         message.placements.extend(_placements(request.placements))
-    _tensors.check_decodable(message.output_dtype or message.query.dtype, request.as_torch)
-    return message
 
 
 def as_request(item: Union[Request, Mapping[str, Any]]) -> Request:
@@ -289,7 +353,7 @@ class StreamCollector:
     """Matches ScoreStream responses to the requests by request_id (the index as text)."""
 
     def __init__(self, requests: Sequence[Request]) -> None:
-        self.messages = [build_request(r, request_id=str(i)) for i, r in enumerate(requests)]
+        self.messages = [encode_request(r, request_id=str(i)) for i, r in enumerate(requests)]
         self._as_torch = [r.as_torch for r in requests]
         self._results: dict = {}
 

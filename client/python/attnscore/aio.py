@@ -14,7 +14,7 @@ from attnscore._proto import attnscore_pb2 as pb
 from attnscore._proto import attnscore_pb2_grpc as pb_grpc
 from attnscore._wire import (SERVICE_NAME, ModelInfo, Request, ScoreResult, ServerInfo,
                              SharedMemoryRegistration, StreamCollector, as_request,
-                             build_request, decode_info, decode_models, decode_response,
+                             decode_info, decode_models, decode_response, encode_request,
                              decode_shared_memory_status, register_request)
 
 __all__ = ["Client", "AttnscoreError"]
@@ -50,7 +50,7 @@ class Client:
                           scale=scale, key_lengths=key_lengths, outputs=outputs, layout=layout,
                           output_dtype=output_dtype, as_torch=as_torch,
                           placements=placements)
-        message = build_request(request)
+        message = encode_request(request)
         try:
             response = await self._score(message, **_channel.call_kwargs(self._config))
         except grpc.RpcError as error:
