@@ -2,7 +2,6 @@
 
 #include <pthread.h>
 
-#include <chrono>
 #include <limits>
 #include <string>
 
@@ -13,12 +12,8 @@ namespace attnscore::batching::internal {
 namespace {
 
 // Real time for the idle spin (a CPU bound, not batching time: see
-// idle_spin.h).
-int64_t RealMicros() {
-  return std::chrono::duration_cast<std::chrono::microseconds>(
-             std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
+// idle_spin.h), whatever clock the scheduler was given.
+int64_t RealMicros() { return RealClock()->NowMicros(); }
 
 // Best effort: a name that cannot be set leaves the inherited one.
 void NameThisThread(const std::string& name) {

@@ -9,9 +9,8 @@
 // through BatchTask::Drop.
 //
 // Thread safety: Schedule(), QueueDepth(), IdleSpins() and Shutdown() may be
-// called from any
-// thread. Time comes from the injected Clock, so timeouts are tested with a
-// fake clock, not sleeps.
+// called from any thread. Time comes from the injected Clock, so timeouts are
+// tested with a fake clock, not sleeps.
 //
 // Errors: UNAVAILABLE when the queue is full or the batcher is shutting down
 // ("retry later"); INVALID_ARGUMENT from Create() for bad options.
@@ -134,8 +133,8 @@ class BatchScheduler {
   // INVALID_ARGUMENT naming the option for bad options (max_batch_size 0,
   // negative max_queue_delay_us, num_batch_threads < 1, max_enqueued_tasks
   // 0, idle_spin_us outside [0, kMaxIdleSpinUs]), a null clock or an empty
-  // callback. `clock` is not owned and must
-  // outlive the scheduler. Starts the worker threads.
+  // callback. `clock` is not owned and must outlive the scheduler. Starts the
+  // worker threads.
   static absl::StatusOr<std::unique_ptr<BatchScheduler>> Create(
       const BatchSchedulerOptions& options, Clock* clock,
       BatchCallback callback);

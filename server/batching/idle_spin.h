@@ -12,8 +12,8 @@
 // libgomp's GOMP_SPINCOUNT and ONNX Runtime's allow_spinning make the same
 // trade.
 //
-// Thread safety: an IdleSpinPolicy belongs to one worker thread; SpinUntil may
-// be called from any thread. No errors.
+// Thread safety: an IdleSpinPolicy belongs to one worker thread;
+// SpinUntilChanged may be called from any thread. No errors.
 #ifndef ATTNSCORE_SERVER_BATCHING_IDLE_SPIN_H_
 #define ATTNSCORE_SERVER_BATCHING_IDLE_SPIN_H_
 

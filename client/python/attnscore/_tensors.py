@@ -83,22 +83,12 @@ def wire_array(value: Any, what: str) -> Tuple[int, np.ndarray]:
 
 
 def wire_input(value: Any, what: str) -> Tuple[int, np.ndarray]:
-    """The wire DType of a numpy array (or array-like) or torch tensor and a C-contiguous,
-    little-endian numpy array whose bytes are the wire's (bfloat16 as uint16 bits); no copy where
-    the value already is one. TypeError for other dtypes."""
-    if _is_torch_tensor(value):
-        return wire_array(value, what)
-    number, array = _numpy_checked(value, what)
+    """wire_array's answer as the bytes the wire carries: C-contiguous and little-endian (a copy
+    only where the value is neither)."""
+    number, array = wire_array(value, what)
     if array.dtype.byteorder == ">":
         array = array.astype(array.dtype.newbyteorder("<"))
-    array = np.ascontiguousarray(array)
-    return number, array.view(np.uint16) if number == pb.BFLOAT16 else array
-
-
-def to_wire(value: Any, what: str) -> pb.Tensor:
-    """A numpy array (or array-like) or torch tensor as an attnscore.v1.Tensor."""
-    number, array = wire_input(value, what)
-    return pb.Tensor(dtype=number, shape=list(array.shape), data=array.tobytes())
+    return number, np.ascontiguousarray(array)
 
 
 def _numpy_dtype(number: int) -> np.dtype:

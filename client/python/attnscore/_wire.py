@@ -205,13 +205,12 @@ def _shared_input(shared: SharedTensor, what: str) -> pb.Tensor:
         region=shared.region, offset=offset, byte_size=shared.byte_size))
 
 
-# An input sent in the message: its ScoreRequest field number, wire DType and the array whose
+# An input sent in the message: its ScoreRequest field name, wire DType and the array whose
 # bytes are the tensor's data (C-contiguous, little-endian).
-_ArrayInput = Tuple[int, int, np.ndarray]
+_ArrayInput = Tuple[str, int, np.ndarray]
 _INPUTS = ("query", "key", "value")
 _FIELD_NUMBERS = {name: pb.ScoreRequest.DESCRIPTOR.fields_by_name[name].number
                   for name in _INPUTS}
-_INPUT_NAMES = {number: name for name, number in _FIELD_NUMBERS.items()}
 
 
 def _request_fields(request: Request, request_id: str) -> Tuple[pb.ScoreRequest,
@@ -230,10 +229,9 @@ def _request_fields(request: Request, request_id: str) -> Tuple[pb.ScoreRequest,
         if isinstance(value, SharedTensor):
             getattr(message, name).CopyFrom(_shared_input(value, name))
         else:
-            arrays.append((_FIELD_NUMBERS[name],) + _tensors.wire_input(value, name))
+            arrays.append((name,) + _tensors.wire_input(value, name))
     _set_options(message, request)
-    query_dtype = (arrays[0][1] if arrays and arrays[0][0] == _FIELD_NUMBERS["query"]
-                   else message.query.dtype)
+    query_dtype = arrays[0][1] if arrays and arrays[0][0] == "query" else message.query.dtype
     _tensors.check_decodable(message.output_dtype or query_dtype, request.as_torch)
     return message, arrays
 
@@ -241,8 +239,8 @@ def _request_fields(request: Request, request_id: str) -> Tuple[pb.ScoreRequest,
 def build_request(request: Request, request_id: str = "") -> pb.ScoreRequest:
     """The ScoreRequest message (what encode_request sends); errors as encode_request's."""
     message, arrays = _request_fields(request, request_id)
-    for number, dtype, array in arrays:
-        tensor = getattr(message, _INPUT_NAMES[number])
+    for name, dtype, array in arrays:
+        tensor = getattr(message, name)
         tensor.dtype = dtype
         tensor.shape.extend(array.shape)
         tensor.data = array.tobytes()
@@ -281,8 +279,8 @@ def encode_request(request: Request, request_id: str = "") -> bytes:
     outputs could not be decoded (bfloat16 without ml_dtypes or torch)."""
     message, arrays = _request_fields(request, request_id)
     parts: List[Any] = [message.SerializeToString()]
-    for number, dtype, array in arrays:
-        parts += _tensor_field(number, dtype, array)
+    for name, dtype, array in arrays:
+        parts += _tensor_field(_FIELD_NUMBERS[name], dtype, array)
     return b"".join(parts)
 
 
