@@ -158,6 +158,10 @@ def decode_floor_row(seconds: dict) -> dict | None:
         return None
     floor = DECODE_BYTES / (bandwidth * 1e9)
     row = {"read_gbps": bandwidth, "floor_ms": floor * 1e3}
+    key_dots = next((v for k, v in seconds.items() if k.startswith("keydots") and
+                     k.endswith("#GBps")), None)
+    if key_dots is not None:
+        row["key_dots_gbps"] = key_dots
     for kind in ("alibi", "relative"):
         case = f"decode_B32_H8_Lq1_Lk2048_D64/{kind}_logits+probs"
         core, literal = seconds.get(f"core/{case}"), seconds.get(f"literal/{case}")
@@ -307,6 +311,11 @@ def markdown(report: dict) -> str:
                       f"{decode[kind]['literal_x_floor']:.2f}x (a core at the floor would "
                       f"show {decode[kind]['max_speedup']:.2f}x)"
                       for kind in ("alibi", "relative") if kind in decode) + "."]
+        if "key_dots_gbps" in decode:
+            lines[-1] += (f" The core's key stream alone (ScaledDotRows over the same 256 MiB): "
+                          f"{decode['key_dots_gbps']:.1f} GB/s, "
+                          f"{decode['key_dots_gbps'] / decode['read_gbps'] * 100:.0f}% of the "
+                          f"read bandwidth.")
     transport = report.get("transport")
     if transport:
         lines += ["", "| transport: logits to the C++ client, compute included (float32 size/dtype, "

@@ -94,5 +94,29 @@ class TransportRowsTest(unittest.TestCase):
                         text.index("| 16MiB/bf16 via shared memory |"))
 
 
+class DecodeFloorTest(unittest.TestCase):
+    CASE = "decode_B32_H8_Lq1_Lk2048_D64/alibi_logits+probs"
+
+    def test_floor_from_the_read_bandwidth_and_the_key_stream_beside_it(self):
+        floor_s = report.DECODE_BYTES / 20e9
+        row = report.decode_floor_row({
+            "stream/256MiB#GBps": 20.0, "keydots/256MiB#GBps": 18.0,
+            f"core/{self.CASE}": 1.5 * floor_s, f"literal/{self.CASE}": 6.0 * floor_s})
+        self.assertAlmostEqual(row["floor_ms"], floor_s * 1e3)
+        self.assertAlmostEqual(row["alibi"]["core_x_floor"], 1.5)
+        self.assertAlmostEqual(row["alibi"]["max_speedup"], 6.0)
+        self.assertNotIn("relative", row)
+        text = report.markdown({"commit": "c", "date": "d", "cpu": {"model": "m", "flags": []},
+                                "kernels": [], "scoring": [], "decode_floor": row})
+        self.assertIn("alibi: core 1.50x the floor, literal 6.00x", text)
+        self.assertIn("(ScaledDotRows over the same 256 MiB): 18.0 GB/s, 90% of the read "
+                      "bandwidth.", text)
+
+    def test_no_key_stream_figure_without_its_run(self):
+        row = report.decode_floor_row({"stream/256MiB#GBps": 20.0})
+        self.assertNotIn("key_dots_gbps", row)
+        self.assertIsNone(report.decode_floor_row({}))
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -227,6 +227,40 @@ void BM_Stream(benchmark::State& state) {
                          benchmark::Counter::kIsRate);
 }
 
+// The decode batch's key stream alone: on as many threads as BM_Stream, each
+// runs ScaledDotRows (the scoring core's GEMV for one query row) over its
+// share of the same 256 MiB as [2048, 64] key blocks. Against stream/256MiB's
+// rate: how close the kernel comes to the memory floor, without the softmax
+// and the outputs around it.
+void BM_KeyDots(benchmark::State& state) {
+  constexpr int64_t kFloats = int64_t{64} << 20;
+  constexpr int64_t kRows = 2048, kDim = 64;
+  static const std::vector<float> keys(kFloats, 0.5f);
+  const int threads = at::get_num_threads();
+  const int64_t blocks = kFloats / (kRows * kDim) / threads;
+  const std::vector<float> query(kDim, 0.25f);
+  std::vector<float> dots(static_cast<size_t>(threads * kRows));
+  for (auto _ : state) {
+    std::vector<std::thread> pool;
+    pool.reserve(static_cast<size_t>(threads));
+    for (int t = 0; t < threads; ++t) {
+      pool.emplace_back([&, t] {
+        for (int64_t b = 0; b < blocks; ++b) {
+          scoring::ScaledDotRows(keys.data() + (t * blocks + b) * kRows * kDim,
+                                 kDim, kRows, query.data(), kDim, 0.125f, false,
+                                 dots.data() + t * kRows);
+        }
+      });
+    }
+    for (std::thread& thread : pool) thread.join();
+    benchmark::DoNotOptimize(dots.data());
+  }
+  state.counters["GBps"] = benchmark::Counter(
+      static_cast<double>(blocks * threads * kRows * kDim * 4) *
+          static_cast<double>(state.iterations()) / 1e9,
+      benchmark::Counter::kIsRate);
+}
+
 // Issue 9's many-tiny-items case: 2,000,000 float16 items of H = Lq = Lk =
 // D = 1 in one batch (logits), the per-item overhead the cost cap charges.
 void BM_TinyItems(benchmark::State& state) {
@@ -293,6 +327,9 @@ void Register() {
       {kSmall, false, false, "alibi_logits"},
   };
   benchmark::RegisterBenchmark("stream/256MiB", BM_Stream)
+      ->Unit(benchmark::kMillisecond)
+      ->UseRealTime();
+  benchmark::RegisterBenchmark("keydots/256MiB", BM_KeyDots)
       ->Unit(benchmark::kMillisecond)
       ->UseRealTime();
   benchmark::RegisterBenchmark("sgemm/1024", BM_Sgemm)
