@@ -147,19 +147,23 @@ def sgemm_row(seconds: dict) -> dict | None:
 DECODE_BYTES = 32 * 8 * 2048 * 64 * 4 + 2 * 32 * 8 * 2048 * 4
 
 
+def read_rate(seconds: dict, benchmark: str) -> float | None:
+    """The GB/s counter of the benchmark whose name starts with `benchmark`, if it ran."""
+    return next((v for k, v in seconds.items() if k.startswith(benchmark + "/") and
+                 k.endswith("#GBps")), None)
+
+
 def decode_floor_row(seconds: dict) -> dict | None:
     """The decode batch against the memory floor: its bytes over the read bandwidth measured in
     the same run. A core that only read and wrote its bytes at that rate would show literal /
     floor over the literal port; the rate is a plain threaded sum's, and varies between runs on a
     shared machine, so a core can come out under the floor."""
-    bandwidth = next((v for k, v in seconds.items() if k.startswith("stream") and
-                      k.endswith("#GBps")), None)
+    bandwidth = read_rate(seconds, "stream")
     if bandwidth is None:
         return None
     floor = DECODE_BYTES / (bandwidth * 1e9)
     row = {"read_gbps": bandwidth, "floor_ms": floor * 1e3}
-    key_dots = next((v for k, v in seconds.items() if k.startswith("keydots") and
-                     k.endswith("#GBps")), None)
+    key_dots = read_rate(seconds, "keydots")
     if key_dots is not None:
         row["key_dots_gbps"] = key_dots
     for kind in ("alibi", "relative"):

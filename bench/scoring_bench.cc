@@ -200,26 +200,27 @@ ATTNSCORE_TARGET_CLONES float StreamSum(const float* x, int64_t n) {
   return sum;
 }
 
-// The machine's memory read bandwidth on as many threads as the scorer's:
-// each sums its share of 256 MiB of float32 (far beyond the caches). The
-// floor of the decode batch, which reads 128 MiB of keys for 4 MiB of
-// outputs (bench/report.py). (ATen's sum read slower than the scoring core
-// streams its keys.)
-void BM_Stream(benchmark::State& state) {
-  constexpr int64_t kFloats = int64_t{64} << 20;
-  static const std::vector<float> data(kFloats, 1.0f);
+// 256 MiB of float32 (far beyond the caches) that stream/ and keydots/ read.
+constexpr int64_t kStreamFloats = int64_t{64} << 20;
+const std::vector<float>& StreamData() {
+  static const auto* data = new std::vector<float>(kStreamFloats, 0.5f);
+  return *data;
+}
+
+// Runs read(t, begin, count) on as many threads as the scorer's, thread t
+// reading floats [begin, begin + count) of StreamData() (count a multiple of
+// `unit`), once per iteration; reports the rate read as GBps.
+template <typename Read>
+void ReadOnThreads(benchmark::State& state, int64_t unit, Read read) {
   const int threads = at::get_num_threads();
-  const int64_t share = kFloats / threads / 64 * 64;
-  std::vector<float> sums(static_cast<size_t>(threads));
+  const int64_t share = kStreamFloats / threads / unit * unit;
   for (auto _ : state) {
     std::vector<std::thread> pool;
     pool.reserve(static_cast<size_t>(threads));
     for (int t = 0; t < threads; ++t) {
-      pool.emplace_back(
-          [&, t] { sums[t] = StreamSum(data.data() + t * share, share); });
+      pool.emplace_back([&, t] { read(t, t * share, share); });
     }
     for (std::thread& thread : pool) thread.join();
-    benchmark::DoNotOptimize(sums.data());
   }
   state.counters["GBps"] =
       benchmark::Counter(static_cast<double>(share * threads * 4) *
@@ -227,38 +228,33 @@ void BM_Stream(benchmark::State& state) {
                          benchmark::Counter::kIsRate);
 }
 
-// The decode batch's key stream alone: on as many threads as BM_Stream, each
-// runs ScaledDotRows (the scoring core's GEMV for one query row) over its
-// share of the same 256 MiB as [2048, 64] key blocks. Against stream/256MiB's
-// rate: how close the kernel comes to the memory floor, without the softmax
-// and the outputs around it.
+// The machine's memory read bandwidth: each thread sums its share. The floor
+// of the decode batch, which reads 128 MiB of keys for 4 MiB of outputs
+// (bench/report.py). (ATen's sum read slower than the scoring core streams
+// its keys.)
+void BM_Stream(benchmark::State& state) {
+  std::vector<float> sums(static_cast<size_t>(at::get_num_threads()));
+  ReadOnThreads(state, 64, [&](int t, int64_t begin, int64_t count) {
+    sums[t] = StreamSum(StreamData().data() + begin, count);
+  });
+  benchmark::DoNotOptimize(sums.data());
+}
+
+// The decode batch's key stream alone: each thread runs ScaledDotRows (the
+// scoring core's GEMV for one query row) over its share of the same 256 MiB
+// as [2048, 64] key blocks. Against stream/256MiB's rate: how close the
+// kernel comes to the memory floor, without the softmax and the outputs.
 void BM_KeyDots(benchmark::State& state) {
-  constexpr int64_t kFloats = int64_t{64} << 20;
   constexpr int64_t kRows = 2048, kDim = 64;
-  static const std::vector<float> keys(kFloats, 0.5f);
-  const int threads = at::get_num_threads();
-  const int64_t blocks = kFloats / (kRows * kDim) / threads;
   const std::vector<float> query(kDim, 0.25f);
-  std::vector<float> dots(static_cast<size_t>(threads * kRows));
-  for (auto _ : state) {
-    std::vector<std::thread> pool;
-    pool.reserve(static_cast<size_t>(threads));
-    for (int t = 0; t < threads; ++t) {
-      pool.emplace_back([&, t] {
-        for (int64_t b = 0; b < blocks; ++b) {
-          scoring::ScaledDotRows(keys.data() + (t * blocks + b) * kRows * kDim,
-                                 kDim, kRows, query.data(), kDim, 0.125f, false,
-                                 dots.data() + t * kRows);
-        }
-      });
+  std::vector<float> dots(static_cast<size_t>(at::get_num_threads() * kRows));
+  ReadOnThreads(state, kRows * kDim, [&](int t, int64_t begin, int64_t count) {
+    for (int64_t b = begin; b < begin + count; b += kRows * kDim) {
+      scoring::ScaledDotRows(StreamData().data() + b, kDim, kRows, query.data(),
+                             kDim, 0.125f, false, dots.data() + t * kRows);
     }
-    for (std::thread& thread : pool) thread.join();
-    benchmark::DoNotOptimize(dots.data());
-  }
-  state.counters["GBps"] = benchmark::Counter(
-      static_cast<double>(blocks * threads * kRows * kDim * 4) *
-          static_cast<double>(state.iterations()) / 1e9,
-      benchmark::Counter::kIsRate);
+  });
+  benchmark::DoNotOptimize(dots.data());
 }
 
 // Issue 9's many-tiny-items case: 2,000,000 float16 items of H = Lq = Lk =
