@@ -67,6 +67,7 @@
 #include "server/scoring/scorer.h"
 #include "server/security/health_listener.h"
 #include "server/security/server_security.h"
+#include "server/security/unix_socket.h"
 #include "server/service/attention_scorer_service.h"
 #include "server/service/kserve_service.h"
 #include "server/service/memory_limit.h"
@@ -116,6 +117,8 @@ int NumberOfCores() {
 struct Flags {
   std::string listen = "127.0.0.1:50051";
   std::string port_file;
+  std::string listen_unix;  // also a Unix domain socket at this path
+  std::string listen_unix_mode = "660";
   std::string metrics_listen = "127.0.0.1:9090";
   std::string metrics_port_file;
   // Intra-op threads for both the scorer and GetServerInfo. Shown in --help as
@@ -163,6 +166,13 @@ void AddEndpointFlags(CLI::App& app, Flags& flags) {
   AddFlag(app, "--listen", flags.listen, "LISTEN",
           "gRPC address HOST:PORT; port 0 picks a free port "
           "(logged, and written to --port-file)");
+  AddFlag(app, "--listen-unix", flags.listen_unix, "LISTEN_UNIX",
+          "Also serve every service on a Unix domain socket at this path, "
+          "for callers on the same host or pod (clients: unix:PATH); a "
+          "stale socket there is replaced. Default: none");
+  AddFlag(app, "--listen-unix-mode", flags.listen_unix_mode, "LISTEN_UNIX_MODE",
+          "Permission bits of the --listen-unix socket, octal (connecting "
+          "needs write access)");
   AddFlag(app, "--port-file", flags.port_file, "PORT_FILE",
           "Write the bound gRPC port to this file once the server accepts "
           "calls (default: none)");
@@ -591,6 +601,7 @@ class Server {
  private:
   bool SetUpLogging() const;
   bool CheckMetricsListen() const;
+  bool CheckListenUnix();
   bool CreateScorer();
   bool LoadModels();
   void RegisterProcessMetrics();
@@ -598,6 +609,7 @@ class Server {
   bool CreateService();
   bool StartMetricsServer();
   bool StartGrpcServer();
+  bool ServeUnixSocket(int bound);
   bool StartHealthListener();
   bool WritePortFile();
   bool WarmUp(SignalThread& signals);
@@ -619,7 +631,11 @@ class Server {
   // The Open Inference Protocol on the same port and pipeline.
   std::unique_ptr<service::KServeService> kserve_;
   std::unique_ptr<observability::MetricsServer> metrics_server_;
-  int port_ = 0;  // the bound gRPC port, set by BuildAndStart
+  int port_ = 0;          // the bound gRPC port, set by BuildAndStart
+  mode_t unix_mode_ = 0;  // --listen-unix-mode, parsed
+  // --listen-unix's file, removed when the server stops; declared before
+  // server_, so that a failed start-up stops the server first.
+  std::unique_ptr<security::UnixSocketFile> unix_socket_;
   std::unique_ptr<grpc::Server> server_;
   // --health-listen, and the fan-out that gives it server_'s statuses.
   std::unique_ptr<security::HealthListener> health_listener_;
@@ -629,7 +645,9 @@ class Server {
 };
 
 int Server::Run() {
-  if (!SetUpLogging() || !CheckMetricsListen()) return kExitBadFlag;
+  if (!SetUpLogging() || !CheckMetricsListen() || !CheckListenUnix()) {
+    return kExitBadFlag;
+  }
   // Before the slow steps: a wrong flag combination or file fails at once.
   if (const int code = CreateSecurity(); code != 0) return code;
   if (!CreateScorer() || !LoadModels()) return kExitStartupFailed;
@@ -666,6 +684,20 @@ bool Server::CheckMetricsListen() const {
       observability::ParseHostPort(flags_.metrics_listen, &host, &port);
   if (status.ok()) return true;
   spdlog::critical("--metrics-listen: {}", status.ToString());
+  return false;
+}
+
+bool Server::CheckListenUnix() {
+  if (flags_.listen_unix.empty()) return true;
+  absl::StatusOr<mode_t> mode =
+      security::ParseSocketMode(flags_.listen_unix_mode);
+  absl::Status status = security::CheckUnixSocketPath(flags_.listen_unix);
+  if (status.ok() && !mode.ok()) status = mode.status();
+  if (status.ok()) {
+    unix_mode_ = *mode;
+    return true;
+  }
+  spdlog::critical("{}", std::string{status.message()});
   return false;
 }
 
@@ -740,8 +772,10 @@ void Server::RegisterProcessMetrics() {
 // ports open: 0, or the exit code (a flag combination that cannot work: 2; a
 // file that is missing or unusable: 1).
 int Server::CreateSecurity() {
+  security::SecurityOptions options = flags_.security;
+  options.unix_socket = !flags_.listen_unix.empty();
   absl::StatusOr<std::unique_ptr<security::ServerSecurity>> security =
-      security::ServerSecurity::Create(flags_.security);
+      security::ServerSecurity::Create(options);
   if (!security.ok()) {
     spdlog::critical("{}", std::string{security.status().message()});
     return security.status().code() == absl::StatusCode::kInvalidArgument
@@ -825,17 +859,33 @@ bool Server::StartGrpcServer() {
   grpc::ServerBuilder builder;
   builder.SetOption(std::make_unique<ReflectionOption>(flags_.reflection));
   builder.AddListeningPort(flags_.listen, security_->credentials(), &port_);
+  int unix_bound = 0;  // gRPC reports 1 for a bound Unix socket
+  if (!flags_.listen_unix.empty()) {
+    builder.AddListeningPort(absl::StrCat("unix:", flags_.listen_unix),
+                             security_->unix_credentials(), &unix_bound);
+  }
   builder.RegisterService(service_.get());
   builder.RegisterService(kserve_.get());
   ConfigureChannels(builder, max_message_bytes(),
                     service_->options().max_inflight_bytes);
-  server_ = builder.BuildAndStart();
+  {
+    // The socket file is born owner-only; ServeUnixSocket gives it its mode.
+    const security::ScopedUmask owner_only(0177);
+    server_ = builder.BuildAndStart();
+  }
+  // Ours once bound (removed when this server stops), never before: the path
+  // may be another process's until then.
+  if (unix_bound != 0) {
+    unix_socket_ =
+        std::make_unique<security::UnixSocketFile>(flags_.listen_unix);
+  }
   if (server_ == nullptr || port_ == 0) {
     spdlog::critical(
         "--listen {}: cannot listen there (address in use or not local?)",
         flags_.listen);
     return false;
   }
+  if (!ServeUnixSocket(unix_bound)) return false;
   health_ = server_->GetHealthCheckService();
   health_->SetServingStatus("", true);
   health_->SetServingStatus(ReadinessService(), false);
@@ -845,6 +895,24 @@ bool Server::StartGrpcServer() {
       kVersion, flags_.listen, port_, security_->tls() ? "TLS" : "plaintext",
       scorer_->device(), flags_.threads, kCpuTiles,
       flags_.reflection ? "on" : "off");
+  return true;
+}
+
+// --listen-unix: bound (gRPC's bound port for it), given its mode.
+bool Server::ServeUnixSocket(int bound) {
+  if (flags_.listen_unix.empty()) return true;
+  absl::Status status =
+      bound != 0 ? unix_socket_->SetMode(unix_mode_)
+                 : absl::FailedPreconditionError(absl::StrCat(
+                       "--listen-unix ", flags_.listen_unix,
+                       ": cannot listen there (no such directory, not "
+                       "writable, or a file that is not a socket?)"));
+  if (!status.ok()) {
+    spdlog::critical("{}", std::string{status.message()});
+    return false;
+  }
+  spdlog::info("also listening on unix:{} (mode {:04o}, local connections)",
+               flags_.listen_unix, unix_mode_);
   return true;
 }
 
@@ -940,6 +1008,9 @@ void Server::DrainAndExit() {
         drain_seconds, flags_.shutdown_grace);
   }
   if (metrics_server_ != nullptr) metrics_server_->Stop();
+  // gRPC unlinks the socket as its listener closes; should a version not, the
+  // file goes here (_Exit below runs no destructor).
+  if (unix_socket_ != nullptr) unix_socket_->Remove();
   spdlog::info("stopped after a {:.3f} s drain", drain_seconds);
   // Every call is answered and every batch worker joined: exit now. gRPC
   // 1.51's global teardown (run by the destructors) joins an executor thread

@@ -117,6 +117,14 @@ absl::StatusOr<std::unique_ptr<ServerSecurity>> ServerSecurity::Create(
         "add --tls-cert and --tls-key, or --allow-plaintext-tokens (behind a "
         "TLS-terminating proxy, or for tests)");
   }
+  if (options.unix_socket && !options.tls_client_ca.empty() &&
+      options.auth_token_file.empty()) {
+    return absl::InvalidArgumentError(
+        "--listen-unix with client certificates as the only authentication: "
+        "callers on the Unix socket present no certificate, so every call "
+        "there would be refused; add --auth-token-file (bearer tokens "
+        "authenticate callers on both listeners)");
+  }
   if (options.tls_refresh_seconds < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("--tls-refresh-seconds must be at least 1, is ",
@@ -127,6 +135,10 @@ absl::StatusOr<std::unique_ptr<ServerSecurity>> ServerSecurity::Create(
     if (absl::Status s = security->SetUpTls(); !s.ok()) return s;
   } else {
     security->credentials_ = grpc::InsecureServerCredentials();
+  }
+  if (options.unix_socket) {
+    security->unix_credentials_ = grpc::experimental::LocalServerCredentials(
+        grpc_local_connect_type::UDS);
   }
   absl::StatusOr<std::unique_ptr<Authenticator>> authenticator =
       Authenticator::Create(
@@ -186,6 +198,9 @@ std::string ServerSecurity::Describe() const {
                     " bearer tokens from ", options_.auth_token_file);
   } else {
     absl::StrAppend(&text, ", no bearer tokens");
+  }
+  if (options_.unix_socket) {
+    absl::StrAppend(&text, "; the Unix socket: local connections only");
   }
   return text;
 }

@@ -40,6 +40,11 @@ struct SecurityOptions {
   int tls_refresh_seconds = 5;
   std::string auth_token_file;  // bearer tokens (token_file.h)
   bool allow_plaintext_tokens = false;
+  // --listen-unix: the services are also served on a Unix domain socket, to
+  // callers on the same host (gRPC's local credentials: the socket file's
+  // permissions decide who may connect; bearer tokens, when required, travel
+  // there as on any port).
+  bool unix_socket = false;
 
   bool tls() const { return !tls_cert.empty() || !tls_key.empty(); }
 };
@@ -60,6 +65,11 @@ class ServerSecurity {
   std::shared_ptr<grpc::ServerCredentials> credentials() const {
     return credentials_;
   }
+  // For the Unix domain socket (unix_socket): gRPC's local credentials, which
+  // accept only connections over such a socket. Null without unix_socket.
+  std::shared_ptr<grpc::ServerCredentials> unix_credentials() const {
+    return unix_credentials_;
+  }
   const Authenticator& authenticator() const { return *authenticator_; }
   bool tls() const { return options_.tls(); }
 
@@ -78,6 +88,7 @@ class ServerSecurity {
   std::string certificate_summary_;
   std::shared_ptr<grpc::experimental::CertificateProviderInterface> provider_;
   std::shared_ptr<grpc::ServerCredentials> credentials_;
+  std::shared_ptr<grpc::ServerCredentials> unix_credentials_;
   std::unique_ptr<Authenticator> authenticator_;
 };
 
