@@ -858,12 +858,30 @@ absl::StatusOr<grpc::SslCredentialsOptions> SslOptions(const TlsOptions& tls) {
   return ssl;
 }
 
-// The channels' credentials. Over TLS the bearer token travels as call
-// credentials; over plaintext (only with allow_insecure_token) it becomes the
+// A Unix domain socket target: the connection never leaves the host.
+bool IsUnixSocketTarget(absl::string_view target) {
+  return absl::StartsWith(target, "unix:") ||
+         absl::StartsWith(target, "unix-abstract:");
+}
+
+// The channels' credentials for the resolved `target`. Over TLS the bearer
+// token travels as call credentials; over a Unix socket too, with gRPC's local
+// credentials (the bytes stay on the host, so no TLS is needed to keep it
+// secret); over plaintext TCP (only with allow_insecure_token) it becomes the
 // "authorization" value Configure() adds to every call, stored in
 // `*plaintext_authorization`.
 absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ChannelCredentials(
-    const ClientOptions& options, std::string* plaintext_authorization) {
+    const ClientOptions& options, absl::string_view target,
+    std::string* plaintext_authorization) {
+  if (!options.tls.enabled && IsUnixSocketTarget(target)) {
+    std::shared_ptr<grpc::ChannelCredentials> credentials =
+        grpc::experimental::LocalCredentials(grpc_local_connect_type::UDS);
+    if (!options.bearer_token.empty()) {
+      credentials = grpc::CompositeChannelCredentials(
+          credentials, grpc::AccessTokenCredentials(options.bearer_token));
+    }
+    return credentials;
+  }
   if (options.tls.enabled) {
     absl::StatusOr<grpc::SslCredentialsOptions> ssl = SslOptions(options.tls);
     if (!ssl.ok()) return ssl.status();
@@ -975,7 +993,7 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Create(ClientOptions options) {
   absl::StatusOr<std::string> service_config = ServiceConfig(options);
   if (!service_config.ok()) return service_config.status();
   absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> credentials =
-      ChannelCredentials(options, &impl->plaintext_authorization);
+      ChannelCredentials(options, impl->target, &impl->plaintext_authorization);
   if (!credentials.ok()) return credentials.status();
   for (int i = 0; i < options.connections; ++i) {
     absl::StatusOr<Impl::Channel> channel = OpenChannel(

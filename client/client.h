@@ -11,7 +11,8 @@
 //   request.causal = true;
 //   absl::StatusOr<ac::ScoreResult> result = (*client)->Score(request);
 //
-// Channels: one target ("host:port", "dns:///name:port", "ipv4:a:p,b:q"), or a
+// Channels: one target ("host:port", "dns:///name:port", "ipv4:a:p,b:q",
+// "unix:/path" for a server's --listen-unix socket on this host), or a
 // list of host:port targets, balanced round_robin over every resolved address
 // (what a headless Kubernetes Service needs); retries of UNAVAILABLE,
 // keepalive, message limits and TLS come from ClientOptions through gRPC's own
@@ -298,9 +299,9 @@ struct ClientOptions {
   int64_t max_receive_message_bytes = -1;
   int64_t max_send_message_bytes = -1;
   TlsOptions tls;
-  // Sent as "authorization: Bearer <token>" on every call. Over plaintext only
-  // when allow_insecure_token (a token on an unencrypted connection is readable
-  // by anyone on the path).
+  // Sent as "authorization: Bearer <token>" on every call. Over plaintext TCP
+  // only when allow_insecure_token (a token on an unencrypted connection is
+  // readable by anyone on the path); over TLS or a "unix:" socket always.
   std::string bearer_token;
   bool allow_insecure_token = false;
   // Independent channels (TCP connections per backend); calls are spread over

@@ -23,7 +23,7 @@ void AddGlobalFlags(CLI::App& app, GlobalFlags& flags) {
   };
   add("--target", flags.target, "TARGET",
       "Server: host:port, dns:///name:port (every address, round-robin), "
-      "ipv4:a:p,b:q, or a "
+      "ipv4:a:p,b:q, unix:/path (a server's --listen-unix socket), or a "
       "comma-separated list host:p,host2:q");
   add("-t,--timeout", flags.timeout, "TIMEOUT",
       "Deadline per call: seconds or a duration such as 500ms, 20s, 2m; inf "

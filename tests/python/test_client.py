@@ -314,6 +314,36 @@ class ErrorTest(unittest.TestCase):
         self.assertEqual(raised.exception.code, grpc.StatusCode.UNAVAILABLE)
 
 
+class UnixSocketTest(unittest.TestCase):
+    """A real server with --listen-unix and bearer tokens: the client reaches it at "unix:/path"
+    and sends its token there without TLS or allow_insecure_token (the bytes stay on the host),
+    blocking and asyncio alike; without the token the server refuses the call."""
+
+    def test_token_over_the_unix_socket(self) -> None:
+        work = tempfile.TemporaryDirectory(prefix="attnscore-py-unix-")
+        self.addCleanup(work.cleanup)
+        tokens = Path(work.name) / "tokens"
+        tokens.write_text("py:unix-socket-token-0123456789\n")
+        target = f"unix:{work.name}/attnscore.sock"
+        server = Server(extra_args=["--listen-unix", f"{work.name}/attnscore.sock",
+                                    "--auth-token-file", str(tokens),
+                                    "--allow-plaintext-tokens"])
+        self.addCleanup(server.stop)
+        q = np.ones((1, 2, 3, 4), dtype=np.float32)
+        with attnscore.Client(target, token="unix-socket-token-0123456789", timeout=30) as client:
+            self.assertEqual(client.score(q, q).logits.shape, (1, 2, 3, 3))
+        asyncio.run(self._aio_score(target, q))
+        with attnscore.Client(target, timeout=30) as anonymous:
+            with self.assertRaises(attnscore.AttnscoreError) as raised:
+                anonymous.score(q, q)
+        self.assertEqual(raised.exception.code, grpc.StatusCode.UNAUTHENTICATED)
+
+    async def _aio_score(self, target: str, q: np.ndarray) -> None:
+        async with attnscore.aio.Client(target, token="unix-socket-token-0123456789",
+                                        timeout=30) as client:
+            self.assertEqual((await client.score(q, q)).logits.shape, (1, 2, 3, 3))
+
+
 class AsyncioTest(unittest.TestCase):
     def test_asyncio_client(self) -> None:
         asyncio.run(self._run())

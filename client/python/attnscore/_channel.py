@@ -113,6 +113,11 @@ def resolve_target(target: str) -> str:
     return target
 
 
+def is_unix_socket(target: str) -> bool:
+    """A Unix domain socket target ("unix:/path", "unix-abstract:name")."""
+    return target.strip().startswith(("unix:", "unix-abstract:"))
+
+
 def channel_options(server_name: Optional[str]) -> list:
     options = [
         ("grpc.service_config", service_config()),
@@ -172,9 +177,10 @@ def channel_config(target: str, *, tls: bool, ca: Optional[Pem], cert: Optional[
         raise ValueError("ca, cert, key and server_name need tls=True")
     if (cert is None) != (key is None):
         raise ValueError("mutual TLS needs both cert and key")
-    if token is not None and not tls and not allow_insecure_token:
-        raise ValueError("token over plaintext: anyone on the path could read it; use tls=True "
-                         "or allow_insecure_token=True")
+    local = is_unix_socket(target)
+    if token is not None and not tls and not local and not allow_insecure_token:
+        raise ValueError("token over plaintext: anyone on the path could read it; use tls=True, "
+                         "a unix: target, or allow_insecure_token=True")
     if timeout is not None and not timeout > 0:
         raise ValueError(f"timeout: expected seconds > 0 or None, got {timeout!r}")
     credentials = None
@@ -182,6 +188,10 @@ def channel_config(target: str, *, tls: bool, ca: Optional[Pem], cert: Optional[
         credentials = grpc.ssl_channel_credentials(
             root_certificates=read_pem(ca, "ca"), private_key=read_pem(key, "key"),
             certificate_chain=read_pem(cert, "cert"))
+    elif local:
+        # gRPC's local credentials: the connection must be a Unix socket, whose bytes never
+        # leave the host (the server's --listen-unix).
+        credentials = grpc.local_channel_credentials(grpc.LocalConnectionType.UDS)
     return ChannelConfig(target=resolve_target(target), options=channel_options(server_name),
                          credentials=credentials, metadata=bearer_metadata(token),
                          timeout=timeout)

@@ -22,9 +22,10 @@ class Client:
     target: "host:port", "dns:///name:port" (every address, re-resolved), "ipv4:a:p,b:q",
     "unix:/path", or "host:p,host2:q". tls: TLS with the system roots or `ca`; `cert` and `key`
     for mutual TLS (PEM bytes, PEM text or file paths); `server_name` when the target's name is
-    not the certificate's. token: sent as "authorization: Bearer <token>" (over plaintext only
-    with allow_insecure_token=True). timeout: seconds per call (for score_many: the whole
-    stream); None: no deadline. Calls failing with UNAVAILABLE are retried (5 attempts).
+    not the certificate's. token: sent as "authorization: Bearer <token>" (over plaintext TCP
+    only with allow_insecure_token=True; over TLS or a "unix:/path" target always). timeout:
+    seconds per call (for score_many: the whole stream); None: no deadline. Calls failing with
+    UNAVAILABLE are retried (5 attempts).
     Errors: AttnscoreError (code, message); ValueError/TypeError for bad arguments.
     """
 
