@@ -213,10 +213,14 @@ def transport_from_runs(runs: list[dict]) -> dict:
     return {"rows": transport_rows(best, mib), "halving": halving_rows(best)}
 
 
-# The transport benchmark's attnscore cases: in band ("server/<case>", the reply's bytes on the
-# socket) and placed in shared memory ("shm/<case>", read there by the client), the latter's rows
-# named "<case> via shared memory".
-TRANSPORT_KINDS = {"server": "", "shm": " via shared memory"}
+# The transport benchmark's attnscore cases: in band over loopback TCP ("server/<case>", the
+# reply's bytes on the socket), in band over the server's --listen-unix socket ("unix/<case>"),
+# and placed in shared memory ("shm/<case>", read there by the client), the latter two's rows
+# named "<case> via a Unix socket" and "<case> via shared memory".
+TRANSPORT_KINDS = {"server": "", "unix": " via a Unix socket", "shm": " via shared memory"}
+# The floor of each kind: a plain socket pair of the same family moving the same bytes. Shared
+# memory moves no reply bytes over a socket: no floor there.
+TRANSPORT_FLOORS = {"server": "socket", "unix": "unixsocket"}
 
 
 def transport_rows(best: dict, mib: dict) -> list[dict]:
@@ -232,10 +236,10 @@ def transport_rows(best: dict, mib: dict) -> list[dict]:
             size = mib[name]
             target = TRANSPORT_TARGET if size >= TRANSPORT_MIN_MIB else None
             speedup = naive / best[name]
-            # The socket floor: a plain TCP pair moving the same bytes. naive / socket is the most
-            # an in-band server could show on this machine, where the kernel's copies alone may
-            # rule out 3x. Shared memory moves no reply bytes over the socket: no floor there.
-            socket = best.get(f"socket/{case}") if kind == "server" else None
+            # naive / floor is the most an in-band server could show on this machine, where the
+            # kernel's copies alone may rule out 3x.
+            floor = TRANSPORT_FLOORS.get(kind)
+            socket = best.get(f"{floor}/{case}") if floor else None
             rows.append({"case": case + suffix, "mib": size, "server_ms": best[name],
                          "echo_ms": best.get(f"echo/{case}") if kind == "server" else None,
                          "naive_ms": naive, "socket_ms": socket,
@@ -246,24 +250,29 @@ def transport_rows(best: dict, mib: dict) -> list[dict]:
 
 
 def halving_rows(best: dict) -> list[dict]:
-    """float32 time over float16's and bfloat16's, for attnscore-server, per size."""
+    """float32 time over float16's and bfloat16's, for attnscore-server in band (over TCP, then
+    over its Unix socket), per size."""
     rows = []
-    for name in sorted(best):
-        parts = name.split("/")
-        if parts[0] != "server" or parts[-1] == "f32":
-            continue
-        f32 = best.get("/".join(parts[:-1] + ["f32"]))
-        if f32 is None:
-            continue
-        ratio = f32 / best[name]
-        # The same ratio for the socket floor: what halving the bytes saves the kernel alone.
-        socket_f32 = best.get("/".join(["socket"] + parts[1:-1] + ["f32"]))
-        socket = best.get("/".join(["socket"] + parts[1:]))
-        rows.append({"case": "/".join(parts[1:]), "f32_ms": f32, "ms": best[name],
-                     "ratio": ratio, "socket_ratio": socket_f32 / socket
-                     if socket_f32 and socket else None,
-                     "target": HALVING_TARGET, "met": ratio >= HALVING_TARGET})
+    for kind, floor in TRANSPORT_FLOORS.items():
+        rows += [row for name in sorted(best) if (row := halving_row(best, name, kind, floor))]
     return rows
+
+
+def halving_row(best: dict, name: str, kind: str, floor: str) -> dict | None:
+    """The halving row of one 16-bit case of `kind`, or None for any other name."""
+    parts = name.split("/")
+    if parts[0] != kind or parts[-1] == "f32":
+        return None
+    f32 = best.get("/".join(parts[:-1] + ["f32"]))
+    if f32 is None:
+        return None
+    ratio = f32 / best[name]
+    # The same ratio for the socket floor: what halving the bytes saves the kernel alone.
+    socket_f32 = best.get("/".join([floor] + parts[1:-1] + ["f32"]))
+    socket = best.get("/".join([floor] + parts[1:]))
+    return {"case": "/".join(parts[1:]) + TRANSPORT_KINDS[kind], "f32_ms": f32, "ms": best[name],
+            "ratio": ratio, "socket_ratio": socket_f32 / socket if socket_f32 and socket else None,
+            "target": HALVING_TARGET, "met": ratio >= HALVING_TARGET}
 
 
 def optional(value: float | None, form: str) -> str:
@@ -334,6 +343,9 @@ def markdown(report: dict) -> str:
         lines += ["", "The socket floor is a plain loopback TCP pair moving the reply's bytes (a "
                   "1-byte request, reused buffers, no framing, compute or allocation): no server "
                   "delivers them faster, so naive / floor is the most any server could show here. "
+                  "Rows via a Unix socket reach the same server through its --listen-unix socket "
+                  "(a client on the same host or pod), against the same naive pair over TCP; "
+                  "their floor is a Unix socket pair. "
                   "Rows via shared memory (same host) have the server write the logits into a "
                   "registered region that the client then reads (one word per cache line): no "
                   "reply bytes cross the socket, so the floor does not bound them.",

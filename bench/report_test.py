@@ -1,5 +1,6 @@
 """report.py's transport rows from a transport benchmark's JSON: the best repetition of each case,
-the naive echo's time over attnscore's (in band, and via shared memory) against the 3x target for
+the naive echo's time over attnscore's (in band over TCP or a Unix socket, and via shared memory)
+against the 3x target for
 replies of 16 MiB and more, float32's time over each 16-bit dtype's against 2x, and the socket
 floor beside both."""
 import os
@@ -92,6 +93,50 @@ class TransportRowsTest(unittest.TestCase):
                       ">= 3.0x | NO |", text)
         self.assertLess(text.index("| 64MiB/f32 | 64 |"),
                         text.index("| 16MiB/bf16 via shared memory |"))
+
+
+class UnixSocketRowsTest(unittest.TestCase):
+    """The same server over its --listen-unix socket: its own rows against the naive pair over
+    TCP, bounded by a Unix socket pair's floor, and its own 16-bit comparison."""
+
+    def rows(self) -> dict:
+        runs = [run("server/64MiB/f32", 40.0, 64), run("naive/64MiB/f32", 120.0, 64),
+                run("unix/64MiB/f32", 32.0, 64), run("unix/64MiB/f32", 30.0, 64),
+                run("unix/64MiB/bf16", 20.0, 32), run("naive/64MiB/bf16", 44.0, 32),
+                run("socket/64MiB/f32", 25.0, 64), run("unixsocket/64MiB/f32", 15.0, 64),
+                run("unixsocket/64MiB/bf16", 6.0, 32), run("shm/64MiB/f32", 8.0, 64)]
+        return report.transport_from_runs(runs)
+
+    def test_rows_between_tcp_and_shared_memory_with_the_unix_floor(self):
+        rows = self.rows()["rows"]
+        self.assertEqual([row["case"] for row in rows],
+                         ["64MiB/f32", "64MiB/bf16 via a Unix socket",
+                          "64MiB/f32 via a Unix socket", "64MiB/f32 via shared memory"])
+        unix = {row["case"]: row for row in rows}["64MiB/f32 via a Unix socket"]
+        self.assertEqual(unix["server_ms"], 30.0)  # the best repetition
+        self.assertAlmostEqual(unix["speedup"], 4.0)  # naive 120 over TCP / 30
+        self.assertTrue(unix["met"])
+        self.assertEqual(unix["socket_ms"], 15.0)  # the Unix pair, not TCP's 25
+        self.assertAlmostEqual(unix["floor_speedup"], 8.0)
+        self.assertIsNone(unix["echo_ms"])
+        bf16 = {row["case"]: row for row in rows}["64MiB/bf16 via a Unix socket"]
+        self.assertAlmostEqual(bf16["speedup"], 2.2)
+        self.assertFalse(bf16["met"])
+
+    def test_sixteen_bit_over_the_unix_socket_against_its_own_float32(self):
+        halving = self.rows()["halving"]
+        self.assertEqual([row["case"] for row in halving], ["64MiB/bf16 via a Unix socket"])
+        self.assertAlmostEqual(halving[0]["ratio"], 1.5)  # unix f32 30 / unix bf16 20
+        self.assertFalse(halving[0]["met"])
+        self.assertAlmostEqual(halving[0]["socket_ratio"], 2.5)  # Unix floor 15 / 6
+
+    def test_markdown_row(self):
+        text = report.markdown({"commit": "c", "date": "d", "cpu": {"model": "m", "flags": []},
+                                "kernels": [], "scoring": [], "transport": self.rows()})
+        self.assertIn("| 64MiB/f32 via a Unix socket | 64 | 30.00 | 120.00 | 4.00x | 15.00 | "
+                      "8.00x | >= 3.0x | yes |", text)
+        self.assertIn("| 64MiB/bf16 via a Unix socket | 30.00 | 20.00 | 1.50x | 2.50x | "
+                      ">= 2.0x | NO |", text)
 
 
 class DecodeFloorTest(unittest.TestCase):

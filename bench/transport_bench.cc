@@ -18,6 +18,10 @@
 //                          bytes from and into reused buffers), with no
 //                          framing, encoding, compute or allocation; no server
 //                          delivers them over loopback TCP faster
+//   unix/<size>/<dtype>    attnscore-server, the same Client, over the server's
+//                          --listen-unix socket (target unix:PATH): a client
+//                          on the same host or pod
+//   unixsocket/<size>/<dtype>  the floor of those: socket/'s pair, a Unix one
 //   shm/<size>/<dtype>     attnscore-server, the same Client, the logits placed
 //                          in a registered shared-memory region (the server
 //                          runs with --shm-prefix attnscore-bench-) and read
@@ -40,6 +44,9 @@
 // the region). --client_arg adds
 // a gRPC channel argument to both Clients (ClientOptions::channel_args) and
 // --echo_arg one to the echo server: for tuning experiments only.
+//
+// The server also runs with --listen-unix /tmp/attnscore-bench-<pid>.sock for
+// the unix/ cases (it removes the file when it stops).
 //
 // --smoke uses tiny shapes (KiB) so that a ctest run checks the wiring only.
 // Each case runs 3 repetitions (unless --benchmark_repetitions says
@@ -174,31 +181,21 @@ std::unique_ptr<EchoServer> StartEchoServer(
 // The socket floor.
 
 // A connected loopback TCP pair (TCP_NODELAY and the kernel's buffer sizing,
-// as gRPC's) and a thread that answers each 1-byte request with `bytes` bytes
-// from one reused buffer. Aborts on any socket error: a floor measured on a
-// broken pair measures nothing. Not thread-safe: one caller of RoundTrip.
+// as gRPC's), or a Unix stream pair, and a thread that answers each 1-byte
+// request with `bytes` bytes from one reused buffer. Aborts on any socket
+// error: a floor measured on a broken pair measures nothing. Not thread-safe:
+// one caller of RoundTrip.
 class SocketFloor {
  public:
-  explicit SocketFloor(size_t bytes) : send_(bytes, '\x5a'), receive_(bytes) {
-    const int listener = socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in address{};
-    address.sin_family = AF_INET;
-    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t length = sizeof(address);
-    auto* generic = reinterpret_cast<sockaddr*>(&address);
-    Check(listener >= 0 && bind(listener, generic, length) == 0 &&
-              getsockname(listener, generic, &length) == 0 &&
-              listen(listener, 1) == 0,
-          "listen");
-    client_fd_ = socket(AF_INET, SOCK_STREAM, 0);
-    Check(client_fd_ >= 0 && connect(client_fd_, generic, length) == 0,
-          "connect");
-    server_fd_ = accept(listener, nullptr, nullptr);
-    Check(server_fd_ >= 0, "accept");
-    close(listener);
-    const int one = 1;
-    for (int fd : {client_fd_, server_fd_}) {
-      setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  SocketFloor(size_t bytes, bool unix_pair)
+      : send_(bytes, '\x5a'), receive_(bytes) {
+    if (unix_pair) {
+      int fds[2];
+      Check(socketpair(AF_UNIX, SOCK_STREAM, 0, fds) == 0, "socketpair");
+      client_fd_ = fds[0];
+      server_fd_ = fds[1];
+    } else {
+      ConnectTcp();
     }
     thread_ = std::thread([this] { Serve(); });
   }
@@ -221,6 +218,29 @@ class SocketFloor {
   }
 
  private:
+  void ConnectTcp() {
+    const int listener = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t length = sizeof(address);
+    auto* generic = reinterpret_cast<sockaddr*>(&address);
+    Check(listener >= 0 && bind(listener, generic, length) == 0 &&
+              getsockname(listener, generic, &length) == 0 &&
+              listen(listener, 1) == 0,
+          "listen");
+    client_fd_ = socket(AF_INET, SOCK_STREAM, 0);
+    Check(client_fd_ >= 0 && connect(client_fd_, generic, length) == 0,
+          "connect");
+    server_fd_ = accept(listener, nullptr, nullptr);
+    Check(server_fd_ >= 0, "accept");
+    close(listener);
+    const int one = 1;
+    for (int fd : {client_fd_, server_fd_}) {
+      setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    }
+  }
+
   static void Check(bool ok, const char* what) {
     if (ok) return;
     std::fprintf(stderr, "socket floor: %s: %s\n", what, std::strerror(errno));
@@ -285,6 +305,7 @@ struct Globals {
   std::unique_ptr<testing::ServerProcess> server;
   std::unique_ptr<EchoServer> echo;
   std::unique_ptr<ac::Client> server_client;
+  std::unique_ptr<ac::Client> unix_client;  // the server's --listen-unix
   std::unique_ptr<ac::Client> echo_client;
   // The naive pair's client: the generated stub, gRPC's default arguments.
   std::unique_ptr<v1::AttentionScorer::Stub> naive_stub;
@@ -466,11 +487,12 @@ void BM_NaivePair(benchmark::State& state, const Case& c, Output out) {
   meter.Report(state);
 }
 
-// The socket floor for the reply of `c` in `out`'s dtype.
-void BM_Socket(benchmark::State& state, const Case& c, Output out) {
+// The socket floor for the reply of `c` in `out`'s dtype: TCP, or a Unix pair.
+void BM_Socket(benchmark::State& state, const Case& c, Output out,
+               bool unix_pair) {
   const size_t bytes =
       static_cast<size_t>(c.h * c.l * c.l) * ElementSize(out.dtype);
-  SocketFloor floor(bytes);
+  SocketFloor floor(bytes, unix_pair);
   for (auto _ : state) floor.RoundTrip();
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) *
                           static_cast<int64_t>(bytes));
@@ -492,16 +514,21 @@ void ReportCalls(benchmark::State& state, size_t bytes, int64_t compute_us,
   meter.Report(state);
 }
 
-void BM_Receive(benchmark::State& state, const Case& c, Output out, bool echo) {
-  if (echo) PrepareEcho(c, out);
-  ac::Client& client = echo ? *G().echo_client : *G().server_client;
+// Who answers a BM_Receive case, and over what.
+enum class Via { kServer, kServerUnix, kEcho };
+
+void BM_Receive(benchmark::State& state, const Case& c, Output out, Via via) {
+  if (via == Via::kEcho) PrepareEcho(c, out);
+  ac::Client& client = via == Via::kEcho         ? *G().echo_client
+                       : via == Via::kServerUnix ? *G().unix_client
+                                                 : *G().server_client;
+  const char* who = via == Via::kEcho ? "echo" : "server";
   const ac::ScoreRequest request = RequestFor(c, out);
   size_t bytes = 0;
   int64_t compute_us = 0;
   const UsageMeter meter;
   for (auto _ : state) {
-    ac::Tensor logits =
-        Call(client, request, echo ? "echo" : "server", &compute_us);
+    ac::Tensor logits = Call(client, request, who, &compute_us);
     bytes = logits.size_bytes();
     benchmark::DoNotOptimize(logits.data());
   }
@@ -509,14 +536,18 @@ void BM_Receive(benchmark::State& state, const Case& c, Output out, bool echo) {
 }
 
 // "/dev/shm/<key>" of the region, for the abort handler (set once the region
-// exists; a fixed buffer: the handler may not allocate).
+// exists; a fixed buffer: the handler may not allocate), and the server's
+// --listen-unix socket (set once the server runs).
 char g_shm_path[300] = "";
+char g_socket_path[300] = "";
 
 // A run that aborts (every failure here does) would leave the region's object
-// in /dev/shm, holding its memory until reboot: unlink it (unlink is
-// async-signal-safe; the object is /dev/shm/<key> on Linux), then abort.
-void UnlinkRegionOnAbort(int signal_number) {
+// in /dev/shm, holding its memory until reboot, and the server (killed with
+// this process) its socket file: unlink both (unlink is async-signal-safe; the
+// object is /dev/shm/<key> on Linux), then abort.
+void UnlinkFilesOnAbort(int signal_number) {
   if (g_shm_path[0] != '\0') unlink(g_shm_path);
+  if (g_socket_path[0] != '\0') unlink(g_socket_path);
   std::signal(signal_number, SIG_DFL);
   std::raise(signal_number);
 }
@@ -535,7 +566,7 @@ void SetUpSharedMemory() {
     std::exit(1);
   }
   absl::SNPrintF(g_shm_path, sizeof(g_shm_path), "/dev/shm/%s", key);
-  std::signal(SIGABRT, UnlinkRegionOnAbort);
+  std::signal(SIGABRT, UnlinkFilesOnAbort);
   G().region = std::make_unique<ac::SharedMemoryRegion>(*std::move(region));
   const absl::Status registered = G().server_client->RegisterSharedMemory(
       G().region->Registration(kShmRegionName));
@@ -680,10 +711,33 @@ class RatioReporter : public benchmark::ConsoleReporter {
                   Ratio(Find("server/" + f32), seconds).c_str(),
                   Ms(socket).c_str(), Ratio(naive, socket).c_str());
     }
+    PrintUnixSocketRatios();
     PrintSharedMemoryRatios();
   }
 
  private:
+  // "unix/<case>/<dtype>" against the naive pair (over TCP), the same case
+  // over TCP, and the Unix pair's floor.
+  void PrintUnixSocketRatios() const {
+    bool header = false;
+    for (const auto& [name, seconds] : seconds_) {
+      if (name.rfind("unix/", 0) != 0) continue;
+      if (!header) {
+        std::printf("\n%-12s %10s %10s %10s %13s %14s %15s\n", "case",
+                    "unix ms", "server ms", "naive ms", "naive/unix",
+                    "unix floor ms", "naive/floor");
+        header = true;
+      }
+      const std::string rest = name.substr(5);
+      const double naive = Find("naive/" + rest);
+      const double floor = Find("unixsocket/" + rest);
+      std::printf("%-12s %10.2f %10s %10s %13s %14s %15s\n", rest.c_str(),
+                  seconds * 1e3, Ms(Find("server/" + rest)).c_str(),
+                  Ms(naive).c_str(), Ratio(naive, seconds).c_str(),
+                  Ms(floor).c_str(), Ratio(naive, floor).c_str());
+    }
+  }
+
   // "shm/<case>/<dtype>" against the naive pair and the same case in band.
   void PrintSharedMemoryRatios() const {
     bool header = false;
@@ -811,18 +865,23 @@ void Register(const std::vector<Case>& cases, int repetitions) {
   };
   for (const Case& c : cases) {
     for (const Output& out : kOutputs) {
-      for (bool echo : {false, true}) {
-        const std::string name =
-            absl::StrCat(echo ? "echo/" : "server/", c.name, "/", out.name);
+      for (const auto& [kind, via] : {std::pair{"server/", Via::kServer},
+                                      {"echo/", Via::kEcho},
+                                      {"unix/", Via::kServerUnix}}) {
+        const std::string name = absl::StrCat(kind, c.name, "/", out.name);
         configure(benchmark::RegisterBenchmark(name.c_str(), BM_Receive, c, out,
-                                               echo));
+                                               via));
       }
       configure(benchmark::RegisterBenchmark(
           absl::StrCat("naive/", c.name, "/", out.name).c_str(), BM_NaivePair,
           c, out));
-      configure(benchmark::RegisterBenchmark(
-          absl::StrCat("socket/", c.name, "/", out.name).c_str(), BM_Socket, c,
-          out));
+      for (const bool unix_pair : {false, true}) {
+        configure(benchmark::RegisterBenchmark(
+            absl::StrCat(unix_pair ? "unixsocket/" : "socket/", c.name, "/",
+                         out.name)
+                .c_str(),
+            BM_Socket, c, out, unix_pair));
+      }
       configure(benchmark::RegisterBenchmark(
           absl::StrCat("shm/", c.name, "/", out.name).c_str(), BM_Shm, c, out));
     }
@@ -830,18 +889,20 @@ void Register(const std::vector<Case>& cases, int repetitions) {
 }
 
 std::unique_ptr<ac::Client> ConnectClient(
-    int port, const std::vector<std::pair<std::string, int>>& args) {
+    const std::string& target,
+    const std::vector<std::pair<std::string, int>>& args) {
   ac::ClientOptions options;
-  options.target = absl::StrCat("127.0.0.1:", port);
+  options.target = target;
   options.channel_args = args;
   absl::StatusOr<std::unique_ptr<ac::Client>> client =
       ac::Client::Create(options);
   if (!client.ok() || !(*client)->WaitForConnected(absl::Seconds(30)).ok()) {
-    std::fprintf(stderr, "cannot connect to 127.0.0.1:%d\n", port);
+    std::fprintf(stderr, "cannot connect to %s\n", target.c_str());
     std::abort();
   }
   return *std::move(client);
 }
+std::string Loopback(int port) { return absl::StrCat("127.0.0.1:", port); }
 
 // Starts both servers and their clients. The real server runs with its
 // defaults but for the thread count, a queue delay of 0 (a lone request never
@@ -857,8 +918,11 @@ void StartServers(const Flags& flags) {
   options.extra_args = {
       "--max-queue-delay-us", "0", "--max-output-bytes",
       std::to_string((static_cast<int64_t>(largest) + 1) << 20)};
-  options.extra_args.insert(options.extra_args.end(),
-                            {"--shm-prefix", kShmPrefix});
+  const std::string unix_socket =
+      absl::StrCat("/tmp/attnscore-bench-", getpid(), ".sock");
+  options.extra_args.insert(
+      options.extra_args.end(),
+      {"--shm-prefix", kShmPrefix, "--listen-unix", unix_socket});
   absl::StatusOr<std::unique_ptr<testing::ServerProcess>> server =
       testing::ServerProcess::Start(options, absl::Seconds(120));
   if (!server.ok()) {
@@ -867,9 +931,14 @@ void StartServers(const Flags& flags) {
     std::exit(1);
   }
   G().server = *std::move(server);
+  absl::SNPrintF(g_socket_path, sizeof(g_socket_path), "%s", unix_socket);
+  std::signal(SIGABRT, UnlinkFilesOnAbort);
   G().echo = StartEchoServer(flags.echo_args);
-  G().server_client = ConnectClient(G().server->port(), flags.client_args);
-  G().echo_client = ConnectClient(G().echo->port, flags.client_args);
+  G().server_client =
+      ConnectClient(Loopback(G().server->port()), flags.client_args);
+  G().unix_client =
+      ConnectClient(absl::StrCat("unix:", unix_socket), flags.client_args);
+  G().echo_client = ConnectClient(Loopback(G().echo->port), flags.client_args);
   grpc::ChannelArguments naive_args;
   naive_args.SetMaxReceiveMessageSize(-1);
   G().naive_stub = v1::AttentionScorer::NewStub(grpc::CreateCustomChannel(
@@ -908,5 +977,7 @@ int main(int argc, char** argv) {
   benchmark::Shutdown();
   b::TearDownSharedMemory();
   b::G().echo->server->Shutdown();
+  // SIGTERM: the server drains and removes its --listen-unix socket file.
+  b::G().server.reset();
   return 0;
 }
