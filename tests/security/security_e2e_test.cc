@@ -32,9 +32,11 @@ using ::attnscore::testing::CliBinary;
 using ::attnscore::testing::CommandResult;
 using ::attnscore::testing::ReadFileOrEmpty;
 using ::attnscore::testing::RunCommand;
+using ::attnscore::testing::RunServerUntilExit;
 using ::attnscore::testing::ServerBinary;
 using ::attnscore::testing::ServerOptions;
 using ::attnscore::testing::ServerProcess;
+using ::attnscore::testing::StartFailure;
 using ::attnscore::testing::TempDir;
 using ::attnscore::testing::WaitFor;
 using ::testing::HasSubstr;
@@ -502,12 +504,6 @@ TEST_F(SecurityE2eTest, ReflectionIsOffByDefaultAndOnWithTheFlag) {
   EXPECT_THAT(*on, ::testing::Contains(std::string(kReadiness)));
 }
 
-struct StartFailure {
-  std::vector<std::string> args;
-  int exit_code;
-  std::string message;
-};
-
 TEST_F(SecurityE2eTest, StartUpRefusesUnsafeOrBrokenSettings) {
   const std::string tokens = pki_->File("tokens-start");
   WriteFile(tokens, std::string(kAliceToken) + "\n");
@@ -537,10 +533,7 @@ TEST_F(SecurityE2eTest, StartUpRefusesUnsafeOrBrokenSettings) {
        "--auth-token-file"},
   };
   for (const StartFailure& c : cases) {
-    std::vector<std::string> argv = {ServerBinary(), "--listen", "127.0.0.1:0",
-                                     "--metrics-listen", "off"};
-    argv.insert(argv.end(), c.args.begin(), c.args.end());
-    const CommandResult result = RunCommand(argv, absl::Seconds(60));
+    const CommandResult result = RunServerUntilExit(c.args);
     EXPECT_EQ(result.exit_code, c.exit_code) << c.message << "\n"
                                              << result.output;
     EXPECT_THAT(result.output, HasSubstr(c.message));

@@ -3,11 +3,10 @@
 // "unix:" targets: the same bytes as over TCP, the socket's mode, bearer
 // tokens without TLS, a stale socket replaced and the file removed on drain,
 // and the settings start-up refuses.
-#include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/un.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstring>
 #include <fstream>
 #include <memory>
@@ -27,10 +26,11 @@ namespace {
 
 namespace ac = ::attnscore::client;
 using ::attnscore::testing::CommandResult;
-using ::attnscore::testing::RunCommand;
-using ::attnscore::testing::ServerBinary;
+using ::attnscore::testing::LeaveUnixSocketFile;
+using ::attnscore::testing::RunServerUntilExit;
 using ::attnscore::testing::ServerOptions;
 using ::attnscore::testing::ServerProcess;
+using ::attnscore::testing::StartFailure;
 using ::attnscore::testing::TempDir;
 using ::testing::HasSubstr;
 
@@ -145,23 +145,10 @@ TEST(UnixSocketE2eTest, BearerTokensTravelOverTheSocketWithoutTls) {
   EXPECT_EQ(tcp.status().code(), absl::StatusCode::kInvalidArgument);
 }
 
-// Binds a Unix socket at `path` and closes it without unlinking: what a
-// killed server leaves behind.
-void LeaveStaleSocket(const std::string& path) {
-  const int fd = socket(AF_UNIX, SOCK_STREAM, 0);
-  ASSERT_GE(fd, 0);
-  sockaddr_un address{};
-  address.sun_family = AF_UNIX;
-  std::strncpy(address.sun_path, path.c_str(), sizeof(address.sun_path) - 1);
-  ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)),
-            0);
-  close(fd);
-}
-
 TEST(UnixSocketE2eTest, ReplacesAStaleSocketAndRemovesItsOwnOnDrain) {
   const TempDir dir("attnscore-unix-");
   const std::string path = dir.File("attnscore.sock");
-  ASSERT_NO_FATAL_FAILURE(LeaveStaleSocket(path));
+  ASSERT_TRUE(LeaveUnixSocketFile(path)) << std::strerror(errno);
   std::unique_ptr<ServerProcess> server = StartServer({"--listen-unix", path});
   ASSERT_NE(server, nullptr);
   absl::StatusOr<std::unique_ptr<ac::Client>> client =
@@ -174,12 +161,6 @@ TEST(UnixSocketE2eTest, ReplacesAStaleSocketAndRemovesItsOwnOnDrain) {
   EXPECT_EQ(*code, 0) << server->Log();
   EXPECT_NE(access(path.c_str(), F_OK), 0) << "the socket outlived the server";
 }
-
-struct StartFailure {
-  std::vector<std::string> args;
-  int exit_code;
-  std::string message;
-};
 
 TEST(UnixSocketE2eTest, StartUpRefusesPathsModesAndSettingsThatCannotWork) {
   const TempDir dir("attnscore-unix-");
@@ -204,10 +185,7 @@ TEST(UnixSocketE2eTest, StartUpRefusesPathsModesAndSettingsThatCannotWork) {
       {{"--listen-unix", regular}, 1, "cannot listen there"},
   };
   for (const StartFailure& c : cases) {
-    std::vector<std::string> argv = {ServerBinary(), "--listen", "127.0.0.1:0",
-                                     "--metrics-listen", "off"};
-    argv.insert(argv.end(), c.args.begin(), c.args.end());
-    const CommandResult result = RunCommand(argv, absl::Seconds(60));
+    const CommandResult result = RunServerUntilExit(c.args);
     EXPECT_EQ(result.exit_code, c.exit_code) << c.message << "\n"
                                              << result.output;
     EXPECT_THAT(result.output, HasSubstr(c.message));

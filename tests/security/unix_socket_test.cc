@@ -1,10 +1,9 @@
 // server/security/unix_socket.h: the flag checks, the file's mode and removal.
 #include "server/security/unix_socket.h"
 
-#include <sys/socket.h>
-#include <sys/un.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstring>
 #include <fstream>
 #include <string>
@@ -16,20 +15,8 @@
 namespace attnscore::security {
 namespace {
 
+using ::attnscore::testing::LeaveUnixSocketFile;
 using ::attnscore::testing::TempDir;
-
-// Binds a Unix socket at `path` and closes it, leaving the file behind (what a
-// killed server leaves).
-void MakeSocketFile(const std::string& path) {
-  const int fd = socket(AF_UNIX, SOCK_STREAM, 0);
-  ASSERT_GE(fd, 0);
-  sockaddr_un address{};
-  address.sun_family = AF_UNIX;
-  std::strncpy(address.sun_path, path.c_str(), sizeof(address.sun_path) - 1);
-  ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)), 0)
-      << std::strerror(errno);
-  close(fd);
-}
 
 mode_t ModeOf(const std::string& path) {
   struct stat info {};
@@ -74,7 +61,7 @@ TEST(CheckUnixSocketPathTest, AcceptsPathsUpToTheKernelsLimit) {
 TEST(UnixSocketFileTest, SetsTheModeAndRemovesTheSocketOnce) {
   const TempDir dir("attnscore-unix-");
   const std::string path = dir.File("s.sock");
-  ASSERT_NO_FATAL_FAILURE(MakeSocketFile(path));
+  ASSERT_TRUE(LeaveUnixSocketFile(path)) << std::strerror(errno);
   {
     UnixSocketFile file(path);
     ASSERT_TRUE(file.SetMode(0640).ok());
@@ -83,7 +70,7 @@ TEST(UnixSocketFileTest, SetsTheModeAndRemovesTheSocketOnce) {
     file.Remove();
     EXPECT_FALSE(Exists(path));
     // A second server's socket at the same path afterwards is not ours.
-    ASSERT_NO_FATAL_FAILURE(MakeSocketFile(path));
+    ASSERT_TRUE(LeaveUnixSocketFile(path)) << std::strerror(errno);
   }  // the destructor: Remove() already ran
   EXPECT_TRUE(Exists(path));
 }

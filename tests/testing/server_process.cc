@@ -414,4 +414,12 @@ CommandResult RunCommand(const std::vector<std::string>& argv,
   return result;
 }
 
+CommandResult RunServerUntilExit(const std::vector<std::string>& args,
+                                 absl::Duration timeout) {
+  std::vector<std::string> argv = {ServerBinary(), "--listen", "127.0.0.1:0",
+                                   "--metrics-listen", "off"};
+  argv.insert(argv.end(), args.begin(), args.end());
+  return RunCommand(argv, timeout);
+}
+
 }  // namespace attnscore::testing

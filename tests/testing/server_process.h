@@ -135,6 +135,20 @@ struct CommandResult {
 CommandResult RunCommand(const std::vector<std::string>& argv,
                          absl::Duration timeout = absl::Seconds(60));
 
+// A start-up the server must refuse: its flags, the exit code (2: a flag or
+// combination that cannot work, 1: something missing or unusable) and a part
+// of the message it must print.
+struct StartFailure {
+  std::vector<std::string> args;
+  int exit_code = 0;
+  std::string message;
+};
+
+// ServerBinary() with `--listen 127.0.0.1:0 --metrics-listen off` and `args`,
+// run until it exits (RunCommand): for start-ups that must fail.
+CommandResult RunServerUntilExit(const std::vector<std::string>& args,
+                                 absl::Duration timeout = absl::Seconds(60));
+
 // Paths from the build (compile definitions). CliBinary() is "" when this tree
 // does not build the `attnscore` CLI.
 std::string ServerBinary();

@@ -31,7 +31,13 @@ std::optional<std::string> ReadFile(const std::string& path);
 // The whole file, or "" when it cannot be read (for assertions on contents).
 std::string ReadFileOrEmpty(const std::string& path);
 
-// The device the scoring and end-to-end tests compute on: $ATTNSCORE_TEST_DEVICE
+// Binds a Unix stream socket at `path` and closes it without unlinking, leaving
+// the socket file behind (what a killed server leaves); false, with errno set,
+// when it cannot.
+bool LeaveUnixSocketFile(const std::string& path);
+
+// The device the scoring and end-to-end tests compute on:
+// $ATTNSCORE_TEST_DEVICE
 // ("cuda" on the GPU machine, scripts/device-check.sh), "cpu" when unset.
 std::string TestDevice();
 
