@@ -10,6 +10,9 @@ stubs compiled from proto/ at start) and the decode preset with `attnscore load`
 ratios against the targets of the performance issue. Ratios come from one run on one machine;
 absolute times are only for reading alongside them.
 
+The largest case is timed once more over the server's `--listen-unix` socket (the same client on
+the same host, no TCP; the peer and the echo stay on TCP), in a row without a target.
+
 The smallest case is timed once more against a server started with `--batch-worker-spin-us 1000`
 (its batch worker spins for the next request instead of sleeping; off by default because the CPU
 it burns counts against any quota), in a row without a target.
@@ -577,8 +580,11 @@ def run(args: argparse.Namespace, workdir: str) -> Report:
     processes: list[Process] = []
     try:
         server_address = f"127.0.0.1:{free_port()}"
+        # Also on a Unix socket, for a row with the same client on the same host without TCP.
+        unix_address = "unix:" + os.path.join(workdir, "attnscore.sock")
         processes.append(start("attnscore", [args.server, "--listen", server_address,
-                                             "--metrics-listen", "off", "--shm-prefix", SHM_PREFIX],
+                                             "--metrics-listen", "off", "--shm-prefix", SHM_PREFIX,
+                                             "--listen-unix", unix_address[len("unix:"):]],
                                server_address, workdir))
         info = server_info(server_address)
         peer_address = f"127.0.0.1:{free_port()}"
@@ -595,6 +601,8 @@ def run(args: argparse.Namespace, workdir: str) -> Report:
             keep_freed_memory()
             for case in cases:
                 report.unary.append(unary_row(case, addresses, echo, args.repeats))
+            report.unary.append(unary_row(cases[0], (unix_address,) + addresses[1:], echo,
+                                          args.repeats, note="attnscore over its Unix socket"))
             report.unary.append(spinning_row(args, workdir, cases[-1], addresses, echo))
         ours = load_rps(args.cli, server_address, args.load_requests, workdir, "attnscore")
         peer = load_rps(args.cli, peer_address, args.load_requests, workdir, "peer")
