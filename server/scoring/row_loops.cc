@@ -191,6 +191,42 @@ template <int kRows>
 // to its own registers (one zmm, two ymm, four xmm).
 using Lanes = float __attribute__((vector_size(kRowLanes * sizeof(float))));
 
+// LaneDots with each row's kRowLanes lanes in one Lanes accumulator (one zmm
+// where AVX-512 has 32 of them): half the loads, multiplies and adds per
+// element of the Half pairs. Lane k of the accumulator is lo's lane k (k < 8)
+// or hi's lane k - 8, so the sums, and the bits, are LaneDots'.
+template <int kRows>
+[[gnu::always_inline]] inline void WideLaneDots(const float* rows, int64_t ld,
+                                                const float* x, int64_t d,
+                                                float* dots) {
+  static_assert(kRowLanes == 16, "the halving below is for 16 lanes");
+  const int64_t body = d - d % kRowLanes;
+  Lanes acc[kRows] = {};
+  for (int64_t t = 0; t < body; t += kRowLanes) {
+    Lanes xv;  // unaligned loads
+    std::memcpy(&xv, x + t, sizeof(xv));
+#pragma GCC unroll 8
+    for (int r = 0; r < kRows; ++r) {
+      Lanes a;
+      std::memcpy(&a, rows + r * ld + t, sizeof(a));
+      acc[r] += a * xv;
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < kRows; ++r) {
+    const Half h8 =
+        __builtin_shufflevector(acc[r], acc[r], 0, 1, 2, 3, 4, 5, 6, 7) +
+        __builtin_shufflevector(acc[r], acc[r], 8, 9, 10, 11, 12, 13, 14, 15);
+    const Quarter h4 = __builtin_shufflevector(h8, h8, 0, 1, 2, 3) +
+                       __builtin_shufflevector(h8, h8, 4, 5, 6, 7);
+    const Eighth h2 = __builtin_shufflevector(h4, h4, 0, 1) +
+                      __builtin_shufflevector(h4, h4, 2, 3);
+    float dot = h2[0] + h2[1];
+    for (int64_t t = body; t < d; ++t) dot += rows[r * ld + t] * x[t];
+    dots[r] = dot;
+  }
+}
+
 // Floats in a vector of type V, and V vectors per panel row.
 template <typename V>
 constexpr int64_t kVectorFloats = sizeof(V) / sizeof(float);
@@ -322,11 +358,16 @@ ATTNSCORE_ROW_LOOP void ScaledDotRows(const float* rows, int64_t ld, int64_t n,
     }
   };
   int64_t j = 0;
+  const bool wide = HasWideRegisters();
   for (; j + kBlock <= n; j += kBlock) {
     for (int r = 0; r < kBlock; ++r) {
       PrefetchLines(rows + (j + r) * ld, ahead, used_bytes);
     }
-    LaneDots<kBlock>(rows + j * ld, ld, x, d, dots);
+    if (wide) {
+      WideLaneDots<kBlock>(rows + j * ld, ld, x, d, dots);
+    } else {
+      LaneDots<kBlock>(rows + j * ld, ld, x, d, dots);
+    }
     store(j, kBlock);
   }
   for (; j < n; ++j) {
