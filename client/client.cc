@@ -802,6 +802,11 @@ absl::Status CheckConnectionOptions(const ClientOptions& options) {
     return absl::InvalidArgumentError(absl::StrCat(
         "connections: expected 1..1024, got ", options.connections));
   }
+  if (options.max_socket_read_bytes < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_socket_read_bytes: expected >= 0, got ",
+                     options.max_socket_read_bytes));
+  }
   if (options.keep_response_bytes < 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("keep_response_bytes: expected >= 0, got ",
@@ -904,9 +909,11 @@ absl::StatusOr<std::shared_ptr<grpc::ChannelCredentials>> ChannelCredentials(
   return grpc::InsecureChannelCredentials();
 }
 
-// Channel `index`'s arguments: the service config, retries, keepalive,
-// reconnect backoff and message limits from `options`.
+// Channel `index`'s arguments for `target`: the service config, retries,
+// keepalive, reconnect backoff, socket reads and message limits from
+// `options`.
 grpc::ChannelArguments ChannelArgs(const ClientOptions& options,
+                                   const std::string& target,
                                    const std::string& service_config,
                                    int index) {
   grpc::ChannelArguments args;
@@ -939,6 +946,10 @@ grpc::ChannelArguments ChannelArgs(const ClientOptions& options,
   // Keep pinging an idle connection (the default stops after two pings
   // without data).
   args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
+  if (options.max_socket_read_bytes > 0 && !IsUnixSocketTarget(target)) {
+    args.SetInt(GRPC_ARG_TCP_MAX_READ_CHUNK_SIZE,
+                options.max_socket_read_bytes);
+  }
   args.SetMaxReceiveMessageSize(ClampToInt(options.max_receive_message_bytes));
   args.SetMaxSendMessageSize(ClampToInt(options.max_send_message_bytes));
   if (options.tls.enabled && !options.tls.server_name_override.empty()) {
@@ -983,6 +994,10 @@ absl::StatusOr<Client::Impl::Channel> OpenChannel(
 
 }  // namespace
 
+void PreferBoundedSocketReads() {
+  setenv("GRPC_EXPERIMENTS", "-tcp_read_chunks", /*overwrite=*/0);
+}
+
 absl::StatusOr<std::unique_ptr<Client>> Client::Create(ClientOptions options) {
   PrepareGrpcForTheProcess();
   auto impl = std::make_unique<Impl>();
@@ -996,8 +1011,9 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Create(ClientOptions options) {
       ChannelCredentials(options, impl->target, &impl->plaintext_authorization);
   if (!credentials.ok()) return credentials.status();
   for (int i = 0; i < options.connections; ++i) {
-    absl::StatusOr<Impl::Channel> channel = OpenChannel(
-        impl->target, *credentials, ChannelArgs(options, *service_config, i));
+    absl::StatusOr<Impl::Channel> channel =
+        OpenChannel(impl->target, *credentials,
+                    ChannelArgs(options, impl->target, *service_config, i));
     if (!channel.ok()) return channel.status();
     impl->channels.push_back(*std::move(channel));
   }

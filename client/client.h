@@ -312,12 +312,31 @@ struct ClientOptions {
   // afresh, and a 64 MiB one faults in 16k pages, each zeroed by the kernel,
   // on every call; a reused one none. 0: no reuse.
   int64_t keep_response_bytes = int64_t{256} << 20;
+  // Most bytes one socket read takes from a TCP connection
+  // (GRPC_ARG_TCP_MAX_READ_CHUNK_SIZE); 0: gRPC's own sizing. A receiver
+  // that copies megabytes per recvmsg holds the socket meanwhile, and the
+  // kernel's receive processing queues behind it: on loopback, 64 KiB reads
+  // moved bytes twice as fast as 4 MiB ones, and a 16 MiB response arrived
+  // about 20% sooner. gRPC 1.51 honours it only with its tcp_read_chunks
+  // experiment off (PreferBoundedSocketReads). Unix sockets keep gRPC's own
+  // sizing: bounded reads made 64 MiB responses slower there.
+  int max_socket_read_bytes = 64 << 10;
   // More integer gRPC channel arguments ("grpc.*" names, e.g.
   // "grpc.http2.lookahead_bytes"); they override the library's own (including
   // the message limits above): for transport tuning (bench/transport_bench.cc
   // --client_arg). INVALID_ARGUMENT for a name outside "grpc.".
   std::vector<std::pair<std::string, int>> channel_args;
 };
+
+// For a program's main, before anything uses gRPC (which reads its
+// experiments once): turns off gRPC 1.51's tcp_read_chunks experiment
+// (GRPC_EXPERIMENTS=-tcp_read_chunks), under which gRPC sizes reads by its own
+// estimate (up to 4 MiB) and ignores ClientOptions::max_socket_read_bytes.
+// An environment that already sets GRPC_EXPERIMENTS is left as it is (the
+// operator's choice wins). Changes the process's environment, so not for a
+// library to call on its users' behalf; attnscore's own programs (the CLI,
+// the load tester, the benchmarks) call it.
+void PreferBoundedSocketReads();
 
 // Cancels the calls that carry it (CallOptions::cancellation). Thread-safe;
 // cancelling twice is harmless; calls started after Cancel() fail with

@@ -8,6 +8,7 @@
 
 #include "client/cli/commands.h"
 #include "client/cli/common_flags.h"
+#include "client/client.h"
 
 namespace attnscore::cli {
 namespace {
@@ -53,6 +54,8 @@ int Main(int argc, char** argv) {
 }  // namespace attnscore::cli
 
 int main(int argc, char** argv) {
+  // Before any gRPC call: large responses are read in bounded pieces.
+  attnscore::client::PreferBoundedSocketReads();
   // Nothing below throws on purpose (errors are statuses and exit codes);
   // this only turns an unexpected exception (e.g. std::bad_alloc) into a
   // message and a failure exit instead of std::terminate.

@@ -9,9 +9,11 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <string>
 #include <tuple>
 #include <utility>
@@ -824,6 +826,57 @@ TEST(ClientOptionsTest, KeptResponseBytesMustNotBeNegative) {
   EXPECT_THAT(s.message(), HasSubstr("keep_response_bytes: expected >= 0"));
   options.keep_response_bytes = 0;  // no reuse
   EXPECT_TRUE(Client::Create(options).ok());
+}
+
+TEST(ClientOptionsTest, SocketReadBoundMustNotBeNegative) {
+  ClientOptions options;
+  options.max_socket_read_bytes = -1;
+  absl::Status s = Client::Create(options).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(s.message(), HasSubstr("max_socket_read_bytes: expected >= 0"));
+  options.max_socket_read_bytes = 0;  // gRPC's own sizing
+  EXPECT_TRUE(Client::Create(options).ok());
+}
+
+// Restores GRPC_EXPERIMENTS (or its absence) when the test ends.
+class GrpcExperimentsVariable {
+ public:
+  GrpcExperimentsVariable() {
+    if (const char* value = std::getenv(kName)) saved_ = value;
+  }
+  ~GrpcExperimentsVariable() {
+    if (saved_.has_value()) {
+      setenv(kName, saved_->c_str(), /*overwrite=*/1);
+    } else {
+      unsetenv(kName);
+    }
+  }
+  GrpcExperimentsVariable(const GrpcExperimentsVariable&) = delete;
+  GrpcExperimentsVariable& operator=(const GrpcExperimentsVariable&) = delete;
+
+  static constexpr const char* kName = "GRPC_EXPERIMENTS";
+
+ private:
+  std::optional<std::string> saved_;
+};
+
+TEST(PreferBoundedSocketReadsTest, TurnsOffReadChunksWhereUnset) {
+  const GrpcExperimentsVariable restore;
+  unsetenv(GrpcExperimentsVariable::kName);
+  PreferBoundedSocketReads();
+  const char* value = std::getenv(GrpcExperimentsVariable::kName);
+  ASSERT_NE(value, nullptr);
+  EXPECT_STREQ(value, "-tcp_read_chunks");
+}
+
+TEST(PreferBoundedSocketReadsTest, LeavesTheOperatorsChoice) {
+  const GrpcExperimentsVariable restore;
+  setenv(GrpcExperimentsVariable::kName, "tcp_read_chunks", /*overwrite=*/1);
+  PreferBoundedSocketReads();
+  EXPECT_STREQ(std::getenv(GrpcExperimentsVariable::kName), "tcp_read_chunks");
+  setenv(GrpcExperimentsVariable::kName, "", /*overwrite=*/1);
+  PreferBoundedSocketReads();  // set, if empty: still the operator's
+  EXPECT_STREQ(std::getenv(GrpcExperimentsVariable::kName), "");
 }
 
 TEST(ClientOptionsTest, ChannelArgsNeedGrpcNames) {

@@ -41,11 +41,16 @@ std::string Tail(const std::string& text) {
                                  : "..." + text.substr(text.size() - kLogTail);
 }
 
-// The environment without ATTNSCORE_* (server and CLI both read those).
+// The environment without ATTNSCORE_* (server and CLI both read those) and
+// GRPC_EXPERIMENTS, which a client program may have set for itself
+// (client::PreferBoundedSocketReads): children run with gRPC's defaults.
 std::vector<std::string> CleanEnvironment() {
   std::vector<std::string> env;
   for (char** e = environ; *e != nullptr; ++e) {
-    if (!absl::StartsWith(*e, "ATTNSCORE_")) env.emplace_back(*e);
+    if (!absl::StartsWith(*e, "ATTNSCORE_") &&
+        !absl::StartsWith(*e, "GRPC_EXPERIMENTS=")) {
+      env.emplace_back(*e);
+    }
   }
   return env;
 }
