@@ -180,6 +180,44 @@ class ServiceConfigTest(unittest.TestCase):
                          ["attnscore.v1.AttentionScorer", "grpc.health.v1.Health"])
 
 
+class SocketReadTest(unittest.TestCase):
+    """Reads over TCP are bounded (as in the C++ client); prefer_bounded_socket_reads turns off
+    the gRPC experiment that would ignore the bound, unless the process chose experiments."""
+
+    @staticmethod
+    def options(target: str) -> dict:
+        config = _channel.channel_config(target, tls=False, ca=None, cert=None, key=None,
+                                         server_name=None, token=None, timeout=None,
+                                         allow_insecure_token=False)
+        return dict(config.options)
+
+    def test_bounded_over_tcp_not_over_a_unix_socket(self) -> None:
+        name = "grpc.experimental.tcp_max_read_chunk_size"
+        self.assertEqual(self.options("127.0.0.1:50051")[name], 64 << 10)
+        self.assertNotIn(name, self.options("unix:/tmp/attnscore.sock"))
+
+    @staticmethod
+    def experiments(env: dict) -> str:
+        code = ("import os, attnscore; attnscore.prefer_bounded_socket_reads(); "
+                "print(repr(os.environ.get('GRPC_EXPERIMENTS')))")
+        out = subprocess.run([sys.executable, "-c", code], env=env, check=True,
+                             capture_output=True, text=True, timeout=60)
+        return out.stdout.strip()
+
+    def test_experiment_off_unless_the_process_chose(self) -> None:
+        env = {k: v for k, v in os.environ.items() if k != "GRPC_EXPERIMENTS"}
+        self.assertEqual(self.experiments(env), "'-tcp_read_chunks'")
+        env["GRPC_EXPERIMENTS"] = "tcp_read_chunks"
+        self.assertEqual(self.experiments(env), "'tcp_read_chunks'")
+
+    def test_importing_changes_nothing(self) -> None:
+        env = {k: v for k, v in os.environ.items() if k != "GRPC_EXPERIMENTS"}
+        code = "import os, attnscore; print(repr(os.environ.get('GRPC_EXPERIMENTS')))"
+        out = subprocess.run([sys.executable, "-c", code], env=env, check=True,
+                             capture_output=True, text=True, timeout=60)
+        self.assertEqual(out.stdout.strip(), "None")
+
+
 class BackupPollTest(unittest.TestCase):
     """Importing the client sets gRPC's backup poll to 100 ms unless the process chose one."""
 

@@ -7,6 +7,7 @@ Transformer-XL relative position bias).
 
 attnscore.aio.Client is the asyncio variant. Failed calls raise attnscore.AttnscoreError.
 """
+from attnscore._channel import prefer_bounded_socket_reads
 from attnscore._errors import AttnscoreError
 from attnscore._shared_memory import SharedMemoryRegion
 from attnscore._wire import (BatchingOptions, Limits, ModelInfo, PlacedOutput, Placement,
@@ -18,4 +19,5 @@ __version__ = "0.1.0"
 
 __all__ = ["AttnscoreError", "BatchingOptions", "Client", "Limits", "ModelInfo", "PlacedOutput",
            "Placement", "Request", "ScoreResult", "ServerInfo", "SharedMemoryRegion",
-           "SharedMemoryRegistration", "SharedTensor", "Timing", "__version__"]
+           "SharedMemoryRegistration", "SharedTensor", "Timing", "__version__",
+           "prefer_bounded_socket_reads"]

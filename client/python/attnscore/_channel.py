@@ -118,7 +118,25 @@ def is_unix_socket(target: str) -> bool:
     return target.strip().startswith(("unix:", "unix-abstract:"))
 
 
-def channel_options(server_name: Optional[str]) -> list:
+# Most bytes one socket read takes over TCP (as the C++ client's
+# ClientOptions::max_socket_read_bytes): gRPC 1.51 otherwise reads up to 4 MiB per recvmsg, and a
+# receiver inside one long copy holds the socket while the kernel's receive processing waits.
+# gRPC honours it only with its tcp_read_chunks experiment off (prefer_bounded_socket_reads).
+MAX_SOCKET_READ_BYTES = 64 << 10
+
+
+def prefer_bounded_socket_reads() -> None:
+    """For a program, before its first channel (gRPC reads its experiments once): turns off gRPC
+    1.51's tcp_read_chunks experiment (GRPC_EXPERIMENTS=-tcp_read_chunks), under which gRPC sizes
+    socket reads itself and ignores the client's bound, unless the environment already sets
+    GRPC_EXPERIMENTS. It changes the process's environment, so the library never calls it on its
+    own. On an Intel VM a 64 MiB reply over loopback TCP came 5-8% sooner."""
+    os.environ.setdefault("GRPC_EXPERIMENTS", "-tcp_read_chunks")
+
+
+def channel_options(server_name: Optional[str], unix_socket: bool = False) -> list:
+    """The channel arguments; a Unix socket keeps gRPC's read sizing (bounded reads made 64 MiB
+    replies slower there)."""
     options = [
         ("grpc.service_config", service_config()),
         # Our service config is the whole truth: DNS TXT records do not replace it.
@@ -140,6 +158,8 @@ def channel_options(server_name: Optional[str]) -> list:
         ("grpc.max_receive_message_length", -1),
         ("grpc.max_send_message_length", -1),
     ]
+    if not unix_socket:
+        options.append(("grpc.experimental.tcp_max_read_chunk_size", MAX_SOCKET_READ_BYTES))
     if server_name:
         options.append(("grpc.ssl_target_name_override", server_name))
     return options
@@ -192,7 +212,8 @@ def channel_config(target: str, *, tls: bool, ca: Optional[Pem], cert: Optional[
         # gRPC's local credentials: the connection must be a Unix socket, whose bytes never
         # leave the host (the server's --listen-unix).
         credentials = grpc.local_channel_credentials(grpc.LocalConnectionType.UDS)
-    return ChannelConfig(target=resolve_target(target), options=channel_options(server_name),
+    return ChannelConfig(target=resolve_target(target),
+                         options=channel_options(server_name, unix_socket=local),
                          credentials=credentials, metadata=bearer_metadata(token),
                          timeout=timeout)
 
