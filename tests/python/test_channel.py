@@ -180,6 +180,13 @@ class ServiceConfigTest(unittest.TestCase):
                          ["attnscore.v1.AttentionScorer", "grpc.health.v1.Health"])
 
 
+def python_output(code: str, env: dict) -> str:
+    """What `code` prints, run by a fresh interpreter (whose gRPC has not started) with `env`."""
+    out = subprocess.run([sys.executable, "-c", code], env=env, check=True,
+                         capture_output=True, text=True, timeout=60)
+    return out.stdout.strip()
+
+
 class SocketReadTest(unittest.TestCase):
     """Reads over TCP are bounded (as in the C++ client); prefer_bounded_socket_reads turns off
     the gRPC experiment that would ignore the bound, unless the process chose experiments."""
@@ -198,11 +205,8 @@ class SocketReadTest(unittest.TestCase):
 
     @staticmethod
     def experiments(env: dict) -> str:
-        code = ("import os, attnscore; attnscore.prefer_bounded_socket_reads(); "
-                "print(repr(os.environ.get('GRPC_EXPERIMENTS')))")
-        out = subprocess.run([sys.executable, "-c", code], env=env, check=True,
-                             capture_output=True, text=True, timeout=60)
-        return out.stdout.strip()
+        return python_output("import os, attnscore; attnscore.prefer_bounded_socket_reads(); "
+                             "print(repr(os.environ.get('GRPC_EXPERIMENTS')))", env)
 
     def test_experiment_off_unless_the_process_chose(self) -> None:
         env = {k: v for k, v in os.environ.items() if k != "GRPC_EXPERIMENTS"}
@@ -212,21 +216,17 @@ class SocketReadTest(unittest.TestCase):
 
     def test_importing_changes_nothing(self) -> None:
         env = {k: v for k, v in os.environ.items() if k != "GRPC_EXPERIMENTS"}
-        code = "import os, attnscore; print(repr(os.environ.get('GRPC_EXPERIMENTS')))"
-        out = subprocess.run([sys.executable, "-c", code], env=env, check=True,
-                             capture_output=True, text=True, timeout=60)
-        self.assertEqual(out.stdout.strip(), "None")
+        self.assertEqual(python_output(
+            "import os, attnscore; print(repr(os.environ.get('GRPC_EXPERIMENTS')))", env), "None")
 
 
 class BackupPollTest(unittest.TestCase):
     """Importing the client sets gRPC's backup poll to 100 ms unless the process chose one."""
 
     def poll_interval(self, env: dict) -> str:
-        code = ("import os, attnscore; "
-                "print(os.environ['GRPC_CLIENT_CHANNEL_BACKUP_POLL_INTERVAL_MS'])")
-        out = subprocess.run([sys.executable, "-c", code], env=env, check=True,
-                             capture_output=True, text=True, timeout=60)
-        return out.stdout.strip()
+        return python_output(
+            "import os, attnscore; "
+            "print(os.environ['GRPC_CLIENT_CHANNEL_BACKUP_POLL_INTERVAL_MS'])", env)
 
     def test_default_and_the_process_choice(self) -> None:
         env = {k: v for k, v in os.environ.items()
