@@ -262,6 +262,11 @@ void AddRequestBudgetFlags(CLI::App& app, Flags& flags) {
           "their predicted size) above which the server stops reading it "
           "until the client reads")
       ->check(CLI::PositiveNumber);
+  AddFlag(app, "--reply-chunk-bytes", service.reply_chunk_bytes,
+          "REPLY_CHUNK_BYTES",
+          "Output bytes per ScoreChunked message (whole rows, at least one): "
+          "the client copies one chunk while the next is on the wire")
+      ->check(CLI::PositiveNumber);
 }
 
 // --shm-prefix, --max-shm-regions, --max-shm-regions-per-client:

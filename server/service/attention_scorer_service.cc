@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <deque>
 #include <exception>
+#include <iterator>
 #include <limits>
 #include <new>
 #include <optional>
@@ -137,6 +138,12 @@ class AttentionScorerService::ScoreTask : public batching::BatchTask {
   // True when a failure is answered with a message (codec().EncodeError), as
   // streams do, rather than with the call's status.
   virtual bool errors_in_band() const { return false; }
+  // The reply to a successful result: the codec's encoding. (ScoreChunked's
+  // task keeps its messages itself.)
+  virtual absl::StatusOr<grpc::ByteBuffer> EncodeResult(
+      const scoring::ScoreResult& result, const BatchTiming& timing) {
+    return codec().EncodeResult(result, timing);
+  }
 
   // Parses and validates `request` through the codec; ready to schedule when
   // OK.
@@ -264,6 +271,109 @@ class AttentionScorerService::UnaryScoreTask final : public ScoreTask {
   grpc::CallbackServerContext* const context_;
   UnaryReactor* const reactor_;
   grpc::ByteBuffer* const response_;
+};
+
+// A ScoreChunked call's reactor: writes the reply's messages one at a time,
+// the last one with the call's status; holds the reply's share of the
+// in-flight budget until gRPC reports the call done. Its methods are called
+// once each, from the thread that answers the request; then only gRPC's
+// reactions run (one at a time).
+class AttentionScorerService::ChunkedReactor final
+    : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
+ public:
+  void FinishWith(const grpc::Status& status, InflightBudget::Lease lease) {
+    lease_ = std::move(lease);
+    Finish(status);
+  }
+  // REQUIRES: `messages` is not empty.
+  void Send(std::vector<grpc::ByteBuffer> messages,
+            InflightBudget::Lease lease) {
+    lease_ = std::move(lease);
+    messages_ = std::move(messages);
+    WriteNext();
+  }
+  void OnWriteDone(bool ok) override {
+    if (!ok) {
+      // The call is dead (cancelled, past its deadline, or the client gone):
+      // gRPC sends nothing more, but the reactor must still finish.
+      Finish(grpc::Status(grpc::StatusCode::CANCELLED,
+                          "ScoreChunked: the call ended before its reply was "
+                          "written"));
+      return;
+    }
+    WriteNext();
+  }
+  void OnDone() override { delete this; }
+
+ private:
+  void WriteNext() {
+    grpc::ByteBuffer* message = &messages_[next_++];
+    if (next_ == messages_.size()) {
+      StartWriteAndFinish(message, grpc::WriteOptions(), grpc::Status::OK);
+    } else {
+      StartWrite(message);
+    }
+  }
+
+  InflightBudget::Lease lease_;
+  std::vector<grpc::ByteBuffer> messages_;
+  size_t next_ = 0;  // the next message to write
+};
+
+// One ScoreChunked call: Score's pipeline, with the result encoded as
+// ScoreChunk messages.
+class AttentionScorerService::ChunkedScoreTask final : public ScoreTask {
+ public:
+  ChunkedScoreTask(AttentionScorerService* service,
+                   std::unique_ptr<V1ScoreCodec> codec, int64_t arrival_micros,
+                   grpc::CallbackServerContext* context,
+                   ChunkedReactor* reactor, std::string client, int client_slot)
+      : ScoreTask(service, Method::kScoreChunked, std::move(codec),
+                  arrival_micros, service->DeadlineMicros(*context),
+                  std::move(client), client_slot),
+        context_(context),
+        reactor_(reactor) {}
+
+  // As UnaryScoreTask's: gRPC's cancellation at the deadline is not the
+  // client's.
+  bool cancelled() const override {
+    return context_->IsCancelled() &&
+           service_->clock_->NowMicros() < deadline_micros();
+  }
+  bool call_cancelled() const override { return context_->IsCancelled(); }
+
+  // Keeps the messages for Deliver; returns their bytes as one buffer (slice
+  // references, no copy) for the budget and the metrics.
+  absl::StatusOr<grpc::ByteBuffer> EncodeResult(
+      const scoring::ScoreResult& result, const BatchTiming& timing) override {
+    // The constructor took a V1ScoreCodec.
+    const auto& codec = static_cast<const V1ScoreCodec&>(this->codec());
+    absl::StatusOr<std::vector<grpc::ByteBuffer>> messages = codec.EncodeChunks(
+        result, timing, service_->options_.reply_chunk_bytes);
+    if (!messages.ok()) return messages.status();
+    messages_ = *std::move(messages);
+    std::vector<grpc::Slice> all;
+    for (const grpc::ByteBuffer& message : messages_) {
+      std::vector<grpc::Slice> slices;
+      if (!message.Dump(&slices).ok()) continue;
+      std::move(slices.begin(), slices.end(), std::back_inserter(all));
+    }
+    return grpc::ByteBuffer(all.data(), all.size());
+  }
+
+  void Deliver(const absl::Status& status, grpc::ByteBuffer& /*response*/,
+               InflightBudget::Lease lease) override {
+    if (status.ok() && !messages_.empty()) {
+      reactor_->Send(std::move(messages_), std::move(lease));
+    } else {
+      reactor_->FinishWith(ToGrpcStatus(status), std::move(lease));
+    }
+  }
+
+ private:
+  grpc::CallbackServerContext* const context_;
+  ChunkedReactor* const reactor_;
+  std::vector<grpc::ByteBuffer> messages_;
 };
 
 // The reactor of one ScoreStream call. Reads requests one at a time and hands
@@ -543,6 +653,10 @@ AttentionScorerService::Create(const ServiceOptions& options,
     return absl::InvalidArgumentError(absl::StrCat(
         "max_stream_backlog: expected >= 1, got ", options.max_stream_backlog));
   }
+  if (options.reply_chunk_bytes < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "reply_chunk_bytes: expected >= 1, got ", options.reply_chunk_bytes));
+  }
   if (options.max_stream_unsent_bytes < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("max_stream_unsent_bytes: expected >= 1, got ",
@@ -724,6 +838,28 @@ grpc::ServerUnaryReactor* AttentionScorerService::ScoreUnary(
       this, method, std::move(codec), arrival, context, reactor, response,
       *std::move(client), slot);
   Accept(std::move(task), *request);
+  return reactor;
+}
+
+grpc::ServerWriteReactor<grpc::ByteBuffer>*
+AttentionScorerService::ScoreChunked(grpc::CallbackServerContext* context,
+                                     const grpc::ByteBuffer* request) {
+  const int64_t arrival = clock_->NowMicros();
+  auto* reactor = new ChunkedReactor();
+  absl::StatusOr<std::string> client = Authenticate(*context);
+  if (!client.ok()) {
+    metrics_->RecordRequest(Method::kScoreChunked, client.status(),
+                            Seconds(clock_->NowMicros() - arrival),
+                            metrics_->ClientSlot("-"));
+    reactor->FinishWith(ToGrpcStatus(client.status()), {});
+    return reactor;
+  }
+  const int slot = metrics_->ClientSlot(*client);
+  auto codec = std::make_unique<V1ScoreCodec>(&shared_memory_, *client);
+  Accept(std::make_unique<ChunkedScoreTask>(this, std::move(codec), arrival,
+                                            context, reactor,
+                                            *std::move(client), slot),
+         *request);
   return reactor;
 }
 
@@ -935,7 +1071,7 @@ int64_t AttentionScorerService::ScoreAndAnswer(
     timing.batch_size = static_cast<int64_t>(batch_items);
     absl::StatusOr<grpc::ByteBuffer> encoded;
     try {
-      encoded = task.codec().EncodeResult((*results)[i], timing);
+      encoded = task.EncodeResult((*results)[i], timing);
     } catch (...) {
       encoded =
           StatusOfException(std::current_exception(), "encoding the response");
@@ -1066,6 +1202,7 @@ void AttentionScorerService::FillServerInfo(v1::ServerInfo& response) const {
   limits->set_max_stream_unsent_bytes(options_.max_stream_unsent_bytes);
   limits->set_shm_prefix(options_.shared_memory.prefix);
   limits->set_max_shm_regions(options_.shared_memory.max_regions);
+  limits->set_reply_chunk_bytes(options_.reply_chunk_bytes);
   v1::BatchingOptions* batching = response.mutable_batching();
   batching->set_max_batch_size(
       static_cast<int64_t>(options_.batching.max_batch_size));

@@ -1,14 +1,18 @@
 // attnscore.v1.AttentionScorer on gRPC's callback API.
 //
-// Score and ScoreStream handlers (and the Open Inference Protocol's ModelInfer,
-// kserve_service.h, through ScoreUnary) parse and validate a request on the
-// gRPC thread, enqueue it in the dynamic batcher and return at once; the batch
-// worker threads run Scorer::ScoreBatch and answer (Finish / Write) from there,
-// so no gRPC thread ever waits for compute. Responses are serialized by
-// response_encoder.h with tensor bytes as slices over the scorer's output (raw
-// ByteBuffer methods, so protobuf never copies them). Requests are parsed once
-// from the incoming ByteBuffer into a ScoreRequest whose tensor bytes the
-// scorer reads in place.
+// Score, ScoreChunked and ScoreStream handlers (and the Open Inference
+// Protocol's ModelInfer, kserve_service.h, through ScoreUnary) parse and
+// validate a request on the gRPC thread, enqueue it in the dynamic batcher and
+// return at once; the batch worker threads run Scorer::ScoreBatch and answer
+// (Finish / Write) from there, so no gRPC thread ever waits for compute.
+// Responses are serialized by response_encoder.h with tensor bytes as slices
+// over the scorer's output (raw ByteBuffer methods, so protobuf never copies
+// them). Requests are parsed once from the incoming ByteBuffer into a
+// ScoreRequest whose tensor bytes the scorer reads in place.
+//
+// ScoreChunked is Score with the reply's tensors written as ScoreChunk
+// messages of --reply-chunk-bytes, one write in flight at a time, so that the
+// client copies one chunk while the next is on the wire.
 //
 // ScoreStream is pipelined: requests are read and scheduled as they arrive,
 // responses (tagged with request_id) are written as they complete, one write in
@@ -95,6 +99,10 @@ struct ServiceOptions {
   // (--max-stream-unsent-bytes): a client that does not read holds at most
   // this much plus one reply per stream.
   int64_t max_stream_unsent_bytes = int64_t{64} << 20;
+  // Output bytes per ScoreChunked message (--reply-chunk-bytes; whole rows,
+  // at least one). Small enough that the client copies a chunk while the next
+  // one arrives, large enough that per-message costs stay small.
+  int64_t reply_chunk_bytes = int64_t{1} << 20;
   // Bytes all requests together may hold (--max-inflight-bytes); 0: half of
   // the container's memory limit (memory_limit.h DefaultInflightBytes).
   int64_t max_inflight_bytes = 0;
@@ -120,16 +128,18 @@ inline constexpr char kAnonymousClient[] = "anonymous";
 // typed ScoreStream clashes.)
 using AttentionScorerRawService =
     v1::AttentionScorer::WithRawCallbackMethod_Score<
-        v1::AttentionScorer::WithRawCallbackMethod_ScoreStream<
-            v1::AttentionScorer::WithCallbackMethod_ListModels<
-                v1::AttentionScorer::WithCallbackMethod_GetServerInfo<
-                    v1::AttentionScorer::
-                        WithCallbackMethod_RegisterSharedMemory<
-                            v1::AttentionScorer::
-                                WithCallbackMethod_UnregisterSharedMemory<
-                                    v1::AttentionScorer::
-                                        WithCallbackMethod_SharedMemoryStatus<
-                                            v1::AttentionScorer::Service>>>>>>>;
+        v1::AttentionScorer::WithRawCallbackMethod_ScoreChunked<
+            v1::AttentionScorer::WithRawCallbackMethod_ScoreStream<
+                v1::AttentionScorer::WithCallbackMethod_ListModels<
+                    v1::AttentionScorer::WithCallbackMethod_GetServerInfo<
+                        v1::AttentionScorer::
+                            WithCallbackMethod_RegisterSharedMemory<
+                                v1::AttentionScorer::
+                                    WithCallbackMethod_UnregisterSharedMemory<
+                                        v1::AttentionScorer::
+                                            WithCallbackMethod_SharedMemoryStatus<
+                                                v1::AttentionScorer::
+                                                    Service>>>>>>>>;
 
 class AttentionScorerService final : public AttentionScorerRawService {
  public:
@@ -222,6 +232,9 @@ class AttentionScorerService final : public AttentionScorerRawService {
                                   grpc::ByteBuffer* response) override;
   grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* ScoreStream(
       grpc::CallbackServerContext* context) override;
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* ScoreChunked(
+      grpc::CallbackServerContext* context,
+      const grpc::ByteBuffer* request) override;
   grpc::ServerUnaryReactor* ListModels(
       grpc::CallbackServerContext* context,
       const v1::ListModelsRequest* request,
@@ -247,6 +260,8 @@ class AttentionScorerService final : public AttentionScorerRawService {
   class ScoreTask;
   class UnaryReactor;
   class UnaryScoreTask;
+  class ChunkedReactor;
+  class ChunkedScoreTask;
   class StreamReactor;
   class StreamScoreTask;
   class RefusedStream;

@@ -3,8 +3,10 @@
 #include <grpcpp/support/proto_buffer_reader.h>
 #include <grpcpp/support/slice.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -74,6 +76,84 @@ grpc::ByteBuffer EncodeScoreResponse(std::string_view request_id,
   *tail.mutable_timing() = timing;
   tail.AppendToString(&out.pending());
   return out.Finish();
+}
+
+namespace {
+
+// The ScoreChunk messages of one output: `tensor`'s bytes in runs of whole
+// rows, or its shared-memory range.
+void AppendChunks(v1::Output output, const scoring::OutputTensor& tensor,
+                  const v1::SharedMemoryRange* placed, int64_t chunk_bytes,
+                  std::vector<grpc::ByteBuffer>& messages) {
+  v1::ScoreChunk head;
+  head.set_output(output);
+  head.set_dtype(v1::ToProtoDType(tensor.dtype));
+  head.mutable_shape()->Add(tensor.shape.begin(), tensor.shape.end());
+  if (placed != nullptr) {
+    *head.mutable_shared_memory() = *placed;
+    messages.push_back(SerializeToByteBuffer(head));
+    return;
+  }
+  // Whole rows per chunk: a client may use each row as it arrives.
+  const size_t row_bytes = tensor.shape.empty() || tensor.shape.back() <= 0
+                               ? tensor.size_bytes
+                               : static_cast<size_t>(tensor.shape.back()) *
+                                     attnscore::ElementSize(tensor.dtype);
+  const size_t rows_per_chunk = std::max<size_t>(
+      1, static_cast<size_t>(chunk_bytes) / std::max<size_t>(row_bytes, 1));
+  const size_t step = std::max<size_t>(rows_per_chunk * row_bytes, 1);
+  // One slice over the whole output holds the keepalive once; each chunk's
+  // data is a sub-slice (a reference, no copy).
+  const grpc::Slice whole = SliceOver(tensor);
+  size_t offset = 0;
+  do {
+    const size_t end = std::min(tensor.size_bytes, offset + step);
+    head.set_offset(offset);
+    v1::SliceAssembler out;
+    head.AppendToString(&out.pending());
+    // An empty output's chunk has no data field, as protobuf leaves an empty
+    // `bytes` out.
+    if (end > offset) {
+      out.AppendBytesField(v1::ScoreChunk::kDataFieldNumber,
+                           whole.sub(offset, end));
+    }
+    messages.push_back(out.Finish());
+    offset = end;
+  } while (offset < tensor.size_bytes);
+}
+
+}  // namespace
+
+std::vector<grpc::ByteBuffer> EncodeScoreChunks(
+    std::string_view request_id, const scoring::ScoreResult& result,
+    const v1::Timing& timing, const PlacedRanges& placed, int64_t chunk_bytes) {
+  std::vector<grpc::ByteBuffer> messages;
+  const struct {
+    v1::Output output;
+    const std::optional<scoring::OutputTensor>& tensor;
+  } outputs[] = {{v1::LOGITS, result.logits},
+                 {v1::PROBS, result.probs},
+                 {v1::CONTEXT, result.context}};
+  for (const auto& [output, tensor] : outputs) {
+    if (tensor) {
+      AppendChunks(output, *tensor, placed.For(output), chunk_bytes, messages);
+    }
+  }
+  // request_id (7) and timing (8) follow the last chunk's fields (1-6): the
+  // message stays in field-number order.
+  v1::ScoreChunk tail;
+  tail.set_request_id(std::string(request_id));
+  *tail.mutable_timing() = timing;
+  grpc::Slice tail_slice(tail.SerializeAsString());
+  if (messages.empty()) {
+    messages.emplace_back(&tail_slice, 1);
+  } else {
+    std::vector<grpc::Slice> slices;
+    if (!messages.back().Dump(&slices).ok()) slices.clear();
+    slices.push_back(std::move(tail_slice));
+    messages.back() = grpc::ByteBuffer(slices.data(), slices.size());
+  }
+  return messages;
 }
 
 grpc::ByteBuffer EncodeErrorResponse(std::string_view request_id,

@@ -17,7 +17,9 @@
 
 #include <grpcpp/support/byte_buffer.h>
 
+#include <cstdint>
 #include <string_view>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/string_view.h"
@@ -53,6 +55,16 @@ grpc::ByteBuffer EncodeScoreResponse(std::string_view request_id,
                                      const scoring::ScoreResult& result,
                                      const v1::Timing& timing,
                                      const PlacedRanges& placed = {});
+
+// ScoreChunked's reply to the same result: ScoreChunk messages, the outputs in
+// order (logits, probs, context), each output's bytes in runs of whole rows
+// (its last dimension) of at most max(chunk_bytes, one row) bytes, as slices
+// over the scorer's output; an output placed in shared memory is one chunk with
+// its range; the last chunk carries request_id and timing. REQUIRES:
+// chunk_bytes >= 1 and `result` has at least one output.
+std::vector<grpc::ByteBuffer> EncodeScoreChunks(
+    std::string_view request_id, const scoring::ScoreResult& result,
+    const v1::Timing& timing, const PlacedRanges& placed, int64_t chunk_bytes);
 
 // ScoreResponse{request_id, error{code, message}}: how ScoreStream reports a
 // failed request. REQUIRES: !status.ok().

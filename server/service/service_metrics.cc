@@ -19,6 +19,8 @@ const char* MethodName(Method method) {
       return "Score";
     case Method::kScoreStream:
       return "ScoreStream";
+    case Method::kScoreChunked:
+      return "ScoreChunked";
     case Method::kListModels:
       return "ListModels";
     case Method::kGetServerInfo:

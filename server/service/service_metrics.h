@@ -46,6 +46,7 @@ namespace attnscore::service {
 enum class Method {
   kScore,
   kScoreStream,
+  kScoreChunked,
   kListModels,
   kGetServerInfo,
   kRegisterSharedMemory,

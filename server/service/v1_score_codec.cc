@@ -103,17 +103,39 @@ absl::Status V1ScoreCodec::ResolveSharedInputs(RequestTensorBytes* bytes) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<grpc::ByteBuffer> V1ScoreCodec::EncodeResult(
-    const scoring::ScoreResult& result, const BatchTiming& timing) const {
-  if (absl::Status s = CheckInputsIntact(inputs_); !s.ok()) return s;
-  absl::StatusOr<PlacedRanges> placed = WritePlacements(placements_, result);
-  if (!placed.ok()) return placed.status();
+namespace {
+
+v1::Timing ToWire(const BatchTiming& timing) {
   v1::Timing wire;
   wire.set_queue_us(timing.queue_us);
   wire.set_compute_us(timing.compute_us);
   wire.set_batch_size(static_cast<int32_t>(timing.batch_size));
-  return EncodeScoreResponse(request_.message.request_id(), result, wire,
-                             *placed);
+  return wire;
+}
+
+}  // namespace
+
+absl::StatusOr<PlacedRanges> V1ScoreCodec::FinishPlacements(
+    const scoring::ScoreResult& result) const {
+  if (absl::Status s = CheckInputsIntact(inputs_); !s.ok()) return s;
+  return WritePlacements(placements_, result);
+}
+
+absl::StatusOr<grpc::ByteBuffer> V1ScoreCodec::EncodeResult(
+    const scoring::ScoreResult& result, const BatchTiming& timing) const {
+  absl::StatusOr<PlacedRanges> placed = FinishPlacements(result);
+  if (!placed.ok()) return placed.status();
+  return EncodeScoreResponse(request_.message.request_id(), result,
+                             ToWire(timing), *placed);
+}
+
+absl::StatusOr<std::vector<grpc::ByteBuffer>> V1ScoreCodec::EncodeChunks(
+    const scoring::ScoreResult& result, const BatchTiming& timing,
+    int64_t chunk_bytes) const {
+  absl::StatusOr<PlacedRanges> placed = FinishPlacements(result);
+  if (!placed.ok()) return placed.status();
+  return EncodeScoreChunks(request_.message.request_id(), result,
+                           ToWire(timing), *placed, chunk_bytes);
 }
 
 grpc::ByteBuffer V1ScoreCodec::EncodeError(const absl::Status& status) const {

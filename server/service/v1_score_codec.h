@@ -8,6 +8,7 @@
 #ifndef ATTNSCORE_SERVER_SERVICE_V1_SCORE_CODEC_H_
 #define ATTNSCORE_SERVER_SERVICE_V1_SCORE_CODEC_H_
 
+#include <cstdint>
 #include <string>
 #include <utility>
 #include <vector>
@@ -41,6 +42,11 @@ class V1ScoreCodec final : public ScoreCodec {
   absl::StatusOr<grpc::ByteBuffer> EncodeResult(
       const scoring::ScoreResult& result,
       const BatchTiming& timing) const override;
+  // The same result as ScoreChunked's messages (response_encoder.h
+  // EncodeScoreChunks), with the same checks and placements.
+  absl::StatusOr<std::vector<grpc::ByteBuffer>> EncodeChunks(
+      const scoring::ScoreResult& result, const BatchTiming& timing,
+      int64_t chunk_bytes) const;
   // ScoreResponse{request_id, error}: how ScoreStream reports a failure.
   grpc::ByteBuffer EncodeError(const absl::Status& status) const override;
   // The request_id when the message starts with it (protobuf writes fields
@@ -65,6 +71,10 @@ class V1ScoreCodec final : public ScoreCodec {
   // the request puts them there; INVALID_ARGUMENT for a tensor with both
   // `data` and `shared_memory`.
   absl::Status ResolveSharedInputs(RequestTensorBytes* bytes);
+  // The steps every encoding takes first: the inputs' regions intact, then
+  // the placed outputs written. Returns their ranges.
+  absl::StatusOr<PlacedRanges> FinishPlacements(
+      const scoring::ScoreResult& result) const;
 };
 
 }  // namespace attnscore::service

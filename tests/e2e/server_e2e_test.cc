@@ -13,6 +13,7 @@
 #include <cstring>
 #include <functional>
 #include <limits>
+#include <map>
 #include <memory>
 #include <string>
 #include <thread>
@@ -677,6 +678,70 @@ TEST_F(ServerE2eTest, SharedMemoryOutputsAreTheReplysBytes) {
   ExpectTruncationAbortsOnlyItsRequest(object, request);
 }
 
+// ScoreChunked carries Score's reply bit for bit (real compute, every output,
+// bfloat16), in chunks of whole rows within --reply-chunk-bytes; an output
+// placed in shared memory comes as one chunk with its range.
+TEST_F(ServerE2eTest, ScoreChunkedIsScoreInChunks) {
+  ASSERT_NO_FATAL_FAILURE(
+      Start({"--reply-chunk-bytes=5000",
+             absl::StrCat("--shm-prefix=", service::testing::kShmTestPrefix)}));
+  v1::ScoreRequest request =
+      CausalRampRequest({2, 4, 256, 64}, /*with_value=*/true);
+  request.set_request_id("chunked");
+  request.add_outputs(v1::LOGITS);
+  request.add_outputs(v1::PROBS);
+  request.add_outputs(v1::CONTEXT);
+  request.set_output_dtype(v1::BFLOAT16);
+  const Call whole = Score(request);
+  ASSERT_TRUE(whole.status.ok()) << whole.status.error_message();
+
+  const auto read_chunks = [this](const v1::ScoreRequest& r) {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() +
+                         std::chrono::seconds(60));
+    std::unique_ptr<grpc::ClientReader<v1::ScoreChunk>> reader =
+        stub_->ScoreChunked(&context, r);
+    std::vector<v1::ScoreChunk> chunks;
+    for (v1::ScoreChunk chunk; reader->Read(&chunk);) chunks.push_back(chunk);
+    const grpc::Status status = reader->Finish();
+    EXPECT_TRUE(status.ok()) << status.error_message();
+    return chunks;
+  };
+  std::map<int, std::string> bytes;  // by output
+  const std::vector<v1::ScoreChunk> chunks = read_chunks(request);
+  ASSERT_FALSE(chunks.empty());
+  for (const v1::ScoreChunk& chunk : chunks) {
+    std::string& got = bytes[chunk.output()];
+    EXPECT_EQ(chunk.offset(), got.size());
+    // Rows of 256 (logits, probs) or 64 (context) bfloat16: 9 or 39 rows.
+    EXPECT_LE(chunk.data().size(), 4992u);
+    got += chunk.data();
+  }
+  EXPECT_EQ(chunks.back().request_id(), "chunked");
+  EXPECT_TRUE(bytes[v1::LOGITS] == whole.response.logits().data());
+  EXPECT_TRUE(bytes[v1::PROBS] == whole.response.probs().data());
+  EXPECT_TRUE(bytes[v1::CONTEXT] == whole.response.context().data());
+
+  const size_t probs_bytes = whole.response.probs().data().size();
+  service::testing::ShmObject object(probs_bytes);
+  ASSERT_TRUE(RegisterRegion("probs", object, probs_bytes).ok());
+  v1::OutputPlacement* placement = request.add_placements();
+  placement->set_output(v1::PROBS);
+  placement->mutable_range()->set_region("probs");
+  placement->mutable_range()->set_byte_size(probs_bytes);
+  int placed_chunks = 0;
+  for (const v1::ScoreChunk& chunk : read_chunks(request)) {
+    if (chunk.output() != v1::PROBS) continue;
+    ++placed_chunks;
+    EXPECT_TRUE(chunk.data().empty());
+    EXPECT_EQ(chunk.shared_memory().region(), "probs");
+    EXPECT_EQ(chunk.shared_memory().byte_size(), probs_bytes);
+  }
+  EXPECT_EQ(placed_chunks, 1);
+  EXPECT_TRUE(std::string(object.data(), probs_bytes) ==
+              whole.response.probs().data());
+}
+
 // Inputs read from shared memory give the reply of the same request with its
 // bytes in-band; each way of naming a range wrongly gets its own status.
 TEST_F(ServerE2eTest, SharedMemoryInputsAreReadInPlace) {
@@ -884,7 +949,7 @@ TEST(ServerCommandLineTest, HelpDocumentsEveryFlagWithItsDefault) {
         "--max-batch-size", "--max-queue-delay-us", "--max-queue",
         "--max-output-bytes", "--max-heads", "--max-head-dim", "--max-seq-len",
         "--model-dir", "--shutdown-grace", "--log-format", "--log-level",
-        "--device", "ATTNSCORE_LISTEN"}) {
+        "--device", "--reply-chunk-bytes", "ATTNSCORE_LISTEN"}) {
     EXPECT_THAT(help, HasSubstr(flag));
   }
 }

@@ -209,6 +209,87 @@ TEST(ResponseEncoderTest, LengthPrefixesAboveTwoByteVarints) {
   }
 }
 
+v1::ScoreChunk ParseChunk(const grpc::ByteBuffer& buffer) {
+  v1::ScoreChunk chunk;
+  EXPECT_TRUE(chunk.ParseFromString(Flatten(buffer)));
+  return chunk;
+}
+
+// ScoreChunked's messages: each output's bytes in runs of whole rows, as
+// sub-slices of the result's memory (kept alive until the last goes); an
+// output placed in shared memory as one chunk with its range; an empty output
+// as one chunk without data; request_id and timing on the last chunk.
+TEST(ResponseEncoderTest, ChunksAreWholeRowsOverTheResultMemory) {
+  auto bytes = PatternBytes(3 * 10 * 4 + 16);
+  scoring::ScoreResult result;
+  result.logits = MakeTensor(DType::kFloat32, {1, 1, 3, 10}, bytes, 0, 120);
+  result.probs = MakeTensor(DType::kFloat32, {1, 1, 3, 10}, bytes, 0, 120);
+  result.context = MakeTensor(DType::kBFloat16, {1, 1, 0, 8}, bytes, 120, 0);
+  v1::SharedMemoryRange range;
+  range.set_region("r");
+  range.set_offset(64);
+  range.set_byte_size(120);
+  PlacedRanges placed;
+  placed.probs = &range;
+  std::weak_ptr<std::vector<char>> watch = bytes;
+  {
+    // 100 bytes: two 40-byte rows per chunk.
+    const std::vector<grpc::ByteBuffer> messages =
+        EncodeScoreChunks("id-7", result, MakeTiming(), placed, 100);
+    result = scoring::ScoreResult();
+    bytes.reset();
+    EXPECT_FALSE(watch.expired());
+    ASSERT_EQ(messages.size(), 4u);
+    const v1::ScoreChunk first = ParseChunk(messages[0]);
+    const v1::ScoreChunk second = ParseChunk(messages[1]);
+    EXPECT_EQ(first.output(), v1::LOGITS);
+    EXPECT_EQ(first.dtype(), v1::FLOAT32);
+    EXPECT_THAT(first.shape(), ::testing::ElementsAre(1, 1, 3, 10));
+    EXPECT_EQ(first.offset(), 0u);
+    EXPECT_EQ(first.data().size(), 80u);
+    EXPECT_EQ(second.output(), v1::LOGITS);
+    EXPECT_EQ(second.offset(), 80u);
+    EXPECT_EQ(second.data().size(), 40u);
+    EXPECT_EQ(first.data() + second.data(),
+              std::string(PatternBytes(120)->data(), 120));
+    const v1::ScoreChunk probs = ParseChunk(messages[2]);
+    EXPECT_EQ(probs.output(), v1::PROBS);
+    EXPECT_TRUE(probs.data().empty());
+    EXPECT_EQ(probs.shared_memory().region(), "r");
+    EXPECT_EQ(probs.shared_memory().offset(), 64u);
+    const v1::ScoreChunk context = ParseChunk(messages[3]);
+    EXPECT_EQ(context.output(), v1::CONTEXT);
+    EXPECT_EQ(context.dtype(), v1::BFLOAT16);
+    EXPECT_THAT(context.shape(), ::testing::ElementsAre(1, 1, 0, 8));
+    EXPECT_TRUE(context.data().empty());
+    EXPECT_EQ(context.request_id(), "id-7");
+    EXPECT_EQ(context.timing().compute_us(), 98765);
+    for (size_t i = 0; i < 3; ++i) {
+      const v1::ScoreChunk chunk = ParseChunk(messages[i]);
+      EXPECT_TRUE(chunk.request_id().empty());
+      EXPECT_FALSE(chunk.has_timing());
+    }
+    // Byte-identical to protobuf's own encoding of the same message.
+    EXPECT_EQ(Flatten(messages[0]), first.SerializeAsString());
+    EXPECT_EQ(Flatten(messages[3]), context.SerializeAsString());
+  }
+  EXPECT_TRUE(watch.expired());
+}
+
+// A row larger than the chunk size still travels whole, one per chunk.
+TEST(ResponseEncoderTest, ChunksHoldAtLeastOneRow) {
+  auto bytes = PatternBytes(size_t{2} * 64 * 2);
+  scoring::ScoreResult result;
+  result.logits =
+      MakeTensor(DType::kFloat16, {1, 1, 2, 64}, bytes, 0, bytes->size());
+  const std::vector<grpc::ByteBuffer> messages =
+      EncodeScoreChunks("", result, MakeTiming(), {}, 1);
+  ASSERT_EQ(messages.size(), 2u);
+  EXPECT_EQ(ParseChunk(messages[0]).data().size(), 128u);
+  EXPECT_EQ(ParseChunk(messages[1]).offset(), 128u);
+  EXPECT_EQ(ParseChunk(messages[1]).data().size(), 128u);
+}
+
 TEST(ResponseEncoderTest, ErrorResponseCarriesCodeAndMessage) {
   const grpc::ByteBuffer buffer = EncodeErrorResponse(
       "bad-1", absl::InvalidArgumentError("query.shape: expected 4 dims"));

@@ -572,6 +572,134 @@ TEST_F(ServiceTest, GetServerInfoReportsLimitsAndBatching) {
   EXPECT_EQ(info.limits().max_shm_regions(), 64);
 }
 
+// ScoreChunked sends what Score sends, in order, in chunks of whole rows of
+// at most reply_chunk_bytes (at least one row), the request_id and timing on
+// the last chunk alone.
+TEST_F(ServiceTest, ScoreChunkedSendsTheScoreReplyInWholeRows) {
+  ServiceOptions options = DefaultOptions();
+  options.reply_chunk_bytes = 40;  // two rows of 4 floats; one row of 8
+  Start(options);
+  v1::ScoreRequest request = AlibiRequest(2, 2, 3, 4, 8, /*tag=*/1.0f);
+  request.set_request_id("chunky");
+  request.add_outputs(v1::LOGITS);
+  request.add_outputs(v1::PROBS);
+  request.add_outputs(v1::CONTEXT);
+  v1::ScoreResponse whole;
+  ASSERT_TRUE(Score(request, &whole).ok());
+
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + kRpcTimeout);
+  std::unique_ptr<grpc::ClientReader<v1::ScoreChunk>> reader =
+      stub_->ScoreChunked(&context, request);
+  std::vector<v1::ScoreChunk> chunks;
+  for (v1::ScoreChunk chunk; reader->Read(&chunk);) chunks.push_back(chunk);
+  const grpc::Status status = reader->Finish();
+  ASSERT_TRUE(status.ok()) << status.error_message();
+
+  const struct {
+    v1::Output output;
+    const v1::Tensor& tensor;
+    size_t max_bytes;  // whole rows within 40 bytes, or one row
+  } outputs[] = {{v1::LOGITS, whole.logits(), 32},
+                 {v1::PROBS, whole.probs(), 32},
+                 {v1::CONTEXT, whole.context(), 32}};
+  size_t next = 0;
+  for (const auto& want : outputs) {
+    SCOPED_TRACE(v1::Output_Name(want.output));
+    const size_t row_bytes =
+        static_cast<size_t>(want.tensor.shape().rbegin()[0]) * sizeof(float);
+    std::string bytes;
+    while (next < chunks.size() && chunks[next].output() == want.output) {
+      const v1::ScoreChunk& chunk = chunks[next++];
+      EXPECT_EQ(chunk.dtype(), want.tensor.dtype());
+      EXPECT_THAT(chunk.shape(),
+                  ::testing::ElementsAreArray(want.tensor.shape()));
+      EXPECT_EQ(chunk.offset(), bytes.size());
+      EXPECT_EQ(chunk.data().size() % row_bytes, 0u);
+      EXPECT_LE(chunk.data().size(), std::max(want.max_bytes, row_bytes));
+      EXPECT_FALSE(chunk.has_shared_memory());
+      bytes += chunk.data();
+    }
+    EXPECT_EQ(bytes, want.tensor.data());
+  }
+  EXPECT_EQ(next, chunks.size()) << "chunks of no output, or out of order";
+  ASSERT_GE(chunks.size(), 9u);  // 96-byte logits in 32-byte chunks, ...
+  for (size_t i = 0; i + 1 < chunks.size(); ++i) {
+    EXPECT_TRUE(chunks[i].request_id().empty());
+    EXPECT_FALSE(chunks[i].has_timing());
+  }
+  EXPECT_EQ(chunks.back().request_id(), "chunky");
+  EXPECT_EQ(chunks.back().timing().batch_size(), 2);
+  EXPECT_THAT(Metrics(),
+              HasSubstr("attnscore_requests_total{method=\"ScoreChunked\","
+                        "code=\"OK\",client=\"anonymous\"} 1"));
+
+  grpc::ClientContext info_context;
+  v1::ServerInfo info;
+  ASSERT_TRUE(
+      stub_->GetServerInfo(&info_context, v1::GetServerInfoRequest(), &info)
+          .ok());
+  EXPECT_EQ(info.limits().reply_chunk_bytes(), 40);
+}
+
+// A request that fails is the call's status, as for Score, with no chunk.
+TEST_F(ServiceTest, ScoreChunkedFailuresAreTheCallsStatus) {
+  ServiceOptions options = DefaultOptions();
+  options.limits.max_output_bytes = 64;
+  Start(options);
+  v1::ScoreRequest request = AlibiRequest(2, 2, 3, 4, 8, /*tag=*/1.0f);
+  grpc::ClientContext context;
+  std::unique_ptr<grpc::ClientReader<v1::ScoreChunk>> reader =
+      stub_->ScoreChunked(&context, request);
+  v1::ScoreChunk chunk;
+  EXPECT_FALSE(reader->Read(&chunk));
+  const grpc::Status status = reader->Finish();
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_THAT(status.error_message(), HasSubstr("64"));
+  EXPECT_THAT(Metrics(),
+              HasSubstr("attnscore_requests_total{method=\"ScoreChunked\","
+                        "code=\"RESOURCE_EXHAUSTED\""));
+}
+
+// A client that goes away after its first chunk: the call ends, and the
+// reply's share of the in-flight budget comes back.
+TEST_F(ServiceTest, ScoreChunkedCancelledMidReplyCleansUp) {
+  ServiceOptions options = DefaultOptions();
+  options.reply_chunk_bytes = 16;
+  Start(options);
+  v1::ScoreRequest request = AlibiRequest(4, 4, 32, 32, 8, /*tag=*/1.0f);
+  request.add_outputs(v1::LOGITS);
+  request.add_outputs(v1::PROBS);
+  grpc::ClientContext context;
+  std::unique_ptr<grpc::ClientReader<v1::ScoreChunk>> reader =
+      stub_->ScoreChunked(&context, request);
+  v1::ScoreChunk chunk;
+  ASSERT_TRUE(reader->Read(&chunk));
+  context.TryCancel();
+  while (reader->Read(&chunk)) {
+  }
+  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (service_->InflightBytes() != 0 && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  EXPECT_EQ(service_->InflightBytes(), 0);
+}
+
+TEST(ServiceOptionsTest, ReplyChunkBytesMustBePositive) {
+  ServiceOptions options = DefaultOptions();
+  options.reply_chunk_bytes = 0;
+  FakeScorer scorer;
+  observability::Registry registry;
+  ServiceMetrics metrics(registry);
+  ModelRegistry models(std::make_shared<const scoring::ModelSet>());
+  absl::StatusOr<std::unique_ptr<AttentionScorerService>> service =
+      AttentionScorerService::Create(options, &scorer, &models, &metrics);
+  ASSERT_FALSE(service.ok());
+  EXPECT_EQ(service.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(service.status().message(), HasSubstr("reply_chunk_bytes"));
+}
+
 TEST_F(ServiceTest, ListModelsAndRelativeRequests) {
   // What LoadModelDir reports for a tiny.safetensors with key_pos_embeddings
   // [16, 2, 8]: H=2, D=8, P=8.

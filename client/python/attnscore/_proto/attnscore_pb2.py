@@ -15,7 +15,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x61ttnscore/v1/attnscore.proto\x12\x0c\x61ttnscore.v1\"\x81\x01\n\x06Tensor\x12\"\n\x05\x64type\x18\x01 \x01(\x0e\x32\x13.attnscore.v1.DType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x36\n\rshared_memory\x18\x04 \x01(\x0b\x32\x1f.attnscore.v1.SharedMemoryRange\"F\n\x11SharedMemoryRange\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x11\n\tbyte_size\x18\x03 \x01(\x04\"g\n\x0fOutputPlacement\x12$\n\x06output\x18\x01 \x01(\x0e\x32\x14.attnscore.v1.Output\x12.\n\x05range\x18\x02 \x01(\x0b\x32\x1f.attnscore.v1.SharedMemoryRange\"\x1d\n\x0b\x41libiParams\x12\x0e\n\x06slopes\x18\x01 \x03(\x02\"\x1f\n\x0eRelativeParams\x12\r\n\x05model\x18\x01 \x01(\t\"\xe3\x03\n\x0cScoreRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12*\n\x05\x61libi\x18\x02 \x01(\x0b\x32\x19.attnscore.v1.AlibiParamsH\x00\x12\x30\n\x08relative\x18\x03 \x01(\x0b\x32\x1c.attnscore.v1.RelativeParamsH\x00\x12#\n\x05query\x18\x04 \x01(\x0b\x32\x14.attnscore.v1.Tensor\x12!\n\x03key\x18\x05 \x01(\x0b\x32\x14.attnscore.v1.Tensor\x12#\n\x05value\x18\x06 \x01(\x0b\x32\x14.attnscore.v1.Tensor\x12$\n\x06layout\x18\x07 \x01(\x0e\x32\x14.attnscore.v1.Layout\x12\x0e\n\x06\x63\x61usal\x18\x08 \x01(\x08\x12\x12\n\x05scale\x18\t \x01(\x02H\x01\x88\x01\x01\x12\x13\n\x0bkey_lengths\x18\n \x03(\x05\x12%\n\x07outputs\x18\x0b \x03(\x0e\x32\x14.attnscore.v1.Output\x12)\n\x0coutput_dtype\x18\x0c \x01(\x0e\x32\x13.attnscore.v1.DType\x12\x31\n\nplacements\x18\r \x03(\x0b\x32\x1d.attnscore.v1.OutputPlacementB\x06\n\x04\x62iasB\x08\n\x06_scale\"\xdf\x01\n\rScoreResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12$\n\x06logits\x18\x02 \x01(\x0b\x32\x14.attnscore.v1.Tensor\x12#\n\x05probs\x18\x03 \x01(\x0b\x32\x14.attnscore.v1.Tensor\x12%\n\x07\x63ontext\x18\x04 \x01(\x0b\x32\x14.attnscore.v1.Tensor\x12$\n\x06timing\x18\x05 \x01(\x0b\x32\x14.attnscore.v1.Timing\x12\"\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x13.attnscore.v1.Error\"B\n\x06Timing\x12\x10\n\x08queue_us\x18\x01 \x01(\x03\x12\x12\n\ncompute_us\x18\x02 \x01(\x03\x12\x12\n\nbatch_size\x18\x03 \x01(\x05\"&\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"[\n\x1bRegisterSharedMemoryRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x11\n\tbyte_size\x18\x04 \x01(\x04\"\x1e\n\x1cRegisterSharedMemoryResponse\"-\n\x1dUnregisterSharedMemoryRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\" \n\x1eUnregisterSharedMemoryResponse\"\x1b\n\x19SharedMemoryStatusRequest\"X\n\x18SharedMemoryRegionStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x11\n\tbyte_size\x18\x04 \x01(\x04\"U\n\x1aSharedMemoryStatusResponse\x12\x37\n\x07regions\x18\x01 \x03(\x0b\x32&.attnscore.v1.SharedMemoryRegionStatus\"\x13\n\x11ListModelsRequest\"j\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\r\n\x05heads\x18\x03 \x01(\x03\x12\x10\n\x08head_dim\x18\x04 \x01(\x03\x12\x1e\n\x16max_relative_positions\x18\x05 \x01(\x03\"=\n\x12ListModelsResponse\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.attnscore.v1.ModelInfo\"\x16\n\x14GetServerInfoRequest\"\xc8\x02\n\x06Limits\x12\x11\n\tmax_heads\x18\x01 \x01(\x03\x12\x14\n\x0cmax_head_dim\x18\x02 \x01(\x03\x12\x13\n\x0bmax_seq_len\x18\x03 \x01(\x03\x12\x18\n\x10max_output_bytes\x18\x04 \x01(\x03\x12\x19\n\x11max_message_bytes\x18\x05 \x01(\x03\x12 \n\x18max_request_memory_bytes\x18\x06 \x01(\x03\x12\x18\n\x10max_request_work\x18\x07 \x01(\x03\x12\x1a\n\x12max_inflight_bytes\x18\x08 \x01(\x03\x12%\n\x1dmax_inflight_per_client_bytes\x18\t \x01(\x03\x12\x1f\n\x17max_stream_unsent_bytes\x18\n \x01(\x03\x12\x12\n\nshm_prefix\x18\x0b \x01(\t\x12\x17\n\x0fmax_shm_regions\x18\x0c \x01(\x03\"o\n\x0f\x42\x61tchingOptions\x12\x16\n\x0emax_batch_size\x18\x01 \x01(\x03\x12\x1a\n\x12max_queue_delay_us\x18\x02 \x01(\x03\x12\x11\n\tmax_queue\x18\x03 \x01(\x03\x12\x15\n\rbatch_workers\x18\x04 \x01(\x05\"\xc9\x01\n\nServerInfo\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\x12\x18\n\x10intra_op_threads\x18\x03 \x01(\x05\x12$\n\x06limits\x18\x04 \x01(\x0b\x32\x14.attnscore.v1.Limits\x12/\n\x08\x62\x61tching\x18\x05 \x01(\x0b\x32\x1d.attnscore.v1.BatchingOptions\x12)\n\x07kernels\x18\x06 \x01(\x0b\x32\x18.attnscore.v1.KernelInfo\"\xbd\x01\n\nKernelInfo\x12\x0b\n\x03isa\x18\x01 \x01(\t\x12\x11\n\tblas_core\x18\x02 \x01(\t\x12\x18\n\x10\x62las_core_source\x18\x03 \x01(\t\x12\x17\n\x0f\x61ten_capability\x18\x04 \x01(\t\x12\x1e\n\x16\x61ten_capability_source\x18\x05 \x01(\t\x12\x11\n\tcpu_model\x18\x06 \x01(\t\x12\x10\n\x08omp_wait\x18\x07 \x01(\t\x12\x17\n\x0fomp_wait_source\x18\x08 \x01(\t*F\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x46LOAT32\x10\x01\x12\x0b\n\x07\x46LOAT16\x10\x02\x12\x0c\n\x08\x42\x46LOAT16\x10\x03*>\n\x06Layout\x12\x16\n\x12LAYOUT_UNSPECIFIED\x10\x00\x12\x08\n\x04\x42HSD\x10\x01\x12\x08\n\x04\x42SHD\x10\x02\x12\x08\n\x04SBHD\x10\x03*D\n\x06Output\x12\x16\n\x12OUTPUT_UNSPECIFIED\x10\x00\x12\n\n\x06LOGITS\x10\x01\x12\t\n\x05PROBS\x10\x02\x12\x0b\n\x07\x43ONTEXT\x10\x03\x32\x8c\x05\n\x0f\x41ttentionScorer\x12@\n\x05Score\x12\x1a.attnscore.v1.ScoreRequest\x1a\x1b.attnscore.v1.ScoreResponse\x12J\n\x0bScoreStream\x12\x1a.attnscore.v1.ScoreRequest\x1a\x1b.attnscore.v1.ScoreResponse(\x01\x30\x01\x12O\n\nListModels\x12\x1f.attnscore.v1.ListModelsRequest\x1a .attnscore.v1.ListModelsResponse\x12M\n\rGetServerInfo\x12\".attnscore.v1.GetServerInfoRequest\x1a\x18.attnscore.v1.ServerInfo\x12m\n\x14RegisterSharedMemory\x12).attnscore.v1.RegisterSharedMemoryRequest\x1a*.attnscore.v1.RegisterSharedMemoryResponse\x12s\n\x16UnregisterSharedMemory\x12+.attnscore.v1.UnregisterSharedMemoryRequest\x1a,.attnscore.v1.UnregisterSharedMemoryResponse\x12g\n\x12SharedMemoryStatus\x12\'.attnscore.v1.SharedMemoryStatusRequest\x1a(.attnscore.v1.SharedMemoryStatusResponseB\x03\xf8\x01\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x61ttnscore/v1/attnscore.proto\x12\x0c\x61ttnscore.v1\"\x81\x01\n\x06Tensor\x12\"\n\x05\x64type\x18\x01 \x01(\x0e\x32\x13.attnscore.v1.DType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x36\n\rshared_memory\x18\x04 \x01(\x0b\x32\x1f.attnscore.v1.SharedMemoryRange\"F\n\x11SharedMemoryRange\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x11\n\tbyte_size\x18\x03 \x01(\x04\"g\n\x0fOutputPlacement\x12$\n\x06output\x18\x01 \x01(\x0e\x32\x14.attnscore.v1.Output\x12.\n\x05range\x18\x02 \x01(\x0b\x32\x1f.attnscore.v1.SharedMemoryRange\"\x1d\n\x0b\x41libiParams\x12\x0e\n\x06slopes\x18\x01 \x03(\x02\"\x1f\n\x0eRelativeParams\x12\r\n\x05model\x18\x01 \x01(\t\"\xe3\x03\n\x0cScoreRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12*\n\x05\x61libi\x18\x02 \x01(\x0b\x32\x19.attnscore.v1.AlibiParamsH\x00\x12\x30\n\x08relative\x18\x03 \x01(\x0b\x32\x1c.attnscore.v1.RelativeParamsH\x00\x12#\n\x05query\x18\x04 \x01(\x0b\x32\x14.attnscore.v1.Tensor\x12!\n\x03key\x18\x05 \x01(\x0b\x32\x14.attnscore.v1.Tensor\x12#\n\x05value\x18\x06 \x01(\x0b\x32\x14.attnscore.v1.Tensor\x12$\n\x06layout\x18\x07 \x01(\x0e\x32\x14.attnscore.v1.Layout\x12\x0e\n\x06\x63\x61usal\x18\x08 \x01(\x08\x12\x12\n\x05scale\x18\t \x01(\x02H\x01\x88\x01\x01\x12\x13\n\x0bkey_lengths\x18\n \x03(\x05\x12%\n\x07outputs\x18\x0b \x03(\x0e\x32\x14.attnscore.v1.Output\x12)\n\x0coutput_dtype\x18\x0c \x01(\x0e\x32\x13.attnscore.v1.DType\x12\x31\n\nplacements\x18\r \x03(\x0b\x32\x1d.attnscore.v1.OutputPlacementB\x06\n\x04\x62iasB\x08\n\x06_scale\"\xdf\x01\n\rScoreResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12$\n\x06logits\x18\x02 \x01(\x0b\x32\x14.attnscore.v1.Tensor\x12#\n\x05probs\x18\x03 \x01(\x0b\x32\x14.attnscore.v1.Tensor\x12%\n\x07\x63ontext\x18\x04 \x01(\x0b\x32\x14.attnscore.v1.Tensor\x12$\n\x06timing\x18\x05 \x01(\x0b\x32\x14.attnscore.v1.Timing\x12\"\n\x05\x65rror\x18\x06 \x01(\x0b\x32\x13.attnscore.v1.Error\"\xf5\x01\n\nScoreChunk\x12$\n\x06output\x18\x01 \x01(\x0e\x32\x14.attnscore.v1.Output\x12\"\n\x05\x64type\x18\x02 \x01(\x0e\x32\x13.attnscore.v1.DType\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0e\n\x06offset\x18\x04 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\x12\x36\n\rshared_memory\x18\x06 \x01(\x0b\x32\x1f.attnscore.v1.SharedMemoryRange\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12$\n\x06timing\x18\x08 \x01(\x0b\x32\x14.attnscore.v1.Timing\"B\n\x06Timing\x12\x10\n\x08queue_us\x18\x01 \x01(\x03\x12\x12\n\ncompute_us\x18\x02 \x01(\x03\x12\x12\n\nbatch_size\x18\x03 \x01(\x05\"&\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"[\n\x1bRegisterSharedMemoryRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x11\n\tbyte_size\x18\x04 \x01(\x04\"\x1e\n\x1cRegisterSharedMemoryResponse\"-\n\x1dUnregisterSharedMemoryRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\" \n\x1eUnregisterSharedMemoryResponse\"\x1b\n\x19SharedMemoryStatusRequest\"X\n\x18SharedMemoryRegionStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x11\n\tbyte_size\x18\x04 \x01(\x04\"U\n\x1aSharedMemoryStatusResponse\x12\x37\n\x07regions\x18\x01 \x03(\x0b\x32&.attnscore.v1.SharedMemoryRegionStatus\"\x13\n\x11ListModelsRequest\"j\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\r\n\x05heads\x18\x03 \x01(\x03\x12\x10\n\x08head_dim\x18\x04 \x01(\x03\x12\x1e\n\x16max_relative_positions\x18\x05 \x01(\x03\"=\n\x12ListModelsResponse\x12\'\n\x06models\x18\x01 \x03(\x0b\x32\x17.attnscore.v1.ModelInfo\"\x16\n\x14GetServerInfoRequest\"\xe3\x02\n\x06Limits\x12\x11\n\tmax_heads\x18\x01 \x01(\x03\x12\x14\n\x0cmax_head_dim\x18\x02 \x01(\x03\x12\x13\n\x0bmax_seq_len\x18\x03 \x01(\x03\x12\x18\n\x10max_output_bytes\x18\x04 \x01(\x03\x12\x19\n\x11max_message_bytes\x18\x05 \x01(\x03\x12 \n\x18max_request_memory_bytes\x18\x06 \x01(\x03\x12\x18\n\x10max_request_work\x18\x07 \x01(\x03\x12\x1a\n\x12max_inflight_bytes\x18\x08 \x01(\x03\x12%\n\x1dmax_inflight_per_client_bytes\x18\t \x01(\x03\x12\x1f\n\x17max_stream_unsent_bytes\x18\n \x01(\x03\x12\x12\n\nshm_prefix\x18\x0b \x01(\t\x12\x17\n\x0fmax_shm_regions\x18\x0c \x01(\x03\x12\x19\n\x11reply_chunk_bytes\x18\r \x01(\x03\"o\n\x0f\x42\x61tchingOptions\x12\x16\n\x0emax_batch_size\x18\x01 \x01(\x03\x12\x1a\n\x12max_queue_delay_us\x18\x02 \x01(\x03\x12\x11\n\tmax_queue\x18\x03 \x01(\x03\x12\x15\n\rbatch_workers\x18\x04 \x01(\x05\"\xc9\x01\n\nServerInfo\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\x12\x18\n\x10intra_op_threads\x18\x03 \x01(\x05\x12$\n\x06limits\x18\x04 \x01(\x0b\x32\x14.attnscore.v1.Limits\x12/\n\x08\x62\x61tching\x18\x05 \x01(\x0b\x32\x1d.attnscore.v1.BatchingOptions\x12)\n\x07kernels\x18\x06 \x01(\x0b\x32\x18.attnscore.v1.KernelInfo\"\xbd\x01\n\nKernelInfo\x12\x0b\n\x03isa\x18\x01 \x01(\t\x12\x11\n\tblas_core\x18\x02 \x01(\t\x12\x18\n\x10\x62las_core_source\x18\x03 \x01(\t\x12\x17\n\x0f\x61ten_capability\x18\x04 \x01(\t\x12\x1e\n\x16\x61ten_capability_source\x18\x05 \x01(\t\x12\x11\n\tcpu_model\x18\x06 \x01(\t\x12\x10\n\x08omp_wait\x18\x07 \x01(\t\x12\x17\n\x0fomp_wait_source\x18\x08 \x01(\t*F\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x46LOAT32\x10\x01\x12\x0b\n\x07\x46LOAT16\x10\x02\x12\x0c\n\x08\x42\x46LOAT16\x10\x03*>\n\x06Layout\x12\x16\n\x12LAYOUT_UNSPECIFIED\x10\x00\x12\x08\n\x04\x42HSD\x10\x01\x12\x08\n\x04\x42SHD\x10\x02\x12\x08\n\x04SBHD\x10\x03*D\n\x06Output\x12\x16\n\x12OUTPUT_UNSPECIFIED\x10\x00\x12\n\n\x06LOGITS\x10\x01\x12\t\n\x05PROBS\x10\x02\x12\x0b\n\x07\x43ONTEXT\x10\x03\x32\xd4\x05\n\x0f\x41ttentionScorer\x12@\n\x05Score\x12\x1a.attnscore.v1.ScoreRequest\x1a\x1b.attnscore.v1.ScoreResponse\x12J\n\x0bScoreStream\x12\x1a.attnscore.v1.ScoreRequest\x1a\x1b.attnscore.v1.ScoreResponse(\x01\x30\x01\x12\x46\n\x0cScoreChunked\x12\x1a.attnscore.v1.ScoreRequest\x1a\x18.attnscore.v1.ScoreChunk0\x01\x12O\n\nListModels\x12\x1f.attnscore.v1.ListModelsRequest\x1a .attnscore.v1.ListModelsResponse\x12M\n\rGetServerInfo\x12\".attnscore.v1.GetServerInfoRequest\x1a\x18.attnscore.v1.ServerInfo\x12m\n\x14RegisterSharedMemory\x12).attnscore.v1.RegisterSharedMemoryRequest\x1a*.attnscore.v1.RegisterSharedMemoryResponse\x12s\n\x16UnregisterSharedMemory\x12+.attnscore.v1.UnregisterSharedMemoryRequest\x1a,.attnscore.v1.UnregisterSharedMemoryResponse\x12g\n\x12SharedMemoryStatus\x12\'.attnscore.v1.SharedMemoryStatusRequest\x1a(.attnscore.v1.SharedMemoryStatusResponseB\x03\xf8\x01\x01\x62\x06proto3')
 
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, globals())
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'attnscore.v1.attnscore_pb2', globals())
@@ -23,12 +23,12 @@ if _descriptor._USE_C_DESCRIPTORS == False:
 
   DESCRIPTOR._options = None
   DESCRIPTOR._serialized_options = b'\370\001\001'
-  _DTYPE._serialized_start=2707
-  _DTYPE._serialized_end=2777
-  _LAYOUT._serialized_start=2779
-  _LAYOUT._serialized_end=2841
-  _OUTPUT._serialized_start=2843
-  _OUTPUT._serialized_end=2911
+  _DTYPE._serialized_start=2982
+  _DTYPE._serialized_end=3052
+  _LAYOUT._serialized_start=3054
+  _LAYOUT._serialized_end=3116
+  _OUTPUT._serialized_start=3118
+  _OUTPUT._serialized_end=3186
   _TENSOR._serialized_start=47
   _TENSOR._serialized_end=176
   _SHAREDMEMORYRANGE._serialized_start=178
@@ -43,40 +43,42 @@ if _descriptor._USE_C_DESCRIPTORS == False:
   _SCOREREQUEST._serialized_end=903
   _SCORERESPONSE._serialized_start=906
   _SCORERESPONSE._serialized_end=1129
-  _TIMING._serialized_start=1131
-  _TIMING._serialized_end=1197
-  _ERROR._serialized_start=1199
-  _ERROR._serialized_end=1237
-  _REGISTERSHAREDMEMORYREQUEST._serialized_start=1239
-  _REGISTERSHAREDMEMORYREQUEST._serialized_end=1330
-  _REGISTERSHAREDMEMORYRESPONSE._serialized_start=1332
-  _REGISTERSHAREDMEMORYRESPONSE._serialized_end=1362
-  _UNREGISTERSHAREDMEMORYREQUEST._serialized_start=1364
-  _UNREGISTERSHAREDMEMORYREQUEST._serialized_end=1409
-  _UNREGISTERSHAREDMEMORYRESPONSE._serialized_start=1411
-  _UNREGISTERSHAREDMEMORYRESPONSE._serialized_end=1443
-  _SHAREDMEMORYSTATUSREQUEST._serialized_start=1445
-  _SHAREDMEMORYSTATUSREQUEST._serialized_end=1472
-  _SHAREDMEMORYREGIONSTATUS._serialized_start=1474
-  _SHAREDMEMORYREGIONSTATUS._serialized_end=1562
-  _SHAREDMEMORYSTATUSRESPONSE._serialized_start=1564
-  _SHAREDMEMORYSTATUSRESPONSE._serialized_end=1649
-  _LISTMODELSREQUEST._serialized_start=1651
-  _LISTMODELSREQUEST._serialized_end=1670
-  _MODELINFO._serialized_start=1672
-  _MODELINFO._serialized_end=1778
-  _LISTMODELSRESPONSE._serialized_start=1780
-  _LISTMODELSRESPONSE._serialized_end=1841
-  _GETSERVERINFOREQUEST._serialized_start=1843
-  _GETSERVERINFOREQUEST._serialized_end=1865
-  _LIMITS._serialized_start=1868
-  _LIMITS._serialized_end=2196
-  _BATCHINGOPTIONS._serialized_start=2198
-  _BATCHINGOPTIONS._serialized_end=2309
-  _SERVERINFO._serialized_start=2312
-  _SERVERINFO._serialized_end=2513
-  _KERNELINFO._serialized_start=2516
-  _KERNELINFO._serialized_end=2705
-  _ATTENTIONSCORER._serialized_start=2914
-  _ATTENTIONSCORER._serialized_end=3566
+  _SCORECHUNK._serialized_start=1132
+  _SCORECHUNK._serialized_end=1377
+  _TIMING._serialized_start=1379
+  _TIMING._serialized_end=1445
+  _ERROR._serialized_start=1447
+  _ERROR._serialized_end=1485
+  _REGISTERSHAREDMEMORYREQUEST._serialized_start=1487
+  _REGISTERSHAREDMEMORYREQUEST._serialized_end=1578
+  _REGISTERSHAREDMEMORYRESPONSE._serialized_start=1580
+  _REGISTERSHAREDMEMORYRESPONSE._serialized_end=1610
+  _UNREGISTERSHAREDMEMORYREQUEST._serialized_start=1612
+  _UNREGISTERSHAREDMEMORYREQUEST._serialized_end=1657
+  _UNREGISTERSHAREDMEMORYRESPONSE._serialized_start=1659
+  _UNREGISTERSHAREDMEMORYRESPONSE._serialized_end=1691
+  _SHAREDMEMORYSTATUSREQUEST._serialized_start=1693
+  _SHAREDMEMORYSTATUSREQUEST._serialized_end=1720
+  _SHAREDMEMORYREGIONSTATUS._serialized_start=1722
+  _SHAREDMEMORYREGIONSTATUS._serialized_end=1810
+  _SHAREDMEMORYSTATUSRESPONSE._serialized_start=1812
+  _SHAREDMEMORYSTATUSRESPONSE._serialized_end=1897
+  _LISTMODELSREQUEST._serialized_start=1899
+  _LISTMODELSREQUEST._serialized_end=1918
+  _MODELINFO._serialized_start=1920
+  _MODELINFO._serialized_end=2026
+  _LISTMODELSRESPONSE._serialized_start=2028
+  _LISTMODELSRESPONSE._serialized_end=2089
+  _GETSERVERINFOREQUEST._serialized_start=2091
+  _GETSERVERINFOREQUEST._serialized_end=2113
+  _LIMITS._serialized_start=2116
+  _LIMITS._serialized_end=2471
+  _BATCHINGOPTIONS._serialized_start=2473
+  _BATCHINGOPTIONS._serialized_end=2584
+  _SERVERINFO._serialized_start=2587
+  _SERVERINFO._serialized_end=2788
+  _KERNELINFO._serialized_start=2791
+  _KERNELINFO._serialized_end=2980
+  _ATTENTIONSCORER._serialized_start=3189
+  _ATTENTIONSCORER._serialized_end=3913
 # @@protoc_insertion_point(module_scope)

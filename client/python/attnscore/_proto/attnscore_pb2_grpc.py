@@ -26,6 +26,11 @@ class AttentionScorerStub(object):
                 request_serializer=attnscore_dot_v1_dot_attnscore__pb2.ScoreRequest.SerializeToString,
                 response_deserializer=attnscore_dot_v1_dot_attnscore__pb2.ScoreResponse.FromString,
                 )
+        self.ScoreChunked = channel.unary_stream(
+                '/attnscore.v1.AttentionScorer/ScoreChunked',
+                request_serializer=attnscore_dot_v1_dot_attnscore__pb2.ScoreRequest.SerializeToString,
+                response_deserializer=attnscore_dot_v1_dot_attnscore__pb2.ScoreChunk.FromString,
+                )
         self.ListModels = channel.unary_unary(
                 '/attnscore.v1.AttentionScorer/ListModels',
                 request_serializer=attnscore_dot_v1_dot_attnscore__pb2.ListModelsRequest.SerializeToString,
@@ -70,6 +75,20 @@ class AttentionScorerServicer(object):
         """Pipelined scoring: send any number of requests, receive one response per request, tagged
         with its request_id (responses may come in a different order than the requests). A bad
         request is answered with `error` set in its response and does not end the stream.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ScoreChunked(self, request, context):
+        """Score, with the reply's tensors streamed in pieces (ScoreChunk), so that their transfer and
+        the client's copy overlap instead of following one another, and a client can use rows as
+        they arrive. The outputs come in order (logits, probs, context), each as consecutive chunks
+        of whole rows (its last dimension) that together cover it exactly; the last message carries
+        the request_id and timing. The server's --reply-chunk-bytes sets the chunk size
+        (ServerInfo.limits.reply_chunk_bytes). Errors are Score's, as the call's status; a call that
+        fails after its first chunk (cancelled, say) ends with that status too, so a client uses the
+        chunks only once the call has ended OK.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -137,6 +156,11 @@ def add_AttentionScorerServicer_to_server(servicer, server):
                     request_deserializer=attnscore_dot_v1_dot_attnscore__pb2.ScoreRequest.FromString,
                     response_serializer=attnscore_dot_v1_dot_attnscore__pb2.ScoreResponse.SerializeToString,
             ),
+            'ScoreChunked': grpc.unary_stream_rpc_method_handler(
+                    servicer.ScoreChunked,
+                    request_deserializer=attnscore_dot_v1_dot_attnscore__pb2.ScoreRequest.FromString,
+                    response_serializer=attnscore_dot_v1_dot_attnscore__pb2.ScoreChunk.SerializeToString,
+            ),
             'ListModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModels,
                     request_deserializer=attnscore_dot_v1_dot_attnscore__pb2.ListModelsRequest.FromString,
@@ -203,6 +227,23 @@ class AttentionScorer(object):
         return grpc.experimental.stream_stream(request_iterator, target, '/attnscore.v1.AttentionScorer/ScoreStream',
             attnscore_dot_v1_dot_attnscore__pb2.ScoreRequest.SerializeToString,
             attnscore_dot_v1_dot_attnscore__pb2.ScoreResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def ScoreChunked(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(request, target, '/attnscore.v1.AttentionScorer/ScoreChunked',
+            attnscore_dot_v1_dot_attnscore__pb2.ScoreRequest.SerializeToString,
+            attnscore_dot_v1_dot_attnscore__pb2.ScoreChunk.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
 
