@@ -32,6 +32,7 @@
 #include "absl/strings/strip.h"
 #include "attnscore/v1/attnscore.grpc.pb.h"
 #include "client/score_codec.h"
+#include "common/layout.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "nlohmann/json.hpp"
 
@@ -111,6 +112,12 @@ const std::string& ScoreMethod() {
       absl::StrCat("/", v1::AttentionScorer::service_full_name(), "/Score"));
   return *path;
 }
+const std::string& ScoreChunkedMethod() {
+  static const std::string* const path = new std::string(absl::StrCat(
+      "/", v1::AttentionScorer::service_full_name(), "/ScoreChunked"));
+  return *path;
+}
+
 const std::string& ScoreStreamMethod() {
   static const std::string* const path = new std::string(absl::StrCat(
       "/", v1::AttentionScorer::service_full_name(), "/ScoreStream"));
@@ -385,6 +392,8 @@ class Client::Impl {
   std::string plaintext_authorization;
   std::vector<Channel> channels;
   std::atomic<uint64_t> next_channel{0};
+  // The server answered ScoreChunked with UNIMPLEMENTED: Score from now on.
+  std::atomic<bool> chunked_unimplemented{false};
   // Response tensors' blocks (options.keep_response_bytes); null: none kept.
   // Shared: results may outlive the Client.
   std::shared_ptr<BufferPool> response_pool;
@@ -417,6 +426,33 @@ class Client::Impl {
 
 namespace {
 
+// What a Score call starts from: kept by a ScoreChunked call for the retry
+// with Score when the server does not have it.
+struct ScoreStart {
+  Client::Impl* impl = nullptr;
+  grpc::ByteBuffer request;  // slices over the caller's tensors (kReference)
+  CallOptions call;
+  std::shared_ptr<CancellationToken> extra_token;
+  Client::ScoreCallback done;
+};
+
+// Registers the start's tokens with `context`; false (and none left
+// registered) if one of them is cancelled already.
+bool RegisterTokens(const ScoreStart& start, grpc::ClientContext& context,
+                    std::vector<std::shared_ptr<CancellationToken>>& tokens) {
+  for (const std::shared_ptr<CancellationToken>& token :
+       {start.call.cancellation, start.extra_token}) {
+    if (token == nullptr) continue;
+    if (!token->Register(&context)) {
+      for (const auto& registered : tokens) registered->Unregister(&context);
+      tokens.clear();
+      return false;
+    }
+    tokens.push_back(token);
+  }
+  return true;
+}
+
 // One Score call in flight; deleted by its completion callback.
 struct UnaryCall {
   grpc::ClientContext context;
@@ -427,35 +463,18 @@ struct UnaryCall {
   std::vector<std::shared_ptr<CancellationToken>> tokens;
 };
 
-void StartScore(Client::Impl& impl, const ScoreRequest& request,
-                const CallOptions& call,
-                const std::shared_ptr<CancellationToken>& extra_token,
-                Client::ScoreCallback done) {
-  absl::StatusOr<grpc::ByteBuffer> encoded =
-      internal::EncodeScoreRequest(request, internal::DataMode::kReference);
-  if (!encoded.ok()) {
-    done(encoded.status());
+void StartUnary(ScoreStart start) {
+  Client::Impl& impl = *start.impl;
+  auto state = std::make_unique<UnaryCall>();
+  state->request.Swap(&start.request);  // ByteBuffer has no move
+  state->response_pool = impl.response_pool;
+  impl.Configure(state->context, start.call);
+  if (!RegisterTokens(start, state->context, state->tokens)) {
+    state.reset();
+    start.done(absl::CancelledError("Score: cancelled before it started"));
     return;
   }
-  auto state = std::make_unique<UnaryCall>();
-  state->request = *std::move(encoded);
-  state->response_pool = impl.response_pool;
-  state->done = std::move(done);
-  impl.Configure(state->context, call);
-  for (const std::shared_ptr<CancellationToken>& token :
-       {call.cancellation, extra_token}) {
-    if (token == nullptr) continue;
-    if (!token->Register(&state->context)) {
-      for (const auto& registered : state->tokens) {
-        registered->Unregister(&state->context);
-      }
-      Client::ScoreCallback callback = std::move(state->done);
-      state.reset();
-      callback(absl::CancelledError("Score: cancelled before it started"));
-      return;
-    }
-    state->tokens.push_back(token);
-  }
+  state->done = std::move(start.done);
   UnaryCall* raw = state.release();
   impl.Pick().generic->UnaryCall(
       &raw->context, ScoreMethod(), grpc::StubOptions(), &raw->request,
@@ -486,6 +505,143 @@ void StartScore(Client::Impl& impl, const ScoreRequest& request,
         call.reset();
         callback(std::move(result));
       });
+}
+
+// One Score call answered through ScoreChunked: writes the request, reads
+// chunks into a ChunkAssembler as they arrive (the copy of one overlaps the
+// transfer of the next), and answers in OnDone, where it deletes itself.
+// A server without the method (UNIMPLEMENTED before any chunk) gets the
+// request again through Score, and this client asks it with Score from then
+// on.
+class ChunkedCall final
+    : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
+ public:
+  ChunkedCall(ScoreStart start, size_t reply_bytes)
+      : start_(std::move(start)),
+        assembler_(start_.impl->response_pool, reply_bytes) {}
+
+  void Start() {
+    Client::Impl& impl = *start_.impl;
+    impl.Configure(context_, start_.call);
+    if (!RegisterTokens(start_, context_, tokens_)) {
+      Client::ScoreCallback done = std::move(start_.done);
+      delete this;
+      done(absl::CancelledError("Score: cancelled before it started"));
+      return;
+    }
+    // The request's slices stay in start_ for a retry: the write takes
+    // references.
+    request_ = start_.request;
+    impl.Pick().generic->PrepareBidiStreamingCall(
+        &context_, ScoreChunkedMethod(), grpc::StubOptions(), this);
+    StartWriteLast(&request_, grpc::WriteOptions());
+    StartRead(&read_buffer_);
+    StartCall();
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) return;  // the stream ended: OnDone follows
+    if (!assembler_.Add(read_buffer_).ok()) {
+      // A malformed reply: nothing more is worth reading.
+      context_.TryCancel();
+      return;
+    }
+    StartRead(&read_buffer_);
+  }
+
+  void OnDone(const grpc::Status& status) override {
+    for (const auto& token : tokens_) token->Unregister(&context_);
+    if (status.error_code() == grpc::StatusCode::UNIMPLEMENTED &&
+        !assembler_.started()) {
+      start_.impl->chunked_unimplemented.store(true, std::memory_order_relaxed);
+      ScoreStart start = std::move(start_);
+      delete this;
+      StartUnary(std::move(start));
+      return;
+    }
+    absl::StatusOr<ScoreResult> result;
+    if (absl::StatusOr<ScoreResult> assembled = assembler_.Finish();
+        !assembled.ok() && absl::IsDataLoss(assembled.status())) {
+      // A malformed reply is what went wrong, even when its cancellation is
+      // what ended the call.
+      result = assembled.status();
+    } else if (!status.ok()) {
+      result = FromGrpc(status, "Score");
+    } else {
+      result = std::move(assembled);
+    }
+    // As for unary calls: the call is over before the caller hears of it.
+    Client::ScoreCallback done = std::move(start_.done);
+    delete this;
+    done(std::move(result));
+  }
+
+ private:
+  ScoreStart start_;
+  grpc::ClientContext context_;
+  grpc::ByteBuffer request_;
+  grpc::ByteBuffer read_buffer_;
+  internal::ChunkAssembler assembler_;
+  std::vector<std::shared_ptr<CancellationToken>> tokens_;
+};
+
+// The bytes of the outputs `request` gets in the reply (not placed in shared
+// memory), as the server will send them; 0 when its shapes do not say (the
+// server will refuse it).
+size_t InBandReplyBytes(const ScoreRequest& request) {
+  if (request.query.shape.size() != 4 || request.key.shape.size() != 4) {
+    return 0;
+  }
+  const Dims q = DimsOf(request.query.shape, request.layout);
+  const Dims k = DimsOf(request.key.shape, request.layout);
+  const auto placed = [&request](Output output) {
+    return std::any_of(
+        request.placements.begin(), request.placements.end(),
+        [output](const OutputPlacement& p) { return p.output == output; });
+  };
+  int64_t matrices = 0;
+  if (request.outputs.logits && !placed(Output::kLogits)) ++matrices;
+  if (request.outputs.probs && !placed(Output::kProbs)) ++matrices;
+  int64_t value_dim = 0;
+  if (request.outputs.context && !placed(Output::kContext) &&
+      request.value.has_value() && request.value->shape.size() == 4) {
+    value_dim = DimsOf(request.value->shape, request.layout).dim;
+  }
+  const int64_t per_row = matrices * k.seq + value_dim;
+  const double elements =
+      static_cast<double>(q.batch) * static_cast<double>(q.heads) *
+      static_cast<double>(q.seq) * static_cast<double>(per_row);
+  const DType dtype = request.output_dtype.value_or(request.query.dtype);
+  const double bytes = elements * static_cast<double>(ElementSize(dtype));
+  if (!(bytes > 0) || bytes > static_cast<double>(int64_t{1} << 40)) return 0;
+  return static_cast<size_t>(bytes);
+}
+
+void StartScore(Client::Impl& impl, const ScoreRequest& request,
+                const CallOptions& call,
+                const std::shared_ptr<CancellationToken>& extra_token,
+                Client::ScoreCallback done) {
+  absl::StatusOr<grpc::ByteBuffer> encoded =
+      internal::EncodeScoreRequest(request, internal::DataMode::kReference);
+  if (!encoded.ok()) {
+    done(encoded.status());
+    return;
+  }
+  ScoreStart start{&impl, *std::move(encoded), call, extra_token,
+                   std::move(done)};
+  const size_t reply_bytes = InBandReplyBytes(request);
+  const int64_t threshold = impl.options.chunked_reply_bytes;
+  // A receive limit bounds the whole reply; chunks would each pass it, so a
+  // reply over it goes as Score (and fails RESOURCE_EXHAUSTED, as it should).
+  const int64_t receive_limit = impl.options.max_receive_message_bytes;
+  if (threshold > 0 && reply_bytes >= static_cast<size_t>(threshold) &&
+      (receive_limit < 0 ||
+       reply_bytes <= static_cast<size_t>(receive_limit)) &&
+      !impl.chunked_unimplemented.load(std::memory_order_relaxed)) {
+    (new ChunkedCall(std::move(start), reply_bytes))->Start();
+    return;
+  }
+  StartUnary(std::move(start));
 }
 
 }  // namespace
@@ -801,6 +957,11 @@ absl::Status CheckConnectionOptions(const ClientOptions& options) {
   if (options.connections < 1 || options.connections > 1024) {
     return absl::InvalidArgumentError(absl::StrCat(
         "connections: expected 1..1024, got ", options.connections));
+  }
+  if (options.chunked_reply_bytes < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("chunked_reply_bytes: expected >= 0, got ",
+                     options.chunked_reply_bytes));
   }
   if (options.max_socket_read_bytes < 0) {
     return absl::InvalidArgumentError(

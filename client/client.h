@@ -321,6 +321,13 @@ struct ClientOptions {
   // experiment off (PreferBoundedSocketReads). Unix sockets keep gRPC's own
   // sizing: bounded reads made 64 MiB responses slower there.
   int max_socket_read_bytes = 64 << 10;
+  // Score (and ScoreAsync) ask for the reply in chunks (the ScoreChunked
+  // method) when the request's outputs in the reply are at least this many
+  // bytes: the client then copies each chunk into the result while the next
+  // one is on the wire, instead of copying the whole reply after it has
+  // arrived. A server without ScoreChunked (UNIMPLEMENTED) is asked with Score
+  // from then on. 0: never.
+  int64_t chunked_reply_bytes = int64_t{4} << 20;
   // More integer gRPC channel arguments ("grpc.*" names, e.g.
   // "grpc.http2.lookahead_bytes"); they override the library's own (including
   // the message limits above): for transport tuning (bench/transport_bench.cc

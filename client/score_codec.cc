@@ -448,3 +448,354 @@ absl::StatusOr<DecodedResponse> DecodeScoreResponse(
 }
 
 }  // namespace attnscore::client::internal
+
+// -----------------------------------------------------------------------------
+// ScoreChunked replies.
+
+namespace attnscore::client::internal {
+namespace {
+
+absl::Status ChunkLoss(absl::string_view what) {
+  return absl::DataLossError(absl::StrCat("malformed ScoreChunk: ", what));
+}
+
+std::optional<Output> FromWireOutput(int value) {
+  switch (value) {
+    case v1::LOGITS:
+      return Output::kLogits;
+    case v1::PROBS:
+      return Output::kProbs;
+    case v1::CONTEXT:
+      return Output::kContext;
+    default:
+      return std::nullopt;
+  }
+}
+
+}  // namespace
+
+// A ScoreChunk's fields other than its data, as read so far.
+struct ChunkAssembler::Header {
+  int output = 0;  // wire number: 1 LOGITS, 2 PROBS, 3 CONTEXT
+  int dtype_value = 0;
+  std::vector<int64_t> shape;
+  uint64_t offset = 0;
+  std::optional<v1::SharedMemoryRange> shared_memory;
+};
+
+struct ChunkAssembler::Output {
+  client::Output output = client::Output::kLogits;
+  int wire_output = 0;
+  int dtype_value = 0;
+  DType dtype = DType::kFloat32;
+  std::vector<int64_t> shape;
+  TensorBytes data;
+  size_t size = 0;    // the whole output's bytes
+  size_t filled = 0;  // bytes received
+};
+
+ChunkAssembler::ChunkAssembler(std::shared_ptr<BufferPool> pool,
+                               size_t max_output_bytes)
+    : pool_(std::move(pool)), max_output_bytes_(max_output_bytes) {}
+
+ChunkAssembler::~ChunkAssembler() = default;
+
+namespace {
+
+// The output a chunk's header describes, checked: a known output, dtype and a
+// shape of at most `max_bytes`. Sets *bytes.
+absl::StatusOr<DType> CheckChunkOutput(int output, int dtype_value,
+                                       const std::vector<int64_t>& shape,
+                                       size_t max_bytes, size_t* bytes) {
+  if (!FromWireOutput(output)) {
+    return ChunkLoss(absl::StrCat("output ", output,
+                                  " (expected LOGITS, PROBS or CONTEXT)"));
+  }
+  std::optional<DType> dtype = v1::FromProtoDType(dtype_value);
+  if (!dtype) return ChunkLoss(absl::StrCat("unknown dtype ", dtype_value));
+  const int64_t elements = NumElements(shape);
+  const size_t element_size = ElementSize(*dtype);
+  if (elements < 0 ||
+      static_cast<uint64_t>(elements) > max_bytes / element_size) {
+    return ChunkLoss(
+        absl::StrCat("shape ", ShapeString(shape), " of ", DTypeName(*dtype),
+                     " is over the ", max_bytes,
+                     " bytes left of what the request's outputs can hold"));
+  }
+  *bytes = static_cast<size_t>(elements) * element_size;
+  return *dtype;
+}
+
+}  // namespace
+
+absl::Status ChunkAssembler::Store(Output& output) {
+  absl::StatusOr<Tensor> tensor =
+      Tensor::Adopt(output.dtype, std::move(output.shape),
+                    std::move(output.data), output.size);
+  if (!tensor.ok()) return ChunkLoss(tensor.status().message());
+  std::optional<Tensor>& slot =
+      output.output == client::Output::kLogits  ? result_.logits
+      : output.output == client::Output::kProbs ? result_.probs
+                                                : result_.context;
+  slot = *std::move(tensor);
+  return absl::OkStatus();
+}
+
+// The output `header` belongs to: the current one, or a new one begun (the
+// current one then complete and stored). Null with *status set on error; null
+// with OK for a chunk of no output.
+ChunkAssembler::Output* ChunkAssembler::Locate(const Header& header,
+                                               absl::Status* status) {
+  const bool in_band = !header.shared_memory.has_value();
+  if (header.output == 0) return nullptr;
+  if (current_ != nullptr && current_->wire_output == header.output) {
+    if (header.dtype_value != current_->dtype_value ||
+        header.shape != current_->shape) {
+      *status = ChunkLoss(absl::StrCat(
+          OutputName(current_->output), ": a chunk of dtype ",
+          header.dtype_value, " and shape ", ShapeString(header.shape),
+          " after its first of dtype ", current_->dtype_value, " and shape ",
+          ShapeString(current_->shape)));
+      return nullptr;
+    }
+    return current_.get();
+  }
+  if (header.output <= last_output_) {
+    *status = ChunkLoss(absl::StrCat("output ", header.output, " after output ",
+                                     last_output_,
+                                     " (expected each once, in order)"));
+    return nullptr;
+  }
+  if (current_ != nullptr) {
+    if (current_->filled != current_->size) {
+      *status = ChunkLoss(absl::StrCat(
+          OutputName(current_->output), ": ", current_->filled, " of ",
+          current_->size, " bytes before output ", header.output, " began"));
+      return nullptr;
+    }
+    *status = Store(*current_);
+    current_.reset();
+    if (!status->ok()) return nullptr;
+  }
+  size_t bytes = 0;
+  absl::StatusOr<DType> dtype =
+      CheckChunkOutput(header.output, header.dtype_value, header.shape,
+                       max_output_bytes_ - output_bytes_, &bytes);
+  if (!dtype.ok()) {
+    *status = dtype.status();
+    return nullptr;
+  }
+  output_bytes_ += bytes;
+  last_output_ = header.output;
+  auto output = std::make_unique<Output>();
+  output->output = *FromWireOutput(header.output);
+  output->wire_output = header.output;
+  output->dtype_value = header.dtype_value;
+  output->dtype = *dtype;
+  output->shape = header.shape;
+  output->size = bytes;
+  if (in_band) output->data = AllocateTensorBytes(bytes, pool_);
+  current_ = std::move(output);
+  return current_.get();
+}
+
+// A chunk's data field: the next bytes of its output, copied into place.
+absl::Status ChunkAssembler::ReadData(CodedInputStream& in,
+                                      const Header& header) {
+  absl::Status status;
+  Output* output = Locate(header, &status);
+  if (!status.ok()) return status;
+  if (output == nullptr) {
+    return ChunkLoss("data before the chunk's output, dtype and shape");
+  }
+  if (header.shared_memory) {
+    return ChunkLoss("both data and shared_memory");
+  }
+  uint32_t length;
+  // At the top level there is no limit (-1): ReadRaw finds a short message.
+  const int until = in.BytesUntilLimit();
+  if (!in.ReadVarint32(&length) ||
+      (until >= 0 && static_cast<int64_t>(length) > until)) {
+    return ChunkLoss("data length");
+  }
+  if (header.offset != output->filled ||
+      length > output->size - output->filled) {
+    return ChunkLoss(absl::StrCat(
+        OutputName(output->output), ": ", length, " bytes at offset ",
+        header.offset, ", expected at most ", output->size - output->filled,
+        " at offset ", output->filled, " of ", output->size));
+  }
+  if (length > 0 && !in.ReadRaw(output->data.get() + output->filled,
+                                static_cast<int>(length))) {
+    return ChunkLoss("data truncated");
+  }
+  output->filled += length;
+  return absl::OkStatus();
+}
+
+// An output placed in shared memory: its one chunk, stored at once.
+absl::Status ChunkAssembler::Place(const Header& header) {
+  absl::Status status;
+  if (current_ != nullptr && current_->wire_output == header.output) {
+    return ChunkLoss("shared_memory on a chunk of an output sent in band");
+  }
+  // Locate checks the order and stores the previous output.
+  Output* output = Locate(header, &status);
+  if (!status.ok()) return status;
+  if (output == nullptr) return ChunkLoss("shared_memory without an output");
+  TensorFields fields;
+  fields.dtype_value = output->dtype_value;
+  fields.shape = output->shape;
+  fields.shared_memory = *header.shared_memory;
+  const client::Output which = output->output;
+  current_.reset();
+  absl::StatusOr<PlacedOutput> placed =
+      ToPlacedOutput(std::move(fields), which, OutputName(which));
+  if (!placed.ok()) return ChunkLoss(placed.status().message());
+  result_.placed.push_back(*std::move(placed));
+  return absl::OkStatus();
+}
+
+absl::Status ChunkAssembler::Add(grpc::ByteBuffer& message) {
+  if (!error_.ok()) return error_;
+  ++messages_;
+  error_ = Read(message);
+  message.Clear();
+  return error_;
+}
+
+namespace {
+
+// Reads one field of a chunk's header (output, dtype, shape, offset,
+// shared_memory) into `header`. False if `tag` is none of those; else
+// *status says whether it parsed.
+bool ReadChunkHeaderField(CodedInputStream& in, uint32_t tag,
+                          ChunkAssembler::Header& header,
+                          absl::Status* status) {
+  const int field = WireFormatLite::GetTagFieldNumber(tag);
+  const auto wire_type = WireFormatLite::GetTagWireType(tag);
+  const bool varint = wire_type == WireFormatLite::WIRETYPE_VARINT;
+  const bool length_delimited =
+      wire_type == WireFormatLite::WIRETYPE_LENGTH_DELIMITED;
+  uint32_t v32 = 0;
+  uint64_t v64 = 0;
+  bool ok = true;
+  const char* name = nullptr;
+  if (field == v1::ScoreChunk::kOutputFieldNumber && varint) {
+    name = "output";
+    ok = in.ReadVarint32(&v32);
+    header.output = static_cast<int>(v32);
+  } else if (field == v1::ScoreChunk::kDtypeFieldNumber && varint) {
+    name = "dtype";
+    ok = in.ReadVarint32(&v32);
+    header.dtype_value = static_cast<int>(v32);
+  } else if (field == v1::ScoreChunk::kShapeFieldNumber && varint) {
+    name = "shape";
+    ok = in.ReadVarint64(&v64);
+    header.shape.push_back(static_cast<int64_t>(v64));
+  } else if (field == v1::ScoreChunk::kShapeFieldNumber && length_delimited) {
+    name = "shape";
+    ok = ReadPackedShape(in, header.shape);
+  } else if (field == v1::ScoreChunk::kOffsetFieldNumber && varint) {
+    name = "offset";
+    ok = in.ReadVarint64(&header.offset);
+  } else if (field == v1::ScoreChunk::kSharedMemoryFieldNumber &&
+             length_delimited) {
+    name = "shared_memory";
+    header.shared_memory.emplace();
+    ok = ReadSmallMessage(in, *header.shared_memory);
+  } else {
+    return false;
+  }
+  *status = ok ? absl::OkStatus() : ChunkLoss(name);
+  return true;
+}
+
+}  // namespace
+
+// The chunk's data (ReadData), request_id and timing; every other field
+// through ReadChunkHeaderField, unknown ones skipped. *has_data: it had data.
+absl::Status ChunkAssembler::ReadFields(CodedInputStream& in, Header& header,
+                                        bool* has_data) {
+  while (true) {
+    const uint32_t tag = in.ReadTag();
+    if (tag == 0) break;
+    absl::Status status;
+    if (ReadChunkHeaderField(in, tag, header, &status)) {
+      if (!status.ok()) return status;
+      continue;
+    }
+    const int field = WireFormatLite::GetTagFieldNumber(tag);
+    const bool length_delimited = WireFormatLite::GetTagWireType(tag) ==
+                                  WireFormatLite::WIRETYPE_LENGTH_DELIMITED;
+    uint32_t length;
+    if (field == v1::ScoreChunk::kDataFieldNumber && length_delimited) {
+      if (absl::Status s = ReadData(in, header); !s.ok()) return s;
+      *has_data = true;
+    } else if (field == v1::ScoreChunk::kRequestIdFieldNumber &&
+               length_delimited) {
+      if (!in.ReadVarint32(&length) ||
+          !in.ReadString(&result_.request_id, static_cast<int>(length))) {
+        return ChunkLoss("request_id");
+      }
+    } else if (field == v1::ScoreChunk::kTimingFieldNumber &&
+               length_delimited) {
+      v1::Timing timing;
+      if (!ReadSmallMessage(in, timing)) return ChunkLoss("timing");
+      result_.timing =
+          Timing{timing.queue_us(), timing.compute_us(), timing.batch_size()};
+    } else if (!WireFormatLite::SkipField(&in, tag)) {
+      return ChunkLoss(absl::StrCat("field ", field));
+    }
+  }
+  if (!in.ConsumedEntireMessage()) return ChunkLoss("trailing bytes");
+  return absl::OkStatus();
+}
+
+absl::Status ChunkAssembler::Read(grpc::ByteBuffer& message) {
+  grpc::ProtoBufferReader reader(&message);
+  if (!reader.status().ok()) return ChunkLoss(reader.status().error_message());
+  CodedInputStream in(&reader);
+  Header header;
+  bool has_data = false;
+  if (absl::Status s = ReadFields(in, header, &has_data); !s.ok()) return s;
+  if (header.shared_memory) {
+    if (has_data) return ChunkLoss("both data and shared_memory");
+    return Place(header);
+  }
+  if (has_data) return absl::OkStatus();
+  // No data field (proto3 leaves an empty one out): an empty output, or a
+  // chunk of no output.
+  absl::Status status;
+  Output* output = Locate(header, &status);
+  if (!status.ok()) return status;
+  if (output != nullptr && header.offset != output->filled) {
+    return ChunkLoss(absl::StrCat(OutputName(output->output),
+                                  ": an empty chunk at offset ", header.offset,
+                                  ", expected ", output->filled));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<ScoreResult> ChunkAssembler::Finish() {
+  if (!error_.ok()) return error_;
+  if (current_ != nullptr) {
+    if (current_->filled != current_->size) {
+      error_ = ChunkLoss(
+          absl::StrCat(OutputName(current_->output), ": the reply ended after ",
+                       current_->filled, " of ", current_->size, " bytes"));
+      return error_;
+    }
+    error_ = Store(*current_);
+    current_.reset();
+    if (!error_.ok()) return error_;
+  }
+  if (last_output_ == 0) {
+    error_ = ChunkLoss("the reply ended without any output");
+    return error_;
+  }
+  error_ = absl::FailedPreconditionError("ChunkAssembler: already finished");
+  return std::move(result_);
+}
+
+}  // namespace attnscore::client::internal

@@ -24,6 +24,7 @@
 #ifndef ATTNSCORE_CLIENT_SCORE_CODEC_H_
 #define ATTNSCORE_CLIENT_SCORE_CODEC_H_
 
+#include <google/protobuf/io/coded_stream.h>
 #include <grpcpp/support/byte_buffer.h>
 
 #include <memory>
@@ -58,6 +59,55 @@ struct DecodedResponse {
 absl::StatusOr<DecodedResponse> DecodeScoreResponse(
     grpc::ByteBuffer& buffer,
     const std::shared_ptr<BufferPool>& pool = nullptr);
+
+// Assembles a ScoreChunked reply (attnscore.proto ScoreChunk messages) into a
+// ScoreResult as the messages arrive: each chunk's bytes go from the received
+// slices straight to their place in the output's buffer (one copy, made while
+// the next chunk is still on the wire). Errors, all DATA_LOSS: a message that
+// does not parse; data before its chunk's output, dtype and shape; an output
+// out of order (logits, probs, context, each once) or begun before the previous
+// one is complete; a chunk whose dtype or shape differ from its output's first;
+// an offset other than where the previous chunk ended; bytes past the output's
+// end; outputs larger than `max_output_bytes` together; and, from Finish(), an
+// output
+// left incomplete or a reply without any. After an error the assembler
+// accepts nothing more.
+class ChunkAssembler {
+ public:
+  ChunkAssembler(std::shared_ptr<BufferPool> pool, size_t max_output_bytes);
+  ChunkAssembler(const ChunkAssembler&) = delete;
+  ChunkAssembler& operator=(const ChunkAssembler&) = delete;
+  ~ChunkAssembler();
+
+  // Reads one message (its slices are consumed).
+  absl::Status Add(grpc::ByteBuffer& message);
+  // Any message has been added.
+  bool started() const { return messages_ > 0; }
+  // The result, once the call has ended OK.
+  absl::StatusOr<ScoreResult> Finish();
+
+  struct Header;  // a chunk's fields other than its data (internal)
+
+ private:
+  struct Output;  // the output being received
+  absl::Status Read(grpc::ByteBuffer& message);
+  absl::Status ReadFields(google::protobuf::io::CodedInputStream& in,
+                          Header& header, bool* has_data);
+  Output* Locate(const Header& header, absl::Status* status);
+  absl::Status ReadData(google::protobuf::io::CodedInputStream& in,
+                        const Header& header);
+  absl::Status Place(const Header& header);
+  absl::Status Store(Output& output);
+
+  std::shared_ptr<BufferPool> pool_;
+  const size_t max_output_bytes_;
+  std::unique_ptr<Output> current_;
+  ScoreResult result_;
+  size_t output_bytes_ = 0;  // of the outputs begun so far
+  int last_output_ = 0;      // wire number of the latest output begun
+  size_t messages_ = 0;
+  absl::Status error_;
+};
 
 }  // namespace attnscore::client::internal
 

@@ -11,6 +11,7 @@
 #include <future>
 #include <map>
 #include <memory>
+#include <optional>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -331,6 +332,49 @@ TEST_F(ClientE2eTest, LargeResponsesAndReceiveLimit) {
       << result.status();
   EXPECT_EQ(result.status().code(), absl::StatusCode::kResourceExhausted)
       << result.status();
+}
+
+// Replies asked for in chunks (ScoreChunked) are the replies asked for whole,
+// bit for bit: every output, float32 and bfloat16.
+TEST_F(ClientE2eTest, ChunkedRepliesAreTheWholeReplies) {
+  ClientOptions chunked;
+  chunked.chunked_reply_bytes = 1;
+  ClientOptions whole;
+  whole.chunked_reply_bytes = 0;
+  std::unique_ptr<Client> by_chunks = MakeClient(server_->target(), chunked);
+  std::unique_ptr<Client> at_once = MakeClient(server_->target(), whole);
+  OwnedRequest r = MakeRequest(2, 4, 96, 200, 16);
+  Tensor v =
+      *Tensor::FromFloats(DType::kFloat32, {2, 4, 200, 24},
+                          std::vector<float>(size_t{2} * 4 * 200 * 24, 0.25f));
+  r.request.value = v.view();
+  r.request.outputs = Outputs{true, true, true};
+  for (std::optional<DType> dtype :
+       {std::optional<DType>(), std::optional<DType>(DType::kBFloat16)}) {
+    r.request.output_dtype = dtype;
+    absl::StatusOr<ScoreResult> a = by_chunks->Score(r.request);
+    absl::StatusOr<ScoreResult> b = at_once->Score(r.request);
+    ASSERT_TRUE(a.ok()) << a.status();
+    ASSERT_TRUE(b.ok()) << b.status();
+    for (auto member :
+         {&ScoreResult::logits, &ScoreResult::probs, &ScoreResult::context}) {
+      const std::optional<Tensor>& x = (*a).*member;
+      const std::optional<Tensor>& y = (*b).*member;
+      ASSERT_TRUE(x.has_value() && y.has_value());
+      EXPECT_EQ(x->dtype(), y->dtype());
+      EXPECT_EQ(x->shape(), y->shape());
+      ASSERT_EQ(x->size_bytes(), y->size_bytes());
+      EXPECT_EQ(std::memcmp(x->data(), y->data(), x->size_bytes()), 0);
+    }
+    EXPECT_EQ(a->timing.batch_size, 2);
+  }
+  // A receive limit under the reply still refuses it (the chunks alone would
+  // each pass it).
+  ClientOptions limited = chunked;
+  limited.max_receive_message_bytes = 64 << 10;
+  std::unique_ptr<Client> small = MakeClient(server_->target(), limited);
+  EXPECT_EQ(small->Score(r.request).status().code(),
+            absl::StatusCode::kResourceExhausted);
 }
 
 TEST_F(ClientE2eTest, OutputDtypesAndHalfInputs) {

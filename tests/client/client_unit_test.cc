@@ -625,6 +625,303 @@ TEST(ScoreCodecTest, RejectsMalformedPlacedOutputs) {
   EXPECT_THAT(s.message(), HasSubstr("logits.shared_memory"));
 }
 
+// -----------------------------------------------------------------------------
+// ScoreChunked replies.
+
+// A chunk of `output` [1, 1, rows, cols] float32 covering `data` at `offset`.
+v1::ScoreChunk FloatChunk(v1::Output output, int64_t rows, int64_t cols,
+                          uint64_t offset, const std::vector<float>& data) {
+  v1::ScoreChunk chunk;
+  chunk.set_output(output);
+  chunk.set_dtype(v1::FLOAT32);
+  for (int64_t d : {int64_t{1}, int64_t{1}, rows, cols}) chunk.add_shape(d);
+  chunk.set_offset(offset);
+  chunk.set_data(std::string(reinterpret_cast<const char*>(data.data()),
+                             data.size() * sizeof(float)));
+  return chunk;
+}
+
+std::vector<float> Iota(size_t n, float from) {
+  std::vector<float> v(n);
+  for (size_t i = 0; i < n; ++i) v[i] = from + static_cast<float>(i);
+  return v;
+}
+
+std::vector<float> Slice(const std::vector<float>& v, size_t begin,
+                         size_t end) {
+  return {v.begin() + static_cast<std::ptrdiff_t>(begin),
+          v.begin() + static_cast<std::ptrdiff_t>(end)};
+}
+
+// The chunks of logits [1, 1, 3, 4], one row then two, and of probs placed in
+// shared memory; request_id and timing on the last.
+std::vector<v1::ScoreChunk> SampleChunks() {
+  const std::vector<float> logits = Iota(12, -5.0f);
+  std::vector<v1::ScoreChunk> chunks = {
+      FloatChunk(v1::LOGITS, 3, 4, 0, Slice(logits, 0, 4)),
+      FloatChunk(v1::LOGITS, 3, 4, 16, Slice(logits, 4, 12))};
+  v1::ScoreChunk probs;
+  probs.set_output(v1::PROBS);
+  probs.set_dtype(v1::FLOAT32);
+  for (int64_t d : {1, 1, 3, 4}) probs.add_shape(d);
+  probs.mutable_shared_memory()->set_region("out");
+  probs.mutable_shared_memory()->set_offset(128);
+  probs.mutable_shared_memory()->set_byte_size(48);
+  probs.set_request_id("c-1");
+  probs.mutable_timing()->set_compute_us(77);
+  chunks.push_back(probs);
+  return chunks;
+}
+
+absl::StatusOr<ScoreResult> Assemble(const std::vector<v1::ScoreChunk>& chunks,
+                                     size_t slice_bytes = 5,
+                                     size_t max_bytes = size_t{1} << 20) {
+  internal::ChunkAssembler assembler(nullptr, max_bytes);
+  for (const v1::ScoreChunk& chunk : chunks) {
+    grpc::ByteBuffer buffer = Chunked(chunk.SerializeAsString(), slice_bytes);
+    if (absl::Status s = assembler.Add(buffer); !s.ok()) return s;
+  }
+  return assembler.Finish();
+}
+
+TEST(ChunkAssemblerTest, AssemblesOutputsAcrossAnySliceBoundaries) {
+  for (size_t slice : {size_t{1}, size_t{5}, size_t{4096}}) {
+    SCOPED_TRACE(slice);
+    absl::StatusOr<ScoreResult> result = Assemble(SampleChunks(), slice);
+    ASSERT_TRUE(result.ok()) << result.status();
+    ASSERT_TRUE(result->logits.has_value());
+    EXPECT_THAT(result->logits->shape(), ElementsAre(1, 1, 3, 4));
+    EXPECT_EQ(result->logits->ToFloats(), Iota(12, -5.0f));
+    EXPECT_FALSE(result->probs.has_value());
+    ASSERT_EQ(result->placed.size(), 1u);
+    EXPECT_EQ(result->placed[0].output, Output::kProbs);
+    EXPECT_EQ(result->placed[0].range.region, "out");
+    EXPECT_EQ(result->placed[0].range.offset, 128u);
+    EXPECT_EQ(result->request_id, "c-1");
+    EXPECT_EQ(result->timing.compute_us, 77);
+  }
+}
+
+TEST(ChunkAssemblerTest, EmptyOutputIsOneChunkWithoutData) {
+  v1::ScoreChunk empty = FloatChunk(v1::CONTEXT, 0, 8, 0, {});
+  absl::StatusOr<ScoreResult> result = Assemble({empty});
+  ASSERT_TRUE(result.ok()) << result.status();
+  ASSERT_TRUE(result->context.has_value());
+  EXPECT_EQ(result->context->size_bytes(), 0u);
+}
+
+TEST(ChunkAssemblerTest, MalformedRepliesAreDataLoss) {
+  const std::vector<float> logits = Iota(12, 0.0f);
+  const v1::ScoreChunk first =
+      FloatChunk(v1::LOGITS, 3, 4, 0, Slice(logits, 0, 4));
+  const v1::ScoreChunk rest =
+      FloatChunk(v1::LOGITS, 3, 4, 16, Slice(logits, 4, 12));
+  v1::ScoreChunk gap = rest;
+  gap.set_offset(20);
+  v1::ScoreChunk past_end = rest;
+  past_end.set_data(past_end.data() + std::string(4, '\0'));
+  v1::ScoreChunk reshaped = rest;
+  reshaped.set_shape(2, 2);
+  v1::ScoreChunk retyped = rest;
+  retyped.set_dtype(v1::BFLOAT16);
+  const v1::ScoreChunk probs = FloatChunk(v1::PROBS, 3, 4, 0, logits);
+  v1::ScoreChunk both = rest;
+  both.mutable_shared_memory()->set_region("r");
+  both.mutable_shared_memory()->set_byte_size(48);
+  v1::ScoreChunk unknown_output = first;
+  unknown_output.set_output(static_cast<v1::Output>(7));
+  v1::ScoreChunk unknown_dtype = first;
+  unknown_dtype.set_dtype(static_cast<v1::DType>(9));
+  v1::ScoreChunk huge = first;
+  huge.set_shape(2, int64_t{1} << 40);
+  v1::ScoreChunk trailer;
+  trailer.set_request_id("r");
+  const struct {
+    const char* name;
+    std::vector<v1::ScoreChunk> chunks;
+    const char* message;
+  } cases[] = {
+      {"gap", {first, gap}, "offset 20, expected at most 32 at offset 16"},
+      {"past the end",
+       {first, past_end},
+       "36 bytes at offset 16, expected at most 32"},
+      {"reshaped", {first, reshaped}, "shape"},
+      {"retyped", {first, retyped}, "dtype"},
+      {"incomplete at the end", {first}, "ended after 16 of 48 bytes"},
+      {"next output before the end", {first, probs}, "16 of 48 bytes"},
+      {"output again",
+       {first, rest, FloatChunk(v1::LOGITS, 3, 4, 0, logits)},
+       "at offset 0, expected at most 0 at offset 48"},
+      {"out of order", {probs, first, rest}, "in order"},
+      {"data and shared_memory", {first, both}, "shared_memory"},
+      {"unknown output", {unknown_output}, "output 7"},
+      {"unknown dtype", {unknown_dtype}, "dtype 9"},
+      {"over the request's outputs", {huge}, "over the"},
+      {"no output", {trailer}, "without any output"},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.name);
+    absl::StatusOr<ScoreResult> result = Assemble(c.chunks);
+    ASSERT_FALSE(result.ok());
+    EXPECT_EQ(result.status().code(), absl::StatusCode::kDataLoss);
+    EXPECT_THAT(result.status().message(), HasSubstr(c.message));
+  }
+  // Bytes that are not a message at all; and nothing is accepted after an
+  // error.
+  internal::ChunkAssembler assembler(nullptr, 1 << 20);
+  grpc::ByteBuffer junk = Chunked(std::string("\x2a\xff\xff\xff\x0f", 5), 2);
+  EXPECT_EQ(assembler.Add(junk).code(), absl::StatusCode::kDataLoss);
+  grpc::ByteBuffer good = Chunked(first.SerializeAsString(), 7);
+  EXPECT_EQ(assembler.Add(good).code(), absl::StatusCode::kDataLoss);
+  EXPECT_EQ(assembler.Finish().status().code(), absl::StatusCode::kDataLoss);
+}
+
+// A server with Score, and ScoreChunked when `chunked` (else gRPC's
+// UNIMPLEMENTED, as from a server that predates it): logits [1, 1, Lq, Lk]
+// of 0, 1, 2, ... either way, chunked in rows.
+class FakeScoreService final : public v1::AttentionScorer::Service {
+ public:
+  grpc::Status Score(grpc::ServerContext* /*context*/,
+                     const v1::ScoreRequest* request,
+                     v1::ScoreResponse* response) override {
+    ++score_calls;
+    const auto [rows, cols] = Dims(*request);
+    v1::Tensor* logits = response->mutable_logits();
+    logits->set_dtype(v1::FLOAT32);
+    for (int64_t d : {int64_t{1}, int64_t{1}, rows, cols}) logits->add_shape(d);
+    const std::vector<float> values = Iota(static_cast<size_t>(rows * cols), 0);
+    logits->set_data(std::string(reinterpret_cast<const char*>(values.data()),
+                                 values.size() * sizeof(float)));
+    response->set_request_id(request->request_id());
+    return grpc::Status::OK;
+  }
+  grpc::Status ScoreChunked(
+      grpc::ServerContext* context, const v1::ScoreRequest* request,
+      grpc::ServerWriter<v1::ScoreChunk>* writer) override {
+    ++chunked_calls;
+    if (!chunked) {
+      return v1::AttentionScorer::Service::ScoreChunked(context, request,
+                                                        writer);
+    }
+    const auto [rows, cols] = Dims(*request);
+    const std::vector<float> values = Iota(static_cast<size_t>(rows * cols), 0);
+    for (int64_t r = 0; r < rows; ++r) {
+      const size_t row = static_cast<size_t>(r * cols);
+      v1::ScoreChunk chunk =
+          FloatChunk(v1::LOGITS, rows, cols, row * sizeof(float),
+                     Slice(values, row, row + static_cast<size_t>(cols)));
+      if (r + 1 == rows) chunk.set_request_id(request->request_id());
+      if (malformed && r == 1) chunk.set_offset(chunk.offset() + 4);
+      writer->Write(chunk);
+    }
+    return grpc::Status::OK;
+  }
+
+  bool chunked = true;
+  bool malformed = false;
+  std::atomic<int> score_calls{0};
+  std::atomic<int> chunked_calls{0};
+
+ private:
+  static std::pair<int64_t, int64_t> Dims(const v1::ScoreRequest& request) {
+    return {request.query().shape(2), request.key().shape(2)};
+  }
+};
+
+class ChunkedCallsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    grpc::ServerBuilder builder;
+    builder.RegisterService(&service_);
+    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(),
+                             &port_);
+    server_ = builder.BuildAndStart();
+    ASSERT_NE(server_, nullptr);
+  }
+  void TearDown() override {
+    server_->Shutdown(std::chrono::system_clock::now() +
+                      std::chrono::seconds(5));
+  }
+  std::unique_ptr<Client> Connect(int64_t chunked_reply_bytes) {
+    ClientOptions options;
+    options.target = absl::StrCat("127.0.0.1:", port_);
+    options.retry.enabled = false;
+    options.chunked_reply_bytes = chunked_reply_bytes;
+    absl::StatusOr<std::unique_ptr<Client>> client = Client::Create(options);
+    EXPECT_TRUE(client.ok()) << client.status();
+    return client.ok() ? *std::move(client) : nullptr;
+  }
+  // q [1, 1, 5, 2], k [1, 1, 6, 2]: logits [1, 1, 5, 6] float32, 120 bytes.
+  absl::StatusOr<ScoreResult> ScoreOnce(Client& client) {
+    ScoreRequest request;
+    request.request_id = "fake";
+    request.query = query_.view();
+    request.key = key_.view();
+    CallOptions call;
+    call.timeout = absl::Seconds(20);
+    return client.Score(request, call);
+  }
+
+  FakeScoreService service_;
+  std::unique_ptr<grpc::Server> server_;
+  int port_ = 0;
+  Tensor query_ = *Tensor::FromFloats(DType::kFloat32, {1, 1, 5, 2},
+                                      std::vector<float>(10, 1.0f));
+  Tensor key_ = *Tensor::FromFloats(DType::kFloat32, {1, 1, 6, 2},
+                                    std::vector<float>(12, 1.0f));
+};
+
+TEST_F(ChunkedCallsTest, LargeRepliesComeInChunksAndSmallOnesWhole) {
+  std::unique_ptr<Client> client = Connect(/*chunked_reply_bytes=*/120);
+  absl::StatusOr<ScoreResult> result = ScoreOnce(*client);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(service_.chunked_calls, 1);
+  EXPECT_EQ(service_.score_calls, 0);
+  EXPECT_EQ(result->request_id, "fake");
+  EXPECT_EQ(result->logits->ToFloats(), Iota(30, 0));
+  // Over the threshold's 121 bytes: Score.
+  client = Connect(121);
+  result = ScoreOnce(*client);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(service_.chunked_calls, 1);
+  EXPECT_EQ(service_.score_calls, 1);
+  EXPECT_EQ(result->logits->ToFloats(), Iota(30, 0));
+  client = Connect(0);  // never
+  ASSERT_TRUE(ScoreOnce(*client).ok());
+  EXPECT_EQ(service_.chunked_calls, 1);
+}
+
+TEST_F(ChunkedCallsTest, AServerWithoutScoreChunkedIsAskedWithScore) {
+  service_.chunked = false;
+  std::unique_ptr<Client> client = Connect(1);
+  for (int i = 0; i < 3; ++i) {
+    absl::StatusOr<ScoreResult> result = ScoreOnce(*client);
+    ASSERT_TRUE(result.ok()) << result.status();
+    EXPECT_EQ(result->logits->ToFloats(), Iota(30, 0));
+  }
+  // Tried once; Score from then on.
+  EXPECT_EQ(service_.chunked_calls, 1);
+  EXPECT_EQ(service_.score_calls, 3);
+}
+
+TEST_F(ChunkedCallsTest, AMalformedReplyIsDataLoss) {
+  service_.malformed = true;
+  std::unique_ptr<Client> client = Connect(1);
+  absl::StatusOr<ScoreResult> result = ScoreOnce(*client);
+  ASSERT_FALSE(result.ok());
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(result.status().message(), HasSubstr("offset 28"));
+}
+
+TEST(ClientOptionsTest, ChunkedReplyBytesMustNotBeNegative) {
+  ClientOptions options;
+  options.chunked_reply_bytes = -1;
+  absl::StatusOr<std::unique_ptr<Client>> client = Client::Create(options);
+  ASSERT_FALSE(client.ok());
+  EXPECT_EQ(client.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(client.status().message(), HasSubstr("chunked_reply_bytes"));
+}
+
 // A gRPC server in this process that records the shared-memory calls it gets
 // and answers with what the test set.
 class FakeShmService final : public v1::AttentionScorer::Service {
