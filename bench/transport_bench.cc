@@ -827,6 +827,9 @@ struct Flags {
   bool smoke = false;
   std::vector<std::pair<std::string, int>> client_args;  // --client_arg
   std::vector<std::pair<std::string, int>> echo_args;    // --echo_arg
+  // --chunked_reply_bytes (ClientOptions::chunked_reply_bytes); -1: the
+  // client's default.
+  int64_t chunked_reply_bytes = -1;
 };
 
 // "NAME=INT" into `args`; exits with a message when malformed.
@@ -876,6 +879,13 @@ Flags ParseFlags(int& argc, char** argv) {
       AddArg("--client_arg", v, flags.client_args);
     } else if (const char* v = value("--echo_arg")) {
       AddArg("--echo_arg", v, flags.echo_args);
+    } else if (const char* v = value("--chunked_reply_bytes")) {
+      if (!absl::SimpleAtoi(v, &flags.chunked_reply_bytes) ||
+          flags.chunked_reply_bytes < 0) {
+        std::fprintf(stderr, "--chunked_reply_bytes: expected >= 0, got %s\n",
+                     v);
+        std::exit(2);
+      }
     } else if (arg == "--smoke") {
       flags.smoke = true;
     } else {
@@ -931,10 +941,14 @@ void Register(const std::vector<Case>& cases, int repetitions) {
 
 std::unique_ptr<ac::Client> ConnectClient(
     const std::string& target,
-    const std::vector<std::pair<std::string, int>>& args) {
+    const std::vector<std::pair<std::string, int>>& args,
+    int64_t chunked_reply_bytes) {
   ac::ClientOptions options;
   options.target = target;
   options.channel_args = args;
+  if (chunked_reply_bytes >= 0) {
+    options.chunked_reply_bytes = chunked_reply_bytes;
+  }
   absl::StatusOr<std::unique_ptr<ac::Client>> client =
       ac::Client::Create(options);
   if (!client.ok() || !(*client)->WaitForConnected(absl::Seconds(30)).ok()) {
@@ -976,10 +990,13 @@ void StartServers(const Flags& flags) {
   std::signal(SIGABRT, UnlinkFilesOnAbort);
   G().echo = StartEchoServer(flags.echo_args);
   G().server_client =
-      ConnectClient(Loopback(G().server->port()), flags.client_args);
-  G().unix_client =
-      ConnectClient(absl::StrCat("unix:", unix_socket), flags.client_args);
-  G().echo_client = ConnectClient(Loopback(G().echo->port), flags.client_args);
+      ConnectClient(Loopback(G().server->port()), flags.client_args,
+                    flags.chunked_reply_bytes);
+  G().unix_client = ConnectClient(absl::StrCat("unix:", unix_socket),
+                                  flags.client_args, flags.chunked_reply_bytes);
+  // The echo answers Score only: its client does not try ScoreChunked.
+  G().echo_client =
+      ConnectClient(Loopback(G().echo->port), flags.client_args, 0);
   grpc::ChannelArguments naive_args;
   naive_args.SetMaxReceiveMessageSize(-1);
   G().naive_stub = v1::AttentionScorer::NewStub(grpc::CreateCustomChannel(
