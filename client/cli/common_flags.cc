@@ -44,6 +44,10 @@ void AddGlobalFlags(CLI::App& app, GlobalFlags& flags) {
       "Longest wait between connection attempts to a backend that is down "
       "(the first waits 1s or this, whichever is shorter): how soon a "
       "restarted replica gets traffic again");
+  add("--chunked-reply-bytes", flags.chunked_reply_bytes, "CHUNKED_REPLY_BYTES",
+      "Replies of this many bytes and more are asked for in chunks "
+      "(ScoreChunked), copied as they arrive; 0: always whole (Score)")
+      ->check(CLI::NonNegativeNumber);
   app.add_flag("--tls", flags.tls, "Use TLS")->envname("ATTNSCORE_CLIENT_TLS");
   add("--tls-ca", flags.tls_ca, "CLIENT_TLS_CA",
       "PEM file of root certificates (default: the system's)");
@@ -111,6 +115,7 @@ absl::StatusOr<std::unique_ptr<client::Client>> MakeClient(
   options.bearer_token = flags.token;
   options.allow_insecure_token = flags.insecure_token;
   options.connections = connections;
+  options.chunked_reply_bytes = flags.chunked_reply_bytes;
   return client::Client::Create(std::move(options));
 }
 

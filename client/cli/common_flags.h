@@ -12,6 +12,7 @@
 #define ATTNSCORE_CLIENT_CLI_COMMON_FLAGS_H_
 
 #include <CLI/CLI.hpp>
+#include <cstdint>
 #include <memory>
 #include <string>
 
@@ -34,6 +35,9 @@ struct GlobalFlags {
   int retry_attempts = 5;
   int retry_max_tokens = 100;
   std::string max_reconnect_backoff = "10s";
+  // ClientOptions::chunked_reply_bytes.
+  int64_t chunked_reply_bytes =
+      attnscore::client::ClientOptions().chunked_reply_bytes;
   bool tls = false;
   std::string tls_ca;
   std::string tls_cert;

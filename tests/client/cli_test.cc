@@ -117,8 +117,10 @@ TEST(CliTest, EveryGoldenCaseThroughScore) {
     if (golden.relative()) {
       args.insert(args.end(), {"--model", CaseStem(golden)});
     }
-    // Exercise the stream path on every other case.
-    if (n++ % 2 == 1) args.push_back("--stream");
+    // Exercise the stream path on every other case, and the chunked replies
+    // (ScoreChunked, whatever the size) on every third.
+    if (n % 2 == 1) args.push_back("--stream");
+    if (n++ % 3 == 0) args.insert(args.end(), {"--chunked-reply-bytes", "1"});
     CommandResult run = Cli(args);
     ASSERT_EQ(run.exit_code, 0) << run.output;
     absl::StatusOr<SafetensorsFile> file = SafetensorsFile::Read(out);
@@ -166,6 +168,10 @@ TEST(CliTest, ScoreReportsErrors) {
   run = Cli({"models", "--target", server->target(), "--max-reconnect-backoff",
              "200ms"});
   EXPECT_EQ(run.exit_code, 0) << run.output;
+  run = Cli(
+      {"models", "--target", server->target(), "--chunked-reply-bytes", "-1"});
+  EXPECT_EQ(run.exit_code, 2) << run.output;
+  EXPECT_THAT(run.output, HasSubstr("--chunked-reply-bytes"));
 }
 
 TEST(CliTest, HealthModelsAndInfo) {
