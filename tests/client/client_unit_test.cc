@@ -828,14 +828,20 @@ class FakeScoreService final : public v1::AttentionScorer::Service {
   }
 };
 
+// A gRPC server in this process for `service` on a free loopback port.
+std::unique_ptr<grpc::Server> StartInProcess(grpc::Service* service,
+                                             int* port) {
+  grpc::ServerBuilder builder;
+  builder.RegisterService(service);
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(),
+                           port);
+  return builder.BuildAndStart();
+}
+
 class ChunkedCallsTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    grpc::ServerBuilder builder;
-    builder.RegisterService(&service_);
-    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(),
-                             &port_);
-    server_ = builder.BuildAndStart();
+    server_ = StartInProcess(&service_, &port_);
     ASSERT_NE(server_, nullptr);
   }
   void TearDown() override {
@@ -985,11 +991,7 @@ class FakeShmService final : public v1::AttentionScorer::Service {
 class SharedMemoryCallsTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    grpc::ServerBuilder builder;
-    builder.RegisterService(&service_);
-    builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(),
-                             &port_);
-    server_ = builder.BuildAndStart();
+    server_ = StartInProcess(&service_, &port_);
     ASSERT_NE(server_, nullptr);
     ASSERT_NE(port_, 0);
     ClientOptions options;
