@@ -184,6 +184,43 @@ class GoldenTest(unittest.TestCase):
         # One buffer, the response as grpcio received it: no tensor was copied out of it.
         self.assertEqual(len(responses), 1)
 
+    def test_every_golden_case_through_chunked_replies(self) -> None:
+        """chunked_reply_bytes=1: every reply through ScoreChunked, assembled as it arrives; the
+        same results, read-only as ever."""
+        with attnscore.Client(SERVER.target, timeout=60, chunked_reply_bytes=1) as client:
+            for case in CASES:
+                with self.subTest(case=case.name):
+                    result = client.score(**case.score_kwargs())
+                    self.assertEqual(golden_diff(case, result), "")
+                    for name in case.score_kwargs()["outputs"]:
+                        self.assertFalse(getattr(result, name).flags.writeable)
+            # With shared memory off here, a placement still fails as with Score.
+            q = np.zeros((1, 2, 3, 4), dtype=np.float32)
+            with self.assertRaises(attnscore.AttnscoreError) as raised:
+                client.score(q[0], q)
+            self.assertEqual(raised.exception.code, grpc.StatusCode.INVALID_ARGUMENT)
+
+    def test_chunked_and_whole_replies_are_the_same_bytes(self) -> None:
+        rng = np.random.default_rng(3)
+        q = rng.standard_normal((2, 4, 96, 16), dtype=np.float32)
+        k = rng.standard_normal((2, 4, 200, 16), dtype=np.float32)
+        v = rng.standard_normal((2, 4, 200, 24), dtype=np.float32)
+        whole = attnscore.Client(SERVER.target, timeout=60, chunked_reply_bytes=0)
+        chunked = attnscore.Client(SERVER.target, timeout=60, chunked_reply_bytes=1)
+        with whole, chunked:
+            for dtype in (None, "float16"):
+                kwargs = dict(outputs=("logits", "probs", "context"), causal=True,
+                              output_dtype=dtype)
+                a, b = chunked.score(q, k, v, **kwargs), whole.score(q, k, v, **kwargs)
+                for name in ("logits", "probs", "context"):
+                    self.assertEqual(getattr(a, name).dtype, getattr(b, name).dtype)
+                    self.assertEqual(getattr(a, name).shape, getattr(b, name).shape)
+                    self.assertEqual(getattr(a, name).tobytes(), getattr(b, name).tobytes(),
+                                     name)
+                self.assertEqual(a.timing.batch_size, 2)
+        with self.assertRaises(ValueError):
+            attnscore.Client(SERVER.target, chunked_reply_bytes=-1)
+
     def test_only_the_outputs_asked_for(self) -> None:
         kwargs = CASES[0].score_kwargs()
         kwargs["outputs"] = "probs"
@@ -367,6 +404,90 @@ class AsyncioTest(unittest.TestCase):
                 await client.score(q, q, alibi=[1.0, 1.0], model="relative_causal")
             failed = await client.score_many([{"query": q[0], "key": q}], return_exceptions=True)
             self.assertIsInstance(failed[0], attnscore.AttnscoreError)
+        async with attnscore.aio.Client(SERVER.target, timeout=60,
+                                        chunked_reply_bytes=1) as chunked:
+            results = await asyncio.gather(*(chunked.score(**c.score_kwargs()) for c in CASES))
+            for case, result in zip(CASES, results):
+                self.assertEqual(golden_diff(case, result), "")
+
+
+class ScoreOnlyServer:
+    """A gRPC server with Score alone (a server from before ScoreChunked): every Score call is
+    answered with logits [1, 1, 2, 3] of 0..5. With `chunks`, ScoreChunked too, answering with
+    those messages."""
+
+    def __init__(self, chunks: Any = None) -> None:
+        from concurrent import futures
+        self.calls: Dict[str, int] = {}
+        reply = pb.ScoreResponse(logits=pb.Tensor(
+            dtype=pb.FLOAT32, shape=[1, 1, 2, 3],
+            data=np.arange(6, dtype=np.float32).tobytes())).SerializeToString()
+
+        def score(request: bytes, context: Any) -> bytes:
+            self.calls["Score"] = self.calls.get("Score", 0) + 1
+            return reply
+
+        def score_chunked(request: bytes, context: Any) -> Any:
+            self.calls["ScoreChunked"] = self.calls.get("ScoreChunked", 0) + 1
+            yield from chunks
+
+        methods = {"Score": grpc.unary_unary_rpc_method_handler(score)}
+        if chunks is not None:
+            methods["ScoreChunked"] = grpc.unary_stream_rpc_method_handler(score_chunked)
+        handler = grpc.method_handlers_generic_handler("attnscore.v1.AttentionScorer", methods)
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        self.server.add_generic_rpc_handlers((handler,))
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        self.server.start()
+
+    def stop(self) -> None:
+        self.server.stop(None)
+
+
+class ChunkedFallbackTest(unittest.TestCase):
+    def test_a_server_without_score_chunked_is_asked_with_score(self) -> None:
+        server = ScoreOnlyServer()
+        self.addCleanup(server.stop)
+        q = np.zeros((1, 1, 2, 4), dtype=np.float32)
+        k = np.zeros((1, 1, 3, 4), dtype=np.float32)
+        with attnscore.Client(f"127.0.0.1:{server.port}", timeout=20,
+                              chunked_reply_bytes=1) as client:
+            for _ in range(3):
+                result = client.score(q, k)
+                self.assertEqual(result.logits.tolist(), [[[[0, 1, 2], [3, 4, 5]]]])
+        self.assertEqual(server.calls, {"Score": 3})
+
+        async def run() -> None:
+            async with attnscore.aio.Client(f"127.0.0.1:{server.port}", timeout=20,
+                                            chunked_reply_bytes=1) as client:
+                for _ in range(2):
+                    result = await client.score(q, k)
+                    self.assertEqual(result.logits.shape, (1, 1, 2, 3))
+        asyncio.run(run())
+        self.assertEqual(server.calls, {"Score": 5})
+
+    def test_a_malformed_reply_is_data_loss(self) -> None:
+        gap = [pb.ScoreChunk(output=pb.LOGITS, dtype=pb.FLOAT32, shape=[1, 1, 2, 3], offset=o,
+                             data=bytes(12)).SerializeToString() for o in (0, 16)]
+        server = ScoreOnlyServer(chunks=gap)
+        self.addCleanup(server.stop)
+        q = np.zeros((1, 1, 2, 4), dtype=np.float32)
+        k = np.zeros((1, 1, 3, 4), dtype=np.float32)
+        with attnscore.Client(f"127.0.0.1:{server.port}", timeout=20,
+                              chunked_reply_bytes=1) as client:
+            with self.assertRaises(attnscore.AttnscoreError) as raised:
+                client.score(q, k)
+        self.assertEqual(raised.exception.code, grpc.StatusCode.DATA_LOSS)
+        self.assertIn("offset 16", raised.exception.message)
+
+        async def run() -> None:
+            async with attnscore.aio.Client(f"127.0.0.1:{server.port}", timeout=20,
+                                            chunked_reply_bytes=1) as client:
+                with self.assertRaises(attnscore.AttnscoreError) as raised:
+                    await client.score(q, k)
+                self.assertEqual(raised.exception.code, grpc.StatusCode.DATA_LOSS)
+        asyncio.run(run())
+        self.assertEqual(server.calls, {"ScoreChunked": 2})
 
 
 @unittest.skipUnless(ENV == "debian", "torch is in the Debian environment (.venv)")

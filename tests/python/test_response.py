@@ -11,7 +11,8 @@ from google.protobuf.message import DecodeError
 
 from attnscore import AttnscoreError, PlacedOutput
 from attnscore._proto import attnscore_pb2 as pb
-from attnscore._response import ScoreReply, from_message, parse_score_response
+from attnscore._response import (ChunkAssembler, MalformedChunks, ScoreReply, from_message,
+                                 parse_score_chunk, parse_score_response)
 from attnscore._wire import decode_response
 
 
@@ -174,3 +175,68 @@ class PlacedOutputTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+def chunk(output: int, offset: int, data: bytes, shape=(1, 1, 3, 4), **extra) -> bytes:
+    return pb.ScoreChunk(output=output, dtype=pb.FLOAT32, shape=list(shape), offset=offset,
+                         data=data, **extra).SerializeToString()
+
+
+class ChunkAssemblerTest(unittest.TestCase):
+    """ScoreChunked's messages into one reply: the C++ client's checks (client/score_codec.h)."""
+
+    LOGITS = np.arange(12, dtype=np.float32).tobytes()
+
+    def assemble(self, messages, max_bytes: int = 1 << 20) -> ScoreReply:
+        assembler = ChunkAssembler(max_bytes)
+        for message in messages:
+            assembler.add(parse_score_chunk(message))
+        return assembler.finish()
+
+    def test_outputs_assemble_in_order(self) -> None:
+        probs_range = pb.SharedMemoryRange(region="out", offset=64, byte_size=48)
+        reply = self.assemble([
+            chunk(pb.LOGITS, 0, self.LOGITS[:16]),
+            chunk(pb.LOGITS, 16, self.LOGITS[16:]),
+            pb.ScoreChunk(output=pb.PROBS, dtype=pb.FLOAT32, shape=[1, 1, 3, 4],
+                          shared_memory=probs_range).SerializeToString(),
+            chunk(pb.CONTEXT, 0, b"", shape=(1, 1, 0, 8), request_id="r-9",
+                  timing=pb.Timing(compute_us=5))])
+        self.assertEqual(reply.request_id, "r-9")
+        self.assertEqual(reply.timing.compute_us, 5)
+        self.assertEqual(bytes(reply.tensors["logits"].data), self.LOGITS)
+        self.assertTrue(reply.tensors["logits"].data.readonly)
+        self.assertEqual(reply.tensors["probs"].shared_memory.region, "out")
+        self.assertEqual(reply.tensors["context"].shape, (1, 1, 0, 8))
+        result = decode_response(reply, as_torch=False)
+        self.assertEqual(result.logits.reshape(-1).tolist(), list(range(12)))
+        self.assertFalse(result.logits.flags.writeable)
+        self.assertEqual(result.placed["probs"].offset, 64)
+
+    def test_data_is_a_view_of_the_message(self) -> None:
+        message = chunk(pb.LOGITS, 0, self.LOGITS)
+        part = parse_score_chunk(message)
+        self.assertIs(part.data.obj, message)
+        # An encoding the walker leaves to protobuf (shared_memory twice merges) parses alike.
+        twice = message + length_delimited(6, b"\x0a\x01a") + length_delimited(6, b"\x10\x05")
+        merged = parse_score_chunk(twice)
+        self.assertEqual((merged.shared_memory.region, merged.shared_memory.offset), ("a", 5))
+
+    def test_malformed_replies(self) -> None:
+        first = chunk(pb.LOGITS, 0, self.LOGITS[:16])
+        cases = {
+            "gap": [first, chunk(pb.LOGITS, 20, self.LOGITS[16:])],
+            "past the end": [first, chunk(pb.LOGITS, 16, self.LOGITS[16:] + b"1234")],
+            "reshaped": [first, chunk(pb.LOGITS, 16, self.LOGITS[16:], shape=(1, 1, 4, 3))],
+            "incomplete": [first],
+            "next output too soon": [first, chunk(pb.PROBS, 0, self.LOGITS)],
+            "out of order": [chunk(pb.PROBS, 0, self.LOGITS), chunk(pb.LOGITS, 0, self.LOGITS)],
+            "unknown dtype": [pb.ScoreChunk(output=pb.LOGITS, dtype=9, shape=[1])
+                              .SerializeToString()],
+            "over the reply": [chunk(pb.LOGITS, 0, b"", shape=(1 << 20, 1 << 20))],
+            "no output": [pb.ScoreChunk(request_id="r").SerializeToString()],
+        }
+        for name, messages in cases.items():
+            with self.subTest(name):
+                with self.assertRaises(MalformedChunks):
+                    self.assemble(messages)

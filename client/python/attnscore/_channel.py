@@ -17,13 +17,17 @@ os.environ.setdefault("GRPC_CLIENT_CHANNEL_BACKUP_POLL_INTERVAL_MS", "100")
 
 import grpc  # noqa: E402
 
-from attnscore._response import parse_score_response
+from attnscore._response import parse_score_chunk, parse_score_response
 from attnscore._wire import SERVICE_NAME
 
 HEALTH_SERVICE = "grpc.health.v1.Health"
 HEALTH_CHECK_METHOD = f"/{HEALTH_SERVICE}/Check"
 SCORE_METHOD = f"/{SERVICE_NAME}/Score"
 SCORE_STREAM_METHOD = f"/{SERVICE_NAME}/ScoreStream"
+SCORE_CHUNKED_METHOD = f"/{SERVICE_NAME}/ScoreChunked"
+# Replies of this many bytes and more are asked for in chunks (ScoreChunked), as the C++ client
+# does (ClientOptions::chunked_reply_bytes).
+CHUNKED_REPLY_BYTES = 4 << 20
 SERVING_STATUS = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}
 _LIST_SCHEMES = ("ipv4:", "ipv6:", "unix:", "unix-abstract:")
 
@@ -46,6 +50,20 @@ def score_callables(channel: Any) -> Tuple[Any, Any]:
     stream = channel.stream_stream(SCORE_STREAM_METHOD, request_serializer=_already_encoded,
                                    response_deserializer=parse_score_response)
     return score, stream
+
+
+def check_chunked_reply_bytes(value: int) -> int:
+    if not isinstance(value, int) or value < 0:
+        raise ValueError(f"chunked_reply_bytes: expected an int >= 0, got {value!r}")
+    return value
+
+
+def score_chunked_callable(channel: Any) -> Any:
+    """ScoreChunked on `channel` (grpc or grpc.aio): an encoded request in, ChunkParts out, each
+    chunk's data a view of the bytes grpcio received (_response.py ChunkAssembler copies it into
+    the result)."""
+    return channel.unary_stream(SCORE_CHUNKED_METHOD, request_serializer=_already_encoded,
+                                response_deserializer=parse_score_chunk)
 
 
 def service_config() -> str:

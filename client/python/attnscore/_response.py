@@ -13,7 +13,9 @@ always what protobuf would give, or protobuf's DecodeError.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
 
 from attnscore._proto import attnscore_pb2 as pb
 
@@ -162,3 +164,173 @@ def parse_score_response(buf: bytes) -> ScoreReply:
         return _walk(buf)
     except _Unexpected:
         return from_message(pb.ScoreResponse.FromString(buf))
+
+
+# ScoreChunk field numbers (ScoreChunked's messages).
+_CHUNK_OUTPUT, _CHUNK_DTYPE, _CHUNK_SHAPE, _CHUNK_OFFSET, _CHUNK_DATA = 1, 2, 3, 4, 5
+_CHUNK_SHARED_MEMORY, _CHUNK_REQUEST_ID, _CHUNK_TIMING = 6, 7, 8
+_CHUNK_OUTPUTS = {1: "logits", 2: "probs", 3: "context"}
+
+
+@dataclass
+class ChunkPart:
+    """What parse_score_chunk reads of a ScoreChunk: its data a view of the message bytes."""
+
+    output: int = 0
+    dtype: int = 0
+    shape: Tuple[int, ...] = ()
+    offset: int = 0
+    data: memoryview = memoryview(b"")
+    shared_memory: Optional[pb.SharedMemoryRange] = None
+    request_id: str = ""
+    timing: Optional[pb.Timing] = None
+
+
+def _walk_chunk(buf: bytes) -> ChunkPart:
+    part = ChunkPart()
+    view = memoryview(buf)
+    shape: list = []
+    for number, wire, a, b in _fields(buf, 0, len(buf)):
+        if number in (_CHUNK_OUTPUT, _CHUNK_DTYPE, _CHUNK_OFFSET) and wire == _VARINT:
+            if number == _CHUNK_OUTPUT:
+                part.output = _signed(a, 32)
+            elif number == _CHUNK_DTYPE:
+                part.dtype = _signed(a, 32)
+            else:
+                part.offset = a
+        elif number == _CHUNK_SHAPE and wire == _LEN:  # packed
+            pos = a
+            while pos < b:
+                value, pos = _varint(buf, pos, b)
+                shape.append(_signed(value, 64))
+        elif number == _CHUNK_SHAPE and wire == _VARINT:
+            shape.append(_signed(a, 64))
+        elif number == _CHUNK_DATA and wire == _LEN:
+            part.data = view[a:b]
+        elif number == _CHUNK_REQUEST_ID and wire == _LEN:
+            try:
+                part.request_id = buf[a:b].decode("utf-8")
+            except UnicodeDecodeError:
+                raise _Unexpected() from None
+        elif (number in (_CHUNK_SHARED_MEMORY, _CHUNK_TIMING) and wire == _LEN
+              and getattr(part, "shared_memory" if number == _CHUNK_SHARED_MEMORY
+                          else "timing") is None):
+            if number == _CHUNK_SHARED_MEMORY:
+                part.shared_memory = pb.SharedMemoryRange.FromString(buf[a:b])
+            else:
+                part.timing = pb.Timing.FromString(buf[a:b])
+        elif number in (_CHUNK_OUTPUT, _CHUNK_DTYPE, _CHUNK_SHAPE, _CHUNK_OFFSET, _CHUNK_DATA,
+                        _CHUNK_SHARED_MEMORY, _CHUNK_REQUEST_ID, _CHUNK_TIMING):
+            raise _Unexpected()  # a wrong wire type, or a message given twice (protobuf merges)
+    part.shape = tuple(shape)
+    return part
+
+
+def parse_score_chunk(buf: bytes) -> ChunkPart:
+    """grpcio's response_deserializer for ScoreChunked: like parse_score_response, the data a
+    view of the received bytes, and anything unexpected parsed by protobuf instead."""
+    try:
+        return _walk_chunk(buf)
+    except _Unexpected:
+        message = pb.ScoreChunk.FromString(buf)
+        return ChunkPart(
+            output=message.output, dtype=message.dtype, shape=tuple(message.shape),
+            offset=message.offset, data=memoryview(message.data),
+            shared_memory=message.shared_memory if message.HasField("shared_memory") else None,
+            request_id=message.request_id,
+            timing=message.timing if message.HasField("timing") else None)
+
+
+class MalformedChunks(Exception):
+    """A ScoreChunked reply that does not add up (the client reports it as DATA_LOSS)."""
+
+
+class ChunkAssembler:
+    """A ScoreChunked reply's chunks into one ScoreReply whose tensors are read-only views of
+    buffers filled as the chunks arrive (one copy each, and no whole-reply bytes object). The
+    checks are the C++ client's (client/score_codec.h ChunkAssembler): outputs in order, each
+    once, chunks at the offset where the previous one ended, within the output and with its
+    first chunk's dtype and shape, outputs together within `max_bytes`; MalformedChunks
+    otherwise."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self._max_bytes = max_bytes
+        self._used = 0
+        self._reply = ScoreReply()
+        self._current: Optional[Tuple[ChunkPart, Any, int]] = None  # (first, buffer, filled)
+        self._last_output = 0
+
+    def add(self, part: ChunkPart) -> None:
+        if part.request_id:
+            self._reply.request_id = part.request_id
+        if part.timing is not None:
+            self._reply.timing = part.timing
+        if part.output == 0:
+            if len(part.data) or part.shared_memory is not None:
+                raise MalformedChunks("data or shared_memory without an output")
+            return
+        if self._current is not None and self._current[0].output == part.output:
+            self._continue(part)
+        else:
+            self._begin(part)
+
+    def _begin(self, part: ChunkPart) -> None:
+        if part.output not in _CHUNK_OUTPUTS or part.output <= self._last_output:
+            raise MalformedChunks(f"output {part.output} after output {self._last_output} "
+                                  f"(expected LOGITS, PROBS, CONTEXT, each once, in order)")
+        self._store()
+        itemsize = {pb.FLOAT32: 4, pb.FLOAT16: 2, pb.BFLOAT16: 2}.get(part.dtype)
+        if itemsize is None:
+            raise MalformedChunks(f"unknown dtype {part.dtype}")
+        if min(part.shape, default=0) < 0:
+            raise MalformedChunks(f"shape {list(part.shape)}")
+        size = int(np.prod(part.shape, dtype=object)) * itemsize
+        if size > self._max_bytes - self._used:
+            raise MalformedChunks(f"shape {list(part.shape)} is over the "
+                                  f"{self._max_bytes - self._used} bytes left of the reply")
+        self._used += size
+        self._last_output = part.output
+        name = _CHUNK_OUTPUTS[part.output]
+        if part.shared_memory is not None:
+            if len(part.data) or part.offset:
+                raise MalformedChunks(f"{name}: both data and shared_memory")
+            self._reply.tensors[name] = WireTensor(part.dtype, part.shape, memoryview(b""),
+                                                   part.shared_memory)
+            return
+        self._current = (part, np.empty(size, dtype=np.uint8), 0)
+        self._continue(part)
+
+    def _continue(self, part: ChunkPart) -> None:
+        first, buffer, filled = self._current
+        name = _CHUNK_OUTPUTS[first.output]
+        if part.dtype != first.dtype or part.shape != first.shape:
+            raise MalformedChunks(f"{name}: a chunk of dtype {part.dtype} and shape "
+                                  f"{list(part.shape)} after its first of dtype {first.dtype} "
+                                  f"and shape {list(first.shape)}")
+        if part.shared_memory is not None:
+            raise MalformedChunks(f"{name}: shared_memory on a chunk sent in band")
+        if part.offset != filled or len(part.data) > len(buffer) - filled:
+            raise MalformedChunks(f"{name}: {len(part.data)} bytes at offset {part.offset}, "
+                                  f"expected at most {len(buffer) - filled} at offset {filled} "
+                                  f"of {len(buffer)}")
+        buffer[filled:filled + len(part.data)] = np.frombuffer(part.data, dtype=np.uint8)
+        self._current = (first, buffer, filled + len(part.data))
+
+    def _store(self) -> None:
+        if self._current is None:
+            return
+        first, buffer, filled = self._current
+        name = _CHUNK_OUTPUTS[first.output]
+        if filled != len(buffer):
+            raise MalformedChunks(f"{name}: {filled} of {len(buffer)} bytes before the next "
+                                  f"output or the end")
+        self._reply.tensors[name] = WireTensor(first.dtype, first.shape,
+                                               memoryview(buffer).toreadonly())
+        self._current = None
+
+    def finish(self) -> ScoreReply:
+        """The reply, once the call has ended OK."""
+        self._store()
+        if self._last_output == 0:
+            raise MalformedChunks("the reply ended without any output")
+        return self._reply

@@ -277,11 +277,40 @@ def encode_request(request: Request, request_id: str = "") -> bytes:
     4 MiB of keys). Protobuf parsers merge fields in any order, so this parses as build_request's
     message. ValueError/TypeError for arguments the client can judge, and ImportError when the
     outputs could not be decoded (bfloat16 without ml_dtypes or torch)."""
+    return encode_request_sized(request, request_id)[0]
+
+
+def encode_request_sized(request: Request, request_id: str = "") -> Tuple[bytes, int]:
+    """encode_request's bytes, and the bytes of the outputs the reply will carry (those not
+    placed in shared memory; 0 where the shapes do not say, and the server will refuse it)."""
     message, arrays = _request_fields(request, request_id)
     parts: List[Any] = [message.SerializeToString()]
+    shapes = {name: getattr(message, name).shape for name in _INPUTS}
+    query_dtype = message.query.dtype
     for name, dtype, array in arrays:
         parts += _tensor_field(_FIELD_NUMBERS[name], dtype, array)
-    return b"".join(parts)
+        shapes[name] = array.shape
+        if name == "query":
+            query_dtype = dtype
+    return b"".join(parts), _reply_bytes(message, shapes, message.output_dtype or query_dtype)
+
+
+def _reply_bytes(message: pb.ScoreRequest, shapes: Mapping[str, Any], dtype: int) -> int:
+    """The bytes of the request's in-band outputs, from its inputs' shapes and layout."""
+    query, key, value = (tuple(shapes.get(name, ())) for name in _INPUTS)
+    if len(query) != 4 or len(key) != 4:
+        return 0
+    # [B, H, S, D] positions of each layout's axes.
+    axes = {pb.BSHD: (0, 2, 1, 3), pb.SBHD: (1, 2, 0, 3)}.get(message.layout, (0, 1, 2, 3))
+    batch, heads, query_len = query[axes[0]], query[axes[1]], query[axes[2]]
+    key_len = key[axes[2]]
+    placed = {placement.output for placement in message.placements}
+    wanted = [output for output in message.outputs if output not in placed]
+    per_row = sum(key_len for output in wanted if output in (pb.LOGITS, pb.PROBS))
+    if pb.CONTEXT in wanted and len(value) == 4:
+        per_row += value[axes[3]]
+    itemsize = 4 if dtype == pb.FLOAT32 else 2
+    return max(0, batch * heads * query_len * per_row * itemsize)
 
 
 def _set_options(message: pb.ScoreRequest, request: Request) -> None:

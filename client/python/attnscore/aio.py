@@ -14,8 +14,9 @@ from attnscore._proto import attnscore_pb2 as pb
 from attnscore._proto import attnscore_pb2_grpc as pb_grpc
 from attnscore._wire import (SERVICE_NAME, ModelInfo, Request, ScoreResult, ServerInfo,
                              SharedMemoryRegistration, StreamCollector, as_request,
-                             decode_info, decode_models, decode_response, encode_request,
+                             decode_info, decode_models, decode_response, encode_request_sized,
                              decode_shared_memory_status, register_request)
+from attnscore._response import ChunkAssembler, MalformedChunks, ScoreReply
 
 __all__ = ["Client", "AttnscoreError"]
 
@@ -26,13 +27,17 @@ class Client:
     def __init__(self, target: str, *, tls: bool = False, ca: Optional[Pem] = None,
                  cert: Optional[Pem] = None, key: Optional[Pem] = None,
                  server_name: Optional[str] = None, token: Optional[str] = None,
-                 timeout: Optional[float] = None, allow_insecure_token: bool = False) -> None:
+                 timeout: Optional[float] = None, allow_insecure_token: bool = False,
+                 chunked_reply_bytes: int = _channel.CHUNKED_REPLY_BYTES) -> None:
+        self._chunked_reply_bytes = _channel.check_chunked_reply_bytes(chunked_reply_bytes)
         self._config = _channel.channel_config(
             target, tls=tls, ca=ca, cert=cert, key=key, server_name=server_name, token=token,
             timeout=timeout, allow_insecure_token=allow_insecure_token)
         self._channel = _channel.open_channel(self._config, grpc.aio)
         self._stub = pb_grpc.AttentionScorerStub(self._channel)
         self._score, self._score_stream = _channel.score_callables(self._channel)
+        self._score_chunked = _channel.score_chunked_callable(self._channel)
+        self._chunked_unimplemented = False
         self._health_check = self._channel.unary_unary(
             _channel.HEALTH_CHECK_METHOD,
             request_serializer=_channel.encode_health_request,
@@ -50,12 +55,37 @@ class Client:
                           scale=scale, key_lengths=key_lengths, outputs=outputs, layout=layout,
                           output_dtype=output_dtype, as_torch=as_torch,
                           placements=placements)
-        message = encode_request(request)
+        message, reply_bytes = encode_request_sized(request)
+        if (self._chunked_reply_bytes and reply_bytes >= self._chunked_reply_bytes
+                and not self._chunked_unimplemented):
+            reply = await self._score_in_chunks(message, reply_bytes)
+            if reply is not None:
+                return decode_response(reply, as_torch)
         try:
             response = await self._score(message, **_channel.call_kwargs(self._config))
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
         return decode_response(response, as_torch)
+
+    async def _score_in_chunks(self, message: bytes, reply_bytes: int) -> Optional[ScoreReply]:
+        """See attnscore.Client._score_in_chunks."""
+        assembler = ChunkAssembler(reply_bytes)
+        call = self._score_chunked(message, **_channel.call_kwargs(self._config))
+        received = False
+        try:
+            async for part in call:
+                received = True
+                assembler.add(part)
+            return assembler.finish()
+        except grpc.RpcError as error:
+            if error.code() == grpc.StatusCode.UNIMPLEMENTED and not received:
+                self._chunked_unimplemented = True
+                return None
+            raise from_rpc_error(error) from None
+        except MalformedChunks as error:
+            call.cancel()
+            raise AttnscoreError(grpc.StatusCode.DATA_LOSS,
+                                 f"malformed ScoreChunk: {error}") from None
 
     async def score_many(self, requests: Iterable[Union[Request, Mapping[str, Any]]], *,
                          return_exceptions: bool = False) -> List[Any]:

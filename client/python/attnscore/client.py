@@ -7,13 +7,14 @@ import grpc
 
 from attnscore import _channel
 from attnscore._channel import Pem
-from attnscore._errors import from_rpc_error
+from attnscore._errors import AttnscoreError, from_rpc_error
 from attnscore._proto import attnscore_pb2 as pb
 from attnscore._proto import attnscore_pb2_grpc as pb_grpc
 from attnscore._wire import (SERVICE_NAME, ModelInfo, Request, ScoreResult, ServerInfo,
                              SharedMemoryRegistration, StreamCollector, as_request,
-                             decode_info, decode_models, decode_response, encode_request,
+                             decode_info, decode_models, decode_response, encode_request_sized,
                              decode_shared_memory_status, register_request)
+from attnscore._response import ChunkAssembler, MalformedChunks, ScoreReply
 
 
 class Client:
@@ -25,20 +26,26 @@ class Client:
     not the certificate's. token: sent as "authorization: Bearer <token>" (over plaintext TCP
     only with allow_insecure_token=True; over TLS or a "unix:/path" target always). timeout:
     seconds per call (for score_many: the whole stream); None: no deadline. Calls failing with
-    UNAVAILABLE are retried (5 attempts).
+    UNAVAILABLE are retried (5 attempts). chunked_reply_bytes: score() asks for replies of this
+    many bytes and more in chunks (ScoreChunked), copied into the result as they arrive, so the
+    reply is never held twice (0: never; a server without the method is asked with Score).
     Errors: AttnscoreError (code, message); ValueError/TypeError for bad arguments.
     """
 
     def __init__(self, target: str, *, tls: bool = False, ca: Optional[Pem] = None,
                  cert: Optional[Pem] = None, key: Optional[Pem] = None,
                  server_name: Optional[str] = None, token: Optional[str] = None,
-                 timeout: Optional[float] = None, allow_insecure_token: bool = False) -> None:
+                 timeout: Optional[float] = None, allow_insecure_token: bool = False,
+                 chunked_reply_bytes: int = _channel.CHUNKED_REPLY_BYTES) -> None:
+        self._chunked_reply_bytes = _channel.check_chunked_reply_bytes(chunked_reply_bytes)
         self._config = _channel.channel_config(
             target, tls=tls, ca=ca, cert=cert, key=key, server_name=server_name, token=token,
             timeout=timeout, allow_insecure_token=allow_insecure_token)
         self._channel = _channel.open_channel(self._config, grpc)
         self._stub = pb_grpc.AttentionScorerStub(self._channel)
         self._score, self._score_stream = _channel.score_callables(self._channel)
+        self._score_chunked = _channel.score_chunked_callable(self._channel)
+        self._chunked_unimplemented = False
         self._health_check = self._channel.unary_unary(
             _channel.HEALTH_CHECK_METHOD,
             request_serializer=_channel.encode_health_request,
@@ -63,12 +70,38 @@ class Client:
                           scale=scale, key_lengths=key_lengths, outputs=outputs, layout=layout,
                           output_dtype=output_dtype, as_torch=as_torch,
                           placements=placements)
-        message = encode_request(request)
+        message, reply_bytes = encode_request_sized(request)
+        if (self._chunked_reply_bytes and reply_bytes >= self._chunked_reply_bytes
+                and not self._chunked_unimplemented):
+            reply = self._score_in_chunks(message, reply_bytes)
+            if reply is not None:
+                return decode_response(reply, as_torch)
         try:
             response = self._score(message, **_channel.call_kwargs(self._config))
         except grpc.RpcError as error:
             raise from_rpc_error(error) from None
         return decode_response(response, as_torch)
+
+    def _score_in_chunks(self, message: bytes, reply_bytes: int) -> Optional[ScoreReply]:
+        """The reply through ScoreChunked; None when the server does not have the method (then
+        score() asks with Score, as it will from now on)."""
+        assembler = ChunkAssembler(reply_bytes)
+        call = self._score_chunked(message, **_channel.call_kwargs(self._config))
+        received = False
+        try:
+            for part in call:
+                received = True
+                assembler.add(part)
+            return assembler.finish()
+        except grpc.RpcError as error:
+            if error.code() == grpc.StatusCode.UNIMPLEMENTED and not received:
+                self._chunked_unimplemented = True
+                return None
+            raise from_rpc_error(error) from None
+        except MalformedChunks as error:
+            call.cancel()
+            raise AttnscoreError(grpc.StatusCode.DATA_LOSS,
+                                 f"malformed ScoreChunk: {error}") from None
 
     def score_many(self, requests: Iterable[Union[Request, Mapping[str, Any]]], *,
                    return_exceptions: bool = False) -> List[Any]:
