@@ -824,19 +824,15 @@ grpc::ServerUnaryReactor* AttentionScorerService::ScoreUnary(
     grpc::ByteBuffer* response) {
   const int64_t arrival = clock_->NowMicros();
   auto* reactor = new UnaryReactor();
-  absl::StatusOr<std::string> client = Authenticate(*context);
-  if (!client.ok()) {
-    metrics_->RecordRequest(method, client.status(),
-                            Seconds(clock_->NowMicros() - arrival),
-                            metrics_->ClientSlot("-"));
-    reactor->FinishWith(ToGrpcStatus(client.status()), {});
+  absl::StatusOr<Caller> caller = AuthenticateCaller(method, *context, arrival);
+  if (!caller.ok()) {
+    reactor->FinishWith(ToGrpcStatus(caller.status()), {});
     return reactor;
   }
-  const int slot = metrics_->ClientSlot(*client);
-  std::unique_ptr<ScoreCodec> codec = make_codec(*client);
+  std::unique_ptr<ScoreCodec> codec = make_codec(caller->client);
   auto task = std::make_unique<UnaryScoreTask>(
       this, method, std::move(codec), arrival, context, reactor, response,
-      *std::move(client), slot);
+      std::move(caller->client), caller->slot);
   Accept(std::move(task), *request);
   return reactor;
 }
@@ -846,33 +842,42 @@ AttentionScorerService::ScoreChunked(grpc::CallbackServerContext* context,
                                      const grpc::ByteBuffer* request) {
   const int64_t arrival = clock_->NowMicros();
   auto* reactor = new ChunkedReactor();
-  absl::StatusOr<std::string> client = Authenticate(*context);
-  if (!client.ok()) {
-    metrics_->RecordRequest(Method::kScoreChunked, client.status(),
-                            Seconds(clock_->NowMicros() - arrival),
-                            metrics_->ClientSlot("-"));
-    reactor->FinishWith(ToGrpcStatus(client.status()), {});
+  absl::StatusOr<Caller> caller =
+      AuthenticateCaller(Method::kScoreChunked, *context, arrival);
+  if (!caller.ok()) {
+    reactor->FinishWith(ToGrpcStatus(caller.status()), {});
     return reactor;
   }
-  const int slot = metrics_->ClientSlot(*client);
-  auto codec = std::make_unique<V1ScoreCodec>(&shared_memory_, *client);
-  Accept(std::make_unique<ChunkedScoreTask>(this, std::move(codec), arrival,
-                                            context, reactor,
-                                            *std::move(client), slot),
+  auto codec = std::make_unique<V1ScoreCodec>(&shared_memory_, caller->client);
+  Accept(std::make_unique<ChunkedScoreTask>(
+             this, std::move(codec), arrival, context, reactor,
+             std::move(caller->client), caller->slot),
          *request);
   return reactor;
 }
 
 grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>*
 AttentionScorerService::ScoreStream(grpc::CallbackServerContext* context) {
-  absl::StatusOr<std::string> client = Authenticate(*context);
+  absl::StatusOr<Caller> caller =
+      AuthenticateCaller(Method::kScoreStream, *context, clock_->NowMicros());
+  if (!caller.ok()) return new RefusedStream(ToGrpcStatus(caller.status()));
+  return new StreamReactor(this, context, std::move(caller->client),
+                           caller->slot);
+}
+
+absl::StatusOr<AttentionScorerService::Caller>
+AttentionScorerService::AuthenticateCaller(
+    Method method, const grpc::CallbackServerContext& context,
+    int64_t arrival_micros) {
+  absl::StatusOr<std::string> client = Authenticate(context);
   if (!client.ok()) {
-    metrics_->RecordRequest(Method::kScoreStream, client.status(), 0,
+    metrics_->RecordRequest(method, client.status(),
+                            Seconds(clock_->NowMicros() - arrival_micros),
                             metrics_->ClientSlot("-"));
-    return new RefusedStream(ToGrpcStatus(client.status()));
+    return client.status();
   }
   const int slot = metrics_->ClientSlot(*client);
-  return new StreamReactor(this, context, *std::move(client), slot);
+  return Caller{*std::move(client), slot};
 }
 
 absl::Status AttentionScorerService::Admit(ScoreTask& task,

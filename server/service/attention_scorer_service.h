@@ -272,6 +272,17 @@ class AttentionScorerService final : public AttentionScorerRawService {
                          scoring::Scorer* scorer, ModelRegistry* models,
                          ServiceMetrics* metrics, batching::Clock* clock);
 
+  // The caller of a scoring method (Score, ScoreChunked, ScoreStream,
+  // ModelInfer) and its metrics slot. A failed authentication is recorded as
+  // `method`'s request (its duration from `arrival_micros`) and returned, to
+  // be the call's answer.
+  struct Caller {
+    std::string client;
+    int slot = 0;
+  };
+  absl::StatusOr<Caller> AuthenticateCaller(
+      Method method, const grpc::CallbackServerContext& context,
+      int64_t arrival_micros);
   // Parses and validates `request` into `task`, then schedules it; answers it
   // at once if any of that fails. Runs on a gRPC thread.
   void Accept(std::unique_ptr<ScoreTask> task, const grpc::ByteBuffer& request);
