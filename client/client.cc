@@ -426,22 +426,22 @@ class Client::Impl {
 
 namespace {
 
-// What a Score call starts from: kept by a ScoreChunked call for the retry
-// with Score when the server does not have it.
+// What a Score call starts from besides its CallOptions: kept by a
+// ScoreChunked call for the retry with Score when the server does not have it.
 struct ScoreStart {
   Client::Impl* impl = nullptr;
   grpc::ByteBuffer request;  // slices over the caller's tensors (kReference)
-  CallOptions call;
   std::shared_ptr<CancellationToken> extra_token;
   Client::ScoreCallback done;
 };
 
-// Registers the start's tokens with `context`; false (and none left
+// Registers the call's tokens with `context`; false (and none left
 // registered) if one of them is cancelled already.
-bool RegisterTokens(const ScoreStart& start, grpc::ClientContext& context,
+bool RegisterTokens(const CallOptions& call, const ScoreStart& start,
+                    grpc::ClientContext& context,
                     std::vector<std::shared_ptr<CancellationToken>>& tokens) {
   for (const std::shared_ptr<CancellationToken>& token :
-       {start.call.cancellation, start.extra_token}) {
+       {call.cancellation, start.extra_token}) {
     if (token == nullptr) continue;
     if (!token->Register(&context)) {
       for (const auto& registered : tokens) registered->Unregister(&context);
@@ -463,13 +463,13 @@ struct UnaryCall {
   std::vector<std::shared_ptr<CancellationToken>> tokens;
 };
 
-void StartUnary(ScoreStart start) {
+void StartUnary(ScoreStart start, const CallOptions& call) {
   Client::Impl& impl = *start.impl;
   auto state = std::make_unique<UnaryCall>();
   state->request.Swap(&start.request);  // ByteBuffer has no move
   state->response_pool = impl.response_pool;
-  impl.Configure(state->context, start.call);
-  if (!RegisterTokens(start, state->context, state->tokens)) {
+  impl.Configure(state->context, call);
+  if (!RegisterTokens(call, start, state->context, state->tokens)) {
     state.reset();
     start.done(absl::CancelledError("Score: cancelled before it started"));
     return;
@@ -516,14 +516,15 @@ void StartUnary(ScoreStart start) {
 class ChunkedCall final
     : public grpc::ClientBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer> {
  public:
-  ChunkedCall(ScoreStart start, size_t reply_bytes)
+  ChunkedCall(ScoreStart start, const CallOptions& call, size_t reply_bytes)
       : start_(std::move(start)),
+        call_(call),
         assembler_(start_.impl->response_pool, reply_bytes) {}
 
   void Start() {
     Client::Impl& impl = *start_.impl;
-    impl.Configure(context_, start_.call);
-    if (!RegisterTokens(start_, context_, tokens_)) {
+    impl.Configure(context_, call_);
+    if (!RegisterTokens(call_, start_, context_, tokens_)) {
       Client::ScoreCallback done = std::move(start_.done);
       delete this;
       done(absl::CancelledError("Score: cancelled before it started"));
@@ -555,8 +556,9 @@ class ChunkedCall final
         !assembler_.started()) {
       start_.impl->chunked_unimplemented.store(true, std::memory_order_relaxed);
       ScoreStart start = std::move(start_);
+      const CallOptions call = std::move(call_);
       delete this;
-      StartUnary(std::move(start));
+      StartUnary(std::move(start), call);
       return;
     }
     absl::StatusOr<ScoreResult> result;
@@ -578,6 +580,7 @@ class ChunkedCall final
 
  private:
   ScoreStart start_;
+  CallOptions call_;  // a copy: the caller's may be gone by a retry
   grpc::ClientContext context_;
   grpc::ByteBuffer request_;
   grpc::ByteBuffer read_buffer_;
@@ -627,8 +630,7 @@ void StartScore(Client::Impl& impl, const ScoreRequest& request,
     done(encoded.status());
     return;
   }
-  ScoreStart start{&impl, *std::move(encoded), call, extra_token,
-                   std::move(done)};
+  ScoreStart start{&impl, *std::move(encoded), extra_token, std::move(done)};
   const size_t reply_bytes = InBandReplyBytes(request);
   const int64_t threshold = impl.options.chunked_reply_bytes;
   // A receive limit bounds the whole reply; chunks would each pass it, so a
@@ -638,10 +640,10 @@ void StartScore(Client::Impl& impl, const ScoreRequest& request,
       (receive_limit < 0 ||
        reply_bytes <= static_cast<size_t>(receive_limit)) &&
       !impl.chunked_unimplemented.load(std::memory_order_relaxed)) {
-    (new ChunkedCall(std::move(start), reply_bytes))->Start();
+    (new ChunkedCall(std::move(start), call, reply_bytes))->Start();
     return;
   }
-  StartUnary(std::move(start));
+  StartUnary(std::move(start), call);
 }
 
 }  // namespace

@@ -485,8 +485,6 @@ struct ChunkAssembler::Header {
 
 struct ChunkAssembler::Output {
   client::Output output = client::Output::kLogits;
-  int wire_output = 0;
-  int dtype_value = 0;
   DType dtype = DType::kFloat32;
   std::vector<int64_t> shape;
   TensorBytes data;
@@ -528,6 +526,11 @@ absl::StatusOr<DType> CheckChunkOutput(int output, int dtype_value,
 
 }  // namespace
 
+bool ChunkAssembler::IsCurrent(int wire_output) const {
+  return current_ != nullptr && ToProtoOutput(current_->output) ==
+                                    static_cast<v1::Output>(wire_output);
+}
+
 absl::Status ChunkAssembler::Store(Output& output) {
   absl::StatusOr<Tensor> tensor =
       Tensor::Adopt(output.dtype, std::move(output.shape),
@@ -548,13 +551,13 @@ ChunkAssembler::Output* ChunkAssembler::Locate(const Header& header,
                                                absl::Status* status) {
   const bool in_band = !header.shared_memory.has_value();
   if (header.output == 0) return nullptr;
-  if (current_ != nullptr && current_->wire_output == header.output) {
-    if (header.dtype_value != current_->dtype_value ||
+  if (IsCurrent(header.output)) {
+    if (header.dtype_value != v1::ToProtoDType(current_->dtype) ||
         header.shape != current_->shape) {
       *status = ChunkLoss(absl::StrCat(
           OutputName(current_->output), ": a chunk of dtype ",
           header.dtype_value, " and shape ", ShapeString(header.shape),
-          " after its first of dtype ", current_->dtype_value, " and shape ",
+          " after its first of ", DTypeName(current_->dtype), " and shape ",
           ShapeString(current_->shape)));
       return nullptr;
     }
@@ -589,8 +592,6 @@ ChunkAssembler::Output* ChunkAssembler::Locate(const Header& header,
   last_output_ = header.output;
   auto output = std::make_unique<Output>();
   output->output = *FromWireOutput(header.output);
-  output->wire_output = header.output;
-  output->dtype_value = header.dtype_value;
   output->dtype = *dtype;
   output->shape = header.shape;
   output->size = bytes;
@@ -636,7 +637,7 @@ absl::Status ChunkAssembler::ReadData(CodedInputStream& in,
 // An output placed in shared memory: its one chunk, stored at once.
 absl::Status ChunkAssembler::Place(const Header& header) {
   absl::Status status;
-  if (current_ != nullptr && current_->wire_output == header.output) {
+  if (IsCurrent(header.output)) {
     return ChunkLoss("shared_memory on a chunk of an output sent in band");
   }
   // Locate checks the order and stores the previous output.
@@ -644,7 +645,7 @@ absl::Status ChunkAssembler::Place(const Header& header) {
   if (!status.ok()) return status;
   if (output == nullptr) return ChunkLoss("shared_memory without an output");
   TensorFields fields;
-  fields.dtype_value = output->dtype_value;
+  fields.dtype_value = v1::ToProtoDType(output->dtype);
   fields.shape = output->shape;
   fields.shared_memory = *header.shared_memory;
   const client::Output which = output->output;

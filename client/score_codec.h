@@ -98,6 +98,8 @@ class ChunkAssembler {
                         const Header& header);
   absl::Status Place(const Header& header);
   absl::Status Store(Output& output);
+  // `wire_output` (a v1.Output number) is the output being received.
+  bool IsCurrent(int wire_output) const;
 
   std::shared_ptr<BufferPool> pool_;
   const size_t max_output_bytes_;
