@@ -17,7 +17,8 @@ os.environ.setdefault("GRPC_CLIENT_CHANNEL_BACKUP_POLL_INTERVAL_MS", "100")
 
 import grpc  # noqa: E402
 
-from attnscore._response import parse_score_chunk, parse_score_response
+from attnscore._errors import AttnscoreError, from_rpc_error
+from attnscore._response import MalformedChunks, parse_score_chunk, parse_score_response
 from attnscore._wire import SERVICE_NAME
 
 HEALTH_SERVICE = "grpc.health.v1.Health"
@@ -64,6 +65,19 @@ def score_chunked_callable(channel: Any) -> Any:
     the result)."""
     return channel.unary_stream(SCORE_CHUNKED_METHOD, request_serializer=_already_encoded,
                                 response_deserializer=parse_score_chunk)
+
+
+def chunked_failure(error: Exception, received: bool, call: Any) -> Optional[AttnscoreError]:
+    """What a ScoreChunked call that failed with `error` (a grpc.RpcError or MalformedChunks)
+    raises: DATA_LOSS for a malformed reply (`call` is cancelled: nothing more is worth reading);
+    None for UNIMPLEMENTED before any chunk (a server from before the method: ask it with Score);
+    else the call's own error."""
+    if isinstance(error, MalformedChunks):
+        call.cancel()
+        return AttnscoreError(grpc.StatusCode.DATA_LOSS, f"malformed ScoreChunk: {error}")
+    if error.code() == grpc.StatusCode.UNIMPLEMENTED and not received:
+        return None
+    return from_rpc_error(error)
 
 
 def service_config() -> str:

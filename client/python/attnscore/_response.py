@@ -97,18 +97,32 @@ def _fields(buf: bytes, pos: int, end: int):
             raise _Unexpected()
 
 
+def _add_shape(shape: list, buf: bytes, wire: int, a: int, b: int) -> None:
+    """Appends a `repeated int64 shape` field's values: packed (a run of varints in buf[a:b]) or
+    one unpacked varint `a`."""
+    if wire == _VARINT:
+        shape.append(_signed(a, 64))
+        return
+    pos = a
+    while pos < b:
+        value, pos = _varint(buf, pos, b)
+        shape.append(_signed(value, 64))
+
+
+def _utf8(buf: bytes, a: int, b: int) -> str:
+    try:
+        return buf[a:b].decode("utf-8")
+    except UnicodeDecodeError:
+        raise _Unexpected() from None
+
+
 def _tensor(buf: bytes, view: memoryview, start: int, end: int) -> WireTensor:
     dtype, shape, data, shared_memory = 0, [], view[0:0], None
     for number, wire, a, b in _fields(buf, start, end):
         if number == _DTYPE and wire == _VARINT:
             dtype = _signed(a, 32)
-        elif number == _SHAPE and wire == _LEN:  # packed
-            pos = a
-            while pos < b:
-                value, pos = _varint(buf, pos, b)
-                shape.append(_signed(value, 64))
-        elif number == _SHAPE and wire == _VARINT:
-            shape.append(_signed(a, 64))
+        elif number == _SHAPE and wire in (_LEN, _VARINT):
+            _add_shape(shape, buf, wire, a, b)
         elif number == _DATA and wire == _LEN:
             data = view[a:b]
         elif number == _SHARED_MEMORY and wire == _LEN and shared_memory is None:
@@ -131,10 +145,7 @@ def _walk(buf: bytes) -> ScoreReply:
                 raise _Unexpected()  # protobuf merges repeated message fields
             seen.add(number)
         if number == _REQUEST_ID:
-            try:
-                reply.request_id = buf[a:b].decode("utf-8")
-            except UnicodeDecodeError:
-                raise _Unexpected() from None
+            reply.request_id = _utf8(buf, a, b)
         elif number in _TENSORS:
             reply.tensors[_TENSORS[number]] = _tensor(buf, view, a, b)
         elif number == _TIMING:
@@ -198,27 +209,16 @@ def _walk_chunk(buf: bytes) -> ChunkPart:
                 part.dtype = _signed(a, 32)
             else:
                 part.offset = a
-        elif number == _CHUNK_SHAPE and wire == _LEN:  # packed
-            pos = a
-            while pos < b:
-                value, pos = _varint(buf, pos, b)
-                shape.append(_signed(value, 64))
-        elif number == _CHUNK_SHAPE and wire == _VARINT:
-            shape.append(_signed(a, 64))
+        elif number == _CHUNK_SHAPE and wire in (_LEN, _VARINT):
+            _add_shape(shape, buf, wire, a, b)
         elif number == _CHUNK_DATA and wire == _LEN:
             part.data = view[a:b]
         elif number == _CHUNK_REQUEST_ID and wire == _LEN:
-            try:
-                part.request_id = buf[a:b].decode("utf-8")
-            except UnicodeDecodeError:
-                raise _Unexpected() from None
-        elif (number in (_CHUNK_SHARED_MEMORY, _CHUNK_TIMING) and wire == _LEN
-              and getattr(part, "shared_memory" if number == _CHUNK_SHARED_MEMORY
-                          else "timing") is None):
-            if number == _CHUNK_SHARED_MEMORY:
-                part.shared_memory = pb.SharedMemoryRange.FromString(buf[a:b])
-            else:
-                part.timing = pb.Timing.FromString(buf[a:b])
+            part.request_id = _utf8(buf, a, b)
+        elif number == _CHUNK_SHARED_MEMORY and wire == _LEN and part.shared_memory is None:
+            part.shared_memory = pb.SharedMemoryRange.FromString(buf[a:b])
+        elif number == _CHUNK_TIMING and wire == _LEN and part.timing is None:
+            part.timing = pb.Timing.FromString(buf[a:b])
         elif number in (_CHUNK_OUTPUT, _CHUNK_DTYPE, _CHUNK_SHAPE, _CHUNK_OFFSET, _CHUNK_DATA,
                         _CHUNK_SHARED_MEMORY, _CHUNK_REQUEST_ID, _CHUNK_TIMING):
             raise _Unexpected()  # a wrong wire type, or a message given twice (protobuf merges)

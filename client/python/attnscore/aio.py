@@ -77,15 +77,12 @@ class Client:
                 received = True
                 assembler.add(part)
             return assembler.finish()
-        except grpc.RpcError as error:
-            if error.code() == grpc.StatusCode.UNIMPLEMENTED and not received:
+        except (grpc.RpcError, MalformedChunks) as error:
+            failure = _channel.chunked_failure(error, received, call)
+            if failure is None:
                 self._chunked_unimplemented = True
                 return None
-            raise from_rpc_error(error) from None
-        except MalformedChunks as error:
-            call.cancel()
-            raise AttnscoreError(grpc.StatusCode.DATA_LOSS,
-                                 f"malformed ScoreChunk: {error}") from None
+            raise failure from None
 
     async def score_many(self, requests: Iterable[Union[Request, Mapping[str, Any]]], *,
                          return_exceptions: bool = False) -> List[Any]:
