@@ -310,7 +310,9 @@ struct ClientOptions {
   // Most bytes of large response tensors (32 MiB and more) kept for reuse
   // once the results holding them are gone: malloc maps each such buffer
   // afresh, and a 64 MiB one faults in 16k pages, each zeroed by the kernel,
-  // on every call; a reused one none. 0: no reuse.
+  // on every call; a reused one none. A kept buffer unused for 10 s is
+  // returned to the kernel (BufferPool::kDefaultDecay), at the pool's next
+  // use. 0: no reuse.
   int64_t keep_response_bytes = int64_t{256} << 20;
   // Most bytes one socket read takes from a TCP connection
   // (GRPC_ARG_TCP_MAX_READ_CHUNK_SIZE); 0: gRPC's own sizing. A receiver

@@ -9,37 +9,77 @@
 // Blocks come in size classes (eight per power of two from kMinPooledBytes, at
 // most 12.5% over the request) and are kept per class, most recent first, up
 // to max_cached_bytes of idle blocks; past that a released block goes back to
-// the allocator. Blocks under kMinPooledBytes are not kept (the allocator's
-// own bins serve them without faults).
+// the kernel. Blocks under kMinPooledBytes are not kept (the allocator's own
+// bins serve them without faults).
+//
+// Idle blocks decay: one left unused for the decay period (kDefaultDecay
+// unless set) is unmapped, so memory taken for a burst goes back to the
+// kernel once the burst is over, while a steady load, which reuses its most
+// recent blocks, keeps what it uses. The pool checks for decayed blocks on
+// Acquire and Release (at most every decay / 4); ReleaseIdle() checks now,
+// for an owner that wants memory back while no call comes.
+//
+// Pooled blocks are mapped from the kernel (mmap), not from malloc's heaps: a
+// block the pool lets go then leaves the process at once instead of lying in a
+// heap that malloc keeps (and fragments). They get no transparent huge pages:
+// on a VM that reports free memory to its host (a Firecracker guest here), a
+// fresh 64 MiB MADV_HUGEPAGE mapping faulted in 10 ms right after another was
+// unmapped but 140-176 ms once the freed huge pages had gone back to the host
+// (5 s later), against 27-31 ms with small pages either way. Under
+// AddressSanitizer blocks come from aligned_alloc, which it checks.
 //
 // Ownership: the pool owns idle blocks; an acquired block belongs to the
-// caller until Release (or std::free, which is also allowed). Thread safety:
-// every method may be called from any thread. Errors: Acquire throws
-// std::bad_alloc when the allocator fails, like operator new.
+// caller until Release. Thread safety: every method may be called from any
+// thread. Errors: Acquire throws std::bad_alloc when memory cannot be had,
+// like operator new.
 #ifndef ATTNSCORE_COMMON_BUFFER_POOL_H_
 #define ATTNSCORE_COMMON_BUFFER_POOL_H_
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <vector>
 
 namespace attnscore {
 
+// Whether pooled blocks are mapped from the kernel (not under AddressSanitizer,
+// which checks heap blocks only).
+#if defined(__SANITIZE_ADDRESS__)
+#define ATTNSCORE_BUFFER_POOL_MAPS_BLOCKS 0
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define ATTNSCORE_BUFFER_POOL_MAPS_BLOCKS 0
+#endif
+#endif
+#ifndef ATTNSCORE_BUFFER_POOL_MAPS_BLOCKS
+#define ATTNSCORE_BUFFER_POOL_MAPS_BLOCKS 1
+#endif
+
 class BufferPool {
  public:
   static constexpr size_t kAlignment = 64;  // a cache line; AVX-512 loads
   static constexpr size_t kMinPooledBytes = size_t{256} << 10;
+  static constexpr std::chrono::milliseconds kDefaultDecay{10'000};
+  static constexpr bool kMapsBlocks = ATTNSCORE_BUFFER_POOL_MAPS_BLOCKS != 0;
+
+  using TimePoint = std::chrono::steady_clock::time_point;
+  using Clock = std::function<TimePoint()>;
 
   struct Stats {
     size_t cached_bytes = 0;  // idle, kept for reuse
     size_t cached_blocks = 0;
-    uint64_t hits = 0;    // acquisitions served from the pool
-    uint64_t misses = 0;  // pooled-size acquisitions that allocated
+    uint64_t hits = 0;           // acquisitions served from the pool
+    uint64_t misses = 0;         // pooled-size acquisitions that allocated
+    uint64_t decayed_bytes = 0;  // idle bytes let go for want of use
   };
 
-  explicit BufferPool(size_t max_cached_bytes);
+  // `clock` (tests inject one) defaults to std::chrono::steady_clock.
+  explicit BufferPool(size_t max_cached_bytes,
+                      std::chrono::milliseconds decay = kDefaultDecay,
+                      Clock clock = nullptr);
   ~BufferPool();
   BufferPool(const BufferPool&) = delete;
   BufferPool& operator=(const BufferPool&) = delete;
@@ -52,17 +92,35 @@ class BufferPool {
 
   // Sets the most idle bytes kept, freeing idle blocks beyond it now.
   void SetMaxCachedBytes(size_t bytes);
+  // Sets how long an idle block is kept unused (zero: until the cap needs
+  // its room), and applies it now.
+  void SetDecay(std::chrono::milliseconds decay);
+  // Lets go of the idle blocks unused for the decay period; returns their
+  // bytes.
+  size_t ReleaseIdle();
   Stats stats() const;
 
   // The capacity Acquire gives for `bytes`.
   static size_t CapacityFor(size_t bytes);
 
  private:
-  void TrimLocked(size_t limit);
+  struct IdleBlock {
+    void* block;
+    TimePoint since;  // released at
+  };
 
+  void TrimLocked(size_t limit);
+  size_t DecayLocked(TimePoint now);
+  // DecayLocked when the next check is due.
+  void MaybeDecayLocked(TimePoint now);
+
+  const Clock clock_;
   mutable std::mutex mu_;
-  std::map<size_t, std::vector<void*>> idle_;  // capacity -> blocks (LIFO)
+  // capacity -> idle blocks, oldest first (reused from the back)
+  std::map<size_t, std::vector<IdleBlock>> idle_;
   size_t max_cached_bytes_;
+  std::chrono::milliseconds decay_;
+  TimePoint next_decay_check_;
   Stats stats_;
 };
 

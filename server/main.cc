@@ -137,6 +137,7 @@ struct Flags {
   std::string compute_path = "auto";  // scorer.compute_path, by name
   service::ServiceOptions service;    // --batch-workers, --max-*
   int64_t host_pool_bytes = -1;       // scoring::HostBufferPool's idle cap
+  int64_t host_pool_decay_ms = scoring::BufferPool::kDefaultDecay.count();
 
   bool metrics_enabled() const {
     return !metrics_listen.empty() && metrics_listen != "off";
@@ -220,8 +221,8 @@ void AddBatchingFlags(CLI::App& app, Flags& flags) {
 }
 
 // --max-request-memory, --max-request-work, --max-inflight-bytes,
-// --max-inflight-per-client, --host-pool-bytes, --max-stream-unsent-bytes:
-// what requests may cost, alone and together.
+// --max-inflight-per-client, --host-pool-bytes, --host-pool-decay-ms,
+// --max-stream-unsent-bytes: what requests may cost, alone and together.
 void AddRequestBudgetFlags(CLI::App& app, Flags& flags) {
   service::ServiceOptions& service = flags.service;
   AddFlag(app, "--max-request-memory", service.limits.max_request_memory,
@@ -256,6 +257,12 @@ void AddRequestBudgetFlags(CLI::App& app, Flags& flags) {
           "faults; on top of --max-inflight-bytes. -1: a quarter of "
           "--max-inflight-bytes, at most 1 GiB; 0: none kept")
       ->check(CLI::Range(int64_t{-1}, std::numeric_limits<int64_t>::max()));
+  AddFlag(app, "--host-pool-decay-ms", flags.host_pool_decay_ms,
+          "HOST_POOL_DECAY_MS",
+          "How long an idle block of --host-pool-bytes is kept unused before "
+          "it goes back to the kernel, so that memory taken for a burst is "
+          "returned after it; 0: kept until the cap needs its room")
+      ->check(CLI::NonNegativeNumber);
   AddFlag(app, "--max-stream-unsent-bytes", service.max_stream_unsent_bytes,
           "MAX_STREAM_UNSENT_BYTES",
           "Unsent reply bytes of one ScoreStream (replies still computing at "
@@ -627,6 +634,8 @@ class Server {
 
   const Flags flags_;
   std::unique_ptr<scoring::Scorer> scorer_;
+  // Gives back the host pool's unused blocks while no request comes.
+  std::unique_ptr<scoring::IdleBlockReleaser> pool_releaser_;
   std::unique_ptr<service::ModelRegistry> models_;
   observability::Registry registry_;
   service::ServiceMetrics metrics_{registry_};
@@ -724,7 +733,16 @@ bool Server::CreateScorer() {
           ? flags_.host_pool_bytes
           : std::min(int64_t{1} << 30, flags_.service.max_inflight_bytes / 4);
   scoring::HostBufferPool().SetMaxCachedBytes(static_cast<size_t>(pool));
-  spdlog::info("host buffer pool: up to {} idle bytes kept for reuse", pool);
+  const std::chrono::milliseconds decay(flags_.host_pool_decay_ms);
+  scoring::HostBufferPool().SetDecay(decay);
+  if (decay.count() > 0) {
+    pool_releaser_ = std::make_unique<scoring::IdleBlockReleaser>(
+        std::max(decay / 4, std::chrono::milliseconds(1)));
+  }
+  spdlog::info(
+      "host buffer pool: up to {} idle bytes kept for reuse, each for at most "
+      "{} ms unused (0: no limit)",
+      pool, decay.count());
   return true;
 }
 
@@ -770,6 +788,14 @@ void Server::RegisterProcessMetrics() {
       "Idle host buffers kept for reuse (at most --host-pool-bytes).", [] {
         return static_cast<double>(
             scoring::HostBufferPool().stats().cached_bytes);
+      });
+  registry_.AddCallbackCounter(
+      "attnscore_host_pool_decayed_bytes_total",
+      "Idle host buffer bytes returned to the kernel after "
+      "--host-pool-decay-ms unused.",
+      [] {
+        return static_cast<double>(
+            scoring::HostBufferPool().stats().decayed_bytes);
       });
 }
 

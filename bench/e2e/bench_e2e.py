@@ -526,12 +526,14 @@ def memory_line(m: dict) -> str:
 
 
 def pool_note(m: dict) -> str:
-    """The host pool's share of the RSS: idle blocks kept on purpose, bounded by its cap."""
+    """The host pool's share of the RSS: idle blocks kept on purpose, bounded by its cap and
+    returned after --host-pool-decay-ms unused."""
     if not m.get("pool_idle_after_rounds"):
         return ""
     mib = 1 << 20
     pool = ", ".join(f"{v / mib:.0f}" for v in m["pool_idle_after_rounds"])
-    return (f"; of it, the host pool's idle blocks (kept for reuse, at most --host-pool-bytes) "
+    return (f"; of it, the host pool's idle blocks (kept for reuse, at most --host-pool-bytes, each "
+            f"for at most --host-pool-decay-ms unused) "
             f"{pool} MiB, so growth outside the pool {m['growth_outside_pool'] / mib:+.1f} MiB")
 
 

@@ -1,5 +1,7 @@
 #include "server/scoring/buffer_pool.h"
 
+#include <pthread.h>
+
 namespace attnscore::scoring {
 
 BufferPool& HostBufferPool() {
@@ -16,6 +18,26 @@ PooledBytes AcquireBytes(size_t bytes) {
   void* block = HostBufferPool().Acquire(bytes, &capacity);
   return PooledBytes(static_cast<unsigned char*>(block),
                      PooledBytesDeleter{capacity});
+}
+
+IdleBlockReleaser::IdleBlockReleaser(std::chrono::milliseconds period)
+    : thread_([this, period] { Loop(period); }) {}
+
+IdleBlockReleaser::~IdleBlockReleaser() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  thread_.join();
+}
+
+void IdleBlockReleaser::Loop(std::chrono::milliseconds period) {
+  pthread_setname_np(pthread_self(), "attnscore-pool");
+  std::unique_lock<std::mutex> lock(mu_);
+  while (!cv_.wait_for(lock, period, [this] { return stop_; })) {
+    HostBufferPool().ReleaseIdle();
+  }
 }
 
 }  // namespace attnscore::scoring

@@ -893,6 +893,32 @@ TEST_F(ServerE2eTest, BatchWorkersSpinOnlyWhenAsked) {
   EXPECT_FALSE(MetricsContain("attnscore_batch_worker_spin_seconds_total 0\n"));
 }
 
+// --host-pool-decay-ms reaches the pool: a reply's 2 MiB of logits go back to
+// the host pool when sent, and, unused, leave it once the decay period has
+// passed, with no further request to prompt it (the releaser thread).
+TEST_F(ServerE2eTest, IdlePoolBlocksGoBackAfterTheDecayPeriod) {
+  ASSERT_NO_FATAL_FAILURE(Start({"--host-pool-decay-ms", "200"}));
+  v1::ScoreRequest request = CausalRampRequest({1, 2, 512, 8}, false);
+  request.add_outputs(v1::LOGITS);
+  const Call call = Score(request);
+  ASSERT_TRUE(call.status.ok()) << call.status.error_message();
+  EXPECT_EQ(call.response.logits().data().size(), size_t{2} << 20);
+  EXPECT_TRUE(WaitFor(
+      [&] {
+        const std::string metrics = Metrics();
+        return absl::StrContains(metrics,
+                                 "attnscore_host_pool_idle_bytes 0\n") &&
+               absl::StrContains(metrics,
+                                 "attnscore_host_pool_decayed_bytes_total ") &&
+               !absl::StrContains(
+                   metrics, "attnscore_host_pool_decayed_bytes_total 0\n");
+      },
+      kWaitTimeout))
+      << Metrics();
+  EXPECT_TRUE(
+      server_->WaitForLog("each for at most 200 ms unused", absl::Seconds(1)));
+}
+
 // Debian's real prometheus scrapes the real server over loopback; the series a
 // request produced must arrive through prometheus' query API, and the whole
 // exposition must pass promtool's lint.

@@ -1,18 +1,23 @@
 // BufferPool (server/scoring/buffer_pool.h): size classes, reuse without new
-// allocations, the idle cap, trimming, and concurrent use; and the pooled
-// tensors of host_tensor.h returning their blocks when the last reference
-// drops.
+// allocations, the idle cap, trimming, decay of unused blocks (on a fake
+// clock), memory leaving the process, and concurrent use; the pooled tensors
+// of host_tensor.h returning their blocks when the last reference drops; and
+// IdleBlockReleaser.
 #include "server/scoring/buffer_pool.h"
 
 #include <ATen/core/Tensor.h>
 
+#include <chrono>
 #include <cstdint>
 #include <cstring>
+#include <fstream>
+#include <string>
 #include <thread>
 #include <vector>
 
 #include "gtest/gtest.h"
 #include "server/scoring/host_tensor.h"
+#include "tests/testing/test_util.h"
 
 namespace attnscore::scoring {
 namespace {
@@ -84,6 +89,140 @@ TEST(BufferPoolTest, IdleBytesStayUnderTheCap) {
   void* block = pool.Acquire(6 * kMiB, &capacity);
   pool.Release(block, capacity);  // nothing kept with a zero cap
   EXPECT_EQ(pool.stats().cached_blocks, 0u);
+}
+
+// A steady_clock reading the test moves by hand.
+struct FakeClock {
+  BufferPool::TimePoint now{std::chrono::hours(1)};
+  BufferPool::Clock AsClock() {
+    return [this] { return now; };
+  }
+};
+
+using std::chrono::milliseconds;
+using std::chrono::seconds;
+
+TEST(BufferPoolTest, BlocksUnusedForTheDecayPeriodAreLetGo) {
+  FakeClock clock;
+  BufferPool pool(256 * kMiB, seconds(10), clock.AsClock());
+  size_t capacity = 0;
+  void* a = pool.Acquire(4 * kMiB, &capacity);
+  void* b = pool.Acquire(4 * kMiB, &capacity);
+  void* c = pool.Acquire(4 * kMiB, &capacity);
+  pool.Release(a, capacity);  // idle since 0 s
+  clock.now += seconds(4);
+  pool.Release(b, capacity);  // since 4 s
+  clock.now += seconds(4);
+  pool.Release(c, capacity);  // since 8 s
+  EXPECT_EQ(pool.ReleaseIdle(), 0u);
+  clock.now += seconds(2);  // 10 s: a has been idle for the whole period
+  EXPECT_EQ(pool.ReleaseIdle(), capacity);
+  BufferPool::Stats stats = pool.stats();
+  EXPECT_EQ(stats.cached_blocks, 2u);
+  EXPECT_EQ(stats.cached_bytes, 2 * capacity);
+  EXPECT_EQ(stats.decayed_bytes, capacity);
+
+  // Reuse takes the most recent block, so a steady load keeps its own.
+  size_t again = 0;
+  EXPECT_EQ(pool.Acquire(4 * kMiB, &again), c);
+  clock.now += seconds(100);
+  EXPECT_EQ(pool.ReleaseIdle(), capacity);  // b
+  pool.Release(c, again);                   // idle again from now
+  EXPECT_EQ(pool.ReleaseIdle(), 0u);
+  stats = pool.stats();
+  EXPECT_EQ(stats.cached_blocks, 1u);
+  EXPECT_EQ(stats.decayed_bytes, 2 * capacity);
+}
+
+// Without ReleaseIdle: Acquire and Release check, at most every decay / 4.
+TEST(BufferPoolTest, AcquireAndReleaseLetDecayedBlocksGo) {
+  FakeClock clock;
+  BufferPool pool(256 * kMiB, seconds(8), clock.AsClock());
+  size_t small = 0;
+  size_t large = 0;
+  void* old_block = pool.Acquire(1 * kMiB, &small);
+  pool.Release(old_block, small);
+  clock.now += seconds(8);
+  void* block = pool.Acquire(16 * kMiB, &large);  // another class: a miss
+  EXPECT_EQ(pool.stats().cached_blocks, 0u);      // the old one went
+  EXPECT_EQ(pool.stats().decayed_bytes, small);
+  pool.Release(block, large);
+
+  // Checked at most every 2 s: a block that decays in between waits.
+  clock.now += seconds(1);
+  old_block = pool.Acquire(1 * kMiB, &small);  // a miss; no check due
+  pool.Release(old_block, small);
+  clock.now += seconds(7);  // `block` idle 8 s; last check 8 s ago: due
+  pool.Release(pool.Acquire(1 * kMiB, &small), small);
+  EXPECT_EQ(pool.stats().decayed_bytes, small + large);
+  EXPECT_EQ(pool.stats().cached_blocks, 1u);
+}
+
+TEST(BufferPoolTest, ZeroDecayKeepsBlocksUntilTheCapNeedsRoom) {
+  FakeClock clock;
+  BufferPool pool(256 * kMiB, seconds(10), clock.AsClock());
+  size_t capacity = 0;
+  void* block = pool.Acquire(4 * kMiB, &capacity);
+  pool.Release(block, capacity);
+  pool.SetDecay(milliseconds(0));
+  clock.now += std::chrono::hours(24);
+  EXPECT_EQ(pool.ReleaseIdle(), 0u);
+  EXPECT_EQ(pool.stats().cached_blocks, 1u);
+
+  pool.SetDecay(seconds(1));  // applies now: the block has been idle a day
+  EXPECT_EQ(pool.stats().cached_blocks, 0u);
+  EXPECT_EQ(pool.stats().decayed_bytes, capacity);
+}
+
+// Resident anonymous memory of this process, in bytes.
+size_t RssAnonBytes() {
+  std::ifstream status("/proc/self/status");
+  std::string key;
+  size_t kib = 0;
+  while (status >> key) {
+    if (key == "RssAnon:") {
+      status >> kib;
+      return kib << 10;
+    }
+    status.ignore(1 << 10, '\n');
+  }
+  return 0;
+}
+
+// A block the pool lets go leaves the process at once: it was mapped for
+// itself, not carved out of a heap that malloc keeps.
+TEST(BufferPoolTest, ALetGoBlockLeavesTheProcess) {
+  if (!BufferPool::kMapsBlocks) {
+    GTEST_SKIP() << "AddressSanitizer: blocks come from its heap";
+  }
+  FakeClock clock;
+  BufferPool pool(256 * kMiB, seconds(10), clock.AsClock());
+  size_t capacity = 0;
+  void* block = pool.Acquire(64 * kMiB, &capacity);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(block) % 4096, 0u);
+  std::memset(block, 1, capacity);
+  pool.Release(block, capacity);
+  const size_t kept = RssAnonBytes();
+  clock.now += seconds(10);
+  ASSERT_EQ(pool.ReleaseIdle(), capacity);
+  const size_t after = RssAnonBytes();
+  EXPECT_GE(kept, after + 60 * kMiB) << kept << " -> " << after;
+}
+
+TEST(IdleBlockReleaserTest, GivesBackTheProcessPoolsUnusedBlocks) {
+  HostBufferPool().SetDecay(milliseconds(50));
+  const uint64_t decayed = HostBufferPool().stats().decayed_bytes;
+  size_t capacity = 0;
+  void* block = HostBufferPool().Acquire(2 * kMiB, &capacity);
+  HostBufferPool().Release(block, capacity);
+  {
+    IdleBlockReleaser releaser(milliseconds(10));
+    EXPECT_TRUE(testing::WaitFor(
+        [&] { return HostBufferPool().stats().decayed_bytes > decayed; },
+        absl::Seconds(10)));
+  }
+  EXPECT_EQ(HostBufferPool().stats().cached_bytes, 0u);
+  HostBufferPool().SetDecay(BufferPool::kDefaultDecay);
 }
 
 TEST(BufferPoolTest, SmallBlocksAreNotKept) {
