@@ -452,13 +452,16 @@ class ClientLoad {
       if (t.joinable()) t.join();
     }
   }
-  // The first success sent at or after `since`.
+  // When the first success sent at or after `since` completed. Completion, not
+  // sending: that call may have spent a while in the client's retries, and a
+  // call sent while it did can still exhaust its own against the reconnecting
+  // channel.
   std::optional<Clock::time_point> FirstSuccessSince(Clock::time_point since) {
     std::lock_guard<std::mutex> lock(mutex_);
     std::optional<Clock::time_point> first;
     for (const Outcome& o : outcomes_) {
-      if (o.sent >= since && o.status.ok() && (!first || o.sent < *first)) {
-        first = o.sent;
+      if (o.sent >= since && o.status.ok() && (!first || o.done < *first)) {
+        first = o.done;
       }
     }
     return first;
@@ -475,11 +478,15 @@ class ClientLoad {
   std::vector<std::thread> threads_;
 };
 
+double MsBetween(Clock::time_point from, Clock::time_point to) {
+  return std::chrono::duration<double, std::milli>(to - from).count();
+}
+
 // One kill-and-restart cycle: the times that classify the outcomes.
 struct Outage {
   Clock::time_point killed;
   Clock::time_point ready;
-  Clock::time_point recovered;  // the first success sent after `ready`
+  Clock::time_point recovered;  // the first success after `ready` completed
 };
 
 TEST(FaultTest, SigkillUnderLoadAndRestartOnTheSamePort) {
@@ -535,6 +542,12 @@ TEST(FaultTest, SigkillUnderLoadAndRestartOnTheSamePort) {
     } else {
       ++report.lost;
       std::cout << "lost: " << o.status << "\n";
+      for (const Outage& out : outages) {
+        std::cout << "  sent, done, recovered ms after a kill: "
+                  << MsBetween(out.killed, o.sent) << ", "
+                  << MsBetween(out.killed, o.done) << ", "
+                  << MsBetween(out.killed, out.recovered) << "\n";
+      }
     }
   }
   report.classes = {
