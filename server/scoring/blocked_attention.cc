@@ -38,10 +38,14 @@ constexpr int64_t kSmallExp = 1024;
 // `stop` is asked before the first tile of a thread and then once per this
 // many multiply-adds: a few milliseconds at most between checks.
 constexpr int64_t kStopCheckMacs = int64_t{1} << 22;
-// Opening a parallel region wakes the other intra-op threads, a few
-// microseconds: each thread gets at least this many multiply-adds of tiles, so
-// a tiny call (H8 Lq=Lk=1) runs on the calling thread alone.
-constexpr int64_t kParallelMacs = int64_t{1} << 16;
+// Opening a parallel region wakes the other intra-op threads and joins them
+// at its end: tens of microseconds on a VM (an idle vCPU is woken through the
+// hypervisor), milliseconds when their cores are busy (gRPC's threads
+// receiving requests). Each thread gets at least this many multiply-adds of
+// tiles (about 0.1 ms): a decode step (H8 Lk2048 D64, 1M) computed in 0.105 ms
+// on one thread and 0.150 ms on two at concurrency 1 on two AMD EPYC cores,
+// and took 3x longer on two under load.
+constexpr int64_t kParallelMacs = int64_t{1} << 20;
 
 // A row-major matrix in someone else's memory: unit column stride, row stride
 // `ld`.
@@ -582,26 +586,40 @@ bool ComputeAttentionBlocked(const at::Tensor& q_in, const at::Tensor& k_in,
   // embeddings stay in cache across them (and GroupDistances' groups are
   // consecutive units).
   const bool head_major = p.relative() && tiles == 1;
+  // The units are handed out in chunks from a shared counter, not split
+  // evenly up front: on a busy machine (gRPC's threads receiving on the same
+  // cores) an intra-op thread the OS has not run yet would hold its share
+  // while the others waited for it at the region's end (a decode step's
+  // compute took 3x longer under load on two cores); a late thread now finds
+  // the units taken and leaves. Each unit's results depend on that unit
+  // alone, so which thread computes it changes no bit.
+  const UnitChunks chunks(units, grain, at::get_num_threads(),
+                          head_major ? p.relative_group : 1);
+  std::atomic<int64_t> next{0};
   std::atomic<bool> stopped{false};
-  at::parallel_for(0, units, grain, [&](int64_t begin, int64_t end) {
-    // One scratch per thread's range: at most BlockedThreads() live at once.
+  at::parallel_for(0, chunks.threads, 1, [&](int64_t, int64_t) {
+    // One scratch per thread: at most BlockedThreads() live at once.
     const PooledFloats buffer =
         AcquireFloats(static_cast<size_t>(scratch.floats));
     TileKernel kernel(p, buffer.get());
     int64_t since_check = kStopCheckMacs;
-    for (int64_t unit = begin; unit < end; ++unit) {
-      if (stop && since_check >= kStopCheckMacs) {
-        if (stopped.load(std::memory_order_relaxed) || stop()) {
-          stopped.store(true, std::memory_order_relaxed);
-          return;
+    for (int64_t begin = next.fetch_add(chunks.size); begin < units;
+         begin = next.fetch_add(chunks.size)) {
+      const int64_t end = std::min(begin + chunks.size, units);
+      for (int64_t unit = begin; unit < end; ++unit) {
+        if (stop && since_check >= kStopCheckMacs) {
+          if (stopped.load(std::memory_order_relaxed) || stop()) {
+            stopped.store(true, std::memory_order_relaxed);
+            return;
+          }
+          since_check = 0;
         }
-        since_check = 0;
+        since_check += unit_macs;
+        const int64_t block = unit / tiles, i0 = (unit % tiles) * p.query_tile;
+        const int64_t b = head_major ? block % p.batch : block / p.heads;
+        const int64_t h = head_major ? block / p.batch : block % p.heads;
+        kernel.Run(b, h, i0, std::min(i0 + p.query_tile, p.query_len));
       }
-      since_check += unit_macs;
-      const int64_t block = unit / tiles, i0 = (unit % tiles) * p.query_tile;
-      const int64_t b = head_major ? block % p.batch : block / p.heads;
-      const int64_t h = head_major ? block / p.batch : block % p.heads;
-      kernel.Run(b, h, i0, std::min(i0 + p.query_tile, p.query_len));
     }
   });
   return !stopped.load();

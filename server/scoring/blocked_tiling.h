@@ -91,6 +91,39 @@ inline BlockedScratch BlockedScratchOf(int64_t query_len, int64_t key_len,
   return scratch;
 }
 
+// How the tile loop hands `units` units of work to at most `max_threads`
+// intra-op threads, which take chunks of `size` consecutive units from a
+// shared counter until none are left: `threads` take part (1: the calling
+// thread alone; 0 when there are no units), each with at least `grain` units
+// (a parallel region's wake-up must pay for itself). About kChunksPerThread
+// chunks per thread, so that a thread that starts late (its core busy with
+// other work) leaves its share to the others, while the chunks stay long
+// enough that consecutive units (one head's tiles, which share its key rows)
+// mostly stay on one thread. `size` is a multiple of `align` (the relative
+// bias's decode group, whose distances one thread computes for the group's
+// items together).
+struct UnitChunks {
+  static constexpr int64_t kChunksPerThread = 4;
+
+  UnitChunks(int64_t units, int64_t grain, int64_t max_threads,
+             int64_t align = 1) {
+    const int64_t least = std::max<int64_t>(grain, 1);
+    const int64_t step = std::max<int64_t>(align, 1);
+    if (units <= 0) {
+      threads = 0;
+      return;
+    }
+    threads = std::clamp<int64_t>((units + least - 1) / least, 1,
+                                  std::max<int64_t>(max_threads, 1));
+    const int64_t even =
+        (units + threads * kChunksPerThread - 1) / (threads * kChunksPerThread);
+    size = (std::max(least, even) + step - 1) / step * step;
+  }
+
+  int64_t threads = 1;
+  int64_t size = 1;
+};
+
 // The compute threads of this process: at most this many scratch buffers are
 // live at once. Set by CreateAtenScorer; until then, the core count.
 inline std::atomic<int>& BlockedThreadsSlot() {

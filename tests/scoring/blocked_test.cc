@@ -15,8 +15,10 @@
 #include <ATen/ops/randn.h>
 
 #include <atomic>
+#include <chrono>
 #include <cinttypes>
 #include <cmath>
+#include <condition_variable>
 #include <cstdio>
 #include <memory>
 #include <mutex>
@@ -404,14 +406,22 @@ TEST(BlockedAttentionTest, TilesRunOnTheIntraOpThreads) {
   at::manual_seed(5);
   const Case c = RandomCase(2, 4, 256, 256, 32, 32, false, false);
   std::mutex mu;
+  std::condition_variable arrived;
   std::set<std::thread::id> seen;
   AttentionResult result;
-  // `stop` is asked on the thread that runs each range of tiles.
+  // `stop` is asked on each thread before its first tile. The threads take
+  // their tiles from a shared counter, so a thread that started first could
+  // take them all: each waits (up to 10 s) for a second one to arrive.
   const bool finished = ComputeAttentionBlocked(
       c.q, c.k, c.v, {}, Config(c, true),
       [&] {
-        const std::lock_guard<std::mutex> lock(mu);
+        std::unique_lock<std::mutex> lock(mu);
         seen.insert(std::this_thread::get_id());
+        arrived.notify_all();
+#ifdef ATTNSCORE_PARALLEL_TILES
+        arrived.wait_for(lock, std::chrono::seconds(10),
+                         [&seen] { return seen.size() >= 2; });
+#endif
         return false;
       },
       &result);
@@ -424,6 +434,69 @@ TEST(BlockedAttentionTest, TilesRunOnTheIntraOpThreads) {
   // tiles inline; this documents that fallback.
   EXPECT_EQ(seen.size(), 1u);
 #endif
+}
+
+// A thread that starts late (its core busy elsewhere) leaves its share of the
+// tiles to the others instead of holding them until it runs: here the second
+// thread stalls for a second at its first tile, and the caller's thread
+// computes the rest meanwhile. (Split evenly up front, each did half.)
+TEST(BlockedAttentionTest, AStalledThreadLeavesItsShareToTheOthers) {
+#ifndef ATTNSCORE_PARALLEL_TILES
+  GTEST_SKIP() << "built without OpenMP: the tiles run on the caller's thread";
+#else
+  const int threads_before = at::get_num_threads();
+  at::set_num_threads(2);
+  at::manual_seed(7);
+  const Case c = RandomCase(2, 4, 256, 256, 32, 32, false, false);
+  const std::thread::id caller = std::this_thread::get_id();
+  std::atomic<int> caller_checks{0}, other_checks{0};
+  AttentionResult result;
+  // `stop` is asked once per 4M multiply-adds of a thread's tiles (1M each
+  // here): its calls count each thread's tiles.
+  const bool finished = ComputeAttentionBlocked(
+      c.q, c.k, c.v, {}, Config(c, true),
+      [&] {
+        if (std::this_thread::get_id() == caller) {
+          ++caller_checks;
+        } else if (other_checks++ == 0) {
+          std::this_thread::sleep_for(std::chrono::seconds(1));
+        }
+        return false;
+      },
+      &result);
+  at::set_num_threads(threads_before);
+  ASSERT_TRUE(finished);
+  EXPECT_GE(caller_checks.load(), 3 * (caller_checks + other_checks) / 4)
+      << "caller " << caller_checks << ", other " << other_checks;
+  // The results are those of one thread alone.
+  AttentionResult alone;
+  ASSERT_TRUE(ComputeAttentionBlocked(c.q, c.k, c.v, {}, Config(c, true),
+                                      nullptr, &alone));
+  EXPECT_TRUE(at::equal(result.logits, alone.logits));
+#endif
+}
+
+// How the tile loop deals out its units (blocked_tiling.h).
+TEST(UnitChunksTest, ThreadsAndChunkSizes) {
+  // Enough units for every thread: about four chunks per thread.
+  const UnitChunks wide(256, 8, 2);
+  EXPECT_EQ(wide.threads, 2);
+  EXPECT_EQ(wide.size, 32);
+  // At most one thread per `grain` units; one: the caller alone.
+  const UnitChunks small(8, 8, 2);
+  EXPECT_EQ(small.threads, 1);
+  EXPECT_EQ(small.size, 8);
+  const UnitChunks nine(9, 8, 4);
+  EXPECT_EQ(nine.threads, 2);
+  EXPECT_EQ(nine.size, 8);  // never under the grain
+  // The relative decode group's alignment.
+  const UnitChunks aligned(100, 1, 2, 16);
+  EXPECT_EQ(aligned.size % 16, 0);
+  EXPECT_EQ(aligned.size, 16);
+  // No units: no thread; one thread asked for (or none): one.
+  EXPECT_EQ(UnitChunks(0, 1, 2).threads, 0);
+  EXPECT_EQ(UnitChunks(5, 1, 0).threads, 1);
+  EXPECT_EQ(UnitChunks(5, 0, 1).size, 2);
 }
 
 TensorRef Ref(const at::Tensor& t) {
