@@ -344,7 +344,7 @@ def load_rps(cli: str, address: str, requests: int, workdir: str, name: str,
 def batching_cost(args: argparse.Namespace, workdir: str, batched: str) -> dict:
     """Issue 10 C: the server with its defaults (`batched`, already running) against one with
     `--max-batch-size 1`, the decode preset through `attnscore load`, alternating BATCHING_ROUNDS
-    rounds (best of each side): at c=64 the throughput ratio and the p99 ratio of those runs, at
+    rounds (best of each side): at c=64 the throughput ratio and the ratio of the best p99s, at
     c=1 (BATCHING_C1_ROUNDS rounds) the p50 the defaults add; and the c=64 runs again with the
     inputs in shared memory."""
     address = f"127.0.0.1:{free_port()}"
@@ -366,6 +366,11 @@ def batching_cost(args: argparse.Namespace, workdir: str, batched: str) -> dict:
                                         f"{key}-{side}{k}", shared_memory=shared)
                         if key not in mine or many["rps"] > mine[key]["rps"]:
                             mine[key] = many
+                        # The p99 is a best of the rounds too, not the best-throughput
+                        # round's: one slow round's tail otherwise decides the ratio.
+                        p99s = mine.setdefault(f"{key}_p99s", [])
+                        p99s.append(many["p99_ms"])
+                        mine[f"{key}_best_p99_ms"] = min(p99s)
                 if k < c1_rounds:
                     one = load_rps(args.cli, target, lone, workdir, f"c1-{side}{k}",
                                    concurrency=1)
@@ -375,19 +380,20 @@ def batching_cost(args: argparse.Namespace, workdir: str, batched: str) -> dict:
         unbatched.stop()
     on, off = best["on"], best["off"]
     throughput = on["c64"]["rps"] / off["c64"]["rps"]
-    p99 = on["c64"]["p99_ms"] / off["c64"]["p99_ms"]
+    p99 = on["c64_best_p99_ms"] / off["c64_best_p99_ms"]
     added = on["c1"]["p50_ms"] - off["c1"]["p50_ms"]
     result = {"rounds": rounds, "c1_rounds": c1_rounds, "on": on, "off": off,
               "throughput_ratio": throughput,
               "p99_ratio": p99,
               "shm_throughput_ratio": on["c64_shm"]["rps"] / off["c64_shm"]["rps"],
-              "shm_p99_ratio": on["c64_shm"]["p99_ms"] / off["c64_shm"]["p99_ms"],
+              "shm_p99_ratio": on["c64_shm_best_p99_ms"] / off["c64_shm_best_p99_ms"],
               "c1_added_ms": added,
               "met_throughput": throughput >= BATCHING_THROUGHPUT_TARGET,
               "met_p99": p99 <= BATCHING_P99_LIMIT,
               "met_c1": added <= BATCHING_C1_ADDED_MS}
     print(f"batching: c=64 {on['c64']['rps']:.0f} vs {off['c64']['rps']:.0f} req/s "
-          f"({throughput:.2f}x), p99 {on['c64']['p99_ms']:.1f} vs {off['c64']['p99_ms']:.1f} ms; "
+          f"({throughput:.2f}x), best p99 {on['c64_best_p99_ms']:.1f} vs "
+          f"{off['c64_best_p99_ms']:.1f} ms; "
           f"inputs in shared memory {on['c64_shm']['rps']:.0f} vs {off['c64_shm']['rps']:.0f} "
           f"req/s ({result['shm_throughput_ratio']:.2f}x); "
           f"c=1 p50 {on['c1']['p50_ms']:.3f} vs {off['c1']['p50_ms']:.3f} ms", flush=True)
@@ -404,7 +410,8 @@ def batching_lines(b: dict) -> list[str]:
         f"| c=64 throughput (req/s) | {on['c64']['rps']:.0f} | {off['c64']['rps']:.0f} | "
         f"{b['throughput_ratio']:.2f}x | >= {BATCHING_THROUGHPUT_TARGET}x | "
         f"{yes_no(b['met_throughput'])} |",
-        f"| c=64 p99 of those runs (ms) | {on['c64']['p99_ms']:.1f} | {off['c64']['p99_ms']:.1f} | "
+        f"| c=64 p99, best of the rounds (ms) | {on['c64_best_p99_ms']:.1f} | "
+        f"{off['c64_best_p99_ms']:.1f} | "
         f"{b['p99_ratio']:.2f}x | <= {BATCHING_P99_LIMIT}x | {yes_no(b['met_p99'])} |",
         f"| c=1 p50 (ms, best of {b.get('c1_rounds', b['rounds'])}) | {on['c1']['p50_ms']:.3f} | "
         f"{off['c1']['p50_ms']:.3f} | "
@@ -413,8 +420,8 @@ def batching_lines(b: dict) -> list[str]:
         lines += [
             f"| c=64 throughput, inputs in shared memory (req/s) | {on['c64_shm']['rps']:.0f} | "
             f"{off['c64_shm']['rps']:.0f} | {b['shm_throughput_ratio']:.2f}x | - | - |",
-            f"| c=64 p99 of those runs (ms) | {on['c64_shm']['p99_ms']:.1f} | "
-            f"{off['c64_shm']['p99_ms']:.1f} | {b['shm_p99_ratio']:.2f}x | - | - |"]
+            f"| c=64 p99, best of the rounds (ms) | {on['c64_shm_best_p99_ms']:.1f} | "
+            f"{off['c64_shm_best_p99_ms']:.1f} | {b['shm_p99_ratio']:.2f}x | - | - |"]
     return lines
 
 
