@@ -589,9 +589,8 @@ bool ComputeAttentionBlocked(const at::Tensor& q_in, const at::Tensor& k_in,
   // The units are handed out in chunks from a shared counter, not split
   // evenly up front: on a busy machine (gRPC's threads receiving on the same
   // cores) an intra-op thread the OS has not run yet would hold its share
-  // while the others waited for it at the region's end (a decode step's
-  // compute took 3x longer under load on two cores); a late thread now finds
-  // the units taken and leaves. Each unit's results depend on that unit
+  // while the others waited for it at the region's end; a late thread now
+  // finds the units taken and leaves. Each unit's results depend on that unit
   // alone, so which thread computes it changes no bit.
   const UnitChunks chunks(units, grain, at::get_num_threads(),
                           head_major ? p.relative_group : 1);
