@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -12,6 +13,10 @@
 #include "common/dtype.h"
 #include "server/cpu/cpu_features.h"
 #include "server/scoring/target_clones.h"
+
+// This unit's copies of the dot-product templates (built into each clone).
+#define ATTNSCORE_ROW_DOTS_ISA row_dots_cloned
+#include "server/scoring/row_dots.h"
 
 // One clone per instruction set, resolved once when the library loads.
 #define ATTNSCORE_ROW_LOOP ATTNSCORE_TARGET_CLONES
@@ -108,6 +113,27 @@ __attribute__((target("avx,f16c"))) void StoreFloat16RowF16c(const float* in,
   for (; c < n; ++c) out[c] = FloatToHalf(in[c]);
 }
 
+// Eight at a time; a group holding a NaN goes through HalfToFloat, which
+// keeps a signalling NaN's bits where vcvtph2ps would quiet it.
+__attribute__((target("avx,f16c"))) void LoadFloat16RowF16c(const uint16_t* in,
+                                                            int64_t n,
+                                                            float* out) {
+  const __m128i magnitude = _mm_set1_epi16(0x7fff);
+  const __m128i infinity = _mm_set1_epi16(0x7c00);
+  int64_t c = 0;
+  for (; c + 8 <= n; c += 8) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(in + c));
+    // |h| > infinity's bits (both under 0x8000: a signed compare holds).
+    const __m128i nan = _mm_cmpgt_epi16(_mm_and_si128(h, magnitude), infinity);
+    if (_mm_movemask_epi8(nan) != 0) {
+      for (int64_t k = c; k < c + 8; ++k) out[k] = HalfToFloat(in[k]);
+      continue;
+    }
+    _mm256_storeu_ps(out + c, _mm256_cvtph_ps(h));
+  }
+  for (; c < n; ++c) out[c] = HalfToFloat(in[c]);
+}
+
 bool HasF16c() {
   // cpuid and XCR0 (Clang's __builtin_cpu_supports has no "f16c").
   static const bool has = cpu::DetectCpuFeatures().f16c;
@@ -127,6 +153,24 @@ void StoreFloat16Row(const float* in, int64_t n, uint16_t* out) {
   for (int64_t c = 0; c < n; ++c) out[c] = FloatToHalf(in[c]);
 }
 
+ATTNSCORE_ROW_LOOP void LoadBFloat16Row(const uint16_t* in, int64_t n,
+                                        float* out) {
+  for (int64_t c = 0; c < n; ++c) {
+    const uint32_t word = static_cast<uint32_t>(in[c]) << 16;
+    std::memcpy(out + c, &word, sizeof(word));
+  }
+}
+
+void LoadFloat16Row(const uint16_t* in, int64_t n, float* out) {
+#if defined(__x86_64__)
+  if (HasF16c()) {
+    LoadFloat16RowF16c(in, n, out);
+    return;
+  }
+#endif
+  for (int64_t c = 0; c < n; ++c) out[c] = HalfToFloat(in[c]);
+}
+
 ATTNSCORE_ROW_LOOP void StoreRelativeRow(float* row, int64_t n,
                                          const float* shifted,
                                          const float* bias, int64_t bias_stride,
@@ -138,94 +182,12 @@ ATTNSCORE_ROW_LOOP void StoreRelativeRow(float* row, int64_t n,
 
 namespace {
 
-// Half a Lanes value and its halves: ScaledDotRows keeps each row's kRowLanes
-// lanes as two Half accumulators (lanes k and k + 8), which every clone holds
-// in registers. A whole Lanes value there went through the stack on AVX2
-// (two ymm each), and the loop ran at a third of the memory rate.
-using Half = float __attribute__((vector_size(kRowLanes / 2 * sizeof(float))));
-using Quarter =
-    float __attribute__((vector_size(kRowLanes / 4 * sizeof(float))));
-using Eighth =
-    float __attribute__((vector_size(kRowLanes / 8 * sizeof(float))));
-
-// Rows' dot products with x, in ScaledDotRows' order: kRowLanes lanes, the
-// lanes pairwise (k and k + 8, then k + 4, k + 2, k + 1), then the
-// d % kRowLanes tail. kRows rows at a time: independent sums over separate
-// lines keep more loads in flight. dots[r] = rows[r * ld, +d) . x.
-template <int kRows>
-[[gnu::always_inline]] inline void LaneDots(const float* rows, int64_t ld,
-                                            const float* x, int64_t d,
-                                            float* dots) {
-  static_assert(kRowLanes == 16, "the halving below is for 16 lanes");
-  const int64_t body = d - d % kRowLanes;
-  Half lo[kRows] = {};
-  Half hi[kRows] = {};
-  for (int64_t t = 0; t < body; t += kRowLanes) {
-    Half x_lo, x_hi;  // unaligned loads
-    std::memcpy(&x_lo, x + t, sizeof(x_lo));
-    std::memcpy(&x_hi, x + t + kRowLanes / 2, sizeof(x_hi));
-#pragma GCC unroll 8
-    for (int r = 0; r < kRows; ++r) {
-      Half a_lo, a_hi;
-      std::memcpy(&a_lo, rows + r * ld + t, sizeof(a_lo));
-      std::memcpy(&a_hi, rows + r * ld + t + kRowLanes / 2, sizeof(a_hi));
-      lo[r] += a_lo * x_lo;
-      hi[r] += a_hi * x_hi;
-    }
-  }
-#pragma GCC unroll 8
-  for (int r = 0; r < kRows; ++r) {
-    // __builtin_shufflevector: GCC >= 12 and clang alike.
-    const Half h8 = lo[r] + hi[r];
-    const Quarter h4 = __builtin_shufflevector(h8, h8, 0, 1, 2, 3) +
-                       __builtin_shufflevector(h8, h8, 4, 5, 6, 7);
-    const Eighth h2 = __builtin_shufflevector(h4, h4, 0, 1) +
-                      __builtin_shufflevector(h4, h4, 2, 3);
-    float dot = h2[0] + h2[1];
-    for (int64_t t = body; t < d; ++t) dot += rows[r * ld + t] * x[t];
-    dots[r] = dot;
-  }
-}
-
-// kRowLanes floats as one value of GCC's generic vectors: each clone lowers it
-// to its own registers (one zmm, two ymm, four xmm).
-using Lanes = float __attribute__((vector_size(kRowLanes * sizeof(float))));
-
-// LaneDots with each row's kRowLanes lanes in one Lanes accumulator (one zmm
-// where AVX-512 has 32 of them): half the loads, multiplies and adds per
-// element of the Half pairs. Lane k of the accumulator is lo's lane k (k < 8)
-// or hi's lane k - 8, so the sums, and the bits, are LaneDots'.
-template <int kRows>
-[[gnu::always_inline]] inline void WideLaneDots(const float* rows, int64_t ld,
-                                                const float* x, int64_t d,
-                                                float* dots) {
-  static_assert(kRowLanes == 16, "the halving below is for 16 lanes");
-  const int64_t body = d - d % kRowLanes;
-  Lanes acc[kRows] = {};
-  for (int64_t t = 0; t < body; t += kRowLanes) {
-    Lanes xv;  // unaligned loads
-    std::memcpy(&xv, x + t, sizeof(xv));
-#pragma GCC unroll 8
-    for (int r = 0; r < kRows; ++r) {
-      Lanes a;
-      std::memcpy(&a, rows + r * ld + t, sizeof(a));
-      acc[r] += a * xv;
-    }
-  }
-#pragma GCC unroll 8
-  for (int r = 0; r < kRows; ++r) {
-    const Half h8 =
-        __builtin_shufflevector(acc[r], acc[r], 0, 1, 2, 3, 4, 5, 6, 7) +
-        __builtin_shufflevector(acc[r], acc[r], 8, 9, 10, 11, 12, 13, 14, 15);
-    const Quarter h4 = __builtin_shufflevector(h8, h8, 0, 1, 2, 3) +
-                       __builtin_shufflevector(h8, h8, 4, 5, 6, 7);
-    const Eighth h2 = __builtin_shufflevector(h4, h4, 0, 1) +
-                      __builtin_shufflevector(h4, h4, 2, 3);
-    float dot = h2[0] + h2[1];
-    for (int64_t t = body; t < d; ++t) dot += rows[r * ld + t] * x[t];
-    dots[r] = dot;
-  }
-}
+using row_dots_cloned::BFloat16Rows;
+using row_dots_cloned::Float16Rows;
+using row_dots_cloned::FloatRows;
+using row_dots_cloned::Half;
+using row_dots_cloned::Lanes;
+using row_dots_cloned::ScaledDotRowsOf;
 
 // Floats in a vector of type V, and V vectors per panel row.
 template <typename V>
@@ -344,37 +306,31 @@ bool HasWideRegisters() {
 ATTNSCORE_ROW_LOOP void ScaledDotRows(const float* rows, int64_t ld, int64_t n,
                                       const float* x, int64_t d, float alpha,
                                       bool accumulate, float* out) {
-  // Whole rows ahead, so that each row's lines are asked for once.
-  const uintptr_t row_bytes = static_cast<uintptr_t>(ld) * sizeof(float);
-  const uintptr_t ahead =
-      (kStreamPrefetchBytes + row_bytes - 1) / row_bytes * row_bytes;
-  const uintptr_t used_bytes = static_cast<uintptr_t>(d) * sizeof(float);
-  constexpr int kBlock = 4;  // 8 measured alike
-  float dots[kBlock];
-  const auto store = [&](int64_t j, int count) {
-    for (int r = 0; r < count; ++r) {
-      const float dot = alpha * dots[r];
-      out[j + r] = accumulate ? out[j + r] + dot : dot;
-    }
-  };
-  int64_t j = 0;
-  const bool wide = HasWideRegisters();
-  for (; j + kBlock <= n; j += kBlock) {
-    for (int r = 0; r < kBlock; ++r) {
-      PrefetchLines(rows + (j + r) * ld, ahead, used_bytes);
-    }
-    if (wide) {
-      WideLaneDots<kBlock>(rows + j * ld, ld, x, d, dots);
-    } else {
-      LaneDots<kBlock>(rows + j * ld, ld, x, d, dots);
-    }
-    store(j, kBlock);
+  ScaledDotRowsOf<FloatRows>(rows, ld, n, x, d, alpha, accumulate, out,
+                             HasWideRegisters());
+}
+
+ATTNSCORE_ROW_LOOP void ScaledDotRowsBFloat16(const uint16_t* rows, int64_t ld,
+                                              int64_t n, const float* x,
+                                              int64_t d, float alpha,
+                                              bool accumulate, float* out) {
+  ScaledDotRowsOf<BFloat16Rows>(rows, ld, n, x, d, alpha, accumulate, out,
+                                HasWideRegisters());
+}
+
+void ScaledDotRowsFloat16(const uint16_t* rows, int64_t ld, int64_t n,
+                          const float* x, int64_t d, float alpha,
+                          bool accumulate, float* out) {
+#if defined(__x86_64__)
+  static const bool f16c = HasF16c() && __builtin_cpu_supports("avx2");
+  if (f16c) {
+    row_dots_f16c::ScaledDotRowsFloat16(rows, ld, n, x, d, alpha, accumulate,
+                                        out);
+    return;
   }
-  for (; j < n; ++j) {
-    PrefetchLines(rows + j * ld, ahead, used_bytes);
-    LaneDots<1>(rows + j * ld, ld, x, d, dots);
-    store(j, 1);
-  }
+#endif
+  ScaledDotRowsOf<Float16Rows>(rows, ld, n, x, d, alpha, accumulate, out,
+                               /*wide=*/false);
 }
 
 ATTNSCORE_ROW_LOOP void PanelDots(const float* panels, int64_t a0, int64_t n,

@@ -68,6 +68,15 @@ void StoreBFloat16Row(const float* in, int64_t n, uint16_t* out);
 // FloatToHalf.
 void StoreFloat16Row(const float* in, int64_t n, uint16_t* out);
 
+// out[c] = in[c] (bfloat16 bits) as float32, c in [0, n): exact, the same
+// bits as common/dtype.h's BFloat16ToFloat.
+void LoadBFloat16Row(const uint16_t* in, int64_t n, float* out);
+
+// out[c] = in[c] (float16 bits) as float32, c in [0, n): exact, the same bits
+// as common/dtype.h's HalfToFloat (a NaN keeps its payload, unquieted). F16C
+// where the CPU has it (checked once), else HalfToFloat.
+void LoadFloat16Row(const uint16_t* in, int64_t n, float* out);
+
 // Columns per panel of PanelDots' embeddings.
 inline constexpr int64_t kPanelCols = 32;
 
@@ -91,6 +100,17 @@ void PanelDots(const float* panels, int64_t a0, int64_t n, const float* q,
 // REQUIRES: ld >= d.
 void ScaledDotRows(const float* rows, int64_t ld, int64_t n, const float* x,
                    int64_t d, float alpha, bool accumulate, float* out);
+
+// ScaledDotRows over 16-bit rows (bfloat16 or float16 bits), each element
+// widened exactly as it is loaded: the same bits as ScaledDotRows over the
+// rows converted to float32 first, reading half the bytes. (Float16: F16C
+// where the CPU has it, with AVX2.) REQUIRES: ld >= d.
+void ScaledDotRowsBFloat16(const uint16_t* rows, int64_t ld, int64_t n,
+                           const float* x, int64_t d, float alpha,
+                           bool accumulate, float* out);
+void ScaledDotRowsFloat16(const uint16_t* rows, int64_t ld, int64_t n,
+                          const float* x, int64_t d, float alpha,
+                          bool accumulate, float* out);
 
 // out[c] = in[c] - value, c in [0, n) (in == out allowed).
 void SubtractRow(const float* in, float* out, int64_t n, float value);

@@ -1,7 +1,9 @@
 // The blocked path's element loops (server/scoring/row_loops.h) against plain
 // scalar loops of the same arithmetic, bit for bit, at lengths around the
 // vector widths and with -inf, on whichever clone this CPU resolves to; and
-// the int64 fallback of StoreAlibiRow for distances past int32.
+// the int64 fallback of StoreAlibiRow for distances past int32; the 16-bit
+// loads against common/dtype.h's conversions, and the 16-bit rows' dot
+// products against ScaledDotRows over the rows widened first.
 #include "server/scoring/row_loops.h"
 
 #include <cmath>
@@ -11,8 +13,10 @@
 #include <random>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "c10/util/BFloat16.h"
 #include "c10/util/Half.h"
+#include "common/dtype.h"
 #include "gtest/gtest.h"
 
 namespace attnscore::scoring {
@@ -117,6 +121,48 @@ TEST(RowLoopsTest, ScaledDotRowsIsTheProductInFixedLanes) {
         EXPECT_NEAR(got[j], expected, 1e-4 * (1.0 + 9.0 * d)) << d << " " << j;
       }
       ExpectBits(got, want, d);
+    }
+  }
+}
+
+// The 16-bit rows' dot products are ScaledDotRows' over the rows widened
+// first: the same bits, for every head size of kLengths (lane tails), a row
+// count with a tail of the 4-row blocks, and strided rows.
+TEST(RowLoopsTest, SixteenBitScaledDotRowsEqualThoseOfTheWidenedRows) {
+  constexpr int64_t kRows = 37;
+  constexpr float kAlpha = 0.125f;
+  struct Kind {
+    const char* name;
+    void (*dots)(const uint16_t*, int64_t, int64_t, const float*, int64_t,
+                 float, bool, float*);
+    void (*widen)(const uint16_t*, int64_t, float*);
+    uint16_t (*narrow)(float);
+  };
+  for (const Kind& kind :
+       {Kind{"bfloat16", ScaledDotRowsBFloat16, LoadBFloat16Row,
+             FloatToBFloat16},
+        Kind{"float16", ScaledDotRowsFloat16, LoadFloat16Row, FloatToHalf}}) {
+    for (int64_t d : kLengths) {
+      const int64_t ld = d + 5;
+      const std::vector<float> values = Random(kRows * ld, 3);
+      std::vector<uint16_t> rows(values.size());
+      for (size_t c = 0; c < values.size(); ++c) {
+        rows[c] = kind.narrow(values[c]);
+      }
+      std::vector<float> wide(rows.size());
+      kind.widen(rows.data(), static_cast<int64_t>(rows.size()), wide.data());
+      const std::vector<float> x = Random(d, 4);
+      const std::vector<float> before = Random(kRows, 5);
+      for (bool accumulate : {false, true}) {
+        SCOPED_TRACE(
+            absl::StrCat(kind.name, " d ", d, " accumulate ", accumulate));
+        std::vector<float> got = before, want = before;
+        kind.dots(rows.data(), ld, kRows, x.data(), d, kAlpha, accumulate,
+                  got.data());
+        ScaledDotRows(wide.data(), ld, kRows, x.data(), d, kAlpha, accumulate,
+                      want.data());
+        ExpectBits(got, want, d);
+      }
     }
   }
 }
@@ -265,6 +311,44 @@ TEST(RowLoopsTest, StoreFloat16RowRoundsAsC10) {
   }
   ExpectStoresAs(
       StoreFloat16Row, [](float v) { return c10::Half(v).x; }, x);
+}
+
+// Every 16-bit pattern (NaNs of any payload, signalling ones included,
+// infinities, subnormals, zeros of either sign), laid out so that each length
+// of kLengths from two starts sees groups of eight with and without a NaN;
+// each load against `want` bit for bit.
+template <typename Load, typename Want>
+void ExpectLoadsAs(Load load, Want want) {
+  std::vector<uint16_t> x(1 << 16);
+  for (uint32_t bits = 0; bits < x.size(); ++bits) {
+    // A multiplicative permutation of [0, 2^16): neighbours differ in kind.
+    x[bits] = static_cast<uint16_t>(bits * 40503u);
+  }
+  const auto check = [&](const uint16_t* in, int64_t n) {
+    std::vector<float> got(static_cast<size_t>(n) + 1, 12345.0f);
+    load(in, n, got.data());
+    for (int64_t c = 0; c < n; ++c) {
+      ASSERT_EQ(Bits(got[c]), Bits(want(in[c])))
+          << "n " << n << " value bits " << std::hex << in[c];
+    }
+    ASSERT_EQ(got[n], 12345.0f) << "wrote past n " << n;
+  };
+  for (int64_t n : kLengths) {
+    for (int64_t start : {int64_t{0}, int64_t{31741}}) check(&x[start], n);
+  }
+  check(x.data(), static_cast<int64_t>(x.size()));
+}
+
+TEST(RowLoopsTest, LoadBFloat16RowIsExact) {
+  ExpectLoadsAs(LoadBFloat16Row,
+                [](uint16_t bits) { return BFloat16ToFloat(bits); });
+}
+
+// F16C where the CPU has it: a signalling NaN keeps its bits (HalfToFloat's),
+// which vcvtph2ps alone would quiet.
+TEST(RowLoopsTest, LoadFloat16RowIsExact) {
+  ExpectLoadsAs(LoadFloat16Row,
+                [](uint16_t bits) { return HalfToFloat(bits); });
 }
 
 TEST(RowLoopsTest, PanelDotsAddEachColumnInOrderWhateverTheCall) {
