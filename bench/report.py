@@ -145,6 +145,9 @@ def sgemm_row(seconds: dict) -> dict | None:
 # The decode batch B32 H8 Lq1 Lk2048 D64 reads its keys once (128 MiB) and writes 4 MiB of
 # logits and probabilities: bytes, not flops, bound it.
 DECODE_BYTES = 32 * 8 * 2048 * 64 * 4 + 2 * 32 * 8 * 2048 * 4
+# The same with 16-bit keys (a float16 or bfloat16 KV cache): half the keys' bytes.
+DECODE_BYTES_16 = 32 * 8 * 2048 * 64 * 2 + 2 * 32 * 8 * 2048 * 4
+DECODE_16_CASE = "core16/decode_B32_H8_Lq1_Lk2048_D64/alibi_logits+probs_{}"
 
 
 def read_rate(seconds: dict, benchmark: str) -> float | None:
@@ -172,6 +175,18 @@ def decode_floor_row(seconds: dict) -> dict | None:
         if core is not None and literal is not None:
             row[kind] = {"core_x_floor": core / floor, "literal_x_floor": literal / floor,
                          "max_speedup": literal / floor}
+    # 16-bit keys: read in place and widened as the dot products load them.
+    float32_core = seconds.get("core/decode_B32_H8_Lq1_Lk2048_D64/alibi_logits+probs")
+    floor_16 = DECODE_BYTES_16 / (bandwidth * 1e9)
+    for dtype in ("f16", "bf16"):
+        core = seconds.get(DECODE_16_CASE.format(dtype))
+        if core is None:
+            continue
+        row.setdefault("sixteen_bit", {})[dtype] = {
+            "core_ms": core * 1e3, "core_x_floor": core / floor_16,
+            "float32_over_this": None if float32_core is None else float32_core / core}
+    if "sixteen_bit" in row:
+        row["floor_16_ms"] = floor_16 * 1e3
     return row
 
 
@@ -329,6 +344,14 @@ def markdown(report: dict) -> str:
                           f"{decode['key_dots_gbps']:.1f} GB/s, "
                           f"{decode['key_dots_gbps'] / decode['read_gbps'] * 100:.0f}% of the "
                           f"read bandwidth.")
+        if "sixteen_bit" in decode:
+            lines[-1] += (f" With 16-bit query and keys (alibi; {DECODE_BYTES_16 / 2**20:.0f} MiB, "
+                          f"floor {decode['floor_16_ms']:.2f} ms): " + "; ".join(
+                              f"{dtype} {row['core_ms']:.2f} ms, {row['core_x_floor']:.2f}x its "
+                              f"floor" + ("" if row["float32_over_this"] is None else
+                                          f", {row['float32_over_this']:.2f}x faster than "
+                                          f"float32's core")
+                              for dtype, row in decode["sixteen_bit"].items()) + ".")
     transport = report.get("transport")
     if transport:
         lines += ["", "| transport: logits to the C++ client, compute included (float32 size/dtype, "

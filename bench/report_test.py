@@ -157,6 +157,22 @@ class DecodeFloorTest(unittest.TestCase):
         self.assertIn("(ScaledDotRows over the same 256 MiB): 18.0 GB/s, 90% of the read "
                       "bandwidth.", text)
 
+    def test_sixteen_bit_keys_against_their_floor_and_float32(self):
+        floor_16_s = report.DECODE_BYTES_16 / 20e9
+        row = report.decode_floor_row({
+            "stream/256MiB#GBps": 20.0, f"core/{self.CASE}": 4e-3,
+            report.DECODE_16_CASE.format("bf16"): 2e-3})
+        self.assertAlmostEqual(row["floor_16_ms"], floor_16_s * 1e3)
+        self.assertAlmostEqual(row["sixteen_bit"]["bf16"]["float32_over_this"], 2.0)
+        self.assertNotIn("f16", row["sixteen_bit"])
+        text = report.markdown({"commit": "c", "date": "d", "cpu": {"model": "m", "flags": []},
+                                "kernels": [], "scoring": [], "decode_floor": row})
+        self.assertIn(f"bf16 2.00 ms, {2e-3 / floor_16_s:.2f}x its floor, 2.00x faster than "
+                      "float32's core.", text)
+        self.assertNotIn("16-bit", report.markdown(
+            {"commit": "c", "date": "d", "cpu": {"model": "m", "flags": []}, "kernels": [],
+             "scoring": [], "decode_floor": report.decode_floor_row({"stream/256MiB#GBps": 20.0})}))
+
     def test_no_key_stream_figure_without_its_run(self):
         row = report.decode_floor_row({"stream/256MiB#GBps": 20.0})
         self.assertNotIn("key_dots_gbps", row)

@@ -277,6 +277,31 @@ void BM_TinyItems(benchmark::State& state) {
   }
 }
 
+// The decode batch with 16-bit query and key (a float16 or bfloat16 KV
+// cache), ALiBi logits+probs in float32: the core alone (the literal port
+// would convert them first, as the report's float32 rows measure).
+void BM_Core16(benchmark::State& state, DType dtype) {
+  Fixture& f = GetFixture(kDecode);
+  static std::map<DType, std::pair<at::Tensor, at::Tensor>>* inputs =
+      new std::map<DType, std::pair<at::Tensor, at::Tensor>>();
+  const at::ScalarType type =
+      dtype == DType::kFloat16 ? at::kHalf : at::kBFloat16;
+  auto& [q, k] = (*inputs)[dtype];
+  if (!q.defined()) {
+    q = f.q.to(type).contiguous();
+    k = f.k.to(type).contiguous();
+  }
+  ScoreItem item;
+  item.query = TensorRef{dtype, q.sizes().vec(), q.data_ptr(), q.nbytes()};
+  item.key = TensorRef{dtype, k.sizes().vec(), k.data_ptr(), k.nbytes()};
+  const ScoreSpec spec = Spec(f, /*relative=*/false, /*probs=*/true);
+  for (auto _ : state) {
+    auto out = GetScorer().ScoreBatch(spec, absl::MakeConstSpan(&item, 1));
+    if (!out.ok()) std::abort();
+    benchmark::DoNotOptimize(out);
+  }
+}
+
 // Collects real time per benchmark to print literal/core ratios at the end.
 class RatioReporter : public benchmark::ConsoleReporter {
  public:
@@ -335,6 +360,15 @@ void Register() {
                                BM_TinyItems)
       ->Unit(benchmark::kMillisecond)
       ->UseRealTime();
+  for (auto [name, dtype] : {std::pair{"f16", DType::kFloat16},
+                             std::pair{"bf16", DType::kBFloat16}}) {
+    benchmark::RegisterBenchmark(
+        (std::string("core16/") + kDecode.name + "/alibi_logits+probs_" + name)
+            .c_str(),
+        BM_Core16, dtype)
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime();
+  }
   for (const Case& c : cases) {
     const std::string suffix = std::string(c.shape.name) + "/" + c.what;
     benchmark::RegisterBenchmark(("core/" + suffix).c_str(), BM_Core, c.shape,

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -32,6 +33,7 @@
 #include "server/scoring/fused_attention.h"
 #include "server/scoring/host_tensor.h"
 #include "server/scoring/relative_model.h"
+#include "server/scoring/row_loops.h"
 
 namespace attnscore::scoring {
 namespace {
@@ -43,13 +45,31 @@ at::Tensor Wrap(const TensorRef& t) {
                        at::TensorOptions().dtype(ToScalarType(t.dtype)));
 }
 
+// `count` elements of `dtype` bytes as float32 (exact), at the CPU's vector
+// width.
+void DecodeElements(const void* in, size_t count, DType dtype, float* out) {
+  const auto n = static_cast<int64_t>(count);
+  switch (dtype) {
+    case DType::kFloat16:
+      LoadFloat16Row(static_cast<const uint16_t*>(in), n, out);
+      return;
+    case DType::kBFloat16:
+      LoadBFloat16Row(static_cast<const uint16_t*>(in), n, out);
+      return;
+    case DType::kFloat32:
+      std::memcpy(out, in, count * sizeof(float));
+      return;
+  }
+}
+
 // Stacks the items' tensors along the batch axis as float32, on `device`. A
-// single float32 CPU item is used in place.
+// single CPU item is used in place when it is float32, or when `in_place_16`
+// (the blocked path's keys and values, converted per tile) and 16-bit.
 at::Tensor Gather(absl::Span<const ScoreItem> items,
                   const TensorRef& (*pick)(const ScoreItem&), Layout layout,
-                  const at::Device& device) {
-  if (items.size() == 1 && pick(items[0]).dtype == DType::kFloat32 &&
-      device.is_cpu()) {
+                  const at::Device& device, bool in_place_16 = false) {
+  if (items.size() == 1 && device.is_cpu() &&
+      (pick(items[0]).dtype == DType::kFloat32 || in_place_16)) {
     return Wrap(pick(items[0]));
   }
   const int64_t axis = BatchAxis(layout);
@@ -74,7 +94,7 @@ at::Tensor Gather(absl::Span<const ScoreItem> items,
       // Batch-major: an item's rows are contiguous in `out`; decoding them in
       // place costs no tensor per item, which keeps many tiny items cheap.
       const size_t count = t.size_bytes / ElementSize(t.dtype);
-      DecodeFloats(t.data, count, t.dtype, rows);
+      DecodeElements(t.data, count, t.dtype, rows);
       rows += count;
     } else {
       out.narrow(axis, offset, t.shape[axis]).copy_(Wrap(t));
@@ -97,8 +117,10 @@ struct Batch {
   std::vector<int64_t> item_batch;   // each item's B, in order
 };
 
+// `blocked`: for the CPU's blocked path, which reads a lone item's 16-bit
+// keys and values in place.
 Batch GatherBatch(const ScoreSpec& spec, absl::Span<const ScoreItem> items,
-                  const at::Device& device) {
+                  const at::Device& device, bool blocked) {
   Batch batch;
   const int64_t key_len = DimsOf(items[0].key.shape, spec.layout).seq;
   const bool any_lengths = std::any_of(
@@ -120,11 +142,11 @@ Batch GatherBatch(const ScoreSpec& spec, absl::Span<const ScoreItem> items,
   }
   batch.query =
       ToCanonical(Gather(items, PickQuery, spec.layout, device), spec.layout);
-  batch.key =
-      ToCanonical(Gather(items, PickKey, spec.layout, device), spec.layout);
+  batch.key = ToCanonical(Gather(items, PickKey, spec.layout, device, blocked),
+                          spec.layout);
   if (spec.want_context) {
-    batch.value =
-        ToCanonical(Gather(items, PickValue, spec.layout, device), spec.layout);
+    batch.value = ToCanonical(
+        Gather(items, PickValue, spec.layout, device, blocked), spec.layout);
   }
   return batch;
 }
@@ -315,7 +337,7 @@ class ScorerImpl final : public Scorer {
     // The CPU path writes 16-bit outputs per tile: no float32 copy to convert.
     if (!batched_) config.matrix_type = ToScalarType(spec.output_dtype);
     if (stop && stop()) return Cancelled();
-    const Batch batch = GatherBatch(spec, items, device_);
+    const Batch batch = GatherBatch(spec, items, device_, !batched_);
     // One item on the blocked path writes its logits and probs where the
     // caller asked (a client's shared memory), saving a pass over them.
     AttentionResult result = !batched_ && items.size() == 1

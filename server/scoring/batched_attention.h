@@ -14,6 +14,12 @@
 //    it) for ALiBi, else query tiles, without materialising [B, H, Lq, Lk].
 // Work proceeds in tiles of query rows (BatchedQueryTile, batched_estimate.h)
 // so that scratch stays bounded; EstimateBatchedResources counts it.
+// Batch invariance: an item's ALiBi results have the same bits whatever it is
+// batched with (on the CPU; tested); its relative position term is part of a
+// product over all B * T query rows of the batch, whose rounding the BLAS may
+// choose by that size, so relative results are within float32 rounding of the
+// item's alone (relative 1e-5, tested), not bit-identical. (The CPU's default
+// `blocked` path is bit-identical for both.)
 //
 // Thread safety: reentrant; runs on the calling thread's current stream.
 // Errors: REQUIRES validated inputs (validation.h ValidateItem) on one

@@ -132,21 +132,62 @@ void ExpInPlace(const MMat& x) {
   }
 }
 
-// A [B, H, L, D] float32 tensor's data with its strides (unit last stride).
+// A [B, H, L, D] tensor's data with its strides in elements (unit last
+// stride): float32, or (keys and values) float16 or bfloat16, whose rows the
+// tiles convert a block at a time (RowsAsFloat).
 struct Operand {
-  const float* data = nullptr;
+  const void* data = nullptr;
+  at::ScalarType type = at::kFloat;
   int64_t batch_stride = 0, head_stride = 0, row_stride = 0;
   int64_t cols = 0;
+
+  bool is_float() const { return type == at::kFloat; }
+  int64_t Offset(int64_t b, int64_t h, int64_t row) const {
+    return b * batch_stride + h * head_stride + row * row_stride;
+  }
+  // REQUIRES: is_float().
   CMat Rows(int64_t b, int64_t h, int64_t begin, int64_t count) const {
-    return CMat{data + b * batch_stride + h * head_stride + begin * row_stride,
-                count, cols, row_stride};
+    return CMat{static_cast<const float*>(data) + Offset(b, h, begin), count,
+                cols, row_stride};
+  }
+  // The rows as float32: in place, or (16-bit) converted into `buffer`
+  // ([count, cols], contiguous). Conversion is exact.
+  CMat RowsAsFloat(int64_t b, int64_t h, int64_t begin, int64_t count,
+                   float* buffer) const {
+    if (is_float()) return Rows(b, h, begin, count);
+    const auto* bits = static_cast<const uint16_t*>(data) + Offset(b, h, begin);
+    const bool contiguous = row_stride == cols;
+    const int64_t runs = contiguous ? 1 : count;
+    const int64_t run = contiguous ? count * cols : cols;
+    for (int64_t r = 0; r < runs; ++r) {
+      if (type == at::kHalf) {
+        LoadFloat16Row(bits + r * row_stride, run, buffer + r * cols);
+      } else {
+        LoadBFloat16Row(bits + r * row_stride, run, buffer + r * cols);
+      }
+    }
+    return CMat{buffer, count, cols, cols};
+  }
+  // out[j] += alpha * (row j . x), j in [0, count), for 16-bit rows [begin,
+  // begin + count): the same bits as MatMulNT's one-row products over the
+  // rows converted. REQUIRES: !is_float().
+  void ScaledDots(int64_t b, int64_t h, int64_t begin, int64_t count,
+                  const float* x, float alpha, float* out) const {
+    const auto* bits = static_cast<const uint16_t*>(data) + Offset(b, h, begin);
+    if (type == at::kHalf) {
+      ScaledDotRowsFloat16(bits, row_stride, count, x, cols, alpha,
+                           /*accumulate=*/true, out);
+    } else {
+      ScaledDotRowsBFloat16(bits, row_stride, count, x, cols, alpha,
+                            /*accumulate=*/true, out);
+    }
   }
 };
 
 Operand OperandOf(const at::Tensor& t) {
   if (!t.defined()) return Operand{};
-  return Operand{t.data_ptr<float>(), t.stride(0), t.stride(1), t.stride(2),
-                 t.size(3)};
+  return Operand{t.data_ptr(), t.scalar_type(), t.stride(0),
+                 t.stride(1),  t.stride(2),     t.size(3)};
 }
 
 // Everything the tiles read and write.
@@ -184,7 +225,10 @@ struct Problem {
 // The tiles of one thread, with its scratch (sized by BlockedScratchOf).
 class TileKernel {
  public:
-  TileKernel(const Problem& p, float* scratch) : p_(p), scratch_(scratch) {}
+  // `convert`: BlockedScratch::convert_floats floats, for 16-bit keys and
+  // values (null when there are none).
+  TileKernel(const Problem& p, float* scratch, float* convert)
+      : p_(p), scratch_(scratch), convert_(convert) {}
 
   // Query rows [i0, i1) of block (b, h).
   void Run(int64_t b, int64_t h, int64_t i0, int64_t i1) {
@@ -225,12 +269,41 @@ class TileKernel {
       } else {
         StoreAlibi(h, i0, j0, head);
       }
-      MatMulNT(ContentQuery(b, h, i0, m), p_.k.Rows(b, h, j0, width), p_.scale,
-               /*accumulate=*/true, head);
+      const CMat query = ContentQuery(b, h, i0, m);
+      if (m == 1 && !p_.k.is_float()) {
+        // One query row (decode): the dot products widen the 16-bit keys as
+        // they load them, reading half float32's bytes.
+        p_.k.ScaledDots(b, h, j0, width, query.data, p_.scale, head.data);
+      } else {
+        ForRowBlocks(p_.k, b, h, j0, width, [&](int64_t c0, const CMat& keys) {
+          MatMulNT(query, keys, p_.scale, /*accumulate=*/true,
+                   MMat{head.data + c0, m, keys.rows, head.ld});
+        });
+      }
     }
+    FillMasked(b, i0, m, j0, n, dst);
+  }
+
+  // -inf in the columns of dst's rows that their query rows do not see.
+  void FillMasked(int64_t b, int64_t i0, int64_t m, int64_t j0, int64_t n,
+                  const MMat& dst) const {
     for (int64_t r = 0; r < m; ++r) {
       float* row = dst.row(r);
       std::fill(row + VisibleIn(b, i0 + r, j0, n), row + n, kNegInf);
+    }
+  }
+
+  // use(first, rows) for rows [begin, begin + count) of x's (b, h) block, as
+  // float32: in one call when x is float32 or the rows fit one conversion
+  // block (the same products as for float32 inputs), else a block of
+  // converted rows at a time, `first` counting from begin.
+  template <typename Use>
+  void ForRowBlocks(const Operand& x, int64_t b, int64_t h, int64_t begin,
+                    int64_t count, Use use) {
+    const int64_t step = x.is_float() ? count : BlockedConvertRows(x.cols);
+    for (int64_t first = 0; first < count; first += step) {
+      const int64_t rows = std::min(step, count - first);
+      use(first, x.RowsAsFloat(b, h, begin + first, rows, convert_));
     }
   }
 
@@ -370,7 +443,10 @@ class TileKernel {
       View(out).zero_();
       return;
     }
-    MatMulNN(CMat{p.data, m, width, lk}, p_.v.Rows(b, h, 0, width), false, out);
+    ForRowBlocks(p_.v, b, h, 0, width, [&](int64_t t0, const CMat& values) {
+      MatMulNN(CMat{p.data + t0, m, values.rows, lk}, values,
+               /*accumulate=*/t0 > 0, out);
+    });
   }
 
   // The float32 rows of `output` from element `offset`, or null when it is
@@ -444,7 +520,9 @@ class TileKernel {
         const int64_t visible = VisibleIn(b, i0 + r, j0, n);
         running_sum[r] += RowSum(s.row(r), visible);
       }
-      MatMulNN(CMat{s.data, m, n, tile}, p_.v.Rows(b, h, j0, n), true, acc);
+      ForRowBlocks(p_.v, b, h, j0, n, [&](int64_t t0, const CMat& values) {
+        MatMulNN(CMat{s.data + t0, m, values.rows, tile}, values, true, acc);
+      });
     }
     for (int64_t r = 0; r < m; ++r) {
       float* out = acc.row(r);
@@ -457,6 +535,7 @@ class TileKernel {
 
   const Problem& p_;
   float* const scratch_;
+  float* const convert_;
   // The decode steps whose distances GroupDistances holds: head, items.
   int64_t group_head_ = -1;
   int64_t group_begin_ = 0;
@@ -502,6 +581,38 @@ at::Tensor Rowwise(const at::Tensor& t) {
   return t.contiguous();
 }
 
+// Throws c10::Error unless the query is float32, the keys and values float32,
+// float16 or bfloat16, and the matrices' type one of those.
+void CheckTypes(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                const AttentionConfig& config) {
+  const auto supported = [](at::ScalarType type) {
+    return type == at::kFloat || type == at::kHalf || type == at::kBFloat16;
+  };
+  TORCH_CHECK(supported(config.matrix_type),
+              "blocked attention: matrix_type must be float32, float16 or "
+              "bfloat16, got ",
+              config.matrix_type);
+  TORCH_CHECK(q.scalar_type() == at::kFloat,
+              "blocked attention: the query must be float32, got ",
+              q.scalar_type());
+  for (const at::Tensor* t : {&k, &v}) {
+    TORCH_CHECK(!t->defined() || supported(t->scalar_type()),
+                "blocked attention: keys and values must be float32, float16 "
+                "or bfloat16, got ",
+                t->scalar_type());
+  }
+}
+
+// The widest rows of the 16-bit keys and values (BlockedScratchOf's
+// convert_cols), 0 when both are float32.
+int64_t ConvertCols(const Problem& p) {
+  int64_t cols = 0;
+  for (const Operand* x : {&p.k, &p.v}) {
+    if (x->data != nullptr && !x->is_float()) cols = std::max(cols, x->cols);
+  }
+  return cols;
+}
+
 // The bias parameters, kept alive (contiguous) while the tiles read them.
 struct BiasData {
   at::Tensor embeddings, bias, query_bias;
@@ -536,14 +647,9 @@ bool ComputeAttentionBlocked(const at::Tensor& q_in, const at::Tensor& k_in,
                              const AttentionConfig& config,
                              const std::function<bool()>& stop,
                              AttentionResult* result) {
-  TORCH_CHECK(config.matrix_type == at::kFloat ||
-                  config.matrix_type == at::kHalf ||
-                  config.matrix_type == at::kBFloat16,
-              "blocked attention: matrix_type must be float32, float16 or "
-              "bfloat16, got ",
-              config.matrix_type);
   const at::Tensor q = Rowwise(q_in), k = Rowwise(k_in);
   const at::Tensor v = config.want_context ? Rowwise(v_in) : at::Tensor();
+  CheckTypes(q, k, v, config);
   AllocateOutputs(q, k, v, config, result);
   Problem p;
   p.heads = q.size(1);
@@ -574,7 +680,7 @@ bool ComputeAttentionBlocked(const at::Tensor& q_in, const at::Tensor& k_in,
   const BlockedScratch scratch = BlockedScratchOf(
       p.query_len, p.key_len, p.head_dim, p.relative(), config.want_logits,
       config.want_probs, config.want_context,
-      /*float32_matrices=*/config.matrix_type == at::kFloat);
+      /*float32_matrices=*/config.matrix_type == at::kFloat, ConvertCols(p));
   const int64_t tiles = (p.query_len + p.query_tile - 1) / p.query_tile;
   const int64_t units = q.size(0) * p.heads * tiles;
   const int64_t unit_macs =
@@ -600,7 +706,11 @@ bool ComputeAttentionBlocked(const at::Tensor& q_in, const at::Tensor& k_in,
     // One scratch per thread: at most BlockedThreads() live at once.
     const PooledFloats buffer =
         AcquireFloats(static_cast<size_t>(scratch.floats));
-    TileKernel kernel(p, buffer.get());
+    const PooledFloats convert =
+        scratch.convert_floats > 0
+            ? AcquireFloats(static_cast<size_t>(scratch.convert_floats))
+            : PooledFloats();
+    TileKernel kernel(p, buffer.get(), convert.get());
     int64_t since_check = kStopCheckMacs;
     for (int64_t begin = next.fetch_add(chunks.size); begin < units;
          begin = next.fetch_add(chunks.size)) {

@@ -29,7 +29,9 @@
 namespace attnscore::scoring {
 
 // q [B,H,Lq,D], k [B,H,Lk,D], v [B,H,Lk,Dv] (undefined unless context is
-// wanted): float32 on the CPU, any strides. key_lengths: empty or B values in
+// wanted): on the CPU, any strides; q float32, k and v float32, float16 or
+// bfloat16 (converted per tile, in cache: a 16-bit key stream crosses memory
+// at half float32's bytes). key_lengths: empty or B values in
 // [0, Lk]. Fills `result` with the outputs `config` asks for (logits only when
 // config.want_logits): logits and probs in config.matrix_type, context
 // float32, each contiguous. A logits or probs tensor that `result` holds on

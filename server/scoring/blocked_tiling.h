@@ -53,22 +53,42 @@ inline int64_t BlockedRelativeFloats(int64_t rows, int64_t cols,
          (group > 0 ? group * key_len : rows * (rows + cols - 1));
 }
 
+// Float32 rows a thread converts a float16 or bfloat16 key or value into at
+// a time (256 KiB, an L2's worth): the tile that reads them converts them
+// while they are in cache, so a 16-bit key stream crosses memory at half
+// float32's bytes and is never staged whole as float32. A tile's rows up to
+// this many floats are converted in one block, so that its products are the
+// same calls as for float32 inputs.
+inline constexpr int64_t kBlockedConvertFloats = int64_t{64} << 10;
+
+// Rows of `cols` floats per conversion block (at least one).
+inline int64_t BlockedConvertRows(int64_t cols) {
+  return std::max<int64_t>(1,
+                           kBlockedConvertFloats / std::max<int64_t>(cols, 1));
+}
+
 // What the kernel needs besides its inputs and outputs.
 struct BlockedScratch {
   bool online = false;  // context only: the online-softmax kernel
   int64_t floats = 0;   // per thread
+  // Per thread, for 16-bit keys or values: one block of converted rows.
+  int64_t convert_floats = 0;
 };
 
 // REQUIRES: sizes of a validated request. `want_*` as in AttentionConfig;
 // `float32_matrices`: the logits and probabilities are float32 (computed in
 // their outputs' rows), not 16-bit (computed in a float32 tile, then
-// converted).
+// converted). `convert_cols`: the widest rows of the 16-bit keys and values
+// read in place (max(D, Dv) of those), 0 when none is.
 inline BlockedScratch BlockedScratchOf(int64_t query_len, int64_t key_len,
                                        int64_t head_dim, bool relative,
                                        bool want_logits, bool want_probs,
-                                       bool want_context,
-                                       bool float32_matrices) {
+                                       bool want_context, bool float32_matrices,
+                                       int64_t convert_cols = 0) {
   BlockedScratch scratch;
+  if (convert_cols > 0) {
+    scratch.convert_floats = BlockedConvertRows(convert_cols) * convert_cols;
+  }
   scratch.online = want_context && !want_logits && !want_probs;
   const int64_t rows = BlockedQueryTile(query_len, key_len);
   const int64_t cols =

@@ -1,5 +1,6 @@
 #include "server/scoring/resource_estimate.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <limits>
 #include <string>
@@ -57,12 +58,17 @@ ProblemSize ProblemSizeOf(const ScoreSpec& spec, const ScoreItem& item) {
   if (spec.want_context && item.value.has_value()) {
     size.value_dim = DimsOf(item.value->shape, spec.layout).dim;
   }
+  if (item.key.dtype != DType::kFloat32) size.convert_cols = size.head_dim;
+  if (size.value_dim > 0 && item.value->dtype != DType::kFloat32) {
+    size.convert_cols = std::max(size.convert_cols, size.value_dim);
+  }
   return size;
 }
 
 // The blocked path's allocations (blocked_attention.h, aten_scorer.cc):
-// float32 staging of the inputs (always counted: a batch of several items or a
-// 16-bit request is copied; a lone float32 item is read in place), the logits
+// float32 staging of the inputs (always counted: a batch of several items is
+// copied; a lone item's float32 inputs and 16-bit keys and values are read in
+// place, its 16-bit query copied), the logits
 // and probabilities asked for in the wire dtype (written per tile), the
 // float32 context with its wire-dtype and layout copies, and per-thread
 // scratch (blocked_tiling.h).
@@ -90,9 +96,10 @@ ResourceEstimate EstimateResources(const ScoreSpec& spec,
   const BlockedScratch scratch =
       BlockedScratchOf(size.query_len, size.key_len, size.head_dim, relative,
                        spec.want_logits, spec.want_probs, spec.want_context,
-                       /*float32_matrices=*/wire == f32);
+                       /*float32_matrices=*/wire == f32, size.convert_cols);
   const int64_t threads = BlockedThreads();
-  const int64_t per_thread = Add(Mul(scratch.floats, f32), kBytesPerThread);
+  const int64_t per_thread = Add(
+      Mul(Add(scratch.floats, scratch.convert_floats), f32), kBytesPerThread);
   const int64_t scratch_bytes = Mul(per_thread, threads);
   const int64_t rows = Add(Mul(size.batch, kBytesPerRow), kBytesFixed);
   ResourceEstimate estimate;

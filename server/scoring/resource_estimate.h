@@ -29,6 +29,10 @@ struct ProblemSize {
   int64_t key_len = 0;    // Lk
   int64_t head_dim = 0;   // D
   int64_t value_dim = 0;  // Dv; 0 unless context is wanted
+  // max(D, Dv) of the keys and values that are 16-bit (the blocked path
+  // converts their rows per tile, BlockedScratchOf's convert_cols); 0 when
+  // they are float32.
+  int64_t convert_cols = 0;
 };
 
 // REQUIRES: ValidateItem(spec, item) is OK.

@@ -222,6 +222,82 @@ TEST(BlockedAttentionTest, SixteenBitOutputsEqualConvertedFloat32) {
   }
 }
 
+// 16-bit keys and values are read in place and converted a block of rows at
+// a time (exactly): the same bits as converting them to float32 first, for
+// every output combination, where a tile's keys fit one conversion block or a
+// tile has one query row (per-row dot products); where several blocks make one
+// tile's products (long keys), the same within float32 rounding. Also with
+// keys and values that are not row-contiguous (a [B, L, H, D] layout's view).
+TEST(BlockedAttentionTest, SixteenBitKeysAndValuesEqualConvertedFloat32) {
+  at::manual_seed(17);
+  struct Shape {
+    int64_t lq, lk, d;
+    bool blocks;  // a tile's keys span several conversion blocks
+  };
+  const int64_t rows_per_block = BlockedConvertRows(64);
+  ASSERT_EQ(rows_per_block, 1024);
+  struct Outputs {
+    bool logits, probs, context;
+  };
+  for (const Shape& shape :
+       {Shape{1, 300, 16, false}, Shape{129, 300, 16, false},
+        Shape{1, 2 * rows_per_block + 52, 64, false},
+        Shape{40, 2 * rows_per_block + 52, 64, true}}) {
+    for (at::ScalarType type : {at::kHalf, at::kBFloat16}) {
+      for (bool relative : {false, true}) {
+        for (bool rowwise : {true, false}) {
+          Case c = RandomCase(2, 2, shape.lq, shape.lk, shape.d, shape.d + 3,
+                              relative, true);
+          at::Tensor k16 = c.k.to(type), v16 = c.v.to(type);
+          if (!rowwise) {  // [B, L, H, D] in memory
+            k16 = k16.transpose(1, 2).contiguous().transpose(1, 2);
+            v16 = v16.transpose(1, 2).contiguous().transpose(1, 2);
+          }
+          const at::Tensor k32 = k16.to(at::kFloat), v32 = v16.to(at::kFloat);
+          for (bool causal : {false, true}) {
+            for (const Outputs& o : {Outputs{true, true, true},
+                                     {true, false, false},
+                                     {false, false, true}}) {
+              AttentionConfig config = Config(c, causal);
+              config.want_logits = o.logits;
+              config.want_probs = o.probs;
+              config.want_context = o.context;
+              AttentionResult want, got;
+              ASSERT_TRUE(ComputeAttentionBlocked(c.q, k32, v32, c.lengths,
+                                                  config, {}, &want));
+              ASSERT_TRUE(ComputeAttentionBlocked(c.q, k16, v16, c.lengths,
+                                                  config, {}, &got));
+              const std::string what = absl::StrCat(
+                  c10::toString(type), " Lq ", shape.lq, " Lk ", shape.lk,
+                  " rel ", relative, " rowwise ", rowwise, " causal ", causal,
+                  " outputs ", o.logits, o.probs, o.context);
+              for (auto [g, w] : {std::pair{&got.logits, &want.logits},
+                                  std::pair{&got.probs, &want.probs},
+                                  std::pair{&got.context, &want.context}}) {
+                ASSERT_EQ(g->defined(), w->defined()) << what;
+                if (!g->defined()) continue;
+                if (shape.blocks) {
+                  ExpectSame(*g, *w, 1e-5, what);
+                } else {
+                  EXPECT_TRUE(at::equal(*g, *w)) << what;
+                }
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(BlockedAttentionTest, RejectsSixteenBitQueries) {
+  Case c = RandomCase(1, 1, 2, 2, 2, 2, false, false);
+  AttentionResult got;
+  EXPECT_THROW(ComputeAttentionBlocked(c.q.to(at::kHalf), c.k, c.v, {},
+                                       Config(c, false), {}, &got),
+               c10::Error);
+}
+
 TEST(BlockedAttentionTest, RejectsAnUnsupportedMatrixType) {
   Case c = RandomCase(1, 1, 2, 2, 2, 2, false, false);
   AttentionConfig config = Config(c, false);

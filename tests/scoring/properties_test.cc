@@ -23,6 +23,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "bench/literal_port.h"
+#include "common/aten_dtype.h"
 #include "common/safetensors.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -266,7 +267,7 @@ std::string Bytes(const at::Tensor& t) {
   return std::string(static_cast<const char*>(c.data_ptr()), c.nbytes());
 }
 
-Raw MakeRaw(const Case& c, Layout layout) {
+Raw MakeRaw(const Case& c, Layout layout, DType dtype = DType::kFloat32) {
   auto to_layout = [&](const at::Tensor& t) {
     switch (layout) {
       case Layout::kBHSD:
@@ -278,18 +279,19 @@ Raw MakeRaw(const Case& c, Layout layout) {
     }
     return t;
   };
+  const at::ScalarType type = ToScalarType(dtype);
   Raw raw;
-  at::Tensor q = to_layout(c.q).contiguous(), k = to_layout(c.k).contiguous(),
-             v = to_layout(c.v).contiguous();
+  at::Tensor q = to_layout(c.q).to(type).contiguous(),
+             k = to_layout(c.k).to(type).contiguous(),
+             v = to_layout(c.v).to(type).contiguous();
   raw.q = Bytes(q);
   raw.k = Bytes(k);
   raw.v = Bytes(v);
   raw.item.query =
-      TensorRef{DType::kFloat32, q.sizes().vec(), raw.q.data(), raw.q.size()};
-  raw.item.key =
-      TensorRef{DType::kFloat32, k.sizes().vec(), raw.k.data(), raw.k.size()};
+      TensorRef{dtype, q.sizes().vec(), raw.q.data(), raw.q.size()};
+  raw.item.key = TensorRef{dtype, k.sizes().vec(), raw.k.data(), raw.k.size()};
   raw.item.value =
-      TensorRef{DType::kFloat32, v.sizes().vec(), raw.v.data(), raw.v.size()};
+      TensorRef{dtype, v.sizes().vec(), raw.v.data(), raw.v.size()};
   return raw;
 }
 
@@ -378,6 +380,68 @@ TEST_P(ScorerTest, BatchedItemsEqualSeparateRunsAndShareMemory) {
                   batched[0].logits->size_bytes);
     EXPECT_EQ(batched[0].logits->keepalive.get(),
               batched[1].logits->keepalive.get());
+  }
+}
+
+// Equal within float32 rounding (relative 1e-5), with the same -inf.
+void ExpectClose(const OutputTensor& got, const OutputTensor& want,
+                 const char* what) {
+  const at::Tensor g = AsTensor(got), w = AsTensor(want);
+  EXPECT_TRUE(at::equal(at::isinf(g), at::isinf(w))) << what;
+  const at::Tensor finite = at::isfinite(w);
+  EXPECT_TRUE(at::allclose(g.masked_select(finite), w.masked_select(finite),
+                           1e-5, 1e-6))
+      << what;
+}
+
+// 16-bit inputs give the results of their float32 values: the blocked path
+// reads a lone item's keys and values in place and converts them per tile, a
+// stacked batch converts them first; either way an item gets the same bits
+// alone as batched with another (the cases are small enough to be stacked).
+// The batched path's relative position term is one product over the batch's
+// B * T query rows, whose rounding may differ with B (batched_attention.h):
+// there, batched results are within float32 rounding of the item's alone.
+TEST_P(ScorerTest, SixteenBitInputsGiveTheirFloat32ValuesResults) {
+  at::manual_seed(21);
+  for (DType dtype : {DType::kFloat16, DType::kBFloat16}) {
+    for (Layout layout : {Layout::kBHSD, Layout::kBSHD}) {
+      for (bool relative : {false, true}) {
+        SCOPED_TRACE(absl::StrCat(DTypeName(dtype), " ", LayoutName(layout),
+                                  " relative ", relative));
+        Case c = RandomCase(2, 3, 5, 40, 16, relative ? 64 : 0);
+        // The float32 values the 16-bit inputs hold.
+        Case rounded = c;
+        for (at::Tensor* t : {&rounded.q, &rounded.k, &rounded.v}) {
+          *t = t->to(ToScalarType(dtype)).to(at::kFloat);
+        }
+        const Raw sixteen = MakeRaw(c, layout, dtype);
+        const Raw wide = MakeRaw(rounded, layout);
+        const Raw other = MakeRaw(RandomCase(1, 3, 5, 40, 16), layout, dtype);
+        const ScoreSpec spec = Spec(c, layout, true);
+        const ScoreResult want =
+            (*scorer_->ScoreBatch(spec, absl::MakeConstSpan(&wide.item, 1)))[0];
+        const ScoreResult alone = (*scorer_->ScoreBatch(
+            spec, absl::MakeConstSpan(&sixteen.item, 1)))[0];
+        EXPECT_TRUE(at::equal(AsTensor(*alone.logits), AsTensor(*want.logits)));
+        EXPECT_TRUE(at::equal(AsTensor(*alone.probs), AsTensor(*want.probs)));
+        EXPECT_TRUE(
+            at::equal(AsTensor(*alone.context), AsTensor(*want.context)));
+        const std::vector<ScoreItem> pair = {sixteen.item, other.item};
+        const ScoreResult batched = (*scorer_->ScoreBatch(spec, pair))[0];
+        if (relative && GetParam() == "batched") {
+          ExpectClose(*batched.logits, *alone.logits, "logits");
+          ExpectClose(*batched.probs, *alone.probs, "probs");
+          ExpectClose(*batched.context, *alone.context, "context");
+          continue;
+        }
+        EXPECT_TRUE(
+            at::equal(AsTensor(*batched.logits), AsTensor(*alone.logits)));
+        EXPECT_TRUE(
+            at::equal(AsTensor(*batched.probs), AsTensor(*alone.probs)));
+        EXPECT_TRUE(
+            at::equal(AsTensor(*batched.context), AsTensor(*alone.context)));
+      }
+    }
   }
 }
 
