@@ -64,13 +64,17 @@ void DecodeElements(const void* in, size_t count, DType dtype, float* out) {
 
 // Stacks the items' tensors along the batch axis as float32, on `device`. A
 // single CPU item is used in place when it is float32, or when `in_place_16`
-// (the blocked path's keys and values, converted per tile) and 16-bit.
+// (the blocked path's keys and values, converted per tile) and 16-bit, and
+// its bytes are aligned to its elements (a shared-memory range may lie at
+// any offset).
 at::Tensor Gather(absl::Span<const ScoreItem> items,
                   const TensorRef& (*pick)(const ScoreItem&), Layout layout,
                   const at::Device& device, bool in_place_16 = false) {
-  if (items.size() == 1 && device.is_cpu() &&
-      (pick(items[0]).dtype == DType::kFloat32 || in_place_16)) {
-    return Wrap(pick(items[0]));
+  if (items.size() == 1 && device.is_cpu()) {
+    const TensorRef& t = pick(items[0]);
+    const bool aligned =
+        reinterpret_cast<uintptr_t>(t.data) % ElementSize(t.dtype) == 0;
+    if (aligned && (t.dtype == DType::kFloat32 || in_place_16)) return Wrap(t);
   }
   const int64_t axis = BatchAxis(layout);
   std::vector<int64_t> shape = pick(items[0]).shape;

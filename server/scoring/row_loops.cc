@@ -92,6 +92,14 @@ ATTNSCORE_ROW_LOOP void StoreBFloat16Row(const float* in, int64_t n,
 
 namespace {
 
+// One 16-bit element, read through memcpy: stacked inputs may come from a
+// shared-memory range at any byte offset.
+inline uint16_t BitsAt(const uint16_t* p) {
+  uint16_t bits;
+  std::memcpy(&bits, p, sizeof(bits));
+  return bits;
+}
+
 #if defined(__x86_64__)
 // F16C: eight floats per instruction, rounded to nearest even as FloatToHalf
 // rounds. NaNs differ (F16C keeps payload bits, c10 writes 0x7E00), so a group
@@ -126,12 +134,12 @@ __attribute__((target("avx,f16c"))) void LoadFloat16RowF16c(const uint16_t* in,
     // |h| > infinity's bits (both under 0x8000: a signed compare holds).
     const __m128i nan = _mm_cmpgt_epi16(_mm_and_si128(h, magnitude), infinity);
     if (_mm_movemask_epi8(nan) != 0) {
-      for (int64_t k = c; k < c + 8; ++k) out[k] = HalfToFloat(in[k]);
+      for (int64_t k = c; k < c + 8; ++k) out[k] = HalfToFloat(BitsAt(in + k));
       continue;
     }
     _mm256_storeu_ps(out + c, _mm256_cvtph_ps(h));
   }
-  for (; c < n; ++c) out[c] = HalfToFloat(in[c]);
+  for (; c < n; ++c) out[c] = HalfToFloat(BitsAt(in + c));
 }
 
 bool HasF16c() {
@@ -156,7 +164,7 @@ void StoreFloat16Row(const float* in, int64_t n, uint16_t* out) {
 ATTNSCORE_ROW_LOOP void LoadBFloat16Row(const uint16_t* in, int64_t n,
                                         float* out) {
   for (int64_t c = 0; c < n; ++c) {
-    const uint32_t word = static_cast<uint32_t>(in[c]) << 16;
+    const uint32_t word = static_cast<uint32_t>(BitsAt(in + c)) << 16;
     std::memcpy(out + c, &word, sizeof(word));
   }
 }
@@ -168,7 +176,7 @@ void LoadFloat16Row(const uint16_t* in, int64_t n, float* out) {
     return;
   }
 #endif
-  for (int64_t c = 0; c < n; ++c) out[c] = HalfToFloat(in[c]);
+  for (int64_t c = 0; c < n; ++c) out[c] = HalfToFloat(BitsAt(in + c));
 }
 
 ATTNSCORE_ROW_LOOP void StoreRelativeRow(float* row, int64_t n,

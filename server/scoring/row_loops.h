@@ -69,7 +69,8 @@ void StoreBFloat16Row(const float* in, int64_t n, uint16_t* out);
 void StoreFloat16Row(const float* in, int64_t n, uint16_t* out);
 
 // out[c] = in[c] (bfloat16 bits) as float32, c in [0, n): exact, the same
-// bits as common/dtype.h's BFloat16ToFloat.
+// bits as common/dtype.h's BFloat16ToFloat. `in` may be unaligned (both
+// loads).
 void LoadBFloat16Row(const uint16_t* in, int64_t n, float* out);
 
 // out[c] = in[c] (float16 bits) as float32, c in [0, n): exact, the same bits

@@ -426,6 +426,22 @@ TEST_P(ScorerTest, SixteenBitInputsGiveTheirFloat32ValuesResults) {
         EXPECT_TRUE(at::equal(AsTensor(*alone.probs), AsTensor(*want.probs)));
         EXPECT_TRUE(
             at::equal(AsTensor(*alone.context), AsTensor(*want.context)));
+        // The same bytes one byte off their alignment (a shared-memory
+        // range may lie at any offset): staged, with the same results.
+        std::string odd[3];
+        ScoreItem shifted = sixteen.item;
+        TensorRef* refs[] = {&shifted.query, &shifted.key, &*shifted.value};
+        for (int i = 0; i < 3; ++i) {
+          const auto* bytes = static_cast<const char*>(refs[i]->data);
+          odd[i] = "-" + std::string(bytes, refs[i]->size_bytes);
+          refs[i]->data = odd[i].data() + 1;
+        }
+        const ScoreResult unaligned =
+            (*scorer_->ScoreBatch(spec, absl::MakeConstSpan(&shifted, 1)))[0];
+        EXPECT_TRUE(
+            at::equal(AsTensor(*unaligned.logits), AsTensor(*want.logits)));
+        EXPECT_TRUE(
+            at::equal(AsTensor(*unaligned.context), AsTensor(*want.context)));
         const std::vector<ScoreItem> pair = {sixteen.item, other.item};
         const ScoreResult batched = (*scorer_->ScoreBatch(spec, pair))[0];
         if (relative && GetParam() == "batched") {
