@@ -88,6 +88,24 @@ struct Float16Rows {
   }
 };
 
+// A row's dot product from its kRowLanes lane sums, folded to eight (h8): the
+// lanes pairwise (k and k + 4, then k + 2, k + 1), then the terms of the
+// d % kRowLanes tail, t in [body, d), in order.
+template <typename E>
+[[gnu::always_inline]] inline float FinishDot(const Half& h8,
+                                              const typename E::T* row,
+                                              const float* x, int64_t body,
+                                              int64_t d) {
+  // __builtin_shufflevector: GCC >= 12 and clang alike.
+  const Quarter h4 = __builtin_shufflevector(h8, h8, 0, 1, 2, 3) +
+                     __builtin_shufflevector(h8, h8, 4, 5, 6, 7);
+  const Eighth h2 = __builtin_shufflevector(h4, h4, 0, 1) +
+                    __builtin_shufflevector(h4, h4, 2, 3);
+  float dot = h2[0] + h2[1];
+  for (int64_t t = body; t < d; ++t) dot += E::One(row + t) * x[t];
+  return dot;
+}
+
 // Rows' dot products with x, in ScaledDotRows' order: kRowLanes lanes, the
 // lanes pairwise (k and k + 8, then k + 4, k + 2, k + 1), then the
 // d % kRowLanes tail. kRows rows at a time: independent sums over separate
@@ -115,15 +133,7 @@ template <int kRows, typename E = FloatRows>
   }
 #pragma GCC unroll 8
   for (int r = 0; r < kRows; ++r) {
-    // __builtin_shufflevector: GCC >= 12 and clang alike.
-    const Half h8 = lo[r] + hi[r];
-    const Quarter h4 = __builtin_shufflevector(h8, h8, 0, 1, 2, 3) +
-                       __builtin_shufflevector(h8, h8, 4, 5, 6, 7);
-    const Eighth h2 = __builtin_shufflevector(h4, h4, 0, 1) +
-                      __builtin_shufflevector(h4, h4, 2, 3);
-    float dot = h2[0] + h2[1];
-    for (int64_t t = body; t < d; ++t) dot += E::One(rows + r * ld + t) * x[t];
-    dots[r] = dot;
+    dots[r] = FinishDot<E>(lo[r] + hi[r], rows + r * ld, x, body, d);
   }
 }
 
@@ -157,13 +167,7 @@ template <int kRows, typename E = FloatRows>
     const Half h8 =
         __builtin_shufflevector(acc[r], acc[r], 0, 1, 2, 3, 4, 5, 6, 7) +
         __builtin_shufflevector(acc[r], acc[r], 8, 9, 10, 11, 12, 13, 14, 15);
-    const Quarter h4 = __builtin_shufflevector(h8, h8, 0, 1, 2, 3) +
-                       __builtin_shufflevector(h8, h8, 4, 5, 6, 7);
-    const Eighth h2 = __builtin_shufflevector(h4, h4, 0, 1) +
-                      __builtin_shufflevector(h4, h4, 2, 3);
-    float dot = h2[0] + h2[1];
-    for (int64_t t = body; t < d; ++t) dot += E::One(rows + r * ld + t) * x[t];
-    dots[r] = dot;
+    dots[r] = FinishDot<E>(h8, rows + r * ld, x, body, d);
   }
 }
 
