@@ -53,12 +53,13 @@ inline int64_t BlockedRelativeFloats(int64_t rows, int64_t cols,
          (group > 0 ? group * key_len : rows * (rows + cols - 1));
 }
 
-// Float32 rows a thread converts a float16 or bfloat16 key or value into at
-// a time (256 KiB, an L2's worth): the tile that reads them converts them
-// while they are in cache, so a 16-bit key stream crosses memory at half
-// float32's bytes and is never staged whole as float32. A tile's rows up to
-// this many floats are converted in one block, so that its products are the
-// same calls as for float32 inputs.
+// Floats in a block of float16 or bfloat16 key or value rows that a thread
+// converts at a time (256 KiB, an L2's worth) for a tile of several query
+// rows: the tile converts them while they are in cache, so that no 16-bit
+// input is staged whole as float32 (a one-row tile, a decode step, reads its
+// keys as they are through row_loops.h's 16-bit dot products). A tile's rows
+// up to this many floats convert in one block, so that its products are the
+// same BLAS calls as for float32 inputs.
 inline constexpr int64_t kBlockedConvertFloats = int64_t{64} << 10;
 
 // Rows of `cols` floats per conversion block (at least one).
