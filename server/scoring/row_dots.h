@@ -1,8 +1,8 @@
-// Internal to the row loops (row_loops.cc, row_loops_f16c.cc): ScaledDotRows'
+// Internal to the row loops (row_loops.cc, row_loops_avx2.cc): ScaledDotRows'
 // dot products as templates over how a row's elements load as float32, so
 // that float32, bfloat16 and float16 rows run the same arithmetic in the same
 // order (the same bits). Each translation unit that includes this is built for
-// its own instruction sets (the F16C one for AVX2 and F16C) and names the
+// its own instruction sets (row_loops_avx2.cc for AVX2 and F16C) and names the
 // namespace its copies live in (ATTNSCORE_ROW_DOTS_ISA), so that no copy
 // built for one CPU can stand in for another's at link time; everything here
 // is always inlined.
@@ -215,14 +215,18 @@ template <typename E>
 
 }  // namespace attnscore::scoring::ATTNSCORE_ROW_DOTS_ISA
 
-namespace attnscore::scoring::row_dots_f16c {
+namespace attnscore::scoring::row_dots_avx2 {
 
-// ScaledDotRowsFloat16 with F16C loads (row_loops_f16c.cc, built for AVX2 and
-// F16C). REQUIRES: the CPU has both (x86-64 only).
+// ScaledDotRowsFloat16 and ScaledDotRowsBFloat16 with intrinsics' loads
+// (row_loops_avx2.cc, built for AVX2 and F16C). REQUIRES: the CPU has both
+// (x86-64 only).
 void ScaledDotRowsFloat16(const uint16_t* rows, int64_t ld, int64_t n,
                           const float* x, int64_t d, float alpha,
                           bool accumulate, float* out);
+void ScaledDotRowsBFloat16(const uint16_t* rows, int64_t ld, int64_t n,
+                           const float* x, int64_t d, float alpha,
+                           bool accumulate, float* out);
 
-}  // namespace attnscore::scoring::row_dots_f16c
+}  // namespace attnscore::scoring::row_dots_avx2
 
 #endif  // ATTNSCORE_SERVER_SCORING_ROW_DOTS_H_

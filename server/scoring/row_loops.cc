@@ -318,12 +318,32 @@ ATTNSCORE_ROW_LOOP void ScaledDotRows(const float* rows, int64_t ld, int64_t n,
                              HasWideRegisters());
 }
 
-ATTNSCORE_ROW_LOOP void ScaledDotRowsBFloat16(const uint16_t* rows, int64_t ld,
-                                              int64_t n, const float* x,
-                                              int64_t d, float alpha,
-                                              bool accumulate, float* out) {
+namespace {
+
+// The clones' copy: AVX-512's and the baseline's.
+ATTNSCORE_ROW_LOOP void ScaledDotRowsBFloat16Cloned(
+    const uint16_t* rows, int64_t ld, int64_t n, const float* x, int64_t d,
+    float alpha, bool accumulate, float* out) {
   ScaledDotRowsOf<BFloat16Rows>(rows, ld, n, x, d, alpha, accumulate, out,
                                 HasWideRegisters());
+}
+
+}  // namespace
+
+void ScaledDotRowsBFloat16(const uint16_t* rows, int64_t ld, int64_t n,
+                           const float* x, int64_t d, float alpha,
+                           bool accumulate, float* out) {
+#if defined(__x86_64__)
+  // AVX2 without AVX-512: the intrinsics' copy (see row_loops_avx2.cc).
+  static const bool avx2_only =
+      HasF16c() && __builtin_cpu_supports("avx2") && !HasWideRegisters();
+  if (avx2_only) {
+    row_dots_avx2::ScaledDotRowsBFloat16(rows, ld, n, x, d, alpha, accumulate,
+                                         out);
+    return;
+  }
+#endif
+  ScaledDotRowsBFloat16Cloned(rows, ld, n, x, d, alpha, accumulate, out);
 }
 
 void ScaledDotRowsFloat16(const uint16_t* rows, int64_t ld, int64_t n,
@@ -332,7 +352,7 @@ void ScaledDotRowsFloat16(const uint16_t* rows, int64_t ld, int64_t n,
 #if defined(__x86_64__)
   static const bool f16c = HasF16c() && __builtin_cpu_supports("avx2");
   if (f16c) {
-    row_dots_f16c::ScaledDotRowsFloat16(rows, ld, n, x, d, alpha, accumulate,
+    row_dots_avx2::ScaledDotRowsFloat16(rows, ld, n, x, d, alpha, accumulate,
                                         out);
     return;
   }
