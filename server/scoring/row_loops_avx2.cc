@@ -14,19 +14,29 @@
 namespace attnscore::scoring {
 namespace {
 
+// out = what `widen` makes of each eight 16-bit elements from p on (eight
+// floats each), for V of LaneDots' or WideLaneDots' width.
+template <typename V, typename Widen>
+[[gnu::always_inline]] inline void LoadEights(const uint16_t* p, V* out,
+                                              Widen widen) {
+  constexpr size_t kEights = sizeof(V) / (8 * sizeof(float));
+  static_assert(kEights * 8 * sizeof(float) == sizeof(V));
+  for (size_t k = 0; k < kEights; ++k) {
+    const auto eight =
+        widen(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 8 * k)));
+    static_assert(sizeof(eight) == 8 * sizeof(float));
+    std::memcpy(reinterpret_cast<char*>(out) + k * sizeof(eight), &eight,
+                sizeof(eight));
+  }
+}
+
 // Float16 rows, eight elements per vcvtph2ps (exact; a signalling NaN comes
 // out quiet, which the products it enters make of it anyway).
 struct Float16RowsF16c {
   using T = uint16_t;
   template <typename V>
   [[gnu::always_inline]] static void Load(const uint16_t* p, V* out) {
-    constexpr size_t kEights = sizeof(V) / (8 * sizeof(float));
-    static_assert(kEights * 8 * sizeof(float) == sizeof(V));
-    for (size_t k = 0; k < kEights; ++k) {
-      const __m256 v = _mm256_cvtph_ps(
-          _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 8 * k)));
-      std::memcpy(reinterpret_cast<char*>(out) + k * sizeof(v), &v, sizeof(v));
-    }
+    LoadEights(p, out, [](__m128i h) { return _mm256_cvtph_ps(h); });
   }
   [[gnu::always_inline]] static float One(const uint16_t* p) {
     return _cvtsh_ss(*p);
@@ -39,16 +49,9 @@ struct BFloat16RowsAvx2 {
   using T = uint16_t;
   template <typename V>
   [[gnu::always_inline]] static void Load(const uint16_t* p, V* out) {
-    constexpr size_t kEights = sizeof(V) / (8 * sizeof(float));
-    static_assert(kEights * 8 * sizeof(float) == sizeof(V));
-    for (size_t k = 0; k < kEights; ++k) {
-      const __m256i words = _mm256_slli_epi32(
-          _mm256_cvtepu16_epi32(
-              _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 8 * k))),
-          16);
-      std::memcpy(reinterpret_cast<char*>(out) + k * sizeof(words), &words,
-                  sizeof(words));
-    }
+    LoadEights(p, out, [](__m128i h) {
+      return _mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16);
+    });
   }
   [[gnu::always_inline]] static float One(const uint16_t* p) {
     return BFloat16ToFloat(*p);
