@@ -45,8 +45,9 @@ at::Tensor Wrap(const TensorRef& t) {
                        at::TensorOptions().dtype(ToScalarType(t.dtype)));
 }
 
-// `count` elements of `dtype` bytes as float32 (exact), at the CPU's vector
-// width.
+// `count` elements of `dtype` bytes as float32 (exact): common/dtype.h's
+// DecodeFloats at the CPU's vector width (row_loops.h's loads; common/ has no
+// per-CPU code), for the batch worker's staging of every stacked input.
 void DecodeElements(const void* in, size_t count, DType dtype, float* out) {
   const auto n = static_cast<int64_t>(count);
   switch (dtype) {

@@ -4,7 +4,6 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
-#include <type_traits>
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -145,6 +144,12 @@ __attribute__((target("avx,f16c"))) void LoadFloat16RowF16c(const uint16_t* in,
 bool HasF16c() {
   // cpuid and XCR0 (Clang's __builtin_cpu_supports has no "f16c").
   static const bool has = cpu::DetectCpuFeatures().f16c;
+  return has;
+}
+
+// What row_loops_avx2.cc is built for.
+bool HasAvx2AndF16c() {
+  static const bool has = HasF16c() && __builtin_cpu_supports("avx2");
   return has;
 }
 #endif
@@ -335,9 +340,7 @@ void ScaledDotRowsBFloat16(const uint16_t* rows, int64_t ld, int64_t n,
                            bool accumulate, float* out) {
 #if defined(__x86_64__)
   // AVX2 without AVX-512: the intrinsics' copy (see row_loops_avx2.cc).
-  static const bool avx2_only =
-      HasF16c() && __builtin_cpu_supports("avx2") && !HasWideRegisters();
-  if (avx2_only) {
+  if (HasAvx2AndF16c() && !HasWideRegisters()) {
     row_dots_avx2::ScaledDotRowsBFloat16(rows, ld, n, x, d, alpha, accumulate,
                                          out);
     return;
@@ -350,8 +353,7 @@ void ScaledDotRowsFloat16(const uint16_t* rows, int64_t ld, int64_t n,
                           const float* x, int64_t d, float alpha,
                           bool accumulate, float* out) {
 #if defined(__x86_64__)
-  static const bool f16c = HasF16c() && __builtin_cpu_supports("avx2");
-  if (f16c) {
+  if (HasAvx2AndF16c()) {
     row_dots_avx2::ScaledDotRowsFloat16(rows, ld, n, x, d, alpha, accumulate,
                                         out);
     return;
