@@ -63,50 +63,86 @@ void DecodeElements(const void* in, size_t count, DType dtype, float* out) {
   }
 }
 
-// Stacks the items' tensors along the batch axis as float32, on `device`. A
-// single CPU item is used in place when it is float32, or when `in_place_16`
-// (the blocked path's keys and values, converted per tile) and 16-bit, and
-// its bytes are aligned to its elements (a shared-memory range may lie at
-// any offset).
-at::Tensor Gather(absl::Span<const ScoreItem> items,
-                  const TensorRef& (*pick)(const ScoreItem&), Layout layout,
-                  const at::Device& device, bool in_place_16 = false) {
-  if (items.size() == 1 && device.is_cpu()) {
-    const TensorRef& t = pick(items[0]);
-    const bool aligned =
-        reinterpret_cast<uintptr_t>(t.data) % ElementSize(t.dtype) == 0;
-    if (aligned && (t.dtype == DType::kFloat32 || in_place_16)) return Wrap(t);
-  }
+// How Gather stages 16-bit inputs (float32 inputs are staged as they are).
+enum class Staging {
+  // Decoded to float32 on the host while stacked: the blocked path's queries.
+  kFloat32,
+  // A lone CPU item's bytes read in place, else decoded to float32: the
+  // blocked path's keys and values, converted per tile.
+  kInPlace16,
+  // Stacked as sent and converted to float32 where the batch computes: the
+  // batched path, whose 16-bit inputs then cross a GPU's bus, and are
+  // staged in pinned memory, at half the bytes.
+  kAsSent,
+};
+
+// A batch's inputs in the dtype `staged`, stacked along the batch axis in
+// host memory: pinned for a copy to `device` off the CPU (asynchronous; the
+// caching host allocator pools it), from the host pool on the CPU. A
+// batch-major item's rows are contiguous there and are decoded (float32) or
+// copied (as sent) in place, which costs no tensor per item and keeps many
+// tiny items cheap.
+at::Tensor StackOnHost(absl::Span<const ScoreItem> items,
+                       const TensorRef& (*pick)(const ScoreItem&),
+                       Layout layout, const at::Device& device,
+                       at::ScalarType staged) {
   const int64_t axis = BatchAxis(layout);
   std::vector<int64_t> shape = pick(items[0]).shape;
   int64_t total = 0;
   for (const ScoreItem& item : items) total += pick(item).shape[axis];
   shape[axis] = total;
-  // Pinned host staging lets a CUDA copy run asynchronously (LibTorch's
-  // caching host allocator pools it); on the CPU the staged batch is the
-  // computation's input and comes from the host pool.
   at::Tensor out =
       device.is_cpu()
-          ? PooledEmpty(shape, at::kFloat)
-          : at::empty(
-                shape,
-                at::TensorOptions().dtype(at::kFloat).pinned_memory(true));
+          ? PooledEmpty(shape, staged)
+          : at::empty(shape,
+                      at::TensorOptions().dtype(staged).pinned_memory(true));
+  const bool as_sent = staged != at::kFloat;
+  auto* rows = static_cast<char*>(out.data_ptr());
   int64_t offset = 0;
-  float* rows = out.data_ptr<float>();
   for (const ScoreItem& item : items) {
     const TensorRef& t = pick(item);
-    if (axis == 0) {
-      // Batch-major: an item's rows are contiguous in `out`; decoding them in
-      // place costs no tensor per item, which keeps many tiny items cheap.
-      const size_t count = t.size_bytes / ElementSize(t.dtype);
-      DecodeElements(t.data, count, t.dtype, rows);
-      rows += count;
-    } else {
+    if (axis != 0) {
       out.narrow(axis, offset, t.shape[axis]).copy_(Wrap(t));
+    } else if (as_sent) {
+      std::memcpy(rows, t.data, t.size_bytes);
+      rows += t.size_bytes;
+    } else {
+      const size_t count = t.size_bytes / ElementSize(t.dtype);
+      DecodeElements(t.data, count, t.dtype, reinterpret_cast<float*>(rows));
+      rows += count * sizeof(float);
     }
     offset += t.shape[axis];
   }
-  return device.is_cpu() ? out : out.to(device, /*non_blocking=*/true);
+  return out;
+}
+
+// Stacks the items' tensors along the batch axis on `device`, as float32 (or
+// a lone item's 16-bit bytes as they are: Staging::kInPlace16). A single CPU
+// item is used in place when it is float32, or 16-bit and not kFloat32, and
+// its bytes are aligned to its elements (a shared-memory range may lie at
+// any offset).
+at::Tensor Gather(absl::Span<const ScoreItem> items,
+                  const TensorRef& (*pick)(const ScoreItem&), Layout layout,
+                  const at::Device& device, Staging staging) {
+  const TensorRef& first = pick(items[0]);
+  // Every item has the same dtype: it is part of the batch key.
+  const bool as_sent =
+      staging == Staging::kAsSent && first.dtype != DType::kFloat32;
+  if (items.size() == 1 && device.is_cpu()) {
+    const bool aligned =
+        reinterpret_cast<uintptr_t>(first.data) % ElementSize(first.dtype) == 0;
+    if (aligned && first.dtype == DType::kFloat32) return Wrap(first);
+    if (aligned && staging == Staging::kInPlace16) return Wrap(first);
+    if (aligned && as_sent) return PooledContiguousAs(Wrap(first), at::kFloat);
+  }
+  const at::Tensor host =
+      StackOnHost(items, pick, layout, device,
+                  as_sent ? ToScalarType(first.dtype) : at::kFloat);
+  if (device.is_cpu()) {
+    return as_sent ? PooledContiguousAs(host, at::kFloat) : host;
+  }
+  const at::Tensor staged = host.to(device, /*non_blocking=*/true);
+  return as_sent ? staged.to(at::kFloat) : staged;
 }
 
 const TensorRef& PickQuery(const ScoreItem& item) { return item.query; }
@@ -123,7 +159,7 @@ struct Batch {
 };
 
 // `blocked`: for the CPU's blocked path, which reads a lone item's 16-bit
-// keys and values in place.
+// keys and values in place; else the batched path's staging (Staging::kAsSent).
 Batch GatherBatch(const ScoreSpec& spec, absl::Span<const ScoreItem> items,
                   const at::Device& device, bool blocked) {
   Batch batch;
@@ -145,13 +181,16 @@ Batch GatherBatch(const ScoreSpec& spec, absl::Span<const ScoreItem> items,
                                item.key_lengths.end());
     }
   }
+  const Staging query_staging = blocked ? Staging::kFloat32 : Staging::kAsSent;
+  const Staging staging = blocked ? Staging::kInPlace16 : Staging::kAsSent;
   batch.query =
-      ToCanonical(Gather(items, PickQuery, spec.layout, device), spec.layout);
-  batch.key = ToCanonical(Gather(items, PickKey, spec.layout, device, blocked),
+      ToCanonical(Gather(items, PickQuery, spec.layout, device, query_staging),
+                  spec.layout);
+  batch.key = ToCanonical(Gather(items, PickKey, spec.layout, device, staging),
                           spec.layout);
   if (spec.want_context) {
     batch.value = ToCanonical(
-        Gather(items, PickValue, spec.layout, device, blocked), spec.layout);
+        Gather(items, PickValue, spec.layout, device, staging), spec.layout);
   }
   return batch;
 }

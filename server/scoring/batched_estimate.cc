@@ -107,6 +107,16 @@ ResourceEstimate EstimateBatchedResources(const ScoreSpec& spec,
     inputs = Add(inputs, Mul(stack, Mul(size.query_len, size.head_dim)));
   }
   inputs = Mul(inputs, kF32);
+  // 16-bit inputs cross as sent and are converted where the batch computes:
+  // one input's 16-bit copy lives beside the float32 ones while it converts.
+  int64_t as_sent = 0;
+  if (size.convert_cols > 0) {
+    as_sent = Mul(stack, std::max({Mul(size.query_len, size.head_dim),
+                                   Mul(size.key_len, size.head_dim),
+                                   Mul(size.key_len, size.value_dim)}));
+    as_sent = Mul(as_sent, 2);
+  }
+  inputs = Add(inputs, as_sent);
   int64_t outputs = 0;
   if (spec.want_logits) outputs = Add(outputs, Mul(scores, kF32));
   if (spec.want_probs) outputs = Add(outputs, Mul(scores, kF32));

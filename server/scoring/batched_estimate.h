@@ -31,8 +31,9 @@ bool UsesFusedAttention(const ScoreSpec& spec, bool fused_available);
 // kBatchedTileBytes, at least 1, at most Lq. `fused`: UsesFusedAttention.
 int64_t BatchedQueryTile(const ProblemSize& size, bool fused);
 
-// Peak device bytes (inputs staged as float32, outputs, one tile's scratch,
-// the relative position term) and work, as EstimateResources reports them.
+// Peak device bytes (inputs as float32, and one 16-bit input as sent while it
+// converts; outputs, one tile's scratch, the relative position term) and
+// work, as EstimateResources reports them.
 ResourceEstimate EstimateBatchedResources(const ScoreSpec& spec,
                                           const ProblemSize& size,
                                           bool fused_available);

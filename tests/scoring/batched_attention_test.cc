@@ -319,6 +319,15 @@ TEST(BatchedEstimateTest, CoversOutputsAndBoundsTheTile) {
   EXPECT_LT(tile, big.query_len);
   EXPECT_LE(tile * 8 * 32 * 4096 * 4, kBatchedTileBytes);
   EXPECT_GT(BatchedQueryTile(big, true), tile);
+  // 16-bit inputs are converted where they compute: the largest one's 16-bit
+  // copy (here the keys, B*H*Lk*D) lives beside the float32 inputs meanwhile.
+  ProblemSize half_keys{8, 8, 1, 2048, 64, 0};
+  half_keys.convert_cols = 64;
+  ProblemSize float_keys = half_keys;
+  float_keys.convert_cols = 0;
+  EXPECT_EQ(EstimateBatchedResources(spec, half_keys, false).peak_bytes -
+                EstimateBatchedResources(spec, float_keys, false).peak_bytes,
+            int64_t{8} * 8 * 2048 * 64 * 2);
   // Saturates instead of overflowing.
   const ProblemSize huge{1 << 20, 1 << 10, 1 << 20, 1 << 20, 1 << 10, 1 << 10};
   EXPECT_EQ(EstimateBatchedResources(spec, huge, true).peak_bytes,
