@@ -348,8 +348,9 @@ void Staging(const at::TensorOptions& device) {
 }
 
 // 32 decode steps through the scorer, host bytes in and out: one batch of 32
-// against 32 batches of one.
-Row ScorerDecode(const Options& o) {
+// against 32 batches of one. bfloat16 inputs are staged and cross to the
+// device at half float32's bytes.
+Row ScorerDecode(const Options& o, DType dtype) {
   const int64_t items = o.small ? 8 : 32, h = 8, lk = o.small ? 256 : 2048;
   const int64_t d = 64;
   ScorerOptions options;
@@ -357,19 +358,22 @@ Row ScorerDecode(const Options& o) {
   options.compute_path = ComputePath::kBatched;
   absl::StatusOr<std::unique_ptr<Scorer>> scorer = CreateAtenScorer(options);
   if (!scorer.ok()) throw std::runtime_error(scorer.status().ToString());
-  const at::Tensor q = at::randn({items, h, 1, d});
-  const at::Tensor k = at::randn({items, h, lk, d});
+  const at::ScalarType type =
+      dtype == DType::kFloat32 ? at::kFloat : at::kBFloat16;
+  const at::Tensor q = at::randn({items, h, 1, d}).to(type);
+  const at::Tensor k = at::randn({items, h, lk, d}).to(type);
+  const auto element = static_cast<int64_t>(ElementSize(dtype));
   std::vector<ScoreItem> batch(static_cast<size_t>(items));
   for (int64_t i = 0; i < items; ++i) {
     ScoreItem& item = batch[static_cast<size_t>(i)];
-    item.query = TensorRef{DType::kFloat32,
+    item.query = TensorRef{dtype,
                            {1, h, 1, d},
                            q[i].data_ptr(),
-                           static_cast<size_t>(h * d * 4)};
-    item.key = TensorRef{DType::kFloat32,
+                           static_cast<size_t>(h * d * element)};
+    item.key = TensorRef{dtype,
                          {1, h, lk, d},
                          k[i].data_ptr(),
-                         static_cast<size_t>(h * lk * d * 4)};
+                         static_cast<size_t>(h * lk * d * element)};
   }
   ScoreSpec spec;
   spec.causal = true;
@@ -394,7 +398,8 @@ Row ScorerDecode(const Options& o) {
   Row r;
   r.name = "scorer decode";
   r.shape = std::to_string(items) + " x B1 H8 Lq1 Lk" + std::to_string(lk) +
-            " D64 f32, host to host";
+            " D64 " + (dtype == DType::kFloat32 ? "f32" : "bf16") +
+            ", host to host";
   r.error = RelativeError(together(), one_by_one());
   r.ms = TimeMs(together, 3, 20);
   r.baseline = std::to_string(items) + " batches of 1";
@@ -437,11 +442,14 @@ int Run(const Options& o) {
   const Row decode = Decode(o, f32.dtype(at::kFloat), bw);
   Print(decode);
   Staging(f32);
-  const Row scorer = ScorerDecode(o);
+  const Row scorer = ScorerDecode(o, DType::kFloat32);
   Print(scorer);
+  const Row scorer16 = ScorerDecode(o, DType::kBFloat16);
+  Print(scorer16);
   // float32 lands far under 1e-3; bf16 operands under 1e-2.
   const bool ok = logits.error < 1e-3 && context.error < 2e-2 &&
-                  decode.error < 1e-5 && scorer.error < 1e-5;
+                  decode.error < 1e-5 && scorer.error < 1e-5 &&
+                  scorer16.error < 1e-5;
   if (!ok) {
     std::fprintf(stderr, "device_bench: outputs differ from the baseline\n");
   }
