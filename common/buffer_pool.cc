@@ -16,7 +16,7 @@ bool IsMapped(size_t capacity) {
 
 // Pooled sizes are whole pages (CapacityFor rounds them to 32 KiB and more),
 // so a mapping is exactly the block.
-void* AllocateBlock(size_t capacity) {
+void* MapOrAllocate(size_t capacity) {
   if (!IsMapped(capacity)) {
     void* block = std::aligned_alloc(BufferPool::kAlignment, capacity);
     if (block == nullptr) throw std::bad_alloc();
@@ -28,7 +28,7 @@ void* AllocateBlock(size_t capacity) {
   return block;
 }
 
-void FreeBlock(void* block, size_t capacity) {
+void UnmapOrFree(void* block, size_t capacity) {
   if (IsMapped(capacity)) {
     munmap(block, capacity);
   } else {
@@ -47,7 +47,10 @@ BufferPool::BufferPool(size_t max_cached_bytes, std::chrono::milliseconds decay,
       decay_(decay),
       next_decay_check_(clock_() + decay / 4) {}
 
-BufferPool::~BufferPool() { TrimLocked(0); }
+BufferPool::~BufferPool() {
+  std::lock_guard<std::mutex> lock(mu_);
+  TrimLocked(0);
+}
 
 size_t BufferPool::CapacityFor(size_t bytes) {
   const auto round_up = [](size_t n, size_t step) {
@@ -83,10 +86,37 @@ void* BufferPool::Acquire(size_t bytes, size_t* capacity) {
   return AllocateBlock(*capacity);
 }
 
+// A fresh block, shown to the `mapped` hook when mapped. The hook is copied
+// under the lock and run outside it (mapping is the slow path anyway).
+void* BufferPool::AllocateBlock(size_t capacity) {
+  void* block = MapOrAllocate(capacity);
+  if (IsMapped(capacity)) {
+    std::function<void(void*, size_t)> mapped;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      mapped = hooks_.mapped;
+    }
+    if (mapped) mapped(block, capacity);
+  }
+  return block;
+}
+
+void BufferPool::FreeBlockLocked(void* block, size_t capacity) {
+  if (IsMapped(capacity) && hooks_.unmapping) {
+    hooks_.unmapping(block, capacity);
+  }
+  UnmapOrFree(block, capacity);
+}
+
 void BufferPool::Release(void* block, size_t capacity) {
   if (block == nullptr) return;
-  if (capacity >= kMinPooledBytes) {
-    const TimePoint now = clock_();
+  if (capacity < kMinPooledBytes) {
+    UnmapOrFree(block, capacity);
+    return;
+  }
+  const TimePoint now = clock_();
+  std::function<void(void*, size_t)> unmapping;
+  {
     std::lock_guard<std::mutex> lock(mu_);
     MaybeDecayLocked(now);
     if (stats_.cached_bytes + capacity <= max_cached_bytes_) {
@@ -95,8 +125,16 @@ void BufferPool::Release(void* block, size_t capacity) {
       ++stats_.cached_blocks;
       return;
     }
+    unmapping = hooks_.unmapping;
   }
-  FreeBlock(block, capacity);
+  // Over the cap: unmapped outside the lock, as a block the pool never had.
+  if (IsMapped(capacity) && unmapping) unmapping(block, capacity);
+  UnmapOrFree(block, capacity);
+}
+
+void BufferPool::SetBlockHooks(BlockHooks hooks) {
+  std::lock_guard<std::mutex> lock(mu_);
+  hooks_ = std::move(hooks);
 }
 
 void BufferPool::SetMaxCachedBytes(size_t bytes) {
@@ -129,7 +167,7 @@ void BufferPool::TrimLocked(size_t limit) {
        it != idle_.rend() && stats_.cached_bytes > limit; ++it) {
     std::vector<IdleBlock>& blocks = it->second;
     while (!blocks.empty() && stats_.cached_bytes > limit) {
-      FreeBlock(blocks.back().block, it->first);
+      FreeBlockLocked(blocks.back().block, it->first);
       blocks.pop_back();
       stats_.cached_bytes -= it->first;
       --stats_.cached_blocks;
@@ -148,7 +186,7 @@ size_t BufferPool::DecayLocked(TimePoint now) {
         blocks.begin(), blocks.end(),
         [&](const IdleBlock& idle) { return now - idle.since < decay_; });
     for (auto it = blocks.begin(); it != young; ++it) {
-      FreeBlock(it->block, capacity);
+      FreeBlockLocked(it->block, capacity);
       freed += capacity;
       --stats_.cached_blocks;
     }

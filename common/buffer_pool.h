@@ -28,6 +28,11 @@
 // (5 s later), against 27-31 ms with small pages either way. Under
 // AddressSanitizer blocks come from aligned_alloc, which it checks.
 //
+// Block hooks (SetBlockHooks) see each block the pool maps and each it is
+// about to unmap: a CUDA server page-locks its blocks there, so that requests
+// parsed into them copy to the device by DMA with no staging copy
+// (server/scoring/buffer_pool.h).
+//
 // Ownership: the pool owns idle blocks; an acquired block belongs to the
 // caller until Release. Thread safety: every method may be called from any
 // thread. Errors: Acquire throws std::bad_alloc when memory cannot be had,
@@ -68,6 +73,17 @@ class BufferPool {
   using TimePoint = std::chrono::steady_clock::time_point;
   using Clock = std::function<TimePoint()>;
 
+  // Called for mapped blocks only (kMapsBlocks, kMinPooledBytes and more):
+  // `mapped` after a block is mapped and before Acquire hands it out,
+  // `unmapping` before it goes back to the kernel; each with the block and
+  // its capacity. Either may be empty. They run on the caller's thread,
+  // `unmapping` at times under the pool's lock: neither may call the pool,
+  // nor throw.
+  struct BlockHooks {
+    std::function<void(void*, size_t)> mapped;
+    std::function<void(void*, size_t)> unmapping;
+  };
+
   struct Stats {
     size_t cached_bytes = 0;  // idle, kept for reuse
     size_t cached_blocks = 0;
@@ -90,6 +106,11 @@ class BufferPool {
   // Returns a block from Acquire, with the capacity Acquire gave.
   void Release(void* block, size_t capacity);
 
+  // Sets the hooks for blocks mapped from now on; blocks mapped before are
+  // unmapped with them too (an `unmapping` hook must accept a block its
+  // `mapped` never saw).
+  void SetBlockHooks(BlockHooks hooks);
+
   // Sets the most idle bytes kept, freeing idle blocks beyond it now.
   void SetMaxCachedBytes(size_t bytes);
   // Sets how long an idle block is kept unused (zero: until the cap needs
@@ -109,6 +130,8 @@ class BufferPool {
     TimePoint since;  // released at
   };
 
+  void* AllocateBlock(size_t capacity);
+  void FreeBlockLocked(void* block, size_t capacity);
   void TrimLocked(size_t limit);
   size_t DecayLocked(TimePoint now);
   // DecayLocked when the next check is due.
@@ -122,6 +145,7 @@ class BufferPool {
   std::chrono::milliseconds decay_;
   TimePoint next_decay_check_;
   Stats stats_;
+  BlockHooks hooks_;
 };
 
 }  // namespace attnscore

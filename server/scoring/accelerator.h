@@ -7,10 +7,12 @@
 // needs an #ifdef.
 //
 // Thread safety: reentrant. Errors: FAILED_PRECONDITION when the build has no
-// CUDA or the device is not there; INVALID_ARGUMENT for a non-CUDA device.
+// CUDA or the device is not there; INVALID_ARGUMENT for a non-CUDA device;
+// the host-memory functions answer false instead.
 #ifndef ATTNSCORE_SERVER_SCORING_ACCELERATOR_H_
 #define ATTNSCORE_SERVER_SCORING_ACCELERATOR_H_
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 
@@ -32,6 +34,18 @@ bool BuiltWithCuda();
 
 // The CUDA device `index` (0 for "cuda").
 absl::StatusOr<AcceleratorInfo> DescribeCudaDevice(int index);
+
+// Page-locks `bytes` of host memory at `data` (whole pages) for the CUDA
+// devices, so that copies from it to a device are DMA without a staging copy.
+// False, with the memory unchanged and usable as before, when it cannot: no
+// CUDA, or the driver refuses (out of lockable memory).
+bool PinHostMemory(void* data, size_t bytes);
+// Undoes PinHostMemory before the memory is unmapped; a no-op for memory it
+// did not lock. No copy from it may be in flight.
+void UnpinHostMemory(void* data);
+// Whether the `bytes` at `data` lie in page-locked host memory (PinHostMemory,
+// or a pinned allocation) that a CUDA device copies from directly.
+bool IsPinnedHostMemory(const void* data, size_t bytes);
 
 }  // namespace attnscore::scoring
 

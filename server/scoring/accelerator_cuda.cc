@@ -41,4 +41,35 @@ absl::StatusOr<AcceleratorInfo> DescribeCudaDevice(int index) {
   return info;
 }
 
+// The runtime's errors here are not sticky; each is cleared so that it cannot
+// surface at a later, unrelated check.
+bool PinHostMemory(void* data, size_t bytes) {
+  if (c10::cuda::device_count() == 0) return false;
+  if (cudaHostRegister(data, bytes, cudaHostRegisterDefault) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  return true;
+}
+
+void UnpinHostMemory(void* data) {
+  if (c10::cuda::device_count() == 0) return;
+  // cudaErrorHostMemoryNotRegistered for a block mapped before the hooks.
+  if (cudaHostUnregister(data) != cudaSuccess) (void)cudaGetLastError();
+}
+
+bool IsPinnedHostMemory(const void* data, size_t bytes) {
+  if (c10::cuda::device_count() == 0 || bytes == 0) return false;
+  const auto* first = static_cast<const char*>(data);
+  for (const char* p : {first, first + bytes - 1}) {
+    cudaPointerAttributes attributes{};
+    if (cudaPointerGetAttributes(&attributes, p) != cudaSuccess) {
+      (void)cudaGetLastError();
+      return false;
+    }
+    if (attributes.type != cudaMemoryTypeHost) return false;
+  }
+  return true;
+}
+
 }  // namespace attnscore::scoring

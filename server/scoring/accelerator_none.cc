@@ -14,4 +14,12 @@ absl::StatusOr<AcceleratorInfo> DescribeCudaDevice(int index) {
       "CUDA LibTorch"));
 }
 
+bool PinHostMemory(void* /*data*/, size_t /*bytes*/) { return false; }
+
+void UnpinHostMemory(void* /*data*/) {}
+
+bool IsPinnedHostMemory(const void* /*data*/, size_t /*bytes*/) {
+  return false;
+}
+
 }  // namespace attnscore::scoring

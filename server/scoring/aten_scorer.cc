@@ -10,7 +10,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -24,126 +23,21 @@
 #include "common/dtype.h"
 #include "common/layout.h"
 #include "common/overloaded.h"
+#include "server/scoring/accelerator.h"
 #include "server/scoring/alibi.h"
 #include "server/scoring/attention.h"
 #include "server/scoring/batched_attention.h"
 #include "server/scoring/batched_estimate.h"
 #include "server/scoring/blocked_attention.h"
 #include "server/scoring/blocked_tiling.h"
+#include "server/scoring/buffer_pool.h"
 #include "server/scoring/fused_attention.h"
 #include "server/scoring/host_tensor.h"
 #include "server/scoring/relative_model.h"
-#include "server/scoring/row_loops.h"
+#include "server/scoring/staging.h"
 
 namespace attnscore::scoring {
 namespace {
-
-at::Tensor Wrap(const TensorRef& t) {
-  // The request owns the bytes; compute reads them in place (no copy for a
-  // float32 batch of one).
-  return at::from_blob(const_cast<void*>(t.data), t.shape,
-                       at::TensorOptions().dtype(ToScalarType(t.dtype)));
-}
-
-// `count` elements of `dtype` bytes as float32 (exact): common/dtype.h's
-// DecodeFloats at the CPU's vector width (row_loops.h's loads; common/ has no
-// per-CPU code), for the batch worker's staging of every stacked input.
-void DecodeElements(const void* in, size_t count, DType dtype, float* out) {
-  const auto n = static_cast<int64_t>(count);
-  switch (dtype) {
-    case DType::kFloat16:
-      LoadFloat16Row(static_cast<const uint16_t*>(in), n, out);
-      return;
-    case DType::kBFloat16:
-      LoadBFloat16Row(static_cast<const uint16_t*>(in), n, out);
-      return;
-    case DType::kFloat32:
-      std::memcpy(out, in, count * sizeof(float));
-      return;
-  }
-}
-
-// How Gather stages 16-bit inputs (float32 inputs are staged as they are).
-enum class Staging {
-  // Decoded to float32 on the host while stacked: the blocked path's queries.
-  kFloat32,
-  // A lone CPU item's bytes read in place, else decoded to float32: the
-  // blocked path's keys and values, converted per tile.
-  kInPlace16,
-  // Stacked as sent and converted to float32 where the batch computes: the
-  // batched path, whose 16-bit inputs then cross a GPU's bus, and are
-  // staged in pinned memory, at half the bytes.
-  kAsSent,
-};
-
-// A batch's inputs in the dtype `staged`, stacked along the batch axis in
-// host memory: pinned for a copy to `device` off the CPU (asynchronous; the
-// caching host allocator pools it), from the host pool on the CPU. A
-// batch-major item's rows are contiguous there and are decoded (float32) or
-// copied (as sent) in place, which costs no tensor per item and keeps many
-// tiny items cheap.
-at::Tensor StackOnHost(absl::Span<const ScoreItem> items,
-                       const TensorRef& (*pick)(const ScoreItem&),
-                       Layout layout, const at::Device& device,
-                       at::ScalarType staged) {
-  const int64_t axis = BatchAxis(layout);
-  std::vector<int64_t> shape = pick(items[0]).shape;
-  int64_t total = 0;
-  for (const ScoreItem& item : items) total += pick(item).shape[axis];
-  shape[axis] = total;
-  at::Tensor out =
-      device.is_cpu()
-          ? PooledEmpty(shape, staged)
-          : at::empty(shape,
-                      at::TensorOptions().dtype(staged).pinned_memory(true));
-  const bool as_sent = staged != at::kFloat;
-  auto* rows = static_cast<char*>(out.data_ptr());
-  int64_t offset = 0;
-  for (const ScoreItem& item : items) {
-    const TensorRef& t = pick(item);
-    if (axis != 0) {
-      out.narrow(axis, offset, t.shape[axis]).copy_(Wrap(t));
-    } else if (as_sent) {
-      std::memcpy(rows, t.data, t.size_bytes);
-      rows += t.size_bytes;
-    } else {
-      const size_t count = t.size_bytes / ElementSize(t.dtype);
-      DecodeElements(t.data, count, t.dtype, reinterpret_cast<float*>(rows));
-      rows += count * sizeof(float);
-    }
-    offset += t.shape[axis];
-  }
-  return out;
-}
-
-// Stacks the items' tensors along the batch axis on `device`, as float32 (or
-// a lone item's 16-bit bytes as they are: Staging::kInPlace16). A single CPU
-// item is used in place when it is float32, or 16-bit and not kFloat32, and
-// its bytes are aligned to its elements (a shared-memory range may lie at
-// any offset).
-at::Tensor Gather(absl::Span<const ScoreItem> items,
-                  const TensorRef& (*pick)(const ScoreItem&), Layout layout,
-                  const at::Device& device, Staging staging) {
-  const TensorRef& first = pick(items[0]);
-  // Every item has the same dtype: it is part of the batch key.
-  const bool as_sent =
-      staging == Staging::kAsSent && first.dtype != DType::kFloat32;
-  if (items.size() == 1 && device.is_cpu()) {
-    const bool aligned =
-        reinterpret_cast<uintptr_t>(first.data) % ElementSize(first.dtype) == 0;
-    if (aligned && first.dtype == DType::kFloat32) return Wrap(first);
-    if (aligned && staging == Staging::kInPlace16) return Wrap(first);
-    if (aligned && as_sent) return PooledContiguousAs(Wrap(first), at::kFloat);
-  }
-  const at::Tensor host =
-      StackOnHost(items, pick, layout, device,
-                  as_sent ? ToScalarType(first.dtype) : at::kFloat);
-  if (device.is_cpu()) {
-    return as_sent ? PooledContiguousAs(host, at::kFloat) : host;
-  }
-  const at::Tensor staged = host.to(device, /*non_blocking=*/true);
-  return as_sent ? staged.to(at::kFloat) : staged;
-}
 
 const TensorRef& PickQuery(const ScoreItem& item) { return item.query; }
 const TensorRef& PickKey(const ScoreItem& item) { return item.key; }
@@ -329,6 +223,41 @@ struct DeviceBias {
   std::shared_ptr<const AtenRelativeModel> model;  // null for ALiBi
 };
 
+// Waits, on destruction, for the work queued on `stream` (when one is given).
+// Copies from the items' page-locked bytes may still be in flight when a
+// batch ends before its synchronous copy back (cancelled, or an error): the
+// items, which the caller frees when ScoreBatch returns, must outlive them.
+class StreamDrain {
+ public:
+  explicit StreamDrain(std::optional<c10::Stream> stream) : stream_(stream) {}
+  ~StreamDrain() {
+    if (!stream_.has_value()) return;
+    try {
+      stream_->synchronize();
+    } catch (const c10::Error&) {
+      // The device failed: the batch's error says so already.
+    }
+  }
+  StreamDrain(const StreamDrain&) = delete;
+  StreamDrain& operator=(const StreamDrain&) = delete;
+
+ private:
+  std::optional<c10::Stream> stream_;
+};
+
+// On a CUDA server the host pool's blocks, into which requests are parsed,
+// are page-locked as they are mapped: a batch then copies its inputs to the
+// device by DMA, with no staging copy on the host (staging.h). Once per
+// process; blocks the pool mapped before stay pageable.
+void PageLockHostBlocks() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    HostBufferPool().SetBlockHooks(
+        {[](void* block, size_t capacity) { PinHostMemory(block, capacity); },
+         [](void* block, size_t /*capacity*/) { UnpinHostMemory(block); }});
+  });
+}
+
 class ScorerImpl final : public Scorer {
  public:
   ScorerImpl(at::Device device, bool batched)
@@ -374,6 +303,9 @@ class ScorerImpl final : public Scorer {
     // concurrent batches overlap their copies and kernels; the CPU has none.
     std::optional<c10::StreamGuard> stream_guard;
     if (device_.is_cuda()) stream_guard.emplace(WorkerStream());
+    const StreamDrain drain(device_.is_cuda()
+                                ? std::optional<c10::Stream>(WorkerStream())
+                                : std::nullopt);
     const Dims q = DimsOf(items[0].query.shape, spec.layout);
     absl::StatusOr<DeviceBias> bias = ResolveBias(spec.bias, q.heads);
     if (!bias.ok()) return bias.status();
@@ -599,6 +531,7 @@ absl::StatusOr<std::unique_ptr<Scorer>> CreateAtenScorer(
           : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   at::set_num_threads(threads);
   SetBlockedThreads(threads);  // the resource estimate's scratch count
+  if (device->is_cuda()) PageLockHostBlocks();
   return std::unique_ptr<Scorer>(new ScorerImpl(*device, batched));
 }
 

@@ -8,24 +8,31 @@
 
 #include <ATen/Context.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/cat.h>
+#include <ATen/ops/equal.h>
 #include <ATen/ops/isnan.h>
 #include <ATen/ops/randn.h>
 #include <ATen/ops/tensor.h>
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <memory>
 #include <string>
 #include <variant>
 #include <vector>
 
+#include "common/aten_dtype.h"
+#include "common/dtype.h"
+#include "common/layout.h"
 #include "gtest/gtest.h"
 #include "server/scoring/alibi.h"
 #include "server/scoring/attention.h"
 #include "server/scoring/batched_estimate.h"
 #include "server/scoring/fused_attention.h"
 #include "server/scoring/relative_model.h"
+#include "server/scoring/staging.h"
 #include "tests/testing/golden.h"
 #include "tests/testing/test_util.h"
 
@@ -347,6 +354,131 @@ TEST(FusedAttentionTest, DescribesItself) {
                                                        : "not available"),
             std::string::npos)
       << description;
+}
+
+// Staging (staging.h): items of 1, 2 and 3 batch rows, in both layouts and
+// every input dtype, from pageable memory and (on a GPU) page-locked memory,
+// whose batches go to the device by one copy per item.
+struct StagedItems {
+  std::vector<at::Tensor> owners;  // the items' bytes, [B_i,H,S,D] or BSHD
+  std::vector<ScoreItem> items;
+  at::Tensor expected;  // the items stacked on the batch axis, on the CPU
+};
+
+StagedItems MakeStagedItems(Layout layout, DType dtype, bool page_locked) {
+  at::manual_seed(5);
+  StagedItems out;
+  std::vector<at::Tensor> parts;
+  for (int64_t b : {1, 2, 3}) {
+    const std::vector<int64_t> shape = layout == Layout::kBHSD
+                                           ? std::vector<int64_t>{b, 2, 5, 4}
+                                           : std::vector<int64_t>{b, 5, 2, 4};
+    at::Tensor t = at::randn(shape).to(ToScalarType(dtype));
+    if (page_locked) t = t.pin_memory();
+    parts.push_back(t);
+    ScoreItem item;
+    item.query = TensorRef{dtype, shape, t.data_ptr(), t.nbytes()};
+    out.items.push_back(item);
+    out.owners.push_back(t);
+  }
+  out.expected = at::cat(parts, 0);
+  return out;
+}
+
+const TensorRef& PickQueryOf(const ScoreItem& item) { return item.query; }
+
+TEST(StagingTest, StackOnDeviceAndStackOnHostStackTheSameBytes) {
+  const at::Device device = TestDevice();
+  for (Layout layout : {Layout::kBHSD, Layout::kBSHD}) {
+    for (DType dtype : {DType::kFloat32, DType::kFloat16, DType::kBFloat16}) {
+      for (bool as_sent : {false, true}) {
+        SCOPED_TRACE(::testing::Message()
+                     << LayoutName(layout) << " " << DTypeName(dtype)
+                     << (as_sent ? " as sent" : " as float32"));
+        const StagedItems staged = MakeStagedItems(layout, dtype, false);
+        const at::ScalarType type = as_sent ? ToScalarType(dtype) : at::kFloat;
+        const at::Tensor want = staged.expected.to(type);
+        const at::Tensor direct =
+            StackOnDevice(staged.items, PickQueryOf, layout, device, type);
+        const at::Tensor host =
+            StackOnHost(staged.items, PickQueryOf, layout, device, type);
+        EXPECT_EQ(direct.device(), device);
+        EXPECT_TRUE(host.is_cpu());
+        EXPECT_EQ(direct.scalar_type(), type);
+        EXPECT_EQ(host.scalar_type(), type);
+        EXPECT_TRUE(at::equal(direct.cpu(), want));
+        EXPECT_TRUE(at::equal(host, want));
+      }
+    }
+  }
+}
+
+// What the batched path's Gather gives, wherever the bytes lie: the items
+// stacked as float32 on the device, exactly (16-bit inputs widened there).
+TEST(StagingTest, GatherGivesTheStackedFloat32ValuesOnTheDevice) {
+  const at::Device device = TestDevice();
+  const bool gpu = !device.is_cpu();
+  for (bool page_locked : {false, true}) {
+    if (page_locked && !gpu) continue;  // pinned memory needs a GPU
+    for (Layout layout : {Layout::kBHSD, Layout::kBSHD}) {
+      for (DType dtype : {DType::kFloat32, DType::kFloat16, DType::kBFloat16}) {
+        SCOPED_TRACE(::testing::Message()
+                     << LayoutName(layout) << " " << DTypeName(dtype)
+                     << (page_locked ? " page-locked" : " pageable"));
+        const StagedItems staged = MakeStagedItems(layout, dtype, page_locked);
+        const at::Tensor want = staged.expected.to(at::kFloat);
+        for (size_t n : {size_t{1}, size_t{3}}) {
+          const absl::Span<const ScoreItem> items(staged.items.data(), n);
+          const at::Tensor got =
+              Gather(items, PickQueryOf, layout, device, Staging::kAsSent);
+          EXPECT_EQ(got.device(), device);
+          EXPECT_EQ(got.scalar_type(), at::kFloat);
+          EXPECT_TRUE(at::equal(got.cpu(), want.narrow(0, 0, n == 1 ? 1 : 6)));
+        }
+      }
+    }
+  }
+}
+
+// The CPU's blocked path reads a lone aligned item where it lies (float32
+// always, 16-bit keys and values as they are); queries in 16-bit, stacked
+// items and bytes off their alignment are staged as float32.
+TEST(StagingTest, GatherReadsALoneCpuItemInPlace) {
+  const at::Device cpu(at::kCPU);
+  const StagedItems f32 =
+      MakeStagedItems(Layout::kBHSD, DType::kFloat32, false);
+  const StagedItems f16 =
+      MakeStagedItems(Layout::kBHSD, DType::kFloat16, false);
+  const absl::Span<const ScoreItem> lone32(f32.items.data(), 1);
+  const absl::Span<const ScoreItem> lone16(f16.items.data(), 1);
+  for (Staging staging :
+       {Staging::kFloat32, Staging::kInPlace16, Staging::kAsSent}) {
+    EXPECT_EQ(
+        Gather(lone32, PickQueryOf, Layout::kBHSD, cpu, staging).data_ptr(),
+        f32.items[0].query.data);
+  }
+  const at::Tensor in_place =
+      Gather(lone16, PickQueryOf, Layout::kBHSD, cpu, Staging::kInPlace16);
+  EXPECT_EQ(in_place.data_ptr(), f16.items[0].query.data);
+  EXPECT_EQ(in_place.scalar_type(), at::kHalf);
+  for (Staging staging : {Staging::kFloat32, Staging::kAsSent}) {
+    const at::Tensor widened =
+        Gather(lone16, PickQueryOf, Layout::kBHSD, cpu, staging);
+    EXPECT_NE(widened.data_ptr(), f16.items[0].query.data);
+    EXPECT_EQ(widened.scalar_type(), at::kFloat);
+    EXPECT_TRUE(
+        at::equal(widened, f16.expected.narrow(0, 0, 1).to(at::kFloat)));
+  }
+  // One byte off: staged, whatever the staging.
+  std::vector<unsigned char> odd(f16.items[0].query.size_bytes + 1);
+  std::memcpy(odd.data() + 1, f16.items[0].query.data,
+              f16.items[0].query.size_bytes);
+  ScoreItem shifted = f16.items[0];
+  shifted.query.data = odd.data() + 1;
+  const at::Tensor staged = Gather({&shifted, 1}, PickQueryOf, Layout::kBHSD,
+                                   cpu, Staging::kInPlace16);
+  EXPECT_EQ(staged.scalar_type(), at::kFloat);
+  EXPECT_TRUE(at::equal(staged, f16.expected.narrow(0, 0, 1).to(at::kFloat)));
 }
 
 }  // namespace

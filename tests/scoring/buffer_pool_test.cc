@@ -225,6 +225,49 @@ TEST(IdleBlockReleaserTest, GivesBackTheProcessPoolsUnusedBlocks) {
   HostBufferPool().SetDecay(BufferPool::kDefaultDecay);
 }
 
+// The hooks see each mapped block once when it is mapped and once as it goes
+// (decay, the cap, trimming, the pool's end), never on reuse, and never a
+// small block.
+TEST(BufferPoolTest, BlockHooksSeeEachMappingAndUnmapping) {
+  if (!BufferPool::kMapsBlocks) {
+    GTEST_SKIP() << "AddressSanitizer: blocks come from its heap";
+  }
+  std::vector<std::pair<void*, size_t>> mapped;
+  std::vector<std::pair<void*, size_t>> unmapped;
+  FakeClock clock;
+  {
+    BufferPool pool(8 * kMiB, seconds(10), clock.AsClock());
+    pool.SetBlockHooks(
+        {[&](void* b, size_t c) { mapped.emplace_back(b, c); },
+         [&](void* b, size_t c) { unmapped.emplace_back(b, c); }});
+    size_t capacity = 0;
+    size_t small = 0;
+    void* a = pool.Acquire(4 * kMiB, &capacity);
+    pool.Release(pool.Acquire(1000, &small), small);  // not mapped
+    ASSERT_EQ(mapped.size(), 1u);
+    EXPECT_EQ(mapped[0], std::make_pair(a, capacity));
+    pool.Release(a, capacity);
+    EXPECT_EQ(pool.Acquire(4 * kMiB, &capacity), a);  // reused: no hook
+    EXPECT_EQ(mapped.size(), 1u);
+    void* b = pool.Acquire(4 * kMiB, &capacity);
+    void* c = pool.Acquire(4 * kMiB, &capacity);
+    EXPECT_EQ(mapped.size(), 3u);
+    pool.Release(a, capacity);
+    pool.Release(b, capacity);
+    EXPECT_TRUE(unmapped.empty());
+    pool.Release(c, capacity);  // over the 8 MiB cap: goes at once
+    ASSERT_EQ(unmapped.size(), 1u);
+    EXPECT_EQ(unmapped[0], std::make_pair(c, capacity));
+    clock.now += seconds(10);
+    EXPECT_EQ(pool.ReleaseIdle(), 2 * capacity);  // a and b decay
+    EXPECT_EQ(unmapped.size(), 3u);
+    pool.Release(pool.Acquire(4 * kMiB, &capacity), capacity);
+    EXPECT_EQ(mapped.size(), 4u);
+  }  // the pool's end unmaps the last idle block
+  ASSERT_EQ(unmapped.size(), 4u);
+  EXPECT_EQ(unmapped.back(), mapped.back());
+}
+
 TEST(BufferPoolTest, SmallBlocksAreNotKept) {
   BufferPool pool(64 * kMiB);
   size_t capacity = 0;
