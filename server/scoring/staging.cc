@@ -113,23 +113,18 @@ at::Tensor StackOnDevice(absl::Span<const ScoreItem> items, TensorPick pick,
 at::Tensor Gather(absl::Span<const ScoreItem> items, TensorPick pick,
                   Layout layout, const at::Device& device, Staging staging) {
   const TensorRef& first = pick(items[0]);
-  const bool as_sent =
-      staging == Staging::kAsSent && first.dtype != DType::kFloat32;
-  if (items.size() == 1 && device.is_cpu()) {
+  if (device.is_cpu()) {
+    // No bus to cross: 16-bit bytes are widened as they are stacked, one
+    // pass (as sent, then widened, measured 1.7-2x slower for two items).
     const bool aligned =
         reinterpret_cast<uintptr_t>(first.data) % ElementSize(first.dtype) == 0;
-    if (aligned && first.dtype == DType::kFloat32) return Wrap(first);
-    if (aligned && staging == Staging::kInPlace16) return Wrap(first);
-    if (aligned && as_sent) return PooledContiguousAs(Wrap(first), at::kFloat);
+    const bool in_place =
+        first.dtype == DType::kFloat32 || staging == Staging::kInPlace16;
+    if (items.size() == 1 && aligned && in_place) return Wrap(first);
+    return StackOnHost(items, pick, layout, device, at::kFloat);
   }
-  const at::ScalarType staged =
-      as_sent ? ToScalarType(first.dtype) : at::kFloat;
-  if (device.is_cpu()) {
-    const at::Tensor host = StackOnHost(items, pick, layout, device, staged);
-    return as_sent ? PooledContiguousAs(host, at::kFloat) : host;
-  }
-  // Off the CPU the batch is staged (and converted, when 16-bit, on the
-  // device) in the items' own dtype.
+  // Off the CPU the batch is staged in the items' own dtype, and 16-bit
+  // inputs widened on the device.
   const at::ScalarType sent = ToScalarType(first.dtype);
   const at::Tensor on_device =
       AllPageLocked(items, pick)

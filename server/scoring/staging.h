@@ -30,17 +30,17 @@ enum class Staging {
   // A lone CPU item's bytes read in place, else decoded to float32: the
   // blocked path's keys and values, converted per tile.
   kInPlace16,
-  // Stacked as sent and converted to float32 where the batch computes: the
-  // batched path, whose 16-bit inputs then cross a GPU's bus, and are
-  // staged in pinned memory, at half the bytes.
+  // Off the CPU, stacked as sent and widened to float32 on the device: the
+  // batched path, whose 16-bit inputs then cross a GPU's bus, and are staged
+  // in pinned memory, at half the bytes. On the CPU as kFloat32.
   kAsSent,
 };
 
 // The items' `pick` tensors stacked along the batch axis on `device`, as
 // float32 (or a lone item's 16-bit bytes as they are: Staging::kInPlace16).
 // Every item has the same dtype (it is part of the batch key). A lone CPU
-// item is used in place when it is float32, or 16-bit and not kFloat32, and
-// its bytes are aligned to its elements (a shared-memory range may lie at any
+// item is used in place when it is float32, or 16-bit and kInPlace16, and its
+// bytes are aligned to its elements (a shared-memory range may lie at any
 // offset). Off the CPU, items whose bytes are all page-locked (the request
 // blocks of a CUDA server, buffer_pool.h) are copied to the device directly
 // (StackOnDevice), others through pinned staging (StackOnHost).
