@@ -107,8 +107,9 @@ ResourceEstimate EstimateBatchedResources(const ScoreSpec& spec,
     inputs = Add(inputs, Mul(stack, Mul(size.query_len, size.head_dim)));
   }
   inputs = Mul(inputs, kF32);
-  // 16-bit inputs cross as sent and are converted where the batch computes:
-  // one input's 16-bit copy lives beside the float32 ones while it converts.
+  // On a GPU 16-bit inputs cross as sent and are widened there: one input's
+  // 16-bit copy lives beside the float32 ones while it converts (counted on
+  // the CPU too, which widens them on the host: an upper bound there).
   int64_t as_sent = 0;
   if (size.convert_cols > 0) {
     as_sent = Mul(stack, std::max({Mul(size.query_len, size.head_dim),
