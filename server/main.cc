@@ -49,6 +49,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
@@ -61,6 +62,7 @@
 #include "server/observability/metrics.h"
 #include "server/observability/metrics_server.h"
 #include "server/observability/process_metrics.h"
+#include "server/scoring/accelerator.h"
 #include "server/scoring/aten_scorer.h"
 #include "server/scoring/buffer_pool.h"
 #include "server/scoring/model_loader.h"
@@ -829,6 +831,11 @@ bool Server::CreateService() {
       };
   options.max_message_bytes = max_message_bytes();
   options.intra_op_threads = flags_.threads;
+  // On a GPU, inputs in shared memory go to the device by DMA, unstaged.
+  if (absl::StartsWith(scorer_->device(), "cuda")) {
+    options.shared_memory.page_lock = {scoring::PinHostMemory,
+                                       scoring::UnpinHostMemory};
+  }
   absl::StatusOr<std::unique_ptr<service::AttentionScorerService>> service =
       service::AttentionScorerService::Create(options, scorer_.get(),
                                               models_.get(), &metrics_);

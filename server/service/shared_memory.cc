@@ -189,7 +189,7 @@ absl::Status CheckRange(const SharedMemorySpec& spec, off_t object_size) {
 }  // namespace
 
 absl::StatusOr<std::shared_ptr<const MappedRegion>> MappedRegion::Map(
-    SharedMemorySpec spec) {
+    SharedMemorySpec spec, const PageLock& page_lock) {
   static const bool installed = InstallBusHandler();
   if (!installed) {
     return absl::InternalError(
@@ -228,22 +228,31 @@ absl::StatusOr<std::shared_ptr<const MappedRegion>> MappedRegion::Map(
     return status;
   }
   PublishSlot(slot, base, spec.byte_size);
+  // A range the driver refuses to lock stays pageable, and works as before.
+  const bool locked = page_lock.lock && page_lock.unlock &&
+                      page_lock.lock(base, spec.byte_size);
   return std::shared_ptr<const MappedRegion>(
-      new MappedRegion(std::move(spec), base, slot, info.st_dev, info.st_ino));
+      new MappedRegion(std::move(spec), base, slot, info.st_dev, info.st_ino,
+                       locked ? page_lock.unlock : nullptr));
 }
 
 MappedRegion::MappedRegion(SharedMemorySpec spec, void* base, int slot,
-                           dev_t device, ino_t inode)
+                           dev_t device, ino_t inode,
+                           std::function<void(void*)> unlock)
     : spec_(std::move(spec)),
       base_(base),
       slot_(slot),
       device_(device),
-      inode_(inode) {}
+      inode_(inode),
+      unlock_(std::move(unlock)) {}
 
 MappedRegion::~MappedRegion() {
   // Out of the handler's table first: the range may be mapped again by
   // anyone once it is unmapped.
   g_slots[slot_].begin.store(nullptr, std::memory_order_release);
+  // No copy reads it any more: a request that used it held it until its
+  // batch was done (the scorer drains its stream before it returns).
+  if (unlock_) unlock_(base_);
   munmap(base_, spec_.byte_size);
   ReleaseSlot(slot_);
 }
@@ -304,7 +313,7 @@ absl::Status SharedMemoryRegistry::Register(absl::string_view owner,
     }
   }
   absl::StatusOr<std::shared_ptr<const MappedRegion>> region =
-      MappedRegion::Map(std::move(spec));
+      MappedRegion::Map(std::move(spec), options_.page_lock);
   if (!region.ok()) return region.status();
   absl::MutexLock lock(&mu_);
   if (absl::Status s = CheckRoomFor(owner); !s.ok()) return s;

@@ -36,6 +36,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -50,6 +51,16 @@
 
 namespace attnscore::service {
 
+// Page-locks a mapped region for a GPU's DMA, and undoes it before the region
+// is unmapped: a CUDA server sets both (main.cc, scoring/accelerator.h), so
+// that batches read inputs placed in shared memory straight from it. `lock`
+// answers false when it cannot (the region then stays pageable); neither may
+// throw. Empty: regions stay pageable.
+struct PageLock {
+  std::function<bool(void*, size_t)> lock;
+  std::function<void(void*)> unlock;
+};
+
 struct SharedMemoryOptions {
   // Object-name prefix that may be registered; empty: shared memory is off
   // (every method answers FAILED_PRECONDITION).
@@ -61,6 +72,9 @@ struct SharedMemoryOptions {
   // (at least 1); 0: no per-identity cap.
   static constexpr int kHalfOfRegions = -1;
   int max_regions_per_client = kHalfOfRegions;
+  // Applied to every region as it is mapped (a GPU server's). Locking a
+  // region makes its pages resident for as long as it stays registered.
+  PageLock page_lock;
   // max_regions_per_client with kHalfOfRegions resolved.
   int PerClientCap() const {
     return max_regions_per_client == kHalfOfRegions
@@ -92,15 +106,18 @@ class MappedRegion {
   // Maps [spec.offset, spec.offset + spec.byte_size) of the object read-write.
   // NOT_FOUND when there is no such object, PERMISSION_DENIED when it may not
   // be opened read-write, INVALID_ARGUMENT when the range is not within it,
-  // RESOURCE_EXHAUSTED when kMaxMappedRegions mappings are alive.
+  // RESOURCE_EXHAUSTED when kMaxMappedRegions mappings are alive. Page-locked
+  // with `page_lock` when it has a `lock` (unlocked before it is unmapped).
   static absl::StatusOr<std::shared_ptr<const MappedRegion>> Map(
-      SharedMemorySpec spec);
+      SharedMemorySpec spec, const PageLock& page_lock = {});
 
   MappedRegion(const MappedRegion&) = delete;
   MappedRegion& operator=(const MappedRegion&) = delete;
   ~MappedRegion();
 
   const SharedMemorySpec& spec() const { return spec_; }
+  // Whether the range is page-locked (PageLock).
+  bool page_locked() const { return static_cast<bool>(unlock_); }
 
   // Whether `other` maps the same object (another registration of it, or this
   // one): its device and inode, whatever the names.
@@ -123,13 +140,14 @@ class MappedRegion {
 
  private:
   MappedRegion(SharedMemorySpec spec, void* base, int slot, dev_t device,
-               ino_t inode);
+               ino_t inode, std::function<void(void*)> unlock);
 
   const SharedMemorySpec spec_;
   void* const base_;
   const int slot_;  // in the SIGBUS handler's table
   const dev_t device_;
   const ino_t inode_;
+  const std::function<void(void*)> unlock_;  // set when page-locked
 };
 
 class SharedMemoryRegistry {

@@ -200,6 +200,52 @@ TEST(SharedMemoryRegistryTest, MappingOutlivesUnregisterWhileHeld) {
   EXPECT_EQ(object.data()[4095], 'x');
 }
 
+// A GPU server's page lock sees each region once as it is mapped (its
+// mapping's address and size) and once as the last holder lets it go, before
+// the unmapping; a region whose lock fails stays pageable and is never
+// unlocked. Either way the region works.
+TEST(SharedMemoryRegistryTest, PageLocksRegionsWhileMapped) {
+  std::vector<std::pair<void*, size_t>> locked;
+  std::vector<void*> unlocked;
+  bool refuse = false;
+  SharedMemoryOptions options;
+  options.prefix = kPrefix;
+  options.page_lock.lock = [&](void* base, size_t bytes) {
+    if (refuse) return false;
+    locked.emplace_back(base, bytes);
+    return true;
+  };
+  options.page_lock.unlock = [&](void* base) { unlocked.push_back(base); };
+  SharedMemoryRegistry registry(options);
+  ShmObject object(size_t{3} * 4096);
+  ASSERT_TRUE(
+      registry.Register("anonymous", Spec("r", object.key(), 4096, 8192)).ok());
+  std::shared_ptr<const MappedRegion> held = *registry.Find("anonymous", "r");
+  ASSERT_EQ(locked.size(), 1u);
+  EXPECT_EQ(locked[0],
+            std::make_pair(static_cast<void*>(held->At(0)), size_t{8192}));
+  EXPECT_TRUE(held->page_locked());
+  const char byte = 'x';
+  EXPECT_TRUE(held->Write(0, &byte, 1).ok());
+  EXPECT_EQ(object.data()[4096], 'x');
+  ASSERT_TRUE(registry.Unregister("anonymous", "r").ok());
+  EXPECT_TRUE(unlocked.empty());  // still held
+  held.reset();
+  ASSERT_EQ(unlocked.size(), 1u);
+  EXPECT_EQ(unlocked[0], locked[0].first);
+
+  refuse = true;
+  ASSERT_TRUE(
+      registry.Register("anonymous", Spec("s", object.key(), 0, 4096)).ok());
+  held = *registry.Find("anonymous", "s");
+  EXPECT_FALSE(held->page_locked());
+  EXPECT_TRUE(held->Write(4095, &byte, 1).ok());
+  EXPECT_EQ(object.data()[4095], 'x');
+  ASSERT_TRUE(registry.Unregister("anonymous", "s").ok());
+  held.reset();
+  EXPECT_EQ(unlocked.size(), 1u);  // the refused region is not unlocked
+}
+
 // `object` (4 pages) registered whole as "anonymous"'s region "r"; null when
 // that failed.
 std::shared_ptr<const MappedRegion> RegisterWhole(
