@@ -40,14 +40,22 @@ void DecodeElements(const void* in, size_t count, DType dtype, float* out) {
   }
 }
 
-// The stacked shape: the first item's, with the batch axis summed.
-std::vector<int64_t> StackedShape(absl::Span<const ScoreItem> items,
-                                  TensorPick pick, int64_t axis) {
+// An uninitialised stack of the items' `pick` tensors along `axis`, in
+// `staged`: in host memory when `on_host` (pinned off the CPU, so that the
+// copy to the device runs asynchronously; LibTorch's caching host allocator
+// pools it and keeps it until the copy is done), else on `device`; from the
+// host pool on the CPU.
+at::Tensor EmptyStack(absl::Span<const ScoreItem> items, TensorPick pick,
+                      int64_t axis, const at::Device& device,
+                      at::ScalarType staged, bool on_host) {
   std::vector<int64_t> shape = pick(items[0]).shape;
   int64_t total = 0;
   for (const ScoreItem& item : items) total += pick(item).shape[axis];
   shape[axis] = total;
-  return shape;
+  if (device.is_cpu()) return PooledEmpty(shape, staged);
+  const at::TensorOptions options = at::TensorOptions().dtype(staged);
+  return on_host ? at::empty(shape, options.pinned_memory(true))
+                 : at::empty(shape, options.device(device));
 }
 
 bool AllPageLocked(absl::Span<const ScoreItem> items, TensorPick pick) {
@@ -64,14 +72,7 @@ at::Tensor StackOnHost(absl::Span<const ScoreItem> items, TensorPick pick,
                        Layout layout, const at::Device& device,
                        at::ScalarType staged) {
   const int64_t axis = BatchAxis(layout);
-  const std::vector<int64_t> shape = StackedShape(items, pick, axis);
-  // Pinned staging lets the copy to a GPU run asynchronously (LibTorch's
-  // caching host allocator pools it and keeps it until the copy is done).
-  at::Tensor out =
-      device.is_cpu()
-          ? PooledEmpty(shape, staged)
-          : at::empty(shape,
-                      at::TensorOptions().dtype(staged).pinned_memory(true));
+  at::Tensor out = EmptyStack(items, pick, axis, device, staged, true);
   auto* rows = static_cast<char*>(out.data_ptr());
   int64_t offset = 0;
   for (const ScoreItem& item : items) {
@@ -95,11 +96,7 @@ at::Tensor StackOnDevice(absl::Span<const ScoreItem> items, TensorPick pick,
                          Layout layout, const at::Device& device,
                          at::ScalarType staged) {
   const int64_t axis = BatchAxis(layout);
-  const std::vector<int64_t> shape = StackedShape(items, pick, axis);
-  at::Tensor out =
-      device.is_cpu()
-          ? PooledEmpty(shape, staged)
-          : at::empty(shape, at::TensorOptions().dtype(staged).device(device));
+  at::Tensor out = EmptyStack(items, pick, axis, device, staged, false);
   int64_t offset = 0;
   for (const ScoreItem& item : items) {
     const TensorRef& t = pick(item);
