@@ -53,7 +53,7 @@ struct Batch {
 };
 
 // `blocked`: for the CPU's blocked path, which reads a lone item's 16-bit
-// keys and values in place; else the batched path's staging (Staging::kAsSent).
+// keys and values in place.
 Batch GatherBatch(const ScoreSpec& spec, absl::Span<const ScoreItem> items,
                   const at::Device& device, bool blocked) {
   Batch batch;
@@ -75,16 +75,13 @@ Batch GatherBatch(const ScoreSpec& spec, absl::Span<const ScoreItem> items,
                                item.key_lengths.end());
     }
   }
-  const Staging query_staging = blocked ? Staging::kFloat32 : Staging::kAsSent;
-  const Staging staging = blocked ? Staging::kInPlace16 : Staging::kAsSent;
   batch.query =
-      ToCanonical(Gather(items, PickQuery, spec.layout, device, query_staging),
-                  spec.layout);
-  batch.key = ToCanonical(Gather(items, PickKey, spec.layout, device, staging),
+      ToCanonical(Gather(items, PickQuery, spec.layout, device), spec.layout);
+  batch.key = ToCanonical(Gather(items, PickKey, spec.layout, device, blocked),
                           spec.layout);
   if (spec.want_context) {
     batch.value = ToCanonical(
-        Gather(items, PickValue, spec.layout, device, staging), spec.layout);
+        Gather(items, PickValue, spec.layout, device, blocked), spec.layout);
   }
   return batch;
 }

@@ -108,15 +108,14 @@ at::Tensor StackOnDevice(absl::Span<const ScoreItem> items, TensorPick pick,
 }
 
 at::Tensor Gather(absl::Span<const ScoreItem> items, TensorPick pick,
-                  Layout layout, const at::Device& device, Staging staging) {
+                  Layout layout, const at::Device& device, bool in_place_16) {
   const TensorRef& first = pick(items[0]);
   if (device.is_cpu()) {
     // No bus to cross: 16-bit bytes are widened as they are stacked, one
     // pass (as sent, then widened, measured 1.7-2x slower for two items).
     const bool aligned =
         reinterpret_cast<uintptr_t>(first.data) % ElementSize(first.dtype) == 0;
-    const bool in_place =
-        first.dtype == DType::kFloat32 || staging == Staging::kInPlace16;
+    const bool in_place = first.dtype == DType::kFloat32 || in_place_16;
     if (items.size() == 1 && aligned && in_place) return Wrap(first);
     return StackOnHost(items, pick, layout, device, at::kFloat);
   }

@@ -23,29 +23,20 @@ namespace attnscore::scoring {
 // One input of an item: its query, key or value.
 using TensorPick = const TensorRef& (*)(const ScoreItem&);
 
-// How Gather stages 16-bit inputs (float32 inputs are staged as they are).
-enum class Staging {
-  // Decoded to float32 on the host while stacked: the blocked path's queries.
-  kFloat32,
-  // A lone CPU item's bytes read in place, else decoded to float32: the
-  // blocked path's keys and values, converted per tile.
-  kInPlace16,
-  // Off the CPU, stacked as sent and widened to float32 on the device: the
-  // batched path, whose 16-bit inputs then cross a GPU's bus, and are staged
-  // in pinned memory, at half the bytes. On the CPU as kFloat32.
-  kAsSent,
-};
-
 // The items' `pick` tensors stacked along the batch axis on `device`, as
-// float32 (or a lone item's 16-bit bytes as they are: Staging::kInPlace16).
-// Every item has the same dtype (it is part of the batch key). A lone CPU
-// item is used in place when it is float32, or 16-bit and kInPlace16, and its
-// bytes are aligned to its elements (a shared-memory range may lie at any
-// offset). Off the CPU, items whose bytes are all page-locked (the request
-// blocks of a CUDA server, buffer_pool.h) are copied to the device directly
-// (StackOnDevice), others through pinned staging (StackOnHost).
+// float32. Every item has the same dtype (it is part of the batch key).
+// On the CPU, 16-bit bytes are widened as they are stacked (one pass), and a
+// lone item is used in place when its bytes are aligned to its elements (a
+// shared-memory range may lie at any offset) and it is float32, or 16-bit and
+// `in_place_16` (the blocked path's keys and values, converted per tile: the
+// tensor is then 16-bit). Off the CPU the batch is staged as sent (16-bit
+// inputs cross the bus at half the bytes) and widened on the device: items
+// whose bytes are all page-locked (a CUDA server's request blocks,
+// buffer_pool.h) are copied there directly (StackOnDevice), others through
+// pinned staging (StackOnHost).
 at::Tensor Gather(absl::Span<const ScoreItem> items, TensorPick pick,
-                  Layout layout, const at::Device& device, Staging staging);
+                  Layout layout, const at::Device& device,
+                  bool in_place_16 = false);
 
 // Gather's two ways of stacking several items, exposed for their tests. Both
 // give the items' tensors stacked in the dtype `staged`, which is float32 or

@@ -429,8 +429,7 @@ TEST(StagingTest, GatherGivesTheStackedFloat32ValuesOnTheDevice) {
         const at::Tensor want = staged.expected.to(at::kFloat);
         for (size_t n : {size_t{1}, size_t{3}}) {
           const absl::Span<const ScoreItem> items(staged.items.data(), n);
-          const at::Tensor got =
-              Gather(items, PickQueryOf, layout, device, Staging::kAsSent);
+          const at::Tensor got = Gather(items, PickQueryOf, layout, device);
           EXPECT_EQ(got.device(), device);
           EXPECT_EQ(got.scalar_type(), at::kFloat);
           EXPECT_TRUE(at::equal(got.cpu(), want.narrow(0, 0, n == 1 ? 1 : 6)));
@@ -451,32 +450,30 @@ TEST(StagingTest, GatherReadsALoneCpuItemInPlace) {
       MakeStagedItems(Layout::kBHSD, DType::kFloat16, false);
   const absl::Span<const ScoreItem> lone32(f32.items.data(), 1);
   const absl::Span<const ScoreItem> lone16(f16.items.data(), 1);
-  for (Staging staging :
-       {Staging::kFloat32, Staging::kInPlace16, Staging::kAsSent}) {
+  for (bool in_place_16 : {false, true}) {
     EXPECT_EQ(
-        Gather(lone32, PickQueryOf, Layout::kBHSD, cpu, staging).data_ptr(),
+        Gather(lone32, PickQueryOf, Layout::kBHSD, cpu, in_place_16).data_ptr(),
         f32.items[0].query.data);
   }
   const at::Tensor in_place =
-      Gather(lone16, PickQueryOf, Layout::kBHSD, cpu, Staging::kInPlace16);
+      Gather(lone16, PickQueryOf, Layout::kBHSD, cpu, /*in_place_16=*/true);
   EXPECT_EQ(in_place.data_ptr(), f16.items[0].query.data);
   EXPECT_EQ(in_place.scalar_type(), at::kHalf);
-  for (Staging staging : {Staging::kFloat32, Staging::kAsSent}) {
-    const at::Tensor widened =
-        Gather(lone16, PickQueryOf, Layout::kBHSD, cpu, staging);
+  {
+    const at::Tensor widened = Gather(lone16, PickQueryOf, Layout::kBHSD, cpu);
     EXPECT_NE(widened.data_ptr(), f16.items[0].query.data);
     EXPECT_EQ(widened.scalar_type(), at::kFloat);
     EXPECT_TRUE(
         at::equal(widened, f16.expected.narrow(0, 0, 1).to(at::kFloat)));
   }
-  // One byte off: staged, whatever the staging.
+  // One byte off: staged, even for keys and values.
   std::vector<unsigned char> odd(f16.items[0].query.size_bytes + 1);
   std::memcpy(odd.data() + 1, f16.items[0].query.data,
               f16.items[0].query.size_bytes);
   ScoreItem shifted = f16.items[0];
   shifted.query.data = odd.data() + 1;
   const at::Tensor staged = Gather({&shifted, 1}, PickQueryOf, Layout::kBHSD,
-                                   cpu, Staging::kInPlace16);
+                                   cpu, /*in_place_16=*/true);
   EXPECT_EQ(staged.scalar_type(), at::kFloat);
   EXPECT_TRUE(at::equal(staged, f16.expected.narrow(0, 0, 1).to(at::kFloat)));
 }
