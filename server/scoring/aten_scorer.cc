@@ -152,30 +152,6 @@ at::Tensor ToOutput(const at::Tensor& t, DType dtype) {
   return host;
 }
 
-// One result per item, each viewing its rows of the batch outputs, converted
-// to the output dtype on the host.
-std::vector<ScoreResult> SplitResults(const ScoreSpec& spec,
-                                      const AttentionResult& result,
-                                      const std::vector<int64_t>& item_batch) {
-  std::vector<ScoreResult> results(item_batch.size());
-  auto split = [&](const at::Tensor& t, int64_t axis,
-                   std::optional<OutputTensor> ScoreResult::*field) {
-    Splitter splitter(ToOutput(t, spec.output_dtype), spec.output_dtype, axis);
-    int64_t offset = 0;
-    for (size_t i = 0; i < item_batch.size(); ++i) {
-      results[i].*field = splitter.Slice(offset, item_batch[i]);
-      offset += item_batch[i];
-    }
-  };
-  if (spec.want_logits) split(result.logits, 0, &ScoreResult::logits);
-  if (spec.want_probs) split(result.probs, 0, &ScoreResult::probs);
-  if (spec.want_context) {
-    split(FromCanonical(result.context, spec.layout), BatchAxis(spec.layout),
-          &ScoreResult::context);
-  }
-  return results;
-}
-
 // `destination` as the [B,H,Lq,Lk] output of `type` over `scores`, when it is
 // 64-byte aligned and holds it; else undefined (the scorer allocates its own).
 // The tensor keeps the destination's keepalive.
@@ -193,6 +169,92 @@ at::Tensor DestinationTensor(const OutputDestination& destination,
       destination.data, scores,
       [keep = destination.keepalive](void* /*data*/) {},
       at::TensorOptions().dtype(type));
+}
+
+// Where each item's rows of a batch-major output [N, ...] of `type` go
+// straight to: a tensor over the item's destination (a client's shared
+// memory), or undefined where it offers none that DestinationTensor can use.
+std::vector<at::Tensor> ItemDestinations(
+    absl::Span<const ScoreItem> items, const std::vector<int64_t>& item_batch,
+    const at::Tensor& output, at::ScalarType type,
+    OutputDestination ScoreItem::*offered) {
+  std::vector<int64_t> shape(output.sizes().begin(), output.sizes().end());
+  std::vector<at::Tensor> destinations(items.size());
+  for (size_t i = 0; i < items.size(); ++i) {
+    shape[0] = item_batch[i];
+    destinations[i] = DestinationTensor(items[i].*offered, shape, type);
+  }
+  return destinations;
+}
+
+// The item's rows as they lie in its destination, kept alive by it.
+OutputTensor PlacedOutput(const at::Tensor& destination, DType dtype,
+                          const OutputDestination& offered) {
+  OutputTensor out;
+  out.dtype = dtype;
+  out.shape.assign(destination.sizes().begin(), destination.sizes().end());
+  out.data = destination.data_ptr();
+  out.size_bytes = destination.nbytes();
+  out.keepalive = offered.keepalive;
+  return out;
+}
+
+// One result per item, each viewing its rows of the batch outputs, converted
+// to the output dtype on the host. Logits and probs go straight into the
+// destinations that items offer (unless the blocked path wrote them there in
+// place): from the device, a copy into page-locked shared memory is a DMA
+// with no host buffer between. Copies from a device may still be in flight
+// on return: the caller synchronises its stream before the results are read.
+std::vector<ScoreResult> SplitResults(const ScoreSpec& spec,
+                                      const AttentionResult& result,
+                                      const std::vector<int64_t>& item_batch,
+                                      absl::Span<const ScoreItem> items) {
+  std::vector<ScoreResult> results(item_batch.size());
+  const at::ScalarType type = ToScalarType(spec.output_dtype);
+  auto split = [&](const at::Tensor& t, int64_t axis,
+                   std::optional<OutputTensor> ScoreResult::*field,
+                   OutputDestination ScoreItem::*offered) {
+    std::vector<at::Tensor> destinations(items.size());
+    if (offered != nullptr) {
+      destinations = ItemDestinations(items, item_batch, t, type, offered);
+    }
+    // On a device the conversion runs there, once, whoever takes the rows.
+    const at::Tensor source = t.is_cpu() ? t : t.to(type);
+    std::optional<Splitter> splitter;
+    if (std::any_of(destinations.begin(), destinations.end(),
+                    [](const at::Tensor& d) { return !d.defined(); })) {
+      splitter.emplace(ToOutput(source, spec.output_dtype), spec.output_dtype,
+                       axis);
+    }
+    int64_t offset = 0;
+    for (size_t i = 0; i < item_batch.size(); ++i) {
+      at::Tensor& destination = destinations[i];
+      if (destination.defined()) {
+        const at::Tensor rows = source.narrow(0, offset, item_batch[i]);
+        if (rows.data_ptr() != destination.data_ptr()) {
+          destination.copy_(rows, /*non_blocking=*/true);
+        }
+        results[i].*field =
+            PlacedOutput(destination, spec.output_dtype, items[i].*offered);
+      } else {
+        results[i].*field = splitter->Slice(offset, item_batch[i]);
+      }
+      offset += item_batch[i];
+    }
+  };
+  if (spec.want_logits) {
+    split(result.logits, 0, &ScoreResult::logits,
+          &ScoreItem::logits_destination);
+  }
+  if (spec.want_probs) {
+    split(result.probs, 0, &ScoreResult::probs, &ScoreItem::probs_destination);
+  }
+  if (spec.want_context) {
+    // Context is never offered a destination (converted, then copied).
+    split(FromCanonical(result.context, spec.layout), BatchAxis(spec.layout),
+          &ScoreResult::context, nullptr);
+  }
+  return results;
 }
 
 // The logits and probs of `item` (scored alone) preset to its destinations,
@@ -327,7 +389,11 @@ class ScorerImpl final : public Scorer {
       // The blocked path: nothing that was not asked for is materialised.
       return Cancelled();
     }
-    return SplitResults(spec, result, batch.item_batch);
+    std::vector<ScoreResult> results =
+        SplitResults(spec, result, batch.item_batch, items);
+    // Rows copied into the items' destinations are there before they are read.
+    if (device_.is_cuda()) WorkerStream().synchronize();
+    return results;
   }
 
   // The blocked path works per (item, head) anyway, so on the CPU a batch

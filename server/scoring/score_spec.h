@@ -112,9 +112,11 @@ struct ScoreSpec {
 // Memory the caller wants an output's bytes in (a client's shared memory):
 // the scorer may write them there instead of into a buffer of its own, the
 // result's tensor then viewing `data`; or it may ignore it, and the caller
-// copies. Honoured by the CPU blocked path for an item scored on its own
-// (Scorer::ItemsPerPass) when `data` is 64-byte aligned and `capacity` holds
-// the output. The caller answers for faults while writing there.
+// copies. Honoured for logits and probs when `data` is 64-byte aligned and
+// `capacity` holds the item's output: the CPU blocked path writes an item
+// scored on its own (Scorer::ItemsPerPass) there in place, other items' rows
+// are copied there from the batch's output (from the device on a GPU). The
+// caller answers for faults while writing there.
 struct OutputDestination {
   void* data = nullptr;  // null: none
   size_t capacity = 0;

@@ -16,9 +16,11 @@
 #include <ATen/ops/ones.h>
 #include <ATen/ops/randn.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
+#include <iterator>
 #include <variant>
 
 #include "absl/strings/str_cat.h"
@@ -498,17 +500,14 @@ TEST_P(ScorerTest, LargeBatchesEqualSeparateRuns) {
   }
 }
 
-// Where a caller offers destinations (a client's shared memory), the blocked
-// path writes logits and probs there, item by item, with the bytes it would
-// have returned; the batched path and unusable destinations (misaligned, too
-// small) leave them alone and return buffers of the scorer's own.
+// Where a caller offers destinations (a client's shared memory), logits and
+// probs land there with the bytes the scorer would have returned: written in
+// place by the blocked path (items past a megabyte are scored one after the
+// other, each alone), copied from the batch's output by the batched path (on
+// a device, straight from it). Unusable destinations (misaligned, too small)
+// are left alone and the scorer returns buffers of its own.
 TEST_P(ScorerTest, DestinationsGetTheSameBytesInPlace) {
   at::manual_seed(17);
-  const bool blocked =
-      GetParam() == "blocked" ||
-      (GetParam() == "auto" && attnscore::testing::TestDevice() == "cpu");
-  // Two items past a megabyte of inputs: scored one after the other, each
-  // alone, so each may use its destinations.
   for (bool relative : {false, true}) {
     for (DType dtype : {DType::kFloat32, DType::kBFloat16}) {
       SCOPED_TRACE(
@@ -544,8 +543,8 @@ TEST_P(ScorerTest, DestinationsGetTheSameBytesInPlace) {
       items[1].probs_destination = {probs1, bytes1, nullptr};
       const std::vector<ScoreResult> got = *scorer_->ScoreBatch(spec, items);
       ASSERT_EQ(got.size(), 2u);
-      EXPECT_EQ(got[0].logits->data == logits0, blocked);
-      EXPECT_EQ(got[0].probs->data == probs0, blocked);
+      EXPECT_EQ(got[0].logits->data, logits0);
+      EXPECT_EQ(got[0].probs->data, probs0);
       EXPECT_NE(got[1].logits->data, logits1);  // too small
       EXPECT_NE(got[1].probs->data, probs1);    // misaligned
       for (size_t i = 0; i < 2; ++i) {
@@ -561,15 +560,29 @@ TEST_P(ScorerTest, DestinationsGetTheSameBytesInPlace) {
       EXPECT_EQ(reinterpret_cast<const float*>(probs1)[0], -7.0f);
     }
   }
-  // Small items are stacked into one pass: their destinations are ignored.
-  const Raw a = MakeRaw(RandomCase(1, 2, 3, 4, 8), Layout::kBHSD);
-  const Raw b = MakeRaw(RandomCase(1, 2, 3, 4, 8), Layout::kBHSD);
+  // Small items are stacked into one pass on either path: the rows of those
+  // that offer a destination are copied there, the others' returned.
+  const Case tiny = RandomCase(1, 2, 3, 4, 8);
+  const Raw a = MakeRaw(tiny, Layout::kBHSD);
+  const Raw b = MakeRaw(tiny, Layout::kBHSD);
   std::vector<ScoreItem> small = {a.item, b.item};
+  const ScoreSpec spec = Spec(tiny, Layout::kBHSD, true);
+  const std::vector<ScoreResult> want = *scorer_->ScoreBatch(spec, small);
   alignas(64) float destination[64];
+  std::fill(std::begin(destination), std::end(destination), -7.0f);
   small[0].logits_destination = {destination, sizeof(destination), nullptr};
-  const ScoreSpec spec = Spec(RandomCase(1, 2, 3, 4, 8), Layout::kBHSD, true);
   const std::vector<ScoreResult> stacked = *scorer_->ScoreBatch(spec, small);
-  EXPECT_NE(stacked[0].logits->data, destination);
+  ASSERT_EQ(stacked[0].logits->data, destination);
+  EXPECT_NE(stacked[0].probs->data, nullptr);
+  EXPECT_NE(stacked[1].logits->data, destination);
+  for (size_t i = 0; i < 2; ++i) {
+    const OutputTensor& got = *stacked[i].logits;
+    ASSERT_EQ(got.size_bytes, want[i].logits->size_bytes) << i;
+    EXPECT_EQ(std::memcmp(got.data, want[i].logits->data, got.size_bytes), 0)
+        << i;
+  }
+  // The item's 2 x 3 x 4 logits, and nothing past them.
+  EXPECT_EQ(destination[24], -7.0f);
 }
 
 TEST_P(ScorerTest, OutputDtypesRoundOnce) {
