@@ -146,7 +146,7 @@ configure() {
 }
 
 TARGETS=(attnscore-server attnscore scoring_golden_test scoring_batched_attention_test
-         attnscore_golden_e2e_test attnscore_bench_device)
+         scoring_properties_test attnscore_golden_e2e_test attnscore_bench_device)
 build() { ninja -C "$BUILD" -j "$JOBS" "${TARGETS[@]}"; }
 
 # The scoring and end-to-end tests compute on $ATTNSCORE_TEST_DEVICE (tests/testing/test_util.h):
@@ -154,6 +154,11 @@ build() { ninja -C "$BUILD" -j "$JOBS" "${TARGETS[@]}"; }
 scoring_tests() {
   ATTNSCORE_TEST_DEVICE=$DEVICE "$BUILD/tests/scoring/scoring_batched_attention_test" || return 1
   ATTNSCORE_TEST_DEVICE=$DEVICE "$BUILD/tests/scoring/scoring_golden_test"
+}
+# The scorer's properties (batches equal separate runs, destinations, dtypes, limits) on both
+# compute paths of $DEVICE; after the figures, so that a failure here delays none of them.
+properties_test() {
+  ATTNSCORE_TEST_DEVICE=$DEVICE "$BUILD/tests/scoring/scoring_properties_test" --gtest_brief=1
 }
 e2e_test() {
   ATTNSCORE_TEST_DEVICE=$DEVICE "$BUILD/tests/e2e/attnscore_golden_e2e_test"
@@ -236,6 +241,7 @@ if [[ $ok == 1 ]]; then
     "attnscore load decode c=64, --max-batch-size=1, inputs in shared memory" \
     load load_no_batching_shm --max-batch-size=1
   step bench "attnscore_bench_device ${BENCH_ARGS[*]}" bench
+  step properties "scorer property tests on $DEVICE" properties_test
 fi
 TOTAL=$(($(date +%s) - START_ALL))
 
