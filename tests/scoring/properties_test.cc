@@ -21,6 +21,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <iterator>
+#include <utility>
 #include <variant>
 
 #include "absl/strings/str_cat.h"
@@ -29,6 +30,7 @@
 #include "common/safetensors.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "server/scoring/accelerator.h"
 #include "server/scoring/alibi.h"
 #include "server/scoring/aten_scorer.h"
 #include "server/scoring/attention.h"
@@ -500,6 +502,24 @@ TEST_P(ScorerTest, LargeBatchesEqualSeparateRuns) {
   }
 }
 
+// Page-locks memory for its lifetime (PinHostMemory), failing the test when
+// the driver refuses.
+class PageLock {
+ public:
+  PageLock(void* data, size_t bytes) : data_(data) {
+    EXPECT_TRUE(PinHostMemory(data, bytes)) << bytes << " bytes";
+  }
+  PageLock(PageLock&& other) noexcept
+      : data_(std::exchange(other.data_, nullptr)) {}
+  PageLock& operator=(PageLock&&) = delete;
+  ~PageLock() {
+    if (data_ != nullptr) UnpinHostMemory(data_);
+  }
+
+ private:
+  void* data_;
+};
+
 // Where a caller offers destinations (a client's shared memory), logits and
 // probs land there with the bytes the scorer would have returned: written in
 // place by the blocked path (items past a megabyte are scored one after the
@@ -523,15 +543,24 @@ TEST_P(ScorerTest, DestinationsGetTheSameBytesInPlace) {
       const std::vector<ScoreResult> want = *scorer_->ScoreBatch(spec, items);
       ASSERT_TRUE(ValidateItem(spec, items[0]).ok());
       ASSERT_TRUE(ValidateItem(spec, items[1]).ok());
-      // 64-byte aligned blocks, the second item's probs one float off
-      // alignment and its logits one byte short.
+      // Page-aligned blocks, the second item's probs one float off alignment
+      // and its logits one byte short. On a GPU they are page-locked, as the
+      // server locks shared-memory regions: the copies from the device into
+      // them are then asynchronous DMAs.
       const size_t bytes0 = want[0].logits->size_bytes;
       const size_t bytes1 = want[1].logits->size_bytes;
       std::vector<std::vector<float>> memory;
+      std::vector<PageLock> locks;
       auto block = [&](size_t bytes) {
-        memory.emplace_back(bytes / sizeof(float) + 32, -7.0f);
+        constexpr uintptr_t kPage = 4096;
+        memory.emplace_back((bytes + 2 * kPage) / sizeof(float), -7.0f);
         const auto address = reinterpret_cast<uintptr_t>(memory.back().data());
-        return reinterpret_cast<char*>((address + 63) / 64 * 64);
+        char* start =
+            reinterpret_cast<char*>((address + kPage - 1) / kPage * kPage);
+        if (attnscore::testing::TestDevice() != "cpu") {
+          locks.emplace_back(start, (bytes + kPage) / kPage * kPage);
+        }
+        return start;
       };
       char* logits0 = block(bytes0);
       char* probs0 = block(bytes0);
