@@ -199,8 +199,8 @@ OutputTensor PlacedOutput(const at::Tensor& destination, DType dtype,
   return out;
 }
 
-// One result per item, each viewing its rows of the batch outputs, converted
-// to the output dtype on the host. Logits and probs go straight into the
+// One result per item, each viewing its rows of the batch outputs in host
+// memory, in the output dtype. Logits and probs go straight into the
 // destinations that items offer (unless the blocked path wrote them there in
 // place): from the device, a copy into page-locked shared memory is a DMA
 // with no host buffer between. Copies from a device may still be in flight
