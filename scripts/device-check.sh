@@ -2,8 +2,8 @@
 # One command for the GPU machine (issue 11): builds attnscore against the machine's PyTorch
 # (LibTorch 2.x with CUDA, sm_90), runs the golden tests on cuda, starts the server with
 # --device cuda for the golden end-to-end test and `attnscore load` (decode preset, c=64,
-# batching on vs off, also with the inputs in shared memory), runs the device benchmark, writes
-# a Markdown report and prints a short table last. Exits non-zero when any step fails.
+# batching on vs off, also with inputs and outputs in shared memory), runs the device benchmark,
+# writes a Markdown report and prints a short table last. Exits non-zero when any step fails.
 #
 #   scripts/device-check.sh --fetch              here, before a device session: apt-get download
 #                                                scripts/device-packages.txt into .device/debs
@@ -176,7 +176,8 @@ stop_server() {
 trap stop_server EXIT
 
 # load NAME SERVER_ARGS...: a server on a free port, then attnscore load (decode, c=64); with
-# SHARED=1 the inputs come from shared memory (the server's --shm-prefix, load --shared-memory).
+# SHARED=1 the inputs come from shared memory and the outputs go there (the server's --shm-prefix,
+# load --shared-memory --shared-outputs): the server's DMAs from and to page-locked regions.
 load() {
   local name="$1"
   shift
@@ -190,7 +191,7 @@ load() {
   [[ -s $port_file ]] || { echo "server did not start"; cat "$LOGS/$name-server.log"; stop_server; return 1; }
   "$BUILD/client/attnscore" load --target "127.0.0.1:$(cat "$port_file")" --preset decode \
     -c 64 --connections "$LOAD_CONNECTIONS" -z "${LOAD_SECONDS}s" --warmup 64 --format json \
-    ${SHARED:+--shared-memory} -o "$REPORT_DIR/$name.json"
+    ${SHARED:+--shared-memory --shared-outputs} -o "$REPORT_DIR/$name.json"
   local rc=$?
   stop_server
   [[ $rc -eq 0 ]] && cat "$REPORT_DIR/$name.json"
@@ -234,11 +235,13 @@ if [[ $ok == 1 ]]; then
     load load_batching_w4 --batch-workers=4
   step load_no_batching_w4 "attnscore load decode c=64, --max-batch-size=1 --batch-workers=4" \
     load load_no_batching_w4 --max-batch-size=1 --batch-workers=4
-  # Without the 4 MiB of keys per request on the socket, which bounded both sides on the H200.
-  SHARED=1 step load_batching_shm "attnscore load decode c=64, batching on, inputs in shared memory" \
+  # Without the 4 MiB of keys per request (nor the 64 KiB of logits per reply) on the socket,
+  # which bounded both sides on the H200.
+  SHARED=1 step load_batching_shm \
+    "attnscore load decode c=64, batching on, inputs and outputs in shared memory" \
     load load_batching_shm
   SHARED=1 step load_no_batching_shm \
-    "attnscore load decode c=64, --max-batch-size=1, inputs in shared memory" \
+    "attnscore load decode c=64, --max-batch-size=1, inputs and outputs in shared memory" \
     load load_no_batching_shm --max-batch-size=1
   step bench "attnscore_bench_device ${BENCH_ARGS[*]}" bench
   step properties "scorer property tests on $DEVICE" properties_test
@@ -269,8 +272,8 @@ OFF=$(rps "$REPORT_DIR/load_no_batching.json")
   load_row "off (--max-batch-size=1)" "$REPORT_DIR/load_no_batching.json"
   load_row "on, 4 batch workers" "$REPORT_DIR/load_batching_w4.json"
   load_row "off, 4 batch workers" "$REPORT_DIR/load_no_batching_w4.json"
-  load_row "on, inputs in shared memory" "$REPORT_DIR/load_batching_shm.json"
-  load_row "off, inputs in shared memory" "$REPORT_DIR/load_no_batching_shm.json"
+  load_row "on, inputs and outputs in shared memory" "$REPORT_DIR/load_batching_shm.json"
+  load_row "off, inputs and outputs in shared memory" "$REPORT_DIR/load_no_batching_shm.json"
   echo
   echo "## Benchmark"
   echo
@@ -282,7 +285,7 @@ echo
 echo "device-check ($MODE, $DEVICE): report in $REPORT_DIR/report.md"
 printf '%-18s %-40s %s\n' step result seconds
 for s in "${STEPS[@]}"; do IFS='|' read -r n r t _ <<<"$s"; printf '%-18s %-40s %s\n' "$n" "$r" "$t"; done
-echo "load decode c=64: batching on $ON rps, off $OFF rps; 4 workers: on $(rps "$REPORT_DIR/load_batching_w4.json"), off $(rps "$REPORT_DIR/load_no_batching_w4.json"); inputs in shared memory: on $(rps "$REPORT_DIR/load_batching_shm.json"), off $(rps "$REPORT_DIR/load_no_batching_shm.json")"
+echo "load decode c=64: batching on $ON rps, off $OFF rps; 4 workers: on $(rps "$REPORT_DIR/load_batching_w4.json"), off $(rps "$REPORT_DIR/load_no_batching_w4.json"); inputs and outputs in shared memory: on $(rps "$REPORT_DIR/load_batching_shm.json"), off $(rps "$REPORT_DIR/load_no_batching_shm.json")"
 [[ -f $REPORT_DIR/bench.md ]] && grep -E '^\| (alibi|copy|mm|decode|staging|scorer)' "$REPORT_DIR/bench.md"
 echo "total ${TOTAL} s"
 exit $FAILED

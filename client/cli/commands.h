@@ -74,6 +74,7 @@ struct LoadFlags {
   std::string max_duration = "10m";
   uint64_t seed = 1;
   bool shared_memory = false;           // inputs from a registered region
+  bool shared_outputs = false;          // outputs into it too
   CLI::Option* total_option = nullptr;  // was -n given?
 };
 CLI::App* AddLoadCommand(CLI::App& app, LoadFlags& flags);

@@ -54,10 +54,14 @@ absl::Status CheckModel(client::Client& client,
 
 // --shared-memory: every kind's inputs in one region of the server's
 // --shm-prefix, registered as `name` for the run, so that requests carry
-// ranges instead of bytes. FAILED_PRECONDITION when the server has shared
-// memory off; the region's and the registration's errors otherwise.
-absl::StatusOr<client::SharedMemoryRegion> ShareInputs(
-    client::Client& client, load::Workload& workload, const std::string& name) {
+// ranges instead of bytes; with `output_slots` > 0 (--shared-outputs) that
+// many output slots follow them, for the server to write the outputs into.
+// FAILED_PRECONDITION when the server has shared memory off; the region's and
+// the registration's errors otherwise.
+absl::StatusOr<client::SharedMemoryRegion> ShareMemory(client::Client& client,
+                                                       load::Workload& workload,
+                                                       const std::string& name,
+                                                       int output_slots) {
   absl::StatusOr<client::ServerInfo> info = client.GetServerInfo();
   if (!info.ok()) return info.status();
   if (info->shm_prefix.empty()) {
@@ -65,15 +69,22 @@ absl::StatusOr<client::SharedMemoryRegion> ShareInputs(
         "--shared-memory: the server has shared memory off (it runs without "
         "--shm-prefix)");
   }
+  constexpr size_t kPage = 4096;
+  const size_t outputs_at =
+      (workload.SharedInputBytes() + kPage - 1) / kPage * kPage;
+  const size_t bytes = outputs_at + static_cast<size_t>(output_slots) *
+                                        workload.SharedOutputSlotBytes();
   absl::StatusOr<client::SharedMemoryRegion> region =
-      client::SharedMemoryRegion::Create(info->shm_prefix + name,
-                                         workload.SharedInputBytes());
+      client::SharedMemoryRegion::Create(info->shm_prefix + name, bytes);
   if (!region.ok()) return region.status();
   if (absl::Status s = client.RegisterSharedMemory(region->Registration(name));
       !s.ok()) {
     return s;
   }
   workload.UseSharedInputs(name, region->data());
+  if (output_slots > 0) {
+    workload.UseSharedOutputs(name, outputs_at, output_slots);
+  }
   return region;
 }
 
@@ -174,6 +185,7 @@ load::ReportContext ReportContextFor(const GlobalFlags& global,
       {"mode", flags.mode},
       {"transport", flags.stream ? "ScoreStream" : "Score"},
       {"inputs", flags.shared_memory ? "shared memory" : "in the request"},
+      {"outputs", flags.shared_outputs ? "shared memory" : "in the reply"},
       {"load", flags.rate > 0 ? absl::StrCat("open loop, ", flags.rate,
                                              " req/s, ", flags.arrival)
                               : "closed loop"},
@@ -285,10 +297,15 @@ CLI::App* AddLoadCommand(CLI::App& app, LoadFlags& flags) {
   cmd->add_option("--seed", flags.seed,
                   "Seed for inputs, kind choice and Poisson arrivals")
       ->capture_default_str();
-  cmd->add_flag("--shared-memory", flags.shared_memory,
-                "Inputs from a shared-memory region registered for the run "
-                "(a server on this host, with --shm-prefix): requests carry "
-                "ranges, not bytes");
+  CLI::Option* shared_memory = cmd->add_flag(
+      "--shared-memory", flags.shared_memory,
+      "Inputs from a shared-memory region registered for the run "
+      "(a server on this host, with --shm-prefix): requests carry "
+      "ranges, not bytes");
+  cmd->add_flag("--shared-outputs", flags.shared_outputs,
+                "Outputs into that region too, one slot per request in "
+                "flight (-c): replies carry ranges, not bytes")
+      ->needs(shared_memory);
   return cmd;
 }
 
@@ -314,7 +331,8 @@ int RunLoad(const GlobalFlags& global, const LoadFlags& flags) {
   std::optional<client::SharedMemoryRegion> region;
   if (flags.shared_memory) {
     absl::StatusOr<client::SharedMemoryRegion> shared =
-        ShareInputs(**client, *workload, region_name);
+        ShareMemory(**client, *workload, region_name,
+                    flags.shared_outputs ? flags.concurrency : 0);
     if (!shared.ok()) return Fail("load", shared.status(), kExitFailed);
     region = *std::move(shared);
   }

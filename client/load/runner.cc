@@ -43,30 +43,45 @@ class Shared {
       result_.kind_names.push_back(kind.name);
     }
     result_.by_kind.resize(workload.kinds().size());
+    for (int slot = workload.output_slots() - 1; slot >= 0; --slot) {
+      free_output_slots_.push_back(slot);
+    }
   }
 
   std::mutex& mutex() { return mutex_; }
   std::condition_variable& cv() { return cv_; }
   int in_flight() const { return in_flight_; }  // REQUIRES: mutex() held
 
+  // Counts a request in flight and gives it a free output slot (-1 when
+  // outputs come in the reply). A run has at least as many slots as requests
+  // in flight (RunLoad checks), so one is always free.
   // REQUIRES: mutex() held.
-  void AddInFlight() { ++in_flight_; }
+  int AddInFlight() {
+    ++in_flight_;
+    if (free_output_slots_.empty()) return -1;
+    const int slot = free_output_slots_.back();
+    free_output_slots_.pop_back();
+    return slot;
+  }
 
-  // One request's outcome; `timing` for successes.
-  void Complete(size_t kind, Clock::time_point intended,
+  // One request's outcome; `timing` for successes. Its output slot is free
+  // again: the server has answered (or the request was abandoned, when a late
+  // write into the slot can only repeat bytes that nobody reads).
+  void Complete(size_t kind, Clock::time_point intended, int output_slot,
                 const absl::Status& status, const Timing* timing) {
     const Clock::time_point now = Clock::now();
     std::lock_guard<std::mutex> lock(mutex_);
     RecordLocked(kind, Nanos(now - intended), status, timing);
     last_completion_ = std::max(last_completion_, now);
     --in_flight_;
+    if (output_slot >= 0) free_output_slots_.push_back(output_slot);
     cv_.notify_all();
   }
 
   // A request that never got on the wire (its stream ended, or Write failed).
-  void FailUnsent(size_t kind, Clock::time_point intended,
+  void FailUnsent(size_t kind, Clock::time_point intended, int output_slot,
                   const absl::Status& status) {
-    Complete(kind, intended, status, nullptr);
+    Complete(kind, intended, output_slot, status, nullptr);
   }
 
   void RecordSendLag(Clock::duration lag) {
@@ -121,6 +136,7 @@ class Shared {
   std::mutex mutex_;
   std::condition_variable cv_;
   int in_flight_ = 0;
+  std::vector<int> free_output_slots_;  // guarded by mutex_
   Clock::time_point last_completion_{};
   LoadResult result_;
 };
@@ -169,16 +185,18 @@ class StreamPool {
   // Sends a request; its outcome is recorded when its response (or its stream's
   // end) comes.
   void Send(const ScoreRequest& request, size_t kind,
-            Clock::time_point intended, absl::Duration write_timeout) {
+            Clock::time_point intended, int output_slot,
+            absl::Duration write_timeout) {
     const size_t s = next_++ % slots_.size();
     if (absl::Status status = EnsureOpen(s); !status.ok()) {
-      shared_->FailUnsent(kind, intended, status);
+      shared_->FailUnsent(kind, intended, output_slot, status);
       return;
     }
     std::shared_ptr<Slot> slot = slots_[s];
     {
       std::lock_guard<std::mutex> lock(slot->mutex);
-      slot->pending.emplace(request.request_id, Pending{kind, intended});
+      slot->pending.emplace(request.request_id,
+                            Pending{kind, intended, output_slot});
     }
     if (absl::Status status = slot->stream->Write(request, write_timeout);
         !status.ok()) {
@@ -188,7 +206,7 @@ class StreamPool {
         ours = slot->pending.erase(request.request_id) > 0;
       }
       // Not ours any more: the stream's end has already reported it.
-      if (ours) shared_->FailUnsent(kind, intended, status);
+      if (ours) shared_->FailUnsent(kind, intended, output_slot, status);
     }
   }
 
@@ -224,6 +242,7 @@ class StreamPool {
   struct Pending {
     size_t kind;
     Clock::time_point intended;
+    int output_slot;
   };
   struct Slot {
     std::mutex mutex;
@@ -265,10 +284,10 @@ class StreamPool {
         slot->pending.erase(it);
       }
       if (response.result.ok()) {
-        shared->Complete(pending->kind, pending->intended, absl::OkStatus(),
-                         &response.result->timing);
+        shared->Complete(pending->kind, pending->intended, pending->output_slot,
+                         absl::OkStatus(), &response.result->timing);
       } else {
-        shared->Complete(pending->kind, pending->intended,
+        shared->Complete(pending->kind, pending->intended, pending->output_slot,
                          response.result.status(), nullptr);
       }
     };
@@ -286,7 +305,8 @@ class StreamPool {
               ? absl::UnavailableError("ScoreStream ended before answering")
               : status;
       for (const auto& [id, pending] : orphans) {
-        shared->Complete(pending.kind, pending.intended, reported, nullptr);
+        shared->Complete(pending.kind, pending.intended, pending.output_slot,
+                         reported, nullptr);
       }
     };
     absl::StatusOr<std::unique_ptr<Stream>> stream =
@@ -317,13 +337,20 @@ struct Phase {
   Clock::time_point end;  // no sends from then on
 };
 
+// A request about to go: when it was meant to, and its output slot (-1:
+// outputs in the reply).
+struct Outgoing {
+  Clock::time_point intended;
+  int output_slot = -1;
+};
+
 // Waits until the next request may go (open loop: until it is due, then) and
 // until fewer than `concurrency` are in flight, and counts it in flight.
-// Returns its intended send time, or nullopt when the phase's end comes first
-// (then ++*not_sent for an open-loop request that was due but found no slot).
-std::optional<Clock::time_point> AcquireSendSlot(const Phase& phase,
-                                                 Arrivals& arrivals,
-                                                 int64_t* not_sent) {
+// Returns its intended send time and output slot, or nullopt when the phase's
+// end comes first (then ++*not_sent for an open-loop request that was due but
+// found no slot).
+std::optional<Outgoing> AcquireSendSlot(const Phase& phase, Arrivals& arrivals,
+                                        int64_t* not_sent) {
   const bool open_loop = phase.options.rate > 0;
   Shared& shared = *phase.shared;
   Clock::time_point intended;
@@ -346,21 +373,28 @@ std::optional<Clock::time_point> AcquireSendSlot(const Phase& phase,
     if (Clock::now() >= phase.end) return std::nullopt;
     intended = Clock::now();
   }
-  shared.AddInFlight();
-  return intended;
+  const int output_slot = shared.AddInFlight();
+  return Outgoing{intended, output_slot};
 }
 
 // Sends request number `sent` (a kind picked by the workload) over the stream
 // pool or as a unary call; its outcome is recorded when it completes.
-void SendRequest(const Phase& phase, int64_t sent, Clock::time_point intended) {
+void SendRequest(const Phase& phase, int64_t sent, const Outgoing& send) {
   const size_t kind_index = phase.workload.Pick(static_cast<uint64_t>(sent));
   const Workload::Kind& kind = phase.workload.kinds()[kind_index];
   ScoreRequest request = kind.request;
   request.request_id =
       absl::StrCat(phase.recording ? "load-" : "warmup-", sent);
+  if (send.output_slot >= 0) {
+    request.placements =
+        phase.workload.PlacementsFor(kind_index, send.output_slot);
+  }
+  const Clock::time_point intended = send.intended;
+  const int output_slot = send.output_slot;
   phase.shared->RecordSendLag(Clock::now() - intended);
   if (phase.pool != nullptr) {
-    phase.pool->Send(request, kind_index, intended, phase.options.timeout);
+    phase.pool->Send(request, kind_index, intended, output_slot,
+                     phase.options.timeout);
     return;
   }
   CallOptions call;
@@ -370,13 +404,14 @@ void SendRequest(const Phase& phase, int64_t sent, Clock::time_point intended) {
   // stays valid.
   phase.client.ScoreAsync(
       request, call,
-      [shared = phase.shared, data = kind.data, kind_index,
-       intended](absl::StatusOr<ScoreResult> result) {
+      [shared = phase.shared, data = kind.data, kind_index, intended,
+       output_slot](absl::StatusOr<ScoreResult> result) {
         if (result.ok()) {
-          shared->Complete(kind_index, intended, absl::OkStatus(),
+          shared->Complete(kind_index, intended, output_slot, absl::OkStatus(),
                            &result->timing);
         } else {
-          shared->Complete(kind_index, intended, result.status(), nullptr);
+          shared->Complete(kind_index, intended, output_slot, result.status(),
+                           nullptr);
         }
       });
 }
@@ -436,10 +471,9 @@ absl::StatusOr<LoadResult> RunPhase(Client& client, const Workload& workload,
   int64_t sent = 0;
   int64_t not_sent = 0;
   while (options.total == 0 || sent < options.total) {
-    std::optional<Clock::time_point> intended =
-        AcquireSendSlot(phase, arrivals, &not_sent);
-    if (!intended) break;
-    SendRequest(phase, sent, *intended);
+    std::optional<Outgoing> send = AcquireSendSlot(phase, arrivals, &not_sent);
+    if (!send) break;
+    SendRequest(phase, sent, *send);
     ++sent;
   }
   if (open_loop && options.total > 0) not_sent = options.total - sent;
@@ -469,6 +503,13 @@ absl::StatusOr<LoadResult> RunLoad(Client& client, const Workload& workload,
         "give a request count (> 0) or a duration");
   }
   if (options.rate < 0) return absl::InvalidArgumentError("rate must be >= 0");
+  if (workload.output_slots() > 0 &&
+      workload.output_slots() < options.concurrency) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the workload has ", workload.output_slots(),
+        " output slots in shared memory, fewer than the concurrency, ",
+        options.concurrency));
+  }
   if (options.max_duration <= absl::ZeroDuration() ||
       options.max_duration == absl::InfiniteDuration()) {
     return absl::InvalidArgumentError("max duration must be finite and > 0");

@@ -128,10 +128,15 @@ absl::StatusOr<Workload::Kind> MakeKind(std::string name, const RequestShape& s,
   const bool logits =
       options.outputs.logits ||
       (!options.outputs.probs && !options.outputs.context);  // server default
-  kind.response_bytes =
-      ((logits ? scores : 0) + (options.outputs.probs ? scores : 0) +
-       (options.outputs.context ? q_count : 0)) *
-      out_esize;
+  for (const auto& [output, count] :
+       {std::pair{Output::kLogits, logits ? scores : 0},
+        std::pair{Output::kProbs, options.outputs.probs ? scores : 0},
+        std::pair{Output::kContext, options.outputs.context ? q_count : 0}}) {
+    if (count == 0) continue;
+    kind.output_bytes.emplace_back(output,
+                                   static_cast<size_t>(count * out_esize));
+    kind.response_bytes += count * out_esize;
+  }
   return kind;
 }
 
@@ -259,6 +264,45 @@ void Workload::UseSharedInputs(const std::string& region, uint8_t* base) {
       offset += inputs[i]->size_bytes;
     }
   }
+}
+
+size_t Workload::SharedOutputSlotBytes() const {
+  size_t slot = 0;
+  for (const Kind& kind : kinds_) {
+    size_t bytes = 0;
+    for (const auto& [output, size] : kind.output_bytes) {
+      bytes = AlignUp(bytes, kInputAlignment) + size;
+    }
+    slot = std::max(slot, bytes);
+  }
+  return AlignUp(slot, kKindAlignment);
+}
+
+void Workload::UseSharedOutputs(const std::string& region, size_t offset,
+                                int slots) {
+  output_region_ = region;
+  output_offset_ = offset;
+  output_slot_bytes_ = SharedOutputSlotBytes();
+  output_slots_ = slots;
+  for (Kind& kind : kinds_) {
+    // Placements name their outputs: the server's default one too.
+    Outputs& asked = kind.request.outputs;
+    if (!asked.logits && !asked.probs && !asked.context) asked.logits = true;
+  }
+}
+
+std::vector<OutputPlacement> Workload::PlacementsFor(size_t kind,
+                                                     int slot) const {
+  std::vector<OutputPlacement> placements;
+  size_t offset =
+      output_offset_ + static_cast<size_t>(slot) * output_slot_bytes_;
+  for (const auto& [output, bytes] : kinds_[kind].output_bytes) {
+    offset = AlignUp(offset, kInputAlignment);
+    placements.push_back(OutputPlacement{
+        output, SharedMemoryRange{output_region_, offset, bytes}});
+    offset += bytes;
+  }
+  return placements;
 }
 
 size_t Workload::Pick(uint64_t index) const {

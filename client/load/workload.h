@@ -3,7 +3,8 @@
 // are generated once (deterministic pseudo-random values from the seed) and
 // shared by all requests of that kind, so generating load costs no allocation
 // per request. UseSharedInputs moves them into a shared-memory region that the
-// server reads in place.
+// server reads in place; UseSharedOutputs has the server write the outputs
+// there too, into one slot per request in flight.
 //
 // Presets (H8 D64, causal, the shapes of an LLM serving path):
 //   decode       B1 Lq1 Lk2048     one KV-cache decode step
@@ -22,6 +23,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -65,6 +67,9 @@ class Workload {
     std::shared_ptr<std::vector<uint8_t>> data;
     int64_t request_bytes = 0;   // q + k (+ v) bytes
     int64_t response_bytes = 0;  // requested outputs, in the output dtype
+    // The outputs the server returns (logits when none is asked for), in the
+    // response's order, with their bytes.
+    std::vector<std::pair<Output, size_t>> output_bytes;
   };
 
   static absl::StatusOr<Workload> Create(const WorkloadOptions& options);
@@ -79,6 +84,20 @@ class Workload {
   // there (ScoreRequest::shared_inputs) instead of carrying their bytes.
   void UseSharedInputs(const std::string& region, uint8_t* base);
 
+  // The bytes of one output slot: every kind's outputs, each from a 64-byte
+  // boundary, rounded up to 4096.
+  size_t SharedOutputSlotBytes() const;
+  // Has requests place their outputs in the region registered as `region`:
+  // `slots` slots of SharedOutputSlotBytes() from `offset` (a multiple of
+  // 4096), one per request in flight, which the caller hands out
+  // (PlacementsFor) so that no two requests in flight share one.
+  void UseSharedOutputs(const std::string& region, size_t offset, int slots);
+  // 0 unless UseSharedOutputs.
+  int output_slots() const { return output_slots_; }
+  // The placements of kind `kind`'s outputs in slot `slot`, which must be in
+  // [0, output_slots()).
+  std::vector<OutputPlacement> PlacementsFor(size_t kind, int slot) const;
+
   const WorkloadOptions& options() const { return options_; }
   // The kind of request number `index`: a deterministic weighted choice (a hash
   // of the seed and the index), so that runs with equal options send the same
@@ -89,6 +108,10 @@ class Workload {
   WorkloadOptions options_;
   std::vector<Kind> kinds_;
   std::vector<double> cumulative_;  // normalised cumulative weights
+  std::string output_region_;       // UseSharedOutputs
+  size_t output_offset_ = 0;
+  size_t output_slot_bytes_ = 0;
+  int output_slots_ = 0;
 };
 
 }  // namespace attnscore::client::load

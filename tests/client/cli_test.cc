@@ -336,6 +336,32 @@ TEST(CliTest, LoadWithSharedMemoryInputs) {
              "json", "-o", report});
   ASSERT_EQ(run.exit_code, 0) << run.output;
   EXPECT_EQ(LoadJson(report)["options"]["inputs"], "in the request");
+  EXPECT_EQ(LoadJson(report)["options"]["outputs"], "in the reply");
+
+  // --shared-outputs: the server writes the outputs into the region, one
+  // slot per request in flight, and the replies carry ranges: far fewer
+  // bytes than the 40 x 128 KiB of logits and probs.
+  absl::StatusOr<std::string> before = server->ScrapeMetrics();
+  ASSERT_TRUE(before.ok()) << before.status();
+  run = Cli({"load", "--target", server->target(), "--preset", "decode",
+             "--outputs", "logits,probs", "-c", "4", "-n", "40",
+             "--shared-memory", "--shared-outputs", "--format", "json", "-o",
+             report});
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  const nlohmann::json placed = LoadJson(report);
+  ExpectConsistentReport(placed);
+  EXPECT_EQ(placed["ok"], 40) << placed["errors_by_message"].dump();
+  EXPECT_EQ(placed["options"]["outputs"], "shared memory");
+  absl::StatusOr<std::string> after = server->ScrapeMetrics();
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_LT(
+      ServerProcess::SumMetric(*after, "attnscore_response_bytes_total") -
+          ServerProcess::SumMetric(*before, "attnscore_response_bytes_total"),
+      256 << 10);
+  run = Cli(
+      {"load", "--target", server->target(), "-n", "4", "--shared-outputs"});
+  EXPECT_NE(run.exit_code, 0) << run.output;
+  EXPECT_THAT(run.output, HasSubstr("--shared-memory"));
 
   std::unique_ptr<ServerProcess> plain = StartServer();
   ASSERT_NE(plain, nullptr);

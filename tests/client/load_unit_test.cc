@@ -194,6 +194,58 @@ TEST(WorkloadTest, SharedInputsAreCopiedAndNamed) {
   EXPECT_EQ(bytes, taken.back().second);  // no padding after the last
 }
 
+// Output slots: each kind's outputs (logits when none is asked for) at
+// 64-byte boundaries within a slot of SharedOutputSlotBytes(), slots apart,
+// and the default output then asked for explicitly.
+TEST(WorkloadTest, SharedOutputsGetASlotPerRequestInFlight) {
+  for (const bool asked : {true, false}) {
+    SCOPED_TRACE(asked ? "logits, probs and context" : "the default");
+    WorkloadOptions options;
+    options.preset = "decode";
+    options.shapes = {"B2,H2,Lq3,Lk5,D7"};
+    options.output_dtype = DType::kBFloat16;
+    if (asked) options.outputs = Outputs{true, true, true};
+    absl::StatusOr<Workload> workload = Workload::Create(options);
+    ASSERT_TRUE(workload.ok()) << workload.status();
+    EXPECT_EQ(workload->output_slots(), 0);
+    // decode: 2 x [1, 8, 1, 2048] + [1, 8, 1, 64] bfloat16 = 65,536 + 1,024
+    // bytes, or logits alone, 32,768; rounded up to 4096.
+    const size_t slot = workload->SharedOutputSlotBytes();
+    EXPECT_EQ(slot, asked ? 69632u : 32768u);
+    workload->UseSharedOutputs("out", 8192, 3);
+    EXPECT_EQ(workload->output_slots(), 3);
+    for (size_t k = 0; k < workload->kinds().size(); ++k) {
+      const Workload::Kind& kind = workload->kinds()[k];
+      EXPECT_TRUE(kind.request.outputs.logits) << kind.name;
+      EXPECT_EQ(kind.request.outputs.probs, asked) << kind.name;
+      std::vector<std::pair<uint64_t, uint64_t>> taken;
+      for (int s = 0; s < 3; ++s) {
+        const std::vector<OutputPlacement> placements =
+            workload->PlacementsFor(k, s);
+        ASSERT_EQ(placements.size(), asked ? 3u : 1u) << kind.name;
+        size_t bytes = 0;
+        for (size_t i = 0; i < placements.size(); ++i) {
+          const SharedMemoryRange& range = placements[i].range;
+          EXPECT_EQ(placements[i].output, kind.output_bytes[i].first);
+          EXPECT_EQ(range.region, "out");
+          EXPECT_EQ(range.byte_size, kind.output_bytes[i].second);
+          EXPECT_EQ(range.offset % 64, 0u);
+          EXPECT_GE(range.offset, 8192 + s * slot);
+          EXPECT_LE(range.offset + range.byte_size, 8192 + (s + 1) * slot);
+          for (const auto& [start, end] : taken) {
+            EXPECT_TRUE(range.offset >= end ||
+                        range.offset + range.byte_size <= start)
+                << kind.name << " slot " << s << " overlaps";
+          }
+          taken.emplace_back(range.offset, range.offset + range.byte_size);
+          bytes += range.byte_size;
+        }
+        EXPECT_EQ(bytes, static_cast<size_t>(kind.response_bytes));
+      }
+    }
+  }
+}
+
 LoadResult SampleResult() {
   LoadResult r;
   r.kind_names = {"decode", "B1,H2,Lq3,Lk4,D5"};
