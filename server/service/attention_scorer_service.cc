@@ -1044,6 +1044,7 @@ int64_t AttentionScorerService::ScoreAndAnswer(
   if (!results.ok() && absl::IsCancelled(results.status()) &&
       AllAbandoned(tasks)) {
     // Stopped between tiles: each request gets its own reason.
+    metrics_->CountStoppedCompute(tasks.size());
     for (const std::unique_ptr<ScoreTask>& task : tasks) {
       // cancelled() leaves out gRPC's own cancellation at the deadline.
       Answer(*task, task->cancelled()

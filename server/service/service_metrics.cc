@@ -83,6 +83,13 @@ ServiceMetrics::ServiceMetrics(observability::Registry& registry)
                           "Items (sum of the requests' B) per computed batch.",
                           observability::ExponentialBuckets(1, 2, 10))
                       .WithLabels({})),
+      compute_stopped_(
+          registry
+              .AddCounter("attnscore_compute_stopped_total",
+                          "Requests whose compute stopped between tiles "
+                          "because every request of its batch was cancelled "
+                          "or past its deadline.")
+              .WithLabels({})),
       in_flight_(registry
                      .AddGauge("attnscore_in_flight_requests",
                                "Accepted scoring requests not yet answered.")

@@ -15,6 +15,9 @@
 //       one batch's ScoreBatch call
 //   batch_size
 //       items (sum of B) per computed batch
+//   compute_stopped_total
+//       requests whose compute stopped between tiles, its batch's every
+//       request cancelled or past its deadline: work not done for nobody
 //   in_flight_requests
 //       accepted Score/ScoreStream requests not yet answered
 //   request_bytes_total{method}
@@ -95,6 +98,9 @@ class ServiceMetrics {
     batch_size_.Observe(static_cast<double>(items));
     compute_duration_.Observe(compute_seconds);
   }
+  void CountStoppedCompute(size_t requests) {
+    compute_stopped_.Increment(static_cast<double>(requests));
+  }
   void AddInFlight(int delta) { in_flight_.Increment(delta); }
   void AddRequestBytes(Method method, size_t bytes) {
     request_bytes_[static_cast<int>(method)]->Increment(
@@ -133,6 +139,7 @@ class ServiceMetrics {
   observability::Histogram& queue_duration_;
   observability::Histogram& compute_duration_;
   observability::Histogram& batch_size_;
+  observability::Counter& compute_stopped_;
   observability::Gauge& in_flight_;
 };
 

@@ -741,6 +741,7 @@ TEST_F(ServiceTest, MetricsCountRequestsBytesAndBatches) {
   EXPECT_THAT(metrics, HasSubstr("attnscore_queue_duration_seconds_count 1"));
   EXPECT_THAT(metrics, HasSubstr("attnscore_compute_duration_seconds_count 1"));
   EXPECT_THAT(metrics, HasSubstr("attnscore_batch_size_count 1"));
+  EXPECT_THAT(metrics, HasSubstr("attnscore_compute_stopped_total 0\n"));
   EXPECT_THAT(metrics, HasSubstr("attnscore_queue_depth 0"));
   EXPECT_THAT(metrics, HasSubstr("attnscore_in_flight_requests 0"));
   for (const char* spin : {"attnscore_batch_worker_spins_total ",
@@ -1134,6 +1135,7 @@ TEST_F(ServiceTest, CancelledComputeIsStoppedBetweenTiles) {
                "method=\"Score\",code=\"CANCELLED\",client=\"anonymous\"} 1") !=
            std::string::npos;
   })) << Metrics();
+  EXPECT_THAT(Metrics(), HasSubstr("attnscore_compute_stopped_total 1\n"));
 }
 
 TEST_F(ServiceTest, ExpiredComputeIsStoppedBetweenTiles) {
@@ -1156,6 +1158,7 @@ TEST_F(ServiceTest, ExpiredComputeIsStoppedBetweenTiles) {
                "method=\"Score\",code=\"DEADLINE_EXCEEDED\",client="
                "\"anonymous\"} 1") != std::string::npos;
   })) << Metrics();
+  EXPECT_THAT(Metrics(), HasSubstr("attnscore_compute_stopped_total 1\n"));
 }
 
 TEST_F(ServiceTest, ExceptionsInTheWorkerAreAnsweredNotFatal) {
