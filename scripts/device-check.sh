@@ -216,6 +216,57 @@ print(f"| {sys.argv[1]} | {d['rps']:.1f} | {lat['p50']:.3g} | {lat['p99']:.3g} |
 PY
 }
 
+# The issue's targets from this run's figures (Markdown rows): batching's throughput ratio in each
+# load pair, the ALiBi logits case against the device-memory floor and the context case against
+# PyTorch's attention (the benchmark's rows), and whether the golden tests passed ($1: that
+# step's result).
+targets() {
+  python3 - "$REPORT_DIR" "$1" <<'PY'
+import json, os, sys
+report, golden = sys.argv[1], sys.argv[2]
+def rps(name):
+    try:
+        return json.load(open(os.path.join(report, name + ".json")))["rps"]
+    except (OSError, ValueError, KeyError):
+        return None
+def num(text):
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None
+rows = {}
+try:
+    for text in open(os.path.join(report, "bench.md")):
+        cells = [c.strip() for c in text.strip().strip("|").split("|")]
+        if len(cells) >= 10:
+            rows.setdefault(cells[0], cells)
+except OSError:
+    pass
+def row(what, value, target, ok):
+    shown = "n/a" if value is None else f"{value:.2f}x"
+    met = "n/a" if value is None else ("yes" if ok(value) else "NO")
+    print(f"| {what} | {shown} | {target} | {met} |")
+print("| target (issue 11) | measured | target | met |")
+print("|---|---|---|---|")
+print(f"| golden cases (batched path and golden tests on the device) | {golden} | ok | "
+      f"{'yes' if golden == 'ok' else 'NO'} |")
+for what, on, off in (("", "load_batching", "load_no_batching"),
+                      (", 4 batch workers", "load_batching_w4", "load_no_batching_w4"),
+                      (", inputs and outputs in shared memory", "load_batching_shm",
+                       "load_no_batching_shm")):
+    a, b = rps(on), rps(off)
+    row(f"decode c=64 throughput, batching on / off{what}",
+        a / b if a and b else None, ">= 3x", lambda v: v >= 3)
+logits = rows.get("alibi logits")
+row(f"ALiBi logits {logits[1] if logits else ''}: time / device-memory floor",
+    num(logits[7]) if logits else None, "<= 2x", lambda v: v <= 2)
+context = rows.get("alibi context")
+speedup = num(context[5]) if context else None  # PyTorch's time / ours
+row(f"context {context[1] if context else ''}: time / PyTorch's SDPA with the bias",
+    1 / speedup if speedup else None, "<= 1.5x", lambda v: v <= 1.5)
+PY
+}
+
 bench() { "$BUILD/bench/attnscore_bench_device" "${BENCH_ARGS[@]}" | tee "$REPORT_DIR/bench.md"; }
 
 # --- the steps (each after its prerequisites) ---
@@ -249,6 +300,11 @@ fi
 TOTAL=$(($(date +%s) - START_ALL))
 
 # --- the report ---
+GOLDEN_RESULT="not run"
+for s in "${STEPS[@]}"; do
+  IFS='|' read -r n r _ _ <<<"$s"
+  [[ $n == scoring_tests ]] && GOLDEN_RESULT=$r
+done
 ON=$(rps "$REPORT_DIR/load_batching.json")
 OFF=$(rps "$REPORT_DIR/load_no_batching.json")
 {
@@ -263,6 +319,10 @@ OFF=$(rps "$REPORT_DIR/load_no_batching.json")
   for s in "${STEPS[@]}"; do IFS='|' read -r n r t w <<<"$s"; echo "| $n | $r | $t | $w |"; done
   echo
   echo "Total: ${TOTAL} s."
+  echo
+  echo "## Targets"
+  echo
+  targets "$GOLDEN_RESULT"
   echo
   echo "## Load: decode preset, c=64, ${LOAD_SECONDS} s"
   echo
@@ -287,5 +347,6 @@ printf '%-18s %-40s %s\n' step result seconds
 for s in "${STEPS[@]}"; do IFS='|' read -r n r t _ <<<"$s"; printf '%-18s %-40s %s\n' "$n" "$r" "$t"; done
 echo "load decode c=64: batching on $ON rps, off $OFF rps; 4 workers: on $(rps "$REPORT_DIR/load_batching_w4.json"), off $(rps "$REPORT_DIR/load_no_batching_w4.json"); inputs and outputs in shared memory: on $(rps "$REPORT_DIR/load_batching_shm.json"), off $(rps "$REPORT_DIR/load_no_batching_shm.json")"
 [[ -f $REPORT_DIR/bench.md ]] && grep -E '^\| (alibi|copy|mm|decode|staging|scorer)' "$REPORT_DIR/bench.md"
+targets "$GOLDEN_RESULT"
 echo "total ${TOTAL} s"
 exit $FAILED
