@@ -14,11 +14,16 @@
 // `max_duration`, and requests still unanswered `drain_timeout` after that are
 // cancelled and reported.
 //
+// When the workload places outputs in shared memory (Workload::
+// UseSharedOutputs), each request in flight holds one output slot of its own
+// from its send to its completion.
+//
 // Ownership: RunLoad borrows the Client and the Workload.
 // Thread safety: RunLoad may be called from one thread at a time per Client;
 // completions are recorded from gRPC threads under a lock.
-// Errors: RunLoad fails only for unusable options or when no stream can be
-// opened; request failures are results, counted by status code and message.
+// Errors: RunLoad fails only for unusable options (INVALID_ARGUMENT, also for
+// fewer output slots than `concurrency`) or when no stream can be opened;
+// request failures are results, counted by status code and message.
 #ifndef ATTNSCORE_CLIENT_LOAD_RUNNER_H_
 #define ATTNSCORE_CLIENT_LOAD_RUNNER_H_
 

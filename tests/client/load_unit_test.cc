@@ -1,11 +1,13 @@
 // The load tester's parts without a server: the log histogram against exact
-// percentiles, workload presets and shape parsing, shared-memory inputs, and
-// report formats.
+// percentiles, workload presets and shape parsing, shared-memory inputs and
+// output slots, RunLoad's refusals, and report formats.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <memory>
 #include <optional>
 #include <random>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -244,6 +246,29 @@ TEST(WorkloadTest, SharedOutputsGetASlotPerRequestInFlight) {
       }
     }
   }
+}
+
+// Each request in flight needs a slot of its own: a run with fewer slots than
+// its concurrency is refused before anything is sent (the client's target is
+// never dialled).
+TEST(RunLoadTest, RefusesFewerOutputSlotsThanRequestsInFlight) {
+  WorkloadOptions workload_options;
+  workload_options.preset = "decode";
+  absl::StatusOr<Workload> workload = Workload::Create(workload_options);
+  ASSERT_TRUE(workload.ok()) << workload.status();
+  workload->UseSharedOutputs("out", 0, 2);
+  ClientOptions client_options;
+  client_options.target = "127.0.0.1:1";
+  absl::StatusOr<std::unique_ptr<Client>> client =
+      Client::Create(client_options);
+  ASSERT_TRUE(client.ok()) << client.status();
+  LoadOptions options;
+  options.concurrency = 3;
+  absl::StatusOr<LoadResult> result = RunLoad(**client, *workload, options);
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(result.status().message()),
+              HasSubstr("2 output slots in shared memory, fewer than the "
+                        "concurrency, 3"));
 }
 
 LoadResult SampleResult() {
