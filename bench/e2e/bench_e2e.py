@@ -20,9 +20,10 @@ it burns counts against any quota), in a row without a target.
 Batching (issue 10 C): the server with its defaults against a second one with
 `--max-batch-size 1`, the decode preset through `attnscore load`, alternating rounds (best of
 each): at c=64 the throughput ratio (>= 1.0x) and the p99 ratio of those runs (<= 1.2x); at c=1
-the p50 the defaults add (<= 0.1 ms). The c=64 runs are repeated with `--shared-memory` (the
-inputs read from a registered region, not sent): on loopback the 4 MiB of keys per request bound
-both servers alike, and without them what batching itself does shows (no target of its own).
+the p50 the defaults add (<= 0.1 ms). The c=64 runs are repeated with `--shared-memory
+--shared-outputs` (the inputs read from a registered region, not sent, and the logits written
+there, not returned): on loopback the 4 MiB of keys per request bound both servers alike, and
+without them what batching itself does shows (no target of its own).
 
 Memory under load (issue 10 F): a fresh attnscore-server with its defaults under the prefill512
 preset (`attnscore load`, c=8) for several rounds; its VmRSS and its attnscore_inflight_bytes gauge
@@ -96,8 +97,9 @@ BATCHING_THROUGHPUT_TARGET = 1.0
 BATCHING_P99_LIMIT = 1.2
 BATCHING_C1_ADDED_MS = 0.1
 # Both servers of the batching stage take shared-memory registrations (nothing else changes), so
-# that the decode runs also go with --shared-memory: the inputs (4 MiB of keys a request) then stay
-# off the socket, which otherwise bounds both sides alike on loopback.
+# that the decode runs also go with --shared-memory --shared-outputs: the inputs (4 MiB of keys a
+# request) and the logits then stay off the socket, which otherwise bounds both sides alike on
+# loopback.
 SHM_PREFIX = "attnscore-bench-"
 # The Python client's malloc (and the peer's, through its environment): keep what is freed, and
 # serve large blocks from the heap. With glibc's defaults every 64 MiB reply lands in freshly
@@ -325,12 +327,13 @@ def echo_reply(case: Case):
 def load_rps(cli: str, address: str, requests: int, workdir: str, name: str,
              concurrency: int = 64, shared_memory: bool = False) -> dict:
     """The decode preset through `attnscore load`, closed loop at `concurrency`; with
-    `shared_memory`, its inputs from a region registered for the run (--shared-memory)."""
+    `shared_memory`, its inputs from a region registered for the run and its outputs into it
+    (--shared-memory --shared-outputs)."""
     out = os.path.join(workdir, f"load-{name}.json")
     subprocess.run([cli, "load", "--target", address, "--preset", "decode",
                     "-c", str(concurrency), "-n", str(requests),
                     "--warmup", str(min(64, requests)), "--format", "json", "-o", out]
-                   + (["--shared-memory"] if shared_memory else []),
+                   + (["--shared-memory", "--shared-outputs"] if shared_memory else []),
                    check=True, timeout=600, stdout=subprocess.DEVNULL)
     with open(out) as f:
         report = json.load(f)
@@ -346,7 +349,7 @@ def batching_cost(args: argparse.Namespace, workdir: str, batched: str) -> dict:
     `--max-batch-size 1`, the decode preset through `attnscore load`, alternating BATCHING_ROUNDS
     rounds (best of each side): at c=64 the throughput ratio and the ratio of the best p99s, at
     c=1 (BATCHING_C1_ROUNDS rounds) the p50 the defaults add; and the c=64 runs again with the
-    inputs in shared memory."""
+    inputs and outputs in shared memory."""
     address = f"127.0.0.1:{free_port()}"
     unbatched = start("attnscore-unbatched", [args.server, "--listen", address,
                                               "--metrics-listen", "off", "--max-batch-size", "1",
@@ -393,7 +396,8 @@ def batching_cost(args: argparse.Namespace, workdir: str, batched: str) -> dict:
     print(f"batching: c=64 {on['c64']['rps']:.0f} vs {off['c64']['rps']:.0f} req/s "
           f"({throughput:.2f}x), best p99 {on['c64_best_p99_ms']:.1f} vs "
           f"{off['c64_best_p99_ms']:.1f} ms; "
-          f"inputs in shared memory {on['c64_shm']['rps']:.0f} vs {off['c64_shm']['rps']:.0f} "
+          f"inputs and outputs in shared memory {on['c64_shm']['rps']:.0f} vs "
+          f"{off['c64_shm']['rps']:.0f} "
           f"req/s ({result['shm_throughput_ratio']:.2f}x); "
           f"c=1 p50 {on['c1']['p50_ms']:.3f} vs {off['c1']['p50_ms']:.3f} ms", flush=True)
     return result
@@ -417,7 +421,8 @@ def batching_lines(b: dict) -> list[str]:
         f"{b['c1_added_ms']:+.3f} ms | <= +{BATCHING_C1_ADDED_MS} ms | {yes_no(b['met_c1'])} |"]
     if "c64_shm" in on:
         lines += [
-            f"| c=64 throughput, inputs in shared memory (req/s) | {on['c64_shm']['rps']:.0f} | "
+            "| c=64 throughput, inputs and outputs in shared memory (req/s) | "
+            f"{on['c64_shm']['rps']:.0f} | "
             f"{off['c64_shm']['rps']:.0f} | {b['shm_throughput_ratio']:.2f}x | - | - |",
             f"| c=64 p99, best of the rounds (ms) | {on['c64_shm_best_p99_ms']:.1f} | "
             f"{off['c64_shm_best_p99_ms']:.1f} | {b['shm_p99_ratio']:.2f}x | - | - |"]
