@@ -204,7 +204,7 @@ OutputTensor PlacedOutput(const at::Tensor& destination, DType dtype,
 // destinations that items offer (unless the blocked path wrote them there in
 // place): from the device, a copy into page-locked shared memory is a DMA
 // with no host buffer between. Copies from a device may still be in flight
-// on return: the caller synchronises its stream before the results are read.
+// on return: the caller's StreamDrain waits for them.
 std::vector<ScoreResult> SplitResults(const ScoreSpec& spec,
                                       const AttentionResult& result,
                                       const std::vector<int64_t>& item_batch,
@@ -282,10 +282,12 @@ struct DeviceBias {
   std::shared_ptr<const AtenRelativeModel> model;  // null for ALiBi
 };
 
-// Waits, on destruction, for the work queued on `stream` (when one is given).
-// Copies from the items' page-locked bytes may still be in flight when a
-// batch ends before its synchronous copy back (cancelled, or an error): the
-// items, which the caller frees when ScoreBatch returns, must outlive them.
+// Waits, on destruction, for the work queued on `stream` (when one is given),
+// however the batch ends: copies from the items' page-locked bytes may still
+// be in flight when it ends early (cancelled, or an error), and its copies
+// into their destinations when it succeeds. The items, which the caller frees
+// when ScoreBatch returns, must outlive the former; the caller reads the
+// latter.
 class StreamDrain {
  public:
   explicit StreamDrain(std::optional<c10::Stream> stream) : stream_(stream) {}
@@ -389,11 +391,7 @@ class ScorerImpl final : public Scorer {
       // The blocked path: nothing that was not asked for is materialised.
       return Cancelled();
     }
-    std::vector<ScoreResult> results =
-        SplitResults(spec, result, batch.item_batch, items);
-    // Rows copied into the items' destinations are there before they are read.
-    if (device_.is_cuda()) WorkerStream().synchronize();
-    return results;
+    return SplitResults(spec, result, batch.item_batch, items);
   }
 
   // The blocked path works per (item, head) anyway, so on the CPU a batch
