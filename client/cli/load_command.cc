@@ -69,13 +69,9 @@ absl::StatusOr<client::SharedMemoryRegion> ShareMemory(client::Client& client,
         "--shared-memory: the server has shared memory off (it runs without "
         "--shm-prefix)");
   }
-  constexpr size_t kPage = 4096;
-  const size_t outputs_at =
-      (workload.SharedInputBytes() + kPage - 1) / kPage * kPage;
-  const size_t bytes = outputs_at + static_cast<size_t>(output_slots) *
-                                        workload.SharedOutputSlotBytes();
   absl::StatusOr<client::SharedMemoryRegion> region =
-      client::SharedMemoryRegion::Create(info->shm_prefix + name, bytes);
+      client::SharedMemoryRegion::Create(info->shm_prefix + name,
+                                         workload.SharedBytes(output_slots));
   if (!region.ok()) return region.status();
   if (absl::Status s = client.RegisterSharedMemory(region->Registration(name));
       !s.ok()) {
@@ -83,7 +79,7 @@ absl::StatusOr<client::SharedMemoryRegion> ShareMemory(client::Client& client,
   }
   workload.UseSharedInputs(name, region->data());
   if (output_slots > 0) {
-    workload.UseSharedOutputs(name, outputs_at, output_slots);
+    workload.UseSharedOutputs(name, output_slots);
   }
   return region;
 }

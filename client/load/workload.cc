@@ -278,10 +278,14 @@ size_t Workload::SharedOutputSlotBytes() const {
   return AlignUp(slot, kKindAlignment);
 }
 
-void Workload::UseSharedOutputs(const std::string& region, size_t offset,
-                                int slots) {
+size_t Workload::SharedBytes(int output_slots) const {
+  return AlignUp(SharedInputBytes(), kKindAlignment) +
+         static_cast<size_t>(output_slots) * SharedOutputSlotBytes();
+}
+
+void Workload::UseSharedOutputs(const std::string& region, int slots) {
   output_region_ = region;
-  output_offset_ = offset;
+  output_offset_ = SharedBytes(0);
   output_slot_bytes_ = SharedOutputSlotBytes();
   output_slots_ = slots;
   for (Kind& kind : kinds_) {

@@ -87,11 +87,15 @@ class Workload {
   // The bytes of one output slot: every kind's outputs, each from a 64-byte
   // boundary, rounded up to 4096.
   size_t SharedOutputSlotBytes() const;
-  // Has requests place their outputs in the region registered as `region`:
-  // `slots` slots of SharedOutputSlotBytes() from `offset` (a multiple of
-  // 4096), one per request in flight, which the caller hands out
-  // (PlacementsFor) so that no two requests in flight share one.
-  void UseSharedOutputs(const std::string& region, size_t offset, int slots);
+  // The bytes a region needs for the inputs and `output_slots` output slots
+  // after them, the first at the inputs' end rounded up to 4096: slot k
+  // starts at SharedBytes(k).
+  size_t SharedBytes(int output_slots) const;
+  // Has requests place their outputs in the region registered as `region`
+  // (UseSharedInputs' too): `slots` slots, one per request in flight, which
+  // the caller hands out (PlacementsFor) so that no two requests in flight
+  // share one.
+  void UseSharedOutputs(const std::string& region, int slots);
   // 0 unless UseSharedOutputs.
   int output_slots() const { return output_slots_; }
   // The placements of kind `kind`'s outputs in slot `slot`, which must be in

@@ -214,7 +214,13 @@ TEST(WorkloadTest, SharedOutputsGetASlotPerRequestInFlight) {
     // bytes, or logits alone, 32,768; rounded up to 4096.
     const size_t slot = workload->SharedOutputSlotBytes();
     EXPECT_EQ(slot, asked ? 69632u : 32768u);
-    workload->UseSharedOutputs("out", 8192, 3);
+    // The slots from the first page boundary past the inputs.
+    const size_t base = workload->SharedBytes(0);
+    EXPECT_EQ(base % 4096, 0u);
+    EXPECT_GE(base, workload->SharedInputBytes());
+    EXPECT_LT(base, workload->SharedInputBytes() + 4096);
+    EXPECT_EQ(workload->SharedBytes(3), base + 3 * slot);
+    workload->UseSharedOutputs("out", 3);
     EXPECT_EQ(workload->output_slots(), 3);
     for (size_t k = 0; k < workload->kinds().size(); ++k) {
       const Workload::Kind& kind = workload->kinds()[k];
@@ -232,8 +238,8 @@ TEST(WorkloadTest, SharedOutputsGetASlotPerRequestInFlight) {
           EXPECT_EQ(range.region, "out");
           EXPECT_EQ(range.byte_size, kind.output_bytes[i].second);
           EXPECT_EQ(range.offset % 64, 0u);
-          EXPECT_GE(range.offset, 8192 + s * slot);
-          EXPECT_LE(range.offset + range.byte_size, 8192 + (s + 1) * slot);
+          EXPECT_GE(range.offset, base + s * slot);
+          EXPECT_LE(range.offset + range.byte_size, base + (s + 1) * slot);
           for (const auto& [start, end] : taken) {
             EXPECT_TRUE(range.offset >= end ||
                         range.offset + range.byte_size <= start)
@@ -256,7 +262,7 @@ TEST(RunLoadTest, RefusesFewerOutputSlotsThanRequestsInFlight) {
   workload_options.preset = "decode";
   absl::StatusOr<Workload> workload = Workload::Create(workload_options);
   ASSERT_TRUE(workload.ok()) << workload.status();
-  workload->UseSharedOutputs("out", 0, 2);
+  workload->UseSharedOutputs("out", 2);
   ClientOptions client_options;
   client_options.target = "127.0.0.1:1";
   absl::StatusOr<std::unique_ptr<Client>> client =
