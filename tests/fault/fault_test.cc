@@ -649,8 +649,9 @@ Abandonment Abandon(ServerProcess& server, v1::AttentionScorer::Stub& stub,
       std::this_thread::sleep_for(std::chrono::milliseconds(2));
     }
   }
-  if (begun)
+  if (begun) {
     out.begun_after = std::chrono::duration<double>(*begun - sent).count();
+  }
   if (use_deadline) {
     out.mid_compute = begun && *begun < deadline;
   } else {
