@@ -12,6 +12,8 @@
 #   ATTNSCORE_TORCH_VERSION   "1.13.1", "2.11.0", ... (also the compile definition of that name)
 #   ATTNSCORE_TORCH_HAS_SDPA  LibTorch >= 2.1: scaled_dot_product_attention with a scale
 #   ATTNSCORE_TORCH_HAS_CUDA  the LibTorch was built with CUDA (torch_cuda exists)
+#   ATTNSCORE_COMPILE_CUDA    the project's CUDA kernels compile (ATTNSCORE_CUDA_KERNELS below)
+#   ATTNSCORE_USE_CUDA_KERNELS  ... and the scoring library uses them
 #
 # The C++ ABI must match Debian's gRPC, protobuf and absl (built with _GLIBCXX_USE_CXX11_ABI=1):
 # a LibTorch built with the old ABI (=0, PyTorch wheels before 2.7) stops the configure step.
@@ -112,6 +114,35 @@ else()
   message(FATAL_ERROR "ATTNSCORE_TORCH: expected system or python, got '${ATTNSCORE_TORCH}'")
 endif()
 
+# The project's own CUDA kernels (server/scoring/*.cu). ATTNSCORE_CUDA_KERNELS:
+#   auto (default): compiled and used where the LibTorch has CUDA;
+#   on: compiled in a CPU build too, alone (nothing links them): the device check's dry run does,
+#     wherever nvcc exists, so that they cannot rot between GPU runs;
+#   off: not compiled; a CUDA build then keeps the library's products (the device check falls
+#     back to it when a kernel does not build there, so that the rest still runs).
+set(ATTNSCORE_CUDA_KERNELS "auto" CACHE STRING "The project's CUDA kernels: auto, on or off")
+set_property(CACHE ATTNSCORE_CUDA_KERNELS PROPERTY STRINGS auto on off)
+string(TOLOWER "${ATTNSCORE_CUDA_KERNELS}" cuda_kernels)
+if(NOT cuda_kernels MATCHES "^(auto|on|off)$")
+  message(FATAL_ERROR "ATTNSCORE_CUDA_KERNELS: expected auto, on or off, got '${ATTNSCORE_CUDA_KERNELS}'")
+endif()
+set(ATTNSCORE_COMPILE_CUDA OFF)  # the CUDA language is on: the kernels compile
+set(ATTNSCORE_USE_CUDA_KERNELS OFF)  # ... and the scoring library links and uses them
+if(cuda_kernels STREQUAL "on" OR (cuda_kernels STREQUAL "auto" AND ATTNSCORE_TORCH_HAS_CUDA))
+  set(ATTNSCORE_COMPILE_CUDA ON)
+  set(ATTNSCORE_USE_CUDA_KERNELS ${ATTNSCORE_TORCH_HAS_CUDA})
+endif()
+if(ATTNSCORE_COMPILE_CUDA)
+  if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES)
+    string(REPLACE "." "" cuda_arch "${TORCH_CUDA_ARCH_LIST}")
+    set(CMAKE_CUDA_ARCHITECTURES ${cuda_arch})
+  endif()
+  # No CUDA runtime of the project's own: the kernels' launches go through the LibTorch's
+  # (torch_cuda links it), so that one runtime serves the process and its streams.
+  set(CMAKE_CUDA_RUNTIME_LIBRARY None)
+  enable_language(CUDA)
+endif()
+
 if(ATTNSCORE_TORCH_VERSION VERSION_GREATER_EQUAL 2.1)
   set(ATTNSCORE_TORCH_HAS_SDPA ON)
 else()
@@ -120,4 +151,5 @@ endif()
 target_compile_definitions(attnscore_libtorch INTERFACE
   ATTNSCORE_TORCH_VERSION="${ATTNSCORE_TORCH_VERSION}")
 message(STATUS "LibTorch ${ATTNSCORE_TORCH_VERSION} (${ATTNSCORE_TORCH}): "
-  "CUDA ${ATTNSCORE_TORCH_HAS_CUDA}, scaled_dot_product_attention ${ATTNSCORE_TORCH_HAS_SDPA}")
+  "CUDA ${ATTNSCORE_TORCH_HAS_CUDA}, scaled_dot_product_attention ${ATTNSCORE_TORCH_HAS_SDPA}, "
+  "own CUDA kernels compiled ${ATTNSCORE_COMPILE_CUDA}, used ${ATTNSCORE_USE_CUDA_KERNELS}")

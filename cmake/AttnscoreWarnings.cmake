@@ -25,7 +25,10 @@ function(attnscore_apply_warnings dir)
     get_target_property(generated ${target} ATTNSCORE_GENERATED)
     if(type MATCHES "^(STATIC_LIBRARY|SHARED_LIBRARY|MODULE_LIBRARY|OBJECT_LIBRARY|EXECUTABLE)$"
        AND NOT generated)
-      target_compile_options(${target} PRIVATE ${options})
+      # C++ only: nvcc (the CUDA kernels) takes none of these.
+      foreach(option IN LISTS options)
+        target_compile_options(${target} PRIVATE $<$<COMPILE_LANGUAGE:CXX>:${option}>)
+      endforeach()
     endif()
   endforeach()
   get_property(subdirs DIRECTORY "${dir}" PROPERTY SUBDIRECTORIES)

@@ -50,10 +50,17 @@ if [[ $MODE == fetch ]]; then
   exit 0
 fi
 
+NVCC="$(command -v nvcc || { [[ -x /usr/local/cuda/bin/nvcc ]] && echo /usr/local/cuda/bin/nvcc; })"
+KERNEL_TARGETS=()
 if [[ $MODE == dry ]]; then
   BUILD="$ROOT/build-device-dry"
   DEVICE=cpu
   TORCH_ARGS=()
+  # The project's CUDA kernels compile here too where nvcc exists (nothing runs them).
+  if [[ -n $NVCC ]]; then
+    TORCH_ARGS=(-DATTNSCORE_CUDA_KERNELS=on "-DCMAKE_CUDA_COMPILER=$NVCC")
+    KERNEL_TARGETS=(attnscore_cuda_kernels)
+  fi
   BENCH_ARGS=(--device cpu --small)
 else
   BUILD="$ROOT/build-device"
@@ -61,7 +68,7 @@ else
   # LibTorch 2.x headers may warn where 1.13's did not: warnings stay warnings there.
   TORCH_ARGS=(-DATTNSCORE_TORCH=python -DATTNSCORE_TORCH_PYTHON=python3 -DATTNSCORE_WERROR=OFF
               -DTORCH_CUDA_ARCH_LIST=9.0)
-  if command -v nvcc >/dev/null; then TORCH_ARGS+=("-DCMAKE_CUDA_COMPILER=$(command -v nvcc)"); fi
+  if [[ -n $NVCC ]]; then TORCH_ARGS+=("-DCMAKE_CUDA_COMPILER=$NVCC"); fi
   BENCH_ARGS=(--device cuda)
 fi
 REPORT_DIR="${REPORT_DIR:-$BUILD/report}"
@@ -146,13 +153,20 @@ configure() {
 }
 
 TARGETS=(attnscore-server attnscore scoring_golden_test scoring_batched_attention_test
-         scoring_properties_test attnscore_golden_e2e_test attnscore_bench_device)
+         scoring_alibi_logits_tile_test scoring_properties_test attnscore_golden_e2e_test
+         attnscore_bench_device "${KERNEL_TARGETS[@]}")
 build() { ninja -C "$BUILD" -j "$JOBS" "${TARGETS[@]}"; }
+# When the project's own CUDA kernels do not build on the device, the rest of the check still
+# runs without them (the build step stays failed, so the check does too).
+build_without_kernels() {
+  cmake "$BUILD" -DATTNSCORE_CUDA_KERNELS=off && build
+}
 
 # The scoring and end-to-end tests compute on $ATTNSCORE_TEST_DEVICE (tests/testing/test_util.h):
 # the golden test on every compute path that device has, the e2e test through --device.
 scoring_tests() {
   ATTNSCORE_TEST_DEVICE=$DEVICE "$BUILD/tests/scoring/scoring_batched_attention_test" || return 1
+  ATTNSCORE_TEST_DEVICE=$DEVICE "$BUILD/tests/scoring/scoring_alibi_logits_tile_test" || return 1
   ATTNSCORE_TEST_DEVICE=$DEVICE "$BUILD/tests/scoring/scoring_golden_test"
 }
 # The scorer's properties (batches equal separate runs, destinations, dtypes, limits) on both
@@ -274,9 +288,14 @@ ok=1
 step unpack "Debian packages into .device/prefix (dpkg -x)" unpack || ok=0
 step golden "golden cases into .device/golden" copy_golden || ok=0
 [[ $ok == 1 ]] && { step configure "cmake, LibTorch: ${TORCH_ARGS[*]:-system (Debian)}" configure || ok=0; }
-[[ $ok == 1 ]] && { step build "ninja -j$JOBS: ${TARGETS[*]}" build || ok=0; }
+if [[ $ok == 1 ]] && ! step build "ninja -j$JOBS: ${TARGETS[*]}" build; then
+  ok=0
+  [[ $MODE == device ]] && step build_without_kernels \
+    "the build again with -DATTNSCORE_CUDA_KERNELS=off (the library's products)" \
+    build_without_kernels && ok=1
+fi
 if [[ $ok == 1 ]]; then
-  step scoring_tests "batched path + golden tests on $DEVICE" scoring_tests
+  step scoring_tests "batched path, ALiBi logits kernel + golden tests on $DEVICE" scoring_tests
   step golden_e2e "golden end-to-end test, server --device $DEVICE" e2e_test
   step load_batching "attnscore load decode c=64, batching on" load load_batching
   step load_no_batching "attnscore load decode c=64, --max-batch-size=1" load load_no_batching --max-batch-size=1

@@ -18,6 +18,7 @@
 #include <variant>
 #include <vector>
 
+#include "server/scoring/alibi_logits.h"
 #include "server/scoring/batched_estimate.h"
 #include "server/scoring/fused_attention.h"
 
@@ -48,14 +49,19 @@ struct Operands {
   at::TensorOptions f32;           // float32 on the device
   at::Tensor query;                // [B,H,Lq,D], plus u_h for relative
   at::Tensor raw_query;            // [B,H,Lq,D], the query alone
+  at::Tensor key;                  // [B,H,Lk,D]
   at::Tensor key_t;                // [B*H, D, Lk]
   at::Tensor value;                // [B*H, Lk, Dv] (when context is wanted)
   at::Tensor neg_slopes;           // [1,H,1,1]: -m_h (ALiBi)
   const AtenRelativeModel* model;  // null for ALiBi
   at::Tensor embeddings_t;         // [H, D, R]: E for the distances (relative)
   at::Tensor key_bias;             // [H, R]: S for the distances (relative)
+  at::Tensor key_lengths;          // [B] int64, when a key is hidden
   at::Tensor key_hidden;           // [B,1,1,Lk] bool: beyond the key length
   at::Tensor dead_rows;            // [B,1,1,1] bool: key length 0
+  // ALiBi logits by the fused kernel (alibi_logits.h): bias, product and
+  // masks in one pass, the tiles that causal hides skipped.
+  bool alibi_kernel = false;
 };
 
 // A few host values onto `device`. Off the CPU they go through pinned memory
@@ -75,10 +81,11 @@ void MakeLengthMasks(absl::Span<const int32_t> key_lengths, Operands& ops) {
       std::any_of(key_lengths.begin(), key_lengths.end(),
                   [&](int32_t len) { return len < s.key_len; });
   if (!any_hidden) return;
-  at::Tensor lengths = ToDevice(
+  ops.key_lengths = ToDevice(
       at::tensor(std::vector<int64_t>(key_lengths.begin(), key_lengths.end()),
                  at::kLong),
       ops.f32.device());
+  const at::Tensor& lengths = ops.key_lengths;
   at::Tensor keys = at::arange(s.key_len, ops.f32.dtype(at::kLong));
   ops.key_hidden =
       keys.view({1, 1, 1, s.key_len}) >= lengths.view({s.batch, 1, 1, 1});
@@ -91,7 +98,7 @@ void MakeLengthMasks(absl::Span<const int32_t> key_lengths, Operands& ops) {
 Operands MakeOperands(const at::Tensor& q, const at::Tensor& k,
                       const at::Tensor& v,
                       absl::Span<const int32_t> key_lengths,
-                      const AttentionConfig& config) {
+                      const AttentionConfig& config, bool alibi_kernel) {
   Operands ops;
   Sizes& s = ops.sizes;
   s = Sizes{q.size(0), q.size(1), q.size(2),
@@ -100,6 +107,7 @@ Operands MakeOperands(const at::Tensor& q, const at::Tensor& k,
   ops.model = RelativeModelOf(config);
   ops.raw_query = q;
   ops.query = q;
+  ops.key = k;
   ops.key_t = k.reshape({s.stack(), s.key_len, s.head_dim}).transpose(1, 2);
   if (config.want_context) {
     ops.value = v.reshape({s.stack(), s.key_len, s.value_dim});
@@ -119,6 +127,8 @@ Operands MakeOperands(const at::Tensor& q, const at::Tensor& k,
     ops.key_bias = ops.model->key_pos_bias().narrow(0, r0, s.span()).t();
   }
   MakeLengthMasks(key_lengths, ops);
+  ops.alibi_kernel = alibi_kernel && ops.model == nullptr &&
+                     AlibiLogitsKernelAvailable(ops.f32.device());
   return ops;
 }
 
@@ -258,6 +268,22 @@ void AddPositionTerm(const Operands& ops, const AttentionConfig& config,
 void FillLogits(const Operands& ops, const AttentionConfig& config,
                 int64_t row0, int64_t rows, at::Tensor& logits) {
   const Sizes& s = ops.sizes;
+  if (ops.alibi_kernel && AlibiLogitsKernelPays(rows)) {
+    const auto last_contiguous = [](const at::Tensor& t) {
+      return t.stride(-1) == 1 ? t : t.contiguous();
+    };
+    AlibiLogitsOperands kernel;
+    kernel.query = last_contiguous(ops.query.narrow(2, row0, rows));
+    kernel.key = last_contiguous(ops.key);
+    kernel.neg_slopes = ops.neg_slopes.view({s.heads});
+    kernel.key_lengths = ops.key_lengths;
+    kernel.out = logits;
+    kernel.first_position = s.key_len - s.query_len + row0;
+    kernel.scale = config.scale;
+    kernel.causal = config.causal;
+    RunAlibiLogitsKernel(kernel);
+    return;
+  }
   WriteTileBias(ops, config, row0, rows, logits);
   at::Tensor stack = logits.view({s.stack(), rows, s.key_len});
   at::Tensor query_rows =
@@ -376,7 +402,7 @@ AttentionResult BatchedAttention(const at::Tensor& q, const at::Tensor& k,
                                  const at::Tensor& v,
                                  absl::Span<const int32_t> key_lengths,
                                  const AttentionConfig& config,
-                                 int64_t query_tile) {
+                                 int64_t query_tile, bool alibi_kernel) {
   const bool fused = config.want_context && !config.want_logits &&
                      !config.want_probs && RelativeModelOf(config) == nullptr &&
                      FusedAttentionAvailable();
@@ -385,8 +411,8 @@ AttentionResult BatchedAttention(const at::Tensor& q, const at::Tensor& k,
   const auto operand = [&](const at::Tensor& t) {
     return fused || !t.defined() ? t : t.to(at::kFloat);
   };
-  const Operands ops =
-      MakeOperands(operand(q), operand(k), operand(v), key_lengths, config);
+  const Operands ops = MakeOperands(operand(q), operand(k), operand(v),
+                                    key_lengths, config, alibi_kernel);
   const Sizes& s = ops.sizes;
   AttentionResult result = AllocateOutputs(s, config, ops.f32);
   const int64_t tile =

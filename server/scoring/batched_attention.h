@@ -2,7 +2,11 @@
 // attention.h (positions, masks, ALiBi and relative bias, the no-visible-key
 // contract) computed for the whole [B*H] stack at once with batched products,
 // so that a step launches a handful of kernels instead of B*H small ones:
-//  - logits = baddbmm(bias, q, k^T) with the bias (ALiBi from the slopes,
+//  - ALiBi logits on a CUDA device by a fused kernel (alibi_logits.h): scale,
+//    product, bias and masks in one pass that skips the tiles causal hides
+//    (for query tiles of 32 rows and more; decode steps keep the library's);
+//  - otherwise logits = baddbmm(bias, q, k^T) with the bias (ALiBi from the
+//  slopes,
 //    relative from the parameter set) built on the tensors' device from
 //    positions made there (arange), never copied from the host;
 //  - the relative position term q_i.E[r] as one batched product per tile and
@@ -46,11 +50,15 @@ namespace attnscore::scoring {
 // asks for (logits only when config.want_logits, unlike ComputeAttention),
 // each contiguous float32 on the inputs' device. `query_tile` > 0 overrides
 // BatchedQueryTile (tests use it to exercise several tiles on small shapes).
+// `alibi_kernel`: ALiBi logits by the fused kernel where it runs
+// (alibi_logits.h: a CUDA device); false keeps the library's products (the
+// benchmark compares the two).
 AttentionResult BatchedAttention(const at::Tensor& q, const at::Tensor& k,
                                  const at::Tensor& v,
                                  absl::Span<const int32_t> key_lengths,
                                  const AttentionConfig& config,
-                                 int64_t query_tile = 0);
+                                 int64_t query_tile = 0,
+                                 bool alibi_kernel = true);
 
 }  // namespace attnscore::scoring
 
