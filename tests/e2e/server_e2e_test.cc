@@ -99,9 +99,39 @@ v1::ScoreRequest SlowRequest(const std::string& id = "slow") {
   return request;
 }
 
+// Four times SlowRequest's compute in as many bytes (causal context at L
+// 8192, about a second on one thread): it keeps the only worker busy for long
+// enough that requests sent after it is seen in flight queue behind it even
+// on a loaded machine. Over the default --max-request-work: servers that take
+// it start with kLongRequestWork.
+v1::ScoreRequest LongRequest(const std::string& id) {
+  v1::ScoreRequest request =
+      CausalRampRequest({1, 4, 8192, 128}, /*with_value=*/true);
+  request.set_request_id(id);
+  request.add_outputs(v1::CONTEXT);
+  return request;
+}
+constexpr char kLongRequestWork[] = "--max-request-work=200000000000";
+
 struct Call {
   grpc::Status status;
   v1::ScoreResponse response;
+};
+
+// A thread joined when it goes out of scope, so that a failed ASSERT (which
+// returns from the test) does not end the process through std::terminate.
+class JoiningThread {
+ public:
+  explicit JoiningThread(std::thread thread) : thread_(std::move(thread)) {}
+  JoiningThread(JoiningThread&&) = default;
+  JoiningThread& operator=(JoiningThread&&) = delete;
+  ~JoiningThread() { Join(); }
+  void Join() {
+    if (thread_.joinable()) thread_.join();
+  }
+
+ private:
+  std::thread thread_;
 };
 
 class ServerE2eTest : public ::testing::Test {
@@ -488,41 +518,40 @@ TEST_F(ServerE2eTest, OverloadIsUnavailableAndAcceptedRequestsStillSucceed) {
 }
 
 TEST_F(ServerE2eTest, ExpiredAndCancelledRequestsAreDroppedBeforeCompute) {
-  ASSERT_NO_FATAL_FAILURE(
-      Start({"--max-batch-size=1", "--max-queue-delay-us=0", "--threads=1"}));
-  // Occupy the only worker with two slow requests (one computing, one queued:
-  // ~0.2 s each), so that what comes next waits long enough to expire or be
-  // cancelled.
-  Call slow1, slow2;
-  std::thread occupy1 = ScoreAsync(SlowRequest("slow1"), &slow1);
-  std::thread occupy2 = ScoreAsync(SlowRequest("slow2"), &slow2);
-  ASSERT_TRUE(
-      WaitFor([&] { return MetricsContain("attnscore_in_flight_requests 2"); },
-              kWaitTimeout, kWaitPoll));
-  // Queued behind them: one that the client cancels, then one that expires.
+  ASSERT_NO_FATAL_FAILURE(Start({"--max-batch-size=1", "--max-queue-delay-us=0",
+                                 "--threads=1", kLongRequestWork}));
+  // Occupy the only worker with one long request, so that what comes next
+  // waits long enough to expire or be cancelled. One request, not two shorter
+  // ones: on a loaded machine the second of two could arrive after the first
+  // was done, and the worker was never seen busy with both (a CI run waited
+  // 30 s for that).
+  Call slow;
+  JoiningThread occupy(ScoreAsync(LongRequest("long"), &slow));
+  ASSERT_TRUE(WaitFor(
+      [&] { return MetricsContain("attnscore_in_flight_requests 1\n"); },
+      kWaitTimeout, kWaitPoll));
+  // Queued behind it: one that the client cancels, then one that expires.
   // The cancelled one is seen queued first: on a loaded machine the expired
   // one's deadline can pass before the server has queued it, and it is then
   // answered at once, so the count in flight need never show both (an ASan
-  // run waited 30 s for 4 and saw the cancelled request computed).
+  // run waited 30 s for 3 and saw the cancelled request computed).
   grpc::ClientContext cancel_context;
   Call cancelled;
-  std::thread cancel_thread([&] {
+  JoiningThread cancel_thread(std::thread([&] {
     cancelled.status = stub_->Score(&cancel_context, SmallRequest("cancelled"),
                                     &cancelled.response);
-  });
-  const bool queued =
-      WaitFor([&] { return MetricsContain("attnscore_in_flight_requests 3"); },
-              kWaitTimeout, kWaitPoll);
+  }));
+  const bool queued = WaitFor(
+      [&] { return MetricsContain("attnscore_in_flight_requests 2\n"); },
+      kWaitTimeout, kWaitPoll);
   Call expired = Score(SmallRequest("expired"), std::chrono::milliseconds(30));
   EXPECT_EQ(expired.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
   cancel_context.TryCancel();
-  cancel_thread.join();
+  cancel_thread.Join();
   ASSERT_TRUE(queued) << Metrics();
   EXPECT_EQ(cancelled.status.error_code(), grpc::StatusCode::CANCELLED);
-  occupy1.join();
-  occupy2.join();
-  ASSERT_TRUE(slow1.status.ok()) << slow1.status.error_message();
-  ASSERT_TRUE(slow2.status.ok()) << slow2.status.error_message();
+  occupy.Join();
+  ASSERT_TRUE(slow.status.ok()) << slow.status.error_message();
   EXPECT_TRUE(WaitFor(
       [&] {
         const std::string m = Metrics();
@@ -533,8 +562,8 @@ TEST_F(ServerE2eTest, ExpiredAndCancelledRequestsAreDroppedBeforeCompute) {
       },
       kWaitTimeout, kWaitPoll))
       << Metrics();
-  // Only the slow requests were computed.
-  EXPECT_TRUE(MetricsContain("attnscore_batch_size_count 2")) << Metrics();
+  // Only the long request was computed.
+  EXPECT_TRUE(MetricsContain("attnscore_batch_size_count 1\n")) << Metrics();
 }
 
 TEST_F(ServerE2eTest, SighupReloadsModelsAndKeepsThemWhenAFileIsBroken) {
@@ -571,26 +600,33 @@ TEST_F(ServerE2eTest, SighupReloadsModelsAndKeepsThemWhenAFileIsBroken) {
 }
 
 TEST_F(ServerE2eTest, SigtermDrainsInFlightRequestsAndExitsZero) {
-  ASSERT_NO_FATAL_FAILURE(Start({"--max-batch-size=1", "--max-queue-delay-us=0",
-                                 "--threads=1", "--shutdown-grace=60"}));
+  ASSERT_NO_FATAL_FAILURE(
+      Start({"--max-batch-size=1", "--max-queue-delay-us=0", "--threads=1",
+             "--shutdown-grace=60", kLongRequestWork}));
   constexpr int kInFlight = 3;
   std::vector<Call> calls(kInFlight);
-  std::vector<std::thread> threads;
+  // One computing (seen in flight first), then two queued behind it.
+  std::vector<JoiningThread> threads;
   threads.reserve(kInFlight);
-  for (int i = 0; i < kInFlight; ++i) {
-    threads.push_back(
-        ScoreAsync(SlowRequest(absl::StrCat("drain", i)), &calls[i]));
+  threads.emplace_back(ScoreAsync(LongRequest("drain0"), &calls[0]));
+  ASSERT_TRUE(WaitFor(
+      [&] { return MetricsContain("attnscore_in_flight_requests 1\n"); },
+      kWaitTimeout, kWaitPoll))
+      << Metrics();
+  for (int i = 1; i < kInFlight; ++i) {
+    threads.emplace_back(
+        ScoreAsync(SmallRequest(absl::StrCat("drain", i)), &calls[i]));
   }
-  // All accepted (one computing, two queued) before the signal.
+  // All accepted before the signal.
   ASSERT_TRUE(WaitFor(
       [&] {
         return MetricsContain(
-            absl::StrCat("attnscore_in_flight_requests ", kInFlight));
+            absl::StrCat("attnscore_in_flight_requests ", kInFlight, "\n"));
       },
       kWaitTimeout, kWaitPoll))
       << Metrics();
   server_->Signal(SIGTERM);
-  for (std::thread& t : threads) t.join();
+  for (JoiningThread& t : threads) t.Join();
   for (int i = 0; i < kInFlight; ++i) {
     EXPECT_TRUE(calls[i].status.ok())
         << i << ": " << calls[i].status.error_message();
