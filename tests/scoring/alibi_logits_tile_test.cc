@@ -20,6 +20,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <ostream>
 #include <string>
 #include <vector>
 
@@ -114,6 +115,9 @@ std::string Name(const Problem& p) {
   if (p.strided_inputs) name += "_strided";
   return name;
 }
+
+// For gtest's and ctest's test names (not a byte dump).
+void PrintTo(const Problem& p, std::ostream* os) { *os << Name(p); }
 
 // [B, H, S, D] random values, contiguous or a view of a [B, S, H, D] tensor.
 at::Tensor Operand(const Problem& p, int64_t len) {
