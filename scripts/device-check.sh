@@ -274,6 +274,11 @@ for what, on, off in (("", "load_batching", "load_no_batching"),
 logits = rows.get("alibi logits")
 row(f"ALiBi logits {logits[1] if logits else ''}: time / device-memory floor",
     num(logits[7]) if logits else None, "<= 2x", lambda v: v <= 2)
+library = rows.get("alibi logits, library products")
+if logits and library and num(logits[2]) and num(library[2]):
+    # The project's kernel against the library's products (where the build has the kernel).
+    print(f"| ALiBi logits: the library's products / the batched path (its kernel on CUDA) | "
+          f"{num(library[2]) / num(logits[2]):.2f}x | - | - |")
 context = rows.get("alibi context")
 speedup = num(context[5]) if context else None  # PyTorch's time / ours
 row(f"context {context[1] if context else ''}: time / PyTorch's SDPA with the bias",
