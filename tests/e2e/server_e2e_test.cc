@@ -99,19 +99,17 @@ v1::ScoreRequest SlowRequest(const std::string& id = "slow") {
   return request;
 }
 
-// Four times SlowRequest's compute in as many bytes (causal context at L
-// 8192, about a second on one thread): it keeps the only worker busy for long
-// enough that requests sent after it is seen in flight queue behind it even
-// on a loaded machine. Over the default --max-request-work: servers that take
-// it start with kLongRequestWork.
+// Twice SlowRequest's compute in half its bytes (causal context at L 8192,
+// about half a second on one thread, under the default --max-request-work):
+// it keeps the only worker busy for long enough that requests sent after it
+// is seen in flight queue behind it even on a loaded machine.
 v1::ScoreRequest LongRequest(const std::string& id) {
   v1::ScoreRequest request =
-      CausalRampRequest({1, 4, 8192, 128}, /*with_value=*/true);
+      CausalRampRequest({1, 2, 8192, 128}, /*with_value=*/true);
   request.set_request_id(id);
   request.add_outputs(v1::CONTEXT);
   return request;
 }
-constexpr char kLongRequestWork[] = "--max-request-work=200000000000";
 
 struct Call {
   grpc::Status status;
@@ -518,8 +516,8 @@ TEST_F(ServerE2eTest, OverloadIsUnavailableAndAcceptedRequestsStillSucceed) {
 }
 
 TEST_F(ServerE2eTest, ExpiredAndCancelledRequestsAreDroppedBeforeCompute) {
-  ASSERT_NO_FATAL_FAILURE(Start({"--max-batch-size=1", "--max-queue-delay-us=0",
-                                 "--threads=1", kLongRequestWork}));
+  ASSERT_NO_FATAL_FAILURE(
+      Start({"--max-batch-size=1", "--max-queue-delay-us=0", "--threads=1"}));
   // Occupy the only worker with one long request, so that what comes next
   // waits long enough to expire or be cancelled. One request, not two shorter
   // ones: on a loaded machine the second of two could arrive after the first
@@ -600,9 +598,8 @@ TEST_F(ServerE2eTest, SighupReloadsModelsAndKeepsThemWhenAFileIsBroken) {
 }
 
 TEST_F(ServerE2eTest, SigtermDrainsInFlightRequestsAndExitsZero) {
-  ASSERT_NO_FATAL_FAILURE(
-      Start({"--max-batch-size=1", "--max-queue-delay-us=0", "--threads=1",
-             "--shutdown-grace=60", kLongRequestWork}));
+  ASSERT_NO_FATAL_FAILURE(Start({"--max-batch-size=1", "--max-queue-delay-us=0",
+                                 "--threads=1", "--shutdown-grace=60"}));
   constexpr int kInFlight = 3;
   std::vector<Call> calls(kInFlight);
   // One computing (seen in flight first), then two queued behind it.
