@@ -262,26 +262,35 @@ void AddPositionTerm(const Operands& ops, const AttentionConfig& config,
   logits.add_(shifted, config.scale);
 }
 
+// The ALiBi logits of query rows [row0, row0 + rows) into `logits`
+// [B,H,T,Lk] by the fused kernel (alibi_logits.h), masks included.
+void KernelLogits(const Operands& ops, const AttentionConfig& config,
+                  int64_t row0, int64_t rows, at::Tensor& logits) {
+  const Sizes& s = ops.sizes;
+  const auto last_contiguous = [](const at::Tensor& t) {
+    return t.stride(-1) == 1 ? t : t.contiguous();
+  };
+  AlibiLogitsOperands kernel;
+  kernel.query = last_contiguous(ops.query.narrow(2, row0, rows));
+  kernel.key = last_contiguous(ops.key);
+  kernel.neg_slopes = ops.neg_slopes.view({s.heads});
+  kernel.key_lengths = ops.key_lengths;
+  kernel.out = logits;
+  kernel.first_position = s.key_len - s.query_len + row0;
+  kernel.scale = config.scale;
+  kernel.causal = config.causal;
+  RunAlibiLogitsKernel(kernel);
+}
+
 // The logits of query rows [row0, row0 + rows) into `logits` [B,H,T,Lk]
 // (contiguous, or the output's row slice: B and H merge into one batch
-// dimension either way): bias, scale * q.k by baddbmm, position term, masks.
+// dimension either way): bias, scale * q.k by baddbmm, position term, masks;
+// or the ALiBi kernel where it runs and pays.
 void FillLogits(const Operands& ops, const AttentionConfig& config,
                 int64_t row0, int64_t rows, at::Tensor& logits) {
   const Sizes& s = ops.sizes;
   if (ops.alibi_kernel && AlibiLogitsKernelPays(rows)) {
-    const auto last_contiguous = [](const at::Tensor& t) {
-      return t.stride(-1) == 1 ? t : t.contiguous();
-    };
-    AlibiLogitsOperands kernel;
-    kernel.query = last_contiguous(ops.query.narrow(2, row0, rows));
-    kernel.key = last_contiguous(ops.key);
-    kernel.neg_slopes = ops.neg_slopes.view({s.heads});
-    kernel.key_lengths = ops.key_lengths;
-    kernel.out = logits;
-    kernel.first_position = s.key_len - s.query_len + row0;
-    kernel.scale = config.scale;
-    kernel.causal = config.causal;
-    RunAlibiLogitsKernel(kernel);
+    KernelLogits(ops, config, row0, rows, logits);
     return;
   }
   WriteTileBias(ops, config, row0, rows, logits);
