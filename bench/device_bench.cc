@@ -14,7 +14,9 @@
 //           (with its fused kernel on CUDA, then again with the library's
 //           products) against a plain batched eager implementation (matmul,
 //           add of a materialised bias, masked_fill); memory floor = (q, k
-//           read + logits written) / copy bandwidth;
+//           read + logits written) / copy bandwidth; on CUDA also the
+//           kernel alone (alibi_logits.h) into a preallocated output: the
+//           computing and writing the floor bounds, without the host's work;
 //  context  ALiBi causal context, B8 H32 L4096 D128 bfloat16: the batched
 //           path against scaled_dot_product_attention given the same
 //           materialised bias ("not available" where the LibTorch lacks it);
@@ -39,6 +41,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/arange.h>
 #include <ATen/ops/cat.h>
+#include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/equal.h>
 #include <ATen/ops/from_blob.h>
@@ -63,6 +66,7 @@
 
 #include "server/scoring/accelerator.h"
 #include "server/scoring/alibi.h"
+#include "server/scoring/alibi_logits.h"
 #include "server/scoring/aten_scorer.h"
 #include "server/scoring/attention.h"
 #include "server/scoring/batched_attention.h"
@@ -223,6 +227,46 @@ Row Logits(const Options& o, const at::TensorOptions& f32, double bw,
   const auto bytes =
       static_cast<double>(4 * (2 * b * h * l * d + b * h * l * l));
   r.floor_ms = bytes / bw;
+  r.compute_floor_ms = 2.0 * static_cast<double>(b * h * l * l * d) / rate;
+  return r;
+}
+
+// The ALiBi logits kernel alone (alibi_logits.h; where the build has it) on
+// the logits case, into one output allocated beforehand: the computing and
+// writing that the device-memory floor bounds, without the batched path's host
+// work around it (operands, output allocation), which a GPU finishes faster
+// than the host issues it.
+Row KernelAlone(const Options& o, const at::TensorOptions& f32, double bw,
+                double rate) {
+  const int64_t b = o.small ? 2 : 8, h = o.small ? 4 : 8;
+  const int64_t l = o.small ? 128 : 512, d = o.small ? 32 : 64;
+  at::Tensor q = at::randn({b, h, l, d}, f32);
+  at::Tensor k = at::randn({b, h, l, d}, f32);
+  const AttentionConfig config = CausalAlibi(h, d, true, false, false);
+  AlibiLogitsOperands ops;
+  ops.query = q;
+  ops.key = k;
+  ops.neg_slopes =
+      at::tensor(AlibiSlopes(h), at::kFloat).neg().to(f32.device());
+  ops.out = at::empty({b, h, l, l}, f32);
+  ops.first_position = 0;
+  ops.scale = config.scale;
+  ops.causal = true;
+  const auto kernel = [&] {
+    RunAlibiLogitsKernel(ops);
+    return ops.out;
+  };
+  Row r;
+  r.name = "alibi logits, kernel alone";
+  r.shape = "B" + std::to_string(b) + " H" + std::to_string(h) + " L" +
+            std::to_string(l) + " D" + std::to_string(d) + " f32";
+  r.error = RelativeError(
+      kernel().clone(),
+      BatchedAttention(q, k, at::Tensor(), {}, config, 0, false).logits);
+  r.ms = TimeMs(kernel, 3, 50);
+  r.baseline = "-";
+  r.floor_ms =
+      static_cast<double>(4 * (2 * b * h * l * d + b * h * l * l)) / bw;
   r.compute_floor_ms = 2.0 * static_cast<double>(b * h * l * l * d) / rate;
   return r;
 }
@@ -452,6 +496,11 @@ int Run(const Options& o) {
   const Row library_logits =
       Logits(o, f32.dtype(at::kFloat), bw, f32_rate, false);
   Print(library_logits);
+  Row kernel_logits;
+  if (AlibiLogitsKernelAvailable(f32.device())) {
+    kernel_logits = KernelAlone(o, f32.dtype(at::kFloat), bw, f32_rate);
+    Print(kernel_logits);
+  }
   const Row context = Context(o, f32, bw, context_rate);
   Print(context);
   const Row decode = Decode(o, f32.dtype(at::kFloat), bw);
@@ -465,9 +514,9 @@ int Run(const Options& o) {
   Print(scorer16);
   // float32 lands far under 1e-3; bf16 operands under 1e-2.
   const bool ok = logits.error < 1e-3 && library_logits.error < 1e-3 &&
-                  context.error < 2e-2 && decode.error < 1e-5 &&
-                  scorer.error < 1e-5 && scorer_blocks.error < 1e-5 &&
-                  scorer16.error < 1e-5;
+                  kernel_logits.error < 1e-3 && context.error < 2e-2 &&
+                  decode.error < 1e-5 && scorer.error < 1e-5 &&
+                  scorer_blocks.error < 1e-5 && scorer16.error < 1e-5;
   if (!ok) {
     std::fprintf(stderr, "device_bench: outputs differ from the baseline\n");
   }

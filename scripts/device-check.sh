@@ -274,6 +274,11 @@ for what, on, off in (("", "load_batching", "load_no_batching"),
 logits = rows.get("alibi logits")
 row(f"ALiBi logits {logits[1] if logits else ''}: time / device-memory floor",
     num(logits[7]) if logits else None, "<= 2x", lambda v: v <= 2)
+alone = rows.get("alibi logits, kernel alone")
+if alone:
+    # Computing and writing alone (the target's definition), without the host's work per call.
+    row(f"ALiBi logits {alone[1]}, the kernel alone: time / device-memory floor",
+        num(alone[7]), "<= 2x", lambda v: v <= 2)
 library = rows.get("alibi logits, library products")
 if logits and library and num(logits[2]) and num(library[2]):
     # The project's kernel against the library's products (where the build has the kernel).

@@ -73,6 +73,27 @@ at::Tensor ToDevice(const at::Tensor& host, const at::Device& device) {
   return host.pin_memory().to(device, /*non_blocking=*/true);
 }
 
+// -m_h for every head, [H] float32 on `device`. Serving repeats the same
+// slopes call after call, and making them costs a pinned allocation, a copy
+// and a kernel, on the host's side more than the ALiBi kernel's whole run on
+// a GPU: each thread keeps the last few, read-only once made.
+constexpr size_t kSlopesCacheEntries = 8;
+
+at::Tensor CachedNegSlopes(const std::vector<float>& slopes,
+                           const at::Device& device) {
+  thread_local std::list<std::pair<std::vector<float>, at::Tensor>> cache;
+  for (auto it = cache.begin(); it != cache.end(); ++it) {
+    if (it->second.device() == device && it->first == slopes) {
+      cache.splice(cache.begin(), cache, it);  // most recent first
+      return cache.front().second;
+    }
+  }
+  at::Tensor neg = ToDevice(at::tensor(slopes, at::kFloat).neg_(), device);
+  cache.emplace_front(slopes, neg);
+  if (cache.size() > kSlopesCacheEntries) cache.pop_back();
+  return neg;
+}
+
 // The key-length masks on the device; undefined when no key is hidden. Only
 // the B lengths travel from the host.
 void MakeLengthMasks(absl::Span<const int32_t> key_lengths, Operands& ops) {
@@ -114,9 +135,8 @@ Operands MakeOperands(const at::Tensor& q, const at::Tensor& k,
   }
   if (ops.model == nullptr) {
     const auto& slopes = std::get<ResolvedAlibi>(config.bias).slopes;
-    ops.neg_slopes = ToDevice(at::tensor(slopes, at::kFloat), ops.f32.device())
-                         .neg_()
-                         .view({1, s.heads, 1, 1});
+    ops.neg_slopes =
+        CachedNegSlopes(slopes, ops.f32.device()).view({1, s.heads, 1, 1});
   } else {
     ops.query =
         q + ops.model->query_pos_bias().view({1, s.heads, 1, s.head_dim});
