@@ -730,6 +730,7 @@ bool Server::CreateScorer() {
     return false;
   }
   scorer_ = *std::move(scorer);
+  spdlog::info("scorer: {}", scorer_->Describe());
   const int64_t pool =
       flags_.host_pool_bytes >= 0
           ? flags_.host_pool_bytes

@@ -25,6 +25,7 @@
 #include "common/overloaded.h"
 #include "server/scoring/accelerator.h"
 #include "server/scoring/alibi.h"
+#include "server/scoring/alibi_logits.h"
 #include "server/scoring/attention.h"
 #include "server/scoring/batched_attention.h"
 #include "server/scoring/batched_estimate.h"
@@ -349,6 +350,29 @@ class ScorerImpl final : public Scorer {
   }
 
   std::string device() const override { return device_.str(); }
+
+  std::string Describe() const override {
+    std::string text = device_.str();
+    if (device_.is_cuda()) {
+      const absl::StatusOr<AcceleratorInfo> info =
+          DescribeCudaDevice(device_.has_index() ? device_.index() : 0);
+      if (info.ok()) {
+        absl::StrAppend(&text, " (", info->name, ", sm_", info->compute_major,
+                        info->compute_minor, ", ", info->multiprocessors,
+                        " multiprocessors, ", info->total_bytes >> 20, " MiB)");
+      }
+    }
+    if (!batched_) return absl::StrCat(text, ", blocked path");
+    absl::StrAppend(&text, ", batched path; context alone: ",
+                    fused_available_ ? FusedAttentionDescription()
+                                     : "query tiles (no fused attention)");
+    absl::StrAppend(&text, "; ALiBi logits: ",
+                    AlibiLogitsKernelAvailable(device_)
+                        ? "the project's kernel (query tiles of 32 rows and "
+                          "more)"
+                        : "the library's products");
+    return text;
+  }
 
   ResourceEstimate Estimate(const ScoreSpec& spec,
                             const ProblemSize& size) const override {

@@ -62,6 +62,10 @@ class Scorer {
   // "cpu", "cuda:0", ...
   virtual std::string device() const = 0;
 
+  // What computes, for the start-up log: the device (a GPU's name and size),
+  // the compute path and its kernels. Default: device().
+  virtual std::string Describe() const { return device(); }
+
   // What scoring `size` with `spec` will cost on this scorer's path and device,
   // before anything is allocated (resource_estimate.h). The default is the CPU
   // `blocked` path's estimate.

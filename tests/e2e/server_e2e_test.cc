@@ -285,6 +285,19 @@ TEST_F(ServerE2eTest, ServerInfoReportsFlags) {
   EXPECT_EQ(info.batching().max_queue_delay_us(), 777);
   EXPECT_EQ(info.batching().max_queue(), 9);
   EXPECT_EQ(info.batching().batch_workers(), 2);
+  // And the start-up log says what computes: the CPU's blocked path by
+  // default.
+  EXPECT_THAT(server_->Log(), HasSubstr("scorer: cpu, blocked path"));
+}
+
+// The batched path on the CPU says which of its kernels run: the library's
+// products for ALiBi logits (the project's kernel is CUDA's).
+TEST_F(ServerE2eTest, StartUpLogNamesTheBatchedPathsKernels) {
+  ASSERT_NO_FATAL_FAILURE(Start({"--compute-path=batched"}));
+  EXPECT_THAT(server_->Log(),
+              HasSubstr("scorer: cpu, batched path; context alone: "));
+  EXPECT_THAT(server_->Log(),
+              HasSubstr("; ALiBi logits: the library's products"));
 }
 
 // Each bad-input class, with the code and the words its message must contain
