@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <limits>
 #include <ostream>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -222,6 +223,47 @@ INSTANTIATE_TEST_SUITE_P(
     [](const ::testing::TestParamInfo<Problem>& info) {
       return Name(info.param);
     });
+
+// Random shapes besides the chosen ones: every size from 1 up across tile and
+// chunk edges, key lengths from 0 to Lk, row tiles of any height.
+TEST(AlibiLogitsTileRandomTest, MatchesTheCoreOnRandomShapes) {
+  std::mt19937 rng(20261204);
+  const auto uniform = [&](int64_t lo, int64_t hi) {
+    return std::uniform_int_distribution<int64_t>(lo, hi)(rng);
+  };
+  for (int trial = 0; trial < 40; ++trial) {
+    Problem p{uniform(1, 3),
+              uniform(1, 4),
+              uniform(1, 140),
+              uniform(1, 140),
+              uniform(1, 70),
+              uniform(0, 1) == 1,
+              {},
+              0,
+              uniform(0, 1) == 1};
+    if (uniform(0, 1) == 1) {
+      for (int64_t b = 0; b < p.batch; ++b) {
+        p.key_lengths.push_back(static_cast<int32_t>(uniform(0, p.key_len)));
+      }
+    }
+    if (uniform(0, 1) == 1) p.row_tile = uniform(1, p.query_len);
+    SCOPED_TRACE(Name(p));
+    at::manual_seed(trial);
+    const at::Tensor q = Operand(p, p.query_len);
+    const at::Tensor k = Operand(p, p.key_len);
+    const AttentionConfig config = ConfigOf(p);
+    const at::Tensor want =
+        ComputeAttention(q, k, at::Tensor(), p.key_lengths, config, nullptr)
+            .logits;
+    at::Tensor got =
+        at::full({p.batch, p.heads, p.query_len, p.key_len},
+                 std::numeric_limits<float>::quiet_NaN(), at::kFloat);
+    bool quad_loads = false;
+    bool quad_stores = false;
+    RunProblem(p, q, k, config, got, &quad_loads, &quad_stores);
+    EXPECT_EQ(CompareClose(Floats(got), Floats(want), 1e-5, 1e-5), "");
+  }
+}
 
 // Causal tiles wholly above the diagonal are not computed: for L = 512 in
 // tiles of 64, 28 of the 64 tiles of each (b, h).
