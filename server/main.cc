@@ -137,6 +137,7 @@ struct Flags {
   bool reflection = false;
   scoring::ScorerOptions scorer;      // --device
   std::string compute_path = "auto";  // scorer.compute_path, by name
+  std::string alibi_kernel = "auto";  // scorer.alibi_kernel, by name
   service::ServiceOptions service;    // --batch-workers, --max-*
   int64_t host_pool_bytes = -1;       // scoring::HostBufferPool's idle cap
   int64_t host_pool_decay_ms = scoring::BufferPool::kDefaultDecay.count();
@@ -337,7 +338,7 @@ void AddRequestFlags(CLI::App& app, Flags& flags) {
 }
 
 // --shutdown-grace, --log-format, --log-level, --device, --compute-path,
-// --warmup-delay-ms.
+// --alibi-kernel, --warmup-delay-ms.
 void AddLifecycleFlags(CLI::App& app, Flags& flags) {
   AddFlag(app, "--shutdown-grace", flags.shutdown_grace, "SHUTDOWN_GRACE",
           "Seconds to finish queued and in-flight requests after "
@@ -356,6 +357,10 @@ void AddLifecycleFlags(CLI::App& app, Flags& flags) {
           "query rows per head; the CPU only) or batched (whole batched "
           "products)")
       ->check(CLI::IsMember({"auto", "blocked", "batched"}));
+  AddFlag(app, "--alibi-kernel", flags.alibi_kernel, "ALIBI_KERNEL",
+          "auto (the batched path's ALiBi logits by the project's kernel "
+          "where it runs: CUDA) or off (the library's products)")
+      ->check(CLI::IsMember({"auto", "off"}));
   AddFlag(app, "--warmup-delay-ms", flags.warmup_delay_ms, "WARMUP_DELAY_MS",
           "Keep readiness NOT_SERVING this long before the warm-up compute "
           "(staged roll-outs, tests)")
@@ -722,6 +727,7 @@ bool Server::CreateScorer() {
   options.intra_op_threads = flags_.threads;
   // The flag's check admits only names ParseComputePath knows.
   options.compute_path = *scoring::ParseComputePath(flags_.compute_path);
+  options.alibi_kernel = flags_.alibi_kernel != "off";
   absl::StatusOr<std::unique_ptr<scoring::Scorer>> scorer =
       scoring::CreateAtenScorer(options);
   if (!scorer.ok()) {

@@ -322,9 +322,10 @@ void PageLockHostBlocks() {
 
 class ScorerImpl final : public Scorer {
  public:
-  ScorerImpl(at::Device device, bool batched)
+  ScorerImpl(at::Device device, bool batched, bool alibi_kernel)
       : device_(device),
         batched_(batched),
+        alibi_kernel_(alibi_kernel),
         fused_available_(FusedAttentionAvailable()) {}
 
   using Scorer::ScoreBatch;
@@ -367,7 +368,8 @@ class ScorerImpl final : public Scorer {
                     fused_available_ ? FusedAttentionDescription()
                                      : "query tiles (no fused attention)");
     absl::StrAppend(&text, "; ALiBi logits: ",
-                    AlibiLogitsKernelAvailable(device_)
+                    !alibi_kernel_ ? "the library's products (kernel off)"
+                    : AlibiLogitsKernelAvailable(device_)
                         ? "the project's kernel (query tiles of 32 rows and "
                           "more)"
                         : "the library's products");
@@ -407,7 +409,7 @@ class ScorerImpl final : public Scorer {
     if (batched_) {
       // Whole batched products on the device; stopped only between batches.
       result = BatchedAttention(batch.query, batch.key, batch.value,
-                                batch.key_lengths, config);
+                                batch.key_lengths, config, 0, alibi_kernel_);
       if (stop && stop()) return Cancelled();
     } else if (!ComputeAttentionBlocked(batch.query, batch.key, batch.value,
                                         batch.key_lengths, config, stop,
@@ -544,6 +546,7 @@ class ScorerImpl final : public Scorer {
 
   const at::Device device_;
   const bool batched_;
+  const bool alibi_kernel_;  // ScorerOptions::alibi_kernel
   const bool fused_available_;
   std::mutex device_models_mu_;
   std::map<uint64_t, std::pair<std::weak_ptr<const AtenRelativeModel>,
@@ -617,7 +620,8 @@ absl::StatusOr<std::unique_ptr<Scorer>> CreateAtenScorer(
   at::set_num_threads(threads);
   SetBlockedThreads(threads);  // the resource estimate's scratch count
   if (device->is_cuda()) PageLockHostBlocks();
-  return std::unique_ptr<Scorer>(new ScorerImpl(*device, batched));
+  return std::unique_ptr<Scorer>(
+      new ScorerImpl(*device, batched, options.alibi_kernel));
 }
 
 }  // namespace attnscore::scoring

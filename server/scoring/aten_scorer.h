@@ -31,6 +31,10 @@ struct ScorerOptions {
   std::string device = "cpu";  // "cpu", "cuda" or "cuda:N"
   int intra_op_threads = 0;    // 0: the number of cores
   ComputePath compute_path = ComputePath::kAuto;
+  // The batched path's ALiBi logits by the project's kernel where it runs
+  // (alibi_logits.h: CUDA); false keeps the library's products (an operator's
+  // way back should the kernel misbehave on some GPU).
+  bool alibi_kernel = true;
 };
 
 absl::StatusOr<std::unique_ptr<Scorer>> CreateAtenScorer(

@@ -40,6 +40,7 @@ using ::attnscore::testing::ServerProcess;
 using ::attnscore::testing::TempDir;
 using ::attnscore::testing::WaitFor;
 using ::testing::HasSubstr;
+using ::testing::Not;
 using HealthStatus = grpc::health::v1::HealthCheckResponse;
 
 constexpr auto kRpcTimeout = std::chrono::seconds(60);
@@ -298,6 +299,18 @@ TEST_F(ServerE2eTest, StartUpLogNamesTheBatchedPathsKernels) {
               HasSubstr("scorer: cpu, batched path; context alone: "));
   EXPECT_THAT(server_->Log(),
               HasSubstr("; ALiBi logits: the library's products"));
+  EXPECT_THAT(server_->Log(), Not(HasSubstr("(kernel off)")));
+}
+
+// --alibi-kernel=off (ATTNSCORE_ALIBI_KERNEL) keeps the library's products
+// even where the kernel runs, and says so; other values are refused.
+TEST_F(ServerE2eTest, AlibiKernelCanBeTurnedOff) {
+  ASSERT_NO_FATAL_FAILURE(
+      Start({"--compute-path=batched", "--alibi-kernel=off"}));
+  EXPECT_THAT(server_->Log(),
+              HasSubstr("; ALiBi logits: the library's products (kernel off)"));
+  Call call = Score(SmallRequest("off"));
+  EXPECT_TRUE(call.status.ok()) << call.status.error_message();
 }
 
 // Each bad-input class, with the code and the words its message must contain
@@ -1024,6 +1037,20 @@ TEST(ServerCommandLineTest, HelpDocumentsEveryFlagWithItsDefault) {
         "--device", "--reply-chunk-bytes", "ATTNSCORE_LISTEN"}) {
     EXPECT_THAT(help, HasSubstr(flag));
   }
+}
+
+TEST(ServerCommandLineTest, AlibiKernelTakesAutoOrOff) {
+  auto [code, output] = RunBinary(
+      "--alibi-kernel=fast --listen=127.0.0.1:0 --metrics-listen=off");
+  EXPECT_NE(code, 0);
+  EXPECT_THAT(output, HasSubstr("--alibi-kernel"));
+  // The variable is checked the same way (popen passes the environment on).
+  ASSERT_EQ(setenv("ATTNSCORE_ALIBI_KERNEL", "fast", 1), 0);
+  auto [env_code, env_output] =
+      RunBinary("--listen=127.0.0.1:0 --metrics-listen=off");
+  unsetenv("ATTNSCORE_ALIBI_KERNEL");
+  EXPECT_NE(env_code, 0);
+  EXPECT_THAT(env_output, HasSubstr("--alibi-kernel"));
 }
 
 TEST(ServerCommandLineTest, UnavailableDeviceFailsAtStartUp) {
