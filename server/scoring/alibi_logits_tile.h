@@ -11,7 +11,7 @@
 // the host compiler for the tests (alibi_logits_tile_test.cc runs a grid on
 // the CPU, phase by phase, as the barriers order it), so that the kernel's
 // index arithmetic, masks and bounds are checked in every CI run, not only on
-// a GPU. No CUDA, ATen or standard-library dependence.
+// a GPU. No CUDA or ATen dependence (std::fma on the host only).
 //
 // Layout of a block: thread t = 8 * ty + tx owns rows {4ty..4ty+3,
 // 32+4ty..32+4ty+3} and keys {4tx..4tx+3, 32+4tx..32+4tx+3} of the tile (8 x
