@@ -23,6 +23,7 @@
 #include <ostream>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -174,9 +175,10 @@ GridCounts RunProblem(const Problem& p, const at::Tensor& q,
 
 class AlibiLogitsTileTest : public ::testing::TestWithParam<Problem> {};
 
-TEST_P(AlibiLogitsTileTest, MatchesTheCore) {
-  const Problem& p = GetParam();
-  at::manual_seed(11);
+// Runs `p` on the CPU grid from random inputs (seed `seed`) and compares
+// every logit with the core's; returns the quad flags of the last launch.
+std::pair<bool, bool> ExpectMatchesTheCore(const Problem& p, uint64_t seed) {
+  at::manual_seed(seed);
   const at::Tensor q = Operand(p, p.query_len);
   const at::Tensor k = Operand(p, p.key_len);
   const AttentionConfig config = ConfigOf(p);
@@ -190,10 +192,16 @@ TEST_P(AlibiLogitsTileTest, MatchesTheCore) {
   bool quad_loads = false;
   bool quad_stores = false;
   RunProblem(p, q, k, config, got, &quad_loads, &quad_stores);
+  EXPECT_EQ(CompareClose(Floats(got), Floats(want), 1e-5, 1e-5), "");
+  return {quad_loads, quad_stores};
+}
+
+TEST_P(AlibiLogitsTileTest, MatchesTheCore) {
+  const Problem& p = GetParam();
+  const auto [quad_loads, quad_stores] = ExpectMatchesTheCore(p, 11);
   // Every stride and row offset is a multiple of D (inputs) or Lk (out).
   EXPECT_EQ(quad_loads, p.head_dim % 4 == 0);
   EXPECT_EQ(quad_stores, p.key_len % 4 == 0);
-  EXPECT_EQ(CompareClose(Floats(got), Floats(want), 1e-5, 1e-5), "");
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -248,20 +256,7 @@ TEST(AlibiLogitsTileRandomTest, MatchesTheCoreOnRandomShapes) {
     }
     if (uniform(0, 1) == 1) p.row_tile = uniform(1, p.query_len);
     SCOPED_TRACE(Name(p));
-    at::manual_seed(trial);
-    const at::Tensor q = Operand(p, p.query_len);
-    const at::Tensor k = Operand(p, p.key_len);
-    const AttentionConfig config = ConfigOf(p);
-    const at::Tensor want =
-        ComputeAttention(q, k, at::Tensor(), p.key_lengths, config, nullptr)
-            .logits;
-    at::Tensor got =
-        at::full({p.batch, p.heads, p.query_len, p.key_len},
-                 std::numeric_limits<float>::quiet_NaN(), at::kFloat);
-    bool quad_loads = false;
-    bool quad_stores = false;
-    RunProblem(p, q, k, config, got, &quad_loads, &quad_stores);
-    EXPECT_EQ(CompareClose(Floats(got), Floats(want), 1e-5, 1e-5), "");
+    ExpectMatchesTheCore(p, static_cast<uint64_t>(trial));
   }
 }
 
