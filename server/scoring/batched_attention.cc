@@ -73,25 +73,36 @@ at::Tensor ToDevice(const at::Tensor& host, const at::Device& device) {
   return host.pin_memory().to(device, /*non_blocking=*/true);
 }
 
+// The value for `key` in `cache` (most recent first, at most `entries`),
+// made by make() when absent. The caches below are thread_local: each batch
+// worker keeps what its own stream made, read-only once made.
+template <typename Key, typename Value, typename Make>
+const Value& RecentOrMake(std::list<std::pair<Key, Value>>& cache,
+                          size_t entries, const Key& key, Make make) {
+  for (auto it = cache.begin(); it != cache.end(); ++it) {
+    if (it->first == key) {
+      cache.splice(cache.begin(), cache, it);
+      return cache.front().second;
+    }
+  }
+  cache.emplace_front(key, make());
+  if (cache.size() > entries) cache.pop_back();
+  return cache.front().second;
+}
+
 // -m_h for every head, [H] float32 on `device`. Serving repeats the same
 // slopes call after call, and making them costs a pinned allocation, a copy
 // and a kernel, on the host's side more than the ALiBi kernel's whole run on
-// a GPU: each thread keeps the last few, read-only once made.
+// a GPU: each thread keeps the last few.
 constexpr size_t kSlopesCacheEntries = 8;
 
 at::Tensor CachedNegSlopes(const std::vector<float>& slopes,
                            const at::Device& device) {
-  thread_local std::list<std::pair<std::vector<float>, at::Tensor>> cache;
-  for (auto it = cache.begin(); it != cache.end(); ++it) {
-    if (it->second.device() == device && it->first == slopes) {
-      cache.splice(cache.begin(), cache, it);  // most recent first
-      return cache.front().second;
-    }
-  }
-  at::Tensor neg = ToDevice(at::tensor(slopes, at::kFloat).neg_(), device);
-  cache.emplace_front(slopes, neg);
-  if (cache.size() > kSlopesCacheEntries) cache.pop_back();
-  return neg;
+  using Key = std::pair<at::Device, std::vector<float>>;
+  thread_local std::list<std::pair<Key, at::Tensor>> cache;
+  return RecentOrMake(cache, kSlopesCacheEntries, Key(device, slopes), [&] {
+    return ToDevice(at::tensor(slopes, at::kFloat).neg_(), device);
+  });
 }
 
 // The key-length masks on the device; undefined when no key is hidden. Only
@@ -149,6 +160,13 @@ Operands MakeOperands(const at::Tensor& q, const at::Tensor& k,
   MakeLengthMasks(key_lengths, ops);
   ops.alibi_kernel = alibi_kernel && ops.model == nullptr &&
                      AlibiLogitsKernelAvailable(ops.f32.device());
+  if (ops.alibi_kernel) {
+    // The kernel reads rows with a unit last stride (validated inputs have
+    // one; anything else is copied once here, not per tile).
+    for (at::Tensor* t : {&ops.query, &ops.key}) {
+      if (t->stride(-1) != 1) *t = t->contiguous();
+    }
+  }
   return ops;
 }
 
@@ -226,16 +244,9 @@ AlibiTerms CachedAlibiTerms(const Operands& ops, const AttentionConfig& config,
   thread_local std::list<std::pair<TermsKey, AlibiTerms>> cache;
   const TermsKey key{ops.f32.device(), config.causal,
                      s.key_len - s.query_len + row0, rows, columns};
-  for (auto it = cache.begin(); it != cache.end(); ++it) {
-    if (it->first == key) {
-      cache.splice(cache.begin(), cache, it);  // most recent first
-      return cache.front().second;
-    }
-  }
-  cache.emplace_front(key,
-                      MakeAlibiTerms(ops, config.causal, row0, rows, columns));
-  if (cache.size() > kTermsCacheEntries) cache.pop_back();
-  return cache.front().second;
+  return RecentOrMake(cache, kTermsCacheEntries, key, [&] {
+    return MakeAlibiTerms(ops, config.causal, row0, rows, columns);
+  });
 }
 
 // Writes the static bias of query rows [row0, row0 + rows) and the first C
@@ -287,12 +298,9 @@ void AddPositionTerm(const Operands& ops, const AttentionConfig& config,
 void KernelLogits(const Operands& ops, const AttentionConfig& config,
                   int64_t row0, int64_t rows, at::Tensor& logits) {
   const Sizes& s = ops.sizes;
-  const auto last_contiguous = [](const at::Tensor& t) {
-    return t.stride(-1) == 1 ? t : t.contiguous();
-  };
   AlibiLogitsOperands kernel;
-  kernel.query = last_contiguous(ops.query.narrow(2, row0, rows));
-  kernel.key = last_contiguous(ops.key);
+  kernel.query = ops.query.narrow(2, row0, rows);
+  kernel.key = ops.key;
   kernel.neg_slopes = ops.neg_slopes.view({s.heads});
   kernel.key_lengths = ops.key_lengths;
   kernel.out = logits;
