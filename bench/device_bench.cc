@@ -200,34 +200,59 @@ double MatmulRate(const Options& o, const at::TensorOptions& opts) {
   return flops / ms;
 }
 
+// The logits case, B8 H8 L512 D64 float32 ALiBi causal (B2 H4 L128 D32 with
+// --small): its inputs, shape and floors, shared by the rows that time it.
+struct LogitsCase {
+  int64_t b, h, l, d;
+  at::Tensor q, k;
+  AttentionConfig config;
+  std::string shape;
+  double floor_ms;          // (q, k read + logits written) / bandwidth
+  double compute_floor_ms;  // the products over the f32 rate
+};
+
+LogitsCase MakeLogitsCase(const Options& o, const at::TensorOptions& f32,
+                          double bw, double rate) {
+  LogitsCase c;
+  c.b = o.small ? 2 : 8;
+  c.h = o.small ? 4 : 8;
+  c.l = o.small ? 128 : 512;
+  c.d = o.small ? 32 : 64;
+  c.q = at::randn({c.b, c.h, c.l, c.d}, f32);
+  c.k = at::randn({c.b, c.h, c.l, c.d}, f32);
+  c.config = CausalAlibi(c.h, c.d, true, false, false);
+  c.shape = "B" + std::to_string(c.b) + " H" + std::to_string(c.h) + " L" +
+            std::to_string(c.l) + " D" + std::to_string(c.d) + " f32";
+  const int64_t stack = c.b * c.h;
+  c.floor_ms =
+      static_cast<double>(4 * (2 * stack * c.l * c.d + stack * c.l * c.l)) / bw;
+  c.compute_floor_ms =
+      2.0 * static_cast<double>(stack * c.l * c.l * c.d) / rate;
+  return c;
+}
+
 // `kernel`: the batched path with its fused ALiBi logits kernel where it runs
 // (alibi_logits.h; a CUDA build), else with the library's products.
-Row Logits(const Options& o, const at::TensorOptions& f32, double bw,
-           double rate, bool kernel) {
-  const int64_t b = o.small ? 2 : 8, h = o.small ? 4 : 8;
-  const int64_t l = o.small ? 128 : 512, d = o.small ? 32 : 64;
-  at::Tensor q = at::randn({b, h, l, d}, f32);
-  at::Tensor k = at::randn({b, h, l, d}, f32);
-  const AttentionConfig config = CausalAlibi(h, d, true, false, false);
-  const at::Tensor bias = MaterialisedBias(h, l, f32);
+Row Logits(const LogitsCase& c, bool kernel) {
+  const at::Tensor bias = MaterialisedBias(c.h, c.l, c.q.options());
   const auto ours = [&] {
-    return BatchedAttention(q, k, at::Tensor(), {}, config, 0, kernel).logits;
+    return BatchedAttention(c.q, c.k, at::Tensor(), {}, c.config, 0, kernel)
+        .logits;
   };
   const auto eager = [&] {
-    return at::matmul(q, k.transpose(-1, -2)).mul_(config.scale).add_(bias);
+    return at::matmul(c.q, c.k.transpose(-1, -2))
+        .mul_(c.config.scale)
+        .add_(bias);
   };
   Row r;
   r.name = kernel ? "alibi logits" : "alibi logits, library products";
-  r.shape = "B" + std::to_string(b) + " H" + std::to_string(h) + " L" +
-            std::to_string(l) + " D" + std::to_string(d) + " f32";
+  r.shape = c.shape;
   r.error = RelativeError(ours(), eager());
   r.ms = TimeMs(ours, 3, 20);
   r.baseline = "eager matmul+bias";
   r.baseline_ms = TimeMs(eager, 3, 20);
-  const auto bytes =
-      static_cast<double>(4 * (2 * b * h * l * d + b * h * l * l));
-  r.floor_ms = bytes / bw;
-  r.compute_floor_ms = 2.0 * static_cast<double>(b * h * l * l * d) / rate;
+  r.floor_ms = c.floor_ms;
+  r.compute_floor_ms = c.compute_floor_ms;
   return r;
 }
 
@@ -236,21 +261,15 @@ Row Logits(const Options& o, const at::TensorOptions& f32, double bw,
 // writing that the device-memory floor bounds, without the batched path's host
 // work around it (operands, output allocation), which a GPU finishes faster
 // than the host issues it.
-Row KernelAlone(const Options& o, const at::TensorOptions& f32, double bw,
-                double rate) {
-  const int64_t b = o.small ? 2 : 8, h = o.small ? 4 : 8;
-  const int64_t l = o.small ? 128 : 512, d = o.small ? 32 : 64;
-  at::Tensor q = at::randn({b, h, l, d}, f32);
-  at::Tensor k = at::randn({b, h, l, d}, f32);
-  const AttentionConfig config = CausalAlibi(h, d, true, false, false);
+Row KernelAlone(const LogitsCase& c) {
   AlibiLogitsOperands ops;
-  ops.query = q;
-  ops.key = k;
+  ops.query = c.q;
+  ops.key = c.k;
   ops.neg_slopes =
-      at::tensor(AlibiSlopes(h), at::kFloat).neg().to(f32.device());
-  ops.out = at::empty({b, h, l, l}, f32);
+      at::tensor(AlibiSlopes(c.h), at::kFloat).neg().to(c.q.device());
+  ops.out = at::empty({c.b, c.h, c.l, c.l}, c.q.options());
   ops.first_position = 0;
-  ops.scale = config.scale;
+  ops.scale = c.config.scale;
   ops.causal = true;
   const auto kernel = [&] {
     RunAlibiLogitsKernel(ops);
@@ -258,16 +277,14 @@ Row KernelAlone(const Options& o, const at::TensorOptions& f32, double bw,
   };
   Row r;
   r.name = "alibi logits, kernel alone";
-  r.shape = "B" + std::to_string(b) + " H" + std::to_string(h) + " L" +
-            std::to_string(l) + " D" + std::to_string(d) + " f32";
+  r.shape = c.shape;
   r.error = RelativeError(
       kernel().clone(),
-      BatchedAttention(q, k, at::Tensor(), {}, config, 0, false).logits);
+      BatchedAttention(c.q, c.k, at::Tensor(), {}, c.config, 0, false).logits);
   r.ms = TimeMs(kernel, 3, 50);
   r.baseline = "-";
-  r.floor_ms =
-      static_cast<double>(4 * (2 * b * h * l * d + b * h * l * l)) / bw;
-  r.compute_floor_ms = 2.0 * static_cast<double>(b * h * l * l * d) / rate;
+  r.floor_ms = c.floor_ms;
+  r.compute_floor_ms = c.compute_floor_ms;
   return r;
 }
 
@@ -491,14 +508,15 @@ int Run(const Options& o) {
   const double f32_rate = MatmulRate(o, f32.dtype(at::kFloat));
   const double context_rate =
       o.small ? f32_rate : MatmulRate(o, f32.dtype(at::kBFloat16));
-  const Row logits = Logits(o, f32.dtype(at::kFloat), bw, f32_rate, true);
+  const LogitsCase logits_case =
+      MakeLogitsCase(o, f32.dtype(at::kFloat), bw, f32_rate);
+  const Row logits = Logits(logits_case, true);
   Print(logits);
-  const Row library_logits =
-      Logits(o, f32.dtype(at::kFloat), bw, f32_rate, false);
+  const Row library_logits = Logits(logits_case, false);
   Print(library_logits);
   Row kernel_logits;
   if (AlibiLogitsKernelAvailable(f32.device())) {
-    kernel_logits = KernelAlone(o, f32.dtype(at::kFloat), bw, f32_rate);
+    kernel_logits = KernelAlone(logits_case);
     Print(kernel_logits);
   }
   const Row context = Context(o, f32, bw, context_rate);
