@@ -343,6 +343,8 @@ for s in "${STEPS[@]}"; do
   IFS='|' read -r n r _ _ <<<"$s"
   [[ $n == scoring_tests ]] && GOLDEN_RESULT=$r
 done
+# What the server said computes (device, path, kernels), from the first load run's log.
+SCORER_LINE=$(grep -ho 'scorer: .*' "$LOGS/load_batching-server.log" 2>/dev/null | head -1)
 ON=$(rps "$REPORT_DIR/load_batching.json")
 OFF=$(rps "$REPORT_DIR/load_no_batching.json")
 {
@@ -351,8 +353,7 @@ OFF=$(rps "$REPORT_DIR/load_no_batching.json")
   echo "$(date -u +%FT%TZ), $(uname -n), commit $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo "?")"
   echo "$(python3 -c 'import torch; print("python torch", torch.__version__, "cuda", torch.version.cuda)' 2>/dev/null || echo 'python torch: none')"
   command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-  # What the server said computes (device, path, kernels), from the first load run's log.
-  grep -ho 'scorer: .*' "$LOGS/load_batching-server.log" 2>/dev/null | head -1
+  echo "$SCORER_LINE"
   echo
   echo "| step | result | seconds | what |"
   echo "|---|---|---|---|"
@@ -383,7 +384,7 @@ OFF=$(rps "$REPORT_DIR/load_no_batching.json")
 # The short table, last.
 echo
 echo "device-check ($MODE, $DEVICE): report in $REPORT_DIR/report.md"
-grep -ho 'scorer: .*' "$LOGS/load_batching-server.log" 2>/dev/null | head -1
+echo "$SCORER_LINE"
 printf '%-18s %-40s %s\n' step result seconds
 for s in "${STEPS[@]}"; do IFS='|' read -r n r t _ <<<"$s"; printf '%-18s %-40s %s\n' "$n" "$r" "$t"; done
 echo "load decode c=64: batching on $ON rps, off $OFF rps; 4 workers: on $(rps "$REPORT_DIR/load_batching_w4.json"), off $(rps "$REPORT_DIR/load_no_batching_w4.json"); inputs and outputs in shared memory: on $(rps "$REPORT_DIR/load_batching_shm.json"), off $(rps "$REPORT_DIR/load_no_batching_shm.json")"
