@@ -153,8 +153,8 @@ configure() {
 }
 
 TARGETS=(attnscore-server attnscore scoring_golden_test scoring_batched_attention_test
-         scoring_alibi_logits_tile_test scoring_properties_test attnscore_golden_e2e_test
-         attnscore_bench_device "${KERNEL_TARGETS[@]}")
+         scoring_alibi_logits_tile_test scoring_memory_probe scoring_properties_test
+         attnscore_golden_e2e_test attnscore_bench_device "${KERNEL_TARGETS[@]}")
 build() { ninja -C "$BUILD" -j "$JOBS" "${TARGETS[@]}"; }
 # When the project's own CUDA kernels do not build on the device, the rest of the check still
 # runs without them (the build step stays failed, so the check does too).
@@ -364,6 +364,16 @@ OFF=$(rps "$REPORT_DIR/load_no_batching.json")
   echo "## Targets"
   echo
   targets "$GOLDEN_RESULT"
+  echo
+  echo "## Memory: one request's peak against the estimate (batched path on $DEVICE)"
+  echo
+  echo "From the scoring tests (BatchedMemoryTest: the allocator's peak on a GPU, resident memory"
+  echo "on the CPU; the estimate is what --max-request-memory is checked against):"
+  echo
+  echo '```'
+  grep -E '^(alibi|relative) .*: growth .* estimate ' "$LOGS/scoring_tests.log" 2>/dev/null ||
+    echo "not run"
+  echo '```'
   echo
   echo "## Load: decode preset, c=64, ${LOAD_SECONDS} s"
   echo

@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <string>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 
 namespace attnscore::scoring {
@@ -29,11 +30,25 @@ struct AcceleratorInfo {
   int64_t free_bytes = 0;  // at the time of the call
 };
 
+// What LibTorch's caching allocator has handed out on a CUDA device (the
+// bytes its tensors hold, not what it keeps cached for reuse): now, and at
+// most since the last ResetPeakDeviceBytes. The memory tests and the device
+// check compare the peak with the resource estimate.
+struct DeviceAllocated {
+  int64_t current_bytes = 0;
+  int64_t peak_bytes = 0;
+};
+
 // Whether this build can use CUDA at all (LibTorch built with it).
 bool BuiltWithCuda();
 
 // The CUDA device `index` (0 for "cuda").
 absl::StatusOr<AcceleratorInfo> DescribeCudaDevice(int index);
+
+// The allocator's figures for the CUDA device `index`, and a reset of its
+// peak to the current figure.
+absl::StatusOr<DeviceAllocated> DeviceAllocatedBytes(int index);
+absl::Status ResetPeakDeviceBytes(int index);
 
 // Page-locks `bytes` of host memory at `data` (whole pages) for the CUDA
 // devices, so that copies from it to a device are DMA without a staging copy.

@@ -1,6 +1,7 @@
 // The CUDA build (cmake/AttnscoreTorch.cmake compiles this file only when the
 // LibTorch has CUDA): the device's properties and free memory from the CUDA
 // runtime, under a guard that leaves the caller's current device alone.
+#include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -13,13 +14,26 @@ namespace attnscore::scoring {
 
 bool BuiltWithCuda() { return true; }
 
-absl::StatusOr<AcceleratorInfo> DescribeCudaDevice(int index) {
+namespace {
+
+absl::Status CheckIndex(int index) {
   const int count = c10::cuda::device_count();
   if (index < 0 || index >= count) {
     return absl::FailedPreconditionError(
         absl::StrCat("cuda:", index, ": expected a device index in [0, ", count,
                      "), the CUDA runtime sees ", count, " device(s)"));
   }
+  return absl::OkStatus();
+}
+
+// StatType::AGGREGATE (all pools together), in c10::cuda::CUDACachingAllocator
+// in LibTorch 1.13 and in c10::CachingDeviceAllocator in 2.x.
+constexpr size_t kAggregate = 0;
+
+}  // namespace
+
+absl::StatusOr<AcceleratorInfo> DescribeCudaDevice(int index) {
+  if (absl::Status status = CheckIndex(index); !status.ok()) return status;
   cudaDeviceProp props{};
   size_t free_bytes = 0;
   size_t total_bytes = 0;
@@ -39,6 +53,31 @@ absl::StatusOr<AcceleratorInfo> DescribeCudaDevice(int index) {
   info.total_bytes = static_cast<int64_t>(total_bytes);
   info.free_bytes = static_cast<int64_t>(free_bytes);
   return info;
+}
+
+absl::StatusOr<DeviceAllocated> DeviceAllocatedBytes(int index) {
+  if (absl::Status status = CheckIndex(index); !status.ok()) return status;
+  try {
+    const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(
+        static_cast<c10::DeviceIndex>(index));
+    const auto& bytes = stats.allocated_bytes[kAggregate];
+    return DeviceAllocated{bytes.current, bytes.peak};
+  } catch (const c10::Error& e) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cuda:", index, ": ", e.what_without_backtrace()));
+  }
+}
+
+absl::Status ResetPeakDeviceBytes(int index) {
+  if (absl::Status status = CheckIndex(index); !status.ok()) return status;
+  try {
+    c10::cuda::CUDACachingAllocator::resetPeakStats(
+        static_cast<c10::DeviceIndex>(index));
+  } catch (const c10::Error& e) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cuda:", index, ": ", e.what_without_backtrace()));
+  }
+  return absl::OkStatus();
 }
 
 // The runtime's errors here are not sticky; each is cleared so that it cannot

@@ -2,11 +2,13 @@
 // launch writes scale * q.k^T plus the ALiBi bias, -inf where causal or the
 // key length hides a key, straight into the logits, and skips the products of
 // tiles that causal hides entirely. The batched path (batched_attention.cc)
-// uses it for ALiBi logits on a CUDA device; the library's baddbmm stays the
-// path elsewhere, and the benchmark (bench/device_bench.cc) measures both.
-// The kernel is compiled only in CUDA builds: exactly one of
-// alibi_logits_cuda.cc (with alibi_logits_cuda.cu) and alibi_logits_none.cc
-// defines RunAlibiLogitsKernel and AlibiLogitsKernelAvailable.
+// uses it for ALiBi logits on a CUDA device, for query tiles where it pays
+// (AlibiLogitsKernelPays, batched_estimate.h, which also counts the memory it
+// saves); the library's baddbmm stays the path elsewhere, and the benchmark
+// (bench/device_bench.cc) measures both. The kernel is compiled only in CUDA
+// builds: exactly one of alibi_logits_cuda.cc (with alibi_logits_cuda.cu) and
+// alibi_logits_none.cc defines RunAlibiLogitsKernel and
+// AlibiLogitsKernelAvailable.
 //
 // Thread safety: reentrant; the kernel runs on the calling thread's current
 // stream. Errors: RunAlibiLogitsKernel throws c10::Error when the kernel is
@@ -47,14 +49,6 @@ alibi_tile::AlibiLogitsArgs MakeAlibiLogitsArgs(const AlibiLogitsOperands& ops);
 // Whether RunAlibiLogitsKernel runs on `device`: a CUDA build and a CUDA
 // device.
 bool AlibiLogitsKernelAvailable(const at::Device& device);
-
-// Whether the kernel pays for a launch of `rows` query rows: a block computes
-// 64 rows against 64 keys whatever the rows, so fewer than half a tile (a
-// decode step's one row) would multiply mostly zeros, where the library's
-// batched product reads each key once at memory speed.
-inline bool AlibiLogitsKernelPays(int64_t rows) {
-  return rows >= alibi_tile::kTile / 2;
-}
 
 // Launches the kernel on `ops`' CUDA device, on the current stream.
 void RunAlibiLogitsKernel(const AlibiLogitsOperands& ops);

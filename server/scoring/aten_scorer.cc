@@ -378,8 +378,11 @@ class ScorerImpl final : public Scorer {
 
   ResourceEstimate Estimate(const ScoreSpec& spec,
                             const ProblemSize& size) const override {
-    return batched_ ? EstimateBatchedResources(spec, size, fused_available_)
-                    : EstimateResources(spec, size);
+    if (!batched_) return EstimateResources(spec, size);
+    return EstimateBatchedResources(
+        spec, size,
+        {fused_available_,
+         alibi_kernel_ && AlibiLogitsKernelAvailable(device_)});
   }
 
  private:

@@ -35,30 +35,35 @@ bool IsRelative(const ScoreSpec& spec) {
   return std::holds_alternative<RelativeBias>(spec.bias);
 }
 
-// Scratch of one tile of T query rows, beyond the outputs.
+// The static bias of a tile of `rows` query rows on the library's path:
+// positions (float distance, long index, bool mask, twice for temporaries)
+// and the [H, T, Lk] bias with the temporary it is built from.
+int64_t TileBias(const ProblemSize& size, int64_t rows) {
+  const int64_t cells = Mul(rows, size.key_len);  // [T, Lk]
+  return Add(Mul(cells, 2 * (kF32 + 8 + 1)),
+             Mul(Mul(size.heads, cells), 2 * kF32));
+}
+
+// Scratch of one tile of T query rows, beyond the outputs and the bias.
 int64_t TileScratch(const ScoreSpec& spec, const ProblemSize& size, int64_t t,
                     bool fused) {
   const int64_t stack = Mul(size.batch, size.heads);
-  const int64_t rows = Mul(t, size.key_len);  // [T, Lk]
-  // Positions (float distance, long index, bool mask), twice for temporaries.
-  const int64_t positions = Mul(rows, 2 * (kF32 + 8 + 1));
-  // The [H, T, Lk] bias and the temporary it is built from.
-  const int64_t bias = Mul(Mul(size.heads, rows), 2 * kF32);
   if (fused) {
     // Contiguous copies of one length group's keys and values, the output
     // tile and the kernel's log-sum-exp.
     const int64_t operands = Mul(Mul(stack, size.key_len),
                                  Mul(Add(size.head_dim, size.value_dim), kF32));
     const int64_t out = Mul(Mul(stack, t), Mul(Add(size.value_dim, 1), kF32));
-    return Sum({positions, bias, operands, out});
+    return Add(operands, out);
   }
-  const int64_t stack_tile = Mul(Mul(stack, rows), kF32);  // [B*H, T, Lk]
+  const int64_t stack_tile =
+      Mul(Mul(stack, Mul(t, size.key_len)), kF32);  // [B*H, T, Lk]
   const bool need_probs = spec.want_probs || spec.want_context;
-  int64_t scratch = Sum({positions, bias});
+  int64_t scratch = 0;
   if (t < size.query_len) {
     // Several tiles: each computes in contiguous scratch, then is copied into
     // the outputs' rows.
-    scratch = Sum({scratch, stack_tile, need_probs ? stack_tile : 0,
+    scratch = Sum({stack_tile, need_probs ? stack_tile : 0,
                    Mul(Mul(stack, t), Mul(size.value_dim, kF32))});
   } else {
     // One tile computes in the outputs; scratch only for what is not one.
@@ -74,6 +79,30 @@ int64_t TileScratch(const ScoreSpec& spec, const ProblemSize& size, int64_t t,
         Add(scratch, Mul(Mul(stack, t), Mul(Add(span, size.head_dim), kF32)));
   }
   return scratch;
+}
+
+// Whether the ALiBi kernel computes this request's logits (in the tiles where
+// it pays): ALiBi on the tiled path (anything but the fused attention), and
+// the kernel there.
+bool KernelComputesLogits(const ScoreSpec& spec,
+                          const BatchedKernels& kernels) {
+  return kernels.alibi_logits && !IsRelative(spec) &&
+         !UsesFusedAttention(spec, kernels.fused_attention);
+}
+
+// The bias scratch of the query's tiles of T rows: none for a tile whose
+// logits the ALiBi kernel computes (only the [B, 1, 1, Lk] key-length mask,
+// the lengths and the dead-row mask remain), the library's for the others. The
+// last tile (Lq mod T rows) may be too short for the kernel.
+int64_t BiasScratch(const ScoreSpec& spec, const ProblemSize& size, int64_t t,
+                    const BatchedKernels& kernels) {
+  if (!KernelComputesLogits(spec, kernels) || !AlibiLogitsKernelPays(t)) {
+    return TileBias(size, t);
+  }
+  const int64_t masks = Mul(size.batch, Add(size.key_len, 8 + 1));
+  const int64_t last = size.query_len % t;
+  const bool short_last = last > 0 && !AlibiLogitsKernelPays(last);
+  return Add(masks, short_last ? TileBias(size, last) : 0);
 }
 
 }  // namespace
@@ -94,8 +123,8 @@ int64_t BatchedQueryTile(const ProblemSize& size, bool fused) {
 
 ResourceEstimate EstimateBatchedResources(const ScoreSpec& spec,
                                           const ProblemSize& size,
-                                          bool fused_available) {
-  const bool fused = UsesFusedAttention(spec, fused_available);
+                                          const BatchedKernels& kernels) {
+  const bool fused = UsesFusedAttention(spec, kernels.fused_attention);
   const int64_t stack = Mul(size.batch, size.heads);
   const int64_t scores = Mul(stack, Mul(size.query_len, size.key_len));
   const int64_t context = Mul(stack, Mul(size.query_len, size.value_dim));
@@ -128,7 +157,8 @@ ResourceEstimate EstimateBatchedResources(const ScoreSpec& spec,
   if (spec.want_probs) wire = Add(wire, Mul(scores, wire_size));
   if (spec.want_context) wire = Add(wire, Mul(context, wire_size));
   const int64_t tile = BatchedQueryTile(size, fused);
-  const int64_t scratch = TileScratch(spec, size, tile, fused);
+  const int64_t scratch = Add(TileScratch(spec, size, tile, fused),
+                              BiasScratch(spec, size, tile, kernels));
   ResourceEstimate estimate;
   estimate.peak_bytes = Sum({inputs, outputs, scratch, wire});
   const int64_t tiles =
@@ -144,8 +174,11 @@ ResourceEstimate EstimateBatchedResources(const ScoreSpec& spec,
   estimate.breakdown = absl::StrCat(
       "batched path: inputs ", inputs, " B + float32 outputs ", outputs,
       " B + tile scratch ", scratch, " B (", tiles, " tile(s) of ", tile,
-      " query rows", fused ? ", fused attention" : "", ") + wire outputs ",
-      wire, " B");
+      " query rows", fused ? ", fused attention" : "",
+      KernelComputesLogits(spec, kernels) && AlibiLogitsKernelPays(tile)
+          ? ", ALiBi logits kernel"
+          : "",
+      ") + wire outputs ", wire, " B");
   return estimate;
 }
 

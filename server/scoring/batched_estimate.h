@@ -14,6 +14,7 @@
 
 #include <cstdint>
 
+#include "server/scoring/alibi_logits_tile.h"
 #include "server/scoring/resource_estimate.h"
 #include "server/scoring/score_spec.h"
 
@@ -23,9 +24,26 @@ namespace attnscore::scoring {
 // logits or probabilities (tiled path), or a [H, T, Lk] bias (fused path).
 inline constexpr int64_t kBatchedTileBytes = int64_t{256} << 20;
 
+// What the batched path can use on its device, as far as its memory goes.
+struct BatchedKernels {
+  // PyTorch's fused attention (fused_attention.h): the LibTorch has it.
+  bool fused_attention = false;
+  // The project's ALiBi logits kernel (alibi_logits.h): on a CUDA device of a
+  // build that has it, and not turned off (--alibi-kernel).
+  bool alibi_logits = false;
+};
+
 // Whether the batched path runs the fused attention (fused_attention.h) for
 // this request: the context alone, ALiBi bias, and a LibTorch that has it.
 bool UsesFusedAttention(const ScoreSpec& spec, bool fused_available);
+
+// Whether the ALiBi logits kernel pays for a query tile of `rows` rows: a
+// block computes 64 rows against 64 keys whatever the rows, so fewer than
+// half a tile (a decode step's one row) would multiply mostly zeros, where
+// the library's batched product reads each key once at memory speed.
+inline bool AlibiLogitsKernelPays(int64_t rows) {
+  return rows >= alibi_tile::kTile / 2;
+}
 
 // T, the query rows per tile: as many as keep the tile's scratch within
 // kBatchedTileBytes, at least 1, at most Lq. `fused`: UsesFusedAttention.
@@ -33,10 +51,11 @@ int64_t BatchedQueryTile(const ProblemSize& size, bool fused);
 
 // Peak device bytes (inputs as float32, and one 16-bit input as sent while it
 // converts; outputs, one tile's scratch, the relative position term) and
-// work, as EstimateResources reports them.
+// work, as EstimateResources reports them. A tile whose ALiBi logits the
+// kernel computes takes no bias or position scratch.
 ResourceEstimate EstimateBatchedResources(const ScoreSpec& spec,
                                           const ProblemSize& size,
-                                          bool fused_available);
+                                          const BatchedKernels& kernels);
 
 }  // namespace attnscore::scoring
 

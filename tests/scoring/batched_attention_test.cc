@@ -16,6 +16,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <limits>
 #include <memory>
@@ -23,6 +24,7 @@
 #include <variant>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "common/aten_dtype.h"
 #include "common/dtype.h"
 #include "common/layout.h"
@@ -33,6 +35,7 @@
 #include "server/scoring/fused_attention.h"
 #include "server/scoring/relative_model.h"
 #include "server/scoring/staging.h"
+#include "tests/scoring/memory_probe.h"
 #include "tests/testing/golden.h"
 #include "tests/testing/test_util.h"
 
@@ -316,7 +319,7 @@ TEST(BatchedEstimateTest, CoversOutputsAndBoundsTheTile) {
   spec.want_probs = true;
   spec.want_context = true;
   const ProblemSize size{8, 8, 512, 512, 64, 64};
-  const ResourceEstimate estimate = EstimateBatchedResources(spec, size, false);
+  const ResourceEstimate estimate = EstimateBatchedResources(spec, size, {});
   const int64_t scores = int64_t{8} * 8 * 512 * 512;
   EXPECT_GE(estimate.peak_bytes, 2 * scores * 4 + 2 * scores * 4);
   EXPECT_NE(estimate.breakdown.find("batched path"), std::string::npos);
@@ -332,12 +335,12 @@ TEST(BatchedEstimateTest, CoversOutputsAndBoundsTheTile) {
   half_keys.convert_cols = 64;
   ProblemSize float_keys = half_keys;
   float_keys.convert_cols = 0;
-  EXPECT_EQ(EstimateBatchedResources(spec, half_keys, false).peak_bytes -
-                EstimateBatchedResources(spec, float_keys, false).peak_bytes,
+  EXPECT_EQ(EstimateBatchedResources(spec, half_keys, {}).peak_bytes -
+                EstimateBatchedResources(spec, float_keys, {}).peak_bytes,
             int64_t{8} * 8 * 2048 * 64 * 2);
   // Saturates instead of overflowing.
   const ProblemSize huge{1 << 20, 1 << 10, 1 << 20, 1 << 20, 1 << 10, 1 << 10};
-  EXPECT_EQ(EstimateBatchedResources(spec, huge, true).peak_bytes,
+  EXPECT_EQ(EstimateBatchedResources(spec, huge, {true, true}).peak_bytes,
             std::numeric_limits<int64_t>::max());
   // The fused path applies to the context alone, with ALiBi.
   ScoreSpec context_only;
@@ -346,6 +349,86 @@ TEST(BatchedEstimateTest, CoversOutputsAndBoundsTheTile) {
   EXPECT_TRUE(UsesFusedAttention(context_only, true));
   EXPECT_FALSE(UsesFusedAttention(context_only, false));
   EXPECT_FALSE(UsesFusedAttention(spec, true));
+}
+
+// Where the ALiBi kernel computes the logits (a CUDA device), a tile it takes
+// needs none of the library's bias scratch: [T, Lk] positions (2 x 13 bytes
+// a cell) and the [H, T, Lk] bias (2 x 4 bytes a head and cell); only the
+// [B, 1, 1, Lk] key masks and the lengths remain (B x (Lk + 9) bytes). A last
+// tile too short for the kernel keeps the library's scratch for its rows;
+// relative bias, decode steps and the fused attention are as without it.
+TEST(BatchedEstimateTest, KernelTilesTakeNoBiasScratch) {
+  const BatchedKernels library{false, false};
+  const BatchedKernels kernel{false, true};
+  const auto saved = [](const ScoreSpec& spec, const ProblemSize& size) {
+    return EstimateBatchedResources(spec, size, {false, false}).peak_bytes -
+           EstimateBatchedResources(spec, size, {false, true}).peak_bytes;
+  };
+  const auto bias = [](int64_t rows, int64_t heads, int64_t keys) {
+    return rows * keys * (26 + 8 * heads);
+  };
+  ScoreSpec spec;
+  spec.causal = true;
+  // One tile of 512 rows.
+  const ProblemSize prefill{8, 8, 512, 512, 64, 64};
+  EXPECT_EQ(saved(spec, prefill), bias(512, 8, 512) - 8 * (512 + 9));
+  EXPECT_NE(EstimateBatchedResources(spec, prefill, kernel)
+                .breakdown.find("ALiBi logits kernel"),
+            std::string::npos);
+  EXPECT_EQ(EstimateBatchedResources(spec, prefill, library)
+                .breakdown.find("ALiBi logits kernel"),
+            std::string::npos);
+  // Tiles of 256 rows (1 MiB of logits a row): the last one of 32 rows is
+  // the kernel's too, one of 8 rows the library's.
+  const ProblemSize long_keys{8, 8, 544, 4096, 64, 64};
+  ASSERT_EQ(BatchedQueryTile(long_keys, false), 256);
+  EXPECT_EQ(saved(spec, long_keys), bias(256, 8, 4096) - 8 * (4096 + 9));
+  const ProblemSize short_last{8, 8, 520, 4096, 64, 64};
+  EXPECT_EQ(saved(spec, short_last),
+            bias(256, 8, 4096) - 8 * (4096 + 9) - bias(8, 8, 4096));
+  // Probabilities and the context (tiles) take the kernel's logits too.
+  spec.want_probs = true;
+  spec.want_context = true;
+  EXPECT_EQ(saved(spec, prefill), bias(512, 8, 512) - 8 * (512 + 9));
+  // No saving: a decode step, the fused attention, relative bias.
+  EXPECT_EQ(saved(spec, ProblemSize{32, 8, 1, 2048, 64, 64}), 0);
+  ScoreSpec context_only = spec;
+  context_only.want_logits = false;
+  context_only.want_probs = false;
+  EXPECT_EQ(
+      EstimateBatchedResources(context_only, prefill, {true, false}).peak_bytes,
+      EstimateBatchedResources(context_only, prefill, {true, true}).peak_bytes);
+  spec.bias = RelativeBias{};
+  EXPECT_EQ(saved(spec, prefill), 0);
+}
+
+// One request's peak on the batched path, measured in a child process on the
+// test device (resident memory on the CPU; on a GPU the allocator's bytes,
+// with the ALiBi kernel's tiles), never exceeds its estimate: ALiBi and
+// relative, causal and not, every output, 16-bit inputs, decode steps, the
+// context alone, and several query tiles with a last one too short for the
+// kernel.
+TEST(BatchedMemoryTest, EstimateBoundsMeasuredPeak) {
+  constexpr double kMiB = 1 << 20;
+  for (const char* args : {
+           "alibi causal 2 4 1024 1024 32 32 l float32",
+           "alibi full 2 4 1024 1024 32 32 lp float32",
+           "alibi causal 2 4 1024 1024 32 32 lpc float16",
+           "alibi causal 2 4 1024 1024 32 32 c float32",
+           "relative causal 2 4 1024 1024 32 32 lp float32",
+           "relative full 2 4 1024 1024 32 32 c float16",
+           "alibi causal 16 4 1 4096 32 32 lp float16",
+           "relative causal 16 4 1 4096 32 32 lp float32",
+           "alibi causal 2 4 1040 8192 32 32 l float32",
+       }) {
+    const ProbedMemory probed = ProbeMemory(
+        absl::StrCat(args, " batched ", attnscore::testing::TestDevice()));
+    ASSERT_GE(probed.growth, 0) << args;
+    std::printf("%s: growth %.1f MiB, estimate %.1f MiB\n", args,
+                static_cast<double>(probed.growth) / kMiB,
+                static_cast<double>(probed.estimate) / kMiB);
+    EXPECT_LE(probed.growth, probed.estimate) << args;
+  }
 }
 
 TEST(FusedAttentionTest, DescribesItself) {

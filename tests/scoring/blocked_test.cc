@@ -16,7 +16,6 @@
 
 #include <atomic>
 #include <chrono>
-#include <cinttypes>
 #include <cmath>
 #include <condition_variable>
 #include <cstdio>
@@ -38,10 +37,7 @@
 #include "server/scoring/resource_estimate.h"
 #include "server/scoring/row_loops.h"
 #include "server/scoring/validation.h"
-
-#ifndef ATTNSCORE_MEMORY_PROBE
-#error "ATTNSCORE_MEMORY_PROBE (scoring_blocked_memory_probe) is required"
-#endif
+#include "tests/scoring/memory_probe.h"
 
 namespace attnscore::scoring {
 namespace {
@@ -639,20 +635,10 @@ TEST(BlockedValidationTest, OverflowingScaleOrSlopesNameTheField) {
   EXPECT_THAT(ValidateItem(spec, item).message(), HasSubstr("bfloat16 bound"));
 }
 
-// Runs the probe: {growth, estimate} in bytes.
+// {growth, estimate} in bytes, of the blocked path on the CPU.
 std::pair<int64_t, int64_t> Probe(const std::string& args) {
-  const std::string command =
-      absl::StrCat("timeout 300 ", ATTNSCORE_MEMORY_PROBE, " ", args);
-  FILE* pipe = popen(command.c_str(), "r");
-  if (pipe == nullptr) return {-1, -1};
-  int64_t growth = -1, estimate = -1;
-  if (std::fscanf(pipe, "growth %" SCNd64 " estimate %" SCNd64, &growth,
-                  &estimate) != 2) {
-    growth = estimate = -1;
-  }
-  const int rc = pclose(pipe);
-  EXPECT_EQ(rc, 0) << command;
-  return {growth, estimate};
+  const ProbedMemory probed = ProbeMemory(absl::StrCat(args, " blocked cpu"));
+  return {probed.growth, probed.estimate};
 }
 
 constexpr int64_t kMiB = int64_t{1} << 20;

@@ -1,12 +1,15 @@
 // Runs one scoring request through the ATen scorer in a fresh process and
-// prints how much its peak resident memory grew, with the resource estimate
-// for comparison:  "growth <bytes> estimate <bytes>".
+// prints how much memory it took at its peak, with the scorer's resource
+// estimate for comparison:  "growth <bytes> estimate <bytes>".
 //
-//   scoring_blocked_memory_probe alibi|relative causal|full B H Lq Lk D Dv
-//       OUTPUTS(any of l, p, c) float32|float16
+//   scoring_memory_probe alibi|relative causal|full B H Lq Lk D Dv
+//       OUTPUTS(any of l, p, c) float32|float16 [blocked|batched [DEVICE]]
 //
-// The peak is reset (/proc/self/clear_refs "5") after the inputs exist and the
-// compute threads are started, so the growth is what the request allocated.
+// On the CPU the growth is that of the peak resident memory, reset
+// (/proc/self/clear_refs "5") after the inputs exist and the compute threads
+// are started, so it is what the request allocated. On a CUDA device it is
+// the device allocator's peak over what it held before the request (the
+// inputs start on the host, as a request's bytes do).
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/randn.h>
 
@@ -17,6 +20,7 @@
 #include <fstream>
 #include <string>
 
+#include "server/scoring/accelerator.h"
 #include "server/scoring/alibi.h"
 #include "server/scoring/aten_scorer.h"
 #include "server/scoring/relative_model.h"
@@ -45,7 +49,45 @@ TensorRef Ref(const at::Tensor& t, DType dtype) {
   return TensorRef{dtype, t.sizes().vec(), t.data_ptr(), t.nbytes()};
 }
 
-int Run(char** argv) {
+// Where the request's memory is counted: the process's resident memory on the
+// CPU, the allocator's bytes on a CUDA device.
+class PeakMeter {
+ public:
+  explicit PeakMeter(const std::string& device)
+      : cuda_index_(
+            device.rfind("cuda", 0) == 0
+                ? (device.size() > 5 ? std::atoi(device.c_str() + 5) : 0)
+                : -1) {}
+
+  // Starts counting from here.
+  bool Reset() {
+    if (cuda_index_ < 0) {
+      std::ofstream("/proc/self/clear_refs") << "5";
+      before_ = StatusBytes("VmRSS:");
+      return before_ >= 0;
+    }
+    if (!attnscore::scoring::ResetPeakDeviceBytes(cuda_index_).ok()) {
+      return false;
+    }
+    const auto bytes = attnscore::scoring::DeviceAllocatedBytes(cuda_index_);
+    if (!bytes.ok()) return false;
+    before_ = bytes->current_bytes;
+    return true;
+  }
+
+  // The peak's growth since Reset(), or -1.
+  int64_t Growth() const {
+    if (cuda_index_ < 0) return StatusBytes("VmHWM:") - before_;
+    const auto bytes = attnscore::scoring::DeviceAllocatedBytes(cuda_index_);
+    return bytes.ok() ? bytes->peak_bytes - before_ : -1;
+  }
+
+ private:
+  int cuda_index_;
+  int64_t before_ = 0;
+};
+
+int Run(int argc, char** argv) {
   const bool relative = std::string(argv[1]) == "relative";
   const bool causal = std::string(argv[2]) == "causal";
   const int64_t b = std::atoll(argv[3]), h = std::atoll(argv[4]),
@@ -53,7 +95,13 @@ int Run(char** argv) {
                 d = std::atoll(argv[7]), dv = std::atoll(argv[8]);
   const std::string outputs = argv[9];
   const bool half = std::string(argv[10]) == "float16";
-  auto scorer = attnscore::scoring::CreateAtenScorer({}).value();
+  attnscore::scoring::ScorerOptions options;
+  if (argc > 11) {
+    options.compute_path =
+        attnscore::scoring::ParseComputePath(argv[11]).value();
+  }
+  if (argc > 12) options.device = argv[12];
+  auto scorer = attnscore::scoring::CreateAtenScorer(options).value();
   ScoreSpec spec;
   spec.causal = causal;
   spec.want_logits = outputs.find('l') != std::string::npos;
@@ -89,17 +137,17 @@ int Run(char** argv) {
       return 2;
     }
   }
-  std::ofstream("/proc/self/clear_refs") << "5";
-  const int64_t before = StatusBytes("VmRSS:");
+  PeakMeter meter(options.device);
+  if (!meter.Reset()) return 2;
   auto result = scorer->ScoreBatch(spec, absl::MakeConstSpan(&item, 1));
-  const int64_t peak = StatusBytes("VmHWM:");
+  const int64_t growth = meter.Growth();
   if (!result.ok()) {
     std::fprintf(stderr, "%s\n", result.status().ToString().c_str());
     return 2;
   }
-  const auto estimate = attnscore::scoring::EstimateResources(
-      spec, attnscore::scoring::ProblemSizeOf(spec, item));
-  std::printf("growth %" PRId64 " estimate %" PRId64 "\n", peak - before,
+  const auto estimate =
+      scorer->Estimate(spec, attnscore::scoring::ProblemSizeOf(spec, item));
+  std::printf("growth %" PRId64 " estimate %" PRId64 "\n", growth,
               estimate.peak_bytes);
   std::fprintf(stderr, "breakdown: %s\n", estimate.breakdown.c_str());
   return 0;
@@ -108,15 +156,15 @@ int Run(char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc != 11) {
+  if (argc < 11 || argc > 13) {
     std::fprintf(stderr,
                  "usage: %s alibi|relative causal|full B H Lq Lk D Dv "
-                 "OUTPUTS float32|float16\n",
+                 "OUTPUTS float32|float16 [blocked|batched [DEVICE]]\n",
                  argv[0]);
     return 1;
   }
   try {
-    return Run(argv);
+    return Run(argc, argv);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "probe failed: %s\n", e.what());
     return 2;
