@@ -62,6 +62,10 @@ struct Operands {
   // ALiBi logits by the fused kernel (alibi_logits.h): bias, product and
   // masks in one pass, the tiles that causal hides skipped.
   bool alibi_kernel = false;
+  int64_t tile = 1;  // query rows per tile (BatchedQueryTile)
+  // Whether some tile computes its logits with the library's products (and
+  // so needs key_hidden): always, unless the kernel takes every tile.
+  bool library_logits = true;
 };
 
 // A few host values onto `device`. Off the CPU they go through pinned memory
@@ -106,7 +110,8 @@ at::Tensor CachedNegSlopes(const std::vector<float>& slopes,
 }
 
 // The key-length masks on the device; undefined when no key is hidden. Only
-// the B lengths travel from the host.
+// the B lengths travel from the host; the [B,1,1,Lk] mask is made only for
+// the library's products (the kernel reads the lengths).
 void MakeLengthMasks(absl::Span<const int32_t> key_lengths, Operands& ops) {
   const Sizes& s = ops.sizes;
   const bool any_hidden =
@@ -118,19 +123,32 @@ void MakeLengthMasks(absl::Span<const int32_t> key_lengths, Operands& ops) {
                  at::kLong),
       ops.f32.device());
   const at::Tensor& lengths = ops.key_lengths;
-  at::Tensor keys = at::arange(s.key_len, ops.f32.dtype(at::kLong));
-  ops.key_hidden =
-      keys.view({1, 1, 1, s.key_len}) >= lengths.view({s.batch, 1, 1, 1});
+  if (ops.library_logits) {
+    at::Tensor keys = at::arange(s.key_len, ops.f32.dtype(at::kLong));
+    ops.key_hidden =
+        keys.view({1, 1, 1, s.key_len}) >= lengths.view({s.batch, 1, 1, 1});
+  }
   if (std::find(key_lengths.begin(), key_lengths.end(), 0) !=
       key_lengths.end()) {
     ops.dead_rows = (lengths == 0).view({s.batch, 1, 1, 1});
   }
 }
 
+// Whether the kernel computes the logits of every tile of `tile` rows
+// (the last one has Lq mod tile).
+bool KernelTakesEveryTile(int64_t query_len, int64_t tile) {
+  const int64_t last = query_len % tile;
+  return AlibiLogitsKernelPays(tile) &&
+         (last == 0 || AlibiLogitsKernelPays(last));
+}
+
+// `query_tile`: rows per tile, 0 for BatchedQueryTile's; `fused`: the context
+// comes from the fused attention (no logits at all).
 Operands MakeOperands(const at::Tensor& q, const at::Tensor& k,
                       const at::Tensor& v,
                       absl::Span<const int32_t> key_lengths,
-                      const AttentionConfig& config, bool alibi_kernel) {
+                      const AttentionConfig& config, bool alibi_kernel,
+                      int64_t query_tile, bool fused) {
   Operands ops;
   Sizes& s = ops.sizes;
   s = Sizes{q.size(0), q.size(1), q.size(2),
@@ -157,9 +175,12 @@ Operands MakeOperands(const at::Tensor& q, const at::Tensor& k,
                            .permute({1, 2, 0});  // [H, D, R]
     ops.key_bias = ops.model->key_pos_bias().narrow(0, r0, s.span()).t();
   }
-  MakeLengthMasks(key_lengths, ops);
+  ops.tile = query_tile > 0 ? query_tile : BatchedQueryTile(s.problem(), fused);
   ops.alibi_kernel = alibi_kernel && ops.model == nullptr &&
                      AlibiLogitsKernelAvailable(ops.f32.device());
+  ops.library_logits = !fused && !(ops.alibi_kernel &&
+                                   KernelTakesEveryTile(s.query_len, ops.tile));
+  MakeLengthMasks(key_lengths, ops);
   if (ops.alibi_kernel) {
     // The kernel reads rows with a unit last stride (validated inputs have
     // one; anything else is copied once here, not per tile).
@@ -448,12 +469,12 @@ AttentionResult BatchedAttention(const at::Tensor& q, const at::Tensor& k,
   const auto operand = [&](const at::Tensor& t) {
     return fused || !t.defined() ? t : t.to(at::kFloat);
   };
-  const Operands ops = MakeOperands(operand(q), operand(k), operand(v),
-                                    key_lengths, config, alibi_kernel);
+  const Operands ops =
+      MakeOperands(operand(q), operand(k), operand(v), key_lengths, config,
+                   alibi_kernel, query_tile, fused);
   const Sizes& s = ops.sizes;
   AttentionResult result = AllocateOutputs(s, config, ops.f32);
-  const int64_t tile =
-      query_tile > 0 ? query_tile : BatchedQueryTile(s.problem(), fused);
+  const int64_t tile = ops.tile;
   const bool need_probs = config.want_probs || config.want_context;
   for (int64_t row0 = 0; row0 < s.query_len; row0 += tile) {
     const int64_t rows = std::min(tile, s.query_len - row0);
