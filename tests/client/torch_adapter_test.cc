@@ -15,7 +15,7 @@
 
 #include "client/client.h"
 #include "gtest/gtest.h"
-#include "tests/testing/server_process.h"
+#include "tests/testing/server_handle.h"
 
 namespace attnscore::client {
 namespace {
@@ -61,8 +61,8 @@ TEST(TorchAdapterTest, PooledBytesGoBackToTheirPoolWithTheAtTensor) {
 }
 
 TEST(TorchAdapterTest, ScoresAtTensorsOnAServer) {
-  absl::StatusOr<std::unique_ptr<testing::ServerProcess>> server =
-      testing::ServerProcess::Start();
+  absl::StatusOr<std::unique_ptr<testing::ServerHandle>> server =
+      testing::ServerHandle::Start();
   ASSERT_TRUE(server.ok()) << server.status();
   ClientOptions options;
   options.target = (*server)->target();
