@@ -42,12 +42,15 @@ bool OperatorOmp(const KernelEnv& env) {
 }
 
 // After our own re-execution: who chose what, from the marker's list.
-KernelDecision AfterMatched(const std::string& marker, const KernelEnv& env) {
+// `openblas`: the loaded BLAS is OpenBLAS (another reads no
+// OPENBLAS_CORETYPE, so an operator's value chose nothing).
+KernelDecision AfterMatched(const std::string& marker, const KernelEnv& env,
+                            bool openblas) {
   KernelDecision d;
   const std::string what = marker.substr(sizeof(kMatchedPrefix) - 1);
-  d.blas_source = absl::StrContains(what, "blas") ? ChoiceSource::kCpuid
-                  : env.openblas_coretype         ? ChoiceSource::kOperator
-                                                  : ChoiceSource::kLibrary;
+  d.blas_source = absl::StrContains(what, "blas")     ? ChoiceSource::kCpuid
+                  : openblas && env.openblas_coretype ? ChoiceSource::kOperator
+                                                      : ChoiceSource::kLibrary;
   d.aten_source = absl::StrContains(what, "aten") ? ChoiceSource::kCpuid
                   : env.aten_cpu_capability       ? ChoiceSource::kOperator
                                                   : ChoiceSource::kLibrary;
@@ -96,13 +99,17 @@ KernelDecision ChooseKernels(const CpuFeatures& features,
                              const KernelEnv& env) {
   const std::string marker = env.reexec_marker.value_or("");
   const std::string core(library_core);
+  // Another BLAS (a pip LibTorch's MKL, which dispatches on the CPU itself)
+  // reads no OPENBLAS_CORETYPE: no core to correct, simulate or keep.
+  const bool openblas = !core.empty();
   if (absl::StartsWith(marker, kMatchedPrefix)) {
-    return AfterMatched(marker, env);
+    return AfterMatched(marker, env, openblas);
   }
   KernelDecision d;
   // After the simulation step, OPENBLAS_CORETYPE is ours, not the operator's.
   const bool simulated = marker == kSimulated;
-  const bool operator_blas = env.openblas_coretype.has_value() && !simulated;
+  const bool operator_blas =
+      openblas && env.openblas_coretype.has_value() && !simulated;
   if (!marker.empty() && !simulated) {
     // A marker this code did not write: never risk a loop.
     d.blas_source =
@@ -115,7 +122,8 @@ KernelDecision ChooseKernels(const CpuFeatures& features,
                             ": kernels left as loaded");
     return d;
   }
-  if (!simulated && !operator_blas && env.simulate_library_core.has_value()) {
+  if (openblas && !simulated && !operator_blas &&
+      env.simulate_library_core.has_value()) {
     d.reexec = true;
     d.set_env = {{kOpenblasCoretypeEnv, *env.simulate_library_core},
                  {kReexecMarkerEnv, kSimulated}};
@@ -137,9 +145,14 @@ KernelDecision ChooseKernels(const CpuFeatures& features,
     d.set_env.emplace_back(kOpenblasCoretypeEnv, target);
     chosen.push_back("blas");
     why.push_back(absl::StrCat("BLAS core ", core, " -> ", target));
-  } else {
+  } else if (!openblas) {
     why.push_back(absl::StrCat(
-        "BLAS core ", core.empty() ? "(not OpenBLAS)" : core, " as detected"));
+        "BLAS not OpenBLAS (its own dispatch)",
+        env.openblas_coretype
+            ? absl::StrCat("; ", kOpenblasCoretypeEnv, " has no effect on it")
+            : ""));
+  } else {
+    why.push_back(absl::StrCat("BLAS core ", core, " as detected"));
   }
   if (env.aten_cpu_capability.has_value()) {
     d.aten_source = ChoiceSource::kOperator;

@@ -266,5 +266,32 @@ TEST(KernelChoiceTest, SimulationIsIgnoredWhenTheOperatorSetTheCore) {
   EXPECT_EQ(d.blas_source, ChoiceSource::kOperator);
 }
 
+// A BLAS that is not OpenBLAS (no openblas_get_corename: a pip LibTorch's
+// MKL) reads no OPENBLAS_CORETYPE: the operator's value and the simulation
+// are not applied to it, and only ATen and OpenMP are matched.
+TEST(KernelChoiceTest, AnotherBlasIsLeftToItsOwnDispatch) {
+  KernelEnv env = OmpSet();
+  env.openblas_coretype = "Prescott";
+  KernelDecision d = ChooseKernels(Avx512(), "", env);
+  EXPECT_EQ(d.blas_source, ChoiceSource::kLibrary);
+  EXPECT_THAT(d.set_env,
+              UnorderedElementsAre(Pair(kAtenCapabilityEnv, "avx512"),
+                                   Pair(kReexecMarkerEnv, "matched:aten")));
+  EXPECT_NE(d.reason.find("not OpenBLAS"), std::string::npos) << d.reason;
+  EXPECT_NE(d.reason.find("has no effect"), std::string::npos) << d.reason;
+  // Re-executed for ATen: the operator's OPENBLAS_CORETYPE still chose
+  // nothing.
+  env.reexec_marker = "matched:aten";
+  d = ChooseKernels(Avx512(), "", env);
+  EXPECT_FALSE(d.reexec);
+  EXPECT_EQ(d.blas_source, ChoiceSource::kLibrary);
+  EXPECT_EQ(d.aten_source, ChoiceSource::kCpuid);
+  env = OmpSet();
+  env.simulate_library_core = "Prescott";
+  d = ChooseKernels(Avx2(), "", env);
+  EXPECT_FALSE(d.reexec) << d.reason;
+  EXPECT_EQ(d.blas_source, ChoiceSource::kLibrary);
+}
+
 }  // namespace
 }  // namespace attnscore::cpu
