@@ -6,8 +6,8 @@ CTEST_ARGS ?=
 # with gRPC reflection on for local tools (grpcurl); the server's default is off.
 SERVE_ARGS ?= --model-dir $(BUILD_DIR)/examples/models --reflection
 
-.PHONY: all deps configure build test lint serve bench bench-e2e device-dry-run format clean \
-  test-asan test-tsan fuzz
+.PHONY: all deps configure build test lint serve bench bench-e2e device-dry-run torch2-check \
+  format clean test-asan test-tsan fuzz
 
 all: build
 
@@ -67,6 +67,12 @@ bench-e2e: build
 device-dry-run: deps
 	./scripts/device-check.sh --fetch
 	./scripts/device-check.sh --dry-run build-device-dry/report
+
+# The whole test suite against LibTorch 2.11, the GPU machine's PyTorch (its CUDA build, the
+# project's kernel included), on this CPU machine: scripts/torch2-check.sh. Needs the CUDA 13
+# toolkit and PyPI (about 760 MB of pinned wheels, once); not part of `make test` or CI.
+torch2-check: deps
+	./scripts/torch2-check.sh
 
 format:
 	git ls-files '*.h' '*.cc' | xargs clang-format -i

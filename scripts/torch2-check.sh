@@ -63,7 +63,7 @@ missing="$(ldd "$UNPACKED/torch/lib/libtorch_cuda.so" | grep 'not found' || true
 # 12's lacks (a weak symbol, so a call through null). With the system's libstdc++ first in the
 # lookup, the program's own filesystem calls stay on the system's implementation. (The GPU image,
 # Ubuntu 24.04, has a libstdc++ with it.)
-LIBSTDCXX="$(/sbin/ldconfig -p | awk '/libstdc\+\+\.so\.6 .*x86-64/ {print $NF; exit}')"
+LIBSTDCXX="$(/sbin/ldconfig -p | awk '/libstdc\+\+\.so\.6 .*x86-64/ && !found {print $NF; found = 1}')"
 [[ -n $LIBSTDCXX ]] || die "no libstdc++.so.6 in the loader's cache"
 export LD_PRELOAD="$LIBSTDCXX"
 
