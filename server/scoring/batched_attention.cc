@@ -134,14 +134,6 @@ void MakeLengthMasks(absl::Span<const int32_t> key_lengths, Operands& ops) {
   }
 }
 
-// Whether the kernel computes the logits of every tile of `tile` rows
-// (the last one has Lq mod tile).
-bool KernelTakesEveryTile(int64_t query_len, int64_t tile) {
-  const int64_t last = query_len % tile;
-  return AlibiLogitsKernelPays(tile) &&
-         (last == 0 || AlibiLogitsKernelPays(last));
-}
-
 // `query_tile`: rows per tile, 0 for BatchedQueryTile's; `fused`: the context
 // comes from the fused attention (no logits at all).
 Operands MakeOperands(const at::Tensor& q, const at::Tensor& k,
@@ -178,8 +170,9 @@ Operands MakeOperands(const at::Tensor& q, const at::Tensor& k,
   ops.tile = query_tile > 0 ? query_tile : BatchedQueryTile(s.problem(), fused);
   ops.alibi_kernel = alibi_kernel && ops.model == nullptr &&
                      AlibiLogitsKernelAvailable(ops.f32.device());
-  ops.library_logits = !fused && !(ops.alibi_kernel &&
-                                   KernelTakesEveryTile(s.query_len, ops.tile));
+  ops.library_logits =
+      !fused && !(ops.alibi_kernel &&
+                  AlibiLogitsKernelPaysEveryTile(s.query_len, ops.tile));
   MakeLengthMasks(key_lengths, ops);
   if (ops.alibi_kernel) {
     // The kernel reads rows with a unit last stride (validated inputs have

@@ -100,12 +100,17 @@ int64_t BiasScratch(const ScoreSpec& spec, const ProblemSize& size, int64_t t,
     return TileBias(size, t);
   }
   const int64_t masks = Mul(size.batch, Add(size.key_len, 8 + 1));
-  const int64_t last = size.query_len % t;
-  const bool short_last = last > 0 && !AlibiLogitsKernelPays(last);
-  return Add(masks, short_last ? TileBias(size, last) : 0);
+  if (AlibiLogitsKernelPaysEveryTile(size.query_len, t)) return masks;
+  return Add(masks, TileBias(size, size.query_len % t));
 }
 
 }  // namespace
+
+bool AlibiLogitsKernelPaysEveryTile(int64_t query_len, int64_t tile) {
+  const int64_t last = query_len % tile;
+  return AlibiLogitsKernelPays(tile) &&
+         (last == 0 || AlibiLogitsKernelPays(last));
+}
 
 bool UsesFusedAttention(const ScoreSpec& spec, bool fused_available) {
   return fused_available && spec.want_context && !spec.want_logits &&

@@ -45,6 +45,10 @@ inline bool AlibiLogitsKernelPays(int64_t rows) {
   return rows >= alibi_tile::kTile / 2;
 }
 
+// Whether the kernel pays for every tile of a query of `query_len` rows cut
+// into tiles of `tile` rows: the full ones and the last (Lq mod T rows).
+bool AlibiLogitsKernelPaysEveryTile(int64_t query_len, int64_t tile);
+
 // T, the query rows per tile: as many as keep the tile's scratch within
 // kBatchedTileBytes, at least 1, at most Lq. `fused`: UsesFusedAttention.
 int64_t BatchedQueryTile(const ProblemSize& size, bool fused);

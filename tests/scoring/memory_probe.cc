@@ -12,6 +12,7 @@
 // inputs start on the host, as a request's bytes do).
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/randn.h>
+#include <c10/core/Device.h>
 
 #include <cinttypes>
 #include <cstdio>
@@ -53,11 +54,10 @@ TensorRef Ref(const at::Tensor& t, DType dtype) {
 // CPU, the allocator's bytes on a CUDA device.
 class PeakMeter {
  public:
-  explicit PeakMeter(const std::string& device)
-      : cuda_index_(
-            device.rfind("cuda", 0) == 0
-                ? (device.size() > 5 ? std::atoi(device.c_str() + 5) : 0)
-                : -1) {}
+  explicit PeakMeter(const at::Device& device)
+      : cuda_index_(!device.is_cuda()    ? -1
+                    : device.has_index() ? device.index()
+                                         : 0) {}
 
   // Starts counting from here.
   bool Reset() {
@@ -137,7 +137,7 @@ int Run(int argc, char** argv) {
       return 2;
     }
   }
-  PeakMeter meter(options.device);
+  PeakMeter meter(at::Device(options.device));
   if (!meter.Reset()) return 2;
   auto result = scorer->ScoreBatch(spec, absl::MakeConstSpan(&item, 1));
   const int64_t growth = meter.Growth();
