@@ -14,6 +14,9 @@
 #   ATTNSCORE_TORCH_HAS_CUDA  the LibTorch was built with CUDA (torch_cuda exists)
 #   ATTNSCORE_COMPILE_CUDA    the project's CUDA kernels compile (ATTNSCORE_CUDA_KERNELS below)
 #   ATTNSCORE_USE_CUDA_KERNELS  ... and the scoring library uses them
+#   ATTNSCORE_TORCH_SHARES_LIBGOMP  the LibTorch runs at::parallel_for on OpenMP, on a libgomp
+#     loaded as libgomp.so.1 (GCC's soname): code compiled with GCC's -fopenmp then shares its
+#     runtime and thread pool (server/scoring/CMakeLists.txt)
 #
 # The C++ ABI must match Debian's gRPC, protobuf and absl (built with _GLIBCXX_USE_CXX11_ABI=1):
 # a LibTorch built with the old ABI (=0, PyTorch wheels before 2.7) stops the configure step.
@@ -59,6 +62,8 @@ if(ATTNSCORE_TORCH STREQUAL "system")
   target_include_directories(attnscore_libtorch SYSTEM INTERFACE "${TORCH_INCLUDE_DIR}")
   attnscore_torch_version_from_header("${TORCH_INCLUDE_DIR}" ATTNSCORE_TORCH_VERSION)
   set(ATTNSCORE_TORCH_HAS_CUDA OFF)
+  get_filename_component(torch_lib_dir "${TORCH_CPU_LIBRARY}" DIRECTORY)
+  set(torch_include "${TORCH_INCLUDE_DIR}")
 elseif(ATTNSCORE_TORCH STREQUAL "python")
   if(NOT ATTNSCORE_TORCH_DIR)
     execute_process(
@@ -83,6 +88,7 @@ elseif(ATTNSCORE_TORCH STREQUAL "python")
   find_package(Torch CONFIG REQUIRED PATHS "${ATTNSCORE_TORCH_DIR}" NO_DEFAULT_PATH)
   unset(CMAKE_FIND_USE_CMAKE_SYSTEM_PATH)
   list(GET TORCH_INCLUDE_DIRS 0 torch_include)
+  get_filename_component(torch_lib_dir "${TORCH_LIBRARY}" DIRECTORY)
   attnscore_torch_version_from_header("${torch_include}" ATTNSCORE_TORCH_VERSION)
   # The ABI LibTorch was built with, from the flags its config hands to dependents. From
   # PyTorch 2.9 on there is only the C++11 ABI and the config no longer names it.
@@ -112,6 +118,19 @@ elseif(ATTNSCORE_TORCH STREQUAL "python")
   endif()
 else()
   message(FATAL_ERROR "ATTNSCORE_TORCH: expected system or python, got '${ATTNSCORE_TORCH}'")
+endif()
+
+# Whether code compiled with GCC's -fopenmp shares the LibTorch's OpenMP runtime. It does when
+# the LibTorch's parallel backend is OpenMP and its libgomp is loaded under GCC's soname,
+# libgomp.so.1: the loader keeps one library per soname, so the process has one runtime and one
+# pool whichever copy it finds first (Debian's LibTorch uses the system's; PyTorch wheels from
+# 2.x bundle theirs under that name). Older wheels renamed theirs (libgomp-<hash>.so.1): a second
+# runtime with threads of its own beside LibTorch's, so not there.
+set(ATTNSCORE_TORCH_SHARES_LIBGOMP OFF)
+file(STRINGS "${torch_include}/ATen/Config.h" torch_openmp REGEX "#define AT_PARALLEL_OPENMP 1")
+file(GLOB torch_renamed_libgomp "${torch_lib_dir}/libgomp-*.so*")
+if(torch_openmp AND NOT torch_renamed_libgomp)
+  set(ATTNSCORE_TORCH_SHARES_LIBGOMP ON)
 endif()
 
 # The project's own CUDA kernels (server/scoring/*.cu). ATTNSCORE_CUDA_KERNELS:
@@ -152,4 +171,5 @@ target_compile_definitions(attnscore_libtorch INTERFACE
   ATTNSCORE_TORCH_VERSION="${ATTNSCORE_TORCH_VERSION}")
 message(STATUS "LibTorch ${ATTNSCORE_TORCH_VERSION} (${ATTNSCORE_TORCH}): "
   "CUDA ${ATTNSCORE_TORCH_HAS_CUDA}, scaled_dot_product_attention ${ATTNSCORE_TORCH_HAS_SDPA}, "
-  "own CUDA kernels compiled ${ATTNSCORE_COMPILE_CUDA}, used ${ATTNSCORE_USE_CUDA_KERNELS}")
+  "own CUDA kernels compiled ${ATTNSCORE_COMPILE_CUDA}, used ${ATTNSCORE_USE_CUDA_KERNELS}, "
+  "OpenMP runtime shared ${ATTNSCORE_TORCH_SHARES_LIBGOMP}")

@@ -502,8 +502,8 @@ TEST(BlockedAttentionTest, TilesRunOnTheIntraOpThreads) {
 #ifdef ATTNSCORE_PARALLEL_TILES
   EXPECT_EQ(seen.size(), 2u) << "the tiles ran on one thread";
 #else
-  // Builds without OpenMP (clang, ThreadSanitizer, a pip LibTorch) run the
-  // tiles inline; this documents that fallback.
+  // Builds without OpenMP (clang, ThreadSanitizer, a LibTorch with a renamed
+  // libgomp) run the tiles inline; this documents that fallback.
   EXPECT_EQ(seen.size(), 1u);
 #endif
 }
