@@ -10,9 +10,14 @@
 #   scripts/device-check.sh [REPORT_DIR]         on the GPU machine, from the repository root
 #                                                (default REPORT_DIR: build-device/report)
 #   scripts/device-check.sh --dry-run [REPORT_DIR]
-#                                                the same steps on this CPU machine: Debian's
-#                                                LibTorch, no CUDA, --device cpu, small benchmark
-#                                                shapes, build-device-dry (CI runs this)
+#                                                the same steps on this CPU machine, --device cpu,
+#                                                small benchmark shapes, build-device-dry (CI runs
+#                                                this); built against the device's own LibTorch
+#                                                (2.11 with CUDA, scripts/torch2-lib.sh) where the
+#                                                CUDA 13 toolkit is, so that the CUDA build and its
+#                                                kernel compile, link and pass the CPU's tests in
+#                                                every CI run; else Debian's (DRY_TORCH=system
+#                                                asks for it, DRY_TORCH=wheel insists on 2.11)
 #
 # The Debian packages travel as .deb files (.device/debs, carried by the run tool) and are
 # unpacked with dpkg -x into .device/prefix, never into /. The golden cases are copied from
@@ -52,12 +57,27 @@ fi
 
 NVCC="$(command -v nvcc || { [[ -x /usr/local/cuda/bin/nvcc ]] && echo /usr/local/cuda/bin/nvcc; })"
 KERNEL_TARGETS=()
+DRY_TORCH="${DRY_TORCH:-auto}"
 if [[ $MODE == dry ]]; then
   BUILD="$ROOT/build-device-dry"
   DEVICE=cpu
   TORCH_ARGS=()
-  # The project's CUDA kernels compile here too where nvcc exists (nothing runs them).
-  if [[ -n $NVCC ]]; then
+  # shellcheck source=scripts/torch2-lib.sh
+  source "$ROOT/scripts/torch2-lib.sh"
+  case "$DRY_TORCH" in
+    auto) if torch2_available; then DRY_TORCH=wheel; else DRY_TORCH=system; fi ;;
+    wheel) torch2_available || { echo "device-check: DRY_TORCH=wheel needs the CUDA 13 toolkit at $CUDA_HOME" >&2; exit 2; } ;;
+    system) ;;
+    *) echo "device-check: DRY_TORCH: expected auto, wheel or system, got '$DRY_TORCH'" >&2; exit 2 ;;
+  esac
+  if [[ $DRY_TORCH == wheel ]]; then
+    # The device's LibTorch and its CUDA build, as there (the kernel compiled by nvcc and linked
+    # into the scoring library); only the device is the CPU.
+    TORCH_ARGS=(-DATTNSCORE_TORCH=python "-DATTNSCORE_TORCH_DIR=$TORCH2_CMAKE_DIR"
+                -DATTNSCORE_WERROR=OFF -DTORCH_CUDA_ARCH_LIST=9.0 "-DCMAKE_CUDA_COMPILER=$CUDA_HOME/bin/nvcc")
+  elif [[ -n $NVCC ]]; then
+    # Debian's LibTorch: the project's CUDA kernels still compile where nvcc exists (nothing
+    # links or runs them).
     TORCH_ARGS=(-DATTNSCORE_CUDA_KERNELS=on "-DCMAKE_CUDA_COMPILER=$NVCC")
     KERNEL_TARGETS=(attnscore_cuda_kernels)
   fi
@@ -293,10 +313,17 @@ PY
 
 bench() { "$BUILD/bench/attnscore_bench_device" "${BENCH_ARGS[@]}" | tee "$REPORT_DIR/bench.md"; }
 
+# The device's LibTorch for a dry run: fetched and unpacked, and its libraries found by the
+# programs that link it (the environment stays set for the steps after it).
+torch2() { torch2_prepare && torch2_runtime_env; }
+
 # --- the steps (each after its prerequisites) ---
 ok=1
 step unpack "Debian packages into .device/prefix (dpkg -x)" unpack || ok=0
 step golden "golden cases into .device/golden" copy_golden || ok=0
+if [[ $MODE == dry && $DRY_TORCH == wheel ]]; then
+  step torch2 "the device's LibTorch 2.11 (scripts/torch2-wheels.txt) into .torch2" torch2 || ok=0
+fi
 if [[ $ok == 1 ]] && ! step configure "cmake, LibTorch: ${TORCH_ARGS[*]:-system (Debian)}" configure; then
   ok=0
   # The project's CUDA kernels need CMake's CUDA language: where it cannot be enabled there, the
@@ -352,6 +379,7 @@ OFF=$(rps "$REPORT_DIR/load_no_batching.json")
   echo
   echo "$(date -u +%FT%TZ), $(uname -n), commit $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo "?")"
   echo "$(python3 -c 'import torch; print("python torch", torch.__version__, "cuda", torch.version.cuda)' 2>/dev/null || echo 'python torch: none')"
+  grep -ho 'LibTorch [0-9.]* (.*' "$LOGS/configure.log" "$LOGS/configure_without_kernels.log" 2>/dev/null | tail -1
   command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
   echo "$SCORER_LINE"
   echo
