@@ -29,12 +29,10 @@ namespace {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
-// Below this many multiply-adds (or elements, for exp and the 16-bit
-// conversion) a plain loop is cheaper than creating tensor views and
-// dispatching an ATen op; tiny items (H = Lq = Lk = D = 1) then cost
+// Below this many multiply-adds a plain loop is cheaper than creating tensor
+// views and dispatching an ATen op; tiny items (H = Lq = Lk = D = 1) then cost
 // nanoseconds instead of microseconds.
 constexpr int64_t kSmallMacs = 8192;
-constexpr int64_t kSmallExp = 1024;
 // `stop` is asked before the first tile of a thread and then once per this
 // many multiply-adds: a few milliseconds at most between checks.
 constexpr int64_t kStopCheckMacs = int64_t{1} << 22;
@@ -120,16 +118,9 @@ void MatMulNN(const CMat& a, const CMat& b, bool accumulate, const MMat& c) {
   }
 }
 
-// x = exp(x) in place; exp(-inf) = 0 exactly.
+// x = exp(x) in place; exp(-inf) = 0 exactly (row_loops.h).
 void ExpInPlace(const MMat& x) {
-  if (x.rows * x.cols >= kSmallExp) {
-    View(x).exp_();  // vectorised
-    return;
-  }
-  for (int64_t i = 0; i < x.rows; ++i) {
-    float* row = x.row(i);
-    for (int64_t j = 0; j < x.cols; ++j) row[j] = std::exp(row[j]);
-  }
+  for (int64_t i = 0; i < x.rows; ++i) ExpRow(x.row(i), x.cols);
 }
 
 // A [B, H, L, D] tensor's data with its strides in elements (unit last

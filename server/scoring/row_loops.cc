@@ -50,6 +50,42 @@ ATTNSCORE_ROW_LOOP float RowSum(const float* x, int64_t n) {
   return sum;
 }
 
+ATTNSCORE_ROW_LOOP void ExpRow(float* x, int64_t n) {
+  constexpr float kLog2e = 1.44269504088896341f;
+  // Adding 1.5 * 2^23 rounds a float of magnitude under 2^22 to an integer,
+  // which is then the low bits of the sum's representation.
+  constexpr float kRound = 12582912.0f;
+  constexpr int32_t kRoundBits = 0x4B400000;
+  // ln 2 in two parts: k * kLn2Hi is exact for the k here.
+  constexpr float kLn2Hi = 0.693359375f;
+  constexpr float kLn2Lo = -2.12194440e-4f;
+  constexpr float kLow = -87.0f;
+  constexpr float kHigh = 88.0f;
+  for (int64_t c = 0; c < n; ++c) {
+    const float v = x[c];
+    const float a = std::min(std::max(v, kLow), kHigh);  // NaN stays NaN
+    const float t = a * kLog2e + kRound;
+    const float k = t - kRound;  // round(a / ln 2), in [-126, 127]
+    const float r = (a - k * kLn2Hi) - k * kLn2Lo;  // |r| <= ln 2 / 2
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    const float y = p * (r * r) + r + 1.0f;  // exp(r)
+    int32_t bits;
+    std::memcpy(&bits, &t, sizeof(bits));
+    const int32_t scale_bits = (bits - kRoundBits + 127) << 23;  // 2^k
+    float scale;
+    std::memcpy(&scale, &scale_bits, sizeof(scale));
+    // Both sides computed, then chosen: a vector blend (CMakeLists.txt). A
+    // NaN went through every step as NaN (the clamp keeps it).
+    const float e = y * scale;
+    x[c] = v < kLow ? 0.0f : e;
+  }
+}
+
 ATTNSCORE_ROW_LOOP void StoreAlibiRow(float* row, int64_t n, int64_t base,
                                       float slope, bool causal) {
   // Distances as int32 (exact in float32 up to 2^24, like the int64 ones)

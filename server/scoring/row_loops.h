@@ -48,6 +48,14 @@ float RowMax(const float* x, int64_t n);
 // x[0] + ... + x[n - 1], in kRowLanes lanes.
 float RowSum(const float* x, int64_t n);
 
+// x[c] = exp(x[c]) for c in [0, n), within 2 ulp of the exact value (Cephes'
+// range reduction and polynomial, in plain float32 arithmetic): x < -87 gives
+// 0 exactly (exp(-inf) = 0; the exact values there are below 2^-125), x > 88
+// gives exp(88), NaN stays NaN. The library's exp was Sleef with Debian's
+// LibTorch and MKL with a PyTorch wheel's, whose slow path for underflowing
+// inputs cost the softmax half its time; this one is the same everywhere.
+void ExpRow(float* x, int64_t n);
+
 // row[c] = slope * d (causal) or slope * |d|, d = base - c, for c in [0, n):
 // the ALiBi bias of one query row, d its distance to key c.
 void StoreAlibiRow(float* row, int64_t n, int64_t base, float slope,

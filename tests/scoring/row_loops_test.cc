@@ -6,6 +6,7 @@
 // products against ScaledDotRows over the rows widened first.
 #include "server/scoring/row_loops.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -165,6 +166,74 @@ TEST(RowLoopsTest, SixteenBitScaledDotRowsEqualThoseOfTheWidenedRows) {
       }
     }
   }
+}
+
+// ExpRow's arithmetic as a plain scalar loop (row_loops.cc, ExpRow).
+float ScalarExp(float v) {
+  const float a = std::min(std::max(v, -87.0f), 88.0f);
+  const float t = a * 1.44269504088896341f + 12582912.0f;
+  const float k = t - 12582912.0f;
+  const float r = (a - k * 0.693359375f) - k * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const float y = p * (r * r) + r + 1.0f;
+  const auto bits = static_cast<int32_t>(Bits(t));
+  const uint32_t scale_bits = static_cast<uint32_t>(bits - 0x4B400000 + 127)
+                              << 23;
+  float scale = 0;
+  std::memcpy(&scale, &scale_bits, sizeof(scale));
+  if (std::isnan(v)) return v;
+  return v < -87.0f ? 0.0f : y * scale;
+}
+
+TEST(RowLoopsTest, ExpRowIsTheScalarArithmeticAtEveryLength) {
+  for (int64_t n : kLengths) {
+    std::vector<float> got = Random(n, 11);
+    for (float& v : got) v = -std::fabs(v) * 8;  // a softmax's inputs
+    if (n > 1) got[0] = -kInf;
+    if (n > 2) got[n - 1] = -100.0f;
+    if (n > 3) got[n / 2] = 0.0f;
+    std::vector<float> want = got;
+    for (float& v : want) v = ScalarExp(v);
+    ExpRow(got.data(), n);
+    ExpectBits(got, want, n);
+  }
+}
+
+TEST(RowLoopsTest, ExpRowIsWithinTwoUlpOfTheExactValue) {
+  std::vector<float> x;
+  for (float v = -87.0f; v <= 88.0f; v += 0.0009765625f) x.push_back(v);
+  for (float v = -1e-3f; v <= 1e-3f; v += 1e-6f) x.push_back(v);
+  std::vector<float> got = x;
+  ExpRow(got.data(), static_cast<int64_t>(got.size()));
+  for (size_t c = 0; c < x.size(); ++c) {
+    const double exact = std::exp(static_cast<double>(x[c]));
+    const auto rounded = static_cast<float>(exact);
+    const double ulp = std::nextafter(rounded, kInf) - rounded;
+    ASSERT_LE(std::fabs(got[c] - exact), 2 * ulp)
+        << "exp(" << x[c] << ") = " << got[c] << ", exactly " << exact;
+  }
+}
+
+TEST(RowLoopsTest, ExpRowEdges) {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  std::vector<float> x = {-kInf, -1000.0f, -87.5f, 0.0f,
+                          -0.0f, 100.0f,   kInf,   nan};
+  ExpRow(x.data(), static_cast<int64_t>(x.size()));
+  EXPECT_EQ(Bits(x[0]), Bits(0.0f)) << "exp(-inf) is +0 exactly";
+  EXPECT_EQ(Bits(x[1]), Bits(0.0f));
+  EXPECT_EQ(Bits(x[2]), Bits(0.0f)) << "below -87: 0";
+  EXPECT_EQ(x[3], 1.0f);
+  EXPECT_EQ(x[4], 1.0f);
+  const float at88 = ScalarExp(88.0f);
+  EXPECT_NEAR(at88, std::exp(88.0), std::exp(88.0) * 1e-6);
+  EXPECT_EQ(x[5], at88) << "above 88: exp(88)";
+  EXPECT_EQ(x[6], at88);
+  EXPECT_TRUE(std::isnan(x[7]));
 }
 
 TEST(RowLoopsTest, StoreAlibiRowMatchesTheScalarFormula) {
