@@ -55,7 +55,7 @@ ATTNSCORE_ROW_LOOP void ExpRow(float* x, int64_t n) {
   // Adding 1.5 * 2^23 rounds a float of magnitude under 2^22 to an integer,
   // which is then the low bits of the sum's representation.
   constexpr float kRound = 12582912.0f;
-  constexpr int32_t kRoundBits = 0x4B400000;
+  constexpr uint32_t kRoundBits = 0x4B400000;
   // ln 2 in two parts: k * kLn2Hi is exact for the k here.
   constexpr float kLn2Hi = 0.693359375f;
   constexpr float kLn2Lo = -2.12194440e-4f;
@@ -74,9 +74,10 @@ ATTNSCORE_ROW_LOOP void ExpRow(float* x, int64_t n) {
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
     const float y = p * (r * r) + r + 1.0f;  // exp(r)
-    int32_t bits;
+    // Unsigned: a NaN's bits wrap instead of overflowing (its result is NaN).
+    uint32_t bits;
     std::memcpy(&bits, &t, sizeof(bits));
-    const int32_t scale_bits = (bits - kRoundBits + 127) << 23;  // 2^k
+    const uint32_t scale_bits = (bits - kRoundBits + 127) << 23;  // 2^k
     float scale;
     std::memcpy(&scale, &scale_bits, sizeof(scale));
     // Both sides computed, then chosen: a vector blend (CMakeLists.txt). A

@@ -181,9 +181,7 @@ float ScalarExp(float v) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   const float y = p * (r * r) + r + 1.0f;
-  const auto bits = static_cast<int32_t>(Bits(t));
-  const uint32_t scale_bits = static_cast<uint32_t>(bits - 0x4B400000 + 127)
-                              << 23;
+  const uint32_t scale_bits = (Bits(t) - 0x4B400000u + 127) << 23;
   float scale = 0;
   std::memcpy(&scale, &scale_bits, sizeof(scale));
   if (std::isnan(v)) return v;
