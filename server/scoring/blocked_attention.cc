@@ -381,28 +381,18 @@ class TileKernel {
   }
 
   // Row softmax of `scores` into `probs` (may alias): zero where masked, and
-  // a zero row where no key is visible. The exponentials stop at the last
-  // row's visible end: past it every row is masked (a causal tile's rows end
-  // at the diagonal, half of them on average), and its zeros are written,
-  // not computed as exp(-inf), which MKL's vector exp (a PyTorch wheel's
-  // LibTorch) takes on a slow path element by element.
+  // a zero row where no key is visible. Each row's exponentials stop at its
+  // visible end (a causal row at the diagonal); the zeros past it are written.
   void Softmax(int64_t b, int64_t i0, const MMat& scores,
                const MMat& probs) const {
-    // The last row sees the most keys (causal visibility grows with i).
-    const int64_t widest = VisibleIn(b, i0 + scores.rows - 1, 0, scores.cols);
     for (int64_t r = 0; r < scores.rows; ++r) {
       const int64_t visible = VisibleIn(b, i0 + r, 0, scores.cols);
       const float* in = scores.row(r);
       float* out = probs.row(r);
       const float max = visible > 0 ? RowMax(in, visible) : 0.0f;
       SubtractRow(in, out, visible, max);
-      std::fill(out + visible, out + widest, kNegInf);
-      std::fill(out + widest, out + scores.cols, 0.0f);
-    }
-    ExpInPlace({probs.data, probs.rows, widest, probs.ld});
-    for (int64_t r = 0; r < probs.rows; ++r) {
-      const int64_t visible = VisibleIn(b, i0 + r, 0, probs.cols);
-      float* out = probs.row(r);
+      ExpRow(out, visible);
+      std::fill(out + visible, out + scores.cols, 0.0f);
       DivideRow(out, visible, RowSum(out, visible));
     }
   }
