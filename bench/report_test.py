@@ -179,5 +179,26 @@ class DecodeFloorTest(unittest.TestCase):
         self.assertIsNone(report.decode_floor_row({}))
 
 
+class KeepBestTest(unittest.TestCase):
+    def test_each_case_keeps_its_shortest_time_and_highest_rate(self):
+        best = {}
+        report.keep_best(best, {"core/x": 0.010, "literal/x": 0.040, "stream/256MiB": 0.009,
+                                "stream/256MiB#GBps": 29.0})
+        report.keep_best(best, {"core/x": 0.007, "literal/x": 0.045, "stream/256MiB": 0.011,
+                                "stream/256MiB#GBps": 24.0})
+        report.keep_best(best, {"core/x": 0.012, "literal/x": 0.038, "sgemm/1024#GFLOPS": 150.0})
+        self.assertEqual(best, {"core/x": 0.007, "literal/x": 0.038, "stream/256MiB": 0.009,
+                                "stream/256MiB#GBps": 29.0, "sgemm/1024#GFLOPS": 150.0})
+        rows = {row["case"]: row for row in report.scoring_rows(
+            {"core/B8_H8_L512_D64/alibi_logits": best["core/x"],
+             "literal/B8_H8_L512_D64/alibi_logits": best["literal/x"]})}
+        self.assertAlmostEqual(rows["B8_H8_L512_D64/alibi_logits"]["speedup"], 0.038 / 0.007)
+        header = {"commit": "c", "date": "d", "cpu": {"model": "m", "flags": []}, "kernels": [],
+                  "scoring": list(rows.values())}
+        self.assertIn("(same kernels, best of 3 rounds)",
+                      report.markdown(dict(header, scoring_rounds=3)))
+        self.assertIn("(same kernels) |", report.markdown(header))  # an older report
+
+
 if __name__ == "__main__":
     unittest.main()
