@@ -80,7 +80,7 @@ absl::Status BatchSchedulerCore::Schedule(std::unique_ptr<BatchTask>* task) {
         "Schedule: task size must be >= 1, got 0");
   }
 
-  std::lock_guard<std::mutex> lock(mu_);
+  std::unique_lock<std::mutex> lock(mu_);
   if (shutting_down_) {
     return absl::UnavailableError("batch scheduler is shut down");
   }
@@ -121,8 +121,11 @@ absl::Status BatchSchedulerCore::Schedule(std::unique_ptr<BatchTask>* task) {
     wake_workers = true;
   }
   generation_.fetch_add(1, std::memory_order_release);
-  // notify_all, not notify_one: a woken worker may take a closed batch and
-  // leave no worker waiting for the next timeout.
+  // Notified after the unlock: a worker woken under the lock would find it
+  // held and block on it at once (two more context switches before a lone
+  // request starts computing). notify_all, not notify_one: a woken worker may
+  // take a closed batch and leave no worker waiting for the next timeout.
+  lock.unlock();
   if (wake_workers) work_cv_.notify_all();
   return absl::OkStatus();
 }
