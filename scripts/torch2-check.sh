@@ -30,15 +30,13 @@ torch2_available || die "no nvcc at $CUDA_HOME/bin/nvcc: the CUDA 13 toolkit is 
 echo "== fetch and unpack ($TORCH2_LIST)"
 torch2_prepare || die "the LibTorch 2.x wheels could not be prepared"
 torch2_runtime_env || die "programs linked against $TORCH2_UNPACKED would not start here"
-TORCH_DIR="$TORCH2_CMAKE_DIR"
-DIR="$TORCH2_DIR"
 
-echo "== configure $BUILD (LibTorch from $TORCH_DIR)"
+echo "== configure $BUILD (LibTorch from $TORCH2_CMAKE_DIR)"
 cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DATTNSCORE_TORCH=python \
-  -DATTNSCORE_TORCH_DIR="$TORCH_DIR" -DATTNSCORE_WERROR=OFF -DTORCH_CUDA_ARCH_LIST=9.0 \
-  -DCMAKE_CUDA_COMPILER="$CUDA_HOME/bin/nvcc" >"$DIR/configure.log" ||
-  { tail -n 40 "$DIR/configure.log"; die "configure failed ($DIR/configure.log)"; }
-grep -E 'LibTorch .*CUDA' "$DIR/configure.log" || true
+  -DATTNSCORE_TORCH_DIR="$TORCH2_CMAKE_DIR" -DATTNSCORE_WERROR=OFF -DTORCH_CUDA_ARCH_LIST=9.0 \
+  -DCMAKE_CUDA_COMPILER="$CUDA_HOME/bin/nvcc" >"$TORCH2_DIR/configure.log" ||
+  { tail -n 40 "$TORCH2_DIR/configure.log"; die "configure failed ($TORCH2_DIR/configure.log)"; }
+grep -E 'LibTorch .*CUDA' "$TORCH2_DIR/configure.log" || true
 
 echo "== build (ninja -j$JOBS)"
 cmake --build "$BUILD" -j "$JOBS"
