@@ -29,6 +29,8 @@
 
 #include "bench/literal_port.h"
 #include "server/cpu/aten_capability.h"
+#include "server/cpu/cpu_features.h"
+#include "server/cpu/kernel_choice.h"
 #include "server/cpu/matched_kernels.h"
 #include "server/scoring/alibi.h"
 #include "server/scoring/aten_scorer.h"
@@ -394,9 +396,13 @@ int main(int argc, char** argv) {
   attnscore::bench::GetScorer();  // sets the intra-op thread count (default:
                                   // all cores)
   std::printf("intra-op threads: %d\n", at::get_num_threads());
-  std::printf("kernels: %s\n", attnscore::cpu::KernelInfoLine(
-                                   attnscore::cpu::CurrentKernelInfo())
-                                   .c_str());
+  const attnscore::cpu::KernelInfo kernels =
+      attnscore::cpu::CurrentKernelInfo();
+  std::printf("kernels: %s\n", attnscore::cpu::KernelInfoLine(kernels).c_str());
+  const std::string below = attnscore::cpu::OperatorKernelsBelowCpu(
+      attnscore::cpu::DetectCpuFeatures(), kernels);
+  if (!below.empty())
+    std::printf("kernels below this CPU's: %s\n", below.c_str());
   attnscore::bench::RatioReporter reporter;
   benchmark::RunSpecifiedBenchmarks(&reporter);
   reporter.PrintRatios();

@@ -57,6 +57,8 @@
 #include "attnscore/version.h"
 #include "server/cpu/allocator.h"
 #include "server/cpu/aten_capability.h"
+#include "server/cpu/cpu_features.h"
+#include "server/cpu/kernel_choice.h"
 #include "server/cpu/matched_kernels.h"
 #include "server/observability/logging.h"
 #include "server/observability/metrics.h"
@@ -777,6 +779,11 @@ bool Server::LoadModels() {
 void Server::RegisterProcessMetrics() {
   const cpu::KernelInfo kernels = cpu::CurrentKernelInfo();
   spdlog::info("kernels: {}", cpu::KernelInfoLine(kernels));
+  if (const std::string below =
+          cpu::OperatorKernelsBelowCpu(cpu::DetectCpuFeatures(), kernels);
+      !below.empty()) {
+    spdlog::warn("kernels below this CPU's: {}", below);
+  }
   spdlog::info("allocator: {}", cpu::AllocatorSetting());
   registry_
       .AddGauge("attnscore_build_info", "Always 1; labels say what is running.",

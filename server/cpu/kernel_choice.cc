@@ -184,4 +184,29 @@ KernelDecision ChooseKernels(const CpuFeatures& features,
   return d;
 }
 
+std::string OperatorKernelsBelowCpu(const CpuFeatures& features,
+                                    const KernelInfo& info) {
+  const std::string operator_source(ChoiceSourceName(ChoiceSource::kOperator));
+  std::vector<std::string> below;
+  const std::string target = BlasCoreFor(features);
+  const std::optional<int> running = BlasCoreLevel(info.blas_core);
+  if (info.blas_core_source == operator_source && !target.empty() &&
+      running.has_value() && *running < *BlasCoreLevel(target)) {
+    below.push_back(absl::StrCat(kOpenblasCoretypeEnv,
+                                 " (the operator's) runs ", info.blas_core,
+                                 " kernels on a CPU with ", IsaName(features),
+                                 ": unset it for ", target, "'s"));
+  }
+  if (info.aten_capability_source == operator_source &&
+      WantsAtenAvx512(features) && !info.aten_capability.empty() &&
+      info.aten_capability != "AVX512") {
+    below.push_back(absl::StrCat(kAtenCapabilityEnv,
+                                 " (the operator's) runs ATen's ",
+                                 info.aten_capability,
+                                 " kernels on a CPU with AVX-512: unset it "
+                                 "for its AVX512 ones"));
+  }
+  return absl::StrJoin(below, "; ");
+}
+
 }  // namespace attnscore::cpu

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "server/cpu/cpu_features.h"
+#include "server/cpu/kernel_info.h"
 
 namespace attnscore::cpu {
 
@@ -103,6 +104,16 @@ std::optional<int> BlasCoreLevel(std::string_view core);
 KernelDecision ChooseKernels(const CpuFeatures& features,
                              std::string_view library_core,
                              const KernelEnv& env);
+
+// What the operator's own settings cost on this CPU: one sentence per setting
+// that keeps a library below the kernels the CPU runs best, "" when none does.
+// `info` is what runs (DescribeKernels). The setting still wins; this says so
+// in the log and the benchmarks' headers, because it is easy to miss: an
+// environment that pins OPENBLAS_CORETYPE=Haswell for older machines runs
+// AVX2 kernels on an AVX-512 CPU (sgemm 1024^3 on 2 threads: 237 against
+// 427 GFLOP/s with Cooperlake's, AMD EPYC family 26 model 2).
+std::string OperatorKernelsBelowCpu(const CpuFeatures& features,
+                                    const KernelInfo& info);
 
 }  // namespace attnscore::cpu
 

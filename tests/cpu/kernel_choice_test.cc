@@ -7,11 +7,15 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "server/cpu/cpu_features.h"
+#include "server/cpu/kernel_info.h"
 
 namespace attnscore::cpu {
 namespace {
 
+using ::testing::AllOf;
+using ::testing::HasSubstr;
 using ::testing::IsEmpty;
+using ::testing::Not;
 using ::testing::Pair;
 using ::testing::UnorderedElementsAre;
 
@@ -291,6 +295,77 @@ TEST(KernelChoiceTest, AnotherBlasIsLeftToItsOwnDispatch) {
   d = ChooseKernels(Avx2(), "", env);
   EXPECT_FALSE(d.reexec) << d.reason;
   EXPECT_EQ(d.blas_source, ChoiceSource::kLibrary);
+}
+
+KernelInfo Running(std::string core, std::string core_source, std::string aten,
+                   std::string aten_source) {
+  KernelInfo info;
+  info.blas_core = std::move(core);
+  info.blas_core_source = std::move(core_source);
+  info.aten_capability = std::move(aten);
+  info.aten_capability_source = std::move(aten_source);
+  return info;
+}
+
+TEST(KernelChoiceTest, AnOperatorCoreBelowTheCpuIsNamedWithTheBetterOne) {
+  // The environment of a machine pinned for older CPUs, on an AVX-512 one.
+  const std::string below = OperatorKernelsBelowCpu(
+      Avx512Bf16(), Running("Haswell", "operator", "AVX512", "cpuid"));
+  EXPECT_THAT(below, HasSubstr("OPENBLAS_CORETYPE (the operator's) runs "
+                               "Haswell kernels on a CPU with avx512_bf16"));
+  EXPECT_THAT(below, HasSubstr("unset it for Cooperlake's"));
+  EXPECT_THAT(below, Not(HasSubstr("ATEN_CPU_CAPABILITY")));
+  EXPECT_THAT(OperatorKernelsBelowCpu(
+                  Avx512(), Running("Prescott", "operator", "AVX2", "library")),
+              HasSubstr("unset it for SkylakeX's"));
+  EXPECT_THAT(OperatorKernelsBelowCpu(
+                  Avx2(), Running("Core2", "operator", "AVX2", "library")),
+              HasSubstr("unset it for Haswell's"));
+}
+
+TEST(KernelChoiceTest, AnOperatorAtenBelowAvx512IsNamed) {
+  const std::string below = OperatorKernelsBelowCpu(
+      Avx512(), Running("SkylakeX", "library", "AVX2", "operator"));
+  EXPECT_EQ(below,
+            "ATEN_CPU_CAPABILITY (the operator's) runs ATen's AVX2 kernels on "
+            "a CPU with AVX-512: unset it for its AVX512 ones");
+  // Both at once: one sentence each.
+  EXPECT_THAT(
+      OperatorKernelsBelowCpu(
+          Avx512Bf16(), Running("Haswell", "operator", "NO AVX", "operator")),
+      AllOf(HasSubstr("Haswell kernels"), HasSubstr("; ATEN_CPU_CAPABILITY"),
+            HasSubstr("ATen's NO AVX kernels")));
+}
+
+TEST(KernelChoiceTest,
+     NothingIsSaidOfChoicesThatCostNothingOrAreNotTheOperators) {
+  // The operator's core at the CPU's level (SkylakeX and Cooperlake are one).
+  EXPECT_EQ(
+      OperatorKernelsBelowCpu(
+          Avx512Bf16(), Running("SkylakeX", "operator", "AVX512", "operator")),
+      "");
+  EXPECT_EQ(OperatorKernelsBelowCpu(
+                Avx2(), Running("Haswell", "operator", "AVX2", "operator")),
+            "");
+  EXPECT_EQ(OperatorKernelsBelowCpu(
+                Avx2(), Running("Zen", "operator", "AVX2", "operator")),
+            "");
+  // Below the CPU but not the operator's: the library's or a failed exec's,
+  // which the start-up line already reports.
+  EXPECT_EQ(OperatorKernelsBelowCpu(
+                Avx512Bf16(), Running("Haswell", "library", "AVX2", "library")),
+            "");
+  // A core this table does not know (a newer library's), no OpenBLAS, no
+  // better kernels to name, an unknown ATen capability.
+  EXPECT_EQ(OperatorKernelsBelowCpu(
+                Avx512(), Running("Zen5", "operator", "", "operator")),
+            "");
+  EXPECT_EQ(OperatorKernelsBelowCpu(
+                Avx512(), Running("", "operator", "AVX512", "operator")),
+            "");
+  EXPECT_EQ(OperatorKernelsBelowCpu(
+                Sse(), Running("Prescott", "operator", "NO AVX", "operator")),
+            "");
 }
 
 }  // namespace

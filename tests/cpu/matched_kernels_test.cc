@@ -103,6 +103,7 @@ TEST(MatchedKernelsProbeTest, WithNothingSetRunsOnKernelsForTheIsa) {
   EXPECT_EQ(report["omp_wait"],
             std::string(kGompSpinCountEnv) + "=" + kServerSpinCount);
   EXPECT_EQ(report["omp_wait_source"], "server");
+  EXPECT_EQ(report["below"], "") << "nothing the operator set";
 }
 
 TEST(MatchedKernelsProbeTest, OperatorSettingsAreKept) {
@@ -120,6 +121,16 @@ TEST(MatchedKernelsProbeTest, OperatorSettingsAreKept) {
   EXPECT_EQ(report["aten_capability_source"], "operator");
   EXPECT_EQ(report["omp_wait"], "OMP_WAIT_POLICY=passive");
   EXPECT_EQ(report["omp_wait_source"], "operator");
+  // What the settings cost is said, setting by setting.
+  const CpuFeatures features = DetectCpuFeatures();
+  EXPECT_EQ(UsesOpenBlas(report["blas_core"]) && !BlasCoreFor(features).empty(),
+            report["below"].find("OPENBLAS_CORETYPE (the operator's) runs "
+                                 "Prescott kernels") != std::string::npos)
+      << report["below"];
+  EXPECT_EQ(HasAvx512Core(features),
+            report["below"].find("ATEN_CPU_CAPABILITY (the operator's)") !=
+                std::string::npos)
+      << report["below"];
 }
 
 TEST(MatchedKernelsProbeTest, ALibraryThatDetectsTheGenericCoreIsCorrected) {
