@@ -178,13 +178,45 @@ int64_t BatchSchedulerCore::TimeoutAtMicros(const OpenBatch& open) const {
   return open.opened_micros + options_.max_queue_delay_us;
 }
 
+absl::Status BatchSchedulerCore::RunOnEachWorker(
+    const std::function<void()>& chore) {
+  std::lock_guard<std::mutex> call(chore_call_mu_);
+  std::unique_lock<std::mutex> lock(mu_);
+  if (shutting_down_) {
+    return absl::UnavailableError("RunOnEachWorker: the batcher is shut down");
+  }
+  chore_ = &chore;
+  ++chore_round_;
+  chore_pending_ = options_.num_batch_threads;
+  // Wakes sleeping and spinning workers alike.
+  generation_.fetch_add(1, std::memory_order_release);
+  work_cv_.notify_all();
+  chore_cv_.wait(lock, [this] { return chore_pending_ == 0; });
+  chore_ = nullptr;
+  return absl::OkStatus();
+}
+
+bool BatchSchedulerCore::RunChoreIfNew(std::unique_lock<std::mutex>& lock,
+                                       uint64_t* seen) {
+  if (*seen == chore_round_) return false;
+  *seen = chore_round_;
+  const std::function<void()>* chore = chore_;
+  lock.unlock();
+  (*chore)();
+  lock.lock();
+  if (--chore_pending_ == 0) chore_cv_.notify_all();
+  return true;
+}
+
 void BatchSchedulerCore::WorkerLoop() {
   NameThisThread(options_.thread_name);
   IdleSpinPolicy spin(options_.idle_spin_us);
   int64_t idle_since = -1;  // RealMicros() at the end of the last batch.
   bool just_ran_batch = false;
+  uint64_t chore_seen = 0;  // The last RunOnEachWorker round this one ran.
   std::unique_lock<std::mutex> lock(mu_);
   for (;;) {
+    if (RunChoreIfNew(lock, &chore_seen)) continue;
     // No delay: this free worker closes the oldest open batch and runs it, with
     // every task that queued while the workers were busy. Only that one: the
     // other keys' batches keep filling until a worker is free for them.
@@ -206,7 +238,8 @@ void BatchSchedulerCore::WorkerLoop() {
     }
     if (open_batches_.empty()) {
       // Shutdown closed every open batch and Schedule accepts no more, so
-      // nothing is left.
+      // nothing is left. (A chore accepted before Shutdown was run at the top
+      // of this loop: RunOnEachWorker always returns.)
       if (shutting_down_) return;
       // No timeout to watch: sleep until Schedule opens or closes a batch.
       // Spins only right after a batch: once it has slept, the worker waits

@@ -8,9 +8,9 @@
 // then owns it until it is handed to the callback (in a batch) or dropped
 // through BatchTask::Drop.
 //
-// Thread safety: Schedule(), QueueDepth(), IdleSpins() and Shutdown() may be
-// called from any thread. Time comes from the injected Clock, so timeouts are
-// tested with a fake clock, not sleeps.
+// Thread safety: Schedule(), QueueDepth(), IdleSpins(), RunOnEachWorker() and
+// Shutdown() may be called from any thread but a worker's. Time comes from the
+// injected Clock, so timeouts are tested with a fake clock, not sleeps.
 //
 // Errors: UNAVAILABLE when the queue is full or the batcher is shutting down
 // ("retry later"); INVALID_ARGUMENT from Create() for bad options.
@@ -164,6 +164,16 @@ class BatchScheduler {
 
   IdleSpinStats IdleSpins() const;
 
+  // Runs `chore` once on every worker thread, between batches, and returns
+  // when all have: per-thread set-up that the first batch of each worker would
+  // otherwise pay for (a compute thread team, thread-local buffers, a device
+  // stream). Calls are serialised. UNAVAILABLE when the scheduler is already
+  // shut down; once accepted, every worker runs it even if Shutdown() begins
+  // meanwhile (the workers run it before they exit). `chore` must not throw,
+  // nor call back into the scheduler. REQUIRES: not called from the callback
+  // (its worker would wait for itself).
+  absl::Status RunOnEachWorker(const std::function<void()>& chore);
+
  private:
   explicit BatchScheduler(std::unique_ptr<internal::BatchSchedulerCore> core);
 
@@ -193,6 +203,7 @@ class BatchSchedulerCore {
   void Shutdown();
   size_t QueueDepth() const;
   IdleSpinStats IdleSpins() const;
+  absl::Status RunOnEachWorker(const std::function<void()>& chore);
 
  private:
   // A batch still accepting tasks of its key.
@@ -210,6 +221,11 @@ class BatchSchedulerCore {
                      Callback callback);
 
   void WorkerLoop();
+  // Runs the chore of RunOnEachWorker if this worker has not yet run the
+  // current one (`*seen` is its last round); true when it did (look again).
+  // Returns with `lock` held.
+  bool RunChoreIfNew(std::unique_lock<std::mutex>& lock, uint64_t* seen)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // With nothing to do: spins up to `spin_us` for Schedule or Shutdown to
   // change the state, unless another worker is spinning. True when the state
   // changed (look again); false: sleep on work_cv_. Returns with `lock` held.
@@ -249,6 +265,15 @@ class BatchSchedulerCore {
   // Tasks in open_batches_ and closed_batches_: what QueueDepth() reports and
   // max_enqueued_tasks bounds.
   size_t num_waiting_tasks_ ABSL_GUARDED_BY(mu_) = 0;
+  // RunOnEachWorker: the chore of round `chore_round_` (0: none yet) and the
+  // workers that have not run it yet; chore_cv_ is signalled when the last of
+  // them has.
+  const std::function<void()>* chore_ ABSL_GUARDED_BY(mu_) = nullptr;
+  uint64_t chore_round_ ABSL_GUARDED_BY(mu_) = 0;
+  int chore_pending_ ABSL_GUARDED_BY(mu_) = 0;
+  std::condition_variable chore_cv_;
+  // Serialises RunOnEachWorker calls.
+  std::mutex chore_call_mu_;
 
   // Serialises joining so that a second Shutdown() returns only after the
   // workers are joined.
@@ -321,6 +346,12 @@ size_t BatchScheduler<TaskType>::QueueDepth() const {
 template <typename TaskType>
 IdleSpinStats BatchScheduler<TaskType>::IdleSpins() const {
   return core_->IdleSpins();
+}
+
+template <typename TaskType>
+absl::Status BatchScheduler<TaskType>::RunOnEachWorker(
+    const std::function<void()>& chore) {
+  return core_->RunOnEachWorker(chore);
 }
 
 }  // namespace attnscore::batching

@@ -155,9 +155,11 @@ class AttentionScorerService final : public AttentionScorerRawService {
   AttentionScorerService& operator=(const AttentionScorerService&) = delete;
   ~AttentionScorerService() override;
 
-  // Runs tiny computes on the calling thread (ALiBi, and each loaded relative
-  // model) so that the first real request does not pay for LibTorch's lazy
-  // initialisation. Returns the first error.
+  // Runs small computes (ALiBi, and each loaded relative model) on every batch
+  // worker's thread and returns when all have, so that the first real request
+  // does not pay for LibTorch's lazy initialisation nor for its worker's
+  // thread team and buffers. Returns the first error. REQUIRES: not from a
+  // batch worker.
   absl::Status WarmUp();
 
   // Starts the drain: from now on new requests (unary calls, and new messages

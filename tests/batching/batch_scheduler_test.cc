@@ -852,6 +852,104 @@ TEST_F(BatchSchedulerTest, SeveralBatchesRunConcurrently) {
   EXPECT_EQ(running, 2);
 }
 
+TEST_F(BatchSchedulerTest, RunOnEachWorkerRunsTheChoreOnceOnEveryWorker) {
+  constexpr int kWorkers = 3;
+  // Workers asleep (no work), waiting for a batch's timeout, and spinning.
+  for (const bool with_open_batch : {false, true}) {
+    BatchSchedulerOptions options =
+        Options(8, kNeverMicros, /*num_batch_threads=*/kWorkers);
+    options.idle_spin_us = with_open_batch ? 0 : 1000;
+    std::unique_ptr<Scheduler> scheduler = MakeScheduler(options);
+    if (with_open_batch) Add(*scheduler);
+    std::mutex mu;
+    std::map<std::thread::id, int> runs;
+    const std::function<void()> chore = [&] {
+      std::lock_guard<std::mutex> lock(mu);
+      ++runs[std::this_thread::get_id()];
+    };
+    for (int round = 1; round <= 2; ++round) {
+      ASSERT_TRUE(scheduler->RunOnEachWorker(chore).ok());
+      // It returned only after every worker ran it: no waiting here.
+      std::lock_guard<std::mutex> lock(mu);
+      ASSERT_EQ(runs.size(), size_t{kWorkers}) << "round " << round;
+      EXPECT_EQ(runs.count(std::this_thread::get_id()), 0u)
+          << "not on the caller's thread";
+      for (const auto& [id, n] : runs) EXPECT_EQ(n, round);
+    }
+    // The open batch still waits for its timeout, untouched.
+    EXPECT_EQ(recorder_.num_batches(), 0u);
+    EXPECT_EQ(scheduler->QueueDepth(), with_open_batch ? 1u : 0u);
+  }
+}
+
+TEST_F(BatchSchedulerTest, RunOnEachWorkerWaitsForABusyWorkersBatch) {
+  Gate gate;
+  std::unique_ptr<Scheduler> scheduler = MakeScheduler(
+      Options(1, 0),
+      [&](const std::vector<std::unique_ptr<TestTask>>&) { gate.Enter(); });
+  Add(*scheduler);
+  ASSERT_TRUE(gate.WaitForEntered(1));
+  std::atomic<bool> chore_ran{false};
+  std::atomic<bool> returned{false};
+  std::thread caller([&] {
+    EXPECT_TRUE(scheduler
+                    ->RunOnEachWorker([&] {
+                      // The batch has returned before the chore starts.
+                      EXPECT_EQ(recorder_.num_batches(), 1u);
+                      chore_ran = true;
+                    })
+                    .ok());
+    returned = true;
+  });
+  // The only worker is inside the callback: the chore cannot have run.
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  EXPECT_FALSE(chore_ran.load());
+  EXPECT_FALSE(returned.load());
+  gate.ReleaseAll();
+  caller.join();
+  EXPECT_TRUE(chore_ran.load());
+}
+
+TEST_F(BatchSchedulerTest, RunOnEachWorkerAfterShutdownIsUnavailable) {
+  std::unique_ptr<Scheduler> scheduler = MakeScheduler(Options(8, 0, 2));
+  scheduler->Shutdown();
+  bool ran = false;
+  const absl::Status status = scheduler->RunOnEachWorker([&] { ran = true; });
+  EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable) << status;
+  EXPECT_THAT(status.message(), HasSubstr("shut down"));
+  EXPECT_FALSE(ran);
+}
+
+TEST_F(BatchSchedulerTest, ShutdownDuringAChoreWaitsForIt) {
+  std::unique_ptr<Scheduler> scheduler = MakeScheduler(Options(8, 0, 2));
+  absl::Notification chore_started;
+  absl::Notification shutdown_called;
+  std::atomic<int> runs{0};
+  std::thread caller([&] {
+    EXPECT_TRUE(scheduler
+                    ->RunOnEachWorker([&] {
+                      if (runs.fetch_add(1) == 0) {
+                        chore_started.Notify();
+                        shutdown_called.WaitForNotificationWithTimeout(
+                            absl::Seconds(30));
+                      }
+                    })
+                    .ok());
+  });
+  ASSERT_TRUE(chore_started.WaitForNotificationWithTimeout(absl::Seconds(30)));
+  std::thread stopper([&] { scheduler->Shutdown(); });
+  // Shutdown has begun once Schedule refuses.
+  for (;;) {
+    std::unique_ptr<TestTask> task = NewTask();
+    if (!scheduler->Schedule(&task).ok()) break;
+    std::this_thread::yield();
+  }
+  shutdown_called.Notify();
+  caller.join();
+  stopper.join();
+  EXPECT_EQ(runs.load(), 2) << "each worker ran it before exiting";
+}
+
 // Several producers race several workers on the real clock, with a queue small
 // enough to fill; every accepted task must come out exactly once, as a delivery
 // or a drop with the right code. With `spinning`, batches close as soon as a

@@ -24,6 +24,7 @@
 #include <mutex>
 #include <new>
 #include <stdexcept>
+#include <thread>
 #include <variant>
 #include <vector>
 
@@ -43,6 +44,7 @@ class FakeScorer final : public scoring::Scorer {
     int64_t batch = 0;     // sum of their B
     bool relative = false;
     bool stopped = false;  // left early because its StopFn returned true
+    std::thread::id thread;  // the thread that called
   };
 
   using scoring::Scorer::ScoreBatch;
@@ -51,6 +53,7 @@ class FakeScorer final : public scoring::Scorer {
       absl::Span<const scoring::ScoreItem> items,
       const scoring::StopFn& stop) override {
     Call call;
+    call.thread = std::this_thread::get_id();
     call.num_items = items.size();
     call.relative = std::holds_alternative<scoring::RelativeBias>(spec.bias);
     for (const scoring::ScoreItem& item : items) {

@@ -540,11 +540,34 @@ TEST_F(ServiceTest, ShutdownFinishesQueuedAndInFlightRequests) {
   EXPECT_TRUE(s2.ok()) << s2.error_message();
 }
 
-TEST_F(ServiceTest, WarmUpComputesOnce) {
-  Start();
+TEST_F(ServiceTest, WarmUpComputesOnceOnEveryBatchWorker) {
+  ServiceOptions options = DefaultOptions();
+  options.batching.num_batch_threads = 3;
+  Start(options);
   EXPECT_TRUE(service_->WarmUp().ok());
-  ASSERT_EQ(scorer_.calls().size(), 1u);
-  EXPECT_FALSE(scorer_.calls()[0].relative);
+  const std::vector<FakeScorer::Call> calls = scorer_.calls();
+  ASSERT_EQ(calls.size(), 3u);
+  std::set<std::thread::id> threads;
+  for (const FakeScorer::Call& call : calls) {
+    EXPECT_FALSE(call.relative);
+    EXPECT_NE(call.thread, std::this_thread::get_id())
+        << "on the workers, where requests compute";
+    threads.insert(call.thread);
+  }
+  EXPECT_EQ(threads.size(), 3u);
+  // Requests are served afterwards as before.
+  grpc::ClientContext context;
+  v1::ScoreResponse response;
+  EXPECT_TRUE(stub_->Score(&context, AlibiRequest(), &response).ok());
+}
+
+TEST_F(ServiceTest, WarmUpAfterShutdownFailsAndLeavesTheServiceNotReady) {
+  Start();
+  service_->Shutdown();
+  const absl::Status status = service_->WarmUp();
+  EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable) << status;
+  EXPECT_TRUE(scorer_.calls().empty());
+  EXPECT_FALSE(service_->ready());
 }
 
 TEST_F(ServiceTest, GetServerInfoReportsLimitsAndBatching) {
