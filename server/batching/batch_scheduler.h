@@ -9,8 +9,9 @@
 // through BatchTask::Drop.
 //
 // Thread safety: Schedule(), QueueDepth(), IdleSpins(), RunOnEachWorker() and
-// Shutdown() may be called from any thread but a worker's. Time comes from the
-// injected Clock, so timeouts are tested with a fake clock, not sleeps.
+// Shutdown() may be called from any thread (the last two not from the
+// callback). Time comes from the injected Clock, so timeouts are tested with a
+// fake clock, not sleeps.
 //
 // Errors: UNAVAILABLE when the queue is full or the batcher is shutting down
 // ("retry later"); INVALID_ARGUMENT from Create() for bad options.
