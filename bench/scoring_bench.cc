@@ -29,8 +29,6 @@
 
 #include "bench/literal_port.h"
 #include "server/cpu/aten_capability.h"
-#include "server/cpu/cpu_features.h"
-#include "server/cpu/kernel_choice.h"
 #include "server/cpu/matched_kernels.h"
 #include "server/scoring/alibi.h"
 #include "server/scoring/aten_scorer.h"
@@ -399,10 +397,9 @@ int main(int argc, char** argv) {
   const attnscore::cpu::KernelInfo kernels =
       attnscore::cpu::CurrentKernelInfo();
   std::printf("kernels: %s\n", attnscore::cpu::KernelInfoLine(kernels).c_str());
-  const std::string below = attnscore::cpu::OperatorKernelsBelowCpu(
-      attnscore::cpu::DetectCpuFeatures(), kernels);
-  if (!below.empty())
-    std::printf("kernels below this CPU's: %s\n", below.c_str());
+  if (!kernels.below_cpu.empty()) {
+    std::printf("kernels below this CPU's: %s\n", kernels.below_cpu.c_str());
+  }
   attnscore::bench::RatioReporter reporter;
   benchmark::RunSpecifiedBenchmarks(&reporter);
   reporter.PrintRatios();

@@ -1281,6 +1281,16 @@ ServerInfo FromProto(const v1::ServerInfo& response) {
   info.batch_workers = response.batching().batch_workers();
   info.shm_prefix = response.limits().shm_prefix();
   info.max_shm_regions = response.limits().max_shm_regions();
+  const v1::KernelInfo& kernels = response.kernels();
+  info.kernels.cpu_model = kernels.cpu_model();
+  info.kernels.isa = kernels.isa();
+  info.kernels.blas_core = kernels.blas_core();
+  info.kernels.blas_core_source = kernels.blas_core_source();
+  info.kernels.aten_capability = kernels.aten_capability();
+  info.kernels.aten_capability_source = kernels.aten_capability_source();
+  info.kernels.omp_wait = kernels.omp_wait();
+  info.kernels.omp_wait_source = kernels.omp_wait_source();
+  info.kernels.below_cpu = kernels.below_cpu();
   return info;
 }
 

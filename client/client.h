@@ -218,6 +218,21 @@ struct ServerInfo {
   // are off.
   std::string shm_prefix;
   int64_t max_shm_regions = 0;  // all identities together
+  // What the server computes on (attnscore.proto's KernelInfo); empty strings
+  // from a server that does not say.
+  struct Kernels {
+    std::string cpu_model;
+    std::string isa;
+    std::string blas_core;
+    std::string blas_core_source;
+    std::string aten_capability;
+    std::string aten_capability_source;
+    std::string omp_wait;
+    std::string omp_wait_source;
+    // What the operator's settings cost on that CPU; empty when nothing.
+    std::string below_cpu;
+  };
+  Kernels kernels;
 };
 
 enum class ServingStatus { kUnknown, kServing, kNotServing, kServiceUnknown };

@@ -57,8 +57,6 @@
 #include "attnscore/version.h"
 #include "server/cpu/allocator.h"
 #include "server/cpu/aten_capability.h"
-#include "server/cpu/cpu_features.h"
-#include "server/cpu/kernel_choice.h"
 #include "server/cpu/matched_kernels.h"
 #include "server/observability/logging.h"
 #include "server/observability/metrics.h"
@@ -779,10 +777,8 @@ bool Server::LoadModels() {
 void Server::RegisterProcessMetrics() {
   const cpu::KernelInfo kernels = cpu::CurrentKernelInfo();
   spdlog::info("kernels: {}", cpu::KernelInfoLine(kernels));
-  if (const std::string below =
-          cpu::OperatorKernelsBelowCpu(cpu::DetectCpuFeatures(), kernels);
-      !below.empty()) {
-    spdlog::warn("kernels below this CPU's: {}", below);
+  if (!kernels.below_cpu.empty()) {
+    spdlog::warn("kernels below this CPU's: {}", kernels.below_cpu);
   }
   spdlog::info("allocator: {}", cpu::AllocatorSetting());
   registry_

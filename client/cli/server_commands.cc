@@ -1,6 +1,7 @@
 // `attnscore health`, `models` and `info`: probing a deployment.
 #include <chrono>
 #include <cstdio>
+#include <string>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -15,6 +16,30 @@ namespace {
 constexpr absl::Duration kHealthPollInterval = absl::Milliseconds(200);
 // The longest wait between connection attempts while --wait runs.
 constexpr absl::Duration kHealthMaxReconnectBackoff = absl::Seconds(1);
+
+// "name (who chose it)", or "" when the server did not say.
+std::string Chosen(const std::string& name, const std::string& source) {
+  if (name.empty()) return "";
+  return source.empty() ? name : absl::StrCat(name, " (", source, ")");
+}
+
+// The kernels lines of `info`: nothing from a server that does not report
+// them; a warning line when the operator's settings cost something.
+void PrintKernels(const client::ServerInfo::Kernels& kernels) {
+  if (kernels.isa.empty()) return;
+  std::printf(
+      "kernels           isa %s, BLAS %s, ATen %s\n", kernels.isa.c_str(),
+      Chosen(kernels.blas_core.empty() ? "(not OpenBLAS)" : kernels.blas_core,
+             kernels.blas_core_source)
+          .c_str(),
+      Chosen(kernels.aten_capability, kernels.aten_capability_source).c_str());
+  std::printf("                  cpu %s, OpenMP wait %s\n",
+              kernels.cpu_model.c_str(),
+              Chosen(kernels.omp_wait, kernels.omp_wait_source).c_str());
+  if (!kernels.below_cpu.empty()) {
+    std::printf("kernels warning   %s\n", kernels.below_cpu.c_str());
+  }
+}
 
 }  // namespace
 
@@ -160,7 +185,17 @@ int RunInfo(const GlobalFlags& global, const InfoFlags& flags) {
         {"max_queue", info->max_queue},
         {"batch_workers", info->batch_workers}}},
       {"shared_memory",
-       {{"prefix", info->shm_prefix}, {"max_regions", info->max_shm_regions}}}};
+       {{"prefix", info->shm_prefix}, {"max_regions", info->max_shm_regions}}},
+      {"kernels",
+       {{"cpu_model", info->kernels.cpu_model},
+        {"isa", info->kernels.isa},
+        {"blas_core", info->kernels.blas_core},
+        {"blas_core_source", info->kernels.blas_core_source},
+        {"aten_capability", info->kernels.aten_capability},
+        {"aten_capability_source", info->kernels.aten_capability_source},
+        {"omp_wait", info->kernels.omp_wait},
+        {"omp_wait_source", info->kernels.omp_wait_source},
+        {"below_cpu", info->kernels.below_cpu}}}};
   if (flags.format == "json") {
     std::printf("%s\n", out.dump(2, ' ', false,
                                  nlohmann::json::error_handler_t::replace)
@@ -191,6 +226,7 @@ int RunInfo(const GlobalFlags& global, const InfoFlags& flags) {
                 info->shm_prefix.c_str(),
                 static_cast<long long>(info->max_shm_regions));
   }
+  PrintKernels(info->kernels);
   return kExitOk;
 }
 

@@ -21,6 +21,9 @@ struct KernelInfo {
   // default"; and who chose it ("library", "operator" or "server").
   std::string omp_wait;
   std::string omp_wait_source;
+  // OperatorKernelsBelowCpu(): what the operator's settings cost here; "" when
+  // nothing.
+  std::string below_cpu;
 };
 
 }  // namespace attnscore::cpu

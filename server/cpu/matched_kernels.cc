@@ -129,6 +129,7 @@ KernelInfo DescribeKernels(const std::string& aten_capability) {
   info.omp_wait = OmpWait(env);
   info.omp_wait_source = std::string(ChoiceSourceName(
       decision->reexec ? ChoiceSource::kLibrary : decision->omp_source));
+  info.below_cpu = OperatorKernelsBelowCpu(features, info);
   return info;
 }
 

@@ -1260,6 +1260,7 @@ void AttentionScorerService::FillServerInfo(v1::ServerInfo& response) const {
   kernels->set_omp_wait(options_.kernels.omp_wait);
   kernels->set_omp_wait_source(options_.kernels.omp_wait_source);
   kernels->set_cpu_model(options_.kernels.cpu_model);
+  kernels->set_below_cpu(options_.kernels.below_cpu);
 }
 
 grpc::ServerUnaryReactor* AttentionScorerService::AnswerSmall(

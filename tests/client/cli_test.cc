@@ -202,9 +202,23 @@ TEST(CliTest, HealthModelsAndInfo) {
   EXPECT_GT(info["limits"]["max_output_bytes"].get<int64_t>(), 0);
   EXPECT_EQ(info["shared_memory"]["prefix"], "");  // off by default
   EXPECT_EQ(info["shared_memory"]["max_regions"].get<int64_t>(), 64);
+  // What the server computes on, and who chose it.
+  EXPECT_FALSE(info["kernels"]["isa"].get<std::string>().empty());
+  EXPECT_FALSE(info["kernels"]["cpu_model"].get<std::string>().empty());
+  EXPECT_FALSE(info["kernels"]["omp_wait_source"].get<std::string>().empty());
+  EXPECT_TRUE(info["kernels"].contains("below_cpu"));
+  const std::string isa = info["kernels"]["isa"];
+  const std::string below = info["kernels"]["below_cpu"];
   run = Cli({"info", "--target", server->target()});
   ASSERT_EQ(run.exit_code, 0) << run.output;
   EXPECT_THAT(run.output, HasSubstr("shared memory     off"));
+  EXPECT_THAT(run.output,
+              HasSubstr("kernels           isa " + isa + ", BLAS "));
+  // The warning line exactly when the server reports a cost (an operator's
+  // OPENBLAS_CORETYPE below the CPU in this test's environment, say).
+  EXPECT_EQ(run.output.find("kernels warning   ") != std::string::npos,
+            !below.empty())
+      << run.output;
   run = Cli({"models", "--target", server->target(), "--format", "json"});
   ASSERT_EQ(run.exit_code, 0) << run.output;
   EXPECT_TRUE(nlohmann::json::parse(run.output).is_array());

@@ -240,6 +240,7 @@ TEST(MatchedKernelsServerTest, ServerWithNothingSetReportsMatchedKernels) {
   EXPECT_EQ(kernels.omp_wait(),
             std::string(kGompSpinCountEnv) + "=" + kServerSpinCount);
   EXPECT_EQ(kernels.omp_wait_source(), "server");
+  EXPECT_EQ(kernels.below_cpu(), "") << "nothing the operator set";
   // The build-info metric carries the same choice.
   absl::StatusOr<std::string> metrics = (*server)->ScrapeMetrics();
   ASSERT_TRUE(metrics.ok()) << metrics.status();
@@ -268,6 +269,18 @@ TEST(MatchedKernelsServerTest, ServerKeepsTheOperatorsCoreType) {
   }
   EXPECT_EQ(kernels.blas_core(), "Prescott");
   EXPECT_EQ(kernels.blas_core_source(), "operator");
+  // What it costs is reported, where the CPU has better kernels.
+  const std::string target = BlasCoreFor(DetectCpuFeatures());
+  if (target.empty()) {
+    EXPECT_EQ(kernels.below_cpu(), "");
+  } else {
+    const std::string expected = absl::StrCat(
+        "OPENBLAS_CORETYPE (the operator's) runs Prescott kernels on a CPU "
+        "with ",
+        IsaName(DetectCpuFeatures()), ": unset it for ", target, "'s");
+    EXPECT_NE(kernels.below_cpu().find(expected), std::string::npos)
+        << kernels.below_cpu();
+  }
 }
 
 }  // namespace
