@@ -107,8 +107,9 @@ KernelDecision ChooseKernels(const CpuFeatures& features,
 
 // What the operator's own settings cost on this CPU: one sentence per setting
 // that keeps a library below the kernels the CPU runs best, "" when none does.
-// `info` is what runs (DescribeKernels). The setting still wins; this says so
-// in the log and the benchmarks' headers, because it is easy to miss: an
+// `info` is what runs (DescribeKernels, which puts it in KernelInfo::below_cpu
+// for the log, GetServerInfo and the benchmarks' headers). The setting still
+// wins; this says what it costs, because it is easy to miss: an
 // environment that pins OPENBLAS_CORETYPE=Haswell for older machines runs
 // AVX2 kernels on an AVX-512 CPU (sgemm 1024^3 on 2 threads: 237 against
 // 427 GFLOP/s with Cooperlake's, AMD EPYC family 26 model 2).

@@ -757,9 +757,16 @@ absl::Status AttentionScorerService::WarmUp() {
   struct Probe {
     std::string label;
     scoring::ScoreSpec spec;
-    int64_t heads;
-    int64_t len;
-    int64_t dim;
+    std::vector<int64_t> shape;  // [1, H, L, D], query, key and value alike
+    std::vector<float> ones;     // made once, read by every worker
+  };
+  const auto make_probe = [](std::string label, const scoring::ScoreSpec& spec,
+                             int64_t heads, int64_t len, int64_t dim) {
+    return Probe{
+        std::move(label),
+        spec,
+        {1, heads, len, dim},
+        std::vector<float>(static_cast<size_t>(heads * len * dim), 1.0f)};
   };
   // One ALiBi item of every output, large enough for the tiled path to split
   // it across the intra-op threads and hand the BLAS real products; plus one
@@ -767,50 +774,44 @@ absl::Status AttentionScorerService::WarmUp() {
   // covers that).
   scoring::ScoreSpec alibi;
   alibi.want_logits = alibi.want_probs = alibi.want_context = true;
-  std::vector<Probe> probes = {{"ALiBi", alibi, 8, 128, 64}};
+  std::vector<Probe> probes;
+  probes.push_back(make_probe("ALiBi", alibi, 8, 128, 64));
   const std::shared_ptr<const scoring::ModelSet> models = models_->Current();
   for (const auto& [name, model] : models->models) {
-    Probe probe{absl::StrCat("model \"", name, "\""), alibi,
-                model->info().heads, 1, model->info().head_dim};
-    probe.spec.bias = scoring::RelativeBias{model};
-    probes.push_back(std::move(probe));
+    scoring::ScoreSpec relative = alibi;
+    relative.bias = scoring::RelativeBias{model};
+    probes.push_back(make_probe(absl::StrCat("model \"", name, "\""), relative,
+                                model->info().heads, 1,
+                                model->info().head_dim));
   }
   absl::Mutex mu;
   absl::Status first_error;
-  const auto record = [&](absl::Status status) {
-    absl::MutexLock lock(&mu);
-    if (first_error.ok()) first_error = std::move(status);
-  };
-  const auto compute = [&](const Probe& probe) -> absl::Status {
-    const std::vector<float> ones(
-        static_cast<size_t>(probe.heads * probe.len * probe.dim), 1.0f);
-    scoring::TensorRef ref;
-    ref.dtype = DType::kFloat32;
-    ref.shape = {1, probe.heads, probe.len, probe.dim};  // [B, H, L, D]
-    ref.data = ones.data();
-    ref.size_bytes = ones.size() * sizeof(float);
-    scoring::ScoreItem item;
-    item.query = item.key = ref;
-    item.value = ref;
-    absl::StatusOr<std::vector<scoring::ScoreResult>> result =
-        scorer_->ScoreBatch(probe.spec, absl::MakeConstSpan(&item, 1));
-    return result.status();
-  };
   // A worker's chore must not throw.
   const std::function<void()> chore = [&] {
     for (const Probe& probe : probes) {
+      scoring::TensorRef ref;
+      ref.dtype = DType::kFloat32;
+      ref.shape = probe.shape;
+      ref.data = probe.ones.data();
+      ref.size_bytes = probe.ones.size() * sizeof(float);
+      scoring::ScoreItem item;
+      item.query = item.key = ref;
+      item.value = ref;
       absl::Status status;
       try {
-        status = compute(probe);
+        status = scorer_->ScoreBatch(probe.spec, absl::MakeConstSpan(&item, 1))
+                     .status();
       } catch (...) {
         status = StatusOfException(std::current_exception(), "warming up");
       }
-      if (!status.ok()) {
-        record(absl::Status(status.code(),
-                            absl::StrCat("warm-up with ", probe.label, ": ",
-                                         status.message())));
-        return;
+      if (status.ok()) continue;
+      absl::MutexLock lock(&mu);
+      if (first_error.ok()) {
+        first_error = absl::Status(
+            status.code(),
+            absl::StrCat("warm-up with ", probe.label, ": ", status.message()));
       }
+      return;
     }
   };
   if (absl::Status ran = scheduler_->RunOnEachWorker(chore); !ran.ok()) {
