@@ -333,17 +333,19 @@ class ScorerImpl final : public Scorer {
       const ScoreSpec& spec, absl::Span<const ScoreItem> items,
       const StopFn& stop) override {
     if (items.empty()) return std::vector<ScoreResult>();
-    // The compute boundary: LibTorch reports failures (including out of memory)
-    // as exceptions.
-    try {
+    return Guarded([&] {
       if (ScoresItemByItem(items)) return ScoreEachOrThrow(spec, items, stop);
-      return ScoreBatchOrThrow(spec, items, stop);
-    } catch (const c10::Error& e) {
-      return absl::InternalError(
-          absl::StrCat("scoring failed: ", e.what_without_backtrace()));
-    } catch (const std::exception& e) {
-      return absl::InternalError(absl::StrCat("scoring failed: ", e.what()));
-    }
+      return ScoreBatchOrThrow(spec, items, stop, nullptr);
+    });
+  }
+
+  absl::StatusOr<std::vector<ScoreResult>> ScoreObserved(
+      const ScoreSpec& spec, const ScoreItem& item, const StopFn& stop,
+      RowObserver& observer) override {
+    return Guarded([&] {
+      return ScoreBatchOrThrow(spec, absl::MakeConstSpan(&item, 1), stop,
+                               &observer);
+    });
   }
 
   size_t ItemsPerPass(absl::Span<const ScoreItem> items) const override {
@@ -388,7 +390,7 @@ class ScorerImpl final : public Scorer {
  private:
   absl::StatusOr<std::vector<ScoreResult>> ScoreBatchOrThrow(
       const ScoreSpec& spec, absl::Span<const ScoreItem> items,
-      const StopFn& stop) {
+      const StopFn& stop, RowObserver* observer) {
     // On a GPU each batch worker thread computes on a stream of its own, so
     // concurrent batches overlap their copies and kernels; the CPU has none.
     std::optional<c10::StreamGuard> stream_guard;
@@ -414,13 +416,49 @@ class ScorerImpl final : public Scorer {
       result = BatchedAttention(batch.query, batch.key, batch.value,
                                 batch.key_lengths, config, 0, alibi_kernel_);
       if (stop && stop()) return Cancelled();
-    } else if (!ComputeAttentionBlocked(batch.query, batch.key, batch.value,
-                                        batch.key_lengths, config, stop,
-                                        &result)) {
+    } else {
       // The blocked path: nothing that was not asked for is materialised.
-      return Cancelled();
+      RowsDoneFn rows_done;
+      if (observer != nullptr && Observable(spec, items)) {
+        AllocateBlockedOutputs(batch.query, batch.key, batch.value, config,
+                               &result);
+        observer->OnOutputs(
+            SplitResults(spec, result, batch.item_batch, items).front());
+        rows_done = [observer](int64_t rows) { observer->OnRows(rows); };
+      }
+      if (!ComputeAttentionBlocked(batch.query, batch.key, batch.value,
+                                   batch.key_lengths, config, stop, rows_done,
+                                   &result)) {
+        return Cancelled();
+      }
     }
     return SplitResults(spec, result, batch.item_batch, items);
+  }
+
+  // Whether the blocked path can tell an observer the rows of `items` (one)
+  // as they become final: its outputs are then the pass's own buffers, row
+  // for row. Not context, which is converted (and laid out) after the pass,
+  // nor outputs a caller offered memory for, which may be copied there after.
+  bool Observable(const ScoreSpec& spec,
+                  absl::Span<const ScoreItem> items) const {
+    return !batched_ && device_.is_cpu() && items.size() == 1 &&
+           !spec.want_context &&
+           items[0].logits_destination.data == nullptr &&
+           items[0].probs_destination.data == nullptr;
+  }
+
+  // The compute boundary: LibTorch reports failures (including out of memory)
+  // as exceptions.
+  template <typename Fn>
+  static absl::StatusOr<std::vector<ScoreResult>> Guarded(Fn&& fn) {
+    try {
+      return fn();
+    } catch (const c10::Error& e) {
+      return absl::InternalError(
+          absl::StrCat("scoring failed: ", e.what_without_backtrace()));
+    } catch (const std::exception& e) {
+      return absl::InternalError(absl::StrCat("scoring failed: ", e.what()));
+    }
   }
 
   // The blocked path works per (item, head) anyway, so on the CPU a batch
@@ -448,7 +486,7 @@ class ScorerImpl final : public Scorer {
     results.reserve(items.size());
     for (const ScoreItem& item : items) {
       absl::StatusOr<std::vector<ScoreResult>> one =
-          ScoreBatchOrThrow(spec, {&item, 1}, stop);
+          ScoreBatchOrThrow(spec, {&item, 1}, stop, nullptr);
       if (!one.ok()) return one.status();
       results.push_back(std::move(one->front()));
     }

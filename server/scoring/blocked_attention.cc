@@ -9,7 +9,10 @@
 #include <cmath>
 #include <limits>
 #include <memory>
+#include <mutex>
+#include <optional>
 #include <variant>
+#include <vector>
 
 #include "common/overloaded.h"
 #include "server/scoring/blocked_tiling.h"
@@ -627,13 +630,78 @@ void SetBias(const AttentionConfig& config, Problem* p, BiasData* keep) {
       config.bias);
 }
 
+// Tells a RowsDoneFn the rows before the first unfinished chunk of units:
+// chunks finish out of order (threads run at their own pace), and a row is
+// final only once every unit before it is. Units run in row order (not
+// head-major), `tiles` per (b, h) block of `query_len` rows.
+class RowProgress {
+ public:
+  RowProgress(const RowsDoneFn& rows_done, int64_t units, int64_t chunk_size,
+              int64_t tiles, int64_t query_tile, int64_t query_len)
+      : rows_done_(rows_done),
+        units_(units),
+        chunk_size_(chunk_size),
+        tiles_(tiles),
+        query_tile_(query_tile),
+        query_len_(query_len),
+        finished_(static_cast<size_t>((units + chunk_size - 1) / chunk_size)) {}
+
+  // The chunk of units starting at `begin` is done.
+  void Finished(int64_t begin) {
+    int64_t rows = -1;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      finished_[static_cast<size_t>(begin / chunk_size_)] = true;
+      const size_t before = first_open_;
+      while (first_open_ < finished_.size() && finished_[first_open_]) {
+        ++first_open_;
+      }
+      if (first_open_ != before) {
+        rows = RowsBefore(std::min<int64_t>(
+            static_cast<int64_t>(first_open_) * chunk_size_, units_));
+      }
+    }
+    // Outside the lock: the observer may take its own.
+    if (rows >= 0) rows_done_(rows);
+  }
+
+ private:
+  int64_t RowsBefore(int64_t unit) const {
+    return unit / tiles_ * query_len_ +
+           std::min((unit % tiles_) * query_tile_, query_len_);
+  }
+
+  const RowsDoneFn& rows_done_;
+  const int64_t units_, chunk_size_, tiles_, query_tile_, query_len_;
+  std::mutex mutex_;
+  std::vector<bool> finished_;  // per chunk
+  size_t first_open_ = 0;       // the first chunk not finished
+};
+
 }  // namespace
+
+void AllocateBlockedOutputs(const at::Tensor& q, const at::Tensor& k,
+                            const at::Tensor& v, const AttentionConfig& config,
+                            AttentionResult* result) {
+  AllocateOutputs(q, k, v, config, result);
+}
+
+bool ComputeAttentionBlocked(const at::Tensor& q, const at::Tensor& k,
+                             const at::Tensor& v,
+                             absl::Span<const int32_t> key_lengths,
+                             const AttentionConfig& config,
+                             const std::function<bool()>& stop,
+                             AttentionResult* result) {
+  return ComputeAttentionBlocked(q, k, v, key_lengths, config, stop,
+                                 RowsDoneFn(), result);
+}
 
 bool ComputeAttentionBlocked(const at::Tensor& q_in, const at::Tensor& k_in,
                              const at::Tensor& v_in,
                              absl::Span<const int32_t> key_lengths,
                              const AttentionConfig& config,
                              const std::function<bool()>& stop,
+                             const RowsDoneFn& rows_done,
                              AttentionResult* result) {
   const at::Tensor q = Rowwise(q_in), k = Rowwise(k_in);
   const at::Tensor v = config.want_context ? Rowwise(v_in) : at::Tensor();
@@ -690,6 +758,12 @@ bool ComputeAttentionBlocked(const at::Tensor& q_in, const at::Tensor& k_in,
                           head_major ? p.relative_group : 1);
   std::atomic<int64_t> next{0};
   std::atomic<bool> stopped{false};
+  // Head-major units are not in row order: their rows are told at the end.
+  std::optional<RowProgress> progress;
+  if (rows_done && !head_major) {
+    progress.emplace(rows_done, units, chunks.size, tiles, p.query_tile,
+                     p.query_len);
+  }
   at::parallel_for(0, chunks.threads, 1, [&](int64_t, int64_t) {
     // One scratch per thread: at most BlockedThreads() live at once.
     const PooledFloats buffer =
@@ -717,9 +791,13 @@ bool ComputeAttentionBlocked(const at::Tensor& q_in, const at::Tensor& k_in,
         const int64_t h = head_major ? block / p.batch : block % p.heads;
         kernel.Run(b, h, i0, std::min(i0 + p.query_tile, p.query_len));
       }
+      if (progress.has_value()) progress->Finished(begin);
     }
   });
-  return !stopped.load();
+  if (stopped.load()) return false;
+  // Once more for all of them: head-major units told nothing so far.
+  if (rows_done) rows_done(p.batch * p.heads * p.query_len);
+  return true;
 }
 
 }  // namespace attnscore::scoring

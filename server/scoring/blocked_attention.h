@@ -46,6 +46,27 @@ bool ComputeAttentionBlocked(const at::Tensor& q, const at::Tensor& k,
                              const std::function<bool()>& stop,
                              AttentionResult* result);
 
+// Told, from the compute threads (possibly at once, values possibly out of
+// order), that rows [0, rows) of [B*H*Lq] are final in every output.
+using RowsDoneFn = std::function<void(int64_t rows)>;
+
+// The same, telling `rows_done` (may be empty) as leading rows become final,
+// and at the end all B*H*Lq of them unless stopped.
+bool ComputeAttentionBlocked(const at::Tensor& q, const at::Tensor& k,
+                             const at::Tensor& v,
+                             absl::Span<const int32_t> key_lengths,
+                             const AttentionConfig& config,
+                             const std::function<bool()>& stop,
+                             const RowsDoneFn& rows_done,
+                             AttentionResult* result);
+
+// Allocates into `result` the outputs `config` asks for that it does not hold
+// yet, as ComputeAttentionBlocked would: for a caller that needs the buffers
+// before the compute starts (to send rows as they become final).
+void AllocateBlockedOutputs(const at::Tensor& q, const at::Tensor& k,
+                            const at::Tensor& v, const AttentionConfig& config,
+                            AttentionResult* result);
+
 }  // namespace attnscore::scoring
 
 #endif  // ATTNSCORE_SERVER_SCORING_BLOCKED_ATTENTION_H_

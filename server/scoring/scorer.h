@@ -15,6 +15,7 @@
 #define ATTNSCORE_SERVER_SCORING_SCORER_H_
 
 #include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <string>
 #include <vector>
@@ -30,6 +31,21 @@ namespace attnscore::scoring {
 // threads (so it must be thread-safe and cheap); once it returns true the call
 // stops early and returns CANCELLED. An empty StopFn never stops.
 using StopFn = std::function<bool()>;
+
+// Which rows of one item's outputs are final while it computes, for a caller
+// that sends them while later rows compute (ScoreChunked). Rows are those of
+// [B*H*Lq] (every dimension but the last) of logits and probs alike.
+class RowObserver {
+ public:
+  virtual ~RowObserver() = default;
+  // Once, from the calling thread, before any row is computed: the result the
+  // call returns if it succeeds, its buffers allocated but not yet written.
+  virtual void OnOutputs(const ScoreResult& result) = 0;
+  // After OnOutputs, from the compute threads, possibly at once and out of
+  // order: rows [0, rows) of every output are final. Must be cheap and must
+  // not block.
+  virtual void OnRows(int64_t rows) = 0;
+};
 
 class Scorer {
  public:
@@ -48,6 +64,17 @@ class Scorer {
   absl::StatusOr<std::vector<ScoreResult>> ScoreBatch(
       const ScoreSpec& spec, absl::Span<const ScoreItem> items) {
     return ScoreBatch(spec, items, StopFn());
+  }
+
+  // ScoreBatch of one item that tells `observer` which rows are final as they
+  // are (see RowObserver), where the scorer can: the CPU blocked path, for
+  // logits and probs in no caller's destination. Elsewhere, and by default,
+  // ScoreBatch, the observer never called. Same results and errors as
+  // ScoreBatch; on an error the observer's result is to be dropped.
+  virtual absl::StatusOr<std::vector<ScoreResult>> ScoreObserved(
+      const ScoreSpec& spec, const ScoreItem& item, const StopFn& stop,
+      RowObserver& /*observer*/) {
+    return ScoreBatch(spec, absl::MakeConstSpan(&item, 1), stop);
   }
 
   // How many of `items` (a prefix, at least one when `items` is not empty)

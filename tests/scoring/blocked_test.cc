@@ -19,11 +19,14 @@
 #include <cmath>
 #include <condition_variable>
 #include <cstdio>
+#include <cstring>
 #include <memory>
 #include <mutex>
 #include <set>
 #include <string>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "bench/literal_port.h"
@@ -594,6 +597,160 @@ TEST(BlockedAttentionTest, ScorerReturnsCancelledWhenStopFires) {
                                  [] { return false; });
   ASSERT_TRUE(done.ok()) << done.status();
   EXPECT_TRUE((*done)[0].logits.has_value());
+}
+
+// rows_done tells rows only once they are final: each told prefix, copied
+// at the moment it is told, equals the end result (the outputs start as NaN,
+// so a row told early shows). Leading rows are told before the last tile ends,
+// in a growing sequence, ending with all of them, in the buffers allocated up
+// front.
+TEST(BlockedAttentionTest, RowsDoneTellsOnlyFinalRows) {
+  const int threads_before = at::get_num_threads();
+  at::set_num_threads(2);
+  at::manual_seed(8);
+  // Lq 300: a partial last tile per (b, h).
+  const Case c = RandomCase(2, 3, 300, 200, 16, 16, false, true);
+  AttentionConfig config = Config(c, true);
+  config.want_probs = true;
+  AttentionResult result;
+  AllocateBlockedOutputs(c.q, c.k, c.v, config, &result);
+  result.logits.fill_(std::nanf(""));
+  result.probs.fill_(std::nanf(""));
+  const void* logits_buffer = result.logits.data_ptr();
+  const int64_t total = 2 * 3 * 300;
+  std::mutex mu;
+  std::vector<std::pair<int64_t, at::Tensor>> told;  // rows, their logits
+  std::vector<at::Tensor> told_probs;
+  const bool finished = ComputeAttentionBlocked(
+      c.q, c.k, c.v, c.lengths, config, {},
+      [&](int64_t rows) {
+        const at::Tensor logits =
+            result.logits.view({total, 200}).narrow(0, 0, rows).clone();
+        const at::Tensor probs =
+            result.probs.view({total, 200}).narrow(0, 0, rows).clone();
+        std::lock_guard<std::mutex> lock(mu);
+        told.emplace_back(rows, logits);
+        told_probs.push_back(probs);
+      },
+      &result);
+  at::set_num_threads(threads_before);
+  ASSERT_TRUE(finished);
+  EXPECT_EQ(result.logits.data_ptr(), logits_buffer);
+  ASSERT_GE(told.size(), 2u) << "only the end was told";
+  EXPECT_LT(told.front().first, total);
+  int64_t most = 0;
+  for (size_t i = 0; i < told.size(); ++i) {
+    const int64_t rows = told[i].first;
+    most = std::max(most, rows);
+    SCOPED_TRACE(absl::StrCat("told ", rows, " rows"));
+    EXPECT_TRUE(at::equal(told[i].second,
+                          result.logits.view({total, 200}).narrow(0, 0, rows)));
+    EXPECT_TRUE(at::equal(told_probs[i],
+                          result.probs.view({total, 200}).narrow(0, 0, rows)));
+  }
+  EXPECT_EQ(most, total);
+  EXPECT_EQ(told.back().first, total);
+  // The same values as a call that tells nothing.
+  AttentionResult plain;
+  ASSERT_TRUE(ComputeAttentionBlocked(c.q, c.k, c.v, c.lengths, config, {},
+                                      &plain));
+  EXPECT_TRUE(at::equal(plain.logits, result.logits));
+  EXPECT_TRUE(at::equal(plain.probs, result.probs));
+}
+
+// Head-major units (relative decode steps) are not in row order: all rows
+// are told at the end, once they all are final.
+TEST(BlockedAttentionTest, RowsDoneTellsHeadMajorRowsAtTheEnd) {
+  at::manual_seed(9);
+  const Case c = RandomCase(6, 2, 1, 40, 8, 8, true, false);
+  const AttentionConfig config = Config(c, false);
+  std::vector<int64_t> told;
+  AttentionResult result;
+  ASSERT_TRUE(ComputeAttentionBlocked(
+      c.q, c.k, c.v, {}, config, {},
+      [&](int64_t rows) { told.push_back(rows); }, &result));
+  EXPECT_THAT(told, ::testing::ElementsAre(12));
+}
+
+// Records what a RowObserver is told.
+class RecordingObserver final : public RowObserver {
+ public:
+  void OnOutputs(const ScoreResult& result) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++outputs_calls_;
+    logits_data_ = result.logits ? result.logits->data : nullptr;
+    probs_data_ = result.probs ? result.probs->data : nullptr;
+  }
+  void OnRows(int64_t rows) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    EXPECT_EQ(outputs_calls_, 1) << "rows told before the outputs";
+    most_rows_ = std::max(most_rows_, rows);
+    ++rows_calls_;
+  }
+  int outputs_calls_ = 0;
+  int rows_calls_ = 0;
+  int64_t most_rows_ = 0;
+  const void* logits_data_ = nullptr;
+  const void* probs_data_ = nullptr;
+
+ private:
+  std::mutex mu_;
+};
+
+// ScoreObserved hands the observer the buffers it returns, then their rows;
+// the results are ScoreBatch's, bit for bit. Context (converted after the
+// pass) and outputs with a destination are not observed, only computed.
+TEST(BlockedAttentionTest, ScoreObservedTellsTheOutputsThenTheirRows) {
+  auto scorer = CreateAtenScorer({}).value();
+  at::manual_seed(10);
+  at::Tensor q = at::randn({2, 4, 130, 32}), k = at::randn({2, 4, 150, 32});
+  at::Tensor v = at::randn({2, 4, 150, 32});
+  ScoreItem item;
+  item.query = Ref(q);
+  item.key = Ref(k);
+  item.value = Ref(v);
+  ScoreSpec spec;
+  spec.causal = true;
+  spec.want_probs = true;
+  for (const DType dtype : {DType::kFloat32, DType::kBFloat16}) {
+    spec.output_dtype = dtype;
+    SCOPED_TRACE(static_cast<int>(dtype));
+    RecordingObserver observer;
+    auto observed = scorer->ScoreObserved(spec, item, {}, observer);
+    ASSERT_TRUE(observed.ok()) << observed.status();
+    auto plain = scorer->ScoreBatch(spec, absl::MakeConstSpan(&item, 1));
+    ASSERT_TRUE(plain.ok()) << plain.status();
+    const ScoreResult& got = observed->front();
+    const ScoreResult& want = plain->front();
+    EXPECT_EQ(observer.outputs_calls_, 1);
+    EXPECT_GE(observer.rows_calls_, 1);
+    EXPECT_EQ(observer.most_rows_, 2 * 4 * 130);
+    EXPECT_EQ(got.logits->data, observer.logits_data_);
+    EXPECT_EQ(got.probs->data, observer.probs_data_);
+    ASSERT_EQ(got.logits->size_bytes, want.logits->size_bytes);
+    EXPECT_EQ(std::memcmp(got.logits->data, want.logits->data,
+                          want.logits->size_bytes),
+              0);
+    EXPECT_EQ(std::memcmp(got.probs->data, want.probs->data,
+                          want.probs->size_bytes),
+              0);
+  }
+  spec.output_dtype = DType::kFloat32;
+  spec.want_context = true;
+  RecordingObserver with_context;
+  auto computed = scorer->ScoreObserved(spec, item, {}, with_context);
+  ASSERT_TRUE(computed.ok()) << computed.status();
+  EXPECT_TRUE(computed->front().context.has_value());
+  EXPECT_EQ(with_context.outputs_calls_, 0);
+  EXPECT_EQ(with_context.rows_calls_, 0);
+  spec.want_context = false;
+  std::vector<float> offered(2 * 4 * 130 * 150 + 16);
+  item.logits_destination.data = offered.data();
+  item.logits_destination.capacity = offered.size() * sizeof(float);
+  RecordingObserver placed;
+  ASSERT_TRUE(scorer->ScoreObserved(spec, item, {}, placed).ok());
+  EXPECT_EQ(placed.outputs_calls_, 0);
+  EXPECT_EQ(placed.rows_calls_, 0);
 }
 
 TEST(BlockedValidationTest, OverflowingScaleOrSlopesNameTheField) {
