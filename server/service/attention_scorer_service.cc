@@ -24,6 +24,7 @@
 #include "server/scoring/validation.h"
 #include "server/service/memory_limit.h"
 #include "server/service/status_conversion.h"
+#include "server/service/response_encoder.h"
 #include "server/service/v1_score_codec.h"
 
 namespace attnscore::service {
@@ -179,6 +180,9 @@ class AttentionScorerService::ScoreTask : public batching::BatchTask {
   int64_t output_bytes() const { return validated_.output_bytes; }
   // Admitted: about to be scheduled. Streams count its reply from here on.
   virtual void OnAdmitted() {}
+  // Told the rows of its outputs as they become final when it is scored
+  // alone (Scorer::ScoreObserved); null: it waits for the whole result.
+  virtual scoring::RowObserver* row_observer() { return nullptr; }
 
   const std::string& client() const { return client_; }
   int client_slot() const { return client_slot_; }
@@ -275,54 +279,158 @@ class AttentionScorerService::UnaryScoreTask final : public ScoreTask {
 
 // A ScoreChunked call's reactor: writes the reply's messages one at a time,
 // the last one with the call's status; holds the reply's share of the
-// in-flight budget until gRPC reports the call done. Its methods are called
-// once each, from the thread that answers the request; then only gRPC's
-// reactions run (one at a time).
+// in-flight budget until gRPC reports the call done. Either the answer brings
+// every message (Send), or the messages come before the compute (Stream) and
+// each goes once the rows it holds are final (Rows, from the compute
+// threads), the last one with the answer (Complete). A failed answer
+// (FinishWith) may follow streamed messages. The call is finished only after
+// the answer, so the reactor outlives every Rows call. Thread safety: every
+// method may be called from any thread; one mutex orders them.
 class AttentionScorerService::ChunkedReactor final
     : public grpc::ServerWriteReactor<grpc::ByteBuffer> {
  public:
-  void FinishWith(const grpc::Status& status, InflightBudget::Lease lease) {
-    lease_ = std::move(lease);
-    Finish(status);
-  }
-  // REQUIRES: `messages` is not empty.
+  // The answer: every message, none sent yet. REQUIRES: `messages` is not
+  // empty, and Stream was not called.
   void Send(std::vector<grpc::ByteBuffer> messages,
             InflightBudget::Lease lease) {
-    lease_ = std::move(lease);
+    Step step;
+    {
+      absl::MutexLock lock(&mutex_);
+      lease_ = std::move(lease);
+      messages_ = std::move(messages);
+      answered_ = true;
+      step = NextStepLocked();
+    }
+    Run(step);
+  }
+  // Before the answer: the messages over outputs not yet computed, and for
+  // each the rows that must be final before it goes (ChunkRowEnds). The last
+  // waits for Complete, which brings its final form. REQUIRES: as many ends
+  // as messages, at least two.
+  void Stream(std::vector<grpc::ByteBuffer> messages,
+              std::vector<int64_t> row_ends) {
+    absl::MutexLock lock(&mutex_);
     messages_ = std::move(messages);
-    WriteNext();
+    row_ends_ = std::move(row_ends);
+  }
+  // Rows [0, rows) of the streamed outputs are final.
+  void Rows(int64_t rows) {
+    Step step;
+    {
+      absl::MutexLock lock(&mutex_);
+      if (rows <= rows_) return;
+      rows_ = rows;
+      step = NextStepLocked();
+    }
+    Run(step);
+  }
+  // The answer after Stream: the last message in its final form.
+  void Complete(grpc::ByteBuffer last, InflightBudget::Lease lease) {
+    Step step;
+    {
+      absl::MutexLock lock(&mutex_);
+      lease_ = std::move(lease);
+      // Not written yet: the last message goes only after the answer.
+      messages_.back() = std::move(last);
+      answered_ = true;
+      step = NextStepLocked();
+    }
+    Run(step);
+  }
+  // A failed answer; after Stream, possibly with messages already sent.
+  void FinishWith(const grpc::Status& status, InflightBudget::Lease lease) {
+    Step step;
+    {
+      absl::MutexLock lock(&mutex_);
+      lease_ = std::move(lease);
+      answered_ = true;
+      finish_ = status;
+      step = NextStepLocked();
+    }
+    Run(step);
   }
   void OnWriteDone(bool ok) override {
-    if (!ok) {
-      // The call is dead (cancelled, past its deadline, or the client gone):
-      // gRPC sends nothing more, but the reactor must still finish.
-      Finish(grpc::Status(grpc::StatusCode::CANCELLED,
-                          "ScoreChunked: the call ended before its reply was "
-                          "written"));
-      return;
+    Step step;
+    {
+      absl::MutexLock lock(&mutex_);
+      writing_ = false;
+      // Not ok: the call is dead (cancelled, past its deadline, or the client
+      // gone): gRPC sends nothing more, but the reactor must still finish,
+      // once the answer has come.
+      if (!ok && !finish_.has_value()) {
+        finish_ = grpc::Status(grpc::StatusCode::CANCELLED,
+                               "ScoreChunked: the call ended before its reply "
+                               "was written");
+      }
+      step = NextStepLocked();
     }
-    WriteNext();
+    Run(step);
   }
   void OnDone() override { delete this; }
 
  private:
-  void WriteNext() {
-    grpc::ByteBuffer* message = &messages_[next_++];
-    if (next_ == messages_.size()) {
-      StartWriteAndFinish(message, grpc::WriteOptions(), grpc::Status::OK);
+  // What to start after a state change: decided under the lock, started
+  // outside it, since OnDone (which deletes the reactor) may run on another
+  // thread as soon as the call's end is started.
+  struct Step {
+    grpc::ByteBuffer* write = nullptr;  // null: none
+    bool last = false;                  // `write` ends the call
+    std::optional<grpc::Status> finish;
+  };
+
+  // The next write that may go, or the call's end once answered with a
+  // status and no write is in flight.
+  Step NextStepLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+    Step step;
+    if (writing_ || finished_) return step;
+    if (finish_.has_value()) {
+      if (!answered_) return step;  // compute threads may still tell rows
+      finished_ = true;
+      step.finish = *finish_;
+      return step;
+    }
+    if (next_ >= messages_.size()) return step;
+    const bool last = next_ + 1 == messages_.size();
+    if (!answered_ && (last || row_ends_[next_] > rows_)) return step;
+    step.write = &messages_[next_++];
+    step.last = last;
+    writing_ = !last;
+    finished_ = last;
+    return step;
+  }
+
+  // Past a step that ends the call, `this` may be gone.
+  void Run(const Step& step) {
+    if (step.finish.has_value()) {
+      Finish(*step.finish);
+    } else if (step.write == nullptr) {
+      return;
+    } else if (step.last) {
+      StartWriteAndFinish(step.write, grpc::WriteOptions(), grpc::Status::OK);
     } else {
-      StartWrite(message);
+      StartWrite(step.write);
     }
   }
 
-  InflightBudget::Lease lease_;
-  std::vector<grpc::ByteBuffer> messages_;
-  size_t next_ = 0;  // the next message to write
+  absl::Mutex mutex_;
+  InflightBudget::Lease lease_ ABSL_GUARDED_BY(mutex_);
+  // Written in place by gRPC's writes: never resized once a write started.
+  std::vector<grpc::ByteBuffer> messages_ ABSL_GUARDED_BY(mutex_);
+  std::vector<int64_t> row_ends_ ABSL_GUARDED_BY(mutex_);  // Stream's
+  int64_t rows_ ABSL_GUARDED_BY(mutex_) = 0;               // final rows
+  size_t next_ ABSL_GUARDED_BY(mutex_) = 0;  // the next message to write
+  bool writing_ ABSL_GUARDED_BY(mutex_) = false;   // a write in flight
+  bool answered_ ABSL_GUARDED_BY(mutex_) = false;  // Send, Complete, FinishWith
+  bool finished_ ABSL_GUARDED_BY(mutex_) = false;  // the call's end decided
+  // The call's status, where it ends without its last message.
+  std::optional<grpc::Status> finish_ ABSL_GUARDED_BY(mutex_);
 };
 
 // One ScoreChunked call: Score's pipeline, with the result encoded as
 // ScoreChunk messages.
-class AttentionScorerService::ChunkedScoreTask final : public ScoreTask {
+class AttentionScorerService::ChunkedScoreTask final
+    : public ScoreTask,
+      public scoring::RowObserver {
  public:
   ChunkedScoreTask(AttentionScorerService* service,
                    std::unique_ptr<V1ScoreCodec> codec, int64_t arrival_micros,
@@ -363,17 +471,43 @@ class AttentionScorerService::ChunkedScoreTask final : public ScoreTask {
 
   void Deliver(const absl::Status& status, grpc::ByteBuffer& /*response*/,
                InflightBudget::Lease lease) override {
-    if (status.ok() && !messages_.empty()) {
-      reactor_->Send(std::move(messages_), std::move(lease));
-    } else {
+    if (!status.ok() || messages_.empty()) {
       reactor_->FinishWith(ToGrpcStatus(status), std::move(lease));
+    } else if (streamed_.load(std::memory_order_relaxed)) {
+      reactor_->Complete(std::move(messages_.back()), std::move(lease));
+    } else {
+      reactor_->Send(std::move(messages_), std::move(lease));
     }
+  }
+
+  // Scored alone, the reply streams while it computes.
+  scoring::RowObserver* row_observer() override { return this; }
+
+  void OnOutputs(const scoring::ScoreResult& result) override {
+    // Context is laid out after the pass; the scorer does not observe it.
+    if (result.context.has_value()) return;
+    const auto& codec = static_cast<const V1ScoreCodec&>(this->codec());
+    const int64_t chunk_bytes = service_->options_.reply_chunk_bytes;
+    absl::StatusOr<std::vector<grpc::ByteBuffer>> messages =
+        codec.EncodeChunksAhead(result, chunk_bytes);
+    // One message: nothing to send before the answer.
+    if (!messages.ok() || messages->size() < 2) return;
+    std::vector<int64_t> row_ends = ChunkRowEnds(result, chunk_bytes);
+    if (row_ends.size() != messages->size()) return;
+    reactor_->Stream(*std::move(messages), std::move(row_ends));
+    streamed_.store(true, std::memory_order_relaxed);
+  }
+
+  void OnRows(int64_t rows) override {
+    if (streamed_.load(std::memory_order_relaxed)) reactor_->Rows(rows);
   }
 
  private:
   grpc::CallbackServerContext* const context_;
   ChunkedReactor* const reactor_;
   std::vector<grpc::ByteBuffer> messages_;
+  // Stream was called: messages went, or go, before the answer.
+  std::atomic<bool> streamed_{false};
 };
 
 // The reactor of one ScoreStream call. Reads requests one at a time and hands
@@ -1025,6 +1159,12 @@ AttentionScorerService::ScoreGuarded(
   // Once every request of the batch is abandoned, nobody waits for the rest.
   const scoring::StopFn stop = [this, tasks] { return AllAbandoned(tasks); };
   try {
+    scoring::RowObserver* observer =
+        tasks.size() == 1 ? tasks.front()->row_observer() : nullptr;
+    if (observer != nullptr) {
+      return scorer_->ScoreObserved(tasks.front()->spec(), items.front(), stop,
+                                    *observer);
+    }
     return scorer_->ScoreBatch(tasks.front()->spec(), items, stop);
   } catch (...) {
     // The scorer promises no exceptions; a bad_alloc from a library it calls

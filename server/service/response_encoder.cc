@@ -80,6 +80,24 @@ grpc::ByteBuffer EncodeScoreResponse(std::string_view request_id,
 
 namespace {
 
+// How EncodeScoreChunks cuts an output: whole rows of row_bytes, `step` bytes
+// per message.
+struct ChunkCut {
+  size_t row_bytes;
+  size_t step;
+};
+
+ChunkCut CutOf(const scoring::OutputTensor& tensor, int64_t chunk_bytes) {
+  // Whole rows per chunk: a client may use each row as it arrives.
+  const size_t row_bytes = tensor.shape.empty() || tensor.shape.back() <= 0
+                               ? tensor.size_bytes
+                               : static_cast<size_t>(tensor.shape.back()) *
+                                     attnscore::ElementSize(tensor.dtype);
+  const size_t rows_per_chunk = std::max<size_t>(
+      1, static_cast<size_t>(chunk_bytes) / std::max<size_t>(row_bytes, 1));
+  return {row_bytes, std::max<size_t>(rows_per_chunk * row_bytes, 1)};
+}
+
 // The ScoreChunk messages of one output: `tensor`'s bytes in runs of whole
 // rows, or its shared-memory range.
 void AppendChunks(v1::Output output, const scoring::OutputTensor& tensor,
@@ -94,14 +112,7 @@ void AppendChunks(v1::Output output, const scoring::OutputTensor& tensor,
     messages.push_back(SerializeToByteBuffer(head));
     return;
   }
-  // Whole rows per chunk: a client may use each row as it arrives.
-  const size_t row_bytes = tensor.shape.empty() || tensor.shape.back() <= 0
-                               ? tensor.size_bytes
-                               : static_cast<size_t>(tensor.shape.back()) *
-                                     attnscore::ElementSize(tensor.dtype);
-  const size_t rows_per_chunk = std::max<size_t>(
-      1, static_cast<size_t>(chunk_bytes) / std::max<size_t>(row_bytes, 1));
-  const size_t step = std::max<size_t>(rows_per_chunk * row_bytes, 1);
+  const size_t step = CutOf(tensor, chunk_bytes).step;
   // One slice over the whole output holds the keepalive once; each chunk's
   // data is a sub-slice (a reference, no copy).
   const grpc::Slice whole = SliceOver(tensor);
@@ -154,6 +165,24 @@ std::vector<grpc::ByteBuffer> EncodeScoreChunks(
     messages.back() = grpc::ByteBuffer(slices.data(), slices.size());
   }
   return messages;
+}
+
+std::vector<int64_t> ChunkRowEnds(const scoring::ScoreResult& result,
+                                  int64_t chunk_bytes) {
+  std::vector<int64_t> ends;
+  for (const std::optional<scoring::OutputTensor>* tensor :
+       {&result.logits, &result.probs, &result.context}) {
+    if (!tensor->has_value()) continue;
+    const ChunkCut cut = CutOf(**tensor, chunk_bytes);
+    const size_t size = (*tensor)->size_bytes;
+    size_t offset = 0;
+    do {  // AppendChunks' loop
+      offset = std::min(size, offset + cut.step);
+      ends.push_back(
+          static_cast<int64_t>(offset / std::max<size_t>(cut.row_bytes, 1)));
+    } while (offset < size);
+  }
+  return ends;
 }
 
 grpc::ByteBuffer EncodeErrorResponse(std::string_view request_id,

@@ -66,6 +66,13 @@ std::vector<grpc::ByteBuffer> EncodeScoreChunks(
     std::string_view request_id, const scoring::ScoreResult& result,
     const v1::Timing& timing, const PlacedRanges& placed, int64_t chunk_bytes);
 
+// For each of EncodeScoreChunks' messages of `result` (nothing placed, the
+// same chunk_bytes): the leading rows of its output, counted over every
+// dimension but the last, that it holds the end of. A message may go once
+// those rows are final (the scorer's RowObserver).
+std::vector<int64_t> ChunkRowEnds(const scoring::ScoreResult& result,
+                                  int64_t chunk_bytes);
+
 // ScoreResponse{request_id, error{code, message}}: how ScoreStream reports a
 // failed request. REQUIRES: !status.ok().
 grpc::ByteBuffer EncodeErrorResponse(std::string_view request_id,

@@ -138,6 +138,16 @@ absl::StatusOr<std::vector<grpc::ByteBuffer>> V1ScoreCodec::EncodeChunks(
                            ToWire(timing), *placed, chunk_bytes);
 }
 
+absl::StatusOr<std::vector<grpc::ByteBuffer>> V1ScoreCodec::EncodeChunksAhead(
+    const scoring::ScoreResult& result, int64_t chunk_bytes) const {
+  if (!placements_.empty()) {
+    return absl::FailedPreconditionError(
+        "outputs placed in shared memory are written after the compute");
+  }
+  return EncodeScoreChunks(request_.message.request_id(), result, v1::Timing(),
+                           PlacedRanges(), chunk_bytes);
+}
+
 grpc::ByteBuffer V1ScoreCodec::EncodeError(const absl::Status& status) const {
   return EncodeErrorResponse(id_, status);
 }

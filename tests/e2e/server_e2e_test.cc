@@ -737,6 +737,42 @@ TEST_F(ServerE2eTest, SharedMemoryOutputsAreTheReplysBytes) {
   ExpectTruncationAbortsOnlyItsRequest(object, request);
 }
 
+// Logits and probs of a request scored alone stream while they compute (the
+// blocked path tells the rows as they become final): the reply is Score's,
+// bit for bit, in float32 and bfloat16, causal and with key lengths.
+TEST_F(ServerE2eTest, ScoreChunkedStreamedWhileComputingIsScore) {
+  ASSERT_NO_FATAL_FAILURE(Start({"--reply-chunk-bytes=65536"}));
+  for (const v1::DType dtype : {v1::FLOAT32, v1::BFLOAT16}) {
+    SCOPED_TRACE(v1::DType_Name(dtype));
+    v1::ScoreRequest request =
+        CausalRampRequest({2, 4, 300, 64}, /*with_value=*/false);
+    request.add_outputs(v1::LOGITS);
+    request.add_outputs(v1::PROBS);
+    request.add_key_lengths(300);
+    request.add_key_lengths(123);
+    request.set_output_dtype(dtype);
+    const Call whole = Score(request);
+    ASSERT_TRUE(whole.status.ok()) << whole.status.error_message();
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() +
+                         std::chrono::seconds(60));
+    std::unique_ptr<grpc::ClientReader<v1::ScoreChunk>> reader =
+        stub_->ScoreChunked(&context, request);
+    std::map<int, std::string> bytes;  // by output
+    size_t chunks = 0;
+    for (v1::ScoreChunk chunk; reader->Read(&chunk); ++chunks) {
+      std::string& got = bytes[chunk.output()];
+      EXPECT_EQ(chunk.offset(), got.size());
+      got += chunk.data();
+    }
+    const grpc::Status status = reader->Finish();
+    ASSERT_TRUE(status.ok()) << status.error_message();
+    EXPECT_GT(chunks, 20u);
+    EXPECT_TRUE(bytes[v1::LOGITS] == whole.response.logits().data());
+    EXPECT_TRUE(bytes[v1::PROBS] == whole.response.probs().data());
+  }
+}
+
 // ScoreChunked carries Score's reply bit for bit (real compute, every output,
 // bfloat16), in chunks of whole rows within --reply-chunk-bytes; an output
 // placed in shared memory comes as one chunk with its range.

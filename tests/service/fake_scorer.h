@@ -9,7 +9,8 @@
 // scorer does between tiles, and the call records `stopped`). Fails any batch
 // holding a request whose first query value is kPoison; throws std::bad_alloc
 // for kThrowBadAlloc and std::runtime_error for kThrow (a scorer must not, but
-// the service must survive one that does).
+// the service must survive one that does). ScoreObserved can tell its
+// observer some rows before the hold and the rest after (ObserveRows).
 //
 // Thread safety: every method may be called from any thread.
 #ifndef ATTNSCORE_TESTS_SERVICE_FAKE_SCORER_H_
@@ -52,36 +53,42 @@ class FakeScorer final : public scoring::Scorer {
       const scoring::ScoreSpec& spec,
       absl::Span<const scoring::ScoreItem> items,
       const scoring::StopFn& stop) override {
-    Call call;
-    call.thread = std::this_thread::get_id();
-    call.num_items = items.size();
-    call.relative = std::holds_alternative<scoring::RelativeBias>(spec.bias);
-    for (const scoring::ScoreItem& item : items) {
-      call.batch += item.query.shape[0];
+    if (absl::Status held = RecordAndHold(spec, items, stop); !held.ok()) {
+      return held;
     }
-    {
-      std::unique_lock<std::mutex> lock(mutex_);
-      calls_.push_back(call);
-      const size_t index = calls_.size() - 1;
-      cv_.notify_all();
-      // Held: ask the StopFn now and then, as the real scorer does between
-      // tiles.
-      while (held_ && index >= hold_from_) {
-        if (stop && stop()) {
-          calls_[index].stopped = true;
-          cv_.notify_all();
-          return absl::CancelledError("stopped between tiles");
-        }
-        cv_.wait_for(lock, std::chrono::milliseconds(5));
-      }
-    }
-    for (const scoring::ScoreItem& item : items) {
-      const float first = First(item.query);
-      if (first == kPoison) return absl::InternalError("poisoned request");
-      if (first == kThrowBadAlloc) throw std::bad_alloc();
-      if (first == kThrow) throw std::runtime_error("fake scorer exception");
-    }
+    if (absl::Status failed = Failures(items); !failed.ok()) return failed;
     return Compute(spec, items);
+  }
+
+  // After ObserveRows(first): as the blocked path, the observer is told the
+  // result's buffers, then `first` rows, then (past the hold, which comes in
+  // between) all of them; context is not observed. Otherwise ScoreBatch.
+  absl::StatusOr<std::vector<scoring::ScoreResult>> ScoreObserved(
+      const scoring::ScoreSpec& spec, const scoring::ScoreItem& item,
+      const scoring::StopFn& stop, scoring::RowObserver& observer) override {
+    const auto items = absl::MakeConstSpan(&item, 1);
+    int64_t first = 0;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      first = observed_first_rows_;
+    }
+    if (first < 0 || spec.want_context) return ScoreBatch(spec, items, stop);
+    std::vector<scoring::ScoreResult> results = Compute(spec, items);
+    observer.OnOutputs(results.front());
+    observer.OnRows(first);
+    if (absl::Status held = RecordAndHold(spec, items, stop); !held.ok()) {
+      return held;
+    }
+    if (absl::Status failed = Failures(items); !failed.ok()) return failed;
+    const auto& q = item.query.shape;
+    observer.OnRows(q[0] * q[1] * q[2]);
+    return results;
+  }
+  // ScoreObserved tells its observer `first` rows before the hold (-1: not
+  // observed, the default).
+  void ObserveRows(int64_t first) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    observed_first_rows_ = first;
   }
 
   size_t ItemsPerPass(
@@ -132,6 +139,48 @@ class FakeScorer final : public scoring::Scorer {
   }
 
  private:
+  // Records the call; while held, waits, asking `stop` now and then as the
+  // real scorer does between tiles (CANCELLED once it says so).
+  absl::Status RecordAndHold(const scoring::ScoreSpec& spec,
+                             absl::Span<const scoring::ScoreItem> items,
+                             const scoring::StopFn& stop) {
+    Call call;
+    call.thread = std::this_thread::get_id();
+    call.num_items = items.size();
+    call.relative = std::holds_alternative<scoring::RelativeBias>(spec.bias);
+    for (const scoring::ScoreItem& item : items) {
+      call.batch += item.query.shape[0];
+    }
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      calls_.push_back(call);
+      const size_t index = calls_.size() - 1;
+      cv_.notify_all();
+      // Held: ask the StopFn now and then, as the real scorer does between
+      // tiles.
+      while (held_ && index >= hold_from_) {
+        if (stop && stop()) {
+          calls_[index].stopped = true;
+          cv_.notify_all();
+          return absl::CancelledError("stopped between tiles");
+        }
+        cv_.wait_for(lock, std::chrono::milliseconds(5));
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  // kPoison, kThrowBadAlloc and kThrow.
+  static absl::Status Failures(absl::Span<const scoring::ScoreItem> items) {
+    for (const scoring::ScoreItem& item : items) {
+      const float first = First(item.query);
+      if (first == kPoison) return absl::InternalError("poisoned request");
+      if (first == kThrowBadAlloc) throw std::bad_alloc();
+      if (first == kThrow) throw std::runtime_error("fake scorer exception");
+    }
+    return absl::OkStatus();
+  }
+
   static float First(const scoring::TensorRef& t) {
     float v;
     std::memcpy(&v, t.data, sizeof(v));
@@ -216,6 +265,7 @@ class FakeScorer final : public scoring::Scorer {
   bool held_ = false;
   size_t hold_from_ = 0;
   size_t items_per_pass_ = 0;
+  int64_t observed_first_rows_ = -1;
   std::vector<Call> calls_;
 };
 

@@ -10,6 +10,7 @@
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <memory>
@@ -707,6 +708,181 @@ TEST_F(ServiceTest, ScoreChunkedCancelledMidReplyCleansUp) {
     absl::SleepFor(absl::Milliseconds(5));
   }
   EXPECT_EQ(service_->InflightBytes(), 0);
+}
+
+// Waits (at most 10 s) until no request holds in-flight budget.
+void ExpectInflightDrains(const AttentionScorerService& service) {
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (service.InflightBytes() != 0 && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  EXPECT_EQ(service.InflightBytes(), 0);
+}
+
+// Reads a ScoreChunked reply's chunks and status.
+struct ChunkedReply {
+  std::vector<v1::ScoreChunk> chunks;
+  grpc::Status status;
+  // The logits' bytes, in order.
+  std::string Logits() const {
+    std::string bytes;
+    for (const v1::ScoreChunk& chunk : chunks) {
+      if (chunk.output() == v1::LOGITS) bytes += chunk.data();
+    }
+    return bytes;
+  }
+};
+
+// A request scored alone streams its reply while it computes: the chunks of
+// the rows the scorer has told final arrive while it is held, no chunk of a
+// later row does, and once it ends the reply is Score's, the timing on its
+// last chunk.
+TEST_F(ServiceTest, ScoreChunkedSendsFinalRowsWhileComputing) {
+  ServiceOptions options = DefaultOptions();
+  options.reply_chunk_bytes = 32;  // two rows of 4 floats per chunk
+  Start(options);
+  v1::ScoreRequest request = AlibiRequest(1, 2, 5, 4, 8, /*tag=*/1.0f);
+  request.set_request_id("streamed");
+  request.add_outputs(v1::LOGITS);
+  request.add_outputs(v1::PROBS);
+  v1::ScoreResponse whole;
+  ASSERT_TRUE(Score(request, &whole).ok());
+
+  // 10 rows per output, 2 per chunk: rows 0-3 make the first two chunks.
+  scorer_.ObserveRows(4);
+  scorer_.HoldFrom(1);
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + kRpcTimeout);
+  std::unique_ptr<grpc::ClientReader<v1::ScoreChunk>> reader =
+      stub_->ScoreChunked(&context, request);
+  ChunkedReply reply;
+  for (int i = 0; i < 2; ++i) {
+    v1::ScoreChunk chunk;
+    ASSERT_TRUE(reader->Read(&chunk)) << "chunk " << i << " of told rows";
+    reply.chunks.push_back(chunk);
+  }
+  ASSERT_TRUE(scorer_.WaitForCalls(2));
+  EXPECT_EQ(reply.chunks[0].offset(), 0u);
+  EXPECT_EQ(reply.chunks[1].offset(), 32u);
+  EXPECT_FALSE(reply.chunks[1].has_timing());
+  // Nothing of row 4 on: a third chunk must not arrive while the scorer is
+  // held (checked for 200 ms, then released).
+  std::atomic<bool> third{false};
+  std::thread reading([&] {
+    for (v1::ScoreChunk chunk; reader->Read(&chunk);) {
+      if (reply.chunks.size() == 2) third = true;
+      reply.chunks.push_back(chunk);
+    }
+  });
+  absl::SleepFor(absl::Milliseconds(200));
+  EXPECT_FALSE(third.load()) << "a chunk of rows still computing was sent";
+  scorer_.Release();
+  reading.join();
+  reply.status = reader->Finish();
+  ASSERT_TRUE(reply.status.ok()) << reply.status.error_message();
+  ASSERT_EQ(reply.chunks.size(), 10u);  // 5 of logits, 5 of probs
+  EXPECT_EQ(reply.Logits(), whole.logits().data());
+  std::string probs;
+  for (const v1::ScoreChunk& chunk : reply.chunks) {
+    if (chunk.output() == v1::PROBS) probs += chunk.data();
+  }
+  EXPECT_EQ(probs, whole.probs().data());
+  EXPECT_EQ(reply.chunks.back().request_id(), "streamed");
+  EXPECT_TRUE(reply.chunks.back().has_timing());
+  for (size_t i = 0; i + 1 < reply.chunks.size(); ++i) {
+    EXPECT_FALSE(reply.chunks[i].has_timing()) << i;
+  }
+}
+
+// Every row told before the compute ends: every chunk but the last goes, the
+// last (with the timing) waits for the answer.
+TEST_F(ServiceTest, ScoreChunkedLastChunkWaitsForTheAnswer) {
+  ServiceOptions options = DefaultOptions();
+  options.reply_chunk_bytes = 16;  // one row of 4 floats per chunk
+  Start(options);
+  v1::ScoreRequest request = AlibiRequest(1, 2, 3, 4, 8, /*tag=*/1.0f);
+  v1::ScoreResponse whole;
+  ASSERT_TRUE(Score(request, &whole).ok());
+  scorer_.ObserveRows(6);  // all of them
+  scorer_.HoldFrom(1);
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + kRpcTimeout);
+  std::unique_ptr<grpc::ClientReader<v1::ScoreChunk>> reader =
+      stub_->ScoreChunked(&context, request);
+  ChunkedReply reply;
+  for (int i = 0; i < 5; ++i) {
+    v1::ScoreChunk chunk;
+    ASSERT_TRUE(reader->Read(&chunk)) << "chunk " << i;
+    EXPECT_FALSE(chunk.has_timing());
+    reply.chunks.push_back(chunk);
+  }
+  std::atomic<bool> last{false};
+  std::thread reading([&] {
+    for (v1::ScoreChunk chunk; reader->Read(&chunk);) {
+      last = true;
+      reply.chunks.push_back(chunk);
+    }
+  });
+  absl::SleepFor(absl::Milliseconds(200));
+  EXPECT_FALSE(last.load()) << "the last chunk went before the answer";
+  scorer_.Release();
+  reading.join();
+  reply.status = reader->Finish();
+  ASSERT_TRUE(reply.status.ok()) << reply.status.error_message();
+  ASSERT_EQ(reply.chunks.size(), 6u);
+  EXPECT_TRUE(reply.chunks.back().has_timing());
+  EXPECT_EQ(reply.Logits(), whole.logits().data());
+}
+
+// A request that fails after some of its reply was streamed ends with the
+// failure as the call's status (the client drops the chunks), and its share
+// of the in-flight budget comes back.
+TEST_F(ServiceTest, ScoreChunkedStreamedThenFailedEndsWithTheFailure) {
+  ServiceOptions options = DefaultOptions();
+  options.reply_chunk_bytes = 16;
+  Start(options);
+  v1::ScoreRequest request =
+      AlibiRequest(1, 2, 5, 4, 8, /*tag=*/FakeScorer::kPoison);
+  scorer_.ObserveRows(6);
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + kRpcTimeout);
+  std::unique_ptr<grpc::ClientReader<v1::ScoreChunk>> reader =
+      stub_->ScoreChunked(&context, request);
+  ChunkedReply reply;
+  for (v1::ScoreChunk chunk; reader->Read(&chunk);) {
+    reply.chunks.push_back(chunk);
+  }
+  reply.status = reader->Finish();
+  EXPECT_EQ(reply.status.error_code(), grpc::StatusCode::INTERNAL);
+  EXPECT_THAT(reply.status.error_message(), HasSubstr("poisoned"));
+  EXPECT_LE(reply.chunks.size(), 6u);  // at most the told rows, one per chunk
+  for (const v1::ScoreChunk& chunk : reply.chunks) {
+    EXPECT_FALSE(chunk.has_timing());
+  }
+  ExpectInflightDrains(*service_);
+}
+
+// A client that goes away while its reply streams: the compute stops at its
+// next check, the call ends CANCELLED, and the budget comes back.
+TEST_F(ServiceTest, ScoreChunkedCancelledWhileStreamingCleansUp) {
+  ServiceOptions options = DefaultOptions();
+  options.reply_chunk_bytes = 16;
+  Start(options);
+  v1::ScoreRequest request = AlibiRequest(1, 2, 5, 4, 8, /*tag=*/1.0f);
+  scorer_.ObserveRows(3);
+  scorer_.Hold();
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + kRpcTimeout);
+  std::unique_ptr<grpc::ClientReader<v1::ScoreChunk>> reader =
+      stub_->ScoreChunked(&context, request);
+  v1::ScoreChunk chunk;
+  ASSERT_TRUE(reader->Read(&chunk));
+  context.TryCancel();
+  while (reader->Read(&chunk)) {
+  }
+  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  EXPECT_TRUE(scorer_.WaitForStopped());
+  ExpectInflightDrains(*service_);
 }
 
 TEST(ServiceOptionsTest, ReplyChunkBytesMustBePositive) {

@@ -83,7 +83,9 @@ class AttentionScorerServicer(object):
     def ScoreChunked(self, request, context):
         """Score, with the reply's tensors streamed in pieces (ScoreChunk), so that their transfer and
         the client's copy overlap instead of following one another, and a client can use rows as
-        they arrive. The outputs come in order (logits, probs, context), each as consecutive chunks
+        they arrive. Logits and probs of a request the CPU scores on its own (no context, nothing
+        placed in shared memory) leave as their rows are computed, so the compute overlaps too; the
+        last chunk waits for the whole result. The outputs come in order (logits, probs, context), each as consecutive chunks
         of whole rows (its last dimension) that together cover it exactly; the last message carries
         the request_id and timing. The server's --reply-chunk-bytes sets the chunk size
         (ServerInfo.limits.reply_chunk_bytes). Errors are Score's, as the call's status; a call that
