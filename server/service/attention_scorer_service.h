@@ -12,7 +12,9 @@
 //
 // ScoreChunked is Score with the reply's tensors written as ScoreChunk
 // messages of --reply-chunk-bytes, one write in flight at a time, so that the
-// client copies one chunk while the next is on the wire.
+// client copies one chunk while the next is on the wire. A request scored
+// alone (Scorer::ScoreObserved) sends each message as soon as its rows are
+// computed, while later rows compute.
 //
 // ScoreStream is pipelined: requests are read and scheduled as they arrive,
 // responses (tagged with request_id) are written as they complete, one write in
