@@ -630,6 +630,40 @@ void SetBias(const AttentionConfig& config, Problem* p, BiasData* keep) {
       config.bias);
 }
 
+// The problem the tiles compute: `q`, `k`, `v` row-wise, into `result`'s
+// outputs; `keep` holds the bias data it points to.
+Problem ProblemOf(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                  absl::Span<const int32_t> key_lengths,
+                  const AttentionConfig& config, const AttentionResult& result,
+                  BiasData* keep) {
+  Problem p;
+  p.batch = q.size(0);
+  p.heads = q.size(1);
+  p.query_len = q.size(2);
+  p.key_len = k.size(2);
+  p.head_dim = q.size(3);
+  p.value_dim = config.want_context ? v.size(3) : 0;
+  p.q = OperandOf(q);
+  p.k = OperandOf(k);
+  p.v = OperandOf(v);
+  const auto data = [](const at::Tensor& t) {
+    return t.defined() ? t.data_ptr() : nullptr;
+  };
+  p.logits = data(result.logits);
+  p.probs = data(result.probs);
+  p.matrix_type = config.matrix_type;
+  p.context = static_cast<float*>(data(result.context));
+  p.key_lengths = key_lengths;
+  p.causal = config.causal;
+  p.scale = static_cast<float>(config.scale);
+  SetBias(config, &p, keep);
+  p.query_tile = BlockedQueryTile(p.query_len, p.key_len);
+  if (p.relative()) {
+    p.relative_group = BlockedRelativeGroup(p.query_len, p.key_len);
+  }
+  return p;
+}
+
 // Tells a RowsDoneFn the rows before the first unfinished chunk of units:
 // chunks finish out of order (threads run at their own pace), and a row is
 // final only once every unit before it is. Units run in row order (not
@@ -707,32 +741,8 @@ bool ComputeAttentionBlocked(const at::Tensor& q_in, const at::Tensor& k_in,
   const at::Tensor v = config.want_context ? Rowwise(v_in) : at::Tensor();
   CheckTypes(q, k, v, config);
   AllocateOutputs(q, k, v, config, result);
-  Problem p;
-  p.heads = q.size(1);
-  p.query_len = q.size(2);
-  p.key_len = k.size(2);
-  p.head_dim = q.size(3);
-  p.value_dim = config.want_context ? v.size(3) : 0;
-  p.q = OperandOf(q);
-  p.k = OperandOf(k);
-  p.v = OperandOf(v);
-  const auto data = [](const at::Tensor& t) {
-    return t.defined() ? t.data_ptr() : nullptr;
-  };
-  p.logits = data(result->logits);
-  p.probs = data(result->probs);
-  p.matrix_type = config.matrix_type;
-  p.context = static_cast<float*>(data(result->context));
-  p.key_lengths = key_lengths;
-  p.causal = config.causal;
-  p.scale = static_cast<float>(config.scale);
   BiasData keep;
-  SetBias(config, &p, &keep);
-  p.query_tile = BlockedQueryTile(p.query_len, p.key_len);
-  p.batch = q.size(0);
-  if (p.relative()) {
-    p.relative_group = BlockedRelativeGroup(p.query_len, p.key_len);
-  }
+  const Problem p = ProblemOf(q, k, v, key_lengths, config, *result, &keep);
   const BlockedScratch scratch = BlockedScratchOf(
       p.query_len, p.key_len, p.head_dim, p.relative(), config.want_logits,
       config.want_probs, config.want_context,

@@ -324,14 +324,14 @@ class AttentionScorerService::ChunkedReactor final
     }
     Run(step);
   }
-  // The answer after Stream: the last message in its final form.
-  void Complete(grpc::ByteBuffer last, InflightBudget::Lease lease) {
+  // The answer after Stream: the last message in its final form (taken).
+  void Complete(grpc::ByteBuffer& last, InflightBudget::Lease lease) {
     Step step;
     {
       absl::MutexLock lock(&mutex_);
       lease_ = std::move(lease);
       // Not written yet: the last message goes only after the answer.
-      messages_.back() = std::move(last);
+      messages_.back().Swap(&last);
       answered_ = true;
       step = NextStepLocked();
     }
@@ -474,7 +474,7 @@ class AttentionScorerService::ChunkedScoreTask final
     if (!status.ok() || messages_.empty()) {
       reactor_->FinishWith(ToGrpcStatus(status), std::move(lease));
     } else if (streamed_.load(std::memory_order_relaxed)) {
-      reactor_->Complete(std::move(messages_.back()), std::move(lease));
+      reactor_->Complete(messages_.back(), std::move(lease));
     } else {
       reactor_->Send(std::move(messages_), std::move(lease));
     }
