@@ -442,8 +442,7 @@ class ScorerImpl final : public Scorer {
   bool Observable(const ScoreSpec& spec,
                   absl::Span<const ScoreItem> items) const {
     return !batched_ && device_.is_cpu() && items.size() == 1 &&
-           !spec.want_context &&
-           items[0].logits_destination.data == nullptr &&
+           !spec.want_context && items[0].logits_destination.data == nullptr &&
            items[0].probs_destination.data == nullptr;
   }
 

@@ -23,8 +23,8 @@
 #include "server/observability/logging.h"
 #include "server/scoring/validation.h"
 #include "server/service/memory_limit.h"
-#include "server/service/status_conversion.h"
 #include "server/service/response_encoder.h"
+#include "server/service/status_conversion.h"
 #include "server/service/v1_score_codec.h"
 
 namespace attnscore::service {
@@ -418,7 +418,7 @@ class AttentionScorerService::ChunkedReactor final
   std::vector<grpc::ByteBuffer> messages_ ABSL_GUARDED_BY(mutex_);
   std::vector<int64_t> row_ends_ ABSL_GUARDED_BY(mutex_);  // Stream's
   int64_t rows_ ABSL_GUARDED_BY(mutex_) = 0;               // final rows
-  size_t next_ ABSL_GUARDED_BY(mutex_) = 0;  // the next message to write
+  size_t next_ ABSL_GUARDED_BY(mutex_) = 0;        // the next message to write
   bool writing_ ABSL_GUARDED_BY(mutex_) = false;   // a write in flight
   bool answered_ ABSL_GUARDED_BY(mutex_) = false;  // Send, Complete, FinishWith
   bool finished_ ABSL_GUARDED_BY(mutex_) = false;  // the call's end decided

@@ -652,8 +652,8 @@ TEST(BlockedAttentionTest, RowsDoneTellsOnlyFinalRows) {
   EXPECT_EQ(told.back().first, total);
   // The same values as a call that tells nothing.
   AttentionResult plain;
-  ASSERT_TRUE(ComputeAttentionBlocked(c.q, c.k, c.v, c.lengths, config, {},
-                                      &plain));
+  ASSERT_TRUE(
+      ComputeAttentionBlocked(c.q, c.k, c.v, c.lengths, config, {}, &plain));
   EXPECT_TRUE(at::equal(plain.logits, result.logits));
   EXPECT_TRUE(at::equal(plain.probs, result.probs));
 }
@@ -731,9 +731,9 @@ TEST(BlockedAttentionTest, ScoreObservedTellsTheOutputsThenTheirRows) {
     EXPECT_EQ(std::memcmp(got.logits->data, want.logits->data,
                           want.logits->size_bytes),
               0);
-    EXPECT_EQ(std::memcmp(got.probs->data, want.probs->data,
-                          want.probs->size_bytes),
-              0);
+    EXPECT_EQ(
+        std::memcmp(got.probs->data, want.probs->data, want.probs->size_bytes),
+        0);
   }
   spec.output_dtype = DType::kFloat32;
   spec.want_context = true;

@@ -44,7 +44,7 @@ class FakeScorer final : public scoring::Scorer {
     size_t num_items = 0;  // requests
     int64_t batch = 0;     // sum of their B
     bool relative = false;
-    bool stopped = false;  // left early because its StopFn returned true
+    bool stopped = false;    // left early because its StopFn returned true
     std::thread::id thread;  // the thread that called
   };
 
