@@ -723,15 +723,35 @@ void ExpectInflightDrains(const AttentionScorerService& service) {
 struct ChunkedReply {
   std::vector<v1::ScoreChunk> chunks;
   grpc::Status status;
-  // The logits' bytes, in order.
-  std::string Logits() const {
+  // One output's bytes, in order.
+  std::string Bytes(v1::Output output) const {
     std::string bytes;
     for (const v1::ScoreChunk& chunk : chunks) {
-      if (chunk.output() == v1::LOGITS) bytes += chunk.data();
+      if (chunk.output() == output) bytes += chunk.data();
     }
     return bytes;
   }
 };
+
+// Reads the rest of `reader`'s reply into `reply` on a thread while `scorer`
+// is held; returns whether a chunk arrived within 200 ms, then releases the
+// scorer and reads to the end.
+bool ChunkArrivesWhileHeld(grpc::ClientReader<v1::ScoreChunk>& reader,
+                           FakeScorer& scorer, ChunkedReply& reply) {
+  std::atomic<bool> arrived{false};
+  std::thread reading([&] {
+    for (v1::ScoreChunk chunk; reader.Read(&chunk);) {
+      arrived = true;
+      reply.chunks.push_back(chunk);
+    }
+  });
+  absl::SleepFor(absl::Milliseconds(200));
+  const bool early = arrived.load();
+  scorer.Release();
+  reading.join();
+  reply.status = reader.Finish();
+  return early;
+}
 
 // A request scored alone streams its reply while it computes: the chunks of
 // the rows the scorer has told final arrive while it is held, no chunk of a
@@ -765,28 +785,13 @@ TEST_F(ServiceTest, ScoreChunkedSendsFinalRowsWhileComputing) {
   EXPECT_EQ(reply.chunks[0].offset(), 0u);
   EXPECT_EQ(reply.chunks[1].offset(), 32u);
   EXPECT_FALSE(reply.chunks[1].has_timing());
-  // Nothing of row 4 on: a third chunk must not arrive while the scorer is
-  // held (checked for 200 ms, then released).
-  std::atomic<bool> third{false};
-  std::thread reading([&] {
-    for (v1::ScoreChunk chunk; reader->Read(&chunk);) {
-      if (reply.chunks.size() == 2) third = true;
-      reply.chunks.push_back(chunk);
-    }
-  });
-  absl::SleepFor(absl::Milliseconds(200));
-  EXPECT_FALSE(third.load()) << "a chunk of rows still computing was sent";
-  scorer_.Release();
-  reading.join();
-  reply.status = reader->Finish();
+  // Nothing of row 4 on while the scorer is held.
+  EXPECT_FALSE(ChunkArrivesWhileHeld(*reader, scorer_, reply))
+      << "a chunk of rows still computing was sent";
   ASSERT_TRUE(reply.status.ok()) << reply.status.error_message();
   ASSERT_EQ(reply.chunks.size(), 10u);  // 5 of logits, 5 of probs
-  EXPECT_EQ(reply.Logits(), whole.logits().data());
-  std::string probs;
-  for (const v1::ScoreChunk& chunk : reply.chunks) {
-    if (chunk.output() == v1::PROBS) probs += chunk.data();
-  }
-  EXPECT_EQ(probs, whole.probs().data());
+  EXPECT_EQ(reply.Bytes(v1::LOGITS), whole.logits().data());
+  EXPECT_EQ(reply.Bytes(v1::PROBS), whole.probs().data());
   EXPECT_EQ(reply.chunks.back().request_id(), "streamed");
   EXPECT_TRUE(reply.chunks.back().has_timing());
   for (size_t i = 0; i + 1 < reply.chunks.size(); ++i) {
@@ -816,22 +821,12 @@ TEST_F(ServiceTest, ScoreChunkedLastChunkWaitsForTheAnswer) {
     EXPECT_FALSE(chunk.has_timing());
     reply.chunks.push_back(chunk);
   }
-  std::atomic<bool> last{false};
-  std::thread reading([&] {
-    for (v1::ScoreChunk chunk; reader->Read(&chunk);) {
-      last = true;
-      reply.chunks.push_back(chunk);
-    }
-  });
-  absl::SleepFor(absl::Milliseconds(200));
-  EXPECT_FALSE(last.load()) << "the last chunk went before the answer";
-  scorer_.Release();
-  reading.join();
-  reply.status = reader->Finish();
+  EXPECT_FALSE(ChunkArrivesWhileHeld(*reader, scorer_, reply))
+      << "the last chunk went before the answer";
   ASSERT_TRUE(reply.status.ok()) << reply.status.error_message();
   ASSERT_EQ(reply.chunks.size(), 6u);
   EXPECT_TRUE(reply.chunks.back().has_timing());
-  EXPECT_EQ(reply.Logits(), whole.logits().data());
+  EXPECT_EQ(reply.Bytes(v1::LOGITS), whole.logits().data());
 }
 
 // A request that fails after some of its reply was streamed ends with the
