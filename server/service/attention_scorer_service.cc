@@ -1053,6 +1053,20 @@ AttentionScorerService::AuthenticateCaller(
 absl::Status AttentionScorerService::Admit(ScoreTask& task,
                                            const grpc::ByteBuffer& request) {
   task.Peek(request);
+  // A call that ended while its request was on the way (the client
+  // cancelled, or its deadline passed) reaches the handler with no message,
+  // sometimes before the context shows it cancelled: it is answered as what
+  // it is, not as an unparseable request; nor is a dead call's request
+  // parsed.
+  if (!request.Valid() || task.call_cancelled()) {
+    if (clock_->NowMicros() >= task.deadline_micros()) {
+      return absl::DeadlineExceededError(
+          "deadline passed before the request was read");
+    }
+    return absl::CancelledError(
+        request.Valid() ? "request cancelled by the client before it was read"
+                        : "no request message arrived: the call ended first");
+  }
   if (draining_.load(std::memory_order_acquire)) {
     return absl::UnavailableError(
         "server is draining: retry on another replica");

@@ -10,16 +10,22 @@
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <functional>
 #include <memory>
 #include <set>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "absl/synchronization/notification.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -43,6 +49,7 @@ using testing::FakeModelSet;
 using testing::FakeScorer;
 using testing::Floats;
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 constexpr auto kRpcTimeout = std::chrono::seconds(20);
 
@@ -207,6 +214,76 @@ TEST_F(ServiceTest, UnparseableRequestIsInvalidArgument) {
   ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(20)));
   EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
   EXPECT_THAT(status.error_message(), HasSubstr("ScoreRequest"));
+}
+
+// Starts `method` with no request message and ends it: cancelled by the
+// client, or (cancel false) left until its deadline, 50 ms, passes.
+void EndCallBeforeItsRequest(const std::shared_ptr<grpc::Channel>& channel,
+                             const std::string& method, bool cancel) {
+  grpc::GenericStub generic(channel);
+  grpc::CompletionQueue cq;
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() +
+                       (cancel ? std::chrono::milliseconds(kRpcTimeout)
+                               : std::chrono::milliseconds(50)));
+  std::unique_ptr<grpc::GenericClientAsyncReaderWriter> call =
+      generic.PrepareCall(&context, method, &cq);
+  void* tag = nullptr;
+  bool ok = false;
+  call->StartCall(&cq);
+  ASSERT_TRUE(cq.Next(&tag, &ok));
+  if (cancel) context.TryCancel();
+  grpc::Status status;
+  call->Finish(&status, &status);
+  ASSERT_TRUE(cq.Next(&tag, &ok));
+  EXPECT_EQ(status.error_code(), cancel ? grpc::StatusCode::CANCELLED
+                                        : grpc::StatusCode::DEADLINE_EXCEEDED);
+  cq.Shutdown();
+  while (cq.Next(&tag, &ok)) {
+  }
+}
+
+// A call that ends before its request has arrived (the client cancels while
+// sending, or its deadline passes) reaches the handler with no message: it
+// is counted as what it was, never as an unparseable request.
+TEST_F(ServiceTest, CallEndedBeforeItsRequestIsNotInvalid) {
+  Start();
+  // attnscore_requests_total of `method` and `code`.
+  const auto count = [this](absl::string_view method, absl::string_view code) {
+    const std::string key =
+        absl::StrCat("attnscore_requests_total{method=\"", method, "\",code=\"",
+                     code, "\",client=\"anonymous\"} ");
+    int n = 0;
+    for (absl::string_view line : absl::StrSplit(Metrics(), '\n')) {
+      if (absl::ConsumePrefix(&line, key)) {
+        EXPECT_TRUE(absl::SimpleAtoi(line, &n)) << line;
+      }
+    }
+    return n;
+  };
+  const auto wait_for = [](const std::function<bool()>& done) {
+    const absl::Time deadline = absl::Now() + absl::Seconds(10);
+    while (!done() && absl::Now() < deadline) {
+      absl::SleepFor(absl::Milliseconds(5));
+    }
+    return done();
+  };
+  for (const char* method : {"Score", "ScoreChunked"}) {
+    SCOPED_TRACE(method);
+    const std::string path = absl::StrCat(
+        "/", v1::AttentionScorer::service_full_name(), "/", method);
+    EndCallBeforeItsRequest(channel_, path, /*cancel=*/true);
+    EXPECT_TRUE(wait_for([&] { return count(method, "CANCELLED") == 1; }));
+    // Past its deadline the client cancels too, and the server may see that
+    // before its own timer: either code, never INVALID_ARGUMENT.
+    EndCallBeforeItsRequest(channel_, path, /*cancel=*/false);
+    EXPECT_TRUE(wait_for([&] {
+      return count(method, "CANCELLED") + count(method, "DEADLINE_EXCEEDED") ==
+             2;
+    }));
+    EXPECT_EQ(count(method, "INVALID_ARGUMENT"), 0);
+  }
+  EXPECT_TRUE(scorer_.calls().empty());
 }
 
 TEST_F(ServiceTest, ConcurrentRequestsAreBatchedAndSplitExactly) {
