@@ -304,9 +304,9 @@ class AttentionScorerService::ChunkedReactor final
     Run(step);
   }
   // Before the answer: the messages over outputs not yet computed, and for
-  // each the rows that must be final before it goes (ChunkRowEnds). The last
-  // waits for Complete, which brings its final form. REQUIRES: as many ends
-  // as messages, at least two.
+  // each the rows that must be final before it goes (EncodeScoreChunks'
+  // row_ends). The last waits for Complete, which brings its final form.
+  // REQUIRES: as many ends as messages, at least two.
   void Stream(std::vector<grpc::ByteBuffer> messages,
               std::vector<int64_t> row_ends) {
     absl::MutexLock lock(&mutex_);
@@ -488,12 +488,11 @@ class AttentionScorerService::ChunkedScoreTask final
     if (result.context.has_value()) return;
     const auto& codec = static_cast<const V1ScoreCodec&>(this->codec());
     const int64_t chunk_bytes = service_->options_.reply_chunk_bytes;
+    std::vector<int64_t> row_ends;
     absl::StatusOr<std::vector<grpc::ByteBuffer>> messages =
-        codec.EncodeChunksAhead(result, chunk_bytes);
+        codec.EncodeChunksAhead(result, chunk_bytes, &row_ends);
     // One message: nothing to send before the answer.
     if (!messages.ok() || messages->size() < 2) return;
-    std::vector<int64_t> row_ends = ChunkRowEnds(result, chunk_bytes);
-    if (row_ends.size() != messages->size()) return;
     reactor_->Stream(*std::move(messages), std::move(row_ends));
     streamed_.store(true, std::memory_order_relaxed);
   }

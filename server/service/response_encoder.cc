@@ -80,39 +80,38 @@ grpc::ByteBuffer EncodeScoreResponse(std::string_view request_id,
 
 namespace {
 
-// How EncodeScoreChunks cuts an output: whole rows of row_bytes, `step` bytes
-// per message.
-struct ChunkCut {
-  size_t row_bytes;
-  size_t step;
-};
-
-ChunkCut CutOf(const scoring::OutputTensor& tensor, int64_t chunk_bytes) {
-  // Whole rows per chunk: a client may use each row as it arrives.
-  const size_t row_bytes = tensor.shape.empty() || tensor.shape.back() <= 0
-                               ? tensor.size_bytes
-                               : static_cast<size_t>(tensor.shape.back()) *
-                                     attnscore::ElementSize(tensor.dtype);
-  const size_t rows_per_chunk = std::max<size_t>(
-      1, static_cast<size_t>(chunk_bytes) / std::max<size_t>(row_bytes, 1));
-  return {row_bytes, std::max<size_t>(rows_per_chunk * row_bytes, 1)};
-}
-
 // The ScoreChunk messages of one output: `tensor`'s bytes in runs of whole
-// rows, or its shared-memory range.
+// rows, or its shared-memory range; and, into `row_ends` (may be null), the
+// rows each message holds the end of.
 void AppendChunks(v1::Output output, const scoring::OutputTensor& tensor,
                   const v1::SharedMemoryRange* placed, int64_t chunk_bytes,
-                  std::vector<grpc::ByteBuffer>& messages) {
+                  std::vector<grpc::ByteBuffer>& messages,
+                  std::vector<int64_t>* row_ends) {
   v1::ScoreChunk head;
   head.set_output(output);
   head.set_dtype(v1::ToProtoDType(tensor.dtype));
   head.mutable_shape()->Add(tensor.shape.begin(), tensor.shape.end());
+  // Whole rows per chunk: a client may use each row as it arrives.
+  const size_t row_bytes =
+      std::max<size_t>(tensor.shape.empty() || tensor.shape.back() <= 0
+                           ? tensor.size_bytes
+                           : static_cast<size_t>(tensor.shape.back()) *
+                                 attnscore::ElementSize(tensor.dtype),
+                       1);
+  const auto mark_end = [&](size_t end) {
+    if (row_ends != nullptr) {
+      row_ends->push_back(static_cast<int64_t>(end / row_bytes));
+    }
+  };
   if (placed != nullptr) {
     *head.mutable_shared_memory() = *placed;
     messages.push_back(SerializeToByteBuffer(head));
+    mark_end(tensor.size_bytes);
     return;
   }
-  const size_t step = CutOf(tensor, chunk_bytes).step;
+  const size_t rows_per_chunk =
+      std::max<size_t>(1, static_cast<size_t>(chunk_bytes) / row_bytes);
+  const size_t step = rows_per_chunk * row_bytes;
   // One slice over the whole output holds the keepalive once; each chunk's
   // data is a sub-slice (a reference, no copy).
   const grpc::Slice whole = SliceOver(tensor);
@@ -129,6 +128,7 @@ void AppendChunks(v1::Output output, const scoring::OutputTensor& tensor,
                            whole.sub(offset, end));
     }
     messages.push_back(out.Finish());
+    mark_end(end);
     offset = end;
   } while (offset < tensor.size_bytes);
 }
@@ -137,7 +137,8 @@ void AppendChunks(v1::Output output, const scoring::OutputTensor& tensor,
 
 std::vector<grpc::ByteBuffer> EncodeScoreChunks(
     std::string_view request_id, const scoring::ScoreResult& result,
-    const v1::Timing& timing, const PlacedRanges& placed, int64_t chunk_bytes) {
+    const v1::Timing& timing, const PlacedRanges& placed, int64_t chunk_bytes,
+    std::vector<int64_t>* row_ends) {
   std::vector<grpc::ByteBuffer> messages;
   const struct {
     v1::Output output;
@@ -147,7 +148,8 @@ std::vector<grpc::ByteBuffer> EncodeScoreChunks(
                  {v1::CONTEXT, result.context}};
   for (const auto& [output, tensor] : outputs) {
     if (tensor) {
-      AppendChunks(output, *tensor, placed.For(output), chunk_bytes, messages);
+      AppendChunks(output, *tensor, placed.For(output), chunk_bytes, messages,
+                   row_ends);
     }
   }
   // request_id (7) and timing (8) follow the last chunk's fields (1-6): the
@@ -165,24 +167,6 @@ std::vector<grpc::ByteBuffer> EncodeScoreChunks(
     messages.back() = grpc::ByteBuffer(slices.data(), slices.size());
   }
   return messages;
-}
-
-std::vector<int64_t> ChunkRowEnds(const scoring::ScoreResult& result,
-                                  int64_t chunk_bytes) {
-  std::vector<int64_t> ends;
-  for (const std::optional<scoring::OutputTensor>* tensor :
-       {&result.logits, &result.probs, &result.context}) {
-    if (!tensor->has_value()) continue;
-    const ChunkCut cut = CutOf(**tensor, chunk_bytes);
-    const size_t size = (*tensor)->size_bytes;
-    size_t offset = 0;
-    do {  // AppendChunks' loop
-      offset = std::min(size, offset + cut.step);
-      ends.push_back(
-          static_cast<int64_t>(offset / std::max<size_t>(cut.row_bytes, 1)));
-    } while (offset < size);
-  }
-  return ends;
 }
 
 grpc::ByteBuffer EncodeErrorResponse(std::string_view request_id,

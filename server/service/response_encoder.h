@@ -60,18 +60,15 @@ grpc::ByteBuffer EncodeScoreResponse(std::string_view request_id,
 // order (logits, probs, context), each output's bytes in runs of whole rows
 // (its last dimension) of at most max(chunk_bytes, one row) bytes, as slices
 // over the scorer's output; an output placed in shared memory is one chunk with
-// its range; the last chunk carries request_id and timing. REQUIRES:
-// chunk_bytes >= 1 and `result` has at least one output.
+// its range; the last chunk carries request_id and timing. With `row_ends`,
+// also, per message, the leading rows of its output (counted over every
+// dimension but the last) that it holds the end of: a message may go once
+// those rows are final (the scorer's RowObserver). REQUIRES: chunk_bytes >= 1
+// and `result` has at least one output.
 std::vector<grpc::ByteBuffer> EncodeScoreChunks(
     std::string_view request_id, const scoring::ScoreResult& result,
-    const v1::Timing& timing, const PlacedRanges& placed, int64_t chunk_bytes);
-
-// For each of EncodeScoreChunks' messages of `result` (nothing placed, the
-// same chunk_bytes): the leading rows of its output, counted over every
-// dimension but the last, that it holds the end of. A message may go once
-// those rows are final (the scorer's RowObserver).
-std::vector<int64_t> ChunkRowEnds(const scoring::ScoreResult& result,
-                                  int64_t chunk_bytes);
+    const v1::Timing& timing, const PlacedRanges& placed, int64_t chunk_bytes,
+    std::vector<int64_t>* row_ends = nullptr);
 
 // ScoreResponse{request_id, error{code, message}}: how ScoreStream reports a
 // failed request. REQUIRES: !status.ok().

@@ -139,13 +139,14 @@ absl::StatusOr<std::vector<grpc::ByteBuffer>> V1ScoreCodec::EncodeChunks(
 }
 
 absl::StatusOr<std::vector<grpc::ByteBuffer>> V1ScoreCodec::EncodeChunksAhead(
-    const scoring::ScoreResult& result, int64_t chunk_bytes) const {
+    const scoring::ScoreResult& result, int64_t chunk_bytes,
+    std::vector<int64_t>* row_ends) const {
   if (!placements_.empty()) {
     return absl::FailedPreconditionError(
         "outputs placed in shared memory are written after the compute");
   }
   return EncodeScoreChunks(request_.message.request_id(), result, v1::Timing(),
-                           PlacedRanges(), chunk_bytes);
+                           PlacedRanges(), chunk_bytes, row_ends);
 }
 
 grpc::ByteBuffer V1ScoreCodec::EncodeError(const absl::Status& status) const {

@@ -48,11 +48,13 @@ class V1ScoreCodec final : public ScoreCodec {
       const scoring::ScoreResult& result, const BatchTiming& timing,
       int64_t chunk_bytes) const;
   // ScoreChunked's messages over outputs still being computed, to send as
-  // their rows become final; the last one's timing is not known yet
-  // (EncodeChunks encodes the final messages). FAILED_PRECONDITION where the
-  // request places outputs in shared memory: those are written afterwards.
+  // their rows become final (`row_ends`: EncodeScoreChunks'); the last one's
+  // timing is not known yet (EncodeChunks encodes the final messages).
+  // FAILED_PRECONDITION where the request places outputs in shared memory:
+  // those are written afterwards.
   absl::StatusOr<std::vector<grpc::ByteBuffer>> EncodeChunksAhead(
-      const scoring::ScoreResult& result, int64_t chunk_bytes) const;
+      const scoring::ScoreResult& result, int64_t chunk_bytes,
+      std::vector<int64_t>* row_ends) const;
   // ScoreResponse{request_id, error}: how ScoreStream reports a failure.
   grpc::ByteBuffer EncodeError(const absl::Status& status) const override;
   // The request_id when the message starts with it (protobuf writes fields

@@ -290,9 +290,16 @@ TEST(ResponseEncoderTest, ChunksHoldAtLeastOneRow) {
   EXPECT_EQ(ParseChunk(messages[1]).data().size(), 128u);
 }
 
-// ChunkRowEnds: per message of EncodeScoreChunks, the rows it holds the end
-// of, counted over every dimension but the last; its offsets and sizes agree.
+// EncodeScoreChunks' row_ends: per message, the rows it holds the end of,
+// counted over every dimension but the last; its offsets and sizes agree.
 TEST(ResponseEncoderTest, ChunkRowEndsFollowTheChunks) {
+  // The row ends of EncodeScoreChunks(result, chunk_bytes).
+  const auto row_ends = [](const scoring::ScoreResult& result,
+                           int64_t chunk_bytes) {
+    std::vector<int64_t> ends;
+    EncodeScoreChunks("", result, MakeTiming(), {}, chunk_bytes, &ends);
+    return ends;
+  };
   auto bytes = PatternBytes(size_t{4} * 2 * 3 * 10);
   scoring::ScoreResult result;
   // [2, 3, 10] float32 rows (40 bytes) and bfloat16 rows (20 bytes): 6 each.
@@ -300,9 +307,9 @@ TEST(ResponseEncoderTest, ChunkRowEndsFollowTheChunks) {
   result.probs = MakeTensor(DType::kBFloat16, {1, 2, 3, 10}, bytes, 0, 120);
   for (const int64_t chunk_bytes : {1, 45, 100, 1000}) {
     SCOPED_TRACE(chunk_bytes);
+    std::vector<int64_t> ends;
     const std::vector<grpc::ByteBuffer> messages =
-        EncodeScoreChunks("", result, MakeTiming(), {}, chunk_bytes);
-    const std::vector<int64_t> ends = ChunkRowEnds(result, chunk_bytes);
+        EncodeScoreChunks("", result, MakeTiming(), {}, chunk_bytes, &ends);
     ASSERT_EQ(ends.size(), messages.size());
     for (size_t i = 0; i < messages.size(); ++i) {
       const v1::ScoreChunk chunk = ParseChunk(messages[i]);
@@ -314,11 +321,11 @@ TEST(ResponseEncoderTest, ChunkRowEndsFollowTheChunks) {
     EXPECT_EQ(ends.back(), 6);
   }
   // 100 bytes: float32 rows two per chunk, bfloat16 five per chunk.
-  EXPECT_THAT(ChunkRowEnds(result, 100), ::testing::ElementsAre(2, 4, 6, 5, 6));
+  EXPECT_THAT(row_ends(result, 100), ::testing::ElementsAre(2, 4, 6, 5, 6));
   // An empty output: one message, no rows.
   scoring::ScoreResult empty;
   empty.logits = MakeTensor(DType::kFloat32, {1, 1, 0, 10}, bytes, 0, 0);
-  EXPECT_THAT(ChunkRowEnds(empty, 100), ::testing::ElementsAre(0));
+  EXPECT_THAT(row_ends(empty, 100), ::testing::ElementsAre(0));
 }
 
 TEST(ResponseEncoderTest, ErrorResponseCarriesCodeAndMessage) {

@@ -762,6 +762,27 @@ TEST_F(ServiceTest, ScoreChunkedFailuresAreTheCallsStatus) {
                         "code=\"RESOURCE_EXHAUSTED\""));
 }
 
+// Waits (at most 10 s) until no request holds in-flight budget.
+void ExpectInflightDrains(const AttentionScorerService& service) {
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (service.InflightBytes() != 0 && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(5));
+  }
+  EXPECT_EQ(service.InflightBytes(), 0);
+}
+
+// Reads one chunk of `reader`'s reply, cancels the call and reads to its
+// end, which is CANCELLED.
+void CancelAfterTheFirstChunk(grpc::ClientContext& context,
+                              grpc::ClientReader<v1::ScoreChunk>& reader) {
+  v1::ScoreChunk chunk;
+  ASSERT_TRUE(reader.Read(&chunk));
+  context.TryCancel();
+  while (reader.Read(&chunk)) {
+  }
+  EXPECT_EQ(reader.Finish().error_code(), grpc::StatusCode::CANCELLED);
+}
+
 // A client that goes away after its first chunk: the call ends, and the
 // reply's share of the in-flight budget comes back.
 TEST_F(ServiceTest, ScoreChunkedCancelledMidReplyCleansUp) {
@@ -774,26 +795,8 @@ TEST_F(ServiceTest, ScoreChunkedCancelledMidReplyCleansUp) {
   grpc::ClientContext context;
   std::unique_ptr<grpc::ClientReader<v1::ScoreChunk>> reader =
       stub_->ScoreChunked(&context, request);
-  v1::ScoreChunk chunk;
-  ASSERT_TRUE(reader->Read(&chunk));
-  context.TryCancel();
-  while (reader->Read(&chunk)) {
-  }
-  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
-  const absl::Time deadline = absl::Now() + absl::Seconds(10);
-  while (service_->InflightBytes() != 0 && absl::Now() < deadline) {
-    absl::SleepFor(absl::Milliseconds(5));
-  }
-  EXPECT_EQ(service_->InflightBytes(), 0);
-}
-
-// Waits (at most 10 s) until no request holds in-flight budget.
-void ExpectInflightDrains(const AttentionScorerService& service) {
-  const absl::Time deadline = absl::Now() + absl::Seconds(10);
-  while (service.InflightBytes() != 0 && absl::Now() < deadline) {
-    absl::SleepFor(absl::Milliseconds(5));
-  }
-  EXPECT_EQ(service.InflightBytes(), 0);
+  ASSERT_NO_FATAL_FAILURE(CancelAfterTheFirstChunk(context, *reader));
+  ExpectInflightDrains(*service_);
 }
 
 // Reads a ScoreChunked reply's chunks and status.
@@ -809,6 +812,16 @@ struct ChunkedReply {
     return bytes;
   }
 };
+
+// Reads the first `n` chunks of `reader`'s reply into `reply`.
+void ReadChunks(grpc::ClientReader<v1::ScoreChunk>& reader, int n,
+                ChunkedReply& reply) {
+  for (int i = 0; i < n; ++i) {
+    v1::ScoreChunk chunk;
+    ASSERT_TRUE(reader.Read(&chunk)) << "chunk " << i;
+    reply.chunks.push_back(chunk);
+  }
+}
 
 // Reads the rest of `reader`'s reply into `reply` on a thread while `scorer`
 // is held; returns whether a chunk arrived within 200 ms, then releases the
@@ -853,11 +866,7 @@ TEST_F(ServiceTest, ScoreChunkedSendsFinalRowsWhileComputing) {
   std::unique_ptr<grpc::ClientReader<v1::ScoreChunk>> reader =
       stub_->ScoreChunked(&context, request);
   ChunkedReply reply;
-  for (int i = 0; i < 2; ++i) {
-    v1::ScoreChunk chunk;
-    ASSERT_TRUE(reader->Read(&chunk)) << "chunk " << i << " of told rows";
-    reply.chunks.push_back(chunk);
-  }
+  ASSERT_NO_FATAL_FAILURE(ReadChunks(*reader, 2, reply)) << "of told rows";
   ASSERT_TRUE(scorer_.WaitForCalls(2));
   EXPECT_EQ(reply.chunks[0].offset(), 0u);
   EXPECT_EQ(reply.chunks[1].offset(), 32u);
@@ -892,11 +901,9 @@ TEST_F(ServiceTest, ScoreChunkedLastChunkWaitsForTheAnswer) {
   std::unique_ptr<grpc::ClientReader<v1::ScoreChunk>> reader =
       stub_->ScoreChunked(&context, request);
   ChunkedReply reply;
-  for (int i = 0; i < 5; ++i) {
-    v1::ScoreChunk chunk;
-    ASSERT_TRUE(reader->Read(&chunk)) << "chunk " << i;
+  ASSERT_NO_FATAL_FAILURE(ReadChunks(*reader, 5, reply));
+  for (const v1::ScoreChunk& chunk : reply.chunks) {
     EXPECT_FALSE(chunk.has_timing());
-    reply.chunks.push_back(chunk);
   }
   EXPECT_FALSE(ChunkArrivesWhileHeld(*reader, scorer_, reply))
       << "the last chunk went before the answer";
@@ -947,12 +954,7 @@ TEST_F(ServiceTest, ScoreChunkedCancelledWhileStreamingCleansUp) {
   context.set_deadline(std::chrono::system_clock::now() + kRpcTimeout);
   std::unique_ptr<grpc::ClientReader<v1::ScoreChunk>> reader =
       stub_->ScoreChunked(&context, request);
-  v1::ScoreChunk chunk;
-  ASSERT_TRUE(reader->Read(&chunk));
-  context.TryCancel();
-  while (reader->Read(&chunk)) {
-  }
-  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  ASSERT_NO_FATAL_FAILURE(CancelAfterTheFirstChunk(context, *reader));
   EXPECT_TRUE(scorer_.WaitForStopped());
   ExpectInflightDrains(*service_);
 }
