@@ -562,15 +562,16 @@ class ChunkedCall final
       return;
     }
     absl::StatusOr<ScoreResult> result;
-    if (absl::StatusOr<ScoreResult> assembled = assembler_.Finish();
-        !assembled.ok() && absl::IsDataLoss(assembled.status())) {
-      // A malformed reply is what went wrong, even when its cancellation is
-      // what ended the call.
-      result = assembled.status();
+    if (!assembler_.refused().ok()) {
+      // A message the assembler refused is what went wrong, even when the
+      // cancellation that followed it is what ended the call.
+      result = assembler_.refused();
     } else if (!status.ok()) {
+      // The server's refusal, a deadline, a drain: the call's own status, not
+      // the reply it cut short.
       result = FromGrpc(status, "Score");
     } else {
-      result = std::move(assembled);
+      result = assembler_.Finish();
     }
     // As for unary calls: the call is over before the caller hears of it.
     Client::ScoreCallback done = std::move(start_.done);

@@ -661,6 +661,7 @@ absl::Status ChunkAssembler::Add(grpc::ByteBuffer& message) {
   if (!error_.ok()) return error_;
   ++messages_;
   error_ = Read(message);
+  if (!error_.ok()) refused_ = error_;
   message.Clear();
   return error_;
 }

@@ -83,6 +83,11 @@ class ChunkAssembler {
   absl::Status Add(grpc::ByteBuffer& message);
   // Any message has been added.
   bool started() const { return messages_ > 0; }
+  // What the first message Add refused gave (DATA_LOSS for a malformed one,
+  // RESOURCE_EXHAUSTED past `max_output_bytes`); OK while every message was
+  // taken. Finish()'s own errors (a reply cut short) are not counted: a call
+  // that ended with an error status was cut short by that error.
+  const absl::Status& refused() const { return refused_; }
   // The result, once the call has ended OK.
   absl::StatusOr<ScoreResult> Finish();
 
@@ -108,6 +113,7 @@ class ChunkAssembler {
   size_t output_bytes_ = 0;  // of the outputs begun so far
   int last_output_ = 0;      // wire number of the latest output begun
   size_t messages_ = 0;
+  absl::Status refused_;  // Add's first error
   absl::Status error_;
 };
 

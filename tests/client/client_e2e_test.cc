@@ -246,31 +246,41 @@ TEST_F(ClientE2eTest, StreamCallbacksAndCancel) {
 }
 
 TEST_F(ClientE2eTest, ServerErrorsKeepTheirCodeAndMessage) {
-  OwnedRequest r = MakeRequest(1, 4, 8, 8, 16);
-  r.request.bias = Relative{"missing_model"};
-  absl::StatusOr<ScoreResult> result = client_->Score(r.request);
-  EXPECT_EQ(result.status().code(), absl::StatusCode::kNotFound)
-      << result.status();
-  EXPECT_THAT(result.status().message(), HasSubstr("missing_model"));
+  // Replies whole (Score) and in chunks (ScoreChunked, which every reply takes
+  // with a limit of 1 byte): a refusal is the server's status either way, not
+  // the chunked reply it cut short.
+  for (int64_t chunked_reply_bytes : {int64_t{0}, int64_t{1}}) {
+    SCOPED_TRACE(absl::StrCat("chunked_reply_bytes ", chunked_reply_bytes));
+    ClientOptions options;
+    options.chunked_reply_bytes = chunked_reply_bytes;
+    std::unique_ptr<Client> client = MakeClient(server_->target(), options);
+    ASSERT_NE(client, nullptr);
+    OwnedRequest r = MakeRequest(1, 4, 8, 8, 16);
+    r.request.bias = Relative{"missing_model"};
+    absl::StatusOr<ScoreResult> result = client->Score(r.request);
+    EXPECT_EQ(result.status().code(), absl::StatusCode::kNotFound)
+        << result.status();
+    EXPECT_THAT(result.status().message(), HasSubstr("missing_model"));
 
-  // Key with another head dim than the query: the server names the field.
-  OwnedRequest bad = MakeRequest(1, 4, 8, 8, 16);
-  Tensor key = *Tensor::FromFloats(DType::kFloat32, {1, 4, 8, 8},
-                                   std::vector<float>(256, 0.5f));
-  bad.request.key = key.view();
-  result = client_->Score(bad.request);
-  EXPECT_EQ(result.status().code(), absl::StatusCode::kInvalidArgument)
-      << result.status();
-  EXPECT_THAT(result.status().message(), HasSubstr("key"));
+    // Key with another head dim than the query: the server names the field.
+    OwnedRequest bad = MakeRequest(1, 4, 8, 8, 16);
+    Tensor key = *Tensor::FromFloats(DType::kFloat32, {1, 4, 8, 8},
+                                     std::vector<float>(256, 0.5f));
+    bad.request.key = key.view();
+    result = client->Score(bad.request);
+    EXPECT_EQ(result.status().code(), absl::StatusCode::kInvalidArgument)
+        << result.status();
+    EXPECT_THAT(result.status().message(), HasSubstr("key"));
 
-  // Caught locally, before anything is sent: the view's bytes disagree with its
-  // shape.
-  OwnedRequest local = MakeRequest(1, 4, 8, 8, 16);
-  local.request.query.size_bytes -= 4;
-  result = client_->Score(local.request);
-  EXPECT_EQ(result.status().code(), absl::StatusCode::kInvalidArgument)
-      << result.status();
-  EXPECT_THAT(result.status().message(), HasSubstr("query"));
+    // Caught locally, before anything is sent: the view's bytes disagree with
+    // its shape.
+    OwnedRequest local = MakeRequest(1, 4, 8, 8, 16);
+    local.request.query.size_bytes -= 4;
+    result = client->Score(local.request);
+    EXPECT_EQ(result.status().code(), absl::StatusCode::kInvalidArgument)
+        << result.status();
+    EXPECT_THAT(result.status().message(), HasSubstr("query"));
+  }
 }
 
 TEST_F(ClientE2eTest, HealthModelsAndServerInfo) {
@@ -463,56 +473,66 @@ TEST(ClientDeadlineTest, DeadlineAndCancellation) {
   absl::StatusOr<std::unique_ptr<ServerProcess>> server =
       ServerProcess::Start(options);
   ASSERT_TRUE(server.ok()) << server.status();
-  std::unique_ptr<Client> client = MakeClient((*server)->target());
   OwnedRequest r = MakeRequest(1, 4, 8, 8, 16);
+  // Replies whole (Score) and in chunks (ScoreChunked, which every reply takes
+  // with a limit of 1 byte): the call's own status either way.
+  for (int64_t chunked_reply_bytes : {int64_t{0}, int64_t{1}}) {
+    SCOPED_TRACE(absl::StrCat("chunked_reply_bytes ", chunked_reply_bytes));
+    ClientOptions client_options;
+    client_options.chunked_reply_bytes = chunked_reply_bytes;
+    std::unique_ptr<Client> client =
+        MakeClient((*server)->target(), client_options);
+    ASSERT_NE(client, nullptr);
 
-  // Deadline: DEADLINE_EXCEEDED, where the server would have answered OK
-  // after its batching delay.
-  CallOptions call;
-  call.timeout = absl::Milliseconds(300);
-  absl::StatusOr<ScoreResult> result = client->Score(r.request, call);
-  EXPECT_EQ(result.status().code(), absl::StatusCode::kDeadlineExceeded)
-      << result.status();
+    // Deadline: DEADLINE_EXCEEDED, where the server would have answered OK
+    // after its batching delay.
+    CallOptions call;
+    call.timeout = absl::Milliseconds(300);
+    absl::StatusOr<ScoreResult> result = client->Score(r.request, call);
+    EXPECT_EQ(result.status().code(), absl::StatusCode::kDeadlineExceeded)
+        << result.status();
 
-  // Cancellation of a running call: CANCELLED, where the server would have
-  // answered OK.
-  call = CallOptions();
-  call.cancellation = std::make_shared<CancellationToken>();
-  std::future<absl::StatusOr<ScoreResult>> future =
-      client->ScoreAsync(r.request, call);
-  std::this_thread::sleep_for(std::chrono::milliseconds(200));
-  call.cancellation->Cancel();
-  ASSERT_EQ(future.wait_for(std::chrono::seconds(10)),
-            std::future_status::ready);
-  result = future.get();
-  EXPECT_EQ(result.status().code(), absl::StatusCode::kCancelled)
-      << result.status();
-
-  // A token cancelled before the call: fails at once, for every kind of call.
-  result = client->Score(r.request, call);
-  EXPECT_EQ(result.status().code(), absl::StatusCode::kCancelled);
-  EXPECT_EQ(client->ListModels(call).status().code(),
-            absl::StatusCode::kCancelled);
-  EXPECT_EQ(client->OpenStream({}, call).status().code(),
-            absl::StatusCode::kCancelled);
-
-  // A sync call cancelled from another thread.
-  auto token = std::make_shared<CancellationToken>();
-  call.cancellation = token;
-  std::thread canceller([token] {
+    // Cancellation of a running call: CANCELLED, where the server would have
+    // answered OK.
+    call = CallOptions();
+    call.cancellation = std::make_shared<CancellationToken>();
+    std::future<absl::StatusOr<ScoreResult>> future =
+        client->ScoreAsync(r.request, call);
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
-    token->Cancel();
-  });
-  result = client->Score(r.request, call);
-  canceller.join();
-  EXPECT_EQ(result.status().code(), absl::StatusCode::kCancelled)
-      << result.status();
+    call.cancellation->Cancel();
+    ASSERT_EQ(future.wait_for(std::chrono::seconds(10)),
+              std::future_status::ready);
+    result = future.get();
+    EXPECT_EQ(result.status().code(), absl::StatusCode::kCancelled)
+        << result.status();
 
-  // The server is still healthy and answers (the batch delay is the only wait).
-  call = CallOptions();
-  call.timeout = absl::Seconds(20);
-  result = client->Score(r.request, call);
-  EXPECT_TRUE(result.ok()) << result.status();
+    // A token cancelled before the call: fails at once, for every kind of call.
+    result = client->Score(r.request, call);
+    EXPECT_EQ(result.status().code(), absl::StatusCode::kCancelled);
+    EXPECT_EQ(client->ListModels(call).status().code(),
+              absl::StatusCode::kCancelled);
+    EXPECT_EQ(client->OpenStream({}, call).status().code(),
+              absl::StatusCode::kCancelled);
+
+    // A sync call cancelled from another thread.
+    auto token = std::make_shared<CancellationToken>();
+    call.cancellation = token;
+    std::thread canceller([token] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+      token->Cancel();
+    });
+    result = client->Score(r.request, call);
+    canceller.join();
+    EXPECT_EQ(result.status().code(), absl::StatusCode::kCancelled)
+        << result.status();
+
+    // The server is still healthy and answers (the batch delay is the only
+    // wait).
+    call = CallOptions();
+    call.timeout = absl::Seconds(20);
+    result = client->Score(r.request, call);
+    EXPECT_TRUE(result.ok()) << result.status();
+  }
 }
 
 TEST(ClientRoundRobinTest, SpreadsOverThreeServers) {
