@@ -252,7 +252,9 @@ void AddRequestBudgetFlags(CLI::App& app, Flags& flags) {
   AddFlag(app, "--max-inflight-per-client", service.max_inflight_per_client,
           "MAX_INFLIGHT_PER_CLIENT",
           "One caller identity's share of --max-inflight-bytes in bytes; "
-          "0: no per-client cap, -1: half of --max-inflight-bytes")
+          "0: no per-client cap, -1: half of --max-inflight-bytes with "
+          "tokens or client certificates, no cap without (every caller is "
+          "then the one identity 'anonymous')")
       ->check(CLI::Range(int64_t{-1}, std::numeric_limits<int64_t>::max()));
   AddFlag(app, "--host-pool-bytes", flags.host_pool_bytes, "HOST_POOL_BYTES",
           "Idle host memory the scorer keeps for reuse (outputs, staged "
@@ -306,7 +308,8 @@ void AddSharedMemoryFlags(CLI::App& app, Flags& flags) {
   AddFlag(app, "--max-shm-regions-per-client", shm.max_regions_per_client,
           "MAX_SHM_REGIONS_PER_CLIENT",
           "Most of them one caller identity may hold; -1: half of "
-          "--max-shm-regions, 0: no per-client cap")
+          "--max-shm-regions with tokens or client certificates, no cap "
+          "without; 0: no per-client cap")
       ->check(CLI::Range(-1, std::numeric_limits<int>::max()));
 }
 
@@ -835,10 +838,14 @@ bool Server::CreateService() {
   service::ServiceOptions options = flags_.service;
   options.kernels = cpu::CurrentKernelInfo();
   const security::Authenticator* authenticator = &security_->authenticator();
-  options.authenticate =
-      [authenticator](const grpc::CallbackServerContext& context) {
-        return authenticator->Authenticate(context);
-      };
+  // None where every caller is anonymous: the service then knows that the
+  // per-client shares would only cap the whole server.
+  if (authenticator->identifies_callers()) {
+    options.authenticate =
+        [authenticator](const grpc::CallbackServerContext& context) {
+          return authenticator->Authenticate(context);
+        };
+  }
   options.max_message_bytes = max_message_bytes();
   options.intra_op_threads = flags_.threads;
   // On a GPU, inputs in shared memory go to the device by DMA, unstaged.

@@ -63,6 +63,11 @@ class Authenticator {
   absl::Status Reload();
 
   bool requires_token() const { return !options_.token_file.empty(); }
+  // Tokens or client certificates tell callers apart; without either, every
+  // call is kAnonymous.
+  bool identifies_callers() const {
+    return requires_token() || options_.client_certificates;
+  }
   size_t token_count() const;
 
  private:

@@ -56,13 +56,23 @@ std::string Basename(const std::string& path) {
   return slash == std::string::npos ? path : path.substr(slash + 1);
 }
 
-// ServiceOptions with the derived defaults resolved.
+// ServiceOptions with the derived defaults resolved. The per-client shares
+// default to none where callers are not told apart: every call is then the
+// one identity "anonymous", and half of the budget (or of the regions) would
+// be all the server ever used.
 ServiceOptions Resolve(ServiceOptions options) {
   if (options.max_inflight_bytes == 0) {
     options.max_inflight_bytes = DefaultInflightBytes();
   }
+  const bool identified = static_cast<bool>(options.authenticate);
   if (options.max_inflight_per_client == ServiceOptions::kHalfOfInflight) {
-    options.max_inflight_per_client = options.max_inflight_bytes / 2;
+    options.max_inflight_per_client =
+        identified ? options.max_inflight_bytes / 2 : 0;
+  }
+  SharedMemoryOptions& shm = options.shared_memory;
+  if (shm.max_regions_per_client == SharedMemoryOptions::kHalfOfRegions &&
+      !identified) {
+    shm.max_regions_per_client = 0;
   }
   return options;
 }
@@ -812,9 +822,10 @@ AttentionScorerService::Create(const ServiceOptions& options,
       "in-flight budget {} bytes, {} per client; per request at most {} bytes "
       "of peak memory and {} work units",
       resolved.max_inflight_bytes,
-      resolved.max_inflight_per_client == 0
-          ? std::string("no cap")
-          : std::to_string(resolved.max_inflight_per_client),
+      resolved.max_inflight_per_client != 0
+          ? std::to_string(resolved.max_inflight_per_client)
+      : resolved.authenticate ? std::string("no cap")
+                              : std::string("no cap (callers are anonymous)"),
       resolved.limits.max_request_memory, resolved.limits.max_request_work);
   std::unique_ptr<AttentionScorerService> service(new AttentionScorerService(
       resolved, *budget, scorer, models, metrics, clock));

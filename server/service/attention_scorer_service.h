@@ -109,12 +109,15 @@ struct ServiceOptions {
   // the container's memory limit (memory_limit.h DefaultInflightBytes).
   int64_t max_inflight_bytes = 0;
   // One identity's share of it (--max-inflight-per-client); 0: no per-client
-  // cap; kHalfOfInflight: half of max_inflight_bytes.
+  // cap; kHalfOfInflight: half of max_inflight_bytes where `authenticate`
+  // tells callers apart, no cap where it is empty (every caller is then one
+  // identity, whose share would cap the whole server at half its budget).
   static constexpr int64_t kHalfOfInflight = -1;
   int64_t max_inflight_per_client = kHalfOfInflight;
   // The caller's identity (a token's name, a certificate's subject), asked at
   // the start of every attnscore.v1 and KServe method; an error status is the
-  // call's answer (UNAUTHENTICATED). Empty: everyone is "anonymous". Called
+  // call's answer (UNAUTHENTICATED). Empty: everyone is "anonymous" (and the
+  // per-client defaults are no cap). Called
   // concurrently from gRPC threads.
   std::function<absl::StatusOr<std::string>(const grpc::CallbackServerContext&)>
       authenticate;

@@ -69,7 +69,9 @@ struct SharedMemoryOptions {
   int max_regions = 64;
   // Most of them one identity may hold (--max-shm-regions-per-client), so
   // that no caller can take every slot; kHalfOfRegions: half of max_regions
-  // (at least 1); 0: no per-identity cap.
+  // (at least 1), or no cap where the service does not tell callers apart
+  // (attention_scorer_service.h ServiceOptions::authenticate); 0: no
+  // per-identity cap.
   static constexpr int kHalfOfRegions = -1;
   int max_regions_per_client = kHalfOfRegions;
   // Applied to every region as it is mapped (a GPU server's). Locking a

@@ -1188,6 +1188,46 @@ TEST_F(ServiceTest, PerClientCapLimitsOneIdentityOnly) {
       HasSubstr("{method=\"Score\",code=\"UNAVAILABLE\",client=\"alice\"} 1"));
 }
 
+// Options whose budget one request of `request`'s size fills to two thirds:
+// more than half of it.
+ServiceOptions TwoThirdsBudget(const v1::ScoreRequest& request) {
+  ServiceOptions options = DefaultOptions();
+  const int64_t lease = LeaseOf(request);
+  options.max_inflight_bytes = lease + lease / 2;
+  options.shared_memory.max_regions = 8;
+  return options;
+}
+
+TEST_F(ServiceTest, AnonymousCallersHaveNoPerClientCapByDefault) {
+  // Every caller is "anonymous": one identity's default share (half) would
+  // be all the server ever used.
+  const v1::ScoreRequest request = AlibiRequest(1, 2, 16, 16, 8);
+  Start(TwoThirdsBudget(request));
+  EXPECT_EQ(service_->options().max_inflight_per_client, 0);
+  EXPECT_EQ(service_->options().shared_memory.PerClientCap(), 0);
+  v1::ScoreResponse response;
+  const grpc::Status status = Score(request, &response);
+  EXPECT_TRUE(status.ok()) << status.error_message();
+}
+
+TEST_F(ServiceTest, IdentifiedCallersGetHalfOfTheBudgetByDefault) {
+  const v1::ScoreRequest request = AlibiRequest(1, 2, 16, 16, 8);
+  ServiceOptions options = TwoThirdsBudget(request);
+  options.authenticate = HeaderIdentity;
+  Start(options);
+  EXPECT_EQ(service_->options().max_inflight_per_client,
+            options.max_inflight_bytes / 2);
+  EXPECT_EQ(service_->options().shared_memory.PerClientCap(), 4);
+  grpc::ClientContext context;
+  context.AddMetadata("x-client", "alice");
+  context.set_deadline(std::chrono::system_clock::now() + kRpcTimeout);
+  v1::ScoreResponse response;
+  const grpc::Status status = stub_->Score(&context, request, &response);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED)
+      << status.error_message();
+  EXPECT_THAT(status.error_message(), HasSubstr("--max-inflight-per-client"));
+}
+
 TEST_F(ServiceTest, AuthenticationErrorIsTheAnswerOfEveryMethod) {
   ServiceOptions options = DefaultOptions();
   options.authenticate = HeaderIdentity;
@@ -1484,16 +1524,15 @@ TEST_F(ServiceTest, GetServerInfoReportsTheNewLimits) {
   EXPECT_EQ(info.limits().max_request_memory_bytes(), 123456);
   EXPECT_EQ(info.limits().max_request_work(), 654321);
   EXPECT_EQ(info.limits().max_inflight_bytes(), 1 << 30);
-  // The default per-client share: half of the budget.
-  EXPECT_EQ(info.limits().max_inflight_per_client_bytes(), 1 << 29);
+  // The default per-client share where every caller is anonymous: none.
+  EXPECT_EQ(info.limits().max_inflight_per_client_bytes(), 0);
   EXPECT_EQ(info.limits().max_stream_unsent_bytes(), 777);
 }
 
 TEST_F(ServiceTest, DerivedBudgetDefaultIsPositive) {
   Start();
   EXPECT_GT(service_->options().max_inflight_bytes, 0);
-  EXPECT_EQ(service_->options().max_inflight_per_client,
-            service_->options().max_inflight_bytes / 2);
+  EXPECT_EQ(service_->options().max_inflight_per_client, 0);
 }
 
 // RegisterSharedMemory's request for `object`, whole.
