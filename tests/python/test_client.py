@@ -315,6 +315,23 @@ class ErrorTest(unittest.TestCase):
         self.assertEqual(raised.exception.code, grpc.StatusCode.NOT_FOUND)
         self.assertIn("no_such_model", raised.exception.message)
 
+    def test_refusals_keep_their_code_through_score_chunked(self) -> None:
+        """chunked_reply_bytes=1 (every reply through ScoreChunked): a refusal before any chunk is
+        the server's status, not a reply cut short."""
+        with attnscore.Client(SERVER.target, timeout=30, chunked_reply_bytes=1) as client:
+            with self.assertRaises(attnscore.AttnscoreError) as raised:
+                client.score(self.q, self.q, model="no_such_model")
+        self.assertEqual(raised.exception.code, grpc.StatusCode.NOT_FOUND)
+        self.assertIn("no_such_model", raised.exception.message)
+
+        async def run() -> None:
+            async with attnscore.aio.Client(SERVER.target, timeout=30,
+                                            chunked_reply_bytes=1) as client:
+                with self.assertRaises(attnscore.AttnscoreError) as raised:
+                    await client.score(self.q, self.q, model="no_such_model")
+                self.assertEqual(raised.exception.code, grpc.StatusCode.NOT_FOUND)
+        asyncio.run(run())
+
     def test_alibi_and_model_together_is_a_value_error(self) -> None:
         with self.assertRaisesRegex(ValueError, "not both"):
             self.client.score(self.q, self.q, alibi=[1.0, 0.5], model="relative_causal")
