@@ -3,6 +3,7 @@
 // (open-loop arrivals, presets, shapes, --max-error-rate).
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <optional>
@@ -13,6 +14,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "absl/time/time.h"
 #include "client/cli/commands.h"
 #include "client/load/report.h"
 #include "client/load/runner.h"
@@ -24,13 +26,26 @@ namespace {
 
 namespace load = ::attnscore::client::load;
 
+// The run's set-up and clean-up calls (the model check, server info, the
+// region's registration): --timeout is the measured requests' deadline, often
+// tight on purpose (a 25 ms --timeout failed the registration of a loaded
+// server); these get at least this long.
+constexpr absl::Duration kSetupTimeout = absl::Seconds(10);
+
+client::CallOptions SetupCall(const client::Client& client) {
+  client::CallOptions call;
+  call.timeout = std::max(client.options().default_timeout, kSetupTimeout);
+  return call;
+}
+
 // Checks a relative-mode run against the server's models before sending
 // anything, so that a typo gives one clear message instead of N identical
 // errors.
 absl::Status CheckModel(client::Client& client,
                         const load::Workload& workload) {
   if (workload.options().mode != "relative") return absl::OkStatus();
-  absl::StatusOr<std::vector<client::ModelInfo>> models = client.ListModels();
+  absl::StatusOr<std::vector<client::ModelInfo>> models =
+      client.ListModels(SetupCall(client));
   if (!models.ok()) return models.status();
   for (const client::ModelInfo& m : *models) {
     if (m.name != workload.options().model) continue;
@@ -62,7 +77,8 @@ absl::StatusOr<client::SharedMemoryRegion> ShareMemory(client::Client& client,
                                                        load::Workload& workload,
                                                        const std::string& name,
                                                        int output_slots) {
-  absl::StatusOr<client::ServerInfo> info = client.GetServerInfo();
+  absl::StatusOr<client::ServerInfo> info =
+      client.GetServerInfo(SetupCall(client));
   if (!info.ok()) return info.status();
   if (info->shm_prefix.empty()) {
     return absl::FailedPreconditionError(
@@ -73,7 +89,8 @@ absl::StatusOr<client::SharedMemoryRegion> ShareMemory(client::Client& client,
       client::SharedMemoryRegion::Create(info->shm_prefix + name,
                                          workload.SharedBytes(output_slots));
   if (!region.ok()) return region.status();
-  if (absl::Status s = client.RegisterSharedMemory(region->Registration(name));
+  if (absl::Status s = client.RegisterSharedMemory(region->Registration(name),
+                                                   SetupCall(client));
       !s.ok()) {
     return s;
   }
@@ -337,7 +354,8 @@ int RunLoad(const GlobalFlags& global, const LoadFlags& flags) {
   if (region.has_value()) {
     // After a failed run too. A registration left behind would count against
     // this identity's share of the server's regions: say so.
-    if (absl::Status s = (*client)->UnregisterSharedMemory(region_name);
+    if (absl::Status s =
+            (*client)->UnregisterSharedMemory(region_name, SetupCall(**client));
         !s.ok()) {
       std::fprintf(stderr, "attnscore load: unregistering region %s: %s\n",
                    region_name.c_str(), s.ToString().c_str());

@@ -377,6 +377,22 @@ TEST(CliTest, LoadWithSharedMemoryInputs) {
   EXPECT_NE(run.exit_code, 0) << run.output;
   EXPECT_THAT(run.output, HasSubstr("--shared-memory"));
 
+  // --timeout is the measured requests' deadline: one that no call can meet
+  // fails every request (counted), not the run's set-up and clean-up (the
+  // region's registration and removal get at least 10 s).
+  // (Requests that take milliseconds: gRPC's deadline timer is coarser than
+  // 1 us, and a decode step can finish before it fires.)
+  run = Cli({"load", "--target", server->target(), "--timeout", "1us",
+             "--shape", "1,8,1024,1024,64", "-c", "1", "-n", "3",
+             "--shared-memory", "--shared-outputs", "--max-error-rate", "1",
+             "--format", "json", "-o", report});
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  EXPECT_EQ(LoadJson(report)["status_codes"]["DEADLINE_EXCEEDED"], 3)
+      << LoadJson(report)["errors_by_message"].dump();
+  regions = (*client)->SharedMemoryStatus();
+  ASSERT_TRUE(regions.ok()) << regions.status();
+  EXPECT_TRUE(regions->empty()) << (*regions)[0].name;
+
   std::unique_ptr<ServerProcess> plain = StartServer();
   ASSERT_NE(plain, nullptr);
   run =
