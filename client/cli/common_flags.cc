@@ -31,9 +31,12 @@ void AddGlobalFlags(CLI::App& app, GlobalFlags& flags) {
   add("--lb", flags.load_balancing, "LB",
       "Load balancing over resolved addresses")
       ->check(CLI::IsMember({"round_robin", "pick_first"}));
-  add("--retry-attempts", flags.retry_attempts, "RETRY_ATTEMPTS",
-      "Attempts per call on UNAVAILABLE (gRPC retry policy, at most 5; 1 "
-      "disables retries)")
+  // No captured default: 0 stands for "not given" (GlobalFlags).
+  app.add_option("--retry-attempts", flags.retry_attempts,
+                 "Attempts per call on UNAVAILABLE (gRPC retry policy, at most "
+                 "5; 1 disables retries). Default 5; `load` 1, so that each "
+                 "request is measured as the server answered it")
+      ->envname("ATTNSCORE_RETRY_ATTEMPTS")
       ->check(CLI::Range(1, 5));
   add("--retry-max-tokens", flags.retry_max_tokens, "RETRY_MAX_TOKENS",
       "gRPC retry throttling bucket (retries stop at half; 0 disables "
@@ -103,8 +106,10 @@ absl::StatusOr<std::unique_ptr<client::Client>> MakeClient(
   options.reconnect.max_backoff = *max_backoff;
   options.reconnect.initial_backoff =
       std::min(options.reconnect.initial_backoff, *max_backoff);
-  options.retry.max_attempts = flags.retry_attempts;
-  options.retry.enabled = flags.retry_attempts > 1;
+  const int attempts =
+      flags.retry_attempts > 0 ? flags.retry_attempts : kDefaultRetryAttempts;
+  options.retry.max_attempts = attempts;
+  options.retry.enabled = attempts > 1;
   options.retry.throttle_max_tokens = flags.retry_max_tokens;
   options.tls.enabled =
       flags.tls || !flags.tls_ca.empty() || !flags.tls_cert.empty();

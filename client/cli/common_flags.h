@@ -28,11 +28,16 @@ inline constexpr int kExitOk = 0;
 inline constexpr int kExitFailed = 1;
 inline constexpr int kExitUsage = 2;
 
+// Attempts per call when --retry-attempts is not given.
+inline constexpr int kDefaultRetryAttempts = 5;
+
 struct GlobalFlags {
   std::string target = "127.0.0.1:50051";
   std::string timeout = "30s";
   std::string load_balancing = "round_robin";
-  int retry_attempts = 5;
+  // 0: not given: kDefaultRetryAttempts, and 1 for `load` (each request is
+  // measured as the server answered it) and `health`.
+  int retry_attempts = 0;
   int retry_max_tokens = 100;
   std::string max_reconnect_backoff = "10s";
   // ClientOptions::chunked_reply_bytes.

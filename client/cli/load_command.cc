@@ -187,6 +187,21 @@ absl::StatusOr<load::LoadOptions> LoadOptionsFrom(const GlobalFlags& global,
   return options;
 }
 
+// `global` with one attempt per request unless --retry-attempts says
+// otherwise: a retried request would report the backoff as its latency and
+// hide the server's UNAVAILABLE (ghz and perf_analyzer do not retry either).
+GlobalFlags WithLoadRetries(GlobalFlags global) {
+  if (global.retry_attempts == 0) global.retry_attempts = 1;
+  return global;
+}
+
+// The report's line on retries.
+std::string RetriesOf(const GlobalFlags& global) {
+  if (global.retry_attempts <= 1) return "none (each request sent once)";
+  return absl::StrCat("up to ", global.retry_attempts,
+                      " attempts on UNAVAILABLE (latency includes backoff)");
+}
+
 // The report's header: what was run against what.
 load::ReportContext ReportContextFor(const GlobalFlags& global,
                                      const LoadFlags& flags,
@@ -202,6 +217,7 @@ load::ReportContext ReportContextFor(const GlobalFlags& global,
       {"load", flags.rate > 0 ? absl::StrCat("open loop, ", flags.rate,
                                              " req/s, ", flags.arrival)
                               : "closed loop"},
+      {"retries", RetriesOf(WithLoadRetries(global))},
   };
   if (!flags.model.empty()) context["model"] = flags.model;
   if (options.total > 0) context["total"] = absl::StrCat(options.total);
@@ -335,7 +351,7 @@ int RunLoad(const GlobalFlags& global, const LoadFlags& flags) {
   if (!options.ok()) return Fail("load", options.status(), kExitUsage);
 
   absl::StatusOr<std::unique_ptr<client::Client>> client =
-      MakeClient(global, flags.connections);
+      MakeClient(WithLoadRetries(global), flags.connections);
   if (!client.ok()) return Fail("load", client.status(), kExitUsage);
   if (absl::Status s = CheckModel(**client, *workload); !s.ok()) {
     return Fail("load", s, kExitUsage);

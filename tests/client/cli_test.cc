@@ -12,6 +12,8 @@
 #include <cmath>
 #include <thread>
 
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
@@ -517,6 +519,65 @@ TEST(CliTest, LoadExitCodeFollowsTheErrorRate) {
   EXPECT_THAT(run.output, HasSubstr("nope"));
 }
 
+// The value of the one series of `exposition` whose line starts with
+// `series` (name and labels); 0 when there is none.
+double SeriesValue(const std::string& exposition, const std::string& series) {
+  for (absl::string_view line : absl::StrSplit(exposition, '\n')) {
+    if (!absl::StartsWith(line, series)) continue;
+    double value = 0;
+    if (absl::SimpleAtod(line.substr(line.rfind(' ') + 1), &value)) {
+      return value;
+    }
+  }
+  return 0;
+}
+
+// A load test measures each request as the server answered it: no retries
+// unless --retry-attempts asks for them (they would hide the server's
+// UNAVAILABLE and count their backoff as latency).
+TEST(CliTest, LoadSendsEachRequestOnceUnlessAskedToRetry) {
+  // One request waits in the queue for 2 s (the batching delay); the queue
+  // holds no other, so the rest are refused UNAVAILABLE at once.
+  ServerOptions options;
+  options.metrics = true;
+  options.extra_args = {"--max-queue",          "1",
+                        "--max-queue-delay-us", "2000000",
+                        "--max-batch-size",     "64"};
+  std::unique_ptr<ServerProcess> server = StartServer(options);
+  ASSERT_NE(server, nullptr);
+  TempDir dir;
+  const std::string report = dir.File("report.json");
+  const std::string unavailable =
+      "attnscore_requests_total{method=\"Score\",code=\"UNAVAILABLE\"";
+  CommandResult run =
+      Cli({"load", "--target", server->target(), "-c", "4", "-n", "4",
+           "--shape", "1,2,8,8,16", "--max-error-rate", "1", "--format", "json",
+           "-o", report});
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  nlohmann::json j = LoadJson(report);
+  EXPECT_EQ(j["options"]["retries"], "none (each request sent once)");
+  const int refused = j["status_codes"].value("UNAVAILABLE", 0);
+  EXPECT_GE(refused, 1) << j.dump();
+  absl::StatusOr<std::string> metrics = server->ScrapeMetrics();
+  ASSERT_TRUE(metrics.ok()) << metrics.status();
+  EXPECT_EQ(SeriesValue(*metrics, unavailable), refused) << *metrics;
+
+  // Asked to retry: the server refuses more attempts than the report counts
+  // failures, and the report says so.
+  run = Cli({"load", "--target", server->target(), "--retry-attempts", "5",
+             "-c", "4", "-n", "4", "--shape", "1,2,8,8,16", "--max-error-rate",
+             "1", "--format", "json", "-o", report});
+  ASSERT_EQ(run.exit_code, 0) << run.output;
+  j = LoadJson(report);
+  EXPECT_THAT(j["options"]["retries"].get<std::string>(),
+              HasSubstr("up to 5 attempts"));
+  metrics = server->ScrapeMetrics();
+  ASSERT_TRUE(metrics.ok()) << metrics.status();
+  EXPECT_GT(SeriesValue(*metrics, unavailable) - refused,
+            j["status_codes"].value("UNAVAILABLE", 0))
+      << *metrics;
+}
+
 TEST(CliTest, LoadSurvivesAServerKilledMidRun) {
   std::vector<std::unique_ptr<ServerProcess>> servers;
   std::vector<std::string> targets;
@@ -529,26 +590,14 @@ TEST(CliTest, LoadSurvivesAServerKilledMidRun) {
   }
   TempDir dir;
   const std::string report = dir.File("report.json");
-  const std::vector<std::string> argv = {CliBinary(),
-                                         "load",
-                                         "--target",
-                                         absl::StrJoin(targets, ","),
-                                         "--lb",
-                                         "round_robin",
-                                         "-z",
-                                         "4s",
-                                         "-c",
-                                         "4",
-                                         "--shape",
-                                         "1,4,16,256,32",
-                                         "--timeout",
-                                         "10s",
-                                         "--max-error-rate",
-                                         "0",
-                                         "--format",
-                                         "json",
-                                         "-o",
-                                         report};
+  const std::vector<std::string> argv = {
+      CliBinary(), "load", "--target", absl::StrJoin(targets, ","), "--lb",
+      "round_robin", "-z", "4s", "-c", "4", "--shape", "1,4,16,256,32",
+      "--timeout", "10s",
+      // What a client with retries sees
+      // (load sends once by default).
+      "--retry-attempts", "5", "--max-error-rate", "0", "--format", "json",
+      "-o", report};
   std::thread killer([&] {
     std::this_thread::sleep_for(std::chrono::milliseconds(1500));
     // Every replica has served traffic before the kill: round_robin spreads it.

@@ -4,7 +4,8 @@
 Starts three attnscore-server processes on 127.0.0.1 (port 0, ports read from --port-file),
 drives them with `attnscore load` through the client's round_robin over the three addresses,
 SIGKILLs one replica in the middle of the run and restarts it on the same port, and checks:
-  - `attnscore load` (with --max-reconnect-backoff 500ms) reports no failed request (the client's retry policy moves calls that hit
+  - `attnscore load` (with --max-reconnect-backoff 500ms and --retry-attempts 5: load sends each
+    request once by default) reports no failed request (the client's retry policy moves calls that hit
     the dead replica to the live ones) and exits 0 with --max-error-rate 0;
   - all three replicas served traffic before the kill (their attnscore_requests_total, scraped
     from each server's /metrics), and the restarted replica served traffic again after it came
@@ -123,6 +124,7 @@ def main() -> None:
                         "--preset", "decode", "--duration", f"{LOAD_SECONDS}s",
                         "--concurrency", "4", "--connections", "1", "--max-error-rate", "0",
                         "--timeout", "10s", "--max-reconnect-backoff", MAX_RECONNECT_BACKOFF,
+                        "--retry-attempts", "5",
                         "--format", "json", "--output", str(report)]
             print("$ " + " ".join(load_cmd))
             load = subprocess.Popen(load_cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
