@@ -35,8 +35,8 @@ struct GlobalFlags {
   std::string target = "127.0.0.1:50051";
   std::string timeout = "30s";
   std::string load_balancing = "round_robin";
-  // 0: not given: kDefaultRetryAttempts, and 1 for `load` (each request is
-  // measured as the server answered it) and `health`.
+  // 0: not given: kDefaultRetryAttempts, 1 for `load` (each request is
+  // measured as the server answered it). `health` always makes one attempt.
   int retry_attempts = 0;
   int retry_max_tokens = 100;
   std::string max_reconnect_backoff = "10s";
