@@ -12,8 +12,6 @@
 #include <cmath>
 #include <thread>
 
-#include "absl/strings/match.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
@@ -519,19 +517,6 @@ TEST(CliTest, LoadExitCodeFollowsTheErrorRate) {
   EXPECT_THAT(run.output, HasSubstr("nope"));
 }
 
-// The value of the one series of `exposition` whose line starts with
-// `series` (name and labels); 0 when there is none.
-double SeriesValue(const std::string& exposition, const std::string& series) {
-  for (absl::string_view line : absl::StrSplit(exposition, '\n')) {
-    if (!absl::StartsWith(line, series)) continue;
-    double value = 0;
-    if (absl::SimpleAtod(line.substr(line.rfind(' ') + 1), &value)) {
-      return value;
-    }
-  }
-  return 0;
-}
-
 // A load test measures each request as the server answered it: no retries
 // unless --retry-attempts asks for them (they would hide the server's
 // UNAVAILABLE and count their backoff as latency).
@@ -560,7 +545,8 @@ TEST(CliTest, LoadSendsEachRequestOnceUnlessAskedToRetry) {
   EXPECT_GE(refused, 1) << j.dump();
   absl::StatusOr<std::string> metrics = server->ScrapeMetrics();
   ASSERT_TRUE(metrics.ok()) << metrics.status();
-  EXPECT_EQ(SeriesValue(*metrics, unavailable), refused) << *metrics;
+  EXPECT_EQ(ServerProcess::SumMetric(*metrics, unavailable), refused)
+      << *metrics;
 
   // Asked to retry: the server refuses more attempts than the report counts
   // failures, and the report says so.
@@ -573,7 +559,7 @@ TEST(CliTest, LoadSendsEachRequestOnceUnlessAskedToRetry) {
               HasSubstr("up to 5 attempts"));
   metrics = server->ScrapeMetrics();
   ASSERT_TRUE(metrics.ok()) << metrics.status();
-  EXPECT_GT(SeriesValue(*metrics, unavailable) - refused,
+  EXPECT_GT(ServerProcess::SumMetric(*metrics, unavailable) - refused,
             j["status_codes"].value("UNAVAILABLE", 0))
       << *metrics;
 }

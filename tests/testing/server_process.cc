@@ -310,8 +310,12 @@ double ServerProcess::SumMetric(const std::string& exposition,
   for (absl::string_view line : absl::StrSplit(exposition, '\n')) {
     if (!absl::StartsWith(line, name)) continue;
     absl::string_view rest = line.substr(name.size());
-    if (!rest.empty() && rest.front() != '{' && rest.front() != ' ') {
-      continue;  // a longer name
+    // `name` may go on into the labels ("m{code=\"OK\"") to pick the series
+    // with those first labels.
+    const absl::string_view follow =
+        absl::StrContains(name, '{') ? ",} " : "{ ";
+    if (!rest.empty() && !absl::StrContains(follow, rest.front())) {
+      continue;  // a longer name or label value
     }
     const size_t space = rest.rfind(' ');
     double value = 0;

@@ -96,7 +96,9 @@ class ServerProcess {
 
   // GET /metrics (REQUIRES: options.metrics; FAILED_PRECONDITION otherwise).
   absl::StatusOr<std::string> ScrapeMetrics() const;
-  // Sum of `name` over all label sets in a Prometheus text exposition.
+  // Sum of `name` over all label sets in a Prometheus text exposition; a
+  // `name` that goes on into the labels (`m{code="OK"`) sums the series whose
+  // labels start so.
   static double SumMetric(const std::string& exposition,
                           const std::string& name);
 
