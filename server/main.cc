@@ -55,6 +55,7 @@
 #include "absl/time/time.h"
 #include "attnscore/v1/attnscore.grpc.pb.h"
 #include "attnscore/version.h"
+#include "common/cli_checks.h"
 #include "server/cpu/allocator.h"
 #include "server/cpu/aten_capability.h"
 #include "server/cpu/matched_kernels.h"
@@ -195,11 +196,11 @@ void AddBatchingFlags(CLI::App& app, Flags& flags) {
   AddFlag(app, "--threads", flags.threads, "THREADS",
           "LibTorch intra-op threads per batch "
           "(default: the number of cores)")
-      ->check(CLI::PositiveNumber);
+      ->check(checks::WholeNumber(1, INT_MAX));
   AddFlag(app, "--batch-workers", batching.num_batch_threads, "BATCH_WORKERS",
           "Threads computing batches; "
           "each batch uses --threads intra-op threads")
-      ->check(CLI::PositiveNumber);
+      ->check(checks::WholeNumber(1, INT_MAX));
   AddFlag(app, "--batch-worker-spin-us", batching.idle_spin_us,
           "BATCH_WORKER_SPIN_US",
           "How long a batch worker with no work spins before it sleeps, so "
@@ -207,20 +208,20 @@ void AddBatchingFlags(CLI::App& app, Flags& flags) {
           "requests come that soon). For dedicated cores: the CPU it burns "
           "(attnscore_batch_worker_spin_seconds_total) counts against any CPU "
           "quota. 0: never spin")
-      ->check(CLI::Range(int64_t{0}, attnscore::batching::kMaxIdleSpinUs));
+      ->check(checks::WholeNumber(0, attnscore::batching::kMaxIdleSpinUs));
   AddFlag(app, "--max-batch-size", batching.max_batch_size, "MAX_BATCH_SIZE",
           "Most batch items (sum of the requests' B) computed together")
-      ->check(CLI::PositiveNumber);
+      ->check(checks::WholeNumber(1));
   AddFlag(app, "--max-queue-delay-us", batching.max_queue_delay_us,
           "MAX_QUEUE_DELAY_US",
           "How long a batch is held open for more requests with the same "
           "signature; 0: a batch runs as soon as a worker is free, with "
           "whatever queued meanwhile")
-      ->check(CLI::NonNegativeNumber);
+      ->check(checks::WholeNumber(0));
   AddFlag(app, "--max-queue", batching.max_enqueued_tasks, "MAX_QUEUE",
           "Most requests waiting for compute; "
           "beyond it requests get UNAVAILABLE at once")
-      ->check(CLI::PositiveNumber);
+      ->check(checks::WholeNumber(1));
 }
 
 // --max-request-memory, --max-request-work, --max-inflight-bytes,
@@ -233,13 +234,14 @@ void AddRequestBudgetFlags(CLI::App& app, Flags& flags) {
           "Largest predicted peak working memory of one request in bytes "
           "(inputs, outputs, scratch); larger requests get RESOURCE_EXHAUSTED "
           "before anything is allocated")
-      ->check(CLI::PositiveNumber);
+      ->transform(checks::ByteSize())
+      ->check(checks::WholeNumber(1));
   AddFlag(app, "--max-request-work", service.limits.max_request_work,
           "MAX_REQUEST_WORK",
           "Largest predicted compute work of one request (floating-point "
           "operations plus a per-item charge); larger requests get "
           "RESOURCE_EXHAUSTED")
-      ->check(CLI::PositiveNumber);
+      ->check(checks::WholeNumber(1));
   // Shown in --help as the number it resolves to on this machine.
   service.max_inflight_bytes = service::DefaultInflightBytes();
   AddFlag(app, "--max-inflight-bytes", service.max_inflight_bytes,
@@ -248,37 +250,42 @@ void AddRequestBudgetFlags(CLI::App& app, Flags& flags) {
           "unsent replies); a request that does not fit gets UNAVAILABLE at "
           "once. Default: half the container's memory limit (cgroup v2, v1) "
           "or of the RAM")
-      ->check(CLI::PositiveNumber);
+      ->transform(checks::ByteSize())
+      ->check(checks::WholeNumber(1));
   AddFlag(app, "--max-inflight-per-client", service.max_inflight_per_client,
           "MAX_INFLIGHT_PER_CLIENT",
           "One caller identity's share of --max-inflight-bytes in bytes; "
           "0: no per-client cap, -1: half of --max-inflight-bytes with "
           "tokens or client certificates, no cap without (every caller is "
           "then the one identity 'anonymous')")
-      ->check(CLI::Range(int64_t{-1}, std::numeric_limits<int64_t>::max()));
+      ->transform(checks::ByteSize())
+      ->check(checks::WholeNumber(-1));
   AddFlag(app, "--host-pool-bytes", flags.host_pool_bytes, "HOST_POOL_BYTES",
           "Idle host memory the scorer keeps for reuse (outputs, staged "
           "inputs, scratch), so that steady-state requests take no page "
           "faults; on top of --max-inflight-bytes. -1: a quarter of "
           "--max-inflight-bytes, at most 1 GiB; 0: none kept")
-      ->check(CLI::Range(int64_t{-1}, std::numeric_limits<int64_t>::max()));
+      ->transform(checks::ByteSize())
+      ->check(checks::WholeNumber(-1));
   AddFlag(app, "--host-pool-decay-ms", flags.host_pool_decay_ms,
           "HOST_POOL_DECAY_MS",
           "How long an idle block of --host-pool-bytes is kept unused before "
           "it goes back to the kernel, so that memory taken for a burst is "
           "returned after it; 0: kept until the cap needs its room")
-      ->check(CLI::NonNegativeNumber);
+      ->check(checks::WholeNumber(0));
   AddFlag(app, "--max-stream-unsent-bytes", service.max_stream_unsent_bytes,
           "MAX_STREAM_UNSENT_BYTES",
           "Unsent reply bytes of one ScoreStream (replies still computing at "
           "their predicted size) above which the server stops reading it "
           "until the client reads")
-      ->check(CLI::PositiveNumber);
+      ->transform(checks::ByteSize())
+      ->check(checks::WholeNumber(1));
   AddFlag(app, "--reply-chunk-bytes", service.reply_chunk_bytes,
           "REPLY_CHUNK_BYTES",
           "Output bytes per ScoreChunked message (whole rows, at least one): "
           "the client copies one chunk while the next is on the wire")
-      ->check(CLI::PositiveNumber);
+      ->transform(checks::ByteSize())
+      ->check(checks::WholeNumber(1));
 }
 
 // --shm-prefix, --max-shm-regions, --max-shm-regions-per-client:
@@ -304,13 +311,13 @@ void AddSharedMemoryFlags(CLI::App& app, Flags& flags) {
   AddFlag(app, "--max-shm-regions", shm.max_regions, "MAX_SHM_REGIONS",
           "Most shared-memory regions registered at once, all clients "
           "together (at most 4096)")
-      ->check(CLI::Range(1, service::kMaxMappedRegions));
+      ->check(checks::WholeNumber(1, service::kMaxMappedRegions));
   AddFlag(app, "--max-shm-regions-per-client", shm.max_regions_per_client,
           "MAX_SHM_REGIONS_PER_CLIENT",
           "Most of them one caller identity may hold; -1: half of "
           "--max-shm-regions with tokens or client certificates, no cap "
           "without; 0: no per-client cap")
-      ->check(CLI::Range(-1, std::numeric_limits<int>::max()));
+      ->check(checks::WholeNumber(-1, INT_MAX));
 }
 
 // --max-output-bytes, --max-heads, --max-head-dim, --max-seq-len, --model-dir:
@@ -322,16 +329,17 @@ void AddRequestFlags(CLI::App& app, Flags& flags) {
           "Largest response (all requested outputs); larger requests get "
           "RESOURCE_EXHAUSTED. "
           "gRPC's send and receive message limits are this plus 1 MiB")
-      ->check(CLI::Range(int64_t{1}, int64_t{INT_MAX} - kMessageOverheadBytes));
+      ->transform(checks::ByteSize())
+      ->check(checks::WholeNumber(1, int64_t{INT_MAX} - kMessageOverheadBytes));
   AddFlag(app, "--max-heads", limits.max_heads, "MAX_HEADS",
           "Largest H per request")
-      ->check(CLI::PositiveNumber);
+      ->check(checks::WholeNumber(1));
   AddFlag(app, "--max-head-dim", limits.max_head_dim, "MAX_HEAD_DIM",
           "Largest D (and Dv) per request")
-      ->check(CLI::PositiveNumber);
+      ->check(checks::WholeNumber(1));
   AddFlag(app, "--max-seq-len", limits.max_seq_len, "MAX_SEQ_LEN",
           "Largest Lq and Lk per request")
-      ->check(CLI::PositiveNumber);
+      ->check(checks::WholeNumber(1));
   AddFlag(app, "--model-dir", flags.model_dir, "MODEL_DIR",
           "Directory of relative-position parameter sets "
           "NAME.safetensors / NAME.pt (model = file stem); reloaded on SIGHUP. "
@@ -346,7 +354,7 @@ void AddLifecycleFlags(CLI::App& app, Flags& flags) {
   AddFlag(app, "--shutdown-grace", flags.shutdown_grace, "SHUTDOWN_GRACE",
           "Seconds to finish queued and in-flight requests after "
           "SIGTERM/SIGINT before cancelling them")
-      ->check(CLI::NonNegativeNumber);
+      ->check(checks::NumberAtLeast(0));
   AddFlag(app, "--log-format", flags.log_format, "LOG_FORMAT",
           "text, or json (one object per line)")
       ->check(CLI::IsMember({"text", "json"}));
@@ -367,7 +375,7 @@ void AddLifecycleFlags(CLI::App& app, Flags& flags) {
   AddFlag(app, "--warmup-delay-ms", flags.warmup_delay_ms, "WARMUP_DELAY_MS",
           "Keep readiness NOT_SERVING this long before the warm-up compute "
           "(staged roll-outs, tests)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(checks::WholeNumber(0));
 }
 
 // --tls-cert, --tls-key, --tls-client-ca, --tls-refresh-seconds,
@@ -389,7 +397,7 @@ void AddSecurityFlags(CLI::App& app, Flags& flags) {
           "TLS_REFRESH_SECONDS",
           "How often the TLS files are re-read; new connections get a "
           "changed certificate within this time")
-      ->check(CLI::Range(1, 86400));
+      ->check(checks::WholeNumber(1, 86400));
   AddFlag(app, "--auth-token-file", sec.auth_token_file, "AUTH_TOKEN_FILE",
           "Bearer tokens, one per line as TOKEN or NAME:TOKEN (# comments); "
           "every attnscore.v1 and KServe call needs 'authorization: Bearer "

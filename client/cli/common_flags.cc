@@ -7,6 +7,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "common/cli_checks.h"
 
 namespace attnscore::cli {
 
@@ -50,7 +51,8 @@ void AddGlobalFlags(CLI::App& app, GlobalFlags& flags) {
   add("--chunked-reply-bytes", flags.chunked_reply_bytes, "CHUNKED_REPLY_BYTES",
       "Replies of this many bytes and more are asked for in chunks "
       "(ScoreChunked), copied as they arrive; 0: always whole (Score)")
-      ->check(CLI::NonNegativeNumber);
+      ->transform(checks::ByteSize())
+      ->check(checks::WholeNumber(0));
   app.add_flag("--tls", flags.tls, "Use TLS")->envname("ATTNSCORE_CLIENT_TLS");
   add("--tls-ca", flags.tls_ca, "CLIENT_TLS_CA",
       "PEM file of root certificates (default: the system's)");

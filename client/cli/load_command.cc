@@ -20,6 +20,7 @@
 #include "client/load/runner.h"
 #include "client/load/workload.h"
 #include "client/shared_memory.h"
+#include "common/cli_checks.h"
 
 namespace attnscore::cli {
 namespace {
@@ -269,7 +270,7 @@ CLI::App* AddLoadCommand(CLI::App& app, LoadFlags& flags) {
   cmd->add_option("-r,--rate", flags.rate,
                   "Open loop: requests per second, sent on schedule whatever "
                   "the latency")
-      ->check(CLI::NonNegativeNumber);
+      ->check(checks::NumberAtLeast(0));
   cmd->add_option("--arrival", flags.arrival,
                   "Open-loop arrivals: constant or poisson")
       ->check(CLI::IsMember({"constant", "poisson"}))
@@ -309,7 +310,7 @@ CLI::App* AddLoadCommand(CLI::App& app, LoadFlags& flags) {
       ->check(CLI::IsMember({"F32", "F16", "BF16"}));
   cmd->add_option("--warmup", flags.warmup,
                   "Requests sent (closed loop) before measuring")
-      ->check(CLI::NonNegativeNumber)
+      ->check(checks::WholeNumber(0))
       ->capture_default_str();
   cmd->add_option("--format", flags.format, "Report format: text, json or csv")
       ->check(CLI::IsMember({"text", "json", "csv"}))

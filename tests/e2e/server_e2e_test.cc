@@ -291,6 +291,21 @@ TEST_F(ServerE2eTest, ServerInfoReportsFlags) {
   EXPECT_THAT(server_->Log(), HasSubstr("scorer: cpu, blocked path"));
 }
 
+// Byte flags take the quantities a Kubernetes manifest writes (Mi, Gi, G).
+TEST_F(ServerE2eTest, ByteFlagsTakeUnits) {
+  ASSERT_NO_FATAL_FAILURE(
+      Start({"--max-output-bytes=2Mi", "--max-inflight-bytes=1.5Gi",
+             "--max-request-memory", "1G"}));
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + kRpcTimeout);
+  v1::ServerInfo info;
+  ASSERT_TRUE(
+      stub_->GetServerInfo(&context, v1::GetServerInfoRequest(), &info).ok());
+  EXPECT_EQ(info.limits().max_output_bytes(), int64_t{2} << 20);
+  EXPECT_EQ(info.limits().max_inflight_bytes(), int64_t{3} << 29);
+  EXPECT_EQ(info.limits().max_request_memory_bytes(), 1'000'000'000);
+}
+
 // The batched path on the CPU says which of its kernels run: the library's
 // products for ALiBi logits (the project's kernel is CUDA's).
 TEST_F(ServerE2eTest, StartUpLogNamesTheBatchedPathsKernels) {
@@ -1087,6 +1102,29 @@ TEST(ServerCommandLineTest, AlibiKernelTakesAutoOrOff) {
   unsetenv("ATTNSCORE_ALIBI_KERNEL");
   EXPECT_NE(env_code, 0);
   EXPECT_THAT(env_output, HasSubstr("--alibi-kernel"));
+}
+
+// A bad number fails at start-up naming the flag, what it takes and what it
+// got, whether given as a flag or through its variable.
+TEST(ServerCommandLineTest, BadNumbersFailAtStartUpSayingWhatIsExpected) {
+  const std::string rest = " --listen=127.0.0.1:0 --metrics-listen=off";
+  auto [code, output] = RunBinary("--max-inflight-bytes=5mega" + rest);
+  EXPECT_NE(code, 0);
+  EXPECT_THAT(output, HasSubstr("--max-inflight-bytes: expected a number of "
+                                "bytes such as 1073741824, 512Mi, 2GiB or 1G, "
+                                "got '5mega'"));
+  auto [threads_code, threads] = RunBinary("--threads=0" + rest);
+  EXPECT_NE(threads_code, 0);
+  EXPECT_THAT(threads, HasSubstr("--threads: expected 1 to 2147483647, got 0"));
+  auto [grace_code, grace] = RunBinary("--shutdown-grace=-1" + rest);
+  EXPECT_NE(grace_code, 0);
+  EXPECT_THAT(grace,
+              HasSubstr("--shutdown-grace: expected at least 0, got -1"));
+  ASSERT_EQ(setenv("ATTNSCORE_MAX_INFLIGHT_BYTES", "-5", 1), 0);
+  auto [env_code, env_output] = RunBinary(rest);
+  unsetenv("ATTNSCORE_MAX_INFLIGHT_BYTES");
+  EXPECT_NE(env_code, 0);
+  EXPECT_THAT(env_output, HasSubstr("expected at least 1, got -5"));
 }
 
 TEST(ServerCommandLineTest, UnavailableDeviceFailsAtStartUp) {
