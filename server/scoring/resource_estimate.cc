@@ -36,8 +36,13 @@ constexpr int64_t kBytesPerRow = 512;
 // Per compute thread: ATen's small allocations for a tile's views.
 constexpr int64_t kBytesPerThread = int64_t{64} << 10;
 // Per request: allocator rounding and page granularity of the large buffers,
-// and LibTorch's bookkeeping (measured: up to 1.3 MiB over the rest).
+// and LibTorch's bookkeeping (measured: up to 1.3 MiB over the rest in a fresh
+// process, kBytesFirstCompute of it only there).
 constexpr int64_t kBytesFixed = int64_t{4} << 20;
+// Of kBytesFixed, what only a process's first computations take
+// (ResourceEstimate::first_compute_bytes): the rest, 256 KiB, covers the page
+// rounding of a request's buffers and the objects that describe them.
+constexpr int64_t kBytesFirstCompute = kBytesFixed - (int64_t{256} << 10);
 
 std::string MiB(int64_t bytes) {
   constexpr int64_t kMiB = int64_t{1} << 20;
@@ -103,6 +108,7 @@ ResourceEstimate EstimateResources(const ScoreSpec& spec,
   const int64_t scratch_bytes = Mul(per_thread, threads);
   const int64_t rows = Add(Mul(size.batch, kBytesPerRow), kBytesFixed);
   ResourceEstimate estimate;
+  estimate.first_compute_bytes = kBytesFirstCompute;
   estimate.peak_bytes =
       Add(Add(inputs, outputs), Add(Add(wire_copies, scratch_bytes), rows));
   const int64_t flops_per_score =

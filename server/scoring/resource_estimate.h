@@ -42,12 +42,23 @@ struct ResourceEstimate {
   // Bytes held at the peak of the computation, beyond the request's own wire
   // bytes: staged inputs, outputs (compute and wire dtype), scratch, bias.
   int64_t peak_bytes = 0;
+  // Of peak_bytes, what only a process's first computations take (LibTorch's
+  // lazy state, the allocator's arenas: measured up to 1.8 MiB for the first
+  // request of a fresh process). --max-request-memory counts it, since it must
+  // hold for a request alone in a fresh process; the in-flight budget, which
+  // charges each admitted request, does not: the server's warm-up computes on
+  // every batch worker before it serves, and a request after that leaves only
+  // its buffers and their page rounding behind (in_flight_bytes).
+  int64_t first_compute_bytes = 0;
   // Work units: floating-point operations (2 B H Lq Lk (D + Dv), and
   // 2 B H Lq Lk D more for the relative position term) plus a fixed charge
   // per (batch item, head) block and per batch row, measured on the blocked
   // path and expressed in the operations that take as long, so that many
   // tiny items cost what they take.
   int64_t work = 0;
+  // What one admitted request holds in a warmed-up server at its peak:
+  // peak_bytes less first_compute_bytes.
+  int64_t in_flight_bytes() const { return peak_bytes - first_compute_bytes; }
   // "outputs 64.0 MiB + scratch 1.0 MiB + ...": for error messages.
   std::string breakdown;
 };

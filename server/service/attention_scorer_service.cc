@@ -185,7 +185,8 @@ class AttentionScorerService::ScoreTask : public batching::BatchTask {
   // The request's own bytes, as received.
   void set_wire_bytes(int64_t bytes) { wire_bytes_ = bytes; }
   int64_t wire_bytes() const { return wire_bytes_; }
-  int64_t peak_bytes() const { return validated_.peak_bytes; }
+  // What the request holds at its peak once admitted (the budget's charge).
+  int64_t in_flight_bytes() const { return validated_.in_flight_bytes; }
   // The reply's predicted size (all requested outputs).
   int64_t output_bytes() const { return validated_.output_bytes; }
   // Admitted: about to be scheduled. Streams count its reply from here on.
@@ -1104,7 +1105,7 @@ absl::Status AttentionScorerService::Admit(ScoreTask& task,
       !s.ok()) {
     return s;
   }
-  return task.lease().TryResize(wire + task.peak_bytes());
+  return task.lease().TryResize(wire + task.in_flight_bytes());
 }
 
 void AttentionScorerService::Accept(std::unique_ptr<ScoreTask> task,

@@ -391,6 +391,7 @@ absl::StatusOr<ValidatedRequest> ValidateMapped(ValidatedRequest out,
   out.batch = dims->q.batch;
   out.output_bytes = *output_bytes;
   out.peak_bytes = estimate.peak_bytes;
+  out.in_flight_bytes = estimate.in_flight_bytes();
   out.work = estimate.work;
   return out;
 }

@@ -91,10 +91,11 @@ absl::Status CheckClientString(absl::string_view field,
 struct ValidatedRequest {
   scoring::ScoreSpec spec;
   scoring::ScoreItem item;
-  int64_t batch = 0;         // B: the items this request adds to a batch
-  int64_t output_bytes = 0;  // all requested outputs together
-  int64_t peak_bytes = 0;    // scoring::EstimateResources' peak_bytes
-  int64_t work = 0;          // and its work
+  int64_t batch = 0;            // B: the items this request adds to a batch
+  int64_t output_bytes = 0;     // all requested outputs together
+  int64_t peak_bytes = 0;       // scoring::EstimateResources' peak_bytes
+  int64_t in_flight_bytes = 0;  // its in_flight_bytes(): the budget's charge
+  int64_t work = 0;             // and its work
   // The parser's scans of the item's bytes, when it made them.
   scoring::InputScans scans;
 };

@@ -792,9 +792,11 @@ TEST(BlockedValidationTest, OverflowingScaleOrSlopesNameTheField) {
   EXPECT_THAT(ValidateItem(spec, item).message(), HasSubstr("bfloat16 bound"));
 }
 
-// {growth, estimate} in bytes, of the blocked path on the CPU.
-std::pair<int64_t, int64_t> Probe(const std::string& args) {
-  const ProbedMemory probed = ProbeMemory(absl::StrCat(args, " blocked cpu"));
+// {growth, estimate} in bytes, of the blocked path on the CPU (`held`:
+// memory_probe.h).
+std::pair<int64_t, int64_t> Probe(const std::string& args, int held = 1) {
+  const ProbedMemory probed =
+      ProbeMemory(absl::StrCat(args, " blocked cpu"), held);
   return {probed.growth, probed.estimate};
 }
 
@@ -835,6 +837,33 @@ TEST(BlockedMemoryTest, EstimateBoundsMeasuredGrowth) {
                 static_cast<double>(growth) / kMiB,
                 static_cast<double>(estimate) / kMiB);
     EXPECT_LE(growth, estimate + kAllowance) << args;
+  }
+}
+
+// The in-flight budget charges an admitted request its in_flight_bytes(), not
+// its first-computation peak: results held together, as a server holds the
+// replies it has not sent, grow memory by no more than that per request
+// beyond the first. Small requests are where the difference counts (a 4 MiB
+// charge per B1 H8 L128 request refused a sixth of them under a 512 MiB
+// budget at 200 in flight).
+TEST(BlockedMemoryTest, HeldResultsStayUnderTheInFlightCharge) {
+  for (const auto& [args, held] : std::vector<std::pair<const char*, int>>{
+           {"alibi causal 1 8 128 128 64 64 l float32", 32},
+           {"alibi causal 1 8 1 2048 64 64 lp float32", 32},
+           {"relative full 1 8 64 64 64 64 lpc float16", 32},
+           {"alibi causal 1 8 512 512 64 64 lp float32", 8},
+           {"relative causal 2 4 1024 1024 32 32 lpc float32", 4},
+       }) {
+    auto [growth, charge] = Probe(args, held);
+    ASSERT_GE(growth, 0) << args;
+    std::printf("%s, %d held: growth %.1f MiB, charge %.1f MiB\n", args, held,
+                static_cast<double>(growth) / kMiB,
+                static_cast<double>(charge) / kMiB);
+    EXPECT_LE(growth, charge + kAllowance) << args << ", " << held << " held";
+    // And the charge is below what the first request's peak would make it.
+    auto [one_growth, peak] = Probe(args);
+    ASSERT_GE(one_growth, 0) << args;
+    EXPECT_LT(charge, peak * held) << args;
   }
 }
 

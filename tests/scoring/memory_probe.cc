@@ -5,6 +5,11 @@
 //   scoring_memory_probe alibi|relative causal|full B H Lq Lk D Dv
 //       OUTPUTS(any of l, p, c) float32|float16 [blocked|batched [DEVICE]]
 //
+// With ATTNSCORE_PROBE_HELD=N it runs the request N times and keeps every
+// result, as a server holds the replies of the requests it has admitted: the
+// estimate printed is then the in-flight budget's charge for them, the first
+// request's peak and N - 1 more requests' in_flight_bytes().
+//
 // On the CPU the growth is that of the peak resident memory, reset
 // (/proc/self/clear_refs "5") after the inputs exist and the compute threads
 // are started, so it is what the request allocated. On a CUDA device it is
@@ -20,6 +25,8 @@
 #include <exception>
 #include <fstream>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "server/scoring/accelerator.h"
 #include "server/scoring/alibi.h"
@@ -139,16 +146,22 @@ int Run(int argc, char** argv) {
   }
   PeakMeter meter(at::Device(options.device));
   if (!meter.Reset()) return 2;
-  auto result = scorer->ScoreBatch(spec, absl::MakeConstSpan(&item, 1));
-  const int64_t growth = meter.Growth();
-  if (!result.ok()) {
-    std::fprintf(stderr, "%s\n", result.status().ToString().c_str());
-    return 2;
+  const char* held_env = std::getenv("ATTNSCORE_PROBE_HELD");
+  const int64_t held = held_env == nullptr ? 1 : std::atoll(held_env);
+  std::vector<std::vector<attnscore::scoring::ScoreResult>> results;
+  for (int64_t i = 0; i < held; ++i) {
+    auto result = scorer->ScoreBatch(spec, absl::MakeConstSpan(&item, 1));
+    if (!result.ok()) {
+      std::fprintf(stderr, "%s\n", result.status().ToString().c_str());
+      return 2;
+    }
+    results.push_back(*std::move(result));
   }
+  const int64_t growth = meter.Growth();
   const auto estimate =
       scorer->Estimate(spec, attnscore::scoring::ProblemSizeOf(spec, item));
   std::printf("growth %" PRId64 " estimate %" PRId64 "\n", growth,
-              estimate.peak_bytes);
+              estimate.peak_bytes + (held - 1) * estimate.in_flight_bytes());
   std::fprintf(stderr, "breakdown: %s\n", estimate.breakdown.c_str());
   return 0;
 }

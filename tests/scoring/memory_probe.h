@@ -23,13 +23,16 @@ namespace attnscore::scoring {
 
 struct ProbedMemory {
   int64_t growth = -1;    // bytes the request took at its peak
-  int64_t estimate = -1;  // the scorer's prediction of them
+  int64_t estimate = -1;  // the scorer's prediction of them (held: the
+                          // in-flight budget's charge for them)
 };
 
-// `args` as memory_probe.cc's usage line says.
-inline ProbedMemory ProbeMemory(const std::string& args) {
+// `args` as memory_probe.cc's usage line says; `held` requests whose results
+// are kept together (ATTNSCORE_PROBE_HELD).
+inline ProbedMemory ProbeMemory(const std::string& args, int held = 1) {
   const std::string command =
-      absl::StrCat("timeout 300 ", ATTNSCORE_MEMORY_PROBE, " ", args);
+      absl::StrCat("ATTNSCORE_PROBE_HELD=", held, " timeout 300 ",
+                   ATTNSCORE_MEMORY_PROBE, " ", args);
   FILE* pipe = popen(command.c_str(), "r");
   ProbedMemory out;
   if (pipe == nullptr) {

@@ -424,6 +424,11 @@ TEST(ResourceCapsTest, PeakMemoryOverTheCapIsResourceExhaustedWithNumbers) {
       ValidateRequest(request, limits, scoring::ModelSet());
   ASSERT_TRUE(ok.ok()) << ok.status();
   EXPECT_EQ(ok->peak_bytes, estimate.peak_bytes);
+  // The in-flight charge leaves out what only a first computation takes.
+  EXPECT_EQ(ok->in_flight_bytes, estimate.in_flight_bytes());
+  EXPECT_GT(estimate.first_compute_bytes, 0);
+  EXPECT_EQ(ok->in_flight_bytes,
+            estimate.peak_bytes - estimate.first_compute_bytes);
   EXPECT_EQ(ok->work, estimate.work);
 
   limits.max_request_memory = estimate.peak_bytes - 1;

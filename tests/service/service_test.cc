@@ -1066,12 +1066,14 @@ grpc::Status RawScore(const std::shared_ptr<grpc::Channel>& channel,
   return status;
 }
 
-// The lease a request takes once validated: its bytes plus the predicted peak.
+// The lease a request takes once validated: its bytes plus what it holds at
+// its predicted peak.
 int64_t LeaseOf(const v1::ScoreRequest& request) {
   absl::StatusOr<ValidatedRequest> validated =
       ValidateRequest(request, RequestLimits(), scoring::ModelSet());
   EXPECT_TRUE(validated.ok()) << validated.status();
-  return static_cast<int64_t>(request.ByteSizeLong()) + validated->peak_bytes;
+  return static_cast<int64_t>(request.ByteSizeLong()) +
+         validated->in_flight_bytes;
 }
 
 TEST_F(ServiceTest, FullBudgetRefusesBeforeParsingAndEmptiesAfterReplies) {
