@@ -149,6 +149,13 @@ class ServerE2eTest : public ::testing::Test {
     }
   }
 
+  void GetServerInfo(v1::ServerInfo& info) {
+    grpc::ClientContext context;
+    context.set_deadline(std::chrono::system_clock::now() + kRpcTimeout);
+    ASSERT_TRUE(
+        stub_->GetServerInfo(&context, v1::GetServerInfoRequest(), &info).ok());
+  }
+
   Call Score(const v1::ScoreRequest& request,
              std::chrono::milliseconds timeout = kRpcTimeout) {
     grpc::ClientContext context;
@@ -271,11 +278,8 @@ TEST_F(ServerE2eTest, ServerInfoReportsFlags) {
       Start({"--max-heads=12", "--max-output-bytes=1000000",
              "--max-batch-size=5", "--max-queue-delay-us=777", "--max-queue=9",
              "--batch-workers=2", "--threads=1"}));
-  grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() + kRpcTimeout);
   v1::ServerInfo info;
-  ASSERT_TRUE(
-      stub_->GetServerInfo(&context, v1::GetServerInfoRequest(), &info).ok());
+  ASSERT_NO_FATAL_FAILURE(GetServerInfo(info));
   EXPECT_FALSE(info.version().empty());
   EXPECT_EQ(info.device(), "cpu");
   EXPECT_EQ(info.intra_op_threads(), 1);
@@ -296,11 +300,8 @@ TEST_F(ServerE2eTest, ByteFlagsTakeUnits) {
   ASSERT_NO_FATAL_FAILURE(
       Start({"--max-output-bytes=2Mi", "--max-inflight-bytes=1.5Gi",
              "--max-request-memory", "1G"}));
-  grpc::ClientContext context;
-  context.set_deadline(std::chrono::system_clock::now() + kRpcTimeout);
   v1::ServerInfo info;
-  ASSERT_TRUE(
-      stub_->GetServerInfo(&context, v1::GetServerInfoRequest(), &info).ok());
+  ASSERT_NO_FATAL_FAILURE(GetServerInfo(info));
   EXPECT_EQ(info.limits().max_output_bytes(), int64_t{2} << 20);
   EXPECT_EQ(info.limits().max_inflight_bytes(), int64_t{3} << 29);
   EXPECT_EQ(info.limits().max_request_memory_bytes(), 1'000'000'000);
