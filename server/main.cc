@@ -630,7 +630,7 @@ class Server {
 
  private:
   bool SetUpLogging() const;
-  bool CheckMetricsListen() const;
+  bool CheckListenAddresses() const;
   bool CheckListenUnix();
   bool CreateScorer();
   bool LoadModels();
@@ -677,7 +677,7 @@ class Server {
 };
 
 int Server::Run() {
-  if (!SetUpLogging() || !CheckMetricsListen() || !CheckListenUnix()) {
+  if (!SetUpLogging() || !CheckListenAddresses() || !CheckListenUnix()) {
     return kExitBadFlag;
   }
   // Before the slow steps: a wrong flag combination or file fails at once.
@@ -707,16 +707,28 @@ bool Server::SetUpLogging() const {
   return false;
 }
 
-// Checked before the slow steps, so that a typo fails at once.
-bool Server::CheckMetricsListen() const {
-  if (!flags_.metrics_enabled()) return true;
-  std::string host;
-  int port = 0;
-  const absl::Status status =
-      observability::ParseHostPort(flags_.metrics_listen, &host, &port);
-  if (status.ok()) return true;
-  spdlog::critical("--metrics-listen: {}", status.ToString());
-  return false;
+// Checked before the slow steps, so that a typo fails at once, and by the
+// project's rule rather than gRPC's, which takes a port past 65535 modulo
+// 65536 (--listen 127.0.0.1:99999 served on port 34463).
+bool Server::CheckListenAddresses() const {
+  const std::pair<const char*, const std::string*> addresses[] = {
+      {"--listen", &flags_.listen},
+      {"--metrics-listen",
+       flags_.metrics_enabled() ? &flags_.metrics_listen : nullptr},
+      {"--health-listen",
+       flags_.health_listen.empty() ? nullptr : &flags_.health_listen}};
+  for (const auto& [flag, address] : addresses) {
+    if (address == nullptr) continue;
+    std::string host;
+    int port = 0;
+    const absl::Status status =
+        observability::ParseHostPort(*address, &host, &port);
+    if (!status.ok()) {
+      spdlog::critical("{}: {}", flag, absl::StrCat(status.message()));
+      return false;
+    }
+  }
+  return true;
 }
 
 bool Server::CheckListenUnix() {
@@ -1093,6 +1105,13 @@ int ParseFlagsAndRun(int argc, char** argv) {
   Flags flags;
   AddFlags(app, flags);
   CLI11_PARSE(app, argc, argv);
+  // CLI11 takes an empty variable for an unset one; --metrics-listen's help
+  // promises that an empty value turns metrics off.
+  const char* metrics_env = std::getenv("ATTNSCORE_METRICS_LISTEN");
+  if (app.get_option("--metrics-listen")->count() == 0 &&
+      metrics_env != nullptr && *metrics_env == '\0') {
+    flags.metrics_listen.clear();
+  }
   Server server(flags);
   return server.Run();
 }
@@ -1100,16 +1119,33 @@ int ParseFlagsAndRun(int argc, char** argv) {
 }  // namespace
 }  // namespace attnscore
 
+// Blocks the handled signals before the shared libraries' constructors run
+// (LibTorch's take most of a start-up's first 0.3 s): the executable's
+// .preinit_array runs after the libraries are loaded and before any of their
+// initialisers, so that a SIGHUP sent to a starting pod (deploy/README.md's
+// reload loop) waits for the signal thread instead of killing the process.
+// Only the loading itself comes before it.
+void BlockHandledSignalsEarly(int /*argc*/, char** /*argv*/, char** /*envp*/) {
+  const sigset_t handled = attnscore::HandledSignals();
+  pthread_sigmask(SIG_BLOCK, &handled, nullptr);
+}
+__attribute__((section(".preinit_array"), used)) void (*const kBlockSignals)(
+    int, char**, char**) = &BlockHandledSignalsEarly;
+
 int main(int argc, char** argv) {
-  // First: may re-execute this binary once, onto matrix kernels for this CPU's
+  // First, before any thread exists, so that every thread (gRPC, LibTorch,
+  // OpenMP, httplib) inherits the mask and only the signal thread takes these
+  // signals; and before the re-execution below, which keeps the mask and any
+  // pending signal, so that a SIGHUP while the new image loads its libraries
+  // waits for the signal thread instead of killing the server (the default
+  // action).
+  const sigset_t handled = attnscore::HandledSignals();
+  pthread_sigmask(SIG_BLOCK, &handled, nullptr);
+  // May re-execute this binary once, onto matrix kernels for this CPU's
   // instruction set (server/cpu/matched_kernels.h).
   attnscore::cpu::EnsureMatchedKernels(argc, argv);
   // Before any thread allocates (server/cpu/allocator.h).
   attnscore::cpu::KeepFreedMemory();
-  // Before any thread exists, so that every thread (gRPC, LibTorch, OpenMP,
-  // httplib) inherits the mask and only the signal thread takes these signals.
-  const sigset_t handled = attnscore::HandledSignals();
-  pthread_sigmask(SIG_BLOCK, &handled, nullptr);
   // A client that hangs up mid-response must not kill the server.
   signal(SIGPIPE, SIG_IGN);
   // Debian builds Abseil without NDEBUG, which leaves absl::Mutex's deadlock

@@ -157,8 +157,8 @@ absl::Status ParseHostPort(const std::string& host_port, std::string* host,
                            int* port) {
   const auto bad = [&](const std::string& why) {
     return absl::InvalidArgumentError(
-        absl::StrCat("metrics listen address \"", host_port, "\": ", why,
-                     "; expected HOST:PORT, e.g. 127.0.0.1:9090 or [::1]:0"));
+        absl::StrCat("address \"", host_port, "\": ", why,
+                     "; expected HOST:PORT, e.g. 127.0.0.1:9090 or 0.0.0.0:0"));
   };
   std::string port_text;
   if (!host_port.empty() && host_port[0] == '[') {

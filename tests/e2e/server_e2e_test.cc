@@ -1128,6 +1128,45 @@ TEST(ServerCommandLineTest, BadNumbersFailAtStartUpSayingWhatIsExpected) {
   EXPECT_THAT(env_output, HasSubstr("expected at least 1, got -5"));
 }
 
+// Every listening address is checked as HOST:PORT before anything starts:
+// gRPC itself took a port past 65535 modulo 65536 and served elsewhere.
+TEST(ServerCommandLineTest, ListenAddressesOutOfRangeFailAtStartUp) {
+  for (const std::string& args :
+       {std::string("--listen=127.0.0.1:99999 --metrics-listen=off"),
+        std::string("--listen=bogus --metrics-listen=off"),
+        std::string("--listen=127.0.0.1:0 --metrics-listen=off "
+                    "--health-listen=127.0.0.1:65536"),
+        std::string("--listen=127.0.0.1:0 --metrics-listen=127.0.0.1")}) {
+    auto [code, output] = RunBinary(args);
+    EXPECT_EQ(code, 2) << args;
+    EXPECT_THAT(output, HasSubstr("expected HOST:PORT")) << args;
+    EXPECT_THAT(output, ::testing::Not(HasSubstr("listening on"))) << args;
+  }
+  auto [code, output] =
+      RunBinary("--listen=127.0.0.1:99999 --metrics-listen=off");
+  EXPECT_THAT(output, HasSubstr("--listen: address \"127.0.0.1:99999\": port "
+                                "\"99999\" is not in 0..65535"));
+}
+
+// ATTNSCORE_METRICS_LISTEN="" turns metrics off, as --metrics-listen "" does
+// (CLI11 alone would take the empty variable for an unset one). The server
+// then stops at an unwritable --port-file, after the metrics would have
+// started.
+TEST(ServerCommandLineTest, EmptyMetricsListenVariableTurnsMetricsOff) {
+  const std::string args =
+      "--listen=127.0.0.1:0 --port-file=/nonexistent/attnscore/port";
+  ASSERT_EQ(setenv("ATTNSCORE_METRICS_LISTEN", "127.0.0.1:0", 1), 0);
+  auto [on_code, on] = RunBinary(args);
+  ASSERT_EQ(setenv("ATTNSCORE_METRICS_LISTEN", "", 1), 0);
+  auto [off_code, off] = RunBinary(args);
+  unsetenv("ATTNSCORE_METRICS_LISTEN");
+  EXPECT_NE(on_code, 0);
+  EXPECT_NE(off_code, 0);
+  EXPECT_THAT(on, HasSubstr("metrics on 127.0.0.1:0"));
+  EXPECT_THAT(off, HasSubstr("/nonexistent/attnscore/port"));
+  EXPECT_THAT(off, ::testing::Not(HasSubstr("metrics on")));
+}
+
 TEST(ServerCommandLineTest, UnavailableDeviceFailsAtStartUp) {
   auto [code, output] =
       RunBinary("--device=cuda --listen=127.0.0.1:0 --metrics-listen=off");
