@@ -1354,9 +1354,19 @@ void AttentionScorerService::Answer(ScoreTask& task,
                       std::string{status.message()});
         break;
       default:
-        spdlog::info("{} {}: {}", method,
-                     absl::StatusCodeToString(status.code()),
-                     std::string{status.message()});
+        if (const observability::LogRateLimiter::Decision line =
+                refusal_log_.Allow(clock_->NowMicros());
+            !line.allowed) {
+          break;
+        } else if (line.left_out > 0) {
+          spdlog::info("{} {}: {} ({} refusals since the last line left out)",
+                       method, absl::StatusCodeToString(status.code()),
+                       std::string{status.message()}, line.left_out);
+        } else {
+          spdlog::info("{} {}: {}", method,
+                       absl::StatusCodeToString(status.code()),
+                       std::string{status.message()});
+        }
         break;
     }
   }

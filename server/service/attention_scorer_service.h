@@ -70,6 +70,7 @@
 #include "server/batching/batch_scheduler.h"
 #include "server/batching/clock.h"
 #include "server/cpu/kernel_info.h"
+#include "server/observability/log_rate_limiter.h"
 #include "server/scoring/scorer.h"
 #include "server/service/inflight_budget.h"
 #include "server/service/model_registry.h"
@@ -337,6 +338,12 @@ class AttentionScorerService final : public AttentionScorerRawService {
   ServiceMetrics* const metrics_;
   SharedMemoryRegistry shared_memory_;
   batching::Clock* const clock_;
+  // The info lines for refused requests (INVALID_ARGUMENT, NOT_FOUND,
+  // RESOURCE_EXHAUSTED, ...): a client can send those as fast as it likes, so
+  // at most 10 a second after a burst of 20; each written line says how many
+  // were left out, and attnscore_requests_total counts every one.
+  observability::LogRateLimiter refusal_log_{/*per_second=*/10,
+                                             /*burst=*/20};
   // Shared so that the queue-depth gauge can hold a weak reference that never
   // dangles.
   std::shared_ptr<Scheduler> scheduler_;

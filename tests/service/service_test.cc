@@ -9,6 +9,7 @@
 // server), which no clock of ours drives.
 #include <grpcpp/generic/generic_stub.h>
 #include <grpcpp/grpcpp.h>
+#include <spdlog/sinks/ostream_sink.h>
 
 #include <algorithm>
 #include <atomic>
@@ -17,6 +18,7 @@
 #include <functional>
 #include <memory>
 #include <set>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -30,6 +32,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "server/batching/fake_clock.h"
+#include "server/observability/logging.h"
 #include "server/observability/metrics.h"
 #include "server/service/attention_scorer_service.h"
 #include "server/service/status_conversion.h"
@@ -192,6 +195,42 @@ TEST_F(ServiceTest, InvalidRequestsMapToTheirStatusCodes) {
   EXPECT_THAT(status.error_message(), HasSubstr("1000"));
   EXPECT_TRUE(scorer_.calls().empty())
       << "invalid requests must never reach the scorer";
+}
+
+// A client sending bad requests as fast as it can costs the log at most the
+// limiter's burst, then 10 lines a second, each saying how many it left out;
+// the metrics count every refusal.
+TEST_F(ServiceTest, RefusalsAreLoggedAtABoundedRate) {
+  std::ostringstream out;
+  ASSERT_TRUE(observability::SetupLogging(
+                  observability::LogFormat::kText, "info",
+                  std::make_shared<spdlog::sinks::ostream_sink_mt>(out))
+                  .ok());
+  Start();
+  v1::ScoreRequest bad = AlibiRequest();
+  bad.mutable_query()->mutable_data()->resize(10);
+  v1::ScoreResponse response;
+  for (int i = 0; i < 100; ++i) {
+    ASSERT_EQ(Score(bad, &response).error_code(),
+              grpc::StatusCode::INVALID_ARGUMENT);
+  }
+  const auto refusal_lines = [&out] {
+    int lines = 0;
+    for (absl::string_view line : absl::StrSplit(out.str(), '\n')) {
+      lines += absl::StrContains(line, "Score INVALID_ARGUMENT") ? 1 : 0;
+    }
+    return lines;
+  };
+  EXPECT_EQ(refusal_lines(), 20);
+  clock_.AdvanceMicros(1'000'000);
+  ASSERT_EQ(Score(bad, &response).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(refusal_lines(), 21);
+  EXPECT_THAT(out.str(), HasSubstr("(80 refusals since the last line left "
+                                   "out)"));
+  ASSERT_TRUE(
+      observability::SetupLogging(observability::LogFormat::kText, "info")
+          .ok());
 }
 
 TEST_F(ServiceTest, UnparseableRequestIsInvalidArgument) {
