@@ -56,10 +56,24 @@ def check_container(container: dict, f: Failures) -> None:
     f.check(all(p.get("containerPort") == port for p in ports),
             f"ports: containerPort must be the listen port {port}, got {ports}")
     for probe, service in (("readinessProbe", READINESS_SERVICE),
-                           ("livenessProbe", LIVENESS_SERVICE)):
+                           ("livenessProbe", LIVENESS_SERVICE),
+                           ("startupProbe", LIVENESS_SERVICE)):
         grpc = (container.get(probe) or {}).get("grpc", {})
         f.check(grpc.get("port") == port and grpc.get("service") == service,
                 f"{probe}: expected grpc port {port} service {service!r}, got {grpc}")
+
+
+def check_drain(predictor: dict, container: dict, f: Failures) -> None:
+    """The kubelet's SIGKILL must come after the preStop pause and the server's drain."""
+    env = {e["name"]: e.get("value") for e in container.get("env", [])}
+    drain = float(env.get("ATTNSCORE_SHUTDOWN_GRACE") or 30)
+    command = (((container.get("lifecycle") or {}).get("preStop") or {}).get("exec") or {}).get(
+        "command", [])
+    pause = float(command[1]) if len(command) == 2 and command[0] == "sleep" else 0.0
+    grace = predictor.get("terminationGracePeriodSeconds", 30)
+    f.check(grace > pause + drain,
+            f"terminationGracePeriodSeconds {grace}: expected more than preStop {pause:g} s + "
+            f"ATTNSCORE_SHUTDOWN_GRACE {drain:g} s")
 
 
 def main() -> None:
@@ -76,6 +90,7 @@ def main() -> None:
     containers = predictor.get("containers", [])
     if f.check(len(containers) == 1, f"spec.predictor.containers: expected one, got {containers}"):
         check_container(containers[0], f)
+        check_drain(predictor, containers[0], f)
     f.exit()
 
 
