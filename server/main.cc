@@ -1119,11 +1119,13 @@ int ParseFlagsAndRun(int argc, char** argv) {
 }  // namespace
 }  // namespace attnscore
 
-// Blocks the handled signals before the shared libraries' constructors run
-// (LibTorch's take most of a start-up's first 0.3 s): the executable's
+// Blocks the handled signals before anything else runs: the executable's
 // .preinit_array runs after the libraries are loaded and before any of their
-// initialisers, so that a SIGHUP sent to a starting pod (deploy/README.md's
-// reload loop) waits for the signal thread instead of killing the process.
+// initialisers (LibTorch's take most of a start-up's first 0.3 s). So every
+// thread (gRPC, LibTorch, OpenMP, httplib) inherits the mask and only the
+// signal thread takes these signals, and a SIGHUP sent to a starting pod
+// (deploy/README.md's reload loop) waits for that thread instead of killing
+// the process; main's re-execution keeps the mask and any pending signal.
 // Only the loading itself comes before it.
 void BlockHandledSignalsEarly(int /*argc*/, char** /*argv*/, char** /*envp*/) {
   const sigset_t handled = attnscore::HandledSignals();
@@ -1133,14 +1135,7 @@ __attribute__((section(".preinit_array"), used)) void (*const kBlockSignals)(
     int, char**, char**) = &BlockHandledSignalsEarly;
 
 int main(int argc, char** argv) {
-  // First, before any thread exists, so that every thread (gRPC, LibTorch,
-  // OpenMP, httplib) inherits the mask and only the signal thread takes these
-  // signals; and before the re-execution below, which keeps the mask and any
-  // pending signal, so that a SIGHUP while the new image loads its libraries
-  // waits for the signal thread instead of killing the server (the default
-  // action).
-  const sigset_t handled = attnscore::HandledSignals();
-  pthread_sigmask(SIG_BLOCK, &handled, nullptr);
+  // The handled signals are blocked already (BlockHandledSignalsEarly).
   // May re-execute this binary once, onto matrix kernels for this CPU's
   // instruction set (server/cpu/matched_kernels.h).
   attnscore::cpu::EnsureMatchedKernels(argc, argv);

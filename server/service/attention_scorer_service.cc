@@ -1353,21 +1353,20 @@ void AttentionScorerService::Answer(ScoreTask& task,
                       absl::StatusCodeToString(status.code()),
                       std::string{status.message()});
         break;
-      default:
-        if (const observability::LogRateLimiter::Decision line =
-                refusal_log_.Allow(clock_->NowMicros());
-            !line.allowed) {
-          break;
-        } else if (line.left_out > 0) {
-          spdlog::info("{} {}: {} ({} refusals since the last line left out)",
-                       method, absl::StatusCodeToString(status.code()),
-                       std::string{status.message()}, line.left_out);
-        } else {
-          spdlog::info("{} {}: {}", method,
-                       absl::StatusCodeToString(status.code()),
-                       std::string{status.message()});
-        }
+      default: {
+        const observability::LogRateLimiter::Decision line =
+            refusal_log_.Allow(clock_->NowMicros());
+        if (!line.allowed) break;
+        spdlog::info("{} {}: {}{}", method,
+                     absl::StatusCodeToString(status.code()),
+                     std::string{status.message()},
+                     line.left_out == 0
+                         ? std::string()
+                         : absl::StrCat(" (", line.left_out,
+                                        " refusals since the last line left "
+                                        "out)"));
         break;
+      }
     }
   }
   task.Deliver(status, buffer, std::move(lease));
